@@ -1,0 +1,224 @@
+"""
+The seams of vss, declared in one place. Every implementation is checked with
+``zope.interface.verify.verifyObject`` and runs one shared conformance test class.
+
+Records passed across these seams are the record types of ``vss.protocols.messages``
+(``DeviceRecord``, ``UserRecord``, ``GrantRecord``, ``Change``) so that what a node holds
+is exactly what crosses the wire.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IMemoryStore(Interface):
+    """The in-memory database of a node's RGM.
+
+    It holds the node's copies of static data (devices, users, grants, received from
+    CMS) and the dynamic data of its own PUs and CUs (online state, last seen, PTZ
+    position, current configuration, sessions), plus a few node-level values (``meta``,
+    e.g. the last applied sync sequence).
+
+    Reads are synchronous and served from process memory: they sit on the hot path of
+    every request. Writes update memory at once and return a Deferred that fires when
+    the backend holds them (immediately for the in-process backend, after the server
+    acknowledged for Redis). ``load`` fills memory from the backend at start-up, so a
+    persistent backend's state survives an RGM restart.
+    """
+
+    name = Attribute("Short backend name, e.g. 'memory' or 'redis'.")
+
+    def load():
+        """Fill memory from the backend. Returns a Deferred."""
+
+    def flush():
+        """A Deferred that fires once every write made so far is held by the backend."""
+
+    def close():
+        """Release connections. Returns a Deferred."""
+
+    # static copies
+    def put_device(record):
+        """Store or replace a ``DeviceRecord``."""
+
+    def remove_device(device_id):
+        """Forget a device (its static record and its dynamic state)."""
+
+    def get_device(device_id):
+        """The ``DeviceRecord`` or None."""
+
+    def devices():
+        """All ``DeviceRecord`` held, in no particular order."""
+
+    def put_user(record):
+        """Store or replace a ``UserRecord``."""
+
+    def remove_user(username):
+        """Forget a user and the grants whose principal is that user."""
+
+    def get_user(username):
+        """The ``UserRecord`` or None."""
+
+    def users():
+        """All ``UserRecord`` held."""
+
+    def put_grant(record):
+        """Store or replace a ``GrantRecord`` keyed by (principal, device_id)."""
+
+    def remove_grant(principal, device_id):
+        """Forget one grant."""
+
+    def grants():
+        """All ``GrantRecord`` held."""
+
+    def actions_for(username, device_id):
+        """The union (int bitmask of ``Action``) of the grants of ``user:<name>`` and of
+        ``group:<g>`` for each group of the user, on ``device_id``. 0 if none."""
+
+    def granted_devices(username):
+        """dict device_id -> actions bitmask of everything the user is granted."""
+
+    # dynamic data
+    def set_state(device_id, **fields):
+        """Merge fields into the device's dynamic state (online, last_seen, node_id,
+        pan, tilt, zoom, config, config_version, presets, ...). Values are JSON-able."""
+
+    def get_state(device_id):
+        """A dict copy of the device's dynamic state ({} if none)."""
+
+    def put_session(session_id, info):
+        """Store a session (dict, JSON-able: role, identity, peer, since...)."""
+
+    def remove_session(session_id):
+        """Forget a session."""
+
+    def sessions():
+        """dict session_id -> info of every session held."""
+
+    def set_meta(key, value):
+        """Store a node-level JSON-able value."""
+
+    def get_meta(key, default=None):
+        """A node-level value."""
+
+
+class IStaticStore(Interface):
+    """The central database of static data (CMS), with its change log.
+
+    Every mutating call runs in one transaction that also appends one entry per changed
+    row to the change log, whose sequence is strictly increasing; it returns a Deferred
+    firing with the list of ``Change`` entries appended. Reads return Deferreds.
+    """
+
+    def open():
+        """Connect and migrate the schema to the current version. Deferred."""
+
+    def close():
+        """Deferred."""
+
+    def schema_version():
+        """Deferred int."""
+
+    def upsert_user(username, verifier, groups, enabled=True):
+        """Create or change a user; ``verifier`` is a ``Verifier``. Deferred [Change]."""
+
+    def remove_user(username):
+        """Deferred [Change] (a user delete and the deletes of their grants)."""
+
+    def get_user(username):
+        """Deferred ``UserRecord`` or None."""
+
+    def list_users(cursor="", limit=1000):
+        """Deferred (records, next_cursor); next_cursor '' when done. Ordered by name."""
+
+    def upsert_device(device_id, name, kind, channels, home_node, verifier, source_url="",
+                      enabled=True):
+        """Create or change a device. Deferred [Change]."""
+
+    def update_device_fields(device_id, **fields):
+        """Change some fields of a device (name, home_node, source_url, enabled,
+        channels). Deferred [Change]."""
+
+    def remove_device(device_id):
+        """Deferred [Change] (a device delete and the deletes of its grants)."""
+
+    def get_device(device_id):
+        """Deferred ``DeviceRecord`` or None."""
+
+    def list_devices(cursor="", limit=1000, home_node=None):
+        """Deferred (records, next_cursor), ordered by device id."""
+
+    def set_grant(principal, device_id, actions):
+        """principal is 'user:<name>' or 'group:<name>'. Deferred [Change]."""
+
+    def remove_grant(principal, device_id):
+        """Deferred [Change]."""
+
+    def list_grants(cursor="", limit=1000, device_id=None, principal=None):
+        """Deferred (records, next_cursor), ordered by (principal, device_id)."""
+
+    def upsert_node(node_id, signalling, media, capacity):
+        """Deferred [Change]."""
+
+    def set_node_state(node_id, state, load=None):
+        """state 'up' or 'down'; load a JSON-able dict. Not logged as a change. Deferred."""
+
+    def list_nodes():
+        """Deferred list of dicts (node_id, signalling, media, capacity, state, load,
+        applied_seq, last_seen)."""
+
+    def remove_node(node_id):
+        """Deferred [Change]."""
+
+    def set_record_settings(device_id, channel, settings):
+        """settings: a JSON-able dict. Deferred [Change]."""
+
+    def get_record_settings(device_id, channel):
+        """Deferred dict or None."""
+
+    def head_seq():
+        """Deferred int: the last sequence in the change log (0 if empty)."""
+
+    def changes_after(seq, limit=1000):
+        """Deferred (changes, reload_required): the log entries with a sequence above
+        ``seq``, oldest first; reload_required is True when the log was compacted past
+        ``seq``."""
+
+    def compact(before_seq):
+        """Drop log entries with a sequence below ``before_seq``. Deferred."""
+
+    def set_node_applied(node_id, seq):
+        """Record the last sequence a node acknowledged. Deferred."""
+
+    def add_admin_token(name, token_hash):
+        """Deferred."""
+
+    def admin_for_token_hash(token_hash):
+        """Deferred admin name or None."""
+
+
+class ICentral(Interface):
+    """What a node asks of the central platform (CMS). The real one is the node's CMS
+    link; tests use ``vss.testing.central.MemoryCentral``. Every method returns a
+    Deferred that fails with ``vss.errors.VssError`` carrying a result code."""
+
+    def registration_info(identity, role):
+        """First registration: a ``RegInfo`` for a PU (role PU) or CU (role CU) the node
+        does not hold yet, or fail with UNKNOWN_DEVICE / AUTH_FAILED."""
+
+    def pull_static(entity, cursor, limit):
+        """One page of the node's own static data: a ``StaticPage``."""
+
+    def route(device_id, inner_type, inner_body):
+        """S402: relay a request for a device this node does not hold. Fires with
+        (inner_status, inner_body)."""
+
+    def report_change(change):
+        """S603: a ``SyncChange`` from one of the node's PUs. Fires with ``SyncAck``."""
+
+
+class IStreamAuthorizer(Interface):
+    """How the streaming server checks a token in an RTSP URL."""
+
+    def check(token, path, method):
+        """Return (True, info) if the token allows ``method`` on ``path`` now, else
+        (False, reason). ``info`` is whatever the issuer attached (device, session)."""
