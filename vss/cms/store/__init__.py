@@ -1,0 +1,59 @@
+"""
+The CMS database of static data (``vss.interfaces.IStaticStore``).
+
+Files and roles:
+
+``schema.py``    the numbered migrations (one SQL text, a few per-dialect types)
+``sql.py``       everything the backends share: transactions, change log, paging
+``sqlite.py``    SQLite (default): one writer connection, WAL, read-only readers
+``postgres.py``  PostgreSQL through psycopg2 (imported only when chosen)
+
+``make_static_store(spec)`` picks the backend from a spec string:
+``sqlite:<path>`` (or a bare path) or ``postgresql://...`` / a libpq DSN
+(``host=... dbname=...``). Call ``open()`` on the result before use.
+"""
+
+import hashlib
+
+from .sql import GRANT_KEY_SEP, grant_key, split_grant_key
+
+DEFAULT_SPEC = "sqlite:vss-cms.sqlite3"
+
+__all__ = [
+    "DEFAULT_SPEC",
+    "GRANT_KEY_SEP",
+    "grant_key",
+    "hash_token",
+    "make_static_store",
+    "split_grant_key",
+]
+
+
+def hash_token(token):
+    """The sha256 hex digest under which an admin token is stored."""
+    if isinstance(token, str):
+        token = token.encode("utf-8")
+    return hashlib.sha256(token).hexdigest()
+
+
+def _is_postgres(spec):
+    if spec.startswith(("postgresql://", "postgres://")):
+        return True
+    # a libpq keyword/value DSN: "host=... dbname=..."
+    return "=" in spec and not spec.startswith("sqlite:")
+
+
+def make_static_store(spec=DEFAULT_SPEC, reactor=None, **kw):
+    """A store for ``spec`` (not opened yet). Extra keywords go to the backend, e.g.
+    ``clock=`` or, for PostgreSQL, ``schema=``."""
+    spec = spec or DEFAULT_SPEC
+    if _is_postgres(spec):
+        from .postgres import PostgresStaticStore
+
+        return PostgresStaticStore(spec, reactor=reactor, **kw)
+    from .sqlite import SQLiteStaticStore
+
+    path = spec[len("sqlite:"):] if spec.startswith("sqlite:") else spec
+    if not path:
+        raise ValueError(f"no database path in {spec!r}")
+    return SQLiteStaticStore(path, reactor=reactor, **kw)

@@ -1,0 +1,146 @@
+"""
+The CMS database schema as numbered migrations, one SQL text per dialect.
+
+Each migration is applied once, in order, in its own transaction, and recorded as one
+row of ``schema_version``. Statements are written once with a few type placeholders
+that each dialect fills in:
+
+``{KEY}``    text used as a key (PostgreSQL: ``COLLATE "C"`` so that keyset paging orders
+             by code point, exactly as SQLite does)
+``{BLOB}``   opaque bytes
+``{BOOL}``   a boolean
+``{INT}``    a 64-bit integer
+``{SEQ}``    the change-log sequence column (monotonic, never reused)
+
+Never edit a released migration: append a new one.
+"""
+
+from dataclasses import dataclass
+
+DIALECT_TYPES = {
+    "sqlite": {
+        "KEY": "TEXT",
+        "BLOB": "BLOB",
+        "BOOL": "INTEGER",
+        "INT": "INTEGER",
+        "SEQ": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    },
+    "postgresql": {
+        "KEY": 'TEXT COLLATE "C"',
+        "BLOB": "BYTEA",
+        "BOOL": "BOOLEAN",
+        "INT": "BIGINT",
+        "SEQ": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    },
+}
+
+#: Created by the migration runner itself, before any migration.
+SCHEMA_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version {INT} PRIMARY KEY,"
+    " name TEXT NOT NULL,"
+    " applied_at {INT} NOT NULL)"
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple
+    #: dialect -> statements replacing ``statements`` for that dialect
+    overrides: tuple = ()
+
+    def sql(self, dialect):
+        stmts = dict(self.overrides).get(dialect, self.statements)
+        types = DIALECT_TYPES[dialect]
+        return [s.format(**types) for s in stmts]
+
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "devices, users, grants and the change log",
+        (
+            "CREATE TABLE meta (key {KEY} PRIMARY KEY, value TEXT NOT NULL)",
+            # lowest sequence still guaranteed in the log (raised by compact)
+            "INSERT INTO meta (key, value) VALUES ('log_watermark', '1')",
+            # the row every writer locks first, so log sequences commit in order
+            "INSERT INTO meta (key, value) VALUES ('writer', '')",
+            "CREATE TABLE devices ("
+            " device_id {KEY} PRIMARY KEY,"
+            " name TEXT NOT NULL,"
+            " kind {INT} NOT NULL,"
+            " channels {INT} NOT NULL,"
+            " home_node {KEY} NOT NULL,"
+            " salt {BLOB} NOT NULL,"
+            " iterations {INT} NOT NULL,"
+            " stored_key {BLOB} NOT NULL,"
+            " server_key {BLOB} NOT NULL,"
+            " source_url TEXT NOT NULL,"
+            " enabled {BOOL} NOT NULL,"
+            " version {INT} NOT NULL)",
+            "CREATE INDEX devices_home_node ON devices (home_node, device_id)",
+            "CREATE TABLE users ("
+            " username {KEY} PRIMARY KEY,"
+            " salt {BLOB} NOT NULL,"
+            " iterations {INT} NOT NULL,"
+            " stored_key {BLOB} NOT NULL,"
+            " server_key {BLOB} NOT NULL,"
+            " groups_json TEXT NOT NULL,"
+            " enabled {BOOL} NOT NULL,"
+            " version {INT} NOT NULL)",
+            "CREATE TABLE grants ("
+            " principal {KEY} NOT NULL,"
+            " device_id {KEY} NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,"
+            " actions {INT} NOT NULL,"
+            " version {INT} NOT NULL,"
+            " PRIMARY KEY (principal, device_id))",
+            "CREATE INDEX grants_device ON grants (device_id, principal)",
+            "CREATE TABLE change_log ("
+            " seq {SEQ},"
+            " entity {INT} NOT NULL,"
+            " op {INT} NOT NULL,"
+            " key TEXT NOT NULL,"
+            " version {INT} NOT NULL,"
+            " origin TEXT NOT NULL,"
+            " at {INT} NOT NULL)",
+        ),
+    ),
+    Migration(
+        2,
+        "node registry and recording settings",
+        (
+            "CREATE TABLE nodes ("
+            " node_id {KEY} PRIMARY KEY,"
+            " signalling TEXT NOT NULL,"
+            " media TEXT NOT NULL,"
+            " capacity {INT} NOT NULL,"
+            " state TEXT NOT NULL,"
+            " load_json TEXT NOT NULL,"
+            " applied_seq {INT} NOT NULL,"
+            " last_seen {INT} NOT NULL,"
+            " version {INT} NOT NULL)",
+            "CREATE TABLE record_settings ("
+            " device_id {KEY} NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,"
+            " channel {INT} NOT NULL,"
+            " settings_json TEXT NOT NULL,"
+            " PRIMARY KEY (device_id, channel))",
+        ),
+    ),
+    Migration(
+        3,
+        "admin tokens",
+        (
+            "CREATE TABLE admin_tokens ("
+            " token_hash {KEY} PRIMARY KEY,"
+            " name TEXT NOT NULL,"
+            " created {INT} NOT NULL)",
+            "CREATE INDEX admin_tokens_name ON admin_tokens (name)",
+        ),
+    ),
+)
+
+CURRENT_VERSION = MIGRATIONS[-1].version
+
+assert [m.version for m in MIGRATIONS] == list(range(1, CURRENT_VERSION + 1))

@@ -1,0 +1,827 @@
+"""
+The SQL logic shared by the SQLite and PostgreSQL static stores.
+
+``SqlStaticStore`` implements ``IStaticStore`` on top of
+``twisted.enterprise.adbapi.ConnectionPool``: every call runs as one interaction in a
+pool thread, never on the reactor thread. A backend module supplies the pools and a
+``Dialect`` (parameter style, batch inserts, writer lock, schema introspection).
+
+Every mutating call is ONE transaction that (1) takes the writer lock, (2) changes the
+rows and bumps their ``version``, (3) appends one ``change_log`` row per changed entity,
+and returns the ``Change`` entries it appended. The writer lock makes log sequences
+commit in the order they were issued, so a reader paging with ``changes_after`` never
+steps over a sequence that commits later.
+
+Change-log conventions (what a node applying changes relies on):
+
+- ``Entity.DEVICE`` / ``USER`` / ``NODE``: key is the device id / username / node id.
+- ``Entity.GRANT``: key is ``grant_key(principal, device_id)``, i.e.
+  ``"<principal>|<device_id>"``; principals never contain ``|``.
+- Recording settings belong to a device's static data: changing them bumps the device
+  version and logs a device upsert.
+- Upserts carry the record (``device``/``user``/``grant``); deletes carry none.
+- ``changes_after`` returns each entry with the *current* record. An upsert whose row
+  has since been deleted is returned as a delete (a later entry deletes it anyway).
+"""
+
+import functools
+import json
+
+from twisted.internet.defer import fail, inlineCallbacks, returnValue, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vss.errors import VssError
+from vss.interfaces import IStaticStore
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import (
+    Change,
+    ChangeOp,
+    DeviceRecord,
+    Entity,
+    GrantRecord,
+    UserRecord,
+    Verifier,
+)
+
+from . import schema
+
+GRANT_KEY_SEP = "|"
+DEFAULT_ORIGIN = "mms"
+#: how many keys go into one ``IN (...)`` list
+CHUNK = 500
+
+_DEVICE_COLS = (
+    "device_id, name, kind, channels, home_node, salt, iterations, stored_key, "
+    "server_key, source_url, enabled, version"
+)
+_USER_COLS = "username, salt, iterations, stored_key, server_key, groups_json, enabled, version"
+_GRANT_COLS = "principal, device_id, actions, version"
+_NODE_COLS = "node_id, signalling, media, capacity, state, load_json, applied_seq, last_seen"
+_DEVICE_UPSERT_TAIL = (
+    " ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, kind = excluded.kind,"
+    " channels = excluded.channels, home_node = excluded.home_node, salt = excluded.salt,"
+    " iterations = excluded.iterations, stored_key = excluded.stored_key,"
+    " server_key = excluded.server_key, source_url = excluded.source_url,"
+    " enabled = excluded.enabled, version = excluded.version"
+)
+_DEVICE_FIELDS = {"name", "home_node", "source_url", "enabled", "channels"}
+
+
+def grant_key(principal, device_id):
+    """The change-log key of a grant."""
+    return f"{principal}{GRANT_KEY_SEP}{device_id}"
+
+
+def split_grant_key(key):
+    """(principal, device_id) from a grant's change-log key."""
+    principal, _, device_id = key.partition(GRANT_KEY_SEP)
+    return principal, device_id
+
+
+def _check_principal(principal):
+    kind, sep, name = principal.partition(":")
+    if kind not in ("user", "group") or not sep or not name or GRANT_KEY_SEP in principal:
+        raise VssError(
+            ResultCode.INVALID_ARGUMENT,
+            f"principal must be 'user:<name>' or 'group:<name>' without '|': {principal!r}",
+        )
+
+
+def _verifier(row, i):
+    return Verifier(bytes(row[i]), int(row[i + 1]), bytes(row[i + 2]), bytes(row[i + 3]))
+
+
+def _device(row):
+    return DeviceRecord(
+        row[0], row[1], int(row[2]), int(row[3]), row[4], _verifier(row, 5), row[9],
+        bool(row[10]), int(row[11]),
+    )
+
+
+def _user(row):
+    return UserRecord(
+        row[0], _verifier(row, 1), list(json.loads(row[5])), bool(row[6]), int(row[7])
+    )
+
+
+def _grant(row):
+    return GrantRecord(row[0], row[1], int(row[2]), int(row[3]))
+
+
+def _node(row):
+    return {
+        "node_id": row[0],
+        "signalling": row[1],
+        "media": row[2],
+        "capacity": int(row[3]),
+        "state": row[4],
+        "load": json.loads(row[5]),
+        "applied_seq": int(row[6]),
+        "last_seen": int(row[7]),
+    }
+
+
+def _device_params(rec):
+    v = rec.verifier
+    return (
+        rec.device_id, rec.name, int(rec.kind), int(rec.channels), rec.home_node,
+        bytes(v.salt), int(v.iterations), bytes(v.stored_key), bytes(v.server_key),
+        rec.source_url, bool(rec.enabled), int(rec.version),
+    )
+
+
+def _deferred(method):
+    """Argument errors found before any database work fail the Deferred, never raise."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kw):
+        try:
+            return method(*args, **kw)
+        except VssError:
+            return fail()
+
+    return wrapper
+
+
+def _chunks(seq, n=CHUNK):
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class Dialect:
+    """What differs between SQL backends. Statements are written with ``?`` markers."""
+
+    name = "?"
+
+    def sql(self, text):
+        return text
+
+    def execute(self, cur, text, params=()):
+        cur.execute(self.sql(text), params)
+        return cur
+
+    def insert_many(self, cur, head, ncols, rows, tail=""):
+        """``head VALUES (...) tail`` for every row in ``rows``."""
+        marks = "(" + ", ".join("?" * ncols) + ")"
+        cur.executemany(self.sql(f"{head} VALUES {marks}{tail}"), rows)
+
+    def append_log(self, cur, rows):
+        """Insert change-log rows (entity, op, key, version, origin, at) and return their
+        sequences, in order."""
+        raise NotImplementedError
+
+    def begin_read(self, cur):
+        pass
+
+    def begin_write(self, cur):
+        """Start the write transaction and take the writer lock."""
+        raise NotImplementedError
+
+    def lock_schema(self, cur):
+        raise NotImplementedError
+
+    def describe(self, cur):
+        """{'tables': {name: [columns in order]}, 'indexes': sorted secondary index names}"""
+        raise NotImplementedError
+
+
+class _Log:
+    """The change-log entries a transaction appends."""
+
+    def __init__(self, origin, at):
+        self.origin = origin
+        self.at = at
+        self.entries = []  # (entity, op, key, version, record)
+
+    def add(self, entity, op, key, version, record=None):
+        self.entries.append((entity, op, key, version, record))
+
+
+@implementer(IStaticStore)
+class SqlStaticStore:
+    """``IStaticStore`` over adbapi pools. Subclasses define ``_make_pools`` and
+    ``dialect``."""
+
+    log = Logger()
+    dialect = Dialect()
+    backend = "sql"
+
+    def __init__(self, reactor=None, clock=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self._wpool = None
+        self._rpool = None
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _make_pools(self):
+        """Return (write pool, read pool); they may be the same pool."""
+        raise NotImplementedError
+
+    def _now_ms(self):
+        return int(self._clock.seconds() * 1000)
+
+    def _read(self, fn, *args):
+        return self._rpool.runInteraction(self._in_read, fn, *args)
+
+    def _in_read(self, cur, fn, *args):
+        self.dialect.begin_read(cur)
+        return fn(cur, *args)
+
+    def _write(self, fn, *args, origin=DEFAULT_ORIGIN):
+        return self._wpool.runInteraction(self._in_write, fn, origin, self._now_ms(), *args)
+
+    def _in_write(self, cur, fn, origin, at, *args):
+        self.dialect.begin_write(cur)
+        log = _Log(origin, at)
+        fn(cur, log, *args)
+        return self._append(cur, log)
+
+    def _append(self, cur, log):
+        if not log.entries:
+            return []
+        rows = [(int(e), int(o), k, v, log.origin, log.at) for e, o, k, v, _ in log.entries]
+        seqs = self.dialect.append_log(cur, rows)
+        changes = []
+        for seq, (entity, op, key, version, record) in zip(seqs, log.entries, strict=True):
+            changes.append(_change(seq, entity, op, key, version, log.origin, record))
+        return changes
+
+    def _x(self, cur, text, params=()):
+        return self.dialect.execute(cur, text, params)
+
+    # -- lifecycle and migrations --------------------------------------------
+
+    @inlineCallbacks
+    def open(self, target_version=None):
+        """Connect and apply the missing migrations in order (each in its own
+        transaction). ``target_version`` stops early (for tests of old schemas)."""
+        if self._wpool is None:
+            self._wpool, self._rpool = self._make_pools()
+        target = schema.CURRENT_VERSION if target_version is None else target_version
+        current = yield self._wpool.runInteraction(self._bootstrap)
+        for migration in schema.MIGRATIONS:
+            if current < migration.version <= target:
+                applied = yield self._wpool.runInteraction(
+                    self._apply, migration, self._now_ms()
+                )
+                if applied:
+                    self.log.info(
+                        "CMS database {backend}: applied migration {version} ({name})",
+                        backend=self.backend,
+                        version=migration.version,
+                        name=migration.name,
+                    )
+                current = migration.version
+        returnValue(current)
+
+    def _bootstrap(self, cur):
+        self._x(cur, schema.SCHEMA_VERSION_TABLE.format(**schema.DIALECT_TYPES[self.dialect.name]))
+        return self._version(cur)
+
+    def _version(self, cur):
+        row = self._x(cur, "SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def _apply(self, cur, migration, at):
+        self.dialect.lock_schema(cur)
+        if self._version(cur) >= migration.version:
+            return False  # another process got there first
+        for statement in migration.sql(self.dialect.name):
+            self._x(cur, statement)
+        self._x(
+            cur,
+            "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, at),
+        )
+        return True
+
+    def close(self):
+        pools = {id(p): p for p in (self._wpool, self._rpool) if p is not None}
+        self._wpool = self._rpool = None
+        for pool in pools.values():
+            pool.close()
+        return succeed(None)
+
+    def schema_version(self):
+        return self._read(self._version)
+
+    def describe_schema(self):
+        """Deferred {'tables': {...}, 'indexes': [...]}, for tests and operators."""
+        return self._read(self.dialect.describe)
+
+    # -- users ----------------------------------------------------------------
+
+    def upsert_user(self, username, verifier, groups, enabled=True, origin=DEFAULT_ORIGIN):
+        return self._write(
+            self._upsert_user, username, verifier, list(groups), bool(enabled), origin=origin
+        )
+
+    def _upsert_user(self, cur, log, username, verifier, groups, enabled):
+        row = self._x(cur, "SELECT version FROM users WHERE username = ?", (username,)).fetchone()
+        version = (int(row[0]) if row else 0) + 1
+        self._x(
+            cur,
+            f"INSERT INTO users ({_USER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (username) DO UPDATE SET salt = excluded.salt,"
+            " iterations = excluded.iterations, stored_key = excluded.stored_key,"
+            " server_key = excluded.server_key, groups_json = excluded.groups_json,"
+            " enabled = excluded.enabled, version = excluded.version",
+            (
+                username, bytes(verifier.salt), int(verifier.iterations),
+                bytes(verifier.stored_key), bytes(verifier.server_key), json.dumps(groups),
+                enabled, version,
+            ),
+        )
+        record = UserRecord(username, verifier, groups, enabled, version)
+        log.add(Entity.USER, ChangeOp.UPSERT, username, version, record)
+
+    def remove_user(self, username, origin=DEFAULT_ORIGIN):
+        return self._write(self._remove_user, username, origin=origin)
+
+    def _remove_user(self, cur, log, username):
+        row = self._x(cur, "SELECT version FROM users WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            return
+        self._delete_grants(cur, log, "principal = ?", ("user:" + username,))
+        self._x(cur, "DELETE FROM users WHERE username = ?", (username,))
+        log.add(Entity.USER, ChangeOp.DELETE, username, int(row[0]) + 1)
+
+    def get_user(self, username):
+        return self._read(self._get_user, username)
+
+    def _get_user(self, cur, username):
+        row = self._x(
+            cur, f"SELECT {_USER_COLS} FROM users WHERE username = ?", (username,)
+        ).fetchone()
+        return _user(row) if row else None
+
+    @_deferred
+    def list_users(self, cursor="", limit=1000):
+        return self._read(self._list_users, cursor, _limit(limit))
+
+    def _list_users(self, cur, cursor, limit):
+        rows = self._x(
+            cur,
+            f"SELECT {_USER_COLS} FROM users WHERE username > ? ORDER BY username LIMIT ?",
+            (cursor, limit + 1),
+        ).fetchall()
+        return _page([_user(r) for r in rows], limit, lambda r: r.username)
+
+    # -- devices --------------------------------------------------------------
+
+    def upsert_device(self, device_id, name, kind, channels, home_node, verifier,
+                      source_url="", enabled=True, origin=DEFAULT_ORIGIN):
+        record = DeviceRecord(
+            device_id, name, int(kind), int(channels), home_node, verifier, source_url,
+            bool(enabled), 0,
+        )
+        return self._write(self._upsert_devices, [record], origin=origin)
+
+    def bulk_upsert_devices(self, records, origin=DEFAULT_ORIGIN):
+        """Create or change many devices in one transaction (imports, tests, benches).
+        ``records`` are ``DeviceRecord`` (their ``version`` is ignored); a device listed
+        twice keeps its last record. Deferred [Change]."""
+        unique = {}
+        for rec in records:
+            unique.pop(rec.device_id, None)
+            unique[rec.device_id] = rec
+        return self._write(self._upsert_devices, list(unique.values()), origin=origin)
+
+    def _upsert_devices(self, cur, log, records):
+        versions = self._versions(cur, "devices", "device_id", [r.device_id for r in records])
+        fresh = [_replace_device(r, version=versions.get(r.device_id, 0) + 1) for r in records]
+        self.dialect.insert_many(
+            cur, f"INSERT INTO devices ({_DEVICE_COLS})", 12,
+            [_device_params(r) for r in fresh], _DEVICE_UPSERT_TAIL,
+        )
+        for r in fresh:
+            log.add(Entity.DEVICE, ChangeOp.UPSERT, r.device_id, r.version, r)
+
+    def _versions(self, cur, table, column, keys):
+        found = {}
+        for chunk in _chunks(keys):
+            marks = ", ".join("?" * len(chunk))
+            rows = self._x(
+                cur, f"SELECT {column}, version FROM {table} WHERE {column} IN ({marks})",
+                tuple(chunk),
+            ).fetchall()
+            found.update((k, int(v)) for k, v in rows)
+        return found
+
+    @_deferred
+    def update_device_fields(self, device_id, origin=DEFAULT_ORIGIN, **fields):
+        unknown = set(fields) - _DEVICE_FIELDS
+        if unknown:
+            raise VssError(
+                ResultCode.INVALID_ARGUMENT, f"unknown device fields: {sorted(unknown)}"
+            )
+        return self._write(self._update_device, device_id, fields, origin=origin)
+
+    def _update_device(self, cur, log, device_id, fields):
+        current = self._get_device(cur, device_id)
+        if current is None:
+            raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id!r}")
+        if not fields:
+            return
+        record = _replace_device(current, version=current.version + 1, **fields)
+        self._x(
+            cur,
+            "UPDATE devices SET name = ?, channels = ?, home_node = ?, source_url = ?,"
+            " enabled = ?, version = ? WHERE device_id = ?",
+            (record.name, int(record.channels), record.home_node, record.source_url,
+             bool(record.enabled), record.version, device_id),
+        )
+        log.add(Entity.DEVICE, ChangeOp.UPSERT, device_id, record.version, record)
+
+    def remove_device(self, device_id, origin=DEFAULT_ORIGIN):
+        return self._write(self._remove_device, device_id, origin=origin)
+
+    def _remove_device(self, cur, log, device_id):
+        row = self._x(
+            cur, "SELECT version FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        if row is None:
+            return
+        self._delete_grants(cur, log, "device_id = ?", (device_id,))
+        self._x(cur, "DELETE FROM record_settings WHERE device_id = ?", (device_id,))
+        self._x(cur, "DELETE FROM devices WHERE device_id = ?", (device_id,))
+        log.add(Entity.DEVICE, ChangeOp.DELETE, device_id, int(row[0]) + 1)
+
+    def get_device(self, device_id):
+        return self._read(self._get_device, device_id)
+
+    def _get_device(self, cur, device_id):
+        row = self._x(
+            cur, f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        return _device(row) if row else None
+
+    @_deferred
+    def list_devices(self, cursor="", limit=1000, home_node=None):
+        return self._read(self._list_devices, cursor, _limit(limit), home_node)
+
+    def _list_devices(self, cur, cursor, limit, home_node):
+        if home_node is None:
+            where, params = "device_id > ?", (cursor, limit + 1)
+        else:
+            where, params = "home_node = ? AND device_id > ?", (home_node, cursor, limit + 1)
+        rows = self._x(
+            cur,
+            f"SELECT {_DEVICE_COLS} FROM devices WHERE {where} ORDER BY device_id LIMIT ?",
+            params,
+        ).fetchall()
+        return _page([_device(r) for r in rows], limit, lambda r: r.device_id)
+
+    # -- grants ---------------------------------------------------------------
+
+    @_deferred
+    def set_grant(self, principal, device_id, actions, origin=DEFAULT_ORIGIN):
+        _check_principal(principal)
+        actions = int(actions)
+        if not 0 <= actions <= 0xFF:
+            raise VssError(ResultCode.INVALID_ARGUMENT, f"actions out of range: {actions}")
+        return self._write(self._set_grant, principal, device_id, actions, origin=origin)
+
+    def _set_grant(self, cur, log, principal, device_id, actions):
+        if self._x(
+            cur, "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone() is None:
+            raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id!r}")
+        row = self._x(
+            cur, "SELECT version FROM grants WHERE principal = ? AND device_id = ?",
+            (principal, device_id),
+        ).fetchone()
+        version = (int(row[0]) if row else 0) + 1
+        self._x(
+            cur,
+            f"INSERT INTO grants ({_GRANT_COLS}) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (principal, device_id) DO UPDATE SET actions = excluded.actions,"
+            " version = excluded.version",
+            (principal, device_id, actions, version),
+        )
+        record = GrantRecord(principal, device_id, actions, version)
+        log.add(Entity.GRANT, ChangeOp.UPSERT, grant_key(principal, device_id), version, record)
+
+    def remove_grant(self, principal, device_id, origin=DEFAULT_ORIGIN):
+        return self._write(
+            self._delete_grants_where, "principal = ? AND device_id = ?",
+            (principal, device_id), origin=origin,
+        )
+
+    def _delete_grants_where(self, cur, log, where, params):
+        self._delete_grants(cur, log, where, params)
+
+    def _delete_grants(self, cur, log, where, params):
+        rows = self._x(
+            cur,
+            f"SELECT principal, device_id, version FROM grants WHERE {where}"
+            " ORDER BY principal, device_id",
+            params,
+        ).fetchall()
+        if rows:
+            self._x(cur, f"DELETE FROM grants WHERE {where}", params)
+        for principal, device_id, version in rows:
+            log.add(
+                Entity.GRANT, ChangeOp.DELETE, grant_key(principal, device_id), int(version) + 1
+            )
+
+    @_deferred
+    def list_grants(self, cursor="", limit=1000, device_id=None, principal=None):
+        return self._read(self._list_grants, cursor, _limit(limit), device_id, principal)
+
+    def _list_grants(self, cur, cursor, limit, device_id, principal):
+        where, params = [], []
+        if cursor:
+            where.append("(principal, device_id) > (?, ?)")
+            params.extend(split_grant_key(cursor))
+        if device_id is not None:
+            where.append("device_id = ?")
+            params.append(device_id)
+        if principal is not None:
+            where.append("principal = ?")
+            params.append(principal)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = self._x(
+            cur,
+            f"SELECT {_GRANT_COLS} FROM grants {clause}"
+            " ORDER BY principal, device_id LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        return _page(
+            [_grant(r) for r in rows], limit, lambda r: grant_key(r.principal, r.device_id)
+        )
+
+    # -- node registry ----------------------------------------------------------
+
+    def upsert_node(self, node_id, signalling, media, capacity, origin=DEFAULT_ORIGIN):
+        return self._write(self._upsert_node, node_id, signalling, media, int(capacity),
+                           origin=origin)
+
+    def _upsert_node(self, cur, log, node_id, signalling, media, capacity):
+        row = self._x(cur, "SELECT version FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        if row is None:
+            version = 1
+            self._x(
+                cur,
+                f"INSERT INTO nodes ({_NODE_COLS}, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (node_id, signalling, media, capacity, "down", "{}", 0, 0, version),
+            )
+        else:
+            version = int(row[0]) + 1
+            self._x(
+                cur,
+                "UPDATE nodes SET signalling = ?, media = ?, capacity = ?, version = ?"
+                " WHERE node_id = ?",
+                (signalling, media, capacity, version, node_id),
+            )
+        log.add(Entity.NODE, ChangeOp.UPSERT, node_id, version)
+
+    def remove_node(self, node_id, origin=DEFAULT_ORIGIN):
+        return self._write(self._remove_node, node_id, origin=origin)
+
+    def _remove_node(self, cur, log, node_id):
+        row = self._x(cur, "SELECT version FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        if row is None:
+            return
+        self._x(cur, "DELETE FROM nodes WHERE node_id = ?", (node_id,))
+        log.add(Entity.NODE, ChangeOp.DELETE, node_id, int(row[0]) + 1)
+
+    @_deferred
+    def set_node_state(self, node_id, state, load=None):
+        if state not in ("up", "down"):
+            raise VssError(ResultCode.INVALID_ARGUMENT, f"node state must be up or down: {state!r}")
+        load_json = None if load is None else json.dumps(load, sort_keys=True)
+        return self._wpool.runInteraction(
+            self._set_node_state, node_id, state, load_json, self._now_ms()
+        )
+
+    def _set_node_state(self, cur, node_id, state, load_json, now):
+        self.dialect.begin_write(cur)
+        if load_json is None:
+            self._x(
+                cur, "UPDATE nodes SET state = ?, last_seen = ? WHERE node_id = ?",
+                (state, now, node_id),
+            )
+        else:
+            self._x(
+                cur,
+                "UPDATE nodes SET state = ?, load_json = ?, last_seen = ? WHERE node_id = ?",
+                (state, load_json, now, node_id),
+            )
+        if cur.rowcount == 0:
+            raise VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}")
+
+    def set_node_applied(self, node_id, seq):
+        return self._wpool.runInteraction(self._set_node_applied, node_id, int(seq))
+
+    def _set_node_applied(self, cur, node_id, seq):
+        self.dialect.begin_write(cur)
+        self._x(cur, "UPDATE nodes SET applied_seq = ? WHERE node_id = ?", (seq, node_id))
+        if cur.rowcount == 0:
+            raise VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}")
+
+    def list_nodes(self):
+        return self._read(self._list_nodes)
+
+    def _list_nodes(self, cur):
+        rows = self._x(cur, f"SELECT {_NODE_COLS} FROM nodes ORDER BY node_id").fetchall()
+        return [_node(r) for r in rows]
+
+    # -- recording settings -------------------------------------------------------
+
+    def set_record_settings(self, device_id, channel, settings, origin=DEFAULT_ORIGIN):
+        text = json.dumps(settings, sort_keys=True)
+        return self._write(self._set_record_settings, device_id, int(channel), text,
+                           origin=origin)
+
+    def _set_record_settings(self, cur, log, device_id, channel, text):
+        current = self._get_device(cur, device_id)
+        if current is None:
+            raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id!r}")
+        self._x(
+            cur,
+            "INSERT INTO record_settings (device_id, channel, settings_json) VALUES (?, ?, ?)"
+            " ON CONFLICT (device_id, channel) DO UPDATE SET settings_json = excluded.settings_json",
+            (device_id, channel, text),
+        )
+        record = _replace_device(current, version=current.version + 1)
+        self._x(
+            cur, "UPDATE devices SET version = ? WHERE device_id = ?", (record.version, device_id)
+        )
+        log.add(Entity.DEVICE, ChangeOp.UPSERT, device_id, record.version, record)
+
+    def get_record_settings(self, device_id, channel):
+        return self._read(self._get_record_settings, device_id, int(channel))
+
+    def _get_record_settings(self, cur, device_id, channel):
+        row = self._x(
+            cur,
+            "SELECT settings_json FROM record_settings WHERE device_id = ? AND channel = ?",
+            (device_id, channel),
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    # -- change log -----------------------------------------------------------------
+
+    def head_seq(self):
+        return self._read(self._head_seq)
+
+    def _head_seq(self, cur):
+        top = self._x(cur, "SELECT MAX(seq) FROM change_log").fetchone()[0]
+        # a fully compacted log still remembers how far it went
+        return max(int(top or 0), self._watermark(cur) - 1)
+
+    def _watermark(self, cur):
+        row = self._x(cur, "SELECT value FROM meta WHERE key = 'log_watermark'").fetchone()
+        return int(row[0])
+
+    @_deferred
+    def changes_after(self, seq, limit=1000):
+        return self._read(self._changes_after, int(seq), _limit(limit))
+
+    def _changes_after(self, cur, seq, limit):
+        if seq + 1 < self._watermark(cur):
+            return [], True
+        rows = self._x(
+            cur,
+            "SELECT seq, entity, op, key, version, origin FROM change_log"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        ).fetchall()
+        keys = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set()}
+        for row in rows:
+            if row[2] == ChangeOp.UPSERT and row[1] in keys:
+                keys[Entity(row[1])].add(row[3])
+        devices = self._fetch_many(cur, "devices", _DEVICE_COLS, "device_id",
+                                   keys[Entity.DEVICE], _device, lambda r: r.device_id)
+        users = self._fetch_many(cur, "users", _USER_COLS, "username",
+                                 keys[Entity.USER], _user, lambda r: r.username)
+        grants = self._fetch_grants(cur, keys[Entity.GRANT])
+        current = {Entity.DEVICE: devices, Entity.USER: users, Entity.GRANT: grants}
+        changes = []
+        for s, entity, op, key, version, origin in rows:
+            entity, op, record = Entity(entity), ChangeOp(op), None
+            if op == ChangeOp.UPSERT and entity in current:
+                record = current[entity].get(key)
+                if record is None:
+                    op = ChangeOp.DELETE  # deleted since; a later entry says so too
+            changes.append(_change(int(s), entity, op, key, int(version), origin, record))
+        return changes, False
+
+    def _fetch_many(self, cur, table, cols, column, keys, make, key_of):
+        found = {}
+        for chunk in _chunks(sorted(keys)):
+            marks = ", ".join("?" * len(chunk))
+            rows = self._x(
+                cur, f"SELECT {cols} FROM {table} WHERE {column} IN ({marks})", tuple(chunk)
+            ).fetchall()
+            for row in rows:
+                rec = make(row)
+                found[key_of(rec)] = rec
+        return found
+
+    def _fetch_grants(self, cur, keys):
+        found = {}
+        for chunk in _chunks(sorted(keys)):
+            marks = ", ".join(["(?, ?)"] * len(chunk))
+            params = [p for key in chunk for p in split_grant_key(key)]
+            rows = self._x(
+                cur,
+                f"SELECT {_GRANT_COLS} FROM grants WHERE (principal, device_id)"
+                f" IN (VALUES {marks})",
+                tuple(params),
+            ).fetchall()
+            for row in rows:
+                rec = _grant(row)
+                found[grant_key(rec.principal, rec.device_id)] = rec
+        return found
+
+    def compact(self, before_seq):
+        return self._wpool.runInteraction(self._compact, int(before_seq))
+
+    def _compact(self, cur, before_seq):
+        self.dialect.begin_write(cur)
+        top = int(self._x(cur, "SELECT MAX(seq) FROM change_log").fetchone()[0] or 0)
+        current = self._watermark(cur)
+        # never claim to have dropped sequences that were not issued yet
+        watermark = min(before_seq, max(top, current - 1) + 1)
+        if watermark <= current:
+            return current
+        self._x(cur, "DELETE FROM change_log WHERE seq < ?", (watermark,))
+        self._x(
+            cur, "UPDATE meta SET value = ? WHERE key = 'log_watermark'", (str(watermark),)
+        )
+        return watermark
+
+    # -- admin tokens -------------------------------------------------------------------
+
+    def add_admin_token(self, name, token_hash):
+        return self._wpool.runInteraction(
+            self._add_admin_token, name, _hash_text(token_hash), self._now_ms()
+        )
+
+    def _add_admin_token(self, cur, name, token_hash, now):
+        self.dialect.begin_write(cur)
+        self._x(
+            cur,
+            "INSERT INTO admin_tokens (token_hash, name, created) VALUES (?, ?, ?)"
+            " ON CONFLICT (token_hash) DO UPDATE SET name = excluded.name",
+            (token_hash, name, now),
+        )
+
+    def admin_for_token_hash(self, token_hash):
+        return self._read(self._admin_for_token_hash, _hash_text(token_hash))
+
+    def _admin_for_token_hash(self, cur, token_hash):
+        row = self._x(
+            cur, "SELECT name FROM admin_tokens WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return row[0] if row else None
+
+
+def _hash_text(token_hash):
+    """Hashes are kept as lowercase hex text; raw digests are accepted too."""
+    if isinstance(token_hash, bytes | bytearray):
+        return bytes(token_hash).hex()
+    return token_hash.lower()
+
+
+def _limit(limit):
+    limit = int(limit)
+    if limit < 1:
+        raise VssError(ResultCode.INVALID_ARGUMENT, f"limit must be positive: {limit}")
+    return limit
+
+
+def _page(records, limit, key_of):
+    """(records, next_cursor) from ``limit + 1`` fetched rows."""
+    if len(records) > limit:
+        records = records[:limit]
+        return records, key_of(records[-1])
+    return records, ""
+
+
+def _replace_device(rec, **changes):
+    values = {n: getattr(rec, n) for n in rec._fields}
+    values.update(changes)
+    values["enabled"] = bool(values["enabled"])
+    values["channels"] = int(values["channels"])
+    return DeviceRecord(**values)
+
+
+def _change(seq, entity, op, key, version, origin, record):
+    return Change(
+        seq,
+        entity,
+        op,
+        key,
+        version,
+        origin,
+        record if entity == Entity.DEVICE else None,
+        record if entity == Entity.USER else None,
+        record if entity == Entity.GRANT else None,
+    )
