@@ -6,16 +6,22 @@ response carrying ``code``. Anything else that escapes a handler is answered as
 INTERNAL_ERROR and logged with its traceback.
 """
 
-from vss.protocols.codes import DESCRIPTIONS, ResultCode
+from vss.protocols.codes import DESCRIPTIONS, ResultCode, describe
 
 
 class VssError(Exception):
     """An error with a protocol result code and a message fit to show a user."""
 
     def __init__(self, code, message=None):
-        self.code = ResultCode(code)
-        self.message = message if message is not None else DESCRIPTIONS[self.code]
-        super().__init__(f"{self.code.name}: {self.message}")
+        try:
+            self.code = ResultCode(code)
+            default = DESCRIPTIONS[self.code]
+        except ValueError:
+            self.code = int(code)
+            default = describe(code)
+        self.message = message if message else default
+        name = getattr(self.code, "name", f"0x{self.code:04x}")
+        super().__init__(f"{name}: {self.message}")
 
 
 def code_for(failure_or_exc):

@@ -1,0 +1,480 @@
+"""
+The RGM signalling core over in-memory transports with a task.Clock: login, throttling,
+keepalive, grants, relay to the PU (S401, S404-S405, S407), routing to CMS (S402),
+bad input, state changes (S601-S603).
+"""
+
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial import unittest
+
+from vss.client import SignallingClient
+from vss.errors import VssError
+from vss.protocols import codec
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import (
+    KV,
+    Action,
+    ChangeKind,
+    ConfigGet,
+    DeviceList,
+    Empty,
+    Hello,
+    MsgType,
+    PtzControl,
+    PtzStatus,
+    Role,
+    StateChange,
+)
+from vss.testing.harness import ALL, NodeHarness
+
+
+def ptz(device_id="cam1", pan=0.5, channel=0):
+    return PtzControl(device_id=device_id, channel=channel, op=1, pan=pan, tilt=0.0, zoom=0.0,
+                      speed=0.5, timeout_ms=0)
+
+
+class Recorder:
+    """A PU request handler that answers PTZ with the asked pan, or holds answers."""
+
+    def __init__(self, hold=False):
+        self.seen = []
+        self.hold = hold
+        self.held = []
+
+    def __call__(self, frame, msg):
+        from twisted.internet import defer
+
+        self.seen.append(msg.body)
+        if self.hold:
+            d = defer.Deferred()
+            self.held.append((d, msg.body))
+            return d
+        return PtzStatus(pan=msg.body.pan, tilt=0.0, zoom=0.0, moving=False)
+
+
+def error_code(d):
+    """The result code a fired Deferred failed with."""
+    failures = []
+    d.addErrback(failures.append)
+    assert failures, "the request did not fail"
+    failures[0].trap(VssError)
+    return failures[0].value.code
+
+
+def result(d):
+    out = []
+    d.addCallback(out.append)
+    assert out, "the request has not completed"
+    return out[0]
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.h = NodeHarness(keepalive_interval=30, request_timeout=5.0)
+        self.h.add_device("cam1", channels=2)
+        self.h.add_user("alice", grants=[("cam1", ALL)])
+        self.h.add_user("bob", grants=[("cam1", Action.VIEW)])
+        self.addCleanup(self.h.stop)
+
+    def online_pu(self, handler=None):
+        handler = handler or Recorder()
+        client, (d, link, server) = self.h.pu("cam1", on_request=handler, channels=2)
+        result(d)
+        return client, handler, link
+
+    def logged_cu(self, name="alice", **kw):
+        client, (d, link, server) = self.h.cu(name, **kw)
+        result(d)
+        return client, link
+
+
+class LoginTests(Base):
+    def test_pu_and_cu_login(self):
+        pu, _, _ = self.online_pu()
+        cu, _ = self.logged_cu()
+        self.assertEqual(pu.registered.keepalive_interval, 30)
+        self.assertEqual(cu.node_id, "node-a")
+        self.assertTrue(self.h.store.get_state("cam1")["online"])
+        self.assertEqual(len(self.h.store.sessions()), 2)
+
+    def test_wrong_password_fails_without_leaking_the_secret(self):
+        with capturedLogs() as events:
+            client, (d, link, server) = self.h.cu("alice", password="not-the-password")
+        self.assertEqual(error_code(d), ResultCode.AUTH_FAILED)
+        text = repr(events)
+        self.assertNotIn("not-the-password", text)
+        self.assertTrue(any("authentication failed" in e.get("log_format", "") for e in events))
+        self.assertEqual(self.h.rgm.counters["auth_failures"], 1)
+
+    def test_unknown_identity_fails_like_a_wrong_password(self):
+        client, (d, link, server) = self.h.cu("mallory")
+        self.assertEqual(error_code(d), ResultCode.AUTH_FAILED)
+
+    def test_pu_unknown_to_node_is_fetched_from_central_on_first_registration(self):
+        self.h.add_device("cam9")
+        self.assertIsNone(self.h.store.get_device("cam9"))
+        client, (d, link, server) = self.h.pu("cam9")
+        result(d)
+        self.assertIsNotNone(self.h.store.get_device("cam9"))
+        self.assertIn("cam9", self.h.rgm.pu_links)
+
+    def test_pu_homed_elsewhere_is_refused(self):
+        self.h.add_device("cam2", home="node-b")
+        client, (d, link, server) = self.h.pu("cam2")
+        self.assertEqual(error_code(d), ResultCode.FORBIDDEN)
+
+    def test_repeated_failures_from_one_source_are_throttled_with_growing_delay(self):
+        for _ in range(3):
+            client, (d, link, server) = self.h.cu("alice", password="wrong")
+            self.assertEqual(error_code(d), ResultCode.AUTH_FAILED)
+        # The fourth failure starts a delay of 1 s, the fifth 2 s.
+        client, (d, link, server) = self.h.cu("alice", password="wrong")
+        self.assertEqual(error_code(d), ResultCode.AUTH_FAILED)
+        client, (d, link, server) = self.h.cu("alice")
+        self.assertEqual(error_code(d), ResultCode.AUTH_THROTTLED)
+        self.h.clock.advance(1.1)
+        client, (d, link, server) = self.h.cu("alice", password="wrong")
+        self.assertEqual(error_code(d), ResultCode.AUTH_FAILED)
+        self.h.clock.advance(1.1)
+        client, (d, link, server) = self.h.cu("alice")
+        self.assertEqual(error_code(d), ResultCode.AUTH_THROTTLED)
+        self.h.clock.advance(1.0)
+        client, (d, link, server) = self.h.cu("alice")
+        result(d)
+
+    def test_a_link_is_closed_after_five_failures(self):
+        client = SignallingClient(Role.CU, "alice", "wrong")
+        link, server, pump = self.h.connect(client, Role.CU)
+        link.request(MsgType.HELLO, Hello(min_version=1, max_version=1, role=Role.CU,
+                                          agent="t", features=[]))
+        self.h.pump()
+        login = _relogin(client)
+        for attempt in range(5):
+            self.assertFalse(server.closed, f"closed before attempt {attempt + 1}")
+            # A fresh throttle each time: this test is about the per-link limit.
+            self.h.rgm.throttle._sources.clear()
+            d = login(link)
+            self.h.pump()
+            self.assertEqual(error_code(d), ResultCode.AUTH_FAILED)
+        self.assertTrue(server.closed)
+
+    def test_messages_before_login_are_refused(self):
+        client = SignallingClient(Role.CU, "alice", "cu-password")
+        link, server, pump = self.h.connect(client, Role.CU)
+        d = link.request(MsgType.DEVICE_LIST, DeviceList(cursor="", limit=10))
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.UNEXPECTED_MESSAGE)
+        d = link.request(MsgType.HELLO, Hello(min_version=1, max_version=1, role=Role.CU,
+                                              agent="t", features=[]))
+        self.h.pump()
+        result(d)
+        d = link.request(MsgType.DEVICE_LIST, DeviceList(cursor="", limit=10))
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.NOT_AUTHENTICATED)
+
+    def test_hello_with_no_common_version_closes(self):
+        client = SignallingClient(Role.CU, "alice", "cu-password")
+        link, server, pump = self.h.connect(client, Role.CU)
+        d = link.request(MsgType.HELLO, Hello(min_version=2, max_version=9, role=Role.CU,
+                                              agent="t", features=[]))
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.NO_COMMON_VERSION)
+        self.assertTrue(server.closed)
+
+    def test_role_must_match_the_listener(self):
+        client = SignallingClient(Role.PU, "cam1", "pu-secret")
+        link, server, pump = self.h.connect(client, Role.CU)
+        d = client.login(link)
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.UNEXPECTED_MESSAGE)
+
+    def test_a_second_login_of_a_pu_replaces_the_first(self):
+        pu1, _, link1 = self.online_pu()
+        pu2, (d, link2, server2) = self.h.pu("cam1", on_request=Recorder())
+        result(d)
+        self.assertTrue(link1.closed)
+        self.assertIs(self.h.rgm.pu_links["cam1"], server2)
+        self.assertTrue(self.h.store.get_state("cam1")["online"])
+
+
+def _relogin(client):
+    """A login that skips HELLO (already done on this link)."""
+    from twisted.internet import defer
+
+    from vss.protocols import scram
+    from vss.protocols.messages import AuthProof, AuthStart
+
+    @defer.inlineCallbacks
+    def login(link):
+        nonce = scram.nonce()
+        ch = (yield link.request(MsgType.AUTH_START, AuthStart(
+            identity=client.identity, mechanism=scram.MECHANISM, client_nonce=nonce))).body
+        message = scram.auth_message(client.identity, nonce, ch.server_nonce, ch.salt,
+                                     ch.iterations)
+        yield link.request(MsgType.AUTH_PROOF, AuthProof(
+            client_proof=scram.client_proof(client._secret, ch.salt, ch.iterations, message)))
+
+    return login
+
+
+class KeepaliveTests(Base):
+    def test_silent_pu_is_dropped_after_three_intervals_and_marked_offline(self):
+        pu, _, link = self.online_pu()
+        pu._keepalive.stop()  # the PU goes quiet
+        notes = []
+        cu, _ = self.logged_cu(on_notify=notes.append)
+        for _ in range(6):
+            self.h.clock.advance(15)
+            cu.request(MsgType.KEEPALIVE, Empty())
+            self.h.pump()
+        self.assertIn("cam1", self.h.rgm.pu_links)
+        for _ in range(2):
+            self.h.clock.advance(15)
+            cu.request(MsgType.KEEPALIVE, Empty())
+            self.h.pump()
+        self.assertNotIn("cam1", self.h.rgm.pu_links)
+        self.assertFalse(self.h.store.get_state("cam1")["online"])
+        self.assertEqual(self.h.rgm.counters["dropped_silent"], 1)
+        self.assertTrue(link.closed)
+        changes = [n.body.change for n in notes if n.type == MsgType.STATE_CHANGE]
+        self.assertIn(ChangeKind.OFFLINE, changes)
+        self.assertEqual(len(self.h.rgm.cu_links), 1)
+
+    def test_keepalives_keep_a_pu_online_and_update_last_seen(self):
+        pu, _, link = self.online_pu()
+        for _ in range(20):
+            self.h.clock.advance(15)
+            self.h.pump()
+        self.assertIn("cam1", self.h.rgm.pu_links)
+        self.assertGreaterEqual(self.h.store.get_state("cam1")["last_seen"], 250_000)
+
+    def test_a_link_that_never_logs_in_is_dropped(self):
+        client = SignallingClient(Role.CU, "alice", "cu-password")
+        link, server, pump = self.h.connect(client, Role.CU)
+        self.h.clock.advance(31)
+        self.h.clock.advance(15)
+        self.h.pump()
+        self.assertTrue(server.closed)
+
+
+class RelayTests(Base):
+    def test_s401_s407_cu_request_reaches_the_pu_and_the_answer_comes_back(self):
+        _, handler, _ = self.online_pu()
+        cu, _ = self.logged_cu()
+        d = cu.request(MsgType.PTZ_CONTROL, ptz(pan=0.25))
+        self.h.pump()
+        self.assertEqual(result(d).body.pan, 0.25)
+        self.assertEqual(handler.seen[0].pan, 0.25)
+        self.assertEqual(self.h.rgm.counters["relayed"], 1)
+
+    def test_grants_are_checked_per_action(self):
+        _, handler, _ = self.online_pu()
+        cu, _ = self.logged_cu("bob")
+        d = cu.request(MsgType.PTZ_CONTROL, ptz())
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.FORBIDDEN)
+        d = cu.request(MsgType.CONFIG_GET, ConfigGet(device_id="cam1", channel=0, keys=[]))
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.FORBIDDEN)
+        self.assertEqual(handler.seen, [])
+
+    def test_offline_pu_gives_an_immediate_error(self):
+        cu, _ = self.logged_cu()
+        d = cu.request(MsgType.PTZ_CONTROL, ptz())
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.DEVICE_OFFLINE)
+
+    def test_a_pu_that_does_not_answer_gives_a_timeout(self):
+        _, handler, _ = self.online_pu(Recorder(hold=True))
+        cu, _ = self.logged_cu()
+        d = cu.request(MsgType.PTZ_CONTROL, ptz(), timeout=60)
+        self.h.pump()
+        self.assertFalse(d.called)
+        self.h.clock.advance(5.1)
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.TIMEOUT)
+
+    def test_many_requests_in_flight_are_correlated(self):
+        _, handler, _ = self.online_pu(Recorder(hold=True))
+        cu, _ = self.logged_cu()
+        ds = [cu.request(MsgType.PTZ_CONTROL, ptz(pan=i / 200.0)) for i in range(200)]
+        self.h.pump()
+        self.assertEqual(len(handler.held), 200)
+        # The PU answers in reverse order; each CU request still gets its own answer.
+        for hd, body in reversed(handler.held):
+            hd.callback(PtzStatus(pan=body.pan, tilt=0.0, zoom=0.0, moving=False))
+        self.h.pump()
+        self.assertEqual([result(d).body.pan for d in ds], [ds_pan(i) for i in range(200)])
+
+    def test_out_of_range_arguments_never_reach_the_pu(self):
+        _, handler, _ = self.online_pu()
+        cu, _ = self.logged_cu()
+        for body in (ptz(pan=3.0), ptz(channel=5), ptz(pan=float("nan"))):
+            d = cu.request(MsgType.PTZ_CONTROL, body)
+            self.h.pump()
+            self.assertEqual(error_code(d), ResultCode.INVALID_ARGUMENT)
+        self.assertEqual(handler.seen, [])
+
+    def test_s402_unknown_device_goes_to_central(self):
+        self.h.add_user("carol", grants=[("cam-x", ALL)])
+        cu, _ = self.logged_cu("carol")
+        d = cu.request(MsgType.PTZ_CONTROL, ptz("cam-x"))
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.UNKNOWN_DEVICE)
+        self.assertEqual(self.h.central.routed, [("cam-x", MsgType.PTZ_CONTROL)])
+
+    def test_s402_s406_request_for_a_pu_on_another_node(self):
+        other = NodeHarness("node-b", central=self.h.central, clock=self.h.clock)
+        self.addCleanup(other.stop)
+        self.h.central.nodes["node-b"] = other.rgm
+        other.add_device("cam-b")
+        self.h.add_user("dave", grants=[("cam-b", ALL)])
+        handler = Recorder()
+        pu, (d, _, _) = other.pu("cam-b", on_request=handler)
+        result(d)
+        cu, _ = self.logged_cu("dave")
+        d = cu.request(MsgType.PTZ_CONTROL, ptz("cam-b", pan=-0.5))
+        self.h.pump()
+        other.pump()
+        self.h.pump()
+        self.assertEqual(result(d).body.pan, -0.5)
+        self.assertEqual(handler.seen[0].device_id, "cam-b")
+        self.assertEqual(self.h.rgm.counters["routed"], 1)
+        self.assertEqual(other.rgm.counters["relayed"], 1)
+
+    def test_home_node_down(self):
+        self.h.add_device("cam-c", home="node-c")
+        self.h.add_user("erin", grants=[("cam-c", ALL)])
+        self.h.store.put_device(self.h.central.devices["cam-c"])
+        cu, _ = self.logged_cu("erin")
+        d = cu.request(MsgType.PTZ_CONTROL, ptz("cam-c"))
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.HOME_NODE_DOWN)
+
+    def test_device_list_is_paged_and_shows_online_state(self):
+        for i in range(5):
+            self.h.add_device(f"dev{i}")
+            self.h.store.put_device(self.h.central.devices[f"dev{i}"])
+            self.h.store.put_grant(type(self.h.store.grants()[0])(
+                principal="user:alice", device_id=f"dev{i}", actions=1, version=1))
+        self.online_pu()
+        cu, _ = self.logged_cu()
+        seen, cursor = [], ""
+        while True:
+            d = cu.request(MsgType.DEVICE_LIST, DeviceList(cursor=cursor, limit=2))
+            self.h.pump()
+            page = result(d).body
+            seen.extend(page.devices)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        self.assertEqual([x.device_id for x in seen], ["cam1"] + [f"dev{i}" for i in range(5)])
+        self.assertTrue(seen[0].online)
+        self.assertFalse(seen[1].online)
+
+
+def ds_pan(i):
+    import struct
+
+    return struct.unpack(">f", struct.pack(">f", i / 200.0))[0]
+
+
+class BadInputTests(Base):
+    def test_malformed_frame_from_a_cu_is_answered_and_only_that_link_closes(self):
+        _, handler, pu_link = self.online_pu()
+        cu, cu_link = self.logged_cu()
+        errors = capture_frames(cu_link)
+        cu_link.transport.write(codec.encode_frame(MsgType.PTZ_CONTROL, b"\x00\x09abc", txid=77))
+        self.h.pump()
+        self.assertEqual([(e.status, e.txid) for e in errors],
+                         [(ResultCode.TRUNCATED_BODY, 77)])
+        self.assertTrue(cu_link.transport.disconnecting or cu_link.closed)
+        self.assertIn("cam1", self.h.rgm.pu_links)
+        cu2, _ = self.logged_cu()
+        d = cu2.request(MsgType.PTZ_CONTROL, ptz())
+        self.h.pump()
+        result(d)
+
+    def test_bad_magic_is_answered_with_type_error_and_closes(self):
+        cu, cu_link = self.logged_cu()
+        frames = capture_frames(cu_link)
+        cu_link.transport.write(b"XX" + bytes(14))
+        self.h.pump()
+        self.assertEqual([(f.type, f.status, f.txid) for f in frames],
+                         [(MsgType.ERROR, ResultCode.BAD_MAGIC, 0)])
+
+    def test_unknown_message_type_is_not_fatal(self):
+        cu, cu_link = self.logged_cu()
+        d = cu_link.request_raw(0x7F00, b"\x00\x00")
+        self.h.pump()
+        self.assertEqual(result(d).status, ResultCode.UNKNOWN_MESSAGE)
+        d = cu.request(MsgType.KEEPALIVE, Empty())
+        self.h.pump()
+        result(d)
+
+    def test_a_pu_answering_garbage_does_not_hurt_the_cu_link(self):
+        def garbage(frame, msg):
+            from twisted.internet import defer
+
+            pu_server = self.h.rgm.pu_links["cam1"]
+            # Answer by hand with a body that does not decode as PtzStatus.
+            self.pu_link.send_raw(codec.encode_frame(
+                frame.type, b"\x01", frame.txid, codec.FLAG_RESPONSE))
+            self.assertIsNotNone(pu_server)
+            return defer.Deferred()  # never answers through the normal path
+
+        client, handler, self.pu_link = self.online_pu(garbage)
+        cu, cu_link = self.logged_cu()
+        d = cu.request(MsgType.PTZ_CONTROL, ptz())
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.INTERNAL_ERROR)
+        self.assertFalse(cu_link.closed)
+
+
+def capture_frames(link):
+    """Every frame the client link receives from now on, responses included."""
+    frames = []
+    decoder = codec.FrameDecoder()
+    original = link.dataReceived
+
+    def dataReceived(data):
+        frames.extend(decoder.feed(data))
+        original(data)
+
+    link.dataReceived = dataReceived
+    return frames
+
+
+class StateChangeTests(Base):
+    def test_s601_s603_pu_change_updates_memory_reaches_cus_and_central(self):
+        pu, _, pu_link = self.online_pu()
+        notes = []
+        self.logged_cu(on_notify=notes.append)
+        pu_link.send_notify(MsgType.STATE_CHANGE, StateChange(
+            device_id="cam1", channel=0, change=ChangeKind.CONFIG, timestamp=1,
+            items=[KV(key="bitrate", value="4000")]))
+        self.h.pump()
+        self.assertEqual(self.h.store.get_state("cam1")["config"], {"bitrate": "4000"})
+        self.assertEqual([n.body.change for n in notes if n.type == MsgType.STATE_CHANGE][-1],
+                         ChangeKind.CONFIG)
+        self.assertEqual(len(self.h.central.changes), 1)
+        self.assertEqual(self.h.central.changes[0].device_id, "cam1")
+
+    def test_ptz_position_is_dynamic_and_not_sent_to_central(self):
+        pu, _, pu_link = self.online_pu()
+        pu_link.send_notify(MsgType.STATE_CHANGE, StateChange(
+            device_id="cam1", channel=0, change=ChangeKind.PTZ, timestamp=1,
+            items=[KV(key="pan", value="0.5")]))
+        self.h.pump()
+        self.assertEqual(self.h.store.get_state("cam1")["pan"], 0.5)
+        self.assertEqual(self.h.central.changes, [])
+
+    def test_a_pu_cannot_report_for_another_device(self):
+        pu, _, pu_link = self.online_pu()
+        with capturedLogs() as events:
+            pu_link.send_notify(MsgType.STATE_CHANGE, StateChange(
+                device_id="cam-other", channel=0, change=ChangeKind.NAME, timestamp=1,
+                items=[KV(key="name", value="x")]))
+            self.h.pump()
+        self.assertEqual(self.h.central.changes, [])
+        self.assertTrue(any(e["log_level"] == LogLevel.warn for e in events))

@@ -1,0 +1,246 @@
+"""
+The Twisted protocol of every signalling link (PU link, CU link, inter-node links).
+
+It is thin: it frames and decodes bytes with the sans-IO codec, correlates responses with
+the requests it sent, applies the one policy for bad input, and hands every incoming
+request or notification to a *handler* object:
+
+- ``handler.linkUp(link)`` when the connection is made,
+- ``handler.received(link, frame, msg)`` for each request or notification,
+- ``handler.linkDown(link, reason)`` when it is lost.
+
+What a link does with a message (authentication, grants, relaying) is the handler's
+business: the RGM service on a node, the PU agent, a CU client, CMS.
+
+Bad input policy (docs/protocol.md, "Errors"): a fatal ``ProtocolError`` is logged, answered
+with an error response (carrying the offending txid and type when the header could be
+read, else type ERROR and txid 0), and the link is closed after the answer is written.
+A non-fatal one (unknown message type) is answered and the link stays up. Nothing raises
+out of ``dataReceived``.
+"""
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from vss.errors import VssError, code_for
+from vss.protocols import codec
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import MsgType
+
+DEFAULT_REQUEST_TIMEOUT = 10.0
+DEFAULT_MAX_IN_FLIGHT = 256
+
+
+class SignallingLink(protocol.Protocol):
+    """One signalling link. ``handler`` receives what arrives; ``request`` sends."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        handler,
+        clock,
+        max_body=codec.MAX_BODY,
+        max_in_flight=DEFAULT_MAX_IN_FLIGHT,
+        request_timeout=DEFAULT_REQUEST_TIMEOUT,
+    ):
+        self.handler = handler
+        self.clock = clock
+        self.decoder = codec.FrameDecoder(max_body)
+        self.max_in_flight = max_in_flight
+        self.request_timeout = request_timeout
+        self.version = codec.VERSION
+        self._next_txid = 0
+        self._pending = {}  # txid -> (Deferred, DelayedCall or None)
+        self.last_rx = clock.seconds()
+        self.connected_at = self.last_rx
+        self.closed = False
+        self.peer = None
+        self.session = None  # set by the handler once it knows who is on the link
+        self.frames_in = 0
+        self.frames_out = 0
+
+    # -- connection life cycle
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.peer_host = getattr(peer, "host", "?")
+        self.handler.linkUp(self)
+
+    def connectionLost(self, reason=None):
+        self.closed = True
+        pending, self._pending = self._pending, {}
+        for d, timer in pending.values():
+            if timer is not None and timer.active():
+                timer.cancel()
+            d.errback(VssError(ResultCode.SESSION_CLOSED, "link closed"))
+        self.handler.linkDown(self, reason)
+
+    def close(self, code=None, message=""):
+        """Say goodbye (BYE with ``code``) if given, then close after writes drain."""
+        if self.closed:
+            return
+        if code is not None:
+            from vss.protocols.messages import Bye
+
+            self.send_notify(MsgType.BYE, Bye(reason=int(code), message=message))
+        self.closed = True
+        self.transport.loseConnection()
+
+    def abort(self):
+        self.closed = True
+        self.transport.abortConnection()
+
+    # -- input
+
+    def dataReceived(self, data):
+        self.last_rx = self.clock.seconds()
+        for item in self.decoder.feed(data):
+            if type(item) is codec.Frame:
+                self.frames_in += 1
+                try:
+                    self._frameReceived(item)
+                except Exception:
+                    self.log.failure("handler failed on {type}", type=codec.message_name(item.type))
+                    if not item.flags & (codec.FLAG_RESPONSE | codec.FLAG_NOTIFY):
+                        self.send_error(item.type, item.txid, ResultCode.INTERNAL_ERROR)
+            else:
+                self._badInput(item)
+                return
+            if self.closed:
+                return
+
+    def _frameReceived(self, frame):
+        if frame.flags & codec.FLAG_RESPONSE:
+            entry = self._pending.pop(frame.txid, None)
+            if entry is None:
+                self.log.debug("late or unknown response txid={txid}", txid=frame.txid)
+                return
+            d, timer = entry
+            if timer is not None and timer.active():
+                timer.cancel()
+            d.callback(frame)
+            return
+        msg = codec.decode_body(frame)
+        if isinstance(msg, codec.ProtocolError):
+            self._badInput(msg)
+            return
+        self.handler.received(self, frame, msg)
+
+    def _badInput(self, err):
+        self.log.warn(
+            "bad input from {peer}: {code} {message}",
+            peer=self.peer,
+            code=err.code.name,
+            message=err.message,
+        )
+        if err.type is None:
+            self.send_error(MsgType.ERROR, 0, err.code, err.message)
+        else:
+            self.send_error(err.type, err.txid or 0, err.code, err.message)
+        if err.fatal:
+            self.closed = True
+            self.transport.loseConnection()
+
+    # -- output
+
+    def send_raw(self, data):
+        if not self.closed:
+            self.frames_out += 1
+            self.transport.write(data)
+
+    def send_response(self, type, txid, body):
+        self.send_raw(codec.encode_response(type, body, txid, self.version))
+
+    def send_raw_response(self, type, txid, status, body):
+        flags = codec.FLAG_RESPONSE | (codec.FLAG_ERROR if status else 0)
+        self.send_raw(codec.encode_frame(type, body, txid, flags, status, self.version))
+
+    def send_error(self, type, txid, code, message=""):
+        self.send_raw(codec.encode_error(type, txid, code, message, self.version))
+
+    def send_failure(self, frame, failure_or_exc):
+        """Answer a request with the error a handler failed with; unexpected errors are
+        logged with their traceback and answered as INTERNAL_ERROR."""
+        code, message = code_for(failure_or_exc)
+        exc = getattr(failure_or_exc, "value", failure_or_exc)
+        if not isinstance(exc, VssError):
+            self.log.failure(
+                "request {type} failed",
+                failure=failure_or_exc if hasattr(failure_or_exc, "getTraceback") else None,
+                type=codec.message_name(frame.type),
+            )
+        self.send_error(frame.type, frame.txid, code, message)
+
+    def send_notify(self, type, body):
+        self.send_raw(codec.encode_notify(type, body, self.version))
+
+    def request(self, type, body, timeout=None):
+        """Send a request; a Deferred firing with the decoded response ``Message``, or
+        failing with ``VssError`` (the peer's error code, TIMEOUT, SESSION_CLOSED)."""
+        return self.request_raw(type, codec.encode_body(body), timeout).addCallback(
+            _decode_response
+        )
+
+    def request_raw(self, type, body, timeout=None):
+        """Send a request whose body is already encoded; fires with the response
+        ``Frame`` (status may be an error code: the caller decides)."""
+        if self.closed:
+            return defer.fail(VssError(ResultCode.SESSION_CLOSED, "link closed"))
+        if len(self._pending) >= self.max_in_flight:
+            return defer.fail(VssError(ResultCode.TOO_MANY_IN_FLIGHT))
+        txid = self._allocate_txid()
+        d = defer.Deferred(lambda _: self._pending.pop(txid, None))
+        timeout = self.request_timeout if timeout is None else timeout
+        timer = self.clock.callLater(timeout, self._timedOut, txid) if timeout else None
+        self._pending[txid] = (d, timer)
+        self.send_raw(codec.encode_frame(type, body, txid, 0, 0, self.version))
+        return d
+
+    def _allocate_txid(self):
+        while True:
+            self._next_txid = (self._next_txid % 0xFFFFFFFF) + 1
+            if self._next_txid not in self._pending:
+                return self._next_txid
+
+    def _timedOut(self, txid):
+        entry = self._pending.pop(txid, None)
+        if entry is not None:
+            entry[0].errback(VssError(ResultCode.TIMEOUT))
+
+    @property
+    def in_flight(self):
+        return len(self._pending)
+
+
+def _decode_response(frame):
+    if frame.status:
+        msg = codec.decode_body(frame)
+        text = msg.body.message if isinstance(msg, codec.Message) else None
+        raise VssError(frame.status, text or None)
+    msg = codec.decode_body(frame)
+    if isinstance(msg, codec.ProtocolError):
+        raise VssError(msg.code, msg.message)
+    return msg
+
+
+def check_response(frame):
+    """Raise ``VssError`` if a raw response frame carries an error status."""
+    if frame.status:
+        _decode_response(frame)
+    return frame
+
+
+class LinkFactory(protocol.Factory):
+    """Builds links for a handler (a server-side service or a client)."""
+
+    def __init__(self, handler, clock, **link_options):
+        self.handler = handler
+        self.clock = clock
+        self.link_options = link_options
+
+    def buildProtocol(self, addr):
+        p = SignallingLink(self.handler, self.clock, **self.link_options)
+        p.factory = self
+        return p

@@ -1,0 +1,130 @@
+"""
+CU to PU communication on a node (flow S401-S407 of docs/architecture.md).
+
+- S401 ``on_cu_request``: a CU's request arrives at the RGM of its own node; the grant
+  for the device and action is checked here, before anything is forwarded.
+- local hit ``serve_locally``: the PU is in this node's memory database; the request is
+  forwarded to the PU under the node's own transaction id and the answer correlated.
+- S402 ``ask_central``: the device is not held here; CMS routes it to the home node
+  (S403-S406 happen there) and the answer comes back.
+- S407 ``answer_cu``: the answer goes back to the CU under the CU's transaction id.
+
+Bodies are decoded once (to read the device id and validate arguments) and then passed
+through as bytes: the node never re-encodes what it relays.
+"""
+
+import math
+
+from twisted.internet import defer
+
+from vss.errors import VssError
+from vss.protocols import codec
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import MsgType, PtzOp
+
+# Imported lazily by service to avoid a cycle: CONTROL_ACTIONS lives in service.
+
+
+def on_cu_request(rgm, link, frame, msg):
+    """S401: a request from a registered CU."""
+    from vss.rgm.service import CONTROL_ACTIONS
+
+    t = frame.type
+    s = link.session
+    if frame.flags & codec.FLAG_NOTIFY:
+        return
+    action = CONTROL_ACTIONS.get(t)
+    if action is not None:
+        device_id = msg.body.device_id
+        if not rgm.store.actions_for(s.identity, device_id) & action:
+            return link.send_error(t, frame.txid, ResultCode.FORBIDDEN,
+                                   f"{s.identity} may not {action.name.lower()} {device_id}")
+        problem = validate(t, msg.body, rgm.store.get_device(device_id))
+        if problem:
+            return link.send_error(t, frame.txid, ResultCode.INVALID_ARGUMENT, problem)
+        record = rgm.store.get_device(device_id)
+        if record is not None and record.home_node in ("", rgm.node_id):
+            d = serve_locally(rgm, device_id, t, frame.body)
+        else:
+            d = ask_central(rgm, device_id, t, frame.body)
+        d.addCallbacks(
+            lambda result: answer_cu(link, t, frame.txid, *result),
+            lambda f: link.send_failure(frame, f),
+        )
+        return
+    if t == MsgType.DEVICE_LIST:
+        body = rgm.device_list(s.identity, msg.body.cursor, msg.body.limit)
+        return link.send_response(t, frame.txid, body)
+    if t in (MsgType.MEDIA_OPEN, MsgType.MEDIA_CLOSE):
+        if rgm.cdn is None:
+            return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
+                                   "this node has no streaming server")
+        d = defer.maybeDeferred(rgm.cdn.handle, s, t, msg.body)
+        d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
+                       lambda f: link.send_failure(frame, f))
+        return
+    link.send_error(t, frame.txid, ResultCode.UNEXPECTED_MESSAGE,
+                    f"{codec.message_name(t)} is not a CU request")
+
+
+def serve_locally(rgm, device_id, type, body):
+    """The PU is homed here: forward to it (S404-S405 on the home node). Fires with
+    (status, response body bytes)."""
+    pu = rgm.pu_links.get(device_id)
+    if pu is None:
+        return defer.fail(VssError(ResultCode.DEVICE_OFFLINE, f"{device_id} is offline"))
+    rgm.counters["relayed"] += 1
+    d = pu.request_raw(type, body, rgm.config.request_timeout)
+    return d.addCallback(_checked_response)
+
+
+def _checked_response(frame):
+    """A PU's answer is validated before it is passed on, so a broken PU can never make
+    a CU's decoder drop its link."""
+    msg = codec.decode_body(frame)
+    if isinstance(msg, codec.ProtocolError):
+        raise VssError(ResultCode.INTERNAL_ERROR, f"the device answered badly: {msg.message}")
+    return frame.status, frame.body
+
+
+def ask_central(rgm, device_id, type, body):
+    """S402: the device is not held here; CMS finds its home node."""
+    rgm.counters["routed"] += 1
+    return defer.maybeDeferred(rgm.central.route, device_id, type, body)
+
+
+def answer_cu(link, type, txid, status, body):
+    """S407: the answer goes back to the CU under its own transaction id."""
+    link.send_raw_response(type, txid, status, body)
+
+
+def validate(type, body, device):
+    """A problem with the request's arguments, or None. Checked on the node so that no
+    PU ever sees an out-of-range value."""
+    channels = device.channels if device is not None else None
+    if channels is not None and channels and body.channel >= channels:
+        return f"channel {body.channel} out of range (device has {channels})"
+    if type == MsgType.PTZ_CONTROL:
+        if body.op not in set(PtzOp):
+            return f"unknown PTZ op {body.op}"
+        for name in ("pan", "tilt", "zoom", "speed"):
+            v = getattr(body, name)
+            if not math.isfinite(v) or not -1.0 <= v <= 1.0:
+                return f"{name} must be within [-1, 1]"
+    elif type == MsgType.LENS_CONTROL:
+        if body.focus > 4 or body.iris > 4:
+            return "unknown focus or iris op"
+        if not math.isfinite(body.speed) or not 0.0 <= body.speed <= 1.0:
+            return "speed must be within [0, 1]"
+    elif type == MsgType.PRESET:
+        if body.op not in (1, 2, 3, 4):
+            return f"unknown preset op {body.op}"
+        if body.op != 4 and not 1 <= body.preset <= 255:
+            return "preset must be within 1..255"
+    elif type == MsgType.CONFIG_SET:
+        if not body.items:
+            return "no items to set"
+        for kv in body.items:
+            if not kv.key or len(kv.key) > 64 or len(kv.value) > 1024:
+                return f"bad config item {kv.key[:64]!r}"
+    return None

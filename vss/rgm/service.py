@@ -1,0 +1,559 @@
+"""
+The RGM (register manager) of a node: the signalling core every PU and CU talks to.
+
+One ``RGMService`` holds the node's state (through its ``IMemoryStore``) and is the
+handler of every PU and CU link (``vss.protocols.link.SignallingLink``). The life of a
+link is:
+
+1. ``HELLO``        version negotiation (``on_hello``)
+2. ``AUTH_START``   SCRAM challenge (``on_auth_start``); unknown identities are asked of
+                    CMS first (first registration)
+3. ``AUTH_PROOF``   proof check, throttled per source (``on_auth_proof``)
+4. ``REGISTER``     the PU comes online / the CU session opens (``on_register``)
+5. then keepalives, a PU's state changes (``on_state_change``, S601-S603) and a CU's
+   requests (``vss.rgm.relay``, S401-S407).
+
+A sweep every keepalive interval drops links silent for three intervals and links that
+never finished logging in.
+"""
+
+import secrets
+from dataclasses import dataclass
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from vss.errors import VssError
+from vss.protocols import codec
+from vss.protocols.codes import ResultCode
+from vss.protocols.link import LinkFactory
+from vss.protocols.messages import (
+    Action,
+    AuthChallenge,
+    AuthOk,
+    ChangeKind,
+    DeviceInfo,
+    Devices,
+    Empty,
+    HelloAck,
+    MsgType,
+    Registered,
+    Role,
+    StateChange,
+    SyncChange,
+    to_dict,
+)
+from vss.rgm import relay
+from vss.rgm.auth import ScramExchange, Throttle
+
+AGENT = "vss-node/0.1"
+
+
+@dataclass(frozen=True)
+class RGMConfig:
+    node_id: str
+    node_secret: bytes
+    keepalive_interval: int = 30
+    request_timeout: float = 10.0
+    max_in_flight: int = 256
+    handshake_timeout: float = 30.0
+    link_max_failures: int = 5
+    max_body: int = codec.MAX_BODY
+
+
+class State:
+    NEW = "new"
+    HELLO = "hello"
+    CHALLENGED = "challenged"
+    AUTHENTICATED = "authenticated"
+    REGISTERED = "registered"
+
+
+class Session:
+    """What the node knows about one link."""
+
+    __slots__ = (
+        "link",
+        "listener_role",
+        "role",
+        "state",
+        "identity",
+        "session_id",
+        "exchange",
+        "failures",
+        "kind",
+        "channels",
+        "registered_at",
+    )
+
+    def __init__(self, link, listener_role):
+        self.link = link
+        self.listener_role = listener_role
+        self.role = None
+        self.state = State.NEW
+        self.identity = None
+        self.session_id = None
+        self.exchange = None
+        self.failures = 0
+        self.kind = 0
+        self.channels = 0
+        self.registered_at = None
+
+
+class _Listener:
+    """The link handler of one listening endpoint: tags links with the role it serves."""
+
+    def __init__(self, rgm, role):
+        self.rgm = rgm
+        self.role = role
+
+    def linkUp(self, link):
+        self.rgm.linkUp(link, self.role)
+
+    def received(self, link, frame, msg):
+        self.rgm.received(link, frame, msg)
+
+    def linkDown(self, link, reason):
+        self.rgm.linkDown(link, reason)
+
+
+#: Control requests a CU may send, and the grant each needs.
+CONTROL_ACTIONS = {
+    MsgType.PTZ_CONTROL: Action.PTZ,
+    MsgType.LENS_CONTROL: Action.PTZ,
+    MsgType.PRESET: Action.PTZ,
+    MsgType.CONFIG_GET: Action.CONFIG,
+    MsgType.CONFIG_SET: Action.CONFIG,
+    MsgType.RECORD_SETTINGS_GET: Action.RECORD,
+    MsgType.RECORD_SETTINGS_SET: Action.RECORD,
+}
+
+#: State changes a PU reports that are static data and so go on to CMS (S603).
+SYNCED_CHANGES = {ChangeKind.NAME, ChangeKind.CONFIG, ChangeKind.PRESET, ChangeKind.RECORDING}
+
+
+class RGMService(service.Service):
+    log = Logger()
+
+    def __init__(self, config, store, central, clock, cdn=None):
+        self.config = config
+        self.node_id = config.node_id
+        self.store = store
+        self.central = central
+        self.clock = clock
+        self.cdn = cdn
+        self.throttle = Throttle(clock)
+        self.links = set()
+        self.pu_links = {}  # device_id -> link of the registered PU
+        self.cu_links = {}  # session_id -> link
+        self.counters = {"relayed": 0, "routed": 0, "auth_failures": 0, "dropped_silent": 0}
+        self._sweeper = None
+        self._change_ids = 0
+
+    # -- service
+
+    def startService(self):
+        super().startService()
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = self.clock
+        interval = min(self.config.keepalive_interval, self.config.handshake_timeout)
+        self._sweeper.start(max(1.0, interval / 2.0), now=False)
+
+    def stopService(self):
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        for link in list(self.links):
+            link.close(ResultCode.SESSION_CLOSED, "node shutting down")
+        return super().stopService()
+
+    def factory(self, role):
+        """The protocol factory for the PU (``Role.PU``) or CU (``Role.CU``) listener."""
+        return LinkFactory(
+            _Listener(self, role),
+            self.clock,
+            max_body=self.config.max_body,
+            max_in_flight=self.config.max_in_flight,
+            request_timeout=self.config.request_timeout,
+        )
+
+    def now_ms(self):
+        return int(self.clock.seconds() * 1000)
+
+    # -- link handler
+
+    def linkUp(self, link, role):
+        link.session = Session(link, role)
+        self.links.add(link)
+
+    def linkDown(self, link, reason):
+        self.links.discard(link)
+        s = link.session
+        if s is None or s.state != State.REGISTERED:
+            return
+        self.store.remove_session(s.session_id)
+        if s.role == Role.PU:
+            if self.pu_links.get(s.identity) is link:
+                del self.pu_links[s.identity]
+                self.store.set_state(s.identity, online=False, last_seen=self.now_ms())
+                self.log.info("PU {device} offline", device=s.identity)
+                self.publish_state(s.identity, ChangeKind.OFFLINE, [])
+        else:
+            self.cu_links.pop(s.session_id, None)
+
+    def received(self, link, frame, msg):
+        s = link.session
+        t = frame.type
+        notify = frame.flags & codec.FLAG_NOTIFY
+        if t == MsgType.KEEPALIVE:
+            if not notify:
+                link.send_response(t, frame.txid, Empty())
+            if s.state == State.REGISTERED and s.role == Role.PU:
+                self.store.set_state(s.identity, last_seen=self.now_ms())
+            return
+        if t == MsgType.BYE:
+            link.close()
+            return
+        if s.state == State.REGISTERED:
+            if s.role == Role.CU:
+                relay.on_cu_request(self, link, frame, msg)
+            else:
+                self.on_pu_message(link, frame, msg)
+            return
+        handler = {
+            MsgType.HELLO: self.on_hello,
+            MsgType.AUTH_START: self.on_auth_start,
+            MsgType.AUTH_PROOF: self.on_auth_proof,
+            MsgType.REGISTER: self.on_register,
+        }.get(t)
+        if handler is None:
+            code = ResultCode.NOT_AUTHENTICATED if s.state != State.NEW else ResultCode.UNEXPECTED_MESSAGE
+            self.refuse(link, frame, code)
+            return
+        handler(link, frame, msg)
+
+    def refuse(self, link, frame, code, message=""):
+        if not frame.flags & codec.FLAG_NOTIFY:
+            link.send_error(frame.type, frame.txid, code, message)
+
+    # -- 1. HELLO
+
+    def on_hello(self, link, frame, msg):
+        s = link.session
+        if s.state != State.NEW:
+            return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "HELLO already done")
+        h = msg.body
+        common = [v for v in codec.SUPPORTED_VERSIONS if h.min_version <= v <= h.max_version]
+        if not common:
+            link.send_error(frame.type, frame.txid, ResultCode.NO_COMMON_VERSION)
+            link.close()
+            return
+        if h.role != link.session.listener_role:
+            link.send_error(
+                frame.type,
+                frame.txid,
+                ResultCode.UNEXPECTED_MESSAGE,
+                f"this endpoint serves role {Role(s.listener_role).name}",
+            )
+            link.close()
+            return
+        s.role = Role(h.role)
+        s.state = State.HELLO
+        link.send_response(
+            frame.type,
+            frame.txid,
+            HelloAck(version=max(common), node_id=self.node_id, agent=AGENT, features=[]),
+        )
+        link.version = max(common)
+
+    # -- 2. AUTH_START
+
+    def on_auth_start(self, link, frame, msg):
+        s = link.session
+        if s.state not in (State.HELLO, State.CHALLENGED):
+            return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE)
+        wait = self.throttle.wait(link.peer_host)
+        if wait > 0:
+            return self.refuse(
+                link, frame, ResultCode.AUTH_THROTTLED, f"retry in {wait:.0f} s"
+            )
+        body = msg.body
+        if body.mechanism != "SCRAM-SHA-256" or not 16 <= len(body.client_nonce) <= 64:
+            return self.refuse(link, frame, ResultCode.INVALID_ARGUMENT, "mechanism or nonce")
+        d = defer.maybeDeferred(self.verifier_for, s.role, body.identity)
+
+        def challenge(verifier):
+            if link.closed:
+                return
+            s.exchange = ScramExchange(
+                body.identity, body.client_nonce, verifier, self.config.node_secret
+            )
+            s.state = State.CHALLENGED
+            link.send_response(
+                frame.type,
+                frame.txid,
+                AuthChallenge(
+                    salt=s.exchange.salt,
+                    iterations=s.exchange.iterations,
+                    server_nonce=s.exchange.server_nonce,
+                ),
+            )
+
+        d.addCallback(challenge)
+        d.addErrback(lambda f: link.send_failure(frame, f))
+
+    def verifier_for(self, role, identity):
+        """The stored verifier of a PU or CU, asking CMS on a first registration.
+        None for an identity nobody knows (the exchange then fails at the proof)."""
+        record = self._record(role, identity)
+        if record is not None:
+            return record.verifier if record.enabled else None
+        d = defer.maybeDeferred(self.central.registration_info, identity, int(role))
+
+        def got(info):
+            self.apply_registration_info(info)
+            record = self._record(role, identity)
+            return record.verifier if record is not None and record.enabled else None
+
+        def unknown(f):
+            f.trap(VssError)
+            if f.value.code == ResultCode.CENTRAL_UNAVAILABLE:
+                self.log.warn("CMS unavailable for first registration of {identity}", identity=identity)
+            return None
+
+        return d.addCallbacks(got, unknown)
+
+    def _record(self, role, identity):
+        if role == Role.PU:
+            return self.store.get_device(identity)
+        return self.store.get_user(identity)
+
+    def apply_registration_info(self, info):
+        if info.device is not None:
+            self.store.put_device(info.device)
+        if info.user is not None:
+            self.store.put_user(info.user)
+        for g in info.grants:
+            self.store.put_grant(g)
+
+    # -- 3. AUTH_PROOF
+
+    def on_auth_proof(self, link, frame, msg):
+        s = link.session
+        if s.state != State.CHALLENGED:
+            return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "AUTH_START first")
+        exchange, s.exchange = s.exchange, None
+        signature = exchange.verify(msg.body.client_proof)
+        if signature is None:
+            s.failures += 1
+            s.state = State.HELLO
+            self.counters["auth_failures"] += 1
+            self.throttle.failed(link.peer_host)
+            # The identity is logged, never the proof or anything derived from a secret.
+            self.log.info(
+                "authentication failed for {role} {identity} from {peer}",
+                role=s.role.name,
+                identity=exchange.identity,
+                peer=link.peer,
+            )
+            link.send_error(frame.type, frame.txid, ResultCode.AUTH_FAILED)
+            if s.failures >= self.config.link_max_failures:
+                link.close(ResultCode.AUTH_FAILED, "too many failures")
+            return
+        self.throttle.succeeded(link.peer_host)
+        s.identity = exchange.identity
+        s.session_id = secrets.token_hex(16)
+        s.state = State.AUTHENTICATED
+        link.send_response(
+            frame.type, frame.txid, AuthOk(server_signature=signature, session_id=s.session_id)
+        )
+
+    # -- 4. REGISTER
+
+    def on_register(self, link, frame, msg):
+        s = link.session
+        if s.state != State.AUTHENTICATED:
+            code = ResultCode.NOT_AUTHENTICATED if s.state != State.REGISTERED else ResultCode.UNEXPECTED_MESSAGE
+            return self.refuse(link, frame, code)
+        body = msg.body
+        now = self.now_ms()
+        if s.role == Role.PU:
+            device = self.store.get_device(s.identity)
+            if device is None:
+                return self.refuse(link, frame, ResultCode.UNKNOWN_DEVICE)
+            if device.home_node and device.home_node != self.node_id:
+                return self.refuse(
+                    link, frame, ResultCode.FORBIDDEN, f"home node is {device.home_node}"
+                )
+            old = self.pu_links.get(s.identity)
+            if old is not None and old is not link:
+                old.close(ResultCode.SESSION_REPLACED, "the device logged in on another link")
+            self.pu_links[s.identity] = link
+            self.store.set_state(
+                s.identity,
+                online=True,
+                node_id=self.node_id,
+                last_seen=now,
+                since=now,
+                model=body.model,
+                firmware=body.firmware,
+                peer=link.peer,
+            )
+            self.log.info("PU {device} online from {peer}", device=s.identity, peer=link.peer)
+        else:
+            self.cu_links[s.session_id] = link
+        s.kind = body.kind
+        s.channels = body.channels
+        s.registered_at = now
+        s.state = State.REGISTERED
+        self.store.put_session(
+            s.session_id,
+            {"role": s.role.name, "identity": s.identity, "peer": link.peer, "since": now},
+        )
+        link.send_response(
+            frame.type,
+            frame.txid,
+            Registered(
+                node_id=self.node_id,
+                keepalive_interval=self.config.keepalive_interval,
+                server_time=now,
+            ),
+        )
+        if s.role == Role.PU:
+            self.publish_state(s.identity, ChangeKind.ONLINE, [])
+
+    # -- 5. what a registered PU sends
+
+    def on_pu_message(self, link, frame, msg):
+        if frame.type == MsgType.STATE_CHANGE:
+            self.on_state_change(link.session.identity, msg.body)
+        else:
+            self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE)
+
+    def on_state_change(self, device_id, change):
+        """S601/S602: a PU changed its data; apply it to the memory database, pass it
+        to the CUs watching, and send what is static data on to CMS (S603)."""
+        if change.device_id != device_id:
+            self.log.warn("PU {device} reported a change for {other}", device=device_id,
+                          other=change.device_id)
+            return
+        items = {kv.key: kv.value for kv in change.items}
+        kind = change.change
+        state = self.store.get_state(device_id)
+        if kind == ChangeKind.PTZ:
+            self.store.set_state(device_id, **{k: float(v) for k, v in items.items()
+                                               if k in ("pan", "tilt", "zoom")})
+        elif kind == ChangeKind.CONFIG:
+            config = dict(state.get("config", {}))
+            config.update(items)
+            self.store.set_state(device_id, config=config,
+                                 config_version=int(items.get("_version", state.get("config_version", 0))))
+        elif kind == ChangeKind.PRESET:
+            self.store.set_state(device_id, presets=items)
+        elif kind == ChangeKind.NAME and "name" in items:
+            self.store.set_state(device_id, name=items["name"])
+        elif kind in (ChangeKind.ALARM, ChangeKind.RECORDING):
+            self.store.set_state(device_id, **{kind.name.lower(): items})
+        self.publish_state(device_id, kind, change.items, change.channel)
+        if kind in SYNCED_CHANGES:
+            self.report_to_central(device_id, change)
+
+    def report_to_central(self, device_id, change):
+        self._change_ids += 1
+        sync = SyncChange(
+            node_id=self.node_id,
+            change_id=self._change_ids,
+            device_id=device_id,
+            channel=change.channel,
+            change=change.change,
+            timestamp=change.timestamp,
+            items=list(change.items),
+            base_version=0,
+        )
+        d = defer.maybeDeferred(self.central.report_change, sync)
+        d.addErrback(
+            lambda f: self.log.warn(
+                "change of {device} not yet acknowledged by CMS: {error}",
+                device=device_id,
+                error=f.getErrorMessage(),
+            )
+        )
+        return d
+
+    def publish_state(self, device_id, kind, items, channel=0):
+        """Tell the node's logged-in CUs that may view the device."""
+        note = None
+        for link in list(self.cu_links.values()):
+            if self.store.actions_for(link.session.identity, device_id) & Action.VIEW:
+                if note is None:
+                    note = codec.encode_notify(
+                        MsgType.STATE_CHANGE,
+                        StateChange(
+                            device_id=device_id,
+                            channel=channel,
+                            change=int(kind),
+                            timestamp=self.now_ms(),
+                            items=list(items),
+                        ),
+                    )
+                link.send_raw(note)
+
+    # -- what a registered CU asks that is not relayed
+
+    def device_list(self, username, cursor, limit):
+        granted = self.store.granted_devices(username)
+        ids = sorted(d for d in granted if d > cursor)
+        limit = max(1, min(limit or 100, 1000))
+        page = ids[:limit]
+        out = []
+        for device_id in page:
+            record = self.store.get_device(device_id)
+            state = self.store.get_state(device_id)
+            out.append(
+                DeviceInfo(
+                    device_id=device_id,
+                    name=state.get("name") or (record.name if record else ""),
+                    kind=record.kind if record else 0,
+                    channels=record.channels if record else 0,
+                    online=bool(state.get("online")),
+                    node_id=(record.home_node if record else "") or "",
+                    actions=granted[device_id],
+                )
+            )
+        next_cursor = page[-1] if len(ids) > limit else ""
+        return Devices(devices=out, next_cursor=next_cursor)
+
+    # -- keepalive and handshake sweep
+
+    def sweep(self):
+        now = self.clock.seconds()
+        silent = 3 * self.config.keepalive_interval
+        for link in list(self.links):
+            s = link.session
+            if s.state == State.REGISTERED:
+                if now - link.last_rx > silent:
+                    self.counters["dropped_silent"] += 1
+                    self.log.info(
+                        "{role} {identity} silent for {seconds:.0f} s: dropped",
+                        role=s.role.name,
+                        identity=s.identity,
+                        seconds=now - link.last_rx,
+                    )
+                    link.close(ResultCode.KEEPALIVE_TIMEOUT)
+            elif now - link.connected_at > self.config.handshake_timeout:
+                link.close(ResultCode.NOT_AUTHENTICATED, "log in took too long")
+
+    # -- status for operators
+
+    def status(self):
+        return {
+            "node_id": self.node_id,
+            "links": len(self.links),
+            "pus_online": len(self.pu_links),
+            "cu_sessions": len(self.cu_links),
+            **self.counters,
+        }
+
+    def pu_state(self, device_id):
+        record = self.store.get_device(device_id)
+        return {"record": to_dict(record) if record else None, "state": self.store.get_state(device_id)}

@@ -1,0 +1,102 @@
+"""
+``MemoryCentral``: an in-process implementation of ``ICentral`` for tests and for a node
+run without a central platform. It holds static records and, for the routing tests,
+the in-process RGM services of other nodes (S403-S406 then happen in this process).
+"""
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from vss.errors import VssError
+from vss.interfaces import ICentral
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import Entity, RegInfo, Role, StaticPage, SyncAck
+
+
+@implementer(ICentral)
+class MemoryCentral:
+    def __init__(self):
+        self.devices = {}
+        self.users = {}
+        self.grants = {}  # (principal, device_id) -> GrantRecord
+        self.nodes = {}  # node_id -> RGMService (in-process) or None when down
+        self.changes = []
+        self.routed = []
+        self.available = True
+
+    # -- set-up helpers
+
+    def add_device(self, record):
+        self.devices[record.device_id] = record
+
+    def add_user(self, record):
+        self.users[record.username] = record
+
+    def add_grant(self, record):
+        self.grants[(record.principal, record.device_id)] = record
+
+    def _check(self):
+        if not self.available:
+            raise VssError(ResultCode.CENTRAL_UNAVAILABLE)
+
+    def _grants_of(self, user):
+        principals = {f"user:{user.username}"} | {f"group:{g}" for g in user.groups}
+        return [g for (p, _), g in self.grants.items() if p in principals]
+
+    # -- ICentral
+
+    def registration_info(self, identity, role):
+        self._check()
+        if role == Role.PU:
+            record = self.devices.get(identity)
+            if record is None:
+                return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE))
+            return defer.succeed(RegInfo(home_node=record.home_node, device=record, user=None,
+                                         grants=[]))
+        record = self.users.get(identity)
+        if record is None:
+            return defer.fail(VssError(ResultCode.AUTH_FAILED))
+        grants = self._grants_of(record)
+        page = RegInfo(home_node="", device=None, user=record, grants=grants)
+        return defer.succeed(page)
+
+    def pull_static(self, entity, cursor, limit):
+        self._check()
+        if entity == Entity.DEVICE:
+            keys = sorted(k for k in self.devices if k > cursor)[:limit]
+            items = [self.devices[k] for k in keys]
+            return defer.succeed(StaticPage(entity=entity, devices=items, users=[], grants=[],
+                                            next_cursor=keys[-1] if len(keys) == limit else "",
+                                            seq=len(self.changes)))
+        if entity == Entity.USER:
+            keys = sorted(k for k in self.users if k > cursor)[:limit]
+            return defer.succeed(StaticPage(entity=entity, devices=[], grants=[],
+                                            users=[self.users[k] for k in keys],
+                                            next_cursor=keys[-1] if len(keys) == limit else "",
+                                            seq=len(self.changes)))
+        keys = sorted(k for k in self.grants if "|".join(k) > cursor)[:limit]
+        return defer.succeed(StaticPage(entity=entity, devices=[], users=[],
+                                        grants=[self.grants[k] for k in keys],
+                                        next_cursor="|".join(keys[-1]) if len(keys) == limit
+                                        else "", seq=len(self.changes)))
+
+    def route(self, device_id, inner_type, inner_body):
+        """S403: find the home node and hand the request to its RGM-N."""
+        from vss.rgm import relay
+
+        self._check()
+        self.routed.append((device_id, inner_type))
+        record = self.devices.get(device_id)
+        if record is None:
+            return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE))
+        rgm_n = self.nodes.get(record.home_node)
+        if rgm_n is None:
+            return defer.fail(VssError(ResultCode.HOME_NODE_DOWN,
+                                       f"node {record.home_node} is down"))
+        return relay.serve_locally(rgm_n, device_id, inner_type, inner_body)
+
+    def report_change(self, change):
+        self._check()
+        self.changes.append(change)
+        return defer.succeed(SyncAck(change_id=change.change_id, seq=len(self.changes),
+                                     applied=True))
