@@ -1,0 +1,563 @@
+"""
+Conformance tests of ``IStaticStore``: one mixin, run against every backend.
+
+SQLite runs always (a file in a temporary directory). PostgreSQL runs when
+``VSS_TEST_POSTGRES_DSN`` is set (e.g. ``host=127.0.0.1 port=5432 dbname=test
+user=postgres``); each test then works in a freshly created schema that is dropped
+afterwards, so concurrent runs never collide.
+"""
+
+import os
+import secrets
+
+from twisted.internet import reactor, task
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from vss.cms.store import grant_key, hash_token, make_static_store, split_grant_key
+from vss.cms.store.schema import CURRENT_VERSION, MIGRATIONS
+from vss.errors import VssError
+from vss.interfaces import IStaticStore
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import (
+    Action,
+    ChangeOp,
+    DeviceRecord,
+    Entity,
+    PuKind,
+    Verifier,
+)
+
+PG_DSN = os.environ.get("VSS_TEST_POSTGRES_DSN")
+
+V1 = Verifier(b"salt-1", 4096, b"stored-1", b"server-1")
+V2 = Verifier(b"salt-2", 8192, b"stored-2", b"server-2")
+NOW = 1_700_000_000.25
+
+#: The schema every migration path must arrive at: tables and their columns in order,
+#: and the secondary indexes.
+CURRENT_SCHEMA = {
+    "tables": {
+        "admin_tokens": ["token_hash", "name", "created"],
+        "change_log": ["seq", "entity", "op", "key", "version", "origin", "at"],
+        "devices": [
+            "device_id", "name", "kind", "channels", "home_node", "salt", "iterations",
+            "stored_key", "server_key", "source_url", "enabled", "version",
+        ],
+        "grants": ["principal", "device_id", "actions", "version"],
+        "meta": ["key", "value"],
+        "nodes": [
+            "node_id", "signalling", "media", "capacity", "state", "load_json",
+            "applied_seq", "last_seen", "version",
+        ],
+        "record_settings": ["device_id", "channel", "settings_json"],
+        "schema_version": ["version", "name", "applied_at"],
+        "users": [
+            "username", "salt", "iterations", "stored_key", "server_key", "groups_json",
+            "enabled", "version",
+        ],
+    },
+    "indexes": ["admin_tokens_name", "devices_home_node", "grants_device"],
+}
+
+
+def device(i, home="node-a"):
+    return DeviceRecord(
+        f"cam-{i:05d}", f"Camera {i}", PuKind.IPC, 1, home, V1, "", True, 0
+    )
+
+
+class StaticStoreConformance:
+    """Every ``IStaticStore`` backend passes these. Subclasses define ``new_store()``:
+    an unopened store on a fresh, empty database, cleaned up by the test."""
+
+    def new_store(self):
+        raise NotImplementedError
+
+    @inlineCallbacks
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(NOW)
+        self.store = self.new_store()
+        yield self.store.open()
+        self.seqs = []
+
+    @inlineCallbacks
+    def logged(self, d):
+        """Await a mutating call, check its changes and remember their sequences."""
+        changes = yield d
+        self.assertIsInstance(changes, list)
+        self.seqs.extend(c.seq for c in changes)
+        return changes
+
+    @inlineCallbacks
+    def assertVssError(self, d, code):
+        exc = yield self.assertFailure(d, VssError)
+        self.assertEqual(exc.code, code)
+
+    # -- lifecycle and schema ---------------------------------------------------
+
+    def test_interface(self):
+        self.assertTrue(verifyObject(IStaticStore, self.store))
+
+    @inlineCallbacks
+    def test_schema_is_current(self):
+        self.assertEqual((yield self.store.schema_version()), CURRENT_VERSION)
+        self.assertEqual((yield self.store.describe_schema()), CURRENT_SCHEMA)
+
+    @inlineCallbacks
+    def test_migrate_step_by_step(self):
+        """An empty database migrated one step at a time reaches the current schema;
+        each step records its version and adds only its own tables."""
+        store = self.new_store()
+        seen = set()
+        for migration in MIGRATIONS:
+            version = yield store.open(target_version=migration.version)
+            self.assertEqual(version, migration.version)
+            self.assertEqual((yield store.schema_version()), migration.version)
+            tables = set((yield store.describe_schema())["tables"])
+            self.assertTrue(seen < tables, (migration.version, seen, tables))
+            seen = tables
+        self.assertEqual((yield store.describe_schema()), CURRENT_SCHEMA)
+        yield store.close()
+
+    @inlineCallbacks
+    def test_open_twice_is_harmless(self):
+        yield self.store.upsert_device("cam-1", "one", PuKind.IPC, 1, "node-a", V1)
+        self.assertEqual((yield self.store.open()), CURRENT_VERSION)
+        yield self.store.close()
+        again = self.reopen()
+        self.assertEqual((yield again.open()), CURRENT_VERSION)
+        self.assertEqual((yield again.schema_version()), CURRENT_VERSION)
+        self.assertEqual((yield again.describe_schema()), CURRENT_SCHEMA)
+        rec = yield again.get_device("cam-1")
+        self.assertEqual((rec.name, rec.version), ("one", 1))
+        self.assertEqual((yield again.head_seq()), 1)
+        self.store = again
+
+    # -- users ------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_user_upsert_bumps_version(self):
+        (c1,) = yield self.logged(self.store.upsert_user("alice", V1, ["ops"]))
+        self.assertEqual((c1.entity, c1.op, c1.key, c1.version, c1.origin),
+                         (Entity.USER, ChangeOp.UPSERT, "alice", 1, "mms"))
+        self.assertEqual(c1.user.groups, ["ops"])
+        self.assertIsNone(c1.device)
+        self.assertIsNone(c1.grant)
+        (c2,) = yield self.logged(
+            self.store.upsert_user("alice", V2, ["ops", "night"], enabled=False, origin="admin")
+        )
+        self.assertEqual((c2.version, c2.origin, c2.user.version), (2, "admin", 2))
+        user = yield self.store.get_user("alice")
+        self.assertEqual(user, c2.user)
+        self.assertEqual(user.verifier, V2)
+        self.assertEqual(user.groups, ["ops", "night"])
+        self.assertFalse(user.enabled)
+        self.assertIsNone((yield self.store.get_user("bob")))
+
+    @inlineCallbacks
+    def test_remove_user_deletes_their_grants(self):
+        yield self.logged(self.store.upsert_user("alice", V1, ["ops"]))
+        for i in (1, 2):
+            yield self.logged(
+                self.store.upsert_device(f"cam-{i}", "c", PuKind.IPC, 1, "node-a", V1)
+            )
+            yield self.logged(self.store.set_grant("user:alice", f"cam-{i}", Action.VIEW))
+        yield self.logged(self.store.set_grant("group:ops", "cam-1", Action.PTZ))
+        changes = yield self.logged(self.store.remove_user("alice"))
+        self.assertEqual(
+            [(c.entity, c.op, c.key) for c in changes],
+            [
+                (Entity.GRANT, ChangeOp.DELETE, "user:alice|cam-1"),
+                (Entity.GRANT, ChangeOp.DELETE, "user:alice|cam-2"),
+                (Entity.USER, ChangeOp.DELETE, "alice"),
+            ],
+        )
+        self.assertEqual([c.version for c in changes], [2, 2, 2])
+        self.assertTrue(all(c.grant is None and c.user is None for c in changes))
+        grants, _ = yield self.store.list_grants()
+        self.assertEqual([(g.principal, g.device_id) for g in grants], [("group:ops", "cam-1")])
+        self.assertEqual((yield self.store.remove_user("alice")), [])
+        self.assertContiguous()
+
+    # -- devices ----------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_device_upsert_and_update(self):
+        (c1,) = yield self.logged(self.store.upsert_device(
+            "cam-1", "Gate", PuKind.DVS, 4, "node-a", V1, source_url="rtsp://x/1"))
+        self.assertEqual((c1.entity, c1.op, c1.key, c1.version), (Entity.DEVICE, ChangeOp.UPSERT,
+                                                                  "cam-1", 1))
+        self.assertEqual(c1.device, (yield self.store.get_device("cam-1")))
+        (c2,) = yield self.logged(
+            self.store.update_device_fields("cam-1", home_node="node-b", enabled=False)
+        )
+        rec = yield self.store.get_device("cam-1")
+        self.assertEqual(rec, c2.device)
+        self.assertEqual(
+            (rec.name, rec.kind, rec.channels, rec.home_node, rec.enabled, rec.version,
+             rec.source_url, rec.verifier),
+            ("Gate", PuKind.DVS, 4, "node-b", False, 2, "rtsp://x/1", V1),
+        )
+        (c3,) = yield self.logged(self.store.upsert_device(
+            "cam-1", "Gate 2", PuKind.DVS, 8, "node-b", V2, origin="node-b"))
+        self.assertEqual((c3.version, c3.origin, c3.device.channels), (3, "node-b", 8))
+        self.assertIsNone((yield self.store.get_device("cam-2")))
+        self.assertContiguous()
+
+    @inlineCallbacks
+    def test_update_device_errors(self):
+        yield self.assertVssError(
+            self.store.update_device_fields("nope", name="x"), ResultCode.UNKNOWN_DEVICE
+        )
+        yield self.store.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+        yield self.assertVssError(
+            self.store.update_device_fields("cam-1", kind=2), ResultCode.INVALID_ARGUMENT
+        )
+        self.assertEqual((yield self.store.head_seq()), 1)
+
+    @inlineCallbacks
+    def test_remove_device_deletes_grants_and_settings(self):
+        yield self.logged(self.store.upsert_device("cam-1", "c", PuKind.IPC, 2, "node-a", V1))
+        yield self.logged(self.store.upsert_device("cam-2", "c", PuKind.IPC, 1, "node-a", V1))
+        yield self.logged(self.store.set_grant("group:ops", "cam-1", Action.VIEW))
+        yield self.logged(self.store.set_grant("user:bob", "cam-1", Action.VIEW | Action.PTZ))
+        yield self.logged(self.store.set_grant("user:bob", "cam-2", Action.VIEW))
+        yield self.logged(self.store.set_record_settings("cam-1", 0, {"mode": 1}))
+        changes = yield self.logged(self.store.remove_device("cam-1"))
+        self.assertEqual(
+            [(c.entity, c.op, c.key, c.version) for c in changes],
+            [
+                (Entity.GRANT, ChangeOp.DELETE, "group:ops|cam-1", 2),
+                (Entity.GRANT, ChangeOp.DELETE, "user:bob|cam-1", 2),
+                (Entity.DEVICE, ChangeOp.DELETE, "cam-1", 3),
+            ],
+        )
+        self.assertIsNone((yield self.store.get_device("cam-1")))
+        self.assertIsNone((yield self.store.get_record_settings("cam-1", 0)))
+        grants, _ = yield self.store.list_grants()
+        self.assertEqual([(g.principal, g.device_id) for g in grants], [("user:bob", "cam-2")])
+        self.assertEqual((yield self.store.remove_device("cam-1")), [])
+        # a device created again starts a new life at version 1, with no settings
+        (c,) = yield self.logged(
+            self.store.upsert_device("cam-1", "c", PuKind.IPC, 2, "node-a", V1))
+        self.assertEqual(c.version, 1)
+        self.assertIsNone((yield self.store.get_record_settings("cam-1", 0)))
+        self.assertContiguous()
+
+    # -- grants -----------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_grants(self):
+        yield self.store.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+        yield self.store.upsert_device("cam-2", "c", PuKind.IPC, 1, "node-a", V1)
+        (c1,) = yield self.logged(self.store.set_grant("user:alice", "cam-1", Action.VIEW))
+        self.assertEqual((c1.entity, c1.key, c1.version), (Entity.GRANT, "user:alice|cam-1", 1))
+        self.assertEqual(split_grant_key(c1.key), ("user:alice", "cam-1"))
+        (c2,) = yield self.logged(self.store.set_grant("user:alice", "cam-1", 0x0F))
+        self.assertEqual((c2.version, c2.grant.actions), (2, 0x0F))
+        yield self.store.set_grant("group:ops", "cam-2", Action.PTZ)
+        yield self.store.set_grant("user:alice", "cam-2", Action.RECORD)
+        by_device, _ = yield self.store.list_grants(device_id="cam-2")
+        self.assertEqual([g.principal for g in by_device], ["group:ops", "user:alice"])
+        by_user, _ = yield self.store.list_grants(principal="user:alice")
+        self.assertEqual([(g.device_id, g.actions, g.version) for g in by_user],
+                         [("cam-1", 0x0F, 2), ("cam-2", Action.RECORD, 1)])
+        (d,) = yield self.logged(self.store.remove_grant("user:alice", "cam-1"))
+        self.assertEqual((d.op, d.key, d.version, d.grant), (ChangeOp.DELETE, c1.key, 3, None))
+        self.assertEqual((yield self.store.remove_grant("user:alice", "cam-1")), [])
+        yield self.assertVssError(
+            self.store.set_grant("user:alice", "nope", Action.VIEW), ResultCode.UNKNOWN_DEVICE
+        )
+        for bad in ("alice", "role:x", "user:", "user:a|b"):
+            yield self.assertVssError(
+                self.store.set_grant(bad, "cam-1", Action.VIEW), ResultCode.INVALID_ARGUMENT
+            )
+        yield self.assertVssError(
+            self.store.set_grant("user:alice", "cam-1", 256), ResultCode.INVALID_ARGUMENT
+        )
+
+    # -- paging -----------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_device_paging(self):
+        records = [device(i, "node-a" if i % 5 else "node-b") for i in range(2500)]
+        changes = yield self.logged(self.store.bulk_upsert_devices(reversed(records)))
+        self.assertEqual(len(changes), 2500)
+        self.assertContiguous()
+        pages, cursor = [], ""
+        while True:
+            page, cursor = yield self.store.list_devices(cursor, limit=1000)
+            pages.append(page)
+            if not cursor:
+                break
+        self.assertEqual([len(p) for p in pages], [1000, 1000, 500])
+        ids = [r.device_id for p in pages for r in p]
+        self.assertEqual(ids, sorted(r.device_id for r in records))
+        got, cursor, homed = [], "", []
+        while True:
+            page, cursor = yield self.store.list_devices(cursor, limit=200, home_node="node-b")
+            homed.append(len(page))
+            got.extend(page)
+            if not cursor:
+                break
+        self.assertEqual(homed, [200, 200, 100])
+        self.assertEqual([r.device_id for r in got],
+                         [f"cam-{i:05d}" for i in range(0, 2500, 5)])
+        self.assertTrue(all(r.home_node == "node-b" and r.version == 1 for r in got))
+        empty = yield self.store.list_devices(home_node="node-z")
+        self.assertEqual(empty, ([], ""))
+        # a bulk upsert of existing devices bumps each version once
+        again = yield self.logged(self.store.bulk_upsert_devices(records[:3] + records[:1]))
+        self.assertEqual([(c.key, c.version) for c in again],
+                         [("cam-00001", 2), ("cam-00002", 2), ("cam-00000", 2)])
+        self.assertContiguous()
+
+    @inlineCallbacks
+    def test_user_and_grant_paging(self):
+        for i in range(25):
+            yield self.store.upsert_user(f"user-{i:02d}", V1, [])
+        yield self.store.bulk_upsert_devices([device(i) for i in range(3)])
+        for i in range(4):
+            for d in range(3):
+                yield self.store.set_grant(f"user:user-{i:02d}", f"cam-{d:05d}", Action.VIEW)
+        names, cursor = [], ""
+        while True:
+            page, cursor = yield self.store.list_users(cursor, limit=10)
+            self.assertLessEqual(len(page), 10)
+            names.extend(u.username for u in page)
+            if not cursor:
+                break
+        self.assertEqual(names, [f"user-{i:02d}" for i in range(25)])
+        keys, cursor, sizes = [], "", []
+        while True:
+            page, cursor = yield self.store.list_grants(cursor, limit=5)
+            sizes.append(len(page))
+            keys.extend(grant_key(g.principal, g.device_id) for g in page)
+            if not cursor:
+                break
+        self.assertEqual(sizes, [5, 5, 2])
+        self.assertEqual(keys, sorted(keys))
+        self.assertEqual(len(set(keys)), 12)
+        yield self.assertVssError(self.store.list_users(limit=0), ResultCode.INVALID_ARGUMENT)
+
+    # -- change log -------------------------------------------------------------
+
+    def assertContiguous(self):
+        """The sequences seen in this test are strictly increasing and gap-free."""
+        self.assertTrue(self.seqs)
+        self.assertEqual(self.seqs, list(range(self.seqs[0], self.seqs[0] + len(self.seqs))))
+
+    @inlineCallbacks
+    def test_change_log_is_gap_free_and_replays(self):
+        s = self.store
+        yield self.logged(s.upsert_user("alice", V1, ["ops"]))
+        yield self.logged(s.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1))
+        yield self.logged(s.set_grant("user:alice", "cam-1", Action.VIEW))
+        yield self.logged(s.set_grant("group:ops", "cam-1", Action.VIEW))
+        yield self.logged(s.update_device_fields("cam-1", name="renamed"))
+        yield self.logged(s.upsert_node("node-a", "tcp:h:7000", "rtsp://h:8554", 100))
+        yield self.logged(s.set_record_settings("cam-1", 0, {"mode": 1}))
+        yield self.logged(s.remove_user("alice"))
+        yield self.logged(s.remove_node("node-a"))
+        self.assertEqual(self.seqs[0], 1)
+        self.assertContiguous()
+        self.assertEqual((yield s.head_seq()), self.seqs[-1])
+        replay, reload_required = yield s.changes_after(0)
+        self.assertFalse(reload_required)
+        self.assertEqual([c.seq for c in replay], self.seqs)
+        # every device entry carries the device as it is now
+        current = yield s.get_device("cam-1")
+        device_entries = [c for c in replay if c.entity == Entity.DEVICE]
+        self.assertEqual([c.version for c in device_entries], [1, 2, 3])
+        self.assertTrue(all(c.device == current for c in device_entries))
+        # paging through the log
+        first, _ = yield s.changes_after(0, limit=4)
+        rest, _ = yield s.changes_after(first[-1].seq, limit=100)
+        self.assertEqual([c.seq for c in first + rest], self.seqs)
+        self.assertEqual((yield s.changes_after(self.seqs[-1])), ([], False))
+
+    @inlineCallbacks
+    def test_changes_after_turns_stale_upserts_into_deletes(self):
+        yield self.store.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+        yield self.store.set_grant("user:alice", "cam-1", Action.VIEW)
+        yield self.store.remove_device("cam-1")
+        yield self.store.upsert_user("bob", V1, [])
+        yield self.store.remove_user("bob")
+        changes, _ = yield self.store.changes_after(0)
+        self.assertEqual(
+            [(c.entity, c.op, c.device, c.user, c.grant) for c in changes],
+            [(Entity.DEVICE, ChangeOp.DELETE, None, None, None),
+             (Entity.GRANT, ChangeOp.DELETE, None, None, None),
+             (Entity.GRANT, ChangeOp.DELETE, None, None, None),
+             (Entity.DEVICE, ChangeOp.DELETE, None, None, None),
+             (Entity.USER, ChangeOp.DELETE, None, None, None),
+             (Entity.USER, ChangeOp.DELETE, None, None, None)],
+        )
+
+    @inlineCallbacks
+    def test_changes_carry_origin(self):
+        (c,) = yield self.store.upsert_user("alice", V1, [], origin="node-7")
+        replay, _ = yield self.store.changes_after(0)
+        self.assertEqual(replay, [c])
+        self.assertEqual(c.origin, "node-7")
+
+    @inlineCallbacks
+    def test_compact_and_reload_required(self):
+        for i in range(10):
+            yield self.logged(self.store.upsert_user(f"u{i}", V1, []))
+        yield self.store.compact(6)
+        self.assertEqual((yield self.store.changes_after(0)), ([], True))
+        self.assertEqual((yield self.store.changes_after(4)), ([], True))
+        kept, reload_required = yield self.store.changes_after(5)
+        self.assertFalse(reload_required)
+        self.assertEqual([c.seq for c in kept], [6, 7, 8, 9, 10])
+        # compacting backwards does nothing
+        yield self.store.compact(3)
+        self.assertFalse((yield self.store.changes_after(5))[1])
+        # compacting past the head empties the log but not the sequence
+        yield self.store.compact(1000)
+        self.assertEqual((yield self.store.head_seq()), 10)
+        self.assertEqual((yield self.store.changes_after(10)), ([], False))
+        self.assertTrue((yield self.store.changes_after(9))[1])
+        (c,) = yield self.logged(self.store.upsert_user("late", V1, []))
+        self.assertEqual(c.seq, 11)
+        self.assertEqual((yield self.store.changes_after(10)), ([c], False))
+        self.assertContiguous()
+
+    # -- node registry ----------------------------------------------------------
+
+    @inlineCallbacks
+    def test_node_registry(self):
+        s = self.store
+        (c,) = yield self.logged(s.upsert_node("node-b", "tcp:b:7000", "rtsp://b:8554", 50))
+        self.assertEqual((c.entity, c.op, c.key, c.version), (Entity.NODE, ChangeOp.UPSERT,
+                                                              "node-b", 1))
+        yield self.logged(s.upsert_node("node-a", "tcp:a:7000", "rtsp://a:8554", 10))
+        self.assertEqual(
+            (yield s.list_nodes())[0],
+            {"node_id": "node-a", "signalling": "tcp:a:7000", "media": "rtsp://a:8554",
+             "capacity": 10, "state": "down", "load": {}, "applied_seq": 0, "last_seen": 0},
+        )
+        yield s.set_node_state("node-a", "up", load={"sessions": 3, "cpu": 0.5})
+        self.clock.advance(2)
+        yield s.set_node_state("node-a", "up")
+        yield s.set_node_applied("node-a", 42)
+        (c2,) = yield self.logged(s.upsert_node("node-a", "tcp:a:7001", "rtsp://a:8554", 20))
+        self.assertEqual(c2.version, 2)
+        node_a, node_b = yield s.list_nodes()
+        self.assertEqual(
+            node_a,
+            {"node_id": "node-a", "signalling": "tcp:a:7001", "media": "rtsp://a:8554",
+             "capacity": 20, "state": "up", "load": {"sessions": 3, "cpu": 0.5},
+             "applied_seq": 42, "last_seen": int(NOW * 1000) + 2000},
+        )
+        self.assertEqual(node_b["node_id"], "node-b")
+        # state and acknowledgements are not changes
+        self.assertEqual((yield s.head_seq()), self.seqs[-1])
+        yield self.assertVssError(s.set_node_state("nope", "up"), ResultCode.UNKNOWN_NODE)
+        yield self.assertVssError(s.set_node_applied("nope", 1), ResultCode.UNKNOWN_NODE)
+        yield self.assertVssError(s.set_node_state("node-a", "sideways"),
+                                  ResultCode.INVALID_ARGUMENT)
+        (d,) = yield self.logged(s.remove_node("node-b"))
+        self.assertEqual((d.op, d.key, d.version), (ChangeOp.DELETE, "node-b", 2))
+        self.assertEqual([n["node_id"] for n in (yield s.list_nodes())], ["node-a"])
+        self.assertEqual((yield s.remove_node("node-b")), [])
+        self.assertContiguous()
+
+    # -- recording settings -----------------------------------------------------
+
+    @inlineCallbacks
+    def test_record_settings(self):
+        s = self.store
+        yield s.upsert_device("cam-1", "c", PuKind.DVS, 2, "node-a", V1)
+        self.assertIsNone((yield s.get_record_settings("cam-1", 0)))
+        settings = {"mode": 2, "schedule": [{"day": 1, "start": 0, "end": 600}]}
+        (c,) = yield s.set_record_settings("cam-1", 1, settings)
+        self.assertEqual((c.entity, c.op, c.key, c.version, c.device.version),
+                         (Entity.DEVICE, ChangeOp.UPSERT, "cam-1", 2, 2))
+        self.assertEqual((yield s.get_record_settings("cam-1", 1)), settings)
+        self.assertIsNone((yield s.get_record_settings("cam-1", 0)))
+        yield s.set_record_settings("cam-1", 1, {"mode": 0})
+        self.assertEqual((yield s.get_record_settings("cam-1", 1)), {"mode": 0})
+        self.assertEqual((yield s.get_device("cam-1")).version, 3)
+        yield self.assertVssError(s.set_record_settings("nope", 0, {}), ResultCode.UNKNOWN_DEVICE)
+
+    # -- admin tokens -----------------------------------------------------------
+
+    @inlineCallbacks
+    def test_admin_tokens(self):
+        s = self.store
+        digest = hash_token("s3cret")
+        self.assertIsNone((yield s.admin_for_token_hash(digest)))
+        yield s.add_admin_token("root", digest)
+        self.assertEqual((yield s.admin_for_token_hash(digest)), "root")
+        self.assertEqual((yield s.admin_for_token_hash(bytes.fromhex(digest))), "root")
+        self.assertEqual((yield s.admin_for_token_hash(digest.upper())), "root")
+        self.assertIsNone((yield s.admin_for_token_hash(hash_token("other"))))
+        self.assertEqual((yield s.head_seq()), 0)
+
+
+class SQLiteStaticStoreTests(StaticStoreConformance, unittest.TestCase):
+    def new_store(self):
+        path = os.path.join(self.mktemp(), "cms.sqlite3")
+        self._path = path
+        store = make_static_store("sqlite:" + path, reactor=reactor, clock=self.clock)
+        self.addCleanup(store.close)
+        return store
+
+    def reopen(self):
+        store = make_static_store("sqlite:" + self._path, reactor=reactor, clock=self.clock)
+        self.addCleanup(store.close)
+        return store
+
+    @inlineCallbacks
+    def test_sqlite_settings(self):
+        """WAL, foreign keys and one writer connection."""
+        self.assertEqual(self.store.backend, "sqlite")
+        self.assertEqual(self.store._wpool.max, 1)
+
+        def pragmas(cur):
+            return [cur.execute(f"PRAGMA {p}").fetchone()[0]
+                    for p in ("journal_mode", "foreign_keys", "synchronous")]
+
+        self.assertEqual((yield self.store._wpool.runInteraction(pragmas)), ["wal", 1, 1])
+
+    def test_spec_parsing(self):
+        from vss.cms.store.sqlite import SQLiteStaticStore
+
+        store = make_static_store("sqlite:/tmp/x.db", reactor=reactor)
+        self.assertIsInstance(store, SQLiteStaticStore)
+        self.assertEqual(store.path, "/tmp/x.db")
+        self.assertRaises(ValueError, make_static_store, "sqlite:", reactor=reactor)
+
+
+class PostgresStaticStoreTests(StaticStoreConformance, unittest.TestCase):
+    if not PG_DSN:
+        skip = ("PostgreSQL tests need VSS_TEST_POSTGRES_DSN, e.g. "
+                "'host=127.0.0.1 port=5432 dbname=test user=postgres'")
+
+    def new_store(self):
+        from vss.cms.store.postgres import create_schema, drop_schema
+
+        name = "vss_test_" + secrets.token_hex(6)
+        create_schema(PG_DSN, name)
+        self.addCleanup(drop_schema, PG_DSN, name)
+        self._schema = name
+        store = make_static_store(PG_DSN, reactor=reactor, clock=self.clock, schema=name)
+        self.addCleanup(store.close)
+        return store
+
+    def reopen(self):
+        store = make_static_store(PG_DSN, reactor=reactor, clock=self.clock,
+                                  schema=self._schema)
+        self.addCleanup(store.close)
+        return store
+
+    def test_backend(self):
+        from vss.cms.store.postgres import PostgresStaticStore
+
+        self.assertIsInstance(self.store, PostgresStaticStore)
+        self.assertEqual(self.store.backend, "postgresql")
