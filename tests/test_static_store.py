@@ -11,7 +11,7 @@ import os
 import secrets
 
 from twisted.internet import reactor, task
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -378,6 +378,22 @@ class StaticStoreConformance:
         rest, _ = yield s.changes_after(first[-1].seq, limit=100)
         self.assertEqual([c.seq for c in first + rest], self.seqs)
         self.assertEqual((yield s.changes_after(self.seqs[-1])), ([], False))
+
+    @inlineCallbacks
+    def test_concurrent_writes_keep_versions_and_log_in_order(self):
+        s = self.store
+        yield s.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+        results = yield gatherResults(
+            [s.upsert_device("cam-1", f"n{i}", PuKind.IPC, 1, "node-a", V1) for i in range(20)]
+            + [s.set_grant(f"user:u{i}", "cam-1", Action.VIEW) for i in range(20)]
+        )
+        seqs = sorted(c.seq for changes in results for c in changes)
+        self.assertEqual(seqs, list(range(2, 42)))
+        versions = sorted(c.version for changes in results[:20] for c in changes)
+        self.assertEqual(versions, list(range(2, 22)))
+        self.assertEqual((yield s.get_device("cam-1")).version, 21)
+        replay, _ = yield s.changes_after(0)
+        self.assertEqual([c.seq for c in replay], list(range(1, 42)))
 
     @inlineCallbacks
     def test_changes_after_turns_stale_upserts_into_deletes(self):

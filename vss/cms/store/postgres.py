@@ -4,8 +4,9 @@ imported only when a PostgreSQL DSN is chosen.
 
 All connections of the pool may write. Every write transaction first locks the
 ``meta`` row ``writer`` (``SELECT ... FOR UPDATE``), so change-log sequences commit in
-the order they are issued: a node paging with ``changes_after`` can never step over a
-sequence whose transaction commits later. Reads take no lock.
+the order they are issued (a node paging with ``changes_after`` can never step over a
+sequence whose transaction commits later) and version bumps never race. Reads take no
+lock; each runs in one REPEATABLE READ snapshot.
 
 ``schema`` puts every table in a PostgreSQL schema of its own (``search_path`` is set
 on each pooled connection); tests use it to give every run a fresh namespace.
@@ -55,6 +56,10 @@ class PostgresDialect(Dialect):
             fetch=True,
         )
         return [int(r[0]) for r in returned]
+
+    def begin_read(self, cur):
+        # one snapshot for the whole read (e.g. the log watermark and the log rows)
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
     def begin_write(self, cur):
         cur.execute("SELECT value FROM meta WHERE key = 'writer' FOR UPDATE")

@@ -19,7 +19,9 @@ Change-log conventions (what a node applying changes relies on):
   ``"<principal>|<device_id>"``; principals never contain ``|``.
 - Recording settings belong to a device's static data: changing them bumps the device
   version and logs a device upsert.
-- Upserts carry the record (``device``/``user``/``grant``); deletes carry none.
+- Upserts carry the record (``device``/``user``/``grant``); deletes carry none. A
+  delete's version is the row's last version plus one; a row created again starts
+  over at version 1.
 - ``changes_after`` returns each entry with the *current* record. An upsert whose row
   has since been deleted is returned as a delete (a later entry deletes it anyway).
 """
