@@ -1,0 +1,592 @@
+"""
+The Redis backend of the RGM's in-memory database (``IMemoryStore``).
+
+This is the only module of vss that imports txredisapi.
+
+Reads are served from process memory exactly as in ``MemoryStore`` (this class extends
+it). Every write changes memory at once and is queued for Redis; the queue is sent once
+per reactor turn as one pipelined batch of ``MULTI``/``EXEC`` transactions, so 20,000
+keepalives landing in one turn cost one round trip. Several writes to one key in a turn
+become one command. The Deferred a write returns fires when Redis acknowledged the
+batch holding it. While Redis is away, memory stays authoritative: writes keep
+coalescing (one entry per key) and the batch is retried with a growing delay.
+
+Key layout (``<node>`` is the node id), all values JSON, bytes as base64::
+
+    vss:<node>:device:<device_id>          string  DeviceRecord
+    vss:<node>:user:<username>             string  UserRecord
+    vss:<node>:grant:<principal>|<device>  string  GrantRecord
+    vss:<node>:session:<session_id>        string  session info
+    vss:<node>:state:<device_id>           hash    field -> JSON value
+    vss:<node>:meta                        hash    key -> JSON value
+
+``load()`` reads the namespace back at start-up so the node's dynamic state survives
+a restart of the RGM process.
+"""
+
+import base64
+import json
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vss.interfaces import IMemoryStore
+from vss.protocols.messages import DeviceRecord, GrantRecord, UserRecord, Verifier
+from vss.store.memory import MemoryStore
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class StoreClosed(Exception):
+    """A write reached a RedisStore after ``close()``."""
+
+
+# ---------------------------------------------------------------------------
+# URL and JSON codec
+
+
+def parse_url(url):
+    """``redis://[[user]:password@]host[:port][/db]`` -> dict of connection arguments."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"not a redis:// URL: {url!r}")
+    path = parts.path.strip("/")
+    try:
+        dbid = int(path) if path else 0
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"bad port or database number in Redis URL {url!r}")
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": port,
+        "dbid": dbid,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+    }
+
+
+def _b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def _verifier_to_json(verifier):
+    if verifier is None:
+        return None
+    return {
+        "salt": _b64(verifier.salt),
+        "iterations": verifier.iterations,
+        "stored_key": _b64(verifier.stored_key),
+        "server_key": _b64(verifier.server_key),
+    }
+
+
+def _verifier_from_json(obj):
+    if obj is None:
+        return None
+    return Verifier(
+        salt=base64.b64decode(obj["salt"]),
+        iterations=obj["iterations"],
+        stored_key=base64.b64decode(obj["stored_key"]),
+        server_key=base64.b64decode(obj["server_key"]),
+    )
+
+
+def encode_record(record):
+    """A ``DeviceRecord``, ``UserRecord`` or ``GrantRecord`` as JSON text."""
+    fields = {name: getattr(record, name) for name in record._fields}
+    if "verifier" in fields:
+        fields["verifier"] = _verifier_to_json(fields["verifier"])
+    if "groups" in fields:
+        fields["groups"] = list(fields["groups"])
+    return _dumps(fields)
+
+
+def decode_record(cls, text):
+    fields = json.loads(text)
+    if "verifier" in fields:
+        fields["verifier"] = _verifier_from_json(fields["verifier"])
+    return cls(**{name: fields[name] for name in cls._fields})
+
+
+def _pairs(flat):
+    """HGETALL's flat [field, value, ...] reply as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _glob_escape(text):
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class _Batch:
+    """Writes taken from the queue and sent to Redis together."""
+
+    __slots__ = ("records", "state", "meta", "waiters", "started", "watchdog", "warned")
+
+    def __init__(self, records, state, meta, waiters, started):
+        self.records = records
+        self.state = state
+        self.meta = meta
+        self.waiters = waiters
+        self.started = started
+        self.watchdog = None
+        self.warned = False
+
+    def size(self):
+        return len(self.records) + len(self.state) + len(self.meta)
+
+
+@implementer(IMemoryStore)
+class RedisStore(MemoryStore):
+    """Process memory mirrored to Redis, one namespace per node.
+
+    ``reactor`` drives the store's own timers (the per-turn send, retries, warnings);
+    txredisapi itself runs on the global reactor. ``connection`` replaces the
+    txredisapi handler (tests); by default one lazy connection is opened on first use,
+    never in the constructor. The store owns its connection: ``close()`` disconnects it.
+    """
+
+    name = "redis"
+    log = Logger()
+
+    #: commands per MULTI/EXEC transaction inside one pipelined batch
+    transactionSize = 10000
+    #: keys per MGET / HGETALL pipeline when loading
+    loadChunk = 1000
+    #: seconds a batch (or ``load``) may wait for Redis before a warning is logged
+    slowAfter = 5.0
+    #: first and largest delay between retries of a failed batch
+    retryInitial = 0.5
+    retryMax = 30.0
+    #: how long ``close()`` waits for pending writes
+    closeTimeout = 5.0
+    connectTimeout = 5.0
+
+    def __init__(self, url, node_id, reactor=None, connection=None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.url = url
+        self._params = parse_url(url)
+        self.node_id = node_id
+        self.prefix = f"vss:{node_id}:"
+        #: the txredisapi connection handler (None until first used)
+        self.redis = connection
+        self._records = {}  # redis key -> JSON text to SET, or None to DEL
+        self._state_q = {}  # device_id -> [replace, {field: JSON text}]
+        self._meta_q = {}  # meta key -> JSON text
+        self._waiters = []  # Deferreds of the queued writes
+        self._call = None  # delayed call sending the next batch
+        self._inflight = None  # the _Batch Redis has not acknowledged yet
+        self._retry_delay = self.retryInitial
+        self._closed = False
+
+    # -- keys ------------------------------------------------------------------------
+
+    def key(self, kind, ident=None):
+        """The Redis key of one object, e.g. ``key('device', 'cam-1')``."""
+        if ident is None:
+            return self.prefix + kind
+        return f"{self.prefix}{kind}:{ident}"
+
+    def _grant_key(self, principal, device_id):
+        return self.key("grant", f"{principal}|{device_id}")
+
+    # -- connection ------------------------------------------------------------------
+
+    def _connection(self):
+        if self.redis is None:
+            p = self._params
+            self.redis = txredisapi.lazyConnection(
+                host=p["host"],
+                port=p["port"],
+                dbid=p["dbid"],
+                password=p["password"],
+                username=p["username"],
+                reconnect=True,
+                connectTimeout=self.connectTimeout,
+                convertNumbers=False,
+            )
+        return self.redis
+
+    def _pipelined(self, commands, transactions=False):
+        """Send commands in one pipeline; a Deferred list of replies."""
+
+        def run(pipe):
+            if transactions:
+                for start in range(0, len(commands), self.transactionSize):
+                    pipe.execute_command("MULTI")
+                    for command in commands[start : start + self.transactionSize]:
+                        pipe.execute_command(*command)
+                    pipe.execute_command("EXEC")
+            else:
+                for command in commands:
+                    pipe.execute_command(*command)
+            return pipe.execute_pipeline()
+
+        return defer.maybeDeferred(lambda: self._connection().pipeline()).addCallback(run)
+
+    # -- the write queue -------------------------------------------------------------
+
+    def _queued(self):
+        """The Deferred of one queued write; makes sure a batch will be sent."""
+        if self._closed:
+            return defer.fail(StoreClosed(f"store of node {self.node_id} is closed"))
+        d = defer.Deferred()
+        self._waiters.append(d)
+        if self._call is None and self._inflight is None:
+            self._call = self._reactor.callLater(0, self._send)
+        return d
+
+    def _queue_empty(self):
+        return not (self._records or self._state_q or self._meta_q)
+
+    def _commands(self, batch):
+        commands = []
+        for key, text in batch.records.items():
+            commands.append(("DEL", key) if text is None else ("SET", key, text))
+        for device_id, (replace, fields) in batch.state.items():
+            key = self.key("state", device_id)
+            if replace:
+                commands.append(("DEL", key))
+            if fields:
+                commands.append(("HSET", key, *_flatten(fields)))
+        if batch.meta:
+            commands.append(("HSET", self.key("meta"), *_flatten(batch.meta)))
+        return commands
+
+    def _send(self):
+        self._call = None
+        if self._inflight is not None or self._closed:
+            return
+        if self._queue_empty():
+            waiters, self._waiters = self._waiters, []
+            _fire(waiters)
+            return
+        batch = _Batch(
+            self._records, self._state_q, self._meta_q, self._waiters, self._reactor.seconds()
+        )
+        self._records, self._state_q, self._meta_q, self._waiters = {}, {}, {}, []
+        self._inflight = batch
+        batch.watchdog = self._reactor.callLater(self.slowAfter, self._slow, batch)
+        d = self._pipelined(self._commands(batch), transactions=True)
+        d.addCallbacks(
+            self._acknowledged, self._failed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
+
+    def _end(self, batch):
+        self._inflight = None
+        if batch.watchdog is not None and batch.watchdog.active():
+            batch.watchdog.cancel()
+        batch.watchdog = None
+
+    def _slow(self, batch):
+        batch.watchdog = None
+        batch.warned = True
+        self.log.warn(
+            "Redis has not acknowledged {keys} writes of node {node_id} for {seconds:.0f}s;"
+            " memory stays authoritative and writes keep queueing",
+            keys=batch.size(),
+            node_id=self.node_id,
+            seconds=self._reactor.seconds() - batch.started,
+        )
+
+    def _acknowledged(self, replies, batch):
+        self._end(batch)
+        self._retry_delay = self.retryInitial
+        errors = [
+            r
+            for exec_reply in replies
+            if isinstance(exec_reply, list)
+            for r in exec_reply
+            if isinstance(r, Exception)
+        ]
+        if errors:
+            # Redis refused some commands of a transaction (e.g. a key of the wrong
+            # type put there by someone else); retrying would fail the same way.
+            self.log.error(
+                "Redis refused {count} writes of node {node_id}: {first}",
+                count=len(errors),
+                node_id=self.node_id,
+                first=str(errors[0]),
+            )
+        if batch.warned:
+            self.log.info(
+                "Redis acknowledged the writes of node {node_id} after {seconds:.1f}s",
+                node_id=self.node_id,
+                seconds=self._reactor.seconds() - batch.started,
+            )
+        if not self._closed and self._call is None and (self._waiters or not self._queue_empty()):
+            self._call = self._reactor.callLater(0, self._send)
+        _fire(batch.waiters)
+
+    def _failed(self, failure, batch):
+        self._end(batch)
+        # Put the batch back under what was queued since: newer values win.
+        for key, text in batch.records.items():
+            self._records.setdefault(key, text)
+        for device_id, (replace, fields) in batch.state.items():
+            newer = self._state_q.get(device_id)
+            if newer is None:
+                self._state_q[device_id] = [replace, fields]
+            elif not newer[0]:
+                merged = dict(fields)
+                merged.update(newer[1])
+                self._state_q[device_id] = [replace, merged]
+        for key, text in batch.meta.items():
+            self._meta_q.setdefault(key, text)
+        self._waiters[:0] = batch.waiters
+        if self._closed:
+            self.log.warn(
+                "Redis store of node {node_id} closed with {keys} writes not saved: {error}",
+                node_id=self.node_id,
+                keys=batch.size(),
+                error=failure.getErrorMessage(),
+            )
+            return
+        delay = self._retry_delay
+        self._retry_delay = min(delay * 2, self.retryMax)
+        self.log.warn(
+            "Redis write of {keys} keys of node {node_id} failed ({error}); retrying in"
+            " {delay:.1f}s, memory stays authoritative",
+            keys=batch.size(),
+            node_id=self.node_id,
+            error=failure.getErrorMessage(),
+            delay=delay,
+        )
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = self._reactor.callLater(delay, self._send)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def flush(self):
+        """Fires once every write made so far is acknowledged by Redis."""
+        if self._waiters or not self._queue_empty():
+            return self._queued()
+        if self._inflight is not None:
+            d = defer.Deferred()
+            self._inflight.waiters.append(d)
+            return d
+        return defer.succeed(None)
+
+    def _scan(self):
+        """Deferred list of every key of this node's namespace."""
+        pattern = _glob_escape(self.prefix) + "*"
+        keys = []
+
+        def step(reply):
+            cursor, found = reply
+            keys.extend(found)
+            if int(cursor) == 0:
+                return keys
+            return (
+                self._connection()
+                .execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                .addCallback(step)
+            )
+
+        return defer.maybeDeferred(
+            lambda: self._connection().execute_command("SCAN", 0, "MATCH", pattern, "COUNT", 1000)
+        ).addCallback(step)
+
+    @defer.inlineCallbacks
+    def load(self):
+        """Replace memory with what Redis holds for this node (meant for start-up)."""
+        watchdog = self._reactor.callLater(self.slowAfter, self._slow_load)
+        try:
+            yield self.flush()
+            keys = yield self._scan()
+            strings = [k for k in keys if not self._is_hash(k)]
+            hashes = [k for k in keys if self._is_hash(k)]
+            values = {}
+            for start in range(0, len(strings), self.loadChunk):
+                chunk = strings[start : start + self.loadChunk]
+                (reply,) = yield self._pipelined([("MGET", *chunk)])
+                values.update(zip(chunk, reply, strict=True))
+            hash_values = {}
+            for start in range(0, len(hashes), self.loadChunk):
+                chunk = hashes[start : start + self.loadChunk]
+                replies = yield self._pipelined([("HGETALL", k) for k in chunk])
+                hash_values.update(zip(chunk, map(_pairs, replies), strict=True))
+        finally:
+            if watchdog.active():
+                watchdog.cancel()
+        self._clear_tables()
+        bad = 0
+        for key, text in values.items():
+            if text is not None and not self._load_string(key, text):
+                bad += 1
+        for key, fields in hash_values.items():
+            if not self._load_hash(key, fields):
+                bad += 1
+        self.log.info(
+            "Loaded node {node_id} from Redis: {devices} devices, {users} users, {grants}"
+            " grants, {states} device states, {sessions} sessions ({bad} unreadable keys)",
+            node_id=self.node_id,
+            devices=len(self._devices),
+            users=len(self._users),
+            grants=len(self._grants),
+            states=len(self._state),
+            sessions=len(self._sessions),
+            bad=bad,
+        )
+
+    def _slow_load(self):
+        self.log.warn(
+            "Waiting for Redis at {host}:{port} to load node {node_id}",
+            host=self._params["host"],
+            port=self._params["port"],
+            node_id=self.node_id,
+        )
+
+    def _is_hash(self, key):
+        return key == self.prefix + "meta" or key.startswith(self.prefix + "state:")
+
+    def _load_string(self, key, text):
+        kind, _, ident = key[len(self.prefix) :].partition(":")
+        try:
+            if kind == "device":
+                record = decode_record(DeviceRecord, text)
+                self._devices[record.device_id] = record
+            elif kind == "user":
+                record = decode_record(UserRecord, text)
+                self._users[record.username] = record
+            elif kind == "grant":
+                self._apply_put_grant(decode_record(GrantRecord, text))
+            elif kind == "session":
+                self._sessions[ident] = json.loads(text)
+            else:
+                self.log.warn("Ignoring unknown Redis key {key}", key=key)
+            return True
+        except (ValueError, KeyError, TypeError):
+            self.log.failure("Unreadable Redis key {key}", key=key)
+            return False
+
+    def _load_hash(self, key, fields):
+        try:
+            values = {name: json.loads(text) for name, text in fields.items()}
+        except ValueError:
+            self.log.failure("Unreadable Redis key {key}", key=key)
+            return False
+        if key == self.prefix + "meta":
+            self._meta.update(values)
+        else:
+            self._state[key[len(self.prefix + "state:") :]] = values
+        return True
+
+    @defer.inlineCallbacks
+    def wipe(self):
+        """Forget everything, in memory and in this node's Redis namespace."""
+        yield self.flush()
+        self._clear_tables()
+        keys = yield self._scan()
+        for start in range(0, len(keys), self.loadChunk):
+            yield self._pipelined([("DEL", *keys[start : start + self.loadChunk])])
+
+    @defer.inlineCallbacks
+    def close(self):
+        """Wait (up to ``closeTimeout``) for pending writes, then disconnect."""
+        if self._closed:
+            return
+        if self._waiters or self._inflight is not None or not self._queue_empty():
+            pending = self.flush()
+            pending.addTimeout(self.closeTimeout, self._reactor)
+            try:
+                yield pending
+            except defer.TimeoutError:
+                self.log.warn(
+                    "Closing the Redis store of node {node_id} with writes not saved",
+                    node_id=self.node_id,
+                )
+        self._closed = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self._inflight is not None:
+            self._end(self._inflight)
+        if self.redis is not None:
+            yield self.redis.disconnect()
+
+    # -- writes: memory at once, Redis queued ----------------------------------------
+
+    def put_device(self, record):
+        text = encode_record(record)
+        self._devices[record.device_id] = record
+        self._records[self.key("device", record.device_id)] = text
+        return self._queued()
+
+    def remove_device(self, device_id):
+        dropped = self._apply_remove_device(device_id)
+        self._records[self.key("device", device_id)] = None
+        for principal, _ in dropped:
+            self._records[self._grant_key(principal, device_id)] = None
+        self._state_q[device_id] = [True, {}]
+        return self._queued()
+
+    def put_user(self, record):
+        text = encode_record(record)
+        self._users[record.username] = record
+        self._records[self.key("user", record.username)] = text
+        return self._queued()
+
+    def remove_user(self, username):
+        dropped = self._apply_remove_user(username)
+        self._records[self.key("user", username)] = None
+        for principal, device_id in dropped:
+            self._records[self._grant_key(principal, device_id)] = None
+        return self._queued()
+
+    def put_grant(self, record):
+        text = encode_record(record)
+        self._apply_put_grant(record)
+        self._records[self._grant_key(record.principal, record.device_id)] = text
+        return self._queued()
+
+    def remove_grant(self, principal, device_id):
+        self._apply_remove_grant(principal, device_id)
+        self._records[self._grant_key(principal, device_id)] = None
+        return self._queued()
+
+    def set_state(self, device_id, **fields):
+        # Encoding first: a value that is not JSON-able raises before anything changes.
+        encoded = {name: _dumps(value) for name, value in fields.items()}
+        self._apply_set_state(device_id, fields)
+        queued = self._state_q.get(device_id)
+        if queued is None:
+            self._state_q[device_id] = [False, encoded]
+        else:
+            queued[1].update(encoded)
+        return self._queued()
+
+    def put_session(self, session_id, info):
+        text = _dumps(dict(info))
+        super().put_session(session_id, info)
+        self._records[self.key("session", session_id)] = text
+        return self._queued()
+
+    def remove_session(self, session_id):
+        self._sessions.pop(session_id, None)
+        self._records[self.key("session", session_id)] = None
+        return self._queued()
+
+    def set_meta(self, key, value):
+        text = _dumps(value)
+        super().set_meta(key, value)
+        self._meta_q[key] = text
+        return self._queued()
+
+
+def _flatten(mapping):
+    for name, text in mapping.items():
+        yield name
+        yield text
+
+
+def _fire(waiters):
+    for d in waiters:
+        if not d.called:
+            d.callback(None)
