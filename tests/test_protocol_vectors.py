@@ -1,0 +1,809 @@
+"""
+Conformance vectors: whole frames written by hand from docs/protocol.md, one per body of
+every message type in the catalogue (request, response, notification, and the Error
+body). Each vector is checked both ways: decoding it gives the typed message, encoding the
+message gives the same bytes.
+
+The hex is not produced by the encoder. Header layout (docs/protocol.md, section 2):
+``magic(2) version(1) flags(1) type(2) status(2) txid(4) length(4)``.
+"""
+
+import re
+from typing import NamedTuple
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from vss.protocols.codec import (
+    FLAG_ERROR,
+    FLAG_NOTIFY,
+    FLAG_RESPONSE,
+    FrameDecoder,
+    Message,
+    MessageDecoder,
+    ProtocolError,
+    decode_body,
+    encode_message,
+)
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import (
+    CATALOGUE,
+    KV,
+    AuthChallenge,
+    AuthOk,
+    AuthProof,
+    AuthStart,
+    Bye,
+    Change,
+    ChangeKind,
+    ChangeOp,
+    Config,
+    ConfigGet,
+    ConfigSet,
+    DeviceInfo,
+    DeviceList,
+    DeviceRecord,
+    Devices,
+    Empty,
+    Entity,
+    Error,
+    FocusOp,
+    GrantRecord,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    HelloAck,
+    IrisOp,
+    LensControl,
+    LensStatus,
+    MediaClose,
+    MediaOpen,
+    MediaStart,
+    MediaStop,
+    MediaUrl,
+    MsgType,
+    NodeRegister,
+    NodeRegistered,
+    Preset,
+    PresetEntry,
+    PresetOp,
+    Presets,
+    PtzControl,
+    PtzOp,
+    PtzStatus,
+    PuKind,
+    Purpose,
+    RecordMode,
+    RecordSettings,
+    RecordSettingsGet,
+    RegInfo,
+    RegInfoRequest,
+    Register,
+    Registered,
+    Role,
+    Route,
+    RouteLookup,
+    RouteRequest,
+    RouteResponse,
+    ScheduleSlot,
+    StateChange,
+    StaticPage,
+    StaticPull,
+    Stream,
+    SyncAck,
+    SyncBatch,
+    SyncChange,
+    SyncComplete,
+    SyncFetch,
+    SyncNotify,
+    Transport,
+    UserRecord,
+    Verifier,
+)
+
+REQ, RSP, NTF, ERR = 0, FLAG_RESPONSE, FLAG_NOTIFY, FLAG_RESPONSE | FLAG_ERROR
+
+
+def h(text):
+    """Bytes from commented hex: '#' starts a comment, whitespace is ignored."""
+    return bytes.fromhex(re.sub(r"#[^\n]*", "", text).replace(" ", "").replace("\n", ""))
+
+
+class V(NamedTuple):
+    name: str
+    type: int
+    flags: int
+    txid: int
+    body: object
+    hex: str
+    status: int = 0
+
+
+TS = 1_700_000_000_000  # 2023-11-14T22:13:20Z = 0x0000018bcfe56800
+
+VERIFIER_C = Verifier(salt=b"\x01\x02", iterations=4096, stored_key=b"\x03", server_key=b"\x04")
+
+
+def device_c(version):
+    return DeviceRecord(
+        device_id="c", name="Cam", kind=PuKind.IPC, channels=1, home_node="n1",
+        verifier=VERIFIER_C, source_url="", enabled=True, version=version,
+    )
+
+
+# DeviceRecord "c" as written in the vectors below (40 bytes); only `version` differs.
+DEVICE_C = """
+    0001 63             # device_id "c"
+    0003 43616d         # name "Cam"
+    01                  # kind IPC
+    0001                # channels 1
+    0002 6e31           # home_node "n1"
+    0002 0102           # verifier.salt 01 02
+    00001000            # verifier.iterations 4096
+    0001 03             # verifier.stored_key 03
+    0001 04             # verifier.server_key 04
+    0000                # source_url ""
+    01                  # enabled true
+"""
+
+PTZ_BODY = """
+    0005 63616d2d31     # device_id "cam-1"
+    0001                # channel 1
+    01                  # op CONTINUOUS
+    3f000000            # pan 0.5
+    be800000            # tilt -0.25
+    3f800000            # zoom 1.0
+    3f400000            # speed 0.75
+    000001f4            # timeout_ms 500
+    0000                # ext: none
+"""
+
+PTZ_STATUS_BODY = """
+    3f000000            # pan 0.5
+    be800000            # tilt -0.25
+    3f800000            # zoom 1.0
+    01                  # moving true
+    0000                # ext: none
+"""
+
+PTZ = PtzControl(
+    device_id="cam-1", channel=1, op=PtzOp.CONTINUOUS, pan=0.5, tilt=-0.25, zoom=1.0,
+    speed=0.75, timeout_ms=500,
+)
+PTZ_STATUS = PtzStatus(pan=0.5, tilt=-0.25, zoom=1.0, moving=True)
+
+RECORD_SCHEDULE = RecordSettings(
+    device_id="c", channel=1, mode=RecordMode.SCHEDULE, stream=Stream.MAIN,
+    segment_seconds=600, retention_days=30, quota_mb=1024, pre_event_seconds=5,
+    post_event_seconds=10, schedule=[ScheduleSlot(day=0, start_minute=480, end_minute=1080)],
+)
+RECORD_SCHEDULE_BODY = """
+    0001 63             # device_id "c"
+    0001                # channel 1
+    02                  # mode SCHEDULE
+    00                  # stream MAIN
+    00000258            # segment_seconds 600
+    001e                # retention_days 30
+    00000400            # quota_mb 1024
+    0005                # pre_event_seconds 5
+    000a                # post_event_seconds 10
+    0001                # schedule: 1 slot
+      00 01e0 0438      #   day 0 (Monday), start_minute 480, end_minute 1080
+    0000                # ext: none
+"""
+RECORD_CONTINUOUS = RecordSettings(
+    device_id="c", channel=1, mode=RecordMode.CONTINUOUS, stream=Stream.SUB,
+    segment_seconds=600, retention_days=30, quota_mb=0, pre_event_seconds=0,
+    post_event_seconds=0, schedule=[],
+)
+RECORD_CONTINUOUS_BODY = """
+    0001 63             # device_id "c"
+    0001                # channel 1
+    01                  # mode CONTINUOUS
+    01                  # stream SUB
+    00000258            # segment_seconds 600
+    001e                # retention_days 30
+    00000000            # quota_mb 0
+    0000                # pre_event_seconds 0
+    0000                # post_event_seconds 0
+    0000                # schedule: none
+    0000                # ext: none
+"""
+
+VECTORS = [
+    V("hello_request", MsgType.HELLO, REQ, 1,
+      Hello(min_version=1, max_version=1, role=Role.PU, agent="pu", features=["ptz"]), """
+      5653 01 00 0001 0000 00000001 00000010  # VS v1 request HELLO status 0 txid 1 len 16
+      01                  # min_version 1
+      01                  # max_version 1
+      01                  # role PU
+      0002 7075           # agent "pu"
+      0001 0003 70747a    # features: 1 item, "ptz"
+      0000                # ext: none
+    """),
+    V("hello_response", MsgType.HELLO, RSP, 1,
+      HelloAck(version=1, node_id="n1", agent="vss", features=[]), """
+      5653 01 01 0001 0000 00000001 0000000e  # VS v1 response HELLO status 0 txid 1 len 14
+      01                  # version 1
+      0002 6e31           # node_id "n1"
+      0003 767373         # agent "vss"
+      0000                # features: none
+      0000                # ext: none
+    """),
+    V("error_unreadable_header", MsgType.ERROR, ERR, 0, Error(message="bad magic"), """
+      5653 01 03 0002 0101 00000000 0000000d  # VS v1 error ERROR status BAD_MAGIC txid 0 len 13
+      0009 626164206d61676963  # message "bad magic"
+      0000                # ext: none
+    """, status=ResultCode.BAD_MAGIC),
+    V("error_response_to_ptz", MsgType.PTZ_CONTROL, ERR, 9, Error(message="no"), """
+      5653 01 03 0100 0301 00000009 00000006  # VS v1 error PTZ_CONTROL UNKNOWN_DEVICE txid 9 len 6
+      0002 6e6f           # message "no"
+      0000                # ext: none
+    """, status=ResultCode.UNKNOWN_DEVICE),
+    V("error_notification_slot", MsgType.ERROR, NTF, 0, Error(message=""), """
+      5653 01 04 0002 0000 00000000 00000004  # VS v1 notify ERROR status 0 txid 0 len 4
+      0000                # message ""
+      0000                # ext: none
+    """),
+    V("keepalive_request", MsgType.KEEPALIVE, REQ, 7, Empty(), """
+      5653 01 00 0003 0000 00000007 00000002  # VS v1 request KEEPALIVE txid 7 len 2
+      0000                # ext: none
+    """),
+    V("keepalive_response", MsgType.KEEPALIVE, RSP, 7, Empty(), """
+      5653 01 01 0003 0000 00000007 00000002  # VS v1 response KEEPALIVE txid 7 len 2
+      0000                # ext: none
+    """),
+    V("keepalive_with_extension", MsgType.KEEPALIVE, REQ, 8, Empty(ext=((1, b"\xab"),)), """
+      5653 01 00 0003 0000 00000008 00000007  # VS v1 request KEEPALIVE txid 8 len 7
+      0001                # ext: 1 record
+        0001 0001 ab      #   tag 1, length 1, value ab (unknown: kept raw)
+    """),
+    V("bye_notification", MsgType.BYE, NTF, 0,
+      Bye(reason=ResultCode.KEEPALIVE_TIMEOUT, message=""), """
+      5653 01 04 0004 0000 00000000 00000006  # VS v1 notify BYE txid 0 len 6
+      0207                # reason KEEPALIVE_TIMEOUT
+      0000                # message ""
+      0000                # ext: none
+    """),
+    V("auth_start_request", MsgType.AUTH_START, REQ, 2,
+      AuthStart(identity="alice", mechanism="SCRAM-SHA-256", client_nonce=bytes(range(24))), """
+      5653 01 00 0010 0000 00000002 00000032  # VS v1 request AUTH_START txid 2 len 50
+      0005 616c696365     # identity "alice"
+      000d 534352414d2d5348412d323536  # mechanism "SCRAM-SHA-256"
+      0018 000102030405060708090a0b0c0d0e0f1011121314151617  # client_nonce, 24 bytes
+      0000                # ext: none
+    """),
+    V("auth_start_response", MsgType.AUTH_START, RSP, 2,
+      AuthChallenge(salt=bytes(range(0xA0, 0xB0)), iterations=4096,
+                    server_nonce=bytes(range(0xB0, 0xC8))), """
+      5653 01 01 0010 0000 00000002 00000032  # VS v1 response AUTH_START txid 2 len 50
+      0010 a0a1a2a3a4a5a6a7a8a9aaabacadaeaf  # salt, 16 bytes
+      00001000            # iterations 4096
+      0018 b0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7  # server_nonce, 24 bytes
+      0000                # ext: none
+    """),
+    V("auth_proof_request", MsgType.AUTH_PROOF, REQ, 3, AuthProof(client_proof=b"\x11" * 32), """
+      5653 01 00 0011 0000 00000003 00000024  # VS v1 request AUTH_PROOF txid 3 len 36
+      0020 1111111111111111111111111111111111111111111111111111111111111111  # proof, 32 bytes
+      0000                # ext: none
+    """),
+    V("auth_proof_response", MsgType.AUTH_PROOF, RSP, 3,
+      AuthOk(server_signature=b"\x22" * 32, session_id="s1"), """
+      5653 01 01 0011 0000 00000003 00000028  # VS v1 response AUTH_PROOF txid 3 len 40
+      0020 2222222222222222222222222222222222222222222222222222222222222222  # signature
+      0002 7331           # session_id "s1"
+      0000                # ext: none
+    """),
+    V("register_request", MsgType.REGISTER, REQ, 4,
+      Register(kind=PuKind.IPC, model="m", firmware="f", channels=2,
+               attributes=[KV(key="k", value="v")]), """
+      5653 01 00 0012 0000 00000004 00000013  # VS v1 request REGISTER txid 4 len 19
+      01                  # kind IPC
+      0001 6d             # model "m"
+      0001 66             # firmware "f"
+      0002                # channels 2
+      0001                # attributes: 1 item
+        0001 6b 0001 76   #   key "k", value "v"
+      0000                # ext: none
+    """),
+    V("register_response", MsgType.REGISTER, RSP, 4,
+      Registered(node_id="n1", keepalive_interval=30, server_time=TS), """
+      5653 01 01 0012 0000 00000004 00000010  # VS v1 response REGISTER txid 4 len 16
+      0002 6e31           # node_id "n1"
+      001e                # keepalive_interval 30 s
+      0000018bcfe56800    # server_time 1700000000000 ms
+      0000                # ext: none
+    """),
+    V("ptz_control_request", MsgType.PTZ_CONTROL, REQ, 2, PTZ, """
+      5653 01 00 0100 0000 00000002 00000020  # VS v1 request PTZ_CONTROL txid 2 len 32
+    """ + PTZ_BODY),
+    V("ptz_control_response", MsgType.PTZ_CONTROL, RSP, 2, PTZ_STATUS, """
+      5653 01 01 0100 0000 00000002 0000000f  # VS v1 response PTZ_CONTROL txid 2 len 15
+    """ + PTZ_STATUS_BODY),
+    V("lens_control_request", MsgType.LENS_CONTROL, REQ, 5,
+      LensControl(device_id="c", channel=1, focus=FocusOp.NEAR, iris=IrisOp.AUTO, speed=0.5), """
+      5653 01 00 0101 0000 00000005 0000000d  # VS v1 request LENS_CONTROL txid 5 len 13
+      0001 63             # device_id "c"
+      0001                # channel 1
+      01                  # focus NEAR
+      03                  # iris AUTO
+      3f000000            # speed 0.5
+      0000                # ext: none
+    """),
+    V("lens_control_response", MsgType.LENS_CONTROL, RSP, 5,
+      LensStatus(focus=0.25, iris=1.0, auto_focus=True, auto_iris=False), """
+      5653 01 01 0101 0000 00000005 0000000c  # VS v1 response LENS_CONTROL txid 5 len 12
+      3e800000            # focus 0.25
+      3f800000            # iris 1.0
+      01                  # auto_focus true
+      00                  # auto_iris false
+      0000                # ext: none
+    """),
+    V("preset_request", MsgType.PRESET, REQ, 6,
+      Preset(device_id="c", channel=1, op=PresetOp.SET, preset=3, name="door"), """
+      5653 01 00 0102 0000 00000006 00000010  # VS v1 request PRESET txid 6 len 16
+      0001 63             # device_id "c"
+      0001                # channel 1
+      01                  # op SET
+      0003                # preset 3
+      0004 646f6f72       # name "door"
+      0000                # ext: none
+    """),
+    V("preset_response", MsgType.PRESET, RSP, 6,
+      Presets(presets=[PresetEntry(preset=3, name="door", pan=0.5, tilt=-0.5, zoom=0.0)]), """
+      5653 01 01 0102 0000 00000006 00000018  # VS v1 response PRESET txid 6 len 24
+      0001                # presets: 1 item
+        0003              #   preset 3
+        0004 646f6f72     #   name "door"
+        3f000000          #   pan 0.5
+        bf000000          #   tilt -0.5
+        00000000          #   zoom 0.0
+      0000                # ext: none
+    """),
+    V("config_get_request", MsgType.CONFIG_GET, REQ, 10,
+      ConfigGet(device_id="c", channel=0, keys=["a", "b"]), """
+      5653 01 00 0110 0000 0000000a 0000000f  # VS v1 request CONFIG_GET txid 10 len 15
+      0001 63             # device_id "c"
+      0000                # channel 0 (the device)
+      0002 0001 61 0001 62  # keys: 2 items, "a", "b"
+      0000                # ext: none
+    """),
+    V("config_get_response", MsgType.CONFIG_GET, RSP, 10,
+      Config(items=[KV(key="a", value="1")], version=7), """
+      5653 01 01 0110 0000 0000000a 0000000e  # VS v1 response CONFIG_GET txid 10 len 14
+      0001                # items: 1
+        0001 61 0001 31   #   key "a", value "1"
+      00000007            # version 7
+      0000                # ext: none
+    """),
+    V("config_set_request", MsgType.CONFIG_SET, REQ, 11,
+      ConfigSet(device_id="c", channel=1, items=[KV(key="a", value="2")], expected_version=7),
+      """
+      5653 01 00 0111 0000 0000000b 00000013  # VS v1 request CONFIG_SET txid 11 len 19
+      0001 63             # device_id "c"
+      0001                # channel 1
+      0001                # items: 1
+        0001 61 0001 32   #   key "a", value "2"
+      00000007            # expected_version 7
+      0000                # ext: none
+    """),
+    V("config_set_response", MsgType.CONFIG_SET, RSP, 11,
+      Config(items=[KV(key="a", value="2")], version=8), """
+      5653 01 01 0111 0000 0000000b 0000000e  # VS v1 response CONFIG_SET txid 11 len 14
+      0001                # items: 1
+        0001 61 0001 32   #   key "a", value "2"
+      00000008            # version 8
+      0000                # ext: none
+    """),
+    V("record_settings_get_request", MsgType.RECORD_SETTINGS_GET, REQ, 12,
+      RecordSettingsGet(device_id="c", channel=1), """
+      5653 01 00 0120 0000 0000000c 00000007  # VS v1 request RECORD_SETTINGS_GET txid 12 len 7
+      0001 63             # device_id "c"
+      0001                # channel 1
+      0000                # ext: none
+    """),
+    V("record_settings_get_response", MsgType.RECORD_SETTINGS_GET, RSP, 12, RECORD_SCHEDULE, """
+      5653 01 01 0120 0000 0000000c 0000001e  # VS v1 response RECORD_SETTINGS_GET txid 12 len 30
+    """ + RECORD_SCHEDULE_BODY),
+    V("record_settings_set_request", MsgType.RECORD_SETTINGS_SET, REQ, 13, RECORD_CONTINUOUS, """
+      5653 01 00 0121 0000 0000000d 00000019  # VS v1 request RECORD_SETTINGS_SET txid 13 len 25
+    """ + RECORD_CONTINUOUS_BODY),
+    V("record_settings_set_response_queued", MsgType.RECORD_SETTINGS_SET, RSP, 13,
+      RECORD_CONTINUOUS, """
+      5653 01 01 0121 030a 0000000d 00000019  # VS v1 response RECORD_SETTINGS_SET QUEUED txid 13
+    """ + RECORD_CONTINUOUS_BODY, status=ResultCode.QUEUED),
+    V("media_open_request", MsgType.MEDIA_OPEN, REQ, 14,
+      MediaOpen(device_id="c", channel=1, stream=Stream.MAIN, purpose=Purpose.PLAYBACK,
+                start_time=TS, transport=Transport.TCP), """
+      5653 01 00 0130 0000 0000000e 00000012  # VS v1 request MEDIA_OPEN txid 14 len 18
+      0001 63             # device_id "c"
+      0001                # channel 1
+      00                  # stream MAIN
+      02                  # purpose PLAYBACK
+      0000018bcfe56800    # start_time 1700000000000 ms
+      01                  # transport TCP
+      0000                # ext: none
+    """),
+    V("media_open_response", MsgType.MEDIA_OPEN, RSP, 14,
+      MediaUrl(url="rtsp://h/x", session_id="m1", expires=TS + 60_000), """
+      5653 01 01 0130 0000 0000000e 0000001a  # VS v1 response MEDIA_OPEN txid 14 len 26
+      000a 727473703a2f2f682f78  # url "rtsp://h/x"
+      0002 6d31           # session_id "m1"
+      0000018bcfe65260    # expires 1700000060000 ms
+      0000                # ext: none
+    """),
+    V("media_close_request", MsgType.MEDIA_CLOSE, REQ, 15, MediaClose(session_id="m1"), """
+      5653 01 00 0131 0000 0000000f 00000006  # VS v1 request MEDIA_CLOSE txid 15 len 6
+      0002 6d31           # session_id "m1"
+      0000                # ext: none
+    """),
+    V("media_close_response", MsgType.MEDIA_CLOSE, RSP, 15, Empty(), """
+      5653 01 01 0131 0000 0000000f 00000002  # VS v1 response MEDIA_CLOSE txid 15 len 2
+      0000                # ext: none
+    """),
+    V("media_start_request", MsgType.MEDIA_START, REQ, 16,
+      MediaStart(device_id="c", channel=1, stream=Stream.SUB, publish_url="rtsp://s/p",
+                 start_time=0), """
+      5653 01 00 0132 0000 00000010 0000001c  # VS v1 request MEDIA_START txid 16 len 28
+      0001 63             # device_id "c"
+      0001                # channel 1
+      01                  # stream SUB
+      000a 727473703a2f2f732f70  # publish_url "rtsp://s/p"
+      0000000000000000    # start_time 0 (live)
+      0000                # ext: none
+    """),
+    V("media_start_response", MsgType.MEDIA_START, RSP, 16, Empty(), """
+      5653 01 01 0132 0000 00000010 00000002  # VS v1 response MEDIA_START txid 16 len 2
+      0000                # ext: none
+    """),
+    V("media_stop_request", MsgType.MEDIA_STOP, REQ, 17,
+      MediaStop(device_id="c", channel=1, stream=Stream.SUB), """
+      5653 01 00 0133 0000 00000011 00000008  # VS v1 request MEDIA_STOP txid 17 len 8
+      0001 63             # device_id "c"
+      0001                # channel 1
+      01                  # stream SUB
+      0000                # ext: none
+    """),
+    V("media_stop_response", MsgType.MEDIA_STOP, RSP, 17, Empty(), """
+      5653 01 01 0133 0000 00000011 00000002  # VS v1 response MEDIA_STOP txid 17 len 2
+      0000                # ext: none
+    """),
+    V("state_change_notification", MsgType.STATE_CHANGE, NTF, 0,
+      StateChange(device_id="c", channel=0, change=ChangeKind.ONLINE, timestamp=TS, items=[]),
+      """
+      5653 01 04 0140 0000 00000000 00000012  # VS v1 notify STATE_CHANGE txid 0 len 18
+      0001 63             # device_id "c"
+      0000                # channel 0 (the device)
+      01                  # change ONLINE
+      0000018bcfe56800    # timestamp 1700000000000 ms
+      0000                # items: none
+      0000                # ext: none
+    """),
+    V("device_list_request", MsgType.DEVICE_LIST, REQ, 18, DeviceList(cursor="", limit=100), """
+      5653 01 00 0150 0000 00000012 00000006  # VS v1 request DEVICE_LIST txid 18 len 6
+      0000                # cursor ""
+      0064                # limit 100
+      0000                # ext: none
+    """),
+    V("device_list_response", MsgType.DEVICE_LIST, RSP, 18,
+      Devices(devices=[DeviceInfo(device_id="c", name="Cam", kind=PuKind.IPC, channels=1,
+                                  online=True, node_id="n1", actions=0x03)],
+              next_cursor=""), """
+      5653 01 01 0150 0000 00000012 00000017  # VS v1 response DEVICE_LIST txid 18 len 23
+      0001                # devices: 1
+        0001 63           #   device_id "c"
+        0003 43616d       #   name "Cam"
+        01                #   kind IPC
+        0001              #   channels 1
+        01                #   online true
+        0002 6e31         #   node_id "n1"
+        03                #   actions VIEW|PTZ
+      0000                # next_cursor ""
+      0000                # ext: none
+    """),
+    V("node_register_request", MsgType.NODE_REGISTER, REQ, 1,
+      NodeRegister(node_id="n1", signalling="tcp:h:7000", media="rtsp://h", capacity=100,
+                   applied_seq=5), """
+      5653 01 00 0200 0000 00000001 00000028  # VS v1 request NODE_REGISTER txid 1 len 40
+      0002 6e31           # node_id "n1"
+      000a 7463703a683a37303030  # signalling "tcp:h:7000"
+      0008 727473703a2f2f68  # media "rtsp://h"
+      00000064            # capacity 100
+      0000000000000005    # applied_seq 5
+      0000                # ext: none
+    """),
+    V("node_register_response", MsgType.NODE_REGISTER, RSP, 1,
+      NodeRegistered(cms_id="cms", heartbeat_interval=15, head_seq=9), """
+      5653 01 01 0200 0000 00000001 00000011  # VS v1 response NODE_REGISTER txid 1 len 17
+      0003 636d73         # cms_id "cms"
+      000f                # heartbeat_interval 15 s
+      0000000000000009    # head_seq 9
+      0000                # ext: none
+    """),
+    V("node_heartbeat_request", MsgType.NODE_HEARTBEAT, REQ, 2,
+      Heartbeat(pus=2, cus=3, streams=1, cpu_permille=250, bandwidth_kbps=4000, applied_seq=9),
+      """
+      5653 01 00 0201 0000 00000002 0000001c  # VS v1 request NODE_HEARTBEAT txid 2 len 28
+      00000002            # pus 2
+      00000003            # cus 3
+      00000001            # streams 1
+      00fa                # cpu_permille 250
+      00000fa0            # bandwidth_kbps 4000
+      0000000000000009    # applied_seq 9
+      0000                # ext: none
+    """),
+    V("node_heartbeat_response", MsgType.NODE_HEARTBEAT, RSP, 2, HeartbeatAck(head_seq=9), """
+      5653 01 01 0201 0000 00000002 0000000a  # VS v1 response NODE_HEARTBEAT txid 2 len 10
+      0000000000000009    # head_seq 9
+      0000                # ext: none
+    """),
+    V("static_pull_request", MsgType.STATIC_PULL, REQ, 3,
+      StaticPull(entity=Entity.DEVICE, cursor="", limit=500), """
+      5653 01 00 0202 0000 00000003 00000009  # VS v1 request STATIC_PULL txid 3 len 9
+      01                  # entity DEVICE
+      0000                # cursor ""
+      000001f4            # limit 500
+      0000                # ext: none
+    """),
+    V("static_pull_response", MsgType.STATIC_PULL, RSP, 3,
+      StaticPage(entity=Entity.DEVICE, devices=[device_c(2)], users=[], grants=[],
+                 next_cursor="", seq=9), """
+      5653 01 01 0202 0000 00000003 0000003b  # VS v1 response STATIC_PULL txid 3 len 59
+      01                  # entity DEVICE
+      0001                # devices: 1 DeviceRecord
+    """ + DEVICE_C + """
+        0000000000000002  #   version 2
+      0000                # users: none
+      0000                # grants: none
+      0000                # next_cursor ""
+      0000000000000009    # seq 9
+      0000                # ext: none
+    """),
+    V("route_request_request", MsgType.ROUTE_REQUEST, REQ, 4,
+      RouteRequest(origin_node="n1", device_id="c", hops=0, inner_type=MsgType.PTZ_CONTROL,
+                   inner_body=h(PTZ_BODY)), """
+      5653 01 00 0203 0000 00000004 00000030  # VS v1 request ROUTE_REQUEST txid 4 len 48
+      0002 6e31           # origin_node "n1"
+      0001 63             # device_id "c"
+      00                  # hops 0
+      0100                # inner_type PTZ_CONTROL
+      00000020            # inner_body: 32 bytes, the CU's PtzControl body:
+    """ + PTZ_BODY + """
+      0000                # ext: none
+    """),
+    V("route_request_response", MsgType.ROUTE_REQUEST, RSP, 4,
+      RouteResponse(home_node="n2", inner_status=0, inner_body=h(PTZ_STATUS_BODY)), """
+      5653 01 01 0203 0000 00000004 0000001b  # VS v1 response ROUTE_REQUEST txid 4 len 27
+      0002 6e32           # home_node "n2"
+      0000                # inner_status OK
+      0000000f            # inner_body: 15 bytes, the PU's PtzStatus body:
+    """ + PTZ_STATUS_BODY + """
+      0000                # ext: none
+    """),
+    V("route_request_response_inner_error", MsgType.ROUTE_REQUEST, RSP, 5,
+      RouteResponse(home_node="n2", inner_status=ResultCode.DEVICE_OFFLINE,
+                    inner_body=h("0003 6f6666 0000")), """
+      5653 01 01 0203 0000 00000005 00000013  # VS v1 response ROUTE_REQUEST txid 5 len 19
+      0002 6e32           # home_node "n2"
+      0303                # inner_status DEVICE_OFFLINE
+      00000007            # inner_body: 7 bytes, an Error body:
+        0003 6f6666       #   message "off"
+        0000              #   ext: none
+      0000                # ext: none
+    """),
+    V("route_lookup_request", MsgType.ROUTE_LOOKUP, REQ, 6, RouteLookup(device_id="c"), """
+      5653 01 00 0204 0000 00000006 00000005  # VS v1 request ROUTE_LOOKUP txid 6 len 5
+      0001 63             # device_id "c"
+      0000                # ext: none
+    """),
+    V("route_lookup_response", MsgType.ROUTE_LOOKUP, RSP, 6,
+      Route(device_id="c", home_node="n2", signalling="tcp:h:7000", media="rtsp://h",
+            node_up=True), """
+      5653 01 01 0204 0000 00000006 00000020  # VS v1 response ROUTE_LOOKUP txid 6 len 32
+      0001 63             # device_id "c"
+      0002 6e32           # home_node "n2"
+      000a 7463703a683a37303030  # signalling "tcp:h:7000"
+      0008 727473703a2f2f68  # media "rtsp://h"
+      01                  # node_up true
+      0000                # ext: none
+    """),
+    V("reg_info_request", MsgType.REG_INFO, REQ, 7,
+      RegInfoRequest(identity="bob", role=Role.CU), """
+      5653 01 00 0205 0000 00000007 00000008  # VS v1 request REG_INFO txid 7 len 8
+      0003 626f62         # identity "bob"
+      02                  # role CU
+      0000                # ext: none
+    """),
+    V("reg_info_response", MsgType.REG_INFO, RSP, 7,
+      RegInfo(home_node="n1", device=None,
+              user=UserRecord(username="bob",
+                              verifier=Verifier(salt=b"\x01", iterations=1, stored_key=b"\x02",
+                                                server_key=b"\x03"),
+                              groups=["ops"], enabled=True, version=1),
+              grants=[GrantRecord(principal="bob", device_id="c", actions=0x01, version=1)]),
+      """
+      5653 01 01 0205 0000 00000007 0000003d  # VS v1 response REG_INFO txid 7 len 61
+      0002 6e31           # home_node "n1"
+      00                  # device: absent
+      01                  # user: present, a UserRecord
+        0003 626f62       #   username "bob"
+        0001 01           #   verifier.salt 01
+        00000001          #   verifier.iterations 1
+        0001 02           #   verifier.stored_key 02
+        0001 03           #   verifier.server_key 03
+        0001 0003 6f7073  #   groups: 1, "ops"
+        01                #   enabled true
+        0000000000000001  #   version 1
+      0001                # grants: 1 GrantRecord
+        0003 626f62       #   principal "bob"
+        0001 63           #   device_id "c"
+        01                #   actions VIEW
+        0000000000000001  #   version 1
+      0000                # ext: none
+    """),
+    V("sync_notify_request", MsgType.SYNC_NOTIFY, REQ, 8,
+      SyncNotify(head_seq=10, changes=[
+          Change(seq=10, entity=Entity.GRANT, op=ChangeOp.DELETE, key="bob\x00c", version=2,
+                 origin="", device=None, user=None, grant=None)]), """
+      5653 01 00 0210 0000 00000008 0000002a  # VS v1 request SYNC_NOTIFY txid 8 len 42
+      000000000000000a    # head_seq 10
+      0001                # changes: 1 Change
+        000000000000000a  #   seq 10
+        03                #   entity GRANT
+        02                #   op DELETE
+        0005 626f620063   #   key "bob" NUL "c"
+        0000000000000002  #   version 2
+        0000              #   origin ""
+        00                #   device: absent
+        00                #   user: absent
+        00                #   grant: absent
+      0000                # ext: none
+    """),
+    V("sync_notify_response", MsgType.SYNC_NOTIFY, RSP, 8,
+      SyncComplete(node_id="n1", applied_seq=10), """
+      5653 01 01 0210 0000 00000008 0000000e  # VS v1 response SYNC_NOTIFY txid 8 len 14
+      0002 6e31           # node_id "n1"
+      000000000000000a    # applied_seq 10
+      0000                # ext: none
+    """),
+    V("sync_change_request", MsgType.SYNC_CHANGE, REQ, 9,
+      SyncChange(node_id="n1", change_id=1, device_id="c", channel=1, change=ChangeKind.PTZ,
+                 timestamp=TS, items=[KV(key="pan", value="0.5")], base_version=2), """
+      5653 01 00 0211 0000 00000009 00000030  # VS v1 request SYNC_CHANGE txid 9 len 48
+      0002 6e31           # node_id "n1"
+      0000000000000001    # change_id 1
+      0001 63             # device_id "c"
+      0001                # channel 1
+      04                  # change PTZ
+      0000018bcfe56800    # timestamp 1700000000000 ms
+      0001                # items: 1
+        0003 70616e 0003 302e35  # key "pan", value "0.5"
+      0000000000000002    # base_version 2
+      0000                # ext: none
+    """),
+    V("sync_change_response", MsgType.SYNC_CHANGE, RSP, 9,
+      SyncAck(change_id=1, seq=11, applied=True), """
+      5653 01 01 0211 0000 00000009 00000013  # VS v1 response SYNC_CHANGE txid 9 len 19
+      0000000000000001    # change_id 1
+      000000000000000b    # seq 11
+      01                  # applied true
+      0000                # ext: none
+    """),
+    V("sync_fetch_request", MsgType.SYNC_FETCH, REQ, 10, SyncFetch(after_seq=9, limit=100), """
+      5653 01 00 0212 0000 0000000a 0000000e  # VS v1 request SYNC_FETCH txid 10 len 14
+      0000000000000009    # after_seq 9
+      00000064            # limit 100
+      0000                # ext: none
+    """),
+    V("sync_fetch_response", MsgType.SYNC_FETCH, RSP, 10,
+      SyncBatch(changes=[
+          Change(seq=10, entity=Entity.DEVICE, op=ChangeOp.UPSERT, key="c", version=3,
+                 origin="n1", device=device_c(3), user=None, grant=None)],
+                head_seq=10, reload_required=False), """
+      5653 01 01 0212 0000 0000000a 00000051  # VS v1 response SYNC_FETCH txid 10 len 81
+      0001                # changes: 1 Change
+        000000000000000a  #   seq 10
+        01                #   entity DEVICE
+        01                #   op UPSERT
+        0001 63           #   key "c"
+        0000000000000003  #   version 3
+        0002 6e31         #   origin "n1"
+        01                #   device: present, a DeviceRecord
+    """ + DEVICE_C + """
+        0000000000000003  #     version 3
+        00                #   user: absent
+        00                #   grant: absent
+      000000000000000a    # head_seq 10
+      00                  # reload_required false
+      0000                # ext: none
+    """),
+]
+
+
+def _message(v):
+    return Message(v.type, v.flags, v.status, v.txid, v.body)
+
+
+class VectorTests(SynchronousTestCase):
+    """Every vector decodes to its message and its message encodes to the vector."""
+
+    def test_names_unique(self):
+        names = [v.name for v in VECTORS]
+        self.assertEqual(len(names), len(set(names)))
+
+    def test_every_catalogue_body_has_a_vector(self):
+        """A message type added to the catalogue without a vector fails here."""
+        covered = set()
+        for v in VECTORS:
+            if v.flags & FLAG_ERROR:
+                covered.add(("error", type(v.body)))
+            elif v.flags & FLAG_RESPONSE:
+                covered.add((v.type, "response", type(v.body)))
+            else:
+                covered.add((v.type, "request", type(v.body)))
+        wanted = {("error", Error)}
+        for t, (req, resp) in CATALOGUE.items():
+            wanted.add((t, "request", req))
+            if resp is not None:
+                wanted.add((t, "response", resp))
+        self.assertEqual(wanted - covered, set())
+
+    def test_length_fields(self):
+        """The hand-written header length matches the hand-written body."""
+        for v in VECTORS:
+            data = h(v.hex)
+            self.assertEqual(int.from_bytes(data[12:16], "big"), len(data) - 16, v.name)
+
+    def test_stream_of_all_vectors(self):
+        """All vectors back to back, fed one byte at a time, decode in order."""
+        stream = b"".join(h(v.hex) for v in VECTORS)
+        dec = MessageDecoder()
+        out = []
+        for i in range(len(stream)):
+            out.extend(dec.feed(stream[i : i + 1]))
+        self.assertEqual(out, [_message(v) for v in VECTORS])
+        self.assertEqual(dec.buffered, 0)
+
+    def test_inner_bodies(self):
+        """The bodies embedded in ROUTE_REQUEST / ROUTE_RESPONSE decode as the doc says."""
+        by_name = {v.name: v for v in VECTORS}
+        inner = by_name["route_request_request"].body
+        msg = decode_body(_frame(inner.inner_type, REQ, inner.inner_body))
+        self.assertEqual(msg.body, PTZ)
+        inner = by_name["route_request_response"].body
+        msg = decode_body(_frame(MsgType.PTZ_CONTROL, RSP, inner.inner_body))
+        self.assertEqual(msg.body, PTZ_STATUS)
+        inner = by_name["route_request_response_inner_error"].body
+        msg = decode_body(_frame(MsgType.PTZ_CONTROL, ERR, inner.inner_body))
+        self.assertEqual(msg.body, Error(message="off"))
+
+
+def _frame(type, flags, body):
+    (frame,) = FrameDecoder().feed(
+        b"VS\x01" + bytes([flags]) + type.to_bytes(2, "big") + b"\x00\x00\x00\x00\x00\x01"
+        + len(body).to_bytes(4, "big") + body
+    )
+    return frame
+
+
+def _add_vector_tests(cls):
+    for v in VECTORS:
+
+        def test_decode(self, v=v):
+            out = MessageDecoder().feed(h(v.hex))
+            self.assertEqual(len(out), 1)
+            (msg,) = out
+            self.assertNotIsInstance(msg, ProtocolError)
+            self.assertEqual(msg, _message(v))
+            self.assertEqual(type(msg.body), type(v.body))
+
+        def test_encode(self, v=v):
+            self.assertEqual(encode_message(_message(v)).hex(), h(v.hex).hex())
+
+        test_decode.__name__ = f"test_decode_{v.name}"
+        test_encode.__name__ = f"test_encode_{v.name}"
+        setattr(cls, test_decode.__name__, test_decode)
+        setattr(cls, test_encode.__name__, test_encode)
+    return cls
+
+
+_add_vector_tests(VectorTests)
