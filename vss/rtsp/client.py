@@ -1,0 +1,310 @@
+"""
+An RTSP client that pulls a stream over TCP interleaved and feeds it to a sink: a real
+camera (Basic or Digest authentication, RFC 2617 MD5) or another node's SS.
+
+``pull(url, sink_factory, ...)`` connects, runs OPTIONS, DESCRIBE, SETUP (every track)
+and PLAY, and returns a Deferred firing with the ``RTSPClientProtocol`` once playing.
+``sink_factory(sdp_text)`` returns the sink: an object with ``feed(track, rtcp, data)``
+and ``flush()`` (a ``fanout.Source`` is one). ``protocol.finished`` fires when the
+connection ends; reconnecting is the caller's business (e.g. ``ClientService``).
+``pull_into(server, path, url, ...)`` attaches the stream as a server source and closes
+that source when the connection ends.
+"""
+
+from urllib.parse import unquote
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from vss.rtsp import sdp as sdplib
+from vss.rtsp.auth import DigestClient, basic_header, parse_challenge
+from vss.rtsp.parser import (
+    Interleaved,
+    MessageParser,
+    ParseError,
+    build_request,
+    parse_params,
+    parse_range,
+    parse_transport,
+)
+
+log = Logger()
+
+USER_AGENT = "vss-rtsp-client"
+
+
+class RTSPError(Exception):
+    """The server answered a request with an error status."""
+
+    def __init__(self, method, status, reason):
+        self.method = method
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{method}: {status} {reason}")
+
+
+def split_credentials(url):
+    """(url without user info, username or None, password or None)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, None, None
+    authority, slash, tail = rest.partition("/")
+    if "@" not in authority:
+        return url, None, None
+    userinfo, _, hostport = authority.rpartition("@")
+    user, _, pw = userinfo.partition(":")
+    return f"{scheme}://{hostport}{slash}{tail}", unquote(user), unquote(pw)
+
+
+def host_port(url):
+    rest = url.partition("://")[2]
+    authority = rest.partition("/")[0].partition("?")[0]
+    host, sep, port = authority.rpartition(":")
+    if not sep or not port.isdigit():
+        return authority, 554
+    return host.strip("[]"), int(port)
+
+
+def control_url(base, control):
+    if control is None or control == "*":
+        return base
+    if "://" in control:
+        return control
+    path, q, query = base.partition("?")
+    return path.rstrip("/") + "/" + control + (q + query if q else "")
+
+
+class RTSPClientProtocol(protocol.Protocol):
+    """Pulls one stream. Public: ``ready`` (Deferred, fires with self when playing),
+    ``finished`` (Deferred, fires with the disconnect reason), ``sdp``, ``sink``,
+    ``packets`` and ``bytes`` counters."""
+
+    def __init__(self, url, sink_factory, username=None, password=None, clock=None,
+                 timeout=10.0):
+        self.url = url
+        self.sink_factory = sink_factory
+        self.username = username
+        self.password = password
+        self.clock = clock
+        self.timeout = timeout
+        self.parser = MessageParser("response")
+        self.ready = defer.Deferred()
+        self.finished = defer.Deferred()
+        self.sdp = None
+        self.sink = None
+        self.session = None
+        self.session_timeout = 60
+        self.channels = {}
+        self.packets = 0
+        self.bytes = 0
+        self._cseq = 0
+        self._pending = {}
+        self._auth = None
+        self._keepalive = None
+        self._deadline = None
+
+    def connectionMade(self):
+        if self.clock is not None:
+            self._deadline = self.clock.callLater(self.timeout, self._timed_out)
+        d = self._handshake()
+        d.addCallbacks(self._playing, self._failed)
+
+    def _timed_out(self):
+        self._deadline = None
+        self._failed(defer.TimeoutError("RTSP handshake timed out"))
+
+    def _playing(self, _):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if self.clock is not None:
+            self._keepalive = self.clock.callLater(max(self.session_timeout / 2, 1),
+                                                   self._send_keepalive)
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def _failed(self, failure):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if not self.ready.called:
+            self.ready.errback(failure)
+        self.transport.loseConnection()
+
+    @defer.inlineCallbacks
+    def _handshake(self):
+        yield self.request("OPTIONS", self.url)
+        resp = yield self.request("DESCRIBE", self.url, [("Accept", "application/sdp")])
+        self.sdp = resp.body.decode("utf-8", "replace")
+        base = resp.headers.get("Content-Base") or resp.headers.get("Content-Location") \
+            or self.url
+        tracks = sdplib.tracks(self.sdp)
+        controls = sdplib.controls(self.sdp)
+        self.sink = self.sink_factory(self.sdp)
+        for i in range(len(tracks)):
+            hdrs = [("Transport", f"RTP/AVP/TCP;unicast;interleaved={2 * i}-{2 * i + 1}")]
+            if self.session:
+                hdrs.append(("Session", self.session))
+            resp = yield self.request("SETUP", control_url(base, controls[i]), hdrs)
+            params = parse_params(resp.headers.get("Session") or "")
+            sid = (resp.headers.get("Session") or "").split(";")[0].strip()
+            if sid:
+                self.session = sid
+            if params.get("timeout", "").isdigit():
+                self.session_timeout = int(params["timeout"])
+            spec = parse_transport(resp.headers.get("Transport") or "")
+            ch = parse_range(spec[0].get("interleaved")) if spec else None
+            ch = ch or (2 * i, 2 * i + 1)
+            self.channels[ch[0]] = (i, False)
+            self.channels[ch[1]] = (i, True)
+        hdrs = [("Range", "npt=0.000-")]
+        if self.session:
+            hdrs.append(("Session", self.session))
+        yield self.request("PLAY", self.url, hdrs)
+
+    def _send_keepalive(self):
+        self._keepalive = None
+        hdrs = [("Session", self.session)] if self.session else []
+        d = self.request("GET_PARAMETER", self.url, hdrs, check=False)
+        d.addErrback(lambda f: None)
+        self._keepalive = self.clock.callLater(max(self.session_timeout / 2, 1),
+                                               self._send_keepalive)
+
+    def request(self, method, uri, headers=(), body=b"", check=True, _retry=True):
+        """Send a request; a Deferred firing with the ``Response`` (errback with
+        ``RTSPError`` on a status >= 300 when ``check``). Answers a 401 once with the
+        credentials given."""
+        self._cseq += 1
+        cseq = str(self._cseq)
+        hdrs = [("CSeq", cseq), ("User-Agent", USER_AGENT)]
+        if self._auth is not None:
+            hdrs.append(("Authorization", self._auth(method, uri)))
+        hdrs.extend(headers)
+        d = defer.Deferred()
+        self._pending[cseq] = d
+        self.transport.write(build_request(method, uri, hdrs, body))
+
+        def got(resp):
+            if resp.status == 401 and _retry and self.username is not None:
+                if self._set_auth(resp):
+                    return self.request(method, uri, headers, body, check, _retry=False)
+            if check and resp.status >= 300:
+                raise RTSPError(method, resp.status, resp.reason)
+            return resp
+
+        return d.addCallback(got)
+
+    def _set_auth(self, resp):
+        challenges = [parse_challenge(v) for v in resp.headers.get_all("WWW-Authenticate")]
+        for scheme, params in challenges:
+            if scheme == "digest":
+                try:
+                    digest = DigestClient(self.username, self.password, params)
+                except ValueError:
+                    continue
+                self._auth = digest.header
+                return True
+        for scheme, _ in challenges:
+            if scheme == "basic":
+                value = basic_header(self.username, self.password)
+                self._auth = lambda method, uri: value
+                return True
+        return False
+
+    def dataReceived(self, data):
+        fed = False
+        for item in self.parser.feed(data):
+            if isinstance(item, Interleaved):
+                target = self.channels.get(item.channel)
+                if target is not None and self.sink is not None:
+                    self.packets += 1
+                    self.bytes += len(item.data)
+                    self.sink.feed(target[0], target[1], item.data)
+                    fed = True
+            elif isinstance(item, ParseError):
+                log.warn("malformed RTSP from server {url}: {reason}", url=self.url,
+                         reason=item.reason)
+                self.transport.loseConnection()
+                return
+            else:
+                d = self._pending.pop(item.headers.get("CSeq", ""), None)
+                if d is not None:
+                    d.callback(item)
+        if fed:
+            self.sink.flush()
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        for d in [self._deadline, self._keepalive]:
+            if d is not None and d.active():
+                d.cancel()
+        self._deadline = self._keepalive = None
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(reason)
+        if not self.ready.called:
+            self.ready.errback(reason)
+        self.finished.callback(reason)
+
+    def teardown(self):
+        """Send TEARDOWN and close."""
+        if self.session:
+            self.transport.write(build_request("TEARDOWN", self.url, [
+                ("CSeq", str(self._cseq + 1)), ("Session", self.session)]))
+        self.transport.loseConnection()
+
+
+class _ClientFactory(protocol.ClientFactory):
+    def __init__(self, make):
+        self.make = make
+        self.failed = defer.Deferred()
+
+    def buildProtocol(self, addr):
+        return self.make()
+
+    def clientConnectionFailed(self, connector, reason):
+        self.failed.errback(reason)
+
+
+def pull(url, sink_factory, username=None, password=None, reactor=None, timeout=10.0):
+    """Connect and play ``url``; a Deferred firing with the protocol once playing.
+    Credentials may also be given in the URL (``rtsp://user:pass@host/...``)."""
+    if reactor is None:
+        from twisted.internet import reactor
+    clean, u, p = split_credentials(url)
+    username = username if username is not None else u
+    password = password if password is not None else p
+    host, port = host_port(clean)
+    result = defer.Deferred()
+
+    def make():
+        proto = RTSPClientProtocol(clean, sink_factory, username, password, reactor, timeout)
+        proto.ready.chainDeferred(result)
+        return proto
+
+    factory = _ClientFactory(make)
+    factory.failed.addErrback(lambda f: result.called or result.errback(f))
+    reactor.connectTCP(host, port, factory, timeout=timeout)
+    return result
+
+
+def pull_into(server, path, url, username=None, password=None, reactor=None, timeout=10.0):
+    """Pull ``url`` into a new source ``path`` of ``server`` (an ``RTSPServerFactory``).
+    The source closes when the connection ends. A Deferred firing with the protocol."""
+    holder = {}
+
+    def sink_factory(sdp_text):
+        holder["source"] = server.attach_source(path, sdp_text, origin="pull")
+        return holder["source"]
+
+    d = pull(url, sink_factory, username, password, reactor, timeout)
+
+    def playing(proto):
+        proto.finished.addBoth(lambda r: holder["source"].close())
+        return proto
+
+    def failed(f):
+        if "source" in holder:
+            holder["source"].close()
+        return f
+
+    return d.addCallbacks(playing, failed)
