@@ -540,6 +540,24 @@ class RedisStoreTests(MemoryStoreConformanceMixin, unittest.TestCase):
         self.assertEqual(flat, ["applied_seq", "9"])
 
     @defer.inlineCallbacks
+    def test_writes_survive_a_dropped_connection(self):
+        s = self.store
+        s.set_state("cam-1", online=True)
+        yield s.flush()
+        client_id = yield s.redis.execute_command("CLIENT", "ID")
+        try:
+            yield s.redis.execute_command("CLIENT", "KILL", "ID", client_id, "SKIPME", "no")
+        except Exception:
+            pass  # the reply may be lost with the connection
+        # the next batch either fails on the dead connection and is retried, or
+        # waits for txredisapi to reconnect (about a second)
+        written = s.set_state("cam-1", last_seen=5)
+        self.assertEqual(s.get_state("cam-1"), {"online": True, "last_seen": 5})
+        yield written
+        other = yield self.reloaded()
+        self.assertEqual(other.get_state("cam-1"), {"online": True, "last_seen": 5})
+
+    @defer.inlineCallbacks
     def test_namespaces_are_separate(self):
         from vss.store.redis import RedisStore
 
@@ -789,3 +807,33 @@ class RedisWriteQueueTests(unittest.SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         # memory is still readable
         self.assertEqual(s.get_state("cam-1"), {"online": True})
+
+
+class RedisUnreachableTests(unittest.TestCase):
+    """A node whose Redis is down keeps serving from memory and shuts down cleanly."""
+
+    if not HAVE_TXREDISAPI:
+        skip = "txredisapi is not installed"
+
+    @defer.inlineCallbacks
+    def test_memory_stays_authoritative(self):
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory
+
+        from vss.store.redis import RedisStore
+
+        # a loopback port nobody listens on any more
+        port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        number = port.getHost().port
+        yield port.stopListening()
+
+        store = RedisStore(f"redis://127.0.0.1:{number}/15", "down", reactor=reactor)
+        store.closeTimeout = 0.2
+        written = store.set_state("cam-1", online=True)
+        store.put_device(device("cam-1"))
+        self.assertEqual(store.get_state("cam-1"), {"online": True})
+        self.assertEqual(store.get_device("cam-1"), device("cam-1"))
+        with capturedLogs() as events:
+            yield store.close()
+        self.assertNoResult(written)
+        self.assertTrue(any("not saved" in e.get("log_format", "") for e in events))

@@ -325,6 +325,8 @@ class RedisStore(MemoryStore):
 
     def _failed(self, failure, batch):
         self._end(batch)
+        if failure.check(defer.FirstError):
+            failure = failure.value.subFailure
         # Put the batch back under what was queued since: newer values win.
         for key, text in batch.records.items():
             self._records.setdefault(key, text)
