@@ -207,7 +207,7 @@ class RTSPClientProtocol(protocol.Protocol):
         for scheme, _ in challenges:
             if scheme == "basic":
                 value = basic_header(self.username, self.password)
-                self._auth = lambda method, uri: value
+                self._auth = lambda method, uri, value=value: value
                 return True
         return False
 

@@ -248,10 +248,11 @@ class TCPReader:
         self.mask = frozenset(tracks)
         self.max_queue = max_queue
         self.queued = 0
-        self.waiting_key = True
+        self.waiting_key = True  # start at a keyframe
+        self.dropping = False  # waiting for a keyframe after an overflow
         self.bytes = 0
         self.frames = 0
-        self.drops = 0
+        self.drops = 0  # frames dropped
         self.dropped_bytes = 0
         self.direct_sends = 0
         self._on_end = on_end
@@ -309,8 +310,11 @@ class TCPReader:
             buf = frame.data
         if self.waiting_key:
             if not frame.key:
+                if self.dropping:
+                    self.drops += 1
+                    self.dropped_bytes += len(buf)
                 return
-            self.waiting_key = False
+            self.waiting_key = self.dropping = False
         n = len(buf)
         if self.queued == 0 and self.sock is not None:
             try:
@@ -330,7 +334,7 @@ class TCPReader:
         if self.queued + n > self.max_queue:
             self.drops += 1
             self.dropped_bytes += n
-            self.waiting_key = True
+            self.waiting_key = self.dropping = True
             return
         self.transport.write(buf)
         self.queued += n
