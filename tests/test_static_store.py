@@ -10,7 +10,7 @@ afterwards, so concurrent runs never collide.
 import os
 import secrets
 
-from twisted.internet import reactor, task
+from twisted.internet import task
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
@@ -520,12 +520,12 @@ class SQLiteStaticStoreTests(StaticStoreConformance, unittest.TestCase):
     def new_store(self):
         path = os.path.join(self.mktemp(), "cms.sqlite3")
         self._path = path
-        store = make_static_store("sqlite:" + path, reactor=reactor, clock=self.clock)
+        store = make_static_store("sqlite:" + path, clock=self.clock)
         self.addCleanup(store.close)
         return store
 
     def reopen(self):
-        store = make_static_store("sqlite:" + self._path, reactor=reactor, clock=self.clock)
+        store = make_static_store("sqlite:" + self._path, clock=self.clock)
         self.addCleanup(store.close)
         return store
 
@@ -544,10 +544,10 @@ class SQLiteStaticStoreTests(StaticStoreConformance, unittest.TestCase):
     def test_spec_parsing(self):
         from vss.cms.store.sqlite import SQLiteStaticStore
 
-        store = make_static_store("sqlite:/tmp/x.db", reactor=reactor)
+        store = make_static_store("sqlite:/tmp/x.db")
         self.assertIsInstance(store, SQLiteStaticStore)
         self.assertEqual(store.path, "/tmp/x.db")
-        self.assertRaises(ValueError, make_static_store, "sqlite:", reactor=reactor)
+        self.assertRaises(ValueError, make_static_store, "sqlite:")
 
 
 class PostgresStaticStoreTests(StaticStoreConformance, unittest.TestCase):
@@ -562,12 +562,12 @@ class PostgresStaticStoreTests(StaticStoreConformance, unittest.TestCase):
         create_schema(PG_DSN, name)
         self.addCleanup(drop_schema, PG_DSN, name)
         self._schema = name
-        store = make_static_store(PG_DSN, reactor=reactor, clock=self.clock, schema=name)
+        store = make_static_store(PG_DSN, clock=self.clock, schema=name)
         self.addCleanup(store.close)
         return store
 
     def reopen(self):
-        store = make_static_store(PG_DSN, reactor=reactor, clock=self.clock,
+        store = make_static_store(PG_DSN, clock=self.clock,
                                   schema=self._schema)
         self.addCleanup(store.close)
         return store
@@ -577,3 +577,6 @@ class PostgresStaticStoreTests(StaticStoreConformance, unittest.TestCase):
 
         self.assertIsInstance(self.store, PostgresStaticStore)
         self.assertEqual(self.store.backend, "postgresql")
+        url = make_static_store("postgresql://postgres@127.0.0.1:5432/test")
+        self.assertIsInstance(url, PostgresStaticStore)
+        self.assertEqual(url.dsn, "postgresql://postgres@127.0.0.1:5432/test")
