@@ -422,7 +422,7 @@ class RedisStoreTests(MemoryStoreConformanceMixin, unittest.TestCase):
         store = RedisStore(REDIS_URL, self.node_id)
         try:
             yield store.wipe()
-            keys = yield store._scan()
+            keys = yield store.namespace_keys()
             self.assertEqual(keys, [])
         finally:
             yield store.close()
@@ -558,6 +558,32 @@ class RedisStoreTests(MemoryStoreConformanceMixin, unittest.TestCase):
         self.assertEqual(other.get_state("cam-1"), {"online": True, "last_seen": 5})
 
     @defer.inlineCallbacks
+    def test_refused_write_does_not_block_the_rest(self):
+        s = self.store
+        # someone else's string where this node keeps a hash
+        yield s._connection().execute_command("SET", s.key("state", "cam-1"), "x")
+        with capturedLogs() as events:
+            yield s.set_state("cam-1", online=True)
+            yield s.set_state("cam-2", online=True)
+        self.assertIn("WRONGTYPE", events[0]["first"])
+        self.assertEqual(s._call, None)  # no retry scheduled
+        other = yield self.reloaded()
+        self.assertEqual(other.get_state("cam-2"), {"online": True})
+
+    @defer.inlineCallbacks
+    def test_load_skips_unreadable_keys(self):
+        s = self.store
+        s.put_device(device("cam-1"))
+        yield s.flush()
+        yield s.redis.execute_command("SET", s.key("device", "broken"), "{not json")
+        other = self.newStore()
+        with capturedLogs() as events:
+            yield other.load()
+        self.assertEqual([d.device_id for d in other.devices()], ["cam-1"])
+        self.assertIn("broken", "".join(e.get("key", "") for e in events))
+        self.assertEqual(events[-1]["bad"], 1)
+
+    @defer.inlineCallbacks
     def test_namespaces_are_separate(self):
         from vss.store.redis import RedisStore
 
@@ -605,14 +631,14 @@ class FakeRedis:
         self.disconnected = True
         return defer.succeed(None)
 
-    def ack(self, index=-1):
+    def ack(self, index=-1, errors=()):
         commands, d = self.batches[index]
-        d.callback(["OK"] + ["QUEUED"] * (len(commands) - 2) + [[]])
+        d.callback([list(errors)] + [[] for _ in commands[1:]])
 
     def writes(self, index=-1):
-        """The batch's commands without the MULTI/EXEC brackets."""
-        commands = self.batches[index][0]
-        return [c for c in commands if c[0] not in ("MULTI", "EXEC")]
+        """The Redis commands of a batch (the store sends them as JSON to a script)."""
+        calls = self.batches[index][0]
+        return [tuple(c) for (_, _, _, program) in calls for c in json.loads(program)]
 
 
 class RedisWriteQueueTests(unittest.SynchronousTestCase):
@@ -635,9 +661,8 @@ class RedisWriteQueueTests(unittest.SynchronousTestCase):
         self.assertEqual(self.redis.batches, [])  # nothing sent inside the turn
         self.clock.advance(0)
         self.assertEqual(len(self.redis.batches), 1)
-        commands = self.redis.batches[0][0]
-        self.assertEqual(commands[0], ("MULTI",))
-        self.assertEqual(commands[-1], ("EXEC",))
+        (call,) = self.redis.batches[0][0]
+        self.assertEqual(call[0], "EVAL")
         writes_sent = self.redis.writes()
         self.assertEqual(len(writes_sent), 101)  # one HSET per device, one for meta
         self.assertIn(("HSET", "vss:n1:state:cam-7", "last_seen", "907"), writes_sent)
@@ -747,15 +772,27 @@ class RedisWriteQueueTests(unittest.SynchronousTestCase):
             [("DEL", "vss:n1:user:alice"), ("DEL", "vss:n1:grant:user:alice|cam-1")],
         )
 
-    def test_large_batch_split_into_transactions(self):
+    def test_large_batch_split_into_script_calls(self):
         s = self.store
-        s.transactionSize = 10
+        s.scriptSize = 10
         for i in range(25):
             s.set_state(f"cam-{i}", online=True)
         self.clock.advance(0)
-        commands = self.redis.batches[0][0]
-        self.assertEqual(len(commands), 25 + 3 * 2)
-        self.assertEqual(sum(1 for c in commands if c == ("EXEC",)), 3)
+        self.assertEqual(len(self.redis.batches), 1)  # one pipeline
+        calls = self.redis.batches[0][0]
+        self.assertEqual([len(json.loads(c[3])) for c in calls], [10, 10, 5])
+        self.assertEqual(len(set(self.redis.writes())), 25)
+
+    def test_refused_writes_logged_not_retried(self):
+        s = self.store
+        d = s.set_state("cam-1", online=True)
+        self.clock.advance(0)
+        with capturedLogs() as events:
+            self.redis.ack(errors=["vss:n1:state:cam-1: WRONGTYPE Operation against a key"])
+        self.assertEqual(events[0]["log_level"], LogLevel.error)
+        self.assertIn("WRONGTYPE", events[0]["first"])
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_not_json_able_changes_nothing(self):
         s = self.store

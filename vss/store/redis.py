@@ -5,9 +5,11 @@ This is the only module of vss that imports txredisapi.
 
 Reads are served from process memory exactly as in ``MemoryStore`` (this class extends
 it). Every write changes memory at once and is queued for Redis; the queue is sent once
-per reactor turn as one pipelined batch of ``MULTI``/``EXEC`` transactions, so 20,000
-keepalives landing in one turn cost one round trip. Several writes to one key in a turn
-become one command. The Deferred a write returns fires when Redis acknowledged the
+per reactor turn as one pipelined batch, so 20,000 keepalives landing in one turn cost one
+round trip. Several writes to one key in a turn become one command, and the commands
+travel inside a few ``EVAL`` calls of one small Lua script (each applies up to
+``scriptSize`` commands atomically): txredisapi spends tens of microseconds on each
+command it sends and each reply it parses, far more than Redis spends on an ``HSET``. The Deferred a write returns fires when Redis acknowledged the
 batch holding it. While Redis is away, memory stays authoritative: writes keep
 coalescing (one entry per key) and the batch is retried with a growing delay.
 
@@ -38,6 +40,63 @@ from vss.protocols.messages import DeviceRecord, GrantRecord, UserRecord, Verifi
 from vss.store.memory import MemoryStore
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+# txredisapi spends tens of microseconds on every argument it sends and every element
+# of a reply it parses (it pauses the transport for each bulk element), far more than
+# Redis spends on an HSET. So a batch travels as one JSON argument of a Lua script and
+# the load comes back as one JSON reply per SCAN step. The scripts touch keys of this
+# node's namespace only, not declared in KEYS: fine for one Redis server, not meant for
+# Redis Cluster.
+
+#: ARGV[1]: a JSON list of commands ["DEL", key] / ["SET", key, text] /
+#: ["HSET", key, field, text, ...]. Errors are collected, not raised: the rest of the
+#: batch still applies, and retrying what Redis refused (a key of the wrong type put
+#: there by someone else) cannot help.
+WRITE_SCRIPT = """
+local errors = {}
+for _, c in ipairs(cjson.decode(ARGV[1])) do
+  local r
+  if c[1] == 'DEL' then
+    r = redis.pcall('DEL', c[2])
+  elseif c[1] == 'SET' then
+    r = redis.pcall('SET', c[2], c[3])
+  else
+    r = redis.pcall('HSET', c[2], unpack(c, 3))
+  end
+  if type(r) == 'table' and r.err then
+    errors[#errors + 1] = c[2] .. ': ' .. r.err
+  end
+end
+return errors
+"""
+
+#: One SCAN step (ARGV: cursor, pattern, count); returns the next cursor and a JSON
+#: list of [key, value] with value a string (GET) or a flat [field, value, ...] list.
+LOAD_SCRIPT = """
+local step = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local out = {}
+for _, key in ipairs(step[2]) do
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'string' then
+    out[#out + 1] = {key, redis.call('GET', key)}
+  elseif kind == 'hash' then
+    out[#out + 1] = {key, redis.call('HGETALL', key)}
+  end
+end
+if #out == 0 then
+  return {step[1], '[]'}
+end
+return {step[1], cjson.encode(out)}
+"""
+
+#: One SCAN step deleting what it finds; returns the next cursor.
+WIPE_SCRIPT = """
+local step = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+for _, key in ipairs(step[2]) do
+  redis.call('DEL', key)
+end
+return step[1]
+"""
 
 
 class StoreClosed(Exception):
@@ -151,10 +210,10 @@ class RedisStore(MemoryStore):
     name = "redis"
     log = Logger()
 
-    #: commands per MULTI/EXEC transaction inside one pipelined batch
-    transactionSize = 10000
-    #: keys per MGET / HGETALL pipeline when loading
-    loadChunk = 1000
+    #: commands per EVAL of WRITE_SCRIPT (Redis runs each without interruption)
+    scriptSize = 5000
+    #: SCAN COUNT of one step of ``load`` and ``wipe``
+    scanCount = 1000
     #: seconds a batch (or ``load``) may wait for Redis before a warning is logged
     slowAfter = 5.0
     #: first and largest delay between retries of a failed batch
@@ -212,19 +271,12 @@ class RedisStore(MemoryStore):
             )
         return self.redis
 
-    def _pipelined(self, commands, transactions=False):
+    def _pipelined(self, commands):
         """Send commands in one pipeline; a Deferred list of replies."""
 
         def run(pipe):
-            if transactions:
-                for start in range(0, len(commands), self.transactionSize):
-                    pipe.execute_command("MULTI")
-                    for command in commands[start : start + self.transactionSize]:
-                        pipe.execute_command(*command)
-                    pipe.execute_command("EXEC")
-            else:
-                for command in commands:
-                    pipe.execute_command(*command)
+            for command in commands:
+                pipe.execute_command(*command)
             return pipe.execute_pipeline()
 
         return defer.maybeDeferred(lambda: self._connection().pipeline()).addCallback(run)
@@ -245,6 +297,7 @@ class RedisStore(MemoryStore):
         return not (self._records or self._state_q or self._meta_q)
 
     def _commands(self, batch):
+        """The batch as Redis commands: (DEL, key), (SET, key, text), (HSET, key, ...)."""
         commands = []
         for key, text in batch.records.items():
             commands.append(("DEL", key) if text is None else ("SET", key, text))
@@ -257,6 +310,13 @@ class RedisStore(MemoryStore):
         if batch.meta:
             commands.append(("HSET", self.key("meta"), *_flatten(batch.meta)))
         return commands
+
+    def _scripted(self, commands):
+        """The commands as EVAL calls of WRITE_SCRIPT."""
+        return [
+            ("EVAL", WRITE_SCRIPT, 0, _dumps(commands[start : start + self.scriptSize]))
+            for start in range(0, len(commands), self.scriptSize)
+        ]
 
     def _send(self):
         self._call = None
@@ -272,7 +332,7 @@ class RedisStore(MemoryStore):
         self._records, self._state_q, self._meta_q, self._waiters = {}, {}, {}, []
         self._inflight = batch
         batch.watchdog = self._reactor.callLater(self.slowAfter, self._slow, batch)
-        d = self._pipelined(self._commands(batch), transactions=True)
+        d = self._pipelined(self._scripted(self._commands(batch)))
         d.addCallbacks(
             self._acknowledged, self._failed, callbackArgs=(batch,), errbackArgs=(batch,)
         )
@@ -297,16 +357,10 @@ class RedisStore(MemoryStore):
     def _acknowledged(self, replies, batch):
         self._end(batch)
         self._retry_delay = self.retryInitial
-        errors = [
-            r
-            for exec_reply in replies
-            if isinstance(exec_reply, list)
-            for r in exec_reply
-            if isinstance(r, Exception)
-        ]
+        errors = [error for reply in replies if isinstance(reply, list) for error in reply]
         if errors:
-            # Redis refused some commands of a transaction (e.g. a key of the wrong
-            # type put there by someone else); retrying would fail the same way.
+            # Redis refused some commands (e.g. a key of the wrong type put there by
+            # someone else); retrying would fail the same way.
             self.log.error(
                 "Redis refused {count} writes of node {node_id}: {first}",
                 count=len(errors),
@@ -375,56 +429,60 @@ class RedisStore(MemoryStore):
             return d
         return defer.succeed(None)
 
-    def _scan(self):
-        """Deferred list of every key of this node's namespace."""
+    def _steps(self, script, each):
+        """Run a SCAN-step script over the namespace; ``each(reply)`` gets every reply
+        and returns the next cursor."""
         pattern = _glob_escape(self.prefix) + "*"
-        keys = []
 
-        def step(reply):
-            cursor, found = reply
-            keys.extend(found)
-            if int(cursor) == 0:
-                return keys
-            return (
-                self._connection()
-                .execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-                .addCallback(step)
+        def step(cursor):
+            return self._connection().execute_command(
+                "EVAL", script, 0, cursor, pattern, self.scanCount
             )
 
-        return defer.maybeDeferred(
-            lambda: self._connection().execute_command("SCAN", 0, "MATCH", pattern, "COUNT", 1000)
-        ).addCallback(step)
+        def next_step(reply):
+            cursor = each(reply)
+            if int(cursor) == 0:
+                return None
+            return step(cursor).addCallback(next_step)
+
+        return defer.maybeDeferred(step, 0).addCallback(next_step)
+
+    def namespace_keys(self):
+        """Deferred list of the keys of this node's namespace held by Redis."""
+        found = []
+
+        def each(reply):
+            cursor, entries = reply
+            found.extend(key for key, _ in json.loads(entries))
+            return cursor
+
+        return self._steps(LOAD_SCRIPT, each).addCallback(lambda _: found)
 
     @defer.inlineCallbacks
     def load(self):
         """Replace memory with what Redis holds for this node (meant for start-up)."""
         watchdog = self._reactor.callLater(self.slowAfter, self._slow_load)
+        entries = []
+
+        def each(reply):
+            cursor, text = reply
+            entries.extend(json.loads(text))
+            return cursor
+
         try:
             yield self.flush()
-            keys = yield self._scan()
-            strings = [k for k in keys if not self._is_hash(k)]
-            hashes = [k for k in keys if self._is_hash(k)]
-            values = {}
-            for start in range(0, len(strings), self.loadChunk):
-                chunk = strings[start : start + self.loadChunk]
-                (reply,) = yield self._pipelined([("MGET", *chunk)])
-                values.update(zip(chunk, reply, strict=True))
-            hash_values = {}
-            for start in range(0, len(hashes), self.loadChunk):
-                chunk = hashes[start : start + self.loadChunk]
-                replies = yield self._pipelined([("HGETALL", k) for k in chunk])
-                hash_values.update(zip(chunk, map(_pairs, replies), strict=True))
+            yield self._steps(LOAD_SCRIPT, each)
         finally:
             if watchdog.active():
                 watchdog.cancel()
         self._clear_tables()
         bad = 0
-        for key, text in values.items():
-            if text is not None and not self._load_string(key, text):
-                bad += 1
-        for key, fields in hash_values.items():
-            if not self._load_hash(key, fields):
-                bad += 1
+        for key, value in entries:
+            if isinstance(value, list):
+                ok = self._load_hash(key, _pairs(value))
+            else:
+                ok = self._load_string(key, value)
+            bad += not ok
         self.log.info(
             "Loaded node {node_id} from Redis: {devices} devices, {users} users, {grants}"
             " grants, {states} device states, {sessions} sessions ({bad} unreadable keys)",
@@ -464,15 +522,15 @@ class RedisStore(MemoryStore):
             else:
                 self.log.warn("Ignoring unknown Redis key {key}", key=key)
             return True
-        except (ValueError, KeyError, TypeError):
-            self.log.failure("Unreadable Redis key {key}", key=key)
+        except (ValueError, KeyError, TypeError) as e:
+            self.log.error("Skipping unreadable Redis key {key}: {error!r}", key=key, error=e)
             return False
 
     def _load_hash(self, key, fields):
         try:
             values = {name: json.loads(text) for name, text in fields.items()}
-        except ValueError:
-            self.log.failure("Unreadable Redis key {key}", key=key)
+        except ValueError as e:
+            self.log.error("Skipping unreadable Redis key {key}: {error!r}", key=key, error=e)
             return False
         if key == self.prefix + "meta":
             self._meta.update(values)
@@ -485,9 +543,7 @@ class RedisStore(MemoryStore):
         """Forget everything, in memory and in this node's Redis namespace."""
         yield self.flush()
         self._clear_tables()
-        keys = yield self._scan()
-        for start in range(0, len(keys), self.loadChunk):
-            yield self._pipelined([("DEL", *keys[start : start + self.loadChunk])])
+        yield self._steps(WIPE_SCRIPT, lambda cursor: cursor)
 
     @defer.inlineCallbacks
     def close(self):
