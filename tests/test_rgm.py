@@ -478,3 +478,24 @@ class StateChangeTests(Base):
             self.h.pump()
         self.assertEqual(self.h.central.changes, [])
         self.assertTrue(any(e["log_level"] == LogLevel.warn for e in events))
+
+
+class StateChangeKindsTests(Base):
+    def test_every_change_kind_is_applied_and_unknown_kinds_are_ignored(self):
+        pu, _, pu_link = self.online_pu()
+        for kind, items in [(ChangeKind.ALARM, {"motion": "1"}),
+                            (ChangeKind.RECORDING, {"mode": "schedule"}),
+                            (ChangeKind.NAME, {"name": "Gate"}),
+                            (ChangeKind.PRESET, {"3": "gate"}),
+                            (99, {"x": "y"})]:
+            pu_link.send_notify(MsgType.STATE_CHANGE, StateChange(
+                device_id="cam1", channel=0, change=int(kind), timestamp=1,
+                items=[KV(key=k, value=v) for k, v in items.items()]))
+        self.h.pump()
+        state = self.h.store.get_state("cam1")
+        self.assertEqual(state["alarm"], {"motion": "1"})
+        self.assertEqual(state["recording"], {"mode": "schedule"})
+        self.assertEqual(state["name"], "Gate")
+        self.assertEqual(state["presets"], {"3": "gate"})
+        self.assertIn("cam1", self.h.rgm.pu_links)
+        self.assertEqual(len(self.h.central.changes), 3)

@@ -235,6 +235,8 @@ def check_response(frame):
 class LinkFactory(protocol.Factory):
     """Builds links for a handler (a server-side service or a client)."""
 
+    noisy = False
+
     def __init__(self, handler, clock, **link_options):
         self.handler = handler
         self.clock = clock

@@ -438,7 +438,12 @@ class RGMService(service.Service):
                           other=change.device_id)
             return
         items = {kv.key: kv.value for kv in change.items}
-        kind = change.change
+        try:
+            kind = ChangeKind(change.change)
+        except ValueError:
+            self.log.warn("PU {device} reported an unknown change kind {kind}",
+                          device=device_id, kind=change.change)
+            return
         state = self.store.get_state(device_id)
         if kind == ChangeKind.PTZ:
             self.store.set_state(device_id, **{k: float(v) for k, v in items.items()

@@ -1,16 +1,118 @@
-"""``twistd vss-node``: options and service of a VSS node."""
+"""``twistd vss-node``: options and service of a VSS node (RGM + CDN module + SS)."""
 
-from twisted.application import service
+import os
+
 from twisted.python import usage
 
+from vss.config import (
+    ConfigError,
+    NodeSettings,
+    TrackingOptions,
+    merge_options,
+    positive_number,
+)
 
-class Options(usage.Options):
-    synopsis = "[options]"
-    longdesc = "Run a VSS node: the RGM signalling core, the CDN module and its streaming server."
+DEFAULTS = {
+    "pu-listen": "tcp:7100:interface=127.0.0.1",
+    "cu-listen": "tcp:7101:interface=127.0.0.1",
+    "rtsp-listen": "tcp:7554:interface=127.0.0.1",
+    "store": "memory",
+    "keepalive": "30",
+    "request-timeout": "10",
+}
+
+
+class Options(TrackingOptions):
+    synopsis = "--node-id ID [options]"
+    longdesc = (
+        "Run a VSS node: the RGM signalling core that PUs and CUs log in to, its "
+        "in-memory database, the CDN module and its streaming server. Listen addresses "
+        "are Twisted endpoint strings: tcp:PORT:interface=ADDR, or "
+        "ssl:PORT:privateKey=KEY.pem:certKey=CERT.pem for TLS (see docs/operations.md)."
+    )
     optParameters = [
-        ["config", "c", None, "Path of an INI config file (section [node])."],
+        ["config", "c", None, "INI file with a [node] section (same keys as the options)."],
+        ["node-id", None, None, "This node's id, as registered in CMS."],
+        ["pu-listen", None, None, f"Endpoint for PU links [{DEFAULTS['pu-listen']}]."],
+        ["cu-listen", None, None, f"Endpoint for CU links [{DEFAULTS['cu-listen']}]."],
+        ["rtsp-listen", None, None, f"Endpoint of the streaming server [{DEFAULTS['rtsp-listen']}]."],
+        ["media-host", None, None, "Host name put in stream URLs [the RTSP interface]."],
+        ["cms", None, None, "Client endpoint of CMS, e.g. tcp:cms.example:7200 or ssl:..."],
+        ["cms-secret-file", None, None, "File holding this node's secret for the CMS link."],
+        ["static", None, None, "Run without CMS: JSON file of static data (devices, users, grants)."],
+        ["store", None, None, f"In-memory database: memory or redis://host:port/db [{DEFAULTS['store']}]."],
+        ["data-dir", "d", None, "Data directory [./data/NODE_ID]."],
+        ["keepalive", None, None, f"Keepalive interval announced to peers, seconds [{DEFAULTS['keepalive']}]."],
+        ["request-timeout", None, None, f"Seconds to wait for a PU's answer [{DEFAULTS['request-timeout']}]."],
+        ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
+        ["manhole-keys", None, None, "authorized_keys file for the manhole."],
     ]
+
+    def postOptions(self):
+        merge_options(self, "node")
+        for key, value in DEFAULTS.items():
+            if self.get(key) is None:
+                self[key] = value
+        self.settings = settings_from(self)
+
+
+def settings_from(opts):
+    problems = []
+    node_id = opts.get("node-id")
+    if not node_id:
+        problems.append("--node-id: required")
+    elif len(node_id) > 64 or not node_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        problems.append(f"--node-id: {node_id!r} must be 1-64 letters, digits, '-', '_' or '.'")
+    keepalive = positive_number("keepalive", opts["keepalive"], int, problems, 0, 3600)
+    timeout = positive_number("request-timeout", opts["request-timeout"], float, problems, 0, 600)
+    if opts.get("cms") and opts.get("static"):
+        problems.append("--static: cannot be used with --cms")
+    if not opts.get("cms") and not opts.get("static"):
+        problems.append("--cms: required (or --static FILE to run without a central platform)")
+    if opts.get("static") and not os.path.isfile(opts["static"]):
+        problems.append(f"--static: no such file {opts['static']}")
+    store = opts["store"]
+    if store != "memory" and not store.startswith("redis://"):
+        problems.append(f"--store: {store!r} is neither 'memory' nor a redis:// URL")
+    if opts.get("manhole") and not opts.get("manhole-keys"):
+        problems.append("--manhole-keys: required when --manhole is set")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    rtsp = opts["rtsp-listen"]
+    media_host = opts.get("media-host") or _interface_of(rtsp) or "127.0.0.1"
+    return NodeSettings(
+        node_id=node_id,
+        pu_listen=opts["pu-listen"],
+        cu_listen=opts["cu-listen"],
+        rtsp_listen=rtsp,
+        media_host=media_host,
+        cms=opts.get("cms") or "",
+        cms_secret_file=opts.get("cms-secret-file") or "",
+        static=opts.get("static") or "",
+        store=store,
+        data_dir=opts.get("data-dir") or os.path.join("data", node_id),
+        keepalive=keepalive,
+        request_timeout=timeout,
+        manhole=opts.get("manhole") or "",
+        manhole_keys=opts.get("manhole-keys") or "",
+    )
+
+
+def _interface_of(description):
+    for part in description.split(":"):
+        if part.startswith("interface="):
+            return part.split("=", 1)[1]
+    return None
 
 
 def makeService(options):
-    return service.MultiService()
+    from twisted.internet import reactor
+
+    from vss.node import NodeService
+
+    try:
+        return NodeService(options.settings, reactor)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None

@@ -26,6 +26,38 @@ class MemoryCentral:
 
     # -- set-up helpers
 
+    @classmethod
+    def from_file(cls, path):
+        """A central holding the records of a static-data JSON file (see ``save``)."""
+        import json
+
+        from vss.protocols.jsonrec import from_json
+
+        with open(path, encoding="utf-8") as f:
+            data = from_json(json.load(f))
+        central = cls()
+        for record in data.get("devices", []):
+            central.add_device(record)
+        for record in data.get("users", []):
+            central.add_user(record)
+        for record in data.get("grants", []):
+            central.add_grant(record)
+        return central
+
+    def save(self, path):
+        """Write the records as a static-data file for ``vss-node --static``."""
+        import json
+
+        from vss.protocols.jsonrec import to_json
+
+        data = {
+            "devices": [to_json(r) for r in self.devices.values()],
+            "users": [to_json(r) for r in self.users.values()],
+            "grants": [to_json(r) for r in self.grants.values()],
+        }
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+
     def add_device(self, record):
         self.devices[record.device_id] = record
 

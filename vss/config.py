@@ -1,0 +1,130 @@
+"""
+Configuration read once into immutable objects.
+
+A daemon's settings come from its command-line options and, for anything not given
+there, from an INI file (``--config``; section ``[node]`` or ``[cms]``). Every problem is
+collected and reported together, each naming the bad key.
+"""
+
+import configparser
+import os
+import secrets
+from dataclasses import dataclass, fields
+
+from twisted.python import usage
+
+
+class ConfigError(usage.UsageError):
+    """One or more bad settings; the message names every bad key."""
+
+
+def read_ini(path, section):
+    """The key/value pairs of ``section`` in an INI file (keys with dashes)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    except configparser.Error as e:
+        raise ConfigError(f"--config: {path} is not a valid INI file: {e}") from None
+    if not parser.has_section(section):
+        raise ConfigError(f"--config: {path} has no [{section}] section")
+    return {k.replace("_", "-"): v for k, v in parser.items(section)}
+
+
+def merge_options(options, section):
+    """Fill options not given on the command line from the config file.
+
+    ``options`` is a ``usage.Options``; values given on the command line win. Unknown
+    keys in the file are errors, so a typo never goes unnoticed.
+    """
+    path = options.get("config")
+    if not path:
+        return
+    known = {p[0] for p in options.optParameters} | {f[0] for f in getattr(options, "optFlags", [])}
+    given = getattr(options, "_given", set())
+    problems = []
+    for key, value in read_ini(path, section).items():
+        if key not in known or key == "config":
+            problems.append(f"{key}: unknown setting in [{section}] of {path}")
+            continue
+        if key in given:
+            continue
+        flag_names = {f[0] for f in getattr(options, "optFlags", [])}
+        if key in flag_names:
+            options[key] = value.strip().lower() in ("1", "yes", "true", "on")
+        else:
+            options[key] = value
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+class TrackingOptions(usage.Options):
+    """``usage.Options`` that remembers which options came from the command line."""
+
+    def __init__(self):
+        super().__init__()
+        self._given = set()
+
+    def opt_config(self, value):
+        self["config"] = value
+
+    def parseOptions(self, options=None):
+        import sys
+
+        argv = sys.argv[1:] if options is None else options
+        for arg in argv:
+            if arg.startswith("--"):
+                self._given.add(arg[2:].split("=", 1)[0])
+        return super().parseOptions(options)
+
+
+def positive_number(name, value, cast=float, problems=None, minimum=0, maximum=None):
+    try:
+        v = cast(value)
+    except (TypeError, ValueError):
+        problems.append(f"--{name}: {value!r} is not a number")
+        return None
+    if v <= minimum or (maximum is not None and v > maximum):
+        rng = f"> {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        problems.append(f"--{name}: {v} must be {rng}")
+        return None
+    return v
+
+
+def load_or_create_secret(path):
+    """A node secret kept in the data directory (created with mode 0600 if absent)."""
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            data = f.read().strip()
+        if len(data) < 32:
+            raise ConfigError(f"{path}: the secret is shorter than 32 bytes")
+        return data
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    data = secrets.token_hex(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return data
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    node_id: str
+    pu_listen: str
+    cu_listen: str
+    rtsp_listen: str
+    media_host: str
+    cms: str
+    cms_secret_file: str
+    static: str
+    store: str
+    data_dir: str
+    keepalive: int
+    request_timeout: float
+    manhole: str
+    manhole_keys: str
+
+    def as_dict(self):
+        return {f.name: getattr(self, f.name) for f in fields(self)}

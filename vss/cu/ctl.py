@@ -1,0 +1,424 @@
+"""
+``vssctl``: a CU for people. Logs in to a node as a user and runs one command.
+
+    export VSS_NODE=tcp:127.0.0.1:7101 VSS_USER=alice
+    vssctl devices
+    vssctl ptz cam1 move --pan 0.5 --timeout-ms 1000
+    vssctl ptz cam1 goto --pan 0.2 --tilt -0.1 --zoom 0.5
+    vssctl preset cam1 set 3 --name gate
+    vssctl config cam1 set video.bitrate_kbps=2048
+    vssctl --json config cam1 get
+
+The password comes from ``--password-file``, the environment variable ``VSS_PASSWORD``,
+or a prompt; never from the command line. Errors are printed as one readable line and
+the exit status is 1 (2 for a usage error).
+"""
+
+import getpass
+import json
+import os
+import sys
+
+from twisted.internet import defer, task
+from twisted.python import usage
+
+from vss.client import SignallingClient, connect
+from vss.errors import VssError
+from vss.protocols.codes import describe
+from vss.protocols.jsonrec import plain
+from vss.protocols.messages import (
+    KV,
+    ConfigGet,
+    ConfigSet,
+    CuKind,
+    DeviceList,
+    FocusOp,
+    IrisOp,
+    LensControl,
+    MediaOpen,
+    MsgType,
+    Preset,
+    PresetOp,
+    PtzControl,
+    PtzOp,
+    Purpose,
+    RecordMode,
+    RecordSettings,
+    RecordSettingsGet,
+    Role,
+    ScheduleSlot,
+    Stream,
+    Transport,
+)
+from vss.protocols.messages import Action as A
+
+
+class AnyOrder(usage.Options):
+    """Options may come after the positional arguments (``ptz cam1 goto --pan 0.5``)."""
+
+    def parseOptions(self, options=None):
+        import getopt
+
+        try:
+            opts, args = getopt.gnu_getopt(list(options or []), self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        flat = []
+        for name, value in opts:
+            if name.startswith("--"):
+                flat.append(f"{name}={value}" if name[2:] + "=" in self.longOpt else name)
+            else:
+                flat.append(name + value)
+        return super().parseOptions(flat + ["--"] + args)
+
+
+class DeviceCommand(AnyOrder):
+    def parseArgs(self, device, *rest):
+        self["device"] = device
+        self.rest = rest
+
+
+class Devices(usage.Options):
+    synopsis = "devices"
+    description = "List the devices you may see, with their online state."
+
+
+class Ptz(DeviceCommand):
+    synopsis = "ptz DEVICE (move|goto|step|stop) [--pan P --tilt T --zoom Z --speed S]"
+    optParameters = [
+        ["channel", None, 0, "Channel.", int],
+        ["pan", None, 0.0, "Pan velocity (move) or position (goto) in [-1, 1].", float],
+        ["tilt", None, 0.0, "Tilt in [-1, 1].", float],
+        ["zoom", None, 0.0, "Zoom.", float],
+        ["speed", None, 1.0, "Speed in (0, 1].", float],
+        ["timeout-ms", None, 0, "Stop a continuous move after this long.", int],
+    ]
+
+    def parseArgs(self, device, op):
+        ops = {"move": PtzOp.CONTINUOUS, "goto": PtzOp.ABSOLUTE, "step": PtzOp.RELATIVE,
+               "stop": PtzOp.STOP}
+        if op not in ops:
+            raise usage.UsageError(f"ptz: {op!r} is not move, goto, step or stop")
+        self["device"] = device
+        self["op"] = ops[op]
+
+
+class Lens(DeviceCommand):
+    synopsis = "lens DEVICE [--focus near|far|auto|stop] [--iris open|close|auto|stop]"
+    optParameters = [
+        ["channel", None, 0, "Channel.", int],
+        ["focus", None, "none", "near, far, auto or stop."],
+        ["iris", None, "none", "open, close, auto or stop."],
+        ["speed", None, 0.5, "Speed in [0, 1].", float],
+    ]
+
+
+class PresetCmd(AnyOrder):
+    synopsis = "preset DEVICE (list|set N|goto N|remove N) [--name NAME]"
+    optParameters = [["channel", None, 0, "Channel.", int], ["name", None, "", "Preset name."]]
+
+    def parseArgs(self, device, op, number=None):
+        ops = {"set": PresetOp.SET, "goto": PresetOp.GOTO, "remove": PresetOp.REMOVE,
+               "list": PresetOp.LIST}
+        if op not in ops:
+            raise usage.UsageError(f"preset: {op!r} is not list, set, goto or remove")
+        if op != "list" and number is None:
+            raise usage.UsageError(f"preset {op}: which preset number?")
+        self["device"], self["op"] = device, ops[op]
+        try:
+            self["number"] = int(number or 0)
+        except ValueError:
+            raise usage.UsageError(f"preset: {number!r} is not a number") from None
+
+
+class ConfigCmd(AnyOrder):
+    synopsis = "config DEVICE get [KEY...] | config DEVICE set KEY=VALUE..."
+    optParameters = [
+        ["channel", None, 0, "Channel.", int],
+        ["expect-version", None, 0, "Refuse the change unless the config is at this version.",
+         int],
+    ]
+
+    def parseArgs(self, device, op, *items):
+        if op not in ("get", "set"):
+            raise usage.UsageError(f"config: {op!r} is not get or set")
+        if op == "set":
+            if not items:
+                raise usage.UsageError("config set: give KEY=VALUE pairs")
+            for item in items:
+                if "=" not in item:
+                    raise usage.UsageError(f"config set: {item!r} is not KEY=VALUE")
+        self["device"], self["op"], self["items"] = device, op, items
+
+
+class RecordSettingsCmd(AnyOrder):
+    synopsis = ("record-settings DEVICE get | record-settings DEVICE set --mode "
+                "off|continuous|schedule|event|manual [--segment S] [--retention-days D] "
+                "[--schedule 'mon 08:00-18:00,tue 08:00-18:00']")
+    optParameters = [
+        ["channel", None, 0, "Channel.", int],
+        ["mode", None, None, "off, continuous, schedule, event or manual."],
+        ["stream", None, "main", "main or sub."],
+        ["segment", None, 300, "Segment length in seconds.", int],
+        ["retention-days", None, 7, "Days to keep.", int],
+        ["quota-mb", None, 0, "Disk quota in MB (0: none).", int],
+        ["pre-event", None, 5, "Seconds kept before an event.", int],
+        ["post-event", None, 10, "Seconds kept after an event.", int],
+        ["schedule", None, "", "Weekly slots: 'mon 08:00-18:00,sat 00:00-24:00'."],
+    ]
+
+    def parseArgs(self, device, op):
+        if op not in ("get", "set"):
+            raise usage.UsageError(f"record-settings: {op!r} is not get or set")
+        self["device"], self["op"] = device, op
+
+    def postOptions(self):
+        if self["op"] == "set":
+            if self["mode"] not in ("off", "continuous", "schedule", "event", "manual"):
+                raise usage.UsageError("record-settings set: --mode is required "
+                                       "(off, continuous, schedule, event or manual)")
+            self["slots"] = parse_schedule(self["schedule"])
+
+
+DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def parse_schedule(text):
+    slots = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            day, span = part.split()
+            start, end = span.split("-")
+            slots.append(ScheduleSlot(day=DAYS.index(day.lower()[:3]),
+                                      start_minute=_minutes(start), end_minute=_minutes(end)))
+        except ValueError:
+            raise usage.UsageError(f"--schedule: {part!r} is not like 'mon 08:00-18:00'") from None
+    return slots
+
+
+def _minutes(hhmm):
+    h, m = hhmm.split(":")
+    value = int(h) * 60 + int(m)
+    if not 0 <= value <= 1440:
+        raise ValueError(hhmm)
+    return value
+
+
+class Live(DeviceCommand):
+    synopsis = "live DEVICE [--stream main|sub] [--play]"
+    optParameters = [["channel", None, 0, "Channel.", int], ["stream", None, "main", "main or sub."],
+                     ["transport", None, "tcp", "tcp, udp or any."]]
+    optFlags = [["play", None, "Start ffplay on the URL if it is installed."]]
+
+
+class Options(usage.Options):
+    synopsis = "[--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
+    optParameters = [
+        ["node", "n", None, "Client endpoint of the node's CU listener [$VSS_NODE]."],
+        ["user", "u", None, "User name [$VSS_USER]."],
+        ["password-file", None, None, "File holding the password [else $VSS_PASSWORD or a prompt]."],
+        ["timeout", None, 15, "Seconds to wait for an answer.", float],
+    ]
+    optFlags = [["json", "j", "Print JSON instead of text."]]
+    subCommands = [
+        ["devices", None, Devices, "List the devices you may see."],
+        ["ptz", None, Ptz, "Pan, tilt, zoom."],
+        ["lens", None, Lens, "Focus and iris."],
+        ["preset", None, PresetCmd, "Presets."],
+        ["config", None, ConfigCmd, "Device configuration."],
+        ["record-settings", None, RecordSettingsCmd, "Recording settings on the device."],
+        ["live", None, Live, "Live video URL."],
+    ]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("a command is required (see --help)")
+        self["node"] = self["node"] or os.environ.get("VSS_NODE")
+        self["user"] = self["user"] or os.environ.get("VSS_USER")
+        if not self["node"]:
+            raise usage.UsageError("--node (or VSS_NODE) is required")
+        if not self["user"]:
+            raise usage.UsageError("--user (or VSS_USER) is required")
+
+
+def read_password(opts):
+    if opts["password-file"]:
+        with open(opts["password-file"], encoding="utf-8") as f:
+            return f.read().strip()
+    if os.environ.get("VSS_PASSWORD"):
+        return os.environ["VSS_PASSWORD"]
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for {opts['user']}: ")
+    raise usage.UsageError("no password: use --password-file or VSS_PASSWORD")
+
+
+def build_request(cmd, sub):
+    """(message type, body) for a command."""
+    if cmd == "devices":
+        return MsgType.DEVICE_LIST, DeviceList(cursor="", limit=1000)
+    dev, ch = sub["device"], sub.get("channel", 0)
+    if cmd == "ptz":
+        return MsgType.PTZ_CONTROL, PtzControl(device_id=dev, channel=ch, op=sub["op"],
+                                               pan=sub["pan"], tilt=sub["tilt"], zoom=sub["zoom"],
+                                               speed=sub["speed"], timeout_ms=sub["timeout-ms"])
+    if cmd == "lens":
+        focus = {"none": FocusOp.NONE, "near": FocusOp.NEAR, "far": FocusOp.FAR,
+                 "auto": FocusOp.AUTO, "stop": FocusOp.STOP}.get(sub["focus"])
+        iris = {"none": IrisOp.NONE, "open": IrisOp.OPEN, "close": IrisOp.CLOSE,
+                "auto": IrisOp.AUTO, "stop": IrisOp.STOP}.get(sub["iris"])
+        if focus is None or iris is None:
+            raise usage.UsageError("lens: --focus near|far|auto|stop, --iris open|close|auto|stop")
+        return MsgType.LENS_CONTROL, LensControl(device_id=dev, channel=ch, focus=focus,
+                                                 iris=iris, speed=sub["speed"])
+    if cmd == "preset":
+        return MsgType.PRESET, Preset(device_id=dev, channel=ch, op=sub["op"],
+                                      preset=sub["number"], name=sub["name"])
+    if cmd == "config":
+        if sub["op"] == "get":
+            return MsgType.CONFIG_GET, ConfigGet(device_id=dev, channel=ch, keys=list(sub["items"]))
+        items = [KV(key=k, value=v) for k, v in (i.split("=", 1) for i in sub["items"])]
+        return MsgType.CONFIG_SET, ConfigSet(device_id=dev, channel=ch, items=items,
+                                             expected_version=sub["expect-version"])
+    if cmd == "record-settings":
+        if sub["op"] == "get":
+            return MsgType.RECORD_SETTINGS_GET, RecordSettingsGet(device_id=dev, channel=ch)
+        return MsgType.RECORD_SETTINGS_SET, RecordSettings(
+            device_id=dev, channel=ch, mode=RecordMode[sub["mode"].upper()],
+            stream=Stream[sub.get("stream", "main").upper()], segment_seconds=sub["segment"],
+            retention_days=sub["retention-days"], quota_mb=sub["quota-mb"],
+            pre_event_seconds=sub["pre-event"], post_event_seconds=sub["post-event"],
+            schedule=sub["slots"])
+    if cmd == "live":
+        return MsgType.MEDIA_OPEN, MediaOpen(
+            device_id=dev, channel=ch, stream=Stream[sub["stream"].upper()],
+            purpose=Purpose.LIVE, start_time=0,
+            transport=Transport[sub["transport"].upper()])
+    raise usage.UsageError(f"unknown command {cmd}")
+
+
+def render(cmd, sub, body):
+    """Readable text for a response body."""
+    if cmd == "devices":
+        lines = [f"{'DEVICE':<24} {'STATE':<8} {'NODE':<12} {'GRANTS':<22} NAME"]
+        for d in body.devices:
+            grants = ",".join(a.name.lower() for a in A if d.actions & a)
+            lines.append(f"{d.device_id:<24} {'online' if d.online else 'offline':<8} "
+                         f"{d.node_id:<12} {grants:<22} {d.name}")
+        lines.append(f"{len(body.devices)} device(s)")
+        return "\n".join(lines)
+    if cmd == "ptz":
+        state = "moving" if body.moving else "still"
+        return f"pan {body.pan:+.3f}  tilt {body.tilt:+.3f}  zoom {body.zoom:.3f}  ({state})"
+    if cmd == "lens":
+        return (f"focus {body.focus:.2f}{' (auto)' if body.auto_focus else ''}  "
+                f"iris {body.iris:.2f}{' (auto)' if body.auto_iris else ''}")
+    if cmd == "preset":
+        if not body.presets:
+            return "no presets"
+        return "\n".join(f"{p.preset:>3}  {p.name:<20} pan {p.pan:+.3f} tilt {p.tilt:+.3f} "
+                         f"zoom {p.zoom:.3f}" for p in body.presets)
+    if cmd == "config":
+        width = max((len(kv.key) for kv in body.items), default=0)
+        lines = [f"{kv.key:<{width}}  {kv.value}" for kv in body.items]
+        lines.append(f"(version {body.version})")
+        return "\n".join(lines)
+    if cmd == "record-settings":
+        mode = RecordMode(body.mode).name.lower() if body.mode in set(RecordMode) else body.mode
+        slots = ", ".join(f"{DAYS[s.day]} {s.start_minute // 60:02d}:{s.start_minute % 60:02d}-"
+                          f"{s.end_minute // 60:02d}:{s.end_minute % 60:02d}"
+                          for s in body.schedule if s.day < 7)
+        return (f"mode {mode}, segment {body.segment_seconds} s, keep {body.retention_days} days"
+                f"{f', quota {body.quota_mb} MB' if body.quota_mb else ''}, pre/post event "
+                f"{body.pre_event_seconds}/{body.post_event_seconds} s"
+                f"{', schedule ' + slots if slots else ''}")
+    if cmd == "live":
+        return body.url
+    return repr(body)
+
+
+@defer.inlineCallbacks
+def run_command(reactor, opts, password, out):
+    cmd, sub = opts.subCommand, opts.subOptions
+    client = SignallingClient(Role.CU, opts["user"], password, kind=CuKind.MOC)
+    yield connect(reactor, opts["node"], client, request_timeout=opts["timeout"])
+    try:
+        type, body = build_request(cmd, sub)
+        if cmd == "devices":
+            devices, cursor = [], ""
+            while True:
+                page = (yield client.request(type, DeviceList(cursor=cursor, limit=1000))).body
+                devices.extend(page.devices)
+                cursor = page.next_cursor
+                if not cursor:
+                    break
+            result = type_of_devices(devices)
+        else:
+            result = (yield client.request(type, body)).body
+        if opts["json"]:
+            out.write(json.dumps(plain(result), indent=1, sort_keys=True) + "\n")
+        else:
+            out.write(render(cmd, sub, result) + "\n")
+        if cmd == "live" and sub["play"]:
+            play(result.url)
+    finally:
+        if client.link is not None:
+            client.link.close()
+
+
+def type_of_devices(devices):
+    from vss.protocols.messages import Devices as DevicesBody
+
+    return DevicesBody(devices=devices, next_cursor="")
+
+
+def play(url):
+    import shutil
+    import subprocess
+
+    player = shutil.which("ffplay") or shutil.which("vlc") or shutil.which("mpv")
+    if player:
+        subprocess.Popen([player, url])
+    else:
+        print("no player found (ffplay, vlc, mpv); open the URL above in one", file=sys.stderr)
+
+
+def main(argv=None, out=None):
+    out = out or sys.stdout
+    opts = Options()
+    try:
+        opts.parseOptions(sys.argv[1:] if argv is None else argv)
+        password = read_password(opts)
+    except usage.UsageError as e:
+        print(f"vssctl: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"vssctl: --password-file: {e.strerror}", file=sys.stderr)
+        return 2
+    status = []
+
+    def run(reactor):
+        d = run_command(reactor, opts, password, out)
+
+        def failed(f):
+            if f.check(VssError):
+                code = f.value.code
+                print(f"vssctl: {f.value.message} [{describe(code)}]", file=sys.stderr)
+            elif f.check(usage.UsageError):
+                print(f"vssctl: {f.value}", file=sys.stderr)
+            else:
+                print(f"vssctl: cannot reach {opts['node']}: {f.getErrorMessage()}",
+                      file=sys.stderr)
+            status.append(1)
+
+        return d.addErrback(failed)
+
+    try:
+        task.react(run)
+    except SystemExit as e:
+        if e.code:
+            return e.code
+    return status[0] if status else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""
+A VSS node as one Twisted service: the RGM (signalling core and in-memory database),
+the listeners of the PU and CU links, the link to the central platform, and (when
+present) the CDN module with its streaming server.
+
+Start-up order: the in-memory database is loaded (from Redis when chosen), the node's
+secret read from its data directory, then the listeners open. ``ports.json`` in the
+data directory names the bound ports (useful with port 0).
+"""
+
+import json
+import os
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from vss.config import ConfigError, load_or_create_secret
+from vss.protocols.messages import Role
+from vss.rgm.service import RGMConfig, RGMService
+from vss.store import make_store
+from vss.tap.common import ListenService, StagedService, write_json_atomically
+
+
+class NodeService(StagedService):
+    log = Logger()
+
+    def __init__(self, settings, reactor):
+        super().__init__(reactor)
+        self.settings = settings
+        os.makedirs(settings.data_dir, exist_ok=True)
+        self.secret = load_or_create_secret(os.path.join(settings.data_dir, "node.secret"))
+        self.store = make_store(settings.store, settings.node_id, reactor=reactor)
+        self.central = self._make_central()
+        self.rgm = RGMService(
+            RGMConfig(
+                node_id=settings.node_id,
+                node_secret=self.secret,
+                keepalive_interval=settings.keepalive,
+                request_timeout=settings.request_timeout,
+            ),
+            self.store,
+            self.central,
+            reactor,
+        )
+        self.rgm.setName("rgm")
+        self.rgm.setServiceParent(self)
+        ListenService("pu", settings.pu_listen, self.rgm.factory(Role.PU), reactor).setServiceParent(self)
+        ListenService("cu", settings.cu_listen, self.rgm.factory(Role.CU), reactor).setServiceParent(self)
+
+    def _make_central(self):
+        if self.settings.static:
+            from vss.testing.central import MemoryCentral
+
+            central = MemoryCentral.from_file(self.settings.static)
+            return central
+        from vss.rgm.cmslink import CmsLink
+
+        return CmsLink(self.settings, self.secret, self.reactor)
+
+    def prepare(self):
+        d = defer.maybeDeferred(self.store.load)
+        if self.settings.static:
+            self.central.nodes[self.settings.node_id] = self.rgm
+            d.addCallback(lambda _: self._seed_from_static())
+        return d
+
+    def _seed_from_static(self):
+        """A standalone node holds every record of its static file."""
+        for record in self.central.devices.values():
+            if record.home_node in ("", self.settings.node_id):
+                self.store.put_device(record)
+        for record in self.central.users.values():
+            self.store.put_user(record)
+        for record in self.central.grants.values():
+            self.store.put_grant(record)
+
+    def on_ready(self):
+        ports = self.listeners()
+        write_json_atomically(os.path.join(self.settings.data_dir, "ports.json"), ports)
+        self.log.info("node {node} ready: {ports}", node=self.settings.node_id,
+                      ports=json.dumps(ports, sort_keys=True))
+
+    def stopService(self):
+        d = super().stopService()
+        return defer.gatherResults([defer.maybeDeferred(lambda: d),
+                                    defer.maybeDeferred(self.store.close)])
+
+
+__all__ = ["NodeService", "ConfigError"]

@@ -1,0 +1,150 @@
+"""
+``vss-pu``: the PU agent. Simulates one or thousands of PUs (IPC, DVS or DVR) that log
+in to their node, keep alive, answer control requests with real state and report their
+changes; each reconnects with backoff when its link drops.
+
+    VSS_PU_SECRET=s3cret vss-pu --node tcp:127.0.0.1:7100 --id cam1
+    VSS_PU_SECRET='{id}-secret' vss-pu --node tcp:127.0.0.1:7100 --count 5000 --id-format 'cam{:05d}'
+
+The secret comes from ``--secret-file`` or the environment variable ``VSS_PU_SECRET``
+(never from the command line, where other users could read it); ``{id}`` in it is
+replaced by each device id.
+"""
+
+import os
+import sys
+
+from twisted.internet import defer, task
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.python import usage
+
+from vss.client import ReconnectingClient, SignallingClient
+from vss.protocols.messages import PuKind, Role
+from vss.pu.device import SimulatedPU
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "--node ENDPOINT (--id ID | --count N) [options]"
+    optParameters = [
+        ["node", "n", None, "Client endpoint of the node's PU listener, e.g. tcp:127.0.0.1:7100."],
+        ["id", None, None, "Device id (one PU)."],
+        ["count", None, 1, "Number of PUs to simulate.", int],
+        ["start", None, 1, "First number for --id-format.", int],
+        ["id-format", None, "cam{:05d}", "Device id pattern for --count, Python format."],
+        ["kind", None, "ipc", "ipc, dvs or dvr."],
+        ["channels", None, None, "Channels per PU [1 for ipc, 4 for dvs/dvr].", int],
+        ["secret-file", None, None, "File holding the secret ({id} is replaced)."],
+        ["ramp", None, 500.0, "Logins started per second.", float],
+        ["video", None, "testsrc", "Video to publish when asked: testsrc or a file path."],
+        ["model", None, "vss-sim", "Model string reported at registration."],
+    ]
+    optFlags = [["quiet", "q", "Log warnings only."]]
+
+    def postOptions(self):
+        problems = []
+        if not self["node"]:
+            problems.append("--node: required")
+        if self["id"] and self["count"] != 1:
+            problems.append("--id: cannot be combined with --count")
+        if self["count"] < 1:
+            problems.append("--count: must be >= 1")
+        if self["kind"] not in ("ipc", "dvs", "dvr"):
+            problems.append(f"--kind: {self['kind']!r} is not ipc, dvs or dvr")
+        if self["ramp"] <= 0:
+            problems.append("--ramp: must be > 0")
+        if self["secret-file"]:
+            try:
+                with open(self["secret-file"], encoding="utf-8") as f:
+                    self.secret = f.read().strip()
+            except OSError as e:
+                problems.append(f"--secret-file: {e.strerror}")
+        else:
+            self.secret = os.environ.get("VSS_PU_SECRET", "")
+        if not getattr(self, "secret", ""):
+            problems.append("the PU secret: set VSS_PU_SECRET or --secret-file")
+        try:
+            self["id-format"].format(1)
+        except (IndexError, ValueError, KeyError):
+            problems.append(f"--id-format: {self['id-format']!r} is not a format with one field")
+        if problems:
+            raise usage.UsageError("; ".join(problems))
+        self.kind = {"ipc": PuKind.IPC, "dvs": PuKind.DVS, "dvr": PuKind.DVR}[self["kind"]]
+        if self["channels"] is None:
+            self["channels"] = 1 if self.kind == PuKind.IPC else 4
+
+    def device_ids(self):
+        if self["id"]:
+            return [self["id"]]
+        return [self["id-format"].format(self["start"] + i) for i in range(self["count"])]
+
+
+class Agent:
+    """Runs many simulated PUs in one process."""
+
+    def __init__(self, reactor, endpoint, device_ids, secret, kind, channels, model="vss-sim",
+                 media=None):
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.pus = {}
+        self.clients = {}
+        for device_id in device_ids:
+            pu = SimulatedPU(device_id, kind, channels, clock=reactor)
+            pu.media = media
+            client = SignallingClient(Role.PU, device_id, secret.replace("{id}", device_id),
+                                      kind=int(kind), channels=channels, model=model,
+                                      firmware="0.1", on_request=pu)
+            pu.client = client
+            self.pus[device_id] = pu
+            self.clients[device_id] = ReconnectingClient(reactor, endpoint, client)
+
+    def start(self, ramp=500.0):
+        """Start logins at ``ramp`` per second."""
+        calls = []
+        for i, c in enumerate(self.clients.values()):
+            calls.append(self.reactor.callLater(i / ramp, c.start))
+        return calls
+
+    def online(self):
+        return sum(1 for c in self.clients.values() if c.client.registered and c.client.link)
+
+    def stop(self):
+        return defer.DeferredList([c.stop() for c in self.clients.values()])
+
+
+def main(argv=None):
+    opts = Options()
+    try:
+        opts.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        print(f"vss-pu: {e}", file=sys.stderr)
+        print(f"Usage: vss-pu {Options.synopsis} (see vss-pu --help)", file=sys.stderr)
+        return 2
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+
+    def run(reactor):
+        media = None
+        try:
+            from vss.pu.media import PublisherFactory
+
+            media = PublisherFactory(reactor, opts["video"])
+        except ImportError:
+            pass
+        agent = Agent(reactor, opts["node"], opts.device_ids(), opts.secret, opts.kind,
+                      opts["channels"], opts["model"], media=media)
+        agent.start(opts["ramp"])
+        status = task.LoopingCall(
+            lambda: log.info("{online}/{total} PUs online", online=agent.online(),
+                             total=len(agent.pus)))
+        status.start(10.0, now=False)
+        done = defer.Deferred()
+        reactor.addSystemEventTrigger("before", "shutdown", agent.stop)
+        return done
+
+    task.react(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
