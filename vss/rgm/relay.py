@@ -75,7 +75,15 @@ def serve_locally(rgm, device_id, type, body):
         return defer.fail(VssError(ResultCode.DEVICE_OFFLINE, f"{device_id} is offline"))
     rgm.counters["relayed"] += 1
     d = pu.request_raw(type, body, rgm.config.request_timeout)
-    return d.addCallback(_checked_response)
+    return d.addCallbacks(_checked_response, _pu_gone, errbackArgs=(device_id,))
+
+
+def _pu_gone(failure, device_id):
+    """A PU whose link dropped with the request in flight is, for the CU, offline."""
+    failure.trap(VssError)
+    if failure.value.code == ResultCode.SESSION_CLOSED:
+        raise VssError(ResultCode.DEVICE_OFFLINE, f"{device_id} went offline")
+    return failure
 
 
 def _checked_response(frame):
