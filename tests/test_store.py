@@ -738,6 +738,27 @@ class RedisWriteQueueTests(unittest.SynchronousTestCase):
         (call,) = self.clock.getDelayedCalls()
         self.assertEqual(call.getTime() - self.clock.seconds(), 0.5)  # reset on success
 
+    def test_outage_keeps_queue_bounded(self):
+        # Redis never answers the first batch; 50,000 keepalives come in meanwhile.
+        s = self.store
+        s.set_state("cam-0", online=True)
+        self.clock.advance(0)
+        held = s.set_state("cam-1", last_seen=-1)
+        fired = []
+        s.set_state("cam-2", last_seen=-1).addCallback(fired.append)
+        for i in range(50000):
+            s.set_state(f"cam-{i % 1000}", last_seen=i)  # Deferred dropped
+        self.assertLess(len(s._waiters), 2 * s.compactAfter)
+        self.assertEqual(len(s._state_q), 1000)
+        self.redis.ack()
+        self.clock.advance(0)
+        self.assertEqual(len(self.redis.writes()), 1000)
+        self.assertNoResult(held)
+        self.assertEqual(fired, [])
+        self.redis.ack()
+        self.assertIsNone(self.successResultOf(held))
+        self.assertEqual(fired, [None])
+
     def test_remove_device_then_state_in_one_turn(self):
         s = self.store
         s.put_device(device("cam-1"))

@@ -28,6 +28,7 @@ a restart of the RGM process.
 
 import base64
 import json
+import sys
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
@@ -222,6 +223,8 @@ class RedisStore(MemoryStore):
     #: how long ``close()`` waits for pending writes
     closeTimeout = 5.0
     connectTimeout = 5.0
+    #: queued write Deferreds before the unobservable ones are dropped (see _observable)
+    compactAfter = 10000
 
     def __init__(self, url, node_id, reactor=None, connection=None):
         super().__init__()
@@ -238,6 +241,7 @@ class RedisStore(MemoryStore):
         self._state_q = {}  # device_id -> [replace, {field: JSON text}]
         self._meta_q = {}  # meta key -> JSON text
         self._waiters = []  # Deferreds of the queued writes
+        self._compact_at = self.compactAfter
         self._call = None  # delayed call sending the next batch
         self._inflight = None  # the _Batch Redis has not acknowledged yet
         self._retry_delay = self.retryInitial
@@ -289,6 +293,9 @@ class RedisStore(MemoryStore):
             return defer.fail(StoreClosed(f"store of node {self.node_id} is closed"))
         d = defer.Deferred()
         self._waiters.append(d)
+        if len(self._waiters) >= self._compact_at:
+            self._waiters = _observable(self._waiters)
+            self._compact_at = max(self.compactAfter, 2 * len(self._waiters))
         if self._call is None and self._inflight is None:
             self._call = self._reactor.callLater(0, self._send)
         return d
@@ -636,6 +643,30 @@ class RedisStore(MemoryStore):
         super().set_meta(key, value)
         self._meta_q[key] = text
         return self._queued()
+
+
+# While Redis is away, the Deferreds of queued writes pile up (the keepalive path makes
+# hundreds a second, about 150 bytes each) though most callers drop them at once. A
+# Deferred with no callbacks that nobody but the queue references can never be
+# observed: firing it or forgetting it is the same, so the queue forgets those.
+_getrefcount = getattr(sys, "getrefcount", None)
+
+
+def _observable(waiters):
+    """The waiters someone could still observe (all of them where refcounts are not
+    available)."""
+    if _getrefcount is None:
+        return waiters
+    return [d for d in waiters if getattr(d, "_callbacks", True) or _getrefcount(d) > _ALONE]
+
+
+def _refs_when_alone():
+    probe = [defer.Deferred()]
+    return [_getrefcount(d) for d in probe][0] if _getrefcount else 0
+
+
+#: the reference count of a Deferred held by the queue only, seen from _observable
+_ALONE = _refs_when_alone()
 
 
 def _flatten(mapping):
