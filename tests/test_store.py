@@ -852,6 +852,17 @@ class RedisWriteQueueTests(unittest.SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.failureResultOf(s.set_state("cam-1", online=False))
 
+    def test_load_waiting_for_redis(self):
+        s = self.store
+        self.redis.execute_command = lambda *args: defer.Deferred()  # never answers
+        loading = s.load()
+        with capturedLogs() as events:
+            self.clock.advance(s.slowAfter)
+        self.assertIn("Waiting for Redis", events[0]["log_format"])
+        self.assertNoResult(loading)
+        self.successResultOf(s.close())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_close_gives_up_on_absent_redis(self):
         s = self.store
         s.set_state("cam-1", online=True)

@@ -24,6 +24,8 @@ Key layout (``<node>`` is the node id), all values JSON, bytes as base64::
 
 ``load()`` reads the namespace back at start-up so the node's dynamic state survives
 a restart of the RGM process.
+
+Needs Redis 5 or later (multi-field ``HSET``, scripts that write after ``SCAN``).
 """
 
 import base64
@@ -244,6 +246,7 @@ class RedisStore(MemoryStore):
         self._compact_at = self.compactAfter
         self._call = None  # delayed call sending the next batch
         self._inflight = None  # the _Batch Redis has not acknowledged yet
+        self._load_watchdog = None  # delayed warning about a slow load()
         self._retry_delay = self.retryInitial
         self._closed = False
 
@@ -468,7 +471,7 @@ class RedisStore(MemoryStore):
     @defer.inlineCallbacks
     def load(self):
         """Replace memory with what Redis holds for this node (meant for start-up)."""
-        watchdog = self._reactor.callLater(self.slowAfter, self._slow_load)
+        self._load_watchdog = self._reactor.callLater(self.slowAfter, self._slow_load)
         entries = []
 
         def each(reply):
@@ -480,8 +483,7 @@ class RedisStore(MemoryStore):
             yield self.flush()
             yield self._steps(LOAD_SCRIPT, each)
         finally:
-            if watchdog.active():
-                watchdog.cancel()
+            self._cancel_load_watchdog()
         self._clear_tables()
         bad = 0
         for key, value in entries:
@@ -502,7 +504,13 @@ class RedisStore(MemoryStore):
             bad=bad,
         )
 
+    def _cancel_load_watchdog(self):
+        if self._load_watchdog is not None and self._load_watchdog.active():
+            self._load_watchdog.cancel()
+        self._load_watchdog = None
+
     def _slow_load(self):
+        self._load_watchdog = None
         self.log.warn(
             "Waiting for Redis at {host}:{port} to load node {node_id}",
             host=self._params["host"],
@@ -573,6 +581,7 @@ class RedisStore(MemoryStore):
         self._call = None
         if self._inflight is not None:
             self._end(self._inflight)
+        self._cancel_load_watchdog()
         if self.redis is not None:
             yield self.redis.disconnect()
 
