@@ -10,6 +10,14 @@ as ``ProtocolError`` items, never raised out of ``feed``.
 The header has two equal definitions: ``HEADER`` in construct (the normative one) and
 ``HEADER_STRUCT``, a precompiled ``struct`` used on the hot path. A test proves they
 agree on every field.
+
+Hot paths (docs/performance.md, "Signalling codec"): ``FrameDecoder.feed`` slices frames
+straight out of the bytes it is given and copies into its buffer only an incomplete tail;
+bodies made only of fixed-size fields and length-prefixed strings or bytes (PTZ_CONTROL,
+KEEPALIVE, most responses) are encoded and decoded by ``struct`` code generated from their
+construct definitions. A fast path only handles well-formed input with an empty extension
+block; anything else (extensions, errors, odd values) goes through construct, which stays
+the definition. tests/test_codec.py proves both paths agree.
 """
 
 import struct
@@ -18,14 +26,18 @@ from dataclasses import dataclass
 from construct import (
     Const,
     ConstructError,
+    Flag,
+    Float32b,
     Int8ub,
     Int16ub,
     Int32ub,
+    Int64ub,
     StreamError,
     Struct,
     TerminatedError,
 )
 
+from vss.protocols import messages as _messages
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import CATALOGUE, Empty, Error, MsgType
 
@@ -54,6 +66,9 @@ assert HEADER_STRUCT.size == HEADER_SIZE == HEADER.sizeof()
 
 _pack_header = HEADER_STRUCT.pack
 _unpack_header = HEADER_STRUCT.unpack_from
+#: The same header with the magic read as one u16 (0x5653), for the decoder's loop.
+_unpack_header_int = struct.Struct(">HBBHHII").unpack_from
+_MAGIC_INT = int.from_bytes(MAGIC, "big")
 
 
 class ProtocolError(Exception):
@@ -141,8 +156,20 @@ _EMPTY_BODY = b"\x00\x00"  # Empty: no fields, an empty extension block
 
 def encode_body(obj):
     """The body bytes of a typed body object."""
-    if type(obj) is Empty and not obj.ext:
+    cls = type(obj)
+    if cls is Empty and not obj.ext:
         return _EMPTY_BODY
+    try:
+        fast = _FAST_ENCODERS[cls]
+    except KeyError:
+        fast = _fast_encoder(cls)
+    if fast is not None:
+        try:
+            data = fast(obj)
+        except Exception:  # odd values: construct gives the normative error below
+            data = None
+        if data is not None:
+            return data
     return obj.compiled.build({n: getattr(obj, n) for n in obj.__slots__})
 
 
@@ -201,34 +228,56 @@ def body_class(type, flags):
 
 def decode_body(frame):
     """The typed message of a frame, or a ``ProtocolError`` (never raises)."""
-    try:
-        cls = body_class(frame.type, frame.flags)
-    except (KeyError, ValueError):
-        return ProtocolError(
-            ResultCode.UNKNOWN_MESSAGE,
-            f"unknown message type 0x{frame.type:04x}",
-            frame.txid,
-            frame.type,
-            fatal=False,
-        )
+    flags = frame.flags
+    if flags & FLAG_ERROR:
+        cls = Error
+    else:
+        entry = CATALOGUE.get(frame.type)
+        cls = None if entry is None else entry[flags & FLAG_RESPONSE]  # FLAG_RESPONSE is 1
+        if cls is None:
+            return ProtocolError(
+                ResultCode.UNKNOWN_MESSAGE,
+                f"unknown message type 0x{frame.type:04x}",
+                frame.txid,
+                frame.type,
+                fatal=False,
+            )
     data = frame.body
     if cls is Empty and data == _EMPTY_BODY:
         obj = _EMPTY
     else:
         try:
-            parsed = cls.compiled.parse(data)
-            obj = cls(**{n: parsed[n] for n in cls.__slots__})
-        except UnicodeDecodeError as e:
-            return _body_error(frame, ResultCode.BAD_UTF8, f"invalid UTF-8: {e.reason}")
-        except TerminatedError:
-            return _body_error(frame, ResultCode.TRAILING_BYTES, "bytes left over after the body")
-        except (StreamError, struct.error):
-            return _body_error(frame, ResultCode.TRUNCATED_BODY, "body shorter than its fields")
-        except (ConstructError, ValueError, TypeError, OverflowError) as e:
-            if isinstance(e.__context__, UnicodeDecodeError) or "decode" in str(e):
-                return _body_error(frame, ResultCode.BAD_UTF8, "invalid UTF-8")
-            return _body_error(frame, ResultCode.MALFORMED_BODY, f"malformed body: {e}")
-    return Message(frame.type, frame.flags, frame.status, frame.txid, obj, frame.version)
+            fast = _FAST_DECODERS[cls]
+        except KeyError:
+            fast = _fast_decoder(cls)
+        obj = None
+        if fast is not None:
+            try:
+                obj = fast(data)
+            except Exception:  # any doubt: construct decides, with the normative error
+                obj = None
+        if obj is None:
+            obj = _construct_decode(cls, frame)
+            if type(obj) is ProtocolError:
+                return obj
+    return Message(frame.type, flags, frame.status, frame.txid, obj, frame.version)
+
+
+def _construct_decode(cls, frame):
+    """The body object through the construct definition, or a ``ProtocolError``."""
+    try:
+        parsed = cls.compiled.parse(frame.body)
+        return cls(**{n: parsed[n] for n in cls.__slots__})
+    except UnicodeDecodeError as e:
+        return _body_error(frame, ResultCode.BAD_UTF8, f"invalid UTF-8: {e.reason}")
+    except TerminatedError:
+        return _body_error(frame, ResultCode.TRAILING_BYTES, "bytes left over after the body")
+    except (StreamError, struct.error):
+        return _body_error(frame, ResultCode.TRUNCATED_BODY, "body shorter than its fields")
+    except (ConstructError, ValueError, TypeError, OverflowError) as e:
+        if isinstance(e.__context__, UnicodeDecodeError) or "decode" in str(e):
+            return _body_error(frame, ResultCode.BAD_UTF8, "invalid UTF-8")
+        return _body_error(frame, ResultCode.MALFORMED_BODY, f"malformed body: {e}")
 
 
 _EMPTY = Empty()
@@ -247,6 +296,9 @@ class FrameDecoder:
         self.max_body = max_body
         self.versions = versions
         self._buf = bytearray()
+        # bytes the buffered tail needs before a frame can complete (a header, or a
+        # header plus its body once the header is known)
+        self._need = HEADER_SIZE
         self.error = None
 
     @property
@@ -260,47 +312,54 @@ class FrameDecoder:
         if self.error is not None:
             return [self.error]
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         out = []
-        pos = 0
-        end = len(buf)
+        append = out.append
+        unpack = _unpack_header_int
+        versions = self.versions
         max_body = self.max_body
+        pos = 0
+        end = len(data)
+        need = HEADER_SIZE
         while end - pos >= HEADER_SIZE:
-            magic, version, flags, type, status, txid, length = _unpack_header(buf, pos)
-            if magic != MAGIC:
-                out.append(self._fail(ResultCode.BAD_MAGIC, "bad magic", None, None))
-                break
-            if version not in self.versions:
-                out.append(
-                    self._fail(
-                        ResultCode.UNSUPPORTED_VERSION,
-                        f"unsupported protocol version {version}",
-                        txid,
-                        type,
-                    )
-                )
-                break
-            if length > max_body:
-                out.append(
-                    self._fail(
-                        ResultCode.FRAME_TOO_LARGE,
-                        f"body of {length} bytes exceeds the maximum of {max_body}",
-                        txid,
-                        type,
-                    )
-                )
-                break
+            magic, version, flags, mtype, status, txid, length = unpack(data, pos)
+            if magic != _MAGIC_INT or version not in versions or length > max_body:
+                append(self._framing_error(magic, version, mtype, txid, length))
+                return out
             start = pos + HEADER_SIZE
             stop = start + length
             if stop > end:
+                need = HEADER_SIZE + length
                 break
-            out.append(Frame(version, flags, type, status, txid, bytes(buf[start:stop])))
+            append(Frame(version, flags, mtype, status, txid, data[start:stop]))
             pos = stop
-        if self.error is not None:
-            buf.clear()
-        elif pos:
-            del buf[:pos]
+        if pos < end:
+            buf += memoryview(data)[pos:]
+        self._need = need
         return out
+
+    def _framing_error(self, magic, version, type, txid, length):
+        """Latch the error of a bad header and drop everything buffered."""
+        self._buf.clear()
+        if magic != _MAGIC_INT:
+            return self._fail(ResultCode.BAD_MAGIC, "bad magic", None, None)
+        if version not in self.versions:
+            return self._fail(
+                ResultCode.UNSUPPORTED_VERSION, f"unsupported protocol version {version}", txid, type
+            )
+        return self._fail(
+            ResultCode.FRAME_TOO_LARGE,
+            f"body of {length} bytes exceeds the maximum of {self.max_body}",
+            txid,
+            type,
+        )
 
     def _fail(self, code, message, txid, type):
         self.error = ProtocolError(code, message, txid, type, fatal=True)
@@ -308,24 +367,32 @@ class FrameDecoder:
 
 
 class MessageDecoder:
-    """A ``FrameDecoder`` whose output is typed messages (or ``ProtocolError``)."""
+    """A ``FrameDecoder`` whose output is typed messages (or ``ProtocolError``). After a
+    fatal error (framing or body) the stream is unusable: every later ``feed`` returns
+    that error again, like ``FrameDecoder``."""
 
     def __init__(self, max_body=MAX_BODY, versions=SUPPORTED_VERSIONS):
         self.frames = FrameDecoder(max_body, versions)
+        self.error = None
 
     @property
     def buffered(self):
         return self.frames.buffered
 
     def feed(self, data):
+        if self.error is not None:
+            return [self.error]
         out = []
         for item in self.frames.feed(data):
-            if isinstance(item, ProtocolError):
+            if type(item) is ProtocolError:
+                self.error = item
                 out.append(item)
                 break
             msg = decode_body(item)
             out.append(msg)
-            if isinstance(msg, ProtocolError) and msg.fatal:
+            if type(msg) is ProtocolError and msg.fatal:
+                self.error = msg
+                self.frames._buf.clear()
                 break
         return out
 
@@ -341,3 +408,115 @@ def message_name(type):
         return MsgType(type).name
     except ValueError:
         return f"0x{type:04x}"
+
+
+# ---------------------------------------------------------------------------
+# Fast paths, generated from the construct definitions in messages.py.
+#
+# A body qualifies when every field is a fixed-size integer, float or flag, or a
+# u16-prefixed string or bytes, or a u32-prefixed blob. The generated decoder returns None
+# (or raises) on anything but well-formed input with an empty extension block, and the
+# generated encoder returns None when the body has extensions; the caller then uses
+# construct. So the fast paths can only be faster, never different.
+
+_FIXED_FORMATS = {id(Int8ub): "B", id(Int16ub): "H", id(Int32ub): "I", id(Int64ub): "Q",
+                  id(Float32b): "f", id(Flag): "?"}
+_PREFIXED = {id(_messages.Str): (2, True), id(_messages.Bytes): (2, False),
+             id(_messages.Blob): (4, False)}
+_FAST_DECODERS = {}
+_FAST_ENCODERS = {}
+
+
+def fast_plan(cls):
+    """The fields of body class ``cls`` as a list of segments: a ``struct.Struct`` for a
+    run of fixed-size fields, or ``(prefix_size, is_text)`` for a length-prefixed field;
+    None if some field needs construct (lists, optionals, records)."""
+    struct_ = getattr(cls, "struct", None)
+    if struct_ is None:
+        return None
+    plan, fmt = [], ""
+    for sub in struct_.subcons:
+        if sub.name is None or sub.name == "ext":
+            continue
+        inner = getattr(sub, "subcon", None)
+        code = _FIXED_FORMATS.get(id(inner))
+        if code is not None:
+            fmt += code
+            continue
+        prefixed = _PREFIXED.get(id(inner))
+        if prefixed is None:
+            return None
+        if fmt:
+            plan.append(struct.Struct(">" + fmt))
+            fmt = ""
+        plan.append(prefixed)
+    if fmt:
+        plan.append(struct.Struct(">" + fmt))
+    return plan
+
+
+def _fast_decoder(cls):
+    """Generate (once) the fast decoder of ``cls``, or None."""
+    plan = fast_plan(cls)
+    fn = None
+    if plan is not None:
+        env = {"_cls": cls, "_from": int.from_bytes}
+        lines = ["def decode(data):", "    p = 0"]
+        names = []
+        for i, seg in enumerate(plan):
+            if isinstance(seg, struct.Struct):
+                env[f"_s{i}"] = seg.unpack_from
+                vs = [f"v{i}_{j}" for j in range(len(seg.format) - 1)]
+                names += vs
+                lines.append(f"    {', '.join(vs)}, = _s{i}(data, p)")
+                lines.append(f"    p += {seg.size}")
+            else:
+                size, text = seg
+                v = f"v{i}"
+                names.append(v)
+                lines.append(f"    q = p + {size} + _from(data[p:p + {size}], 'big')")
+                lines.append("    if q > len(data):")
+                lines.append("        return None")
+                get = f"data[p + {size}:q]"
+                lines.append(f"    {v} = {get}.decode('utf-8')" if text else f"    {v} = {get}")
+                lines.append("    p = q")
+        lines.append("    if data[p:] != b'\\x00\\x00':")
+        lines.append("        return None")
+        lines.append(f"    return _cls({', '.join(names)})")
+        exec(compile("\n".join(lines), f"<fast decoder {cls.__name__}>", "exec"), env)
+        fn = env["decode"]
+    _FAST_DECODERS[cls] = fn
+    return fn
+
+
+def _fast_encoder(cls):
+    """Generate (once) the fast encoder of ``cls``, or None."""
+    plan = fast_plan(cls)
+    fn = None
+    if plan is not None:
+        env = {}
+        fields = iter(cls._fields)
+        lines = ["def encode(obj):", "    if obj.ext:", "        return None"]
+        parts = []
+        for i, seg in enumerate(plan):
+            if isinstance(seg, struct.Struct):
+                env[f"_s{i}"] = seg.pack
+                args = ", ".join(f"obj.{next(fields)}" for _ in range(len(seg.format) - 1))
+                parts.append(f"_s{i}({args})")
+            else:
+                size, text = seg
+                name = next(fields)
+                if text:
+                    lines.append(f"    b{i} = obj.{name}.encode('utf-8')")
+                else:
+                    lines.append(f"    b{i} = obj.{name}")
+                    lines.append(f"    if type(b{i}) is not bytes:")
+                    lines.append("        return None")
+                parts.append(f"len(b{i}).to_bytes({size}, 'big')")
+                parts.append(f"b{i}")
+        parts.append("b'\\x00\\x00'")
+        lines.append(f"    return b''.join(({', '.join(parts)},))")
+        exec(compile("\n".join(lines), f"<fast encoder {cls.__name__}>", "exec"), env)
+        fn = env["encode"]
+    _FAST_ENCODERS[cls] = fn
+    return fn
