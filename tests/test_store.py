@@ -388,6 +388,15 @@ class MakeStoreTests(unittest.SynchronousTestCase):
         self.assertIsNone(store.redis)  # nothing is opened before the first use
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_redis_bad_spec(self):
+        if not HAVE_TXREDISAPI:
+            raise unittest.SkipTest("txredisapi is not installed")
+        self.assertRaises(ValueError, make_store, "redis://h:port/0", "node-a")
+        self.assertRaises(ValueError, make_store, "redis://h/zero", "node-a")
+        # "vss:a:*" would cover the keys of a node "a:b"
+        e = self.assertRaises(ValueError, make_store, "redis://h/0", "a:b")
+        self.assertIn("'a:b'", str(e))
+
 
 # ---------------------------------------------------------------------------
 # Redis, against a real server

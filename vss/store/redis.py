@@ -235,6 +235,9 @@ class RedisStore(MemoryStore):
         self._reactor = reactor
         self.url = url
         self._params = parse_url(url)
+        if not node_id or ":" in node_id:
+            # "vss:a:*" would also match the keys of a node "a:b"
+            raise ValueError(f"node id {node_id!r} cannot name a Redis namespace (empty or ':')")
         self.node_id = node_id
         self.prefix = f"vss:{node_id}:"
         #: the txredisapi connection handler (None until first used)
@@ -518,9 +521,6 @@ class RedisStore(MemoryStore):
             node_id=self.node_id,
         )
 
-    def _is_hash(self, key):
-        return key == self.prefix + "meta" or key.startswith(self.prefix + "state:")
-
     def _load_string(self, key, text):
         kind, _, ident = key[len(self.prefix) :].partition(":")
         try:
@@ -547,10 +547,13 @@ class RedisStore(MemoryStore):
         except ValueError as e:
             self.log.error("Skipping unreadable Redis key {key}: {error!r}", key=key, error=e)
             return False
-        if key == self.prefix + "meta":
+        kind, _, ident = key[len(self.prefix) :].partition(":")
+        if kind == "meta" and not ident:
             self._meta.update(values)
+        elif kind == "state":
+            self._state[ident] = values
         else:
-            self._state[key[len(self.prefix + "state:") :]] = values
+            self.log.warn("Ignoring unknown Redis key {key}", key=key)
         return True
 
     @defer.inlineCallbacks
