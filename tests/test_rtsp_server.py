@@ -377,8 +377,21 @@ class FanoutTests(ServerTestBase):
                                                              b"\x00\x04"])
         self.assertEqual(v1.frames, v2.frames)
         readers = self.factory.sources["/live/cam1/main"].readers
-        self.assertEqual(readers[0].frames, 1)  # one batch: one write
+        self.assertEqual(readers[0].frames, 2)  # one write per picture
         self.assertEqual(len(v1.transport.value()), 0)
+
+    def test_one_write_per_picture_across_reads(self):
+        pub = self.publish()
+        self.play()
+        reader = self.factory.sources["/live/cam1/main"].readers[0]
+        pub.send(frame_bytes(0, idr(1, 10)))
+        self.assertEqual(reader.frames, 1)
+        pub.send(frame_bytes(0, fu_a(2, 20, 1, True)))
+        pub.send(frame_bytes(2, rtp(7, 20, 0, pt=0)) + frame_bytes(0, fu_a(3, 20, 1, False)))
+        self.assertEqual(reader.frames, 1, "a picture is held until its marker bit")
+        pub.send(frame_bytes(0, rtp(4, 20, 0x5C, marker=True)))  # FU-A end, marker
+        self.assertEqual(reader.frames, 2)
+        self.assertEqual(reader.direct_sends, 0)  # StringTransport: no socket
 
     def test_video_only_viewer_gets_no_audio(self):
         pub = self.publish()

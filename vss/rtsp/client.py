@@ -5,7 +5,7 @@ camera (Basic or Digest authentication, RFC 2617 MD5) or another node's SS.
 ``pull(url, sink_factory, ...)`` connects, runs OPTIONS, DESCRIBE, SETUP (every track)
 and PLAY, and returns a Deferred firing with the ``RTSPClientProtocol`` once playing.
 ``sink_factory(sdp_text)`` returns the sink: an object with ``feed(track, rtcp, data)``
-and ``flush()`` (a ``fanout.Source`` is one). ``protocol.finished`` fires when the
+and ``end_of_input()`` (a ``fanout.Source`` is one). ``protocol.finished`` fires when the
 connection ends; reconnecting is the caller's business (e.g. ``ClientService``).
 ``pull_into(server, path, url, ...)`` attaches the stream as a server source and closes
 that source when the connection ends.
@@ -231,7 +231,7 @@ class RTSPClientProtocol(protocol.Protocol):
                 if d is not None:
                     d.callback(item)
         if fed:
-            self.sink.flush()
+            self.sink.end_of_input()
 
     def connectionLost(self, reason=protocol.connectionDone):
         for d in [self._deadline, self._keepalive]:

@@ -5,9 +5,12 @@ A ``Source`` receives RTP/RTCP packets (from a publishing RTSP connection, from 
 client pulling a camera, or from code) with ``feed(track, rtcp, data)``. Packets are
 batched into a ``Frame`` and joined ONCE into one interleaved buffer whose channel numbers
 are the ones the server hands out in every SETUP reply (``2*track`` for RTP,
-``2*track+1`` for RTCP), so every TCP reader sends the very same bytes. A batch is flushed
-by ``flush()`` (the publisher calls it at the end of each ``dataReceived``), before the
-first packet of a keyframe, and when it grows past ``MAX_BATCH``.
+``2*track+1`` for RTCP), so every TCP reader sends the very same bytes. A batch is one
+video picture: it is flushed after a video packet with the marker bit, before a packet
+with a new video timestamp, before the first packet of a keyframe and when it grows past
+``MAX_BATCH``; audio and RTCP ride along with the video. Sources without video flush at
+``end_of_input()`` (the end of each publisher ``dataReceived``); code may call
+``flush()`` at any time.
 
 A ``TCPReader`` writes each frame with one ``socket.send`` straight to its socket while
 its Twisted write buffer is empty; what the kernel did not take goes to the transport,
@@ -144,6 +147,7 @@ class Source:
         self._batch_bytes = 0
         self._batch_key = False
         self._batch_video = False
+        self._batch_ts = None
         self._video = any(t.kind == "video" for t in tracks)
         self._ending = []
 
@@ -165,20 +169,30 @@ class Source:
             return
         self.packets += 1
         self.bytes += len(data)
-        if not rtcp:
+        end = False
+        if not rtcp and self.tracks[track].kind == "video" and len(data) >= 12:
             tr = self.tracks[track]
-            if tr.is_key is not None:
-                if tr.is_key(data):
-                    ts = data[4:8]
-                    if ts != tr.last_key_ts:
-                        tr.last_key_ts = ts
-                        if self._batch:
-                            self.flush()
-                        self._batch_key = True
-                self._batch_video = True
+            ts = data[4:8]
+            if self._batch_ts is not None and ts != self._batch_ts:
+                self.flush()  # a new picture whose predecessor had no marker bit
+            if tr.is_key is not None and tr.is_key(data) and ts != tr.last_key_ts:
+                tr.last_key_ts = ts
+                if self._batch:
+                    self.flush()
+                self._batch_key = True
+            self._batch_video = True
+            self._batch_ts = ts
+            end = data[1] & 0x80  # marker bit: last packet of the picture
         self._batch.append((track, rtcp, data))
         self._batch_bytes += len(data) + 4
-        if self._batch_bytes >= MAX_BATCH:
+        if end or self._batch_bytes >= MAX_BATCH:
+            self.flush()
+
+    def end_of_input(self):
+        """The publisher's read is over (end of a ``dataReceived``). Sources with video
+        flush per picture (marker bit), carrying audio and RTCP along; others flush
+        here."""
+        if not self._video:
             self.flush()
 
     def flush(self):
@@ -186,11 +200,12 @@ class Source:
         batch = self._batch
         if not batch:
             return
-        key = self._batch_key or not self._batch_video
+        key = self._batch_key or not self._video
         self._batch = []
         self._batch_bytes = 0
         self._batch_key = False
         self._batch_video = False
+        self._batch_ts = None
         data = b"".join([_pack_head(0x24, 2 * t + r, len(p)) + p for t, r, p in batch])
         frame = Frame(data, key, batch)
         self.frames += 1

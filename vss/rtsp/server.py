@@ -161,7 +161,7 @@ class RTSPServerProtocol(protocol.Protocol):
                 log.failure("rtsp request failed", method=item.method)
                 self.reply(item, 500)
         for source in published:
-            source.flush()
+            source.end_of_input()
 
     def send(self, data):
         if self.closed:

@@ -1,0 +1,433 @@
+"""
+RTSP fan-out benchmark: one 4 Mb/s H.264 stream to N TCP-interleaved viewers.
+
+    .venv/bin/python bench/fanout.py [--viewers 100,500,1000,2000] [--seconds 10]
+
+Processes:
+- the server (``serve``): ``RTSPServerFactory`` in its own process, pinned to CPU 0;
+- the publisher: the static ffmpeg of imageio-ffmpeg replaying a pre-encoded 4 Mb/s
+  file (``-re -stream_loop -1 -c copy``) over RTSP/TCP, pinned to the last CPU;
+- the load client (``load``): plain non-blocking sockets and ``selectors`` (epoll),
+  pinned to the last CPU, counts bytes and RTP sequence gaps per viewer.
+
+For each N it prints the server's CPU seconds per Gbit delivered, % of one core, the
+delivered ratio (RTP packets received / packets sent within the window, from sequence
+numbers), server memory per viewer and time to first frame (connect to first RTP byte;
+a viewer starts at the next keyframe, GOP 1 s).
+"""
+
+import argparse
+import json
+import os
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SECRET = b"bench-secret-0123456789abcdef"
+PATH = "/live/bench/main"
+
+
+class WallClock:
+    def seconds(self):
+        return time.time()
+
+
+def pin(cpu):
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError):
+        pass
+
+
+# -- server process
+
+
+def serve(args):
+    pin(args.cpu)
+    sys.path.insert(0, ROOT)
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import reactor
+
+    from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
+    from vss.rtsp.server import RTSPServerFactory
+
+    factory = RTSPServerFactory(TokenAuthorizer(TokenIssuer(SECRET, clock=reactor)),
+                                reactor=reactor)
+    port = reactor.listenTCP(0, factory, backlog=4096, interface="127.0.0.1")
+
+    def stats():
+        src = factory.sources.get(PATH)
+        out = {"sessions": len(factory.sessions)}
+        if src is not None:
+            out.update(src.stats())
+            drops = sum(r.drops for r in src.readers)
+            direct = sum(getattr(r, "direct_sends", 0) for r in src.readers)
+            sent = sum(r.frames for r in src.readers)
+            out.update({"reader_drops": drops, "direct_sends": direct, "reader_frames": sent})
+        return out
+
+    def command_line(line):
+        cmd = line.strip()
+        if cmd == "stats":
+            sys.stdout.write(json.dumps(stats()) + "\n")
+            sys.stdout.flush()
+        elif cmd == "quit":
+            reactor.stop()
+
+    from twisted.internet import stdio
+    from twisted.protocols.basic import LineReceiver
+
+    class Control(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line):
+            command_line(line.decode())
+
+    stdio.StandardIO(Control(), reactor=reactor)
+    sys.stdout.write(json.dumps({"port": port.getHost().port, "pid": os.getpid()}) + "\n")
+    sys.stdout.flush()
+    reactor.run()
+
+
+# -- load client process
+
+
+class Viewer:
+    __slots__ = ("sock", "state", "inbuf", "session", "t0", "first", "bytes", "packets",
+                 "first_seq", "last_seq", "gaps", "lost", "skip", "part", "w_packets",
+                 "w_lost", "w_bytes")
+
+    def __init__(self, sock, t0):
+        self.sock = sock
+        self.state = "setup"
+        self.inbuf = b""
+        self.session = None
+        self.t0 = t0
+        self.first = None
+        self.bytes = 0
+        self.packets = 0
+        self.first_seq = None
+        self.last_seq = None
+        self.gaps = 0
+        self.lost = 0
+        self.skip = 0
+        self.part = b""
+        self.w_packets = self.w_lost = self.w_bytes = 0
+
+
+def load(args):
+    pin(args.cpu)
+    sys.path.insert(0, ROOT)
+    from vss.cdn.tokens import TokenIssuer
+
+    issuer = TokenIssuer(SECRET, clock=WallClock(), ttl=600)
+    token = issuer.issue(PATH, ("play",))
+    base = f"rtsp://127.0.0.1:{args.port}{PATH}"
+    setup = (f"SETUP {base}/trackID=0?token={token} RTSP/1.0\r\nCSeq: 1\r\n"
+             "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n").encode()
+    sel = selectors.DefaultSelector()
+    viewers = []
+    buf = bytearray(1 << 18)
+    mv = memoryview(buf)
+
+    def connect(n):
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.setblocking(False)
+            v = Viewer(s, time.monotonic())
+            try:
+                s.connect(("127.0.0.1", args.port))
+            except BlockingIOError:
+                pass
+            sel.register(s, selectors.EVENT_WRITE, v)
+            viewers.append(v)
+
+    def handle_control(v, data):
+        v.inbuf += data
+        if b"\r\n\r\n" not in v.inbuf:
+            return b""
+        head, _, rest = v.inbuf.partition(b"\r\n\r\n")
+        v.inbuf = b""
+        if not head.startswith(b"RTSP/1.0 200"):
+            raise RuntimeError(head[:200])
+        if v.state == "setup":
+            sid = head.split(b"Session: ")[1].split(b";")[0].split(b"\r\n")[0].decode()
+            v.session = sid
+            v.sock.send((f"PLAY {base}?token={token} RTSP/1.0\r\nCSeq: 2\r\n"
+                         f"Session: {sid}\r\n\r\n").encode())
+            v.state = "play"
+            return b""
+        v.state = "media"
+        return rest
+
+    def media(v, data, n):
+        """Walk the interleaved frames of data[:n]: count packets and sequence gaps."""
+        pos = v.skip
+        if pos >= n:
+            v.skip = pos - n
+            return
+        if v.part:
+            data = v.part + bytes(data[pos:n])
+            n = len(data)
+            pos = 0
+            v.part = b""
+        packets = 0
+        lost = 0
+        last = v.last_seq
+        while pos < n:
+            if n - pos < 8:
+                v.part = bytes(data[pos:n])
+                pos = n
+                break
+            if data[pos] != 0x24:
+                raise RuntimeError("lost interleaved framing")
+            ln = (data[pos + 2] << 8) | data[pos + 3]
+            if data[pos + 1] == 0:
+                seq = (data[pos + 6] << 8) | data[pos + 7]
+                if last is not None:
+                    d = (seq - last - 1) & 0xFFFF
+                    if d:
+                        lost += d
+                        v.gaps += 1
+                else:
+                    v.first_seq = seq
+                last = seq
+                packets += 1
+            pos += 4 + ln
+        v.last_seq = last
+        v.packets += packets
+        v.w_packets += packets
+        v.lost += lost
+        v.w_lost += lost
+        v.skip = pos - n
+
+    connect_start = time.monotonic()
+    batch = 50
+    pending = args.viewers
+    window = None
+    done_at = None
+    last_connect = 0.0
+    while True:
+        now = time.monotonic()
+        if pending and now - last_connect > 0.02:
+            k = min(batch, pending)
+            connect(k)
+            pending -= k
+            last_connect = now
+        if window is None and not pending and all(v.first for v in viewers):
+            window = now + args.warmup
+        if window is not None and done_at is None and now >= window:
+            for v in viewers:
+                v.w_packets = v.w_lost = v.w_bytes = 0
+            sys.stdout.write("WINDOW\n")
+            sys.stdout.flush()
+            done_at = now + args.seconds
+            w_start = now
+        if done_at is not None and now >= done_at:
+            break
+        if now - connect_start > args.start_timeout and window is None:
+            states = {}
+            for v in viewers:
+                states[v.state] = states.get(v.state, 0) + 1
+            sys.stdout.write(f"TIMEOUT {states}\n")
+            break
+        for key, mask in sel.select(timeout=0.01):
+            v = key.data
+            s = v.sock
+            if mask & selectors.EVENT_WRITE:
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise RuntimeError(f"connect failed: {os.strerror(err)}")
+                s.send(setup)
+                sel.modify(s, selectors.EVENT_READ, v)
+                continue
+            try:
+                n = s.recv_into(mv)
+            except BlockingIOError:
+                continue
+            if n == 0:
+                raise RuntimeError("server closed a viewer")
+            v.bytes += n
+            v.w_bytes += n
+            if v.state == "media":
+                if v.first is None:
+                    v.first = time.monotonic()
+                media(v, buf, n)
+                continue
+            rest = handle_control(v, bytes(buf[:n]))
+            if rest:
+                v.first = time.monotonic()
+                media(v, rest, len(rest))
+    elapsed = time.monotonic() - w_start if done_at else 0
+    ttff = sorted(v.first - v.t0 for v in viewers if v.first)
+    expected = sum(v.w_packets + v.w_lost for v in viewers)
+    result = {
+        "viewers": len(viewers),
+        "elapsed": elapsed,
+        "bytes": sum(v.w_bytes for v in viewers),
+        "packets": sum(v.w_packets for v in viewers),
+        "lost": sum(v.w_lost for v in viewers),
+        "gaps": sum(v.gaps for v in viewers),
+        "viewers_with_gaps": sum(1 for v in viewers if v.w_lost),
+        "delivered": (sum(v.w_packets for v in viewers) / expected) if expected else 0.0,
+        "ttff_median": statistics.median(ttff) if ttff else None,
+        "ttff_p95": ttff[int(len(ttff) * 0.95) - 1] if ttff else None,
+        "client_cpu": time.process_time(),
+    }
+    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    for v in viewers:
+        v.sock.close()
+
+
+# -- driver
+
+
+def proc_cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
+def proc_rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def make_input(ffmpeg, path, seconds=20):
+    if os.path.exists(path):
+        return
+    subprocess.run([
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={seconds}",
+        "-vf", "noise=alls=12:allf=t",
+        "-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-sc_threshold", "0", "-bf", "0",
+        "-b:v", "4M", "-minrate", "4M", "-maxrate", "4M", "-bufsize", "2M",
+        "-x264-params", "nal-hrd=cbr", "-an", path], check=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", nargs="?", default="run", choices=("run", "serve", "load"))
+    ap.add_argument("--viewers", default="100,500,1000,2000")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--start-timeout", type=float, default=60.0)
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--cpu", type=int, default=0)
+    ap.add_argument("--input", default=os.path.join(tempfile.gettempdir(),
+                                                    "vss-bench-4mbps-gop25.mp4"))
+    args = ap.parse_args()
+    if args.mode == "serve":
+        return serve(args)
+    if args.mode == "load":
+        args.viewers = int(args.viewers)
+        return load(args)
+
+    import imageio_ffmpeg
+
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    ncpu = os.cpu_count() or 1
+    other = ncpu - 1 if ncpu > 1 else 0
+    make_input(ffmpeg, args.input)
+    py = sys.executable
+    me = os.path.abspath(__file__)
+    server = subprocess.Popen([py, me, "serve", "--cpu", "0"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    info = json.loads(server.stdout.readline())
+    port, spid = info["port"], info["pid"]
+
+    def server_stats():
+        server.stdin.write("stats\n")
+        server.stdin.flush()
+        return json.loads(server.stdout.readline())
+
+    sys.path.insert(0, ROOT)
+    from vss.cdn.tokens import TokenIssuer
+
+    token = TokenIssuer(SECRET, clock=WallClock(), ttl=3600).issue(PATH, ("publish",))
+    publisher = subprocess.Popen(
+        ["taskset", "-c", str(other), ffmpeg, "-hide_banner", "-loglevel", "error", "-re",
+         "-stream_loop", "-1", "-i", args.input, "-c", "copy", "-f", "rtsp",
+         "-rtsp_transport", "tcp", f"rtsp://127.0.0.1:{port}{PATH}?token={token}"])
+    try:
+        t = time.monotonic()
+        while "packets" not in server_stats():
+            if time.monotonic() - t > 20:
+                raise SystemExit("publisher did not start")
+            time.sleep(0.2)
+        time.sleep(2)
+        base_rss = proc_rss(spid)
+        rows = []
+        for n in [int(x) for x in args.viewers.split(",")]:
+            rows.append(run_one(py, me, port, spid, n, args, other, server_stats, base_rss))
+            time.sleep(2)
+    finally:
+        publisher.terminate()
+        publisher.wait()
+        server.stdin.write("quit\n")
+        server.stdin.flush()
+        server.wait(10)
+    print()
+    print("| viewers | offered Mb/s | delivered Gb/s | delivered | SS CPU % of one core "
+          "| SS CPU s / Gbit | SS memory / viewer | TTFF median / p95 | load client CPU % |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['viewers']} | {r['source_mbps']:.2f} | {r['gbps']:.2f} | "
+              f"{100 * r['delivered']:.3f} % | {r['cpu_pct']:.1f} % | {r['cpu_per_gbit']:.3f} | "
+              f"{r['mem_per_viewer'] / 1024:.1f} KiB | {r['ttff_median']:.2f} / "
+              f"{r['ttff_p95']:.2f} s | {r['client_pct']:.0f} % |")
+
+
+def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss):
+    load = subprocess.Popen([py, me, "load", "--port", str(port), "--viewers", str(n),
+                             "--cpu", str(cpu), "--seconds", str(args.seconds),
+                             "--warmup", str(args.warmup)],
+                            stdout=subprocess.PIPE, text=True)
+    result = None
+    cpu0 = s0 = t0 = None
+    for line in load.stdout:
+        if line.startswith("WINDOW"):
+            cpu0, s0, t0 = proc_cpu(spid), server_stats(), time.monotonic()
+            rss = proc_rss(spid)
+        elif line.startswith("RESULT"):
+            cpu1, s1, t1 = proc_cpu(spid), server_stats(), time.monotonic()
+            result = json.loads(line[7:])
+        elif line.startswith("TIMEOUT"):
+            raise SystemExit(f"{n} viewers: could not start")
+    load.wait()
+    if result is None or cpu0 is None:
+        raise SystemExit(f"{n} viewers: no result")
+    wall = t1 - t0
+    cpu = cpu1 - cpu0
+    gbit = result["bytes"] * 8 / 1e9
+    row = dict(result)
+    row.update({
+        "source_mbps": (s1["bytes"] - s0["bytes"]) * 8 / 1e6 / wall,
+        "gbps": gbit / result["elapsed"],
+        "cpu_pct": 100 * cpu / wall,
+        "cpu_per_gbit": cpu / gbit if gbit else float("inf"),
+        "mem_per_viewer": (rss - base_rss) / n,
+        "client_pct": 100 * result["client_cpu"] / (result["elapsed"] + args.warmup + 1),
+        "reader_drops": s1.get("reader_drops"),
+    })
+    print(json.dumps(row), flush=True)
+    return row
+
+
+if __name__ == "__main__":
+    main()
