@@ -1,0 +1,124 @@
+"""
+Signalling codec throughput, one core, frames per second (docs/performance.md,
+"Signalling codec").
+
+    .venv/bin/python bench/codec.py [--frames N] [--repeat R]
+
+Each figure is the best of R runs over N frames. "header decode" is what a relay needs:
+``FrameDecoder.feed`` returning each frame's header fields and raw body. "full decode" is
+``MessageDecoder.feed`` (typed bodies). Decoders are fed the N frames in 64 KiB chunks,
+as Twisted's ``dataReceived`` delivers them, and also as one single buffer (one huge
+result list, where the garbage collector's passes over it show). "construct only"
+encodes or decodes the PTZ body through the construct definition alone, without the
+struct fast path, for comparison.
+"""
+
+import argparse
+import platform
+import sys
+import time
+
+from vss.protocols import codec
+from vss.protocols.codec import (
+    Frame,
+    FrameDecoder,
+    MessageDecoder,
+    encode_body,
+    encode_request,
+)
+from vss.protocols.messages import Empty, MsgType, PtzControl, PtzOp
+
+PTZ = PtzControl(
+    device_id="cam-0001", channel=1, op=PtzOp.CONTINUOUS, pan=0.5, tilt=-0.25, zoom=0.0,
+    speed=0.75, timeout_ms=500,
+)
+EMPTY = Empty()
+
+
+def best_rate(fn, n, repeat):
+    """Best frames/s of ``repeat`` runs of ``fn``, which handles ``n`` frames."""
+    best = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best = max(best, n / dt)
+    return best
+
+
+def encode_loop(type, body, n):
+    def run():
+        for i in range(1, n + 1):
+            encode_request(type, body, i)
+
+    return run
+
+
+def chunked(decoder_cls, stream, size=65536):
+    chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
+
+    def run():
+        feed = decoder_cls().feed
+        for c in chunks:
+            feed(c)
+
+    return run
+
+
+def check(result, n):
+    assert len(result) == n and not any(isinstance(x, codec.ProtocolError) for x in result)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    n, r = args.frames, args.repeat
+
+    keepalive = encode_request(MsgType.KEEPALIVE, EMPTY, 1)
+    ptz = encode_request(MsgType.PTZ_CONTROL, PTZ, 1)
+    ka_stream = keepalive * n
+    ptz_stream = ptz * n
+    ptz_body = encode_body(PTZ)
+    ptz_frame = Frame(1, 0, MsgType.PTZ_CONTROL, 0, 1, ptz_body)
+    n_slow = max(n // 10, 1)
+
+    check(FrameDecoder().feed(ka_stream), n)
+    check(MessageDecoder().feed(ptz_stream), n)
+
+    rows = [
+        ("encode KEEPALIVE", best_rate(encode_loop(MsgType.KEEPALIVE, EMPTY, n), n, r)),
+        ("encode PTZ_CONTROL", best_rate(encode_loop(MsgType.PTZ_CONTROL, PTZ, n), n, r)),
+        ("encode PTZ_CONTROL body, construct only",
+         best_rate(lambda: [PTZ.compiled.build(
+             {k: getattr(PTZ, k) for k in PTZ.__slots__}) for _ in range(n_slow)],
+             n_slow, r)),
+        ("header decode KEEPALIVE, 64 KiB feeds",
+         best_rate(chunked(FrameDecoder, ka_stream), n, r)),
+        ("header decode PTZ_CONTROL, 64 KiB feeds",
+         best_rate(chunked(FrameDecoder, ptz_stream), n, r)),
+        ("header decode KEEPALIVE, one buffer",
+         best_rate(lambda: FrameDecoder().feed(ka_stream), n, r)),
+        ("full decode KEEPALIVE, 64 KiB feeds",
+         best_rate(chunked(MessageDecoder, ka_stream), n, r)),
+        ("full decode PTZ_CONTROL, 64 KiB feeds",
+         best_rate(chunked(MessageDecoder, ptz_stream), n, r)),
+        ("full decode KEEPALIVE, one buffer",
+         best_rate(lambda: MessageDecoder().feed(ka_stream), n, r)),
+        ("decode PTZ_CONTROL body, construct only",
+         best_rate(lambda: [codec._construct_decode(PtzControl, ptz_frame)
+                            for _ in range(n_slow)], n_slow, r)),
+    ]
+
+    print(f"python {platform.python_implementation()} {platform.python_version()} "
+          f"on {platform.machine()}; {n} frames, best of {r}")
+    print(f"KEEPALIVE frame {len(keepalive)} bytes, PTZ_CONTROL frame {len(ptz)} bytes")
+    width = max(len(name) for name, _ in rows)
+    for name, rate in rows:
+        print(f"{name:<{width}}  {rate:>12,.0f} frames/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
