@@ -119,7 +119,8 @@ class E2ETestBase(unittest.TestCase):
             token = self.issuer.issue(path, methods, ttl=ttl)
         return f"rtsp://127.0.0.1:{factory.port}{path}?token={token}"
 
-    def publish(self, factory, path="/live/cam1/main", extra=(), audio=True, userinfo=""):
+    def publish(self, factory, path="/live/cam1/main", extra=(), audio=True, userinfo="",
+                transport="tcp"):
         """Start ffmpeg publishing a test pattern; fires when the source exists."""
         added = defer.Deferred()
 
@@ -136,7 +137,7 @@ class E2ETestBase(unittest.TestCase):
             args += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000",
                      "-c:a", "pcm_mulaw"]
         args += ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-                 "-g", "25", *extra, "-t", "50", "-f", "rtsp", "-rtsp_transport", "tcp",
+                 "-g", "25", *extra, "-t", "50", "-f", "rtsp", "-rtsp_transport", transport,
                  self.url(factory, path, ("publish",)).replace("//", "//" + userinfo)]
         proc = FFmpeg()
         self.procs.append(proc)
@@ -169,6 +170,15 @@ class PublishPlayTests(E2ETestBase):
         self.assertEqual(udp, [(320, 240)] * 30)
         self.assertGreater(source.packets, 30)
         self.assertEqual(source.drops, 0)
+
+    @defer.inlineCallbacks
+    def test_ffmpeg_publishes_over_udp(self):
+        source = yield self.publish(self.factory, transport="udp")
+        self.assertEqual(len(source.tracks), 2)
+        sizes = yield threads.deferToThread(decode, self.url(self.factory), "tcp", 25)
+        self.assertEqual(sizes, [(320, 240)] * 25)
+        [session] = [s for s in self.factory.sessions.values() if s.role == "publish"]
+        self.assertEqual(sorted(session.udp_tracks), [0, 1])
 
     @defer.inlineCallbacks
     def test_bad_tokens_refused(self):

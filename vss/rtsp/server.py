@@ -207,7 +207,7 @@ class RTSPServerFactory(protocol.Factory):
         self.connections = set()
         self.observers = []
         self.udp_ports = None  # (rtp port, rtcp port) Twisted UDP listening ports
-        self._udp_peers = {}  # (host, port) -> session, for RTCP liveness
+        self._udp_peers = {}  # (host, port) -> (session, track, rtcp) of UDP clients
         self._waiters = {}  # path -> [Deferred]
 
     # -- reactor and clock, resolved lazily
@@ -324,9 +324,17 @@ class RTSPServerFactory(protocol.Factory):
         return defer.succeed(None)
 
     def udp_received(self, data, addr):
-        session = self._udp_peers.get(addr)
-        if session is not None:
-            session.last_seen = self.clock.seconds()
+        """A datagram on the shared port pair: RTP/RTCP of a UDP publisher, or RTCP
+        receiver reports (liveness) of a UDP viewer, told apart by source address."""
+        entry = self._udp_peers.get(addr)
+        if entry is None:
+            return
+        session, track, rtcp = entry
+        session.last_seen = self.clock.seconds()
+        source = session.source
+        if session.role == "publish" and source is not None and session.state == "recording":
+            source.feed(track, rtcp, data)
+            source.end_of_input()
 
     # -- connections and sessions
 
@@ -375,7 +383,7 @@ class RTSPServerFactory(protocol.Factory):
         if s.conn is not None:
             s.conn.sessions.pop(s.id, None)
         self._stop_reading(s)
-        for addr in [a for a, v in self._udp_peers.items() if v is s]:
+        for addr in [a for a, v in self._udp_peers.items() if v[0] is s]:
             del self._udp_peers[addr]
         if s.role == "publish":
             if s.conn is not None:
@@ -593,8 +601,8 @@ class RTSPServerFactory(protocol.Factory):
             hi = hi if hi != lo else lo + 1
             session.udp_tracks[track] = (lo, hi)
             host = conn.peer_host
-            self._udp_peers[(host, hi)] = session
-            self._udp_peers[(host, lo)] = session
+            self._udp_peers[(host, lo)] = (session, track, False)
+            self._udp_peers[(host, hi)] = (session, track, True)
             srv = self.udp_ports[0].getHost().port
             reply_t = (f"RTP/AVP;unicast;client_port={lo}-{hi};"
                        f"server_port={srv}-{srv + 1}")
@@ -609,20 +617,48 @@ class RTSPServerFactory(protocol.Factory):
         if track is None:
             conn.reply(req, 404)
             return
-        chosen = next((t for t in transports if t["spec"] == "RTP/AVP/TCP"), None)
+        chosen = None
+        for t in transports:
+            if t["spec"] == "RTP/AVP/TCP" or (
+                    t["spec"] in ("RTP/AVP", "RTP/AVP/UDP") and "multicast" not in t
+                    and parse_range(t.get("client_port")) and self.udp_ports is not None):
+                chosen = t
+                break
         if chosen is None:
             conn.reply(req, 461)
             return
-        ch = parse_range(chosen.get("interleaved")) or (2 * track, 2 * track + 1)
-        if ch[0] in conn.channels or ch[1] in conn.channels:
-            conn.reply(req, 461, reason="Channel In Use")
-            return
-        if session is None:
-            session = self._new_session(conn, url.path, "publish", None)
-        session.tcp_tracks[track] = ch
-        conn.reply(req, 200, [
-            ("Transport", f"RTP/AVP/TCP;unicast;interleaved={ch[0]}-{ch[1]};mode=record"),
-            self._session_header(session)])
+        if chosen["spec"] == "RTP/AVP/TCP":
+            if session is not None and session.udp_tracks:
+                conn.reply(req, 461, reason="Mixed Transports")
+                return
+            ch = parse_range(chosen.get("interleaved")) or (2 * track, 2 * track + 1)
+            if ch[0] in conn.channels or ch[1] in conn.channels or any(
+                    c in ch for s2 in conn.sessions.values() for pair in s2.tcp_tracks.values()
+                    for c in pair):
+                conn.reply(req, 461, reason="Channel In Use")
+                return
+            if session is None:
+                session = self._new_session(conn, url.path, "publish", None)
+            session.tcp_tracks[track] = ch
+            reply_t = f"RTP/AVP/TCP;unicast;interleaved={ch[0]}-{ch[1]};mode=record"
+        else:
+            if session is not None and session.tcp_tracks:
+                conn.reply(req, 461, reason="Mixed Transports")
+                return
+            lo, hi = parse_range(chosen.get("client_port"))
+            hi = hi if hi != lo else lo + 1
+            if (conn.peer_host, lo) in self._udp_peers or (conn.peer_host, hi) in self._udp_peers:
+                conn.reply(req, 461, reason="Client Ports In Use")
+                return
+            if session is None:
+                session = self._new_session(conn, url.path, "publish", None)
+            session.udp_tracks[track] = (lo, hi)
+            self._udp_peers[(conn.peer_host, lo)] = (session, track, False)
+            self._udp_peers[(conn.peer_host, hi)] = (session, track, True)
+            srv = self.udp_ports[0].getHost().port
+            reply_t = (f"RTP/AVP;unicast;client_port={lo}-{hi};server_port={srv}-{srv + 1};"
+                       "mode=record")
+        conn.reply(req, 200, [("Transport", reply_t), self._session_header(session)])
 
     def do_RECORD(self, conn, req, url, session):
         if session is None or session.role != "publish":
@@ -631,7 +667,7 @@ class RTSPServerFactory(protocol.Factory):
         if session.state == "recording":
             conn.reply(req, 200, [self._session_header(session)])
             return
-        if not session.tcp_tracks:
+        if not session.tracks:
             conn.reply(req, 455)
             return
         try:
