@@ -407,10 +407,10 @@ VECTORS = [
     V("record_settings_set_request", MsgType.RECORD_SETTINGS_SET, REQ, 13, RECORD_CONTINUOUS, """
       5653 01 00 0121 0000 0000000d 00000019  # VS v1 request RECORD_SETTINGS_SET txid 13 len 25
     """ + RECORD_CONTINUOUS_BODY),
-    V("record_settings_set_response_queued", MsgType.RECORD_SETTINGS_SET, RSP, 13,
-      RECORD_CONTINUOUS, """
-      5653 01 01 0121 030a 0000000d 00000019  # VS v1 response RECORD_SETTINGS_SET QUEUED txid 13
-    """ + RECORD_CONTINUOUS_BODY, status=ResultCode.QUEUED),
+    V("record_settings_set_response", MsgType.RECORD_SETTINGS_SET, RSP, 13, RECORD_CONTINUOUS,
+      """
+      5653 01 01 0121 0000 0000000d 00000019  # VS v1 response RECORD_SETTINGS_SET txid 13 len 25
+    """ + RECORD_CONTINUOUS_BODY),
     V("media_open_request", MsgType.MEDIA_OPEN, REQ, 14,
       MediaOpen(device_id="c", channel=1, stream=Stream.MAIN, purpose=Purpose.PLAYBACK,
                 start_time=TS, transport=Transport.TCP), """
@@ -619,9 +619,9 @@ VECTORS = [
                               verifier=Verifier(salt=b"\x01", iterations=1, stored_key=b"\x02",
                                                 server_key=b"\x03"),
                               groups=["ops"], enabled=True, version=1),
-              grants=[GrantRecord(principal="bob", device_id="c", actions=0x01, version=1)]),
+              grants=[GrantRecord(principal="user:bob", device_id="c", actions=0x01, version=1)]),
       """
-      5653 01 01 0205 0000 00000007 0000003d  # VS v1 response REG_INFO txid 7 len 61
+      5653 01 01 0205 0000 00000007 00000042  # VS v1 response REG_INFO txid 7 len 66
       0002 6e31           # home_node "n1"
       00                  # device: absent
       01                  # user: present, a UserRecord
@@ -634,7 +634,7 @@ VECTORS = [
         01                #   enabled true
         0000000000000001  #   version 1
       0001                # grants: 1 GrantRecord
-        0003 626f62       #   principal "bob"
+        0008 757365723a626f62  #   principal "user:bob"
         0001 63           #   device_id "c"
         01                #   actions VIEW
         0000000000000001  #   version 1
@@ -642,15 +642,15 @@ VECTORS = [
     """),
     V("sync_notify_request", MsgType.SYNC_NOTIFY, REQ, 8,
       SyncNotify(head_seq=10, changes=[
-          Change(seq=10, entity=Entity.GRANT, op=ChangeOp.DELETE, key="bob\x00c", version=2,
+          Change(seq=10, entity=Entity.GRANT, op=ChangeOp.DELETE, key="user:bob|c", version=2,
                  origin="", device=None, user=None, grant=None)]), """
-      5653 01 00 0210 0000 00000008 0000002a  # VS v1 request SYNC_NOTIFY txid 8 len 42
+      5653 01 00 0210 0000 00000008 0000002f  # VS v1 request SYNC_NOTIFY txid 8 len 47
       000000000000000a    # head_seq 10
       0001                # changes: 1 Change
         000000000000000a  #   seq 10
         03                #   entity GRANT
         02                #   op DELETE
-        0005 626f620063   #   key "bob" NUL "c"
+        000a 757365723a626f627c63  #   key "user:bob|c"
         0000000000000002  #   version 2
         0000              #   origin ""
         00                #   device: absent
