@@ -8,6 +8,7 @@ The hex is not produced by the encoder. Header layout (docs/protocol.md, section
 ``magic(2) version(1) flags(1) type(2) status(2) txid(4) length(4)``.
 """
 
+import pathlib
 import re
 from typing import NamedTuple
 
@@ -807,3 +808,29 @@ def _add_vector_tests(cls):
 
 
 _add_vector_tests(VectorTests)
+
+
+class DocumentExampleTests(SynchronousTestCase):
+    """The worked examples of docs/protocol.md, section 5, are real frames."""
+
+    def examples(self):
+        doc = pathlib.Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+        text = doc.read_text(encoding="utf-8")
+        section = text.split("## 5. Worked examples", 1)[1].split("\n## 6.", 1)[0]
+        blocks = re.findall(r"```\n([0-9a-f \n]+)```", section)
+        return [bytes.fromhex(b) for b in blocks]
+
+    def test_examples_decode(self):
+        ptz, status, keepalive, error = self.examples()
+        self.assertEqual(
+            MessageDecoder().feed(ptz + status + keepalive + error),
+            [
+                Message(MsgType.PTZ_CONTROL, REQ, 0, 2, PTZ),
+                Message(MsgType.PTZ_CONTROL, RSP, 0, 2, PTZ_STATUS),
+                Message(MsgType.KEEPALIVE, REQ, 0, 7, Empty()),
+                Message(MsgType.PTZ_CONTROL, ERR, ResultCode.UNKNOWN_DEVICE, 9,
+                        Error(message="no")),
+            ],
+        )
+        self.assertEqual(ptz, h(VECTORS[[v.name for v in VECTORS].index(
+            "ptz_control_request")].hex))
