@@ -363,6 +363,90 @@ class SessionTests(ServerTestBase):
         self.assertEqual(len(viewer.frames), 1)
 
 
+class FakeUDPPort:
+    def __init__(self, port):
+        self.port = port
+        self.sent = []
+
+    def getHost(self):
+        return IPv4Address("UDP", "127.0.0.1", self.port)
+
+    def write(self, data, addr):
+        self.sent.append((addr, data))
+
+
+class UDPTests(ServerTestBase):
+    def setUp(self):
+        super().setUp()
+        self.factory.udp_ports = (FakeUDPPort(6970), FakeUDPPort(6971))
+
+    def play_udp(self):
+        c = self.conn()
+        url = self.url()
+        r = c.request("SETUP", url.replace("main?", "main/trackID=0?"),
+                      [("Transport", "RTP/AVP;unicast;client_port=5000-5001")])
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["Transport"],
+                         "RTP/AVP;unicast;client_port=5000-5001;server_port=6970-6971")
+        c.sid = r.headers["Session"].split(";")[0]
+        self.assertEqual(c.request("PLAY", url, [("Session", c.sid)]).status, 200)
+        return c
+
+    def test_udp_viewer_gets_packets_and_rtcp_keeps_it(self):
+        pub = self.publish()
+        viewer = self.play_udp()
+        rtp_port, rtcp_port = self.factory.udp_ports
+        pub.send(frame_bytes(0, idr(1, 10)) + frame_bytes(1, b"\x80\xc8\x00\x01SR!!"))
+        self.assertEqual(rtp_port.sent, [(("127.0.0.1", 5000), idr(1, 10))])
+        self.assertEqual(rtcp_port.sent, [], "RTCP rides along with the next picture")
+        pub.send(frame_bytes(0, pframe(2, 13)))
+        self.assertEqual(rtcp_port.sent, [(("127.0.0.1", 5001), b"\x80\xc8\x00\x01SR!!")])
+        self.assertEqual(len(rtp_port.sent), 2)
+        viewer.proto.connectionLost(None)  # a UDP session outlives its RTSP connection
+        for _ in range(4):
+            self.clock.advance(40)
+            pub.send(frame_bytes(0, pframe(2, 20)))
+            self.factory.udp_received(b"\x81\xc9\x00\x01RR!!", ("127.0.0.1", 5001))
+        self.assertIn(viewer.sid, self.factory.sessions)
+        self.clock.advance(61)
+        pub.send(frame_bytes(0, pframe(3, 30)))
+        self.assertNotIn(viewer.sid, self.factory.sessions)
+
+    def test_udp_publisher(self):
+        c = self.conn()
+        url = self.url("publish")
+        c.request("ANNOUNCE", url, [("Content-Type", "application/sdp")], SDP.encode())
+        r = c.request("SETUP", url + "/streamid=0", [
+            ("Transport", "RTP/AVP/UDP;unicast;client_port=7000-7001;mode=record")])
+        self.assertEqual(r.status, 200)
+        sid = r.headers["Session"].split(";")[0]
+        self.assertEqual(c.request("RECORD", url, [("Session", sid)]).status, 200)
+        viewer = self.play(tracks=(0,))
+        self.factory.udp_received(idr(1, 10), ("127.0.0.1", 7000))
+        self.factory.udp_received(idr(1, 10), ("127.0.0.2", 7000))  # a stranger: ignored
+        viewer.read()
+        self.assertEqual([f.data for f in viewer.frames], [idr(1, 10)])
+        stats = self.factory.stats()["sources"]["/live/cam1/main"]
+        self.assertEqual((stats["packets"], stats["readers"]), (1, 1))
+        self.assertEqual(stats["readers_detail"][0]["frames"], 1)
+
+
+class IdleConnectionTests(ServerTestBase):
+    def test_silent_connection_closed(self):
+        c = self.conn()
+        self.clock.advance(59)
+        self.assertFalse(c.transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_talking_connection_kept(self):
+        c = self.conn()
+        for _ in range(5):
+            self.clock.advance(50)
+            c.request("OPTIONS", "*")
+        self.assertFalse(c.transport.disconnecting)
+
+
 class FanoutTests(ServerTestBase):
     def test_frames_start_at_keyframe_and_share_bytes(self):
         pub = self.publish()

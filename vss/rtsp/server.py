@@ -121,6 +121,8 @@ class RTSPServerProtocol(protocol.Protocol):
         self.reader = None  # TCPReader while one of our sessions plays over TCP
         self.closed = False
         self.peer_host = None
+        self.last_seen = None  # None: active since the last idle check
+        self.idle_timer = None
 
     def connectionMade(self):
         peer = self.transport.getPeer()
@@ -128,6 +130,7 @@ class RTSPServerProtocol(protocol.Protocol):
         self.factory.connection_made(self)
 
     def dataReceived(self, data):
+        self.last_seen = None  # the factory's idle check reads the clock lazily
         try:
             items = self.parser.feed(data)
         except Exception:  # the parser never raises; belt and braces
@@ -340,9 +343,29 @@ class RTSPServerFactory(protocol.Factory):
 
     def connection_made(self, conn):
         self.connections.add(conn)
+        conn.last_seen = self.clock.seconds()
+        conn.idle_timer = self.clock.callLater(self.session_timeout, self._check_idle, conn)
+
+    def _check_idle(self, conn):
+        """Close a connection that holds no session and sent nothing for a session
+        timeout (sessions have their own timer)."""
+        now = self.clock.seconds()
+        if conn.last_seen is None:
+            conn.last_seen = now
+        idle = now - conn.last_seen
+        if not conn.sessions and idle >= self.session_timeout:
+            conn.idle_timer = None
+            log.info("closing idle connection from {peer}", peer=conn.peer_host)
+            conn.close()
+            return
+        wait = self.session_timeout - idle if not conn.sessions else self.session_timeout
+        conn.idle_timer = self.clock.callLater(max(wait, 1), self._check_idle, conn)
 
     def connection_lost(self, conn):
         self.connections.discard(conn)
+        if conn.idle_timer is not None and conn.idle_timer.active():
+            conn.idle_timer.cancel()
+        conn.idle_timer = None
         for s in list(conn.sessions.values()):
             if s.tcp_tracks or s.role == "publish":
                 self._end_session(s, "connection closed")
@@ -731,6 +754,18 @@ class RTSPServerFactory(protocol.Factory):
             return
         conn.reply(req, 200)
         self._end_session(session, "teardown")
+
+    # -- counters
+
+    def stats(self):
+        """Counters per source and per reader (JSON-able)."""
+        out = {}
+        for path, source in self.sources.items():
+            entry = source.stats()
+            entry["readers_detail"] = [r.stats() for r in source.readers]
+            out[path] = entry
+        return {"sources": out, "sessions": len(self.sessions),
+                "connections": len(self.connections)}
 
     # -- shutdown
 
