@@ -93,6 +93,18 @@ def positive_number(name, value, cast=float, problems=None, minimum=0, maximum=N
     return v
 
 
+def read_secret(path, what="secret"):
+    """A secret from a file (at least 32 bytes, surrounding whitespace dropped)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read {path}: {e.strerror}") from None
+    if len(data) < 32:
+        raise ConfigError(f"{what}: {path} holds fewer than 32 bytes")
+    return data
+
+
 def load_or_create_secret(path):
     """A node secret kept in the data directory (created with mode 0600 if absent)."""
     if os.path.exists(path):
@@ -117,7 +129,9 @@ class NodeSettings:
     rtsp_listen: str
     media_host: str
     cms: str
-    cms_secret_file: str
+    cluster_secret_file: str
+    node_listen: str
+    advertise_host: str
     static: str
     store: str
     data_dir: str

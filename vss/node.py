@@ -14,7 +14,7 @@ import os
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vss.config import ConfigError, load_or_create_secret
+from vss.config import ConfigError, load_or_create_secret, read_secret
 from vss.protocols.messages import Role
 from vss.rgm.service import RGMConfig, RGMService
 from vss.store import make_store
@@ -46,6 +46,25 @@ class NodeService(StagedService):
         self.rgm.setServiceParent(self)
         ListenService("pu", settings.pu_listen, self.rgm.factory(Role.PU), reactor).setServiceParent(self)
         ListenService("cu", settings.cu_listen, self.rgm.factory(Role.CU), reactor).setServiceParent(self)
+        if not settings.static:
+            from vss.rgm.peers import PeerServer
+
+            self.central.rgm = self.rgm
+            self.peer_server = PeerServer(self.rgm, self.cluster_secret, reactor)
+            self.node_listener = ListenService("node", settings.node_listen,
+                                               self.peer_server.factory(), reactor)
+            self.node_listener.setServiceParent(self)
+            self.central.setServiceParent(self)
+        if settings.manhole:
+            from vss.manhole import manhole_service
+
+            manhole_service(settings.manhole, settings.manhole_keys, self.namespace(),
+                            reactor).setServiceParent(self)
+
+    def namespace(self):
+        """What the manhole shows an operator."""
+        return {"node": self, "rgm": self.rgm, "store": self.store, "central": self.central,
+                "sessions": self.rgm.links, "pus": self.rgm.pu_links}
 
     def _make_central(self):
         if self.settings.static:
@@ -55,7 +74,17 @@ class NodeService(StagedService):
             return central
         from vss.rgm.cmslink import CmsLink
 
-        return CmsLink(self.settings, self.secret, self.reactor)
+        self.cluster_secret = read_secret(self.settings.cluster_secret_file,
+                                          "--cluster-secret-file")
+        return CmsLink(self.settings.node_id, self.settings.cms, self.cluster_secret, self.store,
+                       self.reactor, data_dir=self.settings.data_dir, advertise=self.advertise)
+
+    def advertise(self):
+        """(signalling endpoint, media endpoint, capacity) this node tells CMS."""
+        port = self.node_listener.port
+        rtsp = getattr(self, "rtsp_listener", None)
+        media = f"rtsp://{self.settings.media_host}:{rtsp.port}" if rtsp and rtsp.port else ""
+        return f"tcp:{self.settings.advertise_host}:{port}", media, 0
 
     def prepare(self):
         d = defer.maybeDeferred(self.store.load)

@@ -6,7 +6,11 @@ Nothing here logs or keeps a secret: the node only holds verifiers (salt, iterat
 StoredKey, ServerKey) received from CMS.
 """
 
+import hashlib
+import hmac
+
 from vss.protocols import scram
+from vss.protocols.messages import Verifier
 
 #: Failures from one source address allowed before delays start.
 FREE_FAILURES = 3
@@ -90,3 +94,11 @@ class ScramExchange:
         if not scram.verify_proof(self.verifier.stored_key, self.message, proof):
             return None
         return scram.server_signature(self.verifier.server_key, self.message)
+
+
+def node_verifier(cluster_secret, node_id):
+    """The verifier of a node's identity, derived from the cluster secret that CMS and
+    every node hold; the secret itself never crosses the wire."""
+    salt = hmac.new(cluster_secret, b"node-salt:" + node_id.encode(), hashlib.sha256).digest()[:16]
+    salt, it, stored, server = scram.make_verifier(cluster_secret.decode("latin-1"), salt, 4096)
+    return Verifier(salt=salt, iterations=it, stored_key=stored, server_key=server)

@@ -114,6 +114,11 @@ class _Listener:
     def received(self, link, frame, msg):
         self.rgm.received(link, frame, msg)
 
+    def received_frame(self, link, frame):
+        """The relay's fast path (``relay.fast_cu_request``), tried before a request is
+        decoded; False hands the frame to ``received``."""
+        return relay.fast_cu_request(self.rgm, link, frame)
+
     def linkDown(self, link, reason):
         self.rgm.linkDown(link, reason)
 
@@ -149,7 +154,6 @@ class RGMService(service.Service):
         self.cu_links = {}  # session_id -> link
         self.counters = {"relayed": 0, "routed": 0, "auth_failures": 0, "dropped_silent": 0}
         self._sweeper = None
-        self._change_ids = 0
 
     # -- service
 
@@ -464,16 +468,18 @@ class RGMService(service.Service):
             self.report_to_central(device_id, change)
 
     def report_to_central(self, device_id, change):
-        self._change_ids += 1
+        """S603: hand the change to the central link (which keeps it in its outbox
+        until CMS acknowledges it)."""
+        record = self.store.get_device(device_id)
         sync = SyncChange(
             node_id=self.node_id,
-            change_id=self._change_ids,
+            change_id=0,
             device_id=device_id,
             channel=change.channel,
             change=change.change,
             timestamp=change.timestamp,
             items=list(change.items),
-            base_version=0,
+            base_version=record.version if record is not None else 0,
         )
         d = defer.maybeDeferred(self.central.report_change, sync)
         d.addErrback(
@@ -527,6 +533,11 @@ class RGMService(service.Service):
             )
         next_cursor = page[-1] if len(ids) > limit else ""
         return Devices(devices=out, next_cursor=next_cursor)
+
+    def end_sessions_of(self, username, why):
+        for link in [lk for lk in self.cu_links.values() if lk.session.identity == username]:
+            self.log.info("ending session of {user}: {why}", user=username, why=why)
+            link.close(ResultCode.SESSION_CLOSED, why)
 
     # -- keepalive and handshake sweep
 

@@ -1,16 +1,61 @@
 """``twistd vss-cms``: options and service of the central platform (MMS, CMS, MDP)."""
 
-from twisted.application import service
-from twisted.python import usage
+import os
+
+from vss.config import ConfigError, TrackingOptions, merge_options, positive_number
+
+DEFAULTS = {
+    "cms-id": "cms",
+    "node-listen": "tcp:7200:interface=127.0.0.1",
+    "admin-listen": "tcp:7280:interface=127.0.0.1",
+    "data-dir": os.path.join("data", "cms"),
+    "heartbeat": "5",
+}
 
 
-class Options(usage.Options):
+class Options(TrackingOptions):
     synopsis = "[options]"
-    longdesc = "Run the central platform: MMS admin API, CMS database and node links, MDP."
+    longdesc = (
+        "Run the central platform: CMS (the database of static data, the node registry, "
+        "routing and data synchronisation), MMS (the admin HTTP API on --admin-listen) and "
+        "MDP (the registry of the nodes' streaming servers). Create the first admin token "
+        "with 'vss-admin bootstrap'."
+    )
     optParameters = [
-        ["config", "c", None, "Path of an INI config file (section [cms])."],
+        ["config", "c", None, "INI file with a [cms] section (same keys as the options)."],
+        ["cms-id", None, None, f"This platform's id [{DEFAULTS['cms-id']}]."],
+        ["db", None, None, "Database: sqlite:PATH or a postgresql:// URL [sqlite:DATA_DIR/vss-cms.sqlite3]."],
+        ["node-listen", None, None, f"Endpoint for node links [{DEFAULTS['node-listen']}]."],
+        ["admin-listen", None, None, f"Endpoint of the admin HTTP API [{DEFAULTS['admin-listen']}]."],
+        ["data-dir", "d", None, f"Data directory [{DEFAULTS['data-dir']}]."],
+        ["cluster-secret-file", None, None, "Cluster secret shared with the nodes [DATA_DIR/cluster.secret, created if absent]."],
+        ["heartbeat", None, None, f"Heartbeat interval asked of nodes, seconds [{DEFAULTS['heartbeat']}]."],
+        ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7222:interface=127.0.0.1."],
+        ["manhole-keys", None, None, "authorized_keys file for the manhole."],
     ]
+
+    def postOptions(self):
+        merge_options(self, "cms")
+        for key, value in DEFAULTS.items():
+            if self.get(key) is None:
+                self[key] = value
+        problems = []
+        self["heartbeat"] = positive_number("heartbeat", self["heartbeat"], int, problems, 0, 600)
+        if self.get("manhole") and not self.get("manhole-keys"):
+            problems.append("--manhole-keys: required when --manhole is set")
+        if self.get("cluster-secret-file") and not os.path.isfile(self["cluster-secret-file"]):
+            problems.append(f"--cluster-secret-file: no such file {self['cluster-secret-file']}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        if not self.get("db"):
+            self["db"] = "sqlite:" + os.path.join(self["data-dir"], "vss-cms.sqlite3")
+        if not self.get("cluster-secret-file"):
+            self["cluster-secret-file"] = os.path.join(self["data-dir"], "cluster.secret")
 
 
 def makeService(options):
-    return service.MultiService()
+    from twisted.internet import reactor
+
+    from vss.cms.daemon import CmsDaemon
+
+    return CmsDaemon(dict(options), reactor)

@@ -16,6 +16,7 @@ DEFAULTS = {
     "pu-listen": "tcp:7100:interface=127.0.0.1",
     "cu-listen": "tcp:7101:interface=127.0.0.1",
     "rtsp-listen": "tcp:7554:interface=127.0.0.1",
+    "node-listen": "tcp:7102:interface=127.0.0.1",
     "store": "memory",
     "keepalive": "30",
     "request-timeout": "10",
@@ -38,7 +39,9 @@ class Options(TrackingOptions):
         ["rtsp-listen", None, None, f"Endpoint of the streaming server [{DEFAULTS['rtsp-listen']}]."],
         ["media-host", None, None, "Host name put in stream URLs [the RTSP interface]."],
         ["cms", None, None, "Client endpoint of CMS, e.g. tcp:cms.example:7200 or ssl:..."],
-        ["cms-secret-file", None, None, "File holding this node's secret for the CMS link."],
+        ["node-listen", None, None, f"Endpoint for links from CMS-routed peers [{DEFAULTS['node-listen']}]."],
+        ["advertise-host", None, None, "Host other nodes use to reach this node [the node-listen interface]."],
+        ["cluster-secret-file", None, None, "File holding the cluster secret shared by CMS and nodes."],
         ["static", None, None, "Run without CMS: JSON file of static data (devices, users, grants)."],
         ["store", None, None, f"In-memory database: memory or redis://host:port/db [{DEFAULTS['store']}]."],
         ["data-dir", "d", None, "Data directory [./data/NODE_ID]."],
@@ -74,6 +77,10 @@ def settings_from(opts):
     store = opts["store"]
     if store != "memory" and not store.startswith("redis://"):
         problems.append(f"--store: {store!r} is neither 'memory' nor a redis:// URL")
+    if opts.get("cms") and not opts.get("cluster-secret-file"):
+        problems.append("--cluster-secret-file: required with --cms")
+    elif opts.get("cluster-secret-file") and not os.path.isfile(opts["cluster-secret-file"]):
+        problems.append(f"--cluster-secret-file: no such file {opts['cluster-secret-file']}")
     if opts.get("manhole") and not opts.get("manhole-keys"):
         problems.append("--manhole-keys: required when --manhole is set")
     if problems:
@@ -87,7 +94,9 @@ def settings_from(opts):
         rtsp_listen=rtsp,
         media_host=media_host,
         cms=opts.get("cms") or "",
-        cms_secret_file=opts.get("cms-secret-file") or "",
+        cluster_secret_file=opts.get("cluster-secret-file") or "",
+        node_listen=opts["node-listen"],
+        advertise_host=opts.get("advertise-host") or _interface_of(opts["node-listen"]) or "127.0.0.1",
         static=opts.get("static") or "",
         store=store,
         data_dir=opts.get("data-dir") or os.path.join("data", node_id),

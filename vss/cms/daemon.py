@@ -1,0 +1,77 @@
+"""
+The central platform as one Twisted service: the database, CMS with its node listener,
+MMS (the admin API) and MDP. Start-up: the database is opened and migrated, CMS reads
+the device homes, then the listeners open; ``ports.json`` in the data directory names
+the bound ports.
+"""
+
+import json
+import os
+
+from twisted.logger import Logger
+
+from vss.cms.service import CMSConfig, CMSService
+from vss.cms.store import make_static_store
+from vss.config import load_or_create_secret
+from vss.tap.common import ListenService, StagedService, write_json_atomically
+
+
+class CmsDaemon(StagedService):
+    log = Logger()
+
+    def __init__(self, options, reactor):
+        super().__init__(reactor)
+        self.options = options
+        self.data_dir = options["data-dir"]
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.cluster_secret = load_or_create_secret(options["cluster-secret-file"])
+        self.store = make_static_store(options["db"], reactor=reactor)
+        self.cms = CMSService(
+            CMSConfig(cms_id=options["cms-id"], cluster_secret=self.cluster_secret,
+                      heartbeat_interval=options["heartbeat"]),
+            self.store, reactor)
+        self.cms.setName("cms")
+        self.cms.setServiceParent(self)
+        ListenService("node", options["node-listen"], self.cms.factory(), reactor) \
+            .setServiceParent(self)
+        self.admin = self._admin_backend()
+        if self.admin is not None:
+            ListenService("admin", options["admin-listen"], self.make_admin_site(self.admin),
+                          reactor).setServiceParent(self)
+        if options.get("manhole"):
+            from vss.manhole import manhole_service
+
+            manhole_service(options["manhole"], options["manhole-keys"], self.namespace(),
+                            reactor).setServiceParent(self)
+
+    def _admin_backend(self):
+        try:
+            from vss.cms.admin_backend import StoreAdminBackend
+            from vss.cms.mms import make_admin_site
+        except ImportError:
+            return None
+        self.make_admin_site = make_admin_site
+        return StoreAdminBackend(self.store, publish=self.cms.publish,
+                                 assign_home_node=self.cms.assign_home_node,
+                                 status=self.cms.status)
+
+    def namespace(self):
+        return {"cms": self.cms, "store": self.store, "mdp": self.cms.mdp,
+                "nodes": self.cms.sessions, "daemon": self}
+
+    def prepare(self):
+        d = self.store.open()
+        d.addCallback(lambda _: self.cms.load())
+        return d
+
+    def on_ready(self):
+        ports = self.listeners()
+        write_json_atomically(os.path.join(self.data_dir, "ports.json"), ports)
+        self.log.info("central platform {cms} ready: {ports}", cms=self.options["cms-id"],
+                      ports=json.dumps(ports, sort_keys=True))
+
+    def stopService(self):
+        from twisted.internet import defer
+
+        d = super().stopService()
+        return defer.maybeDeferred(lambda: d).addBoth(lambda _: self.store.close())

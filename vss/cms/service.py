@@ -1,0 +1,496 @@
+"""
+CMS, the heart of the central platform: the node registry and its links, first
+registration, static-data pulls, routing between nodes and data synchronisation.
+
+Flows (docs/architecture.md), each step one method:
+
+- S402-S406 routing: ``on_route_request`` (S403: find the home node and send it the
+  request; its RGM-N does S404-S405 and answers, S406 goes back to the asking node).
+- S501-S506 passive sync: ``s501_data_changed`` (MMS hands the changes of one
+  transaction, already read from the DB in it: S502), ``s503_nodes_for``,
+  ``s504_notify``; the node applies them (S505) and answers ``SyncComplete`` (S506),
+  recorded by ``s506_completed``.
+- S603-S605 active sync: ``on_sync_change`` (S604 writes the DB, S605 acknowledges),
+  then the resulting change goes to every node through S501-S506.
+
+Every node holds the device directory (every device's id, name, kind and home, so
+routes and device lists work anywhere), every user and every grant; a device's
+verifier goes only to its home node. So every change goes to every up node, which
+lets a node detect a gap in the sequence and fetch what it missed (``on_sync_fetch``).
+"""
+
+import secrets
+from dataclasses import dataclass, replace
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from vss.errors import VssError
+from vss.protocols import codec
+from vss.protocols.codes import ResultCode
+from vss.protocols.link import LinkFactory
+from vss.protocols.messages import (
+    AuthChallenge,
+    AuthOk,
+    ChangeKind,
+    Empty,
+    Entity,
+    HeartbeatAck,
+    HelloAck,
+    MsgType,
+    NodeRegistered,
+    RegInfo,
+    Role,
+    Route,
+    RouteRequest,
+    StaticPage,
+    SyncAck,
+    SyncBatch,
+    SyncNotify,
+    Verifier,
+)
+from vss.rgm.auth import ScramExchange, node_verifier
+
+AGENT = "vss-cms/0.1"
+EMPTY_VERIFIER = Verifier(salt=b"", iterations=0, stored_key=b"", server_key=b"")
+
+
+@dataclass(frozen=True)
+class CMSConfig:
+    cms_id: str
+    cluster_secret: bytes
+    heartbeat_interval: int = 5
+    route_timeout: float = 10.0
+    notify_batch: int = 500
+
+
+def strip_secret(record):
+    """A device record as other nodes than its home see it: no verifier."""
+    if record is None:
+        return None
+    return replace(record, verifier=EMPTY_VERIFIER)
+
+
+class NodeSession:
+    """A node's link as CMS sees it."""
+
+    def __init__(self, link):
+        self.link = link
+        self.state = "new"
+        self.node_id = None
+        self.exchange = None
+        self.signalling = ""
+        self.media = ""
+        self.capacity = 0
+        self.applied_seq = 0
+        self.load = {}
+        self.registered = False
+
+
+class MDP:
+    """The media distribution platform: which streaming servers each node has and how
+    loaded they are (from the nodes' heartbeats), to pick one for a stream."""
+
+    def __init__(self):
+        self.servers = {}  # node_id -> {media endpoint: load dict}
+
+    def report(self, node_id, media, load):
+        self.servers.setdefault(node_id, {})[media] = dict(load)
+
+    def forget(self, node_id):
+        self.servers.pop(node_id, None)
+
+    def pick(self, node_id):
+        """The least loaded streaming server of a node (by streams, then bandwidth)."""
+        servers = self.servers.get(node_id) or {}
+        if not servers:
+            return None
+        return min(servers.items(), key=lambda kv: (kv[1].get("streams", 0),
+                                                    kv[1].get("bandwidth_kbps", 0)))[0]
+
+
+class CMSService(service.Service):
+    log = Logger()
+
+    def __init__(self, config, store, clock):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.sessions = {}  # node_id -> NodeSession of a registered node link
+        self.links = set()
+        self.homes = {}  # device_id -> home node id (kept from the DB and its changes)
+        self.mdp = MDP()
+        self._verifiers = {}
+        self._sweeper = None
+        self.counters = {"routed": 0, "notified": 0, "sync_changes": 0, "stale_changes": 0}
+
+    # -- life cycle
+
+    @defer.inlineCallbacks
+    def load(self):
+        """Read the device homes once; changes keep them current afterwards."""
+        cursor = ""
+        while True:
+            records, cursor = yield self.store.list_devices(cursor=cursor, limit=5000)
+            for r in records:
+                self.homes[r.device_id] = r.home_node
+            if not cursor:
+                break
+        for node in (yield self.store.list_nodes()):
+            if node["state"] == "up":
+                yield self.store.set_node_state(node["node_id"], "down")
+
+    def startService(self):
+        super().startService()
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(self.config.heartbeat_interval, now=False)
+
+    def stopService(self):
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        for link in list(self.links):
+            link.close(ResultCode.SESSION_CLOSED, "CMS shutting down")
+        return super().stopService()
+
+    def factory(self):
+        return LinkFactory(self, self.clock, request_timeout=self.config.route_timeout)
+
+    def now_ms(self):
+        return int(self.clock.seconds() * 1000)
+
+    # -- link handler
+
+    def linkUp(self, link):
+        link.session = NodeSession(link)
+        self.links.add(link)
+
+    def linkDown(self, link, reason):
+        self.links.discard(link)
+        s = link.session
+        if s.registered and self.sessions.get(s.node_id) is link.session:
+            del self.sessions[s.node_id]
+            self.mdp.forget(s.node_id)
+            self.log.info("node {node} down (link lost)", node=s.node_id)
+            if self.running:
+                self.store.set_node_state(s.node_id, "down").addErrback(self._logged)
+
+    def received(self, link, frame, msg):
+        s = link.session
+        t = frame.type
+        if t == MsgType.KEEPALIVE:
+            if not frame.flags & codec.FLAG_NOTIFY:
+                link.send_response(t, frame.txid, Empty())
+            return
+        if t == MsgType.BYE:
+            link.close()
+            return
+        handlers = self.REGISTERED if s.registered else self.HANDSHAKE
+        handler = handlers.get(t)
+        if handler is None:
+            if not frame.flags & codec.FLAG_NOTIFY:
+                code = (ResultCode.UNEXPECTED_MESSAGE if s.registered or s.state == "new"
+                        else ResultCode.NOT_AUTHENTICATED)
+                link.send_error(t, frame.txid, code)
+            return
+        d = defer.maybeDeferred(handler, self, s, msg.body)
+        if frame.flags & codec.FLAG_NOTIFY:
+            d.addErrback(self._logged)
+            return
+        d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
+                       lambda f: link.send_failure(frame, f))
+
+    def _logged(self, failure):
+        self.log.failure("CMS background task failed", failure)
+
+    # -- handshake: HELLO, SCRAM with the cluster secret, NODE_REGISTER
+
+    def on_hello(self, s, body):
+        if s.state != "new" or body.role != Role.NODE:
+            raise VssError(ResultCode.UNEXPECTED_MESSAGE, "CMS serves node links only")
+        if not body.min_version <= codec.VERSION <= body.max_version:
+            raise VssError(ResultCode.NO_COMMON_VERSION)
+        s.state = "hello"
+        return HelloAck(version=codec.VERSION, node_id=self.config.cms_id, agent=AGENT,
+                        features=[])
+
+    def on_auth_start(self, s, body):
+        if s.state not in ("hello", "challenged"):
+            raise VssError(ResultCode.UNEXPECTED_MESSAGE)
+        verifier = self._verifiers.get(body.identity)
+        if verifier is None:
+            verifier = self._verifiers[body.identity] = node_verifier(
+                self.config.cluster_secret, body.identity)
+        s.exchange = ScramExchange(body.identity, body.client_nonce, verifier,
+                                   self.config.cluster_secret)
+        s.state = "challenged"
+        return AuthChallenge(salt=s.exchange.salt, iterations=s.exchange.iterations,
+                             server_nonce=s.exchange.server_nonce)
+
+    def on_auth_proof(self, s, body):
+        if s.state != "challenged":
+            raise VssError(ResultCode.UNEXPECTED_MESSAGE)
+        exchange, s.exchange = s.exchange, None
+        signature = exchange.verify(body.client_proof)
+        if signature is None:
+            s.state = "hello"
+            self.log.warn("node {node} failed to authenticate from {peer}",
+                          node=exchange.identity, peer=s.link.peer)
+            raise VssError(ResultCode.AUTH_FAILED)
+        s.node_id = exchange.identity
+        s.state = "authenticated"
+        return AuthOk(server_signature=signature, session_id=secrets.token_hex(8))
+
+    @defer.inlineCallbacks
+    def on_node_register(self, s, body):
+        if s.state != "authenticated" or body.node_id != s.node_id:
+            raise VssError(ResultCode.UNEXPECTED_MESSAGE, "register as the node you logged in as")
+        old = self.sessions.get(s.node_id)
+        if old is not None and old is not s:
+            old.link.close(ResultCode.SESSION_REPLACED, "the node connected again")
+        s.signalling, s.media, s.capacity = body.signalling, body.media, body.capacity
+        s.applied_seq = body.applied_seq
+        s.registered = True
+        s.state = "registered"
+        self.sessions[s.node_id] = s
+        yield self.store.upsert_node(s.node_id, body.signalling, body.media, body.capacity,
+                                     origin=s.node_id)
+        yield self.store.set_node_state(s.node_id, "up", {})
+        head = yield self.store.head_seq()
+        self.log.info("node {node} up from {peer} (applied {applied}, head {head})",
+                      node=s.node_id, peer=s.link.peer, applied=body.applied_seq, head=head)
+        return NodeRegistered(cms_id=self.config.cms_id,
+                              heartbeat_interval=self.config.heartbeat_interval, head_seq=head)
+
+    # -- what a registered node asks
+
+    @defer.inlineCallbacks
+    def on_heartbeat(self, s, body):
+        s.load = {"pus": body.pus, "cus": body.cus, "streams": body.streams,
+                  "cpu_permille": body.cpu_permille, "bandwidth_kbps": body.bandwidth_kbps}
+        s.applied_seq = max(s.applied_seq, body.applied_seq)
+        self.mdp.report(s.node_id, s.media, s.load)
+        yield self.store.set_node_state(s.node_id, "up", s.load)
+        head = yield self.store.head_seq()
+        return HeartbeatAck(head_seq=head)
+
+    @defer.inlineCallbacks
+    def on_static_pull(self, s, body):
+        """An RGM that (re)starts pulls its static data, paged. Devices homed elsewhere
+        come without their verifier."""
+        limit = max(1, min(body.limit or 1000, 5000))
+        seq = yield self.store.head_seq()
+        devices, users, grants = [], [], []
+        if body.entity == Entity.DEVICE:
+            devices, cursor = yield self.store.list_devices(cursor=body.cursor, limit=limit)
+            devices = [d if d.home_node == s.node_id else strip_secret(d) for d in devices]
+        elif body.entity == Entity.USER:
+            users, cursor = yield self.store.list_users(cursor=body.cursor, limit=limit)
+        elif body.entity == Entity.GRANT:
+            grants, cursor = yield self.store.list_grants(cursor=body.cursor, limit=limit)
+        else:
+            raise VssError(ResultCode.INVALID_ARGUMENT, f"unknown entity {body.entity}")
+        return StaticPage(entity=body.entity, devices=devices, users=users, grants=grants,
+                          next_cursor=cursor, seq=seq)
+
+    @defer.inlineCallbacks
+    def on_reg_info(self, s, body):
+        """First registration of a PU or CU the node does not hold yet."""
+        if body.role == Role.PU:
+            device = yield self.store.get_device(body.identity)
+            if device is None:
+                raise VssError(ResultCode.UNKNOWN_DEVICE)
+            if not device.home_node:
+                home = s.node_id
+                yield self.store.update_device_fields(body.identity, home_node=home,
+                                                      origin="cms")
+                device = yield self.store.get_device(body.identity)
+                self.homes[device.device_id] = home
+            if device.home_node != s.node_id:
+                device = strip_secret(device)
+            return RegInfo(home_node=device.home_node, device=device, user=None, grants=[])
+        user = yield self.store.get_user(body.identity)
+        if user is None:
+            raise VssError(ResultCode.AUTH_FAILED)
+        grants = []
+        for principal in [f"user:{user.username}"] + [f"group:{g}" for g in user.groups]:
+            page, _ = yield self.store.list_grants(principal=principal, limit=5000)
+            grants.extend(page)
+        return RegInfo(home_node="", device=None, user=user, grants=grants)
+
+    def on_route_lookup(self, s, body):
+        home = self.homes.get(body.device_id)
+        if home is None:
+            raise VssError(ResultCode.UNKNOWN_DEVICE)
+        target = self.sessions.get(home)
+        return Route(device_id=body.device_id, home_node=home,
+                     signalling=target.signalling if target else "",
+                     media=target.media if target else "", node_up=target is not None)
+
+    def on_route_request(self, s, body):
+        """S403: find the node where the PU is registered and send it the request."""
+        self.counters["routed"] += 1
+        if body.hops > 2:
+            raise VssError(ResultCode.ROUTE_LOOP)
+        home = self.homes.get(body.device_id)
+        if home is None:
+            raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {body.device_id}")
+        target = self.sessions.get(home)
+        if target is None:
+            raise VssError(ResultCode.HOME_NODE_DOWN, f"node {home} is down")
+        forwarded = RouteRequest(origin_node=body.origin_node, device_id=body.device_id,
+                                 hops=body.hops + 1, inner_type=body.inner_type,
+                                 inner_body=body.inner_body)
+        # S406 is the home node's answer, passed back as it came.
+        d = target.link.request(MsgType.ROUTE_REQUEST, forwarded, self.config.route_timeout)
+        return d.addCallback(lambda msg: msg.body)
+
+    # -- S501-S506 passive sync
+
+    def s501_data_changed(self, changes):
+        """MMS changed data: the changes of one transaction (S502: their records were
+        read from the DB in that transaction)."""
+        for c in changes:
+            if c.entity == Entity.DEVICE:
+                if c.device is not None:
+                    self.homes[c.key] = c.device.home_node
+                else:
+                    self.homes.pop(c.key, None)
+        for node_id in self.s503_nodes_for(changes):
+            self.s504_notify(node_id, changes)
+
+    publish = s501_data_changed
+
+    def s503_nodes_for(self, changes):
+        """Every up node holds a copy of the directory, users and grants."""
+        return list(self.sessions)
+
+    def s504_notify(self, node_id, changes):
+        s = self.sessions.get(node_id)
+        if s is None:
+            return defer.succeed(None)
+        batch = [c if c.device is None or c.device.home_node == node_id
+                 else replace(c, device=strip_secret(c.device)) for c in changes]
+        ds = []
+        for i in range(0, len(batch), self.config.notify_batch):
+            part = batch[i:i + self.config.notify_batch]
+            self.counters["notified"] += 1
+            d = s.link.request(MsgType.SYNC_NOTIFY,
+                               SyncNotify(head_seq=part[-1].seq, changes=part))
+            d.addCallback(lambda msg, s=s: self.s506_completed(s, msg.body))
+            d.addErrback(lambda f, n=node_id: self.log.info(
+                "sync to {node} not confirmed ({error}); it catches up on its next fetch",
+                node=n, error=f.getErrorMessage()))
+            ds.append(d)
+        return defer.gatherResults(ds)
+
+    def s506_completed(self, s, complete):
+        if complete.applied_seq > s.applied_seq:
+            s.applied_seq = complete.applied_seq
+        return self.store.set_node_applied(s.node_id, complete.applied_seq)
+
+    def on_sync_fetch(self, s, body):
+        """A node that reconnects asks for what it missed."""
+        d = self.store.changes_after(body.after_seq, max(1, min(body.limit or 1000, 5000)))
+
+        def batch(result):
+            changes, reload_required = result
+            changes = [c if c.device is None or c.device.home_node == s.node_id
+                       else replace(c, device=strip_secret(c.device)) for c in changes]
+            return self.store.head_seq().addCallback(
+                lambda head: SyncBatch(changes=changes, head_seq=head,
+                                       reload_required=reload_required))
+
+        return d.addCallback(batch)
+
+    # -- S601-S605 active sync
+
+    @defer.inlineCallbacks
+    def on_sync_change(self, s, body):
+        """S604: a PU's change, sent by its home node, is written to the DB; S605 is the
+        answer. Central changes win: a change based on an older version of the device
+        than the DB holds is refused (applied False) and the node gets the current data
+        through passive sync."""
+        self.counters["sync_changes"] += 1
+        device = yield self.store.get_device(body.device_id)
+        if device is None:
+            raise VssError(ResultCode.UNKNOWN_DEVICE)
+        if device.home_node != s.node_id:
+            raise VssError(ResultCode.FORBIDDEN, f"{body.device_id} is homed on {device.home_node}")
+        if body.base_version and body.base_version < device.version:
+            self.counters["stale_changes"] += 1
+            return SyncAck(change_id=body.change_id, seq=0, applied=False)
+        items = {kv.key: kv.value for kv in body.items}
+        changes = []
+        if body.change == ChangeKind.NAME and items.get("name"):
+            changes = yield self.store.update_device_fields(body.device_id, name=items["name"],
+                                                            origin=s.node_id)
+        elif body.change in (ChangeKind.CONFIG, ChangeKind.PRESET, ChangeKind.RECORDING):
+            key = {ChangeKind.CONFIG: "config", ChangeKind.PRESET: "presets",
+                   ChangeKind.RECORDING: "recording"}[ChangeKind(body.change)]
+            current = (yield self.store.get_record_settings(body.device_id, body.channel)) or {}
+            reported = dict(current.get("reported", {}))
+            merged = dict(reported.get(key, {}))
+            if body.change == ChangeKind.CONFIG:
+                merged.update(items)
+            else:
+                merged = items
+            reported[key] = merged
+            current["reported"] = reported
+            changes = yield self.store.set_record_settings(body.device_id, body.channel, current,
+                                                           origin=s.node_id)
+        seq = changes[-1].seq if changes else 0
+        if changes:
+            self.s501_data_changed(changes)
+        return SyncAck(change_id=body.change_id, seq=seq, applied=bool(changes))
+
+    # -- node liveness
+
+    def sweep(self):
+        now = self.clock.seconds()
+        silent = 3 * self.config.heartbeat_interval
+        for s in list(self.sessions.values()):
+            if now - s.link.last_rx > silent:
+                self.log.info("node {node} silent for {seconds:.0f} s: down", node=s.node_id,
+                              seconds=now - s.link.last_rx)
+                s.link.close(ResultCode.KEEPALIVE_TIMEOUT)
+
+    # -- for MMS and operators
+
+    def assign_home_node(self, device_id=None):
+        """The least loaded up node (fewest PUs, then fewest devices homed), or ''."""
+        if not self.sessions:
+            return defer.succeed("")
+        counts = {}
+        for home in self.homes.values():
+            counts[home] = counts.get(home, 0) + 1
+        best = min(self.sessions.values(),
+                   key=lambda s: (s.load.get("pus", 0), counts.get(s.node_id, 0), s.node_id))
+        return defer.succeed(best.node_id)
+
+    def status(self):
+        return {
+            "cms_id": self.config.cms_id,
+            "nodes": {n: {"peer": s.link.peer, "applied_seq": s.applied_seq, "load": s.load,
+                          "media": s.media, "signalling": s.signalling}
+                      for n, s in sorted(self.sessions.items())},
+            "devices": len(self.homes),
+            **self.counters,
+        }
+
+    HANDSHAKE = {
+        MsgType.HELLO: on_hello,
+        MsgType.AUTH_START: on_auth_start,
+        MsgType.AUTH_PROOF: on_auth_proof,
+        MsgType.NODE_REGISTER: on_node_register,
+    }
+    REGISTERED = {
+        MsgType.NODE_HEARTBEAT: on_heartbeat,
+        MsgType.STATIC_PULL: on_static_pull,
+        MsgType.REG_INFO: on_reg_info,
+        MsgType.ROUTE_LOOKUP: on_route_lookup,
+        MsgType.ROUTE_REQUEST: on_route_request,
+        MsgType.SYNC_FETCH: on_sync_fetch,
+        MsgType.SYNC_CHANGE: on_sync_change,
+    }

@@ -1,0 +1,407 @@
+"""
+The node's link to the central platform: the real ``ICentral``.
+
+One long-lived, reconnecting link to CMS (``ClientService`` with backoff). On every
+(re)connection the node logs in with the cluster secret, registers (NODE_REGISTER), and
+catches up: a full static reload when its memory database holds nothing synced (or the
+change log no longer reaches back far enough), else the changes after its last applied
+sequence. Then it resends what its outbox still holds.
+
+Over the same link CMS sends the node SYNC_NOTIFY (S504, applied by ``SyncApplier``:
+S505-S506) and ROUTE_REQUEST for its own PUs (S403, answered through the RGM: S404-S406).
+
+Routing from this node (S402) goes through CMS; the home node learned on the way is
+cached and later requests go straight to it over a node-to-node link (``PeerLinks``),
+asking CMS again only on a miss or when the device moves home.
+"""
+
+import os
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer, endpoints, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vss.errors import VssError
+from vss.interfaces import ICentral
+from vss.protocols import codec
+from vss.protocols.codes import ResultCode
+from vss.protocols.link import LinkFactory
+from vss.protocols.messages import (
+    Empty,
+    Entity,
+    Heartbeat,
+    MsgType,
+    NodeRegister,
+    RegInfoRequest,
+    RouteLookup,
+    RouteRequest,
+    StaticPull,
+    SyncComplete,
+    SyncFetch,
+)
+from vss.rgm.outbox import Outbox
+from vss.rgm.peers import PeerLinks, node_login, serve_route
+from vss.rgm.sync import SyncApplier
+
+AGENT = "vss-node/0.1"
+PAGE = 5000
+
+
+@implementer(ICentral)
+class CmsLink(service.Service):
+    log = Logger()
+
+    def __init__(self, node_id, endpoint, cluster_secret, store, reactor, data_dir=None,
+                 clock=None, advertise=None):
+        self.node_id = node_id
+        self.endpoint = endpoint
+        self.cluster_secret = cluster_secret
+        self.store = store
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.advertise = advertise or (lambda: ("", "", 0))
+        self.rgm = None  # set by the node once its RGM exists
+        self.link = None
+        self.applier = SyncApplier(store, node_id, data_dir, on_device_change=self._device_changed,
+                                   on_user_change=self._user_changed)
+        self.outbox = Outbox(os.path.join(data_dir, "outbox.jsonl"), self.clock) if data_dir \
+            else None
+        self.peers = PeerLinks(self)
+        self.route_cache = {}  # device_id -> home node id
+        self.node_endpoints = {}  # node id -> signalling endpoint
+        self.catching_up = False
+        self._queued = []
+        self._heartbeat = None
+        self._sending = False
+        self._restored = False
+        self.ready = defer.Deferred()  # fires after the first catch-up
+        self.counters = {"cms_requests": 0, "routed_via_cms": 0, "routed_direct": 0,
+                         "reloads": 0, "fetches": 0, "notifies": 0}
+        self._client = None
+
+    # -- service
+
+    def startService(self):
+        super().startService()
+        endpoint = self.endpoint
+        if isinstance(endpoint, str):
+            endpoint = endpoints.clientFromString(self.reactor, endpoint)
+        self._client = ClientService(
+            endpoint, LinkFactory(self, self.clock, request_timeout=30.0),
+            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=2.0),
+            clock=self.clock, prepareConnection=self._on_connect)
+        self._client.startService()
+
+    def stopService(self):
+        super().stopService()
+        self._stop_heartbeat()
+        self.peers.close()
+        if self.outbox is not None:
+            self.outbox.close()
+        if self._client is not None:
+            return self._client.stopService()
+
+    # -- connection
+
+    @defer.inlineCallbacks
+    def _on_connect(self, link):
+        try:
+            yield node_login(link, self.node_id, self.cluster_secret)
+            signalling, media, capacity = self.advertise()
+            if not self._restored:
+                self._restored = True
+                self.applier.restore()
+            reg = (yield link.request(MsgType.NODE_REGISTER, NodeRegister(
+                node_id=self.node_id, signalling=signalling, media=media, capacity=capacity,
+                applied_seq=self.applier.applied_seq))).body
+            self.link = link
+            self._start_heartbeat(link, reg.heartbeat_interval)
+            yield self.catch_up(reg.head_seq)
+            self.log.info("node {node} synchronised with CMS at sequence {seq}",
+                          node=self.node_id, seq=self.applier.applied_seq)
+            # Outside this call: ClientService counts the connection as made only once
+            # this preparation returns.
+            self.clock.callLater(0, self._connected)
+        except Exception as e:
+            self.log.warn("CMS link setup failed: {error}", error=str(e))
+            self.link = None
+            link.abort()
+            raise
+
+    def _connected(self):
+        if not self.ready.called:
+            self.ready.callback(self)
+        self._send_outbox()
+
+    def linkUp(self, link):
+        pass
+
+    def linkDown(self, link, reason):
+        if self.link is link:
+            self.link = None
+            self._stop_heartbeat()
+            self.log.info("link to CMS lost; reconnecting")
+
+    def _start_heartbeat(self, link, interval):
+        self._stop_heartbeat()
+        self._heartbeat = task.LoopingCall(self._beat, link)
+        self._heartbeat.clock = self.clock
+        self._heartbeat.start(max(1, interval), now=False)
+
+    def _stop_heartbeat(self):
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
+
+    def _beat(self, link):
+        rgm = self.rgm
+        body = Heartbeat(pus=len(rgm.pu_links) if rgm else 0, cus=len(rgm.cu_links) if rgm else 0,
+                         streams=0, cpu_permille=0, bandwidth_kbps=0,
+                         applied_seq=self.applier.applied_seq)
+        link.request(MsgType.NODE_HEARTBEAT, body).addErrback(lambda f: None)
+
+    def _request(self, type, body, timeout=None):
+        if self.link is None:
+            return defer.fail(VssError(ResultCode.CENTRAL_UNAVAILABLE, "no link to CMS"))
+        self.counters["cms_requests"] += 1
+        return self.link.request(type, body, timeout)
+
+    # -- catching up: reload or fetch
+
+    @defer.inlineCallbacks
+    def catch_up(self, head_seq):
+        self.catching_up = True
+        try:
+            if self.applier.applied_seq == 0 and self.store.get_meta("applied_seq") is None:
+                yield self.reload(head_seq)
+            yield self.fetch()
+        finally:
+            self.catching_up = False
+        queued, self._queued = self._queued, []
+        for changes, head in queued:
+            yield self._apply_notified(changes, head)
+
+    @defer.inlineCallbacks
+    def reload(self, head_seq):
+        """Pull all static data, paged, and make memory equal to it (records absent
+        from CMS are dropped). Changes after ``head_seq`` come by fetch."""
+        self.counters["reloads"] += 1
+        started = self.clock.seconds()
+        seen = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set()}
+        for entity in (Entity.DEVICE, Entity.USER, Entity.GRANT):
+            cursor = ""
+            while True:
+                page = (yield self._request(MsgType.STATIC_PULL, StaticPull(
+                    entity=entity, cursor=cursor, limit=PAGE), 60.0)).body
+                for r in page.devices:
+                    self.store.put_device(r)
+                    seen[entity].add(r.device_id)
+                for r in page.users:
+                    self.store.put_user(r)
+                    seen[entity].add(r.username)
+                for r in page.grants:
+                    self.store.put_grant(r)
+                    seen[entity].add((r.principal, r.device_id))
+                cursor = page.next_cursor
+                if not cursor:
+                    break
+        for r in self.store.devices():
+            if r.device_id not in seen[Entity.DEVICE]:
+                self.store.remove_device(r.device_id)
+        for r in self.store.users():
+            if r.username not in seen[Entity.USER]:
+                self.store.remove_user(r.username)
+        for g in self.store.grants():
+            if (g.principal, g.device_id) not in seen[Entity.GRANT]:
+                self.store.remove_grant(g.principal, g.device_id)
+        self.applier.applied_seq = head_seq
+        self.applier.save()
+        self.route_cache.clear()
+        self.log.info("reloaded {devices} devices, {users} users, {grants} grants in {s:.2f} s",
+                      devices=len(seen[Entity.DEVICE]), users=len(seen[Entity.USER]),
+                      grants=len(seen[Entity.GRANT]), s=self.clock.seconds() - started)
+
+    @defer.inlineCallbacks
+    def fetch(self):
+        """Apply every change after the last applied sequence."""
+        while True:
+            self.counters["fetches"] += 1
+            batch = (yield self._request(MsgType.SYNC_FETCH, SyncFetch(
+                after_seq=self.applier.applied_seq, limit=PAGE), 60.0)).body
+            if batch.reload_required:
+                yield self.reload(batch.head_seq)
+                continue
+            self.applier.apply(batch.changes)
+            if not batch.changes or self.applier.applied_seq >= batch.head_seq:
+                return
+
+    # -- what CMS sends
+
+    def received(self, link, frame, msg):
+        t = frame.type
+        if frame.flags & codec.FLAG_NOTIFY:
+            return
+        if t == MsgType.KEEPALIVE:
+            link.send_response(t, frame.txid, Empty())
+            return
+        if t == MsgType.SYNC_NOTIFY:
+            d = self.on_sync_notify(msg.body)
+        elif t == MsgType.ROUTE_REQUEST and self.rgm is not None:
+            d = serve_route(self.rgm, msg.body)
+        else:
+            link.send_error(t, frame.txid, ResultCode.UNEXPECTED_MESSAGE)
+            return
+        d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
+                       lambda f: link.send_failure(frame, f))
+
+    def on_sync_notify(self, body):
+        """S504 arrives; S505 apply; S506 answer SyncComplete."""
+        self.counters["notifies"] += 1
+        if self.catching_up:
+            self._queued.append((list(body.changes), body.head_seq))
+            return defer.succeed(SyncComplete(node_id=self.node_id,
+                                              applied_seq=self.applier.applied_seq))
+        return self._apply_notified(list(body.changes), body.head_seq).addCallback(
+            lambda _: SyncComplete(node_id=self.node_id, applied_seq=self.applier.applied_seq))
+
+    @defer.inlineCallbacks
+    def _apply_notified(self, changes, head):
+        if self.applier.gap(changes):
+            yield self.fetch()
+        self.applier.apply(changes)
+
+    def _device_changed(self, device_id, old, new):
+        """A moved or removed device: forget its route; a renamed one: show the name."""
+        if new is None or old is None or old.home_node != new.home_node:
+            self.route_cache.pop(device_id, None)
+        if new is not None and self.rgm is not None:
+            state = self.store.get_state(device_id)
+            if state.get("name") and old is not None and old.name != new.name:
+                self.store.set_state(device_id, name=new.name)
+        if self.rgm is not None and new is not None and new.home_node not in ("", self.node_id):
+            link = self.rgm.pu_links.get(device_id)
+            if link is not None:
+                link.close(ResultCode.SESSION_CLOSED, f"moved to node {new.home_node}")
+        if self.rgm is not None and new is None:
+            link = self.rgm.pu_links.get(device_id)
+            if link is not None:
+                link.close(ResultCode.SESSION_CLOSED, "device removed")
+
+    def _user_changed(self, username, new):
+        """A removed or disabled user's sessions end; a new password takes effect at the
+        next login."""
+        if self.rgm is not None and (new is None or not new.enabled):
+            self.rgm.end_sessions_of(username, "account removed" if new is None
+                                     else "account disabled")
+
+    # -- ICentral
+
+    def registration_info(self, identity, role):
+        return self._request(MsgType.REG_INFO, RegInfoRequest(identity=identity, role=int(role))) \
+            .addCallback(lambda msg: msg.body)
+
+    def pull_static(self, entity, cursor, limit):
+        return self._request(MsgType.STATIC_PULL, StaticPull(entity=entity, cursor=cursor,
+                                                             limit=limit)) \
+            .addCallback(lambda msg: msg.body)
+
+    def route(self, device_id, inner_type, inner_body):
+        """S402, with the route cache: straight to the home node when it is known."""
+        home = self.route_cache.get(device_id)
+        if home is not None:
+            endpoint = self.node_endpoints.get(home)
+            if endpoint:
+                self.counters["routed_direct"] += 1
+                d = self.peers.route(home, endpoint, device_id, inner_type, inner_body)
+
+                def miss(f):
+                    # The cached route failed: forget it and ask CMS.
+                    self.route_cache.pop(device_id, None)
+                    self.log.info("direct route to {node} for {device} failed ({error}); "
+                                  "asking CMS", node=home, device=device_id,
+                                  error=f.getErrorMessage())
+                    return self._route_via_cms(device_id, inner_type, inner_body)
+
+                return d.addErrback(miss)
+        return self._route_via_cms(device_id, inner_type, inner_body)
+
+    def _route_via_cms(self, device_id, inner_type, inner_body):
+        self.counters["routed_via_cms"] += 1
+        d = self._request(MsgType.ROUTE_REQUEST, RouteRequest(
+            origin_node=self.node_id, device_id=device_id, hops=0, inner_type=inner_type,
+            inner_body=inner_body))
+
+        def answered(msg):
+            body = msg.body
+            if body.inner_status != ResultCode.UNKNOWN_DEVICE and body.home_node:
+                self._learn_route(device_id)
+            return body.inner_status, body.inner_body
+
+        return d.addCallback(answered)
+
+    def _learn_route(self, device_id):
+        if device_id in self.route_cache:
+            return
+
+        def learned(msg):
+            r = msg.body
+            if r.node_up and r.signalling and r.home_node != self.node_id:
+                self.node_endpoints[r.home_node] = r.signalling
+                self.route_cache[device_id] = r.home_node
+
+        self._request(MsgType.ROUTE_LOOKUP, RouteLookup(device_id=device_id)).addCallbacks(
+            learned, lambda f: None)
+
+    def report_change(self, change):
+        """S603 through the durable outbox. Fires with the SyncAck once CMS answered."""
+        if self.outbox is None:
+            return self._request(MsgType.SYNC_CHANGE, change).addCallback(lambda m: m.body)
+        from dataclasses import replace
+
+        change = replace(change, change_id=self.outbox.next_id(), node_id=self.node_id)
+        self.outbox.add(change)
+        d = defer.Deferred()
+        self._waiters = getattr(self, "_waiters", {})
+        self._waiters[change.change_id] = d
+        self._send_outbox()
+        return d
+
+    @defer.inlineCallbacks
+    def _send_outbox(self):
+        """Send the outbox in order, one change at a time, until it is empty or the
+        link drops (the rest goes on the next connection)."""
+        if self._sending or self.outbox is None:
+            return
+        self._sending = True
+        try:
+            while self.outbox.pending and self.link is not None and not self.catching_up:
+                change_id, change = next(iter(self.outbox.pending.items()))
+                record = self.store.get_device(change.device_id)
+                from dataclasses import replace
+
+                change = replace(change, base_version=record.version if record else 0)
+                try:
+                    ack = (yield self._request(MsgType.SYNC_CHANGE, change)).body
+                except VssError as e:
+                    if e.code in (ResultCode.SESSION_CLOSED, ResultCode.CENTRAL_UNAVAILABLE,
+                                  ResultCode.TIMEOUT):
+                        return
+                    self.log.warn("CMS refused change {id} of {device}: {error}",
+                                  id=change_id, device=change.device_id, error=e.message)
+                    ack = None
+                self.outbox.ack(change_id)
+                waiter = getattr(self, "_waiters", {}).pop(change_id, None)
+                if waiter is not None:
+                    if ack is None:
+                        waiter.errback(VssError(ResultCode.STALE_CHANGE))
+                    else:
+                        waiter.callback(ack)
+        finally:
+            self._sending = False
+
+    def status(self):
+        return {"connected": self.link is not None, "applied_seq": self.applier.applied_seq,
+                "outbox": len(self.outbox.pending) if self.outbox else 0,
+                "routes_cached": len(self.route_cache), **self.counters}

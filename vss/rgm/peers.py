@@ -1,0 +1,223 @@
+"""
+Links between nodes and their authentication with the cluster secret.
+
+- ``node_login``: HELLO and SCRAM as a node (identity = node id, secret = the cluster
+  secret that CMS and every node hold; it never crosses the wire).
+- ``serve_route``: S404-S405 on the home node, for a request routed by CMS or sent
+  straight by a node that cached the route.
+- ``PeerServer``: the handler of the node's inter-node listener (``--node-listen``).
+- ``PeerLinks``: this node's outgoing links to other nodes, one per peer.
+"""
+
+import secrets
+
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from vss.errors import VssError
+from vss.protocols import codec, scram
+from vss.protocols.codes import ResultCode
+from vss.protocols.link import LinkFactory
+from vss.protocols.messages import (
+    AuthChallenge,
+    AuthOk,
+    AuthProof,
+    AuthStart,
+    Empty,
+    Error,
+    Hello,
+    HelloAck,
+    MsgType,
+    Role,
+    RouteRequest,
+    RouteResponse,
+)
+from vss.rgm import relay
+from vss.rgm.auth import ScramExchange, node_verifier
+
+AGENT = "vss-node/0.1"
+
+
+@defer.inlineCallbacks
+def node_login(link, node_id, cluster_secret):
+    """HELLO and SCRAM as a node, with the cluster secret. Fires when authenticated."""
+    yield link.request(MsgType.HELLO, Hello(min_version=1, max_version=1, role=Role.NODE,
+                                            agent=AGENT, features=[]))
+    nonce = scram.nonce()
+    ch = (yield link.request(MsgType.AUTH_START, AuthStart(
+        identity=node_id, mechanism=scram.MECHANISM, client_nonce=nonce))).body
+    salted = scram.salted_password(cluster_secret.decode("latin-1"), ch.salt, ch.iterations)
+    message = scram.auth_message(node_id, nonce, ch.server_nonce, ch.salt, ch.iterations)
+    ok = (yield link.request(MsgType.AUTH_PROOF, AuthProof(
+        client_proof=scram.client_proof_from_salted(salted, message)))).body
+    if not scram.check_server_signature(salted, ch.salt, ch.iterations, message,
+                                        ok.server_signature):
+        link.abort()
+        raise VssError(ResultCode.AUTH_FAILED, "the peer does not hold the cluster secret")
+
+
+def error_body(message):
+    return codec.encode_body(Error(message=message))
+
+
+def serve_route(rgm, body):
+    """S404-S405 on the home node: a routed request for one of our PUs. Fires with a
+    ``RouteResponse`` carrying the PU's answer or the error that stood in its way."""
+    d = relay.serve_locally(rgm, body.device_id, body.inner_type, body.inner_body)
+
+    def answered(result):
+        status, inner = result
+        return RouteResponse(home_node=rgm.node_id, inner_status=status, inner_body=inner)
+
+    def failed(f):
+        f.trap(VssError)
+        return RouteResponse(home_node=rgm.node_id, inner_status=int(f.value.code),
+                             inner_body=error_body(f.value.message))
+
+    if rgm.store.get_device(body.device_id) is None or \
+            rgm.store.get_device(body.device_id).home_node not in ("", rgm.node_id):
+        return defer.succeed(RouteResponse(
+            home_node=rgm.node_id, inner_status=int(ResultCode.UNKNOWN_DEVICE),
+            inner_body=error_body(f"{body.device_id} is not homed on {rgm.node_id}")))
+    return d.addCallbacks(answered, failed)
+
+
+class PeerServer:
+    """Accepts other nodes' links: HELLO, SCRAM with the cluster secret, then routed
+    requests for this node's PUs."""
+
+    log = Logger()
+
+    def __init__(self, rgm, cluster_secret, clock):
+        self.rgm = rgm
+        self.cluster_secret = cluster_secret
+        self.clock = clock
+        self._verifiers = {}
+        self.links = set()
+
+    def factory(self):
+        return LinkFactory(self, self.clock)
+
+    def linkUp(self, link):
+        link.session = {"state": "new", "exchange": None, "node": None}
+        self.links.add(link)
+
+    def linkDown(self, link, reason):
+        self.links.discard(link)
+
+    def received(self, link, frame, msg):
+        s = link.session
+        t = frame.type
+        if frame.flags & codec.FLAG_NOTIFY:
+            if t == MsgType.BYE:
+                link.close()
+            return
+        try:
+            if t == MsgType.KEEPALIVE:
+                body = Empty()
+            elif t == MsgType.HELLO and s["state"] == "new" and msg.body.role == Role.NODE:
+                s["state"] = "hello"
+                body = HelloAck(version=codec.VERSION, node_id=self.rgm.node_id, agent=AGENT,
+                                features=[])
+            elif t == MsgType.AUTH_START and s["state"] in ("hello", "challenged"):
+                identity = msg.body.identity
+                verifier = self._verifiers.get(identity)
+                if verifier is None:
+                    verifier = self._verifiers[identity] = node_verifier(self.cluster_secret,
+                                                                         identity)
+                s["exchange"] = ScramExchange(identity, msg.body.client_nonce, verifier,
+                                              self.cluster_secret)
+                s["state"] = "challenged"
+                x = s["exchange"]
+                body = AuthChallenge(salt=x.salt, iterations=x.iterations,
+                                     server_nonce=x.server_nonce)
+            elif t == MsgType.AUTH_PROOF and s["state"] == "challenged":
+                x, s["exchange"] = s["exchange"], None
+                signature = x.verify(msg.body.client_proof)
+                if signature is None:
+                    s["state"] = "hello"
+                    raise VssError(ResultCode.AUTH_FAILED)
+                s["state"], s["node"] = "ready", x.identity
+                body = AuthOk(server_signature=signature, session_id=secrets.token_hex(8))
+            elif t == MsgType.ROUTE_REQUEST and s["state"] == "ready":
+                serve_route(self.rgm, msg.body).addCallbacks(
+                    lambda b: link.send_response(t, frame.txid, b),
+                    lambda f: link.send_failure(frame, f))
+                return
+            else:
+                code = (ResultCode.NOT_AUTHENTICATED if s["state"] != "ready"
+                        else ResultCode.UNEXPECTED_MESSAGE)
+                raise VssError(code)
+        except VssError as e:
+            link.send_failure(frame, e)
+            return
+        link.send_response(t, frame.txid, body)
+
+
+class PeerLinks:
+    """Node-to-node links used for cached routes: one logged-in link per peer node."""
+
+    log = Logger()
+
+    def __init__(self, cms):
+        self.cms = cms
+        self.links = {}  # node id -> Deferred(link) or link
+
+    def route(self, node_id, endpoint, device_id, inner_type, inner_body):
+        d = self._link(node_id, endpoint)
+
+        def send(link):
+            return link.request(MsgType.ROUTE_REQUEST, RouteRequest(
+                origin_node=self.cms.node_id, device_id=device_id, hops=1,
+                inner_type=inner_type, inner_body=inner_body))
+
+        def answered(msg):
+            body = msg.body
+            if body.inner_status == ResultCode.UNKNOWN_DEVICE:
+                raise VssError(ResultCode.UNKNOWN_DEVICE, "not homed there any more")
+            return body.inner_status, body.inner_body
+
+        return d.addCallback(send).addCallback(answered)
+
+    def _link(self, node_id, endpoint):
+        link = self.links.get(node_id)
+        if link is not None and not link.closed:
+            return defer.succeed(link)
+        cms = self.cms
+        ep = endpoints.clientFromString(cms.reactor, endpoint)
+        factory = LinkFactory(_PeerClient(self, node_id), cms.clock, request_timeout=15.0)
+
+        def connected(link):
+            return node_login(link, cms.node_id, cms.cluster_secret).addCallback(
+                lambda _: self._keep(node_id, link))
+
+        return ep.connect(factory).addCallback(connected)
+
+    def _keep(self, node_id, link):
+        self.links[node_id] = link
+        return link
+
+    def forget(self, node_id, link):
+        if self.links.get(node_id) is link:
+            del self.links[node_id]
+
+    def close(self):
+        for link in list(self.links.values()):
+            link.close()
+        self.links.clear()
+
+
+class _PeerClient:
+    def __init__(self, peers, node_id):
+        self.peers = peers
+        self.node_id = node_id
+
+    def linkUp(self, link):
+        pass
+
+    def linkDown(self, link, reason):
+        self.peers.forget(self.node_id, link)
+
+    def received(self, link, frame, msg):
+        if frame.type == MsgType.KEEPALIVE and not frame.flags & codec.FLAG_NOTIFY:
+            link.send_response(frame.type, frame.txid, Empty())

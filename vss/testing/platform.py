@@ -1,0 +1,115 @@
+"""
+A central platform and nodes in one process over real loopback TCP (port 0), for
+integration tests of routing and synchronisation. The daemons are the real services
+(``CmsDaemon``, ``NodeService``), only not in separate processes.
+"""
+
+import os
+
+from twisted.internet import defer, task
+
+from vss.client import SignallingClient, connect
+from vss.cms.daemon import CmsDaemon
+from vss.config import NodeSettings
+from vss.node import NodeService
+from vss.protocols.messages import CuKind, Role
+from vss.protocols.scram import make_verifier
+
+
+def verifier(secret):
+    from vss.protocols.messages import Verifier
+
+    salt, it, stored, server = make_verifier(secret)
+    return Verifier(salt=salt, iterations=it, stored_key=stored, server_key=server)
+
+
+@defer.inlineCallbacks
+def wait_until(reactor, predicate, timeout=15.0, what="condition"):
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Platform:
+    def __init__(self, reactor, workdir, heartbeat=1):
+        self.reactor = reactor
+        self.workdir = workdir
+        self.heartbeat = heartbeat
+        self.cms = None
+        self.nodes = {}
+        self.clients = []
+
+    @defer.inlineCallbacks
+    def start_cms(self, port=0):
+        """Start CMS; ``port`` reuses the node port of an earlier run (nodes reconnect
+        to the address they know)."""
+        data = os.path.join(self.workdir, "cms")
+        options = {
+            "cms-id": "cms",
+            "db": "sqlite:" + os.path.join(data, "cms.sqlite3"),
+            "node-listen": f"tcp:{port}:interface=127.0.0.1",
+            "admin-listen": "tcp:0:interface=127.0.0.1",
+            "data-dir": data,
+            "cluster-secret-file": os.path.join(data, "cluster.secret"),
+            "heartbeat": self.heartbeat,
+        }
+        self.cms = CmsDaemon(options, self.reactor)
+        self.cms.startService()
+        yield self.cms.started
+        self.cms_port = self.cms.listeners()["node"]
+        return self.cms
+
+    @defer.inlineCallbacks
+    def stop_cms(self):
+        yield self.cms.stopService()
+
+    def node_settings(self, node_id, store="memory"):
+        data = os.path.join(self.workdir, node_id)
+        return NodeSettings(
+            node_id=node_id, pu_listen="tcp:0:interface=127.0.0.1",
+            cu_listen="tcp:0:interface=127.0.0.1", rtsp_listen="tcp:0:interface=127.0.0.1",
+            media_host="127.0.0.1", cms=f"tcp:127.0.0.1:{self.cms_port}",
+            cluster_secret_file=os.path.join(self.workdir, "cms", "cluster.secret"),
+            node_listen="tcp:0:interface=127.0.0.1", advertise_host="127.0.0.1", static="",
+            store=store, data_dir=data, keepalive=5, request_timeout=3.0, manhole="",
+            manhole_keys="")
+
+    @defer.inlineCallbacks
+    def start_node(self, node_id, store="memory"):
+        node = NodeService(self.node_settings(node_id, store), self.reactor)
+        node.startService()
+        yield node.started
+        yield node.central.ready
+        self.nodes[node_id] = node
+        return node
+
+    @defer.inlineCallbacks
+    def stop_node(self, node_id):
+        node = self.nodes.pop(node_id)
+        yield node.stopService()
+
+    def port(self, node_id, name):
+        return self.nodes[node_id].listeners()[name]
+
+    @defer.inlineCallbacks
+    def login(self, node_id, role, identity, secret, on_request=None, channels=1):
+        client = SignallingClient(role, identity, secret,
+                                  kind=CuKind.MOC if role == Role.CU else 1,
+                                  channels=channels, on_request=on_request)
+        yield connect(self.reactor,
+                      f"tcp:127.0.0.1:{self.port(node_id, 'pu' if role == Role.PU else 'cu')}",
+                      client)
+        self.clients.append(client)
+        return client
+
+    @defer.inlineCallbacks
+    def stop(self):
+        for c in self.clients:
+            if c.link is not None:
+                c.link.abort()
+        for node_id in list(self.nodes):
+            yield self.stop_node(node_id)
+        if self.cms is not None and self.cms.running:
+            yield self.stop_cms()
