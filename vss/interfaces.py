@@ -222,3 +222,23 @@ class IStreamAuthorizer(Interface):
     def check(token, path, method):
         """Return (True, info) if the token allows ``method`` on ``path`` now, else
         (False, reason). ``info`` is whatever the issuer attached (device, session)."""
+
+
+class IAdminBackend(Interface):
+    """What the MMS admin API (``vss.cms.mms``) needs of the central platform.
+
+    ``vss.cms.admin_backend.StoreAdminBackend`` implements it over an ``IStaticStore``
+    alone; the CMS service provides the same surface with its live node registry."""
+
+    store = Attribute("The ``IStaticStore`` holding the static data.")
+
+    def publish(changes):
+        """S501: the ``Change`` list of one store transaction made by an operator; may
+        return a Deferred. Called after every change."""
+
+    def assign_home_node(device_id):
+        """Deferred node id for a new device without a home ('' if no node fits)."""
+
+    def status():
+        """Operations status: a dict (or a Deferred dict) with ``nodes`` (state, load,
+        devices homed and online per node) and totals."""
