@@ -1,0 +1,861 @@
+"""
+The checks of the conformance suite, one function each, registered in ``CHECKS`` in the
+order they run. Every check takes the shared ``Context`` and fires (a Deferred) when it
+passes; it fails with ``CheckFailed`` (or any exception) whose message says what the node
+did and what docs/protocol.md asks for. Section numbers below are those of that page.
+
+The suite logs in as the PU ``ctx.device`` (replacing any session that device has on the
+node) so it can answer relayed requests itself, and as the CU ``ctx.user``, who must be
+granted that device with every action.
+"""
+
+import random
+from dataclasses import dataclass
+
+from twisted.internet import defer, task
+
+from vss.client import SignallingClient, connect
+from vss.conformance.probe import (
+    AGENT,
+    CheckFailed,
+    ProbeTimeout,
+    auth_start,
+    authenticate,
+    connect_probe,
+    describe,
+    expect_error,
+    expect_response,
+    hello,
+    login,
+)
+from vss.errors import VssError
+from vss.protocols import codec, scram
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import (
+    KV,
+    Action,
+    AuthProof,
+    Bye,
+    Config,
+    ConfigGet,
+    CuKind,
+    DeviceList,
+    Empty,
+    Hello,
+    MsgType,
+    PtzStatus,
+    PuKind,
+    Register,
+    Role,
+)
+
+ALL_ACTIONS = Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD
+
+
+class Skip(Exception):
+    """The check cannot run here (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    description: str
+    function: object
+    slow: bool = False
+
+
+CHECKS = []
+
+
+def check(name, description, slow=False):
+    def register(function):
+        CHECKS.append(Check(name, description, function, slow))
+        return function
+
+    return register
+
+
+class Context:
+    """What the checks share: the node's addresses, the identities, the suite's PU."""
+
+    def __init__(self, reactor, pu_endpoint, cu_endpoint, device, user, pu_secret, password,
+                 slow=False, timeout=5.0, clock=None):
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.pu_endpoint = pu_endpoint
+        self.cu_endpoint = cu_endpoint
+        self.device = device
+        self.user = user
+        self.pu_secret = pu_secret
+        self.password = password
+        self.slow = slow
+        self.timeout = timeout
+        self.keepalive_interval = None
+        self.pu_client = None
+        self.pu_handler = None  # a check's own answerer for relayed requests
+        self.held = []  # (Deferred, frame, msg) of relayed requests held unanswered
+        self._held_waiters = []
+        self._probes = []
+        self._count = 0
+
+    # -- probes
+
+    @defer.inlineCallbacks
+    def open(self, which="cu"):
+        """A fresh raw link to the CU (``"cu"``) or PU (``"pu"``) endpoint."""
+        self._count += 1
+        endpoint = self.cu_endpoint if which == "cu" else self.pu_endpoint
+        link = yield connect_probe(self.reactor, endpoint, f"{which.upper()} link {self._count}",
+                                   self.clock, self.timeout)
+        self._probes.append(link)
+        return link
+
+    @defer.inlineCallbacks
+    def cu(self, keepalive=True):
+        """A fresh CU link logged in as ``user`` (READY), keeping itself alive."""
+        link = yield self.open("cu")
+        result = yield login(link, Role.CU, self.user, self.password, kind=CuKind.MOC,
+                             timeout=self.timeout)
+        self.keepalive_interval = result.registered.keepalive_interval
+        if keepalive:
+            link.start_keepalive(self.keepalive_interval)
+        return link
+
+    def cleanup(self):
+        """Drop every probe a check opened and forget its PU answerer."""
+        probes, self._probes = self._probes, []
+        for link in probes:
+            link.abort()
+        for _count, _d, timer in self._held_waiters:
+            if timer.active():
+                timer.cancel()
+        self._held_waiters = []
+        self.release()
+
+    def close(self):
+        self.cleanup()
+        if self.pu_client is not None and self.pu_client.link is not None:
+            self.pu_client.link.abort()
+
+    # -- the suite's own PU
+
+    @property
+    def pu_online(self):
+        return self.pu_client is not None and self.pu_client.link is not None
+
+    @defer.inlineCallbacks
+    def pu(self):
+        """The suite's PU, logged in as ``device`` (logging in again if it was dropped)."""
+        if self.pu_online:
+            return self.pu_client
+        client = SignallingClient(Role.PU, self.device, self.pu_secret, kind=PuKind.IPC,
+                                  channels=1, model="conformance", firmware=AGENT,
+                                  on_request=self._pu_request)
+        try:
+            yield connect(self.reactor, self.pu_endpoint, client, clock=self.clock,
+                          request_timeout=self.timeout)
+        except Exception as e:
+            raise CheckFailed(f"the suite's PU {self.device} cannot log in: {e}") from None
+        self.pu_client = client
+        return client
+
+    def _pu_request(self, frame, msg):
+        if self.pu_handler is not None:
+            return self.pu_handler(frame, msg)
+        return default_answer(frame, msg)
+
+    # -- holding relayed requests at the suite's PU
+
+    def hold(self):
+        """From now on the suite's PU holds every relayed request unanswered until
+        ``release`` (or the end of the check)."""
+        self.pu_handler = self._held_request
+
+    def _held_request(self, frame, msg):
+        d = defer.Deferred()
+        self.held.append((d, frame, msg))
+        for waiter in list(self._held_waiters):
+            if len(self.held) >= waiter[0]:
+                self._held_waiters.remove(waiter)
+                if waiter[2].active():
+                    waiter[2].cancel()
+                waiter[1].callback(len(self.held))
+        return d
+
+    def wait_held(self, count, timeout=None):
+        """Fires with the number of requests held once it reaches ``count``, or with
+        fewer after ``timeout``."""
+        if len(self.held) >= count:
+            return defer.succeed(len(self.held))
+        d = defer.Deferred()
+        waiter = [count, d, None]
+
+        def expired():
+            if waiter in self._held_waiters:
+                self._held_waiters.remove(waiter)
+                d.callback(len(self.held))
+
+        waiter[2] = self.clock.callLater(self.timeout if timeout is None else timeout, expired)
+        self._held_waiters.append(waiter)
+        return d
+
+    def release(self, rng=None):
+        """Stop holding; answer every held request (in ``rng``-shuffled order if given)
+        with the default answer, and later arrivals at once."""
+        self.pu_handler = None
+        held, self.held = self.held, []
+        if rng is not None:
+            rng.shuffle(held)
+        for d, frame, msg in held:
+            if not d.called:
+                defer.maybeDeferred(default_answer, frame, msg).chainDeferred(d)
+        return len(held)
+
+    # -- helpers used by several checks
+
+    def config_get(self, link, key, txid=None):
+        """A CU's CONFIG_GET of one key on ``device`` (relayed to the suite's PU)."""
+        return link.request(
+            MsgType.CONFIG_GET, ConfigGet(device_id=self.device, channel=0, keys=[key]), txid
+        )
+
+    @defer.inlineCallbacks
+    def relayed_round_trip(self, link, what):
+        """One CONFIG_GET from ``link`` answered by the suite's PU, value checked."""
+        key = f"probe.{random.getrandbits(32):08x}"
+        txid = self.config_get(link, key)
+        frame = yield link.response(txid, self.timeout, f"answer to the relayed CONFIG_GET ({what})")
+        body = expect_response(frame, MsgType.CONFIG_GET, txid, "Config").body
+        want = [KV(key=key, value=answer_value(key))]
+        if list(body.items) != want:
+            raise CheckFailed(f"{what}: relayed CONFIG_GET answered {body.items!r}, want {want!r}")
+
+    @defer.inlineCallbacks
+    def node_still_serves(self, what):
+        """After a bad peer: the suite's PU is still online and a fresh CU link logs in
+        and gets a relayed request answered."""
+        if not self.pu_online:
+            raise CheckFailed(f"after {what} the node dropped the suite's PU link")
+        link = yield self.cu()
+        yield self.relayed_round_trip(link, f"after {what}")
+        link.abort()
+
+
+def answer_value(key):
+    return f"answer:{key}"
+
+
+def default_answer(frame, msg):
+    """How the suite's PU answers relayed requests by default."""
+    if frame.type == MsgType.CONFIG_GET:
+        return Config(items=[KV(key=k, value=answer_value(k)) for k in msg.body.keys], version=1)
+    if frame.type == MsgType.PTZ_CONTROL:
+        return PtzStatus(pan=msg.body.pan, tilt=msg.body.tilt, zoom=msg.body.zoom, moving=False)
+    raise VssError(ResultCode.NOT_SUPPORTED, "the conformance PU only answers CONFIG_GET and PTZ")
+
+
+def sleep(ctx, seconds):
+    return task.deferLater(ctx.clock, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def expect_closed(ctx, link, what, timeout=None):
+    closed = yield link.wait_closed(ctx.timeout if timeout is None else timeout)
+    if not closed:
+        raise CheckFailed(f"the node kept the link open after {what}")
+
+
+@defer.inlineCallbacks
+def reset_throttle(ctx):
+    """A successful login from this address resets its failure count (8.2)."""
+    link = yield ctx.open("cu")
+    yield login(link, Role.CU, ctx.user, ctx.password, register=False, timeout=ctx.timeout)
+    link.abort()
+
+
+# ---------------------------------------------------------------------------
+# 8.1 Version negotiation
+
+
+@check("hello_version", "HELLO with versions 1-5 is answered HelloAck version 1, header version 1")
+@defer.inlineCallbacks
+def hello_version(ctx):
+    link = yield ctx.open("cu")
+    txid = link.request(MsgType.HELLO, Hello(min_version=1, max_version=5, role=Role.CU,
+                                             agent=AGENT, features=["conformance.none"]))
+    frame = yield link.response(txid, ctx.timeout, "HelloAck")
+    ack = expect_response(frame, MsgType.HELLO, txid, "HelloAck").body
+    if ack.version != 1:
+        raise CheckFailed(f"HelloAck version {ack.version}, want 1 (the highest in both ranges)")
+    if frame.version != 1:
+        raise CheckFailed(f"HelloAck sent with header version {frame.version}, want 1")
+    if "conformance.none" in ack.features:
+        raise CheckFailed("HelloAck echoes a feature the node cannot know")
+
+
+@check("hello_no_common_version",
+       "HELLO with only versions 2-9 gets NO_COMMON_VERSION and the link closes")
+@defer.inlineCallbacks
+def hello_no_common_version(ctx):
+    link = yield ctx.open("cu")
+    txid = link.request(MsgType.HELLO, Hello(min_version=2, max_version=9, role=Role.CU,
+                                             agent=AGENT, features=[]))
+    frame = yield link.response(txid, ctx.timeout, "answer to HELLO 2-9")
+    expect_error(frame, ResultCode.NO_COMMON_VERSION, MsgType.HELLO, txid)
+    yield expect_closed(ctx, link, "NO_COMMON_VERSION")
+
+
+@check("hello_first",
+       "any request before HELLO (DEVICE_LIST, KEEPALIVE) gets UNEXPECTED_MESSAGE and the link closes")
+@defer.inlineCallbacks
+def hello_first(ctx):
+    problems = []
+    for type, body in ((MsgType.DEVICE_LIST, DeviceList(cursor="", limit=0)),
+                       (MsgType.KEEPALIVE, Empty())):
+        name = codec.message_name(type)
+        link = yield ctx.open("cu")
+        txid = link.request(type, body)
+        frame = yield link.response(txid, ctx.timeout, f"answer to {name} before HELLO")
+        try:
+            expect_error(frame, ResultCode.UNEXPECTED_MESSAGE, type, txid, f"{name} before HELLO")
+        except CheckFailed as e:
+            problems.append(str(e))
+            continue
+        if not (yield link.wait_closed(ctx.timeout)):
+            problems.append(f"{name} before HELLO: UNEXPECTED_MESSAGE but the link stays open")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+
+
+# ---------------------------------------------------------------------------
+# 8.2 Authentication
+
+
+@check("auth_success",
+       "the CU and the PU log in with SCRAM-SHA-256 and the node's server signature verifies")
+@defer.inlineCallbacks
+def auth_success(ctx):
+    link = yield ctx.open("cu")
+    result = yield login(link, Role.CU, ctx.user, ctx.password, register=False,
+                         timeout=ctx.timeout)
+    if len(result.challenge.server_nonce) < 16:
+        raise CheckFailed(f"server nonce of {len(result.challenge.server_nonce)} bytes")
+    if not result.ok.session_id:
+        raise CheckFailed("AuthOk carries an empty session id")
+    link = yield ctx.open("pu")
+    yield login(link, Role.PU, ctx.device, ctx.pu_secret, register=False, timeout=ctx.timeout)
+
+
+@defer.inlineCallbacks
+def _failed_login(ctx, identity, secret):
+    """A login that must fail at the proof: (challenge, error frame, proof txid)."""
+    link = yield ctx.open("cu")
+    yield hello(link, Role.CU, ctx.timeout)
+    challenge, txid, frame, _message, _salted = yield authenticate(link, identity, secret,
+                                                                   ctx.timeout)
+    expect_error(frame, ResultCode.AUTH_FAILED, MsgType.AUTH_PROOF, txid,
+                 f"login of {identity!r} with a wrong secret")
+    link.abort()
+    return challenge, frame
+
+
+@check("auth_wrong_secret", "a wrong password gets AUTH_FAILED (type AUTH_PROOF, its txid)")
+@defer.inlineCallbacks
+def auth_wrong_secret(ctx):
+    try:
+        yield _failed_login(ctx, ctx.user, ctx.password + "-wrong")
+    finally:
+        yield reset_throttle(ctx)
+
+
+@check("auth_unknown_identity",
+       "an unknown identity is challenged like a known one and fails exactly like a wrong secret")
+@defer.inlineCallbacks
+def auth_unknown_identity(ctx):
+    unknown = f"conformance-nobody-{random.getrandbits(32):08x}"
+    try:
+        _, wrong = yield _failed_login(ctx, ctx.user, ctx.password + "-wrong")
+        first, nobody = yield _failed_login(ctx, unknown, "whatever")
+    finally:
+        yield reset_throttle(ctx)
+    link = yield ctx.open("cu")
+    yield hello(link, Role.CU, ctx.timeout)
+    txid, frame, _nonce = yield auth_start(link, unknown, ctx.timeout)
+    second = expect_response(frame, MsgType.AUTH_START, txid, "AuthChallenge").body
+    link.abort()
+    if len(first.salt) != 16 or first.iterations != scram.DEFAULT_ITERATIONS:
+        raise CheckFailed(f"unknown identity challenged with a {len(first.salt)}-byte salt and "
+                          f"{first.iterations} iterations, want 16 bytes and "
+                          f"{scram.DEFAULT_ITERATIONS}")
+    if first.salt != second.salt:
+        raise CheckFailed("the fake salt of an unknown identity changes between attempts")
+    if (nobody.status, nobody.body) != (wrong.status, wrong.body):
+        raise CheckFailed(f"unknown identity answered {describe(nobody)}, "
+                          f"wrong secret answered {describe(wrong)}")
+
+
+@check("auth_proof_without_start",
+       "AUTH_PROOF without AUTH_START gets UNEXPECTED_MESSAGE and the link stays up")
+@defer.inlineCallbacks
+def auth_proof_without_start(ctx):
+    link = yield ctx.open("cu")
+    yield hello(link, Role.CU, ctx.timeout)
+    txid = link.request(MsgType.AUTH_PROOF, AuthProof(client_proof=bytes(32)))
+    frame = yield link.response(txid, ctx.timeout, "answer to AUTH_PROOF")
+    expect_error(frame, ResultCode.UNEXPECTED_MESSAGE, MsgType.AUTH_PROOF, txid)
+    txid = link.request(MsgType.KEEPALIVE, Empty())
+    frame = yield link.response(txid, ctx.timeout, "KEEPALIVE answer after the refused proof")
+    expect_response(frame, MsgType.KEEPALIVE, txid)
+
+
+@check("not_authenticated",
+       "REGISTER, DEVICE_LIST and CONFIG_GET after HELLO but before login get NOT_AUTHENTICATED")
+@defer.inlineCallbacks
+def not_authenticated(ctx):
+    link = yield ctx.open("cu")
+    yield hello(link, Role.CU, ctx.timeout)
+    requests = [
+        (MsgType.REGISTER, Register(kind=1, model="", firmware="", channels=0, attributes=[])),
+        (MsgType.DEVICE_LIST, DeviceList(cursor="", limit=0)),
+        (MsgType.CONFIG_GET, ConfigGet(device_id=ctx.device, channel=0, keys=[])),
+    ]
+    for type, body in requests:
+        txid = link.request(type, body)
+        frame = yield link.response(txid, ctx.timeout, f"answer to {codec.message_name(type)}")
+        expect_error(frame, ResultCode.NOT_AUTHENTICATED, type, txid,
+                     f"{codec.message_name(type)} before login")
+
+
+@check("register_first",
+       "a device request after AuthOk but before REGISTER gets UNEXPECTED_MESSAGE")
+@defer.inlineCallbacks
+def register_first(ctx):
+    link = yield ctx.open("cu")
+    yield login(link, Role.CU, ctx.user, ctx.password, register=False, timeout=ctx.timeout)
+    for type, body in ((MsgType.DEVICE_LIST, DeviceList(cursor="", limit=0)),
+                       (MsgType.CONFIG_GET, ConfigGet(device_id=ctx.device, channel=0, keys=[]))):
+        txid = link.request(type, body)
+        frame = yield link.response(txid, ctx.timeout, f"answer to {codec.message_name(type)}")
+        expect_error(frame, ResultCode.UNEXPECTED_MESSAGE, type, txid,
+                     f"{codec.message_name(type)} after AuthOk, before REGISTER")
+
+
+@check("auth_throttled",
+       "after 3 failed logins from one address the next AUTH_START gets AUTH_THROTTLED "
+       "(waits for the delay)", slow=True)
+@defer.inlineCallbacks
+def auth_throttled(ctx):
+    link = yield ctx.open("cu")
+    yield hello(link, Role.CU, ctx.timeout)
+    for attempt in range(3):
+        _c, txid, frame, _m, _s = yield authenticate(link, ctx.user, ctx.password + "-wrong",
+                                                     ctx.timeout)
+        expect_error(frame, ResultCode.AUTH_FAILED, MsgType.AUTH_PROOF, txid,
+                     f"failed login {attempt + 1}")
+    # 8.2: "1 s after the 3rd failure" an attempt must wait.
+    txid, frame, _nonce = yield auth_start(link, ctx.user, ctx.timeout)
+    try:
+        expect_error(frame, ResultCode.AUTH_THROTTLED, MsgType.AUTH_START, txid,
+                     "AUTH_START right after the 3rd failure from this address")
+    finally:
+        # Wait out the delay (60 s at most) and reset the address with a success.
+        for _ in range(130):
+            link = yield ctx.open("cu")
+            yield hello(link, Role.CU, ctx.timeout)
+            txid, frame, _nonce = yield auth_start(link, ctx.user, ctx.timeout)
+            link.abort()
+            if frame.status != ResultCode.AUTH_THROTTLED:
+                break
+            yield sleep(ctx, 0.5)
+        yield reset_throttle(ctx)
+
+
+# ---------------------------------------------------------------------------
+# 8.3, 8.4 Registration and keepalive
+
+
+@check("register_keepalive",
+       "REGISTER is answered Registered with the node id and a keepalive interval; "
+       "KEEPALIVE is answered")
+@defer.inlineCallbacks
+def register_keepalive(ctx):
+    link = yield ctx.open("cu")
+    result = yield login(link, Role.CU, ctx.user, ctx.password, timeout=ctx.timeout)
+    reg = result.registered
+    if not reg.keepalive_interval:
+        raise CheckFailed("Registered carries keepalive interval 0")
+    if reg.node_id != result.hello.node_id:
+        raise CheckFailed(f"Registered node id {reg.node_id!r} differs from HelloAck's "
+                          f"{result.hello.node_id!r}")
+    if not reg.server_time:
+        raise CheckFailed("Registered carries server time 0")
+    ctx.keepalive_interval = reg.keepalive_interval
+    for _ in range(2):
+        txid = link.request(MsgType.KEEPALIVE, Empty())
+        frame = yield link.response(txid, ctx.timeout, "KEEPALIVE answer")
+        expect_response(frame, MsgType.KEEPALIVE, txid)
+    pu = yield ctx.open("pu")
+    result = yield login(pu, Role.PU, ctx.device, ctx.pu_secret, kind=PuKind.IPC, channels=1,
+                         timeout=ctx.timeout)
+    if not result.registered.keepalive_interval:
+        raise CheckFailed("Registered (PU) carries keepalive interval 0")
+    pu.abort()
+
+
+@check("keepalive_timeout",
+       "a silent CU is sent BYE KEEPALIVE_TIMEOUT and dropped after about three intervals",
+       slow=True)
+@defer.inlineCallbacks
+def keepalive_timeout(ctx):
+    link = yield ctx.cu(keepalive=False)
+    interval = ctx.keepalive_interval
+    started = ctx.clock.seconds()
+    limit = 3 * interval + max(2.0, interval) + ctx.timeout
+    closed = yield link.wait_closed(limit)
+    elapsed = ctx.clock.seconds() - started
+    if not closed:
+        raise CheckFailed(f"a CU silent for {elapsed:.1f} s (interval {interval} s) is still "
+                          "connected")
+    if elapsed < 3 * interval - 0.5:
+        raise CheckFailed(f"dropped after {elapsed:.1f} s of silence, before three intervals "
+                          f"({3 * interval} s)")
+    byes = [f for f in link.frames if f.type == MsgType.BYE and f.flags & codec.FLAG_NOTIFY]
+    if not byes:
+        got = ", ".join(describe(f) for f in link.frames) or "nothing"
+        raise CheckFailed(f"dropped after {elapsed:.1f} s without a BYE (got {got})")
+    bye = codec.decode_body(byes[-1])
+    if not isinstance(bye.body, Bye) or bye.body.reason != ResultCode.KEEPALIVE_TIMEOUT:
+        raise CheckFailed(f"dropped with {describe(byes[-1])}, want BYE KEEPALIVE_TIMEOUT")
+
+
+@check("device_granted", "the CU's DEVICE_LIST shows the device with VIEW, PTZ, CONFIG, RECORD")
+@defer.inlineCallbacks
+def device_granted(ctx):
+    link = yield ctx.cu()
+    cursor, found = "", None
+    for _ in range(1000):
+        txid = link.request(MsgType.DEVICE_LIST, DeviceList(cursor=cursor, limit=0))
+        frame = yield link.response(txid, ctx.timeout, "Devices")
+        page = expect_response(frame, MsgType.DEVICE_LIST, txid, "Devices").body
+        found = next((d for d in page.devices if d.device_id == ctx.device), None)
+        if found is not None or not page.next_cursor:
+            break
+        cursor = page.next_cursor
+    if found is None:
+        raise CheckFailed(f"{ctx.user} is not granted {ctx.device} (not in DEVICE_LIST): "
+                          "the relay checks need that grant")
+    if found.actions & ALL_ACTIONS != ALL_ACTIONS:
+        raise CheckFailed(f"{ctx.user} holds actions 0x{found.actions:02x} on {ctx.device}, "
+                          f"the suite needs 0x{int(ALL_ACTIONS):02x}")
+
+
+# ---------------------------------------------------------------------------
+# 8.6 Transaction ids
+
+
+@check("correlation_200",
+       "200 CU requests in flight (txids out of order) relayed to the suite's PU, answered "
+       "in shuffled order: each gets its own answer")
+@defer.inlineCallbacks
+def correlation_200(ctx):
+    count = 200
+    yield ctx.pu()
+    ctx.hold()
+    link = yield ctx.cu()
+    rng = random.Random()
+    txids = rng.sample(range(1, 0x3FFFFFFF), count - 2) + [0x3FFFFFFF, 1]
+    rng.shuffle(txids)
+    keys = {}
+    for i, txid in enumerate(txids):
+        keys[txid] = f"corr.{i}.{rng.getrandbits(24):06x}"
+        ctx.config_get(link, keys[txid], txid)
+    answers = [link.response(t, ctx.timeout * 3, f"answer to txid {t}") for t in txids]
+    arrived = yield ctx.wait_held(count, ctx.timeout * 2)
+    if arrived != count:
+        ctx.release()
+        raise CheckFailed(f"only {arrived} of {count} requests in flight reached the PU")
+    ctx.release(rng)
+    results = yield defer.DeferredList(answers, consumeErrors=True)
+    missing = [str(r.value) for ok, r in results if not ok]
+    if missing:
+        raise CheckFailed(f"{len(missing)} of {count} requests got no answer: {missing[0]}")
+    wrong = []
+    for txid, (_ok, frame) in zip(txids, results, strict=True):
+        body = expect_response(frame, MsgType.CONFIG_GET, txid, "Config").body
+        want = [KV(key=keys[txid], value=answer_value(keys[txid]))]
+        if list(body.items) != want:
+            wrong.append(f"txid {txid} got {list(body.items)!r}")
+    if wrong:
+        raise CheckFailed(f"{len(wrong)} answers crossed: " + "; ".join(wrong[:3]))
+    extra = [describe(f) for f in link.unread()]
+    if extra:
+        raise CheckFailed(f"unexpected extra frames: {', '.join(extra[:3])}")
+
+
+@check("txid_duplicate",
+       "a request reusing a txid still in flight gets DUPLICATE_TXID; the first is answered once")
+@defer.inlineCallbacks
+def txid_duplicate(ctx):
+    yield ctx.pu()
+    ctx.hold()
+    link = yield ctx.cu()
+    txid = 4242
+    ctx.config_get(link, "dup.first", txid)
+    if not (yield ctx.wait_held(1)):
+        raise CheckFailed("the first request never reached the PU")
+    ctx.config_get(link, "dup.second", txid)
+    try:
+        try:
+            frame = yield link.response(txid, ctx.timeout, "answer to the duplicate txid")
+        except ProbeTimeout:
+            if len(ctx.held) > 1:
+                raise CheckFailed(f"the node relayed a second request with txid {txid}, still "
+                                  "in flight, to the PU instead of answering DUPLICATE_TXID "
+                                  "(8.6)") from None
+            raise
+        expect_error(frame, ResultCode.DUPLICATE_TXID, MsgType.CONFIG_GET, txid,
+                     "second request with a txid in flight")
+    finally:
+        ctx.release()
+    frame = yield link.response(txid, ctx.timeout, "answer to the first request")
+    body = expect_response(frame, MsgType.CONFIG_GET, txid, "Config").body
+    if [kv.key for kv in body.items] != ["dup.first"]:
+        raise CheckFailed(f"the first request was answered {body.items!r}")
+    yield sleep(ctx, 0.3)
+    extra = [describe(f) for f in link.unread() if f.txid == txid]
+    if extra:
+        raise CheckFailed(f"txid {txid} answered more than once: {', '.join(extra)}")
+
+
+@check("too_many_in_flight",
+       "the 257th request in flight on one CU link gets TOO_MANY_IN_FLIGHT; the others are "
+       "answered")
+@defer.inlineCallbacks
+def too_many_in_flight(ctx):
+    limit = 256
+    yield ctx.pu()
+    ctx.hold()
+    link = yield ctx.cu()
+    txids = list(range(1, limit + 2))
+    for txid in txids:
+        ctx.config_get(link, f"flight.{txid}", txid)
+    try:
+        frame = yield link.response(txids[-1], ctx.timeout * 2, f"answer to request {limit + 1}")
+        expect_error(frame, ResultCode.TOO_MANY_IN_FLIGHT, MsgType.CONFIG_GET, txids[-1],
+                     f"request {limit + 1} in flight on one link (8.6: at most {limit})")
+        yield ctx.wait_held(limit)
+    finally:
+        ctx.release()
+    results = yield defer.DeferredList(
+        [link.response(t, ctx.timeout, f"answer to txid {t}") for t in txids[:-1]],
+        consumeErrors=True)
+    bad = [str(r.value) if not ok else describe(r) for ok, r in results
+           if not ok or r.flags & codec.FLAG_ERROR]
+    if bad:
+        raise CheckFailed(f"{len(bad)} of the first {limit} requests failed: {bad[0]}")
+
+
+# ---------------------------------------------------------------------------
+# 2, 3, 4, 6 Malformed frames, each on a fresh logged-in CU link
+
+
+def _frame(type, body, txid, flags=0, version=1, length=None):
+    header = codec.HEADER_STRUCT.pack(codec.MAGIC, version, flags, type, 0, txid,
+                                      len(body) if length is None else length)
+    return header + body
+
+
+def _keepalive_frame(txid):
+    return _frame(MsgType.KEEPALIVE, b"\x00\x00", txid)
+
+
+@defer.inlineCallbacks
+def _fatal_case(ctx, what, data, code, type, txid, closes=True):
+    """Send ``data`` then a valid KEEPALIVE in one write; expect exactly the error
+    response (code, type, txid), no KEEPALIVE answer, and the close."""
+    link = yield ctx.cu()
+    link.stop_keepalive()
+    after = 0x3FFF0001
+    link.send(data + _keepalive_frame(after))
+    frame = yield link.next_frame(ctx.timeout, f"answer to {what}")
+    expect_error(frame, code, type, txid, what)
+    yield expect_closed(ctx, link, what)
+    late = [describe(f) for f in link.unread()]
+    if late:
+        raise CheckFailed(f"after {what} the node went on reading the link: {', '.join(late)}")
+    yield ctx.node_still_serves(what)
+
+
+def _malformed(name, description, build, code, header_known=True):
+    @defer.inlineCallbacks
+    def run(ctx):
+        yield ctx.pu()
+        txid = 0x1000 + random.getrandbits(12)
+        data, type = build(ctx, txid)
+        if header_known:
+            yield _fatal_case(ctx, description, data, code, type, txid)
+        else:
+            yield _fatal_case(ctx, description, data, code, MsgType.ERROR, 0)
+
+    run.__name__ = name
+    check(name, description)(run)
+    return run
+
+
+def _device_list_body(cursor_bytes, declared=None):
+    n = len(cursor_bytes) if declared is None else declared
+    return n.to_bytes(2, "big") + cursor_bytes + b"\x00\x00" + b"\x00\x00"
+
+
+malformed_bad_magic = _malformed(
+    "malformed_bad_magic",
+    "bad magic gets BAD_MAGIC (type ERROR, txid 0) and the close",
+    lambda ctx, txid: (b"XS" + _keepalive_frame(txid)[2:], MsgType.KEEPALIVE),
+    ResultCode.BAD_MAGIC,
+    header_known=False,
+)
+malformed_version = _malformed(
+    "malformed_version",
+    "header version 2 gets UNSUPPORTED_VERSION (its type and txid) and the close",
+    lambda ctx, txid: (_frame(MsgType.KEEPALIVE, b"\x00\x00", txid, version=2),
+                       MsgType.KEEPALIVE),
+    ResultCode.UNSUPPORTED_VERSION,
+)
+malformed_too_large = _malformed(
+    "malformed_too_large",
+    "a body length of 1 MiB + 1 gets FRAME_TOO_LARGE (its type and txid) and the close",
+    lambda ctx, txid: (_frame(MsgType.DEVICE_LIST, b"", txid, length=codec.MAX_BODY + 1),
+                       MsgType.DEVICE_LIST),
+    ResultCode.FRAME_TOO_LARGE,
+)
+malformed_truncated = _malformed(
+    "malformed_truncated",
+    "a body shorter than its fields gets TRUNCATED_BODY (its type and txid) and the close",
+    lambda ctx, txid: (_frame(MsgType.DEVICE_LIST, b"\x00\x0aabc", txid), MsgType.DEVICE_LIST),
+    ResultCode.TRUNCATED_BODY,
+)
+malformed_trailing = _malformed(
+    "malformed_trailing",
+    "bytes after the extension block get TRAILING_BYTES (its type and txid) and the close",
+    lambda ctx, txid: (_frame(MsgType.KEEPALIVE, b"\x00\x00\xff", txid), MsgType.KEEPALIVE),
+    ResultCode.TRAILING_BYTES,
+)
+malformed_utf8 = _malformed(
+    "malformed_utf8",
+    "a string that is not UTF-8 gets BAD_UTF8 (its type and txid) and the close",
+    lambda ctx, txid: (_frame(MsgType.DEVICE_LIST, _device_list_body(b"\xff\xfe\xc3"), txid),
+                       MsgType.DEVICE_LIST),
+    ResultCode.BAD_UTF8,
+)
+
+
+@check("unknown_message",
+       "an unknown type gets UNKNOWN_MESSAGE (its type and txid) as a request, nothing as a "
+       "notification; the link stays up and KEEPALIVE works")
+@defer.inlineCallbacks
+def unknown_message(ctx):
+    yield ctx.pu()
+    link = yield ctx.cu()
+    unknown = 0x7ABC
+    link.send(_frame(unknown, b"\x00\x00", 0, flags=codec.FLAG_NOTIFY))
+    txid = link.request(unknown, b"\x01\x02\x03\x00\x00")
+    frame = yield link.response(txid, ctx.timeout, "answer to an unknown message type")
+    expect_error(frame, ResultCode.UNKNOWN_MESSAGE, unknown, txid)
+    txid = link.request(MsgType.KEEPALIVE, Empty())
+    frame = yield link.response(txid, ctx.timeout, "KEEPALIVE answer after the unknown type")
+    expect_response(frame, MsgType.KEEPALIVE, txid)
+    extra = [describe(f) for f in link.unread()]
+    if extra:
+        raise CheckFailed("a notification of an unknown type was answered (6: it is dropped, "
+                          f"not answered): {', '.join(extra)}")
+    yield ctx.relayed_round_trip(link, "after an unknown message type")
+    yield ctx.node_still_serves("an unknown message type")
+
+
+@check("oversized_4gib",
+       "a header announcing a 4 GiB body is answered FRAME_TOO_LARGE at once, without the body")
+@defer.inlineCallbacks
+def oversized_4gib(ctx):
+    yield ctx.pu()
+    link = yield ctx.cu()
+    link.stop_keepalive()
+    txid = 0x0ABCDEF0
+    link.send(_frame(MsgType.CONFIG_GET, b"", txid, length=0xFFFFFFFF))
+    # Only the header was sent: an answer proves the node did not wait for the body.
+    frame = yield link.next_frame(ctx.timeout, "FRAME_TOO_LARGE for a 4 GiB header")
+    expect_error(frame, ResultCode.FRAME_TOO_LARGE, MsgType.CONFIG_GET, txid)
+    if not link.closed:
+        link.send(b"\x00" * 65536)
+    yield expect_closed(ctx, link, "FRAME_TOO_LARGE")
+    yield ctx.node_still_serves("a 4 GiB frame header")
+
+
+# ---------------------------------------------------------------------------
+# Slow and vanished peers
+
+
+@check("slow_peer", "a request written one byte at a time with pauses is still answered")
+@defer.inlineCallbacks
+def slow_peer(ctx):
+    yield ctx.pu()
+    link = yield ctx.cu()
+    txid = 77
+    data = codec.encode_request(
+        MsgType.CONFIG_GET, ConfigGet(device_id=ctx.device, channel=0, keys=["slow.key"]), txid
+    )
+    link.stop_keepalive()  # a keepalive must not land inside the half-written frame
+    pause = 0.05 if not ctx.slow else 0.2
+    for i in range(len(data)):
+        if link.closed:
+            raise CheckFailed(f"the node closed the link after {i} bytes of a slow request")
+        link.send(data[i:i + 1])
+        yield sleep(ctx, pause)
+    frame = yield link.response(txid, ctx.timeout, "answer to the slowly written request")
+    body = expect_response(frame, MsgType.CONFIG_GET, txid, "Config").body
+    if list(body.items) != [KV(key="slow.key", value=answer_value("slow.key"))]:
+        raise CheckFailed(f"the slow request was answered {body.items!r}")
+
+
+@check("vanished_mid_frame",
+       "a CU link dropped in the middle of a frame does not disturb the node")
+@defer.inlineCallbacks
+def vanished_mid_frame(ctx):
+    yield ctx.pu()
+    link = yield ctx.cu()
+    data = codec.encode_request(
+        MsgType.CONFIG_GET, ConfigGet(device_id=ctx.device, channel=0, keys=["gone"]), 9
+    )
+    link.send(data[: len(data) // 2])
+    yield sleep(ctx, 0.1)
+    link.abort()
+    yield sleep(ctx, 0.1)
+    yield ctx.node_still_serves("a link dropped mid-frame")
+
+
+@check("pu_vanished_in_flight",
+       "a PU that drops with a CU request in flight: the CU gets DEVICE_OFFLINE quickly")
+@defer.inlineCallbacks
+def pu_vanished_in_flight(ctx):
+    pu = yield ctx.pu()
+    ctx.hold()  # never answered: the PU vanishes first
+    link = yield ctx.cu()
+    txid = ctx.config_get(link, "vanish")
+    if not (yield ctx.wait_held(1)):
+        raise CheckFailed("the request never reached the PU")
+    if pu.link is None:
+        raise CheckFailed("the suite's PU link was dropped before the request arrived")
+    pu.link.abort()
+    started = ctx.clock.seconds()
+    frame = yield link.response(txid, ctx.timeout, "answer once the PU vanished")
+    elapsed = ctx.clock.seconds() - started
+    expect_error(frame, ResultCode.DEVICE_OFFLINE, MsgType.CONFIG_GET, txid,
+                 "request in flight to a PU that dropped")
+    if elapsed > 2.0:
+        raise CheckFailed(f"DEVICE_OFFLINE came {elapsed:.1f} s after the PU dropped")
+    ctx.release()
+    yield ctx.pu()
+    yield ctx.relayed_round_trip(link, "after the PU came back")
+
+
+def names():
+    return [c.name for c in CHECKS]
