@@ -51,7 +51,14 @@ class SignallingLink(protocol.Protocol):
         self.request_timeout = request_timeout
         self.version = codec.VERSION
         self._next_txid = 0
-        self._pending = {}  # txid -> (Deferred, DelayedCall or None)
+        # txid -> (on_result, context, deadline or None); on_result(context, result) gets
+        # the response Frame or a VssError. One timer per link, at the earliest deadline.
+        self._pending = {}
+        self._timer = None
+        self._timer_at = None
+        # The handler's optional fast path: received_frame(link, frame) -> True when it
+        # dealt with a request from its raw frame, with no decoded message.
+        self._fast = getattr(handler, "received_frame", None)
         self.last_rx = clock.seconds()
         self.connected_at = self.last_rx
         self.closed = False
@@ -70,11 +77,10 @@ class SignallingLink(protocol.Protocol):
 
     def connectionLost(self, reason=None):
         self.closed = True
+        self._cancel_timer()
         pending, self._pending = self._pending, {}
-        for d, timer in pending.values():
-            if timer is not None and timer.active():
-                timer.cancel()
-            d.errback(VssError(ResultCode.SESSION_CLOSED, "link closed"))
+        for on_result, context, _deadline in pending.values():
+            on_result(context, VssError(ResultCode.SESSION_CLOSED, "link closed"))
         self.handler.linkDown(self, reason)
 
     def close(self, code=None, message=""):
@@ -113,14 +119,17 @@ class SignallingLink(protocol.Protocol):
 
     def _frameReceived(self, frame):
         if frame.flags & codec.FLAG_RESPONSE:
-            entry = self._pending.pop(frame.txid, None)
+            pending = self._pending
+            entry = pending.pop(frame.txid, None)
             if entry is None:
                 self.log.debug("late or unknown response txid={txid}", txid=frame.txid)
                 return
-            d, timer = entry
-            if timer is not None and timer.active():
-                timer.cancel()
-            d.callback(frame)
+            if not pending and self._timer is not None:
+                self._cancel_timer()
+            entry[0](entry[1], frame)
+            return
+        fast = self._fast
+        if fast is not None and fast(self, frame):
             return
         msg = codec.decode_body(frame)
         if isinstance(msg, codec.ProtocolError):
@@ -190,13 +199,38 @@ class SignallingLink(protocol.Protocol):
             return defer.fail(VssError(ResultCode.SESSION_CLOSED, "link closed"))
         if len(self._pending) >= self.max_in_flight:
             return defer.fail(VssError(ResultCode.TOO_MANY_IN_FLIGHT))
-        txid = self._allocate_txid()
-        d = defer.Deferred(lambda _: self._pending.pop(txid, None))
-        timeout = self.request_timeout if timeout is None else timeout
-        timer = self.clock.callLater(timeout, self._timedOut, txid) if timeout else None
-        self._pending[txid] = (d, timer)
-        self.send_raw(codec.encode_frame(type, body, txid, 0, 0, self.version))
+        d = defer.Deferred(self._cancelled)
+        d.txid = self._send_request(type, body, timeout, _fire, d)
         return d
+
+    def request_cb(self, type, body, timeout, on_result, context):
+        """``request_raw`` without a Deferred, for the relay's hot path: calls
+        ``on_result(context, result)`` once, with the response ``Frame`` or a
+        ``VssError`` (SESSION_CLOSED, TIMEOUT, TOO_MANY_IN_FLIGHT), possibly at once."""
+        if self.closed:
+            return on_result(context, VssError(ResultCode.SESSION_CLOSED, "link closed"))
+        if len(self._pending) >= self.max_in_flight:
+            return on_result(context, VssError(ResultCode.TOO_MANY_IN_FLIGHT))
+        self._send_request(type, body, timeout, on_result, context)
+
+    def _send_request(self, type, body, timeout, on_result, context):
+        txid = self._next_txid = (self._next_txid % 0xFFFFFFFF) + 1
+        pending = self._pending
+        if txid in pending:
+            txid = self._allocate_txid()
+        if timeout is None:
+            timeout = self.request_timeout
+        if timeout:
+            now = self.clock.seconds()
+            deadline = now + timeout
+            pending[txid] = (on_result, context, deadline)
+            timer_at = self._timer_at
+            if timer_at is None or deadline < timer_at:
+                self._arm(deadline, now)
+        else:
+            pending[txid] = (on_result, context, None)
+        self.send_raw(codec.encode_frame(type, body, txid, 0, 0, self.version))
+        return txid
 
     def _allocate_txid(self):
         while True:
@@ -204,14 +238,50 @@ class SignallingLink(protocol.Protocol):
             if self._next_txid not in self._pending:
                 return self._next_txid
 
-    def _timedOut(self, txid):
-        entry = self._pending.pop(txid, None)
-        if entry is not None:
-            entry[0].errback(VssError(ResultCode.TIMEOUT))
+    def _cancelled(self, d):
+        self._pending.pop(d.txid, None)
+
+    def _arm(self, at, now):
+        """(Re)arm the link's one request timer for time ``at``."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.clock.callLater(max(0.0, at - now), self._timedOut)
+
+    def _cancel_timer(self):
+        timer, self._timer, self._timer_at = self._timer, None, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timedOut(self):
+        """Fail every request whose deadline has passed; re-arm for the next one."""
+        limit = max(self.clock.seconds(), self._timer_at)
+        self._timer = self._timer_at = None
+        pending = self._pending
+        expired = [txid for txid, entry in pending.items()
+                   if entry[2] is not None and entry[2] <= limit]
+        for txid in expired:
+            entry = pending.pop(txid, None)
+            if entry is not None:
+                entry[0](entry[1], VssError(ResultCode.TIMEOUT))
+        if not self.closed:
+            deadlines = [entry[2] for entry in pending.values() if entry[2] is not None]
+            if deadlines:
+                at = min(deadlines)
+                if self._timer_at is None or at < self._timer_at:
+                    self._arm(at, self.clock.seconds())
 
     @property
     def in_flight(self):
         return len(self._pending)
+
+
+def _fire(d, result):
+    """``on_result`` of a Deferred request."""
+    if type(result) is codec.Frame:
+        d.callback(result)
+    else:
+        d.errback(result)
 
 
 def _decode_response(frame):

@@ -11,23 +11,142 @@ CU to PU communication on a node (flow S401-S407 of docs/architecture.md).
 
 Bodies are decoded once (to read the device id and validate arguments) and then passed
 through as bytes: the node never re-encodes what it relays.
+
+Fast path (``fast_cu_request``, docs/performance.md "Signalling relay"): a PTZ_CONTROL
+from a registered CU for a PU online on this node, granted and valid, is read straight
+from its bytes with one ``struct`` (no typed body), sent on with ``request_cb`` (no
+Deferred, no timer of its own) and the PU's answer checked by size before it is passed
+back. Anything else, or any doubt, goes the general way below, which gives every error;
+so the fast path changes no outcome. tests/test_fastpath.py proves its parser agrees
+with construct.
 """
 
 import math
+import struct
 
 from twisted.internet import defer
 
 from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
-from vss.protocols.messages import MsgType, PtzOp
+from vss.protocols.messages import Action, MsgType, PtzControl, PtzOp, PtzStatus, Role
 
-# Imported lazily by service to avoid a cycle: CONTROL_ACTIONS lives in service.
+_CONTROL_ACTIONS = None  # vss.rgm.service.CONTROL_ACTIONS, imported on first use (cycle)
+
+
+def _control_actions():
+    global _CONTROL_ACTIONS
+    if _CONTROL_ACTIONS is None:
+        from vss.rgm.service import CONTROL_ACTIONS
+
+        _CONTROL_ACTIONS = CONTROL_ACTIONS
+    return _CONTROL_ACTIONS
+
+
+_PTZ = int(MsgType.PTZ_CONTROL)
+_PTZ_GRANT = int(Action.PTZ)
+_PTZ_OPS = frozenset(int(op) for op in PtzOp)
+_CU = int(Role.CU)
+_REGISTERED = "registered"  # vss.rgm.service.State.REGISTERED
+#: PtzControl after its device id: channel, op, pan, tilt, zoom, speed, timeout_ms.
+_PTZ_TAIL = struct.Struct(">HBffffI")
+_PTZ_FIXED = 2 + _PTZ_TAIL.size + 2  # id length prefix, fixed fields, empty extensions
+_unpack_ptz_tail = _PTZ_TAIL.unpack_from
+# The layout above is the construct definition's: a u16-prefixed string, then fixed fields.
+_plan = codec.fast_plan(PtzControl)
+assert _plan[0] == (2, True) and _plan[1].format == _PTZ_TAIL.format and len(_plan) == 2
+del _plan
+
+
+def parse_ptz(body):
+    """``(device_id, channel, op, pan, tilt, zoom, speed, timeout_ms)`` of a well-formed
+    PTZ_CONTROL body with an empty extension block, else None (construct decides)."""
+    n = len(body)
+    if n < _PTZ_FIXED:
+        return None
+    size = (body[0] << 8) | body[1]
+    if n != _PTZ_FIXED + size or body[n - 2] or body[n - 1]:
+        return None
+    try:
+        device_id = str(body[2:2 + size], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    return (device_id, *_unpack_ptz_tail(body, 2 + size))
+
+
+def _fixed_body_size(cls):
+    """The size of a body of ``cls`` with no extensions when all its fields are of
+    fixed size (so any bytes of that size, ending in an empty extension block, are a
+    valid body), else None."""
+    plan = codec.fast_plan(cls)
+    if plan is None or len(plan) != 1 or not isinstance(plan[0], struct.Struct):
+        return None
+    return plan[0].size + 2
+
+
+_PTZ_STATUS_SIZE = _fixed_body_size(PtzStatus)
+
+
+def ptz_status_ok(body):
+    """True when ``body`` is, for sure, a valid PtzStatus (no decoding needed)."""
+    return len(body) == _PTZ_STATUS_SIZE and body[-2:] == b"\x00\x00"
+
+
+def fast_cu_request(rgm, link, frame):
+    """The fast path of S401 + local hit + S407 for PTZ_CONTROL; True if it took the
+    request, False to leave it to the general path (which then gives any error)."""
+    if frame.type != _PTZ or frame.flags:
+        return False
+    s = link.session
+    if s is None or s.state != _REGISTERED or s.role != _CU:
+        return False
+    fields = parse_ptz(frame.body)
+    if fields is None:
+        return False
+    device_id, channel, op, pan, tilt, zoom, speed, _timeout = fields
+    store = rgm.store
+    if not store.actions_for(s.identity, device_id) & _PTZ_GRANT:
+        return False
+    device = store.get_device(device_id)
+    if device is None or device.home_node not in ("", rgm.node_id):
+        return False
+    channels = device.channels
+    if (channels and channel >= channels) or op not in _PTZ_OPS:
+        return False
+    # NaN fails every comparison, infinities the bounds: both go the general way.
+    if not (-1.0 <= pan <= 1.0 and -1.0 <= tilt <= 1.0 and -1.0 <= zoom <= 1.0
+            and -1.0 <= speed <= 1.0):
+        return False
+    pu = rgm.pu_links.get(device_id)
+    if pu is None or pu.closed:
+        return False
+    rgm.counters["relayed"] += 1
+    pu.request_cb(_PTZ, frame.body, rgm.config.request_timeout, _relayed,
+                  (link, frame, device_id))
+    return True
+
+
+def _relayed(context, result):
+    """The PU's answer (or failure) to a fast-path request, back to the CU (S407)."""
+    link, frame, device_id = context
+    if type(result) is codec.Frame:
+        status = result.status
+        body = result.body
+        if status or not ptz_status_ok(body):
+            msg = codec.decode_body(result)
+            if type(msg) is codec.ProtocolError:
+                return link.send_failure(frame, VssError(
+                    ResultCode.INTERNAL_ERROR, f"the device answered badly: {msg.message}"))
+        link.send_raw_response(_PTZ, frame.txid, status, body)
+        return
+    if result.code == ResultCode.SESSION_CLOSED:
+        result = VssError(ResultCode.DEVICE_OFFLINE, f"{device_id} went offline")
+    link.send_failure(frame, result)
 
 
 def on_cu_request(rgm, link, frame, msg):
     """S401: a request from a registered CU."""
-    from vss.rgm.service import CONTROL_ACTIONS
+    CONTROL_ACTIONS = _CONTROL_ACTIONS or _control_actions()
 
     t = frame.type
     s = link.session
@@ -39,10 +158,10 @@ def on_cu_request(rgm, link, frame, msg):
         if not rgm.store.actions_for(s.identity, device_id) & action:
             return link.send_error(t, frame.txid, ResultCode.FORBIDDEN,
                                    f"{s.identity} may not {action.name.lower()} {device_id}")
-        problem = validate(t, msg.body, rgm.store.get_device(device_id))
+        record = rgm.store.get_device(device_id)
+        problem = validate(t, msg.body, record)
         if problem:
             return link.send_error(t, frame.txid, ResultCode.INVALID_ARGUMENT, problem)
-        record = rgm.store.get_device(device_id)
         if record is not None and record.home_node in ("", rgm.node_id):
             d = serve_locally(rgm, device_id, t, frame.body)
         else:
@@ -113,7 +232,7 @@ def validate(type, body, device):
     if channels is not None and channels and body.channel >= channels:
         return f"channel {body.channel} out of range (device has {channels})"
     if type == MsgType.PTZ_CONTROL:
-        if body.op not in set(PtzOp):
+        if body.op not in _PTZ_OPS:
             return f"unknown PTZ op {body.op}"
         for name in ("pan", "tilt", "zoom", "speed"):
             v = getattr(body, name)
