@@ -804,7 +804,7 @@ def slow_peer(ctx):
         MsgType.CONFIG_GET, ConfigGet(device_id=ctx.device, channel=0, keys=["slow.key"]), txid
     )
     link.stop_keepalive()  # a keepalive must not land inside the half-written frame
-    pause = 0.05 if not ctx.slow else 0.2
+    pause = 0.1 if ctx.slow else 0.03
     for i in range(len(data)):
         if link.closed:
             raise CheckFailed(f"the node closed the link after {i} bytes of a slow request")
