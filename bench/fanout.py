@@ -91,6 +91,10 @@ def serve(args):
         def lineReceived(self, line):
             command_line(line.decode())
 
+        def connectionLost(self, reason):
+            if reactor.running:
+                reactor.stop()  # the driver went away
+
     stdio.StandardIO(Control(), reactor=reactor)
     sys.stdout.write(json.dumps({"port": port.getHost().port, "pid": os.getpid()}) + "\n")
     sys.stdout.flush()
@@ -285,6 +289,7 @@ def load(args):
     }
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
     sys.stdout.flush()
+    time.sleep(1.0)  # let the driver read the server's counters before we hang up
     for v in viewers:
         v.sock.close()
 
@@ -384,13 +389,14 @@ def main():
         server.wait(10)
     print()
     print("| viewers | offered Mb/s | delivered Gb/s | delivered | SS CPU % of one core "
-          "| SS CPU s / Gbit | SS memory / viewer | TTFF median / p95 | load client CPU % |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| SS CPU s / Gbit | SS memory / viewer | TTFF median / p95 | whole-frame sends "
+          "| load client CPU % |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['viewers']} | {r['source_mbps']:.2f} | {r['gbps']:.2f} | "
               f"{100 * r['delivered']:.3f} % | {r['cpu_pct']:.1f} % | {r['cpu_per_gbit']:.3f} | "
               f"{r['mem_per_viewer'] / 1024:.1f} KiB | {r['ttff_median']:.2f} / "
-              f"{r['ttff_p95']:.2f} s | {r['client_pct']:.0f} % |")
+              f"{r['ttff_p95']:.2f} s | {r['direct_pct']:.1f} % | {r['client_pct']:.0f} % |")
 
 
 def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss):
@@ -424,6 +430,8 @@ def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss):
         "mem_per_viewer": (rss - base_rss) / n,
         "client_pct": 100 * result["client_cpu"] / (result["elapsed"] + args.warmup + 1),
         "reader_drops": s1.get("reader_drops"),
+        "direct_pct": 100 * (s1["direct_sends"] - s0["direct_sends"])
+        / max(1, s1["reader_frames"] - s0["reader_frames"]),
     })
     print(json.dumps(row), flush=True)
     return row
