@@ -19,6 +19,7 @@ from vss.protocols.messages import Action, HelloAck, MsgType
 from vss.testing import records
 from vss.testing.central import MemoryCentral
 from vss.testing.processes import child_env, run_tool, start_node
+from vss.tls import make_ca_and_cert
 
 ALL = int(Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD)
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$", re.M)
@@ -82,6 +83,25 @@ class AgainstARealNode(unittest.TestCase):
                          [(str(len(passed)), str(len(failed)), "0")])
         self.assertNotIn("alice-pw", out + err + node.output())
         self.assertNotIn("cam1-secret", out + err + node.output())
+
+    @defer.inlineCallbacks
+    def test_over_tls_with_tls_endpoint_strings(self):
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        static = os.path.join(work, "static.json")
+        write_static(static)
+        cert, key, trust = make_ca_and_cert(os.path.join(work, "tls"), ["localhost"])
+        server = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        node, ports = yield start_node(reactor, work, "n1", [
+            "--static", static, "--keepalive", "1", "--pu-listen", server, "--cu-listen", server])
+        self.addCleanup(node.stop)
+        only = "auth_success,correlation_200,malformed_bad_magic,oversized_4gib,pu_vanished_in_flight"
+        out, err, code = yield conformance(f"tls:localhost:{ports['pu']}:trustRoots={trust}",
+                                           f"tls:localhost:{ports['cu']}:trustRoots={trust}",
+                                           "--only", only)
+        self.assertEqual(code, 0, f"{out}\n{err}")
+        self.assertEqual(lines(out, "PASS"), set(only.split(",")))
+        self.assertIn("5 passed, 0 failed, 0 skipped", out)
 
 
 class _Broken(protocol.Protocol):

@@ -680,7 +680,7 @@ def _fatal_case(ctx, what, data, code, type, txid, closes=True):
     frame = yield link.next_frame(ctx.timeout, f"answer to {what}")
     expect_error(frame, code, type, txid, what)
     yield expect_closed(ctx, link, what)
-    late = [describe(f) for f in link.unread()]
+    late = [describe(f) for f in link.unread() if f.flags & codec.FLAG_RESPONSE]
     if late:
         raise CheckFailed(f"after {what} the node went on reading the link: {', '.join(late)}")
     yield ctx.node_still_serves(what)

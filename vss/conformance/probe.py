@@ -75,6 +75,7 @@ class ProbeLink(protocol.Protocol):
         self.label = label
         self.decoder = codec.FrameDecoder()
         self.frames = []  # every frame received, in order
+        self.notifications = []  # STATE_CHANGE notifications, never matched by expect()
         self._unread = []  # frames no expect() has taken yet
         self._waiters = []  # [predicate, Deferred, DelayedCall, what]
         self.closed = False
@@ -109,6 +110,11 @@ class ProbeLink(protocol.Protocol):
             ):
                 continue  # the answer to our own keepalive
             self.frames.append(item)
+            if item.flags & codec.FLAG_NOTIFY and item.type == MsgType.STATE_CHANGE:
+                # A CU hears about its devices at any time (the suite's PU going on and
+                # off line): kept apart so it is never mistaken for an answer.
+                self.notifications.append(item)
+                continue
             self._unread.append(item)
         self._dispatch()
 
