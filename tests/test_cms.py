@@ -163,10 +163,12 @@ class CentralPlatformTests(unittest.TestCase):
             d = yield self.store.get_device("cam-a")
             return d.name
 
-        for _ in range(200):
+        from twisted.internet import task
+
+        for _ in range(500):
             if (yield landed()) == "Renamed by the camera":
                 break
-            yield wait_until(reactor, lambda: True)
+            yield task.deferLater(reactor, 0.02, lambda: None)
         self.assertEqual((yield landed()), "Renamed by the camera")
         yield wait_until(reactor, lambda: self.node_b.store.get_device("cam-a").name
                          == "Renamed by the camera", what="the rename on node-b")
@@ -218,3 +220,20 @@ class CentralPlatformTests(unittest.TestCase):
         yield wait_until(reactor, lambda: not self.node_a.central.outbox.pending, timeout=10)
         device = yield self.store.get_device("cam-a")
         self.assertEqual(device.name, "Changed during the outage")
+
+    @defer.inlineCallbacks
+    def test_presence_of_a_pu_reaches_the_other_nodes(self):
+        pu = yield self.p.login("node-b", Role.PU, "cam-b", "cam-b-secret",
+                                on_request=Answering())
+        yield wait_until(reactor, lambda: self.node_a.store.get_state("cam-b").get("online"),
+                         what="node-a to see cam-b online")
+        self.assertEqual(self.cms.online_per_node(), {"node-b": 1})
+        pu.link.abort()
+        yield wait_until(reactor,
+                         lambda: self.node_a.store.get_state("cam-b").get("online") is False,
+                         what="node-a to see cam-b offline")
+        # A node that registers later learns who is online.
+        yield self.p.login("node-b", Role.PU, "cam-b", "cam-b-secret", on_request=Answering())
+        node_c = yield self.p.start_node("node-c")
+        yield wait_until(reactor, lambda: node_c.store.get_state("cam-b").get("online"),
+                         what="node-c to learn cam-b is online")

@@ -215,6 +215,10 @@ class ICentral(Interface):
     def report_change(change):
         """S603: a ``SyncChange`` from one of the node's PUs. Fires with ``SyncAck``."""
 
+    def presence(device_id, online):
+        """One of the node's PUs came online or went offline (dynamic data, so not
+        logged: CMS passes it on to the other nodes so their device lists show it)."""
+
 
 class IStreamAuthorizer(Interface):
     """How the streaming server checks a token in an RTSP URL."""

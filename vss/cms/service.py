@@ -44,6 +44,7 @@ from vss.protocols.messages import (
     Role,
     Route,
     RouteRequest,
+    StateChange,
     StaticPage,
     SyncAck,
     SyncBatch,
@@ -120,6 +121,7 @@ class CMSService(service.Service):
         self.sessions = {}  # node_id -> NodeSession of a registered node link
         self.links = set()
         self.homes = {}  # device_id -> home node id (kept from the DB and its changes)
+        self.online = set()  # devices whose home node reports them online
         self.mdp = MDP()
         self._verifiers = {}
         self._sweeper = None
@@ -173,6 +175,10 @@ class CMSService(service.Service):
             del self.sessions[s.node_id]
             self.mdp.forget(s.node_id)
             self.log.info("node {node} down (link lost)", node=s.node_id)
+            for device_id in [d for d in self.online if self.homes.get(d) == s.node_id]:
+                self.on_presence(s, StateChange(device_id=device_id, channel=0,
+                                                change=int(ChangeKind.OFFLINE),
+                                                timestamp=self.now_ms(), items=[]), force=True)
             if self.running:
                 self.store.set_node_state(s.node_id, "down").addErrback(self._logged)
 
@@ -258,6 +264,7 @@ class CMSService(service.Service):
                                      origin=s.node_id)
         yield self.store.set_node_state(s.node_id, "up", {})
         head = yield self.store.head_seq()
+        self.clock.callLater(0, self._send_presences, s)
         self.log.info("node {node} up from {peer} (applied {applied}, head {head})",
                       node=s.node_id, peer=s.link.peer, applied=body.applied_seq, head=head)
         return NodeRegistered(cms_id=self.config.cms_id,
@@ -345,6 +352,34 @@ class CMSService(service.Service):
         # S406 is the home node's answer, passed back as it came.
         d = target.link.request(MsgType.ROUTE_REQUEST, forwarded, self.config.route_timeout)
         return d.addCallback(lambda msg: msg.body)
+
+    # -- presence: which PUs are online (dynamic data, passed on, never logged)
+
+    def on_presence(self, s, change, force=False):
+        """A node's PU came online or went offline: tell the other nodes."""
+        if change.change not in (ChangeKind.ONLINE, ChangeKind.OFFLINE):
+            return
+        if not force and self.homes.get(change.device_id) != s.node_id:
+            return
+        if change.change == ChangeKind.ONLINE:
+            self.online.add(change.device_id)
+        else:
+            self.online.discard(change.device_id)
+        frame = codec.encode_notify(MsgType.STATE_CHANGE, change)
+        for other in self.sessions.values():
+            if other is not s:
+                other.link.send_raw(frame)
+
+    def _send_presences(self, s):
+        """A node that (re)registers learns which PUs of other nodes are online."""
+        if self.sessions.get(s.node_id) is not s:
+            return
+        now = self.now_ms()
+        for device_id in self.online:
+            if self.homes.get(device_id) != s.node_id:
+                s.link.send_notify(MsgType.STATE_CHANGE, StateChange(
+                    device_id=device_id, channel=0, change=int(ChangeKind.ONLINE),
+                    timestamp=now, items=[]))
 
     # -- S501-S506 passive sync
 
@@ -469,6 +504,13 @@ class CMSService(service.Service):
                    key=lambda s: (s.load.get("pus", 0), counts.get(s.node_id, 0), s.node_id))
         return defer.succeed(best.node_id)
 
+    def online_per_node(self):
+        counts = {}
+        for device_id in self.online:
+            home = self.homes.get(device_id, "")
+            counts[home] = counts.get(home, 0) + 1
+        return counts
+
     def status(self):
         return {
             "cms_id": self.config.cms_id,
@@ -476,6 +518,7 @@ class CMSService(service.Service):
                           "media": s.media, "signalling": s.signalling}
                       for n, s in sorted(self.sessions.items())},
             "devices": len(self.homes),
+            "online_per_node": self.online_per_node(),
             **self.counters,
         }
 
@@ -493,4 +536,5 @@ class CMSService(service.Service):
         MsgType.ROUTE_REQUEST: on_route_request,
         MsgType.SYNC_FETCH: on_sync_fetch,
         MsgType.SYNC_CHANGE: on_sync_change,
+        MsgType.STATE_CHANGE: on_presence,
     }

@@ -29,6 +29,7 @@ from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import (
+    ChangeKind,
     Empty,
     Entity,
     Heartbeat,
@@ -37,6 +38,7 @@ from vss.protocols.messages import (
     RegInfoRequest,
     RouteLookup,
     RouteRequest,
+    StateChange,
     StaticPull,
     SyncComplete,
     SyncFetch,
@@ -133,7 +135,27 @@ class CmsLink(service.Service):
     def _connected(self):
         if not self.ready.called:
             self.ready.callback(self)
+        if self.rgm is not None:
+            for device_id in list(self.rgm.pu_links):
+                self.presence(device_id, True)
         self._send_outbox()
+
+    def presence(self, device_id, online):
+        if self.link is not None:
+            self.link.send_notify(MsgType.STATE_CHANGE, StateChange(
+                device_id=device_id, channel=0,
+                change=int(ChangeKind.ONLINE if online else ChangeKind.OFFLINE),
+                timestamp=int(self.clock.seconds() * 1000), items=[]))
+
+    def on_presence(self, change):
+        """Another node's PU came online or went offline."""
+        record = self.store.get_device(change.device_id)
+        if record is not None and record.home_node in ("", self.node_id):
+            return  # our own PUs' presence is ours to know
+        online = change.change == ChangeKind.ONLINE
+        self.store.set_state(change.device_id, online=online)
+        if self.rgm is not None:
+            self.rgm.publish_state(change.device_id, ChangeKind(change.change), [])
 
     def linkUp(self, link):
         pass
@@ -242,6 +264,8 @@ class CmsLink(service.Service):
     def received(self, link, frame, msg):
         t = frame.type
         if frame.flags & codec.FLAG_NOTIFY:
+            if t == MsgType.STATE_CHANGE:
+                self.on_presence(msg.body)
             return
         if t == MsgType.KEEPALIVE:
             link.send_response(t, frame.txid, Empty())

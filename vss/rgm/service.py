@@ -202,6 +202,7 @@ class RGMService(service.Service):
                 self.store.set_state(s.identity, online=False, last_seen=self.now_ms())
                 self.log.info("PU {device} offline", device=s.identity)
                 self.publish_state(s.identity, ChangeKind.OFFLINE, [])
+                self.central.presence(s.identity, False)
         else:
             self.cu_links.pop(s.session_id, None)
 
@@ -425,6 +426,7 @@ class RGMService(service.Service):
         )
         if s.role == Role.PU:
             self.publish_state(s.identity, ChangeKind.ONLINE, [])
+            self.central.presence(s.identity, True)
 
     # -- 5. what a registered PU sends
 

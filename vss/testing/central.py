@@ -22,6 +22,7 @@ class MemoryCentral:
         self.nodes = {}  # node_id -> RGMService (in-process) or None when down
         self.changes = []
         self.routed = []
+        self.online = {}
         self.available = True
 
     # -- set-up helpers
@@ -126,6 +127,13 @@ class MemoryCentral:
             return defer.fail(VssError(ResultCode.HOME_NODE_DOWN,
                                        f"node {record.home_node} is down"))
         return relay.serve_locally(rgm_n, device_id, inner_type, inner_body)
+
+    def presence(self, device_id, online):
+        self.online[device_id] = online
+        for rgm in self.nodes.values():
+            record = rgm.store.get_device(device_id)
+            if record is not None and record.home_node != rgm.node_id:
+                rgm.store.set_state(device_id, online=online)
 
     def report_change(self, change):
         self._check()

@@ -1,0 +1,205 @@
+"""
+``make run`` (``python -m vss.demo``): a whole platform on one machine, on embedded
+defaults (SQLite, in-process stores, data under ./run):
+
+- the central platform (``twistd vss-cms``), admin API on 127.0.0.1:7280;
+- two nodes (``twistd vss-node``) node-a and node-b;
+- simulated cameras (``vss-pu``): two IPCs on each node and a 4-channel encoder;
+- a user ``alice`` granted every camera, and an admin token.
+
+Passwords, device secrets and the admin token are random, made on the first run and
+kept in ./run/credentials.json (mode 0600). Stopping it (Ctrl-C) stops everything it
+started.
+"""
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+BIN = os.path.dirname(sys.executable)
+DEVICES = [
+    # device id, kind, channels, home node
+    ("cam-a1", 1, 1, "node-a"),
+    ("cam-a2", 1, 1, "node-a"),
+    ("dvs-a3", 2, 4, "node-a"),
+    ("cam-b1", 1, 1, "node-b"),
+    ("cam-b2", 1, 1, "node-b"),
+]
+
+
+def credentials(run_dir):
+    path = os.path.join(run_dir, "credentials.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f), False
+    creds = {
+        "alice_password": secrets.token_urlsafe(12),
+        "pu_secret_template": "{id}." + secrets.token_urlsafe(16),
+        "admin_token": secrets.token_urlsafe(32),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(creds, f, indent=1)
+    return creds, True
+
+
+def seed(db_path, creds):
+    """Create the demo's users, devices, grants and admin token in the CMS database."""
+    from twisted.internet import defer, task
+
+    from vss.cms.store import hash_token, make_static_store
+    from vss.protocols.messages import Action
+    from vss.testing.records import verifier
+
+    @defer.inlineCallbacks
+    def run(reactor):
+        store = make_static_store("sqlite:" + db_path, reactor=reactor)
+        yield store.open()
+        try:
+            yield store.upsert_user("alice", verifier(creds["alice_password"]), ["operators"])
+            for device_id, kind, channels, home in DEVICES:
+                secret = creds["pu_secret_template"].replace("{id}", device_id)
+                yield store.upsert_device(device_id, device_id.upper(), kind, channels, home,
+                                          verifier(secret))
+                yield store.set_grant("group:operators", device_id,
+                                      int(Action.VIEW | Action.PTZ | Action.CONFIG
+                                          | Action.RECORD))
+            yield store.add_admin_token("demo-admin", hash_token(creds["admin_token"]))
+        finally:
+            yield store.close()
+
+    try:
+        task.react(lambda reactor: run(reactor))
+    except SystemExit as e:  # react always exits; only a failure matters here
+        if e.code:
+            raise
+
+
+class Supervisor:
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.children = []
+
+    def spawn(self, name, argv, env=None):
+        log = open(os.path.join(self.run_dir, f"{name}.log"), "ab")  # noqa: SIM115
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.run_dir,
+                             env={**os.environ, **(env or {})}, start_new_session=True)
+        self.children.append((name, p))
+        return p
+
+    def wait_file(self, path, proc, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if proc.poll() is not None:
+                raise SystemExit(f"{proc.args[0]} stopped; see its log in {self.run_dir}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{path} did not appear; see the logs in {self.run_dir}")
+            time.sleep(0.1)
+        with open(path) as f:
+            return json.load(f)
+
+    def stop(self):
+        for _name, p in reversed(self.children):
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 10
+        for _name, p in self.children:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run-dir", default="run")
+    ap.add_argument("--base-port", type=int, default=7100,
+                    help="node-a uses BASE..BASE+3, node-b BASE+10..BASE+13, CMS BASE+100 "
+                         "and the admin API BASE+180")
+    args = ap.parse_args(argv)
+    run_dir = os.path.abspath(args.run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    creds, fresh = credentials(run_dir)
+    db = os.path.join(run_dir, "cms", "vss-cms.sqlite3")
+    os.makedirs(os.path.dirname(db), exist_ok=True)
+    if fresh:
+        seed(db, creds)
+    for path in [os.path.join(run_dir, d, "ports.json") for d in ("cms", "node-a", "node-b")]:
+        if os.path.exists(path):
+            os.remove(path)
+
+    b = args.base_port
+    sup = Supervisor(run_dir)
+
+    def stop(*_):
+        sup.stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    twistd = os.path.join(BIN, "twistd")
+    try:
+        cms = sup.spawn("cms", [twistd, "-n", "--pidfile=", "vss-cms", "--data-dir",
+                                os.path.join(run_dir, "cms"),
+                                "--node-listen", f"tcp:{b + 100}:interface=127.0.0.1",
+                                "--admin-listen", f"tcp:{b + 180}:interface=127.0.0.1"])
+        sup.wait_file(os.path.join(run_dir, "cms", "ports.json"), cms)
+        secret_file = os.path.join(run_dir, "cms", "cluster.secret")
+        for i, node in enumerate(("node-a", "node-b")):
+            p = b + 10 * i
+            proc = sup.spawn(node, [
+                twistd, "-n", "--pidfile=", "vss-node", "--node-id", node,
+                "--data-dir", os.path.join(run_dir, node),
+                "--cms", f"tcp:127.0.0.1:{b + 100}", "--cluster-secret-file", secret_file,
+                "--pu-listen", f"tcp:{p}:interface=127.0.0.1",
+                "--cu-listen", f"tcp:{p + 1}:interface=127.0.0.1",
+                "--node-listen", f"tcp:{p + 2}:interface=127.0.0.1",
+                "--rtsp-listen", f"tcp:{p + 3}:interface=127.0.0.1"])
+            sup.wait_file(os.path.join(run_dir, node, "ports.json"), proc)
+        env = {"VSS_PU_SECRET": creds["pu_secret_template"]}
+        for device_id, kind, channels, home in DEVICES:
+            port = b if home == "node-a" else b + 10
+            sup.spawn(f"pu-{device_id}", [
+                os.path.join(BIN, "vss-pu"), "--node", f"tcp:127.0.0.1:{port}", "--id",
+                device_id, "--kind", {1: "ipc", 2: "dvs", 3: "dvr"}[kind],
+                "--channels", str(channels)], env=env)
+    except BaseException:
+        sup.stop()
+        raise
+
+    ctl = os.path.join(BIN, "vssctl")
+    admin = os.path.join(BIN, "vss-admin")
+    print(f"""
+vss is running: CMS, node-a, node-b and {len(DEVICES)} simulated cameras (logs in {run_dir}).
+
+Log in as a user on either node:
+  export VSS_NODE=tcp:127.0.0.1:{b + 1} VSS_USER=alice VSS_PASSWORD='{creds['alice_password']}'
+  {ctl} devices
+  {ctl} ptz cam-b1 goto --pan 0.5 --tilt 0.2        # cam-b1 lives on node-b: routed
+  {ctl} config cam-a1 get
+  (node-b's CU port is {b + 11})
+
+Administer the platform:
+  export VSS_API=http://127.0.0.1:{b + 180} VSS_ADMIN_TOKEN='{creds['admin_token']}'
+  {admin} status
+  {admin} user list
+
+Credentials are kept in {run_dir}/credentials.json. Ctrl-C stops everything.
+""", flush=True)
+    while True:
+        for name, p in sup.children:
+            if p.poll() is not None and not name.startswith("pu-"):
+                print(f"{name} stopped (exit {p.returncode}); see {run_dir}/{name}.log",
+                      file=sys.stderr)
+                sup.stop()
+                return 1
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
