@@ -114,8 +114,9 @@ class DigestServer:
             out.append(f'Basic realm="{self.realm}"')
         return out
 
-    def check(self, header, method):
-        """The user name if ``header`` (Authorization value) is valid, else None."""
+    def check(self, header, method, uri=None):
+        """The user name if ``header`` (Authorization value) is valid for ``method``
+        (and, for Digest, the request ``uri`` when given), else None."""
         if not header:
             return None
         scheme, _, rest = header.strip().partition(" ")
@@ -136,6 +137,8 @@ class DigestServer:
         good = self.users.get(name)
         nonce = p.get("nonce", "")
         if good is None or p.get("realm") != self.realm or "response" not in p:
+            return None
+        if uri is not None and p.get("uri") != uri:
             return None
         stamp, _, _ = nonce.partition(":")
         if not stamp.isdigit() or not hmac.compare_digest(self._nonce(int(stamp)), nonce):

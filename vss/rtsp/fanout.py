@@ -400,7 +400,7 @@ class UDPReader:
                     self.rtcp_udp.write(payload, (host, pp[1]))
                 else:
                     self.rtp_udp.write(payload, (host, pp[0]))
-            except OSError:
+            except Exception:  # socket buffer full (EAGAIN), oversized datagram...
                 self.drops += 1
                 continue
             self.bytes += len(payload)

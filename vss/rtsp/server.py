@@ -148,7 +148,10 @@ class RTSPServerProtocol(protocol.Protocol):
                 target = self.channels.get(item.channel)
                 if target is not None:
                     source, track, rtcp = target
-                    source.feed(track, rtcp, item.data)
+                    try:
+                        source.feed(track, rtcp, item.data)
+                    except Exception:
+                        log.failure("fan-out failed", path=source.path)
                     published.add(source)
                 continue  # RTCP receiver reports of viewers: liveness only
             if isinstance(item, ParseError):
@@ -164,7 +167,10 @@ class RTSPServerProtocol(protocol.Protocol):
                 log.failure("rtsp request failed", method=item.method)
                 self.reply(item, 500)
         for source in published:
-            source.end_of_input()
+            try:
+                source.end_of_input()
+            except Exception:
+                log.failure("fan-out failed", path=source.path)
 
     def send(self, data):
         if self.closed:
@@ -440,7 +446,7 @@ class RTSPServerFactory(protocol.Factory):
             conn.reply(req, 501 if req.method.isupper() else 405, [("Allow", PUBLIC)])
             return
         if self.digest is not None:
-            user = self.digest.check(req.headers.get("Authorization"), req.method)
+            user = self.digest.check(req.headers.get("Authorization"), req.method, req.uri)
             if user is None:
                 conn.reply(req, 401, [("WWW-Authenticate", c) for c in self.digest.challenges()])
                 return
