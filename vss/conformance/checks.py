@@ -625,6 +625,28 @@ def txid_duplicate(ctx):
     extra = [describe(f) for f in link.unread() if f.txid == txid]
     if extra:
         raise CheckFailed(f"txid {txid} answered more than once: {', '.join(extra)}")
+    # Once answered, the txid is free again.
+    ctx.config_get(link, "dup.reused", txid)
+    frame = yield link.response(txid, ctx.timeout, f"answer to txid {txid} reused after its answer")
+    body = expect_response(frame, MsgType.CONFIG_GET, txid, "Config").body
+    if [kv.key for kv in body.items] != ["dup.reused"]:
+        raise CheckFailed(f"the reused txid was answered {body.items!r}")
+
+
+@check("stray_response",
+       "a response matching no request in flight is dropped: no answer, the link stays up")
+@defer.inlineCallbacks
+def stray_response(ctx):
+    link = yield ctx.cu()
+    link.send(_frame(MsgType.KEEPALIVE, b"\x00\x00", 31337, flags=codec.FLAG_RESPONSE))
+    link.send(_frame(MsgType.PTZ_CONTROL, codec.encode_body(
+        PtzStatus(pan=0.0, tilt=0.0, zoom=0.0, moving=False)), 31338, flags=codec.FLAG_RESPONSE))
+    txid = link.request(MsgType.KEEPALIVE, Empty())
+    frame = yield link.response(txid, ctx.timeout, "KEEPALIVE answer after stray responses")
+    expect_response(frame, MsgType.KEEPALIVE, txid)
+    extra = [describe(f) for f in link.unread()]
+    if extra:
+        raise CheckFailed(f"stray responses were answered: {', '.join(extra)}")
 
 
 @check("too_many_in_flight",
