@@ -259,6 +259,18 @@ class Helpers(unittest.TestCase):
         self.assertTrue(self.successResultOf(closed))
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_garbage_from_the_node_is_reported_as_such(self):
+        clock = task.Clock()
+        link = probe.ProbeLink(clock, "PU link 2")
+        transport = StringTransport()
+        link.makeConnection(transport)
+        d = link.response(1, 5.0, "HelloAck")
+        link.dataReceived(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        self.assertTrue(transport.disconnecting)
+        link.connectionLost(None)
+        self.assertIn("PU link 2: the node sent bytes that are not a valid frame (BAD_MAGIC",
+                      str(self.failureResultOf(d, probe.LinkClosed).value))
+
     def test_a_check_that_never_ends_fails_at_its_deadline(self):
         clock = task.Clock()
         ctx = checks.Context(None, "tcp:h:1", "tcp:h:2", "cam1", "alice", "s", "p",

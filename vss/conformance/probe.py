@@ -94,7 +94,7 @@ class ProbeLink(protocol.Protocol):
         for _pred, d, timer, what in waiters:
             if timer.active():
                 timer.cancel()
-            d.errback(LinkClosed(f"{self.label}: the node closed the link before {what}"))
+            d.errback(LinkClosed(self._closed_before(what)))
         self.lost.callback(None)
 
     def dataReceived(self, data):
@@ -186,12 +186,18 @@ class ProbeLink(protocol.Protocol):
                 self._unread.remove(frame)
                 return defer.succeed(frame)
         if self.closed:
-            return defer.fail(LinkClosed(f"{self.label}: the node closed the link before {what}"))
+            return defer.fail(LinkClosed(self._closed_before(what)))
         d = defer.Deferred()
         waiter = [predicate, d, None, what]
         waiter[2] = self.clock.callLater(timeout, self._timedOut, waiter, timeout)
         self._waiters.append(waiter)
         return d
+
+    def _closed_before(self, what):
+        if self.bad_input is not None:
+            return (f"{self.label}: the node sent bytes that are not a valid frame "
+                    f"({self.bad_input.code.name}: {self.bad_input.message}) before {what}")
+        return f"{self.label}: the node closed the link before {what}"
 
     def _timedOut(self, waiter, timeout):
         if waiter in self._waiters:
