@@ -1,0 +1,723 @@
+"""
+MMS, the admin HTTP API (``vss.cms.mms``) and ``vss-admin``, over a real SQLite
+``IStaticStore`` in a temporary directory.
+
+Most tests talk real HTTP to the API listening on 127.0.0.1 port 0; one drives the
+resource tree with ``DummyRequest``; the last runs ``vss-admin`` as real processes.
+"""
+
+import json
+import os
+import sqlite3
+from io import BytesIO
+
+from twisted.internet import defer, reactor
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial import unittest
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.test.requesthelper import DummyRequest
+from zope.interface.verify import verifyObject
+
+from vss.cms import mms
+from vss.cms.admin_backend import StoreAdminBackend
+from vss.cms.store import hash_token, make_static_store
+from vss.interfaces import IAdminBackend
+from vss.protocols import scram
+from vss.protocols.messages import Action, ChangeOp, Entity
+from vss.testing import records
+from vss.testing.processes import child_env, run_tool
+
+TOKEN = "test-admin-token-0123456789"
+PASSWORD = "Hunter2-Secret-Pw"
+SECRET = "Cam-Secret-9f8e7d"
+URL_PASS = "Cam-Url-Pass-42"
+QUERY_PASS = "Q-Param-Pass-77"
+SOURCE = f"rtsp://admin:{URL_PASS}@10.0.0.5:554/stream1?password={QUERY_PASS}&ch=1"
+
+
+class ApiTestCase(unittest.TestCase):
+    """The API on a fresh SQLite store, listening on 127.0.0.1:0."""
+
+    timeout = 60
+
+    def make_backend(self, store):
+        return StoreAdminBackend(store, publish=self.published.append)
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.work = os.path.abspath(self.mktemp())
+        os.makedirs(self.work)
+        self.db = os.path.join(self.work, "cms.sqlite3")
+        self.store = make_static_store("sqlite:" + self.db, reactor=reactor)
+        yield self.store.open()
+        self.addCleanup(self.store.close)
+        yield self.store.add_admin_token("root", hash_token(TOKEN))
+        self.published = []
+        self.raw_answers = []
+        self.backend = self.make_backend(self.store)
+        self.site = mms.make_admin_site(self.backend)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.agent = Agent(reactor, pool=self.pool)
+
+    @defer.inlineCallbacks
+    def call(self, method, path, body=None, token=TOKEN, data=None, headers=None,
+             prefix=mms.API_PREFIX):
+        """(status, JSON payload, response headers) of one real HTTP request."""
+        h = Headers(headers or {})
+        if token is not None:
+            h.setRawHeaders(b"authorization", [b"Bearer " + token.encode()])
+        if body is not None:
+            data = json.dumps(body).encode()
+        producer = FileBodyProducer(BytesIO(data)) if data is not None else None
+        response = yield self.agent.request(method.encode(), (self.base + prefix + path).encode(),
+                                            h, producer)
+        raw = yield readBody(response)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                         [b"application/json"], raw)
+        payload = json.loads(raw)
+        self.raw_answers.append(raw)
+        return response.code, payload, response.headers
+
+    @defer.inlineCallbacks
+    def ok(self, method, path, body=None, status=200):
+        code, payload, _ = yield self.call(method, path, body)
+        self.assertEqual(code, status, payload)
+        return payload
+
+    @defer.inlineCallbacks
+    def error(self, method, path, body=None, status=400, field=None, **kw):
+        code, payload, headers = yield self.call(method, path, body, **kw)
+        self.assertEqual(code, status, payload)
+        self.assertIsInstance(payload.get("error"), str)
+        self.assertTrue(payload["error"])
+        self.assertNotIn("Traceback", payload["error"])
+        if field is not None:
+            self.assertEqual(payload.get("field"), field, payload)
+        return payload, headers
+
+    @defer.inlineCallbacks
+    def add_node(self, node_id, state="up", **load):
+        yield self.store.upsert_node(node_id, f"{node_id}:7000", f"{node_id}:554", 100)
+        yield self.store.set_node_state(node_id, state, load or None)
+
+    @defer.inlineCallbacks
+    def log_seqs(self):
+        changes, _ = yield self.store.changes_after(0, 10000)
+        return [c.seq for c in changes]
+
+    def published_seqs(self):
+        return [c.seq for batch in self.published for c in batch]
+
+
+class AuthTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def test_token_required(self):
+        _, headers = yield self.error("GET", "/users", token=None, status=401)
+        self.assertEqual(headers.getRawHeaders(b"www-authenticate"), [b'Bearer realm="vss"'])
+        yield self.error("GET", "/users", token="not-the-token", status=401)
+        yield self.error("GET", "/users", token="", status=401)
+        yield self.error("GET", "/users", token=None, status=401,
+                         headers={b"authorization": [b"Basic cm9vdDpyb290"]})
+        # unknown routes do not tell anything before authentication either
+        yield self.error("GET", "/no-such-thing", token=None, status=401)
+        yield self.error("POST", "/users", {"username": "eve", "password": PASSWORD},
+                         token="wrong", status=401)
+        self.assertIsNone((yield self.store.get_user("eve")))
+        self.assertEqual(self.published, [])
+
+    @defer.inlineCallbacks
+    def test_right_token(self):
+        index = yield self.ok("GET", "/")
+        self.assertEqual(index["admin"], "root")
+        code, payload, _ = yield self.call("GET", "/users/")
+        self.assertEqual((code, payload), (200, {"items": [], "next_cursor": ""}))
+
+    @defer.inlineCallbacks
+    def test_outside_the_api_is_a_json_404(self):
+        for path in ("/", "/api", "/api/v2/users", "/favicon.ico"):
+            code, payload, _ = yield self.call("GET", path, token=None, prefix="")
+            self.assertEqual(code, 404, path)
+            self.assertIn("error", payload)
+
+
+class UserTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def test_crud(self):
+        user = yield self.ok("POST", "/users", {"username": "alice", "password": PASSWORD,
+                                                "groups": ["ops", "day"]}, status=201)
+        self.assertEqual(user, {"username": "alice", "groups": ["day", "ops"],
+                                "enabled": True, "version": 1})
+        yield self.error("POST", "/users", {"username": "alice", "password": PASSWORD},
+                         status=409, field="username")
+        listed = yield self.ok("GET", "/users")
+        self.assertEqual([u["username"] for u in listed["items"]], ["alice"])
+        self.assertEqual((yield self.ok("GET", "/users/alice")), user)
+
+        before = yield self.store.get_user("alice")
+        changed = yield self.ok("PATCH", "/users/alice",
+                                {"groups": ["night"], "enabled": False, "password": "N3w-Pass!"})
+        self.assertEqual(changed, {"username": "alice", "groups": ["night"], "enabled": False,
+                                   "version": 2})
+        after = yield self.store.get_user("alice")
+        self.assertNotEqual(after.verifier, before.verifier)
+        self.assertTrue(_verifies(after.verifier, "N3w-Pass!"))
+        # a change without a password keeps the verifier
+        yield self.ok("PATCH", "/users/alice", {"enabled": True})
+        self.assertEqual((yield self.store.get_user("alice")).verifier, after.verifier)
+        # an outdated version is a conflict
+        yield self.error("PATCH", "/users/alice", {"enabled": False, "version": 1},
+                         status=409, field="version")
+
+        store_made = yield self.store.upsert_device("cam-1", "Cam", 1, 1, "",
+                                                    records.verifier("x", 1))
+        store_made += yield self.store.set_grant("user:alice", "cam-1", Action.VIEW)
+        removed = yield self.ok("DELETE", "/users/alice")
+        self.assertEqual(removed["grants_removed"], 1)
+        yield self.error("GET", "/users/alice", status=404)
+        yield self.error("DELETE", "/users/alice", status=404)
+        yield self.error("PATCH", "/users/alice", {"enabled": True}, status=404)
+        self.assertEqual((yield self.store.list_grants())[0], [])
+
+        # every change the API made went to publish, as the store logged it
+        ops = [(c.entity, c.op, c.key) for batch in self.published for c in batch]
+        self.assertEqual(ops[0], (Entity.USER, ChangeOp.UPSERT, "alice"))
+        self.assertEqual(ops[-2:], [(Entity.GRANT, ChangeOp.DELETE, "user:alice|cam-1"),
+                                    (Entity.USER, ChangeOp.DELETE, "alice")])
+        api_seqs = self.published_seqs()
+        self.assertEqual(sorted(api_seqs + [c.seq for c in store_made]),
+                         (yield self.log_seqs()))
+
+    @defer.inlineCallbacks
+    def test_paging(self):
+        for i in range(5):
+            yield self.store.upsert_user(f"u{i}", records.verifier("pw", 1), [])
+        seen, cursor, pages = [], "", 0
+        while True:
+            page = yield self.ok("GET", f"/users?limit=2&cursor={cursor}")
+            pages += 1
+            self.assertLessEqual(len(page["items"]), 2)
+            seen += [u["username"] for u in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        self.assertEqual(seen, ["u0", "u1", "u2", "u3", "u4"])
+        self.assertEqual(pages, 3)
+        for bad in ("0", "-1", "x", str(mms.MAX_LIMIT + 1)):
+            yield self.error("GET", f"/users?limit={bad}", field="limit")
+
+
+def _verifies(verifier, secret):
+    salt, iterations, stored, server = scram.make_verifier(secret, verifier.salt,
+                                                           verifier.iterations)
+    return (stored, server) == (verifier.stored_key, verifier.server_key)
+
+
+class SecretTests(ApiTestCase):
+    def setUp(self):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        return super().setUp()
+
+    @defer.inlineCallbacks
+    def test_passwords_and_secrets_never_leave_or_get_stored(self):
+        yield self.add_node("n1")
+        yield self.ok("POST", "/users", {"username": "alice", "password": PASSWORD},
+                      status=201)
+        device = yield self.ok("POST", "/devices", {
+            "device_id": "cam-1", "secret": SECRET, "source_url": SOURCE}, status=201)
+        self.assertTrue(device["secret_set"])
+        self.assertEqual(device["source_url"],
+                         "rtsp://***@10.0.0.5:554/stream1?password=***&ch=1")
+        yield self.ok("PATCH", "/users/alice", {"password": PASSWORD + "2"})
+        yield self.ok("PATCH", "/devices/cam-1", {"secret": SECRET + "2"})
+        # a masked URL sent back unchanged keeps the real one
+        yield self.ok("PATCH", "/devices/cam-1", {"source_url": device["source_url"],
+                                                  "name": "Gate"})
+        self.assertEqual((yield self.store.get_device("cam-1")).source_url, SOURCE)
+        for path in ("/users", "/users/alice", "/devices", "/devices/cam-1", "/status"):
+            yield self.ok("GET", path)
+        yield self.error("POST", "/users", {"username": "alice", "password": PASSWORD},
+                         status=409)
+
+        secrets = [PASSWORD, SECRET, URL_PASS, QUERY_PASS]
+        for raw in self.raw_answers:
+            for s in secrets:
+                self.assertNotIn(s.encode(), raw)
+        for event in self.events:
+            text = (formatEvent(event) or "") + repr(event)
+            for s in secrets:
+                self.assertNotIn(s, text)
+
+        # the database holds verifiers only (the camera URL must stay usable: kept)
+        user = yield self.store.get_user("alice")
+        dev = yield self.store.get_device("cam-1")
+        self.assertTrue(_verifies(user.verifier, PASSWORD + "2"))
+        self.assertTrue(_verifies(dev.verifier, SECRET + "2"))
+        yield self.store.close()
+        conn = sqlite3.connect(self.db)
+        try:
+            rows = []
+            for table in ("users", "devices", "change_log", "meta", "admin_tokens"):
+                rows += conn.execute(f"SELECT * FROM {table}").fetchall()
+        finally:
+            conn.close()
+        dump = repr(rows)
+        for s in (PASSWORD, PASSWORD + "2", SECRET, SECRET + "2", TOKEN):
+            self.assertNotIn(s, dump)
+        for name in os.listdir(self.work):
+            with open(os.path.join(self.work, name), "rb") as f:
+                data = f.read()
+            for s in (PASSWORD, SECRET, TOKEN):
+                self.assertNotIn(s.encode(), data, name)
+        self.assertIn(hash_token(TOKEN), dump)
+
+    @defer.inlineCallbacks
+    def test_device_without_secret_needs_a_source(self):
+        yield self.error("POST", "/devices", {"device_id": "cam-1"}, field="secret")
+        dev = yield self.ok("POST", "/devices", {"device_id": "cam-2", "source_url": SOURCE},
+                            status=201)
+        self.assertFalse(dev["secret_set"])
+
+
+class DeviceTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def test_crud(self):
+        yield self.add_node("n1")
+        dev = yield self.ok("POST", "/devices", {
+            "device_id": "dvs-1", "name": "Lobby encoder", "kind": "dvs", "channels": 4,
+            "home_node": "n1", "secret": SECRET}, status=201)
+        self.assertEqual(dev, {"device_id": "dvs-1", "name": "Lobby encoder", "kind": "dvs",
+                               "channels": 4, "home_node": "n1", "source_url": "",
+                               "enabled": True, "secret_set": True, "version": 1})
+        yield self.error("POST", "/devices", {"device_id": "dvs-1", "secret": SECRET},
+                         status=409, field="device_id")
+        stored = yield self.store.get_device("dvs-1")
+        changed = yield self.ok("PATCH", "/devices/dvs-1", {"name": "Lobby", "channels": 2,
+                                                            "enabled": False})
+        self.assertEqual((changed["name"], changed["channels"], changed["enabled"],
+                          changed["version"]), ("Lobby", 2, False, 2))
+        self.assertEqual((yield self.store.get_device("dvs-1")).verifier, stored.verifier)
+        changed = yield self.ok("PATCH", "/devices/dvs-1", {"kind": "dvr", "secret": "An0ther-S"})
+        self.assertEqual((changed["kind"], changed["name"], changed["channels"]),
+                         ("dvr", "Lobby", 2))
+        self.assertTrue(_verifies((yield self.store.get_device("dvs-1")).verifier, "An0ther-S"))
+        yield self.error("PATCH", "/devices/dvs-1", {"home_node": "nowhere"}, field="home_node")
+        yield self.error("PATCH", "/devices/dvs-1", {"device_id": "other"}, field="device_id")
+        yield self.error("PATCH", "/devices/nope", {"name": "x"}, status=404)
+        listed = yield self.ok("GET", "/devices?home_node=n1")
+        self.assertEqual([d["device_id"] for d in listed["items"]], ["dvs-1"])
+        self.assertEqual((yield self.ok("GET", "/devices?home_node=n2"))["items"], [])
+
+        yield self.store.set_grant("group:ops", "dvs-1", Action.VIEW)
+        removed = yield self.ok("DELETE", "/devices/dvs-1")
+        self.assertEqual(removed["grants_removed"], 1)
+        yield self.error("GET", "/devices/dvs-1", status=404)
+        self.assertIsNone((yield self.store.get_device("dvs-1")))
+        kinds = [(c.entity, c.op) for batch in self.published for c in batch]
+        self.assertEqual(kinds[-2:], [(Entity.GRANT, ChangeOp.DELETE),
+                                      (Entity.DEVICE, ChangeOp.DELETE)])
+        # every batch published is exactly what the store logged for it
+        log, _ = yield self.store.changes_after(0, 1000)
+        by_seq = {c.seq: c for c in log}
+        for batch in self.published:
+            for c in batch:
+                # (the log answers an upsert of a row deleted since as a delete)
+                self.assertEqual((c.entity, c.key, c.version),
+                                 (by_seq[c.seq].entity, by_seq[c.seq].key,
+                                  by_seq[c.seq].version))
+
+    @defer.inlineCallbacks
+    def test_home_node_assignment(self):
+        yield self.add_node("n1")
+        yield self.add_node("n2")
+        yield self.add_node("n0", state="down")
+        yield self.ok("POST", "/devices", {"device_id": "a", "secret": SECRET,
+                                           "home_node": "n1"}, status=201)
+        # n0 has no device but is down; n2 has fewer devices than n1
+        dev = yield self.ok("POST", "/devices", {"device_id": "b", "secret": SECRET},
+                            status=201)
+        self.assertEqual(dev["home_node"], "n2")
+        # a tie goes to the lower id
+        dev = yield self.ok("POST", "/devices", {"device_id": "c", "secret": SECRET},
+                            status=201)
+        self.assertEqual(dev["home_node"], "n1")
+        # the home given must be a known node
+        yield self.error("POST", "/devices", {"device_id": "d", "secret": SECRET,
+                                              "home_node": "n9"}, field="home_node")
+        # an empty home asks for an assignment again
+        dev = yield self.ok("PATCH", "/devices/c", {"home_node": ""})
+        self.assertEqual(dev["home_node"], "n2")
+
+    @defer.inlineCallbacks
+    def test_no_up_node_leaves_the_home_empty(self):
+        yield self.add_node("n1", state="down")
+        dev = yield self.ok("POST", "/devices", {"device_id": "a", "secret": SECRET},
+                            status=201)
+        self.assertEqual(dev["home_node"], "")
+
+
+class AssignedByCmsTests(ApiTestCase):
+    def make_backend(self, store):
+        self.asked = []
+
+        def assign(device_id):
+            self.asked.append(device_id)
+            return defer.succeed("n7")
+
+        return StoreAdminBackend(store, publish=self.published.append, assign_home_node=assign,
+                                 status=lambda: {"cms_id": "c1", "nodes": {}})
+
+    @defer.inlineCallbacks
+    def test_backend_callables_are_used(self):
+        dev = yield self.ok("POST", "/devices", {"device_id": "cam-9", "secret": SECRET},
+                            status=201)
+        self.assertEqual((dev["home_node"], self.asked), ("n7", ["cam-9"]))
+        self.assertEqual((yield self.ok("GET", "/status")), {"cms_id": "c1", "nodes": {}})
+
+    def test_interface(self):
+        self.assertTrue(verifyObject(IAdminBackend, self.backend))
+        self.assertTrue(verifyObject(IAdminBackend, StoreAdminBackend(self.store)))
+
+
+class GrantTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def test_set_list_remove(self):
+        yield self.store.upsert_user("alice", records.verifier("pw", 1), ["ops"])
+        for d in ("cam-1", "cam-2"):
+            yield self.store.upsert_device(d, d, 1, 1, "", records.verifier("s", 1))
+        g = yield self.ok("PUT", "/grants", {"principal": "user:alice", "device_id": "cam-1",
+                                             "actions": ["view", "ptz"]})
+        self.assertEqual(g, {"principal": "user:alice", "device_id": "cam-1",
+                             "actions": ["view", "ptz"], "version": 1})
+        g = yield self.ok("PUT", "/grants", {"principal": "user:alice", "device_id": "cam-1",
+                                             "actions": ["view", "record", "config"]})
+        self.assertEqual((g["actions"], g["version"]), (["view", "config", "record"], 2))
+        yield self.ok("PUT", "/grants", {"principal": "group:night", "device_id": "cam-2",
+                                         "actions": ["view"]})
+        actions = yield self.store.list_grants(principal="user:alice")
+        self.assertEqual(actions[0][0].actions,
+                         int(Action.VIEW | Action.CONFIG | Action.RECORD))
+        listed = yield self.ok("GET", "/grants")
+        self.assertEqual([(x["principal"], x["device_id"]) for x in listed["items"]],
+                         [("group:night", "cam-2"), ("user:alice", "cam-1")])
+        only = yield self.ok("GET", "/grants?device_id=cam-2")
+        self.assertEqual([x["principal"] for x in only["items"]], ["group:night"])
+        page = yield self.ok("GET", "/grants?limit=1")
+        self.assertEqual(len(page["items"]), 1)
+        self.assertTrue(page["next_cursor"])
+        rest = yield self.ok("GET", f"/grants?limit=1&cursor={page['next_cursor']}")
+        self.assertEqual(rest["items"][0]["principal"], "user:alice")
+
+        yield self.error("PUT", "/grants", {"principal": "user:bob", "device_id": "cam-1",
+                                            "actions": ["view"]}, status=404)
+        yield self.error("PUT", "/grants", {"principal": "user:alice", "device_id": "cam-9",
+                                            "actions": ["view"]}, status=404)
+        yield self.error("PUT", "/grants", {"principal": "alice", "device_id": "cam-1",
+                                            "actions": ["view"]}, field="principal")
+        yield self.error("PUT", "/grants", {"principal": "user:alice", "device_id": "cam-1",
+                                            "actions": ["fly"]}, field="actions")
+        yield self.error("PUT", "/grants", {"principal": "user:alice", "device_id": "cam-1",
+                                            "actions": []}, field="actions")
+
+        yield self.ok("DELETE", "/grants?principal=user:alice&device_id=cam-1")
+        yield self.error("DELETE", "/grants?principal=user:alice&device_id=cam-1", status=404)
+        yield self.ok("DELETE", "/grants", {"principal": "group:night", "device_id": "cam-2"})
+        yield self.error("DELETE", "/grants", field="principal")
+        self.assertEqual((yield self.store.list_grants())[0], [])
+        self.assertEqual(self.published_seqs(), (yield self.log_seqs())[3:])
+
+
+class NodeTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def test_nodes(self):
+        n = yield self.ok("POST", "/nodes", {"node_id": "n1", "signalling": "10.0.0.1:7000",
+                                             "media": "10.0.0.1:554", "capacity": 500},
+                          status=201)
+        self.assertEqual((n["node_id"], n["state"], n["capacity"]), ("n1", "down", 500))
+        n = yield self.ok("POST", "/nodes", {"node_id": "n1", "signalling": "10.0.0.2:7000"})
+        self.assertEqual((n["signalling"], n["capacity"]), ("10.0.0.2:7000", 0))
+        yield self.ok("POST", "/nodes", {"node_id": "n2"}, status=201)
+        page = yield self.ok("GET", "/nodes?limit=1")
+        self.assertEqual(([x["node_id"] for x in page["items"]], page["next_cursor"]),
+                         (["n1"], "n1"))
+        page = yield self.ok("GET", "/nodes?limit=1&cursor=n1")
+        self.assertEqual(([x["node_id"] for x in page["items"]], page["next_cursor"]),
+                         (["n2"], ""))
+        yield self.error("POST", "/nodes", {"node_id": "bad:id"}, field="node_id")
+        yield self.error("POST", "/nodes", {"node_id": "n3", "capacity": -1}, field="capacity")
+
+        yield self.ok("POST", "/devices", {"device_id": "cam-1", "secret": SECRET,
+                                           "home_node": "n1"}, status=201)
+        yield self.error("DELETE", "/nodes/n1", status=409)
+        yield self.ok("DELETE", "/nodes/n1?force=true")
+        yield self.ok("DELETE", "/nodes/n2")
+        yield self.error("DELETE", "/nodes/n2", status=404)
+        yield self.error("GET", "/nodes/n2", status=405)
+        self.assertEqual((yield self.store.list_nodes()), [])
+        nodes = [(c.op, c.key) for batch in self.published for c in batch
+                 if c.entity == Entity.NODE]
+        self.assertEqual(nodes, [(ChangeOp.UPSERT, "n1"), (ChangeOp.UPSERT, "n1"),
+                                 (ChangeOp.UPSERT, "n2"), (ChangeOp.DELETE, "n1"),
+                                 (ChangeOp.DELETE, "n2")])
+
+
+class RecordSettingsTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def test_get_put(self):
+        yield self.store.upsert_device("dvs-1", "Enc", 2, 2, "", records.verifier("s", 1))
+        got = yield self.ok("GET", "/devices/dvs-1/record-settings/1")
+        self.assertEqual((got["mode"], got["stored"], got["channel"]), ("off", False, 1))
+        put = yield self.ok("PUT", "/devices/dvs-1/record-settings/1", {
+            "mode": "schedule", "stream": "sub", "segment_seconds": 600, "retention_days": 30,
+            "quota_mb": 2048, "pre_event_seconds": 3, "post_event_seconds": 20,
+            "schedule": [{"day": "mon", "start": "8:00", "end": "18:30"},
+                         {"day": 6, "start": 0, "end": "24:00"}]})
+        expected = {"device_id": "dvs-1", "channel": 1, "mode": "schedule", "stream": "sub",
+                    "segment_seconds": 600, "retention_days": 30, "quota_mb": 2048,
+                    "pre_event_seconds": 3, "post_event_seconds": 20, "stored": True,
+                    "schedule": [{"day": "mon", "start": "08:00", "end": "18:30"},
+                                 {"day": "sun", "start": "00:00", "end": "24:00"}]}
+        self.assertEqual(put, expected)
+        self.assertEqual((yield self.ok("GET", "/devices/dvs-1/record-settings/1")), expected)
+        stored = yield self.store.get_record_settings("dvs-1", 1)
+        self.assertEqual(stored["mode"], "schedule")
+        self.assertEqual(self.published[-1][0].entity, Entity.DEVICE)
+        self.assertEqual(self.published[-1][0].key, "dvs-1")
+        self.assertIsNone((yield self.store.get_record_settings("dvs-1", 0)))
+
+        # what the device reported (active sync) survives an operator's PUT
+        yield self.store.set_record_settings("dvs-1", 0, {"reported": {"config": {"fps": "25"}}})
+        got = yield self.ok("GET", "/devices/dvs-1/record-settings/0")
+        self.assertEqual((got["stored"], got["reported"]), (False, {"config": {"fps": "25"}}))
+        got = yield self.ok("PUT", "/devices/dvs-1/record-settings/0", {"mode": "continuous",
+                                                                         **{"reported": {}}})
+        self.assertEqual(got["reported"], {"config": {"fps": "25"}})
+
+        for body, field in [({"mode": "sometimes"}, "mode"), ({"stream": "third"}, "stream"),
+                            ({"segment_seconds": 0}, "segment_seconds"),
+                            ({"retention_days": "7"}, "retention_days"),
+                            ({"mode": "schedule"}, "schedule"),
+                            ({"schedule": [{"day": "mon", "start": "18:00", "end": "08:00"}]},
+                             "schedule"),
+                            ({"schedule": [{"day": "xyz", "start": "1:00", "end": "2:00"}]},
+                             "schedule"),
+                            ({"colour": "red"}, "colour")]:
+            yield self.error("PUT", "/devices/dvs-1/record-settings/0", body, field=field)
+        yield self.error("GET", "/devices/dvs-1/record-settings/2", status=404)
+        yield self.error("GET", "/devices/dvs-1/record-settings/x", status=404)
+        yield self.error("GET", "/devices/nope/record-settings/0", status=404)
+        yield self.error("GET", "/devices/dvs-1/record-settings", status=404)
+
+
+class ValidationTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def test_bad_bodies(self):
+        yield self.error("POST", "/users", data=b"{not json", field="")
+        yield self.error("POST", "/users", data=b"[1, 2]", field="")
+        yield self.error("POST", "/users", data=b"\xff\xfe", field="")
+        yield self.error("POST", "/users", data=b"", field="")
+        yield self.error("POST", "/users", data=b"[" * 100000, field="")
+        yield self.error("POST", "/users", {"username": "a", "password": PASSWORD,
+                                            "pasword": "x"}, field="pasword")
+        yield self.error("POST", "/users", {"username": "a", "password": "short"},
+                         field="password")
+        yield self.error("POST", "/users", {"username": "a b", "password": PASSWORD},
+                         field="username")
+        yield self.error("POST", "/users", {"password": PASSWORD}, field="username")
+        yield self.error("POST", "/users", {"username": "a", "password": PASSWORD,
+                                            "groups": "ops"}, field="groups")
+        yield self.error("POST", "/users", {"username": "a", "password": PASSWORD,
+                                            "enabled": "yes"}, field="enabled")
+        yield self.error("POST", "/devices", {"device_id": "a|b", "secret": SECRET},
+                         field="device_id")
+        yield self.error("POST", "/devices", {"device_id": "a", "secret": SECRET,
+                                              "kind": "nvr"}, field="kind")
+        yield self.error("POST", "/devices", {"device_id": "a", "secret": SECRET,
+                                              "channels": 0}, field="channels")
+        yield self.error("POST", "/devices", {"device_id": "a", "secret": SECRET,
+                                              "channels": True}, field="channels")
+        yield self.error("POST", "/devices", {"device_id": "a", "source_url": "http://x/y"},
+                         field="source_url")
+        _, headers = yield self.error("DELETE", "/users", status=405)
+        self.assertEqual(headers.getRawHeaders(b"allow"), [b"GET, POST"])
+        self.assertEqual((yield self.store.list_users())[0], [])
+        self.assertEqual(self.published, [])
+
+    @defer.inlineCallbacks
+    def test_body_over_one_mib(self):
+        big = json.dumps({"username": "a", "password": PASSWORD,
+                          "pad": "x" * mms.MAX_BODY}).encode()
+        yield self.error("POST", "/users", data=big, status=413)
+        self.assertIsNone((yield self.store.get_user("a")))
+        # just under the limit is read (and refused for its content, not its size)
+        ok = json.dumps({"username": "a", "password": PASSWORD, "groups": []}).encode()
+        padded = ok[:-1] + b" " * (mms.MAX_BODY - len(ok)) + b"}"
+        self.assertEqual(len(padded), mms.MAX_BODY)
+        code, payload, _ = yield self.call("POST", "/users", data=padded)
+        self.assertEqual(code, 201, payload)
+
+    @defer.inlineCallbacks
+    def test_internal_error_is_a_json_500_without_traceback(self):
+        def broken():
+            raise RuntimeError("secret internals")
+
+        self.backend._status = broken
+        payload, _ = yield self.error("GET", "/status", status=500)
+        self.assertEqual(payload, {"error": "internal error"})
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class OpenApiTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def test_every_route_is_described(self):
+        doc = yield self.ok("GET", "/openapi.json")
+        self.assertEqual(doc["openapi"], "3.1.0")
+        self.assertEqual(doc["servers"], [{"url": mms.API_PREFIX}])
+        _, v1 = mms.make_admin_resource(self.backend)
+        routes = dict(mms.iter_routes(v1))
+        self.assertGreaterEqual(len(routes), 11)
+        for path, methods in routes.items():
+            self.assertIn(path, doc["paths"])
+            self.assertEqual(sorted(m.upper() for m in doc["paths"][path]), methods, path)
+        self.assertEqual(sorted(doc["paths"]), sorted(routes))
+        # every schema referenced is defined
+        text = json.dumps(doc)
+        for ref in set(part.split('"')[0] for part in text.split("#/components/schemas/")[1:]):
+            self.assertIn(ref, doc["components"]["schemas"])
+        index = yield self.ok("GET", "/")
+        self.assertEqual({r["path"] for r in index["routes"]}, set(routes))
+
+
+class DummyRequestTests(unittest.TestCase):
+    """The resource tree without sockets."""
+
+    @defer.inlineCallbacks
+    def test_post_and_get(self):
+        path = os.path.join(os.path.abspath(self.mktemp()), "cms.sqlite3")
+        store = make_static_store("sqlite:" + path, reactor=reactor)
+        yield store.open()
+        self.addCleanup(store.close)
+        yield store.add_admin_token("root", hash_token(TOKEN))
+        published = []
+        root, _ = mms.make_admin_resource(StoreAdminBackend(store, publish=published.append))
+
+        def request(method, segments, body=None):
+            req = DummyRequest(segments)
+            req.method = method
+            req.path = b"/" + b"/".join(segments)
+            req.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + TOKEN.encode()])
+            req.content = BytesIO(json.dumps(body).encode() if body is not None else b"")
+            res = root
+            while req.postpath:
+                name = req.postpath.pop(0)
+                req.prepath.append(name)
+                res = res.getChildWithDefault(name, req)
+            d = req.notifyFinish()
+            self.assertEqual(res.render(req), mms.server.NOT_DONE_YET)
+            return d.addCallback(lambda _: (req.responseCode or 200,
+                                            json.loads(b"".join(req.written))))
+
+        code, user = yield request(b"POST", [b"api", b"v1", b"users"],
+                                   {"username": "bob", "password": PASSWORD})
+        self.assertEqual((code, user["username"]), (201, "bob"))
+        code, listed = yield request(b"GET", [b"api", b"v1", b"users"])
+        self.assertEqual([u["username"] for u in listed["items"]], ["bob"])
+        self.assertEqual(len(published), 1)
+
+
+class AdminCommandLineTests(ApiTestCase):
+    """``vss-admin`` as real processes: bootstrap into the database, then commands over
+    HTTP against the API this test serves."""
+
+    timeout = 90
+
+    def tool(self, *args, token=None, **env):
+        extra = {"VSS_API": self.base, **env}
+        if token:
+            extra["VSS_ADMIN_TOKEN"] = token
+        return run_tool("vss-admin", list(args), env=child_env(**extra), cwd=self.work)
+
+    def write(self, name, text):
+        path = os.path.join(self.work, name)
+        with open(path, "w") as f:
+            f.write(text + "\n")
+        os.chmod(path, 0o600)
+        return path
+
+    @defer.inlineCallbacks
+    def test_bootstrap_then_commands(self):
+        out, err, code = yield self.tool("bootstrap", "--db", "sqlite:" + self.db,
+                                         "--name", "ops")
+        # the test's own token exists already
+        self.assertEqual(code, 1, err)
+        self.assertIn("exists already", err)
+        out, err, code = yield self.tool("bootstrap", "--db", "sqlite:" + self.db,
+                                         "--name", "ops", "--another")
+        self.assertEqual(code, 0, err)
+        token = out.strip()
+        self.assertEqual(len(out.strip().splitlines()), 1)
+        self.assertEqual((yield self.store.admin_for_token_hash(hash_token(token))), "ops")
+
+        pw = self.write("alice.pw", PASSWORD)
+        out, err, code = yield self.tool("user", "add", "alice", "--groups", "ops,night",
+                                         "--password-file", pw, token=token)
+        self.assertEqual((code, out.strip()), (0, "user alice added"), err)
+        self.assertTrue(_verifies((yield self.store.get_user("alice")).verifier, PASSWORD))
+
+        yield self.add_node("n1", pus=3)
+        secret = self.write("cam.secret", SECRET)
+        token_file = self.write("token", token)
+        out, err, code = yield self.tool("--token-file", token_file, "device", "add", "cam-1",
+                                         "--channels", "2", "--secret-file", secret)
+        self.assertEqual(code, 0, err)
+        self.assertIn("home node n1", out)
+        out, err, code = yield self.tool("device", "add", "cam-2", token=token,
+                                         VSS_DEVICE_SECRET=SECRET)
+        self.assertEqual(code, 0, err)
+        out, err, code = yield self.tool("grant", "set", "user:alice", "cam-1", "view,ptz",
+                                         token=token)
+        self.assertEqual((code, out.strip()), (0, "user:alice may view,ptz on cam-1"), err)
+        grants, _ = yield self.store.list_grants(principal="user:alice")
+        self.assertEqual(grants[0].actions, int(Action.VIEW | Action.PTZ))
+
+        out, err, code = yield self.tool("status", token=token)
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split()[:4], ["NODE", "STATE", "DEVICES", "ONLINE"])
+        self.assertEqual(lines[1].split()[:4], ["n1", "up", "2", "3"])
+        out, err, code = yield self.tool("user", "list", "--json", token=token)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out), [{"username": "alice", "groups": ["night", "ops"],
+                                            "enabled": True, "version": 1}])
+        out, err, code = yield self.tool("record-settings", "set", "cam-1", "--channel", "1",
+                                         "--mode", "schedule", "--schedule",
+                                         "mon 08:00-18:00", token=token)
+        self.assertEqual(code, 0, err)
+        self.assertIn("schedule mon 08:00-18:00", out)
+        self.assertEqual((yield self.store.get_record_settings("cam-1", 1))["mode"], "schedule")
+
+        # errors: one line, exit 1; usage errors exit 2; nothing secret printed
+        out, err, code = yield self.tool("device", "show", "nope", token=token)
+        self.assertEqual((code, err.strip()),
+                         (1, "vss-admin: HTTP 404 Not Found: no device 'nope'"))
+        out, err, code = yield self.tool("user", "list", token="wrong")
+        self.assertEqual(code, 1)
+        self.assertIn("HTTP 401", err)
+        out, err, code = yield self.tool("user", "list")
+        self.assertEqual(code, 2)
+        self.assertIn("VSS_ADMIN_TOKEN", err)
+        out, err, code = yield self.tool("grant", "set", "user:alice", token=token)
+        self.assertEqual(code, 2)
+        out, err, code = yield self.tool("user", "list", token=token,
+                                         VSS_API="http://127.0.0.1:1")
+        self.assertEqual(code, 1)
+        self.assertIn("cannot reach", err)
+        self.assertEqual(len(err.strip().splitlines()), 1)
+
+        published = [c.key for batch in self.published for c in batch]
+        self.assertEqual(published, ["alice", "cam-1", "cam-2", "user:alice|cam-1", "cam-1"])

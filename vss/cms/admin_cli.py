@@ -1,0 +1,834 @@
+"""
+``vss-admin``: the operators' command line over the MMS admin API.
+
+::
+
+    vss-admin bootstrap --db sqlite:/var/lib/vss/cms.sqlite3 [--name admin] [--another]
+    export VSS_ADMIN_TOKEN=...         # or --token-file FILE; never on the command line
+    vss-admin [--api URL] [--json] user add alice --groups ops --password-file pw.txt
+    vss-admin device add cam-1 --kind ipc --channels 1 --secret-file cam-1.secret
+    vss-admin grant set user:alice cam-1 view,ptz
+    vss-admin status
+
+``bootstrap`` writes the first admin token straight into the CMS database: a random
+token printed once on stdout (only its sha256 is stored). Every other command talks
+HTTP to ``--api`` (default ``$VSS_API`` or http://127.0.0.1:7280).
+
+Secrets (a user's password, a device's secret, the admin token) never come from the
+command line, where other users of the machine could read them: they come from a
+file, an environment variable or a prompt. Exit status: 0 done, 1 an error (one line on
+stderr), 2 a usage error.
+"""
+
+import getopt
+import getpass
+import json
+import os
+import secrets
+import sys
+from io import BytesIO
+from urllib.parse import quote, urlencode
+
+from twisted.internet import defer, error, task
+from twisted.python import usage
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http import RESPONSES
+from twisted.web.http_headers import Headers
+
+DEFAULT_API = "http://127.0.0.1:7280"
+API_PATH = "/api/v1"
+TIMEOUT = 30.0
+PAGE = 500
+
+
+class CliError(Exception):
+    """An error shown as one line; exit status 1."""
+
+
+class HttpError(CliError):
+    def __init__(self, status, message, field=None):
+        phrase = RESPONSES.get(status, b"").decode("ascii", "replace")
+        text = f"HTTP {status} {phrase}: {message}"
+        if field:
+            text += f" (field {field})"
+        super().__init__(text)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------
+# secrets from files, the environment or a prompt (read before the reactor runs)
+
+
+def read_secret_file(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip("\r\n")
+    except OSError as e:
+        raise usage.UsageError(f"cannot read the {what} file {path}: {e.strerror}") from None
+    if not value:
+        raise usage.UsageError(f"the {what} file {path} is empty")
+    return value
+
+
+def obtain_secret(what, path, env, required=True):
+    """From ``path``, else ``$env``, else a prompt on a terminal, else None / error."""
+    if path:
+        return read_secret_file(path, what)
+    if os.environ.get(env):
+        return os.environ[env]
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"{what}: ")
+        if getpass.getpass(f"{what} again: ") != first:
+            raise usage.UsageError(f"the two {what}s differ")
+        if first:
+            return first
+    if required:
+        raise usage.UsageError(f"no {what}: give a file, set ${env} or run on a terminal")
+    return None
+
+
+def comma_list(text):
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+# ---------------------------------------------------------------------------
+# output
+
+
+def table(headers, rows):
+    rows = [[str(v) for v in r] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(headers, *rows, strict=True)]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [list(headers), *rows])
+
+
+def fields(obj, order=None):
+    keys = order or sorted(obj)
+    width = max((len(k) for k in keys), default=0)
+    out = []
+    for k in keys:
+        if k not in obj:
+            continue
+        v = obj[k]
+        if isinstance(v, list | dict):
+            v = json.dumps(v, sort_keys=True)
+        out.append(f"{k:<{width}}  {v}")
+    return "\n".join(out)
+
+
+def yes_no(v):
+    return "yes" if v else "no"
+
+
+def render_users(items):
+    return table(["USER", "GROUPS", "ENABLED", "VERSION"],
+                 [[u["username"], ",".join(u["groups"]) or "-", yes_no(u["enabled"]),
+                   u["version"]] for u in items])
+
+
+def render_devices(items):
+    return table(["DEVICE", "KIND", "CH", "HOME", "ENABLED", "SECRET", "NAME", "SOURCE"],
+                 [[d["device_id"], d["kind"], d["channels"], d["home_node"] or "-",
+                   yes_no(d["enabled"]), yes_no(d["secret_set"]), d["name"],
+                   d["source_url"] or "-"] for d in items])
+
+
+def render_grants(items):
+    return table(["PRINCIPAL", "DEVICE", "ACTIONS"],
+                 [[g["principal"], g["device_id"], ",".join(g["actions"])] for g in items])
+
+
+def render_nodes(items):
+    return table(["NODE", "STATE", "SIGNALLING", "MEDIA", "CAPACITY", "APPLIED"],
+                 [[n["node_id"], n.get("state", "-"), n.get("signalling") or "-",
+                   n.get("media") or "-", n.get("capacity", "-"), n.get("applied_seq", "-")]
+                  for n in items])
+
+
+def render_record_settings(s):
+    slots = ", ".join(f"{x['day']} {x['start']}-{x['end']}" for x in s.get("schedule", []))
+    lines = [
+        f"device {s['device_id']} channel {s['channel']}"
+        + ("" if s.get("stored") else " (defaults: nothing stored)"),
+        f"mode {s['mode']}, stream {s['stream']}, segment {s['segment_seconds']} s, "
+        f"keep {s['retention_days']} days"
+        + (f", quota {s['quota_mb']} MB" if s.get("quota_mb") else "")
+        + f", pre/post event {s['pre_event_seconds']}/{s['post_event_seconds']} s",
+    ]
+    if slots:
+        lines.append(f"schedule {slots}")
+    if s.get("reported"):
+        lines.append(f"reported by the device: {json.dumps(s['reported'], sort_keys=True)}")
+    return "\n".join(lines)
+
+
+def render_status(s):
+    nodes = s.get("nodes", [])
+    if isinstance(nodes, dict):  # the CMS service keys its live nodes by id
+        nodes = [{"node_id": k, **v} for k, v in sorted(nodes.items())]
+    rows = []
+    for n in nodes:
+        load = n.get("load") or {}
+        rows.append([n.get("node_id", "?"), n.get("state", "up"), n.get("devices", "-"),
+                     n.get("devices_online", load.get("pus", "-")), load.get("cus", "-"),
+                     load.get("streams", "-"), n.get("applied_seq", "-")])
+    out = [table(["NODE", "STATE", "DEVICES", "ONLINE", "CLIENTS", "STREAMS", "APPLIED"], rows)
+           if rows else "no nodes"]
+    totals = {k: v for k, v in s.items() if k != "nodes" and not isinstance(v, list | dict)}
+    if totals:
+        out.append(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(totals.items())))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+# the HTTP client
+
+
+def api_base(url):
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise usage.UsageError(f"--api must be an http:// or https:// URL: {url!r}")
+    return url if url.endswith(API_PATH) else url + API_PATH
+
+
+class Client:
+    def __init__(self, reactor, base, token, timeout=TIMEOUT):
+        self.reactor = reactor
+        self.base = base
+        self.token = token
+        self.timeout = timeout
+        self.agent = Agent(reactor, connectTimeout=10)
+
+    @defer.inlineCallbacks
+    def call(self, method, path, body=None, params=None):
+        url = self.base + path
+        params = {k: v for k, v in (params or {}).items() if v not in (None, "")}
+        if params:
+            url += "?" + urlencode(params)
+        headers = Headers({
+            b"authorization": [b"Bearer " + self.token.encode("utf-8")],
+            b"accept": [b"application/json"],
+            b"user-agent": [b"vss-admin"],
+        })
+        producer = None
+        if body is not None:
+            headers.setRawHeaders(b"content-type", [b"application/json"])
+            producer = FileBodyProducer(BytesIO(json.dumps(body).encode("utf-8")))
+        try:
+            d = self.agent.request(method.encode("ascii"), url.encode("utf-8"), headers,
+                                   producer)
+            d.addTimeout(self.timeout, self.reactor)
+            response = yield d
+            data = yield readBody(response)
+        except defer.TimeoutError:
+            raise CliError(f"no answer from the admin API at {self.base} within "
+                           f"{self.timeout:.0f} s") from None
+        except (error.ConnectError, error.DNSLookupError, error.ConnectionLost) as e:
+            code = getattr(e, "osError", None)
+            reason = os.strerror(code) if isinstance(code, int) else (str(e) or repr(e))
+            raise CliError(f"cannot reach the admin API at {self.base}: {reason}") from None
+        try:
+            payload = json.loads(data.decode("utf-8")) if data.strip() else {}
+        except ValueError:
+            payload = None
+        if response.code >= 400:
+            if isinstance(payload, dict) and "error" in payload:
+                raise HttpError(response.code, payload["error"], payload.get("field"))
+            raise HttpError(response.code, "the server gave no error message")
+        if payload is None:
+            raise CliError(f"the admin API at {self.base} answered something that is not "
+                           "JSON")
+        return payload
+
+    @defer.inlineCallbacks
+    def all_pages(self, path, params=None, page=PAGE):
+        items, cursor = [], ""
+        while True:
+            result = yield self.call("GET", path, params={**(params or {}), "cursor": cursor,
+                                                          "limit": page})
+            items.extend(result.get("items", []))
+            cursor = result.get("next_cursor", "")
+            if not cursor:
+                return items
+
+
+def q(text):
+    return quote(text, safe="")
+
+
+# ---------------------------------------------------------------------------
+# commands: each leaf has ``run(client)`` firing with (json value, text)
+
+
+class Command(usage.Options):
+    optFlags = [["json", "j", "Print the API's JSON answer."]]
+
+    def parseOptions(self, options=None):
+        """Options may follow the arguments (``user add alice --groups ops``)."""
+        options = sys.argv[1:] if options is None else options
+        try:
+            opts, args = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        ordered = []
+        for opt, value in opts:
+            if opt.startswith("--"):
+                takes_value = opt[2:] + "=" in self.longOpt
+            else:
+                i = self.shortOpt.find(opt[1])
+                takes_value = self.shortOpt[i + 1:i + 2] == ":"
+            ordered += [opt, value] if takes_value else [opt]
+        super().parseOptions([*ordered, "--", *args])
+
+    def run(self, client):
+        raise NotImplementedError
+
+
+class UserAdd(Command):
+    """Add a user."""
+
+    synopsis = "NAME [--groups G1,G2] [--disabled] [--password-file FILE]"
+    longdesc = "The password comes from --password-file, $VSS_USER_PASSWORD or a prompt."
+    optFlags = [["disabled", None, "Create the user disabled."]]
+    optParameters = [["groups", "g", "", "Comma-separated groups."],
+                     ["password-file", "p", None, "File holding the password."]]
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+    def postOptions(self):
+        self.password = obtain_secret("password", self["password-file"], "VSS_USER_PASSWORD")
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        user = yield client.call("POST", "/users", {
+            "username": self["name"], "password": self.password,
+            "groups": comma_list(self["groups"]), "enabled": not self["disabled"]})
+        return user, f"user {user['username']} added"
+
+
+class UserList(Command):
+    """List users."""
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        items = yield client.all_pages("/users")
+        return items, render_users(items)
+
+
+class UserShow(Command):
+    """Show a user."""
+
+    synopsis = "NAME"
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        user = yield client.call("GET", f"/users/{q(self['name'])}")
+        return user, fields(user, ["username", "groups", "enabled", "version"])
+
+
+class UserSet(Command):
+    """Change a user's groups, state or password."""
+
+    synopsis = "NAME [--groups G1,G2] [--enable|--disable] [--password [--password-file F]]"
+    optFlags = [["enable", None, "Enable the user."], ["disable", None, "Disable the user."],
+                ["password", None, "Set a new password ($VSS_USER_PASSWORD or a prompt)."]]
+    optParameters = [["groups", "g", None, "Comma-separated groups (replaces them)."],
+                     ["password-file", "p", None, "File holding the new password."]]
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+    def postOptions(self):
+        if self["enable"] and self["disable"]:
+            raise usage.UsageError("--enable and --disable exclude each other")
+        self.change = {}
+        if self["groups"] is not None:
+            self.change["groups"] = comma_list(self["groups"])
+        if self["enable"] or self["disable"]:
+            self.change["enabled"] = bool(self["enable"])
+        if self["password"] or self["password-file"]:
+            self.change["password"] = obtain_secret("password", self["password-file"],
+                                                    "VSS_USER_PASSWORD")
+        if not self.change:
+            raise usage.UsageError("nothing to change")
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        user = yield client.call("PATCH", f"/users/{q(self['name'])}", self.change)
+        return user, f"user {user['username']} changed (version {user['version']})"
+
+
+class UserRemove(Command):
+    """Remove a user and their grants."""
+
+    synopsis = "NAME"
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        result = yield client.call("DELETE", f"/users/{q(self['name'])}")
+        return result, (f"user {self['name']} removed "
+                        f"({result.get('grants_removed', 0)} grants removed)")
+
+
+class DeviceOptions(Command):
+    optParameters = [
+        ["name", "n", None, "Display name."],
+        ["kind", "k", None, "ipc, dvs or dvr."],
+        ["channels", "c", None, "Number of channels.", int],
+        ["home-node", None, None, "Home node (default: assigned by CMS)."],
+        ["source-url", None, None, "rtsp:// URL of a real camera (prefer --source-url-file "
+                                   "when it holds credentials)."],
+        ["source-url-file", None, None, "File holding the source URL."],
+        ["secret-file", "s", None, "File holding the device secret."],
+    ]
+
+    def parseArgs(self, device_id):
+        self["device"] = device_id
+
+    def common(self):
+        out = {}
+        for opt, key in (("name", "name"), ("kind", "kind"), ("channels", "channels"),
+                         ("home-node", "home_node")):
+            if self[opt] is not None:
+                out[key] = self[opt]
+        if self["source-url-file"]:
+            out["source_url"] = read_secret_file(self["source-url-file"], "source URL")
+        elif self["source-url"] is not None:
+            out["source_url"] = self["source-url"]
+        return out
+
+
+class DeviceAdd(DeviceOptions):
+    """Add a device."""
+
+    synopsis = "DEVICE_ID [options]"
+    longdesc = ("The device secret comes from --secret-file, $VSS_DEVICE_SECRET or a prompt; "
+                "a camera added by --source-url alone may have none.")
+    optFlags = [["disabled", None, "Create the device disabled."]]
+
+    def postOptions(self):
+        self.body = {"device_id": self["device"], **self.common(),
+                     "enabled": not self["disabled"]}
+        secret = obtain_secret("device secret", self["secret-file"], "VSS_DEVICE_SECRET",
+                               required=not self.body.get("source_url"))
+        if secret is not None:
+            self.body["secret"] = secret
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        device = yield client.call("POST", "/devices", self.body)
+        return device, (f"device {device['device_id']} added, home node "
+                        f"{device['home_node'] or '(first node it registers at)'}")
+
+
+class DeviceList(Command):
+    """List devices."""
+
+    optParameters = [["home-node", None, None, "Only the devices homed on this node."]]
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        items = yield client.all_pages("/devices", {"home_node": self["home-node"]})
+        return items, render_devices(items)
+
+
+class DeviceShow(Command):
+    """Show a device."""
+
+    synopsis = "DEVICE_ID"
+
+    def parseArgs(self, device_id):
+        self["device"] = device_id
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        device = yield client.call("GET", f"/devices/{q(self['device'])}")
+        return device, fields(device, ["device_id", "name", "kind", "channels", "home_node",
+                                       "source_url", "enabled", "secret_set", "version"])
+
+
+class DeviceSet(DeviceOptions):
+    """Change a device."""
+
+    synopsis = "DEVICE_ID [options]"
+    optFlags = [["enable", None, "Enable the device."], ["disable", None, "Disable it."],
+                ["secret", None, "Set a new secret ($VSS_DEVICE_SECRET or a prompt)."]]
+
+    def postOptions(self):
+        if self["enable"] and self["disable"]:
+            raise usage.UsageError("--enable and --disable exclude each other")
+        self.body = self.common()
+        if self["enable"] or self["disable"]:
+            self.body["enabled"] = bool(self["enable"])
+        if self["secret"] or self["secret-file"]:
+            self.body["secret"] = obtain_secret("device secret", self["secret-file"],
+                                                "VSS_DEVICE_SECRET")
+        if not self.body:
+            raise usage.UsageError("nothing to change")
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        device = yield client.call("PATCH", f"/devices/{q(self['device'])}", self.body)
+        return device, f"device {device['device_id']} changed (version {device['version']})"
+
+
+class DeviceRemove(Command):
+    """Remove a device and its grants."""
+
+    synopsis = "DEVICE_ID"
+
+    def parseArgs(self, device_id):
+        self["device"] = device_id
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        result = yield client.call("DELETE", f"/devices/{q(self['device'])}")
+        return result, (f"device {self['device']} removed "
+                        f"({result.get('grants_removed', 0)} grants removed)")
+
+
+class GrantSet(Command):
+    """Set what a user or group may do on a device."""
+
+    synopsis = "user:NAME|group:NAME DEVICE_ID ACTIONS"
+    longdesc = "ACTIONS is a comma-separated list of view, ptz, config and record."
+
+    def parseArgs(self, principal, device_id, actions):
+        self["principal"], self["device"] = principal, device_id
+        self["actions"] = comma_list(actions)
+        if not self["actions"]:
+            raise usage.UsageError("give at least one action: view, ptz, config, record")
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        grant = yield client.call("PUT", "/grants", {
+            "principal": self["principal"], "device_id": self["device"],
+            "actions": self["actions"]})
+        return grant, (f"{grant['principal']} may {','.join(grant['actions'])} on "
+                       f"{grant['device_id']}")
+
+
+class GrantList(Command):
+    """List grants."""
+
+    optParameters = [["principal", None, None, "Only this principal's grants."],
+                     ["device", None, None, "Only the grants on this device."]]
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        items = yield client.all_pages("/grants", {"principal": self["principal"],
+                                                   "device_id": self["device"]})
+        return items, render_grants(items)
+
+
+class GrantRemove(Command):
+    """Remove a grant."""
+
+    synopsis = "PRINCIPAL DEVICE_ID"
+
+    def parseArgs(self, principal, device_id):
+        self["principal"], self["device"] = principal, device_id
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        result = yield client.call("DELETE", "/grants", params={
+            "principal": self["principal"], "device_id": self["device"]})
+        return result, f"grant of {self['principal']} on {self['device']} removed"
+
+
+class NodeAdd(Command):
+    """Register (or change) a VSS node."""
+
+    synopsis = "NODE_ID [--signalling HOST:PORT] [--media HOST:PORT] [--capacity N]"
+    optParameters = [["signalling", None, "", "Signalling address of the node."],
+                     ["media", None, "", "Media (RTSP) address of the node."],
+                     ["capacity", None, 0, "Devices the node is sized for.", int]]
+
+    def parseArgs(self, node_id):
+        self["node"] = node_id
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        node = yield client.call("POST", "/nodes", {
+            "node_id": self["node"], "signalling": self["signalling"],
+            "media": self["media"], "capacity": self["capacity"]})
+        return node, f"node {node['node_id']} registered ({node['state']})"
+
+
+class NodeList(Command):
+    """List VSS nodes."""
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        items = yield client.all_pages("/nodes")
+        return items, render_nodes(items)
+
+
+class NodeRemove(Command):
+    """Remove a VSS node."""
+
+    synopsis = "NODE_ID [--force]"
+    optFlags = [["force", None, "Remove it even though devices are homed on it."]]
+
+    def parseArgs(self, node_id):
+        self["node"] = node_id
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        result = yield client.call("DELETE", f"/nodes/{q(self['node'])}",
+                                   params={"force": "true" if self["force"] else None})
+        return result, f"node {self['node']} removed"
+
+
+class RecordSettingsGet(Command):
+    """Show the recording settings of a channel."""
+
+    synopsis = "DEVICE_ID [--channel N]"
+    optParameters = [["channel", "c", 0, "Channel (0-based).", int]]
+
+    def parseArgs(self, device_id):
+        self["device"] = device_id
+
+    def path(self):
+        return f"/devices/{q(self['device'])}/record-settings/{self['channel']}"
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        settings = yield client.call("GET", self.path())
+        return settings, render_record_settings(settings)
+
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_schedule(text):
+    """'mon 08:00-18:00, sat 10:00-12:00' -> [{day, start, end}]."""
+    slots = []
+    for part in comma_list(text):
+        try:
+            day, span = part.split()
+            start, end = span.split("-")
+        except ValueError:
+            raise usage.UsageError(
+                f"--schedule: {part!r} is not like 'mon 08:00-18:00'") from None
+        if day.lower()[:3] not in DAYS:
+            raise usage.UsageError(f"--schedule: {day!r} is not a day (mon..sun)")
+        slots.append({"day": day.lower()[:3], "start": start, "end": end})
+    return slots
+
+
+class RecordSettingsSet(RecordSettingsGet):
+    """Change the recording settings of a channel."""
+
+    synopsis = "DEVICE_ID [--channel N] [--mode M] [options]"
+    longdesc = "Options not given keep their current value."
+    optParameters = [
+        ["mode", "m", None, "off, continuous, schedule, event or manual."],
+        ["stream", None, None, "main or sub."],
+        ["segment", None, None, "Segment length in seconds.", int],
+        ["retention-days", None, None, "Days recordings are kept.", int],
+        ["quota-mb", None, None, "Storage quota in MB (0: none).", int],
+        ["pre-event", None, None, "Seconds kept before an event.", int],
+        ["post-event", None, None, "Seconds kept after an event.", int],
+        ["schedule", None, None, "Slots like 'mon 08:00-18:00,sat 10:00-12:00' ('' clears)."],
+    ]
+    KEYS = (("mode", "mode"), ("stream", "stream"), ("segment", "segment_seconds"),
+            ("retention-days", "retention_days"), ("quota-mb", "quota_mb"),
+            ("pre-event", "pre_event_seconds"), ("post-event", "post_event_seconds"))
+
+    def postOptions(self):
+        self.change = {key: self[opt] for opt, key in self.KEYS if self[opt] is not None}
+        if self["schedule"] is not None:
+            self.change["schedule"] = parse_schedule(self["schedule"])
+        if not self.change:
+            raise usage.UsageError("nothing to change")
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        current = yield client.call("GET", self.path())
+        body = {k: current[k] for k in ("mode", "stream", "segment_seconds", "retention_days",
+                                        "quota_mb", "pre_event_seconds", "post_event_seconds",
+                                        "schedule") if k in current}
+        body.update(self.change)
+        settings = yield client.call("PUT", self.path(), body)
+        return settings, render_record_settings(settings)
+
+
+class StatusCommand(Command):
+    """Operations status: nodes, devices online."""
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        status = yield client.call("GET", "/status")
+        return status, render_status(status)
+
+
+def group(name, commands):
+    """A command with sub-commands (``user add``, ``user list`` ...)."""
+
+    class Group(usage.Options):
+        subCommands = [[n, None, cls, cls.__doc__ or f"{name} {n}"] for n, cls in commands]
+
+        def postOptions(self):
+            if self.subCommand is None:
+                raise usage.UsageError(
+                    f"{name}: give one of {', '.join(n for n, _ in commands)}")
+
+    Group.__name__ = f"{name.title().replace('-', '')}Options"
+    return Group
+
+
+class Bootstrap(usage.Options):
+    synopsis = "--db sqlite:PATH|postgresql://... [--name admin] [--another]"
+    longdesc = ("Create an admin token directly in the CMS database. The token is random, "
+                "printed once on stdout; only its sha256 is stored.")
+    optFlags = [["another", None, "Add a token even though an admin exists."],
+                ["json", "j", "Print the token as JSON."]]
+    optParameters = [["db", "d", None, "The CMS database (as for twistd vss-cms)."],
+                     ["name", "n", "admin", "Name of the admin the token belongs to."]]
+
+    def postOptions(self):
+        if not self["db"]:
+            raise usage.UsageError("bootstrap needs --db")
+
+
+class Options(usage.Options):
+    synopsis = "Usage: vss-admin [--api URL] [--token-file FILE] COMMAND [options]"
+    longdesc = ("Operate the vss central platform over its admin API. The admin token "
+                "comes from $VSS_ADMIN_TOKEN or --token-file.")
+    optParameters = [
+        ["api", "a", None, f"Admin API base URL (default $VSS_API or {DEFAULT_API})."],
+        ["token-file", "t", None, "File holding the admin token."],
+    ]
+    subCommands = [
+        ["bootstrap", None, Bootstrap, "Create an admin token in the database."],
+        ["user", None, group("user", [("add", UserAdd), ("list", UserList),
+                                      ("show", UserShow), ("set", UserSet),
+                                      ("remove", UserRemove)]), "Users (CU accounts)."],
+        ["device", None, group("device", [("add", DeviceAdd), ("list", DeviceList),
+                                          ("show", DeviceShow), ("set", DeviceSet),
+                                          ("remove", DeviceRemove)]), "Devices (PUs)."],
+        ["grant", None, group("grant", [("set", GrantSet), ("list", GrantList),
+                                        ("remove", GrantRemove)]), "Grants."],
+        ["node", None, group("node", [("add", NodeAdd), ("list", NodeList),
+                                      ("remove", NodeRemove)]), "VSS nodes."],
+        ["record-settings", None, group("record-settings", [("get", RecordSettingsGet),
+                                                            ("set", RecordSettingsSet)]),
+         "Recording settings of a device channel."],
+        ["status", None, StatusCommand, "Operations status."],
+    ]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("give a command")
+        if self.subCommand == "bootstrap":
+            return
+        self.base = api_base(self["api"] or os.environ.get("VSS_API") or DEFAULT_API)
+        if self["token-file"]:
+            self.token = read_secret_file(self["token-file"], "token").strip()
+        else:
+            self.token = os.environ.get("VSS_ADMIN_TOKEN", "").strip()
+        if not self.token:
+            raise usage.UsageError("no admin token: set $VSS_ADMIN_TOKEN or give --token-file")
+
+    def leaf(self):
+        sub = self.subOptions
+        while getattr(sub, "subOptions", None) is not None and not isinstance(sub, Command):
+            sub = sub.subOptions
+        return sub
+
+
+# ---------------------------------------------------------------------------
+# bootstrap: straight to the database
+
+
+def count_admin_tokens(store):
+    """Deferred number of admin tokens in the store."""
+    counter = getattr(store, "count_admin_tokens", None)
+    if counter is not None:
+        return counter()
+    # IStaticStore has no "is there an admin" query; the SQL stores answer it directly
+    return store._read(
+        lambda cur: int(store._x(cur, "SELECT COUNT(*) FROM admin_tokens").fetchone()[0])
+    )
+
+
+def new_token():
+    return "vssa_" + secrets.token_urlsafe(32)
+
+
+@defer.inlineCallbacks
+def bootstrap(reactor, spec, name, another=False):
+    """Deferred token (the only time it exists outside the operator's hands)."""
+    from vss.cms.store import hash_token, make_static_store
+
+    try:
+        store = make_static_store(spec, reactor=reactor)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    try:
+        yield store.open()
+        if (yield count_admin_tokens(store)) and not another:
+            raise CliError("an admin token exists already; use --another to add one more")
+        token = new_token()
+        yield store.add_admin_token(name, hash_token(token))
+    finally:
+        yield store.close()
+    return token
+
+
+# ---------------------------------------------------------------------------
+# main
+
+
+@defer.inlineCallbacks
+def run(reactor, config, out=None, err=None):
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        if config.subCommand == "bootstrap":
+            sub = config.subOptions
+            token = yield bootstrap(reactor, sub["db"], sub["name"], sub["another"])
+            if sub["json"]:
+                out.write(json.dumps({"name": sub["name"], "token": token}) + "\n")
+            else:
+                out.write(token + "\n")
+            err.write(f"admin token for {sub['name']!r} created. It is shown only now: keep it "
+                      "in a file only you can read and pass it with --token-file or "
+                      "$VSS_ADMIN_TOKEN.\n")
+            return
+        leaf = config.leaf()
+        client = Client(reactor, config.base, config.token)
+        value, text = yield leaf.run(client)
+        if leaf["json"]:
+            out.write(json.dumps(value, indent=1, sort_keys=True) + "\n")
+        else:
+            out.write(text + "\n")
+    except CliError as e:
+        err.write(f"vss-admin: {e}\n")
+        raise SystemExit(1) from None
+    except Exception as e:  # a bug or a broken database: one line, not a traceback
+        err.write(f"vss-admin: {e.__class__.__name__}: {e}\n")
+        raise SystemExit(1) from None
+
+
+def parse(argv):
+    config = Options()
+    try:
+        config.parseOptions(argv)
+    except usage.UsageError as e:
+        sys.stderr.write(f"vss-admin: {e}\nTry vss-admin --help (or COMMAND --help).\n")
+        raise SystemExit(2) from None
+    return config
+
+
+def main(argv=None):
+    config = parse(sys.argv[1:] if argv is None else argv)
+    task.react(run, [config])
