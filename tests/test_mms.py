@@ -244,6 +244,9 @@ class SecretTests(ApiTestCase):
         yield self.error("POST", "/users", {"username": "alice", "password": PASSWORD},
                          status=409)
 
+        # the log saw the changes (so it is watched), never their secrets
+        audit = [formatEvent(e) for e in self.events]
+        self.assertTrue(any("admin root POST /api/v1/users: 201" in t for t in audit), audit)
         secrets = [PASSWORD, SECRET, URL_PASS, QUERY_PASS]
         for raw in self.raw_answers:
             for s in secrets:
@@ -690,7 +693,7 @@ class AdminCommandLineTests(ApiTestCase):
         lines = out.splitlines()
         self.assertEqual(lines[0].split()[:4], ["NODE", "STATE", "DEVICES", "ONLINE"])
         self.assertEqual(lines[1].split()[:4], ["n1", "up", "2", "3"])
-        out, err, code = yield self.tool("user", "list", "--json", token=token)
+        out, err, code = yield self.tool("--json", "user", "list", token=token)
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out), [{"username": "alice", "groups": ["night", "ops"],
                                             "enabled": True, "version": 1}])
@@ -721,3 +724,24 @@ class AdminCommandLineTests(ApiTestCase):
 
         published = [c.key for batch in self.published for c in batch]
         self.assertEqual(published, ["alice", "cam-1", "cam-2", "user:alice|cam-1", "cam-1"])
+
+
+class ServiceTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_listen_service_on_loopback(self):
+        path = os.path.join(os.path.abspath(self.mktemp()), "cms.sqlite3")
+        store = make_static_store("sqlite:" + path, reactor=reactor)
+        yield store.open()
+        self.addCleanup(store.close)
+        self.assertIn("interface=127.0.0.1", mms.DEFAULT_LISTEN)
+        svc = mms.make_admin_service(StoreAdminBackend(store), reactor,
+                                     "tcp:0:interface=127.0.0.1")
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        port = yield svc.ready
+        self.assertEqual(svc.listening.getHost().host, "127.0.0.1")
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/api/v1/status".encode())
+        body = yield readBody(response)
+        self.assertEqual((response.code, json.loads(body)["error"]),
+                         (401, "a bearer token is required"))

@@ -703,6 +703,7 @@ class Options(usage.Options):
     synopsis = "Usage: vss-admin [--api URL] [--token-file FILE] COMMAND [options]"
     longdesc = ("Operate the vss central platform over its admin API. The admin token "
                 "comes from $VSS_ADMIN_TOKEN or --token-file.")
+    optFlags = [["json", "j", "Print the API's JSON answers."]]
     optParameters = [
         ["api", "a", None, f"Admin API base URL (default $VSS_API or {DEFAULT_API})."],
         ["token-file", "t", None, "File holding the admin token."],
@@ -807,7 +808,7 @@ def run(reactor, config, out=None, err=None):
         leaf = config.leaf()
         client = Client(reactor, config.base, config.token)
         value, text = yield leaf.run(client)
-        if leaf["json"]:
+        if leaf["json"] or config["json"]:
             out.write(json.dumps(value, indent=1, sort_keys=True) + "\n")
         else:
             out.write(text + "\n")

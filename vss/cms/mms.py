@@ -58,6 +58,7 @@ from vss.protocols.codes import ResultCode
 from vss.protocols.messages import Action, PuKind, Verifier
 
 API_PREFIX = "/api/v1"
+DEFAULT_LISTEN = "tcp:7280:interface=127.0.0.1"
 MAX_BODY = 1024 * 1024
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -1056,6 +1057,14 @@ def make_admin_resource(backend):
     root = Directory(api, {b"api": Directory(api, {b"v1": v1}, requires_auth=False)},
                      requires_auth=False)
     return root, v1
+
+
+def make_admin_service(backend, reactor, description=DEFAULT_LISTEN):
+    """A service listening with the admin site on ``description`` (an endpoint string;
+    loopback only unless told otherwise: the API changes the whole platform)."""
+    from vss.tap.common import ListenService
+
+    return ListenService("admin-api", description, make_admin_site(backend), reactor)
 
 
 def make_admin_site(backend):
