@@ -16,7 +16,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.test.requesthelper import DummyRequest
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from vss.cms import mms
@@ -65,14 +67,15 @@ class ApiTestCase(unittest.TestCase):
 
     @defer.inlineCallbacks
     def call(self, method, path, body=None, token=TOKEN, data=None, headers=None,
-             prefix=mms.API_PREFIX):
+             prefix=mms.API_PREFIX, producer=None):
         """(status, JSON payload, response headers) of one real HTTP request."""
         h = Headers(headers or {})
         if token is not None:
             h.setRawHeaders(b"authorization", [b"Bearer " + token.encode()])
         if body is not None:
             data = json.dumps(body).encode()
-        producer = FileBodyProducer(BytesIO(data)) if data is not None else None
+        if data is not None:
+            producer = FileBodyProducer(BytesIO(data))
         response = yield self.agent.request(method.encode(), (self.base + prefix + path).encode(),
                                             h, producer)
         raw = yield readBody(response)
@@ -565,6 +568,17 @@ class ValidationTests(ApiTestCase):
         self.assertEqual(code, 201, payload)
 
     @defer.inlineCallbacks
+    def test_chunked_body_over_one_mib(self):
+        big = json.dumps({"username": "a", "password": PASSWORD,
+                          "pad": "x" * (2 * mms.MAX_BODY)}).encode()
+        code, payload, _ = yield self.call("POST", "/users", producer=Chunked(big))
+        self.assertEqual(code, 413, payload)
+        code, payload, _ = yield self.call(
+            "POST", "/users", producer=Chunked(json.dumps({"username": "a",
+                                                           "password": PASSWORD}).encode()))
+        self.assertEqual(code, 201, payload)
+
+    @defer.inlineCallbacks
     def test_internal_error_is_a_json_500_without_traceback(self):
         def broken():
             raise RuntimeError("secret internals")
@@ -573,6 +587,30 @@ class ValidationTests(ApiTestCase):
         payload, _ = yield self.error("GET", "/status", status=500)
         self.assertEqual(payload, {"error": "internal error"})
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+@implementer(IBodyProducer)
+class Chunked:
+    """A body of unknown length: sent chunked, without Content-Length."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, data):
+        self.data = data
+
+    def startProducing(self, consumer):
+        for i in range(0, len(self.data), 65536):
+            consumer.write(self.data[i:i + 65536])
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
 
 
 class OpenApiTests(ApiTestCase):

@@ -833,7 +833,7 @@ class Node(JsonResource):
         homed, _ = yield self.api.store.list_devices(limit=1, home_node=self.node_id)
         if homed and query(call.request, "force") not in ("1", "true", "yes"):
             raise ApiError(409, f"devices are homed on node {self.node_id!r}; move them "
-                                "first or add ?force=true", "node_id")
+                                "first or force the removal", "node_id")
         changes = yield self.api.store.remove_node(self.node_id)
         yield self.api.published(changes)
         return 200, {"deleted": "node", "node_id": self.node_id}
