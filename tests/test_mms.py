@@ -171,6 +171,10 @@ class UserTests(ApiTestCase):
         # a change without a password keeps the verifier
         yield self.ok("PATCH", "/users/alice", {"enabled": True})
         self.assertEqual((yield self.store.get_user("alice")).verifier, after.verifier)
+        # no change at all: no new version, nothing published
+        batches = len(self.published)
+        same = yield self.ok("PATCH", "/users/alice", {"groups": ["night"], "enabled": True})
+        self.assertEqual((same["version"], len(self.published)), (3, batches))
         # an outdated version is a conflict
         yield self.error("PATCH", "/users/alice", {"enabled": False, "version": 1},
                          status=409, field="version")
@@ -397,14 +401,19 @@ class GrantTests(ApiTestCase):
         for d in ("cam-1", "cam-2"):
             yield self.store.upsert_device(d, d, 1, 1, "", records.verifier("s", 1))
         g = yield self.ok("PUT", "/grants", {"principal": "user:alice", "device_id": "cam-1",
-                                             "actions": ["view", "ptz"]})
+                                             "actions": ["view", "ptz"]}, status=201)
         self.assertEqual(g, {"principal": "user:alice", "device_id": "cam-1",
                              "actions": ["view", "ptz"], "version": 1})
+        # the same again changes nothing and syncs nothing
+        batches = len(self.published)
+        again = yield self.ok("PUT", "/grants", {"principal": "user:alice",
+                                                 "device_id": "cam-1", "actions": ["ptz", "view"]})
+        self.assertEqual((again, len(self.published)), (g, batches))
         g = yield self.ok("PUT", "/grants", {"principal": "user:alice", "device_id": "cam-1",
                                              "actions": ["view", "record", "config"]})
         self.assertEqual((g["actions"], g["version"]), (["view", "config", "record"], 2))
         yield self.ok("PUT", "/grants", {"principal": "group:night", "device_id": "cam-2",
-                                         "actions": ["view"]})
+                                         "actions": ["view"]}, status=201)
         actions = yield self.store.list_grants(principal="user:alice")
         self.assertEqual(actions[0][0].actions,
                          int(Action.VIEW | Action.CONFIG | Action.RECORD))

@@ -546,6 +546,9 @@ class User(JsonResource):
         verifier = body.secret("password")
         user = yield self._current()
         check_version(expected, user.version)
+        if verifier is None and groups in (None, sorted(user.groups)) \
+                and enabled in (None, user.enabled):
+            return 200, user_view(user)  # nothing changes: no new version, nothing to sync
         changes = yield self.api.store.upsert_user(
             self.username,
             verifier if verifier is not None else user.verifier,
@@ -764,10 +767,14 @@ class Grants(JsonResource):
         if principal.startswith("user:"):
             if (yield self.api.store.get_user(principal[5:])) is None:
                 raise not_found(f"no user {principal[5:]!r}")
+        current, _ = yield self.api.store.list_grants(principal=principal, device_id=device_id,
+                                                      limit=1)
+        if current and current[0].actions == actions:
+            return 200, grant_view(current[0])  # already so: nothing to sync
         changes = yield self.api.store.set_grant(principal, device_id, actions)
         yield self.api.published(changes)
         grant = changes[-1].grant
-        return 200, grant_view(grant)
+        return (201 if not current else 200), grant_view(grant)
 
     @defer.inlineCallbacks
     def do_DELETE(self, call):
@@ -1207,6 +1214,12 @@ def openapi_document():
         "Status": {"type": "object", "additionalProperties": True,
                    "properties": {"nodes": {}, "devices": INT, "head_seq": INT}},
     }
+    put_grant = _op("Set the actions of a principal on a device (201 when new)",
+                    _json(_ref("Grant")), body="GrantPut", errors=(404,))
+    put_grant["responses"]["201"] = _json(_ref("Grant"), "created")
+    post_node = _op("Add (201) or change (200) a node", _json(_ref("Node"), "created"), 201,
+                    "NodeCreate")
+    post_node["responses"]["200"] = _json(_ref("Node"), "changed")
     paths = {
         "/": {"get": _op("Index of the routes", _json({"type": "object"}))},
         "/users": {
@@ -1243,16 +1256,14 @@ def openapi_document():
             "get": _op("List grants", _json(_ref("GrantPage")),
                        params=[*PAGING, _param("principal"), _param("device_id")],
                        errors=(400,)),
-            "put": _op("Set the actions of a principal on a device", _json(_ref("Grant")),
-                       body="GrantPut", errors=(404,)),
+            "put": put_grant,
             "delete": _op("Remove a grant",
                           params=[_param("principal"), _param("device_id")],
                           errors=(400, 404)),
         },
         "/nodes": {
             "get": _op("List nodes", _json(_ref("NodePage")), params=PAGING, errors=(400,)),
-            "post": _op("Add or change a node", _json(_ref("Node"), "created"), 201,
-                        "NodeCreate"),
+            "post": post_node,
         },
         "/nodes/{id}": {
             "delete": _op("Remove a node (409 while devices are homed on it, unless "
