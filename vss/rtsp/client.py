@@ -92,6 +92,8 @@ class RTSPClientProtocol(protocol.Protocol):
         self.finished = defer.Deferred()
         self.sdp = None
         self.sink = None
+        self.public = set()
+        self.play_url = url
         self.session = None
         self.session_timeout = 60
         self.channels = {}
@@ -133,7 +135,8 @@ class RTSPClientProtocol(protocol.Protocol):
 
     @defer.inlineCallbacks
     def _handshake(self):
-        yield self.request("OPTIONS", self.url)
+        resp = yield self.request("OPTIONS", self.url)
+        self.public = {m.strip().upper() for m in (resp.headers.get("Public") or "").split(",")}
         resp = yield self.request("DESCRIBE", self.url, [("Accept", "application/sdp")])
         self.sdp = resp.body.decode("utf-8", "replace")
         base = resp.headers.get("Content-Base") or resp.headers.get("Content-Location") \
@@ -160,12 +163,14 @@ class RTSPClientProtocol(protocol.Protocol):
         hdrs = [("Range", "npt=0.000-")]
         if self.session:
             hdrs.append(("Session", self.session))
-        yield self.request("PLAY", self.url, hdrs)
+        self.play_url = control_url(base, sdplib.session_control(self.sdp))
+        yield self.request("PLAY", self.play_url, hdrs)
 
     def _send_keepalive(self):
         self._keepalive = None
         hdrs = [("Session", self.session)] if self.session else []
-        d = self.request("GET_PARAMETER", self.url, hdrs, check=False)
+        method = "GET_PARAMETER" if "GET_PARAMETER" in self.public else "OPTIONS"
+        d = self.request(method, self.play_url, hdrs, check=False)
         d.addErrback(lambda f: None)
         self._keepalive = self.clock.callLater(max(self.session_timeout / 2, 1),
                                                self._send_keepalive)
@@ -234,6 +239,8 @@ class RTSPClientProtocol(protocol.Protocol):
             self.sink.end_of_input()
 
     def connectionLost(self, reason=protocol.connectionDone):
+        if reason is None:
+            reason = protocol.connectionDone
         for d in [self._deadline, self._keepalive]:
             if d is not None and d.active():
                 d.cancel()
@@ -248,7 +255,7 @@ class RTSPClientProtocol(protocol.Protocol):
     def teardown(self):
         """Send TEARDOWN and close."""
         if self.session:
-            self.transport.write(build_request("TEARDOWN", self.url, [
+            self.transport.write(build_request("TEARDOWN", self.play_url, [
                 ("CSeq", str(self._cseq + 1)), ("Session", self.session)]))
         self.transport.loseConnection()
 

@@ -41,6 +41,15 @@ def tracks(sdp):
     return out
 
 
+def session_control(sdp):
+    """The session-level a=control value, or None."""
+    session, _ = split(sdp)
+    for line in session:
+        if line.startswith("a=control:"):
+            return line[len("a=control:"):].strip()
+    return None
+
+
 def controls(sdp):
     """The a=control value of each media (None where absent)."""
     _, media = split(sdp)

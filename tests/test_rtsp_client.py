@@ -1,0 +1,136 @@
+"""The pull client against a scripted camera over a StringTransport."""
+
+import struct
+
+from twisted.internet.protocol import connectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from vss.rtsp.auth import md5hex
+from vss.rtsp.client import RTSPClientProtocol, RTSPError, control_url, split_credentials
+from vss.rtsp.parser import MessageParser, build_interleaved, build_response
+
+CAMERA_SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=Media Presentation\r\nt=0 0\r\n"
+    b"a=control:rtsp://10.0.0.9:554/Streaming/Channels/101/\r\n"
+    b"m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:trackID=1\r\n"
+    b"m=audio 0 RTP/AVP 8\r\na=control:trackID=2\r\n")
+URL = "rtsp://10.0.0.9:554/Streaming/Channels/101"
+
+
+class Sink:
+    def __init__(self, sdp):
+        self.sdp = sdp
+        self.packets = []
+        self.flushes = 0
+
+    def feed(self, track, rtcp, data):
+        self.packets.append((track, rtcp, data))
+
+    def end_of_input(self):
+        self.flushes += 1
+
+
+class ClientTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.sinks = []
+        self.proto = RTSPClientProtocol(URL, self.make_sink, "admin", "12345", self.clock)
+        self.transport = StringTransport()
+        self.requests = MessageParser("request")
+        self.playing = []
+        self.proto.ready.addCallback(self.playing.append)
+        self.proto.makeConnection(self.transport)
+
+    def tearDown(self):
+        self.proto.connectionLost(connectionDone)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def make_sink(self, sdp):
+        self.sinks.append(Sink(sdp))
+        return self.sinks[-1]
+
+    def next_request(self):
+        [req] = self.requests.feed(self.transport.value())
+        self.transport.clear()
+        return req
+
+    def answer(self, req, status=200, headers=(), body=b""):
+        self.proto.dataReceived(build_response(status, [("CSeq", req.cseq), *headers], body))
+
+    def test_digest_handshake_and_media(self):
+        req = self.next_request()
+        self.assertEqual((req.method, req.uri), ("OPTIONS", URL))
+        self.answer(req, 401, [("WWW-Authenticate", 'Basic realm="IP Camera"'),
+                               ("WWW-Authenticate",
+                                'Digest realm="IP Camera", nonce="abc123", stale="FALSE"')])
+        req = self.next_request()
+        self.assertEqual(req.method, "OPTIONS")
+        auth = req.headers["Authorization"]
+        expect = md5hex(f"{md5hex('admin:IP Camera:12345')}:abc123:{md5hex('OPTIONS:' + URL)}")
+        self.assertIn(f'response="{expect}"', auth)
+        self.answer(req, 200, [("Public", "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN")])
+        req = self.next_request()
+        self.assertEqual(req.method, "DESCRIBE")
+        self.assertIn("Digest", req.headers["Authorization"])
+        self.answer(req, 200, [("Content-Type", "application/sdp"),
+                               ("Content-Base", URL + "/")], CAMERA_SDP)
+        req = self.next_request()
+        self.assertEqual((req.method, req.uri), ("SETUP", URL + "/trackID=1"))
+        self.assertEqual(req.headers["Transport"], "RTP/AVP/TCP;unicast;interleaved=0-1")
+        self.answer(req, 200, [("Session", "7788;timeout=30"),
+                               ("Transport", "RTP/AVP/TCP;unicast;interleaved=4-5")])
+        req = self.next_request()
+        self.assertEqual((req.uri, req.headers["Session"]), (URL + "/trackID=2", "7788"))
+        self.answer(req, 200, [("Session", "7788"),
+                               ("Transport", "RTP/AVP/TCP;unicast;interleaved=2-3")])
+        req = self.next_request()
+        self.assertEqual((req.method, req.uri),
+                         ("PLAY", "rtsp://10.0.0.9:554/Streaming/Channels/101/"))
+        self.assertEqual(self.playing, [])
+        rtp = struct.pack("!BBHII", 0x80, 0xE0, 1, 2, 3) + b"\x65data"
+        self.answer(req, 200, [("Session", "7788")])
+        self.assertEqual(self.playing, [self.proto])
+        self.proto.dataReceived(build_interleaved(4, rtp) + build_interleaved(5, b"rtcp")
+                                + build_interleaved(2, b"audio") + build_interleaved(9, b"?"))
+        [sink] = self.sinks
+        self.assertEqual(sink.packets, [(0, False, rtp), (0, True, b"rtcp"), (1, False, b"audio")])
+        self.assertEqual(sink.flushes, 1)
+        # keepalive every timeout/2 with OPTIONS (the camera lacks GET_PARAMETER)
+        self.clock.advance(15)
+        req = self.next_request()
+        self.assertEqual((req.method, req.headers["Session"]), ("OPTIONS", "7788"))
+
+    def test_refused(self):
+        req = self.next_request()
+        self.answer(req, 401, [("WWW-Authenticate", 'Digest realm="x", nonce="n"')])
+        req = self.next_request()
+        self.answer(req, 401, [("WWW-Authenticate", 'Digest realm="x", nonce="n"')])
+        failures = []
+        self.proto.ready.addErrback(failures.append)
+        self.assertEqual(len(failures), 1)
+        self.assertIsInstance(failures[0].value, RTSPError)
+        self.assertEqual(failures[0].value.status, 401)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_handshake_timeout(self):
+        failures = []
+        self.proto.ready.addErrback(failures.append)
+        self.clock.advance(10)
+        self.assertEqual(len(failures), 1)
+        self.assertTrue(self.transport.disconnecting)
+
+
+class HelperTests(unittest.TestCase):
+    def test_split_credentials(self):
+        self.assertEqual(split_credentials("rtsp://u%40x:p%3Aw@h:554/a?b=1"),
+                         ("rtsp://h:554/a?b=1", "u@x", "p:w"))
+        self.assertEqual(split_credentials("rtsp://h/a"), ("rtsp://h/a", None, None))
+
+    def test_control_url(self):
+        self.assertEqual(control_url("rtsp://h/a/", "trackID=1"), "rtsp://h/a/trackID=1")
+        self.assertEqual(control_url("rtsp://h/a?token=t", "trackID=0"),
+                         "rtsp://h/a/trackID=0?token=t")
+        self.assertEqual(control_url("rtsp://h/a", "rtsp://o/x"), "rtsp://o/x")
+        self.assertEqual(control_url("rtsp://h/a", "*"), "rtsp://h/a")
