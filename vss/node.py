@@ -5,13 +5,15 @@ present) the CDN module with its streaming server.
 
 Start-up order: the in-memory database is loaded (from Redis when chosen), the node's
 secret read from its data directory, then the listeners open. ``ports.json`` in the
-data directory names the bound ports (useful with port 0).
+data directory names the bound ports (useful with port 0); ``status.json`` there holds
+the RGM's and the central link's counters, rewritten every ``STATUS_INTERVAL`` seconds
+(read-only operations view, e.g. for benchmarks and end-to-end tests).
 """
 
 import json
 import os
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vss.config import ConfigError, load_or_create_secret, read_secret
@@ -19,6 +21,8 @@ from vss.protocols.messages import Role
 from vss.rgm.service import RGMConfig, RGMService
 from vss.store import make_store
 from vss.tap.common import ListenService, StagedService, write_json_atomically
+
+STATUS_INTERVAL = 1.0
 
 
 class NodeService(StagedService):
@@ -108,8 +112,24 @@ class NodeService(StagedService):
         write_json_atomically(os.path.join(self.settings.data_dir, "ports.json"), ports)
         self.log.info("node {node} ready: {ports}", node=self.settings.node_id,
                       ports=json.dumps(ports, sort_keys=True))
+        self._status_writer = task.LoopingCall(self.write_status)
+        self._status_writer.clock = self.reactor
+        self._status_writer.start(STATUS_INTERVAL, now=True).addErrback(
+            lambda f: self.log.failure("status.json not written", f))
+
+    def status(self):
+        central = getattr(self.central, "status", None)
+        return {"node_id": self.settings.node_id, "rgm": self.rgm.status(),
+                "central": central() if central is not None else {}}
+
+    def write_status(self):
+        write_json_atomically(os.path.join(self.settings.data_dir, "status.json"),
+                              self.status())
 
     def stopService(self):
+        writer = getattr(self, "_status_writer", None)
+        if writer is not None and writer.running:
+            writer.stop()
         d = super().stopService()
         return defer.gatherResults([defer.maybeDeferred(lambda: d),
                                     defer.maybeDeferred(self.store.close)])

@@ -123,3 +123,76 @@ def run_tool(name, args, env=None, cwd=None):
     """Run a command-line tool; fires with (stdout, stderr, exit code) as text."""
     d = getProcessOutputAndValue(tool(name), args, env=env or child_env(), path=cwd)
     return d.addCallback(lambda r: (r[0].decode(), r[1].decode(), r[2]))
+
+
+def cms_secret_file(workdir):
+    """The cluster secret ``start_cms`` has CMS create in its data directory."""
+    return os.path.join(workdir, "cms", "cluster.secret")
+
+
+def cms_db_path(workdir):
+    """The SQLite database ``start_cms`` runs on (seed it before starting CMS)."""
+    return os.path.join(workdir, "cms", "vss-cms.sqlite3")
+
+
+@defer.inlineCallbacks
+def start_cms(reactor, workdir, extra=(), env=None):
+    """``twistd -n vss-cms`` with its node and admin listeners on port 0, data in
+    ``WORKDIR/cms`` (SQLite database ``cms_db_path``, cluster secret
+    ``cms_secret_file``, created if absent); fires with (daemon, ports)."""
+    data = os.path.join(workdir, "cms")
+    os.makedirs(data, exist_ok=True)
+    ports_file = os.path.join(data, "ports.json")
+    if os.path.exists(ports_file):
+        os.remove(ports_file)
+    argv = [tool("twistd"), "-n", "--pidfile=", "vss-cms", "--data-dir", data,
+            "--db", "sqlite:" + cms_db_path(workdir),
+            "--node-listen", "tcp:0:interface=127.0.0.1",
+            "--admin-listen", "tcp:0:interface=127.0.0.1", *extra]
+    d = Daemon(reactor, argv, os.path.join(workdir, "cms.log"), env=env, cwd=workdir)
+    yield wait_for_file(reactor, ports_file, proc=d)
+    with open(ports_file) as f:
+        ports = json.load(f)
+    return d, ports
+
+
+def node_cms_args(workdir, cms_ports):
+    """The options of ``start_node`` for a node of the CMS that ``start_cms`` started:
+    CMS on loopback, its cluster secret, the inter-node listener on port 0."""
+    return ["--cms", f"tcp:127.0.0.1:{cms_ports['node']}",
+            "--cluster-secret-file", cms_secret_file(workdir),
+            "--node-listen", "tcp:0:interface=127.0.0.1"]
+
+
+def read_status(workdir, node_id):
+    """The node's ``status.json`` (its RGM and central-link counters), or None."""
+    path = os.path.join(workdir, node_id, "status.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+@defer.inlineCallbacks
+def seed_cms_db(reactor, path, devices=(), users=(), grants=(), admin_tokens=()):
+    """Write static data into a CMS database before CMS starts, with the store API.
+    ``devices``: DeviceRecord; ``users``: UserRecord; ``grants``: GrantRecord;
+    ``admin_tokens``: (name, token) pairs."""
+    from vss.cms.store import hash_token, make_static_store
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    store = make_static_store("sqlite:" + path, reactor=reactor)
+    yield store.open()
+    try:
+        for d in devices:
+            yield store.upsert_device(d.device_id, d.name, d.kind, d.channels, d.home_node,
+                                      d.verifier, source_url=d.source_url, enabled=d.enabled)
+        for u in users:
+            yield store.upsert_user(u.username, u.verifier, u.groups, enabled=u.enabled)
+        for g in grants:
+            yield store.set_grant(g.principal, g.device_id, g.actions)
+        for name, token in admin_tokens:
+            yield store.add_admin_token(name, hash_token(token))
+    finally:
+        yield store.close()
