@@ -60,7 +60,7 @@ def serve(args):
     from vss.rtsp.server import RTSPServerFactory
 
     factory = RTSPServerFactory(TokenAuthorizer(TokenIssuer(SECRET, clock=reactor)),
-                                reactor=reactor)
+                                reactor=reactor, gop_cache=args.gop_cache)
     port = reactor.listenTCP(0, factory, backlog=4096, interface="127.0.0.1")
 
     def stats():
@@ -332,6 +332,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--start-timeout", type=float, default=60.0)
+    ap.add_argument("--gop-cache", type=int, default=0,
+                    help="server GOP cache in bytes (0: new viewers wait for a keyframe)")
     ap.add_argument("--port", type=int)
     ap.add_argument("--cpu", type=int, default=0)
     ap.add_argument("--input", default=os.path.join(tempfile.gettempdir(),
@@ -351,7 +353,8 @@ def main():
     make_input(ffmpeg, args.input)
     py = sys.executable
     me = os.path.abspath(__file__)
-    server = subprocess.Popen([py, me, "serve", "--cpu", "0"], stdin=subprocess.PIPE,
+    server = subprocess.Popen([py, me, "serve", "--cpu", "0", "--gop-cache",
+                               str(args.gop_cache)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     info = json.loads(server.stdout.readline())
     port, spid = info["port"], info["pid"]

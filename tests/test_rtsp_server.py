@@ -517,6 +517,31 @@ class FanoutTests(ServerTestBase):
         stats = self.factory.sources["/live/cam1/main"].stats()
         self.assertEqual(stats["frames"], 14)
 
+    def test_gop_cache_starts_new_viewer_at_once(self):
+        self.factory.gop_cache = 1 << 20
+        pub = self.publish()
+        early = self.play()
+        pub.send(frame_bytes(0, pframe(1, 10)))  # before any keyframe: not cached
+        pub.send(frame_bytes(0, idr(2, 20)) + frame_bytes(2, rtp(3, 20, 0, pt=0)))
+        pub.send(frame_bytes(0, pframe(4, 30)))
+        late = self.play()
+        late.read()
+        early.read()
+        self.assertEqual([struct.unpack("!H", f.data[2:4])[0] for f in late.frames],
+                         [2, 3, 4])
+        self.assertEqual(late.frames, early.frames)
+        pub.send(frame_bytes(0, idr(5, 40)))  # a new GOP replaces the cache
+        third = self.play()
+        third.read()
+        self.assertEqual([struct.unpack("!H", f.data[2:4])[0] for f in third.frames], [5])
+
+    def test_no_gop_cache_by_default(self):
+        pub = self.publish()
+        pub.send(frame_bytes(0, idr(2, 20)))
+        late = self.play()
+        late.read()
+        self.assertEqual(late.frames, [])
+
     def test_attach_source_by_code(self):
         source = self.factory.attach_source("/live/cam9/sub", SDP)
         viewer = self.play(path="/live/cam9/sub")

@@ -127,8 +127,15 @@ class Frame:
 class Source:
     """A live stream on one path. ``sdp`` is the publisher's SDP text."""
 
-    def __init__(self, path, sdp, tracks, clock, on_idle=None, origin="rtsp"):
+    def __init__(self, path, sdp, tracks, clock, on_idle=None, origin="rtsp",
+                 gop_cache=0):
         self.path = path
+        # gop_cache: if > 0, keep the frames since the last keyframe (up to that many
+        # bytes) and send them to a new reader at once, so it starts without waiting
+        # for the next keyframe (at the cost of starting up to one GOP behind live)
+        self.gop_cache = gop_cache
+        self._gop = None
+        self._gop_bytes = 0
         self.sdp = sdp
         self.tracks = tracks
         self.all_tracks = frozenset(t.index for t in tracks)
@@ -209,8 +216,21 @@ class Source:
         data = b"".join([_pack_head(0x24, 2 * t + r, len(p)) + p for t, r, p in batch])
         frame = Frame(data, key, batch)
         self.frames += 1
+        if self.gop_cache:
+            self._remember(frame)
         for reader in self.readers:
             reader.deliver(frame)
+
+    def _remember(self, frame):
+        if frame.key:
+            self._gop = [frame]
+            self._gop_bytes = len(frame.data)
+        elif self._gop is not None:
+            self._gop_bytes += len(frame.data)
+            if self._gop_bytes > self.gop_cache:
+                self._gop = None  # too big: cache again from the next keyframe
+            else:
+                self._gop.append(frame)
 
     # -- readers
 
@@ -219,6 +239,9 @@ class Source:
         reader.full = self.all_tracks <= reader.mask
         self.readers.append(reader)
         self.no_readers_since = None
+        if self._gop:
+            for frame in self._gop:
+                reader.deliver(frame)
 
     def remove_reader(self, reader):
         try:

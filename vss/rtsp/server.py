@@ -202,8 +202,9 @@ class RTSPServerFactory(protocol.Factory):
 
     def __init__(self, authorizer, reactor=None, clock=None, session_timeout=60,
                  describe_wait=3.0, users=None, realm="vss", max_queue=DEFAULT_MAX_QUEUE,
-                 sndbuf=DEFAULT_SNDBUF):
+                 sndbuf=DEFAULT_SNDBUF, gop_cache=0):
         self.authorizer = authorizer
+        self.gop_cache = min(gop_cache, max_queue // 2)
         self._reactor = reactor
         self._clock = clock
         self.session_timeout = session_timeout
@@ -259,7 +260,8 @@ class RTSPServerFactory(protocol.Factory):
         if path in self.sources:
             raise ValueError(f"{path} already has a source")
         source = Source(path, sdp, sdplib.tracks(sdp), self.clock,
-                        on_idle=lambda s: self._notify("source_idle", s), origin=origin)
+                        on_idle=lambda s: self._notify("source_idle", s), origin=origin,
+                        gop_cache=self.gop_cache)
         self.sources[path] = source
         source.on_end(self._source_ended)
         log.info("source {path} started ({origin})", path=path, origin=origin)
