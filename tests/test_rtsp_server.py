@@ -311,6 +311,9 @@ class SessionTests(ServerTestBase):
         self.assertTrue(viewer.transport.disconnecting)
         self.assertNotIn(viewer.sid, self.factory.sessions)
         self.assertEqual(len(self.factory.sessions), 1)
+        self.assertFalse(viewer.transport.disconnected)
+        self.clock.advance(5)  # it does not read what is buffered: abort
+        self.assertTrue(viewer.transport.disconnected)
         self.assertEqual(self.factory.sources["/live/cam1/main"].reader_count, 0)
 
     def test_keepalive_and_rtcp_keep_session(self):

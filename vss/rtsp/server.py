@@ -38,6 +38,7 @@ log = Logger()
 PUBLIC = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER, " \
          "ANNOUNCE, RECORD"
 STREAMS = ("main", "sub")
+ABORT_AFTER = 5.0
 SERVER_NAME = "vss-ss"
 
 
@@ -123,6 +124,7 @@ class RTSPServerProtocol(protocol.Protocol):
         self.peer_host = None
         self.last_seen = None  # None: active since the last idle check
         self.idle_timer = None
+        self._abort_call = None
 
     def connectionMade(self):
         peer = self.transport.getPeer()
@@ -186,12 +188,24 @@ class RTSPServerProtocol(protocol.Protocol):
         self.send(build_response(status, hdrs, body, reason))
 
     def close(self):
+        """Close after what is buffered is written; abort if the peer does not read it
+        within ``ABORT_AFTER`` seconds (a stalled viewer must not keep the socket)."""
         if not self.closed:
             self.closed = True
             self.transport.loseConnection()
+            self._abort_call = self.factory.clock.callLater(ABORT_AFTER, self._abort)
+
+    def _abort(self):
+        self._abort_call = None
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
 
     def connectionLost(self, reason=protocol.connectionDone):
         self.closed = True
+        call, self._abort_call = self._abort_call, None
+        if call is not None and call.active():
+            call.cancel()
         self.factory.connection_lost(self)
 
 
