@@ -291,6 +291,13 @@ class DescribeTests(ServerTestBase):
 
 
 class SessionTests(ServerTestBase):
+    def test_session_keeps_authorizer_info(self):
+        self.publish()
+        viewer = self.play()
+        info = self.factory.sessions[viewer.sid].auth
+        self.assertEqual((info["device"], info["stream"], info["methods"]),
+                         ("cam1", "main", ("play",)))
+
     def test_session_header_announces_timeout(self):
         self.publish()
         c = self.conn()

@@ -576,6 +576,7 @@ class RTSPServerFactory(protocol.Factory):
             return
         record = any((t.get("mode") or "").strip('"').lower() == "record" for t in transports)
         role = "publish" if record else "play"
+        info = None
         if session is None:
             ok, info = self._authorize(conn, req, url, role)
             if not ok:
@@ -584,9 +585,9 @@ class RTSPServerFactory(protocol.Factory):
             conn.reply(req, 455)
             return
         if role == "publish":
-            self._setup_record(conn, req, url, session, transports)
+            self._setup_record(conn, req, url, session, transports, info)
         else:
-            self._setup_play(conn, req, url, session, transports)
+            self._setup_play(conn, req, url, session, transports, info)
 
     def _track_index(self, url, sdp_text):
         """The track a SETUP URL names, or None."""
@@ -601,7 +602,7 @@ class RTSPServerFactory(protocol.Factory):
             return t
         return None
 
-    def _setup_play(self, conn, req, url, session, transports):
+    def _setup_play(self, conn, req, url, session, transports, info=None):
         source = self.sources.get(url.path)
         if source is None:
             conn.reply(req, 404)
@@ -630,7 +631,7 @@ class RTSPServerFactory(protocol.Factory):
             conn.reply(req, 461)
             return
         if session is None:
-            session = self._new_session(conn, url.path, "play", None)
+            session = self._new_session(conn, url.path, "play", info)
         if chosen["spec"] == "RTP/AVP/TCP":
             if session.udp_tracks:
                 conn.reply(req, 461, reason="Mixed Transports")
@@ -653,7 +654,7 @@ class RTSPServerFactory(protocol.Factory):
                        f"server_port={srv}-{srv + 1}")
         conn.reply(req, 200, [("Transport", reply_t), self._session_header(session)])
 
-    def _setup_record(self, conn, req, url, session, transports):
+    def _setup_record(self, conn, req, url, session, transports, info=None):
         sdp_text = conn.announced.get(url.path)
         if sdp_text is None:
             conn.reply(req, 455, reason="ANNOUNCE First")
@@ -683,7 +684,7 @@ class RTSPServerFactory(protocol.Factory):
                 conn.reply(req, 461, reason="Channel In Use")
                 return
             if session is None:
-                session = self._new_session(conn, url.path, "publish", None)
+                session = self._new_session(conn, url.path, "publish", info)
             session.tcp_tracks[track] = ch
             reply_t = f"RTP/AVP/TCP;unicast;interleaved={ch[0]}-{ch[1]};mode=record"
         else:
@@ -696,7 +697,7 @@ class RTSPServerFactory(protocol.Factory):
                 conn.reply(req, 461, reason="Client Ports In Use")
                 return
             if session is None:
-                session = self._new_session(conn, url.path, "publish", None)
+                session = self._new_session(conn, url.path, "publish", info)
             session.udp_tracks[track] = (lo, hi)
             self._udp_peers[(conn.peer_host, lo)] = (session, track, False)
             self._udp_peers[(conn.peer_host, hi)] = (session, track, True)
