@@ -125,6 +125,7 @@ class CMSService(service.Service):
         self.mdp = MDP()
         self._verifiers = {}
         self._sweeper = None
+        self._inflight = set()  # Deferreds of the requests being handled
         self.counters = {"routed": 0, "notified": 0, "sync_changes": 0, "stale_changes": 0}
 
     # -- life cycle
@@ -154,7 +155,9 @@ class CMSService(service.Service):
             self._sweeper.stop()
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "CMS shutting down")
-        return super().stopService()
+        super().stopService()
+        return defer.DeferredList(list(self._inflight), consumeErrors=False) \
+            .addCallback(lambda _: None)
 
     def factory(self):
         return LinkFactory(self, self.clock, request_timeout=self.config.route_timeout)
@@ -201,11 +204,24 @@ class CMSService(service.Service):
                 link.send_error(t, frame.txid, code)
             return
         d = defer.maybeDeferred(handler, self, s, msg.body)
+        if not d.called:
+            self._track(d)
         if frame.flags & codec.FLAG_NOTIFY:
             d.addErrback(self._logged)
             return
         d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
                        lambda f: link.send_failure(frame, f))
+
+    def _track(self, d):
+        """Keep a handler in progress until it ends: stopping waits for it, so that a
+        change being written (S604) finishes before the database closes."""
+        self._inflight.add(d)
+
+        def done(result):
+            self._inflight.discard(d)
+            return result
+
+        d.addBoth(done)
 
     def _logged(self, failure):
         self.log.failure("CMS background task failed", failure)
@@ -260,10 +276,15 @@ class CMSService(service.Service):
         s.registered = True
         s.state = "registered"
         self.sessions[s.node_id] = s
-        yield self.store.upsert_node(s.node_id, body.signalling, body.media, body.capacity,
-                                     origin=s.node_id)
+        changes = yield self.store.upsert_node(s.node_id, body.signalling, body.media,
+                                               body.capacity, origin=s.node_id)
         yield self.store.set_node_state(s.node_id, "up", {})
         head = yield self.store.head_seq()
+        # Every log entry reaches every up node, so that a node never mistakes the
+        # registry's entries for a gap; this node fetches them in its catch-up.
+        for node_id in self.s503_nodes_for(changes):
+            if node_id != s.node_id:
+                self.s504_notify(node_id, changes)
         self.clock.callLater(0, self._send_presences, s)
         self.log.info("node {node} up from {peer} (applied {applied}, head {head})",
                       node=s.node_id, peer=s.link.peer, applied=body.applied_seq, head=head)
@@ -310,8 +331,9 @@ class CMSService(service.Service):
                 raise VssError(ResultCode.UNKNOWN_DEVICE)
             if not device.home_node:
                 home = s.node_id
-                yield self.store.update_device_fields(body.identity, home_node=home,
-                                                      origin="cms")
+                changes = yield self.store.update_device_fields(body.identity, home_node=home,
+                                                                origin="cms")
+                self.s501_data_changed(changes)  # every node learns the device's home
                 device = yield self.store.get_device(body.identity)
                 self.homes[device.device_id] = home
             if device.home_node != s.node_id:

@@ -77,6 +77,7 @@ class CmsLink(service.Service):
         self._queued = []
         self._heartbeat = None
         self._sending = False
+        self._acked_seq = 0  # the log sequence of the last change CMS applied for us
         self._restored = False
         self.ready = defer.Deferred()  # fires after the first catch-up
         self.counters = {"cms_requests": 0, "routed_via_cms": 0, "routed_direct": 0,
@@ -401,6 +402,16 @@ class CmsLink(service.Service):
         self._sending = True
         try:
             while self.outbox.pending and self.link is not None and not self.catching_up:
+                if self.applier.applied_seq < self._acked_seq:
+                    # The change before this one was written at _acked_seq; its notify
+                    # may still be waiting behind a fetch. Base the next change on it,
+                    # else CMS refuses it as stale (it crossed our own change).
+                    try:
+                        yield self.fetch()
+                    except VssError:
+                        return  # the link dropped: the rest goes on the next connection
+                    self._acked_seq = 0
+                    continue
                 change_id, change = next(iter(self.outbox.pending.items()))
                 record = self.store.get_device(change.device_id)
                 from dataclasses import replace
@@ -416,6 +427,8 @@ class CmsLink(service.Service):
                                   id=change_id, device=change.device_id, error=e.message)
                     ack = None
                 self.outbox.ack(change_id)
+                if ack is not None and ack.applied:
+                    self._acked_seq = max(self._acked_seq, ack.seq)
                 waiter = getattr(self, "_waiters", {}).pop(change_id, None)
                 if waiter is not None:
                     if ack is None:
