@@ -76,8 +76,8 @@ def control_url(base, control):
 
 class RTSPClientProtocol(protocol.Protocol):
     """Pulls one stream. Public: ``ready`` (Deferred, fires with self when playing),
-    ``finished`` (Deferred, fires with the disconnect reason), ``sdp``, ``sink``,
-    ``packets`` and ``bytes`` counters."""
+    ``finished`` (Deferred, fires with the exception that ended the connection),
+    ``sdp``, ``sink``, ``packets`` and ``bytes`` counters."""
 
     def __init__(self, url, sink_factory, username=None, password=None, clock=None,
                  timeout=10.0):
@@ -250,7 +250,8 @@ class RTSPClientProtocol(protocol.Protocol):
             d.errback(reason)
         if not self.ready.called:
             self.ready.errback(reason)
-        self.finished.callback(reason)
+        # fired with the exception (not a Failure) so nobody is forced to handle it
+        self.finished.callback(getattr(reason, "value", reason))
 
     def teardown(self):
         """Send TEARDOWN and close."""
