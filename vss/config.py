@@ -139,6 +139,7 @@ class NodeSettings:
     request_timeout: float
     manhole: str
     manhole_keys: str
+    route_cache: bool = True
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}

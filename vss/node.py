@@ -25,6 +25,15 @@ from vss.tap.common import ListenService, StagedService, write_json_atomically
 STATUS_INTERVAL = 1.0
 
 
+class NoRouteCache(dict):
+    """The route cache of a node run with ``--route-cache off``: it never holds a route,
+    so every request for another node's PU takes the cache-miss path (through CMS, and
+    the lookup that would have learned the route)."""
+
+    def __setitem__(self, key, value):
+        pass
+
+
 class NodeService(StagedService):
     log = Logger()
 
@@ -80,8 +89,11 @@ class NodeService(StagedService):
 
         self.cluster_secret = read_secret(self.settings.cluster_secret_file,
                                           "--cluster-secret-file")
-        return CmsLink(self.settings.node_id, self.settings.cms, self.cluster_secret, self.store,
+        link = CmsLink(self.settings.node_id, self.settings.cms, self.cluster_secret, self.store,
                        self.reactor, data_dir=self.settings.data_dir, advertise=self.advertise)
+        if not self.settings.route_cache:
+            link.route_cache = NoRouteCache()
+        return link
 
     def advertise(self):
         """(signalling endpoint, media endpoint, capacity) this node tells CMS."""

@@ -20,6 +20,7 @@ DEFAULTS = {
     "store": "memory",
     "keepalive": "30",
     "request-timeout": "10",
+    "route-cache": "on",
 }
 
 
@@ -47,6 +48,9 @@ class Options(TrackingOptions):
         ["data-dir", "d", None, "Data directory [./data/NODE_ID]."],
         ["keepalive", None, None, f"Keepalive interval announced to peers, seconds [{DEFAULTS['keepalive']}]."],
         ["request-timeout", None, None, f"Seconds to wait for a PU's answer [{DEFAULTS['request-timeout']}]."],
+        ["route-cache", None, None, "on: cache the home node of other nodes' PUs and reach it "
+         "directly; off: every such request takes the cache-miss path through CMS "
+         f"(measurement and troubleshooting) [{DEFAULTS['route-cache']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
     ]
@@ -81,6 +85,9 @@ def settings_from(opts):
         problems.append("--cluster-secret-file: required with --cms")
     elif opts.get("cluster-secret-file") and not os.path.isfile(opts["cluster-secret-file"]):
         problems.append(f"--cluster-secret-file: no such file {opts['cluster-secret-file']}")
+    route_cache = str(opts["route-cache"]).strip().lower()
+    if route_cache not in ("on", "off"):
+        problems.append(f"--route-cache: {opts['route-cache']!r} is neither 'on' nor 'off'")
     if opts.get("manhole") and not opts.get("manhole-keys"):
         problems.append("--manhole-keys: required when --manhole is set")
     if problems:
@@ -104,6 +111,7 @@ def settings_from(opts):
         request_timeout=timeout,
         manhole=opts.get("manhole") or "",
         manhole_keys=opts.get("manhole-keys") or "",
+        route_cache=route_cache != "off",
     )
 
 
