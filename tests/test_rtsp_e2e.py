@@ -9,7 +9,7 @@ from twisted.trial import unittest
 
 from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
 from vss.rtsp.client import RTSPError, pull_into
-from vss.rtsp.server import RTSPServerFactory
+from vss.rtsp.server import RTSPServerFactory, RTSPServerService
 
 try:
     import av
@@ -299,3 +299,23 @@ class PullClientTests(E2ETestBase):
         client.teardown()
         yield client.finished
         self.assertNotIn("/live/cam2/main", self.factory.sources)
+
+
+class ServiceTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_service_listens_and_stops(self):
+        factory = RTSPServerFactory(TokenAuthorizer(TokenIssuer(SECRET)), reactor=reactor)
+        svc = RTSPServerService("tcp:0:interface=127.0.0.1", factory, reactor=reactor,
+                                udp_interface="127.0.0.1")
+        yield svc.startService()
+        port = svc.port.getHost().port
+        self.assertGreater(port, 0)
+        self.assertIsNotNone(factory.udp_ports)
+        client = yield protocol.ClientCreator(reactor, RawClient).connectTCP("127.0.0.1", port)
+        client.transport.write(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+        data = yield client.wait_for(b"\r\n\r\n")
+        self.assertTrue(data.startswith(b"RTSP/1.0 200 OK"))
+        yield svc.stopService()
+        yield client.lost
+        self.assertIsNone(factory.udp_ports)
+        self.assertIsNone(svc.port)

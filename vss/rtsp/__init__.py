@@ -10,7 +10,8 @@ The streaming server (SS) of a node, and an RTSP client.
                drop to the next keyframe), ``UDPReader``.
 - ``server``   ``RTSPServerFactory``: play and publish on ``/live/<device>/<stream>``,
                every request checked by an ``IStreamAuthorizer`` (``vss.cdn.tokens``),
-               session timeouts on the injected clock, hooks for the CDN module.
+               session timeouts on the injected clock, hooks for the CDN module;
+               ``RTSPServerService`` runs it on an endpoint string (+ UDP pair).
 - ``client``   ``pull(url, sink_factory)``: pull a camera or another node's SS over TCP
                interleaved into a sink, e.g. a server source (``pull_into``).
 """

@@ -18,6 +18,7 @@ without a source; DESCRIBE then waits up to ``describe_wait`` seconds for one).
 import os
 from urllib.parse import parse_qs
 
+from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
@@ -813,3 +814,39 @@ class _UDPPeer(protocol.DatagramProtocol):
 
     def datagramReceived(self, data, addr):
         self.factory.udp_received(data, addr)
+
+
+class RTSPServerService(service.Service):
+    """Runs an ``RTSPServerFactory`` on a listen endpoint string (``tcp:7554:...``) and,
+    if ``udp_interface`` is given, the shared UDP port pair for RTP/UDP clients.
+    ``port`` is the listening port object once started (``port.getHost().port``)."""
+
+    def __init__(self, endpoint, factory, reactor=None, udp_interface=None):
+        self.endpoint = endpoint
+        self.factory = factory
+        self._reactor = reactor
+        self.udp_interface = udp_interface
+        self.port = None
+
+    @defer.inlineCallbacks
+    def startService(self):
+        from twisted.internet import endpoints
+
+        service.Service.startService(self)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        self.port = yield endpoints.serverFromString(reactor, self.endpoint).listen(
+            self.factory)
+        if self.udp_interface is not None:
+            self.factory.listen_udp(self.udp_interface)
+        log.info("streaming server listening on {address}", address=self.port.getHost())
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        self.factory.close_all()
+        if self.port is not None:
+            port, self.port = self.port, None
+            yield port.stopListening()
+        yield self.factory.stop_udp()
