@@ -25,6 +25,8 @@ from twisted.logger import Logger
 from twisted.trial import unittest
 
 from vss.cms.service import CMSService
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     KV,
     Action,
@@ -616,3 +618,44 @@ class ConflictRuleTests(unittest.TestCase):
         head = yield self.store.head_seq()
         yield wait_until(reactor, lambda: self.node.central.applier.applied_seq == head)
         self.assertEqual(self.node.store.get_device("cam-2").name, "unpublished 9")
+
+    @defer.inlineCallbacks
+    def test_a_change_whose_ack_was_lost_is_not_applied_twice(self):
+        """CMS applied a PU change but the link dropped before its ack arrived; an admin
+        renames the device meanwhile. The node resends the change when it reconnects:
+        it carries the base version of its first sending, so CMS refuses it and the
+        admin's later name stays."""
+        link = self.node.central
+        request = link._request
+        dropped = []
+
+        def lose_the_ack(type, body, timeout=None):
+            d = request(type, body, timeout)
+            if type == MsgType.SYNC_CHANGE and not dropped:
+                dropped.append(body)
+
+                def lost(msg):
+                    link.link.transport.abortConnection()
+                    raise VssError(ResultCode.SESSION_CLOSED, "link lost")
+
+                d.addCallback(lost)
+            return d
+
+        link._request = lose_the_ack
+        pu = yield self.p.login("node-a", Role.PU, "cam", "cam-secret")
+        pu.link.send_notify(MsgType.STATE_CHANGE, StateChange(
+            device_id="cam", channel=0, change=int(ChangeKind.NAME), timestamp=1,
+            items=[KV(key="name", value="PU name")]))
+        yield wait_until(reactor, lambda: dropped and "node-a" not in self.cms.sessions,
+                         what="the ack to be lost")
+        self.assertEqual((yield self.store.get_device("cam")).name, "PU name")
+        self.assertEqual(len(link.outbox.pending), 1)
+        self.cms.publish((yield self.store.update_device_fields("cam", name="Admin name")))
+        yield wait_until(reactor, lambda: not link.outbox.pending and "node-a" in self.cms.sessions,
+                         timeout=20, what="the resend")
+        self.assertEqual(self.cms.counters["sync_changes"], 2)
+        self.assertEqual(self.cms.counters["stale_changes"], 1)
+        self.assertEqual((yield self.store.get_device("cam")).name, "Admin name")
+        for node in (self.node, self.other):
+            yield wait_until(reactor, lambda n=node: n.store.get_device("cam").name
+                             == "Admin name")

@@ -70,6 +70,8 @@ class CmsLink(service.Service):
                                    on_user_change=self._user_changed)
         self.outbox = Outbox(os.path.join(data_dir, "outbox.jsonl"), self.clock) if data_dir \
             else None
+        # Changes loaded from the outbox keep the base version they were saved with.
+        self._based = set(self.outbox.pending) if self.outbox else set()
         self.peers = PeerLinks(self)
         self.route_cache = {}  # device_id -> home node id
         self.node_endpoints = {}  # node id -> signalling endpoint
@@ -413,10 +415,17 @@ class CmsLink(service.Service):
                     self._acked_seq = 0
                     continue
                 change_id, change = next(iter(self.outbox.pending.items()))
-                record = self.store.get_device(change.device_id)
-                from dataclasses import replace
+                if change_id not in self._based:
+                    # The base version is the one held when the change is first sent, and
+                    # kept (in the outbox) for every resend: a change whose ack was lost
+                    # is then refused as stale instead of being applied a second time
+                    # over what came after it.
+                    from dataclasses import replace
 
-                change = replace(change, base_version=record.version if record else 0)
+                    record = self.store.get_device(change.device_id)
+                    change = replace(change, base_version=record.version if record else 0)
+                    self.outbox.add(change)
+                    self._based.add(change_id)
                 try:
                     ack = (yield self._request(MsgType.SYNC_CHANGE, change)).body
                 except VssError as e:
@@ -427,6 +436,7 @@ class CmsLink(service.Service):
                                   id=change_id, device=change.device_id, error=e.message)
                     ack = None
                 self.outbox.ack(change_id)
+                self._based.discard(change_id)
                 if ack is not None and ack.applied:
                     self._acked_seq = max(self._acked_seq, ack.seq)
                 waiter = getattr(self, "_waiters", {}).pop(change_id, None)
