@@ -487,6 +487,14 @@ class FanoutTests(ServerTestBase):
         self.assertEqual(reader.frames, 2)
         self.assertEqual(reader.direct_sends, 0)  # StringTransport: no socket
 
+    def test_audio_only_viewer(self):
+        pub = self.publish()
+        v = self.play(tracks=(1,))
+        pub.send(frame_bytes(0, pframe(1, 10)) + frame_bytes(2, rtp(2, 10, 0, pt=0)))
+        pub.send(frame_bytes(0, pframe(3, 20)))
+        v.read()
+        self.assertEqual([(f.channel, f.data) for f in v.frames], [(2, rtp(2, 10, 0, pt=0))])
+
     def test_video_only_viewer_gets_no_audio(self):
         pub = self.publish()
         v = self.play(tracks=(0,))

@@ -237,6 +237,10 @@ class Source:
     def add_reader(self, reader):
         reader.source = self
         reader.full = self.all_tracks <= reader.mask
+        reader.needs_key = any(self.tracks[t].kind == "video"
+                               for t in reader.mask if 0 <= t < len(self.tracks))
+        if not reader.needs_key:
+            reader.waiting_key = False  # audio only: any frame is a fine start
         self.readers.append(reader)
         self.no_readers_since = None
         if self._gop:
@@ -279,6 +283,7 @@ class TCPReader:
 
     source = None
     full = True
+    needs_key = True
 
     def __init__(self, transport, tracks, max_queue=DEFAULT_MAX_QUEUE, on_end=None,
                  sndbuf=DEFAULT_SNDBUF):
@@ -372,7 +377,7 @@ class TCPReader:
         if self.queued + n > self.max_queue:
             self.drops += 1
             self.dropped_bytes += n
-            self.waiting_key = self.dropping = True
+            self.waiting_key = self.dropping = self.needs_key
             return
         self.transport.write(buf)
         self.queued += n
@@ -394,6 +399,8 @@ class UDPReader:
     from the server's shared port pair ``(rtp_udp, rtcp_udp)`` (Twisted UDP ports)."""
 
     source = None
+    full = True
+    needs_key = True
 
     def __init__(self, rtp_udp, rtcp_udp, host, ports, on_end=None):
         self.rtp_udp = rtp_udp
