@@ -153,7 +153,6 @@ class Source:
         self._batch = []
         self._batch_bytes = 0
         self._batch_key = False
-        self._batch_video = False
         self._batch_ts = None
         self._video = any(t.kind == "video" for t in tracks)
         self._ending = []
@@ -163,8 +162,11 @@ class Source:
         return len(self.readers)
 
     def stats(self):
+        """Counters: bytes/packets in, frames (shared buffers) out, drops of every
+        reader so far (current and gone)."""
+        drops = self.drops + sum(r.drops for r in self.readers)
         return {"path": self.path, "readers": len(self.readers), "bytes": self.bytes,
-                "packets": self.packets, "frames": self.frames, "drops": self.drops,
+                "packets": self.packets, "frames": self.frames, "drops": drops,
                 "started": self.started, "no_readers_since": self.no_readers_since,
                 "origin": self.origin}
 
@@ -187,7 +189,6 @@ class Source:
                 if self._batch:
                     self.flush()
                 self._batch_key = True
-            self._batch_video = True
             self._batch_ts = ts
             end = data[1] & 0x80  # marker bit: last packet of the picture
         self._batch.append((track, rtcp, data))
@@ -211,7 +212,6 @@ class Source:
         self._batch = []
         self._batch_bytes = 0
         self._batch_key = False
-        self._batch_video = False
         self._batch_ts = None
         data = b"".join([_pack_head(0x24, 2 * t + r, len(p)) + p for t, r, p in batch])
         frame = Frame(data, key, batch)
