@@ -659,3 +659,16 @@ class ConflictRuleTests(unittest.TestCase):
         for node in (self.node, self.other):
             yield wait_until(reactor, lambda n=node: n.store.get_device("cam").name
                              == "Admin name")
+
+    @defer.inlineCallbacks
+    def test_a_node_sees_its_link_to_cms_go_down(self):
+        """CMS's side of the link is cut (as when CMS is killed): the node notices, says
+        it is not connected, and reconnects."""
+        for link in list(self.cms.links):
+            link.transport.abortConnection()
+        yield wait_until(reactor, lambda: self.node.central.link is None,
+                         what="the node to see its link go down")
+        self.assertFalse(self.node.central.status()["connected"])
+        yield wait_until(reactor, lambda: self.node.central.link is not None
+                         and "node-a" in self.cms.sessions, what="the node to reconnect")
+        self.assertTrue(self.node.central.status()["connected"])

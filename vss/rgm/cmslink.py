@@ -164,7 +164,9 @@ class CmsLink(service.Service):
         pass
 
     def linkDown(self, link, reason):
-        if self.link is link:
+        # ClientService hands _on_connect a proxy of the link, not the link itself:
+        # compare what they share.
+        if self.link is not None and self.link.transport is link.transport:
             self.link = None
             self._stop_heartbeat()
             self.log.info("link to CMS lost; reconnecting")
