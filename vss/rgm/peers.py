@@ -36,6 +36,10 @@ from vss.rgm import relay
 from vss.rgm.auth import ScramExchange, node_verifier
 
 AGENT = "vss-node/0.1"
+#: One link to a peer carries the routed requests of every CU of this node (each CU link
+#: is held to its own limit by the RGM), so the per-link default of 256 would refuse CUs'
+#: requests, and drop the cached route, under ordinary load.
+PEER_MAX_IN_FLIGHT = 65536
 
 
 @defer.inlineCallbacks
@@ -185,7 +189,8 @@ class PeerLinks:
             return defer.succeed(link)
         cms = self.cms
         ep = endpoints.clientFromString(cms.reactor, endpoint)
-        factory = LinkFactory(_PeerClient(self, node_id), cms.clock, request_timeout=15.0)
+        factory = LinkFactory(_PeerClient(self, node_id), cms.clock, request_timeout=15.0,
+                              max_in_flight=PEER_MAX_IN_FLIGHT)
 
         def connected(link):
             return node_login(link, cms.node_id, cms.cluster_secret).addCallback(
