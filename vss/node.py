@@ -68,11 +68,33 @@ class NodeService(StagedService):
                                                self.peer_server.factory(), reactor)
             self.node_listener.setServiceParent(self)
             self.central.setServiceParent(self)
+        self._make_media(settings, reactor)
         if settings.manhole:
             from vss.manhole import manhole_service
 
             manhole_service(settings.manhole, settings.manhole_keys, self.namespace(),
                             reactor).setServiceParent(self)
+
+    def _make_media(self, settings, reactor):
+        """The streaming server (SS) and the CDN module, its only controller."""
+        from vss.cdn.service import CDNModule
+        from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
+        from vss.rtsp.server import RTSPServerFactory, RTSPServerService
+
+        self.issuer = TokenIssuer(self.secret, clock=reactor)
+        self.rtsp = RTSPServerFactory(TokenAuthorizer(self.issuer), reactor=reactor)
+        interface = _interface(settings.rtsp_listen)
+        self.rtsp_listener = RTSPServerService(settings.rtsp_listen, self.rtsp, reactor,
+                                               udp_interface=interface)
+        self.rtsp_listener.setServiceParent(self)
+        self.cdn = CDNModule(self.rgm, self.rtsp, self.issuer, media_base="", clock=reactor,
+                             reactor=reactor)
+        self.cdn.setServiceParent(self)
+        self.rgm.cdn = self.cdn
+
+    def rtsp_port(self):
+        port = self.rtsp_listener.port
+        return port.getHost().port if port is not None else None
 
     def namespace(self):
         """What the manhole shows an operator."""
@@ -98,8 +120,8 @@ class NodeService(StagedService):
     def advertise(self):
         """(signalling endpoint, media endpoint, capacity) this node tells CMS."""
         port = self.node_listener.port
-        rtsp = getattr(self, "rtsp_listener", None)
-        media = f"rtsp://{self.settings.media_host}:{rtsp.port}" if rtsp and rtsp.port else ""
+        rtsp = self.rtsp_port()
+        media = f"rtsp://{self.settings.media_host}:{rtsp}" if rtsp else ""
         return f"tcp:{self.settings.advertise_host}:{port}", media, 0
 
     def prepare(self):
@@ -119,7 +141,14 @@ class NodeService(StagedService):
         for record in self.central.grants.values():
             self.store.put_grant(record)
 
+    def listeners(self):
+        ports = super().listeners()
+        if self.rtsp_port():
+            ports["rtsp"] = self.rtsp_port()
+        return ports
+
     def on_ready(self):
+        self.cdn.media_base = f"rtsp://{self.settings.media_host}:{self.rtsp_port()}"
         ports = self.listeners()
         write_json_atomically(os.path.join(self.settings.data_dir, "ports.json"), ports)
         self.log.info("node {node} ready: {ports}", node=self.settings.node_id,
@@ -145,6 +174,13 @@ class NodeService(StagedService):
         d = super().stopService()
         return defer.gatherResults([defer.maybeDeferred(lambda: d),
                                     defer.maybeDeferred(self.store.close)])
+
+
+def _interface(description):
+    for part in description.split(":"):
+        if part.startswith("interface="):
+            return part.split("=", 1)[1]
+    return "0.0.0.0"
 
 
 __all__ = ["NodeService", "ConfigError"]

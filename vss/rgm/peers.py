@@ -66,8 +66,8 @@ def error_body(message):
 
 def serve_route(rgm, body):
     """S404-S405 on the home node: a routed request for one of our PUs. Fires with a
-    ``RouteResponse`` carrying the PU's answer or the error that stood in its way."""
-    d = relay.serve_locally(rgm, body.device_id, body.inner_type, body.inner_body)
+    ``RouteResponse`` carrying the PU's answer or the error that stood in its way. A
+    routed MEDIA_OPEN is answered by this node's CDN module (a play URL of its SS)."""
 
     def answered(result):
         status, inner = result
@@ -78,11 +78,26 @@ def serve_route(rgm, body):
         return RouteResponse(home_node=rgm.node_id, inner_status=int(f.value.code),
                              inner_body=error_body(f.value.message))
 
-    if rgm.store.get_device(body.device_id) is None or \
-            rgm.store.get_device(body.device_id).home_node not in ("", rgm.node_id):
+    record = rgm.store.get_device(body.device_id)
+    if record is None or record.home_node not in ("", rgm.node_id):
         return defer.succeed(RouteResponse(
             home_node=rgm.node_id, inner_status=int(ResultCode.UNKNOWN_DEVICE),
             inner_body=error_body(f"{body.device_id} is not homed on {rgm.node_id}")))
+    if body.inner_type == MsgType.MEDIA_OPEN:
+        if rgm.cdn is None:
+            return defer.succeed(RouteResponse(
+                home_node=rgm.node_id, inner_status=int(ResultCode.NOT_SUPPORTED),
+                inner_body=error_body("the home node has no streaming server")))
+        msg = codec.decode_body(codec.Frame(codec.VERSION, 0, MsgType.MEDIA_OPEN, 0, 0,
+                                            body.inner_body))
+        if isinstance(msg, codec.ProtocolError):
+            return defer.succeed(RouteResponse(
+                home_node=rgm.node_id, inner_status=int(msg.code),
+                inner_body=error_body(msg.message)))
+        d = rgm.cdn.routed_media_open(msg.body)
+        d.addCallback(lambda url: (0, codec.encode_body(url)))
+        return d.addCallbacks(answered, failed)
+    d = relay.serve_locally(rgm, body.device_id, body.inner_type, body.inner_body)
     return d.addCallbacks(answered, failed)
 
 

@@ -1,0 +1,112 @@
+"""
+Live video end to end: a CU asks its node for a stream (MEDIA_OPEN); the node's CDN
+module asks the PU agent (a real ``vss-pu`` process) to publish H.264 encoded by PyAV,
+and PyAV, as the player, decodes frames from the rtsp:// URL it got. A CU on another
+node gets the same camera through its own node, which pulls it once from the home node.
+"""
+
+import os
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial import unittest
+
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
+from vss.testing.platform import Platform, verifier, wait_until
+from vss.testing.processes import Daemon, child_env, tool
+
+try:
+    import av
+except ImportError:  # pragma: no cover - av is a dependency
+    av = None
+
+ALL = int(Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD)
+
+
+def decode(url, count=10, transport="tcp"):
+    """Blocking (run in a thread): decode ``count`` frames; their sizes."""
+    sizes = []
+    with av.open(url, options={"rtsp_transport": transport}, timeout=20) as c:
+        for frame in c.decode(video=0):
+            sizes.append((frame.width, frame.height))
+            if len(sizes) >= count:
+                break
+    return sizes
+
+
+def open_live(device_id, channel=0):
+    return MediaOpen(device_id=device_id, channel=channel, stream=0, purpose=Purpose.LIVE,
+                     start_time=0, transport=0)
+
+
+class LiveVideoTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.work = os.path.abspath(self.mktemp())
+        os.makedirs(self.work)
+        self.p = Platform(reactor, self.work)
+        self.addCleanup(self.p.stop)
+        yield self.p.start_cms()
+        store, cms = self.p.cms.store, self.p.cms.cms
+        for changes in [
+            (yield store.upsert_device("cam-b", "Gate B", 1, 1, "node-b", verifier("cam-b-s"))),
+            (yield store.upsert_device("cam-x", "Other", 1, 1, "node-b", verifier("cam-x-s"))),
+            (yield store.upsert_user("alice", verifier("alice-pw"), [])),
+            (yield store.upsert_user("bob", verifier("bob-pw"), [])),
+            (yield store.set_grant("user:alice", "cam-b", ALL)),
+            (yield store.set_grant("user:alice", "cam-x", ALL)),
+            (yield store.set_grant("user:bob", "cam-x", int(Action.VIEW))),
+        ]:
+            cms.publish(changes)
+        self.node_a = yield self.p.start_node("node-a")
+        self.node_b = yield self.p.start_node("node-b")
+        pu = Daemon(reactor, [tool("vss-pu"), "--node",
+                              f"tcp:127.0.0.1:{self.p.port('node-b', 'pu')}", "--id", "cam-b"],
+                    os.path.join(self.work, "pu.log"), env=child_env(VSS_PU_SECRET="cam-b-s"))
+        self.addCleanup(pu.stop)
+        yield wait_until(reactor, lambda: "cam-b" in self.node_b.rgm.pu_links, timeout=30,
+                         what="the PU to log in")
+
+    @defer.inlineCallbacks
+    def test_live_video_on_the_home_node_and_through_another_node(self):
+        cu_b = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        url_b = (yield cu_b.request(MsgType.MEDIA_OPEN, open_live("cam-b"), timeout=30)).body.url
+        self.assertTrue(url_b.startswith("rtsp://127.0.0.1:"))
+        self.assertIn("/live/cam-b/main?token=", url_b)
+        sizes = yield threads.deferToThread(decode, url_b, 10)
+        self.assertEqual(len(sizes), 10)
+        self.assertEqual(sizes[0], (640, 360))
+
+        # A CU on node-a: node-a pulls the stream from node-b once and serves it.
+        cu_a = yield self.p.login("node-a", Role.CU, "alice", "alice-pw")
+        url_a = (yield cu_a.request(MsgType.MEDIA_OPEN, open_live("cam-b"), timeout=30)).body.url
+        self.assertIn(f":{self.p.port('node-a', 'rtsp')}/live/cam-b/main", url_a)
+        self.assertNotEqual(url_a.split("/live/")[0], url_b.split("/live/")[0])
+        sizes = yield threads.deferToThread(decode, url_a, 10, "udp")
+        self.assertEqual(len(sizes), 10)
+        self.assertEqual(self.node_a.cdn.counters["node_pulls"], 1)
+        self.assertEqual(self.node_b.cdn.counters["pu_publish"], 1)
+
+    @defer.inlineCallbacks
+    def test_tokens_are_bound_to_their_device_and_required(self):
+        cu = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        url = (yield cu.request(MsgType.MEDIA_OPEN, open_live("cam-b"), timeout=30)).body.url
+        base, token = url.split("?token=")
+        for bad in (base, base.replace("cam-b", "cam-x") + "?token=" + token,
+                    base + "?token=" + token[:-4] + "AAAA"):
+            with self.assertRaises(Exception) as e:
+                yield threads.deferToThread(decode, bad, 1)
+            self.assertIn("401", str(e.exception))
+
+    @defer.inlineCallbacks
+    def test_grants_and_offline_devices_are_refused(self):
+        bob = yield self.p.login("node-b", Role.CU, "bob", "bob-pw")
+        with self.assertRaises(VssError) as e:
+            yield bob.request(MsgType.MEDIA_OPEN, open_live("cam-b"))
+        self.assertEqual(e.exception.code, ResultCode.FORBIDDEN)
+        with self.assertRaises(VssError) as e:
+            yield bob.request(MsgType.MEDIA_OPEN, open_live("cam-x"))
+        self.assertEqual(e.exception.code, ResultCode.DEVICE_OFFLINE)

@@ -1,0 +1,246 @@
+"""
+The CDN module of a node: the only thing that drives its streaming server (SS).
+
+The RGM calls its *service interface* when a CU asks for live video (MEDIA_OPEN):
+
+1. ``media_open``: the grant is checked (view); the stream's path is
+   ``/live/<device>/<stream>`` (``main``/``sub``, ``chN-main`` for channel N > 0).
+2. ``ensure_source``: if the SS has no source on that path yet, one is started:
+   - a PU homed here is asked to publish (MEDIA_START with a publish-only token),
+   - a real camera (a device record with an RTSP ``source_url``) is pulled, with its
+     credentials, by the RTSP client,
+   - a PU homed on another node: that node is asked for the stream (MEDIA_OPEN routed
+     to it; ``routed_media_open`` answers there) and this SS pulls it once, node to
+     node, for all its viewers.
+3. the CU gets an ``rtsp://`` URL carrying a short-lived play token for that path only.
+
+Many viewers share one source. A source with no reader for ``linger`` seconds is stopped
+(MEDIA_STOP to the PU, or the pull closed).
+"""
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from vss.errors import VssError
+from vss.protocols import codec
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import (
+    Action,
+    Empty,
+    MediaOpen,
+    MediaStart,
+    MediaStop,
+    MediaUrl,
+    MsgType,
+    Purpose,
+    Stream,
+)
+
+SOURCE_WAIT = 10.0
+
+
+def stream_path(device_id, channel, stream):
+    name = "main" if stream == Stream.MAIN else "sub"
+    if channel:
+        name = f"ch{channel}-{name}"
+    return f"/live/{device_id}/{name}"
+
+
+class CDNModule(service.Service):
+    log = Logger()
+
+    def __init__(self, rgm, rtsp, issuer, media_base, clock, reactor=None, linger=10.0,
+                 source_wait=SOURCE_WAIT):
+        self.rgm = rgm
+        self.store = rgm.store
+        self.rtsp = rtsp  # the SS: an RTSPServerFactory
+        self.issuer = issuer
+        self.media_base = media_base  # e.g. rtsp://192.0.2.10:7554
+        self.clock = clock
+        self.reactor = reactor or clock
+        self.linger = linger
+        self.source_wait = source_wait
+        self.starting = {}  # path -> Deferred of a source being started
+        self.origins = {}  # path -> ("pu", device_id, channel, stream) | ("pull", proto)
+        self._stops = {}
+        self.counters = {"opened": 0, "pu_publish": 0, "pulls": 0, "node_pulls": 0}
+        rtsp.addObserver(self)
+
+    # -- the service interface, for the RGM
+
+    def handle(self, session, type, body):
+        if type == MsgType.MEDIA_OPEN:
+            return self.media_open(session.identity, body)
+        return Empty()  # MEDIA_CLOSE: the player's TEARDOWN ends the session
+
+    @defer.inlineCallbacks
+    def media_open(self, username, body):
+        if not self.store.actions_for(username, body.device_id) & Action.VIEW:
+            raise VssError(ResultCode.FORBIDDEN, f"{username} may not view {body.device_id}")
+        if body.purpose != Purpose.LIVE:
+            raise VssError(ResultCode.NOT_SUPPORTED, "playback is not available on this node")
+        record = self.store.get_device(body.device_id)
+        if record is None:
+            raise VssError(ResultCode.UNKNOWN_DEVICE)
+        if record.channels and body.channel >= record.channels:
+            raise VssError(ResultCode.INVALID_ARGUMENT, f"no channel {body.channel}")
+        path = stream_path(body.device_id, body.channel, body.stream)
+        yield self.ensure_source(record, body, path)
+        self.counters["opened"] += 1
+        return self.play_url(path)
+
+    def play_url(self, path):
+        token = self.issuer.issue(path, ["play"])
+        expires = int((self.clock.seconds() + self.issuer.ttl) * 1000)
+        return MediaUrl(url=f"{self.media_base}{path}?token={token}", session_id=token[-16:],
+                        expires=expires)
+
+    # -- starting sources
+
+    def ensure_source(self, record, body, path):
+        """A Deferred firing with the source on ``path`` once it exists; one start per
+        path however many CUs ask at once."""
+        if path in self.rtsp.sources:
+            self._cancel_stop(path)
+            return defer.succeed(self.rtsp.sources[path])
+        waiting = self.starting.get(path)
+        if waiting is not None:
+            d = defer.Deferred()
+            waiting.append(d)
+            return d
+        self.starting[path] = []
+        if record.home_node not in ("", self.rgm.node_id):
+            d = self._pull_from_home(record, body, path)
+        elif record.source_url:
+            d = self._pull_camera(record, path)
+        else:
+            d = self._ask_pu(record, body, path)
+
+        def done(result):
+            for w in self.starting.pop(path, []):
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+            return result
+
+        return d.addBoth(done)
+
+    def _ask_pu(self, record, body, path):
+        pu = self.rgm.pu_links.get(record.device_id)
+        if pu is None:
+            return defer.fail(VssError(ResultCode.DEVICE_OFFLINE,
+                                       f"{record.device_id} is offline"))
+        token = self.issuer.issue(path, ["publish"])
+        start = MediaStart(device_id=record.device_id, channel=body.channel, stream=body.stream,
+                           publish_url=f"{self.media_base}{path}?token={token}", start_time=0)
+        self.counters["pu_publish"] += 1
+        self.origins[path] = ("pu", record.device_id, body.channel, body.stream)
+        d = pu.request(MsgType.MEDIA_START, start)
+        d.addCallback(lambda _: self._wait(path))
+        return d
+
+    def _pull_camera(self, record, path):
+        from vss.rtsp.client import pull_into
+
+        self.counters["pulls"] += 1
+        d = pull_into(self.rtsp, path, record.source_url, reactor=self.reactor,
+                      timeout=self.source_wait)
+
+        def playing(proto):
+            self.origins[path] = ("pull", proto)
+            return self.rtsp.sources.get(path)
+
+        def failed(f):
+            self.log.warn("cannot pull the camera of {device}: {error}",
+                          device=record.device_id, error=f.getErrorMessage())
+            raise VssError(ResultCode.DEVICE_OFFLINE, "the camera's stream cannot be reached")
+
+        return d.addCallbacks(playing, failed)
+
+    @defer.inlineCallbacks
+    def _pull_from_home(self, record, body, path):
+        """Cross-node: the home node's SS serves this node's SS once."""
+        from vss.rtsp.client import pull_into
+
+        status, inner = yield self.rgm.central.route(record.device_id, MsgType.MEDIA_OPEN,
+                                                     codec.encode_body(body))
+        if status:
+            msg = codec.decode_body(codec.Frame(1, codec.FLAG_RESPONSE | codec.FLAG_ERROR,
+                                                MsgType.MEDIA_OPEN, status, 0, inner))
+            raise VssError(status, getattr(getattr(msg, "body", None), "message", None))
+        url = codec.decode_body(codec.Frame(1, codec.FLAG_RESPONSE, MsgType.MEDIA_OPEN, 0, 0,
+                                            inner)).body.url
+        self.counters["node_pulls"] += 1
+        proto = yield pull_into(self.rtsp, path, url, reactor=self.reactor,
+                                timeout=self.source_wait)
+        self.origins[path] = ("pull", proto)
+        return self.rtsp.sources.get(path)
+
+    def routed_media_open(self, body):
+        """Another node asks this (home) node for a stream of one of its PUs: the node
+        link is authenticated with the cluster secret, the CU's grant was checked there."""
+        record = self.store.get_device(body.device_id)
+        if record is None or record.home_node not in ("", self.rgm.node_id):
+            return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE))
+        path = stream_path(body.device_id, body.channel, body.stream)
+        return self.ensure_source(record, body, path).addCallback(lambda _: self.play_url(path))
+
+    def _wait(self, path):
+        d = self.rtsp.wait_for_source(path, self.source_wait)
+
+        def arrived(source):
+            if source is None:
+                raise VssError(ResultCode.TIMEOUT, "the device did not start its stream")
+            return source
+
+        return d.addCallback(arrived)
+
+    # -- stopping idle sources (observer of the SS)
+
+    def source_idle(self, source):
+        self._cancel_stop(source.path)
+        self._stops[source.path] = self.clock.callLater(self.linger, self._stop_if_idle,
+                                                        source.path)
+
+    def source_removed(self, source):
+        self._cancel_stop(source.path)
+        self.origins.pop(source.path, None)
+
+    def _cancel_stop(self, path):
+        call = self._stops.pop(path, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _stop_if_idle(self, path):
+        self._stops.pop(path, None)
+        source = self.rtsp.sources.get(path)
+        if source is None or source.readers:
+            return
+        origin = self.origins.pop(path, None)
+        self.log.info("stopping {path}: no reader for {s} s", path=path, s=self.linger)
+        if origin and origin[0] == "pu":
+            _, device_id, channel, stream = origin
+            pu = self.rgm.pu_links.get(device_id)
+            if pu is not None:
+                pu.request(MsgType.MEDIA_STOP, MediaStop(device_id=device_id, channel=channel,
+                                                         stream=stream)).addErrback(lambda f: None)
+        elif origin and origin[0] == "pull":
+            origin[1].teardown()
+        source.close()
+
+    def stopService(self):
+        for call in self._stops.values():
+            if call.active():
+                call.cancel()
+        self._stops.clear()
+        return super().stopService()
+
+    def status(self):
+        return {"sources": {p: {"readers": len(s.readers), "bytes": s.bytes, "drops": s.drops}
+                            for p, s in self.rtsp.sources.items()}, **self.counters}
+
+
+__all__ = ["CDNModule", "MediaOpen", "stream_path"]
