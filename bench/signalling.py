@@ -147,6 +147,22 @@ def start_node(work, args, log):
         return proc, json.load(f)
 
 
+def start_bare(work, args, log):
+    ports_file = os.path.join(work, "ports.json")
+    argv = [sys.executable, os.path.join(HERE, "_sigfloor.py"), ports_file]
+    proc = subprocess.Popen(argv + (["--direct"] if args.direct else []),
+                            stdout=log, stderr=subprocess.STDOUT, cwd=work,
+                            preexec_fn=pinned(args.node_core, raise_nofile=True))
+    end = time.monotonic() + 30
+    while not os.path.exists(ports_file) or not os.path.getsize(ports_file):
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError("bare server did not start; see " + log.name)
+        time.sleep(0.1)
+    time.sleep(0.2)
+    with open(ports_file) as f:
+        return proc, json.load(f)
+
+
 def split(n, k):
     """``n`` items over ``k`` parts: (start, count) of each."""
     out, start = [], 0
@@ -169,6 +185,11 @@ def main():
     ap.add_argument("--loaders", type=int, default=None, help="load processes [relay 1, idle 2]")
     ap.add_argument("--node-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1)
+    ap.add_argument("--bare", action="store_true",
+                    help="idle: a bare Twisted server (bench/_sigfloor.py) instead of the node, "
+                         "for the reactor's and kernel's floor")
+    ap.add_argument("--direct", action="store_true",
+                    help="with --bare: answers straight to the socket, as the node's links do")
     ap.add_argument("--profile", help="py-spy the node over the window into this file (raw)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -188,11 +209,15 @@ def main():
     profiler = None
     nlog = open(os.path.join(work, "node.log"), "wb")  # noqa: SIM115
     llog = open(os.path.join(work, "load.log"), "wb")  # noqa: SIM115
-    result = {"scenario": args.scenario}
+    result = {"scenario": args.scenario + (" (bare Twisted server%s)" % (
+        ", direct answers" if args.direct else "") if args.bare else "")}
     try:
         t = time.monotonic()
         write_static(os.path.join(work, "static.json"), args.pus, args.cus, "bench")
-        node, ports = start_node(work, args, nlog)
+        if args.bare:
+            node, ports = start_bare(work, args, nlog)
+        else:
+            node, ports = start_node(work, args, nlog)
         pid = node.pid
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         fds0 = open_fds(pid)
@@ -213,6 +238,7 @@ def main():
         for k in range(args.loaders):
             cfg = {"host": "127.0.0.1", "pu_port": ports["pu"], "cu_port": ports["cu"],
                    "secret": SECRET, "inflight": args.inflight, "keepalive": args.keepalive,
+                   "bare": args.bare,
                    "pus": f"pu:{pu_parts[k][0]}:{pu_parts[k][1]}",
                    "cus": f"cu:{cu_parts[k][0]}:{cu_parts[k][1]}",
                    "targets": f"pu:0:{args.pus}" if relay else ""}

@@ -9,15 +9,15 @@ request at its own deadline.
 import random
 import struct
 
-from twisted.internet import task
+from twisted.internet import defer, protocol, task
 from twisted.test import proto_helpers
 from twisted.trial import unittest
 
 from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
-from vss.protocols.link import SignallingLink
-from vss.protocols.messages import Action, MsgType, PtzControl, PtzStatus
+from vss.protocols.link import LinkFactory, SignallingLink
+from vss.protocols.messages import Action, MsgType, PtzControl, PtzStatus, Role
 from vss.rgm import relay
 from vss.testing.harness import ALL, NodeHarness
 
@@ -383,3 +383,132 @@ class RequestTableTests(unittest.TestCase):
             self.link.request_cb(MsgType.KEEPALIVE, b"\x00\x00", None, self.on_result, name)
         self.assertEqual(self.results, [("c", ResultCode.TOO_MANY_IN_FLIGHT)])
         self.assertEqual(self.link.in_flight, 2)
+
+
+class KeepaliveFastPathTests(unittest.TestCase):
+    def setUp(self):
+        self.h = NodeHarness(keepalive_interval=30)
+        self.h.add_device("cam1")
+        self.addCleanup(self.h.stop)
+        self.taken = []
+        original = relay.fast_keepalive
+
+        def spy(rgm, link, frame):
+            taken = original(rgm, link, frame)
+            self.taken.append(taken)
+            return taken
+
+        self.patch(relay, "fast_keepalive", spy)
+
+    def test_answer_and_last_seen_are_the_general_paths(self):
+        client, (d, link, server) = self.h.pu("cam1")
+        self.h.pump()
+        self.assertTrue(d.called)
+        self.h.clock.advance(12.5)
+        written = []
+        self.patch(server, "send_raw", written.append)
+        server.dataReceived(codec.encode_frame(MsgType.KEEPALIVE, b"\x00\x00", 77))
+        self.assertEqual(self.taken, [True])
+        self.assertEqual(written, [codec.encode_response(MsgType.KEEPALIVE, codec.Empty(), 77)])
+        self.assertEqual(self.h.store.get_state("cam1")["last_seen"], 12500)
+        # a body with an extension block, or a notification, takes the general path
+        ext = codec.encode_body(codec.Empty(ext=((1, b"x"),)))
+        server.dataReceived(codec.encode_frame(MsgType.KEEPALIVE, ext, 78))
+        server.dataReceived(codec.encode_frame(MsgType.KEEPALIVE, b"\x00\x00", 0,
+                                               codec.FLAG_NOTIFY))
+        self.assertEqual(self.taken, [True, False, False])
+        self.assertEqual(written[1], codec.encode_response(MsgType.KEEPALIVE, codec.Empty(), 78))
+        self.assertEqual(len(written), 2)
+
+    def test_before_login_the_answer_is_the_same_and_nothing_is_stored(self):
+        link, server, pump = self.h.connect(Handler(), Role.PU)
+        written = []
+        self.patch(server, "send_raw", written.append)
+        server.dataReceived(codec.encode_frame(MsgType.KEEPALIVE, b"\x00\x00", 5))
+        self.assertEqual(written, [codec.encode_response(MsgType.KEEPALIVE, codec.Empty(), 5)])
+        self.assertEqual(self.h.store.get_state("cam1"), {})
+
+
+class Collect(protocol.Protocol):
+    def __init__(self):
+        self.data = b""
+        self.waiting = None
+
+    def dataReceived(self, data):
+        self.data += data
+        if self.waiting is not None and len(self.data) >= self.waiting[1]:
+            d, self.waiting = self.waiting[0], None
+            d.callback(self.data)
+
+    def wait_for(self, size):
+        from twisted.internet import defer
+
+        if len(self.data) >= size:
+            return defer.succeed(self.data)
+        d = defer.Deferred()
+        self.waiting = (d, size)
+        return d
+
+
+class Replier:
+    """Answers every request; with ``first`` set, writes it to the transport beforehand."""
+
+    first = None
+
+    def linkUp(self, link):
+        self.link = link
+
+    def received(self, link, frame, msg):
+        if self.first is not None:
+            link.transport.write(self.first)
+        link.send_response(frame.type, frame.txid, codec.Empty())
+
+    def linkDown(self, link, reason):
+        pass
+
+
+class WriteThroughTests(unittest.TestCase):
+    """Replies to the peer leave in the same reactor pass, in order."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from twisted.internet import reactor
+
+        self.replier = Replier()
+        self.port = reactor.listenTCP(0, LinkFactory(self.replier, reactor),
+                                      interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.client = Collect()
+        yield protocol.ClientCreator(reactor, lambda: self.client).connectTCP(
+            "127.0.0.1", self.port.getHost().port)
+        self.addCleanup(self.client.transport.loseConnection)
+        self.writes = []
+
+    def request(self, txid):
+        return codec.encode_frame(MsgType.KEEPALIVE, b"\x00\x00", txid)
+
+    def answer(self, txid):
+        return codec.encode_response(MsgType.KEEPALIVE, codec.Empty(), txid)
+
+    @defer.inlineCallbacks
+    def test_answers_go_straight_to_the_socket(self):
+        self.client.transport.write(self.request(1) + self.request(2))
+        from twisted.internet import reactor
+
+        while not getattr(self.replier, "link", None):
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        transport = self.replier.link.transport
+        original = transport.write
+        self.patch(transport, "write", lambda data: (self.writes.append(data), original(data)))
+        data = yield self.client.wait_for(2 * len(self.answer(1)))
+        self.client.transport.write(self.request(3))
+        data = yield self.client.wait_for(3 * len(self.answer(1)))
+        self.assertEqual(data, self.answer(1) + self.answer(2) + self.answer(3))
+        self.assertEqual(self.writes, [])  # never through the transport's buffer
+
+    @defer.inlineCallbacks
+    def test_a_buffered_transport_keeps_the_order(self):
+        self.replier.first = b"FIRST"
+        self.client.transport.write(self.request(1))
+        data = yield self.client.wait_for(5 + len(self.answer(1)))
+        self.assertEqual(data, b"FIRST" + self.answer(1))

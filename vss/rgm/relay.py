@@ -92,6 +92,38 @@ def ptz_status_ok(body):
     return len(body) == _PTZ_STATUS_SIZE and body[-2:] == b"\x00\x00"
 
 
+_KEEPALIVE = int(MsgType.KEEPALIVE)
+_PU = int(Role.PU)
+_EMPTY_BODY = b"\x00\x00"
+_pack_header = codec.HEADER_STRUCT.pack
+
+
+def fast_request(rgm, link, frame):
+    """The node's fast paths, tried on every request before it is decoded (the hook
+    ``received_frame`` of the RGM's link handler); False leaves the frame to the general
+    path, ``RGMService.received``."""
+    t = frame.type
+    if t == _PTZ:
+        return fast_cu_request(rgm, link, frame)
+    if t == _KEEPALIVE:
+        return fast_keepalive(rgm, link, frame)
+    return False
+
+
+def fast_keepalive(rgm, link, frame):
+    """A KEEPALIVE request with an empty body, answered as ``RGMService.received`` does
+    (an empty response; a registered PU's ``last_seen`` updated) without building a typed
+    body or response: the one message an idle link sends."""
+    if frame.flags or frame.body != _EMPTY_BODY:
+        return False
+    link.send_raw(_pack_header(codec.MAGIC, link.version, codec.FLAG_RESPONSE, _KEEPALIVE, 0,
+                               frame.txid, 2) + _EMPTY_BODY)
+    s = link.session
+    if s is not None and s.state == _REGISTERED and s.role == _PU:
+        rgm.store.set_state(s.identity, last_seen=rgm.now_ms())
+    return True
+
+
 def fast_cu_request(rgm, link, frame):
     """The fast path of S401 + local hit + S407 for PTZ_CONTROL; True if it took the
     request, False to leave it to the general path (which then gives any error)."""

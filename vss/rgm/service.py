@@ -115,9 +115,9 @@ class _Listener:
         self.rgm.received(link, frame, msg)
 
     def received_frame(self, link, frame):
-        """The relay's fast path (``relay.fast_cu_request``), tried before a request is
-        decoded; False hands the frame to ``received``."""
-        return relay.fast_cu_request(self.rgm, link, frame)
+        """The node's fast paths (``relay.fast_request``: PTZ_CONTROL, KEEPALIVE), tried
+        before a request is decoded; False hands the frame to ``received``."""
+        return relay.fast_request(self.rgm, link, frame)
 
     def linkDown(self, link, reason):
         self.rgm.linkDown(link, reason)
