@@ -52,6 +52,7 @@ from vss.protocols.messages import (
     Verifier,
 )
 from vss.rgm.auth import ScramExchange, node_verifier
+from vss.rgm.peers import PEER_MAX_IN_FLIGHT
 
 AGENT = "vss-cms/0.1"
 EMPTY_VERIFIER = Verifier(salt=b"", iterations=0, stored_key=b"", server_key=b"")
@@ -160,7 +161,9 @@ class CMSService(service.Service):
             .addCallback(lambda _: None)
 
     def factory(self):
-        return LinkFactory(self, self.clock, request_timeout=self.config.route_timeout)
+        # A node link carries the routed requests of every CU of that node.
+        return LinkFactory(self, self.clock, request_timeout=self.config.route_timeout,
+                           max_in_flight=PEER_MAX_IN_FLIGHT)
 
     def now_ms(self):
         return int(self.clock.seconds() * 1000)

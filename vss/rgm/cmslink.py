@@ -44,7 +44,7 @@ from vss.protocols.messages import (
     SyncFetch,
 )
 from vss.rgm.outbox import Outbox
-from vss.rgm.peers import PeerLinks, node_login, serve_route
+from vss.rgm.peers import PEER_MAX_IN_FLIGHT, PeerLinks, node_login, serve_route
 from vss.rgm.sync import SyncApplier
 
 AGENT = "vss-node/0.1"
@@ -94,7 +94,8 @@ class CmsLink(service.Service):
         if isinstance(endpoint, str):
             endpoint = endpoints.clientFromString(self.reactor, endpoint)
         self._client = ClientService(
-            endpoint, LinkFactory(self, self.clock, request_timeout=30.0),
+            endpoint, LinkFactory(self, self.clock, request_timeout=30.0,
+                                  max_in_flight=PEER_MAX_IN_FLIGHT),
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=2.0),
             clock=self.clock, prepareConnection=self._on_connect)
         self._client.startService()
