@@ -28,16 +28,8 @@ SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$", re.M)
 #: docs/protocol.md (the suite is right); each entry names the place and the rule.
 #: Remove an entry when the node is fixed: the test then demands that the check passes.
 KNOWN_NODE_BUGS = {
-    "hello_first": "vss/rgm/service.py received(): KEEPALIVE is answered before HELLO and "
-                   "other requests get UNEXPECTED_MESSAGE without the close (8, 8.1 step 4)",
-    "register_first": "vss/rgm/service.py received(): requests after AuthOk and before "
-                      "REGISTER get NOT_AUTHENTICATED, 8 says UNEXPECTED_MESSAGE",
-    "txid_duplicate": "vss/rgm/relay.py on_cu_request(): a CU txid still in flight is relayed "
-                      "again instead of DUPLICATE_TXID (8.6)",
     "unknown_message": "vss/protocols/link.py _badInput(): a notification of an unknown type "
                        "is answered UNKNOWN_MESSAGE, 6.2 says drop it",
-    "auth_throttled": "vss/rgm/auth.py Throttle.failed(): the first delay starts after the "
-                      "4th failure, 8.2 says 1 s after the 3rd",
 }
 
 

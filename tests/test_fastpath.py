@@ -425,7 +425,10 @@ class KeepaliveFastPathTests(unittest.TestCase):
         written = []
         self.patch(server, "send_raw", written.append)
         server.dataReceived(codec.encode_frame(MsgType.KEEPALIVE, b"\x00\x00", 5))
-        self.assertEqual(written, [codec.encode_response(MsgType.KEEPALIVE, codec.Empty(), 5)])
+        # Before HELLO a KEEPALIVE is refused like anything else (docs/protocol.md 8.1).
+        self.assertEqual(written, [codec.encode_error(MsgType.KEEPALIVE, 5,
+                                                      ResultCode.UNEXPECTED_MESSAGE,
+                                                      "HELLO first")])
         self.assertEqual(self.h.store.get_state("cam1"), {})
 
 

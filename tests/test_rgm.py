@@ -127,14 +127,14 @@ class LoginTests(Base):
         for _ in range(3):
             client, (d, link, server) = self.h.cu("alice", password="wrong")
             self.assertEqual(error_code(d), ResultCode.AUTH_FAILED)
-        # The fourth failure starts a delay of 1 s, the fifth 2 s.
-        client, (d, link, server) = self.h.cu("alice", password="wrong")
-        self.assertEqual(error_code(d), ResultCode.AUTH_FAILED)
+        # The third failure starts a delay of 1 s, the fourth 2 s (docs/protocol.md 8.2).
         client, (d, link, server) = self.h.cu("alice")
         self.assertEqual(error_code(d), ResultCode.AUTH_THROTTLED)
         self.h.clock.advance(1.1)
         client, (d, link, server) = self.h.cu("alice", password="wrong")
         self.assertEqual(error_code(d), ResultCode.AUTH_FAILED)
+        client, (d, link, server) = self.h.cu("alice")
+        self.assertEqual(error_code(d), ResultCode.AUTH_THROTTLED)
         self.h.clock.advance(1.1)
         client, (d, link, server) = self.h.cu("alice")
         self.assertEqual(error_code(d), ResultCode.AUTH_THROTTLED)
@@ -164,6 +164,8 @@ class LoginTests(Base):
         d = link.request(MsgType.DEVICE_LIST, DeviceList(cursor="", limit=10))
         self.h.pump()
         self.assertEqual(error_code(d), ResultCode.UNEXPECTED_MESSAGE)
+        self.assertTrue(server.closed, "nothing but HELLO opens a link")
+        link, server, pump = self.h.connect(client, Role.CU)
         d = link.request(MsgType.HELLO, Hello(min_version=1, max_version=1, role=Role.CU,
                                               agent="t", features=[]))
         self.h.pump()
@@ -171,6 +173,19 @@ class LoginTests(Base):
         d = link.request(MsgType.DEVICE_LIST, DeviceList(cursor="", limit=10))
         self.h.pump()
         self.assertEqual(error_code(d), ResultCode.NOT_AUTHENTICATED)
+        self.assertFalse(server.closed)
+
+    def test_a_duplicate_txid_in_flight_is_refused(self):
+        _, handler, _ = self.online_pu(Recorder(hold=True))
+        cu, cu_link = self.logged_cu()
+        frames = capture_frames(cu_link)
+        for _ in range(2):
+            cu_link.transport.write(codec.encode_request(MsgType.CONFIG_GET, ConfigGet(
+                device_id="cam1", channel=0, keys=[]), txid=4242))
+        self.h.pump()
+        self.assertEqual([(f.txid, f.status) for f in frames],
+                         [(4242, ResultCode.DUPLICATE_TXID)])
+        self.assertEqual(len(handler.held), 1)
 
     def test_hello_with_no_common_version_closes(self):
         client = SignallingClient(Role.CU, "alice", "cu-password")

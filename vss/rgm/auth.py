@@ -21,8 +21,9 @@ FORGET_AFTER = 600.0
 
 
 class Throttle:
-    """Counts authentication failures per source address. After ``free`` failures each
-    further one makes the source wait a doubling delay (1 s, 2 s, 4 s ... ``max_delay``).
+    """Counts authentication failures per source address. From the ``free``-th failure
+    on, each one makes the source wait a doubling delay (1 s, 2 s, 4 s ... ``max_delay``)
+    before its next attempt (docs/protocol.md 8.2).
     """
 
     def __init__(self, clock, free=FREE_FAILURES, max_delay=MAX_DELAY, forget_after=FORGET_AFTER):
@@ -51,8 +52,8 @@ class Throttle:
         entry[0] += 1
         entry[1] = now
         over = entry[0] - self.free
-        if over > 0:
-            entry[2] = now + min(self.max_delay, 2.0 ** (over - 1))
+        if over >= 0:
+            entry[2] = now + min(self.max_delay, 2.0 ** over)
         if len(self._sources) > 100_000:
             self._prune(now)
 

@@ -114,7 +114,8 @@ def fast_keepalive(rgm, link, frame):
     """A KEEPALIVE request with an empty body, answered as ``RGMService.received`` does
     (an empty response; a registered PU's ``last_seen`` updated) without building a typed
     body or response: the one message an idle link sends."""
-    if frame.flags or frame.body != _EMPTY_BODY:
+    s = link.session
+    if frame.flags or frame.body != _EMPTY_BODY or s is None or s.state == "new":
         return False
     link.send_raw(_pack_header(codec.MAGIC, link.version, codec.FLAG_RESPONSE, _KEEPALIVE, 0,
                                frame.txid, 2) + _EMPTY_BODY)
@@ -152,6 +153,10 @@ def fast_cu_request(rgm, link, frame):
     pu = rgm.pu_links.get(device_id)
     if pu is None or pu.closed:
         return False
+    inflight = s.inflight
+    if frame.txid in inflight or len(inflight) >= rgm.config.max_in_flight:
+        return False  # the general path answers DUPLICATE_TXID / TOO_MANY_IN_FLIGHT
+    inflight.add(frame.txid)
     rgm.counters["relayed"] += 1
     pu.request_cb(_PTZ, frame.body, rgm.config.request_timeout, _relayed,
                   (link, frame, device_id))
@@ -161,6 +166,7 @@ def fast_cu_request(rgm, link, frame):
 def _relayed(context, result):
     """The PU's answer (or failure) to a fast-path request, back to the CU (S407)."""
     link, frame, device_id = context
+    link.session.inflight.discard(frame.txid)
     if type(result) is codec.Frame:
         status = result.status
         body = result.body
@@ -185,6 +191,12 @@ def on_cu_request(rgm, link, frame, msg):
     if frame.flags & codec.FLAG_NOTIFY:
         return
     action = CONTROL_ACTIONS.get(t)
+    if action is not None or t == MsgType.MEDIA_OPEN:
+        # Every relayed request holds its txid until answered (docs/protocol.md 8.6).
+        if frame.txid in s.inflight:
+            return link.send_error(t, frame.txid, ResultCode.DUPLICATE_TXID)
+        if len(s.inflight) >= rgm.config.max_in_flight:
+            return link.send_error(t, frame.txid, ResultCode.TOO_MANY_IN_FLIGHT)
     if action is not None:
         device_id = msg.body.device_id
         if not rgm.store.actions_for(s.identity, device_id) & action:
@@ -198,6 +210,7 @@ def on_cu_request(rgm, link, frame, msg):
             d = serve_locally(rgm, device_id, t, frame.body)
         else:
             d = ask_central(rgm, device_id, t, frame.body)
+        _hold(s, frame.txid, d)
         d.addCallbacks(
             lambda result: answer_cu(link, t, frame.txid, *result),
             lambda f: link.send_failure(frame, f),
@@ -211,11 +224,23 @@ def on_cu_request(rgm, link, frame, msg):
             return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
                                    "this node has no streaming server")
         d = defer.maybeDeferred(rgm.cdn.handle, s, t, msg.body)
+        _hold(s, frame.txid, d)
         d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
                        lambda f: link.send_failure(frame, f))
         return
     link.send_error(t, frame.txid, ResultCode.UNEXPECTED_MESSAGE,
                     f"{codec.message_name(t)} is not a CU request")
+
+
+def _hold(session, txid, d):
+    """Keep ``txid`` in flight for the CU until ``d`` fires."""
+    session.inflight.add(txid)
+
+    def release(result):
+        session.inflight.discard(txid)
+        return result
+
+    d.addBoth(release)
 
 
 def serve_locally(rgm, device_id, type, body):

@@ -85,6 +85,7 @@ class Session:
         "kind",
         "channels",
         "registered_at",
+        "inflight",
     )
 
     def __init__(self, link, listener_role):
@@ -99,6 +100,7 @@ class Session:
         self.kind = 0
         self.channels = 0
         self.registered_at = None
+        self.inflight = set()  # txids of this CU's requests being relayed
 
 
 class _Listener:
@@ -210,6 +212,11 @@ class RGMService(service.Service):
         s = link.session
         t = frame.type
         notify = frame.flags & codec.FLAG_NOTIFY
+        if s.state == State.NEW and t not in (MsgType.HELLO, MsgType.BYE):
+            # Nothing but HELLO opens a link (docs/protocol.md 8.1).
+            self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "HELLO first")
+            link.close()
+            return
         if t == MsgType.KEEPALIVE:
             if not notify:
                 link.send_response(t, frame.txid, Empty())
@@ -232,7 +239,9 @@ class RGMService(service.Service):
             MsgType.REGISTER: self.on_register,
         }.get(t)
         if handler is None:
-            code = ResultCode.NOT_AUTHENTICATED if s.state != State.NEW else ResultCode.UNEXPECTED_MESSAGE
+            # Logged in but not registered yet: REGISTER is what is expected (8).
+            code = (ResultCode.UNEXPECTED_MESSAGE if s.state == State.AUTHENTICATED
+                    else ResultCode.NOT_AUTHENTICATED)
             self.refuse(link, frame, code)
             return
         handler(link, frame, msg)
