@@ -39,6 +39,7 @@ from vss.protocols.messages import (
     StateChange,
     SyncChange,
 )
+from vss.rgm.outbox import Outbox
 from vss.rgm.sync import SyncApplier
 from vss.store.memory import MemoryStore
 from vss.testing import records
@@ -184,6 +185,36 @@ class SyncApplierTests(unittest.TestCase):
         fresh = SyncApplier(self.store, "node-a", os.path.dirname(self.applier.path))
         self.assertEqual(fresh.restore(), 2)
         self.assertIsNone(SyncApplier(MemoryStore(), "node-a").restore())
+
+
+class OutboxTests(unittest.TestCase):
+    """The outbox journal keeps the base version a change was first sent with."""
+
+    def change(self, change_id, base=7):
+        return SyncChange(node_id="node-a", change_id=change_id, device_id="cam", channel=0,
+                          change=int(ChangeKind.NAME), timestamp=1,
+                          items=[KV(key="name", value=f"n{change_id}")], base_version=base)
+
+    def test_the_sent_stamp_survives_a_restart_and_unsent_changes_have_none(self):
+        path = os.path.join(self.mktemp() + ".jsonl")
+        box = Outbox(path)
+        for _ in range(3):
+            box.add(self.change(box.next_id()))
+        box.sent(self.change(1, base=41))
+        box.ack(1)
+        box.sent(self.change(2, base=42))
+        box.close()  # a crash would leave the same journal: every write was flushed
+        again = Outbox(path)
+        self.assertEqual(list(again.pending), [2, 3])
+        self.assertEqual(again.sent_ids, {2})
+        self.assertEqual(again.pending[2].base_version, 42)
+        self.assertEqual(again.pending[3].base_version, 7)
+        self.assertEqual(again.next_id(), 4)
+        again.close()
+        # The compacted file written on load keeps the stamp too.
+        third = Outbox(path)
+        self.assertEqual((third.sent_ids, third.pending[2].base_version), ({2}, 42))
+        third.close()
 
 
 # -- the randomised platform run --------------------------------------------------------

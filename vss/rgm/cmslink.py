@@ -70,8 +70,6 @@ class CmsLink(service.Service):
                                    on_user_change=self._user_changed)
         self.outbox = Outbox(os.path.join(data_dir, "outbox.jsonl"), self.clock) if data_dir \
             else None
-        # Changes loaded from the outbox keep the base version they were saved with.
-        self._based = set(self.outbox.pending) if self.outbox else set()
         self.peers = PeerLinks(self)
         self.route_cache = {}  # device_id -> home node id
         self.node_endpoints = {}  # node id -> signalling endpoint
@@ -418,7 +416,7 @@ class CmsLink(service.Service):
                     self._acked_seq = 0
                     continue
                 change_id, change = next(iter(self.outbox.pending.items()))
-                if change_id not in self._based:
+                if change_id not in self.outbox.sent_ids:
                     # The base version is the one held when the change is first sent, and
                     # kept (in the outbox) for every resend: a change whose ack was lost
                     # is then refused as stale instead of being applied a second time
@@ -427,8 +425,7 @@ class CmsLink(service.Service):
 
                     record = self.store.get_device(change.device_id)
                     change = replace(change, base_version=record.version if record else 0)
-                    self.outbox.add(change)
-                    self._based.add(change_id)
+                    self.outbox.sent(change)
                 try:
                     ack = (yield self._request(MsgType.SYNC_CHANGE, change)).body
                 except VssError as e:
@@ -439,7 +436,6 @@ class CmsLink(service.Service):
                                   id=change_id, device=change.device_id, error=e.message)
                     ack = None
                 self.outbox.ack(change_id)
-                self._based.discard(change_id)
                 if ack is not None and ack.applied:
                     self._acked_seq = max(self._acked_seq, ack.seq)
                 waiter = getattr(self, "_waiters", {}).pop(change_id, None)

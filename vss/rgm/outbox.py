@@ -4,6 +4,11 @@ The durable outbox of a node's PU-originated changes (S603): a change is written
 only when CMS has acknowledged it (S605). After a crash or a CMS outage every change
 still in the outbox is sent again, in order.
 
+A change is stamped with its base version (the version of the device the node held) the
+first time it is sent, and the stamp is journalled (``sent``): a resend carries the same
+base, so a change CMS applied but whose acknowledgement was lost is refused as stale
+rather than applied a second time over later changes.
+
 The file is an append-only journal of ``add`` and ``ack`` lines, rewritten compactly
 when everything in it is acknowledged or it grows large. Writes made in one reactor turn
 share one fsync.
@@ -11,6 +16,7 @@ share one fsync.
 
 import json
 import os
+from dataclasses import replace
 
 from vss.protocols.jsonrec import from_json, to_json
 
@@ -22,6 +28,7 @@ class Outbox:
         self.path = path
         self.clock = clock
         self.pending = {}  # change_id -> SyncChange, in insertion order
+        self.sent_ids = set()  # pending changes already stamped with their base version
         self.last_id = 0
         self._buffer = []
         self._flush_call = None
@@ -41,8 +48,15 @@ class Outbox:
                     change = from_json(entry["change"])
                     self.pending[change.change_id] = change
                     self.last_id = max(self.last_id, change.change_id)
+                elif entry.get("op") == "sent":
+                    change = self.pending.get(entry["id"])
+                    if change is not None:
+                        self.pending[change.change_id] = replace(change,
+                                                                 base_version=entry["base"])
+                        self.sent_ids.add(change.change_id)
                 elif entry.get("op") == "ack":
                     self.pending.pop(entry["id"], None)
+                    self.sent_ids.discard(entry["id"])
                     self.last_id = max(self.last_id, entry["id"])
                 elif entry.get("op") == "base":
                     self.last_id = max(self.last_id, entry["last_id"])
@@ -56,7 +70,14 @@ class Outbox:
         self.pending[change.change_id] = change
         self._write({"op": "add", "change": to_json(change)})
 
+    def sent(self, change):
+        """``change`` goes to CMS for the first time, stamped with its base version."""
+        self.pending[change.change_id] = change
+        self.sent_ids.add(change.change_id)
+        self._write({"op": "sent", "id": change.change_id, "base": change.base_version})
+
     def ack(self, change_id):
+        self.sent_ids.discard(change_id)
         if self.pending.pop(change_id, None) is not None:
             self._write({"op": "ack", "id": change_id})
 
@@ -87,6 +108,9 @@ class Outbox:
             for change in self.pending.values():
                 f.write(json.dumps({"op": "add", "change": to_json(change)},
                                    separators=(",", ":")) + "\n")
+                if change.change_id in self.sent_ids:
+                    f.write(json.dumps({"op": "sent", "id": change.change_id,
+                                        "base": change.base_version}) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
