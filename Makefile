@@ -3,6 +3,7 @@
 #   make test   lint and run the whole test suite
 # Both create .venv and install the project into it when needed.
 
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check vss tests bench twisted
 
 test: $(STAMP) lint
-	$(BIN)/trial --jobs=2 tests
+	set -o pipefail; $(BIN)/trial --jobs=2 tests 2>&1 | tee .trial.log; status=$$?; \
+	$(BIN)/python -m vss.testing.summary .trial.log; exit $$status
 
 run: $(STAMP)
 	$(BIN)/python -m vss.demo
