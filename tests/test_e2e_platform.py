@@ -59,7 +59,7 @@ def poll(what, check, timeout=20.0, interval=0.1):
 
 
 class PlatformEndToEnd(unittest.TestCase):
-    timeout = 60
+    timeout = 120
 
     @defer.inlineCallbacks
     def setUp(self):
