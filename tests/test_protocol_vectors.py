@@ -73,9 +73,15 @@ from vss.protocols.messages import (
     PtzStatus,
     PuKind,
     Purpose,
+    RecordingState,
     RecordMode,
+    RecordRequest,
     RecordSettings,
     RecordSettingsGet,
+    RecordState,
+    RecordStates,
+    RecordStatus,
+    RecordTask,
     RegInfo,
     RegInfoRequest,
     Register,
@@ -715,6 +721,78 @@ VECTORS = [
         00                #   grant: absent
       000000000000000a    # head_seq 10
       00                  # reload_required false
+      0000                # ext: none
+    """),
+    V("record_start_request", MsgType.RECORD_START, REQ, 19,
+      RecordRequest(device_id="c", channel=1, stream=Stream.MAIN), """
+      5653 01 00 0160 0000 00000013 00000008  # VS v1 request RECORD_START txid 19 len 8
+      0001 63             # device_id "c"
+      0001                # channel 1
+      00                  # stream MAIN
+      0000                # ext: none
+    """),
+    V("record_start_response", MsgType.RECORD_START, RSP, 19,
+      RecordState(device_id="c", channel=1, stream=Stream.MAIN, state=RecordingState.RUNNING,
+                  reasons=["manual:alice"], since=TS, queue_position=0), """
+      5653 01 01 0160 0000 00000013 00000023  # VS v1 response RECORD_START txid 19 len 35
+      0001 63             # device_id "c"
+      0001                # channel 1
+      00                  # stream MAIN
+      01                  # state RUNNING
+      0001                # reasons: 1
+        000c 6d616e75616c3a616c696365  # "manual:alice"
+      0000018bcfe56800    # since 1700000000000 ms
+      0000                # queue_position 0 (not queued)
+      0000                # ext: none
+    """),
+    V("record_start_error_queued", MsgType.RECORD_START, ERR, 19,
+      Error(message="queued at position 1"), """
+      5653 01 03 0160 030a 00000013 00000018  # VS v1 error RECORD_START QUEUED txid 19 len 24
+      0014 71756575656420617420706f736974696f6e2031  # message "queued at position 1"
+      0000                # ext: none
+    """, status=ResultCode.QUEUED),
+    V("record_stop_request", MsgType.RECORD_STOP, REQ, 20,
+      RecordRequest(device_id="c", channel=1, stream=Stream.SUB), """
+      5653 01 00 0161 0000 00000014 00000008  # VS v1 request RECORD_STOP txid 20 len 8
+      0001 63             # device_id "c"
+      0001                # channel 1
+      01                  # stream SUB
+      0000                # ext: none
+    """),
+    V("record_stop_response", MsgType.RECORD_STOP, RSP, 20,
+      RecordState(device_id="c", channel=1, stream=Stream.SUB, state=RecordingState.QUEUED,
+                  reasons=["schedule"], since=TS, queue_position=3), """
+      5653 01 01 0161 0000 00000014 0000001f  # VS v1 response RECORD_STOP txid 20 len 31
+      0001 63             # device_id "c"
+      0001                # channel 1
+      01                  # stream SUB
+      02                  # state QUEUED (the schedule still wants it)
+      0001                # reasons: 1
+        0008 7363686564756c65  # "schedule"
+      0000018bcfe56800    # since 1700000000000 ms
+      0003                # queue_position 3
+      0000                # ext: none
+    """),
+    V("record_status_request", MsgType.RECORD_STATUS, REQ, 21, RecordStatus(device_id="c"), """
+      5653 01 00 0162 0000 00000015 00000005  # VS v1 request RECORD_STATUS txid 21 len 5
+      0001 63             # device_id "c"
+      0000                # ext: none
+    """),
+    V("record_status_response", MsgType.RECORD_STATUS, RSP, 21,
+      RecordStates(tasks=[
+          RecordTask(device_id="c", channel=0, stream=Stream.MAIN, state=RecordingState.RUNNING,
+                     reasons=["event", "schedule"], since=TS, queue_position=0)]), """
+      5653 01 01 0162 0000 00000015 00000028  # VS v1 response RECORD_STATUS txid 21 len 40
+      0001                # tasks: 1 RecordTask
+        0001 63           #   device_id "c"
+        0000              #   channel 0
+        00                #   stream MAIN
+        01                #   state RUNNING
+        0002              #   reasons: 2
+          0005 6576656e74 #     "event"
+          0008 7363686564756c65  # "schedule"
+        0000018bcfe56800  #   since 1700000000000 ms
+        0000              #   queue_position 0
       0000                # ext: none
     """),
 ]

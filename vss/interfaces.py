@@ -246,3 +246,17 @@ class IAdminBackend(Interface):
     def status():
         """Operations status: a dict (or a Deferred dict) with ``nodes`` (state, load,
         devices homed and online per node) and totals."""
+
+
+class IRecorder(Interface):
+    """The recording interface of a node's CDN module: the only path from the RGM's
+    recording task manager (``vss.rgm.recording``) to the streaming server, which writes
+    what it receives for a (device, channel, stream) into segment files."""
+
+    def start(device_id, channel, stream, segment_seconds):
+        """Start recording; files are cut every ``segment_seconds`` (on multiples of it
+        since the epoch). A Deferred that fires once recording runs, or fails with a
+        ``VssError`` (e.g. NOT_SUPPORTED, DEVICE_OFFLINE)."""
+
+    def stop(device_id, channel, stream):
+        """Stop recording and close the open segment. A Deferred."""

@@ -512,6 +512,35 @@ SyncBatch = body(
 )
 
 
+# Recording tasks (RECORD_START, RECORD_STOP, RECORD_STATUS): the state of one recording
+# of a (device, channel, stream), as a body (the answer to one request) and as a record
+# (an item of the status list). Same fields, same order.
+
+
+class RecordingState(IntEnum):
+    """What a RecordState reports."""
+
+    STOPPED = 0
+    RUNNING = 1
+    QUEUED = 2
+
+
+_RECORD_STATE_FIELDS = (
+    "device_id" / Str,
+    "channel" / U16,
+    "stream" / U8,
+    "state" / U8,
+    "reasons" / List(Str),
+    "since" / Timestamp,
+    "queue_position" / U16,
+)
+RecordRequest = body("RecordRequest", "device_id" / Str, "channel" / U16, "stream" / U8)
+RecordState = body("RecordState", *_RECORD_STATE_FIELDS)
+RecordTask = record("RecordTask", *_RECORD_STATE_FIELDS)
+RecordStatus = body("RecordStatus", "device_id" / Str)
+RecordStates = body("RecordStates", "tasks" / List(RecordTask.con))
+
+
 # ---------------------------------------------------------------------------
 # Message types: (type id, request body, response body or None for a notification)
 
@@ -537,6 +566,9 @@ class MsgType(IntEnum):
     MEDIA_STOP = 0x0133
     STATE_CHANGE = 0x0140
     DEVICE_LIST = 0x0150
+    RECORD_START = 0x0160
+    RECORD_STOP = 0x0161
+    RECORD_STATUS = 0x0162
     NODE_REGISTER = 0x0200
     NODE_HEARTBEAT = 0x0201
     STATIC_PULL = 0x0202
@@ -570,6 +602,9 @@ CATALOGUE = {
     MsgType.MEDIA_STOP: (MediaStop, Empty),
     MsgType.STATE_CHANGE: (StateChange, None),
     MsgType.DEVICE_LIST: (DeviceList, Devices),
+    MsgType.RECORD_START: (RecordRequest, RecordState),
+    MsgType.RECORD_STOP: (RecordRequest, RecordState),
+    MsgType.RECORD_STATUS: (RecordStatus, RecordStates),
     MsgType.NODE_REGISTER: (NodeRegister, NodeRegistered),
     MsgType.NODE_HEARTBEAT: (Heartbeat, HeartbeatAck),
     MsgType.STATIC_PULL: (StaticPull, StaticPage),

@@ -30,6 +30,7 @@ from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import Action, MsgType, PtzControl, PtzOp, PtzStatus, Role
+from vss.rgm import recording
 
 _CONTROL_ACTIONS = None  # vss.rgm.service.CONTROL_ACTIONS, imported on first use (cycle)
 
@@ -203,6 +204,12 @@ def on_cu_request(rgm, link, frame, msg):
             return link.send_error(t, frame.txid, ResultCode.FORBIDDEN,
                                    f"{s.identity} may not {action.name.lower()} {device_id}")
         record = rgm.store.get_device(device_id)
+        if t in recording.REQUESTS:  # this node's recording task manager, not the PU
+            d = recording.serve_request(rgm.recordings, s.identity, t, msg.body, record)
+            _hold(s, frame.txid, d)
+            d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
+                           lambda f: link.send_failure(frame, f))
+            return
         problem = validate(t, msg.body, record)
         if problem:
             return link.send_error(t, frame.txid, ResultCode.INVALID_ARGUMENT, problem)

@@ -134,6 +134,9 @@ CONTROL_ACTIONS = {
     MsgType.CONFIG_SET: Action.CONFIG,
     MsgType.RECORD_SETTINGS_GET: Action.RECORD,
     MsgType.RECORD_SETTINGS_SET: Action.RECORD,
+    MsgType.RECORD_START: Action.RECORD,
+    MsgType.RECORD_STOP: Action.RECORD,
+    MsgType.RECORD_STATUS: Action.RECORD,
 }
 
 #: State changes a PU reports that are static data and so go on to CMS (S603).
@@ -150,6 +153,7 @@ class RGMService(service.Service):
         self.central = central
         self.clock = clock
         self.cdn = cdn
+        self.recordings = None  # vss.rgm.recording.RecordingManager, if the node records
         self.throttle = Throttle(clock)
         self.links = set()
         self.pu_links = {}  # device_id -> link of the registered PU
