@@ -388,7 +388,7 @@ class PersistenceTests(ManagerBase):
 # The CU's messages through the RGM
 
 
-class SignallingTests(unittest.TestCase):
+class NodeBase(unittest.TestCase):
     def setUp(self):
         self.h = NodeHarness(keepalive_interval=30, request_timeout=5.0)
         self.h.store.put_device(self.h.add_device("cam1", channels=2))
@@ -410,6 +410,8 @@ class SignallingTests(unittest.TestCase):
         self.h.pump()
         return fired(d)
 
+
+class SignallingTests(NodeBase):
     def test_a_cu_with_the_record_grant_starts_and_stops_a_manual_recording(self):
         alice = self.cu("alice")
         rsp = self.ask(alice, MsgType.RECORD_START, RecordRequest(device_id="cam1", channel=1,
@@ -450,3 +452,53 @@ class SignallingTests(unittest.TestCase):
         f = self.ask(alice, MsgType.RECORD_START, RecordRequest(device_id="cam1", channel=0,
                                                                  stream=MAIN))
         self.assertEqual(f.value.code, ResultCode.NOT_SUPPORTED)
+
+
+# ---------------------------------------------------------------------------
+# vssctl record start|stop|status
+
+
+class CtlTests(NodeBase):
+    def parse(self, *argv):
+        from vss.cu import ctl
+
+        opts = ctl.Options()
+        opts.parseOptions(["--node", "tcp:x:1", "--user", "alice", *argv])
+        return opts.subCommand, opts.subOptions
+
+    def test_commands_build_the_requests(self):
+        from vss.cu import ctl
+
+        cmd, sub = self.parse("record", "start", "cam1", "--channel", "1", "--stream", "sub")
+        self.assertEqual(ctl.build_request(cmd, sub),
+                         (MsgType.RECORD_START, RecordRequest(device_id="cam1", channel=1,
+                                                              stream=SUB)))
+        cmd, sub = self.parse("record", "status", "cam1")
+        self.assertEqual(ctl.build_request(cmd, sub),
+                         (MsgType.RECORD_STATUS, RecordStatus(device_id="cam1")))
+        from twisted.python import usage
+
+        self.assertRaises(usage.UsageError, self.parse, "record", "pause", "cam1")
+
+    def test_answers_read_well_and_queued_shows_the_position(self):
+        from vss.cu import ctl
+
+        self.h.clock.advance(MONDAY + 8 * H)  # before login: a silent link would be dropped
+        alice, carol = self.cu("alice"), self.cu("carol")
+        cmd, sub = self.parse("record", "start", "cam1")
+        d = ctl.record_request(alice, *ctl.build_request(cmd, sub))
+        self.h.pump()
+        self.assertEqual(ctl.render(cmd, sub, fired(d)),
+                         "cam1 ch0 main: running since 2024-01-01 08:00:00Z (manual:alice)")
+        cmd, sub = self.parse("record", "start", "cam1", "--channel", "1")
+        d = ctl.record_request(carol, *ctl.build_request(cmd, sub))
+        self.h.pump()
+        self.assertEqual(ctl.render(cmd, sub, fired(d)),
+                         "cam1 ch1 main: queued at position 1 since 2024-01-01 08:00:00Z "
+                         "(manual:carol)")
+        cmd, sub = self.parse("record", "status", "cam1")
+        d = alice.request(*ctl.build_request(cmd, sub))
+        self.h.pump()
+        self.assertEqual(ctl.render(cmd, sub, fired(d).body).splitlines(), [
+            "cam1 ch0 main: running since 2024-01-01 08:00:00Z (manual:alice)",
+            "cam1 ch1 main: queued at position 1 since 2024-01-01 08:00:00Z (manual:carol)"])

@@ -91,6 +91,13 @@ class NodeService(StagedService):
                              reactor=reactor)
         self.cdn.setServiceParent(self)
         self.rgm.cdn = self.cdn
+        # The recording task manager (split, stack, queue). Until the SS recorder is
+        # wired, its recorder answers every start with NOT_SUPPORTED.
+        from vss.rgm.recording import RecordingManager, UnsupportedRecorder
+
+        self.recordings = RecordingManager(reactor, UnsupportedRecorder(), settings.data_dir)
+        self.recordings.setServiceParent(self)
+        self.rgm.recordings = self.recordings
 
     def rtsp_port(self):
         port = self.rtsp_listener.port

@@ -8,6 +8,8 @@
     vssctl preset cam1 set 3 --name gate
     vssctl config cam1 set video.bitrate_kbps=2048
     vssctl --json config cam1 get
+    vssctl record start cam1 --channel 0 --stream main
+    vssctl record status cam1
 
 The password comes from ``--password-file``, the environment variable ``VSS_PASSWORD``,
 or a prompt; never from the command line. Errors are printed as one readable line and
@@ -24,7 +26,7 @@ from twisted.python import usage
 
 from vss.client import SignallingClient, connect
 from vss.errors import VssError
-from vss.protocols.codes import describe
+from vss.protocols.codes import ResultCode, describe
 from vss.protocols.jsonrec import plain
 from vss.protocols.messages import (
     KV,
@@ -42,9 +44,12 @@ from vss.protocols.messages import (
     PtzControl,
     PtzOp,
     Purpose,
+    RecordingState,
     RecordMode,
+    RecordRequest,
     RecordSettings,
     RecordSettingsGet,
+    RecordStatus,
     Role,
     ScheduleSlot,
     Stream,
@@ -211,6 +216,18 @@ class Live(DeviceCommand):
     optFlags = [["play", None, "Start ffplay on the URL if it is installed."]]
 
 
+class RecordCmd(AnyOrder):
+    synopsis = "record (start|stop|status) DEVICE [--channel N] [--stream main|sub]"
+    optParameters = [["channel", None, 0, "Channel.", int], ["stream", None, "main", "main or sub."]]
+
+    def parseArgs(self, op, device):
+        if op not in ("start", "stop", "status"):
+            raise usage.UsageError(f"record: {op!r} is not start, stop or status")
+        if self["stream"] not in ("main", "sub"):
+            raise usage.UsageError(f"record: --stream {self['stream']!r} is not main or sub")
+        self["device"], self["op"] = device, op
+
+
 class Options(usage.Options):
     synopsis = "[--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
     optParameters = [
@@ -228,6 +245,7 @@ class Options(usage.Options):
         ["config", None, ConfigCmd, "Device configuration."],
         ["record-settings", None, RecordSettingsCmd, "Recording settings on the device."],
         ["live", None, Live, "Live video URL."],
+        ["record", None, RecordCmd, "Start, stop or show manual recordings on your node."],
     ]
 
     def postOptions(self):
@@ -288,6 +306,11 @@ def build_request(cmd, sub):
             retention_days=sub["retention-days"], quota_mb=sub["quota-mb"],
             pre_event_seconds=sub["pre-event"], post_event_seconds=sub["post-event"],
             schedule=sub["slots"])
+    if cmd == "record":
+        if sub["op"] == "status":
+            return MsgType.RECORD_STATUS, RecordStatus(device_id=dev)
+        type = MsgType.RECORD_START if sub["op"] == "start" else MsgType.RECORD_STOP
+        return type, RecordRequest(device_id=dev, channel=ch, stream=Stream[sub["stream"].upper()])
     if cmd == "live":
         return MsgType.MEDIA_OPEN, MediaOpen(
             device_id=dev, channel=ch, stream=Stream[sub["stream"].upper()],
@@ -333,7 +356,28 @@ def render(cmd, sub, body):
                 f"{', schedule ' + slots if slots else ''}")
     if cmd == "live":
         return body.url
+    if cmd == "record":
+        tasks = body.tasks if hasattr(body, "tasks") else [body]
+        if not tasks:
+            return f"{sub['device']}: no recordings on this node"
+        return "\n".join(render_record_state(t) for t in tasks)
     return repr(body)
+
+
+def render_record_state(t):
+    """``cam1 ch0 main: running since 2026-01-05 08:00:00Z (manual:alice, schedule)``"""
+    import datetime
+
+    state = RecordingState(t.state).name.lower() if t.state in set(RecordingState) else t.state
+    line = f"{t.device_id} ch{t.channel} {'main' if t.stream == Stream.MAIN else 'sub'}: {state}"
+    if t.queue_position:
+        line += f" at position {t.queue_position}"
+    if t.since and t.state != RecordingState.STOPPED:
+        when = datetime.datetime.fromtimestamp(t.since / 1000, datetime.UTC)
+        line += f" since {when:%Y-%m-%d %H:%M:%S}Z"
+    if t.reasons:
+        line += f" ({', '.join(t.reasons)})"
+    return line
 
 
 @defer.inlineCallbacks
@@ -352,6 +396,8 @@ def run_command(reactor, opts, password, out):
                 if not cursor:
                     break
             result = type_of_devices(devices)
+        elif cmd == "record":
+            result = yield record_request(client, type, body)
         else:
             result = (yield client.request(type, body)).body
         if opts["json"]:
@@ -363,6 +409,21 @@ def run_command(reactor, opts, password, out):
     finally:
         if client.link is not None:
             client.link.close()
+
+
+@defer.inlineCallbacks
+def record_request(client, type, body):
+    """RECORD_*; a start answered QUEUED is shown as the queued task, from RECORD_STATUS."""
+    try:
+        return (yield client.request(type, body)).body
+    except VssError as e:
+        if e.code != ResultCode.QUEUED:
+            raise
+    status = (yield client.request(MsgType.RECORD_STATUS, RecordStatus(device_id=body.device_id)))
+    for t in status.body.tasks:
+        if (t.channel, t.stream) == (body.channel, body.stream):
+            return t
+    raise VssError(ResultCode.QUEUED, "queued")
 
 
 def type_of_devices(devices):

@@ -306,7 +306,7 @@ class RecordingManager(service.Service):
         self.settings = {}  # (device_id, channel) -> ChannelSettings
         self._timers = {}  # key or (device, channel) -> DelayedCall
         self._order = 0
-        self._starting = {}  # key -> Deferred of recorder.start
+        self._starting = {}  # key -> Deferreds waiting for its recorder.start
 
     # -- life cycle
 
