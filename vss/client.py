@@ -11,7 +11,6 @@ announced. Requests the node sends (to a PU) go to ``on_request``; notifications
 
 import random
 
-from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
@@ -27,6 +26,7 @@ from vss.protocols.messages import (
     MsgType,
     Register,
 )
+from vss.protocols.reconnect import Reconnector
 
 AGENT = "vss-client/0.1"
 
@@ -56,6 +56,7 @@ class SignallingClient:
         self._keepalive = None
         self._salted = {}
         self.lost = defer.Deferred()
+        self.on_lost = None  # called with the link when it is lost (reconnection)
 
     # -- link handler
 
@@ -68,6 +69,8 @@ class SignallingClient:
         self._keepalive = None
         if self.link is link:
             self.link = None
+        if self.on_lost is not None:
+            self.on_lost(link)
         self.lost_reason = reason
         lost, self.lost = self.lost, defer.Deferred()
         lost.callback(getattr(reason, "value", reason))
@@ -184,25 +187,21 @@ class ReconnectingClient:
         self.client = client
         clock = clock or reactor
         client.clock = clock
-        self.service = ClientService(
-            endpoint,
-            LinkFactory(client, clock, **link_options),
-            retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=max_delay, factor=2.0),
-            clock=clock,
-            prepareConnection=self._prepare,
-        )
+        self.reconnector = Reconnector(endpoint, LinkFactory(client, clock, **link_options),
+                                       self._prepare, clock, initial=1.0, max_delay=max_delay,
+                                       name=client.identity)
+        client.on_lost = self.reconnector.lost
 
     def _prepare(self, link):
         def failed(f):
             self.log.warn("login of {identity} failed: {error}", identity=self.client.identity,
                           error=f.getErrorMessage())
-            link.abort()
             return f
 
         return self.client.login(link).addErrback(failed)
 
     def start(self):
-        self.service.startService()
+        self.reconnector.start()
 
     def stop(self):
-        return self.service.stopService()
+        return self.reconnector.stop()

@@ -1,7 +1,7 @@
 """
 The node's link to the central platform: the real ``ICentral``.
 
-One long-lived, reconnecting link to CMS (``ClientService`` with backoff). On every
+One long-lived, reconnecting link to CMS (``Reconnector``: backoff with jitter). On every
 (re)connection the node logs in with the cluster secret, registers (NODE_REGISTER), and
 catches up: a full static reload when its memory database holds nothing synced (or the
 change log no longer reaches back far enough), else the changes after its last applied
@@ -18,7 +18,6 @@ asking CMS again only on a miss or when the device moves home.
 import os
 
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -43,6 +42,7 @@ from vss.protocols.messages import (
     SyncComplete,
     SyncFetch,
 )
+from vss.protocols.reconnect import Reconnector
 from vss.rgm.outbox import Outbox
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT, PeerLinks, node_login, serve_route
 from vss.rgm.sync import SyncApplier
@@ -91,12 +91,11 @@ class CmsLink(service.Service):
         endpoint = self.endpoint
         if isinstance(endpoint, str):
             endpoint = endpoints.clientFromString(self.reactor, endpoint)
-        self._client = ClientService(
+        self._client = Reconnector(
             endpoint, LinkFactory(self, self.clock, request_timeout=30.0,
                                   max_in_flight=PEER_MAX_IN_FLIGHT),
-            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=2.0),
-            clock=self.clock, prepareConnection=self._on_connect)
-        self._client.startService()
+            self._on_connect, self.clock, initial=0.5, max_delay=10.0, name="link to CMS")
+        self._client.start()
 
     def stopService(self):
         super().stopService()
@@ -105,7 +104,7 @@ class CmsLink(service.Service):
         if self.outbox is not None:
             self.outbox.close()
         if self._client is not None:
-            return self._client.stopService()
+            return self._client.stop()
 
     # -- connection
 
@@ -125,8 +124,6 @@ class CmsLink(service.Service):
             yield self.catch_up(reg.head_seq)
             self.log.info("node {node} synchronised with CMS at sequence {seq}",
                           node=self.node_id, seq=self.applier.applied_seq)
-            # Outside this call: ClientService counts the connection as made only once
-            # this preparation returns.
             self.clock.callLater(0, self._connected)
         except Exception as e:
             self.log.warn("CMS link setup failed: {error}", error=str(e))
@@ -163,9 +160,9 @@ class CmsLink(service.Service):
         pass
 
     def linkDown(self, link, reason):
-        # ClientService hands _on_connect a proxy of the link, not the link itself:
-        # compare what they share.
-        if self.link is not None and self.link.transport is link.transport:
+        if self._client is not None:
+            self._client.lost(link)
+        if self.link is link:
             self.link = None
             self._stop_heartbeat()
             self.log.info("link to CMS lost; reconnecting")

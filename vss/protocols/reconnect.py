@@ -1,0 +1,111 @@
+"""
+A connection kept up with exponential backoff and jitter, with a preparation step (log
+in, register) run on every new connection.
+
+Why not ``twisted.application.internet.ClientService``: when it is stopped while a
+connection is made but still being prepared, it cancels the preparation and forgets the
+connection, which stays open; closing that connection ourselves then reaches its state
+machine in the ``Stopped`` state and raises ``NoTransition``. Links here log in on every
+connection and daemons stop at any moment, so this small loop owns the connection from
+connect to close instead.
+
+The owner calls ``lost(protocol)`` from its protocol's connection-lost path.
+"""
+
+import random
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+
+class Reconnector:
+    log = Logger()
+
+    def __init__(self, endpoint, factory, prepare, clock, initial=0.5, max_delay=10.0,
+                 factor=2.0, jitter=0.1, name="link"):
+        self.endpoint = endpoint
+        self.factory = factory
+        self.prepare = prepare
+        self.clock = clock
+        self.initial = initial
+        self.max_delay = max_delay
+        self.factor = factor
+        self.jitter = jitter
+        self.name = name
+        self.running = False
+        self.protocol = None
+        self.failures = 0
+        self._timer = None
+        self._connecting = None
+        self._stopping = None
+
+    def start(self):
+        self.running = True
+        self._attempt()
+
+    def _attempt(self):
+        self._timer = None
+        if not self.running:
+            return
+        d = self._connecting = self.endpoint.connect(self.factory)
+        d.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, protocol):
+        self._connecting = None
+        self.protocol = protocol
+        if not self.running:
+            protocol.transport.loseConnection()
+            return
+        d = defer.maybeDeferred(self.prepare, protocol)
+        d.addCallbacks(self._prepared, self._prepare_failed, callbackArgs=(protocol,),
+                       errbackArgs=(protocol,))
+
+    def _prepared(self, _, protocol):
+        self.failures = 0
+
+    def _prepare_failed(self, failure, protocol):
+        self.log.info("{name}: setting up the connection failed: {error}", name=self.name,
+                      error=failure.getErrorMessage())
+        transport = getattr(protocol, "transport", None)
+        if transport is not None:
+            transport.abortConnection()  # lost() then schedules the next attempt
+
+    def _connect_failed(self, failure):
+        self._connecting = None
+        if not self.running:
+            return
+        self.log.info("{name}: cannot connect: {error}", name=self.name,
+                      error=failure.getErrorMessage())
+        self._schedule()
+
+    def lost(self, protocol):
+        """The owner's protocol lost its connection."""
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        if self.running:
+            self._schedule()
+        elif self._stopping is not None:
+            d, self._stopping = self._stopping, None
+            d.callback(None)
+
+    def _schedule(self):
+        delay = min(self.max_delay, self.initial * self.factor ** self.failures)
+        delay *= random.uniform(1 - self.jitter, 1 + self.jitter)
+        self.failures += 1
+        self._timer = self.clock.callLater(delay, self._attempt)
+
+    def stop(self):
+        """Stop reconnecting and close the connection; fires once it is closed."""
+        self.running = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        if self.protocol is None:
+            return defer.succeed(None)
+        self._stopping = defer.Deferred()
+        self.protocol.transport.loseConnection()
+        return self._stopping
