@@ -27,10 +27,7 @@ SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$", re.M)
 #: Checks the node of this tree fails today because the NODE departs from
 #: docs/protocol.md (the suite is right); each entry names the place and the rule.
 #: Remove an entry when the node is fixed: the test then demands that the check passes.
-KNOWN_NODE_BUGS = {
-    "unknown_message": "vss/protocols/link.py _badInput(): a notification of an unknown type "
-                       "is answered UNKNOWN_MESSAGE, 6.2 says drop it",
-}
+KNOWN_NODE_BUGS = {}
 
 
 def write_static(path):

@@ -514,3 +514,15 @@ class StateChangeKindsTests(Base):
         self.assertEqual(state["presets"], {"3": "gate"})
         self.assertIn("cam1", self.h.rgm.pu_links)
         self.assertEqual(len(self.h.central.changes), 3)
+
+
+class UnknownNotificationTests(Base):
+    def test_a_notification_of_unknown_type_is_dropped_silently(self):
+        cu, cu_link = self.logged_cu()
+        frames = capture_frames(cu_link)
+        cu_link.transport.write(codec.encode_frame(0x7F01, b"\x00\x00", 0, codec.FLAG_NOTIFY))
+        self.h.pump()
+        self.assertEqual(frames, [])
+        d = cu.request(MsgType.KEEPALIVE, Empty())
+        self.h.pump()
+        result(d)

@@ -152,6 +152,11 @@ class SignallingLink(protocol.Protocol):
             return
         msg = codec.decode_body(frame)
         if isinstance(msg, codec.ProtocolError):
+            if not msg.fatal and frame.flags & codec.FLAG_NOTIFY:
+                # A notification of a type this peer does not know is dropped, never
+                # answered (docs/protocol.md 6, rule 2).
+                self.log.debug("dropped notification of unknown type {type}", type=frame.type)
+                return
             self._badInput(msg)
             return
         self.handler.received(self, frame, msg)
