@@ -1,0 +1,379 @@
+"""
+Recording (issue 8, parts 3, 4 local, 7): the CDN module's recording interface writes what
+the SS receives for live video into fragmented MP4 segments; the node's catalogue indexes
+them, lists them with their gaps, enforces retention and repairs itself after a crash.
+
+Media tests are real: ffmpeg publishes H.264 (1 s GOP) + AAC into an ``RTSPServerFactory``
+on port 0, the recorder child remuxes it, PyAV reads every segment back.
+"""
+
+import errno
+import io
+import os
+
+from twisted.internet import defer, reactor, task, threads
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial import unittest
+
+from tests.test_rtsp_e2e import FFMPEG, E2ETestBase, FFmpeg, with_timeout
+from vss.cdn import catalogue as catmod
+from vss.cdn.catalogue import Catalogue, CatalogueDB, Segment, scan_fmp4, segment_name
+from vss.cdn.recorder import EXIT_DISK_FULL, Recorder, _Child, _Recording, record
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+from vss.testing.platform import wait_until
+
+try:
+    import av
+except ImportError:  # pragma: no cover - av is a dependency
+    av = None
+
+DAY = 86400_000
+T0 = 1_790_000_000_000  # ms, a fixed wall clock
+
+
+def seg(start_ms, end_ms, device="cam1", stream="main", size=1000, keyframes=()):
+    return Segment(device, 0, stream, start_ms, end_ms, size,
+                   f"recordings/{device}/{stream}/{segment_name(start_ms)}.mp4", keyframes)
+
+
+def touch(data_dir, s):
+    full = os.path.join(data_dir, s.path)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "wb") as f:
+        f.write(b"\0" * s.bytes)
+
+
+class CatalogueTests(unittest.TestCase):
+    """The catalogue without media."""
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        self.clock = task.Clock()
+        self.db = CatalogueDB(self.dir, self.clock)
+        self.addCleanup(self.db.close)
+
+    def test_sqlite_in_wal_with_the_listing_index(self):
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "catalogue.sqlite3")))
+        self.assertEqual(self.db.db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        plan = " ".join(r[-1] for r in self.db.db.execute(
+            "EXPLAIN QUERY PLAN SELECT path FROM segments WHERE device='a' AND stream='main' "
+            "AND start_ms >= 1 AND start_ms < 2"))
+        self.assertIn("segments_by_stream", plan)
+
+    def test_list_shows_segments_and_gaps(self):
+        self.db.add_many([seg(T0, T0 + 2000), seg(T0 + 2000, T0 + 4000),
+                          seg(T0 + 10_000, T0 + 12_000), seg(T0, T0 + 5000, device="cam2"),
+                          seg(T0 + 4000, T0 + 6000, stream="sub")])
+        out = self.db.list("cam1", "main", T0 - 1000, T0 + 15_000)
+        self.assertEqual([s.start_ms for s in out["segments"]], [T0, T0 + 2000, T0 + 10_000])
+        self.assertEqual(out["gaps"], [(T0 - 1000, T0), (T0 + 4000, T0 + 10_000),
+                                       (T0 + 12_000, T0 + 15_000)])
+        # a range starting inside a segment includes it; no gap at its start
+        out = self.db.list("cam1", "main", T0 + 3000, T0 + 11_000)
+        self.assertEqual([s.start_ms for s in out["segments"]], [T0 + 2000, T0 + 10_000])
+        self.assertEqual(out["gaps"], [(T0 + 4000, T0 + 10_000)])
+        # a range inside a gap
+        out = self.db.list("cam1", "main", T0 + 5000, T0 + 6000)
+        self.assertEqual((out["segments"], out["gaps"]), ([], [(T0 + 5000, T0 + 6000)]))
+        # holes below min_gap_ms are not gaps
+        self.db.add(seg(T0 + 4100, T0 + 10_000))
+        self.assertEqual(self.db.list("cam1", "main", T0, T0 + 12_000)["gaps"], [])
+
+    def test_get_keeps_keyframe_offsets_list_leaves_them_out(self):
+        s = seg(T0, T0 + 2000, keyframes=[(0, 800), (1000, 26000)])
+        self.db.add(s)
+        self.assertEqual(self.db.get(s.path).keyframes, [(0, 800), (1000, 26000)])
+        self.assertEqual(self.db.list("cam1", "main", T0, T0 + 1)["segments"][0].keyframes, ())
+        self.assertIsNone(self.db.get("recordings/nope.mp4"))
+
+    def test_oldest_and_remove(self):
+        a, b = seg(T0 + 5000, T0 + 6000), seg(T0, T0 + 1000, device="cam9")
+        self.db.add_many([a, b])
+        self.assertEqual(self.db.oldest(), [b])
+        self.db.remove([b.path])
+        self.assertEqual(self.db.oldest(2), [a])
+        self.assertEqual(self.db.count(), 1)
+
+    def test_retention_by_days_never_deletes_a_segment_in_use(self):
+        self.clock.advance(T0 / 1000)
+        old = [seg(T0 - 10 * DAY + i * 60_000, T0 - 10 * DAY + (i + 1) * 60_000)
+               for i in range(3)]
+        recent = seg(T0 - DAY, T0 - DAY + 60_000)
+        for s in [*old, recent]:
+            touch(self.dir, s)
+        self.db.add_many([*old, recent])
+        deleted = self.db.enforce(7, None, in_use={old[1].path})
+        self.assertEqual({s.path for s in deleted}, {old[0].path, old[2].path})
+        self.assertEqual(self.db.paths(), {old[1].path, recent.path})
+        self.assertFalse(os.path.exists(os.path.join(self.dir, old[0].path)))
+        self.assertTrue(os.path.exists(os.path.join(self.dir, old[1].path)))
+        self.clock.advance(6 * DAY / 1000 + 60)  # recent ended 7 days ago
+        self.assertEqual([s.path for s in self.db.enforce(7, None)],
+                         [old[1].path, recent.path])
+        self.assertEqual(self.db.count(), 0)
+
+    def test_retention_by_quota_deletes_the_oldest_first(self):
+        self.clock.advance(T0 / 1000)
+        segs = [seg(T0 - (10 - i) * 60_000, T0 - (9 - i) * 60_000, size=100) for i in range(10)]
+        for s in segs:
+            touch(self.dir, s)
+        self.db.add_many(segs)
+        deleted = self.db.enforce(30, 650, in_use={segs[0].path})
+        self.assertEqual([s.path for s in deleted], [s.path for s in segs[1:5]])
+        self.assertEqual(self.db.total_bytes(), 600)
+        self.assertEqual(self.db.enforce(30, 650), [])
+        self.assertTrue(os.path.exists(os.path.join(self.dir, segs[0].path)))
+
+    def test_repair_drops_rows_without_files_and_discards_an_empty_part(self):
+        kept, gone = seg(T0, T0 + 1000), seg(T0 + 1000, T0 + 2000)
+        self.db.add_many([kept, gone])
+        touch(self.dir, kept)
+        with open(os.path.join(self.dir, kept.path + ".txt"), "wb"):
+            pass  # a stray file is ignored
+        part = os.path.join(self.dir, gone.path + ".part")
+        with open(part, "wb") as f:
+            f.write(b"\0\0\0\x18ftypisom")  # a header cut short: nothing to salvage
+        report = self.db.repair()
+        self.assertEqual(report["dropped"], [gone.path])
+        self.assertEqual(report["discarded"], [gone.path + ".part"])
+        self.assertFalse(os.path.exists(part))
+        self.assertEqual(self.db.paths(), {kept.path})
+
+    def test_segment_names_are_utc_start_times(self):
+        self.assertEqual(segment_name(0), "19700101T000000Z")
+        self.assertEqual(catmod.parse_segment_name("20261125T133518Z.mp4"), 1795613718000)
+        self.assertIsNone(catmod.parse_segment_name("x.mp4"))
+
+    @defer.inlineCallbacks
+    def test_the_catalogue_runs_off_the_reactor_thread(self):
+        c = Catalogue(os.path.abspath(self.mktemp()), clock=self.clock, reactor=reactor)
+        yield c.open()
+        yield c.add(seg(T0, T0 + 1000))
+        out = yield c.list("cam1", "main", T0, T0 + 1000)
+        self.assertEqual(len(out["segments"]), 1)
+        yield c.close()
+
+
+def make_input(path, seconds=5):
+    """A local H.264 (1 s GOP) + AAC file for writer tests."""
+    proc = FFmpeg()
+    reactor.spawnProcess(proc, FFMPEG, [
+        FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+        "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
+        "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-c:a", "aac",
+        "-t", str(seconds), path], env=dict(os.environ))
+    return proc.ended
+
+
+def read_segment(path):
+    """Blocking: (duration s, video frames, video dts list, audio dts list) read by PyAV,
+    decoding every video frame."""
+    with av.open(path) as c:
+        v = c.streams.video[0]
+        vdts, adts, frames = [], [], 0
+        for p in c.demux():
+            if p.dts is None:
+                continue
+            (vdts if p.stream.type == "video" else adts).append(float(p.dts * p.time_base))
+            if p.stream.type == "video":
+                frames += len(p.decode())
+        duration = vdts[-1] - vdts[0] + 1 / float(v.average_rate or 25)
+        return duration, frames, vdts, adts
+
+
+class WriterTests(unittest.TestCase):
+    """The child's segment writer, in a thread, from a local file."""
+
+    timeout = 60
+
+    def setUp(self):
+        if FFMPEG is None:
+            raise unittest.SkipTest("PyAV and imageio-ffmpeg are needed")
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.input = os.path.join(self.dir, "in.mkv")
+        return make_input(self.input)
+
+    @defer.inlineCallbacks
+    def test_disk_full_stops_new_segments_and_keeps_closed_ones(self):
+        events = []
+        written = [0]
+
+        class Full(io.RawIOBase):
+            """A file on a disk that fills up after 120 kB."""
+
+            def __init__(self, path):
+                self.f = open(path, "wb", buffering=0)  # noqa: SIM115
+
+            def writable(self):
+                return True
+
+            def write(self, b):
+                if written[0] + len(b) > 120_000:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written[0] += len(b)
+                return self.f.write(b)
+
+            def fileno(self):
+                return self.f.fileno()
+
+            def close(self):
+                self.f.close()
+                super().close()
+
+        code = yield threads.deferToThread(record, self.input, self.dir, "recordings/c/main",
+                                           2, events.append, opener=Full)
+        self.assertEqual(code, EXIT_DISK_FULL)
+        kinds = [e["event"] for e in events]
+        self.assertEqual(kinds[-1], "disk_full")
+        segs = [e for e in events if e["event"] == "segment"]
+        self.assertGreaterEqual(len(segs), 1)
+        files = sorted(os.listdir(os.path.join(self.dir, "recordings/c/main")))
+        self.assertEqual(files, sorted(os.path.basename(e["path"]) for e in segs))
+        for e in segs:
+            duration, frames, _, _ = yield threads.deferToThread(
+                read_segment, os.path.join(self.dir, e["path"]))
+            self.assertEqual(frames, 50)
+
+    def test_keyframe_offsets_point_at_fragments(self):
+        events = []
+        self.assertEqual(record(self.input, self.dir, "recordings/c/main", 2,
+                                events.append), 0)
+        segs = [e for e in events if e["event"] == "segment"]
+        self.assertEqual([e["frames"] for e in segs], [50, 50, 25])
+        self.assertEqual([e["end_ms"] - e["start_ms"] for e in segs], [2000, 2000, 1000])
+        self.assertEqual(segs[0]["end_ms"], segs[1]["start_ms"])
+        for e in segs:
+            self.assertEqual([k[0] for k in e["keyframes"]],
+                             list(range(0, e["end_ms"] - e["start_ms"], 1000)))
+            with open(os.path.join(self.dir, e["path"]), "rb") as f:
+                for _ms, offset in e["keyframes"]:
+                    f.seek(offset + 4)
+                    self.assertEqual(f.read(4), b"moof")
+        self.assertIn("aac", [a for e in events if e["event"] == "started"
+                              for a in e["audio"]])
+
+
+class RecorderAlarmTests(unittest.TestCase):
+    def test_disk_full_raises_the_alarm_and_refuses_new_recordings(self):
+        clock = task.Clock()
+        rec = Recorder(None, None, self.mktemp(), clock, clock, "rtsp://127.0.0.1:1")
+        r = _Recording("cam1", 0, "main", 2, "/live/cam1/main", 0)
+        rec.recordings[("cam1", 0, "main")] = r
+        with capturedLogs() as events:
+            _Child(rec, r).outReceived(
+                b'{"event":"disk_full","message":"[Errno 28] No space left on device"}\n')
+        self.assertEqual(rec.status()["alarm"]["kind"], "disk_full")
+        self.assertEqual(rec.status()["recordings"]["/live/cam1/main"]["state"], "disk_full")
+        self.assertTrue(any(e["log_level"] == LogLevel.critical for e in events))
+        f = self.failureResultOf(rec.start("cam2", 0, 0, 2), VssError)
+        self.assertEqual(f.value.code, ResultCode.BUSY)
+        rec.clear_alarm()
+        self.assertIsNone(rec.status()["alarm"])
+
+
+class RecordingE2ETests(E2ETestBase):
+    """A real publisher, the SS, the recorder child, PyAV reading every segment."""
+
+    timeout = 60
+
+    def setUp(self):
+        super().setUp()
+        self.data = os.path.abspath(self.mktemp())
+        self.recorder = Recorder(self.factory, self.issuer, self.data, reactor, reactor,
+                                 f"rtsp://127.0.0.1:{self.factory.port}", restart_delay=60)
+        self.addCleanup(self.recorder.close)
+        return self.recorder.open()
+
+    def files(self):
+        root = os.path.join(self.data, "recordings")
+        return {os.path.relpath(os.path.join(d, n), self.data)
+                for d, _, names in os.walk(root) for n in names}
+
+    @defer.inlineCallbacks
+    def test_six_seconds_in_two_second_segments(self):
+        yield self.publish(self.factory, audio_codec="aac")
+        info = yield with_timeout(self.recorder.start("cam1", 0, 0, 2), 20, "recording")
+        self.assertEqual(info["state"], "recording")
+        source = self.factory.sources["/live/cam1/main"]
+        self.assertEqual(source.reader_count, 1)
+        yield wait_until(reactor, lambda: self.recorder.status()["segments"] >= 3,
+                         timeout=20, what="three segments")
+        final = yield self.recorder.stop("cam1", 0, 0)
+        self.assertEqual(final["state"], "stopped")
+        self.assertEqual(source.reader_count, 0)
+
+        rows = yield self.recorder.catalogue.list("cam1", "main", 0, 2**62)
+        segs = rows["segments"]
+        self.assertEqual({s.path for s in segs}, self.files())
+        self.assertGreaterEqual(len(segs), 4)
+        for a, b in zip(segs, segs[1:], strict=False):
+            self.assertEqual(a.end_ms, b.start_ms)  # back to back, no gap
+        self.assertEqual(rows["gaps"], [(0, segs[0].start_ms), (segs[-1].end_ms, 2**62)])
+        for i, s in enumerate(segs):
+            self.assertTrue(s.path.startswith("recordings/cam1/main/"))
+            self.assertEqual(os.path.basename(s.path), segment_name(s.start_ms) + ".mp4")
+            duration, frames, vdts, adts = yield threads.deferToThread(
+                read_segment, os.path.join(self.data, s.path))
+            self.assertEqual(vdts, sorted(vdts))
+            self.assertEqual(adts, sorted(adts))
+            self.assertLess(vdts[0], 0.05)
+            row = yield self.recorder.catalogue.get(s.path)
+            self.assertEqual(row.bytes, os.path.getsize(os.path.join(self.data, s.path)))
+            self.assertEqual(row.keyframes[0][0], 0)
+            if i < len(segs) - 1:  # every closed segment but the last (stopped) is 2 s
+                self.assertAlmostEqual(duration, 2.0, delta=0.05)
+                self.assertEqual(frames, 50)
+                self.assertGreater(len(adts), 10)  # the AAC track is kept
+                self.assertAlmostEqual((s.end_ms - s.start_ms) / 1000, duration, delta=0.05)
+                self.assertEqual(len(row.keyframes), 2)
+
+    @defer.inlineCallbacks
+    def test_kill_9_mid_segment_then_repair(self):
+        yield self.publish(self.factory, audio=False)
+        yield with_timeout(self.recorder.start("cam1", 0, 0, 2), 20, "recording")
+        yield wait_until(reactor, lambda: self.recorder.status()["segments"] >= 1,
+                         timeout=20, what="one closed segment")
+
+        def part_has_a_fragment():
+            parts = [p for p in self.files() if p.endswith(".part")]
+            if not parts:
+                return False
+            with open(os.path.join(self.data, parts[0]), "rb") as f:
+                return len(scan_fmp4(f)["fragments"]) >= 1
+            return False
+
+        yield wait_until(reactor, part_has_a_fragment, timeout=10, what="a fragment")
+        [rec] = self.recorder.recordings.values()
+        child = rec.child
+        child.transport.signalProcess("KILL")
+        code = yield child.ended
+        self.assertNotEqual(code, 0)
+        [part] = [p for p in self.files() if p.endswith(".part")]
+        yield self.recorder.stop("cam1", 0, 0)
+        yield self.recorder.close()
+
+        # the node comes back: repair makes the catalogue equal the files
+        again = Recorder(self.factory, self.issuer, self.data, reactor, reactor,
+                         f"rtsp://127.0.0.1:{self.factory.port}")
+        self.addCleanup(again.close)
+        report = yield again.open()
+        self.assertEqual(report["salvaged"], [part[:-len(".part")]])
+        self.assertEqual(report["dropped"], [])
+        paths = yield again.catalogue.paths()
+        self.assertEqual(paths, self.files())
+        self.assertFalse(any(p.endswith(".part") for p in paths))
+        for p in sorted(paths):
+            duration, frames, vdts, _ = yield threads.deferToThread(
+                read_segment, os.path.join(self.data, p))
+            self.assertGreaterEqual(frames, 25)
+            self.assertEqual(vdts, sorted(vdts))
+        # a closed file missing from the catalogue is probed and added back
+        victim = sorted(paths)[0]
+        yield again.catalogue.remove([victim])
+        report = yield again.catalogue.repair()
+        self.assertEqual(report["added"], [victim])
+        row = yield again.catalogue.get(victim)
+        self.assertGreater(row.end_ms - row.start_ms, 900)
+

@@ -1,0 +1,571 @@
+"""
+The recording interface of the CDN module: the only path from the RGM to the SS for
+recording. ``Recorder.start(device, channel, stream, segment_seconds)``, ``stop(...)``,
+``status()``.
+
+How a recording is written (the approach, and why):
+
+- One CHILD PROCESS per recording (``python -m vss.cdn.recorder``), like the PU's
+  publisher (``vss.pu.media``): PyAV/FFmpeg calls block and use CPU; in a child they
+  never stall the node's reactor, they use another core, and a crash or kill -9 of one
+  recording costs only that recording.
+- The child is an ordinary viewer of this node's OWN streaming server: it opens the live
+  path (``rtsp://<node>/live/<device>/<stream>?token=<play token>``, RTP over TCP) with
+  PyAV. The URL carries a token, so it is passed in the environment
+  (``VSS_RECORD_URL``), never on the command line. The SS treats it like any viewer:
+  shared fan-out buffer, bounded queue, its drops counted in the source's stats. It
+  records exactly what the SS receives for live video.
+- Packets are REMUXED, never decoded nor transcoded, into fragmented MP4
+  (``movflags=frag_keyframe+empty_moov+default_base_moof``): the header is written first
+  and every keyframe starts a self-contained fragment (moof + mdat), so a file cut
+  short by a crash is still playable up to its last complete fragment, and a player can
+  seek by fragment.
+- A segment is cut at the first video keyframe at or after ``segment_seconds`` of the
+  current segment's media time; timestamps are rebased so each file starts at 0. It is
+  written to ``<name>.mp4.part`` (raw unbuffered writes, every packet flushed to the
+  kernel), and when it closes it is fsynced, renamed to ``<name>.mp4`` and the directory
+  fsynced. Names are ``<data_dir>/recordings/<device>/<stream>/<YYYYMMDDTHHMMSSZ>.mp4``
+  (the segment's UTC start: the wall clock at the first packet plus media time).
+- For each closed segment the child prints one JSON line on stdout (start, end, bytes,
+  frames, keyframe offsets read from the file's moof/tfdt boxes); the parent turns it
+  into a catalogue row (``vss.cdn.catalogue``).
+- Audio is kept when MP4 can carry it without transcoding (AAC, Opus, MP3...); G.711
+  (PCMU/PCMA) cannot go into MP4 and is left out (logged by the child).
+- A full disk (ENOSPC, EDQUOT, EFBIG while writing) deletes the open ``.part`` (closed
+  segments are never written again), prints ``disk_full`` and exits with
+  ``EXIT_DISK_FULL``; the parent raises the alarm (log + ``status()``), refuses new
+  recordings until ``clear_alarm()`` or a retention pass frees space, and does not
+  restart that child. Any other exit of a wanted recording is retried after
+  ``restart_delay`` seconds (the source may come back).
+
+An in-process RTP -> fMP4 muxer would save the loopback RTSP hop and a process per
+stream; it was not built (see docs/performance.md, "Recording", for what the child costs).
+"""
+
+import errno
+import json
+import os
+import signal
+import sys
+import time
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from vss.cdn.catalogue import RECORDINGS, Catalogue, Segment, fsync_dir, scan_fmp4, segment_name
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+
+log = Logger()
+
+MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+MP4_AUDIO = frozenset(("aac", "mp3", "opus", "alac", "flac", "ac3", "eac3"))
+DISK_FULL = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+EXIT_DISK_FULL = 3
+URL_ENV = "VSS_RECORD_URL"
+
+
+def stream_name(channel, stream):
+    """The stream part of a live path: ``main``/``sub``, ``chN-main`` for channel N > 0
+    (``stream`` is 0/'main' or 1/'sub')."""
+    name = stream if isinstance(stream, str) else ("main" if int(stream) == 0 else "sub")
+    return f"ch{channel}-{name}" if channel else name
+
+
+# -- the child: one recording -----------------------------------------------------------
+
+def _raw_open(path):
+    return open(path, "wb", buffering=0)  # noqa: SIM115 - closed by the segment
+
+
+class _SegmentFile:
+    """One ``.part`` file being written by an MP4 muxer."""
+
+    def __init__(self, final, start_ms, in_streams, base, opener):
+        import av
+
+        self.final = final
+        self.base = base  # media time (s) of the cut, time zero of this file
+        self.part = final + ".part"
+        self.start_ms = start_ms
+        self.frames = 0
+        self.file = opener(self.part)
+        self.out = av.open(self.file, "w", format="mp4",
+                           options={"movflags": MOVFLAGS, "flush_packets": "1"})
+        self.map = {}
+        for s in in_streams:
+            self.map[s.index] = (self.out.add_stream_from_template(s),
+                                 int(base / s.time_base))
+
+    def write(self, packet, video):
+        out_stream, offset = self.map[packet.stream.index]
+        packet.dts -= offset
+        if packet.pts is not None:
+            packet.pts -= offset
+        if packet.dts < 0:
+            return  # audio from before the cut
+        packet.stream = out_stream
+        self.out.mux(packet)
+        if video:
+            self.frames += 1
+
+    def close(self):
+        """Finish, fsync, rename. Returns (final path, bytes, keyframe offsets)."""
+        self.out.close()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        with open(self.part, "rb") as f:
+            info = scan_fmp4(f)
+        os.replace(self.part, self.final)
+        fsync_dir(os.path.dirname(self.final))
+        return info["size"], info["fragments"]
+
+    def abandon(self):
+        for step in (self.out.close, self.file.close):
+            try:
+                step()
+            except Exception:  # noqa: BLE001,S110 - the file is deleted anyway
+                pass
+        try:
+            os.unlink(self.part)
+        except FileNotFoundError:
+            pass
+
+
+def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: False,
+           opener=_raw_open, wall=time.time, open_timeout=10):
+    """Blocking: record ``url`` into fMP4 segments under ``data_dir/out_rel`` until the
+    input ends or ``should_stop()``; ``emit(dict)`` reports events. Returns an exit
+    code (0, 1 error, ``EXIT_DISK_FULL``)."""
+    import av
+
+    out_dir = os.path.join(data_dir, out_rel)
+    os.makedirs(out_dir, exist_ok=True)
+    options = {"rtsp_transport": "tcp"} if url.startswith("rtsp") else {}
+    try:
+        inp = av.open(url, options=options, timeout=open_timeout)
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        emit({"event": "error", "message": f"cannot open the stream: {e}"})
+        return 1
+    seg = None
+    try:
+        if not inp.streams.video:
+            emit({"event": "error", "message": "the stream has no video"})
+            return 1
+        video = inp.streams.video[0]
+        streams = [video]
+        for a in inp.streams.audio:
+            if a.codec_context.name in MP4_AUDIO:
+                streams.append(a)
+            else:
+                emit({"event": "note", "message": f"audio {a.codec_context.name} is not "
+                      "recorded (MP4 cannot carry it without transcoding)"})
+        emit({"event": "started", "video": video.codec_context.name,
+              "audio": [s.codec_context.name for s in streams[1:]]})
+        smooth = _Continuity()
+        anchor = None  # (wall ms, media seconds) at the first packet
+        last_end = None
+        for packet in inp.demux(streams):
+            if should_stop():
+                break
+            if packet.dts is None or packet.size == 0:
+                continue
+            smooth(packet)
+            is_video = packet.stream.index == video.index
+            t = packet.dts * packet.time_base
+            if anchor is None:
+                anchor = (wall() * 1000, t)
+            if is_video:
+                last_end = t + (packet.duration or 0) * packet.time_base
+                if packet.is_keyframe and (
+                        seg is None or t - seg.base >= segment_seconds):
+                    at_ms = int(anchor[0] + (t - anchor[1]) * 1000)
+                    if seg is not None:
+                        _close(seg, at_ms, data_dir, emit)
+                        seg = None
+                    seg = _SegmentFile(os.path.join(out_dir, segment_name(at_ms) + ".mp4"),
+                                       at_ms, streams, t, opener)
+            if seg is not None:
+                seg.write(packet, is_video)
+        if seg is not None:
+            end_ms = int(anchor[0] + (last_end - anchor[1]) * 1000)
+            s, seg = seg, None
+            _close(s, end_ms, data_dir, emit)
+        return 0
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            if seg is not None:
+                seg.abandon()
+            emit({"event": "disk_full", "message": str(e)})
+            return EXIT_DISK_FULL
+        emit({"event": "error", "message": str(e)})
+        if seg is not None:
+            seg.abandon()
+        return 1
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        emit({"event": "error", "message": f"{type(e).__name__}: {e}"})
+        if seg is not None:
+            seg.abandon()
+        return 1
+    finally:
+        try:
+            inp.close()
+        except Exception:  # noqa: BLE001,S110
+            pass
+
+
+class _Continuity:
+    """Keeps each stream's timestamps increasing. FFmpeg's RTSP demuxer rebases a
+    stream's timestamps when the first RTCP sender report arrives (a jump back or forth
+    of up to a few hundred ms, a few seconds after joining), and a publisher that
+    restarts its clock jumps too; the MP4 muxer refuses any dts that does not increase.
+    A step back, or forward by more than ``MAX_JUMP`` seconds, is absorbed into a
+    per-stream shift so the stream goes on one packet duration after its last packet."""
+
+    MAX_JUMP = 5
+
+    def __init__(self):
+        self.state = {}  # stream index -> [shift, last dts, last step]
+
+    def __call__(self, packet):
+        st = self.state.get(packet.stream.index)
+        if st is None:
+            st = self.state[packet.stream.index] = [0, None, 1]
+        dts = packet.dts + st[0]
+        last = st[1]
+        if last is not None:
+            if dts <= last or (dts - last) * packet.time_base > self.MAX_JUMP:
+                step = packet.duration or st[2]
+                st[0] += last + step - dts
+                dts = last + step
+            else:
+                st[2] = dts - last
+        if packet.pts is not None:
+            packet.pts += dts - packet.dts
+        packet.dts = dts
+        st[1] = dts
+
+
+def _close(seg, end_ms, data_dir, emit):
+    size, keyframes = seg.close()
+    emit({"event": "segment", "path": os.path.relpath(seg.final, data_dir),
+          "start_ms": seg.start_ms, "end_ms": end_ms, "bytes": size, "frames": seg.frames,
+          "keyframes": keyframes})
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Record one live stream (URL in "
+                                 f"{URL_ENV}) into fragmented MP4 segments.")
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--out", required=True, help="directory relative to the data dir")
+    ap.add_argument("--segment", type=float, default=300.0)
+    args = ap.parse_args(argv)
+    url = os.environ.get(URL_ENV)
+    if not url:
+        print(f"{URL_ENV} is not set", file=sys.stderr)
+        return 2
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+
+    def emit(event):
+        sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+    return record(url, args.data_dir, args.out, args.segment, emit,
+                  should_stop=lambda: bool(stopping))
+
+
+# -- the parent: the CDN module's recording interface -----------------------------------
+
+class _Child(protocol.ProcessProtocol):
+    """Reads the JSON lines of one recording child."""
+
+    def __init__(self, recorder, rec):
+        self.recorder = recorder
+        self.rec = rec
+        self.buffer = b""
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                log.warn("recorder child said {line!r}", line=line[:200])
+                continue
+            self.recorder._event(self.rec, event)
+
+    def errReceived(self, data):
+        log.debug("recorder child: {text}", text=data.decode("utf-8", "replace")[-2000:])
+
+    def processEnded(self, reason):
+        code = getattr(reason.value, "exitCode", None)
+        self.recorder._ended(self.rec, self, code)
+        self.ended.callback(code)
+
+
+class _Recording:
+    def __init__(self, device_id, channel, stream, segment_seconds, path, now):
+        self.device_id = device_id
+        self.channel = channel
+        self.stream = stream
+        self.segment_seconds = segment_seconds
+        self.path = path  # /live/<device>/<stream>
+        self.state = "starting"  # starting, recording, waiting, stopping, disk_full
+        self.since = now
+        self.segments = 0
+        self.bytes = 0
+        self.frames = 0
+        self.last_segment = None
+        self.error = None
+        self.child = None
+        self.started = None  # Deferred of start(), until the child says 'started'
+        self.retry = None
+        self.pending = []  # catalogue adds in flight
+
+    def info(self):
+        return {"device": self.device_id, "channel": self.channel, "stream": self.stream,
+                "state": self.state, "since": self.since, "segments": self.segments,
+                "bytes": self.bytes, "frames": self.frames,
+                "segment_seconds": self.segment_seconds, "last_segment": self.last_segment,
+                "error": self.error,
+                "pid": self.child.transport.pid if self.child and self.child.transport
+                else None}
+
+
+class Recorder:
+    """Records live streams of this node's SS (``rtsp_factory``) into segment files under
+    ``data_dir`` and indexes them in the node's catalogue. ``media_base`` is the SS URL
+    base the children connect to (``rtsp://127.0.0.1:<port>``); ``issuer`` signs their
+    play tokens. ``open()`` (repairs the catalogue) before use, ``close()`` at the end.
+    """
+
+    def __init__(self, rtsp_factory, issuer, data_dir, clock, reactor, media_base,
+                 source_wait=10.0, restart_delay=2.0, stop_timeout=10.0,
+                 python=sys.executable, env=None):
+        self.rtsp = rtsp_factory
+        self.issuer = issuer
+        self.data_dir = os.path.abspath(data_dir)
+        self.clock = clock
+        self.reactor = reactor
+        self.media_base = media_base.rstrip("/")
+        self.source_wait = source_wait
+        self.restart_delay = restart_delay
+        self.stop_timeout = stop_timeout
+        self.python = python
+        self.env = env
+        self.catalogue = Catalogue(self.data_dir, clock=clock, reactor=reactor)
+        self.recordings = {}  # (device, channel, stream name) -> _Recording
+        self.alarm = None
+        self.counters = {"started": 0, "segments": 0, "bytes": 0, "restarts": 0,
+                         "failed": 0}
+
+    # -- lifecycle
+
+    @defer.inlineCallbacks
+    def open(self):
+        """Open the catalogue and make it equal the files (crash repair)."""
+        yield self.catalogue.open()
+        report = yield self.catalogue.repair()
+        return report
+
+    @defer.inlineCallbacks
+    def close(self):
+        yield defer.DeferredList([self.stop(*key) for key in list(self.recordings)])
+        yield self.catalogue.close()
+
+    # -- the recording interface
+
+    def start(self, device_id, channel, stream, segment_seconds):
+        """Start recording (device, channel, stream) in ``segment_seconds`` segments. The
+        SS must get the live stream (the RGM opens it through the CDN service
+        interface); a missing source is waited for ``source_wait`` seconds. Fires with
+        the recording's status once its child receives the stream; a second start of a
+        running recording answers its status."""
+        name = stream_name(channel, stream)
+        key = (device_id, channel, name)
+        rec = self.recordings.get(key)
+        if rec is not None and rec.state not in ("stopping", "disk_full"):
+            return rec.started if rec.started is not None else defer.succeed(rec.info())
+        if self.alarm is not None:
+            return defer.fail(VssError(ResultCode.BUSY,
+                                       f"recording refused: {self.alarm['message']}"))
+        if segment_seconds <= 0:
+            return defer.fail(VssError(ResultCode.INVALID_ARGUMENT,
+                                       "segment_seconds must be > 0"))
+        rec = _Recording(device_id, channel, name, segment_seconds,
+                         f"/live/{device_id}/{name}", self.clock.seconds())
+        rec.started = defer.Deferred()
+        self.recordings[key] = rec
+        self.counters["started"] += 1
+        started = rec.started
+        self._launch(rec)
+        return started
+
+    def stop(self, device_id, channel, stream):
+        """Stop a recording: its open segment is closed and catalogued. Fires with the
+        final status (None if it was not recording)."""
+        key = (device_id, channel, stream_name(channel, stream))
+        rec = self.recordings.get(key)
+        if rec is None:
+            return defer.succeed(None)
+        rec.state = "stopping"
+        if rec.retry is not None and rec.retry.active():
+            rec.retry.cancel()
+        rec.retry = None
+        child = rec.child
+        if child is None or child.transport is None or child.transport.pid is None:
+            return self._finish(rec, key)
+        kill = self.clock.callLater(self.stop_timeout, self._signal, child, "KILL")
+        self._signal(child, "TERM")
+
+        def ended(_):
+            if kill.active():
+                kill.cancel()
+            return self._finish(rec, key)
+
+        return child.ended.addCallback(ended)
+
+    def status(self):
+        return {"alarm": self.alarm, **self.counters,
+                "recordings": {f"{r.path}": r.info() for r in self.recordings.values()}}
+
+    def clear_alarm(self):
+        if self.alarm is not None:
+            log.info("recording alarm cleared: {message}", message=self.alarm["message"])
+        self.alarm = None
+
+    @defer.inlineCallbacks
+    def enforce(self, retention_days, quota_bytes, in_use=()):
+        """A retention pass (see ``CatalogueDB.enforce``); clears a disk-full alarm when
+        it deleted something."""
+        deleted = yield self.catalogue.enforce(retention_days, quota_bytes, in_use)
+        if deleted and self.alarm is not None and self.alarm.get("kind") == "disk_full":
+            self.clear_alarm()
+        return deleted
+
+    # -- internals
+
+    @defer.inlineCallbacks
+    def _finish(self, rec, key):
+        yield defer.DeferredList(list(rec.pending))
+        if self.recordings.get(key) is rec:
+            del self.recordings[key]
+        state = rec.state
+        rec.state = "stopped" if state == "stopping" else state
+        self._fire_started(rec, None, VssError(ResultCode.CONFLICT, "recording stopped"))
+        return rec.info()
+
+    def _signal(self, child, sig):
+        try:
+            child.transport.signalProcess(sig)
+        except Exception:  # noqa: BLE001,S110 - already gone
+            pass
+
+    @defer.inlineCallbacks
+    def _launch(self, rec):
+        rec.retry = None
+        source = yield self.rtsp.wait_for_source(rec.path, self.source_wait)
+        if rec.state in ("stopping", "stopped"):
+            return
+        if source is None:
+            rec.error = "no live stream on the SS"
+            self._retry_or_fail(rec, VssError(ResultCode.DEVICE_OFFLINE,
+                                              f"{rec.path}: {rec.error}"))
+            return
+        token = self.issuer.issue(rec.path, ["play"])
+        env = {**(self.env if self.env is not None else os.environ),
+               URL_ENV: f"{self.media_base}{rec.path}?token={token}"}
+        out = os.path.join(RECORDINGS, rec.device_id, rec.stream)
+        argv = [self.python, "-m", "vss.cdn.recorder", "--data-dir", self.data_dir,
+                "--out", out, "--segment", str(rec.segment_seconds)]
+        child = _Child(self, rec)
+        rec.child = child
+        self.reactor.spawnProcess(child, self.python, argv, env=env)
+        log.info("recording {path} (pid {pid})", path=rec.path, pid=child.transport.pid)
+
+    def _retry_or_fail(self, rec, error):
+        if rec.started is not None:  # the first start failed: tell the caller
+            self.counters["failed"] += 1
+            key = (rec.device_id, rec.channel, rec.stream)
+            if self.recordings.get(key) is rec:
+                del self.recordings[key]
+            rec.state = "failed"
+            self._fire_started(rec, None, error)
+            return
+        rec.state = "waiting"
+        self.counters["restarts"] += 1
+        log.warn("recording {path} interrupted ({error}); retrying in {delay} s",
+                 path=rec.path, error=rec.error, delay=self.restart_delay)
+        rec.retry = self.clock.callLater(self.restart_delay, self._launch, rec)
+
+    def _fire_started(self, rec, result, error=None):
+        d, rec.started = rec.started, None
+        if d is not None:
+            if error is not None:
+                d.errback(error)
+            else:
+                d.callback(result)
+
+    def _event(self, rec, event):
+        kind = event.get("event")
+        if kind == "started":
+            if rec.state != "stopping":
+                rec.state = "recording"
+            rec.error = None
+            self._fire_started(rec, rec.info())
+        elif kind == "segment":
+            self._segment(rec, event)
+        elif kind == "disk_full":
+            rec.state = "disk_full"
+            rec.error = event.get("message")
+            self.alarm = {"kind": "disk_full", "since": self.clock.seconds(),
+                          "path": rec.path, "message": f"disk full: {rec.error}"}
+            log.critical("ALARM disk full while recording {path}: {error}; new segments "
+                         "stop, closed segments are kept", path=rec.path, error=rec.error)
+        elif kind == "error":
+            rec.error = event.get("message")
+            log.warn("recording {path}: {error}", path=rec.path, error=rec.error)
+        else:
+            log.info("recording {path}: {message}", path=rec.path,
+                     message=event.get("message"))
+
+    def _segment(self, rec, event):
+        seg = Segment(rec.device_id, rec.channel, rec.stream, int(event["start_ms"]),
+                      int(event["end_ms"]), int(event["bytes"]), event["path"],
+                      [tuple(k) for k in event.get("keyframes", ())])
+        rec.segments += 1
+        rec.bytes += seg.bytes
+        rec.frames += int(event.get("frames", 0))
+        rec.last_segment = seg.path
+        self.counters["segments"] += 1
+        self.counters["bytes"] += seg.bytes
+        d = self.catalogue.add(seg)
+        rec.pending.append(d)
+
+        def done(result):
+            rec.pending.remove(d)
+            return result
+
+        d.addBoth(done).addErrback(lambda f: log.failure("catalogue add failed", f))
+
+    def _ended(self, rec, child, code):
+        if rec.child is child:
+            rec.child = None
+        if rec.state in ("stopping", "stopped", "disk_full"):
+            if rec.state == "disk_full":
+                self._fire_started(rec, None, VssError(ResultCode.BUSY, "disk full"))
+            return
+        rec.error = rec.error or f"recorder exited with {code}"
+        self._retry_or_fail(rec, VssError(ResultCode.DEVICE_OFFLINE, rec.error))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
