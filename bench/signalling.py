@@ -262,6 +262,7 @@ def main():
         for ld in loaders:
             ld.send("mark")
         c0, w0 = cpu_ticks(pid), time.monotonic()
+        l0 = sum(cpu_ticks(ld.proc.pid) for ld in loaders)
         if args.profile:
             profiler = subprocess.Popen(
                 [os.path.join(BIN, "py-spy"), "record", "--pid", str(pid), "--format", "raw",
@@ -270,6 +271,7 @@ def main():
                 preexec_fn=pinned(args.load_core))
         time.sleep(args.seconds)
         c1, w1 = cpu_ticks(pid), time.monotonic()
+        l1 = sum(cpu_ticks(ld.proc.pid) for ld in loaders)
         for ld in loaders:
             ld.send("report")
         reports = [ld.read(timeout=30) for ld in loaders]
@@ -277,6 +279,8 @@ def main():
         wall = w1 - w0
         result.update(window_s=round(wall, 1), node_cpu_s=round(cpu_s, 2),
                       node_cpu_pct=round(100 * cpu_s / wall, 2),
+                      load_cpu_pct=round(100 * (l1 - l0) / TICK / wall, 1),
+                      loadavg_1min=round(os.getloadavg()[0], 2),
                       closed_by_node=sum(r["closed_by_node"] for r in reports),
                       node_rss_end_mib=round(rss_bytes(pid) / 2**20, 1))
         if relay:
