@@ -337,6 +337,22 @@ class QueueTests(ManagerBase):
         self.assertEqual(self.m.queue.waiting, {})
 
 
+class RateQueueTests(ManagerBase):
+    capacity = Capacity(max_streams=10, max_write_mbps=9.0, main_mbps=4.0, sub_mbps=1.0)
+
+    def test_a_waiting_task_raised_by_an_event_starts_at_once_when_it_fits(self):
+        fired(self.m.start_manual("a", 0, MAIN, "u"))
+        fired(self.m.start_manual("b", 0, MAIN, "u"))  # 8 of 9 Mb/s
+        fired(self.m.start_manual("c", 0, MAIN, "u"))  # 4 more do not fit
+        self.m.apply_settings(settings(device="d", mode=RecordMode.CONTINUOUS, stream=SUB))
+        # d's 1 Mb/s would fit, but it waits its turn behind c
+        self.assertEqual(self.state("d", stream=SUB)["queue_position"], 2)
+        info = fired(self.m.event("d", 0))
+        self.assertEqual((info["state"], info["reasons"]), (RUNNING, ["continuous", "event"]))
+        self.assertEqual(self.recorder.starts()[-1], ("d", 0, SUB))
+        self.assertEqual(self.state("c")["queue_position"], 1)
+
+
 class PersistenceTests(ManagerBase):
     capacity = Capacity(max_streams=1)
 

@@ -212,21 +212,21 @@ class Queue:
                 and sum(self.running.values()) + rate <= self.capacity.max_write_mbps + 1e-9)
 
     def admit(self, stack):
-        """Take the capacity for ``stack`` (True) or put it in the queue (False)."""
-        key = stack.key
-        if key in self.running:
-            return True
-        if not self.waiting and self.fits(key):
-            self.running[key] = self.capacity.rate(key[2])
-            return True
-        self.waiting[key] = stack
-        return False
+        """Queue ``stack``, then start what fits: True if ``stack`` got its capacity."""
+        if stack.key not in self.running:
+            self.waiting[stack.key] = stack
+            self.pump()
+        return stack.key in self.running
 
     def release(self, key):
-        """Free the capacity of ``key`` (or leave the queue); the stacks that now start,
-        in order."""
+        """Free the capacity of ``key`` (or take it out of the queue); the stacks that
+        now start, in order."""
         self.running.pop(key, None)
         self.waiting.pop(key, None)
+        return self.pump()
+
+    def pump(self):
+        """Start waiting stacks in order while they fit; the ones started."""
         started = []
         for stack in self.ordered():
             if not self.fits(stack.key):
@@ -344,7 +344,7 @@ class RecordingManager(service.Service):
         s = self.settings.get((device_id, channel), ChannelSettings())
         until = at + s.post_event_seconds
         if until <= now:
-            return defer.succeed(None)
+            return defer.succeed(self.state_of((device_id, channel, s.stream)))
         return self._add((device_id, channel, s.stream), "event", until)
 
     def apply_settings(self, settings):
@@ -400,10 +400,18 @@ class RecordingManager(service.Service):
                                              state=RecordingState.QUEUED)
         first = stack.add(reason, until)
         self._arm_expiry(key)
-        if first and not self.queue.admit(stack):
-            self.log.info("recording {key} queued at {position}", key=key,
-                          position=self.queue.position(key))
-        d = self._start(stack) if first and key in self.queue.running else self._wait(key)
+        if first:
+            if self.queue.admit(stack):
+                d = self._start(stack)
+            else:
+                d = self._wait(key)
+                self.log.info("recording {key} queued at {position}", key=key,
+                              position=self.queue.position(key))
+        else:
+            if key in self.queue.waiting:  # a higher priority may put it first in line
+                for other in self.queue.pump():
+                    self._start(other).addErrback(lambda f: None)
+            d = self._wait(key)
         self._save()
         return d.addCallback(lambda _: self.state_of(key))
 
