@@ -427,7 +427,7 @@ class RecordingManager(service.Service):
 
     def _start(self, stack):
         """Ask the recorder to start ``stack``'s recording. Returns a Deferred of the
-        outcome; the recorder's own Deferred is kept so later callers can wait on it."""
+        outcome; while the start is pending, later callers wait on it with ``_wait``."""
         key = stack.key
         stack.state = RecordingState.RUNNING
         stack.since = self.clock.seconds()
