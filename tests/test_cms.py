@@ -237,3 +237,20 @@ class CentralPlatformTests(unittest.TestCase):
         node_c = yield self.p.start_node("node-c")
         yield wait_until(reactor, lambda: node_c.store.get_state("cam-b").get("online"),
                          what="node-c to learn cam-b is online")
+
+    @defer.inlineCallbacks
+    def test_operations_status_shows_nodes_devices_and_who_is_online(self):
+        yield self.p.login("node-a", Role.PU, "cam-a", "cam-a-secret", on_request=Answering())
+        yield wait_until(reactor, lambda: self.cms.online_per_node().get("node-a") == 1)
+        status = yield self.p.cms.status()
+        nodes = {n["node_id"]: n for n in status["nodes"]}
+        self.assertEqual(nodes["node-a"]["state"], "up")
+        self.assertEqual(nodes["node-a"]["devices"], 1)
+        self.assertEqual(nodes["node-a"]["devices_online"], 1)
+        self.assertEqual(nodes["node-b"]["devices_online"], 0)
+        self.assertEqual(status["devices"], 2)
+        yield self.p.stop_node("node-b")
+        yield wait_until(reactor, lambda: "node-b" not in self.cms.sessions)
+        status = yield self.p.cms.status()
+        self.assertEqual({n["node_id"]: n["state"] for n in status["nodes"]},
+                         {"node-a": "up", "node-b": "down"})

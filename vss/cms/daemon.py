@@ -8,6 +8,7 @@ the bound ports.
 import json
 import os
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from vss.cms.service import CMSConfig, CMSService
@@ -53,7 +54,37 @@ class CmsDaemon(StagedService):
         self.make_admin_site = make_admin_site
         return StoreAdminBackend(self.store, publish=self.cms.publish,
                                  assign_home_node=self.cms.assign_home_node,
-                                 status=self.cms.status)
+                                 status=self.status)
+
+    @defer.inlineCallbacks
+    def status(self):
+        """Operations status: every node of the registry with what CMS sees live (link,
+        load, applied sequence), devices homed and online per node, CMS counters."""
+        cms = self.cms
+        homed = {}
+        for home in cms.homes.values():
+            homed[home] = homed.get(home, 0) + 1
+        online = cms.online_per_node()
+        nodes = []
+        for node in (yield self.store.list_nodes()):
+            live = cms.sessions.get(node["node_id"])
+            nodes.append({
+                "node_id": node["node_id"],
+                "state": "up" if live is not None else "down",
+                "signalling": node["signalling"],
+                "media": node["media"],
+                "capacity": node["capacity"],
+                "load": live.load if live is not None else {},
+                "devices": homed.get(node["node_id"], 0),
+                "devices_online": online.get(node["node_id"], 0),
+                "applied_seq": live.applied_seq if live is not None else node["applied_seq"],
+                "last_seen": node["last_seen"],
+            })
+        head = yield self.store.head_seq()
+        return {"cms_id": cms.config.cms_id, "nodes": nodes,
+                "nodes_up": sum(1 for n in nodes if n["state"] == "up"),
+                "devices": len(cms.homes), "devices_unassigned": homed.get("", 0),
+                "devices_online": len(cms.online), "head_seq": head, **cms.counters}
 
     def namespace(self):
         return {"cms": self.cms, "store": self.store, "mdp": self.cms.mdp,
@@ -71,7 +102,5 @@ class CmsDaemon(StagedService):
                       ports=json.dumps(ports, sort_keys=True))
 
     def stopService(self):
-        from twisted.internet import defer
-
         d = super().stopService()
         return defer.maybeDeferred(lambda: d).addBoth(lambda _: self.store.close())
