@@ -323,7 +323,9 @@ class RecordingE2ETests(E2ETestBase):
             self.assertEqual(row.bytes, os.path.getsize(os.path.join(self.data, s.path)))
             self.assertEqual(row.keyframes[0][0], 0)
             if i < len(segs) - 1:  # every closed segment but the last (stopped) is 2 s
-                self.assertAlmostEqual(duration, 2.0, delta=0.05)
+                # (+ up to 0.15 s once: FFmpeg's RTSP demuxer realigns audio and video
+                # timestamps at the first RTCP sender report)
+                self.assertTrue(1.99 <= duration <= 2.15, duration)
                 self.assertEqual(frames, 50)
                 self.assertGreater(len(adts), 10)  # the AAC track is kept
                 self.assertAlmostEqual((s.end_ms - s.start_ms) / 1000, duration, delta=0.05)

@@ -220,7 +220,8 @@ class _Continuity:
     of up to a few hundred ms, a few seconds after joining), and a publisher that
     restarts its clock jumps too; the MP4 muxer refuses any dts that does not increase.
     A step back, or forward by more than ``MAX_JUMP`` seconds, is absorbed into a
-    per-stream shift so the stream goes on one packet duration after its last packet."""
+    per-stream shift so the stream goes on one packet duration after its last packet; a
+    smaller step forward is kept (the realignment, or time the camera really lost)."""
 
     MAX_JUMP = 5
 
