@@ -86,6 +86,10 @@ class CatalogueTests(unittest.TestCase):
         self.assertEqual(self.db.get(s.path).keyframes, [(0, 800), (1000, 26000)])
         self.assertEqual(self.db.list("cam1", "main", T0, T0 + 1)["segments"][0].keyframes, ())
         self.assertIsNone(self.db.get("recordings/nope.mp4"))
+        self.db.add(s._replace(keyframes=[(0, 900)], end_ms=T0 + 1000))  # same path again
+        self.assertEqual(self.db.get(s.path), s._replace(keyframes=[(0, 900)], end_ms=T0 + 1000))
+        self.db.remove([s.path])
+        self.assertEqual(self.db.db.execute("SELECT count(*) FROM keyframes").fetchone()[0], 0)
 
     def test_oldest_and_remove(self):
         a, b = seg(T0 + 5000, T0 + 6000), seg(T0, T0 + 1000, device="cam9")

@@ -5,7 +5,9 @@ Each node indexes the fragmented MP4 segments its streaming server wrote (see
 ``vss.cdn.recorder``) in ``<data_dir>/catalogue.sqlite3`` (WAL journal): device, channel,
 stream, ``start_ms``/``end_ms`` (UTC wall clock, milliseconds), bytes, the path relative to
 the data directory and the keyframe offsets (JSON ``[[ms from start, byte offset of the
-fragment that starts at that keyframe], ...]``).
+fragment that starts at that keyframe], ...]``). The offsets (about 4 kB for a 5-minute
+segment with a 1 s GOP) live in a side table keyed by segment id, so the segment table
+stays small and a long listing reads few pages.
 
 - ``CatalogueDB`` is the plain, blocking SQLite + file-system side (no Twisted), used by
   the tests and the bench directly.
@@ -54,8 +56,11 @@ CREATE TABLE IF NOT EXISTS segments (
     start_ms INTEGER NOT NULL,
     end_ms INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
-    path TEXT NOT NULL UNIQUE,
-    keyframes TEXT NOT NULL DEFAULT '[]'
+    path TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS keyframes (
+    segment_id INTEGER PRIMARY KEY,
+    offsets TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS segments_by_stream ON segments (device, stream, start_ms);
 CREATE INDEX IF NOT EXISTS segments_by_start ON segments (start_ms);
@@ -250,22 +255,33 @@ class CatalogueDB:
         self.add_many([seg])
 
     def add_many(self, segs):
-        rows = [(s.device, int(s.channel), s.stream, int(s.start_ms), int(s.end_ms),
-                 int(s.bytes), s.path, json.dumps(list(s.keyframes), separators=(",", ":")))
-                for s in segs]
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany(
-                f"INSERT OR REPLACE INTO segments ({_COLS}, keyframes) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db = self.db
+        with db:
+            db.execute("BEGIN")
+            for s in segs:
+                offsets = s.keyframes if isinstance(s.keyframes, str) else \
+                    json.dumps([list(k) for k in s.keyframes], separators=(",", ":"))
+                self._remove(s.path)
+                cur = db.execute(
+                    f"INSERT INTO segments ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (s.device, int(s.channel), s.stream, int(s.start_ms), int(s.end_ms),
+                     int(s.bytes), s.path))
+                db.execute("INSERT INTO keyframes (segment_id, offsets) VALUES (?, ?)",
+                           (cur.lastrowid, offsets))
+
+    def _remove(self, path):
+        row = self.db.execute("SELECT id FROM segments WHERE path = ?", (path,)).fetchone()
+        if row is not None:
+            self.db.execute("DELETE FROM keyframes WHERE segment_id = ?", row)
+            self.db.execute("DELETE FROM segments WHERE id = ?", row)
 
     def get(self, path):
         """The segment at ``path`` with its keyframe offsets, or None."""
-        row = self.db.execute(f"SELECT {_COLS}, keyframes FROM segments WHERE path = ?",
-                              (path,)).fetchone()
+        row = self.db.execute(f"SELECT {_COLS}, offsets FROM segments LEFT JOIN keyframes "
+                              "ON segment_id = id WHERE path = ?", (path,)).fetchone()
         if row is None:
             return None
-        return Segment(*row[:7], keyframes=[tuple(k) for k in json.loads(row[7])])
+        return Segment(*row[:7], keyframes=[tuple(k) for k in json.loads(row[7] or "[]")])
 
     def list(self, device, stream, from_ms, to_ms, min_gap_ms=MIN_GAP_MS):
         """``{"segments": [Segment...], "gaps": [(start_ms, end_ms)...]}`` for the
@@ -295,7 +311,8 @@ class CatalogueDB:
     def remove(self, paths):
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("DELETE FROM segments WHERE path = ?", [(p,) for p in paths])
+            for p in paths:
+                self._remove(p)
 
     def total_bytes(self):
         return self.db.execute("SELECT COALESCE(sum(bytes), 0) FROM segments").fetchone()[0]
