@@ -15,6 +15,7 @@ Replay a run with ``VSS_SYNC_SEED=<seed>`` (the seed is in the log and in every 
 message); ``VSS_SYNC_STEPS`` changes the number of steps.
 """
 
+import json
 import os
 import random
 import time
@@ -40,7 +41,7 @@ from vss.protocols.messages import (
     SyncChange,
 )
 from vss.rgm.outbox import Outbox
-from vss.rgm.sync import SyncApplier
+from vss.rgm.sync import SAVE_DELAY, SyncApplier
 from vss.store.memory import MemoryStore
 from vss.testing import records
 from vss.testing.platform import Platform, wait_until
@@ -178,6 +179,24 @@ class SyncApplierTests(unittest.TestCase):
         # A move away drops it.
         self.applier.apply([device_change(3, dev("cam", 3, home="node-b", secret=False))])
         self.assertEqual(self.store.get_device("cam").verifier.stored_key, b"")
+
+    def test_with_a_clock_the_file_is_written_once_per_delay_and_on_close(self):
+        clock = task.Clock()
+        directory = self.mktemp_dir()
+        applier = SyncApplier(self.store, "node-a", directory, clock=clock)
+        path = os.path.join(directory, "sync.json")
+        for seq in range(1, 50):
+            applier.apply([device_change(seq, dev("cam", seq))])
+        self.assertEqual(self.store.get_meta("applied_seq"), 49)  # memory: at once
+        self.assertFalse(os.path.exists(path))
+        clock.advance(SAVE_DELAY)
+        with open(path) as f:
+            self.assertEqual(json.load(f)["applied_seq"], 49)
+        applier.apply([device_change(50, dev("cam", 50))])
+        applier.close()
+        with open(path) as f:
+            self.assertEqual(json.load(f)["applied_seq"], 50)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_restore_takes_the_lower_of_memory_and_file(self):
         self.applier.apply([device_change(1, dev("cam", 1)), device_change(2, dev("cam", 2))])
@@ -703,3 +722,15 @@ class ConflictRuleTests(unittest.TestCase):
         yield wait_until(reactor, lambda: self.node.central.link is not None
                          and "node-a" in self.cms.sessions, what="the node to reconnect")
         self.assertTrue(self.node.central.status()["connected"])
+
+    @defer.inlineCallbacks
+    def test_a_node_behind_with_its_link_up_catches_up_by_heartbeat(self):
+        """A change written without its notify reaching the nodes (the process that
+        wrote it did not publish), and nothing after it: the heartbeat answers name the
+        head, and a node still short of it a heartbeat later fetches."""
+        yield self.store.update_device_fields("cam", name="Written, not published")
+        head = yield self.store.head_seq()
+        for node in (self.node, self.other):
+            yield wait_until(reactor, lambda n=node: n.central.applier.applied_seq == head,
+                             timeout=10, what="the heartbeat to trigger a fetch")
+            self.assertEqual(node.store.get_device("cam").name, "Written, not published")

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
-from vss.protocols.link import LinkFactory
+from vss.protocols.link import LinkFactory, check_response
 from vss.protocols.messages import (
     AuthChallenge,
     AuthOk,
@@ -55,6 +55,7 @@ from vss.rgm.auth import ScramExchange, node_verifier
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT
 
 AGENT = "vss-cms/0.1"
+APPLIED_WRITE_DELAY = 1.0  # seconds; see s506_completed
 EMPTY_VERIFIER = Verifier(salt=b"", iterations=0, stored_key=b"", server_key=b"")
 
 
@@ -72,6 +73,15 @@ def strip_secret(record):
     if record is None:
         return None
     return replace(record, verifier=EMPTY_VERIFIER)
+
+
+def _sync_complete(frame):
+    """The SyncComplete body of a raw SYNC_NOTIFY response, or raise VssError."""
+    check_response(frame)
+    msg = codec.decode_body(frame)
+    if isinstance(msg, codec.ProtocolError):
+        raise VssError(msg.code, msg.message)
+    return msg.body
 
 
 class NodeSession:
@@ -127,6 +137,7 @@ class CMSService(service.Service):
         self._verifiers = {}
         self._sweeper = None
         self._inflight = set()  # Deferreds of the requests being handled
+        self._applied_writes = {}  # node_id -> (DelayedCall writing its applied_seq, session)
         self.counters = {"routed": 0, "notified": 0, "sync_changes": 0, "stale_changes": 0}
 
     # -- life cycle
@@ -156,6 +167,9 @@ class CMSService(service.Service):
             self._sweeper.stop()
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "CMS shutting down")
+        for call, s in list(self._applied_writes.values()):
+            call.cancel()
+            self._write_applied(s)  # what the nodes applied, now, before the DB closes
         super().stopService()
         return defer.DeferredList(list(self._inflight), consumeErrors=False) \
             .addCallback(lambda _: None)
@@ -417,8 +431,9 @@ class CMSService(service.Service):
                     self.homes[c.key] = c.device.home_node
                 else:
                     self.homes.pop(c.key, None)
+        encoded = {}  # the notify bodies every node not home to these devices gets
         for node_id in self.s503_nodes_for(changes):
-            self.s504_notify(node_id, changes)
+            self.s504_notify(node_id, changes, encoded)
 
     publish = s501_data_changed
 
@@ -426,19 +441,29 @@ class CMSService(service.Service):
         """Every up node holds a copy of the directory, users and grants."""
         return list(self.sessions)
 
-    def s504_notify(self, node_id, changes):
+    def s504_notify(self, node_id, changes, encoded=None):
+        """Send the changes to one node, its own devices with their verifiers. The
+        bodies of the nodes that are home to none of the devices are all the same: with
+        ``encoded`` (a dict shared over one publish) they are encoded once."""
         s = self.sessions.get(node_id)
         if s is None:
             return defer.succeed(None)
-        batch = [c if c.device is None or c.device.home_node == node_id
-                 else replace(c, device=strip_secret(c.device)) for c in changes]
+        homed = any(c.device is not None and c.device.home_node == node_id for c in changes)
+        bodies = None if homed or encoded is None else encoded.get("stripped")
+        if bodies is None:
+            batch = [c if c.device is None or c.device.home_node == node_id
+                     else replace(c, device=strip_secret(c.device)) for c in changes]
+            bodies = [codec.encode_body(SyncNotify(head_seq=part[-1].seq, changes=part))
+                      for part in (batch[i:i + self.config.notify_batch]
+                                   for i in range(0, len(batch), self.config.notify_batch))]
+            if not homed and encoded is not None:
+                encoded["stripped"] = bodies
         ds = []
-        for i in range(0, len(batch), self.config.notify_batch):
-            part = batch[i:i + self.config.notify_batch]
+        for body in bodies:
             self.counters["notified"] += 1
-            d = s.link.request(MsgType.SYNC_NOTIFY,
-                               SyncNotify(head_seq=part[-1].seq, changes=part))
-            d.addCallback(lambda msg, s=s: self.s506_completed(s, msg.body))
+            d = s.link.request_raw(MsgType.SYNC_NOTIFY, body)
+            d.addCallback(_sync_complete)
+            d.addCallback(lambda complete, s=s: self.s506_completed(s, complete))
             d.addErrback(lambda f, n=node_id: self.log.info(
                 "sync to {node} not confirmed ({error}); it catches up on its next fetch",
                 node=n, error=f.getErrorMessage()))
@@ -446,9 +471,19 @@ class CMSService(service.Service):
         return defer.gatherResults(ds)
 
     def s506_completed(self, s, complete):
+        """S506: what the node applied, at once in memory; in the DB (for operators) at
+        most once a second per node, so that a busy stream of changes does not cost a
+        DB write per change and per node."""
         if complete.applied_seq > s.applied_seq:
             s.applied_seq = complete.applied_seq
-        return self.store.set_node_applied(s.node_id, complete.applied_seq)
+        if s.node_id not in self._applied_writes:
+            self._applied_writes[s.node_id] = (self.clock.callLater(
+                APPLIED_WRITE_DELAY, self._write_applied, s), s)
+
+    def _write_applied(self, s):
+        del self._applied_writes[s.node_id]
+        self._track(self.store.set_node_applied(s.node_id, s.applied_seq)
+                    .addErrback(self._logged))
 
     def on_sync_fetch(self, s, body):
         """A node that reconnects asks for what it missed."""

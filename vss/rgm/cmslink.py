@@ -67,7 +67,7 @@ class CmsLink(service.Service):
         self.rgm = None  # set by the node once its RGM exists
         self.link = None
         self.applier = SyncApplier(store, node_id, data_dir, on_device_change=self._device_changed,
-                                   on_user_change=self._user_changed)
+                                   on_user_change=self._user_changed, clock=self.clock)
         self.outbox = Outbox(os.path.join(data_dir, "outbox.jsonl"), self.clock) if data_dir \
             else None
         self.peers = PeerLinks(self)
@@ -78,6 +78,8 @@ class CmsLink(service.Service):
         self._heartbeat = None
         self._sending = False
         self._acked_seq = 0  # the log sequence of the last change CMS applied for us
+        self._last_head = 0  # the head sequence the last heartbeat answer named
+        self._fetching = False
         self._restored = False
         self.ready = defer.Deferred()  # fires after the first catch-up
         self.counters = {"cms_requests": 0, "routed_via_cms": 0, "routed_direct": 0,
@@ -100,6 +102,7 @@ class CmsLink(service.Service):
     def stopService(self):
         super().stopService()
         self._stop_heartbeat()
+        self.applier.close()
         self.peers.close()
         if self.outbox is not None:
             self.outbox.close()
@@ -183,7 +186,28 @@ class CmsLink(service.Service):
         body = Heartbeat(pus=len(rgm.pu_links) if rgm else 0, cus=len(rgm.cu_links) if rgm else 0,
                          streams=0, cpu_permille=0, bandwidth_kbps=0,
                          applied_seq=self.applier.applied_seq)
-        link.request(MsgType.NODE_HEARTBEAT, body).addErrback(lambda f: None)
+        d = link.request(MsgType.NODE_HEARTBEAT, body)
+        d.addCallback(lambda msg: self._check_head(msg.body.head_seq))
+        d.addErrback(lambda f: None)
+
+    def _check_head(self, head):
+        """Anti-entropy: the heartbeat's answer names CMS's head sequence. A node still
+        short of the head the previous heartbeat named (a change written without a
+        notify reaching it, while its link stayed up) fetches what it lacks instead of
+        waiting for the next change to show the gap. Returns the fetch or None."""
+        due, self._last_head = self._last_head, head
+        if due > self.applier.applied_seq and not self.catching_up and not self._fetching \
+                and self.link is not None:
+            self._fetching = True
+            self.log.info("behind CMS (applied {applied}, head {head}): fetching",
+                          applied=self.applier.applied_seq, head=due)
+
+            def done(result):
+                self._fetching = False
+                return result
+
+            return self.fetch().addBoth(done)
+        return None
 
     def _request(self, type, body, timeout=None):
         if self.link is None:

@@ -2,7 +2,10 @@
 How a node applies central changes to its in-memory database (S505) without restarts.
 
 ``SyncApplier`` keeps the last change-log sequence it applied, in the memory store's
-meta and in ``sync.json`` in the node's data directory. Applying is idempotent: a change
+meta and in ``sync.json`` in the node's data directory. The file may lag (with a clock it
+is written at most every ``SAVE_DELAY`` seconds, one fsync instead of one per notify):
+``restore`` takes the lower of the two, and re-applying from an older sequence is
+harmless. Applying is idempotent: a change
 at or below that sequence is skipped, and a record older than the one held (by version)
 never replaces it, so duplicates and replays are harmless. When a batch does not start
 right after the last applied sequence, the caller fetches what lies between (``gap``).
@@ -15,12 +18,17 @@ from twisted.logger import Logger
 
 from vss.protocols.messages import ChangeOp, Entity
 
+SAVE_DELAY = 0.1  # seconds between writes of sync.json when a clock is given
+
 
 class SyncApplier:
     log = Logger()
 
-    def __init__(self, store, node_id, data_dir=None, on_device_change=None, on_user_change=None):
+    def __init__(self, store, node_id, data_dir=None, on_device_change=None, on_user_change=None,
+                 clock=None):
         self.store = store
+        self.clock = clock
+        self._save_call = None
         self.node_id = node_id
         self.path = os.path.join(data_dir, "sync.json") if data_dir else None
         self.on_device_change = on_device_change
@@ -104,6 +112,21 @@ class SyncApplier:
 
     def save(self):
         self.store.set_meta("applied_seq", self.applied_seq)
+        if not self.path:
+            return
+        if self.clock is None:
+            self._write_file()
+        elif self._save_call is None:
+            self._save_call = self.clock.callLater(SAVE_DELAY, self._write_file)
+
+    def close(self):
+        """Write a pending ``sync.json`` now."""
+        if self._save_call is not None and self._save_call.active():
+            self._save_call.cancel()
+            self._write_file()
+
+    def _write_file(self):
+        self._save_call = None
         if self.path:
             tmp = self.path + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
