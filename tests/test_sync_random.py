@@ -575,10 +575,11 @@ class RandomisedSyncTests(unittest.TestCase):
         self.assertGreater(self.stats.get("admin-rename", 0) + self.stats.get("admin-add", 0), 0)
 
 
-class ConflictRuleTests(unittest.TestCase):
-    """A PU change based on an older version of the device than the DB holds crossed a
-    central change in flight: CMS refuses it (applied False) and passive sync corrects
-    the node."""
+class SyncRulesTests(unittest.TestCase):
+    """The conflict rule (a PU change based on an older version of the device than the
+    DB holds crossed a central change in flight: CMS refuses it, applied False, and
+    passive sync corrects the node), and the failure cases one by one: a lost ack, a
+    missed notify, a dead link, a node left behind, a compacted log."""
 
     timeout = 60
 
@@ -734,3 +735,21 @@ class ConflictRuleTests(unittest.TestCase):
             yield wait_until(reactor, lambda n=node: n.central.applier.applied_seq == head,
                              timeout=10, what="the heartbeat to trigger a fetch")
             self.assertEqual(node.store.get_device("cam").name, "Written, not published")
+
+    @defer.inlineCallbacks
+    def test_a_node_the_log_was_compacted_past_reloads(self):
+        """The change log no longer reaches back to what a node applied: its fetch is
+        answered reload_required and it reloads everything, then goes on by fetch."""
+        reloads = self.node.central.counters["reloads"]
+        yield self.store.update_device_fields("cam", name="Compacted away")
+        yield self.store.upsert_user("carol", records.verifier("pw", iterations=1), [])
+        head = yield self.store.head_seq()
+        yield self.store.compact(head + 1)
+        yield wait_until(reactor, lambda: self.node.central.applier.applied_seq == head,
+                         timeout=10, what="the node to catch up")
+        self.assertEqual(self.node.central.counters["reloads"], reloads + 1)
+        self.assertEqual(self.node.store.get_device("cam").name, "Compacted away")
+        self.assertIsNotNone(self.node.store.get_user("carol"))
+        self.cms.publish((yield self.store.update_device_fields("cam", name="After")))
+        yield wait_until(reactor, lambda: self.node.store.get_device("cam").name == "After")
+        self.assertEqual(self.node.central.counters["reloads"], reloads + 1)
