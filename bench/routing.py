@@ -123,11 +123,21 @@ def fresh_status(work, node_id):
     return read_status(work, node_id, newer_than=now)[1]
 
 
+def core_busy_ticks(core):
+    """Busy clock ticks of one CPU so far (everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                v = [int(x) for x in line.split()[1:]]
+                return sum(v[:8]) - v[3] - v[4]
+    return 0
+
+
 def cu_requests(status):
     return status["rgm"]["relayed"] + status["rgm"]["routed"]
 
 
-def run_phase(name, args, work, ports, pids, llog):
+def run_phase(name, args, work, ports, pids, llog, on_server_core):
     cu_node = "node-u" if name == "via_cms" else "node-a"
     pu_node = "node-a" if name == "local" else "node-b"
     prefix = "la" if name == "local" else "rb"
@@ -145,6 +155,7 @@ def run_phase(name, args, work, ports, pids, llog):
         loader.send("mark")
         s0 = fresh_status(work, cu_node)
         c0 = {n: cpu_ticks(p) for n, p in pids.items()}
+        k0 = core_busy_ticks(args.server_core)
         t0 = time.monotonic()
         spies = []
         if args.profile and name == args.profile_phase:
@@ -159,6 +170,7 @@ def run_phase(name, args, work, ports, pids, llog):
         for spy in spies:
             spy.wait(60)
         c1 = {n: cpu_ticks(p) for n, p in pids.items()}
+        k1 = core_busy_ticks(args.server_core)
         wall = time.monotonic() - t0
         loader.send("report")
         rep = loader.read(timeout=30)
@@ -170,7 +182,10 @@ def run_phase(name, args, work, ports, pids, llog):
     handled = cu_requests(s1) - cu_requests(s0)
     cms = s1["central"]["cms_requests"] - s0["central"]["cms_requests"]
     cpu = {n: (c1[n] - c0[n]) / TICK for n in pids}
+    # What else ran on the server core meanwhile (other work on a shared host).
+    foreign = (k1 - k0) / TICK - sum(cpu[n] for n in on_server_core)
     return {
+        "foreign_pct": round(max(0.0, 100 * foreign / wall), 1),
         "requests": count, "errors": rep["errors"],
         "requests_per_s": count / rep["window"] if rep["window"] else 0.0,
         "p50_ms": rep["p50_ms"], "p99_ms": rep["p99_ms"],
@@ -191,6 +206,9 @@ def main():
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     ap.add_argument("--rounds", type=int, default=1, help="the three phases, this many times")
     ap.add_argument("--layout", choices=("shared", "split"), default="shared")
+    ap.add_argument("--max-foreign", type=float, default=10.0,
+                    help="count only rounds with at most this %% of other load on the server "
+                         "core (a shared host), if there are any")
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1)
     ap.add_argument("--profile", help="py-spy the CU and PU nodes of --profile-phase into "
@@ -250,17 +268,20 @@ def main():
                     raise RuntimeError(f"{node} did not synchronise with CMS")
                 time.sleep(0.1)
         pids = {n: p.pid for n, p in procs.items()}
+        on_server_core = [n for n in pids if n in ("node-a", "node-u")
+                          or remote_core == args.server_core]
         print(f"CMS and 3 nodes up (layout {args.layout}: node-a, node-u on core "
               f"{args.server_core}, node-b and CMS on core {remote_core}, load on core "
               f"{args.load_core})", file=sys.stderr)
         llog = log("load")
         for r in range(args.rounds):
             for phase in PHASES:
-                res = run_phase(phase, args, work, ports, pids, llog)
+                res = run_phase(phase, args, work, ports, pids, llog, on_server_core)
                 results[phase].append(res)
                 print(f"round {r + 1} {phase:>8}: {res['requests_per_s']:8.0f} req/s  "
                       f"p99 {res['p99_ms']:.2f} ms  errors {res['errors']}  CMS/1000 "
-                      f"{res['cms_per_1000']}  cpu% {res['cpu_pct']}", file=sys.stderr)
+                      f"{res['cms_per_1000'] or 0:.0f}  cpu% {res['cpu_pct']}  other load on the "
+                      f"server core {res['foreign_pct']}%", file=sys.stderr)
         ok = True
     finally:
         signal.alarm(0)
@@ -280,13 +301,21 @@ def main():
         else:
             shutil.rmtree(work, ignore_errors=True)
 
+    # Rounds in which nothing else used more than --max-foreign % of the server core
+    # (checked for all three paths); all rounds if there is none such.
+    clean = [i for i in range(len(results["local"]))
+             if all(results[p][i]["foreign_pct"] <= args.max_foreign for p in PHASES)]
+    used = clean or list(range(len(results["local"])))
+    results = {p: [results[p][i] for i in used] for p in PHASES}
+
     def mean(phase, key):
         values = [r[key] for r in results[phase] if r[key] is not None]
         return statistics.mean(values) if values else None
 
     local_p99 = mean("local", "p99_ms")
     summary = {"layout": args.layout, "pus": args.pus, "cus": args.cus,
-               "inflight": args.inflight, "rounds": args.rounds, "seconds": args.seconds}
+               "inflight": args.inflight, "rounds": args.rounds, "seconds": args.seconds,
+               "rounds_used": len(used), "rounds_clean": len(clean)}
     def round_ratios(phase):
         """Each round's throughput over the same round's local throughput: the median
         of these is less sensitive to other load on the host than a ratio of means."""
@@ -311,7 +340,9 @@ def main():
         print(json.dumps(summary))
         return
     print(f"layout {args.layout}, {args.pus} PUs, {args.cus} CUs x {args.inflight} in flight, "
-          f"{args.rounds} round(s) of {args.seconds:.0f} s per path")
+          f"{args.rounds} round(s) of {args.seconds:.0f} s per path; {len(clean)} round(s) with "
+          f"at most {args.max_foreign:.0f}% of other load on the server core"
+          + ("" if clean else " (none: every round is counted)"))
     print("req/s x local: median of the per-round ratios (range); cpu us/req: all servers, "
           "and the CU-facing node alone")
     print(f"{'path':>8} {'req/s':>8} {'x local':>18} {'p50 ms':>7} {'p99 ms':>7} {'x local':>8} "
