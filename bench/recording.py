@@ -211,11 +211,13 @@ def run_one(n, args, ffmpeg, data_dir, other):
         time.sleep(args.warmup)
         st0 = node_proc.ask("stats")
         pids = [node_proc.pid, *st0["pids"]]
+        node0 = proc_cpu(node_proc.pid)
         cpu0 = sum(proc_cpu(p) for p in pids)
         b0 = dir_bytes(os.path.join(data_dir, "recordings"))
         w0 = time.monotonic()
         time.sleep(args.seconds)
         st1 = node_proc.ask("stats")
+        node1 = proc_cpu(node_proc.pid)
         cpu1 = sum(proc_cpu(p) for p in pids)
         b1 = dir_bytes(os.path.join(data_dir, "recordings"))
         elapsed = time.monotonic() - w0
@@ -236,8 +238,11 @@ def run_one(n, args, ffmpeg, data_dir, other):
     expected = sum(round(covered.get(d, 0) * FPS / 1000) for d in frames)
     written = sum(frames.values())
     cpu = 100 * (cpu1 - cpu0) / elapsed
+    node_cpu = 100 * (node1 - node0) / elapsed
+    recording = max(1, st1["recording"])
     return {"streams": n, "recording": st1["recording"], "cpu_pct": cpu,
-            "cpu_per_stream": cpu / n, "write_mbs": (b1 - b0) / elapsed / 1e6,
+            "cpu_per_stream": cpu / recording, "node_pct": node_cpu,
+            "children_pct": cpu - node_cpu, "write_mbs": (b1 - b0) / elapsed / 1e6,
             "frames_written": written, "frames_lost": expected - written,
             "ss_drops": stopped["drops"], "segments": st1["segments"],
             "alarm": st1["alarm"]}
@@ -344,11 +349,14 @@ def main():
                     break
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
-        print("\n| streams | node CPU, % of one core (node + recorder children) | per stream "
-              "| write MB/s | frames written | frames lost | SS drops for recorders |")
-        print("|---|---|---|---|---|---|---|")
+        print("\n| streams (recording) | node CPU, % of one core (node + recorder children) "
+              "| node process / children | per stream | write MB/s | frames written "
+              "| frames lost | SS drops for recorders |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['streams']} | {r['cpu_pct']:.1f} % | {r['cpu_per_stream']:.2f} % | "
+            print(f"| {r['streams']} ({r['recording']}) | {r['cpu_pct']:.1f} % | "
+                  f"{r['node_pct']:.1f} % / {r['children_pct']:.1f} % | "
+                  f"{r['cpu_per_stream']:.2f} % | "
                   f"{r['write_mbs']:.1f} | {r['frames_written']} | {r['frames_lost']} | "
                   f"{r['ss_drops']} |")
     if not args.skip_catalogue:

@@ -329,6 +329,7 @@ class _Recording:
         self.child = None
         self.started = None  # Deferred of start(), until the child says 'started'
         self.retry = None
+        self.holds_start = False  # holds a place in Recorder.starting
         self.pending = []  # catalogue adds in flight
 
     def info(self):
@@ -349,7 +350,7 @@ class Recorder:
     """
 
     def __init__(self, rtsp_factory, issuer, data_dir, clock, reactor, media_base,
-                 source_wait=10.0, restart_delay=2.0, stop_timeout=10.0,
+                 source_wait=10.0, restart_delay=2.0, stop_timeout=10.0, max_starting=4,
                  python=sys.executable, env=None):
         self.rtsp = rtsp_factory
         self.issuer = issuer
@@ -362,6 +363,9 @@ class Recorder:
         self.stop_timeout = stop_timeout
         self.python = python
         self.env = env
+        # children starting at once: a start costs a CPython + PyAV start and an RTSP
+        # handshake; a hundred at once starve each other (and the node) past their timeouts
+        self.starting = defer.DeferredSemaphore(max_starting)
         self.catalogue = Catalogue(self.data_dir, clock=clock, reactor=reactor)
         self.recordings = {}  # (device, channel, stream name) -> _Recording
         self.alarm = None
@@ -379,7 +383,7 @@ class Recorder:
 
     @defer.inlineCallbacks
     def close(self):
-        yield defer.DeferredList([self.stop(*key) for key in list(self.recordings)])
+        yield defer.DeferredList([self._stop(key) for key in list(self.recordings)])
         yield self.catalogue.close()
 
     # -- the recording interface
@@ -407,13 +411,21 @@ class Recorder:
         self.recordings[key] = rec
         self.counters["started"] += 1
         started = rec.started
-        self._launch(rec)
+        self._launch(rec).addErrback(self._launch_failed, rec)
         return started
+
+    def _launch_failed(self, failure, rec):
+        log.failure("cannot start the recording of {path}", failure, path=rec.path)
+        rec.error = failure.getErrorMessage()
+        self._release(rec)
+        self._retry_or_fail(rec, VssError(ResultCode.INTERNAL_ERROR, rec.error))
 
     def stop(self, device_id, channel, stream):
         """Stop a recording: its open segment is closed and catalogued. Fires with the
         final status (None if it was not recording)."""
-        key = (device_id, channel, stream_name(channel, stream))
+        return self._stop((device_id, channel, stream_name(channel, stream)))
+
+    def _stop(self, key):
         rec = self.recordings.get(key)
         if rec is None:
             return defer.succeed(None)
@@ -481,6 +493,11 @@ class Recorder:
             self._retry_or_fail(rec, VssError(ResultCode.DEVICE_OFFLINE,
                                               f"{rec.path}: {rec.error}"))
             return
+        yield self.starting.acquire()
+        rec.holds_start = True
+        if rec.state in ("stopping", "stopped"):
+            self._release(rec)
+            return
         token = self.issuer.issue(rec.path, ["play"])
         env = {**(self.env if self.env is not None else os.environ),
                URL_ENV: f"{self.media_base}{rec.path}?token={token}"}
@@ -491,6 +508,11 @@ class Recorder:
         rec.child = child
         self.reactor.spawnProcess(child, self.python, argv, env=env)
         log.info("recording {path} (pid {pid})", path=rec.path, pid=child.transport.pid)
+
+    def _release(self, rec):
+        if rec.holds_start:
+            rec.holds_start = False
+            self.starting.release()
 
     def _retry_or_fail(self, rec, error):
         if rec.started is not None:  # the first start failed: tell the caller
@@ -518,6 +540,7 @@ class Recorder:
     def _event(self, rec, event):
         kind = event.get("event")
         if kind == "started":
+            self._release(rec)
             if rec.state != "stopping":
                 rec.state = "recording"
             rec.error = None
@@ -560,6 +583,7 @@ class Recorder:
     def _ended(self, rec, child, code):
         if rec.child is child:
             rec.child = None
+        self._release(rec)
         if rec.state in ("stopping", "stopped", "disk_full"):
             if rec.state == "disk_full":
                 self._fire_started(rec, None, VssError(ResultCode.BUSY, "disk full"))
