@@ -61,8 +61,19 @@ def write_static(path, pus, cus, node_id):
     c.save(path)
 
 
+def _die_with_parent():
+    """Children get SIGKILL if the bench itself is killed (Linux PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except Exception:
+        pass
+
+
 def pinned(core, raise_nofile=False):
     def pre():
+        _die_with_parent()
         os.sched_setaffinity(0, {core})
         if raise_nofile:
             _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -202,6 +213,7 @@ def main():
     args.loaders = args.loaders or (1 if relay else 2)
 
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("deadline")))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up in the finally below
     signal.alarm(int(args.deadline))
     work = tempfile.mkdtemp(prefix="vss-sigbench-")
     node = None
