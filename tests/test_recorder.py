@@ -9,16 +9,20 @@ on port 0, the recorder child remuxes it, PyAV reads every segment back.
 
 import errno
 import io
+import json
 import os
 
 from twisted.internet import defer, reactor, task, threads
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from tests.test_rtsp_e2e import FFMPEG, E2ETestBase, FFmpeg, with_timeout
+from tests.test_rtsp_e2e import FFMPEG, SECRET, E2ETestBase, FFmpeg, with_timeout
 from vss.cdn import catalogue as catmod
 from vss.cdn.catalogue import Catalogue, CatalogueDB, Segment, scan_fmp4, segment_name
 from vss.cdn.recorder import EXIT_DISK_FULL, Recorder, _Child, _Recording, record
+from vss.cdn.tokens import TokenIssuer
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.testing.platform import wait_until
@@ -275,6 +279,116 @@ class RecorderAlarmTests(unittest.TestCase):
         self.assertEqual(f.value.code, ResultCode.BUSY)
         rec.clear_alarm()
         self.assertIsNone(rec.status()["alarm"])
+
+
+class FakeProcess:
+    def __init__(self, proto, pid, argv, env):
+        self.proto, self.pid, self.argv, self.env = proto, pid, argv, env
+        self.signals = []
+
+    def signalProcess(self, sig):
+        self.signals.append(sig)
+
+    def end(self, code):
+        self.pid = None
+        self.proto.processEnded(Failure(ProcessDone(0) if code == 0
+                                        else ProcessTerminated(exitCode=code)))
+
+    def say(self, event):
+        self.proto.outReceived(json.dumps(event).encode() + b"\n")
+
+
+class FakeReactor:
+    def __init__(self):
+        self.spawned = []
+
+    def spawnProcess(self, proto, exe, argv, env):
+        p = FakeProcess(proto, 1000 + len(self.spawned), argv, env)
+        proto.makeConnection(p)
+        self.spawned.append(p)
+        return p
+
+
+class FakeSS:
+    def __init__(self, paths):
+        self.paths = set(paths)
+
+    def wait_for_source(self, path, timeout):
+        return defer.succeed(object() if path in self.paths else None)
+
+
+class RecorderControlTests(unittest.TestCase):
+    """The parent side with fake children and a task.Clock."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.reactor = FakeReactor()
+        self.issuer = TokenIssuer(SECRET, clock=self.clock)
+        self.recorder = Recorder(FakeSS({"/live/cam1/main", "/live/cam2/main",
+                                         "/live/cam3/ch1-sub"}), self.issuer,
+                                 self.mktemp(), self.clock, self.reactor,
+                                 "rtsp://127.0.0.1:7554", max_starting=2, restart_delay=5)
+
+    def test_token_in_the_environment_and_at_most_max_starting_children_start(self):
+        d1 = self.recorder.start("cam1", 0, 0, 2)
+        d2 = self.recorder.start("cam2", 0, "main", 2)
+        d3 = self.recorder.start("cam3", 1, 1, 2)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        first = self.reactor.spawned[0]
+        url = first.env["VSS_RECORD_URL"]
+        self.assertTrue(url.startswith("rtsp://127.0.0.1:7554/live/cam1/main?token="))
+        self.assertTrue(self.issuer.verify(url.split("token=")[1], "/live/cam1/main",
+                                           "play")[0])
+        self.assertNotIn(url.split("token=")[1], " ".join(first.argv))
+        self.assertIn("recordings/cam1/main", first.argv)
+        self.assertNoResult(d1)
+        first.say({"event": "started", "video": "h264", "audio": []})
+        self.assertEqual(self.successResultOf(d1)["state"], "recording")
+        self.assertEqual(len(self.reactor.spawned), 3)  # its place went to cam3
+        self.assertIn("recordings/cam3/ch1-sub", self.reactor.spawned[2].argv)
+        self.reactor.spawned[1].end(1)  # cam2's child dies before it started
+        self.assertEqual(self.failureResultOf(d2, VssError).value.code,
+                         ResultCode.DEVICE_OFFLINE)
+        self.assertNoResult(d3)
+        self.assertEqual(sorted(self.recorder.status()["recordings"]),
+                         ["/live/cam1/main", "/live/cam3/ch1-sub"])
+
+    def test_a_child_that_ends_is_restarted_and_stop_ends_it(self):
+        d = self.recorder.start("cam1", 0, 0, 2)
+        child = self.reactor.spawned[0]
+        child.say({"event": "started"})
+        self.successResultOf(d)
+        child.end(0)  # the source ended
+        status = self.recorder.status()
+        self.assertEqual(status["recordings"]["/live/cam1/main"]["state"], "waiting")
+        self.clock.advance(5)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        self.assertEqual(self.recorder.status()["restarts"], 1)
+        again = self.reactor.spawned[1]
+        again.say({"event": "started"})
+        stopped = self.recorder.stop("cam1", 0, 0)
+        self.assertEqual(again.signals, ["TERM"])
+        self.assertNoResult(stopped)
+        again.end(0)
+        self.assertEqual(self.successResultOf(stopped)["state"], "stopped")
+        self.assertEqual(self.recorder.status()["recordings"], {})
+        self.assertFalse(self.clock.getDelayedCalls())
+
+    def test_a_child_that_ignores_term_is_killed(self):
+        self.recorder.start("cam1", 0, 0, 2)
+        child = self.reactor.spawned[0]
+        child.say({"event": "started"})
+        stopped = self.recorder.stop("cam1", 0, 0)
+        self.clock.advance(self.recorder.stop_timeout)
+        self.assertEqual(child.signals, ["TERM", "KILL"])
+        child.end(9)
+        self.assertEqual(self.successResultOf(stopped)["state"], "stopped")
+
+    def test_no_live_stream_fails_the_start(self):
+        f = self.failureResultOf(self.recorder.start("cam9", 0, 0, 2), VssError)
+        self.assertEqual(f.value.code, ResultCode.DEVICE_OFFLINE)
+        self.assertEqual(self.reactor.spawned, [])
+        self.assertEqual(self.recorder.status()["failed"], 1)
 
 
 class RecordingE2ETests(E2ETestBase):
