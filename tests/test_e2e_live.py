@@ -110,3 +110,28 @@ class LiveVideoTests(unittest.TestCase):
         with self.assertRaises(VssError) as e:
             yield bob.request(MsgType.MEDIA_OPEN, open_live("cam-x"))
         self.assertEqual(e.exception.code, ResultCode.DEVICE_OFFLINE)
+
+    @defer.inlineCallbacks
+    def test_a_manual_recording_writes_playable_segments(self):
+        from twisted.internet import task
+
+        from vss.protocols.messages import RecordRequest
+
+        cu = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        req = RecordRequest(device_id="cam-b", channel=0, stream=0)
+        state = (yield cu.request(MsgType.RECORD_START, req, timeout=30)).body
+        self.assertEqual(state.device_id, "cam-b")
+        yield task.deferLater(reactor, 4.0, lambda: None)
+        yield cu.request(MsgType.RECORD_STOP, req, timeout=30)
+        listing = yield self.node_b.recorder.catalogue.list("cam-b", "main", 0, 2**62)
+        segments = listing["segments"]
+        self.assertGreaterEqual(len(segments), 1)
+        path = os.path.join(self.node_b.settings.data_dir, segments[0].path)
+        self.assertTrue(os.path.getsize(path) > 0)
+
+        def frames(p):
+            with av.open(p) as c:
+                return sum(1 for _ in c.decode(video=0))
+
+        count = yield threads.deferToThread(frames, path)
+        self.assertGreater(count, 25)

@@ -13,6 +13,7 @@ the RGM's and the central link's counters, rewritten every ``STATUS_INTERVAL`` s
 import json
 import os
 
+from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -91,11 +92,18 @@ class NodeService(StagedService):
                              reactor=reactor)
         self.cdn.setServiceParent(self)
         self.rgm.cdn = self.cdn
-        # The recording task manager (split, stack, queue). Until the SS recorder is
-        # wired, its recorder answers every start with NOT_SUPPORTED.
-        from vss.rgm.recording import RecordingManager, UnsupportedRecorder
+        # The SS's recorder (segment files and their catalogue) behind the CDN module's
+        # recording interface, driven by the RGM's recording task manager (split, stack,
+        # queue).
+        from vss.cdn.recorder import Recorder
+        from vss.cdn.service import CDNRecording
+        from vss.rgm.recording import RecordingManager
 
-        self.recordings = RecordingManager(reactor, UnsupportedRecorder(), settings.data_dir)
+        self.recorder = Recorder(self.rtsp, self.issuer, settings.data_dir, reactor, reactor,
+                                 media_base="")
+        _MediaBase(self).setServiceParent(self)
+        self.recordings = RecordingManager(reactor, CDNRecording(self.cdn, self.recorder),
+                                           settings.data_dir)
         self.recordings.setServiceParent(self)
         self.rgm.recordings = self.recordings
 
@@ -133,6 +141,7 @@ class NodeService(StagedService):
 
     def prepare(self):
         d = defer.maybeDeferred(self.store.load)
+        d.addCallback(lambda _: self.recorder.open())
         if self.settings.static:
             self.central.nodes[self.settings.node_id] = self.rgm
             d.addCallback(lambda _: self._seed_from_static())
@@ -155,7 +164,6 @@ class NodeService(StagedService):
         return ports
 
     def on_ready(self):
-        self.cdn.media_base = f"rtsp://{self.settings.media_host}:{self.rtsp_port()}"
         ports = self.listeners()
         write_json_atomically(os.path.join(self.settings.data_dir, "ports.json"), ports)
         self.log.info("node {node} ready: {ports}", node=self.settings.node_id,
@@ -180,7 +188,22 @@ class NodeService(StagedService):
             writer.stop()
         d = super().stopService()
         return defer.gatherResults([defer.maybeDeferred(lambda: d),
+                                    defer.maybeDeferred(self.recorder.close),
                                     defer.maybeDeferred(self.store.close)])
+
+
+class _MediaBase(service.Service):
+    """Started right after the streaming server: tells the CDN module and the recorder
+    the SS's address (its port is known only once it listens; port 0 in tests)."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def startService(self):
+        super().startService()
+        base = f"rtsp://{self.node.settings.media_host}:{self.node.rtsp_port()}"
+        self.node.cdn.media_base = base
+        self.node.recorder.media_base = base
 
 
 def _interface(description):

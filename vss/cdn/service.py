@@ -22,8 +22,10 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from vss.errors import VssError
+from vss.interfaces import IRecorder
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
@@ -243,4 +245,30 @@ class CDNModule(service.Service):
                             for p, s in self.rtsp.sources.items()}, **self.counters}
 
 
-__all__ = ["CDNModule", "MediaOpen", "stream_path"]
+@implementer(IRecorder)
+class CDNRecording:
+    """The CDN module's recording interface (the only path from the RGM's recording
+    task manager to the SS): the live source is made sure of the same way as for a
+    viewer (the PU asked to publish, a camera or another node pulled), then the SS's
+    recorder writes it into segments. The recorder is a reader of the source, so the
+    source is not stopped while it records."""
+
+    def __init__(self, cdn, recorder):
+        self.cdn = cdn
+        self.recorder = recorder
+
+    def start(self, device_id, channel, stream, segment_seconds):
+        record = self.cdn.store.get_device(device_id)
+        if record is None:
+            return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE))
+        body = MediaOpen(device_id=device_id, channel=channel, stream=stream,
+                         purpose=Purpose.LIVE, start_time=0, transport=0)
+        d = self.cdn.ensure_source(record, body, stream_path(device_id, channel, stream))
+        return d.addCallback(
+            lambda _: self.recorder.start(device_id, channel, stream, segment_seconds))
+
+    def stop(self, device_id, channel, stream):
+        return self.recorder.stop(device_id, channel, stream)
+
+
+__all__ = ["CDNModule", "CDNRecording", "MediaOpen", "stream_path"]
