@@ -151,6 +151,7 @@ class CatalogueTests(unittest.TestCase):
     def test_segment_names_are_utc_start_times(self):
         self.assertEqual(segment_name(0), "19700101T000000Z")
         self.assertEqual(catmod.parse_segment_name("20261125T133518Z.mp4"), 1795613718000)
+        self.assertEqual(catmod.parse_segment_name("20261125T133518Z-2.mp4"), 1795613718000)
         self.assertIsNone(catmod.parse_segment_name("x.mp4"))
 
     @defer.inlineCallbacks
@@ -243,6 +244,21 @@ class WriterTests(unittest.TestCase):
             duration, frames, _, _ = yield threads.deferToThread(
                 read_segment, os.path.join(self.dir, e["path"]))
             self.assertEqual(frames, 50)
+
+    def test_a_closed_segment_is_never_overwritten(self):
+        # the same file recorded twice: the second run's segments have the same start
+        # second as the first run's and must get new names
+        fixed = lambda: 1_790_000_000.0  # noqa: E731
+        first, second = [], []
+        record(self.input, self.dir, "recordings/c/main", 2, first.append, wall=fixed)
+        sizes = {e["path"]: e["bytes"] for e in first if e["event"] == "segment"}
+        record(self.input, self.dir, "recordings/c/main", 2, second.append, wall=fixed)
+        again = [e["path"] for e in second if e["event"] == "segment"]
+        self.assertEqual(len(again), 3)
+        self.assertFalse(set(again) & set(sizes))
+        self.assertTrue(all(p.endswith("-1.mp4") for p in again))
+        for p, size in sizes.items():
+            self.assertEqual(os.path.getsize(os.path.join(self.dir, p)), size)
 
     def test_keyframe_offsets_point_at_fragments(self):
         events = []

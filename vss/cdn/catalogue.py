@@ -81,8 +81,8 @@ def segment_name(start_ms):
 
 
 def parse_segment_name(name):
-    """Start time (ms) of a segment file name, or None."""
-    stem = name.split(".", 1)[0]
+    """Start time (ms) of a segment file name (``<UTC start>[-N].mp4``), or None."""
+    stem = name.split(".", 1)[0].split("-", 1)[0]
     try:
         dt = datetime.strptime(stem, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError:

@@ -110,7 +110,7 @@ class _SegmentFile:
             self.frames += 1
 
     def close(self):
-        """Finish, fsync, rename. Returns (final path, bytes, keyframe offsets)."""
+        """Finish, fsync, rename. Returns (bytes, keyframe offsets)."""
         self.out.close()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -183,8 +183,8 @@ def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: Fa
                     if seg is not None:
                         _close(seg, at_ms, data_dir, emit)
                         seg = None
-                    seg = _SegmentFile(os.path.join(out_dir, segment_name(at_ms) + ".mp4"),
-                                       at_ms, streams, t, opener)
+                    seg = _SegmentFile(_free_name(out_dir, at_ms), at_ms, streams, t,
+                                       opener)
             if seg is not None:
                 seg.write(packet, is_video)
         if seg is not None:
@@ -212,6 +212,17 @@ def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: Fa
             inp.close()
         except Exception:  # noqa: BLE001,S110
             pass
+
+
+def _free_name(out_dir, start_ms):
+    """``<UTC start>.mp4``, or ``<UTC start>-N.mp4`` if a file (closed or not) already
+    has that name: a closed segment is never overwritten."""
+    stem = os.path.join(out_dir, segment_name(start_ms))
+    name, n = stem + ".mp4", 0
+    while os.path.exists(name) or os.path.exists(name + ".part"):
+        n += 1
+        name = f"{stem}-{n}.mp4"
+    return name
 
 
 class _Continuity:
