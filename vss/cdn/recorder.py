@@ -538,7 +538,9 @@ class Recorder:
         self.counters["restarts"] += 1
         log.warn("recording {path} interrupted ({error}); retrying in {delay} s",
                  path=rec.path, error=rec.error, delay=self.restart_delay)
-        rec.retry = self.clock.callLater(self.restart_delay, self._launch, rec)
+        rec.retry = self.clock.callLater(
+            self.restart_delay,
+            lambda: self._launch(rec).addErrback(self._launch_failed, rec))
 
     def _fire_started(self, rec, result, error=None):
         d, rec.started = rec.started, None
