@@ -135,3 +135,19 @@ class LiveVideoTests(unittest.TestCase):
 
         count = yield threads.deferToThread(frames, path)
         self.assertGreater(count, 25)
+
+    @defer.inlineCallbacks
+    def test_mdp_sees_each_nodes_streaming_load(self):
+        cu = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        url = (yield cu.request(MsgType.MEDIA_OPEN, open_live("cam-b"), timeout=30)).body.url
+        self.assertTrue(url)
+        mdp = self.p.cms.cms.mdp
+
+        def streams():
+            servers = mdp.servers.get("node-b", {})
+            return max((load.get("streams", 0) for load in servers.values()), default=0)
+
+        yield wait_until(reactor, lambda: streams() >= 1, timeout=15,
+                         what="node-b's heartbeat to report its stream")
+        self.assertEqual(mdp.pick("node-b"), f"rtsp://127.0.0.1:{self.p.port('node-b', 'rtsp')}")
+        self.assertIsNone(mdp.pick("node-z"))

@@ -181,11 +181,26 @@ class CmsLink(service.Service):
             self._heartbeat.stop()
         self._heartbeat = None
 
-    def _beat(self, link):
+    def load(self):
+        """What this node reports in its heartbeat: PUs, CUs, live streams, the process's
+        CPU (per mille of one core) and the media bandwidth it sends, since the last one."""
         rgm = self.rgm
-        body = Heartbeat(pus=len(rgm.pu_links) if rgm else 0, cus=len(rgm.cu_links) if rgm else 0,
-                         streams=0, cpu_permille=0, bandwidth_kbps=0,
-                         applied_seq=self.applier.applied_seq)
+        now = self.clock.seconds()
+        cpu = sum(os.times()[:2])
+        sources = rgm.cdn.rtsp.sources.values() if rgm is not None and rgm.cdn else ()
+        sent = sum(s.bytes * max(1, len(s.readers)) for s in sources)
+        last = getattr(self, "_last_load", None)
+        self._last_load = (now, cpu, sent)
+        cpu_permille = kbps = 0
+        if last is not None and now > last[0]:
+            cpu_permille = int(min(65535, 1000 * (cpu - last[1]) / (now - last[0])))
+            kbps = int(max(0, sent - last[2]) * 8 / 1000 / (now - last[0]))
+        return {"pus": len(rgm.pu_links) if rgm else 0, "cus": len(rgm.cu_links) if rgm else 0,
+                "streams": len(sources), "cpu_permille": max(0, cpu_permille),
+                "bandwidth_kbps": min(kbps, 2**32 - 1)}
+
+    def _beat(self, link):
+        body = Heartbeat(applied_seq=self.applier.applied_seq, **self.load())
         d = link.request(MsgType.NODE_HEARTBEAT, body)
         d.addCallback(lambda msg: self._check_head(msg.body.head_seq))
         d.addErrback(lambda f: None)
