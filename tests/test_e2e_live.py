@@ -151,3 +151,66 @@ class LiveVideoTests(unittest.TestCase):
                          what="node-b's heartbeat to report its stream")
         self.assertEqual(mdp.pick("node-b"), f"rtsp://127.0.0.1:{self.p.port('node-b', 'rtsp')}")
         self.assertIsNone(mdp.pick("node-z"))
+
+
+class _AllowAll:
+    """A camera's own server: it asks for Digest credentials, not vss tokens."""
+
+    def check(self, token, path, method):
+        return True, None
+
+
+class RealCameraTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from vss.pu.media import PublisherFactory
+        from vss.rtsp.server import RTSPServerFactory
+
+        self.work = os.path.abspath(self.mktemp())
+        os.makedirs(self.work)
+        # An "IP camera": an RTSP server asking for Digest credentials, fed with H.264.
+        self.camera = RTSPServerFactory(_AllowAll(), reactor=reactor,
+                                        users={"admin": "cam-pass"}, realm="IP Camera")
+        port = reactor.listenTCP(0, self.camera, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(self.camera.close_all)
+        cam = f"rtsp://admin:cam-pass@127.0.0.1:{port.getHost().port}/live/cam/main"
+        self.publisher = PublisherFactory(reactor, width=320, height=240)
+        self.addCleanup(self.publisher.stop_all)
+
+        class Pu:
+            device_id = "cam"
+
+        class Ch:
+            index = 0
+
+        from vss.protocols.messages import MediaStart
+
+        self.publisher.start(Pu, Ch, MediaStart(device_id="cam", channel=0, stream=0,
+                                                publish_url=cam, start_time=0))
+        yield wait_until(reactor, lambda: "/live/cam/main" in self.camera.sources, timeout=30,
+                         what="the camera's stream")
+        self.p = Platform(reactor, self.work)
+        self.addCleanup(self.p.stop)
+        yield self.p.start_cms()
+        store, cms = self.p.cms.store, self.p.cms.cms
+        cms.publish((yield store.upsert_device("ipc-1", "Lobby", 1, 1, "node-a",
+                                               verifier("unused-secret"), source_url=cam)))
+        cms.publish((yield store.upsert_user("alice", verifier("alice-pw"), [])))
+        cms.publish((yield store.set_grant("user:alice", "ipc-1", ALL)))
+        self.node = yield self.p.start_node("node-a")
+
+    @defer.inlineCallbacks
+    def test_a_real_camera_is_pulled_with_digest_and_stopped_when_nobody_watches(self):
+        self.node.cdn.linger = 0.5
+        cu = yield self.p.login("node-a", Role.CU, "alice", "alice-pw")
+        url = (yield cu.request(MsgType.MEDIA_OPEN, open_live("ipc-1"), timeout=30)).body.url
+        sizes = yield threads.deferToThread(decode, url, 5)
+        self.assertEqual(sizes, [(320, 240)] * 5)
+        self.assertEqual(self.node.cdn.counters["pulls"], 1)
+        self.assertNotIn("cam-pass", url)
+        # The player has gone: the pull is torn down shortly after.
+        yield wait_until(reactor, lambda: "/live/ipc-1/main" not in self.node.rtsp.sources,
+                         timeout=15, what="the idle camera pull to stop")

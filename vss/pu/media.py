@@ -17,7 +17,7 @@ import threading
 import time
 from fractions import Fraction
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from vss.protocols.messages import Empty
@@ -155,6 +155,7 @@ class _Child(protocol.ProcessProtocol):
     def __init__(self, factory, key):
         self.factory = factory
         self.key = key
+        self.ended = defer.Deferred()
 
     def errReceived(self, data):
         self.factory.log.debug("publisher: {text}", text=data.decode("utf-8", "replace"))
@@ -164,6 +165,7 @@ class _Child(protocol.ProcessProtocol):
     def processEnded(self, reason):
         if self.factory.running.get(self.key) is self:
             del self.factory.running[self.key]
+        self.ended.callback(None)
 
 
 class PublisherFactory:
@@ -195,19 +197,22 @@ class PublisherFactory:
         return Empty()
 
     def _kill(self, key):
+        """Ask a publisher to stop; fires when its process has ended."""
         child = self.running.pop(key, None)
-        if child is not None and child.transport is not None and child.transport.pid:
+        if child is None:
+            return defer.succeed(None)
+        if child.transport is not None and child.transport.pid:
             try:
                 child.transport.signalProcess("TERM")
             except Exception:  # noqa: BLE001 - already gone
                 pass
+        return child.ended
 
     def stop(self, pu, ch, body):
         self._kill((pu.device_id, ch.index, body.stream))
 
     def stop_all(self):
-        for key in list(self.running):
-            self._kill(key)
+        return defer.DeferredList([self._kill(key) for key in list(self.running)])
 
 
 def main(argv=None):
