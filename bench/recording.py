@@ -20,6 +20,11 @@ recordings directory), frames lost (frames the media time of the written segment
 for, at 25 fps, minus frames written) and frames the SS dropped for the recorders
 (their reader queues overflowed).
 
+``--inprocess-estimate`` measures the alternative that was not built: the SS's own RTP
+packets of one 4 Mb/s stream (captured for 10 s from a fan-out reader) depacketized in
+Python (H.264 single NAL, STAP-A, FU-A) and muxed by PyAV into fragmented MP4 in-process;
+it prints the CPU per stream that path would cost (no RTSP hop, no child).
+
 The catalogue part fills ``CatalogueDB`` with devices x days of 5-minute segments (each
 with 300 keyframe offsets, a 1 s GOP) and times ``list`` of one device over 1 hour,
 1 day and the whole range, and ``get`` of one segment with its offsets.
@@ -124,6 +129,158 @@ def node(args):
 
     reactor.callWhenRunning(lambda: recorder.open().addCallback(ready))
     reactor.run()
+
+
+# -- the in-process estimate
+
+
+def capture(args):
+    """Run an SS, publish the 4 Mb/s file into it, keep the packets a fan-out reader gets
+    for ``args.seconds`` and pickle them with the source's SDP to ``args.data_dir``."""
+    import pickle
+
+    sys.path.insert(0, ROOT)
+    from twisted.internet import protocol, reactor
+
+    from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
+    from vss.rtsp.server import RTSPServerFactory
+
+    issuer = TokenIssuer(SECRET, clock=reactor, ttl=600)
+    factory = RTSPServerFactory(TokenAuthorizer(issuer), reactor=reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1").getHost().port
+    path = "/live/cam1/main"
+    url = f"rtsp://127.0.0.1:{port}{path}?token=" + issuer.issue(path, ("publish",))
+    publisher = protocol.ProcessProtocol()
+    reactor.spawnProcess(publisher, args.ffmpeg, [
+        args.ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
+        "-i", args.input, "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", url],
+        env=dict(os.environ))
+    packets = []
+
+    class Capture:
+        mask = frozenset([0])
+        drops = 0
+        waiting_key = True
+
+        def deliver(self, frame):
+            if self.waiting_key and not frame.key:
+                return
+            self.waiting_key = False
+            packets.extend(frame.packets)
+
+        def source_ended(self):
+            pass
+
+    state = {}
+
+    def attach():
+        source = factory.sources[path]
+        state["sdp"] = source.sdp
+        source.add_reader(Capture())
+        reactor.callLater(args.seconds, done)
+
+    def done():
+        publisher.transport.signalProcess("KILL")
+        reactor.stop()
+
+    reactor.callLater(2, attach)
+    reactor.run()
+    with open(os.path.join(args.data_dir, "capture.pickle"), "wb") as f:
+        pickle.dump({"sdp": state["sdp"], "packets": packets}, f)
+
+
+def depacketize_and_mux(packets, sdp, out_path, mux=True):
+    """H.264 RTP (track 0) -> access units (Annex B) -> PyAV fMP4. Returns (frames, CPU s)."""
+    import base64
+    import re
+    from fractions import Fraction
+
+    import av
+
+    from vss.rtsp.fanout import rtp_payload_offset
+
+    sc = b"\0\0\0\1"
+    sprop = re.search(r"sprop-parameter-sets=([^;\r\n]+)", sdp).group(1)
+    out = av.open(open(out_path, "wb", buffering=0), "w", format="mp4",  # noqa: SIM115
+                  options={"movflags": "frag_keyframe+empty_moov+default_base_moof",
+                           "flush_packets": "1"})
+    st = out.add_stream("h264", rate=FPS)
+    st.width, st.height = 1280, 720
+    st.codec_context.extradata = b"".join(sc + base64.b64decode(x) for x in sprop.split(","))
+    st.time_base = Fraction(1, 90000)
+    nals, fu, key, ts0, frames = [], None, False, None, 0
+    t = time.process_time()
+    for track, rtcp, data in packets:
+        if rtcp or track:
+            continue
+        off = rtp_payload_offset(data)
+        if off < 0:
+            continue
+        kind = data[off] & 0x1F
+        if kind < 24:
+            nals.append(data[off:])
+            key = key or kind == 5
+        elif kind == 24:  # STAP-A
+            i = off + 1
+            while i + 2 < len(data):
+                n = (data[i] << 8) | data[i + 1]
+                nals.append(data[i + 2:i + 2 + n])
+                i += 2 + n
+        elif kind == 28:  # FU-A
+            h = data[off + 1]
+            if h & 0x80:
+                fu = [bytes([(data[off] & 0xE0) | (h & 0x1F)]), data[off + 2:]]
+                key = key or (h & 0x1F) == 5
+            elif fu is not None:
+                fu.append(data[off + 2:])
+            if h & 0x40 and fu is not None:
+                nals.append(b"".join(fu))
+                fu = None
+        if data[1] & 0x80 and nals:
+            ts = int.from_bytes(data[4:8], "big")
+            ts0 = ts if ts0 is None else ts0
+            au = b"".join(sc + x for x in nals)
+            nals = []
+            if mux:
+                p = av.Packet(au)
+                p.pts = p.dts = (ts - ts0) & 0xFFFFFFFF
+                p.time_base = st.time_base
+                p.is_keyframe = key
+                p.stream = st
+                out.mux(p)
+            key = False
+            frames += 1
+    cpu = time.process_time() - t
+    out.close()
+    return frames, cpu
+
+
+def inprocess_estimate(args, ffmpeg):
+    import pickle
+
+    sys.path.insert(0, ROOT)
+    tmp = tempfile.mkdtemp(prefix="vss-recording-estimate-")
+    try:
+        subprocess.run([sys.executable, os.path.abspath(__file__), "capture", "--data-dir",
+                        tmp, "--seconds", "10", "--input", args.input, "--ffmpeg", ffmpeg],
+                       check=True)
+        with open(os.path.join(tmp, "capture.pickle"), "rb") as f:
+            cap = pickle.load(f)
+        out = os.path.join(tmp, "estimate.mp4")
+        n_bytes = sum(len(p[2]) for p in cap["packets"])
+        print(f"\nin-process estimate: {len(cap['packets'])} RTP packets, "
+              f"{n_bytes * 8 / 10 / 1e6:.2f} Mb/s over 10 s")
+        for label, mux in (("depacketize only", False), ("depacketize + PyAV fMP4 mux", True),
+                           ("depacketize + PyAV fMP4 mux", True)):
+            frames, cpu = depacketize_and_mux(cap["packets"], cap["sdp"], out, mux)
+            print(f"{label}: {frames} frames, {cpu * 1000:.1f} ms CPU = "
+                  f"{cpu * 10:.2f} % of a core per stream")
+        import av
+
+        with av.open(out) as c:
+            print("read back by PyAV:", sum(1 for p in c.demux(video=0) if p.size), "frames")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- driver
@@ -313,7 +470,9 @@ def bench_catalogue(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="run", choices=("run", "node"))
+    ap.add_argument("mode", nargs="?", default="run", choices=("run", "node", "capture"))
+    ap.add_argument("--ffmpeg")
+    ap.add_argument("--inprocess-estimate", action="store_true")
     ap.add_argument("--streams", default="10,50,100")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=6.0)
@@ -329,6 +488,14 @@ def main():
     args = ap.parse_args()
     if args.mode == "node":
         return node(args)
+    if args.mode == "capture":
+        return capture(args)
+    if args.inprocess_estimate:
+        import imageio_ffmpeg
+
+        ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+        make_input(ffmpeg, args.input)
+        return inprocess_estimate(args, ffmpeg)
     if not args.catalogue_only:
         import imageio_ffmpeg
 
