@@ -13,6 +13,7 @@ import secrets
 
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from vss.errors import VssError
 from vss.protocols import codec, scram
@@ -180,7 +181,8 @@ class PeerLinks:
 
     def __init__(self, cms):
         self.cms = cms
-        self.links = {}  # node id -> Deferred(link) or link
+        self.links = {}  # node id -> logged-in link
+        self._connecting = {}  # node id -> Deferreds waiting for the link being made
 
     def route(self, node_id, endpoint, device_id, inner_type, inner_body):
         d = self._link(node_id, endpoint)
@@ -202,6 +204,14 @@ class PeerLinks:
         link = self.links.get(node_id)
         if link is not None and not link.closed:
             return defer.succeed(link)
+        waiting = self._connecting.get(node_id)
+        if waiting is not None:
+            # A link to this peer is being made: share it rather than open one more for
+            # every request that arrives meanwhile.
+            d = defer.Deferred()
+            waiting.append(d)
+            return d
+        waiting = self._connecting[node_id] = []
         cms = self.cms
         ep = endpoints.clientFromString(cms.reactor, endpoint)
         factory = LinkFactory(_PeerClient(self, node_id), cms.clock, request_timeout=15.0,
@@ -211,7 +221,16 @@ class PeerLinks:
             return node_login(link, cms.node_id, cms.cluster_secret).addCallback(
                 lambda _: self._keep(node_id, link))
 
-        return ep.connect(factory).addCallback(connected)
+        def done(result):
+            del self._connecting[node_id]
+            for d in waiting:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(result)
+            return result
+
+        return ep.connect(factory).addCallback(connected).addBoth(done)
 
     def _keep(self, node_id, link):
         self.links[node_id] = link
