@@ -34,6 +34,7 @@ from vss.protocols.messages import (
     Heartbeat,
     MsgType,
     NodeRegister,
+    RecordSettingsGet,
     RegInfoRequest,
     RouteLookup,
     RouteRequest,
@@ -65,6 +66,9 @@ class CmsLink(service.Service):
         self.clock = clock or reactor
         self.advertise = advertise or (lambda: ("", "", 0))
         self.rgm = None  # set by the node once its RGM exists
+        self.device_listeners = []  # f(device_id, old, new) after each device change
+        self.connected_listeners = []  # f() after each (re)connection's catch-up
+        self.local_recordings = None  # f(RecordQuery) -> Deferred(Recordings): CMS asks
         self.link = None
         self.applier = SyncApplier(store, node_id, data_dir, on_device_change=self._device_changed,
                                    on_user_change=self._user_changed, clock=self.clock)
@@ -141,6 +145,8 @@ class CmsLink(service.Service):
             for device_id in list(self.rgm.pu_links):
                 self.presence(device_id, True)
         self._send_outbox()
+        for listener in self.connected_listeners:
+            listener()
 
     def presence(self, device_id, online):
         if self.link is not None:
@@ -314,6 +320,8 @@ class CmsLink(service.Service):
             d = self.on_sync_notify(msg.body)
         elif t == MsgType.ROUTE_REQUEST and self.rgm is not None:
             d = serve_route(self.rgm, msg.body)
+        elif t == MsgType.RECORD_QUERY and self.local_recordings is not None:
+            d = defer.maybeDeferred(self.local_recordings, msg.body)
         else:
             link.send_error(t, frame.txid, ResultCode.UNEXPECTED_MESSAGE)
             return
@@ -352,6 +360,8 @@ class CmsLink(service.Service):
             link = self.rgm.pu_links.get(device_id)
             if link is not None:
                 link.close(ResultCode.SESSION_CLOSED, "device removed")
+        for listener in self.device_listeners:
+            listener(device_id, old, new)
 
     def _user_changed(self, username, new):
         """A removed or disabled user's sessions end; a new password takes effect at the
@@ -365,6 +375,16 @@ class CmsLink(service.Service):
     def registration_info(self, identity, role):
         return self._request(MsgType.REG_INFO, RegInfoRequest(identity=identity, role=int(role))) \
             .addCallback(lambda msg: msg.body)
+
+    def record_settings(self, device_id, channel):
+        """The recording settings CMS holds for a channel (RECORD_SETTINGS_GET)."""
+        return self._request(MsgType.RECORD_SETTINGS_GET, RecordSettingsGet(
+            device_id=device_id, channel=channel)).addCallback(lambda msg: msg.body)
+
+    def query_recordings(self, body, timeout=None):
+        """RECORD_QUERY: CMS asks every node and merges their catalogues."""
+        return self._request(MsgType.RECORD_QUERY, body, timeout).addCallback(
+            lambda msg: msg.body)
 
     def pull_static(self, entity, cursor, limit):
         return self._request(MsgType.STATIC_PULL, StaticPull(entity=entity, cursor=cursor,
@@ -462,6 +482,8 @@ class CmsLink(service.Service):
                     record = self.store.get_device(change.device_id)
                     change = replace(change, base_version=record.version if record else 0)
                     self.outbox.sent(change)
+                # On disk before CMS can see it: the change, and the stamp it goes with.
+                self.outbox.flush()
                 try:
                     ack = (yield self._request(MsgType.SYNC_CHANGE, change)).body
                 except VssError as e:

@@ -89,6 +89,8 @@ class Outbox:
             self._flush_call = self.clock.callLater(0, self.flush)
 
     def flush(self):
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()  # called early: the journal is written now
         self._flush_call = None
         if not self._buffer:
             return
