@@ -164,6 +164,10 @@ class CatalogueTests(unittest.TestCase):
         yield c.close()
 
 
+def WALL():  # noqa: N802 - a fixed wall clock, on an even second
+    return T0 / 1000
+
+
 def make_input(path, seconds=5):
     """A local H.264 (1 s GOP) + AAC file for writer tests."""
     proc = FFmpeg()
@@ -232,7 +236,7 @@ class WriterTests(unittest.TestCase):
                 super().close()
 
         code = yield threads.deferToThread(record, self.input, self.dir, "recordings/c/main",
-                                           2, events.append, opener=Full)
+                                           2, events.append, opener=Full, wall=WALL)
         self.assertEqual(code, EXIT_DISK_FULL)
         kinds = [e["event"] for e in events]
         self.assertEqual(kinds[-1], "disk_full")
@@ -248,11 +252,10 @@ class WriterTests(unittest.TestCase):
     def test_a_closed_segment_is_never_overwritten(self):
         # the same file recorded twice: the second run's segments have the same start
         # second as the first run's and must get new names
-        fixed = lambda: 1_790_000_000.0  # noqa: E731
         first, second = [], []
-        record(self.input, self.dir, "recordings/c/main", 2, first.append, wall=fixed)
+        record(self.input, self.dir, "recordings/c/main", 2, first.append, wall=WALL)
         sizes = {e["path"]: e["bytes"] for e in first if e["event"] == "segment"}
-        record(self.input, self.dir, "recordings/c/main", 2, second.append, wall=fixed)
+        record(self.input, self.dir, "recordings/c/main", 2, second.append, wall=WALL)
         again = [e["path"] for e in second if e["event"] == "segment"]
         self.assertEqual(len(again), 3)
         self.assertFalse(set(again) & set(sizes))
@@ -260,10 +263,19 @@ class WriterTests(unittest.TestCase):
         for p, size in sizes.items():
             self.assertEqual(os.path.getsize(os.path.join(self.dir, p)), size)
 
+    def test_segments_are_aligned_on_utc_multiples_of_their_length(self):
+        events = []
+        record(self.input, self.dir, "recordings/c/main", 2, events.append,
+               wall=lambda: WALL() + 1.0)  # the stream starts 1 s into a period
+        segs = [e for e in events if e["event"] == "segment"]
+        self.assertEqual([e["frames"] for e in segs], [25, 50, 50])
+        # (the file's first packet is AAC priming 23 ms before the first keyframe)
+        self.assertEqual([(e["start_ms"] % 2000) // 100 for e in segs], [10, 0, 0])
+
     def test_keyframe_offsets_point_at_fragments(self):
         events = []
         self.assertEqual(record(self.input, self.dir, "recordings/c/main", 2,
-                                events.append), 0)
+                                events.append, wall=WALL), 0)
         segs = [e for e in events if e["event"] == "segment"]
         self.assertEqual([e["frames"] for e in segs], [50, 50, 25])
         self.assertEqual([e["end_ms"] - e["start_ms"] for e in segs], [2000, 2000, 1000])
@@ -456,7 +468,8 @@ class RecordingE2ETests(E2ETestBase):
             row = yield self.recorder.catalogue.get(s.path)
             self.assertEqual(row.bytes, os.path.getsize(os.path.join(self.data, s.path)))
             self.assertEqual(row.keyframes[0][0], 0)
-            if i < len(segs) - 1:  # every closed segment but the last (stopped) is 2 s
+            if 0 < i < len(segs) - 1:  # all but the first (from the start to the next
+                # even UTC second) and the last (stopped) are 2 s
                 # (+ up to 0.15 s once: FFmpeg's RTSP demuxer realigns audio and video
                 # timestamps at the first RTCP sender report)
                 self.assertTrue(1.99 <= duration <= 2.15, duration)

@@ -20,8 +20,11 @@ How a recording is written (the approach, and why):
   and every keyframe starts a self-contained fragment (moof + mdat), so a file cut
   short by a crash is still playable up to its last complete fragment, and a player can
   seek by fragment.
-- A segment is cut at the first video keyframe at or after ``segment_seconds`` of the
-  current segment's media time; timestamps are rebased so each file starts at 0. It is
+- Segments are aligned on UTC multiples of ``segment_seconds`` since the epoch (5-minute
+  files start at :00, :05...): a segment is cut at the first video keyframe at or after
+  the next boundary, so the first one may be shorter; the segment clock is the wall
+  clock at the first packet plus the stream's media time. Timestamps are rebased so
+  each file starts at 0. It is
   written to ``<name>.mp4.part`` (raw unbuffered writes, every packet flushed to the
   kernel), and when it closes it is fsynced, renamed to ``<name>.mp4`` and the directory
   fsynced. Names are ``<data_dir>/recordings/<device>/<stream>/<YYYYMMDDTHHMMSSZ>.mp4``
@@ -163,6 +166,8 @@ def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: Fa
         emit({"event": "started", "video": video.codec_context.name,
               "audio": [s.codec_context.name for s in streams[1:]]})
         smooth = _Continuity()
+        seg_ms = max(1, int(segment_seconds * 1000))
+        cut_ms = None
         anchor = None  # (wall ms, media seconds) at the first packet
         last_end = None
         for packet in inp.demux(streams):
@@ -177,9 +182,9 @@ def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: Fa
                 anchor = (wall() * 1000, t)
             if is_video:
                 last_end = t + (packet.duration or 0) * packet.time_base
-                if packet.is_keyframe and (
-                        seg is None or t - seg.base >= segment_seconds):
-                    at_ms = int(anchor[0] + (t - anchor[1]) * 1000)
+                at_ms = int(anchor[0] + (t - anchor[1]) * 1000)
+                if packet.is_keyframe and (seg is None or at_ms >= cut_ms):
+                    cut_ms = (at_ms // seg_ms + 1) * seg_ms  # the next UTC boundary
                     if seg is not None:
                         _close(seg, at_ms, data_dir, emit)
                         seg = None
