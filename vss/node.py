@@ -106,6 +106,10 @@ class NodeService(StagedService):
                                            settings.data_dir)
         self.recordings.setServiceParent(self)
         self.rgm.recordings = self.recordings
+        # Settings from CMS, the catalogue across nodes, HTTP export and retention.
+        from vss.cdn import archive
+
+        archive.wire(self, settings, reactor)
 
     def rtsp_port(self):
         port = self.rtsp_listener.port
@@ -201,9 +205,14 @@ class _MediaBase(service.Service):
 
     def startService(self):
         super().startService()
-        base = f"rtsp://{self.node.settings.media_host}:{self.node.rtsp_port()}"
-        self.node.cdn.media_base = base
-        self.node.recorder.media_base = base
+        port = self.node.rtsp_port()
+        self.node.cdn.media_base = f"rtsp://{self.node.settings.media_host}:{port}"
+        # The recorder's children read the SS on this machine: by the listening
+        # interface, loopback when it listens on every interface.
+        local = _interface(self.node.settings.rtsp_listen)
+        if local in ("0.0.0.0", "::", ""):
+            local = "127.0.0.1"
+        self.node.recorder.media_base = f"rtsp://{local}:{port}"
 
 
 def _interface(description):
