@@ -47,6 +47,7 @@ from vss.protocols.messages import (
     Empty,
     Entity,
     Error,
+    ExportUrl,
     FocusOp,
     GrantRecord,
     Heartbeat,
@@ -73,9 +74,12 @@ from vss.protocols.messages import (
     PtzStatus,
     PuKind,
     Purpose,
+    Recordings,
     RecordingState,
     RecordMode,
+    RecordQuery,
     RecordRequest,
+    RecordSegment,
     RecordSettings,
     RecordSettingsGet,
     RecordState,
@@ -102,6 +106,7 @@ from vss.protocols.messages import (
     SyncComplete,
     SyncFetch,
     SyncNotify,
+    TimeRange,
     Transport,
     UserRecord,
     Verifier,
@@ -793,6 +798,41 @@ VECTORS = [
           0008 7363686564756c65  # "schedule"
         0000018bcfe56800  #   since 1700000000000 ms
         0000              #   queue_position 0
+      0000                # ext: none
+    """),
+    V("record_query_request", MsgType.RECORD_QUERY, REQ, 22,
+      RecordQuery(device_id="c", channel=1, stream=Stream.MAIN, from_time=TS,
+                  to_time=TS + 60_000), """
+      5653 01 00 0170 0000 00000016 00000018  # VS v1 request RECORD_QUERY txid 22 len 24
+      0001 63             # device_id "c"
+      0001                # channel 1
+      00                  # stream MAIN
+      0000018bcfe56800    # from_time 1700000000000 ms
+      0000018bcfe65260    # to_time 1700000060000 ms
+      0000                # ext: none
+    """),
+    V("record_query_response", MsgType.RECORD_QUERY, RSP, 22,
+      Recordings(
+          segments=[RecordSegment(start=TS, end=TS + 30_000, bytes=1_000_000, node_id="n1")],
+          gaps=[TimeRange(start=TS + 30_000, end=TS + 60_000)], missing=["n2"],
+          exports=[ExportUrl(node_id="n1", url="http://h/e", expires=TS + 600_000)],
+          truncated=False), """
+      5653 01 01 0170 0000 00000016 00000053  # VS v1 response RECORD_QUERY txid 22 len 83
+      0001                # segments: 1 RecordSegment
+        0000018bcfe56800  #   start 1700000000000 ms
+        0000018bcfe5dd30  #   end 1700000030000 ms
+        00000000000f4240  #   bytes 1000000
+        0002 6e31         #   node_id "n1"
+      0001                # gaps: 1 TimeRange
+        0000018bcfe5dd30  #   start 1700000030000 ms
+        0000018bcfe65260  #   end 1700000060000 ms
+      0001                # missing: 1
+        0002 6e32         #   "n2"
+      0001                # exports: 1 ExportUrl
+        0002 6e31         #   node_id "n1"
+        000a 687474703a2f2f682f65  # url "http://h/e"
+        0000018bcfee8fc0  #   expires 1700000600000 ms
+      00                  # truncated false
       0000                # ext: none
     """),
 ]

@@ -140,6 +140,8 @@ class NodeSettings:
     manhole: str
     manhole_keys: str
     route_cache: bool = True
+    http_listen: str = ""  # the export HTTP listener ("" = none); vss-node's default is 7580
+    retention_interval: float = 60.0  # seconds between retention passes
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -40,12 +40,16 @@ from vss.protocols.messages import (
     HelloAck,
     MsgType,
     NodeRegistered,
+    RecordMode,
+    RecordSettings,
     RegInfo,
     Role,
     Route,
     RouteRequest,
+    ScheduleSlot,
     StateChange,
     StaticPage,
+    Stream,
     SyncAck,
     SyncBatch,
     SyncNotify,
@@ -73,6 +77,36 @@ def strip_secret(record):
     if record is None:
         return None
     return replace(record, verifier=EMPTY_VERIFIER)
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _minutes(hhmm):
+    h, m = str(hhmm).split(":")
+    return int(h) * 60 + int(m)
+
+
+def record_settings_body(device_id, channel, stored):
+    """The ``RecordSettings`` body of the JSON the DB holds for a channel (the MMS
+    format, ``vss.cms.mms``), or None when no settings were stored (only a device's own
+    ``reported`` values, or nothing)."""
+    keys = ("mode", "stream", "segment_seconds", "retention_days", "quota_mb",
+            "pre_event_seconds", "post_event_seconds", "schedule")
+    if not stored or not any(k in stored for k in keys):
+        return None
+    slots = [ScheduleSlot(day=_DAYS.index(x["day"]), start_minute=_minutes(x["start"]),
+                          end_minute=_minutes(x["end"]))
+             for x in stored.get("schedule") or ()]
+    return RecordSettings(
+        device_id=device_id, channel=channel,
+        mode=int(RecordMode[str(stored.get("mode", "off")).upper()]),
+        stream=int(Stream[str(stored.get("stream", "main")).upper()]),
+        segment_seconds=int(stored.get("segment_seconds", 300)),
+        retention_days=int(stored.get("retention_days", 7)),
+        quota_mb=int(stored.get("quota_mb", 0)),
+        pre_event_seconds=int(stored.get("pre_event_seconds", 5)),
+        post_event_seconds=int(stored.get("post_event_seconds", 10)), schedule=slots)
 
 
 def _sync_complete(frame):
@@ -392,6 +426,46 @@ class CMSService(service.Service):
         d = target.link.request(MsgType.ROUTE_REQUEST, forwarded, self.config.route_timeout)
         return d.addCallback(lambda msg: msg.body)
 
+    # -- recording settings and the recording catalogue across nodes
+
+    @defer.inlineCallbacks
+    def on_record_settings_get(self, s, body):
+        """A node asks for the recording settings of a channel (its home node does so
+        when the device changed): read from the DB; NOT_FOUND when none were stored."""
+        if body.device_id not in self.homes:
+            raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {body.device_id}")
+        stored = yield self.store.get_record_settings(body.device_id, body.channel)
+        settings = record_settings_body(body.device_id, body.channel, stored)
+        if settings is None:
+            raise VssError(ResultCode.NOT_FOUND, f"no recording settings for "
+                           f"{body.device_id} channel {body.channel}")
+        return settings
+
+    @defer.inlineCallbacks
+    def on_record_query(self, s, body):
+        """RECORD_QUERY: ask every up node at once (at most ``FANOUT_TIMEOUT`` s each)
+        and merge; a node of the registry that is down or does not answer in time is
+        listed as missing."""
+        from vss.cdn.listing import FANOUT_TIMEOUT, merge
+
+        if body.to_time <= body.from_time:
+            raise VssError(ResultCode.INVALID_ARGUMENT, "to must be after from")
+        known = {n["node_id"] for n in (yield self.store.list_nodes())}
+        asked = dict(self.sessions)
+        results = yield defer.DeferredList(
+            [sess.link.request(MsgType.RECORD_QUERY, body, FANOUT_TIMEOUT)
+             for sess in asked.values()], consumeErrors=True)
+        answers, missing = [], sorted(known - set(asked))
+        for node_id, (ok, result) in zip(asked, results, strict=True):
+            if ok:
+                answers.append(result.body)
+            else:
+                missing.append(node_id)
+                self.log.info("node {node} did not list recordings: {error}", node=node_id,
+                              error=result.getErrorMessage())
+        self.counters["record_queries"] = self.counters.get("record_queries", 0) + 1
+        return merge(body.from_time, body.to_time, answers, missing)
+
     # -- presence: which PUs are online (dynamic data, passed on, never logged)
 
     def on_presence(self, s, change, force=False):
@@ -597,4 +671,6 @@ class CMSService(service.Service):
         MsgType.SYNC_FETCH: on_sync_fetch,
         MsgType.SYNC_CHANGE: on_sync_change,
         MsgType.STATE_CHANGE: on_presence,
+        MsgType.RECORD_SETTINGS_GET: on_record_settings_get,
+        MsgType.RECORD_QUERY: on_record_query,
     }

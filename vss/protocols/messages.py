@@ -541,6 +541,32 @@ RecordStatus = body("RecordStatus", "device_id" / Str)
 RecordStates = body("RecordStates", "tasks" / List(RecordTask.con))
 
 
+# The recording catalogue across nodes (RECORD_QUERY): the segments of a (device,
+# channel, stream) overlapping [from_time, to_time), from every node that holds some.
+
+RecordSegment = record(
+    "RecordSegment", "start" / Timestamp, "end" / Timestamp, "bytes" / U64, "node_id" / Str
+)
+TimeRange = record("TimeRange", "start" / Timestamp, "end" / Timestamp)
+ExportUrl = record("ExportUrl", "node_id" / Str, "url" / Str, "expires" / Timestamp)
+RecordQuery = body(
+    "RecordQuery",
+    "device_id" / Str,
+    "channel" / U16,
+    "stream" / U8,
+    "from_time" / Timestamp,
+    "to_time" / Timestamp,
+)
+Recordings = body(
+    "Recordings",
+    "segments" / List(RecordSegment.con),
+    "gaps" / List(TimeRange.con),
+    "missing" / List(Str),
+    "exports" / List(ExportUrl.con),
+    "truncated" / Bool,
+)
+
+
 # ---------------------------------------------------------------------------
 # Message types: (type id, request body, response body or None for a notification)
 
@@ -569,6 +595,7 @@ class MsgType(IntEnum):
     RECORD_START = 0x0160
     RECORD_STOP = 0x0161
     RECORD_STATUS = 0x0162
+    RECORD_QUERY = 0x0170
     NODE_REGISTER = 0x0200
     NODE_HEARTBEAT = 0x0201
     STATIC_PULL = 0x0202
@@ -605,6 +632,7 @@ CATALOGUE = {
     MsgType.RECORD_START: (RecordRequest, RecordState),
     MsgType.RECORD_STOP: (RecordRequest, RecordState),
     MsgType.RECORD_STATUS: (RecordStatus, RecordStates),
+    MsgType.RECORD_QUERY: (RecordQuery, Recordings),
     MsgType.NODE_REGISTER: (NodeRegister, NodeRegistered),
     MsgType.NODE_HEARTBEAT: (Heartbeat, HeartbeatAck),
     MsgType.STATIC_PULL: (StaticPull, StaticPage),

@@ -204,6 +204,15 @@ def on_cu_request(rgm, link, frame, msg):
             return link.send_error(t, frame.txid, ResultCode.FORBIDDEN,
                                    f"{s.identity} may not {action.name.lower()} {device_id}")
         record = rgm.store.get_device(device_id)
+        if t == MsgType.RECORD_QUERY:  # the catalogue across nodes (vss.cdn.archive)
+            if rgm.archive is None:
+                return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
+                                       "this node has no recording catalogue")
+            d = defer.maybeDeferred(rgm.archive.query, msg.body)
+            _hold(s, frame.txid, d)
+            d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
+                           lambda f: link.send_failure(frame, f))
+            return
         if t in recording.REQUESTS:  # this node's recording task manager, not the PU
             d = recording.serve_request(rgm.recordings, s.identity, t, msg.body, record)
             _hold(s, frame.txid, d)

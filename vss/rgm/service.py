@@ -137,6 +137,7 @@ CONTROL_ACTIONS = {
     MsgType.RECORD_START: Action.RECORD,
     MsgType.RECORD_STOP: Action.RECORD,
     MsgType.RECORD_STATUS: Action.RECORD,
+    MsgType.RECORD_QUERY: Action.VIEW,
 }
 
 #: State changes a PU reports that are static data and so go on to CMS (S603).
@@ -154,6 +155,7 @@ class RGMService(service.Service):
         self.clock = clock
         self.cdn = cdn
         self.recordings = None  # vss.rgm.recording.RecordingManager, if the node records
+        self.archive = None  # vss.cdn.archive.NodeArchive: RECORD_QUERY across nodes
         self.throttle = Throttle(clock)
         self.links = set()
         self.pu_links = {}  # device_id -> link of the registered PU

@@ -21,6 +21,8 @@ DEFAULTS = {
     "keepalive": "30",
     "request-timeout": "10",
     "route-cache": "on",
+    "http-listen": "tcp:7580:interface=127.0.0.1",
+    "retention-interval": "60",
 }
 
 
@@ -51,6 +53,10 @@ class Options(TrackingOptions):
         ["route-cache", None, None, "on: cache the home node of other nodes' PUs and reach it "
          "directly; off: every such request takes the cache-miss path through CMS "
          f"(measurement and troubleshooting) [{DEFAULTS['route-cache']}]."],
+        ["http-listen", None, None, "Endpoint of the HTTP export listener (GET /export?token=), "
+         f"or 'off' [{DEFAULTS['http-listen']}]."],
+        ["retention-interval", None, None, "Seconds between retention passes over the "
+         f"recordings [{DEFAULTS['retention-interval']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
     ]
@@ -88,6 +94,11 @@ def settings_from(opts):
     route_cache = str(opts["route-cache"]).strip().lower()
     if route_cache not in ("on", "off"):
         problems.append(f"--route-cache: {opts['route-cache']!r} is neither 'on' nor 'off'")
+    retention_interval = positive_number("retention-interval", opts["retention-interval"], float,
+                                         problems, 0, 86400)
+    http_listen = str(opts["http-listen"]).strip()
+    if http_listen.lower() == "off":
+        http_listen = ""
     if opts.get("manhole") and not opts.get("manhole-keys"):
         problems.append("--manhole-keys: required when --manhole is set")
     if problems:
@@ -112,6 +123,8 @@ def settings_from(opts):
         manhole=opts.get("manhole") or "",
         manhole_keys=opts.get("manhole-keys") or "",
         route_cache=route_cache != "off",
+        http_listen=http_listen,
+        retention_interval=retention_interval,
     )
 
 

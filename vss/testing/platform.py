@@ -74,7 +74,7 @@ class Platform:
             cluster_secret_file=os.path.join(self.workdir, "cms", "cluster.secret"),
             node_listen="tcp:0:interface=127.0.0.1", advertise_host="127.0.0.1", static="",
             store=store, data_dir=data, keepalive=5, request_timeout=3.0, manhole="",
-            manhole_keys="")
+            manhole_keys="", http_listen="tcp:0:interface=127.0.0.1")
 
     @defer.inlineCallbacks
     def start_node(self, node_id, store="memory"):

@@ -1,0 +1,179 @@
+"""
+A node's archive: what it answers about its recordings, across nodes.
+
+- ``NodeArchive.query`` (a CU's RECORD_QUERY, after its node checked the VIEW grant):
+  the node asks CMS, which asks every node and merges (``vss.cdn.listing``); a node
+  without CMS (``--static``), or whose CMS link is down, answers from its own catalogue
+  (``missing`` then names ``cms``: other nodes were not asked).
+- ``NodeArchive.local`` (CMS's RECORD_QUERY to this node): the node's own segments, with
+  an export URL (``vss.cdn.export``) when it holds some and serves HTTP.
+- ``RetentionService``: every ``interval`` seconds, ``Recorder.enforce`` with the
+  retention the node holds (``RecordSettingsSync.retention``), never deleting a segment
+  that is being read (``in_use``: the exports running here, and the CDN module's
+  ``segments_in_use()`` when it has one).
+- ``wire(node)``: builds the above for a ``NodeService`` (called from ``vss.node``).
+"""
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from vss.cdn.listing import FANOUT_TIMEOUT, export_url, merge, node_answer
+from vss.cdn.recorder import stream_name
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import Stream
+
+log = Logger()
+
+DEFAULT_RETENTION_INTERVAL = 60.0
+QUERY_TIMEOUT = FANOUT_TIMEOUT + 3.0  # the CU's node waits for CMS's merged answer
+LINK_DOWN = (ResultCode.CENTRAL_UNAVAILABLE, ResultCode.SESSION_CLOSED, ResultCode.TIMEOUT)
+
+
+class NodeArchive:
+    def __init__(self, node_id, catalogue, central, store, tokens=None, http_base=None):
+        self.node_id = node_id
+        self.catalogue = catalogue
+        self.central = central
+        self.store = store
+        self.tokens = tokens
+        self.http_base = http_base  # "http://host:port", or a callable giving it
+        self.counters = {"queries": 0, "local": 0, "fallback": 0}
+
+    def check(self, body):
+        """Refuse a query with bad arguments (VssError INVALID_ARGUMENT)."""
+        if body.to_time <= body.from_time:
+            raise VssError(ResultCode.INVALID_ARGUMENT, "to must be after from")
+        if body.stream not in (Stream.MAIN, Stream.SUB):
+            raise VssError(ResultCode.INVALID_ARGUMENT, f"unknown stream {body.stream}")
+        record = self.store.get_device(body.device_id)
+        if record is None:
+            raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {body.device_id}")
+        if record.channels and body.channel >= record.channels:
+            raise VssError(ResultCode.INVALID_ARGUMENT, f"channel {body.channel} out of range "
+                           f"(device has {record.channels})")
+
+    @defer.inlineCallbacks
+    def query(self, body):
+        """A CU's query, across every node."""
+        self.check(body)
+        self.counters["queries"] += 1
+        ask = getattr(self.central, "query_recordings", None)
+        if ask is not None:
+            try:
+                return (yield ask(body, QUERY_TIMEOUT))
+            except VssError as e:
+                if e.code not in LINK_DOWN:
+                    raise
+                self.counters["fallback"] += 1
+                log.info("recordings of {device} from this node only: {error}",
+                         device=body.device_id, error=e.message)
+            answer = yield self.local(body)
+            return merge(body.from_time, body.to_time, [answer], ["cms"])
+        answer = yield self.local(body)
+        return merge(body.from_time, body.to_time, [answer])
+
+    @defer.inlineCallbacks
+    def local(self, body):
+        """This node's own segments of the range."""
+        self.counters["local"] += 1
+        stream = stream_name(body.channel, body.stream)
+        listing = yield self.catalogue.list(body.device_id, stream, body.from_time,
+                                            body.to_time)
+        export = None
+        base = self.http_base() if callable(self.http_base) else self.http_base
+        if listing["segments"] and base and self.tokens is not None:
+            token, expires = self.tokens.issue(body.device_id, body.channel, stream,
+                                               body.from_time, body.to_time)
+            export = export_url(base, token, expires, self.node_id)
+        return node_answer(listing, self.node_id, export)
+
+
+class RetentionService(service.Service):
+    """The periodic retention pass of a node's recorder."""
+
+    def __init__(self, recorder, settings, clock, interval=DEFAULT_RETENTION_INTERVAL,
+                 in_use=()):
+        self.recorder = recorder
+        self.settings = settings  # .retention() -> (days or None, quota bytes or None)
+        self.clock = clock
+        self.interval = interval
+        self.in_use = list(in_use)  # callables giving sets of relative segment paths
+        self.loop = None
+        self.passes = 0
+        self.deleted = 0
+
+    def startService(self):
+        super().startService()
+        self.loop = task.LoopingCall(self.run_once)
+        self.loop.clock = self.clock
+        self.loop.start(self.interval, now=False).addErrback(
+            lambda f: log.failure("retention stopped", f))
+
+    def stopService(self):
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        return super().stopService()
+
+    def busy_paths(self):
+        paths = set()
+        for fn in self.in_use:
+            try:
+                paths |= set(fn())
+            except Exception:  # noqa: BLE001 - a broken hook must not stop retention
+                log.failure("in-use hook failed")
+        return paths
+
+    @defer.inlineCallbacks
+    def run_once(self):
+        days, quota = self.settings.retention()
+        if days is None and quota is None:
+            return []
+        try:
+            deleted = yield self.recorder.enforce(days, quota, self.busy_paths())
+        except Exception:  # noqa: BLE001 - the next pass tries again
+            log.failure("retention pass failed")
+            return []
+        self.passes += 1
+        self.deleted += len(deleted)
+        return deleted
+
+
+def wire(node, settings, reactor):
+    """The archive, the settings sync, retention and the HTTP export listener of a node
+    (``vss.node.NodeService``; after its recorder and recording manager exist)."""
+    from vss.cdn.export import Exporter, ExportTokens, make_site
+    from vss.rgm.record_settings import RecordSettingsSync
+    from vss.tap.common import ListenService
+
+    node.export_tokens = ExportTokens(node.secret, reactor)
+    node.exporter = Exporter(node.recorder.catalogue, settings.data_dir, reactor)
+    http = getattr(settings, "http_listen", "")
+    node.http_listener = None
+    if http:
+        node.http_listener = ListenService("http", http, make_site(node.export_tokens,
+                                                                   node.exporter), reactor)
+        node.http_listener.setServiceParent(node)
+
+    def http_base():
+        port = node.http_listener.port if node.http_listener is not None else None
+        return f"http://{settings.media_host}:{port}" if port else None
+
+    node.archive = NodeArchive(settings.node_id, node.recorder.catalogue, node.central,
+                               node.store, node.export_tokens, http_base)
+    node.rgm.archive = node.archive
+    node.record_settings = RecordSettingsSync(settings.node_id, node.store, node.central,
+                                              node.recordings)
+    central = node.central
+    if hasattr(central, "device_listeners"):
+        central.device_listeners.append(node.record_settings.device_changed)
+        central.connected_listeners.append(node.record_settings.refresh_all)
+        central.local_recordings = node.archive.local
+    # The CDN module's playback, when it names the segments it reads.
+    in_use = [node.exporter.in_use,
+              lambda: getattr(node.cdn, "segments_in_use", lambda: ())()]
+    node.retention = RetentionService(
+        node.recorder, node.record_settings, reactor,
+        getattr(settings, "retention_interval", DEFAULT_RETENTION_INTERVAL), in_use)
+    node.retention.setServiceParent(node)

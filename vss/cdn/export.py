@@ -1,0 +1,358 @@
+"""
+Export: an authorised HTTP download of a time range of recordings as ONE MP4 file,
+from the node that holds the segments.
+
+How it is authorised: a node that answers a RECORD_QUERY for segments it holds adds an
+export URL (``ExportUrl`` in the ``Recordings`` answer) to it:
+``http://<media host>:<http port>/export?token=<token>``. The CU's own node checked the
+user's VIEW grant before it asked; the token is what carries that decision to the HTTP
+side. A token is ``<payload>.<signature>`` (URL-safe base64, no padding), the payload
+``x1|<device>|<channel>|<stream>|<from ms>|<to ms>|<expiry s>|<id>``, the signature
+HMAC-SHA256 of it with a key derived from the node secret (``HMAC(secret,
+"vss-export-v1")``), so a stream token never passes as an export token nor the reverse.
+It names a device, a stream and a time range; never a path.
+
+What is served (``ExportResource``, the only resource of the node's HTTP listener):
+
+- ``GET /export?token=...`` and nothing else: any other path is 404, any other method
+  405, any other parameter, a repeated parameter, ``..``, a backslash, a NUL, an encoded
+  slash or dot (``%2f``, ``%5c``, ``%2e``) or a ``//`` anywhere in the request target is
+  400; a bad, expired or foreign token is 403; a range without segments here is 404.
+- The segments come from the node's catalogue (device, stream, range) and each file path
+  is checked to resolve inside ``<data dir>/recordings`` before it is opened.
+- The file is made by remuxing (no decoding, no transcoding) with PyAV on a worker
+  thread (``remux``), never on the reactor thread, into a temporary file in
+  ``<data dir>/exports``, then streamed to the client with a producer and deleted. It
+  starts at the keyframe at or before the asked start (so it decodes from its first
+  frame) and ends at the asked end; timestamps run on across segments, holes between
+  segments stay holes in time.
+- While an export reads segments their paths are ``in_use()``: retention never deletes
+  them.
+"""
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import tempfile
+from collections import Counter
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
+from twisted.web import resource, server
+
+log = Logger()
+
+DEFAULT_TTL = 600  # seconds an export URL stays valid
+MAX_RANGE_MS = 24 * 3600 * 1000  # one export covers at most a day
+MAX_CONCURRENT = 2  # remuxes at once per node
+EXPORTS = "exports"
+BAD_TARGET = ("..", "\\", "\x00", "%2f", "%5c", "%2e", "%00", "//")
+
+
+def _b64e(raw):
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text):
+    text = text.encode("ascii")
+    return base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
+
+
+class ExportTokens:
+    """Signs and checks export tokens with a key derived from the node secret."""
+
+    def __init__(self, secret, clock, ttl=DEFAULT_TTL):
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        self._key = hmac.new(secret, b"vss-export-v1", hashlib.sha256).digest()
+        self.clock = clock
+        self.ttl = ttl
+
+    def issue(self, device_id, channel, stream, from_ms, to_ms, ttl=None):
+        """(token, expiry in ms)."""
+        for text in (device_id, stream):
+            if not text or "|" in text or "/" in text:
+                raise ValueError(f"not exportable: {text!r}")
+        expiry = int(self.clock.seconds() + (self.ttl if ttl is None else ttl))
+        payload = (f"x1|{device_id}|{int(channel)}|{stream}|{int(from_ms)}|{int(to_ms)}|"
+                   f"{expiry}|{_b64e(secrets.token_bytes(9))}").encode()
+        sig = hmac.new(self._key, payload, hashlib.sha256).digest()
+        return f"{_b64e(payload)}.{_b64e(sig)}", expiry * 1000
+
+    def verify(self, token):
+        """The dict (device, channel, stream, from_ms, to_ms, expiry) of a valid token,
+        or raise ValueError with the reason."""
+        if not token or len(token) > 1024:
+            raise ValueError("missing token")
+        p64, sep, s64 = token.partition(".")
+        if not sep:
+            raise ValueError("malformed token")
+        try:
+            payload, sig = _b64d(p64), _b64d(s64)
+        except (ValueError, UnicodeEncodeError):
+            raise ValueError("malformed token") from None
+        if not hmac.compare_digest(hmac.new(self._key, payload, hashlib.sha256).digest(), sig):
+            raise ValueError("bad signature")
+        try:
+            version, device, channel, stream, from_ms, to_ms, expiry, _id = \
+                payload.decode("utf-8").split("|")
+            channel, from_ms, to_ms, expiry = int(channel), int(from_ms), int(to_ms), int(expiry)
+        except ValueError:
+            raise ValueError("malformed token") from None
+        if version != "x1":
+            raise ValueError("unknown token version")
+        if self.clock.seconds() >= expiry:
+            raise ValueError("token expired")
+        return {"device": device, "channel": channel, "stream": stream, "from_ms": from_ms,
+                "to_ms": to_ms, "expiry": expiry}
+
+
+def check_target(uri):
+    """The reason a request target is refused (400), or None. ``uri`` is raw bytes."""
+    try:
+        text = uri.decode("ascii")
+    except UnicodeDecodeError:
+        return "the request target is not ASCII"
+    lower = text.lower()
+    for bad in BAD_TARGET:
+        if bad in lower:
+            return f"{bad!r} is not allowed in the request"
+    return None
+
+
+# -- the remux (blocking: runs on a worker thread) ---------------------------------------
+
+def remux(paths_and_starts, out_path, from_ms, to_ms):
+    """Write the parts of the segments (``[(absolute path, segment start ms), ...]`` in
+    time order) between ``from_ms`` and ``to_ms`` into one MP4 at ``out_path``, starting
+    at the keyframe at or before ``from_ms``. Returns (duration ms, video frames)."""
+    import av
+
+    out = None
+    o_video = o_audio = None
+    t0 = None  # wall ms of the file's time zero
+    last = {}  # output stream -> last dts
+    frames = 0
+    first_wall = last_wall = None
+    pending = []  # (packet, wall ms, kind) since the last keyframe before from_ms
+    started = False
+    try:
+        for path, start_ms in paths_and_starts:
+            with av.open(path) as inp:
+                if not inp.streams.video:
+                    continue
+                v = inp.streams.video[0]
+                a = inp.streams.audio[0] if inp.streams.audio else None
+                if out is None:
+                    out = av.open(out_path, "w", format="mp4",
+                                  options={"movflags": "+faststart"})
+                    o_video = out.add_stream_from_template(v)
+                    if a is not None:
+                        o_audio = out.add_stream_from_template(a)
+                demux = [v] + ([a] if a is not None and o_audio is not None else [])
+                for p in inp.demux(demux):
+                    if p.dts is None or p.size == 0:
+                        continue
+                    video = p.stream.index == v.index
+                    wall = start_ms + float(p.pts if p.pts is not None else p.dts) \
+                        * p.time_base * 1000
+                    if wall >= to_ms:
+                        if video:
+                            break
+                        continue
+                    if not started:
+                        if wall < from_ms:  # keep the GOP that holds from_ms
+                            if video and p.is_keyframe:
+                                pending = [(p, start_ms, video)]
+                            elif pending:
+                                pending.append((p, start_ms, video))
+                            continue
+                        if not pending and not (video and p.is_keyframe):
+                            continue  # nothing decodable yet
+                        started = True
+                        todo = pending + [(p, start_ms, video)]
+                        pending = []
+                    else:
+                        todo = [(p, start_ms, video)]
+                    for q, seg_start, is_video in todo:
+                        ostream = o_video if is_video else o_audio
+                        tb = q.time_base
+                        qwall = seg_start + float(q.dts) * tb * 1000
+                        if t0 is None:
+                            t0 = qwall
+                        shift = round((seg_start - t0) / 1000 / tb)
+                        dts = q.dts + shift
+                        pts = (q.pts + shift) if q.pts is not None else dts
+                        prev = last.get(ostream)
+                        if prev is not None and dts <= prev:
+                            pts += prev + 1 - dts
+                            dts = prev + 1
+                        last[ostream] = dts
+                        q.dts, q.pts = dts, max(pts, dts)
+                        q.stream = ostream
+                        out.mux(q)
+                        if is_video:
+                            frames += 1
+                            first_wall = qwall if first_wall is None else first_wall
+                            last_wall = qwall + float(q.duration or 0) * tb * 1000
+    finally:
+        if out is not None:
+            out.close()
+    if out is None or not frames:
+        raise ValueError("no video in the range")
+    return int(last_wall - first_wall), frames
+
+
+# -- the HTTP side -------------------------------------------------------------------------
+
+class Exporter:
+    """Makes export files from this node's catalogue; counts the segments being read."""
+
+    def __init__(self, catalogue, data_dir, reactor, max_concurrent=MAX_CONCURRENT):
+        self.catalogue = catalogue
+        self.data_dir = os.path.abspath(data_dir)
+        self.reactor = reactor
+        self.reading = Counter()  # relative segment path -> exports reading it
+        self.limit = defer.DeferredSemaphore(max_concurrent)
+        self.counters = {"exports": 0, "refused": 0, "failed": 0, "bytes": 0}
+
+    def in_use(self):
+        return {p for p, n in self.reading.items() if n > 0}
+
+    def _safe(self, rel):
+        root = os.path.realpath(os.path.join(self.data_dir, "recordings"))
+        full = os.path.realpath(os.path.join(self.data_dir, rel))
+        if os.path.commonpath([root, full]) != root:
+            raise ValueError(f"segment outside the recordings: {rel!r}")
+        return full
+
+    @defer.inlineCallbacks
+    def make(self, device, stream, from_ms, to_ms):
+        """A Deferred of the path of a new temporary MP4 file (the caller deletes it), or
+        None when the node holds no segment of the range."""
+        listing = yield self.catalogue.list(device, stream, from_ms, to_ms)
+        segs = listing["segments"]
+        if not segs:
+            return None
+        paths = [(self._safe(s.path), s.start_ms) for s in segs]
+        rels = [s.path for s in segs]
+        tmpdir = os.path.join(self.data_dir, EXPORTS)
+        os.makedirs(tmpdir, exist_ok=True)
+        fd, out = tempfile.mkstemp(suffix=".mp4", dir=tmpdir)
+        os.close(fd)
+        yield self.limit.acquire()
+        self.reading.update(rels)
+        try:
+            from twisted.internet import threads
+
+            duration, frames = yield threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), remux, paths, out, from_ms, to_ms)
+        except BaseException:
+            _unlink(out)
+            raise
+        finally:
+            self.reading.subtract(rels)
+            self.reading += Counter()  # drop the zero counts
+            self.limit.release()
+        log.info("export of {device}/{stream} {frm}-{to}: {n} segments, {ms} ms, {frames} "
+                 "frames", device=device, stream=stream, frm=from_ms, to=to_ms, n=len(segs),
+                 ms=duration, frames=frames)
+        return out
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class ExportResource(resource.Resource):
+    """The node's HTTP root: ``GET /export?token=...`` only (see the module docstring)."""
+
+    isLeaf = True
+
+    def __init__(self, tokens, exporter):
+        super().__init__()
+        self.tokens = tokens
+        self.exporter = exporter
+
+    def _refuse(self, request, code, message):
+        self.exporter.counters["refused"] += 1
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return (message + "\n").encode("utf-8")
+
+    def render(self, request):
+        problem = check_target(request.uri)
+        if problem is not None:
+            return self._refuse(request, 400, problem)
+        if request.path != b"/export":
+            return self._refuse(request, 404, "not found")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return self._refuse(request, 405, "method not allowed")
+        args = request.args or {}
+        if set(args) != {b"token"} or len(args[b"token"]) != 1:
+            return self._refuse(request, 400, "the only parameter is one token")
+        for values in args.values():
+            for v in values:
+                if check_target(v) is not None or v.startswith(b"/"):
+                    return self._refuse(request, 400, "bad parameter")
+        try:
+            grant = self.tokens.verify(args[b"token"][0].decode("ascii"))
+        except (ValueError, UnicodeDecodeError) as e:
+            return self._refuse(request, 403, f"forbidden: {e}")
+        if grant["to_ms"] <= grant["from_ms"] or grant["to_ms"] - grant["from_ms"] > MAX_RANGE_MS:
+            return self._refuse(request, 400, "bad time range")
+        d = self.exporter.make(grant["device"], grant["stream"], grant["from_ms"], grant["to_ms"])
+        d.addCallback(self._send, request, grant)
+        d.addErrback(self._failed, request)
+        return server.NOT_DONE_YET
+
+    def _send(self, path, request, grant):
+        if path is None:
+            request.write(self._refuse(request, 404, "no recording in that range on this node"))
+            request.finish()
+            return
+        if request._disconnected:
+            _unlink(path)
+            return
+        size = os.path.getsize(path)
+        name = f"{grant['device']}-{grant['stream']}-{grant['from_ms']}.mp4"
+        request.setHeader(b"content-type", b"video/mp4")
+        request.setHeader(b"content-length", str(size).encode())
+        request.setHeader(b"content-disposition", f'attachment; filename="{name}"'.encode())
+        self.exporter.counters["exports"] += 1
+        self.exporter.counters["bytes"] += size
+        if request.method == b"HEAD":
+            _unlink(path)
+            request.finish()
+            return
+        f = open(path, "rb")  # noqa: SIM115 - closed when the transfer ends
+        d = FileSender().beginFileTransfer(f, request)
+
+        def done(result):
+            f.close()
+            _unlink(path)
+            if not request._disconnected:
+                request.finish()
+            return None
+
+        d.addBoth(done)
+
+    def _failed(self, failure, request):
+        self.exporter.counters["failed"] += 1
+        log.failure("export failed", failure)
+        if not request._disconnected:
+            request.write(self._refuse(request, 500, "the export failed"))
+            request.finish()
+
+
+def make_site(tokens, exporter):
+    site = server.Site(ExportResource(tokens, exporter))
+    site.displayTracebacks = False
+    return site
