@@ -53,6 +53,7 @@ from signalling import SALT, SECRET, TICK, Loader, cpu_ticks, pinned  # noqa: E4
 
 from vss.protocols.messages import Action, DeviceRecord, GrantRecord, UserRecord  # noqa: E402
 from vss.testing import records  # noqa: E402
+from vss.testing.processes import other_listeners_on_port_0  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 PHASES = ("local", "via_cms", "cached")
@@ -252,10 +253,9 @@ def main():
                 "--data-dir", os.path.join(work, node),
                 "--cms", f"tcp:127.0.0.1:{ports['cms']['node']}",
                 "--cluster-secret-file", os.path.join(work, "cms", "cluster.secret"),
+                *other_listeners_on_port_0(("pu-listen", "cu-listen")),
                 "--pu-listen", "tcp:0:interface=127.0.0.1:backlog=1024",
                 "--cu-listen", "tcp:0:interface=127.0.0.1:backlog=1024",
-                "--node-listen", "tcp:0:interface=127.0.0.1",
-                "--rtsp-listen", "tcp:0:interface=127.0.0.1",
                 "--route-cache", cache], log(node), core, work)
         for node in ("node-a", "node-b", "node-u"):
             ports[node] = wait_json(os.path.join(work, node, "ports.json"), procs[node], node)

@@ -156,12 +156,26 @@ def start_cms(reactor, workdir, extra=(), env=None):
     return d, ports
 
 
+def other_listeners_on_port_0(given=("pu-listen", "cu-listen", "rtsp-listen")):
+    """``--NAME tcp:0:interface=127.0.0.1`` for every listener option of vss-node
+    (``*-listen``) not in ``given``, so that several nodes on one host never meet on a
+    default port, whatever listeners the node has."""
+    from vss.tap.node import Options
+
+    args = []
+    for name, *_ in Options.optParameters:
+        if name.endswith("-listen") and name not in given:
+            args += [f"--{name}", "tcp:0:interface=127.0.0.1"]
+    return args
+
+
 def node_cms_args(workdir, cms_ports):
     """The options of ``start_node`` for a node of the CMS that ``start_cms`` started:
-    CMS on loopback, its cluster secret, the inter-node listener on port 0."""
+    CMS on loopback, its cluster secret, the inter-node listener (and any other listener
+    ``start_node`` does not set) on port 0."""
     return ["--cms", f"tcp:127.0.0.1:{cms_ports['node']}",
             "--cluster-secret-file", cms_secret_file(workdir),
-            "--node-listen", "tcp:0:interface=127.0.0.1"]
+            *other_listeners_on_port_0()]
 
 
 def read_status(workdir, node_id):
