@@ -1,0 +1,416 @@
+"""
+Recording settings from CMS to the home node, the recording catalogue across nodes
+(RECORD_QUERY), HTTP export of a range as one MP4, and the periodic retention pass.
+
+The end-to-end tests run CMS and two nodes in process (``Platform``) with a real
+``vss-pu`` agent publishing H.264 to node-b; PyAV reads what is exported.
+"""
+
+import os
+import socket
+import time
+import urllib.request
+
+from twisted.internet import defer, reactor, task, threads
+from twisted.trial import unittest
+
+from vss.cdn.catalogue import Segment
+from vss.cdn.export import ExportTokens, check_target
+from vss.cdn.listing import gaps_of, merge, node_answer
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import (
+    Action,
+    MsgType,
+    Recordings,
+    RecordingState,
+    RecordMode,
+    RecordQuery,
+    RecordSegment,
+    RecordSettings,
+    Role,
+    Stream,
+    TimeRange,
+)
+from vss.rgm.record_settings import RecordSettingsSync
+from vss.rgm.recording import ChannelSettings
+from vss.testing.platform import Platform, verifier, wait_until
+from vss.testing.processes import Daemon, child_env, tool
+
+try:
+    import av
+except ImportError:  # pragma: no cover - av is a dependency
+    av = None
+
+ALL = int(Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD)
+T0 = 1_700_000_000_000
+
+
+def seg(start, end, node="n"):
+    return RecordSegment(start=T0 + start, end=T0 + end, bytes=10, node_id=node)
+
+
+class ListingTests(unittest.SynchronousTestCase):
+    def test_merge_orders_segments_of_several_nodes_and_recomputes_the_gaps(self):
+        a = Recordings(segments=[seg(0, 10_000, "a"), seg(40_000, 50_000, "a")], gaps=[],
+                       missing=[], exports=[], truncated=False)
+        b = Recordings(segments=[seg(10_000, 20_000, "b")], gaps=[], missing=[], exports=[],
+                       truncated=False)
+        out = merge(T0, T0 + 60_000, [a, b], missing=["c"])
+        self.assertEqual([s.node_id for s in out.segments], ["a", "b", "a"])
+        self.assertEqual(out.gaps, [TimeRange(start=T0 + 20_000, end=T0 + 40_000),
+                                    TimeRange(start=T0 + 50_000, end=T0 + 60_000)])
+        self.assertEqual(out.missing, ["c"])
+        self.assertFalse(out.truncated)
+
+    def test_small_holes_are_not_gaps_and_an_empty_range_is_one_gap(self):
+        self.assertEqual(gaps_of([seg(0, 1000), seg(1200, 2000)], T0, T0 + 2000), [])
+        self.assertEqual(gaps_of([], T0, T0 + 5000), [TimeRange(start=T0, end=T0 + 5000)])
+
+    def test_a_node_answer_tags_its_segments_and_only_offers_an_export_when_it_has_some(self):
+        s = Segment("cam", 0, "main", T0, T0 + 1000, 99, "recordings/cam/main/x.mp4")
+        answer = node_answer({"segments": [s], "gaps": []}, "node-b", export="url")
+        self.assertEqual(answer.segments, [RecordSegment(start=T0, end=T0 + 1000, bytes=99,
+                                                         node_id="node-b")])
+        self.assertEqual(answer.exports, ["url"])
+        self.assertEqual(node_answer({"segments": [], "gaps": []}, "n", "url").exports, [])
+
+
+class ExportTokenTests(unittest.SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        self.tokens = ExportTokens(b"s" * 32, self.clock, ttl=60)
+
+    def test_a_token_carries_device_stream_and_range_until_it_expires(self):
+        token, expires = self.tokens.issue("cam", 0, "main", T0, T0 + 5000)
+        self.assertEqual(expires, 1060_000)
+        grant = self.tokens.verify(token)
+        self.assertEqual((grant["device"], grant["stream"], grant["from_ms"], grant["to_ms"]),
+                         ("cam", "main", T0, T0 + 5000))
+        self.clock.advance(61)
+        with self.assertRaises(ValueError):
+            self.tokens.verify(token)
+
+    def test_forged_foreign_and_tampered_tokens_are_refused(self):
+        token, _ = self.tokens.issue("cam", 0, "main", T0, T0 + 5000)
+        other = ExportTokens(b"t" * 32, self.clock)
+        for bad in ("", "abc", token[:-3] + "AAA", other.issue("cam", 0, "main", 0, 1)[0],
+                    token.replace(".", "")):
+            with self.assertRaises(ValueError):
+                self.tokens.verify(bad)
+
+    def test_a_path_is_never_a_token_field(self):
+        for device in ("../etc", "a/b", "a|b", ""):
+            with self.assertRaises(ValueError):
+                self.tokens.issue(device, 0, "main", 0, 1)
+
+    def test_traversal_targets_are_refused(self):
+        for target in (b"/export/../x", b"/export?token=..%2f..", b"/%2e%2e/etc/passwd",
+                       b"/export?token=a%5cb", b"//etc/passwd", b"/export?token=a\\b",
+                       b"/export?token=%00", b"/export?token=a%2Fb"):
+            self.assertIsNotNone(check_target(target), target)
+        self.assertIsNone(check_target(b"/export?token=abc.def"))
+
+
+class FakeCentral:
+    def __init__(self):
+        self.settings = {}
+        self.asked = []
+
+    def record_settings(self, device_id, channel):
+        self.asked.append((device_id, channel))
+        s = self.settings.get((device_id, channel))
+        if s is None:
+            return defer.fail(VssError(ResultCode.NOT_FOUND))
+        return defer.succeed(s)
+
+
+class FakeManager:
+    def __init__(self):
+        self.settings = {}
+        self.applied = []
+
+    def apply_settings(self, body):
+        self.applied.append((body.device_id, body.channel, body.mode))
+        self.settings[(body.device_id, body.channel)] = ChannelSettings.from_record(body)
+        return defer.succeed(None)
+
+
+class FakeStore:
+    def __init__(self, *records):
+        self.records = {r.device_id: r for r in records}
+
+    def devices(self):
+        return list(self.records.values())
+
+    def get_device(self, device_id):
+        return self.records.get(device_id)
+
+
+class Rec:
+    def __init__(self, device_id, home, version=1, channels=1):
+        self.device_id, self.home_node, self.version, self.channels = \
+            device_id, home, version, channels
+
+
+def settings(device_id, mode, channel=0, days=7, quota=0):
+    return RecordSettings(device_id=device_id, channel=channel, mode=int(mode),
+                          stream=int(Stream.MAIN), segment_seconds=60, retention_days=days,
+                          quota_mb=quota, pre_event_seconds=5, post_event_seconds=10,
+                          schedule=[])
+
+
+class RecordSettingsSyncTests(unittest.SynchronousTestCase):
+    def setUp(self):
+        self.central, self.manager = FakeCentral(), FakeManager()
+        self.store = FakeStore(Rec("cam", "node-b", channels=2), Rec("far", "node-a"))
+        self.sync = RecordSettingsSync("node-b", self.store, self.central, self.manager)
+
+    def test_at_start_only_devices_homed_here_are_fetched_and_applied(self):
+        self.central.settings[("cam", 1)] = settings("cam", RecordMode.CONTINUOUS, 1)
+        self.central.settings[("far", 0)] = settings("far", RecordMode.CONTINUOUS)
+        self.sync.refresh_all()
+        self.assertEqual(self.central.asked, [("cam", 0), ("cam", 1)])
+        self.assertEqual(self.manager.applied, [("cam", 1, RecordMode.CONTINUOUS)])
+
+    def test_a_new_version_refetches_and_equal_settings_are_not_applied_again(self):
+        self.central.settings[("cam", 0)] = settings("cam", RecordMode.CONTINUOUS)
+        old, new = Rec("cam", "node-b", 1, 2), Rec("cam", "node-b", 2, 2)
+        self.sync.device_changed("cam", old, new)
+        self.sync.device_changed("cam", new, Rec("cam", "node-b", 3, 2))
+        self.assertEqual(self.manager.applied, [("cam", 0, RecordMode.CONTINUOUS)])
+        self.central.settings[("cam", 0)] = settings("cam", RecordMode.OFF)
+        self.sync.device_changed("cam", new, Rec("cam", "node-b", 4, 2))
+        self.assertEqual(self.manager.applied[-1], ("cam", 0, RecordMode.OFF))
+
+    def test_a_device_that_moves_away_stops_what_its_settings_started(self):
+        self.central.settings[("cam", 0)] = settings("cam", RecordMode.CONTINUOUS)
+        self.sync.refresh("cam")
+        self.sync.device_changed("cam", Rec("cam", "node-b"), Rec("cam", "node-a", 2))
+        self.assertEqual(self.manager.applied[-1], ("cam", 0, RecordMode.OFF))
+        self.assertEqual(self.sync.held, {})
+
+    def test_retention_is_the_longest_and_the_quota_the_sum(self):
+        self.assertEqual(self.sync.retention(), (None, None))
+        self.sync.held = {("a", 0): settings("a", 1, days=3, quota=10),
+                          ("b", 0): settings("b", 1, days=9, quota=20)}
+        self.assertEqual(self.sync.retention(), (9, 30 * 1024 * 1024))
+        self.sync.held[("c", 0)] = settings("c", 1, days=0, quota=0)
+        self.assertEqual(self.sync.retention(), (None, None))
+
+
+class RetentionTests(unittest.SynchronousTestCase):
+    def test_every_interval_enforce_runs_with_the_held_settings_and_the_paths_in_use(self):
+        from vss.cdn.archive import RetentionService
+
+        calls = []
+
+        class Recorder:
+            def enforce(self, days, quota, in_use):
+                calls.append((days, quota, set(in_use)))
+                return defer.succeed(["x"])
+
+        class Held:
+            def retention(self):
+                return 7, None
+
+        clock = task.Clock()
+        svc = RetentionService(Recorder(), Held(), clock, interval=60,
+                               in_use=[lambda: {"a.mp4"}, lambda: ["b.mp4"]])
+        svc.startService()
+        self.assertEqual(calls, [])
+        clock.advance(60)
+        clock.advance(60)
+        self.assertEqual(calls, [(7, None, {"a.mp4", "b.mp4"})] * 2)
+        self.assertEqual((svc.passes, svc.deleted), (2, 2))
+        svc.stopService()
+        clock.advance(600)
+        self.assertEqual(len(calls), 2)
+
+
+def raw_http(port, target):
+    """Blocking: the status code of ``GET target`` sent as is (no client normalisation)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET " + target + b" HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def download(url, path):
+    with urllib.request.urlopen(url, timeout=60) as r, open(path, "wb") as f:  # noqa: S310
+        while True:
+            chunk = r.read(65536)
+            if not chunk:
+                break
+            f.write(chunk)
+    return os.path.getsize(path)
+
+
+def probe(path):
+    with av.open(path) as c:
+        v = c.streams.video[0]
+        frames = [f for f in c.decode(v)]
+        return (float(frames[-1].time - frames[0].time), len(frames), frames[0].key_frame)
+
+
+class CatalogueAcrossNodesTests(unittest.TestCase):
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.work = os.path.abspath(self.mktemp())
+        os.makedirs(self.work)
+        self.p = Platform(reactor, self.work)
+        self.addCleanup(self.p.stop)
+        yield self.p.start_cms()
+        self.store, self.cms = self.p.cms.store, self.p.cms.cms
+        for changes in [
+            (yield self.store.upsert_device("cam-b", "Gate B", 1, 1, "node-b",
+                                            verifier("cam-b-s"))),
+            (yield self.store.upsert_device("cam-x", "Other", 1, 1, "node-b",
+                                            verifier("cam-x-s"))),
+            (yield self.store.upsert_user("alice", verifier("alice-pw"), [])),
+            (yield self.store.upsert_user("bob", verifier("bob-pw"), [])),
+            (yield self.store.set_grant("user:alice", "cam-b", ALL)),
+            (yield self.store.set_grant("user:bob", "cam-x", ALL)),
+            # stored before the nodes start: node-b applies it when it starts
+            (yield self.store.set_record_settings("cam-x", 0, {
+                "mode": "schedule", "stream": "main", "segment_seconds": 60,
+                "retention_days": 3, "quota_mb": 0, "pre_event_seconds": 5,
+                "post_event_seconds": 10,
+                "schedule": [{"day": "mon", "start": "00:00", "end": "00:01"}]})),
+        ]:
+            self.cms.publish(changes)
+        self.node_a = yield self.p.start_node("node-a")
+        self.node_b = yield self.p.start_node("node-b")
+        pu = Daemon(reactor, [tool("vss-pu"), "--node",
+                              f"tcp:127.0.0.1:{self.p.port('node-b', 'pu')}", "--id", "cam-b"],
+                    os.path.join(self.work, "pu.log"), env=child_env(VSS_PU_SECRET="cam-b-s"))
+        self.addCleanup(pu.stop)
+        yield wait_until(reactor, lambda: "cam-b" in self.node_b.rgm.pu_links, timeout=30,
+                         what="the PU to log in")
+
+    @defer.inlineCallbacks
+    def set_mode(self, mode, segment=2):
+        changes = yield self.store.set_record_settings("cam-b", 0, {
+            "mode": mode, "stream": "main", "segment_seconds": segment, "retention_days": 7,
+            "quota_mb": 0, "pre_event_seconds": 5, "post_event_seconds": 10, "schedule": []})
+        self.cms.publish(changes)  # what MMS does after the PUT (S501)
+
+    def query(self, cu, device, frm, to):
+        return cu.request(MsgType.RECORD_QUERY, RecordQuery(
+            device_id=device, channel=0, stream=Stream.MAIN, from_time=frm, to_time=to),
+            timeout=30)
+
+    @defer.inlineCallbacks
+    def test_settings_recording_listing_export_and_a_missing_node(self):
+        b = self.node_b
+        # At start node-b applied the settings of its own device cam-x.
+        yield wait_until(reactor, lambda: ("cam-x", 0) in b.recordings.settings,
+                         what="stored settings applied at start")
+        self.assertEqual(b.recordings.settings[("cam-x", 0)].mode, RecordMode.SCHEDULE)
+        self.assertNotIn(("cam-x", 0), self.node_a.recordings.settings)
+
+        # An admin change to continuous: the home node records, no restart.
+        start_ms = int(time.time() * 1000)
+        yield self.set_mode("continuous")
+        key = ("cam-b", 0, Stream.MAIN)
+        yield wait_until(reactor, lambda: key in b.recordings.stacks and
+                         b.recordings.stacks[key].state == RecordingState.RUNNING,
+                         what="continuous recording to start")
+        self.assertEqual(sorted(b.recordings.stacks[key].reasons), ["continuous"])
+        self.assertEqual(self.node_a.recordings.stacks, {})
+        yield wait_until(reactor, lambda: b.recorder.counters["segments"] >= 3, timeout=60,
+                         what="three closed segments")
+        # mode off stops it
+        yield self.set_mode("off")
+        yield wait_until(reactor, lambda: key not in b.recordings.stacks and
+                         not b.recorder.recordings, timeout=30, what="the recording to stop")
+        end_ms = int(time.time() * 1000)
+        held = yield b.recorder.catalogue.list("cam-b", "main", 0, 2**62)
+        self.assertGreaterEqual(len(held["segments"]), 3)
+
+        # A CU on node-a lists node-b's segments, with the gaps around them.
+        cu = yield self.p.login("node-a", Role.CU, "alice", "alice-pw")
+        frm = start_ms - 60_000
+        t = time.monotonic()
+        listing = (yield self.query(cu, "cam-b", frm, end_ms + 60_000)).body
+        self.assertLess(time.monotonic() - t, 5.0)
+        self.assertEqual(listing.missing, [])
+        self.assertEqual(len(listing.segments), len(held["segments"]))
+        self.assertEqual({s.node_id for s in listing.segments}, {"node-b"})
+        self.assertEqual([s.start for s in listing.segments],
+                         [s.start_ms for s in held["segments"]])
+        self.assertEqual(listing.gaps[0].start, frm)
+        self.assertEqual(listing.gaps[0].end, listing.segments[0].start)
+        self.assertEqual(listing.gaps[-1].end, end_ms + 60_000)
+        self.assertEqual([e.node_id for e in listing.exports], ["node-b"])
+
+        # Export the middle of the recording as one MP4 from node-b.
+        first, last = listing.segments[0], listing.segments[-1]
+        ex_from, ex_to = first.start + 1000, last.end - 500
+        exp = (yield self.query(cu, "cam-b", ex_from, ex_to)).body.exports[0]
+        url = exp.url
+        self.assertIn(f":{self.p.port('node-b', 'http')}/export?token=", url)
+        out = os.path.join(self.work, "export.mp4")
+        size = yield threads.deferToThread(download, url, out)
+        self.assertGreater(size, 10_000)
+        duration, frames, key_first = yield threads.deferToThread(probe, out)
+        self.assertTrue(key_first)
+        wanted = (ex_to - ex_from) / 1000
+        self.assertLess(abs(duration - wanted), 1.5, (duration, wanted))
+        self.assertGreater(frames, 25)
+        self.assertEqual(b.exporter.in_use(), set())
+        self.assertEqual(os.listdir(os.path.join(b.settings.data_dir, "exports")), [])
+
+        # Traversal and forged requests are refused; nothing names a file.
+        port = self.p.port("node-b", "http")
+        token = url.split("token=", 1)[1].encode()
+        for target, code in [
+            (b"/export/../catalogue.sqlite3", 400), (b"/%2e%2e/node.secret", 400),
+            (b"/export?token=" + token + b"&path=/etc/passwd", 400),
+            (b"/export?token=" + token + b"&token=" + token, 400),
+            (b"/export?token=..%2f..%2fnode.secret", 400), (b"//etc/passwd", 400),
+            (b"/export?token=" + token[:-4] + b"AAAA", 403), (b"/export?token=", 403),
+            (b"/recordings/cam-b/main", 404),
+        ]:
+            got = yield threads.deferToThread(raw_http, port, target)
+            self.assertEqual(got, code, target)
+        # a token of node-b is worthless on node-a
+        got = yield threads.deferToThread(raw_http, self.p.port("node-a", "http"),
+                                          b"/export?token=" + token)
+        self.assertEqual(got, 403)
+
+        # Grants: bob may not list cam-b.
+        bob = yield self.p.login("node-a", Role.CU, "bob", "bob-pw")
+        with self.assertRaises(VssError) as e:
+            yield self.query(bob, "cam-b", frm, end_ms)
+        self.assertEqual(e.exception.code, ResultCode.FORBIDDEN)
+
+        # node-b is up but its catalogue does not answer: missing after the 2 s fan-out
+        # timeout, the listing does not hang.
+        real = b.central.local_recordings
+        b.central.local_recordings = lambda body: defer.Deferred()
+        t = time.monotonic()
+        listing = (yield self.query(cu, "cam-b", frm, end_ms)).body
+        self.assertLess(time.monotonic() - t, 4.0)
+        self.assertEqual(listing.missing, ["node-b"])
+        self.assertEqual(listing.segments, [])
+        b.central.local_recordings = real
+
+        # node-b stops: the listing still answers, quickly, naming it missing.
+        yield self.p.stop_node("node-b")
+        yield wait_until(reactor, lambda: "node-b" not in self.cms.sessions,
+                         what="CMS to see node-b down")
+        t = time.monotonic()
+        listing = (yield self.query(cu, "cam-b", frm, end_ms)).body
+        self.assertLess(time.monotonic() - t, 3.0)
+        self.assertEqual(listing.missing, ["node-b"])
+        self.assertEqual(listing.segments, [])
+        self.assertEqual(listing.gaps, [TimeRange(start=frm, end=end_ms)])
