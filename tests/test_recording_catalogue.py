@@ -35,7 +35,7 @@ from vss.protocols.messages import (
 from vss.rgm.record_settings import RecordSettingsSync
 from vss.rgm.recording import ChannelSettings
 from vss.testing.platform import Platform, verifier, wait_until
-from vss.testing.processes import Daemon, child_env, tool
+from vss.testing.processes import Daemon, child_env, run_tool, tool
 
 try:
     import av
@@ -368,6 +368,25 @@ class CatalogueAcrossNodesTests(unittest.TestCase):
         self.assertGreater(frames, 25)
         self.assertEqual(b.exporter.in_use(), set())
         self.assertEqual(os.listdir(os.path.join(b.settings.data_dir, "exports")), [])
+
+        # The same through vssctl: a table with the gaps, then an export to a file.
+        env = child_env(VSS_PASSWORD="alice-pw")
+        node = f"tcp:127.0.0.1:{self.p.port('node-a', 'cu')}"
+        text, err, code = yield run_tool("vssctl", [
+            "--node", node, "--user", "alice", "recordings", "cam-b", "--from", str(frm),
+            "--to", str(end_ms + 60_000)], env=env)
+        self.assertEqual(code, 0, err)
+        self.assertIn("-- gap ", text)
+        self.assertEqual(text.count("node-b"), len(listing.segments))
+        self.assertIn(f"{len(listing.segments)} segment(s)", text)
+        clip = os.path.join(self.work, "clip.mp4")
+        text, err, code = yield run_tool("vssctl", [
+            "--node", node, "--user", "alice", "export", "cam-b", "--from", str(ex_from),
+            "--to", str(ex_to), "-o", clip], env=env)
+        self.assertEqual(code, 0, err)
+        self.assertIn("from node-b", text)
+        duration2, _, _ = yield threads.deferToThread(probe, clip)
+        self.assertLess(abs(duration2 - wanted), 1.5)
 
         # Traversal and forged requests are refused; nothing names a file.
         port = self.p.port("node-b", "http")

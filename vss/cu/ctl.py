@@ -10,6 +10,8 @@
     vssctl --json config cam1 get
     vssctl record start cam1 --channel 0 --stream main
     vssctl record status cam1
+    vssctl recordings cam1 --from -2h --to now
+    vssctl export cam1 --from 2026-01-05T08:00:00Z --to 2026-01-05T08:10:00Z -o clip.mp4
 
 The password comes from ``--password-file``, the environment variable ``VSS_PASSWORD``,
 or a prompt; never from the command line. Errors are printed as one readable line and
@@ -46,6 +48,7 @@ from vss.protocols.messages import (
     Purpose,
     RecordingState,
     RecordMode,
+    RecordQuery,
     RecordRequest,
     RecordSettings,
     RecordSettingsGet,
@@ -228,6 +231,61 @@ class RecordCmd(AnyOrder):
         self["device"], self["op"] = device, op
 
 
+def parse_time(text, now_ms):
+    """UTC milliseconds of ``now``, ``-90s``/``-30m``/``-2h``/``-1d`` (before now), an ISO
+    8601 time (UTC unless it names an offset) or epoch milliseconds."""
+    import datetime
+
+    text = (text or "").strip()
+    if text == "now":
+        return now_ms
+    units = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    if text[:1] == "-" and text[-1:] in units and text[1:-1].isdigit():
+        return now_ms - int(text[1:-1]) * units[text[-1]]
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise usage.UsageError(f"{text!r} is not a time (ISO 8601, now, -30m, -2h, -1d or "
+                               "epoch ms)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return int(when.timestamp() * 1000)
+
+
+class RecordingsCmd(DeviceCommand):
+    synopsis = "recordings DEVICE [--from TIME] [--to TIME] [--channel N] [--stream main|sub]"
+    description = ("List the recordings of a device on every node, with the gaps. TIME: "
+                   "ISO 8601 (UTC unless an offset is given), now, -30m, -2h, -1d or epoch ms.")
+    optParameters = [["channel", None, 0, "Channel.", int],
+                     ["stream", None, "main", "main or sub."],
+                     ["from", None, "-1d", "Start of the range."],
+                     ["to", None, "now", "End of the range."]]
+
+    def postOptions(self):
+        import time
+
+        if self["stream"] not in ("main", "sub"):
+            raise usage.UsageError(f"--stream {self['stream']!r} is not main or sub")
+        now = int(time.time() * 1000)
+        self["from_ms"] = parse_time(self["from"], now)
+        self["to_ms"] = parse_time(self["to"], now)
+        if self["to_ms"] <= self["from_ms"]:
+            raise usage.UsageError("--to must be after --from")
+
+
+class ExportCmd(RecordingsCmd):
+    synopsis = "export DEVICE --from TIME --to TIME -o FILE [--channel N] [--stream main|sub]"
+    description = "Download a time range of recordings as one MP4 file."
+    optParameters = [["output", "o", None, "The MP4 file to write."]]
+
+    def postOptions(self):
+        super().postOptions()
+        if not self["output"]:
+            raise usage.UsageError("export: -o FILE is required")
+
+
 class Options(usage.Options):
     synopsis = "[--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
     optParameters = [
@@ -246,6 +304,8 @@ class Options(usage.Options):
         ["record-settings", None, RecordSettingsCmd, "Recording settings on the device."],
         ["live", None, Live, "Live video URL."],
         ["record", None, RecordCmd, "Start, stop or show manual recordings on your node."],
+        ["recordings", None, RecordingsCmd, "List recordings on every node, with gaps."],
+        ["export", None, ExportCmd, "Download a time range of recordings as one MP4."],
     ]
 
     def postOptions(self):
@@ -311,6 +371,10 @@ def build_request(cmd, sub):
             return MsgType.RECORD_STATUS, RecordStatus(device_id=dev)
         type = MsgType.RECORD_START if sub["op"] == "start" else MsgType.RECORD_STOP
         return type, RecordRequest(device_id=dev, channel=ch, stream=Stream[sub["stream"].upper()])
+    if cmd in ("recordings", "export"):
+        return MsgType.RECORD_QUERY, RecordQuery(
+            device_id=dev, channel=ch, stream=Stream[sub["stream"].upper()],
+            from_time=sub["from_ms"], to_time=sub["to_ms"])
     if cmd == "live":
         return MsgType.MEDIA_OPEN, MediaOpen(
             device_id=dev, channel=ch, stream=Stream[sub["stream"].upper()],
@@ -356,12 +420,60 @@ def render(cmd, sub, body):
                 f"{', schedule ' + slots if slots else ''}")
     if cmd == "live":
         return body.url
+    if cmd == "recordings":
+        return render_recordings(body)
+    if cmd == "export":
+        return f"{body['file']}: {body['bytes']} bytes from {body['node_id']}"
     if cmd == "record":
         tasks = body.tasks if hasattr(body, "tasks") else [body]
         if not tasks:
             return f"{sub['device']}: no recordings on this node"
         return "\n".join(render_record_state(t) for t in tasks)
     return repr(body)
+
+
+def _utc(ms):
+    import datetime
+
+    return f"{datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC):%Y-%m-%d %H:%M:%S}"
+
+
+def _length(ms):
+    s = ms // 1000
+    h, m = divmod(s, 3600)
+    m, s = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _size(n):
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def render_recordings(body):
+    """A table of segments in time order with the gaps between them (UTC times)."""
+    lines = [f"{'START (UTC)':<20} {'END (UTC)':<20} {'LENGTH':>10} {'SIZE':>10}  NODE"]
+    rows = [(s.start, 1, s) for s in body.segments] + [(g.start, 0, g) for g in body.gaps]
+    for _, is_segment, item in sorted(rows, key=lambda r: (r[0], r[1])):
+        if is_segment:
+            lines.append(f"{_utc(item.start):<20} {_utc(item.end):<20} "
+                         f"{_length(item.end - item.start):>10} {_size(item.bytes):>10}  "
+                         f"{item.node_id}")
+        else:
+            lines.append(f"{'-- gap ' + _utc(item.start):<27} .. {_utc(item.end):<20} "
+                         f"({_length(item.end - item.start)}) --")
+    total = sum(s.bytes for s in body.segments)
+    recorded = sum(s.end - s.start for s in body.segments)
+    lines.append(f"{len(body.segments)} segment(s), {_length(recorded)} recorded, "
+                 f"{_size(total)}, {len(body.gaps)} gap(s)")
+    if body.missing:
+        lines.append(f"not listed (no answer): {', '.join(body.missing)}")
+    if body.truncated:
+        lines.append("truncated: more segments match; narrow the range")
+    return "\n".join(lines)
 
 
 def render_record_state(t):
@@ -398,6 +510,9 @@ def run_command(reactor, opts, password, out):
             result = type_of_devices(devices)
         elif cmd == "record":
             result = yield record_request(client, type, body)
+        elif cmd == "export":
+            listing = (yield client.request(type, body)).body
+            result = yield export(reactor, listing, sub["output"])
         else:
             result = (yield client.request(type, body)).body
         if opts["json"]:
@@ -424,6 +539,53 @@ def record_request(client, type, body):
         if (t.channel, t.stream) == (body.channel, body.stream):
             return t
     raise VssError(ResultCode.QUEUED, "queued")
+
+
+@defer.inlineCallbacks
+def export(reactor, listing, path):
+    """Download the export of the node holding the most of the range into ``path``."""
+    if not listing.exports:
+        missing = f" (not listed: {', '.join(listing.missing)})" if listing.missing else ""
+        raise VssError(ResultCode.NOT_FOUND, f"no recording in that range{missing}")
+    held = {}
+    for s in listing.segments:
+        held[s.node_id] = held.get(s.node_id, 0) + s.bytes
+    best = max(listing.exports, key=lambda e: held.get(e.node_id, 0))
+    size = yield download(reactor, best.url, path)
+    return {"file": path, "bytes": size, "node_id": best.node_id,
+            "nodes_with_footage": sorted(held)}
+
+
+def download(reactor, url, path):
+    """GET ``url`` into ``path`` (written as it arrives); fires with the size."""
+    from twisted.internet import protocol
+    from twisted.web.client import Agent, ResponseDone
+
+    class Sink(protocol.Protocol):
+        def __init__(self, f, done):
+            self.f, self.done, self.size = f, done, 0
+
+        def dataReceived(self, data):
+            self.f.write(data)
+            self.size += len(data)
+
+        def connectionLost(self, reason):
+            self.f.close()
+            if reason.check(ResponseDone):
+                self.done.callback(self.size)
+            else:
+                self.done.errback(reason)
+
+    def got(response):
+        if response.code != 200:
+            response.deliverBody(protocol.Protocol())
+            raise VssError(ResultCode.FORBIDDEN if response.code == 403 else ResultCode.NOT_FOUND,
+                           f"export answered HTTP {response.code}")
+        done = defer.Deferred()
+        response.deliverBody(Sink(open(path, "wb"), done))  # noqa: SIM115 - closed by Sink
+        return done
+
+    return Agent(reactor).request(b"GET", url.encode("ascii")).addCallback(got)
 
 
 def type_of_devices(devices):
