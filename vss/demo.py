@@ -119,7 +119,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-dir", default="run")
     ap.add_argument("--base-port", type=int, default=7100,
-                    help="node-a uses BASE..BASE+3, node-b BASE+10..BASE+13, CMS BASE+100 "
+                    help="node-a uses BASE..BASE+4, node-b BASE+10..BASE+14, CMS BASE+100 "
                          "and the admin API BASE+180")
     args = ap.parse_args(argv)
     run_dir = os.path.abspath(args.run_dir)
@@ -159,7 +159,8 @@ def main(argv=None):
                 "--pu-listen", f"tcp:{p}:interface=127.0.0.1",
                 "--cu-listen", f"tcp:{p + 1}:interface=127.0.0.1",
                 "--node-listen", f"tcp:{p + 2}:interface=127.0.0.1",
-                "--rtsp-listen", f"tcp:{p + 3}:interface=127.0.0.1"])
+                "--rtsp-listen", f"tcp:{p + 3}:interface=127.0.0.1",
+                "--http-listen", f"tcp:{p + 4}:interface=127.0.0.1"])
             sup.wait_file(os.path.join(run_dir, node, "ports.json"), proc)
         env = {"VSS_PU_SECRET": creds["pu_secret_template"]}
         for device_id, kind, channels, home in DEVICES:
