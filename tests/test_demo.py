@@ -1,0 +1,84 @@
+"""``make run`` (``python -m vss.demo``): the whole platform starts, a user logs in and
+sees cameras online on both nodes, and stopping it stops everything it started."""
+
+import json
+import os
+import random
+import signal
+import socket
+import sys
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from vss.testing.processes import Daemon, child_env, run_tool
+
+
+def _offsets():
+    return [*range(0, 5), *range(10, 15), 100, 180]
+
+
+def _free(base):
+    for off in _offsets():
+        s = socket.socket()
+        # SO_REUSEADDR: connections in TIME_WAIT do not count, a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", base + off))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def pick_base():
+    for _ in range(50):
+        base = random.randrange(20000, 40000, 10)
+        if _free(base):
+            return base
+    raise unittest.SkipTest("no free range of ports for the demo")
+
+
+class DemoTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_make_run_starts_a_platform_and_stops_it(self):
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        base = pick_base()
+        demo = Daemon(reactor, [sys.executable, "-m", "vss.demo", "--run-dir",
+                                os.path.join(work, "run"), "--base-port", str(base)],
+                      os.path.join(work, "demo.log"), env=child_env(), cwd=work)
+        self.addCleanup(demo.stop)
+        for _ in range(600):
+            if "vss is running" in demo.output():
+                break
+            self.assertFalse(demo.proto.ended.called, demo.output())
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertIn("vss-admin status", demo.output())
+        with open(os.path.join(work, "run", "credentials.json")) as f:
+            creds = json.load(f)
+        self.assertEqual(os.stat(os.path.join(work, "run", "credentials.json")).st_mode & 0o077, 0)
+        env = child_env(VSS_NODE=f"tcp:127.0.0.1:{base + 11}", VSS_USER="alice",
+                        VSS_PASSWORD=creds["alice_password"])
+        online = {}
+        for _ in range(100):
+            out, err, code = yield run_tool("vssctl", ["--json", "devices"], env=env)
+            if code == 0:
+                online = {d["device_id"]: d["online"] for d in json.loads(out)["devices"]}
+                if online and all(online.values()):
+                    break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(set(online), {"cam-a1", "cam-a2", "dvs-a3", "cam-b1", "cam-b2"})
+        self.assertTrue(all(online.values()), online)
+        out, err, code = yield run_tool("vssctl", ["ptz", "cam-a1", "goto", "--pan", "0.5"],
+                                        env=env)
+        self.assertEqual(code, 0, err)
+        yield demo.stop(signal.SIGTERM)
+        for _ in range(50):
+            if _free(base):
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertTrue(_free(base), "the demo left a listener behind")
