@@ -102,6 +102,10 @@ class NodeService(StagedService):
         self.recorder = Recorder(self.rtsp, self.issuer, settings.data_dir, reactor, reactor,
                                  media_base="")
         _MediaBase(self).setServiceParent(self)
+        from vss.cdn.playback import PlaybackService
+
+        self.cdn.playback = PlaybackService(self.cdn, self.recorder.catalogue, settings.data_dir,
+                                            reactor)
         self.recordings = RecordingManager(reactor, CDNRecording(self.cdn, self.recorder),
                                            settings.data_dir)
         self.recordings.setServiceParent(self)

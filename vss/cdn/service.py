@@ -68,6 +68,7 @@ class CDNModule(service.Service):
         self.origins = {}  # path -> ("pu", device_id, channel, stream) | ("pull", proto)
         self._stops = {}
         self.counters = {"opened": 0, "pu_publish": 0, "pulls": 0, "node_pulls": 0}
+        self.playback = None  # vss.cdn.playback.PlaybackService: recordings played back
         rtsp.addObserver(self)
 
     # -- the service interface, for the RGM
@@ -81,6 +82,8 @@ class CDNModule(service.Service):
     def media_open(self, username, body):
         if not self.store.actions_for(username, body.device_id) & Action.VIEW:
             raise VssError(ResultCode.FORBIDDEN, f"{username} may not view {body.device_id}")
+        if body.purpose == Purpose.PLAYBACK and self.playback is not None:
+            return (yield self.playback.open(body))
         if body.purpose != Purpose.LIVE:
             raise VssError(ResultCode.NOT_SUPPORTED, "playback is not available on this node")
         record = self.store.get_device(body.device_id)
@@ -222,6 +225,10 @@ class CDNModule(service.Service):
         if source is None or source.readers:
             return
         origin = self.origins.pop(path, None)
+        if origin and origin[0] == "playback" and not origin[1].may_stop():
+            self.origins[path] = origin  # a paused viewer holds it: look again later
+            self.source_idle(source)
+            return
         self.log.info("stopping {path}: no reader for {s} s", path=path, s=self.linger)
         if origin and origin[0] == "pu":
             _, device_id, channel, stream = origin
@@ -231,6 +238,8 @@ class CDNModule(service.Service):
                                                          stream=stream)).addErrback(lambda f: None)
         elif origin and origin[0] == "pull":
             origin[1].teardown()
+        elif origin and origin[0] == "playback":
+            origin[1].close()
         source.close()
 
     def stopService(self):
@@ -238,7 +247,10 @@ class CDNModule(service.Service):
             if call.active():
                 call.cancel()
         self._stops.clear()
-        return super().stopService()
+        super().stopService()
+        if self.playback is not None:
+            return self.playback.close_all()  # fires when its children have exited
+        return None
 
     def status(self):
         return {"sources": {p: {"readers": len(s.readers), "bytes": s.bytes, "drops": s.drops}

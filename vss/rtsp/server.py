@@ -13,6 +13,9 @@ Observers (``addObserver``) may implement any of ``source_added(source)``,
 ``source.no_readers_since``) and ``source_wanted(path)`` (a reader asked for a path
 without a source; DESCRIBE then waits up to ``describe_wait`` seconds for one).
 ``attach_source(path, sdp)`` makes a source fed by code (RTSP client, recordings).
+``controllers`` (path -> object) lets code steer the PLAY and PAUSE of one path (a
+playback seeks on ``Range``): ``play(session, range_header)`` is called before the
+reader starts and returns the ``Range`` of the reply (or None), ``pause(session)``.
 """
 
 import os
@@ -39,6 +42,7 @@ log = Logger()
 PUBLIC = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER, " \
          "ANNOUNCE, RECORD"
 STREAMS = ("main", "sub")
+PLAYBACK_PREFIX = "pb-"  # /live/<device>/pb-<id>: a recording played back (vss.cdn.playback)
 ABORT_AFTER = 5.0
 SERVER_NAME = "vss-ss"
 
@@ -84,7 +88,7 @@ class RTSPUrl:
             path = path.rstrip("/") + "/" + extra
         parts = path.rstrip("/").split("/")
         if len(parts) not in (4, 5) or parts[0] or parts[1] != "live" or not parts[2] \
-                or parts[3] not in STREAMS:
+                or not (parts[3] in STREAMS or parts[3].startswith(PLAYBACK_PREFIX)):
             return None
         control = parts[4] if len(parts) == 5 else None
         return cls(base, "/".join(parts[:4]), control, query)
@@ -234,6 +238,7 @@ class RTSPServerFactory(protocol.Factory):
         self.udp_ports = None  # (rtp port, rtcp port) Twisted UDP listening ports
         self._udp_peers = {}  # (host, port) -> (session, track, rtcp) of UDP clients
         self._waiters = {}  # path -> [Deferred]
+        self.controllers = {}  # path -> play/pause controller (see the module docstring)
 
     # -- reactor and clock, resolved lazily
 
@@ -741,13 +746,14 @@ class RTSPServerFactory(protocol.Factory):
         if source is None:
             conn.reply(req, 404)
             return
-        if session.state == "playing":
-            conn.reply(req, 200, [self._session_header(session), ("Range", "npt=now-")])
-            return
-        if session.tcp_tracks and conn.reader is not None:
+        if session.tcp_tracks and conn.reader is not None and session.state != "playing":
             conn.reply(req, 455, reason="Already Playing On This Connection")
             return
-        conn.reply(req, 200, [self._session_header(session), ("Range", "npt=now-")])
+        rng = self._control(session, "play", req.headers.get("Range")) or "npt=now-"
+        if session.state == "playing":
+            conn.reply(req, 200, [self._session_header(session), ("Range", rng)])
+            return
+        conn.reply(req, 200, [self._session_header(session), ("Range", rng)])
         session.state = "playing"
         session.source = source
         if session.tcp_tracks:
@@ -770,7 +776,18 @@ class RTSPServerFactory(protocol.Factory):
             return
         self._stop_reading(session)
         session.state = "ready"
+        self._control(session, "pause")
         conn.reply(req, 200, [self._session_header(session)])
+
+    def _control(self, session, event, *args):
+        ctl = self.controllers.get(session.path)
+        if ctl is None:
+            return None
+        try:
+            return getattr(ctl, event)(session, *args)
+        except Exception:
+            log.failure("{event} controller of {path} failed", event=event, path=session.path)
+            return None
 
     def do_TEARDOWN(self, conn, req, url, session):
         if session is None:

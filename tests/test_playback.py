@@ -1,0 +1,293 @@
+"""
+Playback of recordings end to end: a real ``vss-pu`` publishes (H.264, GOP 2 s at 25
+fps), the node records it in 4-second segments, a CU asks for playback from a time in the
+middle of a segment and PyAV, as the player, decodes from the rtsp:// URL it got.
+
+Where the player is in the footage is found by identity, not by clock: the same H.264
+bytes decode to the same pixels, so each frame of the recorded files is hashed with its
+wall-clock time (segment start + its time in the file) and the player's frames are looked
+up in that table.
+"""
+
+import hashlib
+import os
+import socket
+
+from twisted.internet import defer, reactor, task, threads
+from twisted.trial import unittest
+
+from vss.cdn.playback import parse_range
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
+from vss.testing.platform import Platform, verifier, wait_until
+from vss.testing.processes import Daemon, child_env, tool
+
+try:
+    import av
+except ImportError:  # pragma: no cover - av is a dependency
+    av = None
+
+GOP_MS = 2000
+FRAME_MS = 40
+
+
+def frame_key(frame):
+    return hashlib.sha1(bytes(frame.planes[0])).hexdigest()
+
+
+def index_segments(paths_and_starts):
+    """Blocking: {hash of a decoded frame: wall-clock ms} over the recorded files."""
+    table = {}
+    for path, start_ms in paths_and_starts:
+        with av.open(path) as c:
+            for frame in c.decode(video=0):
+                table.setdefault(frame_key(frame), start_ms + int(frame.time * 1000))
+    return table
+
+
+def play(url, count=5, seek_s=None):
+    """Blocking: keys of the first ``count`` frames; with ``seek_s``, then a seek (PAUSE
+    and PLAY with Range npt) and the keys and times of ``count`` frames after it."""
+    before, after = [], []
+    with av.open(url, options={"rtsp_transport": "tcp"}, timeout=20) as c:
+        for frame in c.decode(video=0):
+            before.append(frame_key(frame))
+            if len(before) >= count:
+                break
+        if seek_s is not None:
+            c.seek(int(seek_s * 1_000_000))
+            for frame in c.decode(video=0):
+                after.append((frame_key(frame), frame.time))
+                if len(after) >= count:
+                    break
+    return before, after
+
+
+def open_playback(device_id, start_ms):
+    return MediaOpen(device_id=device_id, channel=0, stream=0, purpose=Purpose.PLAYBACK,
+                     start_time=start_ms, transport=0)
+
+
+class RawRTSP:
+    """A blocking RTSP client just raw enough to send PLAY and PAUSE with headers."""
+
+    def __init__(self, url):
+        self.url = url
+        hostport = url.split("://")[1].split("/")[0]
+        host, port = hostport.split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.buf = b""
+        self.cseq = 0
+        self.session = None
+
+    def request(self, method, uri, headers=()):
+        self.cseq += 1
+        lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self.cseq}"]
+        if self.session:
+            lines.append(f"Session: {self.session}")
+        lines.extend(f"{k}: {v}" for k, v in headers)
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return self._reply()
+
+    def _read(self, n):
+        while len(self.buf) < n:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            self.buf += data
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _reply(self):
+        """The next RTSP reply (interleaved packets before it are skipped)."""
+        while True:
+            head = self._read(1)
+            if head == b"$":
+                size = int.from_bytes(self._read(3)[1:], "big")
+                self._read(size)
+                continue
+            while b"\r\n\r\n" not in self.buf:
+                self.buf += self.sock.recv(65536)
+            text, _, self.buf = (head + self.buf).partition(b"\r\n\r\n")
+            lines = text.decode().split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (ln.partition(":") for ln in lines[1:])}
+            body = self._read(int(headers.get("content-length", 0)))
+            return int(lines[0].split()[1]), headers, body
+
+    def packets(self, count):
+        """Read ``count`` interleaved packets: their RTP timestamps (channel 0)."""
+        out = []
+        while len(out) < count:
+            head = self._read(4)
+            if head[0:1] != b"$":
+                raise AssertionError(f"expected media, got {head!r}")
+            data = self._read(int.from_bytes(head[2:4], "big"))
+            if head[1] == 0:
+                out.append(int.from_bytes(data[4:8], "big"))
+        return out
+
+    def start(self):
+        base, _, query = self.url.partition("?")
+        status, headers, _ = self.request("DESCRIBE", self.url, [("Accept", "application/sdp")])
+        assert status == 200, status
+        status, headers, _ = self.request(
+            "SETUP", f"{base}/streamid=0?{query}",
+            [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")])
+        assert status == 200, status
+        self.session = headers["session"].split(";")[0]
+
+    def close(self):
+        self.sock.close()
+
+
+class ParseRangeTests(unittest.TestCase):
+    def test_npt_and_clock(self):
+        origin = 1_700_000_000_000
+        self.assertEqual(parse_range("npt=12.5-", origin), origin + 12_500)
+        self.assertEqual(parse_range("npt=0.000-", origin), origin)
+        self.assertEqual(parse_range("npt=00:01:02.5-", origin), origin + 62_500)
+        self.assertEqual(parse_range("clock=20231114T221320Z-", origin), origin)
+        self.assertEqual(parse_range("clock=20231114T221320.250Z-", origin), origin + 250)
+        for none in (None, "", "npt=now-", "npt=-3-", "npt=x-", "smpte=1:00:00-",
+                     "clock=yesterday-"):
+            self.assertIsNone(parse_range(none, origin))
+
+
+class PlaybackTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.work = os.path.abspath(self.mktemp())
+        os.makedirs(self.work)
+        self.p = Platform(reactor, self.work)
+        self.addCleanup(self.p.stop)
+        yield self.p.start_cms()
+        store, cms = self.p.cms.store, self.p.cms.cms
+        for changes in [
+            (yield store.upsert_device("cam-b", "Gate B", 1, 1, "node-b", verifier("cam-b-s"))),
+            (yield store.upsert_device("cam-x", "Other", 1, 1, "node-b", verifier("cam-x-s"))),
+            (yield store.upsert_user("alice", verifier("alice-pw"), [])),
+            (yield store.upsert_user("bob", verifier("bob-pw"), [])),
+            (yield store.set_grant("user:alice", "cam-b", int(Action.VIEW | Action.RECORD))),
+            (yield store.set_grant("user:alice", "cam-x", int(Action.VIEW))),
+            (yield store.set_grant("user:bob", "cam-x", int(Action.VIEW))),
+        ]:
+            cms.publish(changes)
+        self.node = yield self.p.start_node("node-b")
+        pu = Daemon(reactor, [tool("vss-pu"), "--node",
+                              f"tcp:127.0.0.1:{self.p.port('node-b', 'pu')}", "--id", "cam-b"],
+                    os.path.join(self.work, "pu.log"), env=child_env(VSS_PU_SECRET="cam-b-s"))
+        self.addCleanup(pu.stop)
+        yield wait_until(reactor, lambda: "cam-b" in self.node.rgm.pu_links, timeout=30,
+                         what="the PU to log in")
+
+    @defer.inlineCallbacks
+    def record(self, seconds, segment_seconds=4):
+        """Record cam-b through the CDN module's recording interface; its segments."""
+        from vss.cdn.service import CDNRecording
+
+        rec = CDNRecording(self.node.cdn, self.node.recorder)
+        yield rec.start("cam-b", 0, 0, segment_seconds)
+        yield task.deferLater(reactor, seconds, lambda: None)
+        yield rec.stop("cam-b", 0, 0)
+        listing = yield self.node.recorder.catalogue.list("cam-b", "main", 0, 2**62)
+        return listing["segments"]
+
+    @defer.inlineCallbacks
+    def test_playback_from_the_middle_of_a_segment_seeks_pauses_and_is_guarded(self):
+        alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        bob = yield self.p.login("node-b", Role.CU, "bob", "bob-pw")
+        # nothing recorded yet: NOT_FOUND; no view grant: FORBIDDEN
+        with self.assertRaises(VssError) as e:
+            yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-x", 1000), timeout=10)
+        self.assertEqual(e.exception.code, ResultCode.NOT_FOUND)
+        with self.assertRaises(VssError) as e:
+            yield bob.request(MsgType.MEDIA_OPEN, open_playback("cam-b", 1000), timeout=10)
+        self.assertEqual(e.exception.code, ResultCode.FORBIDDEN)
+
+        segments = yield self.record(9.5)
+        self.assertGreaterEqual(len(segments), 2, segments)
+        data = self.node.settings.data_dir
+        table = yield threads.deferToThread(
+            index_segments, [(os.path.join(data, s.path), s.start_ms) for s in segments])
+        first, last = segments[0], segments[-1]
+
+        # a time in the middle of the first segment, between two frames
+        asked = (first.start_ms + first.end_ms) // 2 // 40 * 40 + 20
+        url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", asked),
+                                   timeout=20)).body.url
+        self.assertRegex(url, r"^rtsp://127\.0\.0\.1:\d+/live/cam-b/pb-[0-9a-f]{16}\?token=")
+        # seek into the middle of the last segment: npt is relative to the asked time
+        target = (last.start_ms + last.end_ms) // 2 // 40 * 40 + 20
+        seek_s = (target - asked) / 1000
+        before, after = yield threads.deferToThread(play, url, 5, seek_s)
+        self.assertEqual(len(before), 5)
+        self.assertIn(before[0], table, "the first frame played is not a recorded frame")
+        shown = table[before[0]]
+        self.assertLessEqual(shown, asked)
+        self.assertGreater(shown, asked - GOP_MS - FRAME_MS)
+        # frames follow each other as recorded
+        self.assertEqual([table.get(k) for k in before],
+                         [shown + FRAME_MS * i for i in range(5)])
+        self.assertEqual(len(after), 5)
+        self.assertIn(after[0][0], table)
+        landed = table[after[0][0]]
+        self.assertLessEqual(landed, target)
+        self.assertGreater(landed, target - GOP_MS - FRAME_MS)
+        # the player's clock follows the Range it asked
+        self.assertLess(abs(after[1][1] - seek_s - (table[after[1][0]] - target) / 1000), 0.1)
+
+        # refused: no token, a token of another path, a forged token
+        base, token = url.split("?token=")
+        for bad in (base, base.replace("cam-b", "cam-x") + "?token=" + token,
+                    base[:-4] + "0000?token=" + token, base + "?token=" + token[:-4] + "AAAA"):
+            with self.assertRaises(Exception) as e:
+                yield threads.deferToThread(play, bad, 1)
+            self.assertTrue("401" in str(e.exception) or "404" in str(e.exception),
+                            str(e.exception))
+        # nothing at or after a time past the footage
+        with self.assertRaises(VssError) as e:
+            yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", last.end_ms + 5000),
+                                timeout=10)
+        self.assertEqual(e.exception.code, ResultCode.NOT_FOUND)
+
+        # a raw client: PLAY with a clock Range, PAUSE, PLAY resumes where it paused
+        url2 = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", first.start_ms),
+                                    timeout=20)).body.url
+
+        def raw(url):
+            import datetime
+
+            c = RawRTSP(url)
+            try:
+                c.start()
+                at = datetime.datetime.fromtimestamp((first.start_ms + 4500) / 1000,
+                                                     datetime.UTC)
+                status, headers, _ = c.request(
+                    "PLAY", url, [("Range", f"clock={at:%Y%m%dT%H%M%S}.{at.microsecond // 1000:03d}Z-")])
+                played = c.packets(40)
+                status2, _, _ = c.request("PAUSE", url)
+                status3, headers3, _ = c.request("PLAY", url)
+                resumed = c.packets(40)
+                return status, headers, played, status2, status3, headers3, resumed
+            finally:
+                c.close()
+
+        status, headers, played, status2, status3, headers3, resumed = \
+            yield threads.deferToThread(raw, url2)
+        self.assertEqual((status, status2, status3), (200, 200, 200))
+        self.assertEqual(headers["range"], "npt=4.500-")
+        paused_at = float(headers3["range"][4:].rstrip("-"))
+        self.assertGreaterEqual(paused_at, 4.5)
+        self.assertLess(paused_at, 4.5 + 5)
+        # the resumed stream goes on in the same RTP timeline, forward
+        self.assertGreater((resumed[0] - played[-1]) & 0xFFFFFFFF, 0)
+        self.assertLess((resumed[0] - played[-1]) & 0xFFFFFFFF, 90000)
+
+        # the playbacks end some seconds after their last reader left
+        yield wait_until(reactor, lambda: not self.node.cdn.playback.playbacks,
+                         timeout=self.node.cdn.linger + 10, what="the playbacks to end")
+        self.assertFalse([p for p in self.node.rtsp.sources if "/pb-" in p])

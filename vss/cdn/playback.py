@@ -1,0 +1,649 @@
+"""
+Playback of recordings: a CU asks its node for a device from a wall-clock time
+(MEDIA_OPEN, ``purpose=PLAYBACK``, ``start_time`` in ms UTC) and gets an ``rtsp://`` URL
+with a short-lived play token for a path of its own, ``/live/<device>/pb-<random id>``
+(the token rules of live video: bound to that path, ``play`` only, expiring).
+
+How it is served (the approach, and why):
+
+- A CHILD PROCESS (``python -m vss.cdn.playback``), like the PU's publisher and the
+  recorder: it reads the catalogue (read only), demuxes the segment files with PyAV and
+  REMUXES them (no transcoding) into this node's SS over RTSP (ANNOUNCE + RECORD, RTP
+  over TCP), paced in real time. It starts at the keyframe at or before the asked time
+  (the catalogue's keyframe offsets, then a PyAV seek in that segment), goes on into the
+  next segments with continuous timestamps (each segment's packets are shifted to follow
+  the previous one's last packet, so a boundary, or a gap in the recording, is not seen
+  by the player) and ends at the end of the footage. Its publish URL (with a token) is
+  in its environment, never its command line; its start command comes on stdin.
+- The child publishes to an INTERNAL path ``/live/<device>/pb-<id>.<n>`` (``n`` one per
+  child), never handed out. The node relays that source, in process, into the PUBLIC
+  source ``pb-<id>`` that the viewer plays. The public source outlives the children:
+  a seek or a resume replaces the child, and the viewer's RTSP session and connection
+  stay. The relay rewrites the RTP sequence numbers and timestamps so the public stream
+  stays continuous across children, keeps one SSRC per track, forwards only the current
+  child's packets (so nothing from before a seek reaches the viewer after its PLAY) and
+  drops the children's RTCP (the players used here need no sender report; its NTP
+  times would be those of the child).
+- Seeking: the SS calls this playback's controller on PLAY (``RTSPServerFactory.
+  controllers``). ``Range: npt=S-`` means S seconds after the playback's origin (the
+  time the CU asked, or the start of the first footage after it), ``Range:
+  clock=YYYYMMDDTHHMMSS[.fff]Z-`` a wall-clock time. The current child is stopped and
+  a new one starts at that time; the reply's ``Range`` says where (npt). To make that
+  fast one SPARE child is kept started (Python and PyAV loaded, waiting on stdin), so a
+  seek costs opening a segment, a seek in it and an RTSP handshake on loopback.
+- PAUSE stops the child and remembers the position (the last keyframe the child sent
+  plus the media time relayed since); PLAY without a Range resumes there with a new
+  child, from the keyframe at or before it (so up to one GOP is shown again). Stopping
+  the child rather than holding back packets means a long pause costs nothing and the
+  publisher side never sits idle past a session timeout.
+- The public source ends when the footage ends (the child says so), or, through the CDN
+  module's idle stop, ``linger`` seconds after its last reader left and no RTSP session
+  (a paused viewer) is left on it.
+
+Only recordings of this node's catalogue are played; footage recorded by another node is
+not relayed from there (NOT_FOUND here).
+"""
+
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from fractions import Fraction
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+
+log = Logger()
+
+URL_ENV = "VSS_PLAYBACK_URL"
+PREFIX = "pb-"
+WINDOW_MS = 86400_000  # footage is looked for up to a day after the asked time
+INTERNAL_TTL = 86400  # publish tokens of the internal paths (never leave the node)
+EXIT_NO_FOOTAGE = 4
+KILL_AFTER = 5.0  # seconds a child has to exit after TERM
+MP4_AUDIO = frozenset(("aac", "mp3", "opus"))
+
+
+def parse_range(header, origin_ms):
+    """The wall-clock ms a PLAY ``Range`` header asks for, or None (absent, ``now``,
+    unparsable). ``npt`` is relative to ``origin_ms``."""
+    if not header:
+        return None
+    value = header.split(";")[0].strip()
+    kind, _, spec = value.partition("=")
+    start = spec.split("-", 1)[0].strip()
+    kind = kind.strip().lower()
+    if not start or start == "now":
+        return None
+    if kind == "npt":
+        try:
+            if ":" in start:  # npt-hhmmss
+                h, m, s = start.split(":")
+                seconds = int(h) * 3600 + int(m) * 60 + float(s)
+            else:
+                seconds = float(start)
+        except ValueError:
+            return None
+        if seconds < 0 or seconds != seconds:
+            return None
+        return origin_ms + int(round(seconds * 1000))
+    if kind == "clock":
+        text = start.rstrip("Zz")
+        whole, _, frac = text.partition(".")
+        try:
+            dt = datetime.strptime(whole, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+            ms = int(round(float("0." + frac) * 1000)) if frac else 0
+        except ValueError:
+            return None
+        return int(dt.timestamp()) * 1000 + ms
+    return None
+
+
+def _public_of(path):
+    """The public playback path of a playback path (public or internal), or None."""
+    head, _, last = path.rpartition("/")
+    if not last.startswith(PREFIX):
+        return None
+    return f"{head}/{last.split('.', 1)[0]}"
+
+
+# -- the child: one run of footage into the SS ------------------------------------------
+
+def _keyframe_before(keyframes, offset_ms):
+    best = 0
+    for k in keyframes:
+        if k[0] <= offset_ms and k[0] >= best:
+            best = k[0]
+    return best
+
+
+def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.monotonic):
+    """Blocking: wait for ``{"start": ms, "go": bool}`` from ``commands`` (a queue;
+    None is the end), publish the footage from the keyframe at or before ``start`` to
+    ``url``, after ``{"go": true}`` if not at once, until the footage ends or
+    ``stopping`` is set. Returns an exit code."""
+    import av
+
+    from vss.cdn.catalogue import CatalogueDB
+
+    cmd = commands.get()
+    if cmd is None or stopping.is_set():
+        return 0
+    start_ms = int(cmd["start"])
+    go = bool(cmd.get("go"))
+    db = CatalogueDB(data_dir)
+
+    def next_segment(after_ms, after_start=None):
+        rows = db.list(device, stream, after_ms, after_ms + WINDOW_MS)["segments"]
+        for s in rows:
+            if s.end_ms > after_ms and (after_start is None or s.start_ms > after_start):
+                return db.get(s.path)
+        return None
+
+    seg = next_segment(start_ms)
+    if seg is None:
+        emit({"event": "no_footage", "at": start_ms})
+        return EXIT_NO_FOOTAGE
+    offset = _keyframe_before(seg.keyframes, max(0, start_ms - seg.start_ms))
+    inp = av.open(db.abspath(seg.path))
+    try:
+        out = av.open(url, "w", format="rtsp", options={"rtsp_transport": "tcp"}, timeout=10)
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        emit({"event": "error", "message": f"cannot publish: {e}"})
+        return 1
+    try:
+        video = inp.streams.video[0]
+        audio = [a for a in inp.streams.audio if a.codec_context.name in MP4_AUDIO][:1]
+        outs = [out.add_stream_from_template(video)]
+        if audio:
+            outs.append(out.add_stream_from_template(audio[0]))
+        out.start_encoding()  # ANNOUNCE, SETUP, RECORD: the SS has the source now
+        emit({"event": "ready", "at": seg.start_ms + offset})
+        while not go:
+            cmd = commands.get()
+            if cmd is None or stopping.is_set():
+                return 0
+            go = bool(cmd.get("go"))
+        acc = Fraction(0)  # output time of the first packet of the current segment
+        wall0 = None
+        first = True
+        while seg is not None and not stopping.is_set():
+            streams = [video] + audio
+            if first and offset > 0:
+                inp.seek(int(Fraction(offset, 1000) / video.time_base), stream=video,
+                         backward=True)
+            base = None  # input time (s) mapped to ``acc``
+            end = acc
+            for packet in inp.demux(streams):
+                if stopping.is_set():
+                    break
+                if packet.dts is None or packet.size == 0:
+                    continue
+                is_video = packet.stream.index == video.index
+                t = packet.dts * packet.time_base
+                if base is None:
+                    if not (is_video and packet.is_keyframe):
+                        continue  # start on the video keyframe
+                    base = t
+                t_out = t - base + acc
+                if t_out < 0:
+                    continue  # audio from before the keyframe
+                shift = round((acc - base) / packet.time_base)
+                packet.dts += shift
+                if packet.pts is not None:
+                    packet.pts += shift
+                packet.stream = outs[0] if is_video else outs[1]
+                if is_video:
+                    end = max(end, t_out + (packet.duration or 0) * packet.time_base)
+                    if packet.is_keyframe:
+                        emit({"event": "key", "out_ms": int(t_out * 1000),
+                              "at": seg.start_ms + int(t * 1000)})
+                now = clock()
+                if wall0 is None:
+                    wall0 = now - float(t_out)
+                delay = wall0 + float(t_out) - now
+                if delay > 0:
+                    stopping.wait(delay)
+                    if stopping.is_set():
+                        break
+                out.mux(packet)
+            inp.close()
+            if stopping.is_set():
+                break
+            acc = end
+            first = False
+            seg = next_segment(seg.end_ms, seg.start_ms)
+            if seg is not None:
+                inp = av.open(db.abspath(seg.path))
+                video = inp.streams.video[0]
+                audio = [a for a in inp.streams.audio
+                         if a.codec_context.name in MP4_AUDIO][:len(outs) - 1]
+        if not stopping.is_set():
+            emit({"event": "end"})
+        return 0
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        emit({"event": "error", "message": f"{type(e).__name__}: {e}"})
+        return 1
+    finally:
+        for c in (inp, out):
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001,S110
+                pass
+        db.close()
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(description=f"Play recordings into the SS ({URL_ENV}); "
+                                 "the start time comes as JSON on stdin.")
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--device", required=True)
+    ap.add_argument("--stream", default="main")
+    args = ap.parse_args(argv)
+    url = os.environ.get(URL_ENV)
+    if not url:
+        print(f"{URL_ENV} is not set", file=sys.stderr)
+        return 2
+    import av  # noqa: F401 - loaded while the child waits as a spare
+
+    stopping = threading.Event()
+    commands = queue.Queue()
+
+    def stop(*_):
+        stopping.set()
+        commands.put(None)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def read():
+        for line in sys.stdin:
+            try:
+                commands.put(json.loads(line))
+            except ValueError:
+                continue
+        stop()
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def emit(event):
+        sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+    return serve(url, args.data_dir, args.device, args.stream, commands, emit, stopping)
+
+
+# -- the parent -------------------------------------------------------------------------
+
+class _Child(protocol.ProcessProtocol):
+    def __init__(self, playback, internal):
+        self.playback = playback
+        self.internal = internal  # the path it publishes to
+        self.buffer = b""
+        self.ended = False
+        self.done = defer.Deferred()
+        self.kill = None
+        self.keys = []  # [(output ms, wall ms)] of the last keyframes it sent
+
+    def send(self, command):
+        if not self.ended and self.transport is not None:
+            self.transport.write(json.dumps(command).encode() + b"\n")
+
+    def stop(self, sig="TERM"):
+        if not self.ended and self.transport is not None:
+            try:
+                self.transport.signalProcess(sig)
+            except Exception:  # noqa: BLE001,S110 - already gone
+                return
+            if sig == "TERM" and self.kill is None:
+                self.kill = self.playback.service.reactor.callLater(KILL_AFTER, self.stop,
+                                                                    "KILL")
+
+    def outReceived(self, data):
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "key":
+                self.keys = self.keys[-7:] + [(event["out_ms"], event["at"])]
+            else:
+                self.playback._event(self, event)
+
+    def errReceived(self, data):
+        log.debug("playback child: {text}", text=data.decode("utf-8", "replace")[-2000:])
+
+    def processEnded(self, reason):
+        self.ended = True
+        if self.kill is not None and self.kill.active():
+            self.kill.cancel()
+        self.playback._ended(self, getattr(reason.value, "exitCode", None))
+        self.done.callback(None)
+
+
+class _Relay:
+    """A reader of one child's internal source feeding the public source."""
+
+    def __init__(self, playback, child):
+        self.playback = playback
+        self.child = child
+        self.mask = frozenset()
+        self.drops = 0
+        self.waiting_key = True
+        self.source = None
+        self.first_ts = None  # video RTP timestamp of the child's first packet
+        self.last_ts = None
+
+    def deliver(self, frame):
+        pb = self.playback
+        if pb.child is not self.child or pb.public is None or pb.public.closed:
+            return
+        if self.waiting_key:
+            if not frame.key:
+                return
+            self.waiting_key = False
+        for track, rtcp, data in frame.packets:
+            if rtcp or len(data) < 12:
+                continue
+            out = pb.rewrite(self, track, data)
+            if track == pb.video_track:
+                ts = int.from_bytes(data[4:8], "big")
+                if self.first_ts is None:
+                    self.first_ts = ts
+                self.last_ts = ts
+            pb.public.feed(track, False, out)
+
+    def source_ended(self):
+        self.source = None
+
+    def media_ms(self):
+        if self.first_ts is None:
+            return None
+        return ((self.last_ts - self.first_ts) & 0xFFFFFFFF) * 1000 // 90000
+
+
+class Playback:
+    """One playback: its public path, the current child and a spare, the relay and the
+    PLAY/PAUSE controller the SS calls."""
+
+    def __init__(self, service, device, stream, origin_ms):
+        self.service = service
+        self.device = device
+        self.stream = stream
+        self.origin_ms = origin_ms
+        self.id = os.urandom(8).hex()
+        self.path = f"/live/{device}/{PREFIX}{self.id}"
+        self.generation = 0
+        self.child = None
+        self.relay = None
+        self.spare = None
+        self.public = None
+        self.state = "held"  # held (ready, waiting for PLAY), playing, paused, ended
+        self.position = origin_ms  # where the current child started / paused at
+        self.ready = None  # Deferred of the first child's source
+        self.tracks = {}  # track -> [ssrc, last seq, last ts, step]
+        self.shift = {}  # (relay, track) -> (seq shift, ts shift)
+        self.video_track = 0
+        self.seeks = 0
+        self.children = []  # every child not known to have exited
+
+    # -- children
+
+    def _spawn(self):
+        svc = self.service
+        self.children = [c for c in self.children if not c.ended]
+        self.generation += 1
+        internal = f"{self.path}.{self.generation}"
+        token = svc.issuer.issue(internal, ["publish"], ttl=INTERNAL_TTL)
+        env = {**(svc.env if svc.env is not None else os.environ),
+               URL_ENV: f"{svc.cdn.media_base}{internal}?token={token}"}
+        argv = [svc.python, "-m", "vss.cdn.playback", "--data-dir", svc.data_dir,
+                "--device", self.device, "--stream", self.stream]
+        child = _Child(self, internal)
+        svc.reactor.spawnProcess(child, svc.python, argv, env=env)
+        self.children.append(child)
+        return child
+
+    def _take_spare(self):
+        child, self.spare = self.spare, None
+        if child is None or child.ended:
+            child = self._spawn()
+        return child
+
+    def _make_spare(self):
+        if self.state != "ended" and (self.spare is None or self.spare.ended):
+            self.spare = self._spawn()
+
+    def start(self, at_ms, go):
+        """Replace the current child by one playing from ``at_ms``."""
+        old, self.child = self.child, None
+        if old is not None:
+            old.stop()
+        self.position = at_ms
+        child = self.child = self._take_spare()
+        self.relay = None
+        child.send({"start": at_ms, "go": go})
+        return child
+
+    def source_added(self, source):
+        """The SS got a source: the current child's internal one is relayed."""
+        child = self.child
+        if child is None or source.path != child.internal:
+            return
+        relay = _Relay(self, child)
+        self.relay = relay
+        if self.public is None:
+            kinds = [t.kind for t in source.tracks]
+            self.video_track = kinds.index("video") if "video" in kinds else 0
+            self.public = self.service.rtsp.attach_source(self.path, source.sdp,
+                                                          origin="playback")
+        source.add_reader(relay)
+        if self.ready is not None:
+            d, self.ready = self.ready, None
+            d.callback(self.public)
+
+    def rewrite(self, relay, track, data):
+        """``data`` with the public stream's SSRC, sequence and timestamp."""
+        seq = int.from_bytes(data[2:4], "big")
+        ts = int.from_bytes(data[4:8], "big")
+        state = self.tracks.get(track)
+        if state is None:
+            state = self.tracks[track] = [data[8:12], seq - 1, ts - 3600, 3600]
+        shift = self.shift.get((relay, track))
+        if shift is None:
+            # the first packet of this child follows the last one sent, one step later
+            shift = ((state[1] + 1 - seq) & 0xFFFF, (state[2] + state[3] - ts) & 0xFFFFFFFF)
+            self.shift = {k: v for k, v in self.shift.items() if k[0] is relay}
+            self.shift[(relay, track)] = shift
+        out_seq = (seq + shift[0]) & 0xFFFF
+        out_ts = (ts + shift[1]) & 0xFFFFFFFF
+        if out_ts != state[2]:
+            step = (out_ts - state[2]) & 0xFFFFFFFF
+            if 0 < step < 90000:
+                state[3] = step
+        state[1], state[2] = out_seq, out_ts
+        return b"".join((data[:2], out_seq.to_bytes(2, "big"), out_ts.to_bytes(4, "big"),
+                         state[0], data[12:]))
+
+    def where(self):
+        """Wall-clock ms of what the viewer is seeing now (approximately)."""
+        relay, child = self.relay, self.child
+        if relay is None or child is None:
+            return self.position
+        media = relay.media_ms()
+        if media is None:
+            return self.position
+        for out_ms, at in reversed(child.keys):
+            if out_ms <= media:
+                return at + (media - out_ms)
+        return self.position + media
+
+    # -- the SS's controller
+
+    def play(self, session, header):
+        target = parse_range(header, self.origin_ms)
+        if self.state == "held":
+            if target is None or target == self.position:
+                self.state = "playing"
+                self.child.send({"go": True})
+                self.service.reactor.callLater(0.5, self._make_spare)
+            else:
+                self._seek(target)
+        elif self.state == "paused":
+            self._seek(self.position if target is None else target)
+        elif self.state == "playing" and target is not None:
+            self._seek(target)
+        return f"npt={max(0, self.position - self.origin_ms) / 1000:.3f}-"
+
+    def pause(self, session):
+        if self.state != "playing" or self._viewers_playing():
+            return
+        self.position = self.where()
+        old, self.child = self.child, None
+        self.relay = None
+        if old is not None:
+            old.stop()
+        self.state = "paused"
+
+    def _viewers_playing(self):
+        return any(s.path == self.path and s.state == "playing"
+                   for s in self.service.rtsp.sessions.values())
+
+    def _seek(self, target):
+        self.seeks += 1
+        self.state = "playing"
+        self.start(target, True)
+        self._make_spare()
+
+    def may_stop(self):
+        """The CDN module's idle stop: False while an RTSP session (a paused viewer)
+        holds this playback."""
+        return not any(s.path == self.path for s in self.service.rtsp.sessions.values())
+
+    # -- child events
+
+    def _event(self, child, event):
+        kind = event.get("event")
+        if kind == "ready" and child is self.child:
+            self.position = int(event.get("at", self.position))
+        elif kind in ("end", "no_footage") and child is self.child:
+            log.info("playback {path}: {kind}", path=self.path, kind=kind)
+            self.close()
+        elif kind == "error":
+            log.warn("playback {path}: {message}", path=self.path,
+                     message=event.get("message"))
+
+    def _ended(self, child, code):
+        if child is self.spare:
+            self.spare = None
+        if child is self.child and self.state != "ended":
+            self.child = None
+            if self.ready is not None:
+                d, self.ready = self.ready, None
+                d.errback(VssError(ResultCode.NOT_FOUND if code == EXIT_NO_FOOTAGE
+                                   else ResultCode.INTERNAL_ERROR,
+                                   "the recording cannot be played"))
+            self.close()
+
+    def close(self):
+        """End the playback; fires when its children have exited."""
+        if self.state == "ended":
+            return defer.succeed(None)
+        self.state = "ended"
+        waits = []
+        for child in self.children:
+            child.stop()
+            waits.append(child.done)
+        self.child = self.spare = self.relay = None
+        self.service._closed(self)
+        if self.public is not None and not self.public.closed:
+            self.public.close()
+        return defer.DeferredList(waits)
+
+
+class PlaybackService:
+    """The CDN module's playback side: ``open(body)`` for MEDIA_OPEN with
+    ``purpose=PLAYBACK`` (the CDN module checked the view grant)."""
+
+    def __init__(self, cdn, catalogue, data_dir, reactor, python=sys.executable, env=None):
+        self.cdn = cdn
+        self.rtsp = cdn.rtsp
+        self.issuer = cdn.issuer
+        self.catalogue = catalogue
+        self.data_dir = os.path.abspath(data_dir)
+        self.reactor = reactor
+        self.python = python
+        self.env = env
+        self.playbacks = {}  # public path -> Playback
+        self.counters = {"opened": 0, "seeks": 0}
+        self.rtsp.addObserver(self)
+
+    def owns(self, path):
+        return _public_of(path) in self.playbacks
+
+    @defer.inlineCallbacks
+    def open(self, body):
+        from vss.cdn.recorder import stream_name
+
+        start = int(body.start_time)
+        name = stream_name(body.channel, body.stream)
+        listing = yield self.catalogue.list(body.device_id, name, start, start + WINDOW_MS)
+        footage = [s for s in listing["segments"] if s.end_ms > start]
+        if not footage:
+            raise VssError(ResultCode.NOT_FOUND,
+                           f"no recording of {body.device_id} {name} at or after {start}")
+        origin = max(start, footage[0].start_ms)
+        pb = Playback(self, body.device_id, name, origin)
+        self.playbacks[pb.path] = pb
+        pb.ready = defer.Deferred()
+        pb.start(origin, False)
+        timeout = self.reactor.callLater(self.cdn.source_wait, self._too_slow, pb)
+        try:
+            public = yield pb.ready
+        finally:
+            if timeout.active():
+                timeout.cancel()
+        self.rtsp.controllers[pb.path] = pb
+        self.cdn.origins[pb.path] = ("playback", pb)
+        self.cdn.source_idle(public)  # stopped if no viewer comes
+        self.counters["opened"] += 1
+        log.info("playback {path} of {device} {stream} from {at}", path=pb.path,
+                 device=body.device_id, stream=name, at=origin)
+        return self.cdn.play_url(pb.path)
+
+    def _too_slow(self, pb):
+        if pb.ready is not None:
+            d, pb.ready = pb.ready, None
+            pb.close()
+            d.errback(VssError(ResultCode.TIMEOUT, "the playback did not start"))
+
+    # -- SS observer
+
+    def source_added(self, source):
+        pb = self.playbacks.get(_public_of(source.path))
+        if pb is not None and source.path != pb.path:
+            pb.source_added(source)
+
+    def _closed(self, pb):
+        self.counters["seeks"] += pb.seeks
+        self.playbacks.pop(pb.path, None)
+        self.rtsp.controllers.pop(pb.path, None)
+
+    def close_all(self):
+        """End every playback; fires when every child has exited."""
+        return defer.DeferredList([pb.close() for pb in list(self.playbacks.values())])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
