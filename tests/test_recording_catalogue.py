@@ -76,6 +76,53 @@ class ListingTests(unittest.SynchronousTestCase):
         self.assertEqual(node_answer({"segments": [], "gaps": []}, "n", "url").exports, [])
 
 
+class FastCodecTests(unittest.SynchronousTestCase):
+    """The Recordings body without construct: the same bytes and objects both ways."""
+
+    def frame(self, data):
+        from vss.protocols import codec
+
+        return codec.FrameDecoder().feed(codec.encode_frame(
+            MsgType.RECORD_QUERY, data, 1, codec.FLAG_RESPONSE))[0]
+
+    def test_same_bytes_and_objects_as_construct(self):
+        import random
+
+        from vss.cdn.listing import decode_recordings, encode_recordings
+        from vss.protocols import codec
+        from vss.protocols.messages import ExportUrl
+
+        rnd = random.Random(7)
+        for n in (0, 1, 5, 3000):
+            body = Recordings(
+                segments=[seg(i * 1000, i * 1000 + rnd.randrange(1, 999), f"n{rnd.randrange(3)}")
+                          for i in range(n)],
+                gaps=[TimeRange(start=rnd.randrange(2**40), end=rnd.randrange(2**40))
+                      for _ in range(rnd.randrange(4))],
+                missing=["node-é", "b"][: rnd.randrange(3)],
+                exports=[ExportUrl(node_id="n1", url="http://h/e?token=a.b", expires=5)],
+                truncated=bool(n % 2))
+            data = encode_recordings(body)
+            self.assertEqual(data, codec.encode_body(body))
+            self.assertEqual(decode_recordings(self.frame(data)), body)
+
+    def test_extensions_and_bad_bodies_go_through_construct(self):
+        from vss.cdn.listing import decode_recordings, encode_recordings
+        from vss.protocols import codec
+
+        body = Recordings(segments=[seg(0, 1)], gaps=[], missing=[], exports=[],
+                          truncated=False, ext=((9, b"x"),))
+        data = encode_recordings(body)
+        self.assertEqual(data, codec.encode_body(body))
+        self.assertEqual(decode_recordings(self.frame(data)), body)
+        with self.assertRaises(VssError) as e:
+            decode_recordings(self.frame(data[:-3]))
+        self.assertEqual(e.exception.code, ResultCode.TRUNCATED_BODY)
+        with self.assertRaises(VssError):
+            decode_recordings(self.frame(encode_recordings(Recordings(
+                segments=[], gaps=[], missing=[], exports=[], truncated=False)) + b"\x00"))
+
+
 class ExportTokenTests(unittest.SynchronousTestCase):
     def setUp(self):
         self.clock = task.Clock()

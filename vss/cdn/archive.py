@@ -18,7 +18,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from vss.cdn.listing import FANOUT_TIMEOUT, export_url, merge, node_answer
+from vss.cdn.listing import FANOUT_TIMEOUT, encode_recordings, export_url, merge, node_answer
 from vss.cdn.recorder import stream_name
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
@@ -56,13 +56,14 @@ class NodeArchive:
 
     @defer.inlineCallbacks
     def query(self, body):
-        """A CU's query, across every node."""
+        """A CU's query, across every node: the ``Recordings`` body's bytes (CMS's
+        answer is passed on as it came)."""
         self.check(body)
         self.counters["queries"] += 1
         ask = getattr(self.central, "query_recordings", None)
         if ask is not None:
             try:
-                return (yield ask(body, QUERY_TIMEOUT))
+                return (yield ask(body, QUERY_TIMEOUT)).body
             except VssError as e:
                 if e.code not in LINK_DOWN:
                     raise
@@ -70,9 +71,9 @@ class NodeArchive:
                 log.info("recordings of {device} from this node only: {error}",
                          device=body.device_id, error=e.message)
             answer = yield self.local(body)
-            return merge(body.from_time, body.to_time, [answer], ["cms"])
+            return encode_recordings(merge(body.from_time, body.to_time, [answer], ["cms"]))
         answer = yield self.local(body)
-        return merge(body.from_time, body.to_time, [answer])
+        return encode_recordings(merge(body.from_time, body.to_time, [answer]))
 
     @defer.inlineCallbacks
     def local(self, body):

@@ -109,6 +109,15 @@ def record_settings_body(device_id, channel, stored):
         post_event_seconds=int(stored.get("post_event_seconds", 10)), schedule=slots)
 
 
+def _respond(link, msg_type, txid, body):
+    """Answer a request: a typed body, or body bytes already encoded (a long listing
+    encoded without construct, see vss.cdn.listing)."""
+    if isinstance(body, bytes):
+        link.send_raw_response(msg_type, txid, 0, body)
+    else:
+        link.send_response(msg_type, txid, body)
+
+
 def _sync_complete(frame):
     """The SyncComplete body of a raw SYNC_NOTIFY response, or raise VssError."""
     check_response(frame)
@@ -260,7 +269,7 @@ class CMSService(service.Service):
         if frame.flags & codec.FLAG_NOTIFY:
             d.addErrback(self._logged)
             return
-        d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
+        d.addCallbacks(lambda body: _respond(link, t, frame.txid, body),
                        lambda f: link.send_failure(frame, f))
 
     def _track(self, d):
@@ -446,25 +455,26 @@ class CMSService(service.Service):
         """RECORD_QUERY: ask every up node at once (at most ``FANOUT_TIMEOUT`` s each)
         and merge; a node of the registry that is down or does not answer in time is
         listed as missing."""
-        from vss.cdn.listing import FANOUT_TIMEOUT, merge
+        from vss.cdn.listing import FANOUT_TIMEOUT, decode_recordings, encode_recordings, merge
 
         if body.to_time <= body.from_time:
             raise VssError(ResultCode.INVALID_ARGUMENT, "to must be after from")
         known = {n["node_id"] for n in (yield self.store.list_nodes())}
         asked = dict(self.sessions)
+        request = codec.encode_body(body)
         results = yield defer.DeferredList(
-            [sess.link.request(MsgType.RECORD_QUERY, body, FANOUT_TIMEOUT)
-             for sess in asked.values()], consumeErrors=True)
+            [sess.link.request_raw(MsgType.RECORD_QUERY, request, FANOUT_TIMEOUT)
+             .addCallback(decode_recordings) for sess in asked.values()], consumeErrors=True)
         answers, missing = [], sorted(known - set(asked))
         for node_id, (ok, result) in zip(asked, results, strict=True):
             if ok:
-                answers.append(result.body)
+                answers.append(result)
             else:
                 missing.append(node_id)
                 self.log.info("node {node} did not list recordings: {error}", node=node_id,
                               error=result.getErrorMessage())
         self.counters["record_queries"] = self.counters.get("record_queries", 0) + 1
-        return merge(body.from_time, body.to_time, answers, missing)
+        return encode_recordings(merge(body.from_time, body.to_time, answers, missing))
 
     # -- presence: which PUs are online (dynamic data, passed on, never logged)
 

@@ -26,7 +26,7 @@ from vss.errors import VssError
 from vss.interfaces import ICentral
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
-from vss.protocols.link import LinkFactory
+from vss.protocols.link import LinkFactory, check_response
 from vss.protocols.messages import (
     ChangeKind,
     Empty,
@@ -321,7 +321,13 @@ class CmsLink(service.Service):
         elif t == MsgType.ROUTE_REQUEST and self.rgm is not None:
             d = serve_route(self.rgm, msg.body)
         elif t == MsgType.RECORD_QUERY and self.local_recordings is not None:
+            from vss.cdn.listing import encode_recordings  # a long body: no construct
+
             d = defer.maybeDeferred(self.local_recordings, msg.body)
+            d.addCallback(encode_recordings)
+            d.addCallbacks(lambda data: link.send_raw_response(t, frame.txid, 0, data),
+                           lambda f: link.send_failure(frame, f))
+            return
         else:
             link.send_error(t, frame.txid, ResultCode.UNEXPECTED_MESSAGE)
             return
@@ -382,9 +388,14 @@ class CmsLink(service.Service):
             device_id=device_id, channel=channel)).addCallback(lambda msg: msg.body)
 
     def query_recordings(self, body, timeout=None):
-        """RECORD_QUERY: CMS asks every node and merges their catalogues."""
-        return self._request(MsgType.RECORD_QUERY, body, timeout).addCallback(
-            lambda msg: msg.body)
+        """RECORD_QUERY: CMS asks every node and merges their catalogues. Fires with the
+        raw response frame (an error status raises VssError): the node passes the
+        merged listing on to its CU as it came."""
+        if self.link is None:
+            return defer.fail(VssError(ResultCode.CENTRAL_UNAVAILABLE, "no link to CMS"))
+        self.counters["cms_requests"] += 1
+        return self.link.request_raw(MsgType.RECORD_QUERY, codec.encode_body(body),
+                                     timeout).addCallback(check_response)
 
     def pull_static(self, entity, cursor, limit):
         return self._request(MsgType.STATIC_PULL, StaticPull(entity=entity, cursor=cursor,

@@ -208,9 +208,9 @@ def on_cu_request(rgm, link, frame, msg):
             if rgm.archive is None:
                 return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
                                        "this node has no recording catalogue")
-            d = defer.maybeDeferred(rgm.archive.query, msg.body)
+            d = defer.maybeDeferred(rgm.archive.query, msg.body)  # the body's bytes
             _hold(s, frame.txid, d)
-            d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
+            d.addCallbacks(lambda data: link.send_raw_response(t, frame.txid, 0, data),
                            lambda f: link.send_failure(frame, f))
             return
         if t in recording.REQUESTS:  # this node's recording task manager, not the PU

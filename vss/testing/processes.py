@@ -111,7 +111,8 @@ def start_node(reactor, workdir, node_id, extra=(), env=None):
             "--data-dir", data,
             "--pu-listen", "tcp:0:interface=127.0.0.1",
             "--cu-listen", "tcp:0:interface=127.0.0.1",
-            "--rtsp-listen", "tcp:0:interface=127.0.0.1", *extra]
+            "--rtsp-listen", "tcp:0:interface=127.0.0.1",
+            "--http-listen", "tcp:0:interface=127.0.0.1", *extra]
     d = Daemon(reactor, argv, os.path.join(workdir, f"{node_id}.log"), env=env, cwd=workdir)
     yield wait_for_file(reactor, ports_file, proc=d)
     with open(ports_file) as f:
