@@ -9,6 +9,7 @@ wall-clock time (segment start + its time in the file) and the player's frames a
 up in that table.
 """
 
+import datetime
 import hashlib
 import os
 import socket
@@ -155,6 +156,31 @@ class ParseRangeTests(unittest.TestCase):
             self.assertIsNone(parse_range(none, origin))
 
 
+class PlaybackCommandTests(unittest.TestCase):
+    def test_vssctl_playback_options(self):
+        from vss.cu import ctl
+
+        opts = ctl.Options()
+        opts.parseOptions(["--node", "tcp:h:1", "--user", "u", "playback", "cam1", "--at",
+                           "2026-01-05T08:00:00Z", "--stream", "sub"])
+        type, body = ctl.build_request(opts.subCommand, opts.subOptions)
+        self.assertEqual(type, MsgType.MEDIA_OPEN)
+        self.assertEqual((body.device_id, body.purpose, body.start_time, body.stream),
+                         ("cam1", Purpose.PLAYBACK, 1767600000000, 1))
+        opts = ctl.Options()
+        opts.parseOptions(["--node", "tcp:h:1", "--user", "u", "playback", "cam1", "--at",
+                           "-10m"])
+        import time
+
+        ago = time.time() * 1000 - opts.subOptions["at_ms"]
+        self.assertLess(abs(ago - 600_000), 5000)
+        from twisted.python import usage
+
+        for bad in (["playback", "cam1"], ["playback", "cam1", "--at", "yesterday"]):
+            with self.assertRaises(usage.UsageError):
+                ctl.Options().parseOptions(["--node", "tcp:h:1", "--user", "u"] + bad)
+
+
 class PlaybackTests(unittest.TestCase):
     timeout = 120
 
@@ -240,6 +266,24 @@ class PlaybackTests(unittest.TestCase):
         # the player's clock follows the Range it asked
         self.assertLess(abs(after[1][1] - seek_s - (table[after[1][0]] - target) / 1000), 0.1)
 
+        # vssctl playback prints a URL that plays from that time
+        from io import StringIO
+
+        from vss.cu import ctl
+
+        opts = ctl.Options()
+        when = datetime.datetime.fromtimestamp(asked / 1000, datetime.UTC)
+        opts.parseOptions(["--node", f"tcp:127.0.0.1:{self.p.port('node-b', 'cu')}",
+                           "--user", "alice", "playback", "cam-b", "--at",
+                           when.isoformat().replace("+00:00", "Z")])
+        out = StringIO()
+        yield ctl.run_command(reactor, opts, "alice-pw", out)
+        url3 = out.getvalue().strip()
+        self.assertRegex(url3, r"^rtsp://127\.0\.0\.1:\d+/live/cam-b/pb-[0-9a-f]{16}\?token=")
+        keys, _ = yield threads.deferToThread(play, url3, 1)
+        self.assertLessEqual(table[keys[0]], asked)
+        self.assertGreater(table[keys[0]], asked - GOP_MS - FRAME_MS)
+
         # refused: no token, a token of another path, a forged token
         base, token = url.split("?token=")
         for bad in (base, base.replace("cam-b", "cam-x") + "?token=" + token,
@@ -259,8 +303,6 @@ class PlaybackTests(unittest.TestCase):
                                     timeout=20)).body.url
 
         def raw(url):
-            import datetime
-
             c = RawRTSP(url)
             try:
                 c.start()

@@ -286,6 +286,25 @@ class ExportCmd(RecordingsCmd):
             raise usage.UsageError("export: -o FILE is required")
 
 
+class PlaybackCmd(DeviceCommand):
+    synopsis = "playback DEVICE --at TIME [--channel N] [--stream main|sub] [--play]"
+    description = ("Play back the recordings of a device from TIME (ISO 8601, UTC unless an "
+                   "offset is given, -10m, -2h, -1d or epoch ms): prints the rtsp:// URL.")
+    optParameters = [["channel", None, 0, "Channel.", int],
+                     ["stream", None, "main", "main or sub."],
+                     ["at", None, None, "Where to start."]]
+    optFlags = [["play", None, "Start ffplay (or vlc, mpv) on the URL if one is installed."]]
+
+    def postOptions(self):
+        import time
+
+        if self["stream"] not in ("main", "sub"):
+            raise usage.UsageError(f"--stream {self['stream']!r} is not main or sub")
+        if not self["at"]:
+            raise usage.UsageError("playback: --at TIME is required")
+        self["at_ms"] = parse_time(self["at"], int(time.time() * 1000))
+
+
 class Options(usage.Options):
     synopsis = "[--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
     optParameters = [
@@ -306,6 +325,7 @@ class Options(usage.Options):
         ["record", None, RecordCmd, "Start, stop or show manual recordings on your node."],
         ["recordings", None, RecordingsCmd, "List recordings on every node, with gaps."],
         ["export", None, ExportCmd, "Download a time range of recordings as one MP4."],
+        ["playback", None, PlaybackCmd, "Play back recordings from a time (rtsp:// URL)."],
     ]
 
     def postOptions(self):
@@ -380,6 +400,10 @@ def build_request(cmd, sub):
             device_id=dev, channel=ch, stream=Stream[sub["stream"].upper()],
             purpose=Purpose.LIVE, start_time=0,
             transport=Transport[sub["transport"].upper()])
+    if cmd == "playback":
+        return MsgType.MEDIA_OPEN, MediaOpen(
+            device_id=dev, channel=ch, stream=Stream[sub["stream"].upper()],
+            purpose=Purpose.PLAYBACK, start_time=sub["at_ms"], transport=Transport.TCP)
     raise usage.UsageError(f"unknown command {cmd}")
 
 
@@ -418,7 +442,7 @@ def render(cmd, sub, body):
                 f"{f', quota {body.quota_mb} MB' if body.quota_mb else ''}, pre/post event "
                 f"{body.pre_event_seconds}/{body.post_event_seconds} s"
                 f"{', schedule ' + slots if slots else ''}")
-    if cmd == "live":
+    if cmd in ("live", "playback"):
         return body.url
     if cmd == "recordings":
         return render_recordings(body)
@@ -510,16 +534,21 @@ def run_command(reactor, opts, password, out):
             result = type_of_devices(devices)
         elif cmd == "record":
             result = yield record_request(client, type, body)
-        elif cmd == "export":
-            listing = (yield client.request(type, body)).body
-            result = yield export(reactor, listing, sub["output"])
+        elif cmd in ("recordings", "export"):
+            from vss.cdn.listing import decode_recordings  # long listings: no construct
+            from vss.protocols import codec
+
+            result = decode_recordings((yield client.link.request_raw(
+                type, codec.encode_body(body), opts["timeout"])))
+            if cmd == "export":
+                result = yield export(reactor, result, sub["output"])
         else:
             result = (yield client.request(type, body)).body
         if opts["json"]:
             out.write(json.dumps(plain(result), indent=1, sort_keys=True) + "\n")
         else:
             out.write(render(cmd, sub, result) + "\n")
-        if cmd == "live" and sub["play"]:
+        if cmd in ("live", "playback") and sub["play"]:
             play(result.url)
     finally:
         if client.link is not None:
