@@ -276,6 +276,56 @@ class RetentionTests(unittest.SynchronousTestCase):
         self.assertEqual(len(calls), 2)
 
 
+    def test_a_failing_in_use_hook_deletes_nothing(self):
+        from vss.cdn.archive import RetentionService
+
+        calls = []
+
+        class Recorder:
+            def enforce(self, *a):
+                calls.append(a)
+                return defer.succeed([])
+
+        class Held:
+            def retention(self):
+                return 1, None
+
+        def broken():
+            raise RuntimeError("boom")
+
+        svc = RetentionService(Recorder(), Held(), task.Clock(), in_use=[broken])
+        self.assertEqual(self.successResultOf(svc.run_once()), [])
+        self.assertEqual(calls, [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_segments_of_a_stream_being_played_back_are_in_use(self):
+        from vss.cdn.archive import playback_in_use
+
+        asked = []
+
+        class Catalogue:
+            def list(self, device, stream, frm, to):
+                asked.append((device, stream, frm))
+                segs = [Segment(device, 0, stream, t, t + 1000, 1, f"{device}/{stream}/{t}")
+                        for t in (0, 5_000_000, 9_000_000) if t + 1000 > frm]
+                return defer.succeed({"segments": segs, "gaps": []})
+
+        class Pb:
+            device, stream, origin_ms = "cam", "main", 9_000_000
+
+            def where(self):
+                return 9_000_500
+
+        class Cdn:
+            class playback:  # noqa: N801 - stands for the CDN module's PlaybackService
+                playbacks = {"/live/cam/pb": Pb()}
+
+        paths = self.successResultOf(playback_in_use(Cdn(), Catalogue(), margin_ms=5_000_000))
+        self.assertEqual(asked, [("cam", "main", 4_000_000)])
+        self.assertEqual(paths, {"cam/main/5000000", "cam/main/9000000"})
+        self.assertEqual(self.successResultOf(playback_in_use(object(), Catalogue())), set())
+
+
 def raw_http(port, target):
     """Blocking: the status code of ``GET target`` sent as is (no client normalisation)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

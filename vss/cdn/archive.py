@@ -9,8 +9,9 @@ A node's archive: what it answers about its recordings, across nodes.
   an export URL (``vss.cdn.export``) when it holds some and serves HTTP.
 - ``RetentionService``: every ``interval`` seconds, ``Recorder.enforce`` with the
   retention the node holds (``RecordSettingsSync.retention``), never deleting a segment
-  that is being read (``in_use``: the exports running here, and the CDN module's
-  ``segments_in_use()`` when it has one).
+  that is being read (``in_use``: the segments the exports running here read, and every
+  segment of a stream being played back from where its playback started or is now,
+  ``playback_in_use``).
 - ``wire(node)``: builds the above for a ``NodeService`` (called from ``vss.node``).
 """
 
@@ -27,6 +28,7 @@ from vss.protocols.messages import Stream
 log = Logger()
 
 DEFAULT_RETENTION_INTERVAL = 60.0
+PLAYBACK_MARGIN_MS = 10 * 60_000
 QUERY_TIMEOUT = FANOUT_TIMEOUT + 3.0  # the CU's node waits for CMS's merged answer
 LINK_DOWN = (ResultCode.CENTRAL_UNAVAILABLE, ResultCode.SESSION_CLOSED, ResultCode.TIMEOUT)
 
@@ -117,13 +119,13 @@ class RetentionService(service.Service):
             self.loop.stop()
         return super().stopService()
 
+    @defer.inlineCallbacks
     def busy_paths(self):
+        """The union of what the ``in_use`` hooks name (each a set, or a Deferred of
+        one). A hook that fails stops the pass: nothing is deleted blind."""
         paths = set()
         for fn in self.in_use:
-            try:
-                paths |= set(fn())
-            except Exception:  # noqa: BLE001 - a broken hook must not stop retention
-                log.failure("in-use hook failed")
+            paths |= set((yield defer.maybeDeferred(fn)))
         return paths
 
     @defer.inlineCallbacks
@@ -132,13 +134,33 @@ class RetentionService(service.Service):
         if days is None and quota is None:
             return []
         try:
-            deleted = yield self.recorder.enforce(days, quota, self.busy_paths())
+            busy = yield self.busy_paths()
+            deleted = yield self.recorder.enforce(days, quota, busy)
         except Exception:  # noqa: BLE001 - the next pass tries again
             log.failure("retention pass failed")
             return []
         self.passes += 1
         self.deleted += len(deleted)
         return deleted
+
+
+@defer.inlineCallbacks
+def playback_in_use(cdn, catalogue, margin_ms=PLAYBACK_MARGIN_MS):
+    """The segments the CDN module's playbacks may read: for each playback open, every
+    segment of its (device, stream) that ends after where it started or where the viewer
+    is now, whichever is earlier, less ``margin_ms`` (a short seek back stays playable).
+    The playback does not say which file its child has open, so this keeps more than
+    that one file."""
+    paths = set()
+    service = getattr(cdn, "playback", None)
+    for pb in list(getattr(service, "playbacks", {}).values()):
+        try:
+            since = min(pb.origin_ms, pb.where()) - margin_ms
+        except Exception:  # noqa: BLE001 - then keep the whole stream
+            since = 0
+        listing = yield catalogue.list(pb.device, pb.stream, max(0, since), 2**62)
+        paths.update(s.path for s in listing["segments"])
+    return paths
 
 
 def wire(node, settings, reactor):
@@ -171,9 +193,7 @@ def wire(node, settings, reactor):
         central.device_listeners.append(node.record_settings.device_changed)
         central.connected_listeners.append(node.record_settings.refresh_all)
         central.local_recordings = node.archive.local
-    # The CDN module's playback, when it names the segments it reads.
-    in_use = [node.exporter.in_use,
-              lambda: getattr(node.cdn, "segments_in_use", lambda: ())()]
+    in_use = [node.exporter.in_use, lambda: playback_in_use(node.cdn, node.recorder.catalogue)]
     node.retention = RetentionService(
         node.recorder, node.record_settings, reactor,
         getattr(settings, "retention_interval", DEFAULT_RETENTION_INTERVAL), in_use)
