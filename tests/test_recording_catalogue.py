@@ -6,6 +6,7 @@ The end-to-end tests run CMS and two nodes in process (``Platform``) with a real
 ``vss-pu`` agent publishing H.264 to node-b; PyAV reads what is exported.
 """
 
+import json
 import os
 import socket
 import time
@@ -17,6 +18,7 @@ from twisted.trial import unittest
 from vss.cdn.catalogue import Segment
 from vss.cdn.export import ExportTokens, check_target
 from vss.cdn.listing import gaps_of, merge, node_answer
+from vss.cms.store import hash_token
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
@@ -42,6 +44,7 @@ try:
 except ImportError:  # pragma: no cover - av is a dependency
     av = None
 
+ADMIN_TOKEN = "admin-token-for-the-recording-tests"
 ALL = int(Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD)
 T0 = 1_700_000_000_000
 
@@ -367,6 +370,7 @@ class CatalogueAcrossNodesTests(unittest.TestCase):
         self.addCleanup(self.p.stop)
         yield self.p.start_cms()
         self.store, self.cms = self.p.cms.store, self.p.cms.cms
+        yield self.store.add_admin_token("root", hash_token(ADMIN_TOKEN))
         for changes in [
             (yield self.store.upsert_device("cam-b", "Gate B", 1, 1, "node-b",
                                             verifier("cam-b-s"))),
@@ -395,10 +399,21 @@ class CatalogueAcrossNodesTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def set_mode(self, mode, segment=2):
-        changes = yield self.store.set_record_settings("cam-b", 0, {
-            "mode": mode, "stream": "main", "segment_seconds": segment, "retention_days": 7,
-            "quota_mb": 0, "pre_event_seconds": 5, "post_event_seconds": 10, "schedule": []})
-        self.cms.publish(changes)  # what MMS does after the PUT (S501)
+        """An operator's change through the admin API (MMS: store, then S501)."""
+        port = self.p.cms.listeners()["admin"]
+        data = json.dumps({"mode": mode, "stream": "main", "segment_seconds": segment,
+                           "retention_days": 7}).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/devices/cam-b/record-settings/0", data=data,
+            method="PUT", headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                   "Content-Type": "application/json"})
+
+        def put():
+            with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
+                return r.status, json.load(r)
+
+        status, view = yield threads.deferToThread(put)
+        self.assertEqual((status, view["mode"]), (200, mode))
 
     def query(self, cu, device, frm, to):
         return cu.request(MsgType.RECORD_QUERY, RecordQuery(
