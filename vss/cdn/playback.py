@@ -422,6 +422,8 @@ class Playback:
         return child
 
     def _make_spare(self):
+        if not self.service.spare:
+            return
         if self.state != "ended" and (self.spare is None or self.spare.ended):
             self.spare = self._spawn()
 
@@ -585,6 +587,7 @@ class PlaybackService:
         self.reactor = reactor
         self.python = python
         self.env = env
+        self.spare = True  # keep a started child per playback for the next seek
         self.playbacks = {}  # public path -> Playback
         self.counters = {"opened": 0, "seeks": 0}
         self.rtsp.addObserver(self)

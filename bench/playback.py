@@ -1,0 +1,284 @@
+"""
+Playback benchmark: time from a PLAY with a Range (a seek) to the first frame.
+
+    .venv/bin/python bench/playback.py [--seeks 20] [--no-spare] [--devices 100 --days 30]
+
+One process runs the SS (``RTSPServerFactory`` on loopback), the CDN module and its
+playback service (``vss.cdn.playback``) on the epoll reactor; the playback children are
+real ``python -m vss.cdn.playback`` processes.
+
+The footage: 60 s of 1280x720 25 fps H.264 at 4 Mb/s, GOP 2 s (libx264 via PyAV), written
+as six 10-second fragmented MP4 segments the way the recorder writes them
+(``frag_keyframe+empty_moov+default_base_moof``) and catalogued with their keyframe
+offsets. The catalogue also holds ``--devices`` x ``--days`` of 5-minute segment rows of
+other devices (rows only), so the look-ups run on a catalogue of realistic size.
+
+A raw RTSP client (a thread, blocking sockets, RTP over TCP) opens the playback, then for
+each seek: watches 0.3 s, sends PAUSE, then PLAY with ``Range: npt=X-`` (X random in the
+footage) and times from sending the PLAY to the last RTP packet (marker bit) of the first
+complete picture after the reply. It prints p50, p90, p99 and max over the seeks, and the
+time from MEDIA_OPEN to the first frame.
+"""
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from fractions import Fraction
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+SECRET = b"bench-secret-0123456789abcdef"
+FPS = 25
+SEGMENT_S = 10
+SEGMENTS = 6
+
+
+def make_footage(data_dir, start_ms):
+    """Encode and catalogue SEGMENTS x SEGMENT_S seconds for device bench0."""
+    import av
+
+    from vss.cdn.catalogue import CatalogueDB, Segment, scan_fmp4, segment_name
+
+    out_dir = os.path.join(data_dir, "recordings", "bench0", "main")
+    os.makedirs(out_dir, exist_ok=True)
+    src = av.open(f"testsrc2=size=1280x720:rate={FPS}", format="lavfi")
+    frames = src.decode(video=0)
+    db = CatalogueDB(data_dir)
+    for i in range(SEGMENTS):
+        seg_start = start_ms + i * SEGMENT_S * 1000
+        rel = os.path.join("recordings", "bench0", "main", segment_name(seg_start) + ".mp4")
+        path = os.path.join(data_dir, rel)
+        with av.open(path, "w", format="mp4",
+                     options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}) as out:
+            st = out.add_stream("libx264", rate=FPS)
+            st.width, st.height, st.pix_fmt = 1280, 720, "yuv420p"
+            st.bit_rate = 4_000_000
+            st.codec_context.time_base = Fraction(1, FPS)
+            st.options = {"preset": "ultrafast", "g": str(2 * FPS), "keyint_min": str(2 * FPS),
+                          "sc_threshold": "0", "bf": "0"}
+            for n in range(SEGMENT_S * FPS):
+                frame = next(frames).reformat(format="yuv420p")
+                frame.pts = n
+                frame.time_base = Fraction(1, FPS)
+                for packet in st.encode(frame):
+                    out.mux(packet)
+            for packet in st.encode(None):
+                out.mux(packet)
+        with open(path, "rb") as f:
+            info = scan_fmp4(f)
+        db.add(Segment("bench0", 0, "main", seg_start, seg_start + SEGMENT_S * 1000,
+                       info["size"], rel, info["fragments"]))
+    src.close()
+    db.close()
+
+
+def fill_catalogue(data_dir, devices, days, end_ms):
+    """Rows (no files) for devices x days of 5-minute segments of other devices."""
+    from vss.cdn.catalogue import CatalogueDB
+
+    db = CatalogueDB(data_dir)
+    per_day = 288
+    with db.db:
+        db.db.execute("BEGIN")
+        for d in range(1, devices):
+            rows = []
+            for k in range(days * per_day):
+                s = end_ms - (k + 1) * 300_000
+                rows.append((f"other{d}", 0, "main", s, s + 300_000, 150_000_000,
+                             f"recordings/other{d}/main/{k}.mp4"))
+            db.db.executemany("INSERT INTO segments (device, channel, stream, start_ms, "
+                              "end_ms, bytes, path) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    count = db.count()
+    db.close()
+    return count
+
+
+class Raw:
+    def __init__(self, url):
+        self.url = url
+        host, port = url.split("://")[1].split("/")[0].split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.cseq = 0
+        self.session = None
+
+    def _fill(self):
+        data = self.sock.recv(262144)
+        if not data:
+            raise ConnectionError("closed")
+        self.buf += data
+
+    def _take(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def send(self, method, uri, headers=()):
+        self.cseq += 1
+        lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self.cseq}"]
+        if self.session:
+            lines.append(f"Session: {self.session}")
+        lines.extend(f"{k}: {v}" for k, v in headers)
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def reply(self):
+        while True:
+            if self._take(1) == b"$":
+                head = self._take(3)
+                self._take(int.from_bytes(head[1:3], "big"))
+                continue
+            while b"\r\n\r\n" not in self.buf:
+                self._fill()
+            text, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            lines = ("R" + text.decode()).split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (ln.partition(":") for ln in lines[1:])}
+            self._take(int(headers.get("content-length", 0)))
+            return int(lines[0].split()[1]), headers
+
+    def first_frame(self):
+        """Read media until the marker bit of a video packet (channel 0)."""
+        while True:
+            head = self._take(4)
+            if head[0:1] != b"$":
+                raise RuntimeError(f"unexpected {head!r}")
+            data = self._take(int.from_bytes(head[2:4], "big"))
+            if head[1] == 0 and len(data) > 1 and data[1] & 0x80:
+                return
+
+    def watch(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            head = self._take(4)
+            self._take(int.from_bytes(head[2:4], "big"))
+
+    def request(self, method, uri, headers=()):
+        self.send(method, uri, headers)
+        return self.reply()
+
+
+def client(url, seeks, footage_s, rng):
+    base, _, query = url.partition("?")
+    c = Raw(url)
+    t0 = time.perf_counter()
+    status, _ = c.request("DESCRIBE", url)
+    assert status == 200, status
+    status, h = c.request("SETUP", f"{base}/streamid=0?{query}",
+                          [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")])
+    assert status == 200, status
+    c.session = h["session"].split(";")[0]
+    c.request("PLAY", url, [("Range", "npt=0.000-")])
+    c.first_frame()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(seeks):
+        c.watch(0.3)
+        c.request("PAUSE", url)
+        at = rng.uniform(0, footage_s - 3)
+        t0 = time.perf_counter()
+        status, _ = c.request("PLAY", url, [("Range", f"npt={at:.3f}-")])
+        assert status == 200, status
+        c.first_frame()
+        times.append(time.perf_counter() - t0)
+    c.request("TEARDOWN", url)
+    c.sock.close()
+    return first, times
+
+
+def pct(values, p):
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(p / 100 * len(values) + 0.5)) - 1))
+    return values[k]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeks", type=int, default=20)
+    ap.add_argument("--no-spare", action="store_true")
+    ap.add_argument("--devices", type=int, default=100)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from types import SimpleNamespace
+
+    from twisted.internet import defer, reactor, threads
+
+    from vss.cdn.playback import PlaybackService
+    from vss.cdn.recorder import Catalogue
+    from vss.cdn.service import CDNModule
+    from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
+    from vss.protocols.messages import MediaOpen, Purpose
+    from vss.rtsp.server import RTSPServerFactory
+
+    work = tempfile.mkdtemp(prefix="vss-bench-playback-")
+    start_ms = (int(time.time()) - 3600) * 1000
+    t = time.perf_counter()
+    make_footage(work, start_ms)
+    rows = fill_catalogue(work, args.devices, args.days, start_ms)
+    print(f"footage: {SEGMENTS} x {SEGMENT_S} s 1280x720 4 Mb/s GOP 2 s; catalogue {rows} "
+          f"segments ({time.perf_counter() - t:.1f} s to make)")
+
+    issuer = TokenIssuer(SECRET, clock=reactor)
+    rtsp = RTSPServerFactory(TokenAuthorizer(issuer), reactor=reactor)
+    port = reactor.listenTCP(0, rtsp, interface="127.0.0.1")
+    base = f"rtsp://127.0.0.1:{port.getHost().port}"
+    cdn = CDNModule(SimpleNamespace(store=None, node_id="bench"), rtsp, issuer, base,
+                    clock=reactor, reactor=reactor)
+    catalogue = Catalogue(work, reactor=reactor)
+    service = PlaybackService(cdn, catalogue, work, reactor)
+    service.spare = not args.no_spare
+    result = {}
+
+    @defer.inlineCallbacks
+    def run():
+        yield catalogue.open()
+        t0 = time.perf_counter()
+        body = MediaOpen(device_id="bench0", channel=0, stream=0, purpose=Purpose.PLAYBACK,
+                         start_time=start_ms + 5000, transport=1)
+        url = (yield service.open(body)).url
+        opened = time.perf_counter() - t0
+        first, times = yield threads.deferToThread(
+            client, url, args.seeks, SEGMENTS * SEGMENT_S - 5, random.Random(args.seed))
+        result.update(opened=opened, first=first, times=times)
+        yield service.close_all()
+        yield catalogue.close()
+
+    def done(r):
+        reactor.stop()
+        return r
+
+    reactor.callWhenRunning(lambda: run().addBoth(done))
+    reactor.run()
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    if not result:
+        print("the benchmark failed")
+        return 1
+    times = [x * 1000 for x in result["times"]]
+    print(f"MEDIA_OPEN answered in {result['opened'] * 1000:.0f} ms; first frame "
+          f"{result['first'] * 1000:.0f} ms after DESCRIBE")
+    print(f"seek (PLAY with Range -> first complete frame), {len(times)} seeks, spare child "
+          f"{'off' if args.no_spare else 'on'}: p50 {statistics.median(times):.0f} ms, "
+          f"p90 {pct(times, 90):.0f} ms, p99 {pct(times, 99):.0f} ms, max {max(times):.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    sys.exit(main())
