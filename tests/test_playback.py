@@ -65,6 +65,15 @@ def play(url, count=5, seek_s=None):
     return before, after
 
 
+def play_to_end(url):
+    """Blocking: (key, time) of every frame until the server ends the stream."""
+    out = []
+    with av.open(url, options={"rtsp_transport": "tcp"}, timeout=20) as c:
+        for frame in c.decode(video=0):
+            out.append((frame_key(frame), frame.time))
+    return out
+
+
 def open_playback(device_id, start_ms):
     return MediaOpen(device_id=device_id, channel=0, stream=0, purpose=Purpose.PLAYBACK,
                      start_time=start_ms, transport=0)
@@ -283,6 +292,23 @@ class PlaybackTests(unittest.TestCase):
         keys, _ = yield threads.deferToThread(play, url3, 1)
         self.assertLessEqual(table[keys[0]], asked)
         self.assertGreater(table[keys[0]], asked - GOP_MS - FRAME_MS)
+
+        # across the last segment boundary to the end of the footage, with no gap
+        near_end = segments[-2].end_ms - 600
+        url4 = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", near_end),
+                                    timeout=20)).body.url
+        frames = yield threads.deferToThread(play_to_end, url4)
+        walls = [table.get(k) for k, _ in frames]
+        self.assertNotIn(None, walls)
+        self.assertLessEqual(walls[0], near_end)
+        self.assertGreater(walls[-1], segments[-1].start_ms + 200)
+        self.assertTrue(all(abs(b - a - FRAME_MS) <= 2 for a, b in zip(walls[:-1], walls[1:], strict=True)),
+                        [b - a for a, b in zip(walls[:-1], walls[1:], strict=True)])
+        times = [t for _, t in frames]
+        self.assertTrue(all(abs(b - a - 0.04) < 0.003 for a, b in zip(times[1:-1], times[2:], strict=True)),
+                        times)
+        last_frame = max(table.values())
+        self.assertEqual(walls[-1], last_frame)
 
         # refused: no token, a token of another path, a forged token
         base, token = url.split("?token=")

@@ -68,6 +68,7 @@ WINDOW_MS = 86400_000  # footage is looked for up to a day after the asked time
 INTERNAL_TTL = 86400  # publish tokens of the internal paths (never leave the node)
 EXIT_NO_FOOTAGE = 4
 KILL_AFTER = 5.0  # seconds a child has to exit after TERM
+END_GRACE = 2.0  # seconds the last packets of a finished child have to arrive
 MP4_AUDIO = frozenset(("aac", "mp3", "opus"))
 
 
@@ -292,6 +293,7 @@ class _Child(protocol.ProcessProtocol):
         self.ended = False
         self.done = defer.Deferred()
         self.kill = None
+        self.finished = False  # it said the footage ended
         self.keys = []  # [(output ms, wall ms)] of the last keyframes it sent
 
     def send(self, command):
@@ -366,6 +368,8 @@ class _Relay:
 
     def source_ended(self):
         self.source = None
+        if self.child.finished and self.playback.child is self.child:
+            self.playback.close()  # all the footage went through
 
     def media_ms(self):
         if self.first_ts is None:
@@ -397,6 +401,7 @@ class Playback:
         self.video_track = 0
         self.seeks = 0
         self.children = []  # every child not known to have exited
+        self._end_call = None
 
     # -- children
 
@@ -540,8 +545,9 @@ class Playback:
         if kind == "ready" and child is self.child:
             self.position = int(event.get("at", self.position))
         elif kind in ("end", "no_footage") and child is self.child:
+            # closed once its source ended (its last packets relayed) or it exited
             log.info("playback {path}: {kind}", path=self.path, kind=kind)
-            self.close()
+            child.finished = True
         elif kind == "error":
             log.warn("playback {path}: {message}", path=self.path,
                      message=event.get("message"))
@@ -550,6 +556,11 @@ class Playback:
         if child is self.spare:
             self.spare = None
         if child is self.child and self.state != "ended":
+            if child.finished and self.relay is not None and self.relay.source is not None:
+                # its publishing session may still hold packets not read yet
+                if self._end_call is None:
+                    self._end_call = self.service.reactor.callLater(END_GRACE, self.close)
+                return
             self.child = None
             if self.ready is not None:
                 d, self.ready = self.ready, None
@@ -563,6 +574,8 @@ class Playback:
         if self.state == "ended":
             return defer.succeed(None)
         self.state = "ended"
+        if self._end_call is not None and self._end_call.active():
+            self._end_call.cancel()
         waits = []
         for child in self.children:
             child.stop()
