@@ -42,6 +42,7 @@ from vss.protocols.codes import ResultCode
 from vss.protocols.messages import CATALOGUE, Empty, Error, MsgType
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+DAMAGE = settings(FAST, max_examples=60)
 
 # ---------------------------------------------------------------------------
 # Strategies derived from the construct field types of messages.py
@@ -131,12 +132,72 @@ class RoundTripTests(SynchronousTestCase):
         self.assertIn(M.SyncBatch, BODIES)
         self.assertEqual(len(BODIES), len({c.__name__ for c in BODIES}))
 
-    def test_some_bodies_have_fast_paths(self):
-        """The hot bodies named in docs/performance.md are on the fast path."""
-        for cls in (M.PtzControl, M.PtzStatus, Empty, Error, M.Bye, M.Heartbeat):
+    def test_every_body_has_fast_paths(self):
+        """Every body type of the catalogue, nested records, optionals and lists of
+        records included, has a generated decoder and encoder."""
+        for cls in BODIES:
             self.assertIsNotNone(codec.fast_plan(cls), cls.__name__)
-        for cls in (M.Hello, M.SyncBatch, M.Config):
-            self.assertIsNone(codec.fast_plan(cls), cls.__name__)
+            self.assertIsNotNone(codec._fast_decoder(cls), cls.__name__)
+            self.assertIsNotNone(codec._fast_encoder(cls), cls.__name__)
+        plan = codec.fast_plan(M.StaticPage)
+        self.assertEqual(plan[0].format, ">B")
+        self.assertIsInstance(plan[1], codec.ListPlan)
+        (device,) = plan[1].item
+        self.assertIsInstance(device, codec.RecordPlan)
+        self.assertIs(device.cls, M.DeviceRecord)
+        self.assertIs(device.fields[4].cls, M.Verifier)  # after name, kind+channels, home
+        change = codec.fast_plan(M.SyncNotify)[1].item[0]
+        self.assertIsInstance(change.fields[-1], codec.OptionalPlan)
+        self.assertIs(change.fields[-1].value[0].cls, M.GrantRecord)
+        # flat bodies keep their flat plan (vss/rgm/relay.py reads PtzControl's)
+        self.assertEqual(codec.fast_plan(M.PtzControl)[0], (2, True))
+
+    def test_unsupported_field_has_no_fast_path(self):
+        """A field the generator does not know leaves the body to construct."""
+
+        class Odd:
+            struct = construct.Struct(
+                "a" / M.List(construct.Int24ub), "ext" / M.Extensions, construct.Terminated)
+            _fields = ("a",)
+
+        class OddRecord:
+            struct = construct.Struct(
+                "r" / M.Optional(construct.Int24ub), "ext" / M.Extensions,
+                construct.Terminated)
+            _fields = ("r",)
+
+        for cls in (Odd, OddRecord):
+            self.assertIsNone(codec.fast_plan(cls))
+            self.assertIsNone(codec._fast_decoder(cls))
+            self.assertIsNone(codec._fast_encoder(cls))
+
+
+def _check_decoders_agree(self, body_cls, t, flags, data):
+    """On ``data``, the fast decoder either declines or gives what construct gives, and
+    decode_body's answer (object or error code and message) is construct's."""
+    frame = _frame(t, data, flags)
+    expected = codec._construct_decode(body_cls, frame)
+    fast = codec._fast_decoder(body_cls)
+    try:
+        got = fast(data)
+    except Exception:
+        got = None
+    if got is not None:
+        self.assertNotIsInstance(expected, ProtocolError)
+        _assert_same_body(self, got, expected)
+    msg = decode_body(frame)
+    if isinstance(expected, ProtocolError):
+        self.assertEqual(msg, expected)
+    else:
+        _assert_same_body(self, msg.body, expected)
+
+
+def _assert_same_body(self, got, expected):
+    """Equal bodies; a NaN float (never equal to itself) compares by its bytes."""
+    self.assertIs(type(got), type(expected))
+    if got != expected or expected != got:
+        self.assertIn("nan", repr(expected))
+        self.assertEqual(_construct_build(got), _construct_build(expected))
 
 
 def _round_trip_tests(body_cls):
@@ -157,34 +218,40 @@ def _round_trip_tests(body_cls):
     @FAST
     @given(data=st.binary(max_size=48))
     def test_fast_decoder_agrees(self, data):
-        """On any bytes, the fast decoder either declines or gives what construct gives;
-        and decode_body's answer is construct's."""
-        frame = _frame(t, data, flags)
-        expected = codec._construct_decode(body_cls, frame)
-        fast = codec._fast_decoder(body_cls)
-        if fast is not None:
-            try:
-                got = fast(data)
-            except Exception:
-                got = None
-            if got is not None:
-                self.assertEqual(got, expected)
-        msg = decode_body(frame)
-        if isinstance(expected, ProtocolError):
-            self.assertEqual(msg, expected)
+        _check_decoders_agree(self, body_cls, t, flags, data)
+
+    @DAMAGE
+    @given(obj=body_strategy(body_cls), edit=st.data())
+    def test_fast_decoder_agrees_on_damaged_bodies(self, obj, edit):
+        """Valid bodies cut short, with a byte changed, or with bytes inserted: the damage
+        lands inside lists, records and optionals that random bytes rarely reach."""
+        data = _construct_build(obj)
+        i = edit.draw(st.integers(0, len(data)))
+        how = edit.draw(st.sampled_from(["cut", "set", "insert"]))
+        if how == "cut":
+            data = data[:i]
+        elif how == "set" and i < len(data):
+            byte = edit.draw(st.sampled_from([0, 1, 2, 0x80, 0xFF]) | st.integers(0, 255))
+            data = data[:i] + bytes([byte]) + data[i + 1:]
         else:
-            self.assertEqual(msg.body, expected)
+            data = data[:i] + edit.draw(st.binary(min_size=1, max_size=3)) + data[i:]
+        _check_decoders_agree(self, body_cls, t, flags, data)
 
     @FAST
     @given(obj=body_strategy(body_cls))
-    def test_fast_decoder_on_valid_bodies(self, obj):
-        """Well-formed bodies with no extension: the fast decoder takes them itself."""
+    def test_fast_paths_take_valid_bodies(self, obj):
+        """Well-formed bodies with no extension: the fast encoder and decoder take them
+        themselves and give exactly construct's bytes and object."""
         obj = type(obj)(**{n: getattr(obj, n) for n in obj._fields})
-        fast = codec._fast_decoder(body_cls)
-        if fast is not None:
-            self.assertEqual(fast(_construct_build(obj)), obj)
+        data = _construct_build(obj)
+        self.assertEqual(codec._fast_encoder(body_cls)(obj), data)
+        got = codec._fast_decoder(body_cls)(data)
+        self.assertIs(type(got), body_cls)
+        self.assertEqual(got, obj)
+        self.assertEqual(got, codec._construct_decode(body_cls, _frame(t, data, flags)))
 
-    return test_round_trip, test_fast_decoder_agrees, test_fast_decoder_on_valid_bodies
+    return (test_round_trip, test_fast_decoder_agrees,
+            test_fast_decoder_agrees_on_damaged_bodies, test_fast_paths_take_valid_bodies)
 
 
 def _add_round_trips(cls):
@@ -227,11 +294,127 @@ class FastPathTests(SynchronousTestCase):
                 self.fail(f"construct accepted {obj!r}")
             self.assertRaises(expected, encode_body, obj)
 
+    def test_bad_nested_values_raise_construct_errors(self):
+        """Odd values inside lists, records and optionals: construct's error, or, where
+        construct accepts them, construct's bytes."""
+        v = M.Verifier(salt=b"s", iterations=1, stored_key=b"k", server_key=b"k")
+        dev = M.DeviceRecord("d", "n", 1, 1, "node", v, "", True, 0)
+        kv = M.KV(key="a", value="b")
+        bad = [
+            M.Config(items=[kv] * 70000, version=1),
+            M.Config(items=[kv, None], version=1),
+            M.Config(items=[M.KV(key=b"a", value="b")], version=1),
+            M.Config(items=kv, version=1),
+            M.Hello(1, 1, 1, "a", [1]),
+            M.Hello(1, 1, 1, "a", ["\ud800"]),
+            M.StaticPage(1, [M.DeviceRecord("d", "n", 1, 1, "node",
+                                            M.Verifier("salt", 1, b"k", b"k"), "", True, 0)],
+                         [], [], "", 0),
+            M.StaticPage(1, [M.DeviceRecord("d", "n", 256, 1, "node", v, "", True, 0)],
+                         [], [], "", 0),
+            M.StaticPage(1, [M.DeviceRecord("d", "n", 1, 1, "node", v, "", True, -1)],
+                         [], [], "", 0),
+            M.RegInfo("node", v, None, []),
+            M.RegInfo("node", None, None, [dev]),
+            M.SyncNotify(1, [M.Change(1, 1, 1, "k", 1, "o", dev, "not a user", None)]),
+        ]
+        for obj in bad:
+            try:
+                _construct_build(obj)
+            except Exception as e:
+                expected = type(e)
+            else:
+                self.fail(f"construct accepted {obj!r}")
+            self.assertRaises(expected, encode_body, obj)
+        # accepted by construct, though odd: the same bytes
+        odd = [
+            M.Hello(1, 1, 1, "a", "xy"),  # a string is a list of one-character strings
+            M.Hello(1, 1, 1, "a", ("x", "y")),
+            M.Hello(1, 1, 1, "a", construct.ListContainer(["x"])),
+            M.Config(items={kv: 1}, version=1),  # construct iterates: the keys
+            M.StaticPage(1, [M.DeviceRecord("d", "n", True, 1, "node", v, "", 7, 0)],
+                         [], [], "", 0),
+            M.StaticPage(1, [], [M.UserRecord("u", M.Verifier(bytearray(b"s"), 1, b"k", b"k"),
+                                              [], True, 0)], [], "", 0),
+        ]
+        for obj in odd:
+            self.assertEqual(encode_body(obj), _construct_build(obj), repr(obj))
+
+    def test_large_pages_agree(self):
+        """A reload page and a notify with many records: both paths, both ways."""
+        v = M.Verifier(salt=b"\x01" * 16, iterations=4096, stored_key=b"\x02" * 32,
+                       server_key=b"\x03" * 32)
+        devices = [M.DeviceRecord(f"dev-{i:06d}", f"Device {i} ✓", 1, 1 + i % 4, "node-1", v,
+                                  f"rtsp://h/{i}" * (i % 2), bool(i % 3), i)
+                   for i in range(5000)]
+        page = M.StaticPage(M.Entity.DEVICE, devices, [], [], "dev-004999", 5000)
+        user = M.UserRecord("alice", v, ["ops", "admins"], True, 3)
+        grant = M.GrantRecord("alice", "dev-000001", 3, 4)
+        changes = [M.Change(i, 1 + i % 3, 1 + i % 2, f"k{i}", i, "cms",
+                            devices[i] if i % 3 == 0 else None,
+                            user if i % 3 == 1 else None,
+                            grant if i % 3 == 2 else None) for i in range(500)]
+        for obj, t, flags in ((page, MsgType.STATIC_PULL, FLAG_RESPONSE),
+                              (M.SyncNotify(500, changes), MsgType.SYNC_NOTIFY, FLAG_NOTIFY),
+                              (M.SyncBatch(changes, 500, False), MsgType.SYNC_FETCH,
+                               FLAG_RESPONSE)):
+            data = _construct_build(obj)
+            self.assertEqual(codec._fast_encoder(type(obj))(obj), data)
+            fast = codec._fast_decoder(type(obj))(data)
+            slow = codec._construct_decode(type(obj), _frame(t, data, flags))
+            self.assertEqual(fast, obj)
+            self.assertEqual(fast, slow)
+            self.assertEqual(slow, fast)
+            self.assertEqual(decode_body(_frame(t, data, flags)).body, obj)
+
     def test_non_zero_flag_byte(self):
         """A bool byte other than 0/1 reads as true on both paths."""
         frame = _frame(MsgType.PTZ_CONTROL, bytes(12) + b"\x02\x00\x00", FLAG_RESPONSE)
         self.assertIs(decode_body(frame).body.moving, True)
         self.assertIs(codec._construct_decode(M.PtzStatus, frame).moving, True)
+
+    def test_long_bodies_pause_the_garbage_collector(self):
+        """A long body with lists is decoded with the cyclic collector paused; it runs
+        again after, also when the body is refused, and stays off if it was off."""
+        import gc
+
+        seen = []
+        kv = M.KV(key="k" * 100, value="v" * 100)
+        long_body = encode_body(M.Config(items=[kv] * 200, version=1))
+        self.assertGreaterEqual(len(long_body), codec.GC_PAUSE_SIZE)
+        inner = codec._fast_decoder(M.Config).__closure__[0].cell_contents
+
+        def spy(data):
+            seen.append(gc.isenabled())
+            return inner(data)
+
+        fast = codec._pausing_gc(spy)
+        self.assertTrue(gc.isenabled())
+        self.assertEqual(fast(long_body).items, [kv] * 200)
+        self.assertEqual(fast(encode_body(M.Config(items=[kv], version=1))).items, [kv])
+        self.assertIsNone(fast(long_body[:-1]))
+        self.assertRaises(IndexError, fast, b"\xff\xff" + long_body[2:])  # count too big
+        self.assertEqual(seen, [False, True, False, False])
+        self.assertTrue(gc.isenabled())
+        gc.disable()
+        try:
+            fast(long_body)
+            self.assertFalse(gc.isenabled())
+        finally:
+            gc.enable()
+        self.assertIsNone(codec._fast_decoder(M.PtzControl).__closure__)  # flat: no pause
+
+    def test_non_zero_presence_byte(self):
+        """An Optional's presence byte other than 0/1 means present on both paths."""
+        v = M.Verifier(salt=b"s", iterations=1, stored_key=b"k", server_key=b"k")
+        user = M.UserRecord("u", v, ["g"], True, 2)
+        data = bytearray(encode_body(M.RegInfo("node", None, user, [])))
+        self.assertEqual(data[6:8], b"\x00\x01")  # "node", device absent, user present
+        data[7] = 0x02
+        frame = _frame(MsgType.REG_INFO, bytes(data), FLAG_RESPONSE)
+        got = codec._fast_decoder(M.RegInfo)(bytes(data))
+        self.assertEqual(got, M.RegInfo("node", None, user, []))
+        self.assertEqual(codec._construct_decode(M.RegInfo, frame), got)
 
     def test_body_with_extension_decodes(self):
         body = bytes.fromhex("0000 0001 0009 0002 abcd")  # message "", one ext record

@@ -34,6 +34,7 @@ from vss.protocols.messages import (
     AuthChallenge,
     AuthOk,
     ChangeKind,
+    DeviceRecord,
     Empty,
     Entity,
     HeartbeatAck,
@@ -73,10 +74,14 @@ class CMSConfig:
 
 
 def strip_secret(record):
-    """A device record as other nodes than its home see it: no verifier."""
+    """A device record as other nodes than its home see it: no verifier. (Built
+    directly: ``dataclasses.replace`` cost 5 us a record, a third of a reload page.)"""
     if record is None:
         return None
-    return replace(record, verifier=EMPTY_VERIFIER)
+    return DeviceRecord(
+        device_id=record.device_id, name=record.name, kind=record.kind,
+        channels=record.channels, home_node=record.home_node, verifier=EMPTY_VERIFIER,
+        source_url=record.source_url, enabled=record.enabled, version=record.version)
 
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -11,27 +11,33 @@ The header has two equal definitions: ``HEADER`` in construct (the normative one
 ``HEADER_STRUCT``, a precompiled ``struct`` used on the hot path. A test proves they
 agree on every field.
 
-Hot paths (docs/performance.md, "Signalling codec"): ``FrameDecoder.feed`` slices frames
-straight out of the bytes it is given and copies into its buffer only an incomplete tail;
-bodies made only of fixed-size fields and length-prefixed strings or bytes (PTZ_CONTROL,
-KEEPALIVE, most responses) are encoded and decoded by ``struct`` code generated from their
-construct definitions. A fast path only handles well-formed input with an empty extension
-block; anything else (extensions, errors, odd values) goes through construct, which stays
-the definition. tests/test_codec.py proves both paths agree.
+Hot paths (docs/performance.md, "Signalling codec" and "Data synchronisation"):
+``FrameDecoder.feed`` slices frames straight out of the bytes it is given and copies into
+its buffer only an incomplete tail; every body of the catalogue (fixed-size fields,
+length-prefixed strings and bytes, nested records, optional records and lists of them,
+such as STATIC_PAGE's DeviceRecords or SYNC_NOTIFY's Changes) is encoded and decoded by
+code generated from its construct definition. A fast path only handles well-formed input
+with an empty extension block; anything else (extensions, errors, odd values) goes
+through construct, which stays the definition. tests/test_codec.py proves both paths
+agree.
 """
 
+import gc
 import struct
 from dataclasses import dataclass
 
 from construct import (
+    Array,
     Const,
     ConstructError,
     Flag,
     Float32b,
+    FocusedSeq,
     Int8ub,
     Int16ub,
     Int32ub,
     Int64ub,
+    Rebuild,
     StreamError,
     Struct,
     TerminatedError,
@@ -413,11 +419,13 @@ def message_name(type):
 # ---------------------------------------------------------------------------
 # Fast paths, generated from the construct definitions in messages.py.
 #
-# A body qualifies when every field is a fixed-size integer, float or flag, or a
-# u16-prefixed string or bytes, or a u32-prefixed blob. The generated decoder returns None
-# (or raises) on anything but well-formed input with an empty extension block, and the
-# generated encoder returns None when the body has extensions; the caller then uses
-# construct. So the fast paths can only be faster, never different.
+# A body qualifies when every field is a fixed-size integer, float or flag, a u16-prefixed
+# string or bytes, a u32-prefixed blob, a nested record, an Optional of a value that
+# qualifies, or a List of values that qualify (recursively). The generated decoder returns
+# None (or raises) on anything but well-formed input with an empty extension block, and
+# the generated encoder returns None (or raises) when the body has extensions or an odd
+# value; the caller then uses construct. So the fast paths can only be faster, never
+# different.
 
 _FIXED_FORMATS = {id(Int8ub): "B", id(Int16ub): "H", id(Int32ub): "I", id(Int64ub): "Q",
                   id(Float32b): "f", id(Flag): "?"}
@@ -425,34 +433,250 @@ _PREFIXED = {id(_messages.Str): (2, True), id(_messages.Bytes): (2, False),
              id(_messages.Blob): (4, False)}
 _FAST_DECODERS = {}
 _FAST_ENCODERS = {}
+_gc_enabled, _gc_disable, _gc_enable = gc.isenabled, gc.disable, gc.enable
+
+
+@dataclass(frozen=True, slots=True)
+class ListPlan:
+    """A segment: a u16 count, then that many items, each one value read by ``item``."""
+
+    item: list
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPlan:
+    """A segment: a nested record of class ``cls``, its fields read by ``fields``."""
+
+    cls: type
+    fields: list
+
+
+@dataclass(frozen=True, slots=True)
+class OptionalPlan:
+    """A segment: a presence byte, then (when not 0) one value read by ``value``."""
+
+    value: list
 
 
 def fast_plan(cls):
     """The fields of body class ``cls`` as a list of segments: a ``struct.Struct`` for a
-    run of fixed-size fields, or ``(prefix_size, is_text)`` for a length-prefixed field;
-    None if some field needs construct (lists, optionals, records)."""
+    run of fixed-size fields, ``(prefix_size, is_text)`` for a length-prefixed field, or a
+    ``ListPlan``, ``RecordPlan`` or ``OptionalPlan`` (each holding the plan of what it
+    contains); None if some field needs construct."""
     struct_ = getattr(cls, "struct", None)
     if struct_ is None:
         return None
+    return _plan([sub for sub in struct_.subcons if sub.name is not None and sub.name != "ext"])
+
+
+def _plan(fields):
+    """The segments reading the values of construct ``fields`` in order, or None."""
     plan, fmt = [], ""
-    for sub in struct_.subcons:
-        if sub.name is None or sub.name == "ext":
-            continue
-        inner = getattr(sub, "subcon", None)
-        code = _FIXED_FORMATS.get(id(inner))
-        if code is not None:
-            fmt += code
-            continue
-        prefixed = _PREFIXED.get(id(inner))
-        if prefixed is None:
+    for con in fields:
+        seg = _segment(getattr(con, "subcon", None) if con.name is not None else con)
+        if seg is None:
             return None
+        if type(seg) is str:
+            fmt += seg
+            continue
         if fmt:
             plan.append(struct.Struct(">" + fmt))
             fmt = ""
-        plan.append(prefixed)
+        plan.append(seg)
     if fmt:
         plan.append(struct.Struct(">" + fmt))
     return plan
+
+
+def _segment(con):
+    """A format character for a fixed-size field, else the segment reading one value of
+    ``con``; None if construct must read it."""
+    code = _FIXED_FORMATS.get(id(con))
+    if code is not None:
+        return code
+    prefixed = _PREFIXED.get(id(con))
+    if prefixed is not None:
+        return prefixed
+    if isinstance(con, _messages._Record):
+        rcls = con.cls
+        subs = con.subcon.subcons
+        if [s.name for s in subs] != list(rcls._fields):
+            return None
+        fields = _plan(subs)
+        return None if fields is None else RecordPlan(rcls, fields)
+    if isinstance(con, _messages._Optional):
+        present, value = con.subcon.subcons
+        if present.name != "present" or present.subcon is not Flag:
+            return None
+        inner = getattr(value.subcon, "thensubcon", None)
+        item = None if inner is None else _plan([inner])
+        return None if item is None else OptionalPlan(item)
+    if isinstance(con, FocusedSeq) and len(con.subcons) == 2:  # List(sub): PrefixedArray
+        count, items = con.subcons
+        rebuild = getattr(count, "subcon", None)
+        if (count.name != "count" or items.name != "items" or con.parsebuildfrom != "items"
+                or not isinstance(rebuild, Rebuild) or rebuild.subcon is not Int16ub
+                or not isinstance(items.subcon, Array)):
+            return None
+        item = _plan([items.subcon.subcon])
+        return None if item is None else ListPlan(item)
+    return None
+
+
+class _Source:
+    """The lines and names of one generated function."""
+
+    def __init__(self, header):
+        self.lines = list(header)
+        self.env = {"_new": object.__new__, "_from": int.from_bytes, "_encode": str.encode,
+                    "_sequences": (list, tuple)}
+        self.count = 0
+
+    def name(self, prefix):
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def const(self, value, prefix):
+        name = self.name(prefix)
+        self.env[name] = value
+        return name
+
+    def emit(self, depth, line):
+        self.lines.append("    " * depth + line)
+
+    def compile(self, title, fn):
+        exec(compile("\n".join(self.lines), title, "exec"), self.env)
+        return self.env[fn]
+
+
+def _values(seg):
+    return len(seg.format) - 1 if isinstance(seg, struct.Struct) else 1
+
+
+def _emit_decode(src, plan, depth):
+    """Lines reading the values of ``plan`` from ``data`` at ``p``; their names.
+
+    ``p`` only grows; a read past the end raises (``struct.error``, ``IndexError``) or,
+    for a slice, leaves ``p`` past the end, so the final check of the extension block
+    fails: a truncated body is never taken."""
+    names = []
+    for seg in plan:
+        if isinstance(seg, struct.Struct):
+            vs = [src.name("v") for _ in range(_values(seg))]
+            if seg.format == ">B":
+                src.emit(depth, f"{vs[0]} = data[p]")
+            else:
+                src.emit(depth, f"{', '.join(vs)}, = {src.const(seg.unpack_from, '_s')}(data, p)")
+            src.emit(depth, f"p += {seg.size}")
+            names += vs
+        elif isinstance(seg, tuple):
+            size, text = seg
+            v = src.name("v")
+            if size == 2:
+                src.emit(depth, "q = p + 2 + ((data[p] << 8) | data[p + 1])")
+            else:
+                src.emit(depth, f"q = p + {size} + _from(data[p:p + {size}], 'big')")
+            get = f"data[p + {size}:q]"
+            src.emit(depth, f"{v} = str({get}, 'utf-8')" if text else f"{v} = {get}")
+            src.emit(depth, "p = q")
+            names.append(v)
+        elif isinstance(seg, RecordPlan):
+            rcls = seg.cls
+            fields = _emit_decode(src, seg.fields, depth)
+            v = src.name("r")
+            cls_name = src.const(rcls, "_R")
+            if set(rcls._fields) <= set(getattr(rcls, "__slots__", ())) and not hasattr(
+                    rcls, "__post_init__"):
+                # a frozen dataclass: set its slots directly, as its __init__ does
+                src.emit(depth, f"{v} = _new({cls_name})")
+                for field_name, x in zip(rcls._fields, fields, strict=True):
+                    setter = src.const(getattr(rcls, field_name).__set__, "_set")
+                    src.emit(depth, f"{setter}({v}, {x})")
+            else:
+                src.emit(depth, f"{v} = {cls_name}({', '.join(fields)})")
+            names.append(v)
+        elif isinstance(seg, ListPlan):
+            v, c, add = src.name("l"), src.name("c"), src.name("add")
+            src.emit(depth, f"{c} = (data[p] << 8) | data[p + 1]")
+            src.emit(depth, "p += 2")
+            src.emit(depth, f"{v} = []")
+            src.emit(depth, f"{add} = {v}.append")
+            src.emit(depth, f"for _ in range({c}):")
+            (x,) = _emit_decode(src, seg.item, depth + 1)
+            src.emit(depth + 1, f"{add}({x})")
+            names.append(v)
+        else:  # OptionalPlan
+            v = src.name("o")
+            src.emit(depth, f"{v} = data[p]")
+            src.emit(depth, "p += 1")
+            src.emit(depth, f"if {v}:")
+            (x,) = _emit_decode(src, seg.value, depth + 1)
+            src.emit(depth + 1, f"{v} = {x}")
+            src.emit(depth, "else:")
+            src.emit(depth + 1, f"{v} = None")
+            names.append(v)
+    return names
+
+
+def _emit_encode(src, plan, values, depth, parts):
+    """Lines writing the values of ``plan``, given as expressions. The byte strings to
+    write are added to ``parts`` (expressions) and flushed into ``out`` before a loop or
+    a branch; the caller flushes the rest."""
+    values = iter(values)
+    for seg in plan:
+        if isinstance(seg, struct.Struct):
+            args = ", ".join(next(values) for _ in range(_values(seg)))
+            parts.append(f"{src.const(seg.pack, '_s')}({args})")
+        elif isinstance(seg, tuple):
+            size, text = seg
+            b = src.name("b")
+            if text:
+                src.emit(depth, f"{b} = _encode({next(values)})")  # str only, as construct
+            else:
+                src.emit(depth, f"{b} = {next(values)}")
+                src.emit(depth, f"if type({b}) is not bytes:")
+                src.emit(depth + 1, "return None")
+            parts.append(f"len({b}).to_bytes({size}, 'big')")
+            parts.append(b)
+        elif isinstance(seg, RecordPlan):
+            r = src.name("r")
+            src.emit(depth, f"{r} = {next(values)}")
+            _emit_encode(src, seg.fields, [f"{r}.{n}" for n in seg.cls._fields], depth, parts)
+        elif isinstance(seg, ListPlan):
+            items, e = src.name("l"), src.name("e")
+            src.emit(depth, f"{items} = {next(values)}")
+            src.emit(depth, f"if not isinstance({items}, _sequences):  # construct indexes")
+            src.emit(depth + 1, "return None")
+            parts.append(f"len({items}).to_bytes(2, 'big')")
+            _flush(src, parts, depth)
+            src.emit(depth, f"for {e} in {items}:")
+            inner = []
+            _emit_encode(src, seg.item, [e], depth + 1, inner)
+            _flush(src, inner, depth + 1)
+        else:  # OptionalPlan
+            o = src.name("o")
+            src.emit(depth, f"{o} = {next(values)}")
+            _flush(src, parts, depth)
+            src.emit(depth, f"if {o} is None:")
+            src.emit(depth + 1, "out.append(b'\\x00')")
+            src.emit(depth, "else:")
+            inner = ["b'\\x01'"]
+            _emit_encode(src, seg.value, [o], depth + 1, inner)
+            _flush(src, inner, depth + 1)
+
+
+def _flush(src, parts, depth):
+    """Write the pending ``parts`` into ``out``."""
+    if len(parts) == 1:
+        src.emit(depth, f"out.append({parts[0]})")
+    elif parts:
+        src.emit(depth, f"out += ({', '.join(parts)})")
+    parts.clear()
+
+
+def _has_branches(plan):
+    return any(isinstance(seg, ListPlan | OptionalPlan)
+               or isinstance(seg, RecordPlan) and _has_branches(seg.fields) for seg in plan)
 
 
 def _fast_decoder(cls):
@@ -460,33 +684,40 @@ def _fast_decoder(cls):
     plan = fast_plan(cls)
     fn = None
     if plan is not None:
-        env = {"_cls": cls, "_from": int.from_bytes}
-        lines = ["def decode(data):", "    p = 0"]
-        names = []
-        for i, seg in enumerate(plan):
-            if isinstance(seg, struct.Struct):
-                env[f"_s{i}"] = seg.unpack_from
-                vs = [f"v{i}_{j}" for j in range(len(seg.format) - 1)]
-                names += vs
-                lines.append(f"    {', '.join(vs)}, = _s{i}(data, p)")
-                lines.append(f"    p += {seg.size}")
-            else:
-                size, text = seg
-                v = f"v{i}"
-                names.append(v)
-                lines.append(f"    q = p + {size} + _from(data[p:p + {size}], 'big')")
-                lines.append("    if q > len(data):")
-                lines.append("        return None")
-                get = f"data[p + {size}:q]"
-                lines.append(f"    {v} = {get}.decode('utf-8')" if text else f"    {v} = {get}")
-                lines.append("    p = q")
-        lines.append("    if data[p:] != b'\\x00\\x00':")
-        lines.append("        return None")
-        lines.append(f"    return _cls({', '.join(names)})")
-        exec(compile("\n".join(lines), f"<fast decoder {cls.__name__}>", "exec"), env)
-        fn = env["decode"]
+        src = _Source(["def decode(data):", "    if type(data) is not bytes:",
+                       "        return None", "    p = 0"])
+        src.env["_cls"] = cls
+        names = _emit_decode(src, plan, 1)
+        src.emit(1, "if data[p:] != b'\\x00\\x00':")
+        src.emit(2, "return None")
+        src.emit(1, f"return _cls({', '.join(names)})")
+        fn = src.compile(f"<fast decoder {cls.__name__}>", "decode")
+        if _has_branches(plan):
+            fn = _pausing_gc(fn)
     _FAST_DECODERS[cls] = fn
     return fn
+
+
+#: Bodies from this size up are decoded with the cyclic garbage collector paused.
+GC_PAUSE_SIZE = 32 * 1024
+
+
+def _pausing_gc(decode):
+    """``decode`` for bodies with lists: a long one (a reload page of 5,000 records
+    creates some 15,000 objects, none in a cycle) is decoded with the cyclic garbage
+    collector paused, which would otherwise run many passes over the growing heap
+    (docs/performance.md, "Data synchronisation"). Collection resumes right after."""
+
+    def decode_long(data):
+        if len(data) < GC_PAUSE_SIZE or not _gc_enabled():
+            return decode(data)
+        _gc_disable()
+        try:
+            return decode(data)
+        finally:
+            _gc_enable()
+
+    return decode_long
 
 
 def _fast_encoder(cls):
@@ -494,29 +725,18 @@ def _fast_encoder(cls):
     plan = fast_plan(cls)
     fn = None
     if plan is not None:
-        env = {}
-        fields = iter(cls._fields)
-        lines = ["def encode(obj):", "    if obj.ext:", "        return None"]
+        src = _Source(["def encode(obj):", "    if obj.ext:", "        return None"])
         parts = []
-        for i, seg in enumerate(plan):
-            if isinstance(seg, struct.Struct):
-                env[f"_s{i}"] = seg.pack
-                args = ", ".join(f"obj.{next(fields)}" for _ in range(len(seg.format) - 1))
-                parts.append(f"_s{i}({args})")
-            else:
-                size, text = seg
-                name = next(fields)
-                if text:
-                    lines.append(f"    b{i} = obj.{name}.encode('utf-8')")
-                else:
-                    lines.append(f"    b{i} = obj.{name}")
-                    lines.append(f"    if type(b{i}) is not bytes:")
-                    lines.append("        return None")
-                parts.append(f"len(b{i}).to_bytes({size}, 'big')")
-                parts.append(f"b{i}")
-        parts.append("b'\\x00\\x00'")
-        lines.append(f"    return b''.join(({', '.join(parts)},))")
-        exec(compile("\n".join(lines), f"<fast encoder {cls.__name__}>", "exec"), env)
-        fn = env["encode"]
+        if _has_branches(plan):
+            src.emit(1, "out = []")
+            _emit_encode(src, plan, [f"obj.{n}" for n in cls._fields], 1, parts)
+            parts.append("b'\\x00\\x00'")
+            _flush(src, parts, 1)
+            src.emit(1, "return b''.join(out)")
+        else:  # straight code: one join
+            _emit_encode(src, plan, [f"obj.{n}" for n in cls._fields], 1, parts)
+            parts.append("b'\\x00\\x00'")
+            src.emit(1, f"return b''.join(({', '.join(parts)},))")
+        fn = src.compile(f"<fast encoder {cls.__name__}>", "encode")
     _FAST_ENCODERS[cls] = fn
     return fn

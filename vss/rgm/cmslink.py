@@ -258,23 +258,32 @@ class CmsLink(service.Service):
         self.counters["reloads"] += 1
         started = self.clock.seconds()
         seen = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set()}
+
+        def pull(entity, cursor):
+            return self._request(MsgType.STATIC_PULL, StaticPull(
+                entity=entity, cursor=cursor, limit=PAGE), 60.0)
+
         for entity in (Entity.DEVICE, Entity.USER, Entity.GRANT):
-            cursor = ""
-            while True:
-                page = (yield self._request(MsgType.STATIC_PULL, StaticPull(
-                    entity=entity, cursor=cursor, limit=PAGE), 60.0)).body
-                for r in page.devices:
-                    self.store.put_device(r)
-                    seen[entity].add(r.device_id)
-                for r in page.users:
-                    self.store.put_user(r)
-                    seen[entity].add(r.username)
-                for r in page.grants:
-                    self.store.put_grant(r)
-                    seen[entity].add((r.principal, r.device_id))
-                cursor = page.next_cursor
-                if not cursor:
-                    break
+            pending = pull(entity, "")
+            while pending is not None:
+                page = (yield pending).body
+                # ask for the next page before storing this one: CMS reads and encodes
+                # it meanwhile
+                pending = pull(entity, page.next_cursor) if page.next_cursor else None
+                try:
+                    for r in page.devices:
+                        self.store.put_device(r)
+                        seen[entity].add(r.device_id)
+                    for r in page.users:
+                        self.store.put_user(r)
+                        seen[entity].add(r.username)
+                    for r in page.grants:
+                        self.store.put_grant(r)
+                        seen[entity].add((r.principal, r.device_id))
+                except BaseException:
+                    if pending is not None:
+                        pending.addErrback(lambda f: None)  # the reload fails with this
+                    raise
         for r in self.store.devices():
             if r.device_id not in seen[Entity.DEVICE]:
                 self.store.remove_device(r.device_id)
