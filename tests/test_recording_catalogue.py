@@ -479,6 +479,11 @@ class CatalogueAcrossNodesTests(unittest.TestCase):
         self.assertLess(abs(duration - wanted), 1.5, (duration, wanted))
         self.assertGreater(frames, 25)
         self.assertEqual(b.exporter.in_use(), set())
+        stale = os.path.join(b.settings.data_dir, "exports", "tmpold.mp4")
+        with open(stale, "wb") as f:
+            f.write(b"x")
+        os.utime(stale, (time.time() - 7200, time.time() - 7200))
+        self.assertEqual(b.exporter.sweep(), 1)
         self.assertEqual(os.listdir(os.path.join(b.settings.data_dir, "exports")), [])
 
         # The same through vssctl: a table with the gaps, then an export to a file.

@@ -103,6 +103,7 @@ class RetentionService(service.Service):
         self.clock = clock
         self.interval = interval
         self.in_use = list(in_use)  # callables giving sets of relative segment paths
+        self.housekeeping = []  # callables run before each pass (e.g. stale export files)
         self.loop = None
         self.passes = 0
         self.deleted = 0
@@ -130,6 +131,11 @@ class RetentionService(service.Service):
 
     @defer.inlineCallbacks
     def run_once(self):
+        for fn in self.housekeeping:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - housekeeping never stops retention
+                log.failure("housekeeping failed")
         days, quota = self.settings.retention()
         if days is None and quota is None:
             return []
@@ -197,4 +203,5 @@ def wire(node, settings, reactor):
     node.retention = RetentionService(
         node.recorder, node.record_settings, reactor,
         getattr(settings, "retention_interval", DEFAULT_RETENTION_INTERVAL), in_use)
+    node.retention.housekeeping.append(node.exporter.sweep)
     node.retention.setServiceParent(node)

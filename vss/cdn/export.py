@@ -36,6 +36,7 @@ import hmac
 import os
 import secrets
 import tempfile
+import time
 from collections import Counter
 
 from twisted.internet import defer
@@ -221,6 +222,21 @@ class Exporter:
 
     def in_use(self):
         return {p for p, n in self.reading.items() if n > 0}
+
+    def sweep(self, older_than=3600.0):
+        """Delete export files left behind (a node killed while serving one) that are
+        older than ``older_than`` seconds. Returns how many."""
+        tmpdir = os.path.join(self.data_dir, EXPORTS)
+        if not os.path.isdir(tmpdir):
+            return 0
+        cutoff = time.time() - older_than
+        gone = 0
+        for name in os.listdir(tmpdir):
+            full = os.path.join(tmpdir, name)
+            if name.endswith(".mp4") and os.path.getmtime(full) < cutoff:
+                _unlink(full)
+                gone += 1
+        return gone
 
     def _safe(self, rel):
         root = os.path.realpath(os.path.join(self.data_dir, "recordings"))
