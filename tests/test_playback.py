@@ -359,3 +359,6 @@ class PlaybackTests(unittest.TestCase):
         yield wait_until(reactor, lambda: not self.node.cdn.playback.playbacks,
                          timeout=self.node.cdn.linger + 10, what="the playbacks to end")
         self.assertFalse([p for p in self.node.rtsp.sources if "/pb-" in p])
+        # a first PLAY starts the child prepared at MEDIA_OPEN; children were restarted
+        # only for the PyAV seek, the clock Range and the resume
+        self.assertEqual(self.node.cdn.playback.counters, {"opened": 4, "seeks": 3})

@@ -395,6 +395,7 @@ class Playback:
         self.public = None
         self.state = "held"  # held (ready, waiting for PLAY), playing, paused, ended
         self.position = origin_ms  # where the current child started / paused at
+        self.requested = origin_ms  # the time the current child was asked to start at
         self.ready = None  # Deferred of the first child's source
         self.tracks = {}  # track -> [ssrc, last seq, last ts, step]
         self.shift = {}  # (relay, track) -> (seq shift, ts shift)
@@ -418,6 +419,8 @@ class Playback:
         child = _Child(self, internal)
         svc.reactor.spawnProcess(child, svc.python, argv, env=env)
         self.children.append(child)
+        svc.children.add(child)
+        child.done.addBoth(lambda _: svc.children.discard(child))
         return child
 
     def _take_spare(self):
@@ -437,7 +440,7 @@ class Playback:
         old, self.child = self.child, None
         if old is not None:
             old.stop()
-        self.position = at_ms
+        self.position = self.requested = at_ms
         child = self.child = self._take_spare()
         self.relay = None
         child.send({"start": at_ms, "go": go})
@@ -501,7 +504,7 @@ class Playback:
     def play(self, session, header):
         target = parse_range(header, self.origin_ms)
         if self.state == "held":
-            if target is None or target == self.position:
+            if target is None or target == self.requested:
                 self.state = "playing"
                 self.child.send({"go": True})
                 self.service.reactor.callLater(0.5, self._make_spare)
@@ -601,6 +604,7 @@ class PlaybackService:
         self.python = python
         self.env = env
         self.spare = True  # keep a started child per playback for the next seek
+        self.children = set()  # every child not known to have exited
         self.playbacks = {}  # public path -> Playback
         self.counters = {"opened": 0, "seeks": 0}
         self.rtsp.addObserver(self)
@@ -657,8 +661,15 @@ class PlaybackService:
         self.rtsp.controllers.pop(pb.path, None)
 
     def close_all(self):
-        """End every playback; fires when every child has exited."""
-        return defer.DeferredList([pb.close() for pb in list(self.playbacks.values())])
+        """End every playback; fires when every child (also those of playbacks that
+        ended already) has exited."""
+        for pb in list(self.playbacks.values()):
+            pb.close()
+        waits = []
+        for child in list(self.children):
+            child.stop()
+            waits.append(child.done)
+        return defer.DeferredList(waits)
 
 
 if __name__ == "__main__":
