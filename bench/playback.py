@@ -66,6 +66,7 @@ def make_footage(data_dir, start_ms):
                           "sc_threshold": "0", "bf": "0"}
             for n in range(SEGMENT_S * FPS):
                 frame = next(frames).reformat(format="yuv420p")
+                frame.pict_type = av.video.frame.PictureType.NONE  # lavfi marks every one I
                 frame.pts = n
                 frame.time_base = Fraction(1, FPS)
                 for packet in st.encode(frame):
@@ -77,7 +78,10 @@ def make_footage(data_dir, start_ms):
         db.add(Segment("bench0", 0, "main", seg_start, seg_start + SEGMENT_S * 1000,
                        info["size"], rel, info["fragments"]))
     src.close()
+    keys = sum(len(db.get(s.path).keyframes) for s in db.list("bench0", "main", 0, 2**62)[
+        "segments"])
     db.close()
+    return keys
 
 
 def fill_catalogue(data_dir, devices, days, end_ms):
@@ -228,10 +232,10 @@ def main():
     work = tempfile.mkdtemp(prefix="vss-bench-playback-")
     start_ms = (int(time.time()) - 3600) * 1000
     t = time.perf_counter()
-    make_footage(work, start_ms)
+    keys = make_footage(work, start_ms)
     rows = fill_catalogue(work, args.devices, args.days, start_ms)
-    print(f"footage: {SEGMENTS} x {SEGMENT_S} s 1280x720 4 Mb/s GOP 2 s; catalogue {rows} "
-          f"segments ({time.perf_counter() - t:.1f} s to make)")
+    print(f"footage: {SEGMENTS} x {SEGMENT_S} s 1280x720 4 Mb/s, {keys} keyframes (GOP 2 s); "
+          f"catalogue {rows} segments ({time.perf_counter() - t:.1f} s to make)")
 
     issuer = TokenIssuer(SECRET, clock=reactor)
     rtsp = RTSPServerFactory(TokenAuthorizer(issuer), reactor=reactor)
