@@ -74,6 +74,43 @@ def play_to_end(url):
     return out
 
 
+def write_gop_footage(data_dir, device, start_ms, segments=2, seconds=4):
+    """Blocking: ``segments`` fMP4 files of ``seconds`` s, 320x240 25 fps H.264 with a
+    keyframe every 2 s exactly, written as the recorder writes them; their Segments."""
+    from fractions import Fraction
+
+    from vss.cdn.catalogue import Segment, scan_fmp4, segment_name
+
+    src = av.open("testsrc2=size=320x240:rate=25", format="lavfi")
+    frames = src.decode(video=0)
+    out_dir = os.path.join(data_dir, "recordings", device, "main")
+    os.makedirs(out_dir, exist_ok=True)
+    made = []
+    for i in range(segments):
+        seg_start = start_ms + i * seconds * 1000
+        rel = os.path.join("recordings", device, "main", segment_name(seg_start) + ".mp4")
+        with av.open(os.path.join(data_dir, rel), "w", format="mp4", options={
+                "movflags": "frag_keyframe+empty_moov+default_base_moof"}) as out:
+            st = out.add_stream("libx264", rate=25)
+            st.width, st.height, st.pix_fmt = 320, 240, "yuv420p"
+            st.codec_context.time_base = Fraction(1, 25)
+            st.options = {"preset": "ultrafast", "g": "50", "sc_threshold": "0", "bf": "0"}
+            for n in range(seconds * 25):
+                frame = next(frames).reformat(format="yuv420p")
+                frame.pict_type = av.video.frame.PictureType.NONE
+                frame.pts, frame.time_base = n, Fraction(1, 25)
+                for packet in st.encode(frame):
+                    out.mux(packet)
+            for packet in st.encode(None):
+                out.mux(packet)
+        with open(os.path.join(data_dir, rel), "rb") as f:
+            info = scan_fmp4(f)
+        made.append(Segment(device, 0, "main", seg_start, seg_start + seconds * 1000,
+                            info["size"], rel, info["fragments"]))
+    src.close()
+    return made
+
+
 def open_playback(device_id, start_ms):
     return MediaOpen(device_id=device_id, channel=0, stream=0, purpose=Purpose.PLAYBACK,
                      start_time=start_ms, transport=0)
@@ -362,3 +399,24 @@ class PlaybackTests(unittest.TestCase):
         # a first PLAY starts the child prepared at MEDIA_OPEN; children were restarted
         # only for the PyAV seek, the clock Range and the resume
         self.assertEqual(self.node.cdn.playback.counters, {"opened": 4, "seeks": 3})
+
+    @defer.inlineCallbacks
+    def test_a_start_and_a_seek_inside_a_gop_begin_at_the_keyframe_before(self):
+        data = self.node.settings.data_dir
+        start = (int(reactor.seconds()) - 600) * 1000
+        segments = yield threads.deferToThread(write_gop_footage, data, "cam-x", start)
+        for seg in segments:
+            self.assertEqual([k[0] for k in seg.keyframes], [0, 2000])
+            yield self.node.recorder.catalogue.add(seg)
+        table = yield threads.deferToThread(
+            index_segments, [(os.path.join(data, s.path), s.start_ms) for s in segments])
+        alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        asked = start + 3500  # 1.5 s into the second GOP of the first segment
+        url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-x", asked),
+                                   timeout=20)).body.url
+        target = segments[1].start_ms + 1200  # inside the first GOP of the second one
+        before, after = yield threads.deferToThread(play, url, 5, (target - asked) / 1000)
+        self.assertEqual([table.get(k) for k in before],
+                         [start + 2000 + FRAME_MS * i for i in range(5)])
+        self.assertEqual([table.get(k) for k, _ in after],
+                         [segments[1].start_ms + FRAME_MS * i for i in range(5)])
