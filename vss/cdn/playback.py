@@ -16,8 +16,10 @@ How it is served (the approach, and why):
   by the player) and ends at the end of the footage. Its publish URL (with a token) is
   in its environment, never its command line; its start command comes on stdin.
 - The child publishes to an INTERNAL path ``/live/<device>/pb-<id>.<n>`` (``n`` one per
-  child), never handed out. The node relays that source, in process, into the PUBLIC
-  source ``pb-<id>`` that the viewer plays. The public source outlives the children:
+  child), never handed out (its publish token, in the child's environment only, lives a
+  day: a spare child may wait long before it publishes). The node relays that source,
+  in process, into the PUBLIC source ``pb-<id>`` that the viewer plays. The public
+  source outlives the children:
   a seek or a resume replaces the child, and the viewer's RTSP session and connection
   stay. The relay rewrites the RTP sequence numbers and timestamps so the public stream
   stays continuous across children, keeps one SSRC per track, forwards only the current
@@ -608,9 +610,6 @@ class PlaybackService:
         self.playbacks = {}  # public path -> Playback
         self.counters = {"opened": 0, "seeks": 0}
         self.rtsp.addObserver(self)
-
-    def owns(self, path):
-        return _public_of(path) in self.playbacks
 
     @defer.inlineCallbacks
     def open(self, body):
