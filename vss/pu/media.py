@@ -101,6 +101,7 @@ class Publisher(threading.Thread):
 
     def run(self):
         import av
+        from av.video.frame import PictureType
 
         try:
             out = av.open(self.url, mode="w", format="rtsp",
@@ -130,6 +131,9 @@ class Publisher(threading.Thread):
                     draw_clock(buf, luma.line_size, self.width, self.height,
                                time.strftime("%H:%M:%S"), scale=max(2, self.height // 90))
                     luma.update(bytes(buf))
+                    # The decoded test-pattern frames come marked as keyframes; left so,
+                    # every picture would be encoded as one (a one-frame GOP).
+                    frame.pict_type = PictureType.NONE
                     frame.pts = self.frames
                     frame.time_base = Fraction(1, self.fps)
                     for packet in stream.encode(frame):
