@@ -47,6 +47,17 @@ def index_segments(paths_and_starts):
     return table
 
 
+def keyframe_walls(paths_and_starts):
+    """Blocking: the wall-clock ms of every keyframe of the recorded files (as in
+    ``index_segments``)."""
+    walls = []
+    for path, start_ms in paths_and_starts:
+        with av.open(path) as c:
+            walls.extend(start_ms + int(frame.time * 1000) for frame in c.decode(video=0)
+                         if frame.key_frame)
+    return walls
+
+
 def play(url, count=5, seek_s=None):
     """Blocking: keys of the first ``count`` frames; with ``seek_s``, then a seek (PAUSE
     and PLAY with Range npt) and the keys and times of ``count`` frames after it."""
@@ -309,7 +320,8 @@ class PlaybackTests(unittest.TestCase):
         landed = table[after[0][0]]
         self.assertLessEqual(landed, target)
         self.assertGreater(landed, target - GOP_MS - FRAME_MS)
-        # the player's clock follows the Range it asked
+        # the player's clock follows the Range it asked: the frames it gets are
+        # timed as recorded relative to that position
         self.assertLess(abs(after[1][1] - seek_s - (table[after[1][0]] - target) / 1000), 0.1)
 
         # vssctl playback prints a URL that plays from that time
@@ -384,10 +396,20 @@ class PlaybackTests(unittest.TestCase):
         status, headers, played, status2, status3, headers3, resumed = \
             yield threads.deferToThread(raw, url2)
         self.assertEqual((status, status2, status3), (200, 200, 200))
-        self.assertEqual(headers["range"], "npt=4.500-")
+        # the reply's Range is where the stream starts: the recorded keyframe at or
+        # before the time asked, 4.5 s after the origin
+        started = float(headers["range"][4:].rstrip("-"))
+        self.assertLessEqual(started, 4.5)
+        self.assertGreater(started, 4.5 - (GOP_MS + FRAME_MS) / 1000)
+        keyframes = yield threads.deferToThread(
+            keyframe_walls, [(os.path.join(data, s.path), s.start_ms) for s in segments])
+        started_ms = first.start_ms + round(started * 1000)
+        self.assertTrue(any(abs(started_ms - k) <= 1 for k in keyframes),
+                        (started_ms, keyframes))
+        # resumed from the keyframe at or before where it paused
         paused_at = float(headers3["range"][4:].rstrip("-"))
-        self.assertGreaterEqual(paused_at, 4.5)
-        self.assertLess(paused_at, 4.5 + 5)
+        self.assertGreaterEqual(paused_at, started)
+        self.assertLess(paused_at, started + 5)
         # the resumed stream goes on in the same RTP timeline, forward
         self.assertGreater((resumed[0] - played[-1]) & 0xFFFFFFFF, 0)
         self.assertLess((resumed[0] - played[-1]) & 0xFFFFFFFF, 90000)

@@ -30,12 +30,16 @@ How it is served (the approach, and why):
   controllers``). ``Range: npt=S-`` means S seconds after the playback's origin (the
   time the CU asked, or the start of the first footage after it), ``Range:
   clock=YYYYMMDDTHHMMSS[.fff]Z-`` a wall-clock time. The current child is stopped and
-  a new one starts at that time; the reply's ``Range`` says where (npt). To make that
+  a new one starts at that time, from the keyframe at or before it; the reply's
+  ``Range`` says where: the npt of that keyframe (looked up in the catalogue as the
+  child does), not the time asked, since a player gives the first packet after its
+  PLAY that npt and counts on from its RTP timestamps. To make that
   fast one SPARE child is kept started (Python and PyAV loaded, waiting on stdin), so a
   seek costs opening a segment, a seek in it and an RTSP handshake on loopback.
 - PAUSE stops the child and remembers the position (the last keyframe the child sent
   plus the media time relayed since); PLAY without a Range resumes there with a new
-  child, from the keyframe at or before it (so up to one GOP is shown again). Stopping
+  child, from the keyframe at or before it (so up to one GOP is shown again; the reply's
+  ``Range`` is that keyframe's npt). Stopping
   the child rather than holding back packets means a long pause costs nothing and the
   publisher side never sits idle past a session timeout.
 - The public source ends when the footage ends (the child says so), or, through the CDN
@@ -127,6 +131,25 @@ def _keyframe_before(keyframes, offset_ms):
     return best
 
 
+def _next_segment(db, device, stream, after_ms, after_start=None):
+    """The first segment (with its keyframes) ending after ``after_ms`` and, with
+    ``after_start``, starting after that; None if there is none within a day."""
+    rows = db.list(device, stream, after_ms, after_ms + WINDOW_MS)["segments"]
+    for s in rows:
+        if s.end_ms > after_ms and (after_start is None or s.start_ms > after_start):
+            return db.get(s.path)
+    return None
+
+
+def locate(db, device, stream, start_ms):
+    """Where a child asked to start at ``start_ms`` begins: (segment, offset ms of the
+    keyframe at or before that time in it), or (None, 0) if there is no footage."""
+    seg = _next_segment(db, device, stream, start_ms)
+    if seg is None:
+        return None, 0
+    return seg, _keyframe_before(seg.keyframes, max(0, start_ms - seg.start_ms))
+
+
 def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.monotonic):
     """Blocking: wait for ``{"start": ms, "go": bool}`` from ``commands`` (a queue;
     None is the end), publish the footage from the keyframe at or before ``start`` to
@@ -143,18 +166,10 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
     go = bool(cmd.get("go"))
     db = CatalogueDB(data_dir)
 
-    def next_segment(after_ms, after_start=None):
-        rows = db.list(device, stream, after_ms, after_ms + WINDOW_MS)["segments"]
-        for s in rows:
-            if s.end_ms > after_ms and (after_start is None or s.start_ms > after_start):
-                return db.get(s.path)
-        return None
-
-    seg = next_segment(start_ms)
+    seg, offset = locate(db, device, stream, start_ms)
     if seg is None:
         emit({"event": "no_footage", "at": start_ms})
         return EXIT_NO_FOOTAGE
-    offset = _keyframe_before(seg.keyframes, max(0, start_ms - seg.start_ms))
     inp = av.open(db.abspath(seg.path))
     try:
         out = av.open(url, "w", format="rtsp", options={"rtsp_transport": "tcp"}, timeout=10)
@@ -180,7 +195,9 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
         while seg is not None and not stopping.is_set():
             streams = [video] + audio
             if first and offset > 0:
-                inp.seek(int(Fraction(offset, 1000) / video.time_base), stream=video,
+                # the catalogue's offsets are whole ms, rounded down: seeking to the next
+                # ms lands on that keyframe, never on the one a GOP before it
+                inp.seek(int(Fraction(offset + 1, 1000) / video.time_base), stream=video,
                          backward=True)
             base = None  # input time (s) mapped to ``acc``
             end = acc
@@ -222,7 +239,7 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
                 break
             acc = end
             first = False
-            seg = next_segment(seg.end_ms, seg.start_ms)
+            seg = _next_segment(db, device, stream, seg.end_ms, seg.start_ms)
             if seg is not None:
                 inp = av.open(db.abspath(seg.path))
                 video = inp.streams.video[0]
@@ -442,7 +459,10 @@ class Playback:
         old, self.child = self.child, None
         if old is not None:
             old.stop()
-        self.position = self.requested = at_ms
+        self.requested = at_ms
+        # where the child will begin, the keyframe at or before ``at_ms``: what the PLAY
+        # reply's Range says, the player's clock starting there with the first packet
+        self.position = self.service.keyframe_at(self.device, self.stream, at_ms)
         child = self.child = self._take_spare()
         self.relay = None
         child.send({"start": at_ms, "go": go})
@@ -609,7 +629,24 @@ class PlaybackService:
         self.children = set()  # every child not known to have exited
         self.playbacks = {}  # public path -> Playback
         self.counters = {"opened": 0, "seeks": 0}
+        self._db = None  # a catalogue connection of the reactor's thread (keyframe_at)
         self.rtsp.addObserver(self)
+
+    def keyframe_at(self, device, stream, at_ms):
+        """Wall-clock ms of the keyframe a child asked to start at ``at_ms`` begins at
+        (``at_ms`` if there is no footage there). Read at once, in the reactor's thread:
+        the SS's PLAY controller answers synchronously, and this is one indexed lookup of
+        a local SQLite database in WAL mode (never blocked by the recorder's writes)."""
+        from vss.cdn.catalogue import CatalogueDB
+
+        try:
+            if self._db is None:
+                self._db = CatalogueDB(self.data_dir)
+            seg, offset = locate(self._db, device, stream, at_ms)
+        except Exception:  # noqa: BLE001 - the Range is then the asked time
+            log.failure("playback: catalogue lookup at {at}", at=at_ms)
+            return at_ms
+        return at_ms if seg is None else seg.start_ms + offset
 
     @defer.inlineCallbacks
     def open(self, body):
@@ -664,6 +701,9 @@ class PlaybackService:
         ended already) has exited."""
         for pb in list(self.playbacks.values()):
             pb.close()
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.close()
         waits = []
         for child in list(self.children):
             child.stop()
