@@ -80,6 +80,14 @@ class SignallingLink(protocol.Protocol):
     # -- connection life cycle
 
     def connectionMade(self):
+        # Signalling is request/response with small frames: Nagle's algorithm would hold
+        # a frame back until the previous one is acknowledged (up to a delayed-ACK time).
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            try:
+                no_delay(True)
+            except Exception:  # noqa: BLE001 - not a TCP transport (tests, UNIX sockets)
+                pass
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.peer_host = getattr(peer, "host", "?")
