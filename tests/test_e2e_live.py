@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
-from vss.testing.platform import Platform, verifier, wait_until
+from vss.testing.platform import start_platform, verifier, wait_until
 from vss.testing.processes import Daemon, child_env, tool
 
 try:
@@ -45,22 +45,16 @@ class LiveVideoTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.work = os.path.abspath(self.mktemp())
-        os.makedirs(self.work)
-        self.p = Platform(reactor, self.work)
-        self.addCleanup(self.p.stop)
-        yield self.p.start_cms()
-        store, cms = self.p.cms.store, self.p.cms.cms
-        for changes in [
-            (yield store.upsert_device("cam-b", "Gate B", 1, 1, "node-b", verifier("cam-b-s"))),
-            (yield store.upsert_device("cam-x", "Other", 1, 1, "node-b", verifier("cam-x-s"))),
-            (yield store.upsert_user("alice", verifier("alice-pw"), [])),
-            (yield store.upsert_user("bob", verifier("bob-pw"), [])),
-            (yield store.set_grant("user:alice", "cam-b", ALL)),
-            (yield store.set_grant("user:alice", "cam-x", ALL)),
-            (yield store.set_grant("user:bob", "cam-x", int(Action.VIEW))),
-        ]:
-            cms.publish(changes)
+        self.p = yield start_platform(self)
+        self.work = self.p.workdir
+        store, change = self.p.cms.store, self.p.change
+        yield change(store.upsert_device("cam-b", "Gate B", 1, 1, "node-b", verifier("cam-b-s")))
+        yield change(store.upsert_device("cam-x", "Other", 1, 1, "node-b", verifier("cam-x-s")))
+        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
+        yield change(store.upsert_user("bob", verifier("bob-pw"), []))
+        yield change(store.set_grant("user:alice", "cam-b", ALL))
+        yield change(store.set_grant("user:alice", "cam-x", ALL))
+        yield change(store.set_grant("user:bob", "cam-x", int(Action.VIEW)))
         self.node_a = yield self.p.start_node("node-a")
         self.node_b = yield self.p.start_node("node-b")
         pu = Daemon(reactor, [tool("vss-pu"), "--node",
@@ -168,8 +162,6 @@ class RealCameraTests(unittest.TestCase):
         from vss.pu.media import PublisherFactory
         from vss.rtsp.server import RTSPServerFactory
 
-        self.work = os.path.abspath(self.mktemp())
-        os.makedirs(self.work)
         # An "IP camera": an RTSP server asking for Digest credentials, fed with H.264.
         self.camera = RTSPServerFactory(_AllowAll(), reactor=reactor,
                                         users={"admin": "cam-pass"}, realm="IP Camera")
@@ -192,14 +184,12 @@ class RealCameraTests(unittest.TestCase):
                                                 publish_url=cam, start_time=0))
         yield wait_until(reactor, lambda: "/live/cam/main" in self.camera.sources, timeout=30,
                          what="the camera's stream")
-        self.p = Platform(reactor, self.work)
-        self.addCleanup(self.p.stop)
-        yield self.p.start_cms()
-        store, cms = self.p.cms.store, self.p.cms.cms
-        cms.publish((yield store.upsert_device("ipc-1", "Lobby", 1, 1, "node-a",
-                                               verifier("unused-secret"), source_url=cam)))
-        cms.publish((yield store.upsert_user("alice", verifier("alice-pw"), [])))
-        cms.publish((yield store.set_grant("user:alice", "ipc-1", ALL)))
+        self.p = yield start_platform(self)
+        store, change = self.p.cms.store, self.p.change
+        yield change(store.upsert_device("ipc-1", "Lobby", 1, 1, "node-a",
+                                         verifier("unused-secret"), source_url=cam))
+        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
+        yield change(store.set_grant("user:alice", "ipc-1", ALL))
         self.node = yield self.p.start_node("node-a")
 
     @defer.inlineCallbacks

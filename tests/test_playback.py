@@ -21,7 +21,7 @@ from vss.cdn.playback import parse_range
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
-from vss.testing.platform import Platform, verifier, wait_until
+from vss.testing.platform import start_platform, verifier, wait_until
 from vss.testing.processes import Daemon, child_env, tool
 
 try:
@@ -243,22 +243,16 @@ class PlaybackTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.work = os.path.abspath(self.mktemp())
-        os.makedirs(self.work)
-        self.p = Platform(reactor, self.work)
-        self.addCleanup(self.p.stop)
-        yield self.p.start_cms()
-        store, cms = self.p.cms.store, self.p.cms.cms
-        for changes in [
-            (yield store.upsert_device("cam-b", "Gate B", 1, 1, "node-b", verifier("cam-b-s"))),
-            (yield store.upsert_device("cam-x", "Other", 1, 1, "node-b", verifier("cam-x-s"))),
-            (yield store.upsert_user("alice", verifier("alice-pw"), [])),
-            (yield store.upsert_user("bob", verifier("bob-pw"), [])),
-            (yield store.set_grant("user:alice", "cam-b", int(Action.VIEW | Action.RECORD))),
-            (yield store.set_grant("user:alice", "cam-x", int(Action.VIEW))),
-            (yield store.set_grant("user:bob", "cam-x", int(Action.VIEW))),
-        ]:
-            cms.publish(changes)
+        self.p = yield start_platform(self)
+        self.work = self.p.workdir
+        store, change = self.p.cms.store, self.p.change
+        yield change(store.upsert_device("cam-b", "Gate B", 1, 1, "node-b", verifier("cam-b-s")))
+        yield change(store.upsert_device("cam-x", "Other", 1, 1, "node-b", verifier("cam-x-s")))
+        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
+        yield change(store.upsert_user("bob", verifier("bob-pw"), []))
+        yield change(store.set_grant("user:alice", "cam-b", int(Action.VIEW | Action.RECORD)))
+        yield change(store.set_grant("user:alice", "cam-x", int(Action.VIEW)))
+        yield change(store.set_grant("user:bob", "cam-x", int(Action.VIEW)))
         self.node = yield self.p.start_node("node-b")
         pu = Daemon(reactor, [tool("vss-pu"), "--node",
                               f"tcp:127.0.0.1:{self.p.port('node-b', 'pu')}", "--id", "cam-b"],

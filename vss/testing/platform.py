@@ -32,6 +32,20 @@ def wait_until(reactor, predicate, timeout=15.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@defer.inlineCallbacks
+def start_platform(testcase, reactor=None, **kw):
+    """A Platform in a fresh directory of ``testcase`` with CMS started; stopped (nodes
+    included) when the test ends."""
+    if reactor is None:
+        from twisted.internet import reactor
+    work = os.path.abspath(testcase.mktemp())
+    os.makedirs(work)
+    platform = Platform(reactor, work, **kw)
+    testcase.addCleanup(platform.stop)
+    yield platform.start_cms()
+    return platform
+
+
 class Platform:
     def __init__(self, reactor, workdir, heartbeat=1):
         self.reactor = reactor
@@ -60,6 +74,14 @@ class Platform:
         yield self.cms.started
         self.cms_port = self.cms.listeners()["node"]
         return self.cms
+
+    @defer.inlineCallbacks
+    def change(self, write):
+        """An MMS-style change: the store write (a Deferred of its changes), then the
+        changes handed to CMS (S501). Fires with the changes."""
+        changes = yield write
+        self.cms.cms.publish(changes)
+        return changes
 
     @defer.inlineCallbacks
     def stop_cms(self):
