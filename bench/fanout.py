@@ -33,17 +33,7 @@ SECRET = b"bench-secret-0123456789abcdef"
 PATH = "/live/bench/main"
 
 
-class WallClock:
-    def seconds(self):
-        return time.time()
-
-
-def pin(cpu):
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except (AttributeError, OSError):
-        pass
-
+from _common import WallClock, pin  # noqa: E402 - bench/ is on sys.path (run as a script)
 
 # -- server process
 

@@ -47,17 +47,7 @@ SECRET = b"bench-secret-0123456789abcdef"
 FPS = 25
 
 
-class WallClock:
-    def seconds(self):
-        return time.time()
-
-
-def pin(cpu):
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except (AttributeError, OSError):
-        pass
-
+from _common import WallClock, pin  # noqa: E402 - bench/ is on sys.path (run as a script)
 
 # -- node process
 
