@@ -6,10 +6,11 @@ passes and the general path gives every error; one timer per link still times ou
 request at its own deadline.
 """
 
+import os
 import random
 import struct
 
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, protocol, reactor, task
 from twisted.test import proto_helpers
 from twisted.trial import unittest
 
@@ -17,9 +18,19 @@ from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.link import LinkFactory, SignallingLink
-from vss.protocols.messages import Action, MsgType, PtzControl, PtzStatus, Role
+from vss.protocols.messages import (
+    Action,
+    MsgType,
+    PtzControl,
+    PtzStatus,
+    Role,
+    RouteRequest,
+    RouteResponse,
+    Str,
+)
 from vss.rgm import relay
 from vss.testing.harness import ALL, NodeHarness
+from vss.testing.platform import Platform, verifier, wait_until
 
 FIELDS = ("device_id", "channel", "op", "pan", "tilt", "zoom", "speed", "timeout_ms")
 
@@ -515,3 +526,301 @@ class WriteThroughTests(unittest.TestCase):
         self.client.transport.write(self.request(1))
         data = yield self.client.wait_for(5 + len(self.answer(1)))
         self.assertEqual(data, b"FIRST" + self.answer(1))
+
+
+class RouteCodecTests(unittest.TestCase):
+    """The struct packing and parsing of RouteRequest / RouteResponse agree with construct."""
+
+    IDS = ["node-a", "", "n" * 300, "nœud-7", "节点", "\U0001f4f7"]
+
+    def random_request(self, rnd):
+        return RouteRequest(origin_node=rnd.choice(self.IDS), device_id=rnd.choice(self.IDS),
+                            hops=rnd.randrange(256), inner_type=rnd.randrange(65536),
+                            inner_body=bytes(rnd.randrange(256) for _ in range(rnd.randrange(40))))
+
+    def random_response(self, rnd):
+        return RouteResponse(home_node=rnd.choice(self.IDS), inner_status=rnd.randrange(65536),
+                             inner_body=bytes(rnd.randrange(256)
+                                              for _ in range(rnd.randrange(40))))
+
+    def test_str_field_is_constructs(self):
+        for text in self.IDS:
+            self.assertEqual(relay.str_field(text), Str.build(text))
+
+    def test_packed_bodies_are_constructs(self):
+        rnd = random.Random(5)
+        for _ in range(2000):
+            r = self.random_request(rnd)
+            packed = relay.pack_route_request(relay.str_field(r.origin_node),
+                                              relay.str_field(r.device_id), r.hops,
+                                              r.inner_type, r.inner_body)
+            self.assertEqual(packed, codec.encode_body(r))
+            self.assertEqual(relay.parse_route_request(packed),
+                             (r.origin_node, r.device_id, r.hops, r.inner_type, r.inner_body))
+            a = self.random_response(rnd)
+            packed = relay.pack_route_response(relay.str_field(a.home_node), a.inner_status,
+                                               a.inner_body)
+            self.assertEqual(packed, codec.encode_body(a))
+            self.assertEqual(relay.parse_route_response(packed),
+                             (a.home_node, a.inner_status, a.inner_body))
+
+    def test_extensions_are_left_to_construct(self):
+        r = codec.encode_body(RouteRequest(origin_node="a", device_id="b", hops=1,
+                                           inner_type=1, inner_body=b"x", ext=((7, b"abc"),)))
+        self.assertIsNone(relay.parse_route_request(r))
+        a = codec.encode_body(RouteResponse(home_node="a", inner_status=0, inner_body=b"x",
+                                            ext=((7, b"abc"),)))
+        self.assertIsNone(relay.parse_route_response(a))
+
+    def check_against_construct(self, cls, parse, body, fields):
+        try:
+            c = cls.compiled.parse(body)
+            valid = (tuple(c[n] for n in fields), tuple(c.ext))
+        except Exception:
+            valid = None
+        got = parse(body)
+        if got is not None:
+            self.assertIsNotNone(valid, body)
+            self.assertEqual((got, ()), valid, body)
+        elif valid is not None:
+            self.assertNotEqual(valid[1], (), body)  # extensions: construct reads those
+
+    def test_invalid_and_random_bodies_never_read_differently(self):
+        rnd = random.Random(6)
+        req_fields = ("origin_node", "device_id", "hops", "inner_type", "inner_body")
+        resp_fields = ("home_node", "inner_status", "inner_body")
+        for _ in range(4000):
+            good_req = codec.encode_body(self.random_request(rnd))
+            good_resp = codec.encode_body(self.random_response(rnd))
+            for good, cls, parse, fields in (
+                    (good_req, RouteRequest, relay.parse_route_request, req_fields),
+                    (good_resp, RouteResponse, relay.parse_route_response, resp_fields)):
+                body = bytearray(good)
+                how = rnd.randrange(6)
+                if how == 0 and body:
+                    body[rnd.randrange(len(body))] = rnd.randrange(256)
+                elif how == 1:
+                    body = body[:rnd.randrange(len(body) + 1)]
+                elif how == 2:
+                    body += bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 4)))
+                elif how == 3:
+                    body = bytearray(rnd.randrange(256) for _ in range(rnd.randrange(30)))
+                elif how == 4 and len(body) > 4:
+                    body[rnd.randrange(len(body) - 2)] = rnd.choice([0x80, 0xed, 0xff])
+                self.check_against_construct(cls, parse, bytes(body), fields)
+
+
+class HeldPtz:
+    """A PU answering PTZ at once, or holding requests while ``hold`` is set, or answering
+    with a body that is not a PtzStatus while ``bad`` is set."""
+
+    def __init__(self):
+        self.hold = self.bad = False
+        self.held = []
+
+    def __call__(self, frame, msg):
+        answer = PtzStatus(pan=msg.body.pan, tilt=0.0, zoom=0.0, moving=False)
+        if self.hold:
+            d = defer.Deferred()
+            self.held.append((d, answer))
+            return d
+        return answer
+
+    def release(self):
+        held, self.held = self.held, []
+        for d, answer in held:
+            d.callback(answer)
+
+
+class RoutedFastPathTests(unittest.TestCase):
+    """A PTZ_CONTROL for a PU homed on another node, over a cached route: the fast paths
+    on both nodes give the general paths' answers, byte for byte, and leave every error,
+    and a failed route, to them."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        self.p = Platform(reactor, work)
+        self.addCleanup(self.p.stop)
+        yield self.p.start_cms()
+        cms, store = self.p.cms.cms, self.p.cms.store
+        cms.publish((yield store.upsert_device("cam-b", "cam-b", 1, 2, "node-b",
+                                               verifier("cam-b-secret"))))
+        cms.publish((yield store.set_grant("user:alice", "cam-b", ALL)))
+        cms.publish((yield store.set_grant("user:bob", "cam-b", int(Action.VIEW))))
+        for user in ("alice", "bob"):
+            cms.publish((yield store.upsert_user(user, verifier(f"{user}-pw"), [])))
+        self.node_b = yield self.p.start_node("node-b")
+        self.node_a = yield self.p.start_node("node-a")
+        self.pu = HeldPtz()
+        self.pu_client = yield self.p.login("node-b", Role.PU, "cam-b", "cam-b-secret",
+                                            on_request=self.pu, channels=2)
+        self.alice = yield self.p.login("node-a", Role.CU, "alice", "alice-pw")
+        yield self.alice.request(MsgType.PTZ_CONTROL, ptz_control())  # through CMS
+        yield wait_until(reactor, lambda: "cam-b" in self.node_a.central.route_cache,
+                         what="the route to be cached")
+        yield self.alice.request(MsgType.PTZ_CONTROL, ptz_control())  # makes the peer link
+        self.assertEqual(len(self.node_a.central.peers.links), 1)
+        self.taken = {"cu": [], "home": []}
+        self.fast = True
+        cu_fast, home_fast = relay._fast_routed_request, relay.fast_routed
+
+        def cu_spy(*args):
+            taken = self.fast and cu_fast(*args)
+            self.taken["cu"].append(taken)
+            return taken
+
+        def home_spy(*args):
+            taken = self.fast and home_fast(*args)
+            self.taken["home"].append(taken)
+            return taken
+
+        self.patch(relay, "_fast_routed_request", cu_spy)
+        self.patch(relay, "fast_routed", home_spy)
+
+    def raw(self, cu, **fields):
+        """The response Frame to a PTZ_CONTROL, or the VssError."""
+        d = cu.link.request_raw(MsgType.PTZ_CONTROL, codec.encode_body(ptz_control(**fields)))
+        return d.addErrback(lambda f: f.value)
+
+    @defer.inlineCallbacks
+    def both_ways(self, cu, **fields):
+        """The answer by the fast paths, then by the general paths."""
+        self.fast = True
+        fast = yield self.raw(cu, **fields)
+        self.fast = False
+        general = yield self.raw(cu, **fields)
+        self.fast = True
+        return fast, general
+
+    def same(self, fast, general):
+        self.assertIs(type(fast), codec.Frame)
+        self.assertEqual((fast.type, fast.flags, fast.status, fast.body),
+                         (general.type, general.flags, general.status, general.body))
+
+    def cu_session(self, name):
+        (session,) = [lk.session for lk in self.node_a.rgm.cu_links.values()
+                      if lk.session.identity == name]
+        return session
+
+    @defer.inlineCallbacks
+    def test_a_valid_request_takes_both_fast_paths(self):
+        a, b = self.node_a.central.counters, self.node_b.rgm.counters
+        direct, relayed = a["routed_direct"], b["relayed"]
+        fast, general = yield self.both_ways(self.alice, pan=0.25)
+        self.same(fast, general)
+        self.assertEqual(fast.status, 0)
+        self.assertEqual(codec.decode_body(fast).body.pan, 0.25)
+        self.assertEqual(self.taken, {"cu": [True, False], "home": [True, False]})
+        self.assertEqual(a["routed_direct"] - direct, 2)
+        self.assertEqual(b["relayed"] - relayed, 2)
+        self.assertEqual(a["routed_via_cms"], 1)
+        self.assertIn("cam-b", self.node_a.central.route_cache)
+
+    @defer.inlineCallbacks
+    def test_every_error_comes_from_the_general_path(self):
+        bob = yield self.p.login("node-a", Role.CU, "bob", "bob-pw")
+        out = yield self.raw(bob)
+        self.assertEqual(out.status, ResultCode.FORBIDDEN)
+        for fields in ({"pan": 7.0}, {"tilt": float("nan")}, {"speed": float("-inf")},
+                       {"op": 9}, {"channel": 2}):
+            out = yield self.raw(self.alice, **fields)
+            self.assertEqual(out.status, ResultCode.INVALID_ARGUMENT, fields)
+        self.assertEqual(self.taken, {"cu": [], "home": []})
+
+    @defer.inlineCallbacks
+    def test_errors_on_the_home_node_are_the_general_paths(self):
+        self.pu.bad = True
+        pu_link = self.pu_client.link
+
+        def send_response(type, txid, body):  # not a PtzStatus
+            pu_link.send_raw(codec.encode_frame(type, b"\x00\x01\x02", txid,
+                                                codec.FLAG_RESPONSE))
+
+        self.patch(pu_link, "send_response", send_response)
+        fast, general = yield self.both_ways(self.alice)
+        self.same(fast, general)
+        self.assertEqual(fast.status, ResultCode.INTERNAL_ERROR)
+        self.assertIn(b"answered badly", fast.body)
+        self.assertEqual(self.taken["home"], [True, False])
+        # The PU goes offline: the home node's general path answers, through the fast
+        # path of the CU's node.
+        pu_link.transport.loseConnection()
+        yield wait_until(reactor, lambda: "cam-b" not in self.node_b.rgm.pu_links)
+        fast, general = yield self.both_ways(self.alice)
+        self.same(fast, general)
+        self.assertEqual(fast.status, ResultCode.DEVICE_OFFLINE)
+        self.assertEqual(self.taken["cu"], [True, False, True, False])
+        self.assertEqual(self.taken["home"], [True, False, False, False])
+
+    @defer.inlineCallbacks
+    def test_a_failed_cached_route_is_dropped_and_cms_asked(self):
+        central = self.node_a.central
+        via_cms = central.counters["routed_via_cms"]
+
+        def refuse(link, frame):
+            link.send_error(frame.type, frame.txid, ResultCode.INTERNAL_ERROR, "broken")
+            return True
+
+        self.patch(self.node_b.peer_server, "received_frame", refuse)
+        for link in list(self.node_b.peer_server.links):
+            link._fast = refuse
+        dropped = []
+        original = central.route_missed
+
+        def missed(device_id, *args):
+            dropped.append(device_id)
+            return original(device_id, *args)
+
+        self.patch(central, "route_missed", missed)
+        out = yield self.raw(self.alice, pan=0.5)
+        self.assertEqual(out.status, 0)
+        self.assertEqual(codec.decode_body(out).body.pan, 0.5)
+        self.assertEqual(dropped, ["cam-b"])
+        self.assertEqual(self.taken["cu"], [True])
+        self.assertEqual(central.counters["routed_via_cms"] - via_cms, 1)
+        self.assertEqual(self.cu_session("alice").inflight, set())
+
+    @defer.inlineCallbacks
+    def test_in_flight_txids_are_held_as_on_the_local_fast_path(self):
+        self.pu.hold = True
+        link = self.alice.link
+        body = codec.encode_body(ptz_control(pan=0.75))
+        answers = []
+        txid = 4242
+
+        def expect():
+            link._pending[txid] = (lambda ctx, result: answers.append(result), None, None)
+
+        expect()
+        link.send_raw(codec.encode_frame(MsgType.PTZ_CONTROL, body, txid, 0, 0))
+        yield wait_until(reactor, lambda: self.pu.held, what="the PU to hold it")
+        session = self.cu_session("alice")
+        self.assertEqual(session.inflight, {txid})
+        expect()
+        link.send_raw(codec.encode_frame(MsgType.PTZ_CONTROL, body, txid, 0, 0))
+        yield wait_until(reactor, lambda: answers, what="the duplicate's answer")
+        self.assertEqual(answers[0].status, ResultCode.DUPLICATE_TXID)
+        self.assertEqual(self.taken["cu"], [True, False])
+        expect()
+        self.pu.release()
+        yield wait_until(reactor, lambda: len(answers) == 2, what="the answer")
+        self.assertEqual(answers[1].status, 0)
+        self.assertEqual(codec.decode_body(answers[1]).body.pan, 0.75)
+        self.assertEqual(session.inflight, set())
+        # The txid is free again.
+        self.pu.hold = False
+        expect()
+        link.send_raw(codec.encode_frame(MsgType.PTZ_CONTROL, body, txid, 0, 0))
+        yield wait_until(reactor, lambda: len(answers) == 3, what="the reused txid's answer")
+        self.assertEqual(answers[2].status, 0)
+        self.assertEqual(self.taken["cu"], [True, False, True])
+        self.assertEqual(session.inflight, set())
+
+
+def ptz_control(**fields):
+    return PtzControl(**{"device_id": "cam-b", "channel": 0, "op": 1, "pan": 0.5, "tilt": 0.0,
+                         "zoom": 0.0, "speed": 0.5, "timeout_ms": 0, **fields})

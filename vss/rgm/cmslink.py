@@ -419,16 +419,15 @@ class CmsLink(service.Service):
             if endpoint:
                 self.counters["routed_direct"] += 1
                 d = self.peers.route(home, endpoint, device_id, inner_type, inner_body)
+                return d.addErrback(lambda f: self.route_missed(
+                    device_id, home, f.getErrorMessage(), inner_type, inner_body))
+        return self._route_via_cms(device_id, inner_type, inner_body)
 
-                def miss(f):
-                    # The cached route failed: forget it and ask CMS.
-                    self.route_cache.pop(device_id, None)
-                    self.log.info("direct route to {node} for {device} failed ({error}); "
-                                  "asking CMS", node=home, device=device_id,
-                                  error=f.getErrorMessage())
-                    return self._route_via_cms(device_id, inner_type, inner_body)
-
-                return d.addErrback(miss)
+    def route_missed(self, device_id, home, error, inner_type, inner_body):
+        """The cached route to ``home`` failed (``error``): forget it and ask CMS."""
+        self.route_cache.pop(device_id, None)
+        self.log.info("direct route to {node} for {device} failed ({error}); asking CMS",
+                      node=home, device=device_id, error=error)
         return self._route_via_cms(device_id, inner_type, inner_body)
 
     def _route_via_cms(self, device_id, inner_type, inner_body):

@@ -41,6 +41,7 @@ AGENT = "vss-node/0.1"
 #: is held to its own limit by the RGM), so the per-link default of 256 would refuse CUs'
 #: requests, and drop the cached route, under ordinary load.
 PEER_MAX_IN_FLIGHT = 65536
+_ROUTE = int(MsgType.ROUTE_REQUEST)
 
 
 @defer.inlineCallbacks
@@ -124,6 +125,13 @@ class PeerServer:
 
     def linkDown(self, link, reason):
         self.links.discard(link)
+
+    def received_frame(self, link, frame):
+        """The fast path of a routed PTZ_CONTROL (``relay.fast_routed``), tried before a
+        request is decoded; False leaves the frame to ``received``."""
+        if frame.type != _ROUTE or frame.flags or link.session["state"] != "ready":
+            return False
+        return relay.fast_routed(self.rgm, link, frame)
 
     def received(self, link, frame, msg):
         s = link.session

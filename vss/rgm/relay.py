@@ -19,6 +19,13 @@ Deferred, no timer of its own) and the PU's answer checked by size before it is 
 back. Anything else, or any doubt, goes the general way below, which gives every error;
 so the fast path changes no outcome. tests/test_fastpath.py proves its parser agrees
 with construct.
+
+Routed fast path (docs/performance.md "Routing"): the same PTZ_CONTROL for a device homed
+on another node, with a cached route and a live link to that node, goes out as a
+ROUTE_REQUEST packed with ``struct`` around the raw body (``_fast_routed_request``); on
+the home node ``fast_routed`` (``PeerServer.received_frame``) sends it straight to the PU
+and wraps the answer with ``struct``. Errors and any doubt take the general path
+(``ask_central`` / ``serve_route``); a failed cached route is dropped and CMS asked.
 """
 
 import math
@@ -29,7 +36,18 @@ from twisted.internet import defer
 from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
-from vss.protocols.messages import Action, MsgType, PtzControl, PtzOp, PtzStatus, Role
+from vss.protocols.link import _decode_response as decode_response
+from vss.protocols.messages import (
+    Action,
+    Error,
+    MsgType,
+    PtzControl,
+    PtzOp,
+    PtzStatus,
+    Role,
+    RouteRequest,
+    RouteResponse,
+)
 from vss.rgm import recording
 
 _CONTROL_ACTIONS = None  # vss.rgm.service.CONTROL_ACTIONS, imported on first use (cycle)
@@ -142,7 +160,7 @@ def fast_cu_request(rgm, link, frame):
     if not store.actions_for(s.identity, device_id) & _PTZ_GRANT:
         return False
     device = store.get_device(device_id)
-    if device is None or device.home_node not in ("", rgm.node_id):
+    if device is None:
         return False
     channels = device.channels
     if (channels and channel >= channels) or op not in _PTZ_OPS:
@@ -151,6 +169,8 @@ def fast_cu_request(rgm, link, frame):
     if not (-1.0 <= pan <= 1.0 and -1.0 <= tilt <= 1.0 and -1.0 <= zoom <= 1.0
             and -1.0 <= speed <= 1.0):
         return False
+    if device.home_node not in ("", rgm.node_id):
+        return _fast_routed_request(rgm, link, frame, s, device_id)
     pu = rgm.pu_links.get(device_id)
     if pu is None or pu.closed:
         return False
@@ -162,6 +182,205 @@ def fast_cu_request(rgm, link, frame):
     pu.request_cb(_PTZ, frame.body, rgm.config.request_timeout, _relayed,
                   (link, frame, device_id))
     return True
+
+
+# -- routed PTZ_CONTROL (docs/performance.md "Routing")
+
+_ROUTE = int(MsgType.ROUTE_REQUEST)
+_UNKNOWN_DEVICE = int(ResultCode.UNKNOWN_DEVICE)
+_INTERNAL_ERROR = int(ResultCode.INTERNAL_ERROR)
+#: RouteRequest after its two u16-prefixed strings: hops, inner_type, inner_body length.
+_ROUTE_MID = struct.Struct(">BHI")
+#: RouteResponse after its u16-prefixed home_node: inner_status, inner_body length.
+_ROUTE_ANSWER_MID = struct.Struct(">HI")
+_pack_route_mid = _ROUTE_MID.pack
+_pack_route_answer_mid = _ROUTE_ANSWER_MID.pack
+_unpack_route_mid = _ROUTE_MID.unpack_from
+_unpack_route_answer_mid = _ROUTE_ANSWER_MID.unpack_from
+_plan = codec.fast_plan(RouteRequest)
+assert _plan[:2] == [(2, True), (2, True)] and _plan[2].format == _ROUTE_MID.format[:-1]
+assert _plan[3] == (4, False) and len(_plan) == 4
+_plan = codec.fast_plan(RouteResponse)
+assert _plan[0] == (2, True) and _plan[1].format == ">H" and _plan[2] == (4, False)
+assert len(_plan) == 3
+del _plan
+_fields = {}  # node id -> its u16-prefixed UTF-8 (a few node ids per cluster)
+
+
+def str_field(text):
+    """``text`` as a u16-length-prefixed UTF-8 field (construct's ``Str``); node ids are
+    kept once made."""
+    field = _fields.get(text)
+    if field is None:
+        raw = text.encode("utf-8")
+        field = struct.pack(">H", len(raw)) + raw
+        if len(_fields) < 1024:
+            _fields[text] = field
+    return field
+
+
+def pack_route_request(origin_field, device_field, hops, inner_type, inner_body):
+    """A RouteRequest body (no extensions) from its already prefixed string fields."""
+    return b"".join((origin_field, device_field,
+                     _pack_route_mid(hops, inner_type, len(inner_body)), inner_body,
+                     _EMPTY_BODY))
+
+
+def pack_route_response(home_field, inner_status, inner_body):
+    """A RouteResponse body (no extensions) from its already prefixed home node."""
+    return b"".join((home_field, _pack_route_answer_mid(inner_status, len(inner_body)),
+                     inner_body, _EMPTY_BODY))
+
+
+def parse_route_request(body):
+    """``(origin_node, device_id, hops, inner_type, inner_body)`` of a well-formed
+    RouteRequest body with an empty extension block, else None (construct decides)."""
+    n = len(body)
+    if n < 13:
+        return None
+    p = 2 + ((body[0] << 8) | body[1])
+    if n < p + 11:
+        return None
+    q = p + 2 + ((body[p] << 8) | body[p + 1])
+    if n < q + 9:
+        return None
+    hops, inner_type, size = _unpack_route_mid(body, q)
+    r = q + 7
+    if n != r + size + 2 or body[n - 2] or body[n - 1]:
+        return None
+    try:
+        origin = str(body[2:p], "utf-8")
+        device_id = str(body[p + 2:q], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    return origin, device_id, hops, inner_type, body[r:r + size]
+
+
+def parse_route_response(body):
+    """``(home_node, inner_status, inner_body)`` of a well-formed RouteResponse body with
+    an empty extension block, else None (construct decides)."""
+    n = len(body)
+    if n < 10:
+        return None
+    p = 2 + ((body[0] << 8) | body[1])
+    if n < p + 8:
+        return None
+    status, size = _unpack_route_answer_mid(body, p)
+    r = p + 6
+    if n != r + size + 2 or body[n - 2] or body[n - 1]:
+        return None
+    try:
+        home = str(body[2:p], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    return home, status, body[r:r + size]
+
+
+def _fast_routed_request(rgm, link, frame, s, device_id):
+    """S402 by a cached route over a live link to the home node, for a PTZ_CONTROL that
+    passed ``fast_cu_request``'s checks: the ROUTE_REQUEST is packed around the raw body
+    and sent with ``request_cb``. No cached route, no live link: the general path."""
+    central = rgm.central
+    cache = getattr(central, "route_cache", None)
+    if cache is None:
+        return False
+    home = cache.get(device_id)
+    if home is None or not central.node_endpoints.get(home):
+        return False
+    peer = central.peers.links.get(home)
+    if peer is None or peer.closed:
+        return False
+    inflight = s.inflight
+    if frame.txid in inflight or len(inflight) >= rgm.config.max_in_flight:
+        return False  # the general path answers DUPLICATE_TXID / TOO_MANY_IN_FLIGHT
+    inflight.add(frame.txid)
+    rgm.counters["routed"] += 1
+    central.counters["routed_direct"] += 1
+    body = frame.body
+    request = pack_route_request(str_field(central.node_id),
+                                 body[:2 + ((body[0] << 8) | body[1])], 1, _PTZ, body)
+    peer.request_cb(_ROUTE, request, None, _routed, (rgm, link, frame, device_id, home))
+    return True
+
+
+def _routed(context, result):
+    """The home node's ROUTE_RESPONSE (or the failure) to a fast routed request, unwrapped
+    back to the CU (S407). Anything but a plain answer is what ``PeerLinks.route`` would
+    have failed with: the cached route is dropped and CMS asked, as on the general path."""
+    rgm, link, frame, device_id, home = context
+    if type(result) is codec.Frame:
+        answer = parse_route_response(result.body) if not result.status else None
+        if answer is not None and answer[1] != _UNKNOWN_DEVICE:
+            link.session.inflight.discard(frame.txid)
+            link.send_raw_response(_PTZ, frame.txid, answer[1], answer[2])
+            return
+        try:  # any doubt: read it as PeerLinks.route does
+            routed = decode_response(result).body
+            if routed.inner_status == ResultCode.UNKNOWN_DEVICE:
+                raise VssError(ResultCode.UNKNOWN_DEVICE, "not homed there any more")
+        except VssError as e:
+            result = e
+        else:
+            link.session.inflight.discard(frame.txid)
+            link.send_raw_response(_PTZ, frame.txid, routed.inner_status, routed.inner_body)
+            return
+    d = defer.maybeDeferred(rgm.central.route_missed, device_id, home, str(result), _PTZ,
+                            frame.body)
+    session, txid = link.session, frame.txid
+
+    def release(outcome):
+        session.inflight.discard(txid)
+        return outcome
+
+    d.addBoth(release)
+    d.addCallbacks(lambda answer: answer_cu(link, _PTZ, txid, *answer),
+                   lambda f: link.send_failure(frame, f))
+
+
+def fast_routed(rgm, link, frame):
+    """S404-S405 on the home node for a ROUTE_REQUEST (from a node with a cached route)
+    carrying a PTZ_CONTROL for a PU online here: straight to the PU's ``request_cb``, its
+    answer wrapped in the RouteResponse ``serve_route`` would give. False leaves the frame
+    to the general path."""
+    routed = parse_route_request(frame.body)
+    if routed is None or routed[3] != _PTZ:
+        return False
+    device_id = routed[1]
+    record = rgm.store.get_device(device_id)
+    if record is None or record.home_node not in ("", rgm.node_id):
+        return False
+    pu = rgm.pu_links.get(device_id)
+    if pu is None or pu.closed:
+        return False
+    rgm.counters["relayed"] += 1
+    pu.request_cb(_PTZ, routed[4], rgm.config.request_timeout, _served,
+                  (rgm, link, frame.txid, device_id))
+    return True
+
+
+def _served(context, result):
+    """The PU's answer (or failure) to a fast routed request, as ``serve_route``'s
+    RouteResponse, back to the node that sent it."""
+    rgm, link, txid, device_id = context
+    if type(result) is codec.Frame:
+        status = result.status
+        body = result.body
+        if status or not ptz_status_ok(body):
+            msg = codec.decode_body(result)
+            if type(msg) is codec.ProtocolError:
+                status = _INTERNAL_ERROR
+                body = _error_body(f"the device answered badly: {msg.message}")
+    else:
+        if result.code == ResultCode.SESSION_CLOSED:
+            result = VssError(ResultCode.DEVICE_OFFLINE, f"{device_id} went offline")
+        status = int(result.code)
+        body = _error_body(result.message)
+    link.send_raw_response(_ROUTE, txid, 0,
+                           pack_route_response(str_field(rgm.node_id), status, body))
+
+
+def _error_body(message):
+    return codec.encode_body(Error(message=message))
 
 
 def _relayed(context, result):
