@@ -6,7 +6,8 @@ A node's archive: what it answers about its recordings, across nodes.
   without CMS (``--static``), or whose CMS link is down, answers from its own catalogue
   (``missing`` then names ``cms``: other nodes were not asked).
 - ``NodeArchive.local`` (CMS's RECORD_QUERY to this node): the node's own segments, with
-  an export URL (``vss.cdn.export``) when it holds some and serves HTTP.
+  an export URL (``vss.cdn.export``) when it holds some and serves HTTP, and for a DVR
+  logged in here, the DVR's own segments, marked ``dvr:<device>`` (``vss.cdn.dvr``).
 - ``RetentionService``: every ``interval`` seconds, ``Recorder.enforce`` with the
   retention the node holds (``RecordSettingsSync.retention``), never deleting a segment
   that is being read (``in_use``: the segments the exports running here read, and every
@@ -42,6 +43,7 @@ class NodeArchive:
         self.tokens = tokens
         self.http_base = http_base  # "http://host:port", or a callable giving it
         self.counters = {"queries": 0, "local": 0, "fallback": 0}
+        self.pu_links = None  # the RGM's PU links: a DVR logged in here lists its own
 
     def check(self, body):
         """Refuse a query with bad arguments (VssError INVALID_ARGUMENT)."""
@@ -90,7 +92,13 @@ class NodeArchive:
             token, expires = self.tokens.issue(body.device_id, body.channel, stream,
                                                body.from_time, body.to_time)
             export = export_url(base, token, expires, self.node_id)
-        return node_answer(listing, self.node_id, export)
+        answer = node_answer(listing, self.node_id, export)
+        from vss.cdn.dvr import device_recordings
+
+        own = yield device_recordings(self.pu_links, self.store, body)
+        if own is not None:  # a DVR's footage, marked as on the device (vss.cdn.dvr)
+            answer = merge(body.from_time, body.to_time, [answer, own])
+        return answer
 
 
 class RetentionService(service.Service):
@@ -192,6 +200,7 @@ def wire(node, settings, reactor):
     node.archive = NodeArchive(settings.node_id, node.recorder.catalogue, node.central,
                                node.store, node.export_tokens, http_base)
     node.rgm.archive = node.archive
+    node.archive.pu_links = node.rgm.pu_links
     node.record_settings = RecordSettingsSync(settings.node_id, node.store, node.central,
                                               node.recordings)
     central = node.central

@@ -82,6 +82,11 @@ class CDNModule(service.Service):
     def media_open(self, username, body):
         if not self.store.actions_for(username, body.device_id) & Action.VIEW:
             raise VssError(ResultCode.FORBIDDEN, f"{username} may not view {body.device_id}")
+        if body.purpose == Purpose.PLAYBACK:
+            from vss.cdn import dvr
+
+            if (yield dvr.wants_playback(self, body)):  # footage only on the DVR
+                return (yield dvr.open_playback(self, body))
         if body.purpose == Purpose.PLAYBACK and self.playback is not None:
             return (yield self.playback.open(body))
         if body.purpose != Purpose.LIVE:
@@ -240,6 +245,10 @@ class CDNModule(service.Service):
             origin[1].teardown()
         elif origin and origin[0] == "playback":
             origin[1].close()
+        elif origin and origin[0] == "dvr":
+            from vss.cdn.dvr import close_publisher
+
+            close_publisher(self.rtsp, path)
         source.close()
 
     def stopService(self):

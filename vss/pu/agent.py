@@ -39,6 +39,7 @@ class Options(usage.Options):
         ["ramp", None, 500.0, "Logins started per second.", float],
         ["video", None, "testsrc", "Video to publish when asked: testsrc or a file path."],
         ["model", None, "vss-sim", "Model string reported at registration."],
+        ["dvr-days", None, 7, "A DVR's footage: the past N days, with gaps.", int],
     ]
     optFlags = [["quiet", "q", "Log warnings only."]]
 
@@ -52,6 +53,8 @@ class Options(usage.Options):
             problems.append("--count: must be >= 1")
         if self["kind"] not in ("ipc", "dvs", "dvr"):
             problems.append(f"--kind: {self['kind']!r} is not ipc, dvs or dvr")
+        if self["dvr-days"] < 1:
+            problems.append("--dvr-days: must be >= 1")
         if self["ramp"] <= 0:
             problems.append("--ramp: must be > 0")
         if self["secret-file"]:
@@ -84,7 +87,7 @@ class Agent:
     """Runs many simulated PUs in one process."""
 
     def __init__(self, reactor, endpoint, device_ids, secret, kind, channels, model="vss-sim",
-                 media=None):
+                 media=None, dvr_days=7):
         self.reactor = reactor
         self.endpoint = endpoint
         self.pus = {}
@@ -92,6 +95,7 @@ class Agent:
         for device_id in device_ids:
             pu = SimulatedPU(device_id, kind, channels, clock=reactor)
             pu.media = media
+            pu.dvr_days = dvr_days
             client = SignallingClient(Role.PU, device_id, secret.replace("{id}", device_id),
                                       kind=int(kind), channels=channels, model=model,
                                       firmware="0.1", on_request=pu)
@@ -132,7 +136,7 @@ def main(argv=None):
         except ImportError:
             pass
         agent = Agent(reactor, opts["node"], opts.device_ids(), opts.secret, opts.kind,
-                      opts["channels"], opts["model"], media=media)
+                      opts["channels"], opts["model"], media=media, dvr_days=opts["dvr-days"])
         agent.start(opts["ramp"])
         status = task.LoopingCall(
             lambda: log.info("{online}/{total} PUs online", online=agent.online(),

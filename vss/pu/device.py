@@ -26,10 +26,13 @@ from vss.protocols.messages import (
     PtzOp,
     PtzStatus,
     PuKind,
+    Recordings,
     RecordMode,
+    RecordSegment,
     RecordSettings,
     StateChange,
 )
+from vss.pu import dvr
 
 #: Units per second at speed 1.0.
 MAX_RATE = 1.0
@@ -135,6 +138,7 @@ class SimulatedPU:
         self.client = None  # the SignallingClient, set by the agent
         self.requests = 0
         self.media = None  # set by the agent when it can publish video
+        self.dvr_days = dvr.DEFAULT_DAYS  # a DVR's footage: the past N days (vss.pu.dvr)
 
     # -- reporting (S601)
 
@@ -297,9 +301,31 @@ class SimulatedPU:
         self.report(ch.index, ChangeKind.RECORDING, {"mode": RecordMode(body.mode).name.lower()})
         return self.record_get(ch, body)
 
+    def record_query(self, ch, body):
+        """A DVR's own recordings of the range (segments tagged with its device id)."""
+        if self.kind != PuKind.DVR:
+            raise VssError(ResultCode.NOT_SUPPORTED, "only a DVR keeps recordings")
+        if body.to_time <= body.from_time:
+            raise VssError(ResultCode.INVALID_ARGUMENT, "to must be after from")
+        now = int(self.clock.seconds() * 1000)
+        segs = [RecordSegment(start=a, end=b, bytes=n, node_id=self.device_id)
+                for a, b, n in dvr.segments(body.from_time, body.to_time, now, self.dvr_days,
+                                            ch.index)]
+        from vss.cdn.listing import gaps_of
+
+        return Recordings(segments=segs, gaps=gaps_of(segs, body.from_time, body.to_time),
+                          missing=[], exports=[], truncated=False)
+
     def media_start(self, ch, body):
         if self.media is None:
             raise VssError(ResultCode.NOT_SUPPORTED, "this PU cannot publish video")
+        if body.start_time:  # a DVR's playback of its footage from that time
+            if self.kind != PuKind.DVR:
+                raise VssError(ResultCode.NOT_SUPPORTED, "only a DVR plays back recordings")
+            if dvr.footage_from(body.start_time, int(self.clock.seconds() * 1000),
+                                self.dvr_days, ch.index, within=dvr.PLAY_WITHIN_MS) is None:
+                raise VssError(ResultCode.NOT_FOUND, f"no recording within a day "
+                               f"from {body.start_time}")
         return self.media.start(self, ch, body)
 
     def media_stop(self, ch, body):
@@ -316,5 +342,6 @@ class SimulatedPU:
         MsgType.RECORD_SETTINGS_GET: record_get,
         MsgType.RECORD_SETTINGS_SET: record_set,
         MsgType.MEDIA_START: media_start,
+        MsgType.RECORD_QUERY: record_query,
         MsgType.MEDIA_STOP: media_stop,
     }

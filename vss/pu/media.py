@@ -8,6 +8,11 @@ Each stream runs in its own child process (``python -m vss.pu.media``): encoding
 another core and FFmpeg's blocking network calls never stall the agent's reactor. The
 publish URL (it carries a token) goes to the child in its environment, not its command
 line. MEDIA_STOP, the agent stopping or the server going away ends it.
+
+A DVR's playback (MEDIA_START with a ``start_time``) is the same test pattern with the
+clock showing the RECORDED time (UTC), from that time on, skipping the gaps of its
+footage (``vss.pu.dvr``); MEDIA_STOP does not end it (it names no start time): the node
+closing the publishing connection does.
 """
 
 import os
@@ -79,7 +84,8 @@ class Publisher(threading.Thread):
 
     log = Logger()
 
-    def __init__(self, url, video="testsrc", width=640, height=360, fps=25, bitrate=1_000_000):
+    def __init__(self, url, video="testsrc", width=640, height=360, fps=25, bitrate=1_000_000,
+                 recorded_ms=None, days=None, channel=0):
         super().__init__(daemon=True, name=f"publish {url.split('?')[0]}")
         self.url = url
         self.video = video
@@ -87,6 +93,23 @@ class Publisher(threading.Thread):
         self._stop = threading.Event()
         self.frames = 0
         self.error = None
+        self.recorded_ms = recorded_ms  # a DVR playback: the recorded time shown
+        self.days = days
+        self.channel = channel
+
+    def clock_text(self):
+        if self.recorded_ms is None:
+            return time.strftime("%H:%M:%S")
+        from vss.pu import dvr
+
+        now = int(time.time() * 1000)
+        at = self.recorded_ms + self.frames * 1000 // self.fps
+        shown = dvr.footage_from(at, now, self.days or dvr.DEFAULT_DAYS, self.channel)
+        if shown is None:
+            shown = at
+        elif shown != at:  # a gap of the footage: the clock jumps over it
+            self.recorded_ms += shown - at
+        return time.strftime("%H:%M:%S", time.gmtime(shown / 1000))
 
     def stop(self):
         self._stop.set()
@@ -129,7 +152,7 @@ class Publisher(threading.Thread):
                     luma = frame.planes[0]
                     buf = bytearray(bytes(luma))
                     draw_clock(buf, luma.line_size, self.width, self.height,
-                               time.strftime("%H:%M:%S"), scale=max(2, self.height // 90))
+                               self.clock_text(), scale=max(2, self.height // 90))
                     luma.update(bytes(buf))
                     # The decoded test-pattern frames come marked as keyframes; left so,
                     # every picture would be encoded as one (a one-frame GOP).
@@ -190,12 +213,17 @@ class PublisherFactory:
 
     def start(self, pu, ch, body):
         key = (pu.device_id, ch.index, body.stream)
+        if body.start_time:  # a playback: one per publish path, beside the live stream
+            key += (body.publish_url.split("?")[0],)
         self._kill(key)
         child = _Child(self, key)
         env = {**os.environ, "VSS_PUBLISH_URL": body.publish_url}
         argv = [sys.executable, "-m", "vss.pu.media", "--video", self.video,
                 "--size", f"{self.size[0]}x{self.size[1]}", "--fps", str(self.fps),
                 "--bitrate", str(self.bitrate)]
+        if body.start_time:
+            argv += ["--recorded", str(body.start_time), "--days", str(pu.dvr_days),
+                     "--channel", str(ch.index)]
         self.reactor.spawnProcess(child, sys.executable, argv, env=env)
         self.running[key] = child
         return Empty()
@@ -227,13 +255,17 @@ def main(argv=None):
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--bitrate", type=int, default=1_000_000)
+    ap.add_argument("--recorded", type=int, default=None, help="DVR playback from (ms UTC)")
+    ap.add_argument("--days", type=int, default=None)
+    ap.add_argument("--channel", type=int, default=0)
     args = ap.parse_args(argv)
     url = os.environ.get("VSS_PUBLISH_URL")
     if not url:
         print("VSS_PUBLISH_URL is not set", file=sys.stderr)
         return 2
     width, height = (int(x) for x in args.size.split("x"))
-    p = Publisher(url, args.video, width, height, args.fps, args.bitrate)
+    p = Publisher(url, args.video, width, height, args.fps, args.bitrate, args.recorded,
+                  args.days, args.channel)
     signal.signal(signal.SIGTERM, lambda *_: p.stop())
     p.run()
     return 0 if p.error is None else 1
