@@ -4,7 +4,6 @@ reload, routing S401-S407 with the route cache, passive sync S501-S506, active s
 S601-S605, and their live effects without restarts.
 """
 
-import os
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -22,7 +21,7 @@ from vss.protocols.messages import (
     Role,
     StateChange,
 )
-from vss.testing.platform import Platform, verifier, wait_until
+from vss.testing.platform import start_platform, verifier, wait_until
 
 ALL = int(Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD)
 
@@ -46,29 +45,19 @@ class CentralPlatformTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.work = os.path.abspath(self.mktemp())
-        os.makedirs(self.work)
-        self.p = Platform(reactor, self.work)
-        self.addCleanup(self.p.stop)
-        yield self.p.start_cms()
+        self.p = yield start_platform(self)
+        self.work = self.p.workdir
         self.cms = self.p.cms.cms
         self.store = self.p.cms.store
-        yield self.change(self.store.upsert_device("cam-a", "Gate A", 1, 1, "node-a",
+        yield self.p.change(self.store.upsert_device("cam-a", "Gate A", 1, 1, "node-a",
                                                    verifier("cam-a-secret")))
-        yield self.change(self.store.upsert_device("cam-b", "Gate B", 1, 1, "node-b",
+        yield self.p.change(self.store.upsert_device("cam-b", "Gate B", 1, 1, "node-b",
                                                    verifier("cam-b-secret")))
-        yield self.change(self.store.upsert_user("alice", verifier("alice-pw"), ["ops"]))
-        yield self.change(self.store.set_grant("group:ops", "cam-a", ALL))
-        yield self.change(self.store.set_grant("user:alice", "cam-b", ALL))
+        yield self.p.change(self.store.upsert_user("alice", verifier("alice-pw"), ["ops"]))
+        yield self.p.change(self.store.set_grant("group:ops", "cam-a", ALL))
+        yield self.p.change(self.store.set_grant("user:alice", "cam-b", ALL))
         self.node_a = yield self.p.start_node("node-a")
         self.node_b = yield self.p.start_node("node-b")
-
-    @defer.inlineCallbacks
-    def change(self, d):
-        """An MMS-style change: write, then hand the changes to CMS (S501)."""
-        changes = yield d
-        self.cms.publish(changes)
-        return changes
 
     def test_nodes_register_and_reload_their_static_data(self):
         a = self.node_a.store
@@ -100,9 +89,9 @@ class CentralPlatformTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_distinct_errors_unknown_device_offline_and_home_down(self):
-        yield self.change(self.store.upsert_device("ghost", "Ghost", 1, 1, "node-b",
+        yield self.p.change(self.store.upsert_device("ghost", "Ghost", 1, 1, "node-b",
                                                    verifier("ghost-secret")))
-        yield self.change(self.store.set_grant("user:alice", "ghost", ALL))
+        yield self.p.change(self.store.set_grant("user:alice", "ghost", ALL))
         cu = yield self.p.login("node-a", Role.CU, "alice", "alice-pw")
         yield wait_until(reactor, lambda: self.node_a.store.actions_for("alice", "ghost"))
         # The device is removed centrally while node-a has not heard of it yet.
@@ -124,7 +113,7 @@ class CentralPlatformTests(unittest.TestCase):
     def test_s501_s506_rename_and_revoke_reach_the_nodes_live(self):
         yield self.p.login("node-a", Role.PU, "cam-a", "cam-a-secret", on_request=Answering())
         cu = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
-        changes = yield self.change(self.store.update_device_fields("cam-a", name="North gate"))
+        changes = yield self.p.change(self.store.update_device_fields("cam-a", name="North gate"))
         seq = changes[-1].seq
         for node in (self.node_a, self.node_b):
             yield wait_until(reactor, lambda n=node: n.central.applier.applied_seq >= seq,
@@ -136,7 +125,7 @@ class CentralPlatformTests(unittest.TestCase):
         yield wait_until(reactor, lambda: all(s.applied_seq >= seq
                                               for s in self.cms.sessions.values()))
         yield cu.request(MsgType.PTZ_CONTROL, ptz("cam-a"))
-        yield self.change(self.store.remove_grant("group:ops", "cam-a"))
+        yield self.p.change(self.store.remove_grant("group:ops", "cam-a"))
         yield wait_until(reactor, lambda: not self.node_b.store.actions_for("alice", "cam-a"))
         with self.assertRaises(VssError) as e:
             yield cu.request(MsgType.PTZ_CONTROL, ptz("cam-a"))
@@ -146,7 +135,7 @@ class CentralPlatformTests(unittest.TestCase):
     def test_sessions_of_a_removed_user_end(self):
         cu = yield self.p.login("node-a", Role.CU, "alice", "alice-pw")
         lost = cu.lost
-        yield self.change(self.store.remove_user("alice"))
+        yield self.p.change(self.store.remove_user("alice"))
         yield lost
         self.assertIsNone(cu.link)
 
@@ -182,7 +171,7 @@ class CentralPlatformTests(unittest.TestCase):
         yield cu.request(MsgType.PTZ_CONTROL, ptz("cam-b"))
         yield wait_until(reactor, lambda: "cam-b" in self.node_a.central.route_cache)
         node_c = yield self.p.start_node("node-c")
-        yield self.change(self.store.update_device_fields("cam-b", home_node="node-c"))
+        yield self.p.change(self.store.update_device_fields("cam-b", home_node="node-c"))
         yield wait_until(reactor, lambda: "cam-b" not in self.node_a.central.route_cache,
                          what="the cached route to be dropped")
         pu_c = Answering()
@@ -195,8 +184,8 @@ class CentralPlatformTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_node_that_was_away_catches_up_and_a_restart_reloads(self):
         yield self.p.stop_node("node-b")
-        yield self.change(self.store.update_device_fields("cam-a", name="While away"))
-        yield self.change(self.store.upsert_user("bob", verifier("bob-pw"), []))
+        yield self.p.change(self.store.update_device_fields("cam-a", name="While away"))
+        yield self.p.change(self.store.upsert_user("bob", verifier("bob-pw"), []))
         node_b = yield self.p.start_node("node-b")
         self.assertEqual(node_b.store.get_device("cam-a").name, "While away")
         self.assertIsNotNone(node_b.store.get_user("bob"))

@@ -8,7 +8,6 @@ Routing S401-S407 under load, in one process over loopback (vss.testing.platform
   path through CMS.
 """
 
-import os
 from dataclasses import replace
 
 from twisted.internet import defer, reactor
@@ -17,7 +16,7 @@ from twisted.trial import unittest
 from vss.node import NodeService
 from vss.protocols.messages import Action, MsgType, PtzControl, PtzStatus, Role
 from vss.tap.node import Options
-from vss.testing.platform import Platform, verifier, wait_until
+from vss.testing.platform import start_platform, verifier, wait_until
 
 ALL = int(Action.VIEW | Action.PTZ)
 PER_CU = 200  # two CUs: 400 routed requests in flight on one inter-node link
@@ -50,18 +49,15 @@ class RoutingUnderLoad(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.work = os.path.abspath(self.mktemp())
-        os.makedirs(self.work)
-        self.p = Platform(reactor, self.work)
-        self.addCleanup(self.p.stop)
-        yield self.p.start_cms()
-        cms, store = self.p.cms.cms, self.p.cms.store
+        self.p = yield start_platform(self)
+        self.work = self.p.workdir
+        store, change = self.p.cms.store, self.p.change
         for device_id in ("cam-b1", "cam-b2"):
-            cms.publish((yield store.upsert_device(device_id, device_id, 1, 1, "node-b",
-                                                   verifier(f"{device_id}-secret"))))
-            cms.publish((yield store.set_grant("group:ops", device_id, ALL)))
+            yield change(store.upsert_device(device_id, device_id, 1, 1, "node-b",
+                                             verifier(f"{device_id}-secret")))
+            yield change(store.set_grant("group:ops", device_id, ALL))
         for user in ("alice", "carol"):
-            cms.publish((yield store.upsert_user(user, verifier(f"{user}-pw"), ["ops"])))
+            yield change(store.upsert_user(user, verifier(f"{user}-pw"), ["ops"]))
         self.node_b = yield self.p.start_node("node-b")
 
     @defer.inlineCallbacks
