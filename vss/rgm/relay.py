@@ -144,6 +144,16 @@ def fast_keepalive(rgm, link, frame):
     return True
 
 
+def _take_txid(rgm, session, txid):
+    """Hold a CU's txid in flight for a fast path; False if it is a duplicate or the
+    link is at its limit (the general path then answers with the error)."""
+    inflight = session.inflight
+    if txid in inflight or len(inflight) >= rgm.config.max_in_flight:
+        return False
+    inflight.add(txid)
+    return True
+
+
 def fast_cu_request(rgm, link, frame):
     """The fast path of S401 + local hit + S407 for PTZ_CONTROL; True if it took the
     request, False to leave it to the general path (which then gives any error)."""
@@ -174,10 +184,8 @@ def fast_cu_request(rgm, link, frame):
     pu = rgm.pu_links.get(device_id)
     if pu is None or pu.closed:
         return False
-    inflight = s.inflight
-    if frame.txid in inflight or len(inflight) >= rgm.config.max_in_flight:
+    if not _take_txid(rgm, s, frame.txid):
         return False  # the general path answers DUPLICATE_TXID / TOO_MANY_IN_FLIGHT
-    inflight.add(frame.txid)
     rgm.counters["relayed"] += 1
     pu.request_cb(_PTZ, frame.body, rgm.config.request_timeout, _relayed,
                   (link, frame, device_id))
@@ -290,10 +298,8 @@ def _fast_routed_request(rgm, link, frame, s, device_id):
     peer = central.peers.links.get(home)
     if peer is None or peer.closed:
         return False
-    inflight = s.inflight
-    if frame.txid in inflight or len(inflight) >= rgm.config.max_in_flight:
+    if not _take_txid(rgm, s, frame.txid):
         return False  # the general path answers DUPLICATE_TXID / TOO_MANY_IN_FLIGHT
-    inflight.add(frame.txid)
     rgm.counters["routed"] += 1
     central.counters["routed_direct"] += 1
     body = frame.body
