@@ -17,6 +17,14 @@ from zope.interface.verify import verifyObject
 
 from vss.cms.store import grant_key, hash_token, make_static_store, split_grant_key
 from vss.cms.store.schema import CURRENT_VERSION, MIGRATIONS
+from vss.cms.store.tokens import (
+    ACTIVE,
+    EXPIRED,
+    REVOKED,
+    AdminToken,
+    IAdminTokenStore,
+    LastTokenError,
+)
 from vss.errors import VssError
 from vss.interfaces import IStaticStore
 from vss.protocols.codes import ResultCode
@@ -39,7 +47,9 @@ NOW = 1_700_000_000.25
 #: and the secondary indexes.
 CURRENT_SCHEMA = {
     "tables": {
-        "admin_tokens": ["token_hash", "name", "created"],
+        "admin_tokens": [
+            "id", "token_hash", "name", "created", "expires", "last_used", "revoked",
+        ],
         "change_log": ["seq", "entity", "op", "key", "version", "origin", "at"],
         "devices": [
             "device_id", "name", "kind", "channels", "home_node", "salt", "iterations",
@@ -58,7 +68,9 @@ CURRENT_SCHEMA = {
             "enabled", "version",
         ],
     },
-    "indexes": ["admin_tokens_name", "devices_home_node", "grants_device"],
+    "indexes": [
+        "admin_tokens_hash", "admin_tokens_name", "devices_home_node", "grants_device",
+    ],
 }
 
 
@@ -109,15 +121,17 @@ class StaticStoreConformance:
     @inlineCallbacks
     def test_migrate_step_by_step(self):
         """An empty database migrated one step at a time reaches the current schema;
-        each step records its version and adds only its own tables."""
+        each step records its version and changes the schema (tables added, or columns
+        of a table changed) without dropping a table."""
         store = self.new_store()
-        seen = set()
+        seen = {}
         for migration in MIGRATIONS:
             version = yield store.open(target_version=migration.version)
             self.assertEqual(version, migration.version)
             self.assertEqual((yield store.schema_version()), migration.version)
-            tables = set((yield store.describe_schema())["tables"])
-            self.assertTrue(seen < tables, (migration.version, seen, tables))
+            tables = (yield store.describe_schema())["tables"]
+            self.assertTrue(set(seen) <= set(tables), (migration.version, seen, tables))
+            self.assertNotEqual(seen, tables, migration.version)
             seen = tables
         self.assertEqual((yield store.describe_schema()), CURRENT_SCHEMA)
         yield store.close()
@@ -506,14 +520,112 @@ class StaticStoreConformance:
     @inlineCallbacks
     def test_admin_tokens(self):
         s = self.store
+        self.assertTrue(verifyObject(IAdminTokenStore, s))
         digest = hash_token("s3cret")
         self.assertIsNone((yield s.admin_for_token_hash(digest)))
-        yield s.add_admin_token("root", digest)
+        self.assertIsNone((yield s.authenticate_admin_token(digest)))
+        self.assertEqual((yield s.count_admin_tokens()), 0)
+        token_id = yield s.add_admin_token("root", digest)
         self.assertEqual((yield s.admin_for_token_hash(digest)), "root")
         self.assertEqual((yield s.admin_for_token_hash(bytes.fromhex(digest))), "root")
         self.assertEqual((yield s.admin_for_token_hash(digest.upper())), "root")
         self.assertIsNone((yield s.admin_for_token_hash(hash_token("other"))))
+        # the same hash again keeps its id and takes the new name
+        self.assertEqual((yield s.add_admin_token("boss", digest)), token_id)
+        created = int(NOW * 1000)
+        self.assertEqual((yield s.list_admin_tokens()),
+                         [AdminToken(token_id, "boss", created, None, None, None, ACTIVE)])
+        self.assertEqual((yield s.get_admin_token(token_id)).name, "boss")
+        self.assertIsNone((yield s.get_admin_token(token_id + 100)))
+        # tokens are no part of the static data: nothing logged
         self.assertEqual((yield s.head_seq()), 0)
+
+    @inlineCallbacks
+    def test_admin_token_expiry_and_last_use(self):
+        s = self.store
+        short = yield s.add_admin_token("temp", hash_token("short"), expires_in=90)
+        forever = yield s.add_admin_token("root", hash_token("forever"))
+        self.assertGreater(forever, short)
+        start = int(NOW * 1000)
+        token = yield s.get_admin_token(short)
+        self.assertEqual((token.created, token.expires, token.state),
+                         (start, start + 90_000, ACTIVE))
+        self.assertEqual((yield s.count_admin_tokens()), 2)
+
+        # the first use is recorded; later uses at most once a minute
+        used = yield s.authenticate_admin_token(hash_token("short"))
+        self.assertEqual((used.id, used.last_used, used.state), (short, start, ACTIVE))
+        self.clock.advance(30)
+        used = yield s.authenticate_admin_token(hash_token("short"))
+        self.assertEqual(used.last_used, start)
+        self.assertEqual((yield s.get_admin_token(short)).last_used, start)
+        self.clock.advance(30)
+        used = yield s.authenticate_admin_token(hash_token("short"))
+        self.assertEqual(used.last_used, start + 60_000)
+        self.assertEqual((yield s.get_admin_token(short)).last_used, start + 60_000)
+
+        # expired at created + 90 s: refused, not touched, not counted
+        self.clock.advance(30)
+        used = yield s.authenticate_admin_token(hash_token("short"))
+        self.assertEqual((used.state, used.last_used), (EXPIRED, start + 60_000))
+        self.assertIsNone((yield s.admin_for_token_hash(hash_token("short"))))
+        self.assertEqual((yield s.count_admin_tokens()), 1)
+        self.assertEqual((yield s.count_admin_tokens(valid_only=False)), 2)
+        self.assertEqual([t.state for t in (yield s.list_admin_tokens())], [EXPIRED, ACTIVE])
+
+    @inlineCallbacks
+    def test_admin_token_revocation(self):
+        s = self.store
+        first = yield s.add_admin_token("root", hash_token("one"))
+        second = yield s.add_admin_token("ops", hash_token("two"))
+        self.clock.advance(5)
+        revoked = yield s.revoke_admin_token(first)
+        at = int((NOW + 5) * 1000)
+        self.assertEqual((revoked.id, revoked.revoked, revoked.state), (first, at, REVOKED))
+        self.assertEqual((yield s.get_admin_token(first)), revoked)
+        self.assertIsNone((yield s.admin_for_token_hash(hash_token("one"))))
+        self.assertEqual((yield s.authenticate_admin_token(hash_token("one"))).state, REVOKED)
+        self.assertEqual((yield s.admin_for_token_hash(hash_token("two"))), "ops")
+
+        yield self.assertVssError(s.revoke_admin_token(first), ResultCode.CONFLICT)
+        yield self.assertVssError(s.revoke_admin_token(second + 1), ResultCode.NOT_FOUND)
+        # the last valid token stays unless forced
+        exc = yield self.assertFailure(s.revoke_admin_token(second), LastTokenError)
+        self.assertEqual((exc.code, exc.token_id), (ResultCode.CONFLICT, second))
+        self.assertEqual((yield s.admin_for_token_hash(hash_token("two"))), "ops")
+        # an expired token does not count as a way in
+        temp = yield s.add_admin_token("temp", hash_token("three"), expires_in=1)
+        self.clock.advance(2)
+        yield self.assertFailure(s.revoke_admin_token(second), LastTokenError)
+        self.assertEqual((yield s.revoke_admin_token(temp)).state, REVOKED)
+        revoked = yield s.revoke_admin_token(second, force=True)
+        self.assertEqual(revoked.state, REVOKED)
+        self.assertEqual((yield s.count_admin_tokens()), 0)
+        self.assertEqual([t.state for t in (yield s.list_admin_tokens())], [REVOKED] * 3)
+
+    @inlineCallbacks
+    def test_admin_tokens_survive_the_migration_to_ids(self):
+        """Tokens made before tokens had ids (schema 3) keep working, get ids in the
+        order they were made, never expire and are not revoked."""
+        store = self.new_store()
+        yield store.open(target_version=3)
+
+        def old_insert(cur, rows):
+            for row in rows:
+                store._x(cur, "INSERT INTO admin_tokens (token_hash, name, created)"
+                              " VALUES (?, ?, ?)", row)
+
+        yield store._wpool.runInteraction(old_insert, [
+            (hash_token("later"), "ops", 2000), (hash_token("early"), "root", 1000)])
+        self.assertEqual((yield store.open()), CURRENT_VERSION)
+        self.assertEqual((yield store.describe_schema()), CURRENT_SCHEMA)
+        tokens = yield store.list_admin_tokens()
+        self.assertEqual([(t.name, t.created, t.expires, t.revoked, t.state) for t in tokens],
+                         [("root", 1000, None, None, ACTIVE), ("ops", 2000, None, None, ACTIVE)])
+        self.assertLess(tokens[0].id, tokens[1].id)
+        self.assertEqual((yield store.admin_for_token_hash(hash_token("early"))), "root")
+        newer = yield store.add_admin_token("new", hash_token("new"))
+        self.assertGreater(newer, tokens[1].id)
 
 
 class SQLiteStaticStoreTests(StaticStoreConformance, unittest.TestCase):

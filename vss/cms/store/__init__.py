@@ -7,15 +7,15 @@ Files and roles:
 ``sql.py``       everything the backends share: transactions, change log, paging
 ``sqlite.py``    SQLite (default): one writer connection, WAL, read-only readers
 ``postgres.py``  PostgreSQL through psycopg2 (imported only when chosen)
+``tokens.py``    admin tokens: hashing, states, ``IAdminTokenStore``
 
 ``make_static_store(spec)`` picks the backend from a spec string:
 ``sqlite:<path>`` (or a bare path) or ``postgresql://...`` / a libpq DSN
 (``host=... dbname=...``). Call ``open()`` on the result before use.
 """
 
-import hashlib
-
 from .sql import GRANT_KEY_SEP, grant_key, split_grant_key
+from .tokens import hash_token, new_token
 
 DEFAULT_SPEC = "sqlite:vss-cms.sqlite3"
 
@@ -25,15 +25,9 @@ __all__ = [
     "grant_key",
     "hash_token",
     "make_static_store",
+    "new_token",
     "split_grant_key",
 ]
-
-
-def hash_token(token):
-    """The sha256 hex digest under which an admin token is stored."""
-    if isinstance(token, str):
-        token = token.encode("utf-8")
-    return hashlib.sha256(token).hexdigest()
 
 
 def _is_postgres(spec):

@@ -139,6 +139,27 @@ MIGRATIONS = (
             "CREATE INDEX admin_tokens_name ON admin_tokens (name)",
         ),
     ),
+    Migration(
+        4,
+        "admin token ids, expiry, last use and revocation",
+        (
+            # rebuilt (SQLite cannot add a primary key to a table); tokens keep working
+            "CREATE TABLE admin_tokens_v4 ("
+            " id {SEQ},"
+            " token_hash {KEY} NOT NULL,"
+            " name TEXT NOT NULL,"
+            " created {INT} NOT NULL,"
+            " expires {INT},"
+            " last_used {INT},"
+            " revoked {INT})",
+            "INSERT INTO admin_tokens_v4 (token_hash, name, created)"
+            " SELECT token_hash, name, created FROM admin_tokens ORDER BY created, token_hash",
+            "DROP TABLE admin_tokens",
+            "ALTER TABLE admin_tokens_v4 RENAME TO admin_tokens",
+            "CREATE UNIQUE INDEX admin_tokens_hash ON admin_tokens (token_hash)",
+            "CREATE INDEX admin_tokens_name ON admin_tokens (name)",
+        ),
+    ),
 )
 
 CURRENT_VERSION = MIGRATIONS[-1].version

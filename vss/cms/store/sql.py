@@ -47,6 +47,15 @@ from vss.protocols.messages import (
 )
 
 from . import schema
+from .tokens import (
+    ACTIVE,
+    REVOKED,
+    TOUCH_INTERVAL_MS,
+    AdminToken,
+    IAdminTokenStore,
+    LastTokenError,
+    token_state,
+)
 
 GRANT_KEY_SEP = "|"
 DEFAULT_ORIGIN = "mms"
@@ -59,6 +68,7 @@ _DEVICE_COLS = (
 )
 _USER_COLS = "username, salt, iterations, stored_key, server_key, groups_json, enabled, version"
 _GRANT_COLS = "principal, device_id, actions, version"
+_TOKEN_COLS = "id, name, created, expires, last_used, revoked"
 _NODE_COLS = "node_id, signalling, media, capacity, state, load_json, applied_seq, last_seen"
 _DEVICE_UPSERT_TAIL = (
     " ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, kind = excluded.kind,"
@@ -109,6 +119,16 @@ def _user(row):
 
 def _grant(row):
     return GrantRecord(row[0], row[1], int(row[2]), int(row[3]))
+
+
+def _opt_int(value):
+    return None if value is None else int(value)
+
+
+def _token(row, now):
+    expires, revoked = _opt_int(row[3]), _opt_int(row[5])
+    return AdminToken(int(row[0]), row[1], int(row[2]), expires, _opt_int(row[4]), revoked,
+                      token_state(expires, revoked, now))
 
 
 def _node(row):
@@ -200,7 +220,7 @@ class _Log:
         self.entries.append((entity, op, key, version, record))
 
 
-@implementer(IStaticStore)
+@implementer(IStaticStore, IAdminTokenStore)
 class SqlStaticStore:
     """``IStaticStore`` over adbapi pools. Subclasses define ``_make_pools`` and
     ``dialect``."""
@@ -759,30 +779,102 @@ class SqlStaticStore:
         )
         return watermark
 
-    # -- admin tokens -------------------------------------------------------------------
+    # -- admin tokens (``tokens.IAdminTokenStore``) ------------------------------------
 
-    def add_admin_token(self, name, token_hash):
+    def add_admin_token(self, name, token_hash, expires_in=None):
+        now = self._now_ms()
+        expires = None if expires_in is None else now + int(round(float(expires_in) * 1000))
         return self._wpool.runInteraction(
-            self._add_admin_token, name, _hash_text(token_hash), self._now_ms()
+            self._add_admin_token, name, _hash_text(token_hash), now, expires
         )
 
-    def _add_admin_token(self, cur, name, token_hash, now):
+    def _add_admin_token(self, cur, name, token_hash, now, expires):
         self.dialect.begin_write(cur)
         self._x(
             cur,
-            "INSERT INTO admin_tokens (token_hash, name, created) VALUES (?, ?, ?)"
+            "INSERT INTO admin_tokens (token_hash, name, created, expires) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (token_hash) DO UPDATE SET name = excluded.name",
-            (token_hash, name, now),
+            (token_hash, name, now, expires),
         )
+        row = self._x(
+            cur, "SELECT id FROM admin_tokens WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return int(row[0])
 
     def admin_for_token_hash(self, token_hash):
-        return self._read(self._admin_for_token_hash, _hash_text(token_hash))
+        d = self._read(self._token_by_hash, _hash_text(token_hash), self._now_ms())
+        return d.addCallback(lambda t: t.name if t is not None and t.state == ACTIVE else None)
 
-    def _admin_for_token_hash(self, cur, token_hash):
+    @inlineCallbacks
+    def authenticate_admin_token(self, token_hash):
+        token = yield self._read(self._token_by_hash, _hash_text(token_hash), self._now_ms())
+        if token is None or token.state != ACTIVE:
+            return token
+        now = self._now_ms()
+        if token.last_used is None or now - token.last_used >= TOUCH_INTERVAL_MS:
+            yield self._wpool.runInteraction(self._touch_admin_token, token.id, now)
+            token = token._replace(last_used=now)
+        return token
+
+    def _touch_admin_token(self, cur, token_id, now):
+        self.dialect.begin_write(cur)
+        self._x(cur, "UPDATE admin_tokens SET last_used = ? WHERE id = ?", (now, token_id))
+
+    def _token_by_hash(self, cur, token_hash, now):
         row = self._x(
-            cur, "SELECT name FROM admin_tokens WHERE token_hash = ?", (token_hash,)
+            cur, f"SELECT {_TOKEN_COLS} FROM admin_tokens WHERE token_hash = ?", (token_hash,)
         ).fetchone()
-        return row[0] if row else None
+        return _token(row, now) if row else None
+
+    def get_admin_token(self, token_id):
+        return self._read(self._get_admin_token, int(token_id), self._now_ms())
+
+    def _get_admin_token(self, cur, token_id, now):
+        row = self._x(
+            cur, f"SELECT {_TOKEN_COLS} FROM admin_tokens WHERE id = ?", (token_id,)
+        ).fetchone()
+        return _token(row, now) if row else None
+
+    def list_admin_tokens(self):
+        return self._read(self._list_admin_tokens, self._now_ms())
+
+    def _list_admin_tokens(self, cur, now):
+        rows = self._x(cur, f"SELECT {_TOKEN_COLS} FROM admin_tokens ORDER BY id").fetchall()
+        return [_token(r, now) for r in rows]
+
+    def count_admin_tokens(self, valid_only=True):
+        return self._read(self._count_admin_tokens, bool(valid_only), self._now_ms())
+
+    def _count_admin_tokens(self, cur, valid_only, now, but=None):
+        where, params = [], []
+        if valid_only:
+            where.append("revoked IS NULL AND (expires IS NULL OR expires > ?)")
+            params.append(now)
+        if but is not None:
+            where.append("id <> ?")
+            params.append(but)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        row = self._x(cur, f"SELECT COUNT(*) FROM admin_tokens {clause}", params).fetchone()
+        return int(row[0])
+
+    def revoke_admin_token(self, token_id, force=False):
+        return self._wpool.runInteraction(
+            self._revoke_admin_token, int(token_id), bool(force), self._now_ms()
+        )
+
+    def _revoke_admin_token(self, cur, token_id, force, now):
+        self.dialect.begin_write(cur)
+        token = self._get_admin_token(cur, token_id, now)
+        if token is None:
+            raise VssError(ResultCode.NOT_FOUND, f"no admin token {token_id}")
+        if token.state == REVOKED:
+            raise VssError(ResultCode.CONFLICT, f"admin token {token_id} is revoked already")
+        if token.state == ACTIVE and not force and not self._count_admin_tokens(
+            cur, True, now, but=token_id
+        ):
+            raise LastTokenError(token_id)
+        self._x(cur, "UPDATE admin_tokens SET revoked = ? WHERE id = ?", (now, token_id))
+        return token._replace(revoked=now, state=REVOKED)
 
 
 def _hash_text(token_hash):
