@@ -11,7 +11,7 @@ import os
 import sqlite3
 from io import BytesIO
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
@@ -46,15 +46,20 @@ class ApiTestCase(unittest.TestCase):
     def make_backend(self, store):
         return StoreAdminBackend(store, publish=self.published.append)
 
+    def make_clock(self):
+        """The store's clock (None: the reactor)."""
+        return None
+
     @defer.inlineCallbacks
     def setUp(self):
         self.work = os.path.abspath(self.mktemp())
         os.makedirs(self.work)
         self.db = os.path.join(self.work, "cms.sqlite3")
-        self.store = make_static_store("sqlite:" + self.db, reactor=reactor)
+        self.store = make_static_store("sqlite:" + self.db, reactor=reactor,
+                                       clock=self.make_clock())
         yield self.store.open()
         self.addCleanup(self.store.close)
-        yield self.store.add_admin_token("root", hash_token(TOKEN))
+        self.root_id = yield self.store.add_admin_token("root", hash_token(TOKEN))
         self.published = []
         self.raw_answers = []
         self.backend = self.make_backend(self.store)
@@ -145,6 +150,141 @@ class AuthTests(ApiTestCase):
             code, payload, _ = yield self.call("GET", path, token=None, prefix="")
             self.assertEqual(code, 404, path)
             self.assertIn("error", payload)
+
+
+TOKEN_KEYS = {"id", "name", "state", "created", "expires", "last_used", "revoked", "current"}
+#: 2023-11-14T22:13:20Z, the store's clock in the token tests
+T0 = 1_700_000_000
+
+
+class AdminTokenTests(ApiTestCase):
+    """Admin tokens over real HTTP, with the store on a clock the test moves."""
+
+    def make_clock(self):
+        self.clock = task.Clock()
+        self.clock.advance(T0)
+        return self.clock
+
+    def assertRefused(self, payload_headers, message):
+        payload, headers = payload_headers
+        self.assertEqual(payload["error"], message)
+        self.assertEqual(headers.getRawHeaders(b"www-authenticate"), [b'Bearer realm="vss"'])
+
+    @defer.inlineCallbacks
+    def test_list_create_revoke(self):
+        listed = yield self.ok("GET", "/tokens")
+        self.assertEqual(listed, {"items": [{
+            "id": self.root_id, "name": "root", "state": "active",
+            "created": "2023-11-14T22:13:20Z", "expires": None,
+            # this very request was a use
+            "last_used": "2023-11-14T22:13:20Z", "revoked": None, "current": True}]})
+
+        self.clock.advance(10)
+        created = yield self.ok("POST", "/tokens", {"name": "ops", "expires_in": 3600},
+                                status=201)
+        ops = created.pop("token")
+        self.assertTrue(ops.startswith("vssa_") and len(ops) > 40, ops)
+        self.assertEqual(created, {
+            "id": created["id"], "name": "ops", "state": "active",
+            "created": "2023-11-14T22:13:30Z", "expires": "2023-11-14T23:13:30Z",
+            "last_used": None, "revoked": None, "current": False})
+        ops_id = created["id"]
+        self.assertGreater(ops_id, self.root_id)
+        code, shown, _ = yield self.call("GET", f"/tokens/{ops_id}", token=ops)
+        self.assertEqual(code, 200, shown)
+        self.assertEqual((shown["current"], shown["last_used"]),
+                         (True, "2023-11-14T22:13:30Z"))
+
+        # a second operator revokes the first token: it fails at once, saying why
+        self.clock.advance(5)
+        code, revoked, _ = yield self.call("DELETE", f"/tokens/{self.root_id}", token=ops)
+        self.assertEqual(code, 200, revoked)
+        self.assertEqual((revoked["state"], revoked["revoked"]),
+                         ("revoked", "2023-11-14T22:13:35Z"))
+        self.assertRefused((yield self.error("GET", "/users", status=401)),
+                           "the token was revoked at 2023-11-14T22:13:35Z")
+        code, payload, _ = yield self.call("DELETE", f"/tokens/{self.root_id}", token=ops)
+        self.assertEqual((code, payload["error"]),
+                         (409, f"admin token {self.root_id} is revoked already"))
+
+        # lock-out protection: the last valid token stays unless forced
+        code, payload, _ = yield self.call("DELETE", f"/tokens/{ops_id}", token=ops)
+        self.assertEqual((code, payload.get("field")), (409, "id"), payload)
+        self.assertIn("last valid", payload["error"])
+        self.assertIn("?force=true", payload["error"])
+        code, _, _ = yield self.call("GET", "/tokens", token=ops)
+        self.assertEqual(code, 200)
+
+        # a token may revoke itself when another is left
+        code, third, _ = yield self.call("POST", "/tokens", {"name": "night"}, token=ops)
+        self.assertEqual((code, third["expires"]), (201, None))
+        code, payload, _ = yield self.call("DELETE", f"/tokens/{ops_id}", token=ops)
+        self.assertEqual((code, payload["current"], payload["state"]),
+                         (200, True, "revoked"))
+        code, payload, _ = yield self.call("GET", "/", token=ops)
+        self.assertEqual((code, payload["error"]),
+                         (401, "the token was revoked at 2023-11-14T22:13:35Z"))
+        code, listed, _ = yield self.call("GET", "/tokens", token=third["token"])
+        self.assertEqual([(t["name"], t["state"], t["current"]) for t in listed["items"]],
+                         [("root", "revoked", False), ("ops", "revoked", False),
+                          ("night", "active", True)])
+        for item in listed["items"]:
+            self.assertEqual(set(item), TOKEN_KEYS)
+
+        # forced: nobody is let in any more
+        code, _, _ = yield self.call("DELETE", f"/tokens/{third['id']}?force=true",
+                                     token=third["token"])
+        self.assertEqual(code, 200)
+        code, payload, _ = yield self.call("GET", "/tokens", token=third["token"])
+        self.assertEqual(code, 401, payload)
+        self.assertEqual((yield self.store.count_admin_tokens()), 0)
+
+        # no answer ever held a hash, and a secret only in its creation answer
+        text = b"\n".join(self.raw_answers).decode()
+        for secret in (TOKEN, ops, third["token"]):
+            self.assertNotIn(hash_token(secret), text)
+        self.assertNotIn(TOKEN, text)
+        self.assertEqual(text.count(ops), 1)
+        self.assertEqual(text.count(third["token"]), 1)
+        self.assertEqual(self.published, [])
+
+    @defer.inlineCallbacks
+    def test_expiry(self):
+        created = yield self.ok("POST", "/tokens", {"name": "temp", "expires_in": 60},
+                                status=201)
+        code, _, _ = yield self.call("GET", "/status", token=created["token"])
+        self.assertEqual(code, 200)
+        self.clock.advance(59)
+        code, _, _ = yield self.call("GET", "/status", token=created["token"])
+        self.assertEqual(code, 200)
+        self.clock.advance(1)
+        self.assertRefused((yield self.error("GET", "/status", token=created["token"],
+                                             status=401)),
+                           "the token expired at 2023-11-14T22:14:20Z")
+        listed = yield self.ok("GET", "/tokens")
+        self.assertEqual([(t["name"], t["state"]) for t in listed["items"]],
+                         [("root", "active"), ("temp", "expired")])
+        # an expired token is no way in: the last valid one is still protected
+        code, payload, _ = yield self.call("DELETE", f"/tokens/{self.root_id}")
+        self.assertEqual(code, 409, payload)
+        code, payload, _ = yield self.call("DELETE", f"/tokens/{created['id']}")
+        self.assertEqual((code, payload["state"]), (200, "revoked"))
+
+    @defer.inlineCallbacks
+    def test_bad_requests(self):
+        yield self.error("POST", "/tokens", {"name": "bad name!"}, field="name")
+        yield self.error("POST", "/tokens", {}, field="name")
+        yield self.error("POST", "/tokens", {"name": "ops", "expires_in": 0},
+                         field="expires_in")
+        yield self.error("POST", "/tokens", {"name": "ops", "expires_in": "1h"},
+                         field="expires_in")
+        yield self.error("POST", "/tokens", {"name": "ops", "token": "chosen-by-me"},
+                         field="token")
+        for ref in ("999", "abc", "-1", "1e3"):
+            yield self.error("GET", f"/tokens/{ref}", status=404)
+            yield self.error("DELETE", f"/tokens/{ref}", status=404)
+        yield self.error("PATCH", f"/tokens/{self.root_id}", {"name": "x"}, status=405)
+        self.assertEqual(len((yield self.store.list_admin_tokens())), 1)
 
 
 class UserTests(ApiTestCase):

@@ -10,7 +10,8 @@ Every change an operator makes is one store transaction; its ``Change`` list goe
 ``backend.publish`` at once (S501: MMS tells CMS that data changed).
 
 Routes (all need ``Authorization: Bearer <admin token>``; the token is checked by its
-sha256 against the store's admin tokens, made by ``vss-admin bootstrap``)::
+sha256 against the store's admin tokens, the first made by ``vss-admin bootstrap``; a
+revoked or expired token is refused with 401 and says which)::
 
     GET                /                     index of the routes
     GET, POST          /users                users (paged)
@@ -21,6 +22,8 @@ sha256 against the store's admin tokens, made by ``vss-admin bootstrap``)::
     GET, PUT, DELETE   /grants               grants (paged; ?principal=&device_id=)
     GET, POST          /nodes                node registry
     DELETE             /nodes/{id}
+    GET, POST          /tokens               admin tokens (never their secret or hash)
+    GET, DELETE        /tokens/{id}          show, revoke (?force=true for the last one)
     GET                /status               operations status
     GET                /openapi.json         this API as an OpenAPI 3.1 document
 
@@ -51,7 +54,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from vss.cms.store import hash_token
+from vss.cms.store import hash_token, new_token
+from vss.cms.store.tokens import ACTIVE, EXPIRED, LastTokenError, iso_time
 from vss.errors import VssError
 from vss.protocols import scram
 from vss.protocols.codes import ResultCode
@@ -65,6 +69,8 @@ MAX_LIMIT = 1000
 MIN_SECRET = 8
 MAX_SECRET = 1024
 MAX_TOKEN = 512
+#: the longest lifetime a new admin token may be given (ten years)
+MAX_EXPIRES_IN = 10 * 366 * 86400
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -192,6 +198,14 @@ def grant_view(g):
 def node_view(n):
     return {k: n[k] for k in ("node_id", "signalling", "media", "capacity", "state", "load",
                               "applied_seq", "last_seen") if k in n}
+
+
+def token_view(t, current=None):
+    """An admin token as answered: never its secret, never its hash; times in UTC."""
+    return {"id": int(t.id), "name": t.name, "state": t.state,
+            "created": iso_time(t.created), "expires": iso_time(t.expires),
+            "last_used": iso_time(t.last_used), "revoked": iso_time(t.revoked),
+            "current": t.id == current}
 
 
 def make_verifier(secret):
@@ -479,6 +493,7 @@ class Index(JsonResource):
         self.putChild(b"grants", Grants(api))
         self.putChild(b"nodes", Nodes(api))
         self.putChild(b"status", Status(api))
+        self.putChild(b"tokens", Tokens(api))
         self.putChild(b"openapi.json", OpenApi(api))
 
     def do_GET(self, call):
@@ -846,6 +861,72 @@ class Node(JsonResource):
         return 200, {"deleted": "node", "node_id": self.node_id}
 
 
+# -- admin tokens
+
+
+def forced(request):
+    return query(request, "force") in ("1", "true", "yes")
+
+
+class Tokens(JsonResource):
+    child_param = "{id}"
+
+    def make_child(self, text):
+        return Token(self.api, text)
+
+    @defer.inlineCallbacks
+    def do_GET(self, call):
+        tokens = yield self.api.store.list_admin_tokens()
+        return 200, {"items": [token_view(t, call.token_id) for t in tokens]}
+
+    @defer.inlineCallbacks
+    def do_POST(self, call):
+        body = call.body(("name", "expires_in"))
+        name = body.string("name", required=True, pattern=NAME_RE, max_len=64,
+                           what="token name")
+        expires_in = body.integer("expires_in", 1, MAX_EXPIRES_IN)
+        secret = new_token()
+        token_id = yield self.api.store.add_admin_token(name, hash_token(secret),
+                                                        expires_in=expires_in)
+        token = yield self.api.store.get_admin_token(token_id)
+        self.api.log.info("admin {admin} created admin token {id} ({name})",
+                          admin=call.admin, id=token_id, name=name)
+        # the only time the secret leaves the server
+        return 201, {**token_view(token, call.token_id), "token": secret}, {
+            "Location": f"{API_PREFIX}/tokens/{token_id}"}
+
+
+class Token(JsonResource):
+    def __init__(self, api, text):
+        super().__init__(api)
+        self.text = text
+
+    def _id(self):
+        if not self.text.isdigit() or len(self.text) > 18:
+            raise not_found(f"no admin token {self.text!r}")
+        return int(self.text)
+
+    @defer.inlineCallbacks
+    def do_GET(self, call):
+        token = yield self.api.store.get_admin_token(self._id())
+        if token is None:
+            raise not_found(f"no admin token {self.text}")
+        return 200, token_view(token, call.token_id)
+
+    @defer.inlineCallbacks
+    def do_DELETE(self, call):
+        token_id = self._id()
+        try:
+            token = yield self.api.store.revoke_admin_token(token_id,
+                                                            force=forced(call.request))
+        except LastTokenError as e:
+            raise ApiError(409, f"{e.message}; add ?force=true to revoke it anyway (then "
+                                "only vss-admin bootstrap can make a new one)", "id") from None
+        self.api.log.info("admin {admin} revoked admin token {id} ({name})",
+                          admin=call.admin, id=token_id, name=token.name)
+        return 200, token_view(token, call.token_id)
+
+
 # -- status and description
 
 
@@ -883,10 +964,12 @@ def iter_routes(res, prefix=""):
 class Call:
     """One request as a handler sees it."""
 
-    def __init__(self, api, request, admin):
+    def __init__(self, api, request, admin, token_id=None):
         self.api = api
         self.request = request
         self.admin = admin
+        #: the id of the admin token of this request
+        self.token_id = token_id
 
     def _raw(self):
         content = getattr(self.request, "content", None)
@@ -983,9 +1066,9 @@ class AdminApi:
     @defer.inlineCallbacks
     def _dispatch(self, res, request):
         method = request.method.decode("ascii", "replace").upper()
-        admin = None
+        admin = token_id = None
         if res.requires_auth:
-            admin = yield self.authenticate(request)
+            admin, token_id = yield self.authenticate(request)
         if getattr(request, "body_too_large", False):
             raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
         methods = res.methods()
@@ -995,7 +1078,7 @@ class AdminApi:
         if handler is None:
             raise ApiError(405, f"method {method} not allowed here",
                            headers={"Allow": ", ".join(methods)})
-        call = Call(self, request, admin)
+        call = Call(self, request, admin, token_id)
         if method in ("POST", "PUT", "PATCH", "DELETE"):
             result = yield self.lock.run(defer.maybeDeferred, handler, call)
             self.log.info("admin {admin} {method} {path}: {status}", admin=admin,
@@ -1007,21 +1090,30 @@ class AdminApi:
 
     @defer.inlineCallbacks
     def authenticate(self, request):
+        """(admin name, token id) of the request's bearer token, or ApiError 401."""
         challenge = {"WWW-Authenticate": 'Bearer realm="vss"'}
         header = request.getHeader(b"authorization")
         scheme, _, token = (header or b"").strip().partition(b" ")
         token = token.strip()
         if scheme.lower() != b"bearer" or not token:
             raise ApiError(401, "a bearer token is required", headers=challenge)
-        admin = None
+        found = None
         if len(token) <= MAX_TOKEN:
-            admin = yield self.store.admin_for_token_hash(hash_token(token))
-        if admin is None:
-            peer = request.getClientAddress()
-            self.log.info("admin API: refused a token from {peer}",
-                          peer=getattr(peer, "host", str(peer)))
+            found = yield self.store.authenticate_admin_token(hash_token(token))
+        if found is not None and found.state == ACTIVE:
+            return found.name, found.id
+        peer = request.getClientAddress()
+        peer = getattr(peer, "host", str(peer))
+        if found is None:
+            self.log.info("admin API: refused a token from {peer}", peer=peer)
             raise ApiError(401, "the token is not valid", headers=challenge)
-        return admin
+        self.log.info("admin API: refused {state} admin token {id} ({name}) from {peer}",
+                      state=found.state, id=found.id, name=found.name, peer=peer)
+        if found.state == EXPIRED:
+            message = f"the token expired at {iso_time(found.expires)}"
+        else:
+            message = f"the token was revoked at {iso_time(found.revoked)}"
+        raise ApiError(401, message, headers=challenge)
 
     def _error(self, failure, request):
         exc = failure.value
@@ -1149,6 +1241,17 @@ def openapi_document():
     name_p = _param("name", "path", "user name")
     id_p = _param("id", "path", "device id")
     node_p = _param("id", "path", "node id")
+    token_p = _param("id", "path", "admin token id", {"type": "integer", "minimum": 1})
+    when = {"type": ["string", "null"], "format": "date-time"}
+    token_props = {
+        "id": INT, "name": STR,
+        "state": {"type": "string", "enum": ["active", "expired", "revoked"]},
+        "created": {"type": "string", "format": "date-time"},
+        "expires": {**when, "description": "null: never"},
+        "last_used": {**when, "description": "kept to the minute; null: never used"},
+        "revoked": when,
+        "current": {"type": "boolean", "description": "the token of this request"},
+    }
     channel_p = _param("channel", "path", "channel, 0-based",
                        {"type": "integer", "minimum": 0})
     slot = _obj({"day": {"type": "string", "enum": list(DAYS)},
@@ -1211,6 +1314,19 @@ def openapi_document():
         "RecordSettings": _obj({"device_id": STR, "channel": INT, **record_props,
                                 "stored": BOOL, "reported": {"type": "object"}},
                                ("device_id", "channel", *record_props)),
+        "AdminToken": _obj(token_props, tuple(token_props)),
+        "AdminTokenList": _obj({"items": {"type": "array", "items": _ref("AdminToken")}},
+                               ("items",)),
+        "AdminTokenCreate": _obj({"name": {"type": "string", "pattern": NAME_RE.pattern},
+                                  "expires_in": {"type": "integer", "minimum": 1,
+                                                 "maximum": MAX_EXPIRES_IN,
+                                                 "description": "seconds; none: never"}},
+                                 ("name",)),
+        "AdminTokenCreated": _obj({**token_props,
+                                   "token": {"type": "string", "readOnly": True,
+                                             "description": "the secret, shown only in "
+                                             "this answer"}},
+                                  (*token_props, "token")),
         "Status": {"type": "object", "additionalProperties": True,
                    "properties": {"nodes": {}, "devices": INT, "head_seq": INT}},
     }
@@ -1270,6 +1386,21 @@ def openapi_document():
                           "?force=true)", params=[node_p, _param("force")],
                           errors=(404, 409)),
         },
+        "/tokens": {
+            "get": _op("List admin tokens (never their secret or hash)",
+                       _json(_ref("AdminTokenList"))),
+            "post": _op("Create an admin token; the answer holds its secret, once",
+                        _json(_ref("AdminTokenCreated"), "created"), 201,
+                        "AdminTokenCreate"),
+        },
+        "/tokens/{id}": {
+            "get": _op("Show an admin token", _json(_ref("AdminToken")), params=[token_p],
+                       errors=(404,)),
+            "delete": _op("Revoke an admin token (at once, even the token of this request); "
+                          "409 for the last valid token unless ?force=true",
+                          _json(_ref("AdminToken"), "revoked"),
+                          params=[token_p, _param("force")], errors=(404, 409)),
+        },
         "/status": {"get": _op("Operations status", _json(_ref("Status")))},
         "/openapi.json": {"get": _op("This document", _json({"type": "object"}))},
     }
@@ -1284,6 +1415,7 @@ def openapi_document():
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "an admin token from "
-                                           "vss-admin bootstrap"}},
+                                           "vss-admin bootstrap or POST /tokens; "
+                                           "401 once revoked or expired"}},
         },
     }
