@@ -122,6 +122,88 @@ class ClientTests(unittest.TestCase):
         self.assertTrue(self.transport.disconnecting)
 
 
+class HeldPullTests(unittest.TestCase):
+    """``play=False``: set up only; PLAY with a Range and PAUSE when the caller says."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.proto = RTSPClientProtocol(URL, Sink, clock=self.clock, play=False)
+        self.transport = StringTransport()
+        self.requests = MessageParser("request")
+        self.ready = []
+        self.proto.ready.addCallback(self.ready.append)
+        self.proto.makeConnection(self.transport)
+
+    def tearDown(self):
+        if not self.proto.finished.called:
+            self.proto.connectionLost(connectionDone)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def next_request(self):
+        [req] = self.requests.feed(self.transport.value())
+        self.transport.clear()
+        return req
+
+    def answer(self, req, status=200, headers=(), body=b""):
+        self.proto.dataReceived(build_response(status, [("CSeq", req.cseq), *headers], body))
+
+    def set_up(self):
+        self.answer(self.next_request(), 200, [("Public", "OPTIONS, DESCRIBE, SETUP, PLAY, "
+                                                          "PAUSE, GET_PARAMETER")])
+        self.answer(self.next_request(), 200, [("Content-Type", "application/sdp"),
+                                               ("Content-Base", URL + "/")], CAMERA_SDP)
+        for _ in range(2):
+            self.answer(self.next_request(), 200, [("Session", "42;timeout=20")])
+
+    def test_ready_after_setup_then_play_with_range_pause_and_play_again(self):
+        self.set_up()
+        self.assertEqual(self.ready, [self.proto])
+        self.assertEqual(self.transport.value(), b"")  # no PLAY of its own
+        ranges = []
+        self.proto.play("npt=12.500-").addCallback(ranges.append)
+        req = self.next_request()
+        self.assertEqual((req.method, req.uri, req.headers["Session"], req.headers["Range"]),
+                         ("PLAY", "rtsp://10.0.0.9:554/Streaming/Channels/101/", "42",
+                          "npt=12.500-"))
+        self.assertEqual(ranges, [])
+        self.answer(req, 200, [("Session", "42"), ("Range", "npt=11.960-")])
+        self.assertEqual(ranges, ["npt=11.960-"])
+        paused = []
+        self.proto.pause().addCallback(lambda r: paused.append(r.status))
+        req = self.next_request()
+        self.assertEqual((req.method, req.headers["Session"]), ("PAUSE", "42"))
+        self.assertNotIn("Range", req.headers)
+        self.answer(req, 200, [("Session", "42")])
+        self.assertEqual(paused, [200])
+        # a resume: PLAY without Range; a reply without Range gives None
+        self.proto.play().addCallback(ranges.append)
+        req = self.next_request()
+        self.assertEqual(req.method, "PLAY")
+        self.assertNotIn("Range", req.headers)
+        self.answer(req, 200, [("Session", "42")])
+        self.assertEqual(ranges, ["npt=11.960-", None])
+        # keepalives run while held or playing (GET_PARAMETER, the server has it)
+        self.clock.advance(10)
+        req = self.next_request()
+        self.assertEqual((req.method, req.headers["Session"]), ("GET_PARAMETER", "42"))
+
+    def test_an_error_status_fails_the_play(self):
+        self.set_up()
+        failures = []
+        self.proto.play("clock=20260105T080000Z-").addErrback(failures.append)
+        self.answer(self.next_request(), 457, [("Session", "42")])
+        self.assertEqual(len(failures), 1)
+        self.assertIsInstance(failures[0].value, RTSPError)
+        self.assertEqual((failures[0].value.method, failures[0].value.status), ("PLAY", 457))
+
+    def test_connection_lost_fails_a_pending_pause(self):
+        self.set_up()
+        failures = []
+        self.proto.pause().addErrback(failures.append)
+        self.proto.connectionLost(connectionDone)
+        self.assertEqual(len(failures), 1)
+
+
 class HelperTests(unittest.TestCase):
     def test_split_credentials(self):
         self.assertEqual(split_credentials("rtsp://u%40x:p%3Aw@h:554/a?b=1"),

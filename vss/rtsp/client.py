@@ -9,6 +9,12 @@ and ``end_of_input()`` (a ``fanout.Source`` is one). ``protocol.finished`` fires
 connection ends; reconnecting is the caller's business (e.g. ``ClientService``).
 ``pull_into(server, path, url, ...)`` attaches the stream as a server source and closes
 that source when the connection ends.
+
+With ``play=False`` the handshake stops after SETUP (``ready`` fires then, keepalives
+run): the caller starts the stream with ``protocol.play(range)`` when it wants it, and may
+``pause()`` and ``play(range)`` again (a relayed playback forwards its viewer's PLAY with
+``Range`` and PAUSE this way). Both fire with the server's answer (``play`` with the
+``Range`` of its reply, or None).
 """
 
 from urllib.parse import unquote
@@ -80,8 +86,9 @@ class RTSPClientProtocol(protocol.Protocol):
     ``sdp``, ``sink``, ``packets`` and ``bytes`` counters."""
 
     def __init__(self, url, sink_factory, username=None, password=None, clock=None,
-                 timeout=10.0):
+                 timeout=10.0, play=True):
         self.url = url
+        self.autoplay = play
         self.sink_factory = sink_factory
         self.username = username
         self.password = password
@@ -160,15 +167,29 @@ class RTSPClientProtocol(protocol.Protocol):
             ch = ch or (2 * i, 2 * i + 1)
             self.channels[ch[0]] = (i, False)
             self.channels[ch[1]] = (i, True)
-        hdrs = [("Range", "npt=0.000-")]
-        if self.session:
-            hdrs.append(("Session", self.session))
         self.play_url = control_url(base, sdplib.session_control(self.sdp))
-        yield self.request("PLAY", self.play_url, hdrs)
+        if self.autoplay:
+            yield self.play("npt=0.000-")
+
+    def _session_headers(self):
+        return [("Session", self.session)] if self.session else []
+
+    def play(self, range=None):
+        """PLAY (with ``Range: range`` if given); a Deferred firing with the ``Range`` of
+        the server's reply, or None (errback with ``RTSPError`` on an error status)."""
+        hdrs = self._session_headers()
+        if range:
+            hdrs.append(("Range", range))
+        d = self.request("PLAY", self.play_url, hdrs)
+        return d.addCallback(lambda resp: resp.headers.get("Range"))
+
+    def pause(self):
+        """PAUSE; a Deferred firing with the server's ``Response``."""
+        return self.request("PAUSE", self.play_url, self._session_headers())
 
     def _send_keepalive(self):
         self._keepalive = None
-        hdrs = [("Session", self.session)] if self.session else []
+        hdrs = self._session_headers()
         method = "GET_PARAMETER" if "GET_PARAMETER" in self.public else "OPTIONS"
         d = self.request(method, self.play_url, hdrs, check=False)
         d.addErrback(lambda f: None)
@@ -273,9 +294,11 @@ class _ClientFactory(protocol.ClientFactory):
         self.failed.errback(reason)
 
 
-def pull(url, sink_factory, username=None, password=None, reactor=None, timeout=10.0):
-    """Connect and play ``url``; a Deferred firing with the protocol once playing.
-    Credentials may also be given in the URL (``rtsp://user:pass@host/...``)."""
+def pull(url, sink_factory, username=None, password=None, reactor=None, timeout=10.0,
+         play=True):
+    """Connect and play ``url``; a Deferred firing with the protocol once playing (with
+    ``play=False``: once set up, see the module docstring). Credentials may also be given
+    in the URL (``rtsp://user:pass@host/...``)."""
     if reactor is None:
         from twisted.internet import reactor
     clean, u, p = split_credentials(url)
@@ -285,7 +308,8 @@ def pull(url, sink_factory, username=None, password=None, reactor=None, timeout=
     result = defer.Deferred()
 
     def make():
-        proto = RTSPClientProtocol(clean, sink_factory, username, password, reactor, timeout)
+        proto = RTSPClientProtocol(clean, sink_factory, username, password, reactor, timeout,
+                                   play)
         proto.ready.chainDeferred(result)
         return proto
 
@@ -295,16 +319,18 @@ def pull(url, sink_factory, username=None, password=None, reactor=None, timeout=
     return result
 
 
-def pull_into(server, path, url, username=None, password=None, reactor=None, timeout=10.0):
+def pull_into(server, path, url, username=None, password=None, reactor=None, timeout=10.0,
+              play=True):
     """Pull ``url`` into a new source ``path`` of ``server`` (an ``RTSPServerFactory``).
-    The source closes when the connection ends. A Deferred firing with the protocol."""
+    The source closes when the connection ends. A Deferred firing with the protocol
+    (``play=False``: set up, not playing yet; the source exists already)."""
     holder = {}
 
     def sink_factory(sdp_text):
         holder["source"] = server.attach_source(path, sdp_text, origin="pull")
         return holder["source"]
 
-    d = pull(url, sink_factory, username, password, reactor, timeout)
+    d = pull(url, sink_factory, username, password, reactor, timeout, play)
 
     def playing(proto):
         proto.finished.addBoth(lambda r: holder["source"].close())
