@@ -126,6 +126,146 @@ class FastCodecTests(unittest.SynchronousTestCase):
                 segments=[], gaps=[], missing=[], exports=[], truncated=False)) + b"\x00"))
 
 
+    def random_answer(self, rnd, n, names):
+        from vss.protocols.messages import ExportUrl
+
+        t, segments = rnd.randrange(2**40), []
+        for _ in range(n):
+            t += rnd.choice((0, 0, 1, 300, 2000))
+            segments.append(RecordSegment(start=t, end=t + rnd.randrange(0, 3000),
+                                          bytes=rnd.randrange(2**63), node_id=rnd.choice(names)))
+            t += rnd.randrange(0, 3000)
+        return Recordings(
+            segments=sorted(segments, key=lambda s: s.start),
+            gaps=[TimeRange(start=rnd.randrange(2**40), end=rnd.randrange(2**40))
+                  for _ in range(rnd.randrange(3))],
+            missing=["node-\u00e9", "b"][:rnd.randrange(3)],
+            exports=[ExportUrl(node_id=rnd.choice(names), url="http://h/e?token=a", expires=5)
+                     ][:rnd.randrange(2)], truncated=rnd.random() < 0.2)
+
+    def test_parsed_tuples_are_the_construct_objects(self):
+        """Names of mixed lengths (a node's segments and a DVR's, say) are each read at
+        their own offset: one odd record in a run, runs of every length."""
+        import random
+
+        from vss.cdn.listing import decode_recordings, encode_parts, parse_answer, parts_of
+        from vss.protocols import codec
+
+        rnd = random.Random(11)
+        for n in (0, 1, 2, 70, 300, 5000):
+            for names in (["node-1"], ["node-1", "node-22"], ["a", "dvr:cam-\u00e9", "node-1"]):
+                body = self.random_answer(rnd, n, names)
+                data = codec.encode_body(body)
+                parts = parse_answer(self.frame(data))
+                self.assertEqual(parts, parts_of(body))
+                self.assertEqual(encode_parts(parts), data)
+                self.assertEqual(decode_recordings(self.frame(data)), body)
+        one_odd = Recordings(segments=[seg(i, i + 1, "n1") for i in range(200)], gaps=[],
+                             missing=[], exports=[], truncated=False)
+        one_odd.segments[150] = seg(150, 151, "node-x")
+        data = codec.encode_body(one_odd)
+        self.assertEqual(decode_recordings(self.frame(data)), one_odd)
+
+    def test_merged_tuples_equal_merge_of_the_objects(self):
+        import random
+
+        from vss.cdn.listing import MAX_SEGMENTS, encode_parts, merge_parts, parts_of
+
+        rnd = random.Random(5)
+        for case in range(30):
+            answers = [self.random_answer(rnd, rnd.choice((0, 3, 40, 400)), [f"node-{i}"])
+                       for i in range(rnd.randrange(1, 4))]
+            if case == 0:  # equal start and end on two nodes: the node id decides
+                answers = [Recordings(segments=[seg(0, 5, name)], gaps=[], missing=[],
+                                      exports=[], truncated=False) for name in ("z", "b", "k")]
+            lo = min((s.start for a in answers for s in a.segments), default=T0) - 1000
+            hi = max((s.end for a in answers for s in a.segments), default=T0) + 1000
+            missing = ["n9", "n3", "n9"][:rnd.randrange(4)]
+            expected = merge(lo, hi, answers, missing)
+            got = merge_parts(lo, hi, [parts_of(a) for a in answers], missing)
+            self.assertEqual(encode_parts(got), codec_bytes(expected))
+        many = Recordings(segments=[seg(i * 10, i * 10 + 5, "n") for i in range(MAX_SEGMENTS + 5)],
+                          gaps=[], missing=[], exports=[], truncated=False)
+        got = merge_parts(T0, T0 + 10**9, [parts_of(many)])
+        self.assertTrue(got.truncated)
+        self.assertEqual(encode_parts(got), codec_bytes(merge(T0, T0 + 10**9, [many])))
+
+    def test_a_node_answer_packed_from_rows_equals_the_constructed_one(self):
+        from vss.cdn.listing import MAX_SEGMENTS, encode_node_answer
+        from vss.protocols.messages import ExportUrl
+
+        export = ExportUrl(node_id="node-b", url="http://h/export?token=t", expires=9)
+        rows = [(T0 + i * 1000, T0 + i * 1000 + 990, 100 + i) for i in range(500)]
+        gaps = [(T0 - 5000, T0)]
+        for rs, ex in ((rows, export), (rows, None), ([], export),
+                       (rows * (MAX_SEGMENTS // 500 + 1), export)):
+            listing = {"segments": [Segment("cam", 0, "main", s, e, b, f"p{s}") for s, e, b in rs],
+                       "gaps": gaps}
+            self.assertEqual(encode_node_answer(rs, gaps, "node-b", ex),
+                             codec_bytes(node_answer(listing, "node-b", ex)))
+
+
+class SpansTests(unittest.SynchronousTestCase):
+    """``CatalogueDB.spans`` (a listing on the wire) reads the covering index alone and
+    gives what ``list`` gives."""
+
+    def test_spans_are_the_listed_segments_and_gaps(self):
+        import random
+
+        from vss.cdn.catalogue import CatalogueDB
+
+        db = CatalogueDB(self.mktemp())
+        self.addCleanup(db.close)
+        rnd, t, segs = random.Random(3), T0, []
+        for i in range(400):
+            t += rnd.choice((0, 100, 700, 60_000))
+            segs.append(Segment("cam", 0, "main", t, t + 5000, rnd.randrange(10**9), f"p{i}"))
+            t += 5000
+        segs.append(Segment("cam", 0, "sub", T0, T0 + 5000, 1, "sub"))
+        db.add_many(segs)
+        for _ in range(50):
+            a = T0 + rnd.randrange(-10_000, t - T0)
+            b = a + rnd.randrange(1, 4 * 3_600_000)
+            listing = db.list("cam", "main", a, b)
+            rows, gaps = db.spans("cam", "main", a, b)
+            self.assertEqual(rows, [(s.start_ms, s.end_ms, s.bytes) for s in listing["segments"]])
+            self.assertEqual(gaps, listing["gaps"])
+        plan = " ".join(r[-1] for r in db.db.execute(
+            "EXPLAIN QUERY PLAN SELECT start_ms, end_ms, bytes FROM segments "
+            f"WHERE {catalogue_range()}", ("cam", "main", T0, T0 + 1)))
+        self.assertIn("COVERING INDEX segments_by_stream", plan)
+
+    def test_an_older_catalogue_gets_the_covering_index(self):
+        import sqlite3
+
+        from vss.cdn.catalogue import DB_NAME, CatalogueDB
+
+        path = self.mktemp()
+        os.makedirs(path)
+        old = sqlite3.connect(os.path.join(path, DB_NAME))
+        old.executescript("CREATE TABLE segments (id INTEGER PRIMARY KEY, device TEXT, "
+                          "channel INTEGER, stream TEXT, start_ms INTEGER, end_ms INTEGER, "
+                          "bytes INTEGER, path TEXT UNIQUE); CREATE INDEX segments_by_stream "
+                          "ON segments (device, stream, start_ms);")
+        old.close()
+        db = CatalogueDB(path)
+        self.addCleanup(db.close)
+        self.assertEqual([r[2] for r in db.db.execute("PRAGMA index_info(segments_by_stream)")],
+                         ["device", "stream", "start_ms", "end_ms", "bytes"])
+
+
+def catalogue_range():
+    from vss.cdn.catalogue import _RANGE
+
+    return _RANGE
+
+
+def codec_bytes(body):
+    from vss.protocols import codec
+
+    return codec.encode_body(body)
+
+
 class ExportTokenTests(unittest.SynchronousTestCase):
     def setUp(self):
         self.clock = task.Clock()

@@ -20,7 +20,15 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from vss.cdn.listing import FANOUT_TIMEOUT, encode_recordings, export_url, merge, node_answer
+from vss.cdn.listing import (
+    FANOUT_TIMEOUT,
+    encode_node_answer,
+    encode_parts,
+    export_url,
+    merge_parts,
+    parse_body,
+    parts_of,
+)
 from vss.cdn.recorder import stream_name
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
@@ -65,6 +73,7 @@ class NodeArchive:
         self.check(body)
         self.counters["queries"] += 1
         ask = getattr(self.central, "query_recordings", None)
+        missing = []
         if ask is not None:
             try:
                 return (yield ask(body, QUERY_TIMEOUT)).body
@@ -74,31 +83,32 @@ class NodeArchive:
                 self.counters["fallback"] += 1
                 log.info("recordings of {device} from this node only: {error}",
                          device=body.device_id, error=e.message)
-            answer = yield self.local(body)
-            return encode_recordings(merge(body.from_time, body.to_time, [answer], ["cms"]))
-        answer = yield self.local(body)
-        return encode_recordings(merge(body.from_time, body.to_time, [answer]))
+            missing = ["cms"]
+        answer = parse_body((yield self.local(body)))
+        return encode_parts(merge_parts(body.from_time, body.to_time, [answer], missing))
 
     @defer.inlineCallbacks
     def local(self, body):
-        """This node's own segments of the range."""
+        """This node's own segments of the range: the ``Recordings`` body's bytes,
+        packed from the catalogue's rows (``vss.cdn.listing.encode_node_answer``)."""
         self.counters["local"] += 1
         stream = stream_name(body.channel, body.stream)
-        listing = yield self.catalogue.list(body.device_id, stream, body.from_time,
-                                            body.to_time)
+        rows, gaps = yield self.catalogue.spans(body.device_id, stream, body.from_time,
+                                                body.to_time)
         export = None
         base = self.http_base() if callable(self.http_base) else self.http_base
-        if listing["segments"] and base and self.tokens is not None:
+        if rows and base and self.tokens is not None:
             token, expires = self.tokens.issue(body.device_id, body.channel, stream,
                                                body.from_time, body.to_time)
             export = export_url(base, token, expires, self.node_id)
-        answer = node_answer(listing, self.node_id, export)
+        data = encode_node_answer(rows, gaps, self.node_id, export)
         from vss.cdn.dvr import device_recordings
 
         own = yield device_recordings(self.pu_links, self.store, body)
         if own is not None:  # a DVR's footage, marked as on the device (vss.cdn.dvr)
-            answer = merge(body.from_time, body.to_time, [answer, own])
-        return answer
+            data = encode_parts(merge_parts(body.from_time, body.to_time,
+                                            [parse_body(data), parts_of(own)]))
+        return data
 
 
 class RetentionService(service.Service):

@@ -17,7 +17,8 @@ stays small and a long listing reads few pages.
 Listing (``list``) reads segments that overlap a time range and the gaps between them,
 WITHOUT the keyframe offsets (a 30-day listing does not parse 8640 JSON arrays; a player
 asks ``get(path)`` for the one segment it seeks into). It uses the index on
-``(device, stream, start_ms)`` both ways: the first segment is the last one that starts
+``(device, stream, start_ms, end_ms, bytes)`` both ways (``spans``, what a listing on the
+wire needs, reads that index alone): the first segment is the last one that starts
 at or before ``from_ms`` (segments of one stream never overlap), the others start inside
 the range.
 
@@ -38,6 +39,8 @@ import sqlite3
 import struct
 from collections import namedtuple
 from datetime import UTC, datetime
+from itertools import accumulate
+from operator import itemgetter
 
 from twisted.logger import Logger
 
@@ -62,13 +65,31 @@ CREATE TABLE IF NOT EXISTS keyframes (
     segment_id INTEGER PRIMARY KEY,
     offsets TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS segments_by_stream ON segments (device, stream, start_ms);
+CREATE INDEX IF NOT EXISTS segments_by_stream ON segments (device, stream, start_ms, end_ms,
+                                                       bytes);
 CREATE INDEX IF NOT EXISTS segments_by_start ON segments (start_ms);
 """
 
 Segment = namedtuple("Segment", "device channel stream start_ms end_ms bytes path keyframes")
 Segment.__new__.__defaults__ = ((),)
 _COLS = "device, channel, stream, start_ms, end_ms, bytes, path"
+# The segments of (?1 device, ?2 stream) overlapping [?3, ?4): the last one starting at or
+# before ?3, and those starting inside.
+_RANGE = ("device = ?1 AND stream = ?2 AND start_ms >= COALESCE((SELECT max(start_ms) "
+          "FROM segments WHERE device = ?1 AND stream = ?2 AND start_ms <= ?3), ?3) "
+          "AND start_ms < ?4 AND end_ms > ?3")
+
+
+def gap_pairs(spans, from_ms, to_ms, min_gap_ms=MIN_GAP_MS):
+    """The parts of ``[from_ms, to_ms)`` that no span covers, as (start, end) pairs:
+    ``spans`` are tuples (start, end, ...) sorted by start; holes shorter than
+    ``min_gap_ms`` are ignored."""
+    cursors = list(accumulate(map(itemgetter(1), spans), max, initial=from_ms))
+    gaps = [(c, s) for c, s in zip(cursors, map(itemgetter(0), spans), strict=False)
+            if s - c >= min_gap_ms]
+    if to_ms - cursors[-1] >= min_gap_ms:
+        gaps.append((cursors[-1], to_ms))
+    return gaps
 
 
 def _segment(row):
@@ -242,6 +263,9 @@ class CatalogueDB:
         self.db = sqlite3.connect(os.path.join(self.data_dir, DB_NAME), isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        if len(self.db.execute("PRAGMA index_info(segments_by_stream)").fetchall()) == 3:
+            # A catalogue from before the index covered a listing's columns.
+            self.db.execute("DROP INDEX segments_by_stream")
         self.db.executescript(SCHEMA)
 
     def close(self):
@@ -287,21 +311,19 @@ class CatalogueDB:
         """``{"segments": [Segment...], "gaps": [(start_ms, end_ms)...]}`` for the
         segments of (device, stream) that overlap [from_ms, to_ms), in time order, and
         the uncovered parts of that range (holes shorter than ``min_gap_ms`` ignored)."""
-        rows = self.db.execute(
-            f"SELECT {_COLS} FROM segments WHERE device = ?1 AND stream = ?2 "
-            "AND start_ms >= COALESCE((SELECT max(start_ms) FROM segments WHERE device = ?1 "
-            "AND stream = ?2 AND start_ms <= ?3), ?3) AND start_ms < ?4 AND end_ms > ?3 "
-            "ORDER BY start_ms", (device, stream, from_ms, to_ms)).fetchall()
+        rows = self.db.execute(f"SELECT {_COLS} FROM segments WHERE {_RANGE} ORDER BY start_ms",
+                               (device, stream, from_ms, to_ms)).fetchall()
         segments = [_segment(r) for r in rows]
-        gaps = []
-        cursor = from_ms
-        for s in segments:
-            if s.start_ms - cursor >= min_gap_ms:
-                gaps.append((cursor, s.start_ms))
-            cursor = max(cursor, s.end_ms)
-        if to_ms - cursor >= min_gap_ms:
-            gaps.append((cursor, to_ms))
-        return {"segments": segments, "gaps": gaps}
+        return {"segments": segments,
+                "gaps": gap_pairs([(s.start_ms, s.end_ms) for s in segments], from_ms, to_ms,
+                                  min_gap_ms)}
+
+    def spans(self, device, stream, from_ms, to_ms, min_gap_ms=MIN_GAP_MS):
+        """``list`` for a listing on the wire: ``(rows, gaps)``, rows as (start_ms,
+        end_ms, bytes) tuples, read from the covering index alone."""
+        rows = self.db.execute(f"SELECT start_ms, end_ms, bytes FROM segments WHERE {_RANGE} "
+                               "ORDER BY start_ms", (device, stream, from_ms, to_ms)).fetchall()
+        return rows, gap_pairs(rows, from_ms, to_ms, min_gap_ms)
 
     def oldest(self, count=1):
         rows = self.db.execute(f"SELECT {_COLS} FROM segments ORDER BY start_ms LIMIT ?",
@@ -518,7 +540,7 @@ class Catalogue:
 
     def __getattr__(self, name):
         if name in ("add", "add_many", "get", "list", "oldest", "remove", "total_bytes",
-                    "count", "paths", "enforce", "repair"):
+                    "count", "paths", "enforce", "repair", "spans"):
             return lambda *a, **kw: self._call(lambda: getattr(self.db, name)(*a, **kw))
         raise AttributeError(name)
 

@@ -20,8 +20,11 @@ module (which imports no reactor).
 """
 
 import struct
+from collections import namedtuple
+from itertools import chain
+from operator import itemgetter
 
-from vss.cdn.catalogue import MIN_GAP_MS
+from vss.cdn.catalogue import MIN_GAP_MS, gap_pairs
 from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.link import check_response
@@ -77,14 +80,37 @@ def merge(from_ms, to_ms, answers, missing=()):
 #
 # A 30-day listing holds about 8,640 segments; construct takes about 80 ms to encode and
 # 110 ms to decode such a body, and a listing crosses three links (node -> CMS -> node ->
-# CU). These two functions give the same bytes and objects as the construct definition in
-# vss/protocols/messages.py (tests/test_recording_catalogue.py checks both ways); a body
-# with extensions, or anything they doubt, goes through construct.
+# CU). The functions below give the same bytes and objects as the construct definition
+# in vss/protocols/messages.py (tests/test_recording_catalogue.py checks both ways); a
+# body with extensions, or anything they doubt, goes through construct.
+#
+# Between the node and CMS no record objects are built at all: a node packs its
+# catalogue rows straight into the body (``encode_node_answer``), CMS parses each answer
+# into plain tuples (``parse_answer``: segments as ``(start, end, bytes, name length,
+# name bytes)``, the wire record's own fields, unpacked by ``struct.iter_unpack`` over
+# runs of records of one name length), merges the tuples and packs them again
+# (``merge_parts``). Only the CU's ``decode_recordings`` builds ``RecordSegment``s.
 
 _QQQ = struct.Struct(">QQQ")
 _QQ = struct.Struct(">QQ")
 _Q = struct.Struct(">Q")
 _H = struct.Struct(">H")
+_SEGMENT = {}  # name length -> Struct of one segment record with a name that long
+_by_name = itemgetter(0, 1, 4)
+_length = itemgetter(3)
+
+
+def _segment_struct(n):
+    st = _SEGMENT.get(n)
+    if st is None:
+        st = _SEGMENT[n] = struct.Struct(f">QQQH{n}s")
+    return st
+
+
+Parts = namedtuple("Parts", "segments gaps missing exports truncated")
+Parts.__doc__ = """A plain ``Recordings`` body as tuples: ``segments`` as (start, end,
+bytes, name length, UTF-8 name) in wire order, ``gaps`` as (start, end), ``missing`` as
+str, ``exports`` as ``ExportUrl``."""
 
 
 def _str(text, cache=None):
@@ -99,56 +125,107 @@ def _str(text, cache=None):
     return out
 
 
+def _tail(gaps, missing, exports, truncated):
+    """Everything after the segment records (gaps as (start, end) pairs)."""
+    parts = [_H.pack(len(gaps))]
+    parts += [_QQ.pack(a, b) for a, b in gaps]
+    parts.append(_H.pack(len(missing)))
+    parts += [_str(m) for m in missing]
+    parts.append(_H.pack(len(exports)))
+    parts += [_str(e.node_id) + _str(e.url) + _Q.pack(e.expires) for e in exports]
+    parts.append(b"\x01\x00\x00" if truncated else b"\x00\x00\x00")
+    return b"".join(parts)
+
+
 def encode_recordings(body):
     """The body bytes of a ``Recordings``."""
-    if body.ext:
+    if body.ext or len(body.segments) > 0xFFFF or len(body.gaps) > 0xFFFF:
         return codec.encode_body(body)
     names = {}
-    pack3, pack2 = _QQQ.pack, _QQ.pack
-    parts = [_H.pack(len(body.segments))]
-    parts += [pack3(s.start, s.end, s.bytes) + _str(s.node_id, names) for s in body.segments]
-    parts.append(_H.pack(len(body.gaps)))
-    parts += [pack2(g.start, g.end) for g in body.gaps]
-    parts.append(_H.pack(len(body.missing)))
-    parts += [_str(m) for m in body.missing]
-    parts.append(_H.pack(len(body.exports)))
-    parts += [_str(e.node_id) + _str(e.url) + _Q.pack(e.expires) for e in body.exports]
-    parts.append(b"\x01\x00\x00" if body.truncated else b"\x00\x00\x00")
-    data = b"".join(parts)
-    if len(body.segments) > 0xFFFF or len(body.gaps) > 0xFFFF:
-        return codec.encode_body(body)
-    return data
+    pack3 = _QQQ.pack
+    segments = b"".join([pack3(s.start, s.end, s.bytes) + _str(s.node_id, names)
+                         for s in body.segments])
+    return b"".join((_H.pack(len(body.segments)), segments, _tail(
+        [(g.start, g.end) for g in body.gaps], body.missing, body.exports, body.truncated)))
 
 
-def _fast_decode(data):
-    p = 0
-    unpack3, unpack2, unpack_h = _QQQ.unpack_from, _QQ.unpack_from, _H.unpack_from
-    names = {}
+def encode_parts(parts):
+    """The body bytes of a ``Parts`` (the same as ``encode_recordings`` of its
+    ``Recordings``)."""
+    segs = parts.segments
+    if len(segs) > 0xFFFF or len(parts.gaps) > 0xFFFF:
+        return encode_recordings(recordings_of(parts))
+    packs = {n: _segment_struct(n).pack for n in set(map(_length, segs))}
+    records = b"".join([packs[t[3]](*t) for t in segs])
+    return b"".join((_H.pack(len(segs)), records,
+                     _tail(parts.gaps, parts.missing, parts.exports, parts.truncated)))
+
+
+def encode_node_answer(rows, gaps, node_id, export=None):
+    """``encode_recordings(node_answer(...))`` straight from catalogue rows: ``rows``
+    (start_ms, end_ms, bytes) in time order, ``gaps`` (start_ms, end_ms) pairs."""
+    truncated = len(rows) > MAX_SEGMENTS
+    if truncated:
+        rows = rows[:MAX_SEGMENTS]
+    if len(gaps) > 0xFFFF:
+        return encode_recordings(node_answer(
+            {"segments": [_Row(*r) for r in rows], "gaps": gaps}, node_id, export))
+    name = node_id.encode("utf-8")
+    pack, n = _segment_struct(len(name)).pack, len(name)
+    records = b"".join([pack(s, e, b, n, name) for s, e, b in rows])
+    exports = [export] if export is not None and rows else []
+    return b"".join((_H.pack(len(rows)), records, _tail(gaps, [], exports, truncated)))
+
+
+_Row = namedtuple("_Row", "start_ms end_ms bytes")
+
+
+def _segments(data, p, count):
+    """The segment records from ``p``: runs of records whose names have one length are
+    unpacked at once (a run is only kept up to its first record of another length, so
+    every record is read at its true offset)."""
+    out = []
+    view = memoryview(data)
+    want = 64
+    while len(out) < count:
+        n = _H.unpack_from(data, p + 24)[0]
+        st = _segment_struct(n)
+        k = min(count - len(out), want, (len(data) - p) // st.size)
+        if k <= 0:
+            raise ValueError("short")
+        run = list(st.iter_unpack(view[p:p + k * st.size]))
+        lengths = list(map(_length, run))
+        if lengths.count(n) == k:
+            want *= 4
+        else:
+            k = next(i for i, x in enumerate(lengths) if x != n)
+            run = run[:k]
+            want = 8
+        out += run
+        p += k * st.size
+    return out, p
+
+
+def parse_body(data):
+    """The ``Parts`` of a plain ``Recordings`` body (ValueError, struct.error or
+    UnicodeDecodeError for anything else: then ask construct)."""
+    unpack_h = _H.unpack_from
 
     def text(p):
         n = unpack_h(data, p)[0]
         q = p + 2 + n
         if q > len(data):
             raise ValueError("short")
-        raw = data[p + 2:q]
-        value = names.get(raw)
-        if value is None:
-            value = names[raw] = raw.decode("utf-8")
-        return value, q
+        return data[p + 2:q].decode("utf-8"), q
 
+    count = unpack_h(data, 0)[0]
+    segments, p = _segments(data, 2, count)
     count = unpack_h(data, p)[0]
     p += 2
-    segments = []
-    for _ in range(count):
-        start, end, size = unpack3(data, p)
-        node, p = text(p + 24)
-        segments.append(RecordSegment(start, end, size, node))
-    count = unpack_h(data, p)[0]
-    p += 2
-    gaps = []
-    for _ in range(count):
-        gaps.append(TimeRange(*unpack2(data, p)))
-        p += 16
+    if p + 16 * count > len(data):
+        raise ValueError("short")
+    gaps = list(_QQ.iter_unpack(memoryview(data)[p:p + 16 * count]))
+    p += 16 * count
     count = unpack_h(data, p)[0]
     p += 2
     missing = []
@@ -166,8 +243,49 @@ def _fast_decode(data):
     flag = data[p:p + 1]
     if flag not in (b"\x00", b"\x01") or data[p + 1:] != b"\x00\x00":
         raise ValueError("not a plain body")
-    return Recordings(segments=segments, gaps=gaps, missing=missing, exports=exports,
-                      truncated=flag == b"\x01")
+    return Parts(segments, gaps, missing, exports, flag == b"\x01")
+
+
+def parts_of(body):
+    """The ``Parts`` of a ``Recordings`` (its extensions are dropped)."""
+    segments = []
+    for s in body.segments:
+        name = s.node_id.encode("utf-8")
+        segments.append((s.start, s.end, s.bytes, len(name), name))
+    return Parts(segments, [(g.start, g.end) for g in body.gaps], list(body.missing),
+                 list(body.exports), bool(body.truncated))
+
+
+def recordings_of(parts):
+    """The ``Recordings`` of a ``Parts``."""
+    segs = parts.segments
+    names = {raw: raw.decode("utf-8") for raw in set(map(itemgetter(4), segs))}
+    segments = list(map(RecordSegment, map(itemgetter(0), segs), map(itemgetter(1), segs),
+                        map(itemgetter(2), segs), map(names.__getitem__,
+                                                      map(itemgetter(4), segs))))
+    return Recordings(segments=segments, gaps=[TimeRange(a, b) for a, b in parts.gaps],
+                      missing=parts.missing, exports=parts.exports,
+                      truncated=parts.truncated)
+
+
+def _decode(frame):
+    check_response(frame)
+    msg = codec.decode_body(frame)
+    if isinstance(msg, codec.ProtocolError):
+        raise VssError(msg.code, msg.message)
+    return msg.body
+
+
+def parse_answer(frame):
+    """The ``Parts`` of a RECORD_QUERY response frame (raise ``VssError`` for an error
+    response or a body construct refuses). A body with extensions is decoded by
+    construct and its extensions dropped (CMS merges only the fields it knows)."""
+    check_response(frame)
+    try:
+        return parse_body(frame.body)
+    except (ValueError, struct.error, UnicodeDecodeError, IndexError):
+        pass
+    return parts_of(_decode(frame))
 
 
 def decode_recordings(frame):
@@ -175,13 +293,26 @@ def decode_recordings(frame):
     error response or a body construct refuses)."""
     check_response(frame)
     try:
-        return _fast_decode(frame.body)
+        return recordings_of(parse_body(frame.body))
     except (ValueError, struct.error, UnicodeDecodeError, IndexError):
         pass
-    msg = codec.decode_body(frame)
-    if isinstance(msg, codec.ProtocolError):
-        raise VssError(msg.code, msg.message)
-    return msg.body
+    return _decode(frame)
+
+
+def merge_parts(from_ms, to_ms, answers, missing=()):
+    """``merge`` on ``Parts``: the ``Parts`` of the merged answer."""
+    # Stable, as ``merge``'s sort (UTF-8 bytes order as their code points do); each
+    # answer is one sorted run, which the sort takes as it is.
+    segments = sorted(chain.from_iterable(a.segments for a in answers), key=_by_name)
+    truncated = any(a.truncated for a in answers) or len(segments) > MAX_SEGMENTS
+    if len(segments) > MAX_SEGMENTS:
+        segments = segments[:MAX_SEGMENTS]
+    end = to_ms
+    if truncated and segments:
+        end = min(to_ms, max(map(itemgetter(1), segments)))
+    exports = sorted((e for a in answers for e in a.exports), key=lambda e: e.node_id)
+    return Parts(segments, gap_pairs(segments, from_ms, end), sorted(set(missing)),
+                 exports, truncated)
 
 
 def export_url(base, token, expires_ms, node_id):

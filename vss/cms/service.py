@@ -460,7 +460,7 @@ class CMSService(service.Service):
         """RECORD_QUERY: ask every up node at once (at most ``FANOUT_TIMEOUT`` s each)
         and merge; a node of the registry that is down or does not answer in time is
         listed as missing."""
-        from vss.cdn.listing import FANOUT_TIMEOUT, decode_recordings, encode_recordings, merge
+        from vss.cdn.listing import FANOUT_TIMEOUT, encode_parts, merge_parts, parse_answer
 
         if body.to_time <= body.from_time:
             raise VssError(ResultCode.INVALID_ARGUMENT, "to must be after from")
@@ -469,7 +469,7 @@ class CMSService(service.Service):
         request = codec.encode_body(body)
         results = yield defer.DeferredList(
             [sess.link.request_raw(MsgType.RECORD_QUERY, request, FANOUT_TIMEOUT)
-             .addCallback(decode_recordings) for sess in asked.values()], consumeErrors=True)
+             .addCallback(parse_answer) for sess in asked.values()], consumeErrors=True)
         answers, missing = [], sorted(known - set(asked))
         for node_id, (ok, result) in zip(asked, results, strict=True):
             if ok:
@@ -479,7 +479,7 @@ class CMSService(service.Service):
                 self.log.info("node {node} did not list recordings: {error}", node=node_id,
                               error=result.getErrorMessage())
         self.counters["record_queries"] = self.counters.get("record_queries", 0) + 1
-        return encode_recordings(merge(body.from_time, body.to_time, answers, missing))
+        return encode_parts(merge_parts(body.from_time, body.to_time, answers, missing))
 
     # -- presence: which PUs are online (dynamic data, passed on, never logged)
 

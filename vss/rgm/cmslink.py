@@ -68,7 +68,7 @@ class CmsLink(service.Service):
         self.rgm = None  # set by the node once its RGM exists
         self.device_listeners = []  # f(device_id, old, new) after each device change
         self.connected_listeners = []  # f() after each (re)connection's catch-up
-        self.local_recordings = None  # f(RecordQuery) -> Deferred(Recordings): CMS asks
+        self.local_recordings = None  # f(RecordQuery) -> Deferred(Recordings or bytes): CMS asks
         self.link = None
         self.applier = SyncApplier(store, node_id, data_dir, on_device_change=self._device_changed,
                                    on_user_change=self._user_changed, clock=self.clock)
@@ -333,7 +333,7 @@ class CmsLink(service.Service):
             from vss.cdn.listing import encode_recordings  # a long body: no construct
 
             d = defer.maybeDeferred(self.local_recordings, msg.body)
-            d.addCallback(encode_recordings)
+            d.addCallback(lambda r: r if isinstance(r, bytes) else encode_recordings(r))
             d.addCallbacks(lambda data: link.send_raw_response(t, frame.txid, 0, data),
                            lambda f: link.send_failure(frame, f))
             return
