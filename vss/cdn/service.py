@@ -14,6 +14,9 @@ The RGM calls its *service interface* when a CU asks for live video (MEDIA_OPEN)
      node, for all its viewers.
 3. the CU gets an ``rtsp://`` URL carrying a short-lived play token for that path only.
 
+A MEDIA_OPEN with ``purpose=PLAYBACK`` goes to ``vss.cdn.remote``: played here
+(``vss.cdn.playback``, or a DVR logged in here), or relayed from the node holding it.
+
 Many viewers share one source. A source with no reader for ``linger`` seconds is stopped
 (MEDIA_STOP to the PU, or the pull closed).
 """
@@ -82,13 +85,10 @@ class CDNModule(service.Service):
     def media_open(self, username, body):
         if not self.store.actions_for(username, body.device_id) & Action.VIEW:
             raise VssError(ResultCode.FORBIDDEN, f"{username} may not view {body.device_id}")
-        if body.purpose == Purpose.PLAYBACK:
-            from vss.cdn import dvr
+        if body.purpose == Purpose.PLAYBACK:  # here, the DVR, or relayed from its node
+            from vss.cdn import remote
 
-            if (yield dvr.wants_playback(self, body)):  # footage only on the DVR
-                return (yield dvr.open_playback(self, body))
-        if body.purpose == Purpose.PLAYBACK and self.playback is not None:
-            return (yield self.playback.open(body))
+            return (yield remote.media_open(self, body))
         if body.purpose != Purpose.LIVE:
             raise VssError(ResultCode.NOT_SUPPORTED, "playback is not available on this node")
         record = self.store.get_device(body.device_id)
@@ -191,7 +191,12 @@ class CDNModule(service.Service):
 
     def routed_media_open(self, body):
         """Another node asks this (home) node for a stream of one of its PUs: the node
-        link is authenticated with the cluster secret, the CU's grant was checked there."""
+        link is authenticated with the cluster secret, the CU's grant was checked there.
+        A playback is served by the node holding the footage, home or not."""
+        if body.purpose == Purpose.PLAYBACK:
+            from vss.cdn import remote
+
+            return remote.serve_routed(self, body)
         record = self.store.get_device(body.device_id)
         if record is None or record.home_node not in ("", self.rgm.node_id):
             return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE))

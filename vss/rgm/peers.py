@@ -29,6 +29,7 @@ from vss.protocols.messages import (
     Hello,
     HelloAck,
     MsgType,
+    Purpose,
     Role,
     RouteRequest,
     RouteResponse,
@@ -69,7 +70,9 @@ def error_body(message):
 def serve_route(rgm, body):
     """S404-S405 on the home node: a routed request for one of our PUs. Fires with a
     ``RouteResponse`` carrying the PU's answer or the error that stood in its way. A
-    routed MEDIA_OPEN is answered by this node's CDN module (a play URL of its SS)."""
+    routed MEDIA_OPEN is answered by this node's CDN module (a play URL of its SS); one
+    with ``purpose=PLAYBACK`` is also served for a device homed elsewhere: it is sent to
+    the node that holds the footage (``vss.cdn.remote``)."""
 
     def answered(result):
         status, inner = result
@@ -81,21 +84,27 @@ def serve_route(rgm, body):
                              inner_body=error_body(f.value.message))
 
     record = rgm.store.get_device(body.device_id)
-    if record is None or record.home_node not in ("", rgm.node_id):
-        return defer.succeed(RouteResponse(
-            home_node=rgm.node_id, inner_status=int(ResultCode.UNKNOWN_DEVICE),
-            inner_body=error_body(f"{body.device_id} is not homed on {rgm.node_id}")))
+    homed = record is not None and record.home_node in ("", rgm.node_id)
+    msg = None
     if body.inner_type == MsgType.MEDIA_OPEN:
-        if rgm.cdn is None:
-            return defer.succeed(RouteResponse(
-                home_node=rgm.node_id, inner_status=int(ResultCode.NOT_SUPPORTED),
-                inner_body=error_body("the home node has no streaming server")))
         msg = codec.decode_body(codec.Frame(codec.VERSION, 0, MsgType.MEDIA_OPEN, 0, 0,
                                             body.inner_body))
         if isinstance(msg, codec.ProtocolError):
             return defer.succeed(RouteResponse(
                 home_node=rgm.node_id, inner_status=int(msg.code),
                 inner_body=error_body(msg.message)))
+    # a playback goes to the node holding the footage, which need not be the home node
+    playback = msg is not None and msg.body.purpose == Purpose.PLAYBACK \
+        and rgm.store.get_device(msg.body.device_id) is not None
+    if not homed and not playback:
+        return defer.succeed(RouteResponse(
+            home_node=rgm.node_id, inner_status=int(ResultCode.UNKNOWN_DEVICE),
+            inner_body=error_body(f"{body.device_id} is not homed on {rgm.node_id}")))
+    if msg is not None:
+        if rgm.cdn is None:
+            return defer.succeed(RouteResponse(
+                home_node=rgm.node_id, inner_status=int(ResultCode.NOT_SUPPORTED),
+                inner_body=error_body("the home node has no streaming server")))
         d = rgm.cdn.routed_media_open(msg.body)
         d.addCallback(lambda url: (0, codec.encode_body(url)))
         return d.addCallbacks(answered, failed)

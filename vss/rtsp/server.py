@@ -15,7 +15,9 @@ without a source; DESCRIBE then waits up to ``describe_wait`` seconds for one).
 ``attach_source(path, sdp)`` makes a source fed by code (RTSP client, recordings).
 ``controllers`` (path -> object) lets code steer the PLAY and PAUSE of one path (a
 playback seeks on ``Range``): ``play(session, range_header)`` is called before the
-reader starts and returns the ``Range`` of the reply (or None), ``pause(session)``.
+reader starts and returns the ``Range`` of the reply (or None), or a Deferred of it (a
+relayed playback asks its origin first: the reply and the reader wait for it; a failure
+is answered 502), ``pause(session)``.
 """
 
 import os
@@ -749,9 +751,36 @@ class RTSPServerFactory(protocol.Factory):
         if session.tcp_tracks and conn.reader is not None and session.state != "playing":
             conn.reply(req, 455, reason="Already Playing On This Connection")
             return
-        rng = self._control(session, "play", req.headers.get("Range")) or "npt=now-"
+        rng = self._control(session, "play", req.headers.get("Range"))
+        if isinstance(rng, defer.Deferred):
+            def failed(f):
+                log.failure("play controller of {path} failed", f, path=session.path)
+                return False
+
+            rng.addErrback(failed)
+            rng.addCallback(lambda r: self._play(conn, req, session, r))
+            rng.addErrback(lambda f: log.failure("PLAY of {path} failed", f,
+                                                 path=session.path))
+            return
+        self._play(conn, req, session, rng)
+
+    def _play(self, conn, req, session, rng):
+        """The rest of a PLAY once its controller answered (``rng`` False: it failed)."""
+        if conn.closed or self.sessions.get(session.id) is not session:
+            return
+        if rng is False:
+            conn.reply(req, 502, [self._session_header(session)], reason="Origin Failed")
+            return
+        source = self.sources.get(session.path)
+        if source is None:
+            conn.reply(req, 404)
+            return
+        rng = rng or "npt=now-"
         if session.state == "playing":
             conn.reply(req, 200, [self._session_header(session), ("Range", rng)])
+            return
+        if session.tcp_tracks and conn.reader is not None:
+            conn.reply(req, 455, reason="Already Playing On This Connection")
             return
         conn.reply(req, 200, [self._session_header(session), ("Range", rng)])
         session.state = "playing"
@@ -776,7 +805,10 @@ class RTSPServerFactory(protocol.Factory):
             return
         self._stop_reading(session)
         session.state = "ready"
-        self._control(session, "pause")
+        done = self._control(session, "pause")
+        if isinstance(done, defer.Deferred):
+            done.addErrback(lambda f: log.failure("pause controller of {path} failed", f,
+                                                  path=session.path))
         conn.reply(req, 200, [self._session_header(session)])
 
     def _control(self, session, event, *args):

@@ -1,0 +1,321 @@
+"""
+Playback of footage held by another node, relayed through the CU's node (vss.cdn.remote).
+
+An in-process platform of two nodes over real loopback TCP and RTSP: footage is written
+on node-a only (as the recorder writes it); a CU logged in to node-b asks node-b for
+playback, gets an rtsp:// URL of node-b's SS with node-b's token, and PyAV, as the
+player, decodes the recorded frames from there: at the asked time (from the keyframe at
+or before it), after a seek, and after a PAUSE and a resume, all forwarded to node-a's
+playback. A DVR logged in to node-a is played by a CU of node-b the same way.
+
+The unit tests drive the SS's asynchronous PLAY controller over StringTransport.
+"""
+
+import datetime
+import os
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial import unittest
+
+from tests.test_playback import (
+    FRAME_MS,
+    GOP_MS,
+    RawRTSP,
+    index_segments,
+    open_playback,
+    play,
+    write_gop_footage,
+)
+from tests.test_rtsp_server import SDP, ServerTestBase, idr, pframe
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import Action, MsgType, PuKind, Role
+from vss.testing.platform import start_platform, verifier, wait_until
+from vss.testing.processes import Daemon, child_env, tool
+
+try:
+    import av
+except ImportError:  # pragma: no cover - av is a dependency
+    av = None
+
+
+class Controller:
+    """A controller answering PLAY later (a Deferred), as a relayed playback does."""
+
+    def __init__(self):
+        self.plays = []
+        self.pauses = 0
+
+    def play(self, session, header):
+        d = defer.Deferred()
+        self.plays.append((header, d))
+        return d
+
+    def pause(self, session):
+        self.pauses += 1
+
+
+class AsyncControllerTests(ServerTestBase):
+    def viewer(self, path="/live/cam1/pb-0123456789abcdef"):
+        self.source = self.factory.attach_source(path, SDP)
+        self.ctl = self.factory.controllers[path] = Controller()
+        token = self.issuer.issue(path, ["play"])
+        url = f"rtsp://127.0.0.1:554{path}?token={token}"
+        c = self.conn()
+        resp = c.request("SETUP", f"rtsp://127.0.0.1:554{path}/streamid=0?token={token}",
+                         [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")])
+        self.assertEqual(resp.status, 200)
+        return c, url, resp.headers["Session"].split(";")[0]
+
+    def test_the_reply_and_the_reader_wait_for_the_controller(self):
+        c, url, sid = self.viewer()
+        self.assertIsNone(c.request("PLAY", url, [("Session", sid), ("Range", "npt=7-")]))
+        [(header, d)] = self.ctl.plays
+        self.assertEqual(header, "npt=7-")
+        self.source.feed(0, False, idr(1, 1000))  # before the answer: not for this viewer
+        self.source.flush()
+        self.assertEqual(c.read(), [])
+        self.assertEqual(self.source.readers, [])
+        d.callback("npt=6.000-")
+        [resp] = c.read()
+        self.assertEqual((resp.status, resp.headers["Range"]), (200, "npt=6.000-"))
+        self.source.feed(0, False, idr(2, 4000))
+        self.source.feed(0, False, pframe(3, 7600))
+        self.source.flush()
+        c.read()
+        self.assertEqual([f.data[2:4] for f in c.frames], [b"\x00\x02", b"\x00\x03"])
+        # a PAUSE goes to the controller at once and stops the reader
+        resp = c.request("PAUSE", url, [("Session", sid)])
+        self.assertEqual((resp.status, self.ctl.pauses), (200, 1))
+        self.assertEqual(self.source.readers, [])
+
+    def test_a_failed_controller_is_answered_502_and_nothing_plays(self):
+        c, url, sid = self.viewer()
+        c.request("PLAY", url, [("Session", sid)])
+        [(_, d)] = self.ctl.plays
+        d.errback(RuntimeError("origin gone"))
+        [resp] = c.read()
+        self.assertEqual(resp.status, 502)
+        self.assertEqual(self.source.readers, [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_a_viewer_gone_before_the_answer_gets_nothing(self):
+        c, url, sid = self.viewer()
+        c.request("PLAY", url, [("Session", sid)])
+        [(_, d)] = self.ctl.plays
+        c.request("TEARDOWN", url, [("Session", sid)])
+        c.read()
+        d.callback("npt=0.000-")
+        self.assertEqual(c.read(), [])
+        self.assertEqual(self.source.readers, [])
+
+
+def clock_range(ms):
+    at = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+    return f"clock={at:%Y%m%dT%H%M%S}.{at.microsecond // 1000:03d}Z-"
+
+
+class RemotePlaybackTests(unittest.TestCase):
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        if av is None:
+            raise unittest.SkipTest("PyAV is not installed")
+        self.p = yield start_platform(self)
+        store, change = self.p.cms.store, self.p.change
+        # cam-a is homed on node-a, cam-b on node-b; footage of both is on node-a only
+        yield change(store.upsert_device("cam-a", "Gate A", 1, 1, "node-a", verifier("a-s")))
+        yield change(store.upsert_device("cam-b", "Gate B", 1, 1, "node-b", verifier("b-s")))
+        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
+        yield change(store.upsert_user("bob", verifier("bob-pw"), []))
+        for device in ("cam-a", "cam-b"):
+            yield change(store.set_grant("user:alice", device, int(Action.VIEW)))
+        self.a = yield self.p.start_node("node-a")
+        self.b = yield self.p.start_node("node-b")
+        self.start = (int(reactor.seconds()) - 900) * 1000
+
+    @defer.inlineCallbacks
+    def footage(self, device):
+        """Two 4 s segments of ``device`` in node-a's catalogue; {frame hash: wall ms}."""
+        data = self.a.settings.data_dir
+        segments = yield threads.deferToThread(write_gop_footage, data, device, self.start)
+        for seg in segments:
+            yield self.a.recorder.catalogue.add(seg)
+        table = yield threads.deferToThread(
+            index_segments, [(os.path.join(data, s.path), s.start_ms) for s in segments])
+        return segments, table
+
+    def assert_on_node_b(self, url, device):
+        port = self.p.port("node-b", "rtsp")
+        self.assertRegex(url, rf"^rtsp://127\.0\.0\.1:{port}/live/{device}/pb-[0-9a-f]{{16}}"
+                              r"\?token=")
+
+    @defer.inlineCallbacks
+    def test_footage_of_node_a_plays_seeks_and_pauses_through_node_b(self):
+        segments, table = yield self.footage("cam-a")
+        alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        asked = self.start + 3500  # 1.5 s into the second GOP of the first segment
+        url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-a", asked),
+                                   timeout=30)).body.url
+        self.assert_on_node_b(url, "cam-a")
+        self.assertEqual(self.b.cdn.counters["relayed_playbacks"], 1)
+        self.assertEqual(self.a.cdn.playback.counters["opened"], 1)
+        self.assertFalse(self.b.cdn.playback.playbacks)  # node-b plays none of its own
+
+        # PyAV from the keyframe at or before the asked time, then a seek (PAUSE and
+        # PLAY with Range npt) into the first GOP of the second segment
+        target = segments[1].start_ms + 1200
+        before, after = yield threads.deferToThread(play, url, 5, (target - asked) / 1000)
+        self.assertEqual([table.get(k) for k in before],
+                         [self.start + GOP_MS + FRAME_MS * i for i in range(5)])
+        self.assertEqual([table.get(k) for k, _ in after],
+                         [segments[1].start_ms + FRAME_MS * i for i in range(5)])
+        [pb] = self.a.cdn.playback.playbacks.values()
+        self.assertGreaterEqual(pb.seeks, 1)  # the seek was done by node-a's playback
+
+        # a raw client: PLAY with a clock Range, PAUSE, PLAY resumes where it paused
+        url2 = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-a", self.start),
+                                    timeout=30)).body.url
+        self.assert_on_node_b(url2, "cam-a")
+
+        def raw(url):
+            c = RawRTSP(url)
+            try:
+                c.start()
+                status, headers, _ = c.request("PLAY", url, [("Range", clock_range(
+                    self.start + 4500))])
+                played = c.packets(40)
+                status2, _, _ = c.request("PAUSE", url)
+                status3, headers3, _ = c.request("PLAY", url)
+                resumed = c.packets(40)
+                return status, headers, played, status2, status3, headers3, resumed
+            finally:
+                c.close()
+
+        status, headers, played, status2, status3, headers3, resumed = \
+            yield threads.deferToThread(raw, url2)
+        self.assertEqual((status, status2, status3), (200, 200, 200))
+        # the origin's Range: the keyframe at or before 4.5 s after the origin, at 4 s
+        self.assertEqual(headers["range"], "npt=4.000-")
+        resumed_at = float(headers3["range"][4:].rstrip("-"))
+        self.assertGreaterEqual(resumed_at, 4.0)
+        self.assertLess(resumed_at, 8.0)
+        self.assertEqual(resumed_at * 1000 % GOP_MS, 0)  # a keyframe of the footage
+        # the resumed stream goes on in the same RTP timeline, forward
+        self.assertGreater((resumed[0] - played[-1]) & 0xFFFFFFFF, 0)
+        self.assertLess((resumed[0] - played[-1]) & 0xFFFFFFFF, 90000)
+        relayed = [ctl for path, ctl in self.b.rtsp.controllers.items()
+                   if url2.split("?")[0].endswith(path)]
+        self.assertEqual([(r.plays, r.pauses) for r in relayed], [(2, 1)])
+
+        # no viewer left: node-b tears the relays down, node-a's playbacks end after it
+        self.b.cdn.linger = self.a.cdn.linger = 0.5
+        for path in [p for p in self.b.rtsp.sources if "/pb-" in p]:
+            self.b.cdn.source_idle(self.b.rtsp.sources[path])
+        yield wait_until(reactor, lambda: not [p for p in self.b.rtsp.sources if "/pb-" in p],
+                         timeout=20, what="node-b's relays to end")
+        self.assertFalse(self.b.rtsp.controllers)
+        yield wait_until(reactor, lambda: not self.a.cdn.playback.playbacks, timeout=30,
+                         what="node-a's playbacks to end")
+
+    @defer.inlineCallbacks
+    def test_a_device_homed_on_b_recorded_on_a_plays_on_b_and_errors_name_the_node(self):
+        segments, table = yield self.footage("cam-b")
+        alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        bob = yield self.p.login("node-b", Role.CU, "bob", "bob-pw")
+        asked = self.start + 1000
+        with self.assertRaises(VssError) as e:  # the grant is checked on node-b
+            yield bob.request(MsgType.MEDIA_OPEN, open_playback("cam-b", asked), timeout=30)
+        self.assertEqual(e.exception.code, ResultCode.FORBIDDEN)
+        # node-a is not cam-b's home: node-b reaches it through CMS the first time,
+        # then straight over a node link (its address learned on the way)
+        for _ in range(2):
+            url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", asked),
+                                       timeout=30)).body.url
+            self.assert_on_node_b(url, "cam-b")
+            keys, _ = yield threads.deferToThread(play, url, 3)
+            self.assertEqual([table.get(k) for k in keys],
+                             [self.start + FRAME_MS * i for i in range(3)])
+            yield wait_until(reactor, lambda: "node-a" in self.b.central.node_endpoints,
+                             timeout=10, what="node-b to learn node-a's address")
+        self.assertEqual(self.b.cdn.counters["relayed_playbacks"], 2)
+
+        # no footage anywhere at or after that time: NOT_FOUND, with a message
+        with self.assertRaises(VssError) as e:
+            yield alice.request(MsgType.MEDIA_OPEN,
+                                open_playback("cam-b", segments[-1].end_ms + 5000), timeout=30)
+        self.assertEqual(e.exception.code, ResultCode.NOT_FOUND)
+        self.assertIn("cam-b", e.exception.message)
+
+        # the node holding the footage is down: said so, naming it
+        yield self.p.stop_node("node-a")
+        with self.assertRaises(VssError) as e:
+            yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", asked), timeout=30)
+        self.assertEqual(e.exception.code, ResultCode.HOME_NODE_DOWN)
+        self.assertIn("node-a", e.exception.message)
+
+
+class RemoteDvrTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        if av is None:
+            raise unittest.SkipTest("PyAV is not installed")
+        self.p = yield start_platform(self)
+        store, change = self.p.cms.store, self.p.change
+        yield change(store.upsert_device("dvr1", "Shop DVR", int(PuKind.DVR), 1, "node-a",
+                                         verifier("dvr1-s")))
+        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
+        yield change(store.set_grant("user:alice", "dvr1", int(Action.VIEW)))
+        self.a = yield self.p.start_node("node-a")
+        self.b = yield self.p.start_node("node-b")
+        pu = Daemon(reactor, [tool("vss-pu"), "--node",
+                              f"tcp:127.0.0.1:{self.p.port('node-a', 'pu')}", "--id", "dvr1",
+                              "--kind", "dvr", "--channels", "1", "--dvr-days", "2"],
+                    os.path.join(self.p.workdir, "pu.log"),
+                    env=child_env(VSS_PU_SECRET="dvr1-s"))
+        self.addCleanup(pu.stop)
+        yield wait_until(reactor, lambda: "dvr1" in self.a.rgm.pu_links, timeout=30,
+                         what="the DVR to log in")
+
+    @defer.inlineCallbacks
+    def test_a_dvr_homed_on_a_plays_back_to_a_cu_of_b(self):
+        from tests.test_dvr import decode, query
+        from vss.cdn.listing import decode_recordings
+        from vss.protocols import codec
+
+        alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        now = int(reactor.seconds() * 1000)
+        frame = yield alice.link.request_raw(
+            MsgType.RECORD_QUERY, codec.encode_body(query("dvr1", now - 3 * 3600_000, now)),
+            10)
+        listing = decode_recordings(frame)
+        self.assertEqual({s.node_id for s in listing.segments}, {"dvr:dvr1"})
+        seg = next(s for s in listing.segments if s.start >= now - 2 * 3600_000)
+        url = (yield alice.request(MsgType.MEDIA_OPEN,
+                                   open_playback("dvr1", (seg.start + seg.end) // 2),
+                                   timeout=30)).body.url
+        port = self.p.port("node-b", "rtsp")
+        self.assertRegex(url, rf"^rtsp://127\.0\.0\.1:{port}/live/dvr1/pb-dvr-[0-9a-f]{{16}}"
+                              r"\?token=")
+        frames = yield threads.deferToThread(decode, url, 10)
+        self.assertEqual(frames, [(640, 360)] * 10)
+        self.assertEqual(self.a.cdn.counters["dvr_playbacks"], 1)
+        self.assertEqual(self.b.cdn.counters["relayed_dvr_playbacks"], 1)
+        # a time before the DVR's footage: nothing listed anywhere, NOT_FOUND
+        with self.assertRaises(VssError) as e:
+            yield alice.request(MsgType.MEDIA_OPEN, open_playback("dvr1", now - 4 * 86400_000),
+                                timeout=30)
+        self.assertEqual(e.exception.code, ResultCode.NOT_FOUND)
+        # no viewer left: node-b's relay and node-a's DVR playback both stop
+        self.b.cdn.linger = self.a.cdn.linger = 0.5
+        for path in [p for p in self.b.rtsp.sources if "/pb-dvr-" in p]:
+            self.b.cdn.source_idle(self.b.rtsp.sources[path])
+        yield wait_until(reactor, lambda: not any("/pb-dvr-" in p for p in self.b.rtsp.sources),
+                         timeout=20, what="node-b's relay to end")
+        for path in [p for p in self.a.rtsp.sources if "/pb-dvr-" in p]:
+            self.a.cdn.source_idle(self.a.rtsp.sources[path])
+        yield wait_until(reactor, lambda: not any("/pb-dvr-" in p for p in self.a.rtsp.sources),
+                         timeout=20, what="node-a's DVR playback to end")
