@@ -515,6 +515,31 @@ class StaticStoreConformance:
         self.assertEqual((yield s.get_device("cam-1")).version, 3)
         yield self.assertVssError(s.set_record_settings("nope", 0, {}), ResultCode.UNKNOWN_DEVICE)
 
+    # -- the static file of a standalone node -------------------------------------
+
+    @inlineCallbacks
+    def test_export_static(self):
+        s = self.store
+        yield s.bulk_upsert_devices([device(1, "node-a"), device(2, "node-b"), device(3, "")])
+        yield s.upsert_user("bob", V2, ["ops"], enabled=False)
+        yield s.upsert_user("alice", V1, [])
+        for principal, dev in (("user:alice", "cam-00001"), ("group:ops", "cam-00002"),
+                               ("group:ops", "cam-00003")):
+            yield s.set_grant(principal, dev, Action.VIEW)
+        devices, users, grants = yield s.export_static()
+        self.assertEqual([d.device_id for d in devices], ["cam-00001", "cam-00002", "cam-00003"])
+        self.assertEqual(devices[0], (yield s.get_device("cam-00001")))
+        self.assertEqual([(u.username, u.verifier, u.groups, u.enabled) for u in users],
+                         [("alice", V1, [], True), ("bob", V2, ["ops"], False)])
+        self.assertEqual([(g.principal, g.device_id, g.actions) for g in grants],
+                         [("group:ops", "cam-00002", int(Action.VIEW)),
+                          ("group:ops", "cam-00003", int(Action.VIEW)),
+                          ("user:alice", "cam-00001", int(Action.VIEW))])
+        devices, users, grants = yield s.export_static(home_node="node-a")
+        self.assertEqual([d.device_id for d in devices], ["cam-00001", "cam-00003"])
+        self.assertEqual(len(users), 2)
+        self.assertEqual([g.device_id for g in grants], ["cam-00003", "cam-00001"])
+
     # -- admin tokens -----------------------------------------------------------
 
     @inlineCallbacks

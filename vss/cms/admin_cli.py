@@ -8,11 +8,17 @@
     vss-admin [--api URL] [--json] user add alice --groups ops --password-file pw.txt
     vss-admin device add cam-1 --kind ipc --channels 1 --secret-file cam-1.secret
     vss-admin grant set user:alice cam-1 view,ptz
+    vss-admin token create ops --expires-in 90d > ops.token
+    vss-admin token list
+    vss-admin token revoke 3 [--force]
     vss-admin status
+    vss-admin export-static --db sqlite:/var/lib/vss/cms.sqlite3 static.json [--node n1]
 
 ``bootstrap`` writes the first admin token straight into the CMS database: a random
-token printed once on stdout (only its sha256 is stored). Every other command talks
-HTTP to ``--api`` (default ``$VSS_API`` or http://127.0.0.1:7280).
+token printed once on stdout (only its sha256 is stored). ``export-static`` reads the
+database too: it writes the master data as the file ``twistd vss-node --static`` reads.
+Every other command talks HTTP to ``--api`` (default ``$VSS_API`` or
+http://127.0.0.1:7280).
 
 Secrets (a user's password, a device's secret, the admin token) never come from the
 command line, where other users of the machine could read them: they come from a
@@ -24,8 +30,9 @@ import getopt
 import getpass
 import json
 import os
-import secrets
+import re
 import sys
+import tempfile
 from io import BytesIO
 from urllib.parse import quote, urlencode
 
@@ -53,6 +60,8 @@ class HttpError(CliError):
             text += f" (field {field})"
         super().__init__(text)
         self.status = status
+        self.message = message
+        self.field = field
 
 
 # ---------------------------------------------------------------------------
@@ -89,6 +98,18 @@ def obtain_secret(what, path, env, required=True):
 
 def comma_list(text):
     return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+DURATION_RE = re.compile(r"^([0-9]{1,10})\s*([smhdw]?)$")
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text):
+    """Seconds from '3600', '90s', '15m', '12h', '30d' or '2w'."""
+    match = DURATION_RE.match((text or "").strip().lower())
+    if not match or int(match.group(1)) == 0:
+        raise usage.UsageError(f"{text!r} is not a duration like 3600, 15m, 12h, 30d or 2w")
+    return int(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 # ---------------------------------------------------------------------------
@@ -143,6 +164,24 @@ def render_nodes(items):
                  [[n["node_id"], n.get("state", "-"), n.get("signalling") or "-",
                    n.get("media") or "-", n.get("capacity", "-"), n.get("applied_seq", "-")]
                   for n in items])
+
+
+def short_time(iso):
+    """'2026-11-25 15:06Z' from an API time; '-' for none."""
+    if not iso:
+        return "-"
+    return iso.replace("T", " ")[:16] + "Z"
+
+
+def render_tokens(items):
+    rows = [[("*" if t.get("current") else "") + str(t["id"]), t["name"], t["state"],
+             short_time(t["created"]), short_time(t["expires"]) if t["expires"] else "never",
+             short_time(t["last_used"]) if t["last_used"] else "never"]
+            for t in items]
+    out = table(["ID", "NAME", "STATE", "CREATED", "EXPIRES", "LAST USED"], rows)
+    if any(t.get("current") for t in items):
+        out += "\n* the token of this command"
+    return out
 
 
 def render_record_settings(s):
@@ -661,6 +700,70 @@ class RecordSettingsSet(RecordSettingsGet):
         return settings, render_record_settings(settings)
 
 
+class TokenList(Command):
+    """List admin tokens (never their secret)."""
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        result = yield client.call("GET", "/tokens")
+        items = result.get("items", [])
+        return items, render_tokens(items)
+
+
+class TokenCreate(Command):
+    """Create an admin token; its secret is printed once, on stdout."""
+
+    synopsis = "NAME [--expires-in 30d]"
+    longdesc = ("Only the secret goes to stdout (redirect it to a file only you can read); "
+                "the rest goes to stderr. --expires-in takes seconds or 15m, 12h, 30d, 2w.")
+    optParameters = [["expires-in", "e", None, "Lifetime (default: until revoked)."]]
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+    def postOptions(self):
+        self.body = {"name": self["name"]}
+        if self["expires-in"] is not None:
+            self.body["expires_in"] = parse_duration(self["expires-in"])
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        token = yield client.call("POST", "/tokens", self.body)
+        until = f"expires {token['expires']}" if token["expires"] else "never expires"
+        self.note = (f"admin token {token['id']} for {token['name']!r} created ({until}). "
+                     "It is shown only now: keep it in a file only you can read and pass it "
+                     "with --token-file or $VSS_ADMIN_TOKEN.")
+        return token, token["token"]
+
+
+class TokenRevoke(Command):
+    """Revoke an admin token at once."""
+
+    synopsis = "ID [--force]"
+    longdesc = ("The last valid token is kept unless --force: without a valid token only "
+                "`vss-admin bootstrap --db ...` on the central platform's database can "
+                "make a new one.")
+    optFlags = [["force", None, "Revoke it even if it is the last valid token."]]
+
+    def parseArgs(self, token_id):
+        if not token_id.isdigit():
+            raise usage.UsageError(f"a token id is a number (see token list): {token_id!r}")
+        self["id"] = token_id
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        try:
+            token = yield client.call("DELETE", f"/tokens/{self['id']}",
+                                      params={"force": "true" if self["force"] else None})
+        except HttpError as e:
+            if e.status == 409 and e.field == "id":
+                raise CliError(f"admin token {self['id']} is the last valid one: revoking it "
+                               "would lock every operator out of the admin API; give --force "
+                               "to revoke it anyway") from None
+            raise
+        return token, f"admin token {token['id']} ({token['name']}) revoked"
+
+
 class StatusCommand(Command):
     """Operations status: nodes, devices online."""
 
@@ -699,6 +802,25 @@ class Bootstrap(usage.Options):
             raise usage.UsageError("bootstrap needs --db")
 
 
+class ExportStatic(Command):
+    synopsis = "--db sqlite:PATH|postgresql://... FILE [--node NODE_ID]"
+    longdesc = ("Write the master data of the CMS database (devices, users with their "
+                "verifiers, grants) as the static file of a standalone node "
+                "(twistd vss-node --static FILE). The file holds no password or secret, "
+                "only verifiers, and is written mode 0600, atomically (a temporary file "
+                "renamed over FILE).")
+    optParameters = [["db", "d", None, "The CMS database (as for twistd vss-cms)."],
+                     ["node", "n", None, "Only the devices homed on this node (or on none) "
+                                         "and the grants on them."]]
+
+    def parseArgs(self, path):
+        self["file"] = path
+
+    def postOptions(self):
+        if not self["db"]:
+            raise usage.UsageError("export-static needs --db")
+
+
 class Options(usage.Options):
     synopsis = "Usage: vss-admin [--api URL] [--token-file FILE] COMMAND [options]"
     longdesc = ("Operate the vss central platform over its admin API. The admin token "
@@ -723,13 +845,17 @@ class Options(usage.Options):
         ["record-settings", None, group("record-settings", [("get", RecordSettingsGet),
                                                             ("set", RecordSettingsSet)]),
          "Recording settings of a device channel."],
+        ["token", None, group("token", [("list", TokenList), ("create", TokenCreate),
+                                        ("revoke", TokenRevoke)]), "Admin tokens."],
         ["status", None, StatusCommand, "Operations status."],
+        ["export-static", None, ExportStatic,
+         "Write the database's master data as a node's --static file."],
     ]
 
     def postOptions(self):
         if self.subCommand is None:
             raise usage.UsageError("give a command")
-        if self.subCommand == "bootstrap":
+        if self.subCommand in DATABASE_COMMANDS:
             return
         self.base = api_base(self["api"] or os.environ.get("VSS_API") or DEFAULT_API)
         if self["token-file"]:
@@ -747,42 +873,95 @@ class Options(usage.Options):
 
 
 # ---------------------------------------------------------------------------
-# bootstrap: straight to the database
+# bootstrap and export-static: straight to the database
+
+#: the commands that work on the database itself, not over the API
+DATABASE_COMMANDS = ("bootstrap", "export-static")
 
 
-def count_admin_tokens(store):
-    """Deferred number of admin tokens in the store."""
-    counter = getattr(store, "count_admin_tokens", None)
-    if counter is not None:
-        return counter()
-    # IStaticStore has no "is there an admin" query; the SQL stores answer it directly
-    return store._read(
-        lambda cur: int(store._x(cur, "SELECT COUNT(*) FROM admin_tokens").fetchone()[0])
-    )
+def open_store(reactor, spec):
+    from vss.cms.store import make_static_store
 
-
-def new_token():
-    return "vssa_" + secrets.token_urlsafe(32)
+    try:
+        return make_static_store(spec, reactor=reactor)
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 @defer.inlineCallbacks
 def bootstrap(reactor, spec, name, another=False):
-    """Deferred token (the only time it exists outside the operator's hands)."""
-    from vss.cms.store import hash_token, make_static_store
+    """Deferred token (the only time it exists outside the operator's hands). Refused
+    while a valid (neither revoked nor expired) token exists, unless ``another``."""
+    from vss.cms.store import hash_token, new_token
 
-    try:
-        store = make_static_store(spec, reactor=reactor)
-    except ValueError as e:
-        raise CliError(str(e)) from None
+    store = open_store(reactor, spec)
     try:
         yield store.open()
-        if (yield count_admin_tokens(store)) and not another:
-            raise CliError("an admin token exists already; use --another to add one more")
+        if (yield store.count_admin_tokens()) and not another:
+            raise CliError("a valid admin token exists already; use --another to add one "
+                           "more")
         token = new_token()
         yield store.add_admin_token(name, hash_token(token))
     finally:
         yield store.close()
     return token
+
+
+def write_private_file(path, data):
+    """Write ``data`` (bytes) to ``path`` atomically, mode 0600: a temporary file in the
+    same directory, flushed to disk, then renamed over ``path``. A reader sees the old
+    file or the new one, never a part."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        # mkstemp creates the file mode 0600, whatever the umask
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=directory)
+    except OSError as e:
+        raise CliError(f"cannot write in {directory}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+@defer.inlineCallbacks
+def export_static(reactor, spec, path, node=None):
+    """Write the static file; Deferred {"file", "devices", "users", "grants"}."""
+    from vss.protocols.jsonrec import to_json
+
+    store = open_store(reactor, spec)
+    try:
+        yield store.open()
+        devices, users, grants = yield store.export_static(home_node=node)
+    finally:
+        yield store.close()
+    # the format of vss.testing.central.MemoryCentral.save / from_file
+    data = {"devices": [to_json(r) for r in devices], "users": [to_json(r) for r in users],
+            "grants": [to_json(r) for r in grants]}
+    write_private_file(path, json.dumps(data, indent=1).encode("utf-8") + b"\n")
+    return {"file": os.path.abspath(path), "devices": len(devices), "users": len(users),
+            "grants": len(grants)}
 
 
 # ---------------------------------------------------------------------------
@@ -805,6 +984,16 @@ def run(reactor, config, out=None, err=None):
                       "in a file only you can read and pass it with --token-file or "
                       "$VSS_ADMIN_TOKEN.\n")
             return
+        if config.subCommand == "export-static":
+            sub = config.subOptions
+            done = yield export_static(reactor, sub["db"], sub["file"], sub["node"])
+            if sub["json"] or config["json"]:
+                out.write(json.dumps(done, indent=1, sort_keys=True) + "\n")
+            else:
+                out.write(f"{done['devices']} devices, {done['users']} users and "
+                          f"{done['grants']} grants written to {sub['file']} (mode 0600; "
+                          "verifiers only, no secrets)\n")
+            return
         leaf = config.leaf()
         client = Client(reactor, config.base, config.token)
         value, text = yield leaf.run(client)
@@ -812,6 +1001,9 @@ def run(reactor, config, out=None, err=None):
             out.write(json.dumps(value, indent=1, sort_keys=True) + "\n")
         else:
             out.write(text + "\n")
+        note = getattr(leaf, "note", None)
+        if note:
+            err.write(note + "\n")
     except CliError as e:
         err.write(f"vss-admin: {e}\n")
         raise SystemExit(1) from None

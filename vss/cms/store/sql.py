@@ -779,6 +779,32 @@ class SqlStaticStore:
         )
         return watermark
 
+    # -- the static file of a standalone node -------------------------------------------
+
+    def export_static(self, home_node=None):
+        """Deferred (devices, users, grants): every record, read in one transaction so
+        that they agree with each other (for ``vss-admin export-static``). With
+        ``home_node``, only the devices homed on it or on none, and the grants on them;
+        users are all kept (a node holds every user)."""
+        return self._read(self._export_static, home_node)
+
+    def _export_static(self, cur, home_node):
+        if home_node is None:
+            where, params = "", ()
+        else:
+            where, params = "WHERE home_node IN (?, '')", (home_node,)
+        devices = [_device(r) for r in self._x(
+            cur, f"SELECT {_DEVICE_COLS} FROM devices {where} ORDER BY device_id", params
+        ).fetchall()]
+        users = [_user(r) for r in self._x(
+            cur, f"SELECT {_USER_COLS} FROM users ORDER BY username"
+        ).fetchall()]
+        kept = {d.device_id for d in devices}
+        grants = [g for g in (_grant(r) for r in self._x(
+            cur, f"SELECT {_GRANT_COLS} FROM grants ORDER BY principal, device_id"
+        ).fetchall()) if g.device_id in kept]
+        return devices, users, grants
+
     # -- admin tokens (``tokens.IAdminTokenStore``) ------------------------------------
 
     def add_admin_token(self, name, token_hash, expires_in=None):
