@@ -46,8 +46,10 @@ How it is served (the approach, and why):
   module's idle stop, ``linger`` seconds after its last reader left and no RTSP session
   (a paused viewer) is left on it.
 
-Only recordings of this node's catalogue are played; footage recorded by another node is
-not relayed from there (NOT_FOUND here).
+This service plays recordings of this node's catalogue only. Footage another node holds
+is played there, by that node's playback service, and relayed to this node's SS
+(``vss.cdn.remote``: a routed MEDIA_OPEN, an RTSP pull, PLAY with Range and PAUSE passed
+on to that node's controller); the CU's URL is still one of this node.
 """
 
 import json
