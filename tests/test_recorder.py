@@ -423,14 +423,19 @@ class RecordingE2ETests(E2ETestBase):
     """A real publisher, the SS, the recorder child, PyAV reading every segment."""
 
     timeout = 60
+    mode = "process"
 
     def setUp(self):
         super().setUp()
         self.data = os.path.abspath(self.mktemp())
-        self.recorder = Recorder(self.factory, self.issuer, self.data, reactor, reactor,
-                                 f"rtsp://127.0.0.1:{self.factory.port}", restart_delay=60)
+        self.recorder = self.make_recorder()
         self.addCleanup(self.recorder.close)
         return self.recorder.open()
+
+    def make_recorder(self, **kw):
+        kw.setdefault("restart_delay", 60)
+        return Recorder(self.factory, self.issuer, self.data, reactor, reactor,
+                        f"rtsp://127.0.0.1:{self.factory.port}", mode=self.mode, **kw)
 
     def files(self):
         root = os.path.join(self.data, "recordings")
@@ -442,6 +447,7 @@ class RecordingE2ETests(E2ETestBase):
         yield self.publish(self.factory, audio_codec="aac")
         info = yield with_timeout(self.recorder.start("cam1", 0, 0, 2), 20, "recording")
         self.assertEqual(info["state"], "recording")
+        self.assertEqual(info["mode"], self.mode)
         source = self.factory.sources["/live/cam1/main"]
         self.assertEqual(source.reader_count, 1)
         yield wait_until(reactor, lambda: self.recorder.status()["segments"] >= 3,
@@ -526,3 +532,173 @@ class RecordingE2ETests(E2ETestBase):
         row = yield again.catalogue.get(victim)
         self.assertGreater(row.end_ms - row.start_ms, 900)
 
+
+
+class InProcessRecordingE2ETests(RecordingE2ETests):
+    """The same, recorded in process: the recorder is a reader of the SS's source
+    (``mode="auto"`` with H.264/H.265 video), no child, no loopback RTSP."""
+
+    mode = "inprocess"
+
+    def make_recorder(self, **kw):
+        kw.setdefault("restart_delay", 60)
+        return Recorder(self.factory, self.issuer, self.data, reactor, reactor,
+                        f"rtsp://127.0.0.1:{self.factory.port}", **kw)
+
+    def test_kill_9_mid_segment_then_repair(self):
+        raise unittest.SkipTest("in process there is no child to kill")
+
+    @defer.inlineCallbacks
+    def record_and_read(self, video_codec="libx264", audio=True, segments=3):
+        if audio:
+            yield self.publish(self.factory, audio_codec="aac", video_codec=video_codec)
+        else:
+            yield self.publish(self.factory, audio=False, video_codec=video_codec)
+        info = yield with_timeout(self.recorder.start("cam1", 0, 0, 2), 20, "recording")
+        self.assertEqual((info["state"], info["mode"], info["pid"]),
+                         ("recording", "inprocess", None))
+        source = self.factory.sources["/live/cam1/main"]
+        self.assertEqual(source.reader_count, 1)
+        yield wait_until(reactor, lambda: self.recorder.status()["segments"] >= segments,
+                         timeout=30, what=f"{segments} segments")
+        live = self.recorder.status()["recordings"]["/live/cam1/main"]
+        self.assertGreater(live["frames_received"], 25 * 2 * (segments - 1))
+        final = yield self.recorder.stop("cam1", 0, 0)
+        self.assertEqual(source.reader_count, 0)
+        rows = yield self.recorder.catalogue.list("cam1", "main", 0, 2**62)
+        segs = rows["segments"]
+        self.assertEqual({s.path for s in segs}, self.files())
+        out = []
+        for s in segs:
+            got = yield threads.deferToThread(read_segment, os.path.join(self.data, s.path))
+            row = yield self.recorder.catalogue.get(s.path)
+            out.append((s, row, *got))
+        return final, out
+
+    @defer.inlineCallbacks
+    def test_h264_and_aac_in_process_exact_segments(self):
+        final, out = yield self.record_and_read()
+        self.assertEqual(final["frames_lost"], 0)
+        self.assertEqual(final["frames"], sum(o[3] for o in out))
+        for a, b in zip(out, out[1:], strict=False):
+            self.assertEqual(a[0].end_ms, b[0].start_ms)
+        for i, (s, row, duration, frames, vdts, adts) in enumerate(out):
+            self.assertEqual(vdts, sorted(vdts))
+            self.assertEqual(len(set(vdts)), len(vdts))
+            self.assertEqual(adts, sorted(adts))
+            self.assertEqual(vdts[0], 0)
+            self.assertEqual(row.keyframes[0], (0, row.keyframes[0][1]))
+            self.assertEqual(row.bytes, os.path.getsize(os.path.join(self.data, s.path)))
+            if 0 < i < len(out) - 1:
+                # cut at the first keyframe at or after each even UTC second: 2 s,
+                # 50 frames, two fragments; the timestamps are the publisher's own
+                self.assertLess(s.start_ms % 2000, 1000)  # a 1 s GOP
+                self.assertAlmostEqual(duration, 2.0, delta=0.001)
+                self.assertEqual(frames, 50)
+                self.assertEqual(s.end_ms - s.start_ms, 2000)
+                self.assertEqual([k[0] for k in row.keyframes], [0, 1000])
+                self.assertGreater(len(adts), 10)  # 8 kHz AAC: 128 ms a frame
+                self.assertLess(abs(adts[0]), 0.2)
+
+    @defer.inlineCallbacks
+    def test_h265_in_process(self):
+        final, out = yield self.record_and_read(video_codec="libx265", audio=False)
+        self.assertEqual(final["frames_lost"], 0)
+        for s, _row, _duration, frames, vdts, adts in out[1:-1]:
+            self.assertEqual(frames, 50)
+            self.assertEqual(adts, [])
+            self.assertEqual(vdts, sorted(vdts))
+            self.assertEqual(s.end_ms - s.start_ms, 2000)
+        with av.open(os.path.join(self.data, out[1][0].path)) as c:
+            self.assertEqual(c.streams.video[0].codec_context.name, "hevc")
+
+    @defer.inlineCallbacks
+    def test_source_ended_closes_the_segment_and_the_recording_waits_for_it(self):
+        self.recorder = self.make_recorder(restart_delay=0.5)
+        self.addCleanup(self.recorder.close)
+        yield self.recorder.open()
+        yield self.publish(self.factory, audio=False)
+        yield with_timeout(self.recorder.start("cam1", 0, 0, 2), 20, "recording")
+        yield wait_until(reactor, lambda: self.recorder.status()["segments"] >= 1,
+                         timeout=20, what="one segment")
+        self.factory.sources["/live/cam1/main"].close()  # the publisher is gone
+        rec = self.recorder.status()["recordings"]["/live/cam1/main"]
+        self.assertEqual(rec["state"], "waiting")
+        self.assertEqual(rec["error"], "the live stream ended")
+        yield wait_until(reactor, lambda: not any(p.endswith(".part") for p in self.files())
+                         and self.recorder.status()["segments"] >= 2, timeout=20,
+                         what="the open segment closed")
+        for p in self.procs:
+            if p.running:
+                p.transport.signalProcess("KILL")
+        yield wait_until(reactor, lambda: not any(p.running for p in self.procs),
+                         timeout=20, what="the publisher gone")
+        # the source comes back: the recording goes on in new segments
+        yield self.publish(self.factory, audio=False)
+        yield wait_until(reactor, lambda: self.recorder.status()["segments"] >= 4,
+                         timeout=30, what="recording again")
+        status = self.recorder.status()
+        self.assertGreaterEqual(status["restarts"], 1)
+        self.assertEqual(status["recordings"]["/live/cam1/main"]["state"], "recording")
+        yield self.recorder.stop("cam1", 0, 0)
+        rows = yield self.recorder.catalogue.list("cam1", "main", 0, 2**62)
+        self.assertEqual({s.path for s in rows["segments"]}, self.files())
+        for s in rows["segments"]:
+            _, frames, vdts, _ = yield threads.deferToThread(
+                read_segment, os.path.join(self.data, s.path))
+            self.assertGreater(frames, 0)
+            self.assertEqual(vdts, sorted(vdts))
+
+    @defer.inlineCallbacks
+    def test_disk_full_raises_the_alarm_and_keeps_closed_segments(self):
+        written = [0]
+
+        class Full(io.RawIOBase):
+            """A file on a disk that fills up after 300 kB."""
+
+            def __init__(self, path):
+                self.f = open(path, "wb", buffering=0)  # noqa: SIM115
+
+            def writable(self):
+                return True
+
+            def write(self, b):
+                if written[0] + len(b) > 300_000:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written[0] += len(b)
+                return self.f.write(b)
+
+            def fileno(self):
+                return self.f.fileno()
+
+            def close(self):
+                self.f.close()
+                super().close()
+
+        self.recorder = self.make_recorder(opener=Full)
+        self.addCleanup(self.recorder.close)
+        yield self.recorder.open()
+        yield self.publish(self.factory, audio=False)
+        source = self.factory.sources["/live/cam1/main"]
+        with capturedLogs() as events:
+            yield with_timeout(self.recorder.start("cam1", 0, 0, 1), 20, "recording")
+            yield wait_until(reactor, lambda: self.recorder.status()["alarm"] is not None,
+                             timeout=30, what="the disk-full alarm")
+        self.assertTrue(any(e["log_level"] == LogLevel.critical for e in events))
+        status = self.recorder.status()
+        self.assertEqual(status["alarm"]["kind"], "disk_full")
+        self.assertEqual(status["recordings"]["/live/cam1/main"]["state"], "disk_full")
+        yield wait_until(reactor, lambda: source.reader_count == 0, timeout=5,
+                         what="the recorder leaving the source")
+        f = yield self.assertFailure(self.recorder.start("cam2", 0, 0, 2), VssError)
+        self.assertEqual(f.code, ResultCode.BUSY)
+        yield self.recorder.stop("cam1", 0, 0)
+        files = self.files()
+        self.assertFalse(any(p.endswith(".part") for p in files))
+        rows = yield self.recorder.catalogue.list("cam1", "main", 0, 2**62)
+        self.assertEqual({s.path for s in rows["segments"]}, files)
+        self.assertGreaterEqual(len(files), 1)
+        for p in files:
+            _, frames, _, _ = yield threads.deferToThread(read_segment,
+                                                         os.path.join(self.data, p))
+            self.assertGreater(frames, 0)

@@ -46,15 +46,18 @@ stream; it was not built (see docs/performance.md, "Recording", for what the chi
 """
 
 import errno
+import io
 import json
 import os
 import signal
 import sys
 import time
+from fractions import Fraction
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, threads
 from twisted.logger import Logger
 
+from vss.cdn import rtpmux
 from vss.cdn.catalogue import RECORDINGS, Catalogue, Segment, fsync_dir, scan_fmp4, segment_name
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
@@ -295,6 +298,352 @@ def main(argv=None):
                   should_stop=lambda: bool(stopping))
 
 
+# -- in process: a reader of the SS's own source ------------------------------------------
+
+VIDEO_CLOCK = 90000
+PROBE = {"probesize": "32", "analyzeduration": "0"}
+# audio MP4 carries that the in-process path does not depacketize: such a source goes to
+# a child, which keeps it
+CHILD_AUDIO = frozenset(("OPUS", "MP4A-LATM", "MPA", "MP3", "AC3", "EAC3"))
+
+
+def inprocess_codec(sdp):
+    """The video codec (``h264``/``hevc``) if a source with this SDP can be recorded in
+    process, else None (another video codec, or audio only a child keeps)."""
+    if not sdp:
+        return None
+    found = rtpmux.video_depacketizer(sdp)
+    if found is None:
+        return None
+    aac = rtpmux.aac_depacketizer(sdp)
+    for index, kind, encoding, *_ in rtpmux.media_of(sdp):
+        if kind == "audio" and encoding in CHILD_AUDIO and (aac is None or aac[0] != index):
+            return None
+    return found[1]
+
+
+def _probe(fmt, data):
+    """A PyAV stream to copy codec parameters from, probed from an in-memory elementary
+    stream (parameter sets + one keyframe, or one ADTS frame): codec, size, extradata."""
+    import av
+
+    container = av.open(io.BytesIO(data), format=fmt, options=PROBE)
+    streams = container.streams.video or container.streams.audio
+    if not streams:
+        raise ValueError(f"no {fmt} stream found")
+    return streams[0]
+
+
+class _LiveSegment:
+    """One ``.part`` file written from depacketized access units by PyAV's MP4 muxer in
+    the reactor thread (page-cache writes); ``sync`` (fsync, scan, rename) runs in a
+    thread."""
+
+    def __init__(self, final, start_ms, video, audio, opener):
+        import av
+
+        self.final = final
+        self.part = final + ".part"
+        self.start_ms = start_ms
+        self.frames = 0
+        self.file = opener(self.part)
+        try:
+            self.out = av.open(self.file, "w", format="mp4",
+                               options={"movflags": MOVFLAGS, "flush_packets": "1"})
+            self.video = self.out.add_stream_from_template(video)
+            self.video.time_base = Fraction(1, VIDEO_CLOCK)
+            self.audio = None
+            self.audio_base = None  # audio timestamp of this file's time zero
+            self.audio_last = -1
+            if audio is not None:
+                template, config, rate = audio
+                self.audio = self.out.add_stream_from_template(template)
+                self.audio.codec_context.extradata = config
+                self.audio.codec_context.sample_rate = rate
+                self.audio.time_base = Fraction(1, rate)
+        except Exception:
+            self.file.close()
+            os.unlink(self.part)
+            raise
+
+    def write_video(self, data, dts, duration, key):
+        import av
+
+        p = av.Packet(data)
+        p.pts = p.dts = dts
+        p.duration = duration
+        p.time_base = self.video.time_base
+        p.is_keyframe = key
+        p.stream = self.video
+        self.out.mux_one(p)
+        self.frames += 1
+
+    def write_audio(self, data, ts):
+        import av
+
+        dts = ts - self.audio_base
+        if dts <= self.audio_last:  # before the cut, or out of order
+            return False
+        p = av.Packet(data)
+        p.pts = p.dts = dts
+        p.time_base = self.audio.time_base
+        p.stream = self.audio
+        self.out.mux_one(p)
+        self.audio_last = dts
+        return True
+
+    def finish(self):
+        """Write the last fragment (reactor thread: page-cache writes)."""
+        self.out.close()
+
+    def sync(self):
+        """In a thread: fsync, keyframe offsets, rename, directory fsync. Returns (bytes,
+        keyframe offsets). A full disk deletes the ``.part`` and raises."""
+        try:
+            os.fsync(self.file.fileno())
+            self.file.close()
+            with open(self.part, "rb") as f:
+                info = scan_fmp4(f)
+            os.replace(self.part, self.final)
+            fsync_dir(os.path.dirname(self.final))
+        except OSError as e:
+            if e.errno in DISK_FULL:
+                self.abandon()
+            raise
+        return info["size"], info["fragments"]
+
+    def abandon(self):
+        for step in (self.out.close, self.file.close):
+            try:
+                step()
+            except Exception:  # noqa: BLE001,S110 - the file is deleted anyway
+                pass
+        try:
+            os.unlink(self.part)
+        except FileNotFoundError:
+            pass
+
+
+class _LiveWriter:
+    """An in-process recording: a READER of the SS's source (like ``TCPReader``, but
+    writing files). It gets the very ``Frame`` objects every viewer gets, depacketizes
+    the video (H.264/H.265) and AAC tracks (``vss.cdn.rtpmux``) and muxes access units
+    into fragmented MP4 segments. Everything runs in the reactor thread except the
+    fsync/scan/rename at each segment close (``recorder._in_thread``). Nothing raises
+    out of ``deliver``: one bad recording never hurts the source's other readers."""
+
+    source = None
+    full = False
+    needs_key = True
+    waiting_key = False  # the depacketizer waits for the keyframe itself
+    drops = 0  # never drops: no queue (frames the depacketizer loses are in ``lost``)
+    MAX_JUMP = 5 * VIDEO_CLOCK
+
+    def __init__(self, recorder, rec, sdp, opener=_raw_open):
+        self.recorder = recorder
+        self.rec = rec
+        self.clock = recorder.clock
+        self.opener = opener
+        self.vtrack, self.vcodec, self.vdep = rtpmux.video_depacketizer(sdp)
+        aac = rtpmux.aac_depacketizer(sdp)
+        self.atrack, self.adep = aac if aac is not None else (None, None)
+        self.mask = frozenset(t for t in (self.vtrack, self.atrack) if t is not None)
+        self.out_dir = os.path.join(recorder.data_dir, RECORDINGS, rec.device_id, rec.stream)
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.seg = None
+        self.seg_base = None  # video timestamp of the open segment's time zero
+        self.cut_ms = None
+        self.held = None  # (access unit, timestamp): written when the next one gives
+        # its duration
+        self.vtemplate = None
+        self.vparams = None  # the parameter sets the template was probed with
+        self.atemplate = None
+        if self.adep is not None:  # codec and channels from an ADTS header
+            try:
+                self.atemplate = _probe("aac", rtpmux.adts_header(self.adep.config, 0))
+            except Exception as e:  # noqa: BLE001
+                log.warn("recording {path}: AAC audio left out ({error})", path=rec.path,
+                         error=e)
+                self.atrack = self.adep = None
+        self.anchor = None  # (wall ms, video timestamp) at the first picture
+        self.aanchor = None  # (wall ms, audio timestamp) at the first audio frame
+        self.shift = 0  # added to video timestamps to absorb jumps
+        self.last_ts = None
+        self.step = VIDEO_CLOCK // 25
+        self.jumps = 0
+        self.errors = 0
+        self.audio_frames = 0
+        self.closed = False
+
+    # -- the reader interface (Source calls these)
+
+    def deliver(self, frame):
+        if self.closed:
+            return
+        try:
+            vtrack, atrack = self.vtrack, self.atrack
+            for t, rtcp, data in frame.packets:
+                if rtcp:
+                    continue
+                if t == vtrack:
+                    for au in self.vdep.push(data):
+                        self._video(au)
+                elif t == atrack:
+                    for ts, raw in self.adep.push(data):
+                        self._audio(ts, raw)
+        except OSError as e:
+            self._error(e)
+        except Exception as e:  # noqa: BLE001 - never out of the source's fan-out
+            self._error(e)
+
+    def source_ended(self):
+        self.source = None
+        if not self.closed:
+            self.finish()
+            self.recorder._live_ended(self.rec, self)
+
+    # -- control
+
+    def finish(self):
+        """Stop: leave the source, write the held picture, close the open segment."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.source is not None:
+            self.source.remove_reader(self)
+            self.source = None
+        try:
+            self._flush_held(self.step)
+            if self.seg is not None:
+                self._close(self._at_ms(self.last_ts + self.step))
+        except Exception as e:  # noqa: BLE001
+            self._error(e)
+
+    def counters(self):
+        return {"frames_received": self.vdep.units, "frames_lost": self.vdep.lost,
+                "gaps": self.vdep.gaps, "skipped": self.vdep.skipped,
+                "bad_packets": self.vdep.errors + (self.adep.errors if self.adep else 0),
+                "audio_frames": self.audio_frames, "timestamp_jumps": self.jumps,
+                "errors": self.errors}
+
+    # -- media
+
+    def _at_ms(self, ts):
+        wall, ts0 = self.anchor
+        return int(wall + (ts - ts0) * 1000 // VIDEO_CLOCK)
+
+    def _video(self, au):
+        ts = au.ts + self.shift
+        last = self.last_ts
+        if last is not None:
+            d = ts - last
+            if d <= 0 or d > self.MAX_JUMP:  # a step back or a big leap: go on smoothly
+                self.shift += last + self.step - ts
+                ts = last + self.step
+                self.jumps += 1
+            else:
+                self.step = d
+        if self.anchor is None:
+            self.anchor = (self.clock.seconds() * 1000, ts)
+        self._flush_held(ts - last if last is not None else self.step)
+        self.last_ts = ts
+        at_ms = self._at_ms(ts)
+        if au.key and (self.seg is None or at_ms >= self.cut_ms
+                       or self.vdep.parameter_sets() != self.vparams):
+            if self.seg is not None:
+                self._close(at_ms)
+            self._open(au, ts, at_ms)
+        if self.seg is not None:
+            self.held = (au, ts)
+
+    def _flush_held(self, duration):
+        held, self.held = self.held, None
+        if held is not None and self.seg is not None:
+            au, ts = held
+            self.seg.write_video(au.annexb(), ts - self.seg_base, duration, au.key)
+
+    def _open(self, au, ts, at_ms):
+        params = self.vdep.parameter_sets()
+        if self.vtemplate is None or params != self.vparams:
+            self.vtemplate = _probe(self.vcodec, params + au.annexb())
+            if not self.vtemplate.codec_context.width:
+                self.vtemplate = None
+                raise ValueError("the picture size is not in the parameter sets")
+            self.vparams = params
+        seg_ms = max(1, int(self.rec.segment_seconds * 1000))
+        self.cut_ms = (at_ms // seg_ms + 1) * seg_ms  # the next UTC boundary
+        audio = None
+        if self.atemplate is not None:
+            audio = (self.atemplate, self.adep.config, self.adep.clock_rate)
+        self.seg = _LiveSegment(_free_name(self.out_dir, at_ms), at_ms, self.vtemplate,
+                                audio, self.opener)
+        self.seg_base = ts
+        if audio is not None:
+            self._audio_base()
+
+    def _audio_base(self):
+        """The audio timestamp at the open segment's time zero: both tracks are placed
+        on the wall clock at their first packet."""
+        if self.aanchor is None or self.seg is None or self.seg.audio is None:
+            return
+        wall, a0 = self.aanchor
+        rate = self.adep.clock_rate
+        t = (self._at_ms(self.seg_base) - wall) / 1000  # seconds after audio's anchor
+        self.seg.audio_base = a0 + round(t * rate)
+
+    def _audio(self, ts, raw):
+        if self.aanchor is None:
+            self.aanchor = (self.clock.seconds() * 1000, ts)
+        seg = self.seg
+        if seg is None or seg.audio is None:
+            return  # no picture yet
+        if seg.audio_base is None:
+            self._audio_base()
+        if seg.write_audio(raw, ts):
+            self.audio_frames += 1
+
+    def _close(self, end_ms):
+        seg, self.seg = self.seg, None
+        try:
+            seg.finish()
+        except Exception:
+            seg.abandon()
+            raise
+        rec, recorder = self.rec, self.recorder
+
+        def synced(result):
+            size, keyframes = result
+            return recorder._segment(rec, {
+                "path": os.path.relpath(seg.final, recorder.data_dir),
+                "start_ms": seg.start_ms, "end_ms": end_ms, "bytes": size,
+                "frames": seg.frames, "keyframes": keyframes})
+
+        def failed(failure):
+            if failure.check(OSError) and failure.value.errno in DISK_FULL:
+                recorder._live_disk_full(rec, self, failure.value)
+            else:
+                log.failure("closing {path} failed", failure, path=seg.part)
+
+        d = recorder._in_thread(seg.sync).addCallbacks(synced, failed)
+        rec.pending.append(d)
+        d.addBoth(lambda r: (rec.pending.remove(d), r)[1])
+
+    def _error(self, e):
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            if self.seg is not None:
+                self.seg.abandon()
+                self.seg = None
+            self.recorder._live_disk_full(self.rec, self, e)
+            return
+        self.errors += 1
+        log.failure("recording {path}: {error}", path=self.rec.path, error=e)
+        self.rec.error = f"{type(e).__name__}: {e}"
+        if self.seg is not None:  # start again at the next keyframe, in a new file
+            self.seg.abandon()
+            self.seg = None
+        self.held = None
+
+
 # -- the parent: the CDN module's recording interface -----------------------------------
 
 class _Child(protocol.ProcessProtocol):
@@ -343,15 +692,29 @@ class _Recording:
         self.last_segment = None
         self.error = None
         self.child = None
+        self.live = None  # the _LiveWriter of an in-process recording
+        self.mode = None  # "process" or "inprocess" once launched
+        self.lost_before = {}  # counters of the live writers that ended
         self.started = None  # Deferred of start(), until the child says 'started'
         self.retry = None
         self.holds_start = False  # holds a place in Recorder.starting
         self.pending = []  # catalogue adds in flight
 
+    def live_counters(self):
+        """The in-process counters (frames received and lost...) over every start."""
+        out = dict(self.lost_before)
+        if self.live is not None:
+            for k, v in self.live.counters().items():
+                out[k] = out.get(k, 0) + v
+        return out
+
     def info(self):
+        live = self.live_counters()
         return {"device": self.device_id, "channel": self.channel, "stream": self.stream,
                 "state": self.state, "since": self.since, "segments": self.segments,
-                "bytes": self.bytes, "frames": self.frames,
+                "bytes": self.bytes, "frames": self.frames, "mode": self.mode,
+                "frames_received": live.get("frames_received"),
+                "frames_lost": live.get("frames_lost"), "live": live or None,
                 "segment_seconds": self.segment_seconds, "last_segment": self.last_segment,
                 "error": self.error,
                 "pid": self.child.transport.pid if self.child and self.child.transport
@@ -367,7 +730,10 @@ class Recorder:
 
     def __init__(self, rtsp_factory, issuer, data_dir, clock, reactor, media_base,
                  source_wait=10.0, restart_delay=2.0, stop_timeout=10.0, max_starting=4,
-                 python=sys.executable, env=None):
+                 python=sys.executable, env=None, mode="auto", in_thread=None,
+                 opener=_raw_open):
+        if mode not in ("auto", "process"):
+            raise ValueError(f"mode must be 'auto' or 'process', not {mode!r}")
         self.rtsp = rtsp_factory
         self.issuer = issuer
         self.data_dir = os.path.abspath(data_dir)
@@ -379,6 +745,11 @@ class Recorder:
         self.stop_timeout = stop_timeout
         self.python = python
         self.env = env
+        # auto: H.264/H.265 sources are recorded in process (a reader of the source),
+        # others by a child; process: always a child
+        self.mode = mode
+        self._thread = in_thread
+        self.opener = opener
         # children starting at once: a start costs a CPython + PyAV start and an RTSP
         # handshake; a hundred at once starve each other (and the node) past their timeouts
         self.starting = defer.DeferredSemaphore(max_starting)
@@ -449,6 +820,8 @@ class Recorder:
         if rec.retry is not None and rec.retry.active():
             rec.retry.cancel()
         rec.retry = None
+        if rec.live is not None:
+            self._live_done(rec, rec.live)
         child = rec.child
         if child is None or child.transport is None or child.transport.pid is None:
             return self._finish(rec, key)
@@ -509,6 +882,12 @@ class Recorder:
             self._retry_or_fail(rec, VssError(ResultCode.DEVICE_OFFLINE,
                                               f"{rec.path}: {rec.error}"))
             return
+        sdp = getattr(source, "sdp", None)
+        if self.mode == "auto" and not getattr(source, "closed", False) and \
+                inprocess_codec(sdp):
+            self._attach(rec, source, sdp)
+            return
+        rec.mode = "process"
         yield self.starting.acquire()
         rec.holds_start = True
         if rec.state in ("stopping", "stopped"):
@@ -524,6 +903,56 @@ class Recorder:
         rec.child = child
         self.reactor.spawnProcess(child, self.python, argv, env=env)
         log.info("recording {path} (pid {pid})", path=rec.path, pid=child.transport.pid)
+
+    def _attach(self, rec, source, sdp):
+        """Record in process: a ``_LiveWriter`` reads the source."""
+        rec.mode = "inprocess"
+        writer = _LiveWriter(self, rec, sdp, self.opener)
+        rec.live = writer
+        source.add_reader(writer)
+        log.info("recording {path} in process ({codec})", path=rec.path,
+                 codec=writer.vcodec)
+        self._event(rec, {"event": "started"})
+
+    def _in_thread(self, fn, *args):
+        if self._thread is not None:
+            return self._thread(fn, *args)
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn,
+                                         *args)
+
+    def _live_done(self, rec, writer):
+        """The live writer leaves: its segment is closed, its counters kept."""
+        writer.finish()
+        if rec.live is writer:
+            rec.live = None
+            for k, v in writer.counters().items():
+                rec.lost_before[k] = rec.lost_before.get(k, 0) + v
+
+    def _live_ended(self, rec, writer):
+        """The source ended (``source_ended``): wait for it to come back."""
+        if rec.live is not writer:
+            return
+        self._live_done(rec, writer)
+        if rec.state in ("stopping", "stopped", "disk_full"):
+            return
+        rec.error = "the live stream ended"
+        self._retry_or_fail(rec, VssError(ResultCode.DEVICE_OFFLINE, rec.error))
+
+    def _live_disk_full(self, rec, writer, error):
+        """A full disk while writing in process: the open ``.part`` is gone (closed
+        segments are kept); alarm, and the recording stops writing."""
+        if rec.live is writer:
+            writer.closed = True
+            if writer.seg is not None:
+                writer.seg.abandon()
+                writer.seg = None
+            # leave the source after its fan-out loop (we may be inside it)
+            source, writer.source = writer.source, None
+            if source is not None:
+                self.clock.callLater(0, source.remove_reader, writer)
+            self._live_done(rec, writer)
+        if rec.state != "disk_full":
+            self._event(rec, {"event": "disk_full", "message": str(error)})
 
     def _release(self, rec):
         if rec.holds_start:
@@ -597,6 +1026,7 @@ class Recorder:
             return result
 
         d.addBoth(done).addErrback(lambda f: log.failure("catalogue add failed", f))
+        return d
 
     def _ended(self, rec, child, code):
         if rec.child is child:
