@@ -8,13 +8,16 @@ player, decodes the recorded frames from there: at the asked time (from the keyf
 or before it), after a seek, and after a PAUSE and a resume, all forwarded to node-a's
 playback. A DVR logged in to node-a is played by a CU of node-b the same way.
 
-The unit tests drive the SS's asynchronous PLAY controller over StringTransport.
+The unit tests drive the SS's asynchronous PLAY controller over StringTransport, the
+choice of who plays and how the request gets there over fakes, and the relay's
+controller over a fake RTSP client with a task.Clock.
 """
 
 import datetime
 import os
 
 from twisted.internet import defer, reactor, threads
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.test_playback import (
@@ -27,9 +30,20 @@ from tests.test_playback import (
     write_gop_footage,
 )
 from tests.test_rtsp_server import SDP, ServerTestBase, idr, pframe
+from vss.cdn.remote import CONTROL_TIMEOUT
 from vss.errors import VssError
+from vss.protocols import codec
 from vss.protocols.codes import ResultCode
-from vss.protocols.messages import Action, MsgType, PuKind, Role
+from vss.protocols.messages import (
+    Action,
+    Error,
+    MediaUrl,
+    MsgType,
+    PuKind,
+    Recordings,
+    RecordSegment,
+    Role,
+)
 from vss.testing.platform import start_platform, verifier, wait_until
 from vss.testing.processes import Daemon, child_env, tool
 
@@ -108,6 +122,295 @@ class AsyncControllerTests(ServerTestBase):
         d.callback("npt=0.000-")
         self.assertEqual(c.read(), [])
         self.assertEqual(self.source.readers, [])
+
+
+# -- the choice of who plays, over fakes ------------------------------------------------
+
+T = 1_700_000_000_000
+
+
+class FakeCatalogue:
+    def __init__(self, spans):
+        self.spans = spans  # [(start, end)] of this node's footage
+
+    def list(self, device, stream, from_ms, to_ms):
+        from vss.cdn.catalogue import Segment
+
+        return defer.succeed({"segments": [Segment(device, 0, stream, a, b, 1, "x", [])
+                                           for a, b in self.spans
+                                           if b > from_ms and a < to_ms]})
+
+
+class FakePlayback:
+    def __init__(self, spans):
+        self.catalogue = FakeCatalogue(spans)
+        self.opened = []
+
+    def open(self, body):
+        self.opened.append(body.start_time)
+        if not any(b > body.start_time for _, b in self.catalogue.spans):
+            return defer.fail(VssError(ResultCode.NOT_FOUND, f"no recording of "
+                                       f"{body.device_id}"))
+        return defer.succeed(MediaUrl(url="rtsp://here/pb", session_id="s", expires=0))
+
+
+class FakePeers:
+    def __init__(self, answer):
+        self.answer = answer
+        self.routed = []
+
+    def route(self, node, endpoint, device_id, inner_type, inner_body):
+        self.routed.append((node, endpoint, device_id))
+        return self.answer()
+
+
+class FakeCentral:
+    def __init__(self):
+        self.listing = Recordings(segments=[], gaps=[], missing=[], exports=[],
+                                  truncated=False)
+        self.query_error = None
+        self.queries = []
+        self.routed = []
+        self.node_endpoints = {}
+        self.answer = lambda: defer.succeed(
+            (0, codec.encode_body(MediaUrl(url="rtsp://there/pb", session_id="x",
+                                           expires=0))))
+        self.peers = FakePeers(lambda: self.answer())
+
+    def query_recordings(self, body, timeout=None):
+        from vss.cdn.listing import encode_recordings
+
+        self.queries.append((body.from_time, body.to_time))
+        if self.query_error is not None:
+            return defer.fail(self.query_error)
+        return defer.succeed(codec.Frame(1, codec.FLAG_RESPONSE, MsgType.RECORD_QUERY, 0, 1,
+                                         encode_recordings(self.listing)))
+
+    def route(self, device_id, inner_type, inner_body):
+        self.routed.append(device_id)
+        return self.answer()
+
+
+class Record:
+    def __init__(self, device_id, home_node, kind=PuKind.IPC):
+        self.device_id = device_id
+        self.home_node = home_node
+        self.kind = kind
+
+
+class FakeStore:
+    def __init__(self, *records):
+        self.records = {r.device_id: r for r in records}
+
+    def get_device(self, device_id):
+        return self.records.get(device_id)
+
+    def devices(self):
+        return list(self.records.values())
+
+
+class FakeRGM:
+    def __init__(self, central, store):
+        self.node_id = "node-b"
+        self.central = central
+        self.store = store
+        self.pu_links = {}
+
+
+class FakeCDN:
+    def __init__(self, spans=(), records=()):
+        self.central = FakeCentral()
+        self.store = FakeStore(Record("cam1", "node-a"), Record("cam2", "node-b"),
+                               Record("cam3", "node-c"),
+                               Record("dvr1", "node-a", PuKind.DVR), *records)
+        self.rgm = FakeRGM(self.central, self.store)
+        self.playback = FakePlayback(list(spans))
+
+
+def seg(start, end, node):
+    return RecordSegment(start=start, end=end, bytes=1, node_id=node)
+
+
+class HolderTests(unittest.TestCase):
+    """``remote.media_open`` decides who plays: this node, or which node, and how the
+    MEDIA_OPEN gets there (the relay itself is replaced by a recorder)."""
+
+    def setUp(self):
+        from vss.cdn import remote
+
+        self.remote = remote
+        self.relayed = []
+        self.patch(remote, "relay", lambda cdn, body, url, node: self._relayed(
+            "footage", url, node))
+        self.patch(remote, "relay_dvr", lambda cdn, body, url, node: self._relayed(
+            "dvr", url, node))
+
+    def _relayed(self, kind, url, node):
+        self.relayed.append((kind, url.url, node))
+        return defer.succeed(MediaUrl(url="rtsp://here/relayed", session_id="r", expires=0))
+
+    def open(self, cdn, device="cam1", at=T):
+        return self.successResultOf(self.remote.media_open(cdn, open_playback(device, at)))
+
+    def refused(self, cdn, device="cam1", at=T):
+        return self.failureResultOf(self.remote.media_open(cdn, open_playback(device, at)),
+                                    VssError).value
+
+    def test_footage_here_is_played_here_without_asking_other_nodes(self):
+        cdn = FakeCDN(spans=[(T - 1000, T + 1000)])
+        self.assertEqual(self.open(cdn).url, "rtsp://here/pb")
+        self.assertEqual((cdn.central.queries, self.relayed), ([], []))
+
+    def test_footage_of_the_home_node_is_routed_by_device_and_relayed(self):
+        cdn = FakeCDN()
+        cdn.central.listing.segments[:] = [seg(T - 500, T + 3500, "node-a")]
+        self.assertEqual(self.open(cdn).url, "rtsp://here/relayed")
+        self.assertEqual(cdn.central.queries, [(T, T + self.remote.WINDOW_MS)])
+        self.assertEqual(cdn.central.routed, ["cam1"])
+        self.assertEqual(self.relayed, [("footage", "rtsp://there/pb", "node-a")])
+
+    def test_a_node_not_home_is_reached_directly_or_through_a_device_homed_there(self):
+        cdn = FakeCDN()
+        cdn.central.listing.segments[:] = [seg(T + 100, T + 4100, "node-a")]
+        self.open(cdn, "cam3")  # homed on node-c, footage on node-a: via cam1
+        self.assertEqual(cdn.central.routed, ["cam1"])
+        cdn.central.node_endpoints["node-a"] = "tcp:127.0.0.1:9"
+        self.open(cdn, "cam3")
+        self.assertEqual(cdn.central.peers.routed, [("node-a", "tcp:127.0.0.1:9", "cam3")])
+        self.assertEqual([r[2] for r in self.relayed], ["node-a", "node-a"])
+        cdn.central.listing.segments[:] = [seg(T + 100, T + 4100, "node-z")]
+        e = self.refused(cdn, "cam3")
+        self.assertEqual(e.code, ResultCode.UNKNOWN_NODE)
+        self.assertIn("node-z", e.message)
+
+    def test_the_earliest_footage_wins_and_this_node_when_it_holds_it_too(self):
+        cdn = FakeCDN(spans=[(T + 2000, T + 6000)])
+        cdn.central.listing.segments[:] = [seg(T + 2000, T + 6000, "node-b"),
+                                           seg(T + 2000, T + 6000, "node-a")]
+        self.assertEqual(self.open(cdn).url, "rtsp://here/pb")
+        self.assertEqual(self.relayed, [])
+        cdn.central.listing.segments[:] = [seg(T - 4000, T, "node-c"),  # ends at T
+                                           seg(T + 1000, T + 5000, "node-a"),
+                                           seg(T + 2000, T + 6000, "node-b")]
+        self.open(cdn)
+        self.assertEqual(self.relayed, [("footage", "rtsp://there/pb", "node-a")])
+
+    def test_nothing_anywhere_is_not_found_and_a_silent_node_is_named(self):
+        cdn = FakeCDN()
+        e = self.refused(cdn)
+        self.assertEqual(e.code, ResultCode.NOT_FOUND)
+        self.assertIn("cam1", e.message)
+        cdn.central.listing.missing[:] = ["node-a"]
+        e = self.refused(cdn)
+        self.assertEqual(e.code, ResultCode.HOME_NODE_DOWN)
+        self.assertIn("node-a", e.message)
+
+    def test_a_holder_that_cannot_be_reached_or_refuses_is_named(self):
+        cdn = FakeCDN()
+        cdn.central.listing.segments[:] = [seg(T, T + 4000, "node-a")]
+        cdn.central.answer = lambda: defer.fail(VssError(ResultCode.HOME_NODE_DOWN,
+                                                         "node node-a is down"))
+        e = self.refused(cdn)
+        self.assertEqual(e.code, ResultCode.HOME_NODE_DOWN)
+        self.assertIn("node-a", e.message)
+        cdn.central.node_endpoints["node-a"] = "tcp:127.0.0.1:9"
+        cdn.central.answer = lambda: defer.fail(ConnectionRefusedError("refused"))
+        e = self.refused(cdn, "cam3")  # straight to the node: the link cannot be made
+        self.assertEqual(e.code, ResultCode.HOME_NODE_DOWN)
+        self.assertIn("node-a", e.message)
+        cdn.central.answer = lambda: defer.succeed(
+            (int(ResultCode.NOT_FOUND), codec.encode_body(Error(message="gone by now"))))
+        e = self.refused(cdn)
+        self.assertEqual(e.code, ResultCode.NOT_FOUND)
+        self.assertEqual(e.message, "node node-a: gone by now")
+        self.assertEqual(self.relayed, [])
+
+    def test_a_dvr_footage_goes_to_its_home_node(self):
+        cdn = FakeCDN()
+        cdn.central.listing.segments[:] = [seg(T - 60_000, T + 60_000, "dvr:dvr1")]
+        self.open(cdn, "dvr1")
+        self.assertEqual(cdn.central.routed, ["dvr1"])
+        self.assertEqual(self.relayed, [("dvr", "rtsp://there/pb", "node-a")])
+
+    def test_without_cms_this_node_plays_what_it_has(self):
+        cdn = FakeCDN(spans=[(T + 5000, T + 9000)])
+        cdn.central.query_error = VssError(ResultCode.CENTRAL_UNAVAILABLE, "no link")
+        self.assertEqual(self.open(cdn).url, "rtsp://here/pb")
+        self.assertEqual(cdn.playback.opened, [T])
+
+
+class FakeProto:
+    def __init__(self):
+        self.finished = defer.Deferred()
+        self.sent = []
+        self.torn = False
+
+    def play(self, range=None):
+        self.sent.append(("PLAY", range))
+        d = self.answer = defer.Deferred()
+        return d
+
+    def pause(self):
+        self.sent.append(("PAUSE", None))
+        return defer.succeed(None)
+
+    def teardown(self):
+        self.torn = True
+
+
+class FakeSession:
+    def __init__(self, path, state):
+        self.path = path
+        self.state = state
+
+
+class RelayedPlaybackTests(unittest.TestCase):
+    def setUp(self):
+        from vss.cdn.remote import RelayedPlayback
+
+        self.clock = Clock()
+        self.rtsp = type("SS", (), {})()
+        self.rtsp.sessions = {}
+        self.rtsp.controllers = {}
+        self.cdn = type("CDN", (), {})()
+        self.cdn.rtsp, self.cdn.clock = self.rtsp, self.clock
+        self.proto = FakeProto()
+        self.path = "/live/cam1/pb-00"
+        self.rp = RelayedPlayback(self.cdn, self.path, "node-a", self.proto)
+        self.rtsp.controllers[self.path] = self.rp
+
+    def test_play_and_pause_go_upstream_and_the_origin_range_comes_back(self):
+        viewer = self.rtsp.sessions["v"] = FakeSession(self.path, "ready")
+        got = []
+        self.rp.play(viewer, "npt=12-").addCallback(got.append)
+        self.assertEqual(self.proto.sent, [("PLAY", "npt=12-")])
+        self.proto.answer.callback("npt=10.000-")
+        self.assertEqual(got, ["npt=10.000-"])
+        viewer.state = "ready"  # the SS stopped its reader before calling pause
+        self.rp.pause(viewer)
+        self.assertEqual(self.proto.sent[-1], ("PAUSE", None))
+        # another viewer still plays: the origin goes on
+        self.rtsp.sessions["w"] = FakeSession(self.path, "playing")
+        self.assertIsNone(self.rp.pause(viewer))
+        self.assertEqual(len(self.proto.sent), 2)
+        self.assertFalse(self.rp.may_stop())
+        self.rtsp.sessions.clear()
+        self.assertTrue(self.rp.may_stop())
+        self.rp.close()
+        self.assertTrue(self.proto.torn)
+        self.assertEqual(self.rtsp.controllers, {})
+
+    def test_an_origin_that_does_not_answer_fails_the_play(self):
+        failures = []
+        self.rp.play(FakeSession(self.path, "ready"), None).addErrback(failures.append)
+        self.clock.advance(CONTROL_TIMEOUT)
+        self.assertEqual(len(failures), 1)
+        self.proto.answer.callback("npt=0.000-")  # too late: dropped
+
+    def test_the_pull_ending_removes_the_controller(self):
+        self.proto.finished.callback(None)
+        self.assertEqual(self.rtsp.controllers, {})
+        self.assertIsNone(self.rp.play(FakeSession(self.path, "ready"), "npt=0-"))
 
 
 def clock_range(ms):
