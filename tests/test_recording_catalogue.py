@@ -381,13 +381,22 @@ class RecordSettingsSyncTests(unittest.SynchronousTestCase):
         self.assertEqual(self.manager.applied[-1], ("cam", 0, RecordMode.OFF))
         self.assertEqual(self.sync.held, {})
 
-    def test_retention_is_the_longest_and_the_quota_the_sum(self):
-        self.assertEqual(self.sync.retention(), (None, None))
+    def test_retention_is_per_channel_with_the_node_default_and_the_quota_the_sum(self):
+        from vss.cdn.catalogue import Retention
+
+        self.assertEqual(self.sync.retention(), (Retention(7, {}), None))
         self.sync.held = {("a", 0): settings("a", 1, days=3, quota=10),
                           ("b", 0): settings("b", 1, days=9, quota=20)}
-        self.assertEqual(self.sync.retention(), (9, 30 * 1024 * 1024))
+        self.assertEqual(self.sync.retention(),
+                         (Retention(7, {("a", 0): 3, ("b", 0): 9}), 30 * 1024 * 1024))
         self.sync.held[("c", 0)] = settings("c", 1, days=0, quota=0)
-        self.assertEqual(self.sync.retention(), (None, None))
+        self.assertEqual(self.sync.retention(),
+                         (Retention(7, {("a", 0): 3, ("b", 0): 9, ("c", 0): 0}), None))
+        self.sync.quota_bytes, self.sync.default_days = 5000, None
+        self.assertEqual(self.sync.retention()[1], 5000)
+        del self.sync.held[("c", 0)]
+        self.assertEqual(self.sync.retention(),
+                         (Retention(None, {("a", 0): 3, ("b", 0): 9}), 5000))
 
 
 class RetentionTests(unittest.SynchronousTestCase):

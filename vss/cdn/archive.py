@@ -9,7 +9,8 @@ A node's archive: what it answers about its recordings, across nodes.
   an export URL (``vss.cdn.export``) when it holds some and serves HTTP, and for a DVR
   logged in here, the DVR's own segments, marked ``dvr:<device>`` (``vss.cdn.dvr``).
 - ``RetentionService``: every ``interval`` seconds, ``Recorder.enforce`` with the
-  retention the node holds (``RecordSettingsSync.retention``), never deleting a segment
+  retention the node holds (``RecordSettingsSync.retention``: each channel's own days,
+  the node's default for the others, one quota for the node), never deleting a segment
   that is being read (``in_use``: the segments the exports running here read, and every
   segment of a stream being played back from where its playback started or is now,
   ``playback_in_use``).
@@ -155,7 +156,7 @@ class RetentionService(service.Service):
             except Exception:  # noqa: BLE001 - housekeeping never stops retention
                 log.failure("housekeeping failed")
         days, quota = self.settings.retention()
-        if days is None and quota is None:
+        if not days and quota is None:
             return []
         try:
             busy = yield self.busy_paths()
@@ -191,7 +192,7 @@ def wire(node, settings, reactor):
     """The archive, the settings sync, retention and the HTTP export listener of a node
     (``vss.node.NodeService``; after its recorder and recording manager exist)."""
     from vss.cdn.export import Exporter, ExportTokens, make_site
-    from vss.rgm.record_settings import RecordSettingsSync
+    from vss.rgm.record_settings import DEFAULT_RETENTION_DAYS, RecordSettingsSync
     from vss.tap.common import ListenService
 
     node.export_tokens = ExportTokens(node.secret, reactor)
@@ -211,8 +212,11 @@ def wire(node, settings, reactor):
                                node.store, node.export_tokens, http_base)
     node.rgm.archive = node.archive
     node.archive.pu_links = node.rgm.pu_links
-    node.record_settings = RecordSettingsSync(settings.node_id, node.store, node.central,
-                                              node.recordings)
+    quota_mb = getattr(settings, "quota_mb", 0)
+    node.record_settings = RecordSettingsSync(
+        settings.node_id, node.store, node.central, node.recordings,
+        default_days=getattr(settings, "retention_days", DEFAULT_RETENTION_DAYS),
+        quota_bytes=quota_mb * 1024 * 1024 if quota_mb else None)
     central = node.central
     if hasattr(central, "device_listeners"):
         central.device_listeners.append(node.record_settings.device_changed)

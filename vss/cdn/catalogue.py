@@ -22,8 +22,12 @@ wire needs, reads that index alone): the first segment is the last one that star
 at or before ``from_ms`` (segments of one stream never overlap), the others start inside
 the range.
 
-Retention (``enforce``) deletes the file first and the row after it, so a crash in
-between leaves a row without a file, which ``repair`` drops.
+Retention (``enforce``) is per device: each (device, channel) keeps its segments for its
+own days (``Retention``: the recording settings of the channel; the others the node's
+default), then the node's quota deletes the oldest segments of the whole catalogue,
+whatever their device, until the total fits; a segment in use is never deleted. It
+deletes the file first and the row after it, so a crash in between leaves a row without
+a file, which ``repair`` drops.
 
 ``repair`` (at start, before any recording runs) makes the catalogue equal the files:
 a closed ``.mp4`` without a row is probed and added; a ``.part`` (the segment open when
@@ -78,6 +82,17 @@ _COLS = "device, channel, stream, start_ms, end_ms, bytes, path"
 _RANGE = ("device = ?1 AND stream = ?2 AND start_ms >= COALESCE((SELECT max(start_ms) "
           "FROM segments WHERE device = ?1 AND stream = ?2 AND start_ms <= ?3), ?3) "
           "AND start_ms < ?4 AND end_ms > ?3")
+
+
+class Retention(namedtuple("Retention", "default_days days")):
+    """How long a node keeps its segments: ``days`` maps (device, channel) to the days
+    its segments are kept (0: no age limit, only the quota); the segments of any other
+    (device, channel) are kept ``default_days`` (None or 0: no age limit)."""
+
+    __slots__ = ()
+
+    def days_for(self, device, channel):
+        return self.days.get((device, channel), self.default_days)
 
 
 def gap_pairs(spans, from_ms, to_ms, min_gap_ms=MIN_GAP_MS):
@@ -356,21 +371,22 @@ class CatalogueDB:
         self.remove([s.path for s in segs])
 
     def enforce(self, retention_days, quota_bytes, in_use=(), now_ms=None):
-        """Delete the oldest segments that ended more than ``retention_days`` ago, then
-        the oldest ones until the total is within ``quota_bytes`` (None: no quota);
-        never one whose path is in ``in_use``. Returns the deleted segments."""
+        """A retention pass. ``retention_days``: a ``Retention`` (days per (device,
+        channel), a default for the others), or one number of days for every segment
+        (None or 0: no age limit). First the segments that ended more than their days
+        ago, then the oldest ones of the whole catalogue, whatever their device, until
+        the total is within ``quota_bytes`` (None: no quota); never one whose path is in
+        ``in_use``. Returns the deleted segments."""
         in_use = set(in_use)
         if now_ms is None:
             now_ms = int(self.clock.seconds() * 1000)
+        policy = retention_days if isinstance(retention_days, Retention) else \
+            Retention(retention_days, {})
         deleted = []
-        if retention_days is not None:
-            cutoff = now_ms - int(retention_days * 86400_000)
-            rows = self.db.execute(f"SELECT {_COLS} FROM segments WHERE end_ms <= ? "
-                                   "ORDER BY start_ms", (cutoff,)).fetchall()
-            expired = [s for s in map(_segment, rows) if s.path not in in_use]
-            for i in range(0, len(expired), 1000):
-                self._delete(expired[i:i + 1000])
-            deleted.extend(expired)
+        expired = [s for s in self._expired(policy, now_ms) if s.path not in in_use]
+        for i in range(0, len(expired), 1000):
+            self._delete(expired[i:i + 1000])
+        deleted.extend(expired)
         if quota_bytes is not None:
             excess = self.total_bytes() - quota_bytes
             offset = 0
@@ -394,6 +410,26 @@ class CatalogueDB:
             log.info("retention deleted {n} segments ({bytes} bytes)", n=len(deleted),
                      bytes=sum(s.bytes for s in deleted))
         return deleted
+
+    def _expired(self, policy, now_ms):
+        """The segments older than their retention, oldest first."""
+        def cutoff(days):
+            return now_ms - int(days * 86400_000)
+
+        out = []
+        for (device, channel), days in policy.days.items():
+            if days:
+                out += self.db.execute(
+                    f"SELECT {_COLS} FROM segments WHERE device = ? AND channel = ? AND "
+                    "start_ms <= ?3 AND end_ms <= ?3", (device, channel, cutoff(days))).fetchall()
+        if policy.default_days:
+            limit = cutoff(policy.default_days)
+            own = policy.days
+            out += [r for r in self.db.execute(
+                f"SELECT {_COLS} FROM segments WHERE start_ms <= ?1 AND end_ms <= ?1",
+                (limit,)) if (r[0], r[1]) not in own]
+        out.sort(key=itemgetter(3))
+        return [_segment(r) for r in out]
 
     # -- crash repair
 

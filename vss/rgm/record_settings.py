@@ -20,18 +20,21 @@ Refreshes of one device never overlap: a change arriving while one is in flight 
 it dirty and it runs once more afterwards, so the last settings written always win.
 Settings equal to the ones the manager holds are not applied again (the device's own
 reports, active sync, raise its version too). The retention part of the settings
-(``retention_days``, ``quota_mb``) is kept in ``held`` for the node's retention pass.
+(``retention_days``, ``quota_mb``) is kept in ``held`` for the node's retention pass
+(``retention``): days per channel, a node-wide quota.
 """
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from vss.cdn.catalogue import Retention
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import RecordMode, RecordSettings, Stream
 from vss.rgm.recording import ChannelSettings
 
 CONCURRENCY = 8  # settings requests in flight at once during refresh_all
+DEFAULT_RETENTION_DAYS = 7  # a channel without settings (as MMS's default settings)
 
 
 def off(device_id, channel):
@@ -43,8 +46,11 @@ def off(device_id, channel):
 class RecordSettingsSync:
     log = Logger()
 
-    def __init__(self, node_id, store, central, manager):
+    def __init__(self, node_id, store, central, manager, default_days=DEFAULT_RETENTION_DAYS,
+                 quota_bytes=None):
         self.node_id = node_id
+        self.default_days = default_days  # for a channel without settings (None: forever)
+        self.quota_bytes = quota_bytes  # the node's own quota, if any
         self.store = store
         self.central = central
         self.manager = manager
@@ -121,14 +127,15 @@ class RecordSettingsSync:
                       device=device_id, error=failure.getErrorMessage())
 
     def retention(self):
-        """(retention days or None, quota in bytes or None) for the node's retention
-        pass, from the settings held: the LONGEST retention of any channel (0 = kept
-        until the quota: no age limit), and the SUM of the channels' quotas when every
-        channel has one (else no quota). (None, None) when nothing is held."""
-        if not self.held:
-            return None, None
-        days = [s.retention_days for s in self.held.values()]
+        """(``Retention``, quota in bytes or None) for the node's retention pass, read
+        from the settings held at each pass (a change applies at the next one): each
+        channel held keeps its segments its own ``retention_days`` (0: no age limit),
+        every other one ``default_days``; the quota is the node's ``quota_bytes`` if set,
+        and the SUM of the channels' quotas when every channel held has one (the lower of
+        the two when both apply)."""
+        days = {dc: s.retention_days for dc, s in self.held.items()}
         quotas = [s.quota_mb for s in self.held.values()]
-        retention = None if 0 in days else max(days)
-        quota = None if 0 in quotas else sum(quotas) * 1024 * 1024
-        return retention, quota
+        quota = None if not quotas or 0 in quotas else sum(quotas) * 1024 * 1024
+        if self.quota_bytes:
+            quota = self.quota_bytes if quota is None else min(quota, self.quota_bytes)
+        return Retention(self.default_days, days), quota
