@@ -139,7 +139,7 @@ class _VideoDepacketizer:
             return ()
         off, end, marker, seq, ts = head
         gap = self.seq is not None and seq != (self.seq + 1) & 0xFFFF
-        if gap and (seq - self.seq) & 0xFFFF >= 0x8000:
+        if gap and not 0 < (seq - self.seq) & 0xFFFF < 0x8000:
             self.errors += 1  # an old or duplicate packet: ignore it
             return ()
         out = ()
@@ -327,7 +327,7 @@ class AACDepacketizer:
             return []
         off, end, marker, seq, ts = head
         if self.seq is not None and seq != (self.seq + 1) & 0xFFFF:
-            if (seq - self.seq) & 0xFFFF >= 0x8000:
+            if not 0 < (seq - self.seq) & 0xFFFF < 0x8000:
                 self.errors += 1
                 return []
             if self.frag is not None:
