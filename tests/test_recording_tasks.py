@@ -279,6 +279,40 @@ class StackTests(ManagerBase):
         self.assertEqual(self.m.status(), [])
         self.assertEqual(self.m.queue.running, {})
 
+    def test_a_schedule_whose_device_is_offline_is_tried_again_until_it_starts(self):
+        recorder = FakeRecorder(fail=ResultCode.DEVICE_OFFLINE)
+        self.m = self.manager(recorder)
+        self.m.apply_settings(settings(slots=[(0, 0, 24 * 60)]))  # all Monday
+        self.assertEqual(len(recorder.starts()), 1)
+        self.assertEqual(self.state()["reasons"], ["schedule"])
+        self.assertEqual(self.state()["state"], QUEUED)
+        self.assertEqual(self.m.queue.running, {})  # no capacity held while it waits
+        self.clock.advance(2)  # retry_delay
+        self.assertEqual(len(recorder.starts()), 2)
+        self.clock.advance(3)
+        self.assertEqual(len(recorder.starts()), 2)  # the delay doubled: 4 s
+        self.clock.advance(1)
+        self.assertEqual(len(recorder.starts()), 3)
+        recorder.fail = None  # the PU comes online
+        self.clock.advance(8)
+        self.assertEqual(len(recorder.starts()), 4)
+        self.assertEqual(self.state()["state"], RUNNING)
+        self.clock.advance(3600)
+        self.assertEqual(len(recorder.starts()), 4)  # running: no more attempts
+
+    def test_a_manual_request_among_standing_reasons_fails_but_the_schedule_waits(self):
+        recorder = FakeRecorder(fail=ResultCode.DEVICE_OFFLINE)
+        self.m = self.manager(recorder)
+        self.m.apply_settings(settings(slots=[(0, 0, 24 * 60)]))
+        f = fired(self.m.start_manual("cam1", 0, MAIN, "alice"))
+        self.assertEqual(f.value.code, ResultCode.DEVICE_OFFLINE)
+        self.assertEqual(self.state()["reasons"], ["schedule"])
+        self.m.apply_settings(settings(mode=RecordMode.OFF))  # off: the retries end
+        self.assertEqual(self.m.status(), [])
+        n = len(recorder.starts())
+        self.clock.advance(600)
+        self.assertEqual(len(recorder.starts()), n)
+
     def test_stop_while_starting_stops_once_started(self):
         self.m = self.manager(FakeRecorder(hold=True))
         d = self.m.start_manual("cam1", 0, MAIN, "alice")

@@ -152,6 +152,7 @@ class Stack:
     state: int = RecordingState.STOPPED
     since: float = 0.0  # when the current state began
     order: int = 0  # arrival number, for first come first served in the queue
+    retries: int = 0  # failed starts in a row (the device offline, no stream...)
 
     def add(self, reason, until=None):
         """Hold ``reason``; True if the recording was not wanted before (first ref)."""
@@ -297,8 +298,14 @@ class RecordingManager(service.Service):
 
     log = Logger()
 
-    def __init__(self, clock, recorder, data_dir, capacity=None):
+    def __init__(self, clock, recorder, data_dir, capacity=None, retry_delay=2.0,
+                 retry_max=60.0):
         self.clock = clock
+        # a recording whose start failed (the PU offline, its stream not coming) while a
+        # schedule, continuous mode or an event still wants it is tried again after
+        # retry_delay seconds, doubling up to retry_max
+        self.retry_delay = retry_delay
+        self.retry_max = retry_max
         self.recorder = recorder
         self.path = os.path.join(data_dir, STATE_FILE) if data_dir else None
         self.queue = Queue(capacity or Capacity())
@@ -407,6 +414,9 @@ class RecordingManager(service.Service):
                 d = self._wait(key)
                 self.log.info("recording {key} queued at {position}", key=key,
                               position=self.queue.position(key))
+        elif ("retry", key) in self._timers:  # waiting to try again: a new reason tries now
+            self._cancel(("retry", key))
+            d = self._start(stack) if self.queue.admit(stack) else self._wait(key)
         else:
             if key in self.queue.waiting:  # a higher priority may put it first in line
                 for other in self.queue.pump():
@@ -438,16 +448,12 @@ class RecordingManager(service.Service):
         def done(result):
             self._starting.pop(key, None)
             if isinstance(result, Failure):
-                self.log.warn("recording {key} did not start: {error}", key=key,
-                              error=result.getErrorMessage())
-                if self.stacks.get(key) is stack:  # give up the recording and its capacity
-                    del self.stacks[key]
-                    self._cancel(key)
-                    for other in self.queue.release(key):
-                        self._start(other).addErrback(lambda f: None)
-                    self._save()
+                if self.stacks.get(key) is stack:
+                    self._start_failed(stack, result)
             elif key not in self.stacks:  # every reason ended while it was starting
                 self._recorder_stop(key)
+            else:
+                stack.retries = 0
             for w in waiters:
                 w.errback(result) if isinstance(result, Failure) else w.callback(None)
 
@@ -455,6 +461,39 @@ class RecordingManager(service.Service):
         defer.maybeDeferred(self.recorder.start, key[0], key[1], key[2],
                             stack.segment_seconds).addBoth(done)
         return out
+
+    def _start_failed(self, stack, failure):
+        """A start failed: its capacity is freed. A manual request ends there (the CU
+        that asked is told why); a schedule, continuous mode or an unexpired event keeps
+        the recording wanted and it is tried again with a doubling delay."""
+        key = stack.key
+        for reason in [r for r in stack.reasons if r.startswith("manual:")]:
+            del stack.reasons[reason]
+        for other in self.queue.release(key):
+            self._start(other).addErrback(lambda f: None)
+        if stack.reasons:
+            stack.state = RecordingState.QUEUED
+            stack.retries += 1
+            delay = min(self.retry_max, self.retry_delay * 2 ** (stack.retries - 1))
+            self.log.warn("recording {key} did not start: {error}; trying again in {delay} s",
+                          key=key, error=failure.getErrorMessage(), delay=delay)
+            self._cancel(("retry", key))
+            self._timers[("retry", key)] = self.clock.callLater(delay, self._retry, key)
+        else:
+            self.log.warn("recording {key} did not start: {error}", key=key,
+                          error=failure.getErrorMessage())
+            del self.stacks[key]
+            self._cancel(key)
+        self._save()
+
+    def _retry(self, key):
+        self._timers.pop(("retry", key), None)
+        stack = self.stacks.get(key)
+        if (stack is None or key in self.queue.running or key in self.queue.waiting
+                or key in self._starting):
+            return
+        if self.queue.admit(stack):
+            self._start(stack).addErrback(lambda f: None)  # logged in _start
 
     def _wait(self, key):
         """A Deferred that fires when the pending start of ``key`` completes (at once
@@ -470,6 +509,7 @@ class RecordingManager(service.Service):
         key = stack.key
         del self.stacks[key]
         self._cancel(key)
+        self._cancel(("retry", key))
         was_running = key in self.queue.running
         ds = [self._start(s) for s in self.queue.release(key)]
         self._save()
