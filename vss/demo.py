@@ -32,6 +32,12 @@ DEVICES = [
 ]
 
 
+def _week():
+    """Every day of the week, whole days: a schedule that always records."""
+    return ",".join(f"{d} 00:00-24:00" for d in ("mon", "tue", "wed", "thu", "fri", "sat",
+                                                   "sun"))
+
+
 def credentials(run_dir):
     path = os.path.join(run_dir, "credentials.json")
     if os.path.exists(path):
@@ -189,6 +195,12 @@ Administer the platform:
   export VSS_API=http://127.0.0.1:{b + 180} VSS_ADMIN_TOKEN='{creds['admin_token']}'
   {admin} status
   {admin} user list
+
+Record cam-a1 on a weekly schedule, then list, play back and export on either node:
+  {admin} record-settings set cam-a1 --mode schedule --segment 60 --schedule '{_week()}'
+  {ctl} recordings cam-a1 --from -1h
+  {ctl} playback cam-a1 --at -5m --play
+  {ctl} export cam-a1 --from -10m --to -5m -o clip.mp4
 
 Credentials are kept in {run_dir}/credentials.json. Ctrl-C stops everything.
 """, flush=True)
