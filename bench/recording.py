@@ -2,14 +2,20 @@
 Recording benchmark: N concurrent 4 Mb/s recordings on one node, and the list latency of
 a long catalogue.
 
-    .venv/bin/python bench/recording.py [--streams 10,50,100] [--seconds 20]
+    .venv/bin/python bench/recording.py [--streams 10,50,100] [--process-streams 10,50]
+                                        [--seconds 20]
     .venv/bin/python bench/recording.py --catalogue-only [--devices 100 --days 30]
+
+Each N of ``--streams`` is measured with the recorder in process (``mode="auto"``: each
+recording is a reader of the SS's source, depacketized and muxed in the node), and each
+N of ``--process-streams`` right after it with one child per recording
+(``mode="process"``), so the two are compared side by side under the same load.
 
 Processes:
 - the node (``node``): ``RTSPServerFactory`` (the SS) and ``vss.cdn.recorder.Recorder``
-  in one process on the epoll reactor, pinned to CPU 0; the recorder's children (one per
-  recording, ``python -m vss.cdn.recorder``) inherit that pin, so the node's whole
-  recording cost must fit in one core;
+  in one process on the epoll reactor, pinned to CPU 0; in process mode the recorder's
+  children (one per recording, ``python -m vss.cdn.recorder``) inherit that pin, so the
+  node's whole recording cost must fit in one core;
 - the publishers: one static ffmpeg (imageio-ffmpeg) per stream replaying a pre-encoded
   1280x720 25 fps 4 Mb/s CBR H.264 file, GOP 1 s (``-re -stream_loop -1 -c copy``) over
   RTSP/TCP to ``/live/benchI/main``, pinned to the last CPU.
@@ -18,12 +24,8 @@ For each N it prints the node's CPU (node process + every recorder child, from
 /proc/<pid>/stat) in % of one core and per stream, the write rate (growth of the
 recordings directory), frames lost (frames the media time of the written segments calls
 for, at 25 fps, minus frames written) and frames the SS dropped for the recorders
-(their reader queues overflowed).
-
-``--inprocess-estimate`` measures the alternative that was not built: the SS's own RTP
-packets of one 4 Mb/s stream (captured for 10 s from a fan-out reader) depacketized in
-Python (H.264 single NAL, STAP-A, FU-A) and muxed by PyAV into fragmented MP4 in-process;
-it prints the CPU per stream that path would cost (no RTSP hop, no child).
+(their reader queues overflowed); in process also the frames the recorder's
+depacketizer counted as lost (``frames_lost`` in ``Recorder.status()``).
 
 The catalogue part fills ``CatalogueDB`` with devices x days of 5-minute segments (each
 with 300 keyframe offsets, a 1 s GOP) and times ``list`` of one device over 1 hour,
@@ -69,7 +71,8 @@ def node(args):
     factory = RTSPServerFactory(TokenAuthorizer(issuer), reactor=reactor)
     port = reactor.listenTCP(0, factory, backlog=4096, interface="127.0.0.1")
     recorder = Recorder(factory, issuer, args.data_dir, reactor, reactor,
-                        f"rtsp://127.0.0.1:{port.getHost().port}", source_wait=30)
+                        f"rtsp://127.0.0.1:{port.getHost().port}", source_wait=30,
+                        mode=args.mode)
 
     def reply(obj):
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -81,6 +84,8 @@ def node(args):
                 "drops": sum(s.stats()["drops"] for s in factory.sources.values()),
                 "pids": [r["pid"] for r in recs.values() if r["pid"]],
                 "recording": sum(1 for r in recs.values() if r["state"] == "recording"),
+                "modes": sorted({r["mode"] for r in recs.values() if r["mode"]}),
+                "lost": sum(r["frames_lost"] or 0 for r in recs.values()),
                 "segments": recorder.counters["segments"], "alarm": recorder.status()["alarm"]}
 
     @defer.inlineCallbacks
@@ -121,158 +126,6 @@ def node(args):
     reactor.run()
 
 
-# -- the in-process estimate
-
-
-def capture(args):
-    """Run an SS, publish the 4 Mb/s file into it, keep the packets a fan-out reader gets
-    for ``args.seconds`` and pickle them with the source's SDP to ``args.data_dir``."""
-    import pickle
-
-    sys.path.insert(0, ROOT)
-    from twisted.internet import protocol, reactor
-
-    from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
-    from vss.rtsp.server import RTSPServerFactory
-
-    issuer = TokenIssuer(SECRET, clock=reactor, ttl=600)
-    factory = RTSPServerFactory(TokenAuthorizer(issuer), reactor=reactor)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1").getHost().port
-    path = "/live/cam1/main"
-    url = f"rtsp://127.0.0.1:{port}{path}?token=" + issuer.issue(path, ("publish",))
-    publisher = protocol.ProcessProtocol()
-    reactor.spawnProcess(publisher, args.ffmpeg, [
-        args.ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
-        "-i", args.input, "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", url],
-        env=dict(os.environ))
-    packets = []
-
-    class Capture:
-        mask = frozenset([0])
-        drops = 0
-        waiting_key = True
-
-        def deliver(self, frame):
-            if self.waiting_key and not frame.key:
-                return
-            self.waiting_key = False
-            packets.extend(frame.packets)
-
-        def source_ended(self):
-            pass
-
-    state = {}
-
-    def attach():
-        source = factory.sources[path]
-        state["sdp"] = source.sdp
-        source.add_reader(Capture())
-        reactor.callLater(args.seconds, done)
-
-    def done():
-        publisher.transport.signalProcess("KILL")
-        reactor.stop()
-
-    reactor.callLater(2, attach)
-    reactor.run()
-    with open(os.path.join(args.data_dir, "capture.pickle"), "wb") as f:
-        pickle.dump({"sdp": state["sdp"], "packets": packets}, f)
-
-
-def depacketize_and_mux(packets, sdp, out_path, mux=True):
-    """H.264 RTP (track 0) -> access units (Annex B) -> PyAV fMP4. Returns (frames, CPU s)."""
-    import base64
-    import re
-    from fractions import Fraction
-
-    import av
-
-    from vss.rtsp.fanout import rtp_payload_offset
-
-    sc = b"\0\0\0\1"
-    sprop = re.search(r"sprop-parameter-sets=([^;\r\n]+)", sdp).group(1)
-    out = av.open(open(out_path, "wb", buffering=0), "w", format="mp4",  # noqa: SIM115
-                  options={"movflags": "frag_keyframe+empty_moov+default_base_moof",
-                           "flush_packets": "1"})
-    st = out.add_stream("h264", rate=FPS)
-    st.width, st.height = 1280, 720
-    st.codec_context.extradata = b"".join(sc + base64.b64decode(x) for x in sprop.split(","))
-    st.time_base = Fraction(1, 90000)
-    nals, fu, key, ts0, frames = [], None, False, None, 0
-    t = time.process_time()
-    for track, rtcp, data in packets:
-        if rtcp or track:
-            continue
-        off = rtp_payload_offset(data)
-        if off < 0:
-            continue
-        kind = data[off] & 0x1F
-        if kind < 24:
-            nals.append(data[off:])
-            key = key or kind == 5
-        elif kind == 24:  # STAP-A
-            i = off + 1
-            while i + 2 < len(data):
-                n = (data[i] << 8) | data[i + 1]
-                nals.append(data[i + 2:i + 2 + n])
-                i += 2 + n
-        elif kind == 28:  # FU-A
-            h = data[off + 1]
-            if h & 0x80:
-                fu = [bytes([(data[off] & 0xE0) | (h & 0x1F)]), data[off + 2:]]
-                key = key or (h & 0x1F) == 5
-            elif fu is not None:
-                fu.append(data[off + 2:])
-            if h & 0x40 and fu is not None:
-                nals.append(b"".join(fu))
-                fu = None
-        if data[1] & 0x80 and nals:
-            ts = int.from_bytes(data[4:8], "big")
-            ts0 = ts if ts0 is None else ts0
-            au = b"".join(sc + x for x in nals)
-            nals = []
-            if mux:
-                p = av.Packet(au)
-                p.pts = p.dts = (ts - ts0) & 0xFFFFFFFF
-                p.time_base = st.time_base
-                p.is_keyframe = key
-                p.stream = st
-                out.mux(p)
-            key = False
-            frames += 1
-    cpu = time.process_time() - t
-    out.close()
-    return frames, cpu
-
-
-def inprocess_estimate(args, ffmpeg):
-    import pickle
-
-    sys.path.insert(0, ROOT)
-    tmp = tempfile.mkdtemp(prefix="vss-recording-estimate-")
-    try:
-        subprocess.run([sys.executable, os.path.abspath(__file__), "capture", "--data-dir",
-                        tmp, "--seconds", "10", "--input", args.input, "--ffmpeg", ffmpeg],
-                       check=True)
-        with open(os.path.join(tmp, "capture.pickle"), "rb") as f:
-            cap = pickle.load(f)
-        out = os.path.join(tmp, "estimate.mp4")
-        n_bytes = sum(len(p[2]) for p in cap["packets"])
-        print(f"\nin-process estimate: {len(cap['packets'])} RTP packets, "
-              f"{n_bytes * 8 / 10 / 1e6:.2f} Mb/s over 10 s")
-        for label, mux in (("depacketize only", False), ("depacketize + PyAV fMP4 mux", True),
-                           ("depacketize + PyAV fMP4 mux", True)):
-            frames, cpu = depacketize_and_mux(cap["packets"], cap["sdp"], out, mux)
-            print(f"{label}: {frames} frames, {cpu * 1000:.1f} ms CPU = "
-                  f"{cpu * 10:.2f} % of a core per stream")
-        import av
-
-        with av.open(out) as c:
-            print("read back by PyAV:", sum(1 for p in c.demux(video=0) if p.size), "frames")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 # -- driver
 
 
@@ -309,11 +162,11 @@ def make_input(ffmpeg, path, seconds=20):
 
 
 class Node:
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, mode):
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "node", "--cpu", "0",
-             "--data-dir", data_dir], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True)
+             "--data-dir", data_dir, "--mode", mode], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True)
         info = json.loads(self.proc.stdout.readline())
         self.port, self.pid = info["port"], info["pid"]
 
@@ -328,14 +181,14 @@ class Node:
         self.proc.wait(30)
 
 
-def run_one(n, args, ffmpeg, data_dir, other):
+def run_one(n, args, ffmpeg, data_dir, other, mode):
     sys.path.insert(0, ROOT)
     from vss.cdn.catalogue import CatalogueDB
     from vss.cdn.tokens import TokenIssuer
 
     shutil.rmtree(data_dir, ignore_errors=True)
     os.makedirs(data_dir)
-    node_proc = Node(data_dir)
+    node_proc = Node(data_dir, mode)
     issuer = TokenIssuer(SECRET, clock=WallClock(), ttl=3600)
     pubs = []
     try:
@@ -387,10 +240,12 @@ def run_one(n, args, ffmpeg, data_dir, other):
     cpu = 100 * (cpu1 - cpu0) / elapsed
     node_cpu = 100 * (node1 - node0) / elapsed
     recording = max(1, st1["recording"])
-    return {"streams": n, "recording": st1["recording"], "cpu_pct": cpu,
+    return {"mode": "+".join(st1["modes"]), "streams": n, "recording": st1["recording"],
+            "cpu_pct": cpu,
             "cpu_per_stream": cpu / recording, "node_pct": node_cpu,
             "children_pct": cpu - node_cpu, "write_mbs": (b1 - b0) / elapsed / 1e6,
             "frames_written": written, "frames_lost": expected - written,
+            "depacketizer_lost": sum(i["frames_lost"] or 0 for i in stopped["stopped"]),
             "ss_drops": stopped["drops"], "segments": st1["segments"],
             "alarm": st1["alarm"]}
 
@@ -460,10 +315,13 @@ def bench_catalogue(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="run", choices=("run", "node", "capture"))
-    ap.add_argument("--ffmpeg")
-    ap.add_argument("--inprocess-estimate", action="store_true")
-    ap.add_argument("--streams", default="10,50,100")
+    ap.add_argument("what", nargs="?", default="run", choices=("run", "node"))
+    ap.add_argument("--mode", default="auto", choices=("auto", "process"),
+                    help="(node) the Recorder's mode")
+    ap.add_argument("--streams", default="10,50,100",
+                    help="stream counts recorded in process")
+    ap.add_argument("--process-streams", default="10,50",
+                    help="stream counts also recorded by children, for comparison")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=6.0)
     ap.add_argument("--segment", type=float, default=5.0)
@@ -476,16 +334,8 @@ def main():
     ap.add_argument("--input", default=os.path.join(tempfile.gettempdir(),
                                                     "vss-bench-4mbps-gop25.mp4"))
     args = ap.parse_args()
-    if args.mode == "node":
+    if args.what == "node":
         return node(args)
-    if args.mode == "capture":
-        return capture(args)
-    if args.inprocess_estimate:
-        import imageio_ffmpeg
-
-        ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-        make_input(ffmpeg, args.input)
-        return inprocess_estimate(args, ffmpeg)
     if not args.catalogue_only:
         import imageio_ffmpeg
 
@@ -495,27 +345,33 @@ def main():
         other = ncpu - 1 if ncpu > 1 else 0
         data_dir = tempfile.mkdtemp(prefix="vss-recording-bench-")
         rows = []
+        process_ns = {int(x) for x in args.process_streams.split(",") if x}
+        saturated = set()
         try:
             for n in [int(x) for x in args.streams.split(",")]:
-                r = run_one(n, args, ffmpeg, data_dir, other)
-                rows.append(r)
-                print(json.dumps(r), flush=True)
-                if r["cpu_pct"] > 95 or r["frames_lost"] > 0.01 * max(1, r["frames_written"]):
-                    print(f"stopping at {n} streams: the node's core is saturated or frames "
-                          "are lost")
-                    break
+                for mode in ("auto", "process"):
+                    if mode in saturated or (mode == "process" and n not in process_ns):
+                        continue
+                    r = run_one(n, args, ffmpeg, data_dir, other, mode)
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+                    if r["cpu_pct"] > 95 or \
+                            r["frames_lost"] > 0.01 * max(1, r["frames_written"]):
+                        print(f"{mode}: stopping at {n} streams: the node's core is "
+                              "saturated or frames are lost")
+                        saturated.add(mode)
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
-        print("\n| streams (recording) | node CPU, % of one core (node + recorder children) "
-              "| node process / children | per stream | write MB/s | frames written "
-              "| frames lost | SS drops for recorders |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n| recorder | streams (recording) | node CPU, % of one core (node + "
+              "recorder children) | node process / children | per stream | write MB/s "
+              "| frames written | frames lost | SS drops for recorders |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['streams']} ({r['recording']}) | {r['cpu_pct']:.1f} % | "
+            print(f"| {r['mode']} | {r['streams']} ({r['recording']}) | {r['cpu_pct']:.1f} % | "
                   f"{r['node_pct']:.1f} % / {r['children_pct']:.1f} % | "
                   f"{r['cpu_per_stream']:.2f} % | "
-                  f"{r['write_mbs']:.1f} | {r['frames_written']} | {r['frames_lost']} | "
-                  f"{r['ss_drops']} |")
+                  f"{r['write_mbs']:.1f} | {r['frames_written']} | {r['frames_lost']} "
+                  f"({r['depacketizer_lost']}) | {r['ss_drops']} |")
     if not args.skip_catalogue:
         bench_catalogue(args)
 

@@ -25,6 +25,8 @@ from vss.cdn.recorder import EXIT_DISK_FULL, Recorder, _Child, _Recording, recor
 from vss.cdn.tokens import TokenIssuer
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.rtsp import sdp as sdplib
+from vss.rtsp.fanout import Source
 from vss.testing.platform import wait_until
 
 try:
@@ -702,3 +704,176 @@ class InProcessRecordingE2ETests(RecordingE2ETests):
             _, frames, _, _ = yield threads.deferToThread(read_segment,
                                                          os.path.join(self.data, p))
             self.assertGreater(frames, 0)
+
+
+H264_SDP = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\n"
+            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+            "a=fmtp:96 packetization-mode=1\r\n")
+
+
+def make_h264(path, seconds=5):
+    """A local raw H.264 stream (Annex B, 25 fps, 1 s GOP, no B-frames)."""
+    proc = FFmpeg()
+    reactor.spawnProcess(proc, FFMPEG, [
+        FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+        "testsrc=size=320x240:rate=25", "-c:v", "libx264", "-preset", "ultrafast",
+        "-g", "25", "-bf", "0", "-t", str(seconds), "-f", "h264", path],
+        env=dict(os.environ))
+    return proc.ended
+
+
+def rtp_pictures(path, mtu=1200):
+    """Blocking: the RTP packets (RFC 6184 single NAL / FU-A) of each picture of an
+    Annex B file, timestamps 3600 apart (25 fps): [[packet, ...], ...]."""
+    import re
+    import struct
+
+    out, seq = [], 0
+    with av.open(path) as c:
+        for i, p in enumerate(c.demux(video=0)):
+            if not p.size:
+                continue
+            nals = [n for n in re.split(b"\x00\x00\x00\x01|\x00\x00\x01", bytes(p)) if n]
+            payloads = []
+            for nal in nals:
+                if len(nal) <= mtu:
+                    payloads.append(nal)
+                    continue
+                body = nal[1:]
+                parts = [body[k:k + mtu] for k in range(0, len(body), mtu)]
+                for k, part in enumerate(parts):
+                    fu = (nal[0] & 0x1F) | (0x80 if k == 0 else 0) | \
+                        (0x40 if k == len(parts) - 1 else 0)
+                    payloads.append(bytes(((nal[0] & 0xE0) | 28, fu)) + part)
+            picture = []
+            for k, payload in enumerate(payloads):
+                marker = 0x80 if k == len(payloads) - 1 else 0
+                picture.append(struct.pack("!BBHII", 0x80, marker | 96, seq & 0xFFFF,
+                                           (1000 + i * 3600) & 0xFFFFFFFF, 7) + payload)
+                seq += 1
+            out.append(picture)
+    return out
+
+
+class LiveWriterTests(unittest.TestCase):
+    """The in-process recording with a task.Clock: a fan-out ``Source`` fed hand-made
+    RTP packets of a local file, 25 pictures per clock second."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        if FFMPEG is None:
+            raise unittest.SkipTest("PyAV and imageio-ffmpeg are needed")
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        path = os.path.join(self.dir, "in.h264")
+        yield make_h264(path)
+        self.pictures = yield threads.deferToThread(rtp_pictures, path)
+        self.clock = task.Clock()
+        self.clock.advance(T0 / 1000 + 1.0)  # the stream starts 1 s into a period
+        self.sources = []
+        outer = self
+
+        class SS:
+            def wait_for_source(self, path, timeout):
+                src = Source(path, H264_SDP, sdplib.tracks(H264_SDP), outer.clock)
+                outer.sources.append(src)
+                return defer.succeed(src)
+
+        self.recorder = Recorder(SS(), None, self.dir, self.clock, reactor, "",
+                                 in_thread=lambda f, *a: defer.maybeDeferred(f, *a),
+                                 restart_delay=5)
+        yield self.recorder.open()
+        self.addCleanup(self.recorder.close)
+
+    def play(self, pictures, skip=()):
+        for picture in pictures:
+            for packet in picture:
+                if packet not in skip:
+                    self.sources[-1].feed(0, False, packet)
+            self.clock.advance(0.04)
+
+    @defer.inlineCallbacks
+    def segments(self):
+        rows = yield self.recorder.catalogue.list("cam1", "main", 0, 2**62)
+        out = []
+        for s in rows["segments"]:
+            got = yield threads.deferToThread(read_segment, os.path.join(self.dir, s.path))
+            out.append((s, *got))
+        return out
+
+    @defer.inlineCallbacks
+    def test_cut_at_the_first_keyframe_of_each_utc_period(self):
+        info = yield self.recorder.start("cam1", 0, 0, 2)
+        self.assertEqual((info["mode"], info["state"]), ("inprocess", "recording"))
+        self.play(self.pictures)
+        final = yield self.recorder.stop("cam1", 0, 0)
+        self.assertEqual((final["frames"], final["frames_received"], final["frames_lost"]),
+                         (125, 125, 0))
+        out = yield self.segments()
+        self.assertEqual([(s.start_ms - T0, s.end_ms - T0) for s, *_ in out],
+                         [(1000, 2000), (2000, 4000), (4000, 6000)])
+        self.assertEqual([f for _, _, f, _, _ in out], [25, 50, 50])
+        for s, duration, _frames, vdts, _ in out:
+            self.assertEqual(vdts[0], 0)
+            self.assertEqual([round(t, 6) for t in vdts],
+                             [round(k * 0.04, 6) for k in range(len(vdts))])
+            self.assertAlmostEqual(duration, (s.end_ms - s.start_ms) / 1000, delta=0.001)
+            self.assertEqual(os.path.basename(s.path), segment_name(s.start_ms) + ".mp4")
+
+    @defer.inlineCallbacks
+    def test_a_lost_packet_drops_pictures_up_to_the_next_keyframe(self):
+        yield self.recorder.start("cam1", 0, 0, 2)
+        lost = self.pictures[30][0]  # a packet of the 6th picture of the second GOP
+        self.play(self.pictures, skip={lost})
+        status = self.recorder.status()["recordings"]["/live/cam1/main"]
+        # pictures 31..49 are dropped (they reference 30), and 30 itself if it had
+        # more packets than the lost one (a picture lost whole is never seen)
+        self.assertEqual(status["frames_lost"], 20 if len(self.pictures[30]) > 1 else 19)
+        self.assertEqual(status["live"]["gaps"], 1)
+        final = yield self.recorder.stop("cam1", 0, 0)
+        self.assertEqual(final["frames"], 105)
+        out = yield self.segments()
+        self.assertEqual([f for _, _, f, _, _ in out], [25, 30, 50])
+        for _s, _duration, _frames, vdts, _ in out:
+            self.assertEqual(vdts, sorted(vdts))
+
+    @defer.inlineCallbacks
+    def test_the_source_ends_then_comes_back(self):
+        yield self.recorder.start("cam1", 0, 0, 2)
+        self.play(self.pictures[:60])
+        self.sources[-1].close()
+        rec = self.recorder.status()["recordings"]["/live/cam1/main"]
+        self.assertEqual((rec["state"], rec["segments"]), ("waiting", 2))
+        self.assertEqual(self.recorder.status()["restarts"], 1)
+        self.clock.advance(5)  # restart_delay: a new source is there
+        self.assertEqual(len(self.sources), 2)
+        self.assertEqual(self.sources[-1].reader_count, 1)
+        self.play(self.pictures[75:])  # from a keyframe
+        final = yield self.recorder.stop("cam1", 0, 0)
+        self.assertEqual((final["frames"], final["frames_lost"]), (110, 0))
+        out = yield self.segments()
+        self.assertEqual([f for _, _, f, _, _ in out], [25, 35, 50])
+
+    @defer.inlineCallbacks
+    def test_disk_full_at_the_segment_sync_raises_the_alarm(self):
+        yield self.recorder.start("cam1", 0, 0, 2)
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.play(self.pictures[:30])  # the first segment is closed and kept
+        self.patch(os, "fsync", full)
+        with capturedLogs() as events:
+            self.play(self.pictures[30:80])  # the second one cannot be synced
+        self.assertTrue(any(e["log_level"] == LogLevel.critical for e in events))
+        status = self.recorder.status()
+        self.assertEqual(status["alarm"]["kind"], "disk_full")
+        self.assertEqual(status["recordings"]["/live/cam1/main"]["state"], "disk_full")
+        self.clock.advance(0)
+        self.assertEqual(self.sources[-1].reader_count, 0)
+        self.play(self.pictures[80:])  # nothing more is written
+        yield self.recorder.stop("cam1", 0, 0)
+        files = sorted(os.listdir(os.path.join(self.dir, "recordings/cam1/main")))
+        self.assertEqual(files, [segment_name(T0 + 1000) + ".mp4"])

@@ -5,16 +5,34 @@ recording. ``Recorder.start(device, channel, stream, segment_seconds)``, ``stop(
 
 How a recording is written (the approach, and why):
 
-- One CHILD PROCESS per recording (``python -m vss.cdn.recorder``), like the PU's
-  publisher (``vss.pu.media``): PyAV/FFmpeg calls block and use CPU; in a child they
-  never stall the node's reactor, they use another core, and a crash or kill -9 of one
-  recording costs only that recording.
-- The child is an ordinary viewer of this node's OWN streaming server: it opens the live
-  path (``rtsp://<node>/live/<device>/<stream>?token=<play token>``, RTP over TCP) with
+- IN PROCESS when the source's video is H.264 or H.265 (``mode="auto"``, the default;
+  the SDP says which): the recording is a READER of the SS's ``Source``, like a TCP
+  viewer but writing files (``_LiveWriter``). It gets the very ``Frame`` batches every
+  viewer gets, depacketizes them (``vss.cdn.rtpmux``: H.264/H.265 access units, AAC
+  frames; G.711 cannot go into MP4 and is left out) and muxes the access units with
+  PyAV's MP4 muxer in the reactor thread. Why: the child below costs about 0.75 % of a
+  core per 4 Mb/s stream, almost all of it the loopback RTSP hop (FFmpeg's RTSP client,
+  a second depacketizer) and a process per stream; depacketizing and muxing here costs
+  a fraction of that (docs/performance.md, "Recording"). Writes go to the page cache
+  (fine in the reactor); the fsync, keyframe scan and rename at each segment close run
+  in a thread (``in_thread``), so the reactor never waits on the disk. The reader has
+  no queue: it never drops; the depacketizer counts the pictures a packet loss makes
+  useless (it drops up to the next keyframe) in ``frames_lost`` (``status()``). A
+  source that ends closes the open segment and the recording waits for the source to
+  come back, retried every ``restart_delay`` seconds.
+- In a CHILD PROCESS otherwise (another video codec, audio MP4 keeps that is not AAC,
+  or ``mode="process"``): ``python -m vss.cdn.recorder``, like the PU's publisher
+  (``vss.pu.media``): PyAV/FFmpeg calls block and use CPU; in a child they never stall
+  the node's reactor, they use another core, and a crash or kill -9 of one recording
+  costs only that recording. The child is an ordinary viewer of this node's OWN
+  streaming server: it opens the live path
+  (``rtsp://<node>/live/<device>/<stream>?token=<play token>``, RTP over TCP) with
   PyAV. The URL carries a token, so it is passed in the environment
-  (``VSS_RECORD_URL``), never on the command line. The SS treats it like any viewer:
-  shared fan-out buffer, bounded queue, its drops counted in the source's stats. It
-  records exactly what the SS receives for live video.
+  (``VSS_RECORD_URL``), never on the command line. Audio is kept when MP4 can carry it
+  without transcoding (AAC, Opus, MP3...).
+
+Both write the same files:
+
 - Packets are REMUXED, never decoded nor transcoded, into fragmented MP4
   (``movflags=frag_keyframe+empty_moov+default_base_moof``): the header is written first
   and every keyframe starts a self-contained fragment (moof + mdat), so a file cut
@@ -23,26 +41,28 @@ How a recording is written (the approach, and why):
 - Segments are aligned on UTC multiples of ``segment_seconds`` since the epoch (5-minute
   files start at :00, :05...): a segment is cut at the first video keyframe at or after
   the next boundary, so the first one may be shorter; the segment clock is the wall
-  clock at the first packet plus the stream's media time. Timestamps are rebased so
-  each file starts at 0. It is
-  written to ``<name>.mp4.part`` (raw unbuffered writes, every packet flushed to the
-  kernel), and when it closes it is fsynced, renamed to ``<name>.mp4`` and the directory
-  fsynced. Names are ``<data_dir>/recordings/<device>/<stream>/<YYYYMMDDTHHMMSSZ>.mp4``
-  (the segment's UTC start: the wall clock at the first packet plus media time).
-- For each closed segment the child prints one JSON line on stdout (start, end, bytes,
-  frames, keyframe offsets read from the file's moof/tfdt boxes); the parent turns it
-  into a catalogue row (``vss.cdn.catalogue``).
-- Audio is kept when MP4 can carry it without transcoding (AAC, Opus, MP3...); G.711
-  (PCMU/PCMA) cannot go into MP4 and is left out (logged by the child).
-- A full disk (ENOSPC, EDQUOT, EFBIG while writing) deletes the open ``.part`` (closed
-  segments are never written again), prints ``disk_full`` and exits with
-  ``EXIT_DISK_FULL``; the parent raises the alarm (log + ``status()``), refuses new
-  recordings until ``clear_alarm()`` or a retention pass frees space, and does not
-  restart that child. Any other exit of a wanted recording is retried after
-  ``restart_delay`` seconds (the source may come back).
+  clock at the first packet plus the stream's media time (in process: the RTP
+  timestamps; each track is placed on the wall clock at its first packet). Timestamps
+  are rebased so each file starts at 0. It is written to ``<name>.mp4.part`` (every
+  fragment flushed to the kernel), and when it closes it is fsynced, renamed to
+  ``<name>.mp4`` and the directory fsynced. Names are
+  ``<data_dir>/recordings/<device>/<stream>/<YYYYMMDDTHHMMSSZ>.mp4`` (the segment's UTC
+  start).
+- For each closed segment (start, end, bytes, frames, keyframe offsets read from the
+  file's moof/tfdt boxes) the recorder adds a catalogue row (``vss.cdn.catalogue``);
+  the child reports it as one JSON line on stdout.
+- A full disk (ENOSPC, EDQUOT, EFBIG while writing or syncing) deletes the open
+  ``.part`` (closed segments are never written again); the recorder raises the alarm
+  (log + ``status()``), refuses new recordings until ``clear_alarm()`` or a retention
+  pass frees space, and that recording stops writing (a child exits with
+  ``EXIT_DISK_FULL`` and is not restarted). Any other end of a wanted recording is
+  retried after ``restart_delay`` seconds (the source may come back).
 
-An in-process RTP -> fMP4 muxer would save the loopback RTSP hop and a process per
-stream; it was not built (see docs/performance.md, "Recording", for what the child costs).
+Limits of the in-process path: RTP timestamps are taken as decoding order, so a stream
+with B-frames (timestamps that go back) would be written in decoding order at made-up
+times (each step back is counted in ``timestamp_jumps``); surveillance cameras rarely
+send B-frames, and ``mode="process"`` records such a stream as FFmpeg does. H.264
+interleaved mode and H.265 with DONL go to a child.
 """
 
 import errno
@@ -552,6 +572,8 @@ class _LiveWriter:
                        or self.vdep.parameter_sets() != self.vparams):
             if self.seg is not None:
                 self._close(at_ms)
+                if self.closed:  # the disk is full
+                    return
             self._open(au, ts, at_ms)
         if self.seg is not None:
             self.held = (au, ts)
