@@ -27,6 +27,7 @@ from tests.test_playback import (
     index_segments,
     open_playback,
     play,
+    play_to_end,
     write_gop_footage,
 )
 from tests.test_rtsp_server import SDP, ServerTestBase, idr, pframe
@@ -546,6 +547,20 @@ class RemotePlaybackTests(unittest.TestCase):
                              timeout=10, what="node-b to learn node-a's address")
         self.assertEqual(self.b.cdn.counters["relayed_playbacks"], 2)
         self.assertIn("node-a", self.b.central.peers.links)  # the second one went direct
+
+        # to the end of the footage: node-a ends its stream, node-b's relay ends with it
+        near_end = segments[-1].end_ms - 1500
+        url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", near_end),
+                                   timeout=30)).body.url
+        path = "/" + url.split("?")[0].split("/", 3)[3]
+        frames = yield threads.deferToThread(play_to_end, url)
+        walls = [table.get(k) for k, _ in frames]
+        self.assertEqual(walls[0], segments[-1].start_ms + GOP_MS)
+        self.assertEqual(walls, [walls[0] + FRAME_MS * i for i in range(len(walls))])
+        self.assertEqual(walls[-1], max(table.values()))
+        yield wait_until(reactor, lambda: path not in self.b.rtsp.sources, timeout=20,
+                         what="node-b's relay to end with the footage")
+        self.assertNotIn(path, self.b.rtsp.controllers)
 
         # no footage anywhere at or after that time: NOT_FOUND, with a message
         with self.assertRaises(VssError) as e:
