@@ -299,9 +299,7 @@ def q(text):
 # commands: each leaf has ``run(client)`` firing with (json value, text)
 
 
-class Command(usage.Options):
-    optFlags = [["json", "j", "Print the API's JSON answer."]]
-
+class GnuOptions(usage.Options):
     def parseOptions(self, options=None):
         """Options may follow the arguments (``user add alice --groups ops``)."""
         options = sys.argv[1:] if options is None else options
@@ -318,6 +316,10 @@ class Command(usage.Options):
                 takes_value = self.shortOpt[i + 1:i + 2] == ":"
             ordered += [opt, value] if takes_value else [opt]
         super().parseOptions([*ordered, "--", *args])
+
+
+class Command(GnuOptions):
+    optFlags = [["json", "j", "Print the API's JSON answer."]]
 
     def run(self, client):
         raise NotImplementedError
@@ -802,13 +804,14 @@ class Bootstrap(usage.Options):
             raise usage.UsageError("bootstrap needs --db")
 
 
-class ExportStatic(Command):
+class ExportStatic(GnuOptions):
     synopsis = "--db sqlite:PATH|postgresql://... FILE [--node NODE_ID]"
     longdesc = ("Write the master data of the CMS database (devices, users with their "
                 "verifiers, grants) as the static file of a standalone node "
                 "(twistd vss-node --static FILE). The file holds no password or secret, "
                 "only verifiers, and is written mode 0600, atomically (a temporary file "
                 "renamed over FILE).")
+    optFlags = [["json", "j", "Print the file and the counts written as JSON."]]
     optParameters = [["db", "d", None, "The CMS database (as for twistd vss-cms)."],
                      ["node", "n", None, "Only the devices homed on this node (or on none) "
                                          "and the grants on them."]]
