@@ -227,10 +227,11 @@ def relay(cdn, body, url, node):
     SS steered by a ``RelayedPlayback``; the CU's ``MediaUrl``."""
     path = f"/live/{body.device_id}/{PREFIX}{os.urandom(8).hex()}"
     proto = yield _pull(cdn, path, url.url, node, play=False)
-    rp = RelayedPlayback(cdn, path, node, proto)
     source = cdn.rtsp.sources.get(path)
     if source is None or proto.finished.called:
+        proto.teardown()
         raise VssError(ResultCode.HOME_NODE_DOWN, f"the playback on node {node} ended")
+    rp = RelayedPlayback(cdn, path, node, proto)
     cdn.rtsp.controllers[path] = rp
     cdn.origins[path] = ("playback", rp)
     cdn.source_idle(source)  # stopped if no viewer comes
@@ -246,7 +247,8 @@ def relay_dvr(cdn, body, url, node):
     path = f"/live/{body.device_id}/{dvr.PREFIX}{os.urandom(8).hex()}"
     proto = yield _pull(cdn, path, url.url, node, play=True)
     source = cdn.rtsp.sources.get(path)
-    if source is None:
+    if source is None or proto.finished.called:
+        proto.teardown()
         raise VssError(ResultCode.HOME_NODE_DOWN, f"the DVR playback on node {node} ended")
     cdn.origins[path] = ("pull", proto)
     cdn.source_idle(source)
