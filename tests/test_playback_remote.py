@@ -41,6 +41,7 @@ from vss.protocols.messages import (
     MediaUrl,
     MsgType,
     PuKind,
+    Purpose,
     Recordings,
     RecordSegment,
     Role,
@@ -338,6 +339,44 @@ class HolderTests(unittest.TestCase):
         cdn.central.query_error = VssError(ResultCode.CENTRAL_UNAVAILABLE, "no link")
         self.assertEqual(self.open(cdn).url, "rtsp://here/pb")
         self.assertEqual(cdn.playback.opened, [T])
+
+
+class ServeRouteTests(unittest.TestCase):
+    """A routed MEDIA_OPEN on a node that is not the device's home: served for a
+    playback (the node holds the footage), refused for live video."""
+
+    def setUp(self):
+        self.asked = []
+        store = FakeStore(Record("cam1", "node-a"), Record("cam2", "node-b"))
+        self.rgm = FakeRGM(None, store)
+        self.rgm.cdn = self
+
+    def routed_media_open(self, body):
+        self.asked.append((body.device_id, body.purpose))
+        return defer.succeed(MediaUrl(url="rtsp://b/pb", session_id="s", expires=0))
+
+    def serve(self, via, body):
+        from vss.protocols.messages import RouteRequest
+        from vss.rgm.peers import serve_route
+
+        return self.successResultOf(serve_route(self.rgm, RouteRequest(
+            origin_node="node-c", device_id=via, hops=1, inner_type=MsgType.MEDIA_OPEN,
+            inner_body=codec.encode_body(body))))
+
+    def test_playback_of_a_device_homed_elsewhere_is_served_live_is_not(self):
+        from dataclasses import replace
+
+        answer = self.serve("cam1", open_playback("cam1", T))
+        self.assertEqual(answer.inner_status, 0)
+        answer = self.serve("cam2", open_playback("cam1", T))  # through a device homed here
+        self.assertEqual(answer.inner_status, 0)
+        self.assertEqual(self.asked, [("cam1", Purpose.PLAYBACK)] * 2)
+        live = replace(open_playback("cam1", 0), purpose=Purpose.LIVE)
+        answer = self.serve("cam1", live)
+        self.assertEqual(answer.inner_status, ResultCode.UNKNOWN_DEVICE)
+        answer = self.serve("cam9", open_playback("cam9", T))  # unknown here
+        self.assertEqual(answer.inner_status, ResultCode.UNKNOWN_DEVICE)
+        self.assertEqual(len(self.asked), 2)
 
 
 class FakeProto:
