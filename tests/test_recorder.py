@@ -777,9 +777,10 @@ class LiveWriterTests(unittest.TestCase):
 
         class SS:
             def wait_for_source(self, path, timeout):
-                src = Source(path, H264_SDP, sdplib.tracks(H264_SDP), outer.clock)
-                outer.sources.append(src)
-                return defer.succeed(src)
+                if not outer.sources or outer.sources[-1].closed:
+                    outer.sources.append(Source(path, H264_SDP, sdplib.tracks(H264_SDP),
+                                                outer.clock))
+                return defer.succeed(outer.sources[-1])
 
         self.recorder = Recorder(SS(), None, self.dir, self.clock, reactor, "",
                                  in_thread=lambda f, *a: defer.maybeDeferred(f, *a),
@@ -877,3 +878,47 @@ class LiveWriterTests(unittest.TestCase):
         yield self.recorder.stop("cam1", 0, 0)
         files = sorted(os.listdir(os.path.join(self.dir, "recordings/cam1/main")))
         self.assertEqual(files, [segment_name(T0 + 1000) + ".mp4"])
+
+    @defer.inlineCallbacks
+    def test_an_event_recording_starts_with_the_pre_event_buffer(self):
+        yield self.recorder.prebuffer("cam1", 0, 0, 3)
+        source = self.sources[-1]
+        self.assertEqual(source.reader_count, 1)
+        self.play(self.pictures[:110])  # the stream runs 4.4 s before the event
+        event_ms = T0 + 5400
+        info = yield self.recorder.start("cam1", 0, 0, 2)
+        self.assertEqual(info["state"], "recording")
+        self.play(self.pictures[110:])
+        yield self.recorder.stop("cam1", 0, 0)
+        self.assertEqual(source.reader_count, 1)  # the buffer goes on reading
+        out = yield self.segments()
+        # the first segment starts at the keyframe at or before event - 3 s
+        start = out[0][0].start_ms
+        self.assertTrue(event_ms - 4000 < start <= event_ms - 3000, start - event_ms)
+        self.assertEqual([(s.start_ms - T0, s.end_ms - T0) for s, *_ in out],
+                         [(2000, 4000), (4000, 6000)])
+        self.assertEqual([f for _, _, f, _, _ in out], [50, 50])
+        for _s, _duration, _frames, vdts, _ in out:
+            self.assertEqual(vdts[0], 0)
+            self.assertEqual(vdts, sorted(vdts))
+        yield self.recorder.unprebuffer("cam1", 0, 0)
+        self.assertEqual(source.reader_count, 0)
+
+    @defer.inlineCallbacks
+    def test_the_pre_event_buffer_is_bounded_and_follows_its_source(self):
+        self.recorder.prebuffer_max_bytes = 1  # never more than the newest GOP
+        yield self.recorder.prebuffer("cam1", 0, 0, 30)
+        pb = self.recorder.prebuffers[("cam1", 0, "main")]
+        self.play(self.pictures[:60])
+        self.assertEqual(len(pb.gops), 1)
+        self.assertEqual(self.recorder.status()["prebuffers"]["/live/cam1/main"],
+                         {"seconds": 30, "bytes": pb.bytes, "reading": True})
+        self.assertEqual(pb.gops[0][0][1].key, True)
+        self.sources[-1].close()  # the source ends: the buffer waits for it again
+        self.assertEqual(len(pb.gops), 0)
+        self.clock.advance(self.recorder.restart_delay)
+        self.assertEqual(len(self.sources), 2)
+        self.assertEqual(self.sources[-1].reader_count, 1)
+        yield self.recorder.unprebuffer("cam1", 0, 0)
+        self.assertEqual(self.sources[-1].reader_count, 0)
+        self.assertFalse(self.clock.getDelayedCalls())

@@ -72,6 +72,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from fractions import Fraction
 
 from twisted.internet import defer, protocol, threads
@@ -494,12 +495,30 @@ class _LiveWriter:
         self.errors = 0
         self.audio_frames = 0
         self.closed = False
+        self.now = None  # the wall clock of a replayed frame (pre-event buffer)
+        self.replayed = None  # frames already replayed, not to be written twice
+
+    def replay(self, frames):
+        """Write buffered ``(wall clock, frame)`` pairs first (the pre-event footage),
+        each placed on the wall clock at which the SS got it."""
+        for wall, frame in frames:
+            self.now = wall
+            self.deliver(frame)
+        self.now = None
+        self.replayed = {id(f) for _, f in frames} or None
+
+    def _wall_ms(self):
+        return round((self.clock.seconds() if self.now is None else self.now) * 1000)
 
     # -- the reader interface (Source calls these)
 
     def deliver(self, frame):
         if self.closed:
             return
+        if self.replayed is not None:
+            if id(frame) in self.replayed:
+                return  # the source's GOP cache sends what the buffer had
+            self.replayed = None
         try:
             vtrack, atrack = self.vtrack, self.atrack
             for t, rtcp, data in frame.packets:
@@ -564,7 +583,7 @@ class _LiveWriter:
             else:
                 self.step = d
         if self.anchor is None:
-            self.anchor = (self.clock.seconds() * 1000, ts)
+            self.anchor = (self._wall_ms(), ts)
         self._flush_held(ts - last if last is not None else self.step)
         self.last_ts = ts
         at_ms = self._at_ms(ts)
@@ -615,7 +634,7 @@ class _LiveWriter:
 
     def _audio(self, ts, raw):
         if self.aanchor is None:
-            self.aanchor = (self.clock.seconds() * 1000, ts)
+            self.aanchor = (self._wall_ms(), ts)
         seg = self.seg
         if seg is None or seg.audio is None:
             return  # no picture yet
@@ -664,6 +683,78 @@ class _LiveWriter:
             self.seg.abandon()
             self.seg = None
         self.held = None
+
+
+class _PreBuffer:
+    """A reader of the source that keeps the last ``seconds`` of frames in memory, from
+    a keyframe, so an event recording can start with the footage from before the event.
+    Bounded: whole GOPs are dropped from the front once the next GOP starts at least
+    ``seconds`` ago, or while the buffer holds more than ``max_bytes``."""
+
+    source = None
+    full = True
+    needs_key = True
+    waiting_key = True  # Source.add_reader may clear it (audio only): we check frame.key
+    drops = 0
+
+    def __init__(self, recorder, key, path, seconds, max_bytes):
+        self.recorder = recorder
+        self.key = key
+        self.path = path
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+        self.mask = frozenset()
+        self.gops = deque()  # [[(wall s, frame), ...], ...], each from a keyframe
+        self.bytes = 0
+        self.retry = None
+        self.wanted = True
+
+    def attach(self, source):
+        self.mask = frozenset(t.index for t in source.tracks)
+        source.add_reader(self)
+
+    def deliver(self, frame):
+        now = self.recorder.clock.seconds()
+        if frame.key:
+            self.gops.append([(now, frame)])
+        elif self.gops:
+            self.gops[-1].append((now, frame))
+        else:
+            return
+        self.bytes += len(frame.data)
+        self.trim(now)
+
+    def trim(self, now):
+        gops = self.gops
+        while len(gops) > 1 and (gops[1][0][0] <= now - self.seconds
+                                 or self.bytes > self.max_bytes):
+            self.bytes -= sum(len(f.data) for _, f in gops.popleft())
+
+    def frames(self):
+        """The buffered ``(wall clock, frame)`` pairs, oldest first, from a keyframe at
+        or before ``seconds`` ago."""
+        self.trim(self.recorder.clock.seconds())
+        return [item for gop in self.gops for item in gop]
+
+    def clear(self):
+        self.gops.clear()
+        self.bytes = 0
+
+    def detach(self):
+        self.wanted = False
+        if self.retry is not None and self.retry.active():
+            self.retry.cancel()
+        self.retry = None
+        if self.source is not None:
+            self.source.remove_reader(self)
+            self.source = None
+        self.clear()
+
+    def source_ended(self):
+        self.source = None
+        self.clear()
+        if self.wanted:
+            self.recorder._prebuffer_later(self)
 
 
 # -- the parent: the CDN module's recording interface -----------------------------------
@@ -753,7 +844,7 @@ class Recorder:
     def __init__(self, rtsp_factory, issuer, data_dir, clock, reactor, media_base,
                  source_wait=10.0, restart_delay=2.0, stop_timeout=10.0, max_starting=4,
                  python=sys.executable, env=None, mode="auto", in_thread=None,
-                 opener=_raw_open):
+                 opener=_raw_open, prebuffer_max_bytes=64 * 1024 * 1024):
         if mode not in ("auto", "process"):
             raise ValueError(f"mode must be 'auto' or 'process', not {mode!r}")
         self.rtsp = rtsp_factory
@@ -777,6 +868,8 @@ class Recorder:
         self.starting = defer.DeferredSemaphore(max_starting)
         self.catalogue = Catalogue(self.data_dir, clock=clock, reactor=reactor)
         self.recordings = {}  # (device, channel, stream name) -> _Recording
+        self.prebuffers = {}  # (device, channel, stream name) -> _PreBuffer
+        self.prebuffer_max_bytes = prebuffer_max_bytes
         self.alarm = None
         self.counters = {"started": 0, "segments": 0, "bytes": 0, "restarts": 0,
                          "failed": 0}
@@ -792,6 +885,9 @@ class Recorder:
 
     @defer.inlineCallbacks
     def close(self):
+        for pb in list(self.prebuffers.values()):
+            pb.detach()
+        self.prebuffers.clear()
         yield defer.DeferredList([self._stop(key) for key in list(self.recordings)])
         yield self.catalogue.close()
 
@@ -857,9 +953,54 @@ class Recorder:
 
         return child.ended.addCallback(ended)
 
+    # -- the pre-event buffer
+
+    def prebuffer(self, device_id, channel, stream, seconds):
+        """Keep the last ``seconds`` of (device, channel, stream)'s live stream in memory
+        (from a keyframe; at most ``prebuffer_max_bytes``), so that a recording started
+        later (an event) begins with that footage, up to ``seconds`` before its start.
+        The SS must get the live stream (the CDN service makes sure of it); a missing or
+        ending source is waited for again every ``restart_delay`` seconds. Only
+        in-process recordings (H.264/H.265) use the buffer. Fires once the buffer
+        reads the source (None if the source did not come within ``source_wait``)."""
+        name = stream_name(channel, stream)
+        key = (device_id, channel, name)
+        pb = self.prebuffers.get(key)
+        if pb is not None:
+            pb.seconds = seconds
+            return defer.succeed(None)
+        pb = self.prebuffers[key] = _PreBuffer(self, key, f"/live/{device_id}/{name}",
+                                               seconds, self.prebuffer_max_bytes)
+        return self._prebuffer_attach(pb)
+
+    def unprebuffer(self, device_id, channel, stream):
+        """Stop keeping the pre-event buffer of (device, channel, stream)."""
+        pb = self.prebuffers.pop((device_id, channel, stream_name(channel, stream)), None)
+        if pb is not None:
+            pb.detach()
+        return defer.succeed(None)
+
+    @defer.inlineCallbacks
+    def _prebuffer_attach(self, pb):
+        pb.retry = None
+        source = yield self.rtsp.wait_for_source(pb.path, self.source_wait)
+        if not pb.wanted or pb.source is not None:
+            return None
+        if source is None or getattr(source, "closed", False):
+            self._prebuffer_later(pb)
+            return None
+        pb.attach(source)
+        return None
+
+    def _prebuffer_later(self, pb):
+        pb.retry = self.clock.callLater(self.restart_delay, self._prebuffer_attach, pb)
+
     def status(self):
         return {"alarm": self.alarm, **self.counters,
-                "recordings": {f"{r.path}": r.info() for r in self.recordings.values()}}
+                "recordings": {f"{r.path}": r.info() for r in self.recordings.values()},
+                "prebuffers": {pb.path: {"seconds": pb.seconds, "bytes": pb.bytes,
+                                         "reading": pb.source is not None}
+                               for pb in self.prebuffers.values()}}
 
     def clear_alarm(self):
         if self.alarm is not None:
@@ -931,6 +1072,9 @@ class Recorder:
         rec.mode = "inprocess"
         writer = _LiveWriter(self, rec, sdp, self.opener)
         rec.live = writer
+        pb = self.prebuffers.get((rec.device_id, rec.channel, rec.stream))
+        if pb is not None and pb.source is source:
+            writer.replay(pb.frames())  # the footage from before the start
         source.add_reader(writer)
         log.info("recording {path} in process ({codec})", path=rec.path,
                  codec=writer.vcodec)
