@@ -86,10 +86,10 @@ def fired(d):
 
 
 def settings(device="cam1", channel=0, mode=RecordMode.SCHEDULE, stream=MAIN, segment=600,
-             slots=(), post=10):
+             slots=(), post=10, pre=5):
     return RecordSettings(
         device_id=device, channel=channel, mode=mode, stream=stream, segment_seconds=segment,
-        retention_days=7, quota_mb=0, pre_event_seconds=5, post_event_seconds=post,
+        retention_days=7, quota_mb=0, pre_event_seconds=pre, post_event_seconds=post,
         schedule=[ScheduleSlot(day=d, start_minute=s, end_minute=e) for d, s, e in slots])
 
 
@@ -330,6 +330,49 @@ class StackTests(ManagerBase):
         self.m = self.manager(UnsupportedRecorder())
         f = fired(self.m.start_manual("cam1", 0, MAIN, "alice"))
         self.assertEqual(f.value.code, ResultCode.NOT_SUPPORTED)
+
+
+class PreRecorder(FakeRecorder):
+    """A recorder with a pre-event buffer."""
+
+    def prebuffer(self, device_id, channel, stream, seconds):
+        self.calls.append(("prebuffer", device_id, channel, stream, seconds))
+        return defer.succeed(None)
+
+    def unprebuffer(self, device_id, channel, stream):
+        self.calls.append(("unprebuffer", device_id, channel, stream))
+        return defer.succeed(None)
+
+    def buffers(self):
+        return [c for c in self.calls if c[0] in ("prebuffer", "unprebuffer")]
+
+
+class PreEventTests(ManagerBase):
+    def setUp(self):
+        super().setUp()
+        self.m.stopService()
+        self.recorder = PreRecorder()
+        self.m = self.manager()
+
+    def test_event_mode_keeps_a_pre_event_buffer_while_it_lasts(self):
+        self.m.apply_settings(settings(mode=RecordMode.EVENT, pre=5))
+        self.m.apply_settings(settings(mode=RecordMode.EVENT, pre=5))  # no change
+        self.m.apply_settings(settings(mode=RecordMode.EVENT, pre=8, stream=SUB))
+        self.m.apply_settings(settings(mode=RecordMode.CONTINUOUS))
+        self.m.apply_settings(settings(mode=RecordMode.EVENT, pre=0))
+        self.assertEqual(self.recorder.buffers(), [
+            ("prebuffer", "cam1", 0, MAIN, 5), ("unprebuffer", "cam1", 0, MAIN),
+            ("prebuffer", "cam1", 0, SUB, 8), ("unprebuffer", "cam1", 0, SUB)])
+
+    def test_the_buffer_is_kept_again_after_a_restart_and_let_go_at_stop(self):
+        self.m.apply_settings(settings(mode=RecordMode.EVENT, pre=3))
+        self.m.stopService()
+        self.assertEqual(self.recorder.buffers()[-1], ("unprebuffer", "cam1", 0, MAIN))
+        self.recorder = PreRecorder()
+        self.m = self.manager()
+        self.assertEqual(self.recorder.buffers(), [("prebuffer", "cam1", 0, MAIN, 3)])
+        fired(self.m.event("cam1", 0))  # the event records as before
+        self.assertEqual(self.recorder.starts(), [("cam1", 0, MAIN)])
 
 
 class QueueTests(ManagerBase):

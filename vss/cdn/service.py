@@ -296,5 +296,24 @@ class CDNRecording:
     def stop(self, device_id, channel, stream):
         return self.recorder.stop(device_id, channel, stream)
 
+    def prebuffer(self, device_id, channel, stream, seconds):
+        """Keep the live source open and its last ``seconds`` in the recorder's
+        pre-event buffer, so an event recording starts with the footage from before
+        the event. A source that cannot be had now is waited for by the recorder."""
+        record = self.cdn.store.get_device(device_id)
+        if record is None:
+            return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE))
+        body = MediaOpen(device_id=device_id, channel=channel, stream=stream,
+                         purpose=Purpose.LIVE, start_time=0, transport=0)
+        d = self.cdn.ensure_source(record, body, stream_path(device_id, channel, stream))
+        d.addErrback(lambda f: CDNModule.log.info(
+            "pre-event buffer of {device}: no live source yet ({error})", device=device_id,
+            error=f.getErrorMessage()))
+        return d.addCallback(
+            lambda _: self.recorder.prebuffer(device_id, channel, stream, seconds))
+
+    def unprebuffer(self, device_id, channel, stream):
+        return self.recorder.unprebuffer(device_id, channel, stream)
+
 
 __all__ = ["CDNModule", "CDNRecording", "MediaOpen", "stream_path"]

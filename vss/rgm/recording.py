@@ -322,6 +322,8 @@ class RecordingManager(service.Service):
         self.resume()
 
     def stopService(self):
+        for dc, s in self.settings.items():
+            self._pre_event(dc, s, None)
         for call in self._timers.values():
             if call.active():
                 call.cancel()
@@ -345,7 +347,8 @@ class RecordingManager(service.Service):
 
     def event(self, device_id, channel, at=None):
         """An alarm on a channel: record until its post-event seconds have passed (the
-        pre-event seconds come from the streaming server's buffer)."""
+        pre-event seconds come from the recorder's pre-event buffer, kept while the
+        channel is in EVENT mode: see ``_pre_event``)."""
         now = self.clock.seconds()
         at = now if at is None else at
         s = self.settings.get((device_id, channel), ChannelSettings())
@@ -359,7 +362,9 @@ class RecordingManager(service.Service):
         SCHEDULE a ``schedule`` reason inside its slots, anything else neither."""
         dc = (settings.device_id, settings.channel)
         new = ChannelSettings.from_record(settings)
+        old = self.settings.get(dc)
         self.settings[dc] = new
+        self._pre_event(dc, old, new)
         self._cancel(dc)
         key = (*dc, new.stream)
         kept = {RecordMode.CONTINUOUS: "continuous", RecordMode.SCHEDULE: "schedule"}.get(new.mode)
@@ -375,6 +380,23 @@ class RecordingManager(service.Service):
                     ds.append(self._remove(k, reason))
         self._save()
         return defer.DeferredList(ds, consumeErrors=True)
+
+    def _pre_event(self, dc, old, new):
+        """A channel in EVENT mode with ``pre_event_seconds`` > 0 has the recorder keep a
+        pre-event buffer of its stream (if the recorder can), so an event recording
+        starts up to that many seconds before the event."""
+        if getattr(self.recorder, "prebuffer", None) is None:
+            return
+
+        def wants(s):
+            return s is not None and s.mode == RecordMode.EVENT and s.pre_event_seconds > 0
+
+        if wants(old) and not (wants(new) and new.stream == old.stream):
+            self.recorder.unprebuffer(dc[0], dc[1], old.stream)
+        if wants(new) and new != old:
+            d = self.recorder.prebuffer(dc[0], dc[1], new.stream, new.pre_event_seconds)
+            d.addErrback(lambda f: self.log.warn(
+                "no pre-event buffer for {dc}: {error}", dc=dc, error=f.getErrorMessage()))
 
     def status(self, device_id=None):
         """The state of every recording wanted (of ``device_id`` only, if given)."""
@@ -647,6 +669,7 @@ class RecordingManager(service.Service):
         for dc, s in self.settings.items():
             if s.mode == RecordMode.SCHEDULE:
                 ds.append(self._schedule_edge(dc))
+            self._pre_event(dc, None, s)
         self.log.info("recording tasks resumed: {n}", n=len(self.stacks))
         self._save()
         return defer.DeferredList(ds, consumeErrors=True)
