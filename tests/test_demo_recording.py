@@ -55,7 +55,7 @@ class DemoRecordingTests(unittest.TestCase):
     def test_schedule_list_play_back_and_export_from_either_node(self):
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
-        base = pick_base()
+        base = pick_base(26000, 32000)
         demo = Daemon(reactor, [sys.executable, "-m", "vss.demo", "--run-dir",
                                 os.path.join(work, "run"), "--base-port", str(base)],
                       os.path.join(work, "demo.log"), env=child_env(), cwd=work)
