@@ -189,8 +189,10 @@ class IStaticStore(Interface):
     def set_node_applied(node_id, seq):
         """Record the last sequence a node acknowledged. Deferred."""
 
-    def add_admin_token(name, token_hash):
-        """Deferred."""
+    def add_admin_token(name, token_hash, expires_in=None):
+        """Store an admin token (its sha256 only), valid for ``expires_in`` seconds or
+        until revoked. Deferred token id. Listing, expiry and revocation are
+        ``vss.cms.store.tokens.IAdminTokenStore``."""
 
     def admin_for_token_hash(token_hash):
         """Deferred admin name or None."""
