@@ -147,7 +147,8 @@ class KillRecordingNodeTests(unittest.TestCase):
         for path in self.files():
             if path.endswith(".mp4.part"):
                 with open(os.path.join(self.data, path), "rb") as f:
-                    if scan_fmp4(f)["fragments"]:
+                    # one fragment: 2 s after the segment opened, 4 s before it closes
+                    if len(scan_fmp4(f)["fragments"]) == 1:
                         return path
         return None
 
