@@ -63,8 +63,10 @@ from vss.protocols.messages import (
     MediaStop,
     MediaUrl,
     MsgType,
+    NodeLookup,
     NodeRegister,
     NodeRegistered,
+    NodeRoute,
     Preset,
     PresetEntry,
     PresetOp,
@@ -652,6 +654,35 @@ VECTORS = [
         0000000000000001  #   version 1
       0000                # ext: none
     """),
+    V("node_lookup_request", MsgType.NODE_LOOKUP, REQ, 31, NodeLookup(node_id="n3"), """
+      5653 01 00 0206 0000 0000001f 00000006  # VS v1 request NODE_LOOKUP txid 31 len 6
+      0002 6e33           # node_id "n3"
+      0000                # ext: none
+    """),
+    V("node_lookup_response", MsgType.NODE_LOOKUP, RSP, 31,
+      NodeRoute(node_id="n3", signalling="tcp:h:7000", media="rtsp://h", node_up=True), """
+      5653 01 01 0206 0000 0000001f 0000001d  # VS v1 response NODE_LOOKUP txid 31 len 29
+      0002 6e33           # node_id "n3"
+      000a 7463703a683a37303030  # signalling "tcp:h:7000"
+      0008 727473703a2f2f68  # media "rtsp://h"
+      01                  # node_up true
+      0000                # ext: none
+    """),
+    V("node_lookup_response_down", MsgType.NODE_LOOKUP, RSP, 32,
+      NodeRoute(node_id="n4", signalling="", media="", node_up=False), """
+      5653 01 01 0206 0000 00000020 0000000b  # VS v1 response NODE_LOOKUP txid 32 len 11
+      0002 6e34           # node_id "n4"
+      0000                # signalling "" (the node is down)
+      0000                # media ""
+      00                  # node_up false
+      0000                # ext: none
+    """),
+    V("node_lookup_error_unknown_node", MsgType.NODE_LOOKUP, ERR, 33,
+      Error(message="no node n9"), """
+      5653 01 03 0206 0403 00000021 0000000e  # VS v1 error NODE_LOOKUP UNKNOWN_NODE txid 33 len 14
+      000a 6e6f206e6f6465206e39  # message "no node n9"
+      0000                # ext: none
+    """, status=ResultCode.UNKNOWN_NODE),
     V("sync_notify_request", MsgType.SYNC_NOTIFY, REQ, 8,
       SyncNotify(head_seq=10, changes=[
           Change(seq=10, entity=Entity.GRANT, op=ChangeOp.DELETE, key="user:bob|c", version=2,

@@ -484,6 +484,10 @@ Route = body(
     "media" / Str,
     "node_up" / Bool,
 )
+NodeLookup = body("NodeLookup", "node_id" / Str)
+NodeRoute = body(
+    "NodeRoute", "node_id" / Str, "signalling" / Str, "media" / Str, "node_up" / Bool
+)
 RegInfoRequest = body("RegInfoRequest", "identity" / Str, "role" / U8)
 RegInfo = body(
     "RegInfo",
@@ -602,6 +606,7 @@ class MsgType(IntEnum):
     ROUTE_REQUEST = 0x0203
     ROUTE_LOOKUP = 0x0204
     REG_INFO = 0x0205
+    NODE_LOOKUP = 0x0206
     SYNC_NOTIFY = 0x0210
     SYNC_CHANGE = 0x0211
     SYNC_FETCH = 0x0212
@@ -639,6 +644,7 @@ CATALOGUE = {
     MsgType.ROUTE_REQUEST: (RouteRequest, RouteResponse),
     MsgType.ROUTE_LOOKUP: (RouteLookup, Route),
     MsgType.REG_INFO: (RegInfoRequest, RegInfo),
+    MsgType.NODE_LOOKUP: (NodeLookup, NodeRoute),
     MsgType.SYNC_NOTIFY: (SyncNotify, SyncComplete),
     MsgType.SYNC_CHANGE: (SyncChange, SyncAck),
     MsgType.SYNC_FETCH: (SyncFetch, SyncBatch),
