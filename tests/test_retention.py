@@ -182,3 +182,46 @@ class SettingsChangeTests(Catalogued):
         self.addCleanup(svc.stopService)
         self.clock.advance(60)
         self.assertKept([segs[2]])
+
+
+class NodeOptionsTests(unittest.TestCase):
+    """``twistd vss-node`` options for recording: the queue's capacity, the default
+    retention of channels without settings and the node's quota reach the services."""
+
+    def options(self, *extra):
+        from vss.tap.node import Options
+
+        secret = self.mktemp()
+        with open(secret, "w") as f:
+            f.write("x" * 40)
+        o = Options()
+        o.parseOptions(["--node-id", "n1", "--cms", "tcp:127.0.0.1:1", "--cluster-secret-file",
+                        secret, "--data-dir", self.mktemp(), *extra])
+        return o.settings
+
+    def test_defaults(self):
+        s = self.options()
+        self.assertEqual((s.retention_days, s.quota_mb, s.record_max_streams,
+                          s.record_max_write_mbps), (7.0, 0, 32, 400.0))
+
+    def test_they_reach_the_queue_and_the_retention_pass(self):
+        from twisted.internet import reactor
+
+        from vss.node import NodeService
+
+        s = self.options("--retention-days", "0", "--quota-mb", "2048",
+                         "--record-max-streams", "3", "--record-max-write-mbps", "10")
+        node = NodeService(s, reactor)  # built, not started: no listener, no timer
+        self.assertEqual(node.recordings.queue.capacity.max_streams, 3)
+        self.assertEqual(node.recordings.queue.capacity.max_write_mbps, 10.0)
+        self.assertEqual(node.record_settings.quota_bytes, 2048 * 1024 * 1024)
+        self.assertEqual(node.record_settings.default_days, 0)
+
+    def test_bad_values_are_named(self):
+        from vss.config import ConfigError
+
+        with self.assertRaises(ConfigError) as e:
+            self.options("--retention-days", "-1", "--quota-mb", "lots",
+                         "--record-max-streams", "0")
+        for name in ("--retention-days", "--quota-mb", "--record-max-streams"):
+            self.assertIn(name, str(e.exception))

@@ -142,6 +142,10 @@ class NodeSettings:
     route_cache: bool = True
     http_listen: str = ""  # the export HTTP listener ("" = none); vss-node's default is 7580
     retention_interval: float = 60.0  # seconds between retention passes
+    retention_days: float = 7.0  # for channels without recording settings (0: keep)
+    quota_mb: int = 0  # the node's disk quota for recordings (0: the channels' quotas)
+    record_max_streams: int = 32  # recordings at once; more wait in the queue
+    record_max_write_mbps: float = 400.0  # their summed write rate, Mb/s
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}

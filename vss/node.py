@@ -97,7 +97,7 @@ class NodeService(StagedService):
         # queue).
         from vss.cdn.recorder import Recorder
         from vss.cdn.service import CDNRecording
-        from vss.rgm.recording import RecordingManager
+        from vss.rgm.recording import Capacity, RecordingManager
 
         self.recorder = Recorder(self.rtsp, self.issuer, settings.data_dir, reactor, reactor,
                                  media_base="")
@@ -106,8 +106,10 @@ class NodeService(StagedService):
 
         self.cdn.playback = PlaybackService(self.cdn, self.recorder.catalogue, settings.data_dir,
                                             reactor)
+        capacity = Capacity(max_streams=settings.record_max_streams,
+                            max_write_mbps=settings.record_max_write_mbps)
         self.recordings = RecordingManager(reactor, CDNRecording(self.cdn, self.recorder),
-                                           settings.data_dir)
+                                           settings.data_dir, capacity)
         self.recordings.setServiceParent(self)
         self.rgm.recordings = self.recordings
         # Settings from CMS, the catalogue across nodes, HTTP export and retention.

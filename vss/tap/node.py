@@ -23,6 +23,10 @@ DEFAULTS = {
     "route-cache": "on",
     "http-listen": "tcp:7580:interface=127.0.0.1",
     "retention-interval": "60",
+    "retention-days": "7",
+    "quota-mb": "0",
+    "record-max-streams": "32",
+    "record-max-write-mbps": "400",
 }
 
 
@@ -57,6 +61,15 @@ class Options(TrackingOptions):
          f"or 'off' [{DEFAULTS['http-listen']}]."],
         ["retention-interval", None, None, "Seconds between retention passes over the "
          f"recordings [{DEFAULTS['retention-interval']}]."],
+        ["retention-days", None, None, "Days recordings of a channel without recording "
+         f"settings are kept; 0 keeps them [{DEFAULTS['retention-days']}]."],
+        ["quota-mb", None, None, "Disk quota of this node's recordings in MB, oldest deleted "
+         "first across devices; 0: the sum of the channels' quotas, if all have one "
+         f"[{DEFAULTS['quota-mb']}]."],
+        ["record-max-streams", None, None, "Recordings at once; more wait in the queue "
+         f"(event > manual > schedule) [{DEFAULTS['record-max-streams']}]."],
+        ["record-max-write-mbps", None, None, "Summed write rate of the recordings at once, "
+         f"Mb/s (main streams count 4, sub streams 1) [{DEFAULTS['record-max-write-mbps']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
     ]
@@ -96,6 +109,12 @@ def settings_from(opts):
         problems.append(f"--route-cache: {opts['route-cache']!r} is neither 'on' nor 'off'")
     retention_interval = positive_number("retention-interval", opts["retention-interval"], float,
                                          problems, 0, 86400)
+    retention_days = _non_negative("retention-days", opts["retention-days"], float, problems)
+    quota_mb = _non_negative("quota-mb", opts["quota-mb"], int, problems)
+    max_streams = positive_number("record-max-streams", opts["record-max-streams"], int,
+                                  problems, 0, 100_000)
+    max_write = positive_number("record-max-write-mbps", opts["record-max-write-mbps"], float,
+                                problems, 0, 1_000_000)
     http_listen = str(opts["http-listen"]).strip()
     if http_listen.lower() == "off":
         http_listen = ""
@@ -125,7 +144,23 @@ def settings_from(opts):
         route_cache=route_cache != "off",
         http_listen=http_listen,
         retention_interval=retention_interval,
+        retention_days=retention_days,
+        quota_mb=quota_mb,
+        record_max_streams=max_streams,
+        record_max_write_mbps=max_write,
     )
+
+
+def _non_negative(name, value, cast, problems):
+    try:
+        v = cast(value)
+    except (TypeError, ValueError):
+        problems.append(f"--{name}: {value!r} is not a number")
+        return None
+    if v < 0:
+        problems.append(f"--{name}: {v} must be >= 0")
+        return None
+    return v
 
 
 def _interface_of(description):
