@@ -40,6 +40,7 @@ from vss.protocols.messages import (
     Error,
     MediaUrl,
     MsgType,
+    NodeRoute,
     PuKind,
     Purpose,
     Recordings,
@@ -160,9 +161,12 @@ class FakePeers:
     def __init__(self, answer):
         self.answer = answer
         self.routed = []
+        self.refusing = set()  # endpoints where no node listens any more
 
     def route(self, node, endpoint, device_id, inner_type, inner_body):
         self.routed.append((node, endpoint, device_id))
+        if endpoint in self.refusing:
+            return defer.fail(ConnectionRefusedError(endpoint))
         return self.answer()
 
 
@@ -174,6 +178,8 @@ class FakeCentral:
         self.queries = []
         self.routed = []
         self.node_endpoints = {}
+        self.nodes = {}  # what CMS answers NODE_LOOKUP with: node id -> NodeRoute
+        self.lookups = []
         self.answer = lambda: defer.succeed(
             (0, codec.encode_body(MediaUrl(url="rtsp://there/pb", session_id="x",
                                            expires=0))))
@@ -191,6 +197,25 @@ class FakeCentral:
     def route(self, device_id, inner_type, inner_body):
         self.routed.append(device_id)
         return self.answer()
+
+    def lookup_node(self, node_id):
+        """As ``CmsLink.lookup_node``: the signalling address is kept while up."""
+        self.lookups.append(node_id)
+        if self.query_error is not None:
+            return defer.fail(self.query_error)
+        found = self.nodes.get(node_id)
+        if found is None:
+            return defer.fail(VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}"))
+        if found.node_up:
+            self.node_endpoints[node_id] = found.signalling
+        else:
+            self.node_endpoints.pop(node_id, None)
+        return defer.succeed(found)
+
+
+def node_route(node_id, signalling, up=True):
+    return NodeRoute(node_id=node_id, signalling=signalling if up else "",
+                     media="rtsp://h" if up else "", node_up=up)
 
 
 class Record:
@@ -271,19 +296,63 @@ class HolderTests(unittest.TestCase):
         self.assertEqual(cdn.central.routed, ["cam1"])
         self.assertEqual(self.relayed, [("footage", "rtsp://there/pb", "node-a")])
 
-    def test_a_node_not_home_is_reached_directly_or_through_a_device_homed_there(self):
+    def test_a_node_not_home_is_reached_directly_its_address_asked_of_cms_once(self):
         cdn = FakeCDN()
+        cdn.central.nodes["node-a"] = node_route("node-a", "tcp:127.0.0.1:9")
         cdn.central.listing.segments[:] = [seg(T + 100, T + 4100, "node-a")]
-        self.open(cdn, "cam3")  # homed on node-c, footage on node-a: via cam1
-        self.assertEqual(cdn.central.routed, ["cam1"])
-        cdn.central.node_endpoints["node-a"] = "tcp:127.0.0.1:9"
-        self.open(cdn, "cam3")
+        self.open(cdn, "cam3")  # homed on node-c, footage on node-a: NODE_LOOKUP, then direct
+        self.assertEqual(cdn.central.lookups, ["node-a"])
         self.assertEqual(cdn.central.peers.routed, [("node-a", "tcp:127.0.0.1:9", "cam3")])
+        self.open(cdn, "cam3")  # the address is kept: not asked again
+        self.assertEqual(cdn.central.lookups, ["node-a"])
+        self.assertEqual(cdn.central.peers.routed, [("node-a", "tcp:127.0.0.1:9", "cam3")] * 2)
+        self.assertEqual(cdn.central.routed, [])  # never through CMS by way of a device
         self.assertEqual([r[2] for r in self.relayed], ["node-a", "node-a"])
+
+    def test_a_holder_cms_does_not_know_or_reports_down_is_named(self):
+        cdn = FakeCDN()
         cdn.central.listing.segments[:] = [seg(T + 100, T + 4100, "node-z")]
         e = self.refused(cdn, "cam3")
         self.assertEqual(e.code, ResultCode.UNKNOWN_NODE)
-        self.assertIn("node-z", e.message)
+        self.assertEqual(e.message, "node node-z holds the recording of cam3 but CMS does "
+                                    "not know it")
+        cdn.central.nodes["node-z"] = node_route("node-z", "", up=False)
+        e = self.refused(cdn, "cam3")
+        self.assertEqual(e.code, ResultCode.HOME_NODE_DOWN)
+        self.assertEqual(e.message, "node node-z holds the recording of cam3 but cannot be "
+                                    "reached: node node-z is down")
+        cdn.central.query_error = VssError(ResultCode.CENTRAL_UNAVAILABLE, "no link to CMS")
+        cdn.central.listing = None  # not asked: the lookup fails before
+        e = self.failureResultOf(self.remote.to_node(cdn.central, "node-z", "cam3", b""),
+                                 VssError).value
+        self.assertEqual(e.code, ResultCode.CENTRAL_UNAVAILABLE)
+        self.assertEqual((cdn.central.peers.routed, self.relayed), ([], []))
+
+    def test_a_kept_address_that_does_not_answer_is_asked_again_once(self):
+        cdn = FakeCDN()
+        peers = cdn.central.peers
+        cdn.central.listing.segments[:] = [seg(T + 100, T + 4100, "node-a")]
+        # node-a restarted on another port: the kept address refuses, CMS knows the new
+        cdn.central.node_endpoints["node-a"] = "tcp:127.0.0.1:9"
+        peers.refusing.add("tcp:127.0.0.1:9")
+        cdn.central.nodes["node-a"] = node_route("node-a", "tcp:127.0.0.1:10")
+        self.open(cdn, "cam3")
+        self.assertEqual([r[1] for r in peers.routed], ["tcp:127.0.0.1:9", "tcp:127.0.0.1:10"])
+        self.assertEqual(cdn.central.node_endpoints["node-a"], "tcp:127.0.0.1:10")
+        self.assertEqual(len(self.relayed), 1)
+        # the same address again: one more try would not help, the node is named
+        peers.refusing.add("tcp:127.0.0.1:10")
+        e = self.refused(cdn, "cam3")
+        self.assertEqual(e.code, ResultCode.HOME_NODE_DOWN)
+        self.assertIn("node node-a holds the recording of cam3 but cannot be reached", e.message)
+        self.assertIn("tcp:127.0.0.1:10", e.message)
+        self.assertEqual([r[1] for r in peers.routed][2:], ["tcp:127.0.0.1:10"])
+        self.assertEqual(cdn.central.lookups, ["node-a", "node-a"])
+        # an answer of the node itself (not about its address) is not retried
+        peers.refusing.clear()
+        cdn.central.answer = lambda: defer.fail(VssError(ResultCode.UNKNOWN_DEVICE, "no"))
+        self.assertEqual(self.refused(cdn, "cam3").code, ResultCode.UNKNOWN_DEVICE)
+        self.assertEqual(cdn.central.lookups, ["node-a", "node-a"])
 
     def test_the_earliest_footage_wins_and_this_node_when_it_holds_it_too(self):
         cdn = FakeCDN(spans=[(T + 2000, T + 6000)])
@@ -316,6 +385,7 @@ class HolderTests(unittest.TestCase):
         self.assertEqual(e.code, ResultCode.HOME_NODE_DOWN)
         self.assertIn("node-a", e.message)
         cdn.central.node_endpoints["node-a"] = "tcp:127.0.0.1:9"
+        cdn.central.nodes["node-a"] = node_route("node-a", "tcp:127.0.0.1:9")
         cdn.central.answer = lambda: defer.fail(ConnectionRefusedError("refused"))
         e = self.refused(cdn, "cam3")  # straight to the node: the link cannot be made
         self.assertEqual(e.code, ResultCode.HOME_NODE_DOWN)

@@ -214,6 +214,12 @@ class ICentral(Interface):
         """S402: relay a request for a device this node does not hold. Fires with
         (inner_status, inner_body)."""
 
+    def lookup_node(node_id):
+        """Another node's addresses by its id, to reach it over a node link when no
+        device homed there gives its route (the node holding footage): a ``NodeRoute``
+        (``node_up`` false for a registered node that is down), or fail with
+        UNKNOWN_NODE."""
+
     def report_change(change):
         """S603: a ``SyncChange`` from one of the node's PUs. Fires with ``SyncAck``."""
 

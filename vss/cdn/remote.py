@@ -15,9 +15,12 @@ module checked the CU's VIEW grant on this node):
    DVR's home node; any other node is asked for it. No footage anywhere is NOT_FOUND;
    nothing found while some node did not answer is HOME_NODE_DOWN naming it.
 4. the holding node gets the MEDIA_OPEN routed to it (ROUTE_REQUEST, node to node):
-   the device's home node through ``central.route``; another node straight over a node
-   link when its address is known (``central.node_endpoints``), else through CMS by way
-   of a device homed on that node, since CMS routes by device. It answers with
+   the device's home node through ``central.route``; any other node straight over a
+   node link (``central.peers``), since CMS routes by device and the holder need not be
+   home to any device (the device moved away and its old footage stayed; a node kept as
+   an archive). Its address is the one kept in ``central.node_endpoints``, else asked of
+   CMS by node id (``central.lookup_node``, NODE_LOOKUP), and asked again once when a
+   kept address no longer answers (the node restarted elsewhere). It answers with
    ``serve_routed``: its own playback or its DVR's, never relayed further.
 5. this node's SS pulls the origin's URL (``pull_into`` with ``play=False``: set up,
    not playing) onto a path of its own, ``/live/<device>/pb-<id>`` (``pb-dvr-<id>`` for
@@ -182,20 +185,7 @@ def route(cdn, node, record, body):
         if node == record.home_node:
             status, data = yield central.route(body.device_id, MsgType.MEDIA_OPEN, inner)
         else:
-            endpoint = getattr(central, "node_endpoints", {}).get(node)
-            peers = getattr(central, "peers", None)
-            if endpoint and peers is not None:
-                status, data = yield peers.route(node, endpoint, body.device_id,
-                                                 MsgType.MEDIA_OPEN, inner)
-            else:
-                # CMS routes by device: reach the node through a device homed there
-                via = next((d.device_id for d in cdn.store.devices()
-                            if d.home_node == node), None)
-                if via is None:
-                    raise VssError(ResultCode.UNKNOWN_NODE,
-                                   f"node {node} holds the recording of {body.device_id} "
-                                   "but no route to it is known here")
-                status, data = yield central.route(via, MsgType.MEDIA_OPEN, inner)
+            status, data = yield to_node(central, node, body.device_id, inner)
     except VssError as e:
         if e.code in UNREACHABLE:
             raise VssError(ResultCode.HOME_NODE_DOWN, f"node {node} holds the recording of "
@@ -205,6 +195,40 @@ def route(cdn, node, record, body):
         raise VssError(ResultCode.HOME_NODE_DOWN, f"node {node} holds the recording of "
                        f"{body.device_id} but cannot be reached: {e}") from None
     return _answer(status, data, node)
+
+
+@defer.inlineCallbacks
+def to_node(central, node, device_id, inner):
+    """A MEDIA_OPEN straight to ``node`` over a node link: (inner_status, inner_body).
+    Its address is the one kept, else asked of CMS (NODE_LOOKUP); a kept address that
+    does not answer is asked again, and tried once more if it changed."""
+    peers = getattr(central, "peers", None)
+    kept = getattr(central, "node_endpoints", {}).get(node)
+    failed = None
+    if kept and peers is not None:
+        try:
+            return (yield peers.route(node, kept, device_id, MsgType.MEDIA_OPEN, inner))
+        except Exception as e:  # noqa: BLE001 - a node link that could not be made
+            if isinstance(e, VssError) and e.code not in UNREACHABLE:
+                raise
+            failed = e
+            log.info("node {node} did not answer at {endpoint} ({error}); asking CMS",
+                     node=node, endpoint=kept, error=e)
+    try:
+        found = yield central.lookup_node(node)
+    except VssError as e:
+        if e.code != ResultCode.UNKNOWN_NODE:
+            raise
+        raise VssError(ResultCode.UNKNOWN_NODE, f"node {node} holds the recording of "
+                       f"{device_id} but CMS does not know it") from None
+    if not found.node_up:
+        raise VssError(ResultCode.HOME_NODE_DOWN, f"node {node} is down")
+    if not found.signalling or peers is None:
+        raise VssError(ResultCode.UNKNOWN_NODE, f"node {node} holds the recording of "
+                       f"{device_id} but no route to it is known here")
+    if failed is not None and found.signalling == kept:
+        raise failed
+    return (yield peers.route(node, found.signalling, device_id, MsgType.MEDIA_OPEN, inner))
 
 
 @defer.inlineCallbacks

@@ -41,6 +41,7 @@ from vss.protocols.messages import (
     HelloAck,
     MsgType,
     NodeRegistered,
+    NodeRoute,
     RecordMode,
     RecordSettings,
     RegInfo,
@@ -422,6 +423,20 @@ class CMSService(service.Service):
                      signalling=target.signalling if target else "",
                      media=target.media if target else "", node_up=target is not None)
 
+    @defer.inlineCallbacks
+    def on_node_lookup(self, s, body):
+        """NODE_LOOKUP: a node's addresses by its id, for a node that reaches it over a
+        node link when no device homed there gives its route (the node holding footage).
+        A registered node that is down: ``node_up`` false, no addresses."""
+        target = self.sessions.get(body.node_id)
+        if target is None:
+            known = {n["node_id"] for n in (yield self.store.list_nodes())}
+            if body.node_id not in known:
+                raise VssError(ResultCode.UNKNOWN_NODE, f"no node {body.node_id!r}")
+        return NodeRoute(node_id=body.node_id,
+                         signalling=target.signalling if target else "",
+                         media=target.media if target else "", node_up=target is not None)
+
     def on_route_request(self, s, body):
         """S403: find the node where the PU is registered and send it the request."""
         self.counters["routed"] += 1
@@ -682,6 +697,7 @@ class CMSService(service.Service):
         MsgType.STATIC_PULL: on_static_pull,
         MsgType.REG_INFO: on_reg_info,
         MsgType.ROUTE_LOOKUP: on_route_lookup,
+        MsgType.NODE_LOOKUP: on_node_lookup,
         MsgType.ROUTE_REQUEST: on_route_request,
         MsgType.SYNC_FETCH: on_sync_fetch,
         MsgType.SYNC_CHANGE: on_sync_change,

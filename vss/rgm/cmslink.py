@@ -33,6 +33,7 @@ from vss.protocols.messages import (
     Entity,
     Heartbeat,
     MsgType,
+    NodeLookup,
     NodeRegister,
     RecordSettingsGet,
     RegInfoRequest,
@@ -456,6 +457,23 @@ class CmsLink(service.Service):
 
         self._request(MsgType.ROUTE_LOOKUP, RouteLookup(device_id=device_id)).addCallbacks(
             learned, lambda f: None)
+
+    def lookup_node(self, node_id):
+        """NODE_LOOKUP: another node's addresses by its id (a ``NodeRoute``); its
+        signalling endpoint is kept in ``node_endpoints`` while it is up, dropped when
+        CMS says it is down. UNKNOWN_NODE for a node CMS never knew."""
+
+        def learned(msg):
+            r = msg.body
+            if r.node_id != self.node_id:
+                if r.node_up and r.signalling:
+                    self.node_endpoints[r.node_id] = r.signalling
+                else:
+                    self.node_endpoints.pop(r.node_id, None)
+            return r
+
+        return self._request(MsgType.NODE_LOOKUP, NodeLookup(node_id=node_id)).addCallback(
+            learned)
 
     def report_change(self, change):
         """S603 through the durable outbox. Fires with the SyncAck once CMS answered."""

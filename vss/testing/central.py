@@ -10,7 +10,7 @@ from zope.interface import implementer
 from vss.errors import VssError
 from vss.interfaces import ICentral
 from vss.protocols.codes import ResultCode
-from vss.protocols.messages import Entity, RegInfo, Role, StaticPage, SyncAck
+from vss.protocols.messages import Entity, NodeRoute, RegInfo, Role, StaticPage, SyncAck
 
 
 @implementer(ICentral)
@@ -127,6 +127,16 @@ class MemoryCentral:
             return defer.fail(VssError(ResultCode.HOME_NODE_DOWN,
                                        f"node {record.home_node} is down"))
         return relay.serve_locally(rgm_n, device_id, inner_type, inner_body)
+
+    def lookup_node(self, node_id):
+        """A node of ``nodes`` (its RGM in this process, None when down). In-process
+        nodes have no signalling address: another node cannot link to them."""
+        if not self.available:
+            return defer.fail(VssError(ResultCode.CENTRAL_UNAVAILABLE))
+        if node_id not in self.nodes:
+            return defer.fail(VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}"))
+        return defer.succeed(NodeRoute(node_id=node_id, signalling="", media="",
+                                       node_up=self.nodes[node_id] is not None))
 
     def presence(self, device_id, online):
         self.online[device_id] = online
