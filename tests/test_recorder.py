@@ -615,6 +615,25 @@ class InProcessRecordingE2ETests(RecordingE2ETests):
             self.assertEqual(c.streams.video[0].codec_context.name, "hevc")
 
     @defer.inlineCallbacks
+    def test_b_frames_hand_the_recording_over_to_a_child(self):
+        yield self.publish(self.factory, audio=False, extra=("-bf", "2"))
+        info = yield with_timeout(self.recorder.start("cam1", 0, 0, 2), 20, "recording")
+        self.assertEqual(info["mode"], "inprocess")
+        yield wait_until(reactor, lambda: self.recorder.status()["segments"] >= 2,
+                         timeout=30, what="two segments")
+        rec = self.recorder.status()["recordings"]["/live/cam1/main"]
+        self.assertEqual(rec["mode"], "process")
+        self.assertIsNotNone(rec["pid"])
+        yield self.recorder.stop("cam1", 0, 0)
+        rows = yield self.recorder.catalogue.list("cam1", "main", 0, 2**62)
+        self.assertEqual({s.path for s in rows["segments"]}, self.files())
+        for s in rows["segments"]:
+            _, _, vdts, _ = yield threads.deferToThread(
+                read_segment, os.path.join(self.data, s.path))
+            self.assertGreater(len(vdts), 0)  # (decoding without a flush keeps the
+            self.assertEqual(vdts, sorted(vdts))  # last B-frames in the decoder)
+
+    @defer.inlineCallbacks
     def test_source_ended_closes_the_segment_and_the_recording_waits_for_it(self):
         self.recorder = self.make_recorder(restart_delay=0.5)
         self.addCleanup(self.recorder.close)

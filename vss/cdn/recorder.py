@@ -58,11 +58,11 @@ Both write the same files:
   ``EXIT_DISK_FULL`` and is not restarted). Any other end of a wanted recording is
   retried after ``restart_delay`` seconds (the source may come back).
 
-Limits of the in-process path: RTP timestamps are taken as decoding order, so a stream
-with B-frames (timestamps that go back) would be written in decoding order at made-up
-times (each step back is counted in ``timestamp_jumps``); surveillance cameras rarely
-send B-frames, and ``mode="process"`` records such a stream as FFmpeg does. H.264
-interleaved mode and H.265 with DONL go to a child.
+Limits of the in-process path: RTP timestamps are presentation times and the writer
+takes them as decoding order, so a stream with B-frames (its timestamps step back) is
+handed over to a child after ``MAX_REORDERS`` small steps back (the few pictures written
+in process are dropped); surveillance cameras rarely send B-frames. H.264 interleaved
+mode and H.265 with DONL go to a child from the start.
 """
 
 import errno
@@ -459,6 +459,7 @@ class _LiveWriter:
     waiting_key = False  # the depacketizer waits for the keyframe itself
     drops = 0  # never drops: no queue (frames the depacketizer loses are in ``lost``)
     MAX_JUMP = 5 * VIDEO_CLOCK
+    MAX_REORDERS = 3  # small steps back: the stream has B-frames, a child records it
 
     def __init__(self, recorder, rec, sdp, opener=_raw_open):
         self.recorder = recorder
@@ -492,9 +493,11 @@ class _LiveWriter:
         self.last_ts = None
         self.step = VIDEO_CLOCK // 25
         self.jumps = 0
+        self.reorders = 0
         self.errors = 0
         self.audio_frames = 0
         self.closed = False
+        self.muted = False  # handing over to a child: ignore what comes
         self.now = None  # the wall clock of a replayed frame (pre-event buffer)
         self.replayed = None  # frames already replayed, not to be written twice
 
@@ -513,7 +516,7 @@ class _LiveWriter:
     # -- the reader interface (Source calls these)
 
     def deliver(self, frame):
-        if self.closed:
+        if self.closed or self.muted:
             return
         if self.replayed is not None:
             if id(frame) in self.replayed:
@@ -572,11 +575,18 @@ class _LiveWriter:
         return int(wall + (ts - ts0) * 1000 // VIDEO_CLOCK)
 
     def _video(self, au):
+        if self.muted:
+            return
         ts = au.ts + self.shift
         last = self.last_ts
         if last is not None:
             d = ts - last
             if d <= 0 or d > self.MAX_JUMP:  # a step back or a big leap: go on smoothly
+                if -VIDEO_CLOCK < d <= 0:
+                    self.reorders += 1  # presentation order: B-frames
+                    if self.reorders >= self.MAX_REORDERS:
+                        self.recorder._live_reordered(self.rec, self)
+                        return
                 self.shift += last + self.step - ts
                 ts = last + self.step
                 self.jumps += 1
@@ -808,6 +818,7 @@ class _Recording:
         self.live = None  # the _LiveWriter of an in-process recording
         self.mode = None  # "process" or "inprocess" once launched
         self.lost_before = {}  # counters of the live writers that ended
+        self.force_process = False  # B-frames seen in process: a child records it
         self.started = None  # Deferred of start(), until the child says 'started'
         self.retry = None
         self.holds_start = False  # holds a place in Recorder.starting
@@ -1046,7 +1057,8 @@ class Recorder:
                                               f"{rec.path}: {rec.error}"))
             return
         sdp = getattr(source, "sdp", None)
-        if self.mode == "auto" and not getattr(source, "closed", False) and \
+        if self.mode == "auto" and not rec.force_process and \
+                not getattr(source, "closed", False) and \
                 inprocess_codec(sdp):
             self._attach(rec, source, sdp)
             return
@@ -1103,6 +1115,27 @@ class Recorder:
             return
         rec.error = "the live stream ended"
         self._retry_or_fail(rec, VssError(ResultCode.DEVICE_OFFLINE, rec.error))
+
+    def _live_reordered(self, rec, writer):
+        """The video's timestamps go back and forth (B-frames, sent in decoding order):
+        the in-process writer cannot order them, so the recording goes on with a child
+        (FFmpeg derives decoding timestamps)."""
+        if rec.live is not writer or writer.muted:
+            return
+        log.warn("recording {path}: the video has B-frames; recording it with a child "
+                 "process", path=rec.path)
+        writer.muted = True  # we may be inside the source's fan-out loop: later
+        rec.force_process = True
+
+        def handover():
+            if writer.seg is not None:  # its few pictures are out of order: dropped
+                writer.seg.abandon()
+                writer.seg = writer.held = None
+            self._live_done(rec, writer)
+            if rec.state not in ("stopping", "stopped", "disk_full"):
+                self._launch(rec).addErrback(self._launch_failed, rec)
+
+        self.clock.callLater(0, handover)
 
     def _live_disk_full(self, rec, writer, error):
         """A full disk while writing in process: the open ``.part`` is gone (closed
