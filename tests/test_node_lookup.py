@@ -5,7 +5,8 @@ NODE_LOOKUP and 9.5), to reach a node that holds footage but is home to no devic
 CMS's handler is driven through the node's real ``CmsLink.lookup_node`` over a pair of
 signalling links joined in memory (``iosim``, no sockets, a ``task.Clock``): an up node,
 a registered node that is down, an unknown id, and what the node keeps of the answer.
-``MemoryCentral`` answers the same question for in-process nodes.
+``MemoryCentral`` answers the same question for in-process nodes. A node that stopped
+drops the node links it had accepted, so that its peers ask again where it is.
 """
 
 from twisted.internet import defer
@@ -128,3 +129,36 @@ class MemoryCentralTests(unittest.TestCase):
         self.assertTrue(verifyObject(ICentral, MemoryCentral()))
         self.assertTrue(verifyObject(ICentral, CmsLink("node-b", "tcp:127.0.0.1:9", b"s",
                                                        NodeStore(), Clock())))
+
+
+class StoppedNodeTests(unittest.TestCase):
+    """A node link accepted before the node stopped is dropped, not answered from the
+    node's closed services: the peer then asks CMS where the node is now."""
+
+    def test_a_request_on_a_stopped_node_closes_the_link(self):
+        from twisted.internet.testing import StringTransport
+
+        from vss.protocols import codec
+        from vss.protocols.messages import Bye, Empty, MediaOpen, RouteRequest
+        from vss.rgm.peers import PeerServer
+
+        rgm = type("RGM", (), {"node_id": "node-a", "running": True})()
+        server = PeerServer(rgm, b"s", Clock())
+        link = server.factory().buildProtocol(None)
+        transport = StringTransport()
+        link.makeConnection(transport)
+        link.session["state"] = "ready"  # logged in as a node before the stop
+        link.dataReceived(codec.encode_request(MsgType.KEEPALIVE, Empty(), 1))
+        (answer,) = codec.MessageDecoder().feed(transport.value())
+        self.assertEqual((answer.type, answer.status), (MsgType.KEEPALIVE, 0))
+        transport.clear()
+        rgm.running = False
+        inner = codec.encode_body(MediaOpen(device_id="cam-m", channel=0, stream=0,
+                                            purpose=2, start_time=0, transport=0))
+        link.dataReceived(codec.encode_request(MsgType.ROUTE_REQUEST, RouteRequest(
+            origin_node="node-b", device_id="cam-m", hops=1, inner_type=MsgType.MEDIA_OPEN,
+            inner_body=inner), 2))
+        (bye,) = codec.MessageDecoder().feed(transport.value())
+        self.assertEqual((bye.type, bye.body), (MsgType.BYE, Bye(
+            reason=int(ResultCode.SESSION_CLOSED), message="the node stopped")))
+        self.assertTrue(transport.disconnecting)

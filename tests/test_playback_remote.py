@@ -6,7 +6,9 @@ on node-a only (as the recorder writes it); a CU logged in to node-b asks node-b
 playback, gets an rtsp:// URL of node-b's SS with node-b's token, and PyAV, as the
 player, decodes the recorded frames from there: at the asked time (from the keyframe at
 or before it), after a seek, and after a PAUSE and a resume, all forwarded to node-a's
-playback. A DVR logged in to node-a is played by a CU of node-b the same way.
+playback. A DVR logged in to node-a is played by a CU of node-b the same way, and so is
+footage on a node home to no device (the device moved away), which node-b reaches by the
+node's id (NODE_LOOKUP), also after that node came back at another address.
 
 The unit tests drive the SS's asynchronous PLAY controller over StringTransport, the
 choice of who plays and how the request gets there over fakes, and the relay's
@@ -643,8 +645,8 @@ class RemotePlaybackTests(unittest.TestCase):
         with self.assertRaises(VssError) as e:  # the grant is checked on node-b
             yield bob.request(MsgType.MEDIA_OPEN, open_playback("cam-b", asked), timeout=30)
         self.assertEqual(e.exception.code, ResultCode.FORBIDDEN)
-        # node-a is not cam-b's home: node-b reaches it through CMS the first time,
-        # then straight over a node link (its address learned on the way)
+        # node-a is not cam-b's home: node-b asks CMS for node-a's address the first
+        # time (NODE_LOOKUP), keeps it, and goes straight over a node link both times
         for _ in range(2):
             url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", asked),
                                        timeout=30)).body.url
@@ -655,7 +657,8 @@ class RemotePlaybackTests(unittest.TestCase):
             yield wait_until(reactor, lambda: "node-a" in self.b.central.node_endpoints,
                              timeout=10, what="node-b to learn node-a's address")
         self.assertEqual(self.b.cdn.counters["relayed_playbacks"], 2)
-        self.assertIn("node-a", self.b.central.peers.links)  # the second one went direct
+        self.assertIn("node-a", self.b.central.peers.links)
+        self.assertEqual(self.b.central.counters["node_lookups"], 1)
 
         # to the end of the footage: node-a ends its stream, node-b's relay ends with it
         near_end = segments[-1].end_ms - 1500
@@ -682,6 +685,91 @@ class RemotePlaybackTests(unittest.TestCase):
         yield self.p.stop_node("node-a")
         with self.assertRaises(VssError) as e:
             yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", asked), timeout=30)
+        self.assertEqual(e.exception.code, ResultCode.HOME_NODE_DOWN)
+        self.assertIn("node-a", e.exception.message)
+
+
+class ArchiveNodeTests(unittest.TestCase):
+    """The node holding the footage is home to no device: cam-m recorded on node-a, then
+    moved to node-b, its old footage staying on node-a. A CU of node-b plays it: node-b
+    asks CMS for node-a's address by its id (NODE_LOOKUP) and routes the MEDIA_OPEN
+    straight to node-a, and asks again when node-a comes back at another address."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        if av is None:
+            raise unittest.SkipTest("PyAV is not installed")
+        self.p = yield start_platform(self)
+        store, change = self.p.cms.store, self.p.change
+        yield change(store.upsert_device("cam-m", "Moved", 1, 1, "node-a", verifier("m-s")))
+        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
+        yield change(store.set_grant("user:alice", "cam-m", int(Action.VIEW)))
+        self.a = yield self.p.start_node("node-a")
+        self.b = yield self.p.start_node("node-b")
+        self.start = (int(reactor.seconds()) - 900) * 1000
+        data = self.a.settings.data_dir
+        segments = yield threads.deferToThread(write_gop_footage, data, "cam-m", self.start)
+        for seg in segments:  # recorded while cam-m was homed on node-a
+            yield self.a.recorder.catalogue.add(seg)
+        self.table = yield threads.deferToThread(
+            index_segments, [(os.path.join(data, s.path), s.start_ms) for s in segments])
+        changes = yield change(store.update_device_fields("cam-m", home_node="node-b"))
+        for node in (self.a, self.b):
+            yield wait_until(reactor, lambda n=node: n.central.applier.applied_seq
+                             >= changes[-1].seq, what="the move to reach the nodes")
+
+    @defer.inlineCallbacks
+    def played(self, alice, asked):
+        """MEDIA_OPEN on node-b, then PyAV on its URL: the wall times of 3 frames."""
+        url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-m", asked),
+                                   timeout=30)).body.url
+        port = self.p.port("node-b", "rtsp")
+        self.assertRegex(url, rf"^rtsp://127\.0\.0\.1:{port}/live/cam-m/pb-[0-9a-f]{{16}}"
+                              r"\?token=")
+        keys, _ = yield threads.deferToThread(play, url, 3)
+        return [self.table.get(k) for k in keys]
+
+    @defer.inlineCallbacks
+    def test_footage_of_a_node_home_to_no_device_plays_on_the_other_node(self):
+        for node in (self.a, self.b):  # no device is homed on node-a any more
+            self.assertEqual([d.device_id for d in node.store.devices()
+                              if d.home_node == "node-a"], [])
+        self.assertNotIn("node-a", self.b.central.node_endpoints)
+        alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        asked = self.start + 2000  # the second keyframe of the first segment
+        expected = [asked + FRAME_MS * i for i in range(3)]
+        self.assertEqual((yield self.played(alice, asked)), expected)
+        central, cms = self.b.central, self.p.cms.cms
+        advertised = self.a.advertise()[0]
+        self.assertEqual(central.node_endpoints["node-a"], advertised)
+        self.assertEqual(central.counters["node_lookups"], 1)
+        self.assertIn("node-a", central.peers.links)  # straight to node-a
+        self.assertEqual(cms.counters["routed"], 0)  # no ROUTE_REQUEST through CMS
+        self.assertEqual(self.a.cdn.playback.counters["opened"], 1)
+        self.assertEqual(self.b.cdn.counters["relayed_playbacks"], 1)
+
+        # the address is kept: the next playback is not asked of CMS again
+        self.assertEqual((yield self.played(alice, asked)), expected)
+        self.assertEqual(central.counters["node_lookups"], 1)
+
+        # node-a restarts at another address (its catalogue kept): node-b's kept address
+        # does not answer, CMS gives the new one, and the footage plays from there
+        yield self.p.stop_node("node-a")
+        self.a = yield self.p.start_node("node-a")
+        moved = self.a.advertise()[0]
+        self.assertNotEqual(moved, advertised)
+        self.assertEqual((yield self.played(alice, asked)), expected)
+        self.assertEqual(central.node_endpoints["node-a"], moved)
+        self.assertEqual(central.counters["node_lookups"], 2)
+        self.assertEqual(cms.counters["routed"], 0)
+        self.assertEqual(self.a.cdn.playback.counters["opened"], 1)
+
+        # node-a down: the playback is refused naming it
+        yield self.p.stop_node("node-a")
+        with self.assertRaises(VssError) as e:
+            yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-m", asked), timeout=30)
         self.assertEqual(e.exception.code, ResultCode.HOME_NODE_DOWN)
         self.assertIn("node-a", e.exception.message)
 

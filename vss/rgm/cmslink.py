@@ -472,6 +472,7 @@ class CmsLink(service.Service):
                     self.node_endpoints.pop(r.node_id, None)
             return r
 
+        self.counters["node_lookups"] = self.counters.get("node_lookups", 0) + 1
         return self._request(MsgType.NODE_LOOKUP, NodeLookup(node_id=node_id)).addCallback(
             learned)
 

@@ -149,6 +149,12 @@ class PeerServer:
             if t == MsgType.BYE:
                 link.close()
             return
+        if not getattr(self.rgm, "running", True):
+            # This node stopped (its listener too), and its services with it: a link
+            # accepted before is dropped rather than answered from closed services, so
+            # the peer asks CMS where this node is now.
+            link.close(ResultCode.SESSION_CLOSED, "the node stopped")
+            return
         try:
             if t == MsgType.KEEPALIVE:
                 body = Empty()
