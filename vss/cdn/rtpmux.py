@@ -126,18 +126,21 @@ class _VideoDepacketizer:
         """One RTP packet of the track. Returns the access units it completes (a tuple,
         usually empty or one)."""
         try:
-            return self._push(data)
+            if len(data) > 12 and data[0] == 0x80:  # the usual header: no CSRC, no
+                # extension, no padding (read here: this runs for every packet)
+                return self._push(data, 12, len(data), data[1] & 0x80,
+                                  (data[2] << 8) | data[3], int.from_bytes(data[4:8], "big"))
+            head = rtp_header(data)
+            if head is None:
+                self.errors += 1
+                return ()
+            return self._push(data, *head)
         except (IndexError, ValueError):
             self.errors += 1
             self.damaged = True
             return ()
 
-    def _push(self, data):
-        head = rtp_header(data)
-        if head is None:
-            self.errors += 1
-            return ()
-        off, end, marker, seq, ts = head
+    def _push(self, data, off, end, marker, seq, ts):
         gap = self.seq is not None and seq != (self.seq + 1) & 0xFFFF
         if gap and not 0 < (seq - self.seq) & 0xFFFF < 0x8000:
             self.errors += 1  # an old or duplicate packet: ignore it
