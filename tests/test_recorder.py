@@ -926,7 +926,9 @@ class LiveWriterTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_the_pre_event_buffer_is_bounded_and_follows_its_source(self):
         self.recorder.prebuffer_max_bytes = 1  # never more than the newest GOP
-        yield self.recorder.prebuffer("cam1", 0, 0, 30)
+        asked = []
+        yield self.recorder.prebuffer("cam1", 0, 0, 30, want=lambda: asked.append(1))
+        self.assertEqual(len(asked), 1)
         pb = self.recorder.prebuffers[("cam1", 0, "main")]
         self.play(self.pictures[:60])
         self.assertEqual(len(pb.gops), 1)
@@ -936,6 +938,7 @@ class LiveWriterTests(unittest.TestCase):
         self.sources[-1].close()  # the source ends: the buffer waits for it again
         self.assertEqual(len(pb.gops), 0)
         self.clock.advance(self.recorder.restart_delay)
+        self.assertEqual(len(asked), 2)  # the source is asked for again
         self.assertEqual(len(self.sources), 2)
         self.assertEqual(self.sources[-1].reader_count, 1)
         yield self.recorder.unprebuffer("cam1", 0, 0)

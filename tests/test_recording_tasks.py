@@ -595,3 +595,61 @@ class CtlTests(NodeBase):
         self.assertEqual(ctl.render(cmd, sub, fired(d).body).splitlines(), [
             "cam1 ch0 main: running since 2024-01-01 08:00:00Z (manual:alice)",
             "cam1 ch1 main: queued at position 1 since 2024-01-01 08:00:00Z (manual:carol)"])
+
+
+class PreEventNodeTests(unittest.TestCase):
+    """A node with its real CDN module, SS and recorder, and a PU publishing: a
+    channel in EVENT mode keeps its pre-event buffer, and an event's recording starts
+    that many seconds before the event."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from twisted.internet import reactor
+
+        from vss.testing.platform import start_platform, verifier, wait_until
+        from vss.testing.processes import Daemon, child_env, tool
+
+        self.reactor, self.wait_until = reactor, wait_until
+        self.p = yield start_platform(self)
+        yield self.p.change(self.p.cms.store.upsert_device(
+            "cam-b", "Gate B", 1, 1, "node-b", verifier("cam-b-s")))
+        self.node = yield self.p.start_node("node-b")
+        pu = Daemon(reactor, [tool("vss-pu"), "--node",
+                              f"tcp:127.0.0.1:{self.p.port('node-b', 'pu')}", "--id", "cam-b"],
+                    os.path.join(self.p.workdir, "pu.log"),
+                    env=child_env(VSS_PU_SECRET="cam-b-s"))
+        self.addCleanup(pu.stop)
+        yield wait_until(reactor, lambda: "cam-b" in self.node.rgm.pu_links, timeout=30,
+                         what="the PU to log in")
+
+    @defer.inlineCallbacks
+    def test_an_event_records_from_pre_event_seconds_before_it(self):
+        manager, recorder = self.node.recordings, self.node.recorder
+        manager.apply_settings(settings(device="cam-b", mode=RecordMode.EVENT, pre=3,
+                                        post=3, segment=60))
+
+        def reading():
+            pb = recorder.status()["prebuffers"].get("/live/cam-b/main")
+            return pb is not None and pb["reading"] and pb["bytes"] > 0
+
+        yield self.wait_until(self.reactor, reading, timeout=30, what="the pre-event buffer")
+        yield task.deferLater(self.reactor, 5.5, lambda: None)  # more than 3 s buffered
+        event_ms = self.reactor.seconds() * 1000
+        state = yield manager.event("cam-b", 0)
+        self.assertEqual(state["state"], RUNNING)
+        yield self.wait_until(self.reactor, lambda: recorder.counters["segments"] >= 1
+                              and not recorder.status()["recordings"], timeout=30,
+                              what="the event's recording to end")
+        rows = yield recorder.catalogue.list("cam-b", "main", 0, 2**62)
+        [first] = rows["segments"]
+        # from the keyframe at or before event - 3 s (the PU's GOP is 2 s) to the end
+        # of the post-event seconds
+        self.assertGreaterEqual(first.start_ms, event_ms - 3000 - 2000 - 300)
+        self.assertLessEqual(first.start_ms, event_ms - 3000 + 100)
+        self.assertGreaterEqual(first.end_ms, event_ms + 2500)
+        # the buffer goes on (the channel is still in EVENT mode); OFF lets it go
+        self.assertTrue(reading())
+        manager.apply_settings(settings(device="cam-b", mode=RecordMode.OFF))
+        self.assertEqual(recorder.status()["prebuffers"], {})

@@ -707,9 +707,10 @@ class _PreBuffer:
     waiting_key = True  # Source.add_reader may clear it (audio only): we check frame.key
     drops = 0
 
-    def __init__(self, recorder, key, path, seconds, max_bytes):
+    def __init__(self, recorder, key, path, seconds, max_bytes, want=None):
         self.recorder = recorder
         self.key = key
+        self.want = want  # called before each wait for the source (asks for it)
         self.path = path
         self.seconds = seconds
         self.max_bytes = max_bytes
@@ -966,12 +967,13 @@ class Recorder:
 
     # -- the pre-event buffer
 
-    def prebuffer(self, device_id, channel, stream, seconds):
+    def prebuffer(self, device_id, channel, stream, seconds, want=None):
         """Keep the last ``seconds`` of (device, channel, stream)'s live stream in memory
         (from a keyframe; at most ``prebuffer_max_bytes``), so that a recording started
         later (an event) begins with that footage, up to ``seconds`` before its start.
-        The SS must get the live stream (the CDN service makes sure of it); a missing or
-        ending source is waited for again every ``restart_delay`` seconds. Only
+        The SS must get the live stream: ``want()``, if given, is called before each
+        wait for it (the CDN service asks for the source there); a missing or ending
+        source is waited for again every ``restart_delay`` seconds. Only
         in-process recordings (H.264/H.265) use the buffer. Fires once the buffer
         reads the source (None if the source did not come within ``source_wait``)."""
         name = stream_name(channel, stream)
@@ -981,7 +983,7 @@ class Recorder:
             pb.seconds = seconds
             return defer.succeed(None)
         pb = self.prebuffers[key] = _PreBuffer(self, key, f"/live/{device_id}/{name}",
-                                               seconds, self.prebuffer_max_bytes)
+                                               seconds, self.prebuffer_max_bytes, want)
         return self._prebuffer_attach(pb)
 
     def unprebuffer(self, device_id, channel, stream):
@@ -994,6 +996,11 @@ class Recorder:
     @defer.inlineCallbacks
     def _prebuffer_attach(self, pb):
         pb.retry = None
+        if pb.want is not None:
+            try:
+                pb.want()
+            except Exception:  # noqa: BLE001
+                log.failure("asking for the source of {path}", path=pb.path)
         source = yield self.rtsp.wait_for_source(pb.path, self.source_wait)
         if not pb.wanted or pb.source is not None:
             return None

@@ -299,18 +299,23 @@ class CDNRecording:
     def prebuffer(self, device_id, channel, stream, seconds):
         """Keep the live source open and its last ``seconds`` in the recorder's
         pre-event buffer, so an event recording starts with the footage from before
-        the event. A source that cannot be had now is waited for by the recorder."""
-        record = self.cdn.store.get_device(device_id)
-        if record is None:
+        the event. Each time the recorder waits for the source (at the start, after
+        the source ended) the source is asked for again, as for a viewer."""
+        if self.cdn.store.get_device(device_id) is None:
             return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE))
-        body = MediaOpen(device_id=device_id, channel=channel, stream=stream,
-                         purpose=Purpose.LIVE, start_time=0, transport=0)
-        d = self.cdn.ensure_source(record, body, stream_path(device_id, channel, stream))
-        d.addErrback(lambda f: CDNModule.log.info(
-            "pre-event buffer of {device}: no live source yet ({error})", device=device_id,
-            error=f.getErrorMessage()))
-        return d.addCallback(
-            lambda _: self.recorder.prebuffer(device_id, channel, stream, seconds))
+
+        def want():
+            record = self.cdn.store.get_device(device_id)
+            if record is None:
+                return
+            body = MediaOpen(device_id=device_id, channel=channel, stream=stream,
+                             purpose=Purpose.LIVE, start_time=0, transport=0)
+            d = self.cdn.ensure_source(record, body, stream_path(device_id, channel, stream))
+            d.addErrback(lambda f: CDNModule.log.info(
+                "pre-event buffer of {device}: no live source yet ({error})",
+                device=device_id, error=f.getErrorMessage()))
+
+        return self.recorder.prebuffer(device_id, channel, stream, seconds, want=want)
 
     def unprebuffer(self, device_id, channel, stream):
         return self.recorder.unprebuffer(device_id, channel, stream)
