@@ -82,6 +82,7 @@ from vss.cdn import rtpmux
 from vss.cdn.catalogue import RECORDINGS, Catalogue, Segment, fsync_dir, scan_fmp4, segment_name
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.rtsp.fanout import Frame
 
 log = Logger()
 
@@ -508,7 +509,7 @@ class _LiveWriter:
             self.now = wall
             self.deliver(frame)
         self.now = None
-        self.replayed = {id(f) for _, f in frames} or None
+        self.replayed = {id(f.packets) for _, f in frames} or None
 
     def _wall_ms(self):
         return round((self.clock.seconds() if self.now is None else self.now) * 1000)
@@ -519,7 +520,7 @@ class _LiveWriter:
         if self.closed or self.muted:
             return
         if self.replayed is not None:
-            if id(frame) in self.replayed:
+            if id(frame.packets) in self.replayed:
                 return  # the source's GOP cache sends what the buffer had
             self.replayed = None
         try:
@@ -699,7 +700,9 @@ class _PreBuffer:
     """A reader of the source that keeps the last ``seconds`` of frames in memory, from
     a keyframe, so an event recording can start with the footage from before the event.
     Bounded: whole GOPs are dropped from the front once the next GOP starts at least
-    ``seconds`` ago, or while the buffer holds more than ``max_bytes``."""
+    ``seconds`` ago, or while the buffer holds more than ``max_bytes``. It keeps each
+    frame's RTP packets only (not the joined buffer the TCP viewers send), so it holds
+    about ``seconds`` of the stream's bytes."""
 
     source = None
     full = True
@@ -715,7 +718,7 @@ class _PreBuffer:
         self.seconds = seconds
         self.max_bytes = max_bytes
         self.mask = frozenset()
-        self.gops = deque()  # [[(wall s, frame), ...], ...], each from a keyframe
+        self.gops = deque()  # [[(wall s, frame, bytes), ...], ...], each from a keyframe
         self.bytes = 0
         self.retry = None
         self.wanted = True
@@ -726,26 +729,28 @@ class _PreBuffer:
 
     def deliver(self, frame):
         now = self.recorder.clock.seconds()
+        size = len(frame.data)
+        item = (now, Frame(b"", frame.key, frame.packets), size)
         if frame.key:
-            self.gops.append([(now, frame)])
+            self.gops.append([item])
         elif self.gops:
-            self.gops[-1].append((now, frame))
+            self.gops[-1].append(item)
         else:
             return
-        self.bytes += len(frame.data)
+        self.bytes += size
         self.trim(now)
 
     def trim(self, now):
         gops = self.gops
         while len(gops) > 1 and (gops[1][0][0] <= now - self.seconds
                                  or self.bytes > self.max_bytes):
-            self.bytes -= sum(len(f.data) for _, f in gops.popleft())
+            self.bytes -= sum(size for _, _, size in gops.popleft())
 
     def frames(self):
         """The buffered ``(wall clock, frame)`` pairs, oldest first, from a keyframe at
         or before ``seconds`` ago."""
         self.trim(self.recorder.clock.seconds())
-        return [item for gop in self.gops for item in gop]
+        return [(wall, frame) for gop in self.gops for wall, frame, _ in gop]
 
     def clear(self):
         self.gops.clear()
@@ -856,7 +861,7 @@ class Recorder:
     def __init__(self, rtsp_factory, issuer, data_dir, clock, reactor, media_base,
                  source_wait=10.0, restart_delay=2.0, stop_timeout=10.0, max_starting=4,
                  python=sys.executable, env=None, mode="auto", in_thread=None,
-                 opener=_raw_open, prebuffer_max_bytes=64 * 1024 * 1024):
+                 opener=_raw_open, prebuffer_max_bytes=32 * 1024 * 1024):
         if mode not in ("auto", "process"):
             raise ValueError(f"mode must be 'auto' or 'process', not {mode!r}")
         self.rtsp = rtsp_factory
