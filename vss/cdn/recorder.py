@@ -58,6 +58,12 @@ Both write the same files:
   ``EXIT_DISK_FULL`` and is not restarted). Any other end of a wanted recording is
   retried after ``restart_delay`` seconds (the source may come back).
 
+Pre-event buffer (``prebuffer``/``unprebuffer``, asked by the RGM for a channel in
+EVENT mode with pre-event seconds): a ``_PreBuffer`` reader keeps the last seconds of the
+source's frames in memory (from a keyframe, bounded in bytes); an in-process recording
+of that stream replays them first, each at the wall clock the SS got it, so the event's
+first segment starts up to that many seconds before the event.
+
 Limits of the in-process path: RTP timestamps are presentation times and the writer
 takes them as decoding order, so a stream with B-frames (its timestamps step back) is
 handed over to a child after ``MAX_REORDERS`` small steps back (the few pictures written
