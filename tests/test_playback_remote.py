@@ -350,11 +350,18 @@ class HolderTests(unittest.TestCase):
         self.assertIn("tcp:127.0.0.1:10", e.message)
         self.assertEqual([r[1] for r in peers.routed][2:], ["tcp:127.0.0.1:10"])
         self.assertEqual(cdn.central.lookups, ["node-a", "node-a"])
+        # CMS cannot be asked: the error is still the node's own
+        cdn.central.query_error = VssError(ResultCode.CENTRAL_UNAVAILABLE, "no link to CMS")
+        e = self.failureResultOf(self.remote.to_node(cdn.central, "node-a", "cam3", b""),
+                                 ConnectionRefusedError).value
+        self.assertIn("tcp:127.0.0.1:10", str(e))
+        cdn.central.query_error = None
+        self.assertEqual(cdn.central.lookups, ["node-a", "node-a", "node-a"])
         # an answer of the node itself (not about its address) is not retried
         peers.refusing.clear()
         cdn.central.answer = lambda: defer.fail(VssError(ResultCode.UNKNOWN_DEVICE, "no"))
         self.assertEqual(self.refused(cdn, "cam3").code, ResultCode.UNKNOWN_DEVICE)
-        self.assertEqual(cdn.central.lookups, ["node-a", "node-a"])
+        self.assertEqual(cdn.central.lookups, ["node-a", "node-a", "node-a"])
 
     def test_the_earliest_footage_wins_and_this_node_when_it_holds_it_too(self):
         cdn = FakeCDN(spans=[(T + 2000, T + 6000)])

@@ -218,6 +218,8 @@ def to_node(central, node, device_id, inner):
         found = yield central.lookup_node(node)
     except VssError as e:
         if e.code != ResultCode.UNKNOWN_NODE:
+            if failed is not None:  # CMS cannot say more: the node's own failure
+                raise failed from None
             raise
         raise VssError(ResultCode.UNKNOWN_NODE, f"node {node} holds the recording of "
                        f"{device_id} but CMS does not know it") from None
