@@ -861,7 +861,11 @@ class Recorder:
     """Records live streams of this node's SS (``rtsp_factory``) into segment files under
     ``data_dir`` and indexes them in the node's catalogue. ``media_base`` is the SS URL
     base the children connect to (``rtsp://127.0.0.1:<port>``); ``issuer`` signs their
-    play tokens. ``open()`` (repairs the catalogue) before use, ``close()`` at the end.
+    play tokens. ``mode``: ``"auto"`` records H.264/H.265 sources in process and others
+    with a child, ``"process"`` always with a child. ``in_thread(fn, *args)`` runs the
+    segment closes off the reactor (default: the reactor's thread pool); ``opener``
+    opens the ``.part`` files. ``open()`` (repairs the catalogue) before use,
+    ``close()`` at the end.
     """
 
     def __init__(self, rtsp_factory, issuer, data_dir, clock, reactor, media_base,
@@ -920,8 +924,9 @@ class Recorder:
         """Start recording (device, channel, stream) in ``segment_seconds`` segments. The
         SS must get the live stream (the RGM opens it through the CDN service
         interface); a missing source is waited for ``source_wait`` seconds. Fires with
-        the recording's status once its child receives the stream; a second start of a
-        running recording answers its status."""
+        the recording's status once it reads the source (in process) or its child
+        receives the stream; a second start of a running recording answers its
+        status."""
         name = stream_name(channel, stream)
         key = (device_id, channel, name)
         rec = self.recordings.get(key)
