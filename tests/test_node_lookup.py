@@ -162,3 +162,21 @@ class StoppedNodeTests(unittest.TestCase):
         self.assertEqual((bye.type, bye.body), (MsgType.BYE, Bye(
             reason=int(ResultCode.SESSION_CLOSED), message="the node stopped")))
         self.assertTrue(transport.disconnecting)
+
+    @defer.inlineCallbacks
+    def test_stopping_a_node_closes_the_node_links_it_accepted(self):
+        """Over real TCP: the node link node-b made to node-a is closed (with a BYE)
+        when node-a stops, so node-b does not keep a link to a stopped node."""
+        from vss.testing.platform import start_platform, wait_until
+
+        p = yield start_platform(self)
+        node_a = yield p.start_node("node-a")
+        node_b = yield p.start_node("node-b")
+        yield node_b.central.lookup_node("node-a")
+        peers = node_b.central.peers
+        link = yield peers._link("node-a", node_b.central.node_endpoints["node-a"])
+        yield wait_until(p.reactor, lambda: len(node_a.peer_server.links) == 1)
+        yield p.stop_node("node-a")
+        yield wait_until(p.reactor, lambda: "node-a" not in peers.links)
+        self.assertTrue(link.closed)
+        self.assertEqual(node_a.peer_server.links, set())

@@ -196,6 +196,10 @@ class NodeService(StagedService):
         writer = getattr(self, "_status_writer", None)
         if writer is not None and writer.running:
             writer.stop()
+        from vss.protocols.codes import ResultCode
+
+        for link in list(getattr(getattr(self, "peer_server", None), "links", ())):
+            link.close(ResultCode.SESSION_CLOSED, "the node stopped")  # peers ask CMS anew
         d = super().stopService()
         return defer.gatherResults([defer.maybeDeferred(lambda: d),
                                     defer.maybeDeferred(self.recorder.close),
