@@ -3,8 +3,10 @@ Recording (issue 8, parts 3, 4 local, 7): the CDN module's recording interface w
 the SS receives for live video into fragmented MP4 segments; the node's catalogue indexes
 them, lists them with their gaps, enforces retention and repairs itself after a crash.
 
-Media tests are real: ffmpeg publishes H.264 (1 s GOP) + AAC into an ``RTSPServerFactory``
-on port 0, the recorder child remuxes it, PyAV reads every segment back.
+Media tests are real: ffmpeg publishes H.264/H.265 (1 s GOP) + AAC into an
+``RTSPServerFactory`` on port 0, the recorder remuxes it (in process, as a reader of the
+source, and with a child), PyAV reads every segment back. The in-process writer is also
+driven with a task.Clock by hand-made RTP packets of a local file (``LiveWriterTests``).
 """
 
 import errno
