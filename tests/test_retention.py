@@ -186,7 +186,8 @@ class SettingsChangeTests(Catalogued):
 
 class NodeOptionsTests(unittest.TestCase):
     """``twistd vss-node`` options for recording: the queue's capacity, the default
-    retention of channels without settings and the node's quota reach the services."""
+    retention of channels without settings, the node's quota and where recordings are
+    written reach the services."""
 
     def options(self, *extra):
         from vss.tap.node import Options
@@ -216,12 +217,15 @@ class NodeOptionsTests(unittest.TestCase):
         self.assertEqual(node.recordings.queue.capacity.max_write_mbps, 10.0)
         self.assertEqual(node.record_settings.quota_bytes, 2048 * 1024 * 1024)
         self.assertEqual(node.record_settings.default_days, 0)
+        self.assertEqual(node.recorder.mode, "auto")
+        s = self.options("--record-in", "process")
+        self.assertEqual(NodeService(s, reactor).recorder.mode, "process")
 
     def test_bad_values_are_named(self):
         from vss.config import ConfigError
 
         with self.assertRaises(ConfigError) as e:
             self.options("--retention-days", "-1", "--quota-mb", "lots",
-                         "--record-max-streams", "0")
-        for name in ("--retention-days", "--quota-mb", "--record-max-streams"):
+                         "--record-max-streams", "0", "--record-in", "elsewhere")
+        for name in ("--retention-days", "--quota-mb", "--record-max-streams", "--record-in"):
             self.assertIn(name, str(e.exception))

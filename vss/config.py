@@ -146,6 +146,7 @@ class NodeSettings:
     quota_mb: int = 0  # the node's disk quota for recordings (0: the channels' quotas)
     record_max_streams: int = 32  # recordings at once; more wait in the queue
     record_max_write_mbps: float = 400.0  # their summed write rate, Mb/s
+    record_in: str = "auto"  # auto (in the node for H.264/H.265) or process
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -100,7 +100,7 @@ class NodeService(StagedService):
         from vss.rgm.recording import Capacity, RecordingManager
 
         self.recorder = Recorder(self.rtsp, self.issuer, settings.data_dir, reactor, reactor,
-                                 media_base="")
+                                 media_base="", mode=settings.record_in)
         _MediaBase(self).setServiceParent(self)
         from vss.cdn.playback import PlaybackService
 

@@ -27,6 +27,7 @@ DEFAULTS = {
     "quota-mb": "0",
     "record-max-streams": "32",
     "record-max-write-mbps": "400",
+    "record-in": "auto",
 }
 
 
@@ -70,6 +71,9 @@ class Options(TrackingOptions):
          f"(event > manual > schedule) [{DEFAULTS['record-max-streams']}]."],
         ["record-max-write-mbps", None, None, "Summed write rate of the recordings at once, "
          f"Mb/s (main streams count 4, sub streams 1) [{DEFAULTS['record-max-write-mbps']}]."],
+        ["record-in", None, None, "Where recordings are written: auto (inside the node for "
+         "H.264/H.265, a child process for other codecs) or process (a child process per "
+         f"recording) [{DEFAULTS['record-in']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
     ]
@@ -115,6 +119,9 @@ def settings_from(opts):
                                   problems, 0, 100_000)
     max_write = positive_number("record-max-write-mbps", opts["record-max-write-mbps"], float,
                                 problems, 0, 1_000_000)
+    record_in = str(opts["record-in"]).strip().lower()
+    if record_in not in ("auto", "process"):
+        problems.append(f"--record-in: {opts['record-in']!r} is neither 'auto' nor 'process'")
     http_listen = str(opts["http-listen"]).strip()
     if http_listen.lower() == "off":
         http_listen = ""
@@ -148,6 +155,7 @@ def settings_from(opts):
         quota_mb=quota_mb,
         record_max_streams=max_streams,
         record_max_write_mbps=max_write,
+        record_in=record_in,
     )
 
 
