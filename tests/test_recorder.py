@@ -776,7 +776,7 @@ def rtp_pictures(path, mtu=1200):
     return out
 
 
-class LiveWriterTests(unittest.TestCase):
+class LiveWriterBase(unittest.TestCase):
     """The in-process recording with a task.Clock: a fan-out ``Source`` fed hand-made
     RTP packets of a local file, 25 pictures per clock second."""
 
@@ -825,6 +825,8 @@ class LiveWriterTests(unittest.TestCase):
             out.append((s, *got))
         return out
 
+
+class LiveWriterTests(LiveWriterBase):
     @defer.inlineCallbacks
     def test_cut_at_the_first_keyframe_of_each_utc_period(self):
         info = yield self.recorder.start("cam1", 0, 0, 2)
@@ -946,3 +948,93 @@ class LiveWriterTests(unittest.TestCase):
         yield self.recorder.unprebuffer("cam1", 0, 0)
         self.assertEqual(self.sources[-1].reader_count, 0)
         self.assertFalse(self.clock.getDelayedCalls())
+
+
+class LiveWriterProbeTests(LiveWriterBase):
+    """The codec probe (FFmpeg decodes a keyframe) runs through the recorder's thread
+    runner, never in the reactor: what comes meanwhile is held and written after."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.calls = []
+
+        def queued(fn, *args):
+            d = defer.Deferred()
+            self.calls.append((fn, args, d))
+            return d
+
+        self.recorder._thread = queued
+
+    def pump(self):
+        while self.calls:
+            fn, args, d = self.calls.pop(0)
+            try:
+                result = fn(*args)
+            except Exception:  # noqa: BLE001
+                d.errback()
+            else:
+                d.callback(result)
+
+    @defer.inlineCallbacks
+    def test_the_probe_runs_in_the_thread_runner_and_nothing_is_lost(self):
+        from vss.cdn import recorder as recmod
+
+        in_reactor = []
+        real = recmod._probe
+        self.patch(recmod, "_probe", lambda *a: (in_reactor.append(a), real(*a))[1])
+        yield self.recorder.start("cam1", 0, 0, 2)
+        self.play(self.pictures[:10])
+        self.assertEqual(in_reactor, [])  # not probed in the reactor thread
+        self.assertEqual([fn for fn, _, _ in self.calls], [recmod._probe])
+        writer = self.recorder.recordings[("cam1", 0, "main")].live
+        self.assertIsNone(writer.seg)  # nothing written before the probe answers
+        self.assertEqual(len(writer.backlog), 10)
+        self.pump()
+        self.assertEqual(len(writer.backlog), 0)
+        self.assertIsNotNone(writer.seg)
+        self.play(self.pictures[10:])
+        self.pump()  # the segment closes
+        stopped = self.recorder.stop("cam1", 0, 0)
+        self.pump()
+        final = yield stopped
+        self.assertEqual((final["frames"], final["frames_lost"]), (125, 0))
+        self.assertEqual(writer.probes, 1)
+        out = yield self.segments()
+        self.assertEqual([f for _, _, f, _, _ in out], [25, 50, 50])
+        self.assertEqual([(s.start_ms - T0, s.end_ms - T0) for s, *_ in out],
+                         [(1000, 2000), (2000, 4000), (4000, 6000)])
+
+    @defer.inlineCallbacks
+    def test_a_probe_that_never_answers_holds_a_bounded_backlog(self):
+        yield self.recorder.start("cam1", 0, 0, 2)
+        writer = self.recorder.recordings[("cam1", 0, "main")].live
+        writer.MAX_BACKLOG = 30
+        self.play(self.pictures[:60])
+        self.assertLessEqual(len(writer.backlog), 30)
+        self.assertGreater(writer.backlog_dropped, 0)
+        self.assertTrue(writer.backlog[0][1][1].key)  # it restarts at a keyframe
+        self.pump()
+        self.play(self.pictures[60:])
+        stopped = self.recorder.stop("cam1", 0, 0)
+        self.pump()
+        final = yield stopped
+        self.assertEqual(final["frames"] + final["frames_lost"], 125)
+        self.assertEqual(final["frames_lost"], writer.backlog_dropped)
+
+    @defer.inlineCallbacks
+    def test_a_failed_probe_is_an_error_not_a_crash(self):
+        yield self.recorder.start("cam1", 0, 0, 2)
+        writer = self.recorder.recordings[("cam1", 0, "main")].live
+        self.play(self.pictures[:5])
+        fn, args, d = self.calls.pop(0)
+        with capturedLogs():
+            d.errback(ValueError("garbage"))
+        self.assertIsNone(writer.seg)
+        self.assertEqual(writer.errors, 1)
+        self.assertIn("garbage", self.recorder.status()["recordings"]["/live/cam1/main"]
+                      ["error"])
+        self.play(self.pictures[5:50])  # the same parameter sets: not probed again
+        self.assertEqual(self.calls, [])
+        yield self.recorder.stop("cam1", 0, 0)
+        self.assertTrue(self.flushLoggedErrors(ValueError))

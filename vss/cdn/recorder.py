@@ -15,7 +15,10 @@ How a recording is written (the approach, and why):
   a second depacketizer) and a process per stream; depacketizing and muxing here costs
   a fraction of that (docs/performance.md, "Recording"). Writes go to the page cache
   (fine in the reactor); the fsync, keyframe scan and rename at each segment close run
-  in a thread (``in_thread``), so the reactor never waits on the disk. The reader has
+  in a thread (``in_thread``), so the reactor never waits on the disk. So does the codec
+  probe (FFmpeg decodes a keyframe to learn the picture size: ~5 ms at 720p, more at
+  4K) at the first keyframe and whenever the parameter sets change; what arrives
+  meanwhile is held in order (bounded, ``MAX_BACKLOG``) and written once it answers. The reader has
   no queue: it never drops; the depacketizer counts the pictures a packet loss makes
   useless (it drops up to the next keyframe) in ``frames_lost`` (``status()``). A
   source that ends closes the open segment and the recording waits for the source to
@@ -457,7 +460,8 @@ class _LiveWriter:
     writing files). It gets the very ``Frame`` objects every viewer gets, depacketizes
     the video (H.264/H.265) and AAC tracks (``vss.cdn.rtpmux``) and muxes access units
     into fragmented MP4 segments. Everything runs in the reactor thread except the
-    fsync/scan/rename at each segment close (``recorder._in_thread``). Nothing raises
+    codec probe and the fsync/scan/rename at each segment close
+    (``recorder._in_thread``). Nothing raises
     out of ``deliver``: one bad recording never hurts the source's other readers."""
 
     source = None
@@ -467,6 +471,7 @@ class _LiveWriter:
     drops = 0  # never drops: no queue (frames the depacketizer loses are in ``lost``)
     MAX_JUMP = 5 * VIDEO_CLOCK
     MAX_REORDERS = 3  # small steps back: the stream has B-frames, a child records it
+    MAX_BACKLOG = 2000  # access units held while a codec probe runs (80 s at 25 fps)
 
     def __init__(self, recorder, rec, sdp, opener=_raw_open):
         self.recorder = recorder
@@ -486,6 +491,14 @@ class _LiveWriter:
         # its duration
         self.vtemplate = None
         self.vparams = None  # the parameter sets the template was probed with
+        self.seg_params = None  # those of the open segment
+        self.probing = None  # Deferred of the codec probe running in a thread
+        self.probe_error = None
+        self.probes = 0
+        self.backlog = deque()  # [(wall s, item)] held while the probe runs
+        self.backlog_dropped = 0
+        self.to_key = False  # the backlog overflowed: wait for a keyframe
+        self.draining = False
         self.atemplate = None
         if self.adep is not None:  # codec and channels from an ADTS header
             try:
@@ -536,10 +549,14 @@ class _LiveWriter:
                     continue
                 if t == vtrack:
                     for au in self.vdep.push(data):
-                        self._video(au)
+                        self._video_in(au)
                 elif t == atrack:
                     for ts, raw in self.adep.push(data):
-                        self._audio(ts, raw)
+                        if self.backlog or self.probing is not None:
+                            self._hold(("a", ts, raw))
+                            self._drain()
+                        else:
+                            self._audio(ts, raw)
         except OSError as e:
             self._error(e)
         except Exception as e:  # noqa: BLE001 - never out of the source's fan-out
@@ -558,6 +575,10 @@ class _LiveWriter:
         if self.closed:
             return
         self.closed = True
+        self.probing = None
+        if self.backlog:  # the probe did not answer: these cannot be written
+            self.vdep.lost += sum(1 for _, held in self.backlog if held[0] == "v")
+            self.backlog.clear()
         if self.source is not None:
             self.source.remove_reader(self)
             self.source = None
@@ -581,7 +602,96 @@ class _LiveWriter:
         wall, ts0 = self.anchor
         return int(wall + (ts - ts0) * 1000 // VIDEO_CLOCK)
 
-    def _video(self, au):
+    def _video_in(self, au):
+        """An access unit from the depacketizer. A keyframe with parameter sets not
+        probed yet waits for the probe (in a thread), and so does everything after it."""
+        params = self.vdep.parameter_sets() if au.key else None
+        if self.backlog or self.probing is not None or self.to_key or \
+                (au.key and params != self.vparams):
+            self._hold(("v", au, params))
+            self._drain()
+        else:
+            self._video(au, params)
+
+    def _hold(self, item):
+        """Keep ``item`` (with its wall clock) until the codec probe answers; bounded:
+        past ``MAX_BACKLOG`` the backlog is dropped and the video starts again at the
+        next keyframe."""
+        if len(self.backlog) >= self.MAX_BACKLOG:
+            lost = sum(1 for _, held in self.backlog if held[0] == "v")
+            self.vdep.lost += lost
+            self.backlog_dropped += lost
+            self.backlog.clear()
+            self.to_key = True
+        if self.to_key:
+            if item[0] != "v" or not item[1].key:
+                if item[0] == "v":
+                    self.vdep.lost += 1
+                    self.backlog_dropped += 1
+                return
+            self.to_key = False
+        wall = self.clock.seconds() if self.now is None else self.now
+        self.backlog.append((wall, item))
+
+    def _drain(self):
+        """Write the held access units in order, probing the codec (in a thread) at
+        each keyframe whose parameter sets were not probed yet."""
+        if self.draining:
+            return
+        self.draining = True
+        now = self.now
+        try:
+            while self.backlog and self.probing is None and not self.closed \
+                    and not self.muted:
+                wall, item = self.backlog[0]
+                if item[0] == "v" and item[1].key and item[2] != self.vparams:
+                    self._probe_video(item[1], item[2])
+                    continue  # answered at once (a synchronous runner) or later
+                self.backlog.popleft()
+                self.now = wall
+                try:
+                    if item[0] == "v":
+                        self._video(item[1], item[2])
+                    else:
+                        self._audio(item[1], item[2])
+                except Exception as e:  # noqa: BLE001 - never out of the fan-out
+                    self._error(e)
+        finally:
+            self.now = now
+            self.draining = False
+
+    def _probe_video(self, au, params):
+        """Probe the codec parameters (size, extradata) of ``params`` off the reactor:
+        FFmpeg decodes the keyframe to find them (milliseconds at 720p, more at 4K)."""
+        self.probing = d = self.recorder._in_thread(_probe, self.vcodec,
+                                                    params + au.annexb())
+        self.probes += 1
+
+        def probed(template):
+            if self.probing is not d:
+                return
+            self.probing = None
+            self.vparams = params
+            self.vtemplate = template
+            if not template.codec_context.width:
+                self.vtemplate = None
+                self.probe_error = "the picture size is not in the parameter sets"
+            self._drain()
+
+        def failed(failure):
+            if self.probing is not d:
+                return
+            self.probing = None
+            self.vparams = params
+            self.vtemplate = None
+            self.probe_error = f"the video cannot be probed: {failure.getErrorMessage()}"
+            self._drain()
+
+        d.addCallbacks(probed, failed)
+        d.addErrback(lambda f: log.failure("recording {path}: probe", f,
+                                           path=self.rec.path))
+
+    def _video(self, au, params):
         if self.muted:
             return
         ts = au.ts + self.shift
@@ -605,12 +715,12 @@ class _LiveWriter:
         self.last_ts = ts
         at_ms = self._at_ms(ts)
         if au.key and (self.seg is None or at_ms >= self.cut_ms
-                       or self.vdep.parameter_sets() != self.vparams):
+                       or params != self.seg_params):
             if self.seg is not None:
                 self._close(at_ms)
                 if self.closed:  # the disk is full
                     return
-            self._open(au, ts, at_ms)
+            self._open(params, ts, at_ms)
         if self.seg is not None:
             self.held = (au, ts)
 
@@ -620,14 +730,9 @@ class _LiveWriter:
             au, ts = held
             self.seg.write_video(au.annexb(), ts - self.seg_base, duration, au.key)
 
-    def _open(self, au, ts, at_ms):
-        params = self.vdep.parameter_sets()
-        if self.vtemplate is None or params != self.vparams:
-            self.vtemplate = _probe(self.vcodec, params + au.annexb())
-            if not self.vtemplate.codec_context.width:
-                self.vtemplate = None
-                raise ValueError("the picture size is not in the parameter sets")
-            self.vparams = params
+    def _open(self, params, ts, at_ms):
+        if self.vtemplate is None or params != self.vparams:  # the probe failed
+            raise ValueError(self.probe_error or "the video was not probed")
         seg_ms = max(1, int(self.rec.segment_seconds * 1000))
         self.cut_ms = (at_ms // seg_ms + 1) * seg_ms  # the next UTC boundary
         audio = None
@@ -635,6 +740,7 @@ class _LiveWriter:
             audio = (self.atemplate, self.adep.config, self.adep.clock_rate)
         self.seg = _LiveSegment(_free_name(self.out_dir, at_ms), at_ms, self.vtemplate,
                                 audio, self.opener)
+        self.seg_params = params
         self.seg_base = ts
         if audio is not None:
             self._audio_base()
