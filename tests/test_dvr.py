@@ -150,6 +150,7 @@ class DvrTests(unittest.TestCase):
         self.assertTrue(listing.gaps)
         # a missing segment is a whole one; a gap at either end of the range is cut by it
         inner = [g for g in listing.gaps if now - 3 * HOUR < g.start and g.end < now]
+        self.assertTrue(inner, listing.gaps)  # one segment in nine: two in these 3 hours
         self.assertTrue(all(g.end - g.start >= dvr.SEGMENT_MS for g in inner), listing.gaps)
         self.assertEqual(listing.exports, [])
         # footage older than the DVR keeps is not listed
