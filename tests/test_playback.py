@@ -208,9 +208,17 @@ class ParseRangeTests(unittest.TestCase):
         self.assertEqual(parse_range("npt=00:01:02.5-", origin), origin + 62_500)
         self.assertEqual(parse_range("clock=20231114T221320Z-", origin), origin)
         self.assertEqual(parse_range("clock=20231114T221320.250Z-", origin), origin + 250)
-        for none in (None, "", "npt=now-", "npt=-3-", "npt=x-", "smpte=1:00:00-",
-                     "clock=yesterday-"):
+        for none in (None, "", "npt=now-", "npt=-3-", "clock=-"):
             self.assertIsNone(parse_range(none, origin))
+
+    def test_a_malformed_or_absurd_range_is_refused(self):
+        origin = 1_700_000_000_000
+        for bad in ("npt=x-", "smpte=1:00:00-", "clock=yesterday-", "npt", "npt=nan-",
+                    "npt=inf-", "npt=1e400-", "npt=99999999999-", "npt=1:99:00-",
+                    "npt=a:b:c-", "npt=1:2-", "clock=20231114T221320.x5Z-",
+                    "clock=99991399T000000Z-", "bogus=1-"):
+            with self.assertRaises(ValueError, msg=bad):
+                parse_range(bad, origin)
 
 
 class PlaybackCommandTests(unittest.TestCase):
@@ -375,6 +383,11 @@ class PlaybackTests(unittest.TestCase):
             c = RawRTSP(url)
             try:
                 c.start()
+                # a Range that is malformed or past the footage is refused (457); the
+                # playback is still there for the next PLAY
+                refused = [c.request("PLAY", url, [("Range", r)])[0] for r in (
+                    "npt=abc-", "smpte=0:00:01-", "npt=1e400-",
+                    f"npt={(last.end_ms + 5000 - first.start_ms) / 1000:.3f}-")]
                 at = datetime.datetime.fromtimestamp((first.start_ms + 4500) / 1000,
                                                      datetime.UTC)
                 status, headers, _ = c.request(
@@ -383,12 +396,14 @@ class PlaybackTests(unittest.TestCase):
                 status2, _, _ = c.request("PAUSE", url)
                 status3, headers3, _ = c.request("PLAY", url)
                 resumed = c.packets(40)
-                return status, headers, played, status2, status3, headers3, resumed
+                return (refused, status, headers, played, status2, status3, headers3,
+                        resumed)
             finally:
                 c.close()
 
-        status, headers, played, status2, status3, headers3, resumed = \
+        refused, status, headers, played, status2, status3, headers3, resumed = \
             yield threads.deferToThread(raw, url2)
+        self.assertEqual(refused, [457, 457, 457, 457])
         self.assertEqual((status, status2, status3), (200, 200, 200))
         # the reply's Range is where the stream starts: the recorded keyframe at or
         # before the time asked, 4.5 s after the origin

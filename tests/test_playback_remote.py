@@ -118,6 +118,36 @@ class AsyncControllerTests(ServerTestBase):
         self.assertEqual(self.source.readers, [])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_a_refused_range_is_answered_457_and_the_session_stays(self):
+        from vss.rtsp.server import ControlError
+
+        c, url, sid = self.viewer()
+        c.request("PLAY", url, [("Session", sid), ("Range", "npt=x-")])
+        [(_, d)] = self.ctl.plays
+        d.errback(ControlError(457))
+        [resp] = c.read()
+        self.assertEqual((resp.status, resp.reason), (457, "Invalid Range"))
+        self.assertEqual(self.source.readers, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        c.request("PLAY", url, [("Session", sid)])  # the session is still there
+        self.ctl.plays[-1][1].callback("npt=0.000-")
+        [resp] = c.read()
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(len(self.source.readers), 1)
+
+    def test_a_controller_raising_a_refusal_is_answered_with_it(self):
+        from vss.rtsp.server import ControlError
+
+        c, url, sid = self.viewer()
+
+        def refuse(session, header):
+            raise ControlError(457, "No Footage There")
+
+        self.ctl.play = refuse
+        resp = c.request("PLAY", url, [("Session", sid), ("Range", "npt=99-")])
+        self.assertEqual((resp.status, resp.reason), (457, "No Footage There"))
+        self.assertEqual(self.source.readers, [])
+
     def test_a_viewer_gone_before_the_answer_gets_nothing(self):
         c, url, sid = self.viewer()
         c.request("PLAY", url, [("Session", sid)])
@@ -525,6 +555,19 @@ class RelayedPlaybackTests(unittest.TestCase):
         self.clock.advance(CONTROL_TIMEOUT)
         self.assertEqual(len(failures), 1)
         self.proto.answer.callback("npt=0.000-")  # too late: dropped
+
+    def test_the_origin_refusing_the_range_is_passed_on_other_errors_are_not(self):
+        from vss.rtsp.client import RTSPError
+        from vss.rtsp.server import ControlError
+
+        failures = []
+        self.rp.play(FakeSession(self.path, "ready"), "npt=x-").addErrback(failures.append)
+        self.proto.answer.errback(RTSPError("PLAY", 457, "Invalid Range"))
+        self.assertTrue(failures[0].check(ControlError))
+        self.assertEqual(failures[0].value.status, 457)
+        self.rp.play(FakeSession(self.path, "ready"), None).addErrback(failures.append)
+        self.proto.answer.errback(RTSPError("PLAY", 500, "Internal Server Error"))
+        self.assertTrue(failures[1].check(RTSPError))
 
     def test_the_pull_ending_removes_the_controller(self):
         self.proto.finished.callback(None)

@@ -67,6 +67,7 @@ from twisted.logger import Logger
 
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.rtsp.server import ControlError
 
 log = Logger()
 
@@ -80,39 +81,44 @@ END_GRACE = 2.0  # seconds the last packets of a finished child have to arrive
 MP4_AUDIO = frozenset(("aac", "mp3", "opus"))
 
 
+MAX_NPT_S = 10 * 366 * 86400  # an npt past ten years is not a time of this footage
+
+
 def parse_range(header, origin_ms):
-    """The wall-clock ms a PLAY ``Range`` header asks for, or None (absent, ``now``,
-    unparsable). ``npt`` is relative to ``origin_ms``."""
+    """The wall-clock ms a PLAY ``Range`` header asks for, or None (absent, no start,
+    ``now``). ``npt`` is relative to ``origin_ms``. Raises ValueError for a Range that
+    is malformed, negative, absurdly far or of another kind (smpte): the PLAY is
+    answered 457."""
     if not header:
         return None
     value = header.split(";")[0].strip()
-    kind, _, spec = value.partition("=")
+    kind, eq, spec = value.partition("=")
+    if not eq:
+        raise ValueError(f"malformed Range {header[:80]!r}")
     start = spec.split("-", 1)[0].strip()
     kind = kind.strip().lower()
+    if kind not in ("npt", "clock"):
+        raise ValueError(f"unsupported Range {kind[:20]!r}")
     if not start or start == "now":
         return None
     if kind == "npt":
-        try:
-            if ":" in start:  # npt-hhmmss
-                h, m, s = start.split(":")
-                seconds = int(h) * 3600 + int(m) * 60 + float(s)
-            else:
-                seconds = float(start)
-        except ValueError:
-            return None
-        if seconds < 0 or seconds != seconds:
-            return None
+        if ":" in start:  # npt-hhmmss
+            h, m, s = start.split(":")
+            if not (h.isdigit() and m.isdigit() and int(m) < 60):
+                raise ValueError(f"malformed npt {start[:40]!r}")
+            seconds = int(h) * 3600 + int(m) * 60 + float(s)
+        else:
+            seconds = float(start)
+        if not 0 <= seconds <= MAX_NPT_S:  # also NaN and infinities
+            raise ValueError(f"npt out of range: {start[:40]!r}")
         return origin_ms + int(round(seconds * 1000))
-    if kind == "clock":
-        text = start.rstrip("Zz")
-        whole, _, frac = text.partition(".")
-        try:
-            dt = datetime.strptime(whole, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-            ms = int(round(float("0." + frac) * 1000)) if frac else 0
-        except ValueError:
-            return None
-        return int(dt.timestamp()) * 1000 + ms
-    return None
+    text = start.rstrip("Zz")
+    whole, _, frac = text.partition(".")
+    if frac and not frac.isdigit():
+        raise ValueError(f"malformed clock {start[:40]!r}")
+    dt = datetime.strptime(whole, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    ms = int(round(float("0." + frac) * 1000)) if frac else 0
+    return int(dt.timestamp()) * 1000 + ms
 
 
 def _public_of(path):
@@ -424,6 +430,7 @@ class Playback:
         self.seeks = 0
         self.children = []  # every child not known to have exited
         self._end_call = None
+        self._spare_call = None
 
     # -- children
 
@@ -456,15 +463,17 @@ class Playback:
         if self.state != "ended" and (self.spare is None or self.spare.ended):
             self.spare = self._spawn()
 
-    def start(self, at_ms, go):
-        """Replace the current child by one playing from ``at_ms``."""
+    def start(self, at_ms, go, position=None):
+        """Replace the current child by one playing from ``at_ms`` (whose keyframe, if
+        already looked up, is ``position``)."""
         old, self.child = self.child, None
         if old is not None:
             old.stop()
         self.requested = at_ms
         # where the child will begin, the keyframe at or before ``at_ms``: what the PLAY
         # reply's Range says, the player's clock starting there with the first packet
-        self.position = self.service.keyframe_at(self.device, self.stream, at_ms)
+        self.position = position if position is not None else \
+            self.service.keyframe_at(self.device, self.stream, at_ms)
         child = self.child = self._take_spare()
         self.relay = None
         child.send({"start": at_ms, "go": go})
@@ -526,18 +535,35 @@ class Playback:
     # -- the SS's controller
 
     def play(self, session, header):
-        target = parse_range(header, self.origin_ms)
+        """The SS's PLAY: start, resume or seek. A ``Range`` that is malformed, or
+        names a time with no footage at or after it (within a day), is refused with 457
+        and the playback goes on as it was."""
+        try:
+            target = parse_range(header, self.origin_ms)
+        except (ValueError, OverflowError) as e:
+            log.info("playback {path}: PLAY refused ({error})", path=self.path, error=e)
+            raise ControlError(457) from None
+        if self.state == "ended":
+            raise ControlError(404, "Playback Ended")
+        if target is not None and target != self.requested:
+            position = self.service.footage_at(self.device, self.stream, target)
+            if position is None:
+                log.info("playback {path}: no footage at or after {at}", path=self.path,
+                         at=target)
+                raise ControlError(457, "No Footage There")
+        else:
+            position = None
         if self.state == "held":
             if target is None or target == self.requested:
                 self.state = "playing"
                 self.child.send({"go": True})
-                self.service.reactor.callLater(0.5, self._make_spare)
+                self._spare_call = self.service.reactor.callLater(0.5, self._make_spare)
             else:
-                self._seek(target)
+                self._seek(target, position)
         elif self.state == "paused":
-            self._seek(self.position if target is None else target)
+            self._seek(self.position if target is None else target, position)
         elif self.state == "playing" and target is not None:
-            self._seek(target)
+            self._seek(target, position)
         return f"npt={max(0, self.position - self.origin_ms) / 1000:.3f}-"
 
     def pause(self, session):
@@ -554,10 +580,10 @@ class Playback:
         return any(s.path == self.path and s.state == "playing"
                    for s in self.service.rtsp.sessions.values())
 
-    def _seek(self, target):
+    def _seek(self, target, position=None):
         self.seeks += 1
         self.state = "playing"
-        self.start(target, True)
+        self.start(target, True, position)
         self._make_spare()
 
     def may_stop(self):
@@ -601,8 +627,9 @@ class Playback:
         if self.state == "ended":
             return defer.succeed(None)
         self.state = "ended"
-        if self._end_call is not None and self._end_call.active():
-            self._end_call.cancel()
+        for call in (self._end_call, self._spare_call):
+            if call is not None and call.active():
+                call.cancel()
         waits = []
         for child in self.children:
             child.stop()
@@ -636,9 +663,17 @@ class PlaybackService:
 
     def keyframe_at(self, device, stream, at_ms):
         """Wall-clock ms of the keyframe a child asked to start at ``at_ms`` begins at
-        (``at_ms`` if there is no footage there). Read at once, in the reactor's thread:
-        the SS's PLAY controller answers synchronously, and this is one indexed lookup of
-        a local SQLite database in WAL mode (never blocked by the recorder's writes)."""
+        (``at_ms`` if there is no footage there)."""
+        found = self.footage_at(device, stream, at_ms)
+        return at_ms if found is None else found
+
+    def footage_at(self, device, stream, at_ms):
+        """Wall-clock ms of the keyframe a child asked to start at ``at_ms`` begins at,
+        None if there is no footage at or after it within a day (``at_ms`` if the
+        catalogue cannot be read: the child will say). Read at once, in the reactor's
+        thread: the SS's PLAY controller answers synchronously, and this is two indexed
+        lookups of a local SQLite database in WAL mode (never blocked by the recorder's
+        writes)."""
         from vss.cdn.catalogue import CatalogueDB
 
         try:
@@ -648,7 +683,7 @@ class PlaybackService:
         except Exception:  # noqa: BLE001 - the Range is then the asked time
             log.failure("playback: catalogue lookup at {at}", at=at_ms)
             return at_ms
-        return at_ms if seg is None else seg.start_ms + offset
+        return None if seg is None else seg.start_ms + offset
 
     @defer.inlineCallbacks
     def open(self, body):

@@ -305,11 +305,24 @@ class RelayedPlayback:
         return d.addTimeout(CONTROL_TIMEOUT, self.cdn.clock)
 
     def play(self, session, header):
-        """PLAY upstream with the viewer's ``Range``; a Deferred of the origin's."""
+        """PLAY upstream with the viewer's ``Range``; a Deferred of the origin's. The
+        origin's refusal of the Range (4xx: malformed, no footage there) is the
+        viewer's, its playback going on; other failures are answered 502."""
         if self.proto is None:
             return None
         self.plays += 1
-        return self._timed(self.proto.play(header))
+        return self._timed(self.proto.play(header)).addErrback(self._refused)
+
+    @staticmethod
+    def _refused(failure):
+        from vss.rtsp.client import RTSPError
+        from vss.rtsp.server import ControlError
+
+        status = getattr(failure.value, "status", None)
+        if failure.check(RTSPError) and isinstance(status, int) and 400 <= status < 500 \
+                and status not in (401, 403, 454):
+            raise ControlError(status, failure.value.reason)
+        return failure
 
     def pause(self, session):
         if self.proto is None or self._viewers_playing():

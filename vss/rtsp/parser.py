@@ -31,6 +31,7 @@ REASONS = {
     414: "Request-URI Too Large",
     454: "Session Not Found",
     455: "Method Not Valid in This State",
+    457: "Invalid Range",
     459: "Aggregate Operation Not Allowed",
     461: "Unsupported Transport",
     500: "Internal Server Error",

@@ -17,7 +17,9 @@ without a source; DESCRIBE then waits up to ``describe_wait`` seconds for one).
 playback seeks on ``Range``): ``play(session, range_header)`` is called before the
 reader starts and returns the ``Range`` of the reply (or None), or a Deferred of it (a
 relayed playback asks its origin first: the reply and the reader wait for it; a failure
-is answered 502), ``pause(session)``.
+is answered 502), ``pause(session)``. A controller refuses a PLAY by raising (or
+failing with) ``ControlError(status)``, e.g. 457 for a ``Range`` that is malformed or
+outside the footage: the viewer gets that status and its session stays as it was.
 """
 
 import os
@@ -47,6 +49,15 @@ STREAMS = ("main", "sub")
 PLAYBACK_PREFIX = "pb-"  # /live/<device>/pb-<id>: a recording played back (vss.cdn.playback)
 ABORT_AFTER = 5.0
 SERVER_NAME = "vss-ss"
+
+
+class ControlError(Exception):
+    """A controller's refusal of a request: answered with ``status`` (and ``reason``)."""
+
+    def __init__(self, status, reason=None):
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{status} {reason or ''}".strip())
 
 
 class RTSPUrl:
@@ -754,6 +765,8 @@ class RTSPServerFactory(protocol.Factory):
         rng = self._control(session, "play", req.headers.get("Range"))
         if isinstance(rng, defer.Deferred):
             def failed(f):
+                if f.check(ControlError):
+                    return f.value
                 log.failure("play controller of {path} failed", f, path=session.path)
                 return False
 
@@ -770,6 +783,9 @@ class RTSPServerFactory(protocol.Factory):
             return
         if rng is False:
             conn.reply(req, 502, [self._session_header(session)], reason="Origin Failed")
+            return
+        if isinstance(rng, ControlError):
+            conn.reply(req, rng.status, [self._session_header(session)], reason=rng.reason)
             return
         source = self.sources.get(session.path)
         if source is None:
@@ -817,6 +833,8 @@ class RTSPServerFactory(protocol.Factory):
             return None
         try:
             return getattr(ctl, event)(session, *args)
+        except ControlError as e:
+            return e
         except Exception:
             log.failure("{event} controller of {path} failed", event=event, path=session.path)
             return None
