@@ -165,6 +165,24 @@ class H264Tests(unittest.TestCase):
         self.assertEqual(out[-1].ts, 93600)
         self.assertTrue(out[-1].key)
 
+    def test_a_unit_that_never_ends_is_bounded_and_dropped(self):
+        self.patch(rtpmux, "MAX_UNIT_BYTES", 100_000)
+        self.assertEqual(len(self.feed(self.keyframe(1, 0))), 1)
+        parts = fu_a(b"\x41" + bytes(3000), 1000)
+        endless = [rtp(10 + i, 3600, parts[0] if i == 0 else parts[1]) for i in range(500)]
+        held = 0
+        for p in endless:  # no marker, no end fragment, the same timestamp: 500 kB
+            self.assertEqual(self.d.push(p), ())
+            held = max(held, self.d.size + sum(map(len, self.d.nals))
+                       + sum(map(len, self.d.fu or ())))
+        self.assertLessEqual(held, 2 * 100_000)
+        self.assertGreaterEqual(self.d.oversize, 1)
+        # the next picture ends it: that one is lost, then the next keyframe plays
+        self.assertEqual(self.feed([rtp(510, 7200, P1, marker=True)]), [])
+        self.assertEqual(self.d.lost, 2)
+        [au] = self.feed(self.keyframe(511, 10800))
+        self.assertTrue(au.key)
+
     def test_in_band_parameter_sets_replace_the_sdp_ones(self):
         sdp = ("v=0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
                "a=fmtp:96 packetization-mode=1;sprop-parameter-sets="
@@ -261,6 +279,14 @@ class AACTests(unittest.TestCase):
                                           marker=True)), [(3172, b"12345")])
         self.assertEqual(self.d.lost, 1)
 
+    def test_a_fragment_longer_than_announced_is_dropped(self):
+        self.d.push(rtp(1, 100, au_headers([1500]) + b"x" * 1000))
+        for seq in range(2, 50):  # never the marker, always more
+            self.assertEqual(self.d.push(rtp(seq, 100, au_headers([1500]) + b"x" * 1000)),
+                             [])
+            self.assertLessEqual(sum(map(len, self.d.frag[2])) if self.d.frag else 0, 1500)
+        self.assertGreaterEqual(self.d.lost, 1)
+
     def test_garbage_never_raises(self):
         for p in (b"", rtp(1, 0, b""), rtp(2, 0, b"\x00\x10"), rtp(3, 0, b"\xff\xff\x00"),
                   rtp(4, 0, au_headers([500]) + b"short", marker=True)):
@@ -292,3 +318,9 @@ class ChoiceTests(unittest.TestCase):
         self.assertIsNone(inprocess_codec(""))
         self.assertIsNone(inprocess_codec(
             h264 + "a=fmtp:96 packetization-mode=2\r\n"))
+        # a garbage fmtp goes to a child (FFmpeg's own parsing) rather than raising
+        self.assertIsNone(inprocess_codec(h264 + "a=fmtp:96 packetization-mode=x\r\n"))
+        self.assertIsNone(inprocess_codec(
+            h264.replace("H264", "H265") + "a=fmtp:96 sprop-max-don-diff=-\r\n"))
+        self.assertEqual(inprocess_codec(h264 + "a=fmtp:96 packetization-mode=\r\n"),
+                         "h264")

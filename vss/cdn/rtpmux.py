@@ -14,6 +14,11 @@ PyAV, and nothing raises on bad input (it is counted and dropped).
   keyframe (a decoder could not use them). Each dropped unit counts in ``lost``; units
   before the first keyframe count in ``skipped``; packets that make no sense in
   ``errors``.
+- Bounded: an access unit (or a fragmented NAL) that grows past ``MAX_UNIT_BYTES`` (a
+  sender that never sets the marker bit nor changes the timestamp, or garbage) is
+  dropped as damaged (``oversize``), so a broken or hostile source cannot make the node
+  hold more than that per track; an AAC fragment that grows past its announced size
+  is dropped too.
 - Parameter sets come from the SDP (``sprop-parameter-sets``; ``sprop-vps``,
   ``sprop-sps``, ``sprop-pps``) and are replaced by the ones seen in-band;
   ``parameter_sets()`` answers the current ones (Annex B), so the muxer can tell when
@@ -29,6 +34,7 @@ import binascii
 from vss.rtsp import sdp as sdplib
 
 START = b"\x00\x00\x00\x01"
+MAX_UNIT_BYTES = 16 * 1024 * 1024  # a picture larger than this is not a camera's
 WRAP = 1 << 32
 HALF = 1 << 31
 
@@ -114,6 +120,8 @@ class _VideoDepacketizer:
         self.skipped = 0
         self.errors = 0
         self.gaps = 0
+        self.size = 0  # payload bytes of the unit being assembled
+        self.oversize = 0
 
     def parameter_sets(self):
         """The current parameter sets, Annex B, in VPS/SPS/PPS order (b"" if none)."""
@@ -157,6 +165,13 @@ class _VideoDepacketizer:
             self.fu = None
         self.seq = seq
         self.ts = ts
+        self.size += end - off
+        if self.size > MAX_UNIT_BYTES:  # never ends: drop what it holds, keep nothing
+            if self.nals or self.fu is not None:
+                self.oversize += 1
+            self.nals, self.fu, self.size = [], None, 0
+            self.damaged = True
+            return out
         self._payload(data, off, end)
         if marker:
             out = out + self._finish()
@@ -183,6 +198,7 @@ class _VideoDepacketizer:
         damaged, self.damaged = self.damaged or self.fu is not None, False
         ts, self.ts = self.ts, None
         self.fu = None
+        self.size = 0
         if not nals and not damaged:
             return ()
         ext = self.unwrap(ts)
@@ -359,6 +375,10 @@ class AACDepacketizer:
         if self.frag is not None:  # the rest of a fragmented AU
             fts, size, parts = self.frag
             parts.append(data[pos:end])
+            if sum(len(p) for p in parts) > size:  # more than announced: garbage
+                self.frag = None
+                self.lost += 1
+                return []
             if marker:
                 self.frag = None
                 au = b"".join(parts)
@@ -403,6 +423,12 @@ def _b64(value):
         return b""
 
 
+def _int(value):
+    """An fmtp integer (absent or empty: 0), or None if it is not one."""
+    value = (value or "0").strip()
+    return int(value) if value.isdigit() else None
+
+
 def media_of(sdp):
     """[(track index, kind, encoding, clock rate, channels, fmtp dict)] of an SDP."""
     _, media = sdplib.split(sdp)
@@ -432,12 +458,12 @@ def video_depacketizer(sdp):
             continue
         if encoding == "H264":
             sets = [_b64(x) for x in fmtp.get("sprop-parameter-sets", "").split(",") if x]
-            if int(fmtp.get("packetization-mode", "0") or 0) > 1:
-                return None  # interleaved mode: not supported
+            if _int(fmtp.get("packetization-mode")) not in (0, 1):
+                return None  # interleaved mode (or garbage): not supported
             return index, "h264", H264Depacketizer([s for s in sets if s])
         if encoding in ("H265", "HEVC"):
-            if int(fmtp.get("sprop-max-don-diff", "0") or 0) > 0:
-                return None  # DONL fields: not supported
+            if _int(fmtp.get("sprop-max-don-diff")) != 0:
+                return None  # DONL fields (or garbage): not supported
             sets = [_b64(x) for key in ("sprop-vps", "sprop-sps", "sprop-pps")
                     for x in fmtp.get(key, "").split(",") if x]
             return index, "hevc", H265Depacketizer([s for s in sets if s])
