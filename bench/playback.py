@@ -2,6 +2,7 @@
 Playback benchmark: time from a PLAY with a Range (a seek) to the first frame.
 
     .venv/bin/python bench/playback.py [--seeks 20] [--no-spare] [--devices 100 --days 30]
+    .venv/bin/python bench/playback.py --relay    # also through a second node, side by side
 
 One process runs the SS (``RTSPServerFactory`` on loopback), the CDN module and its
 playback service (``vss.cdn.playback``) on the epoll reactor; the playback children are
@@ -18,6 +19,11 @@ each seek: watches 0.3 s, sends PAUSE, then PLAY with ``Range: npt=X-`` (X rando
 footage) and times from sending the PLAY to the last RTP packet (marker bit) of the first
 complete picture after the reply. It prints p50, p90, p99 and max over the seeks, and the
 time from MEDIA_OPEN to the first frame.
+
+``--relay`` measures, in the same run and alternating, the same seeks through a second
+node: a second SS and CDN module in the process relay the playback
+(``vss.cdn.remote.relay``: the RTSP pull of the holding node's playback, PLAY with Range
+and PAUSE forwarded upstream), as a CU on a node that does not hold the footage gets it.
 """
 
 import argparse
@@ -213,6 +219,8 @@ def main():
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--relay", action="store_true",
+                    help="also seek through a second node relaying the playback")
     args = ap.parse_args()
 
     from twisted.internet import epollreactor
@@ -245,20 +253,42 @@ def main():
                     clock=reactor, reactor=reactor)
     catalogue = Catalogue(work, reactor=reactor)
     service = PlaybackService(cdn, catalogue, work, reactor)
+    cdn.playback = service
     service.spare = not args.no_spare
+    relay_cdn = None
+    if args.relay:  # a second node: its own SS and CDN module, relaying from the first
+        rtsp_b = RTSPServerFactory(TokenAuthorizer(issuer), reactor=reactor)
+        port_b = reactor.listenTCP(0, rtsp_b, interface="127.0.0.1")
+        relay_cdn = CDNModule(SimpleNamespace(store=None, node_id="bench-b"), rtsp_b, issuer,
+                              f"rtsp://127.0.0.1:{port_b.getHost().port}", clock=reactor,
+                              reactor=reactor)
     result = {}
+
+    @defer.inlineCallbacks
+    def one(how, rng):
+        from vss.cdn import remote
+
+        t0 = time.perf_counter()
+        body = MediaOpen(device_id="bench0", channel=0, stream=0, purpose=Purpose.PLAYBACK,
+                         start_time=start_ms + 5000, transport=1)
+        url = yield service.open(body)
+        if how == "relayed":
+            url = yield remote.relay(relay_cdn, body, url, "bench")
+        opened = time.perf_counter() - t0
+        first, times = yield threads.deferToThread(
+            client, url.url, args.seeks, SEGMENTS * SEGMENT_S - 5, rng)
+        r = result.setdefault(how, {"opened": [], "first": [], "times": []})
+        r["opened"].append(opened)
+        r["first"].append(first)
+        r["times"].extend(times)
 
     @defer.inlineCallbacks
     def run():
         yield catalogue.open()
-        t0 = time.perf_counter()
-        body = MediaOpen(device_id="bench0", channel=0, stream=0, purpose=Purpose.PLAYBACK,
-                         start_time=start_ms + 5000, transport=1)
-        url = (yield service.open(body)).url
-        opened = time.perf_counter() - t0
-        first, times = yield threads.deferToThread(
-            client, url, args.seeks, SEGMENTS * SEGMENT_S - 5, random.Random(args.seed))
-        result.update(opened=opened, first=first, times=times)
+        rng = random.Random(args.seed)
+        rounds = ["local", "relayed"] * 2 if args.relay else ["local"]
+        for how in rounds:
+            yield one(how, rng)
         yield service.close_all()
         yield catalogue.close()
 
@@ -274,12 +304,16 @@ def main():
     if not result:
         print("the benchmark failed")
         return 1
-    times = [x * 1000 for x in result["times"]]
-    print(f"MEDIA_OPEN answered in {result['opened'] * 1000:.0f} ms; first frame "
-          f"{result['first'] * 1000:.0f} ms after DESCRIBE")
-    print(f"seek (PLAY with Range -> first complete frame), {len(times)} seeks, spare child "
-          f"{'off' if args.no_spare else 'on'}: p50 {statistics.median(times):.0f} ms, "
-          f"p90 {pct(times, 90):.0f} ms, p99 {pct(times, 99):.0f} ms, max {max(times):.0f} ms")
+    for how, r in result.items():
+        times = [x * 1000 for x in r["times"]]
+        opened = ", ".join(f"{x * 1000:.0f}" for x in r["opened"])
+        first = ", ".join(f"{x * 1000:.0f}" for x in r["first"])
+        print(f"{how}: MEDIA_OPEN answered in {opened} ms; first frame {first} ms after "
+              "DESCRIBE")
+        print(f"{how}: seek (PLAY with Range -> first complete frame), {len(times)} seeks, "
+              f"spare child {'off' if args.no_spare else 'on'}: p50 "
+              f"{statistics.median(times):.0f} ms, p90 {pct(times, 90):.0f} ms, p99 "
+              f"{pct(times, 99):.0f} ms, max {max(times):.0f} ms")
     return 0
 
 
