@@ -3,10 +3,11 @@ The RGM's in-memory database (``vss.interfaces.IMemoryStore``) and its backends.
 
 - ``memory.py``: ``MemoryStore``, plain dicts in the RGM process (the default).
 - ``redis.py``: ``RedisStore``, the same memory mirrored to Redis so that a node's
-  dynamic state survives a restart of its RGM process. The only module importing
-  txredisapi; it is imported only when a ``redis://`` store is chosen.
+  dynamic state survives a restart of its RGM process, over TCP (``redis://``) or TLS
+  (``rediss://``). The only module importing txredisapi; it is imported only when a
+  Redis store is chosen.
 
-``make_store`` turns the node's ``store`` setting into a backend.
+``make_store`` turns the node's ``store`` settings into a backend.
 """
 
 from vss.store.memory import MemoryStore
@@ -14,14 +15,34 @@ from vss.store.memory import MemoryStore
 __all__ = ["MemoryStore", "make_store"]
 
 
-def make_store(spec, node_id, reactor=None):
-    """A new, not yet loaded ``IMemoryStore`` for ``spec``: ``"memory"`` or a
-    ``redis://host:port/db`` URL. Call ``load()`` on it before use."""
-    spec = (spec or "memory").strip()
-    if spec == "memory":
-        return MemoryStore()
-    if spec.startswith("redis://"):
-        from vss.store.redis import RedisStore
+def make_store(spec, node_id, reactor=None, ca_file="", cert_file="", key_file="",
+               password_file=""):
+    """A new, not yet loaded ``IMemoryStore`` for ``spec``: ``"memory"``, a
+    ``redis://host:port/db`` or a ``rediss://host:port/db`` (TLS) URL. Call ``load()``
+    on it before use.
 
-        return RedisStore(spec, node_id, reactor=reactor)
-    raise ValueError(f"unknown store {spec!r}: expected 'memory' or a redis:// URL")
+    For Redis: ``ca_file`` holds the certificates the server's must verify against
+    (default: the system's), ``cert_file``/``key_file`` the client certificate, both
+    for ``rediss://`` only; ``password_file`` the password (``AUTH``). Files that cannot
+    be read raise ValueError naming the option.
+    """
+    spec = (spec or "memory").strip()
+    tls_files = ca_file or cert_file or key_file
+    if spec == "memory":
+        if tls_files or password_file:
+            raise ValueError("--store-ca, --store-cert, --store-key and --store-password-file"
+                             " apply to a Redis store only")
+        return MemoryStore()
+    if spec.startswith(("redis://", "rediss://")):
+        from vss.store.redis import RedisStore, parse_url, read_password, tls_options
+
+        params = parse_url(spec)
+        tls = None
+        if params["tls"]:
+            tls = tls_options(params["host"], ca_file or None, cert_file or None,
+                              key_file or None)
+        elif tls_files:
+            raise ValueError("--store-ca, --store-cert and --store-key need a rediss:// URL")
+        password = read_password(password_file) if password_file else None
+        return RedisStore(spec, node_id, reactor=reactor, password=password, tls=tls)
+    raise ValueError(f"unknown store {spec!r}: expected 'memory', a redis:// or a rediss:// URL")
