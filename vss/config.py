@@ -147,6 +147,10 @@ class NodeSettings:
     record_max_streams: int = 32  # recordings at once; more wait in the queue
     record_max_write_mbps: float = 400.0  # their summed write rate, Mb/s
     record_in: str = "auto"  # auto (in the node for H.264/H.265) or process
+    store_ca: str = ""  # PEM trust roots of a rediss:// store ("" = the system's)
+    store_cert: str = ""  # PEM client certificate for a rediss:// store
+    store_key: str = ""  # its private key
+    store_password_file: str = ""  # file holding the Redis password (AUTH)
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}

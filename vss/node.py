@@ -43,7 +43,10 @@ class NodeService(StagedService):
         self.settings = settings
         os.makedirs(settings.data_dir, exist_ok=True)
         self.secret = load_or_create_secret(os.path.join(settings.data_dir, "node.secret"))
-        self.store = make_store(settings.store, settings.node_id, reactor=reactor)
+        self.store = make_store(settings.store, settings.node_id, reactor=reactor,
+                                ca_file=settings.store_ca, cert_file=settings.store_cert,
+                                key_file=settings.store_key,
+                                password_file=settings.store_password_file)
         self.central = self._make_central()
         self.rgm = RGMService(
             RGMConfig(

@@ -51,7 +51,15 @@ class Options(TrackingOptions):
         ["advertise-host", None, None, "Host other nodes use to reach this node [the node-listen interface]."],
         ["cluster-secret-file", None, None, "File holding the cluster secret shared by CMS and nodes."],
         ["static", None, None, "Run without CMS: JSON file of static data (devices, users, grants)."],
-        ["store", None, None, f"In-memory database: memory or redis://host:port/db [{DEFAULTS['store']}]."],
+        ["store", None, None, "In-memory database: memory, redis://host:port/db or "
+         f"rediss://[user@]host:port/db (Redis over TLS) [{DEFAULTS['store']}]."],
+        ["store-ca", None, None, "PEM file of the CA certificates a rediss:// server's "
+         "certificate must verify against [the system's trust roots]."],
+        ["store-cert", None, None, "PEM client certificate for a rediss:// server that asks "
+         "for one (with --store-key)."],
+        ["store-key", None, None, "PEM private key of --store-cert."],
+        ["store-password-file", None, None, "File holding the Redis password (AUTH; the ACL "
+         "user, if any, goes in the URL). Never put the password in the URL."],
         ["data-dir", "d", None, "Data directory [./data/NODE_ID]."],
         ["keepalive", None, None, f"Keepalive interval announced to peers, seconds [{DEFAULTS['keepalive']}]."],
         ["request-timeout", None, None, f"Seconds to wait for a PU's answer [{DEFAULTS['request-timeout']}]."],
@@ -102,8 +110,7 @@ def settings_from(opts):
     if opts.get("static") and not os.path.isfile(opts["static"]):
         problems.append(f"--static: no such file {opts['static']}")
     store = opts["store"]
-    if store != "memory" and not store.startswith("redis://"):
-        problems.append(f"--store: {store!r} is neither 'memory' nor a redis:// URL")
+    store_files = _store_files(opts, store, problems)
     if opts.get("cms") and not opts.get("cluster-secret-file"):
         problems.append("--cluster-secret-file: required with --cms")
     elif opts.get("cluster-secret-file") and not os.path.isfile(opts["cluster-secret-file"]):
@@ -143,6 +150,7 @@ def settings_from(opts):
         advertise_host=opts.get("advertise-host") or _interface_of(opts["node-listen"]) or "127.0.0.1",
         static=opts.get("static") or "",
         store=store,
+        **store_files,
         data_dir=opts.get("data-dir") or os.path.join("data", node_id),
         keepalive=keepalive,
         request_timeout=timeout,
@@ -157,6 +165,35 @@ def settings_from(opts):
         record_max_write_mbps=max_write,
         record_in=record_in,
     )
+
+
+def _store_files(opts, store, problems):
+    """The store's TLS and password files as NodeSettings fields, checked."""
+    files = {name: opts.get(f"store-{name.replace('_', '-')}") or ""
+             for name in ("ca", "cert", "key", "password_file")}
+    if store.startswith(("redis://", "rediss://")):
+        from urllib.parse import urlsplit
+
+        try:
+            has_password = urlsplit(store).password is not None
+        except ValueError:
+            has_password = False  # the store reports the bad URL
+        if has_password:
+            problems.append("--store: a password in the URL would show in ps and in logs; "
+                            "put it in a file and give --store-password-file FILE")
+        if not store.startswith("rediss://") and (files["ca"] or files["cert"] or files["key"]):
+            problems.append("--store-ca/--store-cert/--store-key: need a rediss:// store")
+    elif store != "memory":
+        problems.append(f"--store: {store!r} is neither 'memory' nor a redis:// or rediss:// URL")
+    elif any(files.values()):
+        problems.append("--store-ca/--store-cert/--store-key/--store-password-file: "
+                        "need a Redis store")
+    if bool(files["cert"]) != bool(files["key"]):
+        problems.append("--store-cert and --store-key: give both or neither")
+    for name, path in files.items():
+        if path and not os.path.isfile(path):
+            problems.append(f"--store-{name.replace('_', '-')}: no such file {path}")
+    return {f"store_{name}": path for name, path in files.items()}
 
 
 def _non_negative(name, value, cast, problems):
