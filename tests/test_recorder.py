@@ -780,6 +780,8 @@ class LiveWriterBase(unittest.TestCase):
     """The in-process recording with a task.Clock: a fan-out ``Source`` fed hand-made
     RTP packets of a local file, 25 pictures per clock second."""
 
+    gop_cache = 0
+
     timeout = 60
 
     @defer.inlineCallbacks
@@ -800,7 +802,7 @@ class LiveWriterBase(unittest.TestCase):
             def wait_for_source(self, path, timeout):
                 if not outer.sources or outer.sources[-1].closed:
                     outer.sources.append(Source(path, H264_SDP, sdplib.tracks(H264_SDP),
-                                                outer.clock))
+                                                outer.clock, gop_cache=outer.gop_cache))
                 return defer.succeed(outer.sources[-1])
 
         self.recorder = Recorder(SS(), None, self.dir, self.clock, reactor, "",
@@ -1038,3 +1040,33 @@ class LiveWriterProbeTests(LiveWriterBase):
         self.assertEqual(self.calls, [])
         yield self.recorder.stop("cam1", 0, 0)
         self.assertTrue(self.flushLoggedErrors(ValueError))
+
+
+class GOPCacheTests(LiveWriterBase):
+    """A source with a GOP cache sends a recording that joins the frames since the last
+    keyframe at once: they are placed on the wall clock at which the SS got them."""
+
+    gop_cache = 1 << 22
+
+    @defer.inlineCallbacks
+    def test_cached_frames_keep_the_time_the_ss_got_them(self):
+        yield self.recorder.rtsp.wait_for_source("/live/cam1/main", 1)
+        self.play(self.pictures[:40])  # keyframe 25 came at T0 + 2 s; now T0 + 2.6 s
+        yield self.recorder.start("cam1", 0, 0, 2)
+        self.play(self.pictures[40:])
+        final = yield self.recorder.stop("cam1", 0, 0)
+        self.assertEqual(final["frames"], 100)  # from the cached keyframe on
+        out = yield self.segments()
+        self.assertEqual([(s.start_ms - T0, s.end_ms - T0) for s, *_ in out],
+                         [(2000, 4000), (4000, 6000)])
+        self.assertEqual([f for _, _, f, _, _ in out], [50, 50])
+
+    @defer.inlineCallbacks
+    def test_the_pre_event_buffer_keeps_the_time_the_ss_got_them(self):
+        yield self.recorder.rtsp.wait_for_source("/live/cam1/main", 1)
+        self.play(self.pictures[:40])
+        yield self.recorder.prebuffer("cam1", 0, 0, 30)
+        pb = self.recorder.prebuffers[("cam1", 0, "main")]
+        self.assertLess(abs(pb.gops[0][0][0] - (T0 / 1000 + 2.0)), 0.001)
+        self.assertLess(abs(pb.gops[0][-1][0] - (T0 / 1000 + 2.56)), 0.001)
+        yield self.recorder.unprebuffer("cam1", 0, 0)

@@ -45,7 +45,9 @@ Both write the same files:
   files start at :00, :05...): a segment is cut at the first video keyframe at or after
   the next boundary, so the first one may be shorter; the segment clock is the wall
   clock at the first packet plus the stream's media time (in process: the RTP
-  timestamps; each track is placed on the wall clock at its first packet). Timestamps
+  timestamps; each track is placed on the wall clock at its first packet, the time the
+  SS got it: frames replayed from the source's GOP cache or the pre-event buffer keep
+  theirs). Timestamps
   are rebased so each file starts at 0. It is written to ``<name>.mp4.part`` (every
   fragment flushed to the kernel), and when it closes it is fsynced, renamed to
   ``<name>.mp4`` and the directory fsynced. Names are
@@ -530,6 +532,15 @@ class _LiveWriter:
         self.now = None
         self.replayed = {id(f.packets) for _, f in frames} or None
 
+    def deliver_at(self, wall, frame):
+        """A frame the SS got at ``wall`` (the source's GOP cache, sent when the
+        recording joins): placed on the wall clock then, not now."""
+        now, self.now = self.now, wall
+        try:
+            self.deliver(frame)
+        finally:
+            self.now = now
+
     def _wall_ms(self):
         return round((self.clock.seconds() if self.now is None else self.now) * 1000)
 
@@ -839,8 +850,12 @@ class _PreBuffer:
         self.mask = frozenset(t.index for t in source.tracks)
         source.add_reader(self)
 
-    def deliver(self, frame):
-        now = self.recorder.clock.seconds()
+    def deliver_at(self, wall, frame):
+        """A frame of the source's GOP cache, got by the SS at ``wall``."""
+        self.deliver(frame, wall)
+
+    def deliver(self, frame, wall=None):
+        now = self.recorder.clock.seconds() if wall is None else wall
         size = len(frame.data)
         item = (now, Frame(b"", frame.key, frame.packets), size)
         if frame.key:

@@ -132,9 +132,12 @@ class Source:
         self.path = path
         # gop_cache: if > 0, keep the frames since the last keyframe (up to that many
         # bytes) and send them to a new reader at once, so it starts without waiting
-        # for the next keyframe (at the cost of starting up to one GOP behind live)
+        # for the next keyframe (at the cost of starting up to one GOP behind live). A
+        # reader with ``deliver_at(wall, frame)`` (a recording) gets each one with the
+        # clock time the source flushed it, not the time it joined.
         self.gop_cache = gop_cache
         self._gop = None
+        self._gop_at = None
         self._gop_bytes = 0
         self.sdp = sdp
         self.tracks = tracks
@@ -224,13 +227,15 @@ class Source:
     def _remember(self, frame):
         if frame.key:
             self._gop = [frame]
+            self._gop_at = [self.clock.seconds()]
             self._gop_bytes = len(frame.data)
         elif self._gop is not None:
             self._gop_bytes += len(frame.data)
             if self._gop_bytes > self.gop_cache:
-                self._gop = None  # too big: cache again from the next keyframe
+                self._gop = self._gop_at = None  # too big: again from the next keyframe
             else:
                 self._gop.append(frame)
+                self._gop_at.append(self.clock.seconds())
 
     # -- readers
 
@@ -244,8 +249,12 @@ class Source:
         self.readers.append(reader)
         self.no_readers_since = None
         if self._gop:
-            for frame in self._gop:
-                reader.deliver(frame)
+            at = getattr(reader, "deliver_at", None)
+            for wall, frame in zip(self._gop_at, list(self._gop), strict=True):
+                if at is not None:
+                    at(wall, frame)
+                else:
+                    reader.deliver(frame)
 
     def remove_reader(self, reader):
         try:
