@@ -414,10 +414,14 @@ class RedisStoreTests(MemoryStoreConformanceMixin, unittest.TestCase):
         self.addCleanup(self._wipe)
         super().setUp()
 
-    def newStore(self):
+    def openStore(self, node_id):
+        """A RedisStore on the server under test (subclasses: over another link)."""
         from vss.store.redis import RedisStore
 
-        store = RedisStore(REDIS_URL, self.node_id)
+        return RedisStore(REDIS_URL, node_id)
+
+    def newStore(self):
+        store = self.openStore(self.node_id)
         self.addCleanup(store.close)
         return store
 
@@ -426,9 +430,7 @@ class RedisStoreTests(MemoryStoreConformanceMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def _wipe(self):
-        from vss.store.redis import RedisStore
-
-        store = RedisStore(REDIS_URL, self.node_id)
+        store = self.openStore(self.node_id)
         try:
             yield store.wipe()
             keys = yield store.namespace_keys()
@@ -594,11 +596,9 @@ class RedisStoreTests(MemoryStoreConformanceMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_namespaces_are_separate(self):
-        from vss.store.redis import RedisStore
-
         self.store.set_state("cam-1", online=True)
         yield self.store.flush()
-        stranger = RedisStore(REDIS_URL, self.node_id + "-other")
+        stranger = self.openStore(self.node_id + "-other")
         try:
             yield stranger.load()
             self.assertEqual(stranger.get_state("cam-1"), {})
@@ -915,3 +915,186 @@ class RedisUnreachableTests(unittest.TestCase):
             yield store.close()
         self.assertNoResult(written)
         self.assertTrue(any("not saved" in e.get("log_format", "") for e in events))
+
+
+# ---------------------------------------------------------------------------
+# The link's settings and start-up handshake, without a server (the real thing, over
+# TLS against redis-server, is in tests.test_store_tls)
+
+
+class RedisLinkSettingsTests(unittest.SynchronousTestCase):
+    if not HAVE_TXREDISAPI:
+        skip = "txredisapi is not installed"
+
+    def file(self, data):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_password_in_url_refused(self):
+        for url in ("redis://:hunter2@127.0.0.1/0", "rediss://vss:hunter2@redis.example/0",
+                    "rediss://vss:@redis.example/0"):
+            e = self.assertRaises(ValueError, make_store, url, "node-a")
+            self.assertIn("--store-password-file", str(e))
+            self.assertNotIn("hunter2", str(e))
+
+    def test_user_name_in_url_and_password_from_file(self):
+        pw = self.file(b"  s3cret with spaces\n")
+        store = make_store("rediss://vss%40site@redis.example:6380/2", "node-a",
+                           password_file=pw)
+        self.assertEqual(store._password, "s3cret with spaces")
+        self.assertEqual(store._params["username"], "vss@site")
+        self.assertEqual((store._params["port"], store._params["dbid"]), (6380, 2))
+        self.assertEqual(store.where, "rediss://redis.example:6380")
+        self.assertIsNotNone(store._tls)  # the system's trust roots
+        self.assertIsNone(store.redis)
+
+    def test_password_files_that_cannot_be_used(self):
+        e = self.assertRaises(ValueError, make_store, "redis://127.0.0.1/0", "node-a",
+                              password_file=self.file(b"\n"))
+        self.assertIn("is empty", str(e))
+        e = self.assertRaises(ValueError, make_store, "redis://127.0.0.1/0", "node-a",
+                              password_file="/nonexistent/pw")
+        self.assertIn("--store-password-file: cannot read /nonexistent/pw", str(e))
+
+    def test_password_in_clear_only_to_loopback(self):
+        pw = self.file(b"s3cret\n")
+        for host in ("127.0.0.1", "localhost", "[::1]"):
+            make_store(f"redis://{host}:6379/0", "node-a", password_file=pw)
+        e = self.assertRaises(ValueError, make_store, "redis://10.0.0.5/0", "node-a",
+                              password_file=pw)
+        self.assertIn("in clear", str(e))
+        self.assertIn("rediss://", str(e))
+
+    def test_tls_files_need_rediss(self):
+        ca = self.file(b"")
+        e = self.assertRaises(ValueError, make_store, "redis://127.0.0.1/0", "node-a", ca_file=ca)
+        self.assertIn("rediss://", str(e))
+        e = self.assertRaises(ValueError, make_store, "memory", "node-a", ca_file=ca)
+        self.assertIn("Redis store only", str(e))
+
+    def test_bad_tls_files(self):
+        e = self.assertRaises(ValueError, make_store, "rediss://h/0", "node-a",
+                              ca_file=self.file(b"not a certificate"))
+        self.assertIn("holds no PEM certificate", str(e))
+        e = self.assertRaises(ValueError, make_store, "rediss://h/0", "node-a",
+                              ca_file="/nonexistent/ca.pem")
+        self.assertIn("--store-ca: cannot read", str(e))
+        e = self.assertRaises(ValueError, make_store, "rediss://h/0", "node-a",
+                              cert_file=self.file(b"x"))
+        self.assertIn("go together", str(e))
+
+    def test_tls_files_loaded(self):
+        from vss.tls import make_ca_and_cert
+
+        directory = os.path.abspath(self.mktemp())
+        cert, key, _ = make_ca_and_cert(directory, ["localhost"])
+        store = make_store("rediss://localhost/0", "node-a",
+                           ca_file=os.path.join(directory, "ca.pem"), cert_file=cert,
+                           key_file=key)
+        self.assertIsNotNone(store._tls)
+        e = self.assertRaises(ValueError, make_store, "rediss://localhost/0", "node-a",
+                              cert_file=cert, key_file=self.file(b"garbage"))
+        self.assertIn("cannot load", str(e))
+
+
+class RedisHandshakeTests(unittest.SynchronousTestCase):
+    """The start-up handshake as bytes on a StringTransport, and how outcomes read."""
+
+    if not HAVE_TXREDISAPI:
+        skip = "txredisapi is not installed"
+
+    def handshake(self, *commands):
+        from twisted.internet.testing import StringTransport
+
+        from vss.store.redis import _Handshake
+
+        self.clock = task.Clock()
+        proto = _Handshake(list(commands), self.clock, 10.0)
+        proto.makeConnection(StringTransport())
+        return proto
+
+    def lost(self, proto):
+        from twisted.internet import error
+        from twisted.python.failure import Failure
+
+        proto.connectionLost(Failure(error.ConnectionDone()))
+
+    def test_commands_written_at_once(self):
+        proto = self.handshake(("AUTH", "vss", "p w"), ("SELECT", 15), ("PING",))
+        self.assertEqual(
+            proto.transport.value(),
+            b"*3\r\n$4\r\nAUTH\r\n$3\r\nvss\r\n$3\r\np w\r\n"
+            b"*2\r\n$6\r\nSELECT\r\n$2\r\n15\r\n*1\r\n$4\r\nPING\r\n",
+        )
+
+    def test_answered(self):
+        proto = self.handshake(("SELECT", 0), ("PING",))
+        proto.dataReceived(b"+OK\r\n+PO")
+        self.assertFalse(proto.transport.disconnecting)
+        proto.dataReceived(b"NG\r\n")
+        self.assertTrue(proto.transport.disconnecting)
+        self.assertNoResult(proto.done)  # fires once the connection is closed
+        self.lost(proto)
+        self.assertIsNone(self.successResultOf(proto.done))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_first_error_reply(self):
+        from vss.store.redis import _Refused
+
+        proto = self.handshake(("AUTH", "x"), ("SELECT", 0), ("PING",))
+        proto.dataReceived(b"-WRONGPASS invalid username-password pair\r\n-NOAUTH x\r\n")
+        self.lost(proto)
+        refused = self.failureResultOf(proto.done, _Refused).value
+        self.assertEqual((refused.command, refused.message),
+                         ("AUTH", "WRONGPASS invalid username-password pair"))
+
+    def test_no_answer(self):
+        proto = self.handshake(("PING",))
+        self.clock.advance(10)
+        self.assertTrue(proto.transport.disconnecting)
+        self.lost(proto)
+        self.failureResultOf(proto.done, defer.TimeoutError)
+
+    def test_closed_without_answer(self):
+        from twisted.internet import error
+
+        proto = self.handshake(("PING",))
+        self.lost(proto)
+        self.failureResultOf(proto.done, error.ConnectionDone)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def judge(self, url, exception):
+        from twisted.python.failure import Failure
+
+        from vss.store.redis import RedisStore
+
+        return RedisStore(url, "node-a", reactor=task.Clock())._judge(Failure(exception))
+
+    def test_judgements(self):
+        from OpenSSL import SSL
+        from twisted.internet import error
+
+        from vss.store.redis import _Refused
+
+        tls, plain = "rediss://r.example:6380/0", "redis://127.0.0.1/0"
+        cases = [
+            (tls, _Refused("AUTH", "WRONGPASS bad"), True, "refused the password"),
+            (tls, _Refused("SELECT", "NOAUTH Authentication required."), True,
+             "wants a password"),
+            (tls, _Refused("SELECT", "ERR DB index is out of range"), True, "database 0"),
+            (tls, _Refused("PING", "LOADING Redis is loading"), False, "LOADING"),
+            (tls, SSL.Error([("SSL routines", "", "certificate verify failed")]), True,
+             "--store-ca"),
+            (tls, SSL.Error([("SSL routines", "", "tlsv13 alert certificate required")]), True,
+             "--store-cert"),
+            (tls, SSL.Error([("SSL routines", "", "wrong version number")]), True,
+             "TLS port"),
+            (plain, error.ConnectionDone(), True, "rediss://"),
+            (plain, error.ConnectionLost(), True, "without answering"),
+        ]
+        for url, exception, final, fragment in cases:
+            got_final, why = self.judge(url, exception)
+            self.assertEqual(got_final, final, why)
+            self.assertIn(fragment, why)

@@ -205,8 +205,9 @@ def tls_options(host, ca_file=None, cert_file=None, key_file=None):
 
     trust = None  # optionsForClientTLS: the platform's trust roots
     if ca_file:
+        data = _read(ca_file, "--store-ca")
         try:
-            roots = x509.load_pem_x509_certificates(_read(ca_file, "--store-ca"))
+            roots = x509.load_pem_x509_certificates(data)
         except ValueError:
             raise ValueError(f"--store-ca: {ca_file} holds no PEM certificate") from None
         trust = ssl.trustRootFromCertificates(
