@@ -9,7 +9,8 @@ on a command line).
 - ``RedisTLSFailureTests``: what fails, and how the failure reads: a CA that did not sign
   the server's certificate, a certificate naming another host, a wrong or missing
   password, a plain client on the TLS port, a TLS client on a plain server, a server
-  that wants a client certificate; a server that is not up yet is waited for.
+  that wants a client certificate, a password changed on the server while the node runs;
+  a server that is not up yet is waited for.
 - ``NodeStoreOptionsTests``: ``vss-node``'s store options.
 - ``NodeRedisTLSEndToEnd``: ``twistd vss-node --store rediss://...`` starts, and does not
   start with a CA that did not sign the server's certificate.
@@ -337,6 +338,33 @@ class RedisTLSFailureTests(unittest.TestCase):
         self.assertIn("refused", warnings[0]["why"])
         yield store.set_state("cam-1", online=True)
         yield store.wipe()
+
+    @defer.inlineCallbacks
+    def test_password_changed_while_running(self):
+        server = RedisServer(os.path.abspath(self.mktemp())).start()
+        self.addCleanup(server.stop)
+        store = store_for(server, self.node_id)
+        store.slowAfter = 1.0
+        store.closeTimeout = 0.5
+        self.addCleanup(store.close)
+        yield store.load()
+        yield store.set_state("cam-1", online=True)
+        admin = store_for(server, "admin")
+        self.addCleanup(admin.close)
+        yield admin.load()
+        yield admin.redis.execute_command("CONFIG", "SET", "requirepass", "rotated")
+        with capturedLogs() as events:
+            # the store's connection is dropped and comes back with the old password
+            yield admin.redis.execute_command("CLIENT", "KILL", "TYPE", "normal")
+            written = store.set_state("cam-1", online=False)
+            for _ in range(600):
+                if any(ev.get("log_level") == LogLevel.error and "why" in ev for ev in events):
+                    break
+                yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertNoResult(written)
+        self.assertEqual(store.get_state("cam-1"), {"online": False})  # memory is current
+        why = [ev["why"] for ev in events if ev.get("log_level") == LogLevel.error and "why" in ev]
+        self.assertIn("WRONGPASS", why[0])
 
     @defer.inlineCallbacks
     def test_close_while_waiting(self):

@@ -465,6 +465,7 @@ class RedisStore(MemoryStore):
         self.prefix = f"vss:{node_id}:"
         #: the txredisapi connection handler (None until first used)
         self.redis = connection
+        self._own_connection = connection is None  # diagnosed with a handshake of our own
         self._records = {}  # redis key -> JSON text to SET, or None to DEL
         self._state_q = {}  # device_id -> [replace, {field: JSON text}]
         self._meta_q = {}  # meta key -> JSON text
@@ -591,6 +592,34 @@ class RedisStore(MemoryStore):
             node_id=self.node_id,
             seconds=self._reactor.seconds() - batch.started,
         )
+        if self._own_connection and self._checking is None and not self._closed:
+            self._diagnose()
+
+    def _diagnose(self):
+        """Log why Redis does not take writes, found with one handshake (txredisapi
+        itself only waits, or logs a bare "Lost connection")."""
+        self._checking = d = self._handshake()
+
+        def judged(verdict):
+            self._checking = None
+            final, why = verdict
+            if why is None:
+                self.log.warn(
+                    "{where} answers a new connection of node {node_id}; the store's own"
+                    " connection is still waiting",
+                    where=self.where,
+                    node_id=self.node_id,
+                )
+            else:
+                log = self.log.error if final else self.log.warn
+                log("Redis store of node {node_id} unavailable: {why}",
+                    node_id=self.node_id, why=why)
+
+        def cancelled(failure):
+            self._checking = None
+            failure.trap(defer.CancelledError)
+
+        d.addCallbacks(judged, cancelled)
 
     def _acknowledged(self, replies, batch):
         self._end(batch)
