@@ -28,9 +28,14 @@ What is served (``ExportResource``, the only resource of the node's HTTP listene
   segments stay holes in time.
 - While an export reads segments their paths are ``in_use()``: retention never deletes
   them.
+- A time range that ends before it starts, starts before the epoch or spans more than
+  ``MAX_RANGE_MS`` is 400. A client that stops reading the download (no byte taken for
+  ``STALL_TIMEOUT`` seconds) is cut off and its temporary file deleted (``stalled``):
+  the HTTP idle timeout does not run while a response is being written.
 """
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -42,6 +47,7 @@ from collections import Counter
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 log = Logger()
@@ -49,6 +55,7 @@ log = Logger()
 DEFAULT_TTL = 600  # seconds an export URL stays valid
 MAX_RANGE_MS = 24 * 3600 * 1000  # one export covers at most a day
 MAX_CONCURRENT = 2  # remuxes at once per node
+STALL_TIMEOUT = 60.0  # seconds a download may go without the client taking a byte
 EXPORTS = "exports"
 BAD_TARGET = ("..", "\\", "\x00", "%2f", "%5c", "%2e", "%00", "//")
 
@@ -212,13 +219,18 @@ def remux(paths_and_starts, out_path, from_ms, to_ms):
 class Exporter:
     """Makes export files from this node's catalogue; counts the segments being read."""
 
-    def __init__(self, catalogue, data_dir, reactor, max_concurrent=MAX_CONCURRENT):
+    def __init__(self, catalogue, data_dir, reactor, max_concurrent=MAX_CONCURRENT,
+                 clock=None, stall_timeout=STALL_TIMEOUT):
         self.catalogue = catalogue
         self.data_dir = os.path.abspath(data_dir)
         self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.stall_timeout = stall_timeout
         self.reading = Counter()  # relative segment path -> exports reading it
         self.limit = defer.DeferredSemaphore(max_concurrent)
-        self.counters = {"exports": 0, "refused": 0, "failed": 0, "bytes": 0}
+        self.sending = 0  # downloads being written
+        self.counters = {"exports": 0, "refused": 0, "failed": 0, "bytes": 0,
+                         "stalled": 0}
 
     def in_use(self):
         return {p for p, n in self.reading.items() if n > 0}
@@ -322,7 +334,8 @@ class ExportResource(resource.Resource):
             grant = self.tokens.verify(args[b"token"][0].decode("ascii"))
         except (ValueError, UnicodeDecodeError) as e:
             return self._refuse(request, 403, f"forbidden: {e}")
-        if grant["to_ms"] <= grant["from_ms"] or grant["to_ms"] - grant["from_ms"] > MAX_RANGE_MS:
+        if grant["from_ms"] < 0 or grant["to_ms"] <= grant["from_ms"] \
+                or grant["to_ms"] - grant["from_ms"] > MAX_RANGE_MS:
             return self._refuse(request, 400, "bad time range")
         d = self.exporter.make(grant["device"], grant["stream"], grant["from_ms"], grant["to_ms"])
         d.addCallback(self._send, request, grant)
@@ -349,11 +362,20 @@ class ExportResource(resource.Resource):
             request.finish()
             return
         f = open(path, "rb")  # noqa: SIM115 - closed when the transfer ends
+        exporter = self.exporter
+        exporter.sending += 1
         d = FileSender().beginFileTransfer(f, request)
+        watch = _StallWatch(exporter, f, request)
 
         def done(result):
+            watch.stop()
+            exporter.sending -= 1
             f.close()
             _unlink(path)
+            if isinstance(result, Failure):  # the connection went (or was cut off)
+                with contextlib.suppress(Exception):
+                    request.unregisterProducer()
+                return None
             if not request._disconnected:
                 request.finish()
             return None
@@ -366,6 +388,41 @@ class ExportResource(resource.Resource):
         if not request._disconnected:
             request.write(self._refuse(request, 500, "the export failed"))
             request.finish()
+
+
+class _StallWatch:
+    """Cuts a download off when its client took no byte for ``stall_timeout`` seconds
+    (the file position did not move): the transfer then fails and its file is
+    deleted."""
+
+    def __init__(self, exporter, f, request):
+        self.exporter = exporter
+        self.f = f
+        self.request = request
+        self.pos = -1
+        self.call = None
+        self._arm()
+
+    def _arm(self):
+        self.call = self.exporter.clock.callLater(self.exporter.stall_timeout, self._check)
+
+    def _check(self):
+        self.call = None
+        pos = self.f.tell()
+        if pos != self.pos:
+            self.pos = pos
+            self._arm()
+            return
+        self.exporter.counters["stalled"] += 1
+        log.info("export download stalled at byte {pos}: cut off", pos=pos)
+        transport = self.request.channel.transport if self.request.channel else None
+        if transport is not None:
+            transport.abortConnection()
+
+    def stop(self):
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
 
 
 def make_site(tokens, exporter):
