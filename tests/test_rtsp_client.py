@@ -196,6 +196,48 @@ class HeldPullTests(unittest.TestCase):
         self.assertIsInstance(failures[0].value, RTSPError)
         self.assertEqual((failures[0].value.method, failures[0].value.status), ("PLAY", 457))
 
+    def answer_keepalives(self):
+        for req in self.requests.feed(self.transport.value()):
+            self.assertEqual(req.method, "GET_PARAMETER")
+            self.answer(req, 200, [("Session", "42")])
+        self.transport.clear()
+
+    def test_a_server_that_stops_sending_media_while_playing_is_left(self):
+        self.set_up()
+        self.proto.play("npt=0-")
+        self.answer(self.next_request(), 200, [("Session", "42")])
+        rtp = struct.pack("!BBHII", 0x80, 0xE0, 1, 2, 3) + b"\x65data"
+        for _ in range(12):  # a minute of media, keepalives answered
+            self.proto.dataReceived(build_interleaved(0, rtp))
+            self.clock.advance(5)
+            self.answer_keepalives()
+        self.assertFalse(self.transport.disconnecting)
+        waited = 0
+        while not self.transport.disconnecting and waited < 120:  # silence
+            self.clock.advance(5)
+            waited += 5
+            self.answer_keepalives()
+        self.assertTrue(self.transport.disconnecting)
+        self.assertLessEqual(waited, 2 * self.proto.stall_timeout)
+        self.assertEqual(self.proto.stalled, "no media for 30 s")
+
+    def test_paused_no_media_is_fine_but_an_unanswered_keepalive_is_not(self):
+        self.set_up()
+        self.proto.play("npt=0-")
+        self.answer(self.next_request(), 200, [("Session", "42")])
+        self.proto.pause()
+        self.answer(self.next_request(), 200, [("Session", "42")])
+        for _ in range(40):  # 200 s paused, keepalives answered
+            self.clock.advance(5)
+            self.answer_keepalives()
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(10)  # a keepalive that gets no answer
+        self.transport.clear()
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(10)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.proto.stalled, "a keepalive went unanswered")
+
     def test_connection_lost_fails_a_pending_pause(self):
         self.set_up()
         failures = []

@@ -15,6 +15,12 @@ run): the caller starts the stream with ``protocol.play(range)`` when it wants i
 ``pause()`` and ``play(range)`` again (a relayed playback forwards its viewer's PLAY with
 ``Range`` and PAUSE this way). Both fire with the server's answer (``play`` with the
 ``Range`` of its reply, or None).
+
+A server that stops answering is left: while playing, no media packet for
+``stall_timeout`` seconds (a frozen camera or origin node, a stuck TCP path), or a
+keepalive still unanswered when the next is due, aborts the connection (``stalled``
+says why), so ``finished`` fires and the pulled source ends instead of holding its
+viewers on a silent stream.
 """
 
 from urllib.parse import unquote
@@ -37,6 +43,7 @@ from vss.rtsp.parser import (
 log = Logger()
 
 USER_AGENT = "vss-rtsp-client"
+STALL_TIMEOUT = 30.0  # seconds without a media packet while playing
 
 
 class RTSPError(Exception):
@@ -86,8 +93,14 @@ class RTSPClientProtocol(protocol.Protocol):
     ``sdp``, ``sink``, ``packets`` and ``bytes`` counters."""
 
     def __init__(self, url, sink_factory, username=None, password=None, clock=None,
-                 timeout=10.0, play=True):
+                 timeout=10.0, play=True, stall_timeout=STALL_TIMEOUT):
         self.url = url
+        self.stall_timeout = stall_timeout
+        self.stalled = None  # why the connection was abandoned, if it was
+        self._streaming = False  # PLAY answered, no PAUSE since
+        self._watch = None
+        self._seen = 0  # packets at the last check
+        self._unanswered = None  # the keepalive in flight
         self.autoplay = play
         self.sink_factory = sink_factory
         self.username = username
@@ -181,17 +194,51 @@ class RTSPClientProtocol(protocol.Protocol):
         if range:
             hdrs.append(("Range", range))
         d = self.request("PLAY", self.play_url, hdrs)
-        return d.addCallback(lambda resp: resp.headers.get("Range"))
+
+        def playing(resp):
+            self._streaming = True
+            self._watch_media()
+            return resp.headers.get("Range")
+
+        return d.addCallback(playing)
 
     def pause(self):
         """PAUSE; a Deferred firing with the server's ``Response``."""
+        self._streaming = False
         return self.request("PAUSE", self.play_url, self._session_headers())
+
+    def _watch_media(self):
+        if self.clock is None or self._watch is not None or not self.stall_timeout:
+            return
+        self._seen = self.packets
+        self._watch = self.clock.callLater(self.stall_timeout, self._check_media)
+
+    def _check_media(self):
+        self._watch = None
+        if not self._streaming:
+            return  # paused: the keepalives watch the server
+        if self.packets == self._seen:
+            self._abandon(f"no media for {self.stall_timeout:g} s")
+            return
+        self._watch_media()
+
+    def _abandon(self, why):
+        self.stalled = why
+        log.warn("RTSP server {url}: {why}; closing", url=self.url, why=why)
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
 
     def _send_keepalive(self):
         self._keepalive = None
+        if self._unanswered is not None and not self._unanswered.called:
+            self._abandon("a keepalive went unanswered")
+            return
         hdrs = self._session_headers()
         method = "GET_PARAMETER" if "GET_PARAMETER" in self.public else "OPTIONS"
-        d = self.request(method, self.play_url, hdrs, check=False)
+        d = self._unanswered = self.request(method, self.play_url, hdrs, check=False)
         d.addErrback(lambda f: None)
         self._keepalive = self.clock.callLater(max(self.session_timeout / 2, 1),
                                                self._send_keepalive)
@@ -262,10 +309,11 @@ class RTSPClientProtocol(protocol.Protocol):
     def connectionLost(self, reason=protocol.connectionDone):
         if reason is None:
             reason = protocol.connectionDone
-        for d in [self._deadline, self._keepalive]:
+        for d in [self._deadline, self._keepalive, self._watch]:
             if d is not None and d.active():
                 d.cancel()
-        self._deadline = self._keepalive = None
+        self._deadline = self._keepalive = self._watch = None
+        self._streaming = False
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(reason)
