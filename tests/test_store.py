@@ -5,7 +5,9 @@ Conformance tests of the RGM's in-memory database (``IMemoryStore``).
 against each backend: ``MemoryStore`` always, ``RedisStore`` when
 ``VSS_TEST_REDIS_URL`` names a Redis database to use (CI: redis://127.0.0.1:6379/15).
 The Redis write queue (one batch per reactor turn, retries, close) is also tested
-without a server, on a ``task.Clock`` and a fake connection.
+without a server, on a ``task.Clock`` and a fake connection, and so are the link's
+settings and start-up handshake; ``tests.test_store_tls`` runs the Redis tests over TLS
+against a redis-server of its own.
 """
 
 import importlib.util

@@ -220,7 +220,7 @@ def tls_options(host, ca_file=None, cert_file=None, key_file=None):
         pem = _read(cert_file, "--store-cert") + b"\n" + _read(key_file, "--store-key")
         try:
             client = ssl.PrivateCertificate.loadPEM(pem)
-        except Exception as e:  # OpenSSL's errors name nothing useful
+        except Exception as e:  # OpenSSL.crypto.Error or ValueError, by what is wrong
             raise ValueError(
                 f"--store-cert/--store-key: cannot load {cert_file} and {key_file}: {e}"
             ) from None
