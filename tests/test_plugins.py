@@ -35,3 +35,32 @@ class PluginTests(unittest.TestCase):
         for path in twisted.plugins.__path__:
             if os.path.exists(os.path.join(path, "vss_plugins.py")):
                 self.assertFalse(os.path.exists(os.path.join(path, "__init__.py")))
+
+    @defer.inlineCallbacks
+    def test_a_node_that_cannot_start_says_why_in_one_line_and_exits_non_zero(self):
+        """A port already taken is the operator's to fix: the log names it without a
+        traceback, and the process status is not 0 (systemd and scripts see it)."""
+        import socket
+
+        from vss.testing.central import MemoryCentral
+
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        static = os.path.join(work, "static.json")
+        MemoryCentral().save(static)
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        port = busy.getsockname()[1]
+        out, err, code = yield run_tool(
+            "twistd", ["-n", "--pidfile=", "vss-node", "--node-id", "n1", "--static", static,
+                       "--data-dir", os.path.join(work, "data"),
+                       "--pu-listen", "tcp:0:interface=127.0.0.1",
+                       "--cu-listen", f"tcp:{port}:interface=127.0.0.1",
+                       "--rtsp-listen", "tcp:0:interface=127.0.0.1", "--http-listen", "off"],
+            env=child_env(), cwd=work)
+        self.assertNotEqual(code, 0)
+        self.assertIn("cannot start", out + err)
+        self.assertIn(f"cu cannot listen on tcp:{port}", out + err)
+        self.assertNotIn("Traceback", out + err)

@@ -497,8 +497,10 @@ class NodeRedisTLSEndToEnd(unittest.TestCase):
                        "--rtsp-listen", "tcp:0:interface=127.0.0.1",
                        "--http-listen", "off", *self.args(os.path.join(other, "ca.pem"))],
             cwd=self.work)
-        # the process ends on its own (twistd reports 0 for a service that stopped itself)
+        # the process ends on its own, with a non-zero status and one line naming the cause
+        self.assertNotEqual(code, 0)
         self.assertIn("cannot start", out + err)
+        self.assertNotIn("Traceback", out + err)
         self.assertIn("certificate verify failed", out + err)
         self.assertIn("--store-ca", out + err)
         self.assertFalse(os.path.exists(os.path.join(data, "ports.json")))

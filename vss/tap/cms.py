@@ -58,4 +58,6 @@ def makeService(options):
 
     from vss.cms.daemon import CmsDaemon
 
-    return CmsDaemon(dict(options), reactor)
+    daemon = CmsDaemon(dict(options), reactor)
+    daemon.exit_status_on_failure = True
+    return daemon

@@ -36,8 +36,8 @@ class ListenService(service.Service):
             return port
 
         def failed(f):
-            self.log.failure("{name} cannot listen on {desc}", f, name=self.name,
-                             desc=self.description)
+            self.log.error("{name} cannot listen on {desc}: {error}", name=self.name,
+                           desc=self.description, error=f.getErrorMessage())
             self.ready.errback(f)
 
         d.addCallbacks(listening, failed)
@@ -49,12 +49,57 @@ class ListenService(service.Service):
             return port.stopListening()
 
 
+def _operator_errors():
+    from twisted.internet.error import CannotListenError
+
+    from vss.config import ConfigError
+    from vss.errors import VssError
+
+    errors = [ConfigError, VssError, OSError, CannotListenError]
+    try:
+        from vss.store.redis import StoreUnavailable
+    except ImportError:  # txredisapi is an optional dependency
+        pass
+    else:
+        errors.append(StoreUnavailable)
+    return tuple(errors)
+
+
+_OPERATOR_ERRORS = ()
+_exiting = []
+
+
+def exit_nonzero_at_end(code=1):
+    """Make the process exit with ``code`` once twistd has finished its own shut-down
+    (pid file removed, logs written): twistd itself exits 0 whenever the reactor
+    stopped, so a daemon that could not start would look like one that was stopped, to
+    systemd and to scripts. Runs from ``atexit`` (registered last, so it runs first)."""
+    if _exiting:
+        return
+    _exiting.append(code)
+    import atexit
+    import sys
+
+    def leave():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001,S110 - closed streams
+                pass
+        os._exit(code)
+
+    atexit.register(leave)
+
+
 class StagedService(service.MultiService):
     """A MultiService that first runs ``prepare()`` (a Deferred: load state, connect)
     and only then starts its children. If preparation fails the process stops, since
     a daemon without its state must not serve."""
 
     log = Logger()
+    #: set by the twistd plugins: a start that fails makes the process exit non-zero
+    #: (never in a process that only hosts the service, such as a test run)
+    exit_status_on_failure = False
 
     def __init__(self, reactor):
         super().__init__()
@@ -65,6 +110,9 @@ class StagedService(service.MultiService):
         return defer.succeed(None)
 
     def startService(self):
+        global _OPERATOR_ERRORS
+        if not _OPERATOR_ERRORS:
+            _OPERATOR_ERRORS = _operator_errors()
         service.Service.startService(self)
         d = defer.maybeDeferred(self.prepare)
 
@@ -80,9 +128,18 @@ class StagedService(service.MultiService):
             self.started.callback(self)
 
         def failed(f):
-            self.log.failure("cannot start", f)
+            if f.check(defer.FirstError):  # a listener: say which
+                f = f.value.subFailure
+            if f.check(*_OPERATOR_ERRORS):
+                # the operator's to fix (a setting, a password, a certificate, a server
+                # not there): one line naming it, not a traceback
+                self.log.critical("cannot start: {error}", error=f.getErrorMessage())
+            else:
+                self.log.failure("cannot start", f)
             self.started.errback(f)
             if self.reactor.running:
+                if self.exit_status_on_failure:
+                    exit_nonzero_at_end()
                 self.reactor.stop()
 
         d.addCallback(go).addCallbacks(ready, failed)

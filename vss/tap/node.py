@@ -221,7 +221,9 @@ def makeService(options):
     from vss.node import NodeService
 
     try:
-        return NodeService(options.settings, reactor)
+        node = NodeService(options.settings, reactor)
+        node.exit_status_on_failure = True
+        return node
     except ConfigError:
         raise
     except ValueError as e:
