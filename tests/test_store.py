@@ -1100,3 +1100,24 @@ class RedisHandshakeTests(unittest.SynchronousTestCase):
             got_final, why = self.judge(url, exception)
             self.assertEqual(got_final, final, why)
             self.assertIn(fragment, why)
+
+
+class CertificateAuthorityNameTests(unittest.TestCase):
+    def test_each_ca_has_a_name_of_its_own(self):
+        """Two CAs from ``vss.tls`` in one trust bundle: a peer finds the right one by
+        name, so the names differ (and the certificate names its own CA)."""
+        from cryptography import x509
+
+        from vss.tls import make_ca_and_cert
+
+        subjects = []
+        for _ in range(2):
+            directory = self.mktemp()
+            cert_path, _, trust = make_ca_and_cert(directory, ["localhost"])
+            with open(os.path.join(trust, "ca.pem"), "rb") as f:
+                ca = x509.load_pem_x509_certificate(f.read())
+            with open(cert_path, "rb") as f:
+                cert = x509.load_pem_x509_certificate(f.read())
+            self.assertEqual(cert.issuer, ca.subject)
+            subjects.append(ca.subject)
+        self.assertNotEqual(subjects[0], subjects[1])

@@ -45,10 +45,13 @@ def make_ca_and_cert(directory, names, days=825):
     os.makedirs(os.path.join(directory, "trust"), exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
+    # a name of its own: two CAs of the same name in one trust bundle make peers pick
+    # the wrong one when checking a signature
+    ca_name = _name(f"vss CA {names[0]} {os.urandom(4).hex()}")
     ca = (
         x509.CertificateBuilder()
-        .subject_name(_name("vss CA"))
-        .issuer_name(_name("vss CA"))
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
