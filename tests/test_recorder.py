@@ -781,6 +781,7 @@ class LiveWriterBase(unittest.TestCase):
     RTP packets of a local file, 25 pictures per clock second."""
 
     gop_cache = 0
+    sdp = H264_SDP
 
     timeout = 60
 
@@ -801,7 +802,7 @@ class LiveWriterBase(unittest.TestCase):
         class SS:
             def wait_for_source(self, path, timeout):
                 if not outer.sources or outer.sources[-1].closed:
-                    outer.sources.append(Source(path, H264_SDP, sdplib.tracks(H264_SDP),
+                    outer.sources.append(Source(path, outer.sdp, sdplib.tracks(outer.sdp),
                                                 outer.clock, gop_cache=outer.gop_cache))
                 return defer.succeed(outer.sources[-1])
 
@@ -1070,3 +1071,79 @@ class GOPCacheTests(LiveWriterBase):
         self.assertLess(abs(pb.gops[0][0][0] - (T0 / 1000 + 2.0)), 0.001)
         self.assertLess(abs(pb.gops[0][-1][0] - (T0 / 1000 + 2.56)), 0.001)
         yield self.recorder.unprebuffer("cam1", 0, 0)
+
+
+H264_AAC_SDP = H264_SDP + (
+    "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/8000/1\r\n"
+    "a=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;"
+    "indexdeltalength=3; config=1588\r\n")
+
+
+def sender_report(ntp, rtp_ts):
+    import struct
+
+    whole = int(ntp)
+    frac = int((ntp - whole) * (1 << 32))
+    return struct.pack("!BBHIIII", 0x80, 200, 6, 7, whole, frac, rtp_ts & 0xFFFFFFFF) \
+        + bytes(8)
+
+
+def aac_packet(seq, ts, payload):
+    import struct
+
+    return struct.pack("!BBHIIHH", 0x80, 0x80 | 97, seq, ts & 0xFFFFFFFF, 9, 16,
+                       len(payload) << 3) + payload
+
+
+class AudioSyncTests(LiveWriterBase):
+    """Audio and video are aligned by the sender's reports (RTCP SR) when they come,
+    not by when their first packets arrived: here the audio arrives 300 ms behind the
+    video it was captured with."""
+
+    sdp = H264_AAC_SDP
+    SKEW = 0.3
+    V0, A0 = 1000, 5000  # the tracks' RTP timestamps at the sender's time zero
+    N0 = 3_900_000_000.0  # the sender's NTP time zero
+
+    def play_av(self, reports):
+        source = self.sources[-1]
+        if reports:
+            source.feed(0, True, sender_report(self.N0, self.V0))
+            source.feed(1, True, sender_report(self.N0, self.A0))
+        j = 0
+        for k, picture in enumerate(self.pictures):
+            now = k * 0.04  # the sender's time of picture k, and its arrival
+            while j * 0.128 + self.SKEW <= now:  # audio frame j, captured at j * 128 ms
+                source.feed(1, False, aac_packet(j, self.A0 + j * 1024, bytes(20)))
+                j += 1
+            for packet in picture:
+                source.feed(0, False, packet)
+            self.clock.advance(0.04)
+
+    @defer.inlineCallbacks
+    def record(self, reports):
+        yield self.recorder.start("cam1", 0, 0, 2)
+        self.play_av(reports)
+        writer = self.recorder.recordings[("cam1", 0, "main")].live
+        aligned = writer.sr_aligned
+        yield self.recorder.stop("cam1", 0, 0)
+        out = yield self.segments()
+        # where each file's first audio frame is: the muxer writes the first sample of
+        # a fragmented track at 0 (no edit list), so it is read from the second one
+        return aligned, [adts[1] - 0.128 for *_, adts in out]
+
+    @defer.inlineCallbacks
+    def test_sender_reports_align_audio_with_the_video_it_was_captured_with(self):
+        aligned, first_audio = yield self.record(reports=True)
+        self.assertEqual(aligned, 3)  # every segment
+        # segment 1 starts with picture 0 (sender time 0): audio frame 0 at 0; segment 2
+        # with picture 25 (1 s): frame 8 (1.024 s) at 24 ms; segment 3 with picture 75
+        # (3 s): frame 24 (3.072 s) at 72 ms
+        self.assertEqual([round(t, 3) for t in first_audio], [0.0, 0.024, 0.072])
+
+    @defer.inlineCallbacks
+    def test_without_reports_the_arrival_skew_stays(self):
+        aligned, first_audio = yield self.record(reports=False)
+        self.assertEqual(aligned, 0)
+        # audio frame 0 arrived with picture 8 (0.32 s): placed there, 320 ms late
+        self.assertEqual(round(first_audio[0], 3), 0.32)

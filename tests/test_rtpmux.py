@@ -302,6 +302,18 @@ class AACTests(unittest.TestCase):
         self.assertEqual(((h[3] & 3) << 11) | (h[4] << 3) | (h[5] >> 5), 107)
 
 
+class RTCPTests(unittest.TestCase):
+    def test_sender_report_and_signed_differences(self):
+        sr = struct.pack("!BBHIIII", 0x80, 200, 6, 7, 3_900_000_000, 1 << 31, 0xFFFFFF00) \
+            + bytes(8)
+        self.assertEqual(rtpmux.sender_report(sr), (3_900_000_000.5, 0xFFFFFF00))
+        rr = struct.pack("!BBHI", 0x80, 201, 1, 7)
+        for other in (rr, sr[:19], b"", b"\x40" + sr[1:]):
+            self.assertIsNone(rtpmux.sender_report(other))
+        self.assertEqual(rtpmux.signed32(0x100 - 0xFFFFFF00), 0x200)  # across a wrap
+        self.assertEqual(rtpmux.signed32(0xFFFFFF00 - 0x100), -0x200)
+
+
 class ChoiceTests(unittest.TestCase):
     """Which sources the recorder takes in process (the others go to a child)."""
 

@@ -45,9 +45,11 @@ Both write the same files:
   files start at :00, :05...): a segment is cut at the first video keyframe at or after
   the next boundary, so the first one may be shorter; the segment clock is the wall
   clock at the first packet plus the stream's media time (in process: the RTP
-  timestamps; each track is placed on the wall clock at its first packet, the time the
-  SS got it: frames replayed from the source's GOP cache or the pre-event buffer keep
-  theirs). Timestamps
+  timestamps: video is placed on the wall clock at its first picture, the time the SS
+  got it, so frames replayed from the source's GOP cache or the pre-event buffer keep
+  theirs; audio is placed against the video by the publisher's RTCP sender reports of
+  both tracks once they came (lip sync as captured), before that by the arrival of its
+  first packet, which leaves the tracks' arrival skew in the file). Timestamps
   are rebased so each file starts at 0. It is written to ``<name>.mp4.part`` (every
   fragment flushed to the kernel), and when it closes it is fsynced, renamed to
   ``<name>.mp4`` and the directory fsynced. Names are
@@ -511,6 +513,10 @@ class _LiveWriter:
                 self.atrack = self.adep = None
         self.anchor = None  # (wall ms, video timestamp) at the first picture
         self.aanchor = None  # (wall ms, audio timestamp) at the first audio frame
+        self.alast = None  # the last audio timestamp
+        self.sr = {}  # track -> (NTP seconds, 32-bit RTP timestamp) of its last SR
+        self.sr_aligned = 0  # segments whose audio was placed by sender reports
+        self.seg_raw = None
         self.shift = 0  # added to video timestamps to absorb jumps
         self.last_ts = None
         self.step = VIDEO_CLOCK // 25
@@ -557,6 +563,8 @@ class _LiveWriter:
             vtrack, atrack = self.vtrack, self.atrack
             for t, rtcp, data in frame.packets:
                 if rtcp:
+                    if t == vtrack or t == atrack:
+                        self._rtcp(t, data)
                     continue
                 if t == vtrack:
                     for au in self.vdep.push(data):
@@ -605,6 +613,7 @@ class _LiveWriter:
                 "gaps": self.vdep.gaps, "skipped": self.vdep.skipped,
                 "bad_packets": self.vdep.errors + (self.adep.errors if self.adep else 0),
                 "audio_frames": self.audio_frames, "timestamp_jumps": self.jumps,
+                "audio_by_reports": self.sr_aligned,
                 "errors": self.errors}
 
     # -- media
@@ -753,22 +762,42 @@ class _LiveWriter:
                                 audio, self.opener)
         self.seg_params = params
         self.seg_base = ts
+        self.seg_raw = ts - self.shift  # as the sender stamped it (its reports map that)
         if audio is not None:
             self._audio_base()
 
+    def _rtcp(self, track, data):
+        """Keep the last sender report of the video and audio tracks: (NTP seconds, RTP
+        timestamp), the sender's own mapping of both media clocks to one clock."""
+        sr = rtpmux.sender_report(data)
+        if sr is not None:
+            self.sr[track] = sr
+
     def _audio_base(self):
-        """The audio timestamp at the open segment's time zero: both tracks are placed
-        on the wall clock at their first packet."""
+        """The audio timestamp at the open segment's time zero. With a sender report of
+        both tracks, from the sender's clock (lip sync as it was captured); otherwise
+        both tracks are placed on the wall clock at their first packet (arrival skew
+        between the tracks is then in the file)."""
         if self.aanchor is None or self.seg is None or self.seg.audio is None:
             return
-        wall, a0 = self.aanchor
         rate = self.adep.clock_rate
+        vsr, asr = self.sr.get(self.vtrack), self.sr.get(self.atrack)
+        if vsr is not None and asr is not None:
+            # the sender's clock at the segment's first picture, then the audio
+            # timestamp the sender gave that instant (32-bit, near the last audio one)
+            at = vsr[0] + rtpmux.signed32(self.seg_raw - vsr[1]) / VIDEO_CLOCK
+            a32 = (asr[1] + round((at - asr[0]) * rate)) & 0xFFFFFFFF
+            self.seg.audio_base = self.alast + rtpmux.signed32(a32 - self.alast)
+            self.sr_aligned += 1
+            return
+        wall, a0 = self.aanchor
         t = (self._at_ms(self.seg_base) - wall) / 1000  # seconds after audio's anchor
         self.seg.audio_base = a0 + round(t * rate)
 
     def _audio(self, ts, raw):
         if self.aanchor is None:
             self.aanchor = (self._wall_ms(), ts)
+        self.alast = ts
         seg = self.seg
         if seg is None or seg.audio is None:
             return  # no picture yet

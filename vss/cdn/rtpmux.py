@@ -61,6 +61,21 @@ def rtp_header(data):
             int.from_bytes(data[4:8], "big"))
 
 
+def signed32(d):
+    """A difference of 32-bit timestamps as a signed number (-2**31 to 2**31 - 1)."""
+    d &= 0xFFFFFFFF
+    return d - WRAP if d >= HALF else d
+
+
+def sender_report(data):
+    """(NTP time in seconds, RTP timestamp) of an RTCP packet that starts with a sender
+    report (RFC 3550, PT 200), else None."""
+    if len(data) < 20 or data[0] >> 6 != 2 or data[1] != 200:
+        return None
+    ntp = int.from_bytes(data[8:12], "big") + int.from_bytes(data[12:16], "big") / WRAP
+    return ntp, int.from_bytes(data[16:20], "big")
+
+
 class Unwrap:
     """Extends 32-bit RTP timestamps to a monotonic-in-wrap 64-bit count: a step of
     less than 2**31 either way is taken as it is, so a wrap goes on counting up."""
