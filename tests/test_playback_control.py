@@ -136,3 +136,16 @@ class PlaybackControlTests(unittest.TestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         with self.assertRaises(ControlError):
             self.pb.play(None, None)  # ended
+
+    def test_a_child_that_writes_garbage_is_not_a_crash(self):
+        from vss.cdn.playback import MAX_LINE
+
+        child = self.first
+        child.outReceived(b"y" * (MAX_LINE + 10))
+        self.assertLessEqual(len(child.buffer), MAX_LINE)
+        child.outReceived(b"\n[1]\n{\"event\": \"key\"}\n"
+                          b"{\"event\": \"key\", \"out_ms\": \"x\", \"at\": 1}\n")
+        self.assertEqual(child.keys, [])
+        child.outReceived(b'{"event": "key", "out_ms": 0, "at": %d}\n' % T)
+        self.assertEqual(child.keys, [(0, T)])
+        self.flushLoggedErrors()

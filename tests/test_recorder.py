@@ -416,6 +416,21 @@ class RecorderControlTests(unittest.TestCase):
         child.end(9)
         self.assertEqual(self.successResultOf(stopped)["state"], "stopped")
 
+    def test_a_child_that_writes_garbage_is_not_a_crash_nor_a_leak(self):
+        from vss.cdn.recorder import MAX_LINE
+
+        d = self.recorder.start("cam1", 0, 0, 2)
+        child = self.reactor.spawned[0]
+        with capturedLogs() as events:
+            child.proto.outReceived(b"x" * (MAX_LINE + 10))  # no line end, ever
+            self.assertLessEqual(len(child.proto.buffer), MAX_LINE)
+            child.proto.outReceived(b"\n[1, 2]\nnot json\n")
+            child.say({"event": "segment", "path": "x.mp4"})  # fields missing
+            child.say({"event": "started"})
+        self.assertEqual(len([e for e in events if e["log_level"] == LogLevel.warn]), 4)
+        self.assertEqual(self.successResultOf(d)["state"], "recording")
+        self.assertEqual(self.recorder.status()["segments"], 0)
+
     def test_no_live_stream_fails_the_start(self):
         f = self.failureResultOf(self.recorder.start("cam9", 0, 0, 2), VssError)
         self.assertEqual(f.value.code, ResultCode.DEVICE_OFFLINE)

@@ -79,6 +79,7 @@ EXIT_NO_FOOTAGE = 4
 KILL_AFTER = 5.0  # seconds a child has to exit after TERM
 END_GRACE = 2.0  # seconds the last packets of a finished child have to arrive
 MP4_AUDIO = frozenset(("aac", "mp3", "opus"))
+MAX_LINE = 1 << 16  # a child's JSON line is far shorter
 
 
 MAX_NPT_S = 10 * 366 * 86400  # an npt past ten years is not a time of this footage
@@ -340,15 +341,17 @@ class _Child(protocol.ProcessProtocol):
     def outReceived(self, data):
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
+        if len(self.buffer) > MAX_LINE:  # not one of its JSON lines: dropped
+            self.buffer = b""
         for line in lines:
             try:
                 event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "key":
-                self.keys = self.keys[-7:] + [(event["out_ms"], event["at"])]
-            else:
-                self.playback._event(self, event)
+                if event.get("event") == "key":
+                    self.keys = self.keys[-7:] + [(int(event["out_ms"]), int(event["at"]))]
+                else:
+                    self.playback._event(self, event)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                log.warn("playback child said {line!r}", line=line[:200])
 
     def errReceived(self, data):
         log.debug("playback child: {text}", text=data.decode("utf-8", "replace")[-2000:])

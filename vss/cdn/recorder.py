@@ -103,6 +103,7 @@ MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 MP4_AUDIO = frozenset(("aac", "mp3", "opus", "alac", "flac", "ac3", "eac3"))
 DISK_FULL = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
 EXIT_DISK_FULL = 3
+MAX_LINE = 1 << 16  # a child's JSON line is far shorter
 URL_ENV = "VSS_RECORD_URL"
 
 
@@ -943,15 +944,19 @@ class _Child(protocol.ProcessProtocol):
     def outReceived(self, data):
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
+        if len(self.buffer) > MAX_LINE:  # not one of its JSON lines: dropped
+            log.warn("recorder child wrote {n} bytes without a line end", n=len(self.buffer))
+            self.buffer = b""
         for line in lines:
             if not line.strip():
                 continue
             try:
                 event = json.loads(line)
-            except ValueError:
-                log.warn("recorder child said {line!r}", line=line[:200])
-                continue
-            self.recorder._event(self.rec, event)
+                if not isinstance(event, dict):
+                    raise ValueError("not an object")
+                self.recorder._event(self.rec, event)
+            except (ValueError, KeyError, TypeError) as e:
+                log.warn("recorder child said {line!r} ({error})", line=line[:200], error=e)
 
     def errReceived(self, data):
         log.debug("recorder child: {text}", text=data.decode("utf-8", "replace")[-2000:])
