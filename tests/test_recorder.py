@@ -1027,9 +1027,10 @@ class LiveWriterProbeTests(LiveWriterBase):
     def test_a_probe_that_never_answers_holds_a_bounded_backlog(self):
         yield self.recorder.start("cam1", 0, 0, 2)
         writer = self.recorder.recordings[("cam1", 0, "main")].live
-        writer.MAX_BACKLOG = 30
+        writer.backlog_limit = 30_000  # bytes
         self.play(self.pictures[:60])
-        self.assertLessEqual(len(writer.backlog), 30)
+        self.assertLessEqual(writer.backlog_bytes, 30_000)
+        self.assertEqual(writer.backlog_bytes, sum(n for _, _, n in writer.backlog))
         self.assertGreater(writer.backlog_dropped, 0)
         self.assertTrue(writer.backlog[0][1][1].key)  # it restarts at a keyframe
         self.pump()
@@ -1039,6 +1040,24 @@ class LiveWriterProbeTests(LiveWriterBase):
         final = yield stopped
         self.assertEqual(final["frames"] + final["frames_lost"], 125)
         self.assertEqual(final["frames_lost"], writer.backlog_dropped)
+
+    @defer.inlineCallbacks
+    def test_a_pre_event_buffer_larger_than_the_bound_is_held_whole(self):
+        from vss.cdn import recorder as recmod
+
+        self.patch(recmod._LiveWriter, "MAX_BACKLOG_BYTES", 20_000)
+        yield self.recorder.prebuffer("cam1", 0, 0, 3)
+        self.play(self.pictures[:110])
+        yield self.recorder.start("cam1", 0, 0, 2)
+        writer = self.recorder.recordings[("cam1", 0, "main")].live
+        self.assertGreater(writer.backlog_bytes, 20_000)  # replayed, the probe pending
+        self.pump()
+        self.play(self.pictures[110:])
+        stopped = self.recorder.stop("cam1", 0, 0)
+        self.pump()
+        final = yield stopped
+        self.assertEqual((final["frames"], final["frames_lost"]), (100, 0))
+        yield self.recorder.unprebuffer("cam1", 0, 0)
 
     @defer.inlineCallbacks
     def test_a_failed_probe_is_an_error_not_a_crash(self):

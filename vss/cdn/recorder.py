@@ -18,9 +18,9 @@ How a recording is written (the approach, and why):
   in a thread (``in_thread``), so the reactor never waits on the disk. So does the codec
   probe (FFmpeg decodes a keyframe to learn the picture size: ~5 ms at 720p, more at
   4K) at the first keyframe and whenever the parameter sets change; what arrives
-  meanwhile is held in order (bounded, ``MAX_BACKLOG``) and written once it answers. The reader has
-  no queue: it never drops; the depacketizer counts the pictures a packet loss makes
-  useless (it drops up to the next keyframe) in ``frames_lost`` (``status()``). A
+  meanwhile is held in order (bounded, ``MAX_BACKLOG_BYTES``) and written once it
+  answers. The reader has no queue: it never drops; the depacketizer counts the
+  pictures a packet loss makes useless (it drops up to the next keyframe) in ``frames_lost`` (``status()``). A
   source that ends closes the open segment and the recording waits for the source to
   come back, retried every ``restart_delay`` seconds.
 - In a CHILD PROCESS otherwise (another video codec, audio MP4 keeps that is not AAC,
@@ -476,7 +476,7 @@ class _LiveWriter:
     drops = 0  # never drops: no queue (frames the depacketizer loses are in ``lost``)
     MAX_JUMP = 5 * VIDEO_CLOCK
     MAX_REORDERS = 3  # small steps back: the stream has B-frames, a child records it
-    MAX_BACKLOG = 2000  # access units held while a codec probe runs (80 s at 25 fps)
+    MAX_BACKLOG_BYTES = 16 << 20  # held while a codec probe runs (~30 s at 4 Mb/s)
 
     def __init__(self, recorder, rec, sdp, opener=_raw_open):
         self.recorder = recorder
@@ -500,7 +500,9 @@ class _LiveWriter:
         self.probing = None  # Deferred of the codec probe running in a thread
         self.probe_error = None
         self.probes = 0
-        self.backlog = deque()  # [(wall s, item)] held while the probe runs
+        self.backlog = deque()  # [(wall s, item, bytes)] held while the probe runs
+        self.backlog_bytes = 0
+        self.backlog_limit = self.MAX_BACKLOG_BYTES  # more while replaying a buffer
         self.backlog_dropped = 0
         self.to_key = False  # the backlog overflowed: wait for a keyframe
         self.draining = False
@@ -533,6 +535,9 @@ class _LiveWriter:
     def replay(self, frames):
         """Write buffered ``(wall clock, frame)`` pairs first (the pre-event footage),
         each placed on the wall clock at which the SS got it."""
+        # the probe may not answer before the whole buffer is held
+        self.backlog_limit = self.MAX_BACKLOG_BYTES + sum(
+            len(p[2]) for _, f in frames for p in f.packets)
         for wall, frame in frames:
             self.now = wall
             self.deliver(frame)
@@ -597,8 +602,9 @@ class _LiveWriter:
         self.closed = True
         self.probing = None
         if self.backlog:  # the probe did not answer: these cannot be written
-            self.vdep.lost += sum(1 for _, held in self.backlog if held[0] == "v")
+            self.vdep.lost += sum(1 for _, held, _ in self.backlog if held[0] == "v")
             self.backlog.clear()
+            self.backlog_bytes = 0
         if self.source is not None:
             self.source.remove_reader(self)
             self.source = None
@@ -636,13 +642,15 @@ class _LiveWriter:
 
     def _hold(self, item):
         """Keep ``item`` (with its wall clock) until the codec probe answers; bounded:
-        past ``MAX_BACKLOG`` the backlog is dropped and the video starts again at the
+        past ``backlog_limit`` bytes the backlog is dropped and the video starts again at the
         next keyframe."""
-        if len(self.backlog) >= self.MAX_BACKLOG:
-            lost = sum(1 for _, held in self.backlog if held[0] == "v")
+        size = sum(map(len, item[1].nals)) if item[0] == "v" else len(item[2])
+        if self.backlog_bytes + size > self.backlog_limit:
+            lost = sum(1 for _, held, _ in self.backlog if held[0] == "v")
             self.vdep.lost += lost
             self.backlog_dropped += lost
             self.backlog.clear()
+            self.backlog_bytes = 0
             self.to_key = True
         if self.to_key:
             if item[0] != "v" or not item[1].key:
@@ -652,7 +660,8 @@ class _LiveWriter:
                 return
             self.to_key = False
         wall = self.clock.seconds() if self.now is None else self.now
-        self.backlog.append((wall, item))
+        self.backlog.append((wall, item, size))
+        self.backlog_bytes += size
 
     def _drain(self):
         """Write the held access units in order, probing the codec (in a thread) at
@@ -664,11 +673,12 @@ class _LiveWriter:
         try:
             while self.backlog and self.probing is None and not self.closed \
                     and not self.muted:
-                wall, item = self.backlog[0]
+                wall, item, size = self.backlog[0]
                 if item[0] == "v" and item[1].key and item[2] != self.vparams:
                     self._probe_video(item[1], item[2])
                     continue  # answered at once (a synchronous runner) or later
                 self.backlog.popleft()
+                self.backlog_bytes -= size
                 self.now = wall
                 try:
                     if item[0] == "v":
