@@ -29,7 +29,9 @@ How it is served (the approach, and why):
 - Seeking: the SS calls this playback's controller on PLAY (``RTSPServerFactory.
   controllers``). ``Range: npt=S-`` means S seconds after the playback's origin (the
   time the CU asked, or the start of the first footage after it), ``Range:
-  clock=YYYYMMDDTHHMMSS[.fff]Z-`` a wall-clock time. The current child is stopped and
+  clock=YYYYMMDDTHHMMSS[.fff]Z-`` a wall-clock time. A Range that is malformed, of
+  another kind, absurdly far or at a time with no footage at or after it (within a day)
+  is answered 457 and changes nothing. Otherwise the current child is stopped and
   a new one starts at that time, from the keyframe at or before it; the reply's
   ``Range`` says where: the npt of that keyframe (looked up in the catalogue as the
   child does), not the time asked, since a player gives the first packet after its
