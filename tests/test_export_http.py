@@ -26,7 +26,7 @@ class FakeExporter(export.Exporter):
         self.source = source
         self.made = []
 
-    def make(self, device, stream, from_ms, to_ms):
+    def make(self, device, stream, from_ms, to_ms, gone=lambda: False):
         if stream == "none":
             return defer.succeed(None)
         out = os.path.join(self.data_dir, f"export-{len(self.made)}.mp4")
@@ -112,3 +112,81 @@ class ExportHTTPTests(unittest.TestCase):
         self.assertFalse([c for c in reactor.getDelayedCalls()
                           if getattr(c.func, "__self__", None).__class__.__name__ ==
                           "_StallWatch"])
+
+
+class FakeCatalogue:
+    def __init__(self, segments):
+        self.segments = segments
+
+    def list(self, device, stream, from_ms, to_ms):
+        return defer.succeed({"segments": self.segments})
+
+
+class ExportQueueTests(unittest.TestCase):
+    """The real ``Exporter.make`` with a fake catalogue and remux: a bounded queue, and
+    no remux for a client that left while it waited."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_a_full_queue_is_503_and_a_client_gone_is_not_remuxed(self):
+        from vss.cdn.catalogue import Segment
+
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(data, "recordings", "cam1", "main"))
+        t = 1_700_000_000_000
+        seg = Segment("cam1", 0, "main", t, t + 60_000, 10, "recordings/cam1/main/a.mp4", [])
+        remuxed = []
+
+        def remux(paths, out, frm, to):
+            remuxed.append(out)
+            with open(out, "wb") as f:
+                f.write(b"mp4")
+            return 1000, 25
+
+        self.patch(export, "remux", remux)
+        gones = []
+
+        class Exporter(export.Exporter):
+            def make(self, *args, gone):
+                gones.append(gone)
+                return super().make(*args, gone=gone)
+
+        exporter = Exporter(FakeCatalogue([seg]), data, reactor, max_concurrent=1)
+        exporter.max_waiting = 2
+        tokens = export.ExportTokens(b"secret", Clock())
+        port = reactor.listenTCP(0, export.make_site(tokens, exporter),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        n = port.getHost().port
+        target = f"/export?token={tokens.issue('cam1', 0, 'main', t, t + 1000)[0]}"
+        yield exporter.limit.acquire()  # the one remux slot is taken
+        held = []
+        for _ in range(2):
+            held.append((yield threads.deferToThread(get, n, target, False)))
+        yield wait_until(reactor, lambda: exporter.waiting == 2, timeout=30,
+                         what="two exports waiting")
+        status, _ = yield threads.deferToThread(get, n, target)
+        self.assertEqual(status, 503)
+        self.assertEqual(exporter.counters["busy"], 1)
+        held[0].close()  # this client leaves while it waits
+        yield wait_until(reactor, lambda: gones[0](), timeout=30,
+                         what="the server to see the first client leave")
+        exporter.limit.release()
+        held[1].settimeout(30)
+
+        def rest(s):
+            chunks = []
+            while True:
+                c = s.recv(1 << 16)
+                if not c:
+                    return b"".join(chunks)
+                chunks.append(c)
+
+        body = yield threads.deferToThread(rest, held[1])
+        held[1].close()
+        self.assertTrue(body.startswith(b"HTTP/1.1 200"), body[:40])
+        self.assertTrue(body.endswith(b"mp4"))
+        self.assertEqual(exporter.counters["abandoned"], 1)
+        self.assertEqual(len(remuxed), 1)
+        self.assertEqual(os.listdir(os.path.join(data, export.EXPORTS)), [])

@@ -29,7 +29,9 @@ What is served (``ExportResource``, the only resource of the node's HTTP listene
 - While an export reads segments their paths are ``in_use()``: retention never deletes
   them.
 - A time range that ends before it starts, starts before the epoch or spans more than
-  ``MAX_RANGE_MS`` is 400. A client that stops reading the download (no byte taken for
+  ``MAX_RANGE_MS`` is 400. At most ``MAX_CONCURRENT`` remuxes run at once and
+  ``MAX_WAITING`` wait; one more is 503 (``Retry-After``); a waiting export whose client
+  left is not remuxed. A client that stops reading the download (no byte taken for
   ``STALL_TIMEOUT`` seconds) is cut off and its temporary file deleted (``stalled``):
   the HTTP idle timeout does not run while a response is being written.
 """
@@ -55,6 +57,7 @@ log = Logger()
 DEFAULT_TTL = 600  # seconds an export URL stays valid
 MAX_RANGE_MS = 24 * 3600 * 1000  # one export covers at most a day
 MAX_CONCURRENT = 2  # remuxes at once per node
+MAX_WAITING = 8  # exports waiting for a remux slot; more are answered 503
 STALL_TIMEOUT = 60.0  # seconds a download may go without the client taking a byte
 EXPORTS = "exports"
 BAD_TARGET = ("..", "\\", "\x00", "%2f", "%5c", "%2e", "%00", "//")
@@ -229,8 +232,10 @@ class Exporter:
         self.reading = Counter()  # relative segment path -> exports reading it
         self.limit = defer.DeferredSemaphore(max_concurrent)
         self.sending = 0  # downloads being written
+        self.waiting = 0  # exports waiting for a remux slot
+        self.max_waiting = MAX_WAITING
         self.counters = {"exports": 0, "refused": 0, "failed": 0, "bytes": 0,
-                         "stalled": 0}
+                         "stalled": 0, "busy": 0, "abandoned": 0}
 
     def in_use(self):
         return {p for p, n in self.reading.items() if n > 0}
@@ -257,21 +262,34 @@ class Exporter:
             raise ValueError(f"segment outside the recordings: {rel!r}")
         return full
 
+    def busy(self):
+        """True when an export more would wait behind ``max_waiting`` others."""
+        return self.waiting >= self.max_waiting
+
     @defer.inlineCallbacks
-    def make(self, device, stream, from_ms, to_ms):
+    def make(self, device, stream, from_ms, to_ms, gone=lambda: False):
         """A Deferred of the path of a new temporary MP4 file (the caller deletes it), or
-        None when the node holds no segment of the range."""
-        listing = yield self.catalogue.list(device, stream, from_ms, to_ms)
-        segs = listing["segments"]
-        if not segs:
+        None when the node holds no segment of the range, or when ``gone()`` (the
+        client left while the export waited for its turn)."""
+        self.waiting += 1
+        try:
+            listing = yield self.catalogue.list(device, stream, from_ms, to_ms)
+            segs = listing["segments"]
+            if not segs:
+                return None
+            paths = [(self._safe(s.path), s.start_ms) for s in segs]
+            rels = [s.path for s in segs]
+            yield self.limit.acquire()
+        finally:
+            self.waiting -= 1
+        if gone():  # nobody to send it to: no remux
+            self.counters["abandoned"] += 1
+            self.limit.release()
             return None
-        paths = [(self._safe(s.path), s.start_ms) for s in segs]
-        rels = [s.path for s in segs]
         tmpdir = os.path.join(self.data_dir, EXPORTS)
         os.makedirs(tmpdir, exist_ok=True)
         fd, out = tempfile.mkstemp(suffix=".mp4", dir=tmpdir)
         os.close(fd)
-        yield self.limit.acquire()
         self.reading.update(rels)
         try:
             from twisted.internet import threads
@@ -337,12 +355,19 @@ class ExportResource(resource.Resource):
         if grant["from_ms"] < 0 or grant["to_ms"] <= grant["from_ms"] \
                 or grant["to_ms"] - grant["from_ms"] > MAX_RANGE_MS:
             return self._refuse(request, 400, "bad time range")
-        d = self.exporter.make(grant["device"], grant["stream"], grant["from_ms"], grant["to_ms"])
+        if self.exporter.busy():
+            self.exporter.counters["busy"] += 1
+            request.setHeader(b"retry-after", b"10")
+            return self._refuse(request, 503, "too many exports at once, retry later")
+        d = self.exporter.make(grant["device"], grant["stream"], grant["from_ms"],
+                               grant["to_ms"], gone=lambda: request._disconnected)
         d.addCallback(self._send, request, grant)
         d.addErrback(self._failed, request)
         return server.NOT_DONE_YET
 
     def _send(self, path, request, grant):
+        if path is None and request._disconnected:
+            return
         if path is None:
             request.write(self._refuse(request, 404, "no recording in that range on this node"))
             request.finish()
