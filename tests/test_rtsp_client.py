@@ -238,6 +238,13 @@ class HeldPullTests(unittest.TestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.proto.stalled, "a keepalive went unanswered")
 
+    def test_garbage_from_the_server_ends_the_pull_without_raising(self):
+        self.set_up()
+        self.proto.play("npt=0-")
+        self.answer(self.next_request(), 200, [("Session", "42")])
+        self.proto.dataReceived(b"HELLO? \x00\xff garbage\r\n\r\n")
+        self.assertTrue(self.transport.disconnecting)
+
     def test_connection_lost_fails_a_pending_pause(self):
         self.set_up()
         failures = []

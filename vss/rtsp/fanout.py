@@ -250,7 +250,7 @@ class Source:
         self.no_readers_since = None
         if self._gop:
             at = getattr(reader, "deliver_at", None)
-            for wall, frame in zip(self._gop_at, list(self._gop), strict=True):
+            for wall, frame in list(zip(self._gop_at, self._gop, strict=True)):
                 if at is not None:
                     at(wall, frame)
                 else:
