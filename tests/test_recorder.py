@@ -598,6 +598,8 @@ class InProcessRecordingE2ETests(RecordingE2ETests):
     def test_h264_and_aac_in_process_exact_segments(self):
         final, out = yield self.record_and_read()
         self.assertEqual(final["frames_lost"], 0)
+        # the publisher (FFmpeg) sends RTCP sender reports: audio is placed by them
+        self.assertGreaterEqual(final["live"]["audio_by_reports"], len(out) - 1)
         self.assertEqual(final["frames"], sum(o[3] for o in out))
         for a, b in zip(out, out[1:], strict=False):
             self.assertEqual(a[0].end_ms, b[0].start_ms)
@@ -618,6 +620,9 @@ class InProcessRecordingE2ETests(RecordingE2ETests):
                 self.assertEqual([k[0] for k in row.keyframes], [0, 1000])
                 self.assertGreater(len(adts), 10)  # 8 kHz AAC: 128 ms a frame
                 self.assertLess(abs(adts[0]), 0.2)
+                # the first audio frame starts less than a frame after the first
+                # picture (the muxer writes the first sample at 0: read the second)
+                self.assertTrue(-0.01 < adts[1] - 0.128 < 0.138, adts[:3])
 
     @defer.inlineCallbacks
     def test_h265_in_process(self):
