@@ -687,6 +687,21 @@ class RemotePlaybackTests(unittest.TestCase):
                          what="node-a's playbacks to end")
 
     @defer.inlineCallbacks
+    def test_stopping_the_relaying_node_tears_its_relays_down_at_the_origin(self):
+        yield self.footage("cam-a")
+        alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-a", self.start),
+                                   timeout=30)).body.url
+        self.assert_on_node_b(url, "cam-a")
+        # node-a's SS holds the pull's RTSP session (set up, not playing yet)
+        yield wait_until(reactor, lambda: self.a.rtsp.sessions, timeout=10,
+                         what="node-b's pull to set up on node-a")
+        alice.link.abort()
+        yield self.p.stop_node("node-b")
+        yield wait_until(reactor, lambda: not self.a.rtsp.sessions, timeout=10,
+                         what="the pull's session on node-a to end")
+
+    @defer.inlineCallbacks
     def test_a_device_homed_on_b_recorded_on_a_plays_on_b_and_errors_name_the_node(self):
         segments, table = yield self.footage("cam-b")
         alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")

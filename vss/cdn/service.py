@@ -262,6 +262,18 @@ class CDNModule(service.Service):
                 call.cancel()
         self._stops.clear()
         super().stopService()
+        # the pulls (cameras, other nodes, relayed playbacks) end with the module: their
+        # origins see a TEARDOWN now rather than a connection that lingers in process
+        from vss.cdn.remote import RelayedPlayback
+
+        for path, origin in list(self.origins.items()):
+            try:
+                if origin[0] == "pull":
+                    origin[1].teardown()
+                elif origin[0] == "playback" and isinstance(origin[1], RelayedPlayback):
+                    origin[1].close()  # this node's own playbacks: close_all below
+            except Exception:  # noqa: BLE001 - stopping anyway
+                self.log.failure("cannot end {path}", path=path)
         if self.playback is not None:
             return self.playback.close_all()  # fires when its children have exited
         return None
