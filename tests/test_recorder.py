@@ -619,7 +619,6 @@ class InProcessRecordingE2ETests(RecordingE2ETests):
                 self.assertEqual(s.end_ms - s.start_ms, 2000)
                 self.assertEqual([k[0] for k in row.keyframes], [0, 1000])
                 self.assertGreater(len(adts), 10)  # 8 kHz AAC: 128 ms a frame
-                self.assertLess(abs(adts[0]), 0.2)
                 # the first audio frame starts less than a frame after the first
                 # picture (the muxer writes the first sample at 0: read the second)
                 self.assertTrue(-0.01 < adts[1] - 0.128 < 0.138, adts[:3])
