@@ -120,7 +120,35 @@ def _raw_open(path):
     return open(path, "wb", buffering=0)  # noqa: SIM115 - closed by the segment
 
 
-class _SegmentFile:
+class _PartFile:
+    """A segment being written to ``<final>.part`` through ``self.file`` by the MP4
+    muxer ``self.out``: sealed (fsync, keyframe scan, rename, directory fsync) or
+    abandoned (deleted)."""
+
+    def _seal(self):
+        """fsync, close, read the keyframe offsets, rename to the final name, fsync the
+        directory. Returns (bytes, keyframe offsets)."""
+        os.fsync(self.file.fileno())
+        self.file.close()
+        with open(self.part, "rb") as f:
+            info = scan_fmp4(f)
+        os.replace(self.part, self.final)
+        fsync_dir(os.path.dirname(self.final))
+        return info["size"], info["fragments"]
+
+    def abandon(self):
+        for step in (self.out.close, self.file.close):
+            try:
+                step()
+            except Exception:  # noqa: BLE001,S110 - the file is deleted anyway
+                pass
+        try:
+            os.unlink(self.part)
+        except FileNotFoundError:
+            pass
+
+
+class _SegmentFile(_PartFile):
     """One ``.part`` file being written by an MP4 muxer."""
 
     def __init__(self, final, start_ms, in_streams, base, opener):
@@ -154,24 +182,7 @@ class _SegmentFile:
     def close(self):
         """Finish, fsync, rename. Returns (bytes, keyframe offsets)."""
         self.out.close()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        with open(self.part, "rb") as f:
-            info = scan_fmp4(f)
-        os.replace(self.part, self.final)
-        fsync_dir(os.path.dirname(self.final))
-        return info["size"], info["fragments"]
-
-    def abandon(self):
-        for step in (self.out.close, self.file.close):
-            try:
-                step()
-            except Exception:  # noqa: BLE001,S110 - the file is deleted anyway
-                pass
-        try:
-            os.unlink(self.part)
-        except FileNotFoundError:
-            pass
+        return self._seal()
 
 
 def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: False,
@@ -370,7 +381,7 @@ def _probe(fmt, data):
     return streams[0]
 
 
-class _LiveSegment:
+class _LiveSegment(_PartFile):
     """One ``.part`` file written from depacketized access units by PyAV's MP4 muxer in
     the reactor thread (page-cache writes); ``sync`` (fsync, scan, rename) runs in a
     thread."""
@@ -436,28 +447,11 @@ class _LiveSegment:
         """In a thread: fsync, keyframe offsets, rename, directory fsync. Returns (bytes,
         keyframe offsets). A full disk deletes the ``.part`` and raises."""
         try:
-            os.fsync(self.file.fileno())
-            self.file.close()
-            with open(self.part, "rb") as f:
-                info = scan_fmp4(f)
-            os.replace(self.part, self.final)
-            fsync_dir(os.path.dirname(self.final))
+            return self._seal()
         except OSError as e:
             if e.errno in DISK_FULL:
                 self.abandon()
             raise
-        return info["size"], info["fragments"]
-
-    def abandon(self):
-        for step in (self.out.close, self.file.close):
-            try:
-                step()
-            except Exception:  # noqa: BLE001,S110 - the file is deleted anyway
-                pass
-        try:
-            os.unlink(self.part)
-        except FileNotFoundError:
-            pass
 
 
 class _LiveWriter:
