@@ -5,7 +5,6 @@ the platform's and marked ``dvr:<device>``), and played back (the PU publishes f
 asked time onto a path of the node's SS; PyAV decodes frames).
 """
 
-import os
 import time
 from io import StringIO
 
@@ -28,7 +27,6 @@ from vss.protocols.messages import (
 from vss.pu import dvr
 from vss.pu.device import SimulatedPU
 from vss.testing.platform import start_platform, verifier, wait_until
-from vss.testing.processes import Daemon, child_env, tool
 
 try:
     import av
@@ -112,28 +110,34 @@ def decode(url, count):
     return out
 
 
+@defer.inlineCallbacks
+def dvr_platform(testcase, home, nodes):
+    """A platform of ``nodes`` (started in that order) where alice may view ``dvr1``, a
+    real ``vss-pu --kind dvr`` (two days of footage) logged in to ``home``; fires with
+    the platform."""
+    if av is None:
+        raise unittest.SkipTest("PyAV is not installed")
+    p = yield start_platform(testcase)
+    store, change = p.cms.store, p.change
+    yield change(store.upsert_device("dvr1", "Shop DVR", int(PuKind.DVR), 1, home,
+                                     verifier("dvr1-s")))
+    yield change(store.upsert_user("alice", verifier("alice-pw"), []))
+    yield change(store.set_grant("user:alice", "dvr1", int(Action.VIEW)))
+    for node_id in nodes:
+        yield p.start_node(node_id)
+    yield p.start_pu(home, "dvr1", "dvr1-s",
+                     ["--kind", "dvr", "--channels", "1", "--dvr-days", "2"],
+                     what="the DVR to log in")
+    return p
+
+
 class DvrTests(unittest.TestCase):
     timeout = 90
 
     @defer.inlineCallbacks
     def setUp(self):
-        if av is None:
-            raise unittest.SkipTest("PyAV is not installed")
-        self.p = yield start_platform(self)
-        store, change = self.p.cms.store, self.p.change
-        yield change(store.upsert_device("dvr1", "Shop DVR", int(PuKind.DVR), 1, "node-b",
-                                         verifier("dvr1-s")))
-        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
-        yield change(store.set_grant("user:alice", "dvr1", int(Action.VIEW)))
-        self.node = yield self.p.start_node("node-b")
-        pu = Daemon(reactor, [tool("vss-pu"), "--node",
-                              f"tcp:127.0.0.1:{self.p.port('node-b', 'pu')}", "--id", "dvr1",
-                              "--kind", "dvr", "--channels", "1", "--dvr-days", "2"],
-                    os.path.join(self.p.workdir, "pu.log"),
-                    env=child_env(VSS_PU_SECRET="dvr1-s"))
-        self.addCleanup(pu.stop)
-        yield wait_until(reactor, lambda: "dvr1" in self.node.rgm.pu_links, timeout=30,
-                         what="the DVR to log in")
+        self.p = yield dvr_platform(self, "node-b", ["node-b"])
+        self.node = self.p.nodes["node-b"]
 
     @defer.inlineCallbacks
     def test_a_dvr_lists_its_footage_with_gaps_and_plays_it_back(self):

@@ -22,6 +22,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from tests.test_dvr import dvr_platform
 from tests.test_playback import (
     FRAME_MS,
     GOP_MS,
@@ -50,7 +51,6 @@ from vss.protocols.messages import (
     Role,
 )
 from vss.testing.platform import start_platform, verifier, wait_until
-from vss.testing.processes import Daemon, child_env, tool
 
 try:
     import av
@@ -580,41 +580,63 @@ def clock_range(ms):
     return f"clock={at:%Y%m%dT%H%M%S}.{at.microsecond // 1000:03d}Z-"
 
 
+@defer.inlineCallbacks
+def two_node_platform(testcase, devices, users=("alice",)):
+    """node-a and node-b of a platform holding ``devices`` ((id, name, home node,
+    secret)), all viewable by alice, and ``users`` (password NAME-pw); fires with it."""
+    if av is None:
+        raise unittest.SkipTest("PyAV is not installed")
+    p = yield start_platform(testcase)
+    store, change = p.cms.store, p.change
+    for device, name, home, secret in devices:
+        yield change(store.upsert_device(device, name, 1, 1, home, verifier(secret)))
+    for user in users:
+        yield change(store.upsert_user(user, verifier(f"{user}-pw"), []))
+    for device, *_ in devices:
+        yield change(store.set_grant("user:alice", device, int(Action.VIEW)))
+    for node_id in ("node-a", "node-b"):
+        yield p.start_node(node_id)
+    return p
+
+
+@defer.inlineCallbacks
+def add_footage(node, device, start):
+    """Two 4 s segments of ``device`` from ``start`` (ms) in ``node``'s catalogue; fires
+    with (segments, {frame hash: wall ms})."""
+    data = node.settings.data_dir
+    segments = yield threads.deferToThread(write_gop_footage, data, device, start)
+    for seg in segments:
+        yield node.recorder.catalogue.add(seg)
+    table = yield threads.deferToThread(
+        index_segments, [(os.path.join(data, s.path), s.start_ms) for s in segments])
+    return segments, table
+
+
+def assert_on_node_b(testcase, p, url, device, name="pb-"):
+    """``url`` plays ``device`` from node-b's SS, on a playback path, with a token."""
+    port = p.port("node-b", "rtsp")
+    testcase.assertRegex(url, rf"^rtsp://127\.0\.0\.1:{port}/live/{device}/{name}[0-9a-f]{{16}}"
+                              r"\?token=")
+
+
 class RemotePlaybackTests(unittest.TestCase):
     timeout = 180
 
     @defer.inlineCallbacks
     def setUp(self):
-        if av is None:
-            raise unittest.SkipTest("PyAV is not installed")
-        self.p = yield start_platform(self)
-        store, change = self.p.cms.store, self.p.change
         # cam-a is homed on node-a, cam-b on node-b; footage of both is on node-a only
-        yield change(store.upsert_device("cam-a", "Gate A", 1, 1, "node-a", verifier("a-s")))
-        yield change(store.upsert_device("cam-b", "Gate B", 1, 1, "node-b", verifier("b-s")))
-        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
-        yield change(store.upsert_user("bob", verifier("bob-pw"), []))
-        for device in ("cam-a", "cam-b"):
-            yield change(store.set_grant("user:alice", device, int(Action.VIEW)))
-        self.a = yield self.p.start_node("node-a")
-        self.b = yield self.p.start_node("node-b")
+        self.p = yield two_node_platform(
+            self, [("cam-a", "Gate A", "node-a", "a-s"), ("cam-b", "Gate B", "node-b", "b-s")],
+            users=("alice", "bob"))
+        self.a, self.b = self.p.nodes["node-a"], self.p.nodes["node-b"]
         self.start = (int(reactor.seconds()) - 900) * 1000
 
-    @defer.inlineCallbacks
     def footage(self, device):
         """Two 4 s segments of ``device`` in node-a's catalogue; {frame hash: wall ms}."""
-        data = self.a.settings.data_dir
-        segments = yield threads.deferToThread(write_gop_footage, data, device, self.start)
-        for seg in segments:
-            yield self.a.recorder.catalogue.add(seg)
-        table = yield threads.deferToThread(
-            index_segments, [(os.path.join(data, s.path), s.start_ms) for s in segments])
-        return segments, table
+        return add_footage(self.a, device, self.start)
 
     def assert_on_node_b(self, url, device):
-        port = self.p.port("node-b", "rtsp")
-        self.assertRegex(url, rf"^rtsp://127\.0\.0\.1:{port}/live/{device}/pb-[0-9a-f]{{16}}"
-                              r"\?token=")
+        assert_on_node_b(self, self.p, url, device)
 
     @defer.inlineCallbacks
     def test_footage_of_node_a_plays_seeks_and_pauses_through_node_b(self):
@@ -764,23 +786,13 @@ class ArchiveNodeTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        if av is None:
-            raise unittest.SkipTest("PyAV is not installed")
-        self.p = yield start_platform(self)
-        store, change = self.p.cms.store, self.p.change
-        yield change(store.upsert_device("cam-m", "Moved", 1, 1, "node-a", verifier("m-s")))
-        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
-        yield change(store.set_grant("user:alice", "cam-m", int(Action.VIEW)))
-        self.a = yield self.p.start_node("node-a")
-        self.b = yield self.p.start_node("node-b")
+        self.p = yield two_node_platform(self, [("cam-m", "Moved", "node-a", "m-s")])
+        self.a, self.b = self.p.nodes["node-a"], self.p.nodes["node-b"]
         self.start = (int(reactor.seconds()) - 900) * 1000
-        data = self.a.settings.data_dir
-        segments = yield threads.deferToThread(write_gop_footage, data, "cam-m", self.start)
-        for seg in segments:  # recorded while cam-m was homed on node-a
-            yield self.a.recorder.catalogue.add(seg)
-        self.table = yield threads.deferToThread(
-            index_segments, [(os.path.join(data, s.path), s.start_ms) for s in segments])
-        changes = yield change(store.update_device_fields("cam-m", home_node="node-b"))
+        # recorded while cam-m was homed on node-a
+        _, self.table = yield add_footage(self.a, "cam-m", self.start)
+        changes = yield self.p.change(
+            self.p.cms.store.update_device_fields("cam-m", home_node="node-b"))
         for node in (self.a, self.b):
             yield wait_until(reactor, lambda n=node: n.central.applier.applied_seq
                              >= changes[-1].seq, what="the move to reach the nodes")
@@ -790,9 +802,7 @@ class ArchiveNodeTests(unittest.TestCase):
         """MEDIA_OPEN on node-b, then PyAV on its URL: the wall times of 3 frames."""
         url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-m", asked),
                                    timeout=30)).body.url
-        port = self.p.port("node-b", "rtsp")
-        self.assertRegex(url, rf"^rtsp://127\.0\.0\.1:{port}/live/cam-m/pb-[0-9a-f]{{16}}"
-                              r"\?token=")
+        assert_on_node_b(self, self.p, url, "cam-m")
         keys, _ = yield threads.deferToThread(play, url, 3)
         return [self.table.get(k) for k in keys]
 
@@ -844,24 +854,8 @@ class RemoteDvrTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        if av is None:
-            raise unittest.SkipTest("PyAV is not installed")
-        self.p = yield start_platform(self)
-        store, change = self.p.cms.store, self.p.change
-        yield change(store.upsert_device("dvr1", "Shop DVR", int(PuKind.DVR), 1, "node-a",
-                                         verifier("dvr1-s")))
-        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
-        yield change(store.set_grant("user:alice", "dvr1", int(Action.VIEW)))
-        self.a = yield self.p.start_node("node-a")
-        self.b = yield self.p.start_node("node-b")
-        pu = Daemon(reactor, [tool("vss-pu"), "--node",
-                              f"tcp:127.0.0.1:{self.p.port('node-a', 'pu')}", "--id", "dvr1",
-                              "--kind", "dvr", "--channels", "1", "--dvr-days", "2"],
-                    os.path.join(self.p.workdir, "pu.log"),
-                    env=child_env(VSS_PU_SECRET="dvr1-s"))
-        self.addCleanup(pu.stop)
-        yield wait_until(reactor, lambda: "dvr1" in self.a.rgm.pu_links, timeout=30,
-                         what="the DVR to log in")
+        self.p = yield dvr_platform(self, "node-a", ["node-a", "node-b"])
+        self.a, self.b = self.p.nodes["node-a"], self.p.nodes["node-b"]
 
     @defer.inlineCallbacks
     def test_a_dvr_homed_on_a_plays_back_to_a_cu_of_b(self):
@@ -880,9 +874,7 @@ class RemoteDvrTests(unittest.TestCase):
         url = (yield alice.request(MsgType.MEDIA_OPEN,
                                    open_playback("dvr1", (seg.start + seg.end) // 2),
                                    timeout=30)).body.url
-        port = self.p.port("node-b", "rtsp")
-        self.assertRegex(url, rf"^rtsp://127\.0\.0\.1:{port}/live/dvr1/pb-dvr-[0-9a-f]{{16}}"
-                              r"\?token=")
+        assert_on_node_b(self, self.p, url, "dvr1", name="pb-dvr-")
         frames = yield threads.deferToThread(decode, url, 10)
         self.assertEqual(frames, [(640, 360)] * 10)
         self.assertEqual(self.a.cdn.counters["dvr_playbacks"], 1)

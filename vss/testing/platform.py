@@ -14,6 +14,7 @@ from vss.config import NodeSettings
 from vss.node import NodeService
 from vss.protocols.messages import CuKind, Role
 from vss.protocols.scram import make_verifier
+from vss.testing.processes import Daemon, child_env, tool
 
 
 def verifier(secret):
@@ -54,6 +55,7 @@ class Platform:
         self.cms = None
         self.nodes = {}
         self.clients = []
+        self.pus = []
 
     @defer.inlineCallbacks
     def start_cms(self, port=0):
@@ -127,7 +129,25 @@ class Platform:
         return client
 
     @defer.inlineCallbacks
+    def start_pu(self, node_id, device_id, secret, extra=(), what="the PU to log in"):
+        """A real ``vss-pu`` process logged in to ``node_id`` as ``device_id`` (its output
+        in ``WORKDIR/pu-DEVICE.log``); fires with its Daemon once the node has it. It is
+        stopped with the platform, before the nodes."""
+        pu = Daemon(self.reactor, [tool("vss-pu"), "--node",
+                                   f"tcp:127.0.0.1:{self.port(node_id, 'pu')}",
+                                   "--id", device_id, *extra],
+                    os.path.join(self.workdir, f"pu-{device_id}.log"),
+                    env=child_env(VSS_PU_SECRET=secret))
+        self.pus.append(pu)
+        node = self.nodes[node_id]
+        yield wait_until(self.reactor, lambda: device_id in node.rgm.pu_links, timeout=30,
+                         what=what)
+        return pu
+
+    @defer.inlineCallbacks
     def stop(self):
+        for pu in reversed(self.pus):
+            yield pu.stop()
         for c in self.clients:
             if c.link is not None:
                 c.link.abort()
