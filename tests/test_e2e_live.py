@@ -14,7 +14,6 @@ from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
 from vss.testing.platform import start_platform, verifier, wait_until
-from vss.testing.processes import Daemon, child_env, tool
 
 try:
     import av
@@ -57,12 +56,7 @@ class LiveVideoTests(unittest.TestCase):
         yield change(store.set_grant("user:bob", "cam-x", int(Action.VIEW)))
         self.node_a = yield self.p.start_node("node-a")
         self.node_b = yield self.p.start_node("node-b")
-        pu = Daemon(reactor, [tool("vss-pu"), "--node",
-                              f"tcp:127.0.0.1:{self.p.port('node-b', 'pu')}", "--id", "cam-b"],
-                    os.path.join(self.work, "pu.log"), env=child_env(VSS_PU_SECRET="cam-b-s"))
-        self.addCleanup(pu.stop)
-        yield wait_until(reactor, lambda: "cam-b" in self.node_b.rgm.pu_links, timeout=30,
-                         what="the PU to log in")
+        yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
 
     @defer.inlineCallbacks
     def test_live_video_on_the_home_node_and_through_another_node(self):

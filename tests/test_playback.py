@@ -22,7 +22,6 @@ from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
 from vss.testing.platform import start_platform, verifier, wait_until
-from vss.testing.processes import Daemon, child_env, tool
 
 try:
     import av
@@ -262,12 +261,7 @@ class PlaybackTests(unittest.TestCase):
         yield change(store.set_grant("user:alice", "cam-x", int(Action.VIEW)))
         yield change(store.set_grant("user:bob", "cam-x", int(Action.VIEW)))
         self.node = yield self.p.start_node("node-b")
-        pu = Daemon(reactor, [tool("vss-pu"), "--node",
-                              f"tcp:127.0.0.1:{self.p.port('node-b', 'pu')}", "--id", "cam-b"],
-                    os.path.join(self.work, "pu.log"), env=child_env(VSS_PU_SECRET="cam-b-s"))
-        self.addCleanup(pu.stop)
-        yield wait_until(reactor, lambda: "cam-b" in self.node.rgm.pu_links, timeout=30,
-                         what="the PU to log in")
+        yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
 
     @defer.inlineCallbacks
     def record(self, seconds, segment_seconds=4):

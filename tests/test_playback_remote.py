@@ -615,8 +615,8 @@ def add_footage(node, device, start):
 def assert_on_node_b(testcase, p, url, device, name="pb-"):
     """``url`` plays ``device`` from node-b's SS, on a playback path, with a token."""
     port = p.port("node-b", "rtsp")
-    testcase.assertRegex(url, rf"^rtsp://127\.0\.0\.1:{port}/live/{device}/{name}[0-9a-f]{{16}}"
-                              r"\?token=")
+    testcase.assertRegex(
+        url, rf"^rtsp://127\.0\.0\.1:{port}/live/{device}/{name}[0-9a-f]{{16}}\?token=")
 
 
 class RemotePlaybackTests(unittest.TestCase):

@@ -37,7 +37,7 @@ from vss.protocols.messages import (
 from vss.rgm.record_settings import RecordSettingsSync
 from vss.rgm.recording import ChannelSettings
 from vss.testing.platform import Platform, verifier, wait_until
-from vss.testing.processes import Daemon, child_env, run_tool, tool
+from vss.testing.processes import child_env, run_tool
 
 try:
     import av
@@ -539,12 +539,7 @@ class CatalogueAcrossNodesTests(unittest.TestCase):
             self.cms.publish(changes)
         self.node_a = yield self.p.start_node("node-a")
         self.node_b = yield self.p.start_node("node-b")
-        pu = Daemon(reactor, [tool("vss-pu"), "--node",
-                              f"tcp:127.0.0.1:{self.p.port('node-b', 'pu')}", "--id", "cam-b"],
-                    os.path.join(self.work, "pu.log"), env=child_env(VSS_PU_SECRET="cam-b-s"))
-        self.addCleanup(pu.stop)
-        yield wait_until(reactor, lambda: "cam-b" in self.node_b.rgm.pu_links, timeout=30,
-                         what="the PU to log in")
+        yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
 
     @defer.inlineCallbacks
     def set_mode(self, mode, segment=2):

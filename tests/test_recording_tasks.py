@@ -609,20 +609,13 @@ class PreEventNodeTests(unittest.TestCase):
         from twisted.internet import reactor
 
         from vss.testing.platform import start_platform, verifier, wait_until
-        from vss.testing.processes import Daemon, child_env, tool
 
         self.reactor, self.wait_until = reactor, wait_until
         self.p = yield start_platform(self)
         yield self.p.change(self.p.cms.store.upsert_device(
             "cam-b", "Gate B", 1, 1, "node-b", verifier("cam-b-s")))
         self.node = yield self.p.start_node("node-b")
-        pu = Daemon(reactor, [tool("vss-pu"), "--node",
-                              f"tcp:127.0.0.1:{self.p.port('node-b', 'pu')}", "--id", "cam-b"],
-                    os.path.join(self.p.workdir, "pu.log"),
-                    env=child_env(VSS_PU_SECRET="cam-b-s"))
-        self.addCleanup(pu.stop)
-        yield wait_until(reactor, lambda: "cam-b" in self.node.rgm.pu_links, timeout=30,
-                         what="the PU to log in")
+        yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
 
     @defer.inlineCallbacks
     def test_an_event_records_from_pre_event_seconds_before_it(self):
