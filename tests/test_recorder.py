@@ -199,6 +199,36 @@ def read_segment(path):
         return duration, frames, vdts, adts
 
 
+def disk_that_fills(limit):
+    """An ``opener`` of segment files on a disk that fills up after ``limit`` bytes, all
+    the files it opened counted together."""
+    written = [0]
+
+    class Full(io.RawIOBase):
+        """A file on that disk."""
+
+        def __init__(self, path):
+            self.f = open(path, "wb", buffering=0)  # noqa: SIM115
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            if written[0] + len(b) > limit:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written[0] += len(b)
+            return self.f.write(b)
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def close(self):
+            self.f.close()
+            super().close()
+
+    return Full
+
+
 class WriterTests(unittest.TestCase):
     """The child's segment writer, in a thread, from a local file."""
 
@@ -215,32 +245,9 @@ class WriterTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_disk_full_stops_new_segments_and_keeps_closed_ones(self):
         events = []
-        written = [0]
-
-        class Full(io.RawIOBase):
-            """A file on a disk that fills up after 120 kB."""
-
-            def __init__(self, path):
-                self.f = open(path, "wb", buffering=0)  # noqa: SIM115
-
-            def writable(self):
-                return True
-
-            def write(self, b):
-                if written[0] + len(b) > 120_000:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                written[0] += len(b)
-                return self.f.write(b)
-
-            def fileno(self):
-                return self.f.fileno()
-
-            def close(self):
-                self.f.close()
-                super().close()
-
         code = yield threads.deferToThread(record, self.input, self.dir, "recordings/c/main",
-                                           2, events.append, opener=Full, wall=WALL)
+                                           2, events.append, opener=disk_that_fills(120_000),
+                                           wall=WALL)
         self.assertEqual(code, EXIT_DISK_FULL)
         kinds = [e["event"] for e in events]
         self.assertEqual(kinds[-1], "disk_full")
@@ -693,31 +700,7 @@ class InProcessRecordingE2ETests(RecordingE2ETests):
 
     @defer.inlineCallbacks
     def test_disk_full_raises_the_alarm_and_keeps_closed_segments(self):
-        written = [0]
-
-        class Full(io.RawIOBase):
-            """A file on a disk that fills up after 300 kB."""
-
-            def __init__(self, path):
-                self.f = open(path, "wb", buffering=0)  # noqa: SIM115
-
-            def writable(self):
-                return True
-
-            def write(self, b):
-                if written[0] + len(b) > 300_000:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                written[0] += len(b)
-                return self.f.write(b)
-
-            def fileno(self):
-                return self.f.fileno()
-
-            def close(self):
-                self.f.close()
-                super().close()
-
-        self.recorder = self.make_recorder(opener=Full)
+        self.recorder = self.make_recorder(opener=disk_that_fills(300_000))
         self.addCleanup(self.recorder.close)
         yield self.recorder.open()
         yield self.publish(self.factory, audio=False)
