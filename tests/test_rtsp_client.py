@@ -32,7 +32,20 @@ class Sink:
         self.flushes += 1
 
 
-class ClientTests(unittest.TestCase):
+class ScriptedCamera:
+    """The camera's side of the conversation: the client's requests from
+    ``self.transport`` (parsed by ``self.requests``), answers fed to ``self.proto``."""
+
+    def next_request(self):
+        [req] = self.requests.feed(self.transport.value())
+        self.transport.clear()
+        return req
+
+    def answer(self, req, status=200, headers=(), body=b""):
+        self.proto.dataReceived(build_response(status, [("CSeq", req.cseq), *headers], body))
+
+
+class ClientTests(ScriptedCamera, unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.sinks = []
@@ -50,14 +63,6 @@ class ClientTests(unittest.TestCase):
     def make_sink(self, sdp):
         self.sinks.append(Sink(sdp))
         return self.sinks[-1]
-
-    def next_request(self):
-        [req] = self.requests.feed(self.transport.value())
-        self.transport.clear()
-        return req
-
-    def answer(self, req, status=200, headers=(), body=b""):
-        self.proto.dataReceived(build_response(status, [("CSeq", req.cseq), *headers], body))
 
     def test_digest_handshake_and_media(self):
         req = self.next_request()
@@ -122,7 +127,7 @@ class ClientTests(unittest.TestCase):
         self.assertTrue(self.transport.disconnecting)
 
 
-class HeldPullTests(unittest.TestCase):
+class HeldPullTests(ScriptedCamera, unittest.TestCase):
     """``play=False``: set up only; PLAY with a Range and PAUSE when the caller says."""
 
     def setUp(self):
@@ -138,14 +143,6 @@ class HeldPullTests(unittest.TestCase):
         if not self.proto.finished.called:
             self.proto.connectionLost(connectionDone)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def next_request(self):
-        [req] = self.requests.feed(self.transport.value())
-        self.transport.clear()
-        return req
-
-    def answer(self, req, status=200, headers=(), body=b""):
-        self.proto.dataReceived(build_response(status, [("CSeq", req.cseq), *headers], body))
 
     def set_up(self):
         self.answer(self.next_request(), 200, [("Public", "OPTIONS, DESCRIBE, SETUP, PLAY, "
