@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from vss.protocols.messages import Action
 from vss.testing import records
 from vss.testing.central import MemoryCentral
-from vss.testing.processes import Daemon, child_env, run_tool, start_node, tool
+from vss.testing.processes import start_node, start_pu, vssctl
 from vss.tls import make_ca_and_cert
 
 ALL = int(Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD)
@@ -61,16 +61,12 @@ class NodeEndToEnd(unittest.TestCase):
         return f"{self.client_prefix}:{self.ports[name]}{self.client_suffix}"
 
     def start_pu(self, device_id, secret, extra=()):
-        pu = Daemon(reactor, [tool("vss-pu"), "--node", self.endpoint("pu"), "--id", device_id,
-                              *extra],
-                    os.path.join(self.work, f"pu-{device_id}.log"),
-                    env=child_env(VSS_PU_SECRET=secret))
+        pu = start_pu(reactor, self.work, self.endpoint("pu"), device_id, secret, extra)
         self.addCleanup(pu.stop)
         return pu
 
     def ctl(self, *args, user="alice", password="alice-pw"):
-        env = child_env(VSS_NODE=self.endpoint("cu"), VSS_USER=user, VSS_PASSWORD=password)
-        return run_tool("vssctl", list(args), env=env)
+        return vssctl(self.endpoint("cu"), args, user, password)
 
     @defer.inlineCallbacks
     def wait_online(self, device_id, online=True, timeout=30):

@@ -16,28 +16,26 @@ S406 RGM-N answers back; S407 the CU gets the answer. With the route cached, S40
 are skipped: the node talks to RGM-N directly.
 """
 
+import functools
 import json
 import os
 import signal
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
 from vss.protocols.messages import Action
-from vss.testing import records
+from vss.testing import processes, records
 from vss.testing.processes import (
-    Daemon,
-    child_env,
     cms_db_path,
-    node_cms_args,
     read_status,
-    run_tool,
     seed_cms_db,
     start_cms,
-    start_node,
-    tool,
+    start_cms_node,
+    start_pu,
+    vssctl,
 )
 
 ALL = int(Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD)
@@ -47,15 +45,7 @@ DEVICES = {"cam-a": "node-a", "cam-b": "node-b", "cam-c": "node-c"}
 FAST = 2000  # PBKDF2 iterations of the test identities (the default is slow by design)
 
 
-@defer.inlineCallbacks
-def poll(what, check, timeout=20.0, interval=0.1):
-    """Call ``check`` (may return a Deferred) until it returns something true."""
-    for _ in range(int(timeout / interval)):
-        result = yield defer.maybeDeferred(check)
-        if result:
-            return result
-        yield task.deferLater(reactor, interval, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
+poll = functools.partial(processes.poll, timeout=20.0)
 
 
 class PlatformEndToEnd(unittest.TestCase):
@@ -87,9 +77,7 @@ class PlatformEndToEnd(unittest.TestCase):
 
     @defer.inlineCallbacks
     def start_node(self, node_id):
-        daemon, ports = yield start_node(reactor, self.work, node_id,
-                                         ["--keepalive", "2", "--request-timeout", "5",
-                                          *node_cms_args(self.work, self.cms_ports)])
+        daemon, ports = yield start_cms_node(reactor, self.work, node_id, self.cms_ports)
         self.nodes[node_id], self.ports[node_id] = daemon, ports
         self.addCleanup(daemon.stop)
         # Registered and synchronised: the link is up and the static data applied.
@@ -98,18 +86,14 @@ class PlatformEndToEnd(unittest.TestCase):
 
     def start_pu(self, device_id):
         node = DEVICES[device_id]
-        pu = Daemon(reactor, [tool("vss-pu"), "--node",
-                              f"tcp:127.0.0.1:{self.ports[node]['pu']}", "--id", device_id],
-                    os.path.join(self.work, f"pu-{device_id}.log"),
-                    env=child_env(VSS_PU_SECRET=f"{device_id}-secret"))
+        pu = start_pu(reactor, self.work, f"tcp:127.0.0.1:{self.ports[node]['pu']}", device_id,
+                      f"{device_id}-secret")
         self.pus[device_id] = pu
         self.addCleanup(pu.stop)
         return pu
 
     def ctl(self, node_id, *args, user="alice", password="alice-pw"):
-        env = child_env(VSS_NODE=f"tcp:127.0.0.1:{self.ports[node_id]['cu']}", VSS_USER=user,
-                        VSS_PASSWORD=password)
-        return run_tool("vssctl", list(args), env=env)
+        return vssctl(f"tcp:127.0.0.1:{self.ports[node_id]['cu']}", args, user, password)
 
     @defer.inlineCallbacks
     def devices(self, node_id):

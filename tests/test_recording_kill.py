@@ -18,29 +18,29 @@ repairs its catalogue; then:
 - every segment decodes with PyAV from its first to its last frame.
 """
 
+import functools
 import json
 import os
 import shutil
 import signal
 import sqlite3
 
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from vss.cdn.catalogue import DB_NAME, scan_fmp4
 from vss.protocols.messages import Action
-from vss.testing import records
+from vss.testing import processes, records
 from vss.testing.processes import (
-    Daemon,
     child_env,
     cms_db_path,
-    node_cms_args,
     read_status,
     run_tool,
     seed_cms_db,
     start_cms,
-    start_node,
-    tool,
+    start_cms_node,
+    start_pu,
+    vssctl,
 )
 
 try:
@@ -54,14 +54,7 @@ FAST = 2000
 NODE, DEVICE = "node-k", "cam-k"
 
 
-@defer.inlineCallbacks
-def poll(what, check, timeout=60.0, interval=0.2):
-    for _ in range(int(timeout / interval)):
-        result = yield defer.maybeDeferred(check)
-        if result:
-            return result
-        yield task.deferLater(reactor, interval, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
+poll = functools.partial(processes.poll, timeout=60.0, interval=0.2)
 
 
 def descendants(pid):
@@ -123,9 +116,7 @@ class KillRecordingNodeTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def start_node(self):
-        self.node, self.ports = yield start_node(
-            reactor, self.work, NODE, ["--keepalive", "2", "--request-timeout", "5",
-                                       *node_cms_args(self.work, self.cms_ports)])
+        self.node, self.ports = yield start_cms_node(reactor, self.work, NODE, self.cms_ports)
         self.daemons.append(self.node)
         yield poll("the node to synchronise", lambda: (
             (read_status(self.work, NODE) or {}).get("central", {}).get("connected")))
@@ -154,9 +145,8 @@ class KillRecordingNodeTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_kill_9_mid_segment_keeps_every_closed_segment_and_repairs_the_open_one(self):
-        pu = Daemon(reactor, [tool("vss-pu"), "--node", f"tcp:127.0.0.1:{self.ports['pu']}",
-                              "--id", DEVICE], os.path.join(self.work, "pu.log"),
-                    env=child_env(VSS_PU_SECRET="cam-k-secret"))
+        pu = start_pu(reactor, self.work, f"tcp:127.0.0.1:{self.ports['pu']}", DEVICE,
+                      "cam-k-secret")
         self.addCleanup(pu.stop)
         yield poll("the camera to log in", lambda: "1/1 PUs online" in pu.output())
         out, err, code = yield self.admin("record-settings", "set", DEVICE, "--mode",
@@ -222,10 +212,9 @@ class KillRecordingNodeTests(unittest.TestCase):
         self.assertEqual({r[0]: r[1] for r in rows}, after)
 
         # a user's listing shows the same segments
-        env = child_env(VSS_NODE=f"tcp:127.0.0.1:{self.ports['cu']}", VSS_USER="alice",
-                        VSS_PASSWORD="alice-pw")
-        out, err, code = yield run_tool("vssctl", ["--json", "recordings", DEVICE, "--from",
-                                                   "-1h"], env=env)
+        out, err, code = yield vssctl(f"tcp:127.0.0.1:{self.ports['cu']}",
+                                      ["--json", "recordings", DEVICE, "--from", "-1h"],
+                                      "alice", "alice-pw")
         self.assertEqual(code, 0, out + err)
         listing = json.loads(out)
         self.assertEqual([(s["start"], s["end"], s["bytes"], s["node_id"])

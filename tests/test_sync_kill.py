@@ -31,14 +31,13 @@ from vss.cms.store import make_static_store
 from vss.protocols.messages import KV, Action, ChangeKind, Entity, MsgType, Role, StateChange
 from vss.testing import records
 from vss.testing.processes import (
-    child_env,
     cms_db_path,
-    node_cms_args,
+    poll,
     read_status,
-    run_tool,
     seed_cms_db,
     start_cms,
-    start_node,
+    start_cms_node,
+    vssctl,
 )
 
 ALL = int(Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD)
@@ -49,16 +48,6 @@ PU_DEVICES = {"pu-a1": "node-a", "pu-a2": "node-a", "pu-b1": "node-b", "pu-b2": 
 NODES = ("node-a", "node-b")
 # A PU change sent this long before its node is killed was taken in (outbox fsynced).
 SETTLE = 0.5
-
-
-@defer.inlineCallbacks
-def poll(what, check, timeout=30.0, interval=0.1):
-    for _ in range(int(timeout / interval)):
-        result = yield defer.maybeDeferred(check)
-        if result:
-            return result
-        yield task.deferLater(reactor, interval, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sleep(seconds):
@@ -115,9 +104,7 @@ class KillDuringSyncTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def start_node(self, node_id, wait=True):
-        daemon, ports = yield start_node(reactor, self.work, node_id,
-                                         ["--keepalive", "2", "--request-timeout", "5",
-                                          *node_cms_args(self.work, self.cms_ports)])
+        daemon, ports = yield start_cms_node(reactor, self.work, node_id, self.cms_ports)
         self.daemons.append(daemon)
         self.nodes[node_id], self.ports[node_id] = daemon, ports
         if wait:
@@ -130,14 +117,7 @@ class KillDuringSyncTests(unittest.TestCase):
     @defer.inlineCallbacks
     def kill(self, daemon):
         """SIGKILL, and wait for the process to be gone."""
-        ended = daemon.proto.ended
-        if not ended.called:
-            d = defer.Deferred()
-            ended.addBoth(lambda r: (d.callback(r), r)[1])
-            daemon.signal(signal.SIGKILL)
-            code = yield d
-        else:
-            code = daemon.proto.exit_code
+        code = yield daemon.stop(signal.SIGKILL)
         self.assertNotEqual(code, 0)
 
     @defer.inlineCallbacks
@@ -241,9 +221,8 @@ class KillDuringSyncTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def node_devices(self, node_id):
-        env = child_env(VSS_NODE=f"tcp:127.0.0.1:{self.ports[node_id]['cu']}",
-                        VSS_USER="alice", VSS_PASSWORD="alice-pw")
-        out, err, code = yield run_tool("vssctl", ["--json", "devices"], env=env)
+        out, err, code = yield vssctl(f"tcp:127.0.0.1:{self.ports[node_id]['cu']}",
+                                      ["--json", "devices"], "alice", "alice-pw")
         self.assertEqual(code, 0, err)
         return {d["device_id"]: (d["name"], d["node_id"]) for d in json.loads(out)["devices"]}
 

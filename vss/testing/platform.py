@@ -14,7 +14,7 @@ from vss.config import NodeSettings
 from vss.node import NodeService
 from vss.protocols.messages import CuKind, Role
 from vss.protocols.scram import make_verifier
-from vss.testing.processes import Daemon, child_env, tool
+from vss.testing.processes import start_pu
 
 
 def verifier(secret):
@@ -133,11 +133,8 @@ class Platform:
         """A real ``vss-pu`` process logged in to ``node_id`` as ``device_id`` (its output
         in ``WORKDIR/pu-DEVICE.log``); fires with its Daemon once the node has it. It is
         stopped with the platform, before the nodes."""
-        pu = Daemon(self.reactor, [tool("vss-pu"), "--node",
-                                   f"tcp:127.0.0.1:{self.port(node_id, 'pu')}",
-                                   "--id", device_id, *extra],
-                    os.path.join(self.workdir, f"pu-{device_id}.log"),
-                    env=child_env(VSS_PU_SECRET=secret))
+        pu = start_pu(self.reactor, self.workdir, f"tcp:127.0.0.1:{self.port(node_id, 'pu')}",
+                      device_id, secret, extra)
         self.pus.append(pu)
         node = self.nodes[node_id]
         yield wait_until(self.reactor, lambda: device_id in node.rgm.pu_links, timeout=30,

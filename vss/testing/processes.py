@@ -85,6 +85,20 @@ class Daemon:
 
 
 @defer.inlineCallbacks
+def poll(what, check, timeout=30.0, interval=0.1, reactor=None):
+    """Call ``check`` (it may return a Deferred) every ``interval`` seconds until it
+    returns something true, and fire with that; fail naming ``what`` after ``timeout``."""
+    if reactor is None:
+        from twisted.internet import reactor
+    for _ in range(int(timeout / interval)):
+        result = yield defer.maybeDeferred(check)
+        if result:
+            return result
+        yield task.deferLater(reactor, interval, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@defer.inlineCallbacks
 def wait_for_file(reactor, path, timeout=30.0, proc=None):
     """Poll for a file to exist (a daemon writes it when ready)."""
     waited = 0.0
@@ -120,10 +134,25 @@ def start_node(reactor, workdir, node_id, extra=(), env=None):
     return d, ports
 
 
+def start_pu(reactor, workdir, node, device_id, secret, extra=()):
+    """A simulated camera, ``vss-pu``, logging in as ``device_id`` to the node at the
+    client endpoint ``node``, its output in ``WORKDIR/pu-DEVICE.log``."""
+    return Daemon(reactor, [tool("vss-pu"), "--node", node, "--id", device_id, *extra],
+                  os.path.join(workdir, f"pu-{device_id}.log"),
+                  env=child_env(VSS_PU_SECRET=secret))
+
+
 def run_tool(name, args, env=None, cwd=None):
     """Run a command-line tool; fires with (stdout, stderr, exit code) as text."""
     d = getProcessOutputAndValue(tool(name), args, env=env or child_env(), path=cwd)
     return d.addCallback(lambda r: (r[0].decode(), r[1].decode(), r[2]))
+
+
+def vssctl(node, args, user, password):
+    """``vssctl ARGS`` as ``user`` of the node at the client endpoint ``node``; fires
+    with (stdout, stderr, exit code) as text."""
+    return run_tool("vssctl", list(args),
+                    env=child_env(VSS_NODE=node, VSS_USER=user, VSS_PASSWORD=password))
 
 
 def cms_secret_file(workdir):
@@ -177,6 +206,15 @@ def node_cms_args(workdir, cms_ports):
     return ["--cms", f"tcp:127.0.0.1:{cms_ports['node']}",
             "--cluster-secret-file", cms_secret_file(workdir),
             *other_listeners_on_port_0()]
+
+
+def start_cms_node(reactor, workdir, node_id, cms_ports, extra=()):
+    """``start_node`` for a node of the CMS that ``start_cms`` started (``node_cms_args``),
+    with a short keepalive (2 s) and request timeout (5 s), so that a killed peer is
+    noticed soon; fires with (daemon, ports)."""
+    return start_node(reactor, workdir, node_id,
+                      ["--keepalive", "2", "--request-timeout", "5",
+                       *node_cms_args(workdir, cms_ports), *extra])
 
 
 def read_status(workdir, node_id):
