@@ -612,6 +612,17 @@ def add_footage(node, device, start):
     return segments, table
 
 
+@defer.inlineCallbacks
+def playback_refused(cu, device, at):
+    """Fires with the VssError that a MEDIA_OPEN of ``device``'s footage at ``at`` (ms)
+    is refused with."""
+    try:
+        yield cu.request(MsgType.MEDIA_OPEN, open_playback(device, at), timeout=30)
+    except VssError as e:
+        return e
+    raise AssertionError(f"the playback of {device} at {at} was not refused")
+
+
 def assert_on_node_b(testcase, p, url, device, name="pb-"):
     """``url`` plays ``device`` from node-b's SS, on a playback path, with a token."""
     port = p.port("node-b", "rtsp")
@@ -729,9 +740,8 @@ class RemotePlaybackTests(unittest.TestCase):
         alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
         bob = yield self.p.login("node-b", Role.CU, "bob", "bob-pw")
         asked = self.start + 1000
-        with self.assertRaises(VssError) as e:  # the grant is checked on node-b
-            yield bob.request(MsgType.MEDIA_OPEN, open_playback("cam-b", asked), timeout=30)
-        self.assertEqual(e.exception.code, ResultCode.FORBIDDEN)
+        e = yield playback_refused(bob, "cam-b", asked)  # the grant is checked on node-b
+        self.assertEqual(e.code, ResultCode.FORBIDDEN)
         # node-a is not cam-b's home: node-b asks CMS for node-a's address the first
         # time (NODE_LOOKUP), keeps it, and goes straight over a node link both times
         for _ in range(2):
@@ -762,18 +772,15 @@ class RemotePlaybackTests(unittest.TestCase):
         self.assertNotIn(path, self.b.rtsp.controllers)
 
         # no footage anywhere at or after that time: NOT_FOUND, with a message
-        with self.assertRaises(VssError) as e:
-            yield alice.request(MsgType.MEDIA_OPEN,
-                                open_playback("cam-b", segments[-1].end_ms + 5000), timeout=30)
-        self.assertEqual(e.exception.code, ResultCode.NOT_FOUND)
-        self.assertIn("cam-b", e.exception.message)
+        e = yield playback_refused(alice, "cam-b", segments[-1].end_ms + 5000)
+        self.assertEqual(e.code, ResultCode.NOT_FOUND)
+        self.assertIn("cam-b", e.message)
 
         # the node holding the footage is down: said so, naming it
         yield self.p.stop_node("node-a")
-        with self.assertRaises(VssError) as e:
-            yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", asked), timeout=30)
-        self.assertEqual(e.exception.code, ResultCode.HOME_NODE_DOWN)
-        self.assertIn("node-a", e.exception.message)
+        e = yield playback_refused(alice, "cam-b", asked)
+        self.assertEqual(e.code, ResultCode.HOME_NODE_DOWN)
+        self.assertIn("node-a", e.message)
 
 
 class ArchiveNodeTests(unittest.TestCase):
@@ -843,10 +850,9 @@ class ArchiveNodeTests(unittest.TestCase):
 
         # node-a down: the playback is refused naming it
         yield self.p.stop_node("node-a")
-        with self.assertRaises(VssError) as e:
-            yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-m", asked), timeout=30)
-        self.assertEqual(e.exception.code, ResultCode.HOME_NODE_DOWN)
-        self.assertIn("node-a", e.exception.message)
+        e = yield playback_refused(alice, "cam-m", asked)
+        self.assertEqual(e.code, ResultCode.HOME_NODE_DOWN)
+        self.assertIn("node-a", e.message)
 
 
 class RemoteDvrTests(unittest.TestCase):
@@ -880,10 +886,8 @@ class RemoteDvrTests(unittest.TestCase):
         self.assertEqual(self.a.cdn.counters["dvr_playbacks"], 1)
         self.assertEqual(self.b.cdn.counters["relayed_dvr_playbacks"], 1)
         # a time before the DVR's footage: nothing listed anywhere, NOT_FOUND
-        with self.assertRaises(VssError) as e:
-            yield alice.request(MsgType.MEDIA_OPEN, open_playback("dvr1", now - 4 * 86400_000),
-                                timeout=30)
-        self.assertEqual(e.exception.code, ResultCode.NOT_FOUND)
+        e = yield playback_refused(alice, "dvr1", now - 4 * 86400_000)
+        self.assertEqual(e.code, ResultCode.NOT_FOUND)
         # no viewer left: node-b's relay and node-a's DVR playback both stop
         self.b.cdn.linger = self.a.cdn.linger = 0.5
         for path in [p for p in self.b.rtsp.sources if "/pb-dvr-" in p]:
