@@ -43,6 +43,23 @@ def pick_base(low=20000, high=26000):
     raise unittest.SkipTest("no free range of ports for the demo")
 
 
+@defer.inlineCallbacks
+def start_demo(testcase, work, base, timeout):
+    """``python -m vss.demo`` run in ``work`` on the ports from ``base``, stopped when the
+    test ends; fires with its Daemon once it says it is running (or after ``timeout``
+    seconds). The test fails at once if it ends before."""
+    demo = Daemon(reactor, [sys.executable, "-m", "vss.demo", "--run-dir",
+                            os.path.join(work, "run"), "--base-port", str(base)],
+                  os.path.join(work, "demo.log"), env=child_env(), cwd=work)
+    testcase.addCleanup(demo.stop)
+    for _ in range(int(timeout * 10)):
+        if "vss is running" in demo.output():
+            break
+        testcase.assertFalse(demo.proto.ended.called, demo.output())
+        yield task.deferLater(reactor, 0.1, lambda: None)
+    return demo
+
+
 class DemoTests(unittest.TestCase):
     timeout = 120
 
@@ -51,15 +68,7 @@ class DemoTests(unittest.TestCase):
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         base = pick_base()
-        demo = Daemon(reactor, [sys.executable, "-m", "vss.demo", "--run-dir",
-                                os.path.join(work, "run"), "--base-port", str(base)],
-                      os.path.join(work, "demo.log"), env=child_env(), cwd=work)
-        self.addCleanup(demo.stop)
-        for _ in range(600):
-            if "vss is running" in demo.output():
-                break
-            self.assertFalse(demo.proto.ended.called, demo.output())
-            yield task.deferLater(reactor, 0.1, lambda: None)
+        demo = yield start_demo(self, work, base, timeout=60)
         self.assertIn("vss-admin status", demo.output())
         with open(os.path.join(work, "run", "credentials.json")) as f:
             creds = json.load(f)

@@ -6,13 +6,12 @@ EITHER node lists its recordings with ``vssctl``, plays them back from a chosen 
 import datetime
 import json
 import os
-import sys
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.test_demo import pick_base
-from vss.testing.processes import Daemon, child_env, run_tool
+from tests.test_demo import pick_base, start_demo
+from vss.testing.processes import child_env, run_tool
 
 SEGMENT = 10  # seconds
 
@@ -56,15 +55,7 @@ class DemoRecordingTests(unittest.TestCase):
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         base = pick_base(26000, 32000)
-        demo = Daemon(reactor, [sys.executable, "-m", "vss.demo", "--run-dir",
-                                os.path.join(work, "run"), "--base-port", str(base)],
-                      os.path.join(work, "demo.log"), env=child_env(), cwd=work)
-        self.addCleanup(demo.stop)
-        for _ in range(900):
-            if "vss is running" in demo.output():
-                break
-            self.assertFalse(demo.proto.ended.called, demo.output())
-            yield task.deferLater(reactor, 0.1, lambda: None)
+        yield start_demo(self, work, base, timeout=90)
         with open(os.path.join(work, "run", "credentials.json")) as f:
             creds = json.load(f)
 
