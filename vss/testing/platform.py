@@ -1,7 +1,8 @@
 """
 A central platform and nodes in one process over real loopback TCP (port 0), for
 integration tests of routing and synchronisation. The daemons are the real services
-(``CmsDaemon``, ``NodeService``), only not in separate processes.
+(``CmsDaemon``, ``NodeService``), only not in separate processes; a camera can be a
+real ``vss-pu`` process logged in to one of them (``Platform.start_pu``).
 """
 
 import os
