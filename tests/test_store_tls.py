@@ -135,7 +135,10 @@ class RedisServer:
                     socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                     return self
                 except OSError:
-                    time.sleep(0.05)
+                    try:  # wait for the server, waking at once if it exits
+                        self.process.wait(timeout=0.05)
+                    except subprocess.TimeoutExpired:
+                        pass
             self.stop()
             output = self.output()
             if self.tls and ("TLS" in output and "not" in output.lower()
