@@ -6,7 +6,6 @@ passes and the general path gives every error; one timer per link still times ou
 request at its own deadline.
 """
 
-import os
 import random
 import struct
 
@@ -30,7 +29,7 @@ from vss.protocols.messages import (
 )
 from vss.rgm import relay
 from vss.testing.harness import ALL, NodeHarness
-from vss.testing.platform import Platform, verifier, wait_until
+from vss.testing.platform import start_platform, verifier, wait_until
 
 FIELDS = ("device_id", "channel", "op", "pan", "tilt", "zoom", "speed", "timeout_ms")
 
@@ -641,11 +640,7 @@ class RoutedFastPathTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        work = os.path.abspath(self.mktemp())
-        os.makedirs(work)
-        self.p = Platform(reactor, work)
-        self.addCleanup(self.p.stop)
-        yield self.p.start_cms()
+        self.p = yield start_platform(self)
         cms, store = self.p.cms.cms, self.p.cms.store
         cms.publish((yield store.upsert_device("cam-b", "cam-b", 1, 2, "node-b",
                                                verifier("cam-b-secret"))))

@@ -36,7 +36,7 @@ from vss.protocols.messages import (
 )
 from vss.rgm.record_settings import RecordSettingsSync
 from vss.rgm.recording import ChannelSettings
-from vss.testing.platform import Platform, verifier, wait_until
+from vss.testing.platform import start_platform, verifier, wait_until
 from vss.testing.processes import child_env, run_tool
 
 try:
@@ -513,11 +513,8 @@ class CatalogueAcrossNodesTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.work = os.path.abspath(self.mktemp())
-        os.makedirs(self.work)
-        self.p = Platform(reactor, self.work)
-        self.addCleanup(self.p.stop)
-        yield self.p.start_cms()
+        self.p = yield start_platform(self)
+        self.work = self.p.workdir
         self.store, self.cms = self.p.cms.store, self.p.cms.cms
         yield self.store.add_admin_token("root", hash_token(ADMIN_TOKEN))
         for changes in [

@@ -44,7 +44,7 @@ from vss.rgm.outbox import Outbox
 from vss.rgm.sync import SAVE_DELAY, SyncApplier
 from vss.store.memory import MemoryStore
 from vss.testing import records
-from vss.testing.platform import Platform, wait_until
+from vss.testing.platform import start_platform, wait_until
 
 log = Logger()
 NODES = ("node-a", "node-b", "node-c")
@@ -279,11 +279,8 @@ class RandomisedSyncTests(unittest.TestCase):
             **CMSService.REGISTERED,
             MsgType.SYNC_CHANGE: self.recorder.wrap(CMSService.REGISTERED[MsgType.SYNC_CHANGE]),
         })
-        self.work = os.path.abspath(self.mktemp())
-        os.makedirs(self.work)
-        self.p = Platform(reactor, self.work)
-        self.addCleanup(self.p.stop)
-        yield self.p.start_cms()
+        self.p = yield start_platform(self)
+        self.work = self.p.workdir
         self.secrets = {}
         self.names = {}  # device_id -> [(seq, name)] of every accepted rename
         self.counter = 0
@@ -585,11 +582,8 @@ class SyncRulesTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.work = os.path.abspath(self.mktemp())
-        os.makedirs(self.work)
-        self.p = Platform(reactor, self.work)
-        self.addCleanup(self.p.stop)
-        yield self.p.start_cms()
+        self.p = yield start_platform(self)
+        self.work = self.p.workdir
         self.cms = self.p.cms.cms
         self.store = self.p.cms.store
         self.cms.publish((yield self.store.upsert_device(
