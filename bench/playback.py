@@ -29,7 +29,6 @@ and PAUSE forwarded upstream), as a CU on a node that does not hold the footage 
 import argparse
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -111,82 +110,12 @@ def fill_catalogue(data_dir, devices, days, end_ms):
     return count
 
 
-class Raw:
-    def __init__(self, url):
-        self.url = url
-        host, port = url.split("://")[1].split("/")[0].split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-        self.cseq = 0
-        self.session = None
-
-    def _fill(self):
-        data = self.sock.recv(262144)
-        if not data:
-            raise ConnectionError("closed")
-        self.buf += data
-
-    def _take(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def send(self, method, uri, headers=()):
-        self.cseq += 1
-        lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self.cseq}"]
-        if self.session:
-            lines.append(f"Session: {self.session}")
-        lines.extend(f"{k}: {v}" for k, v in headers)
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-
-    def reply(self):
-        while True:
-            if self._take(1) == b"$":
-                head = self._take(3)
-                self._take(int.from_bytes(head[1:3], "big"))
-                continue
-            while b"\r\n\r\n" not in self.buf:
-                self._fill()
-            text, _, self.buf = self.buf.partition(b"\r\n\r\n")
-            lines = ("R" + text.decode()).split("\r\n")
-            headers = {k.strip().lower(): v.strip() for k, _, v in
-                       (ln.partition(":") for ln in lines[1:])}
-            self._take(int(headers.get("content-length", 0)))
-            return int(lines[0].split()[1]), headers
-
-    def first_frame(self):
-        """Read media until the marker bit of a video packet (channel 0)."""
-        while True:
-            head = self._take(4)
-            if head[0:1] != b"$":
-                raise RuntimeError(f"unexpected {head!r}")
-            data = self._take(int.from_bytes(head[2:4], "big"))
-            if head[1] == 0 and len(data) > 1 and data[1] & 0x80:
-                return
-
-    def watch(self, seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            head = self._take(4)
-            self._take(int.from_bytes(head[2:4], "big"))
-
-    def request(self, method, uri, headers=()):
-        self.send(method, uri, headers)
-        return self.reply()
-
-
 def client(url, seeks, footage_s, rng):
-    base, _, query = url.partition("?")
-    c = Raw(url)
+    from vss.testing.rawrtsp import RawRTSP
+
+    c = RawRTSP(url)
     t0 = time.perf_counter()
-    status, _ = c.request("DESCRIBE", url)
-    assert status == 200, status
-    status, h = c.request("SETUP", f"{base}/streamid=0?{query}",
-                          [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")])
-    assert status == 200, status
-    c.session = h["session"].split(";")[0]
+    c.start()
     c.request("PLAY", url, [("Range", "npt=0.000-")])
     c.first_frame()
     first = time.perf_counter() - t0
@@ -196,12 +125,12 @@ def client(url, seeks, footage_s, rng):
         c.request("PAUSE", url)
         at = rng.uniform(0, footage_s - 3)
         t0 = time.perf_counter()
-        status, _ = c.request("PLAY", url, [("Range", f"npt={at:.3f}-")])
+        status, _, _ = c.request("PLAY", url, [("Range", f"npt={at:.3f}-")])
         assert status == 200, status
         c.first_frame()
         times.append(time.perf_counter() - t0)
     c.request("TEARDOWN", url)
-    c.sock.close()
+    c.close()
     return first, times
 
 

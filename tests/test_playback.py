@@ -12,7 +12,6 @@ up in that table.
 import datetime
 import hashlib
 import os
-import socket
 
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
@@ -22,6 +21,7 @@ from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
 from vss.testing.platform import start_platform, verifier, wait_until
+from vss.testing.rawrtsp import RawRTSP
 
 try:
     import av
@@ -124,79 +124,6 @@ def write_gop_footage(data_dir, device, start_ms, segments=2, seconds=4):
 def open_playback(device_id, start_ms):
     return MediaOpen(device_id=device_id, channel=0, stream=0, purpose=Purpose.PLAYBACK,
                      start_time=start_ms, transport=0)
-
-
-class RawRTSP:
-    """A blocking RTSP client just raw enough to send PLAY and PAUSE with headers."""
-
-    def __init__(self, url):
-        self.url = url
-        hostport = url.split("://")[1].split("/")[0]
-        host, port = hostport.split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        self.buf = b""
-        self.cseq = 0
-        self.session = None
-
-    def request(self, method, uri, headers=()):
-        self.cseq += 1
-        lines = [f"{method} {uri} RTSP/1.0", f"CSeq: {self.cseq}"]
-        if self.session:
-            lines.append(f"Session: {self.session}")
-        lines.extend(f"{k}: {v}" for k, v in headers)
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        return self._reply()
-
-    def _read(self, n):
-        while len(self.buf) < n:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("closed")
-            self.buf += data
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def _reply(self):
-        """The next RTSP reply (interleaved packets before it are skipped)."""
-        while True:
-            head = self._read(1)
-            if head == b"$":
-                size = int.from_bytes(self._read(3)[1:], "big")
-                self._read(size)
-                continue
-            while b"\r\n\r\n" not in self.buf:
-                self.buf += self.sock.recv(65536)
-            text, _, self.buf = (head + self.buf).partition(b"\r\n\r\n")
-            lines = text.decode().split("\r\n")
-            headers = {k.strip().lower(): v.strip() for k, _, v in
-                       (ln.partition(":") for ln in lines[1:])}
-            body = self._read(int(headers.get("content-length", 0)))
-            return int(lines[0].split()[1]), headers, body
-
-    def packets(self, count):
-        """Read ``count`` interleaved packets: their RTP timestamps (channel 0)."""
-        out = []
-        while len(out) < count:
-            head = self._read(4)
-            if head[0:1] != b"$":
-                raise AssertionError(f"expected media, got {head!r}")
-            data = self._read(int.from_bytes(head[2:4], "big"))
-            if head[1] == 0:
-                out.append(int.from_bytes(data[4:8], "big"))
-        return out
-
-    def start(self):
-        base, _, query = self.url.partition("?")
-        status, headers, _ = self.request("DESCRIBE", self.url, [("Accept", "application/sdp")])
-        assert status == 200, status
-        status, headers, _ = self.request(
-            "SETUP", f"{base}/streamid=0?{query}",
-            [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")])
-        assert status == 200, status
-        self.session = headers["session"].split(";")[0]
-
-    def close(self):
-        self.sock.close()
 
 
 class ParseRangeTests(unittest.TestCase):

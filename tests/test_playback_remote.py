@@ -26,7 +26,6 @@ from tests.test_dvr import dvr_platform
 from tests.test_playback import (
     FRAME_MS,
     GOP_MS,
-    RawRTSP,
     index_segments,
     open_playback,
     play,
@@ -51,6 +50,7 @@ from vss.protocols.messages import (
     Role,
 )
 from vss.testing.platform import start_platform, verifier, wait_until
+from vss.testing.rawrtsp import RawRTSP
 
 try:
     import av
