@@ -1,6 +1,7 @@
 """Small helpers shared by the bench scripts (run as scripts: bench/ is on sys.path)."""
 
 import os
+import subprocess
 import time
 
 
@@ -17,3 +18,27 @@ def pin(cpu):
         os.sched_setaffinity(0, {cpu})
     except (AttributeError, OSError):
         pass
+
+
+def proc_cpu(pid):
+    """CPU seconds (user + system) of process ``pid`` so far; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def make_input(ffmpeg, path, seconds=20, fps=25):
+    """A 1280x720 ``fps`` H.264 file at a constant 4 Mb/s, a GOP of one second, no
+    B-frames (made once: kept at ``path``)."""
+    if os.path.exists(path):
+        return
+    subprocess.run([
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate={fps}:duration={seconds}",
+        "-vf", "noise=alls=12:allf=t",
+        "-c:v", "libx264", "-preset", "veryfast", "-g", str(fps), "-sc_threshold", "0",
+        "-bf", "0", "-b:v", "4M", "-minrate", "4M", "-maxrate", "4M", "-bufsize", "2M",
+        "-x264-params", "nal-hrd=cbr", "-an", path], check=True)

@@ -33,7 +33,7 @@ SECRET = b"bench-secret-0123456789abcdef"
 PATH = "/live/bench/main"
 
 
-from _common import WallClock, pin  # noqa: E402 - bench/ is on sys.path (run as a script)
+from _common import WallClock, make_input, pin, proc_cpu  # noqa: E402 - bench/ is on sys.path (run as a script)
 
 # -- server process
 
@@ -287,31 +287,12 @@ def load(args):
 # -- driver
 
 
-def proc_cpu(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick
-
-
 def proc_rss(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def make_input(ffmpeg, path, seconds=20):
-    if os.path.exists(path):
-        return
-    subprocess.run([
-        ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={seconds}",
-        "-vf", "noise=alls=12:allf=t",
-        "-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-sc_threshold", "0", "-bf", "0",
-        "-b:v", "4M", "-minrate", "4M", "-maxrate", "4M", "-bufsize", "2M",
-        "-x264-params", "nal-hrd=cbr", "-an", path], check=True)
 
 
 def main():

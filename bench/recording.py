@@ -49,7 +49,7 @@ SECRET = b"bench-secret-0123456789abcdef"
 FPS = 25
 
 
-from _common import WallClock, pin  # noqa: E402 - bench/ is on sys.path (run as a script)
+from _common import WallClock, make_input, pin, proc_cpu  # noqa: E402 - bench/ is on sys.path (run as a script)
 
 # -- node process
 
@@ -129,15 +129,6 @@ def node(args):
 # -- driver
 
 
-def proc_cpu(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def dir_bytes(root):
     total = 0
     for d, _, names in os.walk(root):
@@ -147,18 +138,6 @@ def dir_bytes(root):
             except OSError:
                 pass
     return total
-
-
-def make_input(ffmpeg, path, seconds=20):
-    if os.path.exists(path):
-        return
-    subprocess.run([
-        ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate={FPS}:duration={seconds}",
-        "-vf", "noise=alls=12:allf=t",
-        "-c:v", "libx264", "-preset", "veryfast", "-g", str(FPS), "-sc_threshold", "0",
-        "-bf", "0", "-b:v", "4M", "-minrate", "4M", "-maxrate", "4M", "-bufsize", "2M",
-        "-x264-params", "nal-hrd=cbr", "-an", path], check=True)
 
 
 class Node:
