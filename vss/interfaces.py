@@ -227,6 +227,11 @@ class ICentral(Interface):
         """One of the node's PUs came online or went offline (dynamic data, so not
         logged: CMS passes it on to the other nodes so their device lists show it)."""
 
+    def synchronised():
+        """True once the node holds a synchronised copy of the static data (restored at
+        start from its own store or data directory, or loaded from CMS), so that it can
+        check logins itself; until then logins are answered NOT_READY. Synchronous."""
+
 
 class IStreamAuthorizer(Interface):
     """How the streaming server checks a token in an RTSP URL."""

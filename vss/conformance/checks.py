@@ -267,7 +267,8 @@ def expect_closed(ctx, link, what, timeout=None):
 
 @defer.inlineCallbacks
 def reset_throttle(ctx):
-    """A successful login from this address resets its failure count (8.2)."""
+    """A successful login resets the failure count of its (account, address) pair, and
+    makes the pair known: failures of the account elsewhere no longer hold it (8.2)."""
     link = yield ctx.open("cu")
     yield login(link, Role.CU, ctx.user, ctx.password, register=False, timeout=ctx.timeout)
     link.abort()

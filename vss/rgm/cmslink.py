@@ -149,6 +149,11 @@ class CmsLink(service.Service):
         for listener in self.connected_listeners:
             listener()
 
+    def synchronised(self):
+        """A copy to serve from: restored at start (the Redis store, or the memory
+        store's local copy) or loaded from CMS."""
+        return self.store.get_meta("applied_seq") is not None
+
     def presence(self, device_id, online):
         if self.link is not None:
             self.link.send_notify(MsgType.STATE_CHANGE, StateChange(
