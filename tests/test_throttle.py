@@ -12,7 +12,6 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from vss.errors import VssError
-
 from vss.protocols.codes import ResultCode
 from vss.rgm.auth import ADDRESS_FREE, ADDRESS_LEAK, MAX_DELAY, Throttle
 from vss.testing.harness import ALL, NodeHarness
