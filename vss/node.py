@@ -139,8 +139,11 @@ class NodeService(StagedService):
 
         self.cluster_secret = read_secret(self.settings.cluster_secret_file,
                                           "--cluster-secret-file")
+        # With the memory store nothing survives the process: the node keeps its copy of
+        # the static data in its data directory too (vss.rgm.localcopy).
         link = CmsLink(self.settings.node_id, self.settings.cms, self.cluster_secret, self.store,
-                       self.reactor, data_dir=self.settings.data_dir, advertise=self.advertise)
+                       self.reactor, data_dir=self.settings.data_dir, advertise=self.advertise,
+                       local_copy=self.store.name == "memory")
         if not self.settings.route_cache:
             link.route_cache = NoRouteCache()
         return link
@@ -158,6 +161,8 @@ class NodeService(StagedService):
         if self.settings.static:
             self.central.nodes[self.settings.node_id] = self.rgm
             d.addCallback(lambda _: self._seed_from_static())
+        else:
+            d.addCallback(lambda _: self.central.restore())
         return d
 
     def _seed_from_static(self):

@@ -1,11 +1,13 @@
 """
 The node's link to the central platform: the real ``ICentral``.
 
-One long-lived, reconnecting link to CMS (``Reconnector``: backoff with jitter). On every
-(re)connection the node logs in with the cluster secret, registers (NODE_REGISTER), and
-catches up: a full static reload when its memory database holds nothing synced (or the
-change log no longer reaches back far enough), else the changes after its last applied
-sequence. Then it resends what its outbox still holds.
+One long-lived, reconnecting link to CMS (``Reconnector``: backoff with jitter). At start
+the node takes up what it synchronised before (``restore``: the Redis store, or the copy
+the memory store keeps in the data directory), so it serves at once, CMS up or not. On
+every (re)connection it logs in with the cluster secret, registers (NODE_REGISTER), and
+catches up: a full static reload when it holds nothing synced (or the change log no
+longer reaches back far enough), else the changes after its last applied sequence. Then
+it resends what its outbox still holds.
 
 Over the same link CMS sends the node SYNC_NOTIFY (S504, applied by ``SyncApplier``:
 S505-S506) and ROUTE_REQUEST for its own PUs (S403, answered through the RGM: S404-S406).
@@ -58,7 +60,7 @@ class CmsLink(service.Service):
     log = Logger()
 
     def __init__(self, node_id, endpoint, cluster_secret, store, reactor, data_dir=None,
-                 clock=None, advertise=None):
+                 clock=None, advertise=None, local_copy=False):
         self.node_id = node_id
         self.endpoint = endpoint
         self.cluster_secret = cluster_secret
@@ -72,7 +74,8 @@ class CmsLink(service.Service):
         self.local_recordings = None  # f(RecordQuery) -> Deferred(Recordings or bytes): CMS asks
         self.link = None
         self.applier = SyncApplier(store, node_id, data_dir, on_device_change=self._device_changed,
-                                   on_user_change=self._user_changed, clock=self.clock)
+                                   on_user_change=self._user_changed, clock=self.clock,
+                                   local_copy=local_copy)
         self.outbox = Outbox(os.path.join(data_dir, "outbox.jsonl"), self.clock) if data_dir \
             else None
         self.peers = PeerLinks(self)
@@ -121,9 +124,7 @@ class CmsLink(service.Service):
         try:
             yield node_login(link, self.node_id, self.cluster_secret)
             signalling, media, capacity = self.advertise()
-            if not self._restored:
-                self._restored = True
-                self.applier.restore()
+            self.restore()
             reg = (yield link.request(MsgType.NODE_REGISTER, NodeRegister(
                 node_id=self.node_id, signalling=signalling, media=media, capacity=capacity,
                 applied_seq=self.applier.applied_seq))).body
@@ -138,6 +139,14 @@ class CmsLink(service.Service):
             self.link = None
             link.abort()
             raise
+
+    def restore(self):
+        """Take up what the node synchronised before it stopped (the Redis store's
+        sequence, or the memory store's local copy), once, before serving: the node is
+        then ready at once (``synchronised``) and fetches only what it missed."""
+        if not self._restored:
+            self._restored = True
+            self.applier.restore()
 
     def _connected(self):
         if not self.ready.called:
@@ -301,6 +310,7 @@ class CmsLink(service.Service):
                 self.store.remove_grant(g.principal, g.device_id)
         self.applier.applied_seq = head_seq
         self.applier.save()
+        self.applier.snapshot()
         self.route_cache.clear()
         self.log.info("reloaded {devices} devices, {users} users, {grants} grants in {s:.2f} s",
                       devices=len(seen[Entity.DEVICE]), users=len(seen[Entity.USER]),
