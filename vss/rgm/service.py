@@ -174,6 +174,7 @@ class RGMService(service.Service):
 
     def startService(self):
         super().startService()
+        self.drop_orphan_sessions()
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.clock
         interval = min(self.config.keepalive_interval, self.config.handshake_timeout)
@@ -185,6 +186,20 @@ class RGMService(service.Service):
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "node shutting down")
         return super().stopService()
+
+    def drop_orphan_sessions(self):
+        """Forget the sessions the store holds that no live link of this node owns (at
+        start, every one: the process that opened them is gone, e.g. killed). Returns
+        how many were dropped."""
+        owned = {link.session.session_id for link in self.links
+                 if link.session is not None and link.session.session_id}
+        orphans = [sid for sid in self.store.sessions() if sid not in owned]
+        for sid in orphans:
+            self.store.remove_session(sid)
+        if orphans:
+            self.log.info("dropped {count} sessions no link owns (left by an earlier run)",
+                          count=len(orphans))
+        return len(orphans)
 
     def factory(self, role):
         """The protocol factory for the PU (``Role.PU``) or CU (``Role.CU``) listener."""
