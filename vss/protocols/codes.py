@@ -100,7 +100,7 @@ DESCRIPTIONS = {
     ResultCode.STALE_CHANGE: "the change is older than what is stored",
     ResultCode.ROUTE_LOOP: "the routed request came back to a node it passed",
     ResultCode.DB_UNAVAILABLE: "the central database failed (unreachable, locked or timed"
-                               " out); nothing was written: try again later",
+                               " out); try again later",
     ResultCode.INTERNAL_ERROR: "internal error",
 }
 
