@@ -154,3 +154,27 @@ class LocalCopyTests(unittest.TestCase):
         self.assertEqual(seen, [])
         applier.apply([device_change(4, dev("cam1", 3))])
         self.assertEqual(len(seen), 1)
+
+    def test_the_configuration_and_presets_of_own_pus_come_back(self):
+        from vss.protocols.messages import ChangeKind
+        from vss.rgm import settings
+
+        self.reload(1, devices=[dev("cam1", 1), dev("cam2", 1, home="node-b", secret=False)])
+        for device_id, channel, kind, items in (
+                ("cam1", 0, ChangeKind.CONFIG, {"video.fps": "15", "_version": "2"}),
+                ("cam1", 0, ChangeKind.CONFIG, {"osd.text": "gate", "_version": "3"}),
+                ("cam1", 0, ChangeKind.PRESET, {"1": "door", "2": "yard"}),
+                ("cam1", 2, ChangeKind.PRESET, {"7": "lane"})):
+            settings.apply(self.store, device_id, channel, kind, items)
+            self.applier.note_setting(device_id, channel, kind, items)
+        self.clock.advance(SAVE_DELAY)
+        expected = {"config": {"video.fps": "15", "osd.text": "gate"}, "config_version": 3,
+                    "presets": {"1": "door", "2": "yard"}, "presets@2": {"7": "lane"}}
+        store, applier, seq = self.restart()
+        self.assertEqual(store.get_state("cam1"), expected)
+        # ...and through a snapshot too (only the node's own PUs are kept)
+        self.store.set_state("cam2", config={"x": "1"})
+        self.applier.snapshot()
+        store, applier, seq = self.restart()
+        self.assertEqual(store.get_state("cam1"), expected)
+        self.assertEqual(store.get_state("cam2"), {})

@@ -48,6 +48,7 @@ from vss.protocols.messages import (
     SyncFetch,
 )
 from vss.protocols.reconnect import Reconnector
+from vss.rgm import settings
 from vss.rgm.outbox import Outbox
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT, PeerLinks, node_login, serve_route
 from vss.rgm.sync import SyncApplier
@@ -520,6 +521,10 @@ class CmsLink(service.Service):
 
         change = replace(change, change_id=self.outbox.next_id(), node_id=self.node_id)
         self.outbox.add(change)
+        if change.change in settings.KINDS:
+            self.applier.note_setting(change.device_id, change.channel,
+                                      ChangeKind(change.change),
+                                      {kv.key: kv.value for kv in change.items})
         d = defer.Deferred()
         self._waiters = getattr(self, "_waiters", {})
         self._waiters[change.change_id] = d

@@ -19,6 +19,10 @@ a record on the wire, and encoding costs a few microseconds a record):
     per applied batch, appended; the caller flushes (one fsync for many batches, see
     ``SyncApplier``) before it records the new sequence in ``sync.json``.
 
+The node's own PUs' configuration and presets (``vss.rgm.settings``) travel in both
+files as SYNC_CHANGE request frames (``SyncChange`` bodies: device, channel, CONFIG or
+PRESET, items): in the snapshot every one held, in the journal each change a PU reported.
+
 ``read`` gives back the snapshot's records and sequence and the journal's batches in
 order; a torn frame at the end of the journal (a crash while appending) and entries
 the snapshot already holds are harmless, since the applier skips what it already
@@ -28,7 +32,7 @@ applied. Nothing here holds a secret in clear: only verifiers, as in memory.
 import os
 
 from vss.protocols import codec
-from vss.protocols.messages import Entity, MsgType, StaticPage, SyncBatch
+from vss.protocols.messages import KV, Entity, MsgType, StaticPage, SyncBatch, SyncChange
 
 SNAPSHOT = "static.snapshot"
 JOURNAL = "static.journal"
@@ -41,6 +45,15 @@ MIN_COMPACT = 10_000
 MAX_FRAME_BODY = 64 << 20
 
 _RESPONSE = codec.FLAG_RESPONSE
+
+
+def _setting_frame(device_id, channel, kind, items):
+    body = SyncChange(node_id="", change_id=0, device_id=device_id, channel=channel,
+                      change=int(kind), timestamp=0,
+                      items=[KV(key=str(k), value=str(v)) for k, v in items.items()],
+                      base_version=0)
+    return codec.encode_frame(MsgType.SYNC_CHANGE, codec.encode_body(body),
+                              max_body=MAX_FRAME_BODY)
 
 
 def _open_private(path, flags):
@@ -63,13 +76,18 @@ class LocalCopy:
     # -- reading back
 
     def read(self):
-        """(seq, devices, users, grants, batches) of what was saved, or None without a
-        snapshot. ``batches``: lists of ``Change`` in the order they were applied."""
+        """(seq, devices, users, grants, entries) of what was saved, or None without a
+        snapshot. ``entries`` in the order they were saved: ``list`` of ``Change`` (an
+        applied batch) or a ``SyncChange`` (a PU's configuration or presets), the
+        snapshot's settings first."""
         if not os.path.exists(self.snapshot_path):
             return None
         seq = None
-        devices, users, grants = [], [], []
+        devices, users, grants, entries = [], [], [], []
         for msg in self._frames(self.snapshot_path, strict=True):
+            if msg.type == MsgType.SYNC_CHANGE:
+                entries.append(msg.body)
+                continue
             page = msg.body
             seq = page.seq
             devices.extend(page.devices)
@@ -77,11 +95,16 @@ class LocalCopy:
             grants.extend(page.grants)
         if seq is None:
             return None
-        batches = []
+        self.journaled = 0
         if os.path.exists(self.journal_path):
-            batches = [msg.body.changes for msg in self._frames(self.journal_path)]
-        self.journaled = sum(len(b) for b in batches)
-        return seq, devices, users, grants, batches
+            for msg in self._frames(self.journal_path):
+                if msg.type == MsgType.SYNC_CHANGE:
+                    entries.append(msg.body)
+                    self.journaled += 1
+                else:
+                    entries.append(msg.body.changes)
+                    self.journaled += len(msg.body.changes)
+        return seq, devices, users, grants, entries
 
     def _frames(self, path, strict=False):
         with open(path, "rb") as f:
@@ -106,8 +129,9 @@ class LocalCopy:
 
     # -- writing
 
-    def write_snapshot(self, seq, devices, users, grants):
-        """Replace the snapshot with these records at ``seq`` and empty the journal."""
+    def write_snapshot(self, seq, devices, users, grants, settings=()):
+        """Replace the snapshot with these records at ``seq`` (and ``settings``: (device
+        id, channel, ChangeKind, items) of the node's own PUs) and empty the journal."""
         tmp = self.snapshot_path + ".tmp"
         fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         with os.fdopen(fd, "wb") as f:
@@ -120,6 +144,8 @@ class LocalCopy:
                     body = StaticPage(entity=int(entity), next_cursor="", seq=seq, **page)
                     f.write(codec.encode_frame(MsgType.STATIC_PULL, codec.encode_body(body),
                                                flags=_RESPONSE, max_body=MAX_FRAME_BODY))
+            for setting in settings:
+                f.write(_setting_frame(*setting))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.snapshot_path)
@@ -139,6 +165,12 @@ class LocalCopy:
                 MsgType.SYNC_FETCH, codec.encode_body(body), flags=_RESPONSE,
                 max_body=MAX_FRAME_BODY))
         self.journaled += len(changes)
+
+    def append_setting(self, device_id, channel, kind, items):
+        """Journal a PU's configuration (CONFIG: items merged) or presets (PRESET: every
+        preset) change (written by the next ``flush``)."""
+        self._buffer.append(_setting_frame(device_id, channel, kind, items))
+        self.journaled += 1
 
     def flush(self):
         """Write and fsync what was appended since the last flush."""

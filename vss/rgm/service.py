@@ -45,7 +45,7 @@ from vss.protocols.messages import (
     SyncChange,
     to_dict,
 )
-from vss.rgm import relay
+from vss.rgm import relay, settings
 from vss.rgm.auth import ScramExchange, Throttle
 
 AGENT = "vss-node/0.1"
@@ -502,17 +502,11 @@ class RGMService(service.Service):
             self.log.warn("PU {device} reported an unknown change kind {kind}",
                           device=device_id, kind=change.change)
             return
-        state = self.store.get_state(device_id)
         if kind == ChangeKind.PTZ:
             self.store.set_state(device_id, **{k: float(v) for k, v in items.items()
                                                if k in ("pan", "tilt", "zoom")})
-        elif kind == ChangeKind.CONFIG:
-            config = dict(state.get("config", {}))
-            config.update(items)
-            self.store.set_state(device_id, config=config,
-                                 config_version=int(items.get("_version", state.get("config_version", 0))))
-        elif kind == ChangeKind.PRESET:
-            self.store.set_state(device_id, presets=items)
+        elif kind in settings.KINDS:
+            settings.apply(self.store, device_id, change.channel, kind, items)
         elif kind == ChangeKind.NAME and "name" in items:
             self.store.set_state(device_id, name=items["name"])
         elif kind in (ChangeKind.ALARM, ChangeKind.RECORDING):

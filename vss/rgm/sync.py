@@ -21,7 +21,8 @@ import os
 
 from twisted.logger import Logger
 
-from vss.protocols.messages import ChangeOp, Entity
+from vss.protocols.messages import ChangeKind, ChangeOp, Entity, SyncChange
+from vss.rgm import settings
 from vss.rgm.localcopy import MIN_COMPACT, LocalCopy
 
 SAVE_DELAY = 0.1  # seconds between writes of sync.json when a clock is given
@@ -71,7 +72,7 @@ class SyncApplier:
             return None
         if saved is None:
             return None
-        seq, devices, users, grants, batches = saved
+        seq, devices, users, grants, entries = saved
         store = self.store
         for r in devices:
             store.put_device(r)
@@ -82,8 +83,13 @@ class SyncApplier:
         self.applied_seq = seq
         self._quiet = True
         try:
-            for changes in batches:
-                for c in changes:
+            for entry in entries:
+                if isinstance(entry, SyncChange):
+                    settings.apply(store, entry.device_id, entry.channel,
+                                   ChangeKind(entry.change),
+                                   {kv.key: kv.value for kv in entry.items})
+                    continue
+                for c in entry:
                     if c.seq > self.applied_seq:
                         self.apply_one(c)
                         self.applied_seq = c.seq
@@ -166,8 +172,20 @@ class SyncApplier:
         if self.local is None:
             return
         store = self.store
-        self.local.write_snapshot(self.applied_seq, store.devices(), store.users(),
-                                  store.grants())
+        devices = store.devices()
+        held = [(r.device_id, channel, kind, items) for r in devices
+                if r.home_node == self.node_id
+                for channel, kind, items in settings.held(store, r.device_id)]
+        self.local.write_snapshot(self.applied_seq, devices, store.users(), store.grants(),
+                                  held)
+
+    def note_setting(self, device_id, channel, kind, items):
+        """A PU of this node reported its configuration or presets (S602): kept with
+        the local copy, so a restart of the memory store restores them."""
+        if self.local is None:
+            return
+        self.local.append_setting(device_id, channel, kind, items)
+        self.save()
 
     def save(self):
         self.store.set_meta("applied_seq", self.applied_seq)
