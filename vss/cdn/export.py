@@ -8,16 +8,24 @@ export URL (``ExportUrl`` in the ``Recordings`` answer) to it:
 user's VIEW grant before it asked; the token is what carries that decision to the HTTP
 side. A token is ``<payload>.<signature>`` (URL-safe base64, no padding), the payload
 ``x1|<device>|<channel>|<stream>|<from ms>|<to ms>|<expiry s>|<id>``, the signature
-HMAC-SHA256 of it with a key derived from the node secret (``HMAC(secret,
-"vss-export-v1")``), so a stream token never passes as an export token nor the reverse.
-It names a device, a stream and a time range; never a path.
+HMAC-SHA256 of it with a key derived from the node secret and a random value drawn at
+each start of the node (``HMAC(secret, "vss-export-v1" + boot)``), so a stream token
+never passes as an export token nor the reverse, and a token issued before the node
+restarted is refused. It names a device, a stream and a time range; never a path.
+
+A token is short-lived (``DEFAULT_TTL``, 2 minutes) and good for ONE download: the first
+request the node accepts with it (a GET or a HEAD that is not refused 400, 403 or 503)
+spends it, and any later request with it is 403 "token already used". The ids of the
+spent tokens are kept until the tokens expire. No access log shows a token
+(``vss.redact.Site``).
 
 What is served (``ExportResource``, the only resource of the node's HTTP listener):
 
 - ``GET /export?token=...`` and nothing else: any other path is 404, any other method
   405, any other parameter, a repeated parameter, ``..``, a backslash, a NUL, an encoded
   slash or dot (``%2f``, ``%5c``, ``%2e``) or a ``//`` anywhere in the request target is
-  400; a bad, expired or foreign token is 403; a range without segments here is 404.
+  400; a bad, expired, spent or foreign token is 403; a range without segments here is
+  404.
 - The segments come from the node's catalogue (device, stream, range) and each file path
   is checked to resolve inside ``<data dir>/recordings`` before it is opened.
 - The file is made by remuxing (no decoding, no transcoding) with PyAV on a worker
@@ -52,9 +60,11 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from vss.redact import Site
+
 log = Logger()
 
-DEFAULT_TTL = 600  # seconds an export URL stays valid
+DEFAULT_TTL = 120  # seconds an export URL stays valid (and it is good for one download)
 MAX_RANGE_MS = 24 * 3600 * 1000  # one export covers at most a day
 MAX_CONCURRENT = 2  # remuxes at once per node
 MAX_WAITING = 8  # exports waiting for a remux slot; more are answered 503
@@ -73,14 +83,24 @@ def _b64d(text):
 
 
 class ExportTokens:
-    """Signs and checks export tokens with a key derived from the node secret."""
+    """Signs and checks export tokens with a key derived from the node secret and a
+    value drawn for this process; remembers the spent ones until they expire."""
 
     def __init__(self, secret, clock, ttl=DEFAULT_TTL):
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
-        self._key = hmac.new(secret, b"vss-export-v1", hashlib.sha256).digest()
+        boot = secrets.token_bytes(16)
+        self._key = hmac.new(secret, b"vss-export-v1" + boot, hashlib.sha256).digest()
         self.clock = clock
         self.ttl = ttl
+        self.spent = {}  # token id -> its expiry (s)
+
+    def spend(self, grant):
+        """Mark the token of ``grant`` (a ``verify`` result) used: ``verify`` refuses
+        it from now on. Forgets the spent tokens that expired."""
+        now = self.clock.seconds()
+        self.spent = {i: e for i, e in self.spent.items() if e > now}
+        self.spent[grant["id"]] = grant["expiry"]
 
     def issue(self, device_id, channel, stream, from_ms, to_ms, ttl=None):
         """(token, expiry in ms)."""
@@ -94,8 +114,8 @@ class ExportTokens:
         return f"{_b64e(payload)}.{_b64e(sig)}", expiry * 1000
 
     def verify(self, token):
-        """The dict (device, channel, stream, from_ms, to_ms, expiry) of a valid token,
-        or raise ValueError with the reason."""
+        """The dict (device, channel, stream, from_ms, to_ms, expiry, id) of a valid
+        token not spent yet, or raise ValueError with the reason."""
         if not token or len(token) > 1024:
             raise ValueError("missing token")
         p64, sep, s64 = token.partition(".")
@@ -108,7 +128,7 @@ class ExportTokens:
         if not hmac.compare_digest(hmac.new(self._key, payload, hashlib.sha256).digest(), sig):
             raise ValueError("bad signature")
         try:
-            version, device, channel, stream, from_ms, to_ms, expiry, _id = \
+            version, device, channel, stream, from_ms, to_ms, expiry, token_id = \
                 payload.decode("utf-8").split("|")
             channel, from_ms, to_ms, expiry = int(channel), int(from_ms), int(to_ms), int(expiry)
         except ValueError:
@@ -117,8 +137,10 @@ class ExportTokens:
             raise ValueError("unknown token version")
         if self.clock.seconds() >= expiry:
             raise ValueError("token expired")
+        if token_id in self.spent:
+            raise ValueError("token already used")
         return {"device": device, "channel": channel, "stream": stream, "from_ms": from_ms,
-                "to_ms": to_ms, "expiry": expiry}
+                "to_ms": to_ms, "expiry": expiry, "id": token_id}
 
 
 def check_target(uri):
@@ -359,6 +381,7 @@ class ExportResource(resource.Resource):
             self.exporter.counters["busy"] += 1
             request.setHeader(b"retry-after", b"10")
             return self._refuse(request, 503, "too many exports at once, retry later")
+        self.tokens.spend(grant)  # one download per token: a copy of the URL is worthless
         d = self.exporter.make(grant["device"], grant["stream"], grant["from_ms"],
                                grant["to_ms"], gone=lambda: request._disconnected)
         d.addCallback(self._send, request, grant)
@@ -451,6 +474,5 @@ class _StallWatch:
 
 
 def make_site(tokens, exporter):
-    site = server.Site(ExportResource(tokens, exporter))
-    site.displayTracebacks = False
-    return site
+    """The node's HTTP site: its access log shows no token (``vss.redact.Site``)."""
+    return Site(ExportResource(tokens, exporter))

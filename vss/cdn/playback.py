@@ -69,6 +69,7 @@ from twisted.logger import Logger
 
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.redact import redact
 from vss.rtsp.server import ControlError
 
 log = Logger()
@@ -306,8 +307,8 @@ def main(argv=None):
 
     threading.Thread(target=read, daemon=True).start()
 
-    def emit(event):
-        sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+    def emit(event):  # an error may quote the URL: its token never reaches the log
+        sys.stdout.write(redact(json.dumps(event, separators=(",", ":"))) + "\n")
         sys.stdout.flush()
 
     return serve(url, args.data_dir, args.device, args.stream, commands, emit, stopping)
@@ -353,10 +354,11 @@ class _Child(protocol.ProcessProtocol):
                 else:
                     self.playback._event(self, event)
             except (ValueError, KeyError, TypeError, AttributeError):
-                log.warn("playback child said {line!r}", line=line[:200])
+                log.warn("playback child said {line!r}", line=redact(line[:200]))
 
     def errReceived(self, data):
-        log.debug("playback child: {text}", text=data.decode("utf-8", "replace")[-2000:])
+        log.debug("playback child: {text}",
+                  text=redact(data.decode("utf-8", "replace")[-2000:]))
 
     def processEnded(self, reason):
         self.ended = True

@@ -95,6 +95,7 @@ from vss.cdn import rtpmux
 from vss.cdn.catalogue import RECORDINGS, Catalogue, Segment, fsync_dir, scan_fmp4, segment_name
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.redact import redact
 from vss.rtsp.fanout import Frame
 
 log = Logger()
@@ -337,8 +338,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
 
-    def emit(event):
-        sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+    def emit(event):  # an error may quote the URL: its token never reaches the log
+        sys.stdout.write(redact(json.dumps(event, separators=(",", ":"))) + "\n")
         sys.stdout.flush()
 
     return record(url, args.data_dir, args.out, args.segment, emit,
@@ -960,10 +961,12 @@ class _Child(protocol.ProcessProtocol):
                     raise ValueError("not an object")
                 self.recorder._event(self.rec, event)
             except (ValueError, KeyError, TypeError) as e:
-                log.warn("recorder child said {line!r} ({error})", line=line[:200], error=e)
+                log.warn("recorder child said {line!r} ({error})", line=redact(line[:200]),
+                         error=e)
 
     def errReceived(self, data):
-        log.debug("recorder child: {text}", text=data.decode("utf-8", "replace")[-2000:])
+        log.debug("recorder child: {text}",
+                  text=redact(data.decode("utf-8", "replace")[-2000:]))
 
     def processEnded(self, reason):
         code = getattr(reason.value, "exitCode", None)
