@@ -53,8 +53,9 @@ Both write the same files:
   are rebased so each file starts at 0. It is written to ``<name>.mp4.part`` (every
   fragment flushed to the kernel), and when it closes it is fsynced, renamed to
   ``<name>.mp4`` and the directory fsynced. Names are
-  ``<data_dir>/recordings/<device>/<stream>/<YYYYMMDDTHHMMSSZ>.mp4`` (the segment's UTC
-  start).
+  ``<data_dir>/recordings/<device>/<stream>/<YYYYMMDDTHHMMSS.fffZ>.mp4`` (the segment's UTC
+  start to the millisecond: a ``.part`` salvaged after a crash gets its start back from
+  its name, so it abuts the segment before it as it did when written).
 - For each closed segment (start, end, bytes, frames, keyframe offsets read from the
   file's moof/tfdt boxes) the recorder adds a catalogue row (``vss.cdn.catalogue``);
   the child reports it as one JSON line on stdout.
