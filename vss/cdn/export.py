@@ -161,19 +161,33 @@ def check_target(uri):
 def remux(paths_and_starts, out_path, from_ms, to_ms):
     """Write the parts of the segments (``[(absolute path, segment start ms), ...]`` in
     time order) between ``from_ms`` and ``to_ms`` into one MP4 at ``out_path``, starting
-    at the keyframe at or before ``from_ms``. Returns (duration ms, video frames)."""
+    at the keyframe at or before ``from_ms``. Returns (duration ms, video frames).
+
+    Every packet is placed at its wall-clock time (its segment's start plus its time in
+    the file), counted in the output stream's time base, so segments written with
+    different time bases follow each other exactly. Segments that overlap (a start time
+    cut to the second by an older version, two recordings of one stream) never make time
+    run back: a segment ends where the next one starts (its last frames are left out, so
+    nothing after the next keyframe is lost), audio from before the first picture or
+    behind what was written is left out, and a video timestamp that would not increase
+    is moved one tick after the one before it."""
     import av
 
+    segments = list(paths_and_starts)
     out = None
     o_video = o_audio = None
-    t0 = None  # wall ms of the file's time zero
-    last = {}  # output stream -> last dts
+    t0 = None  # wall ms of the file's time zero (a Fraction)
+    last = {}  # output stream -> last dts written, in its time base
     frames = 0
     first_wall = last_wall = None
-    pending = []  # (packet, wall ms, kind) since the last keyframe before from_ms
+    pending = []  # (packet, segment start ms, video?) since the last keyframe before from_ms
     started = False
     try:
-        for path, start_ms in paths_and_starts:
+        for i, (path, start_ms) in enumerate(segments):
+            # where this segment hands over: the next one's start, if that comes first
+            end_ms = min(to_ms, segments[i + 1][1]) if i + 1 < len(segments) else to_ms
+            if end_ms <= start_ms:
+                continue  # the next segment starts as early: it is the one written
             with av.open(path) as inp:
                 if not inp.streams.video:
                     continue
@@ -185,14 +199,15 @@ def remux(paths_and_starts, out_path, from_ms, to_ms):
                     o_video = out.add_stream_from_template(v)
                     if a is not None:
                         o_audio = out.add_stream_from_template(a)
+                    out.start_encoding()  # the output time bases are final from here
                 demux = [v] + ([a] if a is not None and o_audio is not None else [])
                 for p in inp.demux(demux):
                     if p.dts is None or p.size == 0:
                         continue
                     video = p.stream.index == v.index
-                    wall = start_ms + float(p.pts if p.pts is not None else p.dts) \
+                    wall = start_ms + (p.pts if p.pts is not None else p.dts) \
                         * p.time_base * 1000
-                    if wall >= to_ms:
+                    if wall >= end_ms:
                         if video:
                             break
                         continue
@@ -212,25 +227,28 @@ def remux(paths_and_starts, out_path, from_ms, to_ms):
                         todo = [(p, start_ms, video)]
                     for q, seg_start, is_video in todo:
                         ostream = o_video if is_video else o_audio
-                        tb = q.time_base
-                        qwall = seg_start + float(q.dts) * tb * 1000
+                        tb, otb = q.time_base, ostream.time_base
+                        qwall = seg_start + q.dts * tb * 1000
                         if t0 is None:
                             t0 = qwall
-                        shift = round((seg_start - t0) / 1000 / tb)
-                        dts = q.dts + shift
-                        pts = (q.pts + shift) if q.pts is not None else dts
+                        dts = round((qwall - t0) / 1000 / otb)
+                        pts = dts if q.pts is None else dts + round((q.pts - q.dts) * tb / otb)
                         prev = last.get(ostream)
-                        if prev is not None and dts <= prev:
+                        if dts < 0 or (prev is not None and dts <= prev):
+                            if not is_video:
+                                continue  # audio before the first picture, or overlapping
                             pts += prev + 1 - dts
                             dts = prev + 1
                         last[ostream] = dts
-                        q.dts, q.pts = dts, max(pts, dts)
+                        duration = round((q.duration or 0) * tb / otb)
+                        q.time_base = otb
+                        q.dts, q.pts, q.duration = dts, max(pts, dts), duration
                         q.stream = ostream
                         out.mux(q)
                         if is_video:
                             frames += 1
                             first_wall = qwall if first_wall is None else first_wall
-                            last_wall = qwall + float(q.duration or 0) * tb * 1000
+                            last_wall = qwall + duration * otb * 1000
     finally:
         if out is not None:
             out.close()
