@@ -50,6 +50,8 @@ from operator import itemgetter
 
 from twisted.logger import Logger
 
+from vss.private import private_file
+
 log = Logger()
 
 DB_NAME = "catalogue.sqlite3"
@@ -285,7 +287,8 @@ class CatalogueDB:
     def __init__(self, data_dir, clock=None):
         self.data_dir = os.path.abspath(data_dir)
         self.clock = clock
-        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        private_file(os.path.join(self.data_dir, DB_NAME))  # with its -wal and -shm: 0600
         self.db = sqlite3.connect(os.path.join(self.data_dir, DB_NAME), isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
