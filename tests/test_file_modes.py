@@ -86,7 +86,7 @@ class PrivateTests(unittest.SynchronousTestCase):
         os.makedirs(os.path.join(self.root, "exports"))
         os.makedirs(os.path.join(self.root, "recordings", "cam", "main"))
         os.chmod(self.root, 0o755)
-        write(os.path.join(self.root, "node.secret"), "s" * 64, 0o644)
+        write(os.path.join(self.root, "node.secret"), "s" * 64, 0o644)  # a data directory
         write(os.path.join(self.root, "sync.json"), "{}", 0o664)
         write(os.path.join(self.root, "exports", "x.mp4"), "x", 0o640)
         write(os.path.join(self.root, "fine.json"), "{}", 0o600)
@@ -108,6 +108,16 @@ class PrivateTests(unittest.SynchronousTestCase):
         self.assertIn(f"{os.path.join(self.root, 'node.secret')} was open to other users "
                       "(mode 0644): now 0600", lines)
         self.assertEqual(private.private_dir(self.root, self.log), [])  # once is enough
+
+    def test_a_directory_of_other_programs_is_left_alone(self):
+        os.makedirs(os.path.join(self.root, "lib"))
+        os.chmod(self.root, 0o755)
+        write(os.path.join(self.root, "passwd"), "x", 0o644)
+        self.assertEqual(private.private_dir(self.root, self.log), [])
+        self.assertEqual((mode(self.root), mode(os.path.join(self.root, "passwd"))),
+                         (0o755, 0o644))
+        [event] = self.events
+        self.assertIn("not this daemon's", event["log_format"])
 
     def test_an_existing_database_and_its_side_files_are_tightened(self):
         os.makedirs(self.root)

@@ -4,8 +4,8 @@ import struct
 
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs, formatEvent
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from vss.rtsp.auth import md5hex

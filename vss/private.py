@@ -8,7 +8,7 @@ user the daemon runs as alone: files 0600, directories 0700, whatever the umask.
 - ``private_dir(path)``: a data directory, created 0700, or tightened, and so is what is
   in it: every file 0600 and every directory 0700 (group and others lose every bit),
   except the contents of ``recordings/`` (the footage, behind its own 0700 directory,
-  is not walked at each start).
+  is not walked at each start); a directory that holds other programs' files is left.
 - ``private_file(path)``: a file created empty with mode 0600 if absent (an SQLite
   database before SQLite opens it: SQLite gives its ``-wal`` and ``-shm`` the database
   file's mode, whatever the umask), else tightened, with its ``-wal``, ``-shm`` and
@@ -32,6 +32,8 @@ UMASK = 0o077
 OTHERS = 0o077  # the bits of the group and of everybody else
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 NOT_WALKED = frozenset(("recordings",))
+# files every data directory a daemon used holds (ports.json: both, at each start)
+MARKERS = frozenset(("ports.json", "node.secret", "cluster.secret"))
 
 
 def restrict_umask():
@@ -66,9 +68,17 @@ def tighten(path, logger=log):
 
 def private_dir(path, logger=log):
     """Create ``path`` (and its missing parents) mode 0700, or tighten it and what it
-    holds (see the module docstring). Returns the paths it tightened."""
+    holds (see the module docstring). A directory that is not empty and holds none of
+    the files a daemon leaves in its data directory (``MARKERS``) is somebody else's
+    (``--data-dir /var/lib``): it is left as it is, with a warning. Returns the paths it
+    tightened."""
     if not os.path.isdir(path):
         os.makedirs(path, mode=0o700, exist_ok=True)
+    entries = os.listdir(path)
+    if entries and not MARKERS.intersection(entries):
+        logger.warn("{path} holds files that are not this daemon's: their modes are left "
+                    "as they are (give the daemon a data directory of its own)", path=path)
+        return []
     fixed = [path] if tighten(path, logger) else []
     for dirpath, dirnames, filenames in os.walk(path):
         for name in dirnames:
