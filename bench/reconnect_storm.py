@@ -12,7 +12,9 @@ the code has it, not_ready). Scenarios:
 
 - ``restart``: CMS up all along;
 - ``cms-down``: CMS is SIGKILLed before the node, and stays down while the node comes
-  back (the node must serve from what it held).
+  back (the node must serve from what it held);
+- ``fresh``: CMS up, the node's data directory emptied before it comes back (no copy to
+  serve from: it loads everything from CMS while the PUs knock).
 
 Several code trees run side by side in one invocation (``--trees label=PATH,...``; the
 daemons and vss-pu of a tree run with ``PYTHONPATH=PATH``: a ``git archive`` copy of
@@ -178,6 +180,12 @@ def one(label, tree, scenario, pus, deadline, keep, seeded):
             run.cms.wait()
         run.node.send_signal(signal.SIGKILL)
         run.node.wait()
+        if scenario == "fresh":
+            data = os.path.join(work, "node-a")
+            for name in os.listdir(data):
+                path = os.path.join(data, name)
+                if os.path.isfile(path) and name not in ("node.secret",):
+                    os.remove(path)
         log_at = os.path.getsize(os.path.join(work, "pus.log"))
         restarted = time.monotonic()
         run.start_node(run.node_ports["pu"], run.node_ports["cu"])
