@@ -267,15 +267,30 @@ def wait_ready(ctx, patience=60.0, report=None):
     """Before the checks: a node that answers AUTH_START with NOT_READY (still loading
     its data) is asked again after a growing, randomised delay, for ``patience``
     seconds; then ``NodeNotReady``. ``report(text)`` is told of each wait."""
+    count = ctx._count
+    try:
+        yield _wait_ready(ctx, patience, report)
+    finally:
+        ctx._count = count  # the checks' links are numbered from 1 all the same
+
+
+@defer.inlineCallbacks
+def _wait_ready(ctx, patience, report):
     deadline = ctx.clock.seconds() + patience
     step = 0.5
     while True:
-        link = yield ctx.open("cu")
+        try:
+            link = yield ctx.open("cu")
+        except CheckFailed:
+            return  # nothing to wait for: the checks report it
         try:
             yield hello(link, Role.CU, ctx.timeout)
             txid, frame, _nonce = yield auth_start(link, ctx.user, ctx.timeout)
+        except CheckFailed:
+            return
         finally:
             link.abort()
+            ctx.cleanup()
         if not frame.flags & codec.FLAG_ERROR or frame.status != ResultCode.NOT_READY:
             return
         message = describe(frame)

@@ -185,10 +185,13 @@ class SyncApplier:
         if self.local is None:
             return
         self.local.append_setting(device_id, channel, kind, items)
-        self.save()
+        self._schedule_write()
 
     def save(self):
         self.store.set_meta("applied_seq", self.applied_seq)
+        self._schedule_write()
+
+    def _schedule_write(self):
         if not self.path:
             return
         if self.clock is None:
