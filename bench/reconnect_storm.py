@@ -14,7 +14,10 @@ the code has it, not_ready). Scenarios:
 - ``cms-down``: CMS is SIGKILLed before the node, and stays down while the node comes
   back (the node must serve from what it held);
 - ``fresh``: CMS up, the node's data directory emptied before it comes back (no copy to
-  serve from: it loads everything from CMS while the PUs knock).
+  serve from: it loads everything from CMS while the PUs knock);
+- ``fresh-cms-late``: the node's data directory emptied and CMS down when the node comes
+  back; CMS is started again ``--cms-late`` seconds later (the figure is then also
+  counted from CMS's return).
 
 Several code trees run side by side in one invocation (``--trees label=PATH,...``; the
 daemons and vss-pu of a tree run with ``PYTHONPATH=PATH``: a ``git archive`` copy of
@@ -156,7 +159,7 @@ class Run:
                 proc.wait()
 
 
-def one(label, tree, scenario, pus, deadline, keep, seeded):
+def one(label, tree, scenario, pus, deadline, keep, seeded, cms_late=10.0):
     work = tempfile.mkdtemp(prefix=f"vss-storm-{label}-")
     os.makedirs(os.path.join(work, "cms"))
     shutil.copy(seeded, os.path.join(work, "cms", "vss-cms.sqlite3"))
@@ -175,12 +178,12 @@ def one(label, tree, scenario, pus, deadline, keep, seeded):
         run.wait("every PU online", lambda: ((run.status() or {}).get("rgm") or {})
                  .get("pus_online") == pus, 0.2)
         out["first_login_s"] = round(time.monotonic() - started, 1)
-        if scenario == "cms-down":
+        if scenario in ("cms-down", "fresh-cms-late"):
             run.cms.send_signal(signal.SIGKILL)
             run.cms.wait()
         run.node.send_signal(signal.SIGKILL)
         run.node.wait()
-        if scenario == "fresh":
+        if scenario in ("fresh", "fresh-cms-late"):
             data = os.path.join(work, "node-a")
             for name in os.listdir(data):
                 path = os.path.join(data, name)
@@ -189,6 +192,10 @@ def one(label, tree, scenario, pus, deadline, keep, seeded):
         log_at = os.path.getsize(os.path.join(work, "pus.log"))
         restarted = time.monotonic()
         run.start_node(run.node_ports["pu"], run.node_ports["cu"])
+        if scenario == "fresh-cms-late":
+            time.sleep(max(0.0, cms_late - (time.monotonic() - restarted)))
+            cms_back = time.monotonic()
+            run.start_cms(run.cms_ports["node"])
         timeline = {}
         marks = [5, 10, 20, 30, 60, 90, 120]
 
@@ -203,6 +210,8 @@ def one(label, tree, scenario, pus, deadline, keep, seeded):
         try:
             rgm = run.wait("every PU online again", all_back, 0.2)
             out["back_s"] = round(time.monotonic() - restarted, 1)
+            if scenario == "fresh-cms-late":
+                out["after_cms_s"] = round(time.monotonic() - cms_back, 1)
         except TimeoutError:
             rgm = (run.status() or {}).get("rgm") or {}
             out["back_s"] = None
@@ -230,8 +239,10 @@ def main():
     p.add_argument("--pus", type=int, default=5000)
     p.add_argument("--trees", default=f"this={ROOT}",
                    help="label=PATH,... code trees to measure side by side")
-    p.add_argument("--scenarios", default="restart,cms-down")
+    p.add_argument("--scenarios", default="restart,cms-down,fresh,fresh-cms-late")
     p.add_argument("--deadline", type=float, default=240.0, help="seconds per wait")
+    p.add_argument("--cms-late", type=float, default=10.0,
+                   help="fresh-cms-late: seconds CMS stays down after the node restarts")
     p.add_argument("--keep", action="store_true", help="keep the work directories")
     args = p.parse_args()
     trees = [t.split("=", 1) for t in args.trees.split(",") if t]
@@ -243,7 +254,8 @@ def main():
         for scenario in [s for s in args.scenarios.split(",") if s]:
             for label, tree in trees:
                 print(f"-- {label} ({tree}), {scenario}, {args.pus} PUs", flush=True)
-                r = one(label, tree, scenario, args.pus, args.deadline, args.keep, seeded)
+                r = one(label, tree, scenario, args.pus, args.deadline, args.keep, seeded,
+                        args.cms_late)
                 print(json.dumps(r), flush=True)
                 results.append(r)
     finally:
@@ -253,9 +265,13 @@ def main():
           f"{'not ready':>9} {'throttled':>9}  online at 5/10/20/30/60 s")
     for r in results:
         back = f"{r['back_s']} s" if r["back_s"] is not None else f">{args.deadline:.0f} s"
+        if "after_cms_s" in r:
+            back = f"{r['after_cms_s']} s*"
         at = "/".join(str(r["online_at"].get(m, "-")) for m in (5, 10, 20, 30, 60))
         print(f"{r['tree']:<10} {r['scenario']:<9} {r['pus']:>5} {back:>15} "
               f"{r['auth_failures']!s:>9} {r['not_ready']!s:>9} {r['throttled_lines']:>9}  {at}")
+    if any("after_cms_s" in r for r in results):
+        print("* counted from CMS's return")
 
 
 if __name__ == "__main__":

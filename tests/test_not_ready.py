@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
-from vss.protocols.reconnect import NOT_READY_JITTER, Reconnector
+from vss.protocols.reconnect import NOT_READY_JITTER, NOT_READY_MAX_DELAY, Reconnector
 from vss.testing.harness import ALL, NodeHarness
 
 from .test_rgm import error_code, result
@@ -130,5 +130,5 @@ class ReconnectJitterTests(unittest.SynchronousTestCase):
         r.lost(endpoint.protocols[-1])
         r.stop()
         for i, delay in enumerate(steps):
-            step = min(30.0, 2.0 ** i)
+            step = min(NOT_READY_MAX_DELAY, 2.0 ** i)
             self.assertTrue(step * 0.5 <= delay <= step * 1.5, (i, delay))

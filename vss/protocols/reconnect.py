@@ -13,7 +13,8 @@ The owner calls ``lost(protocol)`` from its protocol's connection-lost path.
 
 A preparation refused with ``NOT_READY`` (the node is still loading its data) spreads
 the next attempt wider: each delay is drawn between half and one and a half times the
-backoff step, so that thousands of clients refused together do not come back together.
+backoff step (at most ``NOT_READY_MAX_DELAY``), so that thousands of clients refused
+together do not come back together, nor much later than the node is ready.
 """
 
 import random
@@ -26,6 +27,10 @@ from vss.protocols.codes import ResultCode
 
 #: The jitter of the delay after a NOT_READY answer (delay x uniform(1 - j, 1 + j)).
 NOT_READY_JITTER = 0.5
+#: The longest step after a NOT_READY answer: the node is up and will be ready soon
+#: (answering NOT_READY costs it next to nothing), so clients do not drift to the
+#: longest backoff of a node that cannot be reached.
+NOT_READY_MAX_DELAY = 8.0
 
 
 class Reconnector:
@@ -106,7 +111,9 @@ class Reconnector:
             d.callback(None)
 
     def _schedule(self):
-        delay = min(self.max_delay, self.initial * self.factor ** self.failures)
+        delay = min(self.max_delay, self.initial * self.factor ** min(self.failures, 64))
+        if self._spread:
+            delay = min(delay, NOT_READY_MAX_DELAY)
         jitter = NOT_READY_JITTER if self._spread else self.jitter
         self._spread = False
         delay *= random.uniform(1 - jitter, 1 + jitter)
