@@ -866,6 +866,36 @@ VECTORS = [
       00                  # truncated false
       0000                # ext: none
     """),
+    V("record_query_response_being_recorded", MsgType.RECORD_QUERY, RSP, 23,
+      Recordings(
+          segments=[RecordSegment(start=TS, end=TS + 30_000, bytes=1_000_000, node_id="n1")],
+          gaps=[TimeRange(start=TS + 30_000, end=TS + 60_000)], missing=["n2"],
+          exports=[ExportUrl(node_id="n1", url="http://h/e", expires=TS + 600_000)],
+          truncated=False, ext=((0x0001, bytes.fromhex("0001" "0000018bcfe56800" "00026e31")),)),
+      """
+      5653 01 01 0170 0000 00000017 00000065  # VS v1 response RECORD_QUERY txid 23 len 101
+      0001                # segments: 1 RecordSegment
+        0000018bcfe56800  #   start 1700000000000 ms
+        0000018bcfe5dd30  #   end 1700000030000 ms: the time of the answer
+        00000000000f4240  #   bytes 1000000 written so far
+        0002 6e31         #   node_id "n1"
+      0001                # gaps: 1 TimeRange
+        0000018bcfe5dd30  #   start 1700000030000 ms
+        0000018bcfe65260  #   end 1700000060000 ms
+      0001                # missing: 1
+        0002 6e32         #   "n2"
+      0001                # exports: 1 ExportUrl
+        0002 6e31         #   node_id "n1"
+        000a 687474703a2f2f682f65  # url "http://h/e"
+        0000018bcfee8fc0  #   expires 1700000600000 ms
+      00                  # truncated false
+      0001                # ext: 1 record
+        0001              #   tag 0x0001: segments being written
+        000e              #   length 14
+        0001              #     count 1
+        0000018bcfe56800  #     start 1700000000000 ms
+        0002 6e31         #     node_id "n1"
+    """),
 ]
 
 
