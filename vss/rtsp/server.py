@@ -560,7 +560,8 @@ class RTSPServerFactory(protocol.Factory):
             conn.reply(req, 404, reason="No Source")
             return
         base = url.base or "rtsp://" + self._host_of(req, conn)
-        body = sdplib.for_viewers(source.sdp, base + url.path, url.query).encode("utf-8")
+        body = sdplib.for_viewers(source.sdp, base + url.path, url.query,
+                                  source.duration).encode("utf-8")
         conn.reply(req, 200, [("Content-Type", "application/sdp"),
                               ("Content-Base", f"{base}{url.path}/")], body)
 
