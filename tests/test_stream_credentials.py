@@ -9,6 +9,7 @@ The end-to-end tests run CMS and two nodes (real services over loopback TCP), a 
 node-b; the unit tests drive the sans-IO parts and the node's checks with fakes.
 """
 
+import json
 import threading
 import time
 
@@ -386,4 +387,48 @@ class TwoNodeTests(unittest.TestCase):
         yield threads.deferToThread(player.join, 10)
         with self.assertRaises(Exception) as e:
             yield threads.deferToThread(first_frames, issued.url, 1)
+        self.assertIn("401", str(e.exception))
+
+    @defer.inlineCallbacks
+    def test_vssctl_creates_lists_and_revokes(self):
+        from vss.testing.processes import vssctl
+
+        node = f"tcp:127.0.0.1:{self.p.port('node-b', 'cu')}"
+        out, err, code = yield vssctl(node, ["stream-cred", "create", "cam-a", "--name",
+                                             "home assistant", "--expires-in", "30d"],
+                                      "alice", "alice-pw")
+        self.assertEqual(code, 0, err)
+        url_line, digest_line = out.splitlines()
+        url, digest = url_line.split()[1], digest_line.split()[1]
+        cred_id = url.split("cred=")[1].split(".")[0]
+        secret = url.split("cred=")[1].split(".", 1)[1]
+        rtsp_b = f"127.0.0.1:{self.p.port('node-b', 'rtsp')}"
+        self.assertEqual(url, f"rtsp://{rtsp_b}/live/cam-a/main?cred={cred_id}.{secret}")
+        self.assertEqual(digest, f"rtsp://{cred_id}:{secret}@{rtsp_b}/live/cam-a/main")
+        self.assertIn(f"stream credential {cred_id} for cam-a (expires ", err)
+        self.assertIn("shown only now", err)
+        frames = yield threads.deferToThread(first_frames, digest, 3)
+        self.assertEqual(frames, 3)
+
+        out, err, code = yield vssctl(node, ["--json", "stream-cred", "list"], "alice",
+                                      "alice-pw")
+        self.assertEqual(code, 0, err)
+        [listed] = json.loads(out)["credentials"]
+        self.assertEqual((listed["cred_id"], listed["name"], listed["device_id"]),
+                         (cred_id, "home assistant", "cam-a"))
+        self.assertNotIn("sealed", listed)
+        self.assertNotIn(secret, out)
+        out, err, code = yield vssctl(node, ["stream-cred", "revoke", cred_id], "bob",
+                                      "bob-pw")
+        self.assertEqual(code, 1)
+        self.assertIn("[not_found]", err)
+        out, err, code = yield vssctl(node, ["stream-cred", "revoke", cred_id], "alice",
+                                      "alice-pw")
+        self.assertEqual((code, out.strip()),
+                         (0, f"stream credential {cred_id} for cam-a revoked"), err)
+        out, err, code = yield vssctl(node, ["stream-cred", "list", "cam-a"], "alice",
+                                      "alice-pw")
+        self.assertEqual(out.splitlines()[1].split()[:3], [cred_id, "cam-a", "revoked"])
+        with self.assertRaises(Exception) as e:
+            yield threads.deferToThread(first_frames, digest, 1)
         self.assertIn("401", str(e.exception))

@@ -279,6 +279,9 @@ class IAdminBackend(Interface):
     alone; the CMS service provides the same surface with its live node registry."""
 
     store = Attribute("The ``IStaticStore`` holding the static data.")
+    credential_key = Attribute("The key stream credentials are sealed with "
+                               "(``vss.streamcreds.secret.credential_key`` of the cluster "
+                               "secret), or None: then none can be made here.")
 
     def publish(changes):
         """S501: the ``Change`` list of one store transaction made by an operator; may

@@ -35,6 +35,9 @@ from vss.protocols.messages import (
     KV,
     ConfigGet,
     ConfigSet,
+    CredCreate,
+    CredList,
+    CredRevoke,
     CuKind,
     DeviceList,
     FocusOp,
@@ -347,6 +350,36 @@ class PlaybackCmd(DeviceCommand):
         self["at_ms"] = parse_time(self["at"], int(time.time() * 1000))
 
 
+class StreamCredCmd(AnyOrder):
+    synopsis = "stream-cred (create DEVICE [--name NAME] [--expires-in 30d] | list [DEVICE] | " \
+               "revoke ID)"
+    description = ("Stable stream URLs for players and NVRs (VLC, an NVR, Home Assistant) "
+                   "that cannot ask for a fresh token: a credential of yours for a device, "
+                   "used in the URL or as RTSP Digest credentials, on any node, until it "
+                   "expires or you revoke it (or lose the grant).")
+    arguments = ("create|list|revoke", "DEVICE or ID")
+    optional = 1
+    optParameters = [["name", None, "", "A label (which player or NVR uses it)."],
+                     ["expires-in", None, None, "Lifetime: seconds or 15m, 12h, 30d, 2w "
+                      "(default: until revoked)."]]
+
+    def parseArgs(self, op, target=""):
+        if op not in ("create", "list", "revoke"):
+            raise usage.UsageError(f"stream-cred: {op!r} is not create, list or revoke")
+        if op != "list" and not target:
+            raise usage.UsageError(f"stream-cred {op}: "
+                                   f"{'DEVICE' if op == 'create' else 'ID'} is missing "
+                                   f"({self.getSynopsis()})")
+        self["op"], self["target"] = op, target
+
+    def postOptions(self):
+        self["expires"] = 0
+        if self["expires-in"] is not None:
+            from vss.cms.admin_cli import parse_duration
+
+            self["expires"] = parse_duration(self["expires-in"])
+
+
 class Options(usage.Options):
     synopsis = "Usage: vssctl [--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
     optParameters = [
@@ -368,6 +401,7 @@ class Options(usage.Options):
         ["recordings", None, RecordingsCmd, "List recordings on every node, with gaps."],
         ["export", None, ExportCmd, "Download a time range of recordings as one MP4."],
         ["playback", None, PlaybackCmd, "Play back recordings from a time (rtsp:// URL)."],
+        ["stream-cred", None, StreamCredCmd, "Stable stream URLs for players and NVRs."],
     ]
 
     def parseOptions(self, options=None):
@@ -431,6 +465,13 @@ def build_request(cmd, sub):
     """(message type, body) for a command."""
     if cmd == "devices":
         return MsgType.DEVICE_LIST, DeviceList(cursor="", limit=1000)
+    if cmd == "stream-cred":
+        if sub["op"] == "create":
+            return MsgType.CRED_CREATE, CredCreate(device_id=sub["target"], name=sub["name"],
+                                                   expires_in=sub["expires"])
+        if sub["op"] == "list":
+            return MsgType.CRED_LIST, CredList(device_id=sub["target"])
+        return MsgType.CRED_REVOKE, CredRevoke(cred_id=sub["target"], username="")
     dev, ch = sub["device"], sub.get("channel", 0)
     if cmd == "ptz":
         return MsgType.PTZ_CONTROL, PtzControl(device_id=dev, channel=ch, op=sub["op"],
@@ -532,6 +573,11 @@ def json_form(cmd, sub, result):
         target = ptz_target(sub, result)
         if target is not None:
             out["target"] = dict(zip(("pan", "tilt", "zoom"), target, strict=True))
+    if cmd == "stream-cred":
+        for c in ([out["credential"]] if "credential" in out else out.get("credentials", [])):
+            c.pop("sealed", None)
+        if sub["op"] == "create":
+            out["digest_url"] = digest_url(result.url, result.credential.cred_id, result.secret)
     if cmd == "recordings":
         opens = open_segments(result)
         for seg in out["segments"]:
@@ -581,6 +627,8 @@ def render(cmd, sub, body):
                 f"{', schedule ' + slots if slots else ''}")
     if cmd in ("live", "playback"):
         return body.url
+    if cmd == "stream-cred":
+        return render_credentials(sub, body)
     if cmd == "recordings":
         return render_recordings(body)
     if cmd == "export":
@@ -591,6 +639,36 @@ def render(cmd, sub, body):
             return f"{sub['device']}: no recordings on this node"
         return "\n".join(render_record_state(t) for t in tasks)
     return repr(body)
+
+
+def digest_url(url, cred_id, secret):
+    """The Digest form of a credential's URL: ``rtsp://ID:SECRET@host/path`` (the player
+    answers the server's challenge; the secret does not cross the network)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{cred_id}:{secret}@{rest.split('?', 1)[0]}"
+
+
+def render_credentials(sub, body):
+    if sub["op"] == "create":
+        c = body.credential
+        return (f"url     {body.url}\n"
+                f"digest  {digest_url(body.url, c.cred_id, body.secret)}")
+    if sub["op"] == "revoke":
+        c = body.credential
+        return f"stream credential {c.cred_id} for {c.device_id} revoked"
+    import time
+
+    from vss.streamcreds.secret import state
+
+    now = int(time.time() * 1000)
+    rows = [f"{'ID':<16} {'DEVICE':<20} {'STATE':<8} {'CREATED (UTC)':<20} "
+            f"{'EXPIRES (UTC)':<20} NAME"]
+    for c in body.credentials:
+        rows.append(f"{c.cred_id:<16} {c.device_id:<20} {state(c, now):<8} "
+                    f"{_utc(c.created):<20} {_utc(c.expires) if c.expires else 'never':<20} "
+                    f"{c.name}")
+    rows.append(f"{len(body.credentials)} stream credential(s)")
+    return "\n".join(rows)
 
 
 def _utc(ms):
@@ -693,6 +771,12 @@ def run_command(reactor, opts, password, out):
             out.write(json.dumps(json_form(cmd, sub, result), indent=1, sort_keys=True) + "\n")
         else:
             out.write(render(cmd, sub, result) + "\n")
+        if cmd == "stream-cred" and sub["op"] == "create":
+            c = result.credential
+            until = f"expires {_utc(c.expires)} UTC" if c.expires else "never expires"
+            print(f"stream credential {c.cred_id} for {c.device_id} ({until}): the secret is "
+                  f"shown only now. Revoke it with: vssctl stream-cred revoke {c.cred_id}",
+                  file=sys.stderr)
         if cmd in ("live", "playback") and sub["play"]:
             play(result.url)
     finally:
