@@ -14,7 +14,7 @@ it there (``StreamCredentials.revalidate``).
 Files and roles:
 
 ``secret.py``  sans-IO: ids and secrets, the sealed form kept in the database, checking
-               a secret or a Digest answer, states, redaction of URLs in logs
+               a secret or a Digest answer, states
 ``node.py``    a node's side: the streaming server's check of an RTSP request, the
                CU's requests (create, list, revoke) and the revocation of sessions
 
@@ -26,7 +26,7 @@ What a player uses (``<id>`` is public, ``<secret>`` is shown once, at creation)
 - the URL, for players and NVRs that cannot do Digest:
   ``rtsp://node:7554/live/cam-1/main?cred=<id>.<secret>``; the secret crosses the
   network in clear with every request, as a camera password would, and is masked in
-  every log line of vss (``secret.redact``).
+  every log line of vss (``vss.redact``: the streaming server logs paths, never URLs).
 
 Basic authentication is not offered: it would send the secret in clear on every
 request, without the URL form's honesty about it.

@@ -17,7 +17,6 @@ secret itself has 256 bits, so HA1 cannot be inverted to it. A sealed value move
 another credential's row does not unseal (associated data).
 """
 
-import base64
 import hashlib
 import hmac
 import os
@@ -112,20 +111,3 @@ def split_url_credential(value):
     return cred_id, given
 
 
-_CRED_IN_QUERY = re.compile(r"(?i)(cred=)[^&\s\"'#]*")
-_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/@\s:]*:)[^/@\s]*@")
-_DIGEST_RESPONSE = re.compile(r'(?i)(response=)"?[0-9a-f]+"?')
-
-
-def redact(text):
-    """``text`` (a URL, a request line, a log message) with every stream credential
-    secret masked: ``cred=***``, ``rtsp://user:***@host``."""
-    if not isinstance(text, str):
-        return text
-    text = _CRED_IN_QUERY.sub(r"\1***", text)
-    text = _USERINFO.sub(r"\1***@", text)
-    return _DIGEST_RESPONSE.sub(r"\1***", text)
-
-
-def b64(raw):
-    return base64.b64encode(bytes(raw)).decode("ascii")
