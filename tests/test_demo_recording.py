@@ -92,6 +92,8 @@ class DemoRecordingTests(unittest.TestCase):
             yield task.deferLater(reactor, 0.5, lambda: None)
         last = recording["segments"][-1]
         self.assertTrue(last["recording"], recording)
+        if all(seg["recording"] for seg in recording["segments"]):
+            self.assertEqual(recording["exports"], [])  # nothing closed to export yet
         self.assertEqual([g for g in recording["gaps"] if g["end"] > last["start"]], [])
         out, err, code = yield run_tool("vssctl", ["recordings", "cam-a1", "--from", "-1m"],
                                         env=on_b)

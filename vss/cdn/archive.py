@@ -100,13 +100,14 @@ class NodeArchive:
         stream = stream_name(body.channel, body.stream)
         rows, gaps = yield self.catalogue.spans(body.device_id, stream, body.from_time,
                                                 body.to_time)
+        closed = bool(rows)  # what an export can give: the closed segments
         opens = self._open_rows(body, stream, rows)
         if opens:  # a recording in progress: listed up to now, not as a gap
             rows = sorted(list(rows) + opens)
             gaps = gap_pairs(rows, body.from_time, body.to_time)
         export = None
         base = self.http_base() if callable(self.http_base) else self.http_base
-        if rows and base and self.tokens is not None:
+        if closed and base and self.tokens is not None:
             token, expires = self.tokens.issue(body.device_id, body.channel, stream,
                                                body.from_time, body.to_time)
             export = export_url(base, token, expires, self.node_id)
@@ -118,7 +119,6 @@ class NodeArchive:
             data = encode_parts(merge_parts(body.from_time, body.to_time,
                                             [parse_body(data), parts_of(own)]))
         return data
-
 
     def _open_rows(self, body, stream, rows):
         """(start, now, bytes so far) of the segments of the range being written, not
