@@ -58,7 +58,8 @@ class SecretTests(unittest.SynchronousTestCase):
         self.assertNotIn(secret.encode(), record.sealed)
         self.assertNotIn(sc.ha1(record.cred_id, secret), record.sealed)  # HA1 is sealed
         self.assertTrue(sc.secret_matches(KEY, record, secret))
-        self.assertFalse(sc.secret_matches(KEY, record, secret[:-1] + "A"))
+        other = secret[:-1] + ("B" if secret.endswith("A") else "A")
+        self.assertFalse(sc.secret_matches(KEY, record, other))
         # another cluster's key, or the sealed value moved to another credential, user
         # or device: it does not open
         self.assertFalse(sc.secret_matches(sc.credential_key(b"x" * 40), record, secret))
@@ -221,6 +222,8 @@ class CheckTests(unittest.SynchronousTestCase):
 
         self.assertTrue(safe_for_secrets(Link("127.0.0.1")))
         self.assertTrue(safe_for_secrets(Link("::1")))
+        self.assertTrue(safe_for_secrets(Link("::ffff:127.0.0.1")))
+        self.assertFalse(safe_for_secrets(Link("::ffff:10.0.0.7")))
         self.assertFalse(safe_for_secrets(Link("10.0.0.7")))
         from twisted.internet.interfaces import ISSLTransport
         from zope.interface import directlyProvides

@@ -159,7 +159,8 @@ class NodeService(StagedService):
     def namespace(self):
         """What the manhole shows an operator."""
         return {"node": self, "rgm": self.rgm, "store": self.store, "central": self.central,
-                "sessions": self.rgm.links, "pus": self.rgm.pu_links}
+                "sessions": self.rgm.links, "pus": self.rgm.pu_links,
+                "credentials": getattr(self, "stream_credentials", None)}
 
     def _make_central(self):
         if self.settings.static:

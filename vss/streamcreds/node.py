@@ -75,9 +75,11 @@ def safe_for_secrets(link):
     if transport is not None and ISSLTransport.providedBy(transport):
         return True
     try:
-        return ipaddress.ip_address(link.peer_host).is_loopback
+        address = ipaddress.ip_address(link.peer_host)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 class StreamCredentials(service.Service):
