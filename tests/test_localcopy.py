@@ -10,6 +10,7 @@ import stat
 from twisted.internet import task
 from twisted.trial import unittest
 
+from vss.protocols.messages import Change, StreamCredential
 from vss.rgm import localcopy
 from vss.rgm.sync import SAVE_DELAY, SyncApplier
 from vss.store.memory import MemoryStore
@@ -20,7 +21,18 @@ from .test_sync_random import dev, device_change, grant_change, user_change
 def held(store):
     """Everything a store holds of the static data, comparable."""
     return ({d.device_id: d for d in store.devices()}, {u.username: u for u in store.users()},
-            {(g.principal, g.device_id): g for g in store.grants()})
+            {(g.principal, g.device_id): g for g in store.grants()},
+            {c.cred_id: c for c in store.credentials()})
+
+
+def credential_change(seq, cred_id, version=1, revoked=0):
+    from vss.protocols.messages import ChangeOp, Entity
+
+    c = StreamCredential(cred_id=cred_id, username="alice", device_id="cam1", name="vlc",
+                         created=1, expires=0, revoked=revoked, sealed=b"\x01sealed",
+                         version=version)
+    return Change(seq, int(Entity.CREDENTIAL), int(ChangeOp.UPSERT), cred_id, version,
+                  "cms", None, None, None, c)
 
 
 class LocalCopyTests(unittest.TestCase):
@@ -41,8 +53,10 @@ class LocalCopyTests(unittest.TestCase):
         applier = self.applier_on(store)
         return store, applier, applier.restore()
 
-    def reload(self, seq, devices=(), users=(), grants=()):
+    def reload(self, seq, devices=(), users=(), grants=(), credentials=()):
         """What CmsLink.reload does: put everything, then snapshot at the head."""
+        for r in credentials:
+            self.store.put_credential(r)
         for r in devices:
             self.store.put_device(r)
         for r in users:
@@ -61,19 +75,24 @@ class LocalCopyTests(unittest.TestCase):
     def test_snapshot_and_journal_come_back_after_a_restart(self):
         self.reload(10, devices=[dev("cam1", 1), dev("cam2", 3, home="node-b", secret=False)],
                     users=[user_change(0, "alice", 1).user],
-                    grants=[grant_change(0, "user:alice", "cam1").grant])
+                    grants=[grant_change(0, "user:alice", "cam1").grant],
+                    credentials=[credential_change(0, "c1").credential])
         self.applier.apply([device_change(11, dev("cam1", 2, name="renamed")),
                             user_change(12, "bob", 1),
                             grant_change(13, "user:bob", "cam2"),
                             device_change(14, key="cam2", version=4, delete=True),
-                            grant_change(15, "user:alice", "cam1", delete=True)])
+                            grant_change(15, "user:alice", "cam1", delete=True),
+                            credential_change(16, "c1", version=2, revoked=5),
+                            credential_change(17, "c2")])
         self.clock.advance(SAVE_DELAY)
         store, applier, seq = self.restart()
-        self.assertEqual(seq, 15)
+        self.assertEqual(seq, 17)
+        self.assertEqual(store.get_credential("c1").revoked, 5)
+        self.assertEqual(len(store.credentials()), 2)
         self.assertEqual(held(store), held(self.store))
         self.assertEqual(store.get_device("cam1").name, "renamed")
         self.assertTrue(store.get_device("cam1").verifier.stored_key)
-        self.assertEqual(store.get_meta("applied_seq"), 15)
+        self.assertEqual(store.get_meta("applied_seq"), 17)
 
     def test_changes_not_flushed_yet_are_fetched_again(self):
         # sync.json and the journal are written together: a crash before the flush

@@ -76,14 +76,14 @@ class LocalCopy:
     # -- reading back
 
     def read(self):
-        """(seq, devices, users, grants, entries) of what was saved, or None without a
-        snapshot. ``entries`` in the order they were saved: ``list`` of ``Change`` (an
+        """(seq, devices, users, grants, credentials, entries) of what was saved, or None
+        without a snapshot. ``entries`` in the order they were saved: ``list`` of ``Change`` (an
         applied batch) or a ``SyncChange`` (a PU's configuration or presets), the
         snapshot's settings first."""
         if not os.path.exists(self.snapshot_path):
             return None
         seq = None
-        devices, users, grants, entries = [], [], [], []
+        devices, users, grants, credentials, entries = [], [], [], [], []
         for msg in self._frames(self.snapshot_path, strict=True):
             if msg.type == MsgType.SYNC_CHANGE:
                 entries.append(msg.body)
@@ -93,6 +93,7 @@ class LocalCopy:
             devices.extend(page.devices)
             users.extend(page.users)
             grants.extend(page.grants)
+            credentials.extend(page.credentials)
         if seq is None:
             return None
         self.journaled = 0
@@ -104,7 +105,7 @@ class LocalCopy:
                 else:
                     entries.append(msg.body.changes)
                     self.journaled += len(msg.body.changes)
-        return seq, devices, users, grants, entries
+        return seq, devices, users, grants, credentials, entries
 
     def _frames(self, path, strict=False):
         with open(path, "rb") as f:
@@ -129,7 +130,7 @@ class LocalCopy:
 
     # -- writing
 
-    def write_snapshot(self, seq, devices, users, grants, settings=()):
+    def write_snapshot(self, seq, devices, users, grants, credentials=(), settings=()):
         """Replace the snapshot with these records at ``seq`` (and ``settings``: (device
         id, channel, ChangeKind, items) of the node's own PUs) and empty the journal."""
         tmp = self.snapshot_path + ".tmp"
@@ -137,9 +138,11 @@ class LocalCopy:
         with os.fdopen(fd, "wb") as f:
             for entity, records, name in ((Entity.DEVICE, devices, "devices"),
                                           (Entity.USER, users, "users"),
-                                          (Entity.GRANT, grants, "grants")):
+                                          (Entity.GRANT, grants, "grants"),
+                                          (Entity.CREDENTIAL, list(credentials),
+                                           "credentials")):
                 for start in range(0, max(1, len(records)), PAGE):
-                    page = {"devices": [], "users": [], "grants": []}
+                    page = {"devices": [], "users": [], "grants": [], "credentials": []}
                     page[name] = records[start:start + PAGE]
                     body = StaticPage(entity=int(entity), next_cursor="", seq=seq, **page)
                     f.write(codec.encode_frame(MsgType.STATIC_PULL, codec.encode_body(body),

@@ -32,7 +32,7 @@ class SyncApplier:
     log = Logger()
 
     def __init__(self, store, node_id, data_dir=None, on_device_change=None, on_user_change=None,
-                 clock=None, local_copy=False):
+                 clock=None, on_access_change=None, local_copy=False):
         self.store = store
         self.clock = clock
         self._save_call = None
@@ -40,6 +40,10 @@ class SyncApplier:
         self.path = os.path.join(data_dir, "sync.json") if data_dir else None
         self.on_device_change = on_device_change
         self.on_user_change = on_user_change
+        #: called once after a batch that changed a user, a grant or a stream credential
+        #: (who may play what: the node checks the sessions of stream credentials again)
+        self.on_access_change = on_access_change
+        self._access_changed = False
         self.applied_seq = 0
         self.applied_count = 0
         #: the memory store's copy on disk (``vss.rgm.localcopy``), or None
@@ -72,7 +76,7 @@ class SyncApplier:
             return None
         if saved is None:
             return None
-        seq, devices, users, grants, entries = saved
+        seq, devices, users, grants, credentials, entries = saved
         store = self.store
         for r in devices:
             store.put_device(r)
@@ -80,6 +84,8 @@ class SyncApplier:
             store.put_user(r)
         for r in grants:
             store.put_grant(r)
+        for r in credentials:
+            store.put_credential(r)
         self.applied_seq = seq
         self._quiet = True
         try:
@@ -95,9 +101,11 @@ class SyncApplier:
                         self.applied_seq = c.seq
         finally:
             self._quiet = False
+            self._access_changed = False  # nothing was open to check yet
         self.log.info("restored the local copy: {devices} devices, {users} users, {grants} "
-                      "grants at sequence {seq}", devices=len(store.devices()),
-                      users=len(store.users()), grants=len(store.grants()),
+                      "grants, {creds} stream credentials at sequence {seq}",
+                      devices=len(store.devices()), users=len(store.users()),
+                      grants=len(store.grants()), creds=len(store.credentials()),
                       seq=self.applied_seq)
         return self.applied_seq
 
@@ -120,10 +128,25 @@ class SyncApplier:
         if upto is not None and upto > self.applied_seq:
             self.applied_seq = upto
         self.save()
+        if self._access_changed:
+            self._access_changed = False
+            if self.on_access_change is not None:
+                self.on_access_change()
         return self.applied_seq
 
     def apply_one(self, c):
         store = self.store
+        if c.entity in (Entity.USER, Entity.GRANT, Entity.CREDENTIAL):
+            self._access_changed = True
+        if c.entity == Entity.CREDENTIAL:
+            held = store.get_credential(c.key)
+            if c.op == ChangeOp.DELETE:
+                if held is not None and held.version < c.version:
+                    store.remove_credential(c.key)
+            elif c.credential is not None and (held is None or
+                                               held.version <= c.credential.version):
+                store.put_credential(c.credential)
+            return
         if c.entity == Entity.DEVICE:
             held = store.get_device(c.key)
             if c.op == ChangeOp.DELETE:
@@ -177,7 +200,7 @@ class SyncApplier:
                 if r.home_node == self.node_id
                 for channel, kind, items in settings.held(store, r.device_id)]
         self.local.write_snapshot(self.applied_seq, devices, store.users(), store.grants(),
-                                  held)
+                                  store.credentials(), held)
 
     def note_setting(self, device_id, channel, kind, items):
         """A PU of this node reported its configuration or presets (S602): kept with
@@ -215,7 +238,8 @@ class SyncApplier:
             if self.local.journaled >= MIN_COMPACT:
                 store = self.store
                 if self.local.wants_snapshot(len(store.devices()) + len(store.users())
-                                             + len(store.grants())):
+                                             + len(store.grants())
+                                             + len(store.credentials())):
                     self.snapshot()
         if self.path:
             tmp = self.path + ".tmp"

@@ -149,6 +149,14 @@ class MemoryCentral:
     def synchronised(self):
         return self.synced
 
+    def store_credential(self, record):
+        return defer.fail(VssError(ResultCode.NOT_SUPPORTED, "stream credentials need the "
+                                   "central platform"))
+
+    def revoke_credential(self, cred_id, username):
+        return defer.fail(VssError(ResultCode.NOT_SUPPORTED, "stream credentials need the "
+                                   "central platform"))
+
     def report_change(self, change):
         self._check()
         self.changes.append(change)
