@@ -194,7 +194,7 @@ class NodeRestartTests(unittest.TestCase):
         out, err, code = yield self.ctl("devices", timeout=2)
         self.assertEqual(code, 1)
         self.assertIn("vssctl: the node is not ready", err)
-        self.assertIn("not_ready (0x020b)", err)
+        self.assertIn("[not_ready]", err)
         out, err, code = yield self.conformance()
         self.assertEqual(code, 1)
         self.assertIn("the node is not ready", err)

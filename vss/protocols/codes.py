@@ -81,8 +81,8 @@ DESCRIPTIONS = {
     ResultCode.SESSION_REPLACED: "the same identity logged in on another link",
     ResultCode.SESSION_CLOSED: "the session was closed by the node",
     ResultCode.NO_COMMON_VERSION: "no protocol version in common",
-    ResultCode.NOT_READY: "the node is not ready (still loading its data, or the central"
-                          " platform is needed and unreachable); try again later",
+    ResultCode.NOT_READY: "the node is not ready yet: it is loading its data or cannot reach"
+                          " the central platform; try again later",
     ResultCode.UNKNOWN_DEVICE: "no such device",
     ResultCode.FORBIDDEN: "not granted for this device and action",
     ResultCode.DEVICE_OFFLINE: "the device is offline",
@@ -99,8 +99,8 @@ DESCRIPTIONS = {
     ResultCode.UNKNOWN_NODE: "no such node",
     ResultCode.STALE_CHANGE: "the change is older than what is stored",
     ResultCode.ROUTE_LOOP: "the routed request came back to a node it passed",
-    ResultCode.DB_UNAVAILABLE: "the central database failed (unreachable, locked or timed"
-                               " out); try again later",
+    ResultCode.DB_UNAVAILABLE: "the central database failed: unreachable, locked or timed"
+                               " out; try again later",
     ResultCode.INTERNAL_ERROR: "internal error",
 }
 
