@@ -164,3 +164,106 @@ class BrowserClientTests(unittest.TestCase):
         self.assertGreater(widths[2], 340)  # the video uses the width of the phone
         self.assertGreater(widths[3], 100)
         yield b.screenshot("web-phone")
+
+
+class BrowserPlaybackTests(unittest.TestCase):
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        harness.require()
+        os.environ.setdefault(harness.ARTEFACTS_ENV, os.path.abspath("test-artefacts"))
+        self.p = yield start_platform(self)
+        store, change = self.p.cms.store, self.p.change
+        yield change(store.upsert_device("cam-a", "Front door", 1, 1, "node-a",
+                                         verifier("cam-a-s")))
+        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
+        yield change(store.set_grant("user:alice", "cam-a", ALL))
+        self.node = yield self.p.start_node("node-a")
+        yield self.p.start_pu("node-a", "cam-a", "cam-a-s")
+        self.url = f"http://127.0.0.1:{self.p.port('node-a', 'http')}/"
+
+    @defer.inlineCallbacks
+    def record(self, seconds, segment_seconds=4):
+        from vss.cdn.service import CDNRecording
+
+        rec = CDNRecording(self.node.cdn, self.node.recorder)
+        yield rec.start("cam-a", 0, 0, segment_seconds)
+        yield task.deferLater(reactor, seconds, lambda: None)
+        yield rec.stop("cam-a", 0, 0)
+        listing = yield self.node.recorder.catalogue.list("cam-a", "main", 0, 2**62)
+        return listing["segments"]
+
+    @defer.inlineCallbacks
+    def test_timeline_click_plays_back_from_that_time_pauses_and_seeks(self):
+        segments = yield self.record(13)
+        self.assertGreaterEqual(len(segments), 3, segments)
+        b = yield harness.start_browser(self)
+        yield b.open(self.url)
+        yield b.wait_for("the login page", "return document.body.dataset.state === 'login'")
+        yield b.js("""
+            document.getElementById('user').value = 'alice';
+            document.getElementById('password').value = 'alice-pw';
+            document.getElementById('login-form').requestSubmit();""")
+        yield b.wait_for("the app", "return document.body.dataset.state === 'ready'")
+        yield b.js("document.querySelector('.device[data-device=\"cam-a\"]').click()")
+        # the last 10 minutes: the recording is drawn, the rest is a gap
+        yield b.js("const z = document.getElementById('zoom'); z.value = '600000'; "
+                   "z.dispatchEvent(new Event('change'))")
+        yield b.wait_for("the recorded segments", """
+            return Number(document.getElementById('timeline').dataset.segments) >= 3""")
+        drawn = yield b.js("return [document.querySelectorAll('#timeline .segment').length, "
+                           "document.querySelectorAll('#timeline .gap').length]")
+        self.assertGreaterEqual(drawn[0], 3)
+        self.assertGreaterEqual(drawn[1], 1)
+        yield b.screenshot("web-timeline")
+
+        def click_at(ms):
+            return b.js("""
+                const tl = document.getElementById('timeline');
+                const r = tl.getBoundingClientRect();
+                const v = window.vss.view;
+                const x = r.left + (arguments[0] - (v.end - v.span)) / v.span * r.width;
+                for (const type of ['pointerdown', 'pointerup']) {
+                  tl.dispatchEvent(new PointerEvent(type, {clientX: x, clientY: r.top + 10,
+                                                           pointerId: 1, bubbles: true}));
+                }
+                const t = v.end - v.span + (x - r.left) / r.width * v.span;
+                return Math.round(t);""", ms)
+
+        first = segments[0]
+        asked = yield click_at(first.start_ms + 1000)
+        # a pixel of the timeline is about a second: the time asked is where it landed
+        self.assertLess(abs(asked - (first.start_ms + 1000)), 1500)
+        yield b.wait_for("playback pictures", """
+            const t = document.querySelector('.tile');
+            return t.dataset.mode === 'playback' && Number(t.dataset.frames) >= 10
+                && t.dataset.footage""", timeout=40)
+        footage = int((yield self.tile(b, "footage")))
+        # it plays from the asked time: from the keyframe at or before it (GOP 2 s)
+        self.assertGreater(footage, asked - 2100)
+        self.assertLess(footage, asked + 4000)
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        later = int((yield self.tile(b, "footage")))
+        self.assertGreater(later - footage, 500, "the footage time does not advance")
+
+        # pause: the footage time stays; play: it goes on
+        yield b.js("document.getElementById('play-pause').click()")
+        yield b.wait_for("the pause", "return document.getElementById('play-pause').textContent === 'Play'")
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        paused = int((yield self.tile(b, "footage")))
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual(int((yield self.tile(b, "footage"))), paused)
+
+        # a click further on seeks the same playback there
+        last = segments[-1]
+        target = yield click_at(last.start_ms + 1500)
+        yield b.wait_for("the seek", """
+            const f = Number(document.querySelector('.tile').dataset.footage);
+            return f >= arguments[0] - 2100 && f""", target, timeout=30)
+        seeked = int((yield self.tile(b, "footage")))
+        self.assertLess(seeked, target + 4000)
+        yield b.screenshot("web-playback")
+
+    def tile(self, b, what):
+        return b.js(f"return document.querySelector('.tile').dataset.{what}")

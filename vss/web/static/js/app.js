@@ -16,7 +16,7 @@ const state = {
   layout: 1,
   tiles: [],
   selected: 0,
-  view: { span: 6 * 3600000, end: Date.now() + 600000 },
+  view: { span: 6 * 3600000, end: Date.now() + 6 * 3600000 * 0.05 },
   recordings: null,
   selection: null,
 };
@@ -397,7 +397,7 @@ async function loadTimeline() {
     tl.dataset.segments = String(r.segments.length);
     const recorded = r.segments.reduce((n, s) => n + Math.min(s.end, end) - Math.max(s.start, start), 0);
     info.textContent = r.segments.length
-      ? `${Math.round(recorded / 60000)} min recorded in this span · click to play from a time, drag to select a range to export`
+      ? `${recorded < 120000 ? `${Math.round(recorded / 1000)} s` : `${Math.round(recorded / 60000)} min`} recorded in this span · click to play from a time, drag to select a range to export`
       : "Nothing recorded in this span.";
     if (r.missing.length) info.textContent += ` · not listed: ${r.missing.join(", ")}`;
   } catch (e) {
@@ -514,15 +514,19 @@ function wire() {
   $("ptz-stop").onclick = () => ptz(PTZ.STOP);
   for (const b of document.querySelectorAll(".zoom [data-zoom]")) b.onclick = () => ptz(PTZ.RELATIVE, 0, 0, Number(b.dataset.zoom) * 0.1);
   $("preset-form").addEventListener("submit", savePreset);
-  $("zoom").onchange = () => { state.view.span = Number($("zoom").value); loadTimeline(); };
+  $("zoom").onchange = () => {
+    state.view.span = Number($("zoom").value);
+    state.view.end = Date.now() + state.view.span * 0.05;  // now, near the right edge
+    loadTimeline();
+  };
   $("day-prev").onclick = () => { state.view.end -= state.view.span; loadTimeline(); };
   $("day-next").onclick = () => { state.view.end = Math.min(Date.now() + 600000, state.view.end + state.view.span); loadTimeline(); };
   $("go-live").onclick = () => { const d = current(); if (d) watch(d); $("play-pause").disabled = true; $("speed").disabled = true; };
   $("play-pause").onclick = () => {
     const tile = state.tiles[state.selected];
     if (!tile || !tile.player || tile.mode !== "playback") return;
-    if ($("play-pause").textContent === "Pause") { tile.player.userPaused = true; tile.player.pause(); }
-    else { tile.player.userPaused = false; tile.player.play(); }
+    if ($("play-pause").textContent === "Pause") tile.player.pause();
+    else tile.player.play();
   };
   $("speed").onchange = () => {
     const tile = state.tiles[state.selected];

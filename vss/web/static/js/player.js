@@ -61,9 +61,10 @@ export class Player {
 
   play(at = null) {
     if (!this.live) this.anchor = { pending: true, at: null };
+    this.userPaused = false;
     this.send(at == null ? { op: "play" } : { op: "play", at });
   }
-  pause() { this.send({ op: "pause" }); this.video.pause(); }
+  pause() { this.userPaused = true; this.send({ op: "pause" }); this.video.pause(); }
   setSpeed(speed) {
     this.speed = speed;
     this.video.playbackRate = speed;
