@@ -285,6 +285,8 @@ async function watch(deviceId, { at = null, tile = state.tiles[state.selected] }
   showControls(d);
 }
 
+state.watch = watch;  // the benchmark opens cameras through it
+
 function waitOpen(player) {
   return new Promise((resolve) => {
     const check = () => (player.ws && player.ws.readyState === 1 ? resolve() : setTimeout(check, 20));
