@@ -130,10 +130,16 @@ class NodeService(StagedService):
                                            settings.data_dir, capacity)
         self.recordings.setServiceParent(self)
         self.rgm.recordings = self.recordings
+        # The browser client on the HTTP listener: the page, the CU link and the media
+        # over WebSockets (vss.web).
+        from vss.web.site import WebClient
+
+        self.web = WebClient(self.rtsp, self.rgm.factory(Role.CU), reactor)
+        self.web.setServiceParent(self)
         # Settings from CMS, the catalogue across nodes, HTTP export and retention.
         from vss.cdn import archive
 
-        archive.wire(self, settings, reactor)
+        archive.wire(self, settings, reactor, web=self.web)
         self.stream_credentials = None
         if not settings.static:  # the credentials' sealing key comes from the cluster
             self._make_stream_credentials(reactor)
