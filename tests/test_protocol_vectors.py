@@ -656,9 +656,10 @@ VECTORS = [
                               verifier=Verifier(salt=b"\x01", iterations=1, stored_key=b"\x02",
                                                 server_key=b"\x03"),
                               groups=["ops"], enabled=True, version=1),
-              grants=[GrantRecord(principal="user:bob", device_id="c", actions=0x01, version=1)]),
+              grants=[GrantRecord(principal="user:bob", device_id="c", actions=0x01, version=1,
+                                  expires=1767225600000)]),
       """
-      5653 01 01 0205 0000 00000007 00000042  # VS v1 response REG_INFO txid 7 len 66
+      5653 01 01 0205 0000 00000007 0000004a  # VS v1 response REG_INFO txid 7 len 74
       0002 6e31           # home_node "n1"
       00                  # device: absent
       01                  # user: present, a UserRecord
@@ -675,6 +676,7 @@ VECTORS = [
         0001 63           #   device_id "c"
         01                #   actions VIEW
         0000000000000001  #   version 1
+        0000019b76daa800  #   expires 2026-01-01T00:00:00Z (1767225600000 ms)
       0000                # ext: none
     """),
     V("node_lookup_request", MsgType.NODE_LOOKUP, REQ, 31, NodeLookup(node_id="n3"), """

@@ -56,8 +56,16 @@ CURRENT_SCHEMA = {
             "device_id", "name", "kind", "channels", "home_node", "salt", "iterations",
             "stored_key", "server_key", "source_url", "enabled", "version",
         ],
-        "grants": ["principal", "device_id", "actions", "version"],
+        "audit_log": [
+            "id", "at", "kind", "actor", "source", "node_id", "action", "target", "status",
+            "detail_json",
+        ],
+        "grants": ["principal", "device_id", "actions", "version", "expires"],
         "meta": ["key", "value"],
+        "operators": [
+            "username", "verifier", "role", "enabled", "created", "changed", "last_login",
+            "version",
+        ],
         "nodes": [
             "node_id", "signalling", "media", "capacity", "state", "load_json",
             "applied_seq", "last_seen", "version",
@@ -74,7 +82,8 @@ CURRENT_SCHEMA = {
         ],
     },
     "indexes": [
-        "admin_tokens_hash", "admin_tokens_name", "devices_home_node", "grants_device",
+        "admin_tokens_hash", "admin_tokens_name", "audit_log_actor", "audit_log_kind",
+        "audit_log_target", "devices_home_node", "grants_device",
         "stream_credentials_device", "stream_credentials_user",
     ],
 }
@@ -708,6 +717,147 @@ class StaticStoreConformance:
         self.assertEqual(revoked.state, REVOKED)
         self.assertEqual((yield s.count_admin_tokens()), 0)
         self.assertEqual([t.state for t in (yield s.list_admin_tokens())], [REVOKED] * 3)
+
+    # -- grant expiry, operators, the audit log (migration 6) ---------------------
+
+    @inlineCallbacks
+    def test_grant_expiry(self):
+        """A grant may carry an expiry: stored, changed, sent in the change log; a
+        grant made before expiries existed never expires; an expired grant no longer
+        lets a stream credential be made."""
+        store = self.new_store()
+        yield store.open(target_version=5)
+        yield store.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+
+        def old_insert(cur):
+            store._x(cur, "INSERT INTO grants (principal, device_id, actions, version)"
+                          " VALUES (?, ?, ?, ?)", ("user:alice", "cam-1", int(Action.VIEW), 1))
+
+        yield store._wpool.runInteraction(old_insert)
+        self.assertEqual((yield store.open()), CURRENT_VERSION)
+        (old,), _ = yield store.list_grants()
+        self.assertEqual((old.actions, old.version, old.expires), (Action.VIEW, 1, 0))
+        yield store.close()
+        s = self.store
+        yield s.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+        yield s.upsert_user("alice", V1, [])
+        until = int(NOW * 1000) + 60_000
+        (c1,) = yield self.logged(s.set_grant("user:alice", "cam-1", Action.VIEW, until))
+        self.assertEqual((c1.grant.expires, c1.grant.version), (until, 1))
+        (listed,), _ = yield s.list_grants(principal="user:alice")
+        self.assertEqual(listed, c1.grant)
+        changes, _ = yield s.changes_after(0)
+        self.assertEqual(changes[-1].grant.expires, until)
+        (c2,) = yield self.logged(s.set_grant("user:alice", "cam-1", Action.VIEW))
+        self.assertEqual((c2.grant.expires, c2.grant.version), (0, 2))
+        yield s.set_grant("user:alice", "cam-1", Action.VIEW, until)
+        cred = StreamCredential("sc-000000000001", "alice", "cam-1", "", 0, 0, 0, b"x", 0)
+        yield s.add_credential(cred)
+        self.clock.advance(61)
+        late = StreamCredential("sc-000000000002", "alice", "cam-1", "", 0, 0, 0, b"x", 0)
+        yield self.assertVssError(s.add_credential(late), ResultCode.FORBIDDEN)
+        yield self.assertVssError(s.set_grant("user:alice", "cam-1", 1, -1),
+                                  ResultCode.INVALID_ARGUMENT)
+
+    @inlineCallbacks
+    def test_operators(self):
+        from vss.cms.store.operators import (
+            ADMINISTRATOR,
+            AUDITOR,
+            IOperatorStore,
+            LastAdministratorError,
+        )
+
+        s = self.store
+        self.assertTrue(verifyObject(IOperatorStore, s))
+        now = int(NOW * 1000)
+        ann = yield s.add_operator("ann", "scrypt$v1", ADMINISTRATOR)
+        self.assertEqual(ann, (yield s.get_operator("ann")))
+        self.assertEqual((ann.role, ann.enabled, ann.created, ann.changed, ann.last_login,
+                          ann.version), (ADMINISTRATOR, True, now, now, None, 1))
+        yield self.assertVssError(s.add_operator("ann", "v", AUDITOR), ResultCode.CONFLICT)
+        yield self.assertVssError(s.add_operator("bob", "v", "root"),
+                                  ResultCode.INVALID_ARGUMENT)
+        yield s.add_operator("bob", "scrypt$v2", AUDITOR, enabled=False)
+        self.assertEqual([o.username for o in (yield s.list_operators())], ["ann", "bob"])
+        # the last enabled administrator is neither disabled, demoted nor removed
+        for change in ({"enabled": False}, {"role": AUDITOR}):
+            yield self.assertFailure(s.update_operator("ann", **change),
+                                     LastAdministratorError)
+        yield self.assertFailure(s.remove_operator("ann"), LastAdministratorError)
+        self.clock.advance(10)
+        bob = yield s.update_operator("bob", role=ADMINISTRATOR, enabled=True,
+                                      expected_version=1)
+        self.assertEqual((bob.role, bob.enabled, bob.version, bob.changed),
+                         (ADMINISTRATOR, True, 2, now + 10_000))
+        yield self.assertVssError(s.update_operator("bob", enabled=False, expected_version=1),
+                                  ResultCode.CONFLICT)
+        same = yield s.update_operator("bob", role=ADMINISTRATOR)
+        self.assertEqual(same.version, 2)  # nothing changed: no new version
+        ann = yield s.update_operator("ann", verifier="scrypt$v3", role=AUDITOR)
+        self.assertEqual((ann.verifier, ann.role, ann.version), ("scrypt$v3", AUDITOR, 2))
+        yield s.note_operator_login("ann")
+        self.assertEqual((yield s.get_operator("ann")).last_login, now + 10_000)
+        self.assertEqual((yield s.remove_operator("ann")).username, "ann")
+        self.assertIsNone((yield s.get_operator("ann")))
+        yield self.assertVssError(s.remove_operator("ann"), ResultCode.NOT_FOUND)
+        yield self.assertVssError(s.update_operator("ann", enabled=True), ResultCode.NOT_FOUND)
+
+    @inlineCallbacks
+    def test_audit_log_is_append_only(self):
+        from vss.cms.store.audit import IAuditStore, entry
+
+        s = self.store
+        self.assertTrue(verifyObject(IAuditStore, s))
+        ids = yield s.append_audit([
+            entry(1000, "change", "operator:ann", "127.0.0.1", action="POST /devices",
+                  target="device:cam-1", status=201, detail={"after": {"name": "Gate"}}),
+            entry(2000, "live", "user:bob", "10.0.0.9", "node-a", "live", "device:cam-1",
+                  detail={"channel": 0}),
+            entry(3000, "change", "token:root#1", "127.0.0.1", action="DELETE /users/x",
+                  target="user:x_%", status=404),
+        ])
+        self.assertEqual(len(ids), 3)
+        self.assertEqual(ids, sorted(ids))
+        everything, cursor = yield s.list_audit()
+        self.assertEqual(cursor, "")
+        self.assertEqual([e.id for e in everything], ids[::-1])
+        first = everything[-1]
+        self.assertEqual((first.at, first.kind, first.actor, first.source, first.action,
+                          first.target, first.status, first.detail),
+                         (1000, "change", "operator:ann", "127.0.0.1", "POST /devices",
+                          "device:cam-1", 201, {"after": {"name": "Gate"}}))
+        page, cursor = yield s.list_audit(limit=2)
+        self.assertEqual(([e.id for e in page], cursor), (ids[:0:-1], str(ids[1])))
+        page, cursor = yield s.list_audit(cursor=cursor, limit=2)
+        self.assertEqual(([e.id for e in page], cursor), ([ids[0]], ""))
+
+        def found(result):
+            return [e.id for e in result[0]]
+
+        self.assertEqual(found((yield s.list_audit(kinds=["live"]))), [ids[1]])
+        self.assertEqual(found((yield s.list_audit(actor="ANN"))), [ids[0]])
+        self.assertEqual(found((yield s.list_audit(target="cam-1"))), [ids[1], ids[0]])
+        self.assertEqual(found((yield s.list_audit(target="x_%"))), [ids[2]])
+        self.assertEqual(found((yield s.list_audit(target="x__"))), [])  # no wildcards
+        self.assertEqual(found((yield s.list_audit(text="gate"))), [ids[0]])
+        self.assertEqual(found((yield s.list_audit(since=2000, until=3000))), [ids[1]])
+        self.assertEqual(found((yield s.list_audit(node_id="node-a"))), [ids[1]])
+        yield self.assertVssError(s.append_audit([entry(1, "edit", "x")]),
+                                  ResultCode.INVALID_ARGUMENT)
+        yield self.assertVssError(s.list_audit(cursor="x"), ResultCode.INVALID_ARGUMENT)
+
+        # the database itself refuses to change or remove an entry
+        def tamper(cur, statement):
+            s.dialect.begin_write(cur)
+            s._x(cur, statement)
+
+        for statement in ("UPDATE audit_log SET actor = 'nobody'", "DELETE FROM audit_log"):
+            failure = yield self.assertFailure(s._wpool.runInteraction(tamper, statement),
+                                               Exception)
+            self.assertIn("audit entries cannot be", str(failure))
+        self.assertEqual([e.actor for e in (yield s.list_audit())[0]],
+                         ["token:root#1", "user:bob", "operator:ann"])
 
     @inlineCallbacks
     def test_admin_tokens_survive_the_migration_to_ids(self):

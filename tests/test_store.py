@@ -75,8 +75,9 @@ def user(username, groups=(), version=1, enabled=True):
     )
 
 
-def grant(principal, device_id, actions, version=1):
-    return GrantRecord(principal=principal, device_id=device_id, actions=actions, version=version)
+def grant(principal, device_id, actions, version=1, expires=0):
+    return GrantRecord(principal=principal, device_id=device_id, actions=actions, version=version,
+                       expires=expires)
 
 
 def credential(cred_id, username="alice", device_id="cam-1", revoked=0, version=1):
@@ -288,6 +289,45 @@ class MemoryStoreConformanceMixin:
         self.assertEqual(s.actions_for("bob", "cam-1"), VIEW)
         s.remove_grant("group:guards", "cam-1")
         self.assertEqual(s.actions_for("bob", "cam-1"), 0)
+
+    def test_grant_expiry(self):
+        """A grant in force until its expiry, then held but out of force; one expired
+        when it arrives never comes into force; renewing it keeps it in force."""
+        s = self.store
+        clock = task.Clock()
+        clock.advance(1000)  # now: 1,000,000 ms
+        s.clock = clock
+        s.put_user(user("alice", groups=["ops"]))
+        s.put_grant(grant("user:alice", "cam-1", VIEW, expires=1_000_500))
+        s.put_grant(grant("group:ops", "cam-1", PTZ, expires=1_000_900))
+        s.put_grant(grant("user:alice", "cam-2", VIEW, expires=999_000))
+        s.put_grant(grant("user:alice", "cam-3", VIEW))
+        self.assertEqual(s.actions_for("alice", "cam-1"), VIEW | PTZ)
+        self.assertEqual(s.actions_for("alice", "cam-2"), 0)
+        self.assertEqual(s.granted_devices("alice"), {"cam-1": VIEW | PTZ, "cam-3": VIEW})
+        self.assertEqual(s.next_grant_expiry(), 1_000_500)
+        self.assertEqual(s.expire_grants(), [])
+        self.assertEqual(s.expire_grants(1_000_499), [])
+        clock.advance(0.5)
+        self.assertEqual(s.expire_grants(), [("user:alice", "cam-1")])
+        self.assertEqual(s.actions_for("alice", "cam-1"), PTZ)
+        self.assertEqual(s.next_grant_expiry(), 1_000_900)
+        # renewed before it expires: the old expiry does not take it out of force
+        s.put_grant(grant("group:ops", "cam-1", PTZ, version=2, expires=2_000_000))
+        clock.advance(0.5)
+        self.assertEqual(s.expire_grants(), [])
+        self.assertEqual(s.actions_for("alice", "cam-1"), PTZ)
+        # an expired grant given again without an expiry is in force again
+        s.put_grant(grant("user:alice", "cam-1", VIEW, version=2))
+        self.assertEqual(s.actions_for("alice", "cam-1"), VIEW | PTZ)
+        self.assertEqual(grant_keys(s), [("group:ops", "cam-1"), ("user:alice", "cam-1"),
+                                         ("user:alice", "cam-2"), ("user:alice", "cam-3")])
+        # the user's expired grants go with the user
+        s.remove_user("alice")
+        self.assertEqual(grant_keys(s), [("group:ops", "cam-1")])
+        s.remove_device("cam-1")
+        self.assertEqual(grant_keys(s), [])
+        self.assertEqual(s.expire_grants(3_000_000), [])
 
     def test_granted_devices(self):
         s = self.store

@@ -63,13 +63,22 @@ class IMemoryStore(Interface):
         """All ``UserRecord`` held."""
 
     def put_grant(record):
-        """Store or replace a ``GrantRecord`` keyed by (principal, device_id)."""
+        """Store or replace a ``GrantRecord`` keyed by (principal, device_id). A grant
+        whose ``expires`` has passed is held but never in force."""
 
     def remove_grant(principal, device_id):
         """Forget one grant."""
 
     def grants():
-        """All ``GrantRecord`` held."""
+        """All ``GrantRecord`` held (expired ones too)."""
+
+    def expire_grants(now_ms=None):
+        """Take the grants whose expiry is at or before ``now_ms`` (default: now on the
+        store's clock) out of force: ``actions_for`` and ``granted_devices`` no longer
+        count them. Returns their (principal, device_id) keys."""
+
+    def next_grant_expiry():
+        """When the next grant in force expires (ms since the epoch), or None."""
 
     def put_credential(record):
         """Store or replace a ``StreamCredential`` (its sealed secret, never the secret)

@@ -76,6 +76,11 @@ class NodeService(StagedService):
         )
         self.rgm.setName("rgm")
         self.rgm.setServiceParent(self)
+        # grants with an expiry stop applying at that time, on this node's clock
+        from vss.rgm.expiry import GrantExpiry
+
+        self.grant_expiry = GrantExpiry(self.store, reactor, self._grants_expired)
+        self.grant_expiry.setServiceParent(self)
         ListenService("pu", settings.pu_listen, self.rgm.factory(Role.PU), reactor).setServiceParent(self)
         ListenService("cu", settings.cu_listen, self.rgm.factory(Role.CU), reactor).setServiceParent(self)
         if not settings.static:
@@ -157,6 +162,12 @@ class NodeService(StagedService):
         self.rgm.credentials = creds
         self.central.access_listeners.append(creds.revalidate)
         self.stream_credentials = creds
+
+    def _grants_expired(self, keys):
+        """Grants stopped applying: the stream credentials they allowed stop playing (as
+        when an operator removes a grant)."""
+        if self.stream_credentials is not None:
+            self.stream_credentials.revalidate()
 
     def rtsp_port(self):
         port = self.rtsp_listener.port

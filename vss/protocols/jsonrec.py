@@ -32,7 +32,8 @@ def from_json(value):
             cls = getattr(messages, value["$type"], None)
             if cls is None or not hasattr(cls, "_fields"):
                 raise ValueError(f"unknown record type {value['$type']!r}")
-            return cls(**{n: from_json(value[n]) for n in cls._fields})
+            # a field added later with a default (GrantRecord.expires) may be absent
+            return cls(**{n: from_json(value[n]) for n in cls._fields if n in value})
         return {k: from_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [from_json(v) for v in value]

@@ -309,6 +309,8 @@ GrantRecord = record(
     "device_id" / Str,
     "actions" / U8,
     "version" / U64,
+    "expires" / Timestamp,
+    defaults={"expires": 0},
 )
 StreamCredential = record(
     "StreamCredential",

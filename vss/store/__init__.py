@@ -32,7 +32,7 @@ def make_store(spec, node_id, reactor=None, ca_file="", cert_file="", key_file="
         if tls_files or password_file:
             raise ValueError("--store-ca, --store-cert, --store-key and --store-password-file"
                              " apply to a Redis store only")
-        return MemoryStore()
+        return MemoryStore(clock=reactor)
     if spec.startswith(("redis://", "rediss://")):
         from vss.store.redis import RedisStore, parse_url, read_password, tls_options
 

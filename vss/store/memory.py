@@ -2,15 +2,19 @@
 The in-process backend of the RGM's in-memory database (``IMemoryStore``).
 
 Everything lives in plain dicts. Reads are synchronous; writes change the dicts at once
-and return an already-fired Deferred. Grants are indexed twice, by principal and by
-device, so ``actions_for`` costs one dict lookup per principal of the user (the user
-and each of their groups) and removals of a user or a device do not scan every grant.
+and return an already-fired Deferred. Grants are indexed twice, by principal (the grants in
+force) and by device (every grant held), so ``actions_for`` costs one dict lookup per
+principal of the user (the user and each of their groups) and removals of a user or a
+device do not scan every grant. A grant whose expiry has passed is held but not in
+force: ``expire_grants`` (the node calls it when the next expiry comes) takes it out of
+the first index, so the hot path never reads a clock.
 
 ``RedisStore`` (``vss.store.redis``) extends this class: it keeps the same tables as its
 memory and mirrors every change to Redis.
 """
 
 import copy
+import heapq
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -34,7 +38,10 @@ class MemoryStore:
 
     name = "memory"
 
-    def __init__(self):
+    def __init__(self, clock=None):
+        #: the node's clock: a grant whose expiry has passed never comes into force
+        #: (None: only ``expire_grants`` takes grants out of force)
+        self.clock = clock
         self._clear_tables()
 
     def _clear_tables(self):
@@ -43,6 +50,8 @@ class MemoryStore:
         self._grants = {}  # (principal, device_id) -> GrantRecord
         self._by_principal = {}  # principal -> {device_id: actions}
         self._by_device = {}  # device_id -> {principal, ...}
+        self._expiring = []  # heap of (expires ms, principal, device_id) of grants in force
+        self._out_of_force = set()  # (principal, device_id) of held grants that expired
         self._state = {}  # device_id -> {field: value}
         self._credentials = {}  # cred_id -> StreamCredential
         self._sessions = {}  # session_id -> info dict
@@ -65,25 +74,61 @@ class MemoryStore:
 
     def _apply_put_grant(self, record):
         principal, device_id = record.principal, record.device_id
-        self._grants[(principal, device_id)] = record
-        self._by_principal.setdefault(principal, {})[device_id] = int(record.actions)
+        key = (principal, device_id)
+        self._grants[key] = record
         self._by_device.setdefault(device_id, set()).add(principal)
+        expires = record.expires
+        if expires and self.clock is not None and expires <= self.clock.seconds() * 1000:
+            self._unindex_grant(principal, device_id)  # held, never in force
+            return
+        self._out_of_force.discard(key)
+        self._by_principal.setdefault(principal, {})[device_id] = int(record.actions)
+        if expires:
+            heapq.heappush(self._expiring, (expires, principal, device_id))
 
     def _apply_remove_grant(self, principal, device_id):
         """Forget one grant; True if it was held."""
         if self._grants.pop((principal, device_id), None) is None:
             return False
-        per_device = self._by_principal.get(principal)
-        if per_device is not None:
-            per_device.pop(device_id, None)
-            if not per_device:
-                del self._by_principal[principal]
+        self._unindex_grant(principal, device_id)
+        self._out_of_force.discard((principal, device_id))
         principals = self._by_device.get(device_id)
         if principals is not None:
             principals.discard(principal)
             if not principals:
                 del self._by_device[device_id]
         return True
+
+    def _unindex_grant(self, principal, device_id):
+        """Take a held grant out of force (the index ``actions_for`` reads); True if
+        it was in force."""
+        self._out_of_force.add((principal, device_id))
+        per_device = self._by_principal.get(principal)
+        if per_device is None or per_device.pop(device_id, None) is None:
+            return False
+        if not per_device:
+            del self._by_principal[principal]
+        return True
+
+    def expire_grants(self, now_ms=None):
+        """Take the grants whose expiry is at or before ``now_ms`` (default: the
+        clock's now) out of force; they stay held (``grants()``) as CMS lists them.
+        Returns their (principal, device_id) keys."""
+        if now_ms is None:
+            now_ms = self.clock.seconds() * 1000
+        expired = []
+        heap = self._expiring
+        while heap and heap[0][0] <= now_ms:
+            expires, principal, device_id = heapq.heappop(heap)
+            held = self._grants.get((principal, device_id))
+            if held is not None and held.expires == expires \
+                    and self._unindex_grant(principal, device_id):
+                expired.append((principal, device_id))
+        return expired
+
+    def next_grant_expiry(self):
+        """When the next grant in force expires (ms), or None."""
+        return self._expiring[0][0] if self._expiring else None
 
     def _apply_remove_device(self, device_id):
         """Forget a device, its state and its grants; the (principal, device_id) keys
@@ -100,6 +145,7 @@ class MemoryStore:
         self._users.pop(username, None)
         principal = USER_PREFIX + username
         dropped = [(principal, d) for d in self._by_principal.get(principal, ())]
+        dropped += [k for k in self._out_of_force if k[0] == principal]
         for _, device_id in dropped:
             self._apply_remove_grant(principal, device_id)
         return dropped

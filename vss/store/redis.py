@@ -461,9 +461,9 @@ class RedisStore(MemoryStore):
     sessionTTL = 6 * 3600
 
     def __init__(self, url, node_id, reactor=None, connection=None, password=None, tls=None):
-        super().__init__()
         if reactor is None:
             from twisted.internet import reactor
+        super().__init__(clock=reactor)
         self._reactor = reactor
         self.url = url
         self._params = p = parse_url(url)

@@ -35,6 +35,6 @@ def user(username, password, groups=(), enabled=True, version=1,
     )
 
 
-def grant(principal, device_id, actions, version=1):
+def grant(principal, device_id, actions, version=1, expires=0):
     return GrantRecord(principal=principal, device_id=device_id, actions=int(actions),
-                       version=version)
+                       version=version, expires=expires)

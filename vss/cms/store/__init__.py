@@ -8,6 +8,8 @@ Files and roles:
 ``sqlite.py``    SQLite (default): one writer connection, WAL, read-only readers
 ``postgres.py``  PostgreSQL through psycopg2 (imported only when chosen)
 ``tokens.py``    admin tokens: hashing, states, ``IAdminTokenStore``
+``operators.py`` operator accounts of the console, ``IOperatorStore``
+``audit.py``     the append-only audit log, ``IAuditStore``
 
 ``make_static_store(spec)`` picks the backend from a spec string:
 ``sqlite:<path>`` (or a bare path) or ``postgresql://...`` / a libpq DSN

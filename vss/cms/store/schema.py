@@ -57,6 +57,50 @@ class Migration:
         return [s.format(**types) for s in stmts]
 
 
+_M6_TABLES = (
+    # an operator of the console (vss.cms.operators), not a CU user: the password only
+    # as a slow verifier (scrypt), never a default one
+    "CREATE TABLE operators ("
+    " username {KEY} PRIMARY KEY,"
+    " verifier TEXT NOT NULL,"
+    " role TEXT NOT NULL,"
+    " enabled {BOOL} NOT NULL,"
+    " created {INT} NOT NULL,"
+    " changed {INT} NOT NULL,"
+    " last_login {INT},"
+    " version {INT} NOT NULL)",
+    # append-only (vss.cms.store.audit): the triggers refuse any change or removal
+    "CREATE TABLE audit_log ("
+    " id {SEQ},"
+    " at {INT} NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " actor {KEY} NOT NULL,"
+    " source TEXT NOT NULL,"
+    " node_id TEXT NOT NULL,"
+    " action TEXT NOT NULL,"
+    " target {KEY} NOT NULL,"
+    " status {INT} NOT NULL,"
+    " detail_json TEXT NOT NULL)",
+    "CREATE INDEX audit_log_actor ON audit_log (actor, id)",
+    "CREATE INDEX audit_log_target ON audit_log (target, id)",
+    "CREATE INDEX audit_log_kind ON audit_log (kind, id)",
+)
+_M6_SQLITE_TRIGGERS = (
+    "CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log"
+    " BEGIN SELECT RAISE(ABORT, 'audit entries cannot be changed'); END",
+    "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log"
+    " BEGIN SELECT RAISE(ABORT, 'audit entries cannot be removed'); END",
+)
+_M6_POSTGRES_TRIGGERS = (
+    "CREATE FUNCTION audit_log_immutable() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN RAISE EXCEPTION 'audit entries cannot be changed or removed'; END $$",
+    "CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log"
+    " FOR EACH ROW EXECUTE FUNCTION audit_log_immutable()",
+)
+#: when a grant stops applying (ms since the epoch); 0: never
+_M6_GRANT_EXPIRY = "ALTER TABLE grants ADD COLUMN expires {INT} NOT NULL DEFAULT 0"
+
+
 MIGRATIONS = (
     Migration(
         1,
@@ -179,6 +223,12 @@ MIGRATIONS = (
             "CREATE INDEX stream_credentials_user ON stream_credentials (username, cred_id)",
             "CREATE INDEX stream_credentials_device ON stream_credentials (device_id, cred_id)",
         ),
+    ),
+    Migration(
+        6,
+        "operator accounts, the audit log and grant expiry",
+        (*_M6_TABLES, *_M6_SQLITE_TRIGGERS, _M6_GRANT_EXPIRY),
+        (("postgresql", (*_M6_TABLES, *_M6_POSTGRES_TRIGGERS, _M6_GRANT_EXPIRY)),),
     ),
 )
 

@@ -55,6 +55,8 @@ from vss.protocols.messages import (
 )
 
 from . import schema
+from .audit import AuditSql, IAuditStore
+from .operators import IOperatorStore, OperatorSql
 from .tokens import (
     ACTIVE,
     REVOKED,
@@ -75,7 +77,7 @@ _DEVICE_COLS = (
     "server_key, source_url, enabled, version"
 )
 _USER_COLS = "username, salt, iterations, stored_key, server_key, groups_json, enabled, version"
-_GRANT_COLS = "principal, device_id, actions, version"
+_GRANT_COLS = "principal, device_id, actions, version, expires"
 _TOKEN_COLS = "id, name, created, expires, last_used, revoked"
 _CRED_COLS = "cred_id, username, device_id, name, created, expires, revoked, sealed, version"
 _NODE_COLS = "node_id, signalling, media, capacity, state, load_json, applied_seq, last_seen"
@@ -127,7 +129,7 @@ def _user(row):
 
 
 def _grant(row):
-    return GrantRecord(row[0], row[1], int(row[2]), int(row[3]))
+    return GrantRecord(row[0], row[1], int(row[2]), int(row[3]), int(row[4]))
 
 
 def _credential(row):
@@ -241,8 +243,8 @@ class _Log:
         self.entries.append((entity, op, key, version, record))
 
 
-@implementer(IStaticStore, IAdminTokenStore)
-class SqlStaticStore:
+@implementer(IStaticStore, IAdminTokenStore, IOperatorStore, IAuditStore)
+class SqlStaticStore(OperatorSql, AuditSql):
     """``IStaticStore`` over adbapi pools. Subclasses define ``_make_pools`` and
     ``dialect``."""
 
@@ -538,14 +540,20 @@ class SqlStaticStore:
     # -- grants ---------------------------------------------------------------
 
     @_deferred
-    def set_grant(self, principal, device_id, actions, origin=DEFAULT_ORIGIN):
+    def set_grant(self, principal, device_id, actions, expires=0, origin=DEFAULT_ORIGIN):
+        """``expires``: when the grant stops applying, in ms since the epoch (0: never);
+        every node enforces it at that time."""
         _check_principal(principal)
         actions = int(actions)
         if not 0 <= actions <= 0xFF:
             raise VssError(ResultCode.INVALID_ARGUMENT, f"actions out of range: {actions}")
-        return self._write(self._set_grant, principal, device_id, actions, origin=origin)
+        expires = int(expires or 0)
+        if not 0 <= expires < 2**63:
+            raise VssError(ResultCode.INVALID_ARGUMENT, f"expires out of range: {expires}")
+        return self._write(self._set_grant, principal, device_id, actions, expires,
+                           origin=origin)
 
-    def _set_grant(self, cur, log, principal, device_id, actions):
+    def _set_grant(self, cur, log, principal, device_id, actions, expires):
         if self._x(
             cur, "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)
         ).fetchone() is None:
@@ -557,12 +565,12 @@ class SqlStaticStore:
         version = (int(row[0]) if row else 0) + 1
         self._x(
             cur,
-            f"INSERT INTO grants ({_GRANT_COLS}) VALUES (?, ?, ?, ?)"
+            f"INSERT INTO grants ({_GRANT_COLS}) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (principal, device_id) DO UPDATE SET actions = excluded.actions,"
-            " version = excluded.version",
-            (principal, device_id, actions, version),
+            " version = excluded.version, expires = excluded.expires",
+            (principal, device_id, actions, version, expires),
         )
-        record = GrantRecord(principal, device_id, actions, version)
+        record = GrantRecord(principal, device_id, actions, version, expires)
         log.add(Entity.GRANT, ChangeOp.UPSERT, grant_key(principal, device_id), version, record)
 
     def remove_grant(self, principal, device_id, origin=DEFAULT_ORIGIN):
@@ -628,7 +636,7 @@ class SqlStaticStore:
         user = self._get_user(cur, record.username)
         if user is None or not user.enabled:
             raise VssError(ResultCode.FORBIDDEN, f"no enabled user {record.username!r}")
-        if not self._actions(cur, user, record.device_id) & Action.VIEW:
+        if not self._actions(cur, user, record.device_id, log.at) & Action.VIEW:
             raise VssError(ResultCode.FORBIDDEN,
                            f"{record.username} may not view {record.device_id}")
         if self._get_credential(cur, record.cred_id) is not None:
@@ -642,12 +650,14 @@ class SqlStaticStore:
                  stored.created, stored.expires, 0, stored.sealed, 1))
         log.add(Entity.CREDENTIAL, ChangeOp.UPSERT, stored.cred_id, 1, stored)
 
-    def _actions(self, cur, user, device_id):
-        """The Action bits ``user`` (a UserRecord) holds on a device, groups included."""
+    def _actions(self, cur, user, device_id, now):
+        """The Action bits ``user`` (a UserRecord) holds on a device at ``now`` (ms),
+        groups included; grants expired by then do not count."""
         principals = ["user:" + user.username] + ["group:" + g for g in user.groups]
         marks = ", ".join("?" * len(principals))
         rows = self._x(cur, f"SELECT actions FROM grants WHERE device_id = ? AND principal"
-                       f" IN ({marks})", (device_id, *principals)).fetchall()
+                       f" IN ({marks}) AND (expires = 0 OR expires > ?)",
+                       (device_id, *principals, now)).fetchall()
         actions = 0
         for (bits,) in rows:
             actions |= int(bits)
