@@ -6,9 +6,11 @@ Most tests talk real HTTP to the API listening on 127.0.0.1 port 0; one drives t
 resource tree with ``DummyRequest``; the last runs ``vss-admin`` as real processes.
 """
 
+import calendar
 import json
 import os
 import sqlite3
+import time
 from io import BytesIO
 
 from twisted.internet import defer, reactor, task
@@ -536,6 +538,35 @@ class AssignedByCmsTests(ApiTestCase):
 
 class GrantTests(ApiTestCase):
     @defer.inlineCallbacks
+    def test_expiry(self):
+        """A grant may carry an expiry (an ISO time with its zone, in the future):
+        stored, listed, changed (a change of expiry alone is a change), cleared."""
+        yield self.store.upsert_user("alice", records.verifier("pw", 1), [])
+        yield self.store.upsert_device("cam-1", "c", 1, 1, "", records.verifier("s", 1))
+        friday = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 86400))
+        g = yield self.ok("PUT", "/grants", {"principal": "user:alice", "device_id": "cam-1",
+                                             "actions": ["view"], "expires": friday},
+                          status=201)
+        self.assertEqual((g["expires"], g["expired"]), (friday, False))
+        (stored,), _ = yield self.store.list_grants()
+        self.assertEqual(stored.expires,
+                         calendar.timegm(time.strptime(friday, "%Y-%m-%dT%H:%M:%SZ")) * 1000)
+        self.assertEqual(self.published[-1][-1].grant.expires, stored.expires)
+        batches = len(self.published)
+        same = yield self.ok("PUT", "/grants", {"principal": "user:alice",
+                                                "device_id": "cam-1", "actions": ["view"],
+                                                "expires": friday.replace("Z", "+00:00")})
+        self.assertEqual((same["version"], len(self.published)), (1, batches))
+        never = yield self.ok("PUT", "/grants", {"principal": "user:alice",
+                                                 "device_id": "cam-1", "actions": ["view"],
+                                                 "expires": None})
+        self.assertEqual((never["expires"], never["version"]), (None, 2))
+        for bad in ("2020-01-01T00:00:00Z", "friday", "2030-01-01T00:00:00", 7):
+            yield self.error("PUT", "/grants", {"principal": "user:alice",
+                                                "device_id": "cam-1", "actions": ["view"],
+                                                "expires": bad}, field="expires")
+
+    @defer.inlineCallbacks
     def test_set_list_remove(self):
         yield self.store.upsert_user("alice", records.verifier("pw", 1), ["ops"])
         for d in ("cam-1", "cam-2"):
@@ -543,7 +574,8 @@ class GrantTests(ApiTestCase):
         g = yield self.ok("PUT", "/grants", {"principal": "user:alice", "device_id": "cam-1",
                                              "actions": ["view", "ptz"]}, status=201)
         self.assertEqual(g, {"principal": "user:alice", "device_id": "cam-1",
-                             "actions": ["view", "ptz"], "version": 1})
+                             "actions": ["view", "ptz"], "version": 1, "expires": None,
+                             "expired": False})
         # the same again changes nothing and syncs nothing
         batches = len(self.published)
         again = yield self.ok("PUT", "/grants", {"principal": "user:alice",

@@ -5,7 +5,8 @@ defaults (SQLite, in-process stores, data under ./run):
 - the central platform (``twistd vss-cms``), admin API on 127.0.0.1:7280;
 - two nodes (``twistd vss-node``) node-a and node-b;
 - simulated cameras (``vss-pu``): two IPCs on each node and a 4-channel encoder;
-- a user ``alice`` granted every camera, and an admin token.
+- a user ``alice`` granted every camera, an admin token, and an operator ``admin`` of
+  the console (the central platform's web page, on the admin API's address).
 
 Passwords, device secrets and the admin token are random, made on the first run and
 kept in ./run/credentials.json (mode 0600). Stopping it (Ctrl-C) stops everything it
@@ -47,11 +48,60 @@ def credentials(run_dir):
         "alice_password": secrets.token_urlsafe(12),
         "pu_secret_template": "{id}." + secrets.token_urlsafe(16),
         "admin_token": secrets.token_urlsafe(32),
+        "operator": "admin",
+        "operator_password": secrets.token_urlsafe(12),
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(creds, f, indent=1)
     return creds, True
+
+
+def add_operator(run_dir, db_path, creds):
+    """A run directory made before the console had operators gets one (kept in its
+    credentials.json, still 0600)."""
+    if "operator_password" in creds:
+        return False
+    creds["operator"] = "admin"
+    creds["operator_password"] = secrets.token_urlsafe(12)
+    path = os.path.join(run_dir, "credentials.json")
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(creds, f, indent=1)
+    os.replace(tmp, path)
+    _run_on_store(db_path, lambda store: _operator(store, creds))
+    return True
+
+
+def _operator(store, creds):
+    from vss.cms.operators import hash_password
+    from vss.cms.store.operators import ADMINISTRATOR
+
+    return store.add_operator(creds["operator"], hash_password(creds["operator_password"]),
+                              ADMINISTRATOR)
+
+
+def _run_on_store(db_path, work):
+    """Open the CMS database, run ``work(store)`` (a Deferred), close it."""
+    from twisted.internet import defer, task
+
+    from vss.cms.store import make_static_store
+
+    @defer.inlineCallbacks
+    def run(reactor):
+        store = make_static_store("sqlite:" + db_path, reactor=reactor)
+        yield store.open()
+        try:
+            yield work(store)
+        finally:
+            yield store.close()
+
+    try:
+        task.react(lambda reactor: run(reactor))
+    except SystemExit as e:  # react always exits; only a failure matters here
+        if e.code:
+            raise
 
 
 def seed(db_path, creds):
@@ -76,6 +126,7 @@ def seed(db_path, creds):
                                       int(Action.VIEW | Action.PTZ | Action.CONFIG
                                           | Action.RECORD))
             yield store.add_admin_token("demo-admin", hash_token(creds["admin_token"]))
+            yield _operator(store, creds)
         finally:
             yield store.close()
 
@@ -135,6 +186,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(db), exist_ok=True)
     if fresh:
         seed(db, creds)
+    else:
+        add_operator(run_dir, db, creds)
     for path in [os.path.join(run_dir, d, "ports.json") for d in ("cms", "node-a", "node-b")]:
         if os.path.exists(path):
             os.remove(path)
@@ -183,6 +236,11 @@ def main(argv=None):
     admin = os.path.join(BIN, "vss-admin")
     print(f"""
 vss is running: CMS, node-a, node-b and {len(DEVICES)} simulated cameras (logs in {run_dir}).
+
+Manage the platform in a browser (the operator console: devices, users, grants,
+recording schedules, nodes, the audit log), signed in as {creds['operator']} with the
+password {creds['operator_password']}:
+  http://127.0.0.1:{b + 180}/
 
 Open the web client of either node in a browser (live video, PTZ, recordings) and sign in
 as alice with the password below:

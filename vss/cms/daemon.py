@@ -18,6 +18,9 @@ from vss.cms.store import make_static_store
 from vss.config import load_or_create_secret
 from vss.tap.common import ListenService, StagedService, write_json_atomically
 
+#: devices named in the status's ``online`` list at most
+ONLINE_LISTED = 20000
+
 
 class CmsDaemon(StagedService):
     log = Logger()
@@ -54,11 +57,15 @@ class CmsDaemon(StagedService):
     def _admin_backend(self):
         try:
             from vss.cms.admin_backend import StoreAdminBackend
-            from vss.cms.mms import make_admin_site
+            from vss.cms.console import make_console_site
         except ImportError:
             return None
-        self.make_admin_site = make_admin_site
+        from vss.cms.operators import OperatorAccounts
         from vss.streamcreds.secret import credential_key
+
+        # the console's operators and their sessions; the admin API with the console
+        self.accounts = OperatorAccounts(self.store, self.reactor)
+        self.make_admin_site = lambda backend: make_console_site(backend, self.accounts)
 
         return StoreAdminBackend(self.store, publish=self.cms.publish,
                                  assign_home_node=self.cms.assign_home_node,
@@ -93,7 +100,9 @@ class CmsDaemon(StagedService):
         return {"cms_id": cms.config.cms_id, "nodes": nodes,
                 "nodes_up": sum(1 for n in nodes if n["state"] == "up"),
                 "devices": len(cms.homes), "devices_unassigned": homed.get("", 0),
-                "devices_online": len(cms.online), "head_seq": head, **cms.counters}
+                "devices_online": len(cms.online), "head_seq": head,
+                # the devices online now (the console shows each device's state)
+                "online": sorted(cms.online)[:ONLINE_LISTED], **cms.counters}
 
     def namespace(self):
         return {"cms": self.cms, "store": self.store, "mdp": self.cms.mdp,

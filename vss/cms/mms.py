@@ -51,6 +51,7 @@ into a ``RecordSettings`` body: ``RecordMode[mode.upper()]``, ``Stream[...]``, d
 
 import json
 import re
+from datetime import datetime
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from twisted.internet import defer
@@ -197,9 +198,33 @@ def device_view(r):
     }
 
 
-def grant_view(g):
-    return {"principal": g.principal, "device_id": g.device_id,
-            "actions": action_names(g.actions), "version": int(g.version)}
+def grant_view(g, now_ms=None):
+    """A grant as answered; ``expires`` null when it never expires; ``expired`` (with
+    ``now_ms``) true once that time has passed (every node holds it out of force)."""
+    out = {"principal": g.principal, "device_id": g.device_id,
+           "actions": action_names(g.actions), "version": int(g.version),
+           "expires": iso_time(g.expires) if g.expires else None}
+    if now_ms is not None:
+        out["expired"] = bool(g.expires) and g.expires <= now_ms
+    return out
+
+
+def expiry_of(body, now_ms, field="expires"):
+    """ms since the epoch of an ISO 8601 time with its zone (``2026-05-01T18:00:00Z``),
+    0 for null or empty (never); a time not in the future is refused."""
+    value = body.string(field, max_len=64)
+    if not value:
+        return 0
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(field, f"{field} must be a time like 2026-05-01T18:00:00Z") from None
+    if when.tzinfo is None:
+        raise invalid(field, f"{field} needs its time zone (Z for UTC)")
+    ms = int(when.timestamp() * 1000)
+    if ms <= now_ms:
+        raise invalid(field, f"{field} must be in the future")
+    return ms
 
 
 def node_view(n):
@@ -778,26 +803,31 @@ class Grants(JsonResource):
             cursor=cursor, limit=limit, device_id=query(call.request, "device_id"),
             principal=query(call.request, "principal"),
         )
-        return 200, {"items": [grant_view(g) for g in records], "next_cursor": next_cursor}
+        now = self.api.now_ms()
+        return 200, {"items": [grant_view(g, now) for g in records],
+                     "next_cursor": next_cursor}
 
     @defer.inlineCallbacks
     def do_PUT(self, call):
-        body = call.body(("principal", "device_id", "actions"), ignored=("version",))
+        body = call.body(("principal", "device_id", "actions", "expires"),
+                         ignored=("version", "expired"))
         principal = principal_of(body)
         device_id = body.string("device_id", required=True, max_len=128)
         actions = actions_of(body)
+        now = self.api.now_ms()
+        expires = expiry_of(body, now)
         yield self.api.device(device_id)
         if principal.startswith("user:"):
             if (yield self.api.store.get_user(principal[5:])) is None:
                 raise not_found(f"no user {principal[5:]!r}")
         current, _ = yield self.api.store.list_grants(principal=principal, device_id=device_id,
                                                       limit=1)
-        if current and current[0].actions == actions:
-            return 200, grant_view(current[0])  # already so: nothing to sync
-        changes = yield self.api.store.set_grant(principal, device_id, actions)
+        if current and current[0].actions == actions and current[0].expires == expires:
+            return 200, grant_view(current[0], now)  # already so: nothing to sync
+        changes = yield self.api.store.set_grant(principal, device_id, actions, expires)
         yield self.api.published(changes)
         grant = changes[-1].grant
-        return (201 if not current else 200), grant_view(grant)
+        return (201 if not current else 200), grant_view(grant, now)
 
     @defer.inlineCallbacks
     def do_DELETE(self, call):
@@ -1068,15 +1098,40 @@ def iter_routes(res, prefix=""):
 # the API object: authentication, dispatch, answers
 
 
+class Principal:
+    """Who makes a request: an admin token (``kind`` "token", every right) or, on the
+    console, an operator (``kind`` "operator", the rights of ``role``)."""
+
+    ADMINISTRATOR = "administrator"
+
+    def __init__(self, kind, name, role=ADMINISTRATOR, token_id=None, session=None):
+        self.kind = kind
+        self.name = name
+        self.role = role
+        self.token_id = token_id
+        #: the console session of an operator (``vss.cms.operators``), or None
+        self.session = session
+
+    @property
+    def label(self):
+        """``token:<name>#<id>`` or ``operator:<name>``: who, in logs and the audit."""
+        if self.kind == "token":
+            return f"token:{self.name}#{self.token_id}"
+        return f"{self.kind}:{self.name}"
+
+
 class Call:
     """One request as a handler sees it."""
 
-    def __init__(self, api, request, admin, token_id=None):
+    def __init__(self, api, request, principal=None):
         self.api = api
         self.request = request
-        self.admin = admin
+        self.principal = principal
+        #: the admin token's name (for a token) or the principal's label
+        self.admin = None if principal is None else (
+            principal.name if principal.kind == "token" else principal.label)
         #: the id of the admin token of this request
-        self.token_id = token_id
+        self.token_id = None if principal is None else principal.token_id
 
     def _raw(self):
         content = getattr(self.request, "content", None)
@@ -1180,9 +1235,9 @@ class AdminApi:
     @defer.inlineCallbacks
     def _dispatch(self, res, request):
         method = request.method.decode("ascii", "replace").upper()
-        admin = token_id = None
+        principal = None
         if res.requires_auth:
-            admin, token_id = yield self.authenticate(request)
+            principal = yield self.authenticate(request)
         if getattr(request, "body_too_large", False):
             raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
         methods = res.methods()
@@ -1192,19 +1247,23 @@ class AdminApi:
         if handler is None:
             raise ApiError(405, f"method {method} not allowed here",
                            headers={"Allow": ", ".join(methods)})
-        call = Call(self, request, admin, token_id)
+        call = Call(self, request, principal)
         if method in ("POST", "PUT", "PATCH", "DELETE"):
-            result = yield self.lock.run(defer.maybeDeferred, handler, call)
-            self.log.info("admin {admin} {method} {path}: {status}", admin=admin,
+            result = yield self.change(call, res, handler)
+            self.log.info("admin {admin} {method} {path}: {status}", admin=call.admin,
                           method=method, path=request.path.decode("utf-8", "replace"),
                           status=result[0])
         else:
             result = yield defer.maybeDeferred(handler, call)
         return result
 
+    def change(self, call, res, handler):
+        """Run a handler that changes something: one at a time (``lock``)."""
+        return self.lock.run(defer.maybeDeferred, handler, call)
+
     @defer.inlineCallbacks
     def authenticate(self, request):
-        """(admin name, token id) of the request's bearer token, or ApiError 401."""
+        """The ``Principal`` of the request's bearer token, or ApiError 401."""
         challenge = {"WWW-Authenticate": 'Bearer realm="vss"'}
         header = request.getHeader(b"authorization")
         scheme, _, token = (header or b"").strip().partition(b" ")
@@ -1215,7 +1274,7 @@ class AdminApi:
         if len(token) <= MAX_TOKEN:
             found = yield self.store.authenticate_admin_token(hash_token(token))
         if found is not None and found.state == ACTIVE:
-            return found.name, found.id
+            return Principal("token", found.name, token_id=found.id)
         peer = request.getClientAddress()
         peer = getattr(peer, "host", str(peer))
         if found is None:
@@ -1271,9 +1330,10 @@ class AdminApi:
         request.finish()
 
 
-def make_admin_resource(backend):
-    """The resource tree: ``/api/v1/...``; anything else answers a JSON 404."""
-    api = AdminApi(backend)
+def make_admin_resource(backend, api=None):
+    """The resource tree: ``/api/v1/...``; anything else answers a JSON 404. ``api``:
+    the ``AdminApi`` (or a subclass: the console's) answering it."""
+    api = api if api is not None else AdminApi(backend)
     v1 = Index(api)
     root = Directory(api, {b"api": Directory(api, {b"v1": v1}, requires_auth=False)},
                      requires_auth=False)
@@ -1309,8 +1369,9 @@ def _json(schema, description="OK"):
 
 
 def _errors(*statuses):
-    text = {400: "invalid input", 401: "no or a bad token", 404: "unknown",
-            405: "method not allowed", 409: "conflict", 413: "body over 1 MiB",
+    text = {400: "invalid input", 401: "no or a bad token", 403: "refused (console: "
+            "the role or the CSRF check)", 404: "unknown", 405: "method not allowed",
+            409: "conflict", 413: "body over 1 MiB", 429: "too many failed logins",
             503: "the database failed: try again (see Retry-After)"}
     return {str(s): _json(_ref("Error"), text[s]) for s in (*statuses, 401, 503)}
 
@@ -1427,10 +1488,15 @@ def openapi_document():
                              "secret": SECRET, "version": INT}),
         "DevicePage": _page("Device"),
         "Grant": _obj({"principal": {"type": "string", "pattern": "^(user|group):.+$"},
-                       "device_id": STR, "actions": ACTION_LIST, "version": INT},
-                      ("principal", "device_id", "actions", "version")),
+                       "device_id": STR, "actions": ACTION_LIST, "version": INT,
+                       "expires": {**when, "description": "null: never"},
+                       "expired": {"type": "boolean", "description": "in lists: the "
+                                   "expiry has passed; every node holds it out of force"}},
+                      ("principal", "device_id", "actions", "version", "expires")),
         "GrantPut": _obj({"principal": {"type": "string", "pattern": "^(user|group):.+$"},
-                          "device_id": STR, "actions": ACTION_LIST},
+                          "device_id": STR, "actions": ACTION_LIST,
+                          "expires": {**when, "description": "when it stops applying, "
+                                      "in the future, with its zone; null: never"}},
                          ("principal", "device_id", "actions")),
         "GrantPage": _page("Grant"),
         "Node": _obj({"node_id": STR, "signalling": STR, "media": STR, "capacity": INT,

@@ -59,6 +59,21 @@ def load_static(root=STATIC):
     return files
 
 
+def send_static(request, found):
+    """Answer ``request`` with one file of ``load_static`` (``(type, bytes)``): GET and
+    HEAD only, with the security headers, revalidated on every load."""
+    if request.method not in (b"GET", b"HEAD"):
+        request.setResponseCode(405)
+        request.setHeader(b"allow", b"GET, HEAD")
+        return b"method not allowed\n"
+    kind, body = found
+    for name, value in SECURITY_HEADERS:
+        request.setHeader(name, value)
+    request.setHeader(b"content-type", kind.encode())
+    request.setHeader(b"cache-control", b"no-cache")
+    return body
+
+
 class WebRoot(resource.Resource):
     """The node's HTTP root with the browser client (see the module docstring)."""
 
@@ -82,16 +97,7 @@ class WebRoot(resource.Resource):
         found = self.files.get(path)
         if found is None:
             return self.fallback.render(request)
-        if request.method not in (b"GET", b"HEAD"):
-            request.setResponseCode(405)
-            request.setHeader(b"allow", b"GET, HEAD")
-            return b"method not allowed\n"
-        kind, body = found
-        for name, value in SECURITY_HEADERS:
-            request.setHeader(name, value)
-        request.setHeader(b"content-type", kind.encode())
-        request.setHeader(b"cache-control", b"no-cache")
-        return body
+        return send_static(request, found)
 
 
 class WebClient(service.Service):
