@@ -29,6 +29,10 @@ from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     CATALOGUE,
     KV,
+    AuditAck,
+    AuditEvent,
+    AuditKind,
+    AuditReport,
     AuthChallenge,
     AuthOk,
     AuthProof,
@@ -786,6 +790,46 @@ VECTORS = [
       00                  # reload_required false
       0000                # ext: none
     """),
+    V("audit_report_request", MsgType.AUDIT_REPORT, REQ, 40,
+      AuditReport(batch=7, dropped=2, events=[
+          AuditEvent(at=TS, kind=AuditKind.PLAYBACK, username="bob", device_id="c", channel=1,
+                     stream=Stream.MAIN, from_time=TS - 60_000, to_time=0, peer="10.0.0.9",
+                     via="web"),
+          AuditEvent(at=TS, kind=AuditKind.EXPORT, username="bob", device_id="c", channel=0,
+                     stream=Stream.SUB, from_time=TS - 600_000, to_time=TS, peer="::1",
+                     via="export")]), """
+      5653 01 00 0214 0000 00000028 00000074  # VS v1 request AUDIT_REPORT txid 40 len 116
+      0000000000000007    # batch 7
+      00000002            # dropped 2
+      0002                # events: 2 AuditEvent
+        0000018bcfe56800  #   at TS
+        02                #   kind PLAYBACK
+        0003 626f62       #   username "bob"
+        0001 63           #   device_id "c"
+        0001              #   channel 1
+        00                #   stream MAIN
+        0000018bcfe47da0  #   from_time TS - 60 s
+        0000000000000000  #   to_time 0 (none)
+        0008 31302e302e302e39  #   peer "10.0.0.9"
+        0003 776562       #   via "web"
+        0000018bcfe56800  #   at TS
+        03                #   kind EXPORT
+        0003 626f62       #   username "bob"
+        0001 63           #   device_id "c"
+        0000              #   channel 0
+        01                #   stream SUB
+        0000018bcfdc4040  #   from_time TS - 600 s
+        0000018bcfe56800  #   to_time TS
+        0003 3a3a31       #   peer "::1"
+        0006 6578706f7274 #   via "export"
+      0000                # ext: none
+    """),
+    V("audit_report_response", MsgType.AUDIT_REPORT, RSP, 40, AuditAck(batch=7, stored=3), """
+      5653 01 01 0214 0000 00000028 0000000e  # VS v1 response AUDIT_REPORT txid 40 len 14
+      0000000000000007    # batch 7
+      00000003            # stored 3 (two events and the lost entry)
+      0000                # ext: none
+    """),
     V("record_start_request", MsgType.RECORD_START, REQ, 19,
       RecordRequest(device_id="c", channel=1, stream=Stream.MAIN), """
       5653 01 00 0160 0000 00000013 00000008  # VS v1 request RECORD_START txid 19 len 8
@@ -945,6 +989,19 @@ VECTORS = [
       0000018bcfe56800    # from_time 1700000000000 ms
       0000018bcfe65260    # to_time 1700000060000 ms
       0000                # ext: none
+    """),
+    V("record_query_request_asked_by", MsgType.RECORD_QUERY, REQ, 22,
+      RecordQuery(device_id="c", channel=1, stream=Stream.MAIN, from_time=TS,
+                  to_time=TS + 60_000, ext=((0x0001, b"bob"),)), """
+      5653 01 00 0170 0000 00000016 0000001f  # VS v1 request RECORD_QUERY txid 22 len 31
+      0001 63             # device_id "c"
+      0001                # channel 1
+      00                  # stream MAIN
+      0000018bcfe56800    # from_time 1700000000000 ms
+      0000018bcfe65260    # to_time 1700000060000 ms
+      0001                # ext: 1 record
+        0001              #   tag ASKED_BY (set by the CU's node)
+        0003 626f62       #   the user who asked, "bob"
     """),
     V("record_query_response", MsgType.RECORD_QUERY, RSP, 22,
       Recordings(

@@ -19,6 +19,7 @@ from vss.cdn.catalogue import Segment
 from vss.cdn.export import ExportTokens, check_target
 from vss.cdn.listing import gaps_of, merge, node_answer
 from vss.cms.store import hash_token
+from vss.cms.store.tokens import iso_time
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
@@ -689,6 +690,17 @@ class CatalogueAcrossNodesTests(unittest.TestCase):
         wanted = (ex_to - ex_from) / 1000
         self.assertLess(abs(duration - wanted), 1.5, (duration, wanted))
         self.assertGreater(frames, 25)
+        # the download is in the central audit log: alice (who asked on node-a), the
+        # range, node-b (which served it)
+        for _ in range(300):
+            exports, _ = yield self.p.cms.store.list_audit(kinds=["export"])
+            if exports:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual([(e.actor, e.target, e.node_id, e.source) for e in exports],
+                         [("user:alice", "device:cam-b", "node-b", "127.0.0.1")])
+        self.assertEqual((exports[0].detail["from"], exports[0].detail["to"]),
+                         (iso_time(ex_from), iso_time(ex_to)))
         self.assertEqual(b.exporter.in_use(), set())
         stale = os.path.join(b.settings.data_dir, "exports", "tmpold.mp4")
         with open(stale, "wb") as f:

@@ -334,6 +334,17 @@ class TwoNodeTests(unittest.TestCase):
             self.assertGreaterEqual(player.frames, 5)
         self.assertEqual(len(self.sessions_of(self.node_b, cred.cred_id)), 2)
         self.assertEqual(self.node_b.cdn.counters["node_pulls"], 1)
+        # each player's live view is in the central audit log, as alice's, by node-b
+        for _ in range(300):
+            views, _ = yield self.p.cms.store.list_audit(kinds=["live"], text=cred.cred_id)
+            if len(views) >= 2:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual({(e.actor, e.target, e.node_id, e.source, e.detail["via"])
+                          for e in views},
+                         {("user:alice", "device:cam-a", "node-b", "127.0.0.1",
+                           f"stream credential {cred.cred_id}")})
+        self.assertEqual(len(views), 2)
 
         # revoked (by its user, through node-b and CMS): both sessions end within 1 s
         revoke_started = time.monotonic()

@@ -278,6 +278,10 @@ class ICentral(Interface):
         """CRED_REVOKE: ``username`` revokes one of their stream credentials. Fires
         with it as revoked."""
 
+    def report_audit(report):
+        """AUDIT_REPORT: an ``AuditReport`` of the media users started on the node
+        (``vss.rgm.audit``). Fires with ``AuditAck`` once CMS holds it."""
+
 
 class IStreamAuthorizer(Interface):
     """How the streaming server checks a token in an RTSP URL."""

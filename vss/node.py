@@ -63,6 +63,11 @@ class NodeService(StagedService):
                                 key_file=settings.store_key,
                                 password_file=settings.store_password_file)
         self.central = self._make_central()
+        # the live views, playbacks and exports users start here, reported to CMS
+        from vss.rgm.audit import AuditReporter
+
+        self.audit = AuditReporter(self.central, reactor)
+        self.audit.setServiceParent(self)
         self.rgm = RGMService(
             RGMConfig(
                 node_id=settings.node_id,
@@ -112,7 +117,7 @@ class NodeService(StagedService):
                                                udp_interface=interface)
         self.rtsp_listener.setServiceParent(self)
         self.cdn = CDNModule(self.rgm, self.rtsp, self.issuer, media_base="", clock=reactor,
-                             reactor=reactor)
+                             reactor=reactor, audit=self.audit)
         self.cdn.setServiceParent(self)
         self.rgm.cdn = self.cdn
         # The SS's recorder (segment files and their catalogue) behind the CDN module's
@@ -156,7 +161,7 @@ class NodeService(StagedService):
         from vss.streamcreds.secret import credential_key
 
         creds = StreamCredentials(credential_key(self.cluster_secret), self.store,
-                                  self.central, self.cdn, reactor)
+                                  self.central, self.cdn, reactor, audit=self.audit)
         creds.setServiceParent(self)
         self.rtsp.use_credentials(creds)
         self.rgm.credentials = creds

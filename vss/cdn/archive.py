@@ -17,6 +17,8 @@ A node's archive: what it answers about its recordings, across nodes.
 - ``wire(node)``: builds the above for a ``NodeService`` (called from ``vss.node``).
 """
 
+from dataclasses import replace
+
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -42,6 +44,20 @@ DEFAULT_RETENTION_INTERVAL = 60.0
 PLAYBACK_MARGIN_MS = 10 * 60_000
 QUERY_TIMEOUT = FANOUT_TIMEOUT + 3.0  # the CU's node waits for CMS's merged answer
 LINK_DOWN = (ResultCode.CENTRAL_UNAVAILABLE, ResultCode.SESSION_CLOSED, ResultCode.TIMEOUT)
+#: the RecordQuery extension naming the user who asked (docs/protocol.md, section 4)
+ASKED_BY = 0x0001
+
+
+def asked_by(body):
+    """The user a RecordQuery's ``ASKED_BY`` extension names, or '' (not a name: '')."""
+    for tag, value in body.ext:
+        if tag == ASKED_BY:
+            try:
+                name = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                return ""
+            return name if name and len(name) <= 64 and "|" not in name else ""
+    return ""
 
 
 class NodeArchive:
@@ -72,10 +88,14 @@ class NodeArchive:
                            f"(device has {record.channels})")
 
     @defer.inlineCallbacks
-    def query(self, body):
+    def query(self, body, user=None):
         """A CU's query, across every node: the ``Recordings`` body's bytes (CMS's
-        answer is passed on as it came)."""
+        answer is passed on as it came). ``user``: who asks; the nodes holding footage
+        put it in their export URLs, for the audit (extension ``ASKED_BY``)."""
         self.check(body)
+        if user:
+            body = replace(body, ext=tuple(e for e in body.ext if e[0] != ASKED_BY)
+                           + ((ASKED_BY, user.encode("utf-8")),))
         self.counters["queries"] += 1
         ask = getattr(self.central, "query_recordings", None)
         missing = []
@@ -109,7 +129,8 @@ class NodeArchive:
         base = self.http_base() if callable(self.http_base) else self.http_base
         if closed and base and self.tokens is not None:
             token, expires = self.tokens.issue(body.device_id, body.channel, stream,
-                                               body.from_time, body.to_time)
+                                               body.from_time, body.to_time,
+                                               user=asked_by(body))
             export = export_url(base, token, expires, self.node_id)
         data = encode_node_answer(rows, gaps, self.node_id, export, [r[0] for r in opens])
         from vss.cdn.dvr import device_recordings
@@ -224,8 +245,8 @@ def wire(node, settings, reactor, web=None):
     http = getattr(settings, "http_listen", "")
     node.http_listener = None
     if http:
-        node.http_listener = ListenService("http", http, make_site(node.export_tokens,
-                                                                   node.exporter, web), reactor)
+        node.http_listener = ListenService("http", http, make_site(
+            node.export_tokens, node.exporter, web, audit=node.audit), reactor)
         node.http_listener.setServiceParent(node)
 
     def http_base():

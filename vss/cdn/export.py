@@ -7,7 +7,9 @@ export URL (``ExportUrl`` in the ``Recordings`` answer) to it:
 ``http://<media host>:<http port>/export?token=<token>``. The CU's own node checked the
 user's VIEW grant before it asked; the token is what carries that decision to the HTTP
 side. A token is ``<payload>.<signature>`` (URL-safe base64, no padding), the payload
-``x1|<device>|<channel>|<stream>|<from ms>|<to ms>|<expiry s>|<id>``, the signature
+``x1|<device>|<channel>|<stream>|<from ms>|<to ms>|<expiry s>|<id>`` (``x2|...|<id>|<user>``
+when the user who asked is known: the download then names them in the audit log), the
+signature
 HMAC-SHA256 of it with a key derived from the node secret and a random value drawn at
 each start of the node (``HMAC(secret, "vss-export-v1" + boot)``), so a stream token
 never passes as an export token nor the reverse, and a token issued before the node
@@ -60,6 +62,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from vss.protocols.messages import AuditKind
 from vss.redact import Site
 
 log = Logger()
@@ -102,14 +105,17 @@ class ExportTokens:
         self.spent = {i: e for i, e in self.spent.items() if e > now}
         self.spent[grant["id"]] = grant["expiry"]
 
-    def issue(self, device_id, channel, stream, from_ms, to_ms, ttl=None):
-        """(token, expiry in ms)."""
+    def issue(self, device_id, channel, stream, from_ms, to_ms, ttl=None, user=""):
+        """(token, expiry in ms). ``user``: who asked (for the audit), if known."""
         for text in (device_id, stream):
             if not text or "|" in text or "/" in text:
                 raise ValueError(f"not exportable: {text!r}")
+        if "|" in user:
+            raise ValueError(f"not a user name: {user!r}")
         expiry = int(self.clock.seconds() + (self.ttl if ttl is None else ttl))
-        payload = (f"x1|{device_id}|{int(channel)}|{stream}|{int(from_ms)}|{int(to_ms)}|"
-                   f"{expiry}|{_b64e(secrets.token_bytes(9))}").encode()
+        payload = (f"{'x2' if user else 'x1'}|{device_id}|{int(channel)}|{stream}|"
+                   f"{int(from_ms)}|{int(to_ms)}|{expiry}|{_b64e(secrets.token_bytes(9))}"
+                   + (f"|{user}" if user else "")).encode()
         sig = hmac.new(self._key, payload, hashlib.sha256).digest()
         return f"{_b64e(payload)}.{_b64e(sig)}", expiry * 1000
 
@@ -128,19 +134,20 @@ class ExportTokens:
         if not hmac.compare_digest(hmac.new(self._key, payload, hashlib.sha256).digest(), sig):
             raise ValueError("bad signature")
         try:
-            version, device, channel, stream, from_ms, to_ms, expiry, token_id = \
-                payload.decode("utf-8").split("|")
+            fields = payload.decode("utf-8").split("|")
+            user = fields.pop() if fields[0] == "x2" and len(fields) == 9 else ""
+            version, device, channel, stream, from_ms, to_ms, expiry, token_id = fields
             channel, from_ms, to_ms, expiry = int(channel), int(from_ms), int(to_ms), int(expiry)
         except ValueError:
             raise ValueError("malformed token") from None
-        if version != "x1":
+        if version not in ("x1", "x2"):
             raise ValueError("unknown token version")
         if self.clock.seconds() >= expiry:
             raise ValueError("token expired")
         if token_id in self.spent:
             raise ValueError("token already used")
         return {"device": device, "channel": channel, "stream": stream, "from_ms": from_ms,
-                "to_ms": to_ms, "expiry": expiry, "id": token_id}
+                "to_ms": to_ms, "expiry": expiry, "id": token_id, "user": user}
 
 
 def check_target(uri):
@@ -361,10 +368,11 @@ class ExportResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, tokens, exporter):
+    def __init__(self, tokens, exporter, audit=None):
         super().__init__()
         self.tokens = tokens
         self.exporter = exporter
+        self.audit = audit  # vss.rgm.audit.AuditReporter: each download started, or None
 
     def _refuse(self, request, code, message):
         self.exporter.counters["refused"] += 1
@@ -400,6 +408,11 @@ class ExportResource(resource.Resource):
             request.setHeader(b"retry-after", b"10")
             return self._refuse(request, 503, "too many exports at once, retry later")
         self.tokens.spend(grant)  # one download per token: a copy of the URL is worthless
+        if self.audit is not None:
+            peer = request.getClientAddress()
+            self.audit.note(AuditKind.EXPORT, grant["user"], grant["device"], grant["channel"],
+                            1 if grant["stream"].endswith("sub") else 0, grant["from_ms"],
+                            grant["to_ms"], getattr(peer, "host", ""), "export")
         d = self.exporter.make(grant["device"], grant["stream"], grant["from_ms"],
                                grant["to_ms"], gone=lambda: request._disconnected)
         d.addCallback(self._send, request, grant)
@@ -491,9 +504,9 @@ class _StallWatch:
         self.call = None
 
 
-def make_site(tokens, exporter, web=None):
+def make_site(tokens, exporter, web=None, audit=None):
     """The node's HTTP site: its access log shows no token (``vss.redact.Site``).
     ``web`` (``vss.web.site.WebClient``) adds the browser client in front of the
-    export."""
-    root = ExportResource(tokens, exporter)
+    export; ``audit`` (``vss.rgm.audit.AuditReporter``) is told of every download."""
+    root = ExportResource(tokens, exporter, audit)
     return Site(web.resource(root) if web is not None else root)

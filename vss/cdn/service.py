@@ -33,6 +33,7 @@ from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     Action,
+    CuKind,
     Empty,
     MediaOpen,
     MediaStart,
@@ -44,6 +45,9 @@ from vss.protocols.messages import (
 )
 
 SOURCE_WAIT = 10.0
+#: how a CU's kind is named in the audit log
+CU_KINDS = {int(CuKind.MOC): "monitoring centre", int(CuKind.TVWALL): "tv wall",
+            int(CuKind.WEB): "web", int(CuKind.MOBILE): "mobile", int(CuKind.DECODER): "decoder"}
 
 
 def stream_path(device_id, channel, stream):
@@ -57,8 +61,9 @@ class CDNModule(service.Service):
     log = Logger()
 
     def __init__(self, rgm, rtsp, issuer, media_base, clock, reactor=None, linger=10.0,
-                 source_wait=SOURCE_WAIT):
+                 source_wait=SOURCE_WAIT, audit=None):
         self.rgm = rgm
+        self.audit = audit  # vss.rgm.audit.AuditReporter: the media users start, or None
         self.store = rgm.store
         self.rtsp = rtsp  # the SS: an RTSPServerFactory
         self.issuer = issuer
@@ -78,8 +83,18 @@ class CDNModule(service.Service):
 
     def handle(self, session, type, body):
         if type == MsgType.MEDIA_OPEN:
-            return self.media_open(session.identity, body)
+            d = self.media_open(session.identity, body)
+            if self.audit is not None:
+                d.addCallback(self._audited, session, body)
+            return d
         return Empty()  # MEDIA_CLOSE: the player's TEARDOWN ends the session
+
+    def _audited(self, answer, session, body):
+        """A CU's live view or playback was granted: for the audit log (queued)."""
+        link = session.link
+        self.audit.live(session.identity, body, getattr(link, "peer_host", ""),
+                        CU_KINDS.get(session.kind, "cu"))
+        return answer
 
     @defer.inlineCallbacks
     def media_open(self, username, body):

@@ -26,11 +26,15 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from vss.cms.store.audit import entry as audit_entry
+from vss.cms.store.tokens import iso_time
 from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.link import LinkFactory, check_response
 from vss.protocols.messages import (
+    AuditAck,
+    AuditKind,
     AuthChallenge,
     AuthOk,
     ChangeKind,
@@ -62,6 +66,9 @@ from vss.rgm.auth import ScramExchange, node_verifier
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT
 
 AGENT = "vss-cms/0.1"
+#: AuditKind -> the kind of its audit log entry
+AUDIT_KINDS = {AuditKind.LIVE: "live", AuditKind.PLAYBACK: "playback",
+               AuditKind.EXPORT: "export"}
 APPLIED_WRITE_DELAY = 1.0  # seconds; see s506_completed
 EMPTY_VERIFIER = Verifier(salt=b"", iterations=0, stored_key=b"", server_key=b"")
 
@@ -532,6 +539,36 @@ class CMSService(service.Service):
         self.counters["record_queries"] = self.counters.get("record_queries", 0) + 1
         return encode_parts(merge_parts(body.from_time, body.to_time, answers, missing))
 
+    # -- the audit of media: what users started on the nodes (vss.rgm.audit)
+
+    @defer.inlineCallbacks
+    def on_audit_report(self, s, body):
+        """AUDIT_REPORT: a node's batch of live views, playbacks and exports goes to the
+        audit log in one transaction (and a ``lost`` entry when the node had to drop
+        some). An event of a kind this CMS does not know is skipped and logged."""
+        entries = []
+        for e in body.events:
+            kind = AUDIT_KINDS.get(e.kind)
+            if kind is None:
+                self.log.warn("node {node} reported an audit event of unknown kind {kind}",
+                              node=s.node_id, kind=e.kind)
+                continue
+            detail = {"channel": e.channel, "stream": "sub" if e.stream else "main",
+                      "via": e.via}
+            if e.from_time:
+                detail["from"] = iso_time(e.from_time)
+            if e.to_time:
+                detail["to"] = iso_time(e.to_time)
+            entries.append(audit_entry(e.at, kind, f"user:{e.username}", e.peer, s.node_id,
+                                       kind, f"device:{e.device_id}", 0, detail))
+        if body.dropped:
+            entries.append(audit_entry(self.now_ms(), "lost", f"node:{s.node_id}", "",
+                                       s.node_id, "lost", f"node:{s.node_id}", 0,
+                                       {"dropped": body.dropped}))
+        yield self.store.append_audit(entries)
+        self.counters["audit_events"] = self.counters.get("audit_events", 0) + len(entries)
+        return AuditAck(batch=body.batch, stored=len(entries))
+
     # -- presence: which PUs are online (dynamic data, passed on, never logged)
 
     def on_presence(self, s, change, force=False):
@@ -742,4 +779,5 @@ class CMSService(service.Service):
         MsgType.RECORD_QUERY: on_record_query,
         MsgType.CRED_STORE: on_cred_store,
         MsgType.CRED_REVOKE: on_cred_revoke,
+        MsgType.AUDIT_REPORT: on_audit_report,
     }

@@ -258,6 +258,14 @@ class ChangeOp(IntEnum):
     DELETE = 2
 
 
+class AuditKind(IntEnum):
+    """What an AuditEvent reports: media a user started on a node."""
+
+    LIVE = 1
+    PLAYBACK = 2
+    EXPORT = 3
+
+
 # ---------------------------------------------------------------------------
 # Records (nested inside bodies)
 
@@ -611,6 +619,28 @@ CredRevoke = body("CredRevoke", "cred_id" / Str, "username" / Str)
 CredState = body("CredState", "credential" / StreamCredential.con)
 
 
+# The audit of media (AUDIT_REPORT): the live views, playbacks and exports users started
+# on a node, reported to CMS in batches (vss.rgm.audit), kept in its audit log.
+
+AuditEvent = record(
+    "AuditEvent",
+    "at" / Timestamp,
+    "kind" / U8,
+    "username" / Str,
+    "device_id" / Str,
+    "channel" / U16,
+    "stream" / U8,
+    "from_time" / Timestamp,
+    "to_time" / Timestamp,
+    "peer" / Str,
+    "via" / Str,
+)
+AuditReport = body(
+    "AuditReport", "batch" / U64, "dropped" / U32, "events" / List(AuditEvent.con)
+)
+AuditAck = body("AuditAck", "batch" / U64, "stored" / U32)
+
+
 # ---------------------------------------------------------------------------
 # Message types: (type id, request body, response body or None for a notification)
 
@@ -654,6 +684,7 @@ class MsgType(IntEnum):
     SYNC_CHANGE = 0x0211
     SYNC_FETCH = 0x0212
     CRED_STORE = 0x0213
+    AUDIT_REPORT = 0x0214
 
 
 #: type -> (request body class, response body class or None if notification-only)
@@ -696,4 +727,5 @@ CATALOGUE = {
     MsgType.CRED_LIST: (CredList, Creds),
     MsgType.CRED_REVOKE: (CredRevoke, CredState),
     MsgType.CRED_STORE: (CredState, CredState),
+    MsgType.AUDIT_REPORT: (AuditReport, AuditAck),
 }

@@ -459,6 +459,10 @@ class CmsLink(service.Service):
         return self._request(MsgType.CRED_REVOKE, CredRevoke(
             cred_id=cred_id, username=username)).addCallback(lambda msg: msg.body.credential)
 
+    def report_audit(self, report):
+        """AUDIT_REPORT: CMS keeps the media users started here in its audit log."""
+        return self._request(MsgType.AUDIT_REPORT, report).addCallback(lambda msg: msg.body)
+
     def record_settings(self, device_id, channel):
         """The recording settings CMS holds for a channel (RECORD_SETTINGS_GET)."""
         return self._request(MsgType.RECORD_SETTINGS_GET, RecordSettingsGet(

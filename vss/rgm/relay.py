@@ -433,7 +433,7 @@ def on_cu_request(rgm, link, frame, msg):
             if rgm.archive is None:
                 return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
                                        "this node has no recording catalogue")
-            d = defer.maybeDeferred(rgm.archive.query, msg.body)  # the body's bytes
+            d = defer.maybeDeferred(rgm.archive.query, msg.body, s.identity)  # the bytes
             _hold(s, frame.txid, d)
             d.addCallbacks(lambda data: link.send_raw_response(t, frame.txid, 0, data),
                            lambda f: link.send_failure(frame, f))

@@ -547,7 +547,7 @@ class RTSPServerFactory(protocol.Factory):
         """(True, info) or reply 401 and return (False, None)."""
         if self.credentials is not None and url.token is None:
             try:
-                verdict = self.credentials.authorize(req, url, method)
+                verdict = self.credentials.authorize(req, url, method, peer=conn.peer_host)
             except Exception:
                 log.failure("stream credential check failed", path=url.path)
                 verdict = (False, "credential check error")

@@ -32,6 +32,7 @@ from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     Action,
+    AuditKind,
     CredIssued,
     Creds,
     CredState,
@@ -85,8 +86,10 @@ def safe_for_secrets(link):
 class StreamCredentials(service.Service):
     log = Logger()
 
-    def __init__(self, key, store, central, cdn, clock, sweep_interval=SWEEP_INTERVAL):
+    def __init__(self, key, store, central, cdn, clock, sweep_interval=SWEEP_INTERVAL,
+                 audit=None):
         self.key = key  # the sealing key (secret.credential_key of the cluster secret)
+        self.audit = audit  # vss.rgm.audit.AuditReporter, or None
         self.store = store
         self.central = central
         self.cdn = cdn  # the CDN module: its SS (rtsp), ensure_source, media_base
@@ -122,9 +125,10 @@ class StreamCredentials(service.Service):
         raw = sc.unseal(self.key, record)
         return raw.hex() if raw is not None else None
 
-    def authorize(self, request, url, method):
+    def authorize(self, request, url, method, peer=None):
         """(True, info) for a request a live stream credential allows, (False, reason)
-        for one it does not, None for a request that carries none."""
+        for one it does not, None for a request that carries none. A DESCRIBE allowed
+        starts a live view: it goes to the audit (``peer``: the player's address)."""
         header = request.headers.get("Authorization") or ""
         if url.cred is not None:
             given = sc.split_url_credential(url.cred)
@@ -145,6 +149,9 @@ class StreamCredentials(service.Service):
             return self._refused(f"stream credential {record.cred_id}: {problem}")
         self.counters["allowed"] += 1
         device_id, channel, stream = live_stream_of(url.path)
+        if self.audit is not None and request.method == "DESCRIBE":
+            self.audit.note(AuditKind.LIVE, record.username, device_id, channel, stream,
+                            peer=peer or "", via=f"stream credential {record.cred_id}")
         return True, {"cred": record.cred_id, "user": record.username, "device": device_id,
                       "start": lambda: self._start(device_id, channel, stream, url.path)}
 

@@ -4,17 +4,31 @@ run without a central platform. It holds static records and, for the routing tes
 the in-process RGM services of other nodes (S403-S406 then happen in this process).
 """
 
+from collections import deque
+
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from vss.errors import VssError
 from vss.interfaces import ICentral
 from vss.protocols.codes import ResultCode
-from vss.protocols.messages import Entity, NodeRoute, RegInfo, Role, StaticPage, SyncAck
+from vss.protocols.messages import (
+    AuditAck,
+    AuditKind,
+    Entity,
+    NodeRoute,
+    RegInfo,
+    Role,
+    StaticPage,
+    SyncAck,
+)
 
 
 @implementer(ICentral)
 class MemoryCentral:
+    log = Logger()
+
     def __init__(self):
         self.devices = {}
         self.users = {}
@@ -25,6 +39,7 @@ class MemoryCentral:
         self.online = {}
         self.available = True
         self.synced = True  # False: the node answers logins NOT_READY
+        self.audit_reports = deque(maxlen=100)  # the latest, for tests
 
     # -- set-up helpers
 
@@ -156,6 +171,16 @@ class MemoryCentral:
     def revoke_credential(self, cred_id, username):
         return defer.fail(VssError(ResultCode.NOT_SUPPORTED, "stream credentials need the "
                                    "central platform"))
+
+    def report_audit(self, report):
+        """Without a central audit log, a standalone node logs each event."""
+        self.audit_reports.append(report)
+        for e in report.events:
+            self.log.info("audit: {kind} of {device} channel {channel} by {user} from "
+                          "{peer} ({via})", kind=AuditKind(e.kind).name.lower()
+                          if e.kind in iter(AuditKind) else e.kind, device=e.device_id,
+                          channel=e.channel, user=e.username, peer=e.peer, via=e.via)
+        return defer.succeed(AuditAck(batch=report.batch, stored=len(report.events)))
 
     def report_change(self, change):
         self._check()
