@@ -25,6 +25,8 @@ from vss.cms.operators import (
     hash_password,
 )
 from vss.cms.store import hash_token, make_static_store
+from vss.testing.platform import verifier
+from vss.testing.processes import child_env, run_tool
 
 TOKEN = "console-test-token-0123456789"
 ADMIN_PW = "Admin-Password-123"
@@ -398,4 +400,55 @@ class ConsolePagesTests(ConsoleApiCase):
         r = yield self.agent.request(b"POST", (self.base + "/console/").encode())
         yield readBody(r)
         self.assertEqual(r.code, 405)
+
+
+
+class CommandLineTests(ConsoleApiCase):
+    """``vss-admin operator ...``, ``grant set --for`` and ``vss-admin audit`` as real
+    processes against the console's API."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def admin(self, *args, **env):
+        out, err, code = yield run_tool("vss-admin", list(args), env=child_env(
+            VSS_API=self.base, VSS_ADMIN_TOKEN=TOKEN, **env))
+        self.assertEqual(code, 0, err)
+        return out
+
+    @defer.inlineCallbacks
+    def test_operators_grants_with_an_expiry_and_the_audit(self):
+        out = yield self.admin("operator", "add", "vic", "--role", "administrator",
+                               VSS_OPERATOR_PASSWORD="vic-console-pw")
+        self.assertEqual(out.strip(), "operator vic (administrator) added")
+        yield self.login("vic", "vic-console-pw")
+        out = yield self.admin("operator", "list")
+        self.assertIn("vic       administrator  yes      1", out)
+        out = yield self.admin("operator", "set", "vic", "--disable")
+        self.assertEqual(out.strip(), "operator vic changed (administrator, disabled)")
+        self.assertEqual(len(self.accounts.sessions.of("vic")), 0)
+        yield self.store.upsert_device("cam-1", "Gate", 1, 1, "", verifier("cam-secret"))
+        out = yield self.admin("grant", "set", "group:ops", "cam-1", "view", "--for", "3d")
+        self.assertRegex(out.strip(), r"^group:ops may view on cam-1 until 20\d\d-")
+        (grant,), _ = yield self.store.list_grants()
+        self.assertGreater(grant.expires, 0)
+        out = yield self.admin("grant", "list")
+        self.assertIn("group:ops  cam-1   view", out)
+        out = yield self.admin("audit", "--kind", "change", "--actor", "token:root",
+                               "--since", "1h")
+        lines = out.strip().splitlines()
+        self.assertTrue(lines[0].startswith("TIME (UTC)"), out)
+        self.assertIn("PUT /grants", lines[1])
+        self.assertIn("grant:group:ops|cam-1", lines[1])
+        self.assertIn("ok 201", lines[1])
+        self.assertNotIn("vic-console-pw", out)
+        out = yield self.admin("--json", "audit", "--kind", "change", "--limit", "1")
+        (entry,) = json.loads(out)
+        self.assertEqual((entry["actor"], entry["detail"]["client"]),
+                         ("token:root#1", "vss-admin"))
+        out, err, code = yield run_tool("vss-admin", ["audit", "--kind", "edit"],
+                                        env=child_env(VSS_API=self.base,
+                                                      VSS_ADMIN_TOKEN=TOKEN))
+        self.assertEqual(code, 1)
+        self.assertIn("kind must be among", err)
 

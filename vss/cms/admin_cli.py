@@ -11,6 +11,8 @@
     vss-admin token create ops --expires-in 90d > ops.token
     vss-admin token list
     vss-admin token revoke 3 [--force]
+    vss-admin operator add ann --role administrator --password-file ann.pw
+    vss-admin audit --kind change,live --since 12h --target device:cam-1
     vss-admin status
     vss-admin export-static --db sqlite:/var/lib/vss/cms.sqlite3 static.json [--node n1]
 
@@ -33,6 +35,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from io import BytesIO
 from urllib.parse import quote, urlencode
 
@@ -155,8 +158,10 @@ def render_devices(items):
 
 
 def render_grants(items):
-    return table(["PRINCIPAL", "DEVICE", "ACTIONS"],
-                 [[g["principal"], g["device_id"], ",".join(g["actions"])] for g in items])
+    return table(["PRINCIPAL", "DEVICE", "ACTIONS", "UNTIL"],
+                 [[g["principal"], g["device_id"], ",".join(g["actions"]),
+                   (short_time(g["expires"]) + (" (expired)" if g.get("expired") else ""))
+                   if g.get("expires") else "-"] for g in items])
 
 
 def render_nodes(items):
@@ -538,8 +543,13 @@ class DeviceRemove(Command):
 class GrantSet(Command):
     """Set what a user or group may do on a device."""
 
-    synopsis = "user:NAME|group:NAME DEVICE_ID ACTIONS"
-    longdesc = "ACTIONS is a comma-separated list of view, ptz, config and record."
+    synopsis = "user:NAME|group:NAME DEVICE_ID ACTIONS [--until TIME | --for 3d]"
+    longdesc = ("ACTIONS is a comma-separated list of view, ptz, config and record. With "
+                "--until (an ISO time with its zone, e.g. 2026-05-01T18:00:00Z) or --for "
+                "(a duration from now: 3600, 12h, 3d), every node stops applying the grant "
+                "at that time; without either, it does not expire.")
+    optParameters = [["until", None, None, "When the grant stops applying."],
+                     ["for", None, None, "How long the grant applies from now."]]
 
     def parseArgs(self, principal, device_id, actions):
         self["principal"], self["device"] = principal, device_id
@@ -547,13 +557,23 @@ class GrantSet(Command):
         if not self["actions"]:
             raise usage.UsageError("give at least one action: view, ptz, config, record")
 
+    def postOptions(self):
+        if self["until"] and self["for"]:
+            raise usage.UsageError("--until and --for exclude each other")
+        self.expires = self["until"] or None
+        if self["for"]:
+            seconds = parse_duration(self["for"])
+            self.expires = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                         time.gmtime(time.time() + seconds))
+
     @defer.inlineCallbacks
     def run(self, client):
         grant = yield client.call("PUT", "/grants", {
             "principal": self["principal"], "device_id": self["device"],
-            "actions": self["actions"]})
+            "actions": self["actions"], "expires": self.expires})
+        until = f" until {grant['expires']}" if grant.get("expires") else ""
         return grant, (f"{grant['principal']} may {','.join(grant['actions'])} on "
-                       f"{grant['device_id']}")
+                       f"{grant['device_id']}{until}")
 
 
 class GrantList(Command):
@@ -840,6 +860,151 @@ class StreamCredRevoke(Command):
         return c, f"stream credential {c['id']} of {c['user']} for {c['device_id']} revoked"
 
 
+class OperatorList(Command):
+    """List the operators of the console (never their password)."""
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        result = yield client.call("GET", "/operators")
+        items = result.get("items", [])
+        return items, table(
+            ["OPERATOR", "ROLE", "ENABLED", "SESSIONS", "LAST LOGIN"],
+            [[o["username"], o["role"], yes_no(o["enabled"]), o["sessions"],
+              short_time(o["last_login"]) if o["last_login"] else "never"] for o in items])
+
+
+class OperatorAdd(Command):
+    """Add an operator of the console (administrator: every change; auditor: reads)."""
+
+    synopsis = "NAME --role administrator|auditor [--password-file FILE] [--disabled]"
+    longdesc = ("The password (at least 10 characters) comes from --password-file, "
+                "$VSS_OPERATOR_PASSWORD or a prompt; the platform keeps only a slow "
+                "verifier of it. There is no default password.")
+    optFlags = [["disabled", None, "Create the account disabled."]]
+    optParameters = [["role", "r", "auditor", "administrator or auditor."],
+                     ["password-file", "p", None, "File holding the password."]]
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+    def postOptions(self):
+        self.password = obtain_secret("password", self["password-file"],
+                                      "VSS_OPERATOR_PASSWORD")
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        o = yield client.call("POST", "/operators", {
+            "username": self["name"], "password": self.password, "role": self["role"],
+            "enabled": not self["disabled"]})
+        return o, f"operator {o['username']} ({o['role']}) added"
+
+
+class OperatorSet(Command):
+    """Change an operator's role, state or password (their sessions end)."""
+
+    synopsis = "NAME [--role R] [--enable|--disable] [--password [--password-file F]]"
+    optFlags = [["enable", None, "Enable the account."], ["disable", None, "Disable it."],
+                ["password", None, "Set a new password ($VSS_OPERATOR_PASSWORD or a prompt)."]]
+    optParameters = [["role", "r", None, "administrator or auditor."],
+                     ["password-file", "p", None, "File holding the new password."]]
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+    def postOptions(self):
+        if self["enable"] and self["disable"]:
+            raise usage.UsageError("--enable and --disable exclude each other")
+        self.change = {}
+        if self["role"]:
+            self.change["role"] = self["role"]
+        if self["enable"] or self["disable"]:
+            self.change["enabled"] = bool(self["enable"])
+        if self["password"] or self["password-file"]:
+            self.change["password"] = obtain_secret("password", self["password-file"],
+                                                    "VSS_OPERATOR_PASSWORD")
+        if not self.change:
+            raise usage.UsageError("nothing to change")
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        o = yield client.call("PATCH", f"/operators/{q(self['name'])}", self.change)
+        return o, f"operator {o['username']} changed ({o['role']}, " \
+                  f"{'enabled' if o['enabled'] else 'disabled'})"
+
+
+class OperatorRemove(Command):
+    """Remove an operator (their sessions end)."""
+
+    synopsis = "NAME"
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        result = yield client.call("DELETE", f"/operators/{q(self['name'])}")
+        return result, f"operator {self['name']} removed"
+
+
+def render_audit(items):
+    rows = []
+    for e in items:
+        where = e["source"] + (f" via {e['node_id']}" if e["node_id"] else "")
+        if not e["status"]:
+            result = "-"
+        else:
+            result = ("ok " if e["status"] < 400 else "refused ") + str(e["status"])
+        rows.append([e["at"].replace("T", " ")[:19], e["kind"], e["actor"], e["action"],
+                     e["target"], where or "-", result])
+    return table(["TIME (UTC)", "KIND", "WHO", "ACTION", "ABOUT", "FROM", "RESULT"], rows)
+
+
+class AuditCommand(Command):
+    """The audit log: changes, logins, live views, playbacks, exports (newest first)."""
+
+    synopsis = ("[--kind change,live,...] [--actor X] [--target X] [--text X] [--node N] "
+                "[--since T] [--until T] [--limit N]")
+    longdesc = ("Filters match any part of a field, in any case. --since and --until are "
+                "ISO times with their zone (2026-05-01T18:00:00Z) or durations back from "
+                "now (15m, 12h, 7d). Entries cannot be changed or removed.")
+    optParameters = [["kind", "k", None, "Comma-separated: change, login, logout, live, "
+                                         "playback, export, lost."],
+                     ["actor", None, None, "Who: operator:ann, token:, user:bob ..."],
+                     ["target", None, None, "About what: device:cam-1, user:bob ..."],
+                     ["text", None, None, "Anywhere, the details included."],
+                     ["node", None, None, "Reported by this node."],
+                     ["since", None, None, "From this time."],
+                     ["until", None, None, "Before this time."],
+                     ["limit", "n", 100, "How many entries at most.", int]]
+
+    def postOptions(self):
+        self.params = {"kind": self["kind"], "actor": self["actor"], "target": self["target"],
+                       "q": self["text"], "node": self["node"],
+                       "since": _when(self["since"]), "until": _when(self["until"])}
+        if not 1 <= self["limit"] <= 100_000:
+            raise usage.UsageError("--limit is between 1 and 100000")
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        items, cursor = [], ""
+        while len(items) < self["limit"]:
+            page = yield client.call("GET", "/audit", params={
+                **self.params, "cursor": cursor, "limit": min(500, self["limit"] - len(items))})
+            items.extend(page.get("items", []))
+            cursor = page.get("next_cursor", "")
+            if not cursor:
+                break
+        return items, render_audit(items) if items else "no entry"
+
+
+def _when(text):
+    """An ISO time as given, or a duration back from now as an ISO time."""
+    if not text or "T" in text:
+        return text
+    seconds = parse_duration(text)
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds))
+
+
 class StatusCommand(Command):
     """Operations status: nodes, devices online."""
 
@@ -928,6 +1093,11 @@ class Options(usage.Options):
                                                     ("create", StreamCredCreate),
                                                     ("revoke", StreamCredRevoke)]),
          "Stream credentials: stable stream URLs for players and NVRs."],
+        ["operator", None, group("operator", [("list", OperatorList), ("add", OperatorAdd),
+                                              ("set", OperatorSet),
+                                              ("remove", OperatorRemove)]),
+         "Operators of the console (the central platform's web page)."],
+        ["audit", None, AuditCommand, "The audit log (changes, logins, media)."],
         ["status", None, StatusCommand, "Operations status."],
         ["export-static", None, ExportStatic,
          "Write the database's master data as a node's --static file."],

@@ -229,6 +229,9 @@ class ChangeAudit:
                 detail["field"] = exc.field
         elif subject is None or subject.read is None:
             detail["after"] = mask(payload) if isinstance(payload, dict) else None
+        agent = (request.getHeader(b"user-agent") or b"").decode("latin-1", "replace")
+        if agent:
+            detail["client"] = agent[:120]
         target = subject.target if subject is not None else self._target_of(payload)
         seq = self.api.last_seq
         if seq:
