@@ -120,10 +120,12 @@ class ReporterTests(unittest.TestCase):
         body = MediaOpen(device_id="cam-1", channel=1, stream=Stream.SUB,
                          purpose=Purpose.PLAYBACK, start_time=1_699_999_000_000, transport=0)
         self.reporter.live("ann", body, "10.0.0.2", "monitoring centre")
-        e = self.reporter.queue[0]
+        self.clock.advance(2.0)
+        (e,) = self.central.reports[0].events
         self.assertEqual((e.kind, e.username, e.channel, e.stream, e.from_time, e.via),
                          (AuditKind.PLAYBACK, "ann", 1, 1, 1_699_999_000_000,
                           "monitoring centre"))
+        self.central.ack()
 
     def test_stopping_sends_what_waits(self):
         self.note(0)

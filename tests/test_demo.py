@@ -7,11 +7,22 @@ import random
 import signal
 import socket
 import sys
+import urllib.request
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from vss.testing.processes import Daemon, child_env, run_tool
+
+
+def sign_in(base, username, password):
+    """(status, session) of a console login (``POST /api/v1/session``)."""
+    request = urllib.request.Request(
+        base + "api/v1/session", method="POST",
+        data=json.dumps({"username": username, "password": password}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310 - loopback
+        return r.status, json.load(r)
 
 
 def _offsets():
@@ -73,6 +84,14 @@ class DemoTests(unittest.TestCase):
         with open(os.path.join(work, "run", "credentials.json")) as f:
             creds = json.load(f)
         self.assertEqual(os.stat(os.path.join(work, "run", "credentials.json")).st_mode & 0o077, 0)
+        # the console's address and the operator made for it are printed; they sign in
+        console = f"http://127.0.0.1:{base + 180}/"
+        self.assertIn(console, demo.output())
+        self.assertIn(f"signed in as {creds['operator']} with the\npassword "
+                      f"{creds['operator_password']}", demo.output())
+        status, session = yield threads.deferToThread(
+            sign_in, console, creds["operator"], creds["operator_password"])
+        self.assertEqual((status, session["role"]), (200, "administrator"))
         env = child_env(VSS_NODE=f"tcp:127.0.0.1:{base + 11}", VSS_USER="alice",
                         VSS_PASSWORD=creds["alice_password"])
         online = {}

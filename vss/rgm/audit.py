@@ -51,12 +51,9 @@ class AuditReporter(service.Service):
 
     def note(self, kind, username, device_id, channel=0, stream=0, from_time=0, to_time=0,
              peer="", via=""):
-        """Media started: queued, reported later."""
-        self.queue.append(AuditEvent(
-            at=int(self.clock.seconds() * 1000), kind=int(kind), username=username or "",
-            device_id=device_id, channel=int(channel), stream=int(stream),
-            from_time=int(from_time or 0), to_time=int(to_time or 0), peer=peer or "",
-            via=via or ""))
+        """Media started: queued as a plain tuple (the AuditEvent is made when sent)."""
+        self.queue.append((int(self.clock.seconds() * 1000), kind, username or "", device_id,
+                           channel, stream, from_time or 0, to_time or 0, peer or "", via or ""))
         self.counters["noted"] += 1
         if len(self.queue) > self.max_queue:
             self.queue.popleft()
@@ -93,7 +90,8 @@ class AuditReporter(service.Service):
         self.dropped = 0
         self._batch_id += 1
         self._inflight = (events, dropped)
-        report = AuditReport(batch=self._batch_id, dropped=dropped, events=events)
+        report = AuditReport(batch=self._batch_id, dropped=dropped,
+                             events=[AuditEvent(*e) for e in events])
         d = self.central.report_audit(report)
         d.addCallbacks(self._acked, self._failed)
         return d
