@@ -59,6 +59,7 @@ from vss.protocols.messages import (
     Transport,
 )
 from vss.protocols.messages import Action as A
+from vss.version import VersionOption
 
 
 class AnyOrder(usage.Options):
@@ -305,7 +306,8 @@ class PlaybackCmd(DeviceCommand):
         self["at_ms"] = parse_time(self["at"], int(time.time() * 1000))
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
+    program = "vssctl"
     synopsis = "[--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
     optParameters = [
         ["node", "n", None, "Client endpoint of the node's CU listener [$VSS_NODE]."],
