@@ -25,6 +25,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vss.errors import VssError
+from vss.ops.histogram import Histogram
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.link import LinkFactory
@@ -60,6 +61,8 @@ class RGMConfig:
     handshake_timeout: float = 30.0
     link_max_failures: int = 5
     max_body: int = codec.MAX_BODY
+    #: keep the relay's latency histograms (``vss.ops.metrics``; ``--metrics off``: not)
+    metrics: bool = False
 
 
 class State:
@@ -125,6 +128,10 @@ class _Listener:
         self.rgm.linkDown(link, reason)
 
 
+def _role_name(role):
+    return "pu" if role == Role.PU else "cu"
+
+
 #: Control requests a CU may send, and the grant each needs.
 CONTROL_ACTIONS = {
     MsgType.PTZ_CONTROL: Action.PTZ,
@@ -160,7 +167,21 @@ class RGMService(service.Service):
         self.links = set()
         self.pu_links = {}  # device_id -> link of the registered PU
         self.cu_links = {}  # session_id -> link
-        self.counters = {"relayed": 0, "routed": 0, "auth_failures": 0, "dropped_silent": 0}
+        self.counters = {"relayed": 0, "routed": 0, "auth_failures": 0, "dropped_silent": 0,
+                         "timeouts": 0}
+        #: logins by (role, result): "pu"/"cu", "ok"/"failed"/"throttled"
+        self.logins = {(role, result): 0 for role in ("pu", "cu")
+                       for result in ("ok", "failed", "throttled")}
+        #: the relay's latency, S401 to the answer's arrival, by (message type, "local" or
+        #: "remote"): ``vss.ops.metrics.Histogram``; None with metrics off. The PTZ fast
+        #: paths bump the cells of their two histograms straight (``vss.rgm.relay``).
+        self.latency = None
+        self.ptz_local = self.ptz_remote = None
+        if config.metrics:
+            self.latency = {(int(MsgType.PTZ_CONTROL), "local"): Histogram(),
+                            (int(MsgType.PTZ_CONTROL), "remote"): Histogram()}
+            self.ptz_local = self.latency[int(MsgType.PTZ_CONTROL), "local"].cells
+            self.ptz_remote = self.latency[int(MsgType.PTZ_CONTROL), "remote"].cells
         self._sweeper = None
 
     # -- service
@@ -294,6 +315,7 @@ class RGMService(service.Service):
             return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE)
         wait = self.throttle.wait(link.peer_host)
         if wait > 0:
+            self.logins[_role_name(s.role), "throttled"] += 1
             return self.refuse(
                 link, frame, ResultCode.AUTH_THROTTLED, f"retry in {wait:.0f} s"
             )
@@ -368,6 +390,7 @@ class RGMService(service.Service):
             s.failures += 1
             s.state = State.HELLO
             self.counters["auth_failures"] += 1
+            self.logins[_role_name(s.role), "failed"] += 1
             self.throttle.failed(link.peer_host)
             # The identity is logged, never the proof or anything derived from a secret.
             self.log.info(
@@ -381,6 +404,7 @@ class RGMService(service.Service):
                 link.close(ResultCode.AUTH_FAILED, "too many failures")
             return
         self.throttle.succeeded(link.peer_host)
+        self.logins[_role_name(s.role), "ok"] += 1
         s.identity = exchange.identity
         s.session_id = secrets.token_hex(16)
         s.state = State.AUTHENTICATED

@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from vss.errors import VssError
 from vss.interfaces import IStaticStore
+from vss.ops.histogram import Histogram
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     Change,
@@ -236,6 +237,9 @@ class SqlStaticStore:
         self._clock = clock if clock is not None else reactor
         self._wpool = None
         self._rpool = None
+        #: how long the calls take, issued to answered (queueing for a pool thread
+        #: included), by kind: for ``/metrics`` (``vss.ops.collectors``)
+        self.call_latency = {"read": Histogram(), "write": Histogram()}
 
     # -- plumbing -----------------------------------------------------------
 
@@ -246,15 +250,30 @@ class SqlStaticStore:
     def _now_ms(self):
         return int(self._clock.seconds() * 1000)
 
+    def _timed(self, kind, t0, d):
+        hist = self.call_latency[kind]
+
+        def done(result):
+            hist.observe(self._clock.seconds() - t0)
+            return result
+
+        return d.addBoth(done)
+
+    def _write_interaction(self, fn, *args):
+        """``fn(cursor, *args)`` as one interaction of the write pool, timed."""
+        t0 = self._clock.seconds()
+        return self._timed("write", t0, self._wpool.runInteraction(fn, *args))
+
     def _read(self, fn, *args):
-        return self._rpool.runInteraction(self._in_read, fn, *args)
+        t0 = self._clock.seconds()
+        return self._timed("read", t0, self._rpool.runInteraction(self._in_read, fn, *args))
 
     def _in_read(self, cur, fn, *args):
         self.dialect.begin_read(cur)
         return fn(cur, *args)
 
     def _write(self, fn, *args, origin=DEFAULT_ORIGIN):
-        return self._wpool.runInteraction(self._in_write, fn, origin, self._now_ms(), *args)
+        return self._write_interaction(self._in_write, fn, origin, self._now_ms(), *args)
 
     def _in_write(self, cur, fn, origin, at, *args):
         self.dialect.begin_write(cur)
@@ -617,7 +636,7 @@ class SqlStaticStore:
         if state not in ("up", "down"):
             raise VssError(ResultCode.INVALID_ARGUMENT, f"node state must be up or down: {state!r}")
         load_json = None if load is None else json.dumps(load, sort_keys=True)
-        return self._wpool.runInteraction(
+        return self._write_interaction(
             self._set_node_state, node_id, state, load_json, self._now_ms()
         )
 
@@ -638,7 +657,7 @@ class SqlStaticStore:
             raise VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}")
 
     def set_node_applied(self, node_id, seq):
-        return self._wpool.runInteraction(self._set_node_applied, node_id, int(seq))
+        return self._write_interaction(self._set_node_applied, node_id, int(seq))
 
     def _set_node_applied(self, cur, node_id, seq):
         self.dialect.begin_write(cur)
@@ -763,7 +782,7 @@ class SqlStaticStore:
         return found
 
     def compact(self, before_seq):
-        return self._wpool.runInteraction(self._compact, int(before_seq))
+        return self._write_interaction(self._compact, int(before_seq))
 
     def _compact(self, cur, before_seq):
         self.dialect.begin_write(cur)
@@ -810,7 +829,7 @@ class SqlStaticStore:
     def add_admin_token(self, name, token_hash, expires_in=None):
         now = self._now_ms()
         expires = None if expires_in is None else now + int(round(float(expires_in) * 1000))
-        return self._wpool.runInteraction(
+        return self._write_interaction(
             self._add_admin_token, name, _hash_text(token_hash), now, expires
         )
 
@@ -838,7 +857,7 @@ class SqlStaticStore:
             return token
         now = self._now_ms()
         if token.last_used is None or now - token.last_used >= TOUCH_INTERVAL_MS:
-            yield self._wpool.runInteraction(self._touch_admin_token, token.id, now)
+            yield self._write_interaction(self._touch_admin_token, token.id, now)
             token = token._replace(last_used=now)
         return token
 
@@ -884,7 +903,7 @@ class SqlStaticStore:
         return int(row[0])
 
     def revoke_admin_token(self, token_id, force=False):
-        return self._wpool.runInteraction(
+        return self._write_interaction(
             self._revoke_admin_token, int(token_id), bool(force), self._now_ms()
         )
 
