@@ -18,12 +18,14 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vss.config import ConfigError, load_or_create_secret, read_secret
+from vss.ops.health import probe
 from vss.protocols.messages import Role
 from vss.rgm.service import RGMConfig, RGMService
 from vss.store import make_store
 from vss.tap.common import ListenService, StagedService, write_json_atomically
 
 STATUS_INTERVAL = 1.0
+PROBE_TIMEOUT = 2.0  # seconds the store has to answer a readiness check
 
 
 class NoRouteCache(dict):
@@ -37,6 +39,7 @@ class NoRouteCache(dict):
 
 class NodeService(StagedService):
     log = Logger()
+    program = "vss-node"
 
     def __init__(self, settings, reactor):
         super().__init__(reactor)
@@ -54,6 +57,7 @@ class NodeService(StagedService):
                 node_secret=self.secret,
                 keepalive_interval=settings.keepalive,
                 request_timeout=settings.request_timeout,
+                metrics=settings.metrics,
             ),
             self.store,
             self.central,
@@ -119,6 +123,46 @@ class NodeService(StagedService):
         from vss.cdn import archive
 
         archive.wire(self, settings, reactor)
+        self._make_http(settings, reactor)
+
+    def _make_http(self, settings, reactor):
+        """The node's HTTP listener (``--http-listen``): export downloads, ``/healthz``,
+        ``/readyz`` and ``/metrics`` (``vss.ops``)."""
+        from vss.cdn.export import ExportResource
+        from vss.ops.collectors import NodeCollector
+        from vss.ops.http import node_site, ops_resources
+        from vss.ops.metrics import Access, MetricsResource, make_registry
+
+        self.http_listener = None
+        self.metrics = None
+        if settings.metrics:
+            access = Access.from_options(settings.metrics_allow, settings.metrics_token_file)
+            self.metrics = MetricsResource(make_registry(NodeCollector(self)), access)
+        if not settings.http_listen:
+            return
+        site = node_site(ops_resources(self.readiness, reactor, self.metrics),
+                         ExportResource(self.export_tokens, self.exporter))
+        self.http_listener = ListenService("http", settings.http_listen, site, reactor)
+        self.http_listener.setServiceParent(self)
+
+    def readiness(self):
+        """Why the node cannot serve now, a Deferred list of short reasons (empty:
+        ready): still starting, a listener not listening, not registered with CMS (or
+        still catching up with it), the in-memory database's backend not answering."""
+        reasons = [] if self.started.called else ["starting"]
+        for s in self:
+            if isinstance(s, ListenService) and s.listening is None:
+                reasons.append(f"listener {s.name}: not listening")
+        if self.rtsp_listener.port is None:
+            reasons.append("listener rtsp: not listening")
+        if not self.settings.static:
+            if self.central.link is None:
+                reasons.append("cms: not connected")
+            elif self.central.catching_up:
+                reasons.append("cms: catching up")
+        d = probe(defer.maybeDeferred(self.store.ping), self.reactor, PROBE_TIMEOUT,
+                  "store: not reachable")
+        return d.addCallback(lambda more: reasons + more)
 
     def rtsp_port(self):
         port = self.rtsp_listener.port

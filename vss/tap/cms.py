@@ -3,6 +3,8 @@
 import os
 
 from vss.config import ConfigError, TrackingOptions, merge_options, positive_number
+from vss.tap.common import check_metrics_options, metrics_options
+from vss.version import VersionOption
 
 DEFAULTS = {
     "cms-id": "cms",
@@ -13,7 +15,8 @@ DEFAULTS = {
 }
 
 
-class Options(TrackingOptions):
+class Options(VersionOption, TrackingOptions):
+    program = "vss-cms"
     synopsis = "[options]"
     longdesc = (
         "Run the central platform: CMS (the database of static data, the node registry, "
@@ -32,6 +35,7 @@ class Options(TrackingOptions):
         ["heartbeat", None, None, f"Heartbeat interval asked of nodes, seconds [{DEFAULTS['heartbeat']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7222:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
+        *metrics_options("the admin listener (--admin-listen)"),
     ]
 
     def postOptions(self):
@@ -45,6 +49,7 @@ class Options(TrackingOptions):
             problems.append("--manhole-keys: required when --manhole is set")
         if self.get("cluster-secret-file") and not os.path.isfile(self["cluster-secret-file"]):
             problems.append(f"--cluster-secret-file: no such file {self['cluster-secret-file']}")
+        check_metrics_options(self, problems)
         if problems:
             raise ConfigError("; ".join(problems))
         if not self.get("db"):

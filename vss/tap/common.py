@@ -7,6 +7,9 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from vss.ops.metrics import DEFAULT_ALLOW, Access, AccessError
+from vss.version import version_line
+
 
 class ListenService(service.Service):
     """Listens on an endpoint string once started; ``port`` is the bound port number
@@ -47,6 +50,30 @@ class ListenService(service.Service):
         if self.listening is not None:
             port, self.listening = self.listening, None
             return port.stopListening()
+
+
+def metrics_options(listener):
+    """The metrics options of a daemon whose ``/metrics`` is on ``listener``."""
+    return [
+        ["metrics", None, None, f"on: Prometheus metrics at /metrics on {listener}; "
+         "off: none, and no latency histograms kept [on]."],
+        ["metrics-allow", None, None, "Addresses and networks that may read /metrics, "
+         f"comma separated [{','.join(DEFAULT_ALLOW)}: this machine only]."],
+        ["metrics-token-file", None, None, "File (mode 0600) holding a bearer token every "
+         "scrape must send (Authorization: Bearer TOKEN) [none]."],
+    ]
+
+
+def check_metrics_options(opts, problems):
+    """Check the metrics options (``metrics`` becomes a bool); problems are added."""
+    value = str(opts.get("metrics") or "on").strip().lower()
+    if value not in ("on", "off"):
+        problems.append(f"--metrics: {opts['metrics']!r} is neither 'on' nor 'off'")
+    opts["metrics"] = value != "off"
+    try:
+        Access.from_options(opts.get("metrics-allow"), opts.get("metrics-token-file"))
+    except AccessError as e:
+        problems.append(str(e))
 
 
 def _operator_errors():
@@ -97,6 +124,8 @@ class StagedService(service.MultiService):
     a daemon without its state must not serve."""
 
     log = Logger()
+    #: the command this daemon is, named with the vss version in its first log line
+    program = "vss"
     #: set by the twistd plugins: a start that fails makes the process exit non-zero
     #: (never in a process that only hosts the service, such as a test run)
     exit_status_on_failure = False
@@ -114,6 +143,7 @@ class StagedService(service.MultiService):
         if not _OPERATOR_ERRORS:
             _OPERATOR_ERRORS = _operator_errors()
         service.Service.startService(self)
+        self.log.info("{line} starting", line=version_line(self.program))
         d = defer.maybeDeferred(self.prepare)
 
         def go(_):

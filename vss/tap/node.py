@@ -11,6 +11,8 @@ from vss.config import (
     merge_options,
     positive_number,
 )
+from vss.tap.common import check_metrics_options, metrics_options
+from vss.version import VersionOption
 
 DEFAULTS = {
     "pu-listen": "tcp:7100:interface=127.0.0.1",
@@ -31,7 +33,8 @@ DEFAULTS = {
 }
 
 
-class Options(TrackingOptions):
+class Options(VersionOption, TrackingOptions):
+    program = "vss-node"
     synopsis = "--node-id ID [options]"
     longdesc = (
         "Run a VSS node: the RGM signalling core that PUs and CUs log in to, its "
@@ -66,8 +69,9 @@ class Options(TrackingOptions):
         ["route-cache", None, None, "on: cache the home node of other nodes' PUs and reach it "
          "directly; off: every such request takes the cache-miss path through CMS "
          f"(measurement and troubleshooting) [{DEFAULTS['route-cache']}]."],
-        ["http-listen", None, None, "Endpoint of the HTTP export listener (GET /export?token=), "
-         f"or 'off' [{DEFAULTS['http-listen']}]."],
+        ["http-listen", None, None, "Endpoint of the HTTP listener: export downloads (GET "
+         "/export?token=), /healthz, /readyz and /metrics; or 'off' "
+         f"[{DEFAULTS['http-listen']}]."],
         ["retention-interval", None, None, "Seconds between retention passes over the "
          f"recordings [{DEFAULTS['retention-interval']}]."],
         ["retention-days", None, None, "Days recordings of a channel without recording "
@@ -84,6 +88,7 @@ class Options(TrackingOptions):
          f"recording) [{DEFAULTS['record-in']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
+        *metrics_options("the HTTP listener (--http-listen)"),
     ]
 
     def postOptions(self):
@@ -134,6 +139,7 @@ def settings_from(opts):
         http_listen = ""
     if opts.get("manhole") and not opts.get("manhole-keys"):
         problems.append("--manhole-keys: required when --manhole is set")
+    check_metrics_options(opts, problems)
     if problems:
         raise ConfigError("; ".join(problems))
     rtsp = opts["rtsp-listen"]
@@ -164,6 +170,9 @@ def settings_from(opts):
         record_max_streams=max_streams,
         record_max_write_mbps=max_write,
         record_in=record_in,
+        metrics=opts["metrics"],
+        metrics_allow=opts.get("metrics-allow") or "",
+        metrics_token_file=opts.get("metrics-token-file") or "",
     )
 
 
