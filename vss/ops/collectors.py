@@ -53,6 +53,29 @@ def disk_free(path):
     return st.f_bavail * st.f_frsize
 
 
+def streaming_server_families(rtsp):
+    """The streaming server's families (``vss.rtsp.server.RTSPServerFactory``): sources,
+    viewers, what they were sent and not sent."""
+    origins = {}
+    for source in list(rtsp.sources.values()):
+        origins[source.origin] = origins.get(source.origin, 0) + 1
+    yield labelled(GaugeMetricFamily, "vss_media_sources",
+                   "Live sources of the streaming server by origin (rtsp: published by a "
+                   "PU, pull: pulled from a camera or a node, playback, code).",
+                   ("origin",), sorted(origins.items()))
+    viewers, (sent, frames, drops, waits) = rtsp.viewer_totals()
+    yield labelled(GaugeMetricFamily, "vss_media_viewers",
+                   "Players reading a source, by transport.", ("transport",),
+                   sorted(viewers.items()))
+    yield counter("vss_media_sent_bytes", "Bytes sent to players.", sent)
+    yield counter("vss_media_sent_frames", "Frames (one picture with its audio and RTCP) "
+                  "sent to players.", frames)
+    yield counter("vss_media_dropped_frames", "Frames not sent to a player too slow to "
+                  "take them (then until its next keyframe).", drops)
+    yield counter("vss_media_keyframe_wait_frames", "Frames a new player skipped before "
+                  "its first keyframe.", waits)
+
+
 class NodeCollector:
     """The metrics of a ``vss.node.NodeService``."""
 
@@ -143,25 +166,7 @@ class NodeCollector:
     # -- media: the SS and the CDN module
 
     def _media(self, node):
-        rtsp = node.rtsp
-        origins = {}
-        for source in list(rtsp.sources.values()):
-            origins[source.origin] = origins.get(source.origin, 0) + 1
-        yield labelled(GaugeMetricFamily, "vss_media_sources",
-                       "Live sources of the streaming server by origin (rtsp: published by a "
-                       "PU, pull: pulled from a camera or a node, playback, code).",
-                       ("origin",), sorted(origins.items()))
-        viewers, (sent, frames, drops, waits) = rtsp.viewer_totals()
-        yield labelled(GaugeMetricFamily, "vss_media_viewers",
-                       "Players reading a source, by transport.", ("transport",),
-                       sorted(viewers.items()))
-        yield counter("vss_media_sent_bytes", "Bytes sent to players.", sent)
-        yield counter("vss_media_sent_frames", "Frames (one picture with its audio and RTCP) "
-                      "sent to players.", frames)
-        yield counter("vss_media_dropped_frames", "Frames not sent to a player too slow to "
-                      "take them (then until its next keyframe).", drops)
-        yield counter("vss_media_keyframe_wait_frames", "Frames a new player skipped before "
-                      "its first keyframe.", waits)
+        yield from streaming_server_families(node.rtsp)
         c = node.cdn.counters
         yield counter("vss_media_opens", "MEDIA_OPEN requests served (live and playback).",
                       c.get("opened", 0))

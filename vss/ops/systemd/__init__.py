@@ -62,4 +62,8 @@ def main(argv=None):
         return 1
     for path in written:
         print(path)
+    python = os.path.realpath(os.path.join(args.prefix, "bin", "python"))
+    if python.startswith(("/root/", "/home/")):
+        print(f"warning: this venv's Python is {python}: the service's user cannot run it "
+              "under ProtectHome=yes; make the venv with the system's python3", file=sys.stderr)
     return 0
