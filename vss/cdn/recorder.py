@@ -53,8 +53,9 @@ Both write the same files:
   are rebased so each file starts at 0. It is written to ``<name>.mp4.part`` (every
   fragment flushed to the kernel), and when it closes it is fsynced, renamed to
   ``<name>.mp4`` and the directory fsynced. Names are
-  ``<data_dir>/recordings/<device>/<stream>/<YYYYMMDDTHHMMSSZ>.mp4`` (the segment's UTC
-  start).
+  ``<data_dir>/recordings/<device>/<stream>/<YYYYMMDDTHHMMSS.fffZ>.mp4`` (the segment's UTC
+  start to the millisecond: a ``.part`` salvaged after a crash gets its start back from
+  its name, so it abuts the segment before it as it did when written).
 - For each closed segment (start, end, bytes, frames, keyframe offsets read from the
   file's moof/tfdt boxes) the recorder adds a catalogue row (``vss.cdn.catalogue``);
   the child reports it as one JSON line on stdout.
@@ -95,6 +96,7 @@ from vss.cdn import rtpmux
 from vss.cdn.catalogue import RECORDINGS, Catalogue, Segment, fsync_dir, scan_fmp4, segment_name
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.redact import redact
 from vss.rtsp.fanout import Frame
 
 log = Logger()
@@ -240,6 +242,8 @@ def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: Fa
                         seg = None
                     seg = _SegmentFile(_free_name(out_dir, at_ms), at_ms, streams, t,
                                        opener)
+                    emit({"event": "open", "path": os.path.relpath(seg.part, data_dir),
+                          "start_ms": at_ms})
             if seg is not None:
                 seg.write(packet, is_video)
         if seg is not None:
@@ -337,8 +341,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
 
-    def emit(event):
-        sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+    def emit(event):  # an error may quote the URL: its token never reaches the log
+        sys.stdout.write(redact(json.dumps(event, separators=(",", ":"))) + "\n")
         sys.stdout.flush()
 
     return record(url, args.data_dir, args.out, args.segment, emit,
@@ -960,10 +964,12 @@ class _Child(protocol.ProcessProtocol):
                     raise ValueError("not an object")
                 self.recorder._event(self.rec, event)
             except (ValueError, KeyError, TypeError) as e:
-                log.warn("recorder child said {line!r} ({error})", line=line[:200], error=e)
+                log.warn("recorder child said {line!r} ({error})", line=redact(line[:200]),
+                         error=e)
 
     def errReceived(self, data):
-        log.debug("recorder child: {text}", text=data.decode("utf-8", "replace")[-2000:])
+        log.debug("recorder child: {text}",
+                  text=redact(data.decode("utf-8", "replace")[-2000:]))
 
     def processEnded(self, reason):
         code = getattr(reason.value, "exitCode", None)
@@ -994,6 +1000,7 @@ class _Recording:
         self.retry = None
         self.holds_start = False  # holds a place in Recorder.starting
         self.pending = []  # catalogue adds in flight
+        self.open_segment = None  # a child's segment being written: (start ms, .part path)
 
     def live_counters(self):
         """The in-process counters (frames received and lost...) over every start."""
@@ -1195,6 +1202,27 @@ class Recorder:
                                          "reading": pb.source is not None}
                                for pb in self.prebuffers.values()}}
 
+    def open_segments(self, device_id, stream):
+        """(start ms, bytes written so far) of the segments of (device, stream name)
+        being written now: listed beside the closed ones, so that a recording in progress
+        is not shown as a gap."""
+        out = []
+        for rec in self.recordings.values():
+            if rec.device_id != device_id or rec.stream != stream:
+                continue
+            seg = rec.live.seg if rec.live is not None else None
+            if seg is not None:
+                start, part = seg.start_ms, seg.part
+            elif rec.child is not None and rec.open_segment is not None:
+                start, part = rec.open_segment
+            else:
+                continue
+            try:
+                out.append((start, os.path.getsize(part)))
+            except OSError:  # closed (renamed) meanwhile: the catalogue lists it
+                continue
+        return out
+
     def clear_alarm(self):
         if self.alarm is not None:
             log.info("recording alarm cleared: {message}", message=self.alarm["message"])
@@ -1373,7 +1401,11 @@ class Recorder:
                 rec.state = "recording"
             rec.error = None
             self._fire_started(rec, rec.info())
+        elif kind == "open":
+            rec.open_segment = (int(event["start_ms"]),
+                                os.path.join(self.data_dir, event["path"]))
         elif kind == "segment":
+            rec.open_segment = None
             self._segment(rec, event)
         elif kind == "disk_full":
             self.counters["write_errors"] += 1

@@ -8,9 +8,10 @@ Where ``/healthz``, ``/readyz`` and ``/metrics`` are served.
   these three paths need no admin token.
 """
 
-from twisted.web import resource, server
+from twisted.web import resource
 
 from vss.ops.health import Alive, Ready
+from vss.redact import Site
 
 
 def ops_resources(readiness, clock, metrics=None):
@@ -40,10 +41,8 @@ class NodeHttpRoot(resource.Resource):
 
 
 def node_site(ops, fallback):
-    site = server.Site(NodeHttpRoot(ops, fallback))
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
+    """The node's HTTP site: its access log shows no token (``vss.redact.Site``)."""
+    return Site(NodeHttpRoot(ops, fallback))
 
 
 def add_to(root, ops):

@@ -3,7 +3,7 @@
 import os
 
 from vss.config import ConfigError, TrackingOptions, merge_options, positive_number
-from vss.tap.common import check_metrics_options, metrics_options
+from vss.tap.common import OneLineUsage, check_endpoint, check_metrics_options, metrics_options
 from vss.version import VersionOption
 
 DEFAULTS = {
@@ -15,7 +15,8 @@ DEFAULTS = {
 }
 
 
-class Options(VersionOption, TrackingOptions):
+class Options(OneLineUsage, VersionOption, TrackingOptions):
+    command = "vss-cms"
     program = "vss-cms"
     synopsis = "[options]"
     longdesc = (
@@ -49,6 +50,9 @@ class Options(VersionOption, TrackingOptions):
             problems.append("--manhole-keys: required when --manhole is set")
         if self.get("cluster-secret-file") and not os.path.isfile(self["cluster-secret-file"]):
             problems.append(f"--cluster-secret-file: no such file {self['cluster-secret-file']}")
+        for name in ("node-listen", "admin-listen", "manhole"):
+            if self.get(name):
+                check_endpoint(name, self[name], problems)
         check_metrics_options(self, problems)
         if problems:
             raise ConfigError("; ".join(problems))
@@ -62,7 +66,9 @@ def makeService(options):
     from twisted.internet import reactor
 
     from vss.cms.daemon import CmsDaemon
+    from vss.private import restrict_umask
 
+    restrict_umask()  # every file of the daemon is its own (0600, directories 0700)
     daemon = CmsDaemon(dict(options), reactor)
     daemon.exit_status_on_failure = True
     return daemon
