@@ -48,7 +48,7 @@ def explain_usage_error(options, error):
         return text
     wrong = m.group(1)
     known = sorted({p[0] for p in options.optParameters} | {
-        f[0] for f in getattr(options, "optFlags", [])} | {"help"})
+        f[0] for f in getattr(options, "optFlags", [])} | {"help", "version"})
     near = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
     hint = f" (did you mean --{near[0]}?)" if near else ""
     return f"unknown option --{wrong}{hint}; see --help"
@@ -204,6 +204,8 @@ class StagedService(service.MultiService):
         super().__init__()
         self.reactor = reactor
         self.started = defer.Deferred()
+        # the daemon's first line, before anything its set-up has to say
+        self.log.info("{line} starting", line=version_line(self.program))
 
     def prepare(self):
         return defer.succeed(None)
@@ -213,7 +215,6 @@ class StagedService(service.MultiService):
         if not _OPERATOR_ERRORS:
             _OPERATOR_ERRORS = _operator_errors()
         service.Service.startService(self)
-        self.log.info("{line} starting", line=version_line(self.program))
         d = defer.maybeDeferred(self.prepare)
 
         def go(_):
