@@ -134,6 +134,12 @@ class NodeService(StagedService):
                                            settings.data_dir, capacity)
         self.recordings.setServiceParent(self)
         self.rgm.recordings = self.recordings
+        # The browser client on the HTTP listener: the page, the CU link and the media
+        # over WebSockets (vss.web).
+        from vss.web.site import WebClient
+
+        self.web = WebClient(self.rtsp, self.rgm.factory(Role.CU), reactor)
+        self.web.setServiceParent(self)
         # Settings from CMS, the catalogue across nodes, HTTP export and retention.
         from vss.cdn import archive
 
@@ -158,8 +164,9 @@ class NodeService(StagedService):
         self.stream_credentials = creds
 
     def _make_http(self, settings, reactor):
-        """The node's HTTP listener (``--http-listen``): export downloads, ``/healthz``,
-        ``/readyz`` and ``/metrics`` (``vss.ops``)."""
+        """The node's HTTP listener (``--http-listen``): ``/healthz``, ``/readyz`` and
+        ``/metrics`` (``vss.ops``), then the browser client (``vss.web``), then the
+        export downloads."""
         from vss.cdn.export import ExportResource
         from vss.ops.collectors import NodeCollector
         from vss.ops.http import node_site, ops_resources
@@ -172,8 +179,9 @@ class NodeService(StagedService):
             self.metrics = MetricsResource(make_registry(NodeCollector(self)), access)
         if not settings.http_listen:
             return
+        fallback = ExportResource(self.export_tokens, self.exporter)
         site = node_site(ops_resources(self.readiness, reactor, self.metrics),
-                         ExportResource(self.export_tokens, self.exporter))
+                         self.web.resource(fallback))  # the browser client, then the export
         self.http_listener = ListenService("http", settings.http_listen, site, reactor)
         self.http_listener.setServiceParent(self)
 
@@ -216,8 +224,11 @@ class NodeService(StagedService):
 
         self.cluster_secret = read_secret(self.settings.cluster_secret_file,
                                           "--cluster-secret-file")
+        # With the memory store nothing survives the process: the node keeps its copy of
+        # the static data in its data directory too (vss.rgm.localcopy).
         link = CmsLink(self.settings.node_id, self.settings.cms, self.cluster_secret, self.store,
-                       self.reactor, data_dir=self.settings.data_dir, advertise=self.advertise)
+                       self.reactor, data_dir=self.settings.data_dir, advertise=self.advertise,
+                       local_copy=self.store.name == "memory")
         if not self.settings.route_cache:
             link.route_cache = NoRouteCache()
         return link
@@ -235,6 +246,8 @@ class NodeService(StagedService):
         if self.settings.static:
             self.central.nodes[self.settings.node_id] = self.rgm
             d.addCallback(lambda _: self._seed_from_static())
+        else:
+            d.addCallback(lambda _: self.central.restore())
         return d
 
     def _seed_from_static(self):

@@ -110,7 +110,8 @@ class NodeCollector:
                        ("kind", "state"), sorted(links.items()))
         yield labelled(CounterMetricFamily, "vss_logins",
                        "Logins of PUs and CUs by result (ok, failed: a wrong proof, "
-                       "throttled: refused while the source must wait).",
+                       "throttled: refused while the source must wait, not_ready: refused "
+                       "while the node loads its data).",
                        ("role", "result"), sorted(rgm.logins.items()))
         c = rgm.counters
         yield counter("vss_relay_forwarded", "Requests forwarded to a PU of this node "

@@ -76,8 +76,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["route-cache", None, None, "on: cache the home node of other nodes' PUs and reach it "
          "directly; off: every such request takes the cache-miss path through CMS "
          f"(measurement and troubleshooting) [{DEFAULTS['route-cache']}]."],
-        ["http-listen", None, None, "Endpoint of the HTTP listener: export downloads (GET "
-         "/export?token=), /healthz, /readyz and /metrics; or 'off' "
+        ["http-listen", None, None, "Endpoint of the HTTP listener: the browser client, "
+         "export downloads (GET /export?token=), /healthz, /readyz and /metrics; or 'off' "
          f"[{DEFAULTS['http-listen']}]."],
         ["retention-interval", None, None, "Seconds between retention passes over the "
          f"recordings [{DEFAULTS['retention-interval']}]."],
