@@ -35,6 +35,7 @@ from vss.testing.processes import Daemon, poll, wait_for_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = "twisted/plugins/vss_plugins.py"
 UNITS = ("vss/ops/systemd/vss-cms.service", "vss/ops/systemd/vss-node@.service")
+STATIC = "vss/web/static"  # the browser client the node serves
 _waiters = None  # the tests of this process waiting for the build
 _result = None  # (ok, paths or failure) once built
 
@@ -145,13 +146,16 @@ class WheelTests(unittest.TestCase):
     timeout = 900  # the first test of a process builds and installs
 
     @defer.inlineCallbacks
-    def test_the_sdist_and_the_wheel_carry_the_plugin_and_the_units(self):
+    def test_the_sdist_and_the_wheel_carry_the_plugin_the_units_and_the_page(self):
         b = yield built()
         with tarfile.open(b["sdist"]) as tar:
             names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
         with zipfile.ZipFile(b["wheel"]) as z:
             wheel = set(z.namelist())
-        for path in (PLUGIN, *UNITS, "vss/__init__.py"):
+        served = [os.path.relpath(os.path.join(top, f), ROOT)
+                  for top, _, files in os.walk(os.path.join(ROOT, STATIC)) for f in files]
+        self.assertIn(os.path.join(STATIC, "index.html"), served)
+        for path in (PLUGIN, *UNITS, "vss/__init__.py", *served):
             self.assertIn(path, names)
             self.assertIn(path, wheel)
         self.assertNotIn("twisted/plugins/__init__.py", wheel)
@@ -221,6 +225,10 @@ class WheelTests(unittest.TestCase):
             return status == 200
 
         yield poll("node-a ready", node_ready, timeout=60, interval=0.2)
+        status, page = yield http_get(f"http://127.0.0.1:{ports['http']}/")
+        self.assertEqual(status, 200)
+        with open(os.path.join(ROOT, STATIC, "index.html"), "rb") as f:
+            self.assertEqual(page, f.read())  # the browser client, from the wheel
 
         # a user, a camera, a grant
         yield run([tool("vss-admin"), "user", "add", "alice"], cwd=rundir,
