@@ -13,6 +13,7 @@ What metrics cost, in process (docs/performance.md, "Metrics"):
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -121,12 +122,15 @@ def scrape(links, viewers):
         body = node.metrics.render_GET(req)
         return len(body)
 
-    size = once()
-    n = 20
-    t = time.perf_counter()
-    for _ in range(n):
-        once()
-    return (time.perf_counter() - t) / n * 1000, size
+    try:
+        size = once()
+        n = 20
+        t = time.perf_counter()
+        for _ in range(n):
+            once()
+        return (time.perf_counter() - t) / n * 1000, size
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main():
