@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = "twisted/plugins/vss_plugins.py"
 UNITS = ("vss/ops/systemd/vss-cms.service", "vss/ops/systemd/vss-node@.service")
 STATIC = "vss/web/static"  # the browser client the node serves
+CONSOLE = "vss/cms/console/static"  # the operator console the central platform serves
 _waiters = None  # the tests of this process waiting for the build
 _result = None  # (ok, paths or failure) once built
 
@@ -153,8 +154,10 @@ class WheelTests(unittest.TestCase):
         with zipfile.ZipFile(b["wheel"]) as z:
             wheel = set(z.namelist())
         served = [os.path.relpath(os.path.join(top, f), ROOT)
-                  for top, _, files in os.walk(os.path.join(ROOT, STATIC)) for f in files]
+                  for folder in (STATIC, CONSOLE)
+                  for top, _, files in os.walk(os.path.join(ROOT, folder)) for f in files]
         self.assertIn(os.path.join(STATIC, "index.html"), served)
+        self.assertIn(os.path.join(CONSOLE, "js", "pages", "grants.js"), served)
         for path in (PLUGIN, *UNITS, "vss/__init__.py", *served):
             self.assertIn(path, names)
             self.assertIn(path, wheel)
@@ -205,6 +208,14 @@ class WheelTests(unittest.TestCase):
                                   cwd=rundir)
         admin_env = clean_env(VSS_API=f"http://127.0.0.1:{cms_ports['admin']}",
                               VSS_ADMIN_TOKEN=token.strip())
+        # the operator console, from the wheel, beside the admin API
+        status, page = yield http_get(f"http://127.0.0.1:{cms_ports['admin']}/console/")
+        self.assertEqual(status, 200)
+        with open(os.path.join(ROOT, CONSOLE, "index.html"), "rb") as f:
+            self.assertEqual(page, f.read())
+        status, _ = yield http_get(f"http://127.0.0.1:{cms_ports['admin']}"
+                                   "/console/static/js/pages/audit.js")
+        self.assertEqual(status, 200)
 
         node_data = os.path.join(rundir, "node-a")
         node = Daemon(reactor, [tool("twistd"), "-n", "--pidfile=", "vss-node",
