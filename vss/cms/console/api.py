@@ -39,6 +39,8 @@ COOKIE = "vss_console"
 #: over TLS: a cookie only this host, path / and HTTPS may set or send
 SECURE_COOKIE = "__Host-vss_console"
 CSRF_HEADER = b"x-csrf-token"
+#: marks the page's polling, which does not keep a session alive
+BACKGROUND_HEADER = b"x-vss-background"
 #: longest audit page
 MAX_AUDIT_PAGE = 500
 
@@ -97,8 +99,13 @@ class ConsoleApi(mms.AdminApi):
         return self.session_principal(request)
 
     def session_principal(self, request):
+        """The operator of the session cookie, or 401. A request marked
+        ``X-Vss-Background`` (the page's own polling) does not count as activity: the
+        idle time of a console left open still runs out."""
         cookie = request.getCookie(cookie_name(request).encode())
-        session = self.accounts.sessions.find(cookie.decode("latin-1") if cookie else None)
+        session = self.accounts.sessions.find(
+            cookie.decode("latin-1") if cookie else None,
+            touch=request.getHeader(BACKGROUND_HEADER) is None)
         if session is None:
             raise mms.ApiError(401, "your session ended: log in again" if cookie
                                else "log in first (or send a bearer token)")

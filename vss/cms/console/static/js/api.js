@@ -30,8 +30,10 @@ function query(params) {
 
 // One request: {data, seq} (seq: the change-log sequence of a change, to follow to the
 // nodes), or throws ApiError.
-export async function call(method, path, body, params) {
+export async function call(method, path, body, params, {background = false} = {}) {
   const headers = {Accept: 'application/json'};
+  // the page's own polling: not activity (the session's idle time still runs out)
+  if (background) headers['X-Vss-Background'] = '1';
   const init = {method, headers, credentials: 'same-origin', cache: 'no-store'};
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -58,6 +60,8 @@ export async function call(method, path, body, params) {
 }
 
 export const get = async (path, params) => (await call('GET', path, undefined, params)).data;
+export const poll = async (path, params) => (await call('GET', path, undefined, params,
+                                                       {background: true})).data;
 
 // Every item of a paged list (follows next_cursor), up to `max`.
 export async function all(path, params = {}, max = 20000) {

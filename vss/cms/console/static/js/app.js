@@ -3,7 +3,7 @@
 // console watches the nodes' applied sequences (GET /status) until every node that is up
 // confirmed it (S506).
 
-import {ApiError, call, get, setCsrf, whenSessionLost} from './api.js';
+import {ApiError, call, get, poll, setCsrf, whenSessionLost} from './api.js';
 import {h, toast, dot} from './ui.js';
 import {pages} from './pages.js';
 
@@ -172,7 +172,7 @@ async function pollSync() {
   if (!state.session || polling) return;
   polling = true;
   try {
-    const status = await get('/status');
+    const status = await poll('/status');
     showSyncState(status);
     const up = status.nodes.filter((n) => n.state === 'up');
     const down = status.nodes.filter((n) => n.state !== 'up');

@@ -118,7 +118,7 @@ export function dataTable({columns, rows, pageSize = 25, caption, empty = 'Nothi
       h('span', {}, `Page ${page + 1} of ${pages}`),
       h('button', {type: 'button', class: 'ghost', disabled: page >= pages - 1, 'aria-label': 'Next page',
                    onclick: () => { page += 1; render(); }}, 'Next'));
-    pager.hidden = all.length <= pageSize && pageSize > 10;
+    pager.hidden = pages === 1;  // one page: nothing to page through
   }
 
   render();

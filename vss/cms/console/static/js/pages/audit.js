@@ -20,11 +20,19 @@ function who(e) {
   return h('span', {}, h('span', {class: 'muted'}, `${kind} `), rest.join(':'));
 }
 
+function item(x) {
+  if (x && typeof x === 'object') {
+    if ('day' in x && 'start' in x && 'end' in x) return `${x.day} ${x.start}\u2013${x.end}`;
+    return JSON.stringify(x);
+  }
+  return x;
+}
+
 function flat(value, prefix = '', out = {}) {
   if (value && typeof value === 'object' && !Array.isArray(value)) {
     for (const [k, v] of Object.entries(value)) flat(v, prefix ? `${prefix}.${k}` : k, out);
   } else if (prefix) {
-    out[prefix] = Array.isArray(value) ? value.map((x) => (typeof x === 'object' ? JSON.stringify(x) : x)).join(', ') : value;
+    out[prefix] = Array.isArray(value) ? value.map(item).join(', ') : value;
   }
   return out;
 }

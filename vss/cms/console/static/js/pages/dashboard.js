@@ -1,7 +1,7 @@
 // Dashboard: nodes up and their load (heartbeats, MDP), devices online per node, how far
 // each node is behind the change log, and the latest changes.
 
-import {get} from '../api.js';
+import {get, poll} from '../api.js';
 import {ago, dataTable, dot, h, panel, when} from '../ui.js';
 
 function tile(label, value, note, id) {
@@ -69,7 +69,7 @@ export default {
     const timer = setInterval(async () => {
       if (!ctx.current() || !document.body.contains(root)) { clearInterval(timer); return; }
       try {
-        draw(await get('/status'), await get('/audit', {kind: 'change', limit: 8}));
+        draw(await poll('/status'), await poll('/audit', {kind: 'change', limit: 8}));
       } catch (e) { /* next time */ }
     }, 5000);
     return root;
