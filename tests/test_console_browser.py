@@ -151,7 +151,15 @@ class OperatorFlowTests(ConsoleBrowserCase):
             return d && [...d.querySelectorAll('input')].map((i) => i.value).join(' ')""")
         self.assertNotIn(CAM_PASS, values)
         self.assertIn("rtsp://***@127.0.0.1:9", values)
-        yield b.js("document.querySelector('dialog[open] footer button.ghost').click()")
+        # moved to node-b there; the masked URL sent back keeps the real credentials
+        yield self.fill({"home_node": "node-b"})
+        yield self.submit_dialog()
+        yield self.confirmed("the move")
+        device = yield self.store.get_device("cam-gate")
+        self.assertEqual((device.home_node, device.source_url),
+                         ("node-b", f"rtsp://{CAM_USER}:{CAM_PASS}@127.0.0.1:9/stream1"))
+        for node in self.nodes:
+            self.assertEqual(node.store.get_device("cam-gate").home_node, "node-b")
 
         # a user
         yield self.go("users")
@@ -218,19 +226,21 @@ class OperatorFlowTests(ConsoleBrowserCase):
             document.getElementById('audit-filters').requestSubmit();""")
         rows = yield b.wait_for("the changes", """
             const rows = [...document.querySelectorAll('#audit-table tr[data-id]')];
-            return rows.length >= 5 && rows.map((r) => [r.dataset.kind, r.dataset.actor,
+            return rows.length >= 6 && rows.map((r) => [r.dataset.kind, r.dataset.actor,
                                                          r.dataset.action, r.dataset.target])""")
-        self.assertEqual(rows[:5][::-1], [
+        self.assertEqual(rows[:6][::-1], [
             ["change", "operator:ann", "POST /devices", "device:bad id!"],
             ["change", "operator:ann", "POST /devices", "device:cam-gate"],
+            ["change", "operator:ann", "PATCH /devices/cam-gate", "device:cam-gate"],
             ["change", "operator:ann", "POST /users", "user:carol"],
             ["change", "operator:ann", "PUT /grants", "grant:user:carol|cam-gate"],
             ["change", "operator:ann", "PUT /devices/cam-gate/record-settings/0",
              "device:cam-gate/channel:0"]])
         # the first POST was the refused bad id: its row says so; the others succeeded
         results = yield b.js("return [...document.querySelectorAll('#audit-table tr[data-id]')]"
-                             ".slice(0, 5).map((r) => r.cells[6].textContent)")
-        self.assertEqual(results[::-1], ["refused 400", "ok 201", "ok 201", "ok 201", "ok 200"])
+                             ".slice(0, 6).map((r) => r.cells[6].textContent)")
+        self.assertEqual(results[::-1], ["refused 400", "ok 201", "ok 200", "ok 201", "ok 201",
+                                         "ok 200"])
         yield b.js("document.querySelector('#audit-table tr[data-id] td.actions button').click()")
         detail = yield b.wait_for("the entry's detail",
                                   "return document.querySelector('.detail-row')?.innerText")
