@@ -457,3 +457,21 @@ class CommandLineTests(ConsoleApiCase):
         self.assertEqual(code, 1)
         self.assertIn("kind must be among", err)
 
+
+
+class ConsoleOpenApiTests(ConsoleApiCase):
+    @defer.inlineCallbacks
+    def test_every_route_of_the_console_is_described(self):
+        doc = (yield self.request("GET", "/openapi.json", token=TOKEN, expect=200)).payload
+        v1 = self.site.resource.children[b"api"].children[b"v1"]
+        routes = dict(mms.iter_routes(v1))
+        for path in ("/session", "/operators", "/operators/{name}", "/audit"):
+            self.assertIn(path, routes)
+        for path, methods in routes.items():
+            self.assertIn(path, doc["paths"])
+            self.assertEqual(sorted(m.upper() for m in doc["paths"][path]), methods, path)
+        self.assertEqual(sorted(doc["paths"]), sorted(routes))
+        text = json.dumps(doc)
+        for ref in set(part.split('"')[0] for part in text.split("#/components/schemas/")[1:]):
+            self.assertIn(ref, doc["components"]["schemas"])
+        self.assertEqual(doc["paths"]["/audit"].keys(), {"get"})  # nothing changes an entry
