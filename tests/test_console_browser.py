@@ -48,6 +48,7 @@ class ConsoleBrowserCase(unittest.TestCase):
         self.base = f"http://127.0.0.1:{self.p.cms.listeners()['admin']}"
         self.b = yield harness.start_browser(self)
         yield self.b.viewport(1280, 800)
+        self.seen_seq = 0  # the last change-log sequence the page said was confirmed
 
     @defer.inlineCallbacks
     def login(self, user, password, expect="ready"):
@@ -86,15 +87,18 @@ class ConsoleBrowserCase(unittest.TestCase):
 
     @defer.inlineCallbacks
     def confirmed(self, what):
-        """Wait for the toast of the last change to say every node confirmed it."""
-        nodes = yield self.b.wait_for(f"{what} confirmed by every node", """
-            const t = [...document.querySelectorAll('.toast[data-seq]')].pop();
-            return t && t.dataset.confirmed""", timeout=30)
+        """Wait for the page to say that every node confirmed the change just made (a
+        change-log sequence after the last one seen)."""
+        text = yield self.b.wait_for(f"{what} confirmed by every node", """
+            const [seq, nodes] = (document.body.dataset.confirmed || '0:').split(':');
+            return Number(seq) > arguments[0] && document.body.dataset.confirmed""",
+                                     self.seen_seq, timeout=30)
+        seq, nodes = text.split(":")
         self.assertEqual(sorted(nodes.split(",")), ["node-a", "node-b"])
-        seq = int((yield self.b.js("return document.body.dataset.lastChange")))
-        for node in self.nodes:  # what the toast says, the nodes hold
-            self.assertGreaterEqual(node.central.applier.applied_seq, seq)
-        return seq
+        self.seen_seq = int(seq)
+        for node in self.nodes:  # what the page says, the nodes hold
+            self.assertGreaterEqual(node.central.applier.applied_seq, self.seen_seq)
+        return self.seen_seq
 
     @defer.inlineCallbacks
     def shot(self, name):

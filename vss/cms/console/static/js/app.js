@@ -137,6 +137,10 @@ async function route() {
     if (state.page !== name) return;
     body.replaceChildren(content);
     document.body.dataset.loaded = name;
+    // chosen from the menu: a screen reader lands on the new page's heading
+    if (document.activeElement && document.activeElement.closest('#nav')) {
+      $('page-title').focus({preventScroll: true});
+    }
   } catch (e) {
     if (state.page !== name) return;
     body.replaceChildren(h('div', {class: 'alert', role: 'alert'},
@@ -191,6 +195,7 @@ async function pollSync() {
             + (down.length ? ` ${down.map((n) => n.node_id).join(', ')} will catch up when it reconnects.` : '')
           : 'Saved. No node is up: each catches up when it connects.';
         w.el.dataset.confirmed = confirmed.map((n) => n.node_id).join(',');
+        document.body.dataset.confirmed = `${w.seq}:${w.el.dataset.confirmed}`;
         state.watching.splice(state.watching.indexOf(w), 1);
         setTimeout(() => w.el.remove(), 5000);
       } else {
