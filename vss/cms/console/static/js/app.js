@@ -158,7 +158,7 @@ function changed(what, seq) {
     toast(what, 'Saved.', 'ok');
     return;
   }
-  const el = toast(what, 'Saved. Waiting for the nodes to confirm\u2026', '', 0);
+  const el = toast(what, 'Saved. Waiting for the nodes to apply it\u2026', '', 0);
   el.dataset.seq = String(seq);
   state.watching.push({seq, el, since: Date.now()});
   document.body.dataset.syncState = 'waiting';
@@ -190,16 +190,18 @@ async function pollSync() {
         ...down.map((n) => h('span', {class: 'chip'}, `\u23fb ${n.node_id} (down)`)));
       if (!waiting.length) {
         w.el.classList.add('ok');
+        const downText = down.length
+          ? ` ${down.map((n) => n.node_id).join(', ')} ${down.length === 1 ? 'is' : 'are'} down and will catch up on reconnection.`
+          : '';
         text.textContent = up.length
-          ? `Confirmed by ${up.length === 1 ? 'the node' : `all ${up.length} nodes up`} (S506).`
-            + (down.length ? ` ${down.map((n) => n.node_id).join(', ')} will catch up when it reconnects.` : '')
+          ? `Applied on ${up.length === 1 ? 'the node up' : `all ${up.length} nodes up`}.${downText}`
           : 'Saved. No node is up: each catches up when it connects.';
         w.el.dataset.confirmed = confirmed.map((n) => n.node_id).join(',');
         document.body.dataset.confirmed = `${w.seq}:${w.el.dataset.confirmed}`;
         state.watching.splice(state.watching.indexOf(w), 1);
         setTimeout(() => w.el.remove(), 5000);
       } else {
-        text.textContent = `Saved. Confirmed by ${confirmed.length} of ${up.length} nodes\u2026`;
+        text.textContent = `Saved. Applied on ${confirmed.length} of ${up.length} nodes\u2026`;
       }
     }
     document.body.dataset.syncState = state.watching.length ? 'waiting' : 'confirmed';
