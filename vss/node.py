@@ -23,6 +23,8 @@ from vss import private
 from vss.config import ConfigError, load_or_create_secret, read_secret
 from vss.ops.health import probe
 from vss.protocols.messages import Role
+from vss.rgm.audit import AuditReporter
+from vss.rgm.expiry import GrantExpiry
 from vss.rgm.service import RGMConfig, RGMService
 from vss.store import make_store
 from vss.tap.common import ListenService, StagedService, write_json_atomically
@@ -67,8 +69,6 @@ class NodeService(StagedService):
                                 password_file=settings.store_password_file)
         self.central = self._make_central()
         # the live views, playbacks and exports users start here, reported to CMS
-        from vss.rgm.audit import AuditReporter
-
         self.audit = AuditReporter(self.central, reactor)
         self.audit.setServiceParent(self)
         self.rgm = RGMService(
@@ -86,8 +86,6 @@ class NodeService(StagedService):
         self.rgm.setName("rgm")
         self.rgm.setServiceParent(self)
         # grants with an expiry stop applying at that time, on this node's clock
-        from vss.rgm.expiry import GrantExpiry
-
         self.grant_expiry = GrantExpiry(self.store, reactor, self._grants_expired)
         self.grant_expiry.setServiceParent(self)
         ListenService("pu", settings.pu_listen, self.rgm.factory(Role.PU), reactor).setServiceParent(self)
