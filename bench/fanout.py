@@ -61,7 +61,9 @@ def serve(args):
             drops = sum(r.drops for r in src.readers)
             direct = sum(getattr(r, "direct_sends", 0) for r in src.readers)
             sent = sum(r.frames for r in src.readers)
-            out.update({"reader_drops": drops, "direct_sends": direct, "reader_frames": sent})
+            skips = sum(getattr(r, "lag_skips", 0) for r in src.readers)
+            out.update({"reader_drops": drops, "direct_sends": direct, "reader_frames": sent,
+                        "lag_skips": skips})
         return out
 
     def command_line(line):
@@ -404,6 +406,7 @@ def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss):
         "mem_per_viewer": (rss - base_rss) / n,
         "client_pct": 100 * result["client_cpu"] / (result["elapsed"] + args.warmup + 1),
         "reader_drops": s1.get("reader_drops"),
+        "lag_skips": s1.get("lag_skips"),
         "direct_pct": 100 * (s1["direct_sends"] - s0["direct_sends"])
         / max(1, s1["reader_frames"] - s0["reader_frames"]),
     })

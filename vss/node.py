@@ -86,7 +86,8 @@ class NodeService(StagedService):
         from vss.rtsp.server import RTSPServerFactory, RTSPServerService
 
         self.issuer = TokenIssuer(self.secret, clock=reactor)
-        self.rtsp = RTSPServerFactory(TokenAuthorizer(self.issuer), reactor=reactor)
+        self.rtsp = RTSPServerFactory(TokenAuthorizer(self.issuer), reactor=reactor,
+                                      max_lag=settings.live_max_lag)
         interface = _interface(settings.rtsp_listen)
         self.rtsp_listener = RTSPServerService(settings.rtsp_listen, self.rtsp, reactor,
                                                udp_interface=interface)

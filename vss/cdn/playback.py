@@ -374,6 +374,7 @@ class _Relay:
         self.child = child
         self.mask = frozenset()
         self.drops = 0
+        self.lag_skips = 0
         self.waiting_key = True
         self.source = None
         self.first_ts = None  # video RTP timestamp of the child's first packet

@@ -468,6 +468,7 @@ class _LiveWriter:
     needs_key = True
     waiting_key = False  # the depacketizer waits for the keyframe itself
     drops = 0  # never drops: no queue (frames the depacketizer loses are in ``lost``)
+    lag_skips = 0  # a recording is not a live viewer
     MAX_JUMP = 5 * VIDEO_CLOCK
     MAX_REORDERS = 3  # small steps back: the stream has B-frames, a child records it
     MAX_BACKLOG_BYTES = 16 << 20  # held while a codec probe runs (~30 s at 4 Mb/s)
@@ -866,6 +867,7 @@ class _PreBuffer:
     needs_key = True
     waiting_key = True  # Source.add_reader may clear it (audio only): we check frame.key
     drops = 0
+    lag_skips = 0
 
     def __init__(self, recorder, key, path, seconds, max_bytes, want=None):
         self.recorder = recorder

@@ -28,6 +28,7 @@ DEFAULTS = {
     "record-max-streams": "32",
     "record-max-write-mbps": "400",
     "record-in": "auto",
+    "live-max-lag": "2",
 }
 
 
@@ -82,6 +83,9 @@ class Options(TrackingOptions):
         ["record-in", None, None, "Where recordings are written: auto (inside the node for "
          "H.264/H.265, a child process for other codecs) or process (a child process per "
          f"recording) [{DEFAULTS['record-in']}]."],
+        ["live-max-lag", None, None, "Seconds a live RTSP/TCP viewer may fall behind the "
+         "stream before what is queued for it is dropped and it resumes at the next "
+         f"keyframe; 0: no bound (playbacks are never bound) [{DEFAULTS['live-max-lag']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
     ]
@@ -126,6 +130,9 @@ def settings_from(opts):
                                   problems, 0, 100_000)
     max_write = positive_number("record-max-write-mbps", opts["record-max-write-mbps"], float,
                                 problems, 0, 1_000_000)
+    live_max_lag = _non_negative("live-max-lag", opts["live-max-lag"], float, problems)
+    if live_max_lag is not None and live_max_lag > 3600:
+        problems.append(f"--live-max-lag: {live_max_lag} must be <= 3600")
     record_in = str(opts["record-in"]).strip().lower()
     if record_in not in ("auto", "process"):
         problems.append(f"--record-in: {opts['record-in']!r} is neither 'auto' nor 'process'")
@@ -164,6 +171,7 @@ def settings_from(opts):
         record_max_streams=max_streams,
         record_max_write_mbps=max_write,
         record_in=record_in,
+        live_max_lag=live_max_lag,
     )
 
 
