@@ -204,9 +204,11 @@ def wire(node, settings, reactor):
                                                                    node.exporter), reactor)
         node.http_listener.setServiceParent(node)
 
+    scheme = "https" if http.partition(":")[0].lower() == "ssl" else "http"
+
     def http_base():
         port = node.http_listener.port if node.http_listener is not None else None
-        return f"http://{settings.media_host}:{port}" if port else None
+        return f"{scheme}://{settings.media_host}:{port}" if port else None
 
     node.archive = NodeArchive(settings.node_id, node.recorder.catalogue, node.central,
                                node.store, node.export_tokens, http_base)

@@ -69,6 +69,7 @@ from twisted.logger import Logger
 
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.rtsp import ffmpeg_options
 from vss.rtsp.server import ControlError
 
 log = Logger()
@@ -183,7 +184,8 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
         return EXIT_NO_FOOTAGE
     inp = av.open(db.abspath(seg.path))
     try:
-        out = av.open(url, "w", format="rtsp", options={"rtsp_transport": "tcp"}, timeout=10)
+        out = av.open(url, "w", format="rtsp", options=ffmpeg_options(url, own_server=True),
+                      timeout=10)
     except Exception as e:  # noqa: BLE001 - reported to the parent
         emit({"event": "error", "message": f"cannot publish: {e}"})
         return 1

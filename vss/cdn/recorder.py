@@ -95,6 +95,7 @@ from vss.cdn import rtpmux
 from vss.cdn.catalogue import RECORDINGS, Catalogue, Segment, fsync_dir, scan_fmp4, segment_name
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.rtsp import ffmpeg_options
 from vss.rtsp.fanout import Frame
 
 log = Logger()
@@ -194,7 +195,8 @@ def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: Fa
 
     out_dir = os.path.join(data_dir, out_rel)
     os.makedirs(out_dir, exist_ok=True)
-    options = {"rtsp_transport": "tcp"} if url.startswith("rtsp") else {}
+    # the node's own SS (recorder.media_base: this machine), or a file
+    options = ffmpeg_options(url, own_server=True) if url.startswith("rtsp") else {}
     try:
         inp = av.open(url, options=options, timeout=open_timeout)
     except Exception as e:  # noqa: BLE001 - reported to the parent

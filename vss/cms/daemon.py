@@ -13,8 +13,9 @@ from twisted.logger import Logger
 
 from vss.cms.service import CMSConfig, CMSService
 from vss.cms.store import make_static_store
-from vss.config import load_or_create_secret
+from vss.config import ConfigError, load_or_create_secret
 from vss.tap.common import ListenService, StagedService, write_json_atomically
+from vss.tls import CertificateError, LinkTLS, plaintext_guard
 
 
 class CmsDaemon(StagedService):
@@ -33,8 +34,19 @@ class CmsDaemon(StagedService):
             self.store, reactor)
         self.cms.setName("cms")
         self.cms.setServiceParent(self)
-        ListenService("node", options["node-listen"], self.cms.factory(), reactor) \
-            .setServiceParent(self)
+        nodes = self.cms.factory()
+        self.link_tls = None  # mutual TLS of the node links
+        if options.get("tls-cert"):
+            try:
+                self.link_tls = LinkTLS(options["tls-cert"], options["tls-key"],
+                                        options["tls-ca"]).load()
+            except CertificateError as e:
+                raise ConfigError(str(e)) from None
+            nodes = self.link_tls.listen_factory(nodes)
+        else:
+            nodes = plaintext_guard(nodes, "node", bool(options.get("allow-plaintext-links")),
+                                    self.log)
+        ListenService("node", options["node-listen"], nodes, reactor).setServiceParent(self)
         self.admin = self._admin_backend()
         if self.admin is not None:
             ListenService("admin", options["admin-listen"], self.make_admin_site(self.admin),

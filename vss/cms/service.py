@@ -59,6 +59,7 @@ from vss.protocols.messages import (
 )
 from vss.rgm.auth import ScramExchange, node_verifier
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT
+from vss.tls import peer_identity_problem
 
 AGENT = "vss-cms/0.1"
 APPLIED_WRITE_DELAY = 1.0  # seconds; see s506_completed
@@ -261,6 +262,15 @@ class CMSService(service.Service):
         if t == MsgType.BYE:
             link.close()
             return
+        if t == MsgType.AUTH_START and not s.registered and not frame.flags & codec.FLAG_NOTIFY:
+            # over mutual TLS, the node's certificate must name the node that logs in
+            problem = peer_identity_problem(link.transport, msg.body.identity)
+            if problem is not None:
+                self.log.warn("refused node {node} from {peer}: {problem}",
+                              node=msg.body.identity, peer=link.peer, problem=problem)
+                link.send_error(t, frame.txid, ResultCode.AUTH_FAILED, problem)
+                link.close()
+                return
         handlers = self.REGISTERED if s.registered else self.HANDSHAKE
         handler = handlers.get(t)
         if handler is None:

@@ -82,10 +82,9 @@ else:  # pragma: no cover - the kernel's share is then taken as its whole buffer
 
 def kernel_socket(transport):
     """The socket under a transport: a TCP transport's own, or the one under TLS."""
-    sock = getattr(transport, "socket", None)
-    if sock is None and isinstance(transport, TLSMemoryBIOProtocol):
-        sock = getattr(transport.transport, "socket", None)
-    return sock
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport = transport.transport
+    return getattr(transport, "socket", None)
 
 
 def rtp_payload_offset(data):
@@ -374,7 +373,7 @@ class TCPReader:
         self.direct_sends = 0
         self.lag_skips = 0  # times it fell more than max_lag behind and skipped ahead
         self.read_rate = None  # bytes a second the viewer read while it held us back
-        self._backlog = collections.deque()  # (bytes, is_control) not yet written
+        self._backlog = ()  # (bytes, is_control) not yet written: a deque once needed
         self._backlog_bytes = 0
         self._in_transport = 0  # bytes handed to the transport, not yet reported drained
         self._samples = None  # (time, bytes written) while held back
@@ -382,17 +381,18 @@ class TCPReader:
         self._registered = False
         self.sndbuf = sndbuf  # the send buffer asked for (None: the kernel's own)
         self._sized = None  # the send buffer the LagWatch sized it to
-        sock = getattr(transport, "socket", None)
+        # Through TLS (whose transport lends the attributes of the TCP one under it:
+        # never write there) the reader is a streaming producer: the TLS transport
+        # pauses it while the socket under it is full. (As a pull producer it would be
+        # polled in a busy loop.)
+        self._streaming = isinstance(transport, TLSMemoryBIOProtocol)
+        sock = None if self._streaming else getattr(transport, "socket", None)
         if sock is not None and not hasattr(transport, "startTLS"):
             sock = None  # not a plain TCP transport we know
         if sock is not None and getattr(transport, "TLS", False):
             sock = None
         self.sock = sock  # direct sends
         self.kernel = kernel_socket(transport)  # its buffer's fill, its size
-        # Through TLS the reader is a streaming producer: the TLS transport pauses it
-        # while the socket under it is full. (As a pull producer it would be polled in
-        # a busy loop.)
-        self._streaming = isinstance(transport, TLSMemoryBIOProtocol)
         if self.kernel is not None:
             try:
                 if sock is not None:
@@ -463,8 +463,7 @@ class TCPReader:
     def write(self, data):
         """Control bytes (RTSP replies) sent in order with the media."""
         if self._backlog or self.paused:
-            self._backlog.append((data, True))
-            self._backlog_bytes += len(data)
+            self._hold(data, True)
         else:
             self.transport.write(data)
             if not self._streaming:
@@ -517,9 +516,15 @@ class TCPReader:
             self.bytes += n
             self.frames += 1
             return
-        self._backlog.append((buf, False))
-        self._backlog_bytes += n
+        self._hold(buf, False)
         self.queued += n
+
+    def _hold(self, buf, control):
+        backlog = self._backlog
+        if not backlog:
+            backlog = self._backlog = collections.deque()  # an empty one is 760 bytes
+        backlog.append((buf, control))
+        self._backlog_bytes += len(buf)
 
     # -- live means live (driven by a LagWatch)
 
@@ -557,14 +562,14 @@ class TCPReader:
     def skip_for_lag(self):
         """Drop what waits in the backlog (control bytes stay) and wait for a keyframe
         the viewer can take in time."""
-        kept = collections.deque()
+        kept = []
         for buf, control in self._backlog:
             if control:
                 kept.append((buf, control))
             else:
                 self.drops += 1
                 self.dropped_bytes += len(buf)
-        self._backlog = kept
+        self._backlog = collections.deque(kept) if kept else ()
         self._backlog_bytes = sum(len(b) for b, _ in kept)
         self.queued = self._backlog_bytes + self._in_transport
         self._samples = None

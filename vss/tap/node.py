@@ -11,6 +11,7 @@ from vss.config import (
     merge_options,
     positive_number,
 )
+from vss.tap.common import link_tls_files
 
 DEFAULTS = {
     "pu-listen": "tcp:7100:interface=127.0.0.1",
@@ -34,6 +35,11 @@ DEFAULTS = {
 
 class Options(TrackingOptions):
     synopsis = "--node-id ID [options]"
+    optFlags = [
+        ["allow-plaintext-links", None, "Allow the links to CMS and to other nodes in "
+         "plaintext to and from addresses that are not loopback (logged as a warning). "
+         "Without it such a link needs --tls-cert, --tls-key and --tls-ca."],
+    ]
     longdesc = (
         "Run a VSS node: the RGM signalling core that PUs and CUs log in to, its "
         "in-memory database, the CDN module and its streaming server. Listen addresses "
@@ -47,10 +53,17 @@ class Options(TrackingOptions):
         ["cu-listen", None, None, f"Endpoint for CU links [{DEFAULTS['cu-listen']}]."],
         ["rtsp-listen", None, None, f"Endpoint of the streaming server [{DEFAULTS['rtsp-listen']}]."],
         ["media-host", None, None, "Host name put in stream URLs [the RTSP interface]."],
-        ["cms", None, None, "Client endpoint of CMS, e.g. tcp:cms.example:7200 or ssl:..."],
+        ["cms", None, None, "Client endpoint of CMS, tcp:HOST:PORT (mutual TLS with "
+         "--tls-cert/--tls-key/--tls-ca; CMS's certificate must name HOST)."],
         ["node-listen", None, None, f"Endpoint for links from CMS-routed peers [{DEFAULTS['node-listen']}]."],
         ["advertise-host", None, None, "Host other nodes use to reach this node [the node-listen interface]."],
         ["cluster-secret-file", None, None, "File holding the cluster secret shared by CMS and nodes."],
+        ["tls-cert", None, None, "PEM certificate of this node (CN = node id, from the "
+         "cluster CA: vss-admin tls issue): mutual TLS on the links to CMS and between "
+         "nodes (--node-listen then takes TLS only)."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["tls-ca", None, None, "PEM certificate(s) of the cluster CA: CMS's and other "
+         "nodes' certificates must be signed by it."],
         ["static", None, None, "Run without CMS: JSON file of static data (devices, users, grants)."],
         ["store", None, None, "In-memory database: memory, redis://host:port/db or "
          f"rediss://[user@]host:port/db (Redis over TLS) [{DEFAULTS['store']}]."],
@@ -115,6 +128,10 @@ def settings_from(opts):
         problems.append(f"--static: no such file {opts['static']}")
     store = opts["store"]
     store_files = _store_files(opts, store, problems)
+    tls = link_tls_files(opts, problems)
+    allow_plaintext = bool(opts.get("allow-plaintext-links"))
+    if opts.get("cms") and not opts.get("static"):
+        _check_links(opts, tls, allow_plaintext, problems)
     if opts.get("cms") and not opts.get("cluster-secret-file"):
         problems.append("--cluster-secret-file: required with --cms")
     elif opts.get("cluster-secret-file") and not os.path.isfile(opts["cluster-secret-file"]):
@@ -172,7 +189,34 @@ def settings_from(opts):
         record_max_write_mbps=max_write,
         record_in=record_in,
         live_max_lag=live_max_lag,
+        tls_cert=tls[0], tls_key=tls[1], tls_ca=tls[2],
+        allow_plaintext_links=allow_plaintext,
     )
+
+
+def _check_links(opts, tls, allow_plaintext, problems):
+    """The links to CMS and from other nodes: tcp: endpoints, TLS added by --tls-*;
+    in plaintext only on loopback unless --allow-plaintext-links."""
+    from vss.tls import client_host_port, listen_interface, plaintext_problem
+
+    try:
+        host, _port = client_host_port(opts["cms"])
+    except ValueError:
+        problems.append(f"--cms: {opts['cms']!r} must be tcp:HOST:PORT (TLS comes with "
+                        "--tls-cert, --tls-key and --tls-ca)")
+    else:
+        if not all(tls):
+            problem = plaintext_problem("--cms", host, allow_plaintext)
+            if problem:
+                problems.append(problem)
+    interface = listen_interface(opts["node-listen"])
+    if interface is None:
+        problems.append(f"--node-listen: {opts['node-listen']!r} must be a tcp: endpoint "
+                        "(TLS comes with --tls-cert, --tls-key and --tls-ca)")
+    elif not all(tls):
+        problem = plaintext_problem("--node-listen", interface, allow_plaintext)
+        if problem:
+            problems.append(problem)
 
 
 def _store_files(opts, store, problems):
