@@ -225,7 +225,7 @@ class LagWatchTests(unittest.TestCase):
 
 
 class ServerWatchTests(unittest.TestCase):
-    """The SS watches its live TCP viewers, not playbacks."""
+    """The SS watches its live TCP viewers, not playbacks nor recordings."""
 
     def test_live_paths_are_watched_and_playbacks_are_not(self):
         self.assertTrue(is_live("/live/cam1/main"))
@@ -242,14 +242,15 @@ class ServerWatchTests(unittest.TestCase):
                                     max_lag=1.5)
         readers = {}
         conns = []
-        for path in ("/live/cam1/main", "/live/cam1/pb-00ff"):
+        for path, methods in (("/live/cam1/main", ("play",)), ("/live/cam1/pb-00ff", ("play",)),
+                              ("/live/cam2/main", ("play", "record"))):
             source = factory.attach_source(path, SDP)
             source.feed(0, False, idr(1, 10))
             conn = factory.buildProtocol(None)
             conns.append(conn)
             conn.makeConnection(StringTransport(
                 peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)))
-            token = issuer.issue(path, ("play",))
+            token = issuer.issue(path, methods)
             url = f"rtsp://127.0.0.1:554{path}?token={token}"
             conn.dataReceived(
                 f"SETUP {url.replace('?', '/trackID=0?')} RTSP/1.0\r\nCSeq: 1\r\n"
@@ -261,8 +262,9 @@ class ServerWatchTests(unittest.TestCase):
             readers[path] = source.readers[0]
         live = readers["/live/cam1/main"]
         playback = readers["/live/cam1/pb-00ff"]
+        recording = readers["/live/cam2/main"]  # a recording child's token
         self.assertEqual(factory.lag_watch.readers, {live})
-        self.assertEqual((live.max_lag, playback.max_lag), (1.5, None))
+        self.assertEqual((live.max_lag, playback.max_lag, recording.max_lag), (1.5, None, None))
         factory.close_all()
         for conn in conns:
             conn.connectionLost(None)

@@ -1254,7 +1254,8 @@ class Recorder:
         if rec.state in ("stopping", "stopped"):
             self._release(rec)
             return
-        token = self.issuer.issue(rec.path, ["play"])
+        # "record": a recording reads at its own pace, never skipped to stay live
+        token = self.issuer.issue(rec.path, ["play", "record"])
         env = {**(self.env if self.env is not None else os.environ),
                URL_ENV: f"{self.media_base}{rec.path}?token={token}"}
         out = os.path.join(RECORDINGS, rec.device_id, rec.stream)

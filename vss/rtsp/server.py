@@ -59,6 +59,11 @@ ABORT_AFTER = 5.0
 SERVER_NAME = "vss-ss"
 
 
+def _records(auth):
+    """True when the session's token says it is a recording (``record`` method)."""
+    return isinstance(auth, dict) and "record" in auth.get("methods", ())
+
+
 def is_live(path):
     """True for a live stream's path (``/live/<device>/main`` or ``sub``), False for a
     playback's (``pb-...``: it follows the player's pace)."""
@@ -828,8 +833,9 @@ class RTSPServerFactory(protocol.Factory):
             reader = UDPReader(rtp, rtcp, conn.peer_host, session.udp_tracks)
         session.reader = reader
         source.add_reader(reader)
-        if self.max_lag and session.tcp_tracks and is_live(session.path):
-            self.lag_watch.add(reader)
+        if self.max_lag and session.tcp_tracks and is_live(session.path) \
+                and not _records(session.auth):
+            self.lag_watch.add(reader)  # a live viewer (not a playback, not a recording)
 
     def do_PAUSE(self, conn, req, url, session):
         if session is None:
