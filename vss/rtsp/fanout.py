@@ -655,11 +655,16 @@ class LagWatch:
         resize = self._sized_at is None or now - self._sized_at >= 1.0
         if resize:
             self._sized_at = now
+        rates = {}
         for reader in list(self.readers):
             if reader.check_lag(now):
                 self.skips += 1
-            if resize and reader.source is not None:
-                reader.size_send_buffer(reader.source.byte_rate())
+            source = reader.source
+            if resize and source is not None and reader.kernel is not None:
+                rate = rates.get(source)
+                if rate is None:
+                    rate = rates[source] = source.byte_rate() or 0
+                reader.size_send_buffer(rate)
 
 
 class UDPReader:
