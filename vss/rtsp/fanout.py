@@ -31,7 +31,8 @@ the transport's and the backlog); when reading that would take longer than
 can take (what is on the way then reads within half of ``max_lag``), counting one
 ``lag_skips``. The kernel's share is bounded too: each live reader's send buffer is
 sized to a quarter of ``max_lag`` at the source's bit rate (at most ``sndbuf``).
-Playback readers are not watched: they follow the player's pace.
+Playback readers are not watched (they follow the player's pace), nor the recording
+children (their tokens carry ``record``: see ``vss.rtsp.server``).
 
 A ``UDPReader`` sends each packet with ``sendto`` on the server's shared UDP port pair.
 """
