@@ -50,7 +50,8 @@ def serve(args):
     from vss.rtsp.server import RTSPServerFactory
 
     factory = RTSPServerFactory(TokenAuthorizer(TokenIssuer(SECRET, clock=reactor)),
-                                reactor=reactor, gop_cache=args.gop_cache)
+                                reactor=reactor, gop_cache=args.gop_cache,
+                                max_lag=args.max_lag)
     port = reactor.listenTCP(0, factory, backlog=4096, interface="127.0.0.1")
 
     def stats():
@@ -307,6 +308,8 @@ def main():
     ap.add_argument("--start-timeout", type=float, default=60.0)
     ap.add_argument("--gop-cache", type=int, default=0,
                     help="server GOP cache in bytes (0: new viewers wait for a keyframe)")
+    ap.add_argument("--max-lag", type=float, default=2.0,
+                    help="live viewers' lag bound in seconds (0: none)")
     ap.add_argument("--port", type=int)
     ap.add_argument("--cpu", type=int, default=0)
     ap.add_argument("--input", default=os.path.join(tempfile.gettempdir(),
@@ -327,7 +330,8 @@ def main():
     py = sys.executable
     me = os.path.abspath(__file__)
     server = subprocess.Popen([py, me, "serve", "--cpu", "0", "--gop-cache",
-                               str(args.gop_cache)], stdin=subprocess.PIPE,
+                               str(args.gop_cache), "--max-lag", str(args.max_lag)],
+                              stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     info = json.loads(server.stdout.readline())
     port, spid = info["port"], info["pid"]

@@ -453,6 +453,8 @@ class TCPReader:
                 self.transport.write(buf[sent:] if sent else buf)
                 self._in_transport = n - sent
                 break
+        if not backlog:
+            self._backlog = ()  # its memory back (most readers never need one again)
         self.queued = self._backlog_bytes + self._in_transport
 
     def pauseProducing(self):
