@@ -351,13 +351,21 @@ class TCPReader:
     ``max_lag`` (seconds, set by a ``LagWatch``) bounds how far behind live it may
     fall, None for a playback (it follows the player's pace)."""
 
-    source = None
-    full = True
-    needs_key = True
-    watch = None  # the LagWatch keeping it live, if any
+    # slots: one reader per viewer, and its attributes are read per frame
+    __slots__ = ("transport", "mask", "max_queue", "max_lag", "queued", "waiting_key",
+                 "dropping", "lag_skipping", "paused", "bytes", "frames", "drops",
+                 "dropped_bytes", "direct_sends", "lag_skips", "read_rate", "source", "full",
+                 "needs_key", "watch", "sock", "kernel", "sndbuf", "unacked", "_backlog",
+                 "_backlog_bytes", "_in_transport", "_samples", "_on_end", "_registered",
+                 "_sized", "_streaming")
 
     def __init__(self, transport, tracks, max_queue=DEFAULT_MAX_QUEUE, on_end=None,
                  sndbuf=DEFAULT_SNDBUF):
+        self.source = None
+        self.full = True
+        self.needs_key = True
+        self.watch = None  # the LagWatch keeping it live, if any
+        self.unacked = unacked_bytes  # f(socket): its unacknowledged bytes
         self.transport = transport
         self.mask = frozenset(tracks)
         self.max_queue = max_queue
@@ -530,8 +538,6 @@ class TCPReader:
         self._backlog_bytes += len(buf)
 
     # -- live means live (driven by a LagWatch)
-
-    unacked = staticmethod(unacked_bytes)
 
     def in_flight(self):
         """Bytes written for the viewer that it has not read yet, as far as this side
