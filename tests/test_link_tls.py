@@ -147,6 +147,35 @@ class CertificateTests(unittest.TestCase):
         self.assertIn("--tls-cert", str(e.exception))
 
 
+class AdminCommandTests(unittest.TestCase):
+    """``vss-admin tls ca`` and ``vss-admin tls issue``, as an operator runs them."""
+
+    @defer.inlineCallbacks
+    def test_an_operator_makes_the_ca_and_a_node_certificate(self):
+        from vss.testing.processes import run_tool
+
+        d = os.path.join(os.path.abspath(self.mktemp()), "ca")
+        out, err, code = yield run_tool("vss-admin", ["tls", "ca", "--dir", d])
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"CA certificate (--tls-ca of every server): {d}/ca.pem", out)
+        out, err, code = yield run_tool("vss-admin", ["tls", "issue", "node-a", "--dir", d,
+                                                      "--host", "10.0.0.11", "--json"])
+        self.assertEqual(code, 0, err)
+        files = json.loads(out)
+        self.assertEqual(files, {"cert": f"{d}/node-a.pem", "key": f"{d}/node-a.key"})
+        tls = LinkTLS(files["cert"], files["key"], os.path.join(d, "ca.pem")).load()
+        self.assertEqual(tls.names, {"node-a"})  # and the address, as an IP name
+        out, err, code = yield run_tool("vss-admin", ["tls", "issue", "node-a", "--dir", d])
+        self.assertEqual(code, 1)
+        self.assertIn("exists already", err)
+        out, err, code = yield run_tool("vss-admin", ["tls", "ca", "--dir", d])
+        self.assertEqual(code, 1)
+        self.assertIn("a cluster has one CA", err)
+        out, err, code = yield run_tool("vss-admin", ["tls", "issue", "x"])
+        self.assertEqual(code, 2)
+        self.assertIn("needs --dir", err)
+
+
 class PolicyTests(unittest.TestCase):
     def test_loopback(self):
         for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "::ffff:127.0.0.1",
