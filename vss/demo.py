@@ -199,8 +199,8 @@ Administer the platform:
 Record cam-a1 on a weekly schedule, then list, play back and export on either node:
   {admin} record-settings set cam-a1 --mode schedule --segment 60 --schedule '{_week()}'
   {ctl} recordings cam-a1 --from -1h
-  {ctl} playback cam-a1 --at -5m --play
-  {ctl} export cam-a1 --from -10m --to -5m -o clip.mp4
+  {ctl} export cam-a1 --from -10m --to now -o clip.mp4      (once a segment has closed)
+  {ctl} playback cam-a1 --at -90s --play
 
 Credentials are kept in {run_dir}/credentials.json. Ctrl-C stops everything.
 """, flush=True)

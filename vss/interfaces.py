@@ -70,6 +70,19 @@ class IMemoryStore(Interface):
     def grants():
         """All ``GrantRecord`` held."""
 
+    def put_credential(record):
+        """Store or replace a ``StreamCredential`` (its sealed secret, never the secret)
+        keyed by its ``cred_id``."""
+
+    def remove_credential(cred_id):
+        """Forget one stream credential."""
+
+    def get_credential(cred_id):
+        """The ``StreamCredential`` or None."""
+
+    def credentials():
+        """All ``StreamCredential`` held."""
+
     def actions_for(username, device_id):
         """The union (int bitmask of ``Action``) of the grants of ``user:<name>`` and of
         ``group:<g>`` for each group of the user, on ``device_id``. 0 if none."""
@@ -146,6 +159,20 @@ class IStaticStore(Interface):
 
     def list_devices(cursor="", limit=1000, home_node=None):
         """Deferred (records, next_cursor), ordered by device id."""
+
+    def add_credential(record):
+        """Store a new ``StreamCredential`` (``created`` and ``version`` are set here).
+        Fails with CONFLICT if its id exists. Deferred [Change]."""
+
+    def revoke_credential(cred_id):
+        """Revoke a credential now. Deferred [Change]; NOT_FOUND for an unknown id,
+        CONFLICT when it is revoked already."""
+
+    def get_credential(cred_id):
+        """Deferred ``StreamCredential`` or None."""
+
+    def list_credentials(cursor="", limit=1000, username=None, device_id=None):
+        """Deferred (records, next_cursor), ordered by id."""
 
     def set_grant(principal, device_id, actions):
         """principal is 'user:<name>' or 'group:<name>'. Deferred [Change]."""
@@ -227,6 +254,15 @@ class ICentral(Interface):
         """One of the node's PUs came online or went offline (dynamic data, so not
         logged: CMS passes it on to the other nodes so their device lists show it)."""
 
+    def store_credential(record):
+        """CRED_STORE: a stream credential a user of the node made (sealed secret only).
+        Fires with the ``StreamCredential`` as stored; FORBIDDEN when the user may not
+        view the device, NOT_SUPPORTED without a central platform."""
+
+    def revoke_credential(cred_id, username):
+        """CRED_REVOKE: ``username`` revokes one of their stream credentials. Fires
+        with it as revoked."""
+
 
 class IStreamAuthorizer(Interface):
     """How the streaming server checks a token in an RTSP URL."""
@@ -243,6 +279,9 @@ class IAdminBackend(Interface):
     alone; the CMS service provides the same surface with its live node registry."""
 
     store = Attribute("The ``IStaticStore`` holding the static data.")
+    credential_key = Attribute("The key stream credentials are sealed with "
+                               "(``vss.streamcreds.secret.credential_key`` of the cluster "
+                               "secret), or None: then none can be made here.")
 
     def publish(changes):
         """S501: the ``Change`` list of one store transaction made by an operator; may

@@ -158,6 +158,23 @@ class NodeService(StagedService):
         from vss.cdn import archive
 
         archive.wire(self, settings, reactor)
+        self.stream_credentials = None
+        if not settings.static:  # the credentials' sealing key comes from the cluster
+            self._make_stream_credentials(reactor)
+
+    def _make_stream_credentials(self, reactor):
+        """Long-lived, revocable stream credentials for third-party players: checked by
+        the SS, made and revoked by CUs, revalidated after every change of access."""
+        from vss.streamcreds.node import StreamCredentials
+        from vss.streamcreds.secret import credential_key
+
+        creds = StreamCredentials(credential_key(self.cluster_secret), self.store,
+                                  self.central, self.cdn, reactor)
+        creds.setServiceParent(self)
+        self.rtsp.use_credentials(creds)
+        self.rgm.credentials = creds
+        self.central.access_listeners.append(creds.revalidate)
+        self.stream_credentials = creds
 
     def rtsp_port(self):
         port = self.rtsp_listener.port
@@ -166,7 +183,8 @@ class NodeService(StagedService):
     def namespace(self):
         """What the manhole shows an operator."""
         return {"node": self, "rgm": self.rgm, "store": self.store, "central": self.central,
-                "sessions": self.rgm.links, "pus": self.rgm.pu_links}
+                "sessions": self.rgm.links, "pus": self.rgm.pu_links,
+                "credentials": getattr(self, "stream_credentials", None)}
 
     def _make_central(self):
         if self.settings.static:

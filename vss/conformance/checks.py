@@ -38,6 +38,8 @@ from vss.protocols.messages import (
     Bye,
     Config,
     ConfigGet,
+    CredList,
+    CredRevoke,
     CuKind,
     DeviceList,
     Empty,
@@ -547,6 +549,29 @@ def device_granted(ctx):
     if found.actions & ALL_ACTIONS != ALL_ACTIONS:
         raise CheckFailed(f"{ctx.user} holds actions 0x{found.actions:02x} on {ctx.device}, "
                           f"the suite needs 0x{int(ALL_ACTIONS):02x}")
+
+
+@check("stream_credentials",
+       "CRED_LIST gives the CU's own stream credentials without their sealed secret; "
+       "CRED_REVOKE of an id that is not the CU's is NOT_FOUND; a node without a central "
+       "platform answers both NOT_SUPPORTED (9.6)")
+@defer.inlineCallbacks
+def stream_credentials(ctx):
+    link = yield ctx.cu()
+    txid = link.request(MsgType.CRED_LIST, CredList(device_id=""))
+    frame = yield link.response(txid, ctx.timeout, "Creds")
+    central = frame.status != ResultCode.NOT_SUPPORTED
+    creds = expect_response(frame, MsgType.CRED_LIST, txid, "Creds").body.credentials \
+        if central else []
+    for c in creds:
+        if c.username != ctx.user or c.sealed:
+            raise CheckFailed(f"CRED_LIST answered {c.cred_id} of {c.username!r} with "
+                              f"{len(c.sealed)} sealed bytes; want the CU's own, none")
+    txid = link.request(MsgType.CRED_REVOKE, CredRevoke(cred_id="sc-000000000000",
+                                                        username=""))
+    frame = yield link.response(txid, ctx.timeout, "CredState")
+    expect_error(frame, ResultCode.NOT_FOUND if central else ResultCode.NOT_SUPPORTED,
+                 MsgType.CRED_REVOKE, txid, "revoking a credential that is not the CU's")
 
 
 # ---------------------------------------------------------------------------

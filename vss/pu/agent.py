@@ -94,7 +94,8 @@ class Agent:
         self.clients = {}
         for device_id in device_ids:
             pu = SimulatedPU(device_id, kind, channels, clock=reactor)
-            pu.media = media
+            if media is not None:
+                pu.use_media(media)
             pu.dvr_days = dvr_days
             client = SignallingClient(Role.PU, device_id, secret.replace("{id}", device_id),
                                       kind=int(kind), channels=channels, model=model,

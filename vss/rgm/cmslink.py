@@ -29,6 +29,8 @@ from vss.protocols.codes import ResultCode
 from vss.protocols.link import LinkFactory, check_response
 from vss.protocols.messages import (
     ChangeKind,
+    CredRevoke,
+    CredState,
     Empty,
     Entity,
     Heartbeat,
@@ -73,10 +75,12 @@ class CmsLink(service.Service):
         self.rgm = None  # set by the node once its RGM exists
         self.device_listeners = []  # f(device_id, old, new) after each device change
         self.connected_listeners = []  # f() after each (re)connection's catch-up
+        self.access_listeners = []  # f() after users, grants or stream credentials changed
         self.local_recordings = None  # f(RecordQuery) -> Deferred(Recordings or bytes): CMS asks
         self.link = None
         self.applier = SyncApplier(store, node_id, data_dir, on_device_change=self._device_changed,
-                                   on_user_change=self._user_changed, clock=self.clock)
+                                   on_user_change=self._user_changed, clock=self.clock,
+                                   on_access_change=self._access_changed)
         self.outbox = Outbox(os.path.join(data_dir, "outbox.jsonl"), self.clock) if data_dir \
             else None
         self.peers = PeerLinks(self)
@@ -262,13 +266,14 @@ class CmsLink(service.Service):
         from CMS are dropped). Changes after ``head_seq`` come by fetch."""
         self.counters["reloads"] += 1
         started = self.clock.seconds()
-        seen = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set()}
+        seen = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set(),
+                Entity.CREDENTIAL: set()}
 
         def pull(entity, cursor):
             return self._request(MsgType.STATIC_PULL, StaticPull(
                 entity=entity, cursor=cursor, limit=PAGE), 60.0)
 
-        for entity in (Entity.DEVICE, Entity.USER, Entity.GRANT):
+        for entity in (Entity.DEVICE, Entity.USER, Entity.GRANT, Entity.CREDENTIAL):
             pending = pull(entity, "")
             while pending is not None:
                 page = (yield pending).body
@@ -285,6 +290,9 @@ class CmsLink(service.Service):
                     for r in page.grants:
                         self.store.put_grant(r)
                         seen[entity].add((r.principal, r.device_id))
+                    for r in page.credentials:
+                        self.store.put_credential(r)
+                        seen[entity].add(r.cred_id)
                 except BaseException:
                     if pending is not None:
                         pending.addErrback(lambda f: None)  # the reload fails with this
@@ -298,12 +306,17 @@ class CmsLink(service.Service):
         for g in self.store.grants():
             if (g.principal, g.device_id) not in seen[Entity.GRANT]:
                 self.store.remove_grant(g.principal, g.device_id)
+        for c in self.store.credentials():
+            if c.cred_id not in seen[Entity.CREDENTIAL]:
+                self.store.remove_credential(c.cred_id)
         self.applier.applied_seq = head_seq
         self.applier.save()
         self.route_cache.clear()
-        self.log.info("reloaded {devices} devices, {users} users, {grants} grants in {s:.2f} s",
-                      devices=len(seen[Entity.DEVICE]), users=len(seen[Entity.USER]),
-                      grants=len(seen[Entity.GRANT]), s=self.clock.seconds() - started)
+        self.log.info("reloaded {devices} devices, {users} users, {grants} grants, {creds} "
+                      "stream credentials in {s:.2f} s", devices=len(seen[Entity.DEVICE]),
+                      users=len(seen[Entity.USER]), grants=len(seen[Entity.GRANT]),
+                      creds=len(seen[Entity.CREDENTIAL]), s=self.clock.seconds() - started)
+        self._access_changed()
 
     @defer.inlineCallbacks
     def fetch(self):
@@ -383,6 +396,13 @@ class CmsLink(service.Service):
         for listener in self.device_listeners:
             listener(device_id, old, new)
 
+    def _access_changed(self):
+        for listener in self.access_listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener never stops the sync
+                self.log.failure("access listener failed")
+
     def _user_changed(self, username, new):
         """A removed or disabled user's sessions end; a new password takes effect at the
         next login."""
@@ -395,6 +415,16 @@ class CmsLink(service.Service):
     def registration_info(self, identity, role):
         return self._request(MsgType.REG_INFO, RegInfoRequest(identity=identity, role=int(role))) \
             .addCallback(lambda msg: msg.body)
+
+    def store_credential(self, record):
+        """CRED_STORE: CMS stores a stream credential of one of this node's users."""
+        return self._request(MsgType.CRED_STORE, CredState(credential=record)).addCallback(
+            lambda msg: msg.body.credential)
+
+    def revoke_credential(self, cred_id, username):
+        """CRED_REVOKE: ``username`` revokes one of their stream credentials."""
+        return self._request(MsgType.CRED_REVOKE, CredRevoke(
+            cred_id=cred_id, username=username)).addCallback(lambda msg: msg.body.credential)
 
     def record_settings(self, device_id, channel):
         """The recording settings CMS holds for a channel (RECORD_SETTINGS_GET)."""

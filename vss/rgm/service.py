@@ -156,6 +156,7 @@ class RGMService(service.Service):
         self.cdn = cdn
         self.recordings = None  # vss.rgm.recording.RecordingManager, if the node records
         self.archive = None  # vss.cdn.archive.NodeArchive: RECORD_QUERY across nodes
+        self.credentials = None  # vss.streamcreds.node.StreamCredentials, with a CMS
         self.throttle = Throttle(clock)
         self.links = set()
         self.pu_links = {}  # device_id -> link of the registered PU

@@ -25,7 +25,7 @@ class SyncApplier:
     log = Logger()
 
     def __init__(self, store, node_id, data_dir=None, on_device_change=None, on_user_change=None,
-                 clock=None):
+                 clock=None, on_access_change=None):
         self.store = store
         self.clock = clock
         self._save_call = None
@@ -33,6 +33,10 @@ class SyncApplier:
         self.path = os.path.join(data_dir, "sync.json") if data_dir else None
         self.on_device_change = on_device_change
         self.on_user_change = on_user_change
+        #: called once after a batch that changed a user, a grant or a stream credential
+        #: (who may play what: the node checks the sessions of stream credentials again)
+        self.on_access_change = on_access_change
+        self._access_changed = False
         self.applied_seq = 0
         self.applied_count = 0
 
@@ -64,10 +68,25 @@ class SyncApplier:
         if upto is not None and upto > self.applied_seq:
             self.applied_seq = upto
         self.save()
+        if self._access_changed:
+            self._access_changed = False
+            if self.on_access_change is not None:
+                self.on_access_change()
         return self.applied_seq
 
     def apply_one(self, c):
         store = self.store
+        if c.entity in (Entity.USER, Entity.GRANT, Entity.CREDENTIAL):
+            self._access_changed = True
+        if c.entity == Entity.CREDENTIAL:
+            held = store.get_credential(c.key)
+            if c.op == ChangeOp.DELETE:
+                if held is not None and held.version < c.version:
+                    store.remove_credential(c.key)
+            elif c.credential is not None and (held is None or
+                                               held.version <= c.credential.version):
+                store.put_credential(c.credential)
+            return
         if c.entity == Entity.DEVICE:
             held = store.get_device(c.key)
             if c.op == ChangeOp.DELETE:

@@ -18,6 +18,7 @@ Key layout (``<node>`` is the node id), all values JSON, bytes as base64::
     vss:<node>:device:<device_id>          string  DeviceRecord
     vss:<node>:user:<username>             string  UserRecord
     vss:<node>:grant:<principal>|<device>  string  GrantRecord
+    vss:<node>:cred:<cred_id>              string  StreamCredential (sealed secret)
     vss:<node>:session:<session_id>        string  session info
     vss:<node>:state:<device_id>           hash    field -> JSON value
     vss:<node>:meta                        hash    key -> JSON value
@@ -55,7 +56,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vss.interfaces import IMemoryStore
-from vss.protocols.messages import DeviceRecord, GrantRecord, UserRecord, Verifier
+from vss.protocols.messages import (
+    DeviceRecord,
+    GrantRecord,
+    StreamCredential,
+    UserRecord,
+    Verifier,
+)
 from vss.store.memory import MemoryStore
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -254,10 +261,13 @@ def _verifier_from_json(obj):
 
 
 def encode_record(record):
-    """A ``DeviceRecord``, ``UserRecord`` or ``GrantRecord`` as JSON text."""
+    """A ``DeviceRecord``, ``UserRecord``, ``GrantRecord`` or ``StreamCredential`` as
+    JSON text."""
     fields = {name: getattr(record, name) for name in record._fields}
     if "verifier" in fields:
         fields["verifier"] = _verifier_to_json(fields["verifier"])
+    if "sealed" in fields:
+        fields["sealed"] = base64.b64encode(bytes(fields["sealed"])).decode("ascii")
     if "groups" in fields:
         fields["groups"] = list(fields["groups"])
     return _dumps(fields)
@@ -267,6 +277,8 @@ def decode_record(cls, text):
     fields = json.loads(text)
     if "verifier" in fields:
         fields["verifier"] = _verifier_from_json(fields["verifier"])
+    if "sealed" in fields:
+        fields["sealed"] = base64.b64decode(fields["sealed"])
     return cls(**{name: fields[name] for name in cls._fields})
 
 
@@ -936,6 +948,9 @@ class RedisStore(MemoryStore):
                 self._users[record.username] = record
             elif kind == "grant":
                 self._apply_put_grant(decode_record(GrantRecord, text))
+            elif kind == "cred":
+                record = decode_record(StreamCredential, text)
+                self._credentials[record.cred_id] = record
             elif kind == "session":
                 self._sessions[ident] = json.loads(text)
             else:
@@ -1032,6 +1047,17 @@ class RedisStore(MemoryStore):
     def remove_grant(self, principal, device_id):
         self._apply_remove_grant(principal, device_id)
         self._records[self._grant_key(principal, device_id)] = None
+        return self._queued()
+
+    def put_credential(self, record):
+        text = encode_record(record)
+        self._credentials[record.cred_id] = record
+        self._records[self.key("cred", record.cred_id)] = text
+        return self._queued()
+
+    def remove_credential(self, cred_id):
+        self._credentials.pop(cred_id, None)
+        self._records[self.key("cred", cred_id)] = None
         return self._queued()
 
     def set_state(self, device_id, **fields):

@@ -3,7 +3,7 @@
 import os
 
 from vss.config import ConfigError, TrackingOptions, merge_options, positive_number
-from vss.tap.common import link_tls_files
+from vss.tap.common import OneLineUsage, check_endpoint, link_tls_files
 from vss.tls import listen_interface, plaintext_problem
 
 DEFAULTS = {
@@ -15,7 +15,8 @@ DEFAULTS = {
 }
 
 
-class Options(TrackingOptions):
+class Options(OneLineUsage, TrackingOptions):
+    command = "vss-cms"
     synopsis = "[options]"
     optFlags = [
         ["allow-plaintext-links", None, "Allow plaintext node links from addresses that "
@@ -57,6 +58,9 @@ class Options(TrackingOptions):
             problems.append("--manhole-keys: required when --manhole is set")
         if self.get("cluster-secret-file") and not os.path.isfile(self["cluster-secret-file"]):
             problems.append(f"--cluster-secret-file: no such file {self['cluster-secret-file']}")
+        for name in ("node-listen", "admin-listen", "manhole"):
+            if self.get(name):
+                check_endpoint(name, self[name], problems)
         tls = link_tls_files(self, problems)
         interface = listen_interface(self["node-listen"])
         if interface is None:

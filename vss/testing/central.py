@@ -145,6 +145,14 @@ class MemoryCentral:
             if record is not None and record.home_node != rgm.node_id:
                 rgm.store.set_state(device_id, online=online)
 
+    def store_credential(self, record):
+        return defer.fail(VssError(ResultCode.NOT_SUPPORTED, "stream credentials need the "
+                                   "central platform"))
+
+    def revoke_credential(self, cred_id, username):
+        return defer.fail(VssError(ResultCode.NOT_SUPPORTED, "stream credentials need the "
+                                   "central platform"))
+
     def report_change(self, change):
         self._check()
         self.changes.append(change)
