@@ -1115,3 +1115,19 @@ class DocumentExampleTests(SynchronousTestCase):
         )
         self.assertEqual(ptz, h(VECTORS[[v.name for v in VECTORS].index(
             "ptz_control_request")].hex))
+
+
+class ResultCodeTableTests(SynchronousTestCase):
+    """The table of docs/protocol.md, section 7, is the whole of ``codes.py``: the same
+    codes, names and meanings."""
+
+    def test_table_equals_codes(self):
+        from vss.protocols.codes import DESCRIPTIONS
+
+        doc = pathlib.Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+        section = doc.read_text(encoding="utf-8").split("## 7. Result codes", 1)[1]
+        section = section.split("\n## 8.", 1)[0]
+        rows = re.findall(r"^\| (0x[0-9A-F]{4}) \| `(\w+)` \| [^|]* \| (.*) \|$", section, re.M)
+        documented = {int(code, 16): (name, meaning) for code, name, meaning in rows}
+        implemented = {int(c): (c.name, DESCRIPTIONS[c]) for c in ResultCode}
+        self.assertEqual(documented, implemented)

@@ -759,6 +759,30 @@ class SQLiteStaticStoreTests(StaticStoreConformance, unittest.TestCase):
 
         self.assertEqual((yield self.store._wpool.runInteraction(pragmas)), ["wal", 1, 1])
 
+    @inlineCallbacks
+    def test_a_locked_database_is_unavailable_not_a_refusal(self):
+        """Another process holds the database (BEGIN EXCLUSIVE) past the busy timeout:
+        the write fails with DB_UNAVAILABLE, a failure to retry; once the lock is
+        gone the same write succeeds."""
+        import sqlite3
+
+        from vss.cms.store.sqlite import SQLiteStaticStore
+
+        yield self.store.upsert_device("cam", "Gate", PuKind.IPC, 1, "", V1)
+        store = SQLiteStaticStore(self._path, busy_timeout_ms=100)
+        self.addCleanup(store.close)
+        yield store.open()
+        holder = sqlite3.connect(self._path, isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN EXCLUSIVE")
+        failure = yield self.assertFailure(
+            store.update_device_fields("cam", name="Locked"), VssError)
+        self.assertEqual(failure.code, ResultCode.DB_UNAVAILABLE)
+        self.assertIn("locked", failure.message)
+        holder.execute("ROLLBACK")
+        changes = yield store.update_device_fields("cam", name="Unlocked")
+        self.assertEqual(changes[0].device.name, "Unlocked")
+
     def test_spec_parsing(self):
         from vss.cms.store.sqlite import SQLiteStaticStore
 

@@ -540,6 +540,17 @@ class RedisStoreTests(MemoryStoreConformanceMixin, unittest.TestCase):
         self.assertEqual(other.get_meta("cms"), {"id": "cms-1"})
 
     @defer.inlineCallbacks
+    def test_session_keys_expire_in_redis(self):
+        s = self.store
+        s.sessionTTL = 120
+        yield s.put_session("s1", {"role": 2})
+        yield s.put_device(device("cam-1"))
+        ttl = yield s._connection().execute_command("TTL", s.key("session", "s1"))
+        self.assertTrue(0 < int(ttl) <= 120, ttl)
+        ttl = yield s._connection().execute_command("TTL", s.key("device", "cam-1"))
+        self.assertEqual(int(ttl), -1)  # static copies do not expire
+
+    @defer.inlineCallbacks
     def test_write_fires_after_redis_holds_it(self):
         d = self.store.set_state("cam-1", last_seen=7)
         self.assertFalse(d.called)  # queued for this reactor turn's batch
@@ -759,13 +770,36 @@ class RedisWriteQueueTests(unittest.SynchronousTestCase):
             sorted(self.redis.writes()),
             [
                 ("HSET", "vss:n1:state:cam-1", "online", "true", "last_seen", "2"),
-                ("SET", "vss:n1:session:s1", '{"role":2}'),
+                ("SET", "vss:n1:session:s1", '{"role":2}', s.sessionTTL),
             ],
         )
         self.assertNoResult(first)
         self.redis.ack()
         self.assertIsNone(self.successResultOf(first))
         self.assertIsNone(self.successResultOf(newer))
+
+    def test_session_keys_live_for_a_while_and_are_written_again(self):
+        s = self.store
+        s.put_session("s1", {"role": 2})
+        s.put_session("s2", {"role": 1})
+        self.clock.advance(0)
+        self.assertEqual(sorted(self.redis.writes()), [
+            ("SET", "vss:n1:session:s1", '{"role":2}', s.sessionTTL),
+            ("SET", "vss:n1:session:s2", '{"role":1}', s.sessionTTL)])
+        self.redis.ack()
+        s.remove_session("s2")
+        self.clock.advance(0)
+        self.redis.ack()
+        # Before the keys expire, the sessions still held are written again.
+        self.clock.advance(s.sessionTTL / 3)
+        self.clock.advance(0)
+        self.assertEqual(self.redis.writes(),
+                         [("SET", "vss:n1:session:s1", '{"role":2}', s.sessionTTL)])
+        self.redis.ack()
+        closing = s.close()
+        self.clock.advance(0)
+        self.assertIsNone(self.successResultOf(closing))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_retry_delay_grows(self):
         s = self.store

@@ -184,6 +184,11 @@ def main(argv=None):
     print(f"""
 vss is running: CMS, node-a, node-b and {len(DEVICES)} simulated cameras (logs in {run_dir}).
 
+Open the web client of either node in a browser (live video, PTZ, recordings) and sign in
+as alice with the password below:
+  node-a: http://127.0.0.1:{b + 4}/
+  node-b: http://127.0.0.1:{b + 14}/
+
 Log in as a user on either node:
   export VSS_NODE=tcp:127.0.0.1:{b + 1} VSS_USER=alice VSS_PASSWORD='{creds['alice_password']}'
   {ctl} devices

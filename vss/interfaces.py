@@ -14,9 +14,10 @@ class IMemoryStore(Interface):
     """The in-memory database of a node's RGM.
 
     It holds the node's copies of static data (devices, users, grants, received from
-    CMS) and the dynamic data of its own PUs and CUs (online state, last seen, PTZ
-    position, current configuration, sessions), plus a few node-level values (``meta``,
-    e.g. the last applied sync sequence).
+    CMS; and its own PUs' configuration and presets, reported by them, kept in their
+    state fields: ``vss.rgm.settings``) and the dynamic data of its own PUs and CUs
+    (online state, last seen, PTZ position, sessions), plus a few node-level values
+    (``meta``, e.g. the last applied sync sequence).
 
     Reads are synchronous and served from process memory: they sit on the hot path of
     every request. Writes update memory at once and return a Deferred that fires when
@@ -253,6 +254,11 @@ class ICentral(Interface):
     def presence(device_id, online):
         """One of the node's PUs came online or went offline (dynamic data, so not
         logged: CMS passes it on to the other nodes so their device lists show it)."""
+
+    def synchronised():
+        """True once the node holds a synchronised copy of the static data (restored at
+        start from its own store or data directory, or loaded from CMS), so that it can
+        check logins itself; until then logins are answered NOT_READY. Synchronous."""
 
     def store_credential(record):
         """CRED_STORE: a stream credential a user of the node made (sealed secret only).

@@ -154,10 +154,16 @@ class NodeService(StagedService):
                                            settings.data_dir, capacity)
         self.recordings.setServiceParent(self)
         self.rgm.recordings = self.recordings
+        # The browser client on the HTTP listener: the page, the CU link and the media
+        # over WebSockets (vss.web).
+        from vss.web.site import WebClient
+
+        self.web = WebClient(self.rtsp, self.rgm.factory(Role.CU), reactor)
+        self.web.setServiceParent(self)
         # Settings from CMS, the catalogue across nodes, HTTP export and retention.
         from vss.cdn import archive
 
-        archive.wire(self, settings, reactor)
+        archive.wire(self, settings, reactor, web=self.web)
         self.stream_credentials = None
         if not settings.static:  # the credentials' sealing key comes from the cluster
             self._make_stream_credentials(reactor)
@@ -205,9 +211,12 @@ class NodeService(StagedService):
         elif not is_loopback(host):
             self.log.warn("the link to CMS at {host} is plaintext (--allow-plaintext-links): "
                           "the cluster's signalling is readable on the network", host=host)
+        # With the memory store nothing survives the process: the node keeps its copy of
+        # the static data in its data directory too (vss.rgm.localcopy).
         link = CmsLink(settings.node_id, endpoint, self.cluster_secret, self.store,
                        self.reactor, data_dir=settings.data_dir, advertise=self.advertise,
-                       link_tls=self.link_tls, allow_plaintext=settings.allow_plaintext_links)
+                       local_copy=self.store.name == "memory", link_tls=self.link_tls,
+                       allow_plaintext=settings.allow_plaintext_links)
         if not self.settings.route_cache:
             link.route_cache = NoRouteCache()
         return link
@@ -227,6 +236,8 @@ class NodeService(StagedService):
         if self.settings.static:
             self.central.nodes[self.settings.node_id] = self.rgm
             d.addCallback(lambda _: self._seed_from_static())
+        else:
+            d.addCallback(lambda _: self.central.restore())
         return d
 
     def _seed_from_static(self):

@@ -211,9 +211,10 @@ def playback_in_use(cdn, catalogue, margin_ms=PLAYBACK_MARGIN_MS):
     return paths
 
 
-def wire(node, settings, reactor):
+def wire(node, settings, reactor, web=None):
     """The archive, the settings sync, retention and the HTTP export listener of a node
-    (``vss.node.NodeService``; after its recorder and recording manager exist)."""
+    (``vss.node.NodeService``; after its recorder and recording manager exist); ``web``
+    (``vss.web.site.WebClient``) serves the browser client on that listener."""
     from vss.cdn.export import Exporter, ExportTokens, make_site
     from vss.rgm.record_settings import DEFAULT_RETENTION_DAYS, RecordSettingsSync
     from vss.tap.common import ListenService
@@ -224,7 +225,7 @@ def wire(node, settings, reactor):
     node.http_listener = None
     if http:
         node.http_listener = ListenService("http", http, make_site(node.export_tokens,
-                                                                   node.exporter), reactor)
+                                                                   node.exporter, web), reactor)
         node.http_listener.setServiceParent(node)
 
     scheme = "https" if http.partition(":")[0].lower() == "ssl" else "http"

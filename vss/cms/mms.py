@@ -34,7 +34,8 @@ moment they are read; they are never stored, answered or logged. Credentials ins
 device's ``source_url`` are masked in every answer.
 
 Errors are JSON, ``{"error": "...", "field": "..."}``: 400 invalid input, 401 no or a
-bad token, 404 unknown, 405 wrong method, 409 conflict, 413 body over 1 MiB, 500
+bad token, 404 unknown, 405 wrong method, 409 conflict, 413 body over 1 MiB, 503 the
+database failed (lost, locked, timed out: try again, ``Retry-After`` says when), 500
 anything else (logged here, never a traceback to the client).
 
 Recording settings are stored per (device, channel) as this JSON (what a node turns
@@ -116,7 +117,10 @@ HTTP_FOR_CODE = {
     ResultCode.NOT_FOUND: 404,
     ResultCode.UNKNOWN_NODE: 404,
     ResultCode.CONFLICT: 409,
+    ResultCode.DB_UNAVAILABLE: 503,
 }
+#: seconds an admin is told to wait before trying again after a 503
+RETRY_AFTER = 5
 
 
 class ApiError(Exception):
@@ -1235,6 +1239,14 @@ class AdminApi:
                 self.log.failure("admin API {method} {path}", failure,
                                  method=request.method.decode("ascii", "replace"),
                                  path=request.path.decode("utf-8", "replace"))
+            if status == 503:
+                # The database failed: the admin is told, and the change was not
+                # published (it can only have been written if the failure struck
+                # during the commit itself; a read shows it then).
+                self.log.warn("admin API {method} {path}: {error}",
+                              method=request.method.decode("ascii", "replace"),
+                              path=request.path.decode("utf-8", "replace"), error=exc.message)
+                return status, {"error": exc.message}, {"Retry-After": str(RETRY_AFTER)}
             return status, {"error": exc.message}, {}
         self.log.failure("admin API {method} {path} failed", failure,
                          method=request.method.decode("ascii", "replace"),
@@ -1298,8 +1310,9 @@ def _json(schema, description="OK"):
 
 def _errors(*statuses):
     text = {400: "invalid input", 401: "no or a bad token", 404: "unknown",
-            405: "method not allowed", 409: "conflict", 413: "body over 1 MiB"}
-    return {str(s): _json(_ref("Error"), text[s]) for s in (*statuses, 401)}
+            405: "method not allowed", 409: "conflict", 413: "body over 1 MiB",
+            503: "the database failed: try again (see Retry-After)"}
+    return {str(s): _json(_ref("Error"), text[s]) for s in (*statuses, 401, 503)}
 
 
 def _op(summary, ok=None, status=200, body=None, params=(), errors=()):

@@ -21,6 +21,7 @@ the exit status is 1 (2 for a usage error).
 import getpass
 import json
 import os
+import random
 import sys
 
 from twisted.internet import defer, task
@@ -741,11 +742,40 @@ def render_record_state(t):
     return line
 
 
+#: The first wait after a NOT_READY answer, in seconds; it doubles up to NOT_READY_MAX.
+NOT_READY_FIRST = 0.5
+NOT_READY_MAX = 8.0
+
+
+@defer.inlineCallbacks
+def connect_when_ready(reactor, opts, client, err=None):
+    """Log in; a node that answers NOT_READY (still loading its data) is asked again
+    after a growing, randomised delay (each between half and one and a half times the
+    step), until ``--timeout`` has passed."""
+    err = err or sys.stderr
+    deadline = reactor.seconds() + opts["timeout"]
+    step = NOT_READY_FIRST
+    while True:
+        try:
+            yield connect(reactor, opts["node"], client, request_timeout=opts["timeout"])
+            return client
+        except VssError as e:
+            if e.code != ResultCode.NOT_READY:
+                raise
+            delay = step * random.uniform(0.5, 1.5)
+            if reactor.seconds() + delay > deadline:
+                raise
+            print(f"vssctl: the node is not ready ({e.message}); trying again in "
+                  f"{delay:.1f} s", file=err, flush=True)
+            yield task.deferLater(reactor, delay, lambda: None)
+            step = min(step * 2, NOT_READY_MAX)
+
+
 @defer.inlineCallbacks
 def run_command(reactor, opts, password, out):
     cmd, sub = opts.subCommand, opts.subOptions
     client = SignallingClient(Role.CU, opts["user"], password, kind=CuKind.MOC)
-    yield connect(reactor, opts["node"], client, request_timeout=opts["timeout"])
+    yield connect_when_ready(reactor, opts, client)
     try:
         type, body = build_request(cmd, sub)
         if cmd == "devices":

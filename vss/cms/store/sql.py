@@ -6,6 +6,10 @@ The SQL logic shared by the SQLite and PostgreSQL static stores.
 pool thread, never on the reactor thread. A backend module supplies the pools and a
 ``Dialect`` (parameter style, batch inserts, writer lock, schema introspection).
 
+A database that fails (it cannot be reached, is locked past its busy timeout, or times
+out) fails the call with ``VssError(DB_UNAVAILABLE)``: CMS answers it to nodes and the
+admin API as a failure to retry (docs/consistency.md), never as a refusal.
+
 Every mutating call is ONE transaction that (1) takes the writer lock, (2) changes the
 rows and bumps their ``version``, (3) appends one ``change_log`` row per changed entity,
 and returns the ``Change`` entries it appended. The writer lock makes log sequences
@@ -206,6 +210,13 @@ class Dialect:
     def begin_read(self, cur):
         pass
 
+    def unavailable(self):
+        """The exception classes that mean the database failed (it cannot be reached,
+        is locked, or timed out), as opposed to a statement it refused."""
+        from twisted.enterprise.adbapi import ConnectionLost
+
+        return (ConnectionLost,)
+
     def begin_write(self, cur):
         """Start the write transaction and take the writer lock."""
         raise NotImplementedError
@@ -256,15 +267,29 @@ class SqlStaticStore:
     def _now_ms(self):
         return int(self._clock.seconds() * 1000)
 
+    def _run(self, pool, fn, *args):
+        """One interaction; a database that fails (lost, locked, timed out) fails the
+        Deferred with ``VssError(DB_UNAVAILABLE)``: a failure to retry, never a refusal."""
+        return pool.runInteraction(fn, *args).addErrback(self._unavailable)
+
+    def _unavailable(self, failure):
+        if failure.check(*self.dialect.unavailable()):
+            self.log.warn("CMS database {backend} failed: {error}", backend=self.backend,
+                          error=failure.getErrorMessage().strip())
+            raise VssError(ResultCode.DB_UNAVAILABLE,
+                           f"the CMS database failed ({failure.getErrorMessage().strip()[:200]});"
+                           " try again later")
+        return failure
+
     def _read(self, fn, *args):
-        return self._rpool.runInteraction(self._in_read, fn, *args)
+        return self._run(self._rpool, self._in_read, fn, *args)
 
     def _in_read(self, cur, fn, *args):
         self.dialect.begin_read(cur)
         return fn(cur, *args)
 
     def _write(self, fn, *args, origin=DEFAULT_ORIGIN):
-        return self._wpool.runInteraction(self._in_write, fn, origin, self._now_ms(), *args)
+        return self._run(self._wpool, self._in_write, fn, origin, self._now_ms(), *args)
 
     def _in_write(self, cur, fn, origin, at, *args):
         self.dialect.begin_write(cur)
@@ -721,8 +746,8 @@ class SqlStaticStore:
         if state not in ("up", "down"):
             raise VssError(ResultCode.INVALID_ARGUMENT, f"node state must be up or down: {state!r}")
         load_json = None if load is None else json.dumps(load, sort_keys=True)
-        return self._wpool.runInteraction(
-            self._set_node_state, node_id, state, load_json, self._now_ms()
+        return self._run(
+            self._wpool, self._set_node_state, node_id, state, load_json, self._now_ms()
         )
 
     def _set_node_state(self, cur, node_id, state, load_json, now):
@@ -742,7 +767,7 @@ class SqlStaticStore:
             raise VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}")
 
     def set_node_applied(self, node_id, seq):
-        return self._wpool.runInteraction(self._set_node_applied, node_id, int(seq))
+        return self._run(self._wpool, self._set_node_applied, node_id, int(seq))
 
     def _set_node_applied(self, cur, node_id, seq):
         self.dialect.begin_write(cur)
@@ -872,7 +897,7 @@ class SqlStaticStore:
         return found
 
     def compact(self, before_seq):
-        return self._wpool.runInteraction(self._compact, int(before_seq))
+        return self._run(self._wpool, self._compact, int(before_seq))
 
     def _compact(self, cur, before_seq):
         self.dialect.begin_write(cur)
@@ -919,8 +944,8 @@ class SqlStaticStore:
     def add_admin_token(self, name, token_hash, expires_in=None):
         now = self._now_ms()
         expires = None if expires_in is None else now + int(round(float(expires_in) * 1000))
-        return self._wpool.runInteraction(
-            self._add_admin_token, name, _hash_text(token_hash), now, expires
+        return self._run(
+            self._wpool, self._add_admin_token, name, _hash_text(token_hash), now, expires
         )
 
     def _add_admin_token(self, cur, name, token_hash, now, expires):
@@ -947,7 +972,7 @@ class SqlStaticStore:
             return token
         now = self._now_ms()
         if token.last_used is None or now - token.last_used >= TOUCH_INTERVAL_MS:
-            yield self._wpool.runInteraction(self._touch_admin_token, token.id, now)
+            yield self._run(self._wpool, self._touch_admin_token, token.id, now)
             token = token._replace(last_used=now)
         return token
 
@@ -993,8 +1018,8 @@ class SqlStaticStore:
         return int(row[0])
 
     def revoke_admin_token(self, token_id, force=False):
-        return self._wpool.runInteraction(
-            self._revoke_admin_token, int(token_id), bool(force), self._now_ms()
+        return self._run(
+            self._wpool, self._revoke_admin_token, int(token_id), bool(force), self._now_ms()
         )
 
     def _revoke_admin_token(self, cur, token_id, force, now):
