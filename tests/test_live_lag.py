@@ -436,6 +436,12 @@ class LiveLagEndToEndTests(E2ETestBase):
         self.assertGreater(len(slow.lags), len(fast.timestamps) / 3)
         self.assertIsNotNone(slow_reader, [r.stats() for r in source.readers])
         self.assertGreater(self.factory.lag_watch.skips, 0)
+        # the count the node's /metrics exports
+        from vss.ops.collectors import streaming_server_families
+
+        [family] = [f for f in streaming_server_families(self.factory)
+                    if f.name == "vss_media_lag_skips"]
+        self.assertEqual(family.samples[0].value, self.factory.lag_skips)
         # the other viewers: every picture, no skip
         steps = {b - a for a, b in zip(pts, pts[1:], strict=False)}
         self.assertEqual(steps, {3600}, "PyAV missed pictures")

@@ -206,6 +206,8 @@ class Source:
         self.frames = 0
         self.drops = 0
         self.lag_skips = 0  # live readers' skips to the next keyframe (gone readers)
+        #: bytes, frames, drops and key waits of the viewers (``reader.viewer``) that left
+        self.viewers_gone = [0, 0, 0, 0]
         self.closed = False
         self._on_idle = on_idle
         self._batch = []
@@ -324,10 +326,19 @@ class Source:
             return
         self.drops += reader.drops
         self.lag_skips += reader.lag_skips
+        self._count_gone(reader)
         if not self.readers and not self.closed:
             self.no_readers_since = self.clock.seconds()
             if self._on_idle is not None:
                 self._on_idle(self)
+
+    def _count_gone(self, reader):
+        if getattr(reader, "viewer", False):
+            gone = self.viewers_gone
+            gone[0] += reader.bytes
+            gone[1] += reader.frames
+            gone[2] += reader.drops
+            gone[3] += reader.key_waits
 
     def on_end(self, callback):
         """Call ``callback(source)`` when the source closes."""
@@ -342,6 +353,7 @@ class Source:
         for reader in readers:
             self.drops += reader.drops
             self.lag_skips += reader.lag_skips
+            self._count_gone(reader)
             reader.source_ended()
         for cb in self._ending:
             try:
@@ -355,13 +367,15 @@ class TCPReader:
     ``max_lag`` (seconds, set by a ``LagWatch``) bounds how far behind live it may
     fall, None for a playback (it follows the player's pace)."""
 
+    viewer = True  # a player (counted in the media metrics), not a recorder
+    transport_name = "tcp"
     # slots: one reader per viewer, and its attributes are read per frame
     __slots__ = ("transport", "mask", "max_queue", "max_lag", "queued", "waiting_key",
                  "dropping", "lag_skipping", "paused", "bytes", "frames", "drops",
-                 "dropped_bytes", "direct_sends", "lag_skips", "read_rate", "source", "full",
-                 "needs_key", "watch", "sock", "kernel", "sndbuf", "unacked", "_backlog",
-                 "_backlog_bytes", "_in_transport", "_samples", "_on_end", "_registered",
-                 "_sized", "_streaming")
+                 "dropped_bytes", "key_waits", "direct_sends", "lag_skips", "read_rate",
+                 "source", "full", "needs_key", "watch", "sock", "kernel", "sndbuf", "unacked",
+                 "_backlog", "_backlog_bytes", "_in_transport", "_samples", "_on_end",
+                 "_registered", "_sized", "_streaming")
 
     def __init__(self, transport, tracks, max_queue=DEFAULT_MAX_QUEUE, on_end=None,
                  sndbuf=DEFAULT_SNDBUF):
@@ -383,6 +397,7 @@ class TCPReader:
         self.frames = 0
         self.drops = 0  # frames dropped
         self.dropped_bytes = 0
+        self.key_waits = 0  # frames skipped before the first keyframe
         self.direct_sends = 0
         self.lag_skips = 0  # times it fell more than max_lag behind and skipped ahead
         self.read_rate = None  # bytes a second the viewer read while it held us back
@@ -497,6 +512,8 @@ class TCPReader:
                 if self.dropping:
                     self.drops += 1
                     self.dropped_bytes += len(buf)
+                else:
+                    self.key_waits += 1
                 return
             self.waiting_key = self.dropping = self.lag_skipping = False
         n = len(buf)
@@ -684,6 +701,8 @@ class UDPReader:
     """A UDP unicast viewer: RTP to ``(host, rtp_port)``, RTCP to ``(host, rtcp_port)``
     from the server's shared port pair ``(rtp_udp, rtcp_udp)`` (Twisted UDP ports)."""
 
+    viewer = True
+    transport_name = "udp"
     source = None
     full = True
     needs_key = True
@@ -699,11 +718,13 @@ class UDPReader:
         self.bytes = 0
         self.frames = 0
         self.drops = 0
+        self.key_waits = 0
         self._on_end = on_end
 
     def deliver(self, frame):
         if self.waiting_key:
             if not frame.key:
+                self.key_waits += 1
                 return
             self.waiting_key = False
         host = self.host

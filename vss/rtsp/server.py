@@ -280,6 +280,8 @@ class RTSPServerFactory(protocol.Factory):
         self._udp_peers = {}  # (host, port) -> (session, track, rtcp) of UDP clients
         self._waiters = {}  # path -> [Deferred]
         self.controllers = {}  # path -> play/pause controller (see the module docstring)
+        #: bytes, frames, drops and key waits of the viewers of the sources that ended
+        self.viewers_ended = [0, 0, 0, 0]
         self.credentials = None  # stream credentials (use_credentials)
 
     # -- reactor and clock, resolved lazily
@@ -344,6 +346,8 @@ class RTSPServerFactory(protocol.Factory):
     def _source_ended(self, source):
         if self.sources.get(source.path) is source:
             del self.sources[source.path]
+        for i, n in enumerate(source.viewers_gone):
+            self.viewers_ended[i] += n
         log.info("source {path} ended: {packets} packets, {bytes} bytes",
                  path=source.path, packets=source.packets, bytes=source.bytes)
         for s in list(self.sessions.values()):
@@ -930,6 +934,23 @@ class RTSPServerFactory(protocol.Factory):
 
     # -- counters
 
+    def viewer_totals(self):
+        """``({"tcp": n, "udp": n}, [bytes, frames, drops, key waits])``: the viewers
+        now, and what every viewer since the start was sent (or not sent)."""
+        viewers = {"tcp": 0, "udp": 0}
+        totals = list(self.viewers_ended)
+        for source in self.sources.values():
+            for i, n in enumerate(source.viewers_gone):
+                totals[i] += n
+            for r in source.readers:
+                if getattr(r, "viewer", False):
+                    viewers[r.transport_name] = viewers.get(r.transport_name, 0) + 1
+                    totals[0] += r.bytes
+                    totals[1] += r.frames
+                    totals[2] += r.drops
+                    totals[3] += r.key_waits
+        return viewers, totals
+
     def stats(self):
         """Counters per source and per reader (JSON-able)."""
         out = {}
@@ -939,7 +960,12 @@ class RTSPServerFactory(protocol.Factory):
             out[path] = entry
         return {"sources": out, "sessions": len(self.sessions),
                 "connections": len(self.connections),
-                "lag_skips": self._lag_watch.skips if self._lag_watch is not None else 0}
+                "lag_skips": self.lag_skips}
+
+    @property
+    def lag_skips(self):
+        """Times a live viewer fell more than ``max_lag`` behind and skipped ahead."""
+        return self._lag_watch.skips if self._lag_watch is not None else 0
 
     @property
     def lag_watch(self):

@@ -3,8 +3,15 @@
 import os
 
 from vss.config import ConfigError, TrackingOptions, merge_options, positive_number
-from vss.tap.common import OneLineUsage, check_endpoint, link_tls_files
+from vss.tap.common import (
+    OneLineUsage,
+    check_endpoint,
+    check_metrics_options,
+    link_tls_files,
+    metrics_options,
+)
 from vss.tls import listen_interface, plaintext_problem
+from vss.version import VersionOption
 
 DEFAULTS = {
     "cms-id": "cms",
@@ -15,8 +22,9 @@ DEFAULTS = {
 }
 
 
-class Options(OneLineUsage, TrackingOptions):
+class Options(OneLineUsage, VersionOption, TrackingOptions):
     command = "vss-cms"
+    program = "vss-cms"
     synopsis = "[options]"
     optFlags = [
         ["allow-plaintext-links", None, "Allow plaintext node links from addresses that "
@@ -45,6 +53,7 @@ class Options(OneLineUsage, TrackingOptions):
         ["heartbeat", None, None, f"Heartbeat interval asked of nodes, seconds [{DEFAULTS['heartbeat']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7222:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
+        *metrics_options("the admin listener (--admin-listen)"),
     ]
 
     def postOptions(self):
@@ -61,6 +70,7 @@ class Options(OneLineUsage, TrackingOptions):
         for name in ("node-listen", "admin-listen", "manhole"):
             if self.get(name):
                 check_endpoint(name, self[name], problems)
+        check_metrics_options(self, problems)
         tls = link_tls_files(self, problems)
         interface = listen_interface(self["node-listen"])
         if interface is None:

@@ -9,7 +9,15 @@ from vss.config import (
     merge_options,
     positive_number,
 )
-from vss.tap.common import OneLineUsage, check_endpoint, fail_in_one_line, link_tls_files
+from vss.tap.common import (
+    OneLineUsage,
+    check_endpoint,
+    check_metrics_options,
+    fail_in_one_line,
+    link_tls_files,
+    metrics_options,
+)
+from vss.version import VersionOption
 
 LISTENERS = ("pu-listen", "cu-listen", "rtsp-listen", "node-listen", "http-listen", "manhole")
 
@@ -33,8 +41,9 @@ DEFAULTS = {
 }
 
 
-class Options(OneLineUsage, TrackingOptions):
+class Options(OneLineUsage, VersionOption, TrackingOptions):
     command = "vss-node"
+    program = "vss-node"
     synopsis = "--node-id ID [options]"
     optFlags = [
         ["allow-plaintext-links", None, "Allow the links to CMS and to other nodes in "
@@ -81,8 +90,9 @@ class Options(OneLineUsage, TrackingOptions):
         ["route-cache", None, None, "on: cache the home node of other nodes' PUs and reach it "
          "directly; off: every such request takes the cache-miss path through CMS "
          f"(measurement and troubleshooting) [{DEFAULTS['route-cache']}]."],
-        ["http-listen", None, None, "Endpoint of the HTTP export listener (GET /export?token=), "
-         f"or 'off' [{DEFAULTS['http-listen']}]."],
+        ["http-listen", None, None, "Endpoint of the HTTP listener: the browser client, "
+         "export downloads (GET /export?token=), /healthz, /readyz and /metrics; or 'off' "
+         f"[{DEFAULTS['http-listen']}]."],
         ["retention-interval", None, None, "Seconds between retention passes over the "
          f"recordings [{DEFAULTS['retention-interval']}]."],
         ["retention-days", None, None, "Days recordings of a channel without recording "
@@ -102,6 +112,7 @@ class Options(OneLineUsage, TrackingOptions):
          f"keyframe; 0: no bound (playbacks are never bound) [{DEFAULTS['live-max-lag']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
+        *metrics_options("the HTTP listener (--http-listen)"),
     ]
 
     def postOptions(self):
@@ -167,6 +178,7 @@ def settings_from(opts):
         http_listen = ""
     if opts.get("manhole") and not opts.get("manhole-keys"):
         problems.append("--manhole-keys: required when --manhole is set")
+    check_metrics_options(opts, problems)
     if problems:
         raise ConfigError("; ".join(problems))
     rtsp = opts["rtsp-listen"]
@@ -200,6 +212,9 @@ def settings_from(opts):
         live_max_lag=live_max_lag,
         tls_cert=tls[0], tls_key=tls[1], tls_ca=tls[2],
         allow_plaintext_links=allow_plaintext,
+        metrics=opts["metrics"],
+        metrics_allow=opts.get("metrics-allow") or "",
+        metrics_token_file=opts.get("metrics-token-file") or "",
     )
 
 
