@@ -157,10 +157,7 @@ class SignallingLink(protocol.Protocol):
                 self._cancel_timer()
             entry[0](entry[1], frame)
             return
-        if not frame.txid and not flags & codec.FLAG_NOTIFY:
-            # txid 0 is reserved for notifications: such a request is not served (8.6).
-            self.send_error(frame.type, 0, ResultCode.UNEXPECTED_MESSAGE,
-                            "txid 0 is reserved for notifications")
+        if not frame.txid and not flags & codec.FLAG_NOTIFY and self.refuse_txid_zero(frame):
             return
         fast = self._fast
         if fast is not None and fast(self, frame):
@@ -175,6 +172,13 @@ class SignallingLink(protocol.Protocol):
             self._badInput(msg)
             return
         self.handler.received(self, frame, msg)
+
+    def refuse_txid_zero(self, frame):
+        """txid 0 is reserved for notifications: a request with txid 0 is answered
+        UNEXPECTED_MESSAGE and not served (docs/protocol.md 8.6). True when refused."""
+        self.send_error(frame.type, 0, ResultCode.UNEXPECTED_MESSAGE,
+                        "txid 0 is reserved for notifications")
+        return True
 
     def bad_response(self, err, frame):
         """The peer answered one of this link's requests with ``frame``, whose body does
