@@ -464,7 +464,8 @@ def auth_proof_without_start(ctx):
 
 
 @check("not_authenticated",
-       "REGISTER, DEVICE_LIST and CONFIG_GET after HELLO but before login get NOT_AUTHENTICATED")
+       "REGISTER, DEVICE_LIST and CONFIG_GET after HELLO but before login get NOT_AUTHENTICATED "
+       "(with a message)")
 @defer.inlineCallbacks
 def not_authenticated(ctx):
     link = yield ctx.open("cu")
