@@ -714,7 +714,7 @@ class RecordSettings(JsonResource):
     def _device_channel(self):
         device = yield self.api.device(self.device_id)
         text = self.channel_text
-        if not text.isdigit() or int(text) >= device.channels:
+        if not (text.isascii() and text.isdigit()) or int(text) >= device.channels:
             raise not_found(f"device {self.device_id!r} has no channel {text!r} "
                             f"(channels 0..{device.channels - 1})")
         return device, int(text)
@@ -902,7 +902,7 @@ class Token(JsonResource):
         self.text = text
 
     def _id(self):
-        if not self.text.isdigit() or len(self.text) > 18:
+        if not (self.text.isascii() and self.text.isdigit()) or len(self.text) > 18:
             raise not_found(f"no admin token {self.text!r}")
         return int(self.text)
 
