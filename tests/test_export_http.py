@@ -159,14 +159,17 @@ class ExportQueueTests(unittest.TestCase):
                                  interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         n = port.getHost().port
-        target = f"/export?token={tokens.issue('cam1', 0, 'main', t, t + 1000)[0]}"
+        def target():  # a token is good for one download: one each
+            return f"/export?token={tokens.issue('cam1', 0, 'main', t, t + 1000)[0]}"
+
         yield exporter.limit.acquire()  # the one remux slot is taken
         held = []
         for _ in range(2):
-            held.append((yield threads.deferToThread(get, n, target, False)))
+            held.append((yield threads.deferToThread(get, n, target(), False)))
         yield wait_until(reactor, lambda: exporter.waiting == 2, timeout=30,
                          what="two exports waiting")
-        status, _ = yield threads.deferToThread(get, n, target)
+        busy = target()
+        status, _ = yield threads.deferToThread(get, n, busy)
         self.assertEqual(status, 503)
         self.assertEqual(exporter.counters["busy"], 1)
         held[0].close()  # this client leaves while it waits
@@ -190,3 +193,9 @@ class ExportQueueTests(unittest.TestCase):
         self.assertEqual(exporter.counters["abandoned"], 1)
         self.assertEqual(len(remuxed), 1)
         self.assertEqual(os.listdir(os.path.join(data, export.EXPORTS)), [])
+        # the 503 did not spend its token; the download that follows does
+        status, _ = yield threads.deferToThread(get, n, busy)
+        self.assertEqual(status, 200)
+        status, _ = yield threads.deferToThread(get, n, busy)
+        self.assertEqual(status, 403)
+        self.assertEqual(len(remuxed), 2)

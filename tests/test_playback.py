@@ -372,3 +372,28 @@ class PlaybackTests(unittest.TestCase):
                          [start + 2000 + FRAME_MS * i for i in range(5)])
         self.assertEqual([table.get(k) for k, _ in after],
                          [segments[1].start_ms + FRAME_MS * i for i in range(5)])
+
+    @defer.inlineCallbacks
+    def test_a_segment_that_overlaps_the_next_ends_where_the_next_starts(self):
+        """The second segment says it started 228 ms before the first ended (a salvaged
+        segment named by an older version, to the second): the player sees the first
+        up to that start, then the whole second, each picture once, in order."""
+        data = self.node.settings.data_dir
+        start = (int(reactor.seconds()) - 600) * 1000
+        first, second = yield threads.deferToThread(write_gop_footage, data, "cam-x", start)
+        second = second._replace(start_ms=second.start_ms - 228, end_ms=second.end_ms - 228)
+        for seg in (first, second):
+            yield self.node.recorder.catalogue.add(seg)
+        table = yield threads.deferToThread(
+            index_segments, [(os.path.join(data, s.path), s.start_ms)
+                             for s in (first, second)])
+        alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+        url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-x", start + 2000),
+                                   timeout=20)).body.url
+        frames = yield threads.deferToThread(play_to_end, url)
+        self.assertEqual([table.get(k) for k, _ in frames],
+                         [start + 2000 + FRAME_MS * i for i in range(45)]
+                         + [second.start_ms + FRAME_MS * i for i in range(100)])
+        times = [t for _, t in frames if t is not None]  # None before the first report
+        self.assertGreater(len(times), 100)
+        self.assertEqual(times, sorted(set(times)))

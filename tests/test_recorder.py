@@ -152,11 +152,18 @@ class CatalogueTests(unittest.TestCase):
         self.assertFalse(os.path.exists(part))
         self.assertEqual(self.db.paths(), {kept.path})
 
-    def test_segment_names_are_utc_start_times(self):
-        self.assertEqual(segment_name(0), "19700101T000000Z")
-        self.assertEqual(catmod.parse_segment_name("20261125T133518Z.mp4"), 1795613718000)
-        self.assertEqual(catmod.parse_segment_name("20261125T133518Z-2.mp4"), 1795613718000)
-        self.assertIsNone(catmod.parse_segment_name("x.mp4"))
+    def test_segment_names_are_utc_start_times_to_the_millisecond(self):
+        self.assertEqual(segment_name(0), "19700101T000000.000Z")
+        self.assertEqual(segment_name(1795613718228), "20261125T133518.228Z")
+        for name, ms in [("20261125T133518.228Z.mp4", 1795613718228),
+                         ("20261125T133518.228Z-2.mp4", 1795613718228),
+                         ("20261125T133518.007Z.mp4.part", 1795613718007),
+                         ("20261125T133518Z.mp4", 1795613718000),  # names of before the ms
+                         ("20261125T133518Z-2.mp4", 1795613718000)]:
+            self.assertEqual(catmod.parse_segment_name(name), ms, name)
+        for bad in ("x.mp4", "20261125T133518.22Z.mp4", "20261399T000000Z.mp4",
+                    "20261125T133518Z.txt", "20261125T133518.228.mp4"):
+            self.assertIsNone(catmod.parse_segment_name(bad), bad)
 
     @defer.inlineCallbacks
     def test_the_catalogue_runs_off_the_reactor_thread(self):

@@ -290,6 +290,29 @@ class ExportTokenTests(unittest.SynchronousTestCase):
             with self.assertRaises(ValueError):
                 self.tokens.verify(bad)
 
+    def test_a_token_is_good_for_one_download(self):
+        token, _ = self.tokens.issue("cam", 0, "main", T0, T0 + 5000)
+        grant = self.tokens.verify(token)
+        self.tokens.verify(token)  # checking does not spend it
+        self.tokens.spend(grant)
+        with self.assertRaises(ValueError) as e:
+            self.tokens.verify(token)
+        self.assertEqual(str(e.exception), "token already used")
+        other, _ = self.tokens.issue("cam", 0, "main", T0, T0 + 5000)
+        self.assertEqual(self.tokens.verify(other)["to_ms"], T0 + 5000)
+        # the spent ids are forgotten once their tokens expired
+        self.clock.advance(61)
+        fresh = self.tokens.verify(self.tokens.issue("cam", 0, "main", 0, 1)[0])
+        self.tokens.spend(fresh)
+        self.assertEqual(list(self.tokens.spent), [fresh["id"]])
+
+    def test_a_token_of_before_a_restart_is_refused(self):
+        token, _ = self.tokens.issue("cam", 0, "main", T0, T0 + 5000)
+        restarted = ExportTokens(b"s" * 32, self.clock, ttl=60)  # same secret, new process
+        with self.assertRaises(ValueError) as e:
+            restarted.verify(token)
+        self.assertEqual(str(e.exception), "bad signature")
+
     def test_a_path_is_never_a_token_field(self):
         for device in ("../etc", "a/b", "a|b", ""):
             with self.assertRaises(ValueError):

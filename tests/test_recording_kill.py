@@ -15,15 +15,22 @@ repairs its catalogue; then:
   deleted;
 - the catalogue rows equal the files on disk (paths and bytes), and ``vssctl
   recordings`` lists the same segments;
-- every segment decodes with PyAV from its first to its last frame.
+- every segment decodes with PyAV from its first to its last frame;
+- the salvaged segment starts, to the millisecond, where the segment before it ended, and
+  an export of both over HTTP (``vssctl`` lists, the URL is fetched) is one file PyAV
+  decodes with increasing timestamps; the same URL a second time is refused (403) and the
+  node's log shows no token (``token=REDACTED`` in its access log).
 """
 
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
+import urllib.error
+import urllib.request
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
@@ -227,6 +234,57 @@ class KillRecordingNodeTests(unittest.TestCase):
                                                           os.path.join(self.data, p))
             self.assertGreater(frames, 0, p)
             self.assertTrue(ordered, p)
+
+        # the salvaged segment starts to the millisecond where the one before it ended
+        salvaged = [r for r in rows if r[0] + ".part" in parts]
+        self.assertEqual(len(salvaged), 1, rows)
+        before_it = [r for r in rows if r[2] < salvaged[0][2]][-1]
+        self.assertEqual(salvaged[0][2], before_it[3], (before_it, salvaged[0]))
+
+        # an export across both, by a user, over HTTP: one file PyAV decodes, timestamps
+        # increasing; the token is good once and the node's log never shows it
+        out, err, code = yield vssctl(f"tcp:127.0.0.1:{self.ports['cu']}", [
+            "--json", "recordings", DEVICE, "--from", str(before_it[2]),
+            "--to", str(salvaged[0][3])], "alice", "alice-pw")
+        self.assertEqual(code, 0, out + err)
+        [export] = json.loads(out)["exports"]
+        url, token = export["url"], export["url"].split("token=", 1)[1]
+        clip = os.path.join(self.work, "across.mp4")
+        status = yield threads.deferToThread(http_get, url, clip)
+        self.assertEqual(status, 200)
+        frames, increasing = yield threads.deferToThread(check_export, clip)
+        self.assertTrue(increasing)
+        self.assertGreater(frames, 25 * (salvaged[0][3] - before_it[2]) // 1000 - 25)
+        status = yield threads.deferToThread(http_get, url, clip + ".again")
+        self.assertEqual(status, 403)  # a copy of the URL (from a log, say) is worthless
+        yield poll("the node's access log lines", lambda: self.node.output().count(
+            '"GET /export?token=REDACTED HTTP/1.1"') == 2)
+        logs = self.node.output()
+        self.assertNotIn(token, logs)
+        self.assertNotIn(token.split(".")[0], logs)
+        self.assertEqual(re.findall(r"token=(?!REDACTED)[^\s\"&]+", logs), [])
+
+
+def http_get(url, path):
+    """Blocking: the status of ``GET url``, its body written to ``path``."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(path, "wb") as f:  # noqa: S310
+            shutil.copyfileobj(r, f)
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def check_export(path):
+    """Blocking: (video frames decoded, True if every stream's dts increase)."""
+    with av.open(path) as c:
+        frames = sum(1 for _ in c.decode(video=0))
+    dts = {}
+    with av.open(path) as c:
+        for p in c.demux():
+            if p.dts is not None:
+                dts.setdefault(p.stream.index, []).append(p.dts)
+    return frames, all(a < b for v in dts.values() for a, b in zip(v, v[1:], strict=False))
 
 
 def _zombie(pid):

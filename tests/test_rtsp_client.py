@@ -5,6 +5,7 @@ import struct
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from vss.rtsp.auth import md5hex
@@ -239,8 +240,13 @@ class HeldPullTests(ScriptedCamera, unittest.TestCase):
         self.set_up()
         self.proto.play("npt=0-")
         self.answer(self.next_request(), 200, [("Session", "42")])
-        self.proto.dataReceived(b"HELLO? \x00\xff garbage\r\n\r\n")
+        self.proto.url = "rtsp://10.0.0.9:554/live/a/pb-1?token=c2VjcmV0.c2ln"
+        with capturedLogs() as events:
+            self.proto.dataReceived(b"HELLO? \x00\xff garbage\r\n\r\n")
         self.assertTrue(self.transport.disconnecting)
+        [line] = [formatEvent(e) for e in events]
+        self.assertIn("rtsp://10.0.0.9:554/live/a/pb-1?token=REDACTED", line)
+        self.assertNotIn("c2VjcmV0", line)
 
     def test_connection_lost_fails_a_pending_pause(self):
         self.set_up()

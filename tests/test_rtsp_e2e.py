@@ -10,6 +10,7 @@ from twisted.trial import unittest
 from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
 from vss.rtsp.client import RTSPError, pull_into
 from vss.rtsp.server import RTSPServerFactory, RTSPServerService
+from vss.testing.platform import wait_until
 
 try:
     import av
@@ -275,6 +276,33 @@ class IsolationTests(E2ETestBase):
         self.assertLessEqual(stalled_reader.queued, self.factory.max_queue)
         self.assertIn(stalled_reader, source.readers)
         stalled.transport.resumeProducing()
+
+
+class CSeqTests(E2ETestBase):
+    @defer.inlineCallbacks
+    def test_requests_without_a_numeric_cseq_get_400_beside_a_playing_viewer(self):
+        """RFC 2326 12.17: raw socket clients send requests with no CSeq and with
+        ``CSeq: abc`` while a PyAV viewer plays; each is answered 400 Bad Request and the
+        viewer decodes every frame it asked for."""
+        yield self.publish(self.factory, audio=False)
+        url = self.url(self.factory)
+        viewing = threads.deferToThread(decode, url, "tcp", 100, 30)
+        yield wait_until(reactor, lambda: any(s.state == "playing"
+                                              for s in self.factory.sessions.values()
+                                              if s.role == "play"),
+                         timeout=20, what="the viewer to play")
+        for i, cseq_line in enumerate(("", "CSeq: abc\r\n", "CSeq: 1\r\nCSeq: 2\r\n")):
+            raw = yield self.raw_client(self.factory)
+            raw.transport.write(f"DESCRIBE {url} RTSP/1.0\r\n{cseq_line}\r\n".encode())
+            reply = yield raw.wait_for(b"\r\n\r\n")
+            self.assertTrue(reply.startswith(b"RTSP/1.0 400 Bad Request\r\n"), reply)
+            self.assertNotIn(b"CSeq", reply)
+            # the link stays: a good request on it is served
+            raw.transport.write(f"OPTIONS * RTSP/1.0\r\nCSeq: {i + 1}\r\n\r\n".encode())
+            reply = yield raw.wait_for(f"CSeq: {i + 1}".encode())
+            self.assertIn(b"RTSP/1.0 200 OK", reply)
+        sizes = yield viewing
+        self.assertEqual(sizes, [(320, 240)] * 100)
 
 
 class PullClientTests(E2ETestBase):

@@ -244,6 +244,47 @@ class MalformedTests(ServerTestBase):
         r = self.conn().request("FROBNICATE", "*")
         self.assertEqual(r.status, 501)
 
+    def test_a_request_without_a_numeric_cseq_is_400_and_the_link_stays(self):
+        pub = self.publish()
+        viewer = self.play()
+        url = self.url()
+        c = self.conn()
+        for cseq in (None, "abc", "", "-1", "1.5", "0x10", "\u0661", "12345678901", "1, 2"):
+            head = f"DESCRIBE {url} RTSP/1.0\r\n"
+            if cseq is not None:
+                head += f"CSeq: {cseq}\r\n"
+            c.send((head + "\r\n").encode())
+            [r] = c.read()
+            self.assertEqual((r.status, r.reason), (400, "Bad Request"), repr(cseq))
+            self.assertIsNone(r.headers.get("CSeq"), repr(cseq))
+            self.assertFalse(c.transport.disconnecting, repr(cseq))
+        c.send(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nCSeq: 2\r\n\r\n")
+        [r] = c.read()
+        self.assertEqual(r.status, 400)
+        # the same connection goes on with a good request; no session was made
+        r = c.request("DESCRIBE", url)
+        self.assertEqual((r.status, r.headers["CSeq"]), (200, "1"))
+        self.assertEqual(len(self.factory.sessions), 2)  # the publisher's, the viewer's
+        # a viewer that already plays is untouched, and so is its own link
+        r = viewer.request("GET_PARAMETER", url, [("Session", viewer.sid)])
+        self.assertEqual(r.status, 200)
+        viewer.send(f"GET_PARAMETER {url} RTSP/1.0\r\nSession: {viewer.sid}\r\n\r\n"
+                    .encode())
+        [r] = viewer.read()
+        self.assertEqual(r.status, 400)
+        pub.send(frame_bytes(0, idr(1, 9000)))
+        viewer.read()
+        self.assertEqual(len(viewer.frames), 1)
+        self.assertIn(viewer.sid, self.factory.sessions)
+
+    def test_a_malformed_request_echoes_its_cseq_only_when_it_is_a_number(self):
+        for cseq, echoed in (("7", "7"), ("abc", None)):
+            c = self.conn()
+            c.send(f"ANNOUNCE rtsp://h/live/a/main RTSP/1.0\r\nCSeq: {cseq}\r\n"
+                   "Content-Length: 999999\r\n\r\n".encode())
+            [r] = c.read()
+            self.assertEqual((r.status, r.headers.get("CSeq")), (413, echoed))
+
     def test_bad_connection_does_not_hurt_others(self):
         pub = self.publish()
         viewer = self.play()

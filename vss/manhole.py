@@ -17,6 +17,8 @@ from twisted.conch.checkers import SSHPublicKeyChecker
 from twisted.conch.ssh import keys
 from twisted.cred import portal
 
+from vss.private import tighten
+
 
 class _KeyDB:
     """Keys from one authorized_keys file, read again at every login."""
@@ -42,7 +44,11 @@ class _KeyDB:
 
 
 def host_key(path):
-    if not os.path.exists(path):
+    """The manhole's SSH host key at ``path``, created (0600) if absent, tightened to
+    0600 if it is open to other users."""
+    if os.path.exists(path):
+        tighten(path)
+    else:
         key = ec.generate_private_key(ec.SECP256R1())
         data = key.private_bytes(serialization.Encoding.PEM,
                                  serialization.PrivateFormat.OpenSSH,

@@ -3,8 +3,10 @@ A VSS node as one Twisted service: the RGM (signalling core and in-memory databa
 the listeners of the PU and CU links, the link to the central platform, and (when
 present) the CDN module with its streaming server.
 
-Start-up order: the in-memory database is loaded (from Redis when chosen), the node's
-secret read from its data directory, then the listeners open. ``ports.json`` in the
+Start-up order: the data directory is made private (0700, its files 0600, each change
+logged: ``vss.private``) and so are the secret files the options name, the node's secret
+is read from the data directory, the in-memory database is loaded (from Redis when
+chosen), then the listeners open. ``ports.json`` in the
 data directory names the bound ports (useful with port 0); ``status.json`` there holds
 the RGM's and the central link's counters, rewritten every ``STATUS_INTERVAL`` seconds
 (read-only operations view, e.g. for benchmarks and end-to-end tests).
@@ -17,6 +19,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from vss import private
 from vss.config import ConfigError, load_or_create_secret, read_secret
 from vss.protocols.messages import Role
 from vss.rgm.service import RGMConfig, RGMService
@@ -35,13 +38,25 @@ class NoRouteCache(dict):
         pass
 
 
+def _secret_files(settings):
+    """The files holding secrets or verifiers that the node's options name."""
+    files = [settings.cluster_secret_file, settings.store_key, settings.store_password_file,
+             settings.static]
+    for endpoint in (settings.pu_listen, settings.cu_listen, settings.rtsp_listen,
+                     settings.node_listen, settings.http_listen, settings.manhole,
+                     settings.cms):
+        files.extend(private.endpoint_key_files(endpoint))
+    return files
+
+
 class NodeService(StagedService):
     log = Logger()
 
     def __init__(self, settings, reactor):
         super().__init__(reactor)
         self.settings = settings
-        os.makedirs(settings.data_dir, exist_ok=True)
+        private.private_dir(settings.data_dir, self.log)
+        private.check_secret_files(_secret_files(settings), self.log)
         self.secret = load_or_create_secret(os.path.join(settings.data_dir, "node.secret"))
         self.store = make_store(settings.store, settings.node_id, reactor=reactor,
                                 ca_file=settings.store_ca, cert_file=settings.store_cert,

@@ -37,6 +37,7 @@ def _san(names):
 def _write(path, data, mode=0o644):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, mode)  # a file that was there keeps its mode otherwise
         f.write(data)
 
 

@@ -33,12 +33,14 @@ a file, which ``repair`` drops.
 a closed ``.mp4`` without a row is probed and added; a ``.part`` (the segment open when
 the recorder was killed) is SALVAGED when it holds the header and at least one complete
 fragment (moof + mdat): it is truncated after its last complete fragment, fsynced,
-renamed to ``.mp4`` and catalogued; a ``.part`` without a complete fragment is deleted;
-a row whose file is gone is dropped.
+renamed to ``.mp4`` and catalogued, its start time read from its name (to the
+millisecond) and its end that plus the duration of its frames; a ``.part`` without a
+complete fragment is deleted; a row whose file is gone is dropped.
 """
 
 import json
 import os
+import re
 import sqlite3
 import struct
 from collections import namedtuple
@@ -47,6 +49,8 @@ from itertools import accumulate
 from operator import itemgetter
 
 from twisted.logger import Logger
+
+from vss.private import private_file
 
 log = Logger()
 
@@ -111,19 +115,28 @@ def _segment(row):
     return Segment._make(row + ((),))
 
 
+# <UTC start to the ms>[-N].mp4[.part]; names of before the milliseconds have no '.fff'
+_SEGMENT_NAME = re.compile(r"(\d{8}T\d{6})(?:\.(\d{3}))?Z(?:-\d+)?\.mp4(?:\.part)?$")
+
+
 def segment_name(start_ms):
-    """``YYYYMMDDTHHMMSSZ`` (UTC) of a start time in milliseconds."""
-    return datetime.fromtimestamp(start_ms / 1000, UTC).strftime("%Y%m%dT%H%M%SZ")
+    """``YYYYMMDDTHHMMSS.fffZ`` (UTC, to the millisecond) of a start time in ms: the
+    start time a segment salvaged after a crash gets back from its name."""
+    seconds, ms = divmod(int(start_ms), 1000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y%m%dT%H%M%S") + f".{ms:03d}Z"
 
 
 def parse_segment_name(name):
-    """Start time (ms) of a segment file name (``<UTC start>[-N].mp4``), or None."""
-    stem = name.split(".", 1)[0].split("-", 1)[0]
+    """Start time (ms) of a segment file name (``<UTC start>[-N].mp4``, the start with
+    or without its milliseconds), or None."""
+    m = _SEGMENT_NAME.match(name)
+    if m is None:
+        return None
     try:
-        dt = datetime.strptime(stem, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        dt = datetime.strptime(m[1], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return None
-    return int(dt.timestamp() * 1000)
+    return int(dt.timestamp()) * 1000 + int(m[2] or 0)
 
 
 # -- fragmented MP4 structure (sans-IO over a file object) ---------------------------
@@ -274,7 +287,8 @@ class CatalogueDB:
     def __init__(self, data_dir, clock=None):
         self.data_dir = os.path.abspath(data_dir)
         self.clock = clock
-        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        private_file(os.path.join(self.data_dir, DB_NAME))  # with its -wal and -shm: 0600
         self.db = sqlite3.connect(os.path.join(self.data_dir, DB_NAME), isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")

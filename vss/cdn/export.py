@@ -8,16 +8,24 @@ export URL (``ExportUrl`` in the ``Recordings`` answer) to it:
 user's VIEW grant before it asked; the token is what carries that decision to the HTTP
 side. A token is ``<payload>.<signature>`` (URL-safe base64, no padding), the payload
 ``x1|<device>|<channel>|<stream>|<from ms>|<to ms>|<expiry s>|<id>``, the signature
-HMAC-SHA256 of it with a key derived from the node secret (``HMAC(secret,
-"vss-export-v1")``), so a stream token never passes as an export token nor the reverse.
-It names a device, a stream and a time range; never a path.
+HMAC-SHA256 of it with a key derived from the node secret and a random value drawn at
+each start of the node (``HMAC(secret, "vss-export-v1" + boot)``), so a stream token
+never passes as an export token nor the reverse, and a token issued before the node
+restarted is refused. It names a device, a stream and a time range; never a path.
+
+A token is short-lived (``DEFAULT_TTL``, 2 minutes) and good for ONE download: the first
+request the node accepts with it (a GET or a HEAD that is not refused 400, 403 or 503)
+spends it, and any later request with it is 403 "token already used". The ids of the
+spent tokens are kept until the tokens expire. No access log shows a token
+(``vss.redact.Site``).
 
 What is served (``ExportResource``, the only resource of the node's HTTP listener):
 
 - ``GET /export?token=...`` and nothing else: any other path is 404, any other method
   405, any other parameter, a repeated parameter, ``..``, a backslash, a NUL, an encoded
   slash or dot (``%2f``, ``%5c``, ``%2e``) or a ``//`` anywhere in the request target is
-  400; a bad, expired or foreign token is 403; a range without segments here is 404.
+  400; a bad, expired, spent or foreign token is 403; a range without segments here is
+  404.
 - The segments come from the node's catalogue (device, stream, range) and each file path
   is checked to resolve inside ``<data dir>/recordings`` before it is opened.
 - The file is made by remuxing (no decoding, no transcoding) with PyAV on a worker
@@ -52,9 +60,11 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from vss.redact import Site
+
 log = Logger()
 
-DEFAULT_TTL = 600  # seconds an export URL stays valid
+DEFAULT_TTL = 120  # seconds an export URL stays valid (and it is good for one download)
 MAX_RANGE_MS = 24 * 3600 * 1000  # one export covers at most a day
 MAX_CONCURRENT = 2  # remuxes at once per node
 MAX_WAITING = 8  # exports waiting for a remux slot; more are answered 503
@@ -73,14 +83,24 @@ def _b64d(text):
 
 
 class ExportTokens:
-    """Signs and checks export tokens with a key derived from the node secret."""
+    """Signs and checks export tokens with a key derived from the node secret and a
+    value drawn for this process; remembers the spent ones until they expire."""
 
     def __init__(self, secret, clock, ttl=DEFAULT_TTL):
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
-        self._key = hmac.new(secret, b"vss-export-v1", hashlib.sha256).digest()
+        boot = secrets.token_bytes(16)
+        self._key = hmac.new(secret, b"vss-export-v1" + boot, hashlib.sha256).digest()
         self.clock = clock
         self.ttl = ttl
+        self.spent = {}  # token id -> its expiry (s)
+
+    def spend(self, grant):
+        """Mark the token of ``grant`` (a ``verify`` result) used: ``verify`` refuses
+        it from now on. Forgets the spent tokens that expired."""
+        now = self.clock.seconds()
+        self.spent = {i: e for i, e in self.spent.items() if e > now}
+        self.spent[grant["id"]] = grant["expiry"]
 
     def issue(self, device_id, channel, stream, from_ms, to_ms, ttl=None):
         """(token, expiry in ms)."""
@@ -94,8 +114,8 @@ class ExportTokens:
         return f"{_b64e(payload)}.{_b64e(sig)}", expiry * 1000
 
     def verify(self, token):
-        """The dict (device, channel, stream, from_ms, to_ms, expiry) of a valid token,
-        or raise ValueError with the reason."""
+        """The dict (device, channel, stream, from_ms, to_ms, expiry, id) of a valid
+        token not spent yet, or raise ValueError with the reason."""
         if not token or len(token) > 1024:
             raise ValueError("missing token")
         p64, sep, s64 = token.partition(".")
@@ -108,7 +128,7 @@ class ExportTokens:
         if not hmac.compare_digest(hmac.new(self._key, payload, hashlib.sha256).digest(), sig):
             raise ValueError("bad signature")
         try:
-            version, device, channel, stream, from_ms, to_ms, expiry, _id = \
+            version, device, channel, stream, from_ms, to_ms, expiry, token_id = \
                 payload.decode("utf-8").split("|")
             channel, from_ms, to_ms, expiry = int(channel), int(from_ms), int(to_ms), int(expiry)
         except ValueError:
@@ -117,8 +137,10 @@ class ExportTokens:
             raise ValueError("unknown token version")
         if self.clock.seconds() >= expiry:
             raise ValueError("token expired")
+        if token_id in self.spent:
+            raise ValueError("token already used")
         return {"device": device, "channel": channel, "stream": stream, "from_ms": from_ms,
-                "to_ms": to_ms, "expiry": expiry}
+                "to_ms": to_ms, "expiry": expiry, "id": token_id}
 
 
 def check_target(uri):
@@ -139,19 +161,33 @@ def check_target(uri):
 def remux(paths_and_starts, out_path, from_ms, to_ms):
     """Write the parts of the segments (``[(absolute path, segment start ms), ...]`` in
     time order) between ``from_ms`` and ``to_ms`` into one MP4 at ``out_path``, starting
-    at the keyframe at or before ``from_ms``. Returns (duration ms, video frames)."""
+    at the keyframe at or before ``from_ms``. Returns (duration ms, video frames).
+
+    Every packet is placed at its wall-clock time (its segment's start plus its time in
+    the file), counted in the output stream's time base, so segments written with
+    different time bases follow each other exactly. Segments that overlap (a start time
+    cut to the second by an older version, two recordings of one stream) never make time
+    run back: a segment ends where the next one starts (its last frames are left out, so
+    nothing after the next keyframe is lost), audio from before the first picture or
+    behind what was written is left out, and a video timestamp that would not increase
+    is moved one tick after the one before it."""
     import av
 
+    segments = list(paths_and_starts)
     out = None
     o_video = o_audio = None
-    t0 = None  # wall ms of the file's time zero
-    last = {}  # output stream -> last dts
+    t0 = None  # wall ms of the file's time zero (a Fraction)
+    last = {}  # output stream -> last dts written, in its time base
     frames = 0
     first_wall = last_wall = None
-    pending = []  # (packet, wall ms, kind) since the last keyframe before from_ms
+    pending = []  # (packet, segment start ms, video?) since the last keyframe before from_ms
     started = False
     try:
-        for path, start_ms in paths_and_starts:
+        for i, (path, start_ms) in enumerate(segments):
+            # where this segment hands over: the next one's start, if that comes first
+            end_ms = min(to_ms, segments[i + 1][1]) if i + 1 < len(segments) else to_ms
+            if end_ms <= start_ms:
+                continue  # the next segment starts as early: it is the one written
             with av.open(path) as inp:
                 if not inp.streams.video:
                     continue
@@ -163,14 +199,15 @@ def remux(paths_and_starts, out_path, from_ms, to_ms):
                     o_video = out.add_stream_from_template(v)
                     if a is not None:
                         o_audio = out.add_stream_from_template(a)
+                    out.start_encoding()  # the output time bases are final from here
                 demux = [v] + ([a] if a is not None and o_audio is not None else [])
                 for p in inp.demux(demux):
                     if p.dts is None or p.size == 0:
                         continue
                     video = p.stream.index == v.index
-                    wall = start_ms + float(p.pts if p.pts is not None else p.dts) \
+                    wall = start_ms + (p.pts if p.pts is not None else p.dts) \
                         * p.time_base * 1000
-                    if wall >= to_ms:
+                    if wall >= end_ms:
                         if video:
                             break
                         continue
@@ -190,25 +227,28 @@ def remux(paths_and_starts, out_path, from_ms, to_ms):
                         todo = [(p, start_ms, video)]
                     for q, seg_start, is_video in todo:
                         ostream = o_video if is_video else o_audio
-                        tb = q.time_base
-                        qwall = seg_start + float(q.dts) * tb * 1000
+                        tb, otb = q.time_base, ostream.time_base
+                        qwall = seg_start + q.dts * tb * 1000
                         if t0 is None:
                             t0 = qwall
-                        shift = round((seg_start - t0) / 1000 / tb)
-                        dts = q.dts + shift
-                        pts = (q.pts + shift) if q.pts is not None else dts
+                        dts = round((qwall - t0) / 1000 / otb)
+                        pts = dts if q.pts is None else dts + round((q.pts - q.dts) * tb / otb)
                         prev = last.get(ostream)
-                        if prev is not None and dts <= prev:
+                        if dts < 0 or (prev is not None and dts <= prev):
+                            if not is_video:
+                                continue  # audio before the first picture, or overlapping
                             pts += prev + 1 - dts
                             dts = prev + 1
                         last[ostream] = dts
-                        q.dts, q.pts = dts, max(pts, dts)
+                        duration = round((q.duration or 0) * tb / otb)
+                        q.time_base = otb
+                        q.dts, q.pts, q.duration = dts, max(pts, dts), duration
                         q.stream = ostream
                         out.mux(q)
                         if is_video:
                             frames += 1
                             first_wall = qwall if first_wall is None else first_wall
-                            last_wall = qwall + float(q.duration or 0) * tb * 1000
+                            last_wall = qwall + duration * otb * 1000
     finally:
         if out is not None:
             out.close()
@@ -359,6 +399,7 @@ class ExportResource(resource.Resource):
             self.exporter.counters["busy"] += 1
             request.setHeader(b"retry-after", b"10")
             return self._refuse(request, 503, "too many exports at once, retry later")
+        self.tokens.spend(grant)  # one download per token: a copy of the URL is worthless
         d = self.exporter.make(grant["device"], grant["stream"], grant["from_ms"],
                                grant["to_ms"], gone=lambda: request._disconnected)
         d.addCallback(self._send, request, grant)
@@ -451,6 +492,5 @@ class _StallWatch:
 
 
 def make_site(tokens, exporter):
-    site = server.Site(ExportResource(tokens, exporter))
-    site.displayTracebacks = False
-    return site
+    """The node's HTTP site: its access log shows no token (``vss.redact.Site``)."""
+    return Site(ExportResource(tokens, exporter))

@@ -13,7 +13,9 @@ How it is served (the approach, and why):
   (the catalogue's keyframe offsets, then a PyAV seek in that segment), goes on into the
   next segments with continuous timestamps (each segment's packets are shifted to follow
   the previous one's last packet, so a boundary, or a gap in the recording, is not seen
-  by the player) and ends at the end of the footage. Its publish URL (with a token) is
+  by the player; a segment that overlaps the next one, e.g. one salvaged by an older
+  version whose start was cut to the second, ends where the next starts, so no picture
+  is shown twice and no timestamp runs back) and ends at the end of the footage. Its publish URL (with a token) is
   in its environment, never its command line; its start command comes on stdin.
 - The child publishes to an INTERNAL path ``/live/<device>/pb-<id>.<n>`` (``n`` one per
   child), never handed out (its publish token, in the child's environment only, lives a
@@ -69,6 +71,7 @@ from twisted.logger import Logger
 
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.redact import redact
 from vss.rtsp.server import ControlError
 
 log = Logger()
@@ -203,6 +206,8 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
         acc = Fraction(0)  # output time of the first packet of the current segment
         wall0 = None
         first = True
+        last = {}  # output stream -> output time (s) of its last packet
+        after = _next_segment(db, device, stream, seg.end_ms, seg.start_ms)
         while seg is not None and not stopping.is_set():
             streams = [video] + audio
             if first and offset > 0:
@@ -210,6 +215,9 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
                 # ms lands on that keyframe, never on the one a GOP before it
                 inp.seek(int(Fraction(offset + 1, 1000) / video.time_base), stream=video,
                          backward=True)
+            # a segment that overlaps the next one (a start cut to the second by an older
+            # version) ends where the next one starts: no picture is shown twice
+            cut = Fraction(after.start_ms - seg.start_ms, 1000) if after is not None else None
             base = None  # input time (s) mapped to ``acc``
             end = acc
             for packet in inp.demux(streams):
@@ -219,18 +227,30 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
                     continue
                 is_video = packet.stream.index == video.index
                 t = packet.dts * packet.time_base
+                if cut is not None and (packet.pts if packet.pts is not None
+                                        else packet.dts) * packet.time_base >= cut:
+                    if is_video:
+                        break
+                    continue
                 if base is None:
                     if not (is_video and packet.is_keyframe):
                         continue  # start on the video keyframe
                     base = t
                 t_out = t - base + acc
-                if t_out < 0:
+                ostream = outs[0] if is_video else outs[1]
+                if not is_video and t < base:
                     continue  # audio from before the keyframe
-                shift = round((acc - base) / packet.time_base)
+                before = last.get(ostream)
+                if before is not None and t_out <= before:
+                    if not is_video:
+                        continue  # audio behind what was sent
+                    t_out = before + Fraction(1, 1000)  # never back, never equal
+                last[ostream] = t_out
+                shift = round((t_out - t) / packet.time_base)
                 packet.dts += shift
                 if packet.pts is not None:
                     packet.pts += shift
-                packet.stream = outs[0] if is_video else outs[1]
+                packet.stream = ostream
                 if is_video:
                     end = max(end, t_out + (packet.duration or 0) * packet.time_base)
                     if packet.is_keyframe:
@@ -250,8 +270,9 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
                 break
             acc = end
             first = False
-            seg = _next_segment(db, device, stream, seg.end_ms, seg.start_ms)
+            seg = after
             if seg is not None:
+                after = _next_segment(db, device, stream, seg.end_ms, seg.start_ms)
                 inp = av.open(db.abspath(seg.path))
                 video = inp.streams.video[0]
                 audio = [a for a in inp.streams.audio
@@ -306,8 +327,8 @@ def main(argv=None):
 
     threading.Thread(target=read, daemon=True).start()
 
-    def emit(event):
-        sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+    def emit(event):  # an error may quote the URL: its token never reaches the log
+        sys.stdout.write(redact(json.dumps(event, separators=(",", ":"))) + "\n")
         sys.stdout.flush()
 
     return serve(url, args.data_dir, args.device, args.stream, commands, emit, stopping)
@@ -353,10 +374,11 @@ class _Child(protocol.ProcessProtocol):
                 else:
                     self.playback._event(self, event)
             except (ValueError, KeyError, TypeError, AttributeError):
-                log.warn("playback child said {line!r}", line=line[:200])
+                log.warn("playback child said {line!r}", line=redact(line[:200]))
 
     def errReceived(self, data):
-        log.debug("playback child: {text}", text=data.decode("utf-8", "replace")[-2000:])
+        log.debug("playback child: {text}",
+                  text=redact(data.decode("utf-8", "replace")[-2000:]))
 
     def processEnded(self, reason):
         self.ended = True

@@ -53,8 +53,9 @@ Both write the same files:
   are rebased so each file starts at 0. It is written to ``<name>.mp4.part`` (every
   fragment flushed to the kernel), and when it closes it is fsynced, renamed to
   ``<name>.mp4`` and the directory fsynced. Names are
-  ``<data_dir>/recordings/<device>/<stream>/<YYYYMMDDTHHMMSSZ>.mp4`` (the segment's UTC
-  start).
+  ``<data_dir>/recordings/<device>/<stream>/<YYYYMMDDTHHMMSS.fffZ>.mp4`` (the segment's UTC
+  start to the millisecond: a ``.part`` salvaged after a crash gets its start back from
+  its name, so it abuts the segment before it as it did when written).
 - For each closed segment (start, end, bytes, frames, keyframe offsets read from the
   file's moof/tfdt boxes) the recorder adds a catalogue row (``vss.cdn.catalogue``);
   the child reports it as one JSON line on stdout.
@@ -95,6 +96,7 @@ from vss.cdn import rtpmux
 from vss.cdn.catalogue import RECORDINGS, Catalogue, Segment, fsync_dir, scan_fmp4, segment_name
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.redact import redact
 from vss.rtsp.fanout import Frame
 
 log = Logger()
@@ -337,8 +339,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
 
-    def emit(event):
-        sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+    def emit(event):  # an error may quote the URL: its token never reaches the log
+        sys.stdout.write(redact(json.dumps(event, separators=(",", ":"))) + "\n")
         sys.stdout.flush()
 
     return record(url, args.data_dir, args.out, args.segment, emit,
@@ -960,10 +962,12 @@ class _Child(protocol.ProcessProtocol):
                     raise ValueError("not an object")
                 self.recorder._event(self.rec, event)
             except (ValueError, KeyError, TypeError) as e:
-                log.warn("recorder child said {line!r} ({error})", line=line[:200], error=e)
+                log.warn("recorder child said {line!r} ({error})", line=redact(line[:200]),
+                         error=e)
 
     def errReceived(self, data):
-        log.debug("recorder child: {text}", text=data.decode("utf-8", "replace")[-2000:])
+        log.debug("recorder child: {text}",
+                  text=redact(data.decode("utf-8", "replace")[-2000:]))
 
     def processEnded(self, reason):
         code = getattr(reason.value, "exitCode", None)

@@ -1,6 +1,7 @@
 """
 The central platform as one Twisted service: the database, CMS with its node listener,
-MMS (the admin API) and MDP. Start-up: the database is opened and migrated, CMS reads
+MMS (the admin API) and MDP. Start-up: the data directory is made private (``vss.private``), the database is opened
+and migrated (an SQLite file and its ``-wal``/``-shm`` 0600), CMS reads
 the device homes, then the listeners open; ``ports.json`` in the data directory names
 the bound ports.
 """
@@ -11,6 +12,7 @@ import os
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from vss import private
 from vss.cms.service import CMSConfig, CMSService
 from vss.cms.store import make_static_store
 from vss.config import load_or_create_secret
@@ -24,7 +26,11 @@ class CmsDaemon(StagedService):
         super().__init__(reactor)
         self.options = options
         self.data_dir = options["data-dir"]
-        os.makedirs(self.data_dir, exist_ok=True)
+        private.private_dir(self.data_dir, self.log)
+        private.check_secret_files(
+            [options["cluster-secret-file"]]
+            + [key for name in ("node-listen", "admin-listen", "manhole")
+               for key in private.endpoint_key_files(options.get(name))], self.log)
         self.cluster_secret = load_or_create_secret(options["cluster-secret-file"])
         self.store = make_static_store(options["db"], reactor=reactor)
         self.cms = CMSService(

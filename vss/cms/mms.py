@@ -1,9 +1,9 @@
 """
 MMS, the operators' entry point: an HTTP JSON admin API under ``/api/v1/``.
 
-``make_admin_site(backend)`` builds the ``twisted.web.server.Site``. ``backend``
-provides ``vss.interfaces.IAdminBackend`` (``store``, ``publish``,
-``assign_home_node``, ``status``): the CMS service, or
+``make_admin_site(backend)`` builds the ``twisted.web`` site (``vss.redact.Site``: no
+secret in its access log). ``backend`` provides ``vss.interfaces.IAdminBackend``
+(``store``, ``publish``, ``assign_home_node``, ``status``): the CMS service, or
 ``vss.cms.admin_backend.StoreAdminBackend`` over a bare ``IStaticStore``.
 
 Every change an operator makes is one store transaction; its ``Change`` list goes to
@@ -60,6 +60,7 @@ from vss.errors import VssError
 from vss.protocols import scram
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import Action, PuKind, Verifier
+from vss.redact import Site
 
 API_PREFIX = "/api/v1"
 DEFAULT_LISTEN = "tcp:7280:interface=127.0.0.1"
@@ -1169,8 +1170,7 @@ def make_admin_service(backend, reactor, description=DEFAULT_LISTEN):
 def make_admin_site(backend):
     """The ``Site`` of the admin API for an ``IAdminBackend`` (or the CMS service)."""
     root, _ = make_admin_resource(backend)
-    site = server.Site(root, requestFactory=AdminRequest, parsePOSTFormSubmission=False)
-    site.displayTracebacks = False
+    site = Site(root, requestFactory=AdminRequest, parsePOSTFormSubmission=False)
     site.noisy = False
     return site
 

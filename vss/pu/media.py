@@ -26,6 +26,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from vss.protocols.messages import Empty
+from vss.redact import redact
 
 # 7-segment digits: segments a b c d e f g
 _SEGMENTS = {
@@ -131,7 +132,7 @@ class Publisher(threading.Thread):
                           options={"rtsp_transport": "tcp"}, timeout=10)
         except Exception as e:  # noqa: BLE001 - reported to the log, the node retries
             self.error = e
-            self.log.warn("cannot publish to the node: {error}", error=str(e))
+            self.log.warn("cannot publish to the node: {error}", error=redact(str(e)))
             return
         try:
             stream = out.add_stream("libx264", rate=self.fps)
@@ -170,7 +171,7 @@ class Publisher(threading.Thread):
                 out.mux(packet)
         except Exception as e:  # noqa: BLE001 - the server went away or refused
             self.error = e
-            self.log.info("publishing ended: {error}", error=str(e))
+            self.log.info("publishing ended: {error}", error=redact(str(e)))
         finally:
             try:
                 out.close()
@@ -185,7 +186,8 @@ class _Child(protocol.ProcessProtocol):
         self.ended = defer.Deferred()
 
     def errReceived(self, data):
-        self.factory.log.debug("publisher: {text}", text=data.decode("utf-8", "replace"))
+        self.factory.log.debug("publisher: {text}",
+                               text=redact(data.decode("utf-8", "replace")))
 
     outReceived = errReceived
 

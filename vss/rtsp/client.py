@@ -28,6 +28,7 @@ from urllib.parse import unquote
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from vss.redact import redact
 from vss.rtsp import sdp as sdplib
 from vss.rtsp.auth import DigestClient, basic_header, parse_challenge
 from vss.rtsp.parser import (
@@ -225,7 +226,7 @@ class RTSPClientProtocol(protocol.Protocol):
 
     def _abandon(self, why):
         self.stalled = why
-        log.warn("RTSP server {url}: {why}; closing", url=self.url, why=why)
+        log.warn("RTSP server {url}: {why}; closing", url=redact(self.url), why=why)
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             abort()
@@ -296,7 +297,7 @@ class RTSPClientProtocol(protocol.Protocol):
                     self.sink.feed(target[0], target[1], item.data)
                     fed = True
             elif isinstance(item, ParseError):
-                log.warn("malformed RTSP from server {url}: {reason}", url=self.url,
+                log.warn("malformed RTSP from server {url}: {reason}", url=redact(self.url),
                          reason=item.reason)
                 self.transport.loseConnection()
                 return

@@ -82,6 +82,16 @@ class Headers:
         return f"Headers({self._items!r})"
 
 
+MAX_CSEQ_DIGITS = 10
+
+
+def valid_cseq(value):
+    """True when ``value`` (a CSeq header's text) is an RTSP sequence number, 1*DIGIT
+    (RFC 2326 12.17), of at most ``MAX_CSEQ_DIGITS`` digits."""
+    return value is not None and 0 < len(value) <= MAX_CSEQ_DIGITS and value.isascii() \
+        and value.isdigit()
+
+
 @dataclass
 class Request:
     method: str
@@ -93,6 +103,18 @@ class Request:
     @property
     def cseq(self):
         return self.headers.get("CSeq")
+
+    def cseq_problem(self):
+        """Why the request's CSeq is not acceptable (it is missing, repeated or not a
+        number: answered 400, RFC 2326 12.17), or None."""
+        values = self.headers.get_all("CSeq")
+        if not values:
+            return "Missing CSeq"
+        if len(values) > 1:
+            return "Repeated CSeq"
+        if not valid_cseq(values[0]):
+            return "Bad CSeq"
+        return None
 
 
 @dataclass

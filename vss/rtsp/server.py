@@ -6,7 +6,9 @@ The node's RTSP server (the SS front end): play and publish on ``/live/<device>/
   ``IStreamAuthorizer`` every request is checked with (``?token=`` in the URL).
 - ``RTSPServerProtocol`` is thin: it frames with ``parser.MessageParser``, hands requests
   to the factory's handlers, feeds a publisher's interleaved packets to its source, and
-  answers malformed input with 4xx then closes.
+  answers malformed input with 4xx then closes. A well-framed request without one CSeq
+  that is a number (missing, repeated, ``CSeq: abc``) is answered ``400 Bad Request``
+  (RFC 2326 12.17) with no CSeq, and the connection and its sessions stay.
 
 Observers (``addObserver``) may implement any of ``source_added(source)``,
 ``source_removed(source)``, ``source_idle(source)`` (no readers since
@@ -39,6 +41,7 @@ from vss.rtsp.parser import (
     build_response,
     parse_range,
     parse_transport,
+    valid_cseq,
 )
 
 log = Logger()
@@ -177,7 +180,7 @@ class RTSPServerProtocol(protocol.Protocol):
             if isinstance(item, ParseError):
                 log.info("malformed rtsp from {peer}: {reason}", peer=self.peer_host,
                          reason=item.reason)
-                headers = [("CSeq", item.cseq)] if item.cseq else []
+                headers = [("CSeq", item.cseq)] if valid_cseq(item.cseq) else []
                 self.send(build_response(item.status, headers + [("Connection", "close")]))
                 self.close()
                 return
@@ -473,6 +476,14 @@ class RTSPServerFactory(protocol.Factory):
     # -- requests
 
     def handle(self, conn, req):
+        problem = req.cseq_problem()
+        if problem is not None:
+            # RFC 2326 12.17: every request carries one CSeq, a number. The message was
+            # framed right, so the connection (and any session on it) stays.
+            log.info("{method} from {peer} refused: {problem}", method=req.method[:32],
+                     peer=conn.peer_host, problem=problem)
+            conn.send(build_response(400, [("Server", SERVER_NAME)]))
+            return
         handler = getattr(self, "do_" + req.method, None)
         if req.method == "OPTIONS":
             conn.reply(req, 200, [("Public", PUBLIC)])

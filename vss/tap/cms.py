@@ -57,7 +57,9 @@ def makeService(options):
     from twisted.internet import reactor
 
     from vss.cms.daemon import CmsDaemon
+    from vss.private import restrict_umask
 
+    restrict_umask()  # every file of the daemon is its own (0600, directories 0700)
     daemon = CmsDaemon(dict(options), reactor)
     daemon.exit_status_on_failure = True
     return daemon

@@ -219,7 +219,9 @@ def makeService(options):
     from twisted.internet import reactor
 
     from vss.node import NodeService
+    from vss.private import restrict_umask
 
+    restrict_umask()  # every file of the daemon is its own (0600, directories 0700)
     try:
         node = NodeService(options.settings, reactor)
         node.exit_status_on_failure = True

@@ -13,6 +13,8 @@ import os
 
 from twisted.enterprise import adbapi
 
+from vss import private
+
 from .sql import Dialect, SqlStaticStore
 
 READ_CONNECTIONS = 2
@@ -90,7 +92,10 @@ class SQLiteStaticStore(SqlStaticStore):
     def _make_pools(self):
         if self.path != ":memory:":
             parent = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(parent, exist_ok=True)
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            # every user's and device's verifier, the admin token hashes: 0600, and
+            # SQLite gives the -wal and -shm files the database file's mode
+            private.private_file(self.path)
         writer = self._pool(1, _open_writer)
         if self.path == ":memory:":
             return writer, writer
