@@ -434,9 +434,13 @@ def target_export():
     site.timeOut = None
     allowed = {400, 403, 404, 405, 503, 505}
     status_line = re.compile(rb"^HTTP/1\.[01] (\d{3}) ", re.M)
-    valid = tokens.issue("cam1", 0, "main", 1_700_000_000_000, 1_700_000_060_000, ttl=10**6)[0]
 
     def one(data):
+        # a fresh token each time: one is spent by its first download (and remembered
+        # until it expires, so time moves on to keep that memory bounded)
+        clock.advance(61)
+        valid = tokens.issue("cam1", 0, "main", 1_700_000_000_000, 1_700_000_060_000,
+                             ttl=60)[0]
         fdp = _provider(data)
         method = (b"GET", b"HEAD", b"POST", b"PUT")[fdp.ConsumeIntInRange(0, 3)]
         if fdp.ConsumeBool():
