@@ -35,7 +35,9 @@ options> CORPUS``) and prints, per target, the inputs run, the time, inputs/s, t
 RSS and the outcome; it exits 1 if any target crashed. ``--runs`` is the number of
 inputs (libFuzzer ``-runs``), ``--seconds`` a time limit (``-max_total_time``), whichever
 comes first. The corpus of a target starts from seeds written from the protocol's own
-vectors and samples, in ``<out>/corpus-<target>``.
+vectors and samples, in ``<out>/corpus-<target>``; RTSP, SDP and export also get a
+dictionary of their words. A crash file is replayed with
+``python bench/fuzz.py --one TARGET <out>/TARGET-crash-...``.
 """
 
 import argparse
@@ -505,7 +507,7 @@ def run_one(name, libfuzzer_args):
 
     one, seeds = globals()[f"target_{name}"]()
     corpus = [a for a in libfuzzer_args if not a.startswith("-")]
-    if corpus and not os.listdir(corpus[0]):
+    if corpus and os.path.isdir(corpus[0]) and not os.listdir(corpus[0]):
         for i, seed in enumerate(seeds()):
             with open(os.path.join(corpus[0], f"seed-{i}"), "wb") as f:
                 f.write(seed)
