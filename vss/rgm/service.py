@@ -63,8 +63,11 @@ class RGMConfig:
 
 
 def _versions():
+    """The versions this node speaks, as a HELLO refusal names them."""
     versions = sorted(codec.SUPPORTED_VERSIONS)
-    return str(versions[0]) if len(versions) == 1 else f"{versions[0]}-{versions[-1]}"
+    if len(versions) == 1:
+        return f"version {versions[0]}"
+    return f"versions {versions[0]}-{versions[-1]}"
 
 
 class State:
@@ -272,7 +275,7 @@ class RGMService(service.Service):
         # A range with min_version above max_version is empty: no version in common.
         common = [v for v in codec.SUPPORTED_VERSIONS if h.min_version <= v <= h.max_version]
         if not common:
-            why = (f"this node speaks versions {_versions()}, the client "
+            why = (f"this node speaks {_versions()}, the client "
                    f"{h.min_version}-{h.max_version}")
             link.send_error(frame.type, frame.txid, ResultCode.NO_COMMON_VERSION, why)
             link.close(ResultCode.NO_COMMON_VERSION, why)
