@@ -4,6 +4,7 @@ reload, routing S401-S407 with the route cache, passive sync S501-S506, active s
 S601-S605, and their live effects without restarts.
 """
 
+import os
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -182,13 +183,22 @@ class CentralPlatformTests(unittest.TestCase):
         self.assertEqual(pu_c.seen[-1].pan, 0.75)
 
     @defer.inlineCallbacks
-    def test_a_node_that_was_away_catches_up_and_a_restart_reloads(self):
+    def test_a_node_that_was_away_catches_up_and_without_its_copy_reloads(self):
         yield self.p.stop_node("node-b")
         yield self.p.change(self.store.update_device_fields("cam-a", name="While away"))
         yield self.p.change(self.store.upsert_user("bob", verifier("bob-pw"), []))
         node_b = yield self.p.start_node("node-b")
         self.assertEqual(node_b.store.get_device("cam-a").name, "While away")
         self.assertIsNotNone(node_b.store.get_user("bob"))
+        # Its memory store restarted empty; the copy in its data directory did not.
+        self.assertEqual(node_b.central.counters["reloads"], 0)
+        self.assertGreaterEqual(node_b.central.counters["fetches"], 1)
+        # Without that copy, a restart reloads everything from CMS.
+        yield self.p.stop_node("node-b")
+        os.remove(os.path.join(self.p.workdir, "node-b", "static.snapshot"))
+        yield self.p.change(self.store.update_device_fields("cam-a", name="Reloaded"))
+        node_b = yield self.p.start_node("node-b")
+        self.assertEqual(node_b.store.get_device("cam-a").name, "Reloaded")
         self.assertEqual(node_b.central.counters["reloads"], 1)
 
     @defer.inlineCallbacks

@@ -148,7 +148,8 @@ class RoundTripTests(SynchronousTestCase):
         self.assertIs(device.fields[4].cls, M.Verifier)  # after name, kind+channels, home
         change = codec.fast_plan(M.SyncNotify)[1].item[0]
         self.assertIsInstance(change.fields[-1], codec.OptionalPlan)
-        self.assertIs(change.fields[-1].value[0].cls, M.GrantRecord)
+        self.assertIs(change.fields[-2].value[0].cls, M.GrantRecord)
+        self.assertIs(change.fields[-1].value[0].cls, M.StreamCredential)
         # flat bodies keep their flat plan (vss/rgm/relay.py reads PtzControl's)
         self.assertEqual(codec.fast_plan(M.PtzControl)[0], (2, True))
 

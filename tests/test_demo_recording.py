@@ -25,17 +25,18 @@ def _schedule_now():
 
 def _read_rtsp(url, frames=10, timeout=20):
     """Decode ``frames`` pictures of an RTSP URL with PyAV over TCP (blocking: call in a
-    thread). Returns (decoded, width, height)."""
+    thread). Returns (decoded, width, height, length in seconds the player was told)."""
     import av
 
     n, size = 0, (0, 0)
     with av.open(url, options={"rtsp_transport": "tcp"}, timeout=timeout) as c:
+        seconds = (c.duration or 0) / 1_000_000  # from the SDP's a=range
         for frame in c.decode(video=0):
             n += 1
             size = (frame.width, frame.height)
             if n >= frames:
                 break
-    return n, size[0], size[1]
+    return n, size[0], size[1], seconds
 
 
 def _probe_mp4(path):
@@ -73,6 +74,31 @@ class DemoRecordingTests(unittest.TestCase):
 
         on_a, on_b = user(base + 1), user(base + 11)
 
+        # before anything is recorded at that time: said so, no URL
+        out, err, code = yield run_tool("vssctl", ["playback", "cam-a1", "--at", "-9m"],
+                                        env=on_b)
+        self.assertEqual((code, out), (1, ""), err)
+        self.assertIn("nothing was recorded of cam-a1 main at", err)
+
+        # the segment being written is listed as recording, not as a gap
+        recording = None
+        for _ in range(120):
+            out, err, code = yield run_tool(
+                "vssctl", ["--json", "recordings", "cam-a1", "--from", "-1m"], env=on_b)
+            self.assertEqual(code, 0, err)
+            recording = json.loads(out)
+            if any(s["recording"] for s in recording["segments"]):
+                break
+            yield task.deferLater(reactor, 0.5, lambda: None)
+        last = recording["segments"][-1]
+        self.assertTrue(last["recording"], recording)
+        if all(seg["recording"] for seg in recording["segments"]):
+            self.assertEqual(recording["exports"], [])  # nothing closed to export yet
+        self.assertEqual([g for g in recording["gaps"] if g["end"] > last["start"]], [])
+        out, err, code = yield run_tool("vssctl", ["recordings", "cam-a1", "--from", "-1m"],
+                                        env=on_b)
+        self.assertIn("recording", out.splitlines()[-2])
+
         # the user on node-b lists cam-a1's recordings: segments appear as they close
         listing = None
         for _ in range(300):
@@ -80,6 +106,7 @@ class DemoRecordingTests(unittest.TestCase):
                 "vssctl", ["--json", "recordings", "cam-a1", "--from", "-10m"], env=on_b)
             if code == 0:
                 listing = json.loads(out)
+                listing["segments"] = [s for s in listing["segments"] if not s["recording"]]
                 if len(listing["segments"]) >= 2:
                     break
             yield task.deferLater(reactor, 0.5, lambda: None)
@@ -102,9 +129,18 @@ class DemoRecordingTests(unittest.TestCase):
             self.assertEqual(code, 0, out + err)
             url = json.loads(out)["url"]
             self.assertTrue(url.startswith("rtsp://127.0.0.1:"), url)
-            decoded, width, height = yield _threads(_read_rtsp, url)
+            decoded, width, height, length = yield _threads(_read_rtsp, url)
             self.assertEqual(decoded, 10)
             self.assertGreater(width, 0)
+            # the player knows the footage's length (a seek bar): from there to the end
+            self.assertGreater(length, (listing["segments"][1]["end"] - at) / 1000 - 1)
+
+        # the README's export, as copied: the last ten minutes up to now
+        out, err, code = yield run_tool(
+            "vssctl", ["export", "cam-a1", "--from", "-10m", "--to", "now", "-o",
+                       os.path.join(work, "readme.mp4")], env=on_a)
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("bytes from node-a", out)
 
         # export a clip of the two first segments, from node-b
         clip = os.path.join(work, "clip.mp4")

@@ -34,6 +34,20 @@ def decode(url, count=10, transport="tcp"):
     return sizes
 
 
+def stream_facts(url, count=26):
+    """Blocking: (width, height, frames per second) of ``count`` decoded frames, the rate
+    from their presentation times."""
+    times, size = [], None
+    with av.open(url, options={"rtsp_transport": "tcp"}, timeout=20) as c:
+        for frame in c.decode(video=0):
+            size = (frame.width, frame.height)
+            if frame.time is not None:
+                times.append(frame.time)
+            if len(times) >= count:
+                break
+    return size[0], size[1], (len(times) - 1) / (times[-1] - times[0])
+
+
 def open_live(device_id, channel=0):
     return MediaOpen(device_id=device_id, channel=channel, stream=0, purpose=Purpose.LIVE,
                      start_time=0, transport=0)
@@ -67,6 +81,15 @@ class LiveVideoTests(unittest.TestCase):
         sizes = yield threads.deferToThread(decode, url_b, 10)
         self.assertEqual(len(sizes), 10)
         self.assertEqual(sizes[0], (640, 360))
+        # the camera's configuration tells what its stream really is
+        from vss.protocols.messages import ConfigGet
+
+        config = (yield cu_b.request(MsgType.CONFIG_GET, ConfigGet(
+            device_id="cam-b", channel=0, keys=["video.resolution", "video.fps"]))).body
+        items = {kv.key: kv.value for kv in config.items}
+        width, height, fps = yield threads.deferToThread(stream_facts, url_b)
+        self.assertEqual(items["video.resolution"], f"{width}x{height}")
+        self.assertLessEqual(abs(float(items["video.fps"]) - fps), 0.5)
 
         # A CU on node-a: node-a pulls the stream from node-b once and serves it.
         cu_a = yield self.p.login("node-a", Role.CU, "alice", "alice-pw")

@@ -144,6 +144,9 @@ class NodeEndToEnd(unittest.TestCase):
         self.assertIn("invalid_argument", err)
         out, err, code = yield self.ctl("ptz", "cam1", "jump")
         self.assertEqual(code, 2)
+        # what the device says, and the code for scripts: no internal wording
+        out, err, code = yield self.ctl("preset", "cam1", "goto", "7")
+        self.assertEqual((code, err), (1, "vssctl: no preset 7 [not_found]\n"))
 
     @defer.inlineCallbacks
     def test_a_killed_pu_goes_offline_and_comes_back(self):

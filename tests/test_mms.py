@@ -762,6 +762,76 @@ class Chunked:
         pass
 
 
+class StreamCredentialApiTests(ApiTestCase):
+    """Operators make, list and revoke stream credentials (vss.streamcreds)."""
+
+    def make_backend(self, store):
+        from vss.streamcreds.secret import credential_key
+
+        return StoreAdminBackend(store, publish=self.published.append,
+                                 credential_key=credential_key(b"c" * 40))
+
+    @defer.inlineCallbacks
+    def test_make_list_revoke(self):
+        from vss.streamcreds import secret as sc
+
+        yield self.store.upsert_node("node-a", "tcp:10.0.0.1:7102", "rtsp://10.0.0.1:7554", 0)
+        yield self.store.upsert_device("cam-1", "c", 1, 1, "node-a", records.verifier("s"))
+        yield self.store.upsert_user("alice", records.verifier("pw"), ["ops"])
+        yield self.store.upsert_user("bob", records.verifier("pw"), [])
+        yield self.store.set_grant("group:ops", "cam-1", Action.VIEW)
+        body = {"user": "bob", "device_id": "cam-1", "name": "nvr"}
+        payload, _ = yield self.error("POST", "/stream-credentials", body, field="user")
+        self.assertIn("may not view cam-1", payload["error"])
+        yield self.error("POST", "/stream-credentials", {**body, "device_id": "nope"},
+                         status=404)
+        yield self.error("POST", "/stream-credentials", {**body, "expires_in": 0},
+                         field="expires_in")
+        created = yield self.ok("POST", "/stream-credentials",
+                                {**body, "user": "alice", "expires_in": 86400}, status=201)
+        cred_id, secret = created["id"], created["secret"]
+        self.assertRegex(cred_id, sc.ID_RE)
+        self.assertEqual((created["user"], created["device_id"], created["state"],
+                          created["digest_user"], created["path"]),
+                         ("alice", "cam-1", "active", cred_id, "/live/cam-1/main"))
+        self.assertEqual(created["url"],
+                         f"rtsp://10.0.0.1:7554/live/cam-1/main?cred={cred_id}.{secret}")
+        stored = yield self.store.get_credential(cred_id)
+        self.assertTrue(sc.secret_matches(self.backend.credential_key, stored, secret))
+        self.assertEqual([(c.entity, c.key) for batch in self.published for c in batch],
+                         [(Entity.CREDENTIAL, cred_id)])
+        listed = yield self.ok("GET", "/stream-credentials?user=alice")
+        self.assertEqual([c["id"] for c in listed["items"]], [cred_id])
+        self.assertEqual(set(listed["items"][0]), {"id", "user", "device_id", "name", "state",
+                                                   "created", "expires", "revoked", "version"})
+        self.assertEqual((yield self.ok("GET", "/stream-credentials?device_id=cam-9"))["items"],
+                         [])
+        revoked = yield self.ok("DELETE", f"/stream-credentials/{cred_id}")
+        self.assertEqual(revoked["state"], "revoked")
+        self.assertIsNotNone(revoked["revoked"])
+        self.assertEqual((yield self.ok("GET", f"/stream-credentials/{cred_id}"))["state"],
+                         "revoked")
+        yield self.error("DELETE", f"/stream-credentials/{cred_id}", status=409)
+        yield self.error("GET", "/stream-credentials/sc-00000000000f", status=404)
+        yield self.error("DELETE", "/stream-credentials/../tokens", status=404)
+        # the secret was in one answer only; the sealed form in none
+        text = b"\n".join(self.raw_answers).decode()
+        self.assertEqual(text.count(secret), 2)  # in "secret" and in "url"
+        self.assertNotIn(stored.sealed.hex(), text)
+
+    @defer.inlineCallbacks
+    def test_without_the_cluster_secret_none_can_be_made(self):
+        backend = StoreAdminBackend(self.store)
+        self.assertIsNone(backend.credential_key)
+        site = mms.make_admin_site(backend)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        payload, _ = yield self.error("POST", "/stream-credentials",
+                                      {"user": "alice", "device_id": "cam-1"}, status=409)
+        self.assertIn("cluster secret", payload["error"])
+
+
 class OpenApiTests(ApiTestCase):
     @defer.inlineCallbacks
     def test_every_route_is_described(self):
@@ -932,3 +1002,50 @@ class ServiceTests(unittest.TestCase):
         body = yield readBody(response)
         self.assertEqual((response.code, json.loads(body)["error"]),
                          (401, "a bearer token is required"))
+
+
+class StreamCredCommandLineTests(ApiTestCase):
+    """``vss-admin stream-cred`` as real processes against the API this test serves."""
+
+    timeout = 90
+    make_backend = StreamCredentialApiTests.make_backend
+
+    def tool(self, *args):
+        return run_tool("vss-admin", list(args), env=child_env(VSS_API=self.base,
+                                                               VSS_ADMIN_TOKEN=TOKEN),
+                        cwd=self.work)
+
+    @defer.inlineCallbacks
+    def test_create_list_revoke(self):
+        yield self.store.upsert_device("cam-1", "c", 1, 1, "", records.verifier("s"))
+        yield self.store.upsert_user("alice", records.verifier("pw"), [])
+        yield self.store.set_grant("user:alice", "cam-1", Action.VIEW)
+        out, err, code = yield self.tool("stream-cred", "create", "alice", "cam-1", "--name",
+                                         "home assistant", "--expires-in", "30d")
+        self.assertEqual(code, 0, err)
+        [digest] = out.splitlines()  # no home node known yet: no URL, the Digest pair
+        _, _, user, _, password, _, path = digest.split()
+        self.assertEqual((path, user[:3]), ("/live/cam-1/main)", "sc-"))
+        self.assertIn(f"stream credential {user} of alice for cam-1 created (expires ", err)
+        self.assertIn("shown only now", err)
+        stored = yield self.store.get_credential(user)
+        from vss.streamcreds import secret as sc
+
+        self.assertTrue(sc.secret_matches(self.backend.credential_key, stored, password))
+        out, err, code = yield self.tool("stream-cred", "list", "--user", "alice")
+        self.assertEqual(code, 0, err)
+        header, row = out.splitlines()
+        self.assertEqual(header.split(), ["ID", "USER", "DEVICE", "STATE", "CREATED",
+                                          "EXPIRES", "NAME"])
+        self.assertEqual(row.split()[:4], [user, "alice", "cam-1", "active"])
+        self.assertTrue(row.endswith("home assistant"))
+        self.assertNotIn(password, out)
+        out, err, code = yield self.tool("stream-cred", "revoke", user)
+        self.assertEqual((code, out.strip()),
+                         (0, f"stream credential {user} of alice for cam-1 revoked"), err)
+        out, err, code = yield self.tool("stream-cred", "revoke", user)
+        self.assertEqual(code, 1)
+        self.assertIn("revoked already", err)
+        out, err, code = yield self.tool("stream-cred", "create", "bob", "cam-1")
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.splitlines()), 1)

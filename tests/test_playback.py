@@ -147,6 +147,17 @@ class ParseRangeTests(unittest.TestCase):
                 parse_range(bad, origin)
 
 
+def describe(url):
+    """The SDP of a DESCRIBE of ``url`` (blocking)."""
+    c = RawRTSP(url)
+    try:
+        status, _, body = c.request("DESCRIBE", url, [("Accept", "application/sdp")])
+        assert status == 200, status
+        return body.decode()
+    finally:
+        c.close()
+
+
 class PlaybackCommandTests(unittest.TestCase):
     def test_vssctl_playback_options(self):
         from vss.cu import ctl
@@ -226,6 +237,9 @@ class PlaybackTests(unittest.TestCase):
         url = (yield alice.request(MsgType.MEDIA_OPEN, open_playback("cam-b", asked),
                                    timeout=20)).body.url
         self.assertRegex(url, r"^rtsp://127\.0\.0\.1:\d+/live/cam-b/pb-[0-9a-f]{16}\?token=")
+        # the SDP gives the footage's length from the asked time: players show a seek bar
+        sdp = yield threads.deferToThread(describe, url)
+        self.assertIn(f"a=range:npt=0-{(last.end_ms - asked) / 1000:.3f}\r\n", sdp)
         # seek into the middle of the last segment: npt is relative to the asked time
         target = (last.start_ms + last.end_ms) // 2 // 40 * 40 + 20
         seek_s = (target - asked) / 1000

@@ -64,3 +64,60 @@ class PluginTests(unittest.TestCase):
         self.assertIn("cannot start", out + err)
         self.assertIn(f"cu cannot listen on tcp:{port}", out + err)
         self.assertNotIn("Traceback", out + err)
+
+
+class OneLineErrorTests(unittest.TestCase):
+    """What a newcomer sees when a daemon's option or file is wrong: one line on stderr
+    naming it, a non-zero status, no traceback and no page of help."""
+
+    @defer.inlineCallbacks
+    def twistd(self, *args):
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        self.work = work
+        out, err, code = yield run_tool("twistd", ["-n", "--pidfile=", *args],
+                                        env=child_env(), cwd=work)
+        return out, err, code
+
+    def assertOneLine(self, out, err, code, *words):
+        self.assertNotEqual(code, 0)
+        self.assertEqual(out.strip(), "")
+        lines = err.strip().splitlines()
+        self.assertEqual(len(lines), 1, err)
+        self.assertNotIn("Traceback", err)
+        self.assertNotIn("Usage:", err)
+        for word in words:
+            self.assertIn(word, lines[0])
+
+    def static_file(self, text):
+        path = os.path.join(os.path.abspath(self.mktemp()))
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    @defer.inlineCallbacks
+    def test_a_bad_listen_endpoint_names_the_option(self):
+        static = self.static_file("{}")
+        out, err, code = yield self.twistd("vss-node", "--node-id", "n1", "--static", static,
+                                           "--pu-listen", "tcp:notaport")
+        self.assertOneLine(out, err, code, "twistd vss-node:", "--pu-listen", "tcp:notaport",
+                           "'notaport' is not a number")
+
+    @defer.inlineCallbacks
+    def test_a_malformed_static_file_names_the_file(self):
+        static = self.static_file('{"devices": [')
+        out, err, code = yield self.twistd("vss-node", "--node-id", "n1", "--static", static)
+        self.assertOneLine(out, err, code, "--static", static, "not a static-data file")
+
+    @defer.inlineCallbacks
+    def test_a_misspelt_option_is_one_line_with_the_near_option(self):
+        out, err, code = yield self.twistd("vss-node", "--nodeid", "n1")
+        self.assertOneLine(out, err, code, "unknown option --nodeid",
+                           "did you mean --node-id?")
+
+    @defer.inlineCallbacks
+    def test_the_central_platform_names_a_bad_endpoint_too(self):
+        out, err, code = yield self.twistd("vss-cms", "--admin-listen", "tcp:x",
+                                           "--data-dir", "cms")
+        self.assertOneLine(out, err, code, "twistd vss-cms:", "--admin-listen")
+        self.assertFalse(os.path.exists(os.path.join(self.work, "cms")))

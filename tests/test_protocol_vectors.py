@@ -40,6 +40,12 @@ from vss.protocols.messages import (
     Config,
     ConfigGet,
     ConfigSet,
+    CredCreate,
+    CredIssued,
+    CredList,
+    CredRevoke,
+    Creds,
+    CredState,
     DeviceInfo,
     DeviceList,
     DeviceRecord,
@@ -102,6 +108,7 @@ from vss.protocols.messages import (
     StaticPage,
     StaticPull,
     Stream,
+    StreamCredential,
     SyncAck,
     SyncBatch,
     SyncChange,
@@ -221,6 +228,21 @@ RECORD_CONTINUOUS_BODY = """
     0000                # post_event_seconds 0
     0000                # schedule: none
     0000                # ext: none
+"""
+
+def cred_c(sealed=b"\x05\x06", created=TS, revoked=0, version=1):
+    return StreamCredential(
+        cred_id="sc-0123456789ab", username="al", device_id="c", name="vlc", created=created,
+        expires=0, revoked=revoked, sealed=sealed, version=version,
+    )
+
+
+# StreamCredential "sc-0123456789ab" as written below, up to its `sealed` field (53 bytes).
+CRED_C = """
+    000f 73632d303132333435363738396162  # cred_id "sc-0123456789ab"
+    0002 616c           # username "al"
+    0001 63             # device_id "c"
+    0003 766c63         # name "vlc"
 """
 
 VECTORS = [
@@ -561,7 +583,7 @@ VECTORS = [
     V("static_pull_response", MsgType.STATIC_PULL, RSP, 3,
       StaticPage(entity=Entity.DEVICE, devices=[device_c(2)], users=[], grants=[],
                  next_cursor="", seq=9), """
-      5653 01 01 0202 0000 00000003 0000003b  # VS v1 response STATIC_PULL txid 3 len 59
+      5653 01 01 0202 0000 00000003 0000003d  # VS v1 response STATIC_PULL txid 3 len 61
       01                  # entity DEVICE
       0001                # devices: 1 DeviceRecord
     """ + DEVICE_C + """
@@ -570,6 +592,7 @@ VECTORS = [
       0000                # grants: none
       0000                # next_cursor ""
       0000000000000009    # seq 9
+      0000                # credentials: none
       0000                # ext: none
     """),
     V("route_request_request", MsgType.ROUTE_REQUEST, REQ, 4,
@@ -687,7 +710,7 @@ VECTORS = [
       SyncNotify(head_seq=10, changes=[
           Change(seq=10, entity=Entity.GRANT, op=ChangeOp.DELETE, key="user:bob|c", version=2,
                  origin="", device=None, user=None, grant=None)]), """
-      5653 01 00 0210 0000 00000008 0000002f  # VS v1 request SYNC_NOTIFY txid 8 len 47
+      5653 01 00 0210 0000 00000008 00000030  # VS v1 request SYNC_NOTIFY txid 8 len 48
       000000000000000a    # head_seq 10
       0001                # changes: 1 Change
         000000000000000a  #   seq 10
@@ -699,6 +722,7 @@ VECTORS = [
         00                #   device: absent
         00                #   user: absent
         00                #   grant: absent
+        00                #   credential: absent
       0000                # ext: none
     """),
     V("sync_notify_response", MsgType.SYNC_NOTIFY, RSP, 8,
@@ -742,7 +766,7 @@ VECTORS = [
           Change(seq=10, entity=Entity.DEVICE, op=ChangeOp.UPSERT, key="c", version=3,
                  origin="n1", device=device_c(3), user=None, grant=None)],
                 head_seq=10, reload_required=False), """
-      5653 01 01 0212 0000 0000000a 00000051  # VS v1 response SYNC_FETCH txid 10 len 81
+      5653 01 01 0212 0000 0000000a 00000052  # VS v1 response SYNC_FETCH txid 10 len 82
       0001                # changes: 1 Change
         000000000000000a  #   seq 10
         01                #   entity DEVICE
@@ -755,6 +779,7 @@ VECTORS = [
         0000000000000003  #     version 3
         00                #   user: absent
         00                #   grant: absent
+        00                #   credential: absent
       000000000000000a    # head_seq 10
       00                  # reload_required false
       0000                # ext: none
@@ -831,6 +856,83 @@ VECTORS = [
         0000              #   queue_position 0
       0000                # ext: none
     """),
+    V("cred_create_request", MsgType.CRED_CREATE, REQ, 40,
+      CredCreate(device_id="c", name="vlc", expires_in=86400), """
+      5653 01 00 0180 0000 00000028 0000000e  # VS v1 request CRED_CREATE txid 40 len 14
+      0001 63             # device_id "c"
+      0003 766c63         # name "vlc"
+      00015180            # expires_in 86400 s
+      0000                # ext: none
+    """),
+    V("cred_create_response", MsgType.CRED_CREATE, RSP, 40,
+      CredIssued(credential=cred_c(sealed=b""), secret="s3", url="rtsp://h/x"), """
+      5653 01 01 0180 0000 00000028 00000051  # VS v1 response CRED_CREATE txid 40 len 81
+    """ + CRED_C + """
+        0000018bcfe56800  #   created 1700000000000 ms
+        0000000000000000  #   expires 0: never
+        0000000000000000  #   revoked 0: not revoked
+        0000              #   sealed: empty (never sent to a CU)
+        0000000000000001  #   version 1
+      0002 7333           # secret "s3"
+      000a 727473703a2f2f682f78  # url "rtsp://h/x"
+      0000                # ext: none
+    """),
+    V("cred_list_request", MsgType.CRED_LIST, REQ, 41, CredList(device_id="c"), """
+      5653 01 00 0181 0000 00000029 00000005  # VS v1 request CRED_LIST txid 41 len 5
+      0001 63             # device_id "c"
+      0000                # ext: none
+    """),
+    V("cred_list_response", MsgType.CRED_LIST, RSP, 41,
+      Creds(credentials=[cred_c(sealed=b"")]), """
+      5653 01 01 0181 0000 00000029 00000043  # VS v1 response CRED_LIST txid 41 len 67
+      0001                # credentials: 1 StreamCredential
+    """ + CRED_C + """
+        0000018bcfe56800  #   created 1700000000000 ms
+        0000000000000000  #   expires never
+        0000000000000000  #   revoked no
+        0000              #   sealed: empty
+        0000000000000001  #   version 1
+      0000                # ext: none
+    """),
+    V("cred_revoke_request", MsgType.CRED_REVOKE, REQ, 42,
+      CredRevoke(cred_id="sc-0123456789ab", username="al"), """
+      5653 01 00 0182 0000 0000002a 00000017  # VS v1 request CRED_REVOKE txid 42 len 23
+      000f 73632d303132333435363738396162  # cred_id "sc-0123456789ab"
+      0002 616c           # username "al"
+      0000                # ext: none
+    """),
+    V("cred_revoke_response", MsgType.CRED_REVOKE, RSP, 42,
+      CredState(credential=cred_c(sealed=b"", revoked=TS + 60_000, version=2)), """
+      5653 01 01 0182 0000 0000002a 00000041  # VS v1 response CRED_REVOKE txid 42 len 65
+    """ + CRED_C + """
+        0000018bcfe56800  #   created 1700000000000 ms
+        0000000000000000  #   expires never
+        0000018bcfe65260  #   revoked 1700000060000 ms
+        0000              #   sealed: empty
+        0000000000000002  #   version 2
+      0000                # ext: none
+    """),
+    V("cred_store_request", MsgType.CRED_STORE, REQ, 43,
+      CredState(credential=cred_c(created=0, version=0)), """
+      5653 01 00 0213 0000 0000002b 00000043  # VS v1 request CRED_STORE txid 43 len 67
+    """ + CRED_C + """
+        0000000000000000  #   created 0: CMS sets it
+        0000000000000000  #   expires never
+        0000000000000000  #   revoked no
+        0002 0506         #   sealed 05 06
+        0000000000000000  #   version 0: CMS sets it
+      0000                # ext: none
+    """),
+    V("cred_store_response", MsgType.CRED_STORE, RSP, 43, CredState(credential=cred_c()), """
+      5653 01 01 0213 0000 0000002b 00000043  # VS v1 response CRED_STORE txid 43 len 67
+    """ + CRED_C + """
+        0000018bcfe56800  #   created 1700000000000 ms
+        0000000000000000  #   expires never
+        0000000000000000  #   revoked no
+        0002 0506         #   sealed 05 06
+        0000000000000001  #   version 1
+      0000                # ext: none
+    """),
     V("record_query_request", MsgType.RECORD_QUERY, REQ, 22,
       RecordQuery(device_id="c", channel=1, stream=Stream.MAIN, from_time=TS,
                   to_time=TS + 60_000), """
@@ -865,6 +967,36 @@ VECTORS = [
         0000018bcfee8fc0  #   expires 1700000600000 ms
       00                  # truncated false
       0000                # ext: none
+    """),
+    V("record_query_response_being_recorded", MsgType.RECORD_QUERY, RSP, 23,
+      Recordings(
+          segments=[RecordSegment(start=TS, end=TS + 30_000, bytes=1_000_000, node_id="n1")],
+          gaps=[TimeRange(start=TS + 30_000, end=TS + 60_000)], missing=["n2"],
+          exports=[ExportUrl(node_id="n1", url="http://h/e", expires=TS + 600_000)],
+          truncated=False, ext=((0x0001, bytes.fromhex("0001" "0000018bcfe56800" "00026e31")),)),
+      """
+      5653 01 01 0170 0000 00000017 00000065  # VS v1 response RECORD_QUERY txid 23 len 101
+      0001                # segments: 1 RecordSegment
+        0000018bcfe56800  #   start 1700000000000 ms
+        0000018bcfe5dd30  #   end 1700000030000 ms: the time of the answer
+        00000000000f4240  #   bytes 1000000 written so far
+        0002 6e31         #   node_id "n1"
+      0001                # gaps: 1 TimeRange
+        0000018bcfe5dd30  #   start 1700000030000 ms
+        0000018bcfe65260  #   end 1700000060000 ms
+      0001                # missing: 1
+        0002 6e32         #   "n2"
+      0001                # exports: 1 ExportUrl
+        0002 6e31         #   node_id "n1"
+        000a 687474703a2f2f682f65  # url "http://h/e"
+        0000018bcfee8fc0  #   expires 1700000600000 ms
+      00                  # truncated false
+      0001                # ext: 1 record
+        0001              #   tag 0x0001: segments being written
+        000e              #   length 14
+        0001              #     count 1
+        0000018bcfe56800  #     start 1700000000000 ms
+        0002 6e31         #     node_id "n1"
     """),
 ]
 
@@ -983,3 +1115,19 @@ class DocumentExampleTests(SynchronousTestCase):
         )
         self.assertEqual(ptz, h(VECTORS[[v.name for v in VECTORS].index(
             "ptz_control_request")].hex))
+
+
+class ResultCodeTableTests(SynchronousTestCase):
+    """The table of docs/protocol.md, section 7, is the whole of ``codes.py``: the same
+    codes, names and meanings."""
+
+    def test_table_equals_codes(self):
+        from vss.protocols.codes import DESCRIPTIONS
+
+        doc = pathlib.Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+        section = doc.read_text(encoding="utf-8").split("## 7. Result codes", 1)[1]
+        section = section.split("\n## 8.", 1)[0]
+        rows = re.findall(r"^\| (0x[0-9A-F]{4}) \| `(\w+)` \| [^|]* \| (.*) \|$", section, re.M)
+        documented = {int(code, 16): (name, meaning) for code, name, meaning in rows}
+        implemented = {int(c): (c.name, DESCRIPTIONS[c]) for c in ResultCode}
+        self.assertEqual(documented, implemented)

@@ -190,6 +190,37 @@ class FastCodecTests(unittest.SynchronousTestCase):
         self.assertTrue(got.truncated)
         self.assertEqual(encode_parts(got), codec_bytes(merge(T0, T0 + 10**9, [many])))
 
+    def test_segments_being_written_cross_every_path_of_the_listing(self):
+        """The OPEN_TAG extension: packed by a node, parsed and merged by CMS, decoded
+        by the CU, the same as construct gives; an entry naming no listed segment is
+        dropped."""
+        from vss.cdn.listing import (
+            OPEN_TAG,
+            decode_recordings,
+            encode_node_answer,
+            encode_open,
+            encode_parts,
+            merge_parts,
+            open_segments,
+            parse_answer,
+        )
+        from vss.protocols import codec
+
+        rows = [(T0, T0 + 1000, 10), (T0 + 1000, T0 + 1500, 5)]
+        a = encode_node_answer(rows, [], "node-a", None, [T0 + 1000, T0 + 99])
+        b = encode_node_answer([(T0 + 200, T0 + 900, 7)], [], "node-b", None, [])
+        body = decode_recordings(self.frame(a))
+        self.assertEqual(open_segments(body), {(T0 + 1000, "node-a")})
+        self.assertEqual(a, codec.encode_body(body))
+        self.assertEqual(body.ext, ((OPEN_TAG, encode_open([(T0 + 1000, "node-a")])),))
+        merged = merge_parts(T0, T0 + 2000, [parse_answer(self.frame(a)),
+                                             parse_answer(self.frame(b))])
+        self.assertEqual(merged.open, ((T0 + 1000, "node-a"),))
+        out = decode_recordings(self.frame(encode_parts(merged)))
+        self.assertEqual(open_segments(out), {(T0 + 1000, "node-a")})
+        self.assertEqual(out, merge(T0, T0 + 2000, [body, decode_recordings(self.frame(b))]))
+        self.assertEqual([(g.start, g.end) for g in out.gaps], [(T0 + 1500, T0 + 2000)])
+
     def test_a_node_answer_packed_from_rows_equals_the_constructed_one(self):
         from vss.cdn.listing import MAX_SEGMENTS, encode_node_answer
         from vss.protocols.messages import ExportUrl
@@ -604,6 +635,22 @@ class CatalogueAcrossNodesTests(unittest.TestCase):
         self.assertEqual(self.node_a.recordings.stacks, {})
         yield wait_until(reactor, lambda: b.recorder.counters["segments"] >= 3, timeout=60,
                          what="three closed segments")
+        # while it records, the segment being written is listed, on another node too, up
+        # to the time of the answer and marked as being recorded: not a gap
+        from vss.cdn.listing import open_segments
+
+        cu = yield self.p.login("node-a", Role.CU, "alice", "alice-pw")
+        now = int(time.time() * 1000)
+        live = (yield self.query(cu, "cam-b", now - 60_000, now + 5000)).body
+        opens = open_segments(live)
+        self.assertEqual(len(opens), 1, live)
+        start, node = next(iter(opens))
+        self.assertEqual(node, "node-b")
+        [current] = [s for s in live.segments if s.start == start]
+        self.assertEqual((current.node_id, current is live.segments[-1]), ("node-b", True))
+        recorded = (live.segments[0].start, current.end)
+        self.assertEqual([g for g in live.gaps if g.end > recorded[0] and g.start < recorded[1]],
+                         [])
         # mode off stops it
         yield self.set_mode("off")
         yield wait_until(reactor, lambda: key not in b.recordings.stacks and

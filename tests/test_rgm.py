@@ -29,6 +29,7 @@ from vss.protocols.messages import (
     Role,
     StateChange,
 )
+from vss.rgm.auth import Throttle
 from vss.testing.harness import ALL, NodeHarness
 
 
@@ -156,7 +157,7 @@ class LoginTests(Base):
         for attempt in range(5):
             self.assertFalse(server.closed, f"closed before attempt {attempt + 1}")
             # A fresh throttle each time: this test is about the per-link limit.
-            self.h.rgm.throttle._sources.clear()
+            self.h.rgm.throttle = Throttle(self.h.clock)
             d = login(link)
             self.h.pump()
             self.assertEqual(error_code(d), ResultCode.AUTH_FAILED)

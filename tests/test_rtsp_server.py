@@ -309,6 +309,21 @@ class DescribeTests(ServerTestBase):
         self.assertIn("trackID=1", body)
         self.assertNotIn("streamid", body)
         self.assertIn("a=rtpmap:96 H264/90000", body)
+        self.assertIn("a=range:npt=0-\r\n", body)  # live: no end
+
+    def test_a_stream_of_known_length_says_it_in_the_range(self):
+        """A playback's SDP carries its length, so players show a seek bar; a relay of
+        it keeps the length its origin gave."""
+        from vss.rtsp.sdp import for_viewers
+
+        self.publish()
+        self.factory.sources["/live/cam1/main"].duration = 95.5
+        body = self.conn().request("DESCRIBE", self.url()).body.decode()
+        self.assertEqual([ln for ln in body.split("\r\n") if ln.startswith("a=range")],
+                         ["a=range:npt=0-95.500"])
+        relayed = for_viewers(body, "rtsp://other/live/cam1/pb-1")
+        self.assertIn("a=range:npt=0-95.500\r\n", relayed)
+        self.assertIn("a=range:npt=0-\r\n", for_viewers(body.replace("95.500", ""), "x"))
 
     def test_waits_for_publisher(self):
         c = self.conn()

@@ -34,6 +34,7 @@ from vss.protocols.messages import (
     DeviceRecord,
     Entity,
     PuKind,
+    StreamCredential,
     Verifier,
 )
 
@@ -63,6 +64,10 @@ CURRENT_SCHEMA = {
         ],
         "record_settings": ["device_id", "channel", "settings_json"],
         "schema_version": ["version", "name", "applied_at"],
+        "stream_credentials": [
+            "cred_id", "username", "device_id", "name", "created", "expires", "revoked",
+            "sealed", "version",
+        ],
         "users": [
             "username", "salt", "iterations", "stored_key", "server_key", "groups_json",
             "enabled", "version",
@@ -70,6 +75,7 @@ CURRENT_SCHEMA = {
     },
     "indexes": [
         "admin_tokens_hash", "admin_tokens_name", "devices_home_node", "grants_device",
+        "stream_credentials_device", "stream_credentials_user",
     ],
 }
 
@@ -356,6 +362,81 @@ class StaticStoreConformance:
         self.assertEqual(keys, sorted(keys))
         self.assertEqual(len(set(keys)), 12)
         yield self.assertVssError(self.store.list_users(limit=0), ResultCode.INVALID_ARGUMENT)
+
+    # -- stream credentials -----------------------------------------------------
+
+    def credential(self, cred_id, username="alice", device_id="cam-1", expires=0):
+        # the sealed form is opaque bytes, not text
+        return StreamCredential(cred_id, username, device_id, "vlc", 0, expires, 0,
+                                b"\x00\xff" + cred_id.encode(), 0)
+
+    @inlineCallbacks
+    def test_stream_credentials_are_bound_to_a_viewer_and_revoked_in_the_log(self):
+        store = self.store
+        yield store.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+        yield store.upsert_device("cam-2", "c", PuKind.IPC, 1, "node-a", V1)
+        yield store.upsert_user("alice", V1, ["ops"])
+        yield store.upsert_user("bob", V1, [], enabled=False)
+        yield store.set_grant("group:ops", "cam-1", Action.VIEW)
+        yield store.set_grant("user:alice", "cam-2", Action.PTZ)
+        head = yield store.head_seq()
+        (c,) = yield self.logged(store.add_credential(self.credential("sc-000000000001")))
+        self.assertEqual((c.entity, c.op, c.key, c.version), (Entity.CREDENTIAL, ChangeOp.UPSERT,
+                                                              "sc-000000000001", 1))
+        stored = c.credential
+        self.assertEqual((stored.created, stored.revoked, stored.version, stored.sealed),
+                         (int(NOW * 1000), 0, 1, b"\x00\xffsc-000000000001"))
+        self.assertEqual((yield store.get_credential("sc-000000000001")), stored)
+        # no VIEW grant (PTZ only), a disabled or unknown user, an unknown device, an id
+        # taken: refused, nothing logged
+        for record, code in ((self.credential("sc-000000000002", device_id="cam-2"),
+                              ResultCode.FORBIDDEN),
+                             (self.credential("sc-000000000003", username="bob"),
+                              ResultCode.FORBIDDEN),
+                             (self.credential("sc-000000000004", username="carol"),
+                              ResultCode.FORBIDDEN),
+                             (self.credential("sc-000000000005", device_id="cam-9"),
+                              ResultCode.UNKNOWN_DEVICE),
+                             (self.credential("sc-000000000001"), ResultCode.CONFLICT)):
+            yield self.assertVssError(store.add_credential(record), code)
+        self.assertEqual((yield store.head_seq()), head + 1)
+        yield self.logged(store.add_credential(self.credential("sc-000000000006",
+                                                               expires=int(NOW * 1000) + 5)))
+        # revoked by its user (another user's is not found); twice is a conflict
+        yield self.assertVssError(store.revoke_credential("sc-000000000001", username="bob"),
+                                  ResultCode.NOT_FOUND)
+        self.clock.advance(60)
+        (r,) = yield self.logged(store.revoke_credential("sc-000000000001", username="alice"))
+        self.assertEqual((r.op, r.version, r.credential.revoked, r.credential.created),
+                         (ChangeOp.UPSERT, 2, int((NOW + 60) * 1000), stored.created))
+        yield self.assertVssError(store.revoke_credential("sc-000000000001"),
+                                  ResultCode.CONFLICT)
+        yield self.assertVssError(store.revoke_credential("sc-00000000000f"),
+                                  ResultCode.NOT_FOUND)
+        listed, cursor = yield store.list_credentials(limit=1)
+        self.assertEqual(([x.cred_id for x in listed], cursor),
+                         (["sc-000000000001"], "sc-000000000001"))
+        listed, cursor = yield store.list_credentials(cursor=cursor, username="alice")
+        self.assertEqual(([x.cred_id for x in listed], cursor), (["sc-000000000006"], ""))
+        self.assertEqual((yield store.list_credentials(device_id="cam-2")), ([], ""))
+        # the change log gives nodes the current record
+        changes, _ = yield store.changes_after(head)
+        self.assertEqual([(x.key, x.credential.version) for x in changes],
+                         [("sc-000000000001", 2), ("sc-000000000006", 1),
+                          ("sc-000000000001", 2)])
+        # removing the user, or the device, deletes theirs, in the log
+        changes = yield self.logged(store.remove_user("alice"))
+        self.assertEqual([(x.entity, x.op, x.key, x.version) for x in changes], [
+            (Entity.GRANT, ChangeOp.DELETE, "user:alice|cam-2", 2),
+            (Entity.CREDENTIAL, ChangeOp.DELETE, "sc-000000000001", 3),
+            (Entity.CREDENTIAL, ChangeOp.DELETE, "sc-000000000006", 2),
+            (Entity.USER, ChangeOp.DELETE, "alice", 2)])
+        yield store.upsert_user("alice", V1, ["ops"])
+        yield self.logged(store.add_credential(self.credential("sc-000000000007")))
+        changes = yield self.logged(store.remove_device("cam-1"))
+        self.assertIn((Entity.CREDENTIAL, ChangeOp.DELETE, "sc-000000000007"),
+                      [(x.entity, x.op, x.key) for x in changes])
+        self.assertEqual((yield store.list_credentials()), ([], ""))
 
     # -- change log -------------------------------------------------------------
 
@@ -677,6 +758,30 @@ class SQLiteStaticStoreTests(StaticStoreConformance, unittest.TestCase):
                     for p in ("journal_mode", "foreign_keys", "synchronous")]
 
         self.assertEqual((yield self.store._wpool.runInteraction(pragmas)), ["wal", 1, 1])
+
+    @inlineCallbacks
+    def test_a_locked_database_is_unavailable_not_a_refusal(self):
+        """Another process holds the database (BEGIN EXCLUSIVE) past the busy timeout:
+        the write fails with DB_UNAVAILABLE, a failure to retry; once the lock is
+        gone the same write succeeds."""
+        import sqlite3
+
+        from vss.cms.store.sqlite import SQLiteStaticStore
+
+        yield self.store.upsert_device("cam", "Gate", PuKind.IPC, 1, "", V1)
+        store = SQLiteStaticStore(self._path, busy_timeout_ms=100)
+        self.addCleanup(store.close)
+        yield store.open()
+        holder = sqlite3.connect(self._path, isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN EXCLUSIVE")
+        failure = yield self.assertFailure(
+            store.update_device_fields("cam", name="Locked"), VssError)
+        self.assertEqual(failure.code, ResultCode.DB_UNAVAILABLE)
+        self.assertIn("locked", failure.message)
+        holder.execute("ROLLBACK")
+        changes = yield store.update_device_fields("cam", name="Unlocked")
+        self.assertEqual(changes[0].device.name, "Unlocked")
 
     def test_spec_parsing(self):
         from vss.cms.store.sqlite import SQLiteStaticStore

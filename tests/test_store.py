@@ -21,7 +21,14 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from vss.interfaces import IMemoryStore
-from vss.protocols.messages import Action, DeviceRecord, GrantRecord, UserRecord, Verifier
+from vss.protocols.messages import (
+    Action,
+    DeviceRecord,
+    GrantRecord,
+    StreamCredential,
+    UserRecord,
+    Verifier,
+)
 from vss.store import MemoryStore, make_store
 
 REDIS_URL = os.environ.get("VSS_TEST_REDIS_URL")
@@ -72,6 +79,14 @@ def grant(principal, device_id, actions, version=1):
     return GrantRecord(principal=principal, device_id=device_id, actions=actions, version=version)
 
 
+def credential(cred_id, username="alice", device_id="cam-1", revoked=0, version=1):
+    # the sealed form is opaque bytes: not valid UTF-8 either
+    return StreamCredential(cred_id=cred_id, username=username, device_id=device_id,
+                            name="vlc \u00e9", created=1_700_000_000_000, expires=0,
+                            revoked=revoked, sealed=b"\xff\x00" + cred_id.encode(),
+                            version=version)
+
+
 def grant_keys(store):
     return sorted((g.principal, g.device_id) for g in store.grants())
 
@@ -103,6 +118,8 @@ class MemoryStoreConformanceMixin:
             s.put_session("s1", {"role": 2}),
             s.set_meta("applied_seq", 1),
             s.remove_grant("user:alice", "cam-1"),
+            s.put_credential(credential("sc-000000000001")),
+            s.remove_credential("sc-000000000001"),
             s.remove_session("s1"),
             s.remove_user("alice"),
             s.remove_device("cam-1"),
@@ -198,6 +215,23 @@ class MemoryStoreConformanceMixin:
         s.put_user(user("alice"))
         s.remove_user("nobody")
         self.assertEqual([u.username for u in s.users()], ["alice"])
+
+    # -- stream credentials ----------------------------------------------------------
+
+    def test_credential_put_get_replace_remove(self):
+        s = self.store
+        self.assertIsNone(s.get_credential("sc-000000000001"))
+        s.put_credential(credential("sc-000000000001"))
+        s.put_credential(credential("sc-000000000002", username="bob"))
+        self.assertEqual(s.get_credential("sc-000000000001"), credential("sc-000000000001"))
+        revoked = credential("sc-000000000001", revoked=1_700_000_060_000, version=2)
+        s.put_credential(revoked)
+        self.assertEqual(s.get_credential("sc-000000000001"), revoked)
+        self.assertEqual(sorted(c.cred_id for c in s.credentials()),
+                         ["sc-000000000001", "sc-000000000002"])
+        s.remove_credential("sc-000000000002")
+        s.remove_credential("sc-00000000000f")  # not held: nothing happens
+        self.assertEqual(s.credentials(), [revoked])
 
     # -- grants ----------------------------------------------------------------------
 
@@ -470,11 +504,15 @@ class RedisStoreTests(MemoryStoreConformanceMixin, unittest.TestCase):
         s.put_session("s2", {"role": 1, "identity": "cam-1"})
         s.set_meta("applied_seq", 42)
         s.set_meta("cms", {"id": "cms-1"})
+        s.put_credential(credential("sc-000000000001"))
+        s.put_credential(credential("sc-000000000002"))
         s.remove_device("cam-gone")
         s.remove_user("carol")
         s.remove_session("s2")
+        s.remove_credential("sc-000000000002")
 
         other = yield self.reloaded()
+        self.assertEqual(other.credentials(), [credential("sc-000000000001")])
         key = lambda r: r.device_id  # noqa: E731
         self.assertEqual(sorted(other.devices(), key=key), sorted(s.devices(), key=key))
         self.assertEqual(other.get_device("cam-1").verifier, verifier(b"cam-1"))
@@ -500,6 +538,17 @@ class RedisStoreTests(MemoryStoreConformanceMixin, unittest.TestCase):
         self.assertEqual(other.sessions(), {"s1": {"role": 2, "identity": "alice", "since": 1.5}})
         self.assertEqual(other.get_meta("applied_seq"), 42)
         self.assertEqual(other.get_meta("cms"), {"id": "cms-1"})
+
+    @defer.inlineCallbacks
+    def test_session_keys_expire_in_redis(self):
+        s = self.store
+        s.sessionTTL = 120
+        yield s.put_session("s1", {"role": 2})
+        yield s.put_device(device("cam-1"))
+        ttl = yield s._connection().execute_command("TTL", s.key("session", "s1"))
+        self.assertTrue(0 < int(ttl) <= 120, ttl)
+        ttl = yield s._connection().execute_command("TTL", s.key("device", "cam-1"))
+        self.assertEqual(int(ttl), -1)  # static copies do not expire
 
     @defer.inlineCallbacks
     def test_write_fires_after_redis_holds_it(self):
@@ -721,13 +770,36 @@ class RedisWriteQueueTests(unittest.SynchronousTestCase):
             sorted(self.redis.writes()),
             [
                 ("HSET", "vss:n1:state:cam-1", "online", "true", "last_seen", "2"),
-                ("SET", "vss:n1:session:s1", '{"role":2}'),
+                ("SET", "vss:n1:session:s1", '{"role":2}', s.sessionTTL),
             ],
         )
         self.assertNoResult(first)
         self.redis.ack()
         self.assertIsNone(self.successResultOf(first))
         self.assertIsNone(self.successResultOf(newer))
+
+    def test_session_keys_live_for_a_while_and_are_written_again(self):
+        s = self.store
+        s.put_session("s1", {"role": 2})
+        s.put_session("s2", {"role": 1})
+        self.clock.advance(0)
+        self.assertEqual(sorted(self.redis.writes()), [
+            ("SET", "vss:n1:session:s1", '{"role":2}', s.sessionTTL),
+            ("SET", "vss:n1:session:s2", '{"role":1}', s.sessionTTL)])
+        self.redis.ack()
+        s.remove_session("s2")
+        self.clock.advance(0)
+        self.redis.ack()
+        # Before the keys expire, the sessions still held are written again.
+        self.clock.advance(s.sessionTTL / 3)
+        self.clock.advance(0)
+        self.assertEqual(self.redis.writes(),
+                         [("SET", "vss:n1:session:s1", '{"role":2}', s.sessionTTL)])
+        self.redis.ack()
+        closing = s.close()
+        self.clock.advance(0)
+        self.assertIsNone(self.successResultOf(closing))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_retry_delay_grows(self):
         s = self.store

@@ -40,6 +40,7 @@ from vss.protocols.messages import (
     StateChange,
     SyncChange,
 )
+from vss.rgm import cmslink
 from vss.rgm.outbox import Outbox
 from vss.rgm.sync import SAVE_DELAY, SyncApplier
 from vss.store.memory import MemoryStore
@@ -704,6 +705,103 @@ class SyncRulesTests(unittest.TestCase):
         for node in (self.node, self.other):
             yield wait_until(reactor, lambda n=node: n.store.get_device("cam").name
                              == "Admin name")
+
+    def failing_writes(self, failures, write_first=False):
+        """The next ``failures`` renames CMS writes fail as a database failure does
+        (DB_UNAVAILABLE; with ``write_first`` the write commits and the answer is lost,
+        as when the server dies during the commit)."""
+        update = self.store.update_device_fields
+        left = [failures]
+
+        @defer.inlineCallbacks
+        def failing(*args, **kw):
+            if left[0] > 0:
+                left[0] -= 1
+                if write_first:
+                    yield update(*args, **kw)
+                raise VssError(ResultCode.DB_UNAVAILABLE, "the CMS database failed (test)")
+            return (yield update(*args, **kw))
+
+        self.patch(self.store, "update_device_fields", failing)
+        self.node.central._retry_delay = 0.05
+        self.patch(cmslink, "RETRY_FIRST", 0.05)
+        return left
+
+    def rename_by_pu(self, pu, *names):
+        for name in names:
+            pu.link.send_notify(MsgType.STATE_CHANGE, StateChange(
+                device_id="cam", channel=0, change=int(ChangeKind.NAME), timestamp=1,
+                items=[KV(key="name", value=name)]))
+
+    @defer.inlineCallbacks
+    def test_a_database_failure_keeps_the_change_until_it_is_written(self):
+        """CMS answers DB_UNAVAILABLE (the outside test: PostgreSQL stopped, SQLite
+        locked): the change stays in the outbox and is sent again until written."""
+        left = self.failing_writes(3)
+        pu = yield self.p.login("node-a", Role.PU, "cam", "cam-secret")
+        self.rename_by_pu(pu, "first", "second")
+        link = self.node.central
+        yield wait_until(reactor, lambda: self.cms.counters["sync_changes"] >= 5
+                         and not link.outbox.pending, what="the outbox to drain")
+        self.assertEqual(left[0], 0)
+        self.assertEqual(link.counters["change_retries"], 3)
+        self.assertEqual(link.counters["refused_changes"], 0)
+        # one log entry each (a fetched entry carries the current record)
+        log, _ = yield self.store.changes_after(0, 1000)
+        self.assertEqual(len([c for c in log if c.origin == "node-a" and c.key == "cam"]), 2)
+        self.assertEqual((yield self.store.get_device("cam")).name, "second")
+
+    @defer.inlineCallbacks
+    def test_a_change_written_while_its_answer_was_lost_is_not_lost_nor_doubled(self):
+        """The database wrote the change but CMS answered DB_UNAVAILABLE: the resend is
+        refused as stale (it is in the DB already), and the node, knowing its copy is
+        behind, fetches before it bases the next change on it."""
+        self.failing_writes(1, write_first=True)
+        pu = yield self.p.login("node-a", Role.PU, "cam", "cam-secret")
+        self.rename_by_pu(pu, "first", "second", "third")
+        link = self.node.central
+        yield wait_until(reactor, lambda: self.cms.counters["sync_changes"] >= 4
+                         and not link.outbox.pending, what="the outbox to drain")
+        self.assertEqual(link.counters["refused_changes"], 1)
+        log, _ = yield self.store.changes_after(0, 1000)
+        self.assertEqual(len([c for c in log if c.origin == "node-a" and c.key == "cam"]), 3)
+        self.assertEqual((yield self.store.get_device("cam")).name, "third")
+
+    @defer.inlineCallbacks
+    def test_an_internal_error_keeps_the_change(self):
+        update = self.store.update_device_fields
+        calls = []
+
+        def broken_once(*args, **kw):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            return update(*args, **kw)
+
+        self.patch(self.store, "update_device_fields", broken_once)
+        self.node.central._retry_delay = 0.05
+        pu = yield self.p.login("node-a", Role.PU, "cam", "cam-secret")
+        self.rename_by_pu(pu, "kept")
+        yield wait_until(reactor, lambda: self.cms.counters["sync_changes"] >= 2
+                         and not self.node.central.outbox.pending)
+        self.assertEqual((yield self.store.get_device("cam")).name, "kept")
+        self.flushLoggedErrors(RuntimeError)
+
+    @defer.inlineCallbacks
+    def test_a_refusal_for_good_drops_the_change_and_says_why(self):
+        events = []
+        self.patch(self.node.central, "log", Logger(observer=events.append))
+        pu = yield self.p.login("node-a", Role.PU, "cam", "cam-secret")
+        yield self.store.remove_device("cam")  # removed centrally, not yet published
+        self.rename_by_pu(pu, "too late")
+        link = self.node.central
+        yield wait_until(reactor, lambda: self.cms.counters["sync_changes"] >= 1
+                         and not link.outbox.pending)
+        self.assertEqual(link.counters["refused_changes"], 1)
+        self.assertEqual(link.counters["change_retries"], 0)
+        refused = [e for e in events if "refused" in e.get("log_format", "")]
+        self.assertEqual(len(refused), 1)
+        self.assertIn("removed centrally", refused[0]["reason"])
 
     @defer.inlineCallbacks
     def test_a_node_sees_its_link_to_cms_go_down(self):

@@ -13,6 +13,8 @@ Map of the package (each flow of docs/architecture.md is findable by folder):
 - ``vss.cdn``        the CDN module: the only controller of the node's streaming server.
 - ``vss.rtsp``       RTSP parser (sans-IO), server, client, RTP fan-out.
 - ``vss.store``      in-memory store backends (in-process, Redis).
+- ``vss.streamcreds`` long-lived, revocable stream credentials for third-party players
+  (stable stream URLs, RTSP Digest).
 - ``vss.tap``        ``usage.Options`` and ``makeService`` for ``twistd vss-node`` and
   ``twistd vss-cms``.
 - ``vss.testing``    fakes and builders shared by tests.

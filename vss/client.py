@@ -191,14 +191,26 @@ class ReconnectingClient:
                                        self._prepare, clock, initial=1.0, max_delay=max_delay,
                                        name=client.identity)
         client.on_lost = self.reconnector.lost
+        self.not_ready = False  # the last login was answered NOT_READY
 
     def _prepare(self, link):
+        def logged_in(result):
+            self.not_ready = False
+            return result
+
         def failed(f):
-            self.log.warn("login of {identity} failed: {error}", identity=self.client.identity,
-                          error=f.getErrorMessage())
+            self.not_ready = f.check(VssError) is not None and f.value.code == ResultCode.NOT_READY
+            if self.not_ready:
+                # Not a failure of ours: the node cannot check logins yet. The
+                # reconnector backs off with a wide jitter.
+                self.log.info("node not ready for {identity}: {error}",
+                              identity=self.client.identity, error=f.value.message)
+            else:
+                self.log.warn("login of {identity} failed: {error}",
+                              identity=self.client.identity, error=f.getErrorMessage())
             return f
 
-        return self.client.login(link).addErrback(failed)
+        return self.client.login(link).addCallbacks(logged_in, failed)
 
     def start(self):
         self.reconnector.start()

@@ -184,6 +184,11 @@ def main(argv=None):
     print(f"""
 vss is running: CMS, node-a, node-b and {len(DEVICES)} simulated cameras (logs in {run_dir}).
 
+Open the web client of either node in a browser (live video, PTZ, recordings) and sign in
+as alice with the password below:
+  node-a: http://127.0.0.1:{b + 4}/
+  node-b: http://127.0.0.1:{b + 14}/
+
 Log in as a user on either node:
   export VSS_NODE=tcp:127.0.0.1:{b + 1} VSS_USER=alice VSS_PASSWORD='{creds['alice_password']}'
   {ctl} devices
@@ -199,8 +204,8 @@ Administer the platform:
 Record cam-a1 on a weekly schedule, then list, play back and export on either node:
   {admin} record-settings set cam-a1 --mode schedule --segment 60 --schedule '{_week()}'
   {ctl} recordings cam-a1 --from -1h
-  {ctl} playback cam-a1 --at -5m --play
-  {ctl} export cam-a1 --from -10m --to -5m -o clip.mp4
+  {ctl} export cam-a1 --from -10m --to now -o clip.mp4      (once a segment has closed)
+  {ctl} playback cam-a1 --at -90s --play
 
 Credentials are kept in {run_dir}/credentials.json. Ctrl-C stops everything.
 """, flush=True)

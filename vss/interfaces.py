@@ -14,9 +14,10 @@ class IMemoryStore(Interface):
     """The in-memory database of a node's RGM.
 
     It holds the node's copies of static data (devices, users, grants, received from
-    CMS) and the dynamic data of its own PUs and CUs (online state, last seen, PTZ
-    position, current configuration, sessions), plus a few node-level values (``meta``,
-    e.g. the last applied sync sequence).
+    CMS; and its own PUs' configuration and presets, reported by them, kept in their
+    state fields: ``vss.rgm.settings``) and the dynamic data of its own PUs and CUs
+    (online state, last seen, PTZ position, sessions), plus a few node-level values
+    (``meta``, e.g. the last applied sync sequence).
 
     Reads are synchronous and served from process memory: they sit on the hot path of
     every request. Writes update memory at once and return a Deferred that fires when
@@ -69,6 +70,19 @@ class IMemoryStore(Interface):
 
     def grants():
         """All ``GrantRecord`` held."""
+
+    def put_credential(record):
+        """Store or replace a ``StreamCredential`` (its sealed secret, never the secret)
+        keyed by its ``cred_id``."""
+
+    def remove_credential(cred_id):
+        """Forget one stream credential."""
+
+    def get_credential(cred_id):
+        """The ``StreamCredential`` or None."""
+
+    def credentials():
+        """All ``StreamCredential`` held."""
 
     def actions_for(username, device_id):
         """The union (int bitmask of ``Action``) of the grants of ``user:<name>`` and of
@@ -146,6 +160,20 @@ class IStaticStore(Interface):
 
     def list_devices(cursor="", limit=1000, home_node=None):
         """Deferred (records, next_cursor), ordered by device id."""
+
+    def add_credential(record):
+        """Store a new ``StreamCredential`` (``created`` and ``version`` are set here).
+        Fails with CONFLICT if its id exists. Deferred [Change]."""
+
+    def revoke_credential(cred_id):
+        """Revoke a credential now. Deferred [Change]; NOT_FOUND for an unknown id,
+        CONFLICT when it is revoked already."""
+
+    def get_credential(cred_id):
+        """Deferred ``StreamCredential`` or None."""
+
+    def list_credentials(cursor="", limit=1000, username=None, device_id=None):
+        """Deferred (records, next_cursor), ordered by id."""
 
     def set_grant(principal, device_id, actions):
         """principal is 'user:<name>' or 'group:<name>'. Deferred [Change]."""
@@ -227,6 +255,20 @@ class ICentral(Interface):
         """One of the node's PUs came online or went offline (dynamic data, so not
         logged: CMS passes it on to the other nodes so their device lists show it)."""
 
+    def synchronised():
+        """True once the node holds a synchronised copy of the static data (restored at
+        start from its own store or data directory, or loaded from CMS), so that it can
+        check logins itself; until then logins are answered NOT_READY. Synchronous."""
+
+    def store_credential(record):
+        """CRED_STORE: a stream credential a user of the node made (sealed secret only).
+        Fires with the ``StreamCredential`` as stored; FORBIDDEN when the user may not
+        view the device, NOT_SUPPORTED without a central platform."""
+
+    def revoke_credential(cred_id, username):
+        """CRED_REVOKE: ``username`` revokes one of their stream credentials. Fires
+        with it as revoked."""
+
 
 class IStreamAuthorizer(Interface):
     """How the streaming server checks a token in an RTSP URL."""
@@ -243,6 +285,9 @@ class IAdminBackend(Interface):
     alone; the CMS service provides the same surface with its live node registry."""
 
     store = Attribute("The ``IStaticStore`` holding the static data.")
+    credential_key = Attribute("The key stream credentials are sealed with "
+                               "(``vss.streamcreds.secret.credential_key`` of the cluster "
+                               "secret), or None: then none can be made here.")
 
     def publish(changes):
         """S501: the ``Change`` list of one store transaction made by an operator; may

@@ -130,10 +130,33 @@ class NodeService(StagedService):
                                            settings.data_dir, capacity)
         self.recordings.setServiceParent(self)
         self.rgm.recordings = self.recordings
+        # The browser client on the HTTP listener: the page, the CU link and the media
+        # over WebSockets (vss.web).
+        from vss.web.site import WebClient
+
+        self.web = WebClient(self.rtsp, self.rgm.factory(Role.CU), reactor)
+        self.web.setServiceParent(self)
         # Settings from CMS, the catalogue across nodes, HTTP export and retention.
         from vss.cdn import archive
 
-        archive.wire(self, settings, reactor)
+        archive.wire(self, settings, reactor, web=self.web)
+        self.stream_credentials = None
+        if not settings.static:  # the credentials' sealing key comes from the cluster
+            self._make_stream_credentials(reactor)
+
+    def _make_stream_credentials(self, reactor):
+        """Long-lived, revocable stream credentials for third-party players: checked by
+        the SS, made and revoked by CUs, revalidated after every change of access."""
+        from vss.streamcreds.node import StreamCredentials
+        from vss.streamcreds.secret import credential_key
+
+        creds = StreamCredentials(credential_key(self.cluster_secret), self.store,
+                                  self.central, self.cdn, reactor)
+        creds.setServiceParent(self)
+        self.rtsp.use_credentials(creds)
+        self.rgm.credentials = creds
+        self.central.access_listeners.append(creds.revalidate)
+        self.stream_credentials = creds
 
     def rtsp_port(self):
         port = self.rtsp_listener.port
@@ -142,7 +165,8 @@ class NodeService(StagedService):
     def namespace(self):
         """What the manhole shows an operator."""
         return {"node": self, "rgm": self.rgm, "store": self.store, "central": self.central,
-                "sessions": self.rgm.links, "pus": self.rgm.pu_links}
+                "sessions": self.rgm.links, "pus": self.rgm.pu_links,
+                "credentials": getattr(self, "stream_credentials", None)}
 
     def _make_central(self):
         if self.settings.static:
@@ -154,8 +178,11 @@ class NodeService(StagedService):
 
         self.cluster_secret = read_secret(self.settings.cluster_secret_file,
                                           "--cluster-secret-file")
+        # With the memory store nothing survives the process: the node keeps its copy of
+        # the static data in its data directory too (vss.rgm.localcopy).
         link = CmsLink(self.settings.node_id, self.settings.cms, self.cluster_secret, self.store,
-                       self.reactor, data_dir=self.settings.data_dir, advertise=self.advertise)
+                       self.reactor, data_dir=self.settings.data_dir, advertise=self.advertise,
+                       local_copy=self.store.name == "memory")
         if not self.settings.route_cache:
             link.route_cache = NoRouteCache()
         return link
@@ -173,6 +200,8 @@ class NodeService(StagedService):
         if self.settings.static:
             self.central.nodes[self.settings.node_id] = self.rgm
             d.addCallback(lambda _: self._seed_from_static())
+        else:
+            d.addCallback(lambda _: self.central.restore())
         return d
 
     def _seed_from_static(self):

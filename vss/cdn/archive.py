@@ -21,6 +21,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from vss.cdn.catalogue import gap_pairs
 from vss.cdn.listing import (
     FANOUT_TIMEOUT,
     encode_node_answer,
@@ -44,8 +45,11 @@ LINK_DOWN = (ResultCode.CENTRAL_UNAVAILABLE, ResultCode.SESSION_CLOSED, ResultCo
 
 
 class NodeArchive:
-    def __init__(self, node_id, catalogue, central, store, tokens=None, http_base=None):
+    def __init__(self, node_id, catalogue, central, store, tokens=None, http_base=None,
+                 open_segments=None, clock=None):
         self.node_id = node_id
+        self.open_segments = open_segments  # f(device, stream name) -> [(start, bytes)]
+        self.clock = clock
         self.catalogue = catalogue
         self.central = central
         self.store = store
@@ -96,13 +100,18 @@ class NodeArchive:
         stream = stream_name(body.channel, body.stream)
         rows, gaps = yield self.catalogue.spans(body.device_id, stream, body.from_time,
                                                 body.to_time)
+        closed = bool(rows)  # what an export can give: the closed segments
+        opens = self._open_rows(body, stream, rows)
+        if opens:  # a recording in progress: listed up to now, not as a gap
+            rows = sorted(list(rows) + opens)
+            gaps = gap_pairs(rows, body.from_time, body.to_time)
         export = None
         base = self.http_base() if callable(self.http_base) else self.http_base
-        if rows and base and self.tokens is not None:
+        if closed and base and self.tokens is not None:
             token, expires = self.tokens.issue(body.device_id, body.channel, stream,
                                                body.from_time, body.to_time)
             export = export_url(base, token, expires, self.node_id)
-        data = encode_node_answer(rows, gaps, self.node_id, export)
+        data = encode_node_answer(rows, gaps, self.node_id, export, [r[0] for r in opens])
         from vss.cdn.dvr import device_recordings
 
         own = yield device_recordings(self.pu_links, self.store, body)
@@ -110,6 +119,20 @@ class NodeArchive:
             data = encode_parts(merge_parts(body.from_time, body.to_time,
                                             [parse_body(data), parts_of(own)]))
         return data
+
+    def _open_rows(self, body, stream, rows):
+        """(start, now, bytes so far) of the segments of the range being written, not
+        in the catalogue yet."""
+        if self.open_segments is None:
+            return []
+        now = int(self.clock.seconds() * 1000) if self.clock is not None else None
+        closed = {r[0] for r in rows}
+        out = []
+        for start, size in self.open_segments(body.device_id, stream):
+            end = max(start + 1, now or start + 1)
+            if start not in closed and start < body.to_time and end > body.from_time:
+                out.append((start, end, size))
+        return out
 
 
 class RetentionService(service.Service):
@@ -188,9 +211,10 @@ def playback_in_use(cdn, catalogue, margin_ms=PLAYBACK_MARGIN_MS):
     return paths
 
 
-def wire(node, settings, reactor):
+def wire(node, settings, reactor, web=None):
     """The archive, the settings sync, retention and the HTTP export listener of a node
-    (``vss.node.NodeService``; after its recorder and recording manager exist)."""
+    (``vss.node.NodeService``; after its recorder and recording manager exist); ``web``
+    (``vss.web.site.WebClient``) serves the browser client on that listener."""
     from vss.cdn.export import Exporter, ExportTokens, make_site
     from vss.rgm.record_settings import DEFAULT_RETENTION_DAYS, RecordSettingsSync
     from vss.tap.common import ListenService
@@ -201,7 +225,7 @@ def wire(node, settings, reactor):
     node.http_listener = None
     if http:
         node.http_listener = ListenService("http", http, make_site(node.export_tokens,
-                                                                   node.exporter), reactor)
+                                                                   node.exporter, web), reactor)
         node.http_listener.setServiceParent(node)
 
     def http_base():
@@ -209,7 +233,8 @@ def wire(node, settings, reactor):
         return f"http://{settings.media_host}:{port}" if port else None
 
     node.archive = NodeArchive(settings.node_id, node.recorder.catalogue, node.central,
-                               node.store, node.export_tokens, http_base)
+                               node.store, node.export_tokens, http_base,
+                               open_segments=node.recorder.open_segments, clock=reactor)
     node.rgm.archive = node.archive
     node.archive.pu_links = node.rgm.pu_links
     quota_mb = getattr(settings, "quota_mb", 0)

@@ -491,6 +491,9 @@ class _StallWatch:
         self.call = None
 
 
-def make_site(tokens, exporter):
-    """The node's HTTP site: its access log shows no token (``vss.redact.Site``)."""
-    return Site(ExportResource(tokens, exporter))
+def make_site(tokens, exporter, web=None):
+    """The node's HTTP site: its access log shows no token (``vss.redact.Site``).
+    ``web`` (``vss.web.site.WebClient``) adds the browser client in front of the
+    export."""
+    root = ExportResource(tokens, exporter)
+    return Site(web.resource(root) if web is not None else root)

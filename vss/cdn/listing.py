@@ -12,6 +12,10 @@ times. The node asks CMS; CMS asks every node in the registry that is up (at mos
   one node's catalogue), the nodes that did not answer (down, timed out, or failed:
   ``missing``), and the export URLs.
 
+A segment still being written is listed too, up to the time of the answer (its
+``bytes`` so far), so a recording in progress is not shown as a gap; the extension
+``OPEN_TAG`` of the ``Recordings`` body names those segments (``open_segments``).
+
 A listing holds at most ``MAX_SEGMENTS`` segments (the first ones in time; ``truncated``
 is then set and the gaps cover only the listed part): the answer must fit in one frame.
 ``encode_recordings``/``decode_recordings`` carry the ``Recordings`` body without
@@ -32,11 +36,54 @@ from vss.protocols.messages import ExportUrl, Recordings, RecordSegment, TimeRan
 
 FANOUT_TIMEOUT = 2.0  # seconds CMS waits for each node's answer
 MAX_SEGMENTS = 20000  # about 0.7 MB of segments: one frame holds at most 1 MiB
+#: extension tag of ``Recordings``: the segments of the list still being written, as
+#: u16 count, then per segment its ``start`` (u64) and ``node_id`` (str)
+OPEN_TAG = 0x0001
+MAX_OPEN = 1000  # the extension's value must fit its u16 length
 
 
-def node_answer(listing, node_id, export=None):
+def encode_open(opens):
+    """The ``OPEN_TAG`` value for (start, node_id) pairs."""
+    opens = sorted(set(opens))[:MAX_OPEN]
+    return _H.pack(len(opens)) + b"".join(_Q.pack(start) + _str(node) for start, node in opens)
+
+
+def decode_open(value):
+    """The (start, node_id) pairs of an ``OPEN_TAG`` value (ValueError if malformed)."""
+    count = _H.unpack_from(value, 0)[0]
+    p, out = 2, []
+    for _ in range(count):
+        start = _Q.unpack_from(value, p)[0]
+        n = _H.unpack_from(value, p + 8)[0]
+        if p + 10 + n > len(value):
+            raise ValueError("short")
+        out.append((start, bytes(value[p + 10:p + 10 + n]).decode("utf-8")))
+        p += 10 + n
+    if p != len(value):
+        raise ValueError("trailing bytes")
+    return out
+
+
+def open_segments(body):
+    """The (start, node_id) pairs of the segments of a ``Recordings`` that were still
+    being written when it was answered (its ``OPEN_TAG`` extension)."""
+    for tag, value in body.ext:
+        if tag == OPEN_TAG:
+            try:
+                return set(decode_open(value))
+            except (ValueError, struct.error, UnicodeDecodeError):
+                return set()
+    return set()
+
+
+def _open_ext(opens):
+    return ((OPEN_TAG, encode_open(opens)),) if opens else ()
+
+
+def node_answer(listing, node_id, export=None, opens=()):
     """A node's ``Recordings`` from its catalogue's ``list`` result. ``export``: an
-    ``ExportUrl`` for this range (only sent when the node holds segments)."""
+    ``ExportUrl`` for this range (only sent when the node holds segments); ``opens``:
+    the starts of the listed segments still being written."""
     segs = listing["segments"]
     truncated = len(segs) > MAX_SEGMENTS
     segs = segs[:MAX_SEGMENTS]
@@ -45,7 +92,7 @@ def node_answer(listing, node_id, export=None):
                   for s in segs],
         gaps=[TimeRange(start=a, end=b) for a, b in listing["gaps"]],
         missing=[], exports=[export] if export is not None and segs else [],
-        truncated=truncated)
+        truncated=truncated, ext=_open_ext([(start, node_id) for start in opens]))
 
 
 def gaps_of(segments, from_ms, to_ms, min_gap_ms=MIN_GAP_MS):
@@ -72,8 +119,11 @@ def merge(from_ms, to_ms, answers, missing=()):
     if truncated and segments:
         end = min(to_ms, max(s.end for s in segments))
     exports = sorted((e for a in answers for e in a.exports), key=lambda e: e.node_id)
+    listed = {(s.start, s.node_id) for s in segments}
+    opens = [o for a in answers for o in open_segments(a) if o in listed]
     return Recordings(segments=segments, gaps=gaps_of(segments, from_ms, end),
-                      missing=sorted(set(missing)), exports=exports, truncated=truncated)
+                      missing=sorted(set(missing)), exports=exports, truncated=truncated,
+                      ext=_open_ext(opens))
 
 
 # -- the Recordings body without construct ---------------------------------------------
@@ -107,10 +157,11 @@ def _segment_struct(n):
     return st
 
 
-Parts = namedtuple("Parts", "segments gaps missing exports truncated")
+Parts = namedtuple("Parts", "segments gaps missing exports truncated open", defaults=((),))
 Parts.__doc__ = """A plain ``Recordings`` body as tuples: ``segments`` as (start, end,
 bytes, name length, UTF-8 name) in wire order, ``gaps`` as (start, end), ``missing`` as
-str, ``exports`` as ``ExportUrl``."""
+str, ``exports`` as ``ExportUrl``, ``open`` the (start, node id) of the segments still
+being written (the ``OPEN_TAG`` extension)."""
 
 
 def _str(text, cache=None):
@@ -125,7 +176,7 @@ def _str(text, cache=None):
     return out
 
 
-def _tail(gaps, missing, exports, truncated):
+def _tail(gaps, missing, exports, truncated, opens=()):
     """Everything after the segment records (gaps as (start, end) pairs)."""
     parts = [_H.pack(len(gaps))]
     parts += [_QQ.pack(a, b) for a, b in gaps]
@@ -133,20 +184,27 @@ def _tail(gaps, missing, exports, truncated):
     parts += [_str(m) for m in missing]
     parts.append(_H.pack(len(exports)))
     parts += [_str(e.node_id) + _str(e.url) + _Q.pack(e.expires) for e in exports]
-    parts.append(b"\x01\x00\x00" if truncated else b"\x00\x00\x00")
+    parts.append(b"\x01" if truncated else b"\x00")
+    if opens:
+        value = encode_open(opens)
+        parts.append(_H.pack(1) + _H.pack(OPEN_TAG) + _H.pack(len(value)) + value)
+    else:
+        parts.append(b"\x00\x00")
     return b"".join(parts)
 
 
 def encode_recordings(body):
     """The body bytes of a ``Recordings``."""
-    if body.ext or len(body.segments) > 0xFFFF or len(body.gaps) > 0xFFFF:
+    if any(tag != OPEN_TAG for tag, _ in body.ext) or len(body.ext) > 1 \
+            or len(body.segments) > 0xFFFF or len(body.gaps) > 0xFFFF:
         return codec.encode_body(body)
     names = {}
     pack3 = _QQQ.pack
     segments = b"".join([pack3(s.start, s.end, s.bytes) + _str(s.node_id, names)
                          for s in body.segments])
     return b"".join((_H.pack(len(body.segments)), segments, _tail(
-        [(g.start, g.end) for g in body.gaps], body.missing, body.exports, body.truncated)))
+        [(g.start, g.end) for g in body.gaps], body.missing, body.exports, body.truncated,
+        open_segments(body))))
 
 
 def encode_parts(parts):
@@ -158,23 +216,28 @@ def encode_parts(parts):
     packs = {n: _segment_struct(n).pack for n in set(map(_length, segs))}
     records = b"".join([packs[t[3]](*t) for t in segs])
     return b"".join((_H.pack(len(segs)), records,
-                     _tail(parts.gaps, parts.missing, parts.exports, parts.truncated)))
+                     _tail(parts.gaps, parts.missing, parts.exports, parts.truncated,
+                           parts.open)))
 
 
-def encode_node_answer(rows, gaps, node_id, export=None):
+def encode_node_answer(rows, gaps, node_id, export=None, opens=()):
     """``encode_recordings(node_answer(...))`` straight from catalogue rows: ``rows``
-    (start_ms, end_ms, bytes) in time order, ``gaps`` (start_ms, end_ms) pairs."""
+    (start_ms, end_ms, bytes) in time order, ``gaps`` (start_ms, end_ms) pairs,
+    ``opens`` the starts of the rows still being written."""
     truncated = len(rows) > MAX_SEGMENTS
     if truncated:
         rows = rows[:MAX_SEGMENTS]
+    listed = {r[0] for r in rows}
+    opens = [(start, node_id) for start in opens if start in listed]
     if len(gaps) > 0xFFFF:
         return encode_recordings(node_answer(
-            {"segments": [_Row(*r) for r in rows], "gaps": gaps}, node_id, export))
+            {"segments": [_Row(*r) for r in rows], "gaps": gaps}, node_id, export,
+            [start for start, _ in opens]))
     name = node_id.encode("utf-8")
     pack, n = _segment_struct(len(name)).pack, len(name)
     records = b"".join([pack(s, e, b, n, name) for s, e, b in rows])
     exports = [export] if export is not None and rows else []
-    return b"".join((_H.pack(len(rows)), records, _tail(gaps, [], exports, truncated)))
+    return b"".join((_H.pack(len(rows)), records, _tail(gaps, [], exports, truncated, opens)))
 
 
 _Row = namedtuple("_Row", "start_ms end_ms bytes")
@@ -241,9 +304,16 @@ def parse_body(data):
         exports.append(ExportUrl(node, url, _Q.unpack_from(data, p)[0]))
         p += 8
     flag = data[p:p + 1]
-    if flag not in (b"\x00", b"\x01") or data[p + 1:] != b"\x00\x00":
+    if flag not in (b"\x00", b"\x01"):
         raise ValueError("not a plain body")
-    return Parts(segments, gaps, missing, exports, flag == b"\x01")
+    opens = ()
+    rest = data[p + 1:]
+    if rest != b"\x00\x00":  # the one extension known here, else construct decodes it
+        if len(rest) < 6 or rest[:4] != _H.pack(1) + _H.pack(OPEN_TAG) \
+                or _H.unpack_from(rest, 4)[0] != len(rest) - 6:
+            raise ValueError("not a plain body")
+        opens = tuple(decode_open(rest[6:]))
+    return Parts(segments, gaps, missing, exports, flag == b"\x01", opens)
 
 
 def parts_of(body):
@@ -253,7 +323,7 @@ def parts_of(body):
         name = s.node_id.encode("utf-8")
         segments.append((s.start, s.end, s.bytes, len(name), name))
     return Parts(segments, [(g.start, g.end) for g in body.gaps], list(body.missing),
-                 list(body.exports), bool(body.truncated))
+                 list(body.exports), bool(body.truncated), tuple(sorted(open_segments(body))))
 
 
 def recordings_of(parts):
@@ -265,7 +335,7 @@ def recordings_of(parts):
                                                       map(itemgetter(4), segs))))
     return Recordings(segments=segments, gaps=[TimeRange(a, b) for a, b in parts.gaps],
                       missing=parts.missing, exports=parts.exports,
-                      truncated=parts.truncated)
+                      truncated=parts.truncated, ext=_open_ext(parts.open))
 
 
 def _decode(frame):
@@ -311,8 +381,14 @@ def merge_parts(from_ms, to_ms, answers, missing=()):
     if truncated and segments:
         end = min(to_ms, max(map(itemgetter(1), segments)))
     exports = sorted((e for a in answers for e in a.exports), key=lambda e: e.node_id)
+    opens = [o for a in answers for o in a.open]
+    if opens:
+        listed = {(t[0], t[4].decode("utf-8")) for t in segments}
+        opens = tuple(sorted(o for o in set(opens) if o in listed))
+    else:
+        opens = ()
     return Parts(segments, gap_pairs(segments, from_ms, end), sorted(set(missing)),
-                 exports, truncated)
+                 exports, truncated, opens)
 
 
 def export_url(base, token, expires_ms, node_id):

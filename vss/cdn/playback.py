@@ -447,6 +447,7 @@ class Playback:
         self.relay = None
         self.spare = None
         self.public = None
+        self.length_ms = None  # footage from the origin on (the range in the SDP)
         self.state = "held"  # held (ready, waiting for PLAY), playing, paused, ended
         self.position = origin_ms  # where the current child started / paused at
         self.requested = origin_ms  # the time the current child was asked to start at
@@ -518,6 +519,8 @@ class Playback:
             self.video_track = kinds.index("video") if "video" in kinds else 0
             self.public = self.service.rtsp.attach_source(self.path, source.sdp,
                                                           origin="playback")
+            if self.length_ms:  # the SDP's range: a seek bar in the player
+                self.public.duration = self.length_ms / 1000
         source.add_reader(relay)
         if self.ready is not None:
             d, self.ready = self.ready, None
@@ -721,10 +724,14 @@ class PlaybackService:
         listing = yield self.catalogue.list(body.device_id, name, start, start + WINDOW_MS)
         footage = [s for s in listing["segments"] if s.end_ms > start]
         if not footage:
-            raise VssError(ResultCode.NOT_FOUND,
-                           f"no recording of {body.device_id} {name} at or after {start}")
+            when = datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            raise VssError(ResultCode.NOT_FOUND, f"nothing was recorded of {body.device_id} "
+                           f"{name} at or after {when} UTC")
         origin = max(start, footage[0].start_ms)
         pb = Playback(self, body.device_id, name, origin)
+        # npt counts wall-clock time from the origin (a seek to npt S is origin + S):
+        # the footage of the window ends at its last segment's end
+        pb.length_ms = max(s.end_ms for s in footage) - origin
         self.playbacks[pb.path] = pb
         pb.ready = defer.Deferred()
         pb.start(origin, False)

@@ -242,6 +242,8 @@ def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: Fa
                         seg = None
                     seg = _SegmentFile(_free_name(out_dir, at_ms), at_ms, streams, t,
                                        opener)
+                    emit({"event": "open", "path": os.path.relpath(seg.part, data_dir),
+                          "start_ms": at_ms})
             if seg is not None:
                 seg.write(packet, is_video)
         if seg is not None:
@@ -998,6 +1000,7 @@ class _Recording:
         self.retry = None
         self.holds_start = False  # holds a place in Recorder.starting
         self.pending = []  # catalogue adds in flight
+        self.open_segment = None  # a child's segment being written: (start ms, .part path)
 
     def live_counters(self):
         """The in-process counters (frames received and lost...) over every start."""
@@ -1199,6 +1202,27 @@ class Recorder:
                                          "reading": pb.source is not None}
                                for pb in self.prebuffers.values()}}
 
+    def open_segments(self, device_id, stream):
+        """(start ms, bytes written so far) of the segments of (device, stream name)
+        being written now: listed beside the closed ones, so that a recording in progress
+        is not shown as a gap."""
+        out = []
+        for rec in self.recordings.values():
+            if rec.device_id != device_id or rec.stream != stream:
+                continue
+            seg = rec.live.seg if rec.live is not None else None
+            if seg is not None:
+                start, part = seg.start_ms, seg.part
+            elif rec.child is not None and rec.open_segment is not None:
+                start, part = rec.open_segment
+            else:
+                continue
+            try:
+                out.append((start, os.path.getsize(part)))
+            except OSError:  # closed (renamed) meanwhile: the catalogue lists it
+                continue
+        return out
+
     def clear_alarm(self):
         if self.alarm is not None:
             log.info("recording alarm cleared: {message}", message=self.alarm["message"])
@@ -1377,7 +1401,11 @@ class Recorder:
                 rec.state = "recording"
             rec.error = None
             self._fire_started(rec, rec.info())
+        elif kind == "open":
+            rec.open_segment = (int(event["start_ms"]),
+                                os.path.join(self.data_dir, event["path"]))
         elif kind == "segment":
+            rec.open_segment = None
             self._segment(rec, event)
         elif kind == "disk_full":
             rec.state = "disk_full"

@@ -146,10 +146,13 @@ def media_open(cdn, body):
         except VssError as e:
             if e.code != ResultCode.NOT_FOUND or not missing:
                 raise
+            from datetime import UTC, datetime
+
+            at = datetime.fromtimestamp(int(body.start_time) / 1000, UTC)
             raise VssError(ResultCode.HOME_NODE_DOWN,
                            f"no recording of {body.device_id} found at or after "
-                           f"{int(body.start_time)}: node(s) {', '.join(missing)} did not "
-                           "answer (down?)") from None
+                           f"{at:%Y-%m-%d %H:%M:%S} UTC: node(s) {', '.join(missing)} "
+                           "did not answer (down?)") from None
     if node == cdn.rgm.node_id:
         return (yield _local(cdn, body))
     record = cdn.store.get_device(body.device_id)

@@ -32,10 +32,13 @@ def count_devices(store, home_node):
 @implementer(IAdminBackend)
 class StoreAdminBackend:
     """``publish(changes)``, ``assign_home_node(device_id)`` and ``status()`` may be
-    given as callables; each default works from ``store`` alone."""
+    given as callables; each default works from ``store`` alone. ``credential_key``
+    (from the cluster secret) lets operators make stream credentials."""
 
-    def __init__(self, store, publish=None, assign_home_node=None, status=None):
+    def __init__(self, store, publish=None, assign_home_node=None, status=None,
+                 credential_key=None):
         self.store = store
+        self.credential_key = credential_key  # seals stream credentials (vss.streamcreds)
         self._publish = publish
         self._assign = assign_home_node
         self._status = status

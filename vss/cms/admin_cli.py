@@ -766,6 +766,80 @@ class TokenRevoke(Command):
         return token, f"admin token {token['id']} ({token['name']}) revoked"
 
 
+def render_credentials(items):
+    rows = [[c["id"], c["user"], c["device_id"], c["state"], short_time(c["created"]),
+             short_time(c["expires"]) if c["expires"] else "never", c["name"]]
+            for c in items]
+    return table(["ID", "USER", "DEVICE", "STATE", "CREATED", "EXPIRES", "NAME"], rows)
+
+
+def render_issued(c):
+    """A new stream credential: how a player uses it (the secret is in it, once)."""
+    lines = []
+    if c.get("url"):
+        lines.append(f"url     {c['url']}")
+    lines.append(f"digest  user {c['digest_user']}  password {c['secret']}  "
+                 f"(path {c['path']})")
+    return "\n".join(lines)
+
+
+class StreamCredList(Command):
+    """List stream credentials (never their secret)."""
+
+    optParameters = [["user", "u", None, "Only this user's."],
+                     ["device", "d", None, "Only this device's."]]
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        items = yield client.all_pages("/stream-credentials", {"user": self["user"],
+                                                               "device_id": self["device"]})
+        return items, render_credentials(items)
+
+
+class StreamCredCreate(Command):
+    """Make a stream credential of a user for a device; its secret is printed once."""
+
+    synopsis = "USER DEVICE [--name NAME] [--expires-in 30d]"
+    longdesc = ("For players and NVRs that keep a stream URL (VLC, an NVR, Home Assistant). "
+                "The credential plays the device's live streams on any node while the user "
+                "exists, is enabled and may view the device, until it expires or is revoked. "
+                "stdout gets the URL (rtsp://...?cred=ID.SECRET) and the Digest user and "
+                "password; keep them like a password.")
+    optParameters = [["name", "n", "", "A label (which player or NVR uses it)."],
+                     ["expires-in", "e", None, "Lifetime (default: until revoked)."]]
+
+    def parseArgs(self, username, device_id):
+        self["user"], self["device"] = username, device_id
+
+    def postOptions(self):
+        self.body = {"user": self["user"], "device_id": self["device"], "name": self["name"]}
+        if self["expires-in"] is not None:
+            self.body["expires_in"] = parse_duration(self["expires-in"])
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        c = yield client.call("POST", "/stream-credentials", self.body)
+        until = f"expires {c['expires']}" if c["expires"] else "never expires"
+        self.note = (f"stream credential {c['id']} of {c['user']} for {c['device_id']} created "
+                     f"({until}). The secret is shown only now; revoke it with "
+                     f"`vss-admin stream-cred revoke {c['id']}`.")
+        return c, render_issued(c)
+
+
+class StreamCredRevoke(Command):
+    """Revoke a stream credential: its sessions end on every node within a second."""
+
+    synopsis = "ID"
+
+    def parseArgs(self, cred_id):
+        self["id"] = cred_id
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        c = yield client.call("DELETE", f"/stream-credentials/{q(self['id'])}")
+        return c, f"stream credential {c['id']} of {c['user']} for {c['device_id']} revoked"
+
+
 class StatusCommand(Command):
     """Operations status: nodes, devices online."""
 
@@ -850,6 +924,10 @@ class Options(usage.Options):
          "Recording settings of a device channel."],
         ["token", None, group("token", [("list", TokenList), ("create", TokenCreate),
                                         ("revoke", TokenRevoke)]), "Admin tokens."],
+        ["stream-cred", None, group("stream-cred", [("list", StreamCredList),
+                                                    ("create", StreamCredCreate),
+                                                    ("revoke", StreamCredRevoke)]),
+         "Stream credentials: stable stream URLs for players and NVRs."],
         ["status", None, StatusCommand, "Operations status."],
         ["export-static", None, ExportStatic,
          "Write the database's master data as a node's --static file."],

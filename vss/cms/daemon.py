@@ -58,9 +58,12 @@ class CmsDaemon(StagedService):
         except ImportError:
             return None
         self.make_admin_site = make_admin_site
+        from vss.streamcreds.secret import credential_key
+
         return StoreAdminBackend(self.store, publish=self.cms.publish,
                                  assign_home_node=self.cms.assign_home_node,
-                                 status=self.status)
+                                 status=self.status,
+                                 credential_key=credential_key(self.cluster_secret))
 
     @defer.inlineCallbacks
     def status(self):

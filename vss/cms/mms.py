@@ -24,6 +24,8 @@ revoked or expired token is refused with 401 and says which)::
     DELETE             /nodes/{id}
     GET, POST          /tokens               admin tokens (never their secret or hash)
     GET, DELETE        /tokens/{id}          show, revoke (?force=true for the last one)
+    GET, POST          /stream-credentials   stream credentials (paged; ?user=&device_id=)
+    GET, DELETE        /stream-credentials/{id}  show, revoke
     GET                /status               operations status
     GET                /openapi.json         this API as an OpenAPI 3.1 document
 
@@ -32,7 +34,8 @@ moment they are read; they are never stored, answered or logged. Credentials ins
 device's ``source_url`` are masked in every answer.
 
 Errors are JSON, ``{"error": "...", "field": "..."}``: 400 invalid input, 401 no or a
-bad token, 404 unknown, 405 wrong method, 409 conflict, 413 body over 1 MiB, 500
+bad token, 404 unknown, 405 wrong method, 409 conflict, 413 body over 1 MiB, 503 the
+database failed (lost, locked, timed out: try again, ``Retry-After`` says when), 500
 anything else (logged here, never a traceback to the client).
 
 Recording settings are stored per (device, channel) as this JSON (what a node turns
@@ -59,7 +62,7 @@ from vss.cms.store.tokens import ACTIVE, EXPIRED, LastTokenError, iso_time
 from vss.errors import VssError
 from vss.protocols import scram
 from vss.protocols.codes import ResultCode
-from vss.protocols.messages import Action, PuKind, Verifier
+from vss.protocols.messages import Action, PuKind, StreamCredential, Verifier
 from vss.redact import Site
 
 API_PREFIX = "/api/v1"
@@ -114,7 +117,10 @@ HTTP_FOR_CODE = {
     ResultCode.NOT_FOUND: 404,
     ResultCode.UNKNOWN_NODE: 404,
     ResultCode.CONFLICT: 409,
+    ResultCode.DB_UNAVAILABLE: 503,
 }
+#: seconds an admin is told to wait before trying again after a 503
+RETRY_AFTER = 5
 
 
 class ApiError(Exception):
@@ -495,6 +501,7 @@ class Index(JsonResource):
         self.putChild(b"nodes", Nodes(api))
         self.putChild(b"status", Status(api))
         self.putChild(b"tokens", Tokens(api))
+        self.putChild(b"stream-credentials", StreamCredentials(api))
         self.putChild(b"openapi.json", OpenApi(api))
 
     def do_GET(self, call):
@@ -928,6 +935,105 @@ class Token(JsonResource):
         return 200, token_view(token, call.token_id)
 
 
+# -- stream credentials (vss.streamcreds)
+
+
+def credential_view(c, now_ms):
+    """A stream credential as answered: never its secret nor its sealed form."""
+    from vss.streamcreds.secret import state
+
+    return {"id": c.cred_id, "user": c.username, "device_id": c.device_id, "name": c.name,
+            "state": state(c, now_ms), "created": iso_time(c.created),
+            "expires": iso_time(c.expires) if c.expires else None,
+            "revoked": iso_time(c.revoked) if c.revoked else None, "version": int(c.version)}
+
+
+CRED_ID_RE = re.compile(r"^sc-[0-9a-f]{12}$")
+
+
+class StreamCredentials(JsonResource):
+    child_param = "{id}"
+
+    def make_child(self, text):
+        return StreamCredentialResource(self.api, text)
+
+    @defer.inlineCallbacks
+    def do_GET(self, call):
+        cursor, limit = page_args(call.request)
+        records, next_cursor = yield self.api.store.list_credentials(
+            cursor=cursor, limit=limit, username=query(call.request, "user"),
+            device_id=query(call.request, "device_id"))
+        now = self.api.now_ms()
+        return 200, {"items": [credential_view(c, now) for c in records],
+                     "next_cursor": next_cursor}
+
+    @defer.inlineCallbacks
+    def do_POST(self, call):
+        from vss.streamcreds import secret as sc
+
+        body = call.body(("user", "device_id", "name", "expires_in"))
+        username = body.string("user", required=True, pattern=NAME_RE, max_len=64,
+                               what="user name")
+        device_id = body.string("device_id", required=True, max_len=128, what="device id")
+        name = body.string("name", default="", max_len=64, what="name")
+        expires_in = body.integer("expires_in", 1, MAX_EXPIRES_IN)
+        key = getattr(self.api.backend, "credential_key", None)
+        if key is None:
+            raise ApiError(409, "stream credentials need the cluster secret: make them on "
+                           "the running central platform")
+        device = yield self.api.device(device_id)
+        cred_id, secret = sc.new_id(), sc.new_secret()
+        expires = self.api.now_ms() + expires_in * 1000 if expires_in else 0
+        record = StreamCredential(cred_id, username, device_id, name, 0, expires, 0,
+                                  sc.seal(key, cred_id, username, device_id, secret), 0)
+        try:
+            changes = yield self.api.store.add_credential(record)
+        except VssError as e:
+            if e.code == ResultCode.FORBIDDEN:  # the user, or the grant, is missing
+                raise invalid("user", e.message) from None
+            raise
+        yield self.api.published(changes)
+        stored = changes[-1].credential
+        self.api.log.info("admin {admin} made stream credential {id} of {user} for {device}",
+                          admin=call.admin, id=cred_id, user=username, device=device_id)
+        path = f"/live/{device_id}/main"
+        node = (yield self.api.node(device.home_node)) if device.home_node else None
+        base = node["media"] if node else ""
+        view = credential_view(stored, self.api.now_ms())
+        # the only time the secret leaves the server
+        return 201, {**view, "secret": secret, "path": path,
+                     "url": f"{base}{path}?cred={cred_id}.{secret}" if base else "",
+                     "digest_user": cred_id}, {
+            "Location": f"{API_PREFIX}/stream-credentials/{cred_id}"}
+
+
+class StreamCredentialResource(JsonResource):
+    def __init__(self, api, text):
+        super().__init__(api)
+        self.text = text
+
+    def _id(self):
+        if not CRED_ID_RE.match(self.text):
+            raise not_found(f"no stream credential {self.text!r}")
+        return self.text
+
+    @defer.inlineCallbacks
+    def do_GET(self, call):
+        record = yield self.api.store.get_credential(self._id())
+        if record is None:
+            raise not_found(f"no stream credential {self.text}")
+        return 200, credential_view(record, self.api.now_ms())
+
+    @defer.inlineCallbacks
+    def do_DELETE(self, call):
+        changes = yield self.api.store.revoke_credential(self._id())
+        yield self.api.published(changes)
+        record = changes[-1].credential
+        self.api.log.info("admin {admin} revoked stream credential {id} of {user}",
+                          admin=call.admin, id=record.cred_id, user=record.username)
+        return 200, credential_view(record, self.api.now_ms())
+
+
 # -- status and description
 
 
@@ -1011,6 +1117,13 @@ class AdminApi:
         self.store = backend.store
         # one change at a time, so that "check, then write" holds within the API
         self.lock = defer.DeferredLock()
+        self.clock = getattr(backend, "clock", None)  # else the reactor
+
+    def now_ms(self):
+        clock = self.clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+        return int(clock.seconds() * 1000)
 
     # -- helpers for handlers
 
@@ -1126,6 +1239,14 @@ class AdminApi:
                 self.log.failure("admin API {method} {path}", failure,
                                  method=request.method.decode("ascii", "replace"),
                                  path=request.path.decode("utf-8", "replace"))
+            if status == 503:
+                # The database failed: the admin is told, and the change was not
+                # published (it can only have been written if the failure struck
+                # during the commit itself; a read shows it then).
+                self.log.warn("admin API {method} {path}: {error}",
+                              method=request.method.decode("ascii", "replace"),
+                              path=request.path.decode("utf-8", "replace"), error=exc.message)
+                return status, {"error": exc.message}, {"Retry-After": str(RETRY_AFTER)}
             return status, {"error": exc.message}, {}
         self.log.failure("admin API {method} {path} failed", failure,
                          method=request.method.decode("ascii", "replace"),
@@ -1189,8 +1310,9 @@ def _json(schema, description="OK"):
 
 def _errors(*statuses):
     text = {400: "invalid input", 401: "no or a bad token", 404: "unknown",
-            405: "method not allowed", 409: "conflict", 413: "body over 1 MiB"}
-    return {str(s): _json(_ref("Error"), text[s]) for s in (*statuses, 401)}
+            405: "method not allowed", 409: "conflict", 413: "body over 1 MiB",
+            503: "the database failed: try again (see Retry-After)"}
+    return {str(s): _json(_ref("Error"), text[s]) for s in (*statuses, 401, 503)}
 
 
 def _op(summary, ok=None, status=200, body=None, params=(), errors=()):
@@ -1242,7 +1364,16 @@ def openapi_document():
     id_p = _param("id", "path", "device id")
     node_p = _param("id", "path", "node id")
     token_p = _param("id", "path", "admin token id", {"type": "integer", "minimum": 1})
+    cred_p = _param("id", "path", "stream credential id",
+                    {"type": "string", "pattern": CRED_ID_RE.pattern})
     when = {"type": ["string", "null"], "format": "date-time"}
+    cred_props = {
+        "id": {"type": "string", "pattern": CRED_ID_RE.pattern}, "user": STR,
+        "device_id": STR, "name": STR,
+        "state": {"type": "string", "enum": ["active", "expired", "revoked"]},
+        "created": {"type": "string", "format": "date-time"},
+        "expires": {**when, "description": "null: never"}, "revoked": when, "version": INT,
+    }
     token_props = {
         "id": INT, "name": STR,
         "state": {"type": "string", "enum": ["active", "expired", "revoked"]},
@@ -1327,6 +1458,25 @@ def openapi_document():
                                              "description": "the secret, shown only in "
                                              "this answer"}},
                                   (*token_props, "token")),
+        "StreamCredential": _obj(cred_props, tuple(cred_props)),
+        "StreamCredentialPage": _page("StreamCredential"),
+        "StreamCredentialCreate": _obj({
+            "user": {"type": "string", "pattern": NAME_RE.pattern,
+                     "description": "the user it is bound to: it plays while the user "
+                     "exists, is enabled and may view the device"},
+            "device_id": STR, "name": {"type": "string", "maxLength": 64},
+            "expires_in": {"type": "integer", "minimum": 1, "maximum": MAX_EXPIRES_IN,
+                           "description": "seconds; none: never"}}, ("user", "device_id")),
+        "StreamCredentialCreated": _obj({
+            **cred_props,
+            "secret": {"type": "string", "readOnly": True,
+                       "description": "shown only in this answer; the Digest password"},
+            "digest_user": {"type": "string", "description": "the Digest user name (the id)"},
+            "path": STR,
+            "url": {"type": "string", "description": "rtsp://<the home node's media "
+                    "address><path>?cred=<id>.<secret> (empty if the home node is not "
+                    "known); any node serves it"}},
+            (*cred_props, "secret", "digest_user", "path", "url")),
         "Status": {"type": "object", "additionalProperties": True,
                    "properties": {"nodes": {}, "devices": INT, "head_seq": INT}},
     }
@@ -1400,6 +1550,23 @@ def openapi_document():
                           "409 for the last valid token unless ?force=true",
                           _json(_ref("AdminToken"), "revoked"),
                           params=[token_p, _param("force")], errors=(404, 409)),
+        },
+        "/stream-credentials": {
+            "get": _op("List stream credentials (never their secret)",
+                       _json(_ref("StreamCredentialPage")),
+                       params=[*PAGING, _param("user"), _param("device_id")], errors=(400,)),
+            "post": _op("Make a stream credential for a user and a device (400 unless the "
+                        "user is enabled and may view it); the answer holds its secret, "
+                        "once", _json(_ref("StreamCredentialCreated"), "created"), 201,
+                        "StreamCredentialCreate", errors=(404,)),
+        },
+        "/stream-credentials/{id}": {
+            "get": _op("Show a stream credential", _json(_ref("StreamCredential")),
+                       params=[cred_p], errors=(404,)),
+            "delete": _op("Revoke a stream credential: new sessions are refused at once, "
+                          "playing ones end within a second on every node",
+                          _json(_ref("StreamCredential"), "revoked"), params=[cred_p],
+                          errors=(404, 409)),
         },
         "/status": {"get": _op("Operations status", _json(_ref("Status")))},
         "/openapi.json": {"get": _op("This document", _json({"type": "object"}))},

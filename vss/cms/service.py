@@ -34,6 +34,7 @@ from vss.protocols.messages import (
     AuthChallenge,
     AuthOk,
     ChangeKind,
+    CredState,
     DeviceRecord,
     Empty,
     Entity,
@@ -399,7 +400,7 @@ class CMSService(service.Service):
         come without their verifier."""
         limit = max(1, min(body.limit or 1000, 5000))
         seq = yield self.store.head_seq()
-        devices, users, grants = [], [], []
+        devices, users, grants, credentials = [], [], [], []
         if body.entity == Entity.DEVICE:
             devices, cursor = yield self.store.list_devices(cursor=body.cursor, limit=limit)
             devices = [d if d.home_node == s.node_id else strip_secret(d) for d in devices]
@@ -407,10 +408,45 @@ class CMSService(service.Service):
             users, cursor = yield self.store.list_users(cursor=body.cursor, limit=limit)
         elif body.entity == Entity.GRANT:
             grants, cursor = yield self.store.list_grants(cursor=body.cursor, limit=limit)
+        elif body.entity == Entity.CREDENTIAL:
+            credentials, cursor = yield self.store.list_credentials(cursor=body.cursor,
+                                                                    limit=limit)
         else:
             raise VssError(ResultCode.INVALID_ARGUMENT, f"unknown entity {body.entity}")
         return StaticPage(entity=body.entity, devices=devices, users=users, grants=grants,
-                          next_cursor=cursor, seq=seq)
+                          next_cursor=cursor, seq=seq, credentials=credentials)
+
+    # -- stream credentials: a node's user makes or revokes one (vss.streamcreds)
+
+    @defer.inlineCallbacks
+    def on_cred_store(self, s, body):
+        """CRED_STORE: a stream credential a user of the node made (the node sealed its
+        secret; the secret never comes here). The database checks the user's VIEW grant
+        again; every node gets it by passive sync."""
+        from vss.streamcreds.secret import ID_RE, credential_key, unseal
+
+        record = body.credential
+        if not ID_RE.match(record.cred_id) or not record.username or \
+                unseal(credential_key(self.config.cluster_secret), record) is None:
+            raise VssError(ResultCode.INVALID_ARGUMENT, "malformed stream credential")
+        changes = yield self.store.add_credential(record, origin=s.node_id)
+        self.s501_data_changed(changes)
+        self.log.info("stream credential {id} of {user} for {device} made on {node}",
+                      id=record.cred_id, user=record.username, device=record.device_id,
+                      node=s.node_id)
+        return CredState(credential=changes[-1].credential)
+
+    @defer.inlineCallbacks
+    def on_cred_revoke(self, s, body):
+        """CRED_REVOKE: a node's user revokes one of their stream credentials."""
+        if not body.username:
+            raise VssError(ResultCode.INVALID_ARGUMENT, "whose stream credential?")
+        changes = yield self.store.revoke_credential(body.cred_id, username=body.username,
+                                                     origin=s.node_id)
+        self.s501_data_changed(changes)
+        self.log.info("stream credential {id} of {user} revoked on {node}", id=body.cred_id,
+                      user=body.username, node=s.node_id)
+        return CredState(credential=changes[-1].credential)
 
     @defer.inlineCallbacks
     def on_reg_info(self, s, body):
@@ -728,4 +764,6 @@ class CMSService(service.Service):
         MsgType.STATE_CHANGE: on_presence,
         MsgType.RECORD_SETTINGS_GET: on_record_settings_get,
         MsgType.RECORD_QUERY: on_record_query,
+        MsgType.CRED_STORE: on_cred_store,
+        MsgType.CRED_REVOKE: on_cred_revoke,
     }

@@ -39,6 +39,8 @@ from vss.protocols.messages import (
     Bye,
     Config,
     ConfigGet,
+    CredList,
+    CredRevoke,
     CuKind,
     DeviceList,
     Empty,
@@ -260,6 +262,51 @@ def sleep(ctx, seconds):
     return task.deferLater(ctx.clock, seconds, lambda: None)
 
 
+class NodeNotReady(Exception):
+    """The node answers NOT_READY (8.2): it cannot check logins yet; no check can run."""
+
+
+@defer.inlineCallbacks
+def wait_ready(ctx, patience=60.0, report=None):
+    """Before the checks: a node that answers AUTH_START with NOT_READY (still loading
+    its data) is asked again after a growing, randomised delay, for ``patience``
+    seconds; then ``NodeNotReady``. ``report(text)`` is told of each wait."""
+    count = ctx._count
+    try:
+        yield _wait_ready(ctx, patience, report)
+    finally:
+        ctx._count = count  # the checks' links are numbered from 1 all the same
+
+
+@defer.inlineCallbacks
+def _wait_ready(ctx, patience, report):
+    deadline = ctx.clock.seconds() + patience
+    step = 0.5
+    while True:
+        try:
+            link = yield ctx.open("cu")
+        except CheckFailed:
+            return  # nothing to wait for: the checks report it
+        try:
+            yield hello(link, Role.CU, ctx.timeout)
+            txid, frame, _nonce = yield auth_start(link, ctx.user, ctx.timeout)
+        except CheckFailed:
+            return
+        finally:
+            link.abort()
+            ctx.cleanup()
+        if not frame.flags & codec.FLAG_ERROR or frame.status != ResultCode.NOT_READY:
+            return
+        message = describe(frame)
+        delay = step * random.uniform(0.5, 1.5)
+        if ctx.clock.seconds() + delay > deadline:
+            raise NodeNotReady(f"the node is not ready after {patience:g} s: {message}")
+        if report is not None:
+            report(f"the node is not ready ({message}); trying again in {delay:.1f} s")
+        yield sleep(ctx, delay)
+        step = min(step * 2, 8.0)
+
+
 @defer.inlineCallbacks
 def expect_closed(ctx, link, what, timeout=None):
     closed = yield link.wait_closed(ctx.timeout if timeout is None else timeout)
@@ -269,7 +316,8 @@ def expect_closed(ctx, link, what, timeout=None):
 
 @defer.inlineCallbacks
 def reset_throttle(ctx):
-    """A successful login from this address resets its failure count (8.2)."""
+    """A successful login resets the failure count of its (account, address) pair, and
+    makes the pair known: failures of the account elsewhere no longer hold it (8.2)."""
     link = yield ctx.open("cu")
     yield login(link, Role.CU, ctx.user, ctx.password, register=False, timeout=ctx.timeout)
     link.abort()
@@ -665,6 +713,29 @@ def unknown_device_forbidden(ctx):
         if len(set(seen)) != 1:
             raise CheckFailed(f"{codec.message_name(type)}: the FORBIDDEN messages for two "
                               f"missing ids differ beyond the id: {seen!r}")
+
+
+@check("stream_credentials",
+       "CRED_LIST gives the CU's own stream credentials without their sealed secret; "
+       "CRED_REVOKE of an id that is not the CU's is NOT_FOUND; a node without a central "
+       "platform answers both NOT_SUPPORTED (9.6)")
+@defer.inlineCallbacks
+def stream_credentials(ctx):
+    link = yield ctx.cu()
+    txid = link.request(MsgType.CRED_LIST, CredList(device_id=""))
+    frame = yield link.response(txid, ctx.timeout, "Creds")
+    central = frame.status != ResultCode.NOT_SUPPORTED
+    creds = expect_response(frame, MsgType.CRED_LIST, txid, "Creds").body.credentials \
+        if central else []
+    for c in creds:
+        if c.username != ctx.user or c.sealed:
+            raise CheckFailed(f"CRED_LIST answered {c.cred_id} of {c.username!r} with "
+                              f"{len(c.sealed)} sealed bytes; want the CU's own, none")
+    txid = link.request(MsgType.CRED_REVOKE, CredRevoke(cred_id="sc-000000000000",
+                                                        username=""))
+    frame = yield link.response(txid, ctx.timeout, "CredState")
+    expect_error(frame, ResultCode.NOT_FOUND if central else ResultCode.NOT_SUPPORTED,
+                 MsgType.CRED_REVOKE, txid, "revoking a credential that is not the CU's")
 
 
 # ---------------------------------------------------------------------------

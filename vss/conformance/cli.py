@@ -11,7 +11,10 @@ action. Secrets come from ``VSS_PU_SECRET`` / ``VSS_PASSWORD`` or ``--pu-secret-
 
 One line per check (``PASS name  description``, ``FAIL name  reason``, ``SKIP name
 reason``), then ``N passed, N failed, N skipped``. Exit status: 0 when nothing failed,
-1 when a check failed, 2 for a usage error.
+1 when a check failed (or the node stayed NOT_READY for ``--wait-ready`` seconds: it says
+so), 2 for a
+usage error. A node that answers NOT_READY (still loading its data) is waited for first,
+each wait printed on stderr.
 """
 
 import json
@@ -22,7 +25,7 @@ from twisted.internet import defer, task
 from twisted.python import usage
 
 from vss.conformance import runner
-from vss.conformance.checks import CHECKS, Context
+from vss.conformance.checks import CHECKS, Context, NodeNotReady, wait_ready
 
 
 class Options(usage.Options):
@@ -37,6 +40,7 @@ class Options(usage.Options):
         ["pu-secret-file", None, None, "File holding the device's secret [else $VSS_PU_SECRET]."],
         ["password-file", None, None, "File holding the user's password [else $VSS_PASSWORD]."],
         ["timeout", None, 5.0, "Seconds to wait for each answer.", float],
+        ["wait-ready", None, 60.0, "Seconds to wait for a node that answers NOT_READY.", float],
     ]
     optFlags = [
         ["json", None, "Print one JSON document instead of lines."],
@@ -110,6 +114,13 @@ def main(argv=None, out=None):
             if not opts["json"]:
                 print(result.line(), file=out, flush=True)
 
+        try:
+            yield wait_ready(ctx, opts["wait-ready"], report=lambda text: print(f"vss-conformance: {text}",
+                                                            file=sys.stderr, flush=True))
+        except NodeNotReady as e:
+            ctx.close()
+            print(f"vss-conformance: {e}; try again later", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         results = yield runner.run(ctx, opts["only"], report)
         summary = runner.summary(results)
         if opts["json"]:

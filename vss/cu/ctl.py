@@ -21,19 +21,24 @@ the exit status is 1 (2 for a usage error).
 import getpass
 import json
 import os
+import random
 import sys
 
 from twisted.internet import defer, task
 from twisted.python import usage
 
+from vss.cdn.listing import open_segments
 from vss.client import SignallingClient, connect
 from vss.errors import VssError
-from vss.protocols.codes import ResultCode, describe
+from vss.protocols.codes import ResultCode
 from vss.protocols.jsonrec import plain
 from vss.protocols.messages import (
     KV,
     ConfigGet,
     ConfigSet,
+    CredCreate,
+    CredList,
+    CredRevoke,
     CuKind,
     DeviceList,
     FocusOp,
@@ -45,6 +50,7 @@ from vss.protocols.messages import (
     PresetOp,
     PtzControl,
     PtzOp,
+    PuKind,
     Purpose,
     RecordingState,
     RecordMode,
@@ -62,7 +68,15 @@ from vss.protocols.messages import Action as A
 
 
 class AnyOrder(usage.Options):
-    """Options may come after the positional arguments (``ptz cam1 goto --pan 0.5``)."""
+    """A command of vssctl. Options may come after the positional arguments (``ptz cam1
+    goto --pan 0.5``); ``arguments`` names the positional arguments, the required ones
+    first (``optional`` of them may be left out), so that a missing one is named."""
+
+    arguments = ()
+    optional = 0
+
+    def getSynopsis(self):
+        return f"Usage: vssctl [global options] {self.synopsis}"
 
     def parseOptions(self, options=None):
         import getopt
@@ -70,29 +84,55 @@ class AnyOrder(usage.Options):
         try:
             opts, args = getopt.gnu_getopt(list(options or []), self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(f"{self.command()}: {near_miss(self, str(e))}") from None
         flat = []
         for name, value in opts:
             if name.startswith("--"):
                 flat.append(f"{name}={value}" if name[2:] + "=" in self.longOpt else name)
             else:
                 flat.append(name + value)
-        return super().parseOptions(flat + ["--"] + args)
+        self._args = args
+        try:
+            return super().parseOptions(flat + ["--"] + args)
+        except usage.UsageError as e:
+            if str(e) == "Wrong number of arguments.":
+                raise usage.UsageError(self._check_arguments() or str(e)) from None
+            raise
+
+    def _check_arguments(self):
+        """Which positional argument is missing, or the first one too many."""
+        args = self._args
+        required = len(self.arguments) - self.optional
+        if len(args) < required:
+            missing = self.arguments[len(args):required]
+            where = " ".join([self.command(), *args])
+            verb = "is" if len(missing) == 1 else "are"
+            return f"{where}: {' and '.join(missing)} {verb} missing ({self.getSynopsis()})"
+        if len(args) > len(self.arguments) and not getattr(self, "variadic", False):
+            return (f"{self.command()}: unexpected argument {args[len(self.arguments)]!r} "
+                    f"({self.getSynopsis()})")
+        return None
+
+    def command(self):
+        parent = getattr(self, "parent", None)
+        return getattr(parent, "subCommand", None) or self.synopsis.split()[0]
 
 
 class DeviceCommand(AnyOrder):
-    def parseArgs(self, device, *rest):
+    arguments = ("DEVICE",)
+
+    def parseArgs(self, device):
         self["device"] = device
-        self.rest = rest
 
 
-class Devices(usage.Options):
+class Devices(AnyOrder):
     synopsis = "devices"
     description = "List the devices you may see, with their online state."
 
 
 class Ptz(DeviceCommand):
     synopsis = "ptz DEVICE (move|goto|step|stop) [--pan P --tilt T --zoom Z --speed S]"
+    arguments = ("DEVICE", "move|goto|step|stop")
     optParameters = [
         ["channel", None, 0, "Channel.", int],
         ["pan", None, 0.0, "Pan velocity (move) or position (goto) in [-1, 1].", float],
@@ -123,6 +163,8 @@ class Lens(DeviceCommand):
 
 class PresetCmd(AnyOrder):
     synopsis = "preset DEVICE (list|set N|goto N|remove N) [--name NAME]"
+    arguments = ("DEVICE", "list|set|goto|remove", "N")
+    optional = 1
     optParameters = [["channel", None, 0, "Channel.", int], ["name", None, "", "Preset name."]]
 
     def parseArgs(self, device, op, number=None):
@@ -141,6 +183,8 @@ class PresetCmd(AnyOrder):
 
 class ConfigCmd(AnyOrder):
     synopsis = "config DEVICE get [KEY...] | config DEVICE set KEY=VALUE..."
+    arguments = ("DEVICE", "get|set")
+    variadic = True
     optParameters = [
         ["channel", None, 0, "Channel.", int],
         ["expect-version", None, 0, "Refuse the change unless the config is at this version.",
@@ -163,6 +207,7 @@ class RecordSettingsCmd(AnyOrder):
     synopsis = ("record-settings DEVICE get | record-settings DEVICE set --mode "
                 "off|continuous|schedule|event|manual [--segment S] [--retention-days D] "
                 "[--schedule 'mon 08:00-18:00,tue 08:00-18:00']")
+    arguments = ("DEVICE", "get|set")
     optParameters = [
         ["channel", None, 0, "Channel.", int],
         ["mode", None, None, "off, continuous, schedule, event or manual."],
@@ -221,6 +266,7 @@ class Live(DeviceCommand):
 
 class RecordCmd(AnyOrder):
     synopsis = "record (start|stop|status) DEVICE [--channel N] [--stream main|sub]"
+    arguments = ("start|stop|status", "DEVICE")
     optParameters = [["channel", None, 0, "Channel.", int], ["stream", None, "main", "main or sub."]]
 
     def parseArgs(self, op, device):
@@ -305,8 +351,38 @@ class PlaybackCmd(DeviceCommand):
         self["at_ms"] = parse_time(self["at"], int(time.time() * 1000))
 
 
+class StreamCredCmd(AnyOrder):
+    synopsis = "stream-cred (create DEVICE [--name NAME] [--expires-in 30d] | list [DEVICE] | " \
+               "revoke ID)"
+    description = ("Stable stream URLs for players and NVRs (VLC, an NVR, Home Assistant) "
+                   "that cannot ask for a fresh token: a credential of yours for a device, "
+                   "used in the URL or as RTSP Digest credentials, on any node, until it "
+                   "expires or you revoke it (or lose the grant).")
+    arguments = ("create|list|revoke", "DEVICE or ID")
+    optional = 1
+    optParameters = [["name", None, "", "A label (which player or NVR uses it)."],
+                     ["expires-in", None, None, "Lifetime: seconds or 15m, 12h, 30d, 2w "
+                      "(default: until revoked)."]]
+
+    def parseArgs(self, op, target=""):
+        if op not in ("create", "list", "revoke"):
+            raise usage.UsageError(f"stream-cred: {op!r} is not create, list or revoke")
+        if op != "list" and not target:
+            raise usage.UsageError(f"stream-cred {op}: "
+                                   f"{'DEVICE' if op == 'create' else 'ID'} is missing "
+                                   f"({self.getSynopsis()})")
+        self["op"], self["target"] = op, target
+
+    def postOptions(self):
+        self["expires"] = 0
+        if self["expires-in"] is not None:
+            from vss.cms.admin_cli import parse_duration
+
+            self["expires"] = parse_duration(self["expires-in"])
+
+
 class Options(usage.Options):
-    synopsis = "[--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
+    synopsis = "Usage: vssctl [--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
     optParameters = [
         ["node", "n", None, "Client endpoint of the node's CU listener [$VSS_NODE]."],
         ["user", "u", None, "User name [$VSS_USER]."],
@@ -326,7 +402,14 @@ class Options(usage.Options):
         ["recordings", None, RecordingsCmd, "List recordings on every node, with gaps."],
         ["export", None, ExportCmd, "Download a time range of recordings as one MP4."],
         ["playback", None, PlaybackCmd, "Play back recordings from a time (rtsp:// URL)."],
+        ["stream-cred", None, StreamCredCmd, "Stable stream URLs for players and NVRs."],
     ]
+
+    def parseOptions(self, options=None):
+        try:
+            return super().parseOptions(options)
+        except usage.UsageError as e:
+            raise usage.UsageError(near_miss(self, str(e))) from None
 
     def postOptions(self):
         if self.subCommand is None:
@@ -337,6 +420,35 @@ class Options(usage.Options):
             raise usage.UsageError("--node (or VSS_NODE) is required")
         if not self["user"]:
             raise usage.UsageError("--user (or VSS_USER) is required")
+
+
+def near_miss(opts, text):
+    """A usage error with the nearest command or option when one was misspelt."""
+    import difflib
+    import re
+
+    m = re.match(r"Unknown command: (.*)", text)
+    if m:
+        commands = [c[0] for c in opts.subCommands]
+        near = difflib.get_close_matches(m.group(1), commands, n=1, cutoff=0.5)
+        hint = f"; did you mean {near[0]}?" if near else f" (commands: {', '.join(commands)})"
+        return f"unknown command {m.group(1)!r}{hint}"
+    m = re.match(r"option --(\S+) not recognized", text)
+    if m:
+        known = [p[0] for p in getattr(opts, "optParameters", [])] + [
+            f[0] for f in getattr(opts, "optFlags", [])]
+        near = difflib.get_close_matches(m.group(1), known, n=1, cutoff=0.6)
+        return f"unknown option --{m.group(1)}" + (f"; did you mean --{near[0]}?" if near
+                                                    else "")
+    return text
+
+
+def code_name(code):
+    """``not_found``: the result code's name, for scripts to match on."""
+    try:
+        return ResultCode(code).name.lower()
+    except ValueError:
+        return f"0x{int(code):04x}"
 
 
 def read_password(opts):
@@ -354,6 +466,13 @@ def build_request(cmd, sub):
     """(message type, body) for a command."""
     if cmd == "devices":
         return MsgType.DEVICE_LIST, DeviceList(cursor="", limit=1000)
+    if cmd == "stream-cred":
+        if sub["op"] == "create":
+            return MsgType.CRED_CREATE, CredCreate(device_id=sub["target"], name=sub["name"],
+                                                   expires_in=sub["expires"])
+        if sub["op"] == "list":
+            return MsgType.CRED_LIST, CredList(device_id=sub["target"])
+        return MsgType.CRED_REVOKE, CredRevoke(cred_id=sub["target"], username="")
     dev, ch = sub["device"], sub.get("channel", 0)
     if cmd == "ptz":
         return MsgType.PTZ_CONTROL, PtzControl(device_id=dev, channel=ch, op=sub["op"],
@@ -407,6 +526,66 @@ def build_request(cmd, sub):
     raise usage.UsageError(f"unknown command {cmd}")
 
 
+def ptz_target(sub, body):
+    """The position a goto (absolute) or step (relative) move was commanded to, as the
+    device clamps it (pan and tilt in [-1, 1], zoom in [0, 1]); None for other moves.
+    The answer itself gives the position when the command arrived, before the move."""
+    if sub.get("op") not in (PtzOp.ABSOLUTE, PtzOp.RELATIVE):
+        return None
+    out = []
+    for axis, low in (("pan", -1.0), ("tilt", -1.0), ("zoom", 0.0)):
+        value = sub[axis] if sub["op"] == PtzOp.ABSOLUTE else getattr(body, axis) + sub[axis]
+        out.append(min(1.0, max(low, value)))
+    return tuple(out)
+
+
+#: --json shows these fields by name, not number
+_NAMED = {"kind": PuKind, "mode": RecordMode, "stream": Stream, "state": RecordingState}
+
+
+def readable(value):
+    """The JSON form of an answer for people and scripts: kinds, modes, streams, states
+    and days by name, grants (``actions``) as a list of names."""
+    if isinstance(value, dict):
+        out = {}
+        for key, v in value.items():
+            if key in _NAMED and isinstance(v, int) and not isinstance(v, bool):
+                try:
+                    v = _NAMED[key](v).name.lower()
+                except ValueError:
+                    pass
+            elif key == "actions" and isinstance(v, int):
+                v = [a.name.lower() for a in A if v & a]
+            elif key == "day" and isinstance(v, int) and 0 <= v < 7:
+                v = DAYS[v]
+            else:
+                v = readable(v)
+            out[key] = v
+        return out
+    if isinstance(value, list):
+        return [readable(v) for v in value]
+    return value
+
+
+def json_form(cmd, sub, result):
+    """What ``--json`` prints for a command's answer."""
+    out = readable(plain(result))
+    if cmd == "ptz":
+        target = ptz_target(sub, result)
+        if target is not None:
+            out["target"] = dict(zip(("pan", "tilt", "zoom"), target, strict=True))
+    if cmd == "stream-cred":
+        for c in ([out["credential"]] if "credential" in out else out.get("credentials", [])):
+            c.pop("sealed", None)
+        if sub["op"] == "create":
+            out["digest_url"] = digest_url(result.url, result.credential.cred_id, result.secret)
+    if cmd == "recordings":
+        opens = open_segments(result)
+        for seg in out["segments"]:
+            seg["recording"] = (seg["start"], seg["node_id"]) in opens
+    return out
+
+
 def render(cmd, sub, body):
     """Readable text for a response body."""
     if cmd == "devices":
@@ -418,8 +597,13 @@ def render(cmd, sub, body):
         lines.append(f"{len(body.devices)} device(s)")
         return "\n".join(lines)
     if cmd == "ptz":
-        state = "moving" if body.moving else "still"
-        return f"pan {body.pan:+.3f}  tilt {body.tilt:+.3f}  zoom {body.zoom:.3f}  ({state})"
+        here = f"pan {body.pan:+.3f}  tilt {body.tilt:+.3f}  zoom {body.zoom:.3f}"
+        target = ptz_target(sub, body)
+        if target is not None and body.moving:
+            pan, tilt, zoom = target
+            return (f"moving to pan {pan:+.3f}  tilt {tilt:+.3f}  zoom {zoom:.3f}  "
+                    f"(commanded; now at {here.replace('  ', ' ')})")
+        return f"{here}  ({'moving' if body.moving else 'still'})"
     if cmd == "lens":
         return (f"focus {body.focus:.2f}{' (auto)' if body.auto_focus else ''}  "
                 f"iris {body.iris:.2f}{' (auto)' if body.auto_iris else ''}")
@@ -444,6 +628,8 @@ def render(cmd, sub, body):
                 f"{', schedule ' + slots if slots else ''}")
     if cmd in ("live", "playback"):
         return body.url
+    if cmd == "stream-cred":
+        return render_credentials(sub, body)
     if cmd == "recordings":
         return render_recordings(body)
     if cmd == "export":
@@ -456,10 +642,46 @@ def render(cmd, sub, body):
     return repr(body)
 
 
+def digest_url(url, cred_id, secret):
+    """The Digest form of a credential's URL: ``rtsp://ID:SECRET@host/path`` (the player
+    answers the server's challenge; the secret does not cross the network)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{cred_id}:{secret}@{rest.split('?', 1)[0]}"
+
+
+def render_credentials(sub, body):
+    if sub["op"] == "create":
+        c = body.credential
+        return (f"url     {body.url}\n"
+                f"digest  {digest_url(body.url, c.cred_id, body.secret)}")
+    if sub["op"] == "revoke":
+        c = body.credential
+        return f"stream credential {c.cred_id} for {c.device_id} revoked"
+    import time
+
+    from vss.streamcreds.secret import state
+
+    now = int(time.time() * 1000)
+    rows = [f"{'ID':<16} {'DEVICE':<20} {'STATE':<8} {'CREATED (UTC)':<20} "
+            f"{'EXPIRES (UTC)':<20} NAME"]
+    for c in body.credentials:
+        rows.append(f"{c.cred_id:<16} {c.device_id:<20} {state(c, now):<8} "
+                    f"{_utc(c.created):<20} {_utc(c.expires) if c.expires else 'never':<20} "
+                    f"{c.name}")
+    rows.append(f"{len(body.credentials)} stream credential(s)")
+    return "\n".join(rows)
+
+
 def _utc(ms):
     import datetime
 
     return f"{datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC):%Y-%m-%d %H:%M:%S}"
+
+
+def _iso(ms):
+    import datetime
+
+    return f"{datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
 
 
 def _length(ms):
@@ -478,12 +700,15 @@ def _size(n):
 
 
 def render_recordings(body):
-    """A table of segments in time order with the gaps between them (UTC times)."""
+    """A table of segments in time order with the gaps between them (UTC times); a
+    segment still being written says so in place of its end."""
     lines = [f"{'START (UTC)':<20} {'END (UTC)':<20} {'LENGTH':>10} {'SIZE':>10}  NODE"]
     rows = [(s.start, 1, s) for s in body.segments] + [(g.start, 0, g) for g in body.gaps]
+    opens = open_segments(body)
     for _, is_segment, item in sorted(rows, key=lambda r: (r[0], r[1])):
         if is_segment:
-            lines.append(f"{_utc(item.start):<20} {_utc(item.end):<20} "
+            end = "recording" if (item.start, item.node_id) in opens else _utc(item.end)
+            lines.append(f"{_utc(item.start):<20} {end:<20} "
                          f"{_length(item.end - item.start):>10} {_size(item.bytes):>10}  "
                          f"{item.node_id}")
         else:
@@ -492,7 +717,8 @@ def render_recordings(body):
     total = sum(s.bytes for s in body.segments)
     recorded = sum(s.end - s.start for s in body.segments)
     lines.append(f"{len(body.segments)} segment(s), {_length(recorded)} recorded, "
-                 f"{_size(total)}, {len(body.gaps)} gap(s)")
+                 f"{_size(total)}, {len(body.gaps)} gap(s)"
+                 + (f", {len(opens)} being recorded" if opens else ""))
     if body.missing:
         lines.append(f"not listed (no answer): {', '.join(body.missing)}")
     if body.truncated:
@@ -516,11 +742,40 @@ def render_record_state(t):
     return line
 
 
+#: The first wait after a NOT_READY answer, in seconds; it doubles up to NOT_READY_MAX.
+NOT_READY_FIRST = 0.5
+NOT_READY_MAX = 8.0
+
+
+@defer.inlineCallbacks
+def connect_when_ready(reactor, opts, client, err=None):
+    """Log in; a node that answers NOT_READY (still loading its data) is asked again
+    after a growing, randomised delay (each between half and one and a half times the
+    step), until ``--timeout`` has passed."""
+    err = err or sys.stderr
+    deadline = reactor.seconds() + opts["timeout"]
+    step = NOT_READY_FIRST
+    while True:
+        try:
+            yield connect(reactor, opts["node"], client, request_timeout=opts["timeout"])
+            return client
+        except VssError as e:
+            if e.code != ResultCode.NOT_READY:
+                raise
+            delay = step * random.uniform(0.5, 1.5)
+            if reactor.seconds() + delay > deadline:
+                raise
+            print(f"vssctl: the node is not ready ({e.message}); trying again in "
+                  f"{delay:.1f} s", file=err, flush=True)
+            yield task.deferLater(reactor, delay, lambda: None)
+            step = min(step * 2, NOT_READY_MAX)
+
+
 @defer.inlineCallbacks
 def run_command(reactor, opts, password, out):
     cmd, sub = opts.subCommand, opts.subOptions
     client = SignallingClient(Role.CU, opts["user"], password, kind=CuKind.MOC)
-    yield connect(reactor, opts["node"], client, request_timeout=opts["timeout"])
+    yield connect_when_ready(reactor, opts, client)
     try:
         type, body = build_request(cmd, sub)
         if cmd == "devices":
@@ -535,19 +790,23 @@ def run_command(reactor, opts, password, out):
         elif cmd == "record":
             result = yield record_request(client, type, body)
         elif cmd in ("recordings", "export"):
-            from vss.cdn.listing import decode_recordings  # long listings: no construct
-            from vss.protocols import codec
-
-            result = decode_recordings((yield client.link.request_raw(
-                type, codec.encode_body(body), opts["timeout"])))
+            result = yield list_recordings(client, body, opts["timeout"])
             if cmd == "export":
                 result = yield export(reactor, result, sub["output"])
         else:
+            if cmd == "playback":
+                yield check_footage(client, sub, opts["timeout"])
             result = (yield client.request(type, body)).body
         if opts["json"]:
-            out.write(json.dumps(plain(result), indent=1, sort_keys=True) + "\n")
+            out.write(json.dumps(json_form(cmd, sub, result), indent=1, sort_keys=True) + "\n")
         else:
             out.write(render(cmd, sub, result) + "\n")
+        if cmd == "stream-cred" and sub["op"] == "create":
+            c = result.credential
+            until = f"expires {_utc(c.expires)} UTC" if c.expires else "never expires"
+            print(f"stream credential {c.cred_id} for {c.device_id} ({until}): the secret is "
+                  f"shown only now. Revoke it with: vssctl stream-cred revoke {c.cred_id}",
+                  file=sys.stderr)
         if cmd in ("live", "playback") and sub["play"]:
             play(result.url)
     finally:
@@ -571,10 +830,62 @@ def record_request(client, type, body):
 
 
 @defer.inlineCallbacks
+def list_recordings(client, query, timeout):
+    from vss.cdn.listing import decode_recordings  # long listings: no construct
+    from vss.protocols import codec
+
+    frame = yield client.link.request_raw(MsgType.RECORD_QUERY, codec.encode_body(query),
+                                          timeout)
+    return decode_recordings(frame)
+
+
+@defer.inlineCallbacks
+def check_footage(client, sub, timeout):
+    """Before a playback: is anything recorded at the asked time? A time with no
+    footage is said, with where the next recording starts, rather than answered with a
+    URL that plays something else (or nothing yet)."""
+    from vss.cdn.catalogue import MIN_GAP_MS
+
+    at = sub["at_ms"]
+    query = RecordQuery(device_id=sub["device"], channel=sub["channel"],
+                        stream=Stream[sub["stream"].upper()], from_time=at,
+                        to_time=at + 86400_000)
+    listing = yield list_recordings(client, query, timeout)
+    opens = open_segments(listing)
+    what = f"{sub['device']} {sub['stream']}" + (f" channel {sub['channel']}"
+                                                 if sub["channel"] else "")
+    for s in listing.segments:
+        if s.start <= at + MIN_GAP_MS and s.end > at:
+            if (s.start, s.node_id) in opens:
+                raise VssError(ResultCode.NOT_FOUND, (
+                    f"{_utc(at)} UTC of {what} is in the segment being recorded now (since "
+                    f"{_utc(s.start)}); it can be played back once that segment closes"))
+            return
+    later = [s for s in listing.segments if s.start > at]
+    if later:
+        first = min(later, key=lambda s: s.start)
+        raise VssError(ResultCode.NOT_FOUND, (
+            f"nothing was recorded of {what} at {_utc(at)} UTC; the next recording starts at "
+            f"{_utc(first.start)} UTC (vssctl playback {sub['device']} --at "
+            f"{_iso(first.start)})"))
+    if listing.missing:
+        return  # not every node answered: the node asked to play back may know more
+    raise VssError(ResultCode.NOT_FOUND,
+                   f"nothing was recorded of {what} at or after {_utc(at)} UTC")
+
+
+@defer.inlineCallbacks
 def export(reactor, listing, path):
     """Download the export of the node holding the most of the range into ``path``."""
     if not listing.exports:
         missing = f" (not listed: {', '.join(listing.missing)})" if listing.missing else ""
+        opens = open_segments(listing)
+        if opens:
+            since = _utc(min(start for start, _ in opens))
+            raise VssError(ResultCode.NOT_FOUND, (
+                f"nothing to export in that range yet: the segment being recorded since "
+                f"{since} UTC is exported once it closes (segments close at the end of "
+                f"their length, see record-settings){missing}"))
         raise VssError(ResultCode.NOT_FOUND, f"no recording in that range{missing}")
     held = {}
     for s in listing.segments:
@@ -639,12 +950,12 @@ def main(argv=None, out=None):
     opts = Options()
     try:
         opts.parseOptions(sys.argv[1:] if argv is None else argv)
-        password = read_password(opts)
+        try:
+            password = read_password(opts)
+        except OSError as e:
+            raise usage.UsageError(f"--password-file: {e.strerror}") from None
     except usage.UsageError as e:
         print(f"vssctl: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"vssctl: --password-file: {e.strerror}", file=sys.stderr)
         return 2
     status = []
 
@@ -653,8 +964,8 @@ def main(argv=None, out=None):
 
         def failed(f):
             if f.check(VssError):
-                code = f.value.code
-                print(f"vssctl: {f.value.message} [{describe(code)}]", file=sys.stderr)
+                print(f"vssctl: {f.value.message} [{code_name(f.value.code)}]",
+                      file=sys.stderr)
             elif f.check(usage.UsageError):
                 print(f"vssctl: {f.value}", file=sys.stderr)
             else:

@@ -33,6 +33,7 @@ class ResultCode(IntEnum):
     SESSION_REPLACED = 0x0208
     SESSION_CLOSED = 0x0209
     NO_COMMON_VERSION = 0x020A
+    NOT_READY = 0x020B
 
     # request: what the addressed device or the grants say
     UNKNOWN_DEVICE = 0x0301
@@ -53,6 +54,7 @@ class ResultCode(IntEnum):
     UNKNOWN_NODE = 0x0403
     STALE_CHANGE = 0x0404
     ROUTE_LOOP = 0x0405
+    DB_UNAVAILABLE = 0x0406
 
     INTERNAL_ERROR = 0xFFFF
 
@@ -70,7 +72,8 @@ DESCRIPTIONS = {
     ResultCode.MALFORMED_BODY: "the body could not be decoded",
     ResultCode.AUTH_FAILED: "wrong identity or credentials",
     ResultCode.NOT_AUTHENTICATED: "log in first",
-    ResultCode.AUTH_THROTTLED: "too many failed logins from this address; wait and retry",
+    ResultCode.AUTH_THROTTLED: "too many failed logins for this account or from this address;"
+                               " wait and retry",
     ResultCode.UNEXPECTED_MESSAGE: "this message is not allowed in the link's current state",
     ResultCode.DUPLICATE_TXID: "a request with this transaction id is still in flight",
     ResultCode.TOO_MANY_IN_FLIGHT: "too many requests in flight on this link",
@@ -78,6 +81,8 @@ DESCRIPTIONS = {
     ResultCode.SESSION_REPLACED: "the same identity logged in on another link",
     ResultCode.SESSION_CLOSED: "the session was closed by the node",
     ResultCode.NO_COMMON_VERSION: "no protocol version in common",
+    ResultCode.NOT_READY: "the node is not ready yet: it is loading its data or cannot reach"
+                          " the central platform; try again later",
     ResultCode.UNKNOWN_DEVICE: "no such device",
     ResultCode.FORBIDDEN: "not granted for this device and action",
     ResultCode.DEVICE_OFFLINE: "the device is offline",
@@ -85,8 +90,8 @@ DESCRIPTIONS = {
     ResultCode.HOME_NODE_DOWN: "the device's home node is down",
     ResultCode.INVALID_ARGUMENT: "a field has a value out of range",
     ResultCode.NOT_SUPPORTED: "the device does not support this operation",
-    ResultCode.NOT_FOUND: "the named item (preset, key, session) does not exist",
-    ResultCode.CONFLICT: "the item changed meanwhile (version mismatch)",
+    ResultCode.NOT_FOUND: "not found",
+    ResultCode.CONFLICT: "the item changed meanwhile: read it and try again",
     ResultCode.QUEUED: "accepted and queued",
     ResultCode.BUSY: "the peer is at capacity",
     ResultCode.CENTRAL_UNAVAILABLE: "the central platform cannot be reached",
@@ -94,6 +99,8 @@ DESCRIPTIONS = {
     ResultCode.UNKNOWN_NODE: "no such node",
     ResultCode.STALE_CHANGE: "the change is older than what is stored",
     ResultCode.ROUTE_LOOP: "the routed request came back to a node it passed",
+    ResultCode.DB_UNAVAILABLE: "the central database failed: unreachable, locked or timed"
+                               " out; try again later",
     ResultCode.INTERNAL_ERROR: "internal error",
 }
 

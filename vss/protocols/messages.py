@@ -93,11 +93,19 @@ class _Ext(Adapter):
 Extensions = _Ext(List(Struct("tag" / Int16ub, "value" / Prefixed(Int16ub, GreedyBytes))))
 
 
-def _dataclass(name, fields, extra=()):
+def _dataclass(name, fields, extra=(), defaults=None):
+    """``defaults``: field name -> a default, for fields added at the end of a layout
+    (code that builds the type positionally keeps working); ``[]`` gives each instance
+    its own empty list, as decoding does."""
     names = [f.name for f in fields]
+    defaults = defaults or {}
+    plain = [n for n in names if n not in defaults]
+    assert names[:len(plain)] == plain, "fields with a default come last"
     cls = make_dataclass(
         name,
-        names + [(n, object, field(default=d)) for n, d in extra],
+        plain + [(n, object, field(default_factory=list) if defaults[n] == [] else
+                  field(default=defaults[n])) for n in names[len(plain):]]
+        + [(n, object, field(default=d)) for n, d in extra],
         frozen=True,
         slots=True,
     )
@@ -106,17 +114,17 @@ def _dataclass(name, fields, extra=()):
     return cls
 
 
-def record(name, *fields):
+def record(name, *fields, defaults=None):
     """A nested record type; use ``R.con`` inside other structs."""
-    cls = _dataclass(name, fields)
+    cls = _dataclass(name, fields, defaults=defaults)
     cls.con = _Record(cls, Struct(*fields))
     globals()[name] = cls
     return cls
 
 
-def body(name, *fields):
+def body(name, *fields, defaults=None):
     """A frame body type: the fields, then the extension block, then end of frame."""
-    cls = _dataclass(name, fields, extra=[("ext", ())])
+    cls = _dataclass(name, fields, extra=[("ext", ())], defaults=defaults)
     struct = Struct(*fields, "ext" / Extensions, Terminated)
     cls.struct = struct
     cls.compiled = struct.compile()
@@ -242,6 +250,7 @@ class Entity(IntEnum):
     USER = 2
     GRANT = 3
     NODE = 4
+    CREDENTIAL = 5
 
 
 class ChangeOp(IntEnum):
@@ -301,6 +310,18 @@ GrantRecord = record(
     "actions" / U8,
     "version" / U64,
 )
+StreamCredential = record(
+    "StreamCredential",
+    "cred_id" / Str,
+    "username" / Str,
+    "device_id" / Str,
+    "name" / Str,
+    "created" / Timestamp,
+    "expires" / Timestamp,
+    "revoked" / Timestamp,
+    "sealed" / Bytes,
+    "version" / U64,
+)
 Change = record(
     "Change",
     "seq" / U64,
@@ -312,6 +333,8 @@ Change = record(
     "device" / Optional(DeviceRecord.con),
     "user" / Optional(UserRecord.con),
     "grant" / Optional(GrantRecord.con),
+    "credential" / Optional(StreamCredential.con),
+    defaults={"credential": None},
 )
 
 # ---------------------------------------------------------------------------
@@ -463,6 +486,8 @@ StaticPage = body(
     "grants" / List(GrantRecord.con),
     "next_cursor" / Str,
     "seq" / U64,
+    "credentials" / List(StreamCredential.con),
+    defaults={"credentials": []},
 )
 RouteRequest = body(
     "RouteRequest",
@@ -571,6 +596,19 @@ Recordings = body(
 )
 
 
+# Stream credentials (CRED_*): long-lived, revocable credentials for third-party players
+# (vss.streamcreds). ``sealed`` is empty in every answer to a CU.
+
+CredCreate = body("CredCreate", "device_id" / Str, "name" / Str, "expires_in" / U32)
+CredIssued = body(
+    "CredIssued", "credential" / StreamCredential.con, "secret" / Str, "url" / Str
+)
+CredList = body("CredList", "device_id" / Str)
+Creds = body("Creds", "credentials" / List(StreamCredential.con))
+CredRevoke = body("CredRevoke", "cred_id" / Str, "username" / Str)
+CredState = body("CredState", "credential" / StreamCredential.con)
+
+
 # ---------------------------------------------------------------------------
 # Message types: (type id, request body, response body or None for a notification)
 
@@ -600,6 +638,9 @@ class MsgType(IntEnum):
     RECORD_STOP = 0x0161
     RECORD_STATUS = 0x0162
     RECORD_QUERY = 0x0170
+    CRED_CREATE = 0x0180
+    CRED_LIST = 0x0181
+    CRED_REVOKE = 0x0182
     NODE_REGISTER = 0x0200
     NODE_HEARTBEAT = 0x0201
     STATIC_PULL = 0x0202
@@ -610,6 +651,7 @@ class MsgType(IntEnum):
     SYNC_NOTIFY = 0x0210
     SYNC_CHANGE = 0x0211
     SYNC_FETCH = 0x0212
+    CRED_STORE = 0x0213
 
 
 #: type -> (request body class, response body class or None if notification-only)
@@ -648,4 +690,8 @@ CATALOGUE = {
     MsgType.SYNC_NOTIFY: (SyncNotify, SyncComplete),
     MsgType.SYNC_CHANGE: (SyncChange, SyncAck),
     MsgType.SYNC_FETCH: (SyncFetch, SyncBatch),
+    MsgType.CRED_CREATE: (CredCreate, CredIssued),
+    MsgType.CRED_LIST: (CredList, Creds),
+    MsgType.CRED_REVOKE: (CredRevoke, CredState),
+    MsgType.CRED_STORE: (CredState, CredState),
 }

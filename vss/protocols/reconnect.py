@@ -10,12 +10,27 @@ connection and daemons stop at any moment, so this small loop owns the connectio
 connect to close instead.
 
 The owner calls ``lost(protocol)`` from its protocol's connection-lost path.
+
+A preparation refused with ``NOT_READY`` (the node is still loading its data) spreads
+the next attempt wider: each delay is drawn between half and one and a half times the
+backoff step (at most ``NOT_READY_MAX_DELAY``), so that thousands of clients refused
+together do not come back together, nor much later than the node is ready.
 """
 
 import random
 
 from twisted.internet import defer
 from twisted.logger import Logger
+
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+
+#: The jitter of the delay after a NOT_READY answer (delay x uniform(1 - j, 1 + j)).
+NOT_READY_JITTER = 0.5
+#: The longest step after a NOT_READY answer: the node is up and will be ready soon
+#: (answering NOT_READY costs it next to nothing), so clients do not drift to the
+#: longest backoff of a node that cannot be reached.
+NOT_READY_MAX_DELAY = 8.0
 
 
 class Reconnector:
@@ -38,6 +53,7 @@ class Reconnector:
         self._timer = None
         self._connecting = None
         self._stopping = None
+        self._spread = False  # the next delay uses NOT_READY_JITTER
 
     def start(self):
         self.running = True
@@ -64,8 +80,13 @@ class Reconnector:
         self.failures = 0
 
     def _prepare_failed(self, failure, protocol):
-        self.log.info("{name}: setting up the connection failed: {error}", name=self.name,
-                      error=failure.getErrorMessage())
+        if failure.check(VssError) and failure.value.code == ResultCode.NOT_READY:
+            self._spread = True
+            self.log.info("{name}: the node is not ready ({error}); trying again later",
+                          name=self.name, error=failure.value.message)
+        else:
+            self.log.info("{name}: setting up the connection failed: {error}", name=self.name,
+                          error=failure.getErrorMessage())
         transport = getattr(protocol, "transport", None)
         if transport is not None:
             transport.abortConnection()  # lost() then schedules the next attempt
@@ -90,8 +111,13 @@ class Reconnector:
             d.callback(None)
 
     def _schedule(self):
-        delay = min(self.max_delay, self.initial * self.factor ** self.failures)
-        delay *= random.uniform(1 - self.jitter, 1 + self.jitter)
+        delay = min(self.max_delay, self.initial * self.factor ** min(self.failures, 64))
+        if self._spread:
+            delay = min(delay, NOT_READY_MAX_DELAY)
+        jitter = NOT_READY_JITTER if self._spread else self.jitter
+        self._spread = False
+        delay *= random.uniform(1 - jitter, 1 + jitter)
+        self.last_delay = delay
         self.failures += 1
         self._timer = self.clock.callLater(delay, self._attempt)
 

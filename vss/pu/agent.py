@@ -94,7 +94,8 @@ class Agent:
         self.clients = {}
         for device_id in device_ids:
             pu = SimulatedPU(device_id, kind, channels, clock=reactor)
-            pu.media = media
+            if media is not None:
+                pu.use_media(media)
             pu.dvr_days = dvr_days
             client = SignallingClient(Role.PU, device_id, secret.replace("{id}", device_id),
                                       kind=int(kind), channels=channels, model=model,
@@ -112,6 +113,17 @@ class Agent:
 
     def online(self):
         return sum(1 for c in self.clients.values() if c.client.registered and c.client.link)
+
+    def waiting(self):
+        """PUs whose last login was answered NOT_READY (they try again later)."""
+        return sum(1 for c in self.clients.values() if c.not_ready)
+
+    def status_line(self):
+        line = f"{self.online()}/{len(self.pus)} PUs online"
+        waiting = self.waiting()
+        if waiting:
+            line += f", {waiting} waiting for the node to be ready (NOT_READY)"
+        return line
 
     def stop(self):
         return defer.DeferredList([c.stop() for c in self.clients.values()])
@@ -138,9 +150,7 @@ def main(argv=None):
         agent = Agent(reactor, opts["node"], opts.device_ids(), opts.secret, opts.kind,
                       opts["channels"], opts["model"], media=media, dvr_days=opts["dvr-days"])
         agent.start(opts["ramp"])
-        status = task.LoopingCall(
-            lambda: log.info("{online}/{total} PUs online", online=agent.online(),
-                             total=len(agent.pus)))
+        status = task.LoopingCall(lambda: log.info("{line}", line=agent.status_line()))
         status.start(10.0, now=False)
         done = defer.Deferred()
         reactor.addSystemEventTrigger("before", "shutdown", agent.stop)

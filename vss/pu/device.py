@@ -140,6 +140,14 @@ class SimulatedPU:
         self.media = None  # set by the agent when it can publish video
         self.dvr_days = dvr.DEFAULT_DAYS  # a DVR's footage: the past N days (vss.pu.dvr)
 
+    def use_media(self, media):
+        """Publish video with ``media`` (a ``vss.pu.media.PublisherFactory``): the
+        configuration then tells what the stream really is (resolution, rate, bitrate,
+        GOP), and the publisher follows the configuration a CU sets."""
+        self.media = media
+        for ch in self.channels:
+            ch.config.update(media.stream_config())
+
     # -- reporting (S601)
 
     def report(self, channel, kind, items):
@@ -324,8 +332,11 @@ class SimulatedPU:
                 raise VssError(ResultCode.NOT_SUPPORTED, "only a DVR plays back recordings")
             if dvr.footage_from(body.start_time, int(self.clock.seconds() * 1000),
                                 self.dvr_days, ch.index, within=dvr.PLAY_WITHIN_MS) is None:
+                from datetime import UTC, datetime
+
+                at = datetime.fromtimestamp(body.start_time / 1000, UTC)
                 raise VssError(ResultCode.NOT_FOUND, f"no recording within a day "
-                               f"from {body.start_time}")
+                               f"from {at:%Y-%m-%d %H:%M:%S} UTC")
         return self.media.start(self, ch, body)
 
     def media_stop(self, ch, body):

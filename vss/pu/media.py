@@ -213,6 +213,34 @@ class PublisherFactory:
         self.running = {}
         reactor.addSystemEventTrigger("before", "shutdown", self.stop_all)
 
+    def stream_config(self):
+        """The configuration items of the stream this factory publishes by default."""
+        return {"video.codec": "H264", "video.resolution": f"{self.size[0]}x{self.size[1]}",
+                "video.fps": str(self.fps), "video.bitrate_kbps": str(self.bitrate // 1000),
+                "video.gop": str(self.fps * 2)}
+
+    def stream_of(self, ch):
+        """(width, height, fps, bitrate) of a channel's configuration, each within what
+        a simulated camera encodes in real time (this factory's own where not valid)."""
+        config = getattr(ch, "config", None) or {}
+        width, height = self.size
+        fps, bitrate = self.fps, self.bitrate
+        try:
+            w, h = (int(x) for x in config.get("video.resolution", "").split("x"))
+            if 16 <= w <= 1920 and 16 <= h <= 1080 and w % 2 == 0 and h % 2 == 0:
+                width, height = w, h
+        except ValueError:
+            pass
+        try:
+            fps = min(60, max(1, int(config.get("video.fps", fps))))
+        except ValueError:
+            pass
+        try:
+            bitrate = min(20_000, max(64, int(config.get("video.bitrate_kbps")))) * 1000
+        except (TypeError, ValueError):
+            pass
+        return width, height, fps, bitrate
+
     def start(self, pu, ch, body):
         key = (pu.device_id, ch.index, body.stream)
         if body.start_time:  # a playback: one per publish path, beside the live stream
@@ -220,9 +248,9 @@ class PublisherFactory:
         self._kill(key)
         child = _Child(self, key)
         env = {**os.environ, "VSS_PUBLISH_URL": body.publish_url}
+        width, height, fps, bitrate = self.stream_of(ch)
         argv = [sys.executable, "-m", "vss.pu.media", "--video", self.video,
-                "--size", f"{self.size[0]}x{self.size[1]}", "--fps", str(self.fps),
-                "--bitrate", str(self.bitrate)]
+                "--size", f"{width}x{height}", "--fps", str(fps), "--bitrate", str(bitrate)]
         if body.start_time:
             argv += ["--recorded", str(body.start_time), "--days", str(pu.dvr_days),
                      "--channel", str(ch.index)]

@@ -1,11 +1,13 @@
 """
 The node's link to the central platform: the real ``ICentral``.
 
-One long-lived, reconnecting link to CMS (``Reconnector``: backoff with jitter). On every
-(re)connection the node logs in with the cluster secret, registers (NODE_REGISTER), and
-catches up: a full static reload when its memory database holds nothing synced (or the
-change log no longer reaches back far enough), else the changes after its last applied
-sequence. Then it resends what its outbox still holds.
+One long-lived, reconnecting link to CMS (``Reconnector``: backoff with jitter). At start
+the node takes up what it synchronised before (``restore``: the Redis store, or the copy
+the memory store keeps in the data directory), so it serves at once, CMS up or not. On
+every (re)connection it logs in with the cluster secret, registers (NODE_REGISTER), and
+catches up: a full static reload when it holds nothing synced (or the change log no
+longer reaches back far enough), else the changes after its last applied sequence. Then
+it resends what its outbox still holds.
 
 Over the same link CMS sends the node SYNC_NOTIFY (S504, applied by ``SyncApplier``:
 S505-S506) and ROUTE_REQUEST for its own PUs (S403, answered through the RGM: S404-S406).
@@ -16,6 +18,7 @@ asking CMS again only on a miss or when the device moves home.
 """
 
 import os
+import random
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
@@ -29,6 +32,8 @@ from vss.protocols.codes import ResultCode
 from vss.protocols.link import LinkFactory, check_response
 from vss.protocols.messages import (
     ChangeKind,
+    CredRevoke,
+    CredState,
     Empty,
     Entity,
     Heartbeat,
@@ -45,12 +50,26 @@ from vss.protocols.messages import (
     SyncFetch,
 )
 from vss.protocols.reconnect import Reconnector
+from vss.rgm import settings
 from vss.rgm.outbox import Outbox
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT, PeerLinks, node_login, serve_route
 from vss.rgm.sync import SyncApplier
 
 AGENT = "vss-node/0.1"
 PAGE = 5000
+#: First and largest delay before the outbox is sent again after CMS failed to write.
+RETRY_FIRST = 0.5
+RETRY_MAX = 10.0
+#: What CMS answers to refuse a PU change for good, and why: a central change crossed it
+#: (docs/consistency.md, "The conflict rule"), or the change is malformed. The change
+#: leaves the outbox, logged with the reason. Every other failure (DB_UNAVAILABLE,
+#: TIMEOUT, INTERNAL_ERROR, a code this node does not know...) keeps it for a resend.
+REFUSALS = {
+    ResultCode.UNKNOWN_DEVICE: "the device was removed centrally",
+    ResultCode.FORBIDDEN: "the device is homed on another node now",
+    ResultCode.STALE_CHANGE: "a central change of the device crossed it",
+    ResultCode.INVALID_ARGUMENT: "CMS cannot take it as it is",
+}
 
 
 @implementer(ICentral)
@@ -58,7 +77,7 @@ class CmsLink(service.Service):
     log = Logger()
 
     def __init__(self, node_id, endpoint, cluster_secret, store, reactor, data_dir=None,
-                 clock=None, advertise=None):
+                 clock=None, advertise=None, local_copy=False):
         self.node_id = node_id
         self.endpoint = endpoint
         self.cluster_secret = cluster_secret
@@ -69,10 +88,13 @@ class CmsLink(service.Service):
         self.rgm = None  # set by the node once its RGM exists
         self.device_listeners = []  # f(device_id, old, new) after each device change
         self.connected_listeners = []  # f() after each (re)connection's catch-up
+        self.access_listeners = []  # f() after users, grants or stream credentials changed
         self.local_recordings = None  # f(RecordQuery) -> Deferred(Recordings or bytes): CMS asks
         self.link = None
         self.applier = SyncApplier(store, node_id, data_dir, on_device_change=self._device_changed,
-                                   on_user_change=self._user_changed, clock=self.clock)
+                                   on_user_change=self._user_changed, clock=self.clock,
+                                   on_access_change=self._access_changed,
+                                   local_copy=local_copy)
         self.outbox = Outbox(os.path.join(data_dir, "outbox.jsonl"), self.clock) if data_dir \
             else None
         self.peers = PeerLinks(self)
@@ -86,9 +108,13 @@ class CmsLink(service.Service):
         self._last_head = 0  # the head sequence the last heartbeat answer named
         self._fetching = False
         self._restored = False
+        self._retry_call = None  # the next send of the outbox after a failure
+        self._retry_delay = RETRY_FIRST
+        self._refetch = False  # a change was refused as stale: fetch before the next
         self.ready = defer.Deferred()  # fires after the first catch-up
         self.counters = {"cms_requests": 0, "routed_via_cms": 0, "routed_direct": 0,
-                         "reloads": 0, "fetches": 0, "notifies": 0}
+                         "reloads": 0, "fetches": 0, "notifies": 0, "refused_changes": 0,
+                         "change_retries": 0}
         self._client = None
 
     # -- service
@@ -107,6 +133,7 @@ class CmsLink(service.Service):
     def stopService(self):
         super().stopService()
         self._stop_heartbeat()
+        self._cancel_retry()
         self.applier.close()
         self.peers.close()
         if self.outbox is not None:
@@ -121,9 +148,7 @@ class CmsLink(service.Service):
         try:
             yield node_login(link, self.node_id, self.cluster_secret)
             signalling, media, capacity = self.advertise()
-            if not self._restored:
-                self._restored = True
-                self.applier.restore()
+            self.restore()
             reg = (yield link.request(MsgType.NODE_REGISTER, NodeRegister(
                 node_id=self.node_id, signalling=signalling, media=media, capacity=capacity,
                 applied_seq=self.applier.applied_seq))).body
@@ -139,15 +164,30 @@ class CmsLink(service.Service):
             link.abort()
             raise
 
+    def restore(self):
+        """Take up what the node synchronised before it stopped (the Redis store's
+        sequence, or the memory store's local copy), once, before serving: the node is
+        then ready at once (``synchronised``) and fetches only what it missed."""
+        if not self._restored:
+            self._restored = True
+            self.applier.restore()
+
     def _connected(self):
         if not self.ready.called:
             self.ready.callback(self)
         if self.rgm is not None:
             for device_id in list(self.rgm.pu_links):
                 self.presence(device_id, True)
+        self._cancel_retry()  # a new link: send at once
+        self._retry_delay = RETRY_FIRST
         self._send_outbox()
         for listener in self.connected_listeners:
             listener()
+
+    def synchronised(self):
+        """A copy to serve from: restored at start (the Redis store, or the memory
+        store's local copy) or loaded from CMS."""
+        return self.store.get_meta("applied_seq") is not None
 
     def presence(self, device_id, online):
         if self.link is not None:
@@ -258,13 +298,14 @@ class CmsLink(service.Service):
         from CMS are dropped). Changes after ``head_seq`` come by fetch."""
         self.counters["reloads"] += 1
         started = self.clock.seconds()
-        seen = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set()}
+        seen = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set(),
+                Entity.CREDENTIAL: set()}
 
         def pull(entity, cursor):
             return self._request(MsgType.STATIC_PULL, StaticPull(
                 entity=entity, cursor=cursor, limit=PAGE), 60.0)
 
-        for entity in (Entity.DEVICE, Entity.USER, Entity.GRANT):
+        for entity in (Entity.DEVICE, Entity.USER, Entity.GRANT, Entity.CREDENTIAL):
             pending = pull(entity, "")
             while pending is not None:
                 page = (yield pending).body
@@ -281,6 +322,9 @@ class CmsLink(service.Service):
                     for r in page.grants:
                         self.store.put_grant(r)
                         seen[entity].add((r.principal, r.device_id))
+                    for r in page.credentials:
+                        self.store.put_credential(r)
+                        seen[entity].add(r.cred_id)
                 except BaseException:
                     if pending is not None:
                         pending.addErrback(lambda f: None)  # the reload fails with this
@@ -294,12 +338,18 @@ class CmsLink(service.Service):
         for g in self.store.grants():
             if (g.principal, g.device_id) not in seen[Entity.GRANT]:
                 self.store.remove_grant(g.principal, g.device_id)
+        for c in self.store.credentials():
+            if c.cred_id not in seen[Entity.CREDENTIAL]:
+                self.store.remove_credential(c.cred_id)
         self.applier.applied_seq = head_seq
         self.applier.save()
+        self.applier.snapshot()
         self.route_cache.clear()
-        self.log.info("reloaded {devices} devices, {users} users, {grants} grants in {s:.2f} s",
-                      devices=len(seen[Entity.DEVICE]), users=len(seen[Entity.USER]),
-                      grants=len(seen[Entity.GRANT]), s=self.clock.seconds() - started)
+        self.log.info("reloaded {devices} devices, {users} users, {grants} grants, {creds} "
+                      "stream credentials in {s:.2f} s", devices=len(seen[Entity.DEVICE]),
+                      users=len(seen[Entity.USER]), grants=len(seen[Entity.GRANT]),
+                      creds=len(seen[Entity.CREDENTIAL]), s=self.clock.seconds() - started)
+        self._access_changed()
 
     @defer.inlineCallbacks
     def fetch(self):
@@ -379,6 +429,13 @@ class CmsLink(service.Service):
         for listener in self.device_listeners:
             listener(device_id, old, new)
 
+    def _access_changed(self):
+        for listener in self.access_listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener never stops the sync
+                self.log.failure("access listener failed")
+
     def _user_changed(self, username, new):
         """A removed or disabled user's sessions end; a new password takes effect at the
         next login."""
@@ -391,6 +448,16 @@ class CmsLink(service.Service):
     def registration_info(self, identity, role):
         return self._request(MsgType.REG_INFO, RegInfoRequest(identity=identity, role=int(role))) \
             .addCallback(lambda msg: msg.body)
+
+    def store_credential(self, record):
+        """CRED_STORE: CMS stores a stream credential of one of this node's users."""
+        return self._request(MsgType.CRED_STORE, CredState(credential=record)).addCallback(
+            lambda msg: msg.body.credential)
+
+    def revoke_credential(self, cred_id, username):
+        """CRED_REVOKE: ``username`` revokes one of their stream credentials."""
+        return self._request(MsgType.CRED_REVOKE, CredRevoke(
+            cred_id=cred_id, username=username)).addCallback(lambda msg: msg.body.credential)
 
     def record_settings(self, device_id, channel):
         """The recording settings CMS holds for a channel (RECORD_SETTINGS_GET)."""
@@ -484,6 +551,10 @@ class CmsLink(service.Service):
 
         change = replace(change, change_id=self.outbox.next_id(), node_id=self.node_id)
         self.outbox.add(change)
+        if change.change in settings.KINDS:
+            self.applier.note_setting(change.device_id, change.channel,
+                                      ChangeKind(change.change),
+                                      {kv.key: kv.value for kv in change.items})
         d = defer.Deferred()
         self._waiters = getattr(self, "_waiters", {})
         self._waiters[change.change_id] = d
@@ -493,21 +564,31 @@ class CmsLink(service.Service):
     @defer.inlineCallbacks
     def _send_outbox(self):
         """Send the outbox in order, one change at a time, until it is empty or the
-        link drops (the rest goes on the next connection)."""
+        link drops (the rest goes on the next connection). A change leaves the outbox
+        only when CMS wrote it, or refused it for good (``REFUSALS``, and the conflict
+        rule's ``applied=False``), each refusal logged with its reason; any other
+        failure (the database lost, locked or timed out, no answer) keeps it, and the
+        outbox is sent again after a growing delay."""
         if self._sending or self.outbox is None:
             return
+        if self._retry_call is not None and self._retry_call.active():
+            return  # waiting out a failure: the retry sends it
         self._sending = True
         try:
             while self.outbox.pending and self.link is not None and not self.catching_up:
-                if self.applier.applied_seq < self._acked_seq:
-                    # The change before this one was written at _acked_seq; its notify
-                    # may still be waiting behind a fetch. Base the next change on it,
+                if self.applier.applied_seq < self._acked_seq or self._refetch:
+                    # The change before this one was written at _acked_seq (or refused
+                    # as stale: the node's copy is behind); its notify may still be
+                    # waiting behind a fetch. Base the next change on what CMS holds,
                     # else CMS refuses it as stale (it crossed our own change).
                     try:
                         yield self.fetch()
-                    except VssError:
-                        return  # the link dropped: the rest goes on the next connection
+                    except VssError as e:
+                        if self.link is not None:
+                            self._retry_later(f"fetch before the next change: {e.message}")
+                        return
                     self._acked_seq = 0
+                    self._refetch = False
                     continue
                 change_id, change = next(iter(self.outbox.pending.items()))
                 if change_id not in self.outbox.sent_ids:
@@ -522,26 +603,56 @@ class CmsLink(service.Service):
                     self.outbox.sent(change)
                 # On disk before CMS can see it: the change, and the stamp it goes with.
                 self.outbox.flush()
+                refusal = None
                 try:
                     ack = (yield self._request(MsgType.SYNC_CHANGE, change)).body
                 except VssError as e:
-                    if e.code in (ResultCode.SESSION_CLOSED, ResultCode.CENTRAL_UNAVAILABLE,
-                                  ResultCode.TIMEOUT):
+                    if e.code in (ResultCode.SESSION_CLOSED, ResultCode.CENTRAL_UNAVAILABLE) \
+                            or self.link is None:
+                        return  # the link is gone: everything is sent again on the next
+                    if e.code not in REFUSALS:
+                        self._retry_later(f"change {change_id} of {change.device_id}: "
+                                          f"{getattr(e.code, 'name', e.code)} {e.message}")
                         return
-                    self.log.warn("CMS refused change {id} of {device}: {error}",
-                                  id=change_id, device=change.device_id, error=e.message)
-                    ack = None
+                    ack, refusal = None, f"{REFUSALS[e.code]} ({e.message})"
+                self._retry_delay = RETRY_FIRST
+                if ack is not None and not ack.applied:
+                    refusal = ("a central change of the device crossed it (conflict rule); "
+                               "the node takes the central data")
+                    self._refetch = True
+                if refusal is not None:
+                    self.counters["refused_changes"] += 1
+                    self.log.warn("CMS refused change {id} of {device} for good: {reason}",
+                                  id=change_id, device=change.device_id, reason=refusal)
                 self.outbox.ack(change_id)
                 if ack is not None and ack.applied:
                     self._acked_seq = max(self._acked_seq, ack.seq)
                 waiter = getattr(self, "_waiters", {}).pop(change_id, None)
                 if waiter is not None:
                     if ack is None:
-                        waiter.errback(VssError(ResultCode.STALE_CHANGE))
+                        waiter.errback(VssError(ResultCode.STALE_CHANGE, refusal))
                     else:
                         waiter.callback(ack)
         finally:
             self._sending = False
+
+    def _retry_later(self, why):
+        """CMS could not write (or answer) now: keep everything, send again later."""
+        delay = self._retry_delay * random.uniform(0.75, 1.25)
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        self.counters["change_retries"] += 1
+        self.log.warn("CMS did not write {why}; kept, sending again in {delay:.1f} s",
+                      why=why, delay=delay)
+        self._retry_call = self.clock.callLater(delay, self._retry)
+
+    def _retry(self):
+        self._retry_call = None
+        self._send_outbox()
+
+    def _cancel_retry(self):
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
 
     def status(self):
         return {"connected": self.link is not None, "applied_seq": self.applier.applied_seq,

@@ -463,6 +463,15 @@ def on_cu_request(rgm, link, frame, msg):
     if t == MsgType.DEVICE_LIST:
         body = rgm.device_list(s.identity, msg.body.cursor, msg.body.limit)
         return link.send_response(t, frame.txid, body)
+    if t in _CRED_REQUESTS:  # stream credentials (vss.streamcreds): this node and CMS
+        if rgm.credentials is None:
+            return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
+                                   "stream credentials need the central platform")
+        d = defer.maybeDeferred(rgm.credentials.handle, link, s.identity, t, msg.body)
+        _hold(s, frame.txid, d)
+        d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
+                       lambda f: link.send_failure(frame, f))
+        return
     if t in (MsgType.MEDIA_OPEN, MsgType.MEDIA_CLOSE):
         if rgm.cdn is None:
             return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
@@ -474,6 +483,9 @@ def on_cu_request(rgm, link, frame, msg):
         return
     link.send_error(t, frame.txid, ResultCode.UNEXPECTED_MESSAGE,
                     f"{codec.message_name(t)} is not a CU request")
+
+
+_CRED_REQUESTS = frozenset((MsgType.CRED_CREATE, MsgType.CRED_LIST, MsgType.CRED_REVOKE))
 
 
 def _hold(session, txid, d):

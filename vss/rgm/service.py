@@ -7,8 +7,9 @@ link is:
 
 1. ``HELLO``        version negotiation (``on_hello``)
 2. ``AUTH_START``   SCRAM challenge (``on_auth_start``); unknown identities are asked of
-                    CMS first (first registration)
-3. ``AUTH_PROOF``   proof check, throttled per source (``on_auth_proof``)
+                    CMS first (first registration); NOT_READY while the node holds no
+                    synchronised copy or CMS, needed for a first login, cannot answer
+3. ``AUTH_PROOF``   proof check, throttled per account and per address (``on_auth_proof``)
 4. ``REGISTER``     the PU comes online / the CU session opens (``on_register``)
 5. then keepalives, a PU's state changes (``on_state_change``, S601-S603) and a CU's
    requests (``vss.rgm.relay``, S401-S407).
@@ -44,7 +45,7 @@ from vss.protocols.messages import (
     SyncChange,
     to_dict,
 )
-from vss.rgm import relay
+from vss.rgm import relay, settings
 from vss.rgm.auth import ScramExchange, Throttle
 
 AGENT = "vss-node/0.1"
@@ -148,6 +149,11 @@ CONTROL_ACTIONS = {
     MsgType.RECORD_QUERY: Action.VIEW,
 }
 
+#: What CMS (or the link to it) answers when it cannot answer now: a first login then
+#: gets NOT_READY, never a wrong-credentials answer.
+CENTRAL_DOWN = (ResultCode.CENTRAL_UNAVAILABLE, ResultCode.TIMEOUT, ResultCode.SESSION_CLOSED,
+                ResultCode.DB_UNAVAILABLE, ResultCode.BUSY, ResultCode.NOT_READY)
+
 #: State changes a PU reports that are static data and so go on to CMS (S603).
 SYNCED_CHANGES = {ChangeKind.NAME, ChangeKind.CONFIG, ChangeKind.PRESET, ChangeKind.RECORDING}
 
@@ -164,17 +170,20 @@ class RGMService(service.Service):
         self.cdn = cdn
         self.recordings = None  # vss.rgm.recording.RecordingManager, if the node records
         self.archive = None  # vss.cdn.archive.NodeArchive: RECORD_QUERY across nodes
+        self.credentials = None  # vss.streamcreds.node.StreamCredentials, with a CMS
         self.throttle = Throttle(clock)
         self.links = set()
         self.pu_links = {}  # device_id -> link of the registered PU
         self.cu_links = {}  # session_id -> link
-        self.counters = {"relayed": 0, "routed": 0, "auth_failures": 0, "dropped_silent": 0}
+        self.counters = {"relayed": 0, "routed": 0, "auth_failures": 0, "dropped_silent": 0,
+                         "not_ready": 0}
         self._sweeper = None
 
     # -- service
 
     def startService(self):
         super().startService()
+        self.drop_orphan_sessions()
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.clock
         interval = min(self.config.keepalive_interval, self.config.handshake_timeout)
@@ -186,6 +195,20 @@ class RGMService(service.Service):
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "node shutting down")
         return super().stopService()
+
+    def drop_orphan_sessions(self):
+        """Forget the sessions the store holds that no live link of this node owns (at
+        start, every one: the process that opened them is gone, e.g. killed). Returns
+        how many were dropped."""
+        owned = {link.session.session_id for link in self.links
+                 if link.session is not None and link.session.session_id}
+        orphans = [sid for sid in self.store.sessions() if sid not in owned]
+        for sid in orphans:
+            self.store.remove_session(sid)
+        if orphans:
+            self.log.info("dropped {count} sessions no link owns (left by an earlier run)",
+                          count=len(orphans))
+        return len(orphans)
 
     def factory(self, role):
         """The protocol factory for the PU (``Role.PU``) or CU (``Role.CU``) listener."""
@@ -300,12 +323,18 @@ class RGMService(service.Service):
         s = link.session
         if s.state not in (State.HELLO, State.CHALLENGED):
             return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "already logged in")
-        wait = self.throttle.wait(link.peer_host)
+        body = msg.body
+        if not self.central.synchronised():
+            # No copy of the static data yet (a first start, a reload in progress): a
+            # login cannot be checked, and must not look like a wrong secret.
+            self.counters["not_ready"] += 1
+            return self.refuse(link, frame, ResultCode.NOT_READY,
+                               f"node {self.node_id} is loading its data; try again later")
+        wait = self.throttle.wait(body.identity, link.peer_host)
         if wait > 0:
             return self.refuse(
-                link, frame, ResultCode.AUTH_THROTTLED, f"retry in {wait:.0f} s"
+                link, frame, ResultCode.AUTH_THROTTLED, f"retry in {max(1, round(wait))} s"
             )
-        body = msg.body
         if body.mechanism != "SCRAM-SHA-256" or not 16 <= len(body.client_nonce) <= 64:
             return self.refuse(link, frame, ResultCode.INVALID_ARGUMENT, "mechanism or nonce")
         d = defer.maybeDeferred(self.verifier_for, s.role, body.identity)
@@ -327,12 +356,18 @@ class RGMService(service.Service):
                 ),
             )
 
+        def failed(f):
+            if f.check(VssError) and f.value.code == ResultCode.NOT_READY:
+                self.counters["not_ready"] += 1
+            link.send_failure(frame, f)
+
         d.addCallback(challenge)
-        d.addErrback(lambda f: link.send_failure(frame, f))
+        d.addErrback(failed)
 
     def verifier_for(self, role, identity):
         """The stored verifier of a PU or CU, asking CMS on a first registration.
-        None for an identity nobody knows (the exchange then fails at the proof)."""
+        None for an identity nobody knows (the exchange then fails at the proof);
+        NOT_READY when CMS, needed to know, cannot answer now."""
         record = self._record(role, identity)
         if record is not None:
             return record.verifier if record.enabled else None
@@ -345,8 +380,11 @@ class RGMService(service.Service):
 
         def unknown(f):
             f.trap(VssError)
-            if f.value.code == ResultCode.CENTRAL_UNAVAILABLE:
-                self.log.warn("CMS unavailable for first registration of {identity}", identity=identity)
+            if f.value.code in CENTRAL_DOWN:
+                self.log.warn("CMS unavailable for first registration of {identity}: {error}",
+                              identity=identity, error=f.value.message)
+                raise VssError(ResultCode.NOT_READY, "the central platform is needed for a "
+                               "first login here and cannot be reached; try again later")
             return None
 
         return d.addCallbacks(got, unknown)
@@ -378,7 +416,7 @@ class RGMService(service.Service):
             s.failures += 1
             s.state = State.HELLO
             self.counters["auth_failures"] += 1
-            self.throttle.failed(link.peer_host)
+            self.throttle.failed(exchange.identity, link.peer_host)
             # The identity is logged, never the proof or anything derived from a secret.
             self.log.info(
                 "authentication failed for {role} {identity} from {peer}",
@@ -390,7 +428,7 @@ class RGMService(service.Service):
             if s.failures >= self.config.link_max_failures:
                 link.close(ResultCode.AUTH_FAILED, "too many failures")
             return
-        self.throttle.succeeded(link.peer_host)
+        self.throttle.succeeded(exchange.identity, link.peer_host)
         s.identity = exchange.identity
         s.session_id = secrets.token_hex(16)
         s.state = State.AUTHENTICATED
@@ -476,17 +514,11 @@ class RGMService(service.Service):
             self.log.warn("PU {device} reported an unknown change kind {kind}",
                           device=device_id, kind=change.change)
             return
-        state = self.store.get_state(device_id)
         if kind == ChangeKind.PTZ:
             self.store.set_state(device_id, **{k: float(v) for k, v in items.items()
                                                if k in ("pan", "tilt", "zoom")})
-        elif kind == ChangeKind.CONFIG:
-            config = dict(state.get("config", {}))
-            config.update(items)
-            self.store.set_state(device_id, config=config,
-                                 config_version=int(items.get("_version", state.get("config_version", 0))))
-        elif kind == ChangeKind.PRESET:
-            self.store.set_state(device_id, presets=items)
+        elif kind in settings.KINDS:
+            settings.apply(self.store, device_id, change.channel, kind, items)
         elif kind == ChangeKind.NAME and "name" in items:
             self.store.set_state(device_id, name=items["name"])
         elif kind in (ChangeKind.ALARM, ChangeKind.RECORDING):

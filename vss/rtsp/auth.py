@@ -89,13 +89,19 @@ class DigestClient:
 
 
 class DigestServer:
-    """Checks Basic or Digest credentials against ``users`` (name -> password).
+    """Checks Basic or Digest credentials against ``users`` (name -> password), or,
+    Digest only, against ``ha1_for`` (name -> HA1 as 32 hex digits, or None): a server
+    that keeps no password (stream credentials, ``vss.streamcreds``).
 
     Nonces are stateless: ``<time>:<hmac>`` with the server's random key, valid for
     ``nonce_ttl`` seconds of the injected clock."""
 
-    def __init__(self, users, clock, realm="vss", nonce_ttl=300, allow_basic=True):
-        self.users = dict(users)
+    def __init__(self, users, clock, realm="vss", nonce_ttl=300, allow_basic=True,
+                 ha1_for=None):
+        self.users = dict(users or {})
+        self.ha1_for = ha1_for
+        if ha1_for is not None:
+            allow_basic = False  # Basic needs the password itself
         self.clock = clock
         self.realm = realm
         self.nonce_ttl = nonce_ttl
@@ -134,9 +140,10 @@ class DigestServer:
             return None
         p = parse_auth_params(rest)
         name = p.get("username")
-        good = self.users.get(name)
         nonce = p.get("nonce", "")
-        if good is None or p.get("realm") != self.realm or "response" not in p:
+        if name is None or p.get("realm") != self.realm or "response" not in p:
+            return None
+        if p.get("algorithm", "MD5").upper() != "MD5":
             return None
         if uri is not None and p.get("uri") != uri:
             return None
@@ -147,7 +154,13 @@ class DigestServer:
             return None
         if self.clock.seconds() - int(stamp) > self.nonce_ttl:
             return None
-        ha1 = md5hex(f"{name}:{self.realm}:{good}")
+        if self.ha1_for is not None:
+            ha1 = self.ha1_for(name)
+        else:
+            good = self.users.get(name)
+            ha1 = None if good is None else md5hex(f"{name}:{self.realm}:{good}")
+        if ha1 is None:
+            return None
         ha2 = md5hex(f"{method}:{p.get('uri', '')}")
         if p.get("qop"):
             expect = md5hex(f"{ha1}:{nonce}:{p.get('nc', '')}:{p.get('cnonce', '')}:"

@@ -127,6 +127,10 @@ class Frame:
 class Source:
     """A live stream on one path. ``sdp`` is the publisher's SDP text."""
 
+    #: seconds of a stream of known length (a playback): its SDP then says
+    #: ``a=range:npt=0-<duration>`` and players show a seek bar; None for live video
+    duration = None
+
     def __init__(self, path, sdp, tracks, clock, on_idle=None, origin="rtsp",
                  gop_cache=0):
         self.path = path

@@ -63,12 +63,31 @@ def controls(sdp):
     return out
 
 
-def for_viewers(sdp, base_url, query=""):
+def npt_length(sdp):
+    """Seconds of a session-level ``a=range:npt=0-<end>`` with a finite end, else None."""
+    session, _ = split(sdp)
+    for line in session:
+        if line.startswith("a=range:npt="):
+            start, _, end = line[len("a=range:npt="):].partition("-")
+            try:
+                if float(start) == 0 and end.strip():
+                    length = float(end)
+                    return length if 0 < length < 10 * 366 * 86400 else None
+            except ValueError:
+                return None
+    return None
+
+
+def for_viewers(sdp, base_url, query="", duration=None):
     """The publisher's SDP with connection data neutralised and each media's control
     replaced by ``<base_url>/trackID=<i>[?query]`` (absolute, so clients need no URL
-    resolution and keep the token)."""
+    resolution and keep the token). The session's range is ``npt=0-`` (live), or
+    ``npt=0-<duration>`` for a stream of known length (a playback: ``duration``, else the
+    publisher's own finite range, as a relayed playback's origin gives it)."""
     session, media = split(sdp)
     q = f"?{query}" if query else ""
+    if duration is None:
+        duration = npt_length(sdp)
     out = []
     for line in session:
         if line.startswith("a=control:") or line.startswith("a=range:"):
@@ -78,7 +97,7 @@ def for_viewers(sdp, base_url, query=""):
         out.append(line)
     if not any(line.startswith("c=") for line in out):
         out.append("c=IN IP4 0.0.0.0")
-    out.append("a=range:npt=0-")
+    out.append(f"a=range:npt=0-{duration:.3f}" if duration else "a=range:npt=0-")
     for i, lines in enumerate(media):
         m = lines[0].split()
         if len(m) >= 2:

@@ -66,15 +66,18 @@ class ControlError(Exception):
 class RTSPUrl:
     """A parsed request URI: ``base`` (rtsp://host:port), ``path`` (/live/dev/stream),
     ``control`` (trailing track control such as 'trackID=0', or None), ``query``,
-    ``token``."""
+    ``token``, ``cred`` (a stream credential given in the URL, ``vss.streamcreds``)."""
 
     def __init__(self, base, path, control, query):
         self.base = base
         self.path = path
         self.control = control
         self.query = query
-        values = parse_qs(query).get("token") if query else None
+        params = parse_qs(query) if query else {}
+        values = params.get("token")
         self.token = values[0] if values else None
+        values = params.get("cred")
+        self.cred = values[0] if values else None
 
     @property
     def track(self):
@@ -255,6 +258,7 @@ class RTSPServerFactory(protocol.Factory):
         self._udp_peers = {}  # (host, port) -> (session, track, rtcp) of UDP clients
         self._waiters = {}  # path -> [Deferred]
         self.controllers = {}  # path -> play/pause controller (see the module docstring)
+        self.credentials = None  # stream credentials (use_credentials)
 
     # -- reactor and clock, resolved lazily
 
@@ -272,6 +276,15 @@ class RTSPServerFactory(protocol.Factory):
 
     def seconds(self):  # the DigestServer's clock
         return self.clock.seconds()
+
+    def use_credentials(self, credentials):
+        """Accept long-lived stream credentials (``vss.streamcreds.node``) besides
+        tokens: ``credentials.authorize(request, url, method)`` gives (True, info),
+        (False, reason) or None (the request carries none), ``challenges()`` the
+        ``WWW-Authenticate`` values of a 401. A session it allowed keeps the info
+        (``Session.auth``; ``info["start"]``, if any, starts the source a DESCRIBE waits
+        for) and is ended by ``end_session`` when the credential no longer holds."""
+        self.credentials = credentials
 
     # -- observers and sources
 
@@ -461,6 +474,14 @@ class RTSPServerFactory(protocol.Factory):
         log.info("session {sid} ({role} {path}) ended: {why}", sid=s.id, role=s.role,
                  path=s.path, why=why)
 
+    def end_session(self, s, why):
+        """End a session now (its credential no longer holds) and close its TCP
+        connection, so that the player sees the end at once."""
+        conn = s.conn
+        self._end_session(s, why)
+        if conn is not None and (s.tcp_tracks or s.role == "publish"):
+            conn.close()
+
     def _stop_reading(self, s):
         if s.reader is not None:
             if s.source is not None:
@@ -524,6 +545,20 @@ class RTSPServerFactory(protocol.Factory):
 
     def _authorize(self, conn, req, url, method):
         """(True, info) or reply 401 and return (False, None)."""
+        if self.credentials is not None and url.token is None:
+            try:
+                verdict = self.credentials.authorize(req, url, method)
+            except Exception:
+                log.failure("stream credential check failed", path=url.path)
+                verdict = (False, "credential check error")
+            if verdict is not None and verdict[0]:
+                return verdict
+            reason = verdict[1] if verdict is not None else "no token or stream credential"
+            log.info("refused {method} on {path} from {peer}: {reason}", method=method,
+                     path=url.path, peer=conn.peer_host, reason=reason)
+            challenges = [("WWW-Authenticate", c) for c in self.credentials.challenges()]
+            conn.reply(req, 401, challenges + [("WWW-Authenticate", 'Bearer realm="vss"')])
+            return False, None
         try:
             ok, info = self.authorizer.check(url.token, url.path, method)
         except Exception:
@@ -553,14 +588,24 @@ class RTSPServerFactory(protocol.Factory):
         if url.control is not None:
             conn.reply(req, 404)
             return
-        ok, _ = self._authorize(conn, req, url, "play")
+        ok, info = self._authorize(conn, req, url, "play")
         if not ok:
             return
         source = self.sources.get(url.path)
         if source is not None:
             self._describe(conn, req, url, source)
             return
-        d = self.wait_for_source(url.path, self.describe_wait)
+        start = info.get("start") if isinstance(info, dict) else None
+        if start is not None:  # a stream credential: the node starts the source
+            d = defer.maybeDeferred(start)
+
+            def not_started(f):
+                log.info("no source for {path}: {error}", path=url.path,
+                         error=f.getErrorMessage())
+
+            d.addCallbacks(lambda _: self.sources.get(url.path), not_started)
+        else:
+            d = self.wait_for_source(url.path, self.describe_wait)
         d.addCallback(lambda src: self._describe(conn, req, url, src))
         d.addErrback(lambda f: log.failure("describe failed", f))
 
@@ -571,7 +616,8 @@ class RTSPServerFactory(protocol.Factory):
             conn.reply(req, 404, reason="No Source")
             return
         base = url.base or "rtsp://" + self._host_of(req, conn)
-        body = sdplib.for_viewers(source.sdp, base + url.path, url.query).encode("utf-8")
+        body = sdplib.for_viewers(source.sdp, base + url.path, url.query,
+                                  source.duration).encode("utf-8")
         conn.reply(req, 200, [("Content-Type", "application/sdp"),
                               ("Content-Base", f"{base}{url.path}/")], body)
 

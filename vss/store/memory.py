@@ -44,6 +44,7 @@ class MemoryStore:
         self._by_principal = {}  # principal -> {device_id: actions}
         self._by_device = {}  # device_id -> {principal, ...}
         self._state = {}  # device_id -> {field: value}
+        self._credentials = {}  # cred_id -> StreamCredential
         self._sessions = {}  # session_id -> info dict
         self._meta = {}  # key -> value
 
@@ -150,6 +151,20 @@ class MemoryStore:
 
     def grants(self):
         return list(self._grants.values())
+
+    def put_credential(self, record):
+        self._credentials[record.cred_id] = record
+        return defer.succeed(None)
+
+    def remove_credential(self, cred_id):
+        self._credentials.pop(cred_id, None)
+        return defer.succeed(None)
+
+    def get_credential(self, cred_id):
+        return self._credentials.get(cred_id)
+
+    def credentials(self):
+        return list(self._credentials.values())
 
     def _principals(self, username):
         yield USER_PREFIX + username

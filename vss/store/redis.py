@@ -18,12 +18,16 @@ Key layout (``<node>`` is the node id), all values JSON, bytes as base64::
     vss:<node>:device:<device_id>          string  DeviceRecord
     vss:<node>:user:<username>             string  UserRecord
     vss:<node>:grant:<principal>|<device>  string  GrantRecord
-    vss:<node>:session:<session_id>        string  session info
+    vss:<node>:cred:<cred_id>              string  StreamCredential (sealed secret)
+    vss:<node>:session:<session_id>        string  session info (expires: ``sessionTTL``)
     vss:<node>:state:<device_id>           hash    field -> JSON value
     vss:<node>:meta                        hash    key -> JSON value
 
 ``load()`` reads the namespace back at start-up so the node's dynamic state survives
-a restart of the RGM process.
+a restart of the RGM process. Session keys are the exception: they live
+``sessionTTL`` seconds and are written again while their link lives, and a node drops
+at start the sessions it loaded (no link owns them any more), so a killed node's
+sessions never pile up.
 
 Needs Redis 5 or later (multi-field ``HSET``, scripts that write after ``SCAN``).
 
@@ -55,7 +59,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vss.interfaces import IMemoryStore
-from vss.protocols.messages import DeviceRecord, GrantRecord, UserRecord, Verifier
+from vss.protocols.messages import (
+    DeviceRecord,
+    GrantRecord,
+    StreamCredential,
+    UserRecord,
+    Verifier,
+)
 from vss.store.memory import MemoryStore
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -67,8 +77,8 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 # node's namespace only, not declared in KEYS: fine for one Redis server, not meant for
 # Redis Cluster.
 
-#: ARGV[1]: a JSON list of commands ["DEL", key] / ["SET", key, text] /
-#: ["HSET", key, field, text, ...]. Errors are collected, not raised: the rest of the
+#: ARGV[1]: a JSON list of commands ["DEL", key] / ["SET", key, text] / ["SET", key,
+#: text, seconds to live] / ["HSET", key, field, text, ...]. Errors are collected, not raised: the rest of the
 #: batch still applies, and retrying what Redis refused (a key of the wrong type put
 #: there by someone else) cannot help.
 WRITE_SCRIPT = """
@@ -77,6 +87,8 @@ for _, c in ipairs(cjson.decode(ARGV[1])) do
   local r
   if c[1] == 'DEL' then
     r = redis.pcall('DEL', c[2])
+  elseif c[1] == 'SET' and c[4] then
+    r = redis.pcall('SET', c[2], c[3], 'EX', c[4])
   elseif c[1] == 'SET' then
     r = redis.pcall('SET', c[2], c[3])
   else
@@ -254,10 +266,13 @@ def _verifier_from_json(obj):
 
 
 def encode_record(record):
-    """A ``DeviceRecord``, ``UserRecord`` or ``GrantRecord`` as JSON text."""
+    """A ``DeviceRecord``, ``UserRecord``, ``GrantRecord`` or ``StreamCredential`` as
+    JSON text."""
     fields = {name: getattr(record, name) for name in record._fields}
     if "verifier" in fields:
         fields["verifier"] = _verifier_to_json(fields["verifier"])
+    if "sealed" in fields:
+        fields["sealed"] = base64.b64encode(bytes(fields["sealed"])).decode("ascii")
     if "groups" in fields:
         fields["groups"] = list(fields["groups"])
     return _dumps(fields)
@@ -267,6 +282,8 @@ def decode_record(cls, text):
     fields = json.loads(text)
     if "verifier" in fields:
         fields["verifier"] = _verifier_from_json(fields["verifier"])
+    if "sealed" in fields:
+        fields["sealed"] = base64.b64decode(fields["sealed"])
     return cls(**{name: fields[name] for name in cls._fields})
 
 
@@ -439,6 +456,9 @@ class RedisStore(MemoryStore):
     replyTimeout = 10.0
     #: queued write Deferreds before the unobservable ones are dropped (see _observable)
     compactAfter = 10000
+    #: seconds a session key lives in Redis; the store writes the sessions it holds
+    #: again every third of it, so only the keys of a node that died expire
+    sessionTTL = 6 * 3600
 
     def __init__(self, url, node_id, reactor=None, connection=None, password=None, tls=None):
         super().__init__()
@@ -477,6 +497,7 @@ class RedisStore(MemoryStore):
         self._retry_delay = self.retryInitial
         self._closed = False
         self._checking = None  # the handshake of check() or its wait before a retry
+        self._session_keeper = None  # LoopingCall writing the sessions again (their TTL)
 
     # -- keys ------------------------------------------------------------------------
 
@@ -538,8 +559,14 @@ class RedisStore(MemoryStore):
     def _commands(self, batch):
         """The batch as Redis commands: (DEL, key), (SET, key, text), (HSET, key, ...)."""
         commands = []
+        sessions = self.key("session", "")
         for key, text in batch.records.items():
-            commands.append(("DEL", key) if text is None else ("SET", key, text))
+            if text is None:
+                commands.append(("DEL", key))
+            elif key.startswith(sessions):
+                commands.append(("SET", key, text, self.sessionTTL))
+            else:
+                commands.append(("SET", key, text))
         for device_id, (replace, fields) in batch.state.items():
             key = self.key("state", device_id)
             if replace:
@@ -936,6 +963,9 @@ class RedisStore(MemoryStore):
                 self._users[record.username] = record
             elif kind == "grant":
                 self._apply_put_grant(decode_record(GrantRecord, text))
+            elif kind == "cred":
+                record = decode_record(StreamCredential, text)
+                self._credentials[record.cred_id] = record
             elif kind == "session":
                 self._sessions[ident] = json.loads(text)
             else:
@@ -983,6 +1013,8 @@ class RedisStore(MemoryStore):
                     node_id=self.node_id,
                 )
         self._closed = True
+        if self._session_keeper is not None and self._session_keeper.running:
+            self._session_keeper.stop()
         if self._checking is not None:
             self._checking.cancel()
         if self._call is not None and self._call.active():
@@ -1034,6 +1066,17 @@ class RedisStore(MemoryStore):
         self._records[self._grant_key(principal, device_id)] = None
         return self._queued()
 
+    def put_credential(self, record):
+        text = encode_record(record)
+        self._credentials[record.cred_id] = record
+        self._records[self.key("cred", record.cred_id)] = text
+        return self._queued()
+
+    def remove_credential(self, cred_id):
+        self._credentials.pop(cred_id, None)
+        self._records[self.key("cred", cred_id)] = None
+        return self._queued()
+
     def set_state(self, device_id, **fields):
         # Encoding first: a value that is not JSON-able raises before anything changes.
         encoded = {name: _dumps(value) for name, value in fields.items()}
@@ -1049,7 +1092,21 @@ class RedisStore(MemoryStore):
         text = _dumps(dict(info))
         super().put_session(session_id, info)
         self._records[self.key("session", session_id)] = text
+        if self._session_keeper is None and not self._closed:
+            self._session_keeper = task.LoopingCall(self._keep_sessions)
+            self._session_keeper.clock = self._reactor
+            self._session_keeper.start(self.sessionTTL / 3, now=False)
         return self._queued()
+
+    def _keep_sessions(self):
+        """Write the sessions held again, so their keys outlive the next third of
+        ``sessionTTL``: a key stops being written, and expires, only when its node is
+        gone without removing it."""
+        if not self._sessions:
+            return
+        for session_id, info in self._sessions.items():
+            self._records.setdefault(self.key("session", session_id), _dumps(info))
+        self._queued()
 
     def remove_session(self, session_id):
         self._sessions.pop(session_id, None)

@@ -3,6 +3,7 @@
 import os
 
 from vss.config import ConfigError, TrackingOptions, merge_options, positive_number
+from vss.tap.common import OneLineUsage, check_endpoint
 
 DEFAULTS = {
     "cms-id": "cms",
@@ -13,7 +14,8 @@ DEFAULTS = {
 }
 
 
-class Options(TrackingOptions):
+class Options(OneLineUsage, TrackingOptions):
+    command = "vss-cms"
     synopsis = "[options]"
     longdesc = (
         "Run the central platform: CMS (the database of static data, the node registry, "
@@ -45,6 +47,9 @@ class Options(TrackingOptions):
             problems.append("--manhole-keys: required when --manhole is set")
         if self.get("cluster-secret-file") and not os.path.isfile(self["cluster-secret-file"]):
             problems.append(f"--cluster-secret-file: no such file {self['cluster-secret-file']}")
+        for name in ("node-listen", "admin-listen", "manhole"):
+            if self.get(name):
+                check_endpoint(name, self[name], problems)
         if problems:
             raise ConfigError("; ".join(problems))
         if not self.get("db"):

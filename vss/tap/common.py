@@ -1,11 +1,81 @@
 """Pieces shared by the ``vss-node`` and ``vss-cms`` daemons."""
 
+import difflib
 import json
 import os
+import re
+import sys
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
+from twisted.python import usage
+
+
+class OneLineUsage:
+    """A daemon's ``usage.Options`` (put first among the bases): run by twistd, a bad
+    option or setting is said in ONE line on stderr, naming it, and the process exits 2.
+    (twistd itself prints its whole help before a sub-command's error, and a traceback
+    for an error of ``makeService``.) Parsed by code (tests), ``UsageError`` is raised
+    as usual."""
+
+    command = "vss"
+
+    def parseOptions(self, options=None):
+        try:
+            return super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            fail_in_one_line(self.command, explain_usage_error(self, e))
+
+
+def fail_in_one_line(command, message, code=2):
+    """Print ``twistd COMMAND: MESSAGE`` on stderr and exit with ``code``."""
+    print(f"twistd {command}: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def explain_usage_error(options, error):
+    """The text of a usage error, with the nearest option for a misspelt one."""
+    text = str(error)
+    m = re.match(r"option --?(\S+) not recognized", text) or re.match(
+        r"No such option '(\S+)'", text)
+    if m is None:
+        return text
+    wrong = m.group(1)
+    known = sorted({p[0] for p in options.optParameters} | {
+        f[0] for f in getattr(options, "optFlags", [])} | {"help"})
+    near = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
+    hint = f" (did you mean --{near[0]}?)" if near else ""
+    return f"unknown option --{wrong}{hint}; see --help"
+
+
+def check_endpoint(name, description, problems, server=True):
+    """Parse an endpoint string as Twisted will (without listening or connecting) and
+    add a problem naming the option if it cannot be used. Files an ``ssl:`` endpoint
+    names are read here too."""
+    parse = endpoints.serverFromString if server else endpoints.clientFromString
+    try:
+        parse(_NO_REACTOR, description)
+    except Exception as e:  # noqa: BLE001 - every parse error is the operator's to fix
+        reason = str(e) or type(e).__name__
+        number = re.search(r"invalid literal for int\(\) with base 10: ('.*')", reason)
+        keyword = re.search(r"unexpected keyword argument ('.*')", reason)
+        if number:
+            reason = f"{number.group(1)} is not a number"
+        elif keyword:
+            reason = f"no parameter {keyword.group(1)}"
+        kind = "listen" if server else "client"
+        problems.append(f"--{name}: {description!r} is not a {kind} endpoint ({reason})")
+
+
+class _NoReactor:
+    """Stands in for the reactor while an endpoint string is only parsed: the endpoint
+    objects keep it and use it only to listen or connect."""
+
+
+_NO_REACTOR = _NoReactor()
 
 
 class ListenService(service.Service):

@@ -2,8 +2,6 @@
 
 import os
 
-from twisted.python import usage
-
 from vss.config import (
     ConfigError,
     NodeSettings,
@@ -11,6 +9,9 @@ from vss.config import (
     merge_options,
     positive_number,
 )
+from vss.tap.common import OneLineUsage, check_endpoint, fail_in_one_line
+
+LISTENERS = ("pu-listen", "cu-listen", "rtsp-listen", "node-listen", "http-listen", "manhole")
 
 DEFAULTS = {
     "pu-listen": "tcp:7100:interface=127.0.0.1",
@@ -31,7 +32,8 @@ DEFAULTS = {
 }
 
 
-class Options(TrackingOptions):
+class Options(OneLineUsage, TrackingOptions):
+    command = "vss-node"
     synopsis = "--node-id ID [options]"
     longdesc = (
         "Run a VSS node: the RGM signalling core that PUs and CUs log in to, its "
@@ -109,6 +111,14 @@ def settings_from(opts):
         problems.append("--cms: required (or --static FILE to run without a central platform)")
     if opts.get("static") and not os.path.isfile(opts["static"]):
         problems.append(f"--static: no such file {opts['static']}")
+    elif opts.get("static"):
+        _check_static(opts["static"], problems)
+    for name in LISTENERS:
+        value = str(opts.get(name) or "").strip()
+        if value and not (name == "http-listen" and value.lower() == "off"):
+            check_endpoint(name, value, problems)
+    if opts.get("cms"):
+        check_endpoint("cms", opts["cms"], problems, server=False)
     store = opts["store"]
     store_files = _store_files(opts, store, problems)
     if opts.get("cms") and not opts.get("cluster-secret-file"):
@@ -196,6 +206,24 @@ def _store_files(opts, store, problems):
     return {f"store_{name}": path for name, path in files.items()}
 
 
+def _check_static(path, problems):
+    """A static-data file the node could not read is named, with what is wrong."""
+    from vss.testing.central import MemoryCentral
+
+    try:
+        MemoryCentral.from_file(path)
+    except OSError as e:
+        problems.append(f"--static: cannot read {path}: {e.strerror}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        if isinstance(e, KeyError):
+            reason = f"a record lacks {e}"
+        elif isinstance(e, AttributeError):
+            reason = "it must hold one JSON object with devices, users and grants"
+        else:
+            reason = str(e)
+        problems.append(f"--static: {path} is not a static-data file ({reason})")
+
+
 def _non_negative(name, value, cast, problems):
     try:
         v = cast(value)
@@ -224,9 +252,8 @@ def makeService(options):
     restrict_umask()  # every file of the daemon is its own (0600, directories 0700)
     try:
         node = NodeService(options.settings, reactor)
-        node.exit_status_on_failure = True
-        return node
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise usage.UsageError(str(e)) from None
+    except (ValueError, OSError) as e:  # ConfigError too: a setting the operator fixes
+        message = f"{e.strerror}: {e.filename}" if getattr(e, "strerror", None) else str(e)
+        fail_in_one_line("vss-node", f"cannot start: {message}", code=1)
+    node.exit_status_on_failure = True
+    return node

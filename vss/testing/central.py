@@ -24,6 +24,7 @@ class MemoryCentral:
         self.routed = []
         self.online = {}
         self.available = True
+        self.synced = True  # False: the node answers logins NOT_READY
 
     # -- set-up helpers
 
@@ -144,6 +145,17 @@ class MemoryCentral:
             record = rgm.store.get_device(device_id)
             if record is not None and record.home_node != rgm.node_id:
                 rgm.store.set_state(device_id, online=online)
+
+    def synchronised(self):
+        return self.synced
+
+    def store_credential(self, record):
+        return defer.fail(VssError(ResultCode.NOT_SUPPORTED, "stream credentials need the "
+                                   "central platform"))
+
+    def revoke_credential(self, cred_id, username):
+        return defer.fail(VssError(ResultCode.NOT_SUPPORTED, "stream credentials need the "
+                                   "central platform"))
 
     def report_change(self, change):
         self._check()

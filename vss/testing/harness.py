@@ -4,6 +4,7 @@ a ``task.Clock``: for unit tests of the signalling core without sockets.
 """
 
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
 from twisted.test import iosim
 
 from vss.client import SignallingClient
@@ -49,14 +50,18 @@ class NodeHarness:
             self.central.add_grant(g)
             self.store.put_grant(g)
 
-    def connect(self, client, role):
-        """Connect a client link to the RGM's listener for ``role``; returns the pump."""
+    def connect(self, client, role, peer=None):
+        """Connect a client link to the RGM's listener for ``role``; returns the pump.
+        ``peer``: the client's address as the node sees it (default 127.0.0.1)."""
         server = self.rgm.factory(role).buildProtocol(None)
         link = SignallingLink(client, self.clock)
         client.clock = self.clock
+        server_transport = iosim.makeFakeServer(server)
+        if peer is not None:
+            server_transport.peerAddress = IPv4Address("TCP", peer, 40000)
         pump = iosim.connect(
             server,
-            iosim.makeFakeServer(server),
+            server_transport,
             link,
             iosim.makeFakeClient(link),
             greet=False,
@@ -66,8 +71,8 @@ class NodeHarness:
         self.pump()
         return link, server, pump
 
-    def login(self, client, role):
-        link, server, pump = self.connect(client, role)
+    def login(self, client, role, peer=None):
+        link, server, pump = self.connect(client, role, peer)
         d = client.login(link)
         self.pump()
         return d, link, server
@@ -77,9 +82,9 @@ class NodeHarness:
                                   on_request=on_request)
         return client, self.login(client, Role.PU)
 
-    def cu(self, name, password="cu-password", on_notify=None):
+    def cu(self, name, password="cu-password", on_notify=None, peer=None):
         client = SignallingClient(Role.CU, name, password, kind=CuKind.MOC, on_notify=on_notify)
-        return client, self.login(client, Role.CU)
+        return client, self.login(client, Role.CU, peer)
 
     def pump(self, limit=1000):
         """Move bytes both ways until every link is quiet."""

@@ -6,6 +6,7 @@ real ``vss-pu`` process logged in to one of them (``Platform.start_pu``).
 """
 
 import os
+from dataclasses import replace
 
 from twisted.internet import defer, task
 
@@ -90,20 +91,22 @@ class Platform:
     def stop_cms(self):
         yield self.cms.stopService()
 
-    def node_settings(self, node_id, store="memory"):
+    def node_settings(self, node_id, store="memory", **overrides):
+        """The settings of a node of this platform; ``overrides`` replace any of them
+        (e.g. ``pu_listen`` to restart a node on the port its PUs know)."""
         data = os.path.join(self.workdir, node_id)
-        return NodeSettings(
+        return replace(NodeSettings(
             node_id=node_id, pu_listen="tcp:0:interface=127.0.0.1",
             cu_listen="tcp:0:interface=127.0.0.1", rtsp_listen="tcp:0:interface=127.0.0.1",
             media_host="127.0.0.1", cms=f"tcp:127.0.0.1:{self.cms_port}",
             cluster_secret_file=os.path.join(self.workdir, "cms", "cluster.secret"),
             node_listen="tcp:0:interface=127.0.0.1", advertise_host="127.0.0.1", static="",
             store=store, data_dir=data, keepalive=5, request_timeout=3.0, manhole="",
-            manhole_keys="", http_listen="tcp:0:interface=127.0.0.1")
+            manhole_keys="", http_listen="tcp:0:interface=127.0.0.1"), **overrides)
 
     @defer.inlineCallbacks
-    def start_node(self, node_id, store="memory"):
-        node = NodeService(self.node_settings(node_id, store), self.reactor)
+    def start_node(self, node_id, store="memory", **overrides):
+        node = NodeService(self.node_settings(node_id, store, **overrides), self.reactor)
         node.startService()
         yield node.started
         yield node.central.ready

@@ -227,15 +227,20 @@ def read_status(workdir, node_id):
         return None
 
 
-@defer.inlineCallbacks
 def seed_cms_db(reactor, path, devices=(), users=(), grants=(), admin_tokens=()):
-    """Write static data into a CMS database before CMS starts, with the store API.
-    ``devices``: DeviceRecord; ``users``: UserRecord; ``grants``: GrantRecord;
-    ``admin_tokens``: (name, token) pairs."""
+    """Write static data into a CMS database (SQLite at ``path``) before CMS starts,
+    with the store API. ``devices``: DeviceRecord; ``users``: UserRecord; ``grants``:
+    GrantRecord; ``admin_tokens``: (name, token) pairs."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return seed_static_store(reactor, "sqlite:" + path, devices, users, grants, admin_tokens)
+
+
+@defer.inlineCallbacks
+def seed_static_store(reactor, spec, devices=(), users=(), grants=(), admin_tokens=()):
+    """``seed_cms_db`` for any database ``spec`` of ``vss-cms --db``."""
     from vss.cms.store import hash_token, make_static_store
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    store = make_static_store("sqlite:" + path, reactor=reactor)
+    store = make_static_store(spec, reactor=reactor)
     yield store.open()
     try:
         for d in devices:

@@ -57,6 +57,13 @@ class PostgresDialect(Dialect):
         )
         return [int(r[0]) for r in returned]
 
+    def unavailable(self):
+        # the server gone or restarting (OperationalError: connection lost, admin
+        # shutdown, cannot connect; InterfaceError: the connection is already closed),
+        # a lock or statement timeout, a deadlock or serialisation failure
+        return (*super().unavailable(), psycopg2.OperationalError, psycopg2.InterfaceError,
+                psycopg2.extensions.TransactionRollbackError)
+
     def begin_read(self, cur):
         # one snapshot for the whole read (e.g. the log watermark and the log rows)
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")

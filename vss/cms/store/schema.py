@@ -160,6 +160,26 @@ MIGRATIONS = (
             "CREATE INDEX admin_tokens_name ON admin_tokens (name)",
         ),
     ),
+    Migration(
+        5,
+        "stream credentials",
+        (
+            # sealed: the Digest HA1 sealed under a key of the cluster secret
+            # (vss.streamcreds.secret); revoked rows stay listed (0: not revoked)
+            "CREATE TABLE stream_credentials ("
+            " cred_id {KEY} PRIMARY KEY,"
+            " username {KEY} NOT NULL,"
+            " device_id {KEY} NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,"
+            " name TEXT NOT NULL,"
+            " created {INT} NOT NULL,"
+            " expires {INT} NOT NULL,"
+            " revoked {INT} NOT NULL,"
+            " sealed {BLOB} NOT NULL,"
+            " version {INT} NOT NULL)",
+            "CREATE INDEX stream_credentials_user ON stream_credentials (username, cred_id)",
+            "CREATE INDEX stream_credentials_device ON stream_credentials (device_id, cred_id)",
+        ),
+    ),
 )
 
 CURRENT_VERSION = MIGRATIONS[-1].version

@@ -6,6 +6,10 @@ The SQL logic shared by the SQLite and PostgreSQL static stores.
 pool thread, never on the reactor thread. A backend module supplies the pools and a
 ``Dialect`` (parameter style, batch inserts, writer lock, schema introspection).
 
+A database that fails (it cannot be reached, is locked past its busy timeout, or times
+out) fails the call with ``VssError(DB_UNAVAILABLE)``: CMS answers it to nodes and the
+admin API as a failure to retry (docs/consistency.md), never as a refusal.
+
 Every mutating call is ONE transaction that (1) takes the writer lock, (2) changes the
 rows and bumps their ``version``, (3) appends one ``change_log`` row per changed entity,
 and returns the ``Change`` entries it appended. The writer lock makes log sequences
@@ -17,6 +21,8 @@ Change-log conventions (what a node applying changes relies on):
 - ``Entity.DEVICE`` / ``USER`` / ``NODE``: key is the device id / username / node id.
 - ``Entity.GRANT``: key is ``grant_key(principal, device_id)``, i.e.
   ``"<principal>|<device_id>"``; principals never contain ``|``.
+- ``Entity.CREDENTIAL``: key is the stream credential's id. Revoking one is an upsert
+  (its ``revoked`` time set); removing its user or its device deletes it.
 - Recording settings belong to a device's static data: changing them bumps the device
   version and logs a device upsert.
 - Upserts carry the record (``device``/``user``/``grant``); deletes carry none. A
@@ -37,11 +43,13 @@ from vss.errors import VssError
 from vss.interfaces import IStaticStore
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
+    Action,
     Change,
     ChangeOp,
     DeviceRecord,
     Entity,
     GrantRecord,
+    StreamCredential,
     UserRecord,
     Verifier,
 )
@@ -69,6 +77,7 @@ _DEVICE_COLS = (
 _USER_COLS = "username, salt, iterations, stored_key, server_key, groups_json, enabled, version"
 _GRANT_COLS = "principal, device_id, actions, version"
 _TOKEN_COLS = "id, name, created, expires, last_used, revoked"
+_CRED_COLS = "cred_id, username, device_id, name, created, expires, revoked, sealed, version"
 _NODE_COLS = "node_id, signalling, media, capacity, state, load_json, applied_seq, last_seen"
 _DEVICE_UPSERT_TAIL = (
     " ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, kind = excluded.kind,"
@@ -119,6 +128,11 @@ def _user(row):
 
 def _grant(row):
     return GrantRecord(row[0], row[1], int(row[2]), int(row[3]))
+
+
+def _credential(row):
+    return StreamCredential(row[0], row[1], row[2], row[3], int(row[4]), int(row[5]),
+                            int(row[6]), bytes(row[7]), int(row[8]))
 
 
 def _opt_int(value):
@@ -196,6 +210,13 @@ class Dialect:
     def begin_read(self, cur):
         pass
 
+    def unavailable(self):
+        """The exception classes that mean the database failed (it cannot be reached,
+        is locked, or timed out), as opposed to a statement it refused."""
+        from twisted.enterprise.adbapi import ConnectionLost
+
+        return (ConnectionLost,)
+
     def begin_write(self, cur):
         """Start the write transaction and take the writer lock."""
         raise NotImplementedError
@@ -246,15 +267,29 @@ class SqlStaticStore:
     def _now_ms(self):
         return int(self._clock.seconds() * 1000)
 
+    def _run(self, pool, fn, *args):
+        """One interaction; a database that fails (lost, locked, timed out) fails the
+        Deferred with ``VssError(DB_UNAVAILABLE)``: a failure to retry, never a refusal."""
+        return pool.runInteraction(fn, *args).addErrback(self._unavailable)
+
+    def _unavailable(self, failure):
+        if failure.check(*self.dialect.unavailable()):
+            self.log.warn("CMS database {backend} failed: {error}", backend=self.backend,
+                          error=failure.getErrorMessage().strip())
+            raise VssError(ResultCode.DB_UNAVAILABLE,
+                           f"the CMS database failed ({failure.getErrorMessage().strip()[:200]});"
+                           " try again later")
+        return failure
+
     def _read(self, fn, *args):
-        return self._rpool.runInteraction(self._in_read, fn, *args)
+        return self._run(self._rpool, self._in_read, fn, *args)
 
     def _in_read(self, cur, fn, *args):
         self.dialect.begin_read(cur)
         return fn(cur, *args)
 
     def _write(self, fn, *args, origin=DEFAULT_ORIGIN):
-        return self._wpool.runInteraction(self._in_write, fn, origin, self._now_ms(), *args)
+        return self._run(self._wpool, self._in_write, fn, origin, self._now_ms(), *args)
 
     def _in_write(self, cur, fn, origin, at, *args):
         self.dialect.begin_write(cur)
@@ -369,6 +404,7 @@ class SqlStaticStore:
         if row is None:
             return
         self._delete_grants(cur, log, "principal = ?", ("user:" + username,))
+        self._delete_credentials(cur, log, "username = ?", (username,))
         self._x(cur, "DELETE FROM users WHERE username = ?", (username,))
         log.add(Entity.USER, ChangeOp.DELETE, username, int(row[0]) + 1)
 
@@ -469,6 +505,7 @@ class SqlStaticStore:
         if row is None:
             return
         self._delete_grants(cur, log, "device_id = ?", (device_id,))
+        self._delete_credentials(cur, log, "device_id = ?", (device_id,))
         self._x(cur, "DELETE FROM record_settings WHERE device_id = ?", (device_id,))
         self._x(cur, "DELETE FROM devices WHERE device_id = ?", (device_id,))
         log.add(Entity.DEVICE, ChangeOp.DELETE, device_id, int(row[0]) + 1)
@@ -577,6 +614,98 @@ class SqlStaticStore:
             [_grant(r) for r in rows], limit, lambda r: grant_key(r.principal, r.device_id)
         )
 
+    # -- stream credentials ---------------------------------------------------
+
+    def add_credential(self, record, origin=DEFAULT_ORIGIN):
+        """Store a new stream credential; its user must exist, be enabled and hold the
+        VIEW grant on its device (else FORBIDDEN). ``created`` and ``version`` are set
+        here. Deferred [Change]."""
+        return self._write(self._add_credential, record, origin=origin)
+
+    def _add_credential(self, cur, log, record):
+        if self._get_device(cur, record.device_id) is None:
+            raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {record.device_id!r}")
+        user = self._get_user(cur, record.username)
+        if user is None or not user.enabled:
+            raise VssError(ResultCode.FORBIDDEN, f"no enabled user {record.username!r}")
+        if not self._actions(cur, user, record.device_id) & Action.VIEW:
+            raise VssError(ResultCode.FORBIDDEN,
+                           f"{record.username} may not view {record.device_id}")
+        if self._get_credential(cur, record.cred_id) is not None:
+            raise VssError(ResultCode.CONFLICT, f"stream credential {record.cred_id} exists")
+        stored = StreamCredential(record.cred_id, record.username, record.device_id,
+                                  record.name, log.at, int(record.expires), 0,
+                                  bytes(record.sealed), 1)
+        self._x(cur, f"INSERT INTO stream_credentials ({_CRED_COLS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (stored.cred_id, stored.username, stored.device_id, stored.name,
+                 stored.created, stored.expires, 0, stored.sealed, 1))
+        log.add(Entity.CREDENTIAL, ChangeOp.UPSERT, stored.cred_id, 1, stored)
+
+    def _actions(self, cur, user, device_id):
+        """The Action bits ``user`` (a UserRecord) holds on a device, groups included."""
+        principals = ["user:" + user.username] + ["group:" + g for g in user.groups]
+        marks = ", ".join("?" * len(principals))
+        rows = self._x(cur, f"SELECT actions FROM grants WHERE device_id = ? AND principal"
+                       f" IN ({marks})", (device_id, *principals)).fetchall()
+        actions = 0
+        for (bits,) in rows:
+            actions |= int(bits)
+        return actions
+
+    def revoke_credential(self, cred_id, username=None, origin=DEFAULT_ORIGIN):
+        """Revoke a stream credential now (``username``: only if it is theirs). Deferred
+        [Change]; NOT_FOUND for an unknown id (or another user's), CONFLICT when it is
+        revoked already."""
+        return self._write(self._revoke_credential, cred_id, username, origin=origin)
+
+    def _revoke_credential(self, cur, log, cred_id, username):
+        current = self._get_credential(cur, cred_id)
+        if current is None or (username is not None and current.username != username):
+            raise VssError(ResultCode.NOT_FOUND, f"no stream credential {cred_id}")
+        if current.revoked:
+            raise VssError(ResultCode.CONFLICT, f"stream credential {cred_id} is revoked "
+                           "already")
+        version = current.version + 1
+        self._x(cur, "UPDATE stream_credentials SET revoked = ?, version = ? WHERE cred_id = ?",
+                (log.at, version, cred_id))
+        record = StreamCredential(*(getattr(current, n) for n in current._fields[:6]), log.at,
+                                  current.sealed, version)
+        log.add(Entity.CREDENTIAL, ChangeOp.UPSERT, cred_id, version, record)
+
+    def _delete_credentials(self, cur, log, where, params):
+        rows = self._x(cur, f"SELECT cred_id, version FROM stream_credentials WHERE {where}"
+                       " ORDER BY cred_id", params).fetchall()
+        if rows:
+            self._x(cur, f"DELETE FROM stream_credentials WHERE {where}", params)
+        for cred_id, version in rows:
+            log.add(Entity.CREDENTIAL, ChangeOp.DELETE, cred_id, int(version) + 1)
+
+    def get_credential(self, cred_id):
+        return self._read(self._get_credential, cred_id)
+
+    def _get_credential(self, cur, cred_id):
+        row = self._x(cur, f"SELECT {_CRED_COLS} FROM stream_credentials WHERE cred_id = ?",
+                      (cred_id,)).fetchone()
+        return _credential(row) if row else None
+
+    @_deferred
+    def list_credentials(self, cursor="", limit=1000, username=None, device_id=None):
+        return self._read(self._list_credentials, cursor, _limit(limit), username, device_id)
+
+    def _list_credentials(self, cur, cursor, limit, username, device_id):
+        where, params = ["cred_id > ?"], [cursor]
+        if username is not None:
+            where.append("username = ?")
+            params.append(username)
+        if device_id is not None:
+            where.append("device_id = ?")
+            params.append(device_id)
+        rows = self._x(cur, f"SELECT {_CRED_COLS} FROM stream_credentials WHERE "
+                       f"{' AND '.join(where)} ORDER BY cred_id LIMIT ?",
+                       (*params, limit + 1)).fetchall()
+        return _page([_credential(r) for r in rows], limit, lambda r: r.cred_id)
+
     # -- node registry ----------------------------------------------------------
 
     def upsert_node(self, node_id, signalling, media, capacity, origin=DEFAULT_ORIGIN):
@@ -617,8 +746,8 @@ class SqlStaticStore:
         if state not in ("up", "down"):
             raise VssError(ResultCode.INVALID_ARGUMENT, f"node state must be up or down: {state!r}")
         load_json = None if load is None else json.dumps(load, sort_keys=True)
-        return self._wpool.runInteraction(
-            self._set_node_state, node_id, state, load_json, self._now_ms()
+        return self._run(
+            self._wpool, self._set_node_state, node_id, state, load_json, self._now_ms()
         )
 
     def _set_node_state(self, cur, node_id, state, load_json, now):
@@ -638,7 +767,7 @@ class SqlStaticStore:
             raise VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}")
 
     def set_node_applied(self, node_id, seq):
-        return self._wpool.runInteraction(self._set_node_applied, node_id, int(seq))
+        return self._run(self._wpool, self._set_node_applied, node_id, int(seq))
 
     def _set_node_applied(self, cur, node_id, seq):
         self.dialect.begin_write(cur)
@@ -714,7 +843,8 @@ class SqlStaticStore:
             " WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
         ).fetchall()
-        keys = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set()}
+        keys = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set(),
+                Entity.CREDENTIAL: set()}
         for row in rows:
             if row[2] == ChangeOp.UPSERT and row[1] in keys:
                 keys[Entity(row[1])].add(row[3])
@@ -723,7 +853,11 @@ class SqlStaticStore:
         users = self._fetch_many(cur, "users", _USER_COLS, "username",
                                  keys[Entity.USER], _user, lambda r: r.username)
         grants = self._fetch_grants(cur, keys[Entity.GRANT])
-        current = {Entity.DEVICE: devices, Entity.USER: users, Entity.GRANT: grants}
+        credentials = self._fetch_many(cur, "stream_credentials", _CRED_COLS, "cred_id",
+                                       keys[Entity.CREDENTIAL], _credential,
+                                       lambda r: r.cred_id)
+        current = {Entity.DEVICE: devices, Entity.USER: users, Entity.GRANT: grants,
+                   Entity.CREDENTIAL: credentials}
         changes = []
         for s, entity, op, key, version, origin in rows:
             entity, op, record = Entity(entity), ChangeOp(op), None
@@ -763,7 +897,7 @@ class SqlStaticStore:
         return found
 
     def compact(self, before_seq):
-        return self._wpool.runInteraction(self._compact, int(before_seq))
+        return self._run(self._wpool, self._compact, int(before_seq))
 
     def _compact(self, cur, before_seq):
         self.dialect.begin_write(cur)
@@ -810,8 +944,8 @@ class SqlStaticStore:
     def add_admin_token(self, name, token_hash, expires_in=None):
         now = self._now_ms()
         expires = None if expires_in is None else now + int(round(float(expires_in) * 1000))
-        return self._wpool.runInteraction(
-            self._add_admin_token, name, _hash_text(token_hash), now, expires
+        return self._run(
+            self._wpool, self._add_admin_token, name, _hash_text(token_hash), now, expires
         )
 
     def _add_admin_token(self, cur, name, token_hash, now, expires):
@@ -838,7 +972,7 @@ class SqlStaticStore:
             return token
         now = self._now_ms()
         if token.last_used is None or now - token.last_used >= TOUCH_INTERVAL_MS:
-            yield self._wpool.runInteraction(self._touch_admin_token, token.id, now)
+            yield self._run(self._wpool, self._touch_admin_token, token.id, now)
             token = token._replace(last_used=now)
         return token
 
@@ -884,8 +1018,8 @@ class SqlStaticStore:
         return int(row[0])
 
     def revoke_admin_token(self, token_id, force=False):
-        return self._wpool.runInteraction(
-            self._revoke_admin_token, int(token_id), bool(force), self._now_ms()
+        return self._run(
+            self._wpool, self._revoke_admin_token, int(token_id), bool(force), self._now_ms()
         )
 
     def _revoke_admin_token(self, cur, token_id, force, now):
@@ -944,4 +1078,5 @@ def _change(seq, entity, op, key, version, origin, record):
         record if entity == Entity.DEVICE else None,
         record if entity == Entity.USER else None,
         record if entity == Entity.GRANT else None,
+        record if entity == Entity.CREDENTIAL else None,
     )

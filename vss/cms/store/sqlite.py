@@ -7,9 +7,14 @@ small separate pool of read-only connections, which WAL mode lets run while a wr
 in progress. Connections run in autocommit mode at the driver level so that the
 transactions are exactly the ones we open (the sqlite3 module's implicit ``BEGIN``
 would otherwise start them late and ``executescript`` would commit early).
+
+A lock held by another process (``BEGIN EXCLUSIVE`` from a maintenance tool) is waited
+for ``BUSY_TIMEOUT_MS``; past it the call fails with DB_UNAVAILABLE, to be retried.
 """
 
+import functools
 import os
+import sqlite3
 
 from twisted.enterprise import adbapi
 
@@ -33,6 +38,10 @@ class SQLiteDialect(Dialect):
     def begin_read(self, cur):
         cur.execute("BEGIN")
 
+    def unavailable(self):
+        # "database is locked" past the busy timeout, I/O errors, a file gone
+        return (*super().unavailable(), sqlite3.OperationalError)
+
     def begin_write(self, cur):
         cur.execute("BEGIN IMMEDIATE")
 
@@ -54,15 +63,20 @@ class SQLiteDialect(Dialect):
         return {"tables": tables, "indexes": indexes}
 
 
-def _open_writer(conn):
+#: how long a statement waits for a lock another process holds before the store fails
+#: with DB_UNAVAILABLE (milliseconds)
+BUSY_TIMEOUT_MS = 5000
+
+
+def _open_writer(conn, busy_timeout_ms=BUSY_TIMEOUT_MS):
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
 
 
-def _open_reader(conn):
-    _open_writer(conn)
+def _open_reader(conn, busy_timeout_ms=BUSY_TIMEOUT_MS):
+    _open_writer(conn, busy_timeout_ms)
     conn.execute("PRAGMA query_only = ON")
 
 
@@ -72,9 +86,10 @@ class SQLiteStaticStore(SqlStaticStore):
     dialect = SQLiteDialect()
     backend = "sqlite"
 
-    def __init__(self, path, reactor=None, clock=None):
+    def __init__(self, path, reactor=None, clock=None, busy_timeout_ms=BUSY_TIMEOUT_MS):
         super().__init__(reactor=reactor, clock=clock)
         self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
 
     def _pool(self, size, openfun):
         return adbapi.ConnectionPool(
@@ -84,7 +99,7 @@ class SQLiteStaticStore(SqlStaticStore):
             isolation_level=None,
             cp_min=1,
             cp_max=size,
-            cp_openfun=openfun,
+            cp_openfun=functools.partial(openfun, busy_timeout_ms=self.busy_timeout_ms),
             cp_reactor=self._reactor,
             cp_noisy=False,
         )
