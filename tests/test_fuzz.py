@@ -176,8 +176,11 @@ class AdminApiAgainstItsSchema(unittest.TestCase):
     def test_no_500_and_every_answer_matches_the_schema(self):
         # Revoking tokens would revoke the run's own token half way: that operation
         # runs alone, last.
+        from vss.cms import mms
+
+        operations = sum(len(ops) for ops in mms.openapi_document()["paths"].values())
         text = yield self.schemathesis("--exclude-name", "DELETE /tokens/{id}")
-        self.assertIn("Tested: 24", text)
+        self.assertIn(f"Tested: {operations - 1}", text)
         self.assertNotIn("Authentication failed", text)
         self.assertRegex(text, r"(\d+) generated, \1 passed")
         text = yield self.schemathesis("--include-name", "DELETE /tokens/{id}")

@@ -1556,9 +1556,11 @@ def openapi_document():
                        _json(_ref("StreamCredentialPage")),
                        params=[*PAGING, _param("user"), _param("device_id")], errors=(400,)),
             "post": _op("Make a stream credential for a user and a device (400 unless the "
-                        "user is enabled and may view it); the answer holds its secret, "
-                        "once", _json(_ref("StreamCredentialCreated"), "created"), 201,
-                        "StreamCredentialCreate", errors=(404,)),
+                        "user is enabled and may view it; 409 where the API has no cluster "
+                        "secret to seal it with, as on a database opened offline); the "
+                        "answer holds its secret, once",
+                        _json(_ref("StreamCredentialCreated"), "created"), 201,
+                        "StreamCredentialCreate", errors=(404, 409)),
         },
         "/stream-credentials/{id}": {
             "get": _op("Show a stream credential", _json(_ref("StreamCredential")),
