@@ -2,7 +2,9 @@
 
 import os
 import subprocess
+import threading
 import time
+import urllib.request
 
 
 class WallClock:
@@ -42,3 +44,29 @@ def make_input(ffmpeg, path, seconds=20, fps=25):
         "-c:v", "libx264", "-preset", "veryfast", "-g", str(fps), "-sc_threshold", "0",
         "-bf", "0", "-b:v", "4M", "-minrate", "4M", "-maxrate", "4M", "-bufsize", "2M",
         "-x264-params", "nal-hrd=cbr", "-an", path], check=True)
+
+
+class Scraper(threading.Thread):
+    """GETs ``url`` every ``interval`` seconds until stopped, as Prometheus would."""
+
+    def __init__(self, url, interval):
+        super().__init__(daemon=True)
+        self.url = url
+        self.interval = interval
+        self.halt = threading.Event()
+        self.scrapes = 0
+        self.failures = 0
+        self.bytes = 0
+
+    def run(self):
+        while not self.halt.wait(self.interval):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    self.bytes += len(r.read())
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+
+    def stop(self):
+        self.halt.set()
+        self.join(10)

@@ -14,6 +14,12 @@ For each N it prints the server's CPU seconds per Gbit delivered, % of one core,
 delivered ratio (RTP packets received / packets sent within the window, from sequence
 numbers), server memory per viewer and time to first frame (connect to first RTP byte;
 a viewer starts at the next keyframe, GOP 1 s).
+
+The server also serves the streaming server's Prometheus metrics (the node's media
+families, ``vss.ops.collectors.streaming_server_families``). ``--metrics on`` scrapes
+them every ``--scrape-interval`` seconds during each window; ``--metrics compare`` runs
+every N twice, not scraped then scraped, and prints both rows (docs/performance.md,
+"Metrics").
 """
 
 import argparse
@@ -33,7 +39,7 @@ SECRET = b"bench-secret-0123456789abcdef"
 PATH = "/live/bench/main"
 
 
-from _common import WallClock, make_input, pin, proc_cpu  # noqa: E402 - bench/ is on sys.path (run as a script)
+from _common import Scraper, WallClock, make_input, pin, proc_cpu  # noqa: E402 - bench/ is on sys.path (run as a script)
 
 # -- server process
 
@@ -52,6 +58,17 @@ def serve(args):
     factory = RTSPServerFactory(TokenAuthorizer(TokenIssuer(SECRET, clock=reactor)),
                                 reactor=reactor, gop_cache=args.gop_cache)
     port = reactor.listenTCP(0, factory, backlog=4096, interface="127.0.0.1")
+    from twisted.web import server as web
+
+    from vss.ops.collectors import streaming_server_families
+    from vss.ops.metrics import Access, MetricsResource, make_registry
+
+    class Media:
+        def collect(self):
+            yield from streaming_server_families(factory)
+
+    metrics = reactor.listenTCP(0, web.Site(MetricsResource(make_registry(Media()), Access())),
+                                interface="127.0.0.1")
 
     def stats():
         src = factory.sources.get(PATH)
@@ -86,7 +103,8 @@ def serve(args):
                 reactor.stop()  # the driver went away
 
     stdio.StandardIO(Control(), reactor=reactor)
-    sys.stdout.write(json.dumps({"port": port.getHost().port, "pid": os.getpid()}) + "\n")
+    sys.stdout.write(json.dumps({"port": port.getHost().port, "pid": os.getpid(),
+                                 "metrics_port": metrics.getHost().port}) + "\n")
     sys.stdout.flush()
     reactor.run()
 
@@ -309,6 +327,10 @@ def main():
     ap.add_argument("--cpu", type=int, default=0)
     ap.add_argument("--input", default=os.path.join(tempfile.gettempdir(),
                                                     "vss-bench-4mbps-gop25.mp4"))
+    ap.add_argument("--metrics", choices=("off", "on", "compare"), default="off",
+                    help="scrape the server's /metrics during the windows (compare: each N "
+                         "without, then with)")
+    ap.add_argument("--scrape-interval", type=float, default=1.0)
     args = ap.parse_args()
     if args.mode == "serve":
         return serve(args)
@@ -329,6 +351,8 @@ def main():
                               stdout=subprocess.PIPE, text=True)
     info = json.loads(server.stdout.readline())
     port, spid = info["port"], info["pid"]
+    scrape_url = f"http://127.0.0.1:{info['metrics_port']}/metrics"
+    modes = {"off": (False,), "on": (True,), "compare": (False, True)}[args.metrics]
 
     def server_stats():
         server.stdin.write("stats\n")
@@ -353,8 +377,10 @@ def main():
         base_rss = proc_rss(spid)
         rows = []
         for n in [int(x) for x in args.viewers.split(",")]:
-            rows.append(run_one(py, me, port, spid, n, args, other, server_stats, base_rss))
-            time.sleep(2)
+            for scraped in modes:
+                rows.append(run_one(py, me, port, spid, n, args, other, server_stats, base_rss,
+                                    scrape_url if scraped else None))
+                time.sleep(2)
     finally:
         publisher.terminate()
         publisher.wait()
@@ -362,30 +388,37 @@ def main():
         server.stdin.flush()
         server.wait(10)
     print()
-    print("| viewers | offered Mb/s | delivered Gb/s | delivered | SS CPU % of one core "
-          "| SS CPU s / Gbit | SS memory / viewer | TTFF median / p95 | whole-frame sends "
-          "| load client CPU % |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| viewers | metrics scraped | offered Mb/s | delivered Gb/s | delivered "
+          "| SS CPU % of one core | SS CPU s / Gbit | SS memory / viewer | TTFF median / p95 "
+          "| whole-frame sends | load client CPU % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['viewers']} | {r['source_mbps']:.2f} | {r['gbps']:.2f} | "
+        scraped = f"{r['scrapes']} times" if r["scraped"] else "no"
+        print(f"| {r['viewers']} | {scraped} | {r['source_mbps']:.2f} | {r['gbps']:.2f} | "
               f"{100 * r['delivered']:.3f} % | {r['cpu_pct']:.1f} % | {r['cpu_per_gbit']:.3f} | "
               f"{r['mem_per_viewer'] / 1024:.1f} KiB | {r['ttff_median']:.2f} / "
               f"{r['ttff_p95']:.2f} s | {r['direct_pct']:.1f} % | {r['client_pct']:.0f} % |")
 
 
-def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss):
+def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss, scrape_url=None):
     load = subprocess.Popen([py, me, "load", "--port", str(port), "--viewers", str(n),
                              "--cpu", str(cpu), "--seconds", str(args.seconds),
                              "--warmup", str(args.warmup)],
                             stdout=subprocess.PIPE, text=True)
     result = None
     cpu0 = s0 = t0 = None
+    scraper = None
     for line in load.stdout:
         if line.startswith("WINDOW"):
             cpu0, s0, t0 = proc_cpu(spid), server_stats(), time.monotonic()
             rss = proc_rss(spid)
+            if scrape_url:
+                scraper = Scraper(scrape_url, args.scrape_interval)
+                scraper.start()
         elif line.startswith("RESULT"):
             cpu1, s1, t1 = proc_cpu(spid), server_stats(), time.monotonic()
+            if scraper is not None:
+                scraper.stop()
             result = json.loads(line[7:])
         elif line.startswith("TIMEOUT"):
             raise SystemExit(f"{n} viewers: could not start")
@@ -397,6 +430,8 @@ def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss):
     gbit = result["bytes"] * 8 / 1e9
     row = dict(result)
     row.update({
+        "scraped": scraper is not None,
+        "scrapes": scraper.scrapes if scraper is not None else 0,
         "source_mbps": (s1["bytes"] - s0["bytes"]) * 8 / 1e6 / wall,
         "gbps": gbit / result["elapsed"],
         "cpu_pct": 100 * cpu / wall,

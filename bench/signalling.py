@@ -15,6 +15,13 @@ seconds (phases spread at random). Reported: node CPU % of one core and RSS per 
 
     .venv/bin/python bench/signalling.py --scenario relay --pus 100 --cus 10 --inflight 16
     .venv/bin/python bench/signalling.py --scenario idle --pus 20000 --seconds 60
+    .venv/bin/python bench/signalling.py --scenario relay --compare-metrics 3
+
+Metrics (docs/performance.md, "Metrics"): the node runs with ``--metrics on`` (the
+default: latency histograms kept, ``/metrics`` served) and is scraped every
+``--scrape-interval`` seconds during the window, or with ``--metrics off``.
+``--compare-metrics N`` runs the scenario 2N times, off and on in turn, and prints the
+figures side by side with the relative difference of the medians.
 
 Bounded in time (``--deadline``); always stops its processes.
 """
@@ -26,6 +33,7 @@ import resource
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +42,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+from _common import Scraper  # noqa: E402 - bench/ is on sys.path (run as a script)
 
 from vss.protocols.messages import Action, DeviceRecord, GrantRecord, UserRecord  # noqa: E402
 from vss.testing import records  # noqa: E402
@@ -138,13 +148,14 @@ class Loader:
             self.proc.wait()
 
 
-def start_node(work, args, log):
+def start_node(work, args, log, metrics="on"):
     data = os.path.join(work, "node")
     os.makedirs(data, exist_ok=True)
     argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "vss-node", "--node-id", "bench",
             "--data-dir", data, "--pu-listen", "tcp:0:interface=127.0.0.1:backlog=4096",
             "--cu-listen", "tcp:0:interface=127.0.0.1:backlog=1024",
             "--rtsp-listen", "tcp:0:interface=127.0.0.1",
+            "--http-listen", "tcp:0:interface=127.0.0.1", "--metrics", metrics,
             "--static", os.path.join(work, "static.json"), "--keepalive", str(args.keepalive)]
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=work,
                             preexec_fn=pinned(args.node_core, raise_nofile=True))
@@ -205,6 +216,12 @@ def main():
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--deadline", type=float, default=900.0, help="hard stop, seconds")
+    ap.add_argument("--metrics", choices=("on", "off"), default="on",
+                    help="the node's --metrics (on: scraped every --scrape-interval)")
+    ap.add_argument("--scrape-interval", type=float, default=1.0,
+                    help="seconds between scrapes of /metrics while measuring")
+    ap.add_argument("--compare-metrics", type=int, default=0, metavar="N",
+                    help="run N times with metrics off and on in turn; print side by side")
     args = ap.parse_args()
     relay = args.scenario == "relay"
     args.pus = args.pus if args.pus is not None else (100 if relay else 20000)
@@ -215,21 +232,82 @@ def main():
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("deadline")))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up in the finally below
     signal.alarm(int(args.deadline))
+    if args.compare_metrics:
+        return compare(args)
+    result = measure(args, args.metrics)
+    signal.alarm(0)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>26}: {v}")
+
+
+COMPARED = (("requests_per_s", "relayed requests/s", True),
+            ("node_cpu_us_per_request", "node CPU us / request", False),
+            ("p50_ms", "p50 latency, ms", False), ("p99_ms", "p99 latency, ms", False),
+            ("node_cpu_pct", "node CPU % of one core", False),
+            ("keepalives_per_s", "keepalives/s", True))
+
+
+def compare(args):
+    """``measure`` with metrics off and on in turn, ``args.compare_metrics`` times each."""
+    runs = {"off": [], "on": []}
+    for i in range(args.compare_metrics):
+        for metrics in ("off", "on"):
+            result = measure(args, metrics)
+            runs[metrics].append(result)
+            print(f"round {i + 1} metrics {metrics}: " + json.dumps(result), file=sys.stderr,
+                  flush=True)
+    signal.alarm(0)
+    rows = []
+    for key, label, higher_better in COMPARED:
+        off = [r[key] for r in runs["off"] if r.get(key) is not None]
+        on = [r[key] for r in runs["on"] if r.get(key) is not None]
+        if not off or not on:
+            continue
+        m_off, m_on = statistics.median(off), statistics.median(on)
+        cost = (m_off - m_on) / m_off if higher_better else (m_on - m_off) / m_off
+        rows.append({"figure": label, "off": off, "on": on, "median_off": m_off,
+                     "median_on": m_on, "cost_pct": round(100 * cost, 2) if m_off else None})
+    scrapes = sum(r.get("scrapes", 0) for r in runs["on"])
+    if args.json:
+        print(json.dumps({"scenario": args.scenario, "rounds": args.compare_metrics,
+                          "scrapes": scrapes, "figures": rows}))
+        return
+    print(f"\n{args.scenario}: {args.compare_metrics} rounds of metrics off / on, "
+          f"{args.seconds:g} s windows; {scrapes} scrapes of /metrics while on "
+          f"(every {args.scrape_interval:g} s)")
+    print("| figure | metrics off (each run) | metrics on (each run) | median off | median on "
+          "| cost of metrics |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['figure']} | {', '.join(f'{v:g}' for v in r['off'])} | "
+              f"{', '.join(f'{v:g}' for v in r['on'])} | {r['median_off']:g} | "
+              f"{r['median_on']:g} | {r['cost_pct']:+.2f} % |")
+
+
+def measure(args, metrics):
+    """One run of the scenario against a new node with ``--metrics metrics``; the
+    figures as a dict."""
+    relay = args.scenario == "relay"
     work = tempfile.mkdtemp(prefix="vss-sigbench-")
     node = None
     loaders = []
     profiler = None
+    scraper = None
     nlog = open(os.path.join(work, "node.log"), "wb")  # noqa: SIM115
     llog = open(os.path.join(work, "load.log"), "wb")  # noqa: SIM115
     result = {"scenario": args.scenario + (" (bare Twisted server%s)" % (
-        ", direct answers" if args.direct else "") if args.bare else "")}
+        ", direct answers" if args.direct else "") if args.bare else ""),
+        "metrics": "n/a" if args.bare else metrics}
     try:
         t = time.monotonic()
         write_static(os.path.join(work, "static.json"), args.pus, args.cus, "bench")
         if args.bare:
             node, ports = start_bare(work, args, nlog)
         else:
-            node, ports = start_node(work, args, nlog)
+            node, ports = start_node(work, args, nlog, metrics)
         pid = node.pid
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         fds0 = open_fds(pid)
@@ -271,6 +349,9 @@ def main():
             for ld in loaders:
                 ld.send("go")
             time.sleep(args.warmup)
+        if metrics == "on" and not args.bare:
+            scraper = Scraper(f"http://127.0.0.1:{ports['http']}/metrics", args.scrape_interval)
+            scraper.start()
         for ld in loaders:
             ld.send("mark")
         c0, w0 = cpu_ticks(pid), time.monotonic()
@@ -284,6 +365,11 @@ def main():
         time.sleep(args.seconds)
         c1, w1 = cpu_ticks(pid), time.monotonic()
         l1 = sum(cpu_ticks(ld.proc.pid) for ld in loaders)
+        if scraper is not None:
+            scraper.stop()
+            result.update(scrapes=scraper.scrapes, scrape_failures=scraper.failures,
+                          scrape_kib=round(scraper.bytes / max(1, scraper.scrapes) / 1024, 1))
+            scraper = None
         for ld in loaders:
             ld.send("report")
         reports = [ld.read(timeout=30) for ld in loaders]
@@ -315,7 +401,8 @@ def main():
             profiler.wait(60)
             profiler = None
     finally:
-        signal.alarm(0)
+        if scraper is not None:
+            scraper.stop()
         if profiler is not None and profiler.poll() is None:
             profiler.kill()
         for ld in loaders:
@@ -333,11 +420,7 @@ def main():
             print(f"work directory kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>26}: {v}")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""The twistd plugins are found by an installed twistd run outside the checkout."""
+"""
+The twistd plugins' option handling and start-up failures, run with the development
+venv's twistd. That the plugins are installed at all is tests/test_wheel.py's to show:
+here the checkout is on ``sys.path`` (compat editable install), which would hide a
+plugin file the wheel leaves out.
+"""
 
 import os
 
@@ -9,15 +14,6 @@ from vss.testing.processes import child_env, run_tool
 
 
 class PluginTests(unittest.TestCase):
-    @defer.inlineCallbacks
-    def test_twistd_help_lists_both_plugins_outside_the_checkout(self):
-        elsewhere = os.path.abspath(self.mktemp())
-        os.makedirs(elsewhere)
-        out, err, code = yield run_tool("twistd", ["--help"], env=child_env(), cwd=elsewhere)
-        self.assertEqual(code, 0, err)
-        self.assertIn("vss-node", out)
-        self.assertIn("vss-cms", out)
-
     @defer.inlineCallbacks
     def test_bad_node_options_name_every_bad_key(self):
         elsewhere = os.path.abspath(self.mktemp())

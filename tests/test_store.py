@@ -131,6 +131,12 @@ class MemoryStoreConformanceMixin:
         d.addCallback(self.assertEqual, [None] * len(writes))
         return d
 
+    def test_ping_answers(self):
+        """The node's readiness asks the backend whether it answers now."""
+        d = self.store.ping()
+        self.assertIsInstance(d, defer.Deferred)
+        return d.addCallback(self.assertIsNone)
+
     # -- devices ---------------------------------------------------------------------
 
     def test_device_put_get_replace(self):
@@ -989,6 +995,26 @@ class RedisUnreachableTests(unittest.TestCase):
             yield store.close()
         self.assertNoResult(written)
         self.assertTrue(any("not saved" in e.get("log_format", "") for e in events))
+
+    @defer.inlineCallbacks
+    def test_ping_says_why_it_cannot(self):
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory
+
+        from vss.store.redis import RedisStore, StoreUnavailable
+
+        port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        number = port.getHost().port
+        yield port.stopListening()
+        store = RedisStore(f"redis://127.0.0.1:{number}/15", "down", reactor=reactor)
+        try:
+            yield store.ping()
+        except StoreUnavailable as e:
+            self.assertIn("refused", str(e).lower())
+        else:
+            self.fail("ping answered with nothing listening")
+        finally:
+            yield store.close()
 
 
 # ---------------------------------------------------------------------------

@@ -151,6 +151,9 @@ class NodeSettings:
     store_cert: str = ""  # PEM client certificate for a rediss:// store
     store_key: str = ""  # its private key
     store_password_file: str = ""  # file holding the Redis password (AUTH)
+    metrics: bool = True  # /metrics on the HTTP listener, and the latency histograms
+    metrics_allow: str = ""  # who may scrape ("" = loopback only), vss.ops.metrics.Access
+    metrics_token_file: str = ""  # the bearer token scrapes must carry ("" = none)
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}

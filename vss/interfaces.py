@@ -37,6 +37,10 @@ class IMemoryStore(Interface):
     def close():
         """Release connections. Returns a Deferred."""
 
+    def ping():
+        """A Deferred that fires when the backend answers now, and fails (naming why)
+        when it cannot be reached: the node's readiness (``/readyz``)."""
+
     # static copies
     def put_device(record):
         """Store or replace a ``DeviceRecord``."""

@@ -21,12 +21,14 @@ from twisted.logger import Logger
 
 from vss import private
 from vss.config import ConfigError, load_or_create_secret, read_secret
+from vss.ops.health import probe
 from vss.protocols.messages import Role
 from vss.rgm.service import RGMConfig, RGMService
 from vss.store import make_store
 from vss.tap.common import ListenService, StagedService, write_json_atomically
 
 STATUS_INTERVAL = 1.0
+PROBE_TIMEOUT = 2.0  # seconds the store has to answer a readiness check
 
 
 class NoRouteCache(dict):
@@ -51,6 +53,7 @@ def _secret_files(settings):
 
 class NodeService(StagedService):
     log = Logger()
+    program = "vss-node"
 
     def __init__(self, settings, reactor):
         super().__init__(reactor)
@@ -69,6 +72,7 @@ class NodeService(StagedService):
                 node_secret=self.secret,
                 keepalive_interval=settings.keepalive,
                 request_timeout=settings.request_timeout,
+                metrics=settings.metrics,
             ),
             self.store,
             self.central,
@@ -139,7 +143,8 @@ class NodeService(StagedService):
         # Settings from CMS, the catalogue across nodes, HTTP export and retention.
         from vss.cdn import archive
 
-        archive.wire(self, settings, reactor, web=self.web)
+        archive.wire(self, settings, reactor)
+        self._make_http(settings, reactor)
         self.stream_credentials = None
         if not settings.static:  # the credentials' sealing key comes from the cluster
             self._make_stream_credentials(reactor)
@@ -157,6 +162,47 @@ class NodeService(StagedService):
         self.rgm.credentials = creds
         self.central.access_listeners.append(creds.revalidate)
         self.stream_credentials = creds
+
+    def _make_http(self, settings, reactor):
+        """The node's HTTP listener (``--http-listen``): ``/healthz``, ``/readyz`` and
+        ``/metrics`` (``vss.ops``), then the browser client (``vss.web``), then the
+        export downloads."""
+        from vss.cdn.export import ExportResource
+        from vss.ops.collectors import NodeCollector
+        from vss.ops.http import node_site, ops_resources
+        from vss.ops.metrics import Access, MetricsResource, make_registry
+
+        self.http_listener = None
+        self.metrics = None
+        if settings.metrics:
+            access = Access.from_options(settings.metrics_allow, settings.metrics_token_file)
+            self.metrics = MetricsResource(make_registry(NodeCollector(self)), access)
+        if not settings.http_listen:
+            return
+        fallback = ExportResource(self.export_tokens, self.exporter)
+        site = node_site(ops_resources(self.readiness, reactor, self.metrics),
+                         self.web.resource(fallback))  # the browser client, then the export
+        self.http_listener = ListenService("http", settings.http_listen, site, reactor)
+        self.http_listener.setServiceParent(self)
+
+    def readiness(self):
+        """Why the node cannot serve now, a Deferred list of short reasons (empty:
+        ready): still starting, a listener not listening, not registered with CMS (or
+        still catching up with it), the in-memory database's backend not answering."""
+        reasons = [] if self.started.called else ["starting"]
+        for s in self:
+            if isinstance(s, ListenService) and s.listening is None:
+                reasons.append(f"listener {s.name}: not listening")
+        if self.rtsp_listener.port is None:
+            reasons.append("listener rtsp: not listening")
+        if not self.settings.static:
+            if self.central.link is None:
+                reasons.append("cms: not connected")
+            elif self.central.catching_up:
+                reasons.append("cms: catching up")
+        d = probe(defer.maybeDeferred(self.store.ping), self.reactor, PROBE_TIMEOUT,
+                  "store: not reachable")
+        return d.addCallback(lambda more: reasons + more)
 
     def rtsp_port(self):
         port = self.rtsp_listener.port

@@ -14,7 +14,8 @@ A node's archive: what it answers about its recordings, across nodes.
   that is being read (``in_use``: the segments the exports running here read, and every
   segment of a stream being played back from where its playback started or is now,
   ``playback_in_use``).
-- ``wire(node)``: builds the above for a ``NodeService`` (called from ``vss.node``).
+- ``wire(node)``: builds the above for a ``NodeService`` (called from ``vss.node``,
+  which then opens the HTTP listener the export URLs name: ``node.http_listener``).
 """
 
 from twisted.application import service
@@ -211,22 +212,14 @@ def playback_in_use(cdn, catalogue, margin_ms=PLAYBACK_MARGIN_MS):
     return paths
 
 
-def wire(node, settings, reactor, web=None):
-    """The archive, the settings sync, retention and the HTTP export listener of a node
-    (``vss.node.NodeService``; after its recorder and recording manager exist); ``web``
-    (``vss.web.site.WebClient``) serves the browser client on that listener."""
-    from vss.cdn.export import Exporter, ExportTokens, make_site
+def wire(node, settings, reactor):
+    """The archive, the settings sync, retention and the export of a node
+    (``vss.node.NodeService``; after its recorder and recording manager exist)."""
+    from vss.cdn.export import Exporter, ExportTokens
     from vss.rgm.record_settings import DEFAULT_RETENTION_DAYS, RecordSettingsSync
-    from vss.tap.common import ListenService
 
     node.export_tokens = ExportTokens(node.secret, reactor)
     node.exporter = Exporter(node.recorder.catalogue, settings.data_dir, reactor)
-    http = getattr(settings, "http_listen", "")
-    node.http_listener = None
-    if http:
-        node.http_listener = ListenService("http", http, make_site(node.export_tokens,
-                                                                   node.exporter, web), reactor)
-        node.http_listener.setServiceParent(node)
 
     def http_base():
         port = node.http_listener.port if node.http_listener is not None else None

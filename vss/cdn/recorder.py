@@ -1065,7 +1065,7 @@ class Recorder:
         self.prebuffer_max_bytes = prebuffer_max_bytes
         self.alarm = None
         self.counters = {"started": 0, "segments": 0, "bytes": 0, "restarts": 0,
-                         "failed": 0}
+                         "failed": 0, "write_errors": 0}
 
     # -- lifecycle
 
@@ -1408,6 +1408,7 @@ class Recorder:
             rec.open_segment = None
             self._segment(rec, event)
         elif kind == "disk_full":
+            self.counters["write_errors"] += 1
             rec.state = "disk_full"
             rec.error = event.get("message")
             self.alarm = {"kind": "disk_full", "since": self.clock.seconds(),
@@ -1415,6 +1416,7 @@ class Recorder:
             log.critical("ALARM disk full while recording {path}: {error}; new segments "
                          "stop, closed segments are kept", path=rec.path, error=rec.error)
         elif kind == "error":
+            self.counters["write_errors"] += 1
             rec.error = event.get("message")
             log.warn("recording {path}: {error}", path=rec.path, error=rec.error)
         else:

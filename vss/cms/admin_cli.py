@@ -42,6 +42,8 @@ from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 
+from vss.version import VersionOption
+
 DEFAULT_API = "http://127.0.0.1:7280"
 API_PATH = "/api/v1"
 TIMEOUT = 30.0
@@ -898,7 +900,8 @@ class ExportStatic(GnuOptions):
             raise usage.UsageError("export-static needs --db")
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
+    program = "vss-admin"
     synopsis = "Usage: vss-admin [--api URL] [--token-file FILE] COMMAND [options]"
     longdesc = ("Operate the vss central platform over its admin API. The admin token "
                 "comes from $VSS_ADMIN_TOKEN or --token-file.")

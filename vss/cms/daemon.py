@@ -16,11 +16,15 @@ from vss import private
 from vss.cms.service import CMSConfig, CMSService
 from vss.cms.store import make_static_store
 from vss.config import load_or_create_secret
+from vss.ops.health import probe
 from vss.tap.common import ListenService, StagedService, write_json_atomically
+
+PROBE_TIMEOUT = 2.0  # seconds the database has to answer a readiness check
 
 
 class CmsDaemon(StagedService):
     log = Logger()
+    program = "vss-cms"
 
     def __init__(self, options, reactor):
         super().__init__(reactor)
@@ -42,14 +46,44 @@ class CmsDaemon(StagedService):
         ListenService("node", options["node-listen"], self.cms.factory(), reactor) \
             .setServiceParent(self)
         self.admin = self._admin_backend()
+        self.admin_api = None
+        self.metrics = None
         if self.admin is not None:
-            ListenService("admin", options["admin-listen"], self.make_admin_site(self.admin),
-                          reactor).setServiceParent(self)
+            site = self.make_admin_site(self.admin)
+            self.admin_api = site.resource.api
+            self._add_ops(site.resource, options, reactor)
+            ListenService("admin", options["admin-listen"], site, reactor) \
+                .setServiceParent(self)
         if options.get("manhole"):
             from vss.manhole import manhole_service
 
             manhole_service(options["manhole"], options["manhole-keys"], self.namespace(),
                             reactor).setServiceParent(self)
+
+    def _add_ops(self, root, options, reactor):
+        """``/healthz``, ``/readyz`` and ``/metrics`` beside the admin API (``vss.ops``)."""
+        from vss.ops.collectors import CmsCollector
+        from vss.ops.http import add_to, ops_resources
+        from vss.ops.metrics import Access, MetricsResource, make_registry
+
+        if options.get("metrics", True):
+            collector = CmsCollector(self)
+            access = Access.from_options(options.get("metrics-allow"),
+                                         options.get("metrics-token-file"))
+            self.metrics = MetricsResource(make_registry(collector), access,
+                                           refresh=collector.refresh)
+        add_to(root, ops_resources(self.readiness, reactor, self.metrics))
+
+    def readiness(self):
+        """Why CMS cannot serve now, a Deferred list of short reasons (empty: ready):
+        still starting, a listener not listening, the database not answering."""
+        reasons = [] if self.started.called else ["starting"]
+        for s in self:
+            if isinstance(s, ListenService) and s.listening is None:
+                reasons.append(f"listener {s.name}: not listening")
+        d = probe(defer.maybeDeferred(self.store.head_seq), self.reactor, PROBE_TIMEOUT,
+                  "database: not reachable")
+        return d.addCallback(lambda more: reasons + more)
 
     def _admin_backend(self):
         try:

@@ -66,6 +66,7 @@ from vss.protocols.messages import Action, PuKind, StreamCredential, Verifier
 from vss.redact import Site
 
 API_PREFIX = "/api/v1"
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 DEFAULT_LISTEN = "tcp:7280:interface=127.0.0.1"
 MAX_BODY = 1024 * 1024
 DEFAULT_LIMIT = 100
@@ -1115,6 +1116,8 @@ class AdminApi:
     def __init__(self, backend):
         self.backend = backend
         self.store = backend.store
+        #: answers given, by (method, status): for ``/metrics``
+        self.answered = {}
         # one change at a time, so that "check, then write" holds within the API
         self.lock = defer.DeferredLock()
         self.clock = getattr(backend, "clock", None)  # else the reactor
@@ -1254,12 +1257,15 @@ class AdminApi:
         return 500, {"error": "internal error"}, {}
 
     def _answer(self, result, request, gone):
-        if gone:
-            return
         if len(result) == 2:
             (status, payload), headers = result, {}
         else:
             status, payload, headers = result
+        method = request.method.decode("ascii", "replace").upper()
+        key = (method if method in METHODS else "other", status)
+        self.answered[key] = self.answered.get(key, 0) + 1
+        if gone:
+            return
         data = json.dumps(payload, indent=1, sort_keys=True).encode("utf-8") + b"\n"
         request.setResponseCode(status)
         for name, value in headers.items():

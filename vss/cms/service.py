@@ -198,7 +198,8 @@ class CMSService(service.Service):
         self._sweeper = None
         self._inflight = set()  # Deferreds of the requests being handled
         self._applied_writes = {}  # node_id -> (DelayedCall writing its applied_seq, session)
-        self.counters = {"routed": 0, "notified": 0, "sync_changes": 0, "stale_changes": 0}
+        self.counters = {"routed": 0, "notified": 0, "sync_changes": 0, "stale_changes": 0,
+                         "changes": 0}
 
     # -- life cycle
 
@@ -589,6 +590,7 @@ class CMSService(service.Service):
     def s501_data_changed(self, changes):
         """MMS changed data: the changes of one transaction (S502: their records were
         read from the DB in that transaction)."""
+        self.counters["changes"] += len(changes)
         for c in changes:
             if c.entity == Entity.DEVICE:
                 if c.device is not None:

@@ -26,9 +26,11 @@ from twisted.python import usage
 
 from vss.conformance import runner
 from vss.conformance.checks import CHECKS, Context, NodeNotReady, wait_ready
+from vss.version import VersionOption
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
+    program = "vss-conformance"
     synopsis = ("VSS_PU_SECRET=... VSS_PASSWORD=... vss-conformance --pu ENDPOINT --cu ENDPOINT "
                 "--device ID --user NAME [--json] [--only NAME] [--slow]")
     longdesc = __doc__

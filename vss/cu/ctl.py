@@ -65,6 +65,7 @@ from vss.protocols.messages import (
     Transport,
 )
 from vss.protocols.messages import Action as A
+from vss.version import VersionOption
 
 
 class AnyOrder(usage.Options):
@@ -381,7 +382,8 @@ class StreamCredCmd(AnyOrder):
             self["expires"] = parse_duration(self["expires-in"])
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
+    program = "vssctl"
     synopsis = "Usage: vssctl [--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
     optParameters = [
         ["node", "n", None, "Client endpoint of the node's CU listener [$VSS_NODE]."],

@@ -21,11 +21,13 @@ from twisted.python import usage
 from vss.client import ReconnectingClient, SignallingClient
 from vss.protocols.messages import PuKind, Role
 from vss.pu.device import SimulatedPU
+from vss.version import VersionOption
 
 log = Logger()
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
+    program = "vss-pu"
     synopsis = "--node ENDPOINT (--id ID | --count N) [options]"
     optParameters = [
         ["node", "n", None, "Client endpoint of the node's PU listener, e.g. tcp:127.0.0.1:7100."],

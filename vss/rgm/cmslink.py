@@ -23,6 +23,7 @@ import random
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vss.errors import VssError
@@ -115,6 +116,9 @@ class CmsLink(service.Service):
         self.counters = {"cms_requests": 0, "routed_via_cms": 0, "routed_direct": 0,
                          "reloads": 0, "fetches": 0, "notifies": 0, "refused_changes": 0,
                          "change_retries": 0}
+        self.head_seq = 0  # the latest head sequence CMS named (lag: head - applied)
+        self.sync_errors = 0  # link set-ups, fetches, applies and changes that failed
+        self.last_sync_error = 0.0  # when the last of them happened (clock seconds)
         self._client = None
 
     # -- service
@@ -153,12 +157,14 @@ class CmsLink(service.Service):
                 node_id=self.node_id, signalling=signalling, media=media, capacity=capacity,
                 applied_seq=self.applier.applied_seq))).body
             self.link = link
+            self._saw_head(reg.head_seq)
             self._start_heartbeat(link, reg.heartbeat_interval)
             yield self.catch_up(reg.head_seq)
             self.log.info("node {node} synchronised with CMS at sequence {seq}",
                           node=self.node_id, seq=self.applier.applied_seq)
             self.clock.callLater(0, self._connected)
         except Exception as e:
+            self.sync_failed()
             self.log.warn("CMS link setup failed: {error}", error=str(e))
             self.link = None
             link.abort()
@@ -252,11 +258,21 @@ class CmsLink(service.Service):
         d.addCallback(lambda msg: self._check_head(msg.body.head_seq))
         d.addErrback(lambda f: None)
 
+    def _saw_head(self, head):
+        if head > self.head_seq:
+            self.head_seq = head
+
+    def sync_failed(self):
+        """Count a failed step of synchronisation (for ``/metrics``)."""
+        self.sync_errors += 1
+        self.last_sync_error = self.clock.seconds()
+
     def _check_head(self, head):
         """Anti-entropy: the heartbeat's answer names CMS's head sequence. A node still
         short of the head the previous heartbeat named (a change written without a
         notify reaching it, while its link stayed up) fetches what it lacks instead of
         waiting for the next change to show the gap. Returns the fetch or None."""
+        self._saw_head(head)
         due, self._last_head = self._last_head, head
         if due > self.applier.applied_seq and not self.catching_up and not self._fetching \
                 and self.link is not None:
@@ -266,6 +282,8 @@ class CmsLink(service.Service):
 
             def done(result):
                 self._fetching = False
+                if isinstance(result, Failure):
+                    self.sync_failed()
                 return result
 
             return self.fetch().addBoth(done)
@@ -358,6 +376,7 @@ class CmsLink(service.Service):
             self.counters["fetches"] += 1
             batch = (yield self._request(MsgType.SYNC_FETCH, SyncFetch(
                 after_seq=self.applier.applied_seq, limit=PAGE), 60.0)).body
+            self._saw_head(batch.head_seq)
             if batch.reload_required:
                 yield self.reload(batch.head_seq)
                 continue
@@ -397,12 +416,20 @@ class CmsLink(service.Service):
     def on_sync_notify(self, body):
         """S504 arrives; S505 apply; S506 answer SyncComplete."""
         self.counters["notifies"] += 1
+        self._saw_head(body.head_seq)
         if self.catching_up:
             self._queued.append((list(body.changes), body.head_seq))
             return defer.succeed(SyncComplete(node_id=self.node_id,
                                               applied_seq=self.applier.applied_seq))
-        return self._apply_notified(list(body.changes), body.head_seq).addCallback(
-            lambda _: SyncComplete(node_id=self.node_id, applied_seq=self.applier.applied_seq))
+        d = self._apply_notified(list(body.changes), body.head_seq)
+
+        def failed(f):
+            self.sync_failed()
+            return f
+
+        return d.addCallbacks(
+            lambda _: SyncComplete(node_id=self.node_id, applied_seq=self.applier.applied_seq),
+            failed)
 
     @defer.inlineCallbacks
     def _apply_notified(self, changes, head):
@@ -622,6 +649,7 @@ class CmsLink(service.Service):
                     self._refetch = True
                 if refusal is not None:
                     self.counters["refused_changes"] += 1
+                    self.sync_failed()
                     self.log.warn("CMS refused change {id} of {device} for good: {reason}",
                                   id=change_id, device=change.device_id, reason=refusal)
                 self.outbox.ack(change_id)
@@ -641,6 +669,7 @@ class CmsLink(service.Service):
         delay = self._retry_delay * random.uniform(0.75, 1.25)
         self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
         self.counters["change_retries"] += 1
+        self.sync_failed()
         self.log.warn("CMS did not write {why}; kept, sending again in {delay:.1f} s",
                       why=why, delay=delay)
         self._retry_call = self.clock.callLater(delay, self._retry)

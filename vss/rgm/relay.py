@@ -30,10 +30,12 @@ and wraps the answer with ``struct``. Errors and any doubt take the general path
 
 import math
 import struct
+from bisect import bisect_left
 
 from twisted.internet import defer
 
 from vss.errors import VssError
+from vss.ops.histogram import LATENCY_BOUNDS, Histogram
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
@@ -110,6 +112,8 @@ def ptz_status_ok(body):
     return len(body) == _PTZ_STATUS_SIZE and body[-2:] == b"\x00\x00"
 
 
+_bisect = bisect_left
+_BOUNDS = LATENCY_BOUNDS  # of the histograms rgm.ptz_local and rgm.ptz_remote
 _KEEPALIVE = int(MsgType.KEEPALIVE)
 _PU = int(Role.PU)
 _EMPTY_BODY = b"\x00\x00"
@@ -188,7 +192,7 @@ def fast_cu_request(rgm, link, frame):
         return False  # the general path answers DUPLICATE_TXID / TOO_MANY_IN_FLIGHT
     rgm.counters["relayed"] += 1
     pu.request_cb(_PTZ, frame.body, rgm.config.request_timeout, _relayed,
-                  (link, frame, device_id, pu))
+                  (link, frame, device_id, rgm, pu, link.last_rx))
     return True
 
 
@@ -306,7 +310,7 @@ def _fast_routed_request(rgm, link, frame, s, device_id):
     request = pack_route_request(str_field(central.node_id),
                                  body[:2 + ((body[0] << 8) | body[1])], 1, _PTZ, body)
     peer.request_cb(_ROUTE, request, None, _routed,
-                    (rgm, link, frame, device_id, home, peer))
+                    (rgm, link, frame, device_id, home, peer, link.last_rx))
     return True
 
 
@@ -314,12 +318,17 @@ def _routed(context, result):
     """The home node's ROUTE_RESPONSE (or the failure) to a fast routed request, unwrapped
     back to the CU (S407). Anything but a plain answer is what ``PeerLinks.route`` would
     have failed with: the cached route is dropped and CMS asked, as on the general path."""
-    rgm, link, frame, device_id, home, peer = context
+    rgm, link, frame, device_id, home, peer, t0 = context
     if type(result) is codec.Frame:
         answer = parse_route_response(result.body) if not result.status else None
         if answer is not None and answer[1] != _UNKNOWN_DEVICE:
             link.session.inflight.discard(frame.txid)
             link.send_raw_response(_PTZ, frame.txid, answer[1], answer[2])
+            cells = rgm.ptz_remote
+            if cells is not None:
+                dt = peer.last_rx - t0
+                cells[_bisect(_BOUNDS, dt)] += 1
+                cells[-1] += dt
             return
         try:  # any doubt: read it as PeerLinks.route does
             routed = peer.decode_response(result).body
@@ -331,6 +340,8 @@ def _routed(context, result):
             link.session.inflight.discard(frame.txid)
             link.send_raw_response(_PTZ, frame.txid, routed.inner_status, routed.inner_body)
             return
+    elif result.code == ResultCode.TIMEOUT:
+        rgm.counters["timeouts"] += 1
     d = defer.maybeDeferred(rgm.central.route_missed, device_id, home, str(result), _PTZ,
                             frame.body)
     session, txid = link.session, frame.txid
@@ -392,10 +403,17 @@ def _error_body(message):
 
 
 def _relayed(context, result):
-    """The PU's answer (or failure) to a fast-path request, back to the CU (S407)."""
-    link, frame, device_id, pu = context
+    """The PU's answer (or failure) to a fast-path request, back to the CU (S407). Its
+    latency (the CU's bytes read to the PU's answer read: two reads of the links'
+    ``last_rx``, no clock call) goes to ``rgm.ptz_local`` when metrics are on."""
+    link, frame, device_id, rgm, pu, t0 = context
     link.session.inflight.discard(frame.txid)
     if type(result) is codec.Frame:
+        cells = rgm.ptz_local
+        if cells is not None:
+            dt = pu.last_rx - t0
+            cells[_bisect(_BOUNDS, dt)] += 1
+            cells[-1] += dt
         status = result.status
         body = result.body
         if status or not ptz_status_ok(body):
@@ -408,6 +426,8 @@ def _relayed(context, result):
         return
     if result.code == ResultCode.SESSION_CLOSED:
         result = VssError(ResultCode.DEVICE_OFFLINE, f"{device_id} went offline")
+    elif result.code == ResultCode.TIMEOUT:
+        rgm.counters["timeouts"] += 1
     link.send_failure(frame, result)
 
 
@@ -452,9 +472,12 @@ def on_cu_request(rgm, link, frame, msg):
             return link.send_error(t, frame.txid, ResultCode.INVALID_ARGUMENT, problem)
         if record is not None and record.home_node in ("", rgm.node_id):
             d = serve_locally(rgm, device_id, t, frame.body)
+            route = "local"
         else:
             d = ask_central(rgm, device_id, t, frame.body)
+            route = "remote"
         _hold(s, frame.txid, d)
+        _measure(rgm, d, t, route, link.last_rx)
         d.addCallbacks(
             lambda result: answer_cu(link, t, frame.txid, *result),
             lambda f: link.send_failure(frame, f),
@@ -483,6 +506,26 @@ def on_cu_request(rgm, link, frame, msg):
         return
     link.send_error(t, frame.txid, ResultCode.UNEXPECTED_MESSAGE,
                     f"{codec.message_name(t)} is not a CU request")
+
+
+def _measure(rgm, d, t, route, t0):
+    """Count a relayed request's latency (when metrics are on) and its timeout."""
+    latency = rgm.latency
+
+    def answered(result):
+        if latency is not None:
+            hist = latency.get((t, route))
+            if hist is None:
+                hist = latency[t, route] = Histogram()
+            hist.observe(rgm.clock.seconds() - t0)
+        return result
+
+    def failed(f):
+        if f.check(VssError) and f.value.code == ResultCode.TIMEOUT:
+            rgm.counters["timeouts"] += 1
+        return f
+
+    d.addCallbacks(answered, failed)
 
 
 _CRED_REQUESTS = frozenset((MsgType.CRED_CREATE, MsgType.CRED_LIST, MsgType.CRED_REVOKE))

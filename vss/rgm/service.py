@@ -26,6 +26,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vss.errors import VssError
+from vss.ops.histogram import Histogram
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.link import LinkFactory
@@ -61,6 +62,8 @@ class RGMConfig:
     handshake_timeout: float = 30.0
     link_max_failures: int = 5
     max_body: int = codec.MAX_BODY
+    #: keep the relay's latency histograms (``vss.ops.metrics``; ``--metrics off``: not)
+    metrics: bool = False
 
 
 def _versions():
@@ -134,6 +137,10 @@ class _Listener:
         self.rgm.linkDown(link, reason)
 
 
+def _role_name(role):
+    return "pu" if role == Role.PU else "cu"
+
+
 #: Control requests a CU may send, and the grant each needs.
 CONTROL_ACTIONS = {
     MsgType.PTZ_CONTROL: Action.PTZ,
@@ -176,7 +183,20 @@ class RGMService(service.Service):
         self.pu_links = {}  # device_id -> link of the registered PU
         self.cu_links = {}  # session_id -> link
         self.counters = {"relayed": 0, "routed": 0, "auth_failures": 0, "dropped_silent": 0,
-                         "not_ready": 0}
+                         "timeouts": 0, "not_ready": 0}
+        #: logins by (role, result): "pu"/"cu", "ok"/"failed"/"throttled"/"not_ready"
+        self.logins = {(role, result): 0 for role in ("pu", "cu")
+                       for result in ("ok", "failed", "throttled", "not_ready")}
+        #: the relay's latency, S401 to the answer's arrival, by (message type, "local" or
+        #: "remote"): ``vss.ops.metrics.Histogram``; None with metrics off. The PTZ fast
+        #: paths bump the cells of their two histograms straight (``vss.rgm.relay``).
+        self.latency = None
+        self.ptz_local = self.ptz_remote = None
+        if config.metrics:
+            self.latency = {(int(MsgType.PTZ_CONTROL), "local"): Histogram(),
+                            (int(MsgType.PTZ_CONTROL), "remote"): Histogram()}
+            self.ptz_local = self.latency[int(MsgType.PTZ_CONTROL), "local"].cells
+            self.ptz_remote = self.latency[int(MsgType.PTZ_CONTROL), "remote"].cells
         self._sweeper = None
 
     # -- service
@@ -328,10 +348,12 @@ class RGMService(service.Service):
             # No copy of the static data yet (a first start, a reload in progress): a
             # login cannot be checked, and must not look like a wrong secret.
             self.counters["not_ready"] += 1
+            self.logins[_role_name(s.role), "not_ready"] += 1
             return self.refuse(link, frame, ResultCode.NOT_READY,
                                f"node {self.node_id} is loading its data; try again later")
         wait = self.throttle.wait(body.identity, link.peer_host)
         if wait > 0:
+            self.logins[_role_name(s.role), "throttled"] += 1
             return self.refuse(
                 link, frame, ResultCode.AUTH_THROTTLED, f"retry in {max(1, round(wait))} s"
             )
@@ -359,6 +381,7 @@ class RGMService(service.Service):
         def failed(f):
             if f.check(VssError) and f.value.code == ResultCode.NOT_READY:
                 self.counters["not_ready"] += 1
+                self.logins[_role_name(s.role), "not_ready"] += 1
             link.send_failure(frame, f)
 
         d.addCallback(challenge)
@@ -416,6 +439,7 @@ class RGMService(service.Service):
             s.failures += 1
             s.state = State.HELLO
             self.counters["auth_failures"] += 1
+            self.logins[_role_name(s.role), "failed"] += 1
             self.throttle.failed(exchange.identity, link.peer_host)
             # The identity is logged, never the proof or anything derived from a secret.
             self.log.info(
@@ -429,6 +453,7 @@ class RGMService(service.Service):
                 link.close(ResultCode.AUTH_FAILED, "too many failures")
             return
         self.throttle.succeeded(exchange.identity, link.peer_host)
+        self.logins[_role_name(s.role), "ok"] += 1
         s.identity = exchange.identity
         s.session_id = secrets.token_hex(16)
         s.state = State.AUTHENTICATED

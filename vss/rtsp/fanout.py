@@ -155,6 +155,8 @@ class Source:
         self.packets = 0
         self.frames = 0
         self.drops = 0
+        #: bytes, frames, drops and key waits of the viewers (``reader.viewer``) that left
+        self.viewers_gone = [0, 0, 0, 0]
         self.closed = False
         self._on_idle = on_idle
         self._batch = []
@@ -266,10 +268,19 @@ class Source:
         except ValueError:
             return
         self.drops += reader.drops
+        self._count_gone(reader)
         if not self.readers and not self.closed:
             self.no_readers_since = self.clock.seconds()
             if self._on_idle is not None:
                 self._on_idle(self)
+
+    def _count_gone(self, reader):
+        if getattr(reader, "viewer", False):
+            gone = self.viewers_gone
+            gone[0] += reader.bytes
+            gone[1] += reader.frames
+            gone[2] += reader.drops
+            gone[3] += reader.key_waits
 
     def on_end(self, callback):
         """Call ``callback(source)`` when the source closes."""
@@ -283,6 +294,7 @@ class Source:
         readers, self.readers = self.readers, []
         for reader in readers:
             self.drops += reader.drops
+            self._count_gone(reader)
             reader.source_ended()
         for cb in self._ending:
             try:
@@ -294,6 +306,8 @@ class Source:
 class TCPReader:
     """A TCP-interleaved viewer of a source. ``transport`` is its connection."""
 
+    viewer = True  # a player (counted in the media metrics), not a recorder
+    transport_name = "tcp"
     source = None
     full = True
     needs_key = True
@@ -310,6 +324,7 @@ class TCPReader:
         self.frames = 0
         self.drops = 0  # frames dropped
         self.dropped_bytes = 0
+        self.key_waits = 0  # frames skipped before the first keyframe
         self.direct_sends = 0
         self._on_end = on_end
         self._registered = False
@@ -369,6 +384,8 @@ class TCPReader:
                 if self.dropping:
                     self.drops += 1
                     self.dropped_bytes += len(buf)
+                else:
+                    self.key_waits += 1
                 return
             self.waiting_key = self.dropping = False
         n = len(buf)
@@ -411,6 +428,8 @@ class UDPReader:
     """A UDP unicast viewer: RTP to ``(host, rtp_port)``, RTCP to ``(host, rtcp_port)``
     from the server's shared port pair ``(rtp_udp, rtcp_udp)`` (Twisted UDP ports)."""
 
+    viewer = True
+    transport_name = "udp"
     source = None
     full = True
     needs_key = True
@@ -425,11 +444,13 @@ class UDPReader:
         self.bytes = 0
         self.frames = 0
         self.drops = 0
+        self.key_waits = 0
         self._on_end = on_end
 
     def deliver(self, frame):
         if self.waiting_key:
             if not frame.key:
+                self.key_waits += 1
                 return
             self.waiting_key = False
         host = self.host

@@ -258,6 +258,8 @@ class RTSPServerFactory(protocol.Factory):
         self._udp_peers = {}  # (host, port) -> (session, track, rtcp) of UDP clients
         self._waiters = {}  # path -> [Deferred]
         self.controllers = {}  # path -> play/pause controller (see the module docstring)
+        #: bytes, frames, drops and key waits of the viewers of the sources that ended
+        self.viewers_ended = [0, 0, 0, 0]
         self.credentials = None  # stream credentials (use_credentials)
 
     # -- reactor and clock, resolved lazily
@@ -322,6 +324,8 @@ class RTSPServerFactory(protocol.Factory):
     def _source_ended(self, source):
         if self.sources.get(source.path) is source:
             del self.sources[source.path]
+        for i, n in enumerate(source.viewers_gone):
+            self.viewers_ended[i] += n
         log.info("source {path} ended: {packets} packets, {bytes} bytes",
                  path=source.path, packets=source.packets, bytes=source.bytes)
         for s in list(self.sessions.values()):
@@ -904,6 +908,23 @@ class RTSPServerFactory(protocol.Factory):
         self._end_session(session, "teardown")
 
     # -- counters
+
+    def viewer_totals(self):
+        """``({"tcp": n, "udp": n}, [bytes, frames, drops, key waits])``: the viewers
+        now, and what every viewer since the start was sent (or not sent)."""
+        viewers = {"tcp": 0, "udp": 0}
+        totals = list(self.viewers_ended)
+        for source in self.sources.values():
+            for i, n in enumerate(source.viewers_gone):
+                totals[i] += n
+            for r in source.readers:
+                if getattr(r, "viewer", False):
+                    viewers[r.transport_name] = viewers.get(r.transport_name, 0) + 1
+                    totals[0] += r.bytes
+                    totals[1] += r.frames
+                    totals[2] += r.drops
+                    totals[3] += r.key_waits
+        return viewers, totals
 
     def stats(self):
         """Counters per source and per reader (JSON-able)."""

@@ -59,6 +59,9 @@ class MemoryStore:
     def close(self):
         return defer.succeed(None)
 
+    def ping(self):
+        return defer.succeed(None)
+
     # -- the table operations, shared with RedisStore ------------------------------
     #
     # They change memory only and return what a persistent backend must write.

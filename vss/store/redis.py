@@ -805,6 +805,20 @@ class RedisStore(MemoryStore):
                 self._checking = None
             delay = min(delay * 2, self.retryMax)
 
+    def ping(self):
+        """Check that Redis answers the way the store reaches it, on a short connection
+        of its own (TLS, ``AUTH``, ``SELECT``, ``PING``, then closed): the node's
+        readiness. Fails with ``StoreUnavailable`` naming why."""
+        if self._closed:
+            return defer.fail(StoreClosed(f"store of node {self.node_id} is closed"))
+
+        def judged(verdict):
+            _final, why = verdict
+            if why is not None:
+                raise StoreUnavailable(why)
+
+        return self._handshake().addCallback(judged)
+
     def _handshake(self):
         """One try of ``check``: a Deferred (final, why), why None when Redis answered."""
         from twisted.internet import reactor

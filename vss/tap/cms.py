@@ -3,7 +3,8 @@
 import os
 
 from vss.config import ConfigError, TrackingOptions, merge_options, positive_number
-from vss.tap.common import OneLineUsage, check_endpoint
+from vss.tap.common import OneLineUsage, check_endpoint, check_metrics_options, metrics_options
+from vss.version import VersionOption
 
 DEFAULTS = {
     "cms-id": "cms",
@@ -14,8 +15,9 @@ DEFAULTS = {
 }
 
 
-class Options(OneLineUsage, TrackingOptions):
+class Options(OneLineUsage, VersionOption, TrackingOptions):
     command = "vss-cms"
+    program = "vss-cms"
     synopsis = "[options]"
     longdesc = (
         "Run the central platform: CMS (the database of static data, the node registry, "
@@ -34,6 +36,7 @@ class Options(OneLineUsage, TrackingOptions):
         ["heartbeat", None, None, f"Heartbeat interval asked of nodes, seconds [{DEFAULTS['heartbeat']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7222:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
+        *metrics_options("the admin listener (--admin-listen)"),
     ]
 
     def postOptions(self):
@@ -50,6 +53,7 @@ class Options(OneLineUsage, TrackingOptions):
         for name in ("node-listen", "admin-listen", "manhole"):
             if self.get(name):
                 check_endpoint(name, self[name], problems)
+        check_metrics_options(self, problems)
         if problems:
             raise ConfigError("; ".join(problems))
         if not self.get("db"):

@@ -11,6 +11,9 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
+from vss.ops.metrics import DEFAULT_ALLOW, Access, AccessError
+from vss.version import version_line
+
 
 class OneLineUsage:
     """A daemon's ``usage.Options`` (put first among the bases): run by twistd, a bad
@@ -45,7 +48,7 @@ def explain_usage_error(options, error):
         return text
     wrong = m.group(1)
     known = sorted({p[0] for p in options.optParameters} | {
-        f[0] for f in getattr(options, "optFlags", [])} | {"help"})
+        f[0] for f in getattr(options, "optFlags", [])} | {"help", "version"})
     near = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
     hint = f" (did you mean --{near[0]}?)" if near else ""
     return f"unknown option --{wrong}{hint}; see --help"
@@ -119,6 +122,30 @@ class ListenService(service.Service):
             return port.stopListening()
 
 
+def metrics_options(listener):
+    """The metrics options of a daemon whose ``/metrics`` is on ``listener``."""
+    return [
+        ["metrics", None, None, f"on: Prometheus metrics at /metrics on {listener}; "
+         "off: none, and no latency histograms kept [on]."],
+        ["metrics-allow", None, None, "Addresses and networks that may read /metrics, "
+         f"comma separated [{','.join(DEFAULT_ALLOW)}: this machine only]."],
+        ["metrics-token-file", None, None, "File (mode 0600) holding a bearer token every "
+         "scrape must send (Authorization: Bearer TOKEN) [none]."],
+    ]
+
+
+def check_metrics_options(opts, problems):
+    """Check the metrics options (``metrics`` becomes a bool); problems are added."""
+    value = str(opts.get("metrics") or "on").strip().lower()
+    if value not in ("on", "off"):
+        problems.append(f"--metrics: {opts['metrics']!r} is neither 'on' nor 'off'")
+    opts["metrics"] = value != "off"
+    try:
+        Access.from_options(opts.get("metrics-allow"), opts.get("metrics-token-file"))
+    except AccessError as e:
+        problems.append(str(e))
+
+
 def _operator_errors():
     from twisted.internet.error import CannotListenError
 
@@ -167,6 +194,8 @@ class StagedService(service.MultiService):
     a daemon without its state must not serve."""
 
     log = Logger()
+    #: the command this daemon is, named with the vss version in its first log line
+    program = "vss"
     #: set by the twistd plugins: a start that fails makes the process exit non-zero
     #: (never in a process that only hosts the service, such as a test run)
     exit_status_on_failure = False
@@ -175,6 +204,8 @@ class StagedService(service.MultiService):
         super().__init__()
         self.reactor = reactor
         self.started = defer.Deferred()
+        # the daemon's first line, before anything its set-up has to say
+        self.log.info("{line} starting", line=version_line(self.program))
 
     def prepare(self):
         return defer.succeed(None)

@@ -9,7 +9,14 @@ from vss.config import (
     merge_options,
     positive_number,
 )
-from vss.tap.common import OneLineUsage, check_endpoint, fail_in_one_line
+from vss.tap.common import (
+    OneLineUsage,
+    check_endpoint,
+    check_metrics_options,
+    fail_in_one_line,
+    metrics_options,
+)
+from vss.version import VersionOption
 
 LISTENERS = ("pu-listen", "cu-listen", "rtsp-listen", "node-listen", "http-listen", "manhole")
 
@@ -32,8 +39,9 @@ DEFAULTS = {
 }
 
 
-class Options(OneLineUsage, TrackingOptions):
+class Options(OneLineUsage, VersionOption, TrackingOptions):
     command = "vss-node"
+    program = "vss-node"
     synopsis = "--node-id ID [options]"
     longdesc = (
         "Run a VSS node: the RGM signalling core that PUs and CUs log in to, its "
@@ -68,8 +76,9 @@ class Options(OneLineUsage, TrackingOptions):
         ["route-cache", None, None, "on: cache the home node of other nodes' PUs and reach it "
          "directly; off: every such request takes the cache-miss path through CMS "
          f"(measurement and troubleshooting) [{DEFAULTS['route-cache']}]."],
-        ["http-listen", None, None, "Endpoint of the HTTP export listener (GET /export?token=), "
-         f"or 'off' [{DEFAULTS['http-listen']}]."],
+        ["http-listen", None, None, "Endpoint of the HTTP listener: the browser client, "
+         "export downloads (GET /export?token=), /healthz, /readyz and /metrics; or 'off' "
+         f"[{DEFAULTS['http-listen']}]."],
         ["retention-interval", None, None, "Seconds between retention passes over the "
          f"recordings [{DEFAULTS['retention-interval']}]."],
         ["retention-days", None, None, "Days recordings of a channel without recording "
@@ -86,6 +95,7 @@ class Options(OneLineUsage, TrackingOptions):
          f"recording) [{DEFAULTS['record-in']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
+        *metrics_options("the HTTP listener (--http-listen)"),
     ]
 
     def postOptions(self):
@@ -144,6 +154,7 @@ def settings_from(opts):
         http_listen = ""
     if opts.get("manhole") and not opts.get("manhole-keys"):
         problems.append("--manhole-keys: required when --manhole is set")
+    check_metrics_options(opts, problems)
     if problems:
         raise ConfigError("; ".join(problems))
     rtsp = opts["rtsp-listen"]
@@ -174,6 +185,9 @@ def settings_from(opts):
         record_max_streams=max_streams,
         record_max_write_mbps=max_write,
         record_in=record_in,
+        metrics=opts["metrics"],
+        metrics_allow=opts.get("metrics-allow") or "",
+        metrics_token_file=opts.get("metrics-token-file") or "",
     )
 
 

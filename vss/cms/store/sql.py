@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from vss.errors import VssError
 from vss.interfaces import IStaticStore
+from vss.ops.histogram import Histogram
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     Action,
@@ -257,6 +258,9 @@ class SqlStaticStore:
         self._clock = clock if clock is not None else reactor
         self._wpool = None
         self._rpool = None
+        #: how long the calls take, issued to answered (queueing for a pool thread
+        #: included), by kind: for ``/metrics`` (``vss.ops.collectors``)
+        self.call_latency = {"read": Histogram(), "write": Histogram()}
 
     # -- plumbing -----------------------------------------------------------
 
@@ -267,10 +271,19 @@ class SqlStaticStore:
     def _now_ms(self):
         return int(self._clock.seconds() * 1000)
 
-    def _run(self, pool, fn, *args):
-        """One interaction; a database that fails (lost, locked, timed out) fails the
-        Deferred with ``VssError(DB_UNAVAILABLE)``: a failure to retry, never a refusal."""
-        return pool.runInteraction(fn, *args).addErrback(self._unavailable)
+    def _run(self, pool, fn, *args, kind="write"):
+        """One interaction, timed into ``call_latency[kind]`` (issued to answered,
+        waiting for a pool thread included); a database that fails (lost, locked, timed
+        out) fails the Deferred with ``VssError(DB_UNAVAILABLE)``: a failure to retry,
+        never a refusal."""
+        hist = self.call_latency[kind]
+        t0 = self._clock.seconds()
+
+        def timed(result):
+            hist.observe(self._clock.seconds() - t0)
+            return result
+
+        return pool.runInteraction(fn, *args).addBoth(timed).addErrback(self._unavailable)
 
     def _unavailable(self, failure):
         if failure.check(*self.dialect.unavailable()):
@@ -282,7 +295,7 @@ class SqlStaticStore:
         return failure
 
     def _read(self, fn, *args):
-        return self._run(self._rpool, self._in_read, fn, *args)
+        return self._run(self._rpool, self._in_read, fn, *args, kind="read")
 
     def _in_read(self, cur, fn, *args):
         self.dialect.begin_read(cur)

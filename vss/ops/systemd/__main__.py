@@ -1,0 +1,5 @@
+import sys
+
+from vss.ops.systemd import main
+
+sys.exit(main())
