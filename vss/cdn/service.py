@@ -95,8 +95,8 @@ class CDNModule(service.Service):
         if body.purpose != Purpose.LIVE:
             raise VssError(ResultCode.NOT_SUPPORTED, "playback is not available on this node")
         record = self.store.get_device(body.device_id)
-        if record is None:
-            raise VssError(ResultCode.UNKNOWN_DEVICE)
+        if record is None:  # granted, but gone: the user may know (docs/protocol.md 9.3)
+            raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {body.device_id}")
         if record.channels and body.channel >= record.channels:
             raise VssError(ResultCode.INVALID_ARGUMENT, f"no channel {body.channel}")
         path = stream_path(body.device_id, body.channel, body.stream)

@@ -159,7 +159,20 @@ class PeerServer:
         try:
             if t == MsgType.KEEPALIVE:
                 body = Empty()
-            elif t == MsgType.HELLO and s["state"] == "new" and msg.body.role == Role.NODE:
+            elif s["state"] == "new" and t != MsgType.HELLO:
+                raise VssError(ResultCode.UNEXPECTED_MESSAGE, "HELLO first")
+            elif t == MsgType.HELLO and s["state"] == "new":
+                h = msg.body
+                why = None
+                if h.role != Role.NODE:
+                    why = ResultCode.UNEXPECTED_MESSAGE, "this endpoint serves role NODE"
+                elif not h.min_version <= codec.VERSION <= h.max_version:
+                    why = (ResultCode.NO_COMMON_VERSION, f"this node speaks version "
+                           f"{codec.VERSION}, the client {h.min_version}-{h.max_version}")
+                if why is not None:  # answered, then BYE and close (docs/protocol.md 8.1)
+                    link.send_error(t, frame.txid, *why)
+                    link.close(*why)
+                    return
                 s["state"] = "hello"
                 body = HelloAck(version=codec.VERSION, node_id=self.rgm.node_id, agent=AGENT,
                                 features=[])
@@ -196,10 +209,16 @@ class PeerServer:
                     lambda b: link.send_response(t, frame.txid, b),
                     lambda f: link.send_failure(frame, f))
                 return
+            elif t in (MsgType.HELLO, MsgType.AUTH_START, MsgType.AUTH_PROOF):
+                raise VssError(ResultCode.UNEXPECTED_MESSAGE,
+                               "HELLO already done" if t == MsgType.HELLO
+                               else "already logged in" if s["state"] == "ready"
+                               else "AUTH_START first")
+            elif s["state"] != "ready":
+                raise VssError(ResultCode.NOT_AUTHENTICATED, "log in first")
             else:
-                code = (ResultCode.NOT_AUTHENTICATED if s["state"] != "ready"
-                        else ResultCode.UNEXPECTED_MESSAGE)
-                raise VssError(code)
+                raise VssError(ResultCode.UNEXPECTED_MESSAGE,
+                               f"{codec.message_name(t)} is not a node-to-node request")
         except VssError as e:
             link.send_failure(frame, e)
             return

@@ -77,7 +77,7 @@ def host_port(url):
     scheme, _, rest = url.partition("://")
     authority = rest.partition("/")[0].partition("?")[0]
     host, sep, port = authority.rpartition(":")
-    if not sep or not port.isdigit() or authority.endswith("]"):
+    if not sep or not (port.isascii() and port.isdigit()) or authority.endswith("]"):
         return authority.strip("[]"), 322 if scheme.lower() == "rtsps" else 554
     return host.strip("[]"), int(port)
 
@@ -177,7 +177,8 @@ class RTSPClientProtocol(protocol.Protocol):
             sid = (resp.headers.get("Session") or "").split(";")[0].strip()
             if sid:
                 self.session = sid
-            if params.get("timeout", "").isdigit():
+            timeout = params.get("timeout", "")
+            if timeout.isascii() and timeout.isdigit():
                 self.session_timeout = int(params["timeout"])
             spec = parse_transport(resp.headers.get("Transport") or "")
             ch = parse_range(spec[0].get("interleaved")) if spec else None

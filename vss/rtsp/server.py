@@ -103,7 +103,7 @@ class RTSPUrl:
         if self.control is None:
             return None
         digits = self.control.rpartition("=")[2]
-        return int(digits) if digits.isdigit() and len(digits) < 4 else -1
+        return int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 4 else -1
 
     @classmethod
     def parse(cls, uri):
