@@ -15,6 +15,11 @@ delivered ratio (RTP packets received / packets sent within the window, from seq
 numbers), server memory per viewer and time to first frame (connect to first RTP byte;
 a viewer starts at the next keyframe, GOP 1 s).
 
+``--slow K`` adds K viewers on a slow link: an 8 KiB receive window, reading half the
+stream's rate. They are not in the delivered ratio; the table gives their worst lag
+(how long after the first viewer they read each picture) and the lag skips the server
+counted (``--max-lag``, 0 for none, is the server's bound).
+
 The server also serves the streaming server's Prometheus metrics (the node's media
 families, ``vss.ops.collectors.streaming_server_families``). ``--metrics on`` scrapes
 them every ``--scrape-interval`` seconds during each window; ``--metrics compare`` runs
@@ -56,7 +61,8 @@ def serve(args):
     from vss.rtsp.server import RTSPServerFactory
 
     factory = RTSPServerFactory(TokenAuthorizer(TokenIssuer(SECRET, clock=reactor)),
-                                reactor=reactor, gop_cache=args.gop_cache)
+                                reactor=reactor, gop_cache=args.gop_cache,
+                                max_lag=args.max_lag)
     port = reactor.listenTCP(0, factory, backlog=4096, interface="127.0.0.1")
     from twisted.web import server as web
 
@@ -115,9 +121,13 @@ def serve(args):
 class Viewer:
     __slots__ = ("sock", "state", "inbuf", "session", "t0", "first", "bytes", "packets",
                  "first_seq", "last_seq", "gaps", "lost", "skip", "part", "w_packets",
-                 "w_lost", "w_bytes")
+                 "w_lost", "w_bytes", "slow", "credit", "parked", "w_lag")
 
-    def __init__(self, sock, t0):
+    def __init__(self, sock, t0, slow=False):
+        self.slow = slow  # reads at most --slow-rate bytes a second
+        self.credit = 0.0
+        self.parked = False  # out of the selector until it may read again
+        self.w_lag = 0.0  # worst lag in the window
         self.sock = sock
         self.state = "setup"
         self.inbuf = b""
@@ -150,12 +160,14 @@ def load(args):
     buf = bytearray(1 << 18)
     mv = memoryview(buf)
 
-    def connect(n):
+    arrivals = {}  # RTP timestamp -> when a viewer first read it
+
+    def connect(n, slow=False):
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192 if slow else 1 << 20)
             s.setblocking(False)
-            v = Viewer(s, time.monotonic())
+            v = Viewer(s, time.monotonic(), slow)
             try:
                 s.connect(("127.0.0.1", args.port))
             except BlockingIOError:
@@ -182,7 +194,9 @@ def load(args):
         return rest
 
     def media(v, data, n):
-        """Walk the interleaved frames of data[:n]: count packets and sequence gaps."""
+        """Walk the interleaved frames of data[:n]: count packets and sequence gaps,
+        note when each picture (RTP timestamp) was first read, and slow viewers' lag."""
+        now = time.monotonic()
         pos = v.skip
         if pos >= n:
             v.skip = pos - n
@@ -196,7 +210,7 @@ def load(args):
         lost = 0
         last = v.last_seq
         while pos < n:
-            if n - pos < 8:
+            if n - pos < 16:  # the interleaved header and the RTP header to the timestamp
                 v.part = bytes(data[pos:n])
                 pos = n
                 break
@@ -205,6 +219,13 @@ def load(args):
             ln = (data[pos + 2] << 8) | data[pos + 3]
             if data[pos + 1] == 0:
                 seq = (data[pos + 6] << 8) | data[pos + 7]
+                ts = bytes(data[pos + 8:pos + 12])
+                if v.slow:
+                    seen = arrivals.get(ts)
+                    if seen is not None:
+                        v.w_lag = max(v.w_lag, now - seen)
+                elif ts not in arrivals:
+                    arrivals[ts] = now
                 if last is not None:
                     d = (seq - last - 1) & 0xFFFF
                     if d:
@@ -225,6 +246,8 @@ def load(args):
     connect_start = time.monotonic()
     batch = 50
     pending = args.viewers
+    slow_pending = args.slow
+    last_tick = time.monotonic()
     window = None
     done_at = None
     last_connect = 0.0
@@ -235,11 +258,24 @@ def load(args):
             connect(k)
             pending -= k
             last_connect = now
-        if window is None and not pending and all(v.first for v in viewers):
+        elif slow_pending and not pending and now - last_connect > 0.02:
+            connect(slow_pending, slow=True)
+            slow_pending = 0
+        if args.slow:
+            dt, last_tick = now - last_tick, now
+            for v in viewers:
+                if v.slow:
+                    v.credit = min(v.credit + args.slow_rate * dt, args.slow_rate * 0.1)
+                    if v.parked and v.credit > 0:
+                        v.parked = False
+                        sel.register(v.sock, selectors.EVENT_READ, v)
+        if window is None and not pending and not slow_pending \
+                and all(v.first for v in viewers):
             window = now + args.warmup
         if window is not None and done_at is None and now >= window:
             for v in viewers:
                 v.w_packets = v.w_lost = v.w_bytes = 0
+                v.w_lag = 0.0
             sys.stdout.write("WINDOW\n")
             sys.stdout.flush()
             done_at = now + args.seconds
@@ -263,7 +299,14 @@ def load(args):
                 sel.modify(s, selectors.EVENT_READ, v)
                 continue
             try:
-                n = s.recv_into(mv)
+                if v.slow and v.state == "media":
+                    n = s.recv_into(mv, max(1, int(v.credit)))
+                    v.credit -= n
+                    if v.credit <= 0:
+                        sel.unregister(s)
+                        v.parked = True
+                else:
+                    n = s.recv_into(mv)
             except BlockingIOError:
                 continue
             if n == 0:
@@ -280,6 +323,8 @@ def load(args):
                 v.first = time.monotonic()
                 media(v, rest, len(rest))
     elapsed = time.monotonic() - w_start if done_at else 0
+    slow = [v for v in viewers if v.slow]
+    viewers = [v for v in viewers if not v.slow]
     ttff = sorted(v.first - v.t0 for v in viewers if v.first)
     expected = sum(v.w_packets + v.w_lost for v in viewers)
     result = {
@@ -291,6 +336,9 @@ def load(args):
         "gaps": sum(v.gaps for v in viewers),
         "viewers_with_gaps": sum(1 for v in viewers if v.w_lost),
         "delivered": (sum(v.w_packets for v in viewers) / expected) if expected else 0.0,
+        "slow": len(slow),
+        "slow_lag_max": max((v.w_lag for v in slow), default=None),
+        "slow_bytes": sum(v.w_bytes for v in slow),
         "ttff_median": statistics.median(ttff) if ttff else None,
         "ttff_p95": ttff[int(len(ttff) * 0.95) - 1] if ttff else None,
         "client_cpu": time.process_time(),
@@ -298,7 +346,7 @@ def load(args):
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
     sys.stdout.flush()
     time.sleep(1.0)  # let the driver read the server's counters before we hang up
-    for v in viewers:
+    for v in viewers + slow:
         v.sock.close()
 
 
@@ -323,6 +371,12 @@ def main():
     ap.add_argument("--start-timeout", type=float, default=60.0)
     ap.add_argument("--gop-cache", type=int, default=0,
                     help="server GOP cache in bytes (0: new viewers wait for a keyframe)")
+    ap.add_argument("--max-lag", type=float, default=2.0,
+                    help="live viewers' lag bound in seconds (0: none)")
+    ap.add_argument("--slow", type=int, default=0,
+                    help="viewers more, on a slow link (half the stream's rate)")
+    ap.add_argument("--slow-rate", type=float, default=4e6 / 8 / 2,
+                    help="bytes a second a slow viewer reads [half of 4 Mb/s]")
     ap.add_argument("--port", type=int)
     ap.add_argument("--cpu", type=int, default=0)
     ap.add_argument("--input", default=os.path.join(tempfile.gettempdir(),
@@ -347,7 +401,8 @@ def main():
     py = sys.executable
     me = os.path.abspath(__file__)
     server = subprocess.Popen([py, me, "serve", "--cpu", "0", "--gop-cache",
-                               str(args.gop_cache)], stdin=subprocess.PIPE,
+                               str(args.gop_cache), "--max-lag", str(args.max_lag)],
+                              stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     info = json.loads(server.stdout.readline())
     port, spid = info["port"], info["pid"]
@@ -398,12 +453,22 @@ def main():
               f"{100 * r['delivered']:.3f} % | {r['cpu_pct']:.1f} % | {r['cpu_per_gbit']:.3f} | "
               f"{r['mem_per_viewer'] / 1024:.1f} KiB | {r['ttff_median']:.2f} / "
               f"{r['ttff_p95']:.2f} s | {r['direct_pct']:.1f} % | {r['client_pct']:.0f} % |")
+    if args.slow:
+        print()
+        print("| viewers | slow viewers | read by the slow ones, Mb/s | their worst lag "
+              "| lag skips in the window |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['viewers']} | {r['slow']} | "
+                  f"{r['slow_bytes'] * 8 / 1e6 / r['elapsed']:.2f} | "
+                  f"{r['slow_lag_max']:.2f} s | {r['lag_skips']} |")
 
 
 def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss, scrape_url=None):
     load = subprocess.Popen([py, me, "load", "--port", str(port), "--viewers", str(n),
                              "--cpu", str(cpu), "--seconds", str(args.seconds),
-                             "--warmup", str(args.warmup)],
+                             "--warmup", str(args.warmup), "--slow", str(args.slow),
+                             "--slow-rate", str(args.slow_rate)],
                             stdout=subprocess.PIPE, text=True)
     result = None
     cpu0 = s0 = t0 = None
@@ -439,6 +504,7 @@ def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss, scrape_url
         "mem_per_viewer": (rss - base_rss) / n,
         "client_pct": 100 * result["client_cpu"] / (result["elapsed"] + args.warmup + 1),
         "reader_drops": s1.get("reader_drops"),
+        "lag_skips": s1.get("lag_skips", 0) - s0.get("lag_skips", 0),
         "direct_pct": 100 * (s1["direct_sends"] - s0["direct_sends"])
         / max(1, s1["reader_frames"] - s0["reader_frames"]),
     })

@@ -587,6 +587,19 @@ class MalformedTests(SynchronousTestCase):
         self.assertIsNone(err.type)
         self.assertEqual(dec.buffered, 0)
 
+    def test_bad_magic_is_known_from_the_first_two_bytes(self):
+        """docs/protocol.md 6: a receiver does not wait for the rest of a header whose
+        first two bytes are not 'VS'."""
+        for chunks in ([b"GE"], [b"G", b"E"], [b"V", b"X"], [KEEPALIVE + b"XS"],
+                       [KEEPALIVE[:5], KEEPALIVE[5:] + b"V", b"T"]):
+            dec = MessageDecoder()
+            out = [item for chunk in chunks for item in dec.feed(chunk)]
+            self.assertEqual(out[-1].code, ResultCode.BAD_MAGIC, chunks)
+            self.assertEqual(dec.buffered, 0)
+        for start in (b"V", b"VS", b"VS\x01", KEEPALIVE + b"V"):
+            dec = FrameDecoder()
+            self.assertFalse([i for i in dec.feed(start) if isinstance(i, ProtocolError)])
+
     def test_unknown_version(self):
         dec = FrameDecoder()
         self.assertOnlyError(dec.feed(_raw(0x0100, b"\x00\x00", version=2)),

@@ -15,7 +15,11 @@ from twisted.trial import unittest
 from vss.conformance import checks, cli, probe, runner
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
-from vss.protocols.messages import Action, HelloAck, MsgType
+from vss.protocols.link import SignallingLink
+from vss.protocols.messages import Action, Hello, HelloAck, MsgType, Role
+from vss.rgm import relay
+from vss.rgm.service import RGMConfig, RGMService, State
+from vss.store.memory import MemoryStore
 from vss.testing import records
 from vss.testing.central import MemoryCentral
 from vss.testing.processes import child_env, run_tool, start_node
@@ -154,6 +158,198 @@ class AgainstBrokenServers(unittest.TestCase):
         out, err, code = yield conformance(address, address, "--only", "auth_success")
         self.assertEqual(code, 1, f"{out}\n{err}")
         self.assertIn("FAIL auth_success  CU link 1: cannot connect", out)
+
+
+class InProcessNode:
+    """A real RGM in this process, its PU and CU listeners on loopback port 0, holding
+    cam1 and alice (granted every action) as ``write_static`` does. A test breaks one
+    rule of docs/protocol.md in it (``TestCase.patch``) and runs checks against it."""
+
+    def __init__(self, testcase):
+        central = MemoryCentral()
+        central.add_device(records.device("cam1", "cam1-secret", home_node="n1", channels=1))
+        central.add_user(records.user("alice", "alice-pw"))
+        central.add_grant(records.grant("user:alice", "cam1", ALL))
+        self.rgm = RGMService(RGMConfig(node_id="n1", node_secret=b"in-process-secret",
+                                        keepalive_interval=1), MemoryStore(), central, reactor)
+        central.nodes["n1"] = self.rgm
+        self.rgm.startService()
+        testcase.addCleanup(self.rgm.stopService)
+        self.endpoints = {}
+        for role, name in ((Role.PU, "pu"), (Role.CU, "cu")):
+            port = reactor.listenTCP(0, self.rgm.factory(role), interface="127.0.0.1")
+            testcase.addCleanup(port.stopListening)
+            self.endpoints[name] = f"tcp:127.0.0.1:{port.getHost().port}"
+
+    @defer.inlineCallbacks
+    def run(self, names):
+        """{check name: (status, reason)} of the checks ``names`` run against this node."""
+        ctx = checks.Context(reactor, self.endpoints["pu"], self.endpoints["cu"], "cam1",
+                             "alice", "cam1-secret", "alice-pw", timeout=1.5)
+        results = yield runner.run(ctx, names)
+        return {r.name: (r.status, r.reason) for r in results}
+
+
+def _late_magic(feed):
+    """``FrameDecoder.feed`` that waits for 16 bytes before it looks at a bad magic."""
+    def late(self, data):
+        held = getattr(self, "_late", b"") + bytes(data)
+        if self.error is None and not self.buffered and held[:2] != codec.MAGIC \
+                and len(held) < codec.HEADER_SIZE:
+            self._late = held
+            return []
+        self._late = b""
+        return feed(self, held)
+    return late
+
+
+def _wrap_received(test, before):
+    """Patch ``RGMService.received`` so that ``before(rgm, link, frame, msg)`` runs first;
+    when it returns True the frame is taken."""
+    original = RGMService.received
+
+    def received(self, link, frame, msg):
+        if not before(self, link, frame, msg):
+            original(self, link, frame, msg)
+
+    test.patch(RGMService, "received", received)
+
+
+class AgainstBrokenRules(unittest.TestCase):
+    """Each rule of docs/protocol.md that the node once broke, or could: an in-process
+    node that breaks it fails the checks that assert it (with a reason naming the rule),
+    and the same node unbroken passes them."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def broken(self, names, want_in_reason=None):
+        node = InProcessNode(self)
+        results = yield node.run(names)
+        failed = {n for n, (status, _) in results.items() if status == runner.FAIL}
+        self.assertEqual(failed, set(names), results)
+        if want_in_reason:
+            for name in names:
+                self.assertIn(want_in_reason, results[name][1], name)
+        return results
+
+    @defer.inlineCallbacks
+    def test_the_unbroken_node_passes(self):
+        names = ["hello_first", "hello_no_common_version", "hello_min_above_max",
+                 "hello_wrong_role", "not_authenticated", "register_first",
+                 "unknown_device_forbidden", "txid_zero", "second_login",
+                 "bad_magic_two_bytes", "pu_bad_answer"]
+        results = yield InProcessNode(self).run(names)
+        self.assertEqual({n: s for n, (s, _) in results.items()},
+                         dict.fromkeys(names, runner.PASS), results)
+
+    def test_keepalive_refused_and_link_closed_before_hello(self):
+        def old(rgm, link, frame, msg):
+            if link.session.state == State.NEW and frame.type not in (MsgType.HELLO,
+                                                                      MsgType.BYE):
+                rgm.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "HELLO first")
+                link.close()
+                return True
+            return False
+
+        _wrap_received(self, old)
+        fast = relay.fast_keepalive
+        self.patch(relay, "fast_keepalive", lambda rgm, link, frame: link.session.state
+                   != State.NEW and fast(rgm, link, frame))
+        return self.broken(["hello_first"], "KEEPALIVE response before HELLO")
+
+    def test_a_refusal_before_hello_closes_the_link(self):
+        def closes(rgm, link, frame, msg):
+            if link.session.state == State.NEW and frame.type == MsgType.DEVICE_LIST:
+                rgm.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "HELLO first")
+                link.close()
+                return True
+            return False
+
+        _wrap_received(self, closes)
+        return self.broken(["hello_first"], "closed the link")
+
+    def test_unexpected_message_without_a_message_before_register(self):
+        def old(rgm, link, frame, msg):
+            if link.session.state == State.AUTHENTICATED and frame.type != MsgType.REGISTER:
+                rgm.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE)
+                return True
+            return False
+
+        _wrap_received(self, old)
+        return self.broken(["register_first"], "expected error NOT_AUTHENTICATED")
+
+    def test_refusals_without_a_message(self):
+        refuse = RGMService.refuse
+        self.patch(RGMService, "refuse", lambda self, link, frame, code, message="":
+                   refuse(self, link, frame, code))
+        return self.broken(["hello_first", "not_authenticated", "register_first"],
+                           "carries an empty message")
+
+    def test_unknown_device_for_any_id(self):
+        on_cu_request = relay.on_cu_request
+
+        def oracle(rgm, link, frame, msg):
+            device_id = getattr(msg.body, "device_id", None)
+            if device_id is not None and rgm.store.get_device(device_id) is None:
+                return link.send_error(frame.type, frame.txid, ResultCode.UNKNOWN_DEVICE, "no")
+            return on_cu_request(rgm, link, frame, msg)
+
+        self.patch(relay, "on_cu_request", oracle)
+        return self.broken(["unknown_device_forbidden"], "expected error FORBIDDEN")
+
+    def test_no_bye_before_closing_after_a_refused_hello(self):
+        on_hello = RGMService.on_hello
+
+        def no_bye(self, link, frame, msg):
+            close = link.close
+            link.close = lambda code=None, message="": close()
+            try:
+                on_hello(self, link, frame, msg)
+            finally:
+                del link.close
+
+        self.patch(RGMService, "on_hello", no_bye)
+        return self.broken(["hello_no_common_version", "hello_min_above_max",
+                            "hello_wrong_role"], "without a BYE")
+
+    def test_min_above_max_read_as_a_range(self):
+        on_hello = RGMService.on_hello
+
+        def swapped(self, link, frame, msg):
+            h = msg.body
+            if h.min_version > h.max_version:
+                msg.body = Hello(min_version=h.max_version, max_version=h.min_version,
+                                 role=h.role, agent=h.agent, features=h.features)
+            on_hello(self, link, frame, msg)
+
+        self.patch(RGMService, "on_hello", swapped)
+        return self.broken(["hello_min_above_max"], "expected error NO_COMMON_VERSION")
+
+    def test_a_bad_pu_answer_leaves_the_pu_link_up(self):
+        self.patch(SignallingLink, "bad_response", lambda self, err, frame: None)
+        return self.broken(["pu_bad_answer"], "the error for the PU's bad CONFIG_GET answer")
+
+    def test_a_request_with_txid_0_is_served(self):
+        self.patch(SignallingLink, "refuse_txid_zero", lambda self, frame: False)
+        return self.broken(["txid_zero"], "expected error UNEXPECTED_MESSAGE (0x0204) type "
+                                          "KEEPALIVE txid 0")
+
+    def test_bad_magic_after_a_whole_header(self):
+        self.patch(codec.FrameDecoder, "feed", _late_magic(codec.FrameDecoder.feed))
+        return self.broken(["bad_magic_two_bytes"], "no BAD_MAGIC after two bytes")
+
+    def test_a_second_login_of_a_user_ends_the_first(self):
+        on_register = RGMService.on_register
+
+        def single(self, link, frame, msg):
+            for other in list(self.cu_links.values()):
+                if other.session.identity == link.session.identity:
+                    other.close(ResultCode.SESSION_REPLACED, "one session per user")
+            on_register(self, link, frame, msg)
+
+        self.patch(RGMService, "on_register", single)
+        return self.broken(["second_login"])
 
 
 class CommandLine(unittest.TestCase):

@@ -435,11 +435,11 @@ class KeepaliveFastPathTests(unittest.TestCase):
         written = []
         self.patch(server, "send_raw", written.append)
         server.dataReceived(codec.encode_frame(MsgType.KEEPALIVE, b"\x00\x00", 5))
-        # Before HELLO a KEEPALIVE is refused like anything else (docs/protocol.md 8.1).
-        self.assertEqual(written, [codec.encode_error(MsgType.KEEPALIVE, 5,
-                                                      ResultCode.UNEXPECTED_MESSAGE,
-                                                      "HELLO first")])
+        # KEEPALIVE is accepted in every state, before HELLO too (docs/protocol.md 8).
+        self.assertEqual(self.taken, [True])
+        self.assertEqual(written, [codec.encode_response(MsgType.KEEPALIVE, codec.Empty(), 5)])
         self.assertEqual(self.h.store.get_state("cam1"), {})
+        self.assertFalse(server.closed)
 
 
 class Collect(protocol.Protocol):
@@ -727,23 +727,51 @@ class RoutedFastPathTests(unittest.TestCase):
         self.assertEqual(self.taken, {"cu": [], "home": []})
 
     @defer.inlineCallbacks
+    def bad_pu(self):
+        """cam-b logged in again on a fresh link that answers PTZ_CONTROL with a body that
+        is not a PtzStatus; fires with (link, frames the PU receives)."""
+        client = yield self.p.login("node-b", Role.PU, "cam-b", "cam-b-secret",
+                                    on_request=self.pu, channels=2)
+        link = client.link
+        received = codec.FrameDecoder()
+        frames = []
+        data_received = link.dataReceived
+
+        def spy(data):
+            frames.extend(received.feed(data))
+            data_received(data)
+
+        def send_response(type, txid, body):
+            link.send_raw(codec.encode_frame(type, b"\x00\x01\x02", txid, codec.FLAG_RESPONSE))
+
+        self.patch(link, "dataReceived", spy)
+        self.patch(link, "send_response", send_response)
+        yield wait_until(reactor, lambda: self.node_b.rgm.pu_links.get("cam-b") is not None
+                         and not self.node_b.rgm.pu_links["cam-b"].closed)
+        return link, frames
+
+    @defer.inlineCallbacks
     def test_errors_on_the_home_node_are_the_general_paths(self):
-        self.pu.bad = True
-        pu_link = self.pu_client.link
-
-        def send_response(type, txid, body):  # not a PtzStatus
-            pu_link.send_raw(codec.encode_frame(type, b"\x00\x01\x02", txid,
-                                                codec.FLAG_RESPONSE))
-
-        self.patch(pu_link, "send_response", send_response)
-        fast, general = yield self.both_ways(self.alice)
+        answers = []
+        for fast in (True, False):
+            # A PU answer that does not decode is a body error: the CU gets INTERNAL_ERROR,
+            # the PU is told TRUNCATED_BODY and its link is closed (docs/protocol.md 6).
+            link, frames = yield self.bad_pu()
+            self.fast = fast
+            answers.append((yield self.raw(self.alice)))
+            self.fast = True
+            yield wait_until(reactor, lambda link=link: link.closed,
+                             what="the bad PU link to close")
+            told = [f for f in frames if f.flags & codec.FLAG_ERROR]
+            self.assertEqual([(f.type, f.status) for f in told],
+                             [(MsgType.PTZ_CONTROL, ResultCode.TRUNCATED_BODY)])
+        fast, general = answers
         self.same(fast, general)
         self.assertEqual(fast.status, ResultCode.INTERNAL_ERROR)
         self.assertIn(b"answered badly", fast.body)
         self.assertEqual(self.taken["home"], [True, False])
-        # The PU goes offline: the home node's general path answers, through the fast
+        # The PU is offline: the home node's general path answers, through the fast
         # path of the CU's node.
-        pu_link.transport.loseConnection()
         yield wait_until(reactor, lambda: "cam-b" not in self.node_b.rgm.pu_links)
         fast, general = yield self.both_ways(self.alice)
         self.same(fast, general)

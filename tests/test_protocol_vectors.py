@@ -274,9 +274,9 @@ VECTORS = [
       0009 626164206d61676963  # message "bad magic"
       0000                # ext: none
     """, status=ResultCode.BAD_MAGIC),
-    V("error_response_to_ptz", MsgType.PTZ_CONTROL, ERR, 9, Error(message="no"), """
-      5653 01 03 0100 0301 00000009 00000006  # VS v1 error PTZ_CONTROL UNKNOWN_DEVICE txid 9 len 6
-      0002 6e6f           # message "no"
+    V("error_response_to_ptz", MsgType.PTZ_CONTROL, ERR, 9, Error(message="no device cam-1"), """
+      5653 01 03 0100 0301 00000009 00000013  # VS v1 error PTZ_CONTROL UNKNOWN_DEVICE txid 9 len 19
+      000f 6e6f20646576696365 2063616d2d31  # message "no device cam-1"
       0000                # ext: none
     """, status=ResultCode.UNKNOWN_DEVICE),
     V("error_notification_slot", MsgType.ERROR, NTF, 0, Error(message=""), """
@@ -1169,7 +1169,7 @@ class DocumentExampleTests(SynchronousTestCase):
                 Message(MsgType.PTZ_CONTROL, RSP, 0, 2, PTZ_STATUS),
                 Message(MsgType.KEEPALIVE, REQ, 0, 7, Empty()),
                 Message(MsgType.PTZ_CONTROL, ERR, ResultCode.UNKNOWN_DEVICE, 9,
-                        Error(message="no")),
+                        Error(message="no device cam-1")),
             ],
         )
         self.assertEqual(ptz, h(VECTORS[[v.name for v in VECTORS].index(

@@ -14,6 +14,9 @@ from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     KV,
     Action,
+    AuthProof,
+    AuthStart,
+    Bye,
     ChangeKind,
     ConfigGet,
     DeviceList,
@@ -22,6 +25,7 @@ from vss.protocols.messages import (
     MsgType,
     PtzControl,
     PtzStatus,
+    Register,
     Role,
     StateChange,
 )
@@ -165,8 +169,7 @@ class LoginTests(Base):
         d = link.request(MsgType.DEVICE_LIST, DeviceList(cursor="", limit=10))
         self.h.pump()
         self.assertEqual(error_code(d), ResultCode.UNEXPECTED_MESSAGE)
-        self.assertTrue(server.closed, "nothing but HELLO opens a link")
-        link, server, pump = self.h.connect(client, Role.CU)
+        self.assertFalse(server.closed, "a refused request leaves the link up (8)")
         d = link.request(MsgType.HELLO, Hello(min_version=1, max_version=1, role=Role.CU,
                                               agent="t", features=[]))
         self.h.pump()
@@ -428,6 +431,32 @@ class BadInputTests(Base):
         self.h.pump()
         result(d)
 
+    def test_a_pu_answer_that_does_not_decode_ends_the_pu_link(self):
+        """CONFIG_GET takes the general path: the CU gets INTERNAL_ERROR, the PU is told
+        TRUNCATED_BODY (type and txid of its answer) and its link is closed (6, rule 1)."""
+        def truncated(frame, msg):
+            from twisted.internet import defer
+
+            self.pu_link.send_raw(codec.encode_frame(frame.type, b"\x00\x05ab", frame.txid,
+                                                     codec.FLAG_RESPONSE))
+            asked.append(frame.txid)
+            return defer.Deferred()
+
+        asked = []
+        client, handler, self.pu_link = self.online_pu(truncated)
+        told = capture_frames(self.pu_link)
+        cu, cu_link = self.logged_cu()
+        d = cu.request(MsgType.CONFIG_GET, ConfigGet(device_id="cam1", channel=0, keys=["a"]))
+        self.h.pump()
+        self.assertEqual(error_code(d), ResultCode.INTERNAL_ERROR)
+        self.assertEqual([(f.type, f.flags, f.status, f.txid) for f in told],
+                         [(MsgType.CONFIG_GET, 0, 0, asked[0]),  # the request
+                          (MsgType.CONFIG_GET, codec.FLAG_RESPONSE | codec.FLAG_ERROR,
+                           ResultCode.TRUNCATED_BODY, asked[0])])
+        self.assertTrue(self.pu_link.closed)
+        self.assertNotIn("cam1", self.h.rgm.pu_links)
+        self.assertFalse(cu_link.closed)
+
     def test_a_pu_answering_garbage_does_not_hurt_the_cu_link(self):
         def garbage(frame, msg):
             from twisted.internet import defer
@@ -445,6 +474,7 @@ class BadInputTests(Base):
         self.h.pump()
         self.assertEqual(error_code(d), ResultCode.INTERNAL_ERROR)
         self.assertFalse(cu_link.closed)
+        self.assertTrue(self.pu_link.closed, "a body error is fatal (docs/protocol.md 6)")
 
 
 def capture_frames(link):
@@ -459,6 +489,212 @@ def capture_frames(link):
 
     link.dataReceived = dataReceived
     return frames
+
+
+class LinkStateTests(Base):
+    """docs/protocol.md 8: what each state of a link accepts, what it refuses and with
+    which code and message, and when the link closes."""
+
+    def raw(self, role=Role.CU, identity="alice", secret="cu-password"):
+        client = SignallingClient(role, identity, secret)
+        link, server, pump = self.h.connect(client, role)
+        return client, link, server, capture_frames(link)
+
+    def send(self, link, type, body=b"\x00\x00", txid=1, flags=0):
+        raw = body if isinstance(body, bytes) else codec.encode_body(body)
+        link.transport.write(codec.encode_frame(type, raw, txid, flags))
+        self.h.pump()
+
+    def seen(self, frames):
+        """(type, flags, status, txid, message or None) of each frame, and forget them."""
+        out = []
+        for f in frames:
+            msg = codec.decode_body(f)
+            text = msg.body.message if f.flags & codec.FLAG_ERROR else None
+            if f.type == MsgType.BYE and f.flags & codec.FLAG_NOTIFY:
+                text = (msg.body.reason, msg.body.message)
+            out.append((f.type, f.flags, f.status, f.txid, text))
+        frames.clear()
+        return out
+
+    def hello(self, link, lo=1, hi=1, role=Role.CU, txid=1):
+        self.send(link, MsgType.HELLO, Hello(min_version=lo, max_version=hi, role=role,
+                                             agent="t", features=[]), txid)
+
+    def test_before_hello_keepalive_is_answered_and_refusals_leave_the_link_up(self):
+        _, link, server, frames = self.raw()
+        self.send(link, MsgType.KEEPALIVE, txid=5)
+        self.send(link, MsgType.DEVICE_LIST, DeviceList(cursor="", limit=1), txid=6)
+        self.send(link, MsgType.REGISTER, b"\x00" * 9 + b"\x00\x00", txid=7)
+        self.send(link, MsgType.STATE_CHANGE, StateChange(device_id="cam1", channel=0, change=1,
+                                                          timestamp=0, items=[]),
+                  txid=0, flags=codec.FLAG_NOTIFY)
+        err = codec.FLAG_RESPONSE | codec.FLAG_ERROR
+        refused = ResultCode.UNEXPECTED_MESSAGE
+        self.assertEqual(self.seen(frames), [
+            (MsgType.KEEPALIVE, codec.FLAG_RESPONSE, 0, 5, None),
+            (MsgType.DEVICE_LIST, err, refused, 6, "HELLO first"),
+            (MsgType.REGISTER, err, refused, 7, "HELLO first"),
+        ])
+        self.assertFalse(server.closed)
+        self.hello(link, txid=8)
+        self.assertEqual(self.seen(frames)[0][:4], (MsgType.HELLO, codec.FLAG_RESPONSE, 0, 8))
+
+    def test_bye_before_hello_closes_without_an_answer(self):
+        _, link, server, frames = self.raw()
+        self.send(link, MsgType.BYE, codec.encode_body(Bye(reason=0, message="bye")), 0,
+                  codec.FLAG_NOTIFY)
+        self.assertTrue(server.closed)
+        self.assertEqual(frames, [])
+
+    def test_after_hello_requests_get_not_authenticated_and_handshake_steps_out_of_order(self):
+        _, link, server, frames = self.raw()
+        self.hello(link)
+        frames.clear()
+        self.send(link, MsgType.DEVICE_LIST, DeviceList(cursor="", limit=1), txid=2)
+        self.send(link, MsgType.REGISTER, Register(kind=1, model="", firmware="", channels=0,
+                                                   attributes=[]), txid=3)
+        self.hello(link, txid=4)
+        self.send(link, MsgType.AUTH_PROOF, AuthProof(client_proof=bytes(32)), txid=5)
+        err = codec.FLAG_RESPONSE | codec.FLAG_ERROR
+        self.assertEqual(self.seen(frames), [
+            (MsgType.DEVICE_LIST, err, ResultCode.NOT_AUTHENTICATED, 2, "log in first"),
+            (MsgType.REGISTER, err, ResultCode.NOT_AUTHENTICATED, 3, "log in first"),
+            (MsgType.HELLO, err, ResultCode.UNEXPECTED_MESSAGE, 4, "HELLO already done"),
+            (MsgType.AUTH_PROOF, err, ResultCode.UNEXPECTED_MESSAGE, 5, "AUTH_START first"),
+        ])
+        self.assertFalse(server.closed)
+
+    def test_authenticated_but_not_registered(self):
+        client, link, server, frames = self.raw()
+        self.hello(link)
+        d = _relogin(client)(link)
+        self.h.pump()
+        result(d)
+        frames.clear()
+        self.send(link, MsgType.DEVICE_LIST, DeviceList(cursor="", limit=1), txid=2)
+        self.send(link, MsgType.AUTH_START, AuthStart(identity="alice", mechanism="SCRAM-SHA-256",
+                                                      client_nonce=bytes(24)), txid=3)
+        err = codec.FLAG_RESPONSE | codec.FLAG_ERROR
+        self.assertEqual(self.seen(frames), [
+            (MsgType.DEVICE_LIST, err, ResultCode.NOT_AUTHENTICATED, 2, "REGISTER first"),
+            (MsgType.AUTH_START, err, ResultCode.UNEXPECTED_MESSAGE, 3, "already logged in"),
+        ])
+        self.assertFalse(server.closed)
+
+    def test_handshake_messages_once_ready_are_unexpected(self):
+        cu, link = self.logged_cu()
+        frames = capture_frames(link)
+        self.hello(link, txid=2)
+        self.send(link, MsgType.REGISTER, Register(kind=1, model="", firmware="", channels=0,
+                                                   attributes=[]), txid=3)
+        got = self.seen(frames)
+        self.assertEqual([(t, s, x) for t, _f, s, x, _m in got],
+                         [(MsgType.HELLO, ResultCode.UNEXPECTED_MESSAGE, 2),
+                          (MsgType.REGISTER, ResultCode.UNEXPECTED_MESSAGE, 3)])
+        self.assertTrue(all(m for *_, m in got), got)
+
+    def test_no_common_version_is_answered_then_bye_then_close(self):
+        for lo, hi in ((2, 9), (1, 0), (3, 2)):  # min above max: an empty range
+            _, link, server, frames = self.raw()
+            self.hello(link, lo, hi)
+            got = self.seen(frames)
+            self.assertEqual([(t, f, s, x) for t, f, s, x, _m in got], [
+                (MsgType.HELLO, codec.FLAG_RESPONSE | codec.FLAG_ERROR,
+                 ResultCode.NO_COMMON_VERSION, 1),
+                (MsgType.BYE, codec.FLAG_NOTIFY, 0, 0)], (lo, hi))
+            self.assertEqual(got[1][4][0], ResultCode.NO_COMMON_VERSION)
+            self.assertIn(f"{lo}-{hi}", got[0][4])
+            self.assertTrue(server.closed)
+
+    def test_a_hello_for_another_role_is_answered_then_bye_then_close(self):
+        _, link, server, frames = self.raw(role=Role.CU)
+        self.hello(link, role=Role.PU)
+        got = self.seen(frames)
+        self.assertEqual([(t, s) for t, _f, s, _x, _m in got],
+                         [(MsgType.HELLO, ResultCode.UNEXPECTED_MESSAGE), (MsgType.BYE, 0)])
+        self.assertEqual(got[1][4], (ResultCode.UNEXPECTED_MESSAGE,
+                                     "this endpoint serves role CU"))
+        self.assertTrue(server.closed)
+
+    def test_a_request_with_txid_0_is_refused_and_never_served(self):
+        _, handler, _ = self.online_pu()
+        cu, link = self.logged_cu()
+        frames = capture_frames(link)
+        self.send(link, MsgType.PTZ_CONTROL, ptz(), txid=0)
+        self.send(link, MsgType.KEEPALIVE, txid=0)
+        got = self.seen(frames)
+        self.assertEqual(got, [
+            (t, codec.FLAG_RESPONSE | codec.FLAG_ERROR, ResultCode.UNEXPECTED_MESSAGE, 0,
+             "txid 0 is reserved for notifications")
+            for t in (MsgType.PTZ_CONTROL, MsgType.KEEPALIVE)])
+        self.assertEqual(handler.seen, [])
+        self.assertFalse(link.closed)
+
+    def test_a_frame_with_the_error_bit_is_never_served_as_a_request(self):
+        _, handler, _ = self.online_pu()
+        cu, link = self.logged_cu()
+        frames = capture_frames(link)
+        body = codec.encode_body(ptz())
+        self.send(link, MsgType.PTZ_CONTROL, body, txid=3, flags=codec.FLAG_ERROR)
+        self.send(link, MsgType.KEEPALIVE, txid=4)
+        self.assertEqual([(t, x) for t, _f, _s, x, _m in self.seen(frames)],
+                         [(MsgType.KEEPALIVE, 4)])
+        self.assertEqual(handler.seen, [])
+
+    def test_a_user_may_log_in_twice_and_both_sessions_work(self):
+        self.online_pu()
+        first, link1 = self.logged_cu()
+        second, link2 = self.logged_cu()
+        self.assertFalse(link1.closed)
+        self.assertNotEqual(first.session_id, second.session_id)
+        for client in (first, second):
+            d = client.request(MsgType.PTZ_CONTROL, ptz(pan=0.125))
+            self.h.pump()
+            self.assertEqual(result(d).body.pan, 0.125)
+
+
+class UnknownDeviceTests(Base):
+    """docs/protocol.md 9.3: a user learns nothing about device ids it holds no grant
+    for (FORBIDDEN, whether the device exists or not); UNKNOWN_DEVICE only about ids it
+    was granted."""
+
+    def test_existing_and_missing_devices_are_refused_alike_without_a_grant(self):
+        self.online_pu()
+        bob, _ = self.logged_cu("bob")  # VIEW on cam1 only
+        answers = {}
+        for device_id in ("cam1", "nope"):
+            for type, body in ((MsgType.PTZ_CONTROL, ptz(device_id)),
+                               (MsgType.CONFIG_GET, ConfigGet(device_id=device_id, channel=0,
+                                                              keys=[]))):
+                d = bob.request(type, body)
+                self.h.pump()
+                failures = []
+                d.addErrback(failures.append)
+                answers[device_id, type] = (failures[0].value.code, failures[0].value.message)
+        for type, action in ((MsgType.PTZ_CONTROL, "ptz"), (MsgType.CONFIG_GET, "config")):
+            self.assertEqual(answers["cam1", type],
+                             (ResultCode.FORBIDDEN, f"bob may not {action} cam1"))
+            self.assertEqual(answers["nope", type],
+                             (ResultCode.FORBIDDEN, f"bob may not {action} nope"))
+        self.assertEqual(self.h.central.routed, [])
+
+    def test_the_example_of_section_5_2_byte_for_byte(self):
+        """A PTZ_CONTROL, txid 9, for a device the user is granted but the platform no
+        longer has: the error response of docs/protocol.md 5.2."""
+        self.h.add_user("carol", grants=[("cam-1", ALL)])
+        cu, link = self.logged_cu("carol")
+        frames = []
+        decoder = codec.FrameDecoder()
+        original = link.dataReceived
+        link.dataReceived = lambda data: (frames.append(data), original(data))
+        link.transport.write(codec.encode_request(MsgType.PTZ_CONTROL, ptz("cam-1"), 9))
+        self.h.pump()
+        wire = bytes.fromhex(
+            "56 53 01 03 01 00 03 01 00 00 00 09 00 00 00 13"
+            "00 0f 6e 6f 20 64 65 76 69 63 65 20 63 61 6d 2d 31 00 00")
+        self.assertEqual(b"".join(frames), wire)
+        self.assertEqual(len(decoder.feed(wire)), 1)
 
 
 class StateChangeTests(Base):

@@ -97,6 +97,8 @@ class PackagerTests(unittest.TestCase):
         p.add_viewer(v2)
         self.feed(30)
         self.assertEqual(t1.value(), t2.value())  # the same bytes for every viewer
+        # a packager is a reader of the SS's source like any other: it counts in its stats
+        self.assertEqual(self.source.stats()["lag_skips"], 0)
         msgs = messages(t1.value())
         self.assertEqual([op for op, _ in msgs], [2] * len(msgs))  # binary
         init = msgs[0][1]

@@ -147,6 +147,11 @@ class NodeSettings:
     record_max_streams: int = 32  # recordings at once; more wait in the queue
     record_max_write_mbps: float = 400.0  # their summed write rate, Mb/s
     record_in: str = "auto"  # auto (in the node for H.264/H.265) or process
+    live_max_lag: float = 2.0  # seconds a live TCP viewer may lag before it skips (0: off)
+    tls_cert: str = ""  # mutual TLS of the links to CMS and between nodes: certificate,
+    tls_key: str = ""  # its key,
+    tls_ca: str = ""  # and the cluster CA ("" each: plaintext, loopback only)
+    allow_plaintext_links: bool = False  # plaintext links to other hosts too (warned)
     store_ca: str = ""  # PEM trust roots of a rediss:// store ("" = the system's)
     store_cert: str = ""  # PEM client certificate for a rediss:// store
     store_key: str = ""  # its private key

@@ -28,6 +28,14 @@ from vss.rgm.expiry import GrantExpiry
 from vss.rgm.service import RGMConfig, RGMService
 from vss.store import make_store
 from vss.tap.common import ListenService, StagedService, write_json_atomically
+from vss.tls import (
+    CertificateError,
+    LinkTLS,
+    client_host_port,
+    is_loopback,
+    plaintext_guard,
+    split_endpoint,
+)
 
 STATUS_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0  # seconds the store has to answer a readiness check
@@ -45,7 +53,7 @@ class NoRouteCache(dict):
 def _secret_files(settings):
     """The files holding secrets or verifiers that the node's options name."""
     files = [settings.cluster_secret_file, settings.store_key, settings.store_password_file,
-             settings.static]
+             settings.static, settings.tls_key]
     for endpoint in (settings.pu_listen, settings.cu_listen, settings.rtsp_listen,
                      settings.node_listen, settings.http_listen, settings.manhole,
                      settings.cms):
@@ -63,6 +71,13 @@ class NodeService(StagedService):
         private.private_dir(settings.data_dir, self.log)
         private.check_secret_files(_secret_files(settings), self.log)
         self.secret = load_or_create_secret(os.path.join(settings.data_dir, "node.secret"))
+        self.link_tls = None  # mutual TLS of the links to CMS and between nodes
+        if settings.tls_cert and not settings.static:
+            try:
+                self.link_tls = LinkTLS(settings.tls_cert, settings.tls_key,
+                                        settings.tls_ca).load()
+            except CertificateError as e:
+                raise ConfigError(str(e)) from None
         self.store = make_store(settings.store, settings.node_id, reactor=reactor,
                                 ca_file=settings.store_ca, cert_file=settings.store_cert,
                                 key_file=settings.store_key,
@@ -95,8 +110,13 @@ class NodeService(StagedService):
 
             self.central.rgm = self.rgm
             self.peer_server = PeerServer(self.rgm, self.cluster_secret, reactor)
-            self.node_listener = ListenService("node", settings.node_listen,
-                                               self.peer_server.factory(), reactor)
+            peers = self.peer_server.factory()
+            if self.link_tls is not None:
+                peers = self.link_tls.listen_factory(peers)
+            else:
+                peers = plaintext_guard(peers, "node-to-node", settings.allow_plaintext_links,
+                                        self.log)
+            self.node_listener = ListenService("node", settings.node_listen, peers, reactor)
             self.node_listener.setServiceParent(self)
             self.central.setServiceParent(self)
         self._make_media(settings, reactor)
@@ -113,13 +133,17 @@ class NodeService(StagedService):
         from vss.rtsp.server import RTSPServerFactory, RTSPServerService
 
         self.issuer = TokenIssuer(self.secret, clock=reactor)
-        self.rtsp = RTSPServerFactory(TokenAuthorizer(self.issuer), reactor=reactor)
+        self.rtsp = RTSPServerFactory(TokenAuthorizer(self.issuer), reactor=reactor,
+                                      max_lag=settings.live_max_lag)
         interface = _interface(settings.rtsp_listen)
         self.rtsp_listener = RTSPServerService(settings.rtsp_listen, self.rtsp, reactor,
                                                udp_interface=interface)
         self.rtsp_listener.setServiceParent(self)
         self.cdn = CDNModule(self.rgm, self.rtsp, self.issuer, media_base="", clock=reactor,
                              reactor=reactor, audit=self.audit)
+        if self.link_tls is not None:
+            # another node's rtsps:// SS: its certificate from the cluster CA
+            self.cdn.node_tls = lambda host: self.link_tls.client_options(hostname=host)
         self.cdn.setServiceParent(self)
         self.rgm.cdn = self.cdn
         # The SS's recorder (segment files and their catalogue) behind the CDN module's
@@ -238,11 +262,21 @@ class NodeService(StagedService):
 
         self.cluster_secret = read_secret(self.settings.cluster_secret_file,
                                           "--cluster-secret-file")
+        settings = self.settings
+        endpoint = settings.cms
+        host, port = client_host_port(endpoint)
+        if self.link_tls is not None:
+            # CMS's certificate must name the host nodes reach it by
+            endpoint = self.link_tls.client_endpoint(self.reactor, host, port, hostname=host)
+        elif not is_loopback(host):
+            self.log.warn("the link to CMS at {host} is plaintext (--allow-plaintext-links): "
+                          "the cluster's signalling is readable on the network", host=host)
         # With the memory store nothing survives the process: the node keeps its copy of
         # the static data in its data directory too (vss.rgm.localcopy).
-        link = CmsLink(self.settings.node_id, self.settings.cms, self.cluster_secret, self.store,
-                       self.reactor, data_dir=self.settings.data_dir, advertise=self.advertise,
-                       local_copy=self.store.name == "memory")
+        link = CmsLink(settings.node_id, endpoint, self.cluster_secret, self.store,
+                       self.reactor, data_dir=settings.data_dir, advertise=self.advertise,
+                       local_copy=self.store.name == "memory", link_tls=self.link_tls,
+                       allow_plaintext=settings.allow_plaintext_links)
         if not self.settings.route_cache:
             link.route_cache = NoRouteCache()
         return link
@@ -251,8 +285,10 @@ class NodeService(StagedService):
         """(signalling endpoint, media endpoint, capacity) this node tells CMS."""
         port = self.node_listener.port
         rtsp = self.rtsp_port()
-        media = f"rtsp://{self.settings.media_host}:{rtsp}" if rtsp else ""
-        return f"tcp:{self.settings.advertise_host}:{port}", media, 0
+        media = f"{rtsp_scheme(self.settings)}://{self.settings.media_host}:{rtsp}" \
+            if rtsp else ""
+        kind = "tls" if self.link_tls is not None else "tcp"
+        return f"{kind}:{self.settings.advertise_host}:{port}", media, 0
 
     def prepare(self):
         d = defer.maybeDeferred(self.store.load)
@@ -323,13 +359,19 @@ class _MediaBase(service.Service):
     def startService(self):
         super().startService()
         port = self.node.rtsp_port()
-        self.node.cdn.media_base = f"rtsp://{self.node.settings.media_host}:{port}"
+        scheme = rtsp_scheme(self.node.settings)
+        self.node.cdn.media_base = f"{scheme}://{self.node.settings.media_host}:{port}"
         # The recorder's children read the SS on this machine: by the listening
         # interface, loopback when it listens on every interface.
         local = _interface(self.node.settings.rtsp_listen)
         if local in ("0.0.0.0", "::", ""):
             local = "127.0.0.1"
-        self.node.recorder.media_base = f"rtsp://{local}:{port}"
+        self.node.recorder.media_base = f"{scheme}://{local}:{port}"
+
+
+def rtsp_scheme(settings):
+    """rtsps when the streaming server listens with TLS (an ``ssl:`` endpoint)."""
+    return "rtsps" if split_endpoint(settings.rtsp_listen)[0] == "ssl" else "rtsp"
 
 
 def _interface(description):

@@ -242,9 +242,13 @@ def wire(node, settings, reactor):
     node.export_tokens = ExportTokens(node.secret, reactor)
     node.exporter = Exporter(node.recorder.catalogue, settings.data_dir, reactor)
 
+    # an ssl: listener (the node's HTTP listener, node.http_listener) gives https URLs
+    listen = getattr(settings, "http_listen", "") or ""
+    scheme = "https" if listen.partition(":")[0].lower() == "ssl" else "http"
+
     def http_base():
         port = node.http_listener.port if node.http_listener is not None else None
-        return f"http://{settings.media_host}:{port}" if port else None
+        return f"{scheme}://{settings.media_host}:{port}" if port else None
 
     node.archive = NodeArchive(settings.node_id, node.recorder.catalogue, node.central,
                                node.store, node.export_tokens, http_base,

@@ -525,7 +525,7 @@ class CatalogueDB:
         channel = 0
         if stream.startswith("ch") and "-" in stream:
             digits = stream[2:].split("-", 1)[0]
-            channel = int(digits) if digits.isdigit() else 0
+            channel = int(digits) if digits.isascii() and digits.isdigit() else 0
         try:
             duration, _frames = probe(full)
             with open(full, "rb") as f:

@@ -72,6 +72,7 @@ from twisted.logger import Logger
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.redact import redact
+from vss.rtsp import ffmpeg_options
 from vss.rtsp.server import ControlError
 
 log = Logger()
@@ -186,7 +187,8 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
         return EXIT_NO_FOOTAGE
     inp = av.open(db.abspath(seg.path))
     try:
-        out = av.open(url, "w", format="rtsp", options={"rtsp_transport": "tcp"}, timeout=10)
+        out = av.open(url, "w", format="rtsp", options=ffmpeg_options(url, own_server=True),
+                      timeout=10)
     except Exception as e:  # noqa: BLE001 - reported to the parent
         emit({"event": "error", "message": f"cannot publish: {e}"})
         return 1
@@ -396,6 +398,7 @@ class _Relay:
         self.child = child
         self.mask = frozenset()
         self.drops = 0
+        self.lag_skips = 0
         self.waiting_key = True
         self.source = None
         self.first_ts = None  # video RTP timestamp of the child's first packet

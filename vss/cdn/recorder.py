@@ -97,6 +97,7 @@ from vss.cdn.catalogue import RECORDINGS, Catalogue, Segment, fsync_dir, scan_fm
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.redact import redact
+from vss.rtsp import ffmpeg_options
 from vss.rtsp.fanout import Frame
 
 log = Logger()
@@ -196,7 +197,8 @@ def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: Fa
 
     out_dir = os.path.join(data_dir, out_rel)
     os.makedirs(out_dir, exist_ok=True)
-    options = {"rtsp_transport": "tcp"} if url.startswith("rtsp") else {}
+    # the node's own SS (recorder.media_base: this machine), or a file
+    options = ffmpeg_options(url, own_server=True) if url.startswith("rtsp") else {}
     try:
         inp = av.open(url, options=options, timeout=open_timeout)
     except Exception as e:  # noqa: BLE001 - reported to the parent
@@ -472,6 +474,7 @@ class _LiveWriter:
     needs_key = True
     waiting_key = False  # the depacketizer waits for the keyframe itself
     drops = 0  # never drops: no queue (frames the depacketizer loses are in ``lost``)
+    lag_skips = 0  # a recording is not a live viewer
     MAX_JUMP = 5 * VIDEO_CLOCK
     MAX_REORDERS = 3  # small steps back: the stream has B-frames, a child records it
     MAX_BACKLOG_BYTES = 16 << 20  # held while a codec probe runs (~30 s at 4 Mb/s)
@@ -870,6 +873,7 @@ class _PreBuffer:
     needs_key = True
     waiting_key = True  # Source.add_reader may clear it (audio only): we check frame.key
     drops = 0
+    lag_skips = 0
 
     def __init__(self, recorder, key, path, seconds, max_bytes, want=None):
         self.recorder = recorder
@@ -1278,7 +1282,8 @@ class Recorder:
         if rec.state in ("stopping", "stopped"):
             self._release(rec)
             return
-        token = self.issuer.issue(rec.path, ["play"])
+        # "record": a recording reads at its own pace, never skipped to stay live
+        token = self.issuer.issue(rec.path, ["play", "record"])
         env = {**(self.env if self.env is not None else os.environ),
                URL_ENV: f"{self.media_base}{rec.path}?token={token}"}
         out = os.path.join(RECORDINGS, rec.device_id, rec.stream)

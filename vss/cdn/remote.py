@@ -242,7 +242,7 @@ def _pull(cdn, path, url, node, play):
 
     try:
         proto = yield pull_into(cdn.rtsp, path, url, reactor=cdn.reactor,
-                                timeout=cdn.source_wait, play=play)
+                                timeout=cdn.source_wait, play=play, tls=cdn.node_pull_tls(url))
     except Exception as e:  # noqa: BLE001 - the origin's SS refused or is gone
         log.warn("cannot pull the playback of node {node}: {error}", node=node, error=e)
         raise VssError(ResultCode.HOME_NODE_DOWN,

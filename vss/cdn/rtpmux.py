@@ -438,10 +438,16 @@ def _b64(value):
         return b""
 
 
+def _ascii_digits(text):
+    """True for a non-empty run of ASCII digits (``str.isdigit`` also takes '²', which
+    ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _int(value):
     """An fmtp integer (absent or empty: 0), or None if it is not one."""
     value = (value or "0").strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def media_of(sdp):
@@ -459,8 +465,8 @@ def media_of(sdp):
             if line.startswith(f"a=rtpmap:{fmt} "):
                 spec = line.split(" ", 1)[1].strip().split("/")
                 encoding = spec[0]
-                rate = int(spec[1]) if len(spec) > 1 and spec[1].isdigit() else 0
-                channels = int(spec[2]) if len(spec) > 2 and spec[2].isdigit() else 1
+                rate = int(spec[1]) if len(spec) > 1 and _ascii_digits(spec[1]) else 0
+                channels = int(spec[2]) if len(spec) > 2 and _ascii_digits(spec[2]) else 1
         out.append((i, kind, encoding.upper(), rate, channels, _fmtp(lines, fmt)))
     return out
 

@@ -77,6 +77,9 @@ class CDNModule(service.Service):
         self._stops = {}
         self.counters = {"opened": 0, "pu_publish": 0, "pulls": 0, "node_pulls": 0}
         self.playback = None  # vss.cdn.playback.PlaybackService: recordings played back
+        # f(host) -> client TLS options for an rtsps:// pull from another node's SS (the
+        # cluster CA's, when the node has one); None: the system's trust roots
+        self.node_tls = None
         rtsp.addObserver(self)
 
     # -- the service interface, for the RGM
@@ -107,8 +110,8 @@ class CDNModule(service.Service):
         if body.purpose != Purpose.LIVE:
             raise VssError(ResultCode.NOT_SUPPORTED, "playback is not available on this node")
         record = self.store.get_device(body.device_id)
-        if record is None:
-            raise VssError(ResultCode.UNKNOWN_DEVICE)
+        if record is None:  # granted, but gone: the user may know (docs/protocol.md 9.3)
+            raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {body.device_id}")
         if record.channels and body.channel >= record.channels:
             raise VssError(ResultCode.INVALID_ARGUMENT, f"no channel {body.channel}")
         path = stream_path(body.device_id, body.channel, body.stream)
@@ -200,9 +203,18 @@ class CDNModule(service.Service):
                                             inner)).body.url
         self.counters["node_pulls"] += 1
         proto = yield pull_into(self.rtsp, path, url, reactor=self.reactor,
-                                timeout=self.source_wait)
+                                timeout=self.source_wait, tls=self.node_pull_tls(url))
         self.origins[path] = ("pull", proto)
         return self.rtsp.sources.get(path)
+
+    def node_pull_tls(self, url):
+        """The TLS options of a pull of another node's ``rtsps://`` URL (None: plain
+        RTSP, or the system's trust roots)."""
+        if self.node_tls is None or not url.lower().startswith("rtsps://"):
+            return None
+        from vss.rtsp.client import host_port, split_credentials
+
+        return self.node_tls(host_port(split_credentials(url)[0])[0])
 
     def routed_media_open(self, body):
         """Another node asks this (home) node for a stream of one of its PUs: the node

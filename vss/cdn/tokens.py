@@ -3,8 +3,10 @@ Short-lived stream tokens: the CDN module issues them, the streaming server chec
 
 A token is ``<payload>.<signature>``, both URL-safe base64 without padding. The payload
 is ``v1|<path>|<methods>|<expiry>|<id>`` where path is ``/live/<device>/<stream>``,
-methods a comma list of ``play`` / ``publish`` and expiry whole seconds of the injected
-clock. The signature is HMAC-SHA256 of the payload with the node secret.
+methods a comma list of ``play`` / ``publish`` / ``record`` and expiry whole seconds of
+the injected clock. ``record`` goes with ``play`` in the tokens of the node's own
+recording children: they read a live stream at their own pace, so the streaming server
+does not keep them within the live lag bound (``vss.rtsp.fanout.LagWatch``). The signature is HMAC-SHA256 of the payload with the node secret.
 
 A token is only needed to *start* a session (DESCRIBE, SETUP, ANNOUNCE, RECORD, PLAY
 without a session): the server does not cut a session that is already playing when the
@@ -20,7 +22,7 @@ from zope.interface import implementer
 
 from vss.interfaces import IStreamAuthorizer
 
-METHODS = ("play", "publish")
+METHODS = ("play", "publish", "record")
 DEFAULT_TTL = 60
 
 

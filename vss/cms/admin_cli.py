@@ -1065,6 +1065,53 @@ class ExportStatic(GnuOptions):
             raise usage.UsageError("export-static needs --db")
 
 
+class TlsCa(GnuOptions):
+    """Make the cluster CA."""
+
+    synopsis = "--dir DIR"
+    longdesc = ("Make the certificate authority of a cluster's links between servers: "
+                "DIR/ca.pem (give it to CMS and every node as --tls-ca) and DIR/ca.key "
+                "(mode 0600; keep it off the servers). Refused if DIR holds a CA already.")
+    optFlags = [["json", "j", "Print the files written as JSON."]]
+    optParameters = [["dir", "d", None, "Directory of the CA (created mode 0700)."]]
+
+    def postOptions(self):
+        if not self["dir"]:
+            raise usage.UsageError("tls ca needs --dir")
+
+
+class TlsIssue(GnuOptions):
+    """Issue a server's certificate from the cluster CA."""
+
+    synopsis = "--dir DIR NAME [--host HOST ...]"
+    longdesc = ("Issue the certificate of one server, signed by the CA in DIR: NAME is a "
+                "node id (its certificate must name it: CMS and the other nodes check) or "
+                "the name of CMS; each --host (a host name or an address the others reach "
+                "it by: CMS's certificate must name the host of the nodes' --cms) is added "
+                "as a subject alternative name. Writes DIR/NAME.pem and DIR/NAME.key "
+                "(mode 0600); copy both to that server with DIR/ca.pem.")
+    optFlags = [["json", "j", "Print the files written as JSON."]]
+    optParameters = [["dir", "d", None, "Directory of the CA (vss-admin tls ca)."],
+                     ["days", None, "825", "Validity in days."]]
+
+    def __init__(self):
+        super().__init__()
+        self["hosts"] = []
+
+    def opt_host(self, value):
+        """A host name or address the certificate is also for (repeatable)."""
+        self["hosts"].append(value)
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+    def postOptions(self):
+        if not self["dir"]:
+            raise usage.UsageError("tls issue needs --dir")
+        if not str(self["days"]).isdigit() or int(self["days"]) < 1:
+            raise usage.UsageError(f"--days: {self['days']!r} is not a number of days")
+
+
 class Options(VersionOption, usage.Options):
     program = "vss-admin"
     synopsis = "Usage: vss-admin [--api URL] [--token-file FILE] COMMAND [options]"
@@ -1104,6 +1151,8 @@ class Options(VersionOption, usage.Options):
         ["status", None, StatusCommand, "Operations status."],
         ["export-static", None, ExportStatic,
          "Write the database's master data as a node's --static file."],
+        ["tls", None, group("tls", [("ca", TlsCa), ("issue", TlsIssue)]),
+         "Certificates of the links between servers (mutual TLS)."],
     ]
 
     def postOptions(self):
@@ -1129,8 +1178,8 @@ class Options(VersionOption, usage.Options):
 # ---------------------------------------------------------------------------
 # bootstrap and export-static: straight to the database
 
-#: the commands that work on the database itself, not over the API
-DATABASE_COMMANDS = ("bootstrap", "export-static")
+#: the commands that work on the database itself (or on local files), not over the API
+DATABASE_COMMANDS = ("bootstrap", "export-static", "tls")
 
 
 def open_store(reactor, spec):
@@ -1218,6 +1267,26 @@ def export_static(reactor, spec, path, node=None):
             "grants": len(grants)}
 
 
+def tls_command(name, sub):
+    """``tls ca`` / ``tls issue``: (the files written, the text saying what they are)."""
+    from vss.tls import CertificateError, issue, make_ca
+
+    try:
+        if name == "ca":
+            cert, key = make_ca(sub["dir"])
+            return {"ca": cert, "ca_key": key}, (
+                f"CA certificate (--tls-ca of every server): {cert}\n"
+                f"CA key (mode 0600; keep it off the servers): {key}")
+        cert, key = issue(sub["dir"], sub["name"], sub["hosts"], days=int(sub["days"]))
+        return {"cert": cert, "key": key}, (
+            f"certificate of {sub['name']} (--tls-cert): {cert}\n"
+            f"its key (--tls-key, mode 0600): {key}")
+    except CertificateError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{e.filename or sub['dir']}: {e.strerror or e}") from None
+
+
 # ---------------------------------------------------------------------------
 # main
 
@@ -1247,6 +1316,14 @@ def run(reactor, config, out=None, err=None):
                 out.write(f"{done['devices']} devices, {done['users']} users and "
                           f"{done['grants']} grants written to {sub['file']} (mode 0600; "
                           "verifiers only, no secrets)\n")
+            return
+        if config.subCommand == "tls":
+            sub = config.subOptions.subOptions
+            done, text = tls_command(config.subOptions.subCommand, sub)
+            if sub["json"] or config["json"]:
+                out.write(json.dumps(done, indent=1, sort_keys=True) + "\n")
+            else:
+                out.write(text + "\n")
             return
         leaf = config.leaf()
         client = Client(reactor, config.base, config.token)

@@ -15,9 +15,10 @@ from twisted.logger import Logger
 from vss import private
 from vss.cms.service import CMSConfig, CMSService
 from vss.cms.store import make_static_store
-from vss.config import load_or_create_secret
+from vss.config import ConfigError, load_or_create_secret
 from vss.ops.health import probe
 from vss.tap.common import ListenService, StagedService, write_json_atomically
+from vss.tls import CertificateError, LinkTLS, plaintext_guard
 
 #: devices named in the status's ``online`` list at most
 ONLINE_LISTED = 20000
@@ -34,7 +35,7 @@ class CmsDaemon(StagedService):
         self.data_dir = options["data-dir"]
         private.private_dir(self.data_dir, self.log)
         private.check_secret_files(
-            [options["cluster-secret-file"]]
+            [options["cluster-secret-file"], options.get("tls-key")]
             + [key for name in ("node-listen", "admin-listen", "manhole")
                for key in private.endpoint_key_files(options.get(name))], self.log)
         self.cluster_secret = load_or_create_secret(options["cluster-secret-file"])
@@ -45,8 +46,19 @@ class CmsDaemon(StagedService):
             self.store, reactor)
         self.cms.setName("cms")
         self.cms.setServiceParent(self)
-        ListenService("node", options["node-listen"], self.cms.factory(), reactor) \
-            .setServiceParent(self)
+        nodes = self.cms.factory()
+        self.link_tls = None  # mutual TLS of the node links
+        if options.get("tls-cert"):
+            try:
+                self.link_tls = LinkTLS(options["tls-cert"], options["tls-key"],
+                                        options["tls-ca"]).load()
+            except CertificateError as e:
+                raise ConfigError(str(e)) from None
+            nodes = self.link_tls.listen_factory(nodes)
+        else:
+            nodes = plaintext_guard(nodes, "node", bool(options.get("allow-plaintext-links")),
+                                    self.log)
+        ListenService("node", options["node-listen"], nodes, reactor).setServiceParent(self)
         self.admin = self._admin_backend()
         self.admin_api = None
         self.metrics = None

@@ -748,7 +748,7 @@ class RecordSettings(JsonResource):
     def _device_channel(self):
         device = yield self.api.device(self.device_id)
         text = self.channel_text
-        if not text.isdigit() or int(text) >= device.channels:
+        if not (text.isascii() and text.isdigit()) or int(text) >= device.channels:
             raise not_found(f"device {self.device_id!r} has no channel {text!r} "
                             f"(channels 0..{device.channels - 1})")
         return device, int(text)
@@ -941,7 +941,7 @@ class Token(JsonResource):
         self.text = text
 
     def _id(self):
-        if not self.text.isdigit() or len(self.text) > 18:
+        if not (self.text.isascii() and self.text.isdigit()) or len(self.text) > 18:
             raise not_found(f"no admin token {self.text!r}")
         return int(self.text)
 
@@ -1628,9 +1628,11 @@ def openapi_document():
                        _json(_ref("StreamCredentialPage")),
                        params=[*PAGING, _param("user"), _param("device_id")], errors=(400,)),
             "post": _op("Make a stream credential for a user and a device (400 unless the "
-                        "user is enabled and may view it); the answer holds its secret, "
-                        "once", _json(_ref("StreamCredentialCreated"), "created"), 201,
-                        "StreamCredentialCreate", errors=(404,)),
+                        "user is enabled and may view it; 409 where the API has no cluster "
+                        "secret to seal it with, as on a database opened offline); the "
+                        "answer holds its secret, once",
+                        _json(_ref("StreamCredentialCreated"), "created"), 201,
+                        "StreamCredentialCreate", errors=(404, 409)),
         },
         "/stream-credentials/{id}": {
             "get": _op("Show a stream credential", _json(_ref("StreamCredential")),

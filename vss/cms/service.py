@@ -64,6 +64,7 @@ from vss.protocols.messages import (
 )
 from vss.rgm.auth import ScramExchange, node_verifier
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT
+from vss.tls import peer_identity_problem
 
 AGENT = "vss-cms/0.1"
 #: AuditKind -> the kind of its audit log entry
@@ -121,6 +122,16 @@ def record_settings_body(device_id, channel, stored):
         quota_mb=int(stored.get("quota_mb", 0)),
         pre_event_seconds=int(stored.get("pre_event_seconds", 5)),
         post_event_seconds=int(stored.get("post_event_seconds", 10)), schedule=slots)
+
+
+class _Closing(VssError):
+    """A refusal after which the link is closed, with a BYE (docs/protocol.md 8.1)."""
+
+
+def _refuse(link, frame, failure):
+    link.send_failure(frame, failure)
+    if isinstance(failure.value, _Closing):
+        link.close(failure.value.code, failure.value.message)
 
 
 def _respond(link, msg_type, txid, body):
@@ -270,13 +281,30 @@ class CMSService(service.Service):
         if t == MsgType.BYE:
             link.close()
             return
+        if t == MsgType.AUTH_START and not s.registered and not frame.flags & codec.FLAG_NOTIFY:
+            # over mutual TLS, the node's certificate must name the node that logs in
+            problem = peer_identity_problem(link.transport, msg.body.identity)
+            if problem is not None:
+                self.log.warn("refused node {node} from {peer}: {problem}",
+                              node=msg.body.identity, peer=link.peer, problem=problem)
+                link.send_error(t, frame.txid, ResultCode.AUTH_FAILED, problem)
+                link.close()
+                return
         handlers = self.REGISTERED if s.registered else self.HANDSHAKE
-        handler = handlers.get(t)
-        if handler is None:
+        fresh = s.state == "new" and not s.registered
+        handler = handlers.get(t) if not fresh or t == MsgType.HELLO else None
+        if handler is None:  # docs/protocol.md 8: answered, the link stays up
             if not frame.flags & codec.FLAG_NOTIFY:
-                code = (ResultCode.UNEXPECTED_MESSAGE if s.registered or s.state == "new"
-                        else ResultCode.NOT_AUTHENTICATED)
-                link.send_error(t, frame.txid, code)
+                if fresh:
+                    code, why = ResultCode.UNEXPECTED_MESSAGE, "HELLO first"
+                elif s.registered:
+                    code = ResultCode.UNEXPECTED_MESSAGE
+                    why = f"{codec.message_name(t)} is not a request to CMS"
+                else:
+                    code = ResultCode.NOT_AUTHENTICATED
+                    why = ("NODE_REGISTER first" if s.state == "authenticated"
+                           else "log in first")
+                link.send_error(t, frame.txid, code, why)
             return
         d = defer.maybeDeferred(handler, self, s, msg.body)
         if not d.called:
@@ -285,7 +313,7 @@ class CMSService(service.Service):
             d.addErrback(self._logged)
             return
         d.addCallbacks(lambda body: _respond(link, t, frame.txid, body),
-                       lambda f: link.send_failure(frame, f))
+                       lambda f: _refuse(link, frame, f))
 
     def _track(self, d):
         """Keep a handler in progress until it ends: stopping waits for it, so that a
@@ -304,10 +332,14 @@ class CMSService(service.Service):
     # -- handshake: HELLO, SCRAM with the cluster secret, NODE_REGISTER
 
     def on_hello(self, s, body):
-        if s.state != "new" or body.role != Role.NODE:
-            raise VssError(ResultCode.UNEXPECTED_MESSAGE, "CMS serves node links only")
+        if s.state != "new":
+            raise VssError(ResultCode.UNEXPECTED_MESSAGE, "HELLO already done")
+        if body.role != Role.NODE:
+            raise _Closing(ResultCode.UNEXPECTED_MESSAGE, "CMS serves node links only")
         if not body.min_version <= codec.VERSION <= body.max_version:
-            raise VssError(ResultCode.NO_COMMON_VERSION)
+            raise _Closing(ResultCode.NO_COMMON_VERSION,
+                           f"CMS speaks version {codec.VERSION}, the node "
+                           f"{body.min_version}-{body.max_version}")
         s.state = "hello"
         return HelloAck(version=codec.VERSION, node_id=self.config.cms_id, agent=AGENT,
                         features=[])
@@ -341,7 +373,9 @@ class CMSService(service.Service):
 
     @defer.inlineCallbacks
     def on_node_register(self, s, body):
-        if s.state != "authenticated" or body.node_id != s.node_id:
+        if s.state != "authenticated":
+            raise VssError(ResultCode.NOT_AUTHENTICATED, "log in first")
+        if body.node_id != s.node_id:
             raise VssError(ResultCode.UNEXPECTED_MESSAGE, "register as the node you logged in as")
         old = self.sessions.get(s.node_id)
         if old is not None and old is not s:

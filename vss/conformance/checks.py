@@ -21,6 +21,7 @@ from vss.conformance.probe import (
     ProbeTimeout,
     auth_start,
     authenticate,
+    code_name,
     connect_probe,
     describe,
     expect_error,
@@ -45,6 +46,7 @@ from vss.protocols.messages import (
     Empty,
     Hello,
     MsgType,
+    PtzControl,
     PtzStatus,
     PuKind,
     Register,
@@ -341,38 +343,91 @@ def hello_version(ctx):
         raise CheckFailed("HelloAck echoes a feature the node cannot know")
 
 
-@check("hello_no_common_version",
-       "HELLO with only versions 2-9 gets NO_COMMON_VERSION and the link closes")
 @defer.inlineCallbacks
-def hello_no_common_version(ctx):
+def _hello_closes(ctx, lo, hi, role, code, what):
+    """A HELLO the node must refuse with ``code``, then BYE ``code`` and the close (8.1,
+    6 rule 5)."""
     link = yield ctx.open("cu")
-    txid = link.request(MsgType.HELLO, Hello(min_version=2, max_version=9, role=Role.CU,
+    txid = link.request(MsgType.HELLO, Hello(min_version=lo, max_version=hi, role=role,
                                              agent=AGENT, features=[]))
-    frame = yield link.response(txid, ctx.timeout, "answer to HELLO 2-9")
-    expect_error(frame, ResultCode.NO_COMMON_VERSION, MsgType.HELLO, txid)
-    yield expect_closed(ctx, link, "NO_COMMON_VERSION")
+    frame = yield link.response(txid, ctx.timeout, f"answer to {what}")
+    expect_error(frame, code, MsgType.HELLO, txid, what)
+    yield expect_bye(ctx, link, code, what)
+
+
+@defer.inlineCallbacks
+def expect_bye(ctx, link, code, what):
+    """The node sends BYE ``code`` and closes the link (6, rule 5: a BYE before any
+    close that is not for a fatal error)."""
+    closed = yield link.wait_closed(ctx.timeout)
+    byes = [f for f in link.unread() if f.type == MsgType.BYE and f.flags & codec.FLAG_NOTIFY]
+    if not byes:
+        got = ", ".join(describe(f) for f in link.unread()) or "nothing"
+        state = "closed the link" if closed else "kept the link open"
+        raise CheckFailed(f"after {what} the node {state} without a BYE {code_name(code)} "
+                          f"(6, rule 5; got {got})")
+    bye = codec.decode_body(byes[0])
+    if not isinstance(bye, codec.Message) or bye.body.reason != code:
+        raise CheckFailed(f"after {what} the node sent {describe(byes[0])}, want BYE "
+                          f"{code_name(code)}")
+    if not closed:
+        raise CheckFailed(f"after {what} and its BYE the node kept the link open")
+
+
+@check("hello_no_common_version",
+       "HELLO with only versions 2-9 gets NO_COMMON_VERSION, then BYE NO_COMMON_VERSION and "
+       "the close")
+def hello_no_common_version(ctx):
+    return _hello_closes(ctx, 2, 9, Role.CU, ResultCode.NO_COMMON_VERSION, "HELLO 2-9")
+
+
+@check("hello_min_above_max",
+       "HELLO with min_version 3 above max_version 1 (an empty range) gets NO_COMMON_VERSION, "
+       "then BYE and the close")
+def hello_min_above_max(ctx):
+    return _hello_closes(ctx, 3, 1, Role.CU, ResultCode.NO_COMMON_VERSION, "HELLO 3-1")
+
+
+@check("hello_wrong_role",
+       "HELLO with role PU on the CU endpoint gets UNEXPECTED_MESSAGE, then BYE "
+       "UNEXPECTED_MESSAGE and the close")
+def hello_wrong_role(ctx):
+    return _hello_closes(ctx, 1, 1, Role.PU, ResultCode.UNEXPECTED_MESSAGE,
+                         "HELLO with role PU on the CU endpoint")
 
 
 @check("hello_first",
-       "any request before HELLO (DEVICE_LIST, KEEPALIVE) gets UNEXPECTED_MESSAGE and the link closes")
+       "before HELLO a KEEPALIVE is answered and any other request gets UNEXPECTED_MESSAGE "
+       "(with a message); the link stays up and HELLO then succeeds")
 @defer.inlineCallbacks
 def hello_first(ctx):
-    problems = []
+    link = yield ctx.open("cu")
+    txid = link.request(MsgType.KEEPALIVE, Empty())
+    frame = yield link.response(txid, ctx.timeout, "answer to KEEPALIVE before HELLO")
+    expect_response(frame, MsgType.KEEPALIVE, txid,
+                    "KEEPALIVE response before HELLO (8: accepted in every state)")
     for type, body in ((MsgType.DEVICE_LIST, DeviceList(cursor="", limit=0)),
-                       (MsgType.KEEPALIVE, Empty())):
+                       (MsgType.REGISTER, Register(kind=1, model="", firmware="", channels=0,
+                                                   attributes=[]))):
         name = codec.message_name(type)
-        link = yield ctx.open("cu")
         txid = link.request(type, body)
         frame = yield link.response(txid, ctx.timeout, f"answer to {name} before HELLO")
-        try:
-            expect_error(frame, ResultCode.UNEXPECTED_MESSAGE, type, txid, f"{name} before HELLO")
-        except CheckFailed as e:
-            problems.append(str(e))
-            continue
-        if not (yield link.wait_closed(ctx.timeout)):
-            problems.append(f"{name} before HELLO: UNEXPECTED_MESSAGE but the link stays open")
-    if problems:
-        raise CheckFailed("; ".join(problems))
+        msg = expect_error(frame, ResultCode.UNEXPECTED_MESSAGE, type, txid,
+                           f"{name} before HELLO")
+        expect_message(msg, f"UNEXPECTED_MESSAGE to {name} before HELLO")
+    if (yield link.wait_closed(0.3)):
+        raise CheckFailed("the node closed the link after refusing a request before HELLO "
+                          "(8: a refused request leaves the link up)")
+    try:
+        yield hello(link, Role.CU, ctx.timeout)
+    except CheckFailed as e:
+        raise CheckFailed(f"HELLO after refused requests: {e}") from None
+
+
+def expect_message(msg, what):
+    """An error response must say what is wrong (a non-empty message)."""
+    if not msg.body.message:
+        raise CheckFailed(f"{what} carries an empty message")
 
 
 # ---------------------------------------------------------------------------
@@ -457,7 +512,8 @@ def auth_proof_without_start(ctx):
 
 
 @check("not_authenticated",
-       "REGISTER, DEVICE_LIST and CONFIG_GET after HELLO but before login get NOT_AUTHENTICATED")
+       "REGISTER, DEVICE_LIST and CONFIG_GET after HELLO but before login get NOT_AUTHENTICATED "
+       "(with a message)")
 @defer.inlineCallbacks
 def not_authenticated(ctx):
     link = yield ctx.open("cu")
@@ -470,12 +526,14 @@ def not_authenticated(ctx):
     for type, body in requests:
         txid = link.request(type, body)
         frame = yield link.response(txid, ctx.timeout, f"answer to {codec.message_name(type)}")
-        expect_error(frame, ResultCode.NOT_AUTHENTICATED, type, txid,
-                     f"{codec.message_name(type)} before login")
+        msg = expect_error(frame, ResultCode.NOT_AUTHENTICATED, type, txid,
+                           f"{codec.message_name(type)} before login")
+        expect_message(msg, f"NOT_AUTHENTICATED to {codec.message_name(type)}")
 
 
 @check("register_first",
-       "a device request after AuthOk but before REGISTER gets UNEXPECTED_MESSAGE")
+       "a request after AuthOk but before REGISTER gets NOT_AUTHENTICATED (with a message); "
+       "REGISTER then succeeds")
 @defer.inlineCallbacks
 def register_first(ctx):
     link = yield ctx.open("cu")
@@ -484,8 +542,13 @@ def register_first(ctx):
                        (MsgType.CONFIG_GET, ConfigGet(device_id=ctx.device, channel=0, keys=[]))):
         txid = link.request(type, body)
         frame = yield link.response(txid, ctx.timeout, f"answer to {codec.message_name(type)}")
-        expect_error(frame, ResultCode.UNEXPECTED_MESSAGE, type, txid,
-                     f"{codec.message_name(type)} after AuthOk, before REGISTER")
+        msg = expect_error(frame, ResultCode.NOT_AUTHENTICATED, type, txid,
+                           f"{codec.message_name(type)} after AuthOk, before REGISTER (8)")
+        expect_message(msg, f"NOT_AUTHENTICATED to {codec.message_name(type)}")
+    txid = link.request(MsgType.REGISTER, Register(kind=CuKind.MOC, model="conformance",
+                                                   firmware=AGENT, channels=0, attributes=[]))
+    frame = yield link.response(txid, ctx.timeout, "Registered")
+    expect_response(frame, MsgType.REGISTER, txid, "Registered after the refused requests")
 
 
 @check("auth_throttled",
@@ -550,6 +613,33 @@ def register_keepalive(ctx):
     pu.abort()
 
 
+@check("second_login",
+       "the user logged in on two links keeps both sessions, each served; a second login of "
+       "the PU replaces the first (BYE SESSION_REPLACED, then the close)")
+@defer.inlineCallbacks
+def second_login(ctx):
+    yield ctx.pu()
+    first = yield ctx.cu()
+    second = yield ctx.cu()
+    for link, what in ((first, "the user's first session"), (second, "its second session")):
+        if link.closed:
+            raise CheckFailed(f"{what} was closed by the user's other login (8.3: a user may "
+                              "hold several sessions)")
+        yield ctx.relayed_round_trip(link, what)
+    old = yield ctx.open("pu")
+    yield login(old, Role.PU, ctx.device, ctx.pu_secret, kind=PuKind.IPC, channels=1,
+                timeout=ctx.timeout)
+    new = yield ctx.open("pu")
+    yield login(new, Role.PU, ctx.device, ctx.pu_secret, kind=PuKind.IPC, channels=1,
+                timeout=ctx.timeout)
+    yield expect_bye(ctx, old, ResultCode.SESSION_REPLACED, "a second login of the PU")
+    if new.closed:
+        raise CheckFailed("the PU's second login was closed, not its first")
+    new.abort()
+    yield ctx.pu()
+    yield ctx.relayed_round_trip(first, "after the PU logged in again")
+
+
 @check("keepalive_timeout",
        "a silent CU is sent BYE KEEPALIVE_TIMEOUT and dropped after about three intervals",
        slow=True)
@@ -595,6 +685,34 @@ def device_granted(ctx):
     if found.actions & ALL_ACTIONS != ALL_ACTIONS:
         raise CheckFailed(f"{ctx.user} holds actions 0x{found.actions:02x} on {ctx.device}, "
                           f"the suite needs 0x{int(ALL_ACTIONS):02x}")
+
+
+@check("unknown_device_forbidden",
+       "a device id the user holds no grant for, which does not exist, gets FORBIDDEN (never "
+       "UNKNOWN_DEVICE), with a message that says no more than for any other id")
+@defer.inlineCallbacks
+def unknown_device_forbidden(ctx):
+    link = yield ctx.cu()
+    texts = {}
+    for _ in range(2):
+        device_id = f"conformance-none-{random.getrandbits(32):08x}"
+        for type, body in ((MsgType.CONFIG_GET, ConfigGet(device_id=device_id, channel=0,
+                                                           keys=[])),
+                           (MsgType.PTZ_CONTROL, PtzControl(device_id=device_id, channel=0,
+                                                            op=4, pan=0.0, tilt=0.0, zoom=0.0,
+                                                            speed=0.0, timeout_ms=0))):
+            name = codec.message_name(type)
+            txid = link.request(type, body)
+            frame = yield link.response(txid, ctx.timeout, f"answer to {name} for {device_id}")
+            msg = expect_error(frame, ResultCode.FORBIDDEN, type, txid,
+                               f"{name} for a device that does not exist and is not granted "
+                               "(9.3: no existence oracle)")
+            expect_message(msg, f"FORBIDDEN to {name}")
+            texts.setdefault(type, []).append(msg.body.message.replace(device_id, "<id>"))
+    for type, seen in texts.items():
+        if len(set(seen)) != 1:
+            raise CheckFailed(f"{codec.message_name(type)}: the FORBIDDEN messages for two "
+                              f"missing ids differ beyond the id: {seen!r}")
 
 
 @check("stream_credentials",
@@ -720,6 +838,30 @@ def stray_response(ctx):
         raise CheckFailed(f"stray responses were answered: {', '.join(extra)}")
 
 
+@check("txid_zero",
+       "a request with txid 0 (reserved for notifications) gets UNEXPECTED_MESSAGE with txid "
+       "0, is not served, and the link stays up")
+@defer.inlineCallbacks
+def txid_zero(ctx):
+    yield ctx.pu()
+    ctx.hold()
+    link = yield ctx.cu()
+    for type, body in ((MsgType.KEEPALIVE, Empty()),
+                       (MsgType.CONFIG_GET, ConfigGet(device_id=ctx.device, channel=0,
+                                                      keys=["txid.zero"]))):
+        name = codec.message_name(type)
+        link.request(type, body, txid=0)
+        frame = yield link.response(0, ctx.timeout, f"answer to {name} with txid 0")
+        msg = expect_error(frame, ResultCode.UNEXPECTED_MESSAGE, type, 0,
+                           f"{name} with txid 0 (8.6)")
+        expect_message(msg, f"UNEXPECTED_MESSAGE to {name} with txid 0")
+    reached = yield ctx.wait_held(1, 0.3)
+    ctx.release()
+    if reached:
+        raise CheckFailed("a CONFIG_GET with txid 0 was relayed to the PU (8.6: not served)")
+    yield ctx.relayed_round_trip(link, "after requests with txid 0")
+
+
 @check("too_many_in_flight",
        "the 257th request in flight on one CU link gets TOO_MANY_IN_FLIGHT; the others are "
        "answered")
@@ -840,6 +982,58 @@ malformed_utf8 = _malformed(
                        MsgType.DEVICE_LIST),
     ResultCode.BAD_UTF8,
 )
+
+
+@check("bad_magic_two_bytes",
+       "two bytes that are not 'VS' (and nothing more) get BAD_MAGIC (type ERROR, txid 0) at "
+       "once, without waiting for a whole header, and the close")
+@defer.inlineCallbacks
+def bad_magic_two_bytes(ctx):
+    yield ctx.pu()
+    link = yield ctx.cu()
+    link.stop_keepalive()
+    link.send(b"GE")
+    frame = yield link.next_frame(ctx.timeout, "BAD_MAGIC after two bytes (6)")
+    expect_error(frame, ResultCode.BAD_MAGIC, MsgType.ERROR, 0, "two bytes 'GE'")
+    yield expect_closed(ctx, link, "BAD_MAGIC")
+    yield ctx.node_still_serves("a bad magic")
+
+
+@check("pu_bad_answer",
+       "a PU answer that does not decode: the CU gets INTERNAL_ERROR, the PU link is told the "
+       "body error (type and txid of its answer) and closed; CONFIG_GET and PTZ_CONTROL")
+@defer.inlineCallbacks
+def pu_bad_answer(ctx):
+    yield ctx.pu()
+    cu = yield ctx.cu()
+    status = codec.encode_body(PtzStatus(pan=0.0, tilt=0.0, zoom=0.0, moving=False))
+    cases = (
+        (MsgType.CONFIG_GET, ConfigGet(device_id=ctx.device, channel=0, keys=["bad"]),
+         b"\x00\x05ab", ResultCode.TRUNCATED_BODY),
+        (MsgType.PTZ_CONTROL, PtzControl(device_id=ctx.device, channel=0, op=4, pan=0.0,
+                                         tilt=0.0, zoom=0.0, speed=0.0, timeout_ms=0),
+         status + b"\xff", ResultCode.TRAILING_BYTES),
+    )
+    for type, body, answer, code in cases:
+        name = codec.message_name(type)
+        pu = yield ctx.open("pu")
+        result = yield login(pu, Role.PU, ctx.device, ctx.pu_secret, kind=PuKind.IPC,
+                             channels=1, timeout=ctx.timeout)
+        pu.start_keepalive(result.registered.keepalive_interval)
+        txid = cu.request(type, body)
+        asked = yield pu.expect(
+            lambda f, type=type: f.type == type and not f.flags, ctx.timeout,
+            f"the relayed {name} at the PU")
+        pu.send(_frame(type, answer, asked.txid, flags=codec.FLAG_RESPONSE))
+        frame = yield cu.response(txid, ctx.timeout, f"the CU's answer to {name}")
+        expect_error(frame, ResultCode.INTERNAL_ERROR, type, txid,
+                     f"{name} answered by the PU with a body that does not decode (8.7)")
+        told = yield pu.expect(lambda f: bool(f.flags & codec.FLAG_ERROR), ctx.timeout,
+                               f"the error for the PU's bad {name} answer (6, rule 1)")
+        expect_error(told, code, type, asked.txid, f"the PU's bad {name} answer")
+        yield expect_closed(ctx, pu, f"the PU's bad {name} answer (6, rule 1: fatal)")
+    yield ctx.pu()
+    yield ctx.relayed_round_trip(cu, "after the PU's bad answers")
 
 
 @check("unknown_message",

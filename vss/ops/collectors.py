@@ -74,6 +74,9 @@ def streaming_server_families(rtsp):
                   "take them (then until its next keyframe).", drops)
     yield counter("vss_media_keyframe_wait_frames", "Frames a new player skipped before "
                   "its first keyframe.", waits)
+    yield counter("vss_media_lag_skips", "Times a live player fell more than "
+                  "--live-max-lag behind: what was queued for it was dropped and it resumed "
+                  "at a keyframe.", rtsp.lag_skips)
 
 
 class NodeCollector:

@@ -296,7 +296,9 @@ def _body_error(frame, code, message):
 class FrameDecoder:
     """Splits a byte stream into frames. Bounded: holds at most one header plus one
     body of at most ``max_body`` bytes. After a framing error the stream cannot be
-    resynchronised; every later ``feed`` returns the same error."""
+    resynchronised; every later ``feed`` returns the same error. A bad magic is
+    reported as soon as a frame's first two bytes are in; the other framing errors
+    once its 16-byte header is."""
 
     def __init__(self, max_body=MAX_BODY, versions=SUPPORTED_VERSIONS):
         self.max_body = max_body
@@ -321,6 +323,8 @@ class FrameDecoder:
         if buf:
             buf += data
             if len(buf) < self._need:
+                if self._need == HEADER_SIZE and len(buf) >= 2 and buf[:2] != MAGIC:
+                    return [self._framing_error(0, None, None, None, None)]
                 return []
             data = bytes(buf)
             buf.clear()
@@ -347,6 +351,12 @@ class FrameDecoder:
             append(Frame(version, flags, mtype, status, txid, data[start:stop]))
             pos = stop
         if pos < end:
+            if end - pos >= 2 and need == HEADER_SIZE and (
+                    data[pos] != 0x56 or data[pos + 1] != 0x53):
+                # BAD_MAGIC is known from a frame's first two bytes: no waiting for the
+                # rest of a header that is not there (docs/protocol.md 6).
+                append(self._framing_error(0, None, None, None, None))
+                return out
             buf += memoryview(data)[pos:]
         self._need = need
         return out

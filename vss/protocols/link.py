@@ -37,6 +37,7 @@ from vss.protocols.codes import ResultCode
 from vss.protocols.messages import MsgType
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
+_ANSWER = codec.FLAG_RESPONSE | codec.FLAG_ERROR
 DEFAULT_MAX_IN_FLIGHT = 256
 
 
@@ -145,7 +146,8 @@ class SignallingLink(protocol.Protocol):
                 return
 
     def _frameReceived(self, frame):
-        if frame.flags & codec.FLAG_RESPONSE:
+        flags = frame.flags
+        if flags & _ANSWER:  # RESPONSE, or ERROR (an error response either way: 2.1)
             pending = self._pending
             entry = pending.pop(frame.txid, None)
             if entry is None:
@@ -155,12 +157,14 @@ class SignallingLink(protocol.Protocol):
                 self._cancel_timer()
             entry[0](entry[1], frame)
             return
+        if not frame.txid and not flags & codec.FLAG_NOTIFY and self.refuse_txid_zero(frame):
+            return
         fast = self._fast
         if fast is not None and fast(self, frame):
             return
         msg = codec.decode_body(frame)
         if isinstance(msg, codec.ProtocolError):
-            if not msg.fatal and frame.flags & codec.FLAG_NOTIFY:
+            if not msg.fatal and flags & codec.FLAG_NOTIFY:
                 # A notification of a type this peer does not know is dropped, never
                 # answered (docs/protocol.md 6, rule 2).
                 self.log.debug("dropped notification of unknown type {type}", type=frame.type)
@@ -168,6 +172,33 @@ class SignallingLink(protocol.Protocol):
             self._badInput(msg)
             return
         self.handler.received(self, frame, msg)
+
+    def refuse_txid_zero(self, frame):
+        """txid 0 is reserved for notifications: a request with txid 0 is answered
+        UNEXPECTED_MESSAGE and not served (docs/protocol.md 8.6). True when refused."""
+        self.send_error(frame.type, 0, ResultCode.UNEXPECTED_MESSAGE,
+                        "txid 0 is reserved for notifications")
+        return True
+
+    def bad_response(self, err, frame):
+        """The peer answered one of this link's requests with ``frame``, whose body does
+        not decode (``err``, the ``ProtocolError`` of ``codec.decode_body``). A body
+        error is fatal (docs/protocol.md 6, rule 1): the peer is told with an error
+        response repeating the frame's type and txid (unless the frame was itself an
+        error response: rule 3) and the link is closed."""
+        if self.closed:
+            return
+        self.log.warn(
+            "bad answer from {peer}: {code} {message}",
+            peer=self.peer,
+            code=err.code.name,
+            message=err.message,
+        )
+        if not frame.flags & codec.FLAG_ERROR:
+            self.send_error(frame.type, frame.txid, err.code, err.message)
+        self.closed = True
+        self._flush_replies()
+        self.transport.loseConnection()
 
     def _badInput(self, err):
         self.log.warn(
@@ -247,8 +278,18 @@ class SignallingLink(protocol.Protocol):
         """Send a request; a Deferred firing with the decoded response ``Message``, or
         failing with ``VssError`` (the peer's error code, TIMEOUT, SESSION_CLOSED)."""
         return self.request_raw(type, codec.encode_body(body), timeout).addCallback(
-            _decode_response
+            self.decode_response
         )
+
+    def decode_response(self, frame):
+        """The decoded ``Message`` of a response to one of this link's requests, or raise
+        ``VssError`` (the peer's error code; the body error of an answer that does not
+        decode, which also ends the link: ``bad_response``)."""
+        try:
+            return _decode_response(frame)
+        except _BadAnswer as e:
+            self.bad_response(e.error, frame)
+            raise VssError(frame.status or e.error.code, e.error.message) from None
 
     def request_raw(self, type, body, timeout=None):
         """Send a request whose body is already encoded; fires with the response
@@ -342,14 +383,22 @@ def _fire(d, result):
         d.errback(result)
 
 
+class _BadAnswer(VssError):
+    """A response whose body does not decode (``error``: its ``ProtocolError``)."""
+
+    def __init__(self, code, message, error):
+        super().__init__(code, message)
+        self.error = error
+
+
 def _decode_response(frame):
-    if frame.status:
-        msg = codec.decode_body(frame)
-        text = msg.body.message if isinstance(msg, codec.Message) else None
-        raise VssError(frame.status, text or None)
+    """The decoded ``Message`` of a response frame, or raise ``VssError``: the error
+    code of an error response, or the body error of a body that does not decode."""
     msg = codec.decode_body(frame)
-    if isinstance(msg, codec.ProtocolError):
-        raise VssError(msg.code, msg.message)
+    if type(msg) is codec.ProtocolError:
+        raise _BadAnswer(frame.status or msg.code, msg.message, msg)
+    if frame.status:
+        raise VssError(frame.status, msg.body.message or None)
     return msg
 
 

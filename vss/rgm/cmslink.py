@@ -78,8 +78,13 @@ class CmsLink(service.Service):
     log = Logger()
 
     def __init__(self, node_id, endpoint, cluster_secret, store, reactor, data_dir=None,
-                 clock=None, advertise=None, local_copy=False):
+                 clock=None, advertise=None, local_copy=False, link_tls=None,
+                 allow_plaintext=False):
         self.node_id = node_id
+        # links to other nodes: mutual TLS with this (a vss.tls.LinkTLS), or plaintext
+        # to loopback only unless allowed
+        self.link_tls = link_tls
+        self.allow_plaintext = allow_plaintext
         self.endpoint = endpoint
         self.cluster_secret = cluster_secret
         self.store = store

@@ -36,6 +36,7 @@ from vss.protocols.messages import (
 )
 from vss.rgm import relay
 from vss.rgm.auth import ScramExchange, node_verifier
+from vss.tls import client_host_port, peer_identity_problem, plaintext_problem, split_endpoint
 
 AGENT = "vss-node/0.1"
 #: One link to a peer carries the routed requests of every CU of this node (each CU link
@@ -158,12 +159,33 @@ class PeerServer:
         try:
             if t == MsgType.KEEPALIVE:
                 body = Empty()
-            elif t == MsgType.HELLO and s["state"] == "new" and msg.body.role == Role.NODE:
+            elif s["state"] == "new" and t != MsgType.HELLO:
+                raise VssError(ResultCode.UNEXPECTED_MESSAGE, "HELLO first")
+            elif t == MsgType.HELLO and s["state"] == "new":
+                h = msg.body
+                why = None
+                if h.role != Role.NODE:
+                    why = ResultCode.UNEXPECTED_MESSAGE, "this endpoint serves role NODE"
+                elif not h.min_version <= codec.VERSION <= h.max_version:
+                    why = (ResultCode.NO_COMMON_VERSION, f"this node speaks version "
+                           f"{codec.VERSION}, the client {h.min_version}-{h.max_version}")
+                if why is not None:  # answered, then BYE and close (docs/protocol.md 8.1)
+                    link.send_error(t, frame.txid, *why)
+                    link.close(*why)
+                    return
                 s["state"] = "hello"
                 body = HelloAck(version=codec.VERSION, node_id=self.rgm.node_id, agent=AGENT,
                                 features=[])
             elif t == MsgType.AUTH_START and s["state"] in ("hello", "challenged"):
                 identity = msg.body.identity
+                # over mutual TLS, the peer's certificate must name the node logging in
+                problem = peer_identity_problem(link.transport, identity)
+                if problem is not None:
+                    self.log.warn("refused node {node} from {peer}: {problem}",
+                                  node=identity, peer=link.peer, problem=problem)
+                    link.send_error(t, frame.txid, ResultCode.AUTH_FAILED, problem)
+                    link.close()
+                    return
                 verifier = self._verifiers.get(identity)
                 if verifier is None:
                     verifier = self._verifiers[identity] = node_verifier(self.cluster_secret,
@@ -187,10 +209,16 @@ class PeerServer:
                     lambda b: link.send_response(t, frame.txid, b),
                     lambda f: link.send_failure(frame, f))
                 return
+            elif t in (MsgType.HELLO, MsgType.AUTH_START, MsgType.AUTH_PROOF):
+                raise VssError(ResultCode.UNEXPECTED_MESSAGE,
+                               "HELLO already done" if t == MsgType.HELLO
+                               else "already logged in" if s["state"] == "ready"
+                               else "AUTH_START first")
+            elif s["state"] != "ready":
+                raise VssError(ResultCode.NOT_AUTHENTICATED, "log in first")
             else:
-                code = (ResultCode.NOT_AUTHENTICATED if s["state"] != "ready"
-                        else ResultCode.UNEXPECTED_MESSAGE)
-                raise VssError(code)
+                raise VssError(ResultCode.UNEXPECTED_MESSAGE,
+                               f"{codec.message_name(t)} is not a node-to-node request")
         except VssError as e:
             link.send_failure(frame, e)
             return
@@ -234,15 +262,20 @@ class PeerLinks:
             d = defer.Deferred()
             waiting.append(d)
             return d
-        waiting = self._connecting[node_id] = []
         cms = self.cms
-        ep = endpoints.clientFromString(cms.reactor, endpoint)
+        try:
+            ep = self.endpoint(node_id, endpoint)
+        except VssError as e:
+            self.log.warn("no link to node {node}: {error}", node=node_id, error=e.message)
+            return defer.fail(e)
+        waiting = self._connecting[node_id] = []
         factory = LinkFactory(_PeerClient(self, node_id), cms.clock, request_timeout=15.0,
                               max_in_flight=PEER_MAX_IN_FLIGHT)
 
         def connected(link):
-            return node_login(link, cms.node_id, cms.cluster_secret).addCallback(
-                lambda _: self._keep(node_id, link))
+            d = node_login(link, cms.node_id, cms.cluster_secret)
+            d.addCallback(lambda _: self._check_identity(node_id, link))
+            return d.addCallback(lambda _: self._keep(node_id, link))
 
         def done(result):
             del self._connecting[node_id]
@@ -254,6 +287,39 @@ class PeerLinks:
             return result
 
         return ep.connect(factory).addCallback(connected).addBoth(done)
+
+    def endpoint(self, node_id, advertised):
+        """The client endpoint to the node that advertised ``advertised``
+        (``tls:HOST:PORT``: mutual TLS; ``tcp:HOST:PORT``: plaintext, loopback only
+        unless plaintext links are allowed). VssError FORBIDDEN when refused."""
+        cms = self.cms
+        kind, _args, _kw = split_endpoint(advertised)
+        try:
+            host, port = client_host_port("tcp:" + advertised.partition(":")[2])
+        except ValueError:
+            raise VssError(ResultCode.UNKNOWN_NODE,
+                           f"node {node_id} advertised {advertised!r}") from None
+        if kind == "tls":
+            if cms.link_tls is None:
+                raise VssError(ResultCode.FORBIDDEN, f"node {node_id} takes TLS links only "
+                               "and this node has no certificate (--tls-cert)")
+            return cms.link_tls.client_endpoint(cms.reactor, host, port, timeout=15)
+        if kind != "tcp":
+            raise VssError(ResultCode.UNKNOWN_NODE,
+                           f"node {node_id} advertised {advertised!r}")
+        problem = plaintext_problem(f"link to node {node_id}", host, cms.allow_plaintext)
+        if problem is not None:
+            raise VssError(ResultCode.FORBIDDEN, problem)
+        return endpoints.clientFromString(cms.reactor, advertised)
+
+    def _check_identity(self, node_id, link):
+        """Over TLS: the certificate must name the node we meant to reach."""
+        problem = peer_identity_problem(link.transport, node_id)
+        if problem is not None:
+            self.log.warn("refused the link to node {node}: {problem}", node=node_id,
+                          problem=problem)
+            link.abort()
+            raise VssError(ResultCode.AUTH_FAILED, problem)
 
     def _keep(self, node_id, link):
         self.links[node_id] = link

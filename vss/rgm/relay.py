@@ -38,7 +38,6 @@ from vss.errors import VssError
 from vss.ops.histogram import LATENCY_BOUNDS, Histogram
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
-from vss.protocols.link import _decode_response as decode_response
 from vss.protocols.messages import (
     Action,
     Error,
@@ -136,9 +135,10 @@ def fast_request(rgm, link, frame):
 def fast_keepalive(rgm, link, frame):
     """A KEEPALIVE request with an empty body, answered as ``RGMService.received`` does
     (an empty response; a registered PU's ``last_seen`` updated) without building a typed
-    body or response: the one message an idle link sends."""
+    body or response: the one message an idle link sends. KEEPALIVE is accepted in every
+    state of a link, before HELLO too (docs/protocol.md 8)."""
     s = link.session
-    if frame.flags or frame.body != _EMPTY_BODY or s is None or s.state == "new":
+    if frame.flags or frame.body != _EMPTY_BODY or s is None:
         return False
     link.send_raw(_pack_header(codec.MAGIC, link.version, codec.FLAG_RESPONSE, _KEEPALIVE, 0,
                                frame.txid, 2) + _EMPTY_BODY)
@@ -331,7 +331,7 @@ def _routed(context, result):
                 cells[-1] += dt
             return
         try:  # any doubt: read it as PeerLinks.route does
-            routed = decode_response(result).body
+            routed = peer.decode_response(result).body
             if routed.inner_status == ResultCode.UNKNOWN_DEVICE:
                 raise VssError(ResultCode.UNKNOWN_DEVICE, "not homed there any more")
         except VssError as e:
@@ -372,20 +372,21 @@ def fast_routed(rgm, link, frame):
         return False
     rgm.counters["relayed"] += 1
     pu.request_cb(_PTZ, routed[4], rgm.config.request_timeout, _served,
-                  (rgm, link, frame.txid, device_id))
+                  (rgm, link, frame.txid, device_id, pu))
     return True
 
 
 def _served(context, result):
     """The PU's answer (or failure) to a fast routed request, as ``serve_route``'s
     RouteResponse, back to the node that sent it."""
-    rgm, link, txid, device_id = context
+    rgm, link, txid, device_id, pu = context
     if type(result) is codec.Frame:
         status = result.status
         body = result.body
         if status or not ptz_status_ok(body):
             msg = codec.decode_body(result)
             if type(msg) is codec.ProtocolError:
+                pu.bad_response(msg, result)
                 status = _INTERNAL_ERROR
                 body = _error_body(f"the device answered badly: {msg.message}")
     else:
@@ -418,6 +419,7 @@ def _relayed(context, result):
         if status or not ptz_status_ok(body):
             msg = codec.decode_body(result)
             if type(msg) is codec.ProtocolError:
+                pu.bad_response(msg, result)
                 return link.send_failure(frame, VssError(
                     ResultCode.INTERNAL_ERROR, f"the device answered badly: {msg.message}"))
         link.send_raw_response(_PTZ, frame.txid, status, body)
@@ -548,7 +550,8 @@ def serve_locally(rgm, device_id, type, body):
         return defer.fail(VssError(ResultCode.DEVICE_OFFLINE, f"{device_id} is offline"))
     rgm.counters["relayed"] += 1
     d = pu.request_raw(type, body, rgm.config.request_timeout)
-    return d.addCallbacks(_checked_response, _pu_gone, errbackArgs=(device_id,))
+    return d.addCallbacks(_checked_response, _pu_gone, callbackArgs=(pu,),
+                          errbackArgs=(device_id,))
 
 
 def _pu_gone(failure, device_id):
@@ -559,11 +562,13 @@ def _pu_gone(failure, device_id):
     return failure
 
 
-def _checked_response(frame):
+def _checked_response(frame, pu):
     """A PU's answer is validated before it is passed on, so a broken PU can never make
-    a CU's decoder drop its link."""
+    a CU's decoder drop its link; a PU whose answer does not decode is told so and its
+    link closed (a body error is fatal: docs/protocol.md 6)."""
     msg = codec.decode_body(frame)
     if isinstance(msg, codec.ProtocolError):
+        pu.bad_response(msg, frame)
         raise VssError(ResultCode.INTERNAL_ERROR, f"the device answered badly: {msg.message}")
     return frame.status, frame.body
 

@@ -66,6 +66,14 @@ class RGMConfig:
     metrics: bool = False
 
 
+def _versions():
+    """The versions this node speaks, as a HELLO refusal names them."""
+    versions = sorted(codec.SUPPORTED_VERSIONS)
+    if len(versions) == 1:
+        return f"version {versions[0]}"
+    return f"versions {versions[0]}-{versions[-1]}"
+
+
 class State:
     NEW = "new"
     HELLO = "hello"
@@ -261,11 +269,9 @@ class RGMService(service.Service):
         s = link.session
         t = frame.type
         notify = frame.flags & codec.FLAG_NOTIFY
-        if s.state == State.NEW and t not in (MsgType.HELLO, MsgType.BYE):
-            # Nothing but HELLO opens a link (docs/protocol.md 8.1).
-            self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "HELLO first")
-            link.close()
-            return
+        # KEEPALIVE and BYE are accepted in every state; a refused request is answered
+        # and the link stays up (docs/protocol.md 8: the handshake timeout bounds a link
+        # that never logs in).
         if t == MsgType.KEEPALIVE:
             if not notify:
                 link.send_response(t, frame.txid, Empty())
@@ -274,6 +280,10 @@ class RGMService(service.Service):
             return
         if t == MsgType.BYE:
             link.close()
+            return
+        if s.state == State.NEW and t != MsgType.HELLO:
+            # Nothing but HELLO opens a link (docs/protocol.md 8.1).
+            self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "HELLO first")
             return
         if s.state == State.REGISTERED:
             if s.role == Role.CU:
@@ -288,10 +298,9 @@ class RGMService(service.Service):
             MsgType.REGISTER: self.on_register,
         }.get(t)
         if handler is None:
-            # Logged in but not registered yet: REGISTER is what is expected (8).
-            code = (ResultCode.UNEXPECTED_MESSAGE if s.state == State.AUTHENTICATED
-                    else ResultCode.NOT_AUTHENTICATED)
-            self.refuse(link, frame, code)
+            # Before READY the session is not open yet (docs/protocol.md 8).
+            self.refuse(link, frame, ResultCode.NOT_AUTHENTICATED,
+                        "REGISTER first" if s.state == State.AUTHENTICATED else "log in first")
             return
         handler(link, frame, msg)
 
@@ -306,19 +315,18 @@ class RGMService(service.Service):
         if s.state != State.NEW:
             return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "HELLO already done")
         h = msg.body
+        # A range with min_version above max_version is empty: no version in common.
         common = [v for v in codec.SUPPORTED_VERSIONS if h.min_version <= v <= h.max_version]
         if not common:
-            link.send_error(frame.type, frame.txid, ResultCode.NO_COMMON_VERSION)
-            link.close()
+            why = (f"this node speaks {_versions()}, the client "
+                   f"{h.min_version}-{h.max_version}")
+            link.send_error(frame.type, frame.txid, ResultCode.NO_COMMON_VERSION, why)
+            link.close(ResultCode.NO_COMMON_VERSION, why)
             return
         if h.role != link.session.listener_role:
-            link.send_error(
-                frame.type,
-                frame.txid,
-                ResultCode.UNEXPECTED_MESSAGE,
-                f"this endpoint serves role {Role(s.listener_role).name}",
-            )
-            link.close()
+            why = f"this endpoint serves role {Role(s.listener_role).name}"
+            link.send_error(frame.type, frame.txid, ResultCode.UNEXPECTED_MESSAGE, why)
+            link.close(ResultCode.UNEXPECTED_MESSAGE, why)
             return
         s.role = Role(h.role)
         s.state = State.HELLO
@@ -334,7 +342,7 @@ class RGMService(service.Service):
     def on_auth_start(self, link, frame, msg):
         s = link.session
         if s.state not in (State.HELLO, State.CHALLENGED):
-            return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE)
+            return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "already logged in")
         body = msg.body
         if not self.central.synchronised():
             # No copy of the static data yet (a first start, a reload in progress): a
@@ -422,7 +430,9 @@ class RGMService(service.Service):
     def on_auth_proof(self, link, frame, msg):
         s = link.session
         if s.state != State.CHALLENGED:
-            return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE, "AUTH_START first")
+            return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE,
+                               "already logged in" if s.state == State.AUTHENTICATED
+                               else "AUTH_START first")
         exchange, s.exchange = s.exchange, None
         signature = exchange.verify(msg.body.client_proof)
         if signature is None:
@@ -456,14 +466,14 @@ class RGMService(service.Service):
     def on_register(self, link, frame, msg):
         s = link.session
         if s.state != State.AUTHENTICATED:
-            code = ResultCode.NOT_AUTHENTICATED if s.state != State.REGISTERED else ResultCode.UNEXPECTED_MESSAGE
-            return self.refuse(link, frame, code)
+            return self.refuse(link, frame, ResultCode.NOT_AUTHENTICATED, "log in first")
         body = msg.body
         now = self.now_ms()
         if s.role == Role.PU:
             device = self.store.get_device(s.identity)
             if device is None:
-                return self.refuse(link, frame, ResultCode.UNKNOWN_DEVICE)
+                return self.refuse(link, frame, ResultCode.UNKNOWN_DEVICE,
+                                   f"no device {s.identity}")
             if device.home_node and device.home_node != self.node_id:
                 return self.refuse(
                     link, frame, ResultCode.FORBIDDEN, f"home node is {device.home_node}"
@@ -512,7 +522,8 @@ class RGMService(service.Service):
         if frame.type == MsgType.STATE_CHANGE:
             self.on_state_change(link.session.identity, msg.body)
         else:
-            self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE)
+            self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE,
+                        f"{codec.message_name(frame.type)} is not a PU request")
 
     def on_state_change(self, device_id, change):
         """S601/S602: a PU changed its data; apply it to the memory database, pass it

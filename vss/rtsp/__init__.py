@@ -7,11 +7,27 @@ The streaming server (SS) of a node, and an RTSP client.
 - ``auth``     Basic and Digest (RFC 2617, MD5), client and server side; no Twisted.
 - ``fanout``   the hot path: ``Source`` (one live stream), ``TCPReader`` (one shared
                interleaved buffer per picture, one ``send`` per viewer, bounded queue,
-               drop to the next keyframe), ``UDPReader``.
+               drop to the next keyframe), ``LagWatch`` (live viewers stay within a
+               time bound of live), ``UDPReader``.
 - ``server``   ``RTSPServerFactory``: play and publish on ``/live/<device>/<stream>``,
                every request checked by an ``IStreamAuthorizer`` (``vss.cdn.tokens``),
                session timeouts on the injected clock, hooks for the CDN module;
                ``RTSPServerService`` runs it on an endpoint string (+ UDP pair).
 - ``client``   ``pull(url, sink_factory)``: pull a camera or another node's SS over TCP
-               interleaved into a sink, e.g. a server source (``pull_into``).
+               interleaved (or TLS: ``rtsps://``) into a sink, e.g. a server source
+               (``pull_into``).
 """
+
+
+def ffmpeg_options(url, own_server=False, ca_file=None):
+    """FFmpeg (PyAV) options to play or publish ``url`` over RTSP/TCP. For ``rtsps://``:
+    the server's certificate is checked against ``ca_file`` (else the system's trust
+    roots), except with ``own_server``: a node's child reaching the node's own SS on
+    this machine, whose certificate need not name the loopback address."""
+    options = {"rtsp_transport": "tcp"}
+    if url.lower().startswith("rtsps://"):
+        if own_server:
+            options["tls_verify"] = "0"
+        elif ca_file:
+            options["ca_file"] = ca_file
+    return options

@@ -148,7 +148,9 @@ class DigestServer:
         if uri is not None and p.get("uri") != uri:
             return None
         stamp, _, _ = nonce.partition(":")
-        if not stamp.isdigit() or not hmac.compare_digest(self._nonce(int(stamp)), nonce):
+        # Client text is compared as bytes: compare_digest refuses non-ASCII str.
+        if not (stamp.isascii() and stamp.isdigit()) or not hmac.compare_digest(
+                self._nonce(int(stamp)).encode(), nonce.encode("utf-8")):
             return None
         if self.clock.seconds() - int(stamp) > self.nonce_ttl:
             return None
@@ -165,6 +167,6 @@ class DigestServer:
                             f"{p['qop']}:{ha2}")
         else:
             expect = md5hex(f"{ha1}:{nonce}:{ha2}")
-        if hmac.compare_digest(expect, p["response"]):
+        if hmac.compare_digest(expect.encode(), p["response"].encode("utf-8")):
             return name
         return None

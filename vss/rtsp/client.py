@@ -8,7 +8,10 @@ and PLAY, and returns a Deferred firing with the ``RTSPClientProtocol`` once pla
 and ``end_of_input()`` (a ``fanout.Source`` is one). ``protocol.finished`` fires when the
 connection ends; reconnecting is the caller's business (e.g. ``ClientService``).
 ``pull_into(server, path, url, ...)`` attaches the stream as a server source and closes
-that source when the connection ends.
+that source when the connection ends. An ``rtsps://`` URL is pulled over TLS (port 322
+unless given): the server's certificate must name the URL's host and verify against
+``tls`` (a client TLS option object, e.g. the cluster CA's) or, without it, the
+system's trust roots.
 
 With ``play=False`` the handshake stops after SETUP (``ready`` fires then, keepalives
 run): the caller starts the stream with ``protocol.play(range)`` when it wants it, and may
@@ -71,11 +74,11 @@ def split_credentials(url):
 
 
 def host_port(url):
-    rest = url.partition("://")[2]
+    scheme, _, rest = url.partition("://")
     authority = rest.partition("/")[0].partition("?")[0]
     host, sep, port = authority.rpartition(":")
-    if not sep or not port.isdigit():
-        return authority, 554
+    if not sep or not (port.isascii() and port.isdigit()) or authority.endswith("]"):
+        return authority.strip("[]"), 322 if scheme.lower() == "rtsps" else 554
     return host.strip("[]"), int(port)
 
 
@@ -174,7 +177,8 @@ class RTSPClientProtocol(protocol.Protocol):
             sid = (resp.headers.get("Session") or "").split(";")[0].strip()
             if sid:
                 self.session = sid
-            if params.get("timeout", "").isdigit():
+            timeout = params.get("timeout", "")
+            if timeout.isascii() and timeout.isdigit():
                 self.session_timeout = int(params["timeout"])
             spec = parse_transport(resp.headers.get("Transport") or "")
             ch = parse_range(spec[0].get("interleaved")) if spec else None
@@ -344,10 +348,11 @@ class _ClientFactory(protocol.ClientFactory):
 
 
 def pull(url, sink_factory, username=None, password=None, reactor=None, timeout=10.0,
-         play=True):
+         play=True, tls=None):
     """Connect and play ``url``; a Deferred firing with the protocol once playing (with
     ``play=False``: once set up, see the module docstring). Credentials may also be given
-    in the URL (``rtsp://user:pass@host/...``)."""
+    in the URL (``rtsp://user:pass@host/...``). ``rtsps://``: over TLS, see the module
+    docstring."""
     if reactor is None:
         from twisted.internet import reactor
     clean, u, p = split_credentials(url)
@@ -364,12 +369,19 @@ def pull(url, sink_factory, username=None, password=None, reactor=None, timeout=
 
     factory = _ClientFactory(make)
     factory.failed.addErrback(lambda f: result.called or result.errback(f))
-    reactor.connectTCP(host, port, factory, timeout=timeout)
+    if clean.lower().startswith("rtsps://"):
+        if tls is None:
+            from twisted.internet import ssl
+
+            tls = ssl.optionsForClientTLS(host)
+        reactor.connectSSL(host, port, factory, tls, timeout=timeout)
+    else:
+        reactor.connectTCP(host, port, factory, timeout=timeout)
     return result
 
 
 def pull_into(server, path, url, username=None, password=None, reactor=None, timeout=10.0,
-              play=True):
+              play=True, tls=None):
     """Pull ``url`` into a new source ``path`` of ``server`` (an ``RTSPServerFactory``).
     The source closes when the connection ends. A Deferred firing with the protocol
     (``play=False``: set up, not playing yet; the source exists already)."""
@@ -379,7 +391,7 @@ def pull_into(server, path, url, username=None, password=None, reactor=None, tim
         holder["source"] = server.attach_source(path, sdp_text, origin="pull")
         return holder["source"]
 
-    d = pull(url, sink_factory, username, password, reactor, timeout, play)
+    d = pull(url, sink_factory, username, password, reactor, timeout, play, tls)
 
     def playing(proto):
         proto.finished.addBoth(lambda r: holder["source"].close())

@@ -13,29 +13,79 @@ with a new video timestamp, before the first packet of a keyframe and when it gr
 ``flush()`` at any time.
 
 A ``TCPReader`` writes each frame with one ``socket.send`` straight to its socket while
-its Twisted write buffer is empty; what the kernel did not take goes to the transport,
-and is counted in a bounded queue (``max_queue``) until Twisted reports the buffer
-drained (the reader is registered as a pull producer, so ``resumeProducing`` means
-"drained"). When a frame would overflow the queue, the reader drops frames up to the
+nothing of it is held back; what the kernel did not take goes to the transport, and the
+frames after it wait in the reader's own backlog (whole frames, bounded by
+``max_queue`` bytes) until Twisted reports the transport drained (the reader is its pull
+producer, so ``resumeProducing`` means "drained"); then the backlog goes to the socket
+the same way. When a frame would overflow the backlog, the reader drops frames up to the
 next keyframe and counts the drop. A reader that stops reading costs the others nothing.
+Over TLS the reader is a streaming producer of the TLS transport (paused while the
+socket under it is full) and writes through it.
+
+Live means live: a ``LagWatch`` keeps each live TCP reader within ``max_lag`` seconds
+of the source. Every ``interval`` it looks at the readers that hold something back; for
+each it measures how fast the viewer reads (the bytes its full socket took over the
+last seconds) and what is still on the way to it (the kernel's unacknowledged bytes,
+the transport's and the backlog); when reading that would take longer than
+``max_lag``, the backlog is dropped and the reader resumes at the next keyframe that it
+can take (what is on the way then reads within half of ``max_lag``), counting one
+``lag_skips``. The kernel's share is bounded too: each live reader's send buffer is
+sized to a quarter of ``max_lag`` at the source's bit rate (at most ``sndbuf``).
+Playback readers are not watched (they follow the player's pace), nor the recording
+children (their tokens carry ``record``: see ``vss.rtsp.server``).
 
 A ``UDPReader`` sends each packet with ``sendto`` on the server's shared UDP port pair.
 """
 
+import collections
 import socket
 import struct
+import sys
 
+from twisted.internet import task
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 log = Logger()
 
 MAX_BATCH = 256 * 1024
 DEFAULT_MAX_QUEUE = 2 * 1024 * 1024
 DEFAULT_SNDBUF = 256 * 1024
+DEFAULT_MAX_LAG = 2.0
+MIN_SNDBUF = 16 * 1024
+RATE_WINDOW = 2.0  # seconds of samples a reader's read rate is measured over
+MIN_RATE_WINDOW = 0.5  # a rate measured over less is not judged on
 
 _H264_KEY = frozenset((5, 7))
 _H265_KEY = frozenset((16, 17, 18, 19, 20, 21, 32))
 _pack_head = struct.Struct("!BBH").pack
+
+if sys.platform.startswith("linux"):
+    import fcntl
+    import termios
+
+    _OUTQ = termios.TIOCOUTQ  # SIOCOUTQ on a TCP socket: bytes not yet acknowledged
+
+    def unacked_bytes(sock):
+        """The bytes a TCP socket's kernel buffer holds that the peer has not
+        acknowledged (Linux ``SIOCOUTQ``), or None."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            return None
+else:  # pragma: no cover - the kernel's share is then taken as its whole buffer
+    def unacked_bytes(sock):
+        try:
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        except (OSError, ValueError):
+            return None
+
+
+def kernel_socket(transport):
+    """The socket under a transport: a TCP transport's own, or the one under TLS."""
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport = transport.transport
+    return getattr(transport, "socket", None)
 
 
 def rtp_payload_offset(data):
@@ -155,6 +205,7 @@ class Source:
         self.packets = 0
         self.frames = 0
         self.drops = 0
+        self.lag_skips = 0  # live readers' skips to the next keyframe (gone readers)
         #: bytes, frames, drops and key waits of the viewers (``reader.viewer``) that left
         self.viewers_gone = [0, 0, 0, 0]
         self.closed = False
@@ -171,13 +222,19 @@ class Source:
         return len(self.readers)
 
     def stats(self):
-        """Counters: bytes/packets in, frames (shared buffers) out, drops of every
-        reader so far (current and gone)."""
+        """Counters: bytes/packets in, frames (shared buffers) out, drops and lag skips
+        of every reader so far (current and gone)."""
         drops = self.drops + sum(r.drops for r in self.readers)
+        skips = self.lag_skips + sum(r.lag_skips for r in self.readers)
         return {"path": self.path, "readers": len(self.readers), "bytes": self.bytes,
                 "packets": self.packets, "frames": self.frames, "drops": drops,
-                "started": self.started, "no_readers_since": self.no_readers_since,
-                "origin": self.origin}
+                "lag_skips": skips, "started": self.started,
+                "no_readers_since": self.no_readers_since, "origin": self.origin}
+
+    def byte_rate(self):
+        """Bytes a second fed so far (None in the first second)."""
+        elapsed = self.clock.seconds() - self.started
+        return self.bytes / elapsed if elapsed >= 1.0 else None
 
     # -- input
 
@@ -268,6 +325,7 @@ class Source:
         except ValueError:
             return
         self.drops += reader.drops
+        self.lag_skips += reader.lag_skips
         self._count_gone(reader)
         if not self.readers and not self.closed:
             self.no_readers_since = self.clock.seconds()
@@ -294,6 +352,7 @@ class Source:
         readers, self.readers = self.readers, []
         for reader in readers:
             self.drops += reader.drops
+            self.lag_skips += reader.lag_skips
             self._count_gone(reader)
             reader.source_ended()
         for cb in self._ending:
@@ -304,55 +363,87 @@ class Source:
 
 
 class TCPReader:
-    """A TCP-interleaved viewer of a source. ``transport`` is its connection."""
+    """A TCP-interleaved viewer of a source. ``transport`` is its connection;
+    ``max_lag`` (seconds, set by a ``LagWatch``) bounds how far behind live it may
+    fall, None for a playback (it follows the player's pace)."""
 
     viewer = True  # a player (counted in the media metrics), not a recorder
     transport_name = "tcp"
-    source = None
-    full = True
-    needs_key = True
+    # slots: one reader per viewer, and its attributes are read per frame
+    __slots__ = ("transport", "mask", "max_queue", "max_lag", "queued", "waiting_key",
+                 "dropping", "lag_skipping", "paused", "bytes", "frames", "drops",
+                 "dropped_bytes", "key_waits", "direct_sends", "lag_skips", "read_rate",
+                 "source", "full", "needs_key", "watch", "sock", "kernel", "sndbuf", "unacked",
+                 "_backlog", "_backlog_bytes", "_in_transport", "_samples", "_on_end",
+                 "_registered", "_sized", "_streaming")
 
     def __init__(self, transport, tracks, max_queue=DEFAULT_MAX_QUEUE, on_end=None,
                  sndbuf=DEFAULT_SNDBUF):
+        self.source = None
+        self.full = True
+        self.needs_key = True
+        self.watch = None  # the LagWatch keeping it live, if any
+        self.unacked = unacked_bytes  # f(socket): its unacknowledged bytes
         self.transport = transport
         self.mask = frozenset(tracks)
         self.max_queue = max_queue
-        self.queued = 0
+        self.max_lag = None
+        self.queued = 0  # bytes held back: the backlog and what the transport holds
         self.waiting_key = True  # start at a keyframe
-        self.dropping = False  # waiting for a keyframe after an overflow
+        self.dropping = False  # waiting for a keyframe after an overflow or a lag skip
+        self.lag_skipping = False  # ... after a lag skip: resume when caught up
+        self.paused = False  # streaming mode (TLS): the transport asked us to stop
         self.bytes = 0
         self.frames = 0
         self.drops = 0  # frames dropped
         self.dropped_bytes = 0
         self.key_waits = 0  # frames skipped before the first keyframe
         self.direct_sends = 0
+        self.lag_skips = 0  # times it fell more than max_lag behind and skipped ahead
+        self.read_rate = None  # bytes a second the viewer read while it held us back
+        self._backlog = ()  # (bytes, is_control) not yet written: a deque once needed
+        self._backlog_bytes = 0
+        self._in_transport = 0  # bytes handed to the transport, not yet reported drained
+        self._samples = None  # (time, bytes written) while held back
         self._on_end = on_end
         self._registered = False
-        sock = getattr(transport, "socket", None)
+        self.sndbuf = sndbuf  # the send buffer asked for (None: the kernel's own)
+        self._sized = None  # the send buffer the LagWatch sized it to
+        # Through TLS (whose transport lends the attributes of the TCP one under it:
+        # never write there) the reader is a streaming producer: the TLS transport
+        # pauses it while the socket under it is full. (As a pull producer it would be
+        # polled in a busy loop.)
+        self._streaming = isinstance(transport, TLSMemoryBIOProtocol)
+        sock = None if self._streaming else getattr(transport, "socket", None)
         if sock is not None and not hasattr(transport, "startTLS"):
             sock = None  # not a plain TCP transport we know
         if sock is not None and getattr(transport, "TLS", False):
             sock = None
-        self.sock = sock
-        if sock is not None:
+        self.sock = sock  # direct sends
+        self.kernel = kernel_socket(transport)  # its buffer's fill, its size
+        if self.kernel is not None:
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if sndbuf:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+                    self.kernel.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             except OSError:
                 pass
 
     def start(self, pending=True):
-        """Register as the transport's pull producer. ``pending``: something was just
+        """Register as the transport's producer. ``pending``: something was just
         written through the transport (the PLAY reply), so wait for the drain signal
         before writing straight to the socket."""
         if not self._registered:
             self._registered = True
-            self.transport.registerProducer(self, False)
-        if pending:
-            self.queued = max(self.queued, 1)
+            self.transport.registerProducer(self, self._streaming)
+        if pending and not self._streaming:
+            self._in_transport = max(self._in_transport, 1)
+            self.queued = self._backlog_bytes + self._in_transport
 
     def stop(self):
+        if self.watch is not None:
+            self.watch.remove(self)
         if self._registered:
             self._registered = False
             try:
@@ -360,17 +451,54 @@ class TCPReader:
             except Exception:
                 pass
 
-    # IPullProducer: Twisted calls this when its write buffer is empty.
+    # IPullProducer: Twisted calls this when its write buffer is empty. (Streaming
+    # mode: the transport may take more.)
     def resumeProducing(self):
-        self.queued = 0
+        self.paused = False
+        self._in_transport = 0
+        backlog = self._backlog
+        sock = self.sock
+        while backlog and not self.paused:
+            buf, control = backlog.popleft()
+            n = len(buf)
+            self._backlog_bytes -= n
+            if not control:
+                self.bytes += n
+                self.frames += 1
+            if sock is None:
+                self.transport.write(buf)  # streaming: may pause us at once
+                continue
+            try:
+                sent = sock.send(buf)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:  # the connection is going away; Twisted will notice
+                backlog.clear()
+                self._backlog_bytes = 0
+                break
+            if sent < n:
+                self.transport.write(buf[sent:] if sent else buf)
+                self._in_transport = n - sent
+                break
+        if not backlog:
+            self._backlog = ()  # its memory back (most readers never need one again)
+        self.queued = self._backlog_bytes + self._in_transport
+
+    def pauseProducing(self):
+        self.paused = True
 
     def stopProducing(self):
         pass
 
     def write(self, data):
         """Control bytes (RTSP replies) sent in order with the media."""
-        self.transport.write(data)
-        self.queued += len(data) or 1
+        if self._backlog or self.paused:
+            self._hold(data, True)
+        else:
+            self.transport.write(data)
+            if not self._streaming:
+                self._in_transport += len(data) or 1
+        self.queued = self._backlog_bytes + self._in_transport
 
     def deliver(self, frame):
         if not self.full:
@@ -380,18 +508,19 @@ class TCPReader:
         else:
             buf = frame.data
         if self.waiting_key:
-            if not frame.key:
+            if not frame.key or (self.lag_skipping and not self.caught_up()):
                 if self.dropping:
                     self.drops += 1
                     self.dropped_bytes += len(buf)
                 else:
                     self.key_waits += 1
                 return
-            self.waiting_key = self.dropping = False
+            self.waiting_key = self.dropping = self.lag_skipping = False
         n = len(buf)
-        if self.queued == 0 and self.sock is not None:
+        sock = self.sock
+        if self.queued == 0 and sock is not None:
             try:
-                sent = self.sock.send(buf)
+                sent = sock.send(buf)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -402,26 +531,170 @@ class TCPReader:
                 self.direct_sends += 1
                 return
             self.transport.write(buf[sent:])
-            self.queued = n - sent
+            self.queued = self._in_transport = n - sent
             return
         if self.queued + n > self.max_queue:
             self.drops += 1
             self.dropped_bytes += n
             self.waiting_key = self.dropping = self.needs_key
             return
-        self.transport.write(buf)
+        if sock is None and not self.paused and not self._backlog:
+            # No socket of ours: over TLS the transport pauses us when full; another
+            # transport (tests) counts what it holds until it reports drained.
+            self.transport.write(buf)
+            if not self._streaming:
+                self._in_transport += n
+                self.queued += n
+            self.bytes += n
+            self.frames += 1
+            return
+        self._hold(buf, False)
         self.queued += n
-        self.bytes += n
-        self.frames += 1
+
+    def _hold(self, buf, control):
+        backlog = self._backlog
+        if not backlog:
+            backlog = self._backlog = collections.deque()  # an empty one is 760 bytes
+        backlog.append((buf, control))
+        self._backlog_bytes += len(buf)
+
+    # -- live means live (driven by a LagWatch)
+
+    def in_flight(self):
+        """Bytes written for the viewer that it has not read yet, as far as this side
+        sees: the kernel's unacknowledged bytes, the transport's and the backlog."""
+        kernel = self.unacked(self.kernel) if self.kernel is not None else None
+        return (kernel or 0) + self.queued
+
+    def check_lag(self, now):
+        """One look of the LagWatch: measure the read rate while the viewer holds us
+        back and skip ahead when what is on its way would take more than ``max_lag``
+        to read. True if it skipped."""
+        if not (self.queued or self.paused):
+            self._samples = None  # keeping up
+            return False
+        samples = self._samples
+        if samples is None:
+            self._samples = collections.deque([(now, self.bytes)])
+            return False
+        samples.append((now, self.bytes))
+        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
+            samples.popleft()
+        t0, b0 = samples[0]
+        if now - t0 < MIN_RATE_WINDOW:
+            return False
+        self.read_rate = rate = (self.bytes - b0) / (now - t0)
+        if self.in_flight() <= rate * self.max_lag:
+            return False
+        self.skip_for_lag()
+        return True
+
+    def skip_for_lag(self):
+        """Drop what waits in the backlog (control bytes stay) and wait for a keyframe
+        the viewer can take in time."""
+        kept = []
+        for buf, control in self._backlog:
+            if control:
+                kept.append((buf, control))
+            else:
+                self.drops += 1
+                self.dropped_bytes += len(buf)
+        self._backlog = collections.deque(kept) if kept else ()
+        self._backlog_bytes = sum(len(b) for b, _ in kept)
+        self.queued = self._backlog_bytes + self._in_transport
+        self._samples = None
+        self.lag_skips += 1
+        if self.needs_key:
+            self.waiting_key = self.dropping = self.lag_skipping = True
+
+    def caught_up(self):
+        """After a lag skip: may the viewer take a keyframe now? Yes when what is still
+        on its way reads within half of ``max_lag`` (or nothing is)."""
+        if self.max_lag is None:
+            return True
+        in_flight = self.in_flight()
+        rate = self.read_rate
+        return in_flight == 0 or bool(rate) and in_flight <= rate * self.max_lag / 2
+
+    def size_send_buffer(self, byte_rate):
+        """Bound the kernel's share of the lag: a send buffer of a quarter of
+        ``max_lag`` at ``byte_rate`` (Linux doubles what it is asked for), within
+        ``MIN_SNDBUF`` and the configured size. Set only when it changes by a third."""
+        if self.kernel is None or not byte_rate or self.max_lag is None:
+            return
+        ceiling = self.sndbuf or DEFAULT_SNDBUF
+        size = max(MIN_SNDBUF, min(ceiling, int(byte_rate * self.max_lag / 8)))
+        current = self._sized or ceiling
+        if abs(size - current) * 3 < current:
+            return
+        try:
+            self.kernel.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except OSError:
+            return
+        self._sized = size
 
     def stats(self):
         return {"bytes": self.bytes, "frames": self.frames, "drops": self.drops,
-                "queued": self.queued, "direct_sends": self.direct_sends}
+                "queued": self.queued, "direct_sends": self.direct_sends,
+                "lag_skips": self.lag_skips}
 
     def source_ended(self):
         self.source = None
         if self._on_end is not None:
             self._on_end(self)
+
+
+class LagWatch:
+    """Keeps live TCP readers within ``max_lag`` seconds of live (see the module
+    docstring). ``add(reader)`` when a live viewer starts; the reader leaves when it
+    stops. Runs on ``clock`` only while it watches someone."""
+
+    def __init__(self, clock, max_lag=DEFAULT_MAX_LAG, interval=None):
+        self.clock = clock
+        self.max_lag = max_lag
+        self.interval = interval or min(0.25, max_lag / 8)
+        self.readers = set()
+        self.skips = 0  # skips of every watched reader, for the node's counters
+        self._loop = None
+        self._sized_at = None
+
+    def add(self, reader):
+        reader.max_lag = self.max_lag
+        reader.watch = self
+        self.readers.add(reader)
+        if reader.source is not None:
+            reader.size_send_buffer(reader.source.byte_rate())
+        if self._loop is None:
+            self._loop = task.LoopingCall(self.check)
+            self._loop.clock = self.clock
+            self._loop.start(self.interval, now=False)
+
+    def remove(self, reader):
+        self.readers.discard(reader)
+        reader.watch = None
+        if not self.readers:
+            self.stop()
+
+    def stop(self):
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    def check(self):
+        now = self.clock.seconds()
+        resize = self._sized_at is None or now - self._sized_at >= 1.0
+        if resize:
+            self._sized_at = now
+        rates = {}
+        for reader in list(self.readers):
+            if reader.check_lag(now):
+                self.skips += 1
+            source = reader.source
+            if resize and source is not None and reader.kernel is not None:
+                rate = rates.get(source)
+                if rate is None:
+                    rate = rates[source] = source.byte_rate() or 0
+                reader.size_send_buffer(rate)
 
 
 class UDPReader:
@@ -433,6 +706,7 @@ class UDPReader:
     source = None
     full = True
     needs_key = True
+    lag_skips = 0  # a UDP viewer is never held back: the network drops for it
 
     def __init__(self, rtp_udp, rtcp_udp, host, ports, on_end=None):
         self.rtp_udp = rtp_udp

@@ -193,17 +193,23 @@ class MessageParser:
             if buf[pos] in (0x0D, 0x0A):  # tolerate stray line ends between messages
                 pos += 1
                 continue
-            stop = buf.find(b"\r\n\r\n", pos, min(end, pos + self.max_header + 4))
-            if stop < 0:
-                stop_lf = buf.find(b"\n\n", pos, min(end, pos + self.max_header + 2))
-                if stop_lf < 0:
-                    if end - pos > self.max_header:
-                        out.append(self._fail(400, "Header Too Large"))
-                        return out
-                    break
-                head_end, next_pos = stop_lf, stop_lf + 2
+            # The head ends at its first empty line, whichever line ends are used (CRLF,
+            # or bare LF): the earliest of the two forms, so that a message parses the
+            # same whether it arrives whole or in pieces.
+            limit = min(end, pos + self.max_header + 4)
+            crlf = buf.find(b"\n\r\n", pos, limit)
+            lf = buf.find(b"\n\n", pos, limit)
+            if crlf < 0 and lf < 0:
+                if end - pos > self.max_header:
+                    out.append(self._fail(400, "Header Too Large"))
+                    return out
+                break
+            if lf < 0 or 0 <= crlf < lf:
+                head_end, next_pos = crlf, crlf + 3
             else:
-                head_end, next_pos = stop, stop + 4
+                head_end, next_pos = lf, lf + 2
+            if head_end > pos and buf[head_end - 1] == 0x0D:
+                head_end -= 1
             if head_end - pos > self.max_header:
                 out.append(self._fail(400, "Header Too Large"))
                 return out
@@ -217,7 +223,7 @@ class MessageParser:
             length = item.headers.get("Content-Length")
             if length is not None:
                 length = length.strip()
-                if not length.isdigit() or len(length) > 9:
+                if not (length.isascii() and length.isdigit()) or len(length) > 9:
                     out.append(self._fail(400, "Bad Content-Length", item))
                     return out
                 length = int(length)
@@ -273,7 +279,8 @@ class MessageParser:
             if version != "RTSP/1.0":
                 return ParseError(505, REASONS[505], hdrs.get("CSeq"))
             return Request(method, uri, version, hdrs)
-        if len(parts) < 2 or not parts[0].startswith("RTSP/") or not parts[1].isdigit() \
+        if len(parts) < 2 or not parts[0].startswith("RTSP/") or not parts[1].isascii() \
+                or not parts[1].isdigit() \
                 or len(parts[1]) != 3:
             return ParseError(400, "Bad Status Line")
         return Response(parts[0], int(parts[1]), " ".join(parts[2:]), hdrs)

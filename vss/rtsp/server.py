@@ -33,7 +33,15 @@ from twisted.logger import Logger
 
 from vss.rtsp import sdp as sdplib
 from vss.rtsp.auth import DigestServer
-from vss.rtsp.fanout import DEFAULT_MAX_QUEUE, DEFAULT_SNDBUF, Source, TCPReader, UDPReader
+from vss.rtsp.fanout import (
+    DEFAULT_MAX_LAG,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_SNDBUF,
+    LagWatch,
+    Source,
+    TCPReader,
+    UDPReader,
+)
 from vss.rtsp.parser import (
     Interleaved,
     MessageParser,
@@ -52,6 +60,17 @@ STREAMS = ("main", "sub")
 PLAYBACK_PREFIX = "pb-"  # /live/<device>/pb-<id>: a recording played back (vss.cdn.playback)
 ABORT_AFTER = 5.0
 SERVER_NAME = "vss-ss"
+
+
+def _records(auth):
+    """True when the session's token says it is a recording (``record`` method)."""
+    return isinstance(auth, dict) and "record" in auth.get("methods", ())
+
+
+def is_live(path):
+    """True for a live stream's path (``/live/<device>/main`` or ``sub``), False for a
+    playback's (``pb-...``: it follows the player's pace)."""
+    return path.rpartition("/")[2] in STREAMS
 
 
 class ControlError(Exception):
@@ -84,7 +103,7 @@ class RTSPUrl:
         if self.control is None:
             return None
         digits = self.control.rpartition("=")[2]
-        return int(digits) if digits.isdigit() and len(digits) < 4 else -1
+        return int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 4 else -1
 
     @classmethod
     def parse(cls, uri):
@@ -240,8 +259,11 @@ class RTSPServerFactory(protocol.Factory):
 
     def __init__(self, authorizer, reactor=None, clock=None, session_timeout=60,
                  describe_wait=3.0, users=None, realm="vss", max_queue=DEFAULT_MAX_QUEUE,
-                 sndbuf=DEFAULT_SNDBUF, gop_cache=0):
+                 sndbuf=DEFAULT_SNDBUF, gop_cache=0, max_lag=DEFAULT_MAX_LAG):
         self.authorizer = authorizer
+        # live TCP viewers are kept within max_lag seconds of live (None or 0: not)
+        self.max_lag = max_lag or None
+        self._lag_watch = None
         self.gop_cache = min(gop_cache, max_queue // 2)
         self._reactor = reactor
         self._clock = clock
@@ -872,6 +894,9 @@ class RTSPServerFactory(protocol.Factory):
             reader = UDPReader(rtp, rtcp, conn.peer_host, session.udp_tracks)
         session.reader = reader
         source.add_reader(reader)
+        if self.max_lag and session.tcp_tracks and is_live(session.path) \
+                and not _records(session.auth):
+            self.lag_watch.add(reader)  # a live viewer (not a playback, not a recording)
 
     def do_PAUSE(self, conn, req, url, session):
         if session is None:
@@ -934,7 +959,20 @@ class RTSPServerFactory(protocol.Factory):
             entry["readers_detail"] = [r.stats() for r in source.readers]
             out[path] = entry
         return {"sources": out, "sessions": len(self.sessions),
-                "connections": len(self.connections)}
+                "connections": len(self.connections),
+                "lag_skips": self.lag_skips}
+
+    @property
+    def lag_skips(self):
+        """Times a live viewer fell more than ``max_lag`` behind and skipped ahead."""
+        return self._lag_watch.skips if self._lag_watch is not None else 0
+
+    @property
+    def lag_watch(self):
+        """The ``LagWatch`` of the live TCP viewers (made on first use)."""
+        if self._lag_watch is None:
+            self._lag_watch = LagWatch(self.clock, self.max_lag)
+        return self._lag_watch
 
     # -- shutdown
 
@@ -950,6 +988,8 @@ class RTSPServerFactory(protocol.Factory):
             del self._waiters[path]
             for d in ds:
                 d.callback(None)
+        if self._lag_watch is not None:
+            self._lag_watch.stop()
 
 
 class _UDPPeer(protocol.DatagramProtocol):

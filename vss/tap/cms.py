@@ -3,7 +3,14 @@
 import os
 
 from vss.config import ConfigError, TrackingOptions, merge_options, positive_number
-from vss.tap.common import OneLineUsage, check_endpoint, check_metrics_options, metrics_options
+from vss.tap.common import (
+    OneLineUsage,
+    check_endpoint,
+    check_metrics_options,
+    link_tls_files,
+    metrics_options,
+)
+from vss.tls import listen_interface, plaintext_problem
 from vss.version import VersionOption
 
 DEFAULTS = {
@@ -19,6 +26,11 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
     command = "vss-cms"
     program = "vss-cms"
     synopsis = "[options]"
+    optFlags = [
+        ["allow-plaintext-links", None, "Allow plaintext node links from addresses that "
+         "are not loopback (logged as a warning). Without it --node-listen on another "
+         "interface needs --tls-cert, --tls-key and --tls-ca."],
+    ]
     longdesc = (
         "Run the central platform: CMS (the database of static data, the node registry, "
         "routing and data synchronisation), MMS (the admin HTTP API on --admin-listen) and "
@@ -33,6 +45,11 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["admin-listen", None, None, f"Endpoint of the admin HTTP API [{DEFAULTS['admin-listen']}]."],
         ["data-dir", "d", None, f"Data directory [{DEFAULTS['data-dir']}]."],
         ["cluster-secret-file", None, None, "Cluster secret shared with the nodes [DATA_DIR/cluster.secret, created if absent]."],
+        ["tls-cert", None, None, "PEM certificate of CMS (from the cluster CA: vss-admin tls "
+         "issue, naming the host nodes give in --cms): --node-listen takes mutual TLS only."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["tls-ca", None, None, "PEM certificate(s) of the cluster CA: nodes' certificates "
+         "must be signed by it and name the node that logs in."],
         ["heartbeat", None, None, f"Heartbeat interval asked of nodes, seconds [{DEFAULTS['heartbeat']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7222:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
@@ -54,6 +71,16 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
             if self.get(name):
                 check_endpoint(name, self[name], problems)
         check_metrics_options(self, problems)
+        tls = link_tls_files(self, problems)
+        interface = listen_interface(self["node-listen"])
+        if interface is None:
+            problems.append(f"--node-listen: {self['node-listen']!r} must be a tcp: endpoint "
+                            "(TLS comes with --tls-cert, --tls-key and --tls-ca)")
+        elif not all(tls):
+            problem = plaintext_problem("--node-listen", interface,
+                                        self["allow-plaintext-links"])
+            if problem:
+                problems.append(problem)
         if problems:
             raise ConfigError("; ".join(problems))
         if not self.get("db"):

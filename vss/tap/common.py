@@ -252,6 +252,18 @@ class StagedService(service.MultiService):
         return {s.name: s.port for s in self if isinstance(s, ListenService)}
 
 
+def link_tls_files(opts, problems):
+    """(cert, key, ca) of the mutual TLS of the links between servers (``--tls-cert``,
+    ``--tls-key``, ``--tls-ca``): all three or none ("" each), files that exist."""
+    files = tuple(opts.get(f"tls-{name}") or "" for name in ("cert", "key", "ca"))
+    if any(files) and not all(files):
+        problems.append("--tls-cert, --tls-key and --tls-ca: give all three or none")
+    for name, path in zip(("cert", "key", "ca"), files, strict=True):
+        if path and not os.path.isfile(path):
+            problems.append(f"--tls-{name}: no such file {path}")
+    return files
+
+
 def write_json_atomically(path, data):
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -14,6 +14,7 @@ from vss.tap.common import (
     check_endpoint,
     check_metrics_options,
     fail_in_one_line,
+    link_tls_files,
     metrics_options,
 )
 from vss.version import VersionOption
@@ -36,6 +37,7 @@ DEFAULTS = {
     "record-max-streams": "32",
     "record-max-write-mbps": "400",
     "record-in": "auto",
+    "live-max-lag": "2",
 }
 
 
@@ -43,6 +45,11 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
     command = "vss-node"
     program = "vss-node"
     synopsis = "--node-id ID [options]"
+    optFlags = [
+        ["allow-plaintext-links", None, "Allow the links to CMS and to other nodes in "
+         "plaintext to and from addresses that are not loopback (logged as a warning). "
+         "Without it such a link needs --tls-cert, --tls-key and --tls-ca."],
+    ]
     longdesc = (
         "Run a VSS node: the RGM signalling core that PUs and CUs log in to, its "
         "in-memory database, the CDN module and its streaming server. Listen addresses "
@@ -56,10 +63,17 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["cu-listen", None, None, f"Endpoint for CU links [{DEFAULTS['cu-listen']}]."],
         ["rtsp-listen", None, None, f"Endpoint of the streaming server [{DEFAULTS['rtsp-listen']}]."],
         ["media-host", None, None, "Host name put in stream URLs [the RTSP interface]."],
-        ["cms", None, None, "Client endpoint of CMS, e.g. tcp:cms.example:7200 or ssl:..."],
+        ["cms", None, None, "Client endpoint of CMS, tcp:HOST:PORT (mutual TLS with "
+         "--tls-cert/--tls-key/--tls-ca; CMS's certificate must name HOST)."],
         ["node-listen", None, None, f"Endpoint for links from CMS-routed peers [{DEFAULTS['node-listen']}]."],
         ["advertise-host", None, None, "Host other nodes use to reach this node [the node-listen interface]."],
         ["cluster-secret-file", None, None, "File holding the cluster secret shared by CMS and nodes."],
+        ["tls-cert", None, None, "PEM certificate of this node (CN = node id, from the "
+         "cluster CA: vss-admin tls issue): mutual TLS on the links to CMS and between "
+         "nodes (--node-listen then takes TLS only)."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["tls-ca", None, None, "PEM certificate(s) of the cluster CA: CMS's and other "
+         "nodes' certificates must be signed by it."],
         ["static", None, None, "Run without CMS: JSON file of static data (devices, users, grants)."],
         ["store", None, None, "In-memory database: memory, redis://host:port/db or "
          f"rediss://[user@]host:port/db (Redis over TLS) [{DEFAULTS['store']}]."],
@@ -93,6 +107,9 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["record-in", None, None, "Where recordings are written: auto (inside the node for "
          "H.264/H.265, a child process for other codecs) or process (a child process per "
          f"recording) [{DEFAULTS['record-in']}]."],
+        ["live-max-lag", None, None, "Seconds a live RTSP/TCP viewer may fall behind the "
+         "stream before what is queued for it is dropped and it resumes at the next "
+         f"keyframe; 0: no bound (playbacks are never bound) [{DEFAULTS['live-max-lag']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
         *metrics_options("the HTTP listener (--http-listen)"),
@@ -131,6 +148,10 @@ def settings_from(opts):
         check_endpoint("cms", opts["cms"], problems, server=False)
     store = opts["store"]
     store_files = _store_files(opts, store, problems)
+    tls = link_tls_files(opts, problems)
+    allow_plaintext = bool(opts.get("allow-plaintext-links"))
+    if opts.get("cms") and not opts.get("static"):
+        _check_links(opts, tls, allow_plaintext, problems)
     if opts.get("cms") and not opts.get("cluster-secret-file"):
         problems.append("--cluster-secret-file: required with --cms")
     elif opts.get("cluster-secret-file") and not os.path.isfile(opts["cluster-secret-file"]):
@@ -146,6 +167,9 @@ def settings_from(opts):
                                   problems, 0, 100_000)
     max_write = positive_number("record-max-write-mbps", opts["record-max-write-mbps"], float,
                                 problems, 0, 1_000_000)
+    live_max_lag = _non_negative("live-max-lag", opts["live-max-lag"], float, problems)
+    if live_max_lag is not None and live_max_lag > 3600:
+        problems.append(f"--live-max-lag: {live_max_lag} must be <= 3600")
     record_in = str(opts["record-in"]).strip().lower()
     if record_in not in ("auto", "process"):
         problems.append(f"--record-in: {opts['record-in']!r} is neither 'auto' nor 'process'")
@@ -185,10 +209,38 @@ def settings_from(opts):
         record_max_streams=max_streams,
         record_max_write_mbps=max_write,
         record_in=record_in,
+        live_max_lag=live_max_lag,
+        tls_cert=tls[0], tls_key=tls[1], tls_ca=tls[2],
+        allow_plaintext_links=allow_plaintext,
         metrics=opts["metrics"],
         metrics_allow=opts.get("metrics-allow") or "",
         metrics_token_file=opts.get("metrics-token-file") or "",
     )
+
+
+def _check_links(opts, tls, allow_plaintext, problems):
+    """The links to CMS and from other nodes: tcp: endpoints, TLS added by --tls-*;
+    in plaintext only on loopback unless --allow-plaintext-links."""
+    from vss.tls import client_host_port, listen_interface, plaintext_problem
+
+    try:
+        host, _port = client_host_port(opts["cms"])
+    except ValueError:
+        problems.append(f"--cms: {opts['cms']!r} must be tcp:HOST:PORT (TLS comes with "
+                        "--tls-cert, --tls-key and --tls-ca)")
+    else:
+        if not all(tls):
+            problem = plaintext_problem("--cms", host, allow_plaintext)
+            if problem:
+                problems.append(problem)
+    interface = listen_interface(opts["node-listen"])
+    if interface is None:
+        problems.append(f"--node-listen: {opts['node-listen']!r} must be a tcp: endpoint "
+                        "(TLS comes with --tls-cert, --tls-key and --tls-ca)")
+    elif not all(tls):
+        problem = plaintext_problem("--node-listen", interface, allow_plaintext)
+        if problem:
+            problems.append(problem)
 
 
 def _store_files(opts, store, problems):

@@ -137,7 +137,7 @@ class MemoryCentral:
         self.routed.append((device_id, inner_type))
         record = self.devices.get(device_id)
         if record is None:
-            return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE))
+            return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id}"))
         rgm_n = self.nodes.get(record.home_node)
         if rgm_n is None:
             return defer.fail(VssError(ResultCode.HOME_NODE_DOWN,

@@ -66,6 +66,7 @@ class Packager:
     needs_key = True
     waiting_key = False  # the depacketizer waits for a keyframe itself
     drops = 0  # it never drops: each viewer has its own bound
+    lag_skips = 0  # nor skips: its viewers are not in the SS's live lag bound
 
     def __init__(self, source, clock, on_empty=None):
         found = rtpmux.video_depacketizer(source.sdp or "")
