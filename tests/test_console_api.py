@@ -10,10 +10,12 @@ import json
 import os
 from io import BytesIO
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, endpoints, reactor, ssl, task
 from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 from vss.cms import mms
 from vss.cms.admin_backend import StoreAdminBackend
@@ -27,6 +29,7 @@ from vss.cms.operators import (
 from vss.cms.store import hash_token, make_static_store
 from vss.testing.platform import verifier
 from vss.testing.processes import child_env, run_tool
+from vss.tls import make_ca_and_cert
 
 TOKEN = "console-test-token-0123456789"
 ADMIN_PW = "Admin-Password-123"
@@ -475,3 +478,49 @@ class ConsoleOpenApiTests(ConsoleApiCase):
         for ref in set(part.split('"')[0] for part in text.split("#/components/schemas/")[1:]):
             self.assertIn(ref, doc["components"]["schemas"])
         self.assertEqual(doc["paths"]["/audit"].keys(), {"get"})  # nothing changes an entry
+
+
+@implementer(IPolicyForHTTPS)
+class _TrustCA:
+    def __init__(self, ca_pem):
+        self.ca = ssl.Certificate.loadPEM(ca_pem)
+
+    def creatorForNetloc(self, hostname, port):
+        return ssl.optionsForClientTLS(hostname.decode(), trustRoot=self.ca)
+
+
+class TlsSessionTests(ConsoleApiCase):
+    """Over TLS the session cookie is ``__Host-vss_console`` and Secure."""
+
+    @defer.inlineCallbacks
+    def test_the_cookie_is_secure_over_tls(self):
+        cert, key, trust = make_ca_and_cert(os.path.abspath(self.mktemp()), ["localhost"])
+        port = yield endpoints.serverFromString(
+            reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        ).listen(self.site)
+        self.addCleanup(port.stopListening)
+        with open(os.path.join(trust, "ca.pem"), "rb") as f:
+            agent = Agent(reactor, contextFactory=_TrustCA(f.read()),
+                          pool=HTTPConnectionPool(reactor, persistent=False))
+        base = f"https://localhost:{port.getHost().port}{mms.API_PREFIX}"
+        body = json.dumps({"username": "ann", "password": ADMIN_PW}).encode()
+        response = yield agent.request(b"POST", (base + "/session").encode(), Headers(),
+                                       FileBodyProducer(BytesIO(body)))
+        session = json.loads((yield readBody(response)))
+        self.assertEqual(response.code, 200)
+        set_cookie = response.headers.getRawHeaders(b"set-cookie")[0].decode()
+        flags = [f.strip().lower() for f in set_cookie.split(";")]
+        self.assertTrue(set_cookie.startswith("__Host-vss_console="), set_cookie)
+        for flag in ("secure", "httponly", "samesite=strict", "path=/"):
+            self.assertIn(flag, flags)
+        self.assertFalse(any(f.startswith("domain=") for f in flags))
+        h = Headers({b"cookie": [set_cookie.split(";")[0].encode()]})
+        response = yield agent.request(b"GET", (base + "/session").encode(), h)
+        me = json.loads((yield readBody(response)))
+        self.assertEqual((response.code, me["csrf"]), (200, session["csrf"]))
+        # the plain-HTTP cookie name means nothing over TLS
+        h = Headers({b"cookie": [b"vss_console=" + set_cookie.split("=", 1)[1].split(";")[0]
+                                 .encode()]})
+        response = yield agent.request(b"GET", (base + "/session").encode(), h)
+        yield readBody(response)
+        self.assertEqual(response.code, 401)
