@@ -933,6 +933,31 @@ class SQLiteStaticStoreTests(StaticStoreConformance, unittest.TestCase):
         changes = yield store.update_device_fields("cam", name="Unlocked")
         self.assertEqual(changes[0].device.name, "Unlocked")
 
+    @inlineCallbacks
+    def test_a_closed_store_answers_unavailable(self):
+        """A write that comes after close (a late node report while the CMS stops)
+        fails with DB_UNAVAILABLE, a clear error, not an AttributeError."""
+        yield self.store.close()
+        failure = yield self.assertFailure(self.store.set_node_applied("node-a", 5), VssError)
+        self.assertEqual(failure.code, ResultCode.DB_UNAVAILABLE)
+        self.assertIn("closed", failure.message)
+
+    @inlineCallbacks
+    def test_a_stopped_cms_schedules_no_applied_write(self):
+        """S506 completions that arrive while the CMS stops (its links close
+        asynchronously) schedule no DB write for later: the store is closed by then."""
+        from types import SimpleNamespace
+
+        from vss.cms.service import CMSConfig, CMSService
+
+        service = CMSService(CMSConfig("cms", b"s" * 32), self.store, self.clock)
+        service.startService()
+        yield service.stopService()
+        s = SimpleNamespace(node_id="node-a", applied_seq=1)
+        service.s506_completed(s, SimpleNamespace(applied_seq=7))
+        self.assertEqual(s.applied_seq, 7)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_spec_parsing(self):
         from vss.cms.store.sqlite import SQLiteStaticStore
 

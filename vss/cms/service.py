@@ -689,6 +689,8 @@ class CMSService(service.Service):
         DB write per change and per node."""
         if complete.applied_seq > s.applied_seq:
             s.applied_seq = complete.applied_seq
+        if not self.running:
+            return  # stopping: stopService wrote what the nodes had applied
         if s.node_id not in self._applied_writes:
             self._applied_writes[s.node_id] = (self.clock.callLater(
                 APPLIED_WRITE_DELAY, self._write_applied, s), s)

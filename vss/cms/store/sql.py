@@ -278,6 +278,9 @@ class SqlStaticStore(OperatorSql, AuditSql):
         waiting for a pool thread included); a database that fails (lost, locked, timed
         out) fails the Deferred with ``VssError(DB_UNAVAILABLE)``: a failure to retry,
         never a refusal."""
+        if pool is None:
+            return fail(VssError(ResultCode.DB_UNAVAILABLE,
+                                 "the CMS database is closed (the CMS is stopping)"))
         hist = self.call_latency[kind]
         t0 = self._clock.seconds()
 
