@@ -60,7 +60,7 @@ export class Player {
   send(obj) { if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(obj)); }
 
   play(at = null) {
-    if (!this.live) this.anchor = { pending: true, at: null };
+    if (!this.live) this.anchor = { pending: true, at: null, key: null };
     this.userPaused = false;
     this.send(at == null ? { op: "play" } : { op: "play", at });
   }
@@ -73,8 +73,21 @@ export class Player {
 
   control(msg) {
     if (msg.type === "error") { this.error = msg.message; this.onStatus("error", msg.message); return; }
-    if (msg.type === "playing" && !this.live && this.anchor && this.origin != null && msg.npt != null) {
-      this.anchor.at = this.origin + Math.round(msg.npt * 1000);
+    if (msg.type === "playing" && !this.live && this.anchor && this.anchor.pending
+        && this.origin != null && msg.npt != null) {
+      const at = this.origin + Math.round(msg.npt * 1000);
+      const key = this.anchor.key;
+      if (!key) {
+        this.anchor.at = at;  // the playback's first keyframe is still to come
+      } else {
+        // the keyframe came before the answer (a relayed playback answers late):
+        // it is the asked position; date it and what followed it
+        this.anchor = { dts: key.dts, at };
+        for (const entry of this.times.values()) {
+          if (entry.footage == null && entry.dts >= key.dts) entry.footage = this.footageOf(entry.dts);
+        }
+        this.video.currentTime = key.t;
+      }
     }
     this.onControl(msg);
   }
@@ -121,14 +134,15 @@ export class Player {
       this.buffer.timestampOffset = this.offset;
     }
     let footage = null;
-    if (!this.live && this.anchor) {
-      if (this.anchor.pending && key && this.anchor.at != null) {
-        this.anchor = { dts, at: this.anchor.at, jump: true };
-      }
-      if (!this.anchor.pending) footage = this.anchor.at + Math.round((dts - this.anchor.dts) / 90);
-    }
     const t = dts / TIMESCALE + this.offset;
-    this.times.set(Math.round(t * 1000), { ingest, footage });
+    if (!this.live && this.anchor) {
+      if (this.anchor.pending && key) {
+        if (this.anchor.at != null) this.anchor = { dts, at: this.anchor.at, jump: true };
+        else this.anchor.key = { dts, t };  // dated when the answer comes
+      }
+      if (!this.anchor.pending) footage = this.footageOf(dts);
+    }
+    this.times.set(Math.round(t * 1000), { ingest, footage, dts });
     if (this.times.size > 2000) {
       const old = [...this.times.keys()].slice(0, 1000);
       for (const k of old) this.times.delete(k);
@@ -137,6 +151,8 @@ export class Player {
     if (this.anchor && this.anchor.jump) this.anchor.jump = false;
     this.pump();
   }
+
+  footageOf(dts) { return this.anchor.at + Math.round((dts - this.anchor.dts) / 90); }
 
   pump() {
     const b = this.buffer;
