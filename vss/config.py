@@ -162,3 +162,9 @@ class NodeSettings:
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def cms_addresses(value):
+    """The CMS endpoints of a node's ``--cms``: one, or several separated by commas
+    (every CMS of a site, one active and the others standby), in order."""
+    return [part.strip() for part in str(value or "").split(",") if part.strip()]

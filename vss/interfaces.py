@@ -317,6 +317,10 @@ class IAdminBackend(Interface):
         """Operations status: a dict (or a Deferred dict) with ``nodes`` (state, load,
         devices homed and online per node) and totals."""
 
+    def not_active():
+        """None while this CMS serves; else (why, the active CMS's admin URL or '')
+        when it is a standby: the admin API then answers 503 and serves nothing."""
+
 
 class IRecorder(Interface):
     """The recording interface of a node's CDN module: the only path from the RGM's

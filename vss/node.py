@@ -20,7 +20,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vss import private
-from vss.config import ConfigError, load_or_create_secret, read_secret
+from vss.config import ConfigError, cms_addresses, load_or_create_secret, read_secret
 from vss.ops.health import probe
 from vss.protocols.messages import Role
 from vss.rgm.audit import AuditReporter
@@ -56,7 +56,7 @@ def _secret_files(settings):
              settings.static, settings.tls_key]
     for endpoint in (settings.pu_listen, settings.cu_listen, settings.rtsp_listen,
                      settings.node_listen, settings.http_listen, settings.manhole,
-                     settings.cms):
+                     *cms_addresses(settings.cms)):
         files.extend(private.endpoint_key_files(endpoint))
     return files
 
@@ -263,14 +263,18 @@ class NodeService(StagedService):
         self.cluster_secret = read_secret(self.settings.cluster_secret_file,
                                           "--cluster-secret-file")
         settings = self.settings
-        endpoint = settings.cms
-        host, port = client_host_port(endpoint)
-        if self.link_tls is not None:
-            # CMS's certificate must name the host nodes reach it by
-            endpoint = self.link_tls.client_endpoint(self.reactor, host, port, hostname=host)
-        elif not is_loopback(host):
-            self.log.warn("the link to CMS at {host} is plaintext (--allow-plaintext-links): "
-                          "the cluster's signalling is readable on the network", host=host)
+        endpoint = []  # every CMS of the site: the link moves to the active one
+        for address in cms_addresses(settings.cms):
+            host, port = client_host_port(address)
+            if self.link_tls is not None:
+                # CMS's certificate must name the host nodes reach it by
+                address = self.link_tls.client_endpoint(self.reactor, host, port,
+                                                         hostname=host)
+            elif not is_loopback(host):
+                self.log.warn("the link to CMS at {host} is plaintext "
+                              "(--allow-plaintext-links): the cluster's signalling is "
+                              "readable on the network", host=host)
+            endpoint.append(address)
         # With the memory store nothing survives the process: the node keeps its copy of
         # the static data in its data directory too (vss.rgm.localcopy).
         link = CmsLink(settings.node_id, endpoint, self.cluster_secret, self.store,

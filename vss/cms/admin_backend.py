@@ -36,12 +36,16 @@ class StoreAdminBackend:
     (from the cluster secret) lets operators make stream credentials."""
 
     def __init__(self, store, publish=None, assign_home_node=None, status=None,
-                 credential_key=None):
+                 credential_key=None, not_active=None):
         self.store = store
+        self._not_active = not_active
         self.credential_key = credential_key  # seals stream credentials (vss.streamcreds)
         self._publish = publish
         self._assign = assign_home_node
         self._status = status
+
+    def not_active(self):
+        return None if self._not_active is None else self._not_active()
 
     def publish(self, changes):
         if self._publish is None:

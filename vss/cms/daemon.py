@@ -4,22 +4,37 @@ MMS (the admin API) and MDP. Start-up: the data directory is made private (``vss
 and migrated (an SQLite file and its ``-wal``/``-shm`` 0600), CMS reads
 the device homes, then the listeners open; ``ports.json`` in the data directory names
 the bound ports.
+
+With ``--standby`` (on by default with PostgreSQL) several such daemons share one
+database: an ``Election`` (``vss.cms.standby``) makes one active; the others keep their
+listeners open and answer ``NOT_ACTIVE`` (node links), 503 naming the active CMS (admin
+API) and "standby" (``/readyz``) until they take over.
 """
 
 import json
 import os
+import socket
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vss import private
 from vss.cms.service import CMSConfig, CMSService
+from vss.cms.standby import Election
 from vss.cms.store import make_static_store
 from vss.config import ConfigError, load_or_create_secret
 from vss.ops.health import probe
 from vss.tap.common import ListenService, StagedService, write_json_atomically
-from vss.tls import CertificateError, LinkTLS, plaintext_guard
+from vss.tls import (
+    CertificateError,
+    LinkTLS,
+    listen_interface,
+    plaintext_guard,
+    split_endpoint,
+)
 
+#: seconds between two reads of who is active, by a standby
+ACTIVE_REFRESH = 2.0
 #: devices named in the status's ``online`` list at most
 ONLINE_LISTED = 20000
 PROBE_TIMEOUT = 2.0  # seconds the database has to answer a readiness check
@@ -44,6 +59,18 @@ class CmsDaemon(StagedService):
             CMSConfig(cms_id=options["cms-id"], cluster_secret=self.cluster_secret,
                       heartbeat_interval=options["heartbeat"]),
             self.store, reactor)
+        self.election = None  # with --standby: which CMS of the database is active
+        self._refresher = None
+        self.active_cms = None  # with --standby: who took office last (from the DB)
+        if options.get("standby"):
+            from vss.cms.store.postgres import PostgresActiveLock
+
+            self.cms.stand_by("starting: not active yet")
+            self.election = Election(
+                PostgresActiveLock(self.store.dsn, reactor, schema=self.store.schema),
+                reactor, self.take_office, self.stand_by)
+            self.election.setName("election")
+            self.election.setServiceParent(self)  # stopped last: the lock goes last
         self.cms.setName("cms")
         self.cms.setServiceParent(self)
         nodes = self.cms.factory()
@@ -92,12 +119,75 @@ class CmsDaemon(StagedService):
         """Why CMS cannot serve now, a Deferred list of short reasons (empty: ready):
         still starting, a listener not listening, the database not answering."""
         reasons = [] if self.started.called else ["starting"]
+        if self.election is not None and not self.election.active:
+            reasons.append(f"standby: {self.standby_note()}")
         for s in self:
             if isinstance(s, ListenService) and s.listening is None:
                 reasons.append(f"listener {s.name}: not listening")
         d = probe(defer.maybeDeferred(self.store.head_seq), self.reactor, PROBE_TIMEOUT,
                   "database: not reachable")
         return d.addCallback(lambda more: reasons + more)
+
+    # -- standby (vss.cms.standby)
+
+    def addresses(self):
+        """Where this CMS is reached: what a standby names to nodes and admins."""
+        host = self.options.get("advertise-host") or listen_interface(
+            self.options["node-listen"]) or ""
+        if host in ("", "0.0.0.0", "::"):  # noqa: S104 - read, not bound
+            host = socket.getfqdn()
+        ports = self.listeners()
+        out = {"node": f"tcp:{host}:{ports.get('node')}"}
+        if ports.get("admin"):
+            scheme = "https" if split_endpoint(self.options["admin-listen"])[0] == "ssl" \
+                else "http"
+            shown = f"[{host}]" if ":" in host else host
+            out["admin"] = f"{scheme}://{shown}:{ports['admin']}"
+        return out
+
+    def not_active(self):
+        """For the admin API: None when active, else (why, the active's admin URL)."""
+        if self.election is None or self.election.active:
+            return None
+        return self.standby_note(), (self.active_cms or {}).get("admin") or ""
+
+    @defer.inlineCallbacks
+    def take_office(self):
+        """This CMS won the lock: fence the database's writes with a new epoch, reload
+        what CMS keeps in memory, serve."""
+        epoch = yield self.store.take_office(self.options["cms-id"], self.addresses())
+        yield self.cms.load()
+        self.cms.activate()
+        self.active_cms = None
+        self.log.info("CMS {cms} is active (epoch {epoch})", cms=self.options["cms-id"],
+                      epoch=epoch)
+
+    def stand_by(self, reason):
+        """The lock is lost: stop acting as active at once."""
+        self.store.step_down()
+        self.cms.stand_by(self.standby_note(reason))
+        self.refresh_active()
+
+    def standby_note(self, reason=None):
+        """Why this CMS is not active and who is, as far as it knows."""
+        reason = reason or (self.election.reason if self.election else "")
+        active = self.active_cms
+        if active and active.get("cms_id") != self.options["cms-id"]:
+            return (f"{reason}; the active CMS is {active.get('cms_id')} "
+                    f"(nodes: {active.get('node')}, admin API: {active.get('admin')})")
+        return reason
+
+    def refresh_active(self):
+        """Read who is active from the database (a standby names it)."""
+        if self.election is None or self.election.active:
+            return defer.succeed(None)
+
+        def got(active):
+            self.active_cms = active
+            if not self.election.active:
+                self.cms.standby_note = self.standby_note()
+
+        return self.store.active_cms().addCallbacks(got, lambda _: None)
 
     def _admin_backend(self):
         try:
@@ -114,7 +204,7 @@ class CmsDaemon(StagedService):
 
         return StoreAdminBackend(self.store, publish=self.cms.publish,
                                  assign_home_node=self.cms.assign_home_node,
-                                 status=self.status,
+                                 status=self.status, not_active=self.not_active,
                                  credential_key=credential_key(self.cluster_secret))
 
     @defer.inlineCallbacks
@@ -155,15 +245,22 @@ class CmsDaemon(StagedService):
 
     def prepare(self):
         d = self.store.open()
-        d.addCallback(lambda _: self.cms.load())
+        if self.election is None:
+            d.addCallback(lambda _: self.cms.load())
         return d
 
     def on_ready(self):
+        if self.election is not None:
+            self._refresher = task.LoopingCall(self.refresh_active)
+            self._refresher.clock = self.reactor
+            self._refresher.start(ACTIVE_REFRESH, now=True)
         ports = self.listeners()
         write_json_atomically(os.path.join(self.data_dir, "ports.json"), ports)
         self.log.info("central platform {cms} ready: {ports}", cms=self.options["cms-id"],
                       ports=json.dumps(ports, sort_keys=True))
 
     def stopService(self):
+        if self._refresher is not None and self._refresher.running:
+            self._refresher.stop()
         d = super().stopService()
         return defer.maybeDeferred(lambda: d).addBoth(lambda _: self.store.close())

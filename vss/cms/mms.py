@@ -120,6 +120,7 @@ HTTP_FOR_CODE = {
     ResultCode.UNKNOWN_NODE: 404,
     ResultCode.CONFLICT: 409,
     ResultCode.DB_UNAVAILABLE: 503,
+    ResultCode.NOT_ACTIVE: 503,
 }
 #: seconds an admin is told to wait before trying again after a 503
 RETRY_AFTER = 5
@@ -140,6 +141,21 @@ class ApiError(Exception):
         if self.field is not None:
             out["field"] = self.field
         return out
+
+
+class NotActive(ApiError):
+    """503 from a standby CMS: ``active`` is the admin URL of the active CMS (also in
+    the ``X-Vss-Active-Cms`` header), or '' when not known."""
+
+    def __init__(self, why, active):
+        headers = {"Retry-After": "1"}
+        if active:
+            headers["X-Vss-Active-Cms"] = active
+        super().__init__(503, f"this CMS is a standby: {why}", headers=headers)
+        self.active = active
+
+    def payload(self):
+        return {"error": self.message, "code": "NOT_ACTIVE", "active": self.active}
 
 
 def invalid(field, message):
@@ -1238,6 +1254,10 @@ class AdminApi:
     @defer.inlineCallbacks
     def _dispatch(self, res, request):
         method = request.method.decode("ascii", "replace").upper()
+        standby = self.backend.not_active()
+        if standby is not None:  # a standby CMS: the active one serves (vss.cms.standby)
+            why, active = standby
+            raise NotActive(why, active)
         principal = None
         if res.requires_auth:
             principal = yield self.authenticate(request)

@@ -208,12 +208,18 @@ class CMSService(service.Service):
         self._applied_writes = {}  # node_id -> (DelayedCall writing its applied_seq, session)
         self.counters = {"routed": 0, "notified": 0, "sync_changes": 0, "stale_changes": 0,
                          "changes": 0}
+        # Only the active CMS serves (vss.cms.standby); a standby answers NOT_ACTIVE
+        # with ``standby_note`` (why, and who is active if known) and closes the link.
+        self.active = True
+        self.standby_note = ""
 
     # -- life cycle
 
     @defer.inlineCallbacks
     def load(self):
         """Read the device homes once; changes keep them current afterwards."""
+        self.homes.clear()
+        self.online.clear()
         cursor = ""
         while True:
             records, cursor = yield self.store.list_devices(cursor=cursor, limit=5000)
@@ -243,6 +249,25 @@ class CMSService(service.Service):
         return defer.DeferredList(list(self._inflight), consumeErrors=False) \
             .addCallback(lambda _: None)
 
+    def stand_by(self, note):
+        """Stop acting as the active CMS at once (the lock is lost, or another CMS took
+        over): every node link is closed with NOT_ACTIVE and nothing more is written."""
+        self.active = False
+        self.standby_note = note
+        for call, _s in list(self._applied_writes.values()):
+            call.cancel()
+        self._applied_writes.clear()
+        for link in list(self.links):
+            link.close(ResultCode.NOT_ACTIVE, note)
+        self.sessions.clear()
+        self.online.clear()
+        self.mdp.servers.clear()
+
+    def activate(self):
+        """Serve as the active CMS (after ``load``)."""
+        self.active = True
+        self.standby_note = ""
+
     def factory(self):
         # A node link carries the routed requests of every CU of that node.
         return LinkFactory(self, self.clock, request_timeout=self.config.route_timeout,
@@ -268,12 +293,17 @@ class CMSService(service.Service):
                 self.on_presence(s, StateChange(device_id=device_id, channel=0,
                                                 change=int(ChangeKind.OFFLINE),
                                                 timestamp=self.now_ms(), items=[]), force=True)
-            if self.running:
+            if self.running and self.active:
                 self.store.set_node_state(s.node_id, "down").addErrback(self._logged)
 
     def received(self, link, frame, msg):
         s = link.session
         t = frame.type
+        if not self.active:  # a standby: the node tries its next CMS address
+            if not frame.flags & codec.FLAG_NOTIFY:
+                link.send_error(t, frame.txid, ResultCode.NOT_ACTIVE, self.standby_note)
+            link.close(ResultCode.NOT_ACTIVE, self.standby_note)
+            return
         if t == MsgType.KEEPALIVE:
             if not frame.flags & codec.FLAG_NOTIFY:
                 link.send_response(t, frame.txid, Empty())

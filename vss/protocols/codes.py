@@ -55,6 +55,7 @@ class ResultCode(IntEnum):
     STALE_CHANGE = 0x0404
     ROUTE_LOOP = 0x0405
     DB_UNAVAILABLE = 0x0406
+    NOT_ACTIVE = 0x0407
 
     INTERNAL_ERROR = 0xFFFF
 
@@ -101,6 +102,8 @@ DESCRIPTIONS = {
     ResultCode.ROUTE_LOOP: "the routed request came back to a node it passed",
     ResultCode.DB_UNAVAILABLE: "the central database failed: unreachable, locked or timed"
                                " out; try again later",
+    ResultCode.NOT_ACTIVE: "this CMS is a standby (another CMS is active): try the next"
+                           " CMS address",
     ResultCode.INTERNAL_ERROR: "internal error",
 }
 

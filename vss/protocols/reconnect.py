@@ -15,6 +15,14 @@ A preparation refused with ``NOT_READY`` (the node is still loading its data) sp
 the next attempt wider: each delay is drawn between half and one and a half times the
 backoff step (at most ``NOT_READY_MAX_DELAY``), so that thousands of clients refused
 together do not come back together, nor much later than the node is ready.
+
+Several endpoints of one service (``endpoint`` a list: every CMS of a site, one active
+and the others standby) are tried in turn: the link stays on the endpoint that works;
+once it fails (cannot connect, the preparation is refused, e.g. ``NOT_ACTIVE`` from a
+standby CMS, or the connection is lost) the next is tried after a short delay
+(``NEXT_DELAY``), and the backoff grows only when a whole round of them failed. A round
+in which one answered ``NOT_ACTIVE`` waits at most ``NOT_ACTIVE_MAX_DELAY``: a standby
+takes over within seconds, and the nodes should follow it at once.
 """
 
 import random
@@ -31,6 +39,10 @@ NOT_READY_JITTER = 0.5
 #: (answering NOT_READY costs it next to nothing), so clients do not drift to the
 #: longest backoff of a node that cannot be reached.
 NOT_READY_MAX_DELAY = 8.0
+#: The delay before the next endpoint of a list is tried, within a round.
+NEXT_DELAY = 0.1
+#: The longest delay after a round in which a peer answered NOT_ACTIVE.
+NOT_ACTIVE_MAX_DELAY = 1.0
 
 
 class Reconnector:
@@ -38,7 +50,10 @@ class Reconnector:
 
     def __init__(self, endpoint, factory, prepare, clock, initial=0.5, max_delay=10.0,
                  factor=2.0, jitter=0.1, name="link"):
-        self.endpoint = endpoint
+        self.endpoints = list(endpoint) if isinstance(endpoint, (list, tuple)) else [endpoint]
+        self.index = 0  # the endpoint tried now
+        self._tried = 0  # endpoints that failed in this round
+        self._not_active = False  # one answered NOT_ACTIVE in this round
         self.factory = factory
         self.prepare = prepare
         self.clock = clock
@@ -54,6 +69,11 @@ class Reconnector:
         self._connecting = None
         self._stopping = None
         self._spread = False  # the next delay uses NOT_READY_JITTER
+        self._prepared_protocol = None  # the connection prepared last
+
+    @property
+    def endpoint(self):
+        return self.endpoints[self.index]
 
     def start(self):
         self.running = True
@@ -78,12 +98,19 @@ class Reconnector:
 
     def _prepared(self, _, protocol):
         self.failures = 0
+        self._tried = 0
+        self._not_active = False
+        self._prepared_protocol = protocol
 
     def _prepare_failed(self, failure, protocol):
         if failure.check(VssError) and failure.value.code == ResultCode.NOT_READY:
             self._spread = True
             self.log.info("{name}: the node is not ready ({error}); trying again later",
                           name=self.name, error=failure.value.message)
+        elif failure.check(VssError) and failure.value.code == ResultCode.NOT_ACTIVE:
+            self._not_active = True
+            self.log.info("{name}: {endpoint} is not active ({error}); trying the next",
+                          name=self.name, endpoint=self._describe(), error=failure.value.message)
         else:
             self.log.info("{name}: setting up the connection failed: {error}", name=self.name,
                           error=failure.getErrorMessage())
@@ -105,13 +132,36 @@ class Reconnector:
             return
         self.protocol = None
         if self.running:
+            if self._prepared_protocol is protocol:  # a link that worked was lost
+                self._prepared_protocol = None
+                if len(self.endpoints) > 1:
+                    self.log.info("{name}: lost {endpoint}; trying the next", name=self.name,
+                                  endpoint=self._describe())
             self._schedule()
         elif self._stopping is not None:
             d, self._stopping = self._stopping, None
             d.callback(None)
 
+    def _describe(self):
+        e = self.endpoint
+        if isinstance(e, str):
+            return e
+        host, port = getattr(e, "_host", None), getattr(e, "_port", None)
+        return f"{host}:{port}" if host else f"endpoint {self.index + 1}"
+
     def _schedule(self):
+        if len(self.endpoints) > 1:
+            self.index = (self.index + 1) % len(self.endpoints)
+            self._tried += 1
+            if self._tried < len(self.endpoints):  # the next of this round, soon
+                self.last_delay = NEXT_DELAY * random.uniform(0.5, 1.5)
+                self._timer = self.clock.callLater(self.last_delay, self._attempt)
+                return
+            self._tried = 0
         delay = min(self.max_delay, self.initial * self.factor ** min(self.failures, 64))
+        if self._not_active:
+            delay = min(delay, NOT_ACTIVE_MAX_DELAY)
+            self._not_active = False
         if self._spread:
             delay = min(delay, NOT_READY_MAX_DELAY)
         jitter = NOT_READY_JITTER if self._spread else self.jitter

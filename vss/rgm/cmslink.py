@@ -130,11 +130,12 @@ class CmsLink(service.Service):
 
     def startService(self):
         super().startService()
-        endpoint = self.endpoint
-        if isinstance(endpoint, str):
-            endpoint = endpoints.clientFromString(self.reactor, endpoint)
+        # one CMS, or every CMS of a site (a list): the link moves to the active one
+        given = self.endpoint if isinstance(self.endpoint, (list, tuple)) else [self.endpoint]
+        targets = [endpoints.clientFromString(self.reactor, e) if isinstance(e, str) else e
+                   for e in given]
         self._client = Reconnector(
-            endpoint, LinkFactory(self, self.clock, request_timeout=30.0,
+            targets if len(targets) > 1 else targets[0], LinkFactory(self, self.clock, request_timeout=30.0,
                                   max_in_flight=PEER_MAX_IN_FLIGHT),
             self._on_connect, self.clock, initial=0.5, max_delay=10.0, name="link to CMS")
         self._client.start()

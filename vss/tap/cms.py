@@ -19,6 +19,7 @@ DEFAULTS = {
     "admin-listen": "tcp:7280:interface=127.0.0.1",
     "data-dir": os.path.join("data", "cms"),
     "heartbeat": "5",
+    "standby": "auto",
 }
 
 
@@ -51,6 +52,12 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["tls-ca", None, None, "PEM certificate(s) of the cluster CA: nodes' certificates "
          "must be signed by it and name the node that logs in."],
         ["heartbeat", None, None, f"Heartbeat interval asked of nodes, seconds [{DEFAULTS['heartbeat']}]."],
+        ["standby", None, None, "on: several vss-cms may run on this PostgreSQL database, "
+         "one active (it holds the database's advisory lock) and the others standby, "
+         "taking over within seconds; off: this CMS is alone on its database; auto: on "
+         "with PostgreSQL, off with SQLite (one process only) [auto]."],
+        ["advertise-host", None, None, "Host this CMS is reached at, named by a standby "
+         "to nodes and admins [the interface of --node-listen, or this host's name]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7222:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
         *metrics_options("the admin listener (--admin-listen)"),
@@ -85,8 +92,23 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
             raise ConfigError("; ".join(problems))
         if not self.get("db"):
             self["db"] = "sqlite:" + os.path.join(self["data-dir"], "vss-cms.sqlite3")
+        self["standby"] = standby_from(self["standby"], self["db"])
         if not self.get("cluster-secret-file"):
             self["cluster-secret-file"] = os.path.join(self["data-dir"], "cluster.secret")
+
+
+def standby_from(value, db):
+    """``--standby`` as a bool for the database ``db``, or ConfigError."""
+    from vss.cms.store import is_postgres
+
+    value = str(value).strip().lower()
+    if value not in ("auto", "on", "off"):
+        raise ConfigError(f"--standby: {value!r} is none of auto, on, off")
+    if value == "on" and not is_postgres(db):
+        raise ConfigError("--standby on: a standby CMS needs PostgreSQL (--db "
+                          "postgresql://...); an SQLite database serves one vss-cms process "
+                          "only")
+    return value == "on" or (value == "auto" and is_postgres(db))
 
 
 def makeService(options):

@@ -6,6 +6,7 @@ from vss.config import (
     ConfigError,
     NodeSettings,
     TrackingOptions,
+    cms_addresses,
     merge_options,
     positive_number,
 )
@@ -64,7 +65,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["rtsp-listen", None, None, f"Endpoint of the streaming server [{DEFAULTS['rtsp-listen']}]."],
         ["media-host", None, None, "Host name put in stream URLs [the RTSP interface]."],
         ["cms", None, None, "Client endpoint of CMS, tcp:HOST:PORT (mutual TLS with "
-         "--tls-cert/--tls-key/--tls-ca; CMS's certificate must name HOST)."],
+         "--tls-cert/--tls-key/--tls-ca; CMS's certificate must name HOST). Several, "
+         "comma separated, for a CMS with standbys: the node follows the active one."],
         ["node-listen", None, None, f"Endpoint for links from CMS-routed peers [{DEFAULTS['node-listen']}]."],
         ["advertise-host", None, None, "Host other nodes use to reach this node [the node-listen interface]."],
         ["cluster-secret-file", None, None, "File holding the cluster secret shared by CMS and nodes."],
@@ -144,8 +146,8 @@ def settings_from(opts):
         value = str(opts.get(name) or "").strip()
         if value and not (name == "http-listen" and value.lower() == "off"):
             check_endpoint(name, value, problems)
-    if opts.get("cms"):
-        check_endpoint("cms", opts["cms"], problems, server=False)
+    for address in cms_addresses(opts.get("cms")):
+        check_endpoint("cms", address, problems, server=False)
     store = opts["store"]
     store_files = _store_files(opts, store, problems)
     tls = link_tls_files(opts, problems)
@@ -223,16 +225,17 @@ def _check_links(opts, tls, allow_plaintext, problems):
     in plaintext only on loopback unless --allow-plaintext-links."""
     from vss.tls import client_host_port, listen_interface, plaintext_problem
 
-    try:
-        host, _port = client_host_port(opts["cms"])
-    except ValueError:
-        problems.append(f"--cms: {opts['cms']!r} must be tcp:HOST:PORT (TLS comes with "
-                        "--tls-cert, --tls-key and --tls-ca)")
-    else:
-        if not all(tls):
-            problem = plaintext_problem("--cms", host, allow_plaintext)
-            if problem:
-                problems.append(problem)
+    for address in cms_addresses(opts["cms"]):
+        try:
+            host, _port = client_host_port(address)
+        except ValueError:
+            problems.append(f"--cms: {address!r} must be tcp:HOST:PORT (TLS comes with "
+                            "--tls-cert, --tls-key and --tls-ca)")
+        else:
+            if not all(tls):
+                problem = plaintext_problem("--cms", host, allow_plaintext)
+                if problem:
+                    problems.append(problem)
     interface = listen_interface(opts["node-listen"])
     if interface is None:
         problems.append(f"--node-listen: {opts['node-listen']!r} must be a tcp: endpoint "

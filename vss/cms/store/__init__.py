@@ -26,13 +26,15 @@ __all__ = [
     "GRANT_KEY_SEP",
     "grant_key",
     "hash_token",
+    "is_postgres",
     "make_static_store",
     "new_token",
     "split_grant_key",
 ]
 
 
-def _is_postgres(spec):
+def is_postgres(spec):
+    """Whether a ``--db`` spec names PostgreSQL (else SQLite)."""
     if spec.startswith(("postgresql://", "postgres://")):
         return True
     # a libpq keyword/value DSN: "host=... dbname=..."
@@ -43,7 +45,7 @@ def make_static_store(spec=DEFAULT_SPEC, reactor=None, **kw):
     """A store for ``spec`` (not opened yet). Extra keywords go to the backend, e.g.
     ``clock=`` or, for PostgreSQL, ``schema=``."""
     spec = spec or DEFAULT_SPEC
-    if _is_postgres(spec):
+    if is_postgres(spec):
         from .postgres import PostgresStaticStore
 
         return PostgresStaticStore(spec, reactor=reactor, **kw)

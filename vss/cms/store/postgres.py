@@ -8,14 +8,30 @@ the order they are issued (a node paging with ``changes_after`` can never step o
 sequence whose transaction commits later) and version bumps never race. Reads take no
 lock; each runs in one REPEATABLE READ snapshot.
 
+A CMS standby (docs/consistency.md, "CMS standby"): ``PostgresActiveLock`` is the
+session advisory lock only the active CMS holds, on a connection of its own; the
+active's ``take_office`` bumps the ``cms_epoch`` of ``meta`` and from then on every
+write transaction of its store checks, under the writer lock, that the epoch is still
+its own (``fence``): a CMS another one took over from can no longer write, even before
+it notices.
+
 ``schema`` puts every table in a PostgreSQL schema of its own (``search_path`` is set
 on each pooled connection); tests use it to give every run a fresh namespace.
 """
+
+import json
 
 import psycopg2
 import psycopg2.extras
 from psycopg2 import sql as pgsql
 from twisted.enterprise import adbapi
+from twisted.internet import threads
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from vss.cms.standby import IActiveLock
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
 
 from .sql import Dialect, SqlStaticStore
 
@@ -29,6 +45,7 @@ class PostgresDialect(Dialect):
 
     def __init__(self):
         self._converted = {}
+        self.epoch = None  # the CMS epoch writes must find (None: not fenced)
 
     def sql(self, text):
         try:
@@ -70,6 +87,13 @@ class PostgresDialect(Dialect):
 
     def begin_write(self, cur):
         cur.execute("SELECT value FROM meta WHERE key = 'writer' FOR UPDATE")
+        if self.epoch is not None:
+            # under the writer lock: a CMS that took over bumped the epoch under it too
+            cur.execute("SELECT value FROM meta WHERE key = 'cms_epoch'")
+            row = cur.fetchone()
+            if row is None or int(row[0]) != self.epoch:
+                raise VssError(ResultCode.NOT_ACTIVE,
+                               "this CMS is no longer the active one: another took over")
 
     def lock_schema(self, cur):
         cur.execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
@@ -121,14 +145,56 @@ def drop_schema(dsn, name):
 class PostgresStaticStore(SqlStaticStore):
     """``IStaticStore`` in PostgreSQL; ``dsn`` is a libpq DSN or a postgresql:// URL."""
 
-    dialect = PostgresDialect()
     backend = "postgresql"
 
     def __init__(self, dsn, reactor=None, clock=None, schema=None, pool_max=POOL_MAX):
         super().__init__(reactor=reactor, clock=clock)
+        self.dialect = PostgresDialect()  # its own: it holds this store's fence
         self.dsn = dsn
         self.schema = schema
         self.pool_max = pool_max
+
+    # -- CMS standby
+
+    def take_office(self, cms_id, addresses):
+        """The CMS holding the active lock takes office: bump ``cms_epoch`` (so writes
+        of any CMS active before fail from now on), record who is active and where
+        (``addresses``: a dict), and fence this store's writes with the new epoch.
+        Fires with the epoch."""
+        self.dialect.epoch = None
+        d = self._run(self._wpool, self._take_office, cms_id, json.dumps(addresses),
+                      self._now_ms())
+
+        def fenced(epoch):
+            self.dialect.epoch = epoch
+            return epoch
+
+        return d.addCallback(fenced)
+
+    def _take_office(self, cur, cms_id, addresses, now):
+        cur.execute("SELECT value FROM meta WHERE key = 'writer' FOR UPDATE")
+        cur.execute("SELECT value FROM meta WHERE key = 'cms_epoch'")
+        row = cur.fetchone()
+        epoch = (int(row[0]) if row else 0) + 1
+        active = json.dumps({"cms_id": cms_id, "epoch": epoch, "since": now, **json.loads(addresses)})
+        for key, value in (("cms_epoch", str(epoch)), ("cms_active", active)):
+            cur.execute("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key)"
+                        " DO UPDATE SET value = excluded.value", (key, value))
+        return epoch
+
+    def step_down(self):
+        """No more writes from this store until it takes office again."""
+        self.dialect.epoch = -1
+
+    def active_cms(self):
+        """Who took office last, a dict (``cms_id``, ``epoch``, ``since``, the addresses
+        it gave), or None."""
+        return self._read(self._active_cms)
+
+    def _active_cms(self, cur):
+        cur.execute("SELECT value FROM meta WHERE key = 'cms_active'")
+        row = cur.fetchone()
+        return json.loads(row[0]) if row else None
 
     def _open_connection(self, conn):
         if self.schema is not None:
@@ -150,3 +216,90 @@ class PostgresStaticStore(SqlStaticStore):
             cp_noisy=False,
         )
         return pool, pool
+
+
+#: the first key of the advisory lock of the active CMS ('VSS' 0x01); the second is the
+#: hash of the schema's name, so that CMS sites in schemas of one database never meet
+LOCK_CLASS = 0x56535301
+#: server-side limits of the lock connection: a holder that stops asking (a partition,
+#: a frozen process) loses its session, hence the lock, after this long
+LOCK_IDLE_TIMEOUT = "5s"
+LOCK_CONNECT_TIMEOUT = 3  # seconds
+
+
+@implementer(IActiveLock)
+class PostgresActiveLock:
+    """The session advisory lock of the active CMS, on one connection of its own (a
+    thread of its own: every call is a blocking psycopg2 call). Connect directly, or
+    through a pooler in session mode: a transaction-mode pooler cannot hold a session
+    lock. The connection is made with TCP keepalives and ``idle_session_timeout``, so
+    that the server frees the lock soon when the holder can no longer ask (the active
+    checks every second, and stands by after ``standby.CHECK_TIMEOUT`` s without an
+    answer, before the server gives the lock to another)."""
+
+    def __init__(self, dsn, reactor, schema=None):
+        self.dsn = dsn
+        self.reactor = reactor
+        self.schema = schema
+        self.description = "PostgreSQL advisory lock of the active CMS"
+        self._conn = None
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="vss-cms-active-lock")
+        self._started = False
+
+    def _in_thread(self, fn):
+        if not self._started:
+            self._started = True
+            self._pool.start()
+            self.reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+        return threads.deferToThreadPool(self.reactor, self._pool, fn)
+
+    def _connect(self):
+        conn = psycopg2.connect(self.dsn, connect_timeout=LOCK_CONNECT_TIMEOUT, keepalives=1,
+                                keepalives_idle=2, keepalives_interval=1, keepalives_count=3)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            if self.schema is not None:
+                cur.execute(pgsql.SQL("SET search_path TO {}").format(
+                    pgsql.Identifier(self.schema)))
+            cur.execute("SET statement_timeout = '2s'")
+            cur.execute("SET tcp_keepalives_idle = 2; SET tcp_keepalives_interval = 1;"
+                        " SET tcp_keepalives_count = 3")
+            try:
+                cur.execute("SET idle_session_timeout = %s", (LOCK_IDLE_TIMEOUT,))
+            except psycopg2.ProgrammingError:
+                pass  # before PostgreSQL 14: keepalives only
+        self._conn = conn
+        return conn
+
+    def _query(self, text):
+        conn = self._conn if self._conn is not None else self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(text, (LOCK_CLASS,))
+                return bool(cur.fetchone()[0])
+        except Exception:
+            self._close()
+            raise
+
+    def acquire(self):
+        return self._in_thread(lambda: self._query(
+            "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"))
+
+    def check(self):
+        return self._in_thread(lambda: self._query(
+            "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid = pg_backend_pid() AND classid = %s::bigint::oid"
+            " AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid"))
+
+    def _close(self):
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001,S110 - closing a connection that failed
+                pass
+
+    def release(self):
+        if not self._started:
+            return None
+        return self._in_thread(self._close).addErrback(lambda _: None)
