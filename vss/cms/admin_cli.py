@@ -67,6 +67,7 @@ class HttpError(CliError):
         self.status = status
         self.message = message
         self.field = field
+        self.not_active = False  # a standby CMS answered: nothing was done
 
 
 # ---------------------------------------------------------------------------
@@ -231,22 +232,54 @@ def render_status(s):
 
 
 def api_base(url):
-    url = url.rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise usage.UsageError(f"--api must be an http:// or https:// URL: {url!r}")
-    return url if url.endswith(API_PATH) else url + API_PATH
+    """The API base of ``--api``: one URL, or several separated by commas (every CMS
+    of a site: the call goes to the active one)."""
+    bases = []
+    for one in [u.strip().rstrip("/") for u in url.split(",") if u.strip()]:
+        if not one.startswith(("http://", "https://")):
+            raise usage.UsageError(f"--api must be an http:// or https:// URL: {one!r}")
+        bases.append(one if one.endswith(API_PATH) else one + API_PATH)
+    if not bases:
+        raise usage.UsageError("--api: no URL given")
+    return ",".join(bases)
 
 
 class Client:
+    """The admin API's client. ``base``: one API base URL, or several separated by
+    commas (a CMS with standbys): a call that cannot connect, or that a standby answers
+    503 NOT_ACTIVE (nothing was done), goes to the next; the one that served is tried
+    first next time."""
+
     def __init__(self, reactor, base, token, timeout=TIMEOUT):
         self.reactor = reactor
-        self.base = base
+        self.bases = [b for b in base.split(",") if b]
         self.token = token
         self.timeout = timeout
         self.agent = Agent(reactor, connectTimeout=10)
 
+    @property
+    def base(self):
+        return self.bases[0]
+
     @defer.inlineCallbacks
     def call(self, method, path, body=None, params=None):
+        for i in range(len(self.bases)):
+            last = i == len(self.bases) - 1
+            try:
+                result = yield self._call_one(method, path, body, params)
+            except HttpError as e:
+                if e.status != 503 or not e.not_active or last:
+                    raise
+            except CliError as e:
+                if not getattr(e, "unsent", False) or last:
+                    raise
+            else:
+                return result
+            self.bases.append(self.bases.pop(0))  # the next CMS
+        raise AssertionError("not reached")
+
+    @defer.inlineCallbacks
+    def _call_one(self, method, path, body=None, params=None):
         url = self.base + path
         params = {k: v for k, v in (params or {}).items() if v not in (None, "")}
         if params:
@@ -272,14 +305,19 @@ class Client:
         except (error.ConnectError, error.DNSLookupError, error.ConnectionLost) as e:
             code = getattr(e, "osError", None)
             reason = os.strerror(code) if isinstance(code, int) else (str(e) or repr(e))
-            raise CliError(f"cannot reach the admin API at {self.base}: {reason}") from None
+            unreachable = CliError(f"cannot reach the admin API at {self.base}: {reason}")
+            # not connected: the request never reached CMS, another may take it
+            unreachable.unsent = not isinstance(e, error.ConnectionLost)
+            raise unreachable from None
         try:
             payload = json.loads(data.decode("utf-8")) if data.strip() else {}
         except ValueError:
             payload = None
         if response.code >= 400:
             if isinstance(payload, dict) and "error" in payload:
-                raise HttpError(response.code, payload["error"], payload.get("field"))
+                e = HttpError(response.code, payload["error"], payload.get("field"))
+                e.not_active = payload.get("code") == "NOT_ACTIVE"
+                raise e
             raise HttpError(response.code, "the server gave no error message")
         if payload is None:
             raise CliError(f"the admin API at {self.base} answered something that is not "

@@ -102,7 +102,7 @@ DESCRIPTIONS = {
     ResultCode.ROUTE_LOOP: "the routed request came back to a node it passed",
     ResultCode.DB_UNAVAILABLE: "the central database failed: unreachable, locked or timed"
                                " out; try again later",
-    ResultCode.NOT_ACTIVE: "this CMS is a standby (another CMS is active): try the next"
+    ResultCode.NOT_ACTIVE: "this CMS is a standby, another CMS is active: try the next"
                            " CMS address",
     ResultCode.INTERNAL_ERROR: "internal error",
 }
