@@ -41,7 +41,13 @@ from urllib.parse import quote, urlencode
 
 from twisted.internet import defer, error, task
 from twisted.python import usage
-from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    ResponseFailed,
+    ResponseNeverReceived,
+    readBody,
+)
 from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 
@@ -309,6 +315,10 @@ class Client:
             # not connected: the request never reached CMS, another may take it
             unreachable.unsent = not isinstance(e, error.ConnectionLost)
             raise unreachable from None
+        except (ResponseNeverReceived, ResponseFailed):
+            # it may have been done: a caller reads before it tries again
+            raise CliError(f"the admin API at {self.base} closed the connection before "
+                           "answering") from None
         try:
             payload = json.loads(data.decode("utf-8")) if data.strip() else {}
         except ValueError:

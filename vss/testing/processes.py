@@ -166,11 +166,12 @@ def cms_db_path(workdir):
 
 
 @defer.inlineCallbacks
-def start_cms(reactor, workdir, extra=(), env=None):
+def start_cms(reactor, workdir, extra=(), env=None, name="cms"):
     """``twistd -n vss-cms`` with its node and admin listeners on port 0, data in
     ``WORKDIR/cms`` (SQLite database ``cms_db_path``, cluster secret
-    ``cms_secret_file``, created if absent); fires with (daemon, ports)."""
-    data = os.path.join(workdir, "cms")
+    ``cms_secret_file``, created if absent); fires with (daemon, ports). Another
+    ``name`` gives another data directory and log (a second CMS on one database)."""
+    data = os.path.join(workdir, name)
     os.makedirs(data, exist_ok=True)
     ports_file = os.path.join(data, "ports.json")
     if os.path.exists(ports_file):
@@ -179,7 +180,7 @@ def start_cms(reactor, workdir, extra=(), env=None):
             "--db", "sqlite:" + cms_db_path(workdir),
             "--node-listen", "tcp:0:interface=127.0.0.1",
             "--admin-listen", "tcp:0:interface=127.0.0.1", *extra]
-    d = Daemon(reactor, argv, os.path.join(workdir, "cms.log"), env=env, cwd=workdir)
+    d = Daemon(reactor, argv, os.path.join(workdir, f"{name}.log"), env=env, cwd=workdir)
     yield wait_for_file(reactor, ports_file, proc=d)
     with open(ports_file) as f:
         ports = json.load(f)
