@@ -11,12 +11,23 @@ own (``initdb``); skipped, saying so, when neither is there.
 
 import os
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from vss.cms.admin_cli import Client, HttpError
+from vss.cms.store import make_static_store
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+from vss.testing import records
 from vss.testing.processes import poll
 from vss.testing.standby import TOKEN, NoPostgres, StandbyScenario, database
+
+try:
+    import psycopg2
+
+    from vss.cms.store.postgres import PostgresActiveLock
+except ImportError:  # PostgreSQL support is optional
+    psycopg2 = None
 
 #: the issue's aim is 5 s; the bound here leaves room for a loaded test machine
 TAKEOVER_BOUND = 10.0
@@ -85,3 +96,77 @@ class CmsStandbyTests(unittest.TestCase):
         print(f"\ntakeover {took:.2f} s, node on the new CMS {node_up:.2f} s after the "
               f"kill; {count['acknowledged']} of {count['sent']} changes acknowledged, "
               "0 lost")
+
+
+class ActiveLockTests(unittest.TestCase):
+    """The PostgreSQL side: the advisory lock of the active CMS and the epoch that
+    fences the writes of a CMS another one took over from."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        cleanups = []
+        try:
+            self.dsn = yield database(reactor, cleanups)
+        except NoPostgres as e:
+            raise unittest.SkipTest(str(e)) from None
+        finally:
+            for c in reversed(cleanups):
+                self.addCleanup(c)
+
+    @defer.inlineCallbacks
+    def store(self):
+        store = make_static_store(self.dsn, reactor=reactor)
+        yield store.open()
+        self.addCleanup(store.close)
+        return store
+
+    def lock(self):
+        lock = PostgresActiveLock(self.dsn, reactor)
+        self.addCleanup(lock.release)
+        return lock
+
+    @defer.inlineCallbacks
+    def test_one_holder_and_the_lock_freed_when_its_session_ends(self):
+        a, b = self.lock(), self.lock()
+        self.assertTrue((yield a.acquire()))
+        self.assertFalse((yield b.acquire()))
+        self.assertTrue((yield a.check()))
+        self.assertFalse((yield b.check()))
+        # the holder's session is killed (as when its process dies)
+        pid = yield threads.deferToThread(lambda: a._conn.get_backend_pid())
+        yield threads.deferToThread(terminate, self.dsn, pid)
+        yield self.assertFailure(a.check(), psycopg2.Error)
+        self.assertTrue((yield b.acquire()))
+        self.assertFalse((yield a.acquire()))  # a new session of a: b holds it
+
+    @defer.inlineCallbacks
+    def test_writes_of_a_cms_taken_over_from_are_refused(self):
+        # two processes open one new database at once (CMS and its standby)
+        old, new = yield defer.gatherResults([self.store(), self.store()])
+        epoch = yield old.take_office("cms-a", {"node": "tcp:a:7200"})
+        yield old.upsert_user("u1", records.verifier("pw", iterations=2000), [])
+        self.assertEqual((yield new.take_office("cms-b", {"node": "tcp:b:7200"})), epoch + 1)
+        e = yield self.assertFailure(
+            old.upsert_user("u2", records.verifier("pw", iterations=2000), []), VssError)
+        self.assertEqual(e.code, ResultCode.NOT_ACTIVE)
+        yield new.upsert_user("u3", records.verifier("pw", iterations=2000), [])
+        users, _ = yield new.list_users()
+        self.assertEqual(sorted(u.username for u in users), ["u1", "u3"])
+        active = yield old.active_cms()
+        self.assertEqual((active["cms_id"], active["epoch"], active["node"]),
+                         ("cms-b", epoch + 1, "tcp:b:7200"))
+        new.step_down()  # a CMS that stood by writes nothing more
+        yield self.assertFailure(
+            new.upsert_user("u4", records.verifier("pw", iterations=2000), []), VssError)
+
+
+def terminate(dsn, pid):
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        conn.close()

@@ -154,6 +154,38 @@ class ElectionTests(unittest.TestCase):
         return yield_
 
 
+class FirstRoundTests(unittest.TestCase):
+    """Before it listens, a CMS tries once: alone on its database it serves as the
+    active CMS from its first answer."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.lock = FakeLock()
+        self.lost = []
+        self.election = Election(self.lock, self.clock, lambda: defer.succeed(None),
+                                 self.lost.append)
+
+    def test_won_first_round_is_active_before_the_service_starts(self):
+        d = self.election.first_round()
+        self.assertNoResult(d)
+        self.lock.answer(True)
+        self.successResultOf(d)
+        self.assertTrue(self.election.active)
+        self.election.startService()
+        self.assertEqual(self.lock.answer(True), "check")  # then checks it holds it
+        self.successResultOf(self.election.stopService())
+
+    def test_lost_first_round_is_a_standby(self):
+        d = self.election.first_round()
+        self.lock.answer(False)
+        self.successResultOf(d)
+        self.assertEqual(self.election.state, STANDBY)
+        d = self.election.first_round()
+        self.lock.answer(OSError("no database"))
+        self.successResultOf(d)
+        self.assertIn("no database", self.election.reason)
+
+
 class StandbyOptionTests(unittest.TestCase):
     def test_auto_is_on_with_postgresql_and_off_with_sqlite(self):
         self.assertTrue(standby_from("auto", "postgresql://db/vss"))

@@ -137,7 +137,9 @@ class CmsDaemon(StagedService):
         if host in ("", "0.0.0.0", "::"):  # noqa: S104 - read, not bound
             host = socket.getfqdn()
         ports = self.listeners()
-        out = {"node": f"tcp:{host}:{ports.get('node')}"}
+        out = {}
+        if ports.get("node"):
+            out["node"] = f"tcp:{host}:{ports['node']}"
         if ports.get("admin"):
             scheme = "https" if split_endpoint(self.options["admin-listen"])[0] == "ssl" \
                 else "http"
@@ -247,9 +249,15 @@ class CmsDaemon(StagedService):
         d = self.store.open()
         if self.election is None:
             d.addCallback(lambda _: self.cms.load())
+        else:  # alone on the database: active before it listens
+            d.addCallback(lambda _: self.election.first_round())
         return d
 
     def on_ready(self):
+        if self.election is not None and self.election.active:
+            self.store.announce(self.options["cms-id"], self.addresses()).addErrback(
+                lambda f: self.log.warn("cannot record this CMS's addresses: {error}",
+                                        error=f.getErrorMessage()))
         if self.election is not None:
             self._refresher = task.LoopingCall(self.refresh_active)
             self._refresher.clock = self.reactor

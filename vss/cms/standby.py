@@ -92,6 +92,12 @@ class Election(service.Service):
         self.reason = "stopping"
         return defer.maybeDeferred(self.lock.release).addErrback(lambda _: None)
 
+    def first_round(self):
+        """One try for the lock before this CMS listens (a CMS alone on its database
+        is then active as soon as it serves); fires when the try ended, won or not."""
+        d = defer.maybeDeferred(self.lock.acquire)
+        return d.addCallbacks(self._acquired, self._acquire_failed)
+
     def tick(self):
         now = self.clock.seconds()
         if self._pending is not None:
@@ -122,9 +128,10 @@ class Election(service.Service):
     # -- standby
 
     def _acquired(self, held):
+        """Fires (a Deferred) once taking over ended, when the lock was won."""
         if not held:
             self.reason = "another CMS is active"
-            return
+            return None
         self.state = TAKING_OVER
         self._generation += 1
         generation = self._generation
@@ -146,7 +153,7 @@ class Election(service.Service):
             self.log.failure("taking over failed; standing by", f)
             self._lost(f"taking over failed: {f.getErrorMessage()}")
 
-        d.addCallbacks(up, failed)
+        return d.addCallbacks(up, failed)
 
     def _acquire_failed(self, failure):
         self.reason = f"the database cannot be reached ({failure.getErrorMessage()[:200]})"

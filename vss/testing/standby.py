@@ -46,6 +46,10 @@ def database(reactor, cleanups):
     """A PostgreSQL database of this run's own: a fresh schema of
     ``VSS_TEST_POSTGRES_DSN``, else a server of our own (``OwnPostgres``). Fires with a
     libpq DSN; ``cleanups`` gets the callables that remove it. Raises NoPostgres."""
+    try:
+        import psycopg2  # noqa: F401 - PostgreSQL support is an optional dependency
+    except ImportError:
+        raise NoPostgres("PostgreSQL is not enabled: psycopg2 is not installed") from None
     dsn = os.environ.get("VSS_TEST_POSTGRES_DSN")
     if dsn:
         from vss.cms.store.postgres import create_schema, drop_schema

@@ -35,6 +35,8 @@ from vss.protocols.codes import ResultCode
 
 from .sql import Dialect, SqlStaticStore
 
+#: the first key of the advisory lock taken while the schema_version table is made
+BOOTSTRAP_LOCK_CLASS = 0x56535302
 POOL_MIN = 1
 POOL_MAX = 5
 PAGE = 1000
@@ -97,6 +99,11 @@ class PostgresDialect(Dialect):
 
     def lock_schema(self, cur):
         cur.execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+
+    def begin_bootstrap(self, cur):
+        # CREATE TABLE IF NOT EXISTS is not safe against a concurrent one
+        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
+                    (BOOTSTRAP_LOCK_CLASS,))
 
     def describe(self, cur):
         cur.execute(
@@ -181,6 +188,21 @@ class PostgresStaticStore(SqlStaticStore):
             cur.execute("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key)"
                         " DO UPDATE SET value = excluded.value", (key, value))
         return epoch
+
+    def announce(self, cms_id, addresses):
+        """Record again where the active CMS is (its listeners bound after it took
+        office); a fenced write."""
+        return self._run(self._wpool, self._announce, cms_id, json.dumps(addresses),
+                         self._now_ms())
+
+    def _announce(self, cur, cms_id, addresses, now):
+        self.dialect.begin_write(cur)
+        cur.execute("SELECT value FROM meta WHERE key = 'cms_active'")
+        row = cur.fetchone()
+        active = {**(json.loads(row[0]) if row else {}), **json.loads(addresses)}
+        active.update(cms_id=cms_id, epoch=self.dialect.epoch)
+        cur.execute("UPDATE meta SET value = %s WHERE key = 'cms_active'",
+                    (json.dumps(active),))
 
     def step_down(self):
         """No more writes from this store until it takes office again."""

@@ -227,6 +227,10 @@ class Dialect:
     def lock_schema(self, cur):
         raise NotImplementedError
 
+    def begin_bootstrap(self, cur):
+        """Before the schema_version table is made: processes opening one new database
+        at once (CMS and its standby) take turns."""
+
     def describe(self, cur):
         """{'tables': {name: [columns in order]}, 'indexes': sorted secondary index names}"""
         raise NotImplementedError
@@ -354,6 +358,7 @@ class SqlStaticStore(OperatorSql, AuditSql):
         returnValue(current)
 
     def _bootstrap(self, cur):
+        self.dialect.begin_bootstrap(cur)
         self._x(cur, schema.SCHEMA_VERSION_TABLE.format(**schema.DIALECT_TYPES[self.dialect.name]))
         return self._version(cur)
 
