@@ -279,6 +279,19 @@ VECTORS = [
       000f 6e6f20646576696365 2063616d2d31  # message "no device cam-1"
       0000                # ext: none
     """, status=ResultCode.UNKNOWN_DEVICE),
+    V("error_not_active_to_hello", MsgType.HELLO, ERR, 1,
+      Error(message="another CMS is active"), """
+      5653 01 03 0001 0407 00000001 00000019  # VS v1 error HELLO NOT_ACTIVE txid 1 len 25
+      0015 616e6f74686572 20434d53 206973 20616374697665  # "another CMS is active"
+      0000                # ext: none
+    """, status=ResultCode.NOT_ACTIVE),
+    V("bye_not_active", MsgType.BYE, NTF, 0,
+      Bye(reason=ResultCode.NOT_ACTIVE, message="another CMS is active"), """
+      5653 01 04 0004 0000 00000000 0000001b  # VS v1 notify BYE txid 0 len 27
+      0407                # reason NOT_ACTIVE
+      0015 616e6f74686572 20434d53 206973 20616374697665  # "another CMS is active"
+      0000                # ext: none
+    """),
     V("error_notification_slot", MsgType.ERROR, NTF, 0, Error(message=""), """
       5653 01 04 0002 0000 00000000 00000004  # VS v1 notify ERROR status 0 txid 0 len 4
       0000                # message ""

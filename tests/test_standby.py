@@ -291,3 +291,84 @@ class EndpointListTests(unittest.TestCase):
         self.clock.advance(reconnect.NEXT_DELAY * 1.5)
         self.assertEqual(self.log, ["a", "b"])
         self.r.stop()
+
+
+class DocumentedBytesTests(unittest.TestCase):
+    def test_the_standby_answer_of_section_9_4_byte_for_byte(self):
+        """docs/protocol.md 9.4: a standby CMS's error answer to HELLO and its BYE."""
+        import os
+
+        from vss.protocols import codec
+        from vss.protocols.messages import Bye, MsgType
+
+        doc = os.path.join(os.path.dirname(__file__), "..", "docs", "protocol.md")
+        with open(doc, encoding="utf-8") as f:
+            text = f.read()
+        block = text.split("A standby's answer to HELLO", 1)[1].split("```", 2)[1]
+        error, bye = (bytes.fromhex(part.replace("\n", " "))
+                      for part in block.strip().split("\n\n"))
+        message = "another CMS is active"
+        self.assertEqual(error, codec.encode_error(MsgType.HELLO, 1, ResultCode.NOT_ACTIVE,
+                                                   message, 1))
+        self.assertEqual(bye, codec.encode_notify(
+            MsgType.BYE, Bye(reason=int(ResultCode.NOT_ACTIVE), message=message)))
+
+
+class StandbyCmsLinkTests(unittest.TestCase):
+    """A standby CMS answers a node's link NOT_ACTIVE and closes it; an active CMS that
+    stands by closes the links it had (StringTransport, task.Clock)."""
+
+    def setUp(self):
+        from vss.cms.service import CMSConfig, CMSService
+
+        self.clock = task.Clock()
+        self.cms = CMSService(CMSConfig(cms_id="cms-b", cluster_secret=b"s" * 32),
+                              store=None, clock=self.clock)
+
+    def connect(self):
+        from twisted.internet.testing import StringTransport
+
+        proto = self.cms.factory().buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def frames(self, transport):
+        from vss.protocols import codec
+
+        return [(f, codec.decode_body(f)) for f in codec.FrameDecoder().feed(
+            transport.value())]
+
+    def test_a_standby_answers_hello_not_active_and_closes(self):
+        from vss.protocols import codec
+        from vss.protocols.messages import Hello, MsgType, Role
+
+        self.cms.stand_by("another CMS is active; the active CMS is cms-a")
+        proto, transport = self.connect()
+        proto.dataReceived(codec.encode_request(MsgType.HELLO, Hello(
+            min_version=1, max_version=1, role=Role.NODE, agent="t", features=[]), 1))
+        (err, err_msg), (bye, bye_msg) = self.frames(transport)
+        self.assertEqual((err.type, err.txid, err.status),
+                         (MsgType.HELLO, 1, ResultCode.NOT_ACTIVE))
+        self.assertIn("the active CMS is cms-a", err_msg.body.message)
+        self.assertEqual((bye.type, bye_msg.body.reason),
+                         (MsgType.BYE, ResultCode.NOT_ACTIVE))
+        self.assertTrue(transport.disconnecting)
+
+    def test_standing_by_closes_every_link_and_activating_serves_again(self):
+        from vss.protocols import codec
+        from vss.protocols.messages import Hello, MsgType, Role
+
+        proto, transport = self.connect()
+        self.cms.stand_by("the lock was lost")
+        (bye, bye_msg), = self.frames(transport)
+        self.assertEqual((bye.type, bye_msg.body.reason, bye_msg.body.message),
+                         (MsgType.BYE, ResultCode.NOT_ACTIVE, "the lock was lost"))
+        self.assertTrue(transport.disconnecting)
+        self.cms.activate()
+        proto, transport = self.connect()
+        proto.dataReceived(codec.encode_request(MsgType.HELLO, Hello(
+            min_version=1, max_version=1, role=Role.NODE, agent="t", features=[]), 1))
+        (ack, _), = self.frames(transport)
+        self.assertEqual((ack.type, ack.status), (MsgType.HELLO, 0))
+        self.assertFalse(transport.disconnecting)

@@ -66,6 +66,7 @@ class CmsDaemon(StagedService):
             from vss.cms.store.postgres import PostgresActiveLock
 
             self.cms.stand_by("starting: not active yet")
+            self.store.step_down()  # a standby writes nothing
             self.election = Election(
                 PostgresActiveLock(self.store.dsn, reactor, schema=self.store.schema),
                 reactor, self.take_office, self.stand_by)
@@ -120,7 +121,7 @@ class CmsDaemon(StagedService):
         still starting, a listener not listening, the database not answering."""
         reasons = [] if self.started.called else ["starting"]
         if self.election is not None and not self.election.active:
-            reasons.append(f"standby: {self.standby_note()}")
+            reasons.append("standby")  # who is active: the log, and the admin API
         for s in self:
             if isinstance(s, ListenService) and s.listening is None:
                 reasons.append(f"listener {s.name}: not listening")

@@ -1257,6 +1257,13 @@ class AdminApi:
         standby = self.backend.not_active()
         if standby is not None:  # a standby CMS: the active one serves (vss.cms.standby)
             why, active = standby
+            if not res.requires_auth:
+                raise NotActive("the active CMS serves this", "")
+            try:  # only who may use the API learns where the active CMS is
+                yield self.authenticate(request)
+            except VssError as e:
+                if e.code != ResultCode.NOT_ACTIVE:  # the token's touch: not a standby's
+                    raise
             raise NotActive(why, active)
         principal = None
         if res.requires_auth:

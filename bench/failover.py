@@ -1,0 +1,108 @@
+"""
+Failover benchmark (docs/performance.md, "Failover").
+
+``--cms``: CMS takeover. Two ``twistd vss-cms`` on one PostgreSQL database (one active,
+one standby), one ``twistd vss-node`` given both addresses, and a stream of admin
+changes (``PUT /grants``, each a grant of its own, at most 20 a second) through an admin
+client that knows both CMS. The active CMS is SIGKILLed two seconds into the stream.
+Figures per run: seconds from the kill to the standby's ``/readyz`` answering 200
+(active), and to the node registered on it (``up`` in its ``/status``); changes sent,
+acknowledged (200) and lost (acknowledged but missing from the database or from the
+node's copy, read with ``vssctl devices`` as the user granted). The scenario is
+``vss.testing.standby`` (also run by tests/test_cms_standby.py).
+
+PostgreSQL: ``--dsn`` or ``VSS_TEST_POSTGRES_DSN`` (each run in a fresh schema, dropped
+after), else a server of its own (``initdb``).
+
+    VSS_TEST_POSTGRES_DSN='host=127.0.0.1 dbname=test user=postgres' \\
+        .venv/bin/python bench/failover.py --cms --runs 5
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from twisted.internet import defer, task  # noqa: E402
+
+from vss.testing.standby import NoPostgres, StandbyScenario, database  # noqa: E402
+
+
+@defer.inlineCallbacks
+def cms_run(reactor, number):
+    work = tempfile.mkdtemp(prefix="vss-failover-")
+    cleanups = []
+    scenario = None
+    try:
+        dsn = yield database(reactor, cleanups)
+        scenario = StandbyScenario(reactor, work, dsn)
+        yield scenario.seed()
+        yield scenario.start_cms("cms-a")
+        from vss.testing.processes import poll
+
+        yield poll("cms-a to be active", lambda: scenario.is_active("cms-a"),
+                   reactor=reactor)
+        yield scenario.start_cms("cms-b")
+        yield scenario.start_node()
+        streaming = scenario.stream()
+        yield task.deferLater(reactor, 2.0, lambda: None)
+        active, node = yield scenario.kill_active_and_time_takeover()
+        yield task.deferLater(reactor, 2.0, lambda: None)
+        scenario.streaming = False
+        yield streaming
+        count = yield scenario.count("cms-b")
+        lost = len(count["lost_db"]) + len(count["node_diff"])
+        print(f"run {number}: standby active {active:5.2f} s, node on it {node:5.2f} s after "
+              f"the kill; changes sent {count['sent']}, acknowledged "
+              f"{count['acknowledged']}, lost {lost}", flush=True)
+        return active, node, count["sent"], count["acknowledged"], lost
+    finally:
+        if scenario is not None:
+            yield scenario.stop_all()
+        for c in reversed(cleanups):
+            yield defer.maybeDeferred(c)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@defer.inlineCallbacks
+def cms_bench(reactor, runs):
+    results = []
+    for i in range(1, runs + 1):
+        results.append((yield cms_run(reactor, i)))
+    active = [r[0] for r in results]
+    node = [r[1] for r in results]
+    print(f"\nCMS takeover over {runs} runs: standby active p50 "
+          f"{statistics.median(active):.2f} s, max {max(active):.2f} s; node on it p50 "
+          f"{statistics.median(node):.2f} s, max {max(node):.2f} s; changes acknowledged "
+          f"{sum(r[3] for r in results)} of {sum(r[2] for r in results)} sent, lost "
+          f"{sum(r[4] for r in results)}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cms", action="store_true", help="CMS takeover (the only "
+                        "section so far)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dsn", help="PostgreSQL DSN [VSS_TEST_POSTGRES_DSN, else a "
+                        "server of its own]")
+    args = parser.parse_args()
+    if not args.cms:
+        parser.error("choose a section: --cms")
+    if args.dsn:
+        os.environ["VSS_TEST_POSTGRES_DSN"] = args.dsn
+
+    def run(reactor):
+        return cms_bench(reactor, args.runs).addErrback(
+            lambda f: print(f"failover bench: {f.getErrorMessage()}", file=sys.stderr)
+            if f.check(NoPostgres) else f)
+
+    task.react(run)
+
+
+if __name__ == "__main__":
+    main()
