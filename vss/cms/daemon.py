@@ -244,7 +244,7 @@ class CmsDaemon(StagedService):
 
     def namespace(self):
         return {"cms": self.cms, "store": self.store, "mdp": self.cms.mdp,
-                "nodes": self.cms.sessions, "daemon": self}
+                "nodes": self.cms.sessions, "daemon": self, "election": self.election}
 
     def prepare(self):
         d = self.store.open()

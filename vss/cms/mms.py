@@ -1405,7 +1405,8 @@ def _errors(*statuses):
     text = {400: "invalid input", 401: "no or a bad token", 403: "refused (console: "
             "the role or the CSRF check)", 404: "unknown", 405: "method not allowed",
             409: "conflict", 413: "body over 1 MiB", 429: "too many failed logins",
-            503: "the database failed: try again (see Retry-After)"}
+            503: "the database failed, or this CMS is a standby (code NOT_ACTIVE, "
+                 "active: the admin URL of the active CMS): try again (see Retry-After)"}
     return {str(s): _json(_ref("Error"), text[s]) for s in (*statuses, 401, 503)}
 
 

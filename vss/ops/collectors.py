@@ -235,6 +235,12 @@ class CmsCollector:
         head = max(self.head_seq, max((s.applied_seq for s in cms.sessions.values()),
                                       default=0))
         yield gauge("vss_cms_head_seq", "The change log's last sequence.", head)
+        election = daemon.election
+        yield gauge("vss_cms_active", "1 while this CMS is the active one (0: a standby, "
+                    "docs/consistency.md).", 1 if election is None or election.active else 0)
+        if election is not None:
+            yield counter("vss_cms_takeovers", "Times this CMS took over as the active one.",
+                          election.takeovers)
         yield labelled(GaugeMetricFamily, "vss_cms_node_lag",
                        "Changes an up node has not confirmed yet (head - its applied "
                        "sequence).", ("node",),
