@@ -98,6 +98,61 @@ class CmsStandbyTests(unittest.TestCase):
               "0 lost")
 
 
+class LostLockTests(unittest.TestCase):
+    """The active CMS loses its lock without dying (its lock session is terminated, as
+    when its database connection breaks): it stands by at once, one CMS takes over,
+    the node follows and changes land again."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.work = os.path.abspath(self.mktemp())
+        os.makedirs(self.work)
+        cleanups = []
+        try:
+            self.dsn = yield database(reactor, cleanups)
+        except NoPostgres as e:
+            raise unittest.SkipTest(str(e)) from None
+        finally:
+            for c in reversed(cleanups):
+                self.addCleanup(c)
+        self.s = StandbyScenario(reactor, self.work, self.dsn)
+        self.addCleanup(self.s.stop_all)
+        yield self.s.seed()
+
+    @defer.inlineCallbacks
+    def test_an_active_cms_that_loses_its_lock_stands_by(self):
+        s = self.s
+        yield s.start_cms("cms-a")
+        yield poll("cms-a to be active", lambda: s.is_active("cms-a"))
+        yield s.start_cms("cms-b")
+        yield s.start_node()
+        yield threads.deferToThread(terminate_lock_holder, self.dsn)
+        # cms-a notices within its check interval; one of the two takes the lock
+        yield poll("cms-a to stand by", lambda: s.cms["cms-a"][0].output().count(
+            "this CMS stands by") >= 1, timeout=10)
+
+        @defer.inlineCallbacks
+        def one_active():
+            states = []
+            for name in ("cms-a", "cms-b"):
+                states.append((yield s.is_active(name)))
+            return states if states.count(True) == 1 else None
+
+        states = yield poll("one CMS to be active", one_active, timeout=15)
+        active = "cms-a" if states[0] else "cms-b"
+        api = s.client()
+        yield api.call("PUT", "/grants", {"principal": "user:alice", "device_id": "d0001",
+                                          "actions": ["view"]})
+        yield poll("the node to hold the change made on the active CMS",
+                   lambda: s.node_devices().addCallback(lambda d: "d0001" in d),
+                   timeout=30, interval=0.3)
+        status, body = yield s.readyz("cms-b" if active == "cms-a" else "cms-a")
+        self.assertEqual(status, 503, body)
+        self.assertIn("standby", body)
+
+
 class ActiveLockTests(unittest.TestCase):
     """The PostgreSQL side: the advisory lock of the active CMS and the epoch that
     fences the writes of a CMS another one took over from."""
@@ -160,6 +215,25 @@ class ActiveLockTests(unittest.TestCase):
         new.step_down()  # a CMS that stood by writes nothing more
         yield self.assertFailure(
             new.upsert_user("u4", records.verifier("pw", iterations=2000), []), VssError)
+
+
+def terminate_lock_holder(dsn):
+    """End the session holding the active CMS's advisory lock (blocking)."""
+    from vss.cms.store.postgres import LOCK_CLASS
+
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                        " AND classid = %s::bigint::oid AND objid ="
+                        " (hashtext(current_schema())::bigint & 4294967295)::oid",
+                        (LOCK_CLASS,))
+            pids = [r[0] for r in cur.fetchall()]
+            assert len(pids) == 1, pids
+            cur.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+    finally:
+        conn.close()
 
 
 def terminate(dsn, pid):
