@@ -280,7 +280,8 @@ class NodeService(StagedService):
         link = CmsLink(settings.node_id, endpoint, self.cluster_secret, self.store,
                        self.reactor, data_dir=settings.data_dir, advertise=self.advertise,
                        local_copy=self.store.name == "memory", link_tls=self.link_tls,
-                       allow_plaintext=settings.allow_plaintext_links)
+                       allow_plaintext=settings.allow_plaintext_links,
+                       cms_names=cms_addresses(settings.cms))
         if not self.settings.route_cache:
             link.route_cache = NoRouteCache()
         return link

@@ -49,8 +49,9 @@ class Reconnector:
     log = Logger()
 
     def __init__(self, endpoint, factory, prepare, clock, initial=0.5, max_delay=10.0,
-                 factor=2.0, jitter=0.1, name="link"):
+                 factor=2.0, jitter=0.1, name="link", names=None):
         self.endpoints = list(endpoint) if isinstance(endpoint, (list, tuple)) else [endpoint]
+        self.names = list(names or ())  # the endpoints as the operator gave them, for logs
         self.index = 0  # the endpoint tried now
         self._tried = 0  # endpoints that failed in this round
         self._not_active = False  # one answered NOT_ACTIVE in this round
@@ -143,11 +144,9 @@ class Reconnector:
             d.callback(None)
 
     def _describe(self):
-        e = self.endpoint
-        if isinstance(e, str):
-            return e
-        host, port = getattr(e, "_host", None), getattr(e, "_port", None)
-        return f"{host}:{port}" if host else f"endpoint {self.index + 1}"
+        if self.index < len(self.names):
+            return self.names[self.index]
+        return f"address {self.index + 1}"
 
     def _schedule(self):
         if len(self.endpoints) > 1:

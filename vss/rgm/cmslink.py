@@ -79,8 +79,9 @@ class CmsLink(service.Service):
 
     def __init__(self, node_id, endpoint, cluster_secret, store, reactor, data_dir=None,
                  clock=None, advertise=None, local_copy=False, link_tls=None,
-                 allow_plaintext=False):
+                 allow_plaintext=False, cms_names=()):
         self.node_id = node_id
+        self.cms_names = list(cms_names)  # the CMS addresses as given, for logs
         # links to other nodes: mutual TLS with this (a vss.tls.LinkTLS), or plaintext
         # to loopback only unless allowed
         self.link_tls = link_tls
@@ -135,9 +136,11 @@ class CmsLink(service.Service):
         targets = [endpoints.clientFromString(self.reactor, e) if isinstance(e, str) else e
                    for e in given]
         self._client = Reconnector(
-            targets if len(targets) > 1 else targets[0], LinkFactory(self, self.clock, request_timeout=30.0,
-                                  max_in_flight=PEER_MAX_IN_FLIGHT),
-            self._on_connect, self.clock, initial=0.5, max_delay=10.0, name="link to CMS")
+            targets if len(targets) > 1 else targets[0],
+            LinkFactory(self, self.clock, request_timeout=30.0,
+                        max_in_flight=PEER_MAX_IN_FLIGHT),
+            self._on_connect, self.clock, initial=0.5, max_delay=10.0, name="link to CMS",
+            names=self.cms_names or [e for e in given if isinstance(e, str)])
         self._client.start()
 
     def stopService(self):
