@@ -1167,7 +1167,8 @@ class Options(VersionOption, usage.Options):
                 "comes from $VSS_ADMIN_TOKEN or --token-file.")
     optFlags = [["json", "j", "Print the API's JSON answers."]]
     optParameters = [
-        ["api", "a", None, f"Admin API base URL (default $VSS_API or {DEFAULT_API})."],
+        ["api", "a", None, "Admin API base URL; several, comma separated, for a CMS with "
+         f"standbys: the active one is used (default $VSS_API or {DEFAULT_API})."],
         ["token-file", "t", None, "File holding the admin token."],
     ]
     subCommands = [
