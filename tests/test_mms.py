@@ -513,6 +513,42 @@ class DeviceTests(ApiTestCase):
         self.assertEqual(dev["home_node"], "")
 
 
+class StandbyCmsTests(ApiTestCase):
+    """The admin API of a standby CMS (docs/admin-api.md): 503 NOT_ACTIVE, the active
+    CMS named to a valid token only, nothing done."""
+
+    def make_backend(self, store):
+        self.standby = ("another CMS is active", "http://cms1.example:7280")
+        return StoreAdminBackend(store, publish=self.published.append,
+                                 not_active=lambda: self.standby)
+
+    @defer.inlineCallbacks
+    def test_a_standby_serves_nothing_and_names_the_active_cms(self):
+        payload, headers = yield self.error("POST", "/users", {"username": "bob",
+                                                               "password": "pw-bob-123"},
+                                            status=503)
+        self.assertEqual((payload["code"], payload["active"]),
+                         ("NOT_ACTIVE", "http://cms1.example:7280"))
+        self.assertIn("standby", payload["error"])
+        self.assertEqual(headers.getRawHeaders(b"x-vss-active-cms"),
+                         [b"http://cms1.example:7280"])
+        self.assertEqual(headers.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertIsNone((yield self.store.get_user("bob")))
+        self.assertEqual(self.published, [])
+
+    @defer.inlineCallbacks
+    def test_without_a_valid_token_nothing_is_said(self):
+        payload, headers = yield self.error("GET", "/devices", status=401, token="wrong")
+        self.assertNotIn("cms1.example", json.dumps(payload))
+        self.assertIsNone(headers.getRawHeaders(b"x-vss-active-cms"))
+
+    @defer.inlineCallbacks
+    def test_once_active_it_serves(self):
+        self.standby = None
+        yield self.ok("POST", "/users", {"username": "bob", "password": "pw-bob-123"},
+                      status=201)
+
+
 class AssignedByCmsTests(ApiTestCase):
     def make_backend(self, store):
         self.asked = []
