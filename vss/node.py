@@ -21,6 +21,8 @@ from twisted.logger import Logger
 
 from vss import private
 from vss.config import ConfigError, load_or_create_secret, read_secret
+from vss.events.hub import EventHub
+from vss.events.report import EventReporter
 from vss.ops.health import probe
 from vss.protocols.messages import Role
 from vss.rgm.audit import AuditReporter
@@ -100,6 +102,15 @@ class NodeService(StagedService):
         )
         self.rgm.setName("rgm")
         self.rgm.setServiceParent(self)
+        # events and alarms: numbered here, pushed to the CUs that subscribed (here and on
+        # other nodes), stored by CMS
+        self.event_reporter = EventReporter(self.central, reactor)
+        self.event_reporter.setServiceParent(self)
+        self.events = EventHub(settings.node_id, self.store, self.central, reactor,
+                               reporter=self.event_reporter,
+                               peers=None if settings.static else self.central.peers)
+        self.events.setServiceParent(self)
+        self.rgm.events = self.events
         # grants with an expiry stop applying at that time, on this node's clock
         self.grant_expiry = GrantExpiry(self.store, reactor, self._grants_expired)
         self.grant_expiry.setServiceParent(self)
@@ -257,6 +268,7 @@ class NodeService(StagedService):
             from vss.testing.central import MemoryCentral
 
             central = MemoryCentral.from_file(self.settings.static)
+            central.clock = self.reactor
             return central
         from vss.rgm.cmslink import CmsLink
 

@@ -42,6 +42,9 @@ from vss.protocols.messages import (
     DeviceRecord,
     Empty,
     Entity,
+    EventAcked,
+    EventReportAck,
+    Events,
     HeartbeatAck,
     HelloAck,
     MsgType,
@@ -81,6 +84,8 @@ class CMSConfig:
     heartbeat_interval: int = 5
     route_timeout: float = 10.0
     notify_batch: int = 500
+    #: days the events are kept (0: for ever); removed once an hour
+    event_retention_days: int = 30
 
 
 def strip_secret(record):
@@ -204,6 +209,7 @@ class CMSService(service.Service):
         self.mdp = MDP()
         self._verifiers = {}
         self._sweeper = None
+        self._purger = None
         self._inflight = set()  # Deferreds of the requests being handled
         self._applied_writes = {}  # node_id -> (DelayedCall writing its applied_seq, session)
         self.counters = {"routed": 0, "notified": 0, "sync_changes": 0, "stale_changes": 0,
@@ -230,10 +236,16 @@ class CMSService(service.Service):
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.clock
         self._sweeper.start(self.config.heartbeat_interval, now=False)
+        if self.config.event_retention_days:
+            self._purger = task.LoopingCall(self.purge_events)
+            self._purger.clock = self.clock
+            self._purger.start(3600, now=False)
 
     def stopService(self):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+        if self._purger is not None and self._purger.running:
+            self._purger.stop()
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "CMS shutting down")
         for call, s in list(self._applied_writes.values()):
@@ -604,6 +616,55 @@ class CMSService(service.Service):
         self.counters["audit_events"] = self.counters.get("audit_events", 0) + len(entries)
         return AuditAck(batch=body.batch, stored=len(entries))
 
+    # -- events and alarms (vss.events): stored, acknowledged, listed
+
+    @defer.inlineCallbacks
+    def on_event_report(self, s, body):
+        """EVENT_REPORT: a node's batch of the events it numbered, stored in one
+        transaction (an event stored already is skipped: a report sent again)."""
+        events = [e for e in body.events if e.node_id == s.node_id]
+        if len(events) != len(body.events):
+            self.log.warn("node {node} reported events numbered by another node",
+                          node=s.node_id)
+        stored = yield self.store.store_events(events)
+        if body.dropped:
+            self.log.warn("node {node} dropped {count} events it could not report",
+                          node=s.node_id, count=body.dropped)
+        self.counters["events"] = self.counters.get("events", 0) + stored
+        return EventReportAck(batch=body.batch, stored=stored)
+
+    @defer.inlineCallbacks
+    def on_event_ack(self, s, body):
+        """EVENT_ACK: an operator's acknowledgement (the node checked VIEW and set the
+        user), stored with who and when."""
+        if not body.username:
+            raise VssError(ResultCode.INVALID_ARGUMENT, "an acknowledgement names its user")
+        entry = yield self.store.ack_event(body.node_id, body.seq, body.device_id,
+                                           body.username, self.now_ms(), body.comment[:512])
+        return EventAcked(node_id=body.node_id, seq=body.seq, acked_by=entry.acked_by,
+                          acked_at=entry.acked_at)
+
+    @defer.inlineCallbacks
+    def on_event_query(self, s, body):
+        """EVENT_QUERY: the stored events of the devices the user may view, newest
+        first."""
+        if not body.username:
+            raise VssError(ResultCode.INVALID_ARGUMENT, "a query names its user")
+        entries, truncated = yield self.store.list_events(
+            username=body.username, device_id=body.device_id, type=body.type,
+            since=body.from_time, until=body.to_time, limit=max(1, min(body.limit, 1000)))
+        return Events(events=entries, truncated=truncated)
+
+    def purge_events(self):
+        """The retention: events older than ``event_retention_days`` go."""
+        before = self.now_ms() - self.config.event_retention_days * 86_400_000
+        d = self.store.purge_events(before)
+        d.addCallback(lambda n: n and self.log.info("removed {count} events past the "
+                                                      "retention", count=n))
+        d.addErrback(lambda f: self.log.warn("events not purged: {error}",
+                                             error=f.getErrorMessage()))
+        return d
+
     # -- presence: which PUs are online (dynamic data, passed on, never logged)
 
     def on_presence(self, s, change, force=False):
@@ -818,4 +879,7 @@ class CMSService(service.Service):
         MsgType.CRED_STORE: on_cred_store,
         MsgType.CRED_REVOKE: on_cred_revoke,
         MsgType.AUDIT_REPORT: on_audit_report,
+        MsgType.EVENT_REPORT: on_event_report,
+        MsgType.EVENT_ACK: on_event_ack,
+        MsgType.EVENT_QUERY: on_event_query,
     }
