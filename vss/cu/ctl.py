@@ -12,6 +12,9 @@
     vssctl record status cam1
     vssctl recordings cam1 --from -2h --to now
     vssctl export cam1 --from 2026-01-05T08:00:00Z --to 2026-01-05T08:10:00Z -o clip.mp4
+    vssctl events --follow
+    vssctl events --device cam1 --type motion --from -2h
+    vssctl ack node-b/1765120000000000042 cam1 --comment "checked, a cat"
 
 The password comes from ``--password-file``, the environment variable ``VSS_PASSWORD``,
 or a prompt; never from the command line. Errors are printed as one readable line and
@@ -29,6 +32,7 @@ from twisted.python import usage
 
 from vss.cdn.listing import open_segments
 from vss.client import SignallingClient, connect
+from vss.cu.events import ack_body, follow, parse_event_id, query_body, render_ack, render_events
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.jsonrec import plain
@@ -382,6 +386,48 @@ class StreamCredCmd(AnyOrder):
             self["expires"] = parse_duration(self["expires-in"])
 
 
+class EventsCmd(AnyOrder):
+    synopsis = ("events [--device D] [--type T] [--from TIME] [--to TIME] [--limit N] | "
+                "events --follow [--device D] [--type T] [--count N]")
+    description = ("The events and alarms of the devices you may view: stored ones, newest "
+                   "first (with who acknowledged them), or live with --follow (resumes "
+                   "after a dropped link; an event is shown once).")
+    optParameters = [["device", None, None, "One device."],
+                     ["type", None, None, "One event type (motion, offline ...)."],
+                     ["from", None, "-1d", "Start of the range."],
+                     ["to", None, "now", "End of the range."],
+                     ["limit", None, 100, "Most events listed (1..1000).", int],
+                     ["count", None, 0, "--follow: stop after N events (0: never).", int],
+                     ["resume-after", None, 0, "--follow: the last feed id seen.", int]]
+    optFlags = [["follow", "f", "Show the events live."]]
+
+    def postOptions(self):
+        import time
+
+        now = int(time.time() * 1000)
+        self["from_ms"] = parse_time(self["from"], now)
+        self["to_ms"] = parse_time(self["to"], now)
+        if self["to_ms"] <= self["from_ms"]:
+            raise usage.UsageError("--to must be after --from")
+        if not 1 <= self["limit"] <= 1000:
+            raise usage.UsageError("--limit must be within 1..1000")
+
+
+class AckCmd(AnyOrder):
+    synopsis = "ack NODE/SEQ DEVICE [--comment TEXT]"
+    description = "Acknowledge an event (its id and device as `vssctl events` lists them)."
+    arguments = ("NODE/SEQ", "DEVICE")
+    optParameters = [["comment", "c", "", "Why, what was done (at most 512 characters)."]]
+
+    def parseArgs(self, event, device):
+        self["event"], self["device"] = event, device
+
+    def postOptions(self):
+        parse_event_id(self["event"])
+        if len(self["comment"]) > 512:
+            raise usage.UsageError("--comment: at most 512 characters")
+
+
 class Options(VersionOption, usage.Options):
     program = "vssctl"
     synopsis = "Usage: vssctl [--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
@@ -405,6 +451,8 @@ class Options(VersionOption, usage.Options):
         ["export", None, ExportCmd, "Download a time range of recordings as one MP4."],
         ["playback", None, PlaybackCmd, "Play back recordings from a time (rtsp:// URL)."],
         ["stream-cred", None, StreamCredCmd, "Stable stream URLs for players and NVRs."],
+        ["events", None, EventsCmd, "Events and alarms: stored, or live with --follow."],
+        ["ack", None, AckCmd, "Acknowledge an event."],
     ]
 
     def parseOptions(self, options=None):
@@ -466,6 +514,10 @@ def read_password(opts):
 
 def build_request(cmd, sub):
     """(message type, body) for a command."""
+    if cmd == "events":
+        return MsgType.EVENT_QUERY, query_body(sub)
+    if cmd == "ack":
+        return MsgType.EVENT_ACK, ack_body(sub)
     if cmd == "devices":
         return MsgType.DEVICE_LIST, DeviceList(cursor="", limit=1000)
     if cmd == "stream-cred":
@@ -776,6 +828,9 @@ def connect_when_ready(reactor, opts, client, err=None):
 @defer.inlineCallbacks
 def run_command(reactor, opts, password, out):
     cmd, sub = opts.subCommand, opts.subOptions
+    if cmd == "events" and sub["follow"]:
+        yield follow(reactor, opts, password, out, connect_when_ready)
+        return
     client = SignallingClient(Role.CU, opts["user"], password, kind=CuKind.MOC)
     yield connect_when_ready(reactor, opts, client)
     try:
@@ -799,7 +854,11 @@ def run_command(reactor, opts, password, out):
             if cmd == "playback":
                 yield check_footage(client, sub, opts["timeout"])
             result = (yield client.request(type, body)).body
-        if opts["json"]:
+        if cmd == "events":
+            out.write(render_events(result, opts["json"]) + "\n")
+        elif cmd == "ack":
+            out.write(render_ack(result, opts["json"]) + "\n")
+        elif opts["json"]:
             out.write(json.dumps(json_form(cmd, sub, result), indent=1, sort_keys=True) + "\n")
         else:
             out.write(render(cmd, sub, result) + "\n")
