@@ -120,7 +120,7 @@ def follow(reactor, opts, password, out, connect_when_ready, err=None):
     err = err or sys.stderr
     sub = opts.subOptions
     as_json = opts["json"]
-    shown = {"last": sub["resume_after"] or 0, "count": 0}
+    shown = {"last": sub["resume-after"] or 0, "count": 0}
     done = defer.Deferred()
     wanted = sub["count"]
 
