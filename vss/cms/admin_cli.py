@@ -13,6 +13,7 @@
     vss-admin token revoke 3 [--force]
     vss-admin operator add ann --role administrator --password-file ann.pw
     vss-admin audit --kind change,live --since 12h --target device:cam-1
+    vss-admin events --device cam-1 --type motion --since 1h
     vss-admin status
     vss-admin export-static --db sqlite:/var/lib/vss/cms.sqlite3 static.json [--node n1]
 
@@ -999,6 +1000,46 @@ class AuditCommand(Command):
         return items, render_audit(items) if items else "no entry"
 
 
+def render_events(items):
+    rows = []
+    for e in items:
+        items_text = " ".join(f"{k}={v}" for k, v in sorted(e["items"].items()))
+        acked = f"{e['acked_by']} {e['acked_at'][:19].replace('T', ' ')}" if e["acked_by"] \
+            else "-"
+        rows.append([e["time"].replace("T", " ")[:19], e["device_id"], str(e["channel"]),
+                     e["type"], str(e["phase"]), str(e["severity"]), items_text or "-",
+                     e["id"], acked])
+    return table(["TIME (UTC)", "DEVICE", "CH", "TYPE", "PHASE", "SEVERITY", "DETAILS", "ID",
+                  "ACKNOWLEDGED"], rows)
+
+
+class EventsCommand(Command):
+    """Events and alarms the nodes reported (newest first), with who acknowledged them."""
+
+    synopsis = "[--device D] [--type T] [--since T] [--until T] [--limit N]"
+    longdesc = ("--since and --until are ISO times with their zone (2026-05-01T18:00:00Z) "
+                "or durations back from now (15m, 12h, 7d).")
+    optParameters = [["device", "d", None, "One device."],
+                     ["type", "t", None, "One event type (motion, offline ...)."],
+                     ["since", None, None, "From this time."],
+                     ["until", None, None, "Before this time."],
+                     ["limit", "n", 100, "How many events at most (1..1000).", int]]
+
+    def postOptions(self):
+        if not 1 <= self["limit"] <= 1000:
+            raise usage.UsageError("--limit is between 1 and 1000")
+        self.params = {"device_id": self["device"], "type": self["type"],
+                       "since": _when(self["since"]), "until": _when(self["until"]),
+                       "limit": self["limit"]}
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        page = yield client.call("GET", "/events", params=self.params)
+        items = page.get("items", [])
+        more = "\n(more: narrow the range or raise --limit)" if page.get("truncated") else ""
+        return items, (render_events(items) + more) if items else "no event"
+
+
 def _when(text):
     """An ISO time as given, or a duration back from now as an ISO time."""
     if not text or "T" in text:
@@ -1148,6 +1189,7 @@ class Options(VersionOption, usage.Options):
                                               ("remove", OperatorRemove)]),
          "Operators of the console (the central platform's web page)."],
         ["audit", None, AuditCommand, "The audit log (changes, logins, media)."],
+        ["events", None, EventsCommand, "Events and alarms, with their acknowledgements."],
         ["status", None, StatusCommand, "Operations status."],
         ["export-static", None, ExportStatic,
          "Write the database's master data as a node's --static file."],

@@ -26,6 +26,8 @@ revoked or expired token is refused with 401 and says which)::
     GET, DELETE        /tokens/{id}          show, revoke (?force=true for the last one)
     GET, POST          /stream-credentials   stream credentials (paged; ?user=&device_id=)
     GET, DELETE        /stream-credentials/{id}  show, revoke
+    GET                /events               events and alarms, newest first (?device_id=
+                                             &type=&since=&until=&limit=)
     GET                /status               operations status
     GET                /openapi.json         this API as an OpenAPI 3.1 document
 
@@ -63,7 +65,14 @@ from vss.cms.store.tokens import ACTIVE, EXPIRED, LastTokenError, iso_time
 from vss.errors import VssError
 from vss.protocols import scram
 from vss.protocols.codes import ResultCode
-from vss.protocols.messages import Action, PuKind, StreamCredential, Verifier
+from vss.protocols.messages import (
+    Action,
+    EventPhase,
+    PuKind,
+    Severity,
+    StreamCredential,
+    Verifier,
+)
 from vss.redact import Site
 
 API_PREFIX = "/api/v1"
@@ -528,6 +537,7 @@ class Index(JsonResource):
         self.putChild(b"status", Status(api))
         self.putChild(b"tokens", Tokens(api))
         self.putChild(b"stream-credentials", StreamCredentials(api))
+        self.putChild(b"events", EventsResource(api))
         self.putChild(b"openapi.json", OpenApi(api))
 
     def do_GET(self, call):
@@ -1068,6 +1078,58 @@ class StreamCredentialResource(JsonResource):
 # -- status and description
 
 
+def event_view(entry):
+    """An event and its acknowledgement as the API answers it."""
+    e = entry.event
+
+    def name(enum, value):
+        try:
+            return enum(value).name.lower()
+        except ValueError:
+            return value
+
+    return {"id": f"{e.node_id}/{e.seq}", "node_id": e.node_id, "seq": e.seq,
+            "device_id": e.device_id, "channel": e.channel, "type": e.type,
+            "phase": name(EventPhase, e.phase), "severity": name(Severity, e.severity),
+            "pu_time": iso_time(e.pu_time), "time": iso_time(e.node_time),
+            "items": {kv.key: kv.value for kv in e.items},
+            "acked_by": entry.acked_by or None,
+            "acked_at": iso_time(entry.acked_at) if entry.acked_at else None,
+            "comment": entry.comment or None}
+
+
+def time_arg(request, name):
+    """A query time: ms since the epoch, or ISO 8601 with its zone; None when absent."""
+    raw = query(request, name)
+    if raw is None or raw == "":
+        return None
+    if raw.isdigit():
+        return int(raw)
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid(name, f"{name} must be ms since the epoch or ISO 8601") from None
+    if when.tzinfo is None:
+        raise invalid(name, f"{name} must name its time zone (Z or +HH:MM)")
+    return int(when.timestamp() * 1000)
+
+
+class EventsResource(JsonResource):
+    """The stored events and alarms, newest first (``vss.cms.store.events``)."""
+
+    @defer.inlineCallbacks
+    def do_GET(self, call):
+        request = call.request
+        _cursor, limit = page_args(request)
+        since, until = time_arg(request, "since"), time_arg(request, "until")
+        if since is not None and until is not None and until <= since:
+            raise invalid("until", "until must be after since")
+        entries, truncated = yield self.api.store.list_events(
+            device_id=query(request, "device_id", ""), type=query(request, "type", ""),
+            since=since or 0, until=until or 0, limit=limit)
+        return 200, {"items": [event_view(e) for e in entries], "truncated": truncated}
+
+
 class Status(JsonResource):
     @defer.inlineCallbacks
     def do_GET(self, call):
@@ -1532,6 +1594,17 @@ def openapi_document():
                                   (*token_props, "token")),
         "StreamCredential": _obj(cred_props, tuple(cred_props)),
         "StreamCredentialPage": _page("StreamCredential"),
+        "Event": _obj({"id": STR, "node_id": STR, "seq": INT, "device_id": STR,
+                       "channel": INT, "type": STR, "phase": {"type": ["string", "integer"]},
+                       "severity": {"type": ["string", "integer"]}, "pu_time": STR,
+                       "time": STR, "items": {"type": "object"},
+                       "acked_by": {"type": ["string", "null"]},
+                       "acked_at": {"type": ["string", "null"]},
+                       "comment": {"type": ["string", "null"]}},
+                      ("id", "node_id", "seq", "device_id", "channel", "type", "phase",
+                       "severity", "time", "acked_by")),
+        "EventPage": _obj({"items": {"type": "array", "items": _ref("Event")},
+                           "truncated": BOOL}, ("items", "truncated")),
         "StreamCredentialCreate": _obj({
             "user": {"type": "string", "pattern": NAME_RE.pattern,
                      "description": "the user it is bound to: it plays while the user "
@@ -1622,6 +1695,20 @@ def openapi_document():
                           "409 for the last valid token unless ?force=true",
                           _json(_ref("AdminToken"), "revoked"),
                           params=[token_p, _param("force")], errors=(404, 409)),
+        },
+        "/events": {
+            "get": _op("List the stored events and alarms, newest first, with their "
+                       "acknowledgement", _json(_ref("EventPage")),
+                       params=[_param("device_id"), _param("type"),
+                               _param("since", description="ms since the epoch or ISO 8601 "
+                                      "with its zone"),
+                               _param("until", description="ms since the epoch or ISO 8601 "
+                                      "with its zone"),
+                               _param("limit", description=f"1..{MAX_LIMIT} (default "
+                                      f"{DEFAULT_LIMIT})", schema={
+                                          "type": "integer", "minimum": 1,
+                                          "maximum": MAX_LIMIT})],
+                       errors=(400,)),
         },
         "/stream-credentials": {
             "get": _op("List stream credentials (never their secret)",
