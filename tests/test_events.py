@@ -418,3 +418,75 @@ class PostgresEventStoreTests(EventStoreConformance, unittest.TestCase):
         create_schema(PG_DSN, name)
         self.addCleanup(drop_schema, PG_DSN, name)
         return make_static_store(PG_DSN, clock=self.clock, schema=name)
+
+
+class RulesTests(unittest.TestCase):
+    """A channel in EVENT mode records on the events its rule names (the RecordSettings
+    extension EVENT_TYPES, from the admin API's ``event_types``), from the pre-event
+    buffer to its post-event seconds; a failed start is a ``record-failed`` event."""
+
+    def setUp(self):
+        from tests.test_recording_tasks import FakeRecorder
+        from vss.events.rules import EventRules
+        from vss.rgm.recording import RecordingManager
+        from vss.store.memory import MemoryStore
+        from vss.testing.central import MemoryCentral
+
+        self.clock = task.Clock()
+        self.clock.advance(START)
+        self.recorder = FakeRecorder()
+        self.manager = RecordingManager(self.clock, self.recorder, None)
+        self.manager.startService()
+        self.addCleanup(self.manager.stopService)
+        self.hub = EventHub("n1", MemoryStore(), MemoryCentral(), self.clock,
+                            rules=EventRules(self.manager))
+
+    def settings(self, types=(), mode=None):
+        from vss.cms.service import record_settings_body
+
+        stored = {"mode": mode or "event", "pre_event_seconds": 5, "post_event_seconds": 10,
+                  "event_types": list(types)}
+        body = record_settings_body("cam-1", 0, stored)
+        self.assertEqual(body.ext, ((0x0001, ",".join(types).encode()),) if types else ())
+        # through the wire as a node gets it from CMS (RECORD_SETTINGS_GET)
+        [msg] = codec.MessageDecoder().feed(codec.encode_response(
+            MsgType.RECORD_SETTINGS_GET, body, 1))
+        self.manager.apply_settings(msg.body)
+
+    def test_the_types_of_the_rule_start_an_event_recording(self):
+        self.settings(types=["motion", "alarm-in"])
+        self.hub.raise_event("cam-1", 0, "tamper", severity=Severity.CRITICAL)
+        self.hub.raise_event("cam-1", 1, "motion")  # another channel: no rule
+        self.assertEqual(self.recorder.starts(), [])
+        self.hub.raise_event("cam-1", 0, "motion", phase=EventPhase.START)
+        self.assertEqual(self.recorder.starts(), [("cam-1", 0, 0)])
+        state = self.manager.state_of(("cam-1", 0, 0))
+        self.assertEqual(state["reasons"], ["event"])
+        self.hub.raise_event("cam-1", 0, "motion", phase=EventPhase.STOP)
+        self.clock.advance(9)
+        self.assertEqual(self.recorder.stops(), [])
+        self.clock.advance(2)  # the post-event seconds have passed
+        self.assertEqual(self.recorder.stops(), [("cam-1", 0, 0)])
+
+    def test_without_types_alarms_of_the_pu_record_and_node_events_never(self):
+        self.settings()
+        self.hub.raise_event("cam-1", 0, "motion", severity=Severity.WARNING)
+        self.hub.raise_event("cam-1", 0, "offline", severity=Severity.CRITICAL)
+        self.assertEqual(self.recorder.starts(), [])
+        self.hub.raise_event("cam-1", 0, "line-crossing", severity=Severity.ALARM)
+        self.assertEqual(self.recorder.starts(), [("cam-1", 0, 0)])
+
+    def test_a_channel_not_in_event_mode_does_not_record_on_events(self):
+        self.settings(types=["motion"], mode="manual")
+        self.hub.raise_event("cam-1", 0, "motion")
+        self.assertEqual(self.recorder.starts(), [])
+
+    def test_a_failed_recording_is_an_event(self):
+        from vss.rgm.recording import RecordingManager
+
+        self.recorder.fail = ResultCode.DEVICE_OFFLINE
+        manager = RecordingManager(self.clock, self.recorder, None)
+        raised = []
+        manager.failure_listeners.append(lambda key, error: raised.append((key, error)))
+        manager.start_manual("cam-1", 0, 0, "alice").addErrback(lambda f: None)
+        self.assertEqual(raised, [(("cam-1", 0, 0), "DEVICE_OFFLINE: no")])

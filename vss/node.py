@@ -23,8 +23,9 @@ from vss import private
 from vss.config import ConfigError, load_or_create_secret, read_secret
 from vss.events.hub import EventHub
 from vss.events.report import EventReporter
+from vss.events.rules import EventRules
 from vss.ops.health import probe
-from vss.protocols.messages import Role
+from vss.protocols.messages import KV, Role, Severity
 from vss.rgm.audit import AuditReporter
 from vss.rgm.expiry import GrantExpiry
 from vss.rgm.service import RGMConfig, RGMService
@@ -177,6 +178,11 @@ class NodeService(StagedService):
                                            settings.data_dir, capacity)
         self.recordings.setServiceParent(self)
         self.rgm.recordings = self.recordings
+        # events: a rule of a channel starts an event recording; a recording that fails
+        # and a full disk are events of the device
+        self.events.rules = EventRules(self.recordings)
+        self.recordings.failure_listeners.append(self._recording_failed)
+        self.recorder.disk_full_listeners.append(self._disk_full)
         # The browser client on the HTTP listener: the page, the CU link and the media
         # over WebSockets (vss.web).
         from vss.web.site import WebClient
@@ -262,6 +268,16 @@ class NodeService(StagedService):
         return {"node": self, "rgm": self.rgm, "store": self.store, "central": self.central,
                 "sessions": self.rgm.links, "pus": self.rgm.pu_links,
                 "credentials": getattr(self, "stream_credentials", None)}
+
+    def _recording_failed(self, key, error):
+        device_id, channel, stream = key
+        self.events.raise_event(device_id, channel, "record-failed", severity=Severity.WARNING,
+                                items=[KV(key="stream", value="sub" if stream else "main"),
+                                       KV(key="error", value=error[:256])])
+
+    def _disk_full(self, device_id, channel, message):
+        self.events.raise_event(device_id, channel, "disk-full", severity=Severity.CRITICAL,
+                                items=[KV(key="error", value=message[:256])])
 
     def _make_central(self):
         if self.settings.static:

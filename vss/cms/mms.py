@@ -48,7 +48,7 @@ into a ``RecordSettings`` body: ``RecordMode[mode.upper()]``, ``Stream[...]``, d
     {"mode": "schedule", "stream": "main", "segment_seconds": 300,
      "retention_days": 7, "quota_mb": 0, "pre_event_seconds": 5,
      "post_event_seconds": 10, "schedule": [{"day": "mon", "start": "08:00",
-     "end": "18:00"}]}
+     "end": "18:00"}], "event_types": ["motion", "alarm-in"]}
 """
 
 import json
@@ -111,6 +111,7 @@ RECORD_DEFAULTS = {
     "pre_event_seconds": 5,
     "post_event_seconds": 10,
     "schedule": [],
+    "event_types": [],
 }
 #: field -> (lowest, highest) of the integer recording settings
 RECORD_RANGES = {
@@ -396,6 +397,23 @@ def _minutes(field, value):
 
 def _hhmm(minutes):
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+EVENT_TYPE_RE = re.compile(r"^[a-z0-9._-]{1,32}$")
+MAX_EVENT_TYPES = 16
+
+
+def event_types_of(body):
+    """The event types that start an event recording of the channel (docs/protocol.md
+    9.7: in EVENT mode; none listed: every event of severity ALARM or above a PU raises)."""
+    value = body.data.get("event_types")
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_EVENT_TYPES or not all(
+            isinstance(t, str) and EVENT_TYPE_RE.match(t) for t in value):
+        raise invalid("event_types", f"event_types is a list of at most {MAX_EVENT_TYPES} "
+                      "event types (1 to 32 of a-z 0-9 . _ -)")
+    return sorted(set(value))
 
 
 def schedule_of(body):
@@ -790,6 +808,7 @@ class RecordSettings(JsonResource):
         for field, (lo, hi) in RECORD_RANGES.items():
             settings[field] = body.integer(field, lo, hi, default=RECORD_DEFAULTS[field])
         settings["schedule"] = schedule_of(body)
+        settings["event_types"] = event_types_of(body)
         if settings["mode"] == "schedule" and not settings["schedule"]:
             raise invalid("schedule", "mode schedule needs at least one schedule entry")
         _, channel = yield self._device_channel()
@@ -1524,6 +1543,10 @@ def openapi_document():
         **{f: {"type": "integer", "minimum": lo, "maximum": hi}
            for f, (lo, hi) in RECORD_RANGES.items()},
         "schedule": {"type": "array", "items": slot},
+        "event_types": {"type": "array", "maxItems": MAX_EVENT_TYPES, "uniqueItems": True,
+                        "items": {"type": "string", "pattern": EVENT_TYPE_RE.pattern},
+                        "description": "in event mode, the event types that start an event "
+                        "recording; none: every PU event of severity alarm or above"},
     }
     device_props = {
         "device_id": {"type": "string", "pattern": DEVICE_ID_RE.pattern},

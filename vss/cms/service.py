@@ -67,6 +67,7 @@ from vss.protocols.messages import (
 )
 from vss.rgm.auth import ScramExchange, node_verifier
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT
+from vss.rgm.recording import EXT_EVENT_TYPES
 from vss.tls import peer_identity_problem
 
 AGENT = "vss-cms/0.1"
@@ -107,12 +108,17 @@ def _minutes(hhmm):
     return int(h) * 60 + int(m)
 
 
+def event_types_ext(types):
+    """The RecordSettings extension block naming ``types`` (none: no extension)."""
+    return ((EXT_EVENT_TYPES, ",".join(types).encode()),) if types else ()
+
+
 def record_settings_body(device_id, channel, stored):
     """The ``RecordSettings`` body of the JSON the DB holds for a channel (the MMS
     format, ``vss.cms.mms``), or None when no settings were stored (only a device's own
     ``reported`` values, or nothing)."""
     keys = ("mode", "stream", "segment_seconds", "retention_days", "quota_mb",
-            "pre_event_seconds", "post_event_seconds", "schedule")
+            "pre_event_seconds", "post_event_seconds", "schedule", "event_types")
     if not stored or not any(k in stored for k in keys):
         return None
     slots = [ScheduleSlot(day=_DAYS.index(x["day"]), start_minute=_minutes(x["start"]),
@@ -126,7 +132,8 @@ def record_settings_body(device_id, channel, stored):
         retention_days=int(stored.get("retention_days", 7)),
         quota_mb=int(stored.get("quota_mb", 0)),
         pre_event_seconds=int(stored.get("pre_event_seconds", 5)),
-        post_event_seconds=int(stored.get("post_event_seconds", 10)), schedule=slots)
+        post_event_seconds=int(stored.get("post_event_seconds", 10)), schedule=slots,
+        ext=event_types_ext(stored.get("event_types") or ()))
 
 
 class _Closing(VssError):

@@ -95,8 +95,8 @@ DESCRIPTIONS = {
     ResultCode.CONFLICT: "the item changed meanwhile: read it and try again",
     ResultCode.QUEUED: "accepted and queued",
     ResultCode.BUSY: "the peer is at capacity",
-    ResultCode.LIMIT_REACHED: "a limit of this link or request was reached (e.g. event "
-                              "subscriptions per link)",
+    ResultCode.LIMIT_REACHED: "a limit of this link or request was reached, such as the "
+                              "event subscriptions of a link",
     ResultCode.CENTRAL_UNAVAILABLE: "the central platform cannot be reached",
     ResultCode.RELOAD_REQUIRED: "the change log no longer reaches back that far: reload",
     ResultCode.UNKNOWN_NODE: "no such node",
