@@ -465,6 +465,26 @@ VECTORS = [
     V("record_settings_get_response", MsgType.RECORD_SETTINGS_GET, RSP, 12, RECORD_SCHEDULE, """
       5653 01 01 0120 0000 0000000c 0000001e  # VS v1 response RECORD_SETTINGS_GET txid 12 len 30
     """ + RECORD_SCHEDULE_BODY),
+    V("record_settings_get_response_event_types", MsgType.RECORD_SETTINGS_GET, RSP, 12,
+      RecordSettings(device_id="c", channel=1, mode=RecordMode.EVENT, stream=Stream.MAIN,
+                     segment_seconds=60, retention_days=7, quota_mb=0, pre_event_seconds=5,
+                     post_event_seconds=10, schedule=[], ext=((0x0001, b"motion,alarm-in"),)),
+      """
+      5653 01 01 0120 0000 0000000c 0000002c  # VS v1 response RECORD_SETTINGS_GET txid 12 len 44
+      0001 63             # device_id "c"
+      0001                # channel 1
+      03                  # mode EVENT
+      00                  # stream MAIN
+      0000003c            # segment_seconds 60
+      0007                # retention_days 7
+      00000000            # quota_mb 0
+      0005                # pre_event_seconds 5
+      000a                # post_event_seconds 10
+      0000                # schedule: none
+      0001                # ext: 1 record
+        0001              #   tag EVENT_TYPES
+        000f 6d6f74696f6e2c616c61726d2d696e  #   "motion,alarm-in": these start a recording
+    """),
     V("record_settings_set_request", MsgType.RECORD_SETTINGS_SET, REQ, 13, RECORD_CONTINUOUS, """
       5653 01 00 0121 0000 0000000d 00000019  # VS v1 request RECORD_SETTINGS_SET txid 13 len 25
     """ + RECORD_CONTINUOUS_BODY),

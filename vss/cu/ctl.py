@@ -32,7 +32,15 @@ from twisted.python import usage
 
 from vss.cdn.listing import open_segments
 from vss.client import SignallingClient, connect
-from vss.cu.events import ack_body, follow, parse_event_id, query_body, render_ack, render_events
+from vss.cu.events import (
+    ack_body,
+    event_start,
+    follow,
+    parse_event_id,
+    query_body,
+    render_ack,
+    render_events,
+)
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.jsonrec import plain
@@ -338,12 +346,16 @@ class ExportCmd(RecordingsCmd):
 
 
 class PlaybackCmd(DeviceCommand):
-    synopsis = "playback DEVICE --at TIME [--channel N] [--stream main|sub] [--play]"
+    synopsis = ("playback DEVICE (--at TIME | --event NODE/SEQ) [--channel N] "
+                "[--stream main|sub] [--play]")
     description = ("Play back the recordings of a device from TIME (ISO 8601, UTC unless an "
-                   "offset is given, -10m, -2h, -1d or epoch ms): prints the rtsp:// URL.")
+                   "offset is given, -10m, -2h, -1d or epoch ms), or from an event (its id "
+                   "as `vssctl events` lists it: the event recording's bookmark, from its "
+                   "pre-event seconds): prints the rtsp:// URL.")
     optParameters = [["channel", None, 0, "Channel.", int],
                      ["stream", None, "main", "main or sub."],
-                     ["at", None, None, "Where to start."]]
+                     ["at", None, None, "Where to start."],
+                     ["event", None, None, "Start at this event, less its pre-event seconds."]]
     optFlags = [["play", None, "Start ffplay (or vlc, mpv) on the URL if one is installed."]]
 
     def postOptions(self):
@@ -351,9 +363,13 @@ class PlaybackCmd(DeviceCommand):
 
         if self["stream"] not in ("main", "sub"):
             raise usage.UsageError(f"--stream {self['stream']!r} is not main or sub")
-        if not self["at"]:
-            raise usage.UsageError("playback: --at TIME is required")
-        self["at_ms"] = parse_time(self["at"], int(time.time() * 1000))
+        if bool(self["at"]) == bool(self["event"]):
+            raise usage.UsageError("playback: --at TIME or --event NODE/SEQ is required")
+        if self["event"]:
+            parse_event_id(self["event"])
+            self["at_ms"] = 0  # from the event, once it is found
+        else:
+            self["at_ms"] = parse_time(self["at"], int(time.time() * 1000))
 
 
 class StreamCredCmd(AnyOrder):
@@ -852,6 +868,9 @@ def run_command(reactor, opts, password, out):
                 result = yield export(reactor, result, sub["output"])
         else:
             if cmd == "playback":
+                if sub["event"]:
+                    sub["at_ms"], sub["channel"] = yield event_start(client, sub)
+                    type, body = build_request(cmd, sub)
                 yield check_footage(client, sub, opts["timeout"])
             result = (yield client.request(type, body)).body
         if cmd == "events":

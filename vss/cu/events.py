@@ -28,6 +28,7 @@ from vss.protocols.messages import (
     EventQuery,
     EventSubscribe,
     MsgType,
+    RecordSettingsGet,
     Role,
     Severity,
 )
@@ -177,3 +178,27 @@ def follow(reactor, opts, password, out, connect_when_ready, err=None):
             break
         print("vssctl: the link to the node dropped; resuming", file=err, flush=True)
         yield task.deferLater(reactor, delay, lambda: None)
+
+
+@defer.inlineCallbacks
+def event_start(client, sub):
+    """``(at_ms, channel)`` where the recording of an event starts (``vssctl playback
+    --event``): the stored event's time less its channel's pre-event seconds (5 when the
+    user may not read the recording settings)."""
+    node, seq = parse_event_id(sub["event"])
+    answer = (yield client.request(MsgType.EVENT_QUERY, EventQuery(
+        device_id=sub["device"], type="", from_time=0, to_time=0, limit=1000,
+        username=""))).body
+    found = [e.event for e in answer.events if (e.event.node_id, e.event.seq) == (node, seq)]
+    if not found:
+        raise VssError(ResultCode.NOT_FOUND, f"no event {node}/{seq} of {sub['device']} "
+                       "among its last 1000 (vssctl events --device lists them)")
+    event = found[0]
+    pre = 5
+    try:
+        settings = (yield client.request(MsgType.RECORD_SETTINGS_GET, RecordSettingsGet(
+            device_id=event.device_id, channel=event.channel))).body
+        pre = settings.pre_event_seconds
+    except VssError:
+        pass
+    return event.node_time - pre * 1000, event.channel

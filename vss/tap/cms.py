@@ -19,6 +19,7 @@ DEFAULTS = {
     "admin-listen": "tcp:7280:interface=127.0.0.1",
     "data-dir": os.path.join("data", "cms"),
     "heartbeat": "5",
+    "event-retention-days": "30",
 }
 
 
@@ -51,6 +52,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["tls-ca", None, None, "PEM certificate(s) of the cluster CA: nodes' certificates "
          "must be signed by it and name the node that logs in."],
         ["heartbeat", None, None, f"Heartbeat interval asked of nodes, seconds [{DEFAULTS['heartbeat']}]."],
+        ["event-retention-days", None, None, "Days the events and alarms are kept, 0: for "
+         f"ever [{DEFAULTS['event-retention-days']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7222:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
         *metrics_options("the admin listener (--admin-listen)"),
@@ -63,6 +66,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
                 self[key] = value
         problems = []
         self["heartbeat"] = positive_number("heartbeat", self["heartbeat"], int, problems, 0, 600)
+        self["event-retention-days"] = positive_number(
+            "event-retention-days", self["event-retention-days"], int, problems, -1, 36500)
         if self.get("manhole") and not self.get("manhole-keys"):
             problems.append("--manhole-keys: required when --manhole is set")
         if self.get("cluster-secret-file") and not os.path.isfile(self["cluster-secret-file"]):
