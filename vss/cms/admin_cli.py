@@ -204,6 +204,8 @@ def render_record_settings(s):
     ]
     if slots:
         lines.append(f"schedule {slots}")
+    if s.get("event_types"):
+        lines.append(f"recorded on the events {', '.join(s['event_types'])}")
     if s.get("reported"):
         lines.append(f"reported by the device: {json.dumps(s['reported'], sort_keys=True)}")
     return "\n".join(lines)
@@ -702,6 +704,8 @@ class RecordSettingsSet(RecordSettingsGet):
         ["pre-event", None, None, "Seconds kept before an event.", int],
         ["post-event", None, None, "Seconds kept after an event.", int],
         ["schedule", None, None, "Slots like 'mon 08:00-18:00,sat 10:00-12:00' ('' clears)."],
+        ["event-types", None, None, "Event mode: the event types that start a recording, "
+         "like 'motion,alarm-in' ('' : every alarm the camera raises)."],
     ]
     KEYS = (("mode", "mode"), ("stream", "stream"), ("segment", "segment_seconds"),
             ("retention-days", "retention_days"), ("quota-mb", "quota_mb"),
@@ -711,6 +715,9 @@ class RecordSettingsSet(RecordSettingsGet):
         self.change = {key: self[opt] for opt, key in self.KEYS if self[opt] is not None}
         if self["schedule"] is not None:
             self.change["schedule"] = parse_schedule(self["schedule"])
+        if self["event-types"] is not None:
+            self.change["event_types"] = [t.strip() for t in self["event-types"].split(",")
+                                          if t.strip()]
         if not self.change:
             raise usage.UsageError("nothing to change")
 
@@ -719,7 +726,7 @@ class RecordSettingsSet(RecordSettingsGet):
         current = yield client.call("GET", self.path())
         body = {k: current[k] for k in ("mode", "stream", "segment_seconds", "retention_days",
                                         "quota_mb", "pre_event_seconds", "post_event_seconds",
-                                        "schedule") if k in current}
+                                        "schedule", "event_types") if k in current}
         body.update(self.change)
         settings = yield client.call("PUT", self.path(), body)
         return settings, render_record_settings(settings)
