@@ -357,7 +357,8 @@ class NodeService(StagedService):
     def status(self):
         central = getattr(self.central, "status", None)
         return {"node_id": self.settings.node_id, "rgm": self.rgm.status(),
-                "central": central() if central is not None else {}}
+                "central": central() if central is not None else {},
+                "events": {**self.events.status(), "report": self.event_reporter.status()}}
 
     def write_status(self):
         write_json_atomically(os.path.join(self.settings.data_dir, "status.json"),
