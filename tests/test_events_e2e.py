@@ -157,3 +157,62 @@ class EventsAcrossNodesTests(unittest.TestCase):
         out, err, code = yield vssctl(node, ["events", "--device", "cam-b"], "bob", "bob-pw")
         self.assertEqual(code, 1)
         self.assertIn("[forbidden]", err)
+
+
+class EventRecordingTests(unittest.TestCase):
+    """An alarm input of a real ``vss-pu`` (SIGUSR1) on a channel whose rule names it
+    starts an event recording that begins the pre-event seconds before the event; a user
+    on the other node plays it back from the event (``vssctl playback --event``)."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.p = yield start_platform(self)
+        store, change = self.p.cms.store, self.p.change
+        yield change(store.upsert_device("cam-b", "Yard", 1, 1, "node-b", verifier("cam-b-s")))
+        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
+        yield change(store.set_grant("user:alice", "cam-b", int(Action.VIEW | Action.RECORD)))
+        self.a = yield self.p.start_node("node-a")
+        self.b = yield self.p.start_node("node-b")
+        self.pu = yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
+
+    @defer.inlineCallbacks
+    def test_an_alarm_records_from_its_pre_event_seconds_and_plays_from_its_bookmark(self):
+        import signal
+
+        store, recorder = self.p.cms.store, self.b.recorder
+        yield self.p.change(store.set_record_settings("cam-b", 0, {
+            "mode": "event", "stream": "main", "segment_seconds": 60, "retention_days": 7,
+            "quota_mb": 0, "pre_event_seconds": 3, "post_event_seconds": 3, "schedule": [],
+            "event_types": ["alarm-in"]}))
+
+        def buffering():
+            pb = recorder.status()["prebuffers"].get("/live/cam-b/main")
+            return pb is not None and pb["reading"] and pb["bytes"] > 0
+
+        yield wait_until(reactor, buffering, timeout=60, what="cam-b's pre-event buffer")
+        yield task.deferLater(reactor, 5.5, lambda: None)  # more than 3 s buffered
+        self.pu.signal(signal.SIGUSR1)  # an alarm input
+        yield wait_until(reactor, lambda: any(
+            e.type == "alarm-in" for _f, e, _n in self.b.events.history), timeout=30,
+            what="the alarm-in event on node-b")
+        [event] = [e for _f, e, _n in self.b.events.history if e.type == "alarm-in"]
+        yield wait_until(reactor, lambda: recorder.counters["segments"] >= 1
+                         and not recorder.status()["recordings"], timeout=60,
+                         what="the event's recording to end")
+        rows = yield recorder.catalogue.list("cam-b", "main", 0, 2**62)
+        [first] = rows["segments"]
+        # from the keyframe at or before the event less 3 s (the PU's GOP is 2 s)
+        self.assertGreaterEqual(first.start_ms, event.node_time - 3000 - 2000 - 300)
+        self.assertLessEqual(first.start_ms, event.node_time - 3000 + 100)
+        self.assertGreaterEqual(first.end_ms, event.node_time + 2500)
+        self.assertEqual(self.b.events.rules.counters["recordings_started"], 1)
+        # stored, then played back on node-a from the event's bookmark
+        yield wait_until(reactor, lambda: self.b.event_reporter.counters["reported"] >= 2,
+                         what="the event stored")
+        node = f"tcp:127.0.0.1:{self.p.port('node-a', 'cu')}"
+        out, err, code = yield vssctl(node, ["playback", "cam-b", "--event",
+                                             f"node-b/{event.seq}"], "alice", "alice-pw")
+        self.assertEqual(code, 0, err)
+        self.assertIn("/live/cam-b/pb-", out)

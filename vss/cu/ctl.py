@@ -869,7 +869,9 @@ def run_command(reactor, opts, password, out):
         else:
             if cmd == "playback":
                 if sub["event"]:
-                    sub["at_ms"], sub["channel"] = yield event_start(client, sub)
+                    event, pre = yield event_start(client, sub)
+                    sub["channel"] = event.channel
+                    sub["at_ms"] = yield bookmark(client, sub, event, pre, opts["timeout"])
                     type, body = build_request(cmd, sub)
                 yield check_footage(client, sub, opts["timeout"])
             result = (yield client.request(type, body)).body
@@ -917,6 +919,22 @@ def list_recordings(client, query, timeout):
     frame = yield client.link.request_raw(MsgType.RECORD_QUERY, codec.encode_body(query),
                                           timeout)
     return decode_recordings(frame)
+
+
+@defer.inlineCallbacks
+def bookmark(client, sub, event, pre, timeout):
+    """Where the recording of ``event`` starts: its time less the pre-event seconds, or
+    the start of the segment that holds the event when that is later (the recording
+    began at a keyframe after it, or the settings changed since)."""
+    at = event.node_time - pre * 1000
+    query = RecordQuery(device_id=event.device_id, channel=event.channel,
+                        stream=Stream[sub["stream"].upper()], from_time=at,
+                        to_time=event.node_time + 1000)
+    listing = yield list_recordings(client, query, timeout)
+    holding = [s for s in listing.segments if s.start <= event.node_time < s.end]
+    if holding and not any(s.start <= at < s.end for s in listing.segments):
+        at = min(s.start for s in holding)
+    return at
 
 
 @defer.inlineCallbacks

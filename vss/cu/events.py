@@ -182,9 +182,8 @@ def follow(reactor, opts, password, out, connect_when_ready, err=None):
 
 @defer.inlineCallbacks
 def event_start(client, sub):
-    """``(at_ms, channel)`` where the recording of an event starts (``vssctl playback
-    --event``): the stored event's time less its channel's pre-event seconds (5 when the
-    user may not read the recording settings)."""
+    """``(event, pre_event_seconds)`` of ``vssctl playback --event``: the stored event and
+    its channel's pre-event seconds (5 when the user may not read the settings)."""
     node, seq = parse_event_id(sub["event"])
     answer = (yield client.request(MsgType.EVENT_QUERY, EventQuery(
         device_id=sub["device"], type="", from_time=0, to_time=0, limit=1000,
@@ -201,4 +200,4 @@ def event_start(client, sub):
         pre = settings.pre_event_seconds
     except VssError:
         pass
-    return event.node_time - pre * 1000, event.channel
+    return event, pre
