@@ -119,6 +119,8 @@ def run_load(args, work, ports, pids):
     for i in range(args.pus):
         watched[f"ev{i:05d}"] = (i % half, half + i % half)
     latencies = []
+    by_path = {"local": [], "remote": []}  # the CU on the event's home node, or the other
+    spikes = []
     received = {"count": 0, "in_window": 0}
     sent = {"count": 0, "failed": 0, "in_window": 0}
     window = {"on": False}
@@ -141,7 +143,13 @@ def run_load(args, work, ports, pids):
                     t, w = kv.value.split(",")
                     if w == "1":
                         received["in_window"] += 1
-                        latencies.append(time.perf_counter() - float(t))
+                        dt = time.perf_counter() - float(t)
+                        latencies.append(dt)
+                        home = NODES[0] if cu < half else NODES[1]
+                        by_path["local" if e.node_id == home else "remote"].append(dt)
+                        if dt > 0.05:
+                            spikes.append((round(float(t), 3), round(dt * 1000), e.node_id,
+                                           home))
         return got
 
     @defer.inlineCallbacks
@@ -199,6 +207,10 @@ def run_load(args, work, ports, pids):
                 pu.request(MsgType.EVENT_RAISE, body).addErrback(
                     lambda f: sent.__setitem__("failed", sent["failed"] + 1))
 
+        if args.gc_freeze:
+            import gc
+
+            gc.freeze()  # the logged-in links: no longer scanned by every collection
         loop = task.LoopingCall(fire)
         loop.start(tick)
         yield task.deferLater(reactor, args.warmup, lambda: None)
@@ -207,7 +219,9 @@ def run_load(args, work, ports, pids):
         cpu0["load"] = cpu_seconds(os.getpid())
         window["on"] = True
         t0 = time.monotonic()
-        yield task.deferLater(reactor, args.seconds, lambda: None)
+        yield task.deferLater(reactor, args.seconds / 2, lambda: None)
+        rss_mid = {n: rss_mb(pids[n]) for n in pids}  # the nodes' histories are full by now
+        yield task.deferLater(reactor, args.seconds / 2, lambda: None)
         window["on"] = False
         elapsed = time.monotonic() - t0
         cpu1 = {n: cpu_seconds(pids[n]) for n in pids}
@@ -231,7 +245,11 @@ def run_load(args, work, ports, pids):
                 "p50_ms": round(pct(latencies, 0.5) * 1000, 2),
                 "p99_ms": round(pct(latencies, 0.99) * 1000, 2),
                 "max_ms": round(max(latencies or [0]) * 1000, 2),
+                **{f"{k}_p99_ms": round(pct(v, 0.99) * 1000, 2) for k, v in by_path.items()},
+                **{f"{k}_p50_ms": round(pct(v, 0.5) * 1000, 2) for k, v in by_path.items()},
+                "spikes": spikes[:40] if args.spikes else len(spikes),
                 "rss_mb_start": {n: round(v, 1) for n, v in rss0.items()},
+                "rss_mb_mid": {n: round(v, 1) for n, v in rss_mid.items()},
                 "rss_mb_end": {n: round(v, 1) for n, v in rss1.items()},
                 "cpu_pct": {n: round(100 * (cpu1[n] - cpu0[n]) / elapsed) for n in cpu1},
                 "report_waiting": waiting}
@@ -262,9 +280,12 @@ def main():
     ap.add_argument("--pus", type=int, default=1000)
     ap.add_argument("--cus", type=int, default=100)
     ap.add_argument("--rate", type=float, default=1000.0, help="events/s, all PUs together")
-    ap.add_argument("--seconds", type=float, default=20.0, help="measured window")
+    ap.add_argument("--seconds", type=float, default=30.0, help="measured window")
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--spikes", action="store_true", help="list the first deliveries over 50 ms")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() the load process once its links are up")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--deadline", type=float, default=600.0, help="hard stop, seconds")
     ap.add_argument("--seed", help=argparse.SUPPRESS)  # a child seeding DB (one reactor each)
@@ -330,7 +351,9 @@ def main():
                   f"two nodes: delivered {res['delivered']}/{res['expected_notifications']} "
                   f"({res['delivered_ratio']:.4%}), duplicates {res['duplicates']}, PU-to-CU "
                   f"latency p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, max "
-                  f"{res['max_ms']} ms; RSS MB {res['rss_mb_start']} -> {res['rss_mb_end']}; "
+                  f"{res['max_ms']} ms (local p99 {res['local_p99_ms']}, across nodes p99 "
+                  f"{res['remote_p99_ms']}); RSS MB {res['rss_mb_start']} -> "
+                  f"{res['rss_mb_mid']} -> {res['rss_mb_end']}; "
                   f"cpu% {res['cpu_pct']}; reports waiting {res['report_waiting']}; stored "
                   f"in CMS {res['stored_in_cms']}")
         ok = True
