@@ -490,3 +490,36 @@ class RulesTests(unittest.TestCase):
         manager.failure_listeners.append(lambda key, error: raised.append((key, error)))
         manager.start_manual("cam-1", 0, 0, "alice").addErrback(lambda f: None)
         self.assertEqual(raised, [(("cam-1", 0, 0), "DEVICE_OFFLINE: no")])
+
+
+class RefollowTests(unittest.TestCase):
+    def test_a_camera_granted_later_on_another_node_is_followed(self):
+        clock = task.Clock()
+        clock.advance(START)
+        h = NodeHarness(node_id="node-a", clock=clock)
+        self.addCleanup(h.stop)
+        h.add_device("cam-c", home="node-c")
+        for r in h.central.devices.values():
+            h.store.put_device(r)
+        h.add_user("alice")
+
+        class Peers:
+            event_listeners = []
+            asked = []
+
+            def link_to(self, node_id, endpoint):
+                self.asked.append((node_id, endpoint))
+                return defer.Deferred()  # never links: the attempt is what is checked
+
+        h.central.node_endpoints = {"node-c": "tcp:127.0.0.1:1"}
+        peers = Peers()
+        hub = EventHub("node-a", h.store, h.central, clock, peers=peers)
+        link = PeerTests.Link("alice")
+        hub.subscribe(link, subscribe())  # every device alice may view: none yet
+        self.assertEqual(peers.asked, [])
+        g = records.grant("user:alice", "cam-c", Action.VIEW)
+        h.store.put_grant(g)
+        hub.refollow()
+        self.assertEqual(peers.asked, [("node-c", "tcp:127.0.0.1:1")])
+        hub.refollow()  # followed already: once
+        self.assertEqual(len(peers.asked), 1)

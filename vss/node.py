@@ -112,6 +112,10 @@ class NodeService(StagedService):
                                peers=None if settings.static else self.central.peers)
         self.events.setServiceParent(self)
         self.rgm.events = self.events
+        if not settings.static:
+            # a camera newly granted or moved: the hub follows the nodes it may need
+            self.central.access_listeners.append(self.events.refollow)
+            self.central.device_listeners.append(self.events.refollow)
         # grants with an expiry stop applying at that time, on this node's clock
         self.grant_expiry = GrantExpiry(self.store, reactor, self._grants_expired)
         self.grant_expiry.setServiceParent(self)

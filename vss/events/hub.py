@@ -314,6 +314,13 @@ class EventHub(service.Service):
                 self.remote[home] = {"link": None, "retry": None, "delay": RETRY_FIRST}
                 self._connect(home)
 
+    def refollow(self, *_changed):
+        """Grants or devices changed (a camera newly granted, or moved to another node):
+        follow the nodes the subscriptions may now need."""
+        for link, subs in list(self.subs.items()):
+            for f in subs.values():
+                self._follow(link.session.identity, f.devices)
+
     def _connect(self, node_id):
         state = self.remote.get(node_id)
         if state is None:
