@@ -663,10 +663,12 @@ class RecordSettingsTests(ApiTestCase):
             "mode": "schedule", "stream": "sub", "segment_seconds": 600, "retention_days": 30,
             "quota_mb": 2048, "pre_event_seconds": 3, "post_event_seconds": 20,
             "schedule": [{"day": "mon", "start": "8:00", "end": "18:30"},
-                         {"day": 6, "start": 0, "end": "24:00"}]})
+                         {"day": 6, "start": 0, "end": "24:00"}],
+            "event_types": ["motion", "alarm-in", "motion"]})
         expected = {"device_id": "dvs-1", "channel": 1, "mode": "schedule", "stream": "sub",
                     "segment_seconds": 600, "retention_days": 30, "quota_mb": 2048,
                     "pre_event_seconds": 3, "post_event_seconds": 20, "stored": True,
+                    "event_types": ["alarm-in", "motion"],
                     "schedule": [{"day": "mon", "start": "08:00", "end": "18:30"},
                                  {"day": "sun", "start": "00:00", "end": "24:00"}]}
         self.assertEqual(put, expected)
@@ -693,6 +695,9 @@ class RecordSettingsTests(ApiTestCase):
                              "schedule"),
                             ({"schedule": [{"day": "xyz", "start": "1:00", "end": "2:00"}]},
                              "schedule"),
+                            ({"event_types": "motion"}, "event_types"),
+                            ({"event_types": ["Motion!"]}, "event_types"),
+                            ({"event_types": [f"t{i}" for i in range(17)]}, "event_types"),
                             ({"colour": "red"}, "colour")]:
             yield self.error("PUT", "/devices/dvs-1/record-settings/0", body, field=field)
         yield self.error("GET", "/devices/dvs-1/record-settings/2", status=404)
