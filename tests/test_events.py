@@ -519,7 +519,11 @@ class RefollowTests(unittest.TestCase):
         self.assertEqual(peers.asked, [])
         g = records.grant("user:alice", "cam-c", Action.VIEW)
         h.store.put_grant(g)
-        hub.refollow()
+        for _ in range(1000):  # a burst of changes: one look, a second later
+            hub.refollow()
+        self.assertEqual(peers.asked, [])
+        clock.advance(1)
         self.assertEqual(peers.asked, [("node-c", "tcp:127.0.0.1:1")])
-        hub.refollow()  # followed already: once
+        hub.refollow()
+        clock.advance(1)  # followed already: once
         self.assertEqual(len(peers.asked), 1)

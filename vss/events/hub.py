@@ -58,6 +58,7 @@ MAX_COMMENT = 512
 #: an event type: 1 to 32 of a-z 0-9 . _ -
 TYPE_RE = re.compile(r"[a-z0-9._-]{1,32}\Z")
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
+REFOLLOW_DELAY = 1.0
 
 _NOTIFY = MsgType.EVENT_NOTIFY
 _VIEW = Action.VIEW
@@ -133,6 +134,7 @@ class EventHub(service.Service):
         self.remote = {}  # node id -> {"link", "retry", "delay"}: our subscriptions there
         self.remote_seen = {}  # node id -> the last seq received from it
         self._next_sub = 0
+        self._refollow = None
         self.counters = {"raised": 0, "delivered": 0, "remote_received": 0,
                          "duplicates": 0, "replayed": 0, "refused": 0}
         if peers is not None:
@@ -142,6 +144,8 @@ class EventHub(service.Service):
         return int(self.clock.seconds() * 1000)
 
     def stopService(self):
+        if self._refollow is not None and self._refollow.active():
+            self._refollow.cancel()
         for state in self.remote.values():
             if state["retry"] is not None and state["retry"].active():
                 state["retry"].cancel()
@@ -316,7 +320,13 @@ class EventHub(service.Service):
 
     def refollow(self, *_changed):
         """Grants or devices changed (a camera newly granted, or moved to another node):
-        follow the nodes the subscriptions may now need."""
+        follow the nodes the subscriptions may now need, once for a burst of changes (a
+        bulk import is thousands of device changes), ``REFOLLOW_DELAY`` seconds later."""
+        if self._refollow is None or not self._refollow.active():
+            self._refollow = self.clock.callLater(REFOLLOW_DELAY, self._refollow_now)
+
+    def _refollow_now(self):
+        self._refollow = None
         for link, subs in list(self.subs.items()):
             for f in subs.values():
                 self._follow(link.session.identity, f.devices)
