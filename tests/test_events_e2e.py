@@ -158,6 +158,21 @@ class EventsAcrossNodesTests(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("[forbidden]", err)
 
+    @defer.inlineCallbacks
+    def test_a_node_going_down_and_up_are_events_cms_keeps(self):
+        store = self.p.cms.store
+        yield self.p.stop_node("node-b")
+        found = []
+        for _ in range(200):
+            found, _ = yield store.list_events(device_id="node:node-b")
+            if any(e.event.type == "node-down" for e in found):
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        types = [e.event.type for e in found]
+        self.assertEqual(types[:2], ["node-down", "node-up"])  # newest first
+        down = found[0].event
+        self.assertEqual((down.node_id, down.severity), ("cms", 3))
+
 
 class EventRecordingTests(unittest.TestCase):
     """An alarm input of a real ``vss-pu`` (SIGUSR1) on a channel whose rule names it

@@ -43,6 +43,7 @@ from vss.protocols.messages import (
     Empty,
     Entity,
     EventAcked,
+    EventRecord,
     EventReportAck,
     Events,
     HeartbeatAck,
@@ -57,6 +58,7 @@ from vss.protocols.messages import (
     Route,
     RouteRequest,
     ScheduleSlot,
+    Severity,
     StateChange,
     StaticPage,
     Stream,
@@ -217,6 +219,7 @@ class CMSService(service.Service):
         self._verifiers = {}
         self._sweeper = None
         self._purger = None
+        self._event_seq = 0  # CMS's own events (a node down or up): see node_event
         self._inflight = set()  # Deferreds of the requests being handled
         self._applied_writes = {}  # node_id -> (DelayedCall writing its applied_seq, session)
         self.counters = {"routed": 0, "notified": 0, "sync_changes": 0, "stale_changes": 0,
@@ -289,6 +292,7 @@ class CMSService(service.Service):
                                                 timestamp=self.now_ms(), items=[]), force=True)
             if self.running:
                 self.store.set_node_state(s.node_id, "down").addErrback(self._logged)
+                self.node_event(s.node_id, "node-down", Severity.CRITICAL)
 
     def received(self, link, frame, msg):
         s = link.session
@@ -407,6 +411,7 @@ class CMSService(service.Service):
         changes = yield self.store.upsert_node(s.node_id, body.signalling, body.media,
                                                body.capacity, origin=s.node_id)
         yield self.store.set_node_state(s.node_id, "up", {})
+        self.node_event(s.node_id, "node-up", Severity.INFO)
         head = yield self.store.head_seq()
         # Every log entry reaches every up node, so that a node never mistakes the
         # registry's entries for a gap; this node fetches them in its catch-up.
@@ -661,6 +666,19 @@ class CMSService(service.Service):
             username=body.username, device_id=body.device_id, type=body.type,
             since=body.from_time, until=body.to_time, limit=max(1, min(body.limit, 1000)))
         return Events(events=entries, truncated=truncated)
+
+    def node_event(self, node_id, type, severity):
+        """A node going down or coming up: an event CMS numbers and stores itself (its
+        ``node_id`` is CMS's id, its device ``node:<id>``), listed by the admin API."""
+        self._event_seq = max(self._event_seq + 1, self.now_ms() * 1000)
+        now = self.now_ms()
+        event = EventRecord(node_id=self.config.cms_id, seq=self._event_seq,
+                            device_id=f"node:{node_id}", channel=0, type=type, phase=0,
+                            severity=int(severity), pu_time=now, node_time=now, items=[])
+        d = self.store.store_events([event])
+        d.addErrback(lambda f: self.log.warn("{type} of {node} not stored: {error}", type=type,
+                                             node=node_id, error=f.getErrorMessage()))
+        return d
 
     def purge_events(self):
         """The retention: events older than ``event_retention_days`` go."""
