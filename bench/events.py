@@ -269,6 +269,59 @@ def run_load(args, work, ports, pids):
     return out
 
 
+def micro(events=20_000, links=50):
+    """The hub's own cost, in this process (no sockets): an EVENT_RAISE numbered, kept in
+    the feed, matched against ``links`` CU links (each subscribed to 20 devices, one of
+    which is the event's) and sent to the one that watches it; and a peer's event
+    received, deduplicated and delivered the same way."""
+    from twisted.internet import task
+
+    from vss.events.hub import EventHub
+    from vss.protocols.messages import EventNotify, EventRecord
+    from vss.store.memory import MemoryStore
+    from vss.testing.central import MemoryCentral
+
+    class Link:
+        def __init__(self, user):
+            self.session = type("S", (), {"identity": user})()
+            self.sent = 0
+
+        def send_raw(self, data):
+            self.sent += 1
+
+    clock = task.Clock()
+    clock.advance(1_700_000_000)
+    store = MemoryStore()
+    devices = [f"ev{i:05d}" for i in range(links * 20)]
+    for d in devices:
+        store.put_grant(GrantRecord(principal="group:bench", device_id=d,
+                                    actions=int(Action.VIEW), version=1))
+    hub = EventHub("node-a", store, MemoryCentral(), clock)
+    for j in range(links):
+        store.put_user(UserRecord(username=f"cu{j}", verifier=records.verifier(
+            SECRET, salt=SALT), groups=["bench"], enabled=True, version=1))
+        link = Link(f"cu{j}")
+        hub.subscribe(link, EventSubscribe(devices=devices[j * 20:(j + 1) * 20], groups=[],
+                                           types=[], resume_after=0))
+    raise_body = EventRaise(device_id=devices[0], channel=0, type="motion", phase=1,
+                            severity=2, pu_time=0, items=[KV(key="zone", value="1")])
+    t0 = time.perf_counter()
+    for i in range(events):
+        hub.on_raise(devices[i % len(devices)], EventRaise(
+            device_id=devices[i % len(devices)], channel=0, type="motion", phase=1,
+            severity=2, pu_time=0, items=raise_body.items))
+    local_us = (time.perf_counter() - t0) / events * 1e6
+    t0 = time.perf_counter()
+    for i in range(events):
+        hub.peer_event("node-b", EventNotify(feed_id=i + 1, event=EventRecord(
+            node_id="node-b", seq=i + 1, device_id=devices[i % len(devices)], channel=0,
+            type="motion", phase=1, severity=2, pu_time=0, node_time=0, items=[])))
+    remote_us = (time.perf_counter() - t0) / events * 1e6
+    return {"raise_and_deliver_us": round(local_us, 1),
+            "peer_event_and_deliver_us": round(remote_us, 1),
+            "delivered": hub.counters["delivered"], "links": links}
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -289,7 +342,12 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--deadline", type=float, default=600.0, help="hard stop, seconds")
     ap.add_argument("--seed", help=argparse.SUPPRESS)  # a child seeding DB (one reactor each)
+    ap.add_argument("--micro", action="store_true",
+                    help="only the hub's own cost per event, in this process")
     args = ap.parse_args()
+    if args.micro:
+        print(json.dumps(micro(), indent=1, sort_keys=True))
+        return None
     if args.seed:
         return seed(args.seed, args.pus, args.cus)
     if args.cus < 2 or args.cus % 2 or args.pus < args.cus // 2:
