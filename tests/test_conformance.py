@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from vss.conformance import checks, cli, probe, runner
+from vss.events.hub import EventHub
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.link import SignallingLink
@@ -173,6 +174,7 @@ class InProcessNode:
         self.rgm = RGMService(RGMConfig(node_id="n1", node_secret=b"in-process-secret",
                                         keepalive_interval=1), MemoryStore(), central, reactor)
         central.nodes["n1"] = self.rgm
+        self.rgm.events = EventHub("n1", self.rgm.store, central, reactor)
         self.rgm.startService()
         testcase.addCleanup(self.rgm.stopService)
         self.endpoints = {}
@@ -338,6 +340,39 @@ class AgainstBrokenRules(unittest.TestCase):
     def test_bad_magic_after_a_whole_header(self):
         self.patch(codec.FrameDecoder, "feed", _late_magic(codec.FrameDecoder.feed))
         return self.broken(["bad_magic_two_bytes"], "no BAD_MAGIC after two bytes")
+
+    @defer.inlineCallbacks
+    def test_the_event_checks(self):
+        """An unbroken node passes them; one that replays what a CU asks to resume
+        twice, that takes a PU's event of another device, or that keeps no events
+        (skipped), does not pass."""
+        names = ["events_raise_notify", "events_resume", "events_limits"]
+        results = yield InProcessNode(self).run(names)
+        self.assertEqual({n: s for n, (s, _) in results.items()},
+                         dict.fromkeys(names, runner.PASS), results)
+
+        subscribe = EventHub.subscribe
+
+        def twice(hub, link, body):
+            answer, notes = subscribe(hub, link, body)
+            return answer, notes + notes
+
+        self.patch(EventHub, "subscribe", twice)
+        results = yield self.broken(["events_resume"], "more than once")
+        self.patch(EventHub, "subscribe", subscribe)
+
+        on_raise = EventHub.on_raise
+        self.patch(EventHub, "on_raise", lambda hub, device_id, body: on_raise(
+            hub, body.device_id, body))
+        yield self.broken(["events_raise_notify"], "FORBIDDEN")
+
+    @defer.inlineCallbacks
+    def test_a_node_without_events_is_skipped(self):
+        node = InProcessNode(self)
+        node.rgm.events = None
+        results = yield node.run(["events_raise_notify", "events_resume"])
+        self.assertEqual({n: s for n, (s, _) in results.items()},
+                         dict.fromkeys(["events_raise_notify", "events_resume"], runner.SKIP))
 
     def test_a_second_login_of_a_user_ends_the_first(self):
         on_register = RGMService.on_register

@@ -107,6 +107,14 @@ class DemoTests(unittest.TestCase):
         out, err, code = yield run_tool("vssctl", ["ptz", "cam-a1", "goto", "--pan", "0.5"],
                                         env=env)
         self.assertEqual(code, 0, err)
+        # cam-b1 (on node-b) sees simulated motion: shown live on node-a
+        self.assertIn("events --follow", demo.output())
+        env_a = {**env, "VSS_NODE": f"tcp:127.0.0.1:{base + 1}"}
+        out, err, code = yield run_tool("vssctl", ["events", "--follow", "--type", "motion",
+                                                   "--count", "1"], env=env_a)
+        self.assertEqual(code, 0, err)
+        self.assertIn("cam-b1 ch0  motion START", out)
+        self.assertIn("[node-b/", out)
         yield demo.stop(signal.SIGTERM)
         for _ in range(50):
             if _free(base):

@@ -337,6 +337,7 @@ class _Rgm:
 
     node_id = "node-c"
     running = True
+    events = None  # keeps no events
 
 
 class InProcessTLSTests(unittest.TestCase):

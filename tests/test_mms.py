@@ -699,10 +699,12 @@ class RecordSettingsTests(ApiTestCase):
             "mode": "schedule", "stream": "sub", "segment_seconds": 600, "retention_days": 30,
             "quota_mb": 2048, "pre_event_seconds": 3, "post_event_seconds": 20,
             "schedule": [{"day": "mon", "start": "8:00", "end": "18:30"},
-                         {"day": 6, "start": 0, "end": "24:00"}]})
+                         {"day": 6, "start": 0, "end": "24:00"}],
+            "event_types": ["motion", "alarm-in", "motion"]})
         expected = {"device_id": "dvs-1", "channel": 1, "mode": "schedule", "stream": "sub",
                     "segment_seconds": 600, "retention_days": 30, "quota_mb": 2048,
                     "pre_event_seconds": 3, "post_event_seconds": 20, "stored": True,
+                    "event_types": ["alarm-in", "motion"],
                     "schedule": [{"day": "mon", "start": "08:00", "end": "18:30"},
                                  {"day": "sun", "start": "00:00", "end": "24:00"}]}
         self.assertEqual(put, expected)
@@ -729,6 +731,9 @@ class RecordSettingsTests(ApiTestCase):
                              "schedule"),
                             ({"schedule": [{"day": "xyz", "start": "1:00", "end": "2:00"}]},
                              "schedule"),
+                            ({"event_types": "motion"}, "event_types"),
+                            ({"event_types": ["Motion!"]}, "event_types"),
+                            ({"event_types": [f"t{i}" for i in range(17)]}, "event_types"),
                             ({"colour": "red"}, "colour")]:
             yield self.error("PUT", "/devices/dvs-1/record-settings/0", body, field=field)
         yield self.error("GET", "/devices/dvs-1/record-settings/2", status=404)
@@ -1117,3 +1122,42 @@ class StreamCredCommandLineTests(ApiTestCase):
         out, err, code = yield self.tool("stream-cred", "create", "bob", "cam-1")
         self.assertEqual(code, 1)
         self.assertEqual(len(err.splitlines()), 1)
+
+
+class EventsApiTests(ApiTestCase):
+    """GET /events: the stored events and alarms, newest first, with who acknowledged."""
+
+    @defer.inlineCallbacks
+    def test_list_filter_and_refuse_bad_times(self):
+        from vss.protocols.messages import KV, EventRecord
+
+        def event(seq, device, t, type="motion"):
+            return EventRecord(node_id="n1", seq=seq, device_id=device, channel=0, type=type,
+                               phase=1, severity=2, pu_time=t, node_time=t,
+                               items=[KV(key="zone", value="3")])
+
+        yield self.store.store_events([event(1, "cam-1", 1_700_000_000_000),
+                                       event(2, "cam-2", 1_700_000_001_000, "offline"),
+                                       event(3, "cam-1", 1_700_000_002_000)])
+        yield self.store.ack_event("n1", 1, "cam-1", "alice", 1_700_000_005_000, "a cat")
+        page = yield self.ok("GET", "/events?device_id=cam-1")
+        self.assertEqual([e["id"] for e in page["items"]], ["n1/3", "n1/1"])
+        self.assertFalse(page["truncated"])
+        first = page["items"][1]
+        self.assertEqual((first["type"], first["phase"], first["severity"], first["items"],
+                          first["time"], first["acked_by"], first["acked_at"],
+                          first["comment"]),
+                         ("motion", "start", "alarm", {"zone": "3"}, "2023-11-14T22:13:20Z",
+                          "alice", "2023-11-14T22:13:25Z", "a cat"))
+        self.assertIsNone(page["items"][0]["acked_by"])
+        page = yield self.ok("GET", "/events?type=offline")
+        self.assertEqual([e["id"] for e in page["items"]], ["n1/2"])
+        page = yield self.ok("GET", "/events?since=2023-11-14T22:13:21Z&limit=1")
+        self.assertEqual(([e["id"] for e in page["items"]], page["truncated"]), (["n1/3"], True))
+        page = yield self.ok("GET", "/events?until=1700000001000")
+        self.assertEqual([e["id"] for e in page["items"]], ["n1/1"])
+        yield self.error("GET", "/events?since=yesterday", field="since")
+        yield self.error("GET", "/events?since=2023-11-14T22:13:21", field="since")
+        yield self.error("GET", "/events?since=5&until=4", field="until")
+        yield self.error("GET", "/events?limit=0", field="limit")
+        yield self.error("GET", "/events", token=None, status=401)

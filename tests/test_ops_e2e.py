@@ -172,6 +172,11 @@ class RunningPlatformTests(unittest.TestCase):
         self.assertEqual(sample(node, "vss_sync_lag", "vss_sync_lag"), 0)
         self.assertGreater(sample(node, "vss_recording_disk_free_bytes",
                                   "vss_recording_disk_free_bytes"), 0)
+        # the PU's coming online is an event the node numbered
+        self.assertGreaterEqual(sample(node, "vss_events_raised", "vss_events_raised_total"),
+                                1)
+        self.assertEqual(sample(node, "vss_events_report_dropped",
+                                "vss_events_report_dropped_total"), 0)
         self.assertEqual(sample(cms, "vss_cms_nodes", "vss_cms_nodes", state="up"), 1)
         self.assertEqual(sample(cms, "vss_cms_devices_online", "vss_cms_devices_online"), 1)
         self.assertGreaterEqual(sample(cms, "vss_cms_admin_requests",

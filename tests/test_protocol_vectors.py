@@ -57,6 +57,21 @@ from vss.protocols.messages import (
     Empty,
     Entity,
     Error,
+    EventAck,
+    EventAcked,
+    EventEntry,
+    EventNotify,
+    EventPhase,
+    EventQuery,
+    EventRaise,
+    EventRaised,
+    EventRecord,
+    EventReport,
+    EventReportAck,
+    Events,
+    EventSubscribe,
+    EventSubscribed,
+    EventUnsubscribe,
     ExportUrl,
     FocusOp,
     GrantRecord,
@@ -108,6 +123,7 @@ from vss.protocols.messages import (
     RouteRequest,
     RouteResponse,
     ScheduleSlot,
+    Severity,
     StateChange,
     StaticPage,
     StaticPull,
@@ -144,6 +160,11 @@ class V(NamedTuple):
 
 
 TS = 1_700_000_000_000  # 2023-11-14T22:13:20Z = 0x0000018bcfe56800
+
+SEQ = 1_700_000_000_000_001  # a node's first event after a start at TS: 0x00060a24181e4001
+EVENT_C = EventRecord(node_id="n1", seq=SEQ, device_id="c", channel=1, type="motion",
+                      phase=EventPhase.START, severity=Severity.ALARM, pu_time=TS,
+                      node_time=TS + 50, items=[KV(key="zone", value="2")])
 
 VERIFIER_C = Verifier(salt=b"\x01\x02", iterations=4096, stored_key=b"\x03", server_key=b"\x04")
 
@@ -457,6 +478,26 @@ VECTORS = [
     V("record_settings_get_response", MsgType.RECORD_SETTINGS_GET, RSP, 12, RECORD_SCHEDULE, """
       5653 01 01 0120 0000 0000000c 0000001e  # VS v1 response RECORD_SETTINGS_GET txid 12 len 30
     """ + RECORD_SCHEDULE_BODY),
+    V("record_settings_get_response_event_types", MsgType.RECORD_SETTINGS_GET, RSP, 12,
+      RecordSettings(device_id="c", channel=1, mode=RecordMode.EVENT, stream=Stream.MAIN,
+                     segment_seconds=60, retention_days=7, quota_mb=0, pre_event_seconds=5,
+                     post_event_seconds=10, schedule=[], ext=((0x0001, b"motion,alarm-in"),)),
+      """
+      5653 01 01 0120 0000 0000000c 0000002c  # VS v1 response RECORD_SETTINGS_GET txid 12 len 44
+      0001 63             # device_id "c"
+      0001                # channel 1
+      03                  # mode EVENT
+      00                  # stream MAIN
+      0000003c            # segment_seconds 60
+      0007                # retention_days 7
+      00000000            # quota_mb 0
+      0005                # pre_event_seconds 5
+      000a                # post_event_seconds 10
+      0000                # schedule: none
+      0001                # ext: 1 record
+        0001              #   tag EVENT_TYPES
+        000f 6d6f74696f6e2c616c61726d2d696e  #   "motion,alarm-in": these start a recording
+    """),
     V("record_settings_set_request", MsgType.RECORD_SETTINGS_SET, REQ, 13, RECORD_CONTINUOUS, """
       5653 01 00 0121 0000 0000000d 00000019  # VS v1 request RECORD_SETTINGS_SET txid 13 len 25
     """ + RECORD_CONTINUOUS_BODY),
@@ -841,6 +882,157 @@ VECTORS = [
       5653 01 01 0214 0000 00000028 0000000e  # VS v1 response AUDIT_REPORT txid 40 len 14
       0000000000000007    # batch 7
       00000003            # stored 3 (two events and the lost entry)
+      0000                # ext: none
+    """),
+    V("event_raise_request", MsgType.EVENT_RAISE, REQ, 50,
+      EventRaise(device_id="c", channel=1, type="motion", phase=EventPhase.START,
+                 severity=Severity.ALARM, pu_time=TS, items=[KV(key="zone", value="2")]), """
+      5653 01 00 0190 0000 00000032 00000024  # VS v1 request EVENT_RAISE txid 50 len 36
+      0001 63             # device_id "c" (the PU itself)
+      0001                # channel 1
+      0006 6d6f74696f6e   # type "motion"
+      01                  # phase START
+      02                  # severity ALARM
+      0000018bcfe56800    # pu_time TS
+      0001                # items: 1 KV
+        0004 7a6f6e65     #   key "zone"
+        0001 32           #   value "2"
+      0000                # ext: none
+    """),
+    V("event_raise_response", MsgType.EVENT_RAISE, RSP, 50,
+      EventRaised(node_id="n1", seq=SEQ), """
+      5653 01 01 0190 0000 00000032 0000000e  # VS v1 response EVENT_RAISE txid 50 len 14
+      0002 6e31           # node_id "n1" (the home node numbered it)
+      00060a24181e4001    # seq TS * 1000 + 1: the first event since n1 started at TS
+      0000                # ext: none
+    """),
+    V("event_subscribe_request", MsgType.EVENT_SUBSCRIBE, REQ, 51,
+      EventSubscribe(devices=["c"], groups=[], types=["motion"], resume_after=SEQ), """
+      5653 01 00 0191 0000 00000033 0000001b  # VS v1 request EVENT_SUBSCRIBE txid 51 len 27
+      0001                # devices: 1
+        0001 63           #   "c"
+      0000                # groups: none
+      0001                # types: 1
+        0006 6d6f74696f6e #   "motion"
+      00060a24181e4001    # resume_after SEQ: the last feed id this CU saw
+      0000                # ext: none
+    """),
+    V("event_subscribe_response", MsgType.EVENT_SUBSCRIBE, RSP, 51,
+      EventSubscribed(subscription=1, head=SEQ + 4, replayed=2, gap=False), """
+      5653 01 01 0191 0000 00000033 00000013  # VS v1 response EVENT_SUBSCRIBE txid 51 len 19
+      00000001            # subscription 1
+      00060a24181e4005    # head SEQ + 4: the node's last feed id
+      00000002            # replayed 2 (EVENT_NOTIFY follow this answer)
+      00                  # gap false: the history reaches back to resume_after
+      0000                # ext: none
+    """),
+    V("event_unsubscribe_request", MsgType.EVENT_UNSUBSCRIBE, REQ, 52,
+      EventUnsubscribe(subscription=1), """
+      5653 01 00 0192 0000 00000034 00000006  # VS v1 request EVENT_UNSUBSCRIBE txid 52 len 6
+      00000001            # subscription 1
+      0000                # ext: none
+    """),
+    V("event_unsubscribe_response", MsgType.EVENT_UNSUBSCRIBE, RSP, 52, Empty(), """
+      5653 01 01 0192 0000 00000034 00000002  # VS v1 response EVENT_UNSUBSCRIBE txid 52 len 2
+      0000                # ext: none
+    """),
+    V("event_notify_notification", MsgType.EVENT_NOTIFY, NTF, 0,
+      EventNotify(feed_id=SEQ, event=EVENT_C), """
+      5653 01 04 0193 0000 00000000 00000040  # VS v1 notify EVENT_NOTIFY txid 0 len 64
+      00060a24181e4001    # feed_id SEQ (on the home node an event's feed id is its seq)
+      0002 6e31           # event.node_id "n1"
+      00060a24181e4001    # event.seq SEQ
+      0001 63             # event.device_id "c"
+      0001                # event.channel 1
+      0006 6d6f74696f6e   # event.type "motion"
+      01                  # event.phase START
+      02                  # event.severity ALARM
+      0000018bcfe56800    # event.pu_time TS
+      0000018bcfe56832    # event.node_time TS + 50 ms
+      0001                # event.items: 1 KV
+        0004 7a6f6e65     #   key "zone"
+        0001 32           #   value "2"
+      0000                # ext: none
+    """),
+    V("event_ack_request", MsgType.EVENT_ACK, REQ, 53,
+      EventAck(node_id="n1", seq=SEQ, device_id="c", username="", comment="ok"), """
+      5653 01 00 0194 0000 00000035 00000017  # VS v1 request EVENT_ACK txid 53 len 23
+      0002 6e31           # node_id "n1"
+      00060a24181e4001    # seq SEQ
+      0001 63             # device_id "c"
+      0000                # username "" (set by the CU's node)
+      0002 6f6b           # comment "ok"
+      0000                # ext: none
+    """),
+    V("event_ack_response", MsgType.EVENT_ACK, RSP, 53,
+      EventAcked(node_id="n1", seq=SEQ, acked_by="bob", acked_at=TS + 60_000), """
+      5653 01 01 0194 0000 00000035 0000001b  # VS v1 response EVENT_ACK txid 53 len 27
+      0002 6e31           # node_id "n1"
+      00060a24181e4001    # seq SEQ
+      0003 626f62         # acked_by "bob"
+      0000018bcfe65260    # acked_at TS + 60 s
+      0000                # ext: none
+    """),
+    V("event_query_request", MsgType.EVENT_QUERY, REQ, 54,
+      EventQuery(device_id="c", type="motion", from_time=TS, to_time=TS + 60_000, limit=100,
+                 username=""), """
+      5653 01 00 0195 0000 00000036 00000021  # VS v1 request EVENT_QUERY txid 54 len 33
+      0001 63             # device_id "c"
+      0006 6d6f74696f6e   # type "motion"
+      0000018bcfe56800    # from_time TS
+      0000018bcfe65260    # to_time TS + 60 s
+      0064                # limit 100
+      0000                # username "" (set by the CU's node)
+      0000                # ext: none
+    """),
+    V("event_query_response", MsgType.EVENT_QUERY, RSP, 54,
+      Events(events=[EventEntry(event=EVENT_C, acked_by="bob", acked_at=TS + 60_000,
+                                comment="ok")], truncated=False), """
+      5653 01 01 0195 0000 00000036 0000004c  # VS v1 response EVENT_QUERY txid 54 len 76
+      0001                # events: 1 EventEntry
+        0002 6e31         #   event.node_id "n1"
+        00060a24181e4001  #   event.seq SEQ
+        0001 63           #   event.device_id "c"
+        0001              #   event.channel 1
+        0006 6d6f74696f6e #   event.type "motion"
+        01                #   event.phase START
+        02                #   event.severity ALARM
+        0000018bcfe56800  #   event.pu_time TS
+        0000018bcfe56832  #   event.node_time TS + 50 ms
+        0001              #   event.items: 1
+          0004 7a6f6e65   #     key "zone"
+          0001 32         #     value "2"
+        0003 626f62       #   acked_by "bob"
+        0000018bcfe65260  #   acked_at TS + 60 s
+        0002 6f6b         #   comment "ok"
+      00                  # truncated false
+      0000                # ext: none
+    """),
+    V("event_report_request", MsgType.EVENT_REPORT, REQ, 55,
+      EventReport(batch=3, dropped=0, events=[EVENT_C]), """
+      5653 01 00 0215 0000 00000037 00000046  # VS v1 request EVENT_REPORT txid 55 len 70
+      0000000000000003    # batch 3
+      00000000            # dropped 0
+      0001                # events: 1 EventRecord
+        0002 6e31         #   node_id "n1"
+        00060a24181e4001  #   seq SEQ
+        0001 63           #   device_id "c"
+        0001              #   channel 1
+        0006 6d6f74696f6e #   type "motion"
+        01                #   phase START
+        02                #   severity ALARM
+        0000018bcfe56800  #   pu_time TS
+        0000018bcfe56832  #   node_time TS + 50 ms
+        0001              #   items: 1
+          0004 7a6f6e65   #     key "zone"
+          0001 32         #     value "2"
+      0000                # ext: none
+    """),
+    V("event_report_response", MsgType.EVENT_REPORT, RSP, 55,
+      EventReportAck(batch=3, stored=1), """
+      5653 01 01 0215 0000 00000037 0000000e  # VS v1 response EVENT_REPORT txid 55 len 14
+      0000000000000003    # batch 3
+      00000001            # stored 1
       0000                # ext: none
     """),
     V("record_start_request", MsgType.RECORD_START, REQ, 19,

@@ -60,6 +60,11 @@ CURRENT_SCHEMA = {
             "id", "at", "kind", "actor", "source", "node_id", "action", "target", "status",
             "detail_json",
         ],
+        "event_acks": ["node_id", "seq", "device_id", "acked_by", "acked_at", "comment"],
+        "events": [
+            "node_id", "seq", "device_id", "channel", "type", "phase", "severity", "pu_time",
+            "node_time", "items_json",
+        ],
         "grants": ["principal", "device_id", "actions", "version", "expires"],
         "meta": ["key", "value"],
         "operators": [
@@ -83,7 +88,8 @@ CURRENT_SCHEMA = {
     },
     "indexes": [
         "admin_tokens_hash", "admin_tokens_name", "audit_log_actor", "audit_log_kind",
-        "audit_log_target", "devices_home_node", "grants_device",
+        "audit_log_target", "devices_home_node", "events_device", "events_time",
+        "grants_device",
         "stream_credentials_device", "stream_credentials_user",
     ],
 }

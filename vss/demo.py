@@ -33,6 +33,10 @@ DEVICES = [
 ]
 
 
+#: the demo camera that raises simulated motion (vss-pu --events)
+EVENT_CAMERA = "cam-b1"
+
+
 def _week():
     """Every day of the week, whole days: a schedule that always records."""
     return ",".join(f"{d} 00:00-24:00" for d in ("mon", "tue", "wed", "thu", "fri", "sat",
@@ -227,7 +231,9 @@ def main(argv=None):
             sup.spawn(f"pu-{device_id}", [
                 os.path.join(BIN, "vss-pu"), "--node", f"tcp:127.0.0.1:{port}", "--id",
                 device_id, "--kind", {1: "ipc", 2: "dvs", 3: "dvr"}[kind],
-                "--channels", str(channels)], env=env)
+                "--channels", str(channels),
+                # cam-b1 sees simulated motion about every 30 s (events and alarms)
+                *(["--events", "30"] if device_id == EVENT_CAMERA else [])], env=env)
     except BaseException:
         sup.stop()
         raise
@@ -264,6 +270,15 @@ Record cam-a1 on a weekly schedule, then list, play back and export on either no
   {ctl} recordings cam-a1 --from -1h
   {ctl} export cam-a1 --from -10m --to now -o clip.mp4      (once a segment has closed)
   {ctl} playback cam-a1 --at -90s --play
+
+Events and alarms: {EVENT_CAMERA} (on node-b) sees simulated motion about every 30 s; watch it
+live on node-a, list, acknowledge, record on motion and play an event back:
+  {ctl} events --follow
+  {ctl} events --device {EVENT_CAMERA} --type motion
+  {ctl} ack NODE/SEQ {EVENT_CAMERA} --comment 'checked'     (the id in [...] of a line)
+  {admin} events --device {EVENT_CAMERA}
+  {admin} record-settings set {EVENT_CAMERA} --mode event --pre-event 5 --post-event 10 --event-types motion
+  {ctl} playback {EVENT_CAMERA} --event NODE/SEQ --play      (a motion after the line above)
 
 Credentials are kept in {run_dir}/credentials.json. Ctrl-C stops everything.
 """, flush=True)

@@ -286,6 +286,18 @@ class ICentral(Interface):
         """AUDIT_REPORT: an ``AuditReport`` of the media users started on the node
         (``vss.rgm.audit``). Fires with ``AuditAck`` once CMS holds it."""
 
+    def report_events(report):
+        """EVENT_REPORT: an ``EventReport`` of events numbered on the node
+        (``vss.events.report``). Fires with ``EventReportAck`` once CMS holds them."""
+
+    def ack_event(ack):
+        """EVENT_ACK: an operator (``ack.username``, set by the node) acknowledges an
+        event. Fires with ``EventAcked``; CONFLICT when it was acknowledged already."""
+
+    def query_events(query):
+        """EVENT_QUERY: the stored events of the devices ``query.username`` may view,
+        newest first. Fires with ``Events``."""
+
 
 class IStreamAuthorizer(Interface):
     """How the streaming server checks a token in an RTSP URL."""

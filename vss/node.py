@@ -21,8 +21,11 @@ from twisted.logger import Logger
 
 from vss import private
 from vss.config import ConfigError, cms_addresses, load_or_create_secret, read_secret
+from vss.events.hub import EventHub
+from vss.events.report import EventReporter
+from vss.events.rules import EventRules
 from vss.ops.health import probe
-from vss.protocols.messages import Role
+from vss.protocols.messages import KV, Role, Severity
 from vss.rgm.audit import AuditReporter
 from vss.rgm.expiry import GrantExpiry
 from vss.rgm.service import RGMConfig, RGMService
@@ -100,6 +103,19 @@ class NodeService(StagedService):
         )
         self.rgm.setName("rgm")
         self.rgm.setServiceParent(self)
+        # events and alarms: numbered here, pushed to the CUs that subscribed (here and on
+        # other nodes), stored by CMS
+        self.event_reporter = EventReporter(self.central, reactor)
+        self.event_reporter.setServiceParent(self)
+        self.events = EventHub(settings.node_id, self.store, self.central, reactor,
+                               reporter=self.event_reporter,
+                               peers=None if settings.static else self.central.peers)
+        self.events.setServiceParent(self)
+        self.rgm.events = self.events
+        if not settings.static:
+            # a camera newly granted or moved: the hub follows the nodes it may need
+            self.central.access_listeners.append(self.events.refollow)
+            self.central.device_listeners.append(self.events.refollow)
         # grants with an expiry stop applying at that time, on this node's clock
         self.grant_expiry = GrantExpiry(self.store, reactor, self._grants_expired)
         self.grant_expiry.setServiceParent(self)
@@ -166,6 +182,11 @@ class NodeService(StagedService):
                                            settings.data_dir, capacity)
         self.recordings.setServiceParent(self)
         self.rgm.recordings = self.recordings
+        # events: a rule of a channel starts an event recording; a recording that fails
+        # and a full disk are events of the device
+        self.events.rules = EventRules(self.recordings)
+        self.recordings.failure_listeners.append(self._recording_failed)
+        self.recorder.disk_full_listeners.append(self._disk_full)
         # The browser client on the HTTP listener: the page, the CU link and the media
         # over WebSockets (vss.web).
         from vss.web.site import WebClient
@@ -252,11 +273,22 @@ class NodeService(StagedService):
                 "sessions": self.rgm.links, "pus": self.rgm.pu_links,
                 "credentials": getattr(self, "stream_credentials", None)}
 
+    def _recording_failed(self, key, error):
+        device_id, channel, stream = key
+        self.events.raise_event(device_id, channel, "record-failed", severity=Severity.WARNING,
+                                items=[KV(key="stream", value="sub" if stream else "main"),
+                                       KV(key="error", value=error[:256])])
+
+    def _disk_full(self, device_id, channel, message):
+        self.events.raise_event(device_id, channel, "disk-full", severity=Severity.CRITICAL,
+                                items=[KV(key="error", value=message[:256])])
+
     def _make_central(self):
         if self.settings.static:
             from vss.testing.central import MemoryCentral
 
             central = MemoryCentral.from_file(self.settings.static)
+            central.clock = self.reactor
             return central
         from vss.rgm.cmslink import CmsLink
 
@@ -334,7 +366,8 @@ class NodeService(StagedService):
     def status(self):
         central = getattr(self.central, "status", None)
         return {"node_id": self.settings.node_id, "rgm": self.rgm.status(),
-                "central": central() if central is not None else {}}
+                "central": central() if central is not None else {},
+                "events": {**self.events.status(), "report": self.event_reporter.status()}}
 
     def write_status(self):
         write_json_atomically(os.path.join(self.settings.data_dir, "status.json"),

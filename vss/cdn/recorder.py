@@ -1068,6 +1068,9 @@ class Recorder:
         self.prebuffers = {}  # (device, channel, stream name) -> _PreBuffer
         self.prebuffer_max_bytes = prebuffer_max_bytes
         self.alarm = None
+        #: f(device_id, channel, message) when a recording meets a full disk (the node
+        #: raises a ``disk-full`` event: vss.events)
+        self.disk_full_listeners = []
         self.counters = {"started": 0, "segments": 0, "bytes": 0, "restarts": 0,
                          "failed": 0, "write_errors": 0}
 
@@ -1420,6 +1423,8 @@ class Recorder:
                           "path": rec.path, "message": f"disk full: {rec.error}"}
             log.critical("ALARM disk full while recording {path}: {error}; new segments "
                          "stop, closed segments are kept", path=rec.path, error=rec.error)
+            for listener in self.disk_full_listeners:
+                listener(rec.device_id, rec.channel, self.alarm["message"])
         elif kind == "error":
             self.counters["write_errors"] += 1
             rec.error = event.get("message")

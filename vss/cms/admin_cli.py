@@ -13,6 +13,7 @@
     vss-admin token revoke 3 [--force]
     vss-admin operator add ann --role administrator --password-file ann.pw
     vss-admin audit --kind change,live --since 12h --target device:cam-1
+    vss-admin events --device cam-1 --type motion --since 1h
     vss-admin status
     vss-admin export-static --db sqlite:/var/lib/vss/cms.sqlite3 static.json [--node n1]
 
@@ -210,6 +211,8 @@ def render_record_settings(s):
     ]
     if slots:
         lines.append(f"schedule {slots}")
+    if s.get("event_types"):
+        lines.append(f"recorded on the events {', '.join(s['event_types'])}")
     if s.get("reported"):
         lines.append(f"reported by the device: {json.dumps(s['reported'], sort_keys=True)}")
     return "\n".join(lines)
@@ -749,6 +752,8 @@ class RecordSettingsSet(RecordSettingsGet):
         ["pre-event", None, None, "Seconds kept before an event.", int],
         ["post-event", None, None, "Seconds kept after an event.", int],
         ["schedule", None, None, "Slots like 'mon 08:00-18:00,sat 10:00-12:00' ('' clears)."],
+        ["event-types", None, None, "Event mode: the event types that start a recording, "
+         "like 'motion,alarm-in' ('' : every alarm the camera raises)."],
     ]
     KEYS = (("mode", "mode"), ("stream", "stream"), ("segment", "segment_seconds"),
             ("retention-days", "retention_days"), ("quota-mb", "quota_mb"),
@@ -758,6 +763,9 @@ class RecordSettingsSet(RecordSettingsGet):
         self.change = {key: self[opt] for opt, key in self.KEYS if self[opt] is not None}
         if self["schedule"] is not None:
             self.change["schedule"] = parse_schedule(self["schedule"])
+        if self["event-types"] is not None:
+            self.change["event_types"] = [t.strip() for t in self["event-types"].split(",")
+                                          if t.strip()]
         if not self.change:
             raise usage.UsageError("nothing to change")
 
@@ -766,7 +774,7 @@ class RecordSettingsSet(RecordSettingsGet):
         current = yield client.call("GET", self.path())
         body = {k: current[k] for k in ("mode", "stream", "segment_seconds", "retention_days",
                                         "quota_mb", "pre_event_seconds", "post_event_seconds",
-                                        "schedule") if k in current}
+                                        "schedule", "event_types") if k in current}
         body.update(self.change)
         settings = yield client.call("PUT", self.path(), body)
         return settings, render_record_settings(settings)
@@ -1047,6 +1055,46 @@ class AuditCommand(Command):
         return items, render_audit(items) if items else "no entry"
 
 
+def render_events(items):
+    rows = []
+    for e in items:
+        items_text = " ".join(f"{k}={v}" for k, v in sorted(e["items"].items()))
+        acked = f"{e['acked_by']} {e['acked_at'][:19].replace('T', ' ')}" if e["acked_by"] \
+            else "-"
+        rows.append([e["time"].replace("T", " ")[:19], e["device_id"], str(e["channel"]),
+                     e["type"], str(e["phase"]), str(e["severity"]), items_text or "-",
+                     e["id"], acked])
+    return table(["TIME (UTC)", "DEVICE", "CH", "TYPE", "PHASE", "SEVERITY", "DETAILS", "ID",
+                  "ACKNOWLEDGED"], rows)
+
+
+class EventsCommand(Command):
+    """Events and alarms the nodes reported (newest first), with who acknowledged them."""
+
+    synopsis = "[--device D] [--type T] [--since T] [--until T] [--limit N]"
+    longdesc = ("--since and --until are ISO times with their zone (2026-05-01T18:00:00Z) "
+                "or durations back from now (15m, 12h, 7d).")
+    optParameters = [["device", "d", None, "One device."],
+                     ["type", "t", None, "One event type (motion, offline ...)."],
+                     ["since", None, None, "From this time."],
+                     ["until", None, None, "Before this time."],
+                     ["limit", "n", 100, "How many events at most (1..1000).", int]]
+
+    def postOptions(self):
+        if not 1 <= self["limit"] <= 1000:
+            raise usage.UsageError("--limit is between 1 and 1000")
+        self.params = {"device_id": self["device"], "type": self["type"],
+                       "since": _when(self["since"]), "until": _when(self["until"]),
+                       "limit": self["limit"]}
+
+    @defer.inlineCallbacks
+    def run(self, client):
+        page = yield client.call("GET", "/events", params=self.params)
+        items = page.get("items", [])
+        more = "\n(more: narrow the range or raise --limit)" if page.get("truncated") else ""
+        return items, (render_events(items) + more) if items else "no event"
+
+
 def _when(text):
     """An ISO time as given, or a duration back from now as an ISO time."""
     if not text or "T" in text:
@@ -1197,6 +1245,7 @@ class Options(VersionOption, usage.Options):
                                               ("remove", OperatorRemove)]),
          "Operators of the console (the central platform's web page)."],
         ["audit", None, AuditCommand, "The audit log (changes, logins, media)."],
+        ["events", None, EventsCommand, "Events and alarms, with their acknowledgements."],
         ["status", None, StatusCommand, "Operations status."],
         ["export-static", None, ExportStatic,
          "Write the database's master data as a node's --static file."],

@@ -57,7 +57,8 @@ class CmsDaemon(StagedService):
         self.store = make_static_store(options["db"], reactor=reactor)
         self.cms = CMSService(
             CMSConfig(cms_id=options["cms-id"], cluster_secret=self.cluster_secret,
-                      heartbeat_interval=options["heartbeat"]),
+                      heartbeat_interval=options["heartbeat"],
+                      event_retention_days=int(options.get("event-retention-days", 30))),
             self.store, reactor)
         self.election = None  # with --standby: which CMS of the database is active
         self._refresher = None

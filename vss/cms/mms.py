@@ -26,6 +26,8 @@ revoked or expired token is refused with 401 and says which)::
     GET, DELETE        /tokens/{id}          show, revoke (?force=true for the last one)
     GET, POST          /stream-credentials   stream credentials (paged; ?user=&device_id=)
     GET, DELETE        /stream-credentials/{id}  show, revoke
+    GET                /events               events and alarms, newest first (?device_id=
+                                             &type=&since=&until=&limit=)
     GET                /status               operations status
     GET                /openapi.json         this API as an OpenAPI 3.1 document
 
@@ -46,7 +48,7 @@ into a ``RecordSettings`` body: ``RecordMode[mode.upper()]``, ``Stream[...]``, d
     {"mode": "schedule", "stream": "main", "segment_seconds": 300,
      "retention_days": 7, "quota_mb": 0, "pre_event_seconds": 5,
      "post_event_seconds": 10, "schedule": [{"day": "mon", "start": "08:00",
-     "end": "18:00"}]}
+     "end": "18:00"}], "event_types": ["motion", "alarm-in"]}
 """
 
 import json
@@ -63,7 +65,14 @@ from vss.cms.store.tokens import ACTIVE, EXPIRED, LastTokenError, iso_time
 from vss.errors import VssError
 from vss.protocols import scram
 from vss.protocols.codes import ResultCode
-from vss.protocols.messages import Action, PuKind, StreamCredential, Verifier
+from vss.protocols.messages import (
+    Action,
+    EventPhase,
+    PuKind,
+    Severity,
+    StreamCredential,
+    Verifier,
+)
 from vss.redact import Site
 
 API_PREFIX = "/api/v1"
@@ -102,6 +111,7 @@ RECORD_DEFAULTS = {
     "pre_event_seconds": 5,
     "post_event_seconds": 10,
     "schedule": [],
+    "event_types": [],
 }
 #: field -> (lowest, highest) of the integer recording settings
 RECORD_RANGES = {
@@ -405,6 +415,23 @@ def _hhmm(minutes):
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
+EVENT_TYPE_RE = re.compile(r"^[a-z0-9._-]{1,32}$")
+MAX_EVENT_TYPES = 16
+
+
+def event_types_of(body):
+    """The event types that start an event recording of the channel (docs/protocol.md
+    9.7: in EVENT mode; none listed: every event of severity ALARM or above a PU raises)."""
+    value = body.data.get("event_types")
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_EVENT_TYPES or not all(
+            isinstance(t, str) and EVENT_TYPE_RE.match(t) for t in value):
+        raise invalid("event_types", f"event_types is a list of at most {MAX_EVENT_TYPES} "
+                      "event types (1 to 32 of a-z 0-9 . _ -)")
+    return sorted(set(value))
+
+
 def schedule_of(body):
     value = body.data.get("schedule")
     if value is None:
@@ -544,6 +571,7 @@ class Index(JsonResource):
         self.putChild(b"status", Status(api))
         self.putChild(b"tokens", Tokens(api))
         self.putChild(b"stream-credentials", StreamCredentials(api))
+        self.putChild(b"events", EventsResource(api))
         self.putChild(b"openapi.json", OpenApi(api))
 
     def do_GET(self, call):
@@ -796,6 +824,7 @@ class RecordSettings(JsonResource):
         for field, (lo, hi) in RECORD_RANGES.items():
             settings[field] = body.integer(field, lo, hi, default=RECORD_DEFAULTS[field])
         settings["schedule"] = schedule_of(body)
+        settings["event_types"] = event_types_of(body)
         if settings["mode"] == "schedule" and not settings["schedule"]:
             raise invalid("schedule", "mode schedule needs at least one schedule entry")
         _, channel = yield self._device_channel()
@@ -1082,6 +1111,58 @@ class StreamCredentialResource(JsonResource):
 
 
 # -- status and description
+
+
+def event_view(entry):
+    """An event and its acknowledgement as the API answers it."""
+    e = entry.event
+
+    def name(enum, value):
+        try:
+            return enum(value).name.lower()
+        except ValueError:
+            return value
+
+    return {"id": f"{e.node_id}/{e.seq}", "node_id": e.node_id, "seq": e.seq,
+            "device_id": e.device_id, "channel": e.channel, "type": e.type,
+            "phase": name(EventPhase, e.phase), "severity": name(Severity, e.severity),
+            "pu_time": iso_time(e.pu_time), "time": iso_time(e.node_time),
+            "items": {kv.key: kv.value for kv in e.items},
+            "acked_by": entry.acked_by or None,
+            "acked_at": iso_time(entry.acked_at) if entry.acked_at else None,
+            "comment": entry.comment or None}
+
+
+def time_arg(request, name):
+    """A query time: ms since the epoch, or ISO 8601 with its zone; None when absent."""
+    raw = query(request, name)
+    if raw is None or raw == "":
+        return None
+    if raw.isdigit():
+        return int(raw)
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid(name, f"{name} must be ms since the epoch or ISO 8601") from None
+    if when.tzinfo is None:
+        raise invalid(name, f"{name} must name its time zone (Z or +HH:MM)")
+    return int(when.timestamp() * 1000)
+
+
+class EventsResource(JsonResource):
+    """The stored events and alarms, newest first (``vss.cms.store.events``)."""
+
+    @defer.inlineCallbacks
+    def do_GET(self, call):
+        request = call.request
+        _cursor, limit = page_args(request)
+        since, until = time_arg(request, "since"), time_arg(request, "until")
+        if since is not None and until is not None and until <= since:
+            raise invalid("until", "until must be after since")
+        entries, truncated = yield self.api.store.list_events(
+            device_id=query(request, "device_id", ""), type=query(request, "type", ""),
+            since=since or 0, until=until or 0, limit=limit)
+        return 200, {"items": [event_view(e) for e in entries], "truncated": truncated}
 
 
 class Status(JsonResource):
@@ -1490,6 +1571,10 @@ def openapi_document():
         **{f: {"type": "integer", "minimum": lo, "maximum": hi}
            for f, (lo, hi) in RECORD_RANGES.items()},
         "schedule": {"type": "array", "items": slot},
+        "event_types": {"type": "array", "maxItems": MAX_EVENT_TYPES, "uniqueItems": True,
+                        "items": {"type": "string", "pattern": EVENT_TYPE_RE.pattern},
+                        "description": "in event mode, the event types that start an event "
+                        "recording; none: every PU event of severity alarm or above"},
     }
     device_props = {
         "device_id": {"type": "string", "pattern": DEVICE_ID_RE.pattern},
@@ -1560,6 +1645,17 @@ def openapi_document():
                                   (*token_props, "token")),
         "StreamCredential": _obj(cred_props, tuple(cred_props)),
         "StreamCredentialPage": _page("StreamCredential"),
+        "Event": _obj({"id": STR, "node_id": STR, "seq": INT, "device_id": STR,
+                       "channel": INT, "type": STR, "phase": {"type": ["string", "integer"]},
+                       "severity": {"type": ["string", "integer"]}, "pu_time": STR,
+                       "time": STR, "items": {"type": "object"},
+                       "acked_by": {"type": ["string", "null"]},
+                       "acked_at": {"type": ["string", "null"]},
+                       "comment": {"type": ["string", "null"]}},
+                      ("id", "node_id", "seq", "device_id", "channel", "type", "phase",
+                       "severity", "time", "acked_by")),
+        "EventPage": _obj({"items": {"type": "array", "items": _ref("Event")},
+                           "truncated": BOOL}, ("items", "truncated")),
         "StreamCredentialCreate": _obj({
             "user": {"type": "string", "pattern": NAME_RE.pattern,
                      "description": "the user it is bound to: it plays while the user "
@@ -1650,6 +1746,20 @@ def openapi_document():
                           "409 for the last valid token unless ?force=true",
                           _json(_ref("AdminToken"), "revoked"),
                           params=[token_p, _param("force")], errors=(404, 409)),
+        },
+        "/events": {
+            "get": _op("List the stored events and alarms, newest first, with their "
+                       "acknowledgement", _json(_ref("EventPage")),
+                       params=[_param("device_id"), _param("type"),
+                               _param("since", description="ms since the epoch or ISO 8601 "
+                                      "with its zone"),
+                               _param("until", description="ms since the epoch or ISO 8601 "
+                                      "with its zone"),
+                               _param("limit", description=f"1..{MAX_LIMIT} (default "
+                                      f"{DEFAULT_LIMIT})", schema={
+                                          "type": "integer", "minimum": 1,
+                                          "maximum": MAX_LIMIT})],
+                       errors=(400,)),
         },
         "/stream-credentials": {
             "get": _op("List stream credentials (never their secret)",

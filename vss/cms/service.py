@@ -42,6 +42,10 @@ from vss.protocols.messages import (
     DeviceRecord,
     Empty,
     Entity,
+    EventAcked,
+    EventRecord,
+    EventReportAck,
+    Events,
     HeartbeatAck,
     HelloAck,
     MsgType,
@@ -54,6 +58,7 @@ from vss.protocols.messages import (
     Route,
     RouteRequest,
     ScheduleSlot,
+    Severity,
     StateChange,
     StaticPage,
     Stream,
@@ -64,6 +69,7 @@ from vss.protocols.messages import (
 )
 from vss.rgm.auth import ScramExchange, node_verifier
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT
+from vss.rgm.recording import EXT_EVENT_TYPES
 from vss.tls import peer_identity_problem
 
 AGENT = "vss-cms/0.1"
@@ -81,6 +87,8 @@ class CMSConfig:
     heartbeat_interval: int = 5
     route_timeout: float = 10.0
     notify_batch: int = 500
+    #: days the events are kept (0: for ever); removed once an hour
+    event_retention_days: int = 30
 
 
 def strip_secret(record):
@@ -102,12 +110,17 @@ def _minutes(hhmm):
     return int(h) * 60 + int(m)
 
 
+def event_types_ext(types):
+    """The RecordSettings extension block naming ``types`` (none: no extension)."""
+    return ((EXT_EVENT_TYPES, ",".join(types).encode()),) if types else ()
+
+
 def record_settings_body(device_id, channel, stored):
     """The ``RecordSettings`` body of the JSON the DB holds for a channel (the MMS
     format, ``vss.cms.mms``), or None when no settings were stored (only a device's own
     ``reported`` values, or nothing)."""
     keys = ("mode", "stream", "segment_seconds", "retention_days", "quota_mb",
-            "pre_event_seconds", "post_event_seconds", "schedule")
+            "pre_event_seconds", "post_event_seconds", "schedule", "event_types")
     if not stored or not any(k in stored for k in keys):
         return None
     slots = [ScheduleSlot(day=_DAYS.index(x["day"]), start_minute=_minutes(x["start"]),
@@ -121,7 +134,8 @@ def record_settings_body(device_id, channel, stored):
         retention_days=int(stored.get("retention_days", 7)),
         quota_mb=int(stored.get("quota_mb", 0)),
         pre_event_seconds=int(stored.get("pre_event_seconds", 5)),
-        post_event_seconds=int(stored.get("post_event_seconds", 10)), schedule=slots)
+        post_event_seconds=int(stored.get("post_event_seconds", 10)), schedule=slots,
+        ext=event_types_ext(stored.get("event_types") or ()))
 
 
 class _Closing(VssError):
@@ -204,6 +218,8 @@ class CMSService(service.Service):
         self.mdp = MDP()
         self._verifiers = {}
         self._sweeper = None
+        self._purger = None
+        self._event_seq = 0  # CMS's own events (a node down or up): see node_event
         self._inflight = set()  # Deferreds of the requests being handled
         self._applied_writes = {}  # node_id -> (DelayedCall writing its applied_seq, session)
         self.counters = {"routed": 0, "notified": 0, "sync_changes": 0, "stale_changes": 0,
@@ -236,10 +252,16 @@ class CMSService(service.Service):
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.clock
         self._sweeper.start(self.config.heartbeat_interval, now=False)
+        if self.config.event_retention_days:
+            self._purger = task.LoopingCall(self.purge_events)
+            self._purger.clock = self.clock
+            self._purger.start(3600, now=False)
 
     def stopService(self):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+        if self._purger is not None and self._purger.running:
+            self._purger.stop()
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "CMS shutting down")
         for call, s in list(self._applied_writes.values()):
@@ -295,6 +317,7 @@ class CMSService(service.Service):
                                                 timestamp=self.now_ms(), items=[]), force=True)
             if self.running and self.active:
                 self.store.set_node_state(s.node_id, "down").addErrback(self._logged)
+                self.node_event(s.node_id, "node-down", Severity.CRITICAL)
 
     def received(self, link, frame, msg):
         s = link.session
@@ -418,6 +441,7 @@ class CMSService(service.Service):
         changes = yield self.store.upsert_node(s.node_id, body.signalling, body.media,
                                                body.capacity, origin=s.node_id)
         yield self.store.set_node_state(s.node_id, "up", {})
+        self.node_event(s.node_id, "node-up", Severity.INFO)
         head = yield self.store.head_seq()
         # Every log entry reaches every up node, so that a node never mistakes the
         # registry's entries for a gap; this node fetches them in its catch-up.
@@ -634,6 +658,68 @@ class CMSService(service.Service):
         self.counters["audit_events"] = self.counters.get("audit_events", 0) + len(entries)
         return AuditAck(batch=body.batch, stored=len(entries))
 
+    # -- events and alarms (vss.events): stored, acknowledged, listed
+
+    @defer.inlineCallbacks
+    def on_event_report(self, s, body):
+        """EVENT_REPORT: a node's batch of the events it numbered, stored in one
+        transaction (an event stored already is skipped: a report sent again)."""
+        events = [e for e in body.events if e.node_id == s.node_id]
+        if len(events) != len(body.events):
+            self.log.warn("node {node} reported events numbered by another node",
+                          node=s.node_id)
+        stored = yield self.store.store_events(events)
+        if body.dropped:
+            self.log.warn("node {node} dropped {count} events it could not report",
+                          node=s.node_id, count=body.dropped)
+        self.counters["events"] = self.counters.get("events", 0) + stored
+        return EventReportAck(batch=body.batch, stored=stored)
+
+    @defer.inlineCallbacks
+    def on_event_ack(self, s, body):
+        """EVENT_ACK: an operator's acknowledgement (the node checked VIEW and set the
+        user), stored with who and when."""
+        if not body.username:
+            raise VssError(ResultCode.INVALID_ARGUMENT, "an acknowledgement names its user")
+        entry = yield self.store.ack_event(body.node_id, body.seq, body.device_id,
+                                           body.username, self.now_ms(), body.comment[:512])
+        return EventAcked(node_id=body.node_id, seq=body.seq, acked_by=entry.acked_by,
+                          acked_at=entry.acked_at)
+
+    @defer.inlineCallbacks
+    def on_event_query(self, s, body):
+        """EVENT_QUERY: the stored events of the devices the user may view, newest
+        first."""
+        if not body.username:
+            raise VssError(ResultCode.INVALID_ARGUMENT, "a query names its user")
+        entries, truncated = yield self.store.list_events(
+            username=body.username, device_id=body.device_id, type=body.type,
+            since=body.from_time, until=body.to_time, limit=max(1, min(body.limit, 1000)))
+        return Events(events=entries, truncated=truncated)
+
+    def node_event(self, node_id, type, severity):
+        """A node going down or coming up: an event CMS numbers and stores itself (its
+        ``node_id`` is CMS's id, its device ``node:<id>``), listed by the admin API."""
+        self._event_seq = max(self._event_seq + 1, self.now_ms() * 1000)
+        now = self.now_ms()
+        event = EventRecord(node_id=self.config.cms_id, seq=self._event_seq,
+                            device_id=f"node:{node_id}", channel=0, type=type, phase=0,
+                            severity=int(severity), pu_time=now, node_time=now, items=[])
+        d = self.store.store_events([event])
+        d.addErrback(lambda f: self.log.warn("{type} of {node} not stored: {error}", type=type,
+                                             node=node_id, error=f.getErrorMessage()))
+        return d
+
+    def purge_events(self):
+        """The retention: events older than ``event_retention_days`` go."""
+        before = self.now_ms() - self.config.event_retention_days * 86_400_000
+        d = self.store.purge_events(before)
+        d.addCallback(lambda n: n and self.log.info("removed {count} events past the "
+                                                      "retention", count=n))
+        d.addErrback(lambda f: self.log.warn("events not purged: {error}",
+                                             error=f.getErrorMessage()))
+        return d
+
     # -- presence: which PUs are online (dynamic data, passed on, never logged)
 
     def on_presence(self, s, change, force=False):
@@ -848,4 +934,7 @@ class CMSService(service.Service):
         MsgType.CRED_STORE: on_cred_store,
         MsgType.CRED_REVOKE: on_cred_revoke,
         MsgType.AUDIT_REPORT: on_audit_report,
+        MsgType.EVENT_REPORT: on_event_report,
+        MsgType.EVENT_ACK: on_event_ack,
+        MsgType.EVENT_QUERY: on_event_query,
     }

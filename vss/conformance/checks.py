@@ -44,6 +44,10 @@ from vss.protocols.messages import (
     CuKind,
     DeviceList,
     Empty,
+    EventPhase,
+    EventRaise,
+    EventSubscribe,
+    EventUnsubscribe,
     Hello,
     MsgType,
     PtzControl,
@@ -51,6 +55,7 @@ from vss.protocols.messages import (
     PuKind,
     Register,
     Role,
+    Severity,
 )
 
 ALL_ACTIONS = Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD
@@ -736,6 +741,126 @@ def stream_credentials(ctx):
     frame = yield link.response(txid, ctx.timeout, "CredState")
     expect_error(frame, ResultCode.NOT_FOUND if central else ResultCode.NOT_SUPPORTED,
                  MsgType.CRED_REVOKE, txid, "revoking a credential that is not the CU's")
+
+
+# ---------------------------------------------------------------------------
+# 9.7 Events and alarms
+
+
+def _event_notify(link, seq, timeout, what):
+    return link.expect(lambda f: f.type == MsgType.EVENT_NOTIFY
+                       and f.flags & codec.FLAG_NOTIFY
+                       and codec.decode_body(f).body.event.seq == seq, timeout, what)
+
+
+@defer.inlineCallbacks
+def _subscribe(ctx, link, resume_after=0, devices=None):
+    txid = link.request(MsgType.EVENT_SUBSCRIBE, EventSubscribe(
+        devices=[ctx.device] if devices is None else devices, groups=[], types=[],
+        resume_after=resume_after))
+    frame = yield link.response(txid, ctx.timeout, "EventSubscribed")
+    if frame.status == ResultCode.NOT_SUPPORTED:
+        raise Skip("the node keeps no events (NOT_SUPPORTED)")
+    return expect_response(frame, MsgType.EVENT_SUBSCRIBE, txid, "EventSubscribed").body
+
+
+@check("events_raise_notify",
+       "a CU subscribed to the device gets the PU's EVENT_RAISE as an EVENT_NOTIFY with the "
+       "same fields and the number EventRaised gave it; a PU raising for another device is "
+       "FORBIDDEN, a bad type or phase INVALID_ARGUMENT (9.7)")
+@defer.inlineCallbacks
+def events_raise_notify(ctx):
+    link = yield ctx.cu()
+    yield _subscribe(ctx, link)
+    pu = yield ctx.pu()
+    items = [KV(key="zone", value=str(random.getrandbits(16)))]
+    raised = (yield pu.request(MsgType.EVENT_RAISE, EventRaise(
+        device_id=ctx.device, channel=0, type="conformance.test", phase=EventPhase.START,
+        severity=Severity.WARNING, pu_time=1_700_000_000_000, items=items))).body
+    if not raised.node_id or not raised.seq:
+        raise CheckFailed(f"EventRaised names no event: {raised!r}")
+    frame = yield _event_notify(link, raised.seq, ctx.timeout,
+                                f"EVENT_NOTIFY of event {raised.node_id}/{raised.seq}")
+    e = codec.decode_body(frame).body.event
+    got = (e.node_id, e.device_id, e.channel, e.type, e.phase, e.severity, e.pu_time, e.items)
+    want = (raised.node_id, ctx.device, 0, "conformance.test", EventPhase.START,
+            Severity.WARNING, 1_700_000_000_000, items)
+    if got != want:
+        raise CheckFailed(f"EVENT_NOTIFY carried {got!r}, want {want!r}")
+    for body, code, what in (
+            (EventRaise(device_id=ctx.device + "-other", channel=0, type="motion", phase=0,
+                        severity=0, pu_time=0, items=[]), ResultCode.FORBIDDEN,
+             "an event of another device"),
+            (EventRaise(device_id=ctx.device, channel=0, type="Not A Type", phase=0,
+                        severity=0, pu_time=0, items=[]), ResultCode.INVALID_ARGUMENT,
+             "a bad type"),
+            (EventRaise(device_id=ctx.device, channel=0, type="motion", phase=9, severity=0,
+                        pu_time=0, items=[]), ResultCode.INVALID_ARGUMENT, "phase 9")):
+        try:
+            yield pu.request(MsgType.EVENT_RAISE, body)
+        except VssError as err:
+            if err.code != code:
+                raise CheckFailed(f"EVENT_RAISE of {what}: got {code_name(err.code)}, want "
+                                  f"{code_name(code)}") from None
+        else:
+            raise CheckFailed(f"EVENT_RAISE of {what} was accepted; want {code_name(code)}")
+
+
+@check("events_resume",
+       "a CU subscribing again on a fresh link with resume_after = the feed id before an event "
+       "gets it once, after EventSubscribed (replayed counts it) (9.7)")
+@defer.inlineCallbacks
+def events_resume(ctx):
+    link = yield ctx.cu()
+    before = (yield _subscribe(ctx, link)).head
+    pu = yield ctx.pu()
+    raised = (yield pu.request(MsgType.EVENT_RAISE, EventRaise(
+        device_id=ctx.device, channel=0, type="conformance.resume", phase=EventPhase.PULSE,
+        severity=Severity.INFO, pu_time=0, items=[]))).body
+    link.abort()
+    again = yield ctx.cu()
+    answer = yield _subscribe(ctx, again, resume_after=before)
+    if answer.replayed < 1 or answer.head <= before:
+        raise CheckFailed(f"EventSubscribed after resume: replayed {answer.replayed}, head "
+                          f"{answer.head} (before {before}); want at least the one event")
+    yield _event_notify(again, raised.seq, ctx.timeout, "the missed event, sent again")
+    extra = [f for f in again.unread() if f.type == MsgType.EVENT_NOTIFY
+             and codec.decode_body(f).body.event.seq == raised.seq]
+    if extra:
+        raise CheckFailed("the missed event was sent more than once")
+
+
+@check("events_limits",
+       "EVENT_SUBSCRIBE: a device the user may not view is FORBIDDEN, 65 types "
+       "INVALID_ARGUMENT, the 17th subscription of a link LIMIT_REACHED; EVENT_UNSUBSCRIBE of "
+       "an unknown subscription NOT_FOUND; the link stays up (9.7)")
+@defer.inlineCallbacks
+def events_limits(ctx):
+    link = yield ctx.cu()
+    yield _subscribe(ctx, link)
+    cases = [
+        (EventSubscribe(devices=[f"conformance-none-{random.getrandbits(32):08x}"], groups=[],
+                        types=[], resume_after=0), ResultCode.FORBIDDEN, "an unknown device"),
+        (EventSubscribe(devices=[], groups=[], types=[f"t{i}" for i in range(65)],
+                        resume_after=0), ResultCode.INVALID_ARGUMENT, "65 types"),
+    ]
+    for body, code, what in cases:
+        txid = link.request(MsgType.EVENT_SUBSCRIBE, body)
+        frame = yield link.response(txid, ctx.timeout, f"answer to a subscription to {what}")
+        expect_error(frame, code, MsgType.EVENT_SUBSCRIBE, txid, f"subscribing to {what}")
+    txid = link.request(MsgType.EVENT_UNSUBSCRIBE, EventUnsubscribe(subscription=0xFFFFFFF0))
+    frame = yield link.response(txid, ctx.timeout, "answer to EVENT_UNSUBSCRIBE")
+    expect_error(frame, ResultCode.NOT_FOUND, MsgType.EVENT_UNSUBSCRIBE, txid,
+                 "ending a subscription the link does not hold")
+    for _ in range(15):
+        yield _subscribe(ctx, link)
+    txid = link.request(MsgType.EVENT_SUBSCRIBE, EventSubscribe(
+        devices=[ctx.device], groups=[], types=[], resume_after=0))
+    frame = yield link.response(txid, ctx.timeout, "answer to the 17th subscription")
+    expect_error(frame, ResultCode.LIMIT_REACHED, MsgType.EVENT_SUBSCRIBE, txid,
+                 "the 17th subscription of a link")
+    frame = yield link.call(MsgType.KEEPALIVE, Empty(), timeout=ctx.timeout)
+    expect_response(frame, MsgType.KEEPALIVE, frame.txid, "KEEPALIVE after the refusals")
 
 
 # ---------------------------------------------------------------------------

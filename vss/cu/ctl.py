@@ -12,6 +12,9 @@
     vssctl record status cam1
     vssctl recordings cam1 --from -2h --to now
     vssctl export cam1 --from 2026-01-05T08:00:00Z --to 2026-01-05T08:10:00Z -o clip.mp4
+    vssctl events --follow
+    vssctl events --device cam1 --type motion --from -2h
+    vssctl ack node-b/1765120000000000042 cam1 --comment "checked, a cat"
 
 The password comes from ``--password-file``, the environment variable ``VSS_PASSWORD``,
 or a prompt; never from the command line. Errors are printed as one readable line and
@@ -29,6 +32,15 @@ from twisted.python import usage
 
 from vss.cdn.listing import open_segments
 from vss.client import SignallingClient, connect
+from vss.cu.events import (
+    ack_body,
+    event_start,
+    follow,
+    parse_event_id,
+    query_body,
+    render_ack,
+    render_events,
+)
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.jsonrec import plain
@@ -334,12 +346,16 @@ class ExportCmd(RecordingsCmd):
 
 
 class PlaybackCmd(DeviceCommand):
-    synopsis = "playback DEVICE --at TIME [--channel N] [--stream main|sub] [--play]"
+    synopsis = ("playback DEVICE (--at TIME | --event NODE/SEQ) [--channel N] "
+                "[--stream main|sub] [--play]")
     description = ("Play back the recordings of a device from TIME (ISO 8601, UTC unless an "
-                   "offset is given, -10m, -2h, -1d or epoch ms): prints the rtsp:// URL.")
+                   "offset is given, -10m, -2h, -1d or epoch ms), or from an event (its id "
+                   "as `vssctl events` lists it: the event recording's bookmark, from its "
+                   "pre-event seconds): prints the rtsp:// URL.")
     optParameters = [["channel", None, 0, "Channel.", int],
                      ["stream", None, "main", "main or sub."],
-                     ["at", None, None, "Where to start."]]
+                     ["at", None, None, "Where to start."],
+                     ["event", None, None, "Start at this event, less its pre-event seconds."]]
     optFlags = [["play", None, "Start ffplay (or vlc, mpv) on the URL if one is installed."]]
 
     def postOptions(self):
@@ -347,9 +363,13 @@ class PlaybackCmd(DeviceCommand):
 
         if self["stream"] not in ("main", "sub"):
             raise usage.UsageError(f"--stream {self['stream']!r} is not main or sub")
-        if not self["at"]:
-            raise usage.UsageError("playback: --at TIME is required")
-        self["at_ms"] = parse_time(self["at"], int(time.time() * 1000))
+        if bool(self["at"]) == bool(self["event"]):
+            raise usage.UsageError("playback: --at TIME or --event NODE/SEQ is required")
+        if self["event"]:
+            parse_event_id(self["event"])
+            self["at_ms"] = 0  # from the event, once it is found
+        else:
+            self["at_ms"] = parse_time(self["at"], int(time.time() * 1000))
 
 
 class StreamCredCmd(AnyOrder):
@@ -382,6 +402,48 @@ class StreamCredCmd(AnyOrder):
             self["expires"] = parse_duration(self["expires-in"])
 
 
+class EventsCmd(AnyOrder):
+    synopsis = ("events [--device D] [--type T] [--from TIME] [--to TIME] [--limit N] | "
+                "events --follow [--device D] [--type T] [--count N]")
+    description = ("The events and alarms of the devices you may view: stored ones, newest "
+                   "first (with who acknowledged them), or live with --follow (resumes "
+                   "after a dropped link; an event is shown once).")
+    optParameters = [["device", None, None, "One device."],
+                     ["type", None, None, "One event type (motion, offline ...)."],
+                     ["from", None, "-1d", "Start of the range."],
+                     ["to", None, "now", "End of the range."],
+                     ["limit", None, 100, "Most events listed (1..1000).", int],
+                     ["count", None, 0, "--follow: stop after N events (0: never).", int],
+                     ["resume-after", None, 0, "--follow: the last feed id seen.", int]]
+    optFlags = [["follow", "f", "Show the events live."]]
+
+    def postOptions(self):
+        import time
+
+        now = int(time.time() * 1000)
+        self["from_ms"] = parse_time(self["from"], now)
+        self["to_ms"] = parse_time(self["to"], now)
+        if self["to_ms"] <= self["from_ms"]:
+            raise usage.UsageError("--to must be after --from")
+        if not 1 <= self["limit"] <= 1000:
+            raise usage.UsageError("--limit must be within 1..1000")
+
+
+class AckCmd(AnyOrder):
+    synopsis = "ack NODE/SEQ DEVICE [--comment TEXT]"
+    description = "Acknowledge an event (its id and device as `vssctl events` lists them)."
+    arguments = ("NODE/SEQ", "DEVICE")
+    optParameters = [["comment", "c", "", "Why, what was done (at most 512 characters)."]]
+
+    def parseArgs(self, event, device):
+        self["event"], self["device"] = event, device
+
+    def postOptions(self):
+        parse_event_id(self["event"])
+        if len(self["comment"]) > 512:
+            raise usage.UsageError("--comment: at most 512 characters")
+
+
 class Options(VersionOption, usage.Options):
     program = "vssctl"
     synopsis = "Usage: vssctl [--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
@@ -405,6 +467,8 @@ class Options(VersionOption, usage.Options):
         ["export", None, ExportCmd, "Download a time range of recordings as one MP4."],
         ["playback", None, PlaybackCmd, "Play back recordings from a time (rtsp:// URL)."],
         ["stream-cred", None, StreamCredCmd, "Stable stream URLs for players and NVRs."],
+        ["events", None, EventsCmd, "Events and alarms: stored, or live with --follow."],
+        ["ack", None, AckCmd, "Acknowledge an event."],
     ]
 
     def parseOptions(self, options=None):
@@ -466,6 +530,10 @@ def read_password(opts):
 
 def build_request(cmd, sub):
     """(message type, body) for a command."""
+    if cmd == "events":
+        return MsgType.EVENT_QUERY, query_body(sub)
+    if cmd == "ack":
+        return MsgType.EVENT_ACK, ack_body(sub)
     if cmd == "devices":
         return MsgType.DEVICE_LIST, DeviceList(cursor="", limit=1000)
     if cmd == "stream-cred":
@@ -776,6 +844,9 @@ def connect_when_ready(reactor, opts, client, err=None):
 @defer.inlineCallbacks
 def run_command(reactor, opts, password, out):
     cmd, sub = opts.subCommand, opts.subOptions
+    if cmd == "events" and sub["follow"]:
+        yield follow(reactor, opts, password, out, connect_when_ready)
+        return
     client = SignallingClient(Role.CU, opts["user"], password, kind=CuKind.MOC)
     yield connect_when_ready(reactor, opts, client)
     try:
@@ -797,9 +868,18 @@ def run_command(reactor, opts, password, out):
                 result = yield export(reactor, result, sub["output"])
         else:
             if cmd == "playback":
+                if sub["event"]:
+                    event, pre = yield event_start(client, sub)
+                    sub["channel"] = event.channel
+                    sub["at_ms"] = yield bookmark(client, sub, event, pre, opts["timeout"])
+                    type, body = build_request(cmd, sub)
                 yield check_footage(client, sub, opts["timeout"])
             result = (yield client.request(type, body)).body
-        if opts["json"]:
+        if cmd == "events":
+            out.write(render_events(result, opts["json"]) + "\n")
+        elif cmd == "ack":
+            out.write(render_ack(result, opts["json"]) + "\n")
+        elif opts["json"]:
             out.write(json.dumps(json_form(cmd, sub, result), indent=1, sort_keys=True) + "\n")
         else:
             out.write(render(cmd, sub, result) + "\n")
@@ -839,6 +919,22 @@ def list_recordings(client, query, timeout):
     frame = yield client.link.request_raw(MsgType.RECORD_QUERY, codec.encode_body(query),
                                           timeout)
     return decode_recordings(frame)
+
+
+@defer.inlineCallbacks
+def bookmark(client, sub, event, pre, timeout):
+    """Where the recording of ``event`` starts: its time less the pre-event seconds, or
+    the start of the segment that holds the event when that is later (the recording
+    began at a keyframe after it, or the settings changed since)."""
+    at = event.node_time - pre * 1000
+    query = RecordQuery(device_id=event.device_id, channel=event.channel,
+                        stream=Stream[sub["stream"].upper()], from_time=at,
+                        to_time=event.node_time + 1000)
+    listing = yield list_recordings(client, query, timeout)
+    holding = [s for s in listing.segments if s.start <= event.node_time < s.end]
+    if holding and not any(s.start <= at < s.end for s in listing.segments):
+        at = min(s.start for s in holding)
+    return at
 
 
 @defer.inlineCallbacks

@@ -92,6 +92,7 @@ class NodeCollector:
         yield from self._central(node)
         yield from self._media(node)
         yield from self._recording(node)
+        yield from self._events(node)
 
     # -- signalling: links, logins, the relay
 
@@ -206,6 +207,28 @@ class NodeCollector:
                     "full).", 1 if node.recorder.alarm is not None else 0)
         yield gauge("vss_recording_disk_free_bytes", "Free space for the recordings (the "
                     "data directory's file system).", disk_free(node.recorder.data_dir))
+
+
+    def _events(self, node):
+        c = node.events.counters
+        yield counter("vss_events_raised", "Events numbered on this node (its PUs' and its "
+                      "own).", c["raised"])
+        yield counter("vss_events_delivered", "Event notifications sent to CUs of this node.",
+                      c["delivered"])
+        yield counter("vss_events_received", "Events received from the nodes this node "
+                      "follows.", c["remote_received"])
+        yield counter("vss_events_duplicates", "Events received twice from another node "
+                      "and dropped.", c["duplicates"])
+        yield counter("vss_events_refused", "EVENT_RAISE refused (bad input).", c["refused"])
+        yield gauge("vss_events_subscribed_links", "CU links holding event subscriptions.",
+                    len(node.events.subs))
+        yield gauge("vss_events_following", "Nodes whose events this node follows.",
+                    len(node.events.remote))
+        r = node.event_reporter
+        yield gauge("vss_events_report_waiting", "Events waiting to be reported to CMS.",
+                    len(r.queue))
+        yield counter("vss_events_report_dropped", "Events dropped because too many waited "
+                      "for CMS.", r.counters["dropped"])
 
 
 class CmsCollector:

@@ -47,6 +47,7 @@ class ResultCode(IntEnum):
     CONFLICT = 0x0309
     QUEUED = 0x030A
     BUSY = 0x030B
+    LIMIT_REACHED = 0x030C
 
     # central platform and synchronisation
     CENTRAL_UNAVAILABLE = 0x0401
@@ -95,6 +96,8 @@ DESCRIPTIONS = {
     ResultCode.CONFLICT: "the item changed meanwhile: read it and try again",
     ResultCode.QUEUED: "accepted and queued",
     ResultCode.BUSY: "the peer is at capacity",
+    ResultCode.LIMIT_REACHED: "a limit of this link or request was reached, such as the "
+                              "event subscriptions of a link",
     ResultCode.CENTRAL_UNAVAILABLE: "the central platform cannot be reached",
     ResultCode.RELOAD_REQUIRED: "the change log no longer reaches back that far: reload",
     ResultCode.UNKNOWN_NODE: "no such node",

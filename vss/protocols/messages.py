@@ -641,6 +641,96 @@ AuditReport = body(
 AuditAck = body("AuditAck", "batch" / U64, "stored" / U32)
 
 
+# Events and alarms (EVENT_*): what happens at a device (motion, an alarm input, video
+# loss, a PU going offline ...), numbered by the device's home node, pushed to the CUs
+# that subscribed (vss.events), kept by CMS and acknowledged by operators.
+
+
+class EventPhase(IntEnum):
+    """Whether an event is instantaneous or starts or ends a condition."""
+
+    PULSE = 0
+    START = 1
+    STOP = 2
+
+
+class Severity(IntEnum):
+    INFO = 0
+    WARNING = 1
+    ALARM = 2
+    CRITICAL = 3
+
+
+EventRecord = record(
+    "EventRecord",
+    "node_id" / Str,
+    "seq" / U64,
+    "device_id" / Str,
+    "channel" / U16,
+    "type" / Str,
+    "phase" / U8,
+    "severity" / U8,
+    "pu_time" / Timestamp,
+    "node_time" / Timestamp,
+    "items" / List(KV.con),
+)
+EventEntry = record(
+    "EventEntry",
+    "event" / EventRecord.con,
+    "acked_by" / Str,
+    "acked_at" / Timestamp,
+    "comment" / Str,
+)
+EventRaise = body(
+    "EventRaise",
+    "device_id" / Str,
+    "channel" / U16,
+    "type" / Str,
+    "phase" / U8,
+    "severity" / U8,
+    "pu_time" / Timestamp,
+    "items" / List(KV.con),
+)
+EventRaised = body("EventRaised", "node_id" / Str, "seq" / U64)
+EventSubscribe = body(
+    "EventSubscribe",
+    "devices" / List(Str),
+    "groups" / List(Str),
+    "types" / List(Str),
+    "resume_after" / U64,
+)
+EventSubscribed = body(
+    "EventSubscribed", "subscription" / U32, "head" / U64, "replayed" / U32, "gap" / Bool
+)
+EventUnsubscribe = body("EventUnsubscribe", "subscription" / U32)
+EventNotify = body("EventNotify", "feed_id" / U64, "event" / EventRecord.con)
+EventAck = body(
+    "EventAck",
+    "node_id" / Str,
+    "seq" / U64,
+    "device_id" / Str,
+    "username" / Str,
+    "comment" / Str,
+)
+EventAcked = body(
+    "EventAcked", "node_id" / Str, "seq" / U64, "acked_by" / Str, "acked_at" / Timestamp
+)
+EventQuery = body(
+    "EventQuery",
+    "device_id" / Str,
+    "type" / Str,
+    "from_time" / Timestamp,
+    "to_time" / Timestamp,
+    "limit" / U16,
+    "username" / Str,
+)
+Events = body("Events", "events" / List(EventEntry.con), "truncated" / Bool)
+EventReport = body(
+    "EventReport", "batch" / U64, "dropped" / U32, "events" / List(EventRecord.con)
+)
+EventReportAck = body("EventReportAck", "batch" / U64, "stored" / U32)
+
+
 # ---------------------------------------------------------------------------
 # Message types: (type id, request body, response body or None for a notification)
 
@@ -673,6 +763,12 @@ class MsgType(IntEnum):
     CRED_CREATE = 0x0180
     CRED_LIST = 0x0181
     CRED_REVOKE = 0x0182
+    EVENT_RAISE = 0x0190
+    EVENT_SUBSCRIBE = 0x0191
+    EVENT_UNSUBSCRIBE = 0x0192
+    EVENT_NOTIFY = 0x0193
+    EVENT_ACK = 0x0194
+    EVENT_QUERY = 0x0195
     NODE_REGISTER = 0x0200
     NODE_HEARTBEAT = 0x0201
     STATIC_PULL = 0x0202
@@ -685,6 +781,7 @@ class MsgType(IntEnum):
     SYNC_FETCH = 0x0212
     CRED_STORE = 0x0213
     AUDIT_REPORT = 0x0214
+    EVENT_REPORT = 0x0215
 
 
 #: type -> (request body class, response body class or None if notification-only)
@@ -728,4 +825,11 @@ CATALOGUE = {
     MsgType.CRED_REVOKE: (CredRevoke, CredState),
     MsgType.CRED_STORE: (CredState, CredState),
     MsgType.AUDIT_REPORT: (AuditReport, AuditAck),
+    MsgType.EVENT_RAISE: (EventRaise, EventRaised),
+    MsgType.EVENT_SUBSCRIBE: (EventSubscribe, EventSubscribed),
+    MsgType.EVENT_UNSUBSCRIBE: (EventUnsubscribe, Empty),
+    MsgType.EVENT_NOTIFY: (EventNotify, None),
+    MsgType.EVENT_ACK: (EventAck, EventAcked),
+    MsgType.EVENT_QUERY: (EventQuery, Events),
+    MsgType.EVENT_REPORT: (EventReport, EventReportAck),
 }

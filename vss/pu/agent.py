@@ -5,6 +5,7 @@ changes; each reconnects with backoff when its link drops.
 
     VSS_PU_SECRET=s3cret vss-pu --node tcp:127.0.0.1:7100 --id cam1
     VSS_PU_SECRET='{id}-secret' vss-pu --node tcp:127.0.0.1:7100 --count 5000 --id-format 'cam{:05d}'
+    VSS_PU_SECRET=s3cret vss-pu --node tcp:127.0.0.1:7100 --id cam1 --events 20   # motion
 
 The secret comes from ``--secret-file`` or the environment variable ``VSS_PU_SECRET``
 (never from the command line, where other users could read it); ``{id}`` in it is
@@ -12,6 +13,8 @@ replaced by each device id.
 """
 
 import os
+import random
+import signal
 import sys
 
 from twisted.internet import defer, task
@@ -42,6 +45,9 @@ class Options(VersionOption, usage.Options):
         ["video", None, "testsrc", "Video to publish when asked: testsrc or a file path."],
         ["model", None, "vss-sim", "Model string reported at registration."],
         ["dvr-days", None, 7, "A DVR's footage: the past N days, with gaps.", int],
+        ["events", None, 0.0, "Simulated motion: each PU raises a motion event (START, STOP "
+         "3 s later) about every N seconds; 0: none. SIGUSR1 raises an alarm-in event on "
+         "every PU.", float],
     ]
     optFlags = [["quiet", "q", "Log warnings only."]]
 
@@ -57,6 +63,8 @@ class Options(VersionOption, usage.Options):
             problems.append(f"--kind: {self['kind']!r} is not ipc, dvs or dvr")
         if self["dvr-days"] < 1:
             problems.append("--dvr-days: must be >= 1")
+        if self["events"] < 0:
+            problems.append("--events: must be >= 0")
         if self["ramp"] <= 0:
             problems.append("--ramp: must be > 0")
         if self["secret-file"]:
@@ -94,6 +102,8 @@ class Agent:
         self.endpoint = endpoint
         self.pus = {}
         self.clients = {}
+        self._event_calls = []
+        self._every = 0.0
         for device_id in device_ids:
             pu = SimulatedPU(device_id, kind, channels, clock=reactor)
             if media is not None:
@@ -128,7 +138,32 @@ class Agent:
         return line
 
     def stop(self):
+        for call in self._event_calls:
+            if call.active():
+                call.cancel()
         return defer.DeferredList([c.stop() for c in self.clients.values()])
+
+    # -- simulated events
+
+    def start_events(self, every):
+        """Each PU raises a motion event about every ``every`` seconds (each its own
+        phase, so that many PUs spread their events)."""
+        self._every = every
+        for i, pu in enumerate(self.pus.values()):
+            offset = every * (0.5 + (i * 0.618033) % 1.0)
+            self._event_calls.append(self.reactor.callLater(offset, self._motion, pu))
+
+    def _motion(self, pu):
+        pu.motion()
+        jitter = random.uniform(0.8, 1.2)
+        self._event_calls.append(self.reactor.callLater(self._every * jitter, self._motion, pu))
+        if len(self._event_calls) > 2 * len(self.pus):
+            self._event_calls = [c for c in self._event_calls if c.active()]
+
+    def alarm_input(self):
+        """An alarm input on every PU (``kill -USR1``)."""
+        for pu in self.pus.values():
+            pu.raise_event("alarm-in", items={"input": 1})
 
 
 def main(argv=None):
@@ -152,6 +187,9 @@ def main(argv=None):
         agent = Agent(reactor, opts["node"], opts.device_ids(), opts.secret, opts.kind,
                       opts["channels"], opts["model"], media=media, dvr_days=opts["dvr-days"])
         agent.start(opts["ramp"])
+        if opts["events"]:
+            agent.start_events(opts["events"])
+        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(agent.alarm_input))
         status = task.LoopingCall(lambda: log.info("{line}", line=agent.status_line()))
         status.start(10.0, now=False)
         done = defer.Deferred()

@@ -7,6 +7,7 @@ every change is reported to the node as a STATE_CHANGE notification (S601). Time
 from an injected clock, so tests drive it with ``task.Clock``.
 """
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from vss.errors import VssError
@@ -16,6 +17,8 @@ from vss.protocols.messages import (
     ChangeKind,
     Config,
     Empty,
+    EventPhase,
+    EventRaise,
     FocusOp,
     IrisOp,
     LensStatus,
@@ -30,6 +33,7 @@ from vss.protocols.messages import (
     RecordMode,
     RecordSegment,
     RecordSettings,
+    Severity,
     StateChange,
 )
 from vss.pu import dvr
@@ -160,6 +164,34 @@ class SimulatedPU:
                         timestamp=int(self.clock.seconds() * 1000),
                         items=[KV(key=k, value=str(v)) for k, v in items.items()]),
         )
+
+    # -- events (EVENT_RAISE, docs/protocol.md 9.7)
+
+    def raise_event(self, type, channel=0, phase=EventPhase.PULSE, severity=Severity.ALARM,
+                    items=None):
+        """Raise an event of this device; fires with the node's ``EventRaised`` (None
+        when offline)."""
+        client = self.client
+        if client is None or client.link is None or client.registered is None:
+            return defer.succeed(None)
+        body = EventRaise(device_id=self.device_id, channel=channel, type=type,
+                          phase=int(phase), severity=int(severity),
+                          pu_time=int(self.clock.seconds() * 1000),
+                          items=[KV(key=k, value=str(v)) for k, v in (items or {}).items()])
+        d = client.request(MsgType.EVENT_RAISE, body)
+        d.addCallback(lambda msg: msg.body)
+
+        def failed(f):
+            self.log.warn("event {type} of {device} not raised: {error}", type=type,
+                          device=self.device_id, error=f.getErrorMessage())
+
+        return d.addErrback(failed)
+
+    def motion(self, duration=3.0, channel=0):
+        """A simulated motion: START now, STOP ``duration`` seconds later."""
+        self.raise_event("motion", channel, EventPhase.START, items={"zone": 1})
+        self.clock.callLater(duration, self.raise_event, "motion", channel, EventPhase.STOP,
+                             items={"zone": 1})
 
     # -- requests from the node
 

@@ -499,6 +499,18 @@ class CmsLink(service.Service):
         """AUDIT_REPORT: CMS keeps the media users started here in its audit log."""
         return self._request(MsgType.AUDIT_REPORT, report).addCallback(lambda msg: msg.body)
 
+    def report_events(self, report):
+        """EVENT_REPORT: CMS stores the events numbered here (vss.events.report)."""
+        return self._request(MsgType.EVENT_REPORT, report).addCallback(lambda msg: msg.body)
+
+    def ack_event(self, ack):
+        """EVENT_ACK: CMS stores an operator's acknowledgement of an event."""
+        return self._request(MsgType.EVENT_ACK, ack).addCallback(lambda msg: msg.body)
+
+    def query_events(self, query):
+        """EVENT_QUERY: the events CMS stores, of devices the user may view."""
+        return self._request(MsgType.EVENT_QUERY, query).addCallback(lambda msg: msg.body)
+
     def record_settings(self, device_id, channel):
         """The recording settings CMS holds for a channel (RECORD_SETTINGS_GET)."""
         return self._request(MsgType.RECORD_SETTINGS_GET, RecordSettingsGet(

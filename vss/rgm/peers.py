@@ -135,6 +135,8 @@ class PeerServer:
 
     def linkDown(self, link, reason):
         self.links.discard(link)
+        if self.rgm.events is not None:
+            self.rgm.events.peer_gone(link)
 
     def received_frame(self, link, frame):
         """The fast path of a routed PTZ_CONTROL (``relay.fast_routed``), tried before a
@@ -204,6 +206,15 @@ class PeerServer:
                     raise VssError(ResultCode.AUTH_FAILED)
                 s["state"], s["node"] = "ready", x.identity
                 body = AuthOk(server_signature=signature, session_id=secrets.token_hex(8))
+            elif t == MsgType.EVENT_SUBSCRIBE and s["state"] == "ready":
+                # the other node follows the events of the devices homed here (9.7)
+                if self.rgm.events is None:
+                    raise VssError(ResultCode.NOT_SUPPORTED, "this node keeps no events")
+                answer, replay = self.rgm.events.peer_subscribe(link, msg.body)
+                link.send_response(t, frame.txid, answer)
+                for note in replay:
+                    link.send_raw(note)
+                return
             elif t == MsgType.ROUTE_REQUEST and s["state"] == "ready":
                 serve_route(self.rgm, msg.body).addCallbacks(
                     lambda b: link.send_response(t, frame.txid, b),
@@ -234,6 +245,13 @@ class PeerLinks:
         self.cms = cms
         self.links = {}  # node id -> logged-in link
         self._connecting = {}  # node id -> Deferreds waiting for the link being made
+        #: objects with ``peer_event(node_id, EventNotify)`` and ``peer_link_lost(node_id,
+        #: link)``: the event hub, following other nodes' events over these links
+        self.event_listeners = []
+
+    def link_to(self, node_id, endpoint):
+        """A logged-in link to ``node_id`` (made once, then shared)."""
+        return self._link(node_id, endpoint)
 
     def route(self, node_id, endpoint, device_id, inner_type, inner_body):
         d = self._link(node_id, endpoint)
@@ -328,6 +346,8 @@ class PeerLinks:
     def forget(self, node_id, link):
         if self.links.get(node_id) is link:
             del self.links[node_id]
+        for listener in self.event_listeners:
+            listener.peer_link_lost(node_id, link)
 
     def close(self):
         for link in list(self.links.values()):
@@ -349,3 +369,6 @@ class _PeerClient:
     def received(self, link, frame, msg):
         if frame.type == MsgType.KEEPALIVE and not frame.flags & codec.FLAG_NOTIFY:
             link.send_response(frame.type, frame.txid, Empty())
+        elif frame.type == MsgType.EVENT_NOTIFY and frame.flags & codec.FLAG_NOTIFY:
+            for listener in self.peers.event_listeners:
+                listener.peer_event(self.node_id, msg.body)

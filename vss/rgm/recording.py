@@ -264,6 +264,10 @@ class UnsupportedRecorder:
         return defer.succeed(None)
 
 
+#: RecordSettings extension tag: the event types that start an event recording
+EXT_EVENT_TYPES = 0x0001
+
+
 @dataclass(frozen=True)
 class ChannelSettings:
     """The parts of a channel's RecordSettings the manager uses."""
@@ -274,13 +278,21 @@ class ChannelSettings:
     pre_event_seconds: int = DEFAULT_PRE_EVENT
     post_event_seconds: int = DEFAULT_POST_EVENT
     slots: tuple = ()  # ((day, start_minute, end_minute), ...)
+    #: EVENT mode: the event types that start an event recording (RecordSettings
+    #: extension EVENT_TYPES); empty: every PU event of severity ALARM or above
+    event_types: tuple = ()
 
     @classmethod
     def from_record(cls, s):
+        types = ()
+        for tag, value in s.ext:
+            if tag == EXT_EVENT_TYPES:
+                types = tuple(t for t in value.decode("utf-8", "replace").split(",") if t)
         return cls(mode=s.mode, stream=s.stream, segment_seconds=s.segment_seconds or
                    DEFAULT_SEGMENT_SECONDS, pre_event_seconds=s.pre_event_seconds,
                    post_event_seconds=s.post_event_seconds,
-                   slots=tuple((x.day, x.start_minute, x.end_minute) for x in s.schedule))
+                   slots=tuple((x.day, x.start_minute, x.end_minute) for x in s.schedule),
+                   event_types=types)
 
     def schedule(self):
         return [_Slot(*s) for s in self.slots]
@@ -314,6 +326,9 @@ class RecordingManager(service.Service):
         self._timers = {}  # key or (device, channel) -> DelayedCall
         self._order = 0
         self._starting = {}  # key -> Deferreds waiting for its recorder.start
+        #: f(key, error message) when a recording does not start (the node raises a
+        #: ``record-failed`` event: vss.events)
+        self.failure_listeners = []
 
     # -- life cycle
 
@@ -489,6 +504,9 @@ class RecordingManager(service.Service):
         that asked is told why); a schedule, continuous mode or an unexpired event keeps
         the recording wanted and it is tried again with a doubling delay."""
         key = stack.key
+        if stack.retries == 0:  # the first failure in a row, not each retry
+            for listener in self.failure_listeners:
+                listener(key, failure.getErrorMessage())
         for reason in [r for r in stack.reasons if r.startswith("manual:")]:
             del stack.reasons[reason]
         for other in self.queue.release(key):
@@ -654,7 +672,8 @@ class RecordingManager(service.Service):
                 segment_seconds=item["segment_seconds"],
                 pre_event_seconds=item["pre_event_seconds"],
                 post_event_seconds=item["post_event_seconds"],
-                slots=tuple(tuple(x) for x in item["slots"]))
+                slots=tuple(tuple(x) for x in item["slots"]),
+                event_types=tuple(item.get("event_types", ())))
         now = self.clock.seconds()
         ds = []
         items = sorted(data.get("recordings", []),
@@ -678,7 +697,8 @@ class RecordingManager(service.Service):
 def _settings_json(s):
     return {"mode": int(s.mode), "stream": int(s.stream), "segment_seconds": s.segment_seconds,
             "pre_event_seconds": s.pre_event_seconds,
-            "post_event_seconds": s.post_event_seconds, "slots": [list(x) for x in s.slots]}
+            "post_event_seconds": s.post_event_seconds, "slots": [list(x) for x in s.slots],
+            "event_types": list(s.event_types)}
 
 
 def write_atomically(path, data):

@@ -40,6 +40,7 @@ from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     Action,
+    Empty,
     Error,
     MsgType,
     PtzControl,
@@ -495,6 +496,8 @@ def on_cu_request(rgm, link, frame, msg):
         d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
                        lambda f: link.send_failure(frame, f))
         return
+    if t in _EVENT_REQUESTS:  # events and alarms (vss.events)
+        return _event_request(rgm, link, frame, msg)
     if t in (MsgType.MEDIA_OPEN, MsgType.MEDIA_CLOSE):
         if rgm.cdn is None:
             return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
@@ -506,6 +509,41 @@ def on_cu_request(rgm, link, frame, msg):
         return
     link.send_error(t, frame.txid, ResultCode.UNEXPECTED_MESSAGE,
                     f"{codec.message_name(t)} is not a CU request")
+
+
+_EVENT_REQUESTS = frozenset((MsgType.EVENT_SUBSCRIBE, MsgType.EVENT_UNSUBSCRIBE,
+                             MsgType.EVENT_ACK, MsgType.EVENT_QUERY))
+
+
+def _event_request(rgm, link, frame, msg):
+    """EVENT_SUBSCRIBE, EVENT_UNSUBSCRIBE, EVENT_ACK, EVENT_QUERY from a CU: served by
+    the node's event hub (the last two with CMS)."""
+    t = frame.type
+    s = link.session
+    hub = rgm.events
+    if hub is None:
+        return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
+                               "this node keeps no events")
+    try:
+        if t == MsgType.EVENT_SUBSCRIBE:
+            answer, replay = hub.subscribe(link, msg.body)
+            link.send_response(t, frame.txid, answer)
+            for note in replay:  # what the CU missed, after the answer
+                link.send_raw(note)
+            return
+        if t == MsgType.EVENT_UNSUBSCRIBE:
+            hub.unsubscribe(link, msg.body.subscription)
+            return link.send_response(t, frame.txid, Empty())
+    except VssError as e:
+        return link.send_failure(frame, e)
+    if frame.txid in s.inflight:
+        return link.send_error(t, frame.txid, ResultCode.DUPLICATE_TXID)
+    if len(s.inflight) >= rgm.config.max_in_flight:
+        return link.send_error(t, frame.txid, ResultCode.TOO_MANY_IN_FLIGHT)
+    d = (hub.ack if t == MsgType.EVENT_ACK else hub.query)(s.identity, msg.body)
+    _hold(s, frame.txid, d)
+    d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
+                   lambda f: link.send_failure(frame, f))
 
 
 def _measure(rgm, d, t, route, t0):

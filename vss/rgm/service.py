@@ -42,6 +42,7 @@ from vss.protocols.messages import (
     MsgType,
     Registered,
     Role,
+    Severity,
     StateChange,
     SyncChange,
     to_dict,
@@ -178,6 +179,7 @@ class RGMService(service.Service):
         self.recordings = None  # vss.rgm.recording.RecordingManager, if the node records
         self.archive = None  # vss.cdn.archive.NodeArchive: RECORD_QUERY across nodes
         self.credentials = None  # vss.streamcreds.node.StreamCredentials, with a CMS
+        self.events = None  # vss.events.hub.EventHub: events and alarms
         self.throttle = Throttle(clock)
         self.links = set()
         self.pu_links = {}  # device_id -> link of the registered PU
@@ -262,8 +264,12 @@ class RGMService(service.Service):
                 self.log.info("PU {device} offline", device=s.identity)
                 self.publish_state(s.identity, ChangeKind.OFFLINE, [])
                 self.central.presence(s.identity, False)
+                if self.events is not None and self.running:
+                    self.events.raise_event(s.identity, 0, "offline", severity=Severity.WARNING)
         else:
             self.cu_links.pop(s.session_id, None)
+            if self.events is not None:
+                self.events.cu_gone(link)
 
     def received(self, link, frame, msg):
         s = link.session
@@ -515,15 +521,34 @@ class RGMService(service.Service):
         if s.role == Role.PU:
             self.publish_state(s.identity, ChangeKind.ONLINE, [])
             self.central.presence(s.identity, True)
+            if self.events is not None:
+                self.events.raise_event(s.identity, 0, "online")
 
     # -- 5. what a registered PU sends
 
     def on_pu_message(self, link, frame, msg):
         if frame.type == MsgType.STATE_CHANGE:
             self.on_state_change(link.session.identity, msg.body)
+        elif frame.type == MsgType.EVENT_RAISE:
+            self.on_event_raise(link, frame, msg.body)
         else:
             self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE,
                         f"{codec.message_name(frame.type)} is not a PU request")
+
+    def on_event_raise(self, link, frame, body):
+        """EVENT_RAISE: the node numbers the PU's event, delivers it to the CUs that
+        subscribed (here and on other nodes) and reports it to CMS (``vss.events``)."""
+        notify = frame.flags & codec.FLAG_NOTIFY
+        if self.events is None:
+            return self.refuse(link, frame, ResultCode.NOT_SUPPORTED, "this node keeps no events")
+        try:
+            answer = self.events.on_raise(link.session.identity, body)
+        except VssError as e:
+            self.log.info("event of PU {device} refused: {error}", device=link.session.identity,
+                          error=e.message)
+            return self.refuse(link, frame, e.code, e.message)
+        if not notify:
+            link.send_response(frame.type, frame.txid, answer)
 
     def on_state_change(self, device_id, change):
         """S601/S602: a PU changed its data; apply it to the memory database, pass it

@@ -20,6 +20,7 @@ DEFAULTS = {
     "data-dir": os.path.join("data", "cms"),
     "heartbeat": "5",
     "standby": "auto",
+    "event-retention-days": "30",
 }
 
 
@@ -58,6 +59,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
          "with PostgreSQL, off with SQLite (one process only) [auto]."],
         ["advertise-host", None, None, "Host this CMS is reached at, named by a standby "
          "to nodes and admins [the interface of --node-listen, or this host's name]."],
+        ["event-retention-days", None, None, "Days the events and alarms are kept, 0: for "
+         f"ever [{DEFAULTS['event-retention-days']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7222:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
         *metrics_options("the admin listener (--admin-listen)"),
@@ -70,6 +73,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
                 self[key] = value
         problems = []
         self["heartbeat"] = positive_number("heartbeat", self["heartbeat"], int, problems, 0, 600)
+        self["event-retention-days"] = positive_number(
+            "event-retention-days", self["event-retention-days"], int, problems, -1, 36500)
         if self.get("manhole") and not self.get("manhole-keys"):
             problems.append("--manhole-keys: required when --manhole is set")
         if self.get("cluster-secret-file") and not os.path.isfile(self["cluster-secret-file"]):

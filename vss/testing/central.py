@@ -4,6 +4,7 @@ run without a central platform. It holds static records and, for the routing tes
 the in-process RGM services of other nodes (S403-S406 then happen in this process).
 """
 
+import time
 from collections import deque
 
 from twisted.internet import defer
@@ -11,12 +12,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vss.errors import VssError
+from vss.events.hub import visible
 from vss.interfaces import ICentral
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     AuditAck,
     AuditKind,
     Entity,
+    EventAcked,
+    EventEntry,
+    EventReportAck,
+    Events,
     NodeRoute,
     RegInfo,
     Role,
@@ -40,6 +46,11 @@ class MemoryCentral:
         self.available = True
         self.synced = True  # False: the node answers logins NOT_READY
         self.audit_reports = deque(maxlen=100)  # the latest, for tests
+        #: (node_id, seq) -> [EventRecord, acked_by, acked_at, comment]: the events a
+        #: standalone node keeps in memory (the latest ``max_events``)
+        self.events = {}
+        self.max_events = 10_000
+        self.clock = None  # for the time of an acknowledgement; None: the reactor's
 
     # -- set-up helpers
 
@@ -181,6 +192,43 @@ class MemoryCentral:
                           if e.kind in iter(AuditKind) else e.kind, device=e.device_id,
                           channel=e.channel, user=e.username, peer=e.peer, via=e.via)
         return defer.succeed(AuditAck(batch=report.batch, stored=len(report.events)))
+
+    # -- events (a standalone node keeps them here, in memory)
+
+    def report_events(self, report):
+        for e in report.events:
+            self.events.setdefault((e.node_id, e.seq), [e, "", 0, ""])
+        while len(self.events) > self.max_events:
+            del self.events[next(iter(self.events))]
+        return defer.succeed(EventReportAck(batch=report.batch, stored=len(report.events)))
+
+    def ack_event(self, ack):
+        kept = self.events.get((ack.node_id, ack.seq))
+        if kept is None or kept[0].device_id != ack.device_id:
+            return defer.fail(VssError(ResultCode.NOT_FOUND, f"no event {ack.node_id}/"
+                                       f"{ack.seq} of {ack.device_id}"))
+        if kept[1]:
+            return defer.fail(VssError(ResultCode.CONFLICT, f"acknowledged by {kept[1]}"))
+        now = self.clock.seconds() if self.clock is not None else time.time()
+        kept[1:] = [ack.username, int(now * 1000), ack.comment]
+        return defer.succeed(EventAcked(node_id=ack.node_id, seq=ack.seq,
+                                        acked_by=kept[1], acked_at=kept[2]))
+
+    def query_events(self, query):
+        out = []
+        for e, by, at, comment in sorted(self.events.values(),
+                                         key=lambda k: (-k[0].node_time, k[0].seq)):
+            if visible(e, query) and self._may_view(query.username, e.device_id):
+                out.append(EventEntry(event=e, acked_by=by, acked_at=at, comment=comment))
+        limit = query.limit or 100
+        return defer.succeed(Events(events=out[:limit], truncated=len(out) > limit))
+
+    def _may_view(self, username, device_id):
+        user = self.users.get(username)
+        principals = {"user:" + username} | {"group:" + g for g in (user.groups if user
+                                                                      else ())}
+        return any(g.actions & 1 for (p, d), g in self.grants.items()
+                   if d == device_id and p in principals)
 
     def report_change(self, change):
         self._check()

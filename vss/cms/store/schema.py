@@ -230,6 +230,35 @@ MIGRATIONS = (
         (*_M6_TABLES, *_M6_SQLITE_TRIGGERS, _M6_GRANT_EXPIRY),
         (("postgresql", (*_M6_TABLES, *_M6_POSTGRES_TRIGGERS, _M6_GRANT_EXPIRY)),),
     ),
+    Migration(
+        7,
+        "events and their acknowledgements",
+        (
+            # one row per event, under the number its home node gave it (vss.events)
+            "CREATE TABLE events ("
+            " node_id {KEY} NOT NULL,"
+            " seq {INT} NOT NULL,"
+            " device_id {KEY} NOT NULL,"
+            " channel {INT} NOT NULL,"
+            " type {KEY} NOT NULL,"
+            " phase {INT} NOT NULL,"
+            " severity {INT} NOT NULL,"
+            " pu_time {INT} NOT NULL,"
+            " node_time {INT} NOT NULL,"
+            " items_json TEXT NOT NULL,"
+            " PRIMARY KEY (node_id, seq))",
+            "CREATE INDEX events_device ON events (device_id, node_time)",
+            "CREATE INDEX events_time ON events (node_time)",
+            "CREATE TABLE event_acks ("
+            " node_id {KEY} NOT NULL,"
+            " seq {INT} NOT NULL,"
+            " device_id {KEY} NOT NULL,"
+            " acked_by {KEY} NOT NULL,"
+            " acked_at {INT} NOT NULL,"
+            " comment TEXT NOT NULL,"
+            " PRIMARY KEY (node_id, seq))",
+        ),
+    ),
 )
 
 CURRENT_VERSION = MIGRATIONS[-1].version

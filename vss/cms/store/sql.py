@@ -57,6 +57,7 @@ from vss.protocols.messages import (
 
 from . import schema
 from .audit import AuditSql, IAuditStore
+from .events import EventSql, IEventStore
 from .operators import IOperatorStore, OperatorSql
 from .tokens import (
     ACTIVE,
@@ -248,8 +249,8 @@ class _Log:
         self.entries.append((entity, op, key, version, record))
 
 
-@implementer(IStaticStore, IAdminTokenStore, IOperatorStore, IAuditStore)
-class SqlStaticStore(OperatorSql, AuditSql):
+@implementer(IStaticStore, IAdminTokenStore, IOperatorStore, IAuditStore, IEventStore)
+class SqlStaticStore(OperatorSql, AuditSql, EventSql):
     """``IStaticStore`` over adbapi pools. Subclasses define ``_make_pools`` and
     ``dialect``."""
 
