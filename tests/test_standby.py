@@ -207,6 +207,28 @@ class StandbyOptionTests(unittest.TestCase):
                               ["--standby", "on", "--data-dir", self.mktemp()])
         self.assertIn("--standby on", str(e))
 
+    def test_a_node_takes_several_cms_addresses_and_checks_each(self):
+        import os
+
+        from vss.tap.node import Options
+
+        secret = os.path.abspath(self.mktemp())
+        with open(secret, "wb") as f:
+            f.write(b"s" * 32)
+
+        def node(cms):
+            o = Options()
+            o.parseOptions(["--node-id", "node-a", "--cluster-secret-file", secret,
+                            "--data-dir", self.mktemp(), "--cms", cms])
+            return o.settings
+
+        s = node("tcp:127.0.0.1:7200,tcp:127.0.0.1:7201")
+        self.assertEqual(cms_addresses(s.cms), ["tcp:127.0.0.1:7200", "tcp:127.0.0.1:7201"])
+        e = self.assertRaises(ConfigError, node, "tcp:127.0.0.1:7200,tcp:10.0.0.5:7200")
+        self.assertIn("a plaintext link on 10.0.0.5", str(e))
+        e = self.assertRaises(ConfigError, node, "tcp:127.0.0.1:7200,ssl:10.0.0.5:7200")
+        self.assertIn("'ssl:10.0.0.5:7200' must be tcp:HOST:PORT", str(e))
+
     def test_cms_addresses(self):
         self.assertEqual(cms_addresses("tcp:a:7200, tcp:b:7200,"), ["tcp:a:7200", "tcp:b:7200"])
         self.assertEqual(cms_addresses("tcp:a:7200"), ["tcp:a:7200"])
