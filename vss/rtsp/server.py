@@ -67,10 +67,21 @@ def _records(auth):
     return isinstance(auth, dict) and "record" in auth.get("methods", ())
 
 
+def is_stream_name(name):
+    """A live stream's last path part: ``main``, ``sub``, or ``chN-main``/``chN-sub``
+    for channel N > 0 of a device with several (a DVS, a DVR)."""
+    if name in STREAMS:
+        return True
+    channel, dash, stream = name.partition("-")
+    return bool(dash) and stream in STREAMS and channel[:2] == "ch" \
+        and channel[2:].isascii() and channel[2:].isdigit() and channel[2:3] != "0" \
+        and len(channel) <= 5
+
+
 def is_live(path):
-    """True for a live stream's path (``/live/<device>/main`` or ``sub``), False for a
-    playback's (``pb-...``: it follows the player's pace)."""
-    return path.rpartition("/")[2] in STREAMS
+    """True for a live stream's path (``/live/<device>/main``, ``sub``, ``ch2-main``
+    ...), False for a playback's (``pb-...``: it follows the player's pace)."""
+    return is_stream_name(path.rpartition("/")[2])
 
 
 class ControlError(Exception):
@@ -126,7 +137,7 @@ class RTSPUrl:
             path = path.rstrip("/") + "/" + extra
         parts = path.rstrip("/").split("/")
         if len(parts) not in (4, 5) or parts[0] or parts[1] != "live" or not parts[2] \
-                or not (parts[3] in STREAMS or parts[3].startswith(PLAYBACK_PREFIX)):
+                or not (is_stream_name(parts[3]) or parts[3].startswith(PLAYBACK_PREFIX)):
             return None
         control = parts[4] if len(parts) == 5 else None
         return cls(base, "/".join(parts[:4]), control, query)
@@ -259,12 +270,16 @@ class RTSPServerFactory(protocol.Factory):
 
     def __init__(self, authorizer, reactor=None, clock=None, session_timeout=60,
                  describe_wait=3.0, users=None, realm="vss", max_queue=DEFAULT_MAX_QUEUE,
-                 sndbuf=DEFAULT_SNDBUF, gop_cache=0, max_lag=DEFAULT_MAX_LAG):
+                 sndbuf=DEFAULT_SNDBUF, gop_cache=0, max_lag=DEFAULT_MAX_LAG,
+                 gop_keep=0):
         self.authorizer = authorizer
         # live TCP viewers are kept within max_lag seconds of live (None or 0: not)
         self.max_lag = max_lag or None
         self._lag_watch = None
         self.gop_cache = min(gop_cache, max_queue // 2)
+        # the last GOP kept for the readers that start from it (browser packagers):
+        # a browser's live view starts at once, RTSP viewers as without a cache
+        self.gop_keep = gop_keep
         self._reactor = reactor
         self._clock = clock
         self.session_timeout = session_timeout
@@ -334,7 +349,7 @@ class RTSPServerFactory(protocol.Factory):
             raise ValueError(f"{path} already has a source")
         source = Source(path, sdp, sdplib.tracks(sdp), self.clock,
                         on_idle=lambda s: self._notify("source_idle", s), origin=origin,
-                        gop_cache=self.gop_cache)
+                        gop_cache=self.gop_cache, gop_keep=self.gop_keep)
         self.sources[path] = source
         source.on_end(self._source_ended)
         log.info("source {path} started ({origin})", path=path, origin=origin)

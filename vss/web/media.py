@@ -9,7 +9,9 @@ session (docs/protocol.md, "Browser media").
   start within ``source_wait`` seconds or a codec a browser cannot be given is said in
   an ``error`` message, and the connection is closed (codes 4403, 4404, 4415).
 - Then the viewer joins the stream's ``Packager`` (``vss.web.live``; one per stream,
-  whatever the number of browsers), and gets its media messages.
+  whatever the number of browsers), and gets its media messages. A live viewer is kept
+  within ``--live-max-lag`` of the stream by the SS's ``LagWatch``, as an RTSP viewer
+  over TCP is: one that reads too slowly skips to a keyframe it can take in time.
 - A playback path (``/live/<device>/pb-<id>``) has a controller in the SS
   (``RTSPServerFactory.controllers``): the page's ``{"op": "play", "at": ms}`` and
   ``{"op": "pause"}`` are its PLAY (``Range: clock=...``) and PAUSE, exactly as an RTSP
@@ -30,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from vss.redact import redact
-from vss.rtsp.server import ControlError
+from vss.rtsp.server import ControlError, is_live
 from vss.web.live import Packager, Unsupported, WebViewer, ws_frame
 
 log = Logger()
@@ -168,6 +170,12 @@ class MediaService:
         playback = proto.path in self.rtsp.controllers
         proto.send_json({"type": "ready", "path": proto.path, "playback": playback})
         packager.add_viewer(viewer)
+        if self.rtsp.max_lag and is_live(proto.path):
+            # live means live, as for an RTSP viewer: within --live-max-lag of the
+            # stream, else it skips to a keyframe it can take in time (the stream's bit
+            # rate sizes its send buffer)
+            viewer.reader.source = packager.source
+            self.rtsp.lag_watch.add(viewer.reader)
 
     def _ended(self, proto):
         """The stream ended (the footage played to its end, the camera went away)."""
