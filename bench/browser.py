@@ -5,14 +5,17 @@ against a real ``twistd vss-node`` (``--static``) and a real ``vss-pu`` camera (
 
 - time to first frame, live: from the click on a camera (MEDIA_OPEN over the page's CU
   link, the media WebSocket, MSE) to the first picture Chromium presents
-  (``requestVideoFrameCallback``), over ``--opens`` opens; p50/p99;
+  (``requestVideoFrameCallback``): once cold (the camera's encoder is not running yet:
+  the simulated PU starts a process), then over ``--opens`` opens of the flowing
+  stream, then ``--fresh`` opens after the node's packager closed (the first browser of
+  a stream that flows for others: it starts from the SS's last GOP); p50/p99;
 - live latency: for every presented picture, Chromium's presentation time minus the
   time the picture reached the node's SS (carried in each fragment); p50/p99;
 - CPU of the node per Gbit sent, browser viewers (media WebSocket clients, no browser:
   each reads the stream as fast as it comes) side by side with RTSP viewers (interleaved
   TCP), in one run.
 
-    .venv/bin/python bench/browser.py [--opens 50] [--viewers 40] [--seconds 15]
+    .venv/bin/python bench/browser.py [--opens 50] [--fresh 5] [--viewers 40] [--seconds 15]
 
 Prints one line per figure. The machine is shared: read the ratios, measured side by
 side, rather than the absolute numbers.
@@ -38,6 +41,7 @@ from vss.protocols.messages import Action  # noqa: E402
 from vss.testing import browser as harness  # noqa: E402
 from vss.testing import records  # noqa: E402
 from vss.testing.central import MemoryCentral  # noqa: E402
+from vss.web.media import PACKAGER_LINGER  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 ALL = int(Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD)
@@ -78,8 +82,12 @@ def start(work):
     return node, pu, ports
 
 
-def first_frames(b, opens, playback_at=None):
-    """Seconds from the open to the first presented picture, ``opens`` times."""
+STEPS = ("sourceopen", "wsopen", "fragment", "append", "frame")
+
+
+def first_frames(b, opens, playback_at=None, steps=None):
+    """Seconds from the open to the first presented picture, ``opens`` times; the
+    player's marks of each open (ms from the open) appended to ``steps``."""
     out = []
     for _ in range(opens):
         ms = b.js_async("""
@@ -89,14 +97,30 @@ def first_frames(b, opens, playback_at=None):
             const t0 = performance.now();
             window.vss.watch('cam1', at ? {at} : {});
             const check = () => {
-              if (Number(tile.dataset.frames) >= 1) done(performance.now() - t0);
+              if (Number(tile.dataset.frames) >= 1) {
+                const marks = {}, p = window.vss.tiles[0].player;
+                for (const [k, v] of Object.entries(p ? p.marks : {})) marks[k] = v - t0;
+                done([performance.now() - t0, marks]);
+              }
               else if (performance.now() - t0 > 20000) done(null);
               else setTimeout(check, 2);
             };
             setTimeout(check, 0);""", playback_at)
         if ms is not None:
-            out.append(ms / 1000)
+            out.append(ms[0] / 1000)
+            if steps is not None:
+                steps.append(ms[1])
     return out
+
+
+def print_steps(what, steps):
+    """The median and the slowest open's time of each step (ms from the click)."""
+    if not steps:
+        return
+    slowest = max(steps, key=lambda m: m.get("frame", 0))
+    parts = [f"{k} {pct([m[k] for m in steps if k in m], 50):.0f}/{slowest.get(k, 0):.0f}"
+             for k in ("start", *STEPS)]
+    print(f"  {what}, ms from the click, median/slowest open: " + ", ".join(parts))
 
 
 def main(argv=None):
@@ -104,6 +128,8 @@ def main(argv=None):
     ap.add_argument("--opens", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=15.0, help="latency sample")
     ap.add_argument("--viewers", type=int, default=40)
+    ap.add_argument("--fresh", type=int, default=5,
+                    help="opens after the node's packager closed (11.5 s apart)")
     args = ap.parse_args(argv)
     if harness.unavailable():
         raise SystemExit(f"no headless Chromium: {harness.unavailable()}")
@@ -119,9 +145,26 @@ def main(argv=None):
              "document.getElementById('password').value = 'alice-pw';"
              "document.getElementById('login-form').requestSubmit()")
         b.wait_for("the app", "return document.body.dataset.state === 'ready'")
-        live = first_frames(b, args.opens)
+        cold = first_frames(b, 1)
+        print(f"live first frame, cold (the camera's encoder not running: the PU starts "
+              f"it): {cold[0] * 1000:.0f} ms" if cold else "cold open: no picture")
+        steps = []
+        live = first_frames(b, args.opens, steps=steps)
         print(f"live first frame over {len(live)} opens: p50 {pct(live, 50) * 1000:.0f} ms, "
               f"p99 {pct(live, 99) * 1000:.0f} ms")
+        print_steps("live", steps)
+        # the same with the node's packager gone (a camera no browser watched for a
+        # while, whose stream flows for a recording or an RTSP viewer): the SS's GOP
+        b.js("window.vss.tiles[0].player && window.vss.tiles[0].player.close()")
+        fresh, steps = [], []
+        for _ in range(args.fresh):
+            time.sleep(PACKAGER_LINGER + 1.5)  # the node's packager closes, the SS's
+            fresh += first_frames(b, 1, steps=steps)
+            b.js("window.vss.tiles[0].player && window.vss.tiles[0].player.close()")
+        print(f"live first frame, no packager yet, over {len(fresh)} opens: "
+              f"p50 {pct(fresh, 50) * 1000:.0f} ms, p99 {pct(fresh, 99) * 1000:.0f} ms")
+        print_steps("no packager yet", steps)
+        first_frames(b, 1)
         b.js("const t = window.vss.tiles[0]; t.player.latency = [];")
         time.sleep(args.seconds)
         lat = b.js("return window.vss.tiles[0].player.latency")
