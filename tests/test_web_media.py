@@ -71,6 +71,13 @@ class WebMediaTests(unittest.TestCase):
         self.assertTrue(frags[0].key, "a viewer starts at a keyframe")
         steps = {b.dts - a.dts for a, b in zip(frags, frags[1:], strict=False)}
         self.assertEqual(steps, {3600}, "25 pictures a second, in order")
+        # live video plays at its own pace: no speed but 1
+        client.send_json({"op": "play", "speed": 2})
+        client.send_json({"op": "play", "speed": "fast"})
+        client.send_json({"op": "play", "speed": 1})
+        yield client.wait_for(reactor, lambda c: len(c.controls()) >= 4, what="the answers")
+        answers = [(m["type"], m.get("status")) for m in client.controls()[1:]]
+        self.assertEqual(answers, [("refused", 456), ("refused", 400), ("playing", None)])
 
     @defer.inlineCallbacks
     def test_a_new_viewer_starts_from_the_ss_gop(self):

@@ -16,7 +16,9 @@ Observers (``addObserver``) may implement any of ``source_added(source)``,
 without a source; DESCRIBE then waits up to ``describe_wait`` seconds for one).
 ``attach_source(path, sdp)`` makes a source fed by code (RTSP client, recordings).
 ``controllers`` (path -> object) lets code steer the PLAY and PAUSE of one path (a
-playback seeks on ``Range``): ``play(session, range_header)`` is called before the
+playback seeks on ``Range``): ``play(session, range_header)`` (``play(session,
+range_header, scale_header)`` when the PLAY has a ``Scale``: a speed, said again in
+the reply) is called before the
 reader starts and returns the ``Range`` of the reply (or None), or a Deferred of it (a
 relayed playback asks its origin first: the reply and the reader wait for it; a failure
 is answered 502), ``pause(session)``. A controller refuses a PLAY by raising (or
@@ -860,7 +862,13 @@ class RTSPServerFactory(protocol.Factory):
         if session.tcp_tracks and conn.reader is not None and session.state != "playing":
             conn.reply(req, 455, reason="Already Playing On This Connection")
             return
-        rng = self._control(session, "play", req.headers.get("Range"))
+        scale = req.headers.get("Scale")
+        if scale is not None and session.path in self.controllers:
+            # a speed for a playback (its controller refuses one it cannot play at)
+            rng = self._control(session, "play", req.headers.get("Range"), scale.strip())
+        else:
+            scale = None  # live video plays at its own pace: no Scale in the reply
+            rng = self._control(session, "play", req.headers.get("Range"))
         if isinstance(rng, defer.Deferred):
             def failed(f):
                 if f.check(ControlError):
@@ -869,14 +877,15 @@ class RTSPServerFactory(protocol.Factory):
                 return False
 
             rng.addErrback(failed)
-            rng.addCallback(lambda r: self._play(conn, req, session, r))
+            rng.addCallback(lambda r: self._play(conn, req, session, r, scale))
             rng.addErrback(lambda f: log.failure("PLAY of {path} failed", f,
                                                  path=session.path))
             return
-        self._play(conn, req, session, rng)
+        self._play(conn, req, session, rng, scale)
 
-    def _play(self, conn, req, session, rng):
-        """The rest of a PLAY once its controller answered (``rng`` False: it failed)."""
+    def _play(self, conn, req, session, rng, scale=None):
+        """The rest of a PLAY once its controller answered (``rng`` False: it failed);
+        ``scale``: the ``Scale`` its controller took (said in the reply)."""
         if conn.closed or self.sessions.get(session.id) is not session:
             return
         if rng is False:
@@ -890,13 +899,16 @@ class RTSPServerFactory(protocol.Factory):
             conn.reply(req, 404)
             return
         rng = rng or "npt=now-"
+        headers = [self._session_header(session), ("Range", rng)]
+        if scale is not None:
+            headers.append(("Scale", scale))
         if session.state == "playing":
-            conn.reply(req, 200, [self._session_header(session), ("Range", rng)])
+            conn.reply(req, 200, headers)
             return
         if session.tcp_tracks and conn.reader is not None:
             conn.reply(req, 455, reason="Already Playing On This Connection")
             return
-        conn.reply(req, 200, [self._session_header(session), ("Range", rng)])
+        conn.reply(req, 200, headers)
         session.state = "playing"
         session.source = source
         if session.tcp_tracks:

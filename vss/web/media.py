@@ -17,6 +17,9 @@ session (docs/protocol.md, "Browser media").
   ``{"op": "pause"}`` are its PLAY (``Range: clock=...``) and PAUSE, exactly as an RTSP
   player's, and the answer is ``playing`` (``npt``: seconds from the playback's origin
   of the keyframe it starts at) or ``refused`` (``status`` 457: no footage there).
+  ``"speed": x`` in a ``play`` is its ``Scale`` (0.25 to 8: the footage comes x times
+  as fast, its timestamps the footage's own, and the page plays it at that rate; 456
+  refuses another speed, and any speed but 1 of live video).
 
 Control messages are JSON text messages, sent in order with the media through the
 viewer's bounded writer. Messages from the page longer than ``MAX_CONTROL`` bytes, or
@@ -31,6 +34,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from vss.cdn.playback import format_scale
 from vss.redact import redact
 from vss.rtsp.server import ControlError, is_live
 from vss.web.live import Packager, Unsupported, WebViewer, ws_frame
@@ -191,7 +195,17 @@ class MediaService:
             proto.send_json({"type": "refused", "op": op, "message": "not playing yet"})
             return
         if op == "play":
-            if controller is None:  # live: it plays already
+            speed = message.get("speed")
+            if speed is not None and (isinstance(speed, bool)
+                                      or not isinstance(speed, int | float)):
+                proto.send_json({"type": "refused", "op": op, "status": 400,
+                                 "message": "speed: a number"})
+                return
+            if controller is None:  # live: it plays already, at its own pace
+                if speed is not None and speed != 1:
+                    proto.send_json({"type": "refused", "op": op, "status": 456,
+                                     "message": "live video plays at its own pace"})
+                    return
                 proto.send_json({"type": "playing", "npt": None})
                 return
             at = message.get("at")
@@ -201,8 +215,9 @@ class MediaService:
                 return
             self.counters["plays"] += 1
             header = clock_range(at) if at is not None else None
-            d = defer.maybeDeferred(controller.play, proto, header)
-            d.addCallbacks(lambda rng: self._played(proto, rng, at),
+            args = (proto, header) if speed is None else (proto, header, format_scale(speed))
+            d = defer.maybeDeferred(controller.play, *args)
+            d.addCallbacks(lambda rng: self._played(proto, rng, at, speed),
                            lambda f: self._refused(proto, f, op))
         elif op == "pause":
             if controller is None:
@@ -217,7 +232,7 @@ class MediaService:
             proto.send_json({"type": "refused", "op": op, "status": 400,
                              "message": "unknown op"})
 
-    def _played(self, proto, rng, at):
+    def _played(self, proto, rng, at, speed=None):
         if proto.closed:
             return
         npt = None
@@ -226,7 +241,10 @@ class MediaService:
                 npt = float(rng[4:].split("-", 1)[0])
             except ValueError:
                 npt = None
-        proto.send_json({"type": "playing", "npt": npt, "at": at})
+        answer = {"type": "playing", "npt": npt, "at": at}
+        if speed is not None:
+            answer["speed"] = speed
+        proto.send_json(answer)
 
     def _refused(self, proto, failure, op):
         if proto.closed:

@@ -37,11 +37,14 @@ export class Player {
 
   // url: ws(s) URL of the media; live: jump to the newest picture; origin: a playback's
   // footage time of npt 0.
-  open(url, { live = true, origin = null } = {}) {
+  open(url, { live = true, origin = null, speed = 1 } = {}) {
     this.live = live;
     this.origin = origin;
+    this.speed = live ? 1 : speed;
     this.source = new MediaSource();
     this.video.src = URL.createObjectURL(this.source);
+    this.video.defaultPlaybackRate = this.speed;
+    this.video.playbackRate = this.speed;
     this.video.muted = true;
     this.video.playsInline = true;
     this.source.addEventListener("sourceopen", () => this.connect(url), { once: true });
@@ -70,13 +73,20 @@ export class Player {
   play(at = null) {
     if (!this.live) this.anchor = { pending: true, at: null, key: null };
     this.userPaused = false;
-    this.send(at == null ? { op: "play" } : { op: "play", at });
+    const msg = { op: "play" };
+    if (at != null) msg.at = at;
+    if (!this.live && this.speed !== 1) msg.speed = this.speed;
+    this.send(msg);
   }
   pause() { this.userPaused = true; this.send({ op: "pause" }); this.video.pause(); }
+  // A playback's speed: the node sends the footage that much faster (its Scale), the
+  // video plays its pictures (dated as recorded) at that rate.
   setSpeed(speed) {
+    if (this.live) return;
     this.speed = speed;
+    this.video.defaultPlaybackRate = speed;
     this.video.playbackRate = speed;
-    if (!this.live) this.send({ op: "speed", speed });
+    if (!this.userPaused) this.send({ op: "play", speed });
   }
 
   control(msg) {
