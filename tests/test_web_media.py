@@ -3,13 +3,17 @@ Browser media without a browser: a WebSocket client (``vss.testing.wsmedia``) on
 TCP against a node running in this process, with a real ``vss-pu`` (a DVS of two
 channels) publishing H.264: the stream of channel 1 plays in a browser's media path as
 channel 0's does, a live viewer that stops reading is kept within ``--live-max-lag``
-like an RTSP viewer (it skips to a keyframe, its queue stays bounded), and a new
-viewer starts at once from the SS's last GOP.
+like an RTSP viewer (it skips to a keyframe, its queue stays bounded), a new viewer
+starts at once from the SS's last GOP, and the HLS playlist of a stream (fMP4
+segments) is played by a real HLS client (PyAV/ffmpeg) over HTTP, authorised like
+every stream.
 """
 
+import urllib.error
+import urllib.request
 from urllib.parse import urlsplit
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
@@ -26,7 +30,9 @@ def open_live(device_id, channel=0):
                      start_time=0, transport=0)
 
 
-class WebMediaTests(unittest.TestCase):
+class WebMediaBase(unittest.TestCase):
+    """A node with a DVS of two channels, alice granted it, logged in."""
+
     timeout = 120
 
     @defer.inlineCallbacks
@@ -56,6 +62,9 @@ class WebMediaTests(unittest.TestCase):
                                      rcvbuf=rcvbuf)
         self.clients.append(client)
         return u.path, client
+
+
+class WebMediaTests(WebMediaBase):
 
     @defer.inlineCallbacks
     def test_channel_one_of_a_dvs_plays(self):
@@ -139,3 +148,98 @@ class WebMediaTests(unittest.TestCase):
         tail = frags[-1]
         self.assertLess(reactor.seconds() * 1000 - tail.ingest, 2 * MAX_LAG * 1000 + 1000)
         self.assertIsInstance(frags[0], Fragment)
+
+
+def get(url):
+    """Blocking: (status, content type, body) of a GET."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - loopback http
+            return r.status, r.headers.get("content-type"), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("content-type"), e.read()
+
+
+def decode_hls(url, count):
+    """Blocking: the (width, height, pts seconds) of ``count`` frames PyAV decodes from
+    the HLS playlist at ``url``."""
+    import av
+
+    out = []
+    with av.open(url, timeout=30) as c:
+        for frame in c.decode(video=0):
+            out.append((frame.width, frame.height, frame.time))
+            if len(out) >= count:
+                break
+    return out
+
+
+class HlsTests(WebMediaBase):
+    """HLS with fragmented MP4 (``vss.web.hls``)."""
+
+    @defer.inlineCallbacks
+    def test_a_real_hls_client_plays_the_playlist(self):
+        url = (yield self.cu.request(MsgType.MEDIA_OPEN, open_live("dvs", 1),
+                                     timeout=30)).body.url
+        u = urlsplit(url)
+        token = u.query.partition("token=")[2]
+        base = f"http://127.0.0.1:{self.p.port('node-a', 'http')}/hls{u.path}"
+        index = f"{base}/index.m3u8?token={token}"
+        status, kind, body = yield threads.deferToThread(get, index)
+        self.assertEqual((status, kind), (200, "application/vnd.apple.mpegurl"))
+        lines = body.decode().splitlines()
+        self.assertEqual(lines[0], "#EXTM3U")
+        self.assertTrue(lines[3].startswith("#EXT-X-STREAM-INF:BANDWIDTH="), lines)
+        self.assertIn('CODECS="avc1.', lines[3])
+        media = lines[4]
+        self.assertRegex(media, r"^stream\.m3u8\?session=[0-9a-f]{32}$")
+        status, kind, body = yield threads.deferToThread(get, f"{base}/{media}")
+        playlist = body.decode().splitlines()
+        self.assertEqual(status, 200)
+        self.assertIn("#EXT-X-VERSION:7", playlist)
+        self.assertTrue(any(ln.startswith('#EXT-X-MAP:URI="init-0.mp4?session=')
+                            for ln in playlist), playlist)
+        segment = [ln for ln in playlist if ".m4s?" in ln][0]
+        status, kind, data = yield threads.deferToThread(get, f"{base}/{segment}")
+        self.assertEqual((status, kind), (200, "video/iso.segment"))
+        self.assertEqual(data[4:8], b"moof")
+
+        frames = yield threads.deferToThread(decode_hls, index, 30)
+        self.assertEqual(len(frames), 30)
+        self.assertEqual(frames[0][:2], (640, 360))
+        times = [t for _, _, t in frames if t is not None]
+        self.assertAlmostEqual(times[-1] - times[0], 29 / 25, delta=0.05)
+        hls = self.node.web.hls
+        self.assertGreaterEqual(hls.counters["segments"], 2)
+        # every viewer of the stream shares one packager
+        self.assertEqual(list(self.node.web.media.packagers), ["/live/dvs/ch1-main"])
+
+    @defer.inlineCallbacks
+    def test_every_request_is_authorised(self):
+        url = (yield self.cu.request(MsgType.MEDIA_OPEN, open_live("dvs"), timeout=30)).body.url
+        u = urlsplit(url)
+        token = u.query.partition("token=")[2]
+        http = f"http://127.0.0.1:{self.p.port('node-a', 'http')}"
+        base = f"{http}/hls{u.path}"
+        other = f"{http}/hls/live/dvs/ch1-main"
+        for bad in (f"{base}/index.m3u8", f"{base}/index.m3u8?token={token[:-4]}AAAA",
+                    f"{other}/index.m3u8?token={token}",  # another path's token
+                    f"{base}/stream.m3u8?session={'0' * 32}", f"{base}/0.m4s",
+                    f"{base}/init-0.mp4?token={token}"):  # a token is not a session
+            status, _, body = yield threads.deferToThread(get, bad)
+            self.assertEqual(status, 403, (bad, body))
+        status, _, body = yield threads.deferToThread(get, f"{base}/index.m3u8?token={token}")
+        self.assertEqual(status, 200)
+        media = body.decode().splitlines()[-1]
+        # a session is bound to its path
+        status, _, _ = yield threads.deferToThread(get, f"{other}/{media}")
+        self.assertEqual(status, 403)
+        status, _, _ = yield threads.deferToThread(get, f"{base}/999999.m4s?{media.split('?')[1]}")
+        self.assertEqual(status, 404)
+        # a session ends when no request came for a while, and its stream with it
+        hls = self.node.web.hls
+        for session in hls.sessions.values():
+            session.seen -= hls.idle + 1
+        hls._reap()
+        self.assertEqual((hls.sessions, hls.streams), ({}, {}))
+        status, _, _ = yield threads.deferToThread(get, f"{base}/{media}")
+        self.assertEqual(status, 403)

@@ -156,15 +156,11 @@ class MediaService:
         if source is None:
             proto.fail(CLOSE_NOT_FOUND, "the stream did not start")
             return
-        packager = self.packagers.get(proto.path)
-        if packager is None or packager.ended:
-            try:
-                packager = Packager(source, self.clock, on_empty=self._packager_ended)
-            except Unsupported as e:
-                proto.fail(CLOSE_UNSUPPORTED, str(e))
-                return
-            self.packagers[proto.path] = packager
-        self._stop_lingering(proto.path)
+        try:
+            packager = self.packager(source)
+        except Unsupported as e:
+            proto.fail(CLOSE_UNSUPPORTED, str(e))
+            return
         viewer = WebViewer(proto.transport, on_end=lambda v: self._ended(proto),
                            max_queue=self.max_queue)
         viewer.packager = packager
@@ -180,6 +176,22 @@ class MediaService:
             # rate sizes its send buffer)
             viewer.reader.source = packager.source
             self.rtsp.lag_watch.add(viewer.reader)
+
+    def packager(self, source):
+        """The ``Packager`` of ``source`` (made if none, its linger stopped): every
+        browser viewer of a stream, WebSocket or HLS, shares it. Raises
+        ``Unsupported`` for a codec a browser cannot be given."""
+        packager = self.packagers.get(source.path)
+        if packager is None or packager.ended:
+            packager = Packager(source, self.clock, on_empty=self._packager_ended)
+            self.packagers[source.path] = packager
+        self._stop_lingering(source.path)
+        return packager
+
+    def left(self, packager):
+        """A viewer left ``packager``: without viewers it lingers, then closes."""
+        if packager is not None and not packager.viewers and not packager.ended:
+            self._linger(packager)
 
     def _ended(self, proto):
         """The stream ended (the footage played to its end, the camera went away)."""
@@ -266,8 +278,7 @@ class MediaService:
             return
         packager = viewer.packager
         viewer.stop()
-        if packager is not None and not packager.viewers and not packager.ended:
-            self._linger(packager)
+        self.left(packager)
 
     def _linger(self, packager):
         """Keep a packager without viewers a while: a browser that comes back (a page
