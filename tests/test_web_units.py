@@ -241,13 +241,27 @@ class HlsStreamTests(unittest.TestCase):
         self.assertTrue(stream.segment(0).startswith(struct.pack(">I", 100) + b"moof"))
         self.assertIsNone(stream.segment(3))
         # at most KEEP + 1 kept, KEEP listed
-        more = packets(self.units * 3, start_ts=1000 + 100 * 3600)
+        more = packets(self.units * 4, start_ts=1000 + 100 * 3600)
+        split = 1000 + 400 * 3600
         for packet in more:
-            self.source.feed(0, False, packet)
+            if struct.unpack(">I", packet[4:8])[0] < split:
+                self.source.feed(0, False, packet)
         self.assertEqual(len(stream.segments), hls.KEEP + 1)
         listed = [ln for ln in stream.media_playlist("q").decode().splitlines()
                   if ln.endswith(".m4s?q")]
         self.assertEqual(len(listed), hls.KEEP)
         self.assertEqual(listed[-1], f"{stream.segments[-1].seq}.m4s?q")
+        # a GOP too big to keep is dropped, the next one kept
+        stream.max_segment_bytes = len(stream.segments[-1].data) // 4
+        kept = len(stream.segments)
+        last = stream.segments[-1].seq
+        for packet in more:
+            if struct.unpack(">I", packet[4:8])[0] >= split:
+                self.source.feed(0, False, packet)
+        self.assertGreater(stream.dropped, 0)
+        # only the segment built before the bound was set closes; nothing after it
+        self.assertEqual(stream.segments[-1].seq, last + 1)
+        self.assertEqual(len(stream.segments), kept)
+        self.assertLessEqual(stream.building_bytes, stream.max_segment_bytes)
         stream.close()
         self.assertEqual(packager.viewers, [])

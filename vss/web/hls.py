@@ -20,8 +20,9 @@ the very fragments of the stream's ``Packager`` (``vss.web.live``), put end to e
   404; a segment no longer kept: 404; H.265: 415; not GET or HEAD: 405.
 
 One ``HlsStream`` per path, shared by every HLS viewer of it: a reader of the packager
-like a WebSocket viewer, keeping at most ``KEEP`` + 1 segments (memory bounded by the
-stream, not by the viewers). It leaves the packager when its last session ends.
+like a WebSocket viewer, keeping at most ``KEEP`` + 1 segments and the one being built
+(at most ``MAX_SEGMENT_BYTES``: a longer GOP is dropped): memory bounded by the stream,
+not by the viewers. It leaves the packager when its last session ends.
 """
 
 import math
@@ -42,6 +43,7 @@ MIN_SEGMENT = 1.0  # seconds: a shorter GOP goes on in the same segment
 IDLE = 30.0  # seconds a session lives after its last request
 SEGMENT_WAIT = 15.0  # seconds a playlist request waits for the first segment
 SESSION_BYTES = 16
+MAX_SEGMENT_BYTES = 32 * 1024 * 1024  # a GOP longer than that is dropped, not kept
 _F_HEAD = 20  # the F message's header before moof + mdat
 PLAYLIST = b"application/vnd.apple.mpegurl"
 
@@ -76,6 +78,9 @@ class HlsStream:
         self.segments = []  # the last KEEP + 1 complete ones
         self.seq = 0  # the number of the segment being built
         self.building = []  # its fragments (moof + mdat)
+        self.building_bytes = 0
+        self.max_segment_bytes = MAX_SEGMENT_BYTES
+        self.dropped = 0  # segments too big to keep
         self.start_dts = None
         self.last_dts = None
         self.ended = False
@@ -109,7 +114,13 @@ class HlsStream:
             if not key:
                 return  # a segment starts at a keyframe
             self.start_dts = dts
-        self.building.append(payload[_F_HEAD:])
+        body = payload[_F_HEAD:]
+        if self.building_bytes + len(body) > self.max_segment_bytes:
+            self.building, self.building_bytes = [], 0  # bounded: wait for a keyframe
+            self.dropped += 1
+            return
+        self.building.append(body)
+        self.building_bytes += len(body)
         self.last_dts = dts
 
     def source_ended(self):
@@ -123,7 +134,7 @@ class HlsStream:
         seg = Segment(self.seq, self.version, max(end - self.start_dts, 1) / 90000,
                       b"".join(self.building))
         self.seq += 1
-        self.building = []
+        self.building, self.building_bytes = [], 0
         self.segments.append(seg)
         del self.segments[:-(KEEP + 1)]
         waiting, self.waiting = self.waiting, []
