@@ -56,6 +56,7 @@ class WebMediaBase(unittest.TestCase):
     def media(self, channel=0, rcvbuf=None):
         url = (yield self.cu.request(MsgType.MEDIA_OPEN, open_live("dvs", channel),
                                      timeout=30)).body.url
+        self.url = url
         u = urlsplit(url)
         token = u.query.partition("token=")[2]
         client = yield connect_media(reactor, self.p.port("node-a", "http"), u.path, token,
@@ -80,6 +81,9 @@ class WebMediaTests(WebMediaBase):
         self.assertTrue(frags[0].key, "a viewer starts at a keyframe")
         steps = {b.dts - a.dts for a, b in zip(frags, frags[1:], strict=False)}
         self.assertEqual(steps, {3600}, "25 pictures a second, in order")
+        # and over RTSP (the path of channel 1 was refused before: 404)
+        sizes = yield threads.deferToThread(decode_rtsp, self.url, 5)
+        self.assertEqual(sizes, [(640, 360)] * 5)
         # live video plays at its own pace: no speed but 1
         client.send_json({"op": "play", "speed": 2})
         client.send_json({"op": "play", "speed": "fast"})
@@ -157,6 +161,19 @@ def get(url):
             return r.status, r.headers.get("content-type"), r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("content-type"), e.read()
+
+
+def decode_rtsp(url, count):
+    """Blocking: the sizes of ``count`` frames PyAV decodes from an rtsp:// URL."""
+    import av
+
+    out = []
+    with av.open(url, options={"rtsp_transport": "tcp"}, timeout=20) as c:
+        for frame in c.decode(video=0):
+            out.append((frame.width, frame.height))
+            if len(out) >= count:
+                break
+    return out
 
 
 def decode_hls(url, count):
