@@ -9,13 +9,16 @@ against a real ``twistd vss-node`` (``--static``) and a real ``vss-pu`` camera (
   the simulated PU starts a process), then over ``--opens`` opens of the flowing
   stream, then ``--fresh`` opens after the node's packager closed (the first browser of
   a stream that flows for others: it starts from the SS's last GOP); p50/p99;
+- time to first frame, playback: ``--playbacks`` playbacks (MEDIA_OPEN with purpose
+  PLAYBACK, the node's playback child, the page's PLAY) of 60 s of recorded footage
+  (``bench/playback.py``'s), each from a random time; p50/p99;
 - live latency: for every presented picture, Chromium's presentation time minus the
   time the picture reached the node's SS (carried in each fragment); p50/p99;
 - CPU of the node per Gbit sent, browser viewers (media WebSocket clients, no browser:
   each reads the stream as fast as it comes) side by side with RTSP viewers (interleaved
   TCP), in one run.
 
-    .venv/bin/python bench/browser.py [--opens 50] [--fresh 5] [--viewers 40] [--seconds 15]
+    .venv/bin/python bench/browser.py [--opens 50] [--fresh 5] [--playbacks 20] [--viewers 40] [--seconds 15]
 
 Prints one line per figure. The machine is shared: read the ratios, measured side by
 side, rather than the absolute numbers.
@@ -24,6 +27,7 @@ side, rather than the absolute numbers.
 import argparse
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -36,6 +40,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from _common import proc_cpu  # noqa: E402
+from playback import make_footage  # noqa: E402
 
 from vss.protocols.messages import Action  # noqa: E402
 from vss.testing import browser as harness  # noqa: E402
@@ -58,9 +63,14 @@ def start(work):
     c.add_device(records.device("cam1", "cam1-secret", home_node="n1", channels=1))
     c.add_user(records.user("alice", "alice-pw"))
     c.add_grant(records.grant("user:alice", "cam1", ALL))
+    # recorded footage to play back (bench/playback.py's: 60 s, 1280x720, GOP 2 s)
+    c.add_device(records.device("bench0", "bench0-secret", home_node="n1", channels=1))
+    c.add_grant(records.grant("user:alice", "bench0", ALL))
     c.save(static)
     data = os.path.join(work, "n1")
     os.makedirs(data)
+    footage_at = (int(time.time()) - 3600) * 1000
+    make_footage(data, footage_at)
     log = open(os.path.join(work, "node.log"), "wb")  # noqa: SIM115 - lives with the node
     node = subprocess.Popen([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "vss-node",
                              "--node-id", "n1", "--data-dir", data, "--static", static,
@@ -79,13 +89,13 @@ def start(work):
     pu = subprocess.Popen([os.path.join(BIN, "vss-pu"), "--node", f"tcp:127.0.0.1:{ports['pu']}",
                            "--id", "cam1"], env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-    return node, pu, ports
+    return node, pu, ports, footage_at
 
 
 STEPS = ("sourceopen", "wsopen", "fragment", "append", "frame")
 
 
-def first_frames(b, opens, playback_at=None, steps=None):
+def first_frames(b, opens, playback_at=None, steps=None, device="cam1"):
     """Seconds from the open to the first presented picture, ``opens`` times; the
     player's marks of each open (ms from the open) appended to ``steps``."""
     out = []
@@ -95,7 +105,7 @@ def first_frames(b, opens, playback_at=None, steps=None):
             const at = arguments[0];
             const tile = document.querySelector('.tile');
             const t0 = performance.now();
-            window.vss.watch('cam1', at ? {at} : {});
+            window.vss.watch(arguments[1], at ? {at} : {});
             const check = () => {
               if (Number(tile.dataset.frames) >= 1) {
                 const marks = {}, p = window.vss.tiles[0].player;
@@ -105,7 +115,7 @@ def first_frames(b, opens, playback_at=None, steps=None):
               else if (performance.now() - t0 > 20000) done(null);
               else setTimeout(check, 2);
             };
-            setTimeout(check, 0);""", playback_at)
+            setTimeout(check, 0);""", playback_at, device)
         if ms is not None:
             out.append(ms[0] / 1000)
             if steps is not None:
@@ -128,13 +138,15 @@ def main(argv=None):
     ap.add_argument("--opens", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=15.0, help="latency sample")
     ap.add_argument("--viewers", type=int, default=40)
+    ap.add_argument("--playbacks", type=int, default=20,
+                    help="playbacks opened from a random time of 60 s of recorded footage")
     ap.add_argument("--fresh", type=int, default=5,
                     help="opens after the node's packager closed (11.5 s apart)")
     args = ap.parse_args(argv)
     if harness.unavailable():
         raise SystemExit(f"no headless Chromium: {harness.unavailable()}")
     work = tempfile.mkdtemp(prefix="vss-bench-browser-")
-    node, pu, ports = start(work)
+    node, pu, ports, footage_at = start(work)
     b = None
     try:
         time.sleep(3)  # the PU logs in
@@ -170,6 +182,17 @@ def main(argv=None):
         lat = b.js("return window.vss.tiles[0].player.latency")
         print(f"live latency over {len(lat)} pictures: p50 {pct(lat, 50):.0f} ms, "
               f"p99 {pct(lat, 99):.0f} ms")
+        steps = []
+        rng = random.Random(7)
+        played = []
+        for _ in range(args.playbacks):
+            at = footage_at + rng.randrange(0, 50_000)
+            played += first_frames(b, 1, playback_at=at, steps=steps, device="bench0")
+        print(f"playback first frame over {len(played)} opens (a new playback each, from a "
+              f"random time): p50 {pct(played, 50) * 1000:.0f} ms, "
+              f"p99 {pct(played, 99) * 1000:.0f} ms")
+        print_steps("playback", steps)
+        b.js("window.vss.tiles[0].player && window.vss.tiles[0].player.close()")
         cpu = cpu_per_gbit(ports, node.pid, args.viewers, args.seconds)
         for kind, (gbit, cpu_s, per) in cpu.items():
             print(f"{kind}: {args.viewers} viewers, {gbit * 8:.3f} Gbit sent in "
