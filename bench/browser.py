@@ -182,6 +182,13 @@ def main(argv=None):
         lat = b.js("return window.vss.tiles[0].player.latency")
         print(f"live latency over {len(lat)} pictures: p50 {pct(lat, 50):.0f} ms, "
               f"p99 {pct(lat, 99):.0f} ms")
+        cpu = cpu_per_gbit(ports, node.pid, args.viewers, args.seconds)
+        for kind, (gbit, cpu_s, per) in cpu.items():
+            print(f"{kind}: {args.viewers} viewers, {gbit * 8:.3f} Gbit sent in "
+                  f"{args.seconds:.0f} s, node CPU {cpu_s:.2f} s, {per:.2f} CPU s per Gbit")
+        ratio = cpu["browser"][2] / cpu["rtsp"][2] if cpu["rtsp"][2] else float("nan")
+        print(f"browser / RTSP CPU per Gbit: {ratio:.2f}")
+        # last: each playback's children (Python and PyAV) load the machine a while
         steps = []
         rng = random.Random(7)
         played = []
@@ -193,12 +200,6 @@ def main(argv=None):
               f"p99 {pct(played, 99) * 1000:.0f} ms")
         print_steps("playback", steps)
         b.js("window.vss.tiles[0].player && window.vss.tiles[0].player.close()")
-        cpu = cpu_per_gbit(ports, node.pid, args.viewers, args.seconds)
-        for kind, (gbit, cpu_s, per) in cpu.items():
-            print(f"{kind}: {args.viewers} viewers, {gbit * 8:.3f} Gbit sent in "
-                  f"{args.seconds:.0f} s, node CPU {cpu_s:.2f} s, {per:.2f} CPU s per Gbit")
-        ratio = cpu["browser"][2] / cpu["rtsp"][2] if cpu["rtsp"][2] else float("nan")
-        print(f"browser / RTSP CPU per Gbit: {ratio:.2f}")
     finally:
         if b is not None:
             b.close()
