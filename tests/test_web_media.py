@@ -252,8 +252,13 @@ class HlsTests(WebMediaBase):
         self.assertEqual(status, 403)
         status, _, _ = yield threads.deferToThread(get, f"{base}/999999.m4s?{media.split('?')[1]}")
         self.assertEqual(status, 404)
-        # a session ends when no request came for a while, and its stream with it
         hls = self.node.web.hls
+        # a node holds a bounded number of sessions
+        hls.max_sessions = len(hls.sessions)
+        status, _, _ = yield threads.deferToThread(get, f"{base}/index.m3u8?token={token}")
+        self.assertEqual(status, 503)
+        hls.max_sessions = 10
+        # a session ends when no request came for a while, and its stream with it
         for session in hls.sessions.values():
             session.seen -= hls.idle + 1
         hls._reap()

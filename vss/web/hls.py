@@ -17,7 +17,8 @@ the very fragments of the stream's ``Packager`` (``vss.web.live``), put end to e
   keyframe up to the next one, at least ``MIN_SEGMENT`` seconds).
 - A bad, expired or other path's token: 403; an unknown or ended session: 403; no
   stream within ``source_wait`` seconds, or no segment yet within ``SEGMENT_WAIT``:
-  404; a segment no longer kept: 404; H.265: 415; not GET or HEAD: 405.
+  404; a segment no longer kept: 404; H.265: 415; not GET or HEAD: 405; more than
+  ``MAX_SESSIONS`` sessions on the node: 503 with ``Retry-After``.
 
 One ``HlsStream`` per path, shared by every HLS viewer of it: a reader of the packager
 like a WebSocket viewer, keeping at most ``KEEP`` + 1 segments and the one being built
@@ -44,6 +45,7 @@ IDLE = 30.0  # seconds a session lives after its last request
 SEGMENT_WAIT = 15.0  # seconds a playlist request waits for the first segment
 SESSION_BYTES = 16
 MAX_SEGMENT_BYTES = 32 * 1024 * 1024  # a GOP longer than that is dropped, not kept
+MAX_SESSIONS = 10000  # HLS sessions of a node at once (more: 503)
 _F_HEAD = 20  # the F message's header before moof + mdat
 PLAYLIST = b"application/vnd.apple.mpegurl"
 
@@ -227,6 +229,7 @@ class HlsService:
         self.clock = clock
         self.idle = idle
         self.segment_wait = segment_wait
+        self.max_sessions = MAX_SESSIONS
         self.sessions = {}  # id -> Session
         self.streams = {}  # path -> HlsStream
         self._reaper = None
@@ -285,6 +288,9 @@ class HlsService:
             self.counters["refused"] += 1
             log.info("HLS {path} refused: {reason}", path=redact(path), reason=info)
             return self._error(request, 403, f"not allowed: {info}")
+        if len(self.sessions) >= self.max_sessions:
+            request.setHeader(b"retry-after", str(int(self.idle)).encode())
+            return self._error(request, 503, "too many HLS sessions: try again later")
         d = self.rtsp.wait_for_source(path, self.media.source_wait)
         d.addCallback(self._opened, request, path)
         d.addErrback(self._failed, request)
