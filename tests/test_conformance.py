@@ -79,6 +79,26 @@ class AgainstARealNode(unittest.TestCase):
         self.assertNotIn("cam1-secret", out + err + node.output())
 
     @defer.inlineCallbacks
+    def test_over_the_websocket_transport_of_browsers(self):
+        """Every check of the CU link, the slow ones too, over ``/ws/cu`` (the transport
+        a browser page speaks, docs/protocol.md "Browser clients"): the same results."""
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        static = os.path.join(work, "static.json")
+        write_static(static)
+        node, ports = yield start_node(reactor, work, "n1", ["--static", static,
+                                                             "--keepalive", "1"])
+        self.addCleanup(node.stop)
+        out, err, code = yield conformance(f"tcp:127.0.0.1:{ports['pu']}",
+                                           f"ws://127.0.0.1:{ports['http']}/ws/cu", "--slow")
+        failed = lines(out, "FAIL")
+        self.assertEqual(failed, set(KNOWN_NODE_BUGS), f"{out}\n{err}")
+        self.assertEqual(code, 1 if KNOWN_NODE_BUGS else 0, f"{out}\n{err}")
+        self.assertEqual(lines(out, "SKIP"), set())
+        self.assertEqual(lines(out, "PASS") | failed, set(checks.names()))
+        self.assertNotIn("alice-pw", out + err + node.output())
+
+    @defer.inlineCallbacks
     def test_over_tls_with_tls_endpoint_strings(self):
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)

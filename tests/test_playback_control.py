@@ -97,9 +97,9 @@ class PlaybackControlTests(unittest.TestCase):
             self.assertEqual(e.exception.status, 457)
         self.assertEqual(self.pb.state, "held")
         self.assertIs(self.pb.child, self.first)
-        self.assertEqual(self.sent(self.first), [{"start": T, "go": False}])
+        self.assertEqual(self.sent(self.first), [{"start": T, "go": False, "speed": 1.0}])
         self.assertEqual(self.pb.play(None, "npt=0-"), "npt=0.000-")
-        self.assertEqual(self.sent(self.first)[-1], {"go": True})
+        self.assertEqual(self.sent(self.first)[-1], {"go": True, "speed": 1.0})
         self.assertEqual(self.pb.state, "playing")
 
     def test_a_seek_past_the_footage_is_refused_and_the_child_goes_on(self):
@@ -117,7 +117,27 @@ class PlaybackControlTests(unittest.TestCase):
         self.assertEqual(self.pb.play(None, "npt=30.5-"), "npt=30.000-")
         self.assertIs(self.pb.child, spare)
         self.assertEqual(self.first.transport.signals, ["TERM"])
-        self.assertEqual(self.sent(spare), [{"start": T + 30_500, "go": True}])
+        self.assertEqual(self.sent(spare), [{"start": T + 30_500, "go": True, "speed": 1.0}])
+
+    def test_scale_sets_the_speed_of_the_child_and_of_the_next_ones(self):
+        for bad in ("0", "-1", "9", "abc", "nan", "inf", "0.1"):
+            with self.assertRaises(ControlError) as e:
+                self.pb.play(None, None, bad)
+            self.assertEqual(e.exception.status, 456)
+        self.assertEqual(self.pb.state, "held")
+        self.assertEqual(self.pb.speed, 1.0)
+        self.pb.play(None, None, "2")  # the first PLAY: it goes, at 2x
+        self.assertEqual(self.sent(self.first)[-1], {"go": True, "speed": 2.0})
+        self.pb.play(None, None, "0.5")  # while it plays: the child changes its pace
+        self.assertEqual(self.sent(self.first)[-1], {"speed": 0.5})
+        self.assertIs(self.pb.child, self.first)
+        self.reactor.advance(1)
+        self.pb.play(None, "npt=10-", "4")  # a seek at 4x: the new child starts so
+        self.assertEqual(self.sent(self.pb.child), [{"start": T + 10_000, "go": True,
+                                                     "speed": 4.0}])
+        self.pb.pause(None)
+        self.pb.play(None, None)  # a resume keeps the speed
+        self.assertEqual(self.sent(self.pb.child)[-1]["speed"], 4.0)
 
     def test_close_leaves_no_child_and_no_timer(self):
         self.pb.play(None, None)  # arms the spare's start

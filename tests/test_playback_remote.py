@@ -49,6 +49,7 @@ from vss.protocols.messages import (
     RecordSegment,
     Role,
 )
+from vss.rtsp.server import ControlError
 from vss.testing.platform import start_platform, verifier, wait_until
 from vss.testing.rawrtsp import RawRTSP
 
@@ -65,9 +66,9 @@ class Controller:
         self.plays = []
         self.pauses = 0
 
-    def play(self, session, header):
+    def play(self, session, header, scale=None):
         d = defer.Deferred()
-        self.plays.append((header, d))
+        self.plays.append((header, d) if scale is None else (header, scale, d))
         return d
 
     def pause(self, session):
@@ -85,6 +86,32 @@ class AsyncControllerTests(ServerTestBase):
                          [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")])
         self.assertEqual(resp.status, 200)
         return c, url, resp.headers["Session"].split(";")[0]
+
+    def test_a_scale_goes_to_the_controller_and_comes_back_in_the_reply(self):
+        c, url, sid = self.viewer()
+        c.request("PLAY", url, [("Session", sid), ("Scale", " 2 ")])
+        [(header, scale, d)] = self.ctl.plays
+        self.assertEqual((header, scale), (None, "2"))
+        d.callback("npt=0.000-")
+        [resp] = c.read()
+        self.assertEqual((resp.status, resp.headers["Scale"]), (200, "2"))
+        # refused (456): said to the viewer, its session as it was
+        c.request("PLAY", url, [("Session", sid), ("Scale", "-1")])
+        self.ctl.plays[-1][2].errback(ControlError(456, "Scale Not Supported"))
+        [resp] = c.read()
+        self.assertEqual(resp.status, 456)
+
+    def test_live_video_takes_no_scale(self):
+        self.factory.attach_source("/live/cam1/main", SDP)
+        token = self.issuer.issue("/live/cam1/main", ["play"])
+        url = f"rtsp://127.0.0.1:554/live/cam1/main?token={token}"
+        c = self.conn()
+        resp = c.request("SETUP", f"rtsp://127.0.0.1:554/live/cam1/main/streamid=0?token={token}",
+                         [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")])
+        sid = resp.headers["Session"].split(";")[0]
+        resp = c.request("PLAY", url, [("Session", sid), ("Scale", "2")])
+        self.assertEqual(resp.status, 200)
+        self.assertNotIn("Scale", resp.headers)
 
     def test_the_reply_and_the_reader_wait_for_the_controller(self):
         c, url, sid = self.viewer()
@@ -494,8 +521,8 @@ class FakeProto:
         self.sent = []
         self.torn = False
 
-    def play(self, range=None):
-        self.sent.append(("PLAY", range))
+    def play(self, range=None, scale=None):
+        self.sent.append(("PLAY", range) if scale is None else ("PLAY", range, scale))
         d = self.answer = defer.Deferred()
         return d
 
@@ -535,6 +562,10 @@ class RelayedPlaybackTests(unittest.TestCase):
         self.assertEqual(self.proto.sent, [("PLAY", "npt=12-")])
         self.proto.answer.callback("npt=10.000-")
         self.assertEqual(got, ["npt=10.000-"])
+        self.rp.play(viewer, None, "2").addCallback(got.append)  # a speed goes upstream
+        self.assertEqual(self.proto.sent[-1], ("PLAY", None, "2"))
+        self.proto.answer.callback("npt=10.000-")
+        self.proto.sent.pop()
         viewer.state = "ready"  # the SS stopped its reader before calling pause
         self.rp.pause(viewer)
         self.assertEqual(self.proto.sent[-1], ("PAUSE", None))

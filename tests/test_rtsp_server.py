@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
 from vss.rtsp import fanout
 from vss.rtsp.parser import MessageParser, Response
-from vss.rtsp.server import RTSPServerFactory, RTSPUrl
+from vss.rtsp.server import RTSPServerFactory, RTSPUrl, is_live
 
 SDP = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=Test\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
        "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:streamid=0\r\n"
@@ -162,8 +162,18 @@ class UrlTests(unittest.TestCase):
                          ("/live/cam1/main", "streamid=1", 1, "abc"))
         u = RTSPUrl.parse("rtsp://h/live/cam1/sub/trackID=0?token=t")
         self.assertEqual((u.path, u.track, u.token), ("/live/cam1/sub", 0, "t"))
+        # a channel N > 0 of a DVS or a DVR (vss.cdn.service.stream_path)
+        u = RTSPUrl.parse("rtsp://h/live/dvs1/ch1-main?token=t")
+        self.assertEqual((u.path, u.token), ("/live/dvs1/ch1-main", "t"))
+        u = RTSPUrl.parse("rtsp://h/live/dvs1/ch255-sub/trackID=0?token=t")
+        self.assertEqual((u.path, u.track), ("/live/dvs1/ch255-sub", 0))
+        self.assertTrue(is_live("/live/dvs1/ch3-sub"))
+        self.assertFalse(is_live("/live/dvs1/pb-12"))
         for bad in ("rtsp://h/live/cam1/other", "rtsp://h/vod/x/main", "http://h/live/a/main",
-                    "rtsp://h/live//main", "garbage", "rtsp://h/live/a/main/x/y"):
+                    "rtsp://h/live//main", "garbage", "rtsp://h/live/a/main/x/y",
+                    "rtsp://h/live/a/ch0-main", "rtsp://h/live/a/ch-main",
+                    "rtsp://h/live/a/ch1-other", "rtsp://h/live/a/ch\u00b2-main",
+                    "rtsp://h/live/a/ch1000-main", "rtsp://h/live/a/chx-main"):
             self.assertIsNone(RTSPUrl.parse(bad), bad)
 
 
@@ -608,6 +618,42 @@ class FanoutTests(ServerTestBase):
         third = self.play()
         third.read()
         self.assertEqual([struct.unpack("!H", f.data[2:4])[0] for f in third.frames], [5])
+
+    def test_gop_keep_only_for_readers_that_start_from_it(self):
+        """The GOP kept for browser packagers (``gop_keep``): a reader that asks for it
+        (``starts_cached``) starts with it, each frame dated when the SS got it; an RTSP
+        viewer still starts at the next keyframe."""
+        self.factory.gop_keep = 1 << 20
+        pub = self.publish()
+        pub.send(frame_bytes(0, idr(2, 20)))
+        self.clock.advance(0.5)
+        pub.send(frame_bytes(0, pframe(3, 30)))
+
+        class Starter:
+            starts_cached = True
+            mask = frozenset((0,))
+            drops = lag_skips = 0
+
+            def __init__(self):
+                self.got = []
+
+            def deliver_at(self, wall, frame):
+                self.got.append((wall, frame.key))
+
+            def deliver(self, frame):
+                self.got.append((None, frame.key))
+
+        source = self.factory.sources["/live/cam1/main"]
+        t0 = self.clock.seconds()
+        starter = Starter()
+        source.add_reader(starter)
+        self.assertEqual(starter.got, [(t0 - 0.5, True), (t0, False)])
+        late = self.play()
+        late.read()
+        self.assertEqual(late.frames, [])  # an RTSP viewer waits for the next keyframe
+        pub.send(frame_bytes(0, pframe(4, 40)))
+        self.assertEqual(starter.got[-1], (None, False))
+        source.remove_reader(starter)
 
     def test_no_gop_cache_by_default(self):
         pub = self.publish()

@@ -196,7 +196,7 @@ class BrowserPlaybackTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_timeline_click_plays_back_from_that_time_pauses_and_seeks(self):
-        segments = yield self.record(13)
+        segments = yield self.record(16)
         self.assertGreaterEqual(len(segments), 3, segments)
         b = yield harness.start_browser(self)
         yield b.open(self.url)
@@ -246,6 +246,24 @@ class BrowserPlaybackTests(unittest.TestCase):
         yield task.deferLater(reactor, 1.0, lambda: None)
         later = int((yield self.tile(b, "footage")))
         self.assertGreater(later - footage, 500, "the footage time does not advance")
+
+        # the speed: the node sends the footage faster or slower (Scale), the page plays
+        # it at that rate, and the footage time shown advances at that rate
+        for speed, low, high in ((2, 1.6, 2.4), (0.5, 0.35, 0.65)):
+            yield b.js("const s = document.getElementById('speed'); s.value = arguments[0]; "
+                       "s.dispatchEvent(new Event('change'))", str(speed))
+            yield task.deferLater(reactor, 1.0, lambda: None)
+            advanced, elapsed = yield b.js_async("""
+                const done = arguments[arguments.length - 1];
+                const tile = document.querySelector('.tile');
+                const f0 = Number(tile.dataset.footage), t0 = performance.now();
+                setTimeout(() => done([Number(tile.dataset.footage) - f0,
+                                       performance.now() - t0]), 3000);""")
+            rate = advanced / elapsed
+            self.assertTrue(low <= rate <= high, f"at {speed}x the footage ran at {rate:.2f}x")
+        self.assertLess(int((yield self.tile(b, "footage"))), segments[-1].end_ms)
+        playing = yield b.js("return window.vss.tiles[0].player.video.playbackRate")
+        self.assertEqual(playing, 0.5)
 
         # pause: the footage time stays; play: it goes on
         yield b.js("document.getElementById('play-pause').click()")

@@ -2,8 +2,9 @@
 The server side of the browser client without sockets: the packager (one per stream,
 the same bytes for every viewer, a late viewer starts at once from the last keyframe, a
 viewer that does not read drops to the next keyframe), the media messages against
-bytes written by hand from docs/protocol.md, and the CU link over a WebSocket (the
-link's byte stream cut into whole frames, one message each).
+bytes written by hand from docs/protocol.md, the CU link over a WebSocket (the
+link's byte stream cut into whole frames, one message each) and the HLS segments of a
+stream.
 """
 
 import io
@@ -201,3 +202,66 @@ class WebSocketTransportTests(unittest.TestCase):
         self.assertEqual(ws.closed, 1000)
         t.write(codec.encode_request(MsgType.KEEPALIVE, Empty(), 1))
         self.assertEqual(ws.sent, [])  # nothing after the close
+
+
+class HlsStreamTests(unittest.TestCase):
+    """The HLS segments of a stream (``vss.web.hls.HlsStream``) from its packager."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.source = Source("/live/cam/main", SDP, tracks(SDP), self.clock)
+        # 25 pictures a second, a keyframe every 10 (0.4 s): segments of 3 GOPs (>= 1 s)
+        self.units = encode(frames=100, size=(320, 240), gop=10)
+        self.packets = packets(self.units)
+
+    def test_segments_of_whole_gops_in_a_playlist_an_hls_demuxer_reads(self):
+        import av
+
+        from vss.web import hls
+
+        packager = live.Packager(self.source, self.clock)
+        stream = hls.HlsStream("/live/cam/main", packager)
+        for packet in self.packets:
+            self.source.feed(0, False, packet)
+        # pictures 0-99: keyframes every 10; a segment closes at the first keyframe 1 s
+        # or more after its start: 0-29, 30-59, 60-89 (90-99 still being built)
+        self.assertEqual([s.seq for s in stream.segments], [0, 1, 2])
+        self.assertEqual([round(s.duration, 3) for s in stream.segments], [1.2] * 3)
+        playlist = stream.media_playlist("session=x").decode().splitlines()
+        self.assertEqual(playlist[:7], [
+            "#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-TARGETDURATION:2",
+            "#EXT-X-MEDIA-SEQUENCE:0", "#EXT-X-DISCONTINUITY-SEQUENCE:0",
+            "#EXT-X-INDEPENDENT-SEGMENTS", '#EXT-X-MAP:URI="init-0.mp4?session=x"'])
+        self.assertEqual(playlist[7:9], ["#EXTINF:1.200,", "0.m4s?session=x"])
+        mp4 = io.BytesIO(stream.inits[0] + b"".join(stream.segment(n) for n in (0, 1, 2)))
+        with av.open(mp4, format="mp4") as c:
+            pictures = list(c.decode(video=0))
+        self.assertEqual(len(pictures), 90)
+        self.assertTrue(stream.segment(0).startswith(struct.pack(">I", 100) + b"moof"))
+        self.assertIsNone(stream.segment(3))
+        # at most KEEP + 1 kept, KEEP listed
+        more = packets(self.units * 4, start_ts=1000 + 100 * 3600)
+        split = 1000 + 400 * 3600
+        for packet in more:
+            if struct.unpack(">I", packet[4:8])[0] < split:
+                self.source.feed(0, False, packet)
+        self.assertEqual(len(stream.segments), hls.KEEP + 1)
+        listed = [ln for ln in stream.media_playlist("q").decode().splitlines()
+                  if ln.endswith(".m4s?q")]
+        self.assertEqual(len(listed), hls.KEEP)
+        self.assertEqual(listed[-1], f"{stream.segments[-1].seq}.m4s?q")
+        # a GOP too big to keep is dropped, the next one kept
+        stream.max_segment_bytes = len(stream.segments[-1].data) // 4
+        kept = len(stream.segments)
+        last = stream.segments[-1].seq
+        for packet in more:
+            if struct.unpack(">I", packet[4:8])[0] >= split:
+                self.source.feed(0, False, packet)
+        self.assertGreater(stream.dropped, 0)
+        # only the segment built before the bound was set closes; nothing after it
+        self.assertEqual(stream.segments[-1].seq, last + 1)
+        self.assertEqual(len(stream.segments), kept)
+        self.assertLessEqual(stream.building_bytes, stream.max_segment_bytes)
+        stream.close()
+        self.assertEqual(packager.viewers, [])

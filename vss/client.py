@@ -11,7 +11,7 @@ announced. Requests the node sends (to a PU) go to ``on_request``; notifications
 
 import random
 
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vss.errors import VssError
@@ -27,6 +27,7 @@ from vss.protocols.messages import (
     Register,
 )
 from vss.protocols.reconnect import Reconnector
+from vss.web.client import client_endpoint
 
 AGENT = "vss-client/0.1"
 
@@ -159,7 +160,7 @@ def connect(reactor, endpoint, client, clock=None, **link_options):
     """Connect ``client`` (a SignallingClient) to an endpoint string or object and log
     in. Fires with the client once registered."""
     if isinstance(endpoint, str):
-        endpoint = endpoints.clientFromString(reactor, endpoint)
+        endpoint = client_endpoint(reactor, endpoint)  # ws:// too: the CU link of a page
     clock = clock or reactor
     client.clock = clock
     factory = LinkFactory(client, clock, **link_options)
@@ -183,7 +184,7 @@ class ReconnectingClient:
 
     def __init__(self, reactor, endpoint, client, clock=None, max_delay=30.0, **link_options):
         if isinstance(endpoint, str):
-            endpoint = endpoints.clientFromString(reactor, endpoint)
+            endpoint = client_endpoint(reactor, endpoint)
         self.client = client
         clock = clock or reactor
         client.clock = clock

@@ -149,8 +149,12 @@ class NodeService(StagedService):
         from vss.rtsp.server import RTSPServerFactory, RTSPServerService
 
         self.issuer = TokenIssuer(self.secret, clock=reactor)
+        from vss.web.live import GOP_BYTES
+
+        # the SS keeps each stream's last GOP for the browsers' packagers: a browser's
+        # live view starts at once, even the first one of a stream
         self.rtsp = RTSPServerFactory(TokenAuthorizer(self.issuer), reactor=reactor,
-                                      max_lag=settings.live_max_lag)
+                                      max_lag=settings.live_max_lag, gop_keep=GOP_BYTES)
         interface = _interface(settings.rtsp_listen)
         self.rtsp_listener = RTSPServerService(settings.rtsp_listen, self.rtsp, reactor,
                                                udp_interface=interface)

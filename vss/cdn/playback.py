@@ -89,6 +89,27 @@ MAX_LINE = 1 << 16  # a child's JSON line is far shorter
 
 
 MAX_NPT_S = 10 * 366 * 86400  # an npt past ten years is not a time of this footage
+MIN_SCALE, MAX_SCALE = 0.25, 8.0  # the speeds a playback plays at (Scale)
+
+
+def parse_scale(header):
+    """The speed a PLAY ``Scale`` header asks for (RFC 2326 12.34), or None (absent).
+    Forward only, from ``MIN_SCALE`` to ``MAX_SCALE``; raises ValueError for anything
+    else (the PLAY is answered 456)."""
+    if header is None:
+        return None
+    try:
+        scale = float(header.strip())
+    except ValueError:
+        raise ValueError(f"malformed Scale {header[:40]!r}") from None
+    if not MIN_SCALE <= scale <= MAX_SCALE:  # also NaN and infinities
+        raise ValueError(f"Scale {header[:40]!r} not within {MIN_SCALE:g}-{MAX_SCALE:g}")
+    return scale
+
+
+def format_scale(scale):
+    """A Scale header's value: ``2``, ``0.5``."""
+    return f"{scale:g}"
 
 
 def parse_range(header, origin_ms):
@@ -166,10 +187,12 @@ def locate(db, device, stream, start_ms):
 
 
 def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.monotonic):
-    """Blocking: wait for ``{"start": ms, "go": bool}`` from ``commands`` (a queue;
-    None is the end), publish the footage from the keyframe at or before ``start`` to
-    ``url``, after ``{"go": true}`` if not at once, until the footage ends or
-    ``stopping`` is set. Returns an exit code."""
+    """Blocking: wait for ``{"start": ms, "go": bool, "speed": x}`` from ``commands``
+    (a queue; None is the end), publish the footage from the keyframe at or before
+    ``start`` to ``url``, after ``{"go": true}`` if not at once, paced at ``speed`` times
+    real time (the timestamps are the footage's: a player plays them at that speed),
+    until the footage ends or ``stopping`` is set. ``{"speed": x}`` while it plays
+    changes the pace from there on. Returns an exit code."""
     import av
 
     from vss.cdn.catalogue import CatalogueDB
@@ -179,6 +202,7 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
         return 0
     start_ms = int(cmd["start"])
     go = bool(cmd.get("go"))
+    speed = float(cmd.get("speed") or 1.0)
     db = CatalogueDB(data_dir)
 
     seg, offset = locate(db, device, stream, start_ms)
@@ -205,8 +229,10 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
             if cmd is None or stopping.is_set():
                 return 0
             go = bool(cmd.get("go"))
+            speed = float(cmd.get("speed") or speed)
         acc = Fraction(0)  # output time of the first packet of the current segment
-        wall0 = None
+        wall0 = None  # the clock at output time t0, paced at ``speed`` from there
+        t0 = 0.0
         first = True
         last = {}  # output stream -> output time (s) of its last packet
         after = _next_segment(db, device, stream, seg.end_ms, seg.start_ms)
@@ -259,9 +285,16 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
                         emit({"event": "key", "out_ms": int(t_out * 1000),
                               "at": seg.start_ms + int(t * 1000)})
                 now = clock()
+                if not commands.empty():
+                    cmd = commands.get_nowait()
+                    if cmd is None:
+                        break
+                    if cmd.get("speed"):
+                        speed = float(cmd["speed"])
+                        wall0 = None  # paced at the new speed from this packet on
                 if wall0 is None:
-                    wall0 = now - float(t_out)
-                delay = wall0 + float(t_out) - now
+                    wall0, t0 = now, float(t_out)
+                delay = wall0 + (float(t_out) - t0) / speed - now
                 if delay > 0:
                     stopping.wait(delay)
                     if stopping.is_set():
@@ -459,6 +492,7 @@ class Playback:
         self.shift = {}  # (relay, track) -> (seq shift, ts shift)
         self.video_track = 0
         self.seeks = 0
+        self.speed = 1.0  # the pace of the footage (PLAY's Scale)
         self.children = []  # every child not known to have exited
         self._end_call = None
         self._spare_call = None
@@ -507,7 +541,7 @@ class Playback:
             self.service.keyframe_at(self.device, self.stream, at_ms)
         child = self.child = self._take_spare()
         self.relay = None
-        child.send({"start": at_ms, "go": go})
+        child.send({"start": at_ms, "go": go, "speed": self.speed})
         return child
 
     def source_added(self, source):
@@ -567,15 +601,21 @@ class Playback:
 
     # -- the SS's controller
 
-    def play(self, session, header):
-        """The SS's PLAY: start, resume or seek. A ``Range`` that is malformed, or
-        names a time with no footage at or after it (within a day), is refused with 457
-        and the playback goes on as it was."""
+    def play(self, session, header, scale=None):
+        """The SS's PLAY: start, resume or seek, at the speed of ``scale`` (the
+        ``Scale`` header) if given. A ``Range`` that is malformed, or names a time with
+        no footage at or after it (within a day), is refused with 457, a ``Scale`` out
+        of ``MIN_SCALE``-``MAX_SCALE`` with 456, and the playback goes on as it was."""
         try:
             target = parse_range(header, self.origin_ms)
         except (ValueError, OverflowError) as e:
             log.info("playback {path}: PLAY refused ({error})", path=self.path, error=e)
             raise ControlError(457) from None
+        try:
+            speed = parse_scale(scale)
+        except ValueError as e:
+            log.info("playback {path}: PLAY refused ({error})", path=self.path, error=e)
+            raise ControlError(456, "Scale Not Supported") from None
         if self.state == "ended":
             raise ControlError(404, "Playback Ended")
         if target is not None and target != self.requested:
@@ -586,10 +626,14 @@ class Playback:
                 raise ControlError(457, "No Footage There")
         else:
             position = None
+        if speed is not None and speed != self.speed:
+            self.speed = speed
+            if self.state == "playing" and self.child is not None:
+                self.child.send({"speed": speed})  # on from where it is
         if self.state == "held":
             if target is None or target == self.requested:
                 self.state = "playing"
-                self.child.send({"go": True})
+                self.child.send({"go": True, "speed": self.speed})
                 self._spare_call = self.service.reactor.callLater(0.5, self._make_spare)
             else:
                 self._seek(target, position)

@@ -307,14 +307,15 @@ class RelayedPlayback:
     def _timed(self, d):
         return d.addTimeout(CONTROL_TIMEOUT, self.cdn.clock)
 
-    def play(self, session, header):
-        """PLAY upstream with the viewer's ``Range``; a Deferred of the origin's. The
-        origin's refusal of the Range (4xx: malformed, no footage there) is the
-        viewer's, its playback going on; other failures are answered 502."""
+    def play(self, session, header, scale=None):
+        """PLAY upstream with the viewer's ``Range`` (and ``Scale``); a Deferred of the
+        origin's. The origin's refusal of the Range (4xx: malformed, no footage there)
+        or of the Scale is the viewer's, its playback going on; other failures are
+        answered 502."""
         if self.proto is None:
             return None
         self.plays += 1
-        return self._timed(self.proto.play(header)).addErrback(self._refused)
+        return self._timed(self.proto.play(header, scale)).addErrback(self._refused)
 
     @staticmethod
     def _refused(failure):

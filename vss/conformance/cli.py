@@ -8,6 +8,8 @@ The suite logs in as the PU ``--device`` (replacing that device's session on the
 while it runs) and as the CU ``--user``, who must be granted the device with every
 action. Secrets come from ``VSS_PU_SECRET`` / ``VSS_PASSWORD`` or ``--pu-secret-file`` /
 ``--password-file``, never from the command line. ``tls:`` endpoint strings give TLS.
+``--cu ws://HOST:PORT/ws/cu`` runs the CU checks over the WebSocket transport a browser
+uses (``wss://`` with TLS).
 
 One line per check (``PASS name  description``, ``FAIL name  reason``, ``SKIP name
 reason``), then ``N passed, N failed, N skipped``. Exit status: 0 when nothing failed,
@@ -36,7 +38,8 @@ class Options(VersionOption, usage.Options):
     longdesc = __doc__
     optParameters = [
         ["pu", None, None, "Client endpoint of the node's PU listener (tcp:HOST:PORT, tls:...)."],
-        ["cu", None, None, "Client endpoint of the node's CU listener."],
+        ["cu", None, None, "Client endpoint of the node's CU listener, or the ws:// (wss://) "
+                           "URL of its CU link over a WebSocket (http listener, /ws/cu)."],
         ["device", None, None, "Device id the suite logs in as (its PU)."],
         ["user", None, None, "User the suite logs in as (its CU), granted --device."],
         ["pu-secret-file", None, None, "File holding the device's secret [else $VSS_PU_SECRET]."],

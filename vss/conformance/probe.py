@@ -8,7 +8,7 @@ with a timeout. Anything the node sends that does not decode as a frame is kept 
 ``bad_input`` and ends the link: a conformant node never sends it.
 """
 
-from twisted.internet import defer, endpoints, protocol, task
+from twisted.internet import defer, protocol, task
 
 from vss.protocols import codec, scram
 from vss.protocols.codes import ResultCode
@@ -20,6 +20,7 @@ from vss.protocols.messages import (
     MsgType,
     Register,
 )
+from vss.web.client import client_endpoint
 
 AGENT = "vss-conformance/0.1"
 #: Txids the probe picks itself start here; checks choose their own below it.
@@ -250,9 +251,10 @@ class _ProbeFactory(protocol.Factory):
 
 
 def connect_probe(reactor, endpoint, label, clock=None, timeout=5.0):
-    """Connect a ``ProbeLink`` to an endpoint string (``tcp:``, ``tls:``...)."""
+    """Connect a ``ProbeLink`` to an endpoint string (``tcp:``, ``tls:``..., or a
+    ``ws://``/``wss://`` URL of a node's CU link over a WebSocket)."""
     if isinstance(endpoint, str):
-        endpoint = endpoints.clientFromString(reactor, endpoint)
+        endpoint = client_endpoint(reactor, endpoint)
     d = endpoint.connect(_ProbeFactory(clock or reactor, label))
     d.addTimeout(timeout, clock or reactor)
 

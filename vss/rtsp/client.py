@@ -192,12 +192,15 @@ class RTSPClientProtocol(protocol.Protocol):
     def _session_headers(self):
         return [("Session", self.session)] if self.session else []
 
-    def play(self, range=None):
-        """PLAY (with ``Range: range`` if given); a Deferred firing with the ``Range`` of
-        the server's reply, or None (errback with ``RTSPError`` on an error status)."""
+    def play(self, range=None, scale=None):
+        """PLAY (with ``Range: range`` and ``Scale: scale`` if given); a Deferred firing
+        with the ``Range`` of the server's reply, or None (errback with ``RTSPError`` on
+        an error status)."""
         hdrs = self._session_headers()
         if range:
             hdrs.append(("Range", range))
+        if scale:
+            hdrs.append(("Scale", scale))
         d = self.request("PLAY", self.play_url, hdrs)
 
         def playing(resp):

@@ -182,14 +182,18 @@ class Source:
     duration = None
 
     def __init__(self, path, sdp, tracks, clock, on_idle=None, origin="rtsp",
-                 gop_cache=0):
+                 gop_cache=0, gop_keep=0):
         self.path = path
         # gop_cache: if > 0, keep the frames since the last keyframe (up to that many
         # bytes) and send them to a new reader at once, so it starts without waiting
         # for the next keyframe (at the cost of starting up to one GOP behind live). A
         # reader with ``deliver_at(wall, frame)`` (a recording) gets each one with the
         # clock time the source flushed it, not the time it joined.
-        self.gop_cache = gop_cache
+        # gop_keep: the same kept (up to that many bytes) only for the readers that ask
+        # for it (``starts_cached``: a browser packager, which then jumps to the newest
+        # picture itself), the others still starting at the next keyframe.
+        self.gop_cache = max(gop_cache, gop_keep)
+        self.gop_all = gop_cache > 0
         self._gop = None
         self._gop_at = None
         self._gop_bytes = 0
@@ -311,7 +315,7 @@ class Source:
             reader.waiting_key = False  # audio only: any frame is a fine start
         self.readers.append(reader)
         self.no_readers_since = None
-        if self._gop:
+        if self._gop and (self.gop_all or getattr(reader, "starts_cached", False)):
             at = getattr(reader, "deliver_at", None)
             for wall, frame in list(zip(self._gop_at, self._gop, strict=True)):
                 if at is not None:

@@ -16,7 +16,9 @@ Observers (``addObserver``) may implement any of ``source_added(source)``,
 without a source; DESCRIBE then waits up to ``describe_wait`` seconds for one).
 ``attach_source(path, sdp)`` makes a source fed by code (RTSP client, recordings).
 ``controllers`` (path -> object) lets code steer the PLAY and PAUSE of one path (a
-playback seeks on ``Range``): ``play(session, range_header)`` is called before the
+playback seeks on ``Range``): ``play(session, range_header)`` (``play(session,
+range_header, scale_header)`` when the PLAY has a ``Scale``: a speed, said again in
+the reply) is called before the
 reader starts and returns the ``Range`` of the reply (or None), or a Deferred of it (a
 relayed playback asks its origin first: the reply and the reader wait for it; a failure
 is answered 502), ``pause(session)``. A controller refuses a PLAY by raising (or
@@ -67,10 +69,21 @@ def _records(auth):
     return isinstance(auth, dict) and "record" in auth.get("methods", ())
 
 
+def is_stream_name(name):
+    """A live stream's last path part: ``main``, ``sub``, or ``chN-main``/``chN-sub``
+    for channel N > 0 of a device with several (a DVS, a DVR)."""
+    if name in STREAMS:
+        return True
+    channel, dash, stream = name.partition("-")
+    return bool(dash) and stream in STREAMS and channel[:2] == "ch" \
+        and channel[2:].isascii() and channel[2:].isdigit() and channel[2:3] != "0" \
+        and len(channel) <= 5
+
+
 def is_live(path):
-    """True for a live stream's path (``/live/<device>/main`` or ``sub``), False for a
-    playback's (``pb-...``: it follows the player's pace)."""
-    return path.rpartition("/")[2] in STREAMS
+    """True for a live stream's path (``/live/<device>/main``, ``sub``, ``ch2-main``
+    ...), False for a playback's (``pb-...``: it follows the player's pace)."""
+    return is_stream_name(path.rpartition("/")[2])
 
 
 class ControlError(Exception):
@@ -126,7 +139,7 @@ class RTSPUrl:
             path = path.rstrip("/") + "/" + extra
         parts = path.rstrip("/").split("/")
         if len(parts) not in (4, 5) or parts[0] or parts[1] != "live" or not parts[2] \
-                or not (parts[3] in STREAMS or parts[3].startswith(PLAYBACK_PREFIX)):
+                or not (is_stream_name(parts[3]) or parts[3].startswith(PLAYBACK_PREFIX)):
             return None
         control = parts[4] if len(parts) == 5 else None
         return cls(base, "/".join(parts[:4]), control, query)
@@ -259,12 +272,16 @@ class RTSPServerFactory(protocol.Factory):
 
     def __init__(self, authorizer, reactor=None, clock=None, session_timeout=60,
                  describe_wait=3.0, users=None, realm="vss", max_queue=DEFAULT_MAX_QUEUE,
-                 sndbuf=DEFAULT_SNDBUF, gop_cache=0, max_lag=DEFAULT_MAX_LAG):
+                 sndbuf=DEFAULT_SNDBUF, gop_cache=0, max_lag=DEFAULT_MAX_LAG,
+                 gop_keep=0):
         self.authorizer = authorizer
         # live TCP viewers are kept within max_lag seconds of live (None or 0: not)
         self.max_lag = max_lag or None
         self._lag_watch = None
         self.gop_cache = min(gop_cache, max_queue // 2)
+        # the last GOP kept for the readers that start from it (browser packagers):
+        # a browser's live view starts at once, RTSP viewers as without a cache
+        self.gop_keep = gop_keep
         self._reactor = reactor
         self._clock = clock
         self.session_timeout = session_timeout
@@ -334,7 +351,7 @@ class RTSPServerFactory(protocol.Factory):
             raise ValueError(f"{path} already has a source")
         source = Source(path, sdp, sdplib.tracks(sdp), self.clock,
                         on_idle=lambda s: self._notify("source_idle", s), origin=origin,
-                        gop_cache=self.gop_cache)
+                        gop_cache=self.gop_cache, gop_keep=self.gop_keep)
         self.sources[path] = source
         source.on_end(self._source_ended)
         log.info("source {path} started ({origin})", path=path, origin=origin)
@@ -845,7 +862,13 @@ class RTSPServerFactory(protocol.Factory):
         if session.tcp_tracks and conn.reader is not None and session.state != "playing":
             conn.reply(req, 455, reason="Already Playing On This Connection")
             return
-        rng = self._control(session, "play", req.headers.get("Range"))
+        scale = req.headers.get("Scale")
+        if scale is not None and session.path in self.controllers:
+            # a speed for a playback (its controller refuses one it cannot play at)
+            rng = self._control(session, "play", req.headers.get("Range"), scale.strip())
+        else:
+            scale = None  # live video plays at its own pace: no Scale in the reply
+            rng = self._control(session, "play", req.headers.get("Range"))
         if isinstance(rng, defer.Deferred):
             def failed(f):
                 if f.check(ControlError):
@@ -854,14 +877,15 @@ class RTSPServerFactory(protocol.Factory):
                 return False
 
             rng.addErrback(failed)
-            rng.addCallback(lambda r: self._play(conn, req, session, r))
+            rng.addCallback(lambda r: self._play(conn, req, session, r, scale))
             rng.addErrback(lambda f: log.failure("PLAY of {path} failed", f,
                                                  path=session.path))
             return
-        self._play(conn, req, session, rng)
+        self._play(conn, req, session, rng, scale)
 
-    def _play(self, conn, req, session, rng):
-        """The rest of a PLAY once its controller answered (``rng`` False: it failed)."""
+    def _play(self, conn, req, session, rng, scale=None):
+        """The rest of a PLAY once its controller answered (``rng`` False: it failed);
+        ``scale``: the ``Scale`` its controller took (said in the reply)."""
         if conn.closed or self.sessions.get(session.id) is not session:
             return
         if rng is False:
@@ -875,13 +899,16 @@ class RTSPServerFactory(protocol.Factory):
             conn.reply(req, 404)
             return
         rng = rng or "npt=now-"
+        headers = [self._session_header(session), ("Range", rng)]
+        if scale is not None:
+            headers.append(("Scale", scale))
         if session.state == "playing":
-            conn.reply(req, 200, [self._session_header(session), ("Range", rng)])
+            conn.reply(req, 200, headers)
             return
         if session.tcp_tracks and conn.reader is not None:
             conn.reply(req, 455, reason="Already Playing On This Connection")
             return
-        conn.reply(req, 200, [self._session_header(session), ("Range", rng)])
+        conn.reply(req, 200, headers)
         session.state = "playing"
         session.source = source
         if session.tcp_tracks:

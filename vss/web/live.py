@@ -18,7 +18,9 @@ viewer gets its interleaved RTP (docs/protocol.md, "Browser media"):
 
 A viewer joins at once: the packager keeps the messages since the last keyframe (at
 most ``GOP_BYTES``) and sends them to a new viewer first, so its video starts without
-waiting for the next keyframe (the page then jumps to the newest picture).
+waiting for the next keyframe (the page then jumps to the newest picture). A new
+packager starts the same way: the SS keeps each stream's pictures since its last
+keyframe for it (``gop_keep``), each dated when the SS got it.
 
 Slow viewers are bounded like RTSP viewers: each ``WebViewer`` writes through a
 ``fanout.TCPReader`` (one ``send`` straight to the socket while nothing is held back, a
@@ -64,6 +66,7 @@ class Packager:
 
     full = False
     needs_key = True
+    starts_cached = True  # the SS gives it the pictures since the last keyframe
     waiting_key = False  # the depacketizer waits for a keyframe itself
     drops = 0  # it never drops: each viewer has its own bound
     lag_skips = 0  # nor skips: its viewers are not in the SS's live lag bound

@@ -9,12 +9,17 @@ session (docs/protocol.md, "Browser media").
   start within ``source_wait`` seconds or a codec a browser cannot be given is said in
   an ``error`` message, and the connection is closed (codes 4403, 4404, 4415).
 - Then the viewer joins the stream's ``Packager`` (``vss.web.live``; one per stream,
-  whatever the number of browsers), and gets its media messages.
+  whatever the number of browsers), and gets its media messages. A live viewer is kept
+  within ``--live-max-lag`` of the stream by the SS's ``LagWatch``, as an RTSP viewer
+  over TCP is: one that reads too slowly skips to a keyframe it can take in time.
 - A playback path (``/live/<device>/pb-<id>``) has a controller in the SS
   (``RTSPServerFactory.controllers``): the page's ``{"op": "play", "at": ms}`` and
   ``{"op": "pause"}`` are its PLAY (``Range: clock=...``) and PAUSE, exactly as an RTSP
   player's, and the answer is ``playing`` (``npt``: seconds from the playback's origin
   of the keyframe it starts at) or ``refused`` (``status`` 457: no footage there).
+  ``"speed": x`` in a ``play`` is its ``Scale`` (0.25 to 8: the footage comes x times
+  as fast, its timestamps the footage's own, and the page plays it at that rate; 456
+  refuses another speed, and any speed but 1 of live video).
 
 Control messages are JSON text messages, sent in order with the media through the
 viewer's bounded writer. Messages from the page longer than ``MAX_CONTROL`` bytes, or
@@ -29,8 +34,9 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from vss.cdn.playback import format_scale
 from vss.redact import redact
-from vss.rtsp.server import ControlError
+from vss.rtsp.server import ControlError, is_live
 from vss.web.live import Packager, Unsupported, WebViewer, ws_frame
 
 log = Logger()
@@ -150,15 +156,11 @@ class MediaService:
         if source is None:
             proto.fail(CLOSE_NOT_FOUND, "the stream did not start")
             return
-        packager = self.packagers.get(proto.path)
-        if packager is None or packager.ended:
-            try:
-                packager = Packager(source, self.clock, on_empty=self._packager_ended)
-            except Unsupported as e:
-                proto.fail(CLOSE_UNSUPPORTED, str(e))
-                return
-            self.packagers[proto.path] = packager
-        self._stop_lingering(proto.path)
+        try:
+            packager = self.packager(source)
+        except Unsupported as e:
+            proto.fail(CLOSE_UNSUPPORTED, str(e))
+            return
         viewer = WebViewer(proto.transport, on_end=lambda v: self._ended(proto),
                            max_queue=self.max_queue)
         viewer.packager = packager
@@ -168,6 +170,28 @@ class MediaService:
         playback = proto.path in self.rtsp.controllers
         proto.send_json({"type": "ready", "path": proto.path, "playback": playback})
         packager.add_viewer(viewer)
+        if self.rtsp.max_lag and is_live(proto.path):
+            # live means live, as for an RTSP viewer: within --live-max-lag of the
+            # stream, else it skips to a keyframe it can take in time (the stream's bit
+            # rate sizes its send buffer)
+            viewer.reader.source = packager.source
+            self.rtsp.lag_watch.add(viewer.reader)
+
+    def packager(self, source):
+        """The ``Packager`` of ``source`` (made if none, its linger stopped): every
+        browser viewer of a stream, WebSocket or HLS, shares it. Raises
+        ``Unsupported`` for a codec a browser cannot be given."""
+        packager = self.packagers.get(source.path)
+        if packager is None or packager.ended:
+            packager = Packager(source, self.clock, on_empty=self._packager_ended)
+            self.packagers[source.path] = packager
+        self._stop_lingering(source.path)
+        return packager
+
+    def left(self, packager):
+        """A viewer left ``packager``: without viewers it lingers, then closes."""
+        if packager is not None and not packager.viewers and not packager.ended:
+            self._linger(packager)
 
     def _ended(self, proto):
         """The stream ended (the footage played to its end, the camera went away)."""
@@ -183,7 +207,17 @@ class MediaService:
             proto.send_json({"type": "refused", "op": op, "message": "not playing yet"})
             return
         if op == "play":
-            if controller is None:  # live: it plays already
+            speed = message.get("speed")
+            if speed is not None and (isinstance(speed, bool)
+                                      or not isinstance(speed, int | float)):
+                proto.send_json({"type": "refused", "op": op, "status": 400,
+                                 "message": "speed: a number"})
+                return
+            if controller is None:  # live: it plays already, at its own pace
+                if speed is not None and speed != 1:
+                    proto.send_json({"type": "refused", "op": op, "status": 456,
+                                     "message": "live video plays at its own pace"})
+                    return
                 proto.send_json({"type": "playing", "npt": None})
                 return
             at = message.get("at")
@@ -193,8 +227,9 @@ class MediaService:
                 return
             self.counters["plays"] += 1
             header = clock_range(at) if at is not None else None
-            d = defer.maybeDeferred(controller.play, proto, header)
-            d.addCallbacks(lambda rng: self._played(proto, rng, at),
+            args = (proto, header) if speed is None else (proto, header, format_scale(speed))
+            d = defer.maybeDeferred(controller.play, *args)
+            d.addCallbacks(lambda rng: self._played(proto, rng, at, speed),
                            lambda f: self._refused(proto, f, op))
         elif op == "pause":
             if controller is None:
@@ -209,7 +244,7 @@ class MediaService:
             proto.send_json({"type": "refused", "op": op, "status": 400,
                              "message": "unknown op"})
 
-    def _played(self, proto, rng, at):
+    def _played(self, proto, rng, at, speed=None):
         if proto.closed:
             return
         npt = None
@@ -218,7 +253,10 @@ class MediaService:
                 npt = float(rng[4:].split("-", 1)[0])
             except ValueError:
                 npt = None
-        proto.send_json({"type": "playing", "npt": npt, "at": at})
+        answer = {"type": "playing", "npt": npt, "at": at}
+        if speed is not None:
+            answer["speed"] = speed
+        proto.send_json(answer)
 
     def _refused(self, proto, failure, op):
         if proto.closed:
@@ -240,8 +278,7 @@ class MediaService:
             return
         packager = viewer.packager
         viewer.stop()
-        if packager is not None and not packager.viewers and not packager.ended:
-            self._linger(packager)
+        self.left(packager)
 
     def _linger(self, packager):
         """Keep a packager without viewers a while: a browser that comes back (a page

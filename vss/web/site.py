@@ -7,6 +7,8 @@ The browser client on the node's HTTP listener (``--http-listen``; TLS with an
   build step),
 - ``/ws/cu`` the CU link over a WebSocket (``vss.web.signalling``),
 - ``/media/live/<device>/<stream>?token=`` a browser's media (``vss.web.media``),
+- ``/hls/live/<device>/<stream>/index.m3u8?token=`` the same stream as HLS with
+  fragmented MP4, and its media playlist and segments (``vss.web.hls``),
 - everything else to the resource it was given as ``fallback`` (the export download,
   which keeps its own rules: ``GET /export?token=`` only, 404 else).
 
@@ -23,6 +25,8 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.application import service
 from twisted.web import resource
 
+from vss.web.hls import PREFIX as HLS_PREFIX
+from vss.web.hls import HlsService
 from vss.web.media import PREFIX as MEDIA_PREFIX
 from vss.web.media import MediaService
 from vss.web.signalling import signalling_factory
@@ -79,11 +83,12 @@ class WebRoot(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, files, signalling, media, fallback):
+    def __init__(self, files, signalling, media, hls, fallback):
         super().__init__()
         self.files = files
         self.signalling = signalling
         self.media = media
+        self.hls = hls
         self.fallback = fallback
 
     def render(self, request):
@@ -92,6 +97,8 @@ class WebRoot(resource.Resource):
             return self.signalling.render(request)
         if path.startswith(MEDIA_PREFIX + "/"):
             return self.media.render(request)
+        if path.startswith(HLS_PREFIX + "/"):
+            return self.hls.render(request)
         if path == "/index.html":
             path = "/"
         found = self.files.get(path)
@@ -109,6 +116,7 @@ class WebClient(service.Service):
 
     def __init__(self, rtsp, links, clock, static=STATIC):
         self.media = MediaService(rtsp, clock)
+        self.hls = HlsService(self.media, clock)
         self.files = load_static(static)
         self.links = links
 
@@ -116,11 +124,12 @@ class WebClient(service.Service):
         """The root resource of the node's HTTP site, ``fallback`` answering what is
         not the client's (the export)."""
         return WebRoot(self.files, WebSocketResource(signalling_factory(self.links)),
-                       WebSocketResource(self.media.factory()), fallback)
+                       WebSocketResource(self.media.factory()), self.hls, fallback)
 
     def stopService(self):
+        self.hls.stop()
         self.media.stop()
         return super().stopService()
 
     def status(self):
-        return self.media.status()
+        return {**self.media.status(), "hls": self.hls.status()}

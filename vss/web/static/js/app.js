@@ -280,7 +280,7 @@ async function watch(deviceId, { at = null, tile = state.tiles[state.selected] }
   tile.player = player;
   tile.session = media.session_id;
   player.open(`${wsBase()}/media${url.pathname}?token=${encodeURIComponent(url.searchParams.get("token"))}`,
-              { live: at == null, origin });
+              { live: at == null, origin, speed: Number($("speed").value) || 1 });
   if (at != null) player.ws_ready = waitOpen(player).then(() => player.play());
   showControls(d);
 }
@@ -523,7 +523,13 @@ function wire() {
   };
   $("day-prev").onclick = () => { state.view.end -= state.view.span; loadTimeline(); };
   $("day-next").onclick = () => { state.view.end = Math.min(Date.now() + 600000, state.view.end + state.view.span); loadTimeline(); };
-  $("go-live").onclick = () => { const d = current(); if (d) watch(d); $("play-pause").disabled = true; $("speed").disabled = true; };
+  $("go-live").onclick = () => {
+    const d = current();
+    $("speed").value = "1";
+    if (d) watch(d);
+    $("play-pause").disabled = true;
+    $("speed").disabled = true;
+  };
   $("play-pause").onclick = () => {
     const tile = state.tiles[state.selected];
     if (!tile || !tile.player || tile.mode !== "playback") return;

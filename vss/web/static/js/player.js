@@ -7,6 +7,9 @@
 
 const TIMESCALE = 90000;
 const LIVE_BEHIND = 0.6;     // seconds behind the newest picture before jumping ahead
+const LIVE_AHEAD_HIGH = 0.2; // more buffered ahead than this: play faster ...
+const LIVE_AHEAD_LOW = 0.1;  // ... until no more than this
+const LIVE_CATCH_UP = 1.15;  // the rate that catches up
 const KEEP_SECONDS = 20;     // buffered video kept behind the playhead
 const MAX_QUEUE = 120;       // appends waiting: more, and the player skips to a keyframe
 
@@ -27,15 +30,21 @@ export class Player {
     this.skipping = false;
     this.latency = [];
     this.lastFootage = null;
+    this.marks = { start: performance.now() };  // when each step of the start happened
   }
+
+  mark(name) { if (!(name in this.marks)) this.marks[name] = performance.now(); }
 
   // url: ws(s) URL of the media; live: jump to the newest picture; origin: a playback's
   // footage time of npt 0.
-  open(url, { live = true, origin = null } = {}) {
+  open(url, { live = true, origin = null, speed = 1 } = {}) {
     this.live = live;
     this.origin = origin;
+    this.speed = live ? 1 : speed;
     this.source = new MediaSource();
     this.video.src = URL.createObjectURL(this.source);
+    this.video.defaultPlaybackRate = this.speed;
+    this.video.playbackRate = this.speed;
     this.video.muted = true;
     this.video.playsInline = true;
     this.source.addEventListener("sourceopen", () => this.connect(url), { once: true });
@@ -44,9 +53,11 @@ export class Player {
   }
 
   connect(url) {
+    this.mark("sourceopen");
     const ws = new WebSocket(url, "vss.media.v1");
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    ws.onopen = () => this.mark("wsopen");
     ws.onmessage = (ev) => {
       if (typeof ev.data === "string") this.control(JSON.parse(ev.data));
       else this.media(new Uint8Array(ev.data));
@@ -62,13 +73,20 @@ export class Player {
   play(at = null) {
     if (!this.live) this.anchor = { pending: true, at: null, key: null };
     this.userPaused = false;
-    this.send(at == null ? { op: "play" } : { op: "play", at });
+    const msg = { op: "play" };
+    if (at != null) msg.at = at;
+    if (!this.live && this.speed !== 1) msg.speed = this.speed;
+    this.send(msg);
   }
   pause() { this.userPaused = true; this.send({ op: "pause" }); this.video.pause(); }
+  // A playback's speed: the node sends the footage that much faster (its Scale), the
+  // video plays its pictures (dated as recorded) at that rate.
   setSpeed(speed) {
+    if (this.live) return;
     this.speed = speed;
+    this.video.defaultPlaybackRate = speed;
     this.video.playbackRate = speed;
-    if (!this.live) this.send({ op: "speed", speed });
+    if (!this.userPaused) this.send({ op: "play", speed });
   }
 
   control(msg) {
@@ -118,6 +136,7 @@ export class Player {
       return;
     }
     if (kind !== 0x46 || !this.buffer) return;  // "F"
+    this.mark("fragment");
     const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const key = (bytes[1] & 1) === 1;
     const ingest = Number(v.getBigUint64(4));
@@ -125,13 +144,15 @@ export class Player {
     if (this.skipping && !key) return;
     this.skipping = false;
     if (this.queue.length > MAX_QUEUE) {  // the page cannot keep up: to the next keyframe
-      this.queue = this.queue.filter((q) => q.init || q.changeType);
+      this.queue = this.queue.filter((q) => q.init || q.changeType || q.offset != null);
       this.skipping = !key;
       if (!key) return;
     }
     if (this.offset == null) {
+      // set between appends (the init segment's may still be running: setting it then
+      // throws, and the keyframe would be lost)
       this.offset = -dts / TIMESCALE;
-      this.buffer.timestampOffset = this.offset;
+      this.queue.push({ offset: this.offset });
     }
     let footage = null;
     const t = dts / TIMESCALE + this.offset;
@@ -159,8 +180,10 @@ export class Player {
     if (!b || b.updating || this.closed) return;
     const next = this.queue.shift();
     if (!next) { this.trim(); return; }
+    if (next.data && !next.init) this.mark("append");
     try {
       if (next.changeType) { b.changeType(next.changeType); this.pump(); return; }
+      if (next.offset != null) { b.timestampOffset = next.offset; this.pump(); return; }
       b.appendBuffer(next.data);
     } catch (e) {
       if (e.name === "QuotaExceededError") { this.queue.unshift(next); this.trim(true); return; }
@@ -175,8 +198,16 @@ export class Player {
       video.play().catch(() => {});
     }
     if (this.live && b.buffered.length) {
+      // live: far behind the newest picture, jump; a little behind, play a little
+      // faster until close again (the browser keeps some pictures ahead: the latency)
       const end = b.buffered.end(b.buffered.length - 1);
-      if (end - video.currentTime > LIVE_BEHIND) video.currentTime = Math.max(b.buffered.start(b.buffered.length - 1), end - 0.04);
+      const behind = end - video.currentTime;
+      if (behind > LIVE_BEHIND) {
+        video.currentTime = Math.max(b.buffered.start(b.buffered.length - 1), end - 0.04);
+      } else {
+        const rate = behind > LIVE_AHEAD_HIGH ? LIVE_CATCH_UP : behind < LIVE_AHEAD_LOW ? 1 : video.playbackRate;
+        if (video.playbackRate !== rate) video.playbackRate = rate;
+      }
     }
   }
 
@@ -201,7 +232,7 @@ export class Player {
         if (this.live) this.latency.push(latency);
         if (found.footage != null) this.lastFootage = found.footage;
       }
-      if (this.frames === 1) this.onStatus("playing");
+      if (this.frames === 1) { this.mark("frame"); this.onStatus("playing"); }
       this.onFrame({ frames: this.frames, mediaTime: meta.mediaTime, latency, footage: found ? found.footage : null,
                      width: meta.width, height: meta.height });
       video.requestVideoFrameCallback(each);
