@@ -54,7 +54,7 @@ from vss.protocols.reconnect import Reconnector
 from vss.rgm import settings
 from vss.rgm.outbox import Outbox
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT, PeerLinks, node_login, serve_route
-from vss.rgm.sync import SyncApplier
+from vss.rgm.sync import SyncApplier, ext_seq
 
 AGENT = "vss-node/0.1"
 PAGE = 5000
@@ -312,8 +312,8 @@ class CmsLink(service.Service):
         finally:
             self.catching_up = False
         queued, self._queued = self._queued, []
-        for changes, head in queued:
-            yield self._apply_notified(changes, head)
+        for changes, head, prev in queued:
+            yield self._apply_notified(changes, head, prev)
 
     @defer.inlineCallbacks
     def reload(self, head_seq):
@@ -379,14 +379,22 @@ class CmsLink(service.Service):
         """Apply every change after the last applied sequence."""
         while True:
             self.counters["fetches"] += 1
+            after = self.applier.applied_seq
             batch = (yield self._request(MsgType.SYNC_FETCH, SyncFetch(
-                after_seq=self.applier.applied_seq, limit=PAGE), 60.0)).body
+                after_seq=after, limit=PAGE), 60.0)).body
             self._saw_head(batch.head_seq)
             if batch.reload_required:
                 yield self.reload(batch.head_seq)
                 continue
-            self.applier.apply(batch.changes)
-            if not batch.changes or self.applier.applied_seq >= batch.head_seq:
+            scanned = ext_seq(batch.ext)
+            if scanned is None:  # a CMS that sends every change to every node
+                self.applier.apply(batch.changes)
+                if not batch.changes or self.applier.applied_seq >= batch.head_seq:
+                    return
+                continue
+            # every change of this node's share up to ``scanned`` is in the batch
+            self.applier.apply(batch.changes, upto=scanned)
+            if scanned >= batch.head_seq or scanned <= after:
                 return
 
     # -- what CMS sends
@@ -422,11 +430,12 @@ class CmsLink(service.Service):
         """S504 arrives; S505 apply; S506 answer SyncComplete."""
         self.counters["notifies"] += 1
         self._saw_head(body.head_seq)
+        prev = ext_seq(body.ext)
         if self.catching_up:
-            self._queued.append((list(body.changes), body.head_seq))
+            self._queued.append((list(body.changes), body.head_seq, prev))
             return defer.succeed(SyncComplete(node_id=self.node_id,
                                               applied_seq=self.applier.applied_seq))
-        d = self._apply_notified(list(body.changes), body.head_seq)
+        d = self._apply_notified(list(body.changes), body.head_seq, prev)
 
         def failed(f):
             self.sync_failed()
@@ -437,10 +446,19 @@ class CmsLink(service.Service):
             failed)
 
     @defer.inlineCallbacks
-    def _apply_notified(self, changes, head):
-        if self.applier.gap(changes):
+    def _apply_notified(self, changes, head, prev=None):
+        """A notify naming PREV_SEQ holds every change of this node's share after it up
+        to ``head``: the node fetches first if it has not reached ``prev`` (it missed
+        one), then moves to ``head``. Without PREV_SEQ (every change to every node) a
+        gap in the sequences shows a miss."""
+        if prev is None:
+            if self.applier.gap(changes):
+                yield self.fetch()
+            self.applier.apply(changes)
+            return
+        if prev > self.applier.applied_seq:
             yield self.fetch()
-        self.applier.apply(changes)
+        self.applier.apply(changes, upto=head if prev <= self.applier.applied_seq else None)
 
     def _device_changed(self, device_id, old, new):
         """A moved or removed device: forget its route; a renamed one: show the name."""

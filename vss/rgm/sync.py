@@ -28,6 +28,15 @@ from vss.rgm.localcopy import MIN_COMPACT, LocalCopy
 SAVE_DELAY = 0.1  # seconds between writes of sync.json when a clock is given
 
 
+def ext_seq(ext, tag=1):
+    """The u64 an extension block carries under ``tag`` (SyncNotify's PREV_SEQ,
+    SyncBatch's SCANNED_SEQ, docs/protocol.md 10), or None."""
+    for t, value in ext:
+        if t == tag and len(value) == 8:
+            return int.from_bytes(value, "big")
+    return None
+
+
 class SyncApplier:
     log = Logger()
 
