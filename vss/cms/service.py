@@ -81,6 +81,7 @@ HOLE_POLL = 0.02
 #: the extension tags of SyncNotify and SyncBatch (docs/protocol.md 10)
 EXT_PREV_SEQ = 0x0001
 EXT_SCANNED_SEQ = 0x0001
+EXT_READ_SEQ = 0x0001
 EMPTY_VERIFIER = Verifier(salt=b"", iterations=0, stored_key=b"", server_key=b"")
 
 
@@ -417,6 +418,9 @@ class CMSService(service.Service):
             old.link.close(ResultCode.SESSION_REPLACED, "the node connected again")
         s.signalling, s.media, s.capacity = body.signalling, body.media, body.capacity
         s.applied_seq = body.applied_seq
+        # everything published so far was not sent to this session: its first notify
+        # names at least this, and the node fetches what it lacks first
+        s.sent_seq = self.published_seq
         s.registered = True
         s.state = "registered"
         self.sessions[s.node_id] = s
@@ -516,7 +520,10 @@ class CMSService(service.Service):
 
     @defer.inlineCallbacks
     def on_reg_info(self, s, body):
-        """First registration of a PU or CU the node does not hold yet."""
+        """First registration of a PU or CU the node does not hold yet. The node holds
+        it from then on: the records come in the change stream, and the answer names
+        how far the node must have applied to hold them (READ_SEQ)."""
+        written = []
         if body.role == Role.PU:
             device = yield self.store.get_device(body.identity)
             if device is None:
@@ -526,13 +533,16 @@ class CMSService(service.Service):
                 changes = yield self.store.update_device_fields(body.identity, home_node=home,
                                                                 origin="cms")
                 self.s501_data_changed(changes)  # its new home gets it
+                written += changes
                 device = yield self.store.get_device(body.identity)
             if device.home_node != s.node_id:
                 # the node keeps the record it is given: it follows the device from now on
-                self.s501_data_changed((yield self.store.follow_devices(
-                    s.node_id, [device.device_id])))
+                changes = yield self.store.follow_devices(s.node_id, [device.device_id])
+                self.s501_data_changed(changes)
+                written += changes
                 device = strip_secret(device)
-            return RegInfo(home_node=device.home_node, device=device, user=None, grants=[])
+            return RegInfo(home_node=device.home_node, device=device, user=None, grants=[],
+                           ext=self._read_seq(s, written))
         # A CU's first login on this node: the node holds the user from now on, and the
         # devices the user may see (they come in the change stream, in order).
         changes = yield self.store.register_user(s.node_id, body.identity)
@@ -544,7 +554,15 @@ class CMSService(service.Service):
         for principal in [f"user:{user.username}"] + [f"group:{g}" for g in user.groups]:
             page, _ = yield self.store.list_grants(principal=principal, limit=5000)
             grants.extend(page)
-        return RegInfo(home_node="", device=None, user=user, grants=grants)
+        return RegInfo(home_node="", device=None, user=user, grants=grants,
+                       ext=self._read_seq(s, changes))
+
+    def _read_seq(self, s, written):
+        """REG_INFO's READ_SEQ extension: the last sequence sent to the node, or the
+        last the registration wrote if it was not published yet (a node that applied
+        that far holds what the registration gave it)."""
+        seq = max([s.sent_seq] + [c.seq for c in written])
+        return ((EXT_READ_SEQ, seq.to_bytes(8, "big")),)
 
     def on_route_lookup(self, s, body):
         home = self.homes.get(body.device_id)

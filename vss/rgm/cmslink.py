@@ -19,6 +19,7 @@ asking CMS again only on a miss or when the device moves home.
 
 import os
 import random
+from dataclasses import replace
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
@@ -57,6 +58,8 @@ from vss.rgm.peers import PEER_MAX_IN_FLIGHT, PeerLinks, node_login, serve_route
 from vss.rgm.sync import SyncApplier, ext_seq
 
 AGENT = "vss-node/0.1"
+#: how long a first registration waits for the change stream to bring its records
+REG_WAIT = 10.0
 PAGE = 5000
 #: First and largest delay before the outbox is sent again after CMS failed to write.
 RETRY_FIRST = 0.5
@@ -118,6 +121,8 @@ class CmsLink(service.Service):
         self._retry_delay = RETRY_FIRST
         self._refetch = False  # a change was refused as stale: fetch before the next
         self.ready = defer.Deferred()  # fires after the first catch-up
+        self._seq_waiters = []  # (seq, Deferred) fired once that sequence is applied
+        self.applier.on_applied = self._applied
         self.counters = {"cms_requests": 0, "routed_via_cms": 0, "routed_direct": 0,
                          "reloads": 0, "fetches": 0, "notifies": 0, "refused_changes": 0,
                          "change_retries": 0}
@@ -496,8 +501,47 @@ class CmsLink(service.Service):
     # -- ICentral
 
     def registration_info(self, identity, role):
+        """REG_INFO: a first registration here. CMS answers once the records it makes
+        this node hold are in the change stream (READ_SEQ): the node waits until it has
+        applied that far and serves them from its copy, never from the answer, which a
+        later change (a removal) may already have overtaken."""
+
+        def answered(msg):
+            info = msg.body
+            seq = ext_seq(info.ext)
+            if seq is None:
+                return info
+            bare = replace(info, device=None, user=None, grants=[])
+            return self.wait_applied(seq).addCallback(lambda _: bare)
+
         return self._request(MsgType.REG_INFO, RegInfoRequest(identity=identity, role=int(role))) \
-            .addCallback(lambda msg: msg.body)
+            .addCallback(answered)
+
+    def wait_applied(self, seq, timeout=REG_WAIT):
+        """A Deferred fired once the copy has applied ``seq`` (CENTRAL_UNAVAILABLE after
+        ``timeout`` s: the stream did not get that far, a link lost meanwhile)."""
+        if self.applier.applied_seq >= seq:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        entry = (seq, d)
+        self._seq_waiters.append(entry)
+
+        def late():
+            if entry in self._seq_waiters:
+                self._seq_waiters.remove(entry)
+                d.errback(VssError(ResultCode.CENTRAL_UNAVAILABLE,
+                                   f"the change stream did not reach {seq} in {timeout} s"))
+
+        call = self.clock.callLater(timeout, late)
+        return d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+
+    def _applied(self, seq):
+        if not self._seq_waiters:
+            return
+        due = [e for e in self._seq_waiters if e[0] <= seq]
+        for e in due:
+            self._seq_waiters.remove(e)
+            e[1].callback(None)
 
     def store_credential(self, record):
         """CRED_STORE: CMS stores a stream credential of one of this node's users."""
@@ -713,4 +757,6 @@ class CmsLink(service.Service):
     def status(self):
         return {"connected": self.link is not None, "applied_seq": self.applier.applied_seq,
                 "outbox": len(self.outbox.pending) if self.outbox else 0,
-                "routes_cached": len(self.route_cache), **self.counters}
+                "routes_cached": len(self.route_cache),
+                "held": {"devices": len(self.store.devices()), "users": len(self.store.users()),
+                         "grants": len(self.store.grants())}, **self.counters}

@@ -58,6 +58,7 @@ class SyncApplier:
         #: the memory store's copy on disk (``vss.rgm.localcopy``), or None
         self.local = LocalCopy(data_dir) if local_copy and data_dir else None
         self._quiet = False  # replaying the local copy: no callbacks
+        self.on_applied = None  # f(applied_seq) after each batch applied
 
     def restore(self):
         """The applied sequence to resume from, or None when there is nothing synced to
@@ -222,6 +223,8 @@ class SyncApplier:
     def save(self):
         self.store.set_meta("applied_seq", self.applied_seq)
         self._schedule_write()
+        if self.on_applied is not None:
+            self.on_applied(self.applied_seq)
 
     def _schedule_write(self):
         if not self.path:

@@ -244,10 +244,10 @@ class _Log:
     def __init__(self, origin, at):
         self.origin = origin
         self.at = at
-        self.entries = []  # (entity, op, key, version, record)
+        self.entries = []  # (entity, op, key, version, record, origin)
 
-    def add(self, entity, op, key, version, record=None):
-        self.entries.append((entity, op, key, version, record))
+    def add(self, entity, op, key, version, record=None, origin=None):
+        self.entries.append((entity, op, key, version, record, origin or self.origin))
 
 
 @implementer(IStaticStore, IAdminTokenStore, IOperatorStore, IAuditStore)
@@ -334,11 +334,12 @@ class SqlStaticStore(OperatorSql, AuditSql):
     def _append(self, cur, log):
         if not log.entries:
             return []
-        rows = [(int(e), int(o), k, v, log.origin, log.at) for e, o, k, v, _ in log.entries]
+        rows = [(int(e), int(o), k, v, origin, log.at) for e, o, k, v, _, origin in log.entries]
         seqs = self.dialect.append_log(cur, rows)
         changes = []
-        for seq, (entity, op, key, version, record) in zip(seqs, log.entries, strict=True):
-            changes.append(_change(seq, entity, op, key, version, log.origin, record))
+        for seq, (entity, op, key, version, record, origin) in zip(seqs, log.entries,
+                                                                   strict=True):
+            changes.append(_change(seq, entity, op, key, version, origin, record))
         return changes
 
     def _x(self, cur, text, params=()):
@@ -492,16 +493,21 @@ class SqlStaticStore(OperatorSql, AuditSql):
         held = self._versions_homes(cur, [r.device_id for r in records])
         fresh = [_replace_device(r, version=held.get(r.device_id, (0, ""))[0] + 1)
                  for r in records]
+        moved = []
         for r in fresh:
             home = held.get(r.device_id, (0, ""))[1]
             if home and home != r.home_node:
                 self._follow(cur, home, r.device_id)
+            if r.device_id in held and r.home_node and home != r.home_node:
+                moved.append(r)
         self.dialect.insert_many(
             cur, f"INSERT INTO devices ({_DEVICE_COLS})", 12,
             [_device_params(r) for r in fresh], _DEVICE_UPSERT_TAIL,
         )
         for r in fresh:
             log.add(Entity.DEVICE, ChangeOp.UPSERT, r.device_id, r.version, r)
+        for r in moved:
+            self._announce_grants(cur, log, r.home_node, r.device_id)
 
     def _versions_homes(self, cur, keys):
         found = {}
@@ -561,6 +567,15 @@ class SqlStaticStore(OperatorSql, AuditSql):
              bool(record.enabled), record.version, device_id),
         )
         log.add(Entity.DEVICE, ChangeOp.UPSERT, device_id, record.version, record)
+        if record.home_node and record.home_node != current.home_node:
+            self._announce_grants(cur, log, record.home_node, device_id)
+
+    def _announce_grants(self, cur, log, node_id, device_id):
+        """A device newly homed on ``node_id``: log the grants on it as they are, for
+        that node only (origin ``follow:<node>``), after the device's own entry."""
+        for g in self._list_grants(cur, "", 100_000, device_id, None)[0]:
+            log.add(Entity.GRANT, ChangeOp.UPSERT, grant_key(g.principal, g.device_id),
+                    g.version, g, origin=FOLLOW_ORIGIN + node_id)
 
     def remove_device(self, device_id, origin=DEFAULT_ORIGIN):
         return self._write(self._remove_device, device_id, origin=origin)
@@ -926,9 +941,7 @@ class SqlStaticStore(OperatorSql, AuditSql):
             if not self._follow(cur, node_id, device_id):
                 continue
             log.add(Entity.DEVICE, ChangeOp.UPSERT, device_id, record.version, record)
-            for g in self._list_grants(cur, "", 100_000, device_id, None)[0]:
-                log.add(Entity.GRANT, ChangeOp.UPSERT, grant_key(g.principal, g.device_id),
-                        g.version, g)
+            self._announce_grants(cur, log, node_id, device_id)
 
     def register_user(self, node_id, username):
         """A CU user logs in on ``node_id`` for the first time: the node holds the user
