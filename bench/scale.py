@@ -258,7 +258,7 @@ class Driver:
     def __init__(self, reactor, args):
         self.reactor = reactor
         self.args = args
-        self.t0 = {}  # seq -> monotonic start of its write
+        self.t0 = {}  # seq -> (monotonic start of its write, of its publish)
         self.waiting = {}  # node_id -> [(seq, t0)] sent, not acknowledged yet
         self.latencies = []
         self.write_times = []
@@ -335,14 +335,16 @@ class Driver:
         def s504_notify(node_id, changes, head=None):
             t0 = self.t0.get(changes[-1].seq) if changes else None
             if t0 is not None:
-                self.waiting.setdefault(node_id, []).append((changes[-1].seq, t0))
+                self.waiting.setdefault(node_id, []).append((changes[-1].seq, *t0))
             return notify(node_id, changes, head)
 
         def s506_completed(s, complete):
             now = time.monotonic()
             pending = self.waiting.get(s.node_id)
             while pending and pending[0][0] <= complete.applied_seq:
-                self.latencies.append(now - pending.pop(0)[1])
+                _, t_write, t_publish = pending.pop(0)
+                self.latencies.append(now - t_write)
+                self.publish_latencies.append(now - t_publish)
             return completed(s, complete)
 
         cms.s504_notify = s504_notify
@@ -360,14 +362,16 @@ class Driver:
             self.errors += 1
             self.last_error = str(e)
             return
-        self.write_times.append(time.monotonic() - t0)
+        t1 = time.monotonic()
+        self.write_times.append(t1 - t0)
         for c in changes:
-            self.t0[c.seq] = t0
+            self.t0[c.seq] = (t0, t1)
         self.cms.publish(changes)
 
     @defer.inlineCallbacks
     def at_rate(self, rate, seconds):
         self.latencies, self.write_times, self.waiting, self.t0 = [], [], {}, {}
+        self.publish_latencies = []
         self.counter, self.errors, self.last_error = 0, 0, ""
         cms = self.cms
         before = dict(cms.counters)
@@ -404,6 +408,8 @@ class Driver:
             "skips": diff["skips"], "holes": diff["holes"],
             "ack_p50_ms": round(1000 * pct(lat, 50), 1),
             "ack_p99_ms": round(1000 * pct(lat, 99), 1), "acks": len(lat),
+            "publish_to_ack_p50_ms": round(1000 * pct(self.publish_latencies, 50), 1),
+            "publish_to_ack_p99_ms": round(1000 * pct(self.publish_latencies, 99), 1),
             "db_write_p50_ms": round(1000 * pct(self.write_times, 50), 2),
             "db_write_p99_ms": round(1000 * pct(self.write_times, 99), 2),
         }

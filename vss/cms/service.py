@@ -242,9 +242,8 @@ class CMSService(service.Service):
         self.published_seq = yield self.store.head_seq()
         cursor = ""
         while True:
-            records, cursor = yield self.store.list_devices(cursor=cursor, limit=5000)
-            for r in records:
-                self.homes[r.device_id] = r.home_node
+            homes, cursor = yield self.store.device_homes(cursor=cursor)
+            self.homes.update(homes)
             if not cursor:
                 break
         cursor = ""

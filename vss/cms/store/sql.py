@@ -90,10 +90,6 @@ _DEVICE_UPSERT_TAIL = (
     " enabled = excluded.enabled, version = excluded.version"
 )
 _DEVICE_FIELDS = {"name", "home_node", "source_url", "enabled", "channels"}
-#: the ids of the devices one node holds: homed there or followed (two parameters: the
-#: node id twice)
-_HELD_DEVICES = ("SELECT device_id FROM devices WHERE home_node = ?"
-                 " UNION SELECT device_id FROM node_devices WHERE node_id = ?")
 #: the origin of the log entries that hand a node records it starts to hold
 FOLLOW_ORIGIN = "follow:"
 
@@ -458,10 +454,16 @@ class SqlStaticStore(OperatorSql, AuditSql):
         return self._read(self._list_users, cursor, _limit(limit), held_by)
 
     def _list_users(self, cur, cursor, limit, held_by=None):
-        where, params = "username > ?", (cursor, limit + 1)
         if held_by is not None:
-            where = "username IN (SELECT username FROM node_users WHERE node_id = ?) AND " + where
-            params = (held_by, *params)
+            cols = ", ".join("u." + c.strip() for c in _USER_COLS.split(","))
+            rows = self._x(
+                cur,
+                f"SELECT {cols} FROM node_users n JOIN users u ON u.username = n.username"
+                " WHERE n.node_id = ? AND n.username > ? ORDER BY n.username LIMIT ?",
+                (held_by, cursor, limit + 1),
+            ).fetchall()
+            return _page([_user(r) for r in rows], limit, lambda r: r.username)
+        where, params = "username > ?", (cursor, limit + 1)
         rows = self._x(
             cur,
             f"SELECT {_USER_COLS} FROM users WHERE {where} ORDER BY username LIMIT ?",
@@ -610,9 +612,20 @@ class SqlStaticStore(OperatorSql, AuditSql):
 
     def _list_devices(self, cur, cursor, limit, home_node, held_by=None):
         if held_by is not None:
-            where = (f"device_id IN ({_HELD_DEVICES}) AND device_id > ?")
-            params = (held_by, held_by, cursor, limit + 1)
-        elif home_node is None:
+            # two index range scans in device order (homed there; followed), merged
+            cols = ", ".join("d." + c.strip() for c in _DEVICE_COLS.split(","))
+            rows = self._x(
+                cur,
+                f"SELECT * FROM (SELECT {_DEVICE_COLS} FROM devices"
+                " WHERE home_node = ? AND device_id > ?"
+                f" UNION ALL SELECT {cols} FROM node_devices n JOIN devices d"
+                " ON d.device_id = n.device_id"
+                " WHERE n.node_id = ? AND n.device_id > ? AND d.home_node <> ?) AS held"
+                " ORDER BY device_id LIMIT ?",
+                (held_by, cursor, held_by, cursor, held_by, limit + 1),
+            ).fetchall()
+            return _page([_device(r) for r in rows], limit, lambda r: r.device_id)
+        if home_node is None:
             where, params = "device_id > ?", (cursor, limit + 1)
         else:
             where, params = "home_node = ? AND device_id > ?", (home_node, cursor, limit + 1)
@@ -689,10 +702,9 @@ class SqlStaticStore(OperatorSql, AuditSql):
                           held_by)
 
     def _list_grants(self, cur, cursor, limit, device_id, principal, held_by=None):
-        where, params = [], []
         if held_by is not None:
-            where.append(f"device_id IN ({_HELD_DEVICES})")
-            params.extend((held_by, held_by))
+            return self._held_grants(cur, cursor, limit, held_by)
+        where, params = [], []
         if cursor:
             where.append("(principal, device_id) > (?, ?)")
             params.extend(split_grant_key(cursor))
@@ -712,6 +724,26 @@ class SqlStaticStore(OperatorSql, AuditSql):
         return _page(
             [_grant(r) for r in rows], limit, lambda r: grant_key(r.principal, r.device_id)
         )
+
+    def _held_grants(self, cur, cursor, limit, node_id):
+        """The grants on the devices ``node_id`` holds, in (device, principal) order
+        (the cursor is still a grant key): index range scans, not a scan of every
+        grant."""
+        after_principal, after_device = split_grant_key(cursor) if cursor else ("", "")
+        cols = ", ".join("g." + c.strip() for c in _GRANT_COLS.split(","))
+        rows = self._x(
+            cur,
+            f"SELECT * FROM (SELECT {cols} FROM devices d JOIN grants g"
+            " ON g.device_id = d.device_id WHERE d.home_node = ? AND d.device_id >= ?"
+            f" UNION ALL SELECT {cols} FROM node_devices n JOIN devices d"
+            " ON d.device_id = n.device_id JOIN grants g ON g.device_id = n.device_id"
+            " WHERE n.node_id = ? AND n.device_id >= ? AND d.home_node <> ?) AS held"
+            " WHERE (device_id, principal) > (?, ?) ORDER BY device_id, principal LIMIT ?",
+            (node_id, after_device, node_id, after_device, node_id, after_device,
+             after_principal, limit + 1),
+        ).fetchall()
+        return _page([_grant(r) for r in rows], limit,
+                     lambda r: grant_key(r.principal, r.device_id))
 
     # -- stream credentials ---------------------------------------------------
 
@@ -801,7 +833,7 @@ class SqlStaticStore(OperatorSql, AuditSql):
         where, params = ["cred_id > ?"], [cursor]
         if held_by is not None:
             where.append("username IN (SELECT username FROM node_users WHERE node_id = ?)")
-            params.append(held_by)
+            params.append(held_by)  # a node's users' credentials: few, by the user index
         if username is not None:
             where.append("username = ?")
             params.append(username)
@@ -967,6 +999,17 @@ class SqlStaticStore(OperatorSql, AuditSql):
             cur, f"SELECT DISTINCT device_id FROM grants WHERE principal IN ({marks})",
             tuple(principals)).fetchall()]
         self._follow_devices(cur, log, node_id, seen)
+
+    def device_homes(self, cursor="", limit=50_000):
+        """Deferred ([(device_id, home_node)], next_cursor): every device's home, paged,
+        without the records (what CMS's routing index needs at start)."""
+        return self._read(self._device_homes, cursor, _limit(limit))
+
+    def _device_homes(self, cur, cursor, limit):
+        rows = self._x(cur, "SELECT device_id, home_node FROM devices WHERE device_id > ?"
+                       " ORDER BY device_id LIMIT ?", (cursor, limit + 1)).fetchall()
+        rows = [(d, h) for d, h in rows]
+        return _page(rows, limit, lambda r: r[0])
 
     def interest(self):
         """Deferred (node_devices rows, node_users rows): (node_id, key) pairs, for CMS's
