@@ -206,12 +206,19 @@ class SimNode:
 
 def nodes_process(args):
     from twisted.internet import reactor
+    from twisted.logger import formatEvent, globalLogPublisher
 
     from vss.rgm.cmslink import CmsLink
     from vss.store.memory import MemoryStore
 
     stats = {"notifies": 0, "changes": 0, "gaps": 0, "fetches": 0, "fetched": 0}
     out = {}
+
+    def observe(event):  # the real node's own account of its reload
+        if "reloaded" in (event.get("log_format") or ""):
+            out["reload_logged"] = formatEvent(event)
+
+    globalLogPublisher.addObserver(observe)
 
     @defer.inlineCallbacks
     def main():
@@ -300,7 +307,8 @@ class Driver:
         ready = yield self.read_child("ready")
         print(f"{a.nodes - 1} simulated nodes connected in {ready['connect_s']:.1f} s; "
               f"one real node (n000) reloaded its share in {ready['reload_s']:.2f} s: "
-              f"{ready['held']} (RSS +{ready['node_rss_mb']:.0f} MB)")
+              f"{ready['held']} (RSS +{ready['node_rss_mb']:.0f} MB); it logged: "
+              f"{ready.get('reload_logged')}")
         self.results = {"ready": ready}
         for rate in a.rates:
             yield self.at_rate(rate, a.seconds)
