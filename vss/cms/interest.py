@@ -91,7 +91,7 @@ class Interest:
 
     # -- S503
 
-    def apply(self, c):
+    def apply(self, c, cache=None):
         """Take one published change into the index (in log order). Returns the
         principal's newly added view to follow: [(node_id, device_id)] for a grant
         to users registered on nodes that do not hold its device yet, and [(node_id,
@@ -111,6 +111,8 @@ class Interest:
             if follower is not None:
                 self.followers.setdefault(c.key, set()).add(follower)
         elif c.entity == Entity.USER:
+            if cache is not None:
+                cache.clear()  # a user's groups decide a principal's nodes
             if follower is not None:
                 self.user_nodes.setdefault(c.key, set()).add(follower)
             if c.op == ChangeOp.DELETE:
@@ -122,7 +124,14 @@ class Interest:
                     gains += [("user", n, c.key) for n in self.user_nodes.get(c.key, ())]
         elif c.entity == Entity.GRANT and c.op == ChangeOp.UPSERT and follower is None \
                 and c.grant is not None:
-            for node_id in self.principal_nodes(c.grant.principal):
+            principal = c.grant.principal
+            if cache is None:
+                nodes = self.principal_nodes(principal)
+            else:
+                nodes = cache.get(principal)
+                if nodes is None:
+                    nodes = cache[principal] = self.principal_nodes(principal)
+            for node_id in nodes:
                 if not self.holds_device(node_id, c.grant.device_id):
                     gains.append(("device", node_id, c.grant.device_id))
         return gains

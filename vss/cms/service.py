@@ -744,9 +744,9 @@ class CMSService(service.Service):
 
     def _publish(self, changes):
         self.counters["changes"] += len(changes)
-        gains = []
+        gains, cache = [], {}
         for c in changes:
-            gains += self.interest.apply(c)
+            gains += self.interest.apply(c, cache)
         for node_id, part in self.s503_nodes_for(changes).items():
             self.s504_notify(node_id, part, changes[-1].seq)
         if gains and self.running:
