@@ -90,3 +90,60 @@ class InterestTests(unittest.TestCase):
         self.assertIs(self.i.nodes_for(change(2, Entity.CREDENTIAL, "c1", delete=True)),
                       EVERY_NODE)
         self.assertEqual(self.i.nodes_for(change(3, Entity.NODE, "node-a")), set())
+
+
+class _Store:
+    writes_in_flight = 0
+
+
+class PublishOrderTests(unittest.TestCase):
+    """CMS publishes transactions in log order (docs/consistency.md, S504): one that
+    comes before the one it follows waits for it while a write is in flight, and a hole
+    nothing fills is passed with every node made to fetch across it."""
+
+    def setUp(self):
+        from twisted.internet import task
+
+        from vss.cms.service import CMSConfig, CMSService
+
+        self.clock = task.Clock()
+        self.store = _Store()
+        self.cms = CMSService(CMSConfig(cms_id="cms", cluster_secret=b"x"), self.store,
+                              self.clock)
+        self.cms.published_seq = 10
+        self.order = []
+        self.cms._publish = lambda changes: self.order.append([c.seq for c in changes])
+
+    def tx(self, *seqs):
+        return [change(s, Entity.NODE, "n") for s in seqs]
+
+    def test_transactions_in_order_go_at_once(self):
+        self.cms.publish(self.tx(11, 12))
+        self.cms.publish(self.tx(13))
+        self.assertEqual(self.order, [[11, 12], [13]])
+        self.assertEqual((self.cms.published_seq, self.cms._hole_end), (13, 0))
+
+    def test_a_transaction_waits_for_the_one_before_it_while_a_write_is_in_flight(self):
+        self.store.writes_in_flight = 1
+        self.cms.publish(self.tx(13))
+        self.clock.advance(0.1)
+        self.assertEqual(self.order, [])
+        self.store.writes_in_flight = 0
+        self.cms.publish(self.tx(11, 12))
+        self.assertEqual(self.order, [[11, 12], [13]])
+        self.assertEqual((self.cms.published_seq, self.cms._hole_end), (13, 0))
+        self.clock.advance(1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_hole_nothing_fills_is_passed_and_the_nodes_fetch_across_it(self):
+        self.store.writes_in_flight = 1
+        self.cms.publish(self.tx(13))
+        self.clock.pump([0.1] * 6)
+        self.assertEqual(self.order, [[13]])
+        self.assertEqual((self.cms.published_seq, self.cms._hole_end), (13, 12))
+        self.assertEqual(self.cms.counters["holes"], 1)
+        # with no write in flight a hole is passed at once
+        self.store.writes_in_flight = 0
+        self.cms.publish(self.tx(20))
+        self.assertEqual(self.order, [[13], [20]])
+        self.assertEqual(self.cms._hole_end, 19)
