@@ -11,7 +11,7 @@ Flows (docs/architecture.md), each step one method:
   ``s504_notify``; the node applies them (S505) and answers ``SyncComplete`` (S506),
   recorded by ``s506_completed``.
 - S603-S605 active sync: ``on_sync_change`` (S604 writes the DB, S605 acknowledges),
-  then the resulting change goes to every node through S501-S506.
+  then the resulting change goes to the nodes that hold the device through S501-S506.
 
 Each node holds its share (``vss.cms.interest``): its own devices, the devices its
 users may see, the grants on them, the users registered on it; S503 sends each change
@@ -425,8 +425,8 @@ class CMSService(service.Service):
         self.sessions[s.node_id] = s
         changes = yield self.store.upsert_node(s.node_id, body.signalling, body.media,
                                                body.capacity, origin=s.node_id)
-        yield self.store.set_node_state(s.node_id, "up", {})
         self.s501_data_changed(changes)  # no node holds the registry: it moves the seqs
+        yield self.store.set_node_state(s.node_id, "up", {})
         head = yield self.store.head_seq()
         # The node fetches up to the head (at least) in its catch-up: its next notify
         # follows on from there.
