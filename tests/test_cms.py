@@ -59,6 +59,13 @@ class CentralPlatformTests(unittest.TestCase):
         yield self.p.change(self.store.set_grant("user:alice", "cam-b", ALL))
         self.node_a = yield self.p.start_node("node-a")
         self.node_b = yield self.p.start_node("node-b")
+        # alice is registered on both nodes (as her first login there does): each holds
+        # her, and the devices she may see
+        for node in ("node-a", "node-b"):
+            yield self.p.change(self.store.register_user(node, "alice"))
+        for node in (self.node_a, self.node_b):
+            yield wait_until(reactor, lambda n=node: {d.device_id for d in n.store.devices()}
+                             == {"cam-a", "cam-b"}, what="alice's devices on each node")
 
     def test_nodes_register_and_reload_their_static_data(self):
         a = self.node_a.store
@@ -69,6 +76,49 @@ class CentralPlatformTests(unittest.TestCase):
         self.assertEqual(a.actions_for("alice", "cam-a"), ALL)
         self.assertEqual(set(self.cms.sessions), {"node-a", "node-b"})
         self.assertGreater(self.node_a.central.applier.applied_seq, 0)
+
+    @defer.inlineCallbacks
+    def test_s503_a_node_holds_its_share_and_a_first_login_brings_the_users_view(self):
+        """A node holds its own devices; a user's first login there brings the user,
+        the devices the user may see (without their verifiers) and the grants on them;
+        a later grant to that user brings its device, in the change stream."""
+        yield self.p.change(self.store.upsert_device("cam-c", "Gate C", 1, 1, "node-c",
+                                                   verifier("cam-c-secret")))
+        yield self.p.change(self.store.upsert_user("bob", verifier("bob-pw"), []))
+        yield self.p.change(self.store.set_grant("user:bob", "cam-b", ALL))
+        node_c = yield self.p.start_node("node-c")
+        self.assertEqual({d.device_id for d in node_c.store.devices()}, {"cam-c"})
+        self.assertEqual(node_c.store.users(), [])
+        self.assertEqual(node_c.store.grants(), [])
+        notified = self.cms.counters["notified_changes"]
+        # a change of cam-a goes to the nodes that hold it, not to node-c
+        changes = yield self.p.change(self.store.update_device_fields("cam-a", name="A2"))
+        yield wait_until(reactor, lambda: self.node_b.store.get_device("cam-a").name == "A2")
+        self.assertEqual(self.cms.counters["notified_changes"] - notified, 2)
+        self.assertIsNone(node_c.store.get_device("cam-a"))
+        yield wait_until(reactor, lambda: node_c.central.applier.applied_seq
+                         >= changes[-1].seq, timeout=10, what="node-c to skip past it")
+        cu = yield self.p.login("node-c", Role.CU, "bob", "bob-pw")
+        yield wait_until(reactor, lambda: node_c.store.get_device("cam-b") is not None,
+                         what="bob's view on node-c")
+        self.assertFalse(node_c.store.get_device("cam-b").verifier.stored_key)
+        self.assertEqual(node_c.store.actions_for("bob", "cam-b"), ALL)
+        self.assertIsNone(node_c.store.get_device("cam-a"))
+        yield self.p.change(self.store.set_grant("user:bob", "cam-a", ALL))
+        yield wait_until(reactor, lambda: node_c.store.get_device("cam-a") is not None
+                         and node_c.store.actions_for("bob", "cam-a") == ALL,
+                         what="the newly granted device on node-c")
+        page = (yield cu.request(MsgType.DEVICE_LIST, DeviceList(cursor="", limit=10))).body
+        self.assertEqual({d.device_id: d.name for d in page.devices},
+                         {"cam-a": "A2", "cam-b": "Gate B"})
+        # what node-c holds survives a reload of its share from CMS
+        yield self.p.stop_node("node-c")
+        os.remove(os.path.join(self.p.workdir, "node-c", "static.snapshot"))
+        node_c = yield self.p.start_node("node-c")
+        self.assertEqual({d.device_id for d in node_c.store.devices()},
+                         {"cam-a", "cam-b", "cam-c"})
+        self.assertEqual([u.username for u in node_c.store.users()], ["bob"])
+        self.assertEqual(node_c.central.counters["reloads"], 1)
 
     @defer.inlineCallbacks
     def test_s401_s407_cross_node_request_through_cms_then_by_the_cached_route(self):
@@ -186,10 +236,10 @@ class CentralPlatformTests(unittest.TestCase):
     def test_a_node_that_was_away_catches_up_and_without_its_copy_reloads(self):
         yield self.p.stop_node("node-b")
         yield self.p.change(self.store.update_device_fields("cam-a", name="While away"))
-        yield self.p.change(self.store.upsert_user("bob", verifier("bob-pw"), []))
+        yield self.p.change(self.store.upsert_user("alice", verifier("alice-pw2"), ["x"]))
         node_b = yield self.p.start_node("node-b")
         self.assertEqual(node_b.store.get_device("cam-a").name, "While away")
-        self.assertIsNotNone(node_b.store.get_user("bob"))
+        self.assertEqual(node_b.store.get_user("alice").groups, ["x"])
         # Its memory store restarted empty; the copy in its data directory did not.
         self.assertEqual(node_b.central.counters["reloads"], 0)
         self.assertGreaterEqual(node_b.central.counters["fetches"], 1)

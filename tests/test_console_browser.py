@@ -140,8 +140,11 @@ class OperatorFlowTests(ConsoleBrowserCase):
         self.assertEqual(device.source_url,
                          f"rtsp://{CAM_USER}:{CAM_PASS}@127.0.0.1:9/stream1")
         self.assertEqual((device.home_node, device.name), ("node-a", "Front gate"))
-        for node in self.nodes:
-            self.assertEqual(node.store.get_device("cam-gate").name, "Front gate")
+        held = {n.central.node_id: n.store.get_device("cam-gate") for n in self.nodes}
+        self.assertEqual(held["node-a"].name, "Front gate")
+        # no user registered on node-b may see it: node-b does not hold it
+        # (docs/consistency.md, "What each node holds")
+        self.assertIsNone(held["node-b"])
         yield b.wait_for("the camera listed", "return document.querySelector("
                          "'#devices-table tr[data-device=\"cam-gate\"]')")
         shown = yield b.js("return document.body.innerText")

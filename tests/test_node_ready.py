@@ -151,6 +151,9 @@ class NodeRestartTests(unittest.TestCase):
         yield poll("node-a to synchronise", lambda: self.central().get("applied_seq", 0) > 0)
         self.start_pus(count=3)
         yield self.wait_online(3)
+        # the user has logged in here before: the node holds the user from then on
+        out, err, code = yield self.ctl("--json", "devices")
+        self.assertEqual(code, 0, err)
 
         cms_port = self.cms_ports["node"]
         yield self.cms.stop(signal.SIGKILL)

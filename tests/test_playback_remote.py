@@ -671,6 +671,12 @@ class RemotePlaybackTests(unittest.TestCase):
             self, [("cam-a", "Gate A", "node-a", "a-s"), ("cam-b", "Gate B", "node-b", "b-s")],
             users=("alice", "bob"))
         self.a, self.b = self.p.nodes["node-a"], self.p.nodes["node-b"]
+        # node-a recorded cam-b: it holds cam-b's record (a node that recorded a device
+        # was its home, and follows it since: docs/consistency.md)
+        store = self.p.cms.store
+        yield self.p.change(store.follow_devices("node-a", ["cam-b"]))
+        yield wait_until(reactor, lambda: self.a.store.get_device("cam-b") is not None,
+                         what="node-a to hold cam-b")
         self.start = (int(reactor.seconds()) - 900) * 1000
 
     def footage(self, device):

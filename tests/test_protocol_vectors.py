@@ -785,6 +785,17 @@ VECTORS = [
         00                #   credential: absent
       0000                # ext: none
     """),
+    V("sync_notify_request_prev_seq", MsgType.SYNC_NOTIFY, REQ, 12,
+      SyncNotify(head_seq=20, changes=[], ext=((0x0001, bytes.fromhex("000000000000000c")),)),
+      """
+      5653 01 00 0210 0000 0000000c 00000018  # VS v1 request SYNC_NOTIFY txid 12 len 24
+      0000000000000014    # head_seq 20
+      0000                # changes: none for this node up to 20
+      0001                # ext: 1 record
+        0001              #   tag PREV_SEQ
+        0008              #   length 8
+        000000000000000c  #   the previous notify to this node ended at 12
+    """),
     V("sync_notify_response", MsgType.SYNC_NOTIFY, RSP, 8,
       SyncComplete(node_id="n1", applied_seq=10), """
       5653 01 01 0210 0000 00000008 0000000e  # VS v1 response SYNC_NOTIFY txid 8 len 14
@@ -843,6 +854,18 @@ VECTORS = [
       000000000000000a    # head_seq 10
       00                  # reload_required false
       0000                # ext: none
+    """),
+    V("sync_fetch_response_scanned_seq", MsgType.SYNC_FETCH, RSP, 13,
+      SyncBatch(changes=[], head_seq=9000, reload_required=False,
+                ext=((0x0001, bytes.fromhex("0000000000001388")),)), """
+      5653 01 01 0212 0000 0000000d 00000019  # VS v1 response SYNC_FETCH txid 13 len 25
+      0000                # changes: none of this node's share
+      0000000000002328    # head_seq 9000
+      00                  # reload_required false
+      0001                # ext: 1 record
+        0001              #   tag SCANNED_SEQ
+        0008              #   length 8
+        0000000000001388  #   every entry up to 5000 was looked at
     """),
     V("audit_report_request", MsgType.AUDIT_REPORT, REQ, 40,
       AuditReport(batch=7, dropped=2, events=[

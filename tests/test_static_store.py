@@ -67,6 +67,8 @@ CURRENT_SCHEMA = {
         ],
         "grants": ["principal", "device_id", "actions", "version", "expires"],
         "meta": ["key", "value"],
+        "node_devices": ["node_id", "device_id"],
+        "node_users": ["node_id", "username"],
         "operators": [
             "username", "verifier", "role", "enabled", "created", "changed", "last_login",
             "version",
@@ -89,7 +91,7 @@ CURRENT_SCHEMA = {
     "indexes": [
         "admin_tokens_hash", "admin_tokens_name", "audit_log_actor", "audit_log_kind",
         "audit_log_target", "devices_home_node", "events_device", "events_time",
-        "grants_device",
+        "grants_device", "node_devices_device", "node_users_user",
         "stream_credentials_device", "stream_credentials_user",
     ],
 }
@@ -218,6 +220,46 @@ class StaticStoreConformance:
         self.assertContiguous()
 
     # -- devices ----------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_what_each_node_holds(self):
+        """A node holds its own devices, the devices it follows and the grants on them,
+        and the users registered there; following and registering log the records as
+        they are, for that node only (origin follow:<node>); a move hands the new home
+        the grants on the device and keeps the old home following it."""
+        yield self.logged(self.store.bulk_upsert_devices(
+            [device(1), device(2, "node-b"), device(3, "node-b")]))
+        yield self.logged(self.store.upsert_user("ann", V1, ["ops"]))
+        yield self.logged(self.store.set_grant("group:ops", "cam-00002", 3))
+        yield self.logged(self.store.set_grant("user:bob", "cam-00003", 1))
+        ids = lambda page: [r.device_id for r in page[0]]  # noqa: E731
+        self.assertEqual(ids((yield self.store.list_devices(held_by="node-a"))), ["cam-00001"])
+        changes = yield self.logged(self.store.register_user("node-a", "ann"))
+        self.assertEqual([(c.entity, c.key, c.origin) for c in changes], [
+            (Entity.USER, "ann", "follow:node-a"),
+            (Entity.DEVICE, "cam-00002", "follow:node-a"),
+            (Entity.GRANT, "group:ops|cam-00002", "follow:node-a")])
+        self.assertEqual((yield self.logged(self.store.register_user("node-a", "ann"))), [])
+        self.assertEqual(ids((yield self.store.list_devices(held_by="node-a"))),
+                         ["cam-00001", "cam-00002"])
+        users, _ = yield self.store.list_users(held_by="node-a")
+        self.assertEqual([u.username for u in users], ["ann"])
+        self.assertEqual((yield self.store.list_users(held_by="node-b")), ([], ""))
+        grants, _ = yield self.store.list_grants(held_by="node-a")
+        self.assertEqual([(g.principal, g.device_id) for g in grants],
+                         [("group:ops", "cam-00002")])
+        changes = yield self.logged(self.store.update_device_fields("cam-00003",
+                                                                    home_node="node-a"))
+        self.assertEqual([(c.entity, c.key, c.origin) for c in changes], [
+            (Entity.DEVICE, "cam-00003", "mms"),
+            (Entity.GRANT, "user:bob|cam-00003", "follow:node-a")])
+        self.assertEqual(ids((yield self.store.list_devices(held_by="node-b"))),
+                         ["cam-00002", "cam-00003"])
+        yield self.logged(self.store.remove_device("cam-00002"))
+        follows, registered = yield self.store.interest()
+        self.assertEqual(sorted(follows), [("node-a", "cam-00002"), ("node-b", "cam-00002"),
+                                           ("node-b", "cam-00003")])
+        self.assertEqual(registered, [("node-a", "ann")])
 
     @inlineCallbacks
     def test_device_upsert_and_update(self):

@@ -304,6 +304,8 @@ class TwoNodeTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_url_and_digest_play_through_another_node_and_revocation_ends_them(self):
+        # alice has logged in on node-a too: both nodes hold her and her credentials
+        yield self.p.login("node-a", Role.CU, "alice", "alice-pw")
         alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
         issued = (yield alice.request(MsgType.CRED_CREATE, CredCreate(
             device_id="cam-a", name="vlc in the office", expires_in=0), timeout=20)).body
@@ -314,7 +316,8 @@ class TwoNodeTests(unittest.TestCase):
         rtsp_b = f"rtsp://127.0.0.1:{self.p.port('node-b', 'rtsp')}"
         self.assertEqual(issued.url,
                          f"{rtsp_b}/live/cam-a/main?cred={cred.cred_id}.{secret}")
-        # CMS keeps the sealed form only; every node holds it by passive sync
+        # CMS keeps the sealed form only; every node alice is registered on holds it by
+        # passive sync
         stored = yield self.p.cms.store.get_credential(cred.cred_id)
         self.assertNotIn(secret.encode(), stored.sealed)
         yield wait_until(reactor, lambda: self.node_a.store.get_credential(cred.cred_id),

@@ -13,7 +13,10 @@ During the stream: node-a is SIGKILLed and restarted (a full reload); CMS is SIG
 while it is down PUs keep renaming (the changes wait in the outboxes) and node-b is
 SIGKILLed with changes in its outbox; CMS is restarted on the same port and node-b
 restarted. At the end: every node's device list (``vssctl devices --json``) equals
-the DB (the admin API), every outbox is empty, and, read from the DB after CMS stopped,
+the devices alice may see in the DB (the admin API), each node holds exactly those
+(its own, and the ones it follows since alice logged in there: not the device of a
+node that is not running and that nobody may see), every outbox is empty, and, read
+from the DB after CMS stopped,
 every acknowledged admin rename and every PU rename a node had taken in has its own
 change-log entry and the final names are the latest ones.
 """
@@ -46,6 +49,8 @@ FAST = 2000
 ADMIN_DEVICES = {"adm-1": "node-a", "adm-2": "node-b", "adm-3": "node-a", "adm-4": "node-b"}
 PU_DEVICES = {"pu-a1": "node-a", "pu-a2": "node-a", "pu-b1": "node-b", "pu-b2": "node-b"}
 NODES = ("node-a", "node-b")
+#: a device of a node that is not running, which nobody may see: no node holds it
+ELSEWHERE = "far-z1"
 # A PU change sent this long before its node is killed was taken in (outbox fsynced).
 SETTLE = 0.5
 
@@ -64,7 +69,9 @@ class KillDuringSyncTests(unittest.TestCase):
         devices = [records.device(d, d + "-secret", home_node=home, iterations=FAST)
                    for d, home in {**ADMIN_DEVICES, **PU_DEVICES}.items()]
         yield seed_cms_db(
-            reactor, cms_db_path(self.work), devices=devices,
+            reactor, cms_db_path(self.work),
+            devices=[*devices, records.device(ELSEWHERE, "x", home_node="node-z",
+                                              iterations=FAST)],
             users=[records.user("alice", "alice-pw", ["ops"], iterations=FAST)],
             grants=[records.grant("group:ops", d.device_id, ALL) for d in devices],
             admin_tokens=[("sync-kill", TOKEN)])
@@ -181,6 +188,9 @@ class KillDuringSyncTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_sigkill_of_a_node_then_of_cms_loses_no_change(self):
+        for node_id in NODES:  # before any user logged in there: its own devices only
+            own = [d for d, home in {**ADMIN_DEVICES, **PU_DEVICES}.items() if home == node_id]
+            self.assertEqual(self.central(node_id)["held"]["devices"], len(own))
         yield self.login_pus("node-a")
         yield self.login_pus("node-b")
         streaming = self.stream()
@@ -217,7 +227,8 @@ class KillDuringSyncTests(unittest.TestCase):
     @defer.inlineCallbacks
     def db_devices(self):
         items = yield self.api.all_pages("/devices")
-        return {d["device_id"]: (d["name"], d["home_node"]) for d in items}
+        return {d["device_id"]: (d["name"], d["home_node"]) for d in items
+                if d["device_id"] != ELSEWHERE}
 
     @defer.inlineCallbacks
     def node_devices(self, node_id):
@@ -236,16 +247,18 @@ class KillDuringSyncTests(unittest.TestCase):
             for node_id in NODES:
                 status = self.central(node_id)
                 held = yield self.node_devices(node_id)
-                last[node_id] = (status.get("outbox"), {
+                count = status.get("held", {}).get("devices")
+                last[node_id] = (status.get("outbox"), count, {
                     k: (held.get(k), v) for k, v in db.items() if held.get(k) != v})
-                if status.get("outbox") or held != db:
+                if status.get("outbox") or held != db or count != len(db):
                     return False
             return True
 
         try:
             yield poll("every node to equal the DB", equal, timeout=30, interval=0.3)
         except AssertionError:
-            self.fail(f"nodes differ from the DB (outbox, {{device: (node, DB)}}): {last}")
+            self.fail(f"nodes differ from the DB (outbox, devices held, "
+                      f"{{device: (node, DB)}}): {last}")
 
     @defer.inlineCallbacks
     def check_the_change_log(self):

@@ -412,6 +412,29 @@ class RandomisedSyncTests(unittest.TestCase):
         client.link.send_notify(MsgType.STATE_CHANGE, StateChange(
             device_id=device_id, channel=0, change=int(kind), timestamp=1, items=items))
 
+    @defer.inlineCallbacks
+    def cu_step(self):
+        """A user logs in at a node (the first time there, the node holds the user and
+        the devices the user may see from then on)."""
+        users, _ = yield self.store.list_users(limit=1000)
+        users = [u for u in users if u.enabled]
+        if not users:
+            return
+        user = self.rng.choice(users)
+        node_id = self.rng.choice(list(self.p.nodes))
+        # a first login there needs CMS: wait for the node's link (after a CMS restart)
+        yield wait_until(reactor, lambda: self.p.nodes[node_id].central.link is not None,
+                         timeout=30, what=f"{node_id}'s link to CMS (VSS_SYNC_SEED={self.seed})")
+        try:
+            client = yield self.p.login(node_id, Role.CU, user.username, user.username)
+        except Exception as e:
+            self.count("cu-login-failed")
+            log.info("CU {user} login at {node} failed: {e}", user=user.username,
+                     node=node_id, e=e)
+            return
+        self.count("cu-login")
+        client.link.transport.loseConnection()
+
     def link_drop(self):
         node = self.p.nodes[self.rng.choice(list(self.p.nodes))]
         if node.central.link is not None:
@@ -448,8 +471,8 @@ class RandomisedSyncTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def expected(self):
-        """What every node should hold, read from the DB: {node_id: (devices, users,
-        grants)}, plus the head sequence."""
+        """The DB: every device, user and grant, what each node follows and the users
+        registered on each (``node_devices``, ``node_users``), plus the head sequence."""
         devices, users, grants = [], [], []
         for lister, out in ((self.store.list_devices, devices), (self.store.list_users, users),
                             (self.store.list_grants, grants)):
@@ -459,10 +482,20 @@ class RandomisedSyncTests(unittest.TestCase):
                 out.extend(page)
                 if not cursor:
                     break
+        follows, registered = yield self.store.interest()
         head = yield self.store.head_seq()
-        return devices, users, grants, head
+        return devices, users, grants, (set(follows), set(registered)), head
 
-    def differences(self, node_id, node, devices, users, grants, head):
+    def differences(self, node_id, node, devices, users, grants, interest, head):
+        """How a node differs from the records it should hold (docs/consistency.md,
+        "What each node holds"): the devices homed on it and those it follows, the
+        grants on them, the users registered on it."""
+        follows, registered = interest
+        devices = [d for d in devices
+                   if d.home_node == node_id or (node_id, d.device_id) in follows]
+        kept = {d.device_id for d in devices}
+        users = [u for u in users if (node_id, u.username) in registered]
+        grants = [g for g in grants if g.device_id in kept]
         problems = []
         held = {d.device_id: d for d in node.store.devices()}
         for d in devices:
@@ -504,10 +537,11 @@ class RandomisedSyncTests(unittest.TestCase):
     def wait_for_quiescence(self, timeout=30.0):
         started = time.monotonic()
         while True:
-            devices, users, grants, head = yield self.expected()
+            devices, users, grants, interest, head = yield self.expected()
             problems = []
             for node_id, node in sorted(self.p.nodes.items()):
-                problems += self.differences(node_id, node, devices, users, grants, head)
+                problems += self.differences(node_id, node, devices, users, grants, interest,
+                                             head)
             if not problems:
                 return devices
             if time.monotonic() - started > timeout:
@@ -551,7 +585,8 @@ class RandomisedSyncTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_random_interleaving_loses_no_change(self):
         rng = self.rng
-        steps = [(self.admin_step, 40), (self.pu_step, 35), (self.link_drop, 8),
+        steps = [(self.admin_step, 40), (self.pu_step, 35), (self.cu_step, 8),
+                 (self.link_drop, 8),
                  (self.node_restart, 3), (self.cms_restart, 2), (self.pause, 12)]
         actions, weights = zip(*steps, strict=True)
         for i in range(self.steps):
@@ -571,6 +606,7 @@ class RandomisedSyncTests(unittest.TestCase):
               f"{len(self.recorder.acks)}, applied {len(applied)}")
         # The run did exercise what it is meant to.
         self.assertGreater(self.stats.get("admin-rename", 0) + self.stats.get("admin-add", 0), 0)
+        self.assertGreater(self.stats.get("cu-login", 0), 0)
 
 
 class SyncRulesTests(unittest.TestCase):
@@ -591,6 +627,10 @@ class SyncRulesTests(unittest.TestCase):
             "cam", "Gate", 1, 1, "node-a", records.verifier("cam-secret", iterations=1))))
         self.node = yield self.p.start_node("node-a")
         self.other = yield self.p.start_node("node-b")
+        # node-b follows cam (a user registered there may see it)
+        self.cms.publish((yield self.store.follow_devices("node-b", ["cam"])))
+        yield wait_until(reactor, lambda: self.other.store.get_device("cam") is not None,
+                         what="node-b to hold cam")
 
     def sync_change(self, base_version, name):
         return SyncChange(node_id="node-a", change_id=0, device_id="cam", channel=0,
@@ -649,6 +689,7 @@ class SyncRulesTests(unittest.TestCase):
         waits for it instead of going out with a stale base and being refused."""
         self.cms.publish((yield self.store.upsert_device(
             "cam-2", "Other", 1, 1, "node-b", records.verifier("x", iterations=1))))
+        self.cms.publish((yield self.store.follow_devices("node-a", ["cam-2"])))
         pu = yield self.p.login("node-a", Role.PU, "cam", "cam-secret")
         for i in range(10):
             # A change whose notify never reaches the nodes: each next notify has a gap.
@@ -835,6 +876,7 @@ class SyncRulesTests(unittest.TestCase):
         reloads = self.node.central.counters["reloads"]
         yield self.store.update_device_fields("cam", name="Compacted away")
         yield self.store.upsert_user("carol", records.verifier("pw", iterations=1), [])
+        yield self.store.register_user("node-a", "carol")
         head = yield self.store.head_seq()
         yield self.store.compact(head + 1)
         yield wait_until(reactor, lambda: self.node.central.applier.applied_seq == head,

@@ -154,7 +154,7 @@ class IStaticStore(Interface):
     def get_user(username):
         """Deferred ``UserRecord`` or None."""
 
-    def list_users(cursor="", limit=1000):
+    def list_users(cursor="", limit=1000, held_by=None):
         """Deferred (records, next_cursor); next_cursor '' when done. Ordered by name."""
 
     def upsert_device(device_id, name, kind, channels, home_node, verifier, source_url="",
@@ -171,8 +171,27 @@ class IStaticStore(Interface):
     def get_device(device_id):
         """Deferred ``DeviceRecord`` or None."""
 
-    def list_devices(cursor="", limit=1000, home_node=None):
-        """Deferred (records, next_cursor), ordered by device id."""
+    def list_devices(cursor="", limit=1000, home_node=None, held_by=None):
+        """Deferred (records, next_cursor), ordered by device id; ``held_by``: only the
+        devices that node holds (docs/consistency.md)."""
+
+    def device_homes(cursor="", limit=50_000):
+        """Deferred ([(device_id, home_node)], next_cursor), ordered by device id."""
+
+    def follow_devices(node_id, device_ids):
+        """The node holds these devices from now on; their records and grants are
+        logged for it (origin ``follow:<node>``). Deferred [Change]."""
+
+    def register_user(node_id, username):
+        """A CU user's first login on the node: it holds the user and the devices the
+        user may see from now on. Deferred [Change]."""
+
+    def interest():
+        """Deferred (node_devices rows, node_users rows) of (node_id, key)."""
+
+    def changes_for(seq, limit, keep):
+        """Deferred (changes, scanned, reload_required): the log entries after ``seq``
+        that ``keep(entity, op, key, origin)`` keeps, at most ``limit`` read."""
 
     def add_credential(record):
         """Store a new ``StreamCredential`` (``created`` and ``version`` are set here).
@@ -185,7 +204,7 @@ class IStaticStore(Interface):
     def get_credential(cred_id):
         """Deferred ``StreamCredential`` or None."""
 
-    def list_credentials(cursor="", limit=1000, username=None, device_id=None):
+    def list_credentials(cursor="", limit=1000, username=None, device_id=None, held_by=None):
         """Deferred (records, next_cursor), ordered by id."""
 
     def set_grant(principal, device_id, actions):
@@ -194,7 +213,7 @@ class IStaticStore(Interface):
     def remove_grant(principal, device_id):
         """Deferred [Change]."""
 
-    def list_grants(cursor="", limit=1000, device_id=None, principal=None):
+    def list_grants(cursor="", limit=1000, device_id=None, principal=None, held_by=None):
         """Deferred (records, next_cursor), ordered by (principal, device_id)."""
 
     def upsert_node(node_id, signalling, media, capacity):

@@ -11,12 +11,14 @@ Flows (docs/architecture.md), each step one method:
   ``s504_notify``; the node applies them (S505) and answers ``SyncComplete`` (S506),
   recorded by ``s506_completed``.
 - S603-S605 active sync: ``on_sync_change`` (S604 writes the DB, S605 acknowledges),
-  then the resulting change goes to every node through S501-S506.
+  then the resulting change goes to the nodes that hold the device through S501-S506.
 
-Every node holds the device directory (every device's id, name, kind and home, so
-routes and device lists work anywhere), every user and every grant; a device's
-verifier goes only to its home node. So every change goes to every up node, which
-lets a node detect a gap in the sequence and fetch what it missed (``on_sync_fetch``).
+Each node holds its share (``vss.cms.interest``): its own devices, the devices its
+users may see, the grants on them, the users registered on it; S503 sends each change
+only to the nodes whose copy it touches. Changes are published in log order; each
+SYNC_NOTIFY names the sequence the previous one to that node ended at (``PREV_SEQ``),
+so that a node tells from it alone whether it missed something, and fetches
+(``on_sync_fetch``, filtered to its share, naming how far it ``SCANNED``).
 """
 
 import secrets
@@ -26,6 +28,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from vss.cms.interest import EVERY_NODE, Interest
 from vss.cms.store.audit import entry as audit_entry
 from vss.cms.store.tokens import iso_time
 from vss.errors import VssError
@@ -77,6 +80,14 @@ AGENT = "vss-cms/0.1"
 AUDIT_KINDS = {AuditKind.LIVE: "live", AuditKind.PLAYBACK: "playback",
                AuditKind.EXPORT: "export"}
 APPLIED_WRITE_DELAY = 1.0  # seconds; see s506_completed
+#: a sequence missing from the published changes is waited for this long (a write in
+#: flight publishes it) before CMS goes on and the nodes fetch across the hole
+HOLE_WAIT = 0.5
+HOLE_POLL = 0.02
+#: the extension tags of SyncNotify and SyncBatch (docs/protocol.md 10)
+EXT_PREV_SEQ = 0x0001
+EXT_SCANNED_SEQ = 0x0001
+EXT_READ_SEQ = 0x0001
 EMPTY_VERIFIER = Verifier(salt=b"", iterations=0, stored_key=b"", server_key=b"")
 
 
@@ -157,6 +168,11 @@ def _respond(link, msg_type, txid, body):
         link.send_response(msg_type, txid, body)
 
 
+def seq_ext(seq):
+    """The extension block of one u64 sequence under tag 1 (PREV_SEQ, SCANNED_SEQ)."""
+    return b"\x00\x01\x00\x01\x00\x08" + int(seq).to_bytes(8, "big")
+
+
 def _sync_complete(frame):
     """The SyncComplete body of a raw SYNC_NOTIFY response, or raise VssError."""
     check_response(frame)
@@ -178,6 +194,7 @@ class NodeSession:
         self.media = ""
         self.capacity = 0
         self.applied_seq = 0
+        self.sent_seq = 0  # the head of the last SYNC_NOTIFY sent (its next PREV_SEQ)
         self.load = {}
         self.registered = False
 
@@ -213,7 +230,13 @@ class CMSService(service.Service):
         self.clock = clock
         self.sessions = {}  # node_id -> NodeSession of a registered node link
         self.links = set()
-        self.homes = {}  # device_id -> home node id (kept from the DB and its changes)
+        self.interest = Interest()  # S503: what each node holds
+        self.homes = self.interest.homes  # device_id -> home node id
+        self.published_seq = 0  # every change up to it was published (S503-S504)
+        self._pending = {}  # first seq -> changes of a transaction waiting its turn
+        self._hole_end = 0  # a hole was skipped up to here: nodes behind it fetch
+        self._hole_since = None
+        self._hole_call = None
         self.online = set()  # devices whose home node reports them online
         self.mdp = MDP()
         self._verifiers = {}
@@ -223,7 +246,8 @@ class CMSService(service.Service):
         self._inflight = set()  # Deferreds of the requests being handled
         self._applied_writes = {}  # node_id -> (DelayedCall writing its applied_seq, session)
         self.counters = {"routed": 0, "notified": 0, "sync_changes": 0, "stale_changes": 0,
-                         "changes": 0}
+                         "changes": 0, "notified_changes": 0, "notified_bytes": 0,
+                         "skips": 0, "holes": 0, "follows": 0}
         # Only the active CMS serves (vss.cms.standby); a standby answers NOT_ACTIVE
         # with ``standby_note`` (why, and who is active if known) and closes the link.
         self.active = True
@@ -233,16 +257,27 @@ class CMSService(service.Service):
 
     @defer.inlineCallbacks
     def load(self):
-        """Read the device homes once; changes keep them current afterwards."""
-        self.homes.clear()
+        """Read what S503 needs once (device homes, users' groups, what each node
+        follows and who is registered where); the changes keep it current afterwards.
+        A standby that takes over loads again, from scratch."""
+        self.interest = Interest()
+        self.homes = self.interest.homes
         self.online.clear()
+        self.published_seq = yield self.store.head_seq()
         cursor = ""
         while True:
-            records, cursor = yield self.store.list_devices(cursor=cursor, limit=5000)
-            for r in records:
-                self.homes[r.device_id] = r.home_node
+            homes, cursor = yield self.store.device_homes(cursor=cursor)
+            self.homes.update(homes)
             if not cursor:
                 break
+        cursor = ""
+        while True:
+            users, cursor = yield self.store.list_users(cursor=cursor, limit=5000)
+            for u in users:
+                self.interest.set_user(u.username, u.groups)
+            if not cursor:
+                break
+        self.interest.load_rows(*(yield self.store.interest()))
         for node in (yield self.store.list_nodes()):
             if node["state"] == "up":
                 yield self.store.set_node_state(node["node_id"], "down")
@@ -264,6 +299,8 @@ class CMSService(service.Service):
             self._purger.stop()
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "CMS shutting down")
+        if self._hole_call is not None and self._hole_call.active():
+            self._hole_call.cancel()
         for call, s in list(self._applied_writes.values()):
             call.cancel()
             self._write_applied(s)  # what the nodes applied, now, before the DB closes
@@ -435,19 +472,21 @@ class CMSService(service.Service):
             old.link.close(ResultCode.SESSION_REPLACED, "the node connected again")
         s.signalling, s.media, s.capacity = body.signalling, body.media, body.capacity
         s.applied_seq = body.applied_seq
+        # everything published so far was not sent to this session: its first notify
+        # names at least this, and the node fetches what it lacks first
+        s.sent_seq = self.published_seq
         s.registered = True
         s.state = "registered"
         self.sessions[s.node_id] = s
         changes = yield self.store.upsert_node(s.node_id, body.signalling, body.media,
                                                body.capacity, origin=s.node_id)
+        self.s501_data_changed(changes)  # no node holds the registry: it moves the seqs
         yield self.store.set_node_state(s.node_id, "up", {})
         self.node_event(s.node_id, "node-up", Severity.INFO)
         head = yield self.store.head_seq()
-        # Every log entry reaches every up node, so that a node never mistakes the
-        # registry's entries for a gap; this node fetches them in its catch-up.
-        for node_id in self.s503_nodes_for(changes):
-            if node_id != s.node_id:
-                self.s504_notify(node_id, changes)
+        # The node fetches up to the head (at least) in its catch-up: its next notify
+        # follows on from there.
+        s.sent_seq = max(s.sent_seq, head)
         self.clock.callLater(0, self._send_presences, s)
         self.log.info("node {node} up from {peer} (applied {applied}, head {head})",
                       node=s.node_id, peer=s.link.peer, applied=body.applied_seq, head=head)
@@ -464,25 +503,39 @@ class CMSService(service.Service):
         self.mdp.report(s.node_id, s.media, s.load)
         yield self.store.set_node_state(s.node_id, "up", s.load)
         head = yield self.store.head_seq()
+        self._skip(s)
         return HeartbeatAck(head_seq=head)
+
+    def _skip(self, s):
+        """A node nothing was sent to for a while learns that nothing up to the
+        published sequence was for it (an empty SYNC_NOTIFY), before the heartbeat's
+        answer names the head: it then has no reason to fetch."""
+        if self.sessions.get(s.node_id) is s and s.sent_seq < self.published_seq \
+                and s.applied_seq >= s.sent_seq:
+            self.counters["skips"] += 1
+            self._send(s, [], self.published_seq)
 
     @defer.inlineCallbacks
     def on_static_pull(self, s, body):
-        """An RGM that (re)starts pulls its static data, paged. Devices homed elsewhere
-        come without their verifier."""
+        """An RGM that (re)starts pulls its share of the static data, paged. Devices
+        homed elsewhere come without their verifier."""
         limit = max(1, min(body.limit or 1000, 5000))
         seq = yield self.store.head_seq()
         devices, users, grants, credentials = [], [], [], []
+        node = s.node_id
         if body.entity == Entity.DEVICE:
-            devices, cursor = yield self.store.list_devices(cursor=body.cursor, limit=limit)
+            devices, cursor = yield self.store.list_devices(cursor=body.cursor, limit=limit,
+                                                            held_by=node)
             devices = [d if d.home_node == s.node_id else strip_secret(d) for d in devices]
         elif body.entity == Entity.USER:
-            users, cursor = yield self.store.list_users(cursor=body.cursor, limit=limit)
+            users, cursor = yield self.store.list_users(cursor=body.cursor, limit=limit,
+                                                        held_by=node)
         elif body.entity == Entity.GRANT:
-            grants, cursor = yield self.store.list_grants(cursor=body.cursor, limit=limit)
+            grants, cursor = yield self.store.list_grants(cursor=body.cursor, limit=limit,
+                                                          held_by=node)
         elif body.entity == Entity.CREDENTIAL:
-            credentials, cursor = yield self.store.list_credentials(cursor=body.cursor,
-                                                                    limit=limit)
+            credentials, cursor = yield self.store.list_credentials(
+                cursor=body.cursor, limit=limit, held_by=node)
         else:
             raise VssError(ResultCode.INVALID_ARGUMENT, f"unknown entity {body.entity}")
         return StaticPage(entity=body.entity, devices=devices, users=users, grants=grants,
@@ -522,7 +575,10 @@ class CMSService(service.Service):
 
     @defer.inlineCallbacks
     def on_reg_info(self, s, body):
-        """First registration of a PU or CU the node does not hold yet."""
+        """First registration of a PU or CU the node does not hold yet. The node holds
+        it from then on: the records come in the change stream, and the answer names
+        how far the node must have applied to hold them (READ_SEQ)."""
+        written = []
         if body.role == Role.PU:
             device = yield self.store.get_device(body.identity)
             if device is None:
@@ -531,12 +587,21 @@ class CMSService(service.Service):
                 home = s.node_id
                 changes = yield self.store.update_device_fields(body.identity, home_node=home,
                                                                 origin="cms")
-                self.s501_data_changed(changes)  # every node learns the device's home
+                self.s501_data_changed(changes)  # its new home gets it
+                written += changes
                 device = yield self.store.get_device(body.identity)
-                self.homes[device.device_id] = home
             if device.home_node != s.node_id:
+                # the node keeps the record it is given: it follows the device from now on
+                changes = yield self.store.follow_devices(s.node_id, [device.device_id])
+                self.s501_data_changed(changes)
+                written += changes
                 device = strip_secret(device)
-            return RegInfo(home_node=device.home_node, device=device, user=None, grants=[])
+            return RegInfo(home_node=device.home_node, device=device, user=None, grants=[],
+                           ext=self._read_seq(s, written))
+        # A CU's first login on this node: the node holds the user from now on, and the
+        # devices the user may see (they come in the change stream, in order).
+        changes = yield self.store.register_user(s.node_id, body.identity)
+        self.s501_data_changed(changes)
         user = yield self.store.get_user(body.identity)
         if user is None:
             raise VssError(ResultCode.AUTH_FAILED)
@@ -544,7 +609,15 @@ class CMSService(service.Service):
         for principal in [f"user:{user.username}"] + [f"group:{g}" for g in user.groups]:
             page, _ = yield self.store.list_grants(principal=principal, limit=5000)
             grants.extend(page)
-        return RegInfo(home_node="", device=None, user=user, grants=grants)
+        return RegInfo(home_node="", device=None, user=user, grants=grants,
+                       ext=self._read_seq(s, changes))
+
+    def _read_seq(self, s, written):
+        """REG_INFO's READ_SEQ extension: the last sequence sent to the node, or the
+        last the registration wrote if it was not published yet (a node that applied
+        that far holds what the registration gave it)."""
+        seq = max([s.sent_seq] + [c.seq for c in written])
+        return ((EXT_READ_SEQ, seq.to_bytes(8, "big")),)
 
     def on_route_lookup(self, s, body):
         home = self.homes.get(body.device_id)
@@ -752,52 +825,109 @@ class CMSService(service.Service):
 
     def s501_data_changed(self, changes):
         """MMS changed data: the changes of one transaction (S502: their records were
-        read from the DB in that transaction)."""
-        self.counters["changes"] += len(changes)
-        for c in changes:
-            if c.entity == Entity.DEVICE:
-                if c.device is not None:
-                    self.homes[c.key] = c.device.home_node
-                else:
-                    self.homes.pop(c.key, None)
-        encoded = {}  # the notify bodies every node not home to these devices gets
-        for node_id in self.s503_nodes_for(changes):
-            self.s504_notify(node_id, changes, encoded)
+        read from the DB in it). They are published in log order: a transaction whose
+        first sequence does not follow the last published one waits for the one before
+        it (a write still in flight), at most ``HOLE_WAIT`` s."""
+        changes = list(changes)
+        if not changes:
+            return
+        if changes[-1].seq <= self.published_seq:
+            self._publish(changes)  # older than what was published: late, still sent
+            return
+        self._pending[changes[0].seq] = changes
+        self._release()
 
     publish = s501_data_changed
 
-    def s503_nodes_for(self, changes):
-        """Every up node holds a copy of the directory, users and grants."""
-        return list(self.sessions)
+    def _release(self):
+        while self._pending:
+            first = min(self._pending)
+            if first > self.published_seq + 1:
+                waited = 0.0 if self._hole_since is None else \
+                    self.clock.seconds() - self._hole_since
+                if self.store.writes_in_flight > 0 and waited < HOLE_WAIT:
+                    if self._hole_since is None:
+                        self._hole_since = self.clock.seconds()
+                    if self._hole_call is None or not self._hole_call.active():
+                        self._hole_call = self.clock.callLater(HOLE_POLL, self._release)
+                    return
+                # nothing will fill it (a rolled back sequence, a write not published):
+                # go on, and make every node behind it fetch
+                self.counters["holes"] += 1
+                self._hole_end = first - 1
+            self._hole_since = None
+            changes = self._pending.pop(first)
+            self._publish(changes)
+            self.published_seq = max(self.published_seq, changes[-1].seq)
 
-    def s504_notify(self, node_id, changes, encoded=None):
-        """Send the changes to one node, its own devices with their verifiers. The
-        bodies of the nodes that are home to none of the devices are all the same: with
-        ``encoded`` (a dict shared over one publish) they are encoded once."""
+    def _publish(self, changes):
+        self.counters["changes"] += len(changes)
+        gains, cache = [], {}
+        for c in changes:
+            gains += self.interest.apply(c, cache)
+        for node_id, part in self.s503_nodes_for(changes).items():
+            self.s504_notify(node_id, part, changes[-1].seq)
+        if gains and self.running:
+            self._follow(gains)
+
+    def s503_nodes_for(self, changes):
+        """S503, node routing: {node_id: the changes its copy holds} for the up nodes
+        (``vss.cms.interest``)."""
+        out = {}
+        for c in changes:
+            nodes = self.interest.nodes_for(c)
+            for node_id in (self.sessions if nodes is EVERY_NODE else nodes):
+                if node_id in self.sessions:
+                    out.setdefault(node_id, []).append(c)
+        return out
+
+    def _follow(self, gains):
+        """Users registered on a node may now see devices it does not hold (a grant, a
+        user's new group): the node follows them; the records come in the stream."""
+        devices = {}
+        for kind, node_id, key in gains:
+            if kind == "device":
+                devices.setdefault(node_id, set()).add(key)
+            else:
+                d = self.store.register_user(node_id, key)
+                self._track(d.addCallback(self.s501_data_changed).addErrback(self._logged))
+        for node_id, ids in sorted(devices.items()):
+            self.counters["follows"] += len(ids)
+            d = self.store.follow_devices(node_id, sorted(ids))
+            self._track(d.addCallback(self.s501_data_changed).addErrback(self._logged))
+
+    def s504_notify(self, node_id, changes, head=None):
+        """S504: send one node the changes its copy holds (its own devices with their
+        verifiers), in notifies of at most ``notify_batch`` changes, each naming the
+        head of the one before (PREV_SEQ); the last names ``head`` (the transaction's
+        last sequence, which may be for other nodes)."""
         s = self.sessions.get(node_id)
         if s is None:
             return defer.succeed(None)
-        homed = any(c.device is not None and c.device.home_node == node_id for c in changes)
-        bodies = None if homed or encoded is None else encoded.get("stripped")
-        if bodies is None:
-            batch = [c if c.device is None or c.device.home_node == node_id
-                     else replace(c, device=strip_secret(c.device)) for c in changes]
-            bodies = [codec.encode_body(SyncNotify(head_seq=part[-1].seq, changes=part))
-                      for part in (batch[i:i + self.config.notify_batch]
-                                   for i in range(0, len(batch), self.config.notify_batch))]
-            if not homed and encoded is not None:
-                encoded["stripped"] = bodies
+        batch = [c if c.device is None or c.device.home_node == node_id
+                 else replace(c, device=strip_secret(c.device)) for c in changes]
+        head = max(head or 0, batch[-1].seq)
+        size = self.config.notify_batch
         ds = []
-        for body in bodies:
-            self.counters["notified"] += 1
-            d = s.link.request_raw(MsgType.SYNC_NOTIFY, body)
-            d.addCallback(_sync_complete)
-            d.addCallback(lambda complete, s=s: self.s506_completed(s, complete))
-            d.addErrback(lambda f, n=node_id: self.log.info(
-                "sync to {node} not confirmed ({error}); it catches up on its next fetch",
-                node=n, error=f.getErrorMessage()))
-            ds.append(d)
+        for i in range(0, len(batch), size):
+            part = batch[i:i + size]
+            ds.append(self._send(s, part, head if i + size >= len(batch) else part[-1].seq))
         return defer.gatherResults(ds)
+
+    def _send(self, s, changes, head):
+        body = codec.encode_body(SyncNotify(head_seq=head, changes=changes))
+        body = body[:-2] + seq_ext(max(s.sent_seq, self._hole_end))
+        s.sent_seq = max(s.sent_seq, head)
+        self.counters["notified"] += 1
+        self.counters["notified_changes"] += len(changes)
+        self.counters["notified_bytes"] += len(body) + codec.HEADER_SIZE
+        d = s.link.request_raw(MsgType.SYNC_NOTIFY, body)
+        d.addCallback(_sync_complete)
+        d.addCallback(lambda complete: self.s506_completed(s, complete))
+        d.addErrback(lambda f: self.log.info(
+            "sync to {node} not confirmed ({error}); it catches up on its next fetch",
+            node=s.node_id, error=f.getErrorMessage()))
+        return d
 
     def s506_completed(self, s, complete):
         """S506: what the node applied, at once in memory; in the DB (for operators) at
@@ -817,16 +947,26 @@ class CMSService(service.Service):
                     .addErrback(self._logged))
 
     def on_sync_fetch(self, s, body):
-        """A node that reconnects asks for what it missed."""
-        d = self.store.changes_after(body.after_seq, max(1, min(body.limit or 1000, 5000)))
+        """A node that reconnects (or saw a gap) asks for what it missed: the log
+        entries after its sequence that its share holds, and how far that went
+        (SCANNED_SEQ; the node's sequence moves there)."""
+        node_id = s.node_id
+        interest = self.interest
+
+        def keep(entity, op, key, origin):
+            return interest.keeps(node_id, entity, op, key, origin)
+
+        d = self.store.changes_for(body.after_seq, max(1, min(body.limit or 1000, 5000)), keep)
 
         def batch(result):
-            changes, reload_required = result
-            changes = [c if c.device is None or c.device.home_node == s.node_id
-                       else replace(c, device=strip_secret(c.device)) for c in changes]
+            changes, scanned, reload_required = result
+            changes = [c if c.device is None or c.device.home_node == node_id
+                       else replace(c, device=strip_secret(c.device)) for c in changes
+                       if interest.keeps_record(node_id, c)]
             return self.store.head_seq().addCallback(
                 lambda head: SyncBatch(changes=changes, head_seq=head,
-                                       reload_required=reload_required))
+                                       reload_required=reload_required,
+                                       ext=((EXT_SCANNED_SEQ, scanned.to_bytes(8, "big")),)))
 
         return d.addCallback(batch)
 

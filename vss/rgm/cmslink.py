@@ -19,6 +19,7 @@ asking CMS again only on a miss or when the device moves home.
 
 import os
 import random
+from dataclasses import replace
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
@@ -54,9 +55,11 @@ from vss.protocols.reconnect import Reconnector
 from vss.rgm import settings
 from vss.rgm.outbox import Outbox
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT, PeerLinks, node_login, serve_route
-from vss.rgm.sync import SyncApplier
+from vss.rgm.sync import SyncApplier, ext_seq
 
 AGENT = "vss-node/0.1"
+#: how long a first registration waits for the change stream to bring its records
+REG_WAIT = 10.0
 PAGE = 5000
 #: First and largest delay before the outbox is sent again after CMS failed to write.
 RETRY_FIRST = 0.5
@@ -119,6 +122,8 @@ class CmsLink(service.Service):
         self._retry_delay = RETRY_FIRST
         self._refetch = False  # a change was refused as stale: fetch before the next
         self.ready = defer.Deferred()  # fires after the first catch-up
+        self._seq_waiters = []  # (seq, Deferred) fired once that sequence is applied
+        self.applier.on_applied = self._applied
         self.counters = {"cms_requests": 0, "routed_via_cms": 0, "routed_direct": 0,
                          "reloads": 0, "fetches": 0, "notifies": 0, "refused_changes": 0,
                          "change_retries": 0}
@@ -316,8 +321,8 @@ class CmsLink(service.Service):
         finally:
             self.catching_up = False
         queued, self._queued = self._queued, []
-        for changes, head in queued:
-            yield self._apply_notified(changes, head)
+        for changes, head, prev in queued:
+            yield self._apply_notified(changes, head, prev)
 
     @defer.inlineCallbacks
     def reload(self, head_seq):
@@ -383,14 +388,22 @@ class CmsLink(service.Service):
         """Apply every change after the last applied sequence."""
         while True:
             self.counters["fetches"] += 1
+            after = self.applier.applied_seq
             batch = (yield self._request(MsgType.SYNC_FETCH, SyncFetch(
-                after_seq=self.applier.applied_seq, limit=PAGE), 60.0)).body
+                after_seq=after, limit=PAGE), 60.0)).body
             self._saw_head(batch.head_seq)
             if batch.reload_required:
                 yield self.reload(batch.head_seq)
                 continue
-            self.applier.apply(batch.changes)
-            if not batch.changes or self.applier.applied_seq >= batch.head_seq:
+            scanned = ext_seq(batch.ext)
+            if scanned is None:  # a CMS that sends every change to every node
+                self.applier.apply(batch.changes)
+                if not batch.changes or self.applier.applied_seq >= batch.head_seq:
+                    return
+                continue
+            # every change of this node's share up to ``scanned`` is in the batch
+            self.applier.apply(batch.changes, upto=scanned)
+            if scanned >= batch.head_seq or scanned <= after:
                 return
 
     # -- what CMS sends
@@ -426,11 +439,12 @@ class CmsLink(service.Service):
         """S504 arrives; S505 apply; S506 answer SyncComplete."""
         self.counters["notifies"] += 1
         self._saw_head(body.head_seq)
+        prev = ext_seq(body.ext)
         if self.catching_up:
-            self._queued.append((list(body.changes), body.head_seq))
+            self._queued.append((list(body.changes), body.head_seq, prev))
             return defer.succeed(SyncComplete(node_id=self.node_id,
                                               applied_seq=self.applier.applied_seq))
-        d = self._apply_notified(list(body.changes), body.head_seq)
+        d = self._apply_notified(list(body.changes), body.head_seq, prev)
 
         def failed(f):
             self.sync_failed()
@@ -441,10 +455,19 @@ class CmsLink(service.Service):
             failed)
 
     @defer.inlineCallbacks
-    def _apply_notified(self, changes, head):
-        if self.applier.gap(changes):
+    def _apply_notified(self, changes, head, prev=None):
+        """A notify naming PREV_SEQ holds every change of this node's share after it up
+        to ``head``: the node fetches first if it has not reached ``prev`` (it missed
+        one), then moves to ``head``. Without PREV_SEQ (every change to every node) a
+        gap in the sequences shows a miss."""
+        if prev is None:
+            if self.applier.gap(changes):
+                yield self.fetch()
+            self.applier.apply(changes)
+            return
+        if prev > self.applier.applied_seq:
             yield self.fetch()
-        self.applier.apply(changes)
+        self.applier.apply(changes, upto=head if prev <= self.applier.applied_seq else None)
 
     def _device_changed(self, device_id, old, new):
         """A moved or removed device: forget its route; a renamed one: show the name."""
@@ -482,8 +505,47 @@ class CmsLink(service.Service):
     # -- ICentral
 
     def registration_info(self, identity, role):
+        """REG_INFO: a first registration here. CMS answers once the records it makes
+        this node hold are in the change stream (READ_SEQ): the node waits until it has
+        applied that far and serves them from its copy, never from the answer, which a
+        later change (a removal) may already have overtaken."""
+
+        def answered(msg):
+            info = msg.body
+            seq = ext_seq(info.ext)
+            if seq is None:
+                return info
+            bare = replace(info, device=None, user=None, grants=[])
+            return self.wait_applied(seq).addCallback(lambda _: bare)
+
         return self._request(MsgType.REG_INFO, RegInfoRequest(identity=identity, role=int(role))) \
-            .addCallback(lambda msg: msg.body)
+            .addCallback(answered)
+
+    def wait_applied(self, seq, timeout=REG_WAIT):
+        """A Deferred fired once the copy has applied ``seq`` (CENTRAL_UNAVAILABLE after
+        ``timeout`` s: the stream did not get that far, a link lost meanwhile)."""
+        if self.applier.applied_seq >= seq:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        entry = (seq, d)
+        self._seq_waiters.append(entry)
+
+        def late():
+            if entry in self._seq_waiters:
+                self._seq_waiters.remove(entry)
+                d.errback(VssError(ResultCode.CENTRAL_UNAVAILABLE,
+                                   f"the change stream did not reach {seq} in {timeout} s"))
+
+        call = self.clock.callLater(timeout, late)
+        return d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+
+    def _applied(self, seq):
+        if not self._seq_waiters:
+            return
+        due = [e for e in self._seq_waiters if e[0] <= seq]
+        for e in due:
+            self._seq_waiters.remove(e)
+            e[1].callback(None)
 
     def store_credential(self, record):
         """CRED_STORE: CMS stores a stream credential of one of this node's users."""
@@ -711,4 +773,6 @@ class CmsLink(service.Service):
     def status(self):
         return {"connected": self.link is not None, "applied_seq": self.applier.applied_seq,
                 "outbox": len(self.outbox.pending) if self.outbox else 0,
-                "routes_cached": len(self.route_cache), **self.counters}
+                "routes_cached": len(self.route_cache),
+                "held": {"devices": len(self.store.devices()), "users": len(self.store.users()),
+                         "grants": len(self.store.grants())}, **self.counters}

@@ -424,12 +424,22 @@ class RGMService(service.Service):
         return self.store.get_user(identity)
 
     def apply_registration_info(self, info):
+        """What CMS answered to a first registration: the node holds these records from
+        now on, and CMS's change stream brings their changes (and may have brought them
+        already: a record held is never replaced by an older one)."""
+        store = self.store
         if info.device is not None:
-            self.store.put_device(info.device)
+            held = store.get_device(info.device.device_id)
+            if held is None or held.version < info.device.version:
+                store.put_device(info.device)
         if info.user is not None:
-            self.store.put_user(info.user)
+            held = store.get_user(info.user.username)
+            if held is None or held.version < info.user.version:
+                store.put_user(info.user)
+        held = {(g.principal, g.device_id) for g in store.grants()} if info.grants else ()
         for g in info.grants:
-            self.store.put_grant(g)
+            if (g.principal, g.device_id) not in held:
+                store.put_grant(g)
 
     # -- 3. AUTH_PROOF
 

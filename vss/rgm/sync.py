@@ -28,6 +28,15 @@ from vss.rgm.localcopy import MIN_COMPACT, LocalCopy
 SAVE_DELAY = 0.1  # seconds between writes of sync.json when a clock is given
 
 
+def ext_seq(ext, tag=1):
+    """The u64 an extension block carries under ``tag`` (SyncNotify's PREV_SEQ,
+    SyncBatch's SCANNED_SEQ, docs/protocol.md 10), or None."""
+    for t, value in ext:
+        if t == tag and len(value) == 8:
+            return int.from_bytes(value, "big")
+    return None
+
+
 class SyncApplier:
     log = Logger()
 
@@ -49,6 +58,7 @@ class SyncApplier:
         #: the memory store's copy on disk (``vss.rgm.localcopy``), or None
         self.local = LocalCopy(data_dir) if local_copy and data_dir else None
         self._quiet = False  # replaying the local copy: no callbacks
+        self.on_applied = None  # f(applied_seq) after each batch applied
 
     def restore(self):
         """The applied sequence to resume from, or None when there is nothing synced to
@@ -213,6 +223,8 @@ class SyncApplier:
     def save(self):
         self.store.set_meta("applied_seq", self.applied_seq)
         self._schedule_write()
+        if self.on_applied is not None:
+            self.on_applied(self.applied_seq)
 
     def _schedule_write(self):
         if not self.path:

@@ -259,6 +259,26 @@ MIGRATIONS = (
             " PRIMARY KEY (node_id, seq))",
         ),
     ),
+    Migration(
+        8,
+        "what each node holds: the devices of other nodes it follows, the users registered there",
+        (
+            # a node follows a device homed elsewhere (a user registered there may see
+            # it) or that was homed there once; rows are never removed, so what a node
+            # follows only grows (docs/consistency.md, "What each node holds")
+            "CREATE TABLE node_devices ("
+            " node_id {KEY} NOT NULL,"
+            " device_id {KEY} NOT NULL,"
+            " PRIMARY KEY (node_id, device_id))",
+            "CREATE INDEX node_devices_device ON node_devices (device_id, node_id)",
+            # a CU user registered (logged in for the first time) on a node
+            "CREATE TABLE node_users ("
+            " node_id {KEY} NOT NULL,"
+            " username {KEY} NOT NULL,"
+            " PRIMARY KEY (node_id, username))",
+            "CREATE INDEX node_users_user ON node_users (username, node_id)",
+        ),
+    ),
 )
 
 CURRENT_VERSION = MIGRATIONS[-1].version

@@ -91,6 +91,8 @@ _DEVICE_UPSERT_TAIL = (
     " enabled = excluded.enabled, version = excluded.version"
 )
 _DEVICE_FIELDS = {"name", "home_node", "source_url", "enabled", "channels"}
+#: the origin of the log entries that hand a node records it starts to hold
+FOLLOW_ORIGIN = "follow:"
 
 
 def grant_key(principal, device_id):
@@ -243,10 +245,10 @@ class _Log:
     def __init__(self, origin, at):
         self.origin = origin
         self.at = at
-        self.entries = []  # (entity, op, key, version, record)
+        self.entries = []  # (entity, op, key, version, record, origin)
 
-    def add(self, entity, op, key, version, record=None):
-        self.entries.append((entity, op, key, version, record))
+    def add(self, entity, op, key, version, record=None, origin=None):
+        self.entries.append((entity, op, key, version, record, origin or self.origin))
 
 
 @implementer(IStaticStore, IAdminTokenStore, IOperatorStore, IAuditStore, IEventStore)
@@ -268,6 +270,9 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         #: how long the calls take, issued to answered (queueing for a pool thread
         #: included), by kind: for ``/metrics`` (``vss.ops.collectors``)
         self.call_latency = {"read": Histogram(), "write": Histogram()}
+        #: logged writes issued and not answered yet (CMS publishes in log order and
+        #: waits for them when a sequence is missing, see ``vss.cms.service``)
+        self.writes_in_flight = 0
 
     # -- plumbing -----------------------------------------------------------
 
@@ -312,7 +317,14 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return fn(cur, *args)
 
     def _write(self, fn, *args, origin=DEFAULT_ORIGIN):
-        return self._run(self._wpool, self._in_write, fn, origin, self._now_ms(), *args)
+        self.writes_in_flight += 1
+
+        def answered(result):
+            self.writes_in_flight -= 1
+            return result
+
+        return self._run(self._wpool, self._in_write, fn, origin, self._now_ms(), *args) \
+            .addBoth(answered)
 
     def _in_write(self, cur, fn, origin, at, *args):
         self.dialect.begin_write(cur)
@@ -323,11 +335,12 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
     def _append(self, cur, log):
         if not log.entries:
             return []
-        rows = [(int(e), int(o), k, v, log.origin, log.at) for e, o, k, v, _ in log.entries]
+        rows = [(int(e), int(o), k, v, origin, log.at) for e, o, k, v, _, origin in log.entries]
         seqs = self.dialect.append_log(cur, rows)
         changes = []
-        for seq, (entity, op, key, version, record) in zip(seqs, log.entries, strict=True):
-            changes.append(_change(seq, entity, op, key, version, log.origin, record))
+        for seq, (entity, op, key, version, record, origin) in zip(seqs, log.entries,
+                                                                   strict=True):
+            changes.append(_change(seq, entity, op, key, version, origin, record))
         return changes
 
     def _x(self, cur, text, params=()):
@@ -442,14 +455,25 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return _user(row) if row else None
 
     @_deferred
-    def list_users(self, cursor="", limit=1000):
-        return self._read(self._list_users, cursor, _limit(limit))
+    def list_users(self, cursor="", limit=1000, held_by=None):
+        """``held_by``: only the users registered on that node."""
+        return self._read(self._list_users, cursor, _limit(limit), held_by)
 
-    def _list_users(self, cur, cursor, limit):
+    def _list_users(self, cur, cursor, limit, held_by=None):
+        if held_by is not None:
+            cols = ", ".join("u." + c.strip() for c in _USER_COLS.split(","))
+            rows = self._x(
+                cur,
+                f"SELECT {cols} FROM node_users n JOIN users u ON u.username = n.username"
+                " WHERE n.node_id = ? AND n.username > ? ORDER BY n.username LIMIT ?",
+                (held_by, cursor, limit + 1),
+            ).fetchall()
+            return _page([_user(r) for r in rows], limit, lambda r: r.username)
+        where, params = "username > ?", (cursor, limit + 1)
         rows = self._x(
             cur,
-            f"SELECT {_USER_COLS} FROM users WHERE username > ? ORDER BY username LIMIT ?",
-            (cursor, limit + 1),
+            f"SELECT {_USER_COLS} FROM users WHERE {where} ORDER BY username LIMIT ?",
+            params,
         ).fetchall()
         return _page([_user(r) for r in rows], limit, lambda r: r.username)
 
@@ -474,14 +498,45 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return self._write(self._upsert_devices, list(unique.values()), origin=origin)
 
     def _upsert_devices(self, cur, log, records):
-        versions = self._versions(cur, "devices", "device_id", [r.device_id for r in records])
-        fresh = [_replace_device(r, version=versions.get(r.device_id, 0) + 1) for r in records]
+        held = self._versions_homes(cur, [r.device_id for r in records])
+        fresh = [_replace_device(r, version=held.get(r.device_id, (0, ""))[0] + 1)
+                 for r in records]
+        moved = []
+        for r in fresh:
+            home = held.get(r.device_id, (0, ""))[1]
+            if home and home != r.home_node:
+                self._follow(cur, home, r.device_id)
+            if r.device_id in held and r.home_node and home != r.home_node:
+                moved.append(r)
         self.dialect.insert_many(
             cur, f"INSERT INTO devices ({_DEVICE_COLS})", 12,
             [_device_params(r) for r in fresh], _DEVICE_UPSERT_TAIL,
         )
         for r in fresh:
             log.add(Entity.DEVICE, ChangeOp.UPSERT, r.device_id, r.version, r)
+        for r in moved:
+            self._announce_grants(cur, log, r.home_node, r.device_id)
+
+    def _versions_homes(self, cur, keys):
+        found = {}
+        for chunk in _chunks(keys):
+            marks = ", ".join("?" * len(chunk))
+            rows = self._x(
+                cur, f"SELECT device_id, version, home_node FROM devices"
+                f" WHERE device_id IN ({marks})", tuple(chunk),
+            ).fetchall()
+            found.update((k, (int(v), h)) for k, v, h in rows)
+        return found
+
+    def _follow(self, cur, node_id, device_id):
+        """``node_id`` follows ``device_id`` from now on (its former home, or a node
+        whose users may see it). True if it did not already."""
+        if self._x(cur, "SELECT 1 FROM node_devices WHERE node_id = ? AND device_id = ?",
+                   (node_id, device_id)).fetchone() is not None:
+            return False
+        self._x(cur, "INSERT INTO node_devices (node_id, device_id) VALUES (?, ?)",
+                (node_id, device_id))
+        return True
 
     def _versions(self, cur, table, column, keys):
         found = {}
@@ -510,6 +565,8 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         if not fields:
             return
         record = _replace_device(current, version=current.version + 1, **fields)
+        if current.home_node and current.home_node != record.home_node:
+            self._follow(cur, current.home_node, device_id)  # it still gets the move
         self._x(
             cur,
             "UPDATE devices SET name = ?, channels = ?, home_node = ?, source_url = ?,"
@@ -518,16 +575,27 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
              bool(record.enabled), record.version, device_id),
         )
         log.add(Entity.DEVICE, ChangeOp.UPSERT, device_id, record.version, record)
+        if record.home_node and record.home_node != current.home_node:
+            self._announce_grants(cur, log, record.home_node, device_id)
+
+    def _announce_grants(self, cur, log, node_id, device_id):
+        """A device newly homed on ``node_id``: log the grants on it as they are, for
+        that node only (origin ``follow:<node>``), after the device's own entry."""
+        for g in self._list_grants(cur, "", 100_000, device_id, None)[0]:
+            log.add(Entity.GRANT, ChangeOp.UPSERT, grant_key(g.principal, g.device_id),
+                    g.version, g, origin=FOLLOW_ORIGIN + node_id)
 
     def remove_device(self, device_id, origin=DEFAULT_ORIGIN):
         return self._write(self._remove_device, device_id, origin=origin)
 
     def _remove_device(self, cur, log, device_id):
         row = self._x(
-            cur, "SELECT version FROM devices WHERE device_id = ?", (device_id,)
+            cur, "SELECT version, home_node FROM devices WHERE device_id = ?", (device_id,)
         ).fetchone()
         if row is None:
             return
+        if row[1]:
+            self._follow(cur, row[1], device_id)  # its home gets the delete, in a fetch too
         self._delete_grants(cur, log, "device_id = ?", (device_id,))
         self._delete_credentials(cur, log, "device_id = ?", (device_id,))
         self._x(cur, "DELETE FROM record_settings WHERE device_id = ?", (device_id,))
@@ -544,10 +612,25 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return _device(row) if row else None
 
     @_deferred
-    def list_devices(self, cursor="", limit=1000, home_node=None):
-        return self._read(self._list_devices, cursor, _limit(limit), home_node)
+    def list_devices(self, cursor="", limit=1000, home_node=None, held_by=None):
+        """``held_by``: only the devices that node holds (homed there or followed)."""
+        return self._read(self._list_devices, cursor, _limit(limit), home_node, held_by)
 
-    def _list_devices(self, cur, cursor, limit, home_node):
+    def _list_devices(self, cur, cursor, limit, home_node, held_by=None):
+        if held_by is not None:
+            # two index range scans in device order (homed there; followed), merged
+            cols = ", ".join("d." + c.strip() for c in _DEVICE_COLS.split(","))
+            rows = self._x(
+                cur,
+                f"SELECT * FROM (SELECT {_DEVICE_COLS} FROM devices"
+                " WHERE home_node = ? AND device_id > ?"
+                f" UNION ALL SELECT {cols} FROM node_devices n JOIN devices d"
+                " ON d.device_id = n.device_id"
+                " WHERE n.node_id = ? AND n.device_id > ? AND d.home_node <> ?) AS held"
+                " ORDER BY device_id LIMIT ?",
+                (held_by, cursor, held_by, cursor, held_by, limit + 1),
+            ).fetchall()
+            return _page([_device(r) for r in rows], limit, lambda r: r.device_id)
         if home_node is None:
             where, params = "device_id > ?", (cursor, limit + 1)
         else:
@@ -619,10 +702,14 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
             )
 
     @_deferred
-    def list_grants(self, cursor="", limit=1000, device_id=None, principal=None):
-        return self._read(self._list_grants, cursor, _limit(limit), device_id, principal)
+    def list_grants(self, cursor="", limit=1000, device_id=None, principal=None, held_by=None):
+        """``held_by``: only the grants on the devices that node holds."""
+        return self._read(self._list_grants, cursor, _limit(limit), device_id, principal,
+                          held_by)
 
-    def _list_grants(self, cur, cursor, limit, device_id, principal):
+    def _list_grants(self, cur, cursor, limit, device_id, principal, held_by=None):
+        if held_by is not None:
+            return self._held_grants(cur, cursor, limit, held_by)
         where, params = [], []
         if cursor:
             where.append("(principal, device_id) > (?, ?)")
@@ -643,6 +730,26 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return _page(
             [_grant(r) for r in rows], limit, lambda r: grant_key(r.principal, r.device_id)
         )
+
+    def _held_grants(self, cur, cursor, limit, node_id):
+        """The grants on the devices ``node_id`` holds, in (device, principal) order
+        (the cursor is still a grant key): index range scans, not a scan of every
+        grant."""
+        after_principal, after_device = split_grant_key(cursor) if cursor else ("", "")
+        cols = ", ".join("g." + c.strip() for c in _GRANT_COLS.split(","))
+        rows = self._x(
+            cur,
+            f"SELECT * FROM (SELECT {cols} FROM devices d JOIN grants g"
+            " ON g.device_id = d.device_id WHERE d.home_node = ? AND d.device_id >= ?"
+            f" UNION ALL SELECT {cols} FROM node_devices n JOIN devices d"
+            " ON d.device_id = n.device_id JOIN grants g ON g.device_id = n.device_id"
+            " WHERE n.node_id = ? AND n.device_id >= ? AND d.home_node <> ?) AS held"
+            " WHERE (device_id, principal) > (?, ?) ORDER BY device_id, principal LIMIT ?",
+            (node_id, after_device, node_id, after_device, node_id, after_device,
+             after_principal, limit + 1),
+        ).fetchall()
+        return _page([_grant(r) for r in rows], limit,
+                     lambda r: grant_key(r.principal, r.device_id))
 
     # -- stream credentials ---------------------------------------------------
 
@@ -722,11 +829,17 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return _credential(row) if row else None
 
     @_deferred
-    def list_credentials(self, cursor="", limit=1000, username=None, device_id=None):
-        return self._read(self._list_credentials, cursor, _limit(limit), username, device_id)
+    def list_credentials(self, cursor="", limit=1000, username=None, device_id=None,
+                         held_by=None):
+        """``held_by``: only the credentials of the users registered on that node."""
+        return self._read(self._list_credentials, cursor, _limit(limit), username, device_id,
+                          held_by)
 
-    def _list_credentials(self, cur, cursor, limit, username, device_id):
+    def _list_credentials(self, cur, cursor, limit, username, device_id, held_by=None):
         where, params = ["cred_id > ?"], [cursor]
+        if held_by is not None:
+            where.append("username IN (SELECT username FROM node_users WHERE node_id = ?)")
+            params.append(held_by)  # a node's users' credentials: few, by the user index
         if username is not None:
             where.append("username = ?")
             params.append(username)
@@ -848,6 +961,74 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         ).fetchone()
         return json.loads(row[0]) if row else None
 
+    # -- what each node holds (docs/consistency.md) ----------------------------------
+
+    def follow_devices(self, node_id, device_ids):
+        """``node_id`` holds these devices from now on (those homed elsewhere that it did
+        not follow yet): one transaction that records it and logs, for each, the device
+        and every grant on it as they are now (origin ``follow:<node>``), so that the
+        node gets them in the change stream, in order. Deferred [Change]."""
+        return self._write(self._follow_devices, node_id, list(device_ids),
+                           origin=FOLLOW_ORIGIN + node_id)
+
+    def _follow_devices(self, cur, log, node_id, device_ids):
+        for device_id in sorted(set(device_ids)):
+            record = self._get_device(cur, device_id)
+            if record is None or record.home_node == node_id:
+                continue
+            if not self._follow(cur, node_id, device_id):
+                continue
+            log.add(Entity.DEVICE, ChangeOp.UPSERT, device_id, record.version, record)
+            self._announce_grants(cur, log, node_id, device_id)
+
+    def register_user(self, node_id, username):
+        """A CU user logs in on ``node_id`` for the first time: the node holds the user
+        from now on, and the devices the user may see. Deferred [Change] (empty when it
+        was registered there already and follows them all)."""
+        return self._write(self._register_user, node_id, username,
+                           origin=FOLLOW_ORIGIN + node_id)
+
+    def _register_user(self, cur, log, node_id, username):
+        user = self._get_user(cur, username)
+        if user is None:
+            return
+        if self._x(cur, "SELECT 1 FROM node_users WHERE node_id = ? AND username = ?",
+                   (node_id, username)).fetchone() is None:
+            self._x(cur, "INSERT INTO node_users (node_id, username) VALUES (?, ?)",
+                    (node_id, username))
+            log.add(Entity.USER, ChangeOp.UPSERT, username, user.version, user)
+            for c in self._list_credentials(cur, "", 100_000, username, None)[0]:
+                log.add(Entity.CREDENTIAL, ChangeOp.UPSERT, c.cred_id, c.version, c)
+        principals = ["user:" + username] + ["group:" + g for g in user.groups]
+        marks = ", ".join("?" * len(principals))
+        seen = [r[0] for r in self._x(
+            cur, f"SELECT DISTINCT device_id FROM grants WHERE principal IN ({marks})",
+            tuple(principals)).fetchall()]
+        self._follow_devices(cur, log, node_id, seen)
+
+    def device_homes(self, cursor="", limit=50_000):
+        """Deferred ([(device_id, home_node)], next_cursor): every device's home, paged,
+        without the records (what CMS's routing index needs at start)."""
+        return self._read(self._device_homes, cursor, _limit(limit))
+
+    def _device_homes(self, cur, cursor, limit):
+        rows = self._x(cur, "SELECT device_id, home_node FROM devices WHERE device_id > ?"
+                       " ORDER BY device_id LIMIT ?", (cursor, limit + 1)).fetchall()
+        rows = [(d, h) for d, h in rows]
+        return _page(rows, limit, lambda r: r[0])
+
+    def interest(self):
+        """Deferred (node_devices rows, node_users rows): (node_id, key) pairs, for CMS's
+        index of what each node holds."""
+        return self._read(self._interest)
+
+    def _interest(self, cur):
+        devices = [(n, d) for n, d in self._x(
+            cur, "SELECT node_id, device_id FROM node_devices").fetchall()]
+        users = [(n, u) for n, u in self._x(
+            cur, "SELECT node_id, username FROM node_users").fetchall()]
+        return devices, users
+
     # -- change log -----------------------------------------------------------------
 
     def head_seq(self):
@@ -866,6 +1047,30 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
     def changes_after(self, seq, limit=1000):
         return self._read(self._changes_after, int(seq), _limit(limit))
 
+    @_deferred
+    def changes_for(self, seq, limit, keep):
+        """Deferred (changes, scanned, reload_required): the entries after ``seq`` (at
+        most ``limit`` scanned) that ``keep(entity, op, key, origin)`` keeps, with their current
+        records; ``scanned``: every entry up to it was looked at (the head when the log
+        ended before ``limit``). ``keep`` runs in the database thread: it only reads."""
+        return self._read(self._changes_for, int(seq), _limit(limit), keep)
+
+    def _changes_for(self, cur, seq, limit, keep):
+        head = self._head_seq(cur)
+        if seq + 1 < self._watermark(cur):
+            return [], seq, True
+        rows = self._x(
+            cur,
+            "SELECT seq, entity, op, key, version, origin FROM change_log"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        ).fetchall()
+        scanned = int(rows[-1][0]) if len(rows) == limit else max(
+            head, int(rows[-1][0]) if rows else seq)
+        rows = [r for r in rows if keep(r[1], r[2], r[3], r[5])]
+        changes, _ = self._changes_of(cur, rows)
+        return changes, scanned, False
+
     def _changes_after(self, cur, seq, limit):
         if seq + 1 < self._watermark(cur):
             return [], True
@@ -875,6 +1080,9 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
             " WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
         ).fetchall()
+        return self._changes_of(cur, rows)
+
+    def _changes_of(self, cur, rows):
         keys = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set(),
                 Entity.CREDENTIAL: set()}
         for row in rows:
