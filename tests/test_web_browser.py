@@ -15,6 +15,7 @@ Chromium is installed.
 """
 
 import os
+import signal
 import time
 
 from twisted.internet import defer, reactor, task
@@ -349,16 +350,20 @@ class BrowserPlaybackTests(unittest.TestCase):
         yield change(store.upsert_user("alice", verifier("alice-pw"), []))
         yield change(store.set_grant("user:alice", "cam-a", ALL))
         self.node = yield self.p.start_node("node-a")
-        yield self.p.start_pu("node-a", "cam-a", "cam-a-s")
+        self.pu = yield self.p.start_pu("node-a", "cam-a", "cam-a-s")
         self.url = f"http://127.0.0.1:{self.p.port('node-a', 'http')}/"
 
     @defer.inlineCallbacks
-    def record(self, seconds, segment_seconds=4):
+    def record(self, seconds, segment_seconds=4, during=None):
+        """Record cam-a for ``seconds``; ``during()`` is called halfway."""
         from vss.cdn.service import CDNRecording
 
         rec = CDNRecording(self.node.cdn, self.node.recorder)
         yield rec.start("cam-a", 0, 0, segment_seconds)
-        yield task.deferLater(reactor, seconds, lambda: None)
+        yield task.deferLater(reactor, seconds / 2, lambda: None)
+        if during is not None:
+            during()
+        yield task.deferLater(reactor, seconds / 2, lambda: None)
         yield rec.stop("cam-a", 0, 0)
         listing = yield self.node.recorder.catalogue.list("cam-a", "main", 0, 2**62)
         return listing["segments"]
@@ -455,3 +460,35 @@ class BrowserPlaybackTests(unittest.TestCase):
 
     def tile(self, b, what):
         return b.js(f"return document.querySelector('.tile').dataset.{what}")
+
+    @defer.inlineCallbacks
+    def test_a_click_on_an_event_plays_back_from_its_time(self):
+        b = yield harness.start_browser(self)
+        yield b.open(self.url)
+        yield b.wait_for("the login page", "return document.body.dataset.state === 'login'")
+        yield b.js("""
+            document.getElementById('user').value = 'alice';
+            document.getElementById('password').value = 'alice-pw';
+            document.getElementById('login-form').requestSubmit();""")
+        yield b.wait_for("the events", "return document.getElementById('event-list').dataset.ready")
+        # the real vss-pu raises an alarm input (SIGUSR1) in the middle of a recording
+        segments = yield self.record(12, during=lambda: self.pu.signal(signal.SIGUSR1))
+        self.assertGreaterEqual(len(segments), 2, segments)
+        key = yield b.wait_for("the alarm input in the list", """
+            const li = [...document.querySelectorAll('.event')]
+                .find((x) => x.querySelector('.type').textContent === 'alarm-in');
+            return li && li.dataset.event""", timeout=10)
+        at = int((yield b.js(event_row(key) + ".dataset.time")))
+        self.assertTrue(segments[0].start_ms < at < segments[-1].end_ms, (at, segments))
+        yield b.js(event_row(key) + ".click()")
+        yield b.wait_for("playback pictures", """
+            const t = document.querySelector('.tile');
+            return t.dataset.device === 'cam-a' && t.dataset.mode === 'playback'
+                && Number(t.dataset.frames) >= 10 && t.dataset.footage""", timeout=40)
+        footage = int((yield self.tile(b, "footage")))
+        # from the keyframe at or before the event's time (GOP 2 s)
+        self.assertGreater(footage, at - 2100)
+        self.assertLess(footage, at + 4000)
+        cursor = yield b.js("return !document.querySelector('#timeline .cursor').hidden")
+        self.assertTrue(cursor, "the event's time is not on the timeline")
+        yield b.screenshot("web-event-playback")
