@@ -183,7 +183,15 @@ class BrowserClientTests(unittest.TestCase):
             severity=int(Severity.CRITICAL), pu_time=0, items=[]))).body
         key = f"{raised.node_id}/{raised.seq}"
         yield b.wait_for("the event on the phone", event_row(key), timeout=10)
-        yield b.js(event_row(key) + ".scrollIntoView({block: 'center'})")
+        # the header says an alarm is open and takes the person to the list
+        jump = yield b.js("return document.getElementById('events-jump').textContent")
+        self.assertEqual(jump, "1 alarm")
+        below = yield b.js("return document.querySelector('.event').getBoundingClientRect().top")
+        self.assertGreater(below, 844, "the list was in view already")
+        yield b.js("document.getElementById('events-jump').click()")
+        yield b.wait_for("the list in view", """
+            const r = document.querySelector('.event').getBoundingClientRect();
+            return r.top >= 0 && r.bottom <= window.innerHeight""")
         yield b.js(event_row(key) + ".querySelector('.ack-button').click()")
         box = yield b.js(f"""
             const r = ({event_row(key)[7:]}).getBoundingClientRect();
@@ -241,7 +249,7 @@ class BrowserClientTests(unittest.TestCase):
                     li.querySelector('.sev').textContent, li.dataset.acked, Number(li.dataset.time),
                     window.vss.events.get(arguments[0]).feed_id,
                     document.querySelector('.event').dataset.event]""", key)
-        self.assertEqual(row[:4], ["motion", "start", "WARNING", "0"])
+        self.assertEqual(row[:4], ["motion", "start · ongoing", "WARNING", "0"])
         self.assertLess(abs(row[4] - time.time() * 1000), 10000)
         self.assertEqual(row[5], new.seq)  # the node's own event: its feed id is its seq
         self.assertEqual(row[6], key)  # newest first
@@ -263,6 +271,15 @@ class BrowserClientTests(unittest.TestCase):
         entry = yield self.stored(new)
         self.assertEqual((entry.acked_by, entry.comment), ("alice", "a cat on the wall"))
         self.assertGreater(entry.acked_at, 0)
+        # the motion ends: its START says when; the alarm input is still open (the header)
+        stop = yield self.raise_event(pu, "motion", EventPhase.STOP, Severity.WARNING, zone=2)
+        stop_key = f"node-a/{stop.seq}"
+        yield b.wait_for("the motion's stop", event_row(stop_key), timeout=5)
+        phase = yield b.js(event_row(key) + ".querySelector('.phase').textContent")
+        self.assertRegex(phase, r"^start · ended \d\d:\d\d:\d\d$")
+        jump = yield b.js("const j = document.getElementById('events-jump'); "
+                          "return [j.hidden, j.textContent]")
+        self.assertEqual(jump, [False, "1 alarm"])
         yield b.screenshot("web-events")
 
         # the link drops; an event raised meanwhile is sent again after the next login
@@ -280,9 +297,11 @@ class BrowserClientTests(unittest.TestCase):
         keys = yield b.js("return [...document.querySelectorAll('.event')]"
                           ".map((li) => li.dataset.event)")
         self.assertEqual(len(keys), len(set(keys)))
-        self.assertEqual(keys[:3], [away_key, key, old_key])
+        self.assertEqual(keys[:4], [away_key, stop_key, key, old_key])
         acked = yield b.js(event_row(key) + ".dataset.acked")
         self.assertEqual(acked, "1")
+        jump = yield b.js("return document.getElementById('events-jump').textContent")
+        self.assertEqual(jump, "2 alarms")
 
     @defer.inlineCallbacks
     def test_event_codec_matches_the_protocol_bytes(self):
@@ -300,6 +319,7 @@ class BrowserClientTests(unittest.TestCase):
               done({
                 notify: [f.type, f.flags, w.decode.eventNotify(f.body)],
                 subscribe: hex(w.encode.eventSubscribe({devices: ['c'], types: ['motion'], resume_after: 7})),
+                unsubscribe: hex(w.encode.eventUnsubscribe(3)),
                 ack: hex(w.encode.eventAck({node_id: 'n1', seq: 5, device_id: 'c', comment: 'ok'})),
                 query: hex(w.encode.eventQuery({device_id: 'c', from_time: 1, limit: 50})),
                 subscribed: w.decode.eventSubscribed(bytes('00000003' + '0000000000000009' + '00000002' + '01' + '0000')),
@@ -321,6 +341,7 @@ class BrowserClientTests(unittest.TestCase):
                 "items": [{"key": "zone", "value": "2"}]}}])
         self.assertEqual(out["subscribe"], "0001" "000163" "0000" "0001" "00066d6f74696f6e"
                                            "0000000000000007" "0000")
+        self.assertEqual(out["unsubscribe"], "00000003" "0000")
         self.assertEqual(out["ack"], "00026e31" "0000000000000005" "000163" "0000" "00026f6b"
                                      "0000")
         self.assertEqual(out["query"], "000163" "0000" "0000000000000001" "0000000000000000"

@@ -563,7 +563,8 @@ async function startEvents() {
 function eventNotified(note) {
   if (note.feed_id > state.feed.last) { state.feed.last = note.feed_id; saveFeed(); }
   remember(note.event, { feed_id: note.feed_id });
-  renderEvents();
+  // a burst of events (a replay after a reconnect, many cameras) is drawn once
+  if (!eventNotified.timer) eventNotified.timer = setTimeout(() => { eventNotified.timer = null; renderEvents(); }, 50);
 }
 
 function remember(event, extra) {
@@ -603,17 +604,34 @@ function renderEvents() {
   const active = document.activeElement && document.activeElement.closest && document.activeElement.closest(".event");
   const focusKey = active && document.activeElement.classList.contains("ack-comment") ? active.dataset.event : null;
   const entries = sortedEvents().slice(0, EVENTS_SHOWN);
-  $("event-count").textContent = entries.length ? String(entries.filter((e) => !e.acked_by && e.event.severity >= 2).length || "") : "";
+  const open = entries.filter((e) => !e.acked_by && e.event.severity >= 2).length;
+  $("event-count").textContent = open ? String(open) : "";
+  $("events-jump").hidden = !open;
+  $("events-jump").textContent = open === 1 ? "1 alarm" : `${open} alarms`;
+  const ended = endedAt(entries);
   list.textContent = "";
   if (!entries.length) { eventsMessage("No events yet."); return; }
-  for (const entry of entries) list.append(eventRow(entry));
+  for (const entry of entries) list.append(eventRow(entry, ended));
   if (focusKey) {
     const input = list.querySelector(`.event[data-event="${CSS.escape(focusKey)}"] .ack-comment`);
     if (input) input.focus();
   }
 }
 
-function eventRow(entry) {
+// When each condition listed (a START) ended: the first STOP after it of the same camera,
+// channel and type.
+function endedAt(entries) {
+  const out = new Map();
+  const open = new Map();
+  for (const { event: e } of [...entries].reverse()) {  // oldest first
+    const what = `${e.device_id}\u0000${e.channel}\u0000${e.type}`;
+    if (e.phase === 1) open.set(what, eventKey(e));
+    else if (e.phase === 2 && open.has(what)) { out.set(open.get(what), e.node_time); open.delete(what); }
+  }
+  return out;
+}
+
+function eventRow(entry, ended = new Map()) {
   const e = entry.event;
   const key = eventKey(e);
   const d = state.devices.get(e.device_id);
@@ -627,11 +645,12 @@ function eventRow(entry) {
   li.dataset.acked = entry.acked_by ? "1" : "0";
   li.tabIndex = 0;
   li.title = "Play back from this time";
-  li.innerHTML = `<div class="head"><span class="sev"></span><span class="type"></span><span class="phase"></span><span class="time"></span></div>
-    <div class="where"></div><div class="ack"></div>`;
+  li.innerHTML = `<div class="head"><span class="sev"></span><span class="type"></span><span class="time"></span></div>
+    <div class="phase"></div><div class="where"></div><div class="ack"></div>`;
   li.querySelector(".sev").textContent = severity;
   li.querySelector(".type").textContent = e.type;
-  li.querySelector(".phase").textContent = phase === "PULSE" ? "" : phase.toLowerCase();
+  li.querySelector(".phase").textContent = phase === "PULSE" ? ""
+    : phase === "START" ? (ended.has(key) ? `start · ended ${when(ended.get(key))}` : "start · ongoing") : phase.toLowerCase();
   li.querySelector(".time").textContent = when(e.node_time);
   const items = e.items.map((kv) => `${kv.key}=${kv.value}`).join(" ");
   li.querySelector(".where").textContent = `${d ? d.name || e.device_id : e.device_id}${e.channel ? ` · ch ${e.channel}` : ""}${items ? ` · ${items}` : ""}`;
@@ -657,7 +676,7 @@ function eventRow(entry) {
       s.textContent = draft.busy;
       ack.append(s);
     }
-  } else if (e.severity >= 1) {  // warnings and alarms are acknowledged, not information
+  } else if (e.severity >= 1 && e.phase !== 2) {  // warnings and alarms (not their end)
     const button = document.createElement("button");
     button.className = "ghost ack-button";
     button.textContent = "Acknowledge";
@@ -746,6 +765,7 @@ function playEvent(e) {
 function wire() {
   $("login-form").addEventListener("submit", login);
   $("logout").onclick = logout;
+  $("events-jump").onclick = () => document.querySelector(".events").scrollIntoView({ behavior: "smooth", block: "start" });
   $("filter").oninput = renderDevices;
   for (const b of document.querySelectorAll(".layouts button")) b.onclick = () => setLayout(Number(b.dataset.n));
   for (const b of document.querySelectorAll(".pad [data-pan]")) {
