@@ -24,7 +24,7 @@ from vss.protocols.messages import (
     Stream,
 )
 from vss.rgm.audit import AuditReporter
-from vss.testing.platform import start_platform, verifier
+from vss.testing.platform import start_platform, verifier, wait_until
 
 
 class FakeCentral:
@@ -174,6 +174,10 @@ class CmsAuditReportTests(unittest.TestCase):
                                           "live", 0))
         self.assertEqual(entry.detail, {"channel": 0, "stream": "main",
                                         "via": "monitoring centre"})
+        # CMS stores the entry before it answers the report: the node counts it on the
+        # answer, a moment later
+        yield wait_until(reactor, lambda: self.node.audit.counters["reported"] >= 1,
+                         what="the node's report acknowledged")
         self.assertEqual(self.node.audit.counters["reported"], 1)
 
     @defer.inlineCallbacks
