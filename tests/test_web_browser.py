@@ -287,6 +287,8 @@ class BrowserClientTests(unittest.TestCase):
         yield b.js("window.vss.link.ws.close()")
         yield b.wait_for("the lost link", "return document.body.dataset.state === 'session-ended'")
         away = yield self.raise_event(pu, "video-loss", severity=Severity.CRITICAL)
+        # the end of an alarm's condition is no alarm to acknowledge
+        yield self.raise_event(pu, "alarm-in", EventPhase.STOP, input=3)
         yield b.js("""
             document.getElementById('password').value = 'alice-pw';
             document.getElementById('login-form').requestSubmit();""")
@@ -297,7 +299,9 @@ class BrowserClientTests(unittest.TestCase):
         keys = yield b.js("return [...document.querySelectorAll('.event')]"
                           ".map((li) => li.dataset.event)")
         self.assertEqual(len(keys), len(set(keys)))
-        self.assertEqual(keys[:4], [away_key, stop_key, key, old_key])
+        self.assertEqual(keys[1:5], [away_key, stop_key, key, old_key])
+        buttons = yield b.js("return document.querySelector('.event').querySelector('.ack-button')")
+        self.assertIsNone(buttons)
         acked = yield b.js(event_row(key) + ".dataset.acked")
         self.assertEqual(acked, "1")
         jump = yield b.js("return document.getElementById('events-jump').textContent")

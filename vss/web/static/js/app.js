@@ -604,7 +604,7 @@ function renderEvents() {
   const active = document.activeElement && document.activeElement.closest && document.activeElement.closest(".event");
   const focusKey = active && document.activeElement.classList.contains("ack-comment") ? active.dataset.event : null;
   const entries = sortedEvents().slice(0, EVENTS_SHOWN);
-  const open = entries.filter((e) => !e.acked_by && e.event.severity >= 2).length;
+  const open = entries.filter((e) => !e.acked_by && e.event.severity >= 2 && e.event.phase !== 2).length;
   $("event-count").textContent = open ? String(open) : "";
   $("events-jump").hidden = !open;
   $("events-jump").textContent = open === 1 ? "1 alarm" : `${open} alarms`;
