@@ -1,10 +1,11 @@
 // The browser client: login, device tree with pushed online state, live view in a grid
-// of 1/4/9/16, PTZ pad and presets, recordings timeline with playback and export.
+// of 1/4/9/16, PTZ pad and presets, recordings timeline with playback and export, the
+// recent events of the cameras one may view (pushed live, acknowledged with a comment).
 // Plain ES modules, no framework, nothing fetched from anywhere but this node.
 
 import { Link } from "./link.js";
 import { Player } from "./player.js";
-import { ACTION, CHANGE, PRESET, PTZ, PURPOSE } from "./wire.js";
+import { ACTION, CHANGE, PHASE, PRESET, PTZ, PURPOSE, SEVERITY } from "./wire.js";
 
 const $ = (id) => document.getElementById(id);
 const wsBase = () => `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}`;
@@ -19,6 +20,9 @@ const state = {
   view: { span: 6 * 3600000, end: Date.now() + 6 * 3600000 * 0.05 },
   recordings: null,
   selection: null,
+  events: new Map(),  // "node/seq" -> {event, feed_id, acked_by, acked_at, comment}
+  feed: null,         // {node, user, last}: the last feed id seen, to resume after a reconnect
+  ackDrafts: new Map(),
 };
 window.vss = state;  // read by the tests and by operators at the console
 
@@ -70,7 +74,7 @@ async function login(ev) {
   error.hidden = true;
   button.disabled = true;
   button.textContent = "Signing in…";
-  const link = new Link(`${wsBase()}/ws/cu`, { onNotify: stateChanged, onClosed: sessionEnded });
+  const link = new Link(`${wsBase()}/ws/cu`, { onNotify: stateChanged, onEvent: eventNotified, onClosed: sessionEnded });
   try {
     await link.open();
     const session = await link.login(user, password);
@@ -116,6 +120,10 @@ function logout() {
   const link = state.link;
   state.link = null;
   if (link) { link.onClosed = () => {}; link.close(); }
+  state.events.clear();
+  state.ackDrafts.clear();
+  delete $("event-list").dataset.ready;
+  renderEvents();
   $("app").hidden = true;
   $("login").hidden = false;
   $("login-error").hidden = true;
@@ -134,6 +142,7 @@ async function enterApp() {
   state.devices = new Map(devices.map((d) => [d.device_id, d]));
   renderDevices();
   document.body.dataset.state = "ready";
+  startEvents();
 }
 
 function renderDevices() {
@@ -503,11 +512,260 @@ async function exportRange() {
   } catch (e) { notice(explain(e)); }
 }
 
+// -- events ----------------------------------------------------------------------------
+
+const EVENTS_SHOWN = 100;
+const FEED_KEY = "vss.events.feed";
+
+function loadFeed() {
+  try { return JSON.parse(sessionStorage.getItem(FEED_KEY)) || { node: "", user: "", last: 0 }; } catch (e) { return { node: "", user: "", last: 0 }; }
+}
+
+function saveFeed() {
+  try { sessionStorage.setItem(FEED_KEY, JSON.stringify(state.feed)); } catch (e) { /* private mode */ }
+}
+
+const eventKey = (e) => `${e.node_id}/${e.seq}`;
+
+// On login: subscribe to the events of every camera the user may view (resuming after the
+// last feed id this page saw on this node, for the same user), then list the stored ones.
+async function startEvents() {
+  if (!state.feed) state.feed = loadFeed();
+  const same = state.feed.node === state.node && state.feed.user === state.user;
+  if (!same) {
+    state.events.clear();
+    state.feed = { node: state.node, user: state.user, last: 0 };
+    saveFeed();
+  }
+  const link = state.link;
+  renderEvents();
+  try {
+    const sub = await link.eventSubscribe({ resume_after: state.feed.last });
+    if (state.link !== link) return;
+    state.eventSubscription = sub.subscription;
+    if (sub.gap) notice("Some events were missed while the page was away; the list shows the stored ones.", "ok");
+    if (!state.feed.last) { state.feed.last = sub.head; saveFeed(); }
+  } catch (e) {
+    if (state.link === link) eventsMessage(`Live events are not available: ${explain(e)}`);
+    return;
+  }
+  try {
+    const { events } = await link.eventQuery({ limit: EVENTS_SHOWN });
+    if (state.link !== link) return;
+    for (const entry of events) remember(entry.event, entry);
+    renderEvents();
+  } catch (e) {
+    if (state.link === link) notice(`The stored events could not be listed: ${explain(e)}`);
+  }
+  if (state.link === link) $("event-list").dataset.ready = "1";
+}
+
+function eventNotified(note) {
+  if (note.feed_id > state.feed.last) { state.feed.last = note.feed_id; saveFeed(); }
+  remember(note.event, { feed_id: note.feed_id });
+  // a burst of events (a replay after a reconnect, many cameras) is drawn once
+  if (!eventNotified.timer) eventNotified.timer = setTimeout(() => { eventNotified.timer = null; renderEvents(); }, 50);
+}
+
+function remember(event, extra) {
+  const key = eventKey(event);
+  const known = state.events.get(key) || { acked_by: "", acked_at: 0, comment: "" };
+  // what is known of the acknowledgement is kept when the event comes again without it
+  const entry = { ...known, event };
+  if (extra.feed_id) entry.feed_id = extra.feed_id;
+  if (extra.acked_by) Object.assign(entry, { acked_by: extra.acked_by, acked_at: extra.acked_at, comment: extra.comment });
+  state.events.set(key, entry);
+  if (state.events.size > EVENTS_SHOWN * 2) {
+    for (const old of sortedEvents().slice(EVENTS_SHOWN)) state.events.delete(eventKey(old.event));
+  }
+}
+
+function sortedEvents() {
+  return [...state.events.values()].sort((a, b) => (b.event.node_time - a.event.node_time) || (b.event.seq - a.event.seq));
+}
+
+function eventsMessage(text) {
+  const list = $("event-list");
+  list.textContent = "";
+  const li = document.createElement("li");
+  li.className = "muted";
+  li.textContent = text;
+  list.append(li);
+}
+
+function when(ms) {
+  const iso = new Date(ms).toISOString();
+  const today = iso.slice(0, 10) === new Date().toISOString().slice(0, 10);
+  return today ? iso.slice(11, 19) : `${iso.slice(5, 10)} ${iso.slice(11, 19)}`;
+}
+
+function renderEvents() {
+  const list = $("event-list");
+  const active = document.activeElement && document.activeElement.closest && document.activeElement.closest(".event");
+  const focusKey = active && document.activeElement.classList.contains("ack-comment") ? active.dataset.event : null;
+  const entries = sortedEvents().slice(0, EVENTS_SHOWN);
+  const open = entries.filter((e) => !e.acked_by && e.event.severity >= 2 && e.event.phase !== 2).length;
+  $("event-count").textContent = open ? String(open) : "";
+  $("events-jump").hidden = !open;
+  $("events-jump").textContent = open === 1 ? "1 alarm" : `${open} alarms`;
+  const ended = endedAt(entries);
+  list.textContent = "";
+  if (!entries.length) { eventsMessage("No events yet."); return; }
+  for (const entry of entries) list.append(eventRow(entry, ended));
+  if (focusKey) {
+    const input = list.querySelector(`.event[data-event="${CSS.escape(focusKey)}"] .ack-comment`);
+    if (input) input.focus();
+  }
+}
+
+// When each condition listed (a START) ended: the first STOP after it of the same camera,
+// channel and type.
+function endedAt(entries) {
+  const out = new Map();
+  const open = new Map();
+  for (const { event: e } of [...entries].reverse()) {  // oldest first
+    const what = `${e.device_id}\u0000${e.channel}\u0000${e.type}`;
+    if (e.phase === 1) open.set(what, eventKey(e));
+    else if (e.phase === 2 && open.has(what)) { out.set(open.get(what), e.node_time); open.delete(what); }
+  }
+  return out;
+}
+
+function eventRow(entry, ended = new Map()) {
+  const e = entry.event;
+  const key = eventKey(e);
+  const d = state.devices.get(e.device_id);
+  const severity = SEVERITY[e.severity] || String(e.severity);
+  const phase = PHASE[e.phase] || String(e.phase);
+  const li = document.createElement("li");
+  li.className = `event sev-${severity.toLowerCase()}${entry.acked_by ? " acked" : ""}`;
+  li.dataset.event = key;
+  li.dataset.device = e.device_id;
+  li.dataset.time = String(e.node_time);
+  li.dataset.acked = entry.acked_by ? "1" : "0";
+  li.tabIndex = 0;
+  li.title = "Play back from this time";
+  li.innerHTML = `<div class="head"><span class="sev"></span><span class="type"></span><span class="time"></span></div>
+    <div class="phase"></div><div class="where"></div><div class="ack"></div>`;
+  li.querySelector(".sev").textContent = severity;
+  li.querySelector(".type").textContent = e.type;
+  li.querySelector(".phase").textContent = phase === "PULSE" ? ""
+    : phase === "START" ? (ended.has(key) ? `start · ended ${when(ended.get(key))}` : "start · ongoing") : phase.toLowerCase();
+  li.querySelector(".time").textContent = when(e.node_time);
+  const items = e.items.map((kv) => `${kv.key}=${kv.value}`).join(" ");
+  li.querySelector(".where").textContent = `${d ? d.name || e.device_id : e.device_id}${e.channel ? ` · ch ${e.channel}` : ""}${items ? ` · ${items}` : ""}`;
+  const ack = li.querySelector(".ack");
+  if (entry.acked_by) {
+    ack.textContent = `Acknowledged by ${entry.acked_by} at ${when(entry.acked_at)}${entry.comment ? `: ${entry.comment}` : ""}`;
+  } else if (state.ackDrafts.has(key)) {
+    const form = document.createElement("form");
+    form.className = "ack-form";
+    form.innerHTML = `<input class="ack-comment" maxlength="512" placeholder="Comment" aria-label="Comment"><button type="submit">OK</button><button type="button" class="ghost cancel">Cancel</button>`;
+    const input = form.querySelector("input");
+    const draft = state.ackDrafts.get(key);
+    input.value = draft.comment;
+    input.disabled = form.querySelector("button").disabled = !!draft.busy;
+    input.oninput = () => { draft.comment = input.value; };
+    form.querySelector(".cancel").onclick = (ev) => { ev.stopPropagation(); state.ackDrafts.delete(key); renderEvents(); };
+    form.onclick = (ev) => ev.stopPropagation();
+    form.onsubmit = (ev) => { ev.preventDefault(); acknowledge(entry, input.value.trim()); };
+    ack.append(form);
+    if (draft.busy) {
+      const s = document.createElement("span");
+      s.className = "muted";
+      s.textContent = draft.busy;
+      ack.append(s);
+    }
+  } else if (e.severity >= 1 && e.phase !== 2) {  // warnings and alarms (not their end)
+    const button = document.createElement("button");
+    button.className = "ghost ack-button";
+    button.textContent = "Acknowledge";
+    button.onclick = (ev) => {
+      ev.stopPropagation();
+      state.ackDrafts.set(key, { comment: "" });
+      renderEvents();
+      const input = $("event-list").querySelector(`.event[data-event="${CSS.escape(key)}"] .ack-comment`);
+      if (input) input.focus();
+    };
+    ack.append(button);
+  }
+  li.onclick = () => playEvent(e);
+  li.onkeydown = (ev) => { if (ev.key === "Enter" && ev.target === li) playEvent(e); };
+  return li;
+}
+
+// EVENT_ACK; CMS stores a new event within seconds, so a NOT_FOUND is asked again a few times.
+async function acknowledge(entry, comment) {
+  const e = entry.event;
+  const key = eventKey(e);
+  const draft = state.ackDrafts.get(key) || { comment };
+  state.ackDrafts.set(key, draft);
+  draft.comment = comment;
+  draft.busy = "Acknowledging…";
+  renderEvents();
+  const link = state.link;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const r = await link.eventAck({ node_id: e.node_id, seq: e.seq, device_id: e.device_id, comment });
+      state.ackDrafts.delete(key);
+      remember(e, { acked_by: r.acked_by, acked_at: r.acked_at, comment });
+      renderEvents();
+      notice(`Event ${e.type} of ${e.device_id} acknowledged.`, "ok");
+      return;
+    } catch (err) {
+      if (err.codeName === "NOT_FOUND" && attempt < 8 && state.link === link) {
+        draft.busy = "Waiting for the event to be stored…";
+        renderEvents();
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        continue;
+      }
+      draft.busy = "";
+      if (err.codeName === "CONFLICT") {
+        state.ackDrafts.delete(key);
+        notice("Someone acknowledged this event already.", "ok");
+        refreshEvent(e);
+      } else if (err.codeName === "NOT_FOUND") {
+        notice("The event is not stored yet. Try again in a few seconds.");
+      } else if (err.codeName === "FORBIDDEN") {
+        notice("You may not acknowledge the events of this camera.");
+      } else {
+        notice(`The event was not acknowledged: ${explain(err)}`);
+      }
+      renderEvents();
+      return;
+    }
+  }
+}
+
+async function refreshEvent(e) {
+  try {
+    const { events } = await state.link.eventQuery({ device_id: e.device_id, type: e.type, from_time: e.node_time, to_time: e.node_time + 1, limit: 10 });
+    for (const entry of events) remember(entry.event, entry);
+  } catch (err) { /* the list stays as it was */ }
+  renderEvents();
+}
+
+// A click on an event plays its camera back from the event's time in the selected tile.
+function playEvent(e) {
+  if (!state.devices.has(e.device_id)) { notice("This camera is not in your list."); return; }
+  const tile = state.tiles[state.selected];
+  if (!tile) return;
+  const span = state.view.span;
+  state.view.end = Math.min(Date.now() + span * 0.05, e.node_time + span / 2);
+  $("play-pause").disabled = false;
+  $("speed").disabled = false;
+  $("play-pause").textContent = "Pause";
+  watch(e.device_id, { at: e.node_time, tile });
+  drawCursor(e.node_time);
+  if (window.innerWidth < 900) $("grid").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
 // -- wiring ----------------------------------------------------------------------------
 
 function wire() {
   $("login-form").addEventListener("submit", login);
   $("logout").onclick = logout;
+  $("events-jump").onclick = () => document.querySelector(".events").scrollIntoView({ behavior: "smooth", block: "start" });
   $("filter").oninput = renderDevices;
   for (const b of document.querySelectorAll(".layouts button")) b.onclick = () => setLayout(Number(b.dataset.n));
   for (const b of document.querySelectorAll(".pad [data-pan]")) {

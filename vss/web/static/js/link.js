@@ -1,6 +1,6 @@
 // The CU link of the page: docs/protocol.md over a WebSocket (/ws/cu, subprotocol
 // vss.cu.v1): HELLO, SCRAM login, REGISTER, then requests with their own txids,
-// STATE_CHANGE notifications, keepalives, BYE.
+// STATE_CHANGE and EVENT_NOTIFY notifications, keepalives, BYE.
 
 import { CODES, FLAG_ERROR, FLAG_NOTIFY, FLAG_RESPONSE, FrameReader, T, decode, encode, frame } from "./wire.js";
 import { nonce, prove, sameBytes } from "./scram.js";
@@ -14,9 +14,10 @@ export class LinkError extends Error {
 }
 
 export class Link {
-  constructor(url, { onNotify = () => {}, onClosed = () => {} } = {}) {
+  constructor(url, { onNotify = () => {}, onEvent = () => {}, onClosed = () => {} } = {}) {
     this.url = url;
     this.onNotify = onNotify;
+    this.onEvent = onEvent;
     this.onClosed = onClosed;
     this.pending = new Map();
     this.nextTxid = 1;
@@ -57,6 +58,10 @@ export class Link {
         try { this.bye = decode.bye(f.body); } catch (e) { this.bye = { reason: 0, message: "" }; }
       } else if (f.type === T.STATE_CHANGE) {
         try { this.onNotify(decode.stateChange(f.body)); } catch (e) { /* skipped */ }
+      } else if (f.type === T.EVENT_NOTIFY) {
+        let note = null;
+        try { note = decode.eventNotify(f.body); } catch (e) { /* a bad body is skipped */ }
+        if (note) try { this.onEvent(note); } catch (e) { console.error(e); }
       } else if (!(f.flags & FLAG_NOTIFY) && f.type === T.KEEPALIVE) {
         this.ws.send(frame(T.KEEPALIVE, FLAG_RESPONSE, f.txid, encode.empty()));
       }
@@ -129,4 +134,7 @@ export class Link {
   mediaOpen(p) { return this.request(T.MEDIA_OPEN, encode.mediaOpen(p), decode.mediaUrl, 30000); }
   mediaClose(session) { return this.request(T.MEDIA_CLOSE, encode.mediaClose(session), decode.empty); }
   recordings(p) { return this.request(T.RECORD_QUERY, encode.recordQuery(p), decode.recordings, 20000); }
+  eventSubscribe(p) { return this.request(T.EVENT_SUBSCRIBE, encode.eventSubscribe(p), decode.eventSubscribed); }
+  eventQuery(p) { return this.request(T.EVENT_QUERY, encode.eventQuery(p), decode.events, 20000); }
+  eventAck(p) { return this.request(T.EVENT_ACK, encode.eventAck(p), decode.eventAcked); }
 }

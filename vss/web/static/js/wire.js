@@ -12,6 +12,8 @@ export const T = {
   PTZ_CONTROL: 0x0100, PRESET: 0x0102,
   MEDIA_OPEN: 0x0130, MEDIA_CLOSE: 0x0131, STATE_CHANGE: 0x0140, DEVICE_LIST: 0x0150,
   RECORD_QUERY: 0x0170,
+  EVENT_SUBSCRIBE: 0x0191, EVENT_UNSUBSCRIBE: 0x0192, EVENT_NOTIFY: 0x0193, EVENT_ACK: 0x0194,
+  EVENT_QUERY: 0x0195,
 };
 
 export const CODES = {
@@ -20,7 +22,8 @@ export const CODES = {
   0x0208: "SESSION_REPLACED", 0x0209: "SESSION_CLOSED", 0x020a: "NO_COMMON_VERSION",
   0x0301: "UNKNOWN_DEVICE", 0x0302: "FORBIDDEN", 0x0303: "DEVICE_OFFLINE", 0x0304: "TIMEOUT",
   0x0305: "HOME_NODE_DOWN", 0x0306: "INVALID_ARGUMENT", 0x0307: "NOT_SUPPORTED",
-  0x0308: "NOT_FOUND", 0x030b: "BUSY", 0xffff: "INTERNAL_ERROR",
+  0x0308: "NOT_FOUND", 0x0309: "CONFLICT", 0x030b: "BUSY", 0x030c: "LIMIT_REACHED",
+  0x020b: "NOT_READY", 0xffff: "INTERNAL_ERROR",
 };
 
 export const ROLE_CU = 2, CU_WEB = 3;
@@ -28,6 +31,8 @@ export const PTZ = { CONTINUOUS: 1, ABSOLUTE: 2, RELATIVE: 3, STOP: 4 };
 export const PRESET = { SET: 1, GOTO: 2, REMOVE: 3, LIST: 4 };
 export const PURPOSE = { LIVE: 1, PLAYBACK: 2 };
 export const ACTION = { VIEW: 1, PTZ: 2, CONFIG: 4, RECORD: 8 };
+export const PHASE = ["PULSE", "START", "STOP"];  // EventPhase, by value
+export const SEVERITY = ["INFO", "WARNING", "ALARM", "CRITICAL"];  // Severity, by value
 export const CHANGE = { ONLINE: 1, OFFLINE: 2, CONFIG: 3, PTZ: 4, PRESET: 5, NAME: 6, ALARM: 7 };
 
 const utf8 = new TextEncoder();
@@ -133,6 +138,16 @@ export const encode = {
   mediaClose: (session) => new Writer().str(session).ext().done(),
   recordQuery: (p) => new Writer().str(p.device).u16(p.channel || 0).u8(p.stream || 0)
     .u64(p.from).u64(p.to).ext().done(),
+  // EVENT_SUBSCRIBE: empty devices and groups mean every device the user may view
+  eventSubscribe: (p) => new Writer().list(p.devices || [], (w, x) => w.str(x))
+    .list(p.groups || [], (w, x) => w.str(x)).list(p.types || [], (w, x) => w.str(x))
+    .u64(p.resume_after || 0).ext().done(),
+  eventUnsubscribe: (subscription) => new Writer().u32(subscription).ext().done(),
+  // EVENT_ACK and EVENT_QUERY: `username` is set by the node; a CU sends it empty
+  eventAck: (p) => new Writer().str(p.node_id).u64(p.seq).str(p.device_id).str("")
+    .str(p.comment || "").ext().done(),
+  eventQuery: (p) => new Writer().str(p.device_id || "").str(p.type || "")
+    .u64(p.from_time || 0).u64(p.to_time || 0).u16(p.limit || 0).str("").ext().done(),
 };
 
 // -- bodies a CU receives ---------------------------------------------------------------
@@ -146,6 +161,9 @@ function body(bytes, fields) {
 }
 
 const kv = (r) => ({ key: r.str(), value: r.str() });
+const eventRecord = (r) => ({ node_id: r.str(), seq: r.u64(), device_id: r.str(), channel: r.u16(),
+                              type: r.str(), phase: r.u8(), severity: r.u8(), pu_time: r.u64(),
+                              node_time: r.u64(), items: r.list(kv) });
 
 export const decode = {
   error: (b) => body(b, (r) => ({ message: r.str() })),
@@ -167,6 +185,12 @@ export const decode = {
     gaps: r.list((x) => ({ start: x.u64(), end: x.u64() })),
     missing: r.list((x) => x.str()),
     exports: r.list((x) => ({ node_id: x.str(), url: x.str(), expires: x.u64() })),
+    truncated: r.bool() })),
+  eventSubscribed: (b) => body(b, (r) => ({ subscription: r.u32(), head: r.u64(), replayed: r.u32(), gap: r.bool() })),
+  eventNotify: (b) => body(b, (r) => ({ feed_id: r.u64(), event: eventRecord(r) })),
+  eventAcked: (b) => body(b, (r) => ({ node_id: r.str(), seq: r.u64(), acked_by: r.str(), acked_at: r.u64() })),
+  events: (b) => body(b, (r) => ({
+    events: r.list((x) => ({ event: eventRecord(x), acked_by: x.str(), acked_at: x.u64(), comment: x.str() })),
     truncated: r.bool() })),
   stateChange: (b) => body(b, (r) => ({ device_id: r.str(), channel: r.u16(), change: r.u8(), timestamp: r.u64(), items: r.list(kv) })),
 };
