@@ -50,13 +50,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import scale  # noqa: E402
-
 from twisted.internet import defer, endpoints, task  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
 
 from vss.cms.service import CMSConfig, CMSService  # noqa: E402
 from vss.cms.store.postgres import PostgresStaticStore, create_schema  # noqa: E402
 from vss.protocols import codec  # noqa: E402
+from vss.protocols.link import LinkFactory  # noqa: E402
 from vss.protocols.messages import (  # noqa: E402
     ChangeOp,
     Entity,
@@ -66,7 +66,6 @@ from vss.protocols.messages import (  # noqa: E402
     PtzStatus,
     RouteResponse,
 )
-from vss.protocols.link import LinkFactory  # noqa: E402
 from vss.rgm.cmslink import CmsLink  # noqa: E402
 from vss.rgm.peers import node_login  # noqa: E402
 
@@ -433,7 +432,7 @@ class Driver:
             return round(1000 * sum(w["cms_requests"] for w in ws) / req, 2) if req else None
 
         inv = {}
-        for device, node, t, had, seq in done["invalidations"]:
+        for _device, node, t, had, seq in done["invalidations"]:
             rec = self.moves.get(seq)
             if rec is not None:
                 inv.setdefault(rec["seq"], []).append((node, t, had))
