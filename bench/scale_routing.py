@@ -5,6 +5,7 @@ users) and simulated nodes whose route cache is the node's own code.
 
     .venv/bin/python bench/scale_routing.py [--dsn ...] [--nodes 100] [--devices 1000000]
         [--users 100000] [--rate 2000] [--cold 60] [--moves 100] [--move-every 0.3]
+        [--warm]
 
 Processes (as in bench/scale.py): this driver runs CMS (``CMSService``,
 ``PostgresStaticStore`` in a schema of its own, dropped at the end) and the device
@@ -28,6 +29,9 @@ window; then the same load while ``--moves`` devices move, one every ``--move-ev
 seconds (half of them the most popular device of the node that sees them, half drawn
 uniformly), each to a random node: a store write (``update_device_fields``,
 home_node) and ``publish``, as an operator's move through the admin API.
+
+With ``--warm`` every node first asks once for each device it may see (the caches
+warm), and ``--cold`` is then the seconds of load before the moves.
 
 Figures: CMS requests per 1,000 CU requests per window (the nodes' ``cms_requests``
 counter against the CU requests), and per move: the nodes CMS notified (and what they
@@ -195,8 +199,9 @@ def nodes_process(args):
 
     load = {"requests": 0, "answered": 0, "errors": 0, "skipped": 0, "local": 0}
 
-    def request(sim):
-        device = rankings[sim.node_id][bisect.bisect_left(cum, random.random() * cum[-1])]
+    def request(sim, device=None):
+        if device is None:
+            device = rankings[sim.node_id][bisect.bisect_left(cum, random.random() * cum[-1])]
         if sim.homes.get(device, "") == sim.node_id:
             load["local"] += 1  # moved here: served by this node, no route
             return
@@ -223,6 +228,19 @@ def nodes_process(args):
     def run(cmd):
         rate, seconds, window = cmd["rate"], cmd["seconds"], cmd["window"]
         tick = 0.01
+        if cmd.get("warm"):  # every node asks once for every device it may see
+            t0 = time.monotonic()
+            before = totals()
+            queues = {s.node_id: list(rankings[s.node_id]) for s in sims}
+            while any(queues.values()) or any(s.inflight for s in sims):
+                for sim in sims:
+                    q = queues[sim.node_id]
+                    while q and sim.inflight < IN_FLIGHT:
+                        request(sim, q.pop())
+                yield task.deferLater(reactor, tick, lambda: None)
+            after = totals()
+            emit({"warmed": {"seconds": time.monotonic() - t0,
+                             **{k: after[k] - before[k] for k in after}}})
         owed = 0.0
         started = time.monotonic()
         next_window = started + window
@@ -325,8 +343,11 @@ class Driver:
               f"{ready['per_node']} devices of interest per node", flush=True)
         seconds = a.cold + a.moves * a.move_every + a.after
         self.child.stdin.write(json.dumps({"cmd": "run", "rate": a.rate, "seconds": seconds,
-                                           "window": a.window}) + "\n")
+                                           "window": a.window, "warm": a.warm}) + "\n")
         self.child.stdin.flush()
+        if a.warm:
+            warmed = yield self.wait_for("warmed", timeout=1800)
+            print(f"warmed: {json.dumps(warmed)}", flush=True)
         routed0 = cms.counters["routed"]
         yield task.deferLater(self.reactor, a.cold, lambda: None)
         print(f"moves start at t = {a.cold:.0f} s", flush=True)
@@ -503,6 +524,8 @@ def main():
     ap.add_argument("--after", type=float, default=5, help="seconds of load after the moves")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--debug", action="store_true")
+    ap.add_argument("--warm", action="store_true",
+                    help="first, every node asks once for every device it may see")
     ap.add_argument("--nodes-process", action="store_true")
     ap.add_argument("--port", type=int)
     ap.add_argument("--head", type=int, default=0)
