@@ -73,7 +73,7 @@ from vss.protocols.messages import (  # noqa: E402
 from vss.rgm.cmslink import CmsLink  # noqa: E402
 from vss.rgm.peers import node_login  # noqa: E402
 
-scale.SCHEMA = "vss_bench_scale_routing"  # populate() and drop_schema() use it
+scale.SCHEMA = f"vss_bench_scale_routing_{os.getpid()}"  # populate(), drop_schema() use it
 GROUPS = scale.GROUPS_PER_NODE
 IN_FLIGHT = 32
 SIGNALLING_PORT = 9  # advertised, never dialled
