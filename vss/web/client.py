@@ -14,45 +14,11 @@ from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, endpoints, error, ssl
-from twisted.internet.interfaces import ISSLTransport, ITransport
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer
 
-SUBPROTOCOL = "vss.cu.v1"
+from vss.web.signalling import SUBPROTOCOL, MessageTransport
+
 MAX_MESSAGE = 1 << 21  # a frame of the largest body (docs/protocol.md 2.2) fits
-
-
-@implementer(ITransport)
-class _MessageTransport:
-    """What the inner protocol writes to: one binary message per write."""
-
-    def __init__(self, ws, tls):
-        self.ws = ws
-        self.disconnecting = False
-        if tls:
-            directlyProvides(self, ITransport, ISSLTransport)
-
-    def write(self, data):
-        if data and not self.disconnecting:
-            self.ws.sendMessage(bytes(data), isBinary=True)
-
-    def writeSequence(self, data):
-        self.write(b"".join(data))
-
-    def loseConnection(self):
-        if not self.disconnecting:
-            self.disconnecting = True
-            self.ws.sendClose(1000)
-
-    def abortConnection(self):
-        self.disconnecting = True
-        self.ws.dropConnection(abort=True)
-
-    def getPeer(self):
-        return self.ws.transport.getPeer()
-
-    def getHost(self):
-        return self.ws.transport.getHost()
 
 
 class _Bridge(WebSocketClientProtocol):
@@ -61,7 +27,7 @@ class _Bridge(WebSocketClientProtocol):
     def onOpen(self):
         factory = self.factory
         self.inner = factory.inner.buildProtocol(self.transport.getPeer())
-        self.inner.makeConnection(_MessageTransport(self, factory.tls))
+        self.inner.makeConnection(MessageTransport(self, factory.tls))
         if not factory.opened.called:
             factory.opened.callback(self.inner)
 

@@ -34,35 +34,22 @@ _LENGTH = struct.Struct(">I")
 
 
 @implementer(ITransport)
-class WebSocketTransport:
-    """What a ``SignallingLink`` writes to, over a WebSocket: its byte stream cut into
-    whole frames, one binary message each. TLS when the WebSocket is (``ISSLTransport``
+class MessageTransport:
+    """A Twisted transport over a WebSocket: one binary message per write. TLS when
+    ``tls`` says so, or (None) when the WebSocket's own transport is (``ISSLTransport``
     is then provided, e.g. for CRED_CREATE's rule)."""
 
-    def __init__(self, ws, max_body=codec.MAX_BODY):
+    def __init__(self, ws, tls=None):
         self.ws = ws
-        self.max_body = max_body
-        self.pending = b""
         self.disconnecting = False
-        if ISSLTransport.providedBy(ws.transport):
+        if tls is None:
+            tls = ISSLTransport.providedBy(ws.transport)
+        if tls:
             directlyProvides(self, ITransport, ISSLTransport)
 
     def write(self, data):
-        if self.disconnecting:
-            return
-        buf = self.pending + data if self.pending else data
-        i, n = 0, len(buf)
-        while n - i >= HEADER:
-            size = HEADER + _LENGTH.unpack_from(buf, i + 12)[0]
-            if size - HEADER > self.max_body:  # never: the encoder refuses those
-                log.error("a frame of {size} bytes for a WebSocket CU: dropped", size=size)
-                self.abortConnection()
-                return
-            if n - i < size:
-                break
-            self.ws.sendMessage(bytes(buf[i:i + size]), isBinary=True)
-            i += size
-        self.pending = bytes(buf[i:])
+        if data and not self.disconnecting:
+            self.ws.sendMessage(bytes(data), isBinary=True)
 
     def writeSequence(self, data):
         self.write(b"".join(data))
@@ -81,6 +68,33 @@ class WebSocketTransport:
 
     def getHost(self):
         return self.ws.transport.getHost()
+
+
+class WebSocketTransport(MessageTransport):
+    """What a ``SignallingLink`` writes to, over a WebSocket: its byte stream cut into
+    whole frames, one binary message each."""
+
+    def __init__(self, ws, max_body=codec.MAX_BODY):
+        super().__init__(ws)
+        self.max_body = max_body
+        self.pending = b""
+
+    def write(self, data):
+        if self.disconnecting:
+            return
+        buf = self.pending + data if self.pending else data
+        i, n = 0, len(buf)
+        while n - i >= HEADER:
+            size = HEADER + _LENGTH.unpack_from(buf, i + 12)[0]
+            if size - HEADER > self.max_body:  # never: the encoder refuses those
+                log.error("a frame of {size} bytes for a WebSocket CU: dropped", size=size)
+                self.abortConnection()
+                return
+            if n - i < size:
+                break
+            self.ws.sendMessage(bytes(buf[i:i + size]), isBinary=True)
+            i += size
+        self.pending = bytes(buf[i:])
 
 
 class SignallingProtocol(WebSocketServerProtocol):
