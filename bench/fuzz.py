@@ -20,7 +20,7 @@ Targets:
   parameters, Digest challenges): never raises, whole and cut input agree, bounded.
 - ``sdp``         SDP as the RTSP server and the recorder read it: ``tracks`` raises
   only ``ValueError``, everything else never raises.
-- ``rtp``         the H.264 / H.265 / AAC depacketizers (vss/cdn/rtpmux.py) fed fuzzed
+- ``rtp``         the H.264 / H.265 / AAC depacketizers (vss/recording/rtpmux.py) fed fuzzed
   packets: never raise, bounded.
 - ``export``      the node's ``GET /export`` resource through Twisted's HTTP parser
   (request target checks, query parsing, token checks): every answer is 400, 403, 404,
@@ -326,7 +326,7 @@ def target_sdp():
     import atheris
 
     with atheris.instrument_imports(include=["vss"]):
-        from vss.cdn import rtpmux
+        from vss.recording import rtpmux
         from vss.rtsp import sdp
 
     def one(data):
@@ -354,7 +354,7 @@ def target_rtp():
     import atheris
 
     with atheris.instrument_imports(include=["vss"]):
-        from vss.cdn import rtpmux
+        from vss.recording import rtpmux
 
     def one(data):
         fdp = _provider(data)
@@ -410,7 +410,7 @@ def target_export():
     import atheris
 
     with atheris.instrument_imports(include=["vss"]):
-        from vss.cdn import export
+        from vss.recording import export
     from collections import Counter
 
     from twisted.internet import defer, task

@@ -5,8 +5,8 @@ Playback benchmark: time from a PLAY with a Range (a seek) to the first frame.
     .venv/bin/python bench/playback.py --relay    # also through a second node, side by side
 
 One process runs the SS (``RTSPServerFactory`` on loopback), the CDN module and its
-playback service (``vss.cdn.playback``) on the epoll reactor; the playback children are
-real ``python -m vss.cdn.playback`` processes.
+playback service (``vss.recording.playback``) on the epoll reactor; the playback children are
+real ``python -m vss.recording.playback`` processes.
 
 The footage: 60 s of 1280x720 25 fps H.264 at 4 Mb/s, GOP 2 s (libx264 via PyAV), written
 as six 10-second fragmented MP4 segments the way the recorder writes them
@@ -22,7 +22,7 @@ time from MEDIA_OPEN to the first frame.
 
 ``--relay`` measures, in the same run and alternating, the same seeks through a second
 node: a second SS and CDN module in the process relay the playback
-(``vss.cdn.remote.relay``: the RTSP pull of the holding node's playback, PLAY with Range
+(``vss.recording.remote.relay``: the RTSP pull of the holding node's playback, PLAY with Range
 and PAUSE forwarded upstream), as a CU on a node that does not hold the footage gets it.
 """
 
@@ -50,7 +50,7 @@ def make_footage(data_dir, start_ms):
     """Encode and catalogue SEGMENTS x SEGMENT_S seconds for device bench0."""
     import av
 
-    from vss.cdn.catalogue import CatalogueDB, Segment, scan_fmp4, segment_name
+    from vss.recording.catalogue import CatalogueDB, Segment, scan_fmp4, segment_name
 
     out_dir = os.path.join(data_dir, "recordings", "bench0", "main")
     os.makedirs(out_dir, exist_ok=True)
@@ -91,7 +91,7 @@ def make_footage(data_dir, start_ms):
 
 def fill_catalogue(data_dir, devices, days, end_ms):
     """Rows (no files) for devices x days of 5-minute segments of other devices."""
-    from vss.cdn.catalogue import CatalogueDB
+    from vss.recording.catalogue import CatalogueDB
 
     db = CatalogueDB(data_dir)
     per_day = 288
@@ -159,11 +159,11 @@ def main():
 
     from twisted.internet import defer, reactor, threads
 
-    from vss.cdn.playback import PlaybackService
-    from vss.cdn.recorder import Catalogue
     from vss.cdn.service import CDNModule
     from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
     from vss.protocols.messages import MediaOpen, Purpose
+    from vss.recording.playback import PlaybackService
+    from vss.recording.recorder import Catalogue
     from vss.rtsp.server import RTSPServerFactory
 
     work = tempfile.mkdtemp(prefix="vss-bench-playback-")
@@ -195,7 +195,7 @@ def main():
 
     @defer.inlineCallbacks
     def one(how, rng):
-        from vss.cdn import remote
+        from vss.recording import remote
 
         t0 = time.perf_counter()
         body = MediaOpen(device_id="bench0", channel=0, stream=0, purpose=Purpose.PLAYBACK,

@@ -27,10 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, task  # noqa: E402
 
-from vss.cdn.catalogue import Segment  # noqa: E402
-from vss.cdn.listing import decode_recordings  # noqa: E402
 from vss.protocols.codec import encode_body  # noqa: E402
+from vss.protocols.listing import decode_recordings  # noqa: E402
 from vss.protocols.messages import Action, MsgType, RecordQuery, Role, Stream  # noqa: E402
+from vss.recording.catalogue import Segment  # noqa: E402
 from vss.testing.platform import Platform, verifier  # noqa: E402
 
 SEG_MS = 300_000

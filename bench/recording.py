@@ -12,9 +12,9 @@ N of ``--process-streams`` right after it with one child per recording
 (``mode="process"``), so the two are compared side by side under the same load.
 
 Processes:
-- the node (``node``): ``RTSPServerFactory`` (the SS) and ``vss.cdn.recorder.Recorder``
+- the node (``node``): ``RTSPServerFactory`` (the SS) and ``vss.recording.recorder.Recorder``
   in one process on the epoll reactor, pinned to CPU 0; in process mode the recorder's
-  children (one per recording, ``python -m vss.cdn.recorder``) inherit that pin, so the
+  children (one per recording, ``python -m vss.recording.recorder``) inherit that pin, so the
   node's whole recording cost must fit in one core;
 - the publishers: one static ffmpeg (imageio-ffmpeg) per stream replaying a pre-encoded
   1280x720 25 fps 4 Mb/s CBR H.264 file, GOP 1 s (``-re -stream_loop -1 -c copy``) over
@@ -63,8 +63,8 @@ def node(args):
     from twisted.internet import defer, reactor, stdio
     from twisted.protocols.basic import LineReceiver
 
-    from vss.cdn.recorder import Recorder
     from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
+    from vss.recording.recorder import Recorder
     from vss.rtsp.server import RTSPServerFactory
 
     issuer = TokenIssuer(SECRET, clock=reactor)
@@ -162,8 +162,8 @@ class Node:
 
 def run_one(n, args, ffmpeg, data_dir, other, mode):
     sys.path.insert(0, ROOT)
-    from vss.cdn.catalogue import CatalogueDB
     from vss.cdn.tokens import TokenIssuer
+    from vss.recording.catalogue import CatalogueDB
 
     shutil.rmtree(data_dir, ignore_errors=True)
     os.makedirs(data_dir)
@@ -231,7 +231,7 @@ def run_one(n, args, ffmpeg, data_dir, other, mode):
 
 def bench_catalogue(args):
     sys.path.insert(0, ROOT)
-    from vss.cdn.catalogue import CatalogueDB, Segment, segment_name
+    from vss.recording.catalogue import CatalogueDB, Segment, segment_name
 
     tmp = tempfile.mkdtemp(prefix="vss-catalogue-bench-")
     try:

@@ -9,9 +9,9 @@ from twisted.internet import defer
 from twisted.python import usage
 from twisted.trial import unittest
 
-from vss.cdn.listing import OPEN_TAG, encode_open
 from vss.cu import ctl
 from vss.protocols.codes import DESCRIPTIONS
+from vss.protocols.listing import OPEN_TAG, encode_open
 from vss.protocols.messages import (
     DeviceInfo,
     Devices,

@@ -143,8 +143,8 @@ class DvrTests(unittest.TestCase):
     def test_a_dvr_lists_its_footage_with_gaps_and_plays_it_back(self):
         alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
         now = int(time.time() * 1000)
-        from vss.cdn.listing import decode_recordings
         from vss.protocols import codec
+        from vss.protocols.listing import decode_recordings
 
         frame = yield alice.link.request_raw(
             MsgType.RECORD_QUERY, codec.encode_body(query("dvr1", now - 3 * HOUR, now)), 10)

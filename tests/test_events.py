@@ -428,7 +428,7 @@ class RulesTests(unittest.TestCase):
     def setUp(self):
         from tests.test_recording_tasks import FakeRecorder
         from vss.events.rules import EventRules
-        from vss.rgm.recording import RecordingManager
+        from vss.recording.tasks import RecordingManager
         from vss.store.memory import MemoryStore
         from vss.testing.central import MemoryCentral
 
@@ -482,7 +482,7 @@ class RulesTests(unittest.TestCase):
         self.assertEqual(self.recorder.starts(), [])
 
     def test_a_failed_recording_is_an_event(self):
-        from vss.rgm.recording import RecordingManager
+        from vss.recording.tasks import RecordingManager
 
         self.recorder.fail = ResultCode.DEVICE_OFFLINE
         manager = RecordingManager(self.clock, self.recorder, None)

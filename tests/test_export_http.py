@@ -1,5 +1,5 @@
 """
-The export download's HTTP side (``vss.cdn.export.ExportResource``) against bad input
+The export download's HTTP side (``vss.recording.export.ExportResource``) against bad input
 and hostile clients, over real TCP: odd time ranges get 400, a client that never reads
 the download is cut off and its temporary file deleted, and it does not hold up another
 client.
@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from vss.cdn import export
+from vss.recording import export
 from vss.testing.platform import wait_until
 
 DAY = 86400_000
@@ -130,7 +130,7 @@ class ExportQueueTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_full_queue_is_503_and_a_client_gone_is_not_remuxed(self):
-        from vss.cdn.catalogue import Segment
+        from vss.recording.catalogue import Segment
 
         data = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(data, "recordings", "cam1", "main"))

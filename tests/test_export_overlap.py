@@ -1,5 +1,5 @@
 """
-An export across segments that overlap or abut (``vss.cdn.export.remux``), on real
+An export across segments that overlap or abut (``vss.recording.export.remux``), on real
 fragmented MP4 files: a segment salvaged by an older version started at its whole second,
 up to a second before the segment it follows ended; segments written by the in-process
 writer (90 kHz) and by a child (another time base) follow each other. The export must
@@ -12,7 +12,7 @@ from fractions import Fraction
 
 from twisted.trial import unittest
 
-from vss.cdn.export import remux
+from vss.recording.export import remux
 
 try:
     import av

@@ -11,9 +11,9 @@ import sys
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from vss.cdn import rtpmux
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.recording import rtpmux
 from vss.rtsp import parser
 from vss.testing.processes import child_env
 

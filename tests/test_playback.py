@@ -16,10 +16,10 @@ import os
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from vss.cdn.playback import parse_range
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
+from vss.recording.playback import parse_range
 from vss.testing.platform import start_platform, verifier, wait_until
 from vss.testing.rawrtsp import RawRTSP
 
@@ -89,7 +89,7 @@ def write_gop_footage(data_dir, device, start_ms, segments=2, seconds=4):
     keyframe every 2 s exactly, written as the recorder writes them; their Segments."""
     from fractions import Fraction
 
-    from vss.cdn.catalogue import Segment, scan_fmp4, segment_name
+    from vss.recording.catalogue import Segment, scan_fmp4, segment_name
 
     src = av.open("testsrc2=size=320x240:rate=25", format="lavfi")
     frames = src.decode(video=0)

@@ -1,5 +1,5 @@
 """
-A playback's PLAY/PAUSE controller (``vss.cdn.playback.Playback``) with a task.Clock and
+A playback's PLAY/PAUSE controller (``vss.recording.playback.Playback``) with a task.Clock and
 fake children: bad or out-of-footage seeks are refused (457) and leave the playback as
 it was; closing leaves no child, no spare and no timer behind.
 """
@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from vss.cdn.playback import KILL_AFTER, Playback
+from vss.recording.playback import KILL_AFTER, Playback
 from vss.rtsp.server import ControlError
 
 T = 1_700_000_000_000
@@ -158,7 +158,7 @@ class PlaybackControlTests(unittest.TestCase):
             self.pb.play(None, None)  # ended
 
     def test_a_child_that_writes_garbage_is_not_a_crash(self):
-        from vss.cdn.playback import MAX_LINE
+        from vss.recording.playback import MAX_LINE
 
         child = self.first
         child.outReceived(b"y" * (MAX_LINE + 10))

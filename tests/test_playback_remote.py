@@ -1,5 +1,5 @@
 """
-Playback of footage held by another node, relayed through the CU's node (vss.cdn.remote).
+Playback of footage held by another node, relayed through the CU's node (vss.recording.remote).
 
 An in-process platform of two nodes over real loopback TCP and RTSP: footage is written
 on node-a only (as the recorder writes it); a CU logged in to node-b asks node-b for
@@ -33,7 +33,6 @@ from tests.test_playback import (
     write_gop_footage,
 )
 from tests.test_rtsp_server import SDP, ServerTestBase, idr, pframe
-from vss.cdn.remote import CONTROL_TIMEOUT
 from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
@@ -49,6 +48,7 @@ from vss.protocols.messages import (
     RecordSegment,
     Role,
 )
+from vss.recording.remote import CONTROL_TIMEOUT
 from vss.rtsp.server import ControlError
 from vss.testing.platform import start_platform, verifier, wait_until
 from vss.testing.rawrtsp import RawRTSP
@@ -196,7 +196,7 @@ class FakeCatalogue:
         self.spans = spans  # [(start, end)] of this node's footage
 
     def list(self, device, stream, from_ms, to_ms):
-        from vss.cdn.catalogue import Segment
+        from vss.recording.catalogue import Segment
 
         return defer.succeed({"segments": [Segment(device, 0, stream, a, b, 1, "x", [])
                                            for a, b in self.spans
@@ -245,7 +245,7 @@ class FakeCentral:
         self.peers = FakePeers(lambda: self.answer())
 
     def query_recordings(self, body, timeout=None):
-        from vss.cdn.listing import encode_recordings
+        from vss.protocols.listing import encode_recordings
 
         self.queries.append((body.from_time, body.to_time))
         if self.query_error is not None:
@@ -322,7 +322,7 @@ class HolderTests(unittest.TestCase):
     MEDIA_OPEN gets there (the relay itself is replaced by a recorder)."""
 
     def setUp(self):
-        from vss.cdn import remote
+        from vss.recording import remote
 
         self.remote = remote
         self.relayed = []
@@ -542,7 +542,7 @@ class FakeSession:
 
 class RelayedPlaybackTests(unittest.TestCase):
     def setUp(self):
-        from vss.cdn.remote import RelayedPlayback
+        from vss.recording.remote import RelayedPlayback
 
         self.clock = Clock()
         self.rtsp = type("SS", (), {})()
@@ -903,8 +903,8 @@ class RemoteDvrTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_dvr_homed_on_a_plays_back_to_a_cu_of_b(self):
         from tests.test_dvr import decode, query
-        from vss.cdn.listing import decode_recordings
         from vss.protocols import codec
+        from vss.protocols.listing import decode_recordings
 
         alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
         now = int(reactor.seconds() * 1000)

@@ -21,12 +21,14 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from tests.test_rtsp_e2e import FFMPEG, SECRET, E2ETestBase, FFmpeg, with_timeout
-from vss.cdn import catalogue as catmod
-from vss.cdn.catalogue import Catalogue, CatalogueDB, Segment, scan_fmp4, segment_name
-from vss.cdn.recorder import EXIT_DISK_FULL, Recorder, _Child, _Recording, record
 from vss.cdn.tokens import TokenIssuer
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.recording import catalogue as catmod
+from vss.recording.catalogue import Catalogue, CatalogueDB, Segment, scan_fmp4, segment_name
+from vss.recording.child import record
+from vss.recording.recorder import Recorder, _Child, _Recording
+from vss.recording.segments import EXIT_DISK_FULL
 from vss.rtsp import sdp as sdplib
 from vss.rtsp.fanout import Source
 from vss.testing.platform import wait_until
@@ -431,7 +433,7 @@ class RecorderControlTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(stopped)["state"], "stopped")
 
     def test_a_child_that_writes_garbage_is_not_a_crash_nor_a_leak(self):
-        from vss.cdn.recorder import MAX_LINE
+        from vss.recording.recorder import MAX_LINE
 
         d = self.recorder.start("cam1", 0, 0, 2)
         child = self.reactor.spawned[0]
@@ -991,15 +993,15 @@ class LiveWriterProbeTests(LiveWriterBase):
 
     @defer.inlineCallbacks
     def test_the_probe_runs_in_the_thread_runner_and_nothing_is_lost(self):
-        from vss.cdn import recorder as recmod
+        from vss.recording import live as recmod
 
         in_reactor = []
-        real = recmod._probe
-        self.patch(recmod, "_probe", lambda *a: (in_reactor.append(a), real(*a))[1])
+        real = recmod.probe_codec
+        self.patch(recmod, "probe_codec", lambda *a: (in_reactor.append(a), real(*a))[1])
         yield self.recorder.start("cam1", 0, 0, 2)
         self.play(self.pictures[:10])
         self.assertEqual(in_reactor, [])  # not probed in the reactor thread
-        self.assertEqual([fn for fn, _, _ in self.calls], [recmod._probe])
+        self.assertEqual([fn for fn, _, _ in self.calls], [recmod.probe_codec])
         writer = self.recorder.recordings[("cam1", 0, "main")].live
         self.assertIsNone(writer.seg)  # nothing written before the probe answers
         self.assertEqual(len(writer.backlog), 10)
@@ -1038,9 +1040,9 @@ class LiveWriterProbeTests(LiveWriterBase):
 
     @defer.inlineCallbacks
     def test_a_pre_event_buffer_larger_than_the_bound_is_held_whole(self):
-        from vss.cdn import recorder as recmod
+        from vss.recording import live as recmod
 
-        self.patch(recmod._LiveWriter, "MAX_BACKLOG_BYTES", 20_000)
+        self.patch(recmod.LiveWriter, "MAX_BACKLOG_BYTES", 20_000)
         yield self.recorder.prebuffer("cam1", 0, 0, 3)
         self.play(self.pictures[:110])
         yield self.recorder.start("cam1", 0, 0, 2)

@@ -15,13 +15,11 @@ import urllib.request
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from vss.cdn.catalogue import Segment
-from vss.cdn.export import ExportTokens, check_target
-from vss.cdn.listing import gaps_of, merge, node_answer
 from vss.cms.store import hash_token
 from vss.cms.store.tokens import iso_time
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.listing import gaps_of, merge, node_answer
 from vss.protocols.messages import (
     Action,
     MsgType,
@@ -35,8 +33,10 @@ from vss.protocols.messages import (
     Stream,
     TimeRange,
 )
-from vss.rgm.record_settings import RecordSettingsSync
-from vss.rgm.recording import ChannelSettings
+from vss.recording.catalogue import Segment
+from vss.recording.export import ExportTokens, check_target
+from vss.recording.settings import RecordSettingsSync
+from vss.recording.tasks import ChannelSettings
 from vss.testing.platform import start_platform, verifier, wait_until
 from vss.testing.processes import child_env, run_tool
 
@@ -92,8 +92,8 @@ class FastCodecTests(unittest.SynchronousTestCase):
     def test_same_bytes_and_objects_as_construct(self):
         import random
 
-        from vss.cdn.listing import decode_recordings, encode_recordings
         from vss.protocols import codec
+        from vss.protocols.listing import decode_recordings, encode_recordings
         from vss.protocols.messages import ExportUrl
 
         rnd = random.Random(7)
@@ -111,8 +111,8 @@ class FastCodecTests(unittest.SynchronousTestCase):
             self.assertEqual(decode_recordings(self.frame(data)), body)
 
     def test_extensions_and_bad_bodies_go_through_construct(self):
-        from vss.cdn.listing import decode_recordings, encode_recordings
         from vss.protocols import codec
+        from vss.protocols.listing import decode_recordings, encode_recordings
 
         body = Recordings(segments=[seg(0, 1)], gaps=[], missing=[], exports=[],
                           truncated=False, ext=((9, b"x"),))
@@ -149,8 +149,8 @@ class FastCodecTests(unittest.SynchronousTestCase):
         their own offset: one odd record in a run, runs of every length."""
         import random
 
-        from vss.cdn.listing import decode_recordings, encode_parts, parse_answer, parts_of
         from vss.protocols import codec
+        from vss.protocols.listing import decode_recordings, encode_parts, parse_answer, parts_of
 
         rnd = random.Random(11)
         for n in (0, 1, 2, 70, 300, 5000):
@@ -170,7 +170,7 @@ class FastCodecTests(unittest.SynchronousTestCase):
     def test_merged_tuples_equal_merge_of_the_objects(self):
         import random
 
-        from vss.cdn.listing import MAX_SEGMENTS, encode_parts, merge_parts, parts_of
+        from vss.protocols.listing import MAX_SEGMENTS, encode_parts, merge_parts, parts_of
 
         rnd = random.Random(5)
         for case in range(30):
@@ -195,7 +195,8 @@ class FastCodecTests(unittest.SynchronousTestCase):
         """The OPEN_TAG extension: packed by a node, parsed and merged by CMS, decoded
         by the CU, the same as construct gives; an entry naming no listed segment is
         dropped."""
-        from vss.cdn.listing import (
+        from vss.protocols import codec
+        from vss.protocols.listing import (
             OPEN_TAG,
             decode_recordings,
             encode_node_answer,
@@ -205,7 +206,6 @@ class FastCodecTests(unittest.SynchronousTestCase):
             open_segments,
             parse_answer,
         )
-        from vss.protocols import codec
 
         rows = [(T0, T0 + 1000, 10), (T0 + 1000, T0 + 1500, 5)]
         a = encode_node_answer(rows, [], "node-a", None, [T0 + 1000, T0 + 99])
@@ -223,7 +223,7 @@ class FastCodecTests(unittest.SynchronousTestCase):
         self.assertEqual([(g.start, g.end) for g in out.gaps], [(T0 + 1500, T0 + 2000)])
 
     def test_a_node_answer_packed_from_rows_equals_the_constructed_one(self):
-        from vss.cdn.listing import MAX_SEGMENTS, encode_node_answer
+        from vss.protocols.listing import MAX_SEGMENTS, encode_node_answer
         from vss.protocols.messages import ExportUrl
 
         export = ExportUrl(node_id="node-b", url="http://h/export?token=t", expires=9)
@@ -244,7 +244,7 @@ class SpansTests(unittest.SynchronousTestCase):
     def test_spans_are_the_listed_segments_and_gaps(self):
         import random
 
-        from vss.cdn.catalogue import CatalogueDB
+        from vss.recording.catalogue import CatalogueDB
 
         db = CatalogueDB(self.mktemp())
         self.addCleanup(db.close)
@@ -270,7 +270,7 @@ class SpansTests(unittest.SynchronousTestCase):
     def test_an_older_catalogue_gets_the_covering_index(self):
         import sqlite3
 
-        from vss.cdn.catalogue import DB_NAME, CatalogueDB
+        from vss.recording.catalogue import DB_NAME, CatalogueDB
 
         path = self.mktemp()
         os.makedirs(path)
@@ -287,7 +287,7 @@ class SpansTests(unittest.SynchronousTestCase):
 
 
 def catalogue_range():
-    from vss.cdn.catalogue import _RANGE
+    from vss.recording.catalogue import _RANGE
 
     return _RANGE
 
@@ -437,7 +437,7 @@ class RecordSettingsSyncTests(unittest.SynchronousTestCase):
         self.assertEqual(self.sync.held, {})
 
     def test_retention_is_per_channel_with_the_node_default_and_the_quota_the_sum(self):
-        from vss.cdn.catalogue import Retention
+        from vss.recording.catalogue import Retention
 
         self.assertEqual(self.sync.retention(), (Retention(7, {}), None))
         self.sync.held = {("a", 0): settings("a", 1, days=3, quota=10),
@@ -456,7 +456,7 @@ class RecordSettingsSyncTests(unittest.SynchronousTestCase):
 
 class RetentionTests(unittest.SynchronousTestCase):
     def test_every_interval_enforce_runs_with_the_held_settings_and_the_paths_in_use(self):
-        from vss.cdn.archive import RetentionService
+        from vss.recording.archive import RetentionService
 
         calls = []
 
@@ -484,7 +484,7 @@ class RetentionTests(unittest.SynchronousTestCase):
 
 
     def test_a_failing_in_use_hook_deletes_nothing(self):
-        from vss.cdn.archive import RetentionService
+        from vss.recording.archive import RetentionService
 
         calls = []
 
@@ -506,7 +506,7 @@ class RetentionTests(unittest.SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_segments_of_a_stream_being_played_back_are_in_use(self):
-        from vss.cdn.archive import playback_in_use
+        from vss.recording.archive import playback_in_use
 
         asked = []
 
@@ -638,7 +638,7 @@ class CatalogueAcrossNodesTests(unittest.TestCase):
                          what="three closed segments")
         # while it records, the segment being written is listed, on another node too, up
         # to the time of the answer and marked as being recorded: not a gap
-        from vss.cdn.listing import open_segments
+        from vss.protocols.listing import open_segments
 
         cu = yield self.p.login("node-a", Role.CU, "alice", "alice-pw")
         now = int(time.time() * 1000)

@@ -35,8 +35,8 @@ import urllib.request
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from vss.cdn.catalogue import DB_NAME, scan_fmp4
 from vss.protocols.messages import Action
+from vss.recording.catalogue import DB_NAME, scan_fmp4
 from vss.testing import processes, records
 from vss.testing.processes import (
     child_env,

@@ -1,5 +1,5 @@
 """
-The RGM's recording task manager (vss/rgm/recording.py): split, stack and queue with a
+The RGM's recording task manager (vss/recording/tasks.py): split, stack and queue with a
 task.Clock, persistence and resume after a restart, and the CU's RECORD_START /
 RECORD_STOP / RECORD_STATUS over the in-memory node harness.
 """
@@ -26,7 +26,7 @@ from vss.protocols.messages import (
     ScheduleSlot,
     Stream,
 )
-from vss.rgm.recording import (
+from vss.recording.tasks import (
     Capacity,
     Queue,
     RecordingManager,

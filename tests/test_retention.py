@@ -12,12 +12,12 @@ import os
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from vss.cdn.archive import RetentionService
-from vss.cdn.catalogue import CatalogueDB, Retention, Segment, segment_name
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import RecordMode, RecordSettings, Stream
-from vss.rgm.record_settings import RecordSettingsSync
+from vss.recording.archive import RetentionService
+from vss.recording.catalogue import CatalogueDB, Retention, Segment, segment_name
+from vss.recording.settings import RecordSettingsSync
 
 DAY = 86_400_000
 NOW = 1_800_000_000_000

@@ -1,5 +1,5 @@
 """
-The RTP depacketizers of the in-process recorder (``vss.cdn.rtpmux``), against RTP
+The RTP depacketizers of the in-process recorder (``vss.recording.rtpmux``), against RTP
 packets built by hand from RFC 6184 (H.264), RFC 7798 (H.265) and RFC 3640 (AAC).
 """
 
@@ -9,8 +9,8 @@ import struct
 
 from twisted.trial import unittest
 
-from vss.cdn import rtpmux
-from vss.cdn.recorder import inprocess_codec
+from vss.recording import rtpmux
+from vss.recording.live import inprocess_codec
 
 SPS = b"\x67\x42\xc0\x1e\xda\x02\x80\xbf\xe5\x84\x00\x00\x03\x00\x04"
 PPS = b"\x68\xce\x3c\x80"

@@ -355,7 +355,7 @@ class IAdminBackend(Interface):
 
 class IRecorder(Interface):
     """The recording interface of a node's CDN module: the only path from the RGM's
-    recording task manager (``vss.rgm.recording``) to the streaming server, which writes
+    recording task manager (``vss.recording.tasks``) to the streaming server, which writes
     what it receives for a (device, channel, stream) into segment files."""
 
     def start(device_id, channel, stream, segment_seconds):

@@ -169,14 +169,14 @@ class NodeService(StagedService):
         # The SS's recorder (segment files and their catalogue) behind the CDN module's
         # recording interface, driven by the RGM's recording task manager (split, stack,
         # queue).
-        from vss.cdn.recorder import Recorder
         from vss.cdn.service import CDNRecording
-        from vss.rgm.recording import Capacity, RecordingManager
+        from vss.recording.recorder import Recorder
+        from vss.recording.tasks import Capacity, RecordingManager
 
         self.recorder = Recorder(self.rtsp, self.issuer, settings.data_dir, reactor, reactor,
                                  media_base="", mode=settings.record_in)
         _MediaBase(self).setServiceParent(self)
-        from vss.cdn.playback import PlaybackService
+        from vss.recording.playback import PlaybackService
 
         self.cdn.playback = PlaybackService(self.cdn, self.recorder.catalogue, settings.data_dir,
                                             reactor)
@@ -198,7 +198,7 @@ class NodeService(StagedService):
         self.web = WebClient(self.rtsp, self.rgm.factory(Role.CU), reactor)
         self.web.setServiceParent(self)
         # Settings from CMS, the catalogue across nodes, HTTP export and retention.
-        from vss.cdn import archive
+        from vss.recording import archive
 
         archive.wire(self, settings, reactor)
         self._make_http(settings, reactor)
@@ -230,10 +230,10 @@ class NodeService(StagedService):
         """The node's HTTP listener (``--http-listen``): ``/healthz``, ``/readyz`` and
         ``/metrics`` (``vss.ops``), then the browser client (``vss.web``), then the
         export downloads."""
-        from vss.cdn.export import ExportResource
         from vss.ops.collectors import NodeCollector
         from vss.ops.http import node_site, ops_resources
         from vss.ops.metrics import Access, MetricsResource, make_registry
+        from vss.recording.export import ExportResource
 
         self.http_listener = None
         self.metrics = None

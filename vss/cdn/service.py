@@ -14,8 +14,8 @@ The RGM calls its *service interface* when a CU asks for live video (MEDIA_OPEN)
      node, for all its viewers.
 3. the CU gets an ``rtsp://`` URL carrying a short-lived play token for that path only.
 
-A MEDIA_OPEN with ``purpose=PLAYBACK`` goes to ``vss.cdn.remote``: played here
-(``vss.cdn.playback``, or a DVR logged in here), or relayed from the node holding it.
+A MEDIA_OPEN with ``purpose=PLAYBACK`` goes to ``vss.recording.remote``: played here
+(``vss.recording.playback``, or a DVR logged in here), or relayed from the node holding it.
 
 Many viewers share one source. A source with no reader for ``linger`` seconds is stopped
 (MEDIA_STOP to the PU, or the pull closed).
@@ -43,6 +43,10 @@ from vss.protocols.messages import (
     Purpose,
     Stream,
 )
+from vss.recording import remote
+from vss.recording.dvr import close_publisher
+from vss.recording.remote import RelayedPlayback
+from vss.rtsp.client import host_port, pull_into, split_credentials
 
 SOURCE_WAIT = 10.0
 #: how a CU's kind is named in the audit log
@@ -76,7 +80,7 @@ class CDNModule(service.Service):
         self.origins = {}  # path -> ("pu", device_id, channel, stream) | ("pull", proto)
         self._stops = {}
         self.counters = {"opened": 0, "pu_publish": 0, "pulls": 0, "node_pulls": 0}
-        self.playback = None  # vss.cdn.playback.PlaybackService: recordings played back
+        self.playback = None  # vss.recording.playback.PlaybackService: recordings played back
         # f(host) -> client TLS options for an rtsps:// pull from another node's SS (the
         # cluster CA's, when the node has one); None: the system's trust roots
         self.node_tls = None
@@ -104,7 +108,6 @@ class CDNModule(service.Service):
         if not self.store.actions_for(username, body.device_id) & Action.VIEW:
             raise VssError(ResultCode.FORBIDDEN, f"{username} may not view {body.device_id}")
         if body.purpose == Purpose.PLAYBACK:  # here, the DVR, or relayed from its node
-            from vss.cdn import remote
 
             return (yield remote.media_open(self, body))
         if body.purpose != Purpose.LIVE:
@@ -171,7 +174,6 @@ class CDNModule(service.Service):
         return d
 
     def _pull_camera(self, record, path):
-        from vss.rtsp.client import pull_into
 
         self.counters["pulls"] += 1
         d = pull_into(self.rtsp, path, record.source_url, reactor=self.reactor,
@@ -191,7 +193,6 @@ class CDNModule(service.Service):
     @defer.inlineCallbacks
     def _pull_from_home(self, record, body, path):
         """Cross-node: the home node's SS serves this node's SS once."""
-        from vss.rtsp.client import pull_into
 
         status, inner = yield self.rgm.central.route(record.device_id, MsgType.MEDIA_OPEN,
                                                      codec.encode_body(body))
@@ -212,7 +213,6 @@ class CDNModule(service.Service):
         RTSP, or the system's trust roots)."""
         if self.node_tls is None or not url.lower().startswith("rtsps://"):
             return None
-        from vss.rtsp.client import host_port, split_credentials
 
         return self.node_tls(host_port(split_credentials(url)[0])[0])
 
@@ -221,7 +221,6 @@ class CDNModule(service.Service):
         link is authenticated with the cluster secret, the CU's grant was checked there.
         A playback is served by the node holding the footage, home or not."""
         if body.purpose == Purpose.PLAYBACK:
-            from vss.cdn import remote
 
             return remote.serve_routed(self, body)
         record = self.store.get_device(body.device_id)
@@ -278,7 +277,6 @@ class CDNModule(service.Service):
         elif origin and origin[0] == "playback":
             origin[1].close()
         elif origin and origin[0] == "dvr":
-            from vss.cdn.dvr import close_publisher
 
             close_publisher(self.rtsp, path)
         source.close()
@@ -291,7 +289,6 @@ class CDNModule(service.Service):
         super().stopService()
         # the pulls (cameras, other nodes, relayed playbacks) end with the module: their
         # origins see a TEARDOWN now rather than a connection that lingers in process
-        from vss.cdn.remote import RelayedPlayback
 
         for path, origin in list(self.origins.items()):
             try:

@@ -70,9 +70,9 @@ from vss.protocols.messages import (
     SyncNotify,
     Verifier,
 )
+from vss.recording.tasks import EXT_EVENT_TYPES
 from vss.rgm.auth import ScramExchange, node_verifier
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT
-from vss.rgm.recording import EXT_EVENT_TYPES
 from vss.tls import peer_identity_problem
 
 AGENT = "vss-cms/0.1"
@@ -161,7 +161,7 @@ def _refuse(link, frame, failure):
 
 def _respond(link, msg_type, txid, body):
     """Answer a request: a typed body, or body bytes already encoded (a long listing
-    encoded without construct, see vss.cdn.listing)."""
+    encoded without construct, see vss.protocols.listing)."""
     if isinstance(body, bytes):
         link.send_raw_response(msg_type, txid, 0, body)
     else:
@@ -680,7 +680,7 @@ class CMSService(service.Service):
         """RECORD_QUERY: ask every up node at once (at most ``FANOUT_TIMEOUT`` s each)
         and merge; a node of the registry that is down or does not answer in time is
         listed as missing."""
-        from vss.cdn.listing import FANOUT_TIMEOUT, encode_parts, merge_parts, parse_answer
+        from vss.protocols.listing import FANOUT_TIMEOUT, encode_parts, merge_parts, parse_answer
 
         if body.to_time <= body.from_time:
             raise VssError(ResultCode.INVALID_ARGUMENT, "to must be after from")

@@ -30,7 +30,6 @@ import sys
 from twisted.internet import defer, task
 from twisted.python import usage
 
-from vss.cdn.listing import open_segments
 from vss.client import SignallingClient, connect
 from vss.cu.events import (
     ack_body,
@@ -44,6 +43,7 @@ from vss.cu.events import (
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.jsonrec import plain
+from vss.protocols.listing import open_segments
 from vss.protocols.messages import (
     KV,
     ConfigGet,
@@ -913,8 +913,8 @@ def record_request(client, type, body):
 
 @defer.inlineCallbacks
 def list_recordings(client, query, timeout):
-    from vss.cdn.listing import decode_recordings  # long listings: no construct
     from vss.protocols import codec
+    from vss.protocols.listing import decode_recordings  # long listings: no construct
 
     frame = yield client.link.request_raw(MsgType.RECORD_QUERY, codec.encode_body(query),
                                           timeout)
@@ -942,7 +942,7 @@ def check_footage(client, sub, timeout):
     """Before a playback: is anything recorded at the asked time? A time with no
     footage is said, with where the next recording starts, rather than answered with a
     URL that plays something else (or nothing yet)."""
-    from vss.cdn.catalogue import MIN_GAP_MS
+    from vss.protocols.listing import MIN_GAP_MS
 
     at = sub["at_ms"]
     query = RecordQuery(device_id=sub["device"], channel=sub["channel"],

@@ -351,7 +351,7 @@ class SimulatedPU:
         segs = [RecordSegment(start=a, end=b, bytes=n, node_id=self.device_id)
                 for a, b, n in dvr.segments(body.from_time, body.to_time, now, self.dvr_days,
                                             ch.index)]
-        from vss.cdn.listing import gaps_of
+        from vss.protocols.listing import gaps_of
 
         return Recordings(segments=segs, gaps=gaps_of(segs, body.from_time, body.to_time),
                           missing=[], exports=[], truncated=False)

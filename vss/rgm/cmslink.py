@@ -422,7 +422,7 @@ class CmsLink(service.Service):
         elif t == MsgType.ROUTE_REQUEST and self.rgm is not None:
             d = serve_route(self.rgm, msg.body)
         elif t == MsgType.RECORD_QUERY and self.local_recordings is not None:
-            from vss.cdn.listing import encode_recordings  # a long body: no construct
+            from vss.protocols.listing import encode_recordings  # a long body: no construct
 
             d = defer.maybeDeferred(self.local_recordings, msg.body)
             d.addCallback(lambda r: r if isinstance(r, bytes) else encode_recordings(r))

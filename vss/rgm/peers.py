@@ -73,7 +73,7 @@ def serve_route(rgm, body):
     ``RouteResponse`` carrying the PU's answer or the error that stood in its way. A
     routed MEDIA_OPEN is answered by this node's CDN module (a play URL of its SS); one
     with ``purpose=PLAYBACK`` is also served for a device homed elsewhere: it is sent to
-    the node that holds the footage (``vss.cdn.remote``)."""
+    the node that holds the footage (``vss.recording.remote``)."""
 
     def answered(result):
         status, inner = result

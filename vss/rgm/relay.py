@@ -50,7 +50,7 @@ from vss.protocols.messages import (
     RouteRequest,
     RouteResponse,
 )
-from vss.rgm import recording
+from vss.recording import tasks as recording
 
 _CONTROL_ACTIONS = None  # vss.rgm.service.CONTROL_ACTIONS, imported on first use (cycle)
 
@@ -453,7 +453,7 @@ def on_cu_request(rgm, link, frame, msg):
             return link.send_error(t, frame.txid, ResultCode.FORBIDDEN,
                                    f"{s.identity} may not {action.name.lower()} {device_id}")
         record = rgm.store.get_device(device_id)
-        if t == MsgType.RECORD_QUERY:  # the catalogue across nodes (vss.cdn.archive)
+        if t == MsgType.RECORD_QUERY:  # the catalogue across nodes (vss.recording.archive)
             if rgm.archive is None:
                 return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
                                        "this node has no recording catalogue")

@@ -176,8 +176,8 @@ class RGMService(service.Service):
         self.central = central
         self.clock = clock
         self.cdn = cdn
-        self.recordings = None  # vss.rgm.recording.RecordingManager, if the node records
-        self.archive = None  # vss.cdn.archive.NodeArchive: RECORD_QUERY across nodes
+        self.recordings = None  # vss.recording.tasks.RecordingManager, if the node records
+        self.archive = None  # vss.recording.archive.NodeArchive: RECORD_QUERY across nodes
         self.credentials = None  # vss.streamcreds.node.StreamCredentials, with a CMS
         self.events = None  # vss.events.hub.EventHub: events and alarms
         self.throttle = Throttle(clock)

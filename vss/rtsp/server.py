@@ -59,7 +59,7 @@ log = Logger()
 PUBLIC = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER, " \
          "ANNOUNCE, RECORD"
 STREAMS = ("main", "sub")
-PLAYBACK_PREFIX = "pb-"  # /live/<device>/pb-<id>: a recording played back (vss.cdn.playback)
+PLAYBACK_PREFIX = "pb-"  # /live/<device>/pb-<id>: a recording played back (vss.recording.playback)
 ABORT_AFTER = 5.0
 SERVER_NAME = "vss-ss"
 

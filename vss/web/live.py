@@ -4,7 +4,7 @@ Video for browsers: one ``Packager`` per stream of the SS, read by any number of
 
 A ``Packager`` is a reader of the SS's ``fanout.Source``, like an RTSP viewer or the
 recorder: it gets the very ``Frame`` batches every viewer gets, depacketizes the H.264
-track (``vss.cdn.rtpmux``) and packages each picture ONCE as a fragmented MP4 fragment
+track (``vss.recording.rtpmux``) and packages each picture ONCE as a fragmented MP4 fragment
 (``vss.web.fmp4``), wrapped ONCE in a media message and ONCE in a WebSocket frame; every
 browser viewer then gets those same bytes, one send per viewer per picture, as an RTSP
 viewer gets its interleaved RTP (docs/protocol.md, "Browser media"):
@@ -33,7 +33,7 @@ import struct
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.logger import Logger
 
-from vss.cdn import rtpmux
+from vss.recording import rtpmux
 from vss.rtsp.fanout import Frame, TCPReader
 from vss.web import fmp4
 

@@ -34,7 +34,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vss.cdn.playback import format_scale
+from vss.recording.playback import format_scale
 from vss.redact import redact
 from vss.rtsp.server import ControlError, is_live
 from vss.web.live import Packager, Unsupported, WebViewer, ws_frame

@@ -2,7 +2,7 @@
 The recording catalogue of a node: one SQLite row per closed segment file.
 
 Each node indexes the fragmented MP4 segments its streaming server wrote (see
-``vss.cdn.recorder``) in ``<data_dir>/catalogue.sqlite3`` (WAL journal): device, channel,
+``vss.recording.recorder``) in ``<data_dir>/catalogue.sqlite3`` (WAL journal): device, channel,
 stream, ``start_ms``/``end_ms`` (UTC wall clock, milliseconds), bytes, the path relative to
 the data directory and the keyframe offsets (JSON ``[[ms from start, byte offset of the
 fragment that starts at that keyframe], ...]``). The offsets (about 4 kB for a 5-minute
@@ -45,18 +45,20 @@ import sqlite3
 import struct
 from collections import namedtuple
 from datetime import UTC, datetime
-from itertools import accumulate
 from operator import itemgetter
 
+import av
+from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from vss.private import private_file
+from vss.protocols.listing import MIN_GAP_MS, gap_pairs
 
 log = Logger()
 
 DB_NAME = "catalogue.sqlite3"
 RECORDINGS = "recordings"
-MIN_GAP_MS = 500  # holes shorter than this between segments are not reported as gaps
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -99,16 +101,6 @@ class Retention(namedtuple("Retention", "default_days days")):
         return self.days.get((device, channel), self.default_days)
 
 
-def gap_pairs(spans, from_ms, to_ms, min_gap_ms=MIN_GAP_MS):
-    """The parts of ``[from_ms, to_ms)`` that no span covers, as (start, end) pairs:
-    ``spans`` are tuples (start, end, ...) sorted by start; holes shorter than
-    ``min_gap_ms`` are ignored."""
-    cursors = list(accumulate(map(itemgetter(1), spans), max, initial=from_ms))
-    gaps = [(c, s) for c, s in zip(cursors, map(itemgetter(0), spans), strict=False)
-            if s - c >= min_gap_ms]
-    if to_ms - cursors[-1] >= min_gap_ms:
-        gaps.append((cursors[-1], to_ms))
-    return gaps
 
 
 def _segment(row):
@@ -247,7 +239,6 @@ def _fragment_time(f, moof, video_id, timescale):
 
 def probe(path):
     """(duration ms, video frames) of a segment file, read with PyAV (no decoding)."""
-    import av
 
     with av.open(path) as c:
         v = c.streams.video[0]
@@ -559,12 +550,10 @@ class Catalogue:
         return self._reactor
 
     def _call(self, fn, *args, **kw):
-        from twisted.internet import threads
 
         return threads.deferToThreadPool(self.reactor, self._pool, fn, *args, **kw)
 
     def open(self):
-        from twisted.python.threadpool import ThreadPool
 
         self._pool = ThreadPool(1, 1, name="vss-catalogue")
         self._pool.start()
@@ -578,10 +567,8 @@ class Catalogue:
     def close(self):
         pool, self._pool = self._pool, None
         if pool is None:
-            from twisted.internet import defer
 
             return defer.succeed(None)
-        from twisted.internet import threads
 
         d = threads.deferToThreadPool(self.reactor, pool,
                                       lambda: self.db and self.db.close())

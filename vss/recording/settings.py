@@ -27,11 +27,11 @@ reports, active sync, raise its version too). The retention part of the settings
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vss.cdn.catalogue import Retention
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import RecordMode, RecordSettings, Stream
-from vss.rgm.recording import ChannelSettings
+from vss.recording.catalogue import Retention
+from vss.recording.tasks import ChannelSettings
 
 CONCURRENCY = 8  # settings requests in flight at once during refresh_all
 DEFAULT_RETENTION_DAYS = 7  # a channel without settings (as MMS's default settings)

@@ -25,14 +25,28 @@ module (which imports no reactor).
 
 import struct
 from collections import namedtuple
-from itertools import chain
+from itertools import accumulate, chain
 from operator import itemgetter
 
-from vss.cdn.catalogue import MIN_GAP_MS, gap_pairs
 from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.link import check_response
 from vss.protocols.messages import ExportUrl, Recordings, RecordSegment, TimeRange
+
+MIN_GAP_MS = 500  # holes shorter than this between segments are not reported as gaps
+
+
+def gap_pairs(spans, from_ms, to_ms, min_gap_ms=MIN_GAP_MS):
+    """The parts of ``[from_ms, to_ms)`` that no span covers, as (start, end) pairs:
+    ``spans`` are tuples (start, end, ...) sorted by start; holes shorter than
+    ``min_gap_ms`` are ignored."""
+    cursors = list(accumulate(map(itemgetter(1), spans), max, initial=from_ms))
+    gaps = [(c, s) for c, s in zip(cursors, map(itemgetter(0), spans), strict=False)
+            if s - c >= min_gap_ms]
+    if to_ms - cursors[-1] >= min_gap_ms:
+        gaps.append((cursors[-1], to_ms))
+    return gaps
+
 
 FANOUT_TIMEOUT = 2.0  # seconds CMS waits for each node's answer
 MAX_SEGMENTS = 20000  # about 0.7 MB of segments: one frame holds at most 1 MiB

@@ -2,12 +2,12 @@
 A node's archive: what it answers about its recordings, across nodes.
 
 - ``NodeArchive.query`` (a CU's RECORD_QUERY, after its node checked the VIEW grant):
-  the node asks CMS, which asks every node and merges (``vss.cdn.listing``); a node
+  the node asks CMS, which asks every node and merges (``vss.protocols.listing``); a node
   without CMS (``--static``), or whose CMS link is down, answers from its own catalogue
   (``missing`` then names ``cms``: other nodes were not asked).
 - ``NodeArchive.local`` (CMS's RECORD_QUERY to this node): the node's own segments, with
-  an export URL (``vss.cdn.export``) when it holds some and serves HTTP, and for a DVR
-  logged in here, the DVR's own segments, marked ``dvr:<device>`` (``vss.cdn.dvr``).
+  an export URL (``vss.recording.export``) when it holds some and serves HTTP, and for a DVR
+  logged in here, the DVR's own segments, marked ``dvr:<device>`` (``vss.recording.dvr``).
 - ``RetentionService``: every ``interval`` seconds, ``Recorder.enforce`` with the
   retention the node holds (``RecordSettingsSync.retention``: each channel's own days,
   the node's default for the others, one quota for the node), never deleting a segment
@@ -24,20 +24,23 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from vss.cdn.catalogue import gap_pairs
-from vss.cdn.listing import (
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
+from vss.protocols.listing import (
     FANOUT_TIMEOUT,
     encode_node_answer,
     encode_parts,
     export_url,
+    gap_pairs,
     merge_parts,
     parse_body,
     parts_of,
 )
-from vss.cdn.recorder import stream_name
-from vss.errors import VssError
-from vss.protocols.codes import ResultCode
 from vss.protocols.messages import Stream
+from vss.recording.dvr import device_recordings
+from vss.recording.export import Exporter, ExportTokens
+from vss.recording.segments import stream_name
+from vss.recording.settings import DEFAULT_RETENTION_DAYS, RecordSettingsSync
 
 log = Logger()
 
@@ -116,7 +119,7 @@ class NodeArchive:
     @defer.inlineCallbacks
     def local(self, body):
         """This node's own segments of the range: the ``Recordings`` body's bytes,
-        packed from the catalogue's rows (``vss.cdn.listing.encode_node_answer``)."""
+        packed from the catalogue's rows (``vss.protocols.listing.encode_node_answer``)."""
         self.counters["local"] += 1
         stream = stream_name(body.channel, body.stream)
         rows, gaps = yield self.catalogue.spans(body.device_id, stream, body.from_time,
@@ -134,10 +137,9 @@ class NodeArchive:
                                                user=asked_by(body))
             export = export_url(base, token, expires, self.node_id)
         data = encode_node_answer(rows, gaps, self.node_id, export, [r[0] for r in opens])
-        from vss.cdn.dvr import device_recordings
 
         own = yield device_recordings(self.pu_links, self.store, body)
-        if own is not None:  # a DVR's footage, marked as on the device (vss.cdn.dvr)
+        if own is not None:  # a DVR's footage, marked as on the device (vss.recording.dvr)
             data = encode_parts(merge_parts(body.from_time, body.to_time,
                                             [parse_body(data), parts_of(own)]))
         return data
@@ -236,8 +238,6 @@ def playback_in_use(cdn, catalogue, margin_ms=PLAYBACK_MARGIN_MS):
 def wire(node, settings, reactor):
     """The archive, the settings sync, retention and the export of a node
     (``vss.node.NodeService``; after its recorder and recording manager exist)."""
-    from vss.cdn.export import Exporter, ExportTokens
-    from vss.rgm.record_settings import DEFAULT_RETENTION_DAYS, RecordSettingsSync
 
     node.export_tokens = ExportTokens(node.secret, reactor)
     node.exporter = Exporter(node.recorder.catalogue, settings.data_dir, reactor)

@@ -5,9 +5,9 @@ Playback of footage another node holds, relayed into this node's SS as live vide
 module checked the CU's VIEW grant on this node):
 
 1. a DVR logged in here, at a time this node's catalogue has nothing for: the DVR
-   publishes its own footage (``vss.cdn.dvr``);
+   publishes its own footage (``vss.recording.dvr``);
 2. this node's catalogue holds footage at ``start_time``: this node's playback
-   (``vss.cdn.playback``);
+   (``vss.recording.playback``);
 3. otherwise the catalogue across nodes is asked (CMS's RECORD_QUERY, as
    ``NodeArchive.query`` does, from ``start_time`` for ``WINDOW_MS``). The first segment
    that ends after ``start_time`` names who holds the footage: this node (footage later
@@ -43,15 +43,20 @@ origin ends the stream (the footage ended), which closes this node's source.
 """
 
 import os
+from datetime import UTC, datetime
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vss.cdn import dvr
 from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.listing import decode_recordings
 from vss.protocols.messages import MsgType, RecordQuery
+from vss.recording import dvr
+from vss.recording.segments import stream_name
+from vss.rtsp.client import RTSPError, pull_into
+from vss.rtsp.server import ControlError
 
 log = Logger()
 
@@ -65,7 +70,6 @@ UNREACHABLE = (ResultCode.HOME_NODE_DOWN, ResultCode.TIMEOUT, ResultCode.SESSION
 
 
 def _stream(body):
-    from vss.cdn.recorder import stream_name
 
     return stream_name(body.channel, body.stream)
 
@@ -108,7 +112,6 @@ def find_holder(cdn, body):
     start = int(body.start_time)
     query = RecordQuery(device_id=body.device_id, channel=body.channel, stream=body.stream,
                         from_time=start, to_time=start + WINDOW_MS)
-    from vss.cdn.listing import decode_recordings
 
     try:
         listing = decode_recordings((yield ask(query, QUERY_TIMEOUT)))
@@ -146,7 +149,6 @@ def media_open(cdn, body):
         except VssError as e:
             if e.code != ResultCode.NOT_FOUND or not missing:
                 raise
-            from datetime import UTC, datetime
 
             at = datetime.fromtimestamp(int(body.start_time) / 1000, UTC)
             raise VssError(ResultCode.HOME_NODE_DOWN,
@@ -238,7 +240,6 @@ def to_node(central, node, device_id, inner):
 
 @defer.inlineCallbacks
 def _pull(cdn, path, url, node, play):
-    from vss.rtsp.client import pull_into
 
     try:
         proto = yield pull_into(cdn.rtsp, path, url, reactor=cdn.reactor,
@@ -319,8 +320,6 @@ class RelayedPlayback:
 
     @staticmethod
     def _refused(failure):
-        from vss.rtsp.client import RTSPError
-        from vss.rtsp.server import ControlError
 
         status = getattr(failure.value, "status", None)
         if failure.check(RTSPError) and isinstance(status, int) and 400 <= status < 500 \

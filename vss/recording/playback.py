@@ -6,7 +6,7 @@ with a short-lived play token for a path of its own, ``/live/<device>/pb-<random
 
 How it is served (the approach, and why):
 
-- A CHILD PROCESS (``python -m vss.cdn.playback``), like the PU's publisher and the
+- A CHILD PROCESS (``python -m vss.recording.playback``), like the PU's publisher and the
   recorder: it reads the catalogue (read only), demuxes the segment files with PyAV and
   REMUXES them (no transcoding) into this node's SS over RTSP (ANNOUNCE + RECORD, RTP
   over TCP), paced in real time. It starts at the keyframe at or before the asked time
@@ -52,10 +52,11 @@ How it is served (the approach, and why):
 
 This service plays recordings of this node's catalogue only. Footage another node holds
 is played there, by that node's playback service, and relayed to this node's SS
-(``vss.cdn.remote``: a routed MEDIA_OPEN, an RTSP pull, PLAY with Range and PAUSE passed
+(``vss.recording.remote``: a routed MEDIA_OPEN, an RTSP pull, PLAY with Range and PAUSE passed
 on to that node's controller); the CU's URL is still one of this node.
 """
 
+import argparse
 import json
 import os
 import queue
@@ -66,11 +67,14 @@ import time
 from datetime import UTC, datetime
 from fractions import Fraction
 
+import av
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.recording.catalogue import CatalogueDB
+from vss.recording.segments import stream_name
 from vss.redact import redact
 from vss.rtsp import ffmpeg_options
 from vss.rtsp.server import ControlError
@@ -193,9 +197,7 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
     real time (the timestamps are the footage's: a player plays them at that speed),
     until the footage ends or ``stopping`` is set. ``{"speed": x}`` while it plays
     changes the pace from there on. Returns an exit code."""
-    import av
 
-    from vss.cdn.catalogue import CatalogueDB
 
     cmd = commands.get()
     if cmd is None or stopping.is_set():
@@ -328,7 +330,6 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
 
 
 def main(argv=None):
-    import argparse
 
     ap = argparse.ArgumentParser(description=f"Play recordings into the SS ({URL_ENV}); "
                                  "the start time comes as JSON on stdin.")
@@ -507,7 +508,7 @@ class Playback:
         token = svc.issuer.issue(internal, ["publish"], ttl=INTERNAL_TTL)
         env = {**(svc.env if svc.env is not None else os.environ),
                URL_ENV: f"{svc.cdn.media_base}{internal}?token={token}"}
-        argv = [svc.python, "-m", "vss.cdn.playback", "--data-dir", svc.data_dir,
+        argv = [svc.python, "-m", "vss.recording.playback", "--data-dir", svc.data_dir,
                 "--device", self.device, "--stream", self.stream]
         child = _Child(self, internal)
         svc.reactor.spawnProcess(child, svc.python, argv, env=env)
@@ -751,7 +752,6 @@ class PlaybackService:
         thread: the SS's PLAY controller answers synchronously, and this is two indexed
         lookups of a local SQLite database in WAL mode (never blocked by the recorder's
         writes)."""
-        from vss.cdn.catalogue import CatalogueDB
 
         try:
             if self._db is None:
@@ -764,7 +764,6 @@ class PlaybackService:
 
     @defer.inlineCallbacks
     def open(self, body):
-        from vss.cdn.recorder import stream_name
 
         start = int(body.start_time)
         name = stream_name(body.channel, body.stream)

@@ -1,5 +1,5 @@
 """
-RTP depacketizers for the in-process recorder (``vss.cdn.recorder``): the SS's own RTP
+RTP depacketizers for the in-process recorder (``vss.recording.recorder``): the SS's own RTP
 packets in, whole access units out. Sans-IO: bytes in, objects out, no Twisted, no
 PyAV, and nothing raises on bad input (it is counted and dropped).
 

@@ -56,7 +56,8 @@ import tempfile
 import time
 from collections import Counter
 
-from twisted.internet import defer
+import av
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
@@ -178,7 +179,6 @@ def remux(paths_and_starts, out_path, from_ms, to_ms):
     nothing after the next keyframe is lost), audio from before the first picture or
     behind what was written is left out, and a video timestamp that would not increase
     is moved one tick after the one before it."""
-    import av
 
     segments = list(paths_and_starts)
     out = None
@@ -339,7 +339,6 @@ class Exporter:
         os.close(fd)
         self.reading.update(rels)
         try:
-            from twisted.internet import threads
 
             duration, frames = yield threads.deferToThreadPool(
                 self.reactor, self.reactor.getThreadPool(), remux, paths, out, from_ms, to_ms)

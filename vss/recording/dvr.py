@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from vss.errors import VssError
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import MediaStart, MsgType, PuKind, Recordings, RecordSegment
+from vss.recording.segments import stream_name
 
 log = Logger()
 
@@ -68,7 +69,6 @@ def wants_playback(cdn, body):
         return False
     if cdn.playback is None:
         return True
-    from vss.cdn.recorder import stream_name
 
     start = int(body.start_time)
     listing = yield cdn.playback.catalogue.list(body.device_id,
