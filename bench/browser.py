@@ -43,9 +43,9 @@ from _common import proc_cpu  # noqa: E402
 from playback import make_footage  # noqa: E402
 
 from vss.protocols.messages import Action  # noqa: E402
+from vss.rgm.localcentral import MemoryCentral  # noqa: E402
 from vss.testing import browser as harness  # noqa: E402
 from vss.testing import records  # noqa: E402
-from vss.testing.central import MemoryCentral  # noqa: E402
 from vss.web.media import PACKAGER_LINGER  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)

@@ -278,8 +278,8 @@ def micro(events=20_000, links=50):
 
     from vss.events.hub import EventHub
     from vss.protocols.messages import EventNotify, EventRecord
+    from vss.rgm.localcentral import MemoryCentral
     from vss.store.memory import MemoryStore
-    from vss.testing.central import MemoryCentral
 
     class Link:
         def __init__(self, user):

@@ -168,8 +168,8 @@ def target_node():
     from twisted.internet.testing import StringTransport
     from twisted.logger import globalLogPublisher
 
-    from vss.errors import VssError
     from vss.protocols.codes import ResultCode
+    from vss.protocols.errors import VssError
     from vss.protocols.messages import CATALOGUE, Action, Config, MsgType, PtzStatus, Role
     from vss.testing.harness import NodeHarness
 

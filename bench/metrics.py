@@ -78,9 +78,9 @@ def scrape(links, viewers):
 
     from vss.config import NodeSettings
     from vss.node import NodeService
+    from vss.rgm.localcentral import MemoryCentral
     from vss.rgm.service import Session
     from vss.rtsp.fanout import TCPReader
-    from vss.testing.central import MemoryCentral
 
     work = tempfile.mkdtemp(prefix="vss-metrics-bench-")
     static = os.path.join(work, "static.json")

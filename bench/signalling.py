@@ -46,8 +46,8 @@ sys.path.insert(0, ROOT)
 from _common import Scraper  # noqa: E402 - bench/ is on sys.path (run as a script)
 
 from vss.protocols.messages import Action, DeviceRecord, GrantRecord, UserRecord  # noqa: E402
+from vss.rgm.localcentral import MemoryCentral  # noqa: E402
 from vss.testing import records  # noqa: E402
-from vss.testing.central import MemoryCentral  # noqa: E402
 
 SECRET = "bench-secret"
 SALT = b"bench-salt-16byt"

@@ -40,8 +40,8 @@ from twisted.internet import defer, task
 
 from vss.client import SignallingClient, connect
 from vss.cms.daemon import CmsDaemon
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import KV, ChangeKind, DeviceRecord, MsgType, Role, StateChange
 from vss.testing import records
 from vss.testing.processes import start_node

@@ -9,8 +9,8 @@ camera lands in the central audit log with who, what, where from and which node.
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     AuditAck,

@@ -9,8 +9,8 @@ import os
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     KV,
     Action,

@@ -16,8 +16,8 @@ from twisted.trial import unittest
 
 from vss.cms.admin_cli import Client, HttpError
 from vss.cms.store import make_static_store
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.testing import records
 from vss.testing.processes import poll
 from vss.testing.standby import TOKEN, NoPostgres, StandbyScenario, database

@@ -19,10 +19,10 @@ from vss.protocols.codes import ResultCode
 from vss.protocols.link import SignallingLink
 from vss.protocols.messages import Action, Hello, HelloAck, MsgType, Role
 from vss.rgm import relay
+from vss.rgm.localcentral import MemoryCentral
 from vss.rgm.service import RGMConfig, RGMService, State
 from vss.store.memory import MemoryStore
 from vss.testing import records
-from vss.testing.central import MemoryCentral
 from vss.testing.processes import child_env, run_tool, start_node
 from vss.tls import make_ca_and_cert
 

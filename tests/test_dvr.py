@@ -11,8 +11,8 @@ from io import StringIO
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     MediaOpen,

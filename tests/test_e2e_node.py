@@ -11,8 +11,8 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from vss.protocols.messages import Action
+from vss.rgm.localcentral import MemoryCentral
 from vss.testing import records
-from vss.testing.central import MemoryCentral
 from vss.testing.processes import start_node, start_pu, vssctl
 from vss.tls import make_ca_and_cert
 

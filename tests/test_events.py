@@ -15,11 +15,11 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from vss.cms.store import make_static_store
-from vss.errors import VssError
 from vss.events.hub import MAX_SUBSCRIPTIONS, EventHub
 from vss.events.report import EventReporter
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     KV,
     Action,
@@ -429,8 +429,8 @@ class RulesTests(unittest.TestCase):
         from tests.test_recording_tasks import FakeRecorder
         from vss.events.rules import EventRules
         from vss.recording.tasks import RecordingManager
+        from vss.rgm.localcentral import MemoryCentral
         from vss.store.memory import MemoryStore
-        from vss.testing.central import MemoryCentral
 
         self.clock = task.Clock()
         self.clock.advance(START)

@@ -10,8 +10,8 @@ them live; a user without the grant gets none.
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     EventAck,

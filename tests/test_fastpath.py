@@ -13,9 +13,9 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.test import proto_helpers
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory, SignallingLink
 from vss.protocols.messages import (
     Action,

@@ -6,8 +6,8 @@ at its expiry time, to the millisecond of the timer, without a request reading a
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     DeviceList,

@@ -22,9 +22,9 @@ from twisted.logger import Logger
 from twisted.trial import unittest
 
 from vss.config import ConfigError
-from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import Action, Hello, MsgType, Role
 from vss.rgm.peers import PeerLinks, PeerServer
 from vss.testing import processes, records

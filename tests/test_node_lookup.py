@@ -16,13 +16,13 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from vss.cms.service import CMSConfig, CMSService, NodeSession
-from vss.errors import VssError
 from vss.interfaces import ICentral
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import MsgType, NodeRoute
 from vss.rgm.cmslink import CmsLink
-from vss.testing.central import MemoryCentral
+from vss.rgm.localcentral import MemoryCentral
 
 
 class NodeRegistry:

@@ -9,8 +9,8 @@ import random
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.reconnect import NOT_READY_JITTER, NOT_READY_MAX_DELAY, Reconnector
 from vss.testing.harness import ALL, NodeHarness
 

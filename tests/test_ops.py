@@ -19,7 +19,6 @@ from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
 from vss import __version__
-from vss.errors import VssError
 from vss.ops import health
 from vss.ops.collectors import labelled
 from vss.ops.histogram import LATENCY_BOUNDS, Histogram
@@ -34,6 +33,7 @@ from vss.ops.metrics import (
     read_token_file,
 )
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import Config, ConfigGet, MsgType, PtzControl, PtzStatus
 from vss.testing.harness import ALL, NodeHarness
 from vss.version import VersionOption, version_line

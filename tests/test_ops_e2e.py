@@ -22,8 +22,8 @@ from vss.cms.daemon import CmsDaemon
 from vss.config import NodeSettings
 from vss.node import NodeService
 from vss.protocols.messages import Action
+from vss.rgm.localcentral import MemoryCentral
 from vss.testing import records
-from vss.testing.central import MemoryCentral
 from vss.testing.processes import (
     child_env,
     cms_db_path,

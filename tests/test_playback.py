@@ -16,8 +16,8 @@ import os
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
 from vss.recording.playback import parse_range
 from vss.testing.platform import start_platform, verifier, wait_until

@@ -33,9 +33,9 @@ from tests.test_playback import (
     write_gop_footage,
 )
 from tests.test_rtsp_server import SDP, ServerTestBase, idr, pframe
-from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     Error,

@@ -38,7 +38,7 @@ class PluginTests(unittest.TestCase):
         traceback, and the process status is not 0 (systemd and scripts see it)."""
         import socket
 
-        from vss.testing.central import MemoryCentral
+        from vss.rgm.localcentral import MemoryCentral
 
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)

@@ -22,8 +22,8 @@ from twisted.trial import unittest
 
 from tests.test_rtsp_e2e import FFMPEG, SECRET, E2ETestBase, FFmpeg, with_timeout
 from vss.cdn.tokens import TokenIssuer
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.recording import catalogue as catmod
 from vss.recording.catalogue import Catalogue, CatalogueDB, Segment, scan_fmp4, segment_name
 from vss.recording.child import record

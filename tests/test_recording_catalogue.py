@@ -17,8 +17,8 @@ from twisted.trial import unittest
 
 from vss.cms.store import hash_token
 from vss.cms.store.tokens import iso_time
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.listing import gaps_of, merge, node_answer
 from vss.protocols.messages import (
     Action,

@@ -12,9 +12,9 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from vss.errors import VssError
 from vss.interfaces import IRecorder
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     MsgType,

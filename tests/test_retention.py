@@ -12,8 +12,8 @@ import os
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import RecordMode, RecordSettings, Stream
 from vss.recording.archive import RetentionService
 from vss.recording.catalogue import CatalogueDB, Retention, Segment, segment_name

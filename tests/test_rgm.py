@@ -8,9 +8,9 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
 from vss.client import SignallingClient
-from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     KV,
     Action,

@@ -11,9 +11,9 @@ from zope.interface.verify import verifyObject
 
 from vss.cms.standby import ACTIVE, STANDBY, TAKING_OVER, Election, IActiveLock
 from vss.config import ConfigError, cms_addresses
-from vss.errors import VssError
 from vss.protocols import reconnect
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.tap.cms import standby_from
 
 

@@ -25,9 +25,9 @@ from vss.cms.store.tokens import (
     IAdminTokenStore,
     LastTokenError,
 )
-from vss.errors import VssError
 from vss.interfaces import IStaticStore
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     ChangeOp,

@@ -34,8 +34,8 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
 from tests import test_store
+from vss.rgm.localcentral import MemoryCentral
 from vss.testing import records
-from vss.testing.central import MemoryCentral
 from vss.testing.processes import run_tool, start_node
 from vss.tls import make_ca_and_cert
 

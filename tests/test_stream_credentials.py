@@ -17,8 +17,8 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     CredCreate,

@@ -26,8 +26,8 @@ from twisted.logger import Logger
 from twisted.trial import unittest
 
 from vss.cms.service import CMSService
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     KV,
     Action,

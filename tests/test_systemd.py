@@ -14,7 +14,7 @@ import sys
 from twisted.trial import unittest
 
 from vss.ops import systemd
-from vss.testing.central import MemoryCentral
+from vss.rgm.localcentral import MemoryCentral
 
 HARDENING = ("User=vss", "Group=vss", "NoNewPrivileges=yes", "ProtectSystem=strict",
              "ProtectHome=yes", "PrivateTmp=yes", "Restart=on-failure", "UMask=0077",

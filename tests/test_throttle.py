@@ -11,8 +11,8 @@ from twisted.internet import task
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.rgm.auth import ADDRESS_FREE, ADDRESS_LEAK, MAX_DELAY, Throttle
 from vss.testing.harness import ALL, NodeHarness
 

@@ -14,9 +14,9 @@ import random
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols import codec, scram
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import (
     AuthProof,

@@ -9,6 +9,7 @@ collected and reported together, each naming the bad key.
 import configparser
 import os
 import secrets
+import sys
 from dataclasses import dataclass, fields
 
 from twisted.python import usage
@@ -71,8 +72,6 @@ class TrackingOptions(usage.Options):
         self["config"] = value
 
     def parseOptions(self, options=None):
-        import sys
-
         argv = sys.argv[1:] if options is None else options
         for arg in argv:
             if arg.startswith("--"):

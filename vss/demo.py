@@ -22,6 +22,14 @@ import subprocess
 import sys
 import time
 
+from twisted.internet import defer, task
+
+from vss.cms.operators import hash_password
+from vss.cms.store import hash_token, make_static_store
+from vss.cms.store.operators import ADMINISTRATOR
+from vss.protocols.messages import Action
+from vss.testing.records import verifier
+
 BIN = os.path.dirname(sys.executable)
 DEVICES = [
     # device id, kind, channels, home node
@@ -79,18 +87,12 @@ def add_operator(run_dir, db_path, creds):
 
 
 def _operator(store, creds):
-    from vss.cms.operators import hash_password
-    from vss.cms.store.operators import ADMINISTRATOR
-
     return store.add_operator(creds["operator"], hash_password(creds["operator_password"]),
                               ADMINISTRATOR)
 
 
 def _run_on_store(db_path, work):
     """Open the CMS database, run ``work(store)`` (a Deferred), close it."""
-    from twisted.internet import defer, task
-
-    from vss.cms.store import make_static_store
 
     @defer.inlineCallbacks
     def run(reactor):
@@ -110,11 +112,6 @@ def _run_on_store(db_path, work):
 
 def seed(db_path, creds):
     """Create the demo's users, devices, grants and admin token in the CMS database."""
-    from twisted.internet import defer, task
-
-    from vss.cms.store import hash_token, make_static_store
-    from vss.protocols.messages import Action
-    from vss.testing.records import verifier
 
     @defer.inlineCallbacks
     def run(reactor):

@@ -260,8 +260,8 @@ class IStaticStore(Interface):
 
 class ICentral(Interface):
     """What a node asks of the central platform (CMS). The real one is the node's CMS
-    link; tests use ``vss.testing.central.MemoryCentral``. Every method returns a
-    Deferred that fails with ``vss.errors.VssError`` carrying a result code."""
+    link; tests use ``vss.rgm.localcentral.MemoryCentral``. Every method returns a
+    Deferred that fails with ``vss.protocols.errors.VssError`` carrying a result code."""
 
     def registration_info(identity, role):
         """First registration: a ``RegInfo`` for a PU (role PU) or CU (role CU) the node

@@ -20,17 +20,35 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vss import private
+from vss.cdn.service import CDNModule, CDNRecording
+from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
 from vss.config import ConfigError, cms_addresses, load_or_create_secret, read_secret
 from vss.events.hub import EventHub
 from vss.events.report import EventReporter
 from vss.events.rules import EventRules
+from vss.manhole import manhole_service
+from vss.ops.collectors import NodeCollector
 from vss.ops.health import probe
+from vss.ops.http import node_site, ops_resources
+from vss.ops.metrics import Access, MetricsResource, make_registry
+from vss.protocols.codes import ResultCode
 from vss.protocols.messages import KV, Role, Severity
+from vss.recording import archive
+from vss.recording.export import ExportResource
+from vss.recording.playback import PlaybackService
+from vss.recording.recorder import Recorder
+from vss.recording.tasks import Capacity, RecordingManager
 from vss.rgm.audit import AuditReporter
+from vss.rgm.cmslink import CmsLink
 from vss.rgm.expiry import GrantExpiry
+from vss.rgm.localcentral import MemoryCentral
+from vss.rgm.peers import PeerServer
 from vss.rgm.service import RGMConfig, RGMService
+from vss.rtsp.server import RTSPServerFactory, RTSPServerService
+from vss.services import ListenService, StagedService, write_json_atomically
 from vss.store import make_store
-from vss.tap.common import ListenService, StagedService, write_json_atomically
+from vss.streamcreds.node import StreamCredentials
+from vss.streamcreds.secret import credential_key
 from vss.tls import (
     CertificateError,
     LinkTLS,
@@ -39,6 +57,8 @@ from vss.tls import (
     plaintext_guard,
     split_endpoint,
 )
+from vss.web.live import GOP_BYTES
+from vss.web.site import WebClient
 
 STATUS_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0  # seconds the store has to answer a readiness check
@@ -122,8 +142,6 @@ class NodeService(StagedService):
         ListenService("pu", settings.pu_listen, self.rgm.factory(Role.PU), reactor).setServiceParent(self)
         ListenService("cu", settings.cu_listen, self.rgm.factory(Role.CU), reactor).setServiceParent(self)
         if not settings.static:
-            from vss.rgm.peers import PeerServer
-
             self.central.rgm = self.rgm
             self.peer_server = PeerServer(self.rgm, self.cluster_secret, reactor)
             peers = self.peer_server.factory()
@@ -137,19 +155,13 @@ class NodeService(StagedService):
             self.central.setServiceParent(self)
         self._make_media(settings, reactor)
         if settings.manhole:
-            from vss.manhole import manhole_service
-
             manhole_service(settings.manhole, settings.manhole_keys, self.namespace(),
                             reactor).setServiceParent(self)
 
     def _make_media(self, settings, reactor):
         """The streaming server (SS) and the CDN module, its only controller."""
-        from vss.cdn.service import CDNModule
-        from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
-        from vss.rtsp.server import RTSPServerFactory, RTSPServerService
 
         self.issuer = TokenIssuer(self.secret, clock=reactor)
-        from vss.web.live import GOP_BYTES
 
         # the SS keeps each stream's last GOP for the browsers' packagers: a browser's
         # live view starts at once, even the first one of a stream
@@ -169,14 +181,10 @@ class NodeService(StagedService):
         # The SS's recorder (segment files and their catalogue) behind the CDN module's
         # recording interface, driven by the RGM's recording task manager (split, stack,
         # queue).
-        from vss.cdn.service import CDNRecording
-        from vss.recording.recorder import Recorder
-        from vss.recording.tasks import Capacity, RecordingManager
 
         self.recorder = Recorder(self.rtsp, self.issuer, settings.data_dir, reactor, reactor,
                                  media_base="", mode=settings.record_in)
         _MediaBase(self).setServiceParent(self)
-        from vss.recording.playback import PlaybackService
 
         self.cdn.playback = PlaybackService(self.cdn, self.recorder.catalogue, settings.data_dir,
                                             reactor)
@@ -193,12 +201,10 @@ class NodeService(StagedService):
         self.recorder.disk_full_listeners.append(self._disk_full)
         # The browser client on the HTTP listener: the page, the CU link and the media
         # over WebSockets (vss.web).
-        from vss.web.site import WebClient
 
         self.web = WebClient(self.rtsp, self.rgm.factory(Role.CU), reactor)
         self.web.setServiceParent(self)
         # Settings from CMS, the catalogue across nodes, HTTP export and retention.
-        from vss.recording import archive
 
         archive.wire(self, settings, reactor)
         self._make_http(settings, reactor)
@@ -209,8 +215,6 @@ class NodeService(StagedService):
     def _make_stream_credentials(self, reactor):
         """Long-lived, revocable stream credentials for third-party players: checked by
         the SS, made and revoked by CUs, revalidated after every change of access."""
-        from vss.streamcreds.node import StreamCredentials
-        from vss.streamcreds.secret import credential_key
 
         creds = StreamCredentials(credential_key(self.cluster_secret), self.store,
                                   self.central, self.cdn, reactor, audit=self.audit)
@@ -230,10 +234,6 @@ class NodeService(StagedService):
         """The node's HTTP listener (``--http-listen``): ``/healthz``, ``/readyz`` and
         ``/metrics`` (``vss.ops``), then the browser client (``vss.web``), then the
         export downloads."""
-        from vss.ops.collectors import NodeCollector
-        from vss.ops.http import node_site, ops_resources
-        from vss.ops.metrics import Access, MetricsResource, make_registry
-        from vss.recording.export import ExportResource
 
         self.http_listener = None
         self.metrics = None
@@ -289,12 +289,9 @@ class NodeService(StagedService):
 
     def _make_central(self):
         if self.settings.static:
-            from vss.testing.central import MemoryCentral
-
             central = MemoryCentral.from_file(self.settings.static)
             central.clock = self.reactor
             return central
-        from vss.rgm.cmslink import CmsLink
 
         self.cluster_secret = read_secret(self.settings.cluster_secret_file,
                                           "--cluster-secret-file")
@@ -381,7 +378,6 @@ class NodeService(StagedService):
         writer = getattr(self, "_status_writer", None)
         if writer is not None and writer.running:
             writer.stop()
-        from vss.protocols.codes import ResultCode
 
         for link in list(getattr(getattr(self, "peer_server", None), "links", ())):
             link.close(ResultCode.SESSION_CLOSED, "the node stopped")  # peers ask CMS anew

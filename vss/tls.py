@@ -12,7 +12,6 @@ meant to reach. The link to CMS checks that CMS's certificate names the host of
 refused unless ``--allow-plaintext-links`` is given (``plaintext_problem``).
 
 The cluster CA and the certificates (``vss-admin tls ca`` / ``vss-admin tls issue``)::
-
     vss-admin tls ca --dir DIR                 # DIR/ca.pem and DIR/ca.key (0600)
     vss-admin tls issue --dir DIR node-a --host 10.0.0.11
 
@@ -32,6 +31,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import crypto
+from twisted.internet import endpoints, protocol, ssl
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 
 def _name(cn):
@@ -338,8 +340,6 @@ class LinkTLS:
 
     def load(self):
         """Read the files; CertificateError naming the file and the reason."""
-        from OpenSSL import crypto
-        from twisted.internet import ssl
 
         def read(path, what):
             try:
@@ -378,7 +378,6 @@ class LinkTLS:
 
     def server_options(self):
         """TLS server options that ask for a client certificate signed by the CA."""
-        from twisted.internet import ssl
 
         return ssl.CertificateOptions(
             privateKey=self._private.privateKey.original,
@@ -387,7 +386,6 @@ class LinkTLS:
 
     def listen_factory(self, factory):
         """``factory`` behind mutual TLS, for a ``tcp:`` listener."""
-        from twisted.protocols.tls import TLSMemoryBIOFactory
 
         return TLSMemoryBIOFactory(self.server_options(), False, factory)
 
@@ -395,7 +393,6 @@ class LinkTLS:
         """TLS client options presenting this server's certificate; the peer's must be
         signed by the CA and, with ``hostname``, name it (else the caller checks the
         name it expects once connected: ``peer_identity_problem``)."""
-        from twisted.internet import ssl
 
         if hostname is not None:
             return ssl.optionsForClientTLS(hostname, trustRoot=self._trust,
@@ -410,7 +407,6 @@ class LinkTLS:
 
     def client_endpoint(self, reactor, host, port, hostname=None, timeout=30):
         """A TLS client endpoint to ``host``:``port`` (see ``client_options``)."""
-        from twisted.internet import endpoints
 
         return endpoints.wrapClientTLS(
             self.client_options(hostname),
@@ -421,7 +417,6 @@ def plaintext_guard(factory, what, allowed, log):
     """A factory for a plaintext listener of links between servers: a connection from
     an address that is not loopback is refused (or, with ``allowed``, accepted with a
     warning)."""
-    from twisted.internet import protocol
 
     class Guard(protocol.Factory):
         noisy = False

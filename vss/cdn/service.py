@@ -27,10 +27,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vss.errors import VssError
 from vss.interfaces import IRecorder
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     CuKind,
@@ -174,7 +174,6 @@ class CDNModule(service.Service):
         return d
 
     def _pull_camera(self, record, path):
-
         self.counters["pulls"] += 1
         d = pull_into(self.rtsp, path, record.source_url, reactor=self.reactor,
                       timeout=self.source_wait)
@@ -221,7 +220,6 @@ class CDNModule(service.Service):
         link is authenticated with the cluster secret, the CU's grant was checked there.
         A playback is served by the node holding the footage, home or not."""
         if body.purpose == Purpose.PLAYBACK:
-
             return remote.serve_routed(self, body)
         record = self.store.get_device(body.device_id)
         if record is None or record.home_node not in ("", self.rgm.node_id):
@@ -277,7 +275,6 @@ class CDNModule(service.Service):
         elif origin and origin[0] == "playback":
             origin[1].close()
         elif origin and origin[0] == "dvr":
-
             close_publisher(self.rtsp, path)
         source.close()
 

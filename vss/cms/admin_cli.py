@@ -2,7 +2,6 @@
 ``vss-admin``: the operators' command line over the MMS admin API.
 
 ::
-
     vss-admin bootstrap --db sqlite:/var/lib/vss/cms.sqlite3 [--name admin] [--another]
     export VSS_ADMIN_TOKEN=...         # or --token-file FILE; never on the command line
     vss-admin [--api URL] [--json] user add alice --groups ops --password-file pw.txt
@@ -52,6 +51,9 @@ from twisted.web.client import (
 from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 
+from vss.cms.store import hash_token, make_static_store, new_token
+from vss.protocols.jsonrec import to_json
+from vss.tls import CertificateError, issue, make_ca
 from vss.version import VersionOption
 
 DEFAULT_API = "http://127.0.0.1:7280"
@@ -1281,8 +1283,6 @@ DATABASE_COMMANDS = ("bootstrap", "export-static", "tls")
 
 
 def open_store(reactor, spec):
-    from vss.cms.store import make_static_store
-
     try:
         return make_static_store(spec, reactor=reactor)
     except ValueError as e:
@@ -1293,7 +1293,6 @@ def open_store(reactor, spec):
 def bootstrap(reactor, spec, name, another=False):
     """Deferred token (the only time it exists outside the operator's hands). Refused
     while a valid (neither revoked nor expired) token exists, unless ``another``."""
-    from vss.cms.store import hash_token, new_token
 
     store = open_store(reactor, spec)
     try:
@@ -1349,7 +1348,6 @@ def write_private_file(path, data):
 @defer.inlineCallbacks
 def export_static(reactor, spec, path, node=None):
     """Write the static file; Deferred {"file", "devices", "users", "grants"}."""
-    from vss.protocols.jsonrec import to_json
 
     store = open_store(reactor, spec)
     try:
@@ -1357,7 +1355,7 @@ def export_static(reactor, spec, path, node=None):
         devices, users, grants = yield store.export_static(home_node=node)
     finally:
         yield store.close()
-    # the format of vss.testing.central.MemoryCentral.save / from_file
+    # the format of vss.rgm.localcentral.MemoryCentral.save / from_file
     data = {"devices": [to_json(r) for r in devices], "users": [to_json(r) for r in users],
             "grants": [to_json(r) for r in grants]}
     write_private_file(path, json.dumps(data, indent=1).encode("utf-8") + b"\n")
@@ -1367,7 +1365,6 @@ def export_static(reactor, spec, path, node=None):
 
 def tls_command(name, sub):
     """``tls ca`` / ``tls issue``: (the files written, the text saying what they are)."""
-    from vss.tls import CertificateError, issue, make_ca
 
     try:
         if name == "ca":

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from vss.cms import mms
 from vss.cms.store.audit import entry
 from vss.cms.store.tokens import iso_time
-from vss.errors import VssError
+from vss.protocols.errors import VssError
 
 #: keys whose values are secrets wherever they appear in an entry
 SECRET_KEYS = frozenset({"password", "secret", "token", "verifier", "sealed", "new_password",

@@ -19,12 +19,20 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from vss import private
+from vss.cms.admin_backend import StoreAdminBackend
+from vss.cms.console import make_console_site
+from vss.cms.operators import OperatorAccounts
 from vss.cms.service import CMSConfig, CMSService
 from vss.cms.standby import Election
 from vss.cms.store import make_static_store
 from vss.config import ConfigError, load_or_create_secret
+from vss.manhole import manhole_service
+from vss.ops.collectors import CmsCollector
 from vss.ops.health import probe
-from vss.tap.common import ListenService, StagedService, write_json_atomically
+from vss.ops.http import add_to, ops_resources
+from vss.ops.metrics import Access, MetricsResource, make_registry
+from vss.services import ListenService, StagedService, write_json_atomically
+from vss.streamcreds.secret import credential_key
 from vss.tls import (
     CertificateError,
     LinkTLS,
@@ -64,6 +72,7 @@ class CmsDaemon(StagedService):
         self._refresher = None
         self.active_cms = None  # with --standby: who took office last (from the DB)
         if options.get("standby"):
+            # optional dependency: psycopg2, only with a PostgreSQL database
             from vss.cms.store.postgres import PostgresActiveLock
 
             self.cms.stand_by("starting: not active yet")
@@ -98,16 +107,11 @@ class CmsDaemon(StagedService):
             ListenService("admin", options["admin-listen"], site, reactor) \
                 .setServiceParent(self)
         if options.get("manhole"):
-            from vss.manhole import manhole_service
-
             manhole_service(options["manhole"], options["manhole-keys"], self.namespace(),
                             reactor).setServiceParent(self)
 
     def _add_ops(self, root, options, reactor):
         """``/healthz``, ``/readyz`` and ``/metrics`` beside the admin API (``vss.ops``)."""
-        from vss.ops.collectors import CmsCollector
-        from vss.ops.http import add_to, ops_resources
-        from vss.ops.metrics import Access, MetricsResource, make_registry
 
         if options.get("metrics", True):
             collector = CmsCollector(self)
@@ -194,14 +198,6 @@ class CmsDaemon(StagedService):
         return self.store.active_cms().addCallbacks(got, lambda _: None)
 
     def _admin_backend(self):
-        try:
-            from vss.cms.admin_backend import StoreAdminBackend
-            from vss.cms.console import make_console_site
-        except ImportError:
-            return None
-        from vss.cms.operators import OperatorAccounts
-        from vss.streamcreds.secret import credential_key
-
         # the console's operators and their sessions; the admin API with the console
         self.accounts = OperatorAccounts(self.store, self.reactor)
         self.make_admin_site = lambda backend: make_console_site(backend, self.accounts)

@@ -12,7 +12,6 @@ Every change an operator makes is one store transaction; its ``Change`` list goe
 Routes (all need ``Authorization: Bearer <admin token>``; the token is checked by its
 sha256 against the store's admin tokens, the first made by ``vss-admin bootstrap``; a
 revoked or expired token is refused with 401 and says which)::
-
     GET                /                     index of the routes
     GET, POST          /users                users (paged)
     GET, PATCH, DELETE /users/{name}
@@ -44,7 +43,6 @@ Recording settings are stored per (device, channel) as this JSON (what a node tu
 into a ``RecordSettings`` body: ``RecordMode[mode.upper()]``, ``Stream[...]``, days
 ``mon``..``sun`` = 0..6, times ``HH:MM``), next to what the device last reported
 (``reported``, written by active sync and kept by every PUT)::
-
     {"mode": "schedule", "stream": "main", "segment_seconds": 300,
      "retention_days": 7, "quota_mb": 0, "pre_event_seconds": 5,
      "post_event_seconds": 10, "schedule": [{"day": "mon", "start": "08:00",
@@ -62,9 +60,9 @@ from twisted.web import resource, server
 
 from vss.cms.store import hash_token, new_token
 from vss.cms.store.tokens import ACTIVE, EXPIRED, LastTokenError, iso_time
-from vss.errors import VssError
 from vss.protocols import scram
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     EventPhase,
@@ -74,6 +72,9 @@ from vss.protocols.messages import (
     Verifier,
 )
 from vss.redact import Site
+from vss.services import ListenService
+from vss.streamcreds import secret as sc
+from vss.streamcreds.secret import state
 
 API_PREFIX = "/api/v1"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -1016,7 +1017,6 @@ class Token(JsonResource):
 
 def credential_view(c, now_ms):
     """A stream credential as answered: never its secret nor its sealed form."""
-    from vss.streamcreds.secret import state
 
     return {"id": c.cred_id, "user": c.username, "device_id": c.device_id, "name": c.name,
             "state": state(c, now_ms), "created": iso_time(c.created),
@@ -1045,8 +1045,6 @@ class StreamCredentials(JsonResource):
 
     @defer.inlineCallbacks
     def do_POST(self, call):
-        from vss.streamcreds import secret as sc
-
         body = call.body(("user", "device_id", "name", "expires_in"))
         username = body.string("user", required=True, pattern=NAME_RE, max_len=64,
                                what="user name")
@@ -1457,7 +1455,6 @@ def make_admin_resource(backend, api=None):
 def make_admin_service(backend, reactor, description=DEFAULT_LISTEN):
     """A service listening with the admin site on ``description`` (an endpoint string;
     loopback only unless told otherwise: the API changes the whole platform)."""
-    from vss.tap.common import ListenService
 
     return ListenService("admin-api", description, make_admin_site(backend), reactor)
 

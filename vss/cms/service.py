@@ -31,10 +31,11 @@ from twisted.logger import Logger
 from vss.cms.interest import EVERY_NODE, Interest
 from vss.cms.store.audit import entry as audit_entry
 from vss.cms.store.tokens import iso_time
-from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory, check_response
+from vss.protocols.listing import FANOUT_TIMEOUT, encode_parts, merge_parts, parse_answer
 from vss.protocols.messages import (
     AuditAck,
     AuditKind,
@@ -73,6 +74,7 @@ from vss.protocols.messages import (
 from vss.recording.tasks import EXT_EVENT_TYPES
 from vss.rgm.auth import ScramExchange, node_verifier
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT
+from vss.streamcreds.secret import ID_RE, credential_key, unseal
 from vss.tls import peer_identity_problem
 
 AGENT = "vss-cms/0.1"
@@ -548,7 +550,6 @@ class CMSService(service.Service):
         """CRED_STORE: a stream credential a user of the node made (the node sealed its
         secret; the secret never comes here). The database checks the user's VIEW grant
         again; every node gets it by passive sync."""
-        from vss.streamcreds.secret import ID_RE, credential_key, unseal
 
         record = body.credential
         if not ID_RE.match(record.cred_id) or not record.username or \
@@ -680,7 +681,6 @@ class CMSService(service.Service):
         """RECORD_QUERY: ask every up node at once (at most ``FANOUT_TIMEOUT`` s each)
         and merge; a node of the registry that is down or does not answer in time is
         listed as missing."""
-        from vss.protocols.listing import FANOUT_TIMEOUT, encode_parts, merge_parts, parse_answer
 
         if body.to_time <= body.from_time:
             raise VssError(ResultCode.INVALID_ARGUMENT, "to must be after from")

@@ -29,9 +29,9 @@ from vss.conformance.probe import (
     hello,
     login,
 )
-from vss.errors import VssError
 from vss.protocols import codec, scram
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     KV,
     Action,

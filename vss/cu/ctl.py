@@ -21,16 +21,25 @@ or a prompt; never from the command line. Errors are printed as one readable lin
 the exit status is 1 (2 for a usage error).
 """
 
+import datetime
+import difflib
+import getopt
 import getpass
 import json
 import os
 import random
+import re
+import shutil
+import subprocess
 import sys
+import time
 
-from twisted.internet import defer, task
+from twisted.internet import defer, protocol, task
 from twisted.python import usage
+from twisted.web.client import Agent, ResponseDone
 
 from vss.client import SignallingClient, connect
+from vss.cms.admin_cli import parse_duration
 from vss.cu.events import (
     ack_body,
     event_start,
@@ -40,10 +49,15 @@ from vss.cu.events import (
     render_ack,
     render_events,
 )
-from vss.errors import VssError
+from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.jsonrec import plain
-from vss.protocols.listing import open_segments
+from vss.protocols.listing import (
+    MIN_GAP_MS,
+    decode_recordings,  # long listings: no construct
+    open_segments,
+)
 from vss.protocols.messages import (
     KV,
     ConfigGet,
@@ -77,6 +91,8 @@ from vss.protocols.messages import (
     Transport,
 )
 from vss.protocols.messages import Action as A
+from vss.protocols.messages import Devices as DevicesBody
+from vss.streamcreds.secret import state
 from vss.version import VersionOption
 
 
@@ -92,8 +108,6 @@ class AnyOrder(usage.Options):
         return f"Usage: vssctl [global options] {self.synopsis}"
 
     def parseOptions(self, options=None):
-        import getopt
-
         try:
             opts, args = getopt.gnu_getopt(list(options or []), self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:
@@ -293,7 +307,6 @@ class RecordCmd(AnyOrder):
 def parse_time(text, now_ms):
     """UTC milliseconds of ``now``, ``-90s``/``-30m``/``-2h``/``-1d`` (before now), an ISO
     8601 time (UTC unless it names an offset) or epoch milliseconds."""
-    import datetime
 
     text = (text or "").strip()
     if text == "now":
@@ -323,8 +336,6 @@ class RecordingsCmd(DeviceCommand):
                      ["to", None, "now", "End of the range."]]
 
     def postOptions(self):
-        import time
-
         if self["stream"] not in ("main", "sub"):
             raise usage.UsageError(f"--stream {self['stream']!r} is not main or sub")
         now = int(time.time() * 1000)
@@ -359,8 +370,6 @@ class PlaybackCmd(DeviceCommand):
     optFlags = [["play", None, "Start ffplay (or vlc, mpv) on the URL if one is installed."]]
 
     def postOptions(self):
-        import time
-
         if self["stream"] not in ("main", "sub"):
             raise usage.UsageError(f"--stream {self['stream']!r} is not main or sub")
         if bool(self["at"]) == bool(self["event"]):
@@ -397,8 +406,6 @@ class StreamCredCmd(AnyOrder):
     def postOptions(self):
         self["expires"] = 0
         if self["expires-in"] is not None:
-            from vss.cms.admin_cli import parse_duration
-
             self["expires"] = parse_duration(self["expires-in"])
 
 
@@ -418,8 +425,6 @@ class EventsCmd(AnyOrder):
     optFlags = [["follow", "f", "Show the events live."]]
 
     def postOptions(self):
-        import time
-
         now = int(time.time() * 1000)
         self["from_ms"] = parse_time(self["from"], now)
         self["to_ms"] = parse_time(self["to"], now)
@@ -490,8 +495,6 @@ class Options(VersionOption, usage.Options):
 
 def near_miss(opts, text):
     """A usage error with the nearest command or option when one was misspelt."""
-    import difflib
-    import re
 
     m = re.match(r"Unknown command: (.*)", text)
     if m:
@@ -727,9 +730,6 @@ def render_credentials(sub, body):
     if sub["op"] == "revoke":
         c = body.credential
         return f"stream credential {c.cred_id} for {c.device_id} revoked"
-    import time
-
-    from vss.streamcreds.secret import state
 
     now = int(time.time() * 1000)
     rows = [f"{'ID':<16} {'DEVICE':<20} {'STATE':<8} {'CREATED (UTC)':<20} "
@@ -743,14 +743,10 @@ def render_credentials(sub, body):
 
 
 def _utc(ms):
-    import datetime
-
     return f"{datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC):%Y-%m-%d %H:%M:%S}"
 
 
 def _iso(ms):
-    import datetime
-
     return f"{datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
 
 
@@ -798,7 +794,6 @@ def render_recordings(body):
 
 def render_record_state(t):
     """``cam1 ch0 main: running since 2026-01-05 08:00:00Z (manual:alice, schedule)``"""
-    import datetime
 
     state = RecordingState(t.state).name.lower() if t.state in set(RecordingState) else t.state
     line = f"{t.device_id} ch{t.channel} {'main' if t.stream == Stream.MAIN else 'sub'}: {state}"
@@ -913,9 +908,6 @@ def record_request(client, type, body):
 
 @defer.inlineCallbacks
 def list_recordings(client, query, timeout):
-    from vss.protocols import codec
-    from vss.protocols.listing import decode_recordings  # long listings: no construct
-
     frame = yield client.link.request_raw(MsgType.RECORD_QUERY, codec.encode_body(query),
                                           timeout)
     return decode_recordings(frame)
@@ -942,7 +934,6 @@ def check_footage(client, sub, timeout):
     """Before a playback: is anything recorded at the asked time? A time with no
     footage is said, with where the next recording starts, rather than answered with a
     URL that plays something else (or nothing yet)."""
-    from vss.protocols.listing import MIN_GAP_MS
 
     at = sub["at_ms"]
     query = RecordQuery(device_id=sub["device"], channel=sub["channel"],
@@ -996,8 +987,6 @@ def export(reactor, listing, path):
 
 def download(reactor, url, path):
     """GET ``url`` into ``path`` (written as it arrives); fires with the size."""
-    from twisted.internet import protocol
-    from twisted.web.client import Agent, ResponseDone
 
     class Sink(protocol.Protocol):
         def __init__(self, f, done):
@@ -1027,15 +1016,10 @@ def download(reactor, url, path):
 
 
 def type_of_devices(devices):
-    from vss.protocols.messages import Devices as DevicesBody
-
     return DevicesBody(devices=devices, next_cursor="")
 
 
 def play(url):
-    import shutil
-    import subprocess
-
     player = shutil.which("ffplay") or shutil.which("vlc") or shutil.which("mpv")
     if player:
         subprocess.Popen([player, url])

@@ -10,6 +10,7 @@ view (docs/protocol.md 9.7).
 - ``vssctl ack NODE/SEQ DEVICE [--comment TEXT]`` acknowledges one.
 """
 
+import datetime
 import json
 import sys
 
@@ -18,8 +19,8 @@ from twisted.internet.error import ConnectError
 from twisted.python import usage
 
 from vss.client import SignallingClient
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.jsonrec import plain
 from vss.protocols.messages import (
     CuKind,
@@ -46,8 +47,6 @@ def _name(enum, value):
 
 
 def _iso_ms(ms):
-    import datetime
-
     t = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
     return f"{t:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
 

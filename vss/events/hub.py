@@ -27,9 +27,9 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     EventAck,

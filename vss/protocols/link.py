@@ -31,10 +31,10 @@ which coalesces them per reactor pass.
 from twisted.internet import defer, protocol, tcp
 from twisted.logger import Logger
 
-from vss.errors import VssError, code_for
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
-from vss.protocols.messages import MsgType
+from vss.protocols.errors import VssError, code_for
+from vss.protocols.messages import Bye, MsgType
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
 _ANSWER = codec.FLAG_RESPONSE | codec.FLAG_ERROR
@@ -107,8 +107,6 @@ class SignallingLink(protocol.Protocol):
         if self.closed:
             return
         if code is not None:
-            from vss.protocols.messages import Bye
-
             self.send_notify(MsgType.BYE, Bye(reason=int(code), message=message))
         self.closed = True
         self._flush_replies()

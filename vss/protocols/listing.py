@@ -28,8 +28,8 @@ from collections import namedtuple
 from itertools import accumulate, chain
 from operator import itemgetter
 
-from vss.errors import VssError
 from vss.protocols import codec
+from vss.protocols.errors import VssError
 from vss.protocols.link import check_response
 from vss.protocols.messages import ExportUrl, Recordings, RecordSegment, TimeRange
 

@@ -30,8 +30,8 @@ import random
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 
 #: The jitter of the delay after a NOT_READY answer (delay x uniform(1 - j, 1 + j)).
 NOT_READY_JITTER = 0.5

@@ -24,6 +24,7 @@ from twisted.python import usage
 from vss.client import ReconnectingClient, SignallingClient
 from vss.protocols.messages import PuKind, Role
 from vss.pu.device import SimulatedPU
+from vss.pu.media import PublisherFactory
 from vss.version import VersionOption
 
 log = Logger()
@@ -179,8 +180,6 @@ def main(argv=None):
     def run(reactor):
         media = None
         try:
-            from vss.pu.media import PublisherFactory
-
             media = PublisherFactory(reactor, opts["video"])
         except ImportError:
             pass

@@ -7,11 +7,14 @@ every change is reported to the node as a STATE_CHANGE notification (S601). Time
 from an injected clock, so tests drive it with ``task.Clock``.
 """
 
+from datetime import UTC, datetime
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
+from vss.protocols.listing import gaps_of
 from vss.protocols.messages import (
     KV,
     ChangeKind,
@@ -351,7 +354,6 @@ class SimulatedPU:
         segs = [RecordSegment(start=a, end=b, bytes=n, node_id=self.device_id)
                 for a, b, n in dvr.segments(body.from_time, body.to_time, now, self.dvr_days,
                                             ch.index)]
-        from vss.protocols.listing import gaps_of
 
         return Recordings(segments=segs, gaps=gaps_of(segs, body.from_time, body.to_time),
                           missing=[], exports=[], truncated=False)
@@ -364,7 +366,6 @@ class SimulatedPU:
                 raise VssError(ResultCode.NOT_SUPPORTED, "only a DVR plays back recordings")
             if dvr.footage_from(body.start_time, int(self.clock.seconds() * 1000),
                                 self.dvr_days, ch.index, within=dvr.PLAY_WITHIN_MS) is None:
-                from datetime import UTC, datetime
 
                 at = datetime.fromtimestamp(body.start_time / 1000, UTC)
                 raise VssError(ResultCode.NOT_FOUND, f"no recording within a day "

@@ -15,6 +15,7 @@ footage (``vss.pu.dvr``); MEDIA_STOP does not end it (it names no start time): t
 closing the publishing connection does.
 """
 
+import argparse
 import os
 import signal
 import sys
@@ -22,10 +23,13 @@ import threading
 import time
 from fractions import Fraction
 
+import av
+from av.video.frame import PictureType
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from vss.protocols.messages import Empty
+from vss.pu import dvr
 from vss.redact import redact
 
 # 7-segment digits: segments a b c d e f g
@@ -101,7 +105,6 @@ class Publisher(threading.Thread):
     def clock_text(self):
         if self.recorded_ms is None:
             return time.strftime("%H:%M:%S")
-        from vss.pu import dvr
 
         now = int(time.time() * 1000)
         at = self.recorded_ms + self.frames * 1000 // self.fps
@@ -116,17 +119,12 @@ class Publisher(threading.Thread):
         self._stop.set()
 
     def _source(self):
-        import av
-
         if self.video == "testsrc":
             return av.open(f"testsrc2=size={self.width}x{self.height}:rate={self.fps}",
                            format="lavfi")
         return av.open(self.video)
 
     def run(self):
-        import av
-        from av.video.frame import PictureType
-
         try:
             out = av.open(self.url, mode="w", format="rtsp",
                           options={"rtsp_transport": "tcp"}, timeout=10)
@@ -278,8 +276,6 @@ class PublisherFactory:
 
 
 def main(argv=None):
-    import argparse
-
     ap = argparse.ArgumentParser(description="Publish one test stream (VSS_PUBLISH_URL).")
     ap.add_argument("--video", default="testsrc")
     ap.add_argument("--size", default="640x360")

@@ -24,8 +24,8 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.listing import (
     FANOUT_TIMEOUT,
     encode_node_answer,

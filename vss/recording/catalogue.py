@@ -550,11 +550,9 @@ class Catalogue:
         return self._reactor
 
     def _call(self, fn, *args, **kw):
-
         return threads.deferToThreadPool(self.reactor, self._pool, fn, *args, **kw)
 
     def open(self):
-
         self._pool = ThreadPool(1, 1, name="vss-catalogue")
         self._pool.start()
 
@@ -567,7 +565,6 @@ class Catalogue:
     def close(self):
         pool, self._pool = self._pool, None
         if pool is None:
-
             return defer.succeed(None)
 
         d = threads.deferToThreadPool(self.reactor, pool,

@@ -119,7 +119,6 @@ def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: Fa
 
 
 def main(argv=None):
-
     ap = argparse.ArgumentParser(description="Record one live stream (URL in "
                                  f"{URL_ENV}) into fragmented MP4 segments.")
     ap.add_argument("--data-dir", required=True)

@@ -18,8 +18,8 @@ import os
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import MediaStart, MsgType, PuKind, Recordings, RecordSegment
 from vss.recording.segments import stream_name
 

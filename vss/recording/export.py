@@ -339,7 +339,6 @@ class Exporter:
         os.close(fd)
         self.reading.update(rels)
         try:
-
             duration, frames = yield threads.deferToThreadPool(
                 self.reactor, self.reactor.getThreadPool(), remux, paths, out, from_ms, to_ms)
         except BaseException:

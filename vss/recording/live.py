@@ -59,7 +59,6 @@ class LiveSegment(PartFile):
     thread."""
 
     def __init__(self, final, start_ms, video, audio, opener):
-
         self.final = final
         self.part = final + ".part"
         self.start_ms = start_ms
@@ -85,7 +84,6 @@ class LiveSegment(PartFile):
             raise
 
     def write_video(self, data, dts, duration, key):
-
         p = av.Packet(data)
         p.pts = p.dts = dts
         p.duration = duration
@@ -96,7 +94,6 @@ class LiveSegment(PartFile):
         self.frames += 1
 
     def write_audio(self, data, ts):
-
         dts = ts - self.audio_base
         if dts <= self.audio_last:  # before the cut, or out of order
             return False

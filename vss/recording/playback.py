@@ -71,8 +71,8 @@ import av
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.recording.catalogue import CatalogueDB
 from vss.recording.segments import stream_name
 from vss.redact import redact
@@ -197,7 +197,6 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
     real time (the timestamps are the footage's: a player plays them at that speed),
     until the footage ends or ``stopping`` is set. ``{"speed": x}`` while it plays
     changes the pace from there on. Returns an exit code."""
-
 
     cmd = commands.get()
     if cmd is None or stopping.is_set():
@@ -330,7 +329,6 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
 
 
 def main(argv=None):
-
     ap = argparse.ArgumentParser(description=f"Play recordings into the SS ({URL_ENV}); "
                                  "the start time comes as JSON on stdin.")
     ap.add_argument("--data-dir", required=True)
@@ -764,7 +762,6 @@ class PlaybackService:
 
     @defer.inlineCallbacks
     def open(self, body):
-
         start = int(body.start_time)
         name = stream_name(body.channel, body.stream)
         listing = yield self.catalogue.list(body.device_id, name, start, start + WINDOW_MS)

@@ -87,8 +87,8 @@ import sys
 from twisted.internet import defer, protocol, threads
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.recording.catalogue import (
     RECORDINGS,
     Catalogue,

@@ -48,9 +48,9 @@ from datetime import UTC, datetime
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.listing import decode_recordings
 from vss.protocols.messages import MsgType, RecordQuery
 from vss.recording import dvr
@@ -70,7 +70,6 @@ UNREACHABLE = (ResultCode.HOME_NODE_DOWN, ResultCode.TIMEOUT, ResultCode.SESSION
 
 
 def _stream(body):
-
     return stream_name(body.channel, body.stream)
 
 
@@ -240,7 +239,6 @@ def to_node(central, node, device_id, inner):
 
 @defer.inlineCallbacks
 def _pull(cdn, path, url, node, play):
-
     try:
         proto = yield pull_into(cdn.rtsp, path, url, reactor=cdn.reactor,
                                 timeout=cdn.source_wait, play=play, tls=cdn.node_pull_tls(url))
@@ -320,7 +318,6 @@ class RelayedPlayback:
 
     @staticmethod
     def _refused(failure):
-
         status = getattr(failure.value, "status", None)
         if failure.check(RTSPError) and isinstance(status, int) and 400 <= status < 500 \
                 and status not in (401, 403, 454):

@@ -67,7 +67,6 @@ class SegmentFile(PartFile):
     """One ``.part`` file being written by an MP4 muxer."""
 
     def __init__(self, final, start_ms, in_streams, base, opener):
-
         self.final = final
         self.base = base  # media time (s) of the cut, time zero of this file
         self.part = final + ".part"

@@ -27,8 +27,8 @@ reports, active sync, raise its version too). The retention part of the settings
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import RecordMode, RecordSettings, Stream
 from vss.recording.catalogue import Retention
 from vss.recording.tasks import ChannelSettings

@@ -46,9 +46,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vss.errors import VssError
 from vss.interfaces import IRecorder
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     MsgType,
     RecordingState,

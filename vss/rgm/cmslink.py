@@ -27,11 +27,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vss.errors import VssError
 from vss.interfaces import ICentral
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory, check_response
+from vss.protocols.listing import encode_recordings  # a long body: no construct
 from vss.protocols.messages import (
     ChangeKind,
     CredRevoke,
@@ -422,8 +423,6 @@ class CmsLink(service.Service):
         elif t == MsgType.ROUTE_REQUEST and self.rgm is not None:
             d = serve_route(self.rgm, msg.body)
         elif t == MsgType.RECORD_QUERY and self.local_recordings is not None:
-            from vss.protocols.listing import encode_recordings  # a long body: no construct
-
             d = defer.maybeDeferred(self.local_recordings, msg.body)
             d.addCallback(lambda r: r if isinstance(r, bytes) else encode_recordings(r))
             d.addCallbacks(lambda data: link.send_raw_response(t, frame.txid, 0, data),
@@ -661,7 +660,6 @@ class CmsLink(service.Service):
         """S603 through the durable outbox. Fires with the SyncAck once CMS answered."""
         if self.outbox is None:
             return self._request(MsgType.SYNC_CHANGE, change).addCallback(lambda m: m.body)
-        from dataclasses import replace
 
         change = replace(change, change_id=self.outbox.next_id(), node_id=self.node_id)
         self.outbox.add(change)
@@ -710,7 +708,6 @@ class CmsLink(service.Service):
                     # kept (in the outbox) for every resend: a change whose ack was lost
                     # is then refused as stale instead of being applied a second time
                     # over what came after it.
-                    from dataclasses import replace
 
                     record = self.store.get_device(change.device_id)
                     change = replace(change, base_version=record.version if record else 0)

@@ -15,9 +15,9 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from vss.errors import VssError
 from vss.protocols import codec, scram
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import (
     AuthChallenge,

@@ -34,10 +34,10 @@ from bisect import bisect_left
 
 from twisted.internet import defer
 
-from vss.errors import VssError
 from vss.ops.histogram import LATENCY_BOUNDS, Histogram
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     Empty,
@@ -52,16 +52,20 @@ from vss.protocols.messages import (
 )
 from vss.recording import tasks as recording
 
-_CONTROL_ACTIONS = None  # vss.rgm.service.CONTROL_ACTIONS, imported on first use (cycle)
-
-
-def _control_actions():
-    global _CONTROL_ACTIONS
-    if _CONTROL_ACTIONS is None:
-        from vss.rgm.service import CONTROL_ACTIONS
-
-        _CONTROL_ACTIONS = CONTROL_ACTIONS
-    return _CONTROL_ACTIONS
+#: the grant action each relayed control message needs (S401)
+CONTROL_ACTIONS = {
+    MsgType.PTZ_CONTROL: Action.PTZ,
+    MsgType.LENS_CONTROL: Action.PTZ,
+    MsgType.PRESET: Action.PTZ,
+    MsgType.CONFIG_GET: Action.CONFIG,
+    MsgType.CONFIG_SET: Action.CONFIG,
+    MsgType.RECORD_SETTINGS_GET: Action.RECORD,
+    MsgType.RECORD_SETTINGS_SET: Action.RECORD,
+    MsgType.RECORD_START: Action.RECORD,
+    MsgType.RECORD_STOP: Action.RECORD,
+    MsgType.RECORD_STATUS: Action.RECORD,
+    MsgType.RECORD_QUERY: Action.VIEW,
+}
 
 
 _PTZ = int(MsgType.PTZ_CONTROL)
@@ -434,8 +438,6 @@ def _relayed(context, result):
 
 def on_cu_request(rgm, link, frame, msg):
     """S401: a request from a registered CU."""
-    CONTROL_ACTIONS = _CONTROL_ACTIONS or _control_actions()
-
     t = frame.type
     s = link.session
     if frame.flags & codec.FLAG_NOTIFY:

@@ -25,10 +25,10 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.ops.histogram import Histogram
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import (
     Action,
@@ -143,20 +143,6 @@ def _role_name(role):
 
 
 #: Control requests a CU may send, and the grant each needs.
-CONTROL_ACTIONS = {
-    MsgType.PTZ_CONTROL: Action.PTZ,
-    MsgType.LENS_CONTROL: Action.PTZ,
-    MsgType.PRESET: Action.PTZ,
-    MsgType.CONFIG_GET: Action.CONFIG,
-    MsgType.CONFIG_SET: Action.CONFIG,
-    MsgType.RECORD_SETTINGS_GET: Action.RECORD,
-    MsgType.RECORD_SETTINGS_SET: Action.RECORD,
-    MsgType.RECORD_START: Action.RECORD,
-    MsgType.RECORD_STOP: Action.RECORD,
-    MsgType.RECORD_STATUS: Action.RECORD,
-    MsgType.RECORD_QUERY: Action.VIEW,
-}
-
 #: What CMS (or the link to it) answers when it cannot answer now: a first login then
 #: gets NOT_READY, never a wrong-credentials answer.
 CENTRAL_DOWN = (ResultCode.CENTRAL_UNAVAILABLE, ResultCode.TIMEOUT, ResultCode.SESSION_CLOSED,

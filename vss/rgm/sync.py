@@ -18,6 +18,7 @@ once, even while CMS is down, and fetches what it missed.
 
 import json
 import os
+from dataclasses import replace
 
 from twisted.logger import Logger
 
@@ -167,7 +168,6 @@ class SyncApplier:
                 if held is not None and not c.device.verifier.stored_key \
                         and held.verifier.stored_key and c.device.home_node == held.home_node:
                     # keep the verifier of a device that stays homed here
-                    from dataclasses import replace
 
                     record = replace(c.device, verifier=held.verifier)
                 else:

@@ -28,7 +28,7 @@ viewers on a silent stream.
 
 from urllib.parse import unquote
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, ssl
 from twisted.logger import Logger
 
 from vss.redact import redact
@@ -374,8 +374,6 @@ def pull(url, sink_factory, username=None, password=None, reactor=None, timeout=
     factory.failed.addErrback(lambda f: result.called or result.errback(f))
     if clean.lower().startswith("rtsps://"):
         if tls is None:
-            from twisted.internet import ssl
-
             tls = ssl.optionsForClientTLS(host)
         reactor.connectSSL(host, port, factory, tls, timeout=timeout)
     else:

@@ -30,7 +30,8 @@ import os
 from urllib.parse import parse_qs
 
 from twisted.application import service
-from twisted.internet import defer, protocol
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from vss.rtsp import sdp as sdplib
@@ -402,7 +403,6 @@ class RTSPServerFactory(protocol.Factory):
 
     def listen_udp(self, interface="0.0.0.0", attempts=20):
         """Open the shared UDP port pair (even RTP port, RTP+1 for RTCP). Returns it."""
-        from twisted.internet.error import CannotListenError
 
         last = None
         for _ in range(attempts):
@@ -1042,8 +1042,6 @@ class RTSPServerService(service.Service):
 
     @defer.inlineCallbacks
     def startService(self):
-        from twisted.internet import endpoints
-
         service.Service.startService(self)
         reactor = self._reactor
         if reactor is None:

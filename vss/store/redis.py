@@ -14,7 +14,6 @@ batch holding it. While Redis is away, memory stays authoritative: writes keep
 coalescing (one entry per key) and the batch is retried with a growing delay.
 
 Key layout (``<node>`` is the node id), all values JSON, bytes as base64::
-
     vss:<node>:device:<device_id>          string  DeviceRecord
     vss:<node>:user:<username>             string  UserRecord
     vss:<node>:grant:<principal>|<device>  string  GrantRecord
@@ -51,8 +50,14 @@ import sys
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
-from twisted.internet import defer, error, task
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+from twisted.internet import defer, error, ssl, task
+from twisted.internet._sslverify import VerificationError
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -211,9 +216,6 @@ def tls_options(host, ca_file=None, cert_file=None, key_file=None):
     """Twisted's client TLS options for a Redis server named ``host``: its certificate
     must verify against the certificates of ``ca_file`` (the system's trust roots when
     None) and name ``host``; ``cert_file``/``key_file`` are the client's certificate."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-    from twisted.internet import ssl
 
     trust = None  # optionsForClientTLS: the platform's trust roots
     if ca_file:
@@ -389,8 +391,6 @@ class _Handshake(LineReceiver):
 def _tls_error_text(failure):
     """The reasons of an OpenSSL error (``certificate verify failed``), or None when
     the failure is not about TLS."""
-    from OpenSSL import SSL
-    from twisted.internet._sslverify import VerificationError
 
     if failure.check(VerificationError):
         return f"the certificate does not name the host ({failure.value})"
@@ -822,8 +822,6 @@ class RedisStore(MemoryStore):
     def _handshake(self):
         """One try of ``check``: a Deferred (final, why), why None when Redis answered."""
         from twisted.internet import reactor
-        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-        from twisted.internet.protocol import Factory
 
         p = self._params
         commands = []

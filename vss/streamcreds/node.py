@@ -28,8 +28,8 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     AuditKind,

@@ -23,6 +23,11 @@ import os
 import re
 import secrets
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 REALM = "vss"
 ID_PREFIX = "sc-"
 ID_RE = re.compile(r"^sc-[0-9a-f]{12}$")
@@ -46,8 +51,6 @@ def new_secret():
 
 def credential_key(cluster_secret):
     """The 32-byte sealing key of a cluster."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     if isinstance(cluster_secret, str):
         cluster_secret = cluster_secret.encode("utf-8")
@@ -66,7 +69,6 @@ def _aad(cred_id, username, device_id):
 
 def seal(key, cred_id, username, device_id, secret):
     """The stored form of a credential's secret."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     nonce = os.urandom(NONCE)
     return nonce + AESGCM(key).encrypt(nonce, ha1(cred_id, secret),
@@ -76,8 +78,6 @@ def seal(key, cred_id, username, device_id, secret):
 def unseal(key, record):
     """HA1 (raw bytes) of a credential record, or None if ``sealed`` was not made with
     this key for this credential."""
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     sealed = bytes(record.sealed)
     if len(sealed) <= NONCE:

@@ -2,7 +2,10 @@
 
 import os
 
+from vss.cms.daemon import CmsDaemon
+from vss.cms.store import is_postgres
 from vss.config import ConfigError, TrackingOptions, merge_options, positive_number
+from vss.private import restrict_umask
 from vss.tap.common import (
     OneLineUsage,
     check_endpoint,
@@ -104,8 +107,6 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
 
 def standby_from(value, db):
     """``--standby`` as a bool for the database ``db``, or ConfigError."""
-    from vss.cms.store import is_postgres
-
     value = str(value).strip().lower()
     if value not in ("auto", "on", "off"):
         raise ConfigError(f"--standby: {value!r} is none of auto, on, off")
@@ -118,9 +119,6 @@ def standby_from(value, db):
 
 def makeService(options):
     from twisted.internet import reactor
-
-    from vss.cms.daemon import CmsDaemon
-    from vss.private import restrict_umask
 
     restrict_umask()  # every file of the daemon is its own (0600, directories 0700)
     daemon = CmsDaemon(dict(options), reactor)

@@ -1,6 +1,7 @@
 """``twistd vss-node``: options and service of a VSS node (RGM + CDN module + SS)."""
 
 import os
+from urllib.parse import urlsplit
 
 from vss.config import (
     ConfigError,
@@ -10,6 +11,9 @@ from vss.config import (
     merge_options,
     positive_number,
 )
+from vss.node import NodeService
+from vss.private import restrict_umask
+from vss.rgm.localcentral import MemoryCentral
 from vss.tap.common import (
     OneLineUsage,
     check_endpoint,
@@ -18,6 +22,7 @@ from vss.tap.common import (
     link_tls_files,
     metrics_options,
 )
+from vss.tls import client_host_port, listen_interface, plaintext_problem
 from vss.version import VersionOption
 
 LISTENERS = ("pu-listen", "cu-listen", "rtsp-listen", "node-listen", "http-listen", "manhole")
@@ -223,7 +228,6 @@ def settings_from(opts):
 def _check_links(opts, tls, allow_plaintext, problems):
     """The links to CMS and from other nodes: tcp: endpoints, TLS added by --tls-*;
     in plaintext only on loopback unless --allow-plaintext-links."""
-    from vss.tls import client_host_port, listen_interface, plaintext_problem
 
     for address in cms_addresses(opts["cms"]):
         try:
@@ -251,8 +255,6 @@ def _store_files(opts, store, problems):
     files = {name: opts.get(f"store-{name.replace('_', '-')}") or ""
              for name in ("ca", "cert", "key", "password_file")}
     if store.startswith(("redis://", "rediss://")):
-        from urllib.parse import urlsplit
-
         try:
             has_password = urlsplit(store).password is not None
         except ValueError:
@@ -277,7 +279,6 @@ def _store_files(opts, store, problems):
 
 def _check_static(path, problems):
     """A static-data file the node could not read is named, with what is wrong."""
-    from vss.testing.central import MemoryCentral
 
     try:
         MemoryCentral.from_file(path)
@@ -314,9 +315,6 @@ def _interface_of(description):
 
 def makeService(options):
     from twisted.internet import reactor
-
-    from vss.node import NodeService
-    from vss.private import restrict_umask
 
     restrict_umask()  # every file of the daemon is its own (0600, directories 0700)
     try:

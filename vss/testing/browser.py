@@ -23,6 +23,10 @@ its own, removed when it closes, and with the switches that keep it off the netw
 import os
 import shutil
 import tempfile
+from unittest import SkipTest
+
+from twisted.internet import threads
+from twisted.python.threadpool import ThreadPool
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -70,8 +74,6 @@ def require():
     """Raise ``SkipTest`` naming what is missing when no browser can run here."""
     reason = unavailable()
     if reason is not None:
-        from unittest import SkipTest
-
         raise SkipTest(f"no headless Chromium: {reason}")
 
 
@@ -182,9 +184,6 @@ class TwistedBrowser:
 
     @classmethod
     def start(cls, reactor, **kwargs):
-        from twisted.internet import threads
-        from twisted.python.threadpool import ThreadPool
-
         pool = ThreadPool(1, 1, name="chromium")
         pool.start()
         d = threads.deferToThreadPool(reactor, pool, Browser, **kwargs)
@@ -197,7 +196,6 @@ class TwistedBrowser:
 
     def call(self, fn, *args, **kwargs):
         """``fn(browser, *args, **kwargs)`` on the browser's thread."""
-        from twisted.internet import threads
 
         return threads.deferToThreadPool(self.reactor, self.pool, fn, self.browser,
                                          *args, **kwargs)

@@ -10,10 +10,10 @@ from twisted.test import iosim
 from vss.client import SignallingClient
 from vss.protocols.link import SignallingLink
 from vss.protocols.messages import Action, CuKind, PuKind, Role
+from vss.rgm.localcentral import MemoryCentral
 from vss.rgm.service import RGMConfig, RGMService
 from vss.store.memory import MemoryStore
 from vss.testing import records
-from vss.testing.central import MemoryCentral
 
 ITERATIONS = 4096
 

@@ -14,14 +14,12 @@ from vss.client import SignallingClient, connect
 from vss.cms.daemon import CmsDaemon
 from vss.config import NodeSettings
 from vss.node import NodeService
-from vss.protocols.messages import CuKind, Role
+from vss.protocols.messages import CuKind, Role, Verifier
 from vss.protocols.scram import make_verifier
 from vss.testing.processes import start_pu
 
 
 def verifier(secret):
-    from vss.protocols.messages import Verifier
-
     salt, it, stored, server = make_verifier(secret)
     return Verifier(salt=salt, iterations=it, stored_key=stored, server_key=server)
 

@@ -12,6 +12,9 @@ import sys
 from twisted.internet import defer, protocol, task
 from twisted.internet.utils import getProcessOutputAndValue
 
+from vss.cms.store import hash_token, make_static_store
+from vss.tap.node import Options
+
 BIN = os.path.dirname(sys.executable)
 
 
@@ -191,7 +194,6 @@ def other_listeners_on_port_0(given=("pu-listen", "cu-listen", "rtsp-listen")):
     """``--NAME tcp:0:interface=127.0.0.1`` for every listener option of vss-node
     (``*-listen``) not in ``given``, so that several nodes on one host never meet on a
     default port, whatever listeners the node has."""
-    from vss.tap.node import Options
 
     args = []
     for name, *_ in Options.optParameters:
@@ -239,7 +241,6 @@ def seed_cms_db(reactor, path, devices=(), users=(), grants=(), admin_tokens=())
 @defer.inlineCallbacks
 def seed_static_store(reactor, spec, devices=(), users=(), grants=(), admin_tokens=()):
     """``seed_cms_db`` for any database ``spec`` of ``vss-cms --db``."""
-    from vss.cms.store import hash_token, make_static_store
 
     store = make_static_store(spec, reactor=reactor)
     yield store.open()

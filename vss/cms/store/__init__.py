@@ -17,6 +17,7 @@ Files and roles:
 """
 
 from .sql import GRANT_KEY_SEP, grant_key, split_grant_key
+from .sqlite import SQLiteStaticStore
 from .tokens import hash_token, new_token
 
 DEFAULT_SPEC = "sqlite:vss-cms.sqlite3"
@@ -46,11 +47,10 @@ def make_static_store(spec=DEFAULT_SPEC, reactor=None, **kw):
     ``clock=`` or, for PostgreSQL, ``schema=``."""
     spec = spec or DEFAULT_SPEC
     if is_postgres(spec):
+        # optional dependency: psycopg2, only when PostgreSQL is chosen
         from .postgres import PostgresStaticStore
 
         return PostgresStaticStore(spec, reactor=reactor, **kw)
-    from .sqlite import SQLiteStaticStore
-
     path = spec[len("sqlite:"):] if spec.startswith("sqlite:") else spec
     if not path:
         raise ValueError(f"no database path in {spec!r}")

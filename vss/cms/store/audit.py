@@ -25,8 +25,8 @@ from typing import NamedTuple
 from twisted.internet.defer import fail, succeed
 from zope.interface import Interface
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 
 KINDS = ("change", "login", "logout", "live", "playback", "export", "lost")
 #: longest text kept in a field (a longer one is cut)

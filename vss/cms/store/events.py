@@ -13,8 +13,8 @@ import json
 from twisted.internet.defer import fail, succeed
 from zope.interface import Interface
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import KV, EventEntry, EventRecord
 
 _COLS = ("e.node_id, e.seq, e.device_id, e.channel, e.type, e.phase, e.severity, e.pu_time,"

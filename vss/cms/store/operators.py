@@ -17,8 +17,8 @@ from typing import NamedTuple
 from twisted.internet.defer import fail
 from zope.interface import Interface
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 
 ADMINISTRATOR = "administrator"
 AUDITOR = "auditor"

@@ -30,8 +30,8 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from vss.cms.standby import IActiveLock
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 
 from .sql import Dialect, SqlStaticStore
 

@@ -35,14 +35,15 @@ Change-log conventions (what a node applying changes relies on):
 import functools
 import json
 
+from twisted.enterprise.adbapi import ConnectionLost
 from twisted.internet.defer import fail, inlineCallbacks, returnValue, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from vss.errors import VssError
 from vss.interfaces import IStaticStore
 from vss.ops.histogram import Histogram
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
     Change,
@@ -219,7 +220,6 @@ class Dialect:
     def unavailable(self):
         """The exception classes that mean the database failed (it cannot be reached,
         is locked, or timed out), as opposed to a statement it refused."""
-        from twisted.enterprise.adbapi import ConnectionLost
 
         return (ConnectionLost,)
 

@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 from zope.interface import Interface
 
-from vss.errors import VssError
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
 
 ACTIVE = "active"
 EXPIRED = "expired"

@@ -4,6 +4,7 @@ run without a central platform. It holds static records and, for the routing tes
 the in-process RGM services of other nodes (S403-S406 then happen in this process).
 """
 
+import json
 import time
 from collections import deque
 
@@ -11,10 +12,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from vss.errors import VssError
 from vss.events.hub import visible
 from vss.interfaces import ICentral
 from vss.protocols.codes import ResultCode
+from vss.protocols.errors import VssError
+from vss.protocols.jsonrec import from_json, to_json
 from vss.protocols.messages import (
     AuditAck,
     AuditKind,
@@ -29,6 +31,7 @@ from vss.protocols.messages import (
     StaticPage,
     SyncAck,
 )
+from vss.rgm import relay
 
 
 @implementer(ICentral)
@@ -57,9 +60,6 @@ class MemoryCentral:
     @classmethod
     def from_file(cls, path):
         """A central holding the records of a static-data JSON file (see ``save``)."""
-        import json
-
-        from vss.protocols.jsonrec import from_json
 
         with open(path, encoding="utf-8") as f:
             data = from_json(json.load(f))
@@ -74,9 +74,6 @@ class MemoryCentral:
 
     def save(self, path):
         """Write the records as a static-data file for ``vss-node --static``."""
-        import json
-
-        from vss.protocols.jsonrec import to_json
 
         data = {
             "devices": [to_json(r) for r in self.devices.values()],
@@ -142,7 +139,6 @@ class MemoryCentral:
 
     def route(self, device_id, inner_type, inner_body):
         """S403: find the home node and hand the request to its RGM-N."""
-        from vss.rgm import relay
 
         self._check()
         self.routed.append((device_id, inner_type))
