@@ -28,9 +28,10 @@ link's keepalive. Writes to other links (the relay's forwards) are left to Twist
 which coalesces them per reactor pass.
 """
 
-from twisted.internet import defer, protocol, tcp
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from vss.directsend import send_or_write
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError, code_for
@@ -228,23 +229,12 @@ class SignallingLink(protocol.Protocol):
     def _flush_replies(self):
         """Send what was gathered for the peer: straight to a plain TCP socket with an
         empty write buffer, else (and whatever the socket did not take) through the
-        transport, so the order of bytes is kept."""
+        transport, so the order of bytes is kept (``vss.directsend``)."""
         replies, self._replies = self._replies, None
         if not replies:
             return
         data = replies[0] if len(replies) == 1 else b"".join(replies)
-        t = self.transport
-        if (isinstance(t, tcp.Connection) and not t.TLS and t.connected
-                and not t.disconnecting and not t._writeDisconnected
-                and not t.dataBuffer and not t._tempDataBuffer):
-            try:
-                sent = t.socket.send(data)
-            except OSError:  # would block, or broken: Twisted's write path deals with it
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        t.write(data)
+        send_or_write(self.transport, data)
 
     def send_response(self, type, txid, body):
         self.send_raw(codec.encode_response(type, body, txid, self.version))

@@ -46,6 +46,8 @@ from twisted.internet import task
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from vss.directsend import kernel_socket, plain_socket
+
 log = Logger()
 
 MAX_BATCH = 256 * 1024
@@ -79,13 +81,6 @@ else:  # pragma: no cover - the kernel's share is then taken as its whole buffer
             return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         except (OSError, ValueError):
             return None
-
-
-def kernel_socket(transport):
-    """The socket under a transport: a TCP transport's own, or the one under TLS."""
-    if isinstance(transport, TLSMemoryBIOProtocol):
-        transport = transport.transport
-    return getattr(transport, "socket", None)
 
 
 def rtp_payload_offset(data):
@@ -418,12 +413,7 @@ class TCPReader:
         # pauses it while the socket under it is full. (As a pull producer it would be
         # polled in a busy loop.)
         self._streaming = isinstance(transport, TLSMemoryBIOProtocol)
-        sock = None if self._streaming else getattr(transport, "socket", None)
-        if sock is not None and not hasattr(transport, "startTLS"):
-            sock = None  # not a plain TCP transport we know
-        if sock is not None and getattr(transport, "TLS", False):
-            sock = None
-        self.sock = sock  # direct sends
+        sock = self.sock = plain_socket(transport)  # direct sends (vss.directsend)
         self.kernel = kernel_socket(transport)  # its buffer's fill, its size
         if self.kernel is not None:
             try:
