@@ -14,7 +14,7 @@ import os
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from vss.cms.admin_cli import Client, HttpError
+from vss.cli.admin import Client, HttpError
 from vss.cms.store import make_static_store
 from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError

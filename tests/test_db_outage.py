@@ -20,8 +20,8 @@ import sqlite3
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
+from vss.cli.admin import Client, HttpError
 from vss.client import SignallingClient, connect
-from vss.cms.admin_cli import Client, HttpError
 from vss.cms.store import make_static_store
 from vss.protocols.messages import KV, Action, ChangeKind, MsgType, Role, StateChange
 from vss.testing import records

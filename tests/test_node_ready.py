@@ -21,7 +21,7 @@ import signal
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from vss.cms.admin_cli import Client
+from vss.cli.admin import Client
 from vss.protocols.messages import Action
 from vss.testing import records
 from vss.testing.processes import (

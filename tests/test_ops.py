@@ -404,7 +404,7 @@ class RelayMetricsTests(unittest.TestCase):
 
 class VersionTests(unittest.TestCase):
     def test_every_tool_and_daemon_says_the_version(self):
-        from vss.cms.admin_cli import Options as Admin
+        from vss.cli.admin import Options as Admin
         from vss.conformance.cli import Options as Conformance
         from vss.cu.ctl import Options as Ctl
         from vss.pu.agent import Options as Pu

@@ -28,8 +28,8 @@ import signal
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from vss.cli.admin import Client
 from vss.client import SignallingClient, connect
-from vss.cms.admin_cli import Client
 from vss.cms.store import make_static_store
 from vss.protocols.messages import KV, Action, ChangeKind, Entity, MsgType, Role, StateChange
 from vss.testing import records

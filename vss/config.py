@@ -8,6 +8,7 @@ collected and reported together, each naming the bad key.
 
 import configparser
 import os
+import re
 import secrets
 import sys
 from dataclasses import dataclass, fields
@@ -167,3 +168,15 @@ def cms_addresses(value):
     """The CMS endpoints of a node's ``--cms``: one, or several separated by commas
     (every CMS of a site, one active and the others standby), in order."""
     return [part.strip() for part in str(value or "").split(",") if part.strip()]
+
+
+DURATION_RE = re.compile(r"^([0-9]{1,10})\s*([smhdw]?)$")
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text):
+    """Seconds from '3600', '90s', '15m', '12h', '30d' or '2w'."""
+    match = DURATION_RE.match((text or "").strip().lower())
+    if not match or int(match.group(1)) == 0:
+        raise usage.UsageError(f"{text!r} is not a duration like 3600, 15m, 12h, 30d or 2w")
+    return int(match.group(1)) * DURATION_UNITS[match.group(2)]

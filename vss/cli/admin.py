@@ -32,7 +32,6 @@ import getopt
 import getpass
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 
 from vss.cms.store import hash_token, make_static_store, new_token
+from vss.config import parse_duration
 from vss.protocols.jsonrec import to_json
 from vss.tls import CertificateError, issue, make_ca
 from vss.version import VersionOption
@@ -113,18 +113,6 @@ def obtain_secret(what, path, env, required=True):
 
 def comma_list(text):
     return [p.strip() for p in (text or "").split(",") if p.strip()]
-
-
-DURATION_RE = re.compile(r"^([0-9]{1,10})\s*([smhdw]?)$")
-DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text):
-    """Seconds from '3600', '90s', '15m', '12h', '30d' or '2w'."""
-    match = DURATION_RE.match((text or "").strip().lower())
-    if not match or int(match.group(1)) == 0:
-        raise usage.UsageError(f"{text!r} is not a duration like 3600, 15m, 12h, 30d or 2w")
-    return int(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 # ---------------------------------------------------------------------------

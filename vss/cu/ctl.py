@@ -39,7 +39,7 @@ from twisted.python import usage
 from twisted.web.client import Agent, ResponseDone
 
 from vss.client import SignallingClient, connect
-from vss.cms.admin_cli import parse_duration
+from vss.config import parse_duration
 from vss.cu.events import (
     ack_body,
     event_start,

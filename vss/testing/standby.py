@@ -18,7 +18,7 @@ import time
 from twisted.internet import defer, task
 from twisted.web.client import Agent, readBody
 
-from vss.cms.admin_cli import Client, CliError
+from vss.cli.admin import Client, CliError
 from vss.testing import records
 from vss.testing.postgres import OwnPostgres
 from vss.testing.processes import (

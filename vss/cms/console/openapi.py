@@ -1,8 +1,9 @@
 """The console's routes (``/session``, ``/operators``, ``/audit``) added to the admin
 API's OpenAPI 3.1 document (``vss.cms.mms.openapi_document``)."""
 
-from vss.cms import mms
-from vss.cms.mms import _json, _obj, _op, _param, _ref
+from vss.cms import openapi as mms
+from vss.cms.apirules import NAME_RE
+from vss.cms.openapi import _json, _obj, _op, _param, _ref
 from vss.cms.store.audit import KINDS
 from vss.cms.store.operators import ROLES
 
@@ -14,7 +15,7 @@ def console_openapi(doc):
     """``doc`` (the admin API's document) with the console's routes and schemas."""
     schemas = doc["components"]["schemas"]
     operator_props = {
-        "username": {"type": "string", "pattern": mms.NAME_RE.pattern},
+        "username": {"type": "string", "pattern": NAME_RE.pattern},
         "role": {"type": "string", "enum": list(ROLES)}, "enabled": BOOL,
         "created": WHEN, "changed": WHEN, "last_login": WHEN, "version": INT,
         "sessions": {"type": "integer", "description": "console sessions open now"},
