@@ -1041,7 +1041,8 @@ class RedisUnreachableTests(unittest.TestCase):
         from twisted.internet import reactor
         from twisted.internet.protocol import Factory
 
-        from vss.store.redis import RedisStore, StoreUnavailable
+        from vss.store.redis import RedisStore
+        from vss.store.redislink import StoreUnavailable
 
         port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
         number = port.getHost().port
@@ -1148,10 +1149,10 @@ class RedisHandshakeTests(unittest.SynchronousTestCase):
     def handshake(self, *commands):
         from twisted.internet.testing import StringTransport
 
-        from vss.store.redis import _Handshake
+        from vss.store.redislink import Handshake
 
         self.clock = task.Clock()
-        proto = _Handshake(list(commands), self.clock, 10.0)
+        proto = Handshake(list(commands), self.clock, 10.0)
         proto.makeConnection(StringTransport())
         return proto
 
@@ -1181,12 +1182,12 @@ class RedisHandshakeTests(unittest.SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_first_error_reply(self):
-        from vss.store.redis import _Refused
+        from vss.store.redislink import Refused
 
         proto = self.handshake(("AUTH", "x"), ("SELECT", 0), ("PING",))
         proto.dataReceived(b"-WRONGPASS invalid username-password pair\r\n-NOAUTH x\r\n")
         self.lost(proto)
-        refused = self.failureResultOf(proto.done, _Refused).value
+        refused = self.failureResultOf(proto.done, Refused).value
         self.assertEqual((refused.command, refused.message),
                          ("AUTH", "WRONGPASS invalid username-password pair"))
 
@@ -1210,21 +1211,21 @@ class RedisHandshakeTests(unittest.SynchronousTestCase):
 
         from vss.store.redis import RedisStore
 
-        return RedisStore(url, "node-a", reactor=task.Clock())._judge(Failure(exception))
+        return RedisStore(url, "node-a", reactor=task.Clock())._probe().judge(Failure(exception))
 
     def test_judgements(self):
         from OpenSSL import SSL
         from twisted.internet import error
 
-        from vss.store.redis import _Refused
+        from vss.store.redislink import Refused
 
         tls, plain = "rediss://r.example:6380/0", "redis://127.0.0.1/0"
         cases = [
-            (tls, _Refused("AUTH", "WRONGPASS bad"), True, "refused the password"),
-            (tls, _Refused("SELECT", "NOAUTH Authentication required."), True,
+            (tls, Refused("AUTH", "WRONGPASS bad"), True, "refused the password"),
+            (tls, Refused("SELECT", "NOAUTH Authentication required."), True,
              "wants a password"),
-            (tls, _Refused("SELECT", "ERR DB index is out of range"), True, "database 0"),
-            (tls, _Refused("PING", "LOADING Redis is loading"), False, "LOADING"),
+            (tls, Refused("SELECT", "ERR DB index is out of range"), True, "database 0"),
+            (tls, Refused("PING", "LOADING Redis is loading"), False, "LOADING"),
             (tls, SSL.Error([("SSL routines", "", "certificate verify failed")]), True,
              "--store-ca"),
             (tls, SSL.Error([("SSL routines", "", "tlsv13 alert certificate required")]), True,

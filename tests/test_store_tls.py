@@ -238,7 +238,7 @@ class RedisTLSFailureTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def assertUnavailable(self, store, *fragments):
-        from vss.store.redis import StoreUnavailable
+        from vss.store.redislink import StoreUnavailable
 
         with capturedLogs() as events:
             e = yield self.assertFailure(store.load(), StoreUnavailable)

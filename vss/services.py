@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from vss.config import ConfigError
 from vss.protocols.errors import VssError
+from vss.store.redislink import StoreUnavailable
 from vss.version import version_line
 
 
@@ -63,15 +64,7 @@ class ListenService(service.Service):
 
 
 def _operator_errors():
-    errors = [ConfigError, VssError, OSError, CannotListenError]
-    try:
-        # optional dependency: txredisapi
-        from vss.store.redis import StoreUnavailable
-    except ImportError:  # txredisapi is not installed
-        pass
-    else:
-        errors.append(StoreUnavailable)
-    return tuple(errors)
+    return (ConfigError, VssError, OSError, CannotListenError, StoreUnavailable)
 
 
 _OPERATOR_ERRORS = ()

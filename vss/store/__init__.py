@@ -6,11 +6,15 @@ The RGM's in-memory database (``vss.interfaces.IMemoryStore``) and its backends.
   dynamic state survives a restart of its RGM process, over TCP (``redis://``) or TLS
   (``rediss://``). The only module importing txredisapi; it is imported only when a
   Redis store is chosen.
+- ``redislink.py``: the link to Redis apart from the store: URL, password file, TLS
+  options, and a handshake of its own that names why Redis cannot be used
+  (``StoreUnavailable``). No txredisapi: the daemons import it to name that error.
 
 ``make_store`` turns the node's ``store`` settings into a backend.
 """
 
 from vss.store.memory import MemoryStore
+from vss.store.redislink import parse_url, read_password, tls_options
 
 __all__ = ["MemoryStore", "make_store"]
 
@@ -35,7 +39,7 @@ def make_store(spec, node_id, reactor=None, ca_file="", cert_file="", key_file="
         return MemoryStore(clock=reactor)
     if spec.startswith(("redis://", "rediss://")):
         # optional dependency: txredisapi, only with a Redis store
-        from vss.store.redis import RedisStore, parse_url, read_password, tls_options
+        from vss.store.redis import RedisStore
 
         params = parse_url(spec)
         tls = None
