@@ -9,11 +9,9 @@ camera lands in the central audit log with who, what, where from and which node.
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError
 from vss.protocols.messages import (
     Action,
-    AuditAck,
     AuditEvent,
     AuditKind,
     AuditReport,
@@ -24,34 +22,15 @@ from vss.protocols.messages import (
     Stream,
 )
 from vss.rgm.audit import AuditReporter
+from vss.testing.held import HeldCentral
 from vss.testing.platform import start_platform, verifier, wait_until
-
-
-class FakeCentral:
-    def __init__(self):
-        self.reports = []
-        self.pending = []
-
-    def report_audit(self, report):
-        self.reports.append(report)
-        d = defer.Deferred()
-        self.pending.append(d)
-        return d
-
-    def ack(self):
-        d = self.pending.pop(0)
-        report = self.reports[len(self.reports) - len(self.pending) - 1]
-        d.callback(AuditAck(batch=report.batch, stored=len(report.events)))
-
-    def fail(self):
-        self.pending.pop(0).errback(VssError(ResultCode.CENTRAL_UNAVAILABLE, "no link"))
 
 
 class ReporterTests(unittest.TestCase):
     def setUp(self):
         self.clock = task.Clock()
         self.clock.advance(1_700_000_000)
-        self.central = FakeCentral()
+        self.central = HeldCentral()
         self.reporter = AuditReporter(self.central, self.clock, interval=2.0, batch=3,
                                       max_queue=10)
         self.reporter.startService()

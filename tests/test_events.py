@@ -29,7 +29,6 @@ from vss.protocols.messages import (
     EventQuery,
     EventRaise,
     EventRecord,
-    EventReportAck,
     EventSubscribe,
     EventUnsubscribe,
     MsgType,
@@ -37,6 +36,7 @@ from vss.protocols.messages import (
 )
 from vss.testing import records
 from vss.testing.harness import NodeHarness
+from vss.testing.held import HeldCentral
 
 PG_DSN = os.environ.get("VSS_TEST_POSTGRES_DSN")
 START = 1_700_000_000  # the clock's time when the hub starts: numbers from START ms * 1000
@@ -303,22 +303,12 @@ class PeerTests(unittest.TestCase):
         self.assertEqual(self.hub.counters["duplicates"], 2)
 
 
-class FakeCentral:
-    def __init__(self):
-        self.reports = []
-        self.pending = []
-
-    def report_events(self, report):
-        self.reports.append(report)
-        d = defer.Deferred()
-        self.pending.append(d)
-        return d
 
 
 class ReporterTests(unittest.TestCase):
     def test_batches_resent_in_order_after_a_failure(self):
         clock = task.Clock()
-        central = FakeCentral()
+        central = HeldCentral()
         reporter = EventReporter(central, clock, interval=1.0, batch=2, max_queue=5)
         reporter.startService()
         events = [EventRecord("n", i, "c", 0, "motion", 0, 0, 0, 0, []) for i in range(1, 8)]
@@ -328,15 +318,15 @@ class ReporterTests(unittest.TestCase):
         clock.advance(1)
         self.assertEqual([e.seq for e in central.reports[0].events], [3, 4])
         self.assertEqual(central.reports[0].dropped, 2)  # the queue held 5
-        central.pending.pop(0).errback(VssError(ResultCode.CENTRAL_UNAVAILABLE, "down"))
+        central.fail(message="down")
         clock.advance(1)
         self.assertEqual([e.seq for e in central.reports[1].events], [3, 4])
         self.assertEqual(central.reports[1].dropped, 2)
-        central.pending.pop(0).callback(EventReportAck(batch=2, stored=2))
+        central.ack()
         self.assertEqual([e.seq for e in central.reports[2].events], [5, 6])
-        central.pending.pop(0).callback(EventReportAck(batch=3, stored=2))
+        central.ack()
         clock.advance(1)
-        central.pending.pop(0).callback(EventReportAck(batch=4, stored=1))
+        central.ack()
         self.assertEqual(reporter.status()["waiting"], 0)
         self.assertEqual(reporter.counters["reported"], 5)
         reporter.flush = lambda: None

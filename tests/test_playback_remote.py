@@ -17,12 +17,13 @@ controller over a fake RTSP client with a task.Clock.
 
 import datetime
 import os
+from dataclasses import replace
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.test_dvr import dvr_platform
+from tests.test_dvr import decode, dvr_platform, query
 from tests.test_playback import (
     FRAME_MS,
     GOP_MS,
@@ -36,6 +37,7 @@ from tests.test_rtsp_server import SDP, ServerTestBase, idr, pframe
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError
+from vss.protocols.listing import decode_recordings, encode_recordings
 from vss.protocols.messages import (
     Action,
     Error,
@@ -47,8 +49,14 @@ from vss.protocols.messages import (
     Recordings,
     RecordSegment,
     Role,
+    RouteRequest,
 )
-from vss.recording.remote import CONTROL_TIMEOUT
+from vss.recording import remote
+from vss.recording.catalogue import Segment
+from vss.recording.remote import CONTROL_TIMEOUT, RelayedPlayback
+from vss.rgm.localcentral import MemoryCentral
+from vss.rgm.peers import serve_route
+from vss.rtsp.client import RTSPError
 from vss.rtsp.server import ControlError
 from vss.testing.platform import start_platform, verifier, wait_until
 from vss.testing.rawrtsp import RawRTSP
@@ -146,8 +154,6 @@ class AsyncControllerTests(ServerTestBase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_a_refused_range_is_answered_457_and_the_session_stays(self):
-        from vss.rtsp.server import ControlError
-
         c, url, sid = self.viewer()
         c.request("PLAY", url, [("Session", sid), ("Range", "npt=x-")])
         [(_, d)] = self.ctl.plays
@@ -163,8 +169,6 @@ class AsyncControllerTests(ServerTestBase):
         self.assertEqual(len(self.source.readers), 1)
 
     def test_a_controller_raising_a_refusal_is_answered_with_it(self):
-        from vss.rtsp.server import ControlError
-
         c, url, sid = self.viewer()
 
         def refuse(session, header):
@@ -196,8 +200,6 @@ class FakeCatalogue:
         self.spans = spans  # [(start, end)] of this node's footage
 
     def list(self, device, stream, from_ms, to_ms):
-        from vss.recording.catalogue import Segment
-
         return defer.succeed({"segments": [Segment(device, 0, stream, a, b, 1, "x", [])
                                            for a, b in self.spans
                                            if b > from_ms and a < to_ms]})
@@ -229,8 +231,12 @@ class FakePeers:
         return self.answer()
 
 
-class FakeCentral:
+class ScriptedCentral(MemoryCentral):
+    """A ``MemoryCentral`` whose catalogue across nodes, routes and node lookups answer
+    what a test scripts (as ``CmsLink`` would for other nodes)."""
+
     def __init__(self):
+        super().__init__()
         self.listing = Recordings(segments=[], gaps=[], missing=[], exports=[],
                                   truncated=False)
         self.query_error = None
@@ -245,8 +251,6 @@ class FakeCentral:
         self.peers = FakePeers(lambda: self.answer())
 
     def query_recordings(self, body, timeout=None):
-        from vss.protocols.listing import encode_recordings
-
         self.queries.append((body.from_time, body.to_time))
         if self.query_error is not None:
             return defer.fail(self.query_error)
@@ -305,7 +309,7 @@ class FakeRGM:
 
 class FakeCDN:
     def __init__(self, spans=(), records=()):
-        self.central = FakeCentral()
+        self.central = ScriptedCentral()
         self.store = FakeStore(Record("cam1", "node-a"), Record("cam2", "node-b"),
                                Record("cam3", "node-c"),
                                Record("dvr1", "node-a", PuKind.DVR), *records)
@@ -322,8 +326,6 @@ class HolderTests(unittest.TestCase):
     MEDIA_OPEN gets there (the relay itself is replaced by a recorder)."""
 
     def setUp(self):
-        from vss.recording import remote
-
         self.remote = remote
         self.relayed = []
         self.patch(remote, "relay", lambda cdn, body, url, node: self._relayed(
@@ -492,16 +494,11 @@ class ServeRouteTests(unittest.TestCase):
         return defer.succeed(MediaUrl(url="rtsp://b/pb", session_id="s", expires=0))
 
     def serve(self, via, body):
-        from vss.protocols.messages import RouteRequest
-        from vss.rgm.peers import serve_route
-
         return self.successResultOf(serve_route(self.rgm, RouteRequest(
             origin_node="node-c", device_id=via, hops=1, inner_type=MsgType.MEDIA_OPEN,
             inner_body=codec.encode_body(body))))
 
     def test_playback_of_a_device_homed_elsewhere_is_served_live_is_not(self):
-        from dataclasses import replace
-
         answer = self.serve("cam1", open_playback("cam1", T))
         self.assertEqual(answer.inner_status, 0)
         answer = self.serve("cam2", open_playback("cam1", T))  # through a device homed here
@@ -542,8 +539,6 @@ class FakeSession:
 
 class RelayedPlaybackTests(unittest.TestCase):
     def setUp(self):
-        from vss.recording.remote import RelayedPlayback
-
         self.clock = Clock()
         self.rtsp = type("SS", (), {})()
         self.rtsp.sessions = {}
@@ -588,9 +583,6 @@ class RelayedPlaybackTests(unittest.TestCase):
         self.proto.answer.callback("npt=0.000-")  # too late: dropped
 
     def test_the_origin_refusing_the_range_is_passed_on_other_errors_are_not(self):
-        from vss.rtsp.client import RTSPError
-        from vss.rtsp.server import ControlError
-
         failures = []
         self.rp.play(FakeSession(self.path, "ready"), "npt=x-").addErrback(failures.append)
         self.proto.answer.errback(RTSPError("PLAY", 457, "Invalid Range"))
@@ -902,10 +894,6 @@ class RemoteDvrTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_dvr_homed_on_a_plays_back_to_a_cu_of_b(self):
-        from tests.test_dvr import decode, query
-        from vss.protocols import codec
-        from vss.protocols.listing import decode_recordings
-
         alice = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
         now = int(reactor.seconds() * 1000)
         frame = yield alice.link.request_raw(

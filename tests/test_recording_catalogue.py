@@ -37,6 +37,7 @@ from vss.recording.catalogue import Segment
 from vss.recording.export import ExportTokens, check_target
 from vss.recording.settings import RecordSettingsSync
 from vss.recording.tasks import ChannelSettings
+from vss.rgm.localcentral import MemoryCentral
 from vss.testing.platform import start_platform, verifier, wait_until
 from vss.testing.processes import child_env, run_tool
 
@@ -358,17 +359,6 @@ class ExportTokenTests(unittest.SynchronousTestCase):
         self.assertIsNone(check_target(b"/export?token=abc.def"))
 
 
-class FakeCentral:
-    def __init__(self):
-        self.settings = {}
-        self.asked = []
-
-    def record_settings(self, device_id, channel):
-        self.asked.append((device_id, channel))
-        s = self.settings.get((device_id, channel))
-        if s is None:
-            return defer.fail(VssError(ResultCode.NOT_FOUND))
-        return defer.succeed(s)
 
 
 class FakeManager:
@@ -408,29 +398,29 @@ def settings(device_id, mode, channel=0, days=7, quota=0):
 
 class RecordSettingsSyncTests(unittest.SynchronousTestCase):
     def setUp(self):
-        self.central, self.manager = FakeCentral(), FakeManager()
+        self.central, self.manager = MemoryCentral(), FakeManager()
         self.store = FakeStore(Rec("cam", "node-b", channels=2), Rec("far", "node-a"))
         self.sync = RecordSettingsSync("node-b", self.store, self.central, self.manager)
 
     def test_at_start_only_devices_homed_here_are_fetched_and_applied(self):
-        self.central.settings[("cam", 1)] = settings("cam", RecordMode.CONTINUOUS, 1)
-        self.central.settings[("far", 0)] = settings("far", RecordMode.CONTINUOUS)
+        self.central.set_record_settings(settings("cam", RecordMode.CONTINUOUS, 1))
+        self.central.set_record_settings(settings("far", RecordMode.CONTINUOUS))
         self.sync.refresh_all()
-        self.assertEqual(self.central.asked, [("cam", 0), ("cam", 1)])
+        self.assertEqual(self.central.asked_settings, [("cam", 0), ("cam", 1)])
         self.assertEqual(self.manager.applied, [("cam", 1, RecordMode.CONTINUOUS)])
 
     def test_a_new_version_refetches_and_equal_settings_are_not_applied_again(self):
-        self.central.settings[("cam", 0)] = settings("cam", RecordMode.CONTINUOUS)
+        self.central.set_record_settings(settings("cam", RecordMode.CONTINUOUS))
         old, new = Rec("cam", "node-b", 1, 2), Rec("cam", "node-b", 2, 2)
         self.sync.device_changed("cam", old, new)
         self.sync.device_changed("cam", new, Rec("cam", "node-b", 3, 2))
         self.assertEqual(self.manager.applied, [("cam", 0, RecordMode.CONTINUOUS)])
-        self.central.settings[("cam", 0)] = settings("cam", RecordMode.OFF)
+        self.central.set_record_settings(settings("cam", RecordMode.OFF))
         self.sync.device_changed("cam", new, Rec("cam", "node-b", 4, 2))
         self.assertEqual(self.manager.applied[-1], ("cam", 0, RecordMode.OFF))
 
     def test_a_device_that_moves_away_stops_what_its_settings_started(self):
-        self.central.settings[("cam", 0)] = settings("cam", RecordMode.CONTINUOUS)
+        self.central.set_record_settings(settings("cam", RecordMode.CONTINUOUS))
         self.sync.refresh("cam")
         self.sync.device_changed("cam", Rec("cam", "node-b"), Rec("cam", "node-a", 2))
         self.assertEqual(self.manager.applied[-1], ("cam", 0, RecordMode.OFF))

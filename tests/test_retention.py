@@ -12,12 +12,11 @@ import os
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from vss.protocols.codes import ResultCode
-from vss.protocols.errors import VssError
 from vss.protocols.messages import RecordMode, RecordSettings, Stream
 from vss.recording.archive import RetentionService
 from vss.recording.catalogue import CatalogueDB, Retention, Segment, segment_name
 from vss.recording.settings import RecordSettingsSync
+from vss.rgm.localcentral import MemoryCentral
 
 DAY = 86_400_000
 NOW = 1_800_000_000_000
@@ -106,13 +105,6 @@ class PerDeviceRetentionTests(Catalogued):
         self.assertKept([rest[1]])
 
 
-class FakeCentral:
-    def __init__(self):
-        self.settings = {}
-
-    def record_settings(self, device_id, channel):
-        s = self.settings.get((device_id, channel))
-        return defer.succeed(s) if s else defer.fail(VssError(ResultCode.NOT_FOUND))
 
 
 class FakeManager:
@@ -153,8 +145,8 @@ class SettingsChangeTests(Catalogued):
     with no restart."""
 
     def test_a_shorter_retention_applies_at_the_next_pass(self):
-        central = FakeCentral()
-        central.settings[("cam-a", 0)] = settings("cam-a", days=10)
+        central = MemoryCentral()
+        central.set_record_settings(settings("cam-a", days=10))
         store = Store("cam-a", "cam-b")
         sync = RecordSettingsSync("node-a", store, central, FakeManager(), default_days=30)
         sync.refresh_all()
@@ -165,7 +157,7 @@ class SettingsChangeTests(Catalogued):
         self.addCleanup(svc.stopService)
         self.clock.advance(60)
         self.assertKept(segs[:2] + segs[3:])
-        central.settings[("cam-a", 0)] = settings("cam-a", days=3)
+        central.set_record_settings(settings("cam-a", days=3))
         store.records["cam-a"] = Store.Rec("cam-a", version=2)
         sync.device_changed("cam-a", Store.Rec("cam-a"), store.records["cam-a"])
         self.assertKept(segs[:2] + segs[3:])  # not before the next pass
@@ -174,7 +166,7 @@ class SettingsChangeTests(Catalogued):
         self.assertEqual((svc.passes, svc.deleted), (2, 2))
 
     def test_a_node_quota_applies_across_devices_even_with_no_settings(self):
-        sync = RecordSettingsSync("node-a", Store(), FakeCentral(), FakeManager(),
+        sync = RecordSettingsSync("node-a", Store(), MemoryCentral(), FakeManager(),
                                   default_days=None, quota_bytes=150)
         segs = self.store(seg("cam-a", 3), seg("cam-b", 2), seg("cam-a", 1))
         svc = RetentionService(Recorder(self.db), sync, self.clock, interval=60)

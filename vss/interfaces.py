@@ -261,11 +261,33 @@ class IStaticStore(Interface):
 class ICentral(Interface):
     """What a node asks of the central platform (CMS). The real one is the node's CMS
     link; tests use ``vss.rgm.localcentral.MemoryCentral``. Every method returns a
-    Deferred that fails with ``vss.protocols.errors.VssError`` carrying a result code."""
+    Deferred that fails with ``vss.protocols.errors.VssError`` carrying a result code.
+    tests/test_central_conformance.py runs one test class against both."""
+
+    device_listeners = Attribute("Callables f(device_id, old, new) told after each change "
+                                 "of a device the node holds.")
+    connected_listeners = Attribute("Callables f() told once the node holds what CMS holds "
+                                    "after each (re)connection.")
+    access_listeners = Attribute("Callables f() told after users, grants or stream "
+                                 "credentials changed.")
+    local_recordings = Attribute("f(RecordQuery) -> Deferred: how CMS (or the platform) "
+                                 "asks this node's own catalogue; None until the node's "
+                                 "archive exists.")
+    route_cache = Attribute("device id -> home node id of the routes learned (S402): "
+                            "``get``, ``pop``, ``clear``; a cache that never holds a route "
+                            "where there is nothing to cache.")
+    node_endpoints = Attribute("node id -> signalling endpoint of the other nodes known "
+                               "up (empty without other nodes).")
+    peers = Attribute("The node links to other nodes (``vss.rgm.peers.PeerLinks``), or None "
+                      "where nodes cannot be reached directly.")
+    counters = Attribute("dict of counters (``cms_requests``, ``routed_direct``...) for "
+                         "metrics and status.")
 
     def registration_info(identity, role):
         """First registration: a ``RegInfo`` for a PU (role PU) or CU (role CU) the node
-        does not hold yet, or fail with UNKNOWN_DEVICE / AUTH_FAILED."""
+        does not hold yet, or fail with UNKNOWN_DEVICE / AUTH_FAILED. It names the PU's
+        home node; the records may be left out (``device``/``user`` None: the real link
+        answers once the node's copy holds them, and the node reads them there)."""
 
     def pull_static(entity, cursor, limit):
         """One page of the node's own static data: a ``StaticPage``."""
@@ -281,7 +303,9 @@ class ICentral(Interface):
         UNKNOWN_NODE."""
 
     def report_change(change):
-        """S603: a ``SyncChange`` from one of the node's PUs. Fires with ``SyncAck``."""
+        """S603: a ``SyncChange`` from one of the node's PUs. Fires with ``SyncAck``
+        (its ``change_id`` is the one the change travelled under: the real link sends it
+        through its durable outbox, which numbers it)."""
 
     def presence(device_id, online):
         """One of the node's PUs came online or went offline (dynamic data, so not
@@ -316,6 +340,19 @@ class ICentral(Interface):
     def query_events(query):
         """EVENT_QUERY: the stored events of the devices ``query.username`` may view,
         newest first. Fires with ``Events``."""
+
+    def record_settings(device_id, channel):
+        """RECORD_SETTINGS_GET: the recording settings held for a channel
+        (``RecordSettings``); NOT_FOUND when nothing was ever stored for it."""
+
+    def query_recordings(body, timeout=None):
+        """RECORD_QUERY across nodes: fires with the response frame of the merged
+        listing (an error status raises ``VssError``); CENTRAL_UNAVAILABLE when it
+        cannot be asked now."""
+
+    def status():
+        """A dict for operators: connected, routes cached, what is held, counters.
+        Synchronous."""
 
 
 class IStreamAuthorizer(Interface):

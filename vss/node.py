@@ -33,16 +33,23 @@ from vss.ops.http import node_site, ops_resources
 from vss.ops.metrics import Access, MetricsResource, make_registry
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import KV, Role, Severity
-from vss.recording import archive
-from vss.recording.export import ExportResource
+from vss.recording.archive import (
+    DEFAULT_RETENTION_INTERVAL,
+    NodeArchive,
+    RetentionService,
+    playback_in_use,
+)
+from vss.recording.export import Exporter, ExportResource, ExportTokens
 from vss.recording.playback import PlaybackService
 from vss.recording.recorder import Recorder
+from vss.recording.settings import DEFAULT_RETENTION_DAYS, RecordSettingsSync
 from vss.recording.tasks import Capacity, RecordingManager
 from vss.rgm.audit import AuditReporter
 from vss.rgm.cmslink import CmsLink
 from vss.rgm.expiry import GrantExpiry
 from vss.rgm.localcentral import MemoryCentral
 from vss.rgm.peers import PeerServer
+from vss.rgm.routes import NoRouteCache
 from vss.rgm.service import RGMConfig, RGMService
 from vss.rtsp.server import RTSPServerFactory, RTSPServerService
 from vss.services import ListenService, StagedService, write_json_atomically
@@ -62,15 +69,6 @@ from vss.web.site import WebClient
 
 STATUS_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0  # seconds the store has to answer a readiness check
-
-
-class NoRouteCache(dict):
-    """The route cache of a node run with ``--route-cache off``: it never holds a route,
-    so every request for another node's PU takes the cache-miss path (through CMS, and
-    the lookup that would have learned the route)."""
-
-    def __setitem__(self, key, value):
-        pass
 
 
 def _secret_files(settings):
@@ -206,11 +204,45 @@ class NodeService(StagedService):
         self.web.setServiceParent(self)
         # Settings from CMS, the catalogue across nodes, HTTP export and retention.
 
-        archive.wire(self, settings, reactor)
+        self._make_archive(settings, reactor)
         self._make_http(settings, reactor)
         self.stream_credentials = None
         if not settings.static:  # the credentials' sealing key comes from the cluster
             self._make_stream_credentials(reactor)
+
+    def _make_archive(self, settings, reactor):
+        """The archive (RECORD_QUERY across nodes), the record settings sync, retention
+        and the export downloads (after the recorder and the recording manager)."""
+        self.export_tokens = ExportTokens(self.secret, reactor)
+        self.exporter = Exporter(self.recorder.catalogue, settings.data_dir, reactor)
+
+        # an ssl: listener (the node's HTTP listener, self.http_listener) gives https URLs
+        listen = getattr(settings, "http_listen", "") or ""
+        scheme = "https" if listen.partition(":")[0].lower() == "ssl" else "http"
+
+        def http_base():
+            port = self.http_listener.port if self.http_listener is not None else None
+            return f"{scheme}://{settings.media_host}:{port}" if port else None
+
+        self.archive = NodeArchive(settings.node_id, self.recorder.catalogue, self.central,
+                                   self.store, self.export_tokens, http_base,
+                                   open_segments=self.recorder.open_segments, clock=reactor)
+        self.rgm.archive = self.archive
+        self.archive.pu_links = self.rgm.pu_links
+        quota_mb = getattr(settings, "quota_mb", 0)
+        self.record_settings = RecordSettingsSync(
+            settings.node_id, self.store, self.central, self.recordings,
+            default_days=getattr(settings, "retention_days", DEFAULT_RETENTION_DAYS),
+            quota_bytes=quota_mb * 1024 * 1024 if quota_mb else None)
+        self.central.device_listeners.append(self.record_settings.device_changed)
+        self.central.connected_listeners.append(self.record_settings.refresh_all)
+        self.central.local_recordings = self.archive.local
+        in_use = [self.exporter.in_use, lambda: playback_in_use(self.cdn, self.recorder.catalogue)]
+        self.retention = RetentionService(
+            self.recorder, self.record_settings, reactor,
+            getattr(settings, "retention_interval", DEFAULT_RETENTION_INTERVAL), in_use)
+        self.retention.housekeeping.append(self.exporter.sweep)
+        self.retention.setServiceParent(self)
 
     def _make_stream_credentials(self, reactor):
         """Long-lived, revocable stream credentials for third-party players: checked by
@@ -365,9 +397,8 @@ class NodeService(StagedService):
             lambda f: self.log.failure("status.json not written", f))
 
     def status(self):
-        central = getattr(self.central, "status", None)
         return {"node_id": self.settings.node_id, "rgm": self.rgm.status(),
-                "central": central() if central is not None else {},
+                "central": self.central.status(),
                 "events": {**self.events.status(), "report": self.event_reporter.status()}}
 
     def write_status(self):

@@ -38,9 +38,7 @@ from vss.protocols.listing import (
 )
 from vss.protocols.messages import Stream
 from vss.recording.dvr import device_recordings
-from vss.recording.export import Exporter, ExportTokens
 from vss.recording.segments import stream_name
-from vss.recording.settings import DEFAULT_RETENTION_DAYS, RecordSettingsSync
 
 log = Logger()
 
@@ -101,18 +99,15 @@ class NodeArchive:
             body = replace(body, ext=tuple(e for e in body.ext if e[0] != ASKED_BY)
                            + ((ASKED_BY, user.encode("utf-8")),))
         self.counters["queries"] += 1
-        ask = getattr(self.central, "query_recordings", None)
-        missing = []
-        if ask is not None:
-            try:
-                return (yield ask(body, QUERY_TIMEOUT)).body
-            except VssError as e:
-                if e.code not in LINK_DOWN:
-                    raise
-                self.counters["fallback"] += 1
-                log.info("recordings of {device} from this node only: {error}",
-                         device=body.device_id, error=e.message)
-            missing = ["cms"]
+        try:
+            return (yield self.central.query_recordings(body, QUERY_TIMEOUT)).body
+        except VssError as e:
+            if e.code not in LINK_DOWN:
+                raise
+            self.counters["fallback"] += 1
+            log.info("recordings of {device} from this node only: {error}",
+                     device=body.device_id, error=e.message)
+        missing = ["cms"]
         answer = parse_body((yield self.local(body)))
         return encode_parts(merge_parts(body.from_time, body.to_time, [answer], missing))
 
@@ -233,41 +228,3 @@ def playback_in_use(cdn, catalogue, margin_ms=PLAYBACK_MARGIN_MS):
         listing = yield catalogue.list(pb.device, pb.stream, max(0, since), 2**62)
         paths.update(s.path for s in listing["segments"])
     return paths
-
-
-def wire(node, settings, reactor):
-    """The archive, the settings sync, retention and the export of a node
-    (``vss.node.NodeService``; after its recorder and recording manager exist)."""
-
-    node.export_tokens = ExportTokens(node.secret, reactor)
-    node.exporter = Exporter(node.recorder.catalogue, settings.data_dir, reactor)
-
-    # an ssl: listener (the node's HTTP listener, node.http_listener) gives https URLs
-    listen = getattr(settings, "http_listen", "") or ""
-    scheme = "https" if listen.partition(":")[0].lower() == "ssl" else "http"
-
-    def http_base():
-        port = node.http_listener.port if node.http_listener is not None else None
-        return f"{scheme}://{settings.media_host}:{port}" if port else None
-
-    node.archive = NodeArchive(settings.node_id, node.recorder.catalogue, node.central,
-                               node.store, node.export_tokens, http_base,
-                               open_segments=node.recorder.open_segments, clock=reactor)
-    node.rgm.archive = node.archive
-    node.archive.pu_links = node.rgm.pu_links
-    quota_mb = getattr(settings, "quota_mb", 0)
-    node.record_settings = RecordSettingsSync(
-        settings.node_id, node.store, node.central, node.recordings,
-        default_days=getattr(settings, "retention_days", DEFAULT_RETENTION_DAYS),
-        quota_bytes=quota_mb * 1024 * 1024 if quota_mb else None)
-    central = node.central
-    if hasattr(central, "device_listeners"):
-        central.device_listeners.append(node.record_settings.device_changed)
-        central.connected_listeners.append(node.record_settings.refresh_all)
-        central.local_recordings = node.archive.local
-    in_use = [node.exporter.in_use, lambda: playback_in_use(node.cdn, node.recorder.catalogue)]
-    node.retention = RetentionService(
-        node.recorder, node.record_settings, reactor,
-        getattr(settings, "retention_interval", DEFAULT_RETENTION_INTERVAL), in_use)
-    node.retention.housekeeping.append(node.exporter.sweep)
-    node.retention.setServiceParent(node)

@@ -105,9 +105,7 @@ def find_holder(cdn, body):
     """Who holds footage of ``body`` at or after ``start_time``: (node id or
     ``dvr:<device>``, missing node ids), (None, missing) if nobody does, or None when
     the catalogue across nodes cannot be asked (no CMS, or its link is down)."""
-    ask = getattr(cdn.rgm.central, "query_recordings", None)
-    if ask is None:
-        return None
+    ask = cdn.rgm.central.query_recordings
     start = int(body.start_time)
     query = RecordQuery(device_id=body.device_id, channel=body.channel, stream=body.stream,
                         from_time=start, to_time=start + WINDOW_MS)
@@ -206,8 +204,8 @@ def to_node(central, node, device_id, inner):
     """A MEDIA_OPEN straight to ``node`` over a node link: (inner_status, inner_body).
     Its address is the one kept, else asked of CMS (NODE_LOOKUP); a kept address that
     does not answer is asked again, and tried once more if it changed."""
-    peers = getattr(central, "peers", None)
-    kept = getattr(central, "node_endpoints", {}).get(node)
+    peers = central.peers
+    kept = central.node_endpoints.get(node)
     failed = None
     if kept and peers is not None:
         try:

@@ -14,9 +14,11 @@ from zope.interface import implementer
 
 from vss.events.hub import visible
 from vss.interfaces import ICentral
+from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError
 from vss.protocols.jsonrec import from_json, to_json
+from vss.protocols.listing import encode_parts, merge_parts, parse_body
 from vss.protocols.messages import (
     AuditAck,
     AuditKind,
@@ -25,6 +27,7 @@ from vss.protocols.messages import (
     EventEntry,
     EventReportAck,
     Events,
+    MsgType,
     NodeRoute,
     RegInfo,
     Role,
@@ -32,6 +35,7 @@ from vss.protocols.messages import (
     SyncAck,
 )
 from vss.rgm import relay
+from vss.rgm.routes import NoRouteCache
 
 
 @implementer(ICentral)
@@ -54,6 +58,18 @@ class MemoryCentral:
         self.events = {}
         self.max_events = 10_000
         self.clock = None  # for the time of an acknowledgement; None: the reactor's
+        #: (device_id, channel) -> RecordSettings: what RECORD_SETTINGS_GET answers
+        self.record_settings_held = {}
+        self.asked_settings = []  # (device_id, channel) asked, for tests
+        # the rest of ICentral: nothing to route to directly, no catch-up to announce
+        self.device_listeners = []
+        self.connected_listeners = []
+        self.access_listeners = []
+        self.local_recordings = None
+        self.route_cache = NoRouteCache()
+        self.node_endpoints = {}
+        self.peers = None
+        self.counters = {"cms_requests": 0, "routed_direct": 0}
 
     # -- set-up helpers
 
@@ -88,6 +104,10 @@ class MemoryCentral:
 
     def add_user(self, record):
         self.users[record.username] = record
+
+    def set_record_settings(self, record):
+        """Hold a ``RecordSettings`` for its (device, channel)."""
+        self.record_settings_held[(record.device_id, record.channel)] = record
 
     def add_grant(self, record):
         self.grants[(record.principal, record.device_id)] = record
@@ -218,6 +238,33 @@ class MemoryCentral:
                 out.append(EventEntry(event=e, acked_by=by, acked_at=at, comment=comment))
         limit = query.limit or 100
         return defer.succeed(Events(events=out[:limit], truncated=len(out) > limit))
+
+    def record_settings(self, device_id, channel):
+        """The settings put in ``record_settings_held`` (``set_record_settings``), else
+        NOT_FOUND, as CMS answers for a channel nothing was ever stored for."""
+        self.asked_settings.append((device_id, channel))
+        held = self.record_settings_held.get((device_id, channel))
+        if held is None:
+            return defer.fail(VssError(ResultCode.NOT_FOUND, f"no record settings of "
+                                       f"{device_id} channel {channel}"))
+        return defer.succeed(held)
+
+    @defer.inlineCallbacks
+    def query_recordings(self, body, timeout=None):
+        """The catalogue across nodes is this node's own (``local_recordings``), as a
+        RECORD_QUERY response frame; CENTRAL_UNAVAILABLE before the node's archive
+        exists."""
+        if self.local_recordings is None:
+            raise VssError(ResultCode.CENTRAL_UNAVAILABLE, "no catalogue to ask")
+        answer = parse_body((yield self.local_recordings(body)))
+        merged = encode_parts(merge_parts(body.from_time, body.to_time, [answer]))
+        return codec.Frame(codec.VERSION, codec.FLAG_RESPONSE, int(MsgType.RECORD_QUERY), 0,
+                           0, merged)
+
+    def status(self):
+        return {"connected": self.available, "routes_cached": 0,
+                "held": {"devices": len(self.devices), "users": len(self.users),
+                         "grants": len(self.grants)}, **self.counters}
 
     def _may_view(self, username, device_id):
         user = self.users.get(username)

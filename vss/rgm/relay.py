@@ -298,10 +298,7 @@ def _fast_routed_request(rgm, link, frame, s, device_id):
     passed ``fast_cu_request``'s checks: the ROUTE_REQUEST is packed around the raw body
     and sent with ``request_cb``. No cached route, no live link: the general path."""
     central = rgm.central
-    cache = getattr(central, "route_cache", None)
-    if cache is None:
-        return False
-    home = cache.get(device_id)
+    home = central.route_cache.get(device_id)
     if home is None or not central.node_endpoints.get(home):
         return False
     peer = central.peers.links.get(home)
