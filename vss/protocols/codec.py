@@ -689,23 +689,52 @@ def _has_branches(plan):
                or isinstance(seg, RecordPlan) and _has_branches(seg.fields) for seg in plan)
 
 
+def _generate_decoder(cls, plan, as_tuple=False):
+    src = _Source(["def decode(data):", "    if type(data) is not bytes:",
+                   "        return None", "    p = 0"])
+    src.env["_cls"] = cls
+    names = _emit_decode(src, plan, 1)
+    src.emit(1, "if data[p:] != b'\\x00\\x00':")
+    src.emit(2, "return None")
+    if as_tuple:
+        src.emit(1, f"return ({', '.join(names)},)")
+    else:
+        src.emit(1, f"return _cls({', '.join(names)})")
+    return src.compile(f"<fast decoder {cls.__name__}>", "decode")
+
+
 def _fast_decoder(cls):
     """Generate (once) the fast decoder of ``cls``, or None."""
     plan = fast_plan(cls)
     fn = None
     if plan is not None:
-        src = _Source(["def decode(data):", "    if type(data) is not bytes:",
-                       "        return None", "    p = 0"])
-        src.env["_cls"] = cls
-        names = _emit_decode(src, plan, 1)
-        src.emit(1, "if data[p:] != b'\\x00\\x00':")
-        src.emit(2, "return None")
-        src.emit(1, f"return _cls({', '.join(names)})")
-        fn = src.compile(f"<fast decoder {cls.__name__}>", "decode")
+        fn = _generate_decoder(cls, plan)
         if _has_branches(plan):
             fn = _pausing_gc(fn)
     _FAST_DECODERS[cls] = fn
     return fn
+
+
+def tuple_decoder(cls):
+    """For a hot path that reads a body's fields without building the record: a
+    function of the body's bytes that returns its fields as a tuple (in declaration
+    order) when the body is well formed with an empty extension block, else None (the
+    caller then asks construct, which says what is wrong). Generated from the same plan
+    as the fast decoder, so the two cannot read a body differently; ``cls`` must have
+    no lists or optional parts (ValueError)."""
+    plan = fast_plan(cls)
+    if plan is None or _has_branches(plan):
+        raise ValueError(f"{cls.__name__} has no flat fast plan")
+    decode = _generate_decoder(cls, plan, as_tuple=True)
+    refused = (ValueError, IndexError, struct.error)
+
+    def fields(data):
+        try:
+            return decode(data)
+        except refused:  # short, overlong or not UTF-8: construct decides
+            return None
+
+    return fields
 
 
 #: Bodies from this size up are decoded with the cyclic garbage collector paused.

@@ -73,30 +73,9 @@ _PTZ_GRANT = int(Action.PTZ)
 _PTZ_OPS = frozenset(int(op) for op in PtzOp)
 _CU = int(Role.CU)
 _REGISTERED = "registered"  # vss.rgm.service.State.REGISTERED
-#: PtzControl after its device id: channel, op, pan, tilt, zoom, speed, timeout_ms.
-_PTZ_TAIL = struct.Struct(">HBffffI")
-_PTZ_FIXED = 2 + _PTZ_TAIL.size + 2  # id length prefix, fixed fields, empty extensions
-_unpack_ptz_tail = _PTZ_TAIL.unpack_from
-# The layout above is the construct definition's: a u16-prefixed string, then fixed fields.
-_plan = codec.fast_plan(PtzControl)
-assert _plan[0] == (2, True) and _plan[1].format == _PTZ_TAIL.format and len(_plan) == 2
-del _plan
-
-
-def parse_ptz(body):
-    """``(device_id, channel, op, pan, tilt, zoom, speed, timeout_ms)`` of a well-formed
-    PTZ_CONTROL body with an empty extension block, else None (construct decides)."""
-    n = len(body)
-    if n < _PTZ_FIXED:
-        return None
-    size = (body[0] << 8) | body[1]
-    if n != _PTZ_FIXED + size or body[n - 2] or body[n - 1]:
-        return None
-    try:
-        device_id = str(body[2:2 + size], "utf-8")
-    except UnicodeDecodeError:
-        return None
-    return (device_id, *_unpack_ptz_tail(body, 2 + size))
+#: ``(device_id, channel, op, pan, tilt, zoom, speed, timeout_ms)`` of a well-formed
+#: PTZ_CONTROL body with an empty extension block, else None (construct decides)
+parse_ptz = codec.tuple_decoder(PtzControl)
 
 
 def _fixed_body_size(cls):
