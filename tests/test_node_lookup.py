@@ -147,7 +147,7 @@ class StoppedNodeTests(unittest.TestCase):
         link = server.factory().buildProtocol(None)
         transport = StringTransport()
         link.makeConnection(transport)
-        link.session["state"] = "ready"  # logged in as a node before the stop
+        link.session.state = "ready"  # logged in as a node before the stop
         link.dataReceived(codec.encode_request(MsgType.KEEPALIVE, Empty(), 1))
         (answer,) = codec.MessageDecoder().feed(transport.value())
         self.assertEqual((answer.type, answer.status), (MsgType.KEEPALIVE, 0))

@@ -113,6 +113,18 @@ def serve_route(rgm, body):
     return d.addCallbacks(answered, failed)
 
 
+class PeerSession:
+    """Who is on a link another node opened to this one: the login's state (new, hello,
+    challenged, ready), its SCRAM exchange, the node once logged in."""
+
+    __slots__ = ("state", "exchange", "node")
+
+    def __init__(self):
+        self.state = "new"
+        self.exchange = None
+        self.node = None
+
+
 class PeerServer:
     """Accepts other nodes' links: HELLO, SCRAM with the cluster secret, then routed
     requests for this node's PUs."""
@@ -130,7 +142,7 @@ class PeerServer:
         return LinkFactory(self, self.clock)
 
     def linkUp(self, link):
-        link.session = {"state": "new", "exchange": None, "node": None}
+        link.session = PeerSession()
         self.links.add(link)
 
     def linkDown(self, link, reason):
@@ -141,7 +153,7 @@ class PeerServer:
     def received_frame(self, link, frame):
         """The fast path of a routed PTZ_CONTROL (``relay.fast_routed``), tried before a
         request is decoded; False leaves the frame to ``received``."""
-        if frame.type != _ROUTE or frame.flags or link.session["state"] != "ready":
+        if frame.type != _ROUTE or frame.flags or link.session.state != "ready":
             return False
         return relay.fast_routed(self.rgm, link, frame)
 
@@ -161,9 +173,9 @@ class PeerServer:
         try:
             if t == MsgType.KEEPALIVE:
                 body = Empty()
-            elif s["state"] == "new" and t != MsgType.HELLO:
+            elif s.state == "new" and t != MsgType.HELLO:
                 raise VssError(ResultCode.UNEXPECTED_MESSAGE, "HELLO first")
-            elif t == MsgType.HELLO and s["state"] == "new":
+            elif t == MsgType.HELLO and s.state == "new":
                 h = msg.body
                 why = None
                 if h.role != Role.NODE:
@@ -175,10 +187,10 @@ class PeerServer:
                     link.send_error(t, frame.txid, *why)
                     link.close(*why)
                     return
-                s["state"] = "hello"
+                s.state = "hello"
                 body = HelloAck(version=codec.VERSION, node_id=self.rgm.node_id, agent=AGENT,
                                 features=[])
-            elif t == MsgType.AUTH_START and s["state"] in ("hello", "challenged"):
+            elif t == MsgType.AUTH_START and s.state in ("hello", "challenged"):
                 identity = msg.body.identity
                 # over mutual TLS, the peer's certificate must name the node logging in
                 problem = peer_identity_problem(link.transport, identity)
@@ -192,21 +204,21 @@ class PeerServer:
                 if verifier is None:
                     verifier = self._verifiers[identity] = node_verifier(self.cluster_secret,
                                                                          identity)
-                s["exchange"] = ScramExchange(identity, msg.body.client_nonce, verifier,
+                s.exchange = ScramExchange(identity, msg.body.client_nonce, verifier,
                                               self.cluster_secret)
-                s["state"] = "challenged"
-                x = s["exchange"]
+                s.state = "challenged"
+                x = s.exchange
                 body = AuthChallenge(salt=x.salt, iterations=x.iterations,
                                      server_nonce=x.server_nonce)
-            elif t == MsgType.AUTH_PROOF and s["state"] == "challenged":
-                x, s["exchange"] = s["exchange"], None
+            elif t == MsgType.AUTH_PROOF and s.state == "challenged":
+                x, s.exchange = s.exchange, None
                 signature = x.verify(msg.body.client_proof)
                 if signature is None:
-                    s["state"] = "hello"
+                    s.state = "hello"
                     raise VssError(ResultCode.AUTH_FAILED)
-                s["state"], s["node"] = "ready", x.identity
+                s.state, s.node = "ready", x.identity
                 body = AuthOk(server_signature=signature, session_id=secrets.token_hex(8))
-            elif t == MsgType.EVENT_SUBSCRIBE and s["state"] == "ready":
+            elif t == MsgType.EVENT_SUBSCRIBE and s.state == "ready":
                 # the other node follows the events of the devices homed here (9.7)
                 if self.rgm.events is None:
                     raise VssError(ResultCode.NOT_SUPPORTED, "this node keeps no events")
@@ -215,7 +227,7 @@ class PeerServer:
                 for note in replay:
                     link.send_raw(note)
                 return
-            elif t == MsgType.ROUTE_REQUEST and s["state"] == "ready":
+            elif t == MsgType.ROUTE_REQUEST and s.state == "ready":
                 serve_route(self.rgm, msg.body).addCallbacks(
                     lambda b: link.send_response(t, frame.txid, b),
                     lambda f: link.send_failure(frame, f))
@@ -223,9 +235,9 @@ class PeerServer:
             elif t in (MsgType.HELLO, MsgType.AUTH_START, MsgType.AUTH_PROOF):
                 raise VssError(ResultCode.UNEXPECTED_MESSAGE,
                                "HELLO already done" if t == MsgType.HELLO
-                               else "already logged in" if s["state"] == "ready"
+                               else "already logged in" if s.state == "ready"
                                else "AUTH_START first")
-            elif s["state"] != "ready":
+            elif s.state != "ready":
                 raise VssError(ResultCode.NOT_AUTHENTICATED, "log in first")
             else:
                 raise VssError(ResultCode.UNEXPECTED_MESSAGE,
