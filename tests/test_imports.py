@@ -1,6 +1,7 @@
 """The package's import graph: no cycles between modules nor between packages, and a
-function-local import of a vss module only where an optional dependency needs it (said
-on the line before it). Read from the source with ``ast``, so a cycle that only shows on
+function-local import of a vss module only with its reason on the line before it
+(``# local import: ...``: an optional dependency such as psycopg2 or txredisapi, or a
+heavy one loaded only when a feature is used). Read from the source with ``ast``, so a cycle that only shows on
 one import order is still found."""
 
 import ast
@@ -12,7 +13,7 @@ from twisted.trial import unittest
 import vss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(vss.__file__)))
-OPTIONAL = "optional dependency"
+MARK = "local import:"
 
 
 def modules():
@@ -136,12 +137,12 @@ class ImportGraphTests(unittest.TestCase):
         self.assertEqual(cycles(graph), [])
 
     def test_local_imports_say_why(self):
-        """A vss module imported inside a function is one that pulls in an optional
-        dependency (psycopg2, txredisapi): the line before says so."""
+        """A vss module imported inside a function says why on the line before: an
+        optional dependency (psycopg2, txredisapi) or a heavy one a feature loads."""
         unexplained = [f"{name}:{line} imports {t}"
                        for name, edges in sorted(self.edges.items())
                        for t, line, local, before in edges
-                       if local and OPTIONAL not in before]
+                       if local and MARK not in before]
         self.assertEqual(unexplained, [])
 
     def test_cycle_finder_finds_cycles(self):

@@ -26,7 +26,6 @@ from vss.config import ConfigError, cms_addresses, load_or_create_secret, read_s
 from vss.events.hub import EventHub
 from vss.events.report import EventReporter
 from vss.events.rules import EventRules
-from vss.manhole import manhole_service
 from vss.ops.collectors import NodeCollector
 from vss.ops.health import probe
 from vss.ops.http import node_site, ops_resources
@@ -153,6 +152,9 @@ class NodeService(StagedService):
             self.central.setServiceParent(self)
         self._make_media(settings, reactor)
         if settings.manhole:
+            # local import: twisted.conch (SSH) loads only with --manhole
+            from vss.manhole import manhole_service
+
             manhole_service(settings.manhole, settings.manhole_keys, self.namespace(),
                             reactor).setServiceParent(self)
 

@@ -26,7 +26,6 @@ from vss.cms.service import CMSConfig, CMSService
 from vss.cms.standby import Election
 from vss.cms.store import make_static_store
 from vss.config import ConfigError, load_or_create_secret
-from vss.manhole import manhole_service
 from vss.ops.collectors import CmsCollector
 from vss.ops.health import probe
 from vss.ops.http import add_to, ops_resources
@@ -72,7 +71,7 @@ class CmsDaemon(StagedService):
         self._refresher = None
         self.active_cms = None  # with --standby: who took office last (from the DB)
         if options.get("standby"):
-            # optional dependency: psycopg2, only with a PostgreSQL database
+            # local import: optional dependency, psycopg2, only with a PostgreSQL database
             from vss.cms.store.postgres import PostgresActiveLock
 
             self.cms.stand_by("starting: not active yet")
@@ -107,6 +106,9 @@ class CmsDaemon(StagedService):
             ListenService("admin", options["admin-listen"], site, reactor) \
                 .setServiceParent(self)
         if options.get("manhole"):
+            # local import: twisted.conch (SSH) loads only with --manhole
+            from vss.manhole import manhole_service
+
             manhole_service(options["manhole"], options["manhole-keys"], self.namespace(),
                             reactor).setServiceParent(self)
 

@@ -23,8 +23,6 @@ import threading
 import time
 from fractions import Fraction
 
-import av
-from av.video.frame import PictureType
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
@@ -119,12 +117,15 @@ class Publisher(threading.Thread):
         self._stop.set()
 
     def _source(self):
+        import av
         if self.video == "testsrc":
             return av.open(f"testsrc2=size={self.width}x{self.height}:rate={self.fps}",
                            format="lavfi")
         return av.open(self.video)
 
     def run(self):
+        import av
+        from av.video.frame import PictureType
         try:
             out = av.open(self.url, mode="w", format="rtsp",
                           options={"rtsp_transport": "tcp"}, timeout=10)

@@ -47,7 +47,6 @@ from collections import namedtuple
 from datetime import UTC, datetime
 from operator import itemgetter
 
-import av
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -239,6 +238,7 @@ def _fragment_time(f, moof, video_id, timescale):
 
 def probe(path):
     """(duration ms, video frames) of a segment file, read with PyAV (no decoding)."""
+    import av
 
     with av.open(path) as c:
         v = c.streams.video[0]

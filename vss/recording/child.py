@@ -17,6 +17,7 @@ from vss.recording.segments import (
     DISK_FULL,
     EXIT_DISK_FULL,
     MP4_AUDIO,
+    URL_ENV,
     Continuity,
     SegmentFile,
     close_segment,
@@ -27,9 +28,6 @@ from vss.redact import redact
 from vss.rtsp import ffmpeg_options
 
 log = Logger()
-
-URL_ENV = "VSS_RECORD_URL"
-
 
 def record(url, data_dir, out_rel, segment_seconds, emit, should_stop=lambda: False,
            opener=raw_open, wall=time.time, open_timeout=10):

@@ -56,7 +56,6 @@ import tempfile
 import time
 from collections import Counter
 
-import av
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
@@ -179,6 +178,7 @@ def remux(paths_and_starts, out_path, from_ms, to_ms):
     nothing after the next keyframe is lost), audio from before the first picture or
     behind what was written is left out, and a video timestamp that would not increase
     is moved one tick after the one before it."""
+    import av
 
     segments = list(paths_and_starts)
     out = None

@@ -8,7 +8,6 @@ import os
 from collections import deque
 from fractions import Fraction
 
-import av
 from twisted.logger import Logger
 
 from vss.recording import rtpmux
@@ -45,6 +44,7 @@ def inprocess_codec(sdp):
 def probe_codec(fmt, data):
     """A PyAV stream to copy codec parameters from, probed from an in-memory elementary
     stream (parameter sets + one keyframe, or one ADTS frame): codec, size, extradata."""
+    import av
 
     container = av.open(io.BytesIO(data), format=fmt, options=PROBE)
     streams = container.streams.video or container.streams.audio
@@ -59,6 +59,7 @@ class LiveSegment(PartFile):
     thread."""
 
     def __init__(self, final, start_ms, video, audio, opener):
+        import av
         self.final = final
         self.part = final + ".part"
         self.start_ms = start_ms
@@ -84,6 +85,7 @@ class LiveSegment(PartFile):
             raise
 
     def write_video(self, data, dts, duration, key):
+        import av
         p = av.Packet(data)
         p.pts = p.dts = dts
         p.duration = duration
@@ -94,6 +96,7 @@ class LiveSegment(PartFile):
         self.frames += 1
 
     def write_audio(self, data, ts):
+        import av
         dts = ts - self.audio_base
         if dts <= self.audio_last:  # before the cut, or out of order
             return False

@@ -67,7 +67,6 @@ import time
 from datetime import UTC, datetime
 from fractions import Fraction
 
-import av
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
@@ -197,6 +196,7 @@ def serve(url, data_dir, device, stream, commands, emit, stopping, clock=time.mo
     real time (the timestamps are the footage's: a player plays them at that speed),
     until the footage ends or ``stopping`` is set. ``{"speed": x}`` while it plays
     changes the pace from there on. Returns an exit code."""
+    import av
 
     cmd = commands.get()
     if cmd is None or stopping.is_set():

@@ -94,9 +94,8 @@ from vss.recording.catalogue import (
     Catalogue,
     Segment,
 )
-from vss.recording.child import URL_ENV
 from vss.recording.live import LiveWriter, PreBuffer, inprocess_codec
-from vss.recording.segments import raw_open, stream_name
+from vss.recording.segments import URL_ENV, raw_open, stream_name
 from vss.redact import redact
 
 log = Logger()

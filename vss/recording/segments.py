@@ -6,7 +6,6 @@ explained in ``vss.recording.recorder``."""
 import errno
 import os
 
-import av
 from twisted.logger import Logger
 
 from vss.recording.catalogue import (
@@ -21,6 +20,8 @@ MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 MP4_AUDIO = frozenset(("aac", "mp3", "opus", "alac", "flac", "ac3", "eac3"))
 DISK_FULL = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
 EXIT_DISK_FULL = 3
+#: the environment variable that hands a recording child its live URL (it carries a token)
+URL_ENV = "VSS_RECORD_URL"
 
 
 def stream_name(channel, stream):
@@ -67,6 +68,7 @@ class SegmentFile(PartFile):
     """One ``.part`` file being written by an MP4 muxer."""
 
     def __init__(self, final, start_ms, in_streams, base, opener):
+        import av
         self.final = final
         self.base = base  # media time (s) of the cut, time zero of this file
         self.part = final + ".part"

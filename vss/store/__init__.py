@@ -38,7 +38,7 @@ def make_store(spec, node_id, reactor=None, ca_file="", cert_file="", key_file="
                              " apply to a Redis store only")
         return MemoryStore(clock=reactor)
     if spec.startswith(("redis://", "rediss://")):
-        # optional dependency: txredisapi, only with a Redis store
+        # local import: optional dependency, txredisapi, only with a Redis store
         from vss.store.redis import RedisStore
 
         params = parse_url(spec)

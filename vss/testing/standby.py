@@ -52,7 +52,7 @@ def database(reactor, cleanups):
         raise NoPostgres("PostgreSQL is not enabled: psycopg2 is not installed") from None
     dsn = os.environ.get("VSS_TEST_POSTGRES_DSN")
     if dsn:
-        # optional dependency: psycopg2, checked above
+        # local import: optional dependency, psycopg2, checked above
         from vss.cms.store.postgres import create_schema, drop_schema
 
         schema = "standby_" + secrets.token_hex(6)

@@ -47,7 +47,7 @@ def make_static_store(spec=DEFAULT_SPEC, reactor=None, **kw):
     ``clock=`` or, for PostgreSQL, ``schema=``."""
     spec = spec or DEFAULT_SPEC
     if is_postgres(spec):
-        # optional dependency: psycopg2, only when PostgreSQL is chosen
+        # local import: optional dependency, psycopg2, only when PostgreSQL is chosen
         from .postgres import PostgresStaticStore
 
         return PostgresStaticStore(spec, reactor=reactor, **kw)
