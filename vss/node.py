@@ -159,8 +159,9 @@ class NodeService(StagedService):
         self.rtsp_listener = RTSPServerService(settings.rtsp_listen, self.rtsp, reactor,
                                                udp_interface=interface)
         self.rtsp_listener.setServiceParent(self)
+        self.ss_pool = self._make_ss_pool(settings, reactor)
         self.cdn = CDNModule(self.rgm, self.rtsp, self.issuer, media_base="", clock=reactor,
-                             reactor=reactor, audit=self.audit)
+                             reactor=reactor, audit=self.audit, pool=self.ss_pool)
         if self.link_tls is not None:
             # another node's rtsps:// SS: its certificate from the cluster CA
             self.cdn.node_tls = lambda host: self.link_tls.client_options(hostname=host)
@@ -205,6 +206,29 @@ class NodeService(StagedService):
         self.stream_credentials = None
         if not settings.static:  # the credentials' sealing key comes from the cluster
             self._make_stream_credentials(reactor)
+
+    def _make_ss_pool(self, settings, reactor):
+        """The streaming server workers (``--ss-workers``): child processes, each on its
+        own RTSP port, driven by the CDN module over the SS control link (vss.ss)."""
+        if not settings.ss_workers:
+            return None
+        from vss.ss.pool import SSPool
+
+        interface = _interface(settings.rtsp_listen)
+        port = _port(settings.rtsp_listen)
+
+        def worker_listen(i):
+            return f"tcp:{port + i if port else 0}:interface={interface}"
+
+        pool = SSPool(settings.node_id, self.secret, self.issuer, reactor,
+                      workers=settings.ss_workers, listen=settings.ss_control_listen,
+                      worker_listen=worker_listen, media_host=settings.media_host,
+                      data_dir=os.path.abspath(settings.data_dir),
+                      live_max_lag=settings.live_max_lag,
+                      stream_viewers=settings.ss_stream_viewers,
+                      stream_kbps=settings.ss_stream_kbps)
+        pool.setServiceParent(self)
+        return pool
 
     def _make_stream_credentials(self, reactor):
         """Long-lived, revocable stream credentials for third-party players: checked by
@@ -414,6 +438,12 @@ class _MediaBase(service.Service):
 def rtsp_scheme(settings):
     """rtsps when the streaming server listens with TLS (an ``ssl:`` endpoint)."""
     return "rtsps" if split_endpoint(settings.rtsp_listen)[0] == "ssl" else "rtsp"
+
+
+def _port(description):
+    """The port of a ``tcp:PORT:...`` endpoint string (0 when not a number)."""
+    parts = description.split(":")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
 
 
 def _interface(description):

@@ -46,6 +46,7 @@ from vss.protocols.messages import (
     RegInfoRequest,
     RouteLookup,
     RouteRequest,
+    SsReport,
     StateChange,
     StaticPull,
     SyncComplete,
@@ -267,10 +268,21 @@ class CmsLink(service.Service):
                 "bandwidth_kbps": min(kbps, 2**32 - 1)}
 
     def _beat(self, link):
-        body = Heartbeat(applied_seq=self.applier.applied_seq, **self.load())
+        load = self.load()
+        body = Heartbeat(applied_seq=self.applier.applied_seq, **load)
         d = link.request(MsgType.NODE_HEARTBEAT, body)
         d.addCallback(lambda msg: self._check_head(msg.body.head_seq))
         d.addErrback(lambda f: None)
+        self._report_servers(link, load)
+
+    def _report_servers(self, link, load):
+        """With each heartbeat, the load of each of the node's streaming servers, for
+        MDP (SS_REPORT)."""
+        cdn = self.rgm.cdn if self.rgm is not None else None
+        if cdn is None:
+            return
+        servers = cdn.servers(self.advertise()[1], load)
+        link.request(MsgType.SS_REPORT, SsReport(servers=servers)).addErrback(lambda f: None)
 
     def _saw_head(self, head):
         if head > self.head_seq:

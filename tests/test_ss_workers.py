@@ -1,0 +1,152 @@
+"""
+Streaming server workers with real processes: a node (in this process) spawns its SS
+workers (``twistd vss-ss`` children, each on its own RTSP port), a real ``vss-pu``
+publishes, PyAV and our RTSP client play the URLs MEDIA_OPEN gives. MDP (CMS, in this
+process) sees every SS from the node's heartbeats.
+"""
+
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial import unittest
+
+from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
+from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
+from vss.rtsp.client import pull_into
+from vss.rtsp.server import RTSPServerFactory
+from vss.testing.platform import start_platform, verifier, wait_until
+
+try:
+    import av
+except ImportError:  # pragma: no cover - av is a dependency
+    av = None
+
+ALL = int(Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD)
+DEADLINE = 40  # generous: the CI machine has 2 shared cores
+
+
+def decode(url, count=10):
+    """Blocking (run in a thread): decode ``count`` frames; their sizes."""
+    sizes = []
+    with av.open(url, options={"rtsp_transport": "tcp"}, timeout=20) as c:
+        for frame in c.decode(video=0):
+            sizes.append((frame.width, frame.height))
+            if len(sizes) >= count:
+                break
+    return sizes
+
+
+def open_live(device_id):
+    return MediaOpen(device_id=device_id, channel=0, stream=0, purpose=Purpose.LIVE,
+                     start_time=0, transport=0)
+
+
+def port_of(url):
+    return int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+
+class Viewer:
+    """A player in this process: our RTSP client pulling into a throwaway SS; counts
+    the packets it got."""
+
+    def __init__(self):
+        self.sink = RTSPServerFactory(TokenAuthorizer(TokenIssuer(b"v" * 32)), reactor=reactor)
+        self.proto = None
+
+    @defer.inlineCallbacks
+    def play(self, url):
+        self.proto = yield pull_into(self.sink, "/live/v/main", url, reactor=reactor,
+                                     timeout=20)
+        return self
+
+    @property
+    def packets(self):
+        source = self.sink.sources.get("/live/v/main")
+        return source.packets if source is not None else -1
+
+    @property
+    def playing(self):
+        return "/live/v/main" in self.sink.sources
+
+    def stop(self):
+        if self.proto is not None and self.playing:
+            self.proto.teardown()
+
+
+class WorkerTests(unittest.TestCase):
+    timeout = 180
+    workers = 2
+    node_options = {}
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        if av is None:
+            raise unittest.SkipTest("PyAV is not installed")
+        self.p = yield start_platform(self)
+        store, change = self.p.cms.store, self.p.change
+        for cam in ("cam-b", "cam-x"):
+            yield change(store.upsert_device(cam, cam, 1, 1, "node-b", verifier(f"{cam}-s")))
+            yield change(store.set_grant("user:alice", cam, ALL))
+        yield change(store.upsert_user("alice", verifier("alice-pw"), []))
+        self.node = yield self.p.start_node("node-b", ss_workers=self.workers,
+                                            **self.node_options)
+        self.pool = self.node.ss_pool
+        yield wait_until(reactor, lambda: len(self.pool.up()) == self.workers, timeout=DEADLINE,
+                         what="the SS workers to link to their node")
+        self.cu = yield self.p.login("node-b", Role.CU, "alice", "alice-pw")
+
+    @defer.inlineCallbacks
+    def media_open(self, device_id):
+        msg = yield self.cu.request(MsgType.MEDIA_OPEN, open_live(device_id), timeout=30)
+        return msg.body.url
+
+    def worker_of(self, url):
+        for s in self.pool.servers.values():
+            if s.media and port_of(s.media) == port_of(url):
+                return s
+        return None
+
+    def viewer(self, url):
+        v = Viewer()
+        self.addCleanup(v.stop)
+        return v.play(url)
+
+
+class ServedByWorkers(WorkerTests):
+    @defer.inlineCallbacks
+    def test_each_new_stream_goes_to_the_worker_with_most_room_and_mdp_sees_them(self):
+        yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
+        yield self.p.start_pu("node-b", "cam-x", "cam-x-s")
+        rtsp = self.p.port("node-b", "rtsp")
+        ports = {port_of(s.media) for s in self.pool.servers.values()}
+        self.assertEqual(len(ports), 2)
+        self.assertNotIn(rtsp, ports)  # each worker on its own port, not the node's
+
+        url_b = yield self.media_open("cam-b")
+        self.assertIn(port_of(url_b), ports)
+        sizes = yield threads.deferToThread(decode, url_b, 10)
+        self.assertEqual(len(sizes), 10)
+        first = self.worker_of(url_b)
+        # the second stream goes to the other worker: the first carries a stream
+        url_x = yield self.media_open("cam-x")
+        second = self.worker_of(url_x)
+        self.assertIsNot(first, second)
+        self.assertEqual(len((yield threads.deferToThread(decode, url_x, 5))), 5)
+        # a second viewer of cam-b stays where cam-b is (under the per-SS limit)
+        again = yield self.media_open("cam-b")
+        self.assertIs(self.worker_of(again), first)
+        # each worker pulled its stream once from the node's SS
+        self.assertEqual(sorted(self.node.rtsp.sources),
+                         ["/live/cam-b/main", "/live/cam-x/main"])
+        # MDP sees the node's three SS (its own and the two workers) from its heartbeats
+        mdp = self.p.cms.cms.mdp
+
+        def reported():
+            view = {s["ss_id"]: s for s in mdp.view("node-b")}
+            return set(view) == {"ss0", "ss1", "ss2"} and all(
+                view[i]["state"] == "up" and view[i]["streams"] == 1 for i in ("ss1", "ss2"))
+
+        yield wait_until(reactor, reported, timeout=DEADLINE,
+                         what="MDP to see both workers carrying a stream")
+        self.assertIn(mdp.pick("node-b"), {s.media for s in self.pool.servers.values()})
+        status = self.p.cms.cms.status()["nodes"]["node-b"]["servers"]
+        self.assertEqual(sum(1 for s in status if s["chosen"]), 1)
