@@ -6,11 +6,14 @@ process) sees every SS from the node's heartbeats.
 """
 
 
+import os
+import signal
+
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
-from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
+from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role, SsState
 from vss.rtsp.client import pull_into
 from vss.rtsp.server import RTSPServerFactory
 from vss.testing.platform import start_platform, verifier, wait_until
@@ -150,3 +153,69 @@ class ServedByWorkers(WorkerTests):
         self.assertIn(mdp.pick("node-b"), {s.media for s in self.pool.servers.values()})
         status = self.p.cms.cms.status()["nodes"]["node-b"]["servers"]
         self.assertEqual(sum(1 for s in status if s["chosen"]), 1)
+
+
+class WorkerFaults(WorkerTests):
+    @defer.inlineCallbacks
+    def test_a_worker_killed_with_9_is_restarted_and_its_stream_comes_back_elsewhere(self):
+        yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
+        yield self.p.start_pu("node-b", "cam-x", "cam-x-s")
+        url_b = yield self.media_open("cam-b")
+        victim = self.worker_of(url_b)
+        url_x = yield self.media_open("cam-x")
+        other = self.worker_of(url_x)
+        self.assertIsNot(victim, other)
+        vb = yield self.viewer(url_b)
+        vx = yield self.viewer(url_x)
+        yield wait_until(reactor, lambda: vb.packets > 0 and vx.packets > 0, timeout=DEADLINE,
+                         what="both viewers to get packets")
+        old_pid = victim.process.pid
+        os.kill(old_pid, signal.SIGKILL)
+        killed_at = reactor.seconds()
+        yield wait_until(reactor, lambda: not vb.playing, timeout=DEADLINE,
+                         what="the killed worker's viewer to lose its stream")
+        before = vx.packets
+        # the killed worker's stream is placed on the other worker at once
+        yield wait_until(reactor, lambda: "/live/cam-b/main" in other.carried,
+                         timeout=DEADLINE, what="cam-b to be re-established on the other SS")
+        self.assertLess(reactor.seconds() - killed_at, 15)
+        # its viewer comes back with a new URL: the other worker's
+        url = yield self.media_open("cam-b")
+        self.assertIs(self.worker_of(url), other)
+        self.assertEqual(len((yield threads.deferToThread(decode, url, 5))), 5)
+        # the other worker's viewer was never interrupted
+        self.assertTrue(vx.playing)
+        self.assertGreater(vx.packets, before)
+        # the killed worker is started again and links back (a new process)
+        yield wait_until(reactor, lambda: victim.state == SsState.UP and victim.pid != old_pid,
+                         timeout=DEADLINE, what="the killed worker to be restarted")
+        self.assertEqual(victim.restarts, 1)
+        self.assertEqual(other.restarts, 0)
+        self.assertTrue(vx.playing)
+
+
+class SpreadingAHotStream(WorkerTests):
+    node_options = {"ss_stream_viewers": 1}
+
+    @defer.inlineCallbacks
+    def test_over_the_limit_another_worker_pulls_it_once_from_the_first(self):
+        yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
+        url = yield self.media_open("cam-b")
+        first = self.worker_of(url)
+        v1 = yield self.viewer(url)
+        yield wait_until(reactor, lambda: first.paths.get("/live/cam-b/main", (0, 0))[0] == 1,
+                         timeout=DEADLINE, what="the first worker to report its viewer")
+        url2 = yield self.media_open("cam-b")
+        second = self.worker_of(url2)
+        self.assertIsNot(second, first)
+        self.assertIn("/live/cam-b/main", second.carried)
+        self.assertEqual(self.pool.counters["spread"], 1)
+        v2 = yield self.viewer(url2)
+        yield wait_until(reactor, lambda: v2.packets > 0, timeout=DEADLINE,
+                         what="the second worker's viewer to get packets")
+        # the second worker pulled it from the first (its one reader besides its viewer
+        # there), not from the node's SS: the node's SS still has one reader for it
+        self.assertEqual(len(self.node.rtsp.sources["/live/cam-b/main"].readers), 1)
+        yield wait_until(reactor, lambda: first.paths.get("/live/cam-b/main", (0, 0))[0] == 2,
+                         timeout=DEADLINE, what="the first worker to count the second's pull")
+        self.assertTrue(v1.playing)
