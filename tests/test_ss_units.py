@@ -1,0 +1,191 @@
+"""
+The SS control link and placement without sockets: the node's pool and a worker's
+control end joined by an iosim pump, a task.Clock for time; MDP's view with a clock.
+"""
+
+from twisted.internet import defer, task
+from twisted.test.iosim import FakeTransport, connect
+from twisted.trial.unittest import SynchronousTestCase
+
+from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
+from vss.cms.service import MDP
+from vss.protocols.link import LinkFactory
+from vss.protocols.messages import MsgType, SsLoad, SsServer, SsState
+from vss.rtsp.server import RTSPServerFactory
+from vss.ss import auth, placement
+from vss.ss.pool import SSPool
+from vss.ss.worker import Control
+
+SECRET = b"s" * 32
+SDP = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
+       "a=rtpmap:96 H264/90000\r\na=control:trackID=0\r\n")
+
+
+class _Pulled:
+    """What a worker's pull gives: its ``finished`` fires when it ends."""
+
+    def __init__(self):
+        self.finished = defer.Deferred()
+        self.torn_down = False
+
+    def teardown(self):
+        self.torn_down = True
+
+
+class Link(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.issuer = TokenIssuer(SECRET, clock=self.clock)
+        self.pool = SSPool("n1", SECRET, self.issuer, self.clock, report_interval=1.0,
+                           stream_viewers=2, linger=10)
+        self.pulls = []
+
+    def join(self, ss_id="ss9", secret=SECRET):
+        rtsp = RTSPServerFactory(TokenAuthorizer(TokenIssuer(secret)), clock=self.clock,
+                                 reactor=self.clock)
+
+        def pull(server, path, url, reactor=None, timeout=None):
+            self.pulls.append((path, url))
+            server.attach_source(path, SDP, origin="pull")
+            return defer.succeed(_Pulled())
+
+        control = Control(ss_id, secret, rtsp, self.clock, self.clock,
+                          media=lambda: "rtsp://127.0.0.1:9", cpu=lambda: 0.0, pull=pull)
+        server = LinkFactory(self.pool, self.clock).buildProtocol(None)
+        client = LinkFactory(control, self.clock).buildProtocol(None)
+        pump = connect(server, FakeTransport(server, True), client, FakeTransport(client, False),
+                       greet=False)
+        pump.flush()
+        return control, pump, client
+
+    def test_a_worker_with_the_node_secret_links_and_reports(self):
+        control, pump, _ = self.join()
+        self.assertTrue(control.authed)
+        server = self.pool.servers["ss9"]
+        self.assertEqual((server.state, server.media), (SsState.UP, "rtsp://127.0.0.1:9"))
+        self.assertEqual(list(self.pool.up()), ["ss9"])
+        control.report()
+        pump.flush()
+        self.assertEqual(server.load["streams"], 0)
+        self.assertEqual(server.reported_at, self.clock.seconds())
+
+    def test_a_wrong_secret_is_refused_and_never_placed_on(self):
+        control, pump, client = self.join(secret=b"x" * 32)
+        self.assertFalse(control.authed)
+        self.assertEqual(self.pool.servers, {})
+        self.assertTrue(client.closed)
+        d = self.pool.place("/live/c/main", "rtsp://node:1")
+        self.assertIsNone(self.successResultOf(d))  # the node's own SS serves it
+
+    def test_orders_before_authentication_are_refused(self):
+        control = Control("ss9", SECRET, None, self.clock, self.clock)
+        control.linkUp = lambda link: None  # a peer that skips SS_HELLO
+        server = LinkFactory(self.pool, self.clock).buildProtocol(None)
+        client = LinkFactory(control, self.clock).buildProtocol(None)
+        pump = connect(server, FakeTransport(server, True), client, FakeTransport(client, False),
+                       greet=False)
+        client.send_notify(MsgType.SS_LOAD, SsLoad(streams=9, viewers=9, bandwidth_kbps=9,
+                                                   cpu_permille=9, paths=[]))
+        pump.flush()
+        self.assertTrue(server.closed)
+        self.assertEqual(self.pool.servers, {})
+
+    def test_place_pulls_once_then_sends_viewers_there_until_the_limit(self):
+        control, pump, _ = self.join()
+        d = self.pool.place("/live/c/main", "rtsp://node:1")
+        pump.flush()
+        self.assertEqual(self.successResultOf(d), "rtsp://127.0.0.1:9")
+        self.assertEqual(len(self.pulls), 1)
+        path, url = self.pulls[0]
+        self.assertEqual(path, "/live/c/main")
+        self.assertTrue(url.startswith("rtsp://node:1/live/c/main?token="))
+        ok, _ = self.issuer.verify(url.split("token=")[1], "/live/c/main", "play")
+        self.assertTrue(ok)
+        d = self.pool.place("/live/c/main", "rtsp://node:1")
+        self.assertEqual(self.successResultOf(d), "rtsp://127.0.0.1:9")
+        self.assertEqual(len(self.pulls), 1)  # already carried
+        # two viewers sent there: over the limit, but no other SS: it stays
+        d = self.pool.place("/live/c/main", "rtsp://node:1")
+        self.assertEqual(self.successResultOf(d), "rtsp://127.0.0.1:9")
+
+    def test_a_worker_that_stops_reporting_is_not_chosen_until_it_reports(self):
+        control, pump, _ = self.join()
+        self.clock.advance(3.5)
+        self.pool.check_stale()
+        self.assertEqual(self.pool.servers["ss9"].state, SsState.STALE)
+        self.assertIsNone(self.successResultOf(self.pool.place("/live/c/main", "rtsp://n:1")))
+        self.assertEqual(self.pool.counters["fallbacks"], 1)
+        control.report()
+        pump.flush()
+        self.assertEqual(self.pool.servers["ss9"].state, SsState.UP)
+        self.assertEqual(self.pool.report()[0].state, int(SsState.UP))
+
+    def test_an_idle_stream_is_dropped_after_linger(self):
+        control, pump, _ = self.join()
+        self.pool.place("/live/c/main", "rtsp://node:1")
+        pump.flush()
+        self.assertIn("/live/c/main", control.pulls)
+        self.clock.advance(5)
+        control.report()
+        pump.flush()
+        self.assertIn("/live/c/main", self.pool.servers["ss9"].carried)  # not yet
+        self.clock.advance(6)
+        control.report()
+        pump.flush()
+        self.assertNotIn("/live/c/main", self.pool.servers["ss9"].carried)
+        self.assertNotIn("/live/c/main", control.pulls)  # SS_DROP reached the worker
+
+
+class Auth(SynchronousTestCase):
+    def test_proofs_bind_both_nonces_and_the_side(self):
+        key = auth.link_key(SECRET)
+        a, b = b"a" * 24, b"b" * 24
+        self.assertNotEqual(auth.ss_proof(key, "ss1", a, b), auth.node_proof(key, "ss1", a, b))
+        self.assertNotEqual(auth.ss_proof(key, "ss1", a, b), auth.ss_proof(key, "ss1", b, a))
+        self.assertNotEqual(auth.ss_proof(key, "ss1", a, b), auth.ss_proof(key, "ss2", a, b))
+        self.assertTrue(auth.check(auth.ss_proof(key, "ss1", a, b),
+                                   auth.ss_proof(key, "ss1", a, b)))
+        self.assertFalse(auth.check(auth.ss_proof(key, "ss1", a, b), "text"))
+        self.assertNotEqual(key, SECRET)
+
+
+class Placement(SynchronousTestCase):
+    def test_most_room_is_least_cpu_then_fewest_viewers(self):
+        loads = {"ss1": {"cpu_permille": 450, "viewers": 10},
+                 "ss2": {"cpu_permille": 420, "viewers": 900},
+                 "ss3": {"cpu_permille": 150, "viewers": 2000}}
+        self.assertEqual(placement.most_room(loads), "ss3")
+        loads["ss3"]["cpu_permille"] = 480
+        self.assertEqual(placement.most_room(loads), "ss1")  # same CPU step: fewer viewers
+        self.assertEqual(placement.most_room(loads, {"ss1": 1000}), "ss2")
+        self.assertIsNone(placement.most_room({}))
+
+    def test_over_limit(self):
+        self.assertTrue(placement.over_limit(10, 0, 10, 0))
+        self.assertFalse(placement.over_limit(9, 0, 10, 0))
+        self.assertTrue(placement.over_limit(1, 50_000, 0, 40_000))
+        self.assertFalse(placement.over_limit(10**6, 10**9, 0, 0))
+
+
+class MdpView(SynchronousTestCase):
+    def servers(self, *specs):
+        return [SsServer(ss_id=i, media=f"rtsp://h:{n}", state=int(state), streams=0,
+                         viewers=v, bandwidth_kbps=0, cpu_permille=0)
+                for n, (i, state, v) in enumerate(specs, 1)]
+
+    def test_mdp_chooses_among_workers_up_and_reported_lately(self):
+        clock = task.Clock()
+        mdp = MDP(clock, heartbeat_interval=5)
+        mdp.report_servers("n1", self.servers(("ss0", SsState.UP, 0), ("ss1", SsState.UP, 30),
+                                              ("ss2", SsState.UP, 10)))
+        self.assertEqual(mdp.pick("n1"), "rtsp://h:3")  # ss2: fewer viewers; ss0 not a worker
+        mdp.report_servers("n1", self.servers(("ss0", SsState.UP, 0), ("ss1", SsState.UP, 30),
+                                              ("ss2", SsState.STALE, 10)))
+        self.assertEqual(mdp.pick("n1"), "rtsp://h:2")
+        view = {s["ss_id"]: s for s in mdp.view("n1")}
+        self.assertEqual(view["ss2"]["state"], "stale")
+        self.assertTrue(view["ss1"]["chosen"])
+        clock.advance(16)  # more than three heartbeats without a report
+        self.assertIsNone(mdp.pick("n1"))
+        mdp.report("n1", "rtsp://h:1", {"streams": 1})  # the heartbeat: the node's own SS
+        self.assertEqual(mdp.pick("n1"), "rtsp://h:1")
