@@ -163,6 +163,7 @@ class NodeSettings:
     live_max_lag: float = 2.0  # seconds a live TCP viewer may lag before it skips (0: off)
     ss_workers: int = 0  # SS worker processes (vss.ss); vss-node's default is one per core
     ss_control_listen: str = "tcp:0:interface=127.0.0.1"  # their control link
+    ss_first_port: int | None = None  # the first worker's RTSP port (None: RTSP port + 1)
     ss_stream_viewers: int = 1000  # one stream's viewers on one worker before it spreads
     ss_stream_kbps: int = 0  # the same in kb/s (0: no limit)
     tls_cert: str = ""  # mutual TLS of the links to CMS and between nodes: certificate,

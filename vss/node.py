@@ -215,10 +215,13 @@ class NodeService(StagedService):
         from vss.ss.pool import SSPool
 
         interface = _interface(settings.rtsp_listen)
-        port = _port(settings.rtsp_listen)
+        first = settings.ss_first_port
+        if first is None:  # after the node's own SS: 7555, 7556, ... (any, in tests)
+            port = _port(settings.rtsp_listen)
+            first = port + 1 if port else 0
 
         def worker_listen(i):
-            return f"tcp:{port + i if port else 0}:interface={interface}"
+            return f"tcp:{first + i - 1 if first else 0}:interface={interface}"
 
         pool = SSPool(settings.node_id, self.secret, self.issuer, reactor,
                       workers=settings.ss_workers, listen=settings.ss_control_listen,

@@ -121,6 +121,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
          "+ 2, ...; port 0: any). auto: one per core; 0: none, the node's own SS serves "
          "every viewer (small sites). Not with an ssl: --rtsp-listen (workers serve plain "
          f"RTSP) [{DEFAULTS['ss-workers']}]."],
+        ["ss-first-port", None, None, "RTSP port of the first SS worker, the next ones "
+         "following it; 0: any free port [the --rtsp-listen port + 1]."],
         ["ss-control-listen", None, None, "Endpoint of the SS control link the workers (and "
          "a twistd vss-ss on another host) link to "
          f"[{DEFAULTS['ss-control-listen']}]."],
@@ -203,6 +205,12 @@ def settings_from(opts):
     rtsp = opts["rtsp-listen"]
     media_host = opts.get("media-host") or _interface_of(rtsp) or "127.0.0.1"
     ss_workers = _ss_workers(opts, rtsp, problems)
+    ss_first_port = None
+    if opts.get("ss-first-port") is not None:
+        ss_first_port = _non_negative("ss-first-port", opts["ss-first-port"], int, problems)
+        if ss_first_port is not None and ss_first_port + ss_workers > 65535:
+            problems.append(f"--ss-first-port: {ss_first_port} leaves no room for "
+                            f"{ss_workers} workers")
     check_endpoint("ss-control-listen", opts["ss-control-listen"], problems)
     ss_viewers = _non_negative("ss-stream-viewers", opts["ss-stream-viewers"], int, problems)
     ss_mbps = _non_negative("ss-stream-mbps", opts["ss-stream-mbps"], float, problems)
@@ -237,6 +245,7 @@ def settings_from(opts):
         live_max_lag=live_max_lag,
         ss_workers=ss_workers,
         ss_control_listen=opts["ss-control-listen"],
+        ss_first_port=ss_first_port,
         ss_stream_viewers=ss_viewers or 0,
         ss_stream_kbps=int((ss_mbps or 0) * 1000),
         tls_cert=tls[0], tls_key=tls[1], tls_ca=tls[2],
