@@ -392,6 +392,17 @@ class SSPool(service.Service):
 
         return d.addCallbacks(lambda _: self._sent(target, path), failed)
 
+    def carry(self, path, origin):
+        """Have every SS that is up carry ``path``, each pulling it once from ``origin``
+        (the node's SS URL base): a stream served from all of them at once, as
+        bench/fanout.py measures it. A Deferred firing with the ss_ids carrying it."""
+        self.origin = origin
+        up = self.up()
+        pulls = [self._pull(s, path, self._url(origin, path)).addErrback(lambda f: None)
+                 for s in up.values() if path not in s.carried]
+        d = defer.gatherResults(pulls)
+        return d.addCallback(lambda _: sorted(s.ss_id for s in self.carriers(path)))
+
     def _url(self, base, path):
         return f"{base}{path}?token={self.issuer.issue(path, ['play'])}"
 
