@@ -131,6 +131,7 @@ from vss.protocols.messages import (
     SsLoad,
     SsPathLoad,
     SsPull,
+    SsRedirect,
     SsReport,
     SsServer,
     SsState,
@@ -1357,6 +1358,18 @@ VECTORS = [
     """),
     V("ss_drop_response", MsgType.SS_DROP, RSP, 4, Empty(), """
       5653 01 01 0224 0000 00000004 00000002  # VS v1 response SS_DROP txid 4 len 2
+      0000                # ext: none
+    """),
+    V("ss_redirect_request", MsgType.SS_REDIRECT, REQ, 6,
+      SsRedirect(path="/live/c/main", url="rtsp://h:2", viewers=1000), """
+      5653 01 00 0226 0000 00000006 00000020  # VS v1 request SS_REDIRECT txid 6 len 32
+      000c 2f6c6976652f632f6d61696e  # path "/live/c/main"
+      000a 727473703a2f2f683a32  # url "rtsp://h:2"
+      000003e8            # viewers 1000
+      0000                # ext: none
+    """),
+    V("ss_redirect_response", MsgType.SS_REDIRECT, RSP, 6, Empty(), """
+      5653 01 01 0226 0000 00000006 00000002  # VS v1 response SS_REDIRECT txid 6 len 2
       0000                # ext: none
     """),
     V("ss_report_request", MsgType.SS_REPORT, REQ, 5,

@@ -8,6 +8,7 @@ process) sees every SS from the node's heartbeats.
 
 import os
 import signal
+import socket
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
@@ -36,6 +37,22 @@ def decode(url, count=10):
             if len(sizes) >= count:
                 break
     return sizes
+
+
+def describe(url):
+    """Blocking (run in a thread): DESCRIBE ``url``; (status, Location header)."""
+    host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=20) as s:
+        s.sendall(f"DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    lines = head.decode("utf-8", "replace").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers.get("Location")
 
 
 def open_live(device_id):
@@ -219,3 +236,10 @@ class SpreadingAHotStream(WorkerTests):
         yield wait_until(reactor, lambda: first.paths.get("/live/cam-b/main", (0, 0))[0] == 2,
                          timeout=DEADLINE, what="the first worker to count the second's pull")
         self.assertTrue(v1.playing)
+        # a viewer who comes back with the old URL of the first worker (its token still
+        # valid) is redirected to the second while the first is full
+        status, location = yield threads.deferToThread(describe, url)
+        self.assertEqual(status, 302)
+        self.assertEqual(location.split("/live/")[0], second.media)
+        self.assertEqual(location.split("?")[1], url.split("?")[1])
+        self.assertEqual(len((yield threads.deferToThread(decode, url, 5))), 5)  # PyAV follows

@@ -756,6 +756,7 @@ SsLoad = body(
 )
 SsPull = body("SsPull", "path" / Str, "url" / Str)
 SsDrop = body("SsDrop", "path" / Str)
+SsRedirect = body("SsRedirect", "path" / Str, "url" / Str, "viewers" / U32)
 SsServer = record(
     "SsServer",
     "ss_id" / Str,
@@ -826,6 +827,7 @@ class MsgType(IntEnum):
     SS_PULL = 0x0223
     SS_DROP = 0x0224
     SS_REPORT = 0x0225
+    SS_REDIRECT = 0x0226
 
 
 #: type -> (request body class, response body class or None if notification-only)
@@ -882,4 +884,5 @@ CATALOGUE = {
     MsgType.SS_PULL: (SsPull, Empty),
     MsgType.SS_DROP: (SsDrop, Empty),
     MsgType.SS_REPORT: (SsReport, Empty),
+    MsgType.SS_REDIRECT: (SsRedirect, Empty),
 }

@@ -38,6 +38,7 @@ from vss.protocols.messages import (
     SsChallenge,
     SsDrop,
     SsPull,
+    SsRedirect,
     SsServer,
     SsState,
     SsWelcome,
@@ -381,6 +382,8 @@ class SSPool(service.Service):
         else:
             source = self._url(origin, path)
         d = self._pull(target, path, source)
+        if carriers:  # old URLs of the first SS go to the new one while it is full
+            d.addCallback(self._redirect, carriers, target, path)
 
         def failed(f):
             self.log.warn("{ss} could not take {path}: {error}", ss=target.ss_id, path=path,
@@ -391,6 +394,14 @@ class SSPool(service.Service):
             return None
 
         return d.addCallbacks(lambda _: self._sent(target, path), failed)
+
+    def _redirect(self, result, carriers, target, path):
+        limit = self.stream_viewers or 2**32 - 1
+        for s in carriers:
+            if s.link is not None:
+                s.link.request(MsgType.SS_REDIRECT, SsRedirect(
+                    path=path, url=target.media, viewers=limit)).addErrback(lambda f: None)
+        return result
 
     def carry(self, path, origin):
         """Have every SS that is up carry ``path``, each pulling it once from ``origin``
@@ -459,7 +470,11 @@ class SSPool(service.Service):
         if not self.running or self.origin is None:
             return
         for path in lost:
-            if self.carriers(path):
+            carriers = self.carriers(path)
+            for s in carriers:  # no more sending old URLs' viewers to the lost SS
+                s.link.request(MsgType.SS_REDIRECT, SsRedirect(
+                    path=path, url="", viewers=0)).addErrback(lambda f: None)
+            if carriers:
                 continue
             self.counters["replaced"] += 1
             d = self.place(path, self.origin)

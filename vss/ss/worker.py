@@ -64,6 +64,9 @@ class Control:
         self.link = None
         self.authed = False
         self.pulls = {}  # path -> RTSP client protocol of the pull
+        self.redirects = {}  # path -> (URL base of another SS, viewers here before it)
+        if rtsp is not None:
+            rtsp.redirector = self.redirect_for
         self._reporter = None
         self._last = None  # (time, cpu seconds, bytes per path)
         self.ready = defer.Deferred()  # fires once the first link is authenticated
@@ -121,6 +124,8 @@ class Control:
             d = self.start(msg.body.path, msg.body.url)
         elif frame.type == MsgType.SS_DROP:
             d = defer.succeed(self.drop(msg.body.path))
+        elif frame.type == MsgType.SS_REDIRECT:
+            d = defer.succeed(self.redirect(msg.body))
         else:
             link.send_error(frame.type, frame.txid, ResultCode.UNEXPECTED_MESSAGE)
             return
@@ -147,7 +152,25 @@ class Control:
         d = self.pull(self.rtsp, path, url, reactor=self.reactor, timeout=PULL_TIMEOUT)
         return d.addCallbacks(playing, failed)
 
+    def redirect(self, body):
+        """SS_REDIRECT: a new viewer of ``path`` coming here (an old URL) while this SS
+        has ``viewers`` of it is sent to ``url`` (RTSP 302); an empty url stops it."""
+        if body.url:
+            self.redirects[body.path] = (body.url, body.viewers)
+        else:
+            self.redirects.pop(body.path, None)
+
+    def redirect_for(self, path):
+        """The URL base a DESCRIBE of ``path`` is redirected to, or None."""
+        entry = self.redirects.get(path)
+        source = self.rtsp.sources.get(path)
+        if entry is None or source is None:
+            return None
+        viewers = sum(1 for r in source.readers if getattr(r, "viewer", False))
+        return entry[0] if viewers >= entry[1] else None
+
     def drop(self, path):
+        self.redirects.pop(path, None)
         proto = self.pulls.pop(path, None)
         if proto is not None:
             proto.teardown()
