@@ -89,6 +89,7 @@ def serve(args):
 
         pool = SSPool("bench", SECRET, Issuer(SECRET, clock=reactor), reactor,
                       workers=args.workers, data_dir=tempfile.mkdtemp(prefix="vss-bench-ss-"),
+                      worker_listen=lambda i: "tcp:0:interface=127.0.0.1:backlog=4096",
                       live_max_lag=args.max_lag, stream_viewers=0, linger=3600)
         pool.startService()
     origin = f"rtsp://127.0.0.1:{port.getHost().port}"

@@ -221,7 +221,8 @@ class NodeService(StagedService):
             first = port + 1 if port else 0
 
         def worker_listen(i):
-            return f"tcp:{first + i - 1 if first else 0}:interface={interface}"
+            # a deep accept queue: thousands of viewers may connect within a second
+            return f"tcp:{first + i - 1 if first else 0}:interface={interface}:backlog=1024"
 
         pool = SSPool(settings.node_id, self.secret, self.issuer, reactor,
                       workers=settings.ss_workers, listen=settings.ss_control_listen,
