@@ -3,18 +3,25 @@ The SS control link and placement without sockets: the node's pool and a worker'
 control end joined by an iosim pump, a task.Clock for time; MDP's view with a clock.
 """
 
+import os
+
 from twisted.internet import defer, task
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
 from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
 from vss.cms.service import MDP
+from vss.config import ConfigError
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import MsgType, SsLoad, SsServer, SsState
 from vss.rtsp.server import RTSPServerFactory
 from vss.ss import auth, placement
 from vss.ss.pool import SSPool
 from vss.ss.worker import Control
+from vss.tap.node import Options as NodeOptions
+from vss.tap.ss import Options as SSOptions
+from vss.testing.central import MemoryCentral
+from vss.tls import make_ca_and_cert
 
 SECRET = b"s" * 32
 SDP = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
@@ -189,3 +196,57 @@ class MdpView(SynchronousTestCase):
         self.assertIsNone(mdp.pick("n1"))
         mdp.report("n1", "rtsp://h:1", {"streams": 1})  # the heartbeat: the node's own SS
         self.assertEqual(mdp.pick("n1"), "rtsp://h:1")
+
+
+class Options(SynchronousTestCase):
+    def node(self, *args):
+        opts = NodeOptions()
+        opts.parseOptions(["--node-id", "n1", "--static", self.static, *args])
+        return opts.settings
+
+    def setUp(self):
+        self.static = self.mktemp()
+        MemoryCentral().save(self.static)
+
+    def test_ss_workers_default_to_one_per_core_and_take_a_count(self):
+        self.assertEqual(self.node().ss_workers, os.cpu_count() or 1)
+        self.assertEqual(self.node("--ss-workers", "0").ss_workers, 0)
+        settings = self.node("--ss-workers", "3", "--ss-stream-viewers", "50",
+                             "--ss-stream-mbps", "200", "--ss-first-port", "9000")
+        self.assertEqual((settings.ss_workers, settings.ss_stream_viewers,
+                          settings.ss_stream_kbps, settings.ss_first_port), (3, 50, 200_000, 9000))
+
+    def test_bad_ss_options_are_named(self):
+        for args, wanted in ((["--ss-workers", "many"], "--ss-workers: 'many'"),
+                             (["--ss-workers", "-1"], "--ss-workers: -1"),
+                             (["--ss-stream-viewers", "x"], "--ss-stream-viewers"),
+                             (["--ss-control-listen", "nope:1"], "--ss-control-listen")):
+            e = self.assertRaises(ConfigError, self.node, *args)
+            self.assertIn(wanted, str(e))
+
+    def test_workers_are_plain_rtsp_so_an_ssl_listener_has_none(self):
+        cert, key, _ = make_ca_and_cert(self.mktemp(), ["127.0.0.1"])
+        ssl = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        self.assertEqual(self.node("--rtsp-listen", ssl).ss_workers, 0)
+        e = self.assertRaises(ConfigError, self.node, "--rtsp-listen", ssl, "--ss-workers", "2")
+        self.assertIn("plain RTSP", str(e))
+
+    def test_vss_ss_needs_its_name_node_and_a_long_secret(self):
+        e = self.assertRaises(ConfigError, SSOptions().parseOptions, [])
+        for name in ("--ss-id", "--node", "--secret-file"):
+            self.assertIn(f"{name}: required", str(e))
+        short = self.mktemp()
+        with open(short, "wb") as f:
+            f.write(b"short")
+        e = self.assertRaises(ConfigError, SSOptions().parseOptions,
+                              ["--ss-id", "a b", "--node", "tcp:127.0.0.1:1",
+                               "--secret-file", short])
+        self.assertIn("fewer than 32 bytes", str(e))
+        self.assertIn("--ss-id: 'a b'", str(e))
+        good = self.mktemp()
+        with open(good, "wb") as f:
+            f.write(SECRET + b"\n")
+        opts = SSOptions()
+        opts.parseOptions(["--ss-id", "far1", "--node", "tcp:127.0.0.1:1", "--secret-file", good,
+                           "--rtsp-listen", "tcp:0:interface=0.0.0.0"])
+        self.assertEqual((opts.settings.secret, opts.settings.media_host), (SECRET, "127.0.0.1"))
