@@ -211,6 +211,46 @@ class WorkerFaults(WorkerTests):
         self.assertTrue(vx.playing)
 
 
+class SilentWorker(WorkerTests):
+    @defer.inlineCallbacks
+    def test_a_worker_that_misses_its_reports_is_not_chosen_until_it_reports(self):
+        yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
+        yield self.p.start_pu("node-b", "cam-x", "cam-x-s")
+        silent, other = sorted(self.pool.servers.values(), key=lambda s: s.ss_id)
+        os.kill(silent.pid, signal.SIGSTOP)  # alive, linked, but silent
+        self.addCleanup(lambda: os.kill(silent.pid, signal.SIGCONT))
+        yield wait_until(reactor, lambda: silent.state == SsState.STALE, timeout=DEADLINE,
+                         what="the silent worker to be marked stale")
+        # both new streams go to the worker that reports, though it has less room
+        for cam in ("cam-b", "cam-x"):
+            self.assertIs(self.worker_of((yield self.media_open(cam))), other)
+        mdp = self.p.cms.cms.mdp
+        yield wait_until(reactor, lambda: {s["ss_id"]: s["state"] for s in mdp.view("node-b")}
+                         .get(silent.ss_id) == "stale", timeout=DEADLINE,
+                         what="MDP to see the worker stale")
+        self.assertEqual(mdp.pick("node-b"), other.media)
+        os.kill(silent.pid, signal.SIGCONT)
+        yield wait_until(reactor, lambda: silent.state == SsState.UP, timeout=DEADLINE,
+                         what="the worker to report again")
+        self.assertEqual(silent.restarts, 0)  # a silent worker is not killed
+
+
+class CrossNode(WorkerTests):
+    @defer.inlineCallbacks
+    def test_another_node_pulls_from_a_worker_of_the_home_node(self):
+        yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
+        yield self.p.start_node("node-a")
+        cu_a = yield self.p.login("node-a", Role.CU, "alice", "alice-pw")
+        url = (yield cu_a.request(MsgType.MEDIA_OPEN, open_live("cam-b"), timeout=30)).body.url
+        self.assertEqual(port_of(url), self.p.port("node-a", "rtsp"))  # node-a: no workers
+        self.assertEqual(len((yield threads.deferToThread(decode, url, 5))), 5)
+        # node-b's answer named one of its workers: node-a's SS pulls from there
+        carriers = self.pool.carriers("/live/cam-b/main")
+        self.assertEqual(len(carriers), 1)
+        yield wait_until(reactor, lambda: carriers[0].paths.get("/live/cam-b/main", (0, 0))[0]
+                         == 1, timeout=DEADLINE, what="the worker to report node-a's pull")
+
+
 class SpreadingAHotStream(WorkerTests):
     node_options = {"ss_stream_viewers": 1}
 

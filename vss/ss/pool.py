@@ -31,6 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import (
@@ -262,7 +263,7 @@ class SSPool(service.Service):
             return
         if t == MsgType.SS_LOAD:
             self.on_load(server, msg.body)
-        elif not frame.flags & 0x02:  # a request: nothing else is asked of the node
+        elif not frame.flags & codec.FLAG_NOTIFY:  # nothing else is asked of the node
             link.send_error(t, frame.txid, ResultCode.UNEXPECTED_MESSAGE)
 
     def _on_hello(self, link, frame, body):
