@@ -50,6 +50,7 @@ REPORT_INTERVAL = 1.0
 STALE_AFTER = 3  # report intervals without a report
 RESTART_FIRST, RESTART_MAX, RESTART_RESET = 1.0, 30.0, 60.0
 PULL_TIMEOUT = 12.0
+STOP_WAIT = 5.0  # seconds a worker has to stop before it is killed
 
 
 class Server:
@@ -87,6 +88,7 @@ class _Child(protocol.ProcessProtocol):
         self.pool = pool
         self.server = server
         self.secret = secret
+        self.ended = defer.Deferred()  # fires when the process has ended
 
     def connectionMade(self):
         self.transport.write(self.secret + b"\n")
@@ -105,6 +107,7 @@ class _Child(protocol.ProcessProtocol):
             self.pool.log.warn("streaming server {ss} said: {errors}", ss=self.server.ss_id,
                                errors=errors[-1000:])
         self.pool.process_ended(self.server, self, reason)
+        self.ended.callback(None)
 
 
 class SSPool(service.Service):
@@ -218,24 +221,25 @@ class SSPool(service.Service):
                 server.link.abort()
             proc = server.process
             if proc is not None and proc.pid:
-                d = defer.Deferred()
-                ended.append(d)
-                child = proc.proto
-                old = child.processEnded
-
-                def done(reason, old=old, d=d):
-                    old(reason)
-                    d.callback(None)
-
-                child.processEnded = done
+                ended.append(proc.proto.ended)
                 try:
                     proc.signalProcess("TERM")
                 except error.ProcessExitedAlready:
-                    d.callback(None)
+                    continue
+                # a worker that does not stop within STOP_WAIT seconds is killed
+                kill = self.reactor.callLater(STOP_WAIT, self._kill, proc)
+                proc.proto.ended.addBoth(lambda r, kill=kill: kill.active() and kill.cancel())
         d = defer.DeferredList(ended)
         if self.port is not None:
             d.addCallback(lambda _: self.port.stopListening())
         return d
+
+    @staticmethod
+    def _kill(proc):
+        try:
+            proc.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
 
     # -- the control link
 
