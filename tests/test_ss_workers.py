@@ -18,6 +18,7 @@ from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role, Ss
 from vss.rtsp.client import pull_into
 from vss.rtsp.server import RTSPServerFactory
 from vss.testing.platform import start_platform, verifier, wait_until
+from vss.testing.processes import Daemon, tool
 
 try:
     import av
@@ -283,3 +284,38 @@ class SpreadingAHotStream(WorkerTests):
         self.assertEqual(location.split("/live/")[0], second.media)
         self.assertEqual(location.split("?")[1], url.split("?")[1])
         self.assertEqual(len((yield threads.deferToThread(decode, url, 5))), 5)  # PyAV follows
+
+
+class AnotherHost(WorkerTests):
+    workers = 1
+
+    @defer.inlineCallbacks
+    def test_a_vss_ss_started_by_hand_links_with_the_node_secret_and_takes_streams(self):
+        yield self.p.start_pu("node-b", "cam-b", "cam-b-s")
+        control = self.pool.control_endpoint()
+        work = self.p.workdir
+
+        def vss_ss(ss_id, secret_file):
+            d = Daemon(reactor, [tool("twistd"), "-n", "--pidfile=", "vss-ss", "--ss-id", ss_id,
+                                 "--node", control, "--secret-file", secret_file,
+                                 "--rtsp-listen", "tcp:0:interface=127.0.0.1"],
+                       os.path.join(work, f"{ss_id}.log"), cwd=work)
+            self.addCleanup(d.stop)
+            return d
+
+        wrong = os.path.join(work, "wrong.secret")
+        with open(wrong, "wb") as f:
+            f.write(b"w" * 64)
+        bad = vss_ss("bad1", wrong)
+        yield wait_until(reactor, lambda: "the node refused the link" in bad.output(),
+                         timeout=DEADLINE, what="a worker with a wrong secret to be refused")
+        self.assertNotIn("bad1", self.pool.servers)
+        vss_ss("far1", os.path.join(work, "node-b", "node.secret"))
+        yield wait_until(reactor, lambda: "far1" in self.pool.up(), timeout=DEADLINE,
+                         what="the SS started by hand to link")
+        far = self.pool.servers["far1"]
+        self.assertFalse(far.spawned)
+        # both SS are idle: the tie goes to the first named, far1
+        url = yield self.media_open("cam-b")
+        self.assertIs(self.worker_of(url), far)
+        self.assertEqual(len((yield threads.deferToThread(decode, url, 5))), 5)
