@@ -29,6 +29,7 @@ from vss.protocols.messages import KV, Role, Severity
 from vss.rgm.audit import AuditReporter
 from vss.rgm.expiry import GrantExpiry
 from vss.rgm.service import RGMConfig, RGMService
+from vss.ss.pool import SSPool
 from vss.store import make_store
 from vss.tap.common import ListenService, StagedService, write_json_atomically
 from vss.tls import (
@@ -212,8 +213,6 @@ class NodeService(StagedService):
         own RTSP port, driven by the CDN module over the SS control link (vss.ss)."""
         if not settings.ss_workers:
             return None
-        from vss.ss.pool import SSPool
-
         interface = _interface(settings.rtsp_listen)
         first = settings.ss_first_port
         if first is None:  # after the node's own SS: 7555, 7556, ... (any, in tests)
