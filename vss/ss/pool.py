@@ -56,9 +56,10 @@ STOP_WAIT = 5.0  # seconds a worker has to stop before it is killed
 class Server:
     """One SS as its node knows it."""
 
-    def __init__(self, ss_id, spawned=False):
+    def __init__(self, ss_id, spawned=False, index=0):
         self.ss_id = ss_id
-        self.spawned = spawned
+        self.spawned = spawned  # a child of the node (else an SS that linked by itself)
+        self.index = index  # a child's number: its RTSP port follows from it
         self.media = ""
         self.pid = 0
         self.link = None
@@ -154,8 +155,7 @@ class SSPool(service.Service):
         self._watch.clock = self.reactor
         self._watch.start(self.report_interval, now=False)
         for i in range(1, self.workers + 1):
-            server = self.servers.setdefault(f"ss{i}", Server(f"ss{i}", spawned=True))
-            server.index = i
+            server = self.servers.setdefault(f"ss{i}", Server(f"ss{i}", spawned=True, index=i))
             if self.spawn:
                 self.start_process(server)
 
@@ -193,14 +193,13 @@ class SSPool(service.Service):
         server.process = None
         if not self.running:
             return
-        self.log.warn("streaming server {ss} ended (code {code}, signal {sig}): restarting "
-                      "in {delay} s", ss=server.ss_id, code=code, sig=sig,
-                      delay=server.restart_delay)
-        self.lost(server)
         delay = server.restart_delay
         if server.started_at is not None and \
                 self.reactor.seconds() - server.started_at > RESTART_RESET:
-            delay = RESTART_FIRST
+            delay = RESTART_FIRST  # it ran a good while: a new failure, not a loop
+        self.log.warn("streaming server {ss} ended (code {code}, signal {sig}): restarting "
+                      "in {delay} s", ss=server.ss_id, code=code, sig=sig, delay=delay)
+        self.lost(server)
         server.restart_delay = min(RESTART_MAX, delay * 2)
         server.restarts += 1
         self.counters["restarts"] += 1
