@@ -10,10 +10,13 @@ import os
 import signal
 import socket
 
+from prometheus_client import generate_latest
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
+from vss.ops.collectors import NodeCollector
+from vss.ops.metrics import make_registry
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role, SsState
 from vss.rtsp.client import pull_into
 from vss.rtsp.server import RTSPServerFactory
@@ -171,6 +174,11 @@ class ServedByWorkers(WorkerTests):
         self.assertIn(mdp.pick("node-b"), {s.media for s in self.pool.servers.values()})
         status = self.p.cms.cms.status()["nodes"]["node-b"]["servers"]
         self.assertEqual(sum(1 for s in status if s["chosen"]), 1)
+        # the node's /metrics: each worker as it reported
+        text = "".join(generate_latest(make_registry(NodeCollector(self.node))).decode())
+        self.assertIn('vss_ss_workers{state="up"} 2.0', text)
+        self.assertIn('vss_ss_streams{ss="ss1"} 1.0', text)
+        self.assertIn('vss_ss_restarts_total{ss="ss2"} 0.0', text)
 
 
 class WorkerFaults(WorkerTests):
