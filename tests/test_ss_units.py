@@ -5,7 +5,9 @@ control end joined by an iosim pump, a task.Clock for time; MDP's view with a cl
 
 import os
 
-from twisted.internet import defer, task
+from twisted.internet import defer, error, task
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -250,3 +252,67 @@ class Options(SynchronousTestCase):
         opts.parseOptions(["--ss-id", "far1", "--node", "tcp:127.0.0.1:1", "--secret-file", good,
                            "--rtsp-listen", "tcp:0:interface=0.0.0.0"])
         self.assertEqual((opts.settings.secret, opts.settings.media_host), (SECRET, "127.0.0.1"))
+
+
+class _Spawned:
+    def __init__(self, proto, argv, kw):
+        self.proto, self.argv, self.kw = proto, argv, kw
+        self.pid = 4242
+        self.written = b""
+        self.stdin_closed = False
+
+    def write(self, data):
+        self.written += data
+
+    def closeStdin(self):
+        self.stdin_closed = True
+
+
+class _ProcessReactor(MemoryReactorClock):
+    """A memory reactor that records the processes spawned."""
+
+    def __init__(self):
+        super().__init__()
+        self.spawned = []
+
+    def spawnProcess(self, proto, executable, args, env=None, path=None, uid=None, gid=None,
+                     usePTY=False, childFDs=None):
+        p = _Spawned(proto, args, {"env": env, "path": path, "childFDs": childFDs})
+        self.spawned.append(p)
+        proto.makeConnection(p)
+        return p
+
+
+class Restarts(SynchronousTestCase):
+    def test_a_worker_that_ends_is_started_again_after_a_growing_delay(self):
+        reactor = _ProcessReactor()
+        pool = SSPool("n1", SECRET, TokenIssuer(SECRET, clock=reactor), reactor, workers=1,
+                      data_dir="/tmp")
+        pool.startService()
+        self.assertEqual(len(reactor.spawned), 1)
+        first = reactor.spawned[0]
+        # the secret goes on the child's stdin, never on its command line
+        self.assertEqual((first.written, first.stdin_closed), (SECRET + b"\n", True))
+        self.assertNotIn(SECRET.decode(), " ".join(first.argv))
+        self.assertIn("vss-ss", first.argv)
+        ended = Failure(error.ProcessTerminated(signal=9))
+        delays = []
+        for _ in range(4):
+            n = len(reactor.spawned)
+            reactor.spawned[-1].proto.processEnded(ended)
+            waited = 0.0
+            while len(reactor.spawned) == n:
+                reactor.advance(0.5)
+                waited += 0.5
+            delays.append(waited)
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 8.0])
+        self.assertEqual(pool.servers["ss1"].restarts, 4)
+        # after a minute up, a new failure starts from 1 s again
+        reactor.advance(61)
+        reactor.spawned[-1].proto.processEnded(ended)
+        reactor.advance(1.0)
+        self.assertEqual(len(reactor.spawned), 6)
+        pool.running = False  # stopped: an end is not restarted
+        reactor.spawned[-1].proto.processEnded(ended)
+        reactor.advance(60)
+        self.assertEqual(len(reactor.spawned), 6)
