@@ -20,6 +20,13 @@ stream's rate. They are not in the delivered ratio; the table gives their worst 
 (how long after the first viewer they read each picture) and the lag skips the server
 counted (``--max-lag``, 0 for none, is the server's bound).
 
+``--ss-workers 1,2`` runs the same load against the in-process SS and then against a
+server with 1 and 2 SS workers (``vss.ss``: ``twistd vss-ss`` processes driven by an
+``SSPool`` in the server process, each pulling the stream once from it), side by side in
+one run; the viewers are spread evenly over the workers' ports, and the CPU and memory
+are those of every server process (the in-process SS and its workers). The workers
+inherit the server's CPU pinning (CPU 0 unless ``--worker-cpus``).
+
 The server also serves the streaming server's Prometheus metrics (the node's media
 families, ``vss.ops.collectors.streaming_server_families``). ``--metrics on`` scrapes
 them every ``--scrape-interval`` seconds during each window; ``--metrics compare`` runs
@@ -40,7 +47,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SECRET = b"bench-secret-0123456789abcdef"
+SECRET = b"bench-secret-0123456789abcdef-0123456789"  # 32 bytes at least (SS workers)
 PATH = "/live/bench/main"
 
 
@@ -75,6 +82,17 @@ def serve(args):
 
     metrics = reactor.listenTCP(0, web.Site(MetricsResource(make_registry(Media()), Access())),
                                 interface="127.0.0.1")
+    pool = None
+    if args.workers:
+        from vss.cdn.tokens import TokenIssuer as Issuer
+        from vss.ss.pool import SSPool
+
+        pool = SSPool("bench", SECRET, Issuer(SECRET, clock=reactor), reactor,
+                      workers=args.workers, data_dir=tempfile.mkdtemp(prefix="vss-bench-ss-"),
+                      worker_listen=lambda i: "tcp:0:interface=127.0.0.1:backlog=4096",
+                      live_max_lag=args.max_lag, stream_viewers=0, linger=3600)
+        pool.startService()
+    origin = f"rtsp://127.0.0.1:{port.getHost().port}"
 
     def stats():
         src = factory.sources.get(PATH)
@@ -87,13 +105,28 @@ def serve(args):
             out.update({"reader_drops": drops, "direct_sends": direct, "reader_frames": sent})
         return out
 
+    def workers():
+        if pool is None:
+            return []
+        return [{"ss_id": w.ss_id, "pid": w.pid, "media": w.media, "state": w.state.name,
+                 "carries": PATH in w.carried, "load": w.load}
+                for w in pool.servers.values()]
+
+    def answer(value):
+        sys.stdout.write(json.dumps(value) + "\n")
+        sys.stdout.flush()
+
     def command_line(line):
         cmd = line.strip()
         if cmd == "stats":
-            sys.stdout.write(json.dumps(stats()) + "\n")
-            sys.stdout.flush()
+            answer({**stats(), "workers": workers()})
+        elif cmd == "carry":  # every worker pulls the stream once from this server
+            pool.carry(PATH, origin).addBoth(lambda r: answer({"carried": r}))
         elif cmd == "quit":
-            reactor.stop()
+            if pool is not None:
+                pool.stopService().addBoth(lambda _: reactor.stop())
+            else:
+                reactor.stop()
 
     from twisted.internet import stdio
     from twisted.protocols.basic import LineReceiver
@@ -152,7 +185,8 @@ def load(args):
 
     issuer = TokenIssuer(SECRET, clock=WallClock(), ttl=600)
     token = issuer.issue(PATH, ("play",))
-    base = f"rtsp://127.0.0.1:{args.port}{PATH}"
+    ports = [int(p) for p in str(args.port).split(",")]
+    base = f"rtsp://127.0.0.1:{ports[0]}{PATH}"  # the server reads the path only
     setup = (f"SETUP {base}/trackID=0?token={token} RTSP/1.0\r\nCSeq: 1\r\n"
              "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n").encode()
     sel = selectors.DefaultSelector()
@@ -168,8 +202,8 @@ def load(args):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192 if slow else 1 << 20)
             s.setblocking(False)
             v = Viewer(s, time.monotonic(), slow)
-            try:
-                s.connect(("127.0.0.1", args.port))
+            try:  # spread evenly over the servers' ports (SS workers)
+                s.connect(("127.0.0.1", ports[len(viewers) % len(ports)]))
             except BlockingIOError:
                 pass
             sel.register(s, selectors.EVENT_WRITE, v)
@@ -377,7 +411,13 @@ def main():
                     help="viewers more, on a slow link (half the stream's rate)")
     ap.add_argument("--slow-rate", type=float, default=4e6 / 8 / 2,
                     help="bytes a second a slow viewer reads [half of 4 Mb/s]")
-    ap.add_argument("--port", type=int)
+    ap.add_argument("--port", help="the server's port (load: comma list, viewers spread)")
+    ap.add_argument("--ss-workers", default="",
+                    help="comma list of SS worker counts to run beside the in-process SS, "
+                         "e.g. 1,2")
+    ap.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-cpus", default="",
+                    help="CPUs the SS workers run on (default: the server's, CPU 0)")
     ap.add_argument("--cpu", type=int, default=0)
     ap.add_argument("--input", default=os.path.join(tempfile.gettempdir(),
                                                     "vss-bench-4mbps-gop25.mp4"))
@@ -398,16 +438,28 @@ def main():
     ncpu = os.cpu_count() or 1
     other = ncpu - 1 if ncpu > 1 else 0
     make_input(ffmpeg, args.input)
+    configs = [None]
+    if args.ss_workers:
+        configs = [0] + [int(x) for x in args.ss_workers.split(",") if int(x) > 0]
+    modes = {"off": (False,), "on": (True,), "compare": (False, True)}[args.metrics]
+    rows = []
+    for workers in configs:
+        rows.extend(run_server(args, ffmpeg, other, workers or 0, modes))
+    print_rows(rows, args, configs != [None])
+
+
+def run_server(args, ffmpeg, other, workers, modes):
+    """One server (with ``workers`` SS workers), its publisher, each N of viewers."""
     py = sys.executable
     me = os.path.abspath(__file__)
     server = subprocess.Popen([py, me, "serve", "--cpu", "0", "--gop-cache",
-                               str(args.gop_cache), "--max-lag", str(args.max_lag)],
+                               str(args.gop_cache), "--max-lag", str(args.max_lag),
+                               "--workers", str(workers)],
                               stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     info = json.loads(server.stdout.readline())
     port, spid = info["port"], info["pid"]
     scrape_url = f"http://127.0.0.1:{info['metrics_port']}/metrics"
-    modes = {"off": (False,), "on": (True,), "compare": (False, True)}[args.metrics]
 
     def server_stats():
         server.stdin.write("stats\n")
@@ -422,27 +474,65 @@ def main():
         ["taskset", "-c", str(other), ffmpeg, "-hide_banner", "-loglevel", "error", "-re",
          "-stream_loop", "-1", "-i", args.input, "-c", "copy", "-f", "rtsp",
          "-rtsp_transport", "tcp", f"rtsp://127.0.0.1:{port}{PATH}?token={token}"])
+    rows = []
     try:
         t = time.monotonic()
         while "packets" not in server_stats():
             if time.monotonic() - t > 20:
                 raise SystemExit("publisher did not start")
             time.sleep(0.2)
+        pids, ports = [spid], str(port)
+        if workers:
+            while sum(1 for w in server_stats()["workers"] if w["state"] == "UP") < workers:
+                if time.monotonic() - t > 60:
+                    raise SystemExit("the SS workers did not start")
+                time.sleep(0.2)
+            server.stdin.write("carry\n")
+            server.stdin.flush()
+            carried = json.loads(server.stdout.readline())["carried"]
+            if len(carried) != workers:
+                raise SystemExit(f"only {carried} carry the stream")
+            ws = server_stats()["workers"]
+            pids += [w["pid"] for w in ws]
+            ports = ",".join(w["media"].rsplit(":", 1)[1] for w in ws)
+            if args.worker_cpus:
+                for w in ws:
+                    os.sched_setaffinity(w["pid"], {int(c) for c in args.worker_cpus.split(",")})
         time.sleep(2)
-        base_rss = proc_rss(spid)
-        rows = []
+        base_rss = sum(proc_rss(p) for p in pids)
         for n in [int(x) for x in args.viewers.split(",")]:
             for scraped in modes:
-                rows.append(run_one(py, me, port, spid, n, args, other, server_stats, base_rss,
-                                    scrape_url if scraped else None))
+                row = run_one(py, me, ports, pids, n, args, other, server_stats, base_rss,
+                              scrape_url if scraped else None)
+                row["workers"] = workers
+                rows.append(row)
                 time.sleep(2)
     finally:
         publisher.terminate()
         publisher.wait()
         server.stdin.write("quit\n")
         server.stdin.flush()
-        server.wait(10)
+        server.wait(20)
+    return rows
+
+
+def print_rows(rows, args, by_workers):
     print()
+    if by_workers:
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print()
+        print("| SS | viewers | offered Mb/s | delivered Gb/s | delivered | server CPU % of one "
+              "core (all processes) | server CPU s / Gbit | server memory / viewer "
+              "| TTFF median / p95 |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            ss = f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}" if r["workers"] \
+                else "in-process"
+            print(f"| {ss} | {r['viewers']} | {r['source_mbps']:.2f} | {r['gbps']:.2f} | "
+                  f"{100 * r['delivered']:.3f} % | {r['cpu_pct']:.1f} % | "
+                  f"{r['cpu_per_gbit']:.3f} | {r['mem_per_viewer'] / 1024:.1f} KiB | "
+                  f"{r['ttff_median']:.2f} / {r['ttff_p95']:.2f} s |")
+        return
     print("| viewers | metrics scraped | offered Mb/s | delivered Gb/s | delivered "
           "| SS CPU % of one core | SS CPU s / Gbit | SS memory / viewer | TTFF median / p95 "
           "| whole-frame sends | load client CPU % |")
@@ -464,7 +554,8 @@ def main():
                   f"{r['slow_lag_max']:.2f} s | {r['lag_skips']} |")
 
 
-def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss, scrape_url=None):
+def run_one(py, me, port, pids, n, args, cpu, server_stats, base_rss, scrape_url=None):
+    """``pids``: every server process (the in-process SS, then its workers)."""
     load = subprocess.Popen([py, me, "load", "--port", str(port), "--viewers", str(n),
                              "--cpu", str(cpu), "--seconds", str(args.seconds),
                              "--warmup", str(args.warmup), "--slow", str(args.slow),
@@ -475,13 +566,13 @@ def run_one(py, me, port, spid, n, args, cpu, server_stats, base_rss, scrape_url
     scraper = None
     for line in load.stdout:
         if line.startswith("WINDOW"):
-            cpu0, s0, t0 = proc_cpu(spid), server_stats(), time.monotonic()
-            rss = proc_rss(spid)
+            cpu0, s0, t0 = sum(map(proc_cpu, pids)), server_stats(), time.monotonic()
+            rss = sum(map(proc_rss, pids))
             if scrape_url:
                 scraper = Scraper(scrape_url, args.scrape_interval)
                 scraper.start()
         elif line.startswith("RESULT"):
-            cpu1, s1, t1 = proc_cpu(spid), server_stats(), time.monotonic()
+            cpu1, s1, t1 = sum(map(proc_cpu, pids)), server_stats(), time.monotonic()
             if scraper is not None:
                 scraper.stop()
             result = json.loads(line[7:])

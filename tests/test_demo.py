@@ -26,7 +26,7 @@ def sign_in(base, username, password):
 
 
 def _offsets():
-    return [*range(0, 5), *range(10, 15), 100, 180]
+    return [*range(0, 5), 6, 7, *range(10, 15), 16, 17, 100, 180]  # 6, 7: SS workers
 
 
 def _free(base):
@@ -115,6 +115,19 @@ class DemoTests(unittest.TestCase):
         self.assertEqual(code, 0, err)
         self.assertIn("cam-b1 ch0  motion START", out)
         self.assertIn("[node-b/", out)
+        # MDP chooses among the two SS workers of each node (vss-admin status)
+        admin_env = child_env(VSS_API=console.rstrip("/"), VSS_ADMIN_TOKEN=creds["admin_token"])
+        seen = set()
+        for _ in range(150):
+            out, err, code = yield run_tool("vss-admin", ["status"], env=admin_env)
+            seen = {tuple(line.split()[:3]) for line in out.splitlines()
+                    if line.split()[1:2] in (["ss1"], ["ss2"])}
+            if len(seen) == 4 and all(s[2] == "up" for s in seen):
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual({s[:2] for s in seen}, {("node-a", "ss1"), ("node-a", "ss2"),
+                                                 ("node-b", "ss1"), ("node-b", "ss2")}, out)
+        self.assertEqual(sum(1 for line in out.splitlines() if line.rstrip().endswith("*")), 2)
         yield demo.stop(signal.SIGTERM)
         for _ in range(50):
             if _free(base):

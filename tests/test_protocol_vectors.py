@@ -124,6 +124,18 @@ from vss.protocols.messages import (
     RouteResponse,
     ScheduleSlot,
     Severity,
+    SsAuth,
+    SsChallenge,
+    SsDrop,
+    SsHello,
+    SsLoad,
+    SsPathLoad,
+    SsPull,
+    SsRedirect,
+    SsReport,
+    SsServer,
+    SsState,
+    SsWelcome,
     StateChange,
     StaticPage,
     StaticPull,
@@ -1284,6 +1296,99 @@ VECTORS = [
         0001              #     count 1
         0000018bcfe56800  #     start 1700000000000 ms
         0002 6e31         #     node_id "n1"
+    """),
+    # The SS control link (section 9.8) and SS_REPORT: nonces and proofs are
+    # patterns here (real ones are random / HMAC-SHA256).
+    V("ss_hello_request", MsgType.SS_HELLO, REQ, 1,
+      SsHello(ss_id="ss1", media="rtsp://h:1", pid=0x1234, nonce=bytes(range(1, 25))), """
+      5653 01 00 0220 0000 00000001 00000031  # VS v1 request SS_HELLO txid 1 len 49
+      0003 737331         # ss_id "ss1"
+      000a 727473703a2f2f683a31  # media "rtsp://h:1"
+      00001234            # pid 4660
+      0018 0102030405060708090a0b0c0d0e0f101112131415161718  # nonce: 24 bytes
+      0000                # ext: none
+    """),
+    V("ss_hello_response", MsgType.SS_HELLO, RSP, 1, SsChallenge(nonce=b"\xaa" * 24), """
+      5653 01 01 0220 0000 00000001 0000001c  # VS v1 response SS_HELLO txid 1 len 28
+      0018 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa  # nonce: 24 bytes
+      0000                # ext: none
+    """),
+    V("ss_auth_request", MsgType.SS_AUTH, REQ, 2, SsAuth(proof=b"\x11" * 32), """
+      5653 01 00 0221 0000 00000002 00000024  # VS v1 request SS_AUTH txid 2 len 36
+      0020 1111111111111111111111111111111111111111111111111111111111111111  # proof
+      0000                # ext: none
+    """),
+    V("ss_auth_response", MsgType.SS_AUTH, RSP, 2,
+      SsWelcome(proof=b"\x22" * 32, report_interval=1000), """
+      5653 01 01 0221 0000 00000002 00000026  # VS v1 response SS_AUTH txid 2 len 38
+      0020 2222222222222222222222222222222222222222222222222222222222222222  # proof
+      03e8                # report_interval 1000 ms
+      0000                # ext: none
+    """),
+    V("ss_load_notify", MsgType.SS_LOAD, NTF, 0,
+      SsLoad(streams=1, viewers=2, bandwidth_kbps=8000, cpu_permille=150,
+             paths=[SsPathLoad(path="/live/c/main", viewers=2, bandwidth_kbps=8000)]), """
+      5653 01 04 0222 0000 00000000 00000028  # VS v1 notify SS_LOAD txid 0 len 40
+      00000001            # streams 1
+      00000002            # viewers 2
+      00001f40            # bandwidth_kbps 8000
+      0096                # cpu_permille 150
+      0001                # paths: 1
+        000c 2f6c6976652f632f6d61696e  # path "/live/c/main"
+        00000002          #   viewers 2
+        00001f40          #   bandwidth_kbps 8000
+      0000                # ext: none
+    """),
+    V("ss_pull_request", MsgType.SS_PULL, REQ, 3,
+      SsPull(path="/live/c/main", url="rtsp://h:1/live/c/main?token=t"), """
+      5653 01 00 0223 0000 00000003 00000030  # VS v1 request SS_PULL txid 3 len 48
+      000c 2f6c6976652f632f6d61696e  # path "/live/c/main"
+      001e 727473703a2f2f683a31 2f6c6976652f632f6d61696e 3f746f6b656e3d74
+                          # url "rtsp://h:1/live/c/main?token=t"
+      0000                # ext: none
+    """),
+    V("ss_pull_response", MsgType.SS_PULL, RSP, 3, Empty(), """
+      5653 01 01 0223 0000 00000003 00000002  # VS v1 response SS_PULL txid 3 len 2
+      0000                # ext: none
+    """),
+    V("ss_drop_request", MsgType.SS_DROP, REQ, 4, SsDrop(path="/live/c/main"), """
+      5653 01 00 0224 0000 00000004 00000010  # VS v1 request SS_DROP txid 4 len 16
+      000c 2f6c6976652f632f6d61696e  # path "/live/c/main"
+      0000                # ext: none
+    """),
+    V("ss_drop_response", MsgType.SS_DROP, RSP, 4, Empty(), """
+      5653 01 01 0224 0000 00000004 00000002  # VS v1 response SS_DROP txid 4 len 2
+      0000                # ext: none
+    """),
+    V("ss_redirect_request", MsgType.SS_REDIRECT, REQ, 6,
+      SsRedirect(path="/live/c/main", url="rtsp://h:2", viewers=1000), """
+      5653 01 00 0226 0000 00000006 00000020  # VS v1 request SS_REDIRECT txid 6 len 32
+      000c 2f6c6976652f632f6d61696e  # path "/live/c/main"
+      000a 727473703a2f2f683a32  # url "rtsp://h:2"
+      000003e8            # viewers 1000
+      0000                # ext: none
+    """),
+    V("ss_redirect_response", MsgType.SS_REDIRECT, RSP, 6, Empty(), """
+      5653 01 01 0226 0000 00000006 00000002  # VS v1 response SS_REDIRECT txid 6 len 2
+      0000                # ext: none
+    """),
+    V("ss_report_request", MsgType.SS_REPORT, REQ, 5,
+      SsReport(servers=[SsServer(ss_id="ss1", media="rtsp://h:1", state=SsState.UP, streams=1,
+                                 viewers=2, bandwidth_kbps=8000, cpu_permille=150)]), """
+      5653 01 00 0225 0000 00000005 00000024  # VS v1 request SS_REPORT txid 5 len 36
+      0001                # servers: 1
+        0003 737331       #   ss_id "ss1"
+        000a 727473703a2f2f683a31  # media "rtsp://h:1"
+        01                #   state UP
+        00000001          #   streams 1
+        00000002          #   viewers 2
+        00001f40          #   bandwidth_kbps 8000
+        0096              #   cpu_permille 150
+      0000                # ext: none
+    """),
+    V("ss_report_response", MsgType.SS_REPORT, RSP, 5, Empty(), """
+      5653 01 01 0225 0000 00000005 00000002  # VS v1 response SS_REPORT txid 5 len 2
+      0000                # ext: none
     """),
 ]
 

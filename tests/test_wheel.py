@@ -222,6 +222,7 @@ class WheelTests(unittest.TestCase):
                                 "--node-id", "node-a", "--data-dir", node_data,
                                 "--cms", f"tcp:127.0.0.1:{cms_ports['node']}",
                                 "--cluster-secret-file", os.path.join(cms_data, "cluster.secret"),
+                                "--ss-workers", "0",
                                 *[arg for name in ("pu", "cu", "rtsp", "node", "http")
                                   for arg in (f"--{name}-listen", "tcp:0:interface=127.0.0.1")]],
                       os.path.join(rundir, "node-a.log"), env=clean_env(), cwd=rundir)

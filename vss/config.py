@@ -122,6 +122,19 @@ def load_or_create_secret(path):
 
 
 @dataclass(frozen=True)
+class SSSettings:
+    """A streaming server worker (``twistd vss-ss``; vss.ss.worker)."""
+
+    ss_id: str
+    node: str  # client endpoint of the node's SS control listener
+    secret: bytes  # the node secret: checks viewers' tokens, keys the control link
+    rtsp_listen: str = "tcp:7555:interface=127.0.0.1"
+    media_host: str = "127.0.0.1"
+    live_max_lag: float = 2.0
+    exit_with_parent: bool = False
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     node_id: str
     pu_listen: str
@@ -148,6 +161,11 @@ class NodeSettings:
     record_max_write_mbps: float = 400.0  # their summed write rate, Mb/s
     record_in: str = "auto"  # auto (in the node for H.264/H.265) or process
     live_max_lag: float = 2.0  # seconds a live TCP viewer may lag before it skips (0: off)
+    ss_workers: int = 0  # SS worker processes (vss.ss); vss-node's default is one per core
+    ss_control_listen: str = "tcp:0:interface=127.0.0.1"  # their control link
+    ss_first_port: int | None = None  # the first worker's RTSP port (None: RTSP port + 1)
+    ss_stream_viewers: int = 1000  # one stream's viewers on one worker before it spreads
+    ss_stream_kbps: int = 0  # the same in kb/s (0: no limit)
     tls_cert: str = ""  # mutual TLS of the links to CMS and between nodes: certificate,
     tls_key: str = ""  # its key,
     tls_ca: str = ""  # and the cluster CA ("" each: plaintext, loopback only)

@@ -220,7 +220,9 @@ def main(argv=None):
                 "--cu-listen", f"tcp:{p + 1}:interface=127.0.0.1",
                 "--node-listen", f"tcp:{p + 2}:interface=127.0.0.1",
                 "--rtsp-listen", f"tcp:{p + 3}:interface=127.0.0.1",
-                "--http-listen", f"tcp:{p + 4}:interface=127.0.0.1"])
+                "--http-listen", f"tcp:{p + 4}:interface=127.0.0.1",
+                # two streaming server workers each (MDP chooses between them)
+                "--ss-workers", "2", "--ss-first-port", str(p + 6)])
             sup.wait_file(os.path.join(run_dir, node, "ports.json"), proc)
         env = {"VSS_PU_SECRET": creds["pu_secret_template"]}
         for device_id, kind, channels, home in DEVICES:

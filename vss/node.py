@@ -52,6 +52,7 @@ from vss.rgm.routes import NoRouteCache
 from vss.rgm.service import RGMConfig, RGMService
 from vss.rtsp.server import RTSPServerFactory, RTSPServerService
 from vss.services import ListenService, StagedService, write_json_atomically
+from vss.ss.pool import SSPool
 from vss.store import make_store
 from vss.streamcreds.node import StreamCredentials
 from vss.streamcreds.secret import credential_key
@@ -171,8 +172,9 @@ class NodeService(StagedService):
         self.rtsp_listener = RTSPServerService(settings.rtsp_listen, self.rtsp, reactor,
                                                udp_interface=interface)
         self.rtsp_listener.setServiceParent(self)
+        self.ss_pool = self._make_ss_pool(settings, reactor)
         self.cdn = CDNModule(self.rgm, self.rtsp, self.issuer, media_base="", clock=reactor,
-                             reactor=reactor, audit=self.audit)
+                             reactor=reactor, audit=self.audit, pool=self.ss_pool)
         if self.link_tls is not None:
             # another node's rtsps:// SS: its certificate from the cluster CA
             self.cdn.node_tls = lambda host: self.link_tls.client_options(hostname=host)
@@ -245,6 +247,31 @@ class NodeService(StagedService):
             getattr(settings, "retention_interval", DEFAULT_RETENTION_INTERVAL), in_use)
         self.retention.housekeeping.append(self.exporter.sweep)
         self.retention.setServiceParent(self)
+
+    def _make_ss_pool(self, settings, reactor):
+        """The streaming server workers (``--ss-workers``): child processes, each on its
+        own RTSP port, driven by the CDN module over the SS control link (vss.ss)."""
+        if not settings.ss_workers:
+            return None
+        interface = _interface(settings.rtsp_listen)
+        first = settings.ss_first_port
+        if first is None:  # after the node's own SS: 7555, 7556, ... (any, in tests)
+            port = _port(settings.rtsp_listen)
+            first = port + 1 if port else 0
+
+        def worker_listen(i):
+            # a deep accept queue: thousands of viewers may connect within a second
+            return f"tcp:{first + i - 1 if first else 0}:interface={interface}:backlog=1024"
+
+        pool = SSPool(settings.node_id, self.secret, self.issuer, reactor,
+                      workers=settings.ss_workers, listen=settings.ss_control_listen,
+                      worker_listen=worker_listen, media_host=settings.media_host,
+                      data_dir=os.path.abspath(settings.data_dir),
+                      live_max_lag=settings.live_max_lag,
+                      stream_viewers=settings.ss_stream_viewers,
+                      stream_kbps=settings.ss_stream_kbps)
+        pool.setServiceParent(self)
+        return pool
 
     def _make_stream_credentials(self, reactor):
         """Long-lived, revocable stream credentials for third-party players: checked by
@@ -443,6 +470,12 @@ class _MediaBase(service.Service):
 def rtsp_scheme(settings):
     """rtsps when the streaming server listens with TLS (an ``ssl:`` endpoint)."""
     return "rtsps" if split_endpoint(settings.rtsp_listen)[0] == "ssl" else "rtsp"
+
+
+def _port(description):
+    """The port of a ``tcp:PORT:...`` endpoint string (0 when not a number)."""
+    parts = description.split(":")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
 
 
 def _interface(description):

@@ -41,6 +41,8 @@ from vss.protocols.messages import (
     MediaUrl,
     MsgType,
     Purpose,
+    SsServer,
+    SsState,
     Stream,
 )
 from vss.recording import remote
@@ -65,11 +67,15 @@ class CDNModule(service.Service):
     log = Logger()
 
     def __init__(self, rgm, rtsp, issuer, media_base, clock, reactor=None, linger=10.0,
-                 source_wait=SOURCE_WAIT, audit=None):
+                 source_wait=SOURCE_WAIT, audit=None, pool=None):
         self.rgm = rgm
         self.audit = audit  # vss.rgm.audit.AuditReporter: the media users start, or None
         self.store = rgm.store
         self.rtsp = rtsp  # the SS: an RTSPServerFactory
+        # the SS workers (vss.ss.pool.SSPool), or None: viewers are served by ``rtsp``
+        # itself. With workers, ``rtsp`` takes each source in once (and records it) and
+        # the workers each pull it once from there for their viewers.
+        self.pool = pool
         self.issuer = issuer
         self.media_base = media_base  # e.g. rtsp://192.0.2.10:7554
         self.clock = clock
@@ -120,13 +126,22 @@ class CDNModule(service.Service):
         path = stream_path(body.device_id, body.channel, body.stream)
         yield self.ensure_source(record, body, path)
         self.counters["opened"] += 1
-        return self.play_url(path)
+        return (yield self.live_url(path))
 
-    def play_url(self, path):
+    @defer.inlineCallbacks
+    def live_url(self, path):
+        """The URL a viewer of the live ``path`` gets: on the SS worker the pool chooses
+        (vss.ss.pool), or on the node's own SS when it has none that can take it."""
+        base = None
+        if self.pool is not None:
+            base = yield self.pool.place(path, self.media_base)
+        return self.play_url(path, base)
+
+    def play_url(self, path, base=None):
         token = self.issuer.issue(path, ["play"])
         expires = int((self.clock.seconds() + self.issuer.ttl) * 1000)
-        return MediaUrl(url=f"{self.media_base}{path}?token={token}", session_id=token[-16:],
-                        expires=expires)
+        return MediaUrl(url=f"{base or self.media_base}{path}?token={token}",
+                        session_id=token[-16:], expires=expires)
 
     # -- starting sources
 
@@ -225,7 +240,7 @@ class CDNModule(service.Service):
         if record is None or record.home_node not in ("", self.rgm.node_id):
             return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE))
         path = stream_path(body.device_id, body.channel, body.stream)
-        return self.ensure_source(record, body, path).addCallback(lambda _: self.play_url(path))
+        return self.ensure_source(record, body, path).addCallback(lambda _: self.live_url(path))
 
     def _wait(self, path):
         d = self.rtsp.wait_for_source(path, self.source_wait)
@@ -300,8 +315,21 @@ class CDNModule(service.Service):
         return None
 
     def status(self):
-        return {"sources": {p: {"readers": len(s.readers), "bytes": s.bytes, "drops": s.drops}
-                            for p, s in self.rtsp.sources.items()}, **self.counters}
+        out = {"sources": {p: {"readers": len(s.readers), "bytes": s.bytes, "drops": s.drops}
+                           for p, s in self.rtsp.sources.items()}, **self.counters}
+        if self.pool is not None:
+            out["ss_workers"] = self.pool.status()
+        return out
+
+    def servers(self, media, load):
+        """This node's streaming servers as SsServer records (SS_REPORT to MDP): its own
+        SS (``ss0``, at ``media`` with the node's ``load``) then its workers."""
+        viewers, _ = self.rtsp.viewer_totals()
+        own = SsServer(ss_id="ss0", media=media, state=int(SsState.UP),
+                       streams=len(self.rtsp.sources), viewers=sum(viewers.values()),
+                       bandwidth_kbps=load.get("bandwidth_kbps", 0),
+                       cpu_permille=load.get("cpu_permille", 0))
+        return [own, *(self.pool.report() if self.pool is not None else ())]
 
 
 @implementer(IRecorder)

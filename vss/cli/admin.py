@@ -220,6 +220,14 @@ def render_status(s):
                      load.get("streams", "-"), n.get("applied_seq", "-")])
     out = [table(["NODE", "STATE", "DEVICES", "ONLINE", "CLIENTS", "STREAMS", "APPLIED"], rows)
            if rows else "no nodes"]
+    servers = [[n.get("node_id", "?"), s.get("ss_id", "?"), s.get("state", "?"),
+                s.get("media", ""), s.get("streams", 0), s.get("viewers", 0),
+                f"{s.get('bandwidth_kbps', 0) / 1000:.1f}",
+                f"{s.get('cpu_permille', 0) / 10:.0f} %", "*" if s.get("chosen") else ""]
+               for n in nodes for s in n.get("servers") or []]
+    if servers:  # MDP's view of the streaming servers; * the one a new stream goes to
+        out.append(table(["NODE", "SS", "STATE", "MEDIA", "STREAMS", "VIEWERS", "MB/S OUT",
+                          "CPU", "CHOSEN"], servers))
     totals = {k: v for k, v in s.items() if k != "nodes" and not isinstance(v, list | dict)}
     if totals:
         out.append(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(totals.items())))

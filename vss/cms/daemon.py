@@ -232,6 +232,8 @@ class CmsDaemon(StagedService):
                 "devices_online": online.get(node["node_id"], 0),
                 "applied_seq": live.applied_seq if live is not None else node["applied_seq"],
                 "last_seen": node["last_seen"],
+                # MDP's view: each streaming server, the one it would choose marked
+                "servers": cms.mdp.view(node["node_id"]) if live is not None else [],
             })
         head = yield self.store.head_seq()
         return {"cms_id": cms.config.cms_id, "nodes": nodes,

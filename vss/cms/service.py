@@ -63,6 +63,7 @@ from vss.protocols.messages import (
     RouteRequest,
     ScheduleSlot,
     Severity,
+    SsState,
     StateChange,
     StaticPage,
     Stream,
@@ -74,6 +75,7 @@ from vss.protocols.messages import (
 from vss.recording.tasks import EXT_EVENT_TYPES
 from vss.rgm.auth import ScramExchange, node_verifier
 from vss.rgm.peers import PEER_MAX_IN_FLIGHT
+from vss.ss import placement
 from vss.streamcreds.secret import ID_RE, credential_key, unseal
 from vss.tls import peer_identity_problem
 
@@ -85,6 +87,7 @@ APPLIED_WRITE_DELAY = 1.0  # seconds; see s506_completed
 #: a sequence missing from the published changes is waited for this long (a write in
 #: flight publishes it) before CMS goes on and the nodes fetch across the hole
 HOLE_WAIT = 0.5
+MAX_SS_PER_NODE = 1024  # streaming servers one SS_REPORT may name
 HOLE_POLL = 0.02
 #: the extension tags of SyncNotify and SyncBatch (docs/protocol.md 10)
 EXT_PREV_SEQ = 0x0001
@@ -202,25 +205,67 @@ class NodeSession:
 
 
 class MDP:
-    """The media distribution platform: which streaming servers each node has and how
-    loaded they are (from the nodes' heartbeats), to pick one for a stream."""
+    """The media distribution platform: the streaming servers (SS) of every node and
+    their load, from the nodes' heartbeats (NODE_HEARTBEAT: the node's own SS, ``ss0``)
+    and SS_REPORT (each SS, workers included). ``pick`` applies the placement policy
+    (vss.ss.placement) to a node's servers; an SS whose report is older than three
+    heartbeat intervals, or which its node reports stale or down, is not chosen."""
 
-    def __init__(self):
-        self.servers = {}  # node_id -> {media endpoint: load dict}
+    STALE_BEATS = 3
+
+    def __init__(self, clock=None, heartbeat_interval=5):
+        self.clock = clock
+        self.heartbeat_interval = heartbeat_interval
+        self.servers = {}  # node_id -> {ss_id: view dict (media, state, load, seen)}
+
+    def _now(self):
+        return self.clock.seconds() if self.clock is not None else 0.0
 
     def report(self, node_id, media, load):
-        self.servers.setdefault(node_id, {})[media] = dict(load)
+        """The node's heartbeat: its own SS."""
+        entry = self.servers.setdefault(node_id, {}).setdefault("ss0", {})
+        entry.update(load)
+        entry.update(media=media, state="up", seen=self._now())
+
+    def report_servers(self, node_id, servers):
+        """SS_REPORT: every SS of the node (SsServer records)."""
+        now = self._now()
+        view = {}
+        for s in servers:
+            state = SsState(s.state).name.lower() if s.state in SsState._value2member_map_ \
+                else "down"
+            view[s.ss_id] = {"media": s.media, "state": state, "streams": s.streams,
+                             "viewers": s.viewers, "bandwidth_kbps": s.bandwidth_kbps,
+                             "cpu_permille": s.cpu_permille, "seen": now}
+        self.servers[node_id] = view
 
     def forget(self, node_id):
         self.servers.pop(node_id, None)
 
+    def choosable(self, node_id):
+        """{ss_id: load} of the node's SS that may be chosen now: up and reported
+        lately; its workers only, when it has any up (its own SS then takes each stream
+        in once for them)."""
+        now = self._now()
+        late = self.STALE_BEATS * self.heartbeat_interval
+        up = {i: v for i, v in (self.servers.get(node_id) or {}).items()
+              if v.get("state") == "up" and now - v.get("seen", now) <= late}
+        workers = {i: v for i, v in up.items() if i != "ss0"}
+        return workers or up
+
     def pick(self, node_id):
-        """The least loaded streaming server of a node (by streams, then bandwidth)."""
-        servers = self.servers.get(node_id) or {}
-        if not servers:
-            return None
-        return min(servers.items(), key=lambda kv: (kv[1].get("streams", 0),
-                                                    kv[1].get("bandwidth_kbps", 0)))[0]
+        """The media URL of the SS of a node with the most room, or None."""
+        candidates = self.choosable(node_id)
+        chosen = placement.most_room(candidates)
+        return candidates[chosen]["media"] if chosen is not None else None
+
+    def view(self, node_id):
+        """The node's SS as the admin API shows them, the chosen one marked."""
+        chosen = placement.most_room(self.choosable(node_id))
+        now = self._now()
+        return [{"ss_id": i, **{k: v for k, v in e.items() if k != "seen"},
+                 "report_age": round(now - e.get("seen", now), 1), "chosen": i == chosen}
+                for i, e in sorted((self.servers.get(node_id) or {}).items())]
 
 
 class CMSService(service.Service):
@@ -240,7 +285,7 @@ class CMSService(service.Service):
         self._hole_since = None
         self._hole_call = None
         self.online = set()  # devices whose home node reports them online
-        self.mdp = MDP()
+        self.mdp = MDP(clock, config.heartbeat_interval)
         self._verifiers = {}
         self._sweeper = None
         self._purger = None
@@ -731,6 +776,14 @@ class CMSService(service.Service):
         self.counters["audit_events"] = self.counters.get("audit_events", 0) + len(entries)
         return AuditAck(batch=body.batch, stored=len(entries))
 
+    def on_ss_report(self, s, body):
+        """The load of each streaming server of the node, sent with its heartbeat."""
+        if len(body.servers) > MAX_SS_PER_NODE:
+            raise VssError(ResultCode.LIMIT_REACHED,
+                           f"at most {MAX_SS_PER_NODE} streaming servers per node")
+        self.mdp.report_servers(s.node_id, body.servers)
+        return Empty()
+
     # -- events and alarms (vss.events): stored, acknowledged, listed
 
     @defer.inlineCallbacks
@@ -1046,7 +1099,8 @@ class CMSService(service.Service):
         return {
             "cms_id": self.config.cms_id,
             "nodes": {n: {"peer": s.link.peer, "applied_seq": s.applied_seq, "load": s.load,
-                          "media": s.media, "signalling": s.signalling}
+                          "media": s.media, "signalling": s.signalling,
+                          "servers": self.mdp.view(n)}
                       for n, s in sorted(self.sessions.items())},
             "devices": len(self.homes),
             "online_per_node": self.online_per_node(),
@@ -1077,4 +1131,5 @@ class CMSService(service.Service):
         MsgType.EVENT_REPORT: on_event_report,
         MsgType.EVENT_ACK: on_event_ack,
         MsgType.EVENT_QUERY: on_event_query,
+        MsgType.SS_REPORT: on_ss_report,
     }

@@ -184,6 +184,30 @@ class NodeCollector:
         yield counter("vss_media_relayed_playbacks", "Playbacks of footage another node (or "
                       "a DVR there) holds, relayed through this node.",
                       c.get("relayed_playbacks", 0) + c.get("relayed_dvr_playbacks", 0))
+        pool = getattr(node, "ss_pool", None)
+        if pool is not None:
+            yield from self._ss_workers(pool)
+
+    def _ss_workers(self, pool):
+        """The streaming server workers (``--ss-workers``) as their reports say."""
+        servers = sorted(pool.servers.values(), key=lambda s: s.ss_id)
+        states = {"up": 0, "stale": 0, "down": 0}
+        for s in servers:
+            states[s.state.name.lower()] += 1
+        yield labelled(GaugeMetricFamily, "vss_ss_workers", "SS workers by state (up; stale: "
+                       "its reports stopped, not chosen; down: being restarted).", ("state",),
+                       sorted(states.items()))
+        for name, key, what in (("vss_ss_viewers", "viewers", "Viewers an SS worker serves."),
+                                ("vss_ss_streams", "streams", "Streams an SS worker carries."),
+                                ("vss_ss_bandwidth_kbps", "bandwidth_kbps",
+                                 "What an SS worker sends to its viewers, kb/s."),
+                                ("vss_ss_cpu_permille", "cpu_permille",
+                                 "An SS worker's CPU, per mille of one core.")):
+            yield labelled(GaugeMetricFamily, name, what, ("ss",),
+                           [((s.ss_id,), s.load[key]) for s in servers])
+        yield labelled(CounterMetricFamily, "vss_ss_restarts", "Times the node started an SS "
+                       "worker again after it ended.", ("ss",),
+                       [((s.ss_id,), s.restarts) for s in servers])
 
     # -- recording
 

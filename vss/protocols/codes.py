@@ -48,6 +48,7 @@ class ResultCode(IntEnum):
     QUEUED = 0x030A
     BUSY = 0x030B
     LIMIT_REACHED = 0x030C
+    SS_UNAVAILABLE = 0x0318
 
     # central platform and synchronisation
     CENTRAL_UNAVAILABLE = 0x0401
@@ -98,6 +99,7 @@ DESCRIPTIONS = {
     ResultCode.BUSY: "the peer is at capacity",
     ResultCode.LIMIT_REACHED: "a limit of this link or request was reached, such as the "
                               "event subscriptions of a link",
+    ResultCode.SS_UNAVAILABLE: "no streaming server of the node could take the stream",
     ResultCode.CENTRAL_UNAVAILABLE: "the central platform cannot be reached",
     ResultCode.RELOAD_REQUIRED: "the change log no longer reaches back that far: reload",
     ResultCode.UNKNOWN_NODE: "no such node",

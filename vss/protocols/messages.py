@@ -731,6 +731,45 @@ EventReport = body(
 EventReportAck = body("EventReportAck", "batch" / U64, "stored" / U32)
 
 
+class SsState(IntEnum):
+    """A streaming server as its node sees it (SS_REPORT)."""
+
+    UP = 1  # linked and reporting
+    STALE = 2  # linked, but its load reports stopped: not chosen
+    DOWN = 3  # its process ended or its link is gone: being restarted
+
+
+# The SS control link (docs/protocol.md 9.8): a node's CDN module and its streaming
+# server workers; SS_REPORT carries their load from the node to MDP.
+SsHello = body("SsHello", "ss_id" / Str, "media" / Str, "pid" / U32, "nonce" / Bytes)
+SsChallenge = body("SsChallenge", "nonce" / Bytes)
+SsAuth = body("SsAuth", "proof" / Bytes)
+SsWelcome = body("SsWelcome", "proof" / Bytes, "report_interval" / U16)
+SsPathLoad = record("SsPathLoad", "path" / Str, "viewers" / U32, "bandwidth_kbps" / U32)
+SsLoad = body(
+    "SsLoad",
+    "streams" / U32,
+    "viewers" / U32,
+    "bandwidth_kbps" / U32,
+    "cpu_permille" / U16,
+    "paths" / List(SsPathLoad.con),
+)
+SsPull = body("SsPull", "path" / Str, "url" / Str)
+SsDrop = body("SsDrop", "path" / Str)
+SsRedirect = body("SsRedirect", "path" / Str, "url" / Str, "viewers" / U32)
+SsServer = record(
+    "SsServer",
+    "ss_id" / Str,
+    "media" / Str,
+    "state" / U8,
+    "streams" / U32,
+    "viewers" / U32,
+    "bandwidth_kbps" / U32,
+    "cpu_permille" / U16,
+)
+SsReport = body("SsReport", "servers" / List(SsServer.con))
+
+
 # ---------------------------------------------------------------------------
 # Message types: (type id, request body, response body or None for a notification)
 
@@ -782,6 +821,13 @@ class MsgType(IntEnum):
     CRED_STORE = 0x0213
     AUDIT_REPORT = 0x0214
     EVENT_REPORT = 0x0215
+    SS_HELLO = 0x0220
+    SS_AUTH = 0x0221
+    SS_LOAD = 0x0222
+    SS_PULL = 0x0223
+    SS_DROP = 0x0224
+    SS_REPORT = 0x0225
+    SS_REDIRECT = 0x0226
 
 
 #: type -> (request body class, response body class or None if notification-only)
@@ -832,4 +878,11 @@ CATALOGUE = {
     MsgType.EVENT_ACK: (EventAck, EventAcked),
     MsgType.EVENT_QUERY: (EventQuery, Events),
     MsgType.EVENT_REPORT: (EventReport, EventReportAck),
+    MsgType.SS_HELLO: (SsHello, SsChallenge),
+    MsgType.SS_AUTH: (SsAuth, SsWelcome),
+    MsgType.SS_LOAD: (SsLoad, None),
+    MsgType.SS_PULL: (SsPull, Empty),
+    MsgType.SS_DROP: (SsDrop, Empty),
+    MsgType.SS_REPORT: (SsReport, Empty),
+    MsgType.SS_REDIRECT: (SsRedirect, Empty),
 }

@@ -47,6 +47,7 @@ from vss.protocols.messages import (
     RegInfoRequest,
     RouteLookup,
     RouteRequest,
+    SsReport,
     StateChange,
     StaticPull,
     SyncComplete,
@@ -268,10 +269,21 @@ class CmsLink(service.Service):
                 "bandwidth_kbps": min(kbps, 2**32 - 1)}
 
     def _beat(self, link):
-        body = Heartbeat(applied_seq=self.applier.applied_seq, **self.load())
+        load = self.load()  # the node process and its own SS
+        servers = self._servers(load)
+        # the node's bandwidth is what all its streaming servers send (its workers too)
+        total = dict(load, bandwidth_kbps=min(2**32 - 1, sum(s.bandwidth_kbps for s in servers)))
+        body = Heartbeat(applied_seq=self.applier.applied_seq, **(total if servers else load))
         d = link.request(MsgType.NODE_HEARTBEAT, body)
         d.addCallback(lambda msg: self._check_head(msg.body.head_seq))
         d.addErrback(lambda f: None)
+        if servers:  # with each heartbeat, each streaming server's load, for MDP
+            link.request(MsgType.SS_REPORT, SsReport(servers=servers)).addErrback(
+                lambda f: None)
+
+    def _servers(self, load):
+        cdn = self.rgm.cdn if self.rgm is not None else None
+        return cdn.servers(self.advertise()[1], load) if cdn is not None else []
 
     def _saw_head(self, head):
         if head > self.head_seq:

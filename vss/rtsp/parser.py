@@ -21,6 +21,7 @@ MAX_BODY = 64 * 1024
 
 REASONS = {
     200: "OK",
+    302: "Moved Temporarily",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",

@@ -301,6 +301,9 @@ class RTSPServerFactory(protocol.Factory):
         #: bytes, frames, drops and key waits of the viewers of the sources that ended
         self.viewers_ended = [0, 0, 0, 0]
         self.credentials = None  # stream credentials (use_credentials)
+        # path -> URL base another server serves it from: a DESCRIBE of it is answered
+        # 302 there (an SS worker over its limit for a hot stream: vss.ss.worker)
+        self.redirector = None
 
     # -- reactor and clock, resolved lazily
 
@@ -633,6 +636,11 @@ class RTSPServerFactory(protocol.Factory):
             return
         ok, info = self._authorize(conn, req, url, "play")
         if not ok:
+            return
+        elsewhere = self.redirector(url.path) if self.redirector is not None else None
+        if elsewhere:
+            query = f"?{url.query}" if url.query else ""
+            conn.reply(req, 302, [("Location", f"{elsewhere}{url.path}{query}")])
             return
         source = self.sources.get(url.path)
         if source is not None:

@@ -44,6 +44,10 @@ DEFAULTS = {
     "record-max-write-mbps": "400",
     "record-in": "auto",
     "live-max-lag": "2",
+    "ss-workers": "auto",
+    "ss-control-listen": "tcp:0:interface=127.0.0.1",
+    "ss-stream-viewers": "1000",
+    "ss-stream-mbps": "0",
 }
 
 
@@ -117,6 +121,21 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["live-max-lag", None, None, "Seconds a live RTSP/TCP viewer may fall behind the "
          "stream before what is queued for it is dropped and it resumes at the next "
          f"keyframe; 0: no bound (playbacks are never bound) [{DEFAULTS['live-max-lag']}]."],
+        ["ss-workers", None, None, "Streaming server workers: separate processes that "
+         "serve the live viewers, each on its own RTSP port (the --rtsp-listen port + 1, "
+         "+ 2, ...; port 0: any). auto: one per core; 0: none, the node's own SS serves "
+         "every viewer (small sites). Not with an ssl: --rtsp-listen (workers serve plain "
+         f"RTSP) [{DEFAULTS['ss-workers']}]."],
+        ["ss-first-port", None, None, "RTSP port of the first SS worker, the next ones "
+         "following it; 0: any free port [the --rtsp-listen port + 1]."],
+        ["ss-control-listen", None, None, "Endpoint of the SS control link the workers (and "
+         "a twistd vss-ss on another host) link to "
+         f"[{DEFAULTS['ss-control-listen']}]."],
+        ["ss-stream-viewers", None, None, "Viewers of one stream on one SS worker before "
+         "another worker pulls it too and new viewers go there; 0: no limit "
+         f"[{DEFAULTS['ss-stream-viewers']}]."],
+        ["ss-stream-mbps", None, None, "The same limit in Mb/s sent for one stream by one SS "
+         f"worker; 0: no limit [{DEFAULTS['ss-stream-mbps']}]."],
         ["manhole", None, None, "Endpoint of the operator SSH manhole (off unless set), e.g. tcp:7122:interface=127.0.0.1."],
         ["manhole-keys", None, None, "authorized_keys file for the manhole."],
         *metrics_options("the HTTP listener (--http-listen)"),
@@ -190,6 +209,18 @@ def settings_from(opts):
         raise ConfigError("; ".join(problems))
     rtsp = opts["rtsp-listen"]
     media_host = opts.get("media-host") or _interface_of(rtsp) or "127.0.0.1"
+    ss_workers = _ss_workers(opts, rtsp, problems)
+    ss_first_port = None
+    if opts.get("ss-first-port") is not None:
+        ss_first_port = _non_negative("ss-first-port", opts["ss-first-port"], int, problems)
+        if ss_first_port is not None and ss_first_port + ss_workers > 65535:
+            problems.append(f"--ss-first-port: {ss_first_port} leaves no room for "
+                            f"{ss_workers} workers")
+    check_endpoint("ss-control-listen", opts["ss-control-listen"], problems)
+    ss_viewers = _non_negative("ss-stream-viewers", opts["ss-stream-viewers"], int, problems)
+    ss_mbps = _non_negative("ss-stream-mbps", opts["ss-stream-mbps"], float, problems)
+    if problems:
+        raise ConfigError("; ".join(problems))
     return NodeSettings(
         node_id=node_id,
         pu_listen=opts["pu-listen"],
@@ -217,6 +248,11 @@ def settings_from(opts):
         record_max_write_mbps=max_write,
         record_in=record_in,
         live_max_lag=live_max_lag,
+        ss_workers=ss_workers,
+        ss_control_listen=opts["ss-control-listen"],
+        ss_first_port=ss_first_port,
+        ss_stream_viewers=ss_viewers or 0,
+        ss_stream_kbps=int((ss_mbps or 0) * 1000),
         tls_cert=tls[0], tls_key=tls[1], tls_ca=tls[2],
         allow_plaintext_links=allow_plaintext,
         metrics=opts["metrics"],
@@ -304,6 +340,26 @@ def _non_negative(name, value, cast, problems):
         problems.append(f"--{name}: {v} must be >= 0")
         return None
     return v
+
+
+def _ss_workers(opts, rtsp, problems):
+    """``--ss-workers``: auto is one per core (none with an ssl: RTSP listener)."""
+    value = str(opts["ss-workers"]).strip().lower()
+    tls = rtsp.split(":", 1)[0].lower() == "ssl"
+    if value == "auto":
+        return 0 if tls else (os.cpu_count() or 1)
+    try:
+        n = int(value)
+    except ValueError:
+        problems.append(f"--ss-workers: {value!r} is neither 'auto' nor a number")
+        return 0
+    if n < 0 or n > 256:
+        problems.append(f"--ss-workers: {n} is not within 0..256")
+        return 0
+    if n and tls:
+        problems.append("--ss-workers: SS workers serve plain RTSP; with an ssl: "
+                        "--rtsp-listen use 0")
+    return n
 
 
 def _interface_of(description):

@@ -129,7 +129,9 @@ def start_node(reactor, workdir, node_id, extra=(), env=None):
             "--pu-listen", "tcp:0:interface=127.0.0.1",
             "--cu-listen", "tcp:0:interface=127.0.0.1",
             "--rtsp-listen", "tcp:0:interface=127.0.0.1",
-            "--http-listen", "tcp:0:interface=127.0.0.1", *extra]
+            "--http-listen", "tcp:0:interface=127.0.0.1",
+            # the in-process SS unless a test asks for workers (--ss-workers N in extra)
+            "--ss-workers", "0", *extra]
     d = Daemon(reactor, argv, os.path.join(workdir, f"{node_id}.log"), env=env, cwd=workdir)
     yield wait_for_file(reactor, ports_file, proc=d)
     with open(ports_file) as f:

@@ -56,8 +56,25 @@ export default {
         h('button', {type: 'button', class: 'ghost small', 'aria-label': `Edit ${n.node_id}`, onclick: () => editNode(ctx, n)}, 'Edit'),
         h('button', {type: 'button', class: 'ghost small', 'aria-label': `Remove ${n.node_id}`, onclick: () => removeNode(ctx, n)}, 'Remove'))});
     }
-    return panel(`${nodes.length} node${nodes.length === 1 ? '' : 's'} \u00b7 change log at #${status.head_seq}`,
-      dataTable({caption: 'Nodes', id: 'nodes-table', rows, columns, rowAttrs: (n) => ({dataset: {node: n.node_id}}),
-                 empty: 'No node yet.'}));
+    // MDP's view: each streaming server of each node that is up, the one a new stream goes to marked
+    const servers = rows.flatMap((n) => (n.servers || []).map((s) => ({...s, node_id: n.node_id, key: `${n.node_id}/${s.ss_id}`})));
+    const serverColumns = [
+      {key: 'node_id', label: 'Node'},
+      {key: 'ss_id', label: 'Streaming server', render: (s) => h('strong', {}, s.ss_id)},
+      {key: 'state', label: 'State', render: (s) => dot(s.state === 'up' ? 'ok' : 'bad', s.state)},
+      {key: 'media', label: 'Media', render: (s) => h('code', {}, s.media || '\u2014')},
+      {key: 'streams', label: 'Streams', num: true},
+      {key: 'viewers', label: 'Viewers', num: true},
+      {key: 'bandwidth_kbps', label: 'Mb/s out', num: true, render: (s) => (s.bandwidth_kbps / 1000).toFixed(1)},
+      {key: 'cpu_permille', label: 'CPU', num: true, render: (s) => `${Math.round(s.cpu_permille / 10)} %`},
+      {key: 'chosen', label: 'MDP\u2019s choice', render: (s) => (s.chosen ? 'next stream' : '')},
+    ];
+    return h('div', {},
+      panel(`${nodes.length} node${nodes.length === 1 ? '' : 's'} \u00b7 change log at #${status.head_seq}`,
+        dataTable({caption: 'Nodes', id: 'nodes-table', rows, columns, rowAttrs: (n) => ({dataset: {node: n.node_id}}),
+                   empty: 'No node yet.'})),
+      panel('Streaming servers (MDP)',
+        dataTable({caption: 'Streaming servers', id: 'servers-table', rows: servers, columns: serverColumns,
+                   rowAttrs: (s) => ({dataset: {server: s.key}}), empty: 'No streaming server reported yet.'})));
   },
 };
