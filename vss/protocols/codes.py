@@ -48,6 +48,8 @@ class ResultCode(IntEnum):
     QUEUED = 0x030A
     BUSY = 0x030B
     LIMIT_REACHED = 0x030C
+    WALL_OFFLINE = 0x0310
+    NOT_A_WALL = 0x0311
 
     # central platform and synchronisation
     CENTRAL_UNAVAILABLE = 0x0401
@@ -98,6 +100,8 @@ DESCRIPTIONS = {
     ResultCode.BUSY: "the peer is at capacity",
     ResultCode.LIMIT_REACHED: "a limit of this link or request was reached, such as the "
                               "event subscriptions of a link",
+    ResultCode.WALL_OFFLINE: "the wall or decoder is not logged in to any node",
+    ResultCode.NOT_A_WALL: "the CU is not a TV wall or a decoder",
     ResultCode.CENTRAL_UNAVAILABLE: "the central platform cannot be reached",
     ResultCode.RELOAD_REQUIRED: "the change log no longer reaches back that far: reload",
     ResultCode.UNKNOWN_NODE: "no such node",
