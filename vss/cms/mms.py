@@ -66,6 +66,7 @@ from vss.errors import VssError
 from vss.protocols import scram
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
+    CU_TARGET,
     Action,
     EventPhase,
     PuKind,
@@ -98,7 +99,7 @@ SECRET_PARAM_RE = re.compile(
 
 KINDS = {"ipc": PuKind.IPC, "dvs": PuKind.DVS, "dvr": PuKind.DVR}
 ACTIONS = {"view": Action.VIEW, "ptz": Action.PTZ, "config": Action.CONFIG,
-           "record": Action.RECORD}
+           "record": Action.RECORD, "wall": Action.WALL}
 MODES = ("off", "continuous", "schedule", "event", "manual")
 STREAMS = ("main", "sub")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -862,7 +863,15 @@ class Grants(JsonResource):
         actions = actions_of(body)
         now = self.api.now_ms()
         expires = expiry_of(body, now)
-        yield self.api.device(device_id)
+        if device_id.startswith(CU_TARGET):  # who may drive a wall or decoder
+            if actions != Action.WALL:
+                raise invalid("actions", "a grant on a wall (cu:ACCOUNT) is ['wall'] only")
+            if (yield self.api.store.get_user(device_id[len(CU_TARGET):])) is None:
+                raise not_found(f"no account {device_id[len(CU_TARGET):]!r}")
+        else:
+            if actions & Action.WALL:
+                raise invalid("actions", "'wall' is granted on a wall: device_id cu:ACCOUNT")
+            yield self.api.device(device_id)
         if principal.startswith("user:"):
             if (yield self.api.store.get_user(principal[5:])) is None:
                 raise not_found(f"no user {principal[5:]!r}")

@@ -49,6 +49,7 @@ from vss.protocols.messages import (
 )
 from vss.rgm import relay, settings
 from vss.rgm.auth import ScramExchange, Throttle
+from vss.rgm.walls import WALL_KINDS, WallRegistry
 
 AGENT = "vss-node/0.1"
 
@@ -180,6 +181,9 @@ class RGMService(service.Service):
         self.archive = None  # vss.cdn.archive.NodeArchive: RECORD_QUERY across nodes
         self.credentials = None  # vss.streamcreds.node.StreamCredentials, with a CMS
         self.events = None  # vss.events.hub.EventHub: events and alarms
+        #: TV walls and decoders logged in here (vss.rgm.walls); CMS is told where each is
+        self.walls = WallRegistry(config.node_id, store, clock,
+                                  presence=lambda key, online: central.presence(key, online))
         self.throttle = Throttle(clock)
         self.links = set()
         self.pu_links = {}  # device_id -> link of the registered PU
@@ -214,6 +218,7 @@ class RGMService(service.Service):
     def stopService(self):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+        self.walls.stop()
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "node shutting down")
         return super().stopService()
@@ -268,6 +273,8 @@ class RGMService(service.Service):
                     self.events.raise_event(s.identity, 0, "offline", severity=Severity.WARNING)
         else:
             self.cu_links.pop(s.session_id, None)
+            if s.kind in WALL_KINDS:
+                self.walls.logged_out(link)
             if self.events is not None:
                 self.events.cu_gone(link)
 
@@ -533,6 +540,8 @@ class RGMService(service.Service):
             self.central.presence(s.identity, True)
             if self.events is not None:
                 self.events.raise_event(s.identity, 0, "online")
+        elif s.kind in WALL_KINDS:
+            self.walls.logged_in(link, s.identity, s.kind)
 
     # -- 5. what a registered PU sends
 
@@ -687,6 +696,7 @@ class RGMService(service.Service):
             "links": len(self.links),
             "pus_online": len(self.pu_links),
             "cu_sessions": len(self.cu_links),
+            **self.walls.status(),
             **self.counters,
         }
 

@@ -16,6 +16,7 @@ from vss.events.hub import visible
 from vss.interfaces import ICentral
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
+    CU_TARGET,
     AuditAck,
     AuditKind,
     Entity,
@@ -146,6 +147,13 @@ class MemoryCentral:
 
         self._check()
         self.routed.append((device_id, inner_type))
+        if device_id.startswith(CU_TARGET):  # a wall: the node it is logged in to
+            wall_id = device_id[len(CU_TARGET):]
+            for rgm_n in self.nodes.values():
+                if rgm_n is not None and rgm_n.walls.here(wall_id):
+                    return relay.serve_wall(rgm_n, device_id, inner_type, inner_body)
+            return defer.fail(VssError(ResultCode.WALL_OFFLINE,
+                                       f"wall {wall_id} is not logged in to any node"))
         record = self.devices.get(device_id)
         if record is None:
             return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id}"))

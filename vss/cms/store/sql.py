@@ -44,6 +44,7 @@ from vss.interfaces import IStaticStore
 from vss.ops.histogram import Histogram
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
+    CU_TARGET,
     Action,
     Change,
     ChangeOp,
@@ -732,7 +733,8 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         )
 
     def _held_grants(self, cur, cursor, limit, node_id):
-        """The grants on the devices ``node_id`` holds, in (device, principal) order
+        """The grants on the devices ``node_id`` holds and on every CU target, in
+        (device, principal) order
         (the cursor is still a grant key): index range scans, not a scan of every
         grant."""
         after_principal, after_device = split_grant_key(cursor) if cursor else ("", "")
@@ -743,10 +745,13 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
             " ON g.device_id = d.device_id WHERE d.home_node = ? AND d.device_id >= ?"
             f" UNION ALL SELECT {cols} FROM node_devices n JOIN devices d"
             " ON d.device_id = n.device_id JOIN grants g ON g.device_id = n.device_id"
-            " WHERE n.node_id = ? AND n.device_id >= ? AND d.home_node <> ?) AS held"
+            " WHERE n.node_id = ? AND n.device_id >= ? AND d.home_node <> ?"
+            # who may drive a wall or decoder (``cu:<account>``): every node holds these
+            f" UNION ALL SELECT {cols} FROM grants g WHERE substr(g.device_id, 1, 3) = ?"
+            " AND g.device_id >= ?) AS held"
             " WHERE (device_id, principal) > (?, ?) ORDER BY device_id, principal LIMIT ?",
-            (node_id, after_device, node_id, after_device, node_id, after_device,
-             after_principal, limit + 1),
+            (node_id, after_device, node_id, after_device, node_id, CU_TARGET, after_device,
+             after_device, after_principal, limit + 1),
         ).fetchall()
         return _page([_grant(r) for r in rows], limit,
                      lambda r: grant_key(r.principal, r.device_id))
