@@ -442,6 +442,8 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         if row is None:
             return
         self._delete_grants(cur, log, "principal = ?", ("user:" + username,))
+        # who may drive the account as a wall or decoder
+        self._delete_grants(cur, log, "device_id = ?", (CU_TARGET + username,))
         self._delete_credentials(cur, log, "username = ?", (username,))
         self._x(cur, "DELETE FROM users WHERE username = ?", (username,))
         log.add(Entity.USER, ChangeOp.DELETE, username, int(row[0]) + 1)
@@ -660,7 +662,14 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
                            origin=origin)
 
     def _set_grant(self, cur, log, principal, device_id, actions, expires):
-        if self._x(
+        if device_id.startswith(CU_TARGET):  # a wall or decoder: its account, WALL only
+            if actions & ~Action.WALL:
+                raise VssError(ResultCode.INVALID_ARGUMENT,
+                               "a grant on a wall (cu:ACCOUNT) carries the WALL action only")
+            if self._x(cur, "SELECT 1 FROM users WHERE username = ?",
+                       (device_id[len(CU_TARGET):],)).fetchone() is None:
+                raise VssError(ResultCode.NOT_FOUND, f"no account {device_id[3:]!r}")
+        elif self._x(
             cur, "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)
         ).fetchone() is None:
             raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id!r}")
