@@ -1,0 +1,151 @@
+"""
+The wall page (``/wall``, docs/protocol.md 9.8) in a real headless Chromium, against a
+central platform and three nodes in this process over real TCP, with real ``vss-pu``
+cameras publishing H.264: the page signs in to node-b as a TV wall, an operator on
+node-a puts a camera homed on node-c on a tile (the page shows it within a second and
+its pictures advance), starts a tour (the tile changes on time), and node-b restarts:
+the page reconnects and the wall has the same layout and tiles again. Screenshots go to
+the test artefacts. Skipped where no Chromium is installed.
+"""
+
+import os
+import time
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from vss.protocols.messages import (
+    Action,
+    MsgType,
+    Role,
+    Stream,
+    WallAssign,
+    WallQuery,
+    WallTour,
+)
+from vss.testing import browser as harness
+from vss.testing.platform import start_platform, verifier
+
+
+class WallPageTests(unittest.TestCase):
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        harness.require()
+        os.environ.setdefault(harness.ARTEFACTS_ENV, os.path.abspath("test-artefacts"))
+        self.p = yield start_platform(self)
+        store, change = self.p.cms.store, self.p.change
+        yield change(store.upsert_device("cam-a", "Gate", 1, 1, "node-a", verifier("cam-a-s")))
+        yield change(store.upsert_device("cam-c", "Yard", 1, 1, "node-c", verifier("cam-c-s")))
+        yield change(store.upsert_user("op", verifier("op-pw"), []))
+        yield change(store.upsert_user("wall1", verifier("wall1-pw"), []))
+        yield change(store.set_grant("user:wall1", "cam-a", int(Action.VIEW)))
+        yield change(store.set_grant("user:wall1", "cam-c", int(Action.VIEW)))
+        yield change(store.set_grant("user:op", "cu:wall1", int(Action.WALL)))
+        for node_id in ("node-a", "node-b", "node-c"):
+            yield self.p.start_node(node_id)
+        yield self.p.start_pu("node-a", "cam-a", "cam-a-s")
+        yield self.p.start_pu("node-c", "cam-c", "cam-c-s")
+        self.http = self.p.port("node-b", "http")
+        self.b = yield harness.start_browser(self)
+        self.op = yield self.p.login("node-a", Role.CU, "op", "op-pw")
+
+    def wall(self, expr):
+        return self.b.js(f"const w = window.vssWall; return {expr}")
+
+    @defer.inlineCallbacks
+    def command(self, type, body):
+        msg = yield self.op.request(type, body)
+        return msg.body
+
+    @defer.inlineCallbacks
+    def test_wall_page_follows_assignments_tours_and_a_node_restart(self):
+        b = self.b
+        yield b.open(f"http://127.0.0.1:{self.http}/wall")
+        yield b.wait_for("the sign-in form", "return !!document.getElementById('login-form')")
+        yield b.js("""
+            document.getElementById('user').value = 'wall1';
+            document.getElementById('password').value = 'wall1-pw';
+            document.getElementById('layout').value = '4';
+            document.getElementById('login-form').requestSubmit();""")
+        yield b.wait_for("the wall signed in with 4 tiles",
+                         "const w = window.vssWall; return w.connected && w.state"
+                         " && w.state.layout === 4 && document.querySelectorAll('.tile').length")
+
+        # an operator on node-a puts camera cam-c (homed on node-c) on tile 1
+        sent = time.time()
+        state = yield self.command(MsgType.WALL_ASSIGN, WallAssign(
+            wall_id="wall1", tile=1, device_id="cam-c", channel=0, stream=Stream.MAIN))
+        self.assertEqual(state.node_id, "node-b")
+        yield b.wait_for("the tile change on the page", """
+            return window.vssWall.applied.some((a) => a.version >= arguments[0])""",
+                         state.version, timeout=5)
+        applied = yield self.wall(f"w.applied.find((a) => a.version >= {state.version}).at")
+        self.assertLess(applied / 1000.0 - sent, 1.0)
+        yield b.wait_for("pictures of cam-c on tile 1", """
+            const t = document.querySelectorAll('.tile')[1];
+            return t.dataset.device === 'cam-c' && Number(t.dataset.frames) > 10""", timeout=60)
+        yield b.screenshot("wall-one-camera")
+
+        # the frames shown reach the operator through the wall's reports
+        @defer.inlineCallbacks
+        def reported():
+            s = yield self.command(MsgType.WALL_STATE, WallQuery(wall_id="wall1"))
+            return [a.frames for a in s.assignments if a.tile == 1 and a.frames > 0]
+
+        yield harness_poll(reported, "the frames in the wall's state")
+
+        # a tour on tile 0: cam-a and cam-c, 3 s each; the page changes on time
+        state = yield self.command(MsgType.WALL_TOUR, WallTour(
+            wall_id="wall1", tile=0, devices=["cam-a", "cam-c"], stream=Stream.MAIN, dwell=3))
+        start = state.version
+        yield b.wait_for("two tour steps", """
+            return window.vssWall.applied.filter((a) => a.version > arguments[0]).length >= 2""",
+                         start, timeout=20)
+        steps = yield self.wall(f"w.applied.filter((a) => a.version >= {start}).map((a) => a.at)")
+        gaps = [(b2 - a2) / 1000.0 for a2, b2 in zip(steps, steps[1:], strict=False)][:2]
+        self.assertEqual(len(gaps), 2)
+        self.assertTrue(all(abs(gap - 3.0) < 0.6 for gap in gaps), gaps)
+        yield b.wait_for("pictures on the touring tile", """
+            const t = document.querySelectorAll('.tile')[0];
+            return t.dataset.device && Number(t.dataset.frames) > 0""", timeout=30)
+        yield b.screenshot("wall-tour")
+
+        # node-b restarts on the same address: the page comes back, the wall as it was
+        opens = int((yield b.js("return document.querySelectorAll('.tile')[1].dataset.opens")))
+        yield self.p.stop_node("node-b")
+        yield b.wait_for("the page to see the cut", "return !window.vssWall.connected",
+                         timeout=20)
+        yield self.p.start_node("node-b", http_listen=f"tcp:{self.http}:interface=127.0.0.1")
+        yield b.wait_for("the page signed in again", """
+            const w = window.vssWall; return w.connected && w.reconnects > 0""", timeout=60)
+        state = yield self.command(MsgType.WALL_STATE, WallQuery(wall_id="wall1"))
+        self.assertEqual((state.node_id, state.layout, len(state.tiles)), ("node-b", 4, 4))
+        tiles = {a.tile: a.device_id for a in state.assignments}
+        self.assertEqual(tiles[1], "cam-c")
+        self.assertIn(tiles[0], ("cam-a", "cam-c"))
+        # the stream opened again on the new link, and its pictures advance
+        yield b.wait_for("pictures again on tile 1", """
+            const t = document.querySelectorAll('.tile')[1];
+            return t.dataset.device === 'cam-c' && Number(t.dataset.opens) > arguments[0]
+                && t.dataset.state === 'playing' && Number(t.dataset.frames) > 10""", opens,
+                         timeout=60)
+        yield b.screenshot("wall-after-restart")
+
+
+@defer.inlineCallbacks
+def harness_poll(check, what, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = yield check()
+        if found:
+            return found
+        yield deferLater(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def deferLater(seconds):
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
