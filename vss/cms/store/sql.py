@@ -405,7 +405,8 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return self._read(self._version)
 
     def describe_schema(self):
-        """Deferred {'tables': {...}, 'indexes': [...]}, for tests and operators."""
+        """Deferred {"tables": {...}, "indexes": [...], "references": [...]} (the foreign
+        keys), for tests and operators."""
         return self._read(self.dialect.describe)
 
     # -- users ----------------------------------------------------------------
