@@ -14,7 +14,8 @@ it showed, so a node that restarted gets the wall's state back.
 The password comes from ``--password-file`` or ``VSS_PASSWORD`` (``{id}`` in it is
 replaced by each decoder's account), never from the command line. ``--events FILE``
 appends one JSON line per tile change: the wall, tile, device, the state's version,
-when the change arrived and when its first frame was decoded (the bench's figures).
+when the change arrived, when MEDIA_OPEN was answered, when the RTSP stream was open and
+when its first frame was decoded (the bench's figures).
 """
 
 import json
@@ -46,6 +47,9 @@ from vss.version import VersionOption
 
 log = Logger()
 REPORT_EVERY = 1.0
+#: FFmpeg's probing of a new stream: the SDP names the codec and its parameters, so
+#: half a second of it is enough (the default waits up to 5 s on a slow start)
+PROBE = {"analyzeduration": "500000", "probesize": "500000"}
 TICK = 0.25  # a new link is described within this
 
 
@@ -105,10 +109,11 @@ def decode(url, player, opener=None):
     player is stopped or the stream ends; counts frames and errors on ``player``."""
     opener = opener or av.open
     try:
-        container = opener(url, options=ffmpeg_options(url), timeout=10)
+        container = opener(url, options={**ffmpeg_options(url), **PROBE}, timeout=10)
     except Exception as e:  # noqa: BLE001 - reported to the node
         player.failed(f"cannot open the stream: {e}")
         return
+    player.stream_opened = time.time()
     try:
         if not container.streams.video:
             player.failed("the stream has no video")
@@ -147,6 +152,8 @@ class Player:
         self.errors = 0
         self.last_error = ""
         self.first_frame = None
+        self.media_opened = None  # when MEDIA_OPEN was answered
+        self.stream_opened = None  # when FFmpeg had opened the RTSP stream
         self.stopped = False
         self.session_id = None
         self.thread = None
@@ -249,6 +256,7 @@ class Decoder:
                 self._media_close(msg.body.session_id)
                 return
             p.session_id = msg.body.session_id
+            p.media_opened = time.time()
             p.thread = threading.Thread(target=self.decode_fn, args=(msg.body.url, p),
                                         name=f"{self.account}-tile{p.tile}", daemon=True)
             p.thread.start()
@@ -274,7 +282,8 @@ class Decoder:
         if self.events is not None:
             self.reactor.callFromThread(self.events, {
                 "wall": self.account, "tile": p.tile, "device": p.device_id,
-                "version": p.version, "arrived": p.arrived, "first_frame": p.first_frame})
+                "version": p.version, "arrived": p.arrived, "media_opened": p.media_opened,
+                "stream_opened": p.stream_opened, "first_frame": p.first_frame})
 
     def tick(self):
         """A new link gets WALL_DESCRIBE at once; a report every second."""
