@@ -15,6 +15,7 @@ from vss.protocols.messages import (
     Change,
     ChangeOp,
     CuKind,
+    DeviceList,
     Entity,
     MsgType,
     Stream,
@@ -203,6 +204,11 @@ class AssignTests(Base):
         self.h.rgm.walls.access_changed()
         self.h.pump()
         self.assertEqual(wall_notes(notes)[-1].assignments, [])
+
+    def test_wall_grants_are_no_devices(self):
+        op = self.operator()
+        listed = result(self.ask(op, MsgType.DEVICE_LIST, DeviceList(cursor="", limit=0))).body
+        self.assertEqual([d.device_id for d in listed.devices], ["cam3"])
 
     def test_a_wall_logged_out_is_offline(self):
         wall, _ = self.wall()

@@ -31,6 +31,7 @@ from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import (
+    CU_TARGET,
     Action,
     AuthChallenge,
     AuthOk,
@@ -642,7 +643,8 @@ class RGMService(service.Service):
 
     def device_list(self, username, cursor, limit):
         granted = self.store.granted_devices(username)
-        ids = sorted(d for d in granted if d > cursor)
+        # a grant on a wall or decoder (cu:ACCOUNT) names no device
+        ids = sorted(d for d in granted if d > cursor and not d.startswith(CU_TARGET))
         limit = max(1, min(limit or 100, 1000))
         page = ids[:limit]
         out = []
