@@ -14,12 +14,15 @@ import time
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from vss.client import SignallingClient, connect
 from vss.protocols.messages import (
     Action,
+    CuKind,
     MsgType,
     Role,
     Stream,
     WallAssign,
+    WallDescribe,
     WallQuery,
     WallTour,
 )
@@ -43,6 +46,7 @@ class WallPageTests(unittest.TestCase):
         yield change(store.set_grant("user:wall1", "cam-a", int(Action.VIEW)))
         yield change(store.set_grant("user:wall1", "cam-c", int(Action.VIEW)))
         yield change(store.set_grant("user:op", "cu:wall1", int(Action.WALL)))
+        yield change(store.set_grant("user:op", "cam-c", int(Action.VIEW)))
         for node_id in ("node-a", "node-b", "node-c"):
             yield self.p.start_node(node_id)
         yield self.p.start_pu("node-a", "cam-a", "cam-a-s")
@@ -132,6 +136,49 @@ class WallPageTests(unittest.TestCase):
                 && t.dataset.state === 'playing' && Number(t.dataset.frames) > 10""", opens,
                          timeout=60)
         yield b.screenshot("wall-after-restart")
+
+
+    @defer.inlineCallbacks
+    def test_the_operator_page_sends_a_camera_to_a_wall(self):
+        """The web client on node-a sends the selected camera to a tile of a wall logged
+        in to node-b; a wall it may not drive is refused with a readable line."""
+        notes = []
+        wall = SignallingClient(Role.CU, "wall1", "wall1-pw", kind=CuKind.TVWALL,
+                                on_notify=notes.append)
+        yield connect(reactor, f"tcp:127.0.0.1:{self.p.port('node-b', 'cu')}", wall)
+        self.p.clients.append(wall)
+        yield wall.request(MsgType.WALL_DESCRIBE, WallDescribe(
+            wall_id="", layout=4, tiles=[], assignments=[]))
+        b = self.b
+        yield b.open(f"http://127.0.0.1:{self.p.port('node-a', 'http')}/")
+        yield b.wait_for("the login page", "return document.body.dataset.state === 'login'")
+        yield b.js("""
+            document.getElementById('user').value = 'op';
+            document.getElementById('password').value = 'op-pw';
+            document.getElementById('login-form').requestSubmit();""")
+        yield b.wait_for("signed in", "return document.body.dataset.state === 'ready'")
+        yield b.wait_for("the camera", """
+            const li = document.querySelector('.device[data-device="cam-c"]');
+            if (li) li.click();
+            return li && document.querySelectorAll('.tile')[0].dataset.device === 'cam-c'""")
+        yield b.js("""
+            document.getElementById('wall-id').value = 'wall1';
+            document.getElementById('wall-tile').value = '3';
+            document.getElementById('wall-form').requestSubmit();""")
+        text = yield b.wait_for("the answer", """
+            const r = document.getElementById('wall-result');
+            return r.dataset.version && r.textContent""")
+        self.assertEqual(text, "wall1 (node-b): tile 3 shows cam-c")
+        told = [m.body for m in notes if m.type == MsgType.WALL_NOTIFY]
+        self.assertEqual([(a.tile, a.device_id) for a in told[-1].assignments], [(2, "cam-c")])
+        yield b.screenshot("web-send-to-wall")
+        yield b.js("""
+            document.getElementById('wall-id').value = 'wall2';
+            document.getElementById('wall-form').requestSubmit();""")
+        text = yield b.wait_for("the refusal", """
+            const r = document.getElementById('wall-result');
+            return r.dataset.error && r.textContent""")
+        self.assertIn("may not drive this wall", text)
 
 
 @defer.inlineCallbacks

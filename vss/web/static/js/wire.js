@@ -156,6 +156,8 @@ export const encode = {
   // WALL_DESCRIBE from the wall itself (wall_id ""): its layout and what it showed
   wallDescribe: (p) => new Writer().str("").u8(p.layout).list(p.tiles || [], wTile)
     .list(p.assignments || [], wTileState).ext().done(),
+  wallAssign: (p) => new Writer().str(p.wall).u16(p.tile).str(p.device).u16(p.channel || 0)
+    .u8(p.stream || 0).ext().done(),
   wallReport: (tiles) => new Writer().list(tiles, (w, t) => w.u16(t.tile).str(t.device_id)
     .u64(t.frames).u32(t.errors).str(t.last_error || "")).ext().done(),
   eventQuery: (p) => new Writer().str(p.device_id || "").str(p.type || "")
