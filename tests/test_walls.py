@@ -54,7 +54,7 @@ class Base(unittest.TestCase):
         self.h = NodeHarness()
         self.addCleanup(self.h.stop)
         for cam in ("cam1", "cam2", "cam3"):
-            self.h.add_device(cam)
+            self.h.store.put_device(self.h.add_device(cam))
         # the wall may view cam1 and cam2, not cam3
         self.h.add_user("wall1", grants=[("cam1", Action.VIEW), ("cam2", Action.VIEW)])
         self.h.add_user("op", grants=[("cu:wall1", Action.WALL), ("cam3", Action.VIEW)])
@@ -175,6 +175,12 @@ class AssignTests(Base):
         self.describe(wall)
         self.assertEqual(error(self.assign(self.operator(), "cam1", tile=4)),
                          ResultCode.INVALID_ARGUMENT)
+        d = self.ask(self.operator(), MsgType.WALL_ASSIGN, WallAssign(
+            wall_id="wall1", tile=0, device_id="cam1", channel=1, stream=Stream.SUB))
+        self.assertEqual(error(d), ResultCode.INVALID_ARGUMENT)  # cam1 has one channel
+        d = self.ask(self.operator(), MsgType.WALL_ASSIGN, WallAssign(
+            wall_id="wall1", tile=0, device_id="cam1", channel=0, stream=7))
+        self.assertEqual(error(d), ResultCode.INVALID_ARGUMENT)
 
     def test_a_wall_drives_itself_and_reads_its_state(self):
         wall, _ = self.wall()
@@ -209,6 +215,15 @@ class AssignTests(Base):
         op = self.operator()
         listed = result(self.ask(op, MsgType.DEVICE_LIST, DeviceList(cursor="", limit=0))).body
         self.assertEqual([d.device_id for d in listed.devices], ["cam3"])
+
+    def test_a_second_login_of_the_wall_replaces_the_first(self):
+        first, _ = self.wall()
+        self.describe(first)
+        second, notes = self.wall()
+        self.h.pump()
+        self.assertIsNone(first.link)
+        state = result(self.assign(self.operator(), "cam1")).body
+        self.assertEqual(wall_notes(notes)[-1], state)
 
     def test_a_wall_logged_out_is_offline(self):
         wall, _ = self.wall()

@@ -205,6 +205,11 @@ class WallRegistry:
             wall.tiles_state.pop(body.tile, None)
             return
         self._viewable(wall, body.device_id)
+        record = self.store.get_device(body.device_id)
+        if record is not None and record.channels and body.channel >= record.channels:
+            raise VssError(ResultCode.INVALID_ARGUMENT,
+                           f"channel {body.channel} out of range (device has "
+                           f"{record.channels})")
         wall.tiles_state[body.tile] = TileState(
             tile=body.tile, device_id=body.device_id, channel=body.channel,
             stream=body.stream, tour=[], dwell=0, tour_index=0, since=self.now_ms(),
