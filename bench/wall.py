@@ -43,11 +43,14 @@ sys.path.insert(0, HERE)
 
 from signalling import SALT, SECRET  # noqa: E402
 
+from vss.client import SignallingClient, connect  # noqa: E402
 from vss.protocols.messages import (  # noqa: E402
     Action,
+    CuKind,
     DeviceRecord,
     GrantRecord,
     MsgType,
+    Role,
     Stream,
     UserRecord,
     WallAssign,
@@ -129,10 +132,7 @@ def first_frames(work):
 
 def run_load(args, work, ports):
     """The operators in this process; returns the commands sent and their answers."""
-    from twisted.internet import defer, reactor, task
-
-    from vss.client import SignallingClient, connect
-    from vss.protocols.messages import CuKind, Role
+    from twisted.internet import defer, reactor, task  # the reactor: in this process only
 
     cameras = [f"cam{i:03d}" for i in range(args.cameras)]
     walls = [f"dec{j:03d}" for j in range(args.decoders)]
