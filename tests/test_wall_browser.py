@@ -3,8 +3,9 @@ The wall page (``/wall``, docs/protocol.md 9.8) in a real headless Chromium, aga
 central platform and three nodes in this process over real TCP, with real ``vss-pu``
 cameras publishing H.264: the page signs in to node-b as a TV wall, an operator on
 node-a puts a camera homed on node-c on a tile (the page shows it within a second and
-its pictures advance), starts a tour (the tile changes on time), and node-b restarts:
-the page reconnects and the wall has the same layout and tiles again. Screenshots go to
+its pictures advance), starts a tour (the tile changes on time), the page's link is cut
+and node-b restarts: each time the page reconnects and the wall has the same layout and
+tiles again. Screenshots go to
 the test artefacts. Skipped where no Chromium is installed.
 """
 
@@ -116,6 +117,19 @@ class WallPageTests(unittest.TestCase):
             return t.dataset.device && Number(t.dataset.frames) > 0""", timeout=30)
         yield b.screenshot("wall-tour")
 
+        # a network cut (the page's link dropped; node-b keeps the wall's state): the page
+        # signs in again, describes itself and shows its tiles again
+        opens = int((yield b.js("return document.querySelectorAll('.tile')[1].dataset.opens")))
+        yield b.js("window.vssWall.link.ws.close()")
+        yield b.wait_for("the page back after the cut", """
+            const w = window.vssWall; return w.connected && w.reconnects > 0""", timeout=30)
+        yield b.wait_for("pictures again on tile 1 after the cut", """
+            const t = document.querySelectorAll('.tile')[1];
+            return t.dataset.device === 'cam-c' && Number(t.dataset.opens) > arguments[0]
+                && t.dataset.state === 'playing' && Number(t.dataset.frames) > 10""", opens,
+                         timeout=60)
+        reconnects = yield self.wall("w.reconnects")
+
         # node-b restarts on the same address: the page comes back, the wall as it was
         opens = int((yield b.js("return document.querySelectorAll('.tile')[1].dataset.opens")))
         yield self.p.stop_node("node-b")
@@ -123,7 +137,8 @@ class WallPageTests(unittest.TestCase):
                          timeout=20)
         yield self.p.start_node("node-b", http_listen=f"tcp:{self.http}:interface=127.0.0.1")
         yield b.wait_for("the page signed in again", """
-            const w = window.vssWall; return w.connected && w.reconnects > 0""", timeout=60)
+            const w = window.vssWall; return w.connected && w.reconnects > arguments[0]""",
+                         reconnects, timeout=60)
         state = yield self.command(MsgType.WALL_STATE, WallQuery(wall_id="wall1"))
         self.assertEqual((state.node_id, state.layout, len(state.tiles)), ("node-b", 4, 4))
         tiles = {a.tile: a.device_id for a in state.assignments}
