@@ -15,6 +15,7 @@ import time
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from tests.test_protocol_vectors import VECTORS, h
 from vss.client import SignallingClient, connect
 from vss.protocols.messages import (
     Action,
@@ -194,6 +195,48 @@ class WallPageTests(unittest.TestCase):
             const r = document.getElementById('wall-result');
             return r.dataset.error && r.textContent""")
         self.assertIn("may not drive this wall", text)
+
+
+    @defer.inlineCallbacks
+    def test_the_pages_wall_codec_matches_the_protocol_bytes(self):
+        """wire.js against the hand-written vectors of docs/protocol.md 9.8
+        (tests/test_protocol_vectors.py): WALL_NOTIFY and a WallState decoded, WALL_ASSIGN,
+        WALL_REPORT and a wall's own WALL_DESCRIBE encoded to the same bytes."""
+        b = self.b
+        yield b.open(f"http://127.0.0.1:{self.http}/wall")
+        yield b.wait_for("the page", "return !!document.getElementById('login-form')")
+        v = {x.name: h(x.hex) for x in VECTORS if x.name.startswith("wall_")}
+        out = yield b.js_async("""
+            const done = arguments[arguments.length - 1];
+            const vs = arguments[0];
+            import('/static/js/wire.js').then((w) => {
+              const hex = (u) => [...u].map((x) => x.toString(16).padStart(2, '0')).join('');
+              const bytes = (h) => new Uint8Array(h.match(/../g).map((x) => parseInt(x, 16)));
+              const body = (name) => new w.FrameReader().feed(bytes(vs[name]))[0].body;
+              const state = w.decode.wallState(body('wall_state_response'));
+              done({
+                notify: w.decode.wallState(body('wall_notify_notification')),
+                state: state,
+                assign: hex(w.encode.wallAssign({wall: 'w1', tile: 0, device: 'd', stream: 0})),
+                report: hex(w.encode.wallReport([{tile: 0, device_id: 'c', frames: 250,
+                                                  errors: 0}])),
+                describe: hex(w.encode.wallDescribe({layout: 4, assignments: [
+                  {tile: 0, device_id: 'c', channel: 0, stream: 1, tour: [], dwell: 0,
+                   tour_index: 0, since: 1700000000000, frames: 0, errors: 0,
+                   last_error: ''}]})),
+              });
+            }, (e) => done(String(e)));""", {k: x.hex() for k, x in v.items()})
+        self.assertEqual(out["notify"], {
+            "wall_id": "w1", "node_id": "n2", "kind": 2, "layout": 1, "version": 5,
+            "tiles": [{"x": 0, "y": 0, "width": 10000, "height": 10000}], "assignments": [],
+            "ext": []})
+        self.assertEqual(out["state"]["assignments"], [{
+            "tile": 0, "device_id": "c", "channel": 0, "stream": 1, "tour": [], "dwell": 0,
+            "tour_index": 0, "since": 1700000000000, "frames": 250, "errors": 1,
+            "last_error": "eof"}])
+        self.assertEqual(out["assign"], v["wall_assign_request"][16:].hex())
+        self.assertEqual(out["report"], v["wall_report_request"][16:].hex())
+        self.assertEqual(out["describe"], v["wall_describe_request"][16:].hex())
 
 
 @defer.inlineCallbacks
