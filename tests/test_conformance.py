@@ -21,6 +21,7 @@ from vss.protocols.messages import Action, Hello, HelloAck, MsgType, Role
 from vss.rgm import relay
 from vss.rgm.localcentral import MemoryCentral
 from vss.rgm.service import RGMConfig, RGMService, State
+from vss.rgm.walls import WallRegistry
 from vss.store.memory import MemoryStore
 from vss.testing import records
 from vss.testing.processes import child_env, run_tool, start_node
@@ -385,6 +386,30 @@ class AgainstBrokenRules(unittest.TestCase):
         self.patch(EventHub, "on_raise", lambda hub, device_id, body: on_raise(
             hub, body.device_id, body))
         yield self.broken(["events_raise_notify"], "FORBIDDEN")
+
+    @defer.inlineCallbacks
+    def test_the_wall_checks(self):
+        """An unbroken node passes them; one that does not tell the wall of its change,
+        or that lets any user drive any wall, does not."""
+        names = ["wall_describe_assign_notify", "wall_refusals"]
+        results = yield InProcessNode(self).run(names)
+        self.assertEqual({n: s for n, (s, _) in results.items()},
+                         dict.fromkeys(names, runner.PASS), results)
+
+        changed = WallRegistry.changed
+
+        def silent(registry, wall):
+            link, wall.link = wall.link, None
+            try:
+                return changed(registry, wall)
+            finally:
+                wall.link = link
+
+        self.patch(WallRegistry, "changed", silent)
+        yield self.broken(["wall_describe_assign_notify"], "WALL_NOTIFY")
+        self.patch(WallRegistry, "changed", changed)
+        self.patch(MemoryStore, "actions_for", lambda store, user, device_id: 0xFF)
+        yield self.broken(["wall_refusals"], "expected error FORBIDDEN")
 
     @defer.inlineCallbacks
     def test_a_node_without_events_is_skipped(self):

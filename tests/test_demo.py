@@ -72,7 +72,7 @@ def start_demo(testcase, work, base, timeout):
 
 
 class DemoTests(unittest.TestCase):
-    timeout = 120
+    timeout = 240
 
     @defer.inlineCallbacks
     def test_make_run_starts_a_platform_and_stops_it(self):
@@ -128,6 +128,25 @@ class DemoTests(unittest.TestCase):
         self.assertEqual({s[:2] for s in seen}, {("node-a", "ss1"), ("node-a", "ss2"),
                                                  ("node-b", "ss1"), ("node-b", "ss2")}, out)
         self.assertEqual(sum(1 for line in out.splitlines() if line.rstrip().endswith("*")), 2)
+        # the decoder dec1 (on node-b) is driven from node-a and decodes what it is given
+        self.assertIn("/wall", demo.output())
+        state = None
+        for _ in range(100):
+            out, err, code = yield run_tool("vssctl", ["wall", "dec1", "assign", "0",
+                                                       "cam-a1"], env=env_a)
+            if code == 0:
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(code, 0, err)
+        for _ in range(150):
+            out, err, code = yield run_tool("vssctl", ["--json", "wall", "dec1", "show"],
+                                            env=env_a)
+            state = json.loads(out) if code == 0 else None
+            if state and any(a["frames"] > 0 for a in state["assignments"]):
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(state["node_id"], "node-b")
+        self.assertGreater(state["assignments"][0]["frames"], 0, state)
         yield demo.stop(signal.SIGTERM)
         for _ in range(50):
             if _free(base):

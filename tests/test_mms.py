@@ -574,6 +574,24 @@ class AssignedByCmsTests(ApiTestCase):
 
 class GrantTests(ApiTestCase):
     @defer.inlineCallbacks
+    def test_wall_grant(self):
+        """Who may drive a TV wall or decoder: the action 'wall' on ``cu:ACCOUNT``, and
+        that action only there."""
+        yield self.store.upsert_user("op", records.verifier("pw", 1), [])
+        yield self.store.upsert_user("wall1", records.verifier("pw", 1), [])
+        yield self.store.upsert_device("cam-1", "c", 1, 1, "", records.verifier("s", 1))
+        g = yield self.ok("PUT", "/grants", {"principal": "user:op", "device_id": "cu:wall1",
+                                             "actions": ["wall"]}, status=201)
+        self.assertEqual((g["device_id"], g["actions"]), ("cu:wall1", ["wall"]))
+        self.assertEqual(self.published[-1][-1].grant.actions, int(Action.WALL))
+        yield self.error("PUT", "/grants", {"principal": "user:op", "device_id": "cu:wall1",
+                                            "actions": ["view"]}, field="actions")
+        yield self.error("PUT", "/grants", {"principal": "user:op", "device_id": "cam-1",
+                                            "actions": ["wall"]}, field="actions")
+        yield self.error("PUT", "/grants", {"principal": "user:op", "device_id": "cu:nobody",
+                                            "actions": ["wall"]}, status=404)
+
+    @defer.inlineCallbacks
     def test_expiry(self):
         """A grant may carry an expiry (an ISO time with its zone, in the future):
         stored, listed, changed (a change of expiry alone is a change), cleared."""

@@ -50,6 +50,7 @@ from vss.protocols.messages import (
     CredRevoke,
     Creds,
     CredState,
+    CuKind,
     DeviceInfo,
     DeviceList,
     DeviceRecord,
@@ -147,10 +148,20 @@ from vss.protocols.messages import (
     SyncComplete,
     SyncFetch,
     SyncNotify,
+    Tile,
+    TileReport,
+    TileState,
     TimeRange,
     Transport,
     UserRecord,
     Verifier,
+    WallAssign,
+    WallDescribe,
+    WallLayout,
+    WallQuery,
+    WallReport,
+    WallState,
+    WallTour,
 )
 
 REQ, RSP, NTF, ERR = 0, FLAG_RESPONSE, FLAG_NOTIFY, FLAG_RESPONSE | FLAG_ERROR
@@ -281,6 +292,27 @@ CRED_C = """
     0001 63             # device_id "c"
     0003 766c63         # name "vlc"
 """
+
+# TV walls (9.9): a tile showing camera "c"'s sub stream since TS, as written below (36 bytes)
+TILE0_C = TileState(tile=0, device_id="c", channel=0, stream=Stream.SUB, tour=[], dwell=0,
+                    tour_index=0, since=TS, frames=0, errors=0, last_error="")
+TILE0_C_HEX = """
+        0000              #   tile 0
+        0001 63           #   device_id "c"
+        0000              #   channel 0
+        01                #   stream SUB
+        0000              #   tour: none
+        0000              #   dwell 0
+        0000              #   tour_index 0
+        0000018bcfe56800  #   since TS
+        0000000000000000  #   frames 0
+        00000000          #   errors 0
+        0000              #   last_error ""
+"""
+QUAD = [Tile(x=0, y=0, width=5000, height=5000), Tile(x=5000, y=0, width=5000, height=5000),
+        Tile(x=0, y=5000, width=5000, height=5000),
+        Tile(x=5000, y=5000, width=5000, height=5000)]
+FULL = Tile(x=0, y=0, width=10000, height=10000)
 
 VECTORS = [
     V("hello_request", MsgType.HELLO, REQ, 1,
@@ -1388,6 +1420,154 @@ VECTORS = [
     """),
     V("ss_report_response", MsgType.SS_REPORT, RSP, 5, Empty(), """
       5653 01 01 0225 0000 00000005 00000002  # VS v1 response SS_REPORT txid 5 len 2
+      0000                # ext: none
+    """),
+    # TV walls and decoders (9.9): wall "w1" logged in to node "n2"
+    V("wall_describe_request", MsgType.WALL_DESCRIBE, REQ, 96,
+      WallDescribe(wall_id="", layout=WallLayout.FOUR, tiles=[],
+                   assignments=[TILE0_C]), """
+      5653 01 00 01a0 0000 00000060 0000002d  # VS v1 request WALL_DESCRIBE txid 96 len 45
+      0000                # wall_id "": the wall itself
+      04                  # layout FOUR
+      0000                # tiles: none (a standard layout's tiles are the node's)
+      0001                # assignments: 1 TileState (what the wall showed: restored)
+    """ + TILE0_C_HEX + """
+      0000                # ext: none
+    """),
+    V("wall_describe_response", MsgType.WALL_DESCRIBE, RSP, 96,
+      WallState(wall_id="w1", node_id="n2", kind=CuKind.TVWALL, layout=WallLayout.FOUR,
+                tiles=QUAD, assignments=[TILE0_C], version=1), """
+      5653 01 01 01a0 0000 00000060 00000058  # VS v1 response WALL_DESCRIBE txid 96 len 88
+      0002 7731           # wall_id "w1"
+      0002 6e32           # node_id "n2"
+      02                  # kind TVWALL
+      04                  # layout FOUR
+      0004                # tiles: 4 Tile (x, y, width, height in 1/10000)
+        0000 0000 1388 1388  # 0: top left, 5000 x 5000
+        1388 0000 1388 1388  # 1: top right
+        0000 1388 1388 1388  # 2: bottom left
+        1388 1388 1388 1388  # 3: bottom right
+      0001                # assignments: 1 TileState
+    """ + TILE0_C_HEX + """
+      00000001            # version 1
+      0000                # ext: none
+    """),
+    V("wall_assign_request", MsgType.WALL_ASSIGN, REQ, 97,
+      WallAssign(wall_id="w1", tile=0, device_id="d", channel=0, stream=Stream.MAIN), """
+      5653 01 00 01a1 0000 00000061 0000000e  # VS v1 request WALL_ASSIGN txid 97 len 14
+      0002 7731           # wall_id "w1"
+      0000                # tile 0
+      0001 64             # device_id "d"
+      0000                # channel 0
+      00                  # stream MAIN
+      0000                # ext: none
+    """),
+    V("wall_assign_response", MsgType.WALL_ASSIGN, RSP, 97,
+      WallState(wall_id="w1", node_id="n2", kind=CuKind.DECODER, layout=WallLayout.ONE,
+                tiles=[FULL], assignments=[TileState(
+                    tile=0, device_id="d", channel=0, stream=Stream.MAIN, tour=[], dwell=0,
+                    tour_index=0, since=TS + 1000, frames=0, errors=0, last_error="")],
+                version=2), """
+      5653 01 01 01a1 0000 00000061 00000040  # VS v1 response WALL_ASSIGN txid 97 len 64
+      0002 7731           # wall_id "w1"
+      0002 6e32           # node_id "n2"
+      05                  # kind DECODER
+      01                  # layout ONE
+      0001                # tiles: 1
+        0000 0000 2710 2710  # the whole screen, 10000 x 10000
+      0001                # assignments: 1 TileState
+        0000              #   tile 0
+        0001 64           #   device_id "d"
+        0000              #   channel 0
+        00                #   stream MAIN
+        0000              #   tour: none
+        0000              #   dwell 0
+        0000              #   tour_index 0
+        0000018bcfe56be8  #   since TS + 1 s
+        0000000000000000  #   frames 0
+        00000000          #   errors 0
+        0000              #   last_error ""
+      00000002            # version 2
+      0000                # ext: none
+    """),
+    V("wall_tour_request", MsgType.WALL_TOUR, REQ, 98,
+      WallTour(wall_id="w1", tile=0, devices=["c", "d"], stream=Stream.SUB, dwell=10), """
+      5653 01 00 01a2 0000 00000062 00000013  # VS v1 request WALL_TOUR txid 98 len 19
+      0002 7731           # wall_id "w1"
+      0000                # tile 0
+      0002 0001 63 0001 64  # devices "c", "d"
+      01                  # stream SUB
+      000a                # dwell 10 s (0 stops the tile's tour)
+      0000                # ext: none
+    """),
+    V("wall_tour_response", MsgType.WALL_TOUR, RSP, 98,
+      WallState(wall_id="w1", node_id="n2", kind=CuKind.TVWALL, layout=WallLayout.ONE,
+                tiles=[FULL], assignments=[TileState(
+                    tile=0, device_id="c", channel=0, stream=Stream.SUB, tour=["c", "d"],
+                    dwell=10, tour_index=0, since=TS, frames=0, errors=0, last_error="")],
+                version=3), """
+      5653 01 01 01a2 0000 00000062 00000046  # VS v1 response WALL_TOUR txid 98 len 70
+      0002 7731 0002 6e32 # wall_id "w1", node_id "n2"
+      02 01               # kind TVWALL, layout ONE
+      0001 0000 0000 2710 2710  # tiles: the whole screen
+      0001                # assignments: 1 TileState
+        0000 0001 63      #   tile 0, device_id "c" (the tour's first)
+        0000 01           #   channel 0, stream SUB
+        0002 0001 63 0001 64  # tour "c", "d"
+        000a 0000         #   dwell 10 s, tour_index 0
+        0000018bcfe56800  #   since TS
+        0000000000000000 00000000 0000  # frames 0, errors 0, last_error ""
+      00000003            # version 3
+      0000                # ext: none
+    """),
+    V("wall_state_request", MsgType.WALL_STATE, REQ, 99, WallQuery(wall_id="w1"), """
+      5653 01 00 01a3 0000 00000063 00000006  # VS v1 request WALL_STATE txid 99 len 6
+      0002 7731           # wall_id "w1"
+      0000                # ext: none
+    """),
+    V("wall_state_response", MsgType.WALL_STATE, RSP, 99,
+      WallState(wall_id="w1", node_id="n2", kind=CuKind.TVWALL, layout=WallLayout.ONE,
+                tiles=[FULL], assignments=[TileState(
+                    tile=0, device_id="c", channel=0, stream=Stream.SUB, tour=[], dwell=0,
+                    tour_index=0, since=TS, frames=250, errors=1, last_error="eof")],
+                version=4), """
+      5653 01 01 01a3 0000 00000063 00000043  # VS v1 response WALL_STATE txid 99 len 67
+      0002 7731 0002 6e32 # wall_id "w1", node_id "n2"
+      02 01               # kind TVWALL, layout ONE
+      0001 0000 0000 2710 2710  # tiles: the whole screen
+      0001                # assignments: 1 TileState
+        0000 0001 63 0000 01  # tile 0, device_id "c", channel 0, stream SUB
+        0000 0000 0000    #   tour none, dwell 0, tour_index 0
+        0000018bcfe56800  #   since TS
+        00000000000000fa  #   frames 250 (the wall's last WALL_REPORT)
+        00000001          #   errors 1
+        0003 656f66       #   last_error "eof"
+      00000004            # version 4
+      0000                # ext: none
+    """),
+    V("wall_notify_notification", MsgType.WALL_NOTIFY, NTF, 0,
+      WallState(wall_id="w1", node_id="n2", kind=CuKind.TVWALL, layout=WallLayout.ONE,
+                tiles=[FULL], assignments=[], version=5), """
+      5653 01 04 01a4 0000 00000000 0000001c  # VS v1 notify WALL_NOTIFY txid 0 len 28
+      0002 7731 0002 6e32 # wall_id "w1", node_id "n2"
+      02 01               # kind TVWALL, layout ONE
+      0001 0000 0000 2710 2710  # tiles: the whole screen
+      0000                # assignments: none (the tile is blank)
+      00000005            # version 5
+      0000                # ext: none
+    """),
+    V("wall_report_request", MsgType.WALL_REPORT, REQ, 100,
+      WallReport(tiles=[TileReport(tile=0, device_id="c", frames=250, errors=0,
+                                   last_error="")]), """
+      5653 01 00 01a5 0000 00000064 00000017  # VS v1 request WALL_REPORT txid 100 len 23
+      0001                # tiles: 1 TileReport
+        0000 0001 63      #   tile 0, device_id "c"
+        00000000000000fa  #   frames 250 shown since it was assigned
+        00000000 0000     #   errors 0, last_error ""
+      0000                # ext: none
+    """),
+    V("wall_report_response", MsgType.WALL_REPORT, RSP, 100, Empty(), """
+      5653 01 01 01a5 0000 00000064 00000002  # VS v1 response WALL_REPORT txid 100 len 2
       0000                # ext: none
     """),
 ]

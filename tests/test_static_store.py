@@ -94,6 +94,11 @@ CURRENT_SCHEMA = {
         "grants_device", "node_devices_device", "node_users_user",
         "stream_credentials_device", "stream_credentials_user",
     ],
+    # a grant may name a wall (cu:ACCOUNT) as well as a device: no reference (migration 9)
+    "references": [
+        "record_settings.device_id -> devices.device_id",
+        "stream_credentials.device_id -> devices.device_id",
+    ],
 }
 
 
@@ -144,18 +149,21 @@ class StaticStoreConformance:
     @inlineCallbacks
     def test_migrate_step_by_step(self):
         """An empty database migrated one step at a time reaches the current schema;
-        each step records its version and changes the schema (tables added, or columns
-        of a table changed) without dropping a table."""
+        each step records its version and changes the schema (tables added, columns of
+        a table or its references changed) without dropping a table."""
         store = self.new_store()
         seen = {}
         for migration in MIGRATIONS:
             version = yield store.open(target_version=migration.version)
             self.assertEqual(version, migration.version)
             self.assertEqual((yield store.schema_version()), migration.version)
-            tables = (yield store.describe_schema())["tables"]
-            self.assertTrue(set(seen) <= set(tables), (migration.version, seen, tables))
-            self.assertNotEqual(seen, tables, migration.version)
-            seen = tables
+            schema = yield store.describe_schema()
+            tables = schema["tables"]
+            self.assertTrue(set(seen.get("tables", {})) <= set(tables),
+                            (migration.version, seen, tables))
+            self.assertNotEqual(seen, {"tables": tables, "references": schema["references"]},
+                                migration.version)
+            seen = {"tables": tables, "references": schema["references"]}
         self.assertEqual((yield store.describe_schema()), CURRENT_SCHEMA)
         yield store.close()
 
@@ -355,6 +363,29 @@ class StaticStoreConformance:
         yield self.assertVssError(
             self.store.set_grant("user:alice", "cam-1", 256), ResultCode.INVALID_ARGUMENT
         )
+
+    @inlineCallbacks
+    def test_grants_on_a_wall(self):
+        """A grant may name a wall or decoder, ``cu:ACCOUNT``, with the WALL action only;
+        every node holds it; removing the account removes it."""
+        yield self.store.upsert_user("wall1", V1, [])
+        yield self.store.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+        yield self.store.set_grant("user:bob", "cam-1", Action.VIEW)
+        (c,) = yield self.logged(self.store.set_grant("user:op", "cu:wall1", Action.WALL))
+        self.assertEqual((c.key, c.grant.actions), ("user:op|cu:wall1", Action.WALL))
+        yield self.assertVssError(self.store.set_grant("user:op", "cu:nobody", Action.WALL),
+                                  ResultCode.NOT_FOUND)
+        yield self.assertVssError(
+            self.store.set_grant("user:op", "cu:wall1", Action.WALL | Action.VIEW),
+            ResultCode.INVALID_ARGUMENT)
+        for node in ("node-a", "node-z"):
+            held, _ = yield self.store.list_grants(held_by=node)
+            self.assertIn(("user:op", "cu:wall1"), [(g.principal, g.device_id) for g in held])
+        held, _ = yield self.store.list_grants(held_by="node-z")
+        self.assertEqual([g.device_id for g in held], ["cu:wall1"])
+        removed = yield self.logged(self.store.remove_user("wall1"))
+        self.assertIn("user:op|cu:wall1", [r.key for r in removed if r.entity == Entity.GRANT])
+        self.assertEqual((yield self.store.list_grants(device_id="cu:wall1")), ([], ""))
 
     # -- paging -----------------------------------------------------------------
 

@@ -6,7 +6,10 @@ defaults (SQLite, in-process stores, data under ./run):
 - two nodes (``twistd vss-node``) node-a and node-b;
 - simulated cameras (``vss-pu``): two IPCs on each node and a 4-channel encoder;
 - a user ``alice`` granted every camera, an admin token, and an operator ``admin`` of
-  the console (the central platform's web page, on the admin API's address).
+  the console (the central platform's web page, on the admin API's address);
+- a TV wall account ``wall1`` (its screen: the page ``/wall`` of a node) and a set-top
+  decoder ``dec1`` (``vss-decoder``, logged in to node-b), which alice may drive from
+  either node.
 
 Passwords, device secrets and the admin token are random, made on the first run and
 kept in ./run/credentials.json (mode 0600). Stopping it (Ctrl-C) stops everything it
@@ -43,6 +46,8 @@ DEVICES = [
 
 #: the demo camera that raises simulated motion (vss-pu --events)
 EVENT_CAMERA = "cam-b1"
+#: the demo's TV wall (a page) and decoder (vss-decoder on node-b): CU accounts
+WALLS = ("wall1", "dec1")
 
 
 def _week():
@@ -58,6 +63,7 @@ def credentials(run_dir):
             return json.load(f), False
     creds = {
         "alice_password": secrets.token_urlsafe(12),
+        "wall_password": secrets.token_urlsafe(12),
         "pu_secret_template": "{id}." + secrets.token_urlsafe(16),
         "admin_token": secrets.token_urlsafe(32),
         "operator": "admin",
@@ -126,6 +132,12 @@ def seed(db_path, creds):
                 yield store.set_grant("group:operators", device_id,
                                       int(Action.VIEW | Action.PTZ | Action.CONFIG
                                           | Action.RECORD))
+            # the wall and the decoder show every camera; alice's operators drive them
+            for wall in WALLS:
+                yield store.upsert_user(wall, verifier(creds["wall_password"]), ["walls"])
+                yield store.set_grant("group:operators", f"cu:{wall}", int(Action.WALL))
+            for device_id, *_ in DEVICES:
+                yield store.set_grant("group:walls", device_id, int(Action.VIEW))
             yield store.add_admin_token("demo-admin", hash_token(creds["admin_token"]))
             yield _operator(store, creds)
         finally:
@@ -233,12 +245,24 @@ def main(argv=None):
                 "--channels", str(channels),
                 # cam-b1 sees simulated motion about every 30 s (events and alarms)
                 *(["--events", "30"] if device_id == EVENT_CAMERA else [])], env=env)
+        if "wall_password" in creds:  # a run directory made before walls existed: none
+            sup.spawn("decoder-dec1", [
+                os.path.join(BIN, "vss-decoder"), "--node", f"tcp:127.0.0.1:{b + 11}",
+                "--id", "dec1", "--layout", "4"], env={"VSS_PASSWORD": creds["wall_password"]})
     except BaseException:
         sup.stop()
         raise
 
     ctl = os.path.join(BIN, "vssctl")
     admin = os.path.join(BIN, "vss-admin")
+    walls = "" if "wall_password" not in creds else f"""TV walls: open node-b's wall page on a screen and sign in as wall1 with the password
+{creds['wall_password']}; the decoder dec1 runs on node-b. Drive both from node-a as alice:
+  http://127.0.0.1:{b + 14}/wall
+  {ctl} wall wall1 assign 0 cam-a1
+  {ctl} wall dec1 tour 0 cam-a1,cam-b1 --dwell 10
+  {ctl} wall dec1 show
+
+"""
     print(f"""
 vss is running: CMS, node-a, node-b and {len(DEVICES)} simulated cameras (logs in {run_dir}).
 
@@ -279,7 +303,7 @@ live on node-a, list, acknowledge, record on motion and play an event back:
   {admin} record-settings set {EVENT_CAMERA} --mode event --pre-event 5 --post-event 10 --event-types motion
   {ctl} playback {EVENT_CAMERA} --event NODE/SEQ --play      (a motion after the line above)
 
-Credentials are kept in {run_dir}/credentials.json. Ctrl-C stops everything.
+{walls}Credentials are kept in {run_dir}/credentials.json. Ctrl-C stops everything.
 """, flush=True)
     while True:
         for name, p in sup.children:

@@ -134,6 +134,8 @@ class NodeService(StagedService):
             # a camera newly granted or moved: the hub follows the nodes it may need
             self.central.access_listeners.append(self.events.refollow)
             self.central.device_listeners.append(self.events.refollow)
+            # a wall's tile whose device its account may no longer view is cleared
+            self.central.access_listeners.append(self.rgm.walls.access_changed)
         # grants with an expiry stop applying at that time, on this node's clock
         self.grant_expiry = GrantExpiry(self.store, reactor, self._grants_expired)
         self.grant_expiry.setServiceParent(self)
@@ -287,9 +289,10 @@ class NodeService(StagedService):
 
     def _grants_expired(self, keys):
         """Grants stopped applying: the stream credentials they allowed stop playing (as
-        when an operator removes a grant)."""
+        when an operator removes a grant); a wall's tile it allowed is cleared."""
         if self.stream_credentials is not None:
             self.stream_credentials.revalidate()
+        self.rgm.walls.access_changed()
 
     def _make_http(self, settings, reactor):
         """The node's HTTP listener (``--http-listen``): ``/healthz``, ``/readyz`` and

@@ -595,7 +595,8 @@ class GrantSet(Command):
     """Set what a user or group may do on a device."""
 
     synopsis = "user:NAME|group:NAME DEVICE_ID ACTIONS [--until TIME | --for 3d]"
-    longdesc = ("ACTIONS is a comma-separated list of view, ptz, config and record. With "
+    longdesc = ("ACTIONS is a comma-separated list of view, ptz, config and record (on a wall "
+                "or decoder, DEVICE_ID cu:ACCOUNT: wall, who may drive it). With "
                 "--until (an ISO time with its zone, e.g. 2026-05-01T18:00:00Z) or --for "
                 "(a duration from now: 3600, 12h, 3d), every node stops applying the grant "
                 "at that time; without either, it does not expire.")

@@ -55,7 +55,7 @@ KINDS = {"ipc": PuKind.IPC, "dvs": PuKind.DVS, "dvr": PuKind.DVR}
 
 
 ACTIONS = {"view": Action.VIEW, "ptz": Action.PTZ, "config": Action.CONFIG,
-           "record": Action.RECORD}
+           "record": Action.RECORD, "wall": Action.WALL}
 
 
 MODES = ("off", "continuous", "schedule", "event", "manual")

@@ -7,7 +7,8 @@ A node holds:
 - the devices homed on it, in full (verifier included);
 - the devices it *follows*: homed elsewhere but seen by a user registered on it, or
   homed on it once (it still gets the move and the delete);
-- every grant on a device it holds;
+- every grant on a device it holds, and every grant on a CU target (``cu:<wall>``: who
+  may drive a TV wall or decoder, checked on the operator's node, which may be any);
 - the users registered on it (a CU logs in there for the first time: REG_INFO) and
   their stream credentials.
 
@@ -21,7 +22,7 @@ filtering a fetch by what a node holds *now* gives every entry it needed *then*.
 log entry (``keeps``, for SYNC_FETCH).
 """
 
-from vss.protocols.messages import ChangeOp, Entity
+from vss.protocols.messages import CU_TARGET, ChangeOp, Entity
 
 FOLLOW_ORIGIN = "follow:"
 #: ``nodes_for``'s answer for a change every node must see (a record it cannot place)
@@ -131,6 +132,8 @@ class Interest:
                 nodes = cache.get(principal)
                 if nodes is None:
                     nodes = cache[principal] = self.principal_nodes(principal)
+            if c.grant.device_id.startswith(CU_TARGET):
+                return gains  # a wall is no device to follow
             for node_id in nodes:
                 if not self.holds_device(node_id, c.grant.device_id):
                     gains.append(("device", node_id, c.grant.device_id))
@@ -147,7 +150,10 @@ class Interest:
                 nodes.add(c.device.home_node)
             return nodes
         if c.entity == Entity.GRANT:
-            return self.device_nodes(c.key.partition("|")[2])
+            device_id = c.key.partition("|")[2]
+            if device_id.startswith(CU_TARGET):
+                return EVERY_NODE
+            return self.device_nodes(device_id)
         if c.entity == Entity.USER:
             return set(self.user_nodes.get(c.key, ()))
         if c.entity == Entity.CREDENTIAL:
@@ -165,7 +171,8 @@ class Interest:
         if entity == Entity.DEVICE:
             return self.holds_device(node_id, key)
         if entity == Entity.GRANT:
-            return self.holds_device(node_id, key.partition("|")[2])
+            device_id = key.partition("|")[2]
+            return device_id.startswith(CU_TARGET) or self.holds_device(node_id, device_id)
         if entity == Entity.USER:
             return node_id in self.user_nodes.get(key, ())
         return entity == Entity.CREDENTIAL

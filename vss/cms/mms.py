@@ -89,6 +89,8 @@ from vss.protocols import scram
 from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError
 from vss.protocols.messages import (
+    CU_TARGET,
+    Action,
     EventPhase,
     PuKind,
     Severity,
@@ -840,7 +842,15 @@ class Grants(JsonResource):
         actions = actions_of(body)
         now = self.api.now_ms()
         expires = expiry_of(body, now)
-        yield self.api.device(device_id)
+        if device_id.startswith(CU_TARGET):  # who may drive a wall or decoder
+            if actions != Action.WALL:
+                raise invalid("actions", "a grant on a wall (cu:ACCOUNT) is ['wall'] only")
+            if (yield self.api.store.get_user(device_id[len(CU_TARGET):])) is None:
+                raise not_found(f"no account {device_id[len(CU_TARGET):]!r}")
+        else:
+            if actions & Action.WALL:
+                raise invalid("actions", "'wall' is granted on a wall: device_id cu:ACCOUNT")
+            yield self.api.device(device_id)
         if principal.startswith("user:"):
             if (yield self.api.store.get_user(principal[5:])) is None:
                 raise not_found(f"no user {principal[5:]!r}")

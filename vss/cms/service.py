@@ -37,6 +37,7 @@ from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory, check_response
 from vss.protocols.listing import FANOUT_TIMEOUT, encode_parts, merge_parts, parse_answer
 from vss.protocols.messages import (
+    CU_TARGET,
     AuditAck,
     AuditKind,
     AuthChallenge,
@@ -285,6 +286,9 @@ class CMSService(service.Service):
         self._hole_since = None
         self._hole_call = None
         self.online = set()  # devices whose home node reports them online
+        #: CU targets (``cu:<wall>``) -> the node the wall is logged in to (dynamic data,
+        #: from the nodes' presence reports; never in the DB, never passed on)
+        self.cu_nodes = {}
         self.mdp = MDP(clock, config.heartbeat_interval)
         self._verifiers = {}
         self._sweeper = None
@@ -395,6 +399,8 @@ class CMSService(service.Service):
             del self.sessions[s.node_id]
             self.mdp.forget(s.node_id)
             self.log.info("node {node} down (link lost)", node=s.node_id)
+            for key in [k for k, n in self.cu_nodes.items() if n == s.node_id]:
+                del self.cu_nodes[key]
             for device_id in [d for d in self.online if self.homes.get(d) == s.node_id]:
                 self.on_presence(s, StateChange(device_id=device_id, channel=0,
                                                 change=int(ChangeKind.OFFLINE),
@@ -665,8 +671,19 @@ class CMSService(service.Service):
         seq = max([s.sent_seq] + [c.seq for c in written])
         return ((EXT_READ_SEQ, seq.to_bytes(8, "big")),)
 
+    def _home(self, key):
+        """The node of a device (its home) or of a CU target (where the wall is logged
+        in); a CU target nowhere is WALL_OFFLINE."""
+        if key.startswith(CU_TARGET):
+            node = self.cu_nodes.get(key)
+            if node is None:
+                raise VssError(ResultCode.WALL_OFFLINE,
+                               f"wall {key[len(CU_TARGET):]} is not logged in to any node")
+            return node
+        return self.homes.get(key)
+
     def on_route_lookup(self, s, body):
-        home = self.homes.get(body.device_id)
+        home = self._home(body.device_id)
         if home is None:
             raise VssError(ResultCode.UNKNOWN_DEVICE)
         target = self.sessions.get(home)
@@ -693,7 +710,7 @@ class CMSService(service.Service):
         self.counters["routed"] += 1
         if body.hops > 2:
             raise VssError(ResultCode.ROUTE_LOOP)
-        home = self.homes.get(body.device_id)
+        home = self._home(body.device_id)
         if home is None:
             raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {body.device_id}")
         target = self.sessions.get(home)
@@ -851,6 +868,12 @@ class CMSService(service.Service):
     def on_presence(self, s, change, force=False):
         """A node's PU came online or went offline: tell the other nodes."""
         if change.change not in (ChangeKind.ONLINE, ChangeKind.OFFLINE):
+            return
+        if change.device_id.startswith(CU_TARGET):  # a wall: where it is logged in
+            if change.change == ChangeKind.ONLINE:
+                self.cu_nodes[change.device_id] = s.node_id
+            elif self.cu_nodes.get(change.device_id) == s.node_id:
+                del self.cu_nodes[change.device_id]
             return
         if not force and self.homes.get(change.device_id) != s.node_id:
             return

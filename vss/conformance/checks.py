@@ -56,6 +56,14 @@ from vss.protocols.messages import (
     Register,
     Role,
     Severity,
+    Stream,
+    Tile,
+    TileReport,
+    WallAssign,
+    WallDescribe,
+    WallLayout,
+    WallQuery,
+    WallReport,
 )
 
 ALL_ACTIONS = Action.VIEW | Action.PTZ | Action.CONFIG | Action.RECORD
@@ -861,6 +869,92 @@ def events_limits(ctx):
                  "the 17th subscription of a link")
     frame = yield link.call(MsgType.KEEPALIVE, Empty(), timeout=ctx.timeout)
     expect_response(frame, MsgType.KEEPALIVE, frame.txid, "KEEPALIVE after the refusals")
+
+
+# ---------------------------------------------------------------------------
+# 9.9 TV walls and decoders
+
+_NO_WALLS = (ResultCode.UNKNOWN_MESSAGE, ResultCode.UNEXPECTED_MESSAGE,
+             ResultCode.NOT_SUPPORTED)
+
+
+def _wall_answer(frame, type, txid, what):
+    """The WallState of an answer; a node that knows no walls skips the check."""
+    if frame.flags & codec.FLAG_ERROR and frame.status in _NO_WALLS:
+        raise Skip(f"the node does not serve walls ({code_name(frame.status)})")
+    return expect_response(frame, type, txid, what).body
+
+
+@check("wall_describe_assign_notify",
+       "a TVWALL CU describes 4 tiles (the node lists them), assigns the suite's device to "
+       "tile 3 and is told (WALL_NOTIFY, same version); tile 4 is INVALID_ARGUMENT; its "
+       "WALL_REPORT shows in WALL_STATE (9.9)")
+@defer.inlineCallbacks
+def wall_describe_assign_notify(ctx):
+    link = yield ctx.open("cu")
+    yield login(link, Role.CU, ctx.user, ctx.password, kind=CuKind.TVWALL, timeout=ctx.timeout)
+    txid = link.request(MsgType.WALL_DESCRIBE, WallDescribe(
+        wall_id="", layout=WallLayout.FOUR, tiles=[], assignments=[]))
+    frame = yield link.response(txid, ctx.timeout, "WallState")
+    state = _wall_answer(frame, MsgType.WALL_DESCRIBE, txid, "WallState")
+    quad = [Tile(x=x, y=y, width=5000, height=5000) for y in (0, 5000) for x in (0, 5000)]
+    if state.wall_id != ctx.user or state.layout != WallLayout.FOUR or state.tiles != quad:
+        raise CheckFailed(f"WALL_DESCRIBE of 4 tiles answered wall {state.wall_id!r}, layout "
+                          f"{state.layout}, tiles {state.tiles}; want {ctx.user!r}, 4, {quad}")
+    txid = link.request(MsgType.WALL_ASSIGN, WallAssign(
+        wall_id="", tile=3, device_id=ctx.device, channel=0, stream=Stream.MAIN))
+    frame = yield link.response(txid, ctx.timeout, "WallState")
+    state = expect_response(frame, MsgType.WALL_ASSIGN, txid, "WallState").body
+    shown = [(a.tile, a.device_id) for a in state.assignments]
+    if shown != [(3, ctx.device)]:
+        raise CheckFailed(f"after WALL_ASSIGN of tile 3 the tiles show {shown}")
+    note = yield link.expect(lambda f: f.type == MsgType.WALL_NOTIFY
+                             and f.flags & codec.FLAG_NOTIFY
+                             and codec.decode_body(f).body.version == state.version,
+                             ctx.timeout, f"WALL_NOTIFY of version {state.version}")
+    told = codec.decode_body(note).body
+    if told.assignments != state.assignments:
+        raise CheckFailed(f"WALL_NOTIFY told version {told.version} {told.assignments}, "
+                          f"the answer version {state.version} {state.assignments}")
+    txid = link.request(MsgType.WALL_ASSIGN, WallAssign(
+        wall_id="", tile=4, device_id=ctx.device, channel=0, stream=Stream.MAIN))
+    frame = yield link.response(txid, ctx.timeout, "answer to WALL_ASSIGN of tile 4")
+    expect_error(frame, ResultCode.INVALID_ARGUMENT, MsgType.WALL_ASSIGN, txid,
+                 "assigning tile 4 of 4")
+    txid = link.request(MsgType.WALL_REPORT, WallReport(tiles=[TileReport(
+        tile=3, device_id=ctx.device, frames=42, errors=0, last_error="")]))
+    frame = yield link.response(txid, ctx.timeout, "answer to WALL_REPORT")
+    expect_response(frame, MsgType.WALL_REPORT, txid, "Empty")
+    txid = link.request(MsgType.WALL_STATE, WallQuery(wall_id=""))
+    frame = yield link.response(txid, ctx.timeout, "WallState")
+    state = expect_response(frame, MsgType.WALL_STATE, txid, "WallState").body
+    if [(a.tile, a.frames) for a in state.assignments] != [(3, 42)]:
+        raise CheckFailed(f"WALL_STATE after a report of 42 frames on tile 3: "
+                          f"{state.assignments}")
+
+
+@check("wall_refusals",
+       "a CU that is not a wall: WALL_DESCRIBE of itself and WALL_REPORT are NOT_A_WALL; "
+       "WALL_ASSIGN for a wall it holds no WALL grant on is FORBIDDEN (9.8)")
+@defer.inlineCallbacks
+def wall_refusals(ctx):
+    link = yield ctx.cu()
+    wall = f"conformance-wall-{random.getrandbits(32):08x}"
+    cases = [
+        (MsgType.WALL_DESCRIBE, WallDescribe(wall_id="", layout=1, tiles=[], assignments=[]),
+         ResultCode.NOT_A_WALL, "WALL_DESCRIBE of itself from a MOC"),
+        (MsgType.WALL_REPORT, WallReport(tiles=[]), ResultCode.NOT_A_WALL,
+         "WALL_REPORT from a MOC"),
+        (MsgType.WALL_ASSIGN, WallAssign(wall_id=wall, tile=0, device_id=ctx.device,
+                                         channel=0, stream=0),
+         ResultCode.FORBIDDEN, "WALL_ASSIGN for a wall without the grant"),
+    ]
+    for type, body, code, what in cases:
+        txid = link.request(type, body)
+        frame = yield link.response(txid, ctx.timeout, f"answer to {what}")
+        if frame.flags & codec.FLAG_ERROR and frame.status in _NO_WALLS:
+            raise Skip(f"the node does not serve walls ({code_name(frame.status)})")
+        expect_error(frame, code, type, txid, what)
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,8 @@
     vssctl events --follow
     vssctl events --device cam1 --type motion --from -2h
     vssctl ack node-b/1765120000000000042 cam1 --comment "checked, a cat"
+    vssctl wall wall1 assign 2 cam1
+    vssctl wall wall1 tour 0 cam1,cam2 --dwell 10
 
 The password comes from ``--password-file``, the environment variable ``VSS_PASSWORD``,
 or a prompt; never from the command line. Errors are printed as one readable line and
@@ -49,6 +51,7 @@ from vss.cu.events import (
     render_ack,
     render_events,
 )
+from vss.cu.wall import build_wall_request, render_wall, wall_json, wall_options
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError
@@ -449,6 +452,9 @@ class AckCmd(AnyOrder):
             raise usage.UsageError("--comment: at most 512 characters")
 
 
+WallCmd = wall_options(AnyOrder)
+
+
 class Options(VersionOption, usage.Options):
     program = "vssctl"
     synopsis = "Usage: vssctl [--node ENDPOINT] [--user NAME] [--json] COMMAND ..."
@@ -474,6 +480,7 @@ class Options(VersionOption, usage.Options):
         ["stream-cred", None, StreamCredCmd, "Stable stream URLs for players and NVRs."],
         ["events", None, EventsCmd, "Events and alarms: stored, or live with --follow."],
         ["ack", None, AckCmd, "Acknowledge an event."],
+        ["wall", None, WallCmd, "Drive a TV wall or decoder on any node."],
     ]
 
     def parseOptions(self, options=None):
@@ -539,6 +546,8 @@ def build_request(cmd, sub):
         return MsgType.EVENT_ACK, ack_body(sub)
     if cmd == "devices":
         return MsgType.DEVICE_LIST, DeviceList(cursor="", limit=1000)
+    if cmd == "wall":
+        return build_wall_request(sub)
     if cmd == "stream-cred":
         if sub["op"] == "create":
             return MsgType.CRED_CREATE, CredCreate(device_id=sub["target"], name=sub["name"],
@@ -642,6 +651,8 @@ def readable(value):
 
 def json_form(cmd, sub, result):
     """What ``--json`` prints for a command's answer."""
+    if cmd == "wall":
+        return wall_json(plain(result))
     out = readable(plain(result))
     if cmd == "ptz":
         target = ptz_target(sub, result)
@@ -701,6 +712,8 @@ def render(cmd, sub, body):
                 f"{', schedule ' + slots if slots else ''}")
     if cmd in ("live", "playback"):
         return body.url
+    if cmd == "wall":
+        return render_wall(body)
     if cmd == "stream-cred":
         return render_credentials(sub, body)
     if cmd == "recordings":

@@ -49,6 +49,8 @@ class ResultCode(IntEnum):
     BUSY = 0x030B
     LIMIT_REACHED = 0x030C
     SS_UNAVAILABLE = 0x0318
+    WALL_OFFLINE = 0x0310
+    NOT_A_WALL = 0x0311
 
     # central platform and synchronisation
     CENTRAL_UNAVAILABLE = 0x0401
@@ -100,6 +102,8 @@ DESCRIPTIONS = {
     ResultCode.LIMIT_REACHED: "a limit of this link or request was reached, such as the "
                               "event subscriptions of a link",
     ResultCode.SS_UNAVAILABLE: "no streaming server of the node could take the stream",
+    ResultCode.WALL_OFFLINE: "the wall or decoder is not logged in to any node",
+    ResultCode.NOT_A_WALL: "the CU is not a TV wall or a decoder",
     ResultCode.CENTRAL_UNAVAILABLE: "the central platform cannot be reached",
     ResultCode.RELOAD_REQUIRED: "the change log no longer reaches back that far: reload",
     ResultCode.UNKNOWN_NODE: "no such node",

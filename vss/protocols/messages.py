@@ -230,6 +230,8 @@ class Action(IntFlag):
     PTZ = 0x02
     CONFIG = 0x04
     RECORD = 0x08
+    #: on a CU target ``cu:<account>`` (a TV wall or a decoder): drive it (WALL_*)
+    WALL = 0x10
 
 
 class ChangeKind(IntEnum):
@@ -770,6 +772,86 @@ SsServer = record(
 SsReport = body("SsReport", "servers" / List(SsServer.con))
 
 
+# TV walls and set-top decoders (WALL_*): CUs that show what operators assign to their
+# tiles (vss.rgm.walls). A wall is named by its account; a routed command for it names
+# the CU target ``cu:<account>`` (docs/protocol.md 9.9).
+
+
+#: The prefix of a CU target (a wall or decoder's account) in grants and routes.
+CU_TARGET = "cu:"
+
+
+class WallLayout(IntEnum):
+    """How a wall's screen is split: N equal tiles, or the tiles it lists itself."""
+
+    CUSTOM = 0
+    ONE = 1
+    FOUR = 4
+    NINE = 9
+    SIXTEEN = 16
+
+
+#: A tile's place on the screen, in 1/10000 of its width and height.
+Tile = record("Tile", "x" / U16, "y" / U16, "width" / U16, "height" / U16)
+TileState = record(
+    "TileState",
+    "tile" / U16,
+    "device_id" / Str,
+    "channel" / U16,
+    "stream" / U8,
+    "tour" / List(Str),
+    "dwell" / U16,
+    "tour_index" / U16,
+    "since" / Timestamp,
+    "frames" / U64,
+    "errors" / U32,
+    "last_error" / Str,
+)
+TileReport = record(
+    "TileReport",
+    "tile" / U16,
+    "device_id" / Str,
+    "frames" / U64,
+    "errors" / U32,
+    "last_error" / Str,
+)
+WallDescribe = body(
+    "WallDescribe",
+    "wall_id" / Str,
+    "layout" / U8,
+    "tiles" / List(Tile.con),
+    "assignments" / List(TileState.con),
+)
+WallAssign = body(
+    "WallAssign",
+    "wall_id" / Str,
+    "tile" / U16,
+    "device_id" / Str,
+    "channel" / U16,
+    "stream" / U8,
+)
+WallTour = body(
+    "WallTour",
+    "wall_id" / Str,
+    "tile" / U16,
+    "devices" / List(Str),
+    "stream" / U8,
+    "dwell" / U16,
+)
+WallQuery = body("WallQuery", "wall_id" / Str)
+WallState = body(
+    "WallState",
+    "wall_id" / Str,
+    "node_id" / Str,
+    "kind" / U8,
+    "layout" / U8,
+    "tiles" / List(Tile.con),
+    "assignments" / List(TileState.con),
+    "version" / U32,
+)
+WallReport = body("WallReport", "tiles" / List(TileReport.con))
+
+
 # ---------------------------------------------------------------------------
 # Message types: (type id, request body, response body or None for a notification)
 
@@ -808,6 +890,12 @@ class MsgType(IntEnum):
     EVENT_NOTIFY = 0x0193
     EVENT_ACK = 0x0194
     EVENT_QUERY = 0x0195
+    WALL_DESCRIBE = 0x01A0
+    WALL_ASSIGN = 0x01A1
+    WALL_TOUR = 0x01A2
+    WALL_STATE = 0x01A3
+    WALL_NOTIFY = 0x01A4
+    WALL_REPORT = 0x01A5
     NODE_REGISTER = 0x0200
     NODE_HEARTBEAT = 0x0201
     STATIC_PULL = 0x0202
@@ -885,4 +973,12 @@ CATALOGUE = {
     MsgType.SS_DROP: (SsDrop, Empty),
     MsgType.SS_REPORT: (SsReport, Empty),
     MsgType.SS_REDIRECT: (SsRedirect, Empty),
+
+
+    MsgType.WALL_DESCRIBE: (WallDescribe, WallState),
+    MsgType.WALL_ASSIGN: (WallAssign, WallState),
+    MsgType.WALL_TOUR: (WallTour, WallState),
+    MsgType.WALL_STATE: (WallQuery, WallState),
+    MsgType.WALL_NOTIFY: (WallState, None),
+    MsgType.WALL_REPORT: (WallReport, Empty),
 }

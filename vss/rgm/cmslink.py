@@ -34,6 +34,7 @@ from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory, check_response
 from vss.protocols.listing import encode_recordings  # a long body: no construct
 from vss.protocols.messages import (
+    CU_TARGET,
     ChangeKind,
     CredRevoke,
     CredState,
@@ -200,6 +201,8 @@ class CmsLink(service.Service):
         if self.rgm is not None:
             for device_id in list(self.rgm.pu_links):
                 self.presence(device_id, True)
+            for wall_id in [w for w in self.rgm.walls.walls if self.rgm.walls.here(w)]:
+                self.presence(CU_TARGET + wall_id, True)  # where the node's walls are
         self._cancel_retry()  # a new link: send at once
         self._retry_delay = RETRY_FIRST
         self._send_outbox()

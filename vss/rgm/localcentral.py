@@ -20,6 +20,7 @@ from vss.protocols.errors import VssError
 from vss.protocols.jsonrec import from_json, to_json
 from vss.protocols.listing import encode_parts, merge_parts, parse_body
 from vss.protocols.messages import (
+    CU_TARGET,
     AuditAck,
     AuditKind,
     Entity,
@@ -162,6 +163,13 @@ class MemoryCentral:
 
         self._check()
         self.routed.append((device_id, inner_type))
+        if device_id.startswith(CU_TARGET):  # a wall: the node it is logged in to
+            wall_id = device_id[len(CU_TARGET):]
+            for rgm_n in self.nodes.values():
+                if rgm_n is not None and rgm_n.walls.here(wall_id):
+                    return relay.serve_wall(rgm_n, device_id, inner_type, inner_body)
+            return defer.fail(VssError(ResultCode.WALL_OFFLINE,
+                                       f"wall {wall_id} is not logged in to any node"))
         record = self.devices.get(device_id)
         if record is None:
             return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id}"))

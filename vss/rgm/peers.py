@@ -84,6 +84,9 @@ def serve_route(rgm, body):
         return RouteResponse(home_node=rgm.node_id, inner_status=int(f.value.code),
                              inner_body=error_body(f.value.message))
 
+    if body.device_id.startswith(relay.CU_TARGET):  # a wall or decoder (vss.rgm.walls)
+        d = relay.serve_wall(rgm, body.device_id, body.inner_type, body.inner_body)
+        return d.addCallbacks(answered, failed)
     record = rgm.store.get_device(body.device_id)
     homed = record is not None and record.home_node in ("", rgm.node_id)
     msg = None

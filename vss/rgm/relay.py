@@ -28,6 +28,7 @@ and wraps the answer with ``struct``. Errors and any doubt take the general path
 (``ask_central`` / ``serve_route``); a failed cached route is dropped and CMS asked.
 """
 
+import dataclasses
 import math
 import struct
 from bisect import bisect_left
@@ -51,6 +52,7 @@ from vss.protocols.messages import (
     RouteResponse,
 )
 from vss.recording import tasks as recording
+from vss.rgm.walls import CU_TARGET, WALL_KINDS, WALL_REQUESTS, target
 
 #: the grant action each relayed control message needs (S401)
 CONTROL_ACTIONS = {
@@ -476,6 +478,8 @@ def on_cu_request(rgm, link, frame, msg):
         return
     if t in _EVENT_REQUESTS:  # events and alarms (vss.events)
         return _event_request(rgm, link, frame, msg)
+    if t in WALL_REQUESTS:  # TV walls and decoders (vss.rgm.walls), on any node
+        return _wall_request(rgm, link, frame, msg)
     if t in (MsgType.MEDIA_OPEN, MsgType.MEDIA_CLOSE):
         if rgm.cdn is None:
             return link.send_error(t, frame.txid, ResultCode.NOT_SUPPORTED,
@@ -522,6 +526,78 @@ def _event_request(rgm, link, frame, msg):
     _hold(s, frame.txid, d)
     d.addCallbacks(lambda body: link.send_response(t, frame.txid, body),
                    lambda f: link.send_failure(frame, f))
+
+
+def _wall_request(rgm, link, frame, msg):
+    """A WALL_* request from a CU: a wall about itself, or an operator driving a wall
+    (the WALL grant on ``cu:<wall>``, checked here). Served here when the wall is logged
+    in to this node, else routed to its node like a request for a PU homed elsewhere
+    (S402-S407: the route cache, CMS when the route is not known)."""
+    t = frame.type
+    s = link.session
+    body = msg.body
+    is_wall = s.kind in WALL_KINDS
+    if t == MsgType.WALL_REPORT:
+        if not is_wall:
+            return link.send_error(t, frame.txid, ResultCode.NOT_A_WALL,
+                                   f"{s.identity} did not register as a wall or decoder")
+        try:
+            rgm.walls.report(s.identity, body)
+        except VssError as e:
+            return link.send_failure(frame, e)
+        return link.send_response(t, frame.txid, Empty())
+    wall_id = body.wall_id or s.identity
+    own = wall_id == s.identity
+    if not body.wall_id and not is_wall:
+        return link.send_error(t, frame.txid, ResultCode.NOT_A_WALL,
+                               f"{s.identity} did not register as a wall or decoder")
+    if not own and not rgm.store.actions_for(s.identity, target(wall_id)) & Action.WALL:
+        return link.send_error(t, frame.txid, ResultCode.FORBIDDEN,
+                               f"{s.identity} may not drive wall {wall_id}")
+    if frame.txid in s.inflight:
+        return link.send_error(t, frame.txid, ResultCode.DUPLICATE_TXID)
+    if len(s.inflight) >= rgm.config.max_in_flight:
+        return link.send_error(t, frame.txid, ResultCode.TOO_MANY_IN_FLIGHT)
+    if not body.wall_id:
+        body = dataclasses.replace(body, wall_id=wall_id)
+    if rgm.walls.here(wall_id):
+        d = defer.maybeDeferred(rgm.walls.serve, t, body, own and is_wall)
+        d.addCallback(lambda state: (0, codec.encode_body(state)))
+    else:
+        raw = frame.body if body is msg.body else codec.encode_body(body)
+        d = ask_central(rgm, target(wall_id), t, raw)
+    _hold(s, frame.txid, d)
+
+    def answered(result):
+        status, inner = result
+        if status == ResultCode.UNKNOWN_DEVICE:  # it left the node the route named
+            return link.send_error(t, frame.txid, ResultCode.WALL_OFFLINE,
+                                   f"wall {wall_id} is not logged in to any node")
+        answer_cu(link, t, frame.txid, status, inner)
+
+    d.addCallbacks(answered, lambda f: link.send_failure(frame, f))
+
+
+def serve_wall(rgm, key, inner_type, inner_body):
+    """S404-S405 for a CU target ``cu:<wall>`` on the node the wall is logged in to: the
+    command, authorised by the operator's node, is served by the wall registry. Fires
+    with (status, body bytes); UNKNOWN_DEVICE when the wall is not here (any more), so
+    the asking node drops its route and asks CMS."""
+    wall_id = key[len(CU_TARGET):]
+    if inner_type not in WALL_REQUESTS or inner_type == MsgType.WALL_REPORT:
+        return defer.fail(VssError(ResultCode.UNEXPECTED_MESSAGE,
+                                   f"{codec.message_name(inner_type)} is not for a wall"))
+    msg = codec.decode_body(codec.Frame(codec.VERSION, 0, inner_type, 0, 0, inner_body))
+    if isinstance(msg, codec.ProtocolError):
+        return defer.fail(VssError(msg.code, msg.message))
+    if msg.body.wall_id != wall_id:
+        return defer.fail(VssError(ResultCode.INVALID_ARGUMENT,
+                                   "the command names another wall than its route"))
+    if not rgm.walls.here(wall_id):
+        return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE,
+                                   f"wall {wall_id} is not logged in to {rgm.node_id}"))
+    d = defer.maybeDeferred(rgm.walls.serve, inner_type, msg.body)
+    return d.addCallback(lambda state: (0, codec.encode_body(state)))
 
 
 def _measure(rgm, d, t, route, t0):

@@ -31,6 +31,7 @@ from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import (
+    CU_TARGET,
     Action,
     AuthChallenge,
     AuthOk,
@@ -49,6 +50,7 @@ from vss.protocols.messages import (
 )
 from vss.rgm import relay, settings
 from vss.rgm.auth import ScramExchange, Throttle
+from vss.rgm.walls import WALL_KINDS, WallRegistry
 
 AGENT = "vss-node/0.1"
 
@@ -166,6 +168,9 @@ class RGMService(service.Service):
         self.archive = None  # vss.recording.archive.NodeArchive: RECORD_QUERY across nodes
         self.credentials = None  # vss.streamcreds.node.StreamCredentials, with a CMS
         self.events = None  # vss.events.hub.EventHub: events and alarms
+        #: TV walls and decoders logged in here (vss.rgm.walls); CMS is told where each is
+        self.walls = WallRegistry(config.node_id, store, clock,
+                                  presence=lambda key, online: central.presence(key, online))
         self.throttle = Throttle(clock)
         self.links = set()
         self.pu_links = {}  # device_id -> link of the registered PU
@@ -200,6 +205,7 @@ class RGMService(service.Service):
     def stopService(self):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+        self.walls.stop()
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "node shutting down")
         return super().stopService()
@@ -254,6 +260,8 @@ class RGMService(service.Service):
                     self.events.raise_event(s.identity, 0, "offline", severity=Severity.WARNING)
         else:
             self.cu_links.pop(s.session_id, None)
+            if s.kind in WALL_KINDS:
+                self.walls.logged_out(link)
             if self.events is not None:
                 self.events.cu_gone(link)
 
@@ -519,6 +527,8 @@ class RGMService(service.Service):
             self.central.presence(s.identity, True)
             if self.events is not None:
                 self.events.raise_event(s.identity, 0, "online")
+        elif s.kind in WALL_KINDS:
+            self.walls.logged_in(link, s.identity, s.kind)
 
     # -- 5. what a registered PU sends
 
@@ -619,7 +629,8 @@ class RGMService(service.Service):
 
     def device_list(self, username, cursor, limit):
         granted = self.store.granted_devices(username)
-        ids = sorted(d for d in granted if d > cursor)
+        # a grant on a wall or decoder (cu:ACCOUNT) names no device
+        ids = sorted(d for d in granted if d > cursor and not d.startswith(CU_TARGET))
         limit = max(1, min(limit or 100, 1000))
         page = ids[:limit]
         out = []
@@ -673,6 +684,7 @@ class RGMService(service.Service):
             "links": len(self.links),
             "pus_online": len(self.pu_links),
             "cu_sessions": len(self.cu_links),
+            **self.walls.status(),
             **self.counters,
         }
 

@@ -82,8 +82,8 @@ class NodeHarness:
                                   on_request=on_request)
         return client, self.login(client, Role.PU)
 
-    def cu(self, name, password="cu-password", on_notify=None, peer=None):
-        client = SignallingClient(Role.CU, name, password, kind=CuKind.MOC, on_notify=on_notify)
+    def cu(self, name, password="cu-password", on_notify=None, peer=None, kind=CuKind.MOC):
+        client = SignallingClient(Role.CU, name, password, kind=kind, on_notify=on_notify)
         return client, self.login(client, Role.CU, peer)
 
     def pump(self, limit=1000):

@@ -2,7 +2,7 @@
 The browser client on the node's HTTP listener (``--http-listen``; TLS with an
 ``ssl:`` endpoint): one listener, one site, whose root resource sends
 
-- ``/`` the page, ``/static/<file>`` its files (``vss/web/static``, shipped in the
+- ``/`` the page, ``/wall`` the page of a TV wall's screen, ``/static/<file>`` its files (``vss/web/static``, shipped in the
   package; read once at start, nothing fetched from elsewhere: plain ES modules, no
   build step),
 - ``/ws/cu`` the CU link over a WebSocket (``vss.web.signalling``),
@@ -48,7 +48,7 @@ SECURITY_HEADERS = (
 
 def load_static(root=STATIC):
     """{"/static/<relative path>": (content type, bytes)} of every file under ``root``,
-    and ``/`` for ``index.html``."""
+    ``/`` for ``index.html`` and ``/wall`` for ``wall.html``."""
     files = {}
     for folder, _dirs, names in os.walk(root):
         for name in names:
@@ -60,6 +60,8 @@ def load_static(root=STATIC):
                 files["/static/" + rel] = (kind, f.read())
     if "/static/index.html" in files:
         files["/"] = files["/static/index.html"]
+    if "/static/wall.html" in files:  # a TV wall's screen (docs/protocol.md 9.9)
+        files["/wall"] = files["/static/wall.html"]
     return files
 
 

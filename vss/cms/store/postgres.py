@@ -118,7 +118,18 @@ class PostgresDialect(Dialect):
             " AND indexname NOT LIKE %s",
             ("%_pkey",),
         )
-        return {"tables": tables, "indexes": sorted(r[0] for r in cur.fetchall())}
+        indexes = sorted(r[0] for r in cur.fetchall())
+        cur.execute(
+            "SELECT tc.table_name, kcu.column_name, ccu.table_name, ccu.column_name"
+            " FROM information_schema.table_constraints tc"
+            " JOIN information_schema.key_column_usage kcu"
+            " ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema"
+            " JOIN information_schema.constraint_column_usage ccu"
+            " ON ccu.constraint_name = tc.constraint_name AND ccu.table_schema = tc.table_schema"
+            " WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema()"
+        )
+        references = sorted(f"{t}.{c} -> {rt}.{rc}" for t, c, rt, rc in cur.fetchall())
+        return {"tables": tables, "indexes": indexes, "references": references}
 
 
 def _admin_connection(dsn):

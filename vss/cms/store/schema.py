@@ -279,6 +279,28 @@ MIGRATIONS = (
             "CREATE INDEX node_users_user ON node_users (username, node_id)",
         ),
     ),
+    Migration(
+        9,
+        "grants on CU targets: a grant's device_id may name a wall or decoder (cu:ACCOUNT)",
+        # SQLite cannot drop a constraint: the table is made again without the reference
+        # to devices (removing a device or an account removes its grants, in the code
+        # that logs those changes)
+        (
+            "CREATE TABLE grants_new ("
+            " principal {KEY} NOT NULL,"
+            " device_id {KEY} NOT NULL,"
+            " actions {INT} NOT NULL,"
+            " version {INT} NOT NULL,"
+            " expires {INT} NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (principal, device_id))",
+            "INSERT INTO grants_new (principal, device_id, actions, version, expires)"
+            " SELECT principal, device_id, actions, version, expires FROM grants",
+            "DROP TABLE grants",
+            "ALTER TABLE grants_new RENAME TO grants",
+            "CREATE INDEX grants_device ON grants (device_id, principal)",
+        ),
+        (("postgresql", ("ALTER TABLE grants DROP CONSTRAINT IF EXISTS grants_device_id_fkey",)),),
+    ),
 )
 
 CURRENT_VERSION = MIGRATIONS[-1].version

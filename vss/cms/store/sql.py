@@ -45,6 +45,7 @@ from vss.ops.histogram import Histogram
 from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError
 from vss.protocols.messages import (
+    CU_TARGET,
     Action,
     Change,
     ChangeOp,
@@ -404,7 +405,8 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return self._read(self._version)
 
     def describe_schema(self):
-        """Deferred {'tables': {...}, 'indexes': [...]}, for tests and operators."""
+        """Deferred {"tables": {...}, "indexes": [...], "references": [...]} (the foreign
+        keys), for tests and operators."""
         return self._read(self.dialect.describe)
 
     # -- users ----------------------------------------------------------------
@@ -441,6 +443,8 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         if row is None:
             return
         self._delete_grants(cur, log, "principal = ?", ("user:" + username,))
+        # who may drive the account as a wall or decoder
+        self._delete_grants(cur, log, "device_id = ?", (CU_TARGET + username,))
         self._delete_credentials(cur, log, "username = ?", (username,))
         self._x(cur, "DELETE FROM users WHERE username = ?", (username,))
         log.add(Entity.USER, ChangeOp.DELETE, username, int(row[0]) + 1)
@@ -659,7 +663,14 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
                            origin=origin)
 
     def _set_grant(self, cur, log, principal, device_id, actions, expires):
-        if self._x(
+        if device_id.startswith(CU_TARGET):  # a wall or decoder: its account, WALL only
+            if actions & ~Action.WALL:
+                raise VssError(ResultCode.INVALID_ARGUMENT,
+                               "a grant on a wall (cu:ACCOUNT) carries the WALL action only")
+            if self._x(cur, "SELECT 1 FROM users WHERE username = ?",
+                       (device_id[len(CU_TARGET):],)).fetchone() is None:
+                raise VssError(ResultCode.NOT_FOUND, f"no account {device_id[3:]!r}")
+        elif self._x(
             cur, "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)
         ).fetchone() is None:
             raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id!r}")
@@ -732,7 +743,8 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         )
 
     def _held_grants(self, cur, cursor, limit, node_id):
-        """The grants on the devices ``node_id`` holds, in (device, principal) order
+        """The grants on the devices ``node_id`` holds and on every CU target, in
+        (device, principal) order
         (the cursor is still a grant key): index range scans, not a scan of every
         grant."""
         after_principal, after_device = split_grant_key(cursor) if cursor else ("", "")
@@ -743,10 +755,13 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
             " ON g.device_id = d.device_id WHERE d.home_node = ? AND d.device_id >= ?"
             f" UNION ALL SELECT {cols} FROM node_devices n JOIN devices d"
             " ON d.device_id = n.device_id JOIN grants g ON g.device_id = n.device_id"
-            " WHERE n.node_id = ? AND n.device_id >= ? AND d.home_node <> ?) AS held"
+            " WHERE n.node_id = ? AND n.device_id >= ? AND d.home_node <> ?"
+            # who may drive a wall or decoder (``cu:<account>``): every node holds these
+            f" UNION ALL SELECT {cols} FROM grants g WHERE substr(g.device_id, 1, 3) = ?"
+            " AND g.device_id >= ?) AS held"
             " WHERE (device_id, principal) > (?, ?) ORDER BY device_id, principal LIMIT ?",
-            (node_id, after_device, node_id, after_device, node_id, after_device,
-             after_principal, limit + 1),
+            (node_id, after_device, node_id, after_device, node_id, CU_TARGET, after_device,
+             after_device, after_principal, limit + 1),
         ).fetchall()
         return _page([_grant(r) for r in rows], limit,
                      lambda r: grant_key(r.principal, r.device_id))

@@ -60,7 +60,10 @@ class SQLiteDialect(Dialect):
             "SELECT name FROM sqlite_master WHERE type = 'index'"
             " AND name NOT LIKE 'sqlite_%'"
         ).fetchall())
-        return {"tables": tables, "indexes": indexes}
+        references = sorted(
+            f"{n}.{r[3]} -> {r[2]}.{r[4]}" for n in names
+            for r in cur.execute(f"PRAGMA foreign_key_list({n})").fetchall())
+        return {"tables": tables, "indexes": indexes, "references": references}
 
 
 #: how long a statement waits for a lock another process holds before the store fails

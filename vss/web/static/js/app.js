@@ -1,6 +1,7 @@
 // The browser client: login, device tree with pushed online state, live view in a grid
 // of 1/4/9/16, PTZ pad and presets, recordings timeline with playback and export, the
-// recent events of the cameras one may view (pushed live, acknowledged with a comment).
+// recent events of the cameras one may view (pushed live, acknowledged with a comment),
+// the selected camera sent to a tile of a TV wall or decoder on any node.
 // Plain ES modules, no framework, nothing fetched from anywhere but this node.
 
 import { Link } from "./link.js";
@@ -760,6 +761,29 @@ function playEvent(e) {
   if (window.innerWidth < 900) $("grid").scrollIntoView({ behavior: "smooth", block: "start" });
 }
 
+// -- TV walls: the selected camera onto a tile of a wall or decoder on any node ---------
+
+async function sendToWall(ev) {
+  ev.preventDefault();
+  const device = current();
+  const wall = $("wall-id").value.trim();
+  const tile = Number($("wall-tile").value) || 1;
+  const out = $("wall-result");
+  if (!device) { out.textContent = "Select a camera first."; return; }
+  if (!wall) { out.textContent = "Name the wall."; return; }
+  out.textContent = "Sending…";
+  try {
+    const s = await state.link.wallAssign({ wall, tile: tile - 1, device });
+    out.textContent = `${s.wall_id} (${s.node_id}): tile ${tile} shows ${device}`;
+    out.dataset.version = String(s.version);
+  } catch (e) {
+    out.textContent = e.codeName === "FORBIDDEN" ? "You may not drive this wall, or it may not show this camera."
+      : e.codeName === "WALL_OFFLINE" ? "This wall is not signed in on any node."
+      : e.codeName === "INVALID_ARGUMENT" ? `The wall has no tile ${tile}.` : explain(e);
+    out.dataset.error = e.codeName || "ERROR";
+  }
+}
+
 // -- wiring ----------------------------------------------------------------------------
 
 function wire() {
@@ -774,6 +798,7 @@ function wire() {
   $("ptz-stop").onclick = () => ptz(PTZ.STOP);
   for (const b of document.querySelectorAll(".zoom [data-zoom]")) b.onclick = () => ptz(PTZ.RELATIVE, 0, 0, Number(b.dataset.zoom) * 0.1);
   $("preset-form").addEventListener("submit", savePreset);
+  $("wall-form").addEventListener("submit", sendToWall);
   $("zoom").onchange = () => {
     state.view.span = Number($("zoom").value);
     state.view.end = Date.now() + state.view.span * 0.05;  // now, near the right edge

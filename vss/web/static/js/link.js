@@ -1,6 +1,6 @@
 // The CU link of the page: docs/protocol.md over a WebSocket (/ws/cu, subprotocol
 // vss.cu.v1): HELLO, SCRAM login, REGISTER, then requests with their own txids,
-// STATE_CHANGE and EVENT_NOTIFY notifications, keepalives, BYE.
+// STATE_CHANGE, EVENT_NOTIFY and WALL_NOTIFY notifications, keepalives, BYE.
 
 import { CODES, FLAG_ERROR, FLAG_NOTIFY, FLAG_RESPONSE, FrameReader, T, decode, encode, frame } from "./wire.js";
 import { nonce, prove, sameBytes } from "./scram.js";
@@ -14,8 +14,11 @@ export class LinkError extends Error {
 }
 
 export class Link {
-  constructor(url, { onNotify = () => {}, onEvent = () => {}, onClosed = () => {} } = {}) {
+  constructor(url, { onNotify = () => {}, onEvent = () => {}, onClosed = () => {},
+                    onWall = () => {}, kind = undefined } = {}) {
     this.url = url;
+    this.kind = kind;       // CuKind at REGISTER (the wall page: TVWALL)
+    this.onWall = onWall;   // WALL_NOTIFY
     this.onNotify = onNotify;
     this.onEvent = onEvent;
     this.onClosed = onClosed;
@@ -58,6 +61,10 @@ export class Link {
         try { this.bye = decode.bye(f.body); } catch (e) { this.bye = { reason: 0, message: "" }; }
       } else if (f.type === T.STATE_CHANGE) {
         try { this.onNotify(decode.stateChange(f.body)); } catch (e) { /* skipped */ }
+      } else if (f.type === T.WALL_NOTIFY) {
+        let state = null;
+        try { state = decode.wallState(f.body); } catch (e) { /* a bad body is skipped */ }
+        if (state) try { this.onWall(state); } catch (e) { console.error(e); }
       } else if (f.type === T.EVENT_NOTIFY) {
         let note = null;
         try { note = decode.eventNotify(f.body); } catch (e) { /* a bad body is skipped */ }
@@ -104,7 +111,7 @@ export class Link {
       this.ws.close();
       throw new LinkError(0x0201, "the node could not prove who it is");
     }
-    const reg = await this.request(T.REGISTER, encode.register(navigator.userAgent.slice(0, 60)), decode.registered);
+    const reg = await this.request(T.REGISTER, encode.register(navigator.userAgent.slice(0, 60), this.kind), decode.registered);
     const every = Math.max(1, reg.keepalive) * 1000;
     this.keepalive = setInterval(() => {
       this.request(T.KEEPALIVE, encode.empty(), decode.empty).catch(() => {});
@@ -136,5 +143,8 @@ export class Link {
   recordings(p) { return this.request(T.RECORD_QUERY, encode.recordQuery(p), decode.recordings, 20000); }
   eventSubscribe(p) { return this.request(T.EVENT_SUBSCRIBE, encode.eventSubscribe(p), decode.eventSubscribed); }
   eventQuery(p) { return this.request(T.EVENT_QUERY, encode.eventQuery(p), decode.events, 20000); }
+  wallDescribe(p) { return this.request(T.WALL_DESCRIBE, encode.wallDescribe(p), decode.wallState); }
+  wallAssign(p) { return this.request(T.WALL_ASSIGN, encode.wallAssign(p), decode.wallState); }
+  wallReport(tiles) { return this.request(T.WALL_REPORT, encode.wallReport(tiles), decode.empty); }
   eventAck(p) { return this.request(T.EVENT_ACK, encode.eventAck(p), decode.eventAcked); }
 }

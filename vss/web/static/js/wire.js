@@ -14,6 +14,8 @@ export const T = {
   RECORD_QUERY: 0x0170,
   EVENT_SUBSCRIBE: 0x0191, EVENT_UNSUBSCRIBE: 0x0192, EVENT_NOTIFY: 0x0193, EVENT_ACK: 0x0194,
   EVENT_QUERY: 0x0195,
+  WALL_DESCRIBE: 0x01a0, WALL_ASSIGN: 0x01a1, WALL_TOUR: 0x01a2, WALL_STATE: 0x01a3,
+  WALL_NOTIFY: 0x01a4, WALL_REPORT: 0x01a5,
 };
 
 export const CODES = {
@@ -23,10 +25,10 @@ export const CODES = {
   0x0301: "UNKNOWN_DEVICE", 0x0302: "FORBIDDEN", 0x0303: "DEVICE_OFFLINE", 0x0304: "TIMEOUT",
   0x0305: "HOME_NODE_DOWN", 0x0306: "INVALID_ARGUMENT", 0x0307: "NOT_SUPPORTED",
   0x0308: "NOT_FOUND", 0x0309: "CONFLICT", 0x030b: "BUSY", 0x030c: "LIMIT_REACHED",
-  0x020b: "NOT_READY", 0xffff: "INTERNAL_ERROR",
+  0x020b: "NOT_READY", 0x0310: "WALL_OFFLINE", 0x0311: "NOT_A_WALL", 0xffff: "INTERNAL_ERROR",
 };
 
-export const ROLE_CU = 2, CU_WEB = 3;
+export const ROLE_CU = 2, CU_WEB = 3, CU_TVWALL = 2;
 export const PTZ = { CONTINUOUS: 1, ABSOLUTE: 2, RELATIVE: 3, STOP: 4 };
 export const PRESET = { SET: 1, GOTO: 2, REMOVE: 3, LIST: 4 };
 export const PURPOSE = { LIVE: 1, PLAYBACK: 2 };
@@ -121,11 +123,16 @@ export class FrameReader {
 
 // -- bodies a CU sends ------------------------------------------------------------------
 
+const wTile = (w, t) => w.u16(t.x).u16(t.y).u16(t.width).u16(t.height);
+const wTileState = (w, a) => w.u16(a.tile).str(a.device_id).u16(a.channel).u8(a.stream)
+  .list(a.tour, (x, d) => x.str(d)).u16(a.dwell).u16(a.tour_index).u64(a.since)
+  .u64(a.frames).u32(a.errors).str(a.last_error);
+
 export const encode = {
   hello: (agent) => new Writer().u8(1).u8(1).u8(ROLE_CU).str(agent).list([], () => {}).ext().done(),
   authStart: (identity, nonce) => new Writer().str(identity).str("SCRAM-SHA-256").bytes(nonce).ext().done(),
   authProof: (proof) => new Writer().bytes(proof).ext().done(),
-  register: (model) => new Writer().u8(CU_WEB).str(model).str("1").u16(0).list([], () => {}).ext().done(),
+  register: (model, kind = CU_WEB) => new Writer().u8(kind).str(model).str("1").u16(0).list([], () => {}).ext().done(),
   empty: () => new Writer().ext().done(),
   bye: (reason, message) => new Writer().u16(reason).str(message).ext().done(),
   deviceList: (cursor, limit) => new Writer().str(cursor).u16(limit).ext().done(),
@@ -146,6 +153,13 @@ export const encode = {
   // EVENT_ACK and EVENT_QUERY: `username` is set by the node; a CU sends it empty
   eventAck: (p) => new Writer().str(p.node_id).u64(p.seq).str(p.device_id).str("")
     .str(p.comment || "").ext().done(),
+  // WALL_DESCRIBE from the wall itself (wall_id ""): its layout and what it showed
+  wallDescribe: (p) => new Writer().str("").u8(p.layout).list(p.tiles || [], wTile)
+    .list(p.assignments || [], wTileState).ext().done(),
+  wallAssign: (p) => new Writer().str(p.wall).u16(p.tile).str(p.device).u16(p.channel || 0)
+    .u8(p.stream || 0).ext().done(),
+  wallReport: (tiles) => new Writer().list(tiles, (w, t) => w.u16(t.tile).str(t.device_id)
+    .u64(t.frames).u32(t.errors).str(t.last_error || "")).ext().done(),
   eventQuery: (p) => new Writer().str(p.device_id || "").str(p.type || "")
     .u64(p.from_time || 0).u64(p.to_time || 0).u16(p.limit || 0).str("").ext().done(),
 };
@@ -165,7 +179,14 @@ const eventRecord = (r) => ({ node_id: r.str(), seq: r.u64(), device_id: r.str()
                               type: r.str(), phase: r.u8(), severity: r.u8(), pu_time: r.u64(),
                               node_time: r.u64(), items: r.list(kv) });
 
+const tile = (r) => ({ x: r.u16(), y: r.u16(), width: r.u16(), height: r.u16() });
+const tileState = (r) => ({ tile: r.u16(), device_id: r.str(), channel: r.u16(), stream: r.u8(),
+                            tour: r.list((x) => x.str()), dwell: r.u16(), tour_index: r.u16(),
+                            since: r.u64(), frames: r.u64(), errors: r.u32(), last_error: r.str() });
+
 export const decode = {
+  wallState: (b) => body(b, (r) => ({ wall_id: r.str(), node_id: r.str(), kind: r.u8(), layout: r.u8(),
+                                       tiles: r.list(tile), assignments: r.list(tileState), version: r.u32() })),
   error: (b) => body(b, (r) => ({ message: r.str() })),
   helloAck: (b) => body(b, (r) => ({ version: r.u8(), node_id: r.str(), agent: r.str(), features: r.list((x) => x.str()) })),
   challenge: (b) => body(b, (r) => ({ salt: r.bytes(), iterations: r.u32(), server_nonce: r.bytes() })),
