@@ -548,6 +548,63 @@ class StaticStoreConformance:
         self.assertEqual([c.seq for c in replay], list(range(1, 42)))
 
     @inlineCallbacks
+    def test_writes_that_wait_share_one_transaction(self):
+        """Group commit: the writes issued while one is in flight go together into the
+        next transaction; each still gets its own contiguous sequences and versions, in
+        issue order."""
+        s = self.store
+        yield s.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+        yield s.get_device("cam-1")  # (a write issued from an answer would share its batch)
+        before = s._commits.transactions
+        results = yield gatherResults(
+            [s.update_device_fields("cam-1", name=f"n{i}") for i in range(30)]
+            + [s.set_grant(f"user:u{i}", "cam-1", Action.VIEW) for i in range(10)]
+        )
+        self.assertEqual(s._commits.transactions - before, 2)  # the first, then 39
+        self.assertEqual([[c.seq for c in changes] for changes in results],
+                         [[i] for i in range(2, 42)])
+        self.assertEqual([changes[0].version for changes in results[:30]], list(range(2, 32)))
+        self.assertEqual([changes[0].device.name for changes in results[:30]],
+                         [f"n{i}" for i in range(30)])
+        replay, _ = yield s.changes_after(0)
+        self.assertEqual([c.seq for c in replay], list(range(1, 42)))
+
+    @inlineCallbacks
+    def test_a_write_that_fails_in_a_shared_transaction_fails_alone(self):
+        """In a batch, a refused write (an unknown device) and a write that fails half
+        way (a row written, then a constraint the database refuses) leave nothing; the
+        writes around them commit, the log stays gap free and in issue order."""
+        s = self.store
+        yield s.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+
+        def half_way(cur, log):
+            s._upsert_devices(cur, log, [device(7)])
+            s._x(cur, "INSERT INTO meta (key, value) VALUES ('writer', 'twice')")
+
+        yield s.get_device("cam-1")
+        first = s.update_device_fields("cam-1", name="first")  # in flight alone
+        batch = [
+            s.update_device_fields("cam-1", name="a"),
+            s.update_device_fields("cam-missing", name="x"),
+            s._write(half_way),
+            s.set_grant("user:ann", "cam-1", Action.VIEW),
+            s.update_device_fields("cam-1", name="b"),
+        ]
+        yield first
+        yield self.assertVssError(batch[1], ResultCode.UNKNOWN_DEVICE)
+        yield self.assertFailure(batch[2], Exception)
+        a, grant, b = yield gatherResults([batch[0], batch[3], batch[4]])
+        self.assertEqual([a[0].seq, grant[0].seq, b[0].seq], [3, 4, 5])
+        self.assertEqual((a[0].version, b[0].version), (3, 4))
+        self.assertIsNone((yield s.get_device("cam-00007")))
+        self.assertEqual((yield s.get_device("cam-1")).name, "b")
+        replay, _ = yield s.changes_after(0)
+        self.assertEqual([c.seq for c in replay], [1, 2, 3, 4, 5])
+        # the log goes on without a gap after the rolled back attempt
+        after = yield s.update_device_fields("cam-1", name="c")
+        self.assertEqual(after[0].seq, 6)
+
+    @inlineCallbacks
     def test_changes_after_turns_stale_upserts_into_deletes(self):
         yield self.store.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
         yield self.store.set_grant("user:alice", "cam-1", Action.VIEW)

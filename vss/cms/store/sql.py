@@ -10,11 +10,13 @@ A database that fails (it cannot be reached, is locked past its busy timeout, or
 out) fails the call with ``VssError(DB_UNAVAILABLE)``: CMS answers it to nodes and the
 admin API as a failure to retry (docs/consistency.md), never as a refusal.
 
-Every mutating call is ONE transaction that (1) takes the writer lock, (2) changes the
-rows and bumps their ``version``, (3) appends one ``change_log`` row per changed entity,
-and returns the ``Change`` entries it appended. The writer lock makes log sequences
-commit in the order they were issued, so a reader paging with ``changes_after`` never
-steps over a sequence that commits later.
+Every mutating call is atomic: it (1) takes the writer lock, (2) changes the rows and
+bumps their ``version``, (3) appends one ``change_log`` row per changed entity, and
+returns the ``Change`` entries it appended, once committed. The logged writes that wait
+while a transaction is in flight share the next one (group commit, ``commit.py``): each
+runs as it would alone, in issue order, and one that fails leaves nothing. The writer
+lock makes log sequences commit in the order they were issued, so a reader paging with
+``changes_after`` never steps over a sequence that commits later.
 
 Change-log conventions (what a node applying changes relies on):
 
@@ -37,6 +39,7 @@ import json
 
 from twisted.internet.defer import fail, inlineCallbacks, returnValue, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vss.errors import VssError
@@ -57,6 +60,7 @@ from vss.protocols.messages import (
 
 from . import schema
 from .audit import AuditSql, IAuditStore
+from .commit import GroupCommit, WriteFailed
 from .events import EventSql, IEventStore
 from .operators import IOperatorStore, OperatorSql
 from .tokens import (
@@ -173,6 +177,10 @@ def _device_params(rec):
     )
 
 
+def _closed():
+    return VssError(ResultCode.DB_UNAVAILABLE, "the CMS database is closed (the CMS is stopping)")
+
+
 def _deferred(method):
     """Argument errors found before any database work fail the Deferred, never raise."""
 
@@ -273,6 +281,9 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         #: logged writes issued and not answered yet (CMS publishes in log order and
         #: waits for them when a sequence is missing, see ``vss.cms.service``)
         self.writes_in_flight = 0
+        #: the logged writes, grouped into transactions
+        self._commits = GroupCommit(self._run_batch, self._clock,
+                                    latency=self.call_latency["write"])
 
     # -- plumbing -----------------------------------------------------------
 
@@ -289,8 +300,7 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         out) fails the Deferred with ``VssError(DB_UNAVAILABLE)``: a failure to retry,
         never a refusal."""
         if pool is None:
-            return fail(VssError(ResultCode.DB_UNAVAILABLE,
-                                 "the CMS database is closed (the CMS is stopping)"))
+            return fail(_closed())
         hist = self.call_latency[kind]
         t0 = self._clock.seconds()
 
@@ -317,31 +327,56 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return fn(cur, *args)
 
     def _write(self, fn, *args, origin=DEFAULT_ORIGIN):
+        """One logged write, committed with the others that wait for the writer
+        (``vss.cms.store.commit``); fires with its changes once durable."""
+        if self._wpool is None:
+            return fail(_closed())
         self.writes_in_flight += 1
 
         def answered(result):
             self.writes_in_flight -= 1
             return result
 
-        return self._run(self._wpool, self._in_write, fn, origin, self._now_ms(), *args) \
-            .addBoth(answered)
+        return self._commits.submit(fn, args, origin, self._now_ms()).addBoth(answered)
 
-    def _in_write(self, cur, fn, origin, at, *args):
+    def _run_batch(self, batch):
+        """One transaction for a batch of ``Write``: one list of changes per write."""
+        if self._wpool is None:
+            return fail(_closed())
+        return self._wpool.runInteraction(self._in_batch, batch) \
+            .addErrback(self._batch_failed)
+
+    def _batch_failed(self, failure):
+        if failure.check(WriteFailed):
+            return failure
+        return self._unavailable(failure)
+
+    def _in_batch(self, cur, batch):
         self.dialect.begin_write(cur)
-        log = _Log(origin, at)
-        fn(cur, log, *args)
-        return self._append(cur, log)
+        unavailable = self.dialect.unavailable()
+        logs = []
+        for i, w in enumerate(batch):
+            log = _Log(w.origin, w.at)
+            try:
+                w.fn(cur, log, *w.args)
+            except unavailable:
+                raise
+            except Exception:
+                raise WriteFailed(i, Failure()) from None
+            logs.append(log)
+        return self._append(cur, logs)
 
-    def _append(self, cur, log):
-        if not log.entries:
-            return []
-        rows = [(int(e), int(o), k, v, origin, log.at) for e, o, k, v, _, origin in log.entries]
-        seqs = self.dialect.append_log(cur, rows)
-        changes = []
-        for seq, (entity, op, key, version, record, origin) in zip(seqs, log.entries,
-                                                                   strict=True):
-            changes.append(_change(seq, entity, op, key, version, origin, record))
-        return changes
+    def _append(self, cur, logs):
+        """Append the entries of ``logs`` (one per write, in order) in one insert:
+        the writes' lists of changes."""
+        rows = [(int(e), int(o), k, v, origin, log.at)
+                for log in logs for e, o, k, v, _, origin in log.entries]
+        seqs = iter(self.dialect.append_log(cur, rows) if rows else ())
+        out = []
+        for log in logs:
+            out.append([_change(next(seqs), entity, op, key, version, origin, record)
+                        for entity, op, key, version, record, origin in log.entries])
+        return out
 
     def _x(self, cur, text, params=()):
         return self.dialect.execute(cur, text, params)
@@ -394,6 +429,7 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return True
 
     def close(self):
+        self._commits.close(Failure(_closed()))
         pools = {id(p): p for p in (self._wpool, self._rpool) if p is not None}
         self._wpool = self._rpool = None
         for pool in pools.values():
