@@ -354,6 +354,7 @@ class Driver:
             while pending and pending[0][0] <= complete.applied_seq:
                 _, t_write, t_publish = pending.pop(0)
                 self.latencies.append(now - t_write)
+                self.ack_times.append((now, now - t_write))
                 self.publish_latencies.append(now - t_publish)
             return completed(s, complete)
 
@@ -381,7 +382,7 @@ class Driver:
     @defer.inlineCallbacks
     def at_rate(self, rate, seconds):
         self.latencies, self.write_times, self.waiting, self.t0 = [], [], {}, {}
-        self.publish_latencies = []
+        self.publish_latencies, self.ack_times = [], []
         self.counter, self.errors, self.last_error = 0, 0, ""
         cms = self.cms
         before = dict(cms.counters)
@@ -429,6 +430,10 @@ class Driver:
                 / max(1, self.store._commits.transactions - commits0[0]), 1),
             "load_average": round(os.getloadavg()[0], 1),
         }
+        windows = {}
+        for at, lat in self.ack_times:
+            windows.setdefault(int((at - started) // 5), []).append(lat)
+        row["ack_p99_ms_by_5s"] = [round(1000 * pct(windows[w], 99)) for w in sorted(windows)]
         if self.last_error:
             row["last_error"] = self.last_error[:200]
         print(json.dumps(row))

@@ -142,28 +142,41 @@ class GroupCommitTests(unittest.TestCase):
         self.db.commit()
         self.assertEqual(self.answers["d"], ["d"])
 
-    def test_close_fails_the_waiting_writes_and_the_later_ones(self):
+    def test_close_refuses_later_writes_and_waits_for_the_issued_ones(self):
         self.submit("a")
         self.submit("b")
         closed = Failure(VssError(ResultCode.DB_UNAVAILABLE, "closed"))
-        self.commits.close(closed)
-        self.assertIs(self.answers["b"], closed)
+        done = self.commits.close(closed)
         self.submit("c")
         self.assertIs(self.answers["c"], closed)
-        self.db.commit()  # the transaction in flight still answers its write
+        self.assertNoResult(done)
+        self.db.commit()
         self.assertEqual(self.answers["a"], ["a"])
+        self.assertNoResult(done)
+        self.assertEqual(self.db.names(), ["b"])  # issued before close: still runs
+        self.db.commit()
+        self.assertEqual(self.answers["b"], ["b"])
+        self.assertIsNone(self.successResultOf(done))
         self.assertEqual(self.db.pending, [])
 
-    def test_a_write_run_again_after_close_fails_closed(self):
+    def test_close_when_idle_is_at_once(self):
+        closed = Failure(VssError(ResultCode.DB_UNAVAILABLE, "closed"))
+        self.assertIsNone(self.successResultOf(self.commits.close(closed)))
+        self.submit("a")
+        self.assertIs(self.answers["a"], closed)
+        self.assertEqual(self.db.pending, [])
+
+    def test_writes_run_again_after_close_still_commit(self):
         self.submit("a")
         self.submit("b")
         self.submit("c")
         self.db.commit()
-        closed = Failure(VssError(ResultCode.DB_UNAVAILABLE, "closed"))
-        self.commits.close(closed)
+        done = self.commits.close(Failure(VssError(ResultCode.DB_UNAVAILABLE, "closed")))
         self.db.fail_write(1, VssError(ResultCode.UNKNOWN_DEVICE, "no device"))
-        self.assertIs(self.answers["b"], closed)
-        self.assertEqual(self.db.pending, [])
+        self.assertEqual(self.db.names(), ["b"])
+        self.db.commit()
+        self.assertEqual(self.answers["b"], ["b"])
+        self.successResultOf(done)
 
     def test_latency_is_issue_to_answer(self):
         self.submit("a")

@@ -554,20 +554,26 @@ class StaticStoreConformance:
         issue order."""
         s = self.store
         yield s.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+        yield s.upsert_node("node-a", "tcp:a:1", "tcp:a:2", 10)
         yield s.get_device("cam-1")  # (a write issued from an answer would share its batch)
         before = s._commits.transactions
+        liveness = [s.set_node_state("node-a", "up", {"cpu": 1}), s.set_node_applied("node-a", 7)]
         results = yield gatherResults(
             [s.update_device_fields("cam-1", name=f"n{i}") for i in range(30)]
             + [s.set_grant(f"user:u{i}", "cam-1", Action.VIEW) for i in range(10)]
         )
-        self.assertEqual(s._commits.transactions - before, 2)  # the first, then 39
+        self.assertEqual((yield gatherResults(liveness)), [None, None])
+        # the first write alone, the 41 others (node liveness included) in one
+        self.assertEqual(s._commits.transactions - before, 2)
+        node, = yield s.list_nodes()
+        self.assertEqual((node["state"], node["applied_seq"]), ("up", 7))
         self.assertEqual([[c.seq for c in changes] for changes in results],
-                         [[i] for i in range(2, 42)])
+                         [[i] for i in range(3, 43)])
         self.assertEqual([changes[0].version for changes in results[:30]], list(range(2, 32)))
         self.assertEqual([changes[0].device.name for changes in results[:30]],
                          [f"n{i}" for i in range(30)])
         replay, _ = yield s.changes_after(0)
-        self.assertEqual([c.seq for c in replay], list(range(1, 42)))
+        self.assertEqual([c.seq for c in replay], list(range(1, 43)))
 
     @inlineCallbacks
     def test_a_write_that_fails_in_a_shared_transaction_fails_alone(self):

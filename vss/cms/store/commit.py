@@ -28,7 +28,7 @@ own, or with any other failure for the whole transaction.
 
 from collections import deque
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 #: the most writes one transaction carries
@@ -75,6 +75,7 @@ class GroupCommit:
         self._busy = False
         self._closed = None  # the failure every write gets once closed
         self._in_flight = 0
+        self._idle = []  # Deferreds of close() waiting for the last writes
         #: transactions run (committed or not), writes answered: for figures and tests
         self.transactions = 0
         self.writes = 0
@@ -96,15 +97,21 @@ class GroupCommit:
         return w.deferred
 
     def close(self, failure):
-        """Fail the writes that wait (and every later one) with ``failure``; the
-        transaction in flight, if any, still answers its writes."""
+        """Refuse the writes issued from now on (they fail with ``failure``); the ones
+        issued before still run. A Deferred that fires once they are answered."""
         self._closed = failure
-        while self._queue:
-            self._answer(self._queue.popleft(), failure)
+        if not self._busy:
+            return succeed(None)
+        d = Deferred()
+        self._idle.append(d)
+        return d
 
     def _next(self):
         if not self._queue:
             self._busy = False
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
             return
         self._busy = True
         n = min(self.max_batch, len(self._queue))
@@ -128,8 +135,6 @@ class GroupCommit:
             self._answer(batch[index], own)
             # the others run again, first, in their order
             self._queue.extendleft(reversed(batch[:index] + batch[index + 1:]))
-            if self._closed is not None:
-                self.close(self._closed)
         else:
             for w in batch:
                 self._answer(w, failure)

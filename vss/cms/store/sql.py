@@ -339,6 +339,14 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
 
         return self._commits.submit(fn, args, origin, self._now_ms()).addBoth(answered)
 
+    def _write_unlogged(self, fn, *args):
+        """A write that logs nothing (a node's liveness, what it applied): it shares
+        the logged writes' transactions (one writer lock and one commit for them all,
+        not one each); fires with None once committed."""
+        if self._wpool is None:
+            return fail(_closed())
+        return self._commits.submit(fn, args, DEFAULT_ORIGIN, 0).addCallback(lambda _: None)
+
     def _run_batch(self, batch):
         """One transaction for a batch of ``Write``: one list of changes per write."""
         if self._wpool is None:
@@ -429,12 +437,15 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return True
 
     def close(self):
-        self._commits.close(Failure(_closed()))
+        """Refuse new calls; the writes already issued still commit, then the pools
+        close. A Deferred."""
+        return self._commits.close(Failure(_closed())).addCallback(self._close_pools)
+
+    def _close_pools(self, _):
         pools = {id(p): p for p in (self._wpool, self._rpool) if p is not None}
         self._wpool = self._rpool = None
         for pool in pools.values():
             pool.close()
-        return succeed(None)
 
     def schema_version(self):
         return self._read(self._version)
@@ -927,12 +938,10 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         if state not in ("up", "down"):
             raise VssError(ResultCode.INVALID_ARGUMENT, f"node state must be up or down: {state!r}")
         load_json = None if load is None else json.dumps(load, sort_keys=True)
-        return self._run(
-            self._wpool, self._set_node_state, node_id, state, load_json, self._now_ms()
-        )
+        return self._write_unlogged(self._set_node_state, node_id, state, load_json,
+                                    self._now_ms())
 
-    def _set_node_state(self, cur, node_id, state, load_json, now):
-        self.dialect.begin_write(cur)
+    def _set_node_state(self, cur, log, node_id, state, load_json, now):
         if load_json is None:
             self._x(
                 cur, "UPDATE nodes SET state = ?, last_seen = ? WHERE node_id = ?",
@@ -948,10 +957,9 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
             raise VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}")
 
     def set_node_applied(self, node_id, seq):
-        return self._run(self._wpool, self._set_node_applied, node_id, int(seq))
+        return self._write_unlogged(self._set_node_applied, node_id, int(seq))
 
-    def _set_node_applied(self, cur, node_id, seq):
-        self.dialect.begin_write(cur)
+    def _set_node_applied(self, cur, log, node_id, seq):
         self._x(cur, "UPDATE nodes SET applied_seq = ? WHERE node_id = ?", (seq, node_id))
         if cur.rowcount == 0:
             raise VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}")
