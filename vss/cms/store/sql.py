@@ -37,7 +37,7 @@ Change-log conventions (what a node applying changes relies on):
 import functools
 import json
 
-from twisted.internet.defer import fail, inlineCallbacks, returnValue, succeed
+from twisted.internet.defer import fail, inlineCallbacks, returnValue
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
