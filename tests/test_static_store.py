@@ -262,6 +262,37 @@ class StaticStoreConformance:
         self.assertEqual(registered, [("node-a", "ann")])
 
     @inlineCallbacks
+    def test_held_grants_page_through_devices_with_none_or_many(self):
+        """The grants a node holds, paged at every size: devices without grants,
+        devices with more grants than a page, own and followed devices, and grants on
+        devices the node does not hold left out; no grant twice, none missed."""
+        s = self.store
+        yield s.bulk_upsert_devices([device(i, "node-a" if i % 3 else "node-b")
+                                     for i in range(12)])
+        yield s.follow_devices("node-a", ["cam-00003"])  # node-b's, followed
+        expected = []
+        for i in range(12):
+            n = (0, 1, 3, 2)[i % 4]  # none, one, three or two grants
+            for p in range(n):
+                yield s.set_grant(f"user:u{p}", f"cam-{i:05d}", Action.VIEW)
+                if i % 3 or i == 3:
+                    expected.append((f"cam-{i:05d}", f"user:u{p}"))
+        expected.sort()
+        self.assertEqual(len(expected), 14)
+        for limit in (1, 2, 3, 4, 5, 100):
+            got, cursor, pages = [], "", 0
+            while True:
+                page, cursor = yield s.list_grants(cursor=cursor, limit=limit,
+                                                   held_by="node-a")
+                pages += 1
+                self.assertLessEqual(len(page), limit)
+                got += [(g.device_id, g.principal) for g in page]
+                if not cursor:
+                    break
+                self.assertLess(pages, 100)
+            self.assertEqual(got, expected, f"limit {limit}")
+
+    @inlineCallbacks
     def test_device_upsert_and_update(self):
         (c1,) = yield self.logged(self.store.upsert_device(
             "cam-1", "Gate", PuKind.DVS, 4, "node-a", V1, source_url="rtsp://x/1"))

@@ -779,24 +779,48 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         )
 
     def _held_grants(self, cur, cursor, limit, node_id):
-        """The grants on the devices ``node_id`` holds, in (device, principal) order
-        (the cursor is still a grant key): index range scans, not a scan of every
-        grant."""
+        """The grants on the devices ``node_id`` holds, in (device, principal) order:
+        the grants of the next ``limit + 1`` held devices (index range scans in device
+        order), each device's grants by the ``grants_device`` index, so a page costs
+        about its own size, whatever the share's and the database's.
+
+        The cursor is a grant key; ``grant_key("", device)`` (an empty principal, which
+        no grant has) means "after every grant of that device": the next page of a
+        page cut at its last device rather than at ``limit`` grants."""
         after_principal, after_device = split_grant_key(cursor) if cursor else ("", "")
+        # a cursor at a grant: that device again, its grants after that principal
+        op, principal_filter = (">=", " WHERE (g.device_id, g.principal) > (?, ?)") \
+            if after_principal else (">", "")
         cols = ", ".join("g." + c.strip() for c in _GRANT_COLS.split(","))
         rows = self._x(
             cur,
-            f"SELECT * FROM (SELECT {cols} FROM devices d JOIN grants g"
-            " ON g.device_id = d.device_id WHERE d.home_node = ? AND d.device_id >= ?"
-            f" UNION ALL SELECT {cols} FROM node_devices n JOIN devices d"
-            " ON d.device_id = n.device_id JOIN grants g ON g.device_id = n.device_id"
-            " WHERE n.node_id = ? AND n.device_id >= ? AND d.home_node <> ?) AS held"
-            " WHERE (device_id, principal) > (?, ?) ORDER BY device_id, principal LIMIT ?",
-            (node_id, after_device, node_id, after_device, node_id, after_device,
-             after_principal, limit + 1),
+            "WITH ids AS (SELECT device_id FROM ("
+            f"SELECT device_id FROM devices WHERE home_node = ? AND device_id {op} ?"
+            " UNION ALL SELECT n.device_id FROM node_devices n JOIN devices d"
+            f" ON d.device_id = n.device_id WHERE n.node_id = ? AND n.device_id {op} ?"
+            " AND d.home_node <> ?) AS held ORDER BY device_id LIMIT ?),"
+            f" page AS (SELECT {cols} FROM ids JOIN grants g ON g.device_id = ids.device_id"
+            f"{principal_filter} ORDER BY g.device_id, g.principal LIMIT ?)"
+            # and one more row: the last device of ids and how many there are
+            " SELECT * FROM page UNION ALL SELECT NULL, MAX(device_id), COUNT(*), 0, 0"
+            " FROM ids",
+            (node_id, after_device, node_id, after_device, node_id, limit + 1,
+             *((after_device, after_principal) if after_principal else ()), limit + 1),
         ).fetchall()
-        return _page([_grant(r) for r in rows], limit,
-                     lambda r: grant_key(r.principal, r.device_id))
+        last_device, devices = None, 0
+        grants = []
+        for r in rows:
+            if r[0] is None:
+                last_device, devices = r[1], int(r[2])
+            else:
+                grants.append(_grant(r))
+        grants.sort(key=lambda g: (g.device_id, g.principal))
+        if len(grants) > limit:
+            grants = grants[:limit]
+            return grants, grant_key(grants[-1].principal, grants[-1].device_id)
+        if devices > limit:  # every grant of ids, and more devices after the last
+            return grants, grant_key("", last_device)
+        return grants, ""
 
     # -- stream credentials ---------------------------------------------------
 
