@@ -77,6 +77,25 @@ def cpu_seconds():
     return r.ru_utime + r.ru_stime
 
 
+def postgres_cpu_seconds():
+    """CPU time of every PostgreSQL process on this host (the server is shared: other
+    work's queries count too)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        if comm.startswith("postgres"):
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb():
     with open("/proc/self/status") as f:
         for line in f:
@@ -121,7 +140,7 @@ def populate(dsn, nodes, devices, users):
         INSERT INTO node_devices SELECT 'n' || lpad((((i % {n}) + {n} - 1) % {n})::text, 3, '0'),
           'd' || lpad(i::text, 7, '0') FROM generate_series(0, {devices - 1}) AS i
           WHERE (i / {n}) % {g} = 0""")
-    cur.execute("ANALYZE")
+    cur.execute("VACUUM ANALYZE")  # as a database in service is: visibility map set
     counts = {}
     for table in ("devices", "grants", "users", "node_users", "node_devices"):
         cur.execute(f"SELECT count(*) FROM {table}")
@@ -228,17 +247,33 @@ def nodes_process(args):
             yield defer.gatherResults([s.connect(args.port, args.head)
                                        for s in sims[i:i + 20]], consumeErrors=True)
         out["connect_s"] = time.monotonic() - t0
-        # one real node, n000, reloads its share from nothing (memory store)
-        store = MemoryStore()
-        data = os.path.join(args.work, "n000")
-        os.makedirs(data, exist_ok=True)
-        before = rss_mb()
-        link = CmsLink(node_name(0), f"tcp:127.0.0.1:{args.port}", SECRET, store, reactor,
-                       data_dir=data)
-        t0 = time.monotonic()
-        link.startService()
-        yield link.ready
-        out["reload_s"] = time.monotonic() - t0
+        # one real node, n000, reloads its share from nothing (memory store), --reloads
+        # times (a restart each: a new link, store and data directory)
+        times, logged = [], []
+        link = None
+        for i in range(args.reloads):
+            if link is not None:
+                yield link.stopService()
+            store = MemoryStore()
+            data = os.path.join(args.work, f"n000-{i}")
+            os.makedirs(data, exist_ok=True)
+            before = rss_mb()
+            link = CmsLink(node_name(0), f"tcp:127.0.0.1:{args.port}", SECRET, store, reactor,
+                           data_dir=data)
+            sys.stdout.write(json.dumps({"reload_start": i}) + "\n")
+            sys.stdout.flush()
+            t0, cpu0 = time.monotonic(), cpu_seconds()
+            link.startService()
+            yield link.ready
+            times.append(round(time.monotonic() - t0, 3))
+            sys.stdout.write(json.dumps({"reload_end": i, "node_cpu": cpu_seconds() - cpu0})
+                             + "\n")
+            sys.stdout.flush()
+            logged.append(out.pop("reload_logged", None))
+        out["reload_s"] = times[-1]
+        out["reloads_s"] = times
+        out["reloads_logged"] = [s.rsplit(" in ", 1)[-1] if s else None for s in logged]
+        out["reload_logged"] = logged[-1]
         out["held"] = {"devices": len(store.devices()), "users": len(store.users()),
                        "grants": len(store.grants()),
                        "own": sum(1 for d in store.devices() if d.home_node == "n000")}
@@ -269,6 +304,7 @@ class Driver:
         self.waiting = {}  # node_id -> [(seq, t0)] sent, not acknowledged yet
         self.latencies = []
         self.write_times = []
+        self.reload_cpu = []  # per reload of n000: CPU seconds of node, CMS, PostgreSQL
 
     @defer.inlineCallbacks
     def run(self):
@@ -299,7 +335,8 @@ class Driver:
         os.makedirs(work, exist_ok=True)
         self.child = subprocess.Popen(
             [sys.executable, __file__, "--nodes-process", "--port", str(port.getHost().port),
-             "--head", str(head), "--nodes", str(a.nodes), "--work", work],
+             "--head", str(head), "--nodes", str(a.nodes), "--work", work,
+             "--reloads", str(a.reloads)],
             stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         try:
             os.sched_setaffinity(0, {0})
@@ -311,6 +348,11 @@ class Driver:
               f"one real node (n000) reloaded its share in {ready['reload_s']:.2f} s: "
               f"{ready['held']} (RSS +{ready['node_rss_mb']:.0f} MB); it logged: "
               f"{ready.get('reload_logged')}")
+        print(f"n000's reloads, start to ready (s): {ready['reloads_s']}; the reload "
+              f"alone, as it logged: {ready['reloads_logged']}; load average "
+              f"{os.getloadavg()[0]:.1f}")
+        print(f"CPU seconds of each reload (node, CMS, every PostgreSQL process): "
+              f"{self.reload_cpu}")
         self.results = {"ready": ready}
         for rate in a.rates:
             yield self.at_rate(rate, a.seconds)
@@ -333,6 +375,13 @@ class Driver:
                 if not line:
                     raise RuntimeError("the nodes process ended")
                 msg = json.loads(line)
+                if "reload_start" in msg:  # CPU of CMS and of PostgreSQL during it
+                    started = (cpu_seconds(), postgres_cpu_seconds())
+                elif "reload_end" in msg:
+                    self.reload_cpu.append({
+                        "node": round(msg["node_cpu"], 2),
+                        "cms": round(cpu_seconds() - started[0], 2),
+                        "postgres": round(postgres_cpu_seconds() - started[1], 2)})
                 if key in msg:
                     return msg[key]
 
@@ -450,6 +499,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--max-batch", type=int, default=0,
                     help="the most changes one transaction carries (default: the store's)")
+    ap.add_argument("--reloads", type=int, default=1,
+                    help="how many times n000 restarts and reloads its share")
     ap.add_argument("--nodes-process", action="store_true")
     ap.add_argument("--port", type=int)
     ap.add_argument("--head", type=int, default=0)
