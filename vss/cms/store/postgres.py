@@ -44,6 +44,7 @@ PAGE = 1000
 
 class PostgresDialect(Dialect):
     name = "postgresql"
+    returning = True
 
     def __init__(self):
         self._converted = {}
