@@ -607,6 +607,36 @@ class StaticStoreConformance:
         self.assertEqual([c.seq for c in replay], list(range(1, 43)))
 
     @inlineCallbacks
+    def test_updates_in_a_batch_around_a_write_that_reads_them(self):
+        """Plain device updates of a batch (on PostgreSQL read ahead and sent together)
+        and a write among them that reads a device they changed: each sees the writes
+        issued before it, and the database ends as one by one."""
+        s = self.store
+        yield s.bulk_upsert_devices([device(1), device(2)])
+        yield s.get_device("cam-00001")
+        first = s.update_device_fields("cam-00002", enabled=False)  # in flight alone
+        batch = [
+            s.update_device_fields("cam-00001", name="x1"),
+            s.update_device_fields("cam-00002", name="y1", channels=4),
+            s.update_device_fields("cam-00001", home_node="node-b"),
+            s.update_device_fields("cam-00001", name="x2"),
+            s.update_device_fields("cam-00002", source_url="rtsp://y"),
+        ]
+        yield first
+        results = yield gatherResults(batch)
+        records = [changes[0].device for changes in results]
+        self.assertEqual([(r.device_id, r.name, r.home_node, r.version) for r in records], [
+            ("cam-00001", "x1", "node-a", 2), ("cam-00002", "y1", "node-a", 3),
+            ("cam-00001", "x1", "node-b", 3), ("cam-00001", "x2", "node-b", 4),
+            ("cam-00002", "y1", "node-a", 4)])
+        self.assertEqual(records[4].source_url, "rtsp://y")
+        self.assertEqual((records[4].channels, records[4].enabled), (4, False))
+        for r in (records[3], records[4]):
+            self.assertEqual((yield s.get_device(r.device_id)), r)
+        replay, _ = yield s.changes_after(0)
+        self.assertEqual([c.seq for c in replay], list(range(1, 9)))
+
+    @inlineCallbacks
     def test_a_write_that_fails_in_a_shared_transaction_fails_alone(self):
         """In a batch, a refused write (an unknown device) and a write that fails half
         way (a row written, then a constraint the database refuses) leave nothing; the
