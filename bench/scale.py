@@ -440,7 +440,7 @@ class Driver:
         issued = 0
         commits0 = (self.store._commits.transactions, self.store._commits.writes)
         started = time.monotonic()
-        cpu0 = cpu_seconds()
+        cpu0, pg0 = cpu_seconds(), postgres_cpu_seconds()
         inflight = []
         while time.monotonic() - started < seconds:
             # the changes due by now (a late tick issues more: the rate is kept)
@@ -456,7 +456,7 @@ class Driver:
         deadline = time.monotonic() + 10
         while any(self.waiting.values()) and time.monotonic() < deadline:
             yield task.deferLater(self.reactor, 0.05, lambda: None)
-        cpu = cpu_seconds() - cpu0
+        cpu, pg = cpu_seconds() - cpu0, postgres_cpu_seconds() - pg0
         done = self.counter - self.errors
         diff = {k: cms.counters.get(k, 0) - before.get(k, 0) for k in cms.counters}
         lat = self.latencies
@@ -467,6 +467,8 @@ class Driver:
                               / elapsed, 1),
             "cms_cpu_ms_per_change": round(1000 * cpu / max(1, done), 3),
             "cms_cpu_share": round(cpu / (time.monotonic() - started), 2),
+            # every PostgreSQL process of the host (others' queries too, if any)
+            "postgres_cpu_ms_per_change": round(1000 * pg / max(1, done), 3),
             "notifies_per_change": round(diff["notified"] / max(1, done), 3),
             "changes_sent_per_change": round(diff["notified_changes"] / max(1, done), 3),
             "bytes_per_change": round(diff["notified_bytes"] / max(1, done), 1),
