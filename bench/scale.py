@@ -339,8 +339,9 @@ class Driver:
              "--reloads", str(a.reloads)],
             stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         try:
-            os.sched_setaffinity(0, {0})
-            os.sched_setaffinity(self.child.pid, {os.cpu_count() - 1})
+            if not a.no_pin:
+                os.sched_setaffinity(0, {0})
+                os.sched_setaffinity(self.child.pid, {os.cpu_count() - 1})
         except (AttributeError, OSError):
             pass
         ready = yield self.read_child("ready")
@@ -505,6 +506,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--max-batch", type=int, default=0,
                     help="the most changes one transaction carries (default: the store's)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="leave CMS and the nodes on any CPU (on a machine shared with other "
+                         "work, a pinned CMS gets only its core's share)")
     ap.add_argument("--reloads", type=int, default=1,
                     help="how many times n000 restarts and reloads its share")
     ap.add_argument("--nodes-process", action="store_true")
