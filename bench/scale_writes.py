@@ -103,7 +103,8 @@ def at_rate(reactor, store, a, rate, inside):
         "changes_per_transaction": round((store._commits.writes - commits0[1]) / max(1, txns), 1),
         "in_transaction_p50_ms": round(1000 * scale.pct(inside, 50), 1),
         "cpu_ms_per_change": round(1000 * cpu / max(1, done), 3),
-        "postgres_cpu_ms_per_change": round(1000 * pg / max(1, done), 3),
+        # (None: a PostgreSQL process ended in the window, its CPU left the sum)
+        "postgres_cpu_ms_per_change": round(1000 * pg / max(1, done), 3) if pg >= 0 else None,
         "load_average": round(os.getloadavg()[0], 1),
     }))
 
