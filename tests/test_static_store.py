@@ -613,10 +613,12 @@ class StaticStoreConformance:
         issued before it, and the database ends as one by one."""
         s = self.store
         yield s.bulk_upsert_devices([device(1), device(2)])
+        yield s.upsert_node("node-a", "tcp:a:1", "tcp:a:2", 10)
         yield s.get_device("cam-00001")
         first = s.update_device_fields("cam-00002", enabled=False)  # in flight alone
         batch = [
             s.update_device_fields("cam-00001", name="x1"),
+            s.set_node_applied("node-a", 3),  # (between them: does not stop them)
             s.update_device_fields("cam-00002", name="y1", channels=4),
             s.update_device_fields("cam-00001", home_node="node-b"),
             s.update_device_fields("cam-00001", name="x2"),
@@ -624,6 +626,8 @@ class StaticStoreConformance:
         ]
         yield first
         results = yield gatherResults(batch)
+        self.assertIsNone(results.pop(1))
+        self.assertEqual((yield s.list_nodes())[0]["applied_seq"], 3)
         records = [changes[0].device for changes in results]
         self.assertEqual([(r.device_id, r.name, r.home_node, r.version) for r in records], [
             ("cam-00001", "x1", "node-a", 2), ("cam-00002", "y1", "node-a", 3),
@@ -634,7 +638,7 @@ class StaticStoreConformance:
         for r in (records[3], records[4]):
             self.assertEqual((yield s.get_device(r.device_id)), r)
         replay, _ = yield s.changes_after(0)
-        self.assertEqual([c.seq for c in replay], list(range(1, 9)))
+        self.assertEqual([c.seq for c in replay], list(range(1, 10)))
 
     @inlineCallbacks
     def test_a_write_that_fails_in_a_shared_transaction_fails_alone(self):

@@ -394,6 +394,9 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
             try:
                 if shared is not None and self._is_plain_update(w):
                     self._update_read_ahead(shared, log, *w.args)
+                elif shared is not None and w.fn in (self._set_node_state,
+                                                     self._set_node_applied):
+                    w.fn(cur, log, *w.args)  # the nodes table only: no device read
                 else:
                     if shared is not None:  # this write reads the database: bring it up to date
                         self._send_updates(cur, shared)
@@ -413,7 +416,8 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
     # away, their rows are read at once and their updates sent together: a handful of
     # round trips for the batch instead of one or two per change. A write of any other
     # kind in the batch first sends the updates queued so far (it may read those rows),
-    # and the writes after it go one by one.
+    # and the writes after it go one by one; a node's liveness and applied sequence
+    # (the nodes table only) do not stop them.
 
     def _is_plain_update(self, w):
         if w.fn != self._update_device:
