@@ -315,6 +315,15 @@ class Driver:
         self.store = PostgresStaticStore(dsn, reactor=self.reactor, schema=SCHEMA)
         if a.max_batch:
             self.store._commits.max_batch = a.max_batch  # 1: a transaction per change
+        inner, self.inside = self.store._in_batch, []
+
+        def timed(cur, batch):  # time inside each transaction (its pool thread)
+            t = time.monotonic()
+            result = inner(cur, batch)
+            self.inside.append(time.monotonic() - t)
+            return result
+
+        self.store._in_batch = timed
         yield self.store.open()
         counts, took = yield defer.maybeDeferred(populate, dsn, a.nodes, a.devices, a.users)
         print(f"population: {counts} generated in {took:.1f} s")
@@ -440,6 +449,7 @@ class Driver:
         tick = 0.01
         issued = 0
         commits0 = (self.store._commits.transactions, self.store._commits.writes)
+        del self.inside[:]
         started = time.monotonic()
         cpu0, pg0 = cpu_seconds(), postgres_cpu_seconds()
         inflight = []
@@ -484,6 +494,8 @@ class Driver:
             "writes_per_transaction": round(
                 (self.store._commits.writes - commits0[1])
                 / max(1, self.store._commits.transactions - commits0[0]), 1),
+            "in_transaction_p50_ms": round(1000 * pct(self.inside, 50), 1),
+            "in_transaction_p99_ms": round(1000 * pct(self.inside, 99), 1),
             "load_average": round(os.getloadavg()[0], 1),
         }
         windows = {}
