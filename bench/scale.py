@@ -77,6 +77,25 @@ def cpu_seconds():
     return r.ru_utime + r.ru_stime
 
 
+def postgres_cpu_seconds():
+    """CPU time of every PostgreSQL process on this host (the server is shared: other
+    work's queries count too)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        if comm.startswith("postgres"):
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb():
     with open("/proc/self/status") as f:
         for line in f:
@@ -121,7 +140,7 @@ def populate(dsn, nodes, devices, users):
         INSERT INTO node_devices SELECT 'n' || lpad((((i % {n}) + {n} - 1) % {n})::text, 3, '0'),
           'd' || lpad(i::text, 7, '0') FROM generate_series(0, {devices - 1}) AS i
           WHERE (i / {n}) % {g} = 0""")
-    cur.execute("ANALYZE")
+    cur.execute("VACUUM ANALYZE")  # as a database in service is: visibility map set
     counts = {}
     for table in ("devices", "grants", "users", "node_users", "node_devices"):
         cur.execute(f"SELECT count(*) FROM {table}")
@@ -228,17 +247,33 @@ def nodes_process(args):
             yield defer.gatherResults([s.connect(args.port, args.head)
                                        for s in sims[i:i + 20]], consumeErrors=True)
         out["connect_s"] = time.monotonic() - t0
-        # one real node, n000, reloads its share from nothing (memory store)
-        store = MemoryStore()
-        data = os.path.join(args.work, "n000")
-        os.makedirs(data, exist_ok=True)
-        before = rss_mb()
-        link = CmsLink(node_name(0), f"tcp:127.0.0.1:{args.port}", SECRET, store, reactor,
-                       data_dir=data)
-        t0 = time.monotonic()
-        link.startService()
-        yield link.ready
-        out["reload_s"] = time.monotonic() - t0
+        # one real node, n000, reloads its share from nothing (memory store), --reloads
+        # times (a restart each: a new link, store and data directory)
+        times, logged = [], []
+        link = None
+        for i in range(args.reloads):
+            if link is not None:
+                yield link.stopService()
+            store = MemoryStore()
+            data = os.path.join(args.work, f"n000-{i}")
+            os.makedirs(data, exist_ok=True)
+            before = rss_mb()
+            link = CmsLink(node_name(0), f"tcp:127.0.0.1:{args.port}", SECRET, store, reactor,
+                           data_dir=data)
+            sys.stdout.write(json.dumps({"reload_start": i}) + "\n")
+            sys.stdout.flush()
+            t0, cpu0 = time.monotonic(), cpu_seconds()
+            link.startService()
+            yield link.ready
+            times.append(round(time.monotonic() - t0, 3))
+            sys.stdout.write(json.dumps({"reload_end": i, "node_cpu": cpu_seconds() - cpu0})
+                             + "\n")
+            sys.stdout.flush()
+            logged.append(out.pop("reload_logged", None))
+        out["reload_s"] = times[-1]
+        out["reloads_s"] = times
+        out["reloads_logged"] = [s.rsplit(" in ", 1)[-1] if s else None for s in logged]
+        out["reload_logged"] = logged[-1]
         out["held"] = {"devices": len(store.devices()), "users": len(store.users()),
                        "grants": len(store.grants()),
                        "own": sum(1 for d in store.devices() if d.home_node == "n000")}
@@ -269,6 +304,7 @@ class Driver:
         self.waiting = {}  # node_id -> [(seq, t0)] sent, not acknowledged yet
         self.latencies = []
         self.write_times = []
+        self.reload_cpu = []  # per reload of n000: CPU seconds of node, CMS, PostgreSQL
 
     @defer.inlineCallbacks
     def run(self):
@@ -277,6 +313,17 @@ class Driver:
         drop_schema(dsn)
         create_schema(dsn, SCHEMA)
         self.store = PostgresStaticStore(dsn, reactor=self.reactor, schema=SCHEMA)
+        if a.max_batch:
+            self.store._commits.max_batch = a.max_batch  # 1: a transaction per change
+        inner, self.inside = self.store._in_batch, []
+
+        def timed(cur, batch):  # time inside each transaction (its pool thread)
+            t = time.monotonic()
+            result = inner(cur, batch)
+            self.inside.append(time.monotonic() - t)
+            return result
+
+        self.store._in_batch = timed
         yield self.store.open()
         counts, took = yield defer.maybeDeferred(populate, dsn, a.nodes, a.devices, a.users)
         print(f"population: {counts} generated in {took:.1f} s")
@@ -297,11 +344,13 @@ class Driver:
         os.makedirs(work, exist_ok=True)
         self.child = subprocess.Popen(
             [sys.executable, __file__, "--nodes-process", "--port", str(port.getHost().port),
-             "--head", str(head), "--nodes", str(a.nodes), "--work", work],
+             "--head", str(head), "--nodes", str(a.nodes), "--work", work,
+             "--reloads", str(a.reloads)],
             stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         try:
-            os.sched_setaffinity(0, {0})
-            os.sched_setaffinity(self.child.pid, {os.cpu_count() - 1})
+            if not a.no_pin:
+                os.sched_setaffinity(0, {0})
+                os.sched_setaffinity(self.child.pid, {os.cpu_count() - 1})
         except (AttributeError, OSError):
             pass
         ready = yield self.read_child("ready")
@@ -309,6 +358,11 @@ class Driver:
               f"one real node (n000) reloaded its share in {ready['reload_s']:.2f} s: "
               f"{ready['held']} (RSS +{ready['node_rss_mb']:.0f} MB); it logged: "
               f"{ready.get('reload_logged')}")
+        print(f"n000's reloads, start to ready (s): {ready['reloads_s']}; the reload "
+              f"alone, as it logged: {ready['reloads_logged']}; load average "
+              f"{os.getloadavg()[0]:.1f}")
+        print(f"CPU seconds of each reload (node, CMS, every PostgreSQL process): "
+              f"{self.reload_cpu}")
         self.results = {"ready": ready}
         for rate in a.rates:
             yield self.at_rate(rate, a.seconds)
@@ -331,6 +385,13 @@ class Driver:
                 if not line:
                     raise RuntimeError("the nodes process ended")
                 msg = json.loads(line)
+                if "reload_start" in msg:  # CPU of CMS and of PostgreSQL during it
+                    started = (cpu_seconds(), postgres_cpu_seconds())
+                elif "reload_end" in msg:
+                    self.reload_cpu.append({
+                        "node": round(msg["node_cpu"], 2),
+                        "cms": round(cpu_seconds() - started[0], 2),
+                        "postgres": round(postgres_cpu_seconds() - started[1], 2)})
                 if key in msg:
                     return msg[key]
 
@@ -352,6 +413,7 @@ class Driver:
             while pending and pending[0][0] <= complete.applied_seq:
                 _, t_write, t_publish = pending.pop(0)
                 self.latencies.append(now - t_write)
+                self.ack_times.append((now, now - t_write))
                 self.publish_latencies.append(now - t_publish)
             return completed(s, complete)
 
@@ -372,6 +434,7 @@ class Driver:
             return
         t1 = time.monotonic()
         self.write_times.append(t1 - t0)
+        self.committed_at.append(t1)
         for c in changes:
             self.t0[c.seq] = (t0, t1)
         self.cms.publish(changes)
@@ -379,20 +442,22 @@ class Driver:
     @defer.inlineCallbacks
     def at_rate(self, rate, seconds):
         self.latencies, self.write_times, self.waiting, self.t0 = [], [], {}, {}
-        self.publish_latencies = []
+        self.publish_latencies, self.ack_times, self.committed_at = [], [], []
         self.counter, self.errors, self.last_error = 0, 0, ""
         cms = self.cms
         before = dict(cms.counters)
         tick = 0.01
-        per_tick = rate * tick
-        owed = 0.0
+        issued = 0
+        commits0 = (self.store._commits.transactions, self.store._commits.writes)
+        del self.inside[:]
         started = time.monotonic()
-        cpu0 = cpu_seconds()
+        cpu0, pg0 = cpu_seconds(), postgres_cpu_seconds()
         inflight = []
         while time.monotonic() - started < seconds:
-            owed += per_tick
-            while owed >= 1:
-                owed -= 1
+            # the changes due by now (a late tick issues more: the rate is kept)
+            due = int(rate * (time.monotonic() - started))
+            while issued < due:
+                issued += 1
                 inflight.append(self.change())
             yield task.deferLater(self.reactor, tick, lambda: None)
             inflight = [d for d in inflight if not d.called]
@@ -402,14 +467,19 @@ class Driver:
         deadline = time.monotonic() + 10
         while any(self.waiting.values()) and time.monotonic() < deadline:
             yield task.deferLater(self.reactor, 0.05, lambda: None)
-        cpu = cpu_seconds() - cpu0
+        cpu, pg = cpu_seconds() - cpu0, postgres_cpu_seconds() - pg0
         done = self.counter - self.errors
         diff = {k: cms.counters.get(k, 0) - before.get(k, 0) for k in cms.counters}
         lat = self.latencies
         row = {
-            "rate": rate, "achieved": round(done / elapsed, 1), "errors": self.errors,
+            "rate": rate, "errors": self.errors,
+            # committed within the window, per second (the rest committed after it)
+            "achieved": round(sum(1 for t in self.committed_at if t <= started + elapsed)
+                              / elapsed, 1),
             "cms_cpu_ms_per_change": round(1000 * cpu / max(1, done), 3),
             "cms_cpu_share": round(cpu / (time.monotonic() - started), 2),
+            # every PostgreSQL process of the host (others' queries too, if any)
+            "postgres_cpu_ms_per_change": round(1000 * pg / max(1, done), 3),
             "notifies_per_change": round(diff["notified"] / max(1, done), 3),
             "changes_sent_per_change": round(diff["notified_changes"] / max(1, done), 3),
             "bytes_per_change": round(diff["notified_bytes"] / max(1, done), 1),
@@ -420,7 +490,18 @@ class Driver:
             "publish_to_ack_p99_ms": round(1000 * pct(self.publish_latencies, 99), 1),
             "db_write_p50_ms": round(1000 * pct(self.write_times, 50), 2),
             "db_write_p99_ms": round(1000 * pct(self.write_times, 99), 2),
+            "transactions": self.store._commits.transactions - commits0[0],
+            "writes_per_transaction": round(
+                (self.store._commits.writes - commits0[1])
+                / max(1, self.store._commits.transactions - commits0[0]), 1),
+            "in_transaction_p50_ms": round(1000 * pct(self.inside, 50), 1),
+            "in_transaction_p99_ms": round(1000 * pct(self.inside, 99), 1),
+            "load_average": round(os.getloadavg()[0], 1),
         }
+        windows = {}
+        for at, lat in self.ack_times:
+            windows.setdefault(int((at - started) // 5), []).append(lat)
+        row["ack_p99_ms_by_5s"] = [round(1000 * pct(windows[w], 99)) for w in sorted(windows)]
         if self.last_error:
             row["last_error"] = self.last_error[:200]
         print(json.dumps(row))
@@ -435,6 +516,13 @@ def main():
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--rates", default="100,1000")
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--max-batch", type=int, default=0,
+                    help="the most changes one transaction carries (default: the store's)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="leave CMS and the nodes on any CPU (on a machine shared with other "
+                         "work, a pinned CMS gets only its core's share)")
+    ap.add_argument("--reloads", type=int, default=1,
+                    help="how many times n000 restarts and reloads its share")
     ap.add_argument("--nodes-process", action="store_true")
     ap.add_argument("--port", type=int)
     ap.add_argument("--head", type=int, default=0)

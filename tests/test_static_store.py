@@ -270,6 +270,37 @@ class StaticStoreConformance:
         self.assertEqual(registered, [("node-a", "ann")])
 
     @inlineCallbacks
+    def test_held_grants_page_through_devices_with_none_or_many(self):
+        """The grants a node holds, paged at every size: devices without grants,
+        devices with more grants than a page, own and followed devices, and grants on
+        devices the node does not hold left out; no grant twice, none missed."""
+        s = self.store
+        yield s.bulk_upsert_devices([device(i, "node-a" if i % 3 else "node-b")
+                                     for i in range(12)])
+        yield s.follow_devices("node-a", ["cam-00003"])  # node-b's, followed
+        expected = []
+        for i in range(12):
+            n = (0, 1, 3, 2)[i % 4]  # none, one, three or two grants
+            for p in range(n):
+                yield s.set_grant(f"user:u{p}", f"cam-{i:05d}", Action.VIEW)
+                if i % 3 or i == 3:
+                    expected.append((f"cam-{i:05d}", f"user:u{p}"))
+        expected.sort()
+        self.assertEqual(len(expected), 14)
+        for limit in (1, 2, 3, 4, 5, 100):
+            got, cursor, pages = [], "", 0
+            while True:
+                page, cursor = yield s.list_grants(cursor=cursor, limit=limit,
+                                                   held_by="node-a")
+                pages += 1
+                self.assertLessEqual(len(page), limit)
+                got += [(g.device_id, g.principal) for g in page]
+                if not cursor:
+                    break
+                self.assertLess(pages, 100)
+            self.assertEqual(got, expected, f"limit {limit}")
+
+    @inlineCallbacks
     def test_device_upsert_and_update(self):
         (c1,) = yield self.logged(self.store.upsert_device(
             "cam-1", "Gate", PuKind.DVS, 4, "node-a", V1, source_url="rtsp://x/1"))
@@ -577,6 +608,103 @@ class StaticStoreConformance:
         self.assertEqual((yield s.get_device("cam-1")).version, 21)
         replay, _ = yield s.changes_after(0)
         self.assertEqual([c.seq for c in replay], list(range(1, 42)))
+
+    @inlineCallbacks
+    def test_writes_that_wait_share_one_transaction(self):
+        """Group commit: the writes issued while one is in flight go together into the
+        next transaction; each still gets its own contiguous sequences and versions, in
+        issue order."""
+        s = self.store
+        yield s.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+        yield s.upsert_node("node-a", "tcp:a:1", "tcp:a:2", 10)
+        yield s.get_device("cam-1")  # (a write issued from an answer would share its batch)
+        before = s._commits.transactions
+        liveness = [s.set_node_state("node-a", "up", {"cpu": 1}), s.set_node_applied("node-a", 7)]
+        results = yield gatherResults(
+            [s.update_device_fields("cam-1", name=f"n{i}") for i in range(30)]
+            + [s.set_grant(f"user:u{i}", "cam-1", Action.VIEW) for i in range(10)]
+        )
+        self.assertEqual((yield gatherResults(liveness)), [None, None])
+        # the first write alone, the 41 others (node liveness included) in one
+        self.assertEqual(s._commits.transactions - before, 2)
+        node, = yield s.list_nodes()
+        self.assertEqual((node["state"], node["applied_seq"]), ("up", 7))
+        self.assertEqual([[c.seq for c in changes] for changes in results],
+                         [[i] for i in range(3, 43)])
+        self.assertEqual([changes[0].version for changes in results[:30]], list(range(2, 32)))
+        self.assertEqual([changes[0].device.name for changes in results[:30]],
+                         [f"n{i}" for i in range(30)])
+        replay, _ = yield s.changes_after(0)
+        self.assertEqual([c.seq for c in replay], list(range(1, 43)))
+
+    @inlineCallbacks
+    def test_updates_in_a_batch_around_a_write_that_reads_them(self):
+        """Plain device updates of a batch (on PostgreSQL read ahead and sent together)
+        and a write among them that reads a device they changed: each sees the writes
+        issued before it, and the database ends as one by one."""
+        s = self.store
+        yield s.bulk_upsert_devices([device(1), device(2)])
+        yield s.upsert_node("node-a", "tcp:a:1", "tcp:a:2", 10)
+        yield s.get_device("cam-00001")
+        first = s.update_device_fields("cam-00002", enabled=False)  # in flight alone
+        batch = [
+            s.update_device_fields("cam-00001", name="x1"),
+            s.set_node_applied("node-a", 3),  # (between them: does not stop them)
+            s.update_device_fields("cam-00002", name="y1", channels=4),
+            s.update_device_fields("cam-00001", home_node="node-b"),
+            s.update_device_fields("cam-00001", name="x2"),
+            s.update_device_fields("cam-00002", source_url="rtsp://y"),
+        ]
+        yield first
+        results = yield gatherResults(batch)
+        self.assertIsNone(results.pop(1))
+        self.assertEqual((yield s.list_nodes())[0]["applied_seq"], 3)
+        records = [changes[0].device for changes in results]
+        self.assertEqual([(r.device_id, r.name, r.home_node, r.version) for r in records], [
+            ("cam-00001", "x1", "node-a", 2), ("cam-00002", "y1", "node-a", 3),
+            ("cam-00001", "x1", "node-b", 3), ("cam-00001", "x2", "node-b", 4),
+            ("cam-00002", "y1", "node-a", 4)])
+        self.assertEqual(records[4].source_url, "rtsp://y")
+        self.assertEqual((records[4].channels, records[4].enabled), (4, False))
+        for r in (records[3], records[4]):
+            self.assertEqual((yield s.get_device(r.device_id)), r)
+        replay, _ = yield s.changes_after(0)
+        self.assertEqual([c.seq for c in replay], list(range(1, 10)))
+
+    @inlineCallbacks
+    def test_a_write_that_fails_in_a_shared_transaction_fails_alone(self):
+        """In a batch, a refused write (an unknown device) and a write that fails half
+        way (a row written, then a constraint the database refuses) leave nothing; the
+        writes around them commit, the log stays gap free and in issue order."""
+        s = self.store
+        yield s.upsert_device("cam-1", "c", PuKind.IPC, 1, "node-a", V1)
+
+        def half_way(cur, log):
+            s._upsert_devices(cur, log, [device(7)])
+            s._x(cur, "INSERT INTO meta (key, value) VALUES ('writer', 'twice')")
+
+        yield s.get_device("cam-1")
+        first = s.update_device_fields("cam-1", name="first")  # in flight alone
+        batch = [
+            s.update_device_fields("cam-1", name="a"),
+            s.update_device_fields("cam-missing", name="x"),
+            s._write(half_way),
+            s.set_grant("user:ann", "cam-1", Action.VIEW),
+            s.update_device_fields("cam-1", name="b"),
+        ]
+        yield first
+        yield self.assertVssError(batch[1], ResultCode.UNKNOWN_DEVICE)
+        yield self.assertFailure(batch[2], Exception)
+        a, grant, b = yield gatherResults([batch[0], batch[3], batch[4]])
+        self.assertEqual([a[0].seq, grant[0].seq, b[0].seq], [3, 4, 5])
+        self.assertEqual((a[0].version, b[0].version), (3, 4))
+        self.assertIsNone((yield s.get_device("cam-00007")))
+        self.assertEqual((yield s.get_device("cam-1")).name, "b")
+        replay, _ = yield s.changes_after(0)
+        self.assertEqual([c.seq for c in replay], [1, 2, 3, 4, 5])
+        # the log goes on without a gap after the rolled back attempt
+        after = yield s.update_device_fields("cam-1", name="c")
+        self.assertEqual(after[0].seq, 6)
 
     @inlineCallbacks
     def test_changes_after_turns_stale_upserts_into_deletes(self):

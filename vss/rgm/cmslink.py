@@ -17,6 +17,7 @@ cached and later requests go straight to it over a node-to-node link (``PeerLink
 asking CMS again only on a miss or when the device moves home.
 """
 
+import itertools
 import os
 import random
 from dataclasses import replace
@@ -349,18 +350,15 @@ class CmsLink(service.Service):
         seen = {Entity.DEVICE: set(), Entity.USER: set(), Entity.GRANT: set(),
                 Entity.CREDENTIAL: set()}
 
-        def pull(entity, cursor):
-            return self._request(MsgType.STATIC_PULL, StaticPull(
-                entity=entity, cursor=cursor, limit=PAGE), 60.0)
-
-        for entity in (Entity.DEVICE, Entity.USER, Entity.GRANT, Entity.CREDENTIAL):
-            pending = pull(entity, "")
-            while pending is not None:
-                page = (yield pending).body
-                # ask for the next page before storing this one: CMS reads and encodes
-                # it meanwhile
-                pending = pull(entity, page.next_cursor) if page.next_cursor else None
-                try:
+        entities = (Entity.DEVICE, Entity.USER, Entity.GRANT, Entity.CREDENTIAL)
+        # every entity's pages are asked for at once, each page as soon as the one
+        # before it arrives: CMS reads and encodes them (on several database
+        # connections) while this node stores the ones that came
+        pages = {entity: self._pull_pages(entity) for entity in entities}
+        try:
+            for entity in entities:
+                for i in itertools.count():
+                    page = (yield pages[entity][i]).body
                     for r in page.devices:
                         self.store.put_device(r)
                         seen[entity].add(r.device_id)
@@ -373,10 +371,13 @@ class CmsLink(service.Service):
                     for r in page.credentials:
                         self.store.put_credential(r)
                         seen[entity].add(r.cred_id)
-                except BaseException:
-                    if pending is not None:
-                        pending.addErrback(lambda f: None)  # the reload fails with this
-                    raise
+                    if not page.next_cursor:
+                        break
+        except BaseException:
+            for chain in pages.values():
+                for d in chain:
+                    d.addErrback(lambda f: None)  # the reload fails with the first failure
+            raise
         for r in self.store.devices():
             if r.device_id not in seen[Entity.DEVICE]:
                 self.store.remove_device(r.device_id)
@@ -398,6 +399,25 @@ class CmsLink(service.Service):
                       users=len(seen[Entity.USER]), grants=len(seen[Entity.GRANT]),
                       creds=len(seen[Entity.CREDENTIAL]), s=self.clock.seconds() - started)
         self._access_changed()
+
+    def _pull_pages(self, entity):
+        """STATIC_PULL every page of ``entity``, each as soon as the one before it
+        arrives: a list of Deferreds of the responses, in order, that grows as they
+        come (the next page's is there before a page's own callbacks run)."""
+        chain = []
+
+        def pull(cursor):
+            d = self._request(MsgType.STATIC_PULL, StaticPull(
+                entity=entity, cursor=cursor, limit=PAGE), 60.0)
+            chain.append(d.addCallback(arrived))
+
+        def arrived(response):
+            if response.body.next_cursor:
+                pull(response.body.next_cursor)
+            return response
+
+        pull("")
+        return chain
 
     @defer.inlineCallbacks
     def fetch(self):

@@ -10,6 +10,7 @@ Files and roles:
 ``tokens.py``    admin tokens: hashing, states, ``IAdminTokenStore``
 ``operators.py`` operator accounts of the console, ``IOperatorStore``
 ``audit.py``     the append-only audit log, ``IAuditStore``
+``commit.py``    group commit: the logged writes that wait share one transaction
 
 ``make_static_store(spec)`` picks the backend from a spec string:
 ``sqlite:<path>`` (or a bare path) or ``postgresql://...`` / a libpq DSN

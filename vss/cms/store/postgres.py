@@ -44,6 +44,8 @@ PAGE = 1000
 
 class PostgresDialect(Dialect):
     name = "postgresql"
+    returning = True
+    batch_updates = True
 
     def __init__(self):
         self._converted = {}
@@ -64,6 +66,9 @@ class PostgresDialect(Dialect):
         psycopg2.extras.execute_values(
             cur, self.sql(f"{head} VALUES %s{tail}"), rows, page_size=PAGE
         )
+
+    def execute_batch(self, cur, text, rows):
+        psycopg2.extras.execute_batch(cur, self.sql(text), rows, page_size=PAGE)
 
     def append_log(self, cur, rows):
         returned = psycopg2.extras.execute_values(

@@ -10,11 +10,13 @@ A database that fails (it cannot be reached, is locked past its busy timeout, or
 out) fails the call with ``VssError(DB_UNAVAILABLE)``: CMS answers it to nodes and the
 admin API as a failure to retry (docs/consistency.md), never as a refusal.
 
-Every mutating call is ONE transaction that (1) takes the writer lock, (2) changes the
-rows and bumps their ``version``, (3) appends one ``change_log`` row per changed entity,
-and returns the ``Change`` entries it appended. The writer lock makes log sequences
-commit in the order they were issued, so a reader paging with ``changes_after`` never
-steps over a sequence that commits later.
+Every mutating call is atomic: it (1) takes the writer lock, (2) changes the rows and
+bumps their ``version``, (3) appends one ``change_log`` row per changed entity, and
+returns the ``Change`` entries it appended, once committed. The logged writes that wait
+while a transaction is in flight share the next one (group commit, ``commit.py``): each
+runs as it would alone, in issue order, and one that fails leaves nothing. The writer
+lock makes log sequences commit in the order they were issued, so a reader paging with
+``changes_after`` never steps over a sequence that commits later.
 
 Change-log conventions (what a node applying changes relies on):
 
@@ -36,8 +38,9 @@ import functools
 import json
 
 from twisted.enterprise.adbapi import ConnectionLost
-from twisted.internet.defer import fail, inlineCallbacks, returnValue, succeed
+from twisted.internet.defer import fail, inlineCallbacks, returnValue
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vss.interfaces import IStaticStore
@@ -59,6 +62,7 @@ from vss.protocols.messages import (
 
 from . import schema
 from .audit import AuditSql, IAuditStore
+from .commit import GroupCommit, WriteFailed
 from .events import EventSql, IEventStore
 from .operators import IOperatorStore, OperatorSql
 from .tokens import (
@@ -93,6 +97,12 @@ _DEVICE_UPSERT_TAIL = (
     " enabled = excluded.enabled, version = excluded.version"
 )
 _DEVICE_FIELDS = {"name", "home_node", "source_url", "enabled", "channels"}
+#: the values a device update may carry to be read ahead and sent with others (any
+#: other value goes the one-by-one way, where the database checks it)
+_PLAIN_FIELDS = {"name": str, "source_url": str, "enabled": bool, "channels": int}
+#: how a field's value is stored (as ``_replace_device`` makes it)
+_DEVICE_FIELD_TYPES = {"name": lambda v: v, "home_node": lambda v: v,
+                       "source_url": lambda v: v, "enabled": bool, "channels": int}
 #: the origin of the log entries that hand a node records it starts to hold
 FOLLOW_ORIGIN = "follow:"
 
@@ -175,6 +185,10 @@ def _device_params(rec):
     )
 
 
+def _closed():
+    return VssError(ResultCode.DB_UNAVAILABLE, "the CMS database is closed (the CMS is stopping)")
+
+
 def _deferred(method):
     """Argument errors found before any database work fail the Deferred, never raise."""
 
@@ -215,6 +229,16 @@ class Dialect:
         sequences, in order."""
         raise NotImplementedError
 
+    #: ``UPDATE ... RETURNING`` is there (SQLite has it only from 3.35)
+    returning = False
+    #: a batch's plain device updates are read and sent together (worth it when the
+    #: database is a round trip away)
+    batch_updates = False
+
+    def execute_batch(self, cur, text, rows):
+        """One statement for every row of ``rows``, in order (few round trips)."""
+        cur.executemany(self.sql(text), rows)
+
     def begin_read(self, cur):
         pass
 
@@ -238,6 +262,15 @@ class Dialect:
     def describe(self, cur):
         """{'tables': {name: [columns in order]}, 'indexes': sorted secondary index names}"""
         raise NotImplementedError
+
+
+class _ReadAhead:
+    """The device rows a batch's plain updates change, as this transaction has them,
+    and their updates not sent yet."""
+
+    def __init__(self, devices):
+        self.devices = devices
+        self.updates = []
 
 
 class _Log:
@@ -274,6 +307,9 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         #: logged writes issued and not answered yet (CMS publishes in log order and
         #: waits for them when a sequence is missing, see ``vss.cms.service``)
         self.writes_in_flight = 0
+        #: the logged writes, grouped into transactions
+        self._commits = GroupCommit(self._run_batch, self._clock,
+                                    latency=self.call_latency["write"])
 
     # -- plumbing -----------------------------------------------------------
 
@@ -290,8 +326,7 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         out) fails the Deferred with ``VssError(DB_UNAVAILABLE)``: a failure to retry,
         never a refusal."""
         if pool is None:
-            return fail(VssError(ResultCode.DB_UNAVAILABLE,
-                                 "the CMS database is closed (the CMS is stopping)"))
+            return fail(_closed())
         hist = self.call_latency[kind]
         t0 = self._clock.seconds()
 
@@ -318,31 +353,121 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return fn(cur, *args)
 
     def _write(self, fn, *args, origin=DEFAULT_ORIGIN):
+        """One logged write, committed with the others that wait for the writer
+        (``vss.cms.store.commit``); fires with its changes once durable."""
+        if self._wpool is None:
+            return fail(_closed())
         self.writes_in_flight += 1
 
         def answered(result):
             self.writes_in_flight -= 1
             return result
 
-        return self._run(self._wpool, self._in_write, fn, origin, self._now_ms(), *args) \
-            .addBoth(answered)
+        return self._commits.submit(fn, args, origin, self._now_ms()).addBoth(answered)
 
-    def _in_write(self, cur, fn, origin, at, *args):
+    def _write_unlogged(self, fn, *args):
+        """A write that logs nothing (a node's liveness, what it applied): it shares
+        the logged writes' transactions (one writer lock and one commit for them all,
+        not one each); fires with None once committed."""
+        if self._wpool is None:
+            return fail(_closed())
+        return self._commits.submit(fn, args, DEFAULT_ORIGIN, 0).addCallback(lambda _: None)
+
+    def _run_batch(self, batch):
+        """One transaction for a batch of ``Write``: one list of changes per write."""
+        if self._wpool is None:
+            return fail(_closed())
+        return self._wpool.runInteraction(self._in_batch, batch) \
+            .addErrback(self._batch_failed)
+
+    def _batch_failed(self, failure):
+        if failure.check(WriteFailed):
+            return failure
+        return self._unavailable(failure)
+
+    def _in_batch(self, cur, batch):
         self.dialect.begin_write(cur)
-        log = _Log(origin, at)
-        fn(cur, log, *args)
-        return self._append(cur, log)
+        unavailable = self.dialect.unavailable()
+        shared = self._read_ahead(cur, batch)
+        logs = []
+        for i, w in enumerate(batch):
+            log = _Log(w.origin, w.at)
+            try:
+                if shared is not None and self._is_plain_update(w):
+                    self._update_read_ahead(shared, log, *w.args)
+                elif shared is not None and w.fn in (self._set_node_state,
+                                                     self._set_node_applied):
+                    w.fn(cur, log, *w.args)  # the nodes table only: no device read
+                else:
+                    if shared is not None:  # this write reads the database: bring it up to date
+                        self._send_updates(cur, shared)
+                        shared = None
+                    w.fn(cur, log, *w.args)
+            except unavailable:
+                raise
+            except Exception:
+                raise WriteFailed(i, Failure()) from None
+            logs.append(log)
+        if shared is not None:
+            self._send_updates(cur, shared)
+        return self._append(cur, logs)
 
-    def _append(self, cur, log):
-        if not log.entries:
-            return []
-        rows = [(int(e), int(o), k, v, origin, log.at) for e, o, k, v, _, origin in log.entries]
-        seqs = self.dialect.append_log(cur, rows)
-        changes = []
-        for seq, (entity, op, key, version, record, origin) in zip(seqs, log.entries,
-                                                                   strict=True):
-            changes.append(_change(seq, entity, op, key, version, origin, record))
-        return changes
+    # The usual heavy load is many devices changing a name, a URL or being enabled (a
+    # PU's own report, an operator's bulk edit). In a batch, on a server a round trip
+    # away, their rows are read at once and their updates sent together: a handful of
+    # round trips for the batch instead of one or two per change. A write of any other
+    # kind in the batch first sends the updates queued so far (it may read those rows),
+    # and the writes after it go one by one; a node's liveness and applied sequence
+    # (the nodes table only) do not stop them.
+
+    def _is_plain_update(self, w):
+        if w.fn != self._update_device:
+            return False
+        fields = w.args[1]
+        return bool(fields) and all(isinstance(v, _PLAIN_FIELDS.get(k, ()))
+                                    for k, v in fields.items()) \
+            and 0 <= fields.get("channels", 0) < 1 << 31
+
+    def _read_ahead(self, cur, batch):
+        """For a batch with several plain device updates (PostgreSQL): their devices
+        as the database has them, or None."""
+        if not self.dialect.batch_updates:
+            return None
+        ids = {w.args[0] for w in batch if self._is_plain_update(w)}
+        if len(ids) < 2:
+            return None
+        found = self._fetch_many(cur, "devices", _DEVICE_COLS, "device_id", ids, _device,
+                                 lambda r: r.device_id)
+        return _ReadAhead(found)
+
+    def _update_read_ahead(self, shared, log, device_id, fields):
+        current = shared.devices.get(device_id)
+        if current is None:
+            raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id!r}")
+        record = _replace_device(current, version=current.version + 1, **fields)
+        shared.devices[device_id] = record
+        shared.updates.append((record.name, int(record.channels), record.source_url,
+                               bool(record.enabled), record.version, device_id))
+        log.add(Entity.DEVICE, ChangeOp.UPSERT, device_id, record.version, record)
+
+    def _send_updates(self, cur, shared):
+        if shared.updates:
+            self.dialect.execute_batch(
+                cur, "UPDATE devices SET name = ?, channels = ?, source_url = ?, enabled = ?,"
+                " version = ? WHERE device_id = ?", shared.updates)
+            shared.updates = []
+
+    def _append(self, cur, logs):
+        """Append the entries of ``logs`` (one per write, in order) in one insert:
+        the writes' lists of changes."""
+        rows = [(int(e), int(o), k, v, origin, log.at)
+                for log in logs for e, o, k, v, _, origin in log.entries]
+        seqs = iter(self.dialect.append_log(cur, rows) if rows else ())
+        out = []
+        for log in logs:
+            out.append([_change(next(seqs), entity, op, key, version, origin, record)
+                        for entity, op, key, version, record, origin in log.entries])
+        return out
 
     def _x(self, cur, text, params=()):
         return self.dialect.execute(cur, text, params)
@@ -395,11 +520,15 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return True
 
     def close(self):
+        """Refuse new calls; the writes already issued still commit, then the pools
+        close. A Deferred."""
+        return self._commits.close(Failure(_closed())).addCallback(self._close_pools)
+
+    def _close_pools(self, _):
         pools = {id(p): p for p in (self._wpool, self._rpool) if p is not None}
         self._wpool = self._rpool = None
         for pool in pools.values():
             pool.close()
-        return succeed(None)
 
     def schema_version(self):
         return self._read(self._version)
@@ -563,6 +692,20 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         return self._write(self._update_device, device_id, fields, origin=origin)
 
     def _update_device(self, cur, log, device_id, fields):
+        if fields and "home_node" not in fields and self.dialect.returning:
+            # the usual change (a name, a URL, enabled): one statement, one round trip
+            names = sorted(fields)
+            row = self._x(
+                cur,
+                f"UPDATE devices SET {', '.join(f'{n} = ?' for n in names)},"
+                f" version = version + 1 WHERE device_id = ? RETURNING {_DEVICE_COLS}",
+                (*(_DEVICE_FIELD_TYPES[n](fields[n]) for n in names), device_id),
+            ).fetchone()
+            if row is None:
+                raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id!r}")
+            record = _device(row)
+            log.add(Entity.DEVICE, ChangeOp.UPSERT, device_id, record.version, record)
+            return
         current = self._get_device(cur, device_id)
         if current is None:
             raise VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id!r}")
@@ -743,28 +886,54 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         )
 
     def _held_grants(self, cur, cursor, limit, node_id):
-        """The grants on the devices ``node_id`` holds and on every CU target, in
-        (device, principal) order
-        (the cursor is still a grant key): index range scans, not a scan of every
-        grant."""
+        """The grants on the devices ``node_id`` holds and on every CU target (a wall or
+        decoder, ``cu:<account>``), in (device, principal) order: the grants of the next
+        ``limit + 1`` held devices (index range scans in device order), each device's
+        grants by the ``grants_device`` index, so a page costs about its own size,
+        whatever the share's and the database's.
+
+        The cursor is a grant key; ``grant_key("", device)`` (an empty principal, which
+        no grant has) means "after every grant of that device": the next page of a
+        page cut at its last device rather than at ``limit`` grants."""
         after_principal, after_device = split_grant_key(cursor) if cursor else ("", "")
+        # a cursor at a grant: that device again, its grants after that principal
+        op, principal_filter = (">=", " WHERE (g.device_id, g.principal) > (?, ?)") \
+            if after_principal else (">", "")
         cols = ", ".join("g." + c.strip() for c in _GRANT_COLS.split(","))
         rows = self._x(
             cur,
-            f"SELECT * FROM (SELECT {cols} FROM devices d JOIN grants g"
-            " ON g.device_id = d.device_id WHERE d.home_node = ? AND d.device_id >= ?"
-            f" UNION ALL SELECT {cols} FROM node_devices n JOIN devices d"
-            " ON d.device_id = n.device_id JOIN grants g ON g.device_id = n.device_id"
-            " WHERE n.node_id = ? AND n.device_id >= ? AND d.home_node <> ?"
+            "WITH ids AS (SELECT device_id FROM ("
+            f"SELECT device_id FROM devices WHERE home_node = ? AND device_id {op} ?"
+            " UNION ALL SELECT n.device_id FROM node_devices n JOIN devices d"
+            f" ON d.device_id = n.device_id WHERE n.node_id = ? AND n.device_id {op} ?"
+            " AND d.home_node <> ?"
             # who may drive a wall or decoder (``cu:<account>``): every node holds these
-            f" UNION ALL SELECT {cols} FROM grants g WHERE substr(g.device_id, 1, 3) = ?"
-            " AND g.device_id >= ?) AS held"
-            " WHERE (device_id, principal) > (?, ?) ORDER BY device_id, principal LIMIT ?",
-            (node_id, after_device, node_id, after_device, node_id, CU_TARGET, after_device,
-             after_device, after_principal, limit + 1),
+            " UNION ALL SELECT DISTINCT device_id FROM grants WHERE device_id >= ?"
+            f" AND device_id < ? AND device_id {op} ?"
+            ") AS held ORDER BY device_id LIMIT ?),"
+            f" page AS (SELECT {cols} FROM ids JOIN grants g ON g.device_id = ids.device_id"
+            f"{principal_filter} ORDER BY g.device_id, g.principal LIMIT ?)"
+            # and one more row: the last device of ids and how many there are
+            " SELECT * FROM page UNION ALL SELECT NULL, MAX(device_id), COUNT(*), 0, 0"
+            " FROM ids",
+            (node_id, after_device, node_id, after_device, node_id,
+             CU_TARGET, CU_TARGET[:-1] + chr(ord(CU_TARGET[-1]) + 1), after_device, limit + 1,
+             *((after_device, after_principal) if after_principal else ()), limit + 1),
         ).fetchall()
-        return _page([_grant(r) for r in rows], limit,
-                     lambda r: grant_key(r.principal, r.device_id))
+        last_device, devices = None, 0
+        grants = []
+        for r in rows:
+            if r[0] is None:
+                last_device, devices = r[1], int(r[2])
+            else:
+                grants.append(_grant(r))
+        grants.sort(key=lambda g: (g.device_id, g.principal))
+        if len(grants) > limit:
+            grants = grants[:limit]
+            return grants, grant_key(grants[-1].principal, grants[-1].device_id)
+        if devices > limit:  # every grant of ids, and more devices after the last
+            return grants, grant_key("", last_device)
+        return grants, ""
 
     # -- stream credentials ---------------------------------------------------
 
@@ -906,12 +1075,10 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         if state not in ("up", "down"):
             raise VssError(ResultCode.INVALID_ARGUMENT, f"node state must be up or down: {state!r}")
         load_json = None if load is None else json.dumps(load, sort_keys=True)
-        return self._run(
-            self._wpool, self._set_node_state, node_id, state, load_json, self._now_ms()
-        )
+        return self._write_unlogged(self._set_node_state, node_id, state, load_json,
+                                    self._now_ms())
 
-    def _set_node_state(self, cur, node_id, state, load_json, now):
-        self.dialect.begin_write(cur)
+    def _set_node_state(self, cur, log, node_id, state, load_json, now):
         if load_json is None:
             self._x(
                 cur, "UPDATE nodes SET state = ?, last_seen = ? WHERE node_id = ?",
@@ -927,10 +1094,9 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
             raise VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}")
 
     def set_node_applied(self, node_id, seq):
-        return self._run(self._wpool, self._set_node_applied, node_id, int(seq))
+        return self._write_unlogged(self._set_node_applied, node_id, int(seq))
 
-    def _set_node_applied(self, cur, node_id, seq):
-        self.dialect.begin_write(cur)
+    def _set_node_applied(self, cur, log, node_id, seq):
         self._x(cur, "UPDATE nodes SET applied_seq = ? WHERE node_id = ?", (seq, node_id))
         if cur.rowcount == 0:
             raise VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}")
