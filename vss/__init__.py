@@ -23,7 +23,7 @@ Map of the package (each flow of docs/architecture.md is findable by folder):
   ``twistd vss-cms`` and ``twistd vss-ss``; ``vss.services`` the service pieces the
   daemons are made of; ``vss.node`` and ``vss.cms.daemon`` their composition roots.
 - ``vss.cli``, ``vss.cu``, ``vss.pu``, ``vss.conformance``  the command lines
-  (``vss-admin``; ``vssctl``; ``vss-pu``, ``vss-decoder``; ``vss-conformance``).
+  (``vss-admin``; ``vssctl``, ``vss-decoder``; ``vss-pu``; ``vss-conformance``).
 - ``vss.ops``        health, readiness, Prometheus metrics, systemd units.
 - ``vss.testing``    fakes and builders shared by tests.
 """
