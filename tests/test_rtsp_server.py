@@ -8,7 +8,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
-from vss.rtsp import fanout
+from vss.rtsp import fanout, start_from_gop
 from vss.rtsp.parser import MessageParser, Response
 from vss.rtsp.server import RTSPServerFactory, RTSPUrl, is_live
 
@@ -157,6 +157,17 @@ def frame_bytes(channel, packet):
 
 
 class UrlTests(unittest.TestCase):
+    def test_start_from_gop(self):
+        self.assertEqual(start_from_gop("rtsp://h:1/live/c/main?token=t"),
+                         "rtsp://h:1/live/c/main?token=t&start=gop")
+        self.assertEqual(start_from_gop("rtsp://h:1/live/c/main"),
+                         "rtsp://h:1/live/c/main?start=gop")
+        self.assertEqual(start_from_gop("rtsp://h:1/live/c/main?start=x&cred=a.b"),
+                         "rtsp://h:1/live/c/main?cred=a.b&start=gop")
+        url = RTSPUrl.parse(start_from_gop("rtsp://h:1/live/c/main?token=t"))
+        self.assertEqual((url.token, url.start, url.from_gop), ("t", "gop", True))
+        self.assertFalse(RTSPUrl.parse("rtsp://h:1/live/c/main?token=t").from_gop)
+
     def test_forms(self):
         u = RTSPUrl.parse("rtsp://u:p@h:8554/live/cam1/main?token=abc")
         self.assertEqual((u.base, u.path, u.control, u.token), (

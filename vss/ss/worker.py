@@ -32,6 +32,7 @@ from vss.protocols.messages import (
     SsLoad,
     SsPathLoad,
 )
+from vss.rtsp import start_from_gop
 from vss.rtsp.client import pull_into
 from vss.rtsp.fanout import GOP_KEEP
 from vss.rtsp.server import RTSPServerFactory, RTSPServerService
@@ -150,7 +151,10 @@ class Control:
                           error=f.getErrorMessage())
             raise VssError(ResultCode.SS_UNAVAILABLE, f"cannot pull {path}")
 
-        d = self.pull(self.rtsp, path, url, reactor=self.reactor, timeout=PULL_TIMEOUT)
+        # from the GOP the node's SS (or the other worker) kept: this SS has one to give
+        # at once to its first viewer that asks, not only after the camera's next keyframe
+        d = self.pull(self.rtsp, path, start_from_gop(url), reactor=self.reactor,
+                      timeout=PULL_TIMEOUT)
         return d.addCallbacks(playing, failed)
 
     def redirect(self, body):
