@@ -150,7 +150,8 @@ class DecoderTests(unittest.TestCase):
                                                           session_id="s1", expires=0))
         self.assertEqual(opened.device_id, "cam1")
         self.join()
-        self.assertEqual(self.started, [("rtsp://h/live/cam1/main?t=1", 1)])
+        # it asks the SS to start from the kept GOP (no wait for the next keyframe)
+        self.assertEqual(self.started, [("rtsp://h/live/cam1/main?t=1&start=gop", 1)])
         # an older state (a late answer) changes nothing
         self.d.apply(state(1))
         self.assertEqual(list(self.d.players), [1])

@@ -10,9 +10,11 @@ import os
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
+from tests.test_ss_workers import first_frame_after
 from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
+from vss.rtsp import start_from_gop
 from vss.testing.platform import start_platform, verifier, wait_until
 
 try:
@@ -96,6 +98,10 @@ class LiveVideoTests(unittest.TestCase):
         url_a = (yield cu_a.request(MsgType.MEDIA_OPEN, open_live("cam-b"), timeout=30)).body.url
         self.assertIn(f":{self.p.port('node-a', 'rtsp')}/live/cam-b/main", url_a)
         self.assertNotEqual(url_a.split("/live/")[0], url_b.split("/live/")[0])
+        # node-a pulled it from the GOP node-b kept: its first viewer asking start=gop
+        # decodes a picture at once, not at the camera's next keyframe (one every 2 s)
+        wait = yield threads.deferToThread(first_frame_after, start_from_gop(url_a))
+        self.assertLess(wait, 1.0)
         sizes = yield threads.deferToThread(decode, url_a, 10, "udp")
         self.assertEqual(len(sizes), 10)
         self.assertEqual(self.node_a.cdn.counters["node_pulls"], 1)

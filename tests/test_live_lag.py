@@ -124,21 +124,24 @@ class LagWatchTests(unittest.TestCase):
         self.source.close()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def viewer(self, rate, watch, port):
+    def viewer(self, rate, watch, port, cached=False):
         v = Viewer(self.clock, rate, port=port)
         reader = fanout.TCPReader(v.transport, [0], max_queue=2 * 1024 * 1024)
         reader.unacked = lambda sock: len(sock.pending)
         reader.start(pending=False)
-        self.source.add_reader(reader)
+        self.source.add_reader(reader, cached=cached)
         if watch is not None:
             watch.add(reader)
         v.reader = reader
         return v
 
-    def run_stream(self, seconds, viewers):
-        started = self.clock.seconds()
+    def run_stream(self, seconds, viewers, first=0, started=None):
+        """Feed ``seconds`` of pictures from number ``first``; ``started``: when picture
+        0 was made (default now)."""
+        if started is None:
+            started = self.clock.seconds()
         dt = 1.0 / FPS
-        for index in range(int(seconds * FPS)):
+        for index in range(first, first + int(seconds * FPS)):
             self.source.feed(0, False, picture(index, index % GOP == 0))
             self.clock.advance(dt / 2)
             for v in viewers:
@@ -169,6 +172,38 @@ class LagWatchTests(unittest.TestCase):
         self.assertEqual((fast.reader.lag_skips, fast.reader.drops), (0, 0))
         watch.remove(slow.reader)
         watch.remove(fast.reader)
+
+    def joined_a_gop_behind(self, rate, watch):
+        """A viewer that joins from the kept GOP (``start=gop``) just before the next
+        keyframe: its first picture is almost a GOP old."""
+        self.source.close()
+        self.source = fanout.Source("/live/cam1/main", "", [fanout.Track(0, "video", "H264")],
+                                    self.clock, gop_keep=fanout.GOP_KEEP)
+        started = self.run_stream(2 - 1 / FPS, [])  # pictures 0-48: the GOP of 25-48 kept
+        v = self.viewer(rate, watch, 40001, cached=True)
+        self.run_stream(20, [v], first=2 * FPS - 1, started=started)
+        return v
+
+    def test_a_viewer_starting_a_gop_behind_catches_up(self):
+        watch = fanout.LagWatch(self.clock, max_lag=2.0)
+        v = self.joined_a_gop_behind(FRAME * FPS * 1.5, watch)
+        self.assertEqual(v.indexes[0], GOP)  # the kept keyframe first
+        self.assertGreater(v.lags[0][1], (GOP - 2) / FPS)  # almost a GOP old
+        self.assertEqual(v.indexes, list(range(GOP, 2 * FPS - 1 + 20 * FPS)))
+        self.assertEqual((v.reader.lag_skips, v.reader.drops), (0, 0))
+        # live within a few seconds (it reads 1.5 times the stream's rate), then stays
+        late = [lag for t, lag in v.lags if t > v.lags[0][0] + 5]
+        self.assertLess(max(late), 0.2)
+        watch.remove(v.reader)
+
+    def test_a_slow_viewer_starting_a_gop_behind_is_bounded(self):
+        watch = fanout.LagWatch(self.clock, max_lag=2.0)
+        v = self.joined_a_gop_behind(FRAME * FPS / 2, watch)
+        self.assertEqual(v.indexes[0], GOP)
+        self.assertLessEqual(max(lag for _, lag in v.lags), 2.0 + GOP / FPS,
+                             v.reader.stats())
+        self.assertGreaterEqual(v.reader.lag_skips, 2)
+        watch.remove(v.reader)
 
     def test_without_the_watch_the_same_viewer_falls_ever_further_behind(self):
         slow = self.viewer(FRAME * FPS / 2, None, 40001)

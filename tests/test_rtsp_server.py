@@ -8,7 +8,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
-from vss.rtsp import fanout
+from vss.rtsp import fanout, start_from_gop
 from vss.rtsp.parser import MessageParser, Response
 from vss.rtsp.server import RTSPServerFactory, RTSPUrl, is_live
 
@@ -128,9 +128,11 @@ class ServerTestBase(unittest.TestCase):
         self.assertEqual(r.status, 200)
         return c
 
-    def play(self, path="/live/cam1/main", tracks=(0, 1)):
+    def play(self, path="/live/cam1/main", tracks=(0, 1), extra="", play_extra=None):
+        """A viewer; ``extra`` (``&start=gop``) is added to the URL of its DESCRIBE and
+        SETUPs, ``play_extra`` (default: the same) to its PLAY's."""
         c = self.conn()
-        url = self.url("play", path)
+        url = self.url("play", path) + extra
         r = c.request("DESCRIBE", url)
         self.assertEqual(r.status, 200, r.reason)
         sid = None
@@ -142,6 +144,8 @@ class ServerTestBase(unittest.TestCase):
                           + url.split("?")[1], hdrs)
             self.assertEqual(r.status, 200, r.reason)
             sid = r.headers["Session"].split(";")[0]
+        if play_extra is not None:
+            url = url[:len(url) - len(extra)] + play_extra
         r = c.request("PLAY", url, [("Session", sid)])
         self.assertEqual(r.status, 200)
         c.sid = sid
@@ -153,6 +157,17 @@ def frame_bytes(channel, packet):
 
 
 class UrlTests(unittest.TestCase):
+    def test_start_from_gop(self):
+        self.assertEqual(start_from_gop("rtsp://h:1/live/c/main?token=t"),
+                         "rtsp://h:1/live/c/main?token=t&start=gop")
+        self.assertEqual(start_from_gop("rtsp://h:1/live/c/main"),
+                         "rtsp://h:1/live/c/main?start=gop")
+        self.assertEqual(start_from_gop("rtsp://h:1/live/c/main?start=x&cred=a.b"),
+                         "rtsp://h:1/live/c/main?cred=a.b&start=gop")
+        url = RTSPUrl.parse(start_from_gop("rtsp://h:1/live/c/main?token=t"))
+        self.assertEqual((url.token, url.start, url.from_gop), ("t", "gop", True))
+        self.assertFalse(RTSPUrl.parse("rtsp://h:1/live/c/main?token=t").from_gop)
+
     def test_forms(self):
         u = RTSPUrl.parse("rtsp://u:p@h:8554/live/cam1/main?token=abc")
         self.assertEqual((u.base, u.path, u.control, u.token), (
@@ -654,6 +669,69 @@ class FanoutTests(ServerTestBase):
         pub.send(frame_bytes(0, pframe(4, 40)))
         self.assertEqual(starter.got[-1], (None, False))
         source.remove_reader(starter)
+
+    def seqs(self, viewer):
+        viewer.read()
+        return [struct.unpack("!H", f.data[2:4])[0] for f in viewer.frames]
+
+    def test_a_viewer_asking_start_gop_gets_the_kept_keyframe_first(self):
+        """``start=gop`` on the stream URL: the viewer starts with the kept GOP (keyframe
+        first); a viewer whose URL does not say it still waits for the next keyframe."""
+        self.factory.gop_keep = 1 << 20
+        pub = self.publish()
+        pub.send(frame_bytes(0, pframe(1, 10)))  # before any keyframe: not kept
+        pub.send(frame_bytes(0, idr(2, 20)) + frame_bytes(2, rtp(3, 20, 0, pt=0)))
+        pub.send(frame_bytes(0, pframe(4, 30)))
+        asking = self.play(extra="&start=gop")
+        plain = self.play()
+        self.assertEqual(self.seqs(asking), [2, 3, 4])
+        self.assertTrue(fanout.h264_is_key(asking.frames[0].data))
+        self.assertEqual(self.seqs(plain), [])
+        pub.send(frame_bytes(0, pframe(5, 40)))
+        self.assertEqual(self.seqs(asking), [2, 3, 4, 5])
+        self.assertEqual(self.seqs(plain), [])
+        pub.send(frame_bytes(0, idr(6, 50)))
+        self.assertEqual(self.seqs(asking), [2, 3, 4, 5, 6])
+        self.assertEqual(self.seqs(plain), [6])
+
+    def test_start_gop_said_at_setup_holds_for_a_play_on_the_content_base(self):
+        """FFmpeg sends its PLAY to the Content-Base (no query): the SETUP's word holds."""
+        self.factory.gop_keep = 1 << 20
+        pub = self.publish()
+        pub.send(frame_bytes(0, idr(2, 20)))
+        asking = self.play(extra="&start=gop", play_extra="")
+        self.assertEqual(self.seqs(asking), [2])
+
+    def test_start_gop_without_a_kept_gop_starts_at_the_next_keyframe(self):
+        """Without ``gop_keep`` (or a GOP too big for the viewer's queue) the viewer
+        starts as any other: at the next keyframe."""
+        pub = self.publish()
+        pub.send(frame_bytes(0, idr(2, 20)))
+        self.assertEqual(self.seqs(self.play(extra="&start=gop")), [])
+        self.factory.gop_keep = 1 << 20
+        pub.send(frame_bytes(0, idr(3, 30)))
+        pub.send(frame_bytes(0, pframe(4, 40, size=2100)))  # 2.2 KiB > half of 4 KiB
+        big = self.play(path="/live/cam1/main", extra="&start=gop")
+        self.assertEqual(self.seqs(big), [])
+        pub.send(frame_bytes(0, idr(5, 50)))
+        self.assertEqual(self.seqs(big), [5])
+
+    def test_start_gop_is_authorised_as_any_url(self):
+        self.factory.gop_keep = 1 << 20
+        pub = self.publish()
+        pub.send(frame_bytes(0, idr(2, 20)))
+        c = self.conn()
+        r = c.request("DESCRIBE", "rtsp://127.0.0.1:554/live/cam1/main?start=gop")
+        self.assertEqual(r.status, 401)
+        other = self.url("play", "/live/cam2/main") + "&start=gop"
+        r = c.request("DESCRIBE", other.replace("/cam2/", "/cam1/"))
+        self.assertEqual(r.status, 401)
+
+    def test_an_unknown_start_is_refused(self):
+        self.publish()
+        c = self.conn()
+        r = c.request("DESCRIBE", self.url() + "&start=now")
+        self.assertEqual((r.status, r.reason), (400, "Unknown Start"))
 
     def test_no_gop_cache_by_default(self):
         pub = self.publish()

@@ -9,15 +9,18 @@ process) sees every SS from the node's heartbeats.
 import os
 import signal
 import socket
+import time
 
 from prometheus_client import generate_latest
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from vss.cdn.tokens import TokenAuthorizer, TokenIssuer
+from vss.cu.decoder import PROBE
 from vss.ops.collectors import NodeCollector
 from vss.ops.metrics import make_registry
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role, SsState
+from vss.rtsp import start_from_gop
 from vss.rtsp.client import pull_into
 from vss.rtsp.server import RTSPServerFactory
 from vss.testing.platform import start_platform, verifier, wait_until
@@ -41,6 +44,16 @@ def decode(url, count=10):
             if len(sizes) >= count:
                 break
     return sizes
+
+
+def first_frame_after(url):
+    """Blocking (run in a thread): seconds from opening ``url`` (probing as vss-decoder
+    does) to its first decoded frame."""
+    t0 = time.monotonic()
+    with av.open(url, options={"rtsp_transport": "tcp", **PROBE}, timeout=20) as c:
+        for _frame in c.decode(video=0):
+            return time.monotonic() - t0
+    return None
 
 
 def describe(url):
@@ -179,6 +192,14 @@ class ServedByWorkers(WorkerTests):
         self.assertIn('vss_ss_workers{state="up"} 2.0', text)
         self.assertIn('vss_ss_streams{ss="ss1"} 1.0', text)
         self.assertIn('vss_ss_restarts_total{ss="ss2"} 0.0', text)
+        # cam-b runs on its worker: a player asking start=gop (as vss-decoder does) gets
+        # its first picture from the worker's kept GOP, well before the camera's next
+        # keyframe (vss-pu sends one every 2 s: each wait would be uniform over 0-2 s)
+        waits = []
+        for _ in range(3):
+            waits.append((yield threads.deferToThread(first_frame_after,
+                                                      start_from_gop(url_b))))
+        self.assertLess(max(waits), 1.0, waits)
 
 
 class WorkerFaults(WorkerTests):

@@ -133,6 +133,27 @@ class WallEndToEnd(unittest.TestCase):
         seen = [e for e in self.first_frames() if e["tile"] == 2 and e["device"] == "cam-c"]
         self.assertEqual(len(seen), 1)
         self.assertGreaterEqual(seen[0]["first_frame"], seen[0]["arrived"])
+        waits = []
+
+        # cam-c runs: a new tile showing it starts from the SS's kept GOP (start=gop),
+        # not at the camera's next keyframe (the simulated cameras send one every 2 s).
+        # Four times, each tile cleared and assigned again: from MEDIA_OPEN's answer to
+        # the first decoded frame well under the GOP each time (waiting for the next
+        # keyframe, each would be uniform over 0-2 s plus the RTSP set-up)
+        for i in range(4):
+            out, err, code = yield self.ctl("wall", "dec1", "assign", "3", "cam-c")
+            self.assertEqual(code, 0, err)
+
+            def decoded(i=i):
+                seen = [e for e in self.first_frames()
+                        if e["tile"] == 3 and e["first_frame"] is not None]
+                return seen[i] if len(seen) > i else None
+
+            e = yield poll(f"a first frame on tile 3 (#{i})", decoded)
+            waits.append(e["first_frame"] - e["media_opened"])
+            out, err, code = yield self.ctl("wall", "dec1", "clear", "3")
+            self.assertEqual(code, 0, err)
+        self.assertLess(max(waits), 1.0, waits)
 
         # an operator without the grant is refused, and nothing changes
         out, err, code = yield self.ctl("wall", "dec1", "assign", "2", "cam-a",

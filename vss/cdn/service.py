@@ -48,6 +48,7 @@ from vss.protocols.messages import (
 from vss.recording import remote
 from vss.recording.dvr import close_publisher
 from vss.recording.remote import RelayedPlayback
+from vss.rtsp import start_from_gop
 from vss.rtsp.client import host_port, pull_into, split_credentials
 
 SOURCE_WAIT = 10.0
@@ -217,7 +218,9 @@ class CDNModule(service.Service):
         url = codec.decode_body(codec.Frame(1, codec.FLAG_RESPONSE, MsgType.MEDIA_OPEN, 0, 0,
                                             inner)).body.url
         self.counters["node_pulls"] += 1
-        proto = yield pull_into(self.rtsp, path, url, reactor=self.reactor,
+        # from the GOP the home node's SS kept: the first viewer here that asks
+        # ``start=gop`` (a decoder's tile) gets a picture at once, not at the next keyframe
+        proto = yield pull_into(self.rtsp, path, start_from_gop(url), reactor=self.reactor,
                                 timeout=self.source_wait, tls=self.node_pull_tls(url))
         self.origins[path] = ("pull", proto)
         return self.rtsp.sources.get(path)

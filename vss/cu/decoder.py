@@ -42,13 +42,14 @@ from vss.protocols.messages import (
     WallDescribe,
     WallReport,
 )
-from vss.rtsp import ffmpeg_options
+from vss.rtsp import ffmpeg_options, start_from_gop
 from vss.version import VersionOption
 
 log = Logger()
 REPORT_EVERY = 1.0
 #: FFmpeg's probing of a new stream: none. The SDP names the codec and its parameters
-#: (sprop-parameter-sets), and the first packet is a keyframe; probing would only add its
+#: (sprop-parameter-sets), and the first packet is a keyframe (the SS's kept GOP, asked
+#: with ``start=gop``, else the camera's next one); probing would only add its
 #: own wait to a tile change (bench/wall.py: p50 2.2 s with FFmpeg's default, 1.6 s with
 #: half a second, 1.2 s without)
 PROBE = {"analyzeduration": "0", "probesize": "32768"}
@@ -259,7 +260,11 @@ class Decoder:
                 return
             p.session_id = msg.body.session_id
             p.media_opened = time.time()
-            p.thread = threading.Thread(target=self.decode_fn, args=(msg.body.url, p),
+            # the new tile starts from the SS's kept GOP: its first picture is the last
+            # keyframe, not the camera's next one (it then catches up: it decodes as
+            # fast as the frames come)
+            url = start_from_gop(msg.body.url)
+            p.thread = threading.Thread(target=self.decode_fn, args=(url, p),
                                         name=f"{self.account}-tile{p.tile}", daemon=True)
             p.thread.start()
 

@@ -31,3 +31,12 @@ def ffmpeg_options(url, own_server=False, ca_file=None):
         elif ca_file:
             options["ca_file"] = ca_file
     return options
+
+
+def start_from_gop(url):
+    """``url`` (a live stream URL) asking the streaming server to start from the last GOP
+    it kept (``start=gop``, docs/protocol.md, MEDIA_OPEN): the first picture comes at
+    once instead of at the camera's next keyframe, up to one GOP behind live."""
+    base, sep, query = url.partition("?")
+    params = [p for p in query.split("&") if p and not p.startswith("start=")] if sep else []
+    return base + "?" + "&".join(params + ["start=gop"])

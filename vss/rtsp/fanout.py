@@ -54,6 +54,9 @@ MAX_BATCH = 256 * 1024
 DEFAULT_MAX_QUEUE = 2 * 1024 * 1024
 DEFAULT_SNDBUF = 256 * 1024
 DEFAULT_MAX_LAG = 2.0
+#: bytes of the last GOP a streaming server keeps for the readers that start from it
+#: (browser packagers, RTSP viewers asking ``start=gop``); a longer GOP is not kept
+GOP_KEEP = 8 * 1024 * 1024
 MIN_SNDBUF = 16 * 1024
 RATE_WINDOW = 2.0  # seconds of samples a reader's read rate is measured over
 MIN_RATE_WINDOW = 0.5  # a rate measured over less is not judged on
@@ -186,7 +189,8 @@ class Source:
         # clock time the source flushed it, not the time it joined.
         # gop_keep: the same kept (up to that many bytes) only for the readers that ask
         # for it (``starts_cached``: a browser packager, which then jumps to the newest
-        # picture itself), the others still starting at the next keyframe.
+        # picture itself; or ``add_reader(reader, cached=True)``: an RTSP viewer whose
+        # URL says ``start=gop``), the others still starting at the next keyframe.
         self.gop_cache = max(gop_cache, gop_keep)
         self.gop_all = gop_cache > 0
         self._gop = None
@@ -301,7 +305,14 @@ class Source:
 
     # -- readers
 
-    def add_reader(self, reader):
+    @property
+    def cached_bytes(self):
+        """Bytes of the GOP kept for joining readers (0: none kept yet)."""
+        return self._gop_bytes if self._gop else 0
+
+    def add_reader(self, reader, cached=False):
+        """``reader`` gets the frames from now on; first the kept GOP if every reader
+        does (``gop_cache``), or if it asks (``cached`` or its ``starts_cached``)."""
         reader.source = self
         reader.full = self.all_tracks <= reader.mask
         reader.needs_key = any(self.tracks[t].kind == "video"
@@ -310,7 +321,7 @@ class Source:
             reader.waiting_key = False  # audio only: any frame is a fine start
         self.readers.append(reader)
         self.no_readers_since = None
-        if self._gop and (self.gop_all or getattr(reader, "starts_cached", False)):
+        if self._gop and (self.gop_all or cached or getattr(reader, "starts_cached", False)):
             at = getattr(reader, "deliver_at", None)
             for wall, frame in list(zip(self._gop_at, self._gop, strict=True)):
                 if at is not None:

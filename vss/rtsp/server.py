@@ -63,6 +63,7 @@ STREAMS = ("main", "sub")
 PLAYBACK_PREFIX = "pb-"  # /live/<device>/pb-<id>: a recording played back (vss.recording.playback)
 ABORT_AFTER = 5.0
 SERVER_NAME = "vss-ss"
+START_GOP = "gop"  # ``?start=gop`` on a live stream URL: start from the kept GOP
 
 
 def _records(auth):
@@ -99,7 +100,9 @@ class ControlError(Exception):
 class RTSPUrl:
     """A parsed request URI: ``base`` (rtsp://host:port), ``path`` (/live/dev/stream),
     ``control`` (trailing track control such as 'trackID=0', or None), ``query``,
-    ``token``, ``cred`` (a stream credential given in the URL, ``vss.streamcreds``)."""
+    ``token``, ``cred`` (a stream credential given in the URL, ``vss.streamcreds``),
+    ``start`` (``start=gop``: a live viewer starts from the last GOP the server kept, not
+    at the next keyframe; any other value is refused)."""
 
     def __init__(self, base, path, control, query):
         self.base = base
@@ -111,6 +114,12 @@ class RTSPUrl:
         self.token = values[0] if values else None
         values = params.get("cred")
         self.cred = values[0] if values else None
+        values = params.get("start")
+        self.start = values[0] if values else None
+
+    @property
+    def from_gop(self):
+        return self.start == START_GOP
 
     @property
     def track(self):
@@ -162,6 +171,7 @@ class Session:
         self.reader = None
         self.source = None
         self.timer = None
+        self.from_gop = False  # a URL of its SETUP or PLAY said ``start=gop``
 
     @property
     def tracks(self):
@@ -584,6 +594,9 @@ class RTSPServerFactory(protocol.Factory):
             if session is not None and session.path != url.path:
                 conn.reply(req, 454)
                 return
+            if url.start is not None and url.start != START_GOP:
+                conn.reply(req, 400, reason="Unknown Start")
+                return
         elif session is None and req.method not in ("GET_PARAMETER", "SET_PARAMETER"):
             conn.reply(req, 400)
             return
@@ -759,6 +772,7 @@ class RTSPServerFactory(protocol.Factory):
             return
         if session is None:
             session = self._new_session(conn, url.path, "play", info)
+        session.from_gop = session.from_gop or url.from_gop
         if chosen["spec"] == "RTP/AVP/TCP":
             if session.udp_tracks:
                 conn.reply(req, 461, reason="Mixed Transports")
@@ -870,6 +884,8 @@ class RTSPServerFactory(protocol.Factory):
         if session.tcp_tracks and conn.reader is not None and session.state != "playing":
             conn.reply(req, 455, reason="Already Playing On This Connection")
             return
+        if url is not None and url.from_gop:
+            session.from_gop = True
         scale = req.headers.get("Scale")
         if scale is not None and session.path in self.controllers:
             # a speed for a playback (its controller refuses one it cannot play at)
@@ -928,7 +944,11 @@ class RTSPServerFactory(protocol.Factory):
             rtp, rtcp = self.udp_ports
             reader = UDPReader(rtp, rtcp, conn.peer_host, session.udp_tracks)
         session.reader = reader
-        source.add_reader(reader)
+        # ``start=gop``: a live viewer over TCP starts from the GOP kept (``gop_keep``)
+        # when its queue takes it whole; others (UDP, a playback) at the next keyframe
+        cached = (session.from_gop and bool(session.tcp_tracks) and is_live(session.path)
+                  and 0 < source.cached_bytes <= self.max_queue // 2)
+        source.add_reader(reader, cached=cached)
         if self.max_lag and session.tcp_tracks and is_live(session.path) \
                 and not _records(session.auth):
             self.lag_watch.add(reader)  # a live viewer (not a playback, not a recording)

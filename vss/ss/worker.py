@@ -5,7 +5,7 @@ spawns one per core), driven only by its node's CDN module over the SS control l
 
 It runs the same RTSP server and fan-out as the node's in-process SS
 (``vss.rtsp.server``): each frame's packets built once, the same bytes sent to every TCP
-viewer. It holds no device, user or grant: a viewer's token (signed with the node secret,
+viewer, each stream's last GOP kept for the viewers that ask for it (``start=gop``). It holds no device, user or grant: a viewer's token (signed with the node secret,
 issued by the node's CDN module for one path) is all it checks. Each stream it is given
 (SS_PULL) it pulls once, from the node's SS or from another worker, and ends it when the
 node says so (SS_DROP) or when the link to the node is lost (the node re-places what it
@@ -32,7 +32,9 @@ from vss.protocols.messages import (
     SsLoad,
     SsPathLoad,
 )
+from vss.rtsp import start_from_gop
 from vss.rtsp.client import pull_into
+from vss.rtsp.fanout import GOP_KEEP
 from vss.rtsp.server import RTSPServerFactory, RTSPServerService
 from vss.ss import auth
 
@@ -149,7 +151,10 @@ class Control:
                           error=f.getErrorMessage())
             raise VssError(ResultCode.SS_UNAVAILABLE, f"cannot pull {path}")
 
-        d = self.pull(self.rtsp, path, url, reactor=self.reactor, timeout=PULL_TIMEOUT)
+        # from the GOP the node's SS (or the other worker) kept: this SS has one to give
+        # at once to its first viewer that asks, not only after the camera's next keyframe
+        d = self.pull(self.rtsp, path, start_from_gop(url), reactor=self.reactor,
+                      timeout=PULL_TIMEOUT)
         return d.addCallbacks(playing, failed)
 
     def redirect(self, body):
@@ -238,8 +243,10 @@ class WorkerService(service.MultiService):
         super().__init__()
         self.settings = settings
         issuer = TokenIssuer(settings.secret, clock=reactor)
+        # the last GOP of each stream kept, as the node's SS does, for the viewers that
+        # ask ``start=gop`` (a decoder's new tile): the others start at the next keyframe
         self.rtsp = RTSPServerFactory(TokenAuthorizer(issuer), reactor=reactor,
-                                      max_lag=settings.live_max_lag)
+                                      max_lag=settings.live_max_lag, gop_keep=GOP_KEEP)
         # started first: a TCP listener is bound at once, and SS_HELLO names its port
         self.listener = RTSPServerService(settings.rtsp_listen, self.rtsp, reactor)
         self.listener.setServiceParent(self)

@@ -34,12 +34,12 @@ from autobahn.websocket.protocol import PreparedMessage
 from twisted.logger import Logger
 
 from vss.recording import rtpmux
-from vss.rtsp.fanout import Frame, TCPReader
+from vss.rtsp.fanout import GOP_KEEP, Frame, TCPReader
 from vss.web import fmp4
 
 log = Logger()
 
-GOP_BYTES = 8 * 1024 * 1024  # messages kept since the last keyframe, for joining viewers
+GOP_BYTES = GOP_KEEP  # messages kept since the last keyframe, for joining viewers
 MAX_STEP = 90000  # a frame duration estimate above 1 s is not one
 _FRAGMENT_HEAD = struct.Struct(">cBHQQ")
 INIT, FRAGMENT = b"I", b"F"
