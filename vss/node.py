@@ -100,6 +100,7 @@ class NodeService(StagedService):
             self.store,
             self.central,
             reactor,
+            pu_address=self.pu_address,
         )
         self.rgm.setName("rgm")
         self.rgm.setServiceParent(self)
@@ -116,10 +117,14 @@ class NodeService(StagedService):
             # a camera newly granted or moved: the hub follows the nodes it may need
             self.central.access_listeners.append(self.events.refollow)
             self.central.device_listeners.append(self.events.refollow)
+            # the up nodes' PU addresses, passed on to this node's PUs
+            self.central.nodes_listeners.append(self.rgm.send_node_list)
         # grants with an expiry stop applying at that time, on this node's clock
         self.grant_expiry = GrantExpiry(self.store, reactor, self._grants_expired)
         self.grant_expiry.setServiceParent(self)
-        ListenService("pu", settings.pu_listen, self.rgm.factory(Role.PU), reactor).setServiceParent(self)
+        self.pu_listener = ListenService("pu", settings.pu_listen, self.rgm.factory(Role.PU),
+                                         reactor)
+        self.pu_listener.setServiceParent(self)
         ListenService("cu", settings.cu_listen, self.rgm.factory(Role.CU), reactor).setServiceParent(self)
         if not settings.static:
             from vss.rgm.peers import PeerServer
@@ -317,10 +322,19 @@ class NodeService(StagedService):
                        self.reactor, data_dir=settings.data_dir, advertise=self.advertise,
                        local_copy=self.store.name == "memory", link_tls=self.link_tls,
                        allow_plaintext=settings.allow_plaintext_links,
-                       cms_names=cms_addresses(settings.cms))
+                       cms_names=cms_addresses(settings.cms), pu_address=self.pu_address)
         if not self.settings.route_cache:
             link.route_cache = NoRouteCache()
         return link
+
+    def pu_address(self):
+        """The client endpoint PUs reach this node's PU listener at (named to PUs of
+        other nodes, which come here when they lose theirs), or '' before it listens."""
+        listener = self.pu_listener
+        if not listener.port:
+            return ""
+        kind = "tls" if self.settings.pu_listen.startswith("ssl:") else "tcp"
+        return f"{kind}:{self.settings.advertise_host}:{listener.port}"
 
     def advertise(self):
         """(signalling endpoint, media endpoint, capacity) this node tells CMS."""

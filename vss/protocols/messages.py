@@ -531,6 +531,22 @@ RegInfo = body(
     "user" / Optional(UserRecord.con),
     "grants" / List(GrantRecord.con),
 )
+# Re-homing (docs/protocol.md 9.8): a PU asks any node where it is homed now; the nodes'
+# PU addresses, ordered, for a PU to try when it loses its node.
+#: extension tags: NodeRegister's and Route's EXT_PU_ADDRESS (UTF-8: a node's PU
+#: address), Route's EXT_HOME_EPOCH (u64: the device's home epoch)
+EXT_PU_ADDRESS = 0x0001
+EXT_HOME_EPOCH = 0x0002
+HomeQuery = body("HomeQuery", "device_id" / Str)
+HomeRedirect = body(
+    "HomeRedirect",
+    "device_id" / Str,
+    "home_node" / Str,
+    "address" / Str,
+    "epoch" / U64,
+)
+NodeAddress = record("NodeAddress", "node_id" / Str, "address" / Str)
+NodeList = body("NodeList", "nodes" / List(NodeAddress.con))
 SyncNotify = body("SyncNotify", "head_seq" / U64, "changes" / List(Change.con))
 SyncComplete = body("SyncComplete", "node_id" / Str, "applied_seq" / U64)
 SyncChange = body(
@@ -782,6 +798,8 @@ class MsgType(IntEnum):
     CRED_STORE = 0x0213
     AUDIT_REPORT = 0x0214
     EVENT_REPORT = 0x0215
+    HOME_QUERY = 0x0230
+    NODE_LIST = 0x0231
 
 
 #: type -> (request body class, response body class or None if notification-only)
@@ -832,4 +850,6 @@ CATALOGUE = {
     MsgType.EVENT_ACK: (EventAck, EventAcked),
     MsgType.EVENT_QUERY: (EventQuery, Events),
     MsgType.EVENT_REPORT: (EventReport, EventReportAck),
+    MsgType.HOME_QUERY: (HomeQuery, HomeRedirect),
+    MsgType.NODE_LIST: (NodeList, None),
 }

@@ -6,6 +6,11 @@ changes; each reconnects with backoff when its link drops.
     VSS_PU_SECRET=s3cret vss-pu --node tcp:127.0.0.1:7100 --id cam1
     VSS_PU_SECRET='{id}-secret' vss-pu --node tcp:127.0.0.1:7100 --count 5000 --id-format 'cam{:05d}'
     VSS_PU_SECRET=s3cret vss-pu --node tcp:127.0.0.1:7100 --id cam1 --events 20   # motion
+    VSS_PU_SECRET=s3cret vss-pu --node tcp:127.0.0.1:7100,tcp:127.0.0.1:7110 --id cam1
+
+Each PU asks the node it reaches where it is homed (HOME_QUERY) and goes there; its
+node names the other nodes (NODE_LIST), which it tries in turn, with jittered backoff,
+when it loses its node (a node that died: CMS moves its PUs to live nodes).
 
 The secret comes from ``--secret-file`` or the environment variable ``VSS_PU_SECRET``
 (never from the command line, where other users could read it); ``{id}`` in it is
@@ -33,7 +38,8 @@ class Options(VersionOption, usage.Options):
     program = "vss-pu"
     synopsis = "--node ENDPOINT (--id ID | --count N) [options]"
     optParameters = [
-        ["node", "n", None, "Client endpoint of the node's PU listener, e.g. tcp:127.0.0.1:7100."],
+        ["node", "n", None, "Client endpoint of the node's PU listener, e.g. "
+         "tcp:127.0.0.1:7100; several, comma-separated: tried in turn."],
         ["id", None, None, "Device id (one PU)."],
         ["count", None, 1, "Number of PUs to simulate.", int],
         ["start", None, 1, "First number for --id-format.", int],
@@ -100,6 +106,8 @@ class Agent:
                  media=None, dvr_days=7):
         self.reactor = reactor
         self.endpoint = endpoint
+        endpoints = [e.strip() for e in endpoint.split(",") if e.strip()] \
+            if isinstance(endpoint, str) else endpoint
         self.pus = {}
         self.clients = {}
         self._event_calls = []
@@ -111,10 +119,10 @@ class Agent:
             pu.dvr_days = dvr_days
             client = SignallingClient(Role.PU, device_id, secret.replace("{id}", device_id),
                                       kind=int(kind), channels=channels, model=model,
-                                      firmware="0.1", on_request=pu)
+                                      firmware="0.1", on_request=pu, home_query=True)
             pu.client = client
             self.pus[device_id] = pu
-            self.clients[device_id] = ReconnectingClient(reactor, endpoint, client)
+            self.clients[device_id] = ReconnectingClient(reactor, endpoints, client)
 
     def start(self, ramp=500.0):
         """Start logins at ``ramp`` per second."""
@@ -126,12 +134,23 @@ class Agent:
     def online(self):
         return sum(1 for c in self.clients.values() if c.client.registered and c.client.link)
 
+    def homes(self):
+        """{node id: PUs logged in there}."""
+        out = {}
+        for c in self.clients.values():
+            if c.client.registered and c.client.link:
+                out[c.client.node_id] = out.get(c.client.node_id, 0) + 1
+        return out
+
     def waiting(self):
         """PUs whose last login was answered NOT_READY (they try again later)."""
         return sum(1 for c in self.clients.values() if c.not_ready)
 
     def status_line(self):
         line = f"{self.online()}/{len(self.pus)} PUs online"
+        homes = self.homes()
+        if len(homes) > 1:
+            line += " (" + ", ".join(f"{n}: {c}" for n, c in sorted(homes.items())) + ")"
         waiting = self.waiting()
         if waiting:
             line += f", {waiting} waiting for the node to be ready (NOT_READY)"

@@ -31,6 +31,8 @@ from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import (
+    EXT_HOME_EPOCH,
+    EXT_PU_ADDRESS,
     Action,
     AuthChallenge,
     AuthOk,
@@ -39,7 +41,10 @@ from vss.protocols.messages import (
     Devices,
     Empty,
     HelloAck,
+    HomeRedirect,
     MsgType,
+    NodeAddress,
+    NodeList,
     Registered,
     Role,
     Severity,
@@ -169,8 +174,10 @@ SYNCED_CHANGES = {ChangeKind.NAME, ChangeKind.CONFIG, ChangeKind.PRESET, ChangeK
 class RGMService(service.Service):
     log = Logger()
 
-    def __init__(self, config, store, central, clock, cdn=None):
+    def __init__(self, config, store, central, clock, cdn=None, pu_address=None):
         self.config = config
+        #: f() -> the client endpoint PUs reach this node at ('' if unknown)
+        self.pu_address = pu_address or (lambda: "")
         self.node_id = config.node_id
         self.store = store
         self.central = central
@@ -302,6 +309,7 @@ class RGMService(service.Service):
             MsgType.AUTH_START: self.on_auth_start,
             MsgType.AUTH_PROOF: self.on_auth_proof,
             MsgType.REGISTER: self.on_register,
+            MsgType.HOME_QUERY: self.on_home_query,
         }.get(t)
         if handler is None:
             # Before READY the session is not open yet (docs/protocol.md 8).
@@ -398,8 +406,10 @@ class RGMService(service.Service):
         None for an identity nobody knows (the exchange then fails at the proof);
         NOT_READY when CMS, needed to know, cannot answer now."""
         record = self._record(role, identity)
-        if record is not None:
+        if record is not None and (role != Role.PU or record.home_node in ("", self.node_id)):
             return record.verifier if record.enabled else None
+        # a PU this node holds as homed elsewhere may have been moved here (a node died)
+        # before the change stream brought its record: CMS gives it, as to a first login
         d = defer.maybeDeferred(self.central.registration_info, identity, int(role))
 
         def got(info):
@@ -417,6 +427,84 @@ class RGMService(service.Service):
             return None
 
         return d.addCallbacks(got, unknown)
+
+    # -- a PU asks where it is homed (docs/protocol.md 9.8)
+
+    def on_home_query(self, link, frame, msg):
+        """HOME_QUERY, after HELLO: the PU's current home, from this node's copy when
+        it is this node, else from CMS. A device nobody knows is answered as if homed
+        here (the login then fails as for any wrong identity: no oracle of device ids);
+        a home that is down is HOME_NODE_DOWN (its PUs move to live nodes soon)."""
+        s = link.session
+        if s.state == State.NEW or s.role != Role.PU:
+            return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE,
+                               "HOME_QUERY is a PU's question, after HELLO")
+        device_id = msg.body.device_id
+        self.counters["home_queries"] = self.counters.get("home_queries", 0) + 1
+        record = self.store.get_device(device_id)
+
+        def here(epoch=0):
+            return HomeRedirect(device_id=device_id, home_node=self.node_id,
+                                address=self.pu_address(),
+                                epoch=max(epoch, record.version if record else 0))
+
+        if record is not None and record.home_node in ("", self.node_id):
+            return self._answer(link, frame, here())
+        d = defer.maybeDeferred(self.central.home_of, device_id)
+
+        def got(route):
+            ext = dict(route.ext)
+            epoch = int.from_bytes(ext.get(EXT_HOME_EPOCH, b""), "big")
+            if route.home_node in ("", self.node_id):
+                return here(epoch)
+            if not route.node_up:
+                raise VssError(ResultCode.HOME_NODE_DOWN,
+                               f"node {route.home_node} is down; its PUs move to live nodes")
+            address = ext.get(EXT_PU_ADDRESS, b"").decode("utf-8", "replace")
+            if not address:
+                raise VssError(ResultCode.HOME_NODE_DOWN,
+                               f"node {route.home_node} names no PU address")
+            self.counters["redirects"] = self.counters.get("redirects", 0) + 1
+            return HomeRedirect(device_id=device_id, home_node=route.home_node,
+                                address=address, epoch=epoch)
+
+        def failed(f):
+            f.trap(VssError)
+            if f.value.code == ResultCode.UNKNOWN_DEVICE:
+                return here()
+            if record is not None:  # CMS cannot say: this node's copy does
+                for n in self.central.node_addresses():
+                    if n.node_id == record.home_node:
+                        return HomeRedirect(device_id=device_id, home_node=n.node_id,
+                                            address=n.address, epoch=record.version)
+            return f
+
+        d.addCallback(got).addErrback(failed)
+        d.addCallbacks(lambda body: self._answer(link, frame, body),
+                       lambda f: link.send_failure(frame, f))
+        return d
+
+    def _answer(self, link, frame, body):
+        if not link.closed and not frame.flags & codec.FLAG_NOTIFY:
+            link.send_response(frame.type, frame.txid, body)
+
+    def node_list(self):
+        """NodeList for this node's PUs: this node first, then the others as CMS
+        ordered them (least loaded first)."""
+        nodes = self.central.node_addresses()
+        mine = [n for n in nodes if n.node_id == self.node_id]
+        if not mine and self.pu_address():
+            mine = [NodeAddress(node_id=self.node_id, address=self.pu_address())]
+        return NodeList(nodes=mine + [n for n in nodes if n.node_id != self.node_id])
+
+    def send_node_list(self, _body=None):
+        """Tell every PU of this node the nodes it may try when it loses this one."""
+        body = self.node_list()
+        if len(body.nodes) < 2:
+            return
+        frame = codec.encode_notify(MsgType.NODE_LIST, body)
+        for link in list(self.pu_links.values()):
+            link.send_raw(frame)
 
     def _record(self, role, identity):
         if role == Role.PU:
@@ -531,6 +619,9 @@ class RGMService(service.Service):
         if s.role == Role.PU:
             self.publish_state(s.identity, ChangeKind.ONLINE, [])
             self.central.presence(s.identity, True)
+            nodes = self.node_list()
+            if len(nodes.nodes) > 1:
+                link.send_notify(MsgType.NODE_LIST, nodes)
             if self.events is not None:
                 self.events.raise_event(s.identity, 0, "online")
 

@@ -16,6 +16,7 @@ from vss.events.hub import visible
 from vss.interfaces import ICentral
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
+    EXT_HOME_EPOCH,
     AuditAck,
     AuditKind,
     Entity,
@@ -26,6 +27,7 @@ from vss.protocols.messages import (
     NodeRoute,
     RegInfo,
     Role,
+    Route,
     StaticPage,
     SyncAck,
 )
@@ -164,6 +166,21 @@ class MemoryCentral:
             return defer.fail(VssError(ResultCode.UNKNOWN_NODE, f"no node {node_id!r}"))
         return defer.succeed(NodeRoute(node_id=node_id, signalling="", media="",
                                        node_up=self.nodes[node_id] is not None))
+
+    def home_of(self, device_id):
+        """A ``Route`` from the records (in-process nodes have no PU address)."""
+        if not self.available:
+            return defer.fail(VssError(ResultCode.CENTRAL_UNAVAILABLE))
+        record = self.devices.get(device_id)
+        if record is None:
+            return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id}"))
+        return defer.succeed(Route(
+            device_id=device_id, home_node=record.home_node, signalling="", media="",
+            node_up=self.nodes.get(record.home_node) is not None,
+            ext=((EXT_HOME_EPOCH, record.version.to_bytes(8, "big")),)))
+
+    def node_addresses(self):
+        return []
 
     def presence(self, device_id, online):
         self.online[device_id] = online
