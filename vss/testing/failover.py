@@ -16,6 +16,8 @@ healed while the PUs' links to node-a stay up.
 
 import os
 import signal
+import threading
+import time
 
 from twisted.internet import defer
 from twisted.protocols import portforward
@@ -27,7 +29,9 @@ from vss.protocols.messages import (
     CuKind,
     DeviceList,
     DeviceRecord,
+    MediaOpen,
     MsgType,
+    Purpose,
     Role,
 )
 from vss.testing import records
@@ -44,6 +48,7 @@ from vss.testing.processes import (
     start_node,
     tool,
 )
+from vss.testing.rawrtsp import RawRTSP
 
 FAST = 2000  # SCRAM iterations of the seeded records (quick logins)
 SECRET = "failover-pu-secret"
@@ -97,6 +102,52 @@ class LinkRelay:
         return self.listening.stopListening()
 
 
+class Viewer:
+    """A live viewer in a thread: one RTSP session (TCP interleaved) whose video
+    packets' arrival times (``time.time()``) it keeps until ``stop``."""
+
+    def __init__(self, device_id, url):
+        self.device_id = device_id
+        self.url = url
+        self.arrivals = []
+        self.error = None
+        self.running = True
+
+    def run(self):
+        rtsp = None
+        try:
+            rtsp = RawRTSP(self.url, timeout=60)
+            rtsp.start()
+            status, _, _ = rtsp.request("PLAY", self.url.partition("?")[0])
+            if status != 200:
+                raise AssertionError(f"PLAY answered {status}")
+            while self.running:
+                channel, _ = rtsp._packet()
+                if channel == 0:
+                    self.arrivals.append(time.time())
+        except Exception as e:  # noqa: BLE001 - kept for the test to report
+            self.error = e
+        finally:
+            if rtsp is not None:
+                rtsp.close()
+
+    def playing_since(self, t):
+        """The arrival of the first packet after a pause of at least 0.5 s that began
+        after ``t`` (the stream stopped at the kill and came back), or None."""
+        previous = None
+        for a in self.arrivals:
+            if previous is not None and previous >= t - 0.5 and a - previous >= 0.5:
+                return a
+            previous = a
+        return None
+
+    def packets_after(self, t):
+        return sum(1 for a in self.arrivals if a > t)
+
+    def stop(self):
+        self.running = False
+
+
 class NodeFailoverScenario:
     def __init__(self, reactor, work, count, cms_extra=(), relay_node_a=False):
         self.reactor = reactor
@@ -112,7 +163,7 @@ class NodeFailoverScenario:
         self.watcher = None
         self.online_at = {}  # device_id -> time of its last ONLINE the watcher saw
         self.offline_at = {}  # device_id -> time of its last OFFLINE
-        self.flaps = 0  # ONLINE notifications after everything settled (counted by callers)
+        self.viewers = []
 
     def device_ids(self):
         return [device_id(i) for i in range(self.count)]
@@ -208,6 +259,23 @@ class NodeFailoverScenario:
             if not cursor:
                 return out
 
+    @defer.inlineCallbacks
+    def view(self, device_id):
+        """A live viewer of ``device_id`` through the watcher's node (MEDIA_OPEN, then
+        RTSP in a thread); fires once its first packets arrived."""
+        body = MediaOpen(device_id=device_id, channel=0, stream=0, purpose=Purpose.LIVE,
+                         start_time=0, transport=0)
+        url = (yield self.watcher.request(MsgType.MEDIA_OPEN, body, timeout=30)).body.url
+        viewer = Viewer(device_id, url)
+        self.viewers.append(viewer)
+        threading.Thread(target=viewer.run, daemon=True).start()
+        yield poll(f"the viewer of {device_id} to play",
+                   lambda: len(viewer.arrivals) > 10 or viewer.error, timeout=60,
+                   reactor=self.reactor)
+        if viewer.error is not None:
+            raise viewer.error
+        return viewer
+
     def online_since(self, t0):
         """The PUs the watcher saw come online after ``t0``."""
         return {d: t for d, t in self.online_at.items() if t >= t0}
@@ -221,6 +289,8 @@ class NodeFailoverScenario:
 
     @defer.inlineCallbacks
     def stop_all(self):
+        for viewer in self.viewers:
+            viewer.stop()
         if self.watcher is not None and self.watcher.link is not None:
             self.watcher.link.close()
         for daemon in reversed(self.daemons):
