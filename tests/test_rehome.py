@@ -1,0 +1,340 @@
+"""
+Re-homing without sockets (task.Clock, iosim): CMS moving a dead node's PUs by load and
+in bounded rounds, and giving them back only with failback; a node answering HOME_QUERY
+from its copy or from CMS; a PU client following the redirect; the reconnector's
+jittered, bounded waits after HOME_NODE_DOWN.
+"""
+
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from vss.client import SignallingClient
+from vss.cms.service import REHOME_ROUND, CMSConfig, CMSService
+from vss.errors import VssError
+from vss.protocols import codec
+from vss.protocols.codes import ResultCode
+from vss.protocols.messages import (
+    EXT_HOME_EPOCH,
+    EXT_PU_ADDRESS,
+    Change,
+    ChangeOp,
+    Entity,
+    Hello,
+    HomeQuery,
+    MsgType,
+    NodeAddress,
+    NodeList,
+    PuKind,
+    Role,
+)
+from vss.protocols.reconnect import HOME_DOWN_MAX_DELAY, Reconnector, Redirect
+from vss.testing import records
+from vss.testing.harness import NodeHarness
+
+
+class FakeLink:
+    peer = "127.0.0.1:1"
+    last_rx = 0.0  # never silent for long in these tests (node_timeout 15 s)
+
+    def __init__(self):
+        self.sent = []
+
+    def send_raw(self, frame):
+        self.sent.append(frame)
+
+    def request_raw(self, type, body):
+        self.sent.append((type, body))
+        return defer.Deferred()
+
+    def close(self, *args):
+        pass
+
+
+class FakeSession:
+    def __init__(self, node_id, pus=0, capacity=0, pu_address=""):
+        self.node_id = node_id
+        self.link = FakeLink()
+        self.load = {"pus": pus}
+        self.capacity = capacity
+        self.pu_address = pu_address
+        self.signalling = self.media = ""
+        self.sent_seq = 0
+        self.applied_seq = 0
+
+
+class MovingStore:
+    """``move_devices`` of a static store: each move one device change, numbered."""
+
+    writes_in_flight = 0
+
+    def __init__(self):
+        self.seq = 0
+        self.moves = []
+        self.versions = {}
+
+    def move_devices(self, moves, origin=""):
+        changes = []
+        for device_id, node_id in moves:
+            self.seq += 1
+            self.moves.append((device_id, node_id))
+            version = self.versions[device_id] = self.versions.get(device_id, 1) + 1
+            record = records.device(device_id, "s", home_node=node_id, version=version,
+                                    iterations=1000)
+            changes.append(Change(seq=self.seq, entity=int(Entity.DEVICE),
+                                  op=int(ChangeOp.UPSERT), key=device_id, version=version,
+                                  origin=origin, device=record, user=None, grant=None))
+        return defer.succeed(changes)
+
+
+class CmsRehomeTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.store = MovingStore()
+        self.cms = CMSService(CMSConfig(cms_id="cms", cluster_secret=b"s" * 32,
+                                        rehome_after=2.0, rehome_batch=4,
+                                        event_retention_days=0),
+                              self.store, self.clock)
+        self.cms.startService()
+        self.addCleanup(self.cms.stopService)
+
+    def homed(self, node_id, count):
+        for i in range(count):
+            self.cms.homes[f"{node_id}-{i:02d}"] = node_id
+
+    def test_targets_by_load_at_most_a_batch_each_and_within_capacity(self):
+        self.cms.sessions = {"b": FakeSession("b", pus=3), "c": FakeSession("c", pus=0),
+                             "d": FakeSession("d", pus=0, capacity=1)}
+        picks = self.cms.pick_targets(20)
+        # c and d start empty; d holds 1 at most, every node 4 at most per round
+        self.assertEqual(picks.count("d"), 1)
+        self.assertEqual(picks.count("c"), 4)
+        self.assertEqual(picks.count("b"), 4)
+        self.assertEqual(len(picks), 9)
+        self.assertEqual(picks[0], "c")  # the least loaded first
+
+    def test_a_dead_nodes_pus_move_after_the_delay_in_bounded_rounds(self):
+        self.homed("a", 10)
+        self.cms.sessions = {"b": FakeSession("b"), "c": FakeSession("c")}
+        self.cms._schedule_rehome("a")
+        self.clock.advance(1.9)
+        self.assertEqual(self.store.moves, [])  # not before --rehome-after
+        self.clock.advance(0.2)
+        self.assertEqual(len(self.store.moves), 8)  # a round: 4 to each
+        self.assertEqual({n for _, n in self.store.moves}, {"b", "c"})
+        self.clock.advance(REHOME_ROUND)
+        self.assertEqual(len(self.store.moves), 10)
+        self.assertEqual(sorted(d for d, h in self.cms.homes.items() if h == "a"), [])
+        # the home epoch (the record's version) rose with the move and Route names it
+        self.assertEqual(self.cms.epochs["a-00"], 2)
+        self.assertEqual(self.cms.counters["rehomed"], 10)
+        # the new homes were told (SYNC_NOTIFY) of the devices they now hold
+        self.assertTrue(any(isinstance(x, tuple) and x[0] == MsgType.SYNC_NOTIFY
+                            for x in self.cms.sessions["b"].link.sent))
+
+    def test_a_node_back_within_the_delay_keeps_its_pus(self):
+        self.homed("a", 3)
+        self.cms.sessions = {"b": FakeSession("b")}
+        self.cms._schedule_rehome("a")
+        self.cms.sessions["a"] = FakeSession("a")  # it registered again
+        self.clock.advance(5)
+        self.assertEqual(self.store.moves, [])
+
+    def test_without_live_nodes_it_waits_then_moves(self):
+        self.homed("a", 2)
+        self.cms._schedule_rehome("a")
+        self.clock.advance(2.1)
+        self.assertEqual(self.store.moves, [])
+        self.cms.sessions = {"c": FakeSession("c")}
+        self.clock.advance(2.1)
+        self.assertEqual(self.store.moves, [("a-00", "c"), ("a-01", "c")])
+
+    def test_failback_gives_the_moved_pus_back_only_when_asked(self):
+        self.homed("a", 2)
+        self.cms.sessions = {"b": FakeSession("b")}
+        self.cms._schedule_rehome("a")
+        self.clock.advance(2.1)
+        self.assertEqual(len(self.store.moves), 2)
+        self.cms.sessions["a"] = FakeSession("a")
+        self.cms.failback("a")
+        self.assertEqual(self.store.moves[2:], [("a-00", "a"), ("a-01", "a")])
+        self.assertEqual({h for h in self.cms.homes.values()}, {"a"})
+
+    def test_route_names_the_homes_pu_address_and_epoch(self):
+        self.cms.homes["cam1"] = "b"
+        self.cms.epochs["cam1"] = 7
+        self.cms.sessions = {"b": FakeSession("b", pu_address="tcp:10.0.0.2:7100")}
+        route = self.cms.on_route_lookup(None, HomeQuery(device_id="cam1"))
+        ext = dict(route.ext)
+        self.assertEqual(ext[EXT_PU_ADDRESS], b"tcp:10.0.0.2:7100")
+        self.assertEqual(int.from_bytes(ext[EXT_HOME_EPOCH], "big"), 7)
+        self.assertTrue(route.node_up)
+
+    def test_node_list_least_loaded_first_to_every_node(self):
+        self.cms.sessions = {"b": FakeSession("b", pus=5, pu_address="tcp:h:2"),
+                             "c": FakeSession("c", pus=1, pu_address="tcp:h:3"),
+                             "d": FakeSession("d", pus=0)}  # names no PU address
+        self.assertEqual([(n.node_id, n.address) for n in self.cms.node_list().nodes],
+                         [("c", "tcp:h:3"), ("b", "tcp:h:2")])
+        self.cms._announce_nodes()
+        frame = self.cms.sessions["d"].link.sent[-1]
+        (decoded,) = codec.FrameDecoder().feed(frame)
+        self.assertEqual(decoded.type, MsgType.NODE_LIST)
+
+
+class HomeQueryTests(unittest.TestCase):
+    """A node answers HOME_QUERY after HELLO (iosim, the in-memory central)."""
+
+    def setUp(self):
+        self.h = NodeHarness(keepalive_interval=30)
+        self.h.rgm.pu_address = lambda: "tcp:127.0.0.1:7100"
+        self.addCleanup(self.h.stop)
+
+    def ask(self, device_id):
+        client = SignallingClient(Role.PU, device_id, "pu-secret", kind=PuKind.IPC)
+        link, _, _ = self.h.connect(client, Role.PU)
+        out = []
+        d = link.request(MsgType.HELLO, Hello(min_version=1, max_version=1, role=Role.PU,
+                                              agent="t", features=[]))
+        d.addCallback(lambda _: link.request(MsgType.HOME_QUERY, HomeQuery(device_id=device_id)))
+        d.addBoth(out.append)
+        self.h.pump()
+        return out[0]
+
+    def test_a_pu_homed_here_is_told_to_log_in_here(self):
+        self.h.add_device("cam1")
+        self.h.store.put_device(self.h.central.devices["cam1"])
+        answer = self.ask("cam1").body
+        self.assertEqual((answer.home_node, answer.address, answer.epoch),
+                         ("node-a", "tcp:127.0.0.1:7100", 1))
+
+    def test_a_pu_homed_on_a_down_node_is_told_home_node_down(self):
+        self.h.add_device("cam2", home="node-x")
+        self.h.central.nodes["node-x"] = None
+        failure = self.ask("cam2")
+        failure.trap(VssError)
+        self.assertEqual(failure.value.code, ResultCode.HOME_NODE_DOWN)
+
+    def test_an_unknown_device_gets_no_oracle(self):
+        answer = self.ask("nobody").body
+        self.assertEqual(answer.home_node, "node-a")
+
+    def test_a_pu_homed_elsewhere_is_redirected_by_the_nodes_copy_without_cms(self):
+        record = self.h.add_device("cam3", home="node-b")
+        self.h.store.put_device(record)
+        self.h.central.available = False
+        self.h.central.node_addresses = lambda: [NodeAddress(node_id="node-b",
+                                                             address="tcp:10.0.0.2:7100")]
+        answer = self.ask("cam3").body
+        self.assertEqual((answer.home_node, answer.address), ("node-b", "tcp:10.0.0.2:7100"))
+
+    def test_a_cu_may_not_ask(self):
+        client = SignallingClient(Role.CU, "alice", "pw")
+        link, _, _ = self.h.connect(client, Role.CU)
+        out = []
+        d = link.request(MsgType.HELLO, Hello(min_version=1, max_version=1, role=Role.CU,
+                                              agent="t", features=[]))
+        d.addCallback(lambda _: link.request(MsgType.HOME_QUERY, HomeQuery(device_id="x")))
+        d.addErrback(out.append)
+        self.h.pump()
+        out[0].trap(VssError)
+        self.assertEqual(out[0].value.code, ResultCode.UNEXPECTED_MESSAGE)
+
+    def test_the_pu_client_follows_a_redirect_and_logs_in_at_home(self):
+        self.h.add_device("cam4")
+        client = SignallingClient(Role.PU, "cam4", "pu-secret", kind=PuKind.IPC,
+                                  home_query=True)
+        d, _, _ = self.h.login(client, Role.PU)
+        self.h.pump()
+        out = []
+        d.addBoth(out.append)
+        self.assertEqual(out[0].node_id, "node-a")
+        self.assertEqual(client.home.home_node, "node-a")
+        # a node that names another home: the client raises Redirect to its address
+        record = self.h.add_device("cam5", home="node-b")
+        self.h.store.put_device(record)
+        self.h.central.available = False
+        self.h.central.node_addresses = lambda: [NodeAddress(node_id="node-b",
+                                                             address="tcp:10.0.0.2:7100")]
+        client = SignallingClient(Role.PU, "cam5", "pu-secret", kind=PuKind.IPC,
+                                  home_query=True)
+        d, _, _ = self.h.login(client, Role.PU)
+        self.h.pump()
+        out = []
+        d.addErrback(out.append)
+        out[0].trap(Redirect)
+        self.assertEqual(out[0].value.address, "tcp:10.0.0.2:7100")
+
+    def test_a_registered_pu_gets_the_node_list_this_node_first(self):
+        self.h.add_device("cam6")
+        self.h.central.node_addresses = lambda: [
+            NodeAddress(node_id="node-c", address="tcp:h:3"),
+            NodeAddress(node_id="node-a", address="tcp:127.0.0.1:7100")]
+        seen = []
+        client = SignallingClient(Role.PU, "cam6", "pu-secret", kind=PuKind.IPC,
+                                  home_query=True)
+        client.on_nodes = seen.append
+        self.h.login(client, Role.PU)
+        self.h.pump()
+        self.assertEqual([n.node_id for n in seen[-1].nodes], ["node-a", "node-c"])
+        self.h.rgm.send_node_list(NodeList(nodes=[]))
+        self.h.pump()
+        self.assertEqual(len(seen), 2)
+
+
+class ReconnectorTests(unittest.TestCase):
+    """The PU side of a storm: a HOME_NODE_DOWN round waits at most 2 s, spread wide;
+    a redirect is followed at once, not counted as a failure."""
+
+    class Endpoint:
+        def __init__(self, name, log):
+            self.name = name
+            self.log = log
+
+        def connect(self, factory):
+            self.log.append(self.name)
+            return defer.Deferred()  # never connects: the test drives the reconnector
+
+    def test_home_node_down_rounds_are_short_and_jittered(self):
+        clock = task.Clock()
+        log = []
+        eps = [self.Endpoint("a", log), self.Endpoint("b", log)]
+        r = Reconnector(eps, None, None, clock, initial=1.0, max_delay=30.0,
+                        names=["a", "b"])
+        delays = []
+        for _ in range(40):
+            r.failures = 10  # a long backoff would be 30 s
+            r._tried = 1  # the round's last endpoint
+            r._prepare_failed(_failure(VssError(ResultCode.HOME_NODE_DOWN)), _Proto())
+            r._schedule()
+            delays.append(r.last_delay)
+        self.assertLessEqual(max(delays), HOME_DOWN_MAX_DELAY * 1.5)
+        self.assertGreater(max(delays) - min(delays), 0.5)  # spread, not in step
+
+    def test_a_redirect_is_followed_at_once(self):
+        clock = task.Clock()
+        log = []
+        made = []
+
+        def make(address):
+            made.append(address)
+            return self.Endpoint(address, log)
+
+        r = Reconnector([self.Endpoint("a", log)], None, None, clock, names=["a"],
+                        make_endpoint=make)
+        r.running = True
+        r._prepare_failed(_failure(Redirect("tcp:h:9")), _Proto())
+        r._schedule()
+        self.assertLess(r.last_delay, 0.1)
+        self.assertEqual(r.failures, 0)
+        clock.advance(r.last_delay)
+        self.assertEqual(log, ["tcp:h:9"])
+        self.assertEqual(made, ["tcp:h:9"])
+
+
+class _Proto:
+    transport = None
+
+
+def _failure(exc):
+    return Failure(exc)
