@@ -20,7 +20,7 @@ from vss.testing.failover import NodeFailoverScenario
 from vss.testing.processes import poll
 
 #: PUs of the kill test (the bench runs 1,000 and 10,000: docs/performance.md)
-PUS = int(os.environ.get("VSS_TEST_FAILOVER_PUS", "300"))
+PUS = int(os.environ.get("VSS_TEST_FAILOVER_PUS", "1000"))
 #: the issue's aims are 10 s for 1,000 PUs and 5 s from a PU to its viewers; the bounds
 #: here leave room for a loaded 2-core test machine
 ALL_ONLINE_BOUND = 30.0
