@@ -12,6 +12,7 @@ from twisted.trial import unittest
 from vss.client import SignallingClient
 from vss.cms.service import REHOME_ROUND, CMSConfig, CMSService
 from vss.errors import VssError
+from vss.node import with_backlog
 from vss.protocols import codec
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
@@ -332,9 +333,61 @@ class ReconnectorTests(unittest.TestCase):
         self.assertEqual(made, ["tcp:h:9"])
 
 
+class LoginRateTests(unittest.TestCase):
+    """A storm of logins is slowed to the node's login rate with BUSY, which no throttle
+    counts: the PUs log in once the node has room, none is held back as a guesser."""
+
+    def test_over_the_rate_is_busy_not_a_failure(self):
+        h = NodeHarness(keepalive_interval=30, login_rate=3)
+        self.addCleanup(h.stop)
+        for i in range(5):
+            h.add_device(f"cam{i}")
+        answers = []
+        for i in range(5):
+            client = SignallingClient(Role.PU, f"cam{i}", "pu-secret", kind=PuKind.IPC)
+            d, _, _ = h.login(client, Role.PU)
+            d.addBoth(answers.append)
+        h.pump()
+        busy = [a for a in answers if isinstance(a, Failure)]
+        self.assertEqual(len(busy), 2)
+        for f in busy:
+            f.trap(VssError)
+            self.assertEqual(f.value.code, ResultCode.BUSY)
+        self.assertEqual(h.rgm.logins["pu", "busy"], 2)
+        self.assertEqual(h.rgm.logins["pu", "failed"], 0)
+        self.assertEqual(h.rgm.throttle.wait("cam3", "127.0.0.1"), 0)
+        h.clock.advance(1.0)  # the bucket refills: they log in
+        client = SignallingClient(Role.PU, "cam3", "pu-secret", kind=PuKind.IPC)
+        d, _, _ = h.login(client, Role.PU)
+        h.pump()
+        out = []
+        d.addBoth(out.append)
+        self.assertEqual(out[0].node_id, "node-a")
+
+    def test_a_busy_node_is_tried_again_not_left(self):
+        clock = task.Clock()
+        log = []
+        eps = [ReconnectorTests.Endpoint("a", log), ReconnectorTests.Endpoint("b", log)]
+        r = Reconnector(eps, None, None, clock, names=["a", "b"])
+        r.running = True
+        r._prepare_failed(_failure(VssError(ResultCode.BUSY)), _Proto())
+        r._schedule()
+        self.assertLessEqual(r.last_delay, HOME_DOWN_MAX_DELAY)
+        clock.advance(r.last_delay)
+        self.assertEqual(log, ["a"])
+
+
 class _Proto:
     transport = None
 
 
 def _failure(exc):
     return Failure(exc)
+
+
+class BacklogTests(unittest.TestCase):
+    def test_the_pu_listener_gets_a_deep_accept_queue_unless_it_names_one(self):
+        self.assertEqual(with_backlog("tcp:7100:interface=127.0.0.1", 1024),
+                         "tcp:7100:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(with_backlog("tcp:7100:backlog=64", 1024), "tcp:7100:backlog=64")
+        self.assertEqual(with_backlog("unix:/run/x", 1024), "unix:/run/x")

@@ -36,6 +36,12 @@ from vss.protocols.reconnect import Reconnector, Redirect
 from vss.web.client import client_endpoint
 
 AGENT = "vss-client/0.1"
+#: a PU whose home is down (HOME_NODE_DOWN: not moved yet) asks again on the same link
+#: after a wait drawn in HOME_WAIT (seconds, jittered), at most HOME_ASKS times, rather
+#: than reconnecting: CMS moves it within seconds, and a storm of reconnections would
+#: cost the live nodes more than a question on an open link
+HOME_WAIT = (0.5, 1.0)
+HOME_ASKS = 20
 
 
 class SignallingClient:
@@ -150,13 +156,19 @@ class SignallingClient:
     def _ask_home(self, link, node_id):
         """HOME_QUERY: go on here, or raise ``Redirect`` to the home node's address
         (HOME_NODE_DOWN and other refusals are raised as they are)."""
-        try:
-            home = (yield link.request(MsgType.HOME_QUERY,
-                                       HomeQuery(device_id=self.identity))).body
-        except VssError as e:
-            if e.code in (ResultCode.NOT_SUPPORTED, ResultCode.UNEXPECTED_MESSAGE):
-                return None  # a node that does not know the question: log in here
-            raise
+        asks = 0
+        while True:
+            asks += 1
+            try:
+                home = (yield link.request(MsgType.HOME_QUERY,
+                                           HomeQuery(device_id=self.identity))).body
+                break
+            except VssError as e:
+                if e.code in (ResultCode.NOT_SUPPORTED, ResultCode.UNEXPECTED_MESSAGE):
+                    return None  # a node that does not know the question: log in here
+                if e.code != ResultCode.HOME_NODE_DOWN or asks >= HOME_ASKS or link.closed:
+                    raise
+            yield task.deferLater(link.clock, random.uniform(*HOME_WAIT), lambda: None)
         self.home = home
         if home.home_node not in ("", node_id) and home.address:
             raise Redirect(home.address, f"{self.identity} is homed on {home.home_node}")
@@ -246,6 +258,12 @@ class ReconnectingClient:
                 # Not a failure of ours: the node cannot check logins yet. The
                 # reconnector backs off with a wide jitter.
                 self.log.info("node not ready for {identity}: {error}",
+                              identity=self.client.identity, error=f.value.message)
+            elif f.check(Redirect):
+                pass  # the reconnector follows it
+            elif f.check(VssError) and f.value.code in (ResultCode.HOME_NODE_DOWN,
+                                                        ResultCode.BUSY):
+                self.log.info("login of {identity} waits: {error}",
                               identity=self.client.identity, error=f.value.message)
             else:
                 self.log.warn("login of {identity} failed: {error}",

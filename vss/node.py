@@ -41,6 +41,15 @@ from vss.tls import (
 )
 
 STATUS_INTERVAL = 1.0
+#: the accept queue of the PU listener (the kernel caps it at net.core.somaxconn)
+PU_BACKLOG = 1024
+
+
+def with_backlog(description, backlog):
+    """A ``tcp:``/``ssl:`` listen endpoint string with ``backlog`` unless it names one."""
+    if description.split(":", 1)[0] in ("tcp", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={backlog}"
+    return description
 PROBE_TIMEOUT = 2.0  # seconds the store has to answer a readiness check
 
 
@@ -96,6 +105,7 @@ class NodeService(StagedService):
                 keepalive_interval=settings.keepalive,
                 request_timeout=settings.request_timeout,
                 metrics=settings.metrics,
+                login_rate=settings.login_rate,
             ),
             self.store,
             self.central,
@@ -122,8 +132,9 @@ class NodeService(StagedService):
         # grants with an expiry stop applying at that time, on this node's clock
         self.grant_expiry = GrantExpiry(self.store, reactor, self._grants_expired)
         self.grant_expiry.setServiceParent(self)
-        self.pu_listener = ListenService("pu", settings.pu_listen, self.rgm.factory(Role.PU),
-                                         reactor)
+        # a storm of PUs whose node died connects here at once: a deep accept queue
+        self.pu_listener = ListenService("pu", with_backlog(settings.pu_listen, PU_BACKLOG),
+                                         self.rgm.factory(Role.PU), reactor)
         self.pu_listener.setServiceParent(self)
         ListenService("cu", settings.cu_listen, self.rgm.factory(Role.CU), reactor).setServiceParent(self)
         if not settings.static:

@@ -59,7 +59,7 @@ class CmsDaemon(StagedService):
             CMSConfig(cms_id=options["cms-id"], cluster_secret=self.cluster_secret,
                       heartbeat_interval=options["heartbeat"],
                       node_timeout=float(options.get("node-timeout", 6)),
-                      rehome_after=float(options.get("rehome-after", 2)),
+                      rehome_after=float(options.get("rehome-after", 1)),
                       rehome_batch=int(options.get("rehome-batch", 2000)),
                       failback=bool(options.get("failback")),
                       event_retention_days=int(options.get("event-retention-days", 30))),

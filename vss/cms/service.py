@@ -112,7 +112,7 @@ class CMSConfig:
     node_timeout: float = 15.0
     #: seconds after a node went down before its PUs move to the live nodes (0: never;
     #: a node back within it keeps them)
-    rehome_after: float = 2.0
+    rehome_after: float = 1.0
     #: at most this many PUs moved to one node per round (a round every REHOME_ROUND s)
     rehome_batch: int = 2000
     #: a node that comes back takes back the PUs moved away from it when it died

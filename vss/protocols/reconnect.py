@@ -91,6 +91,7 @@ class Reconnector:
         self.make_endpoint = make_endpoint  # f(address) -> endpoint, to follow a Redirect
         self._redirected = False
         self._down_delay = False  # the next delay at most HOME_DOWN_MAX_DELAY
+        self._stay = False  # BUSY: the same endpoint again (it is up, only loaded)
         self.redirects = 0
 
     @property
@@ -145,11 +146,11 @@ class Reconnector:
 
     def _prepare_failed(self, failure, protocol):
         if failure.check(Redirect) and self._follow(failure.value.address):
-            self.log.debug("{name}: redirected to {address}", name=self.name,
-                           address=failure.value.address)
+            pass  # the next attempt goes there at once
         elif failure.check(VssError) and failure.value.code in SPREAD:
             self._spread = True
             self._down_delay = failure.value.code != ResultCode.NOT_READY
+            self._stay = failure.value.code == ResultCode.BUSY
             self.log.info("{name}: not now ({error}); trying again later",
                           name=self.name, error=failure.value.message)
         elif failure.check(VssError) and failure.value.code == ResultCode.NOT_ACTIVE:
@@ -197,6 +198,11 @@ class Reconnector:
             self._redirected = False
             self._tried = 0
             self.last_delay = REDIRECT_DELAY
+            self._timer = self.clock.callLater(self.last_delay, self._attempt)
+            return
+        if self._stay:  # a loaded node: back to it within a second or two, spread wide
+            self._stay = self._spread = self._down_delay = False
+            self.last_delay = HOME_DOWN_MAX_DELAY * random.uniform(0.25, 1.0)
             self._timer = self.clock.callLater(self.last_delay, self._attempt)
             return
         if len(self.endpoints) > 1:

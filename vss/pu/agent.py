@@ -23,7 +23,14 @@ import signal
 import sys
 
 from twisted.internet import defer, task
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.python import usage
 
 from vss.client import ReconnectingClient, SignallingClient
@@ -193,7 +200,10 @@ def main(argv=None):
         print(f"vss-pu: {e}", file=sys.stderr)
         print(f"Usage: vss-pu {Options.synopsis} (see vss-pu --help)", file=sys.stderr)
         return 2
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    observer = textFileLogObserver(sys.stdout)
+    if opts["quiet"]:  # thousands of PUs moving log a line each otherwise
+        observer = FilteringLogObserver(observer, [LogLevelFilterPredicate(LogLevel.warn)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     def run(reactor):
         media = None

@@ -70,6 +70,9 @@ class RGMConfig:
     max_body: int = codec.MAX_BODY
     #: keep the relay's latency histograms (``vss.ops.metrics``; ``--metrics off``: not)
     metrics: bool = False
+    #: logins (AUTH_START) a second the node takes, a burst of as many; more are
+    #: answered BUSY (not a failure: the throttle does not count them); 0: no limit
+    login_rate: float = 0.0
 
 
 def _versions():
@@ -195,7 +198,9 @@ class RGMService(service.Service):
                          "timeouts": 0, "not_ready": 0}
         #: logins by (role, result): "pu"/"cu", "ok"/"failed"/"throttled"/"not_ready"
         self.logins = {(role, result): 0 for role in ("pu", "cu")
-                       for result in ("ok", "failed", "throttled", "not_ready")}
+                       for result in ("ok", "failed", "throttled", "not_ready", "busy")}
+        self._login_tokens = config.login_rate  # the login rate's bucket
+        self._login_at = None
         #: the relay's latency, S401 to the answer's arrival, by (message type, "local" or
         #: "remote"): ``vss.ops.metrics.Histogram``; None with metrics off. The PTZ fast
         #: paths bump the cells of their two histograms straight (``vss.rgm.relay``).
@@ -365,6 +370,12 @@ class RGMService(service.Service):
             self.logins[_role_name(s.role), "not_ready"] += 1
             return self.refuse(link, frame, ResultCode.NOT_READY,
                                f"node {self.node_id} is loading its data; try again later")
+        if not self._take_login():
+            # a storm (PUs whose node died come here at once): later, not refused
+            self.logins[_role_name(s.role), "busy"] += 1
+            return self.refuse(link, frame, ResultCode.BUSY,
+                               f"node {self.node_id} takes {self.config.login_rate:g} logins "
+                               "a second; try again in a second")
         wait = self.throttle.wait(body.identity, link.peer_host)
         if wait > 0:
             self.logins[_role_name(s.role), "throttled"] += 1
@@ -400,6 +411,21 @@ class RGMService(service.Service):
 
         d.addCallback(challenge)
         d.addErrback(failed)
+
+    def _take_login(self):
+        """A token of the login rate's bucket (refilled at ``login_rate`` a second, at
+        most as many held), or False."""
+        rate = self.config.login_rate
+        if not rate:
+            return True
+        now = self.clock.seconds()
+        if self._login_at is not None:
+            self._login_tokens = min(rate, self._login_tokens + (now - self._login_at) * rate)
+        self._login_at = now
+        if self._login_tokens < 1:
+            return False
+        self._login_tokens -= 1
+        return True
 
     def verifier_for(self, role, identity):
         """The stored verifier of a PU or CU, asking CMS on a first registration.

@@ -20,7 +20,7 @@ DEFAULTS = {
     "data-dir": os.path.join("data", "cms"),
     "heartbeat": "2",
     "node-timeout": "6",
-    "rehome-after": "2",
+    "rehome-after": "1",
     "rehome-batch": "2000",
     "standby": "auto",
     "event-retention-days": "30",

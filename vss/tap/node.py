@@ -39,6 +39,7 @@ DEFAULTS = {
     "record-max-write-mbps": "400",
     "record-in": "auto",
     "live-max-lag": "2",
+    "login-rate": "2000",
 }
 
 
@@ -109,6 +110,10 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["record-in", None, None, "Where recordings are written: auto (inside the node for "
          "H.264/H.265, a child process for other codecs) or process (a child process per "
          f"recording) [{DEFAULTS['record-in']}]."],
+        ["login-rate", None, None, "Logins a second this node takes (AUTH_START of PUs "
+         "and CUs; a burst of as many): more are answered BUSY, to try again within a "
+         "second or two, and never count as failures (a storm of PUs whose node died is "
+         f"not an attack); 0: no limit [{DEFAULTS['login-rate']}]."],
         ["live-max-lag", None, None, "Seconds a live RTSP/TCP viewer may fall behind the "
          "stream before what is queued for it is dropped and it resumes at the next "
          f"keyframe; 0: no bound (playbacks are never bound) [{DEFAULTS['live-max-lag']}]."],
@@ -170,6 +175,7 @@ def settings_from(opts):
     max_write = positive_number("record-max-write-mbps", opts["record-max-write-mbps"], float,
                                 problems, 0, 1_000_000)
     live_max_lag = _non_negative("live-max-lag", opts["live-max-lag"], float, problems)
+    login_rate = _non_negative("login-rate", opts["login-rate"], float, problems)
     if live_max_lag is not None and live_max_lag > 3600:
         problems.append(f"--live-max-lag: {live_max_lag} must be <= 3600")
     record_in = str(opts["record-in"]).strip().lower()
@@ -212,6 +218,7 @@ def settings_from(opts):
         record_max_write_mbps=max_write,
         record_in=record_in,
         live_max_lag=live_max_lag,
+        login_rate=login_rate,
         tls_cert=tls[0], tls_key=tls[1], tls_ca=tls[2],
         allow_plaintext_links=allow_plaintext,
         metrics=opts["metrics"],
