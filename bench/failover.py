@@ -105,13 +105,13 @@ def nodes_run(reactor, count, viewers):
         yield s.start_cms()
         for node_id in ("node-a", "node-b", "node-c"):
             yield s.start_node(node_id)
+        yield s.watch("node-b")
         s.start_pus()
         started = reactor.seconds()
         yield poll("every PU online on node-a", lambda: s.pus_online("node-a") == count,
-                   timeout=600, interval=0.5, reactor=reactor)
+                   timeout=900, interval=0.5, reactor=reactor)
         print(f"{count} PUs online on node-a in {reactor.seconds() - started:.1f} s",
               flush=True)
-        yield s.watch("node-b")
         watched = []
         for i in range(viewers):
             watched.append((yield s.view(f"pu{i * max(1, count // viewers):05d}")))

@@ -47,10 +47,10 @@ class NodeFailoverTests(unittest.TestCase):
         yield s.start_cms()
         for node_id in ("node-a", "node-b", "node-c"):
             yield s.start_node(node_id)
+        yield s.watch("node-b")
         s.start_pus()
         yield poll("every PU online on node-a", lambda: s.pus_online("node-a") == s.count,
                    timeout=120)
-        yield s.watch("node-b")
 
     @defer.inlineCallbacks
     def test_kill_9_of_a_node_moves_its_pus_and_its_viewers_play_again(self):

@@ -24,8 +24,10 @@ from twisted.protocols import portforward
 
 from vss.client import SignallingClient, connect
 from vss.protocols.messages import (
+    KV,
     Action,
     ChangeKind,
+    ConfigSet,
     CuKind,
     DeviceList,
     DeviceRecord,
@@ -175,7 +177,7 @@ class NodeFailoverScenario:
         devices = [DeviceRecord(device_id=d, name=d, kind=1, channels=1, home_node="node-a",
                                 verifier=v, source_url="", enabled=True, version=1)
                    for d in self.device_ids()]
-        grants = [records.grant(f"user:{WATCHER[0]}", d, Action.VIEW)
+        grants = [records.grant(f"user:{WATCHER[0]}", d, Action.VIEW | Action.CONFIG)
                   for d in self.device_ids()]
         return seed_cms_db(self.reactor, cms_db_path(self.work), devices=devices,
                            users=[records.user(*WATCHER, iterations=FAST)], grants=grants)
@@ -234,7 +236,9 @@ class NodeFailoverScenario:
     def watch(self, node_id="node-b"):
         client = SignallingClient(Role.CU, WATCHER[0], WATCHER[1], kind=CuKind.MOC,
                                   on_notify=self._notified)
-        yield connect(self.reactor, f"tcp:127.0.0.1:{self.nodes[node_id][1]['cu']}", client)
+        # a first login of a user who may see 10,000 PUs: the node gets them all first
+        yield connect(self.reactor, f"tcp:127.0.0.1:{self.nodes[node_id][1]['cu']}", client,
+                      request_timeout=120)
         self.watcher = client
         return client
 
@@ -260,9 +264,17 @@ class NodeFailoverScenario:
                 return out
 
     @defer.inlineCallbacks
-    def view(self, device_id):
+    def view(self, device_id, small=True):
         """A live viewer of ``device_id`` through the watcher's node (MEDIA_OPEN, then
-        RTSP in a thread); fires once its first packets arrived."""
+        RTSP in a thread); fires once its first packets arrived. ``small``: the PU is
+        first set to a small stream (320x180, 10 fps: CONFIG_SET), so that the encoders
+        of many viewed PUs fit a small test machine beside the platform."""
+        if small:
+            yield self.watcher.request(MsgType.CONFIG_SET, ConfigSet(
+                device_id=device_id, channel=0, expected_version=0, items=[
+                    KV(key="video.resolution", value="320x180"),
+                    KV(key="video.fps", value="10"),
+                    KV(key="video.bitrate_kbps", value="200")]), timeout=30)
         body = MediaOpen(device_id=device_id, channel=0, stream=0, purpose=Purpose.LIVE,
                          start_time=0, transport=0)
         url = (yield self.watcher.request(MsgType.MEDIA_OPEN, body, timeout=30)).body.url
