@@ -216,6 +216,16 @@ class HomeQueryTests(unittest.TestCase):
         failure.trap(VssError)
         self.assertEqual(failure.value.code, ResultCode.HOME_NODE_DOWN)
 
+    def test_a_held_pu_whose_home_is_not_up_is_told_so_without_asking_cms(self):
+        record = self.h.add_device("cam7", home="node-x")
+        self.h.store.put_device(record)
+        self.h.central.available = False  # CMS is not asked
+        self.h.central.node_addresses = lambda: [NodeAddress(node_id="node-a",
+                                                             address="tcp:h:1")]
+        failure = self.ask("cam7")
+        failure.trap(VssError)
+        self.assertEqual(failure.value.code, ResultCode.HOME_NODE_DOWN)
+
     def test_an_unknown_device_gets_no_oracle(self):
         answer = self.ask("nobody").body
         self.assertEqual(answer.home_node, "node-a")

@@ -457,10 +457,13 @@ class RGMService(service.Service):
     # -- a PU asks where it is homed (docs/protocol.md 9.8)
 
     def on_home_query(self, link, frame, msg):
-        """HOME_QUERY, after HELLO: the PU's current home, from this node's copy when
-        it is this node, else from CMS. A device nobody knows is answered as if homed
-        here (the login then fails as for any wrong identity: no oracle of device ids);
-        a home that is down is HOME_NODE_DOWN (its PUs move to live nodes soon)."""
+        """HOME_QUERY, after HELLO: the PU's current home. A device this node holds is
+        answered from its copy and the up nodes CMS named last (NODE_LIST): here, the
+        home's address, or HOME_NODE_DOWN when its home is not up (its PUs move to live
+        nodes soon), with no question to CMS (a storm of PUs asking again every second
+        costs CMS nothing); another is asked of CMS. A device nobody knows is answered as
+        if homed here (the login then fails as for any wrong identity: no oracle of
+        device ids)."""
         s = link.session
         if s.state == State.NEW or s.role != Role.PU:
             return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE,
@@ -476,6 +479,14 @@ class RGMService(service.Service):
 
         if record is not None and record.home_node in ("", self.node_id):
             return self._answer(link, frame, here())
+        up = {n.node_id: n.address for n in self.central.node_addresses()}
+        if record is not None and up:
+            if record.home_node in up:
+                return self._answer(link, frame, HomeRedirect(
+                    device_id=device_id, home_node=record.home_node,
+                    address=up[record.home_node], epoch=record.version))
+            return self.refuse(link, frame, ResultCode.HOME_NODE_DOWN,
+                               f"node {record.home_node} is down; its PUs move to live nodes")
         d = defer.maybeDeferred(self.central.home_of, device_id)
 
         def got(route):
