@@ -103,6 +103,16 @@ class CmsRehomeTests(unittest.TestCase):
         for i in range(count):
             self.cms.homes[f"{node_id}-{i:02d}"] = node_id
 
+    def test_a_node_silent_for_the_node_timeout_is_down(self):
+        closed = []
+        session = FakeSession("b")
+        session.link.close = lambda code=None, *a: closed.append(code)
+        self.cms.sessions = {"b": session}
+        self.clock.pump([1.0] * 14)  # the sweeper runs; CMSConfig's node_timeout: 15 s
+        self.assertEqual(closed, [])
+        self.clock.pump([1.0] * 2)
+        self.assertEqual(set(closed), {ResultCode.KEEPALIVE_TIMEOUT})
+
     def test_targets_by_load_at_most_a_batch_each_and_within_capacity(self):
         self.cms.sessions = {"b": FakeSession("b", pus=3), "c": FakeSession("c", pus=0),
                              "d": FakeSession("d", pus=0, capacity=1)}
