@@ -108,9 +108,10 @@ class CmsRehomeTests(unittest.TestCase):
         session = FakeSession("b")
         session.link.close = lambda code=None, *a: closed.append(code)
         self.cms.sessions = {"b": session}
-        self.clock.pump([1.0] * 14)  # the sweeper runs; CMSConfig's node_timeout: 15 s
+        # the sweeper runs every node_timeout / 3 (5 s); CMSConfig's node_timeout: 15 s
+        self.clock.pump([1.0] * 15)
         self.assertEqual(closed, [])
-        self.clock.pump([1.0] * 2)
+        self.clock.pump([1.0] * 5)
         self.assertEqual(set(closed), {ResultCode.KEEPALIVE_TIMEOUT})
 
     def test_targets_by_load_at_most_a_batch_each_and_within_capacity(self):
