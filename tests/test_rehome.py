@@ -287,6 +287,27 @@ class HomeQueryTests(unittest.TestCase):
         out[0].trap(Redirect)
         self.assertEqual(out[0].value.address, "tcp:10.0.0.2:7100")
 
+    def test_a_pu_whose_home_is_down_asks_again_on_its_link_and_logs_in_once_moved(self):
+        self.h.add_device("cam8", home="node-x")
+        self.h.central.nodes["node-x"] = None  # down
+        client = SignallingClient(Role.PU, "cam8", "pu-secret", kind=PuKind.IPC,
+                                  home_query=True)
+        d, _, _ = self.h.login(client, Role.PU)
+        self.h.pump()
+        out = []
+        d.addBoth(out.append)
+        self.assertEqual(out, [])  # waiting, not failed
+        asked = self.h.rgm.counters["home_queries"]
+        self.h.clock.advance(1.0)
+        self.h.pump()
+        self.assertEqual(self.h.rgm.counters["home_queries"], asked + 1)  # asked again
+        self.assertEqual(len(self.h.rgm.links), 1)  # on the same link
+        # CMS moves it here: the next answer is "here", and the PU logs in
+        self.h.add_device("cam8")
+        self.h.clock.advance(1.0)
+        self.h.pump()
+        self.assertEqual(out[0].node_id, "node-a")
+
     def test_a_registered_pu_gets_the_node_list_this_node_first(self):
         self.h.add_device("cam6")
         self.h.central.node_addresses = lambda: [

@@ -185,6 +185,8 @@ class MemoryCentral:
     def presence(self, device_id, online):
         self.online[device_id] = online
         for rgm in self.nodes.values():
+            if rgm is None:  # a node that is down
+                continue
             record = rgm.store.get_device(device_id)
             if record is not None and record.home_node != rgm.node_id:
                 rgm.store.set_state(device_id, online=online)
