@@ -144,6 +144,19 @@ class CmsRehomeTests(unittest.TestCase):
         self.assertTrue(any(isinstance(x, tuple) and x[0] == MsgType.SYNC_NOTIFY
                             for x in self.cms.sessions["b"].link.sent))
 
+    def test_a_database_failure_is_tried_again(self):
+        self.homed("a", 2)
+        self.cms.sessions = {"b": FakeSession("b")}
+        moves = self.store.move_devices
+        self.store.move_devices = lambda m, origin="": defer.fail(
+            VssError(ResultCode.DB_UNAVAILABLE, "locked"))
+        self.cms._schedule_rehome("a")
+        self.clock.advance(2.1)
+        self.assertEqual(self.store.moves, [])
+        self.store.move_devices = moves
+        self.clock.advance(2.1)
+        self.assertEqual(len(self.store.moves), 2)
+
     def test_a_node_back_within_the_delay_keeps_its_pus(self):
         self.homed("a", 3)
         self.cms.sessions = {"b": FakeSession("b")}

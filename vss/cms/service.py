@@ -1101,7 +1101,14 @@ class CMSService(service.Service):
         self._rehome_calls.pop(node_id, None)
         if node_id in self.sessions or not self.running or not self.active:
             return None
-        return self.rehome(node_id)
+
+        def failed(f):  # the database failed: what is left moves at the next try
+            self.log.warn("moving the PUs of {node} failed ({error}); trying again",
+                          node=node_id, error=f.getErrorMessage())
+            if self.running and self.active and node_id not in self.sessions:
+                self._schedule_rehome(node_id)
+
+        return self.rehome(node_id).addErrback(failed)
 
     def pick_targets(self, count, exclude=()):
         """Up to ``count`` target node ids, one per PU to move, by load (MDP's view:
