@@ -23,6 +23,8 @@ from twisted.internet import defer
 from twisted.protocols import portforward
 
 from vss.client import SignallingClient, connect
+from vss.errors import VssError
+from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     KV,
     Action,
@@ -277,7 +279,14 @@ class NodeFailoverScenario:
                     KV(key="video.bitrate_kbps", value="200")]), timeout=30)
         body = MediaOpen(device_id=device_id, channel=0, stream=0, purpose=Purpose.LIVE,
                          start_time=0, transport=0)
-        url = (yield self.watcher.request(MsgType.MEDIA_OPEN, body, timeout=30)).body.url
+        for attempt in range(3):  # a loaded machine: the PU's answer may come late
+            try:
+                url = (yield self.watcher.request(MsgType.MEDIA_OPEN, body,
+                                                  timeout=60)).body.url
+                break
+            except VssError as e:
+                if e.code != ResultCode.TIMEOUT or attempt == 2:
+                    raise
         viewer = Viewer(device_id, url)
         self.viewers.append(viewer)
         threading.Thread(target=viewer.run, daemon=True).start()
