@@ -30,6 +30,7 @@ from vss.protocols.messages import (
     Role,
 )
 from vss.protocols.reconnect import HOME_DOWN_MAX_DELAY, Reconnector, Redirect
+from vss.rgm.service import HOME_HOLD
 from vss.testing import records
 from vss.testing.harness import NodeHarness
 
@@ -216,6 +217,9 @@ class HomeQueryTests(unittest.TestCase):
         self.addCleanup(self.h.stop)
 
     def ask(self, device_id):
+        return self.ask_all(device_id)[0]
+
+    def ask_all(self, device_id):
         client = SignallingClient(Role.PU, device_id, "pu-secret", kind=PuKind.IPC)
         link, _, _ = self.h.connect(client, Role.PU)
         out = []
@@ -224,7 +228,7 @@ class HomeQueryTests(unittest.TestCase):
         d.addCallback(lambda _: link.request(MsgType.HOME_QUERY, HomeQuery(device_id=device_id)))
         d.addBoth(out.append)
         self.h.pump()
-        return out[0]
+        return out
 
     def test_a_pu_homed_here_is_told_to_log_in_here(self):
         self.h.add_device("cam1")
@@ -246,9 +250,31 @@ class HomeQueryTests(unittest.TestCase):
         self.h.central.available = False  # CMS is not asked
         self.h.central.node_addresses = lambda: [NodeAddress(node_id="node-a",
                                                              address="tcp:h:1")]
-        failure = self.ask("cam7")
-        failure.trap(VssError)
-        self.assertEqual(failure.value.code, ResultCode.HOME_NODE_DOWN)
+        out = self.ask_all("cam7")
+        self.assertEqual(out, [])  # held for the PU's move
+        self.h.clock.advance(HOME_HOLD)
+        self.h.pump()
+        out[0].trap(VssError)
+        self.assertEqual(out[0].value.code, ResultCode.HOME_NODE_DOWN)
+
+    def test_a_held_query_is_answered_as_soon_as_the_pu_moves(self):
+        record = self.h.add_device("cam9", home="node-x")
+        self.h.store.put_device(record)
+        self.h.central.node_addresses = lambda: [
+            NodeAddress(node_id="node-a", address="tcp:h:1"),
+            NodeAddress(node_id="node-c", address="tcp:h:3")]
+        out = self.ask_all("cam9")
+        self.assertEqual(out, [])
+        moved = records.device("cam9", "pu-secret", home_node="node-c", version=2,
+                               iterations=1000)
+        self.h.store.put_device(moved)
+        self.h.rgm.home_changed("cam9", record, moved)  # passive sync brought the move
+        self.h.pump()
+        self.assertEqual((out[0].body.home_node, out[0].body.address, out[0].body.epoch),
+                         ("node-c", "tcp:h:3", 2))
+        self.assertEqual(self.h.rgm._held_count, 0)
+        self.assertEqual([c for c in self.h.clock.getDelayedCalls()
+                          if c.func == self.h.rgm._home_held_out], [])
 
     def test_an_unknown_device_gets_no_oracle(self):
         answer = self.ask("nobody").body

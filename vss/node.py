@@ -129,6 +129,8 @@ class NodeService(StagedService):
             self.central.device_listeners.append(self.events.refollow)
             # the up nodes' PU addresses, passed on to this node's PUs
             self.central.nodes_listeners.append(self.rgm.send_node_list)
+            # a HOME_QUERY held for a PU whose home died is answered once it moved
+            self.central.device_listeners.append(self.rgm.home_changed)
         # grants with an expiry stop applying at that time, on this node's clock
         self.grant_expiry = GrantExpiry(self.store, reactor, self._grants_expired)
         self.grant_expiry.setServiceParent(self)

@@ -56,6 +56,12 @@ from vss.rgm import relay, settings
 from vss.rgm.auth import ScramExchange, Throttle
 
 AGENT = "vss-node/0.1"
+#: a HOME_QUERY for a PU whose home is down is held this long (seconds) for the PU's
+#: move (answered at once when this node learns it), then answered HOME_NODE_DOWN: a
+#: storm of PUs waiting for CMS to move them costs one question each, not one a second
+HOME_HOLD = 5.0
+#: at most this many held at once (more are answered HOME_NODE_DOWN at once)
+HOME_HOLD_MAX = 50_000
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,8 @@ class RGMService(service.Service):
             self.ptz_local = self.latency[int(MsgType.PTZ_CONTROL), "local"].cells
             self.ptz_remote = self.latency[int(MsgType.PTZ_CONTROL), "remote"].cells
         self._sweeper = None
+        self._held_homes = {}  # device_id -> [(link, frame, DelayedCall)] (HOME_HOLD)
+        self._held_count = 0
 
     # -- service
 
@@ -226,6 +234,12 @@ class RGMService(service.Service):
     def stopService(self):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+        for held in self._held_homes.values():
+            for _link, _frame, call in held:
+                if call.active():
+                    call.cancel()
+        self._held_homes.clear()
+        self._held_count = 0
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "node shutting down")
         return super().stopService()
@@ -468,8 +482,10 @@ class RGMService(service.Service):
         if s.state == State.NEW or s.role != Role.PU:
             return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE,
                                "HOME_QUERY is a PU's question, after HELLO")
-        device_id = msg.body.device_id
         self.counters["home_queries"] = self.counters.get("home_queries", 0) + 1
+        return self._answer_home(link, frame, msg.body.device_id, hold=True)
+
+    def _answer_home(self, link, frame, device_id, hold=False):
         record = self.store.get_device(device_id)
 
         def here(epoch=0):
@@ -485,6 +501,12 @@ class RGMService(service.Service):
                 return self._answer(link, frame, HomeRedirect(
                     device_id=device_id, home_node=record.home_node,
                     address=up[record.home_node], epoch=record.version))
+            if hold and self._held_count < HOME_HOLD_MAX and self.running:
+                call = self.clock.callLater(HOME_HOLD, self._home_held_out, device_id, link,
+                                            frame)
+                self._held_homes.setdefault(device_id, []).append((link, frame, call))
+                self._held_count += 1
+                return None
             return self.refuse(link, frame, ResultCode.HOME_NODE_DOWN,
                                f"node {record.home_node} is down; its PUs move to live nodes")
         d = defer.maybeDeferred(self.central.home_of, device_id)
@@ -520,6 +542,29 @@ class RGMService(service.Service):
         d.addCallbacks(lambda body: self._answer(link, frame, body),
                        lambda f: link.send_failure(frame, f))
         return d
+
+    def _home_held_out(self, device_id, link, frame):
+        """A held HOME_QUERY whose PU was not moved within HOME_HOLD: HOME_NODE_DOWN."""
+        held = self._held_homes.get(device_id, [])
+        for i, (lk, fr, _call) in enumerate(held):
+            if lk is link and fr is frame:
+                del held[i]
+                self._held_count -= 1
+                break
+        if not held:
+            self._held_homes.pop(device_id, None)
+        if not link.closed:
+            self._answer_home(link, frame, device_id)
+
+    def home_changed(self, device_id, old=None, new=None):
+        """A device record changed (a move): the HOME_QUERYs held for it are answered."""
+        held = self._held_homes.pop(device_id, None)
+        for link, frame, call in held or ():
+            self._held_count -= 1
+            if call.active():
+                call.cancel()
+            if not link.closed:
+                self._answer_home(link, frame, device_id)
 
     def _answer(self, link, frame, body):
         if not link.closed and not frame.flags & codec.FLAG_NOTIFY:
