@@ -157,7 +157,8 @@ class NodeFailoverScenario:
         self.reactor = reactor
         self.work = work
         self.count = count
-        self.cms_extra = list(cms_extra)
+        # CMS's default re-homing, named: start_cms turns it off for other tests
+        self.cms_extra = ["--rehome-after", "1", *cms_extra]
         self.relay_node_a = relay_node_a
         self.daemons = []
         self.nodes = {}  # node_id -> (daemon, ports)
