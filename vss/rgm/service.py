@@ -536,6 +536,8 @@ class RGMService(service.Service):
                     if n.node_id == record.home_node:
                         return HomeRedirect(device_id=device_id, home_node=n.node_id,
                                             address=n.address, epoch=record.version)
+            if f.value.code in CENTRAL_DOWN:  # nobody can tell: the login here answers
+                return here()  # as it would (NOT_READY while the node has no copy...)
             return f
 
         d.addCallback(got).addErrback(failed)
