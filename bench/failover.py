@@ -16,6 +16,17 @@ after), else a server of its own (``initdb``).
 
     VSS_TEST_POSTGRES_DSN='host=127.0.0.1 dbname=test user=postgres' \\
         .venv/bin/python bench/failover.py --cms --runs 5
+
+``--nodes N``: node death. ``twistd vss-cms`` (SQLite, default settings), three
+``twistd vss-node`` and one ``vss-pu`` process of N PUs homed on node-a, an observer CU
+on node-b and ``--viewers`` live RTSP viewers there of PUs of node-a
+(``vss.testing.failover``, also run by tests/test_node_failover.py). node-a is
+SIGKILLed; figures: seconds from the kill to each PU online on another node (as the
+observer's STATE_CHANGE says: p50, p99, all), where they went, and for each viewer the
+seconds to playing again on its RTSP session, from the kill and from its PU.
+
+    .venv/bin/python bench/failover.py --nodes 1000 --viewers 10
+    .venv/bin/python bench/failover.py --nodes 10000 --viewers 10
 """
 
 import argparse
@@ -30,6 +41,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from twisted.internet import defer, task  # noqa: E402
 
+from vss.testing.failover import NodeFailoverScenario, percentile  # noqa: E402
+from vss.testing.processes import poll  # noqa: E402
 from vss.testing.standby import NoPostgres, StandbyScenario, database  # noqa: E402
 
 
@@ -83,20 +96,74 @@ def cms_bench(reactor, runs):
           f"{sum(r[4] for r in results)}")
 
 
+@defer.inlineCallbacks
+def nodes_run(reactor, count, viewers):
+    work = tempfile.mkdtemp(prefix="vss-failover-nodes-")
+    s = NodeFailoverScenario(reactor, work, count)
+    try:
+        yield s.seed()
+        yield s.start_cms()
+        for node_id in ("node-a", "node-b", "node-c"):
+            yield s.start_node(node_id)
+        yield s.watch("node-b")
+        s.start_pus()
+        started = reactor.seconds()
+        yield poll("every PU online on node-a", lambda: s.pus_online("node-a") == count,
+                   timeout=900, interval=0.5, reactor=reactor)
+        print(f"{count} PUs online on node-a in {reactor.seconds() - started:.1f} s",
+              flush=True)
+        watched = []
+        for i in range(viewers):
+            watched.append((yield s.view(f"pu{i * max(1, count // viewers):05d}")))
+        yield task.deferLater(reactor, 2.0, lambda: None)
+        t0 = yield s.kill("node-a")
+        yield poll("every PU online elsewhere", lambda: len(s.online_since(t0)) == count,
+                   timeout=300, interval=0.2, reactor=reactor)
+        times = [t - t0 for t in s.online_since(t0).values()]
+        spread = {}
+        devices = yield s.devices()
+        for d in devices:
+            spread[d.node_id] = spread.get(d.node_id, 0) + 1
+        online = sum(1 for d in devices if d.online)
+        print(f"{count} PUs: online elsewhere after the kill p50 {percentile(times, 50):.2f} s,"
+              f" p99 {percentile(times, 99):.2f} s, all {max(times):.2f} s; homes {spread}, "
+              f"online {online}/{count}", flush=True)
+        if watched:
+            yield poll("every viewer to play again",
+                       lambda: all(v.playing_since(t0) or v.error for v in watched),
+                       timeout=120, interval=0.2, reactor=reactor)
+            for v in watched:
+                resumed = v.playing_since(t0)
+                if v.error is not None or resumed is None:
+                    print(f"  viewer of {v.device_id}: FAILED ({v.error})")
+                    continue
+                print(f"  viewer of {v.device_id}: playing again {resumed - t0:.2f} s after "
+                      f"the kill, {resumed - s.online_at[v.device_id]:.2f} s after its PU")
+        return times
+    finally:
+        yield s.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cms", action="store_true", help="CMS takeover (the only "
-                        "section so far)")
+    parser.add_argument("--cms", action="store_true", help="CMS takeover")
+    parser.add_argument("--nodes", type=int, metavar="N",
+                        help="node death: kill -9 a node of N PUs")
+    parser.add_argument("--viewers", type=int, default=10,
+                        help="live viewers of the dying node's PUs (--nodes)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dsn", help="PostgreSQL DSN [VSS_TEST_POSTGRES_DSN, else a "
                         "server of its own]")
     args = parser.parse_args()
-    if not args.cms:
-        parser.error("choose a section: --cms")
+    if not args.cms and not args.nodes:
+        parser.error("choose a section: --cms or --nodes N")
     if args.dsn:
         os.environ["VSS_TEST_POSTGRES_DSN"] = args.dsn
 
     def run(reactor):
+        if args.nodes:
+            return nodes_run(reactor, args.nodes, args.viewers)
         return cms_bench(reactor, args.runs).addErrback(
             lambda f: print(f"failover bench: {f.getErrorMessage()}", file=sys.stderr)
             if f.check(NoPostgres) else f)

@@ -63,7 +63,8 @@ class CentralConformance:
 
     def test_provides_the_interface(self):
         self.assertTrue(verifyObject(ICentral, self.central))
-        for name in ("device_listeners", "connected_listeners", "access_listeners"):
+        for name in ("device_listeners", "connected_listeners", "access_listeners",
+                     "nodes_listeners"):
             self.assertIsInstance(getattr(self.central, name), list)
         self.assertIsInstance(self.central.counters, dict)
 

@@ -28,6 +28,8 @@ from vss.protocols.codec import (
 from vss.protocols.codes import ResultCode
 from vss.protocols.messages import (
     CATALOGUE,
+    EXT_HOME_EPOCH,
+    EXT_PU_ADDRESS,
     KV,
     AuditAck,
     AuditEvent,
@@ -80,6 +82,8 @@ from vss.protocols.messages import (
     HeartbeatAck,
     Hello,
     HelloAck,
+    HomeQuery,
+    HomeRedirect,
     IrisOp,
     LensControl,
     LensStatus,
@@ -89,6 +93,8 @@ from vss.protocols.messages import (
     MediaStop,
     MediaUrl,
     MsgType,
+    NodeAddress,
+    NodeList,
     NodeLookup,
     NodeRegister,
     NodeRegistered,
@@ -1569,6 +1575,52 @@ VECTORS = [
     V("wall_report_response", MsgType.WALL_REPORT, RSP, 100, Empty(), """
       5653 01 01 01a5 0000 00000064 00000002  # VS v1 response WALL_REPORT txid 100 len 2
       0000                # ext: none
+    """),
+    # Re-homing (docs/protocol.md 9.10)
+    V("home_query_request", MsgType.HOME_QUERY, REQ, 2, HomeQuery(device_id="cam1"), """
+      5653 01 00 0230 0000 00000002 00000008  # VS v1 request HOME_QUERY txid 2 len 8
+      0004 63616d31       # device_id "cam1"
+      0000                # ext: none
+    """),
+    V("home_query_response", MsgType.HOME_QUERY, RSP, 2,
+      HomeRedirect(device_id="cam1", home_node="n2", address="tcp:10.0.0.2:7100", epoch=7), """
+      5653 01 01 0230 0000 00000002 00000027  # VS v1 response HOME_QUERY txid 2 len 39
+      0004 63616d31       # device_id "cam1"
+      0002 6e32           # home_node "n2"
+      0011 7463703a 31302e302e302e32 3a 37313030  # address "tcp:10.0.0.2:7100"
+      0000000000000007    # epoch 7
+      0000                # ext: none
+    """),
+    V("error_home_node_down_to_home_query", MsgType.HOME_QUERY, ERR, 2,
+      Error(message="node n1 is down"), """
+      5653 01 03 0230 0305 00000002 00000013  # VS v1 error HOME_QUERY HOME_NODE_DOWN txid 2 len 19
+      000f 6e6f6465 20 6e31 20 6973 20 646f776e  # "node n1 is down"
+      0000                # ext: none
+    """, status=ResultCode.HOME_NODE_DOWN),
+    V("node_list_notification", MsgType.NODE_LIST, NTF, 0,
+      NodeList(nodes=[NodeAddress(node_id="n1", address="tcp:10.0.0.1:7100"),
+                      NodeAddress(node_id="n2", address="tcp:10.0.0.2:7100")]), """
+      5653 01 04 0231 0000 00000000 00000032  # VS v1 notify NODE_LIST txid 0 len 50
+      0002                # nodes: 2 NodeAddress
+        0002 6e31         #   node_id "n1" (this node first)
+        0011 7463703a 31302e302e302e31 3a 37313030  # address "tcp:10.0.0.1:7100"
+        0002 6e32         #   node_id "n2"
+        0011 7463703a 31302e302e302e32 3a 37313030  # address "tcp:10.0.0.2:7100"
+      0000                # ext: none
+    """),
+    V("route_lookup_response_pu_address_epoch", MsgType.ROUTE_LOOKUP, RSP, 6,
+      Route(device_id="c", home_node="n2", signalling="", media="", node_up=True,
+            ext=((EXT_PU_ADDRESS, b"tcp:10.0.0.2:7100"),
+                 (EXT_HOME_EPOCH, (7).to_bytes(8, "big")))), """
+      5653 01 01 0204 0000 00000006 0000002f  # VS v1 response ROUTE_LOOKUP txid 6 len 47
+      0001 63             # device_id "c"
+      0002 6e32           # home_node "n2"
+      0000                # signalling ""
+      0000                # media ""
+      01                  # node_up true
+      0002                # ext: 2 records
+        0001 0011 7463703a 31302e302e302e32 3a 37313030  # PU_ADDRESS "tcp:10.0.0.2:7100"
+        0002 0008 0000000000000007                       # HOME_EPOCH 7
     """),
 ]
 

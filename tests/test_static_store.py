@@ -324,6 +324,26 @@ class StaticStoreConformance:
         self.assertContiguous()
 
     @inlineCallbacks
+    def test_move_devices_in_one_transaction(self):
+        """A dead node's PUs re-homed: each device's record with a higher version (the
+        home epoch) and its grants announced to the new home; a device removed meanwhile
+        is skipped."""
+        for i in range(3):
+            yield self.store.upsert_device(f"cam-{i}", "c", PuKind.IPC, 1, "node-a", V1)
+        yield self.store.set_grant("user:ann", "cam-1", Action.VIEW)
+        changes = yield self.logged(self.store.move_devices(
+            [("cam-0", "node-b"), ("cam-1", "node-c"), ("gone", "node-b")], origin="cms"))
+        devices = [c for c in changes if c.entity == Entity.DEVICE]
+        self.assertEqual([(c.key, c.device.home_node, c.device.version) for c in devices],
+                         [("cam-0", "node-b", 2), ("cam-1", "node-c", 2)])
+        self.assertEqual(devices[0].device.verifier, V1)  # the first-registration info
+        grants = [c for c in changes if c.entity == Entity.GRANT]
+        self.assertEqual([(c.key, c.origin) for c in grants],
+                         [("user:ann|cam-1", "follow:node-c")])
+        self.assertEqual((yield self.store.get_device("cam-2")).home_node, "node-a")
+        self.assertContiguous()
+
+    @inlineCallbacks
     def test_update_device_errors(self):
         yield self.assertVssError(
             self.store.update_device_fields("nope", name="x"), ResultCode.UNKNOWN_DEVICE

@@ -7,6 +7,11 @@ the SCRAM exchange (checking the node's signature, so a client knows it talks to
 that holds its verifier) and REGISTER; then a keepalive is sent every interval the node
 announced. Requests the node sends (to a PU) go to ``on_request``; notifications to
 ``on_notify``. ``ReconnectingClient`` keeps one logged-in link up with backoff.
+
+A PU that knows several nodes (``home_query``) asks the node it reaches where it is
+homed first (HOME_QUERY, docs/protocol.md 9.10) and goes there when it is another node
+(``Redirect``); it keeps the list of nodes its node names (NODE_LIST) to try in turn
+when it loses its node.
 """
 
 import random
@@ -23,13 +28,20 @@ from vss.protocols.messages import (
     AuthStart,
     Empty,
     Hello,
+    HomeQuery,
     MsgType,
     Register,
 )
-from vss.protocols.reconnect import Reconnector
+from vss.protocols.reconnect import Reconnector, Redirect
 from vss.web.client import client_endpoint
 
 AGENT = "vss-client/0.1"
+#: a PU whose home is down (HOME_NODE_DOWN: not moved yet) asks again on the same link
+#: after a wait drawn in HOME_WAIT (seconds, jittered), at most HOME_ASKS times, rather
+#: than reconnecting: CMS moves it within seconds, and a storm of reconnections would
+#: cost the live nodes more than a question on an open link
+HOME_WAIT = (0.5, 1.0)
+HOME_ASKS = 20
 
 
 class SignallingClient:
@@ -38,7 +50,8 @@ class SignallingClient:
     log = Logger()
 
     def __init__(self, role, identity, secret, kind=1, channels=0, model="", firmware="",
-                 clock=None, on_request=None, on_notify=None, attributes=()):
+                 clock=None, on_request=None, on_notify=None, attributes=(),
+                 home_query=False):
         self.role = int(role)
         self.identity = identity
         self._secret = secret
@@ -58,6 +71,9 @@ class SignallingClient:
         self._salted = {}
         self.lost = defer.Deferred()
         self.on_lost = None  # called with the link when it is lost (reconnection)
+        self.home_query = home_query  # a PU: ask where it is homed before logging in
+        self.on_nodes = None  # f(NodeList): the node named the nodes to try (NODE_LIST)
+        self.home = None  # the last HomeRedirect a node answered
 
     # -- link handler
 
@@ -78,6 +94,8 @@ class SignallingClient:
 
     def received(self, link, frame, msg):
         if frame.flags & codec.FLAG_NOTIFY:
+            if frame.type == MsgType.NODE_LIST and self.on_nodes is not None:
+                self.on_nodes(msg.body)
             if frame.type == MsgType.BYE:
                 self.log.info("node said bye: {code} {message}",
                               code=msg.body.reason, message=msg.body.message)
@@ -101,10 +119,12 @@ class SignallingClient:
     @defer.inlineCallbacks
     def login(self, link):
         """HELLO, AUTH_START, AUTH_PROOF, REGISTER. Fires with ``Registered``."""
-        yield link.request(
+        hello = (yield link.request(
             MsgType.HELLO,
             Hello(min_version=1, max_version=1, role=self.role, agent=AGENT, features=[]),
-        )
+        )).body
+        if self.home_query:
+            yield self._ask_home(link, hello.node_id)
         client_nonce = scram.nonce()
         ch = (yield link.request(
             MsgType.AUTH_START,
@@ -131,6 +151,28 @@ class SignallingClient:
         self.node_id = reg.node_id
         self.start_keepalive(link, reg.keepalive_interval)
         return reg
+
+    @defer.inlineCallbacks
+    def _ask_home(self, link, node_id):
+        """HOME_QUERY: go on here, or raise ``Redirect`` to the home node's address
+        (HOME_NODE_DOWN and other refusals are raised as they are)."""
+        asks = 0
+        while True:
+            asks += 1
+            try:
+                home = (yield link.request(MsgType.HOME_QUERY,
+                                           HomeQuery(device_id=self.identity))).body
+                break
+            except VssError as e:
+                if e.code in (ResultCode.NOT_SUPPORTED, ResultCode.UNEXPECTED_MESSAGE):
+                    return None  # a node that does not know the question: log in here
+                if e.code != ResultCode.HOME_NODE_DOWN or asks >= HOME_ASKS or link.closed:
+                    raise
+            yield task.deferLater(link.clock, random.uniform(*HOME_WAIT), lambda: None)
+        self.home = home
+        if home.home_node not in ("", node_id) and home.address:
+            raise Redirect(home.address, f"{self.identity} is homed on {home.home_node}")
+        return home
 
     def _salted_password(self, salt, iterations):
         key = (salt, iterations)
@@ -183,15 +225,26 @@ class ReconnectingClient:
     log = Logger()
 
     def __init__(self, reactor, endpoint, client, clock=None, max_delay=30.0, **link_options):
-        if isinstance(endpoint, str):
+        """``endpoint``: an endpoint, an endpoint string, or a list of endpoint strings
+        (the nodes a PU may try, in order; the list its node names replaces it)."""
+        self.reactor = reactor
+        names = []
+        if isinstance(endpoint, (list, tuple)):
+            names = list(endpoint)
+            endpoint = [client_endpoint(reactor, e) for e in names]
+        elif isinstance(endpoint, str):
+            names = [endpoint]
             endpoint = client_endpoint(reactor, endpoint)
+        self.seeds = list(names)  # the addresses given: still tried after a refresh
         self.client = client
         clock = clock or reactor
         client.clock = clock
         self.reconnector = Reconnector(endpoint, LinkFactory(client, clock, **link_options),
                                        self._prepare, clock, initial=1.0, max_delay=max_delay,
-                                       name=client.identity)
+                                       name=client.identity, names=names,
+                                       make_endpoint=lambda a: client_endpoint(reactor, a))
         client.on_lost = self.reconnector.lost
+        client.on_nodes = self._nodes
         self.not_ready = False  # the last login was answered NOT_READY
 
     def _prepare(self, link):
@@ -206,12 +259,33 @@ class ReconnectingClient:
                 # reconnector backs off with a wide jitter.
                 self.log.info("node not ready for {identity}: {error}",
                               identity=self.client.identity, error=f.value.message)
+            elif f.check(Redirect):
+                pass  # the reconnector follows it
+            elif f.check(VssError) and f.value.code in (ResultCode.HOME_NODE_DOWN,
+                                                        ResultCode.BUSY):
+                self.log.info("login of {identity} waits: {error}",
+                              identity=self.client.identity, error=f.value.message)
             else:
                 self.log.warn("login of {identity} failed: {error}",
                               identity=self.client.identity, error=f.getErrorMessage())
             return f
 
         return self.client.login(link).addCallbacks(logged_in, failed)
+
+    def _nodes(self, body):
+        """The node named the nodes to try when it is lost: its own address first,
+        then the others (least loaded first), then the addresses given at start."""
+        names = []
+        for address in [n.address for n in body.nodes] + self.seeds:
+            if address and address not in names:
+                names.append(address)
+        r = self.reconnector
+        if names == r.names:
+            return
+        current = body.nodes[0].address if body.nodes else None
+        known = dict(zip(r.names, r.endpoints, strict=False))
+        r.use([known.get(a) or client_endpoint(self.reactor, a) for a in names], names,
+              current)
 
     def start(self):
         self.reconnector.start()

@@ -177,6 +177,7 @@ class NodeSettings:
     metrics: bool = True  # /metrics on the HTTP listener, and the latency histograms
     metrics_allow: str = ""  # who may scrape ("" = loopback only), vss.ops.metrics.Access
     metrics_token_file: str = ""  # the bearer token scrapes must carry ("" = none)
+    login_rate: float = 2000.0  # logins a second the node takes (0: no limit); more: BUSY
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -215,6 +215,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     twistd = os.path.join(BIN, "twistd")
+    pids = {}
     try:
         cms = sup.spawn("cms", [twistd, "-n", "--pidfile=", "vss-cms", "--data-dir",
                                 os.path.join(run_dir, "cms"),
@@ -236,6 +237,7 @@ def main(argv=None):
                 # two streaming server workers each (MDP chooses between them)
                 "--ss-workers", "2", "--ss-first-port", str(p + 6)])
             sup.wait_file(os.path.join(run_dir, node, "ports.json"), proc)
+            pids[node] = proc.pid
         env = {"VSS_PU_SECRET": creds["pu_secret_template"]}
         for device_id, kind, channels, home in DEVICES:
             port = b if home == "node-a" else b + 10
@@ -303,11 +305,23 @@ live on node-a, list, acknowledge, record on motion and play an event back:
   {admin} record-settings set {EVENT_CAMERA} --mode event --pre-event 5 --post-event 10 --event-types motion
   {ctl} playback {EVENT_CAMERA} --event NODE/SEQ --play      (a motion after the line above)
 
+A node dies, its cameras move: kill node-a and watch them come online on node-b within
+seconds (CMS moves them, the cameras ask node-b where they live now):
+  export VSS_NODE=tcp:127.0.0.1:{b + 11}          # node-b's CU port
+  {ctl} devices                                   # cam-a1, cam-a2, dvs-a3 on node-a
+  kill -9 {pids.get("node-a", "PID")}                                  # node-a's process
+  {ctl} devices                                   # a few seconds later: all on node-b
+
 {walls}Credentials are kept in {run_dir}/credentials.json. Ctrl-C stops everything.
 """, flush=True)
+    gone = set()
     while True:
         for name, p in sup.children:
-            if p.poll() is not None and not name.startswith("pu-"):
+            if p.poll() is not None and name in pids and name not in gone:
+                gone.add(name)  # a node that died: its cameras move, the rest goes on
+                print(f"{name} stopped (exit {p.returncode}); its cameras move to the other "
+                      f"node. See {run_dir}/{name}.log", file=sys.stderr)
+            elif p.poll() is not None and not name.startswith("pu-") and name not in pids:
                 print(f"{name} stopped (exit {p.returncode}); see {run_dir}/{name}.log",
                       file=sys.stderr)
                 sup.stop()

@@ -45,6 +45,10 @@ class IMemoryStore(Interface):
     def put_device(record):
         """Store or replace a ``DeviceRecord``."""
 
+    def move_devices(moves):
+        """Re-home devices, ``moves`` [(device_id, node_id)], in one transaction (a node
+        that died: CMS moves its PUs). Deferred [Change]."""
+
     def remove_device(device_id):
         """Forget a device (its static record and its dynamic state)."""
 
@@ -270,6 +274,8 @@ class ICentral(Interface):
                                     "after each (re)connection.")
     access_listeners = Attribute("Callables f() told after users, grants or stream "
                                  "credentials changed.")
+    nodes_listeners = Attribute("Callables f(NodeList) told when the up nodes' PU addresses "
+                                "are named anew (the PUs' list of nodes to try).")
     local_recordings = Attribute("f(RecordQuery) -> Deferred: how CMS (or the platform) "
                                  "asks this node's own catalogue; None until the node's "
                                  "archive exists.")
@@ -301,6 +307,15 @@ class ICentral(Interface):
         device homed there gives its route (the node holding footage): a ``NodeRoute``
         (``node_up`` false for a registered node that is down), or fail with
         UNKNOWN_NODE."""
+
+    def home_of(device_id):
+        """Where a PU is homed now, for a PU that asks (HOME_QUERY): a ``Route`` (its
+        extension block names the home's PU address and the home epoch: docs/protocol.md
+        13), or fail with UNKNOWN_DEVICE / CENTRAL_UNAVAILABLE."""
+
+    def node_addresses():
+        """The up nodes' PU addresses as CMS last named them, least loaded first: a
+        list of ``NodeAddress`` (empty when not known). Synchronous."""
 
     def report_change(change):
         """S603: a ``SyncChange`` from one of the node's PUs. Fires with ``SyncAck``

@@ -68,6 +68,15 @@ from vss.web.live import GOP_BYTES
 from vss.web.site import WebClient
 
 STATUS_INTERVAL = 1.0
+#: the accept queue of the PU listener (the kernel caps it at net.core.somaxconn)
+PU_BACKLOG = 1024
+
+
+def with_backlog(description, backlog):
+    """A ``tcp:``/``ssl:`` listen endpoint string with ``backlog`` unless it names one."""
+    if description.split(":", 1)[0] in ("tcp", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={backlog}"
+    return description
 PROBE_TIMEOUT = 2.0  # seconds the store has to answer a readiness check
 
 
@@ -114,10 +123,12 @@ class NodeService(StagedService):
                 keepalive_interval=settings.keepalive,
                 request_timeout=settings.request_timeout,
                 metrics=settings.metrics,
+                login_rate=settings.login_rate,
             ),
             self.store,
             self.central,
             reactor,
+            pu_address=self.pu_address,
         )
         self.rgm.setName("rgm")
         self.rgm.setServiceParent(self)
@@ -136,10 +147,17 @@ class NodeService(StagedService):
             self.central.device_listeners.append(self.events.refollow)
             # a wall's tile whose device its account may no longer view is cleared
             self.central.access_listeners.append(self.rgm.walls.access_changed)
+            # the up nodes' PU addresses, passed on to this node's PUs
+            self.central.nodes_listeners.append(self.rgm.send_node_list)
+            # a HOME_QUERY held for a PU whose home died is answered once it moved
+            self.central.device_listeners.append(self.rgm.home_changed)
         # grants with an expiry stop applying at that time, on this node's clock
         self.grant_expiry = GrantExpiry(self.store, reactor, self._grants_expired)
         self.grant_expiry.setServiceParent(self)
-        ListenService("pu", settings.pu_listen, self.rgm.factory(Role.PU), reactor).setServiceParent(self)
+        # a storm of PUs whose node died connects here at once: a deep accept queue
+        self.pu_listener = ListenService("pu", with_backlog(settings.pu_listen, PU_BACKLOG),
+                                         self.rgm.factory(Role.PU), reactor)
+        self.pu_listener.setServiceParent(self)
         ListenService("cu", settings.cu_listen, self.rgm.factory(Role.CU), reactor).setServiceParent(self)
         if not settings.static:
             self.central.rgm = self.rgm
@@ -378,10 +396,19 @@ class NodeService(StagedService):
                        self.reactor, data_dir=settings.data_dir, advertise=self.advertise,
                        local_copy=self.store.name == "memory", link_tls=self.link_tls,
                        allow_plaintext=settings.allow_plaintext_links,
-                       cms_names=cms_addresses(settings.cms))
+                       cms_names=cms_addresses(settings.cms), pu_address=self.pu_address)
         if not self.settings.route_cache:
             link.route_cache = NoRouteCache()
         return link
+
+    def pu_address(self):
+        """The client endpoint PUs reach this node's PU listener at (named to PUs of
+        other nodes, which come here when they lose theirs), or '' before it listens."""
+        listener = self.pu_listener
+        if not listener.port:
+            return ""
+        kind = "tls" if self.settings.pu_listen.startswith("ssl:") else "tcp"
+        return f"{kind}:{self.settings.advertise_host}:{listener.port}"
 
     def advertise(self):
         """(signalling endpoint, media endpoint, capacity) this node tells CMS."""

@@ -19,10 +19,17 @@ A MEDIA_OPEN with ``purpose=PLAYBACK`` goes to ``vss.recording.remote``: played 
 
 Many viewers share one source. A source with no reader for ``linger`` seconds is stopped
 (MEDIA_STOP to the PU, or the pull closed).
+
+A source pulled from a PU's home node whose origin ends while viewers watch it (the
+home node died, or gave the PU up) is kept, its viewers on it, and joined again to the
+PU's home as it is now (``_origin_lost``, ``_rejoin``: every ``REJOIN_EVERY`` s for at
+most ``REJOIN_FOR`` s, while CMS moves the PU); its packets then continue the same RTSP
+sessions. A PU now homed here publishes onto ``<path>.home`` and this SS pulls that
+into the kept source over loopback.
 """
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -49,9 +56,14 @@ from vss.recording import remote
 from vss.recording.dvr import close_publisher
 from vss.recording.remote import RelayedPlayback
 from vss.rtsp import start_from_gop
-from vss.rtsp.client import host_port, pull_into, split_credentials
+from vss.rtsp.client import host_port, pull, pull_into, split_credentials
+from vss.rtsp.server import REHOMED_SUFFIX
 
 SOURCE_WAIT = 10.0
+#: a pulled source whose origin ended is joined again to the PU's home for this long,
+#: trying every REJOIN_EVERY seconds (the home died: CMS moves the PU within seconds)
+REJOIN_FOR = 30.0
+REJOIN_EVERY = 0.5
 #: how a CU's kind is named in the audit log
 CU_KINDS = {int(CuKind.MOC): "monitoring centre", int(CuKind.TVWALL): "tv wall",
             int(CuKind.WEB): "web", int(CuKind.MOBILE): "mobile", int(CuKind.DECODER): "decoder"}
@@ -86,7 +98,9 @@ class CDNModule(service.Service):
         self.starting = {}  # path -> Deferred of a source being started
         self.origins = {}  # path -> ("pu", device_id, channel, stream) | ("pull", proto)
         self._stops = {}
-        self.counters = {"opened": 0, "pu_publish": 0, "pulls": 0, "node_pulls": 0}
+        self.counters = {"opened": 0, "pu_publish": 0, "pulls": 0, "node_pulls": 0,
+                         "rejoins": 0, "rejoined": 0}
+        self.rejoining = set()  # paths of kept sources being joined to a new origin
         self.playback = None  # vss.recording.playback.PlaybackService: recordings played back
         # f(host) -> client TLS options for an rtsps:// pull from another node's SS (the
         # cluster CA's, when the node has one); None: the system's trust roots
@@ -206,24 +220,98 @@ class CDNModule(service.Service):
         return d.addCallbacks(playing, failed)
 
     @defer.inlineCallbacks
-    def _pull_from_home(self, record, body, path):
-        """Cross-node: the home node's SS serves this node's SS once."""
-
+    def _home_url(self, record, body):
+        """MEDIA_OPEN routed to the PU's home node: the URL of its SS's stream."""
         status, inner = yield self.rgm.central.route(record.device_id, MsgType.MEDIA_OPEN,
                                                      codec.encode_body(body))
         if status:
             msg = codec.decode_body(codec.Frame(1, codec.FLAG_RESPONSE | codec.FLAG_ERROR,
                                                 MsgType.MEDIA_OPEN, status, 0, inner))
             raise VssError(status, getattr(getattr(msg, "body", None), "message", None))
-        url = codec.decode_body(codec.Frame(1, codec.FLAG_RESPONSE, MsgType.MEDIA_OPEN, 0, 0,
-                                            inner)).body.url
+        return codec.decode_body(codec.Frame(1, codec.FLAG_RESPONSE, MsgType.MEDIA_OPEN, 0, 0,
+                                             inner)).body.url
+
+    @defer.inlineCallbacks
+    def _pull_from_home(self, record, body, path):
+        """Cross-node: the home node's SS serves this node's SS once. The source
+        outlives its origin while viewers watch it (``_origin_lost``)."""
+        url = yield self._home_url(record, body)
         self.counters["node_pulls"] += 1
-        # from the GOP the home node's SS kept: the first viewer here that asks
-        # ``start=gop`` (a decoder's tile) gets a picture at once, not at the next keyframe
-        proto = yield pull_into(self.rtsp, path, start_from_gop(url), reactor=self.reactor,
-                                timeout=self.source_wait, tls=self.node_pull_tls(url))
+        holder = {}
+
+        def sink(sdp_text):
+            holder["source"] = self.rtsp.attach_source(path, sdp_text, origin="pull")
+            return holder["source"]
+
+        try:
+            # from the GOP the home node's SS kept: the first viewer here that asks
+            # ``start=gop`` (a decoder's tile) gets a picture at once, not at the next
+            # keyframe
+            proto = yield pull(start_from_gop(url), sink, reactor=self.reactor,
+                               timeout=self.source_wait, tls=self.node_pull_tls(url))
+        except Exception:
+            if "source" in holder:
+                holder["source"].close()
+            raise
+        self._follow_origin(path, holder["source"], proto, record.device_id, body)
+        return holder["source"]
+
+    def _follow_origin(self, path, source, proto, device_id, body):
         self.origins[path] = ("pull", proto)
-        return self.rtsp.sources.get(path)
+        proto.finished.addBoth(lambda _: self._origin_lost(path, source, proto, device_id,
+                                                           body))
+
+    def _origin_lost(self, path, source, proto, device_id, body):
+        """The pull feeding ``source`` ended. Torn down by this node (no viewer left,
+        stopping), or nobody watches: the source ends. Else it is kept and joined again
+        to the PU's home as it is now."""
+        if source.closed:
+            return
+        origin = self.origins.get(path)
+        if not self.running or not source.readers or origin is None or origin[1] is not proto:
+            source.close()
+            return
+        self.counters["rejoins"] += 1
+        self.log.info("the origin of {path} ended; joining its {count} viewers to the "
+                      "home of {device} again", path=path, count=len(source.readers),
+                      device=device_id)
+        self._rejoin(path, source, device_id, body)
+
+    @defer.inlineCallbacks
+    def _rejoin(self, path, source, device_id, body):
+        self.rejoining.add(path)
+        deadline = self.clock.seconds() + REJOIN_FOR
+        try:
+            while not source.closed and source.readers and self.running \
+                    and self.clock.seconds() < deadline:
+                record = self.store.get_device(device_id)
+                if record is None:
+                    break
+                try:
+                    if record.home_node in ("", self.rgm.node_id):
+                        feed = path + REHOMED_SUFFIX
+                        yield self.ensure_source(record, body, feed)
+                        url = self.play_url(feed).url
+                    else:
+                        url = yield self._home_url(record, body)
+                    proto = yield pull(url, lambda _sdp: _Continuation(source),
+                                       reactor=self.reactor, timeout=self.source_wait,
+                                       tls=self.node_pull_tls(url))
+                except Exception as e:  # noqa: BLE001 - any failure: try again soon
+                    self.log.debug("{path} not joined yet: {error}", path=path, error=e)
+                    yield task.deferLater(self.clock, REJOIN_EVERY, lambda: None)
+                    continue
+                if source.closed:
+                    proto.teardown()
+                    return
+                self.counters["rejoined"] += 1
+                self.log.info("{path} joined to the home of {device} again", path=path,
+                              device=device_id)
+                self._follow_origin(path, source, proto, device_id, body)
+                return
+            source.close()
+        finally:
+            self.rejoining.discard(path)
 
     def node_pull_tls(self, url):
         """The TLS options of a pull of another node's ``rtsps://`` URL (None: plain
@@ -243,6 +331,8 @@ class CDNModule(service.Service):
         if record is None or record.home_node not in ("", self.rgm.node_id):
             return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE))
         path = stream_path(body.device_id, body.channel, body.stream)
+        if path in self.rejoining:  # a kept source of the PU's former home: not its origin
+            return defer.fail(VssError(ResultCode.BUSY, f"{path} is being joined again"))
         return self.ensure_source(record, body, path).addCallback(lambda _: self.live_url(path))
 
     def _wait(self, path):
@@ -386,3 +476,16 @@ class CDNRecording:
 
 
 __all__ = ["CDNModule", "CDNRecording", "MediaOpen", "stream_path"]
+
+
+class _Continuation:
+    """The sink of a pull that continues a kept source (its new origin)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def feed(self, track, rtcp, data):
+        self.source.feed(track, rtcp, data)
+
+    def end_of_input(self):
+        self.source.flush()

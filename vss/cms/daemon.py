@@ -65,6 +65,10 @@ class CmsDaemon(StagedService):
         self.cms = CMSService(
             CMSConfig(cms_id=options["cms-id"], cluster_secret=self.cluster_secret,
                       heartbeat_interval=options["heartbeat"],
+                      node_timeout=float(options.get("node-timeout", 6)),
+                      rehome_after=float(options.get("rehome-after", 1)),
+                      rehome_batch=int(options.get("rehome-batch", 2000)),
+                      failback=bool(options.get("failback")),
                       event_retention_days=int(options.get("event-retention-days", 30))),
             self.store, reactor)
         self.election = None  # with --standby: which CMS of the database is active

@@ -38,6 +38,8 @@ from vss.protocols.link import LinkFactory, check_response
 from vss.protocols.listing import FANOUT_TIMEOUT, encode_parts, merge_parts, parse_answer
 from vss.protocols.messages import (
     CU_TARGET,
+    EXT_HOME_EPOCH,
+    EXT_PU_ADDRESS,
     AuditAck,
     AuditKind,
     AuthChallenge,
@@ -54,6 +56,8 @@ from vss.protocols.messages import (
     HeartbeatAck,
     HelloAck,
     MsgType,
+    NodeAddress,
+    NodeList,
     NodeRegistered,
     NodeRoute,
     RecordMode,
@@ -94,6 +98,10 @@ HOLE_POLL = 0.02
 EXT_PREV_SEQ = 0x0001
 EXT_SCANNED_SEQ = 0x0001
 EXT_READ_SEQ = 0x0001
+#: seconds between two rounds of re-homing (each at most ``rehome_batch`` per node)
+REHOME_ROUND = 0.5
+#: devices moved per database transaction
+REHOME_CHUNK = 500
 EMPTY_VERIFIER = Verifier(salt=b"", iterations=0, stored_key=b"", server_key=b"")
 
 
@@ -106,6 +114,15 @@ class CMSConfig:
     notify_batch: int = 500
     #: days the events are kept (0: for ever); removed once an hour
     event_retention_days: int = 30
+    #: a node silent this long (seconds) is down (its link closed)
+    node_timeout: float = 15.0
+    #: seconds after a node went down before its PUs move to the live nodes (0: never;
+    #: a node back within it keeps them)
+    rehome_after: float = 1.0
+    #: at most this many PUs moved to one node per round (a round every REHOME_ROUND s)
+    rehome_batch: int = 2000
+    #: a node that comes back takes back the PUs moved away from it when it died
+    failback: bool = False
 
 
 def strip_secret(record):
@@ -203,6 +220,7 @@ class NodeSession:
         self.sent_seq = 0  # the head of the last SYNC_NOTIFY sent (its next PREV_SEQ)
         self.load = {}
         self.registered = False
+        self.pu_address = ""  # where its PUs connect (NodeRegister's EXT_PU_ADDRESS)
 
 
 class MDP:
@@ -303,6 +321,12 @@ class CMSService(service.Service):
         # with ``standby_note`` (why, and who is active if known) and closes the link.
         self.active = True
         self.standby_note = ""
+        # Node death (docs/consistency.md, "Node death and re-homing"): the PUs of a node
+        # down for ``rehome_after`` s move to the live nodes.
+        self.epochs = {}  # device_id -> its record's version as last published (home epoch)
+        self._rehome_calls = {}  # node_id -> DelayedCall of its PUs' move
+        self.moved_from = {}  # device_id -> the node it was moved away from (failback)
+        self.rehoming = set()  # nodes whose PUs are being moved
 
     # -- life cycle
 
@@ -337,13 +361,19 @@ class CMSService(service.Service):
         super().startService()
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.clock
-        self._sweeper.start(self.config.heartbeat_interval, now=False)
+        self._sweeper.start(max(0.5, min(self.config.heartbeat_interval,
+                                         self.config.node_timeout / 3)), now=False)
         if self.config.event_retention_days:
             self._purger = task.LoopingCall(self.purge_events)
             self._purger.clock = self.clock
             self._purger.start(3600, now=False)
 
     def stopService(self):
+        super().stopService()  # first: the links closed below move no PU
+        for call in self._rehome_calls.values():
+            if call.active():
+                call.cancel()
+        self._rehome_calls.clear()
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         if self._purger is not None and self._purger.running:
@@ -355,7 +385,6 @@ class CMSService(service.Service):
         for call, s in list(self._applied_writes.values()):
             call.cancel()
             self._write_applied(s)  # what the nodes applied, now, before the DB closes
-        super().stopService()
         return defer.DeferredList(list(self._inflight), consumeErrors=False) \
             .addCallback(lambda _: None)
 
@@ -364,6 +393,10 @@ class CMSService(service.Service):
         over): every node link is closed with NOT_ACTIVE and nothing more is written."""
         self.active = False
         self.standby_note = note
+        for call in self._rehome_calls.values():
+            if call.active():
+                call.cancel()
+        self._rehome_calls.clear()
         for call, _s in list(self._applied_writes.values()):
             call.cancel()
         self._applied_writes.clear()
@@ -408,6 +441,8 @@ class CMSService(service.Service):
             if self.running and self.active:
                 self.store.set_node_state(s.node_id, "down").addErrback(self._logged)
                 self.node_event(s.node_id, "node-down", Severity.CRITICAL)
+                self._schedule_rehome(s.node_id)
+            self._announce_nodes()
 
     def received(self, link, frame, msg):
         s = link.session
@@ -524,6 +559,10 @@ class CMSService(service.Service):
         if old is not None and old is not s:
             old.link.close(ResultCode.SESSION_REPLACED, "the node connected again")
         s.signalling, s.media, s.capacity = body.signalling, body.media, body.capacity
+        s.pu_address = dict(body.ext).get(EXT_PU_ADDRESS, b"").decode("utf-8", "replace")
+        call = self._rehome_calls.pop(s.node_id, None)
+        if call is not None and call.active():
+            call.cancel()
         s.applied_seq = body.applied_seq
         # everything published so far was not sent to this session: its first notify
         # names at least this, and the node fetches what it lacks first
@@ -541,6 +580,9 @@ class CMSService(service.Service):
         # follows on from there.
         s.sent_seq = max(s.sent_seq, head)
         self.clock.callLater(0, self._send_presences, s)
+        self.clock.callLater(0, self._announce_nodes)
+        if self.config.failback:
+            self.clock.callLater(0, self.failback, s.node_id)
         self.log.info("node {node} up from {peer} (applied {applied}, head {head})",
                       node=s.node_id, peer=s.link.peer, applied=body.applied_seq, head=head)
         return NodeRegistered(cms_id=self.config.cms_id,
@@ -687,9 +729,13 @@ class CMSService(service.Service):
         if home is None:
             raise VssError(ResultCode.UNKNOWN_DEVICE)
         target = self.sessions.get(home)
+        ext = ((EXT_HOME_EPOCH, self.epochs.get(body.device_id, 0).to_bytes(8, "big")),)
+        if target is not None and target.pu_address:
+            ext = ((EXT_PU_ADDRESS, target.pu_address.encode()),) + ext
         return Route(device_id=body.device_id, home_node=home,
                      signalling=target.signalling if target else "",
-                     media=target.media if target else "", node_up=target is not None)
+                     media=target.media if target else "", node_up=target is not None,
+                     ext=ext)
 
     @defer.inlineCallbacks
     def on_node_lookup(self, s, body):
@@ -941,6 +987,11 @@ class CMSService(service.Service):
         gains, cache = [], {}
         for c in changes:
             gains += self.interest.apply(c, cache)
+            if c.entity == Entity.DEVICE:
+                if c.device is not None:
+                    self.epochs[c.key] = c.device.version
+                else:
+                    self.epochs.pop(c.key, None)
         for node_id, part in self.s503_nodes_for(changes).items():
             self.s504_notify(node_id, part, changes[-1].seq)
         if gains and self.running:
@@ -1091,12 +1142,135 @@ class CMSService(service.Service):
 
     def sweep(self):
         now = self.clock.seconds()
-        silent = 3 * self.config.heartbeat_interval
+        silent = self.config.node_timeout
         for s in list(self.sessions.values()):
             if now - s.link.last_rx > silent:
                 self.log.info("node {node} silent for {seconds:.0f} s: down", node=s.node_id,
                               seconds=now - s.link.last_rx)
                 s.link.close(ResultCode.KEEPALIVE_TIMEOUT)
+
+    # -- node death: its PUs move to the live nodes (docs/consistency.md)
+
+    def node_list(self):
+        """NodeList of the up nodes that name a PU address, least loaded first: what a
+        PU tries, in order, when it loses its node."""
+        up = sorted((s for s in self.sessions.values() if s.pu_address),
+                    key=lambda s: (s.load.get("pus", 0), s.node_id))
+        return NodeList(nodes=[NodeAddress(node_id=s.node_id, address=s.pu_address)
+                               for s in up])
+
+    def _announce_nodes(self):
+        """Every node learns the up nodes' PU addresses (it passes them on to its PUs)."""
+        if not self.active:
+            return
+        frame = codec.encode_notify(MsgType.NODE_LIST, self.node_list())
+        for s in self.sessions.values():
+            s.link.send_raw(frame)
+
+    def _schedule_rehome(self, node_id):
+        if not self.config.rehome_after or node_id in self._rehome_calls:
+            return
+        self._rehome_calls[node_id] = self.clock.callLater(
+            self.config.rehome_after, self._rehome_due, node_id)
+
+    def _rehome_due(self, node_id):
+        self._rehome_calls.pop(node_id, None)
+        if node_id in self.sessions or not self.running or not self.active:
+            return None
+
+        def failed(f):  # the database failed: what is left moves at the next try
+            self.log.warn("moving the PUs of {node} failed ({error}); trying again",
+                          node=node_id, error=f.getErrorMessage())
+            if self.running and self.active and node_id not in self.sessions:
+                self._schedule_rehome(node_id)
+
+        return self.rehome(node_id).addErrback(failed)
+
+    def pick_targets(self, count, exclude=()):
+        """Up to ``count`` target node ids, one per PU to move, by load (MDP's view:
+        the PUs each node reports, plus what this round already gave it), at most
+        ``rehome_batch`` per node and never beyond a node's capacity."""
+        load = {}
+        room = {}
+        for node_id, s in self.sessions.items():
+            if node_id in exclude:
+                continue
+            load[node_id] = s.load.get("pus", 0)
+            room[node_id] = self.config.rehome_batch
+            if s.capacity:
+                room[node_id] = min(room[node_id], max(0, s.capacity - load[node_id]))
+        out = []
+        for _ in range(count):
+            free = [n for n in load if room[n] > 0]
+            if not free:
+                break
+            best = min(free, key=lambda n: (load[n], n))
+            out.append(best)
+            load[best] += 1
+            room[best] -= 1
+        return out
+
+    @defer.inlineCallbacks
+    def rehome(self, node_id):
+        """Move the PUs homed on ``node_id`` (down) to the live nodes, in rounds of at
+        most ``rehome_batch`` per target; each move is a change of the device record (its
+        version, the home epoch, goes up), so the new home gets the record with its
+        verifier and grants by passive sync, every node holding it forgets its route,
+        and the old home gives the PU up when it hears of it. Fires with the number
+        moved."""
+        if node_id in self.rehoming:
+            return 0
+        self.rehoming.add(node_id)
+        moved = 0
+        done = set()  # moved in this call (their change may still wait to be published)
+        started = self.clock.seconds()
+        try:
+            while self.running and self.active and node_id not in self.sessions:
+                devices = sorted(d for d, h in self.homes.items()
+                                 if h == node_id and d not in done)
+                if not devices:
+                    break
+                targets = self.pick_targets(len(devices), exclude={node_id})
+                if not targets:
+                    self.log.warn("node {node} is down and no node can take its {count} "
+                                  "PUs; trying again", node=node_id, count=len(devices))
+                    yield task.deferLater(self.clock, max(1.0, self.config.rehome_after),
+                                          lambda: None)
+                    continue
+                moves = list(zip(devices, targets, strict=False))
+                for i in range(0, len(moves), REHOME_CHUNK):
+                    part = moves[i:i + REHOME_CHUNK]
+                    changes = yield self.store.move_devices(part, origin="cms")
+                    self.s501_data_changed(changes)
+                    for device_id, _target in part:
+                        done.add(device_id)
+                        self.moved_from[device_id] = node_id
+                    moved += len(part)
+                if len(moves) < len(devices):
+                    yield task.deferLater(self.clock, REHOME_ROUND, lambda: None)
+        finally:
+            self.rehoming.discard(node_id)
+        if moved:
+            self.counters["rehomed"] = self.counters.get("rehomed", 0) + moved
+            self.log.info("node {node} down: moved its {count} PUs to live nodes in "
+                          "{seconds:.2f} s", node=node_id, count=moved,
+                          seconds=self.clock.seconds() - started)
+        return moved
+
+    @defer.inlineCallbacks
+    def failback(self, node_id):
+        """With ``failback``: a node that comes back takes back the PUs moved away
+        from it when it died (their other homes give them up, the PUs are redirected)."""
+        back = sorted(d for d, n in self.moved_from.items() if n == node_id
+                      and d in self.homes and self.homes[d] != node_id)
+        for i in range(0, len(back), REHOME_CHUNK):
+            if node_id not in self.sessions:
+                return
+            part = [(d, node_id) for d in back[i:i + REHOME_CHUNK]]
+            changes = yield self.store.move_devices(part, origin="cms")
+            self.s501_data_changed(changes)
+            for d, _ in part:
+                self.moved_from.pop(d, None)
 
     # -- for MMS and operators
 

@@ -49,6 +49,7 @@ from vss.protocols.messages import (
     EventSubscribe,
     EventUnsubscribe,
     Hello,
+    HomeQuery,
     MsgType,
     PtzControl,
     PtzStatus,
@@ -562,6 +563,35 @@ def register_first(ctx):
                                                    firmware=AGENT, channels=0, attributes=[]))
     frame = yield link.response(txid, ctx.timeout, "Registered")
     expect_response(frame, MsgType.REGISTER, txid, "Registered after the refused requests")
+
+
+@check("home_query",
+       "a PU's HOME_QUERY after HELLO is answered HomeRedirect naming the device and its "
+       "home with an address (here: the node's own id), and the PU then logs in on that "
+       "link; a CU's HOME_QUERY gets UNEXPECTED_MESSAGE")
+@defer.inlineCallbacks
+def home_query(ctx):
+    link = yield ctx.open("pu")
+    node_id = (yield hello(link, Role.PU, ctx.timeout)).body.node_id
+    txid = link.request(MsgType.HOME_QUERY, HomeQuery(device_id=ctx.device))
+    frame = yield link.response(txid, ctx.timeout, "HomeRedirect")
+    home = expect_response(frame, MsgType.HOME_QUERY, txid, "HomeRedirect (9.10)").body
+    if home.device_id != ctx.device:
+        raise CheckFailed(f"HomeRedirect names device {home.device_id!r}, not {ctx.device!r}")
+    if home.home_node != node_id:
+        raise CheckFailed(f"HomeRedirect names home {home.home_node!r} for the suite's PU, "
+                          f"which logs in on this node ({node_id!r})")
+    if not home.address:
+        raise CheckFailed("HomeRedirect names no address (9.10: the home's PU address)")
+    challenge, txid, frame, _, _ = yield authenticate(link, ctx.device, ctx.pu_secret,
+                                                      ctx.timeout)
+    expect_response(frame, MsgType.AUTH_PROOF, txid, "AuthOk after HOME_QUERY")
+    link = yield ctx.open("cu")
+    yield hello(link, Role.CU, ctx.timeout)
+    txid = link.request(MsgType.HOME_QUERY, HomeQuery(device_id=ctx.device))
+    frame = yield link.response(txid, ctx.timeout, "answer to HOME_QUERY on a CU link")
+    expect_error(frame, ResultCode.UNEXPECTED_MESSAGE, MsgType.HOME_QUERY, txid,
+                 "HOME_QUERY on a CU link (9.10)")
 
 
 @check("auth_throttled",

@@ -533,6 +533,22 @@ RegInfo = body(
     "user" / Optional(UserRecord.con),
     "grants" / List(GrantRecord.con),
 )
+# Re-homing (docs/protocol.md 9.10): a PU asks any node where it is homed now; the nodes'
+# PU addresses, ordered, for a PU to try when it loses its node.
+#: extension tags: NodeRegister's and Route's EXT_PU_ADDRESS (UTF-8: a node's PU
+#: address), Route's EXT_HOME_EPOCH (u64: the device's home epoch)
+EXT_PU_ADDRESS = 0x0001
+EXT_HOME_EPOCH = 0x0002
+HomeQuery = body("HomeQuery", "device_id" / Str)
+HomeRedirect = body(
+    "HomeRedirect",
+    "device_id" / Str,
+    "home_node" / Str,
+    "address" / Str,
+    "epoch" / U64,
+)
+NodeAddress = record("NodeAddress", "node_id" / Str, "address" / Str)
+NodeList = body("NodeList", "nodes" / List(NodeAddress.con))
 SyncNotify = body("SyncNotify", "head_seq" / U64, "changes" / List(Change.con))
 SyncComplete = body("SyncComplete", "node_id" / Str, "applied_seq" / U64)
 SyncChange = body(
@@ -916,6 +932,8 @@ class MsgType(IntEnum):
     SS_DROP = 0x0224
     SS_REPORT = 0x0225
     SS_REDIRECT = 0x0226
+    HOME_QUERY = 0x0230
+    NODE_LIST = 0x0231
 
 
 #: type -> (request body class, response body class or None if notification-only)
@@ -973,12 +991,12 @@ CATALOGUE = {
     MsgType.SS_DROP: (SsDrop, Empty),
     MsgType.SS_REPORT: (SsReport, Empty),
     MsgType.SS_REDIRECT: (SsRedirect, Empty),
-
-
     MsgType.WALL_DESCRIBE: (WallDescribe, WallState),
     MsgType.WALL_ASSIGN: (WallAssign, WallState),
     MsgType.WALL_TOUR: (WallTour, WallState),
     MsgType.WALL_STATE: (WallQuery, WallState),
     MsgType.WALL_NOTIFY: (WallState, None),
     MsgType.WALL_REPORT: (WallReport, Empty),
+    MsgType.HOME_QUERY: (HomeQuery, HomeRedirect),
+    MsgType.NODE_LIST: (NodeList, None),
 }

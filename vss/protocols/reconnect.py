@@ -43,13 +43,30 @@ NOT_READY_MAX_DELAY = 8.0
 NEXT_DELAY = 0.1
 #: The longest delay after a round in which a peer answered NOT_ACTIVE.
 NOT_ACTIVE_MAX_DELAY = 1.0
+#: The longest delay after a round in which a node answered HOME_NODE_DOWN or BUSY:
+#: the PU's home died and CMS moves it within seconds (or the node is busy with a storm
+#: of logins): come back soon, spread wide.
+HOME_DOWN_MAX_DELAY = 2.0
+#: The delay before following a redirect (a node named the PU's home).
+REDIRECT_DELAY = 0.02
+#: Answers after which the next attempt is spread wide (NOT_READY_JITTER).
+SPREAD = (ResultCode.NOT_READY, ResultCode.HOME_NODE_DOWN, ResultCode.BUSY)
+
+
+class Redirect(Exception):
+    """The preparation learned that the service is elsewhere (a PU's home node, from
+    HOME_QUERY): the reconnector tries ``address`` next, at once."""
+
+    def __init__(self, address, why=""):
+        super().__init__(why or f"redirected to {address}")
+        self.address = address
 
 
 class Reconnector:
     log = Logger()
 
     def __init__(self, endpoint, factory, prepare, clock, initial=0.5, max_delay=10.0,
-                 factor=2.0, jitter=0.1, name="link", names=None):
+                 factor=2.0, jitter=0.1, name="link", names=None, make_endpoint=None):
         self.endpoints = list(endpoint) if isinstance(endpoint, (list, tuple)) else [endpoint]
         self.names = list(names or ())  # the endpoints as the operator gave them, for logs
         self.index = 0  # the endpoint tried now
@@ -71,6 +88,11 @@ class Reconnector:
         self._stopping = None
         self._spread = False  # the next delay uses NOT_READY_JITTER
         self._prepared_protocol = None  # the connection prepared last
+        self.make_endpoint = make_endpoint  # f(address) -> endpoint, to follow a Redirect
+        self._redirected = False
+        self._down_delay = False  # the next delay at most HOME_DOWN_MAX_DELAY
+        self._stay = False  # BUSY: the same endpoint again (it is up, only loaded)
+        self.redirects = 0
 
     @property
     def endpoint(self):
@@ -103,10 +125,33 @@ class Reconnector:
         self._not_active = False
         self._prepared_protocol = protocol
 
+    def use(self, endpoints, names, current=None):
+        """Replace the endpoints (a refreshed list of addresses); the one named
+        ``current`` (the one in use) keeps the index, else the list starts over."""
+        self.endpoints = list(endpoints)
+        self.names = list(names)
+        self.index = self.names.index(current) if current in self.names else 0
+        self._tried = 0
+
+    def _follow(self, address):
+        if self.make_endpoint is None:
+            return False
+        if address not in self.names:
+            self.endpoints.append(self.make_endpoint(address))
+            self.names.append(address)
+        self.index = self.names.index(address)
+        self._redirected = True
+        self.redirects += 1
+        return True
+
     def _prepare_failed(self, failure, protocol):
-        if failure.check(VssError) and failure.value.code == ResultCode.NOT_READY:
+        if failure.check(Redirect) and self._follow(failure.value.address):
+            pass  # the next attempt goes there at once
+        elif failure.check(VssError) and failure.value.code in SPREAD:
             self._spread = True
-            self.log.info("{name}: the node is not ready ({error}); trying again later",
+            self._down_delay = failure.value.code != ResultCode.NOT_READY
+            self._stay = failure.value.code == ResultCode.BUSY
+            self.log.info("{name}: not now ({error}); trying again later",
                           name=self.name, error=failure.value.message)
         elif failure.check(VssError) and failure.value.code == ResultCode.NOT_ACTIVE:
             self._not_active = True
@@ -149,6 +194,17 @@ class Reconnector:
         return f"address {self.index + 1}"
 
     def _schedule(self):
+        if self._redirected:  # the named endpoint, at once: not a failure
+            self._redirected = False
+            self._tried = 0
+            self.last_delay = REDIRECT_DELAY
+            self._timer = self.clock.callLater(self.last_delay, self._attempt)
+            return
+        if self._stay:  # a loaded node: back to it within a second or two, spread wide
+            self._stay = self._spread = self._down_delay = False
+            self.last_delay = HOME_DOWN_MAX_DELAY * random.uniform(0.25, 1.0)
+            self._timer = self.clock.callLater(self.last_delay, self._attempt)
+            return
         if len(self.endpoints) > 1:
             self.index = (self.index + 1) % len(self.endpoints)
             self._tried += 1
@@ -162,7 +218,8 @@ class Reconnector:
             delay = min(delay, NOT_ACTIVE_MAX_DELAY)
             self._not_active = False
         if self._spread:
-            delay = min(delay, NOT_READY_MAX_DELAY)
+            delay = min(delay, HOME_DOWN_MAX_DELAY if self._down_delay else NOT_READY_MAX_DELAY)
+            self._down_delay = False
         jitter = NOT_READY_JITTER if self._spread else self.jitter
         self._spread = False
         delay *= random.uniform(1 - jitter, 1 + jitter)

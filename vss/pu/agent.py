@@ -6,6 +6,11 @@ changes; each reconnects with backoff when its link drops.
     VSS_PU_SECRET=s3cret vss-pu --node tcp:127.0.0.1:7100 --id cam1
     VSS_PU_SECRET='{id}-secret' vss-pu --node tcp:127.0.0.1:7100 --count 5000 --id-format 'cam{:05d}'
     VSS_PU_SECRET=s3cret vss-pu --node tcp:127.0.0.1:7100 --id cam1 --events 20   # motion
+    VSS_PU_SECRET=s3cret vss-pu --node tcp:127.0.0.1:7100,tcp:127.0.0.1:7110 --id cam1
+
+Each PU asks the node it reaches where it is homed (HOME_QUERY) and goes there; its
+node names the other nodes (NODE_LIST), which it tries in turn, with jittered backoff,
+when it loses its node (a node that died: CMS moves its PUs to live nodes).
 
 The secret comes from ``--secret-file`` or the environment variable ``VSS_PU_SECRET``
 (never from the command line, where other users could read it); ``{id}`` in it is
@@ -18,7 +23,14 @@ import signal
 import sys
 
 from twisted.internet import defer, task
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.python import usage
 
 from vss.client import ReconnectingClient, SignallingClient
@@ -34,7 +46,8 @@ class Options(VersionOption, usage.Options):
     program = "vss-pu"
     synopsis = "--node ENDPOINT (--id ID | --count N) [options]"
     optParameters = [
-        ["node", "n", None, "Client endpoint of the node's PU listener, e.g. tcp:127.0.0.1:7100."],
+        ["node", "n", None, "Client endpoint of the node's PU listener, e.g. "
+         "tcp:127.0.0.1:7100; several, comma-separated: tried in turn."],
         ["id", None, None, "Device id (one PU)."],
         ["count", None, 1, "Number of PUs to simulate.", int],
         ["start", None, 1, "First number for --id-format.", int],
@@ -101,6 +114,8 @@ class Agent:
                  media=None, dvr_days=7):
         self.reactor = reactor
         self.endpoint = endpoint
+        endpoints = [e.strip() for e in endpoint.split(",") if e.strip()] \
+            if isinstance(endpoint, str) else endpoint
         self.pus = {}
         self.clients = {}
         self._event_calls = []
@@ -112,10 +127,10 @@ class Agent:
             pu.dvr_days = dvr_days
             client = SignallingClient(Role.PU, device_id, secret.replace("{id}", device_id),
                                       kind=int(kind), channels=channels, model=model,
-                                      firmware="0.1", on_request=pu)
+                                      firmware="0.1", on_request=pu, home_query=True)
             pu.client = client
             self.pus[device_id] = pu
-            self.clients[device_id] = ReconnectingClient(reactor, endpoint, client)
+            self.clients[device_id] = ReconnectingClient(reactor, endpoints, client)
 
     def start(self, ramp=500.0):
         """Start logins at ``ramp`` per second."""
@@ -127,12 +142,23 @@ class Agent:
     def online(self):
         return sum(1 for c in self.clients.values() if c.client.registered and c.client.link)
 
+    def homes(self):
+        """{node id: PUs logged in there}."""
+        out = {}
+        for c in self.clients.values():
+            if c.client.registered and c.client.link:
+                out[c.client.node_id] = out.get(c.client.node_id, 0) + 1
+        return out
+
     def waiting(self):
         """PUs whose last login was answered NOT_READY (they try again later)."""
         return sum(1 for c in self.clients.values() if c.not_ready)
 
     def status_line(self):
         line = f"{self.online()}/{len(self.pus)} PUs online"
+        homes = self.homes()
+        if len(homes) > 1:
+            line += " (" + ", ".join(f"{n}: {c}" for n, c in sorted(homes.items())) + ")"
         waiting = self.waiting()
         if waiting:
             line += f", {waiting} waiting for the node to be ready (NOT_READY)"
@@ -175,7 +201,10 @@ def main(argv=None):
         print(f"vss-pu: {e}", file=sys.stderr)
         print(f"Usage: vss-pu {Options.synopsis} (see vss-pu --help)", file=sys.stderr)
         return 2
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    observer = textFileLogObserver(sys.stdout)
+    if opts["quiet"]:  # thousands of PUs moving log a line each otherwise
+        observer = FilteringLogObserver(observer, [LogLevelFilterPredicate(LogLevel.warn)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     def run(reactor):
         media = None

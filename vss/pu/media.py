@@ -182,6 +182,7 @@ class _Child(protocol.ProcessProtocol):
     def __init__(self, factory, key):
         self.factory = factory
         self.key = key
+        self.target = None  # the publish URL without its query (the token)
         self.ended = defer.Deferred()
 
     def errReceived(self, data):
@@ -242,10 +243,17 @@ class PublisherFactory:
 
     def start(self, pu, ch, body):
         key = (pu.device_id, ch.index, body.stream)
+        target = body.publish_url.split("?")[0]
         if body.start_time:  # a playback: one per publish path, beside the live stream
-            key += (body.publish_url.split("?")[0],)
+            key += (target,)
+        running = self.running.get(key)
+        if running is not None and running.target == target and not running.ended.called:
+            # asked again for the same server and path while it starts (a loaded machine
+            # takes seconds to start a publisher): restarting it would only delay it more
+            return Empty()
         self._kill(key)
         child = _Child(self, key)
+        child.target = target
         env = {**os.environ, "VSS_PUBLISH_URL": body.publish_url}
         width, height, fps, bitrate = self.stream_of(ch)
         argv = [sys.executable, "-m", "vss.pu.media", "--video", self.video,

@@ -36,6 +36,7 @@ from vss.protocols.link import LinkFactory, check_response
 from vss.protocols.listing import encode_recordings  # a long body: no construct
 from vss.protocols.messages import (
     CU_TARGET,
+    EXT_PU_ADDRESS,
     ChangeKind,
     CredRevoke,
     CredState,
@@ -86,7 +87,7 @@ class CmsLink(service.Service):
 
     def __init__(self, node_id, endpoint, cluster_secret, store, reactor, data_dir=None,
                  clock=None, advertise=None, local_copy=False, link_tls=None,
-                 allow_plaintext=False, cms_names=()):
+                 allow_plaintext=False, cms_names=(), pu_address=None):
         self.node_id = node_id
         self.cms_names = list(cms_names)  # the CMS addresses as given, for logs
         # links to other nodes: mutual TLS with this (a vss.tls.LinkTLS), or plaintext
@@ -99,6 +100,9 @@ class CmsLink(service.Service):
         self.reactor = reactor
         self.clock = clock or reactor
         self.advertise = advertise or (lambda: ("", "", 0))
+        self.pu_address = pu_address or (lambda: "")  # where PUs reach this node
+        self.nodes = []  # NodeAddress of the up nodes, as CMS named them last (NODE_LIST)
+        self.nodes_listeners = []  # f(NodeList) when CMS names them anew
         self.rgm = None  # set by the node once its RGM exists
         self.device_listeners = []  # f(device_id, old, new) after each device change
         self.connected_listeners = []  # f() after each (re)connection's catch-up
@@ -173,7 +177,9 @@ class CmsLink(service.Service):
             self.restore()
             reg = (yield link.request(MsgType.NODE_REGISTER, NodeRegister(
                 node_id=self.node_id, signalling=signalling, media=media, capacity=capacity,
-                applied_seq=self.applier.applied_seq))).body
+                applied_seq=self.applier.applied_seq,
+                ext=((EXT_PU_ADDRESS, self.pu_address().encode()),)
+                if self.pu_address() else ()))).body
             self.link = link
             self._saw_head(reg.head_seq)
             self._start_heartbeat(link, reg.heartbeat_interval)
@@ -449,6 +455,8 @@ class CmsLink(service.Service):
         if frame.flags & codec.FLAG_NOTIFY:
             if t == MsgType.STATE_CHANGE:
                 self.on_presence(msg.body)
+            elif t == MsgType.NODE_LIST:
+                self.on_node_list(msg.body)
             return
         if t == MsgType.KEEPALIVE:
             link.send_response(t, frame.txid, Empty())
@@ -672,6 +680,21 @@ class CmsLink(service.Service):
 
         self._request(MsgType.ROUTE_LOOKUP, RouteLookup(device_id=device_id)).addCallbacks(
             learned, lambda f: None)
+
+    def on_node_list(self, body):
+        """CMS names the up nodes' PU addresses (a node came or went): the node passes
+        them on to its PUs."""
+        self.nodes = list(body.nodes)
+        for listener in self.nodes_listeners:
+            listener(body)
+
+    def node_addresses(self):
+        return list(self.nodes)
+
+    def home_of(self, device_id):
+        """ROUTE_LOOKUP for a PU that asks where it is homed (HOME_QUERY)."""
+        return self._request(MsgType.ROUTE_LOOKUP, RouteLookup(device_id=device_id)) \
+            .addCallback(lambda msg: msg.body)
 
     def lookup_node(self, node_id):
         """NODE_LOOKUP: another node's addresses by its id (a ``NodeRoute``); its

@@ -21,6 +21,7 @@ from vss.protocols.jsonrec import from_json, to_json
 from vss.protocols.listing import encode_parts, merge_parts, parse_body
 from vss.protocols.messages import (
     CU_TARGET,
+    EXT_HOME_EPOCH,
     AuditAck,
     AuditKind,
     Entity,
@@ -32,6 +33,7 @@ from vss.protocols.messages import (
     NodeRoute,
     RegInfo,
     Role,
+    Route,
     StaticPage,
     SyncAck,
 )
@@ -66,6 +68,7 @@ class MemoryCentral:
         self.device_listeners = []
         self.connected_listeners = []
         self.access_listeners = []
+        self.nodes_listeners = []
         self.local_recordings = None
         self.route_cache = NoRouteCache()
         self.node_endpoints = {}
@@ -189,9 +192,26 @@ class MemoryCentral:
         return defer.succeed(NodeRoute(node_id=node_id, signalling="", media="",
                                        node_up=self.nodes[node_id] is not None))
 
+    def home_of(self, device_id):
+        """A ``Route`` from the records (in-process nodes have no PU address)."""
+        if not self.available:
+            return defer.fail(VssError(ResultCode.CENTRAL_UNAVAILABLE))
+        record = self.devices.get(device_id)
+        if record is None:
+            return defer.fail(VssError(ResultCode.UNKNOWN_DEVICE, f"no device {device_id}"))
+        return defer.succeed(Route(
+            device_id=device_id, home_node=record.home_node, signalling="", media="",
+            node_up=self.nodes.get(record.home_node) is not None,
+            ext=((EXT_HOME_EPOCH, record.version.to_bytes(8, "big")),)))
+
+    def node_addresses(self):
+        return []
+
     def presence(self, device_id, online):
         self.online[device_id] = online
         for rgm in self.nodes.values():
+            if rgm is None:  # a node that is down
+                continue
             record = rgm.store.get_device(device_id)
             if record is not None and record.home_node != rgm.node_id:
                 rgm.store.set_state(device_id, online=online)

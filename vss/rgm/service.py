@@ -32,6 +32,8 @@ from vss.protocols.errors import VssError
 from vss.protocols.link import LinkFactory
 from vss.protocols.messages import (
     CU_TARGET,
+    EXT_HOME_EPOCH,
+    EXT_PU_ADDRESS,
     Action,
     AuthChallenge,
     AuthOk,
@@ -40,7 +42,10 @@ from vss.protocols.messages import (
     Devices,
     Empty,
     HelloAck,
+    HomeRedirect,
     MsgType,
+    NodeAddress,
+    NodeList,
     Registered,
     Role,
     Severity,
@@ -53,6 +58,12 @@ from vss.rgm.auth import ScramExchange, Throttle
 from vss.rgm.walls import WALL_KINDS, WallRegistry
 
 AGENT = "vss-node/0.1"
+#: a HOME_QUERY for a PU whose home is down is held this long (seconds) for the PU's
+#: move (answered at once when this node learns it), then answered HOME_NODE_DOWN: a
+#: storm of PUs waiting for CMS to move them costs one question each, not one a second
+HOME_HOLD = 5.0
+#: at most this many held at once (more are answered HOME_NODE_DOWN at once)
+HOME_HOLD_MAX = 50_000
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,9 @@ class RGMConfig:
     max_body: int = codec.MAX_BODY
     #: keep the relay's latency histograms (``vss.ops.metrics``; ``--metrics off``: not)
     metrics: bool = False
+    #: logins (AUTH_START) a second the node takes, a burst of as many; more are
+    #: answered BUSY (not a failure: the throttle does not count them); 0: no limit
+    login_rate: float = 0.0
 
 
 def _versions():
@@ -157,8 +171,10 @@ SYNCED_CHANGES = {ChangeKind.NAME, ChangeKind.CONFIG, ChangeKind.PRESET, ChangeK
 class RGMService(service.Service):
     log = Logger()
 
-    def __init__(self, config, store, central, clock, cdn=None):
+    def __init__(self, config, store, central, clock, cdn=None, pu_address=None):
         self.config = config
+        #: f() -> the client endpoint PUs reach this node at ('' if unknown)
+        self.pu_address = pu_address or (lambda: "")
         self.node_id = config.node_id
         self.store = store
         self.central = central
@@ -179,7 +195,9 @@ class RGMService(service.Service):
                          "timeouts": 0, "not_ready": 0}
         #: logins by (role, result): "pu"/"cu", "ok"/"failed"/"throttled"/"not_ready"
         self.logins = {(role, result): 0 for role in ("pu", "cu")
-                       for result in ("ok", "failed", "throttled", "not_ready")}
+                       for result in ("ok", "failed", "throttled", "not_ready", "busy")}
+        self._login_tokens = config.login_rate  # the login rate's bucket
+        self._login_at = None
         #: the relay's latency, S401 to the answer's arrival, by (message type, "local" or
         #: "remote"): ``vss.ops.metrics.Histogram``; None with metrics off. The PTZ fast
         #: paths bump the cells of their two histograms straight (``vss.rgm.relay``).
@@ -191,6 +209,8 @@ class RGMService(service.Service):
             self.ptz_local = self.latency[int(MsgType.PTZ_CONTROL), "local"].cells
             self.ptz_remote = self.latency[int(MsgType.PTZ_CONTROL), "remote"].cells
         self._sweeper = None
+        self._held_homes = {}  # device_id -> [(link, frame, DelayedCall)] (HOME_HOLD)
+        self._held_count = 0
 
     # -- service
 
@@ -206,6 +226,12 @@ class RGMService(service.Service):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self.walls.stop()
+        for held in self._held_homes.values():
+            for _link, _frame, call in held:
+                if call.active():
+                    call.cancel()
+        self._held_homes.clear()
+        self._held_count = 0
         for link in list(self.links):
             link.close(ResultCode.SESSION_CLOSED, "node shutting down")
         return super().stopService()
@@ -296,6 +322,7 @@ class RGMService(service.Service):
             MsgType.AUTH_START: self.on_auth_start,
             MsgType.AUTH_PROOF: self.on_auth_proof,
             MsgType.REGISTER: self.on_register,
+            MsgType.HOME_QUERY: self.on_home_query,
         }.get(t)
         if handler is None:
             # Before READY the session is not open yet (docs/protocol.md 8).
@@ -351,6 +378,12 @@ class RGMService(service.Service):
             self.logins[_role_name(s.role), "not_ready"] += 1
             return self.refuse(link, frame, ResultCode.NOT_READY,
                                f"node {self.node_id} is loading its data; try again later")
+        if not self._take_login():
+            # a storm (PUs whose node died come here at once): later, not refused
+            self.logins[_role_name(s.role), "busy"] += 1
+            return self.refuse(link, frame, ResultCode.BUSY,
+                               f"node {self.node_id} takes {self.config.login_rate:g} logins "
+                               "a second; try again in a second")
         wait = self.throttle.wait(body.identity, link.peer_host)
         if wait > 0:
             self.logins[_role_name(s.role), "throttled"] += 1
@@ -387,13 +420,30 @@ class RGMService(service.Service):
         d.addCallback(challenge)
         d.addErrback(failed)
 
+    def _take_login(self):
+        """A token of the login rate's bucket (refilled at ``login_rate`` a second, at
+        most as many held), or False."""
+        rate = self.config.login_rate
+        if not rate:
+            return True
+        now = self.clock.seconds()
+        if self._login_at is not None:
+            self._login_tokens = min(rate, self._login_tokens + (now - self._login_at) * rate)
+        self._login_at = now
+        if self._login_tokens < 1:
+            return False
+        self._login_tokens -= 1
+        return True
+
     def verifier_for(self, role, identity):
         """The stored verifier of a PU or CU, asking CMS on a first registration.
         None for an identity nobody knows (the exchange then fails at the proof);
         NOT_READY when CMS, needed to know, cannot answer now."""
         record = self._record(role, identity)
-        if record is not None:
+        if record is not None and (role != Role.PU or record.home_node in ("", self.node_id)):
             return record.verifier if record.enabled else None
+        # a PU this node holds as homed elsewhere may have been moved here (a node died)
+        # before the change stream brought its record: CMS gives it, as to a first login
         d = defer.maybeDeferred(self.central.registration_info, identity, int(role))
 
         def got(info):
@@ -411,6 +461,128 @@ class RGMService(service.Service):
             return None
 
         return d.addCallbacks(got, unknown)
+
+    # -- a PU asks where it is homed (docs/protocol.md 9.10)
+
+    def on_home_query(self, link, frame, msg):
+        """HOME_QUERY, after HELLO: the PU's current home. A device this node holds is
+        answered from its copy and the up nodes CMS named last (NODE_LIST): here, the
+        home's address, or HOME_NODE_DOWN when its home is not up (its PUs move to live
+        nodes soon), with no question to CMS (a storm of PUs asking again every second
+        costs CMS nothing); another is asked of CMS. A device nobody knows is answered as
+        if homed here (the login then fails as for any wrong identity: no oracle of
+        device ids)."""
+        s = link.session
+        if s.state == State.NEW or s.role != Role.PU:
+            return self.refuse(link, frame, ResultCode.UNEXPECTED_MESSAGE,
+                               "HOME_QUERY is a PU's question, after HELLO")
+        self.counters["home_queries"] = self.counters.get("home_queries", 0) + 1
+        return self._answer_home(link, frame, msg.body.device_id, hold=True)
+
+    def _answer_home(self, link, frame, device_id, hold=False):
+        record = self.store.get_device(device_id)
+
+        def here(epoch=0):
+            return HomeRedirect(device_id=device_id, home_node=self.node_id,
+                                address=self.pu_address(),
+                                epoch=max(epoch, record.version if record else 0))
+
+        if record is not None and record.home_node in ("", self.node_id):
+            return self._answer(link, frame, here())
+        up = {n.node_id: n.address for n in self.central.node_addresses()}
+        if record is not None and up:
+            if record.home_node in up:
+                return self._answer(link, frame, HomeRedirect(
+                    device_id=device_id, home_node=record.home_node,
+                    address=up[record.home_node], epoch=record.version))
+            if hold and self._held_count < HOME_HOLD_MAX and self.running:
+                call = self.clock.callLater(HOME_HOLD, self._home_held_out, device_id, link,
+                                            frame)
+                self._held_homes.setdefault(device_id, []).append((link, frame, call))
+                self._held_count += 1
+                return None
+            return self.refuse(link, frame, ResultCode.HOME_NODE_DOWN,
+                               f"node {record.home_node} is down; its PUs move to live nodes")
+        d = defer.maybeDeferred(self.central.home_of, device_id)
+
+        def got(route):
+            ext = dict(route.ext)
+            epoch = int.from_bytes(ext.get(EXT_HOME_EPOCH, b""), "big")
+            if route.home_node in ("", self.node_id):
+                return here(epoch)
+            if not route.node_up:
+                raise VssError(ResultCode.HOME_NODE_DOWN,
+                               f"node {route.home_node} is down; its PUs move to live nodes")
+            address = ext.get(EXT_PU_ADDRESS, b"").decode("utf-8", "replace")
+            if not address:
+                raise VssError(ResultCode.HOME_NODE_DOWN,
+                               f"node {route.home_node} names no PU address")
+            self.counters["redirects"] = self.counters.get("redirects", 0) + 1
+            return HomeRedirect(device_id=device_id, home_node=route.home_node,
+                                address=address, epoch=epoch)
+
+        def failed(f):
+            f.trap(VssError)
+            if f.value.code == ResultCode.UNKNOWN_DEVICE:
+                return here()
+            if record is not None:  # CMS cannot say: this node's copy does
+                for n in self.central.node_addresses():
+                    if n.node_id == record.home_node:
+                        return HomeRedirect(device_id=device_id, home_node=n.node_id,
+                                            address=n.address, epoch=record.version)
+            if f.value.code in CENTRAL_DOWN:  # nobody can tell: the login here answers
+                return here()  # as it would (NOT_READY while the node has no copy...)
+            return f
+
+        d.addCallback(got).addErrback(failed)
+        d.addCallbacks(lambda body: self._answer(link, frame, body),
+                       lambda f: link.send_failure(frame, f))
+        return d
+
+    def _home_held_out(self, device_id, link, frame):
+        """A held HOME_QUERY whose PU was not moved within HOME_HOLD: HOME_NODE_DOWN."""
+        held = self._held_homes.get(device_id, [])
+        for i, (lk, fr, _call) in enumerate(held):
+            if lk is link and fr is frame:
+                del held[i]
+                self._held_count -= 1
+                break
+        if not held:
+            self._held_homes.pop(device_id, None)
+        if not link.closed:
+            self._answer_home(link, frame, device_id)
+
+    def home_changed(self, device_id, old=None, new=None):
+        """A device record changed (a move): the HOME_QUERYs held for it are answered."""
+        held = self._held_homes.pop(device_id, None)
+        for link, frame, call in held or ():
+            self._held_count -= 1
+            if call.active():
+                call.cancel()
+            if not link.closed:
+                self._answer_home(link, frame, device_id)
+
+    def _answer(self, link, frame, body):
+        if not link.closed and not frame.flags & codec.FLAG_NOTIFY:
+            link.send_response(frame.type, frame.txid, body)
+
+    def node_list(self):
+        """NodeList for this node's PUs: this node first, then the others as CMS
+        ordered them (least loaded first)."""
+        nodes = self.central.node_addresses()
+        mine = [n for n in nodes if n.node_id == self.node_id]
+        if not mine and self.pu_address():
+            mine = [NodeAddress(node_id=self.node_id, address=self.pu_address())]
+        return NodeList(nodes=mine + [n for n in nodes if n.node_id != self.node_id])
+
+    def send_node_list(self, _body=None):
+        """Tell every PU of this node the nodes it may try when it loses this one."""
+        body = self.node_list()
+        if len(body.nodes) < 2:
+            return
+        frame = codec.encode_notify(MsgType.NODE_LIST, body)
+        for link in list(self.pu_links.values()):
+            link.send_raw(frame)
 
     def _record(self, role, identity):
         if role == Role.PU:
@@ -525,6 +697,9 @@ class RGMService(service.Service):
         if s.role == Role.PU:
             self.publish_state(s.identity, ChangeKind.ONLINE, [])
             self.central.presence(s.identity, True)
+            nodes = self.node_list()
+            if len(nodes.nodes) > 1:
+                link.send_notify(MsgType.NODE_LIST, nodes)
             if self.events is not None:
                 self.events.raise_event(s.identity, 0, "online")
         elif s.kind in WALL_KINDS:

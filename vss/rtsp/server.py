@@ -71,9 +71,17 @@ def _records(auth):
     return isinstance(auth, dict) and "record" in auth.get("methods", ())
 
 
+#: the suffix of a live stream's name that a PU newly homed here publishes on while a
+#: source kept for its viewers pulls it (``vss.cdn.service``: ``main.home``)
+REHOMED_SUFFIX = ".home"
+
+
 def is_stream_name(name):
     """A live stream's last path part: ``main``, ``sub``, or ``chN-main``/``chN-sub``
-    for channel N > 0 of a device with several (a DVS, a DVR)."""
+    for channel N > 0 of a device with several (a DVS, a DVR); any of them with
+    ``REHOMED_SUFFIX``."""
+    if name.endswith(REHOMED_SUFFIX):
+        name = name[:-len(REHOMED_SUFFIX)]
     if name in STREAMS:
         return True
     channel, dash, stream = name.partition("-")

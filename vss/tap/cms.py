@@ -21,7 +21,10 @@ DEFAULTS = {
     "node-listen": "tcp:7200:interface=127.0.0.1",
     "admin-listen": "tcp:7280:interface=127.0.0.1",
     "data-dir": os.path.join("data", "cms"),
-    "heartbeat": "5",
+    "heartbeat": "2",
+    "node-timeout": "6",
+    "rehome-after": "1",
+    "rehome-batch": "2000",
     "standby": "auto",
     "event-retention-days": "30",
 }
@@ -32,6 +35,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
     program = "vss-cms"
     synopsis = "[options]"
     optFlags = [
+        ["failback", None, "A node that comes back takes back the PUs moved away from it "
+         "when it died (default: they stay where they are, so that nothing flaps)."],
         ["allow-plaintext-links", None, "Allow plaintext node links from addresses that "
          "are not loopback (logged as a warning). Without it --node-listen on another "
          "interface needs --tls-cert, --tls-key and --tls-ca."],
@@ -56,6 +61,13 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["tls-ca", None, None, "PEM certificate(s) of the cluster CA: nodes' certificates "
          "must be signed by it and name the node that logs in."],
         ["heartbeat", None, None, f"Heartbeat interval asked of nodes, seconds [{DEFAULTS['heartbeat']}]."],
+        ["node-timeout", None, None, "A node silent this long (seconds) is down "
+         f"[{DEFAULTS['node-timeout']}]."],
+        ["rehome-after", None, None, "Seconds after a node went down (its link lost or "
+         "silent) before its PUs move to the live nodes, by load; 0: they never move "
+         f"[{DEFAULTS['rehome-after']}]."],
+        ["rehome-batch", None, None, "At most this many PUs moved to one node per round "
+         f"of re-homing (twice a second) [{DEFAULTS['rehome-batch']}]."],
         ["standby", None, None, "on: several vss-cms may run on this PostgreSQL database, "
          "one active (it holds the database's advisory lock) and the others standby, "
          "taking over within seconds; off: this CMS is alone on its database; auto: on "
@@ -76,6 +88,12 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
                 self[key] = value
         problems = []
         self["heartbeat"] = positive_number("heartbeat", self["heartbeat"], int, problems, 0, 600)
+        self["node-timeout"] = positive_number("node-timeout", self["node-timeout"], float,
+                                               problems, 0, 3600)
+        self["rehome-after"] = positive_number("rehome-after", self["rehome-after"], float,
+                                               problems, -1, 86400)
+        self["rehome-batch"] = positive_number("rehome-batch", self["rehome-batch"], int,
+                                               problems, 0, 1_000_000)
         self["event-retention-days"] = positive_number(
             "event-retention-days", self["event-retention-days"], int, problems, -1, 36500)
         if self.get("manhole") and not self.get("manhole-keys"):

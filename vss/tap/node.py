@@ -48,6 +48,7 @@ DEFAULTS = {
     "ss-control-listen": "tcp:0:interface=127.0.0.1",
     "ss-stream-viewers": "1000",
     "ss-stream-mbps": "0",
+    "login-rate": "2000",
 }
 
 
@@ -118,6 +119,10 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["record-in", None, None, "Where recordings are written: auto (inside the node for "
          "H.264/H.265, a child process for other codecs) or process (a child process per "
          f"recording) [{DEFAULTS['record-in']}]."],
+        ["login-rate", None, None, "Logins a second this node takes (AUTH_START of PUs "
+         "and CUs; a burst of as many): more are answered BUSY, to try again within a "
+         "second or two, and never count as failures (a storm of PUs whose node died is "
+         f"not an attack); 0: no limit [{DEFAULTS['login-rate']}]."],
         ["live-max-lag", None, None, "Seconds a live RTSP/TCP viewer may fall behind the "
          "stream before what is queued for it is dropped and it resumes at the next "
          f"keyframe; 0: no bound (playbacks are never bound) [{DEFAULTS['live-max-lag']}]."],
@@ -194,6 +199,7 @@ def settings_from(opts):
     max_write = positive_number("record-max-write-mbps", opts["record-max-write-mbps"], float,
                                 problems, 0, 1_000_000)
     live_max_lag = _non_negative("live-max-lag", opts["live-max-lag"], float, problems)
+    login_rate = _non_negative("login-rate", opts["login-rate"], float, problems)
     if live_max_lag is not None and live_max_lag > 3600:
         problems.append(f"--live-max-lag: {live_max_lag} must be <= 3600")
     record_in = str(opts["record-in"]).strip().lower()
@@ -253,6 +259,7 @@ def settings_from(opts):
         ss_first_port=ss_first_port,
         ss_stream_viewers=ss_viewers or 0,
         ss_stream_kbps=int((ss_mbps or 0) * 1000),
+        login_rate=login_rate,
         tls_cert=tls[0], tls_key=tls[1], tls_ca=tls[2],
         allow_plaintext_links=allow_plaintext,
         metrics=opts["metrics"],

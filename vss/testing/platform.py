@@ -70,6 +70,9 @@ class Platform:
             "data-dir": data,
             "cluster-secret-file": os.path.join(data, "cluster.secret"),
             "heartbeat": self.heartbeat,
+            # a node stopped or killed here comes back with its PUs: they are not moved
+            # (re-homing is tests/test_node_failover.py's)
+            "rehome-after": 0,
         }
         self.cms = CmsDaemon(options, self.reactor)
         self.cms.startService()

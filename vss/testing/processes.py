@@ -181,7 +181,10 @@ def start_cms(reactor, workdir, extra=(), env=None, name="cms"):
     ports_file = os.path.join(data, "ports.json")
     if os.path.exists(ports_file):
         os.remove(ports_file)
+    # a node the test stops or kills keeps its PUs (no re-homing) unless ``extra``
+    # says otherwise (the last --rehome-after given wins)
     argv = [tool("twistd"), "-n", "--pidfile=", "vss-cms", "--data-dir", data,
+            "--rehome-after", "0",
             "--db", "sqlite:" + cms_db_path(workdir),
             "--node-listen", "tcp:0:interface=127.0.0.1",
             "--admin-listen", "tcp:0:interface=127.0.0.1", *extra]

@@ -725,6 +725,17 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         if record.home_node and record.home_node != current.home_node:
             self._announce_grants(cur, log, record.home_node, device_id)
 
+    def move_devices(self, moves, origin=DEFAULT_ORIGIN):
+        """Re-home devices in one transaction: ``moves`` is [(device_id, node_id)]; a
+        device removed meanwhile is skipped. Deferred [Change] (each device's entry, the
+        grants announced to its new home), as ``update_device_fields`` gives one by one."""
+        return self._write(self._move_devices, list(moves), origin=origin)
+
+    def _move_devices(self, cur, log, moves):
+        for device_id, node_id in moves:
+            if self._get_device(cur, device_id) is not None:
+                self._update_device(cur, log, device_id, {"home_node": node_id})
+
     def _announce_grants(self, cur, log, node_id, device_id):
         """A device newly homed on ``node_id``: log the grants on it as they are, for
         that node only (origin ``follow:<node>``), after the device's own entry."""
