@@ -45,10 +45,6 @@ class IMemoryStore(Interface):
     def put_device(record):
         """Store or replace a ``DeviceRecord``."""
 
-    def move_devices(moves):
-        """Re-home devices, ``moves`` [(device_id, node_id)], in one transaction (a node
-        that died: CMS moves its PUs). Deferred [Change]."""
-
     def remove_device(device_id):
         """Forget a device (its static record and its dynamic state)."""
 
@@ -222,6 +218,10 @@ class IStaticStore(Interface):
 
     def upsert_node(node_id, signalling, media, capacity):
         """Deferred [Change]."""
+
+    def move_devices(moves):
+        """Re-home devices, ``moves`` [(device_id, node_id)], in one transaction (a node
+        that died: CMS moves its PUs). Deferred [Change]."""
 
     def set_node_state(node_id, state, load=None):
         """state 'up' or 'down'; load a JSON-able dict. Not logged as a change. Deferred."""
