@@ -101,6 +101,7 @@ class CDNModule(service.Service):
         self.counters = {"opened": 0, "pu_publish": 0, "pulls": 0, "node_pulls": 0,
                          "rejoins": 0, "rejoined": 0}
         self.rejoining = set()  # paths of kept sources being joined to a new origin
+        self._rejoin_waits = set()  # the pauses between tries, cancelled at stop
         self.playback = None  # vss.recording.playback.PlaybackService: recordings played back
         # f(host) -> client TLS options for an rtsps:// pull from another node's SS (the
         # cluster CA's, when the node has one); None: the system's trust roots
@@ -299,7 +300,14 @@ class CDNModule(service.Service):
                                        tls=self.node_pull_tls(url))
                 except Exception as e:  # noqa: BLE001 - any failure: try again soon
                     self.log.debug("{path} not joined yet: {error}", path=path, error=e)
-                    yield task.deferLater(self.clock, REJOIN_EVERY, lambda: None)
+                    wait = task.deferLater(self.clock, REJOIN_EVERY, lambda: None)
+                    self._rejoin_waits.add(wait)
+                    try:
+                        yield wait
+                    except defer.CancelledError:  # the module stopped
+                        break
+                    finally:
+                        self._rejoin_waits.discard(wait)
                     continue
                 if source.closed:
                     proto.teardown()
@@ -391,6 +399,8 @@ class CDNModule(service.Service):
             if call.active():
                 call.cancel()
         self._stops.clear()
+        for wait in list(self._rejoin_waits):
+            wait.cancel()
         super().stopService()
         # the pulls (cameras, other nodes, relayed playbacks) end with the module: their
         # origins see a TEARDOWN now rather than a connection that lingers in process
