@@ -105,6 +105,34 @@ def read_secret(path, what="secret"):
     return data
 
 
+def secret_option(path, env, option, what, problems):
+    """A password or secret a command line takes from a file (``option``, ``path``) or
+    else from the environment variable ``env``: the text ('' when there is none). What is
+    wrong (an unreadable file, nothing given) is appended to ``problems``, named."""
+    value = ""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read().strip()
+        except OSError as e:
+            problems.append(f"{option}: {e.strerror}")
+            return ""
+    else:
+        value = os.environ.get(env, "")
+    if not value:
+        problems.append(f"{what}: set {env} or {option}")
+    return value
+
+
+def check_id_format(fmt, problems):
+    """``--id-format`` (ids of many simulated devices or decoders): a format with one
+    field, else a problem appended."""
+    try:
+        fmt.format(1)
+    except (IndexError, ValueError, KeyError):
+        problems.append(f"--id-format: {fmt!r} is not a format with one field")
+
+
 def load_or_create_secret(path):
     """A node secret kept in the data directory (created with mode 0600 if absent)."""
     if os.path.exists(path):

@@ -19,7 +19,6 @@ when its first frame was decoded (the bench's figures).
 """
 
 import json
-import os
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 
 from vss.client import ReconnectingClient, SignallingClient
+from vss.config import check_id_format, secret_option
 from vss.protocols.messages import (
     CuKind,
     MediaClose,
@@ -84,20 +84,9 @@ class Options(VersionOption, usage.Options):
             problems.append("--layout: 1, 4, 9 or 16")
         if self["ramp"] <= 0:
             problems.append("--ramp: must be > 0")
-        if self["password-file"]:
-            try:
-                with open(self["password-file"], encoding="utf-8") as f:
-                    self.password = f.read().strip()
-            except OSError as e:
-                problems.append(f"--password-file: {e.strerror}")
-        else:
-            self.password = os.environ.get("VSS_PASSWORD", "")
-        if not getattr(self, "password", ""):
-            problems.append("the password: set VSS_PASSWORD or --password-file")
-        try:
-            self["id-format"].format(1)
-        except (IndexError, ValueError, KeyError):
-            problems.append(f"--id-format: {self['id-format']!r} is not a format with one field")
+        self.password = secret_option(self["password-file"], "VSS_PASSWORD",
+                                      "--password-file", "the password", problems)
+        check_id_format(self["id-format"], problems)
         if problems:
             raise usage.UsageError("; ".join(problems))
 

@@ -17,7 +17,6 @@ The secret comes from ``--secret-file`` or the environment variable ``VSS_PU_SEC
 replaced by each device id.
 """
 
-import os
 import random
 import signal
 import sys
@@ -34,6 +33,7 @@ from twisted.logger import (
 from twisted.python import usage
 
 from vss.client import ReconnectingClient, SignallingClient
+from vss.config import check_id_format, secret_option
 from vss.protocols.messages import PuKind, Role
 from vss.pu.device import SimulatedPU
 from vss.pu.media import PublisherFactory
@@ -81,20 +81,9 @@ class Options(VersionOption, usage.Options):
             problems.append("--events: must be >= 0")
         if self["ramp"] <= 0:
             problems.append("--ramp: must be > 0")
-        if self["secret-file"]:
-            try:
-                with open(self["secret-file"], encoding="utf-8") as f:
-                    self.secret = f.read().strip()
-            except OSError as e:
-                problems.append(f"--secret-file: {e.strerror}")
-        else:
-            self.secret = os.environ.get("VSS_PU_SECRET", "")
-        if not getattr(self, "secret", ""):
-            problems.append("the PU secret: set VSS_PU_SECRET or --secret-file")
-        try:
-            self["id-format"].format(1)
-        except (IndexError, ValueError, KeyError):
-            problems.append(f"--id-format: {self['id-format']!r} is not a format with one field")
+        self.secret = secret_option(self["secret-file"], "VSS_PU_SECRET", "--secret-file",
+                                    "the PU secret", problems)
+        check_id_format(self["id-format"], problems)
         if problems:
             raise usage.UsageError("; ".join(problems))
         self.kind = {"ipc": PuKind.IPC, "dvs": PuKind.DVS, "dvr": PuKind.DVR}[self["kind"]]
