@@ -1,5 +1,6 @@
 """Small helpers shared by the bench scripts (run as scripts: bench/ is on sys.path)."""
 
+import json
 import os
 import subprocess
 import threading
@@ -70,3 +71,30 @@ class Scraper(threading.Thread):
     def stop(self):
         self.halt.set()
         self.join(10)
+
+
+def seed_cms(db_path, devices, users, grants):
+    """Write the records to a new CMS database with the store API, before CMS starts
+    (``task.react`` runs the reactor once and always exits; only a failure matters)."""
+    from twisted.internet import task
+
+    from vss.testing.processes import seed_cms_db
+
+    try:
+        task.react(lambda reactor: seed_cms_db(reactor, db_path, devices=devices, users=users,
+                                               grants=grants))
+    except SystemExit as e:
+        if e.code:
+            raise
+
+
+def wait_json(path, proc, name, timeout=60):
+    """The JSON a started process writes (its ports), once the file is there; fails when
+    the process ended first or ``timeout`` s passed."""
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError(f"{name} did not start; see its log")
+        time.sleep(0.05)
+    with open(path) as f:
+        return json.load(f)

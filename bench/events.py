@@ -34,6 +34,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from _common import seed_cms, wait_json  # noqa: E402
 from signalling import SALT, SECRET  # noqa: E402
 
 from vss.protocols.messages import (  # noqa: E402
@@ -54,10 +55,6 @@ NODES = ("node-a", "node-b")
 
 
 def seed(db_path, pus, cus):
-    from twisted.internet import task
-
-    from vss.testing.processes import seed_cms_db
-
     v = records.verifier(SECRET, salt=SALT)  # one PBKDF2 for every bench identity
     devices = [DeviceRecord(device_id=f"ev{i:05d}", name=f"ev{i:05d}", kind=1, channels=1,
                             home_node=NODES[i % 2], verifier=v, source_url="", enabled=True,
@@ -66,22 +63,8 @@ def seed(db_path, pus, cus):
                         version=1) for j in range(cus)]
     grants = [GrantRecord(principal="group:bench", device_id=d.device_id,
                           actions=int(Action.VIEW), version=1) for d in devices]
-    try:
-        task.react(lambda reactor: seed_cms_db(reactor, db_path, devices=devices, users=users,
-                                               grants=grants))
-    except SystemExit as e:
-        if e.code:
-            raise
+    seed_cms(db_path, devices, users, grants)
 
-
-def wait_json(path, proc, name, timeout=60):
-    end = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > end:
-            raise RuntimeError(f"{name} did not start; see its log")
-        time.sleep(0.05)
-    with open(path) as f:
-        return json.load(f)
 
 
 def status(work, node):

@@ -45,6 +45,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from _common import seed_cms  # noqa: E402
 from signalling import SALT, SECRET  # noqa: E402
 
 from vss.protocols.messages import Action, DeviceRecord, GrantRecord, UserRecord  # noqa: E402
@@ -55,10 +56,6 @@ BIN = os.path.dirname(sys.executable)
 
 
 def seed(db_path, pus):
-    from twisted.internet import task
-
-    from vss.testing.processes import seed_cms_db
-
     v = records.verifier(SECRET, salt=SALT)  # one PBKDF2 for every bench identity
     devices = [DeviceRecord(device_id=f"st{i:05d}", name=f"st{i:05d}", kind=1, channels=1,
                             home_node="node-a", verifier=v, source_url="", enabled=True,
@@ -66,12 +63,7 @@ def seed(db_path, pus):
     users = [UserRecord(username="ops", verifier=v, groups=["ops"], enabled=True, version=1)]
     grants = [GrantRecord(principal="group:ops", device_id=d.device_id,
                           actions=int(Action.VIEW), version=1) for d in devices]
-    try:
-        task.react(lambda reactor: seed_cms_db(reactor, db_path, devices=devices, users=users,
-                                               grants=grants))
-    except SystemExit as e:
-        if e.code:
-            raise
+    seed_cms(db_path, devices, users, grants)
 
 
 class Run:

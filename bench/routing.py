@@ -49,6 +49,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from _common import seed_cms, wait_json  # noqa: E402
 from signalling import SALT, SECRET, TICK, Loader, cpu_ticks, pinned  # noqa: E402
 
 from vss.protocols.messages import Action, DeviceRecord, GrantRecord, UserRecord  # noqa: E402
@@ -62,10 +63,6 @@ PHASES = ("local", "via_cms", "cached")
 def seed(db_path, pus, cus):
     """Users, devices (``la*`` homed on node-a, ``rb*`` on node-b) and grants, written
     with the store API before CMS starts."""
-    from twisted.internet import task
-
-    from vss.testing.processes import seed_cms_db
-
     v = records.verifier(SECRET, salt=SALT)  # one PBKDF2 for every bench identity
     devices = [DeviceRecord(device_id=f"{prefix}{i:05d}", name=f"{prefix}{i:05d}", kind=1,
                             channels=1, home_node=home, verifier=v, source_url="",
@@ -75,22 +72,8 @@ def seed(db_path, pus, cus):
                         version=1) for j in range(cus)]
     grants = [GrantRecord(principal="group:bench", device_id=d.device_id,
                           actions=int(Action.VIEW | Action.PTZ), version=1) for d in devices]
-    try:
-        task.react(lambda reactor: seed_cms_db(reactor, db_path, devices=devices, users=users,
-                                               grants=grants))
-    except SystemExit as e:  # react always exits; only a failure matters
-        if e.code:
-            raise
+    seed_cms(db_path, devices, users, grants)
 
-
-def wait_json(path, proc, name, timeout=60):
-    end = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > end:
-            raise RuntimeError(f"{name} did not start; see its log")
-        time.sleep(0.05)
-    with open(path) as f:
-        return json.load(f)
 
 
 def spawn(argv, log, core, cwd):

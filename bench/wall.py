@@ -41,6 +41,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from _common import seed_cms, wait_json  # noqa: E402
 from signalling import SALT, SECRET  # noqa: E402
 
 from vss.client import SignallingClient, connect  # noqa: E402
@@ -66,10 +67,6 @@ TILES = 4
 
 
 def seed(db_path, cameras, decoders, operators):
-    from twisted.internet import task
-
-    from vss.testing.processes import seed_cms_db
-
     v = records.verifier(SECRET, salt=SALT)  # one PBKDF2 for every bench identity
     devices = [DeviceRecord(device_id=f"cam{i:03d}", name=f"cam{i:03d}", kind=1, channels=1,
                             home_node=WALL_NODES[i % 2], verifier=v, source_url="",
@@ -82,22 +79,8 @@ def seed(db_path, cameras, decoders, operators):
                           actions=int(Action.VIEW), version=1) for d in devices]
     grants += [GrantRecord(principal="group:ops", device_id=f"cu:dec{j:03d}",
                            actions=int(Action.WALL), version=1) for j in range(decoders)]
-    try:
-        task.react(lambda reactor: seed_cms_db(reactor, db_path, devices=devices, users=users,
-                                               grants=grants))
-    except SystemExit as e:
-        if e.code:
-            raise
+    seed_cms(db_path, devices, users, grants)
 
-
-def wait_json(path, proc, name, timeout=60):
-    end = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > end:
-            raise RuntimeError(f"{name} did not start; see its log")
-        time.sleep(0.05)
-    with open(path) as f:
-        return json.load(f)
 
 
 def status(work, node):
