@@ -74,12 +74,16 @@ class MovingStore:
         self.seq = 0
         self.moves = []
         self.versions = {}
+        self.failed_from = {}  # device_id -> its first home that was down
 
-    def move_devices(self, moves, origin=""):
+    def move_devices(self, moves, origin="", failed_node=""):
         changes = []
         for device_id, node_id in moves:
             self.seq += 1
             self.moves.append((device_id, node_id))
+            back_to = self.failed_from.pop(device_id, None)
+            if failed_node and (back_to or failed_node) != node_id:
+                self.failed_from[device_id] = back_to or failed_node
             version = self.versions[device_id] = self.versions.get(device_id, 1) + 1
             record = records.device(device_id, "s", home_node=node_id, version=version,
                                     iterations=1000)
@@ -87,6 +91,10 @@ class MovingStore:
                                   op=int(ChangeOp.UPSERT), key=device_id, version=version,
                                   origin=origin, device=record, user=None, grant=None))
         return defer.succeed(changes)
+
+    def failover_moves(self, node_id=None):
+        return defer.succeed({d: n for d, n in self.failed_from.items()
+                              if node_id in (None, n)})
 
 
 class CmsRehomeTests(unittest.TestCase):
@@ -182,9 +190,37 @@ class CmsRehomeTests(unittest.TestCase):
         self.clock.advance(2.1)
         self.assertEqual(len(self.store.moves), 2)
         self.cms.sessions["a"] = FakeSession("a")
-        self.cms.failback("a")
+        self.assertEqual(self.successResultOf(self.cms.failback("a")), 2)
         self.assertEqual(self.store.moves[2:], [("a-00", "a"), ("a-01", "a")])
         self.assertEqual({h for h in self.cms.homes.values()}, {"a"})
+        self.assertEqual(self.store.failed_from, {})  # given back: nothing more to give
+
+    def test_failback_gives_back_to_the_first_home_that_died(self):
+        """a dies (its PUs go to b), then b dies (they go to c): a back takes them all,
+        b back takes none."""
+        self.homed("a", 2)
+        self.cms.sessions = {"b": FakeSession("b")}
+        self.cms._schedule_rehome("a")
+        self.clock.advance(2.1)
+        self.cms.sessions = {"c": FakeSession("c")}
+        self.cms._schedule_rehome("b")
+        self.clock.advance(2.1)
+        self.assertEqual({h for h in self.cms.homes.values()}, {"c"})
+        self.cms.sessions["b"] = FakeSession("b")
+        self.assertEqual(self.successResultOf(self.cms.failback("b")), 0)
+        self.cms.sessions["a"] = FakeSession("a")
+        self.assertEqual(self.successResultOf(self.cms.failback("a")), 2)
+        self.assertEqual({h for h in self.cms.homes.values()}, {"a"})
+
+    def test_failback_that_fails_is_logged_and_moves_nothing(self):
+        self.homed("a", 1)
+        self.store.failed_from["a-00"] = "a"
+        self.store.failover_moves = lambda node_id=None: defer.fail(
+            VssError(ResultCode.DB_UNAVAILABLE, "locked"))
+        self.cms.sessions = {"a": FakeSession("a")}
+        self.successResultOf(self.cms._failback_now("a"))
+        self.assertEqual(self.store.moves, [])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
 
     def test_route_names_the_homes_pu_address_and_epoch(self):
         self.cms.homes["cam1"] = "b"

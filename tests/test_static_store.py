@@ -60,6 +60,7 @@ CURRENT_SCHEMA = {
             "id", "at", "kind", "actor", "source", "node_id", "action", "target", "status",
             "detail_json",
         ],
+        "failover_moves": ["device_id", "from_node", "moved_at"],
         "event_acks": ["node_id", "seq", "device_id", "acked_by", "acked_at", "comment"],
         "events": [
             "node_id", "seq", "device_id", "channel", "type", "phase", "severity", "pu_time",
@@ -91,7 +92,7 @@ CURRENT_SCHEMA = {
     "indexes": [
         "admin_tokens_hash", "admin_tokens_name", "audit_log_actor", "audit_log_kind",
         "audit_log_target", "devices_home_node", "events_device", "events_time",
-        "grants_device", "node_devices_device", "node_users_user",
+        "failover_moves_node", "grants_device", "node_devices_device", "node_users_user",
         "stream_credentials_device", "stream_credentials_user",
     ],
     # a grant may name a wall (cu:ACCOUNT) as well as a device: no reference (migration 9)
@@ -341,6 +342,30 @@ class StaticStoreConformance:
         self.assertEqual([(c.key, c.origin) for c in grants],
                          [("user:ann|cam-1", "follow:node-c")])
         self.assertEqual((yield self.store.get_device("cam-2")).home_node, "node-a")
+        self.assertContiguous()
+
+    @inlineCallbacks
+    def test_failover_moves_remember_the_first_home_that_died(self):
+        """A move away from a node that is down is remembered (the first such home), in
+        the database; an operator's move or the move back forgets it; so does removing
+        the device."""
+        for i in range(3):
+            yield self.store.upsert_device(f"cam-{i}", "c", PuKind.IPC, 1, "node-a", V1)
+        yield self.logged(self.store.move_devices(
+            [("cam-0", "node-b"), ("cam-1", "node-b"), ("cam-2", "node-c")],
+            failed_node="node-a"))
+        self.assertEqual((yield self.store.failover_moves()),
+                         {"cam-0": "node-a", "cam-1": "node-a", "cam-2": "node-a"})
+        # node-b dies too: cam-0 goes on to node-c, still to go back to node-a
+        yield self.logged(self.store.move_devices([("cam-0", "node-c")], failed_node="node-b"))
+        self.assertEqual((yield self.store.failover_moves("node-a"))["cam-0"], "node-a")
+        self.assertEqual((yield self.store.failover_moves("node-b")), {})
+        # an operator moves cam-1; cam-2 is given back; cam-0 is removed
+        yield self.logged(self.store.update_device_fields("cam-1", home_node="node-d"))
+        yield self.logged(self.store.move_devices([("cam-2", "node-a")]))
+        self.assertEqual((yield self.store.failover_moves()), {"cam-0": "node-a"})
+        yield self.logged(self.store.remove_device("cam-0"))
+        self.assertEqual((yield self.store.failover_moves()), {})
         self.assertContiguous()
 
     @inlineCallbacks

@@ -219,9 +219,15 @@ class IStaticStore(Interface):
     def upsert_node(node_id, signalling, media, capacity):
         """Deferred [Change]."""
 
-    def move_devices(moves):
+    def move_devices(moves, failed_node=""):
         """Re-home devices, ``moves`` [(device_id, node_id)], in one transaction (a node
-        that died: CMS moves its PUs). Deferred [Change]."""
+        that died: CMS moves its PUs). ``failed_node``: the home they leave because it
+        is down, remembered per device (the first such home) for ``failover_moves``
+        until the device's home changes otherwise. Deferred [Change]."""
+
+    def failover_moves(node_id=None):
+        """Deferred {device_id: node_id}: devices moved away from a home that was down,
+        and that home (only those of ``node_id`` when given): what failback gives back."""
 
     def set_node_state(node_id, state, load=None):
         """state 'up' or 'down'; load a JSON-able dict. Not logged as a change. Deferred."""

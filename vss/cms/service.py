@@ -325,7 +325,6 @@ class CMSService(service.Service):
         # down for ``rehome_after`` s move to the live nodes.
         self.epochs = {}  # device_id -> its record's version as last published (home epoch)
         self._rehome_calls = {}  # node_id -> DelayedCall of its PUs' move
-        self.moved_from = {}  # device_id -> the node it was moved away from (failback)
         self.rehoming = set()  # nodes whose PUs are being moved
 
     # -- life cycle
@@ -582,7 +581,7 @@ class CMSService(service.Service):
         self.clock.callLater(0, self._send_presences, s)
         self.clock.callLater(0, self._announce_nodes)
         if self.config.failback:
-            self.clock.callLater(0, self.failback, s.node_id)
+            self.clock.callLater(0, self._failback_now, s.node_id)
         self.log.info("node {node} up from {peer} (applied {applied}, head {head})",
                       node=s.node_id, peer=s.link.peer, applied=body.applied_seq, head=head)
         return NodeRegistered(cms_id=self.config.cms_id,
@@ -1240,11 +1239,10 @@ class CMSService(service.Service):
                 moves = list(zip(devices, targets, strict=False))
                 for i in range(0, len(moves), REHOME_CHUNK):
                     part = moves[i:i + REHOME_CHUNK]
-                    changes = yield self.store.move_devices(part, origin="cms")
+                    changes = yield self.store.move_devices(part, origin="cms",
+                                                            failed_node=node_id)
                     self.s501_data_changed(changes)
-                    for device_id, _target in part:
-                        done.add(device_id)
-                        self.moved_from[device_id] = node_id
+                    done.update(device_id for device_id, _target in part)
                     moved += len(part)
                 if len(moves) < len(devices):
                     yield task.deferLater(self.clock, REHOME_ROUND, lambda: None)
@@ -1257,20 +1255,35 @@ class CMSService(service.Service):
                           seconds=self.clock.seconds() - started)
         return moved
 
+    def _failback_now(self, node_id):
+        def failed(f):  # the database failed: they stay where they are, said in the log
+            self.log.warn("giving node {node} back its PUs failed ({error}); they stay "
+                          "on their present homes (vss-admin can move them)",
+                          node=node_id, error=f.getErrorMessage())
+
+        return self.failback(node_id).addErrback(failed)
+
     @defer.inlineCallbacks
     def failback(self, node_id):
         """With ``failback``: a node that comes back takes back the PUs moved away
-        from it when it died (their other homes give them up, the PUs are redirected)."""
-        back = sorted(d for d, n in self.moved_from.items() if n == node_id
-                      and d in self.homes and self.homes[d] != node_id)
+        from it when it was down (their other homes give them up, the PUs are
+        redirected). What was moved is in the database (``failover_moves``), so a CMS
+        restarted or taken over meanwhile gives them back too. Fires with the number
+        moved back."""
+        moved = yield self.store.failover_moves(node_id)
+        back = sorted(d for d in moved if self.homes.get(d, node_id) != node_id)
+        done = 0
         for i in range(0, len(back), REHOME_CHUNK):
-            if node_id not in self.sessions:
-                return
+            if node_id not in self.sessions or not self.active:
+                break
             part = [(d, node_id) for d in back[i:i + REHOME_CHUNK]]
             changes = yield self.store.move_devices(part, origin="cms")
             self.s501_data_changed(changes)
-            for d, _ in part:
-                self.moved_from.pop(d, None)
+            done += len(part)
+        if done:
+            self.log.info("node {node} is back: gave it back {count} PUs (failback)",
+                          node=node_id, count=done)
+        return done
 
     # -- for MMS and operators
 

@@ -301,6 +301,21 @@ MIGRATIONS = (
         ),
         (("postgresql", ("ALTER TABLE grants DROP CONSTRAINT IF EXISTS grants_device_id_fkey",)),),
     ),
+    Migration(
+        10,
+        "PUs moved away from a node that died: the node they go back to with failback",
+        (
+            # one row per device re-homed because its home was down, naming the first
+            # such home (a PU moved twice goes back to where it was homed before the
+            # failures); any other change of the home (an operator's move, the failback
+            # itself) removes the row (docs/consistency.md, "Re-homing")
+            "CREATE TABLE failover_moves ("
+            " device_id {KEY} PRIMARY KEY,"
+            " from_node {KEY} NOT NULL,"
+            " moved_at {INT} NOT NULL)",
+            "CREATE INDEX failover_moves_node ON failover_moves (from_node, device_id)",
+        ),
+    ),
 )
 
 CURRENT_VERSION = MIGRATIONS[-1].version

@@ -714,6 +714,8 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         record = _replace_device(current, version=current.version + 1, **fields)
         if current.home_node and current.home_node != record.home_node:
             self._follow(cur, current.home_node, device_id)  # it still gets the move
+            # its home is settled anew: no failback (``_move_devices`` writes it again)
+            self._x(cur, "DELETE FROM failover_moves WHERE device_id = ?", (device_id,))
         self._x(
             cur,
             "UPDATE devices SET name = ?, channels = ?, home_node = ?, source_url = ?,"
@@ -725,16 +727,41 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         if record.home_node and record.home_node != current.home_node:
             self._announce_grants(cur, log, record.home_node, device_id)
 
-    def move_devices(self, moves, origin=DEFAULT_ORIGIN):
+    def move_devices(self, moves, origin=DEFAULT_ORIGIN, failed_node=""):
         """Re-home devices in one transaction: ``moves`` is [(device_id, node_id)]; a
-        device removed meanwhile is skipped. Deferred [Change] (each device's entry, the
-        grants announced to its new home), as ``update_device_fields`` gives one by one."""
-        return self._write(self._move_devices, list(moves), origin=origin)
+        device removed meanwhile is skipped. ``failed_node``: the home they leave
+        because it is down; each device remembers the first such home (``failover_moves``,
+        what failback gives back) until its home changes otherwise. Deferred [Change]
+        (each device's entry, the grants announced to its new home), as
+        ``update_device_fields`` gives one by one."""
+        return self._write(self._move_devices, list(moves), failed_node, origin=origin)
 
-    def _move_devices(self, cur, log, moves):
+    def _move_devices(self, cur, log, moves, failed_node):
         for device_id, node_id in moves:
-            if self._get_device(cur, device_id) is not None:
-                self._update_device(cur, log, device_id, {"home_node": node_id})
+            if self._get_device(cur, device_id) is None:
+                continue
+            first = None
+            if failed_node:
+                first = self._x(cur, "SELECT from_node FROM failover_moves WHERE device_id = ?",
+                                (device_id,)).fetchone()
+            self._update_device(cur, log, device_id, {"home_node": node_id})
+            back_to = first[0] if first else failed_node
+            if back_to and back_to != node_id:
+                self._x(cur, "INSERT INTO failover_moves (device_id, from_node, moved_at)"
+                        " VALUES (?, ?, ?)", (device_id, back_to, log.at))
+
+    def failover_moves(self, node_id=None):
+        """Deferred {device_id: node_id}: the devices moved away from a node that was
+        down, and that node (only those of ``node_id`` when given)."""
+        return self._read(self._failover_moves, node_id)
+
+    def _failover_moves(self, cur, node_id):
+        if node_id is None:
+            rows = self._x(cur, "SELECT device_id, from_node FROM failover_moves").fetchall()
+        else:
+            rows = self._x(cur, "SELECT device_id, from_node FROM failover_moves"
+                           " WHERE from_node = ?", (node_id,)).fetchall()
+        return {d: n for d, n in rows}
 
     def _announce_grants(self, cur, log, node_id, device_id):
         """A device newly homed on ``node_id``: log the grants on it as they are, for
@@ -757,6 +784,7 @@ class SqlStaticStore(OperatorSql, AuditSql, EventSql):
         self._delete_grants(cur, log, "device_id = ?", (device_id,))
         self._delete_credentials(cur, log, "device_id = ?", (device_id,))
         self._x(cur, "DELETE FROM record_settings WHERE device_id = ?", (device_id,))
+        self._x(cur, "DELETE FROM failover_moves WHERE device_id = ?", (device_id,))
         self._x(cur, "DELETE FROM devices WHERE device_id = ?", (device_id,))
         log.add(Entity.DEVICE, ChangeOp.DELETE, device_id, int(row[0]) + 1)
 
