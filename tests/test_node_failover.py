@@ -9,6 +9,10 @@ live RTSP viewers on node-b (``vss.testing.failover``).
 - node-a cut off from CMS while its PUs' links stay: node-a keeps serving them and no
   other node serves them meanwhile; once the link is back node-a learns the newer home
   epoch, gives them up, and they move; while cut off, no other node has any of them.
+- a recorded PU: its new home records it, and the catalogue lists node-a's footage
+  (missing while node-a is down), the new home's, and the gap between them.
+- with ``--failback``: node-a restarted gets its PUs back, even after a CMS restart
+  while it was down (what was moved is in the database).
 """
 
 import os
@@ -136,6 +140,85 @@ class NodeFailoverTests(unittest.TestCase):
         yield sleep(5.0)
         self.assertEqual({d: t for d, t in s.online_at.items() if settled.get(d) != t}, {})
         self.assertEqual(s.pus_online("node-a"), 0)
+
+    @defer.inlineCallbacks
+    def test_recordings_go_on_on_the_new_home_and_the_catalogue_shows_the_gap(self):
+        s = self.scenario(4, recorded=["pu00000"])
+        yield self.start(s)
+        now_ms = lambda: int(reactor.seconds() * 1000)  # noqa: E731
+        start_ms = now_ms()
+
+        def segments_of(node_id, after=0):
+            @defer.inlineCallbacks
+            def check():
+                listing = yield s.recordings("pu00000", start_ms - 60_000, now_ms() + 5000)
+                return [g for g in listing.segments if g.node_id == node_id
+                        and g.start >= after and g.end > g.start]
+
+            return check
+
+        yield poll("node-a to record two segments",
+                   lambda: segments_of("node-a")().addCallback(lambda x: len(x) >= 2),
+                   timeout=60, interval=0.5)
+        t0 = yield s.kill("node-a")
+        t0_ms = int(t0 * 1000)
+        yield poll("pu00000 online elsewhere", lambda: "pu00000" in s.online_since(t0),
+                   timeout=ALL_ONLINE_BOUND)
+        home = [d.node_id for d in (yield s.devices()) if d.device_id == "pu00000"][0]
+        self.assertIn(home, ("node-b", "node-c"))
+        # its new home records it, from after the kill on
+        later = yield poll(f"{home} to record pu00000",
+                           lambda: segments_of(home, t0_ms)().addCallback(
+                               lambda x: len(x) >= 2 and x),
+                           timeout=60, interval=0.5)
+        # while node-a is down its footage is listed as missing
+        listing = yield s.recordings("pu00000", start_ms - 60_000, now_ms())
+        self.assertIn("node-a", listing.missing)
+
+        # node-a back: the catalogue has both, and the gap between them
+        yield s.start_node("node-a")
+        before = yield poll("node-a's footage listed again",
+                            lambda: segments_of("node-a")(), timeout=60, interval=0.5)
+        listing = yield s.recordings("pu00000", start_ms - 60_000, now_ms())
+        self.assertEqual(listing.missing, [])
+        last_a = max(g.end for g in before)
+        first_new = min(g.start for g in later)
+        self.assertLessEqual(last_a, t0_ms + 1000)
+        self.assertGreater(first_new, t0_ms)
+        self.assertTrue(any(g.start <= last_a + 1000 and g.end >= first_new - 1000
+                            for g in listing.gaps), (last_a, first_new, listing.gaps))
+        self.assertEqual({g.node_id for g in listing.segments}, {"node-a", home})
+
+    @defer.inlineCallbacks
+    def test_failback_gives_a_returning_node_its_pus_after_a_cms_restart(self):
+        """With --failback, CMS keeps what it moved in its database: a CMS killed and
+        started again while node-a is down still gives node-a its PUs back."""
+        s = self.scenario(40, cms_extra=["--failback"])
+        yield self.start(s)
+        t0 = yield s.kill("node-a")
+        yield poll("every PU online elsewhere", lambda: len(s.online_since(t0)) == s.count,
+                   timeout=ALL_ONLINE_BOUND + 30)
+        yield s.restart_cms()
+        yield poll("node-b and node-c back on CMS", lambda: s.pus_online("node-b") +
+                   s.pus_online("node-c") == s.count and s.connected("node-b")
+                   and s.connected("node-c"), timeout=60)
+        yield s.start_node("node-a")
+        yield poll("every PU back on node-a", lambda: s.pus_online("node-a") == s.count,
+                   timeout=60)
+        yield poll("node-a named home of every PU", self._homed_on(s, "node-a"), timeout=30)
+        # and it stays so: nothing flaps back and forth
+        settled = dict(s.online_at)
+        yield sleep(4.0)
+        self.assertEqual({d: t for d, t in s.online_at.items() if settled.get(d) != t}, {})
+        self.assertEqual(s.pus_online("node-a"), s.count)
+
+    def _homed_on(self, s, node_id):
+        @defer.inlineCallbacks
+        def check():
+            devices = yield s.devices()
+            return len(devices) == s.count and all(d.node_id == node_id for d in devices)
+
+        return check
 
     def _moved(self, s):
         """True once node-b's copy (``vssctl devices`` there) names a new home for

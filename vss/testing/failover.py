@@ -9,6 +9,10 @@ An observer CU (user ``watcher``, who may view every PU) is logged in to node-b:
 STATE_CHANGE notifications it gets say when each PU went offline and came online again,
 and its DEVICE_LIST (what ``vssctl devices`` shows) says where each PU is homed.
 
+``recorded`` PUs are seeded with continuous recording (2 s segments): node-a records
+them, their new home goes on, and the watcher's RECORD_QUERY lists both with the gap.
+``restart_cms`` kills CMS (SIGKILL) and starts it again on its node port.
+
 The partition: node-a reaches CMS through a TCP relay of this process
 (``LinkRelay``), which can be cut (every connection closed, new ones refused) and
 healed while the PUs' links to node-a stay up.
@@ -36,7 +40,9 @@ from vss.protocols.messages import (
     MediaOpen,
     MsgType,
     Purpose,
+    RecordQuery,
     Role,
+    Stream,
 )
 from vss.testing import records
 from vss.testing.processes import (
@@ -153,16 +159,18 @@ class Viewer:
 
 
 class NodeFailoverScenario:
-    def __init__(self, reactor, work, count, cms_extra=(), relay_node_a=False):
+    def __init__(self, reactor, work, count, cms_extra=(), relay_node_a=False, recorded=()):
         self.reactor = reactor
         self.work = work
         self.count = count
+        self.recorded = tuple(recorded)
         # CMS's default re-homing, named: start_cms turns it off for other tests
         self.cms_extra = ["--rehome-after", "1", *cms_extra]
         self.relay_node_a = relay_node_a
         self.daemons = []
         self.nodes = {}  # node_id -> (daemon, ports)
         self.cms_ports = None
+        self.cms = None  # the CMS Daemon
         self.relay = None
         self.pus = None
         self.watcher = None
@@ -182,14 +190,32 @@ class NodeFailoverScenario:
                    for d in self.device_ids()]
         grants = [records.grant(f"user:{WATCHER[0]}", d, Action.VIEW | Action.CONFIG)
                   for d in self.device_ids()]
+        recording = [(d, 0, {"mode": "continuous", "stream": "main", "segment_seconds": 2,
+                             "retention_days": 1}) for d in self.recorded]
         return seed_cms_db(self.reactor, cms_db_path(self.work), devices=devices,
-                           users=[records.user(*WATCHER, iterations=FAST)], grants=grants)
+                           users=[records.user(*WATCHER, iterations=FAST)], grants=grants,
+                           record_settings=recording)
 
     @defer.inlineCallbacks
-    def start_cms(self):
-        daemon, self.cms_ports = yield start_cms(self.reactor, self.work, self.cms_extra)
+    def start_cms(self, node_port=0):
+        """``node_port``: listen for nodes there (a CMS started again where the nodes
+        know it)."""
+        extra = list(self.cms_extra)
+        if node_port:
+            extra += ["--node-listen", f"tcp:{node_port}:interface=127.0.0.1"]
+        daemon, self.cms_ports = yield start_cms(self.reactor, self.work, extra)
+        self.cms = daemon
         self.daemons.append(daemon)
         return daemon
+
+    @defer.inlineCallbacks
+    def restart_cms(self):
+        """SIGKILL CMS and start it again on the same node port (the nodes find it
+        there again); fires once it listens."""
+        port = self.cms_ports["node"]
+        yield self.cms.stop(signal.SIGKILL)
+        self.daemons.remove(self.cms)
+        yield self.start_cms(port)
 
     @defer.inlineCallbacks
     def start_node(self, node_id):
@@ -297,6 +323,13 @@ class NodeFailoverScenario:
         if viewer.error is not None:
             raise viewer.error
         return viewer
+
+    def recordings(self, device_id, frm_ms, to_ms):
+        """The catalogue of ``device_id``'s main stream across the nodes, as the watcher
+        gets it (RECORD_QUERY; what ``vssctl recordings`` shows): Recordings."""
+        return self.watcher.request(MsgType.RECORD_QUERY, RecordQuery(
+            device_id=device_id, channel=0, stream=Stream.MAIN, from_time=frm_ms,
+            to_time=to_ms), timeout=30).addCallback(lambda m: m.body)
 
     def online_since(self, t0):
         """The PUs the watcher saw come online after ``t0``."""

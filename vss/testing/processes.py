@@ -235,16 +235,20 @@ def read_status(workdir, node_id):
         return None
 
 
-def seed_cms_db(reactor, path, devices=(), users=(), grants=(), admin_tokens=()):
+def seed_cms_db(reactor, path, devices=(), users=(), grants=(), admin_tokens=(),
+                record_settings=()):
     """Write static data into a CMS database (SQLite at ``path``) before CMS starts,
     with the store API. ``devices``: DeviceRecord; ``users``: UserRecord; ``grants``:
-    GrantRecord; ``admin_tokens``: (name, token) pairs."""
+    GrantRecord; ``admin_tokens``: (name, token) pairs; ``record_settings``:
+    (device_id, channel, settings dict) as the admin API's record-settings take."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return seed_static_store(reactor, "sqlite:" + path, devices, users, grants, admin_tokens)
+    return seed_static_store(reactor, "sqlite:" + path, devices, users, grants, admin_tokens,
+                             record_settings)
 
 
 @defer.inlineCallbacks
-def seed_static_store(reactor, spec, devices=(), users=(), grants=(), admin_tokens=()):
+def seed_static_store(reactor, spec, devices=(), users=(), grants=(), admin_tokens=(),
+                      record_settings=()):
     """``seed_cms_db`` for any database ``spec`` of ``vss-cms --db``."""
 
     store = make_static_store(spec, reactor=reactor)
@@ -259,5 +263,7 @@ def seed_static_store(reactor, spec, devices=(), users=(), grants=(), admin_toke
             yield store.set_grant(g.principal, g.device_id, g.actions)
         for name, token in admin_tokens:
             yield store.add_admin_token(name, hash_token(token))
+        for device_id, channel, settings in record_settings:
+            yield store.set_record_settings(device_id, channel, settings)
     finally:
         yield store.close()
