@@ -41,6 +41,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from twisted.internet import defer, task  # noqa: E402
 
+from _common import proc_cpu  # noqa: E402
+
 from vss.testing.failover import NodeFailoverScenario, percentile  # noqa: E402
 from vss.testing.processes import poll  # noqa: E402
 from vss.testing.standby import NoPostgres, StandbyScenario, database  # noqa: E402
@@ -97,8 +99,10 @@ def cms_bench(reactor, runs):
 
 
 @defer.inlineCallbacks
-def nodes_run(reactor, count, viewers):
+def nodes_run(reactor, count, viewers, keep=False):
     work = tempfile.mkdtemp(prefix="vss-failover-nodes-")
+    if keep:
+        print(f"work directory (kept): {work}", flush=True)
     s = NodeFailoverScenario(reactor, work, count)
     try:
         yield s.seed()
@@ -116,10 +120,19 @@ def nodes_run(reactor, count, viewers):
         for i in range(viewers):
             watched.append((yield s.view(f"pu{i * max(1, count // viewers):05d}")))
         yield task.deferLater(reactor, 2.0, lambda: None)
+        pids = {"cms": s.cms.pid, "vss-pu": s.pus.pid,
+                **{n: s.nodes[n][0].pid for n in ("node-b", "node-c")}}
+        cpu0 = {name: proc_cpu(pid) for name, pid in pids.items()}
         t0 = yield s.kill("node-a")
         yield poll("every PU online elsewhere", lambda: len(s.online_since(t0)) == count,
                    timeout=300, interval=0.2, reactor=reactor)
         times = [t - t0 for t in s.online_since(t0).values()]
+        # who did the work, kill to the last PU online: CPU seconds per process
+        cpu = {name: proc_cpu(pid) - cpu0[name] for name, pid in pids.items()}
+        print("CPU seconds from the kill to the last PU online: " + ", ".join(
+            f"{name} {seconds:.1f}" for name, seconds in cpu.items()) +
+            f" (in {max(times):.1f} s on {os.cpu_count()} CPUs; load average "
+            f"{os.getloadavg()[0]:.1f})", flush=True)
         spread = {}
         devices = yield s.devices()
         for d in devices:
@@ -142,7 +155,8 @@ def nodes_run(reactor, count, viewers):
         return times
     finally:
         yield s.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main():
@@ -153,6 +167,8 @@ def main():
     parser.add_argument("--viewers", type=int, default=10,
                         help="live viewers of the dying node's PUs (--nodes)")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the processes' logs and data (--nodes)")
     parser.add_argument("--dsn", help="PostgreSQL DSN [VSS_TEST_POSTGRES_DSN, else a "
                         "server of its own]")
     args = parser.parse_args()
@@ -163,7 +179,7 @@ def main():
 
     def run(reactor):
         if args.nodes:
-            return nodes_run(reactor, args.nodes, args.viewers)
+            return nodes_run(reactor, args.nodes, args.viewers, args.keep)
         return cms_bench(reactor, args.runs).addErrback(
             lambda f: print(f"failover bench: {f.getErrorMessage()}", file=sys.stderr)
             if f.check(NoPostgres) else f)

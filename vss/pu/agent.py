@@ -34,6 +34,7 @@ from twisted.python import usage
 
 from vss.client import ReconnectingClient, SignallingClient
 from vss.config import check_id_format, secret_option
+from vss.gctune import tune_gc
 from vss.protocols.messages import PuKind, Role
 from vss.pu.device import SimulatedPU
 from vss.pu.media import PublisherFactory
@@ -189,6 +190,11 @@ def main(argv=None):
     except usage.UsageError as e:
         print(f"vss-pu: {e}", file=sys.stderr)
         print(f"Usage: vss-pu {Options.synopsis} (see vss-pu --help)", file=sys.stderr)
+        return 2
+    try:
+        tune_gc()  # thousands of simulated PUs in one process: vss.gctune
+    except ValueError as e:
+        print(f"vss-pu: {e}", file=sys.stderr)
         return 2
     observer = textFileLogObserver(sys.stdout)
     if opts["quiet"]:  # thousands of PUs moving log a line each otherwise

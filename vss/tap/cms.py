@@ -5,11 +5,13 @@ import os
 from vss.cms.daemon import CmsDaemon
 from vss.cms.store import is_postgres
 from vss.config import ConfigError, TrackingOptions, merge_options, positive_number
+from vss.gctune import tune_gc
 from vss.private import restrict_umask
 from vss.tap.common import (
     OneLineUsage,
     check_endpoint,
     check_metrics_options,
+    fail_in_one_line,
     link_tls_files,
     metrics_options,
 )
@@ -139,6 +141,10 @@ def makeService(options):
     from twisted.internet import reactor
 
     restrict_umask()  # every file of the daemon is its own (0600, directories 0700)
+    try:
+        tune_gc()  # thousands of long-lived links: vss.gctune
+    except ValueError as e:
+        fail_in_one_line("vss-cms", str(e))
     daemon = CmsDaemon(dict(options), reactor)
     daemon.exit_status_on_failure = True
     return daemon

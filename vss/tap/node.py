@@ -11,6 +11,7 @@ from vss.config import (
     merge_options,
     positive_number,
 )
+from vss.gctune import tune_gc
 from vss.node import NodeService
 from vss.private import restrict_umask
 from vss.rgm.localcentral import MemoryCentral
@@ -380,6 +381,10 @@ def makeService(options):
     from twisted.internet import reactor
 
     restrict_umask()  # every file of the daemon is its own (0600, directories 0700)
+    try:
+        tune_gc()  # thousands of long-lived links: vss.gctune
+    except ValueError as e:
+        fail_in_one_line("vss-node", str(e))
     try:
         node = NodeService(options.settings, reactor)
     except (ValueError, OSError) as e:  # ConfigError too: a setting the operator fixes

@@ -6,6 +6,7 @@ hand with the node's secret file and the node's ``--ss-control-listen`` address.
 import sys
 
 from vss.config import ConfigError, SSSettings, TrackingOptions, positive_number
+from vss.gctune import tune_gc
 from vss.private import restrict_umask
 from vss.ss.worker import WorkerService
 from vss.tap.common import OneLineUsage, check_endpoint, fail_in_one_line
@@ -104,6 +105,10 @@ def makeService(options):
     from twisted.internet import reactor
 
     restrict_umask()
+    try:
+        tune_gc()  # thousands of long-lived links: vss.gctune
+    except ValueError as e:
+        fail_in_one_line("vss-ss", str(e))
     try:
         return WorkerService(options.settings, reactor)
     except (ValueError, OSError) as e:

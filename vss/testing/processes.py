@@ -22,8 +22,13 @@ def tool(name):
     return os.path.join(BIN, name)
 
 
+#: VSS_ variables a child process inherits (the others are the tests' own settings)
+INHERITED = ("VSS_GC_THRESHOLD",)
+
+
 def child_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VSS_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("VSS_") or k in INHERITED}
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
