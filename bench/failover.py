@@ -39,9 +39,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from twisted.internet import defer, task  # noqa: E402
-
 from _common import proc_cpu  # noqa: E402
+from twisted.internet import defer, task  # noqa: E402
 
 from vss.testing.failover import NodeFailoverScenario, percentile  # noqa: E402
 from vss.testing.processes import poll  # noqa: E402
