@@ -11,7 +11,8 @@ and its DEVICE_LIST (what ``vssctl devices`` shows) says where each PU is homed.
 
 ``recorded`` PUs are seeded with continuous recording (2 s segments): node-a records
 them, their new home goes on, and the watcher's RECORD_QUERY lists both with the gap.
-``restart_cms`` kills CMS (SIGKILL) and starts it again on its node port.
+``restart_cms`` kills CMS (SIGKILL) and starts it again on its node port. ``cameras``
+are IP cameras (an RTSP URL each) homed on node-a: their home pulls them.
 
 The partition: node-a reaches CMS through a TCP relay of this process
 (``LinkRelay``), which can be cut (every connection closed, new ones refused) and
@@ -159,11 +160,14 @@ class Viewer:
 
 
 class NodeFailoverScenario:
-    def __init__(self, reactor, work, count, cms_extra=(), relay_node_a=False, recorded=()):
+    def __init__(self, reactor, work, count, cms_extra=(), relay_node_a=False, recorded=(),
+                 cameras=None):
         self.reactor = reactor
         self.work = work
         self.count = count
         self.recorded = tuple(recorded)
+        #: {device_id: rtsp URL}: IP cameras homed on node-a, pulled by their home
+        self.cameras = dict(cameras or {})
         # CMS's default re-homing, named: start_cms turns it off for other tests
         self.cms_extra = ["--rehome-after", "1", *cms_extra]
         self.relay_node_a = relay_node_a
@@ -186,10 +190,11 @@ class NodeFailoverScenario:
     def seed(self):
         v = records.verifier(SECRET, FAST)  # one secret for every PU: computed once
         devices = [DeviceRecord(device_id=d, name=d, kind=1, channels=1, home_node="node-a",
-                                verifier=v, source_url="", enabled=True, version=1)
-                   for d in self.device_ids()]
+                                verifier=v, source_url=self.cameras.get(d, ""), enabled=True,
+                                version=1)
+                   for d in [*self.device_ids(), *self.cameras]]
         grants = [records.grant(f"user:{WATCHER[0]}", d, Action.VIEW | Action.CONFIG)
-                  for d in self.device_ids()]
+                  for d in [*self.device_ids(), *self.cameras]]
         recording = [(d, 0, {"mode": "continuous", "stream": "main", "segment_seconds": 2,
                              "retention_days": 1}) for d in self.recorded]
         return seed_cms_db(self.reactor, cms_db_path(self.work), devices=devices,
