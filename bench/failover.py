@@ -23,7 +23,10 @@ on node-b and ``--viewers`` live RTSP viewers there of PUs of node-a
 (``vss.testing.failover``, also run by tests/test_node_failover.py). node-a is
 SIGKILLed; figures: seconds from the kill to each PU online on another node (as the
 observer's STATE_CHANGE says: p50, p99, all), where they went, and for each viewer the
-seconds to playing again on its RTSP session, from the kill and from its PU.
+seconds to playing again on its RTSP session, from the kill and from its PU; the CPU
+seconds each process used from the kill to the last PU online. ``--keep`` keeps the
+processes' logs (the work directory is printed). ``VSS_GC_THRESHOLD=700,10,10`` in the
+environment runs every process with CPython's collector thresholds (vss.gctune).
 
     .venv/bin/python bench/failover.py --nodes 1000 --viewers 10
     .venv/bin/python bench/failover.py --nodes 10000 --viewers 10
