@@ -1,9 +1,11 @@
 """``make run`` (``python -m vss.demo``): the whole platform starts, a user logs in and
-sees cameras online on both nodes, and stopping it stops everything it started."""
+sees cameras online on both nodes, and stopping it stops everything it started; node-a
+killed as the banner says, its cameras come online on node-b."""
 
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -153,3 +155,51 @@ class DemoTests(unittest.TestCase):
                 break
             yield task.deferLater(reactor, 0.2, lambda: None)
         self.assertTrue(_free(base), "the demo left a listener behind")
+
+
+class DemoFailoverTests(unittest.TestCase):
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def test_kill_9_of_node_a_as_the_banner_says_moves_its_cameras_to_node_b(self):
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        base = pick_base(10000, 20000)
+        demo = yield start_demo(self, work, base, timeout=60)
+        with open(os.path.join(work, "run", "credentials.json")) as f:
+            creds = json.load(f)
+        # what the banner says to type: node-b's CU port, then kill -9 node-a's pid
+        self.assertIn(f"export VSS_NODE=tcp:127.0.0.1:{base + 11}", demo.output())
+        pid = int(re.search(r"kill -9 (\d+) ", demo.output()).group(1))
+        env = child_env(VSS_NODE=f"tcp:127.0.0.1:{base + 11}", VSS_USER="alice",
+                        VSS_PASSWORD=creds["alice_password"])
+        moved = {"cam-a1", "cam-a2", "dvs-a3"}
+
+        @defer.inlineCallbacks
+        def devices():
+            out, err, code = yield run_tool("vssctl", ["--json", "devices"], env=env)
+            if code != 0:
+                return {}
+            return {d["device_id"]: (d["online"], d["node_id"])
+                    for d in json.loads(out)["devices"]}
+
+        seen = {}
+        for _ in range(150):
+            seen = yield devices()
+            if all(seen.get(d) == (True, "node-a") for d in moved):
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual({d: seen.get(d) for d in moved}, dict.fromkeys(moved, (True, "node-a")))
+        os.kill(pid, signal.SIGKILL)
+        t0 = reactor.seconds()
+        for _ in range(300):
+            seen = yield devices()
+            if all(seen.get(d) == (True, "node-b") for d in moved):
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual({d: seen.get(d) for d in moved}, dict.fromkeys(moved, (True, "node-b")))
+        # "within seconds" (the bound leaves room for a loaded test machine)
+        self.assertLess(reactor.seconds() - t0, 30.0)
+        # the demo says what happened and goes on
+        self.assertIn("node-a stopped (exit", demo.output())
+        self.assertFalse(demo.proto.ended.called)
