@@ -160,6 +160,10 @@ class SSSettings:
     media_host: str = "127.0.0.1"
     live_max_lag: float = 2.0
     exit_with_parent: bool = False
+    # the control link's mutual TLS (all three or none)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,9 @@ class NodeService(StagedService):
         private.private_dir(settings.data_dir, self.log)
         private.check_secret_files(_secret_files(settings), self.log)
         self.secret = load_or_create_secret(os.path.join(settings.data_dir, "node.secret"))
-        self.link_tls = None  # mutual TLS of the links to CMS and between nodes
-        if settings.tls_cert and not settings.static:
+        # mutual TLS of the links to CMS, between nodes and to the SS workers
+        self.link_tls = None
+        if settings.tls_cert:
             try:
                 self.link_tls = LinkTLS(settings.tls_cert, settings.tls_key,
                                         settings.tls_ca).load()
@@ -289,7 +290,8 @@ class NodeService(StagedService):
                       data_dir=os.path.abspath(settings.data_dir),
                       live_max_lag=settings.live_max_lag,
                       stream_viewers=settings.ss_stream_viewers,
-                      stream_kbps=settings.ss_stream_kbps)
+                      stream_kbps=settings.ss_stream_kbps, link_tls=self.link_tls,
+                      allow_plaintext=settings.allow_plaintext_links)
         pool.setServiceParent(self)
         return pool
 

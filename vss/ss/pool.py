@@ -45,6 +45,7 @@ from vss.protocols.messages import (
     SsWelcome,
 )
 from vss.ss import auth, placement
+from vss.tls import peer_identity_problem, plaintext_guard
 
 REPORT_INTERVAL = 1.0
 STALE_AFTER = 3  # report intervals without a report
@@ -117,7 +118,7 @@ class SSPool(service.Service):
     def __init__(self, node_id, secret, issuer, reactor, workers=0, listen="tcp:0:interface=127.0.0.1",
                  worker_listen=None, media_host="127.0.0.1", data_dir=".", live_max_lag=2.0,
                  report_interval=REPORT_INTERVAL, stream_viewers=0, stream_kbps=0, linger=10.0,
-                 spawn=True):
+                 spawn=True, link_tls=None, allow_plaintext=False):
         self.node_id = node_id
         self.secret = secret if isinstance(secret, bytes) else secret.encode("utf-8")
         self.key = auth.link_key(self.secret)
@@ -134,6 +135,10 @@ class SSPool(service.Service):
         self.stream_kbps = stream_kbps
         self.linger = linger
         self.spawn = spawn
+        # the control link: mutual TLS (a vss.tls.LinkTLS: the workers it starts present
+        # the node's own certificate), else plaintext from loopback only unless allowed
+        self.link_tls = link_tls
+        self.allow_plaintext = allow_plaintext
         self.servers = {}  # ss_id -> Server
         self._hello = {}  # link -> (ss_id, media, pid, ss nonce, node nonce)
         self._pulls = {}  # (ss_id, path) -> [Deferred] of an SS_PULL in flight
@@ -149,8 +154,13 @@ class SSPool(service.Service):
     @defer.inlineCallbacks
     def startService(self):
         super().startService()
+        factory = LinkFactory(self, self.reactor)
+        if self.link_tls is not None:
+            factory = self.link_tls.listen_factory(factory)
+        else:
+            factory = plaintext_guard(factory, "SS control", self.allow_plaintext, self.log)
         self.port = yield endpoints.serverFromString(self.reactor, self.listen_on).listen(
-            LinkFactory(self, self.reactor))
+            factory)
         self._watch = LoopingCall(self.check_stale)
         self._watch.clock = self.reactor
         self._watch.start(self.report_interval, now=False)
@@ -171,7 +181,14 @@ class SSPool(service.Service):
                 "vss-ss", "--ss-id", server.ss_id, "--node", self.control_endpoint(),
                 "--secret-file", "-", "--rtsp-listen", self.worker_listen(server.index),
                 "--media-host", self.media_host, "--live-max-lag", str(self.live_max_lag),
-                "--exit-with-parent"]
+                "--exit-with-parent", *self._tls_argv()]
+
+    def _tls_argv(self):
+        if self.link_tls is None:
+            return []
+        return ["--tls-cert", os.path.abspath(self.link_tls.cert_file),
+                "--tls-key", os.path.abspath(self.link_tls.key_file),
+                "--tls-ca", os.path.abspath(self.link_tls.ca_file)]
 
     def start_process(self, server):
         self._restarts.pop(server.ss_id, None)
@@ -284,6 +301,17 @@ class SSPool(service.Service):
         if not auth.check(auth.ss_proof(self.key, ss_id, theirs, mine), body.proof):
             self.log.warn("streaming server link from {peer}: wrong proof", peer=link.peer)
             link.send_error(frame.type, frame.txid, ResultCode.AUTH_FAILED)
+            link.close()
+            return
+        # over TLS the certificate must be the SS's own (issued for its id) or this
+        # node's (the workers the node starts present it)
+        problem = peer_identity_problem(link.transport, ss_id)
+        if problem and peer_identity_problem(link.transport, self.node_id) is None:
+            problem = None
+        if problem:
+            self.log.warn("streaming server {ss} from {peer} refused: {problem}", ss=ss_id,
+                          peer=link.peer, problem=problem)
+            link.send_error(frame.type, frame.txid, ResultCode.AUTH_FAILED, problem)
             link.close()
             return
         server = self.servers.get(ss_id)

@@ -37,6 +37,7 @@ from vss.rtsp.client import pull_into
 from vss.rtsp.fanout import GOP_KEEP
 from vss.rtsp.server import RTSPServerFactory, RTSPServerService
 from vss.ss import auth
+from vss.tls import LinkTLS, client_host_port
 
 PULL_TIMEOUT = 10.0
 
@@ -102,8 +103,13 @@ class Control:
             self.ready.callback(None)
 
     def _refused(self, failure, link):
-        self.log.error("{ss}: the node refused the link: {error}", ss=self.ss_id,
-                       error=failure.getErrorMessage())
+        hint = ""
+        if failure.check(VssError) and failure.value.code == ResultCode.SESSION_CLOSED:
+            # closed before any answer: a TLS listener met in plaintext, or the reverse
+            hint = (" (closed before it answered: if the node has --tls-cert, this SS "
+                    "needs --tls-cert, --tls-key and --tls-ca too)")
+        self.log.error("{ss}: the node refused the link: {error}{hint}", ss=self.ss_id,
+                       error=failure.getErrorMessage(), hint=hint)
         link.close()
 
     def linkDown(self, link, reason):
@@ -252,7 +258,13 @@ class WorkerService(service.MultiService):
         self.listener.setServiceParent(self)
         self.control = Control(settings.ss_id, settings.secret, self.rtsp, reactor, reactor,
                                media=self.media)
-        node = endpoints.clientFromString(reactor, settings.node)
+        if settings.tls_cert:  # mutual TLS: the node's certificate signed by the CA
+            # (a CertificateError, a ValueError, names the file: makeService says it)
+            tls = LinkTLS(settings.tls_cert, settings.tls_key, settings.tls_ca).load()
+            host, port = client_host_port(settings.node)
+            node = tls.client_endpoint(reactor, host, port)
+        else:
+            node = endpoints.clientFromString(reactor, settings.node)
         self.link = internet.ClientService(node, LinkFactory(self.control, reactor),
                                            clock=reactor)
         self.link.setServiceParent(self)

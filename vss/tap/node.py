@@ -58,8 +58,9 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
     program = "vss-node"
     synopsis = "--node-id ID [options]"
     optFlags = [
-        ["allow-plaintext-links", None, "Allow the links to CMS and to other nodes in "
-         "plaintext to and from addresses that are not loopback (logged as a warning). "
+        ["allow-plaintext-links", None, "Allow the links to CMS, to other nodes and to SS "
+         "workers in plaintext to and from addresses that are not loopback (logged as a "
+         "warning). "
          "Without it such a link needs --tls-cert, --tls-key and --tls-ca."],
     ]
     longdesc = (
@@ -224,6 +225,8 @@ def settings_from(opts):
             problems.append(f"--ss-first-port: {ss_first_port} leaves no room for "
                             f"{ss_workers} workers")
     check_endpoint("ss-control-listen", opts["ss-control-listen"], problems)
+    if ss_workers:
+        _check_ss_control(opts["ss-control-listen"], tls, allow_plaintext, problems)
     ss_viewers = _non_negative("ss-stream-viewers", opts["ss-stream-viewers"], int, problems)
     ss_mbps = _non_negative("ss-stream-mbps", opts["ss-stream-mbps"], float, problems)
     if problems:
@@ -290,6 +293,19 @@ def _check_links(opts, tls, allow_plaintext, problems):
                         "(TLS comes with --tls-cert, --tls-key and --tls-ca)")
     elif not all(tls):
         problem = plaintext_problem("--node-listen", interface, allow_plaintext)
+        if problem:
+            problems.append(problem)
+
+
+def _check_ss_control(listen, tls, allow_plaintext, problems):
+    """The SS control link (the workers, maybe on other hosts): a tcp: listener, with
+    mutual TLS by --tls-*, else on loopback only unless --allow-plaintext-links."""
+    interface = listen_interface(listen)
+    if interface is None:
+        problems.append(f"--ss-control-listen: {listen!r} must be a tcp: endpoint (TLS "
+                        "comes with --tls-cert, --tls-key and --tls-ca)")
+    elif not all(tls):
+        problem = plaintext_problem("--ss-control-listen", interface, allow_plaintext)
         if problem:
             problems.append(problem)
 

@@ -9,7 +9,8 @@ from vss.config import ConfigError, SSSettings, TrackingOptions, positive_number
 from vss.gctune import tune_gc
 from vss.private import restrict_umask
 from vss.ss.worker import WorkerService
-from vss.tap.common import OneLineUsage, check_endpoint, fail_in_one_line
+from vss.tap.common import OneLineUsage, check_endpoint, fail_in_one_line, link_tls_files
+from vss.tls import client_host_port, plaintext_problem
 from vss.version import VersionOption
 
 DEFAULTS = {"rtsp-listen": "tcp:7555:interface=127.0.0.1", "live-max-lag": "2"}
@@ -22,6 +23,9 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
     optFlags = [
         ["exit-with-parent", None, "Stop when the parent process (the node that started "
          "this worker) is gone."],
+        ["allow-plaintext-links", None, "Allow the link to a node that is not on loopback "
+         "in plaintext (logged as a warning). Without it that link needs --tls-cert, "
+         "--tls-key and --tls-ca."],
     ]
     longdesc = (
         "Run a streaming server (SS) for a VSS node: an RTSP server that pulls the streams "
@@ -40,6 +44,11 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["media-host", None, None, "Host name put in stream URLs [the RTSP interface]."],
         ["live-max-lag", None, None, "Seconds a live TCP viewer may lag before it skips to "
          f"the next keyframe (0: off) [{DEFAULTS['live-max-lag']}]."],
+        ["tls-cert", None, None, "PEM certificate of this SS (CN = its --ss-id, from "
+         "`vss-admin tls issue`; or its node's): the control link is then mutual TLS."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["tls-ca", None, None, "PEM certificate of the cluster CA the node's certificate "
+         "must be signed by."],
     ]
 
     def postOptions(self):
@@ -71,10 +80,22 @@ def settings_from(opts):
         problems.append("--ss-id: required")
     elif len(ss_id) > 64 or not ss_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
         problems.append(f"--ss-id: {ss_id!r} must be 1-64 letters, digits, '-', '_' or '.'")
+    tls = link_tls_files(opts, problems)
     if not opts.get("node"):
         problems.append("--node: required")
     else:
         check_endpoint("node", opts["node"], problems, server=False)
+        try:
+            host, _port = client_host_port(opts["node"])
+        except ValueError:
+            problems.append(f"--node: {opts['node']!r} must be tcp:HOST:PORT (TLS comes "
+                            "with --tls-cert, --tls-key and --tls-ca)")
+        else:
+            if not all(tls):
+                problem = plaintext_problem("--node", host,
+                                            bool(opts.get("allow-plaintext-links")))
+                if problem:
+                    problems.append(problem)
     check_endpoint("rtsp-listen", opts["rtsp-listen"], problems)
     lag = opts["live-max-lag"]
     lag = 0.0 if str(lag).strip() in ("0", "0.0") else positive_number(
@@ -90,7 +111,8 @@ def settings_from(opts):
     host = opts.get("media-host") or _interface_of(rtsp) or "127.0.0.1"
     return SSSettings(ss_id=ss_id, node=opts["node"], secret=secret, rtsp_listen=rtsp,
                       media_host=host, live_max_lag=lag,
-                      exit_with_parent=bool(opts.get("exit-with-parent")))
+                      exit_with_parent=bool(opts.get("exit-with-parent")),
+                      tls_cert=tls[0], tls_key=tls[1], tls_ca=tls[2])
 
 
 def _interface_of(description):
