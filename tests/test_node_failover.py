@@ -194,7 +194,7 @@ class NodeFailoverTests(unittest.TestCase):
     def test_failback_gives_a_returning_node_its_pus_after_a_cms_restart(self):
         """With --failback, CMS keeps what it moved in its database: a CMS killed and
         started again while node-a is down still gives node-a its PUs back."""
-        s = self.scenario(40, cms_extra=["--failback"])
+        s = self.scenario(40, cms_extra=["--failback", "--failback-after", "2"])
         yield self.start(s)
         t0 = yield s.kill("node-a")
         yield poll("every PU online elsewhere", lambda: len(s.online_since(t0)) == s.count,

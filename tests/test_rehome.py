@@ -92,6 +92,13 @@ class MovingStore:
                                   origin=origin, device=record, user=None, grant=None))
         return defer.succeed(changes)
 
+    def set_node_state(self, node_id, state, load=None):
+        return defer.succeed(None)
+
+    def store_events(self, events):  # node-down, node-up
+        self.events = getattr(self, "events", []) + [e.type for e in events]
+        return defer.succeed(len(events))
+
     def failover_moves(self, node_id=None):
         return defer.succeed({d: n for d, n in self.failed_from.items()
                               if node_id in (None, n)})
@@ -211,6 +218,38 @@ class CmsRehomeTests(unittest.TestCase):
         self.cms.sessions["a"] = FakeSession("a")
         self.assertEqual(self.successResultOf(self.cms.failback("a")), 2)
         self.assertEqual({h for h in self.cms.homes.values()}, {"a"})
+
+    def test_failback_waits_until_the_node_has_stayed_up_and_not_if_it_flaps(self):
+        self.cms.config = CMSConfig(cms_id="cms", cluster_secret=b"s" * 32,
+                                    rehome_after=2.0, rehome_batch=4, failback=True,
+                                    failback_after=10.0, event_retention_days=0)
+        self.homed("a", 2)
+        self.cms.sessions = {"b": FakeSession("b")}
+        self.cms._schedule_rehome("a")
+        self.clock.advance(2.1)
+        self.assertEqual(len(self.store.moves), 2)
+        # a comes back, goes down again 5 s later, is back 3 s after that: the first
+        # return's time comes and goes, nothing moves
+        self.cms.sessions["a"] = FakeSession("a")
+        self.cms._schedule_failback("a")
+        self.clock.advance(5.0)
+        link = FakeLink()
+        link.session = self.cms.sessions["a"]
+        link.session.registered = True
+        self.cms.links.add(link)
+        self.cms.linkDown(link, None)
+        self.assertNotIn("a", self.cms.sessions)
+        self.assertEqual(self.store.events, ["node-down"])
+        self.clock.advance(3.0)
+        self.cms.sessions["a"] = FakeSession("a")
+        self.cms._schedule_failback("a")
+        self.clock.advance(2.1)  # 10.1 s after the first return
+        self.assertEqual(len(self.store.moves), 2)
+        # up for failback_after since it last came back: it takes them back
+        self.clock.advance(7.8)
+        self.assertEqual(len(self.store.moves), 2)
+        self.clock.advance(0.2)
+        self.assertEqual(self.store.moves[2:], [("a-00", "a"), ("a-01", "a")])
 
     def test_failback_that_fails_is_logged_and_moves_nothing(self):
         self.homed("a", 1)

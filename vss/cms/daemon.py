@@ -69,6 +69,7 @@ class CmsDaemon(StagedService):
                       rehome_after=float(options.get("rehome-after", 1)),
                       rehome_batch=int(options.get("rehome-batch", 2000)),
                       failback=bool(options.get("failback")),
+                      failback_after=float(options.get("failback-after", 30)),
                       event_retention_days=int(options.get("event-retention-days", 30))),
             self.store, reactor)
         self.election = None  # with --standby: which CMS of the database is active

@@ -123,6 +123,9 @@ class CMSConfig:
     rehome_batch: int = 2000
     #: a node that comes back takes back the PUs moved away from it when it died
     failback: bool = False
+    #: with ``failback``: seconds a node that came back must stay up before it takes
+    #: its PUs back (a node that flaps takes none)
+    failback_after: float = 30.0
 
 
 def strip_secret(record):
@@ -325,6 +328,7 @@ class CMSService(service.Service):
         # down for ``rehome_after`` s move to the live nodes.
         self.epochs = {}  # device_id -> its record's version as last published (home epoch)
         self._rehome_calls = {}  # node_id -> DelayedCall of its PUs' move
+        self._failback_calls = {}  # node_id -> DelayedCall of giving its PUs back
         self.rehoming = set()  # nodes whose PUs are being moved
 
     # -- life cycle
@@ -369,10 +373,7 @@ class CMSService(service.Service):
 
     def stopService(self):
         super().stopService()  # first: the links closed below move no PU
-        for call in self._rehome_calls.values():
-            if call.active():
-                call.cancel()
-        self._rehome_calls.clear()
+        self._cancel_moves()
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         if self._purger is not None and self._purger.running:
@@ -387,15 +388,19 @@ class CMSService(service.Service):
         return defer.DeferredList(list(self._inflight), consumeErrors=False) \
             .addCallback(lambda _: None)
 
+    def _cancel_moves(self):
+        for calls in (self._rehome_calls, self._failback_calls):
+            for call in calls.values():
+                if call.active():
+                    call.cancel()
+            calls.clear()
+
     def stand_by(self, note):
         """Stop acting as the active CMS at once (the lock is lost, or another CMS took
         over): every node link is closed with NOT_ACTIVE and nothing more is written."""
         self.active = False
         self.standby_note = note
-        for call in self._rehome_calls.values():
-            if call.active():
-                call.cancel()
-        self._rehome_calls.clear()
+        self._cancel_moves()
         for call, _s in list(self._applied_writes.values()):
             call.cancel()
         self._applied_writes.clear()
@@ -437,6 +442,9 @@ class CMSService(service.Service):
                 self.on_presence(s, StateChange(device_id=device_id, channel=0,
                                                 change=int(ChangeKind.OFFLINE),
                                                 timestamp=self.now_ms(), items=[]), force=True)
+            failback = self._failback_calls.pop(s.node_id, None)
+            if failback is not None and failback.active():
+                failback.cancel()  # it flapped: it takes nothing back
             if self.running and self.active:
                 self.store.set_node_state(s.node_id, "down").addErrback(self._logged)
                 self.node_event(s.node_id, "node-down", Severity.CRITICAL)
@@ -581,7 +589,7 @@ class CMSService(service.Service):
         self.clock.callLater(0, self._send_presences, s)
         self.clock.callLater(0, self._announce_nodes)
         if self.config.failback:
-            self.clock.callLater(0, self._failback_now, s.node_id)
+            self._schedule_failback(s.node_id)
         self.log.info("node {node} up from {peer} (applied {applied}, head {head})",
                       node=s.node_id, peer=s.link.peer, applied=body.applied_seq, head=head)
         return NodeRegistered(cms_id=self.config.cms_id,
@@ -1254,6 +1262,19 @@ class CMSService(service.Service):
                           "{seconds:.2f} s", node=node_id, count=moved,
                           seconds=self.clock.seconds() - started)
         return moved
+
+    def _schedule_failback(self, node_id):
+        call = self._failback_calls.pop(node_id, None)
+        if call is not None and call.active():
+            call.cancel()
+        self._failback_calls[node_id] = self.clock.callLater(
+            max(0.0, self.config.failback_after), self._failback_due, node_id)
+
+    def _failback_due(self, node_id):
+        self._failback_calls.pop(node_id, None)
+        if node_id in self.sessions and self.running and self.active:
+            return self._failback_now(node_id)
+        return None
 
     def _failback_now(self, node_id):
         def failed(f):  # the database failed: they stay where they are, said in the log

@@ -26,6 +26,7 @@ DEFAULTS = {
     "heartbeat": "2",
     "node-timeout": "6",
     "rehome-after": "1",
+    "failback-after": "30",
     "rehome-batch": "2000",
     "standby": "auto",
     "event-retention-days": "30",
@@ -38,7 +39,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
     synopsis = "[options]"
     optFlags = [
         ["failback", None, "A node that comes back takes back the PUs moved away from it "
-         "when it died (default: they stay where they are, so that nothing flaps)."],
+         "when it died, once it has stayed up --failback-after seconds (default: they stay "
+         "where they are, so that nothing flaps)."],
         ["allow-plaintext-links", None, "Allow plaintext node links from addresses that "
          "are not loopback (logged as a warning). Without it --node-listen on another "
          "interface needs --tls-cert, --tls-key and --tls-ca."],
@@ -68,6 +70,9 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
         ["rehome-after", None, None, "Seconds after a node went down (its link lost or "
          "silent) before its PUs move to the live nodes, by load; 0: they never move "
          f"[{DEFAULTS['rehome-after']}]."],
+        ["failback-after", None, None, "With --failback: seconds a node that came back "
+         "must stay up before it takes its PUs back (a node that goes down again meanwhile "
+         f"takes none) [{DEFAULTS['failback-after']}]."],
         ["rehome-batch", None, None, "At most this many PUs moved to one node per round "
          f"of re-homing (twice a second) [{DEFAULTS['rehome-batch']}]."],
         ["standby", None, None, "on: several vss-cms may run on this PostgreSQL database, "
@@ -94,6 +99,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
                                                problems, 0, 3600)
         self["rehome-after"] = positive_number("rehome-after", self["rehome-after"], float,
                                                problems, -1, 86400)
+        self["failback-after"] = positive_number("failback-after", self["failback-after"],
+                                                 float, problems, -1, 86400)
         self["rehome-batch"] = positive_number("rehome-batch", self["rehome-batch"], int,
                                                problems, 0, 1_000_000)
         self["event-retention-days"] = positive_number(
