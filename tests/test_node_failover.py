@@ -16,8 +16,10 @@ live RTSP viewers on node-b (``vss.testing.failover``).
 """
 
 import os
+import urllib.request
 
-from twisted.internet import defer, reactor, task
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from vss.protocols.messages import MediaStart
@@ -30,6 +32,14 @@ PUS = int(os.environ.get("VSS_TEST_FAILOVER_PUS", "1000"))
 #: here leave room for a loaded 2-core test machine
 ALL_ONLINE_BOUND = 30.0
 VIEWER_BOUND = 10.0
+
+
+def scrape(url):
+    """Blocking (run in a thread): {sample name: value} of a /metrics page."""
+    with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - loopback
+        text = r.read().decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if not s.labels}
 
 
 def sleep(seconds):
@@ -207,6 +217,11 @@ class NodeFailoverTests(unittest.TestCase):
         yield poll("every PU back on node-a", lambda: s.pus_online("node-a") == s.count,
                    timeout=60)
         yield poll("node-a named home of every PU", self._homed_on(s, "node-a"), timeout=30)
+        # CMS's metrics say it: 40 given back, none left on a node that is down
+        metrics = yield threads.deferToThread(
+            scrape, f"http://127.0.0.1:{s.cms_ports['admin']}/metrics")
+        self.assertEqual(metrics["vss_cms_failback_devices_total"], s.count)
+        self.assertEqual(metrics["vss_cms_devices_on_down_nodes"], 0)
         # and it stays so: nothing flaps back and forth
         settled = dict(s.online_at)
         yield sleep(4.0)

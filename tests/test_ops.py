@@ -20,7 +20,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from vss import __version__
 from vss.ops import health
-from vss.ops.collectors import labelled
+from vss.ops.collectors import CmsCollector, labelled
 from vss.ops.histogram import LATENCY_BOUNDS, Histogram
 from vss.ops.http import NodeHttpRoot, ops_resources
 from vss.ops.metrics import (
@@ -428,3 +428,34 @@ class VersionTests(unittest.TestCase):
 
         with self.assertRaises(usage.UsageError):
             Ctl().parseOptions(["--no-such-option"])
+
+
+class CmsFailoverMetricsTests(unittest.TestCase):
+    """vss_cms_devices_on_down_nodes and the re-homing counters, from CMS's own state."""
+
+    def collect(self, homes, up, registry, counters):
+        cms = type("Cms", (), {})()
+        cms.sessions = {n: type("S", (), {"applied_seq": 0})() for n in up}
+        cms.homes, cms.online, cms.counters = homes, set(), {
+            "changes": 0, "routed": 0, "notified": 0, "sync_changes": 0,
+            "stale_changes": 0, **counters}
+        daemon = type("Daemon", (), {})()
+        daemon.cms, daemon.election, daemon.admin_api = cms, None, None
+        daemon.store = type("Store", (), {"call_latency": {}})()
+        collector = CmsCollector(daemon)
+        collector.registry_nodes = set(registry)
+        return {m.name: m.samples[0].value for m in collector.collect() if m.samples}
+
+    def test_devices_of_a_down_node_are_counted_until_they_move(self):
+        homes = {"c1": "a", "c2": "a", "c3": "b", "c4": ""}
+        got = self.collect(homes, up={"b"}, registry={"a", "b"}, counters={})
+        self.assertEqual(got["vss_cms_devices_on_down_nodes"], 2)
+        self.assertEqual(got["vss_cms_rehomed_devices"], 0)
+        homes.update(c1="b", c2="b")
+        got = self.collect(homes, up={"b"}, registry={"a", "b"},
+                           counters={"rehomed": 2, "failed_back": 1})
+        self.assertEqual(got["vss_cms_devices_on_down_nodes"], 0)
+        self.assertEqual(got["vss_cms_rehomed_devices"], 2)
+        self.assertEqual(got["vss_cms_failback_devices"], 1)
+        self.assertEqual(self.collect(homes, up={"a", "b"}, registry={"a", "b"}, counters={})[
+            "vss_cms_devices_on_down_nodes"], 0)

@@ -1302,6 +1302,7 @@ class CMSService(service.Service):
             self.s501_data_changed(changes)
             done += len(part)
         if done:
+            self.counters["failed_back"] = self.counters.get("failed_back", 0) + done
             self.log.info("node {node} is back: gave it back {count} PUs (failback)",
                           node=node_id, count=done)
         return done

@@ -308,6 +308,14 @@ class CmsCollector:
         yield gauge("vss_cms_devices", "Devices in the database.", len(cms.homes))
         yield gauge("vss_cms_devices_online", "Devices their home node reports online.",
                     len(cms.online))
+        down = self.registry_nodes - up
+        yield gauge("vss_cms_devices_on_down_nodes", "Devices homed on a node of the "
+                    "registry that is down (dark until they move or it comes back).",
+                    sum(1 for h in cms.homes.values() if h in down) if down else 0)
+        yield counter("vss_cms_rehomed_devices", "Devices moved away from a node that was "
+                      "down (docs/consistency.md, re-homing).", c.get("rehomed", 0))
+        yield counter("vss_cms_failback_devices", "Devices given back to the node they "
+                      "were moved away from (--failback).", c.get("failed_back", 0))
         yield histogram_family("vss_cms_db_call_duration_seconds",
                                "Database calls, issued to answered, by kind.", ["kind"],
                                [((k,), h) for k, h in sorted(daemon.store.call_latency.items())])
