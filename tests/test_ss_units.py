@@ -20,7 +20,7 @@ from vss.rgm.localcentral import MemoryCentral
 from vss.rtsp.server import RTSPServerFactory
 from vss.ss import auth, placement
 from vss.ss.pool import SSPool
-from vss.ss.worker import Control
+from vss.ss.worker import Control, refusal_wait
 from vss.tap.node import Options as NodeOptions
 from vss.tap.ss import Options as SSOptions
 from vss.tls import make_ca_and_cert
@@ -85,6 +85,27 @@ class Link(SynchronousTestCase):
         self.assertTrue(client.closed)
         d = self.pool.place("/live/c/main", "rtsp://node:1")
         self.assertIsNone(self.successResultOf(d))  # the node's own SS serves it
+
+    def test_refusals_in_a_row_wait_longer_and_a_link_resets_them(self):
+        control, _pump, _client = self.join(secret=b"x" * 32)
+        waits = []
+        control.on_refused = waits.append
+        control.key = auth.link_key(b"x" * 32)
+        for _ in range(6):
+            self.relink(control)
+        self.assertEqual(control.refusals, 7)
+        self.assertEqual(waits, [4.0, 8.0, 16.0, 32.0, 60.0, 60.0])
+        control.key = auth.link_key(SECRET)  # the right secret now
+        self.relink(control)
+        self.assertTrue(control.authed)
+        self.assertEqual(control.refusals, 0)
+        self.assertEqual(refusal_wait(1), 2.0)
+
+    def relink(self, control):
+        server = LinkFactory(self.pool, self.clock).buildProtocol(None)
+        client = LinkFactory(control, self.clock).buildProtocol(None)
+        connect(server, FakeTransport(server, True), client, FakeTransport(client, False),
+                greet=False).flush()
 
     def test_orders_before_authentication_are_refused(self):
         control = Control("ss9", SECRET, None, self.clock, self.clock)

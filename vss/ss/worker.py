@@ -73,6 +73,9 @@ class Control:
         self._reporter = None
         self._last = None  # (time, cpu seconds, bytes per path)
         self.ready = defer.Deferred()  # fires once the first link is authenticated
+        # refusals in a row (a wrong secret or certificate): the next try waits longer
+        self.refusals = 0
+        self.on_refused = None  # (seconds to wait before linking again) -> None
 
     # -- the link
 
@@ -93,6 +96,7 @@ class Control:
                           welcome.body.proof):
             raise VssError(ResultCode.AUTH_FAILED, "the node's proof is wrong")
         self.authed = True
+        self.refusals = 0
         interval = max(0.2, welcome.body.report_interval / 1000.0)
         self._reporter = LoopingCall(self.report)
         self._reporter.clock = self.clock
@@ -108,9 +112,14 @@ class Control:
             # closed before any answer: a TLS listener met in plaintext, or the reverse
             hint = (" (closed before it answered: if the node has --tls-cert, this SS "
                     "needs --tls-cert, --tls-key and --tls-ca too)")
-        self.log.error("{ss}: the node refused the link: {error}{hint}", ss=self.ss_id,
-                       error=failure.getErrorMessage(), hint=hint)
+        self.refusals += 1
+        wait = refusal_wait(self.refusals)
+        self.log.error("{ss}: the node refused the link: {error}{hint}; trying again in "
+                       "{wait:.0f} s", ss=self.ss_id, error=failure.getErrorMessage(),
+                       hint=hint, wait=wait)
         link.close()
+        if self.on_refused is not None:
+            self.on_refused(wait)
 
     def linkDown(self, link, reason):
         if link is not self.link:
@@ -242,6 +251,13 @@ class _ParentWatch(service.Service):
             self.reactor.stop()
 
 
+def refusal_wait(refusals):
+    """Seconds before linking again after ``refusals`` refusals in a row: 2, 4, 8, ...
+    at most 60 (a TCP connect that succeeds resets Twisted's own backoff, so a refused
+    SS would otherwise try every second or two for ever)."""
+    return float(min(60, 2 ** max(1, refusals)))
+
+
 class WorkerService(service.MultiService):
     """An SS worker: its RTSP server and its link to the node."""
 
@@ -268,8 +284,29 @@ class WorkerService(service.MultiService):
         self.link = internet.ClientService(node, LinkFactory(self.control, reactor),
                                            clock=reactor)
         self.link.setServiceParent(self)
+        self.control.on_refused = self._pause_link
+        self._resume = None
         if settings.exit_with_parent:
             _ParentWatch(reactor).setServiceParent(self)
+
+    def _pause_link(self, seconds):
+        """Refused: stop linking for ``seconds``, then try again."""
+        if self._resume is not None and self._resume.active():
+            return
+        reactor = self.control.reactor
+        self.link.stopService()
+        self._resume = reactor.callLater(seconds, self._resume_link)
+
+    def _resume_link(self):
+        self._resume = None
+        if self.running and not self.link.running:
+            self.link.startService()
+
+    def stopService(self):
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        self._resume = None
+        return super().stopService()
 
     def media(self):
         port = self.listener.port
