@@ -10,12 +10,12 @@ from vss.private import restrict_umask
 from vss.tap.common import (
     OneLineUsage,
     check_endpoint,
+    check_link_listener,
     check_metrics_options,
     fail_in_one_line,
     link_tls_files,
     metrics_options,
 )
-from vss.tls import listen_interface, plaintext_problem
 from vss.version import VersionOption
 
 DEFAULTS = {
@@ -114,15 +114,8 @@ class Options(OneLineUsage, VersionOption, TrackingOptions):
                 check_endpoint(name, self[name], problems)
         check_metrics_options(self, problems)
         tls = link_tls_files(self, problems)
-        interface = listen_interface(self["node-listen"])
-        if interface is None:
-            problems.append(f"--node-listen: {self['node-listen']!r} must be a tcp: endpoint "
-                            "(TLS comes with --tls-cert, --tls-key and --tls-ca)")
-        elif not all(tls):
-            problem = plaintext_problem("--node-listen", interface,
-                                        self["allow-plaintext-links"])
-            if problem:
-                problems.append(problem)
+        check_link_listener("node-listen", self["node-listen"], tls,
+                            self["allow-plaintext-links"], problems)
         if problems:
             raise ConfigError("; ".join(problems))
         if not self.get("db"):

@@ -9,6 +9,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from vss.ops.metrics import DEFAULT_ALLOW, Access, AccessError
+from vss.tls import client_host_port, listen_interface, plaintext_problem
 
 
 class OneLineUsage:
@@ -99,6 +100,36 @@ def check_metrics_options(opts, problems):
         Access.from_options(opts.get("metrics-allow"), opts.get("metrics-token-file"))
     except AccessError as e:
         problems.append(str(e))
+
+
+_TLS_COMES = "TLS comes with --tls-cert, --tls-key and --tls-ca"
+
+
+def check_link_listener(name, listen, tls, allow_plaintext, problems):
+    """A listener of links between servers (``--NAME``): a tcp: endpoint, taking
+    mutual TLS when ``tls`` (cert, key, ca) is given, else on loopback only unless
+    ``allow_plaintext`` (--allow-plaintext-links)."""
+    interface = listen_interface(listen)
+    if interface is None:
+        problems.append(f"--{name}: {listen!r} must be a tcp: endpoint ({_TLS_COMES})")
+    elif not all(tls):
+        problem = plaintext_problem(f"--{name}", interface, allow_plaintext)
+        if problem:
+            problems.append(problem)
+
+
+def check_link_client(name, address, tls, allow_plaintext, problems):
+    """The address of a server a link goes to (``--NAME``): tcp:HOST:PORT, and the
+    same rule as ``check_link_listener`` for plaintext."""
+    try:
+        host, _port = client_host_port(address)
+    except ValueError:
+        problems.append(f"--{name}: {address!r} must be tcp:HOST:PORT ({_TLS_COMES})")
+        return
+    if not all(tls):
+        problem = plaintext_problem(f"--{name}", host, allow_plaintext)
+        if problem:
+            problems.append(problem)
 
 
 def link_tls_files(opts, problems):

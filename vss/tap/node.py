@@ -18,12 +18,13 @@ from vss.rgm.localcentral import MemoryCentral
 from vss.tap.common import (
     OneLineUsage,
     check_endpoint,
+    check_link_client,
+    check_link_listener,
     check_metrics_options,
     fail_in_one_line,
     link_tls_files,
     metrics_options,
 )
-from vss.tls import client_host_port, listen_interface, plaintext_problem
 from vss.version import VersionOption
 
 LISTENERS = ("pu-listen", "cu-listen", "rtsp-listen", "node-listen", "http-listen", "manhole")
@@ -225,8 +226,9 @@ def settings_from(opts):
             problems.append(f"--ss-first-port: {ss_first_port} leaves no room for "
                             f"{ss_workers} workers")
     check_endpoint("ss-control-listen", opts["ss-control-listen"], problems)
-    if ss_workers:
-        _check_ss_control(opts["ss-control-listen"], tls, allow_plaintext, problems)
+    if ss_workers:  # the SS control link: workers may be on other hosts
+        check_link_listener("ss-control-listen", opts["ss-control-listen"], tls,
+                            allow_plaintext, problems)
     ss_viewers = _non_negative("ss-stream-viewers", opts["ss-stream-viewers"], int, problems)
     ss_mbps = _non_negative("ss-stream-mbps", opts["ss-stream-mbps"], float, problems)
     if problems:
@@ -277,37 +279,8 @@ def _check_links(opts, tls, allow_plaintext, problems):
     in plaintext only on loopback unless --allow-plaintext-links."""
 
     for address in cms_addresses(opts["cms"]):
-        try:
-            host, _port = client_host_port(address)
-        except ValueError:
-            problems.append(f"--cms: {address!r} must be tcp:HOST:PORT (TLS comes with "
-                            "--tls-cert, --tls-key and --tls-ca)")
-        else:
-            if not all(tls):
-                problem = plaintext_problem("--cms", host, allow_plaintext)
-                if problem:
-                    problems.append(problem)
-    interface = listen_interface(opts["node-listen"])
-    if interface is None:
-        problems.append(f"--node-listen: {opts['node-listen']!r} must be a tcp: endpoint "
-                        "(TLS comes with --tls-cert, --tls-key and --tls-ca)")
-    elif not all(tls):
-        problem = plaintext_problem("--node-listen", interface, allow_plaintext)
-        if problem:
-            problems.append(problem)
-
-
-def _check_ss_control(listen, tls, allow_plaintext, problems):
-    """The SS control link (the workers, maybe on other hosts): a tcp: listener, with
-    mutual TLS by --tls-*, else on loopback only unless --allow-plaintext-links."""
-    interface = listen_interface(listen)
-    if interface is None:
-        problems.append(f"--ss-control-listen: {listen!r} must be a tcp: endpoint (TLS "
-                        "comes with --tls-cert, --tls-key and --tls-ca)")
-    elif not all(tls):
-        problem = plaintext_problem("--ss-control-listen", interface, allow_plaintext)
-        if problem:
-            problems.append(problem)
+        check_link_client("cms", address, tls, allow_plaintext, problems)
+    check_link_listener("node-listen", opts["node-listen"], tls, allow_plaintext, problems)
 
 
 def _store_files(opts, store, problems):

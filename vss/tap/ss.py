@@ -9,8 +9,13 @@ from vss.config import ConfigError, SSSettings, TrackingOptions, positive_number
 from vss.gctune import tune_gc
 from vss.private import restrict_umask
 from vss.ss.worker import WorkerService
-from vss.tap.common import OneLineUsage, check_endpoint, fail_in_one_line, link_tls_files
-from vss.tls import client_host_port, plaintext_problem
+from vss.tap.common import (
+    OneLineUsage,
+    check_endpoint,
+    check_link_client,
+    fail_in_one_line,
+    link_tls_files,
+)
 from vss.version import VersionOption
 
 DEFAULTS = {"rtsp-listen": "tcp:7555:interface=127.0.0.1", "live-max-lag": "2"}
@@ -85,17 +90,8 @@ def settings_from(opts):
         problems.append("--node: required")
     else:
         check_endpoint("node", opts["node"], problems, server=False)
-        try:
-            host, _port = client_host_port(opts["node"])
-        except ValueError:
-            problems.append(f"--node: {opts['node']!r} must be tcp:HOST:PORT (TLS comes "
-                            "with --tls-cert, --tls-key and --tls-ca)")
-        else:
-            if not all(tls):
-                problem = plaintext_problem("--node", host,
-                                            bool(opts.get("allow-plaintext-links")))
-                if problem:
-                    problems.append(problem)
+        check_link_client("node", opts["node"], tls, bool(opts.get("allow-plaintext-links")),
+                          problems)
     check_endpoint("rtsp-listen", opts["rtsp-listen"], problems)
     lag = opts["live-max-lag"]
     lag = 0.0 if str(lag).strip() in ("0", "0.0") else positive_number(
