@@ -190,11 +190,15 @@ class CmsRehomeTests(unittest.TestCase):
         self.clock.advance(2.1)
         self.assertEqual(self.store.moves, [("a-00", "c"), ("a-01", "c")])
 
-    def test_failback_gives_the_moved_pus_back_only_when_asked(self):
-        self.homed("a", 2)
+    def moved_away(self, count=2):
+        """``count`` PUs of node a, down, moved to b (the only node up)."""
+        self.homed("a", count)
         self.cms.sessions = {"b": FakeSession("b")}
         self.cms._schedule_rehome("a")
         self.clock.advance(2.1)
+
+    def test_failback_gives_the_moved_pus_back_only_when_asked(self):
+        self.moved_away()
         self.assertEqual(len(self.store.moves), 2)
         self.cms.sessions["a"] = FakeSession("a")
         self.assertEqual(self.successResultOf(self.cms.failback("a")), 2)
@@ -205,10 +209,7 @@ class CmsRehomeTests(unittest.TestCase):
     def test_failback_gives_back_to_the_first_home_that_died(self):
         """a dies (its PUs go to b), then b dies (they go to c): a back takes them all,
         b back takes none."""
-        self.homed("a", 2)
-        self.cms.sessions = {"b": FakeSession("b")}
-        self.cms._schedule_rehome("a")
-        self.clock.advance(2.1)
+        self.moved_away()
         self.cms.sessions = {"c": FakeSession("c")}
         self.cms._schedule_rehome("b")
         self.clock.advance(2.1)
@@ -223,10 +224,7 @@ class CmsRehomeTests(unittest.TestCase):
         self.cms.config = CMSConfig(cms_id="cms", cluster_secret=b"s" * 32,
                                     rehome_after=2.0, rehome_batch=4, failback=True,
                                     failback_after=10.0, event_retention_days=0)
-        self.homed("a", 2)
-        self.cms.sessions = {"b": FakeSession("b")}
-        self.cms._schedule_rehome("a")
-        self.clock.advance(2.1)
+        self.moved_away()
         self.assertEqual(len(self.store.moves), 2)
         # a comes back, goes down again 5 s later, is back 3 s after that: the first
         # return's time comes and goes, nothing moves
