@@ -442,9 +442,6 @@ class CMSService(service.Service):
                 self.on_presence(s, StateChange(device_id=device_id, channel=0,
                                                 change=int(ChangeKind.OFFLINE),
                                                 timestamp=self.now_ms(), items=[]), force=True)
-            failback = self._failback_calls.pop(s.node_id, None)
-            if failback is not None and failback.active():
-                failback.cancel()  # it flapped: it takes nothing back
             if self.running and self.active:
                 self.store.set_node_state(s.node_id, "down").addErrback(self._logged)
                 self.node_event(s.node_id, "node-down", Severity.CRITICAL)
@@ -1272,6 +1269,8 @@ class CMSService(service.Service):
 
     def _failback_due(self, node_id):
         self._failback_calls.pop(node_id, None)
+        # a node that went down meanwhile takes nothing; one that came back again was
+        # given a new delay by _schedule_failback
         if node_id in self.sessions and self.running and self.active:
             return self._failback_now(node_id)
         return None
