@@ -49,7 +49,7 @@ class Link(SynchronousTestCase):
                            stream_viewers=2, linger=10)
         self.pulls = []
 
-    def join(self, ss_id="ss9", secret=SECRET):
+    def join(self, ss_id="ss9", secret=SECRET, media="rtsp://127.0.0.1:9"):
         rtsp = RTSPServerFactory(TokenAuthorizer(TokenIssuer(secret)), clock=self.clock,
                                  reactor=self.clock)
 
@@ -59,7 +59,7 @@ class Link(SynchronousTestCase):
             return defer.succeed(_Pulled())
 
         control = Control(ss_id, secret, rtsp, self.clock, self.clock,
-                          media=lambda: "rtsp://127.0.0.1:9", cpu=lambda: 0.0, pull=pull)
+                          media=lambda: media, cpu=lambda: 0.0, pull=pull)
         server = LinkFactory(self.pool, self.clock).buildProtocol(None)
         client = LinkFactory(control, self.clock).buildProtocol(None)
         pump = connect(server, FakeTransport(server, True), client, FakeTransport(client, False),
@@ -140,6 +140,25 @@ class Link(SynchronousTestCase):
         # two viewers sent there: over the limit, but no other SS: it stays
         d = self.pool.place("/live/c/main", "rtsp://node:1")
         self.assertEqual(self.successResultOf(d), "rtsp://127.0.0.1:9")
+
+    def test_over_the_mbps_limit_old_urls_are_redirected_at_the_viewers_it_makes(self):
+        """--ss-stream-mbps alone: the first SS is full at the viewers whose bandwidth
+        reaches the limit, and SS_REDIRECT says that count."""
+        self.pool.stream_viewers, self.pool.stream_kbps = 0, 8000
+        first, pump1, _ = self.join("ss1", media="rtsp://127.0.0.1:1")
+        second, pump2, _ = self.join("ss2", media="rtsp://127.0.0.1:2")
+        path = "/live/c/main"
+        d = self.pool.place(path, "rtsp://node:1")
+        pump1.flush()
+        self.assertEqual(self.successResultOf(d), "rtsp://127.0.0.1:1")
+        # ss1 reports 3 viewers of it taking 12,000 kb/s: 4,000 each, over 8,000
+        self.pool.servers["ss1"].paths[path] = (3, 12_000)
+        d = self.pool.place(path, "rtsp://node:1")
+        pump2.flush()
+        self.assertEqual(self.successResultOf(d), "rtsp://127.0.0.1:2")
+        pump1.flush()
+        self.assertEqual(first.redirects[path], ("rtsp://127.0.0.1:2", 2))
+        self.assertEqual(self.pool.redirect_limit(self.pool.servers["ss2"], path), 2**32 - 1)
 
     def test_a_worker_that_stops_reporting_is_not_chosen_until_it_reports(self):
         control, pump, _ = self.join()

@@ -427,12 +427,22 @@ class SSPool(service.Service):
 
         return d.addCallbacks(lambda _: self._sent(target, path), failed)
 
+    def redirect_limit(self, server, path):
+        """The viewers of ``path`` at which ``server`` is full: the viewer limit, or the
+        Mb/s limit in viewers at the bandwidth each takes there now (the smaller);
+        2**32 - 1 when neither applies."""
+        limits = [self.stream_viewers] if self.stream_viewers else []
+        viewers, kbps = server.paths.get(path, (0, 0))
+        if self.stream_kbps and viewers and kbps:
+            limits.append(max(1, int(self.stream_kbps * viewers // kbps)))
+        return min(limits, default=2**32 - 1)
+
     def _redirect(self, result, carriers, target, path):
-        limit = self.stream_viewers or 2**32 - 1
         for s in carriers:
             if s.link is not None:
                 s.link.request(MsgType.SS_REDIRECT, SsRedirect(
-                    path=path, url=target.media, viewers=limit)).addErrback(lambda f: None)
+                    path=path, url=target.media, viewers=self.redirect_limit(s, path))
+                ).addErrback(lambda f: None)
         return result
 
     def carry(self, path, origin):
