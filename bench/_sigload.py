@@ -27,6 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vss.protocols import codec, scram  # noqa: E402
+from vss.protocols.codes import ResultCode  # noqa: E402
 from vss.protocols.messages import (  # noqa: E402
     AuthProof,
     AuthStart,
@@ -47,6 +48,7 @@ MAGIC = b"VS"
 F_RESP = codec.FLAG_RESPONSE
 PTZ = int(MsgType.PTZ_CONTROL)
 KEEPALIVE = int(MsgType.KEEPALIVE)
+BUSY = int(ResultCode.BUSY)  # the node's login rate: try again later
 EMPTY_BODY = codec.encode_body(Empty())
 PTZ_STATUS = codec.encode_body(PtzStatus(pan=0.1, tilt=0.0, zoom=0.0, moving=True))
 PTZ_STATUS_LEN = len(PTZ_STATUS)
@@ -101,6 +103,10 @@ class Load:
         self.keepalive = cfg["keepalive"]
         self.all_conns = []
         self.stdin_buf = b""
+        # logins the node said BUSY to (its login rate): tried again a second later, as
+        # a client does (heap of (due, role, identity))
+        self.retry_heap = []
+        self.busy = 0
 
     # -- frames
 
@@ -153,6 +159,14 @@ class Load:
         return c
 
     def login_frame(self, c, frame):
+        if frame.status == BUSY:
+            self.busy += 1
+            c.closed = True
+            self.sel.unregister(c.sock)
+            c.sock.close()
+            heapq.heappush(self.retry_heap, (time.monotonic() + random.uniform(0.5, 1.5),
+                                             c.role, c.ident))
+            return
         if frame.status:
             c.state = L_FAILED
             self.login_failed += 1
@@ -206,6 +220,8 @@ class Load:
             if c.state != L_DONE:
                 self.login_frame(c, codec.Frame(1, flags, mtype, status, txid,
                                                 buf[pos + HDR_SIZE:stop]))
+                if c.closed:
+                    return
             elif flags & F_RESP:
                 if mtype == PTZ:
                     t0 = c.sent.pop(txid, None)
@@ -353,7 +369,12 @@ class Load:
         deadline = time.monotonic() + self.cfg.get("login_timeout", 600)
         i = 0
         while True:
-            pending = len(self.all_conns) - self.logged_in - self.login_failed - self.closed_by_node
+            now = time.monotonic()
+            while self.retry_heap and self.retry_heap[0][0] <= now:
+                _due, role, ident = heapq.heappop(self.retry_heap)
+                self.all_conns.append(self.open(role, ident))
+            pending = (len(self.all_conns) - self.logged_in - self.login_failed
+                       - self.closed_by_node - self.busy + len(self.retry_heap))
             while i < len(ids) and pending < window:
                 role, ident = ids[i]
                 self.all_conns.append(self.open(role, ident))
@@ -365,7 +386,7 @@ class Load:
                 break
             self.poll(0.05)
         self.emit({"ready": True, "logged_in": self.logged_in, "failed": self.login_failed,
-                   "closed": self.closed_by_node})
+                   "closed": self.closed_by_node, "busy": self.busy})
 
     def run(self):
         self.login_all()

@@ -337,7 +337,9 @@ def measure(args, metrics):
         logged = sum(r["logged_in"] for r in ready)
         login_s = time.monotonic() - t
         print(f"{logged} links logged in in {login_s:.1f} s "
-              f"({sum(r['failed'] for r in ready)} failed)", file=sys.stderr)
+              f"({sum(r['failed'] for r in ready)} failed, "
+              f"{sum(r.get('busy', 0) for r in ready)} told BUSY by the login rate and "
+              "tried again)", file=sys.stderr)
         if logged < links:
             raise RuntimeError(f"only {logged} of {links} links logged in; see {work}")
         time.sleep(2.0)
