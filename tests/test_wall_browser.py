@@ -29,7 +29,7 @@ from vss.protocols.messages import (
     WallTour,
 )
 from vss.testing import browser as harness
-from vss.testing.platform import start_platform, verifier
+from vss.testing.platform import start_platform, verifier, wait_until
 
 
 class WallPageTests(unittest.TestCase):
@@ -49,6 +49,7 @@ class WallPageTests(unittest.TestCase):
         yield change(store.set_grant("user:wall1", "cam-c", int(Action.VIEW)))
         yield change(store.set_grant("user:op", "cu:wall1", int(Action.WALL)))
         yield change(store.set_grant("user:op", "cam-c", int(Action.VIEW)))
+        yield change(store.set_grant("user:op", "cam-a", int(Action.VIEW)))
         for node_id in ("node-a", "node-b", "node-c"):
             yield self.p.start_node(node_id)
         yield self.p.start_pu("node-a", "cam-a", "cam-a-s")
@@ -188,6 +189,40 @@ class WallPageTests(unittest.TestCase):
         told = [m.body for m in notes if m.type == MsgType.WALL_NOTIFY]
         self.assertEqual([(a.tile, a.device_id) for a in told[-1].assignments], [(2, "cam-c")])
         yield b.screenshot("web-send-to-wall")
+
+        # a tour of the grid's cameras on tile 2, then stopped
+        yield b.js("document.querySelector('.layouts button[data-n=\"4\"]').click()")
+        yield b.wait_for("cam-a in the second tile", """
+            const tiles = document.querySelectorAll('.tile');
+            if (tiles.length < 4) return false;
+            tiles[1].click();
+            const li = document.querySelector('.device[data-device="cam-a"]');
+            if (li && tiles[1].dataset.device !== 'cam-a') li.click();
+            return tiles[1].dataset.device === 'cam-a'""")
+        yield b.js("""
+            document.getElementById('wall-tile').value = '2';
+            document.getElementById('wall-dwell').value = '5';
+            document.getElementById('wall-tour-form').requestSubmit();""")
+        text = yield b.wait_for("the tour's answer", """
+            const r = document.getElementById('wall-result');
+            return r.dataset.version && r.textContent""")
+        self.assertEqual(text, "wall1 (node-b): tile 2 tours 2 cameras, 5 s each")
+        yield b.screenshot("web-wall-tour")
+        def tile2():
+            told = [m.body for m in notes if m.type == MsgType.WALL_NOTIFY]
+            a = {a.tile: a for a in told[-1].assignments}.get(1)
+            return a and (a.tour, a.dwell, a.device_id)
+
+        yield wait_until(reactor, lambda: tile2() and tile2()[0], what="the wall told")
+        self.assertEqual(tile2(), (["cam-c", "cam-a"], 5, "cam-c"))
+        yield b.js("document.getElementById('wall-tour-stop').click()")
+        text = yield b.wait_for("the stop's answer", """
+            const r = document.getElementById('wall-result');
+            return r.dataset.version && r.textContent""")
+        self.assertEqual(text, "wall1 (node-b): tile 2, tour stopped")
+        yield wait_until(reactor, lambda: not (tile2() and tile2()[0]),
+                         what="the wall told the tour stopped")
+
         yield b.js("""
             document.getElementById('wall-id').value = 'wall2';
             document.getElementById('wall-form').requestSubmit();""")
@@ -201,7 +236,7 @@ class WallPageTests(unittest.TestCase):
     def test_the_pages_wall_codec_matches_the_protocol_bytes(self):
         """wire.js against the hand-written vectors of docs/protocol.md 9.9
         (tests/test_protocol_vectors.py): WALL_NOTIFY and a WallState decoded, WALL_ASSIGN,
-        WALL_REPORT and a wall's own WALL_DESCRIBE encoded to the same bytes."""
+        WALL_TOUR, WALL_REPORT and a wall's own WALL_DESCRIBE encoded to the same bytes."""
         b = self.b
         yield b.open(f"http://127.0.0.1:{self.http}/wall")
         yield b.wait_for("the page", "return !!document.getElementById('login-form')")
@@ -218,6 +253,8 @@ class WallPageTests(unittest.TestCase):
                 notify: w.decode.wallState(body('wall_notify_notification')),
                 state: state,
                 assign: hex(w.encode.wallAssign({wall: 'w1', tile: 0, device: 'd', stream: 0})),
+                tour: hex(w.encode.wallTour({wall: 'w1', tile: 0, devices: ['c', 'd'],
+                                             stream: 1, dwell: 10})),
                 report: hex(w.encode.wallReport([{tile: 0, device_id: 'c', frames: 250,
                                                   errors: 0}])),
                 describe: hex(w.encode.wallDescribe({layout: 4, assignments: [
@@ -235,6 +272,7 @@ class WallPageTests(unittest.TestCase):
             "tour_index": 0, "since": 1700000000000, "frames": 250, "errors": 1,
             "last_error": "eof"}])
         self.assertEqual(out["assign"], v["wall_assign_request"][16:].hex())
+        self.assertEqual(out["tour"], v["wall_tour_request"][16:].hex())
         self.assertEqual(out["report"], v["wall_report_request"][16:].hex())
         self.assertEqual(out["describe"], v["wall_describe_request"][16:].hex())
 

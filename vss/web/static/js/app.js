@@ -769,6 +769,8 @@ async function sendToWall(ev) {
   const wall = $("wall-id").value.trim();
   const tile = Number($("wall-tile").value) || 1;
   const out = $("wall-result");
+  delete out.dataset.version;
+  delete out.dataset.error;
   if (!device) { out.textContent = "Select a camera first."; return; }
   if (!wall) { out.textContent = "Name the wall."; return; }
   out.textContent = "Sending…";
@@ -778,6 +780,33 @@ async function sendToWall(ev) {
     out.dataset.version = String(s.version);
   } catch (e) {
     out.textContent = e.codeName === "FORBIDDEN" ? "You may not drive this wall, or it may not show this camera."
+      : e.codeName === "WALL_OFFLINE" ? "This wall is not signed in on any node."
+      : e.codeName === "INVALID_ARGUMENT" ? `The wall has no tile ${tile}.` : explain(e);
+    out.dataset.error = e.codeName || "ERROR";
+  }
+}
+
+// A tour: the cameras of the grid, in their order, in turn on the tile; or no tour.
+async function tourOnWall(ev, stop = false) {
+  if (ev) ev.preventDefault();
+  const wall = $("wall-id").value.trim();
+  const tile = Number($("wall-tile").value) || 1;
+  const dwell = Math.min(3600, Math.max(1, Number($("wall-dwell").value) || 10));
+  const devices = stop ? [] : [...new Set(state.tiles.map((t) => t.device).filter(Boolean))];
+  const out = $("wall-result");
+  delete out.dataset.version;
+  delete out.dataset.error;
+  if (!wall) { out.textContent = "Name the wall."; return; }
+  if (!stop && !devices.length) { out.textContent = "Put cameras in the grid first."; return; }
+  out.textContent = stop ? "Stopping…" : "Sending…";
+  try {
+    const s = await state.link.wallTour({ wall, tile: tile - 1, devices, dwell: stop ? 0 : dwell });
+    out.textContent = stop ? `${s.wall_id} (${s.node_id}): tile ${tile}, tour stopped`
+      : `${s.wall_id} (${s.node_id}): tile ${tile} tours ${devices.length} camera`
+        + `${devices.length > 1 ? "s" : ""}, ${dwell} s each`;
+    out.dataset.version = String(s.version);
+  } catch (e) {
+    out.textContent = e.codeName === "FORBIDDEN" ? "You may not drive this wall, or it may not show one of these cameras."
       : e.codeName === "WALL_OFFLINE" ? "This wall is not signed in on any node."
       : e.codeName === "INVALID_ARGUMENT" ? `The wall has no tile ${tile}.` : explain(e);
     out.dataset.error = e.codeName || "ERROR";
@@ -799,6 +828,8 @@ function wire() {
   for (const b of document.querySelectorAll(".zoom [data-zoom]")) b.onclick = () => ptz(PTZ.RELATIVE, 0, 0, Number(b.dataset.zoom) * 0.1);
   $("preset-form").addEventListener("submit", savePreset);
   $("wall-form").addEventListener("submit", sendToWall);
+  $("wall-tour-form").addEventListener("submit", tourOnWall);
+  $("wall-tour-stop").onclick = () => tourOnWall(null, true);
   $("zoom").onchange = () => {
     state.view.span = Number($("zoom").value);
     state.view.end = Date.now() + state.view.span * 0.05;  // now, near the right edge

@@ -145,6 +145,7 @@ export class Link {
   eventQuery(p) { return this.request(T.EVENT_QUERY, encode.eventQuery(p), decode.events, 20000); }
   wallDescribe(p) { return this.request(T.WALL_DESCRIBE, encode.wallDescribe(p), decode.wallState); }
   wallAssign(p) { return this.request(T.WALL_ASSIGN, encode.wallAssign(p), decode.wallState); }
+  wallTour(p) { return this.request(T.WALL_TOUR, encode.wallTour(p), decode.wallState); }
   wallReport(tiles) { return this.request(T.WALL_REPORT, encode.wallReport(tiles), decode.empty); }
   eventAck(p) { return this.request(T.EVENT_ACK, encode.eventAck(p), decode.eventAcked); }
 }

@@ -158,6 +158,9 @@ export const encode = {
     .list(p.assignments || [], wTileState).ext().done(),
   wallAssign: (p) => new Writer().str(p.wall).u16(p.tile).str(p.device).u16(p.channel || 0)
     .u8(p.stream || 0).ext().done(),
+  // WALL_TOUR: `devices` cycled every `dwell` seconds; none (dwell 0) stops the tour
+  wallTour: (p) => new Writer().str(p.wall).u16(p.tile).list(p.devices, (w, d) => w.str(d))
+    .u8(p.stream || 0).u16(p.dwell || 0).ext().done(),
   wallReport: (tiles) => new Writer().list(tiles, (w, t) => w.u16(t.tile).str(t.device_id)
     .u64(t.frames).u32(t.errors).str(t.last_error || "")).ext().done(),
   eventQuery: (p) => new Writer().str(p.device_id || "").str(p.type || "")
