@@ -356,6 +356,14 @@ def q(text):
 
 
 class GnuOptions(usage.Options):
+    #: the keys the positional arguments fill, in order (``synopsis`` names them)
+    arguments = ()
+
+    def parseArgs(self, *args):
+        if len(args) != len(self.arguments):
+            raise usage.UsageError("Wrong number of arguments.")
+        self.update(zip(self.arguments, args, strict=True))
+
     def parseOptions(self, options=None):
         """Options may follow the arguments (``user add alice --groups ops``)."""
         options = sys.argv[1:] if options is None else options
@@ -377,6 +385,13 @@ class GnuOptions(usage.Options):
 class Command(GnuOptions):
     optFlags = [["json", "j", "Print the API's JSON answer."]]
 
+    def enabled_change(self, change):
+        """``--enable`` / ``--disable`` into ``change["enabled"]`` (neither: no change)."""
+        if self["enable"] and self["disable"]:
+            raise usage.UsageError("--enable and --disable exclude each other")
+        if self["enable"] or self["disable"]:
+            change["enabled"] = bool(self["enable"])
+
     def run(self, client):
         raise NotImplementedError
 
@@ -390,8 +405,7 @@ class UserAdd(Command):
     optParameters = [["groups", "g", "", "Comma-separated groups."],
                      ["password-file", "p", None, "File holding the password."]]
 
-    def parseArgs(self, name):
-        self["name"] = name
+    arguments = ("name",)
 
     def postOptions(self):
         self.password = obtain_secret("password", self["password-file"], "VSS_USER_PASSWORD")
@@ -418,8 +432,7 @@ class UserShow(Command):
 
     synopsis = "NAME"
 
-    def parseArgs(self, name):
-        self["name"] = name
+    arguments = ("name",)
 
     @defer.inlineCallbacks
     def run(self, client):
@@ -436,17 +449,13 @@ class UserSet(Command):
     optParameters = [["groups", "g", None, "Comma-separated groups (replaces them)."],
                      ["password-file", "p", None, "File holding the new password."]]
 
-    def parseArgs(self, name):
-        self["name"] = name
+    arguments = ("name",)
 
     def postOptions(self):
-        if self["enable"] and self["disable"]:
-            raise usage.UsageError("--enable and --disable exclude each other")
         self.change = {}
         if self["groups"] is not None:
             self.change["groups"] = comma_list(self["groups"])
-        if self["enable"] or self["disable"]:
-            self.change["enabled"] = bool(self["enable"])
+        self.enabled_change(self.change)
         if self["password"] or self["password-file"]:
             self.change["password"] = obtain_secret("password", self["password-file"],
                                                     "VSS_USER_PASSWORD")
@@ -464,8 +473,7 @@ class UserRemove(Command):
 
     synopsis = "NAME"
 
-    def parseArgs(self, name):
-        self["name"] = name
+    arguments = ("name",)
 
     @defer.inlineCallbacks
     def run(self, client):
@@ -486,8 +494,7 @@ class DeviceOptions(Command):
         ["secret-file", "s", None, "File holding the device secret."],
     ]
 
-    def parseArgs(self, device_id):
-        self["device"] = device_id
+    arguments = ("device",)
 
     def common(self):
         out = {}
@@ -541,8 +548,7 @@ class DeviceShow(Command):
 
     synopsis = "DEVICE_ID"
 
-    def parseArgs(self, device_id):
-        self["device"] = device_id
+    arguments = ("device",)
 
     @defer.inlineCallbacks
     def run(self, client):
@@ -559,11 +565,8 @@ class DeviceSet(DeviceOptions):
                 ["secret", None, "Set a new secret ($VSS_DEVICE_SECRET or a prompt)."]]
 
     def postOptions(self):
-        if self["enable"] and self["disable"]:
-            raise usage.UsageError("--enable and --disable exclude each other")
         self.body = self.common()
-        if self["enable"] or self["disable"]:
-            self.body["enabled"] = bool(self["enable"])
+        self.enabled_change(self.body)
         if self["secret"] or self["secret-file"]:
             self.body["secret"] = obtain_secret("device secret", self["secret-file"],
                                                 "VSS_DEVICE_SECRET")
@@ -581,8 +584,7 @@ class DeviceRemove(Command):
 
     synopsis = "DEVICE_ID"
 
-    def parseArgs(self, device_id):
-        self["device"] = device_id
+    arguments = ("device",)
 
     @defer.inlineCallbacks
     def run(self, client):
@@ -646,8 +648,7 @@ class GrantRemove(Command):
 
     synopsis = "PRINCIPAL DEVICE_ID"
 
-    def parseArgs(self, principal, device_id):
-        self["principal"], self["device"] = principal, device_id
+    arguments = ("principal", "device")
 
     @defer.inlineCallbacks
     def run(self, client):
@@ -664,8 +665,7 @@ class NodeAdd(Command):
                      ["media", None, "", "Media (RTSP) address of the node."],
                      ["capacity", None, 0, "Devices the node is sized for.", int]]
 
-    def parseArgs(self, node_id):
-        self["node"] = node_id
+    arguments = ("node",)
 
     @defer.inlineCallbacks
     def run(self, client):
@@ -690,8 +690,7 @@ class NodeRemove(Command):
     synopsis = "NODE_ID [--force]"
     optFlags = [["force", None, "Remove it even though devices are homed on it."]]
 
-    def parseArgs(self, node_id):
-        self["node"] = node_id
+    arguments = ("node",)
 
     @defer.inlineCallbacks
     def run(self, client):
@@ -706,8 +705,7 @@ class RecordSettingsGet(Command):
     synopsis = "DEVICE_ID [--channel N]"
     optParameters = [["channel", "c", 0, "Channel (0-based).", int]]
 
-    def parseArgs(self, device_id):
-        self["device"] = device_id
+    arguments = ("device",)
 
     def path(self):
         return f"/devices/{q(self['device'])}/record-settings/{self['channel']}"
@@ -797,8 +795,7 @@ class TokenCreate(Command):
                 "the rest goes to stderr. --expires-in takes seconds or 15m, 12h, 30d, 2w.")
     optParameters = [["expires-in", "e", None, "Lifetime (default: until revoked)."]]
 
-    def parseArgs(self, name):
-        self["name"] = name
+    arguments = ("name",)
 
     def postOptions(self):
         self.body = {"name": self["name"]}
@@ -885,8 +882,7 @@ class StreamCredCreate(Command):
     optParameters = [["name", "n", "", "A label (which player or NVR uses it)."],
                      ["expires-in", "e", None, "Lifetime (default: until revoked)."]]
 
-    def parseArgs(self, username, device_id):
-        self["user"], self["device"] = username, device_id
+    arguments = ("user", "device")
 
     def postOptions(self):
         self.body = {"user": self["user"], "device_id": self["device"], "name": self["name"]}
@@ -908,8 +904,7 @@ class StreamCredRevoke(Command):
 
     synopsis = "ID"
 
-    def parseArgs(self, cred_id):
-        self["id"] = cred_id
+    arguments = ("id",)
 
     @defer.inlineCallbacks
     def run(self, client):
@@ -941,8 +936,7 @@ class OperatorAdd(Command):
     optParameters = [["role", "r", "auditor", "administrator or auditor."],
                      ["password-file", "p", None, "File holding the password."]]
 
-    def parseArgs(self, name):
-        self["name"] = name
+    arguments = ("name",)
 
     def postOptions(self):
         self.password = obtain_secret("password", self["password-file"],
@@ -965,17 +959,13 @@ class OperatorSet(Command):
     optParameters = [["role", "r", None, "administrator or auditor."],
                      ["password-file", "p", None, "File holding the new password."]]
 
-    def parseArgs(self, name):
-        self["name"] = name
+    arguments = ("name",)
 
     def postOptions(self):
-        if self["enable"] and self["disable"]:
-            raise usage.UsageError("--enable and --disable exclude each other")
         self.change = {}
         if self["role"]:
             self.change["role"] = self["role"]
-        if self["enable"] or self["disable"]:
-            self.change["enabled"] = bool(self["enable"])
+        self.enabled_change(self.change)
         if self["password"] or self["password-file"]:
             self.change["password"] = obtain_secret("password", self["password-file"],
                                                     "VSS_OPERATOR_PASSWORD")
@@ -994,8 +984,7 @@ class OperatorRemove(Command):
 
     synopsis = "NAME"
 
-    def parseArgs(self, name):
-        self["name"] = name
+    arguments = ("name",)
 
     @defer.inlineCallbacks
     def run(self, client):
@@ -1152,8 +1141,7 @@ class ExportStatic(GnuOptions):
                      ["node", "n", None, "Only the devices homed on this node (or on none) "
                                          "and the grants on them."]]
 
-    def parseArgs(self, path):
-        self["file"] = path
+    arguments = ("file",)
 
     def postOptions(self):
         if not self["db"]:
@@ -1197,8 +1185,7 @@ class TlsIssue(GnuOptions):
         """A host name or address the certificate is also for (repeatable)."""
         self["hosts"].append(value)
 
-    def parseArgs(self, name):
-        self["name"] = name
+    arguments = ("name",)
 
     def postOptions(self):
         if not self["dir"]:
