@@ -2,7 +2,10 @@
 
 import json
 import os
+import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -98,3 +101,23 @@ def wait_json(path, proc, name, timeout=60):
         time.sleep(0.05)
     with open(path) as f:
         return json.load(f)
+
+
+def stop_and_clean(procs, logs, work, keep):
+    """A bench's end: SIGTERM to every process still running, SIGKILL to one still there
+    15 s later, the log files closed, and ``work`` removed unless ``keep`` (then said)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    for f in logs:
+        f.close()
+    if keep:
+        print(f"work directory kept: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)

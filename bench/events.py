@@ -21,7 +21,6 @@ Bounded in time (``--deadline``); always stops its processes.
 import argparse
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -34,7 +33,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from _common import seed_cms, wait_json  # noqa: E402
+from _common import seed_cms, stop_and_clean, wait_json  # noqa: E402
 from signalling import SALT, SECRET  # noqa: E402
 
 from vss.protocols.messages import (  # noqa: E402
@@ -400,21 +399,7 @@ def main():
         ok = True
     finally:
         signal.alarm(0)
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for f in logs:
-            f.close()
-        if args.keep or not ok:
-            print(f"work directory kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        stop_and_clean(procs.values(), logs, work, args.keep or not ok)
 
 
 if __name__ == "__main__":
