@@ -14,11 +14,11 @@ import socket
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from tests.test_link_tls import cluster_ca, tls_args
 from vss.protocols.messages import Action
 from vss.rgm.localcentral import MemoryCentral
 from vss.testing import records
 from vss.testing.processes import Daemon, poll, run_tool, start_node, tool
-from vss.tls import issue, make_ca
 
 DEADLINE = 60  # generous: the CI machine has 2 shared cores
 
@@ -29,23 +29,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def tls_args(directory, identity):
-    return ["--tls-cert", os.path.join(directory, f"{identity}.pem"),
-            "--tls-key", os.path.join(directory, f"{identity}.key"),
-            "--tls-ca", os.path.join(directory, "ca.pem")]
-
-
 class ControlLinkTLS(unittest.TestCase):
     timeout = 180
 
     @defer.inlineCallbacks
     def setUp(self):
         self.work = os.path.abspath(self.mktemp())
-        self.ca = os.path.join(self.work, "ca")
-        os.makedirs(self.ca)
-        make_ca(self.ca)
-        for identity in ("node-b", "far1", "other"):
-            issue(self.ca, identity, ["127.0.0.1", "localhost"])
+        self.files = cluster_ca(os.path.join(self.work, "ca"), "node-b", "far1", "other")
         static = os.path.join(self.work, "static.json")
         c = MemoryCentral()
         c.add_device(records.device("cam1", "cam1-secret", home_node="node-b"))
@@ -56,7 +46,7 @@ class ControlLinkTLS(unittest.TestCase):
         self.node, self.ports = yield start_node(reactor, self.work, "node-b", [
             "--static", static, "--ss-workers", "1",
             "--ss-control-listen", f"tcp:{self.control}:interface=127.0.0.1",
-            *tls_args(self.ca, "node-b")])
+            *tls_args(self.files["node-b"])])
         self.addCleanup(self.node.stop)
 
     def vss_ss(self, ss_id, *extra):
@@ -75,7 +65,7 @@ class ControlLinkTLS(unittest.TestCase):
         yield poll("the node's worker to link", lambda: "streaming server ss1 up at"
                    in self.node.output(), timeout=DEADLINE)
         # an SS by hand with its own certificate links too
-        far = self.vss_ss("far1", *tls_args(self.ca, "far1"))
+        far = self.vss_ss("far1", *tls_args(self.files["far1"]))
         yield poll("far1 to link", lambda: "streaming server far1 up at" in self.node.output(),
                    timeout=DEADLINE)
         yield poll("far1 to say so", lambda: "linked to its node" in far.output(),
@@ -83,7 +73,7 @@ class ControlLinkTLS(unittest.TestCase):
         # without TLS: the handshake never completes, the node never has it
         plain = self.vss_ss("plain1")
         # with a certificate of the cluster issued to another name
-        other = self.vss_ss("spy1", *tls_args(self.ca, "other"))
+        other = self.vss_ss("spy1", *tls_args(self.files["other"]))
         yield poll("spy1 to be refused", lambda: "the node refused the link" in other.output(),
                    timeout=DEADLINE)
         self.assertRegex(other.output(), r"the link's TLS certificate is for .*other, not spy1")
