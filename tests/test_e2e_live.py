@@ -15,6 +15,7 @@ from vss.protocols.codes import ResultCode
 from vss.protocols.errors import VssError
 from vss.protocols.messages import Action, MediaOpen, MsgType, Purpose, Role
 from vss.rtsp import start_from_gop
+from vss.testing.camera import start_ip_camera
 from vss.testing.platform import start_platform, verifier, wait_until
 
 try:
@@ -170,43 +171,13 @@ class LiveVideoTests(unittest.TestCase):
         self.assertIsNone(mdp.pick("node-z"))
 
 
-class _AllowAll:
-    """A camera's own server: it asks for Digest credentials, not vss tokens."""
-
-    def check(self, token, path, method):
-        return True, None
-
-
 class RealCameraTests(unittest.TestCase):
     timeout = 120
 
     @defer.inlineCallbacks
     def setUp(self):
-        from vss.pu.media import PublisherFactory
-        from vss.rtsp.server import RTSPServerFactory
-
         # An "IP camera": an RTSP server asking for Digest credentials, fed with H.264.
-        self.camera = RTSPServerFactory(_AllowAll(), reactor=reactor,
-                                        users={"admin": "cam-pass"}, realm="IP Camera")
-        port = reactor.listenTCP(0, self.camera, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(self.camera.close_all)
-        cam = f"rtsp://admin:cam-pass@127.0.0.1:{port.getHost().port}/live/cam/main"
-        self.publisher = PublisherFactory(reactor, width=320, height=240)
-        self.addCleanup(self.publisher.stop_all)
-
-        class Pu:
-            device_id = "cam"
-
-        class Ch:
-            index = 0
-
-        from vss.protocols.messages import MediaStart
-
-        self.publisher.start(Pu, Ch, MediaStart(device_id="cam", channel=0, stream=0,
-                                                publish_url=cam, start_time=0))
-        yield wait_until(reactor, lambda: "/live/cam/main" in self.camera.sources, timeout=30,
-                         what="the camera's stream")
+        cam, self.camera = yield start_ip_camera(self, reactor, width=320, height=240)
         self.p = yield start_platform(self)
         store, change = self.p.cms.store, self.p.change
         yield change(store.upsert_device("ipc-1", "Lobby", 1, 1, "node-a",

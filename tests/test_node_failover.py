@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from vss.protocols.messages import MediaStart
+from vss.testing.camera import start_ip_camera
 from vss.testing.failover import NodeFailoverScenario
 from vss.testing.processes import poll
 
@@ -232,7 +232,7 @@ class NodeFailoverTests(unittest.TestCase):
     def test_an_ip_camera_moves_by_its_new_home_pulling_it(self):
         """A camera pulled by URL (no PU link): node-a dies, CMS moves it, its viewer on
         node-b plays again from the new home, which pulls the camera itself."""
-        url = yield self.camera()
+        url, camera = yield start_ip_camera(self, reactor, width=320, height=180, fps=10)
         s = self.scenario(2, cameras={"ipc-1": url})
         yield self.start(s)
         viewer = yield s.view("ipc-1", small=False)
@@ -248,40 +248,8 @@ class NodeFailoverTests(unittest.TestCase):
         home = [d.node_id for d in (yield s.devices()) if d.device_id == "ipc-1"][0]
         self.assertIn(home, ("node-b", "node-c"))
         # the camera now has a reader from the new home (the old one's died with node-a)
-        yield poll("one reader of the camera", lambda: len(
-            self.camera_factory.sources["/live/cam/main"].readers) == 1)
-
-    @defer.inlineCallbacks
-    def camera(self):
-        """An IP camera: an RTSP server asking for Digest credentials, fed H.264 by a
-        publisher process; fires with its URL (credentials in it, as operators enter)."""
-        from vss.pu.media import PublisherFactory
-        from vss.rtsp.server import RTSPServerFactory
-
-        class AllowAll:  # the camera's own server: Digest, not vss tokens
-            def check(self, token, path, method):
-                return True, None
-
-        self.camera_factory = RTSPServerFactory(AllowAll(), reactor=reactor,
-                                                users={"admin": "cam-pass"}, realm="Camera")
-        port = reactor.listenTCP(0, self.camera_factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(self.camera_factory.close_all)
-        url = f"rtsp://admin:cam-pass@127.0.0.1:{port.getHost().port}/live/cam/main"
-        publisher = PublisherFactory(reactor, width=320, height=180, fps=10)
-        self.addCleanup(publisher.stop_all)
-
-        class Pu:
-            device_id = "cam"
-
-        class Ch:
-            index = 0
-
-        publisher.start(Pu, Ch, MediaStart(device_id="cam", channel=0, stream=0,
-                                           publish_url=url, start_time=0))
-        yield poll("the camera's stream", lambda: "/live/cam/main" in self.camera_factory.sources,
-                   timeout=30)
-        return url
+        yield poll("one reader of the camera",
+                   lambda: len(camera.sources["/live/cam/main"].readers) == 1)
 
     def _homed_on(self, s, node_id):
         @defer.inlineCallbacks
