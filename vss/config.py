@@ -133,6 +133,28 @@ def check_id_format(fmt, problems):
         problems.append(f"--id-format: {fmt!r} is not a format with one field")
 
 
+def check_many(opts, problems):
+    """The options of a tool that runs one identity (``--id``) or many (``--count``,
+    ``--start``, ``--id-format``) against ``--node``, logging them in ``--ramp`` a
+    second (vss-pu, vss-decoder): what is wrong appended to ``problems``."""
+    if not opts["node"]:
+        problems.append("--node: required")
+    if opts["id"] and opts["count"] != 1:
+        problems.append("--id: cannot be combined with --count")
+    if opts["count"] < 1:
+        problems.append("--count: must be >= 1")
+    if opts["ramp"] <= 0:
+        problems.append("--ramp: must be > 0")
+    check_id_format(opts["id-format"], problems)
+
+
+def many_ids(opts):
+    """The identities ``check_many``'s options name, in order."""
+    if opts["id"]:
+        return [opts["id"]]
+    return [opts["id-format"].format(opts["start"] + i) for i in range(opts["count"])]
+
+
 def load_or_create_secret(path):
     """A node secret kept in the data directory (created with mode 0600 if absent)."""
     if os.path.exists(path):

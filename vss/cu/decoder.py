@@ -29,7 +29,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 
 from vss.client import ReconnectingClient, SignallingClient
-from vss.config import check_id_format, secret_option
+from vss.config import check_many, many_ids, secret_option
 from vss.protocols.messages import (
     CuKind,
     MediaClose,
@@ -74,26 +74,16 @@ class Options(VersionOption, usage.Options):
 
     def postOptions(self):
         problems = []
-        if not self["node"]:
-            problems.append("--node: required")
-        if self["id"] and self["count"] != 1:
-            problems.append("--id: cannot be combined with --count")
-        if self["count"] < 1:
-            problems.append("--count: must be >= 1")
+        check_many(self, problems)
         if self["layout"] not in (1, 4, 9, 16):
             problems.append("--layout: 1, 4, 9 or 16")
-        if self["ramp"] <= 0:
-            problems.append("--ramp: must be > 0")
         self.password = secret_option(self["password-file"], "VSS_PASSWORD",
                                       "--password-file", "the password", problems)
-        check_id_format(self["id-format"], problems)
         if problems:
             raise usage.UsageError("; ".join(problems))
 
     def accounts(self):
-        if self["id"]:
-            return [self["id"]]
-        return [self["id-format"].format(self["start"] + i) for i in range(self["count"])]
+        return many_ids(self)
 
 
 def decode(url, player, opener=None):

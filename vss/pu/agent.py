@@ -33,7 +33,7 @@ from twisted.logger import (
 from twisted.python import usage
 
 from vss.client import ReconnectingClient, SignallingClient
-from vss.config import check_id_format, secret_option
+from vss.config import check_many, many_ids, secret_option
 from vss.gctune import tune_gc
 from vss.protocols.messages import PuKind, Role
 from vss.pu.device import SimulatedPU
@@ -68,23 +68,15 @@ class Options(VersionOption, usage.Options):
 
     def postOptions(self):
         problems = []
-        if not self["node"]:
-            problems.append("--node: required")
-        if self["id"] and self["count"] != 1:
-            problems.append("--id: cannot be combined with --count")
-        if self["count"] < 1:
-            problems.append("--count: must be >= 1")
+        check_many(self, problems)
         if self["kind"] not in ("ipc", "dvs", "dvr"):
             problems.append(f"--kind: {self['kind']!r} is not ipc, dvs or dvr")
         if self["dvr-days"] < 1:
             problems.append("--dvr-days: must be >= 1")
         if self["events"] < 0:
             problems.append("--events: must be >= 0")
-        if self["ramp"] <= 0:
-            problems.append("--ramp: must be > 0")
         self.secret = secret_option(self["secret-file"], "VSS_PU_SECRET", "--secret-file",
                                     "the PU secret", problems)
-        check_id_format(self["id-format"], problems)
         if problems:
             raise usage.UsageError("; ".join(problems))
         self.kind = {"ipc": PuKind.IPC, "dvs": PuKind.DVS, "dvr": PuKind.DVR}[self["kind"]]
@@ -92,9 +84,7 @@ class Options(VersionOption, usage.Options):
             self["channels"] = 1 if self.kind == PuKind.IPC else 4
 
     def device_ids(self):
-        if self["id"]:
-            return [self["id"]]
-        return [self["id-format"].format(self["start"] + i) for i in range(self["count"])]
+        return many_ids(self)
 
 
 class Agent:
